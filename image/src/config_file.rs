@@ -1,0 +1,75 @@
+//! The relay config file: what the operator mounts from a ConfigMap (as `relay.yaml`). It holds
+//! no secret: credentials and SASL users are referenced as paths of files mounted from Secrets.
+//! The operator builds this type and serializes it; `smtp-relay run --config` reads it back, so
+//! both sides share one definition.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::settings::{Mode, TlsLevel};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RelayConfigFile {
+    /// The one domain this relay serves (Postfix `mydomain`).
+    pub domain: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// Client networks allowed to relay without authentication (CIDR).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<String>,
+    /// Recipient domains relayed in the strict modes; defaults to `[domain]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub relay_domains: Vec<String>,
+    pub relayhost: RelayhostFile,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postmaster: Option<String>,
+    #[serde(default)]
+    pub strict_sender: bool,
+    /// A named mode; exclusive with `customRestrictions`. Defaults to `Strict`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<Mode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub custom_restrictions: Option<Vec<String>>,
+    /// Directory with one file per SASL user (file name = user, content = password).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sasl_users_dir: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inbound_tls: Option<InboundTlsFile>,
+    /// Extra Postfix parameters, applied last.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub postconf: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RelayhostFile {
+    pub host: String,
+    #[serde(default = "default_relayhost_port")]
+    pub port: u16,
+    #[serde(default)]
+    pub mx_lookup: bool,
+    #[serde(default)]
+    pub implicit_tls: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_level: Option<TlsLevel>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca_file: Option<PathBuf>,
+}
+
+fn default_relayhost_port() -> u16 {
+    25
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InboundTlsFile {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
