@@ -10,6 +10,7 @@ local transient = {
   Progressing = true,
   Reconciling = true,
   RolloutInProgress = true,
+  PodsNotReady = true,
   Pending = true,
   Creating = true,
   Scaling = true,

@@ -123,7 +123,11 @@ fn load_tests() -> Vec<HealthTest> {
 #[test]
 fn every_sample_gets_its_expected_health() {
     let tests = load_tests();
-    assert!(tests.len() >= 8, "expected a sample per case, got {}", tests.len());
+    assert!(
+        tests.len() >= 8,
+        "expected a sample per case, got {}",
+        tests.len()
+    );
     let mut failures = Vec::new();
     for t in &tests {
         let text = std::fs::read_to_string(argocd_dir().join(&t.input_path))
@@ -147,7 +151,10 @@ fn every_sample_file_is_listed() {
     for entry in std::fs::read_dir(argocd_dir().join("testdata")).unwrap() {
         let name = entry.unwrap().file_name().into_string().unwrap();
         let path = format!("testdata/{name}");
-        assert!(listed.contains(&path), "{path} has no entry in health_test.yaml");
+        assert!(
+            listed.contains(&path),
+            "{path} has no entry in health_test.yaml"
+        );
     }
 }
 

@@ -1,0 +1,657 @@
+//! The Helm chart, rendered offline with `helm template`: lint, every documented option, the
+//! values schema rejecting wrong values, least-privilege RBAC, the restricted securityContext,
+//! and the generated copies (chart CRD, deploy/ manifest) being up to date.
+//!
+//! The server-side dry-run against a real API server lives elsewhere in the e2e suite; it gets
+//! its manifests from `deploy/render.sh [helm template flags]`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde::Deserialize;
+use serde_yaml::Value;
+
+const RELEASE: &str = "smtp-relay-operator";
+const NAMESPACE: &str = "smtp-relay-system";
+/// The chart's minimum Kubernetes version: pinned so renders do not depend on how helm was built.
+const KUBE_VERSION: &str = "1.31.0";
+const CRD_FILE: &str = "smtprelay.dev_smtprelays.yaml";
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .unwrap()
+}
+
+fn chart_dir() -> PathBuf {
+    root().join("charts/smtp-relay-operator")
+}
+
+fn helm() -> PathBuf {
+    let helm = root().join(".cache/bin/helm");
+    assert!(
+        helm.is_file(),
+        "helm not found at {}: run scripts/install-deps.sh",
+        helm.display()
+    );
+    helm
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+/// `helm template` of the chart with `values` (YAML) on top of the defaults; Err holds stderr.
+fn try_render(values: &str) -> Result<Vec<Value>, String> {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), values).unwrap();
+    let out = run(Command::new(helm())
+        .current_dir(root())
+        .args(["template", RELEASE, "charts/smtp-relay-operator"])
+        .args(["--namespace", NAMESPACE, "--kube-version", KUBE_VERSION])
+        .arg("--values")
+        .arg(file.path()));
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(parse_docs(&String::from_utf8(out.stdout).unwrap()))
+}
+
+fn render(values: &str) -> Vec<Value> {
+    try_render(values).unwrap_or_else(|e| panic!("helm template failed for\n{values}\n{e}"))
+}
+
+/// Every non-empty document of a multi-document YAML stream.
+fn parse_docs(text: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(text)
+        .map(|d| Value::deserialize(d).expect("rendered YAML parses"))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn kind(doc: &Value) -> &str {
+    doc["kind"].as_str().unwrap_or_default()
+}
+
+fn all_of<'a>(docs: &'a [Value], k: &str) -> Vec<&'a Value> {
+    docs.iter().filter(|d| kind(d) == k).collect()
+}
+
+fn one<'a>(docs: &'a [Value], k: &str) -> &'a Value {
+    let found = all_of(docs, k);
+    assert_eq!(found.len(), 1, "expected one {k}, got {}", found.len());
+    found[0]
+}
+
+fn kinds(docs: &[Value]) -> Vec<String> {
+    let mut k: Vec<String> = docs.iter().map(|d| kind(d).to_string()).collect();
+    k.sort();
+    k
+}
+
+fn pod_spec(docs: &[Value]) -> &Value {
+    &one(docs, "Deployment")["spec"]["template"]["spec"]
+}
+
+fn container(docs: &[Value]) -> &Value {
+    &pod_spec(docs)["containers"][0]
+}
+
+fn args(docs: &[Value]) -> Vec<String> {
+    container(docs)["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect()
+}
+
+fn yaml(text: &str) -> Value {
+    serde_yaml::from_str(text).unwrap()
+}
+
+fn app_version() -> String {
+    let chart = yaml(&std::fs::read_to_string(chart_dir().join("Chart.yaml")).unwrap());
+    chart["appVersion"].as_str().unwrap().to_string()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lint and defaults
+
+/// Values turning every optional part on, so lint and the invariants see every template.
+const EVERYTHING: &str = r#"
+replicaCount: 2
+watchNamespace: mail
+serviceMonitor: {enabled: true, labels: {release: prometheus}}
+podDisruptionBudget: {enabled: true}
+image: {pullSecrets: [{name: regcred}]}
+relays:
+  - name: mail
+    namespace: mail
+    spec: {domain: example.net, relayhost: {host: 10.1.0.1}}
+"#;
+
+#[test]
+fn helm_lint_is_clean() {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), EVERYTHING).unwrap();
+    for extra in [
+        vec![],
+        vec!["--values".to_string(), file.path().display().to_string()],
+    ] {
+        let out = run(Command::new(helm())
+            .current_dir(root())
+            .args(["lint", "--strict", "charts/smtp-relay-operator"])
+            .args(["--namespace", NAMESPACE, "--kube-version", KUBE_VERSION])
+            .args(&extra));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "helm lint {extra:?} failed:\n{text}");
+        assert!(
+            !text.contains("[WARNING]") && !text.contains("[ERROR]"),
+            "helm lint {extra:?} is not clean:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn defaults_render_a_cluster_wide_operator() {
+    let docs = render("");
+    assert_eq!(
+        kinds(&docs),
+        [
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Deployment",
+            "Service",
+            "ServiceAccount"
+        ]
+    );
+    for d in &docs {
+        // Cluster-scoped objects have no namespace; every other one is in the release namespace.
+        if !kind(d).starts_with("Cluster") {
+            assert_eq!(d["metadata"]["namespace"], NAMESPACE, "{}", kind(d));
+        }
+    }
+    let v = app_version();
+    let c = container(&docs);
+    assert_eq!(
+        c["image"],
+        format!("ghcr.io/smtp-relay-operator/smtp-relay-operator:{v}")
+    );
+    assert_eq!(c["imagePullPolicy"], "IfNotPresent");
+    assert_eq!(
+        args(&docs),
+        [
+            "run".to_string(),
+            "--http-addr=0.0.0.0:8080".into(),
+            "--log-format=json".into(),
+            format!("--relay-image=ghcr.io/smtp-relay-operator/smtp-relay:{v}"),
+        ]
+    );
+    assert_eq!(c["env"][0]["name"], "POD_NAMESPACE");
+    assert_eq!(
+        c["env"][0]["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.namespace"
+    );
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(c["resources"]["requests"]["memory"], "64Mi");
+    let deploy = one(&docs, "Deployment");
+    assert_eq!(deploy["spec"]["replicas"], 1);
+    // No lease with one replica: Recreate keeps two operators from overlapping in a rollout.
+    assert_eq!(deploy["spec"]["strategy"]["type"], "Recreate");
+    let sa = one(&docs, "ServiceAccount")["metadata"]["name"].clone();
+    assert_eq!(pod_spec(&docs)["serviceAccountName"], sa);
+    let svc = one(&docs, "Service");
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], "http-metrics");
+    assert_eq!(
+        svc["spec"]["selector"],
+        deploy["spec"]["selector"]["matchLabels"]
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Every documented option
+
+struct Case {
+    name: &'static str,
+    values: &'static str,
+    check: fn(&[Value]),
+}
+
+const CASES: &[Case] = &[
+    Case {
+        name: "watchNamespace gives a Role in that namespace, not a ClusterRole",
+        values: "watchNamespace: mail",
+        check: |docs| {
+            assert!(all_of(docs, "ClusterRole").is_empty());
+            assert!(all_of(docs, "ClusterRoleBinding").is_empty());
+            let role = one(docs, "Role");
+            assert_eq!(role["metadata"]["namespace"], "mail");
+            let rb = one(docs, "RoleBinding");
+            assert_eq!(rb["metadata"]["namespace"], "mail");
+            assert_eq!(rb["roleRef"]["kind"], "Role");
+            assert_eq!(rb["subjects"][0]["namespace"], NAMESPACE);
+            assert!(args(docs).contains(&"--namespace=mail".to_string()));
+        },
+    },
+    Case {
+        name: "serviceMonitor.enabled creates a ServiceMonitor on the metrics port",
+        values: "serviceMonitor: {enabled: true, labels: {release: prometheus}, interval: 15s}",
+        check: |docs| {
+            let sm = one(docs, "ServiceMonitor");
+            assert_eq!(sm["apiVersion"], "monitoring.coreos.com/v1");
+            assert_eq!(sm["metadata"]["labels"]["release"], "prometheus");
+            assert_eq!(sm["spec"]["endpoints"][0]["port"], "http-metrics");
+            assert_eq!(sm["spec"]["endpoints"][0]["path"], "/metrics");
+            assert_eq!(sm["spec"]["endpoints"][0]["interval"], "15s");
+            let svc = one(docs, "Service");
+            assert_eq!(
+                sm["spec"]["selector"]["matchLabels"],
+                svc["spec"]["selector"]
+            );
+        },
+    },
+    Case {
+        name: "replicaCount 2 turns leader election on, with a lease Role",
+        values: "replicaCount: 2",
+        check: |docs| {
+            let a = args(docs);
+            assert!(a.contains(&"--leader-election".to_string()), "{a:?}");
+            assert!(a.contains(&format!("--lease-name={RELEASE}")), "{a:?}");
+            assert_eq!(one(docs, "Deployment")["spec"]["replicas"], 2);
+            assert_eq!(
+                one(docs, "Deployment")["spec"]["strategy"]["type"],
+                "RollingUpdate"
+            );
+            let role = one(docs, "Role");
+            assert_eq!(role["metadata"]["namespace"], NAMESPACE);
+            assert_eq!(
+                role["rules"],
+                yaml(
+                    r#"[{apiGroups: [coordination.k8s.io], resources: [leases], verbs: [get, create, update]}]"#
+                )
+            );
+            assert_eq!(
+                one(docs, "RoleBinding")["roleRef"]["name"],
+                role["metadata"]["name"]
+            );
+        },
+    },
+    Case {
+        name: "leaderElection.enabled with one replica",
+        values: "leaderElection: {enabled: true, leaseName: my-lease}",
+        check: |docs| {
+            let a = args(docs);
+            assert!(a.contains(&"--leader-election".to_string()), "{a:?}");
+            assert!(a.contains(&"--lease-name=my-lease".to_string()), "{a:?}");
+            assert_eq!(one(docs, "Role")["rules"][0]["resources"][0], "leases");
+        },
+    },
+    Case {
+        name: "relays create SmtpRelay objects",
+        values: r#"
+relays:
+  - name: mail
+    labels: {team: platform}
+    spec: {domain: example.net, networks: [10.0.0.0/24], relayhost: {host: 10.1.0.1, port: 25}}
+  - name: other
+    namespace: apps
+    spec: {domain: example.org, relayhost: {host: smtp.example.org, port: 587}}
+"#,
+        check: |docs| {
+            let relays = all_of(docs, "SmtpRelay");
+            assert_eq!(relays.len(), 2);
+            assert_eq!(relays[0]["apiVersion"], "smtprelay.dev/v1alpha1");
+            assert_eq!(relays[0]["metadata"]["name"], "mail");
+            assert_eq!(relays[0]["metadata"]["namespace"], NAMESPACE);
+            assert_eq!(relays[0]["metadata"]["labels"]["team"], "platform");
+            assert_eq!(relays[0]["spec"]["networks"][0], "10.0.0.0/24");
+            assert_eq!(relays[1]["metadata"]["namespace"], "apps");
+            assert_eq!(relays[1]["spec"]["relayhost"]["port"], 587);
+            // Not the operator's selector labels: relay pods must never match them.
+            assert!(relays[0]["metadata"]["labels"]
+                .get("app.kubernetes.io/name")
+                .is_none());
+        },
+    },
+    Case {
+        name: "image settings: tag, pull policy, pull secrets, relay image digest",
+        values: r#"
+image: {tag: "1.2.3", pullPolicy: Always, pullSecrets: [{name: regcred}]}
+relayImage: {repository: registry.example/relay, digest: "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"}
+"#,
+        check: |docs| {
+            let c = container(docs);
+            assert_eq!(
+                c["image"],
+                "ghcr.io/smtp-relay-operator/smtp-relay-operator:1.2.3"
+            );
+            assert_eq!(c["imagePullPolicy"], "Always");
+            assert_eq!(
+                pod_spec(docs)["imagePullSecrets"],
+                yaml("[{name: regcred}]")
+            );
+            assert!(args(docs).contains(
+                &"--relay-image=registry.example/relay@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef".to_string()
+            ));
+        },
+    },
+    Case {
+        name: "scheduling and pod metadata",
+        values: r#"
+resources: {requests: {cpu: 10m, memory: 32Mi}, limits: {cpu: "1", memory: 1Gi}}
+nodeSelector: {kubernetes.io/os: linux}
+tolerations: [{key: dedicated, operator: Equal, value: infra, effect: NoSchedule}]
+affinity: {nodeAffinity: {requiredDuringSchedulingIgnoredDuringExecution: {nodeSelectorTerms: [{matchExpressions: [{key: zone, operator: In, values: [a]}]}]}}}
+topologySpreadConstraints: [{maxSkew: 1, topologyKey: zone, whenUnsatisfiable: ScheduleAnyway}]
+priorityClassName: system-cluster-critical
+podAnnotations: {example.com/note: hi}
+podLabels: {team: platform}
+extraEnv: [{name: RUST_LOG, value: debug}]
+"#,
+        check: |docs| {
+            let pod = pod_spec(docs);
+            assert_eq!(container(docs)["resources"]["limits"]["memory"], "1Gi");
+            assert_eq!(pod["nodeSelector"]["kubernetes.io/os"], "linux");
+            assert_eq!(pod["tolerations"][0]["key"], "dedicated");
+            assert!(pod["affinity"]["nodeAffinity"].is_mapping());
+            assert_eq!(pod["topologySpreadConstraints"][0]["maxSkew"], 1);
+            assert_eq!(pod["priorityClassName"], "system-cluster-critical");
+            let meta = &one(docs, "Deployment")["spec"]["template"]["metadata"];
+            assert_eq!(meta["annotations"]["example.com/note"], "hi");
+            assert_eq!(meta["labels"]["team"], "platform");
+            assert_eq!(container(docs)["env"][1]["name"], "RUST_LOG");
+        },
+    },
+    Case {
+        name: "logFormat text and another port",
+        values: "{logFormat: text, httpPort: 9090, metrics: {service: {port: 9090}}}",
+        check: |docs| {
+            let a = args(docs);
+            assert!(a.contains(&"--log-format=text".to_string()), "{a:?}");
+            assert!(a.contains(&"--http-addr=0.0.0.0:9090".to_string()), "{a:?}");
+            assert_eq!(container(docs)["ports"][0]["containerPort"], 9090);
+            assert_eq!(one(docs, "Service")["spec"]["ports"][0]["port"], 9090);
+        },
+    },
+    Case {
+        name: "podDisruptionBudget with maxUnavailable by default",
+        values: "podDisruptionBudget: {enabled: true}",
+        check: |docs| {
+            let pdb = one(docs, "PodDisruptionBudget");
+            assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+            assert!(pdb["spec"].get("minAvailable").is_none());
+        },
+    },
+    Case {
+        name: "podDisruptionBudget with minAvailable",
+        values: "{replicaCount: 3, podDisruptionBudget: {enabled: true, minAvailable: 50%}}",
+        check: |docs| {
+            let pdb = one(docs, "PodDisruptionBudget");
+            assert_eq!(pdb["spec"]["minAvailable"], "50%");
+            assert!(pdb["spec"].get("maxUnavailable").is_none());
+        },
+    },
+    Case {
+        name: "an existing ServiceAccount and externally managed RBAC",
+        values: "{serviceAccount: {create: false, name: ops}, rbac: {create: false}}",
+        check: |docs| {
+            assert_eq!(kinds(docs), ["Deployment", "Service"]);
+            assert_eq!(pod_spec(docs)["serviceAccountName"], "ops");
+        },
+    },
+    Case {
+        name: "no metrics Service",
+        values: "metrics: {service: {enabled: false}}",
+        check: |docs| assert!(all_of(docs, "Service").is_empty()),
+    },
+    Case {
+        name: "fullnameOverride names every object",
+        values: "fullnameOverride: relay-op",
+        check: |docs| {
+            assert_eq!(one(docs, "Deployment")["metadata"]["name"], "relay-op");
+            assert_eq!(one(docs, "ServiceAccount")["metadata"]["name"], "relay-op");
+        },
+    },
+];
+
+#[test]
+fn every_documented_option_renders() {
+    for case in CASES {
+        let docs = render(case.values);
+        // A failed check names the case: the panic message alone would not.
+        let result = std::panic::catch_unwind(|| (case.check)(&docs));
+        assert!(result.is_ok(), "case failed: {}", case.name);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Invariants over every value set
+
+fn every_render() -> Vec<(String, Vec<Value>)> {
+    let mut all = vec![
+        ("defaults".to_string(), render("")),
+        ("everything".to_string(), render(EVERYTHING)),
+    ];
+    all.extend(CASES.iter().map(|c| (c.name.to_string(), render(c.values))));
+    all
+}
+
+#[test]
+fn no_rbac_rule_uses_a_wildcard() {
+    for (name, docs) in every_render() {
+        for role in docs
+            .iter()
+            .filter(|d| kind(d) == "Role" || kind(d) == "ClusterRole")
+        {
+            for rule in role["rules"].as_sequence().unwrap() {
+                for field in ["apiGroups", "resources", "verbs", "resourceNames"] {
+                    for item in rule[field].as_sequence().into_iter().flatten() {
+                        assert!(
+                            !item.as_str().unwrap().contains('*'),
+                            "{name}: wildcard in {field} of {:?}",
+                            role["metadata"]["name"]
+                        );
+                    }
+                }
+                assert!(rule.get("nonResourceURLs").is_none(), "{name}");
+            }
+        }
+    }
+}
+
+/// Exactly the operator's contract (operator/RBAC.md), nothing more.
+const OPERATOR_RULES: &str = r#"
+- {apiGroups: [smtprelay.dev], resources: [smtprelays], verbs: [get, list, watch]}
+- {apiGroups: [smtprelay.dev], resources: [smtprelays/status], verbs: [get, patch, update]}
+- {apiGroups: [""], resources: [configmaps, secrets, services], verbs: [get, list, watch, create, update, patch, delete]}
+- {apiGroups: [apps], resources: [statefulsets], verbs: [get, list, watch, create, update, patch, delete]}
+- {apiGroups: [policy], resources: [poddisruptionbudgets], verbs: [get, list, watch, create, update, patch, delete]}
+- {apiGroups: [""], resources: [events], verbs: [create, patch]}
+- {apiGroups: [events.k8s.io], resources: [events], verbs: [create, patch]}
+"#;
+
+#[test]
+fn rbac_grants_exactly_the_operator_contract() {
+    let expected = yaml(OPERATOR_RULES);
+    assert_eq!(one(&render(""), "ClusterRole")["rules"], expected);
+    assert_eq!(
+        one(&render("watchNamespace: mail"), "Role")["rules"],
+        expected
+    );
+}
+
+#[test]
+fn operator_pod_meets_the_restricted_profile() {
+    for (name, docs) in every_render() {
+        let pod = pod_spec(&docs);
+        let psc = &pod["securityContext"];
+        assert_eq!(psc["runAsNonRoot"], true, "{name}");
+        assert_eq!(psc["runAsUser"], 65532, "{name}");
+        assert_eq!(psc["seccompProfile"]["type"], "RuntimeDefault", "{name}");
+        for c in pod["containers"].as_sequence().unwrap() {
+            let sc = &c["securityContext"];
+            assert_eq!(sc["allowPrivilegeEscalation"], false, "{name}");
+            assert_eq!(sc["readOnlyRootFilesystem"], true, "{name}");
+            assert_eq!(sc["runAsNonRoot"], true, "{name}");
+            assert_eq!(sc["runAsUser"], 65532, "{name}");
+            assert_eq!(sc["capabilities"]["drop"], yaml("[ALL]"), "{name}");
+            assert!(sc["capabilities"].get("add").is_none(), "{name}");
+            assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault", "{name}");
+        }
+        assert!(pod.get("hostNetwork").is_none() && pod.get("hostPID").is_none());
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Wrong values fail with a message naming them
+
+#[test]
+fn wrong_values_are_rejected_naming_the_value() {
+    let cases = [
+        (r#"replicaCount: "two""#, "/replicaCount"),
+        ("logFormat: xml", "/logFormat"),
+        ("replicasCount: 2", "'replicasCount'"),
+        ("image: {pullPolicy: Sometimes}", "/image/pullPolicy"),
+        ("image: {pullSecrets: [regcred]}", "/image/pullSecrets/0"),
+        ("image: {tagg: v1}", "'tagg'"),
+        ("watchNamespace: Mail_NS", "/watchNamespace"),
+        ("serviceMonitor: {enabled: yes please}", "/serviceMonitor/enabled"),
+        ("serviceMonitor: {interval: soon}", "/serviceMonitor/interval"),
+        ("podDisruptionBudget: {minAvailable: lots}", "/podDisruptionBudget/minAvailable"),
+        ("relays: [{spec: {domain: x}}]", "/relays/0"),
+        ("relays: [{name: Bad_Name, spec: {domain: x, relayhost: {host: h}}}]", "/relays/0/name"),
+        ("nodeSelector: {zone: 1}", "/nodeSelector/zone"),
+        (
+            "{serviceMonitor: {enabled: true}, metrics: {service: {enabled: false}}}",
+            "metrics.service.enabled",
+        ),
+        (
+            "{serviceAccount: {create: false}}",
+            "serviceAccount.name is required",
+        ),
+        (
+            "{watchNamespace: mail, relays: [{name: r, namespace: other, spec: {domain: x, relayhost: {host: h}}}]}",
+            "relays[0] (r) is in namespace \"other\"",
+        ),
+    ];
+    for (values, needle) in cases {
+        match try_render(values) {
+            Ok(_) => panic!("helm template accepted wrong values: {values}"),
+            Err(e) => assert!(
+                e.contains(needle),
+                "error for {values} does not mention {needle:?}:\n{e}"
+            ),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// NOTES.txt (helm template does not print it: render it through a copy of the chart)
+
+fn render_notes(values: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("smtp-relay-operator");
+    copy_dir(&chart_dir(), &copy);
+    std::fs::write(
+        copy.join("templates/zz-notes-probe.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: notes}\ndata:\n  notes: {{ include \"smtp-relay-operator/templates/NOTES.txt\" . | toJson }}\n",
+    )
+    .unwrap();
+    let file = dir.path().join("values.yaml");
+    std::fs::write(&file, values).unwrap();
+    let out = run(Command::new(helm())
+        .args(["template", RELEASE])
+        .arg(&copy)
+        .args(["--namespace", NAMESPACE, "--kube-version", KUBE_VERSION])
+        .args(["--show-only", "templates/zz-notes-probe.yaml", "--values"])
+        .arg(&file));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cm = yaml(&String::from_utf8(out.stdout).unwrap());
+    cm["data"]["notes"].as_str().unwrap().to_string()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn notes_tell_what_to_apply_next() {
+    let notes = render_notes("");
+    assert!(notes.contains("kind: SmtpRelay"), "{notes}");
+    assert!(notes.contains("kubectl get smtpr"), "{notes}");
+    assert!(notes.contains("all namespaces"), "{notes}");
+    let notes = render_notes("watchNamespace: mail");
+    assert!(notes.contains("kubectl apply -n mail"), "{notes}");
+    let notes =
+        render_notes("relays: [{name: r, spec: {domain: example.net, relayhost: {host: h}}}]");
+    assert!(notes.contains("created 1 SmtpRelay"), "{notes}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Generated copies
+
+#[test]
+fn chart_crd_copy_is_identical_to_the_generated_crd() {
+    let src = root().join("crds").join(CRD_FILE);
+    let copy = chart_dir().join("crds").join(CRD_FILE);
+    let src_text = std::fs::read_to_string(&src).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; generate it: cargo run -p smtp-relay-operator -- crd > crds/{CRD_FILE}",
+            src.display()
+        )
+    });
+    let copy_text = std::fs::read_to_string(&copy).unwrap_or_default();
+    assert!(
+        src_text == copy_text,
+        "{} is stale: run charts/sync-crds.sh",
+        copy.display()
+    );
+    // The chart must carry nothing else there: helm would install it too.
+    let entries = std::fs::read_dir(chart_dir().join("crds")).unwrap().count();
+    assert_eq!(
+        entries, 1,
+        "charts/smtp-relay-operator/crds/ holds extra files"
+    );
+}
+
+#[test]
+fn deploy_manifest_is_up_to_date() {
+    let out = run(Command::new(root().join("deploy/render.sh"))
+        .current_dir(root())
+        .env("HELM", helm()));
+    assert!(
+        out.status.success(),
+        "deploy/render.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let committed =
+        std::fs::read_to_string(root().join("deploy/smtp-relay-operator.yaml")).unwrap_or_default();
+    assert!(
+        committed.as_bytes() == out.stdout.as_slice(),
+        "deploy/smtp-relay-operator.yaml is stale: run deploy/render.sh > deploy/smtp-relay-operator.yaml"
+    );
+    // It installs everything in one apply: Namespace first, then the CRD, then the operator.
+    let docs = parse_docs(&committed);
+    assert_eq!(kind(&docs[0]), "Namespace");
+    assert_eq!(docs[0]["metadata"]["name"], NAMESPACE);
+    assert_eq!(kind(&docs[1]), "CustomResourceDefinition");
+    assert_eq!(one(&docs, "Deployment")["metadata"]["namespace"], NAMESPACE);
+}
