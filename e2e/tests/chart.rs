@@ -655,3 +655,286 @@ fn deploy_manifest_is_up_to_date() {
     assert_eq!(kind(&docs[1]), "CustomResourceDefinition");
     assert_eq!(one(&docs, "Deployment")["metadata"]["namespace"], NAMESPACE);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Documentation: the README covers every seed setting and every value
+
+fn readme() -> String {
+    std::fs::read_to_string(chart_dir().join("README.md")).unwrap()
+}
+
+#[test]
+fn readme_maps_every_seed_setting() {
+    let readme = readme();
+    let seed = [
+        "RELAY_MYHOSTNAME",
+        "RELAY_MYDOMAIN",
+        "RELAY_MYNETWORKS",
+        "RELAY_DOMAINS",
+        "RELAY_HOST",
+        "RELAY_LOGIN",
+        "RELAY_PASSWORD",
+        "RELAY_USE_TLS",
+        "RELAY_TLS_VERIFY",
+        "RELAY_TLS_CA",
+        "RELAY_POSTMASTER",
+        "RELAY_STRICT_SENDER_MYDOMAIN",
+        "RELAY_MODE",
+        "RELAY_EXTRAS_SETTINGS",
+        "POSTCONF_",
+        "/data",
+        "/var/spool/postfix",
+        "/etc/postfix/sasl_passwd",
+        "client_sasl_passwd",
+        "saslpasswd.sh",
+        "listpasswd.sh",
+        "smtp_client.py",
+    ];
+    // The setting must appear in the first column of a table row.
+    let first_cells: Vec<&str> = readme
+        .lines()
+        .filter_map(|l| l.strip_prefix("| ")?.split(" | ").next())
+        .collect();
+    for s in seed {
+        assert!(
+            first_cells.iter().any(|c| c.contains(s)),
+            "README.md has no mapping row for {s}"
+        );
+    }
+}
+
+/// Keys of the README's values table (first column of rows starting with "| `").
+fn readme_value_keys() -> Vec<String> {
+    let readme = readme();
+    let table = readme
+        .split("## Values")
+        .nth(1)
+        .expect("a ## Values section");
+    table
+        .lines()
+        .take_while(|l| !l.starts_with("## "))
+        .filter_map(|l| l.strip_prefix("| `"))
+        .map(|l| l.split('`').next().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn readme_documents_every_value() {
+    let documented = readme_value_keys();
+    let values = yaml(&std::fs::read_to_string(chart_dir().join("values.yaml")).unwrap());
+    // Walk values.yaml: a documented key covers everything below it (free-form maps like
+    // resources); an undocumented map is walked into; an undocumented leaf is a gap.
+    fn walk(v: &Value, prefix: &str, documented: &[String], seen: &mut Vec<String>) {
+        for (k, child) in v.as_mapping().unwrap() {
+            let path = format!("{prefix}{}", k.as_str().unwrap());
+            if documented.contains(&path) {
+                seen.push(path);
+            } else if child.as_mapping().is_some_and(|m| !m.is_empty()) {
+                walk(child, &format!("{path}."), documented, seen);
+            } else {
+                panic!("values.yaml key {path} is missing from the README's values table");
+            }
+        }
+    }
+    let mut seen = Vec::new();
+    walk(&values, "", &documented, &mut seen);
+    for key in &documented {
+        assert!(
+            seen.contains(key),
+            "README documents {key}, which values.yaml lacks"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Examples match the CRD
+
+/// The v1alpha1 openAPIV3Schema of the generated CRD.
+fn crd_schema() -> Value {
+    let path = root().join("crds").join(CRD_FILE);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; generate it: cargo run -p smtp-relay-operator -- crd > crds/{CRD_FILE}",
+            path.display()
+        )
+    });
+    let crd = parse_docs(&text).remove(0);
+    let versions = crd["spec"]["versions"].as_sequence().unwrap();
+    let v1alpha1 = versions
+        .iter()
+        .find(|v| v["name"] == "v1alpha1")
+        .expect("CRD has v1alpha1");
+    v1alpha1["schema"]["openAPIV3Schema"].clone()
+}
+
+/// A structural check of `v` against an OpenAPI schema: field names, types, enums, required
+/// fields and integer ranges. Patterns and CEL rules are left to the API server (the e2e suite's
+/// server-side dry-run); this catches the misspelt or misplaced fields that break examples.
+fn check_schema(v: &Value, schema: &Value, path: &str, errs: &mut Vec<String>) {
+    if schema["x-kubernetes-int-or-string"] == true {
+        if !(v.is_i64() || v.is_string()) {
+            errs.push(format!("{path}: want integer or string"));
+        }
+        return;
+    }
+    if let Some(allowed) = schema["enum"].as_sequence() {
+        if !allowed.contains(v) {
+            errs.push(format!("{path}: {v:?} is not one of {allowed:?}"));
+        }
+    }
+    match schema["type"].as_str() {
+        Some("object") => {
+            let Some(map) = v.as_mapping() else {
+                return errs.push(format!("{path}: want an object"));
+            };
+            for req in schema["required"].as_sequence().into_iter().flatten() {
+                if !map.contains_key(req) {
+                    errs.push(format!(
+                        "{path}: missing required {}",
+                        req.as_str().unwrap_or_default()
+                    ));
+                }
+            }
+            for (k, child) in map {
+                let key = k.as_str().unwrap_or_default();
+                let sub = format!("{path}.{key}");
+                if let Some(s) = schema["properties"].get(key) {
+                    check_schema(child, s, &sub, errs);
+                } else if schema["additionalProperties"].is_mapping() {
+                    check_schema(child, &schema["additionalProperties"], &sub, errs);
+                } else if schema["x-kubernetes-preserve-unknown-fields"] != true
+                    && schema["additionalProperties"] != true
+                {
+                    errs.push(format!("{sub}: unknown field"));
+                }
+            }
+        }
+        Some("array") => match v.as_sequence() {
+            Some(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    check_schema(item, &schema["items"], &format!("{path}[{i}]"), errs);
+                }
+            }
+            None => errs.push(format!("{path}: want an array")),
+        },
+        Some("string") if !v.is_string() => errs.push(format!("{path}: want a string")),
+        Some("boolean") if !v.is_bool() => errs.push(format!("{path}: want a boolean")),
+        Some("integer") => match v.as_i64() {
+            None => errs.push(format!("{path}: want an integer")),
+            Some(n) => {
+                let below = schema["minimum"].as_f64().is_some_and(|m| (n as f64) < m);
+                let above = schema["maximum"].as_f64().is_some_and(|m| (n as f64) > m);
+                if below || above {
+                    errs.push(format!("{path}: {n} out of range"));
+                }
+            }
+        },
+        _ => {}
+    }
+}
+
+/// Every SmtpRelay the project shows users: the examples, the Argo CD Application's relays, the
+/// Argo CD health samples' specs and the chart's relays rendered from values.
+fn shown_relays() -> Vec<(String, Value)> {
+    let mut relays = Vec::new();
+    for entry in std::fs::read_dir(chart_dir().join("examples")).unwrap() {
+        let path = entry.unwrap().path();
+        for doc in parse_docs(&std::fs::read_to_string(&path).unwrap()) {
+            if kind(&doc) == "SmtpRelay" {
+                relays.push((path.display().to_string(), doc));
+            }
+        }
+    }
+    let app = yaml(&std::fs::read_to_string(root().join("argocd/application.yaml")).unwrap());
+    let app_values = serde_yaml::to_string(&app["spec"]["source"]["helm"]["valuesObject"]).unwrap();
+    for doc in all_of(&render(&app_values), "SmtpRelay") {
+        relays.push(("argocd/application.yaml".into(), doc.clone()));
+    }
+    for entry in std::fs::read_dir(root().join("argocd/testdata")).unwrap() {
+        let path = entry.unwrap().path();
+        let mut doc = yaml(&std::fs::read_to_string(&path).unwrap());
+        // Status is the operator's to write; only the spec is user input here.
+        doc.as_mapping_mut().unwrap().remove("status");
+        relays.push((path.display().to_string(), doc));
+    }
+    relays
+}
+
+#[test]
+fn every_shown_smtp_relay_matches_the_crd_schema() {
+    let schema = crd_schema();
+    let relays = shown_relays();
+    assert!(relays.len() >= 5, "found only {} SmtpRelays", relays.len());
+    let mut errs = Vec::new();
+    for (source, relay) in &relays {
+        assert_eq!(relay["apiVersion"], "smtprelay.dev/v1alpha1", "{source}");
+        let mut spec_only = relay.clone();
+        // metadata is validated by the API server's ObjectMeta, not this schema.
+        spec_only.as_mapping_mut().unwrap().remove("metadata");
+        let mut found = Vec::new();
+        check_schema(&spec_only, &schema, "", &mut found);
+        errs.extend(found.into_iter().map(|e| format!("{source}: {e}")));
+    }
+    assert!(errs.is_empty(), "{}", errs.join("\n"));
+}
+
+#[test]
+fn schema_check_catches_misspelt_fields() {
+    // The checker itself: a schema excerpt and a relay with typical mistakes.
+    let schema = yaml(
+        r#"
+type: object
+properties:
+  spec:
+    type: object
+    required: [domain]
+    properties:
+      domain: {type: string}
+      mode: {type: string, enum: [Strict]}
+      replicas: {type: integer, minimum: 1}
+      postconf: {type: object, additionalProperties: {type: string}}
+"#,
+    );
+    let relay = yaml("spec: {domian: x, mode: strict, replicas: 0, postconf: {a: 1}}");
+    let mut errs = Vec::new();
+    check_schema(&relay, &schema, "", &mut errs);
+    let text = errs.join("\n");
+    for needle in [
+        ".spec: missing required domain",
+        ".spec.domian: unknown field",
+        ".spec.mode",
+        ".spec.replicas: 0 out of range",
+        ".spec.postconf.a: want a string",
+    ] {
+        assert!(text.contains(needle), "{needle} not reported in:\n{text}");
+    }
+}
+
+#[test]
+fn examples_carry_the_secrets_they_reference() {
+    // authenticated-proxy.yaml is self-contained: both Secrets are in the file, with the keys
+    // the SmtpRelay names.
+    let text =
+        std::fs::read_to_string(chart_dir().join("examples/authenticated-proxy.yaml")).unwrap();
+    let docs = parse_docs(&text);
+    let secret = |name: &Value| -> Value {
+        all_of(&docs, "Secret")
+            .into_iter()
+            .find(|s| &s["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no Secret {name:?} in the file"))
+            .clone()
+    };
+    let relay = one(&docs, "SmtpRelay");
+    assert_eq!(relay["spec"]["mode"], "AllowSaslAuthNoDomain");
+    let creds = &relay["spec"]["relayhost"]["credentialsSecretRef"];
+    let s = secret(&creds["name"]);
+    for key in ["usernameKey", "passwordKey"] {
+        let k = creds[key].as_str().unwrap();
+        assert!(
+            s["stringData"].get(k).is_some(),
+            "relayhost Secret lacks {k}"
+        );
+    }
+    let users = secret(&relay["spec"]["saslUsersSecretRef"]["name"]);
+    assert!(!users["stringData"].as_mapping().unwrap().is_empty());
+}
