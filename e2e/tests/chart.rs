@@ -196,6 +196,7 @@ fn defaults_render_a_cluster_wide_operator() {
         c["env"][0]["valueFrom"]["fieldRef"]["fieldPath"],
         "metadata.namespace"
     );
+    assert_eq!(c["env"][1]["name"], "POD_NAME");
     assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(c["resources"]["requests"]["memory"], "64Mi");
@@ -364,7 +365,7 @@ extraEnv: [{name: RUST_LOG, value: debug}]
             let meta = &one(docs, "Deployment")["spec"]["template"]["metadata"];
             assert_eq!(meta["annotations"]["example.com/note"], "hi");
             assert_eq!(meta["labels"]["team"], "platform");
-            assert_eq!(container(docs)["env"][1]["name"], "RUST_LOG");
+            assert_eq!(container(docs)["env"][2]["name"], "RUST_LOG");
         },
     },
     Case {
