@@ -1,0 +1,57 @@
+//! The relay image's config file (`relay.yaml`), built from the spec. It names files, never
+//! secret values: credentials, CA, users and TLS keys are mounted from the owned Secrets.
+
+use std::path::PathBuf;
+
+use smtp_relay::config_file::{InboundTlsFile, RelayConfigFile, RelayhostFile};
+
+use super::{CA_KEY, PASSWORD_KEY, RELAYHOST_DIR, SASL_USERS_DIR, TLS_DIR, USERNAME_KEY};
+use crate::crd::SmtpRelaySpec;
+use crate::resolve::Resolved;
+
+fn file(dir: &str, key: &str) -> PathBuf {
+    PathBuf::from(format!("{dir}/{key}"))
+}
+
+/// The `RelayConfigFile` the relay pods read.
+pub fn relay_config_file(spec: &SmtpRelaySpec, resolved: &Resolved) -> RelayConfigFile {
+    let login = resolved.relayhost_login.is_some();
+    let relayhost = RelayhostFile {
+        host: spec.relayhost.host.clone(),
+        // Admission bounds the port to 1..=65535; fall back to SMTP's port if it is ever not.
+        port: u16::try_from(spec.relayhost.port).unwrap_or(25),
+        mx_lookup: spec.relayhost.mx_lookup,
+        implicit_tls: spec.relayhost.implicit_tls,
+        username_file: login.then(|| file(RELAYHOST_DIR, USERNAME_KEY)),
+        password_file: login.then(|| file(RELAYHOST_DIR, PASSWORD_KEY)),
+        tls_level: spec.relayhost.tls.as_ref().map(|t| t.level.into()),
+        tls_ca_file: resolved
+            .relayhost_ca
+            .is_some()
+            .then(|| file(RELAYHOST_DIR, CA_KEY)),
+    };
+    RelayConfigFile {
+        domain: spec.domain.clone(),
+        hostname: spec.hostname.clone(),
+        networks: spec.networks.clone(),
+        relay_domains: spec.relay_domains.clone(),
+        relayhost,
+        postmaster: spec.postmaster.clone(),
+        strict_sender: spec.strict_sender,
+        mode: if spec.custom_restrictions.is_some() {
+            None
+        } else {
+            Some(spec.mode.unwrap_or_default().into())
+        },
+        custom_restrictions: spec.custom_restrictions.clone(),
+        sasl_users_dir: resolved
+            .sasl_users
+            .is_some()
+            .then(|| PathBuf::from(SASL_USERS_DIR)),
+        inbound_tls: resolved.inbound_tls.as_ref().map(|_| InboundTlsFile {
+            cert_file: file(TLS_DIR, "tls.crt"),
+            key_file: file(TLS_DIR, "tls.key"),
+        }),
+        postconf: spec.postconf.clone(),
+    }
+}

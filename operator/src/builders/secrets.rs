@@ -1,0 +1,70 @@
+//! The Secrets the relay owns: copies of the referenced user Secrets (and CA ConfigMap), so a
+//! later missing or malformed source never breaks running or restarting pods.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::ByteString;
+use kube::ResourceExt;
+
+use super::{child_meta, Names, CA_KEY, PASSWORD_KEY, USERNAME_KEY};
+use crate::crd::SmtpRelay;
+use crate::resolve::Resolved;
+use crate::Result;
+
+fn secret(
+    relay: &SmtpRelay,
+    name: String,
+    component: &str,
+    type_: &str,
+    data: BTreeMap<String, Vec<u8>>,
+) -> Result<Secret> {
+    Ok(Secret {
+        metadata: child_meta(relay, name, component)?,
+        type_: Some(type_.into()),
+        data: Some(data.into_iter().map(|(k, v)| (k, ByteString(v))).collect()),
+        ..Secret::default()
+    })
+}
+
+/// `<name>-relayhost`: `username`, `password` and `ca.crt`, as configured.
+pub fn relayhost_secret(relay: &SmtpRelay, resolved: &Resolved) -> Result<Option<Secret>> {
+    let mut data = BTreeMap::new();
+    if let Some(login) = &resolved.relayhost_login {
+        data.insert(
+            USERNAME_KEY.to_string(),
+            login.username.clone().into_bytes(),
+        );
+        data.insert(PASSWORD_KEY.to_string(), login.password.clone());
+    }
+    if let Some(ca) = &resolved.relayhost_ca {
+        data.insert(CA_KEY.to_string(), ca.clone());
+    }
+    if data.is_empty() {
+        return Ok(None);
+    }
+    let name = Names::relayhost_secret(&relay.name_any());
+    secret(relay, name, "relayhost-credentials", "Opaque", data).map(Some)
+}
+
+/// `<name>-sasl-users`: one key per user, the value being the password.
+pub fn sasl_users_secret(relay: &SmtpRelay, resolved: &Resolved) -> Result<Option<Secret>> {
+    let Some(users) = &resolved.sasl_users else {
+        return Ok(None);
+    };
+    let name = Names::sasl_users_secret(&relay.name_any());
+    secret(relay, name, "sasl-users", "Opaque", users.clone()).map(Some)
+}
+
+/// `<name>-tls`: the inbound certificate and key (type `kubernetes.io/tls`).
+pub fn tls_secret(relay: &SmtpRelay, resolved: &Resolved) -> Result<Option<Secret>> {
+    let Some(tls) = &resolved.inbound_tls else {
+        return Ok(None);
+    };
+    let data = BTreeMap::from([
+        ("tls.crt".to_string(), tls.cert.clone()),
+        ("tls.key".to_string(), tls.key.clone()),
+    ]);
+    let name = Names::tls_secret(&relay.name_any());
+    secret(relay, name, "tls", "kubernetes.io/tls", data).map(Some)
+}

@@ -1,0 +1,62 @@
+//! The client-facing Service `<name>` and the headless Service `<name>-headless` that gives the
+//! StatefulSet's pods stable names and exposes their metrics.
+
+use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::ResourceExt;
+
+use super::{child_meta, selector_labels, Names, METRICS_PORT, SMTP_PORT};
+use crate::crd::{ServiceType, SmtpRelay};
+use crate::Result;
+
+fn port(name: &str, port: i32) -> ServicePort {
+    ServicePort {
+        name: Some(name.into()),
+        port,
+        protocol: Some("TCP".into()),
+        target_port: Some(IntOrString::String(name.into())),
+        ..ServicePort::default()
+    }
+}
+
+pub fn service(relay: &SmtpRelay) -> Result<Service> {
+    let s = &relay.spec.service;
+    let mut meta = child_meta(relay, relay.name_any(), "relay")?;
+    if !s.annotations.is_empty() {
+        meta.annotations = Some(s.annotations.clone());
+    }
+    let external = s.type_ != ServiceType::ClusterIP;
+    Ok(Service {
+        metadata: meta,
+        spec: Some(ServiceSpec {
+            type_: Some(s.type_.as_str().into()),
+            selector: Some(selector_labels(relay)),
+            ports: Some(vec![port("smtp", s.port)]),
+            external_traffic_policy: s
+                .external_traffic_policy
+                .filter(|_| external)
+                .map(|p| p.as_str().into()),
+            load_balancer_ip: s
+                .load_balancer_ip
+                .clone()
+                .filter(|_| s.type_ == ServiceType::LoadBalancer),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    })
+}
+
+pub fn headless_service(relay: &SmtpRelay) -> Result<Service> {
+    let name = Names::headless_service(&relay.name_any());
+    Ok(Service {
+        metadata: child_meta(relay, name, "relay")?,
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            selector: Some(selector_labels(relay)),
+            publish_not_ready_addresses: Some(true),
+            ports: Some(vec![port("smtp", SMTP_PORT), port("metrics", METRICS_PORT)]),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    })
+}

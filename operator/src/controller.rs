@@ -1,0 +1,542 @@
+//! The reconcile loop: read, decide, apply with server-side apply, write status, publish Events.
+//!
+//! Bad input is never destructive: when the spec is rejected or a reference cannot be resolved,
+//! the reconcile writes status (and a Warning Event) and changes nothing else, so the last good
+//! configuration keeps running.
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::NamespaceResourceScope;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{watcher, Controller};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tracing::{debug, info, warn};
+
+use crate::builders::{self, hash::object_hash, BuildOptions, Desired, Names, MANAGED_BY_SELECTOR};
+use crate::crd::SmtpRelay;
+use crate::mapping::{referenced_config_maps, referenced_secrets, relays_for};
+use crate::metrics::Metrics;
+use crate::resolve::{self, RefSource};
+use crate::status::{self, Outcome, Rollout};
+use crate::{Error, Result};
+
+/// The one field manager of every write.
+pub const MANAGER: &str = "smtp-relay-operator";
+/// Hash of the desired object last applied; an equal hash means there is nothing to write.
+pub const APPLIED_HASH_ANNOTATION: &str = "smtprelay.dev/applied-hash";
+
+/// Shared state of the reconciles.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub opts: BuildOptions,
+    failures: Mutex<HashMap<ObjectRef<SmtpRelay>, u32>>,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        metrics: Arc<Metrics>,
+        opts: BuildOptions,
+        instance: Option<String>,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: MANAGER.into(),
+            instance,
+        };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            opts,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn reset_backoff(&self, relay: &SmtpRelay) {
+        if let Ok(mut f) = self.failures.lock() {
+            f.remove(&ObjectRef::from_obj(relay));
+        }
+    }
+
+    fn next_backoff(&self, relay: &SmtpRelay) -> Duration {
+        let n = match self.failures.lock() {
+            Ok(mut f) => {
+                let n = f.entry(ObjectRef::from_obj(relay)).or_insert(0);
+                *n = n.saturating_add(1);
+                *n
+            }
+            Err(_) => 1,
+        };
+        backoff(n)
+    }
+}
+
+/// Exponential backoff: 5 s, 10 s, 20 s, … capped at 5 minutes.
+pub fn backoff(failures: u32) -> Duration {
+    let exp = failures.saturating_sub(1).min(6);
+    Duration::from_secs((5u64 << exp).min(300))
+}
+
+/// Objects the operator applies, and how to tell a live copy already matches.
+pub trait Owned:
+    Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+    + Clone
+    + Serialize
+    + DeserializeOwned
+    + Debug
+    + Send
+    + Sync
+    + 'static
+{
+    /// What the applied-hash annotation covers (Secrets leave their data out: no hash of a
+    /// secret value is ever written to an annotation).
+    fn hash_view(&self) -> Self {
+        self.clone()
+    }
+    /// Checks the live object for drift the hash cannot see.
+    fn live_matches(&self, _live: &Self) -> bool {
+        true
+    }
+}
+
+impl Owned for ConfigMap {
+    fn live_matches(&self, live: &Self) -> bool {
+        self.data == live.data
+    }
+}
+impl Owned for Service {}
+impl Owned for PodDisruptionBudget {}
+impl Owned for Secret {
+    fn hash_view(&self) -> Self {
+        Secret {
+            data: None,
+            ..self.clone()
+        }
+    }
+    fn live_matches(&self, live: &Self) -> bool {
+        self.data == live.data
+    }
+}
+impl Owned for StatefulSet {
+    fn live_matches(&self, live: &Self) -> bool {
+        let replicas = |s: &StatefulSet| s.spec.as_ref().and_then(|s| s.replicas);
+        replicas(self) == replicas(live)
+    }
+}
+
+fn name_ns(meta: &kube::api::ObjectMeta) -> Result<(String, String)> {
+    Ok((
+        meta.name
+            .clone()
+            .ok_or(Error::MissingObjectKey(".metadata.name"))?,
+        meta.namespace
+            .clone()
+            .ok_or(Error::MissingObjectKey(".metadata.namespace"))?,
+    ))
+}
+
+/// Server-side applies `obj` unless the live object already carries its hash.
+async fn apply<K: Owned>(client: &Client, obj: &K) -> Result<K> {
+    let (name, ns) = name_ns(obj.meta())?;
+    let api: Api<K> = Api::namespaced(client.clone(), &ns);
+    let hash = object_hash(&obj.hash_view());
+    if let Some(live) = api.get_opt(&name).await? {
+        let same = live.annotations().get(APPLIED_HASH_ANNOTATION) == Some(&hash)
+            && obj.live_matches(&live)
+            && live.meta().deletion_timestamp.is_none();
+        if same {
+            debug!(kind = K::kind(&()).as_ref(), %name, "unchanged, not applied");
+            return Ok(live);
+        }
+    }
+    let mut obj = obj.clone();
+    obj.annotations_mut()
+        .insert(APPLIED_HASH_ANNOTATION.into(), hash);
+    info!(kind = K::kind(&()).as_ref(), %name, %ns, "applying");
+    let params = PatchParams::apply(MANAGER).force();
+    Ok(api.patch(&name, &params, &Patch::Apply(&obj)).await?)
+}
+
+/// Deletes an object the relay no longer needs, if it exists and this relay controls it.
+async fn delete_owned<K: Owned>(client: &Client, relay: &SmtpRelay, name: &str) -> Result<()> {
+    let ns = relay
+        .namespace()
+        .ok_or(Error::MissingObjectKey(".metadata.namespace"))?;
+    let api: Api<K> = Api::namespaced(client.clone(), &ns);
+    let Some(live) = api.get_opt(name).await? else {
+        return Ok(());
+    };
+    let ours = live
+        .owner_references()
+        .iter()
+        .any(|o| o.controller == Some(true) && Some(&o.uid) == relay.metadata.uid.as_ref());
+    if ours {
+        info!(kind = K::kind(&()).as_ref(), %name, %ns, "deleting, no longer needed");
+        match api.delete(name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// The spec's storage differs from the live StatefulSet's immutable claim template.
+pub fn storage_change(desired: &StatefulSet, live: &StatefulSet) -> Option<String> {
+    let claim = |s: &StatefulSet| {
+        s.spec
+            .as_ref()
+            .and_then(|s| s.volume_claim_templates.as_ref())
+            .and_then(|v| {
+                v.iter()
+                    .find(|c| c.metadata.name.as_deref() == Some("spool"))
+                    .cloned()
+            })
+            .and_then(|c| c.spec)
+    };
+    let (want, have) = (claim(desired)?, claim(live)?);
+    let size = |c: &k8s_openapi::api::core::v1::PersistentVolumeClaimSpec| {
+        c.resources
+            .as_ref()
+            .and_then(|r| r.requests.as_ref())
+            .and_then(|r| r.get("storage"))
+            .map(|q| q.0.clone())
+    };
+    let (want_size, have_size) = (size(&want), size(&have));
+    let same_size = match (&want_size, &have_size) {
+        (Some(a), Some(b)) => {
+            crate::validate::quantity_bytes(a) == crate::validate::quantity_bytes(b)
+        }
+        (a, b) => a == b,
+    };
+    if !same_size || want.storage_class_name != have.storage_class_name {
+        return Some(format!(
+            "spec.storage cannot change once the relay exists (queue volumes are immutable): it has size {} and storageClassName {}; revert spec.storage, or create a new SmtpRelay and drain this one",
+            have_size.unwrap_or_default(),
+            have.storage_class_name.unwrap_or_else(|| "(cluster default)".into())
+        ));
+    }
+    None
+}
+
+/// Validates, resolves and builds; user errors become an [`Outcome`], API errors an `Err`.
+pub async fn plan(
+    relay: &SmtpRelay,
+    src: &impl RefSource,
+    opts: &BuildOptions,
+) -> Result<std::result::Result<Desired, Outcome>> {
+    if let Err(message) = crate::validate::validate_spec(&relay.spec) {
+        return Ok(Err(Outcome::InvalidSpec { message }));
+    }
+    let resolved = match resolve::resolve(relay, src).await {
+        Ok(r) => r,
+        Err(e) if e.is_user_error() => {
+            return Ok(Err(Outcome::Unresolved {
+                reason: e.reason(),
+                message: e.to_string(),
+            }))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    match builders::build(relay, &resolved, opts) {
+        Ok(d) => Ok(Ok(d)),
+        Err(Error::InvalidSpec(message)) => Ok(Err(Outcome::InvalidSpec { message })),
+        Err(e) => Err(e),
+    }
+}
+
+/// Applies the desired objects in dependency order and prunes the ones no longer wanted.
+async fn apply_all(client: &Client, relay: &SmtpRelay, d: &Desired) -> Result<StatefulSet> {
+    let name = relay.name_any();
+    // Unreferenced Secrets are pruned later (prune_secrets), once no pod mounts them.
+    for secret in [&d.relayhost_secret, &d.sasl_users_secret, &d.tls_secret]
+        .into_iter()
+        .flatten()
+    {
+        apply(client, secret).await?;
+    }
+    apply(client, &d.config_map).await?;
+    apply(client, &d.headless_service).await?;
+    apply(client, &d.service).await?;
+    let sts = apply(client, &d.stateful_set).await?;
+    match &d.pdb {
+        Some(p) => {
+            apply(client, p).await?;
+        }
+        None => delete_owned::<PodDisruptionBudget>(client, relay, &name).await?,
+    }
+    Ok(sts)
+}
+
+/// Deletes owned Secrets the relay no longer references, once no pod of the old revision can
+/// still mount them (the rollout is complete).
+async fn prune_secrets(
+    client: &Client,
+    relay: &SmtpRelay,
+    d: &Desired,
+    rollout: Rollout,
+) -> Result<()> {
+    if !rollout.up_to_date {
+        return Ok(());
+    }
+    let name = relay.name_any();
+    for (wanted, secret_name) in [
+        (d.relayhost_secret.is_some(), Names::relayhost_secret(&name)),
+        (
+            d.sasl_users_secret.is_some(),
+            Names::sasl_users_secret(&name),
+        ),
+        (d.tls_secret.is_some(), Names::tls_secret(&name)),
+    ] {
+        if !wanted {
+            delete_owned::<Secret>(client, relay, &secret_name).await?;
+        }
+    }
+    Ok(())
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// Events for notable transitions only, so a steady failure does not flood the namespace.
+pub fn events_for(
+    relay: &SmtpRelay,
+    outcome: &Outcome,
+    new: &crate::crd::SmtpRelayStatus,
+) -> Vec<Event> {
+    let old_ready = status::ready_condition(relay.status.as_ref());
+    let new_ready = status::ready_condition(Some(new));
+    let mut out = Vec::new();
+    match outcome {
+        Outcome::InvalidSpec { .. } | Outcome::Unresolved { .. } => {
+            let changed = old_ready.map(|c| (&c.reason, &c.message))
+                != new_ready.map(|c| (&c.reason, &c.message));
+            if let (true, Some(c)) = (changed, new_ready) {
+                out.push(Event {
+                    type_: EventType::Warning,
+                    reason: c.reason.clone(),
+                    note: Some(truncate(&c.message, 1000)),
+                    action: "Reconcile".into(),
+                    secondary: None,
+                });
+            }
+        }
+        Outcome::Applied { config_hash } => {
+            let old_hash = relay.status.as_ref().and_then(|s| s.config_hash.as_ref());
+            if old_hash != Some(config_hash) {
+                out.push(Event {
+                    type_: EventType::Normal,
+                    reason: "ConfigApplied".into(),
+                    note: Some(format!(
+                        "configuration {} applied",
+                        &config_hash[..config_hash.len().min(12)]
+                    )),
+                    action: "Apply".into(),
+                    secondary: None,
+                });
+            }
+            let was_ready = old_ready.is_some_and(|c| c.status == "True");
+            if let (false, Some(c)) = (was_ready, new_ready) {
+                if c.status == "True" {
+                    out.push(Event {
+                        type_: EventType::Normal,
+                        reason: "Ready".into(),
+                        note: Some(truncate(&c.message, 1000)),
+                        action: "Reconcile".into(),
+                        secondary: None,
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// One reconciliation of one SmtpRelay.
+pub async fn reconcile(relay: Arc<SmtpRelay>, ctx: Arc<Context>) -> Result<Action> {
+    let _timer = ctx.metrics.reconcile_started();
+    let name = relay.name_any();
+    let ns = relay
+        .namespace()
+        .ok_or(Error::MissingObjectKey(".metadata.namespace"))?;
+    if relay.metadata.deletion_timestamp.is_some() {
+        // Owned objects are garbage-collected through their owner references.
+        return Ok(Action::await_change());
+    }
+    let client = &ctx.client;
+    let sts_api: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
+
+    let mut planned = plan(&relay, client, &ctx.opts).await?;
+    if let Ok(desired) = &planned {
+        if let Some(live) = sts_api.get_opt(&name).await? {
+            if let Some(message) = storage_change(&desired.stateful_set, &live) {
+                planned = Err(Outcome::InvalidSpec { message });
+            }
+        }
+    }
+
+    let (outcome, sts) = match planned {
+        Ok(desired) => {
+            let sts = apply_all(client, &relay, &desired).await?;
+            let rollout = Rollout::from_stateful_set(Some(&sts), relay.spec.replicas);
+            prune_secrets(client, &relay, &desired, rollout).await?;
+            (
+                Outcome::Applied {
+                    config_hash: desired.config_hash.clone(),
+                },
+                Some(sts),
+            )
+        }
+        Err(outcome) => {
+            let label = match &outcome {
+                Outcome::InvalidSpec { .. } => "InvalidSpec",
+                Outcome::Unresolved { reason, .. } => reason,
+                Outcome::Applied { .. } => "none",
+            };
+            ctx.metrics.failure(label);
+            warn!(relay = %name, namespace = %ns, reason = label, "input rejected; nothing changed");
+            (outcome, sts_api.get_opt(&name).await?)
+        }
+    };
+
+    let rollout = Rollout::from_stateful_set(sts.as_ref(), relay.spec.replicas);
+    let now = Time(jiff::Timestamp::now());
+    let new_status = status::compute(&relay, &outcome, rollout, now);
+    for ev in events_for(&relay, &outcome, &new_status) {
+        if let Err(e) = ctx.recorder.publish(&ev, &relay.object_ref(&())).await {
+            warn!(relay = %name, error = %e, "publishing event failed");
+        }
+    }
+    if relay.status.as_ref() != Some(&new_status) {
+        let api: Api<SmtpRelay> = Api::namespaced(client.clone(), &ns);
+        let patch = Patch::Merge(serde_json::json!({ "status": new_status }));
+        api.patch_status(&name, &PatchParams::default(), &patch)
+            .await?;
+    }
+    ctx.reset_backoff(&relay);
+
+    let ready = status::ready_condition(Some(&new_status)).is_some_and(|c| c.status == "True");
+    Ok(match (&outcome, ready) {
+        (Outcome::Applied { .. }, true) => Action::requeue(Duration::from_secs(300)),
+        (Outcome::Applied { .. }, false) => Action::requeue(Duration::from_secs(15)),
+        _ => Action::requeue(Duration::from_secs(300)),
+    })
+}
+
+/// Failed reconciles (API errors) retry with per-object exponential backoff.
+pub fn error_policy(relay: Arc<SmtpRelay>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.failure(error.metric_label());
+    let delay = ctx.next_backoff(&relay);
+    warn!(relay = %relay.name_any(), namespace = ?relay.namespace(), error = %error, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// Settings of the controller loop.
+#[derive(Debug, Clone, Default)]
+pub struct RunConfig {
+    /// Namespace to watch; all namespaces when `None`.
+    pub namespace: Option<String>,
+    pub build: BuildOptions,
+    /// Name of this operator replica (Event reporter instance).
+    pub instance: Option<String>,
+}
+
+fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(
+    client: Client,
+    cfg: RunConfig,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let ns = cfg.namespace.as_deref();
+    let relays: Api<SmtpRelay> = api(&client, ns);
+    if let Err(e) = relays
+        .list(&kube::api::ListParams::default().limit(1))
+        .await
+    {
+        warn!(error = %e, "cannot list SmtpRelays; is the CRD installed and RBAC granted?");
+    }
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        metrics,
+        cfg.build.clone(),
+        cfg.instance.clone(),
+    ));
+    let controller = Controller::new(relays, watcher::Config::default().any_semantic());
+    let store = controller.store();
+    let store2 = store.clone();
+    let owned = watcher::Config::default().labels(MANAGED_BY_SELECTOR);
+    controller
+        .owns(api::<StatefulSet>(&client, ns), owned.clone())
+        .owns(api::<Service>(&client, ns), owned.clone())
+        .owns(api::<PodDisruptionBudget>(&client, ns), owned)
+        // One watch per kind covers both owned copies (via owner references) and the user's
+        // referenced objects, so a rotated password or a new SASL user reconciles at once.
+        .watches(
+            api::<Secret>(&client, ns),
+            watcher::Config::default(),
+            move |s: Secret| {
+                let relays = store.state();
+                relays_for(
+                    &s.metadata,
+                    relays.iter().map(|r| r.as_ref()),
+                    referenced_secrets,
+                )
+            },
+        )
+        .watches(
+            api::<ConfigMap>(&client, ns),
+            watcher::Config::default(),
+            move |c: ConfigMap| {
+                let relays = store2.state();
+                relays_for(
+                    &c.metadata,
+                    relays.iter().map(|r| r.as_ref()),
+                    referenced_config_maps,
+                )
+            },
+        )
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            match res {
+                Ok((obj, _)) => debug!(relay = %obj.name, "reconciled"),
+                Err(e) => debug!(error = %e, "reconcile error"),
+            }
+        })
+        .await;
+}

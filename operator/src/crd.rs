@@ -1,0 +1,544 @@
+//! The `SmtpRelay` custom resource (`smtprelay.dev/v1alpha1`).
+//!
+//! Every field carries a doc comment: it becomes the schema description, so
+//! `kubectl explain smtprelay.spec` is the manual. Defaults live in the schema (serde defaults are
+//! emitted as OpenAPI `default`s), so the API server fills them in and the operator never writes
+//! the spec. Admission validation is expressed with OpenAPI types, patterns and CEL rules
+//! (`x-kubernetes-validations`); [`crate::validate`] repeats the checks the controller relies on.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Affinity, LocalObjectReference, ResourceRequirements, Toleration,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use smtp_relay::settings::{Mode, TlsLevel};
+
+/// A DNS name (RFC 1123 labels, dot separated, at most 253 characters).
+pub const DOMAIN_PATTERN: &str = r"^([a-zA-Z0-9]([-a-zA-Z0-9]{0,61}[a-zA-Z0-9])?\.)*[a-zA-Z0-9]([-a-zA-Z0-9]{0,61}[a-zA-Z0-9])?$";
+/// A Postfix parameter name.
+pub const POSTCONF_KEY_PATTERN: &str = r"^[a-z][a-z0-9_]*$";
+/// One token of a Postfix restriction list: no whitespace and no commas.
+pub const RESTRICTION_PATTERN: &str = r"^[A-Za-z0-9_:./{}=@+-]+$";
+/// A storage size: a decimal number with an optional binary or decimal SI suffix.
+pub const QUANTITY_PATTERN: &str = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$";
+/// An email address, loosely: one `@`, no whitespace.
+pub const EMAIL_PATTERN: &str = r"^[^@\s]+@[^@\s]+$";
+
+/// Desired state of an SMTP relay: a Postfix server that accepts mail from allowed clients and
+/// hands it to one upstream relayhost.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "smtprelay.dev",
+    version = "v1alpha1",
+    kind = "SmtpRelay",
+    plural = "smtprelays",
+    shortname = "smtpr",
+    namespaced,
+    status = "SmtpRelayStatus",
+    derive = "PartialEq",
+    doc = "SmtpRelay runs a secure, durable Postfix relay that accepts mail from allowed networks and SASL users and forwards it to one relayhost.",
+    printcolumn = r#"{"name":"Domain","type":"string","jsonPath":".spec.domain"}"#,
+    printcolumn = r#"{"name":"Relayhost","type":"string","jsonPath":".spec.relayhost.host"}"#,
+    printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".spec.mode"}"#,
+    printcolumn = r#"{"name":"Ready Replicas","type":"integer","jsonPath":".status.readyReplicas"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!(has(self.mode) && has(self.customRestrictions))",
+        "message": "mode and customRestrictions are mutually exclusive: set one of them (mode defaults to Strict)"
+    }
+]))]
+pub struct SmtpRelaySpec {
+    /// The one domain this relay serves (Postfix `mydomain`; `myorigin` is set to it). Mail is
+    /// relayed for this domain and for `relayDomains`.
+    #[schemars(length(min = 1, max = 253), regex(pattern = DOMAIN_PATTERN))]
+    pub domain: String,
+
+    /// Host name the relay announces in its SMTP banner and HELO (Postfix `myhostname`). Defaults
+    /// to the pod's host name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = DOMAIN_PATTERN))]
+    pub hostname: Option<String>,
+
+    /// Client networks (CIDR, IPv4 or IPv6) allowed to relay without authentication (Postfix
+    /// `mynetworks`). Pod and node networks are not added implicitly.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(max = 64)))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "self.all(n, isCIDR(n))", "message": "every network must be a CIDR such as 10.0.0.0/24 or fd00::/64"}
+    ]))]
+    pub networks: Vec<String>,
+
+    /// Recipient domains relayed in the restricting modes (Postfix `relay_domains`). Defaults to
+    /// `[domain]` when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 253), regex(pattern = DOMAIN_PATTERN)))]
+    pub relay_domains: Vec<String>,
+
+    /// The upstream server every accepted message is handed to.
+    pub relayhost: RelayhostSpec,
+
+    /// Address that receives bounce, delay and error notices. Defaults to `postmaster@<domain>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 3, max = 254), regex(pattern = EMAIL_PATTERN))]
+    pub postmaster: Option<String>,
+
+    /// When true, the envelope sender must belong to `domain` or one of `relayDomains`.
+    #[serde(default)]
+    pub strict_sender: bool,
+
+    /// Who may relay where; one of the four modes of the original image. Omitted means `Strict`.
+    /// Mutually exclusive with `customRestrictions`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<RelayMode>,
+
+    /// An explicit Postfix `smtpd_relay_restrictions` list, one restriction per item, for expert
+    /// use. Mutually exclusive with `mode`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 32), inner(length(min = 1, max = 256), regex(pattern = RESTRICTION_PATTERN)))]
+    pub custom_restrictions: Option<Vec<String>>,
+
+    /// SASL users allowed to authenticate to this relay: a Secret in the same namespace with one
+    /// key per user name, whose value is that user's password. Adding, changing or removing a key
+    /// takes effect without restarting the relay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sasl_users_secret_ref: Option<SecretRef>,
+
+    /// Certificate offered to clients with STARTTLS: a Secret of type `kubernetes.io/tls` (keys
+    /// `tls.crt` and `tls.key`) in the same namespace. Without it the relay offers no STARTTLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_secret_ref: Option<SecretRef>,
+
+    /// Extra Postfix `main.cf` parameters, applied last so they override every generated value.
+    /// Keys are Postfix parameter names (lowercase letters, digits and underscores).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "self.all(k, k.matches('^[a-z][a-z0-9_]*$'))", "message": "postconf keys must be Postfix parameter names: lowercase letters, digits and underscores, starting with a letter"}
+    ]))]
+    pub postconf: BTreeMap<String, String>,
+
+    /// Number of relay pods. Each pod has its own mail queue volume.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 1, max = 100))]
+    pub replicas: i32,
+
+    /// The persistent volume holding each pod's mail queue (`/var/spool/postfix`), so accepted
+    /// mail survives restarts.
+    #[serde(default)]
+    pub storage: StorageSpec,
+
+    /// The Service clients connect to.
+    #[serde(default)]
+    pub service: ServiceSpec,
+
+    /// Relay container image. Defaults to the image the operator was built or configured with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: Option<String>,
+
+    /// Image pull policy of the relay container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<PullPolicy>,
+
+    /// Secrets used to pull the relay image.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+
+    /// CPU and memory requests and limits of the relay container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// Node labels the relay pods must be scheduled on.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+
+    /// Tolerations of the relay pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+
+    /// Affinity rules of the relay pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+
+    /// Extra annotations on the relay pods.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pod_annotations: BTreeMap<String, String>,
+
+    /// Extra labels on the relay pods (the operator's own `app.kubernetes.io` labels win).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pod_labels: BTreeMap<String, String>,
+}
+
+fn default_replicas() -> i32 {
+    1
+}
+
+/// Who may relay where. The names are the original image's `RELAY_MODE` values in CamelCase.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+pub enum RelayMode {
+    /// Clients in `networks` and SASL users may send only to the relay domains.
+    #[default]
+    Strict,
+    /// SASL users may send anywhere; clients in `networks` only to the relay domains.
+    AllowSaslAuthNoDomain,
+    /// Clients in `networks` may send anywhere; SASL users only to the relay domains.
+    AllowNetAuthNoDomain,
+    /// Clients in `networks` and SASL users may send anywhere.
+    AllowAuthNoDomain,
+}
+
+impl From<RelayMode> for Mode {
+    fn from(m: RelayMode) -> Mode {
+        match m {
+            RelayMode::Strict => Mode::Strict,
+            RelayMode::AllowSaslAuthNoDomain => Mode::AllowSaslAuthNoDomain,
+            RelayMode::AllowNetAuthNoDomain => Mode::AllowNetAuthNoDomain,
+            RelayMode::AllowAuthNoDomain => Mode::AllowAuthNoDomain,
+        }
+    }
+}
+
+/// The upstream server all mail is handed to.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "self.host.matches('^([a-zA-Z0-9]([-a-zA-Z0-9]{0,61}[a-zA-Z0-9])?\\\\.)*[a-zA-Z0-9]([-a-zA-Z0-9]{0,61}[a-zA-Z0-9])?$') || isIP(self.host)",
+     "message": "relayhost.host must be a DNS name or an IP address, without brackets or port"},
+    {"rule": "!self.mxLookup || !isIP(self.host)", "message": "mxLookup needs a domain name, not an IP address"}
+]))]
+pub struct RelayhostSpec {
+    /// DNS name or IP address of the relayhost, without brackets or port.
+    #[schemars(length(min = 1, max = 253))]
+    pub host: String,
+
+    /// TCP port of the relayhost (25, 587 for submission, 465 with `implicitTls`).
+    #[serde(default = "default_smtp_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+
+    /// When true, the MX records of `host` are looked up; when false (the default) `host` is
+    /// connected to directly (Postfix's `[host]` form).
+    #[serde(default)]
+    pub mx_lookup: bool,
+
+    /// Use TLS from the first byte (SMTPS, usually port 465) instead of STARTTLS.
+    #[serde(default)]
+    pub implicit_tls: bool,
+
+    /// Login to present to the relayhost: a Secret in the same namespace. Its values are copied
+    /// into a Secret owned by this relay, so the relay keeps working if the source is later broken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_ref: Option<CredentialsSecretRef>,
+
+    /// TLS towards the relayhost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<RelayhostTlsSpec>,
+}
+
+fn default_smtp_port() -> i32 {
+    25
+}
+
+/// A Secret holding the relayhost login and password.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialsSecretRef {
+    /// Name of the Secret (same namespace as the SmtpRelay).
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key of the login in the Secret.
+    #[serde(default = "default_username_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub username_key: String,
+    /// Key of the password in the Secret.
+    #[serde(default = "default_password_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub password_key: String,
+}
+
+fn default_username_key() -> String {
+    "username".into()
+}
+fn default_password_key() -> String {
+    "password".into()
+}
+
+/// TLS settings towards the relayhost.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!(has(self.caSecretKeyRef) && has(self.caConfigMapKeyRef))", "message": "set at most one of caSecretKeyRef and caConfigMapKeyRef"}
+]))]
+pub struct RelayhostTlsSpec {
+    /// Postfix `smtp_tls_security_level`: none, may (opportunistic), encrypt, dane, dane-only,
+    /// fingerprint, verify or secure.
+    #[serde(default)]
+    pub level: TlsLevelSpec,
+    /// PEM CA bundle used to verify the relayhost's certificate, from a Secret key. Defaults to
+    /// the image's system CA bundle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_key_ref: Option<KeyRef>,
+    /// PEM CA bundle used to verify the relayhost's certificate, from a ConfigMap key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_config_map_key_ref: Option<KeyRef>,
+}
+
+/// Postfix `smtp_tls_security_level`.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsLevelSpec {
+    None,
+    #[default]
+    May,
+    Encrypt,
+    Dane,
+    DaneOnly,
+    Fingerprint,
+    Verify,
+    Secure,
+}
+
+impl From<TlsLevelSpec> for TlsLevel {
+    fn from(l: TlsLevelSpec) -> TlsLevel {
+        match l {
+            TlsLevelSpec::None => TlsLevel::None,
+            TlsLevelSpec::May => TlsLevel::May,
+            TlsLevelSpec::Encrypt => TlsLevel::Encrypt,
+            TlsLevelSpec::Dane => TlsLevel::Dane,
+            TlsLevelSpec::DaneOnly => TlsLevel::DaneOnly,
+            TlsLevelSpec::Fingerprint => TlsLevel::Fingerprint,
+            TlsLevelSpec::Verify => TlsLevel::Verify,
+            TlsLevelSpec::Secure => TlsLevel::Secure,
+        }
+    }
+}
+
+/// A key of a Secret or ConfigMap in the same namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyRef {
+    /// Name of the object.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key inside the object.
+    #[serde(default = "default_ca_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+fn default_ca_key() -> String {
+    "ca.crt".into()
+}
+
+/// A Secret in the same namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// Mail queue storage.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// Size of each pod's queue volume, as a Kubernetes quantity (e.g. 1Gi, 500Mi). Cannot be
+    /// changed once the relay exists (StatefulSet volume claim templates are immutable).
+    #[serde(default = "default_storage_size")]
+    #[schemars(length(min = 1, max = 32), regex(pattern = QUANTITY_PATTERN))]
+    pub size: String,
+    /// StorageClass of the queue volumes; the cluster default when omitted. Cannot be changed
+    /// once the relay exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub storage_class_name: Option<String>,
+    /// What happens to queue volumes when the relay is deleted or scaled down (StatefulSet
+    /// `persistentVolumeClaimRetentionPolicy`). Retain keeps undelivered mail.
+    #[serde(default)]
+    pub retention: RetentionSpec,
+}
+
+impl Default for StorageSpec {
+    fn default() -> Self {
+        StorageSpec {
+            size: default_storage_size(),
+            storage_class_name: None,
+            retention: RetentionSpec::default(),
+        }
+    }
+}
+
+fn default_storage_size() -> String {
+    "1Gi".into()
+}
+
+/// Queue volume retention.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RetentionSpec {
+    /// Retain or Delete the queue volumes when the SmtpRelay is deleted.
+    #[serde(default)]
+    pub when_deleted: RetentionPolicy,
+    /// Retain or Delete the queue volume of a pod removed by scaling down.
+    #[serde(default)]
+    pub when_scaled: RetentionPolicy,
+}
+
+/// Whether a volume is kept.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+pub enum RetentionPolicy {
+    #[default]
+    Retain,
+    Delete,
+}
+
+impl RetentionPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetentionPolicy::Retain => "Retain",
+            RetentionPolicy::Delete => "Delete",
+        }
+    }
+}
+
+/// The Service in front of the relay pods.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!has(self.externalTrafficPolicy) || self.type != 'ClusterIP'", "message": "externalTrafficPolicy needs type NodePort or LoadBalancer"},
+    {"rule": "!has(self.loadBalancerIP) || self.type == 'LoadBalancer'", "message": "loadBalancerIP needs type LoadBalancer"}
+]))]
+pub struct ServiceSpec {
+    /// Service type.
+    #[serde(default, rename = "type")]
+    pub type_: ServiceType,
+    /// Port clients connect to; it targets the pods' port 25.
+    #[serde(default = "default_smtp_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// Annotations on the Service (for example for a cloud load balancer).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// Cluster or Local; Local keeps client source addresses, which `networks` relies on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_traffic_policy: Option<TrafficPolicy>,
+    /// Requested load balancer address, where the cloud supports it.
+    #[serde(
+        default,
+        rename = "loadBalancerIP",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(extend("x-kubernetes-validations" = [{"rule": "isIP(self)", "message": "loadBalancerIP must be an IP address"}]))]
+    #[schemars(length(max = 45))]
+    pub load_balancer_ip: Option<String>,
+}
+
+impl Default for ServiceSpec {
+    fn default() -> Self {
+        ServiceSpec {
+            type_: ServiceType::default(),
+            port: default_smtp_port(),
+            annotations: BTreeMap::new(),
+            external_traffic_policy: None,
+            load_balancer_ip: None,
+        }
+    }
+}
+
+/// Kubernetes Service type.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+pub enum ServiceType {
+    #[default]
+    ClusterIP,
+    NodePort,
+    LoadBalancer,
+}
+
+impl ServiceType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceType::ClusterIP => "ClusterIP",
+            ServiceType::NodePort => "NodePort",
+            ServiceType::LoadBalancer => "LoadBalancer",
+        }
+    }
+}
+
+/// Service external traffic policy.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum TrafficPolicy {
+    Cluster,
+    Local,
+}
+
+impl TrafficPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrafficPolicy::Cluster => "Cluster",
+            TrafficPolicy::Local => "Local",
+        }
+    }
+}
+
+/// Container image pull policy.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum PullPolicy {
+    Always,
+    IfNotPresent,
+    Never,
+}
+
+impl PullPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PullPolicy::Always => "Always",
+            PullPolicy::IfNotPresent => "IfNotPresent",
+            PullPolicy::Never => "Never",
+        }
+    }
+}
+
+/// Observed state, written by the operator only.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SmtpRelayStatus {
+    /// Ready, and the conditions explaining it: ConfigValid, SecretsResolved, Progressing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// The spec generation the status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Pods of the StatefulSet.
+    #[serde(default)]
+    pub replicas: i32,
+    /// Pods passing their SMTP readiness probe.
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// Where clients connect: `<service>.<namespace>.svc:<port>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Hash of the applied configuration (the pods' `smtprelay.dev/config-hash`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_hash: Option<String>,
+}
+
+impl SmtpRelaySpec {
+    /// The named mode in force (Strict when neither mode nor customRestrictions is set).
+    pub fn effective_mode(&self) -> Option<RelayMode> {
+        match (&self.mode, &self.custom_restrictions) {
+            (Some(m), _) => Some(*m),
+            (None, Some(_)) => None,
+            (None, None) => Some(RelayMode::Strict),
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! smtp-relay-operator: turns one `SmtpRelay` resource into a running, secure, durable Postfix
+//! relay (ConfigMap, owned Secrets, StatefulSet, Services, PodDisruptionBudget).
+//!
+//! Layout: [`crd`] holds the resource types; [`validate`] the checks the controller repeats after
+//! admission; [`resolve`] reads referenced Secrets and ConfigMaps (the only API reads of "build");
+//! [`builders`] are pure functions from spec to objects; [`status`] computes conditions;
+//! [`controller`] reconciles; [`metrics`], [`http`] and [`leader`] keep operations out of it.
+
+pub mod builders;
+pub mod controller;
+pub mod crd;
+pub mod crdgen;
+pub mod http;
+pub mod leader;
+pub mod mapping;
+pub mod metrics;
+pub mod resolve;
+pub mod status;
+pub mod telemetry;
+pub mod validate;
+
+/// Everything that can go wrong in the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A call to the Kubernetes API failed (transient: retried with backoff).
+    #[error("Kubernetes API error: {0}")]
+    Kube(#[from] kube::Error),
+
+    /// A referenced Secret or ConfigMap is missing or holds a bad value (user input: reported in
+    /// status, nothing is changed).
+    #[error(transparent)]
+    Resolve(Box<resolve::ResolveError>),
+
+    /// The spec cannot be turned into a relay (user input: reported in status).
+    #[error("invalid spec: {0}")]
+    InvalidSpec(String),
+
+    /// An object could not be serialized (a bug).
+    #[error("serialization failed: {0}")]
+    Serialization(String),
+
+    /// The object lacks a field the API always sets (name, namespace, uid).
+    #[error("object is missing {0}")]
+    MissingObjectKey(&'static str),
+
+    /// Leader election failed.
+    #[error("leader election: {0}")]
+    Leader(String),
+}
+
+impl From<resolve::ResolveError> for Error {
+    fn from(e: resolve::ResolveError) -> Self {
+        Error::Resolve(Box::new(e))
+    }
+}
+
+impl Error {
+    /// A short, stable label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::Resolve(e) => e.reason(),
+            Error::InvalidSpec(_) => "InvalidSpec",
+            Error::Serialization(_) => "serialization",
+            Error::MissingObjectKey(_) => "missing_object_key",
+            Error::Leader(_) => "leader",
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,409 @@
+//! Reading the Secrets and ConfigMaps an `SmtpRelay` references into a typed, validated bundle.
+//! This is the only part of "build" that talks to the API; everything after it is pure.
+//!
+//! Values are checked here (fail closed): a malformed value is reported with the object and key
+//! it came from and how to fix it, and the value itself never appears in any message.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::{Api, Client};
+
+use crate::crd::SmtpRelay;
+
+/// Why the references of a relay could not be resolved.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error(
+        "Secret {namespace}/{name} ({purpose}) does not exist; create it or fix the reference"
+    )]
+    SecretNotFound {
+        namespace: String,
+        name: String,
+        purpose: &'static str,
+    },
+    #[error(
+        "ConfigMap {namespace}/{name} ({purpose}) does not exist; create it or fix the reference"
+    )]
+    ConfigMapNotFound {
+        namespace: String,
+        name: String,
+        purpose: &'static str,
+    },
+    #[error("{kind} {namespace}/{name} has no key {key:?} ({purpose}); add the key or set the key name in the reference")]
+    KeyMissing {
+        kind: &'static str,
+        namespace: String,
+        name: String,
+        key: String,
+        purpose: &'static str,
+    },
+    #[error("{kind} {namespace}/{name} key {key:?} is invalid: {problem}")]
+    InvalidValue {
+        kind: &'static str,
+        namespace: String,
+        name: String,
+        key: String,
+        problem: String,
+    },
+    /// Reading failed for a reason other than absence (retried with backoff).
+    #[error("reading {kind} {namespace}/{name}: {source}")]
+    Api {
+        kind: &'static str,
+        namespace: String,
+        name: String,
+        #[source]
+        source: Box<kube::Error>,
+    },
+}
+
+impl ResolveError {
+    /// The condition reason (and metrics label) for this error.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ResolveError::SecretNotFound { .. } => "SecretNotFound",
+            ResolveError::ConfigMapNotFound { .. } => "ConfigMapNotFound",
+            ResolveError::KeyMissing { .. } => "SecretKeyMissing",
+            ResolveError::InvalidValue { .. } => "InvalidSecretValue",
+            ResolveError::Api { .. } => "kube",
+        }
+    }
+
+    /// True when the error is the user's input rather than a transient API failure.
+    pub fn is_user_error(&self) -> bool {
+        !matches!(self, ResolveError::Api { .. })
+    }
+}
+
+/// Relayhost login. `Debug` never prints the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RelayhostLogin {
+    pub username: String,
+    pub password: Vec<u8>,
+}
+
+/// Certificate and key offered to clients.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TlsPair {
+    pub cert: Vec<u8>,
+    pub key: Vec<u8>,
+}
+
+/// Everything read from referenced objects, validated.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Resolved {
+    pub relayhost_login: Option<RelayhostLogin>,
+    pub relayhost_ca: Option<Vec<u8>>,
+    /// User name → password; `None` when the relay has no `saslUsersSecretRef`.
+    pub sasl_users: Option<BTreeMap<String, Vec<u8>>>,
+    pub inbound_tls: Option<TlsPair>,
+}
+
+impl fmt::Debug for Resolved {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Resolved")
+            .field(
+                "relayhost_login",
+                &self.relayhost_login.as_ref().map(|l| l.username.as_str()),
+            )
+            .field("relayhost_ca", &self.relayhost_ca.is_some())
+            .field(
+                "sasl_users",
+                &self
+                    .sasl_users
+                    .as_ref()
+                    .map(|u| u.keys().collect::<Vec<_>>()),
+            )
+            .field("inbound_tls", &self.inbound_tls.is_some())
+            .finish()
+    }
+}
+
+/// Where referenced objects are read from: the API, or a map in tests.
+pub trait RefSource: Sync {
+    fn secret(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<Secret>, kube::Error>> + Send;
+    fn config_map(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<ConfigMap>, kube::Error>> + Send;
+}
+
+impl RefSource for Client {
+    async fn secret(&self, namespace: &str, name: &str) -> Result<Option<Secret>, kube::Error> {
+        Api::<Secret>::namespaced(self.clone(), namespace)
+            .get_opt(name)
+            .await
+    }
+    async fn config_map(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<ConfigMap>, kube::Error> {
+        Api::<ConfigMap>::namespaced(self.clone(), namespace)
+            .get_opt(name)
+            .await
+    }
+}
+
+/// Reads and validates every object `relay` references.
+pub async fn resolve(relay: &SmtpRelay, src: &impl RefSource) -> Result<Resolved, ResolveError> {
+    let ns = relay.metadata.namespace.clone().unwrap_or_default();
+    let spec = &relay.spec;
+    let mut out = Resolved::default();
+
+    if let Some(r) = &spec.relayhost.credentials_secret_ref {
+        let purpose = "relayhost credentials";
+        let data = secret_data(src, &ns, &r.name, purpose).await?;
+        let loc = Loc::secret(&ns, &r.name);
+        let user = take(&data, &loc, &r.username_key, purpose)?;
+        let pass = take(&data, &loc, &r.password_key, purpose)?;
+        let username = check_login(&loc, &r.username_key, user)?;
+        let password = check_password(&loc, &r.password_key, pass)?;
+        out.relayhost_login = Some(RelayhostLogin { username, password });
+    }
+
+    if let Some(tls) = &spec.relayhost.tls {
+        let purpose = "relayhost CA bundle";
+        if let Some(r) = &tls.ca_secret_key_ref {
+            let data = secret_data(src, &ns, &r.name, purpose).await?;
+            let loc = Loc::secret(&ns, &r.name);
+            let ca = take(&data, &loc, &r.key, purpose)?;
+            out.relayhost_ca = Some(check_pem_cert(&loc, &r.key, ca)?);
+        } else if let Some(r) = &tls.ca_config_map_key_ref {
+            let data = config_map_data(src, &ns, &r.name, purpose).await?;
+            let loc = Loc::config_map(&ns, &r.name);
+            let ca = take(&data, &loc, &r.key, purpose)?;
+            out.relayhost_ca = Some(check_pem_cert(&loc, &r.key, ca)?);
+        }
+    }
+
+    if let Some(r) = &spec.sasl_users_secret_ref {
+        let purpose = "SASL users";
+        let data = secret_data(src, &ns, &r.name, purpose).await?;
+        let loc = Loc::secret(&ns, &r.name);
+        let mut users = BTreeMap::new();
+        for (user, pass) in data {
+            check_sasl_user(&loc, &user)?;
+            let pass = check_password(&loc, &user, pass)?;
+            users.insert(user, pass);
+        }
+        out.sasl_users = Some(users);
+    }
+
+    if let Some(r) = &spec.tls_secret_ref {
+        let purpose = "inbound TLS certificate";
+        let data = secret_data(src, &ns, &r.name, purpose).await?;
+        let loc = Loc::secret(&ns, &r.name);
+        let cert = take(&data, &loc, "tls.crt", purpose)?;
+        let key = take(&data, &loc, "tls.key", purpose)?;
+        let cert = check_pem_cert(&loc, "tls.crt", cert)?;
+        let key = check_pem_key(&loc, "tls.key", key)?;
+        out.inbound_tls = Some(TlsPair { cert, key });
+    }
+
+    Ok(out)
+}
+
+/// Where a value came from, for messages.
+struct Loc<'a> {
+    kind: &'static str,
+    namespace: &'a str,
+    name: &'a str,
+}
+
+impl<'a> Loc<'a> {
+    fn secret(namespace: &'a str, name: &'a str) -> Self {
+        Loc {
+            kind: "Secret",
+            namespace,
+            name,
+        }
+    }
+    fn config_map(namespace: &'a str, name: &'a str) -> Self {
+        Loc {
+            kind: "ConfigMap",
+            namespace,
+            name,
+        }
+    }
+    fn invalid(&self, key: &str, problem: impl Into<String>) -> ResolveError {
+        ResolveError::InvalidValue {
+            kind: self.kind,
+            namespace: self.namespace.into(),
+            name: self.name.into(),
+            key: key.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+async fn secret_data(
+    src: &impl RefSource,
+    ns: &str,
+    name: &str,
+    purpose: &'static str,
+) -> Result<BTreeMap<String, Vec<u8>>, ResolveError> {
+    match src.secret(ns, name).await {
+        Ok(Some(s)) => Ok(s
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.0))
+            .collect()),
+        Ok(None) => Err(ResolveError::SecretNotFound {
+            namespace: ns.into(),
+            name: name.into(),
+            purpose,
+        }),
+        Err(source) => Err(ResolveError::Api {
+            kind: "Secret",
+            namespace: ns.into(),
+            name: name.into(),
+            source: Box::new(source),
+        }),
+    }
+}
+
+async fn config_map_data(
+    src: &impl RefSource,
+    ns: &str,
+    name: &str,
+    purpose: &'static str,
+) -> Result<BTreeMap<String, Vec<u8>>, ResolveError> {
+    match src.config_map(ns, name).await {
+        Ok(Some(cm)) => {
+            let mut out: BTreeMap<String, Vec<u8>> = cm
+                .binary_data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.0))
+                .collect();
+            for (k, v) in cm.data.unwrap_or_default() {
+                out.insert(k, v.into_bytes());
+            }
+            Ok(out)
+        }
+        Ok(None) => Err(ResolveError::ConfigMapNotFound {
+            namespace: ns.into(),
+            name: name.into(),
+            purpose,
+        }),
+        Err(source) => Err(ResolveError::Api {
+            kind: "ConfigMap",
+            namespace: ns.into(),
+            name: name.into(),
+            source: Box::new(source),
+        }),
+    }
+}
+
+fn take(
+    data: &BTreeMap<String, Vec<u8>>,
+    loc: &Loc<'_>,
+    key: &str,
+    purpose: &'static str,
+) -> Result<Vec<u8>, ResolveError> {
+    data.get(key)
+        .cloned()
+        .ok_or_else(|| ResolveError::KeyMissing {
+            kind: loc.kind,
+            namespace: loc.namespace.into(),
+            name: loc.name.into(),
+            key: key.into(),
+            purpose,
+        })
+}
+
+/// Strips the trailing line break that `--from-file` and editors leave behind.
+fn trim_line_end(mut v: Vec<u8>) -> Vec<u8> {
+    while matches!(v.last(), Some(b'\n') | Some(b'\r')) {
+        v.pop();
+    }
+    v
+}
+
+fn check_login(loc: &Loc<'_>, key: &str, v: Vec<u8>) -> Result<String, ResolveError> {
+    let v = trim_line_end(v);
+    let s = String::from_utf8(v).map_err(|_| loc.invalid(key, "the login is not UTF-8 text"))?;
+    if s.is_empty() {
+        return Err(loc.invalid(key, "the login is empty"));
+    }
+    if s.len() > 256 {
+        return Err(loc.invalid(key, "the login is longer than 256 bytes"));
+    }
+    if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(loc.invalid(key, "the login contains whitespace or control characters"));
+    }
+    Ok(s)
+}
+
+fn check_password(loc: &Loc<'_>, key: &str, v: Vec<u8>) -> Result<Vec<u8>, ResolveError> {
+    let v = trim_line_end(v);
+    if v.is_empty() {
+        return Err(loc.invalid(key, "the password is empty"));
+    }
+    if v.len() > 1024 {
+        return Err(loc.invalid(key, "the password is longer than 1024 bytes"));
+    }
+    if v.iter().any(|b| matches!(b, b'\n' | b'\r' | 0)) {
+        return Err(loc.invalid(
+            key,
+            "the password contains a line break or NUL byte; store it on one line",
+        ));
+    }
+    Ok(v)
+}
+
+/// A SASL user name: it becomes a file name in the mounted directory and a Cyrus SASL login.
+pub fn is_valid_sasl_user(user: &str) -> bool {
+    let mut chars = user.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
+    first_ok
+        && user.len() <= 64
+        && user
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+fn check_sasl_user(loc: &Loc<'_>, user: &str) -> Result<(), ResolveError> {
+    if is_valid_sasl_user(user) {
+        Ok(())
+    } else {
+        Err(loc.invalid(
+            user,
+            "invalid SASL user name: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit",
+        ))
+    }
+}
+
+fn check_pem_cert(loc: &Loc<'_>, key: &str, v: Vec<u8>) -> Result<Vec<u8>, ResolveError> {
+    match std::str::from_utf8(&v) {
+        Ok(s)
+            if s.contains("-----BEGIN CERTIFICATE-----")
+                && s.contains("-----END CERTIFICATE-----") =>
+        {
+            Ok(v)
+        }
+        _ => Err(loc.invalid(
+            key,
+            "not a PEM certificate (expected -----BEGIN CERTIFICATE----- blocks)",
+        )),
+    }
+}
+
+fn check_pem_key(loc: &Loc<'_>, key: &str, v: Vec<u8>) -> Result<Vec<u8>, ResolveError> {
+    match std::str::from_utf8(&v) {
+        Ok(s) if s.contains("-----BEGIN ") && s.contains("PRIVATE KEY-----") => Ok(v),
+        _ => Err(loc.invalid(
+            key,
+            "not a PEM private key (expected a -----BEGIN ... PRIVATE KEY----- block)",
+        )),
+    }
+}

@@ -1,0 +1,267 @@
+//! Pure status computation: conditions (Kubernetes API conventions), replica counts, endpoint.
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::ResourceExt;
+
+use crate::crd::{SmtpRelay, SmtpRelayStatus};
+
+pub const READY: &str = "Ready";
+pub const CONFIG_VALID: &str = "ConfigValid";
+pub const SECRETS_RESOLVED: &str = "SecretsResolved";
+pub const PROGRESSING: &str = "Progressing";
+
+/// What the reconcile did with the spec.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The desired objects were applied (or already matched).
+    Applied { config_hash: String },
+    /// The spec was rejected; nothing was changed.
+    InvalidSpec { message: String },
+    /// A referenced object is missing or malformed; nothing was changed.
+    Unresolved {
+        reason: &'static str,
+        message: String,
+    },
+}
+
+impl Outcome {
+    fn rejection(&self) -> Option<(&str, &str)> {
+        match self {
+            Outcome::Applied { .. } => None,
+            Outcome::InvalidSpec { message } => Some(("InvalidSpec", message)),
+            Outcome::Unresolved { reason, message } => Some((reason, message)),
+        }
+    }
+}
+
+/// Rollout facts read from the StatefulSet.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rollout {
+    pub exists: bool,
+    pub replicas: i32,
+    pub ready_replicas: i32,
+    pub up_to_date: bool,
+}
+
+impl Rollout {
+    pub fn from_stateful_set(sts: Option<&StatefulSet>, desired_replicas: i32) -> Rollout {
+        let Some(sts) = sts else {
+            return Rollout::default();
+        };
+        let st = sts.status.clone().unwrap_or_default();
+        let observed = st.observed_generation.unwrap_or(0) >= sts.metadata.generation.unwrap_or(0);
+        let revisions_match = match (&st.current_revision, &st.update_revision) {
+            (Some(c), Some(u)) => c == u,
+            _ => false,
+        };
+        Rollout {
+            exists: true,
+            replicas: st.replicas,
+            ready_replicas: st.ready_replicas.unwrap_or(0),
+            up_to_date: observed
+                && revisions_match
+                && st.updated_replicas.unwrap_or(0) >= desired_replicas
+                && st.replicas == desired_replicas,
+        }
+    }
+}
+
+pub fn endpoint(relay: &SmtpRelay) -> String {
+    format!(
+        "{}.{}.svc:{}",
+        relay.name_any(),
+        relay.namespace().unwrap_or_default(),
+        relay.spec.service.port
+    )
+}
+
+fn condition(
+    type_: &str,
+    ok: Option<bool>,
+    reason: &str,
+    message: String,
+    gen: Option<i64>,
+    now: &Time,
+) -> Condition {
+    Condition {
+        type_: type_.into(),
+        status: match ok {
+            Some(true) => "True",
+            Some(false) => "False",
+            None => "Unknown",
+        }
+        .into(),
+        reason: reason.into(),
+        message,
+        last_transition_time: now.clone(),
+        observed_generation: gen,
+    }
+}
+
+/// The status after a reconcile. `lastTransitionTime` is kept when a condition's status did not
+/// change; `configHash` keeps describing what runs when the new spec was rejected.
+pub fn compute(
+    relay: &SmtpRelay,
+    outcome: &Outcome,
+    rollout: Rollout,
+    now: Time,
+) -> SmtpRelayStatus {
+    let old = relay.status.clone().unwrap_or_default();
+    let gen = relay.metadata.generation;
+    let desired = relay.spec.replicas;
+    let ep = endpoint(relay);
+
+    let config_valid = match outcome {
+        Outcome::InvalidSpec { message } => condition(
+            CONFIG_VALID,
+            Some(false),
+            "InvalidSpec",
+            message.clone(),
+            gen,
+            &now,
+        ),
+        _ => condition(
+            CONFIG_VALID,
+            Some(true),
+            "Valid",
+            "the spec is valid".into(),
+            gen,
+            &now,
+        ),
+    };
+    let secrets = match outcome {
+        Outcome::Applied { .. } => condition(
+            SECRETS_RESOLVED,
+            Some(true),
+            "Resolved",
+            "every referenced Secret and ConfigMap key is present and valid".into(),
+            gen,
+            &now,
+        ),
+        Outcome::Unresolved { reason, message } => condition(
+            SECRETS_RESOLVED,
+            Some(false),
+            reason,
+            message.clone(),
+            gen,
+            &now,
+        ),
+        Outcome::InvalidSpec { .. } => condition(
+            SECRETS_RESOLVED,
+            None,
+            "NotChecked",
+            "references are not read while the spec is invalid".into(),
+            gen,
+            &now,
+        ),
+    };
+    let progressing = if !rollout.exists {
+        condition(
+            PROGRESSING,
+            Some(false),
+            "NotCreated",
+            "the StatefulSet does not exist yet".into(),
+            gen,
+            &now,
+        )
+    } else if rollout.up_to_date {
+        condition(
+            PROGRESSING,
+            Some(false),
+            "RolloutComplete",
+            format!(
+                "{} of {desired} pods run the current configuration",
+                rollout.replicas
+            ),
+            gen,
+            &now,
+        )
+    } else {
+        condition(
+            PROGRESSING,
+            Some(true),
+            "RollingUpdate",
+            format!("rolling out the current configuration to {desired} pods"),
+            gen,
+            &now,
+        )
+    };
+    let ready = if let Some((reason, message)) = outcome.rejection() {
+        let keeps = if rollout.exists {
+            " The last applied configuration keeps running."
+        } else {
+            ""
+        };
+        condition(
+            READY,
+            Some(false),
+            reason,
+            format!("{message}.{keeps}"),
+            gen,
+            &now,
+        )
+    } else if !rollout.up_to_date {
+        condition(
+            READY,
+            Some(false),
+            "RolloutInProgress",
+            format!(
+                "{} of {desired} pods ready; rollout in progress",
+                rollout.ready_replicas
+            ),
+            gen,
+            &now,
+        )
+    } else if rollout.ready_replicas < desired {
+        condition(
+            READY,
+            Some(false),
+            "PodsNotReady",
+            format!(
+                "{} of {desired} pods pass the SMTP probe",
+                rollout.ready_replicas
+            ),
+            gen,
+            &now,
+        )
+    } else {
+        condition(
+            READY,
+            Some(true),
+            "RelayReady",
+            format!("{desired} of {desired} pods ready at {ep}"),
+            gen,
+            &now,
+        )
+    };
+
+    let conditions = [ready, config_valid, secrets, progressing]
+        .into_iter()
+        .map(|mut c| {
+            if let Some(prev) = old.conditions.iter().find(|p| p.type_ == c.type_) {
+                if prev.status == c.status {
+                    c.last_transition_time = prev.last_transition_time.clone();
+                }
+            }
+            c
+        })
+        .collect();
+
+    SmtpRelayStatus {
+        conditions,
+        observed_generation: gen,
+        replicas: rollout.replicas,
+        ready_replicas: rollout.ready_replicas,
+        endpoint: Some(ep),
+        config_hash: match outcome {
+            Outcome::Applied { config_hash } => Some(config_hash.clone()),
+            _ => old.config_hash,
+        },
+    }
+}
+
+/// The Ready condition of a status, if any.
+pub fn ready_condition(status: Option<&SmtpRelayStatus>) -> Option<&Condition> {
+    status?.conditions.iter().find(|c| c.type_ == READY)
+}
