@@ -1,4 +1,12 @@
 //! Configure Postfix as a relay restricted to one domain, and run it.
 
 pub mod config_file;
+pub mod error;
+pub mod inputs;
+pub mod metrics;
+pub mod postfix;
+pub mod run;
+pub mod sasl;
 pub mod settings;
+pub mod smtp_client;
+pub mod validate;

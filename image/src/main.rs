@@ -1,1 +1,232 @@
-fn main() {}
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use smtp_relay::postfix::layout::Layout;
+use smtp_relay::run::{self, RunOptions, Source};
+use smtp_relay::smtp_client::{self, SendRequest, StartTls};
+
+/// A Postfix relay restricted to one domain: the entrypoint of the smtp-relay image.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate the inputs, configure Postfix and run it in the foreground.
+    ///
+    /// Inputs come from --config (the file the operator mounts, secrets as files) or, without
+    /// it, from the original image's environment variables:
+    ///
+    ///   RELAY_MYDOMAIN (required)   the one domain this relay serves
+    ///   RELAY_HOST (required)       relayhost: host, host:port, [host] or [host]:port
+    ///   RELAY_MYHOSTNAME            the relay's host name (banner, HELO)
+    ///   RELAY_MYNETWORKS            networks allowed to relay without login (space separated CIDRs)
+    ///   RELAY_DOMAINS               recipient domains of the strict modes (default RELAY_MYDOMAIN)
+    ///   RELAY_LOGIN, RELAY_PASSWORD credentials for the relayhost (or POSTFIX_DIR/sasl_passwd)
+    ///   RELAY_USE_TLS               yes: require TLS to the relayhost; no: never use it
+    ///   RELAY_TLS_VERIFY            none|may|encrypt|dane|dane-only|fingerprint|verify|secure
+    ///   RELAY_TLS_CA                CA file for the relayhost's certificate
+    ///   RELAY_SMTPS                 yes: implicit TLS to the relayhost (default: when port is 465)
+    ///   RELAY_POSTMASTER            receives bounce and error notices (default postmaster@domain)
+    ///   RELAY_STRICT_SENDER_MYDOMAIN  true: senders must belong to the relay domains
+    ///   RELAY_MODE                  STRICT | ALLOW_SASLAUTH_NODOMAIN | ALLOW_NETAUTH_NODOMAIN |
+    ///                               ALLOW_AUTH_NODOMAIN, or a list of Postfix relay restrictions
+    ///   RELAY_TLS_CERT, RELAY_TLS_KEY  offer STARTTLS to clients; AUTH only after it
+    ///   RELAY_EXTRAS_SETTINGS       (deprecated) space separated name=value Postfix settings
+    ///   POSTCONF_<name>=<value>     any Postfix parameter, applied last
+    ///   POSTFIX_DIR/client_sasl_passwd  SASL users, "USERNAME PASSWORD" per line
+    #[command(verbatim_doc_comment)]
+    Run(RunArgs),
+    /// Check that the relay answers SMTP: banner, EHLO, NOOP, QUIT (for container probes).
+    Probe {
+        /// Address of the relay; defaults to where `run` listens (RELAY_LISTEN).
+        #[arg(long, env = "RELAY_LISTEN", default_value = "0.0.0.0:25")]
+        address: String,
+        /// Deadline for each step, in seconds.
+        #[arg(long, default_value_t = 5)]
+        timeout: u64,
+    },
+    /// Send a test message (replaces the original image's smtp_client.py).
+    Send(SendArgs),
+    /// List the SASL users registered in the relay's database (never their passwords).
+    Users {
+        #[arg(long, env = "RELAY_DATA_DIR", default_value = "/data")]
+        data_dir: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Relay config file (YAML); without it the RELAY_* variables are read.
+    #[arg(long, env = "RELAY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address and port smtpd listens on.
+    #[arg(long, env = "RELAY_LISTEN", default_value = "0.0.0.0:25")]
+    listen: String,
+    /// Directory for the generated Postfix configuration.
+    #[arg(long, env = "RELAY_POSTFIX_DIR", default_value = "/etc/postfix")]
+    postfix_dir: PathBuf,
+    /// The mail queue; keep it on a persistent volume.
+    #[arg(long, env = "RELAY_SPOOL_DIR", default_value = "/var/spool/postfix")]
+    spool_dir: PathBuf,
+    /// SASL user database and Postfix data.
+    #[arg(long, env = "RELAY_DATA_DIR", default_value = "/data")]
+    data_dir: PathBuf,
+    /// Serve Prometheus metrics at http://ADDRESS/metrics (off when unset).
+    #[arg(long, env = "RELAY_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+    /// Seconds between checks of the inputs for changes (mounted Secrets, the config file).
+    #[arg(long, env = "RELAY_RELOAD_INTERVAL", default_value_t = 2)]
+    reload_interval: u64,
+}
+
+#[derive(Args)]
+struct SendArgs {
+    /// Relay address.
+    #[arg(long, short, env = "RELAY_LISTEN", default_value = "0.0.0.0:25")]
+    server: String,
+    #[arg(long, short)]
+    from: String,
+    /// Recipients.
+    #[arg(required = true)]
+    to: Vec<String>,
+    #[arg(long, short = 'j', default_value = "smtp-relay test message")]
+    subject: String,
+    #[arg(
+        long,
+        default_value = "This is a test message sent by smtp-relay send."
+    )]
+    body: String,
+    /// SASL login; the password is read from SMTP_PASSWORD or --password-file, never from the
+    /// command line.
+    #[arg(long, short)]
+    user: Option<String>,
+    #[arg(long)]
+    password_file: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = StartTls::Opportunistic)]
+    starttls: StartTls,
+    /// Server name expected in its certificate (default: the server's address).
+    #[arg(long)]
+    tls_name: Option<String>,
+    /// Extra CA certificate (PEM) to trust.
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    #[arg(long, default_value_t = 30)]
+    timeout: u64,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match Cli::parse().command {
+        Command::Run(args) => run_relay(args),
+        Command::Probe { address, timeout } => {
+            let result = smtp_client::local_address(&address)
+                .and_then(|addr| smtp_client::probe(addr, Duration::from_secs(timeout)));
+            report(result.map(|()| "ok".to_string()))
+        }
+        Command::Send(args) => report(send(args)),
+        Command::Users { data_dir } => {
+            let layout = Layout {
+                config_dir: PathBuf::new(),
+                spool_dir: PathBuf::new(),
+                data_dir,
+                listen: String::new(),
+            };
+            match smtp_relay::sasl::list(&layout) {
+                Ok(users) => {
+                    users.iter().for_each(|u| println!("{u}"));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => report(Err(e)),
+            }
+        }
+    }
+}
+
+fn run_relay(args: RunArgs) -> ExitCode {
+    let source = match args.config {
+        Some(path) => Source::File(path),
+        None => Source::Env(
+            std::env::vars()
+                .filter(|(k, _)| {
+                    k.starts_with("RELAY_")
+                        || k.starts_with(smtp_relay::inputs::env::POSTCONF_PREFIX)
+                })
+                .collect(),
+        ),
+    };
+    let opts = RunOptions {
+        source,
+        layout: Layout {
+            config_dir: args.postfix_dir,
+            spool_dir: args.spool_dir,
+            data_dir: args.data_dir,
+            listen: args.listen,
+        },
+        metrics_listen: args.metrics_listen,
+        reload_interval: Duration::from_secs(args.reload_interval.max(1)),
+        stop_timeout: Duration::from_secs(60),
+    };
+    match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt.block_on(run::run(opts)),
+        Err(e) => report(Err(e)),
+    }
+}
+
+fn send(args: SendArgs) -> Result<String, String> {
+    let server = smtp_client::local_address(&args.server).map_err(|e| e.to_string())?;
+    let login = match args.user {
+        None => None,
+        Some(user) => {
+            let password = match (&args.password_file, std::env::var("SMTP_PASSWORD")) {
+                (Some(path), _) => smtp_relay::inputs::read_secret_file("--password-file", path)
+                    .map_err(|e| e.to_string())?,
+                (None, Ok(pw)) => pw,
+                (None, Err(_)) => {
+                    return Err(
+                        "--user needs a password: set SMTP_PASSWORD or --password-file".into(),
+                    )
+                }
+            };
+            Some((user, password))
+        }
+    };
+    let req = SendRequest {
+        server,
+        from: args.from,
+        to: args.to,
+        subject: args.subject,
+        body: args.body,
+        login,
+        starttls: args.starttls,
+        tls_name: args.tls_name.unwrap_or_else(|| server.ip().to_string()),
+        ca_file: args.ca_file,
+        timeout: Duration::from_secs(args.timeout),
+    };
+    smtp_client::send(&req).map_err(|e| e.to_string())
+}
+
+fn report<E: ToString>(result: Result<String, E>) -> ExitCode {
+    match result {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("smtp-relay: {}", e.to_string());
+            ExitCode::FAILURE
+        }
+    }
+}

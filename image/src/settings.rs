@@ -177,4 +177,7 @@ pub struct Settings {
     pub inbound_tls: Option<InboundTls>,
     /// Extra Postfix parameters, applied last so they override everything above.
     pub postconf: BTreeMap<String, String>,
+    /// How errors name a `postconf` entry: this prefix followed by the parameter name
+    /// (`POSTCONF_` for the environment, `relay.yaml: postconf.` for the config file).
+    pub postconf_field_prefix: String,
 }

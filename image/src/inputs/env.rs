@@ -1,0 +1,429 @@
+//! The original image's environment variables (drop-in compatible with `docker run -e ...`),
+//! plus the files it read from the Postfix directory: `sasl_passwd` (relayhost credentials) and
+//! `client_sasl_passwd` (bulk SASL users).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::error::{ConfigError, ConfigResult};
+use crate::inputs::{self, readable_file};
+use crate::settings::{Credentials, InboundTls, RelayPolicy, SaslUserSource, Settings, TlsLevel};
+use crate::validate;
+
+pub const POSTCONF_PREFIX: &str = "POSTCONF_";
+
+/// Builds settings from environment variables. `postfix_dir` is where the original image's
+/// optional `sasl_passwd` and `client_sasl_passwd` files are looked for.
+pub fn settings(vars: &BTreeMap<String, String>, postfix_dir: &Path) -> ConfigResult<Settings> {
+    let get = |name: &str| vars.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
+    let required = |name: &str, example: &str| {
+        get(name).ok_or_else(|| {
+            ConfigError::invalid(name, format!("is required; set it, e.g. {name}={example}"))
+        })
+    };
+
+    let domain = validate::domain("RELAY_MYDOMAIN", required("RELAY_MYDOMAIN", "example.net")?)?;
+    let mut relayhost = validate::relayhost(
+        "RELAY_HOST",
+        required("RELAY_HOST", "[smtp.example.net]:587")?,
+    )?;
+    relayhost.implicit_tls = match get("RELAY_SMTPS") {
+        Some(v) => boolean("RELAY_SMTPS", v)?,
+        None => relayhost.port == 465,
+    };
+    let hostname = get("RELAY_MYHOSTNAME")
+        .map(|h| validate::domain("RELAY_MYHOSTNAME", h))
+        .transpose()?;
+    let networks = list(get("RELAY_MYNETWORKS"))
+        .map(|n| validate::network("RELAY_MYNETWORKS", n))
+        .collect::<ConfigResult<Vec<_>>>()?;
+    let mut relay_domains = list(get("RELAY_DOMAINS"))
+        .map(|d| validate::domain("RELAY_DOMAINS", d))
+        .collect::<ConfigResult<Vec<_>>>()?;
+    if relay_domains.is_empty() {
+        relay_domains.push(domain.clone());
+    }
+
+    let relayhost_credentials = credentials(vars, postfix_dir, &relayhost_key(&relayhost))?;
+    let use_tls = get("RELAY_USE_TLS")
+        .map(|v| boolean("RELAY_USE_TLS", v))
+        .transpose()?;
+    let verify = get("RELAY_TLS_VERIFY")
+        .map(|v| {
+            TlsLevel::parse(v).ok_or_else(|| {
+                ConfigError::invalid(
+                    "RELAY_TLS_VERIFY",
+                    format!(
+                        "{v:?} is not a TLS level; use one of {}",
+                        TlsLevel::ALL.map(TlsLevel::as_str).join(", ")
+                    ),
+                )
+            })
+        })
+        .transpose()?;
+    let relayhost_tls_level =
+        inputs::tls_level("RELAY_USE_TLS", use_tls, verify, relayhost.implicit_tls)?;
+    let relayhost_tls_ca_file = match get("RELAY_TLS_CA") {
+        Some(path) => Some(readable_file("RELAY_TLS_CA", Path::new(path))?),
+        None => inputs::default_ca_file(),
+    };
+
+    let postmaster = get("RELAY_POSTMASTER")
+        .map(|p| validate::email("RELAY_POSTMASTER", p))
+        .transpose()?;
+    let strict_sender = get("RELAY_STRICT_SENDER_MYDOMAIN")
+        .map(|v| boolean("RELAY_STRICT_SENDER_MYDOMAIN", v))
+        .transpose()?
+        .unwrap_or(false);
+    let policy = match get("RELAY_MODE") {
+        Some(mode) => inputs::policy_from_mode_text("RELAY_MODE", mode)?,
+        None => RelayPolicy::Mode(Default::default()),
+    };
+
+    let users_file = postfix_dir.join("client_sasl_passwd");
+    let sasl_users = if users_file.exists() {
+        SaslUserSource::PasswdFile(users_file)
+    } else {
+        SaslUserSource::None
+    };
+    let inbound_tls = match (get("RELAY_TLS_CERT"), get("RELAY_TLS_KEY")) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => Some(InboundTls {
+            cert_file: readable_file("RELAY_TLS_CERT", Path::new(cert))?,
+            key_file: readable_file("RELAY_TLS_KEY", Path::new(key))?,
+        }),
+        (Some(_), None) => {
+            return Err(ConfigError::invalid(
+                "RELAY_TLS_KEY",
+                "is required when RELAY_TLS_CERT is set",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::invalid(
+                "RELAY_TLS_CERT",
+                "is required when RELAY_TLS_KEY is set",
+            ))
+        }
+    };
+
+    Ok(Settings {
+        hostname,
+        domain,
+        networks,
+        relay_domains,
+        relayhost,
+        relayhost_credentials,
+        relayhost_tls_level,
+        relayhost_tls_ca_file,
+        postmaster,
+        strict_sender,
+        policy,
+        sasl_users,
+        inbound_tls,
+        postconf: postconf(vars)?,
+        postconf_field_prefix: POSTCONF_PREFIX.to_string(),
+    })
+}
+
+/// `RELAY_EXTRAS_SETTINGS` (deprecated, space separated `name=value`) then `POSTCONF_<name>`.
+fn postconf(vars: &BTreeMap<String, String>) -> ConfigResult<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    if let Some(extras) = vars.get("RELAY_EXTRAS_SETTINGS") {
+        for item in extras.split_whitespace() {
+            let (name, value) = item.split_once('=').ok_or_else(|| {
+                ConfigError::invalid(
+                    "RELAY_EXTRAS_SETTINGS",
+                    format!("{item:?} is not name=value; prefer POSTCONF_<name>=<value>"),
+                )
+            })?;
+            validate::postconf_name("RELAY_EXTRAS_SETTINGS", name)?;
+            out.insert(name.to_string(), value.to_string());
+        }
+    }
+    for (key, value) in vars {
+        if let Some(name) = key.strip_prefix(POSTCONF_PREFIX) {
+            validate::postconf_name(key, name)?;
+            validate::single_line(key, value)?;
+            out.insert(name.to_string(), value.trim().to_string());
+        }
+    }
+    Ok(out)
+}
+
+/// Relayhost credentials from RELAY_LOGIN/RELAY_PASSWORD, or else from the original image's
+/// `sasl_passwd` file (`relayhost login:password` lines).
+fn credentials(
+    vars: &BTreeMap<String, String>,
+    postfix_dir: &Path,
+    relayhost_key: &str,
+) -> ConfigResult<Option<Credentials>> {
+    // Passwords are taken verbatim: surrounding spaces may be part of them.
+    let login = vars.get("RELAY_LOGIN").filter(|v| !v.is_empty());
+    let password = vars.get("RELAY_PASSWORD").filter(|v| !v.is_empty());
+    match (login, password) {
+        (Some(login), Some(password)) => {
+            return checked_credentials("RELAY_LOGIN", "RELAY_PASSWORD", login, password).map(Some)
+        }
+        (Some(_), None) => {
+            return Err(ConfigError::invalid(
+                "RELAY_PASSWORD",
+                "is required when RELAY_LOGIN is set",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::invalid(
+                "RELAY_LOGIN",
+                "is required when RELAY_PASSWORD is set",
+            ))
+        }
+        (None, None) => {}
+    }
+    let path = postfix_dir.join("sasl_passwd");
+    if !path.exists() {
+        return Ok(None);
+    }
+    let field = path.display().to_string();
+    let text = inputs::read_secret_file(&field, &path)?;
+    let entries: Vec<(&str, &str)> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| l.split_once(char::is_whitespace))
+        .collect();
+    let chosen = entries
+        .iter()
+        .find(|(key, _)| *key == relayhost_key)
+        .or(if entries.len() == 1 { entries.first() } else { None })
+        .ok_or_else(|| {
+            ConfigError::invalid(
+                &field,
+                format!("has no line for the relayhost {relayhost_key}; write `{relayhost_key} login:password`"),
+            )
+        })?;
+    let (login, password) = chosen.1.trim_start().split_once(':').ok_or_else(|| {
+        ConfigError::invalid(&field, "the credentials must be written login:password")
+    })?;
+    checked_credentials(&field, &field, login, password).map(Some)
+}
+
+pub fn checked_credentials(
+    login_field: &str,
+    password_field: &str,
+    login: &str,
+    password: &str,
+) -> ConfigResult<Credentials> {
+    if login.is_empty()
+        || login.contains([':', '\n', '\r', '\0'])
+        || login.chars().any(char::is_whitespace)
+    {
+        return Err(ConfigError::invalid(
+            login_field,
+            "the login must be non-empty, without ':' or white space (Postfix separates login and password with ':')",
+        ));
+    }
+    validate::password(password_field, password)?;
+    Ok(Credentials {
+        login: login.to_string(),
+        password: password.to_string(),
+    })
+}
+
+/// The key Postfix looks credentials up by: the relayhost exactly as written in main.cf.
+pub fn relayhost_key(relayhost: &crate::settings::Relayhost) -> String {
+    crate::postfix::main_cf::relayhost_value(relayhost)
+}
+
+fn list(value: Option<&str>) -> impl Iterator<Item = &str> {
+    value
+        .unwrap_or("")
+        .split([' ', ',', '\t', '\n'])
+        .filter(|s| !s.is_empty())
+}
+
+fn boolean(field: &str, value: &str) -> ConfigResult<bool> {
+    match value.to_ascii_lowercase().as_str() {
+        "yes" | "true" | "1" | "on" => Ok(true),
+        "no" | "false" | "0" | "off" => Ok(false),
+        _ => Err(ConfigError::invalid(
+            field,
+            format!("{value:?} is not a boolean; use yes or no"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::Mode;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn minimal() -> Vec<(&'static str, &'static str)> {
+        vec![
+            ("RELAY_MYDOMAIN", "example.net"),
+            ("RELAY_HOST", "[10.1.0.1]:25"),
+        ]
+    }
+
+    fn nodir() -> &'static Path {
+        Path::new("/nonexistent-smtp-relay-test")
+    }
+
+    #[test]
+    fn seed_compose_example() {
+        let mut vars = minimal();
+        vars.extend([
+            ("RELAY_POSTMASTER", "postmaster@example.net"),
+            ("RELAY_MYHOSTNAME", "smtp-relay.example.net"),
+            ("RELAY_MYNETWORKS", "127.0.0.0/8 10.0.0.0/24"),
+            ("RELAY_MODE", "ALLOW_SASLAUTH_NODOMAIN"),
+            ("RELAY_LOGIN", "sasl-user-login"),
+            ("RELAY_PASSWORD", "xx} x,x:x=ö"),
+            ("RELAY_USE_TLS", "no"),
+            ("POSTCONF_compatibility_level", "2"),
+        ]);
+        let s = settings(&env(&vars), nodir()).unwrap();
+        assert_eq!(s.domain, "example.net");
+        assert_eq!(s.relay_domains, vec!["example.net"]);
+        assert_eq!(s.networks.len(), 2);
+        assert_eq!(s.policy, RelayPolicy::Mode(Mode::AllowSaslAuthNoDomain));
+        assert_eq!(
+            s.relayhost_credentials.as_ref().unwrap().password,
+            "xx} x,x:x=ö"
+        );
+        assert_eq!(s.relayhost_tls_level, Some(TlsLevel::None));
+        assert_eq!(s.postconf["compatibility_level"], "2");
+        assert!(
+            !format!("{s:?}").contains("xx}"),
+            "Debug must not print the password"
+        );
+    }
+
+    #[test]
+    fn missing_mandatory_variables_are_named() {
+        let err = settings(&env(&[("RELAY_HOST", "relay")]), nodir())
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("RELAY_MYDOMAIN: is required"), "{err}");
+        let err = settings(&env(&[("RELAY_MYDOMAIN", "example.net")]), nodir())
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("RELAY_HOST: is required"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        for (var, value) in [
+            ("RELAY_MODE", "OPEN_RELAY"),
+            ("RELAY_MYNETWORKS", "10.0.0.0/8 nowhere"),
+            ("RELAY_TLS_VERIFY", "always"),
+            ("RELAY_USE_TLS", "maybe"),
+            ("RELAY_POSTMASTER", "nobody"),
+            ("RELAY_LOGIN", "user"),
+            ("POSTCONF_Bad-Name", "1"),
+            ("RELAY_TLS_CA", "/nonexistent/ca.pem"),
+        ] {
+            let mut vars = minimal();
+            vars.push((var, value));
+            let err = settings(&env(&vars), nodir()).unwrap_err().to_string();
+            let named = if var == "RELAY_LOGIN" {
+                "RELAY_PASSWORD"
+            } else {
+                var
+            };
+            assert!(
+                err.starts_with(&format!("{named}:")),
+                "{var}={value}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn custom_restriction_list_is_accepted_when_postfix_knows_every_token() {
+        let mut vars = minimal();
+        vars.push((
+            "RELAY_MODE",
+            "permit_mynetworks, reject_unauth_destination, reject",
+        ));
+        let s = settings(&env(&vars), nodir()).unwrap();
+        assert_eq!(
+            s.policy,
+            RelayPolicy::Custom(vec![
+                "permit_mynetworks".into(),
+                "reject_unauth_destination".into(),
+                "reject".into()
+            ])
+        );
+    }
+
+    #[test]
+    fn tls_variables() {
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let mut vars = minimal();
+            vars.extend_from_slice(extra);
+            settings(&env(&vars), nodir())
+        };
+        assert_eq!(with(&[]).unwrap().relayhost_tls_level, None);
+        assert_eq!(
+            with(&[("RELAY_USE_TLS", "yes")])
+                .unwrap()
+                .relayhost_tls_level,
+            Some(TlsLevel::Encrypt)
+        );
+        assert_eq!(
+            with(&[("RELAY_TLS_VERIFY", "verify")])
+                .unwrap()
+                .relayhost_tls_level,
+            Some(TlsLevel::Verify),
+            "the level applies without a login (unlike the original image)"
+        );
+        assert!(with(&[("RELAY_USE_TLS", "no"), ("RELAY_TLS_VERIFY", "secure")]).is_err());
+        let mut vars = vec![
+            ("RELAY_MYDOMAIN", "example.net"),
+            ("RELAY_HOST", "[smtp.example.net]:465"),
+        ];
+        vars.push(("RELAY_TLS_VERIFY", "secure"));
+        let s = settings(&env(&vars), nodir()).unwrap();
+        assert!(s.relayhost.implicit_tls);
+        assert_eq!(s.relayhost_tls_level, Some(TlsLevel::Secure));
+    }
+
+    #[test]
+    fn sasl_passwd_files_from_the_postfix_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("sasl_passwd"),
+            "[10.1.0.1]:25 sasl-user-login:pa ss:wo}rd\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("client_sasl_passwd"), "app1 secret1\n").unwrap();
+        let s = settings(&env(&minimal()), dir.path()).unwrap();
+        let creds = s.relayhost_credentials.unwrap();
+        assert_eq!(
+            (creds.login.as_str(), creds.password.as_str()),
+            ("sasl-user-login", "pa ss:wo}rd")
+        );
+        assert_eq!(
+            s.sasl_users,
+            SaslUserSource::PasswdFile(dir.path().join("client_sasl_passwd"))
+        );
+    }
+
+    #[test]
+    fn extras_settings_then_postconf() {
+        let mut vars = minimal();
+        vars.push((
+            "RELAY_EXTRAS_SETTINGS",
+            "message_size_limit=1000 smtpd_helo_required=yes",
+        ));
+        vars.push(("POSTCONF_message_size_limit", "2000"));
+        let s = settings(&env(&vars), nodir()).unwrap();
+        assert_eq!(s.postconf["message_size_limit"], "2000");
+        assert_eq!(s.postconf["smtpd_helo_required"], "yes");
+    }
+}

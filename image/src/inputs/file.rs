@@ -1,0 +1,225 @@
+//! The config file the operator mounts from a ConfigMap, with secrets referenced as files.
+
+use std::fs;
+use std::path::Path;
+
+use crate::config_file::RelayConfigFile;
+use crate::error::{ConfigError, ConfigResult};
+use crate::inputs::{self, env::checked_credentials, read_secret_file, readable_file};
+use crate::settings::{InboundTls, RelayPolicy, Relayhost, SaslUserSource, Settings};
+use crate::validate;
+
+pub fn load(path: &Path) -> ConfigResult<Settings> {
+    let field = path.display().to_string();
+    let text =
+        fs::read_to_string(path).map_err(|e| ConfigError::unreadable("--config", path, e))?;
+    let file: RelayConfigFile = serde_yaml::from_str(&text)
+        .map_err(|e| ConfigError::invalid(&field, format!("not a valid relay config: {e}")))?;
+    settings(&file, &field)
+}
+
+/// Validates a parsed config file and reads the secret files it points at. `origin` prefixes
+/// field names in errors (the config file's path).
+pub fn settings(file: &RelayConfigFile, origin: &str) -> ConfigResult<Settings> {
+    let field = |name: &str| format!("{origin}: {name}");
+    let domain = validate::domain(&field("domain"), &file.domain)?;
+    let hostname = file
+        .hostname
+        .as_deref()
+        .map(|h| validate::domain(&field("hostname"), h))
+        .transpose()?;
+    let networks = file
+        .networks
+        .iter()
+        .map(|n| validate::network(&field("networks"), n))
+        .collect::<ConfigResult<Vec<_>>>()?;
+    let mut relay_domains = file
+        .relay_domains
+        .iter()
+        .map(|d| validate::domain(&field("relayDomains"), d))
+        .collect::<ConfigResult<Vec<_>>>()?;
+    if relay_domains.is_empty() {
+        relay_domains.push(domain.clone());
+    }
+
+    let rh = &file.relayhost;
+    validate::relayhost_host(&field("relayhost.host"), &rh.host)?;
+    if rh.port == 0 {
+        return Err(ConfigError::invalid(
+            field("relayhost.port"),
+            "must be from 1 to 65535",
+        ));
+    }
+    let relayhost = Relayhost {
+        host: rh.host.to_ascii_lowercase(),
+        port: rh.port,
+        mx_lookup: rh.mx_lookup,
+        implicit_tls: rh.implicit_tls,
+    };
+    let relayhost_credentials = match (&rh.username_file, &rh.password_file) {
+        (None, None) => None,
+        (Some(user), Some(pass)) => {
+            let (uf, pf) = (
+                field("relayhost.usernameFile"),
+                field("relayhost.passwordFile"),
+            );
+            let login = read_secret_file(&uf, user)?;
+            let password = read_secret_file(&pf, pass)?;
+            Some(checked_credentials(&uf, &pf, &login, &password)?)
+        }
+        (Some(_), None) => {
+            return Err(ConfigError::invalid(
+                field("relayhost.passwordFile"),
+                "is required with usernameFile",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::invalid(
+                field("relayhost.usernameFile"),
+                "is required with passwordFile",
+            ))
+        }
+    };
+    let relayhost_tls_level = inputs::tls_level(
+        &field("relayhost.tlsLevel"),
+        None,
+        rh.tls_level,
+        rh.implicit_tls,
+    )?;
+    let relayhost_tls_ca_file = match &rh.tls_ca_file {
+        Some(path) => Some(readable_file(&field("relayhost.tlsCaFile"), path)?),
+        None => inputs::default_ca_file(),
+    };
+
+    let postmaster = file
+        .postmaster
+        .as_deref()
+        .map(|p| validate::email(&field("postmaster"), p))
+        .transpose()?;
+    let policy = match (&file.mode, &file.custom_restrictions) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::invalid(
+                field("customRestrictions"),
+                "mode and customRestrictions are exclusive; set only one",
+            ))
+        }
+        (_, Some(list)) => {
+            crate::postfix::restrictions::check_custom(&field("customRestrictions"), list)?;
+            RelayPolicy::Custom(list.clone())
+        }
+        (mode, None) => RelayPolicy::Mode(mode.unwrap_or_default()),
+    };
+    let sasl_users = match &file.sasl_users_dir {
+        None => SaslUserSource::None,
+        Some(dir) => {
+            fs::read_dir(dir)
+                .map_err(|e| ConfigError::unreadable(field("saslUsersDir"), dir, e))?;
+            SaslUserSource::Directory(dir.clone())
+        }
+    };
+    let inbound_tls = file
+        .inbound_tls
+        .as_ref()
+        .map(|tls| -> ConfigResult<InboundTls> {
+            Ok(InboundTls {
+                cert_file: readable_file(&field("inboundTls.certFile"), &tls.cert_file)?,
+                key_file: readable_file(&field("inboundTls.keyFile"), &tls.key_file)?,
+            })
+        })
+        .transpose()?;
+    for (name, value) in &file.postconf {
+        validate::postconf_name(&field("postconf"), name)?;
+        validate::single_line(&field(&format!("postconf.{name}")), value)?;
+    }
+
+    Ok(Settings {
+        hostname,
+        domain,
+        networks,
+        relay_domains,
+        relayhost,
+        relayhost_credentials,
+        relayhost_tls_level,
+        relayhost_tls_ca_file,
+        postmaster,
+        strict_sender: file.strict_sender,
+        policy,
+        sasl_users,
+        inbound_tls,
+        postconf: file.postconf.clone(),
+        postconf_field_prefix: field("postconf."),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config_file::RelayhostFile;
+    use crate::settings::Mode;
+
+    fn base() -> RelayConfigFile {
+        RelayConfigFile {
+            domain: "example.net".into(),
+            relayhost: RelayhostFile {
+                host: "smtp.example.net".into(),
+                port: 587,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn secrets_come_from_files() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("username"), "relay-user\n").unwrap();
+        fs::write(dir.path().join("password"), " spaced } pass, wörd=:\n").unwrap();
+        let mut f = base();
+        f.relayhost.username_file = Some(dir.path().join("username"));
+        f.relayhost.password_file = Some(dir.path().join("password"));
+        f.mode = Some(Mode::AllowAuthNoDomain);
+        let s = settings(&f, "relay.yaml").unwrap();
+        let creds = s.relayhost_credentials.unwrap();
+        assert_eq!(creds.login, "relay-user");
+        assert_eq!(creds.password, " spaced } pass, wörd=:");
+        assert_eq!(s.policy, RelayPolicy::Mode(Mode::AllowAuthNoDomain));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let mut f = base();
+        f.networks = vec!["10.0.0.0/99".into()];
+        assert!(settings(&f, "relay.yaml")
+            .unwrap_err()
+            .to_string()
+            .starts_with("relay.yaml: networks:"));
+        let mut f = base();
+        f.mode = Some(Mode::Strict);
+        f.custom_restrictions = Some(vec!["reject".into()]);
+        assert!(settings(&f, "relay.yaml")
+            .unwrap_err()
+            .to_string()
+            .contains("exclusive"));
+        let mut f = base();
+        f.relayhost.password_file = Some("/nonexistent/password".into());
+        assert!(settings(&f, "relay.yaml")
+            .unwrap_err()
+            .to_string()
+            .contains("relayhost.usernameFile"));
+        let mut f = base();
+        f.sasl_users_dir = Some("/nonexistent/users".into());
+        assert!(settings(&f, "relay.yaml")
+            .unwrap_err()
+            .to_string()
+            .contains("saslUsersDir"));
+    }
+
+    #[test]
+    fn yaml_round_trip_rejects_unknown_fields() {
+        let text = "domain: example.net\nrelayhost: {host: relay, port: 25}\nbogus: 1\n";
+        let err = serde_yaml::from_str::<RelayConfigFile>(text)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bogus"), "{err}");
+    }
+}

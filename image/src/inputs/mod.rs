@@ -1,0 +1,103 @@
+//! The two ways the relay is configured, both producing the same [`Settings`]:
+//! the original image's environment variables (`env`), and the config file plus secret files
+//! that the operator mounts (`file`).
+
+pub mod env;
+pub mod file;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::error::{ConfigError, ConfigResult};
+use crate::postfix::restrictions;
+use crate::settings::{Mode, RelayPolicy, TlsLevel};
+
+/// Debian's CA bundle, used to verify the relayhost when no CA file is given.
+pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// Reads a secret mounted as a file. One trailing line break is dropped: files written by
+/// `echo` or `kubectl create secret --from-file` usually end with one, passwords never do.
+pub fn read_secret_file(field: &str, path: &Path) -> ConfigResult<String> {
+    let bytes = fs::read(path).map_err(|e| ConfigError::unreadable(field, path, e))?;
+    let mut text = String::from_utf8(bytes).map_err(|_| {
+        ConfigError::invalid(field, format!("{} is not UTF-8 text", path.display()))
+    })?;
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    Ok(text)
+}
+
+/// Checks that a file the relay will hand to Postfix exists and is readable now, so a wrong
+/// mount fails at start-up rather than at the first delivery.
+pub fn readable_file(field: &str, path: &Path) -> ConfigResult<PathBuf> {
+    fs::File::open(path).map_err(|e| ConfigError::unreadable(field, path, e))?;
+    Ok(path.to_path_buf())
+}
+
+/// The CA bundle used when none is configured, if the system has one.
+pub fn default_ca_file() -> Option<PathBuf> {
+    let path = Path::new(SYSTEM_CA_BUNDLE);
+    path.exists().then(|| path.to_path_buf())
+}
+
+/// A named mode or, as the original image did for any other `RELAY_MODE` value, an explicit
+/// restriction list whose every token Postfix must know.
+pub fn policy_from_mode_text(field: &str, text: &str) -> ConfigResult<RelayPolicy> {
+    let text = text.trim();
+    if let Some(mode) = Mode::from_seed_name(text) {
+        return Ok(RelayPolicy::Mode(mode));
+    }
+    let tokens: Vec<String> = text
+        .split([',', ' ', '\t'])
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
+        .collect();
+    restrictions::check_custom(field, &tokens).map_err(|e| match e {
+        ConfigError::Invalid { field, problem } => ConfigError::invalid(
+            field,
+            format!(
+                "{problem}. Use one of the modes {} or a list of Postfix relay restrictions",
+                Mode::ALL.map(Mode::seed_name).join(", ")
+            ),
+        ),
+        other => other,
+    })?;
+    Ok(RelayPolicy::Custom(tokens))
+}
+
+/// Relayhost TLS level from the seed's two variables, with SMTPS requiring encryption.
+pub fn tls_level(
+    field: &str,
+    use_tls: Option<bool>,
+    verify: Option<TlsLevel>,
+    implicit_tls: bool,
+) -> ConfigResult<Option<TlsLevel>> {
+    let level = match (use_tls, verify) {
+        (Some(false), Some(level)) if level != TlsLevel::None => {
+            return Err(ConfigError::invalid(
+                field,
+                format!(
+                "TLS is turned off but the verification level is {level}; remove one of the two"
+            ),
+            ))
+        }
+        (Some(false), _) => Some(TlsLevel::None),
+        (Some(true), None) => Some(TlsLevel::Encrypt),
+        (_, level) => level,
+    };
+    if implicit_tls {
+        return match level {
+            None => Ok(Some(TlsLevel::Encrypt)),
+            Some(TlsLevel::None | TlsLevel::May) => Err(ConfigError::invalid(
+                field,
+                "implicit TLS (SMTPS) needs a TLS level of encrypt or stronger",
+            )),
+            level => Ok(level),
+        };
+    }
+    Ok(level)
+}

@@ -1,0 +1,247 @@
+//! Prometheus metrics of the relay: counters read from Postfix's mail log as it streams past,
+//! and queue sizes counted in the spool when scraped.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabel {
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabel {
+    pub queue: String,
+}
+
+/// Postfix queues worth watching; a growing `deferred` means the relayhost refuses or is down.
+pub const QUEUES: [&str; 5] = ["maildrop", "incoming", "active", "deferred", "hold"];
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Mutex<Registry>>,
+    spool_dir: PathBuf,
+    pub deliveries: Family<StatusLabel, Counter>,
+    pub rejects: Family<CodeLabel, Counter>,
+    pub connections: Counter,
+    pub sasl_failures: Counter,
+    pub queue: Family<QueueLabel, Gauge>,
+    pub sasl_users: Gauge,
+    pub reloads: Counter,
+    pub config_errors: Counter,
+    pub postfix_up: Gauge,
+}
+
+impl Metrics {
+    pub fn new(spool_dir: &Path) -> Self {
+        let mut registry = Registry::with_prefix("smtp_relay");
+        let m = Metrics {
+            registry: Arc::new(Mutex::new(Registry::default())),
+            spool_dir: spool_dir.to_path_buf(),
+            deliveries: Family::default(),
+            rejects: Family::default(),
+            connections: Counter::default(),
+            sasl_failures: Counter::default(),
+            queue: Family::default(),
+            sasl_users: Gauge::default(),
+            reloads: Counter::default(),
+            config_errors: Counter::default(),
+            postfix_up: Gauge::default(),
+        };
+        registry.register(
+            "deliveries",
+            "Delivery attempts to the relayhost by final status (sent, deferred, bounced, expired)",
+            m.deliveries.clone(),
+        );
+        registry.register(
+            "smtpd_rejects",
+            "Commands rejected by smtpd, by SMTP reply code",
+            m.rejects.clone(),
+        );
+        registry.register(
+            "smtpd_connections",
+            "Client connections accepted by smtpd",
+            m.connections.clone(),
+        );
+        registry.register(
+            "sasl_auth_failures",
+            "Failed SASL logins of clients",
+            m.sasl_failures.clone(),
+        );
+        registry.register(
+            "queue_messages",
+            "Messages in each Postfix queue",
+            m.queue.clone(),
+        );
+        registry.register(
+            "sasl_users",
+            "SASL users in the database",
+            m.sasl_users.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Configuration changes applied without restart",
+            m.reloads.clone(),
+        );
+        registry.register(
+            "config_errors",
+            "Configuration changes refused because they were invalid",
+            m.config_errors.clone(),
+        );
+        registry.register(
+            "postfix_up",
+            "1 while the Postfix master runs",
+            m.postfix_up.clone(),
+        );
+        *m.registry.lock().unwrap_or_else(|e| e.into_inner()) = registry;
+        m
+    }
+
+    /// Updates counters from one line of Postfix's mail log.
+    pub fn observe_log_line(&self, line: &str) {
+        let Some((program, message)) = postfix_program(line) else {
+            return;
+        };
+        match program {
+            "smtp" | "relay" | "error" | "lmtp" => {
+                if let Some(status) = field(message, "status=") {
+                    self.deliveries
+                        .get_or_create(&StatusLabel {
+                            status: status.to_string(),
+                        })
+                        .inc();
+                }
+            }
+            "smtpd" => {
+                if message.starts_with("connect from ") {
+                    self.connections.inc();
+                } else if let Some(rest) = message.split_once(": reject: ").map(|(_, r)| r) {
+                    // "RCPT from host[ip]: 554 5.7.1 <...>: Relay access denied; ..."
+                    if let Some(code) = rest
+                        .split(": ")
+                        .nth(1)
+                        .and_then(|r| r.split_whitespace().next())
+                    {
+                        self.rejects
+                            .get_or_create(&CodeLabel {
+                                code: code.to_string(),
+                            })
+                            .inc();
+                    }
+                } else if message.contains("authentication failed") {
+                    self.sasl_failures.inc();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        for queue in QUEUES {
+            let n = count_files(&self.spool_dir.join(queue));
+            self.queue
+                .get_or_create(&QueueLabel {
+                    queue: queue.to_string(),
+                })
+                .set(n as i64);
+        }
+        let mut out = String::new();
+        let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &registry);
+        out
+    }
+}
+
+/// `postfix/smtpd[123]: message` → ("smtpd", "message"), wherever the line's prefix ends.
+fn postfix_program(line: &str) -> Option<(&str, &str)> {
+    let start = line.find("postfix")?;
+    let rest = &line[start..];
+    let (tag, message) = rest.split_once(": ")?;
+    let program = tag.rsplit('/').next()?.split('[').next()?;
+    Some((program, message))
+}
+
+fn field<'a>(message: &'a str, key: &str) -> Option<&'a str> {
+    let at = message.find(key)? + key.len();
+    message[at..].split([' ', ',']).next()
+}
+
+fn count_files(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => count_files(&e.path()),
+            Ok(t) if t.is_file() => 1,
+            _ => 0,
+        })
+        .sum()
+}
+
+/// Serves `/metrics` until the task is dropped.
+pub async fn serve(metrics: Metrics, listen: std::net::SocketAddr) -> std::io::Result<()> {
+    use axum::{routing::get, Router};
+    let app = Router::new().route(
+        "/metrics",
+        get(move || {
+            let m = metrics.clone();
+            async move {
+                (
+                    [(
+                        "content-type",
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    m.encode(),
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    axum::serve(listener, app).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_from_log_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("deferred/A")).unwrap();
+        std::fs::write(dir.path().join("deferred/A/ABC123"), "").unwrap();
+        let m = Metrics::new(dir.path());
+        m.observe_log_line(
+            "Nov 25 02:30:00 relay postfix/smtpd[12]: connect from unknown[127.0.0.3]",
+        );
+        m.observe_log_line("Nov 25 02:30:00 relay postfix/smtpd[12]: NOQUEUE: reject: RCPT from unknown[127.0.0.3]: 554 5.7.1 <a@b.c>: Relay access denied; from=<x@example.net> to=<a@b.c> proto=ESMTP helo=<t>");
+        m.observe_log_line("Nov 25 02:30:01 relay postfix/smtp[13]: 4XYZ: to=<a@example.net>, relay=127.0.0.1[127.0.0.1]:2526, delay=0.1, status=sent (250 Ok)");
+        m.observe_log_line("Nov 25 02:30:01 relay postfix/relay[13]: 4XYZ: to=<b@example.net>, relay=none, delay=0.1, status=deferred (connect refused)");
+        m.observe_log_line("Nov 25 02:30:02 relay postfix/smtpd[12]: warning: unknown[127.0.0.3]: SASL PLAIN authentication failed: authentication failure");
+        let text = m.encode();
+        for expected in [
+            "smtp_relay_smtpd_connections_total 1",
+            "smtp_relay_smtpd_rejects_total{code=\"554\"} 1",
+            "smtp_relay_deliveries_total{status=\"sent\"} 1",
+            "smtp_relay_deliveries_total{status=\"deferred\"} 1",
+            "smtp_relay_sasl_auth_failures_total 1",
+            "smtp_relay_queue_messages{queue=\"deferred\"} 1",
+        ] {
+            assert!(text.contains(expected), "missing {expected} in\n{text}");
+        }
+    }
+}

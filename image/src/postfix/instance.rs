@@ -1,0 +1,204 @@
+//! Laying out a Postfix instance on disk and controlling its master process.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::os::unix::fs::{chown, PermissionsExt};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, SystemTime};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::{Group, Pid, User};
+
+use crate::error::{ConfigError, RunError};
+use crate::postfix::layout::Layout;
+use crate::postfix::{main_cf, master_cf};
+use crate::settings::Settings;
+
+pub const POSTFIX_USER: &str = "postfix";
+const DAEMON_DIRECTORY: &str = "/usr/lib/postfix/sbin";
+
+/// Writes every configuration file of the instance and lets Postfix check it. Nothing is
+/// started; on error the caller exits before Postfix runs.
+pub fn write_config(settings: &Settings, layout: &Layout) -> Result<(), RunError> {
+    for dir in [
+        &layout.config_dir,
+        &layout.spool_dir,
+        &layout.data_dir,
+        &layout.sasl_config_dir(),
+    ] {
+        fs::create_dir_all(dir).map_err(RunError::io(format!("creating {}", dir.display())))?;
+    }
+    let (postfix_uid, _) = postfix_ids()?;
+    let data = layout.postfix_data_dir();
+    fs::create_dir_all(&data).map_err(RunError::io(format!("creating {}", data.display())))?;
+    chown(&data, Some(postfix_uid), None)
+        .map_err(RunError::io(format!("chown {}", data.display())))?;
+
+    write_file(&layout.master_cf(), &master_cf::render(layout), 0o644)?;
+    write_file(
+        &layout.main_cf(),
+        &main_cf::render(&main_cf::parameters(settings, layout)),
+        0o644,
+    )?;
+    write_file(&layout.routing_table(), main_cf::ROUTING_TABLE, 0o644)?;
+    write_file(
+        &layout.sasl_config_dir().join("smtpd.conf"),
+        &main_cf::smtpd_sasl_conf(layout),
+        0o644,
+    )?;
+    match main_cf::relayhost_passwd(settings) {
+        // Read by the smtp client before it drops privileges, so root-only is enough.
+        Some(text) => write_file(&layout.relayhost_passwd(), &text, 0o600)?,
+        None => remove_if_exists(&layout.relayhost_passwd())?,
+    }
+    check_postconf_names(settings, layout)?;
+    postfix(layout, &["check"])
+}
+
+/// Parameters a user may override: everything Postfix itself knows (`postconf -d`).
+pub fn known_parameters(layout: &Layout) -> Result<BTreeSet<String>, RunError> {
+    let out = postconf(layout, &["-d"])?;
+    Ok(out
+        .lines()
+        .filter_map(|l| {
+            l.split_once(" = ")
+                .map(|(n, _)| n.to_string())
+                .or_else(|| l.strip_suffix(" =").map(str::to_string))
+        })
+        .collect())
+}
+
+fn check_postconf_names(settings: &Settings, layout: &Layout) -> Result<(), RunError> {
+    if settings.postconf.is_empty() {
+        return Ok(());
+    }
+    let known = known_parameters(layout)?;
+    for name in settings.postconf.keys() {
+        if !known.contains(name) {
+            return Err(ConfigError::invalid(
+                format!("{}{name}", settings.postconf_field_prefix),
+                format!("{name:?} is not a Postfix parameter (see `postconf -d` for the list)"),
+            )
+            .into());
+        }
+    }
+    Ok(())
+}
+
+/// Starts the master in the foreground, its stdout (where postlogd writes the mail log) piped
+/// to the caller.
+pub fn spawn_master(layout: &Layout) -> Result<tokio::process::Child, RunError> {
+    // Postfix re-reads main.cf when it looks freshly written; an older time skips that wait.
+    let main_cf = fs::File::options()
+        .write(true)
+        .open(layout.main_cf())
+        .map_err(RunError::io("opening main.cf"))?;
+    let _ = main_cf.set_modified(SystemTime::now() - Duration::from_secs(10));
+    let master = Path::new(DAEMON_DIRECTORY).join("master");
+    tokio::process::Command::new(&master)
+        .arg("-c")
+        .arg(&layout.config_dir)
+        // -s keeps stdout open, so postlogd can write the mail log to it.
+        .arg("-s")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(RunError::io(format!("starting {}", master.display())))
+}
+
+/// Asks a running master to re-read its configuration; the queue and connections stay.
+pub fn reload(pid: u32) -> Result<(), RunError> {
+    signal(pid, Signal::SIGHUP)
+}
+
+/// Asks the master to stop: it terminates its children and leaves the queue on disk.
+pub fn stop(pid: u32) -> Result<(), RunError> {
+    signal(pid, Signal::SIGTERM)
+}
+
+fn signal(pid: u32, sig: Signal) -> Result<(), RunError> {
+    let pid = i32::try_from(pid).map_err(|_| RunError::Command {
+        command: "kill".into(),
+        detail: format!("bad pid {pid}"),
+    })?;
+    kill(Pid::from_raw(pid), sig).map_err(|e| RunError::Command {
+        command: format!("kill -{sig} {pid}"),
+        detail: e.to_string(),
+    })
+}
+
+/// Runs `postfix -c DIR <args>`, turning its error output into the error message.
+pub fn postfix(layout: &Layout, args: &[&str]) -> Result<(), RunError> {
+    run(Command::new("postfix")
+        .arg("-c")
+        .arg(&layout.config_dir)
+        .args(args))
+    .map(|_| ())
+}
+
+pub fn postconf(layout: &Layout, args: &[&str]) -> Result<String, RunError> {
+    run(Command::new("postconf")
+        .arg("-c")
+        .arg(&layout.config_dir)
+        .args(args))
+}
+
+fn run(cmd: &mut Command) -> Result<String, RunError> {
+    let shown = format!("{cmd:?}").replace('"', "");
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(RunError::io(format!("running {shown}")))?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let detail = if err.trim().is_empty() {
+            text.trim()
+        } else {
+            err.trim()
+        };
+        return Err(RunError::Command {
+            command: shown,
+            detail: format!("{} ({})", detail, out.status),
+        });
+    }
+    Ok(text)
+}
+
+/// The postfix user and group ids.
+pub fn postfix_ids() -> Result<(u32, u32), RunError> {
+    let missing = |what: &str| RunError::Command {
+        command: format!("looking up the {what} {POSTFIX_USER}"),
+        detail: "not found; is Postfix installed?".into(),
+    };
+    let user = User::from_name(POSTFIX_USER)
+        .ok()
+        .flatten()
+        .ok_or_else(|| missing("user"))?;
+    let group = Group::from_name(POSTFIX_USER)
+        .ok()
+        .flatten()
+        .ok_or_else(|| missing("group"))?;
+    Ok((user.uid.as_raw(), group.gid.as_raw()))
+}
+
+/// Writes a file atomically (a reader never sees half of it) with the given mode.
+pub fn write_file(path: &Path, content: &str, mode: u32) -> Result<(), RunError> {
+    let tmp = path.with_extension("tmp-smtp-relay");
+    fs::write(&tmp, content).map_err(RunError::io(format!("writing {}", tmp.display())))?;
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))
+        .map_err(RunError::io(format!("chmod {}", tmp.display())))?;
+    fs::rename(&tmp, path).map_err(RunError::io(format!("writing {}", path.display())))
+}
+
+fn remove_if_exists(path: &Path) -> Result<(), RunError> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(RunError::io(format!("removing {}", path.display()))(e))
+        }
+        _ => Ok(()),
+    }
+}

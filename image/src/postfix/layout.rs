@@ -1,0 +1,46 @@
+//! Where a relay instance keeps its files. Tests run several instances side by side, so every
+//! path derives from the four directories given at start-up.
+
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    /// Postfix `config_directory`: main.cf, master.cf and the maps we generate.
+    pub config_dir: PathBuf,
+    /// Postfix `queue_directory`: the mail spool, kept on a persistent volume.
+    pub spool_dir: PathBuf,
+    /// The SASL user database and Postfix's `data_directory`.
+    pub data_dir: PathBuf,
+    /// Address and port smtpd listens on, as Postfix writes a service name (`host:port`).
+    pub listen: String,
+}
+
+impl Layout {
+    pub fn main_cf(&self) -> PathBuf {
+        self.config_dir.join("main.cf")
+    }
+    pub fn master_cf(&self) -> PathBuf {
+        self.config_dir.join("master.cf")
+    }
+    /// Relayhost credentials, a `texthash:` map.
+    pub fn relayhost_passwd(&self) -> PathBuf {
+        self.config_dir.join("relayhost_passwd")
+    }
+    /// Rejects sender-specified routing in recipient addresses.
+    pub fn routing_table(&self) -> PathBuf {
+        self.config_dir.join("recipient_routing.regexp")
+    }
+    /// Cyrus SASL configuration directory (holds smtpd.conf).
+    pub fn sasl_config_dir(&self) -> PathBuf {
+        self.config_dir.join("sasl")
+    }
+    pub fn sasldb(&self) -> PathBuf {
+        self.data_dir.join("sasldb2")
+    }
+    pub fn postfix_data_dir(&self) -> PathBuf {
+        self.data_dir.join("postfix")
+    }
+    pub fn master_pid(&self) -> PathBuf {
+        self.spool_dir.join("pid").join("master.pid")
+    }
+}

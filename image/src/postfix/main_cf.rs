@@ -1,0 +1,333 @@
+//! The mapping from settings to Postfix parameters. No other module writes a parameter name.
+
+use crate::postfix::layout::Layout;
+use crate::postfix::restrictions;
+use crate::settings::{Relayhost, SaslUserSource, Settings, TlsLevel};
+
+/// Debian's shared files (postfix-files, dynamicmaps.cf) stay where the package put them while
+/// the configuration lives elsewhere.
+pub const META_DIRECTORY: &str = "/etc/postfix";
+
+/// Notices sent to the postmaster, as the original image configured them.
+const NOTIFY_CLASSES: &str = "bounce, 2bounce, data, delay, policy, protocol, resource, software";
+
+/// `relayhost` as Postfix writes it: brackets turn off the MX lookup.
+pub fn relayhost_value(relayhost: &Relayhost) -> String {
+    if relayhost.mx_lookup {
+        format!("{}:{}", relayhost.host, relayhost.port)
+    } else {
+        format!("[{}]:{}", relayhost.host, relayhost.port)
+    }
+}
+
+/// All main.cf parameters, in a stable order; user overrides (`postconf`) come last and win.
+pub fn parameters(s: &Settings, layout: &Layout) -> Vec<(String, String)> {
+    let mut p = Params::default();
+    p.set("compatibility_level", "3.6");
+    p.set("queue_directory", layout.spool_dir.display());
+    p.set("data_directory", layout.postfix_data_dir().display());
+    p.set("meta_directory", META_DIRECTORY);
+    p.set("maillog_file", "/dev/stdout");
+    p.set("maillog_file_prefixes", "/var, /dev/stdout");
+    p.set("inet_interfaces", "all");
+    p.set("biff", "no");
+    p.set("append_dot_mydomain", "no");
+    p.set("readme_directory", "no");
+    p.set("smtputf8_enable", "no");
+    p.set("disable_vrfy_command", "yes");
+    p.set("smtpd_banner", "$myhostname ESMTP $mail_name RELAY");
+
+    // Identity and what is relayed where.
+    if let Some(hostname) = &s.hostname {
+        p.set("myhostname", hostname);
+    }
+    p.set("mydomain", &s.domain);
+    p.set("myorigin", "$mydomain");
+    // A relay never delivers locally: every domain, its own included, goes to the relayhost.
+    p.set("mydestination", "");
+    p.set("local_recipient_maps", "");
+    p.set(
+        "local_transport",
+        "error:5.1.1 local delivery is disabled on this relay",
+    );
+    p.set("alias_maps", "");
+    p.set("alias_database", "");
+    p.set("relay_domains", s.relay_domains.join(", "));
+    p.set(
+        "mynetworks",
+        s.networks
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    p.set("relayhost", relayhost_value(&s.relayhost));
+    p.set(
+        "smtpd_relay_restrictions",
+        restrictions::policy_restrictions(&s.policy).join(", "),
+    );
+    p.set(
+        "smtpd_recipient_restrictions",
+        format!(
+            "check_recipient_access regexp:{}",
+            layout.routing_table().display()
+        ),
+    );
+    if s.strict_sender {
+        let allowed: Vec<String> = s.relay_domains.iter().map(|d| format!("{d}=OK")).collect();
+        p.set(
+            "smtpd_sender_restrictions",
+            format!(
+                "check_sender_access inline:{{{}}}, reject",
+                allowed.join(", ")
+            ),
+        );
+    }
+
+    let postmaster = s
+        .postmaster
+        .clone()
+        .unwrap_or_else(|| format!("postmaster@{}", s.domain));
+    p.set("notify_classes", NOTIFY_CLASSES);
+    for recipient in [
+        "bounce_notice_recipient",
+        "2bounce_notice_recipient",
+        "delay_notice_recipient",
+        "error_notice_recipient",
+    ] {
+        p.set(recipient, &postmaster);
+    }
+
+    // Clients authenticating to us.
+    if s.sasl_users != SaslUserSource::None {
+        p.set("smtpd_sasl_auth_enable", "yes");
+        p.set("smtpd_sasl_type", "cyrus");
+        p.set("smtpd_sasl_path", "smtpd");
+        p.set("cyrus_sasl_config_path", layout.sasl_config_dir().display());
+        p.set("smtpd_sasl_local_domain", "$mydomain");
+        p.set("smtpd_sasl_security_options", "noanonymous");
+        p.set("broken_sasl_auth_clients", "yes");
+    }
+    match &s.inbound_tls {
+        Some(tls) => {
+            p.set("smtpd_tls_cert_file", tls.cert_file.display());
+            p.set("smtpd_tls_key_file", tls.key_file.display());
+            p.set("smtpd_tls_security_level", "may");
+            // Passwords never cross the network in clear text once we can offer TLS.
+            p.set("smtpd_tls_auth_only", "yes");
+        }
+        None => p.set("smtpd_tls_security_level", "none"),
+    }
+
+    // Us authenticating to the relayhost.
+    if s.relayhost_credentials.is_some() {
+        p.set("smtp_sasl_auth_enable", "yes");
+        p.set(
+            "smtp_sasl_password_maps",
+            format!("texthash:{}", layout.relayhost_passwd().display()),
+        );
+        p.set("smtp_sasl_security_options", "noanonymous");
+        p.set("smtp_sasl_tls_security_options", "noanonymous");
+    }
+    let level = s.relayhost_tls_level.unwrap_or(TlsLevel::May);
+    p.set("smtp_tls_security_level", level.as_str());
+    if s.relayhost.implicit_tls {
+        p.set("smtp_tls_wrappermode", "yes");
+    }
+    if let Some(ca) = &s.relayhost_tls_ca_file {
+        p.set("smtp_tls_CAfile", ca.display());
+    }
+    p.set(
+        "smtp_tls_session_cache_database",
+        format!("btree:{}/smtp_scache", layout.postfix_data_dir().display()),
+    );
+
+    for (name, value) in &s.postconf {
+        p.set(name, value);
+    }
+    p.0
+}
+
+pub fn render(params: &[(String, String)]) -> String {
+    let mut out = String::from("# Generated by smtp-relay at start-up; edits are overwritten.\n");
+    for (name, value) in params {
+        out.push_str(name);
+        out.push_str(" = ");
+        out.push_str(value);
+        out.push('\n');
+    }
+    out
+}
+
+/// Relayhost credentials as a `texthash:` map. Postfix splits the value at the first ':', and
+/// takes the rest of the line verbatim, so any password without a line break survives.
+pub fn relayhost_passwd(s: &Settings) -> Option<String> {
+    s.relayhost_credentials.as_ref().map(|c| {
+        format!(
+            "{} {}:{}\n",
+            relayhost_value(&s.relayhost),
+            c.login,
+            c.password
+        )
+    })
+}
+
+/// Sender-specified routing (`user%host@`, `host!user@`, `"user@host"@`) would let a client
+/// use the relayhost as an open relay towards the routed host.
+pub const ROUTING_TABLE: &str = "/[%!@].*@/ 550 5.7.1 Sender-specified routing is not allowed\n";
+
+/// Cyrus SASL server configuration for smtpd, reading users from the sasldb.
+pub fn smtpd_sasl_conf(layout: &Layout) -> String {
+    format!(
+        "pwcheck_method: auxprop\nauxprop_plugin: sasldb\nmech_list: PLAIN LOGIN CRAM-MD5 DIGEST-MD5\nsasldb_path: {}\n",
+        layout.sasldb().display()
+    )
+}
+
+#[derive(Default)]
+struct Params(Vec<(String, String)>);
+
+impl Params {
+    fn set(&mut self, name: &str, value: impl ToString) {
+        let value = value.to_string();
+        match self.0.iter_mut().find(|(n, _)| n == name) {
+            Some(slot) => slot.1 = value,
+            None => self.0.push((name.to_string(), value)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::{Credentials, InboundTls, Mode, RelayPolicy};
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+
+    pub fn settings() -> Settings {
+        Settings {
+            hostname: Some("smtp-relay.example.net".into()),
+            domain: "example.net".into(),
+            networks: vec!["10.0.0.0/24".parse().unwrap()],
+            relay_domains: vec!["example.net".into(), "example.org".into()],
+            relayhost: Relayhost {
+                host: "10.1.0.1".into(),
+                port: 25,
+                mx_lookup: false,
+                implicit_tls: false,
+            },
+            relayhost_credentials: None,
+            relayhost_tls_level: None,
+            relayhost_tls_ca_file: None,
+            postmaster: None,
+            strict_sender: false,
+            policy: RelayPolicy::Mode(Mode::Strict),
+            sasl_users: SaslUserSource::None,
+            inbound_tls: None,
+            postconf: BTreeMap::new(),
+            postconf_field_prefix: "POSTCONF_".into(),
+        }
+    }
+
+    fn layout() -> Layout {
+        Layout {
+            config_dir: "/run/pf".into(),
+            spool_dir: "/var/spool/postfix".into(),
+            data_dir: "/data".into(),
+            listen: "0.0.0.0:25".into(),
+        }
+    }
+
+    fn get<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+        params
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn strict_mode_relay() {
+        let p = parameters(&settings(), &layout());
+        assert_eq!(get(&p, "relayhost"), Some("[10.1.0.1]:25"));
+        assert_eq!(get(&p, "mydestination"), Some(""));
+        assert_eq!(get(&p, "mynetworks"), Some("10.0.0.0/24"));
+        assert_eq!(get(&p, "relay_domains"), Some("example.net, example.org"));
+        assert_eq!(
+            get(&p, "smtpd_relay_restrictions"),
+            Some("reject_unauth_destination, permit_sasl_authenticated, permit_mynetworks, reject")
+        );
+        assert_eq!(
+            get(&p, "bounce_notice_recipient"),
+            Some("postmaster@example.net")
+        );
+        assert_eq!(get(&p, "smtpd_sasl_auth_enable"), None, "no users, no AUTH");
+        assert_eq!(get(&p, "smtp_sasl_auth_enable"), None);
+        assert_eq!(get(&p, "smtpd_sender_restrictions"), None);
+    }
+
+    #[test]
+    fn strict_sender_accepts_every_relay_domain() {
+        let mut s = settings();
+        s.strict_sender = true;
+        let p = parameters(&s, &layout());
+        assert_eq!(
+            get(&p, "smtpd_sender_restrictions"),
+            Some("check_sender_access inline:{example.net=OK, example.org=OK}, reject")
+        );
+    }
+
+    #[test]
+    fn credentials_tls_and_users() {
+        let mut s = settings();
+        s.relayhost_credentials = Some(Credentials {
+            login: "u".into(),
+            password: "p w}:,".into(),
+        });
+        s.relayhost_tls_level = Some(TlsLevel::Verify);
+        s.relayhost_tls_ca_file = Some(PathBuf::from("/ca.pem"));
+        s.sasl_users = SaslUserSource::Directory("/users".into());
+        s.inbound_tls = Some(InboundTls {
+            cert_file: "/tls/tls.crt".into(),
+            key_file: "/tls/tls.key".into(),
+        });
+        let p = parameters(&s, &layout());
+        assert_eq!(
+            get(&p, "smtp_sasl_password_maps"),
+            Some("texthash:/run/pf/relayhost_passwd")
+        );
+        assert_eq!(get(&p, "smtp_tls_security_level"), Some("verify"));
+        assert_eq!(get(&p, "smtp_tls_CAfile"), Some("/ca.pem"));
+        assert_eq!(get(&p, "smtpd_sasl_auth_enable"), Some("yes"));
+        assert_eq!(get(&p, "smtpd_tls_auth_only"), Some("yes"));
+        assert_eq!(relayhost_passwd(&s).unwrap(), "[10.1.0.1]:25 u:p w}:,\n");
+        assert!(
+            !render(&p).contains("p w}"),
+            "main.cf never holds the password"
+        );
+    }
+
+    #[test]
+    fn postconf_overrides_come_last_and_win() {
+        let mut s = settings();
+        s.postconf.insert("smtpd_banner".into(), "custom".into());
+        s.postconf
+            .insert("message_size_limit".into(), "1000".into());
+        let p = parameters(&s, &layout());
+        assert_eq!(get(&p, "smtpd_banner"), Some("custom"));
+        assert_eq!(
+            p.last().map(|(n, _)| n.as_str()),
+            Some("message_size_limit")
+        );
+        assert_eq!(p.iter().filter(|(n, _)| n == "smtpd_banner").count(), 1);
+    }
+
+    #[test]
+    fn implicit_tls() {
+        let mut s = settings();
+        s.relayhost.implicit_tls = true;
+        s.relayhost_tls_level = Some(TlsLevel::Encrypt);
+        let p = parameters(&s, &layout());
+        assert_eq!(get(&p, "smtp_tls_wrappermode"), Some("yes"));
+        assert_eq!(get(&p, "smtp_tls_security_level"), Some("encrypt"));
+    }
+}

@@ -1,0 +1,9 @@
+//! Everything that knows Postfix: which parameters the settings become (`main_cf`), which
+//! services run (`master_cf`), what each relay mode means (`restrictions`), and how an instance
+//! is laid out on disk (`layout`) and controlled (`instance`).
+
+pub mod instance;
+pub mod layout;
+pub mod main_cf;
+pub mod master_cf;
+pub mod restrictions;

@@ -1,0 +1,196 @@
+//! What each relay mode means in Postfix terms. This is the only place that knows it.
+
+use crate::error::{ConfigError, ConfigResult};
+use crate::settings::{Mode, RelayPolicy};
+
+/// `smtpd_relay_restrictions` for a mode, exactly as the original image set it.
+pub fn relay_restrictions(mode: Mode) -> &'static [&'static str] {
+    match mode {
+        Mode::Strict => &[
+            "reject_unauth_destination",
+            "permit_sasl_authenticated",
+            "permit_mynetworks",
+            "reject",
+        ],
+        Mode::AllowSaslAuthNoDomain => &[
+            "permit_sasl_authenticated",
+            "reject_unauth_destination",
+            "permit_mynetworks",
+            "reject",
+        ],
+        Mode::AllowNetAuthNoDomain => &[
+            "permit_mynetworks",
+            "reject_unauth_destination",
+            "permit_sasl_authenticated",
+            "reject",
+        ],
+        Mode::AllowAuthNoDomain => &["permit_sasl_authenticated", "permit_mynetworks", "reject"],
+    }
+}
+
+pub fn policy_restrictions(policy: &RelayPolicy) -> Vec<String> {
+    match policy {
+        RelayPolicy::Mode(mode) => relay_restrictions(*mode)
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        RelayPolicy::Custom(list) => list.clone(),
+    }
+}
+
+/// Restrictions that stand alone.
+const SIMPLE: &[&str] = &[
+    "permit",
+    "reject",
+    "defer",
+    "defer_if_permit",
+    "defer_if_reject",
+    "warn_if_reject",
+    "permit_mynetworks",
+    "permit_sasl_authenticated",
+    "permit_auth_destination",
+    "permit_tls_clientcerts",
+    "permit_tls_all_clientcerts",
+    "permit_inet_interfaces",
+    "reject_unauth_destination",
+    "defer_unauth_destination",
+    "reject_unauth_pipelining",
+    "reject_unknown_client_hostname",
+    "reject_unknown_reverse_client_hostname",
+    "reject_unknown_helo_hostname",
+    "reject_invalid_helo_hostname",
+    "reject_non_fqdn_helo_hostname",
+    "reject_unknown_sender_domain",
+    "reject_non_fqdn_sender",
+    "reject_unverified_sender",
+    "reject_unknown_recipient_domain",
+    "reject_non_fqdn_recipient",
+    "reject_unverified_recipient",
+    "reject_unlisted_recipient",
+    "reject_unlisted_sender",
+    "reject_multi_recipient_bounce",
+    "reject_plaintext_session",
+    "reject_sender_login_mismatch",
+    "reject_authenticated_sender_login_mismatch",
+    "reject_known_sender_login_mismatch",
+    "reject_unauthenticated_sender_login_mismatch",
+    "reject_unknown_address",
+];
+
+/// Restrictions followed by one argument (a table, a DNS list, a service or a delay).
+const WITH_ARGUMENT: &[&str] = &[
+    "check_client_access",
+    "check_reverse_client_hostname_access",
+    "check_client_a_access",
+    "check_client_mx_access",
+    "check_client_ns_access",
+    "check_helo_access",
+    "check_helo_a_access",
+    "check_helo_mx_access",
+    "check_helo_ns_access",
+    "check_sender_access",
+    "check_sender_a_access",
+    "check_sender_mx_access",
+    "check_sender_ns_access",
+    "check_recipient_access",
+    "check_recipient_a_access",
+    "check_recipient_mx_access",
+    "check_recipient_ns_access",
+    "check_ccert_access",
+    "check_sasl_access",
+    "check_policy_service",
+    "reject_rbl_client",
+    "reject_rhsbl_client",
+    "reject_rhsbl_reverse_client",
+    "reject_rhsbl_helo",
+    "reject_rhsbl_sender",
+    "reject_rhsbl_recipient",
+    "permit_dnswl_client",
+    "permit_rhswl_client",
+    "sleep",
+];
+
+/// Postfix refuses to relay at all unless one of these is present; we refuse earlier, with a
+/// message, instead of starting a relay that rejects every recipient.
+const SAFETY_NETS: &[&str] = &[
+    "reject",
+    "defer",
+    "defer_if_permit",
+    "reject_unauth_destination",
+    "defer_unauth_destination",
+];
+
+/// Checks a custom restriction list token by token.
+pub fn check_custom(field: &str, tokens: &[String]) -> ConfigResult<()> {
+    if tokens.is_empty() {
+        return Err(ConfigError::invalid(field, "the restriction list is empty"));
+    }
+    let mut iter = tokens.iter();
+    while let Some(token) = iter.next() {
+        if SIMPLE.contains(&token.as_str()) {
+            continue;
+        }
+        if WITH_ARGUMENT.contains(&token.as_str()) {
+            let arg = iter.next().ok_or_else(|| {
+                ConfigError::invalid(
+                    field,
+                    format!("{token} needs an argument (a table, list or service)"),
+                )
+            })?;
+            if arg.contains(['\n', '\r'])
+                || SIMPLE.contains(&arg.as_str())
+                || WITH_ARGUMENT.contains(&arg.as_str())
+            {
+                return Err(ConfigError::invalid(
+                    field,
+                    format!("{token} needs an argument, got {arg:?}"),
+                ));
+            }
+            continue;
+        }
+        return Err(ConfigError::invalid(
+            field,
+            format!("{token:?} is not a Postfix relay restriction"),
+        ));
+    }
+    if !tokens.iter().any(|t| SAFETY_NETS.contains(&t.as_str())) {
+        return Err(ConfigError::invalid(
+            field,
+            "the list must contain reject, defer or reject_unauth_destination, or Postfix would refuse all mail",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokens(s: &str) -> Vec<String> {
+        s.split_whitespace().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn every_mode_ends_by_rejecting() {
+        for mode in Mode::ALL {
+            assert_eq!(relay_restrictions(mode).last(), Some(&"reject"));
+            check_custom("m", &policy_restrictions(&RelayPolicy::Mode(mode))).unwrap();
+        }
+    }
+
+    #[test]
+    fn custom_lists() {
+        check_custom(
+            "m",
+            &tokens("permit_mynetworks check_client_access cidr:/etc/x reject"),
+        )
+        .unwrap();
+        assert!(
+            check_custom("m", &tokens("permit_mynetworks permit")).is_err(),
+            "no safety net"
+        );
+        assert!(check_custom("m", &tokens("permit_everyone reject")).is_err());
+        assert!(check_custom("m", &tokens("reject check_client_access")).is_err());
+        assert!(check_custom("m", &[]).is_err());
+    }
+}

@@ -1,0 +1,212 @@
+//! `smtp-relay run`: validate, configure, run Postfix in the foreground, follow input changes.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::error::{ConfigResult, RunError};
+use crate::inputs;
+use crate::metrics::Metrics;
+use crate::postfix::instance;
+use crate::postfix::layout::Layout;
+use crate::sasl::{self, Users};
+use crate::settings::{SaslUserSource, Settings};
+
+/// Exit codes, so an orchestrator can tell a bad configuration from a crash.
+pub mod exit {
+    /// Stopped by SIGTERM or SIGINT; the queue is intact on disk.
+    pub const STOPPED: u8 = 0;
+    /// The Postfix master exited on its own.
+    pub const POSTFIX_DIED: u8 = 1;
+    /// The configuration is invalid; nothing was started.
+    pub const BAD_CONFIG: u8 = 2;
+    /// Preparing the instance failed (files, permissions, Postfix's own checks).
+    pub const SETUP_FAILED: u8 = 3;
+}
+
+/// Where the settings come from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// The operator's config file with secret files beside it.
+    File(PathBuf),
+    /// The original image's environment variables.
+    Env(BTreeMap<String, String>),
+}
+
+impl Source {
+    pub fn load(&self, layout: &Layout) -> ConfigResult<Settings> {
+        match self {
+            Source::File(path) => inputs::file::load(path),
+            Source::Env(vars) => inputs::env::settings(vars, &layout.config_dir),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub source: Source,
+    pub layout: Layout,
+    pub metrics_listen: Option<SocketAddr>,
+    /// How often inputs (mounted Secrets, the config file) are checked for changes.
+    pub reload_interval: Duration,
+    /// How long to wait for Postfix to stop after SIGTERM before killing it.
+    pub stop_timeout: Duration,
+}
+
+/// The running relay's configuration, kept to tell what an input change touched.
+struct Applied {
+    settings: Settings,
+    users: Users,
+}
+
+/// Prepares the instance from the inputs: config files, then the SASL database.
+fn apply(
+    source: &Source,
+    layout: &Layout,
+    previous: Option<&Applied>,
+) -> Result<Applied, RunError> {
+    let settings = source.load(layout)?;
+    let users = sasl::load(&settings.sasl_users)?;
+    if previous.is_none_or(|p| p.settings != settings) {
+        instance::write_config(&settings, layout)?;
+    }
+    let realm_changed = previous.is_some_and(|p| p.settings.domain != settings.domain);
+    if settings.sasl_users != SaslUserSource::None
+        && (previous.is_none_or(|p| p.users != users) || realm_changed)
+    {
+        sasl::install(&users, &settings.domain, layout)?;
+    }
+    Ok(Applied { settings, users })
+}
+
+pub async fn run(opts: RunOptions) -> ExitCode {
+    let layout = &opts.layout;
+    let mut applied = match apply(&opts.source, layout, None) {
+        Ok(applied) => applied,
+        Err(RunError::Config(e)) => {
+            eprintln!("smtp-relay: configuration error: {e}");
+            return ExitCode::from(exit::BAD_CONFIG);
+        }
+        Err(e) => {
+            eprintln!("smtp-relay: cannot prepare Postfix: {e}");
+            return ExitCode::from(exit::SETUP_FAILED);
+        }
+    };
+    let metrics = Metrics::new(&layout.spool_dir);
+    metrics.sasl_users.set(applied.users.0.len() as i64);
+    let metrics_server = opts.metrics_listen.map(|addr| {
+        let m = metrics.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::metrics::serve(m, addr).await {
+                tracing::error!(%addr, error = %e, "metrics server stopped");
+            }
+        })
+    });
+
+    let (mut sigterm, mut sigint) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(t), Ok(i)) => (t, i),
+        _ => {
+            eprintln!("smtp-relay: cannot install signal handlers");
+            return ExitCode::from(exit::SETUP_FAILED);
+        }
+    };
+    let mut master = match instance::spawn_master(layout) {
+        Ok(child) => child,
+        Err(e) => {
+            eprintln!("smtp-relay: {e}");
+            return ExitCode::from(exit::SETUP_FAILED);
+        }
+    };
+    let Some(pid) = master.id() else {
+        eprintln!("smtp-relay: the Postfix master exited at once");
+        return ExitCode::from(exit::POSTFIX_DIED);
+    };
+    metrics.postfix_up.set(1);
+    tracing::info!(pid, listen = %layout.listen, mode = ?applied.settings.policy, "postfix started");
+    let log_pump = master.stdout.take().map(|stdout| {
+        let m = metrics.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                m.observe_log_line(&line);
+                println!("{line}");
+            }
+        })
+    });
+
+    let mut ticker = tokio::time::interval(opts.reload_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_error: Option<String> = None;
+    let code = loop {
+        tokio::select! {
+            _ = sigterm.recv() => break stop(&mut master, pid, opts.stop_timeout).await,
+            _ = sigint.recv() => break stop(&mut master, pid, opts.stop_timeout).await,
+            status = master.wait() => {
+                tracing::error!(?status, "the Postfix master exited");
+                break exit::POSTFIX_DIED;
+            }
+            _ = ticker.tick() => {
+                match apply(&opts.source, layout, Some(&applied)) {
+                    Ok(next) => {
+                        last_error = None;
+                        let config_changed = next.settings != applied.settings;
+                        let users_changed = next.users != applied.users;
+                        if config_changed {
+                            if let Err(e) = instance::reload(pid) {
+                                tracing::error!(error = %e, "reloading postfix failed");
+                            }
+                        }
+                        if config_changed || users_changed {
+                            metrics.reloads.inc();
+                            metrics.sasl_users.set(next.users.0.len() as i64);
+                            tracing::info!(config_changed, users = ?next.users, "applied changed inputs without restarting postfix");
+                        }
+                        applied = next;
+                    }
+                    Err(e) => {
+                        // A broken update never tears down the running relay: keep serving with
+                        // the last good configuration and say why the new one was refused.
+                        let text = e.to_string();
+                        if last_error.as_deref() != Some(text.as_str()) {
+                            metrics.config_errors.inc();
+                            tracing::error!(error = %text, "refusing changed inputs; still running the previous configuration");
+                            last_error = Some(text);
+                        }
+                    }
+                }
+            }
+        }
+    };
+    metrics.postfix_up.set(0);
+    if let Some(task) = log_pump {
+        // The pump ends when the master's stdout closes, after the last log line.
+        let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+    }
+    if let Some(server) = metrics_server {
+        server.abort();
+    }
+    ExitCode::from(code)
+}
+
+async fn stop(master: &mut tokio::process::Child, pid: u32, timeout: Duration) -> u8 {
+    tracing::info!(pid, "stopping postfix");
+    if let Err(e) = instance::stop(pid) {
+        tracing::error!(error = %e, "signalling the master failed");
+    }
+    match tokio::time::timeout(timeout, master.wait()).await {
+        Ok(_) => exit::STOPPED,
+        Err(_) => {
+            tracing::error!(?timeout, "postfix did not stop in time; killing it");
+            let _ = master.kill().await;
+            exit::POSTFIX_DIED
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! The SMTP client side of the image: the health probe and the test client that replaces the
+//! original image's smtp_client.py. Both use lettre.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use lettre::message::header::ContentType;
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, SmtpConnection, Tls, TlsParameters};
+use lettre::transport::smtp::extension::ClientId;
+use lettre::{Message, SmtpTransport, Transport};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{0}")]
+    Usage(String),
+    #[error("{address}: {source}")]
+    Smtp {
+        address: String,
+        #[source]
+        source: lettre::transport::smtp::Error,
+    },
+    #[error("{0}")]
+    Io(String),
+}
+
+/// The address to reach a relay listening on `listen`: a wildcard becomes loopback.
+pub fn local_address(listen: &str) -> Result<SocketAddr, ClientError> {
+    let addr = listen
+        .to_socket_addrs()
+        .map_err(|e| ClientError::Usage(format!("{listen:?} is not host:port: {e}")))?
+        .next()
+        .ok_or_else(|| ClientError::Usage(format!("{listen:?} resolves to no address")))?;
+    Ok(match addr.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => {
+            SocketAddr::from(([127, 0, 0, 1], addr.port()))
+        }
+        ip if ip.is_unspecified() => SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port())),
+        _ => addr,
+    })
+}
+
+/// A real SMTP conversation: banner, EHLO, NOOP, QUIT, each step bounded by `timeout`.
+pub fn probe(address: SocketAddr, timeout: Duration) -> Result<(), ClientError> {
+    let err = |source| ClientError::Smtp {
+        address: address.to_string(),
+        source,
+    };
+    let hello = ClientId::Domain("smtp-relay-probe".into());
+    let mut conn =
+        SmtpConnection::connect(address, Some(timeout), &hello, None, None).map_err(err)?;
+    if !conn.test_connected() {
+        return Err(ClientError::Io(format!(
+            "{address}: NOOP was not answered with 250"
+        )));
+    }
+    conn.quit().map_err(err)?;
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StartTls {
+    /// Plain text.
+    Never,
+    /// STARTTLS when the server offers it.
+    Opportunistic,
+    /// Fail unless STARTTLS succeeds.
+    Required,
+}
+
+#[derive(Debug, Clone)]
+pub struct SendRequest {
+    pub server: SocketAddr,
+    pub from: String,
+    pub to: Vec<String>,
+    pub subject: String,
+    pub body: String,
+    pub login: Option<(String, String)>,
+    pub starttls: StartTls,
+    pub tls_name: String,
+    pub ca_file: Option<PathBuf>,
+    pub timeout: Duration,
+}
+
+/// Sends one test message; returns the server's reply to the end of DATA.
+pub fn send(req: &SendRequest) -> Result<String, ClientError> {
+    let usage = |what: &str, e: &dyn std::fmt::Display| ClientError::Usage(format!("{what}: {e}"));
+    let mut builder = Message::builder()
+        .from(req.from.parse().map_err(|e| usage("--from", &e))?)
+        .subject(&req.subject)
+        .header(ContentType::TEXT_PLAIN);
+    for to in &req.to {
+        builder = builder.to(to.parse().map_err(|e| usage("recipient", &e))?);
+    }
+    let message = builder
+        .body(req.body.clone())
+        .map_err(|e| usage("message", &e))?;
+
+    let tls = match req.starttls {
+        StartTls::Never => Tls::None,
+        mode => {
+            let mut params = TlsParameters::builder(req.tls_name.clone());
+            if let Some(ca) = &req.ca_file {
+                let pem = std::fs::read(ca)
+                    .map_err(|e| ClientError::Io(format!("--ca-file {}: {e}", ca.display())))?;
+                params = params.add_root_certificate(
+                    Certificate::from_pem(&pem).map_err(|e| usage("--ca-file", &e))?,
+                );
+            }
+            let params = params.build().map_err(|e| usage("TLS", &e))?;
+            if mode == StartTls::Required {
+                Tls::Required(params)
+            } else {
+                Tls::Opportunistic(params)
+            }
+        }
+    };
+    let mut transport = SmtpTransport::builder_dangerous(req.server.ip().to_string())
+        .port(req.server.port())
+        .tls(tls)
+        .timeout(Some(req.timeout));
+    if let Some((user, password)) = &req.login {
+        transport = transport.credentials(Credentials::new(user.clone(), password.clone()));
+    }
+    let response = transport
+        .build()
+        .send(&message)
+        .map_err(|source| ClientError::Smtp {
+            address: req.server.to_string(),
+            source,
+        })?;
+    Ok(format!(
+        "{} {}",
+        response.code(),
+        response.message().collect::<Vec<_>>().join(" ")
+    ))
+}

@@ -1,0 +1,263 @@
+//! Syntax checks shared by both input paths. Each takes the name of the input it checks, so
+//! the error can point at it.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use crate::error::{ConfigError, ConfigResult};
+use crate::settings::Relayhost;
+
+/// A DNS domain name (RFC 1123 labels), returned lower-cased without a trailing dot.
+pub fn domain(field: &str, value: &str) -> ConfigResult<String> {
+    let name = value.trim().trim_end_matches('.').to_ascii_lowercase();
+    let bad = |why: &str| {
+        ConfigError::invalid(
+            field,
+            format!("{value:?} is not a valid domain name ({why}); use a name like example.net"),
+        )
+    };
+    if name.is_empty() {
+        return Err(bad("it is empty"));
+    }
+    if name.len() > 253 {
+        return Err(bad("longer than 253 characters"));
+    }
+    for label in name.split('.') {
+        if label.is_empty() || label.len() > 63 {
+            return Err(bad("each dot-separated label must have 1 to 63 characters"));
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(bad("only letters, digits, '-' and '.' are allowed"));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(bad("a label cannot start or end with '-'"));
+        }
+    }
+    Ok(name)
+}
+
+/// A client network in CIDR form; a bare address means just that host.
+pub fn network(field: &str, value: &str) -> ConfigResult<IpNet> {
+    let value = value.trim();
+    let net = match value.parse::<IpNet>() {
+        Ok(net) => net,
+        Err(_) => match value.parse::<IpAddr>() {
+            Ok(addr) => IpNet::from(addr),
+            Err(_) => {
+                return Err(ConfigError::invalid(
+                    field,
+                    format!("{value:?} is not a network; use CIDR notation such as 10.0.0.0/24"),
+                ))
+            }
+        },
+    };
+    if net.trunc() != net {
+        return Err(ConfigError::invalid(
+            field,
+            format!("{value} has host bits set; did you mean {}?", net.trunc()),
+        ));
+    }
+    Ok(net)
+}
+
+/// An e-mail address of the form local@domain.
+pub fn email(field: &str, value: &str) -> ConfigResult<String> {
+    let value = value.trim();
+    let invalid = || {
+        ConfigError::invalid(
+            field,
+            format!("{value:?} is not an e-mail address; use a form like postmaster@example.net"),
+        )
+    };
+    let (local, dom) = value.rsplit_once('@').ok_or_else(invalid)?;
+    if local.is_empty()
+        || !local
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b"<>()[]\\,;:\"@".contains(&b))
+    {
+        return Err(invalid());
+    }
+    let dom = domain(field, dom).map_err(|_| invalid())?;
+    Ok(format!("{local}@{dom}"))
+}
+
+/// The seed's `RELAY_HOST` syntax: `host`, `host:port`, `[host]` or `[host]:port`. Brackets
+/// suppress the MX lookup, as in Postfix.
+pub fn relayhost(field: &str, value: &str) -> ConfigResult<Relayhost> {
+    let value = value.trim();
+    let invalid = |why: &str| {
+        ConfigError::invalid(
+            field,
+            format!("{value:?} is not a relayhost ({why}); use host:port or [host]:port, e.g. [smtp.example.net]:587"),
+        )
+    };
+    let (host, rest, mx_lookup) = if let Some(inner) = value.strip_prefix('[') {
+        let (host, rest) = inner
+            .split_once(']')
+            .ok_or_else(|| invalid("missing ']'"))?;
+        (host, rest, false)
+    } else {
+        match value.rsplit_once(':') {
+            Some((host, _)) => (host, &value[host.len()..], true),
+            None => (value, "", true),
+        }
+    };
+    let port = match rest {
+        "" => 25,
+        _ => rest
+            .strip_prefix(':')
+            .and_then(|p| p.parse::<u16>().ok())
+            .filter(|p| *p != 0)
+            .ok_or_else(|| invalid("the port must be a number from 1 to 65535"))?,
+    };
+    relayhost_host(field, host)?;
+    Ok(Relayhost {
+        host: host.to_ascii_lowercase(),
+        port,
+        mx_lookup,
+        implicit_tls: false,
+    })
+}
+
+/// A relayhost name: a domain name or an IP address.
+pub fn relayhost_host(field: &str, host: &str) -> ConfigResult<()> {
+    if host.parse::<IpAddr>().is_ok() {
+        return Ok(());
+    }
+    domain(field, host).map(|_| ())
+}
+
+/// A Postfix parameter name as accepted by `postconf`.
+pub fn postconf_name(field: &str, name: &str) -> ConfigResult<()> {
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return Err(ConfigError::invalid(
+            field,
+            format!(
+                "{name:?} is not a Postfix parameter name (lower-case letters, digits and '_')"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A value that fits on one main.cf line.
+pub fn single_line(field: &str, value: &str) -> ConfigResult<()> {
+    if value.contains(['\n', '\r', '\0']) {
+        return Err(ConfigError::invalid(
+            field,
+            "the value contains a line break or NUL; Postfix settings must be a single line",
+        ));
+    }
+    Ok(())
+}
+
+/// A SASL user name. Users are registered in the relay domain's realm, so a login is `name` or
+/// `name@domain`.
+pub fn sasl_user(field: &str, name: &str) -> ConfigResult<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 255
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b));
+    if !ok {
+        return Err(ConfigError::invalid(
+            field,
+            format!("{name:?} is not a valid SASL user name: use letters, digits, '.', '_', '+' and '-', starting with a letter or digit"),
+        ));
+    }
+    Ok(())
+}
+
+/// A secret (password) that Postfix and Cyrus SASL can carry unchanged.
+pub fn password(field: &str, value: &str) -> ConfigResult<()> {
+    if value.is_empty() {
+        return Err(ConfigError::invalid(field, "the password is empty"));
+    }
+    if value.contains(['\n', '\r', '\0']) {
+        return Err(ConfigError::invalid(
+            field,
+            "the password contains a line break or NUL, which SMTP authentication cannot carry",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn domains() {
+        assert_eq!(domain("D", "Example.NET.").unwrap(), "example.net");
+        assert!(domain("D", "bad_domain.net").is_err());
+        assert!(domain("D", "-a.net").is_err());
+        assert!(domain("D", "a..net").is_err());
+        let err = domain("RELAY_MYDOMAIN", "").unwrap_err().to_string();
+        assert!(err.starts_with("RELAY_MYDOMAIN:"), "{err}");
+    }
+
+    #[test]
+    fn networks() {
+        assert_eq!(
+            network("N", "10.0.0.0/24").unwrap().to_string(),
+            "10.0.0.0/24"
+        );
+        assert_eq!(network("N", "10.1.2.3").unwrap().to_string(), "10.1.2.3/32");
+        assert_eq!(network("N", "fd00::/8").unwrap().to_string(), "fd00::/8");
+        let err = network("N", "10.0.0.1/24").unwrap_err().to_string();
+        assert!(err.contains("did you mean 10.0.0.0/24"), "{err}");
+        assert!(network("N", "10.0.0.0/33").is_err());
+        assert!(network("N", "everyone").is_err());
+    }
+
+    #[test]
+    fn relayhosts() {
+        let r = relayhost("H", "[10.1.0.1]:25").unwrap();
+        assert_eq!(
+            (r.host.as_str(), r.port, r.mx_lookup),
+            ("10.1.0.1", 25, false)
+        );
+        let r = relayhost("H", "relay:2525").unwrap();
+        assert_eq!(
+            (r.host.as_str(), r.port, r.mx_lookup),
+            ("relay", 2525, true)
+        );
+        let r = relayhost("H", "smtp.example.net").unwrap();
+        assert_eq!((r.port, r.mx_lookup), (25, true));
+        let r = relayhost("H", "[smtp.example.net]").unwrap();
+        assert_eq!((r.port, r.mx_lookup), (25, false));
+        assert!(relayhost("H", "[relay:25").is_err());
+        assert!(relayhost("H", "relay:0").is_err());
+        assert!(relayhost("H", "relay:http").is_err());
+        assert!(relayhost("H", "").is_err());
+    }
+
+    #[test]
+    fn emails_users_passwords() {
+        assert_eq!(
+            email("P", "Postmaster@Example.net").unwrap(),
+            "Postmaster@example.net"
+        );
+        assert!(email("P", "postmaster").is_err());
+        assert!(email("P", "a b@example.net").is_err());
+        assert!(sasl_user("U", "app-1.mail").is_ok());
+        assert!(sasl_user("U", "..data").is_err());
+        assert!(sasl_user("U", "a b").is_err());
+        assert!(password("P", "p a}s:s,w=ö").is_ok());
+        assert!(password("P", "line\nbreak").is_err());
+        assert!(postconf_name("X", "message_size_limit").is_ok());
+        assert!(postconf_name("X", "Message-Size").is_err());
+    }
+}
