@@ -944,3 +944,109 @@ fn examples_carry_the_secrets_they_reference() {
     let users = secret(&relay["spec"]["saslUsersSecretRef"]["name"]);
     assert!(!users["stringData"].as_mapping().unwrap().is_empty());
 }
+
+// ---------------------------------------------------------------------------------------------
+// The values schema checks `relays[].spec` with the CRD's own spec schema
+
+/// The CRD's spec schema as JSON Schema for values.schema.json. Two changes: `nullable` becomes
+/// a "null" type, and objects with fixed properties refuse unknown keys. The API server would
+/// silently prune a misspelt field; Helm then fails instead, naming it.
+fn values_spec_schema(crd: &serde_json::Value) -> serde_json::Value {
+    use serde_json::{json, Value as J};
+    let J::Object(map) = crd else {
+        return crd.clone();
+    };
+    let mut out = serde_json::Map::new();
+    for (k, v) in map {
+        match k.as_str() {
+            // Kubernetes extensions and CEL rules mean nothing to JSON Schema.
+            k if k.starts_with("x-kubernetes-") || k == "nullable" => {}
+            "properties" => {
+                let props = v.as_object().unwrap();
+                let props = props
+                    .iter()
+                    .map(|(name, s)| (name.clone(), values_spec_schema(s)))
+                    .collect();
+                out.insert(k.clone(), J::Object(props));
+            }
+            "items" | "additionalProperties" if v.is_object() => {
+                out.insert(k.clone(), values_spec_schema(v));
+            }
+            _ => {
+                out.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    if map.get("nullable") == Some(&J::Bool(true)) {
+        if let Some(t) = out.get("type").cloned() {
+            out.insert("type".into(), json!([t, "null"]));
+        }
+        if let Some(J::Array(e)) = out.get_mut("enum") {
+            if !e.contains(&J::Null) {
+                e.push(J::Null);
+            }
+        }
+    }
+    let preserves = map.get("x-kubernetes-preserve-unknown-fields") == Some(&J::Bool(true));
+    if map.contains_key("properties") && !map.contains_key("additionalProperties") && !preserves {
+        out.insert("additionalProperties".into(), J::Bool(false));
+    }
+    J::Object(out)
+}
+
+fn expected_values_schema() -> (PathBuf, String) {
+    let path = chart_dir().join("values.schema.json");
+    let mut schema: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let crd_spec = serde_json::to_value(&crd_schema()["properties"]["spec"]).unwrap();
+    schema["definitions"]["smtpRelaySpec"] = values_spec_schema(&crd_spec);
+    (path, serde_json::to_string_pretty(&schema).unwrap() + "\n")
+}
+
+/// `UPDATE=1` rewrites values.schema.json (charts/sync-crds.sh does it after copying the CRD).
+#[test]
+fn values_schema_embeds_the_crd_spec_schema() {
+    let (path, expected) = expected_values_schema();
+    if std::env::var_os("UPDATE").is_some() {
+        std::fs::write(&path, &expected).unwrap();
+    }
+    let current = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        current == expected,
+        "{} is stale (definitions.smtpRelaySpec must be the CRD's spec schema): run charts/sync-crds.sh",
+        path.display()
+    );
+    let schema: serde_json::Value = serde_json::from_str(&current).unwrap();
+    assert_eq!(
+        schema["properties"]["relays"]["items"]["properties"]["spec"]["$ref"],
+        "#/definitions/smtpRelaySpec"
+    );
+}
+
+#[test]
+fn values_schema_rejects_wrong_relay_specs() {
+    let cases = [
+        (
+            "relays: [{name: r, spec: {domain: example.net, relayhost: {hots: h}}}]",
+            "/relays/0/spec/relayhost",
+        ),
+        (
+            "relays: [{name: r, spec: {domain: example.net, relayhost: {host: h}, mode: STRICT}}]",
+            "/relays/0/spec/mode",
+        ),
+        (
+            "relays: [{name: r, spec: {domain: example.net, relayhost: {host: h, port: 0}}}]",
+            "/relays/0/spec/relayhost/port",
+        ),
+        (
+            "relays: [{name: r, spec: {domain: example.net, relayhost: {host: h}, replica: 2}}]",
+            "'replica'",
+        ),
+    ];
+    for (values, needle) in cases {
+        match try_render(values) {
+            Ok(_) => panic!("helm template accepted a wrong relay spec: {values}"),
+            Err(e) => assert!(e.contains(needle), "{values}: no {needle:?} in\n{e}"),
+        }
+    }
+}
