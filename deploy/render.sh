@@ -21,7 +21,8 @@ kind: Namespace
 metadata:
   name: $namespace
   labels:
-    # The operator itself meets the restricted profile; enforce it.
+    # The operator meets the restricted profile: enforce it. Put relays in their own namespaces
+    # at "baseline" (Postfix's master starts as root).
     pod-security.kubernetes.io/enforce: restricted
 YAML
 # --include-crds puts the CRD first, so a single `kubectl apply -f` creates it before any

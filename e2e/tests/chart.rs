@@ -593,6 +593,20 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// The SmtpRelay NOTES.txt suggests applying (its `cat <<'YAML'` here-document).
+fn notes_example() -> Value {
+    let notes = render_notes("");
+    let body: Vec<&str> = notes
+        .lines()
+        .skip_while(|l| !l.contains("<<'YAML'"))
+        .skip(1)
+        .take_while(|l| l.trim() != "YAML")
+        .collect();
+    let indent = body[0].len() - body[0].trim_start().len();
+    let text: Vec<&str> = body.iter().map(|l| l.get(indent..).unwrap_or("")).collect();
+    yaml(&text.join("\n"))
+}
+
 #[test]
 fn notes_tell_what_to_apply_next() {
     let notes = render_notes("");
@@ -851,6 +865,7 @@ fn shown_relays() -> Vec<(String, Value)> {
     for doc in all_of(&render(&app_values), "SmtpRelay") {
         relays.push(("argocd/application.yaml".into(), doc.clone()));
     }
+    relays.push(("templates/NOTES.txt".into(), notes_example()));
     for entry in std::fs::read_dir(root().join("argocd/testdata")).unwrap() {
         let path = entry.unwrap().path();
         let doc = yaml(&std::fs::read_to_string(&path).unwrap());
