@@ -126,6 +126,7 @@ replicaCount: 2
 watchNamespace: mail
 serviceMonitor: {enabled: true, labels: {release: prometheus}}
 podDisruptionBudget: {enabled: true}
+networkPolicy: {enabled: true}
 image: {pullSecrets: [{name: regcred}]}
 relays:
   - name: mail
@@ -406,6 +407,36 @@ extraEnv: [{name: RUST_LOG, value: debug}]
         },
     },
     Case {
+        name: "networkPolicy allows DNS and the API server out, metrics in",
+        values: r#"
+networkPolicy:
+  enabled: true
+  apiServerTo: [{ipBlock: {cidr: 10.96.0.1/32}}]
+  metricsFrom: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: monitoring}}}]
+"#,
+        check: |docs| {
+            let np = one(docs, "NetworkPolicy");
+            let spec = &np["spec"];
+            assert_eq!(
+                spec["podSelector"]["matchLabels"],
+                one(docs, "Deployment")["spec"]["selector"]["matchLabels"]
+            );
+            assert_eq!(spec["policyTypes"], yaml("[Ingress, Egress]"));
+            assert_eq!(spec["ingress"][0]["ports"][0]["port"], "http-metrics");
+            assert_eq!(
+                spec["ingress"][0]["from"][0]["namespaceSelector"]["matchLabels"]
+                    ["kubernetes.io/metadata.name"],
+                "monitoring"
+            );
+            assert_eq!(spec["egress"][0]["ports"][0]["port"], 53);
+            assert_eq!(spec["egress"][1]["ports"][1]["port"], 6443);
+            assert_eq!(
+                spec["egress"][1]["to"][0]["ipBlock"]["cidr"],
+                "10.96.0.1/32"
+            );
+        },
+    },
+    Case {
         name: "no metrics Service",
         values: "metrics: {service: {enabled: false}}",
         check: |docs| assert!(all_of(docs, "Service").is_empty()),
@@ -527,6 +558,7 @@ fn wrong_values_are_rejected_naming_the_value() {
         ("relays: [{spec: {domain: x}}]", "/relays/0"),
         ("relays: [{name: Bad_Name, spec: {domain: x, relayhost: {host: h}}}]", "/relays/0/name"),
         ("nodeSelector: {zone: 1}", "/nodeSelector/zone"),
+        ("networkPolicy: {apiServerPorts: []}", "/networkPolicy/apiServerPorts"),
         (
             "{serviceMonitor: {enabled: true}, metrics: {service: {enabled: false}}}",
             "metrics.service.enabled",
