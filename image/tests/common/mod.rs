@@ -1,0 +1,855 @@
+//! Test harness: real `smtp-relay run` instances (real Postfix), real `smtp-sink` upstreams, and
+//! SMTP clients speaking from chosen loopback addresses. Every process started here is stopped
+//! by a Drop guard, also when a test panics. Nothing waits a fixed time for a server: every wait
+//! polls with a deadline.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use lettre::address::Envelope;
+use lettre::transport::smtp::authentication::{Credentials, Mechanism};
+use lettre::transport::smtp::client::{SmtpConnection, TlsParameters};
+use lettre::transport::smtp::extension::ClientId;
+use lettre::transport::smtp::response::Response;
+use lettre::Address;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use smtp_relay::config_file::{RelayConfigFile, RelayhostFile};
+use smtp_relay::settings::Mode;
+use tempfile::TempDir;
+
+/// The relay domain of every test relay.
+pub const DOMAIN: &str = "example.net";
+/// A domain outside the relay domains.
+pub const EXTERNAL: &str = "elsewhere.org";
+/// Client address inside the test relays' `networks`.
+pub const NET_CLIENT: [u8; 4] = [127, 0, 0, 2];
+/// Client address outside them (anonymous unless it logs in).
+pub const OTHER_CLIENT: [u8; 4] = [127, 0, 0, 3];
+/// The one SASL user most tests register.
+pub const USER: &str = "app1";
+pub const USER_PASSWORD: &str = "app1 secret";
+
+/// Generous: two cores run several relays, sinks and cargo's other test threads at once.
+pub const DEADLINE: Duration = Duration::from_secs(45);
+
+/// Fails the test with a clear message when Postfix and its tools are not installed.
+pub fn require_postfix() {
+    static CHECK: Once = Once::new();
+    CHECK.call_once(|| {
+        let missing: Vec<&str> = [
+            "postfix",
+            "smtp-sink",
+            "smtp-source",
+            "saslpasswd2",
+            "openssl",
+        ]
+        .into_iter()
+        .filter(|tool| {
+            !["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+                .iter()
+                .any(|dir| Path::new(dir).join(tool).exists())
+        })
+        .collect();
+        if !missing.is_empty() {
+            panic!(
+                "these tests run a real Postfix and need {missing:?}: \
+                 apt-get install postfix sasl2-bin libsasl2-modules openssl (smtp-sink and \
+                 smtp-source come with postfix), and run them as root"
+            );
+        }
+        if !nix::unistd::Uid::effective().is_root() {
+            panic!("these tests run a real Postfix instance and must run as root");
+        }
+    });
+}
+
+/// A TCP port on 127.0.0.1 that nothing listens on. Ports are handed out from a per-process
+/// range below the kernel's ephemeral range, so parallel tests (and the outgoing connections of
+/// the relays) never collide.
+pub fn free_port() -> u16 {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 20_000 + (std::process::id() % 120) as u16 * 100;
+    let _ = NEXT.compare_exchange(0, base, Ordering::SeqCst, Ordering::SeqCst);
+    loop {
+        let port = NEXT.fetch_add(1, Ordering::SeqCst);
+        assert!(port < 32_000, "ran out of test ports");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+pub fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
+pub fn poll<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(20);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(250));
+    }
+}
+
+/// True once `addr` accepts a connection and greets with 220.
+pub fn smtp_ready(addr: SocketAddr) -> bool {
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut line = String::new();
+    let ok = BufReader::new(&stream).read_line(&mut line).is_ok() && line.starts_with("220");
+    let _ = stream.write_all(b"QUIT\r\n");
+    ok
+}
+
+fn stop_child(child: &mut Child, grace: Duration) -> Option<ExitStatus> {
+    if let Ok(Some(status)) = child.try_wait() {
+        return Some(status);
+    }
+    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+    let start = Instant::now();
+    while start.elapsed() < grace {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+// ---------------------------------------------------------------------------------------------
+// The sink: Postfix's smtp-sink, dumping every transaction to a file.
+
+/// One message as the sink recorded it.
+#[derive(Debug, Clone)]
+pub struct Dumped {
+    pub client: String,
+    pub from: String,
+    pub rcpts: Vec<String>,
+    pub text: String,
+}
+
+pub struct Sink {
+    child: Child,
+    pub addr: SocketAddr,
+    dir: TempDir,
+}
+
+impl Sink {
+    /// An smtp-sink on a fresh port that writes each transaction to its own file.
+    pub fn start() -> Sink {
+        Self::start_on(free_port())
+    }
+
+    pub fn start_on(port: u16) -> Sink {
+        require_postfix();
+        let dir = tempfile::tempdir().expect("tempdir");
+        // smtp-sink writes as the postfix user.
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+        let addr = loopback(port);
+        let child = Command::new("smtp-sink")
+            .args(["-u", "postfix", "-d"])
+            .arg(dir.path().join("m."))
+            .arg(addr.to_string())
+            .arg("100")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting smtp-sink");
+        let mut sink = Sink { child, addr, dir };
+        poll("smtp-sink to listen", DEADLINE, || {
+            if let Ok(Some(status)) = sink.child.try_wait() {
+                panic!("smtp-sink exited: {status}");
+            }
+            smtp_ready(addr).then_some(())
+        });
+        // The readiness probe itself leaves no dump (no MAIL command), but be explicit.
+        sink.clear();
+        sink
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Every complete transaction recorded so far.
+    pub fn messages(&self) -> Vec<Dumped> {
+        let mut out = Vec::new();
+        let Ok(entries) = fs::read_dir(self.dir.path()) else {
+            return out;
+        };
+        for entry in entries.flatten() {
+            let Ok(text) = fs::read_to_string(entry.path()) else {
+                continue;
+            };
+            let header = |name: &str| {
+                text.lines()
+                    .filter_map(|l| l.strip_prefix(name))
+                    .map(|v| v.trim().to_string())
+                    .collect::<Vec<_>>()
+            };
+            let angle = |v: &str| {
+                v.split_whitespace()
+                    .next()
+                    .unwrap_or("")
+                    .trim_start_matches('<')
+                    .trim_end_matches('>')
+                    .to_string()
+            };
+            let from = header("X-Mail-Args:").first().map(|v| angle(v));
+            let Some(from) = from else { continue };
+            out.push(Dumped {
+                client: header("X-Client-Addr:").join(""),
+                from,
+                rcpts: header("X-Rcpt-Args:").iter().map(|v| angle(v)).collect(),
+                text,
+            });
+        }
+        out
+    }
+
+    /// All recipients delivered so far.
+    pub fn recipients(&self) -> Vec<String> {
+        self.messages().into_iter().flat_map(|m| m.rcpts).collect()
+    }
+
+    pub fn delivered_to(&self, rcpt: &str) -> bool {
+        self.messages()
+            .iter()
+            .any(|m| m.rcpts.iter().any(|r| r.eq_ignore_ascii_case(rcpt)))
+    }
+
+    /// Waits for the message carrying `marker` (see [`message`]) to arrive for `rcpt`.
+    pub fn wait_for(&self, rcpt: &str, marker: &str) -> Dumped {
+        self.wait_for_within(rcpt, marker, DEADLINE)
+    }
+
+    pub fn wait_for_within(&self, rcpt: &str, marker: &str, timeout: Duration) -> Dumped {
+        let end = end_marker(marker);
+        poll(
+            &format!("a message for {rcpt} with marker {marker} at the sink"),
+            timeout,
+            || {
+                self.messages().into_iter().find(|m| {
+                    m.text.contains(&end) && m.rcpts.iter().any(|r| r.eq_ignore_ascii_case(rcpt))
+                })
+            },
+        )
+    }
+
+    pub fn clear(&self) {
+        if let Ok(entries) = fs::read_dir(self.dir.path()) {
+            for entry in entries.flatten() {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        stop_child(&mut self.child, Duration::from_secs(5));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The relay under test: `smtp-relay run` with its own directories and ports.
+
+/// How a relay is configured: the operator's config file, or the seed's environment variables.
+#[derive(Debug, Clone)]
+pub enum Input {
+    File(RelayConfigFile),
+    Env(BTreeMap<String, String>),
+}
+
+/// Postfix settings every test relay needs on a machine without DNS.
+pub fn test_postconf() -> BTreeMap<String, String> {
+    [
+        ("smtpd_peername_lookup", "no"),
+        ("smtp_dns_support_level", "disabled"),
+        // Retry deferred mail within seconds, not minutes.
+        ("queue_run_delay", "1s"),
+        ("minimal_backoff_time", "1s"),
+        ("maximal_backoff_time", "2s"),
+        ("smtp_connect_timeout", "5s"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+/// A config file relaying to `[127.0.0.1]:upstream_port`, clients in 127.0.0.2/32.
+pub fn config(upstream_port: u16, mode: Mode) -> RelayConfigFile {
+    RelayConfigFile {
+        domain: DOMAIN.into(),
+        hostname: Some("relay.example.net".into()),
+        networks: vec!["127.0.0.2/32".into()],
+        relayhost: RelayhostFile {
+            host: "127.0.0.1".into(),
+            port: upstream_port,
+            // The relayhost is on loopback without TLS.
+            tls_level: None,
+            ..Default::default()
+        },
+        mode: Some(mode),
+        postconf: test_postconf(),
+        ..Default::default()
+    }
+}
+
+/// The seed's variables for a relay to `[127.0.0.1]:upstream_port`, clients in 127.0.0.2/32.
+pub fn env(upstream_port: u16, mode: &str) -> BTreeMap<String, String> {
+    let mut vars: BTreeMap<String, String> = [
+        ("RELAY_MYDOMAIN", DOMAIN.to_string()),
+        ("RELAY_MYHOSTNAME", "relay.example.net".to_string()),
+        ("RELAY_HOST", format!("[127.0.0.1]:{upstream_port}")),
+        ("RELAY_MYNETWORKS", "127.0.0.2/32".to_string()),
+        ("RELAY_MODE", mode.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    for (k, v) in test_postconf() {
+        vars.insert(format!("POSTCONF_{k}"), v);
+    }
+    vars
+}
+
+/// A relay's directories and inputs, before it starts (and after it stopped: the spool stays).
+pub struct RelaySpec {
+    pub dir: TempDir,
+    pub input: Input,
+    pub port: u16,
+    pub metrics_port: u16,
+    pub reload_interval_secs: u64,
+}
+
+impl RelaySpec {
+    pub fn new(input: Input) -> RelaySpec {
+        require_postfix();
+        RelaySpec {
+            dir: tempfile::tempdir().expect("tempdir"),
+            input,
+            port: free_port(),
+            metrics_port: free_port(),
+            reload_interval_secs: 1,
+        }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+    pub fn postfix_dir(&self) -> PathBuf {
+        self.path("postfix")
+    }
+    pub fn spool_dir(&self) -> PathBuf {
+        self.path("spool")
+    }
+    pub fn data_dir(&self) -> PathBuf {
+        self.path("data")
+    }
+    pub fn config_path(&self) -> PathBuf {
+        self.path("relay.yaml")
+    }
+    pub fn addr(&self) -> SocketAddr {
+        loopback(self.port)
+    }
+
+    /// Writes a file (creating parent directories), e.g. a secret.
+    pub fn write(&self, rel: &str, content: &str) -> PathBuf {
+        let path = self.path(rel);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, content).unwrap();
+        path
+    }
+
+    /// (Re)writes relay.yaml from `self.input` atomically, as a ConfigMap update would.
+    pub fn write_config_file(&self) {
+        if let Input::File(cfg) = &self.input {
+            write_atomically(
+                &self.config_path(),
+                &serde_yaml::to_string(cfg).expect("yaml"),
+            );
+        }
+    }
+
+    /// The command line and environment of `smtp-relay run` for this spec.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_smtp-relay"));
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .env("RELAY_LISTEN", self.addr().to_string())
+            .env("RELAY_POSTFIX_DIR", self.postfix_dir())
+            .env("RELAY_SPOOL_DIR", self.spool_dir())
+            .env("RELAY_DATA_DIR", self.data_dir())
+            .env(
+                "RELAY_METRICS_LISTEN",
+                loopback(self.metrics_port).to_string(),
+            )
+            .env(
+                "RELAY_RELOAD_INTERVAL",
+                self.reload_interval_secs.to_string(),
+            )
+            .arg("run");
+        match &self.input {
+            Input::File(_) => {
+                self.write_config_file();
+                cmd.arg("--config").arg(self.config_path());
+            }
+            Input::Env(vars) => {
+                cmd.envs(vars);
+            }
+        }
+        cmd
+    }
+
+    /// Runs `smtp-relay run` expecting it to exit by itself (bad input); returns its output.
+    pub fn run_to_exit(&self) -> Output {
+        let mut child = self
+            .command()
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting smtp-relay");
+        let pid = child.id();
+        let status = poll("smtp-relay to exit", DEADLINE, || {
+            child.try_wait().expect("wait")
+        });
+        let _ = pid;
+        let mut stdout = Vec::new();
+        let mut stderr = Vec::new();
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_end(&mut stdout)
+            .unwrap();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_end(&mut stderr)
+            .unwrap();
+        Output {
+            status,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Starts the relay and waits until it answers SMTP.
+    pub fn start(self) -> Relay {
+        let stdout = fs::File::create(self.path("relay.stdout")).unwrap();
+        let stderr = fs::File::create(self.path("relay.stderr")).unwrap();
+        let child = self
+            .command()
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .expect("starting smtp-relay");
+        let mut relay = Relay {
+            child: Some(child),
+            spec: Some(self),
+        };
+        let addr = relay.addr();
+        poll(
+            &format!("the relay on {addr} to answer SMTP"),
+            DEADLINE,
+            || {
+                if let Some(status) = relay.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+                    panic!(
+                        "smtp-relay exited before serving ({status}):\n{}",
+                        relay.output()
+                    );
+                }
+                smtp_ready(addr).then_some(())
+            },
+        );
+        relay
+    }
+}
+
+pub struct Relay {
+    child: Option<Child>,
+    spec: Option<RelaySpec>,
+}
+
+impl Relay {
+    pub fn spec(&self) -> &RelaySpec {
+        self.spec.as_ref().unwrap()
+    }
+    pub fn spec_mut(&mut self) -> &mut RelaySpec {
+        self.spec.as_mut().unwrap()
+    }
+    pub fn addr(&self) -> SocketAddr {
+        self.spec().addr()
+    }
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// The Postfix mail log (the relay's stdout).
+    pub fn mail_log(&self) -> String {
+        fs::read_to_string(self.spec().path("relay.stdout")).unwrap_or_default()
+    }
+
+    /// stdout and stderr, for failure messages.
+    pub fn output(&self) -> String {
+        let err = fs::read_to_string(self.spec().path("relay.stderr")).unwrap_or_default();
+        format!("--- stdout\n{}--- stderr\n{err}", self.mail_log())
+    }
+
+    /// The PID in Postfix's master.pid.
+    pub fn master_pid(&self) -> Option<i32> {
+        master_pid(&self.spec().spool_dir())
+    }
+
+    /// Messages in the queue (incoming, active, deferred, hold, maildrop).
+    pub fn queued(&self) -> usize {
+        queued(&self.spec().spool_dir())
+    }
+
+    /// Waits until Postfix's queue is empty.
+    pub fn wait_queue_empty(&self) {
+        poll("the relay's queue to empty", DEADLINE, || {
+            (self.queued() == 0).then_some(())
+        });
+    }
+
+    /// GET /metrics.
+    pub fn metrics(&self) -> String {
+        http_get(loopback(self.spec().metrics_port), "/metrics")
+    }
+
+    /// The value of one metric line, e.g. `smtp_relay_config_errors_total`.
+    pub fn metric(&self, name_and_labels: &str) -> Option<f64> {
+        metric_value(&self.metrics(), name_and_labels)
+    }
+
+    /// SIGTERM, then waits for the exit; returns the status and the spec (its spool kept).
+    pub fn stop(mut self) -> (ExitStatus, RelaySpec) {
+        let mut child = self.child.take().unwrap();
+        let status = stop_child(&mut child, DEADLINE);
+        let spec = self.spec.take().unwrap();
+        let status = status.unwrap_or_else(|| {
+            kill_master(&spec.spool_dir());
+            panic!("smtp-relay did not stop within {DEADLINE:?} of SIGTERM");
+        });
+        (status, spec)
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let Some(spec) = &self.spec else { return };
+        if std::thread::panicking() {
+            let out = self.output();
+            let tail: Vec<&str> = out.lines().rev().take(80).collect();
+            eprintln!(
+                "=== relay on {} (last lines of its output):\n{}",
+                spec.addr(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        if let Some(child) = &mut self.child {
+            if stop_child(child, Duration::from_secs(20)).is_none() {
+                kill_master(&spec.spool_dir());
+            }
+        }
+    }
+}
+
+/// Last resort when smtp-relay itself had to be killed: its Postfix master would survive it.
+fn kill_master(spool: &Path) {
+    if let Some(pid) = master_pid(spool) {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+}
+
+pub fn master_pid(spool: &Path) -> Option<i32> {
+    fs::read_to_string(spool.join("pid/master.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+pub fn process_alive(pid: i32) -> bool {
+    kill(Pid::from_raw(pid), None).is_ok()
+        && fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| !s.contains(") Z "))
+            .unwrap_or(false)
+}
+
+pub fn queued(spool: &Path) -> usize {
+    ["maildrop", "incoming", "active", "deferred", "hold"]
+        .iter()
+        .map(|q| count_files(&spool.join(q)))
+        .sum()
+}
+
+fn count_files(dir: &Path) -> usize {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => count_files(&e.path()),
+            Ok(t) if t.is_file() => 1,
+            _ => 0,
+        })
+        .sum()
+}
+
+pub fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    text
+}
+
+pub fn metric_value(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name_and_labels)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Replaces a file the way a config or secret update does: never half-written.
+pub fn write_atomically(path: &Path, content: &str) {
+    let tmp = path.with_extension("tmp-test");
+    fs::write(&tmp, content).unwrap();
+    fs::rename(&tmp, path).unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Secrets mounted the way the kubelet mounts them.
+
+/// A Secret volume: `..<timestamp>/` holds the files, `..data` points at it, and each key is a
+/// symlink `key -> ..data/key`. Updates swap `..data` atomically.
+pub struct SecretVolume {
+    pub dir: PathBuf,
+    generation: u32,
+}
+
+impl SecretVolume {
+    pub fn create(dir: PathBuf, files: &[(&str, &str)]) -> SecretVolume {
+        fs::create_dir_all(&dir).unwrap();
+        let mut vol = SecretVolume { dir, generation: 0 };
+        vol.update(files);
+        vol
+    }
+
+    /// The kubelet's AtomicWriter: new timestamped directory, `..data_tmp` symlink renamed over
+    /// `..data`, then user-visible symlinks added and stale ones removed, old directory removed.
+    pub fn update(&mut self, files: &[(&str, &str)]) {
+        self.generation += 1;
+        let old = fs::read_link(self.dir.join("..data")).ok();
+        let ts = format!("..2026_11_25_02_00_00.{}", self.generation);
+        let ts_dir = self.dir.join(&ts);
+        fs::create_dir(&ts_dir).unwrap();
+        for (name, content) in files {
+            fs::write(ts_dir.join(name), content).unwrap();
+        }
+        let tmp = self.dir.join("..data_tmp");
+        let _ = fs::remove_file(&tmp);
+        symlink(&ts, &tmp).unwrap();
+        fs::rename(&tmp, self.dir.join("..data")).unwrap();
+        for (name, _) in files {
+            let link = self.dir.join(name);
+            if fs::symlink_metadata(&link).is_err() {
+                symlink(format!("..data/{name}"), &link).unwrap();
+            }
+        }
+        for entry in fs::read_dir(&self.dir).unwrap().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.starts_with('.') && !files.iter().any(|(n, _)| *n == name) {
+                fs::remove_file(entry.path()).unwrap();
+            }
+        }
+        if let Some(old) = old {
+            let _ = fs::remove_dir_all(self.dir.join(old));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// SMTP clients from chosen loopback addresses.
+
+pub fn ip(a: [u8; 4]) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::from(a))
+}
+
+/// Connects from `source` and sends EHLO.
+pub fn connect(addr: SocketAddr, source: [u8; 4]) -> SmtpConnection {
+    SmtpConnection::connect(
+        addr,
+        Some(Duration::from_secs(30)),
+        &ClientId::Domain("client.test".into()),
+        None,
+        Some(ip(source)),
+    )
+    .unwrap_or_else(|e| panic!("connecting to {addr} from {source:?}: {e}"))
+}
+
+/// A command line sent verbatim (lettre's typed commands refuse odd addresses on purpose).
+pub struct Raw(pub String);
+
+impl fmt::Display for Raw {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}\r\n", self.0)
+    }
+}
+
+/// The reply code of a command, whether positive or not.
+pub fn reply(conn: &mut SmtpConnection, line: &str) -> (u16, String) {
+    match conn.command(Raw(line.to_string())) {
+        Ok(r) => (
+            u16::from(r.code()),
+            r.message().collect::<Vec<_>>().join(" "),
+        ),
+        Err(e) => (
+            e.status()
+                .map(u16::from)
+                .unwrap_or_else(|| panic!("{line}: no SMTP reply: {e}")),
+            e.to_string(),
+        ),
+    }
+}
+
+pub fn login(conn: &mut SmtpConnection, user: &str, password: &str) -> Result<Response, String> {
+    conn.auth(
+        &[Mechanism::Plain, Mechanism::Login],
+        &Credentials::new(user.into(), password.into()),
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// A unique token to find a message at the sink.
+pub fn marker(tag: &str) -> String {
+    static N: AtomicU16 = AtomicU16::new(0);
+    format!(
+        "{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+fn end_marker(marker: &str) -> String {
+    format!("end-of-{marker}")
+}
+
+/// A small message whose last body line identifies it, so a half-written dump never matches.
+pub fn message(from: &str, to: &str, marker: &str) -> Vec<u8> {
+    format!(
+        "From: <{from}>\r\nTo: <{to}>\r\nSubject: {marker}\r\nMessage-ID: <{marker}@client.test>\r\n\r\nTest message {marker}.\r\n{}\r\n",
+        end_marker(marker)
+    )
+    .into_bytes()
+}
+
+/// One whole transaction on an open connection; `Err` carries the first refusal.
+pub fn send_on(
+    conn: &mut SmtpConnection,
+    from: &str,
+    to: &str,
+    marker: &str,
+) -> Result<Response, String> {
+    let envelope = Envelope::new(
+        Some(from.parse::<Address>().unwrap()),
+        vec![to.parse::<Address>().unwrap()],
+    )
+    .unwrap();
+    conn.send(&envelope, &message(from, to, marker))
+        .map_err(|e| e.to_string())
+}
+
+/// Connects from `source`, logs in if asked, and sends one message.
+pub fn send(
+    addr: SocketAddr,
+    source: [u8; 4],
+    auth: Option<(&str, &str)>,
+    from: &str,
+    to: &str,
+    marker: &str,
+) -> Result<Response, String> {
+    let mut conn = connect(addr, source);
+    if let Some((user, password)) = auth {
+        login(&mut conn, user, password)?;
+    }
+    let result = send_on(&mut conn, from, to, marker);
+    let _ = conn.quit();
+    result
+}
+
+/// TLS parameters trusting exactly the test certificate.
+pub fn tls_params(cert: &Path) -> TlsParameters {
+    use lettre::transport::smtp::client::Certificate;
+    let pem = fs::read(cert).unwrap();
+    TlsParameters::builder("localhost".into())
+        .add_root_certificate(Certificate::from_pem(&pem).unwrap())
+        .build()
+        .unwrap()
+}
+
+/// A self-signed certificate for `localhost` and 127.0.0.1, made with the openssl CLI.
+pub fn self_signed_cert(dir: &Path) -> (PathBuf, PathBuf) {
+    let cert = dir.join("tls.crt");
+    let key = dir.join("tls.key");
+    let out = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args(["-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("running openssl");
+    assert!(
+        out.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (cert, key)
+}
