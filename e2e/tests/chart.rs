@@ -112,9 +112,13 @@ fn yaml(text: &str) -> Value {
     serde_yaml::from_str(text).unwrap()
 }
 
-fn app_version() -> String {
+fn chart_field(field: &str) -> String {
     let chart = yaml(&std::fs::read_to_string(chart_dir().join("Chart.yaml")).unwrap());
-    chart["appVersion"].as_str().unwrap().to_string()
+    chart[field].as_str().unwrap().to_string()
+}
+
+fn app_version() -> String {
+    chart_field("appVersion")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1096,4 +1100,45 @@ fn values_schema_rejects_wrong_relay_specs() {
             Err(e) => assert!(e.contains(needle), "{values}: no {needle:?} in\n{e}"),
         }
     }
+}
+
+#[test]
+fn packaged_chart_renders_like_the_source() {
+    // What users install from a chart repository is the .tgz: .helmignore must keep every
+    // template, the CRD and the schema in it.
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(Command::new(helm())
+        .current_dir(root())
+        .args(["package", "charts/smtp-relay-operator", "--destination"])
+        .arg(dir.path()));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tgz = dir.path().join(format!(
+        "smtp-relay-operator-{}.tgz",
+        chart_field("version")
+    ));
+    let render_from = |chart: &Path| {
+        let out = run(Command::new(helm())
+            .args(["template", RELEASE])
+            .arg(chart)
+            .args(["--namespace", NAMESPACE, "--kube-version", KUBE_VERSION])
+            .args(["--include-crds", "--set", "replicaCount=two"]));
+        // The schema travels too: a wrong value still fails.
+        assert!(
+            !out.status.success(),
+            "{} lost its values schema",
+            chart.display()
+        );
+        let out = run(Command::new(helm())
+            .args(["template", RELEASE])
+            .arg(chart)
+            .args(["--namespace", NAMESPACE, "--kube-version", KUBE_VERSION])
+            .arg("--include-crds"));
+        assert!(out.status.success());
+        parse_docs(&String::from_utf8(out.stdout).unwrap())
+    };
+    assert_eq!(render_from(&tgz), render_from(&chart_dir()));
 }
