@@ -195,3 +195,275 @@ pub(crate) mod fixtures {
         r
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::relay;
+    use super::*;
+    use crate::resolve::{RelayhostLogin, TlsPair};
+    use std::collections::BTreeMap;
+
+    fn full_resolved() -> Resolved {
+        Resolved {
+            relayhost_login: Some(RelayhostLogin {
+                username: "login".into(),
+                password: b"secret-pw".to_vec(),
+            }),
+            relayhost_ca: Some(
+                b"-----BEGIN CERTIFICATE-----\nCA\n-----END CERTIFICATE-----\n".to_vec(),
+            ),
+            sasl_users: Some(BTreeMap::from([("app1".to_string(), b"pw1".to_vec())])),
+            inbound_tls: Some(TlsPair {
+                cert: b"CERT".to_vec(),
+                key: b"KEY".to_vec(),
+            }),
+        }
+    }
+
+    fn build_ok(r: &SmtpRelay, res: &Resolved) -> Desired {
+        build(r, res, &BuildOptions::default()).expect("builds")
+    }
+
+    #[test]
+    fn children_carry_labels_and_controller_owner() {
+        let r = relay("r1");
+        let d = build_ok(&r, &full_resolved());
+        let metas = [
+            &d.config_map.metadata,
+            &d.service.metadata,
+            &d.headless_service.metadata,
+            &d.stateful_set.metadata,
+            &d.relayhost_secret.as_ref().expect("relayhost").metadata,
+            &d.sasl_users_secret.as_ref().expect("sasl").metadata,
+            &d.tls_secret.as_ref().expect("tls").metadata,
+        ];
+        for m in metas {
+            let l = m.labels.as_ref().expect("labels");
+            assert_eq!(l["app.kubernetes.io/name"], "smtp-relay");
+            assert_eq!(l["app.kubernetes.io/instance"], "r1");
+            assert_eq!(l["app.kubernetes.io/managed-by"], "smtp-relay-operator");
+            assert!(l.contains_key("app.kubernetes.io/component"));
+            let o = &m.owner_references.as_ref().expect("owner")[0];
+            assert_eq!(
+                (o.kind.as_str(), o.name.as_str(), o.controller),
+                ("SmtpRelay", "r1", Some(true))
+            );
+            assert_eq!(m.namespace.as_deref(), Some("mail"));
+        }
+        assert_eq!(d.config_map.metadata.name.as_deref(), Some("r1-config"));
+        assert_eq!(
+            d.headless_service.metadata.name.as_deref(),
+            Some("r1-headless")
+        );
+    }
+
+    #[test]
+    fn relay_without_uid_is_an_error_not_a_panic() {
+        let mut r = relay("r1");
+        r.metadata.uid = None;
+        assert!(matches!(
+            build(&r, &Resolved::default(), &BuildOptions::default()),
+            Err(Error::MissingObjectKey(_))
+        ));
+    }
+
+    #[test]
+    fn secrets_are_copies_with_fixed_keys() {
+        let d = build_ok(&relay("r1"), &full_resolved());
+        let rh = d.relayhost_secret.expect("relayhost");
+        let keys: Vec<_> = rh.data.as_ref().expect("data").keys().cloned().collect();
+        assert_eq!(keys, ["ca.crt", "password", "username"]);
+        assert_eq!(rh.data.as_ref().expect("data")["password"].0, b"secret-pw");
+        let tls = d.tls_secret.expect("tls");
+        assert_eq!(tls.type_.as_deref(), Some("kubernetes.io/tls"));
+        assert_eq!(
+            d.sasl_users_secret.expect("sasl").data.expect("data")["app1"].0,
+            b"pw1"
+        );
+    }
+
+    #[test]
+    fn no_references_no_secrets() {
+        let d = build_ok(&relay("r1"), &Resolved::default());
+        assert!(
+            d.relayhost_secret.is_none() && d.sasl_users_secret.is_none() && d.tls_secret.is_none()
+        );
+    }
+
+    #[test]
+    fn config_map_holds_no_secret_values() {
+        let d = build_ok(&relay("r1"), &full_resolved());
+        let yaml = &d.config_map.data.as_ref().expect("data")[CONFIG_KEY];
+        for secret in ["secret-pw", "pw1", "KEY", "CERT"] {
+            assert!(!yaml.contains(secret), "{secret} leaked into relay.yaml");
+        }
+        assert!(yaml.contains("/etc/smtp-relay/relayhost/password"));
+    }
+
+    #[test]
+    fn hash_changes_with_config_and_relayhost_secret_but_not_sasl_users() {
+        let r = relay("r1");
+        let base = build_ok(&r, &full_resolved()).config_hash;
+
+        let mut users = full_resolved();
+        users.sasl_users = Some(BTreeMap::from([
+            ("app1".to_string(), b"other".to_vec()),
+            ("app2".to_string(), b"new".to_vec()),
+        ]));
+        assert_eq!(
+            build_ok(&r, &users).config_hash,
+            base,
+            "SASL users are hot-reloaded"
+        );
+
+        let mut pw = full_resolved();
+        if let Some(l) = pw.relayhost_login.as_mut() {
+            l.password = b"rotated".to_vec();
+        }
+        assert_ne!(build_ok(&r, &pw).config_hash, base);
+
+        let mut tls = full_resolved();
+        tls.inbound_tls = Some(TlsPair {
+            cert: b"CERT2".to_vec(),
+            key: b"KEY".to_vec(),
+        });
+        assert_ne!(build_ok(&r, &tls).config_hash, base);
+
+        let mut r2 = r.clone();
+        r2.spec.domain = "example.org".into();
+        assert_ne!(build_ok(&r2, &full_resolved()).config_hash, base);
+
+        // Status-only or pod-cosmetic changes do not roll the pods.
+        let mut r3 = r.clone();
+        r3.spec.replicas = 3;
+        assert_eq!(build_ok(&r3, &full_resolved()).config_hash, base);
+    }
+
+    #[test]
+    fn config_hash_lands_on_the_pod_template() {
+        let d = build_ok(&relay("r1"), &Resolved::default());
+        let ann = d
+            .stateful_set
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.metadata.as_ref())
+            .and_then(|m| m.annotations.clone())
+            .expect("annotations");
+        assert_eq!(ann[CONFIG_HASH_ANNOTATION], d.config_hash);
+        assert_eq!(d.config_hash.len(), 64);
+    }
+
+    #[test]
+    fn pdb_only_with_more_than_one_replica() {
+        let mut r = relay("r1");
+        assert!(build_ok(&r, &Resolved::default()).pdb.is_none());
+        r.spec.replicas = 2;
+        let pdb = build_ok(&r, &Resolved::default()).pdb.expect("pdb");
+        let spec = pdb.spec.expect("spec");
+        assert_eq!(
+            spec.max_unavailable,
+            Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1))
+        );
+        assert_eq!(
+            spec.selector.and_then(|s| s.match_labels),
+            Some(selector_labels(&r))
+        );
+    }
+
+    #[test]
+    fn invalid_spec_is_rejected_by_build() {
+        let mut r = relay("r1");
+        r.spec.networks = vec!["10.0.0.0/33".into()];
+        assert!(matches!(
+            build(&r, &Resolved::default(), &BuildOptions::default()),
+            Err(Error::InvalidSpec(_))
+        ));
+    }
+
+    #[test]
+    fn relay_config_file_points_at_mounted_files() {
+        let r = relay("r1");
+        let f = relay_config::relay_config_file(&r.spec, &full_resolved());
+        assert_eq!(
+            f.relayhost.username_file.as_deref(),
+            Some(std::path::Path::new("/etc/smtp-relay/relayhost/username"))
+        );
+        assert_eq!(
+            f.relayhost.password_file.as_deref(),
+            Some(std::path::Path::new("/etc/smtp-relay/relayhost/password"))
+        );
+        assert_eq!(
+            f.relayhost.tls_ca_file.as_deref(),
+            Some(std::path::Path::new("/etc/smtp-relay/relayhost/ca.crt"))
+        );
+        assert_eq!(
+            f.sasl_users_dir.as_deref(),
+            Some(std::path::Path::new("/etc/smtp-relay/sasl-users"))
+        );
+        let tls = f.inbound_tls.expect("tls");
+        assert_eq!(
+            tls.cert_file,
+            std::path::PathBuf::from("/etc/smtp-relay/tls/tls.crt")
+        );
+        assert_eq!(
+            tls.key_file,
+            std::path::PathBuf::from("/etc/smtp-relay/tls/tls.key")
+        );
+        assert_eq!(f.mode, Some(smtp_relay::settings::Mode::Strict));
+        assert_eq!(f.custom_restrictions, None);
+
+        let bare = relay_config::relay_config_file(&r.spec, &Resolved::default());
+        assert!(
+            bare.relayhost.username_file.is_none()
+                && bare.sasl_users_dir.is_none()
+                && bare.inbound_tls.is_none()
+        );
+
+        let mut custom = r.clone();
+        custom.spec.custom_restrictions = Some(vec!["permit_mynetworks".into(), "reject".into()]);
+        let f = relay_config::relay_config_file(&custom.spec, &Resolved::default());
+        assert_eq!(f.mode, None);
+        assert_eq!(f.custom_restrictions.as_ref().map(Vec::len), Some(2));
+    }
+
+    #[test]
+    fn config_map_round_trips_through_the_image_format() {
+        let d = build_ok(&relay("r1"), &full_resolved());
+        let yaml = &d.config_map.data.as_ref().expect("data")[CONFIG_KEY];
+        let back: smtp_relay::config_file::RelayConfigFile =
+            serde_yaml::from_str(yaml).expect("image parses it");
+        assert_eq!(back.domain, "example.net");
+        assert_eq!(back.networks, ["10.0.0.0/24"]);
+    }
+
+    #[test]
+    fn services() {
+        let mut r = relay("r1");
+        r.spec.service = serde_json::from_value(serde_json::json!({
+            "type": "LoadBalancer", "port": 2525, "annotations": {"a": "b"},
+            "externalTrafficPolicy": "Local", "loadBalancerIP": "192.0.2.10"
+        }))
+        .expect("service spec");
+        let d = build_ok(&r, &Resolved::default());
+        let s = d.service.spec.expect("spec");
+        assert_eq!(s.type_.as_deref(), Some("LoadBalancer"));
+        assert_eq!(s.external_traffic_policy.as_deref(), Some("Local"));
+        assert_eq!(s.load_balancer_ip.as_deref(), Some("192.0.2.10"));
+        let p = &s.ports.expect("ports")[0];
+        assert_eq!((p.name.as_deref(), p.port), (Some("smtp"), 2525));
+        assert_eq!(
+            p.target_port,
+            Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String("smtp".into()))
+        );
+        assert_eq!(d.service.metadata.annotations.expect("ann")["a"], "b");
+        let h = d.headless_service.spec.expect("spec");
+        assert_eq!(h.cluster_ip.as_deref(), Some("None"));
+        let names: Vec<_> = h
+            .ports
+            .expect("ports")
+            .into_iter()
+            .filter_map(|p| p.name)
+            .collect();
+        assert_eq!(names, ["smtp", "metrics"]);
+    }
+}

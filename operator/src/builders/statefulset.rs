@@ -298,3 +298,245 @@ fn volumes(relay: &str, m: &Mounts) -> (Vec<Volume>, Vec<VolumeMount>) {
     mounts.push(mount(SPOOL_VOLUME, SPOOL_DIR, false));
     (vols, mounts)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::builders::fixtures::relay;
+    use crate::crd::RetentionPolicy;
+
+    fn sts(mounts: Mounts) -> StatefulSet {
+        stateful_set(&relay("r1"), &mounts, "abc", &BuildOptions::default()).expect("builds")
+    }
+
+    fn pod(s: &StatefulSet) -> PodSpec {
+        s.spec
+            .as_ref()
+            .and_then(|s| s.template.spec.clone())
+            .expect("pod spec")
+    }
+
+    const ALL: Mounts = Mounts {
+        relayhost: true,
+        sasl_users: true,
+        tls: true,
+    };
+
+    #[test]
+    fn container_contract() {
+        let p = pod(&sts(ALL));
+        let c = &p.containers[0];
+        assert_eq!(c.name, "relay");
+        assert_eq!(
+            c.image.as_deref(),
+            Some(crate::builders::DEFAULT_RELAY_IMAGE)
+        );
+        assert!(crate::builders::DEFAULT_RELAY_IMAGE
+            .starts_with("ghcr.io/smtp-relay-operator/smtp-relay:"));
+        assert_eq!(
+            c.command.clone().expect("command"),
+            [
+                "smtp-relay",
+                "run",
+                "--config",
+                "/etc/smtp-relay/config/relay.yaml"
+            ]
+        );
+        let env: Vec<(String, String)> = c
+            .env
+            .clone()
+            .expect("env")
+            .into_iter()
+            .map(|e| (e.name, e.value.unwrap_or_default()))
+            .collect();
+        assert_eq!(
+            env,
+            [
+                ("RELAY_LISTEN", "0.0.0.0:25"),
+                ("RELAY_POSTFIX_DIR", "/run/smtp-relay/postfix"),
+                ("RELAY_DATA_DIR", "/data"),
+                ("RELAY_SPOOL_DIR", "/var/spool/postfix"),
+                ("RELAY_METRICS_LISTEN", "0.0.0.0:9154"),
+            ]
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+        );
+        let ports: Vec<_> = c
+            .ports
+            .clone()
+            .expect("ports")
+            .into_iter()
+            .map(|p| (p.name.unwrap_or_default(), p.container_port))
+            .collect();
+        assert_eq!(
+            ports,
+            [("smtp".to_string(), 25), ("metrics".to_string(), 9154)]
+        );
+        for probe in [&c.readiness_probe, &c.liveness_probe, &c.startup_probe] {
+            let cmd = probe
+                .as_ref()
+                .and_then(|p| p.exec.as_ref())
+                .and_then(|e| e.command.clone());
+            assert_eq!(cmd.expect("exec probe"), ["smtp-relay", "probe"]);
+        }
+    }
+
+    #[test]
+    fn image_overrides() {
+        let mut r = relay("r1");
+        let opts = BuildOptions {
+            relay_image: "registry.local/relay:dev".into(),
+        };
+        let s = stateful_set(&r, &Mounts::default(), "h", &opts).expect("builds");
+        assert_eq!(
+            pod(&s).containers[0].image.as_deref(),
+            Some("registry.local/relay:dev")
+        );
+        r.spec.image = Some("mine:1".into());
+        r.spec.image_pull_policy = Some(crate::crd::PullPolicy::Always);
+        let s = stateful_set(&r, &Mounts::default(), "h", &opts).expect("builds");
+        assert_eq!(pod(&s).containers[0].image.as_deref(), Some("mine:1"));
+        assert_eq!(
+            pod(&s).containers[0].image_pull_policy.as_deref(),
+            Some("Always")
+        );
+    }
+
+    #[test]
+    fn mounts_are_whole_directories_with_tight_modes() {
+        let s = sts(ALL);
+        let p = pod(&s);
+        let mounts: Vec<(String, String, bool)> = p.containers[0]
+            .volume_mounts
+            .clone()
+            .expect("mounts")
+            .into_iter()
+            .map(|m| {
+                assert!(
+                    m.sub_path.is_none(),
+                    "no subPath: hot reload needs directory mounts"
+                );
+                (m.name, m.mount_path, m.read_only.unwrap_or(false))
+            })
+            .collect();
+        let expect = [
+            ("config", "/etc/smtp-relay/config", true),
+            ("relayhost", "/etc/smtp-relay/relayhost", true),
+            ("sasl-users", "/etc/smtp-relay/sasl-users", true),
+            ("tls", "/etc/smtp-relay/tls", true),
+            ("run", "/run/smtp-relay", false),
+            ("data", "/data", false),
+            ("tmp", "/tmp", false),
+            ("spool", "/var/spool/postfix", false),
+        ]
+        .map(|(a, b, c)| (a.to_string(), b.to_string(), c));
+        assert_eq!(mounts, expect);
+        for v in p.volumes.clone().expect("volumes") {
+            if let Some(sec) = v.secret {
+                let mode = sec.default_mode.expect("mode");
+                assert!(
+                    mode == 0o400 || mode == 0o440,
+                    "{} has mode {mode:o}",
+                    v.name
+                );
+                assert_eq!(sec.secret_name, Some(format!("r1-{}", v.name)));
+            }
+        }
+        let cm = p
+            .volumes
+            .expect("volumes")
+            .into_iter()
+            .find(|v| v.name == "config")
+            .and_then(|v| v.config_map)
+            .expect("cm");
+        assert_eq!(cm.name, "r1-config");
+    }
+
+    #[test]
+    fn optional_secret_volumes_only_when_present() {
+        let p = pod(&sts(Mounts::default()));
+        let names: Vec<_> = p
+            .volumes
+            .expect("volumes")
+            .into_iter()
+            .map(|v| v.name)
+            .collect();
+        assert_eq!(names, ["config", "run", "data", "tmp"]);
+    }
+
+    #[test]
+    fn security_context_is_locked_down() {
+        let p = pod(&sts(ALL));
+        let sc = p.containers[0].security_context.clone().expect("sc");
+        assert_eq!(sc.run_as_user, Some(0));
+        assert_eq!(sc.run_as_non_root, Some(false));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        let caps = sc.capabilities.expect("caps");
+        assert_eq!(caps.drop, Some(vec!["ALL".to_string()]));
+        assert_eq!(
+            caps.add.expect("add"),
+            [
+                "CHOWN",
+                "DAC_OVERRIDE",
+                "FOWNER",
+                "SETUID",
+                "SETGID",
+                "NET_BIND_SERVICE",
+                "KILL"
+            ]
+        );
+        assert_eq!(
+            sc.seccomp_profile.map(|s| s.type_),
+            Some("RuntimeDefault".into())
+        );
+        assert_eq!(p.automount_service_account_token, Some(false));
+    }
+
+    #[test]
+    fn retention_and_claim_template() {
+        let mut r = relay("r1");
+        r.spec.storage.retention.when_deleted = RetentionPolicy::Delete;
+        r.spec.storage.size = "5Gi".into();
+        r.spec.storage.storage_class_name = Some("fast".into());
+        let s =
+            stateful_set(&r, &Mounts::default(), "h", &BuildOptions::default()).expect("builds");
+        let spec = s.spec.expect("spec");
+        let pol = spec
+            .persistent_volume_claim_retention_policy
+            .expect("policy");
+        assert_eq!(pol.when_deleted.as_deref(), Some("Delete"));
+        assert_eq!(pol.when_scaled.as_deref(), Some("Retain"));
+        let claim = &spec.volume_claim_templates.expect("claims")[0];
+        assert_eq!(claim.metadata.name.as_deref(), Some("spool"));
+        let cs = claim.spec.clone().expect("claim spec");
+        assert_eq!(cs.storage_class_name.as_deref(), Some("fast"));
+        assert_eq!(
+            cs.resources.and_then(|r| r.requests).expect("requests")["storage"].0,
+            "5Gi"
+        );
+        assert_eq!(spec.service_name.as_deref(), Some("r1-headless"));
+        assert_eq!(spec.replicas, Some(1));
+    }
+
+    #[test]
+    fn pod_labels_and_annotations_merge_but_ours_win() {
+        let mut r = relay("r1");
+        r.spec.pod_labels = BTreeMap::from([
+            ("team".into(), "mail".into()),
+            ("app.kubernetes.io/instance".into(), "evil".into()),
+        ]);
+        r.spec.pod_annotations = BTreeMap::from([
+            ("x".into(), "y".into()),
+            (CONFIG_HASH_ANNOTATION.into(), "forged".into()),
+        ]);
+        let s = stateful_set(&r, &Mounts::default(), "realhash", &BuildOptions::default())
+            .expect("builds");
+        let meta = s.spec.expect("spec").template.metadata.expect("meta");
+        let labels = meta.labels.expect("labels");
+        assert_eq!(labels["team"], "mail");
+        assert_eq!(labels["app.kubernetes.io/instance"], "r1");
+        let ann = meta.annotations.expect("ann");
+        assert_eq!(ann["x"], "y");
+        assert_eq!(ann[CONFIG_HASH_ANNOTATION], "realhash");
+    }
+}
