@@ -1,0 +1,153 @@
+//! Recipient and sender checks against real Postfix: sender-specified routing never turns a
+//! client allowed only to the relay domains into an open relay, and the strict sender check.
+
+mod common;
+
+use common::*;
+use smtp_relay::settings::Mode;
+
+#[test]
+fn sender_routing_tricks_are_refused() {
+    let sink = Sink::start();
+    // STRICT: the client in `networks` may relay to the relay domain only.
+    let relay = RelaySpec::new(Input::File(config(sink.port(), Mode::Strict))).start();
+    let tricks = [
+        ("percent hack", "victim%elsewhere.org@example.net"),
+        ("bang path", "elsewhere.org!victim@example.net"),
+        ("source route", "@example.net:victim@elsewhere.org"),
+        (
+            "source route through two hops",
+            "@example.net,@relay.example.net:victim@elsewhere.org",
+        ),
+        (
+            "quoted local part with @",
+            "\"victim@elsewhere.org\"@example.net",
+        ),
+        (
+            "quoted percent hack",
+            "\"victim%elsewhere.org\"@example.net",
+        ),
+        ("IP literal", "victim@[127.0.0.9]"),
+        ("IP literal of the relay itself", "victim@[127.0.0.1]"),
+        ("IPv6 literal", "victim@[IPv6:::1]"),
+    ];
+    let mut accepted = Vec::new();
+    for (what, rcpt) in tricks {
+        let mut conn = connect(relay.addr(), NET_CLIENT);
+        let (code, text) = reply(&mut conn, "MAIL FROM:<app@example.net>");
+        assert_eq!(code, 250, "{text}");
+        let (code, text) = reply(&mut conn, &format!("RCPT TO:<{rcpt}>"));
+        if code < 400 {
+            accepted.push(format!("{what} <{rcpt}>: {code} {text}"));
+        } else {
+            assert!(
+                code >= 500,
+                "{what}: a refusal must be permanent: {code} {text}"
+            );
+        }
+        let _ = conn.quit();
+    }
+    assert!(
+        accepted.is_empty(),
+        "sender-specified routing accepted:\n{}",
+        accepted.join("\n")
+    );
+
+    // The same client still relays to the relay domain, and nothing else reached the sink.
+    let mark = marker("routing");
+    send(
+        relay.addr(),
+        NET_CLIENT,
+        None,
+        "app@example.net",
+        "user@example.net",
+        &mark,
+    )
+    .unwrap();
+    sink.wait_for("user@example.net", &mark);
+    relay.wait_queue_empty();
+    let strays: Vec<String> = sink
+        .recipients()
+        .into_iter()
+        .filter(|r| r != "user@example.net" && r != "postmaster@example.net")
+        .collect();
+    assert!(strays.is_empty(), "delivered: {strays:?}");
+}
+
+/// MAIL FROM `sender`, RCPT TO a relay-domain address; true when the RCPT is accepted (Postfix
+/// applies sender restrictions at RCPT).
+fn sender_accepted(relay: &Relay, sender: &str) -> bool {
+    let mut conn = connect(relay.addr(), NET_CLIENT);
+    let (code, text) = reply(&mut conn, &format!("MAIL FROM:<{sender}>"));
+    assert_eq!(code, 250, "MAIL FROM:<{sender}>: {text}");
+    let (code, _) = reply(&mut conn, "RCPT TO:<user@example.net>");
+    let _ = conn.quit();
+    code == 250
+}
+
+#[test]
+fn strict_sender_accepts_every_relay_domain_and_nothing_else() {
+    let sink = Sink::start();
+    let mut cfg = config(sink.port(), Mode::Strict);
+    cfg.relay_domains = vec![DOMAIN.into(), "example.org".into()];
+    cfg.strict_sender = true;
+    let relay = RelaySpec::new(Input::File(cfg)).start();
+    assert!(sender_accepted(&relay, "app@example.net"));
+    assert!(
+        sender_accepted(&relay, "app@example.org"),
+        "every relay domain is a valid sender domain (the seed accepted only RELAY_MYDOMAIN)"
+    );
+    assert!(!sender_accepted(&relay, "app@evil.example.com"));
+    assert!(!sender_accepted(&relay, "app@notexample.net"));
+    assert!(!sender_accepted(&relay, "app@example.net.evil.example.com"));
+    // Postfix's access maps (like relay_domains) match subdomains of a listed domain
+    // (parent_domain_matches_subdomains), as in the seed.
+    assert!(sender_accepted(&relay, "app@mail.example.net"));
+    let mark = marker("strict-sender");
+    send(
+        relay.addr(),
+        NET_CLIENT,
+        None,
+        "app@example.org",
+        "user@example.net",
+        &mark,
+    )
+    .unwrap();
+    sink.wait_for("user@example.net", &mark);
+}
+
+#[test]
+fn without_strict_sender_any_sender_is_accepted() {
+    let sink = Sink::start();
+    let mut env = env(sink.port(), "STRICT");
+    env.insert("RELAY_STRICT_SENDER_MYDOMAIN".into(), "false".into());
+    let relay = RelaySpec::new(Input::Env(env)).start();
+    assert!(sender_accepted(&relay, "app@example.net"));
+    assert!(sender_accepted(&relay, "app@evil.example.com"));
+    let mark = marker("any-sender");
+    send(
+        relay.addr(),
+        NET_CLIENT,
+        None,
+        "app@evil.example.com",
+        "user@example.net",
+        &mark,
+    )
+    .unwrap();
+    assert_eq!(
+        sink.wait_for("user@example.net", &mark).from,
+        "app@evil.example.com"
+    );
+}
+
+#[test]
+fn strict_sender_from_the_environment() {
+    let sink = Sink::start();
+    let mut env = env(sink.port(), "STRICT");
+    env.insert("RELAY_STRICT_SENDER_MYDOMAIN".into(), "true".into());
+    env.insert("RELAY_DOMAINS".into(), "example.net example.org".into());
+    let relay = RelaySpec::new(Input::Env(env)).start();
+    assert!(sender_accepted(&relay, "app@example.net"));
+    assert!(sender_accepted(&relay, "app@example.org"));
+    assert!(!sender_accepted(&relay, "app@evil.example.com"));
+}
