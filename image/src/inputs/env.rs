@@ -222,6 +222,16 @@ pub fn checked_credentials(
         ));
     }
     validate::password(password_field, password)?;
+    // Postfix trims trailing white space from every lookup-table value (texthash, regexp,
+    // inline, static alike), so such a password would reach the relayhost shortened and every
+    // delivery would be deferred with "authentication failed". Leading white space survives: it
+    // follows "login:".
+    if password.ends_with(char::is_whitespace) {
+        return Err(ConfigError::invalid(
+            password_field,
+            "the relayhost password ends with white space, which Postfix strips from its lookup tables; the relayhost would be sent a different password",
+        ));
+    }
     Ok(Credentials {
         login: login.to_string(),
         password: password.to_string(),
@@ -412,6 +422,23 @@ mod tests {
             s.sasl_users,
             SaslUserSource::PasswdFile(dir.path().join("client_sasl_passwd"))
         );
+    }
+
+    #[test]
+    fn relayhost_password_with_trailing_white_space_is_refused() {
+        let mut vars = minimal();
+        vars.extend([
+            ("RELAY_LOGIN", "user"),
+            ("RELAY_PASSWORD", "  leading is fine"),
+        ]);
+        assert!(settings(&env(&vars), nodir()).is_ok());
+        let mut vars = minimal();
+        vars.extend([
+            ("RELAY_LOGIN", "user"),
+            ("RELAY_PASSWORD", "trailing is not "),
+        ]);
+        let err = settings(&env(&vars), nodir()).unwrap_err().to_string();
+        assert!(err.starts_with("RELAY_PASSWORD: "), "{err}");
     }
 
     #[test]
