@@ -540,3 +540,403 @@ pub async fn run(
         })
         .await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::builders::fixtures::relay;
+    use crate::crd::SecretRef;
+    use http::{Request, Response, StatusCode};
+    use http_body_util::BodyExt;
+    use k8s_openapi::api::apps::v1::StatefulSetStatus;
+    use kube::client::Body;
+
+    type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+    fn mock() -> (Arc<Context>, Handle) {
+        let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = Client::new(svc, "mail");
+        let ctx = Context::new(
+            client,
+            Arc::new(Metrics::default()),
+            BuildOptions::default(),
+            Some("test".into()),
+        );
+        (Arc::new(ctx), handle)
+    }
+
+    fn json(code: StatusCode, v: serde_json::Value) -> Response<Body> {
+        Response::builder()
+            .status(code)
+            .body(Body::from(serde_json::to_vec(&v).expect("json")))
+            .expect("response")
+    }
+
+    fn not_found() -> Response<Body> {
+        json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"}),
+        )
+    }
+
+    /// Answers the next request after checking its method and path; returns its body.
+    async fn expect(
+        handle: &mut Handle,
+        method: &str,
+        path: &str,
+        resp: Response<Body>,
+    ) -> serde_json::Value {
+        let (req, send) = handle.next_request().await.expect("a request");
+        assert_eq!(
+            (req.method().as_str(), req.uri().path()),
+            (method, path),
+            "unexpected request"
+        );
+        let bytes = req.into_body().collect().await.expect("body").to_bytes();
+        send.send_response(resp);
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null)
+    }
+
+    async fn run_with<F>(relay: SmtpRelay, ctx: Arc<Context>, script: F) -> Result<Action>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let server = tokio::spawn(script);
+        let res = tokio::time::timeout(Duration::from_secs(5), reconcile(Arc::new(relay), ctx))
+            .await
+            .expect("reconcile finishes");
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("script finishes")
+            .expect("script passes");
+        res
+    }
+
+    #[tokio::test]
+    async fn missing_secret_patches_status_only() {
+        let (ctx, mut handle) = mock();
+        let mut r = relay("r1");
+        r.spec.sasl_users_secret_ref = Some(SecretRef {
+            name: "users".into(),
+        });
+        let res = run_with(r, ctx.clone(), async move {
+            expect(
+                &mut handle,
+                "GET",
+                "/api/v1/namespaces/mail/secrets/users",
+                not_found(),
+            )
+            .await;
+            expect(
+                &mut handle,
+                "GET",
+                "/apis/apps/v1/namespaces/mail/statefulsets/r1",
+                not_found(),
+            )
+            .await;
+            let ev = expect(
+                &mut handle,
+                "POST",
+                "/apis/events.k8s.io/v1/namespaces/mail/events",
+                json(StatusCode::CREATED, serde_json::json!({})),
+            )
+            .await;
+            assert_eq!(ev["reason"], "SecretNotFound");
+            assert_eq!(ev["type"], "Warning");
+            let patch = expect(
+                &mut handle,
+                "PATCH",
+                "/apis/smtprelay.dev/v1alpha1/namespaces/mail/smtprelays/r1/status",
+                json(
+                    StatusCode::OK,
+                    serde_json::to_value(relay("r1")).expect("json"),
+                ),
+            )
+            .await;
+            let ready = &patch["status"]["conditions"][0];
+            assert_eq!(
+                (
+                    ready["type"].as_str(),
+                    ready["status"].as_str(),
+                    ready["reason"].as_str()
+                ),
+                (Some("Ready"), Some("False"), Some("SecretNotFound"))
+            );
+            assert!(ready["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("mail/users"));
+            assert!(
+                patch.get("spec").is_none(),
+                "status patch never touches spec"
+            );
+            // Nothing else: no apply of any child.
+            if let Ok(Some((req, _))) =
+                tokio::time::timeout(Duration::from_millis(200), handle.next_request()).await
+            {
+                panic!("unexpected request: {} {}", req.method(), req.uri());
+            }
+        })
+        .await;
+        assert_eq!(
+            res.expect("reconciled"),
+            Action::requeue(Duration::from_secs(300))
+        );
+    }
+
+    #[tokio::test]
+    async fn invalid_spec_changes_nothing_but_status() {
+        let (ctx, mut handle) = mock();
+        let mut r = relay("r1");
+        r.spec.networks = vec!["10.0.0.0/33".into()];
+        run_with(r, ctx, async move {
+            expect(
+                &mut handle,
+                "GET",
+                "/apis/apps/v1/namespaces/mail/statefulsets/r1",
+                not_found(),
+            )
+            .await;
+            let ev = expect(
+                &mut handle,
+                "POST",
+                "/apis/events.k8s.io/v1/namespaces/mail/events",
+                json(StatusCode::CREATED, serde_json::json!({})),
+            )
+            .await;
+            assert_eq!(ev["reason"], "InvalidSpec");
+            let patch = expect(
+                &mut handle,
+                "PATCH",
+                "/apis/smtprelay.dev/v1alpha1/namespaces/mail/smtprelays/r1/status",
+                json(
+                    StatusCode::OK,
+                    serde_json::to_value(relay("r1")).expect("json"),
+                ),
+            )
+            .await;
+            assert_eq!(patch["status"]["conditions"][1]["reason"], "InvalidSpec");
+        })
+        .await
+        .expect("reconciled");
+    }
+
+    /// The live objects as the API would return them after a previous apply.
+    fn live<K: Owned>(obj: &K) -> serde_json::Value {
+        let mut obj = obj.clone();
+        let hash = object_hash(&obj.hash_view());
+        obj.annotations_mut()
+            .insert(APPLIED_HASH_ANNOTATION.into(), hash);
+        serde_json::to_value(obj).expect("json")
+    }
+
+    #[tokio::test]
+    async fn identical_reapply_writes_nothing() {
+        let (ctx, mut handle) = mock();
+        let mut r = relay("r1");
+        let desired = builders::build(&r, &resolve::Resolved::default(), &BuildOptions::default())
+            .expect("builds");
+        // The live StatefulSet: what was applied, plus what the API server and the StatefulSet
+        // controller add.
+        let mut sts: StatefulSet =
+            serde_json::from_value(live(&desired.stateful_set)).expect("sts");
+        sts.metadata.generation = Some(1);
+        sts.metadata.resource_version = Some("42".into());
+        sts.status = Some(StatefulSetStatus {
+            observed_generation: Some(1),
+            replicas: 1,
+            ready_replicas: Some(1),
+            updated_replicas: Some(1),
+            current_revision: Some("a".into()),
+            update_revision: Some("a".into()),
+            ..StatefulSetStatus::default()
+        });
+        let outcome = Outcome::Applied {
+            config_hash: desired.config_hash.clone(),
+        };
+        let rollout = Rollout::from_stateful_set(Some(&sts), 1);
+        r.status = Some(status::compute(
+            &r,
+            &outcome,
+            rollout,
+            Time(jiff::Timestamp::UNIX_EPOCH),
+        ));
+
+        let res = run_with(r, ctx, async move {
+            let sts_path = "/apis/apps/v1/namespaces/mail/statefulsets/r1";
+            let live_sts = serde_json::to_value(&sts).expect("json");
+            expect(
+                &mut handle,
+                "GET",
+                sts_path,
+                json(StatusCode::OK, live_sts.clone()),
+            )
+            .await;
+            expect(
+                &mut handle,
+                "GET",
+                "/api/v1/namespaces/mail/configmaps/r1-config",
+                json(StatusCode::OK, live(&desired.config_map)),
+            )
+            .await;
+            expect(
+                &mut handle,
+                "GET",
+                "/api/v1/namespaces/mail/services/r1-headless",
+                json(StatusCode::OK, live(&desired.headless_service)),
+            )
+            .await;
+            expect(
+                &mut handle,
+                "GET",
+                "/api/v1/namespaces/mail/services/r1",
+                json(StatusCode::OK, live(&desired.service)),
+            )
+            .await;
+            expect(&mut handle, "GET", sts_path, json(StatusCode::OK, live_sts)).await;
+            expect(
+                &mut handle,
+                "GET",
+                "/apis/policy/v1/namespaces/mail/poddisruptionbudgets/r1",
+                not_found(),
+            )
+            .await;
+            for s in ["r1-relayhost", "r1-sasl-users", "r1-tls"] {
+                expect(
+                    &mut handle,
+                    "GET",
+                    &format!("/api/v1/namespaces/mail/secrets/{s}"),
+                    not_found(),
+                )
+                .await;
+            }
+            // No apply, no event, no status patch.
+            if let Ok(Some((req, _))) =
+                tokio::time::timeout(Duration::from_millis(200), handle.next_request()).await
+            {
+                panic!("unexpected write: {} {}", req.method(), req.uri());
+            }
+        })
+        .await;
+        assert_eq!(
+            res.expect("reconciled"),
+            Action::requeue(Duration::from_secs(300))
+        );
+    }
+
+    #[tokio::test]
+    async fn changed_config_is_server_side_applied_with_one_manager() {
+        let (ctx, mut handle) = mock();
+        let r = relay("r1");
+        let desired = builders::build(&r, &resolve::Resolved::default(), &BuildOptions::default())
+            .expect("builds");
+        run_with(r, ctx, async move {
+            expect(
+                &mut handle,
+                "GET",
+                "/apis/apps/v1/namespaces/mail/statefulsets/r1",
+                not_found(),
+            )
+            .await;
+            let (req, send) = handle.next_request().await.expect("request");
+            assert_eq!(
+                req.uri().path(),
+                "/api/v1/namespaces/mail/configmaps/r1-config"
+            );
+            send.send_response(not_found());
+            let (req, send) = handle.next_request().await.expect("request");
+            assert_eq!(req.method(), "PATCH");
+            let q = req.uri().query().unwrap_or_default().to_string();
+            assert!(
+                q.contains("fieldManager=smtp-relay-operator") && q.contains("force=true"),
+                "{q}"
+            );
+            assert_eq!(
+                req.headers()["content-type"],
+                "application/apply-patch+yaml"
+            );
+            send.send_response(json(StatusCode::OK, live(&desired.config_map)));
+            // The rest of the sequence is covered above; stop answering here.
+        })
+        .await
+        .expect_err("the unanswered request fails the reconcile");
+    }
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        assert_eq!(backoff(1), Duration::from_secs(5));
+        assert_eq!(backoff(2), Duration::from_secs(10));
+        assert_eq!(backoff(4), Duration::from_secs(40));
+        assert_eq!(backoff(100), Duration::from_secs(300));
+        assert_eq!(backoff(0), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn storage_changes_are_refused_but_equal_quantities_pass() {
+        let r = relay("r1");
+        let opts = BuildOptions::default();
+        let base = builders::build(&r, &resolve::Resolved::default(), &opts)
+            .expect("builds")
+            .stateful_set;
+        let mut same = r.clone();
+        same.spec.storage.size = "1024Mi".into();
+        let same = builders::build(&same, &resolve::Resolved::default(), &opts)
+            .expect("builds")
+            .stateful_set;
+        assert_eq!(storage_change(&same, &base), None);
+        let mut bigger = r.clone();
+        bigger.spec.storage.size = "2Gi".into();
+        let bigger = builders::build(&bigger, &resolve::Resolved::default(), &opts)
+            .expect("builds")
+            .stateful_set;
+        let msg = storage_change(&bigger, &base).expect("refused");
+        assert!(msg.contains("spec.storage") && msg.contains("1Gi"));
+        let mut class = r.clone();
+        class.spec.storage.storage_class_name = Some("fast".into());
+        let class = builders::build(&class, &resolve::Resolved::default(), &opts)
+            .expect("builds")
+            .stateful_set;
+        assert!(storage_change(&class, &base).is_some());
+    }
+
+    #[test]
+    fn events_only_on_transitions() {
+        let mut r = relay("r1");
+        let bad = Outcome::Unresolved {
+            reason: "SecretNotFound",
+            message: "m".into(),
+        };
+        let s1 = status::compute(
+            &r,
+            &bad,
+            Rollout::default(),
+            Time(jiff::Timestamp::UNIX_EPOCH),
+        );
+        let evs = events_for(&r, &bad, &s1);
+        assert_eq!(evs.len(), 1);
+        assert_eq!(evs[0].type_, EventType::Warning);
+        r.status = Some(s1.clone());
+        assert!(
+            events_for(&r, &bad, &s1).is_empty(),
+            "same failure again: no new event"
+        );
+
+        let ok = Outcome::Applied {
+            config_hash: "h".into(),
+        };
+        let done = Rollout {
+            exists: true,
+            replicas: 1,
+            ready_replicas: 1,
+            up_to_date: true,
+        };
+        let s2 = status::compute(&r, &ok, done, Time(jiff::Timestamp::UNIX_EPOCH));
+        let reasons: Vec<_> = events_for(&r, &ok, &s2)
+            .into_iter()
+            .map(|e| e.reason)
+            .collect();
+        assert_eq!(reasons, ["ConfigApplied", "Ready"]);
+        r.status = Some(s2.clone());
+        assert!(events_for(&r, &ok, &s2).is_empty());
+    }
+}

@@ -210,3 +210,53 @@ impl LeaderElector {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: i64) -> jiff::Timestamp {
+        jiff::Timestamp::from_second(secs).expect("time")
+    }
+
+    fn lease(holder: Option<&str>, renewed: i64, duration: i32) -> LeaseSpec {
+        LeaseSpec {
+            holder_identity: holder.map(String::from),
+            renew_time: Some(MicroTime(at(renewed))),
+            lease_duration_seconds: Some(duration),
+            ..LeaseSpec::default()
+        }
+    }
+
+    const D: Duration = Duration::from_secs(15);
+
+    #[test]
+    fn decisions() {
+        assert_eq!(decide(None, "me", at(100), D), Decision::Acquire);
+        assert_eq!(
+            decide(Some(&lease(Some("me"), 0, 15)), "me", at(100), D),
+            Decision::Renew
+        );
+        assert_eq!(
+            decide(Some(&lease(Some("other"), 90, 15)), "me", at(100), D),
+            Decision::Standby
+        );
+        assert_eq!(
+            decide(Some(&lease(Some("other"), 80, 15)), "me", at(100), D),
+            Decision::Acquire
+        );
+        assert_eq!(
+            decide(Some(&lease(None, 99, 15)), "me", at(100), D),
+            Decision::Acquire
+        );
+        assert_eq!(
+            decide(Some(&lease(Some(""), 99, 15)), "me", at(100), D),
+            Decision::Acquire
+        );
+        let no_time = LeaseSpec {
+            holder_identity: Some("other".into()),
+            ..LeaseSpec::default()
+        };
+        assert_eq!(decide(Some(&no_time), "me", at(100), D), Decision::Acquire);
+    }
+}

@@ -79,3 +79,119 @@ where
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::builders::fixtures::relay;
+    use crate::crd::{CredentialsSecretRef, KeyRef, RelayhostTlsSpec, SecretRef};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+    use kube::Resource;
+
+    fn meta(ns: &str, name: &str) -> ObjectMeta {
+        ObjectMeta {
+            namespace: Some(ns.into()),
+            name: Some(name.into()),
+            ..ObjectMeta::default()
+        }
+    }
+
+    fn relays() -> Vec<SmtpRelay> {
+        let mut a = relay("a");
+        a.spec.relayhost.credentials_secret_ref = Some(CredentialsSecretRef {
+            name: "login".into(),
+            username_key: "username".into(),
+            password_key: "password".into(),
+        });
+        a.spec.sasl_users_secret_ref = Some(SecretRef {
+            name: "users".into(),
+        });
+        let mut b = relay("b");
+        b.spec.sasl_users_secret_ref = Some(SecretRef {
+            name: "users".into(),
+        });
+        b.spec.tls_secret_ref = Some(SecretRef {
+            name: "cert".into(),
+        });
+        b.spec.relayhost.tls = Some(RelayhostTlsSpec {
+            level: Default::default(),
+            ca_secret_key_ref: None,
+            ca_config_map_key_ref: Some(KeyRef {
+                name: "ca".into(),
+                key: "ca.crt".into(),
+            }),
+        });
+        let mut other_ns = relay("c");
+        other_ns.metadata.namespace = Some("elsewhere".into());
+        other_ns.spec.sasl_users_secret_ref = Some(SecretRef {
+            name: "users".into(),
+        });
+        vec![a, b, other_ns]
+    }
+
+    fn names(v: Vec<ObjectRef<SmtpRelay>>) -> Vec<String> {
+        v.into_iter().map(|r| r.name).collect()
+    }
+
+    #[test]
+    fn secret_maps_to_referencing_relays_in_its_namespace() {
+        let rs = relays();
+        assert_eq!(
+            names(relays_for(&meta("mail", "users"), &rs, referenced_secrets)),
+            ["a", "b"]
+        );
+        assert_eq!(
+            names(relays_for(&meta("mail", "login"), &rs, referenced_secrets)),
+            ["a"]
+        );
+        assert_eq!(
+            names(relays_for(&meta("mail", "cert"), &rs, referenced_secrets)),
+            ["b"]
+        );
+        assert!(relays_for(&meta("mail", "unrelated"), &rs, referenced_secrets).is_empty());
+        assert_eq!(
+            names(relays_for(
+                &meta("elsewhere", "users"),
+                &rs,
+                referenced_secrets
+            )),
+            ["c"]
+        );
+    }
+
+    #[test]
+    fn config_map_maps_to_ca_references() {
+        let rs = relays();
+        assert_eq!(
+            names(relays_for(&meta("mail", "ca"), &rs, referenced_config_maps)),
+            ["b"]
+        );
+        assert!(relays_for(&meta("mail", "users"), &rs, referenced_config_maps).is_empty());
+    }
+
+    #[test]
+    fn owned_objects_map_to_their_controller() {
+        let rs = relays();
+        let mut m = meta("mail", "a-sasl-users");
+        m.owner_references = Some(vec![rs[0].controller_owner_ref(&()).expect("owner")]);
+        assert_eq!(names(relays_for(&m, &rs, referenced_secrets)), ["a"]);
+        // A non-controller reference or a foreign kind is ignored.
+        m.owner_references = Some(vec![OwnerReference {
+            api_version: "apps/v1".into(),
+            kind: "StatefulSet".into(),
+            name: "a".into(),
+            uid: "u".into(),
+            controller: Some(true),
+            ..OwnerReference::default()
+        }]);
+        assert!(relays_for(&m, &rs, referenced_secrets).is_empty());
+    }
+
+    #[test]
+    fn owned_and_referenced_is_listed_once() {
+        let rs = relays();
+        let mut m = meta("mail", "users");
+        m.owner_references = Some(vec![rs[0].controller_owner_ref(&()).expect("owner")]);
+        assert_eq!(names(relays_for(&m, &rs, referenced_secrets)), ["a", "b"]);
+    }
+}

@@ -407,3 +407,203 @@ fn check_pem_key(loc: &Loc<'_>, key: &str, v: Vec<u8>) -> Result<Vec<u8>, Resolv
         )),
     }
 }
+
+#[cfg(test)]
+pub(crate) mod fake {
+    use super::*;
+    use k8s_openapi::ByteString;
+    use std::collections::HashMap;
+
+    /// Referenced objects held in memory.
+    #[derive(Default)]
+    pub struct FakeRefs {
+        pub secrets: HashMap<String, BTreeMap<String, Vec<u8>>>,
+        pub config_maps: HashMap<String, BTreeMap<String, String>>,
+    }
+
+    impl FakeRefs {
+        pub fn secret(mut self, name: &str, data: &[(&str, &str)]) -> Self {
+            self.secrets.insert(
+                name.into(),
+                data.iter()
+                    .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+                    .collect(),
+            );
+            self
+        }
+    }
+
+    impl RefSource for FakeRefs {
+        async fn secret(&self, _ns: &str, name: &str) -> Result<Option<Secret>, kube::Error> {
+            Ok(self.secrets.get(name).map(|d| Secret {
+                data: Some(
+                    d.iter()
+                        .map(|(k, v)| (k.clone(), ByteString(v.clone())))
+                        .collect(),
+                ),
+                ..Secret::default()
+            }))
+        }
+        async fn config_map(
+            &self,
+            _ns: &str,
+            name: &str,
+        ) -> Result<Option<ConfigMap>, kube::Error> {
+            Ok(self.config_maps.get(name).map(|d| ConfigMap {
+                data: Some(d.clone()),
+                ..ConfigMap::default()
+            }))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fake::FakeRefs;
+    use super::*;
+    use crate::builders::fixtures::relay;
+    use crate::crd::{CredentialsSecretRef, KeyRef, RelayhostTlsSpec, SecretRef};
+
+    const CERT: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+    const KEY: &str = "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n";
+
+    fn full_relay() -> SmtpRelay {
+        let mut r = relay("r1");
+        r.spec.relayhost.credentials_secret_ref = Some(CredentialsSecretRef {
+            name: "login".into(),
+            username_key: "user".into(),
+            password_key: "pass".into(),
+        });
+        r.spec.relayhost.tls = Some(RelayhostTlsSpec {
+            level: Default::default(),
+            ca_secret_key_ref: None,
+            ca_config_map_key_ref: Some(KeyRef {
+                name: "ca".into(),
+                key: "ca.crt".into(),
+            }),
+        });
+        r.spec.sasl_users_secret_ref = Some(SecretRef {
+            name: "users".into(),
+        });
+        r.spec.tls_secret_ref = Some(SecretRef {
+            name: "cert".into(),
+        });
+        r
+    }
+
+    fn refs() -> FakeRefs {
+        let mut f = FakeRefs::default()
+            .secret(
+                "login",
+                &[("user", "relay-login\n"), ("pass", "p@ss word}\n")],
+            )
+            .secret("users", &[("app1", "pw1"), ("app.two", "pw2")])
+            .secret("cert", &[("tls.crt", CERT), ("tls.key", KEY)]);
+        f.config_maps.insert(
+            "ca".into(),
+            BTreeMap::from([("ca.crt".to_string(), CERT.to_string())]),
+        );
+        f
+    }
+
+    fn block<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(f)
+    }
+
+    #[test]
+    fn resolves_everything_and_trims_line_ends() {
+        let res = block(resolve(&full_relay(), &refs())).expect("resolves");
+        let login = res.relayhost_login.as_ref().expect("login");
+        assert_eq!(login.username, "relay-login");
+        assert_eq!(login.password, b"p@ss word}");
+        assert_eq!(res.relayhost_ca.as_deref(), Some(CERT.as_bytes()));
+        assert_eq!(res.sasl_users.as_ref().map(|u| u.len()), Some(2));
+        assert!(res.inbound_tls.is_some());
+        let dbg = format!("{res:?}");
+        assert!(
+            !dbg.contains("p@ss") && !dbg.contains("pw1"),
+            "Debug leaks secrets: {dbg}"
+        );
+    }
+
+    #[test]
+    fn nothing_referenced_nothing_read() {
+        let res = block(resolve(&relay("r1"), &FakeRefs::default())).expect("resolves");
+        assert_eq!(res, Resolved::default());
+    }
+
+    fn resolve_err(f: FakeRefs) -> ResolveError {
+        block(resolve(&full_relay(), &f)).expect_err("should fail")
+    }
+
+    #[test]
+    fn missing_objects_and_keys_name_what_to_fix() {
+        let mut f = refs();
+        f.secrets.remove("users");
+        let e = resolve_err(f);
+        assert_eq!(e.reason(), "SecretNotFound");
+        assert!(e.to_string().contains("mail/users") && e.to_string().contains("SASL users"));
+
+        let mut f = refs();
+        f.secrets.get_mut("login").map(|d| d.remove("pass"));
+        let e = resolve_err(f);
+        assert_eq!(e.reason(), "SecretKeyMissing");
+        assert!(e.to_string().contains("\"pass\""));
+
+        let mut f = refs();
+        f.config_maps.clear();
+        assert_eq!(resolve_err(f).reason(), "ConfigMapNotFound");
+        assert!(e.is_user_error());
+    }
+
+    #[test]
+    fn malformed_values_are_rejected_without_echoing_them() {
+        let f = refs().secret("users", &[("app1", "line1\nline2")]);
+        let e = resolve_err(f);
+        assert_eq!(e.reason(), "InvalidSecretValue");
+        assert!(!e.to_string().contains("line1"));
+
+        let f = refs().secret("users", &[(".hidden", "pw")]);
+        assert!(resolve_err(f).to_string().contains("SASL user name"));
+
+        let f = refs().secret("cert", &[("tls.crt", "garbage"), ("tls.key", KEY)]);
+        assert!(resolve_err(f).to_string().contains("PEM certificate"));
+
+        let f = refs().secret("cert", &[("tls.crt", CERT), ("tls.key", "secret-garbage")]);
+        let e = resolve_err(f);
+        assert!(
+            e.to_string().contains("PEM private key") && !e.to_string().contains("secret-garbage")
+        );
+
+        let mut f = refs();
+        f.config_maps.insert(
+            "ca".into(),
+            BTreeMap::from([("ca.crt".to_string(), "nope".to_string())]),
+        );
+        assert!(resolve_err(f).to_string().contains("ConfigMap mail/ca"));
+
+        let f = refs().secret("login", &[("user", "two words"), ("pass", "x")]);
+        assert!(resolve_err(f).to_string().contains("whitespace"));
+
+        let f = refs().secret("login", &[("user", "u"), ("pass", "\n")]);
+        assert!(resolve_err(f).to_string().contains("empty"));
+    }
+
+    #[test]
+    fn sasl_user_names() {
+        assert!(
+            is_valid_sasl_user("app1") && is_valid_sasl_user("a.b-c_d") && is_valid_sasl_user("9")
+        );
+        assert!(
+            !is_valid_sasl_user("") && !is_valid_sasl_user(".a") && !is_valid_sasl_user("..data")
+        );
+        assert!(
+            !is_valid_sasl_user("-a")
+                && !is_valid_sasl_user("a b")
+                && !is_valid_sasl_user(&"a".repeat(65))
+        );
+    }
+}

@@ -265,3 +265,161 @@ pub fn compute(
 pub fn ready_condition(status: Option<&SmtpRelayStatus>) -> Option<&Condition> {
     status?.conditions.iter().find(|c| c.type_ == READY)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::builders::fixtures::relay;
+    use k8s_openapi::api::apps::v1::StatefulSetStatus;
+
+    fn t(secs: i64) -> Time {
+        Time(jiff::Timestamp::from_second(secs).expect("time"))
+    }
+
+    fn applied() -> Outcome {
+        Outcome::Applied {
+            config_hash: "h1".into(),
+        }
+    }
+
+    fn cond<'a>(s: &'a SmtpRelayStatus, type_: &str) -> &'a Condition {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == type_)
+            .expect("condition")
+    }
+
+    const DONE: Rollout = Rollout {
+        exists: true,
+        replicas: 1,
+        ready_replicas: 1,
+        up_to_date: true,
+    };
+
+    #[test]
+    fn ready_when_rolled_out_and_ready() {
+        let r = relay("r1");
+        let s = compute(&r, &applied(), DONE, t(100));
+        let ready = cond(&s, READY);
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("True", "RelayReady")
+        );
+        assert_eq!(cond(&s, CONFIG_VALID).status, "True");
+        assert_eq!(cond(&s, SECRETS_RESOLVED).status, "True");
+        assert_eq!(cond(&s, PROGRESSING).status, "False");
+        assert_eq!(s.endpoint.as_deref(), Some("r1.mail.svc:25"));
+        assert_eq!(s.config_hash.as_deref(), Some("h1"));
+        assert_eq!(s.observed_generation, Some(1));
+        assert_eq!((s.replicas, s.ready_replicas), (1, 1));
+        assert!(s
+            .conditions
+            .iter()
+            .all(|c| c.observed_generation == Some(1)));
+    }
+
+    #[test]
+    fn not_ready_while_rolling_or_pods_unready() {
+        let r = relay("r1");
+        let rolling = Rollout {
+            up_to_date: false,
+            ..DONE
+        };
+        let s = compute(&r, &applied(), rolling, t(1));
+        assert_eq!(cond(&s, READY).reason, "RolloutInProgress");
+        assert_eq!(cond(&s, PROGRESSING).status, "True");
+        let unready = Rollout {
+            ready_replicas: 0,
+            ..DONE
+        };
+        assert_eq!(
+            cond(&compute(&r, &applied(), unready, t(1)), READY).reason,
+            "PodsNotReady"
+        );
+        let none = compute(&r, &applied(), Rollout::default(), t(1));
+        assert_eq!(cond(&none, PROGRESSING).reason, "NotCreated");
+    }
+
+    #[test]
+    fn rejection_keeps_last_hash_and_explains() {
+        let mut r = relay("r1");
+        r.status = Some(compute(&r, &applied(), DONE, t(1)));
+        let out = Outcome::Unresolved {
+            reason: "SecretNotFound",
+            message: "Secret mail/x (SASL users) does not exist".into(),
+        };
+        let s = compute(&r, &out, DONE, t(2));
+        let ready = cond(&s, READY);
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "SecretNotFound")
+        );
+        assert!(ready.message.contains("mail/x") && ready.message.contains("keeps running"));
+        assert_eq!(cond(&s, SECRETS_RESOLVED).status, "False");
+        assert_eq!(s.config_hash.as_deref(), Some("h1"));
+
+        let invalid = compute(
+            &r,
+            &Outcome::InvalidSpec {
+                message: "spec.domain bad".into(),
+            },
+            DONE,
+            t(2),
+        );
+        assert_eq!(cond(&invalid, CONFIG_VALID).reason, "InvalidSpec");
+        assert_eq!(cond(&invalid, SECRETS_RESOLVED).status, "Unknown");
+        assert_eq!(cond(&invalid, READY).reason, "InvalidSpec");
+    }
+
+    #[test]
+    fn transition_time_moves_only_on_status_change() {
+        let mut r = relay("r1");
+        r.status = Some(compute(&r, &applied(), DONE, t(1)));
+        let same = compute(&r, &applied(), DONE, t(50));
+        assert_eq!(
+            same,
+            r.status.clone().expect("status"),
+            "identical input, identical status: no write"
+        );
+        let out = Outcome::InvalidSpec {
+            message: "x".into(),
+        };
+        let changed = compute(&r, &out, DONE, t(60));
+        assert_eq!(cond(&changed, READY).last_transition_time, t(60));
+        assert_eq!(cond(&changed, SECRETS_RESOLVED).last_transition_time, t(60));
+        assert_eq!(cond(&changed, PROGRESSING).last_transition_time, t(1));
+    }
+
+    #[test]
+    fn rollout_from_stateful_set() {
+        let mut sts = StatefulSet::default();
+        sts.metadata.generation = Some(2);
+        sts.status = Some(StatefulSetStatus {
+            observed_generation: Some(2),
+            replicas: 2,
+            ready_replicas: Some(2),
+            updated_replicas: Some(2),
+            current_revision: Some("a".into()),
+            update_revision: Some("a".into()),
+            ..StatefulSetStatus::default()
+        });
+        let r = Rollout::from_stateful_set(Some(&sts), 2);
+        assert_eq!(
+            r,
+            Rollout {
+                exists: true,
+                replicas: 2,
+                ready_replicas: 2,
+                up_to_date: true
+            }
+        );
+        assert!(!Rollout::from_stateful_set(Some(&sts), 3).up_to_date);
+        if let Some(st) = sts.status.as_mut() {
+            st.update_revision = Some("b".into());
+        }
+        assert!(!Rollout::from_stateful_set(Some(&sts), 2).up_to_date);
+        sts.metadata.generation = Some(3);
+        assert!(!Rollout::from_stateful_set(Some(&sts), 2).up_to_date);
+        assert_eq!(Rollout::from_stateful_set(None, 1), Rollout::default());
+    }
+}

@@ -174,3 +174,107 @@ pub fn quantity_bytes(q: &str) -> Option<u128> {
     int.checked_mul(mult)?
         .checked_add(frac_val.checked_mul(mult)? / scale)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::builders::fixtures::relay;
+
+    fn spec() -> SmtpRelaySpec {
+        relay("r").spec
+    }
+
+    fn err(f: impl FnOnce(&mut SmtpRelaySpec)) -> String {
+        let mut s = spec();
+        f(&mut s);
+        validate_spec(&s).expect_err("should be rejected")
+    }
+
+    #[test]
+    fn fixture_is_valid() {
+        assert_eq!(validate_spec(&spec()), Ok(()));
+    }
+
+    #[test]
+    fn rejects_bad_fields_naming_them() {
+        assert!(err(|s| s.domain = "not a domain".into()).contains("spec.domain"));
+        assert!(err(|s| s.domain = "-bad.example".into()).contains("spec.domain"));
+        assert!(err(|s| s.networks = vec!["10.0.0.0/33".into()]).contains("spec.networks"));
+        assert!(err(|s| s.networks = vec!["10.0.0.1".into()]).contains("spec.networks"));
+        assert!(err(|s| s.relay_domains = vec!["a b".into()]).contains("spec.relayDomains"));
+        assert!(err(|s| s.relayhost.host = "[10.1.0.1]:25".into()).contains("spec.relayhost.host"));
+        assert!(err(|s| {
+            s.relayhost.host = "10.1.0.1".into();
+            s.relayhost.mx_lookup = true
+        })
+        .contains("mxLookup"));
+        assert!(err(|s| s.relayhost.port = 70000).contains("spec.relayhost.port"));
+        assert!(err(|s| s.service.port = 0).contains("spec.service.port"));
+        assert!(err(|s| s.replicas = 0).contains("spec.replicas"));
+        assert!(err(|s| {
+            s.mode = Some(crate::crd::RelayMode::Strict);
+            s.custom_restrictions = Some(vec!["reject".into()])
+        })
+        .contains("mutually exclusive"));
+        assert!(
+            err(|s| s.custom_restrictions = Some(vec!["permit_mynetworks, reject".into()]))
+                .contains("customRestrictions")
+        );
+        assert!(err(|s| s
+            .postconf
+            .insert("Bad-Key".into(), "x".into())
+            .map_or((), |_| ()))
+        .contains("Bad-Key"));
+        assert!(err(|s| s
+            .postconf
+            .insert("myhostname".into(), "a\nb".into())
+            .map_or((), |_| ()))
+        .contains("line break"));
+        assert!(err(|s| s.postmaster = Some("nobody".into())).contains("postmaster"));
+        assert!(err(|s| s.storage.size = "lots".into()).contains("storage.size"));
+    }
+
+    #[test]
+    fn accepts_ipv6_and_ip_relayhost() {
+        let mut s = spec();
+        s.networks = vec!["fd00::/64".into(), "127.0.0.0/8".into()];
+        s.relayhost.host = "2001:db8::1".into();
+        assert_eq!(validate_spec(&s), Ok(()));
+    }
+
+    #[test]
+    fn domains_and_keys() {
+        assert!(is_domain("example.net") && is_domain("a-b.c1.example") && is_domain("localhost"));
+        assert!(
+            !is_domain("")
+                && !is_domain("a..b")
+                && !is_domain("a_b.net")
+                && !is_domain(&"a".repeat(64))
+        );
+        assert!(
+            is_postconf_key("message_size_limit") && is_postconf_key("smtpd_tls_security_level")
+        );
+        assert!(
+            !is_postconf_key("1abc")
+                && !is_postconf_key("Abc")
+                && !is_postconf_key("")
+                && !is_postconf_key("a-b")
+        );
+    }
+
+    #[test]
+    fn quantities() {
+        assert_eq!(quantity_bytes("1Gi"), Some(1 << 30));
+        assert_eq!(quantity_bytes("1024Mi"), quantity_bytes("1Gi"));
+        assert_eq!(quantity_bytes("1.5Gi"), Some(3 << 29));
+        assert_eq!(quantity_bytes("500M"), Some(500_000_000));
+        assert_eq!(quantity_bytes("12345"), Some(12345));
+        assert_eq!(quantity_bytes("1Xi"), None);
+        assert_eq!(quantity_bytes("Gi"), None);
+        assert_eq!(quantity_bytes("1.2.3Gi"), None);
+        assert_eq!(
+            quantity_bytes("99999999999999999999999999999999999999999Ei"),
+            None
+        );
+    }
+}
