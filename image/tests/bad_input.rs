@@ -1,0 +1,161 @@
+//! Every bad input stops `smtp-relay run` with exit code 2 and one line naming the variable,
+//! field or file, before any Postfix process starts.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use smtp_relay::settings::Mode;
+
+/// Runs the relay, expects exit code 2 with one line on stderr containing `named`, and checks
+/// that nothing of Postfix was started.
+fn refused(spec: RelaySpec, named: &str) {
+    let out = spec.run_to_exit();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "exit code for {named}: {stderr}"
+    );
+    assert_eq!(lines.len(), 1, "one line for {named}: {stderr}");
+    assert!(lines[0].contains(named), "the line names {named}: {stderr}");
+    assert!(
+        out.stdout.is_empty(),
+        "no mail log: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        master_pid(&spec.spool_dir()).is_none(),
+        "no master.pid for {named}"
+    );
+    assert!(
+        !smtp_ready(spec.addr()),
+        "nothing listens on {} for {named}",
+        spec.addr()
+    );
+    assert!(
+        processes_mentioning(&spec.postfix_dir()).is_empty(),
+        "no Postfix process for {named}: {:?}",
+        processes_mentioning(&spec.postfix_dir())
+    );
+}
+
+/// PIDs whose command line mentions `path` (a Postfix master or daemon of this instance).
+fn processes_mentioning(path: &Path) -> Vec<String> {
+    let needle = path.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter_map(|e| {
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            cmdline.contains(&needle).then_some(cmdline)
+        })
+        .collect()
+}
+
+fn env_without(name: &str) -> RelaySpec {
+    let mut vars = env(25, "STRICT");
+    vars.remove(name);
+    RelaySpec::new(Input::Env(vars))
+}
+
+fn env_with(name: &str, value: &str) -> RelaySpec {
+    let mut vars = env(25, "STRICT");
+    vars.insert(name.into(), value.into());
+    RelaySpec::new(Input::Env(vars))
+}
+
+#[test]
+fn missing_mydomain() {
+    refused(env_without("RELAY_MYDOMAIN"), "RELAY_MYDOMAIN");
+}
+
+#[test]
+fn missing_relay_host() {
+    refused(env_without("RELAY_HOST"), "RELAY_HOST");
+}
+
+#[test]
+fn unknown_mode() {
+    refused(env_with("RELAY_MODE", "OPEN_RELAY"), "RELAY_MODE");
+}
+
+#[test]
+fn invalid_network() {
+    refused(
+        env_with("RELAY_MYNETWORKS", "127.0.0.2/32 10.0.0.0/33"),
+        "RELAY_MYNETWORKS",
+    );
+    let mut cfg = config(25, Mode::Strict);
+    cfg.networks = vec!["10.0.0.1/24".into()];
+    refused(RelaySpec::new(Input::File(cfg)), "networks");
+}
+
+#[test]
+fn unknown_postconf_parameter() {
+    refused(
+        env_with("POSTCONF_not_a_param", "1"),
+        "POSTCONF_not_a_param",
+    );
+    let mut cfg = config(25, Mode::Strict);
+    cfg.postconf.insert("not_a_param".into(), "1".into());
+    refused(RelaySpec::new(Input::File(cfg)), "postconf.not_a_param");
+}
+
+#[test]
+fn unreadable_secret_files() {
+    // Root reads any file, so "unreadable" is a directory where a file should be, or nothing.
+    let mut spec = RelaySpec::new(Input::File(config(25, Mode::Strict)));
+    let username = spec.write("relayhost/username", "user");
+    std::fs::create_dir_all(spec.path("relayhost/password")).unwrap();
+    let password = spec.path("relayhost/password");
+    if let Input::File(cfg) = &mut spec.input {
+        cfg.relayhost.username_file = Some(username);
+        cfg.relayhost.password_file = Some(password);
+    }
+    refused(spec, "relayhost.passwordFile");
+
+    let mut spec = RelaySpec::new(Input::File(config(25, Mode::Strict)));
+    if let Input::File(cfg) = &mut spec.input {
+        cfg.sasl_users_dir = Some("/nonexistent/smtp-relay-users".into());
+    }
+    refused(spec, "saslUsersDir");
+
+    let mut vars = env(25, "STRICT");
+    vars.insert("RELAY_TLS_CERT".into(), "/nonexistent/tls.crt".into());
+    vars.insert("RELAY_TLS_KEY".into(), "/nonexistent/tls.key".into());
+    refused(RelaySpec::new(Input::Env(vars)), "RELAY_TLS_CERT");
+
+    let spec = RelaySpec::new(Input::Env(env(25, "STRICT")));
+    spec.write(
+        "postfix/client_sasl_passwd",
+        "app1 fine\nno-password-here\n",
+    );
+    refused(spec, "client_sasl_passwd:2");
+}
+
+#[test]
+fn bad_config_file() {
+    let spec = RelaySpec::new(Input::File(config(25, Mode::Strict)));
+    let path = spec.config_path();
+    let mut cmd = spec.command();
+    // command() wrote the file from the spec; replace it with one holding an unknown field.
+    std::fs::write(
+        &path,
+        "domain: example.net\nrelayhost: {host: 127.0.0.1}\nbogus: 1\n",
+    )
+    .unwrap();
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("relay.yaml") && stderr.contains("bogus"),
+        "{stderr}"
+    );
+    assert!(master_pid(&spec.spool_dir()).is_none());
+}
