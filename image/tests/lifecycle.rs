@@ -1,0 +1,242 @@
+//! Stopping with mail queued, restarting on the same spool, and the image's other commands
+//! (probe, send, users) and its metrics, against a running relay.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use smtp_relay::settings::Mode;
+
+fn smtp_relay() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_smtp-relay"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("NO_COLOR", "1");
+    cmd
+}
+
+#[test]
+fn sigterm_keeps_queued_mail_and_a_restart_delivers_it() {
+    // The relayhost is a closed port: mail is accepted and stays queued.
+    let closed = free_port();
+    let relay = RelaySpec::new(Input::File(config(closed, Mode::Strict))).start();
+    let mark = marker("queued");
+    send(
+        relay.addr(),
+        NET_CLIENT,
+        None,
+        "app@example.net",
+        "queued@example.net",
+        &mark,
+    )
+    .unwrap();
+    poll("the message to be deferred", DEADLINE, || {
+        relay
+            .mail_log()
+            .contains("to=<queued@example.net>")
+            .then_some(())
+    });
+    let master = relay.master_pid().expect("master.pid");
+
+    let (status, mut spec) = relay.stop();
+    assert_eq!(status.code(), Some(0), "SIGTERM is a clean stop");
+    assert!(!process_alive(master), "the Postfix master stopped too");
+    assert_eq!(
+        queued(&spec.spool_dir()),
+        1,
+        "the message is still in the spool"
+    );
+
+    // Same spool, a working relayhost: the message is delivered.
+    let sink = Sink::start();
+    if let Input::File(cfg) = &mut spec.input {
+        cfg.relayhost.port = sink.port();
+    }
+    let relay = spec.start();
+    let m = sink.wait_for("queued@example.net", &mark);
+    assert_eq!(m.from, "app@example.net");
+    relay.wait_queue_empty();
+    let (status, _) = relay.stop();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn probe_fails_fast_on_a_closed_port() {
+    let start = Instant::now();
+    let out = smtp_relay()
+        .args(["probe", "--timeout", "5", "--address"])
+        .arg(loopback(free_port()).to_string())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "a refused connection fails at once, not at the deadline"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("smtp-relay:"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn probe_send_users_and_metrics_against_a_running_relay() {
+    let sink = Sink::start();
+    let mut cfg = config(sink.port(), Mode::AllowSaslAuthNoDomain);
+    // smtp-relay send speaks from 127.0.0.1, which is outside these networks.
+    cfg.networks = vec!["127.0.0.2/32".into()];
+    let mut spec = RelaySpec::new(Input::File(cfg));
+    let users = spec.path("users");
+    SecretVolume::create(
+        users.clone(),
+        &[("app1", "app1 secret"), ("app2", "app2 secret")],
+    );
+    if let Input::File(cfg) = &mut spec.input {
+        cfg.sasl_users_dir = Some(users);
+    }
+    let relay = spec.start();
+    let addr = relay.addr().to_string();
+
+    // probe
+    let out = smtp_relay()
+        .args(["probe", "--address", &addr])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "probe: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // send, authenticated with the password from SMTP_PASSWORD
+    let out = smtp_relay()
+        .env("SMTP_PASSWORD", "app1 secret")
+        .args(["send", "--server", &addr, "--user", "app1"])
+        .args(["--from", "app@example.net", "--subject", "via send"])
+        .arg("send@elsewhere.org")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "send: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("250"));
+    let m = poll("send's message at the sink", DEADLINE, || {
+        sink.messages()
+            .into_iter()
+            .find(|m| m.rcpts == ["send@elsewhere.org"])
+    });
+    assert!(m.text.contains("Subject: via send"), "{}", m.text);
+    assert!(
+        relay.mail_log().contains("sasl_username=app1@example.net"),
+        "send logged in"
+    );
+
+    // send without login, from outside the networks, to an external domain: refused.
+    let out = smtp_relay()
+        .args(["send", "--server", &addr, "--from", "app@example.net"])
+        .arg("anon@elsewhere.org")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("554"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // --user without a password is a usage error.
+    let out = smtp_relay()
+        .args(["send", "--server", &addr, "--user", "app1"])
+        .args(["--from", "app@example.net", "x@example.net"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("SMTP_PASSWORD"));
+    // A wrong password.
+    let out = smtp_relay()
+        .env("SMTP_PASSWORD", "wrong")
+        .args(["send", "--server", &addr, "--user", "app1"])
+        .args(["--from", "app@example.net", "x@example.net"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+
+    // users: names, never passwords
+    let out = smtp_relay()
+        .arg("users")
+        .arg("--data-dir")
+        .arg(relay.spec().data_dir())
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        listed.lines().collect::<Vec<_>>(),
+        ["app1@example.net", "app2@example.net"]
+    );
+    assert!(!listed.contains("secret"));
+
+    // metrics after that traffic
+    relay.wait_queue_empty();
+    let metrics = poll("metrics to count the traffic", DEADLINE, || {
+        let text = relay.metrics();
+        (metric_value(&text, "smtp_relay_deliveries_total{status=\"sent\"}") >= Some(1.0)
+            && metric_value(&text, "smtp_relay_smtpd_rejects_total{code=\"554\"}") >= Some(1.0)
+            && metric_value(&text, "smtp_relay_sasl_auth_failures_total") >= Some(1.0))
+        .then_some(text)
+    });
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    for (name, expected) in [
+        ("smtp_relay_queue_messages{queue=\"deferred\"}", 0.0),
+        ("smtp_relay_queue_messages{queue=\"active\"}", 0.0),
+        ("smtp_relay_sasl_users", 2.0),
+        ("smtp_relay_postfix_up", 1.0),
+        ("smtp_relay_config_errors_total", 0.0),
+    ] {
+        assert_eq!(
+            metric_value(&metrics, name),
+            Some(expected),
+            "{name}\n{metrics}"
+        );
+    }
+    assert!(metric_value(&metrics, "smtp_relay_smtpd_connections_total") >= Some(4.0));
+}
+
+#[test]
+fn queue_gauge_counts_deferred_mail() {
+    let relay = RelaySpec::new(Input::File(config(free_port(), Mode::Strict))).start();
+    for i in 0..3 {
+        send(
+            relay.addr(),
+            NET_CLIENT,
+            None,
+            "app@example.net",
+            &format!("deferred{i}@example.net"),
+            &marker("deferred"),
+        )
+        .unwrap();
+    }
+    poll("three queued messages in the gauges", DEADLINE, || {
+        let text = relay.metrics();
+        let total: f64 = ["incoming", "active", "deferred"]
+            .iter()
+            .filter_map(|q| {
+                metric_value(
+                    &text,
+                    &format!("smtp_relay_queue_messages{{queue=\"{q}\"}}"),
+                )
+            })
+            .sum();
+        (total == 3.0
+            && metric_value(&text, "smtp_relay_deliveries_total{status=\"deferred\"}") >= Some(3.0))
+        .then_some(())
+    });
+}
