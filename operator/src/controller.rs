@@ -496,7 +496,12 @@ pub async fn run(
         cfg.build.clone(),
         cfg.instance.clone(),
     ));
-    let controller = Controller::new(relays, watcher::Config::default().any_semantic());
+    // A short debounce folds the burst of events one change causes (our own status patch, the
+    // StatefulSet's status, owned objects) into one reconcile.
+    let controller = Controller::new(relays, watcher::Config::default().any_semantic())
+        .with_config(
+            kube::runtime::controller::Config::default().debounce(Duration::from_millis(500)),
+        );
     let store = controller.store();
     let store2 = store.clone();
     let owned = watcher::Config::default().labels(MANAGED_BY_SELECTOR);
