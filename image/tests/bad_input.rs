@@ -92,7 +92,7 @@ fn invalid_network() {
     );
     let mut cfg = config(25, Mode::Strict);
     cfg.networks = vec!["10.0.0.1/24".into()];
-    refused(RelaySpec::new(Input::File(cfg)), "networks");
+    refused(RelaySpec::new(Input::file(cfg)), "networks");
 }
 
 #[test]
@@ -103,13 +103,13 @@ fn unknown_postconf_parameter() {
     );
     let mut cfg = config(25, Mode::Strict);
     cfg.postconf.insert("not_a_param".into(), "1".into());
-    refused(RelaySpec::new(Input::File(cfg)), "postconf.not_a_param");
+    refused(RelaySpec::new(Input::file(cfg)), "postconf.not_a_param");
 }
 
 #[test]
 fn unreadable_secret_files() {
     // Root reads any file, so "unreadable" is a directory where a file should be, or nothing.
-    let mut spec = RelaySpec::new(Input::File(config(25, Mode::Strict)));
+    let mut spec = RelaySpec::new(Input::file(config(25, Mode::Strict)));
     let username = spec.write("relayhost/username", "user");
     std::fs::create_dir_all(spec.path("relayhost/password")).unwrap();
     let password = spec.path("relayhost/password");
@@ -119,7 +119,7 @@ fn unreadable_secret_files() {
     }
     refused(spec, "relayhost.passwordFile");
 
-    let mut spec = RelaySpec::new(Input::File(config(25, Mode::Strict)));
+    let mut spec = RelaySpec::new(Input::file(config(25, Mode::Strict)));
     if let Input::File(cfg) = &mut spec.input {
         cfg.sasl_users_dir = Some("/nonexistent/smtp-relay-users".into());
     }
@@ -140,7 +140,7 @@ fn unreadable_secret_files() {
 
 #[test]
 fn bad_config_file() {
-    let spec = RelaySpec::new(Input::File(config(25, Mode::Strict)));
+    let spec = RelaySpec::new(Input::file(config(25, Mode::Strict)));
     let path = spec.config_path();
     let mut cmd = spec.command();
     // command() wrote the file from the spec; replace it with one holding an unknown field.

@@ -12,7 +12,7 @@ use smtp_relay::settings::Mode;
 fn relay(sink: &Sink, tls: bool) -> (Relay, Option<std::path::PathBuf>) {
     let mut cfg = config(sink.port(), Mode::AllowSaslAuthNoDomain);
     cfg.networks.clear();
-    let mut spec = RelaySpec::new(Input::File(cfg));
+    let mut spec = RelaySpec::new(Input::file(cfg));
     let users = spec.path("users");
     SecretVolume::create(users.clone(), &[(USER, USER_PASSWORD)]);
     let cert = if tls {

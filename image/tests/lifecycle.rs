@@ -21,7 +21,7 @@ fn smtp_relay() -> Command {
 fn sigterm_keeps_queued_mail_and_a_restart_delivers_it() {
     // The relayhost is a closed port: mail is accepted and stays queued.
     let closed = free_port();
-    let relay = RelaySpec::new(Input::File(config(closed, Mode::Strict))).start();
+    let relay = RelaySpec::new(Input::file(config(closed, Mode::Strict))).start();
     let mark = marker("queued");
     send(
         relay.addr(),
@@ -88,7 +88,7 @@ fn probe_send_users_and_metrics_against_a_running_relay() {
     let mut cfg = config(sink.port(), Mode::AllowSaslAuthNoDomain);
     // smtp-relay send speaks from 127.0.0.1, which is outside these networks.
     cfg.networks = vec!["127.0.0.2/32".into()];
-    let mut spec = RelaySpec::new(Input::File(cfg));
+    let mut spec = RelaySpec::new(Input::file(cfg));
     let users = spec.path("users");
     SecretVolume::create(
         users.clone(),
@@ -212,7 +212,7 @@ fn probe_send_users_and_metrics_against_a_running_relay() {
 
 #[test]
 fn queue_gauge_counts_deferred_mail() {
-    let relay = RelaySpec::new(Input::File(config(free_port(), Mode::Strict))).start();
+    let relay = RelaySpec::new(Input::file(config(free_port(), Mode::Strict))).start();
     for i in 0..3 {
         send(
             relay.addr(),

@@ -28,7 +28,7 @@ fn seed_table(mode: Mode) -> [bool; 6] {
 
 fn matrix(mode: Mode) {
     let sink = Sink::start();
-    let mut spec = RelaySpec::new(Input::File(config(sink.port(), mode)));
+    let mut spec = RelaySpec::new(Input::file(config(sink.port(), mode)));
     let users = spec.path("users");
     SecretVolume::create(users.clone(), &[(USER, USER_PASSWORD)]);
     if let Input::File(cfg) = &mut spec.input {

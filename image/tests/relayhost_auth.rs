@@ -19,7 +19,7 @@ fn upstream(sink: &Sink, users: &[(&str, &str)]) -> Relay {
     let mut cfg = config(sink.port(), Mode::AllowAuthNoDomain);
     cfg.networks.clear();
     cfg.hostname = Some("upstream.example.net".into());
-    let spec = RelaySpec::new(Input::File(cfg));
+    let spec = RelaySpec::new(Input::file(cfg));
     let dir = spec.path("users");
     SecretVolume::create(dir.clone(), users);
     let mut spec = spec;
@@ -31,7 +31,7 @@ fn upstream(sink: &Sink, users: &[(&str, &str)]) -> Relay {
 
 /// The relay under test, with credentials for `upstream` from files (the operator's path).
 fn relay_with_credential_files(upstream: &Relay, user: &str, password: &str) -> Relay {
-    let mut spec = RelaySpec::new(Input::File(config(
+    let mut spec = RelaySpec::new(Input::file(config(
         upstream.addr().port(),
         Mode::AllowNetAuthNoDomain,
     )));
@@ -109,7 +109,7 @@ fn awkward_password_from_the_environment_authenticates_at_the_upstream() {
 fn password_ending_in_white_space_is_a_config_error() {
     // Postfix strips trailing white space from lookup-table values: such a password could never
     // authenticate, so the relay refuses it at start-up instead of deferring mail forever.
-    let mut spec = RelaySpec::new(Input::File(config(free_port(), Mode::Strict)));
+    let mut spec = RelaySpec::new(Input::file(config(free_port(), Mode::Strict)));
     let username = spec.write("relayhost/username", "user");
     let password = spec.write("relayhost/password", "ends with a space \n");
     if let Input::File(cfg) = &mut spec.input {

@@ -35,7 +35,7 @@ fn sasl_users_directory_hot_reload_keeps_postfix_and_its_queue() {
     let sink_port = free_port();
     let mut cfg = config(sink_port, Mode::AllowSaslAuthNoDomain);
     cfg.networks.clear();
-    let mut spec = RelaySpec::new(Input::File(cfg));
+    let mut spec = RelaySpec::new(Input::file(cfg));
     let users_dir = spec.path("users");
     let mut users = SecretVolume::create(users_dir.clone(), &[("app1", "first password")]);
     if let Input::File(cfg) = &mut spec.input {
@@ -129,7 +129,7 @@ fn client_sasl_passwd_file_hot_reload() {
 #[test]
 fn broken_update_keeps_the_old_config_and_a_good_one_is_applied() {
     let sink = Sink::start();
-    let spec = RelaySpec::new(Input::File(config(sink.port(), Mode::Strict)));
+    let spec = RelaySpec::new(Input::file(config(sink.port(), Mode::Strict)));
     let relay = spec.start();
     let master = relay.master_pid();
     let relay_once = |tag: &str, source: [u8; 4]| {

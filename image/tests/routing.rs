@@ -10,7 +10,7 @@ use smtp_relay::settings::Mode;
 fn sender_routing_tricks_are_refused() {
     let sink = Sink::start();
     // STRICT: the client in `networks` may relay to the relay domain only.
-    let relay = RelaySpec::new(Input::File(config(sink.port(), Mode::Strict))).start();
+    let relay = RelaySpec::new(Input::file(config(sink.port(), Mode::Strict))).start();
     let tricks = [
         ("percent hack", "victim%elsewhere.org@example.net"),
         ("bang path", "elsewhere.org!victim@example.net"),
@@ -91,7 +91,7 @@ fn strict_sender_accepts_every_relay_domain_and_nothing_else() {
     let mut cfg = config(sink.port(), Mode::Strict);
     cfg.relay_domains = vec![DOMAIN.into(), "example.org".into()];
     cfg.strict_sender = true;
-    let relay = RelaySpec::new(Input::File(cfg)).start();
+    let relay = RelaySpec::new(Input::file(cfg)).start();
     assert!(sender_accepted(&relay, "app@example.net"));
     assert!(
         sender_accepted(&relay, "app@example.org"),

@@ -282,8 +282,14 @@ impl Drop for Sink {
 /// How a relay is configured: the operator's config file, or the seed's environment variables.
 #[derive(Debug, Clone)]
 pub enum Input {
-    File(RelayConfigFile),
+    File(Box<RelayConfigFile>),
     Env(BTreeMap<String, String>),
+}
+
+impl Input {
+    pub fn file(cfg: RelayConfigFile) -> Input {
+        Input::File(Box::new(cfg))
+    }
 }
 
 /// Postfix settings every test relay needs on a machine without DNS.
