@@ -1,0 +1,369 @@
+//! Throughput of `smtp-relay run` against a bare, hand-written Postfix relay on the same machine.
+//!
+//!     cargo bench -p smtp-relay --bench relay
+//!
+//! Each run starts a fresh instance (fresh spool) in front of a fresh `smtp-sink -c`, warms it up,
+//! then times `smtp-source -s 20 -l 1024 -m N` through it until the sink has counted all N
+//! messages and the relay's queue is empty. The two relays alternate order over several rounds.
+//! BENCH_MESSAGES (default 5000) and BENCH_ROUNDS (default 3) change the size. Needs root and
+//! Postfix (postfix, smtp-sink, smtp-source), like the tests.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::chown;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use common::*;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use smtp_relay::settings::Mode;
+
+const SESSIONS: u32 = 20;
+const SIZE: u32 = 1024;
+const WARMUP: u64 = 200;
+const RUN_DEADLINE: Duration = Duration::from_secs(300);
+
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// `smtp-sink -c`: counts messages; its counter line is read from stdout.
+struct CountingSink {
+    child: Child,
+    port: u16,
+    count: Arc<AtomicU64>,
+}
+
+impl CountingSink {
+    fn start() -> CountingSink {
+        let port = free_port();
+        let mut child = Command::new("smtp-sink")
+            .args(["-u", "postfix", "-c"])
+            .arg(loopback(port).to_string())
+            .arg("256")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting smtp-sink");
+        let count = Arc::new(AtomicU64::new(0));
+        let mut stdout = child.stdout.take().unwrap();
+        let c = count.clone();
+        std::thread::spawn(move || {
+            // "sess=1 quit=1 mesg=2\r" repeated; keep the latest mesg= value.
+            let mut buf = [0u8; 8192];
+            let mut line = Vec::new();
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                for &b in &buf[..n] {
+                    if b == b'\r' || b == b'\n' {
+                        let text = String::from_utf8_lossy(&line);
+                        if let Some(v) = text
+                            .split_whitespace()
+                            .find_map(|f| f.strip_prefix("mesg="))
+                            .and_then(|v| v.parse().ok())
+                        {
+                            c.store(v, Ordering::SeqCst);
+                        }
+                        line.clear();
+                    } else {
+                        line.push(b);
+                    }
+                }
+            }
+        });
+        poll("smtp-sink to listen", DEADLINE, || {
+            smtp_ready(loopback(port)).then_some(())
+        });
+        CountingSink { child, port, count }
+    }
+
+    fn count(&self) -> u64 {
+        self.count.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for CountingSink {
+    fn drop(&mut self) {
+        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+        let _ = self.child.wait();
+    }
+}
+
+/// The relay under test, one way or the other.
+enum Instance {
+    SmtpRelay(Relay),
+    Bare(BareRelay),
+}
+
+impl Instance {
+    fn port(&self) -> u16 {
+        match self {
+            Instance::SmtpRelay(r) => r.addr().port(),
+            Instance::Bare(b) => b.port,
+        }
+    }
+    fn spool(&self) -> PathBuf {
+        match self {
+            Instance::SmtpRelay(r) => r.spec().spool_dir(),
+            Instance::Bare(b) => b.dir.path().join("spool"),
+        }
+    }
+}
+
+fn start_smtp_relay(sink_port: u16) -> Instance {
+    let mut cfg = config(sink_port, Mode::Strict);
+    cfg.networks = vec!["127.0.0.1/32".into()];
+    // Only what a machine without DNS needs; everything else as the image configures it.
+    cfg.postconf = BTreeMap::from([
+        ("smtpd_peername_lookup".to_string(), "no".to_string()),
+        ("smtp_dns_support_level".to_string(), "disabled".to_string()),
+    ]);
+    // BENCH_RELAY_POSTCONF="name=value;name=value" adds overrides, to find where time goes.
+    if let Ok(extra) = std::env::var("BENCH_RELAY_POSTCONF") {
+        for item in extra.split(';').filter(|i| !i.trim().is_empty()) {
+            let (k, v) = item.split_once('=').expect("name=value");
+            cfg.postconf.insert(k.trim().into(), v.trim().into());
+        }
+    }
+    let relay = RelaySpec::new(Input::file(cfg)).start();
+    Instance::SmtpRelay(relay)
+}
+
+/// A minimal relay written by hand: what an administrator would configure without smtp-relay.
+struct BareRelay {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+const BARE_SERVICES: &str = "\
+pickup     unix  n       -       n       60      1       pickup
+cleanup    unix  n       -       n       -       0       cleanup
+qmgr       unix  n       -       n       300     1       qmgr
+rewrite    unix  -       -       n       -       -       trivial-rewrite
+bounce     unix  -       -       n       -       0       bounce
+defer      unix  -       -       n       -       0       bounce
+trace      unix  -       -       n       -       0       bounce
+verify     unix  -       -       n       -       1       verify
+flush      unix  n       -       n       1000?   0       flush
+proxymap   unix  -       -       n       -       -       proxymap
+smtp       unix  -       -       n       -       -       smtp
+relay      unix  -       -       n       -       -       smtp
+showq      unix  n       -       n       -       -       showq
+error      unix  -       -       n       -       -       error
+retry      unix  -       -       n       -       -       error
+discard    unix  -       -       n       -       -       discard
+anvil      unix  -       -       n       -       1       anvil
+scache     unix  -       -       n       -       1       scache
+postlog    unix-dgram n  -       n       -       1       postlogd
+";
+
+impl BareRelay {
+    fn start(sink_port: u16) -> BareRelay {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let etc = dir.path().join("etc");
+        let data = dir.path().join("data");
+        fs::create_dir_all(&etc).unwrap();
+        fs::create_dir_all(dir.path().join("spool")).unwrap();
+        fs::create_dir_all(&data).unwrap();
+        let (uid, _) = smtp_relay::postfix::instance::postfix_ids().unwrap();
+        chown(&data, Some(uid), None).unwrap();
+        let d = dir.path().display();
+        let main_cf = format!(
+            "compatibility_level = 3.6
+queue_directory = {d}/spool
+data_directory = {d}/data
+meta_directory = /etc/postfix
+myhostname = bare.example.net
+mydomain = example.net
+myorigin = $mydomain
+mydestination =
+local_recipient_maps =
+local_transport = error:local delivery is disabled
+alias_maps =
+alias_database =
+relay_domains = example.net
+mynetworks = 127.0.0.1/32
+relayhost = [127.0.0.1]:{sink_port}
+smtpd_relay_restrictions = reject_unauth_destination, permit_sasl_authenticated, permit_mynetworks, reject
+smtp_dns_support_level = disabled
+smtpd_peername_lookup = no
+smtputf8_enable = no
+biff = no
+maillog_file = {d}/maillog
+maillog_file_prefixes = {d}
+"
+        );
+        fs::write(etc.join("main.cf"), main_cf).unwrap();
+        fs::write(
+            etc.join("master.cf"),
+            format!("127.0.0.1:{port} inet n - n - - smtpd\n{BARE_SERVICES}"),
+        )
+        .unwrap();
+        // `postfix start` waits ~1.5 s for a main.cf written within the last seconds.
+        let _ = fs::File::options()
+            .write(true)
+            .open(etc.join("main.cf"))
+            .unwrap()
+            .set_modified(SystemTime::now() - Duration::from_secs(10));
+        let out = Command::new("postfix")
+            .arg("-c")
+            .arg(&etc)
+            .arg("start")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "postfix start: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let bare = BareRelay { dir, port };
+        poll("the bare relay to answer", DEADLINE, || {
+            smtp_ready(loopback(port)).then_some(())
+        });
+        bare
+    }
+}
+
+impl Drop for BareRelay {
+    fn drop(&mut self) {
+        let spool = self.dir.path().join("spool");
+        if let Some(pid) = master_pid(&spool) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+            let start = Instant::now();
+            while process_alive(pid) && start.elapsed() < Duration::from_secs(30) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if process_alive(pid) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+fn smtp_source(port: u16, messages: u64) {
+    let out = Command::new("smtp-source")
+        .args(["-s", &SESSIONS.to_string(), "-l", &SIZE.to_string()])
+        .args(["-m", &messages.to_string()])
+        .args(["-f", "bench@example.net", "-t", "sink@example.net"])
+        .arg(loopback(port).to_string())
+        .output()
+        .expect("running smtp-source");
+    assert!(
+        out.status.success(),
+        "smtp-source: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Sends `messages` through `instance` and returns the seconds until the sink counted them all
+/// and the relay's queue is empty.
+fn drive(instance: &Instance, sink: &CountingSink, messages: u64) -> f64 {
+    let before = sink.count();
+    let start = Instant::now();
+    smtp_source(instance.port(), messages);
+    let spool = instance.spool();
+    loop {
+        if sink.count() >= before + messages && queued(&spool) == 0 {
+            return start.elapsed().as_secs_f64();
+        }
+        assert!(
+            start.elapsed() < RUN_DEADLINE,
+            "only {} of {messages} messages arrived in {RUN_DEADLINE:?}",
+            sink.count() - before
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Kind {
+    SmtpRelay,
+    Bare,
+}
+
+fn measure(kind: Kind, messages: u64) -> f64 {
+    let sink = CountingSink::start();
+    let instance = match kind {
+        Kind::SmtpRelay => start_smtp_relay(sink.port),
+        Kind::Bare => Instance::Bare(BareRelay::start(sink.port)),
+    };
+    drive(&instance, &sink, WARMUP);
+    let secs = drive(&instance, &sink, messages);
+    if let Instance::SmtpRelay(relay) = instance {
+        let (status, _) = relay.stop();
+        assert_eq!(status.code(), Some(0));
+    }
+    messages as f64 / secs
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn main() {
+    // `cargo bench` passes --bench; `cargo test --benches` would pass nothing useful to us.
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    require_postfix();
+    let messages = env_number("BENCH_MESSAGES", 5000);
+    let rounds = env_number("BENCH_ROUNDS", 3);
+    println!(
+        "smtp-source -s {SESSIONS} -l {SIZE} -m {messages} into smtp-sink -c, {rounds} rounds, \
+         after a {WARMUP}-message warm-up per instance"
+    );
+    println!(
+        "{:>5}  {:<22}  {:>16}  {:>16}",
+        "round", "order", "smtp-relay msg/s", "bare msg/s"
+    );
+    let (mut relay_rates, mut bare_rates) = (Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        let order = if round % 2 == 1 {
+            [Kind::SmtpRelay, Kind::Bare]
+        } else {
+            [Kind::Bare, Kind::SmtpRelay]
+        };
+        let mut rates = [0.0; 2];
+        for kind in order {
+            let rate = measure(kind, messages);
+            rates[(kind == Kind::Bare) as usize] = rate;
+        }
+        println!(
+            "{round:>5}  {:<22}  {:>16.0}  {:>16.0}",
+            if order[0] == Kind::SmtpRelay {
+                "smtp-relay, then bare"
+            } else {
+                "bare, then smtp-relay"
+            },
+            rates[0],
+            rates[1]
+        );
+        relay_rates.push(rates[0]);
+        bare_rates.push(rates[1]);
+    }
+    let (r, b) = (median(relay_rates), median(bare_rates));
+    println!("{:>5}  {:<22}  {r:>16.0}  {b:>16.0}", "", "median");
+    println!("ratio smtp-relay / bare (medians): {:.3}", r / b);
+}
