@@ -1,0 +1,181 @@
+// Command controlplane runs a small but real Kubernetes control plane in one process, for tests:
+// embedded etcd, kube-apiserver and kube-controller-manager, all on the loopback interface.
+//
+// Everything it needs or makes lives under --dir: etcd data, certificates and keys, the admin
+// kubeconfig (DIR/kubeconfig), the audit log (DIR/audit.log). Running it again on the same
+// directory reuses the data, the keys and the ports, so a test can kill the process and start it
+// again to simulate an API server that goes away for a while.
+//
+// Once /readyz answers ok it prints READY on stdout and writes DIR/ready. SIGTERM or SIGINT shuts
+// everything down and the process exits 0.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// stringList is a repeatable string flag.
+type stringList []string
+
+func (s *stringList) String() string     { return strings.Join(*s, " ") }
+func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
+
+func main() {
+	var (
+		dir          string
+		readyTimeout time.Duration
+		apiArgs      stringList
+		kcmArgs      stringList
+		noKCM        bool
+		withParent   bool
+	)
+	flag.StringVar(&dir, "dir", "", "directory for all state: etcd data, certs, kubeconfig, audit.log (required)")
+	flag.DurationVar(&readyTimeout, "ready-timeout", 3*time.Minute, "give up if the API server is not ready within this time")
+	flag.Var(&apiArgs, "apiserver-arg", "extra kube-apiserver flag, e.g. --apiserver-arg=--v=2 (repeatable)")
+	flag.Var(&kcmArgs, "kcm-arg", "extra kube-controller-manager flag (repeatable)")
+	flag.BoolVar(&noKCM, "no-controller-manager", false, "do not run kube-controller-manager")
+	flag.BoolVar(&withParent, "exit-with-parent", false, "shut down when the parent process goes away")
+	flag.Parse()
+	if dir == "" {
+		fmt.Fprintln(os.Stderr, "controlplane: --dir is required")
+		os.Exit(2)
+	}
+	if err := run(dir, readyTimeout, apiArgs, kcmArgs, !noKCM, withParent); err != nil {
+		fmt.Fprintf(os.Stderr, "controlplane: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func run(dir string, readyTimeout time.Duration, apiArgs, kcmArgs []string, withKCM, withParent bool) error {
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	readyFile := filepath.Join(dir, "ready")
+	// A previous process may have been killed while ready.
+	if err := os.Remove(readyFile); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if withParent {
+		ctx = exitWithParent(ctx)
+	}
+
+	l, err := layout(dir)
+	if err != nil {
+		return err
+	}
+	if err := l.ensureFiles(); err != nil {
+		return err
+	}
+
+	etcd, err := startEtcd(l)
+	if err != nil {
+		return fmt.Errorf("etcd: %w", err)
+	}
+	closeEtcd := sync.OnceFunc(etcd.Close)
+	defer closeEtcd()
+
+	apiCtx, apiCancel := context.WithCancel(context.Background())
+	defer apiCancel()
+	apiDone := make(chan error, 1)
+	go func() { apiDone <- runAPIServer(apiCtx, l, apiArgs) }()
+
+	readyCtx, readyCancel := context.WithTimeout(ctx, readyTimeout)
+	err = waitReady(readyCtx, l, apiDone)
+	readyCancel()
+	if err != nil {
+		apiCancel()
+		waitDone(apiDone, 30*time.Second)
+		if ctx.Err() != nil {
+			return nil // asked to stop before we were ready
+		}
+		return fmt.Errorf("kube-apiserver: %w", err)
+	}
+
+	kcmCtx, kcmCancel := context.WithCancel(context.Background())
+	defer kcmCancel()
+	kcmDone := make(chan error, 1)
+	if withKCM {
+		go func() { kcmDone <- runControllerManager(kcmCtx, l, kcmArgs) }()
+	}
+
+	if err := os.WriteFile(readyFile, []byte(l.apiURL()+"\n"), 0o600); err != nil {
+		return err
+	}
+	fmt.Println("READY")
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case err := <-apiDone:
+		apiDone <- err
+		runErr = fmt.Errorf("kube-apiserver stopped: %v", err)
+	case err := <-kcmDone:
+		kcmDone <- err
+		runErr = fmt.Errorf("kube-controller-manager stopped: %v", err)
+	}
+	if runErr != nil {
+		fmt.Fprintf(os.Stderr, "controlplane: %v\n", runErr)
+	}
+	fmt.Fprintln(os.Stderr, "controlplane: shutting down")
+	_ = os.Remove(readyFile)
+	kcmCancel()
+	if withKCM {
+		waitDone(kcmDone, 10*time.Second)
+	}
+	apiCancel()
+	waitDone(apiDone, 60*time.Second)
+	closeEtcd()
+	fmt.Fprintln(os.Stderr, "controlplane: stopped")
+	return runErr
+}
+
+// waitDone waits for a component to return, at most d.
+func waitDone(done <-chan error, d time.Duration) {
+	select {
+	case <-done:
+	case <-time.After(d):
+		fmt.Fprintln(os.Stderr, "controlplane: a component did not stop in time")
+	}
+}
+
+// exitWithParent returns a context that is cancelled when this process is re-parented, that is
+// when the process that started it has died, so a test runner killed outright leaves no control
+// plane behind.
+func exitWithParent(ctx context.Context) context.Context {
+	ctx, cancel := context.WithCancel(ctx)
+	parent := os.Getppid()
+	go func() {
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+				if os.Getppid() != parent {
+					fmt.Fprintln(os.Stderr, "controlplane: parent process is gone")
+					cancel()
+					return
+				}
+			}
+		}
+	}()
+	return ctx
+}

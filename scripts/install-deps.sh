@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# Installs everything the tests need on a Debian bookworm machine, idempotently:
+#   - Debian packages: postfix, Cyrus SASL, lua, openssl (the system postfix is kept stopped:
+#     tests run their own instances);
+#   - into $ROOT/.cache/bin: helm, and controlplane + kubectl built from e2e/controlplane
+#     (a real etcd + kube-apiserver + kube-controller-manager, from Go modules).
+# A second run with everything present does nothing and takes seconds.
+#
+# Environment: GO (default: go on PATH, else /usr/local/go/bin/go), HELM_VERSION.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BIN="$ROOT/.cache/bin"
+HELM_VERSION="${HELM_VERSION:-v3.22.0}"
+APT_PACKAGES=(postfix sasl2-bin libsasl2-modules lua5.4 ca-certificates openssl)
+
+log() { printf '[install-deps] %s\n' "$*" >&2; }
+
+# step NAME CMD...: runs CMD and prints how long it took.
+step() {
+    local name="$1" start
+    shift
+    start=$EPOCHREALTIME
+    "$@"
+    log "$(awk -v n="$name" -v s="$start" -v e="$EPOCHREALTIME" 'BEGIN { printf "%-28s %7.1fs", n, e - s }')"
+}
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+apt_packages() {
+    local missing=() p
+    for p in "${APT_PACKAGES[@]}"; do
+        if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+            missing+=("$p")
+        fi
+    done
+    if [ "${#missing[@]}" -gt 0 ]; then
+        log "installing Debian packages: ${missing[*]}"
+        # Keep apt from starting services (a system postfix) while installing.
+        local policy=/usr/sbin/policy-rc.d created=
+        if [ ! -e "$policy" ]; then
+            printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy" >/dev/null
+            as_root chmod 755 "$policy"
+            created=1
+        fi
+        echo 'postfix postfix/main_mailer_type select No configuration' | as_root debconf-set-selections
+        as_root apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+        if [ -n "$created" ]; then as_root rm -f "$policy"; fi
+    fi
+    # The tests run their own postfix instances; a system one would hold port 25 and the queue.
+    if as_root postfix status >/dev/null 2>&1; then
+        log "stopping the system postfix"
+        as_root postfix stop >/dev/null 2>&1 || true
+    fi
+    if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+        as_root systemctl disable --now postfix >/dev/null 2>&1 || true
+    fi
+}
+
+find_go() {
+    if [ -n "${GO:-}" ]; then
+        echo "$GO"
+    elif command -v go >/dev/null 2>&1; then
+        command -v go
+    elif [ -x /usr/local/go/bin/go ]; then
+        echo /usr/local/go/bin/go
+    else
+        log "Go (>= 1.25) is required: not found on PATH nor at /usr/local/go/bin/go"
+        exit 1
+    fi
+}
+
+helm_install() {
+    local stamp="$BIN/.helm-version"
+    if [ -x "$BIN/helm" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$HELM_VERSION" ]; then
+        return
+    fi
+    log "building helm $HELM_VERSION"
+    GOBIN="$BIN" "$GO" install -trimpath \
+        "-ldflags=-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
+        "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+    echo "$HELM_VERSION" >"$stamp"
+}
+
+controlplane_build() {
+    local src="$ROOT/e2e/controlplane"
+    if [ -x "$BIN/controlplane" ] && [ -x "$BIN/kubectl" ] &&
+        [ -z "$(find "$src" -type f -newer "$BIN/controlplane" -print -quit)" ] &&
+        [ -z "$(find "$src" -type f -newer "$BIN/kubectl" -print -quit)" ]; then
+        return
+    fi
+    log "building controlplane and kubectl"
+    # Stamp the Kubernetes version in, as its release build does: clients (helm's kubeVersion
+    # checks, kubectl version) see v1.x.y rather than v0.0.0-master.
+    local version minor x
+    version="$(awk '$1 == "k8s.io/kubernetes" && $2 ~ /^v1\./ { print $2; exit }' "$src/go.mod")"
+    minor="$(echo "$version" | cut -d. -f2)"
+    x=""
+    for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+        x+=" -X $pkg.gitVersion=$version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+    done
+    (cd "$src" && "$GO" build -trimpath "-ldflags=-s -w$x" -o "$BIN/" . k8s.io/kubernetes/cmd/kubectl)
+    touch "$BIN/controlplane" "$BIN/kubectl"
+}
+
+main() {
+    local start=$EPOCHREALTIME
+    mkdir -p "$BIN"
+    GO="$(find_go)"
+    # Build with the Go that is here rather than fetching another toolchain.
+    export GOTOOLCHAIN=local
+    step "apt packages" apt_packages
+    step "helm $HELM_VERSION" helm_install
+    step "controlplane + kubectl" controlplane_build
+    log "tools in $BIN: $(cd "$BIN" && echo *)"
+    log "$(awk -v s="$start" -v e="$EPOCHREALTIME" 'BEGIN { printf "%-28s %7.1fs", "total", e - s }')"
+}
+
+main "$@"
