@@ -542,3 +542,48 @@ impl SmtpRelaySpec {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crd_enums_convert_to_the_image_enums_by_name() {
+        for m in [
+            RelayMode::Strict,
+            RelayMode::AllowSaslAuthNoDomain,
+            RelayMode::AllowNetAuthNoDomain,
+            RelayMode::AllowAuthNoDomain,
+        ] {
+            let ours = serde_json::to_value(m).expect("json");
+            let theirs = serde_json::to_value(Mode::from(m)).expect("json");
+            assert_eq!(ours, theirs);
+        }
+        for l in [
+            TlsLevelSpec::None,
+            TlsLevelSpec::May,
+            TlsLevelSpec::Encrypt,
+            TlsLevelSpec::Dane,
+            TlsLevelSpec::DaneOnly,
+            TlsLevelSpec::Fingerprint,
+            TlsLevelSpec::Verify,
+            TlsLevelSpec::Secure,
+        ] {
+            let ours = serde_json::to_value(l).expect("json");
+            assert_eq!(ours.as_str(), Some(TlsLevel::from(l).as_str()));
+        }
+    }
+
+    #[test]
+    fn effective_mode() {
+        let mut spec: SmtpRelaySpec = serde_json::from_value(serde_json::json!({
+            "domain": "example.net", "relayhost": {"host": "mx.example.net"}
+        }))
+        .expect("spec");
+        assert_eq!(spec.effective_mode(), Some(RelayMode::Strict));
+        spec.custom_restrictions = Some(vec!["reject".into()]);
+        assert_eq!(spec.effective_mode(), None);
+        spec.mode = Some(RelayMode::AllowAuthNoDomain);
+        assert_eq!(spec.effective_mode(), Some(RelayMode::AllowAuthNoDomain));
+    }
+}

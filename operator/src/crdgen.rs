@@ -123,4 +123,55 @@ mod tests {
             "fields without doc comment: {missing:?}"
         );
     }
+
+    #[test]
+    fn admission_rules_are_in_the_schema() {
+        let crd = serde_json::to_value(SmtpRelay::crd()).expect("json");
+        let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+        let rules = |v: &serde_json::Value| -> String { v["x-kubernetes-validations"].to_string() };
+        assert!(rules(spec).contains("has(self.mode) && has(self.customRestrictions)"));
+        assert!(rules(&spec["properties"]["networks"]).contains("isCIDR"));
+        assert!(rules(&spec["properties"]["postconf"]).contains("^[a-z][a-z0-9_]*$"));
+        assert!(rules(&spec["properties"]["relayhost"]).contains("isIP(self.host)"));
+        assert!(spec["properties"]["domain"]["pattern"].is_string());
+        assert!(spec["properties"]["relayDomains"]["items"]["pattern"].is_string());
+        assert_eq!(spec["properties"]["replicas"]["minimum"], 1.0);
+        assert_eq!(spec["properties"]["replicas"]["default"], 1);
+        for port in [
+            &spec["properties"]["relayhost"]["properties"]["port"],
+            &spec["properties"]["service"]["properties"]["port"],
+        ] {
+            assert_eq!(
+                (port["minimum"].as_f64(), port["maximum"].as_f64()),
+                (Some(1.0), Some(65535.0))
+            );
+            assert_eq!(port["default"], 25);
+        }
+        let mode = &spec["properties"]["mode"]["enum"];
+        assert_eq!(
+            mode,
+            &serde_json::json!([
+                "Strict",
+                "AllowSaslAuthNoDomain",
+                "AllowNetAuthNoDomain",
+                "AllowAuthNoDomain"
+            ])
+        );
+        let level =
+            &spec["properties"]["relayhost"]["properties"]["tls"]["properties"]["level"]["enum"];
+        assert_eq!(
+            level,
+            &serde_json::json!([
+                "none",
+                "may",
+                "encrypt",
+                "dane",
+                "dane-only",
+                "fingerprint",
+                "verify",
+                "secure"
+            ])
+        );
+        assert_eq!(spec["properties"]["storage"]["default"]["size"], "1Gi");
+    }
 }
