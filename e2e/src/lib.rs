@@ -1,2 +1,21 @@
 //! Test harness for the end-to-end suite: locating the project's tools and running a real
 //! control plane.
+//!
+//! The tools (`controlplane`, `kubectl`, `helm`) are built into `.cache/bin` by
+//! `scripts/install-deps.sh`; [`tools::bin`] finds them. [`ControlPlane`] runs etcd,
+//! kube-apiserver and kube-controller-manager (one process, built from Go modules in
+//! `e2e/controlplane`) in a temporary directory and stops it when dropped.
+//!
+//! ```no_run
+//! use smtp_relay_e2e::ControlPlane;
+//!
+//! let cp = ControlPlane::start().expect("control plane");
+//! cp.kubectl_ok(["create", "namespace", "demo"]);
+//! let writes = cp.audit_events().iter().filter(|e| e["verb"] == "create").count();
+//! assert!(writes > 0);
+//! ```
+
+pub mod controlplane;
+pub mod tools;
+
+pub use controlplane::{ControlPlane, Error};

@@ -1,0 +1,291 @@
+//! A real Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager) in one child
+//! process, for tests.
+//!
+//! The admin user of [`ControlPlane::kubeconfig`] is in `system:masters`. Authorization is
+//! `Node,RBAC`, so `kubectl --as=system:serviceaccount:NS:NAME` checks what a ServiceAccount
+//! may really do. Every write (create, update, patch, delete) is recorded at Metadata level in
+//! [`ControlPlane::audit_log`]. There are no nodes: pods stay Pending.
+
+use std::ffi::OsStr;
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::tools;
+
+/// How long the control plane may take to become ready. Override with
+/// `E2E_CONTROLPLANE_TIMEOUT_SECS`.
+const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long a graceful stop may take before the process is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why the control plane could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("io error: {0}")]
+    Io(#[from] io::Error),
+    #[error("control plane exited before it was ready ({status}); log tail:\n{log}")]
+    Exited {
+        status: std::process::ExitStatus,
+        log: String,
+    },
+    #[error("control plane not ready after {0:?}; log tail:\n{1}")]
+    Timeout(Duration, String),
+}
+
+/// A running control plane in its own temporary directory; stopped (SIGTERM, then SIGKILL
+/// after a deadline) and its directory removed on drop. Set `E2E_KEEP_DIRS=1` to keep the
+/// directory for inspection.
+pub struct ControlPlane {
+    child: Option<Child>,
+    dir: Option<tempfile::TempDir>,
+    started: Duration,
+}
+
+impl ControlPlane {
+    /// Starts a control plane in a new temporary directory and waits until it is ready.
+    pub fn start() -> Result<Self, Error> {
+        let dir = tempfile::Builder::new().prefix("controlplane-").tempdir()?;
+        let mut cp = ControlPlane {
+            child: None,
+            dir: Some(dir),
+            started: Duration::ZERO,
+        };
+        cp.resume()?;
+        Ok(cp)
+    }
+
+    /// The state directory: etcd data, certificates, kubeconfig, audit log and
+    /// `controlplane.log` (the process' output, appended across restarts).
+    pub fn dir(&self) -> &Path {
+        self.dir.as_ref().expect("dir is set until drop").path()
+    }
+
+    /// The admin kubeconfig (user `admin`, group `system:masters`, namespace `default`).
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.dir().join("kubeconfig")
+    }
+
+    /// The audit log: one JSON `audit.k8s.io/v1` Event a line, for every write.
+    pub fn audit_log(&self) -> PathBuf {
+        self.dir().join("audit.log")
+    }
+
+    /// How long the last (re)start took until the API server was ready.
+    pub fn startup_time(&self) -> Duration {
+        self.started
+    }
+
+    /// All audit events recorded so far (writes only, at Metadata level). Useful fields:
+    /// `verb`, `user.username`, `impersonatedUser.username`, `objectRef.{resource,namespace,name}`,
+    /// `requestURI` (holds `fieldManager=` for apply and patch), `userAgent`,
+    /// `responseStatus.code`.
+    pub fn audit_events(&self) -> Vec<serde_json::Value> {
+        let text = fs::read_to_string(self.audit_log()).unwrap_or_default();
+        text.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).expect("audit log line is JSON"))
+            .collect()
+    }
+
+    /// Runs `.cache/bin/kubectl --kubeconfig KUBECONFIG ARGS…`.
+    pub fn kubectl<I, S>(&self, args: I) -> Output
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.kubectl_stdin(args, "")
+    }
+
+    /// Like [`Self::kubectl`], with `input` on standard input (e.g. `apply -f -`).
+    pub fn kubectl_stdin<I, S>(&self, args: I, input: &str) -> Output
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut cmd = Command::new(tools::bin("kubectl"));
+        cmd.arg("--kubeconfig").arg(self.kubeconfig()).args(args);
+        run_with_input(cmd, input)
+    }
+
+    /// Runs kubectl and returns its standard output.
+    ///
+    /// # Panics
+    ///
+    /// If kubectl fails, with its standard error.
+    pub fn kubectl_ok<I, S>(&self, args: I) -> String
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let args: Vec<_> = args
+            .into_iter()
+            .map(|a| a.as_ref().to_os_string())
+            .collect();
+        let out = self.kubectl(&args);
+        assert!(
+            out.status.success(),
+            "kubectl {:?} failed ({}):\n{}",
+            args,
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs `.cache/bin/helm --kubeconfig KUBECONFIG ARGS…`, with helm's cache, config and data
+    /// directories inside the state directory so no user state leaks in.
+    pub fn helm<I, S>(&self, args: I) -> Output
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let home = self.dir().join("helm");
+        let mut cmd = Command::new(tools::bin("helm"));
+        cmd.arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .args(args)
+            .env("HELM_CACHE_HOME", home.join("cache"))
+            .env("HELM_CONFIG_HOME", home.join("config"))
+            .env("HELM_DATA_HOME", home.join("data"));
+        run_with_input(cmd, "")
+    }
+
+    /// Kills the process outright (SIGKILL), as a crash would: the API server is unreachable
+    /// until [`Self::resume`]. Data stays in the directory.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the control plane again on the same directory (same data, keys, ports and
+    /// kubeconfig) and waits until it is ready. Does nothing else if it is running.
+    pub fn resume(&mut self) -> Result<(), Error> {
+        if self.child.is_some() {
+            return Ok(());
+        }
+        let dir = self.dir().to_path_buf();
+        let ready = dir.join("ready");
+        // A killed process leaves its marker behind.
+        match fs::remove_file(&ready) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
+        let log_path = dir.join("controlplane.log");
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)?;
+        writeln!(&log, "---- starting controlplane ----")?;
+        let begin = Instant::now();
+        let mut cmd = Command::new(tools::bin("controlplane"));
+        cmd.arg("--dir")
+            .arg(&dir)
+            .arg("--exit-with-parent")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            // Its own process group: a terminal's Ctrl-C goes to the test runner, whose drop
+            // handlers then stop the control plane in order.
+            .process_group(0);
+        self.child = Some(cmd.spawn()?);
+
+        let timeout = std::env::var("E2E_CONTROLPLANE_TIMEOUT_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .map(Duration::from_secs)
+            .unwrap_or(DEFAULT_READY_TIMEOUT);
+        let deadline = begin + timeout;
+        let mut poll = Duration::from_millis(20);
+        loop {
+            if ready.exists() {
+                self.started = begin.elapsed();
+                return Ok(());
+            }
+            let child = self.child.as_mut().expect("just spawned");
+            if let Some(status) = child.try_wait()? {
+                self.child = None;
+                return Err(Error::Exited {
+                    status,
+                    log: log_tail(&log_path),
+                });
+            }
+            if Instant::now() >= deadline {
+                self.stop();
+                return Err(Error::Timeout(timeout, log_tail(&log_path)));
+            }
+            std::thread::sleep(poll);
+            poll = (poll * 2).min(Duration::from_millis(200));
+        }
+    }
+
+    /// Kills the process and starts it again on the same directory: a brief API server outage.
+    pub fn restart(&mut self) -> Result<(), Error> {
+        self.kill();
+        self.resume()
+    }
+
+    /// Stops the process gracefully (SIGTERM), killing it if it takes longer than 30 s.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        // The pid is our own child's, not yet reaped, so it cannot have been reused.
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while Instant::now() < deadline {
+            match child.try_wait() {
+                Ok(Some(_)) | Err(_) => return,
+                Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.stop();
+        if let Some(dir) = self.dir.take() {
+            if std::env::var_os("E2E_KEEP_DIRS").is_some() {
+                eprintln!("keeping control plane directory {}", dir.keep().display());
+            }
+        }
+    }
+}
+
+fn run_with_input(mut cmd: Command, input: &str) -> Output {
+    let program = format!("{:?}", cmd.get_program());
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let input = input.to_owned();
+    // A writer thread, so a large input cannot deadlock against a full output pipe.
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(input.as_bytes());
+    });
+    let out = child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("waiting for {program}: {e}"));
+    let _ = writer.join();
+    out
+}
+
+fn log_tail(path: &Path) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}

@@ -1,0 +1,91 @@
+//! Smoke test of the control plane harness: writes are audited, RBAC is enforced, data
+//! survives a restart.
+
+use smtp_relay_e2e::ControlPlane;
+
+#[test]
+fn control_plane_audits_enforces_rbac_and_survives_restart() {
+    let mut cp = ControlPlane::start().expect("control plane starts");
+    eprintln!("control plane ready in {:?}", cp.startup_time());
+
+    cp.kubectl_ok(["create", "namespace", "smoke"]);
+    let out = cp.kubectl_stdin(
+        [
+            "apply",
+            "--server-side",
+            "--field-manager=smoke-test",
+            "-f",
+            "-",
+        ],
+        r#"
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: greeting
+  namespace: smoke
+data:
+  hello: world
+"#,
+    );
+    assert!(
+        out.status.success(),
+        "apply failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The audit log is written before the response (blocking mode).
+    let applies: Vec<_> = cp
+        .audit_events()
+        .into_iter()
+        .filter(|e| {
+            e["objectRef"]["resource"] == "configmaps"
+                && e["objectRef"]["name"] == "greeting"
+                && e["verb"] == "patch"
+        })
+        .collect();
+    assert_eq!(applies.len(), 1, "one audited apply of the ConfigMap");
+    let event = &applies[0];
+    assert_eq!(event["user"]["username"], "admin");
+    assert_eq!(event["responseStatus"]["code"], 201);
+    assert!(
+        event["requestURI"]
+            .as_str()
+            .unwrap()
+            .contains("fieldManager=smoke-test"),
+        "field manager is visible in {event}"
+    );
+
+    // RBAC is enforced: a ServiceAccount with no bindings may not read secrets.
+    let denied = cp.kubectl([
+        "--as=system:serviceaccount:default:nobody",
+        "get",
+        "secrets",
+        "-n",
+        "default",
+    ]);
+    assert!(
+        !denied.status.success(),
+        "unprivileged get secrets succeeded"
+    );
+    let stderr = String::from_utf8_lossy(&denied.stderr);
+    assert!(
+        stderr.contains("Forbidden"),
+        "expected Forbidden, got: {stderr}"
+    );
+    // ...while the admin may read them, so the denial above is RBAC's, not a broken server.
+    cp.kubectl_ok(["get", "secrets", "-n", "default"]);
+
+    // Data survives an abrupt restart on the same directory.
+    cp.restart().expect("control plane restarts");
+    eprintln!("control plane ready again in {:?}", cp.startup_time());
+    let value = cp.kubectl_ok([
+        "get",
+        "configmap",
+        "greeting",
+        "-n",
+        "smoke",
+        "-o",
+        "jsonpath={.data.hello}",
+    ]);
+    assert_eq!(value, "world");
+}
