@@ -69,6 +69,23 @@ impl ControlPlane {
         self.dir().join("kubeconfig")
     }
 
+    /// A kubeconfig that acts as ServiceAccount `namespace/name` by impersonation (`as:`), so
+    /// a program run with it has exactly that ServiceAccount's RBAC permissions (the API server
+    /// adds the `system:serviceaccounts` groups). The ServiceAccount need not exist yet.
+    pub fn kubeconfig_as_service_account(&self, namespace: &str, name: &str) -> PathBuf {
+        let text = fs::read_to_string(self.kubeconfig()).expect("read admin kubeconfig");
+        let mut config: serde_yaml::Value = serde_yaml::from_str(&text).expect("kubeconfig YAML");
+        let user = &mut config["users"][0]["user"];
+        user["as"] = format!("system:serviceaccount:{namespace}:{name}").into();
+        let path = self.dir().join(format!("kubeconfig-sa-{namespace}-{name}"));
+        fs::write(
+            &path,
+            serde_yaml::to_string(&config).expect("kubeconfig YAML"),
+        )
+        .expect("write kubeconfig");
+        path
+    }
+
     /// The audit log: one JSON `audit.k8s.io/v1` Event a line, for every write.
     pub fn audit_log(&self) -> PathBuf {
         self.dir().join("audit.log")

@@ -1,7 +1,9 @@
 //! Smoke test of the control plane harness: writes are audited, RBAC is enforced, data
 //! survives a restart.
 
-use smtp_relay_e2e::ControlPlane;
+use std::process::Command;
+
+use smtp_relay_e2e::{tools, ControlPlane};
 
 #[test]
 fn control_plane_audits_enforces_rbac_and_survives_restart() {
@@ -74,6 +76,23 @@ data:
     );
     // ...while the admin may read them, so the denial above is RBAC's, not a broken server.
     cp.kubectl_ok(["get", "secrets", "-n", "default"]);
+    // A kubeconfig that impersonates a ServiceAccount gets only what RBAC grants it.
+    let as_sa = cp.kubeconfig_as_service_account("default", "nobody");
+    let kubectl_as_sa = |args: &[&str]| {
+        Command::new(tools::bin("kubectl"))
+            .arg("--kubeconfig")
+            .arg(&as_sa)
+            .args(args)
+            .output()
+            .expect("run kubectl")
+    };
+    let whoami = kubectl_as_sa(&["auth", "whoami", "-o", "jsonpath={.status.userInfo.groups}"]);
+    assert!(
+        String::from_utf8_lossy(&whoami.stdout).contains("system:serviceaccounts:default"),
+        "impersonated ServiceAccount has its groups: {whoami:?}"
+    );
+    let denied = kubectl_as_sa(&["get", "configmaps"]);
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("Forbidden"));
 
     // Data survives an abrupt restart on the same directory.
     cp.restart().expect("control plane restarts");
