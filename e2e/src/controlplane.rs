@@ -207,8 +207,8 @@ impl ControlPlane {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
-            // Its own process group: a terminal's Ctrl-C goes to the test runner, whose drop
-            // handlers then stop the control plane in order.
+            // Its own process group, so a terminal's Ctrl-C reaches only the test runner; with
+            // the runner gone, --exit-with-parent makes it shut down within a second.
             .process_group(0);
         self.child = Some(cmd.spawn()?);
 
