@@ -131,18 +131,14 @@ pub fn relayhost_host(field: &str, host: &str) -> ConfigResult<()> {
     domain(field, host).map(|_| ())
 }
 
-/// A Postfix parameter name as accepted by `postconf`.
+/// A Postfix parameter name as accepted by `postconf`. Most are lower-case, but not all:
+/// `smtp_tls_CAfile`, `smtpd_tls_CApath`, ... (whether Postfix knows the name is checked
+/// against `postconf -d` later).
 pub fn postconf_name(field: &str, name: &str) -> ConfigResult<()> {
-    if name.is_empty()
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-    {
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
         return Err(ConfigError::invalid(
             field,
-            format!(
-                "{name:?} is not a Postfix parameter name (lower-case letters, digits and '_')"
-            ),
+            format!("{name:?} is not a Postfix parameter name (letters, digits and '_')"),
         ));
     }
     Ok(())
@@ -258,6 +254,7 @@ mod tests {
         assert!(password("P", "p a}s:s,w=ö").is_ok());
         assert!(password("P", "line\nbreak").is_err());
         assert!(postconf_name("X", "message_size_limit").is_ok());
+        assert!(postconf_name("X", "smtp_tls_CAfile").is_ok());
         assert!(postconf_name("X", "Message-Size").is_err());
     }
 }
