@@ -16,6 +16,7 @@
 //! ```
 
 pub mod controlplane;
+pub mod operator;
 pub mod tools;
 
 pub use controlplane::{ControlPlane, Error};

@@ -26,3 +26,72 @@ pub fn bin(name: &str) -> PathBuf {
     }
     path
 }
+
+/// The path of a binary of this workspace built by `cargo build --workspace --bins`: in the
+/// profile directory of the running test executable (`<target>/debug`), which follows
+/// `CARGO_TARGET_DIR`.
+///
+/// # Panics
+///
+/// If the binary is missing. Tests cannot build it themselves: a nested `cargo build` from
+/// inside `cargo test` waits forever on the target directory's lock.
+pub fn target_bin(name: &str) -> PathBuf {
+    let path = profile_dir().join(name);
+    if !path.is_file() {
+        panic!(
+            "{} not found: run `cargo build --workspace --bins` first (scripts/test.sh does)",
+            path.display()
+        );
+    }
+    path
+}
+
+/// `<target>/<profile>`: the test executable lives in its `deps/` directory.
+fn profile_dir() -> PathBuf {
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(deps) = exe.parent() {
+            if deps.file_name().is_some_and(|n| n == "deps") {
+                if let Some(profile) = deps.parent() {
+                    return profile.to_path_buf();
+                }
+            }
+        }
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    target.join("debug")
+}
+
+/// Calls `f` until it returns `Some`, at most until `timeout` has passed, and returns its value.
+/// Polls quickly at first, then every 200 ms.
+///
+/// # Panics
+///
+/// When the timeout passes, with `what` (what was awaited).
+pub fn poll_until<T>(
+    timeout: std::time::Duration,
+    what: &str,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut pause = std::time::Duration::from_millis(20);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if std::time::Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(std::time::Duration::from_millis(200));
+    }
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago (the OS picks it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}

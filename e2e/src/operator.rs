@@ -1,0 +1,524 @@
+//! The operator binary, run out of cluster against a [`ControlPlane`] with exactly the RBAC the
+//! Helm chart grants it.
+//!
+//! [`Operator::start`] installs the chart (`helm install`, which also creates the CRD, the
+//! ServiceAccount and its Role or ClusterRole), asks the API server for a token of the chart's
+//! ServiceAccount (`kubectl create token`), writes a kubeconfig holding only that token, and runs
+//! `target/debug/smtp-relay-operator run` with it. Every request of the operator is thus
+//! authenticated as `system:serviceaccount:<namespace>:smtp-relay-operator` and authorized by
+//! the chart's rules: a missing permission shows up as `Forbidden` in [`Operator::logs`] and as
+//! status that never gets written. The chart's own Deployment stays Pending (no nodes).
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use smtp_relay_e2e::operator::{self, Operator, OperatorOptions};
+//! use smtp_relay_e2e::ControlPlane;
+//!
+//! let cp = ControlPlane::start().expect("control plane");
+//! let op = Operator::start(&cp, OperatorOptions::default());
+//! cp.kubectl_ok(["create", "namespace", "mail"]);
+//! operator::apply(&cp, "mail", "apiVersion: smtprelay.dev/v1alpha1\nkind: SmtpRelay\n...");
+//! let relay = op.wait_for(Duration::from_secs(30), "status", || {
+//!     operator::get_json(&cp, "mail", "smtprelay", "smtp-relay")
+//!         .filter(|r| r["status"]["configHash"].is_string())
+//! });
+//! assert!(!op.logs().contains("Forbidden"));
+//! # let _ = relay;
+//! ```
+
+use std::fs::{self, OpenOptions};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::tools;
+use crate::ControlPlane;
+
+/// The Helm release name; the chart's full name (ServiceAccount, Deployment) is the same.
+pub const RELEASE: &str = "smtp-relay-operator";
+/// The operator's field manager (every server-side apply it makes).
+pub const FIELD_MANAGER: &str = "smtp-relay-operator";
+/// The pod template annotation carrying the configuration hash.
+pub const CONFIG_HASH_ANNOTATION: &str = "smtprelay.dev/config-hash";
+/// How long a graceful stop may take before the operator is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long the operator may take to answer `/readyz`.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How to install the chart and run the operator.
+#[derive(Debug, Clone)]
+pub struct OperatorOptions {
+    /// The release namespace: the chart's ServiceAccount lives there (created if missing).
+    pub namespace: String,
+    /// `--namespace` of the operator and the chart's `watchNamespace` (a Role there instead of
+    /// a ClusterRole); all namespaces when `None`.
+    pub watch_namespace: Option<String>,
+    /// Extra `helm install --set` values, each `key=value`.
+    pub helm_set: Vec<String>,
+    /// Extra arguments of `smtp-relay-operator run`.
+    pub extra_args: Vec<String>,
+}
+
+impl Default for OperatorOptions {
+    fn default() -> Self {
+        OperatorOptions {
+            namespace: "smtp-relay-system".into(),
+            watch_namespace: None,
+            helm_set: Vec::new(),
+            extra_args: Vec::new(),
+        }
+    }
+}
+
+/// An installed release of the chart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChartRelease {
+    pub namespace: String,
+    pub release: String,
+    /// The chart's ServiceAccount, the operator's identity.
+    pub service_account: String,
+}
+
+impl ChartRelease {
+    /// The API server's user name of the ServiceAccount, as audit events record it
+    /// (`user.username`).
+    pub fn user(&self) -> String {
+        format!(
+            "system:serviceaccount:{}:{}",
+            self.namespace, self.service_account
+        )
+    }
+}
+
+/// `helm install smtp-relay-operator charts/smtp-relay-operator -n NAMESPACE --create-namespace
+/// --set K=V…` into the control plane (CRD included). The real API server reports its version,
+/// so no `--kube-version` is needed. Installing a release that exists already does nothing.
+///
+/// # Panics
+///
+/// If helm fails, with its output.
+pub fn helm_install_chart(
+    cp: &ControlPlane,
+    namespace: &str,
+    extra_set_args: &[&str],
+) -> ChartRelease {
+    let release = ChartRelease {
+        namespace: namespace.into(),
+        release: RELEASE.into(),
+        service_account: RELEASE.into(),
+    };
+    if cp
+        .helm(["status", RELEASE, "-n", namespace])
+        .status
+        .success()
+    {
+        return release;
+    }
+    let chart = tools::workspace_root().join("charts/smtp-relay-operator");
+    let mut args: Vec<String> = vec![
+        "install".into(),
+        RELEASE.into(),
+        chart.display().to_string(),
+        "--namespace".into(),
+        namespace.into(),
+        "--create-namespace".into(),
+    ];
+    for s in extra_set_args {
+        args.push("--set".into());
+        args.push((*s).into());
+    }
+    let out = cp.helm(&args);
+    assert!(
+        out.status.success(),
+        "helm {args:?} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The CRD is created by helm; wait until the API serves it.
+    tools::poll_until(
+        Duration::from_secs(30),
+        "the SmtpRelay CRD to be served",
+        || {
+            cp.kubectl(["get", "smtprelays", "-A"])
+                .status
+                .success()
+                .then_some(())
+        },
+    );
+    release
+}
+
+/// A kubeconfig for the control plane's server and CA that authenticates with a fresh token of
+/// ServiceAccount `namespace/name` (`kubectl create token`): a real ServiceAccount login, not
+/// impersonation.
+pub fn service_account_kubeconfig(cp: &ControlPlane, namespace: &str, name: &str) -> PathBuf {
+    let token = cp.kubectl_ok(["create", "token", name, "-n", namespace, "--duration=24h"]);
+    let token = token.trim();
+    assert!(!token.is_empty(), "kubectl create token printed nothing");
+    let text = fs::read_to_string(cp.kubeconfig()).expect("read admin kubeconfig");
+    let mut config: serde_yaml::Value = serde_yaml::from_str(&text).expect("kubeconfig YAML");
+    let mut user = serde_yaml::Mapping::new();
+    user.insert("token".into(), token.into());
+    config["users"][0]["user"] = serde_yaml::Value::Mapping(user);
+    let path = cp
+        .dir()
+        .join(format!("kubeconfig-token-{namespace}-{name}"));
+    fs::write(&path, serde_yaml::to_string(&config).expect("YAML")).expect("write kubeconfig");
+    path
+}
+
+/// A running `smtp-relay-operator run`, stopped (SIGTERM, then SIGKILL after a deadline) on
+/// drop. Its output (text logs, `RUST_LOG=info,smtp_relay_operator=debug`) is appended to
+/// [`Operator::log_path`] across restarts.
+pub struct Operator {
+    child: Mutex<Option<Child>>,
+    release: ChartRelease,
+    kubeconfig: PathBuf,
+    log_path: PathBuf,
+    http_addr: SocketAddr,
+    args: Vec<String>,
+    /// Byte offset of the current run's output in the log file.
+    run_offset: u64,
+}
+
+impl Operator {
+    /// Installs the chart (unless installed), then starts the operator as the chart's
+    /// ServiceAccount and waits until `/readyz` answers 200.
+    ///
+    /// # Panics
+    ///
+    /// If the chart cannot be installed or the operator does not become ready.
+    pub fn start(cp: &ControlPlane, opts: OperatorOptions) -> Operator {
+        let mut set: Vec<&str> = opts.helm_set.iter().map(String::as_str).collect();
+        let watch = opts
+            .watch_namespace
+            .as_ref()
+            .map(|ns| format!("watchNamespace={ns}"));
+        if let Some(w) = &watch {
+            set.push(w);
+        }
+        let release = helm_install_chart(cp, &opts.namespace, &set);
+        let kubeconfig =
+            service_account_kubeconfig(cp, &release.namespace, &release.service_account);
+        let http_addr: SocketAddr = ([127, 0, 0, 1], tools::free_port()).into();
+        let mut args: Vec<String> = vec![
+            "run".into(),
+            "--http-addr".into(),
+            http_addr.to_string(),
+            "--log-format".into(),
+            "text".into(),
+            "--identity".into(),
+            format!("e2e-{}", release.namespace),
+            "--lease-namespace".into(),
+            release.namespace.clone(),
+        ];
+        if let Some(ns) = &opts.watch_namespace {
+            args.push("--namespace".into());
+            args.push(ns.clone());
+        }
+        args.extend(opts.extra_args.iter().cloned());
+        let log_path = cp.dir().join(format!("operator-{}.log", release.namespace));
+        let mut op = Operator {
+            child: Mutex::new(None),
+            release,
+            kubeconfig,
+            log_path,
+            http_addr,
+            args,
+            run_offset: 0,
+        };
+        op.spawn();
+        op
+    }
+
+    fn spawn(&mut self) {
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("open operator log");
+        writeln!(log, "---- starting smtp-relay-operator ----").expect("write log");
+        self.run_offset = log.metadata().map(|m| m.len()).unwrap_or(0);
+        let bin = tools::target_bin("smtp-relay-operator");
+        // setpriv --pdeathsig: the operator gets SIGTERM if the test dies without dropping it.
+        let mut cmd = if Path::new("/usr/bin/setpriv").is_file() {
+            let mut c = Command::new("/usr/bin/setpriv");
+            c.args(["--pdeathsig", "TERM", "--"]).arg(bin);
+            c
+        } else {
+            Command::new(bin)
+        };
+        cmd.args(&self.args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("RUST_LOG", "info,smtp_relay_operator=debug")
+            .env("NO_COLOR", "1")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env_remove("KUBERNETES_SERVICE_PORT")
+            .env_remove("WATCH_NAMESPACE")
+            .env_remove("HTTP_ADDR")
+            .env_remove("POD_NAME")
+            .env_remove("POD_NAMESPACE")
+            .env_remove("LEADER_ELECTION")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log"))
+            .stderr(log);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start smtp-relay-operator: {e}"));
+        *self.child.lock().unwrap() = Some(child);
+        self.wait_for(READY_TIMEOUT, "the operator's /readyz", || {
+            matches!(self.http_get("/readyz"), Some((200, _))).then_some(())
+        });
+    }
+
+    /// The chart release the operator runs as.
+    pub fn release(&self) -> &ChartRelease {
+        &self.release
+    }
+
+    /// The API server user name of the operator (`system:serviceaccount:NS:SA`).
+    pub fn user(&self) -> String {
+        self.release.user()
+    }
+
+    /// The kubeconfig holding the ServiceAccount's token.
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// Where `/metrics`, `/healthz` and `/readyz` are served (a free loopback port).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The log file (all runs).
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    /// Everything the operator printed, over all its runs.
+    pub fn logs(&self) -> String {
+        fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// What the current run printed.
+    pub fn current_logs(&self) -> String {
+        let text = fs::read(&self.log_path).unwrap_or_default();
+        let start = (self.run_offset as usize).min(text.len());
+        String::from_utf8_lossy(&text[start..]).into_owned()
+    }
+
+    /// The last lines of the log, for failure messages.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = self.logs();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// `GET path` on the operator's HTTP port: (status code, body), or None when it does not
+    /// answer.
+    pub fn http_get(&self, path: &str) -> Option<(u16, String)> {
+        let mut s = TcpStream::connect_timeout(&self.http_addr, Duration::from_secs(2)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.http_addr
+        )
+        .ok()?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).ok()?;
+        let code = buf.split_whitespace().nth(1)?.parse().ok()?;
+        let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
+        Some((code, body))
+    }
+
+    /// The Prometheus text of `/metrics`.
+    pub fn metrics(&self) -> String {
+        match self.http_get("/metrics") {
+            Some((200, body)) => body,
+            other => panic!("GET /metrics: {other:?}"),
+        }
+    }
+
+    /// Whether the process is running.
+    pub fn is_running(&self) -> bool {
+        let mut guard = self.child.lock().unwrap();
+        match guard.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Polls `f` until it returns `Some` or `timeout` passes, like [`tools::poll_until`], but
+    /// fails at once if the operator exits, and puts the operator's log tail in the panic.
+    pub fn wait_for<T>(
+        &self,
+        timeout: Duration,
+        what: &str,
+        mut f: impl FnMut() -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + timeout;
+        let mut pause = Duration::from_millis(20);
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            {
+                let mut guard = self.child.lock().unwrap();
+                if let Some(c) = guard.as_mut() {
+                    if let Ok(Some(status)) = c.try_wait() {
+                        guard.take();
+                        drop(guard);
+                        panic!(
+                            "the operator exited ({status}) while waiting for {what}; log tail:\n{}",
+                            self.log_tail(60)
+                        );
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "timed out after {timeout:?} waiting for {what}; operator log tail:\n{}",
+                    self.log_tail(60)
+                );
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(200));
+        }
+    }
+
+    /// Stops the operator gracefully (SIGTERM; SIGKILL after 15 s). Returns whether it exited
+    /// by itself.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut child) = self.child.lock().unwrap().take() else {
+            return true;
+        };
+        if let Ok(Some(_)) = child.try_wait() {
+            return true;
+        }
+        // Our own unreaped child: the pid cannot have been reused.
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while Instant::now() < deadline {
+            match child.try_wait() {
+                Ok(Some(_)) | Err(_) => return true,
+                Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+
+    /// Kills the operator outright (SIGKILL), as a crash or OOM would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.lock().unwrap().take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops the operator gracefully and starts it again with the same arguments and token
+    /// (same HTTP port); waits until it is ready.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// Starts the operator again after [`Self::kill`] or [`Self::stop`]; does nothing if it runs.
+    pub fn resume(&mut self) {
+        if !self.is_running() {
+            self.spawn();
+        }
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// `kubectl apply -n NAMESPACE -f -` of `yaml`; returns kubectl's output.
+///
+/// # Panics
+///
+/// If kubectl fails, with its standard error.
+pub fn apply(cp: &ControlPlane, namespace: &str, yaml: &str) -> String {
+    let out = cp.kubectl_stdin(["apply", "-n", namespace, "-f", "-"], yaml);
+    assert!(
+        out.status.success(),
+        "kubectl apply -n {namespace} failed ({}):\n{}\nmanifest:\n{yaml}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `kubectl create namespace NAME` (labelled Pod Security `baseline`, which relay pods need);
+/// an existing namespace is fine.
+pub fn create_namespace(cp: &ControlPlane, name: &str) {
+    apply(
+        cp,
+        name,
+        &format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n  labels:\n    pod-security.kubernetes.io/enforce: baseline\n"
+        ),
+    );
+}
+
+/// `kubectl get KIND NAME -n NAMESPACE -o json`, or None if it does not exist.
+///
+/// # Panics
+///
+/// On any other kubectl failure.
+pub fn get_json(cp: &ControlPlane, namespace: &str, kind: &str, name: &str) -> Option<Value> {
+    let out = cp.kubectl(["get", kind, name, "-n", namespace, "-o", "json"]);
+    if out.status.success() {
+        return Some(serde_json::from_slice(&out.stdout).expect("kubectl JSON"));
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    if err.contains("NotFound") || err.contains("not found") {
+        return None;
+    }
+    panic!("kubectl get {kind} {name} -n {namespace} failed: {err}");
+}
+
+/// `kubectl get KIND -n NAMESPACE -o json` → the items.
+pub fn list_json(cp: &ControlPlane, namespace: &str, kind: &str) -> Vec<Value> {
+    let text = cp.kubectl_ok(["get", kind, "-n", namespace, "-o", "json"]);
+    let list: Value = serde_json::from_str(&text).expect("kubectl JSON");
+    list["items"].as_array().cloned().unwrap_or_default()
+}
+
+/// The condition of `type_` in an object's `status.conditions`.
+pub fn condition<'a>(obj: &'a Value, type_: &str) -> Option<&'a Value> {
+    obj["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+}
+
+/// Audit events of writes (create, update, patch, delete) by `user`, in order.
+pub fn writes_by(cp: &ControlPlane, user: &str) -> Vec<Value> {
+    cp.audit_events()
+        .into_iter()
+        .filter(|e| {
+            e["user"]["username"] == user
+                && matches!(
+                    e["verb"].as_str(),
+                    Some("create" | "update" | "patch" | "delete")
+                )
+        })
+        .collect()
+}
