@@ -86,10 +86,11 @@ helm_install() {
 }
 
 controlplane_build() {
-    local src="$ROOT/e2e/controlplane"
-    if [ -x "$BIN/controlplane" ] && [ -x "$BIN/kubectl" ] &&
-        [ -z "$(find "$src" -type f -newer "$BIN/controlplane" -print -quit)" ] &&
-        [ -z "$(find "$src" -type f -newer "$BIN/kubectl" -print -quit)" ]; then
+    local src="$ROOT/e2e/controlplane" stamp="$BIN/.controlplane-sources" sum
+    # The sources' content, not their times: a fresh checkout of the same sources builds nothing.
+    sum="$( (cd "$src" && "$GO" version && find . -type f \( -name '*.go' -o -name 'go.mod' -o -name 'go.sum' \) \
+        -print0 | sort -z | xargs -0 sha256sum) | sha256sum | cut -d' ' -f1)"
+    if [ -x "$BIN/controlplane" ] && [ -x "$BIN/kubectl" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$sum" ]; then
         return
     fi
     log "building controlplane and kubectl"
@@ -103,7 +104,7 @@ controlplane_build() {
         x+=" -X $pkg.gitVersion=$version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
     done
     (cd "$src" && "$GO" build -trimpath "-ldflags=-s -w$x" -o "$BIN/" . k8s.io/kubernetes/cmd/kubectl)
-    touch "$BIN/controlplane" "$BIN/kubectl"
+    echo "$sum" >"$stamp"
 }
 
 main() {
