@@ -254,7 +254,8 @@ pub async fn plan(
         }
         Err(e) => return Err(e.into()),
     };
-    match builders::build(relay, &resolved, opts) {
+    let hash_key = resolve::config_hash_key(relay, src).await?;
+    match builders::build(relay, &resolved, &hash_key, opts) {
         Ok(d) => Ok(Ok(d)),
         Err(Error::InvalidSpec(message)) => Ok(Err(Outcome::InvalidSpec { message })),
         Err(e) => Err(e),
@@ -264,6 +265,9 @@ pub async fn plan(
 /// Applies the desired objects in dependency order and prunes the ones no longer wanted.
 async fn apply_all(client: &Client, relay: &SmtpRelay, d: &Desired) -> Result<StatefulSet> {
     let name = relay.name_any();
+    // The hash key first: no hash is published before its key is stored, so a restarted
+    // operator reads back the key the live hash was computed with.
+    apply(client, &d.hash_key_secret).await?;
     // Unreferenced Secrets are pruned later (prune_secrets), once no pod mounts them.
     for secret in [&d.relayhost_secret, &d.sasl_users_secret, &d.tls_secret]
         .into_iter()
@@ -549,7 +553,8 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::builders::fixtures::relay;
+    use crate::builders::fixtures::{hash_key, relay};
+    use crate::builders::HASH_KEY_KEY;
     use crate::crd::SecretRef;
     use http::{Request, Response, StatusCode};
     use http_body_util::BodyExt;
@@ -739,8 +744,13 @@ mod tests {
     async fn identical_reapply_writes_nothing() {
         let (ctx, mut handle) = mock();
         let mut r = relay("r1");
-        let desired = builders::build(&r, &resolve::Resolved::default(), &BuildOptions::default())
-            .expect("builds");
+        let desired = builders::build(
+            &r,
+            &resolve::Resolved::default(),
+            &hash_key(),
+            &BuildOptions::default(),
+        )
+        .expect("builds");
         // The live StatefulSet: what was applied, plus what the API server and the StatefulSet
         // controller add.
         let mut sts: StatefulSet =
@@ -769,7 +779,17 @@ mod tests {
 
         let res = run_with(r, ctx, async move {
             let sts_path = "/apis/apps/v1/namespaces/mail/statefulsets/r1";
+            let key_path = "/api/v1/namespaces/mail/secrets/r1-hash-key";
+            let live_key = live(&desired.hash_key_secret);
             let live_sts = serde_json::to_value(&sts).expect("json");
+            // As after an operator restart: the key is read back, so the hash is the same.
+            expect(
+                &mut handle,
+                "GET",
+                key_path,
+                json(StatusCode::OK, live_key.clone()),
+            )
+            .await;
             expect(
                 &mut handle,
                 "GET",
@@ -777,6 +797,7 @@ mod tests {
                 json(StatusCode::OK, live_sts.clone()),
             )
             .await;
+            expect(&mut handle, "GET", key_path, json(StatusCode::OK, live_key)).await;
             expect(
                 &mut handle,
                 "GET",
@@ -833,9 +854,16 @@ mod tests {
     async fn changed_config_is_server_side_applied_with_one_manager() {
         let (ctx, mut handle) = mock();
         let r = relay("r1");
-        let desired = builders::build(&r, &resolve::Resolved::default(), &BuildOptions::default())
-            .expect("builds");
+        let desired = builders::build(
+            &r,
+            &resolve::Resolved::default(),
+            &hash_key(),
+            &BuildOptions::default(),
+        )
+        .expect("builds");
         run_with(r, ctx, async move {
+            let key_path = "/api/v1/namespaces/mail/secrets/r1-hash-key";
+            expect(&mut handle, "GET", key_path, not_found()).await;
             expect(
                 &mut handle,
                 "GET",
@@ -843,6 +871,21 @@ mod tests {
                 not_found(),
             )
             .await;
+            // A new relay: the generated key is stored before anything carries the hash.
+            expect(&mut handle, "GET", key_path, not_found()).await;
+            let applied = expect(
+                &mut handle,
+                "PATCH",
+                key_path,
+                json(StatusCode::OK, live(&desired.hash_key_secret)),
+            )
+            .await;
+            let key = applied["data"][HASH_KEY_KEY].as_str().unwrap_or_default();
+            assert_eq!(key.len(), 44, "32 bytes, base64: {key}");
+            assert_eq!(
+                applied["metadata"]["ownerReferences"][0]["uid"], "uid-1",
+                "owned by the relay"
+            );
             let (req, send) = handle.next_request().await.expect("request");
             assert_eq!(
                 req.uri().path(),
@@ -880,25 +923,25 @@ mod tests {
     fn storage_changes_are_refused_but_equal_quantities_pass() {
         let r = relay("r1");
         let opts = BuildOptions::default();
-        let base = builders::build(&r, &resolve::Resolved::default(), &opts)
+        let base = builders::build(&r, &resolve::Resolved::default(), &hash_key(), &opts)
             .expect("builds")
             .stateful_set;
         let mut same = r.clone();
         same.spec.storage.size = "1024Mi".into();
-        let same = builders::build(&same, &resolve::Resolved::default(), &opts)
+        let same = builders::build(&same, &resolve::Resolved::default(), &hash_key(), &opts)
             .expect("builds")
             .stateful_set;
         assert_eq!(storage_change(&same, &base), None);
         let mut bigger = r.clone();
         bigger.spec.storage.size = "2Gi".into();
-        let bigger = builders::build(&bigger, &resolve::Resolved::default(), &opts)
+        let bigger = builders::build(&bigger, &resolve::Resolved::default(), &hash_key(), &opts)
             .expect("builds")
             .stateful_set;
         let msg = storage_change(&bigger, &base).expect("refused");
         assert!(msg.contains("spec.storage") && msg.contains("1Gi"));
         let mut class = r.clone();
         class.spec.storage.storage_class_name = Some("fast".into());
-        let class = builders::build(&class, &resolve::Resolved::default(), &opts)
+        let class = builders::build(&class, &resolve::Resolved::default(), &hash_key(), &opts)
             .expect("builds")
             .stateful_set;
         assert!(storage_change(&class, &base).is_some());

@@ -9,8 +9,10 @@ use std::fmt;
 use std::future::Future;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use kube::{Api, Client};
+use kube::{Api, Client, ResourceExt};
 
+use crate::builders::hash::HashKey;
+use crate::builders::{Names, HASH_KEY_KEY};
 use crate::crd::SmtpRelay;
 
 /// Why the references of a relay could not be resolved.
@@ -48,6 +50,10 @@ pub enum ResolveError {
         key: String,
         problem: String,
     },
+    /// The operating system's random source failed while generating the config-hash key
+    /// (retried with backoff).
+    #[error("generating the config-hash key: {0}")]
+    Random(getrandom::Error),
     /// Reading failed for a reason other than absence (retried with backoff).
     #[error("reading {kind} {namespace}/{name}: {source}")]
     Api {
@@ -68,12 +74,13 @@ impl ResolveError {
             ResolveError::KeyMissing { .. } => "SecretKeyMissing",
             ResolveError::InvalidValue { .. } => "InvalidSecretValue",
             ResolveError::Api { .. } => "kube",
+            ResolveError::Random(_) => "random",
         }
     }
 
     /// True when the error is the user's input rather than a transient API failure.
     pub fn is_user_error(&self) -> bool {
-        !matches!(self, ResolveError::Api { .. })
+        !matches!(self, ResolveError::Api { .. } | ResolveError::Random(_))
     }
 }
 
@@ -209,6 +216,40 @@ pub async fn resolve(relay: &SmtpRelay, src: &impl RefSource) -> Result<Resolved
     }
 
     Ok(out)
+}
+
+/// The key of the relay's config hash: read back from the owned `<name>-hash-key` Secret, so the
+/// hash stays the same across reconciles and operator restarts, or generated when that Secret is
+/// absent, is not controlled by this relay, or holds no well-formed key (the reconcile then
+/// applies the Secret before anything that carries the hash).
+pub async fn config_hash_key(
+    relay: &SmtpRelay,
+    src: &impl RefSource,
+) -> Result<HashKey, ResolveError> {
+    let ns = relay.namespace().unwrap_or_default();
+    let name = Names::hash_key_secret(&relay.name_any());
+    let live = src
+        .secret(&ns, &name)
+        .await
+        .map_err(|source| ResolveError::Api {
+            kind: "Secret",
+            namespace: ns.clone(),
+            name: name.clone(),
+            source: Box::new(source),
+        })?;
+    let ours = |s: &Secret| {
+        s.owner_references()
+            .iter()
+            .any(|o| o.controller == Some(true) && Some(&o.uid) == relay.metadata.uid.as_ref())
+    };
+    let stored = live
+        .filter(ours)
+        .and_then(|s| s.data)
+        .and_then(|d| d.get(HASH_KEY_KEY).and_then(|v| HashKey::from_slice(&v.0)));
+    match stored {
+        Some(key) => Ok(key),
+        None => HashKey::generate().map_err(ResolveError::Random),
+    }
 }
 
 /// Where a value came from, for messages.
@@ -418,6 +459,8 @@ pub(crate) mod fake {
     #[derive(Default)]
     pub struct FakeRefs {
         pub secrets: HashMap<String, BTreeMap<String, Vec<u8>>>,
+        /// Secret name → uid of the relay controlling it.
+        pub secret_owners: HashMap<String, String>,
         pub config_maps: HashMap<String, BTreeMap<String, String>>,
     }
 
@@ -441,6 +484,18 @@ pub(crate) mod fake {
                         .map(|(k, v)| (k.clone(), ByteString(v.clone())))
                         .collect(),
                 ),
+                metadata: kube::api::ObjectMeta {
+                    owner_references: self.secret_owners.get(name).map(|uid| {
+                        vec![
+                            k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                                controller: Some(true),
+                                uid: uid.clone(),
+                                ..Default::default()
+                            },
+                        ]
+                    }),
+                    ..Default::default()
+                },
                 ..Secret::default()
             }))
         }
@@ -590,6 +645,44 @@ mod tests {
 
         let f = refs().secret("login", &[("user", "u"), ("pass", "\n")]);
         assert!(resolve_err(f).to_string().contains("empty"));
+    }
+
+    #[test]
+    fn hash_key_is_read_back_from_the_owned_secret() {
+        let r = relay("r1");
+        let stored = [3u8; crate::builders::hash::HASH_KEY_LEN];
+        let mut f = FakeRefs::default();
+        f.secrets.insert(
+            "r1-hash-key".into(),
+            BTreeMap::from([(HASH_KEY_KEY.to_string(), stored.to_vec())]),
+        );
+        f.secret_owners.insert("r1-hash-key".into(), "uid-1".into());
+        let key = block(config_hash_key(&r, &f)).expect("key");
+        assert_eq!(key, HashKey::from_bytes(stored));
+        assert_eq!(
+            format!("{key:?}"),
+            "HashKey(..)",
+            "Debug never prints the key"
+        );
+
+        // Not controlled by this relay (planted or left over): not trusted, a new key instead.
+        f.secret_owners
+            .insert("r1-hash-key".into(), "someone-else".into());
+        let key = block(config_hash_key(&r, &f)).expect("key");
+        assert_ne!(key, HashKey::from_bytes(stored));
+    }
+
+    #[test]
+    fn hash_key_is_generated_when_absent_or_malformed() {
+        let r = relay("r1");
+        let a = block(config_hash_key(&r, &FakeRefs::default())).expect("key");
+        let b = block(config_hash_key(&r, &FakeRefs::default())).expect("key");
+        assert_ne!(a, b, "random, not derived from the relay");
+        let mut f = FakeRefs::default().secret("r1-hash-key", &[(HASH_KEY_KEY, "short")]);
+        f.secret_owners.insert("r1-hash-key".into(), "uid-1".into());
+        let c = block(config_hash_key(&r, &f)).expect("key");
+        assert_eq!(c.as_bytes().len(), crate::builders::hash::HASH_KEY_LEN);
+        assert_ne!(c.as_bytes(), b"short");
     }
 
     #[test]

@@ -1,17 +1,56 @@
 //! Hashes: the configuration hash that rolls the pods, and the per-object hash that lets the
 //! controller skip writes when nothing changed.
 
+use std::fmt;
+
+use hmac::{Hmac, Mac};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-fn feed(h: &mut Sha256, section: &str, entries: impl IntoIterator<Item = (String, Vec<u8>)>) {
+/// Length of the per-relay [`HashKey`] in bytes.
+pub const HASH_KEY_LEN: usize = 32;
+
+/// The per-relay secret key of [`config_hash`]. It lives in the owned, never-mounted
+/// `<name>-hash-key` Secret; `Debug` never prints it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct HashKey([u8; HASH_KEY_LEN]);
+
+impl HashKey {
+    pub fn from_bytes(bytes: [u8; HASH_KEY_LEN]) -> Self {
+        HashKey(bytes)
+    }
+
+    /// A key read back from the owned Secret: exactly [`HASH_KEY_LEN`] bytes, else `None`.
+    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
+        bytes.try_into().ok().map(HashKey)
+    }
+
+    /// A fresh key from the operating system's random source.
+    pub fn generate() -> Result<Self, getrandom::Error> {
+        let mut k = [0u8; HASH_KEY_LEN];
+        getrandom::fill(&mut k)?;
+        Ok(HashKey(k))
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for HashKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("HashKey(..)")
+    }
+}
+
+fn feed(h: &mut Hmac<Sha256>, section: &str, entries: impl IntoIterator<Item = (String, Vec<u8>)>) {
     h.update(section.as_bytes());
-    h.update([0]);
+    h.update(&[0]);
     for (k, v) in entries {
-        h.update((k.len() as u64).to_be_bytes());
+        h.update(&(k.len() as u64).to_be_bytes());
         h.update(k.as_bytes());
-        h.update((v.len() as u64).to_be_bytes());
+        h.update(&(v.len() as u64).to_be_bytes());
         h.update(&v);
     }
 }
@@ -20,10 +59,21 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// sha256 of the ConfigMap data and the relayhost and TLS Secret data. SASL users are left out on
-/// purpose: the relay hot-reloads them, so a user change must not restart the pods.
-pub fn config_hash(cm: &ConfigMap, relayhost: Option<&Secret>, tls: Option<&Secret>) -> String {
-    let mut h = Sha256::new();
+/// HMAC-SHA256, keyed with the relay's [`HashKey`], of the ConfigMap data and the relayhost and
+/// TLS Secret data. SASL users are left out on purpose: the relay hot-reloads them, so a user
+/// change must not restart the pods.
+///
+/// Keyed because the result is published (pod-template annotation, `status.configHash`) to anyone
+/// who may read pods, StatefulSets or SmtpRelays, and it covers the relayhost password: a plain
+/// digest would be a verifier against which a weak password could be guessed offline.
+pub fn config_hash(
+    key: &HashKey,
+    cm: &ConfigMap,
+    relayhost: Option<&Secret>,
+    tls: Option<&Secret>,
+) -> String {
+    let mut h = <Hmac<Sha256> as Mac>::new_from_slice(key.as_bytes())
+        .expect("HMAC accepts keys of any length");
     let cm_data = cm.data.clone().unwrap_or_default();
     feed(
         &mut h,
@@ -34,7 +84,7 @@ pub fn config_hash(cm: &ConfigMap, relayhost: Option<&Secret>, tls: Option<&Secr
         let data = s.and_then(|s| s.data.clone()).unwrap_or_default();
         feed(&mut h, section, data.into_iter().map(|(k, v)| (k, v.0)));
     }
-    hex(&h.finalize())
+    hex(&h.finalize().into_bytes())
 }
 
 /// sha256 of an object's JSON form (used on non-secret objects only).

@@ -20,6 +20,7 @@ use kube::{Resource, ResourceExt};
 use crate::crd::SmtpRelay;
 use crate::resolve::Resolved;
 use crate::{Error, Result};
+use hash::HashKey;
 
 /// Image used when neither `spec.image` nor `--relay-image` says otherwise.
 pub const DEFAULT_RELAY_IMAGE: &str = concat!(
@@ -45,6 +46,8 @@ pub const METRICS_PORT: i32 = 9154;
 pub const USERNAME_KEY: &str = "username";
 pub const PASSWORD_KEY: &str = "password";
 pub const CA_KEY: &str = "ca.crt";
+/// Key of the owned `<name>-hash-key` Secret holding the relay's [`hash::HashKey`].
+pub const HASH_KEY_KEY: &str = "config-hash-key";
 
 /// Operator-wide settings that shape the built objects.
 #[derive(Debug, Clone)]
@@ -75,6 +78,10 @@ impl Names {
     }
     pub fn tls_secret(relay: &str) -> String {
         format!("{relay}-tls")
+    }
+    /// Holds the key of the config hash; never mounted into a pod.
+    pub fn hash_key_secret(relay: &str) -> String {
+        format!("{relay}-hash-key")
     }
     pub fn headless_service(relay: &str) -> String {
         format!("{relay}-headless")
@@ -131,6 +138,7 @@ pub fn child_meta(relay: &SmtpRelay, name: String, component: &str) -> Result<Ob
 #[derive(Debug, Clone)]
 pub struct Desired {
     pub config_map: ConfigMap,
+    pub hash_key_secret: Secret,
     pub relayhost_secret: Option<Secret>,
     pub sasl_users_secret: Option<Secret>,
     pub tls_secret: Option<Secret>,
@@ -141,16 +149,28 @@ pub struct Desired {
     pub config_hash: String,
 }
 
-/// Builds the desired state. Fails only on a spec the controller rejects.
-pub fn build(relay: &SmtpRelay, resolved: &Resolved, opts: &BuildOptions) -> Result<Desired> {
+/// Builds the desired state. `hash_key` keys the config hash (see [`hash::config_hash`]); the
+/// resolver reads it back from the owned Secret, or generates it once. Fails only on a spec the
+/// controller rejects.
+pub fn build(
+    relay: &SmtpRelay,
+    resolved: &Resolved,
+    hash_key: &HashKey,
+    opts: &BuildOptions,
+) -> Result<Desired> {
     crate::validate::validate_spec(&relay.spec).map_err(Error::InvalidSpec)?;
     let file = relay_config::relay_config_file(&relay.spec, resolved);
     let config_map = configmap::config_map(relay, &file)?;
     let relayhost_secret = secrets::relayhost_secret(relay, resolved)?;
     let sasl_users_secret = secrets::sasl_users_secret(relay, resolved)?;
     let tls_secret = secrets::tls_secret(relay, resolved)?;
-    let config_hash =
-        hash::config_hash(&config_map, relayhost_secret.as_ref(), tls_secret.as_ref());
+    let hash_key_secret = secrets::hash_key_secret(relay, hash_key)?;
+    let config_hash = hash::config_hash(
+        hash_key,
+        &config_map,
+        relayhost_secret.as_ref(),
+        tls_secret.as_ref(),
+    );
     let stateful_set = statefulset::stateful_set(
         relay,
         &statefulset::Mounts {
@@ -163,6 +183,7 @@ pub fn build(relay: &SmtpRelay, resolved: &Resolved, opts: &BuildOptions) -> Res
     )?;
     Ok(Desired {
         config_map,
+        hash_key_secret,
         relayhost_secret,
         sasl_users_secret,
         tls_secret,
@@ -178,6 +199,11 @@ pub fn build(relay: &SmtpRelay, resolved: &Resolved, opts: &BuildOptions) -> Res
 pub(crate) mod fixtures {
     use super::*;
     use crate::crd::{RelayhostSpec, SmtpRelaySpec};
+
+    /// A fixed config-hash key for tests.
+    pub fn hash_key() -> HashKey {
+        HashKey::from_bytes([7; hash::HASH_KEY_LEN])
+    }
 
     /// A minimal relay as the API server would return it (defaults applied).
     pub fn relay(name: &str) -> SmtpRelay {
@@ -198,7 +224,7 @@ pub(crate) mod fixtures {
 
 #[cfg(test)]
 mod tests {
-    use super::fixtures::relay;
+    use super::fixtures::{hash_key, relay};
     use super::*;
     use crate::resolve::{RelayhostLogin, TlsPair};
     use std::collections::BTreeMap;
@@ -221,7 +247,7 @@ mod tests {
     }
 
     fn build_ok(r: &SmtpRelay, res: &Resolved) -> Desired {
-        build(r, res, &BuildOptions::default()).expect("builds")
+        build(r, res, &hash_key(), &BuildOptions::default()).expect("builds")
     }
 
     #[test]
@@ -262,7 +288,12 @@ mod tests {
         let mut r = relay("r1");
         r.metadata.uid = None;
         assert!(matches!(
-            build(&r, &Resolved::default(), &BuildOptions::default()),
+            build(
+                &r,
+                &Resolved::default(),
+                &hash_key(),
+                &BuildOptions::default()
+            ),
             Err(Error::MissingObjectKey(_))
         ));
     }
@@ -340,6 +371,54 @@ mod tests {
     }
 
     #[test]
+    fn config_hash_is_keyed_and_stable() {
+        let r = relay("r1");
+        let a = build_ok(&r, &full_resolved()).config_hash;
+        assert_eq!(
+            build_ok(&r, &full_resolved()).config_hash,
+            a,
+            "same inputs and key, same hash"
+        );
+        let other = HashKey::from_bytes([8; hash::HASH_KEY_LEN]);
+        let b = build(&r, &full_resolved(), &other, &BuildOptions::default())
+            .expect("builds")
+            .config_hash;
+        assert_ne!(b, a, "another key, another hash");
+        assert_eq!(b.len(), 64);
+    }
+
+    #[test]
+    fn hash_key_secret_is_owned_and_never_mounted() {
+        let d = build_ok(&relay("r1"), &full_resolved());
+        let s = &d.hash_key_secret;
+        assert_eq!(s.metadata.name.as_deref(), Some("r1-hash-key"));
+        assert_eq!(
+            s.data.as_ref().expect("data")[HASH_KEY_KEY].0,
+            hash_key().as_bytes()
+        );
+        let pod = d
+            .stateful_set
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .expect("pod spec");
+        let mounted: Vec<_> = pod
+            .volumes
+            .iter()
+            .flatten()
+            .filter_map(|v| v.secret.as_ref())
+            .filter_map(|s| s.secret_name.clone())
+            .collect();
+        assert!(!mounted.is_empty());
+        assert!(
+            !mounted.contains(&"r1-hash-key".to_string()),
+            "the key never reaches a pod: {mounted:?}"
+        );
+        let json = serde_json::to_string(&d.stateful_set).expect("json");
+        assert!(!json.contains("hash-key"));
+    }
+
+    #[test]
     fn config_hash_lands_on_the_pod_template() {
         let d = build_ok(&relay("r1"), &Resolved::default());
         let ann = d
@@ -375,7 +454,12 @@ mod tests {
         let mut r = relay("r1");
         r.spec.networks = vec!["10.0.0.0/33".into()];
         assert!(matches!(
-            build(&r, &Resolved::default(), &BuildOptions::default()),
+            build(
+                &r,
+                &Resolved::default(),
+                &hash_key(),
+                &BuildOptions::default()
+            ),
             Err(Error::InvalidSpec(_))
         ));
     }

@@ -7,7 +7,8 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::ByteString;
 use kube::ResourceExt;
 
-use super::{child_meta, Names, CA_KEY, PASSWORD_KEY, USERNAME_KEY};
+use super::hash::HashKey;
+use super::{child_meta, Names, CA_KEY, HASH_KEY_KEY, PASSWORD_KEY, USERNAME_KEY};
 use crate::crd::SmtpRelay;
 use crate::resolve::Resolved;
 use crate::Result;
@@ -67,4 +68,12 @@ pub fn tls_secret(relay: &SmtpRelay, resolved: &Resolved) -> Result<Option<Secre
     ]);
     let name = Names::tls_secret(&relay.name_any());
     secret(relay, name, "tls", "kubernetes.io/tls", data).map(Some)
+}
+
+/// `<name>-hash-key`: the key of the config hash. No pod mounts it; it is kept only so the hash
+/// stays the same across reconciles and operator restarts.
+pub fn hash_key_secret(relay: &SmtpRelay, key: &HashKey) -> Result<Secret> {
+    let data = BTreeMap::from([(HASH_KEY_KEY.to_string(), key.as_bytes().to_vec())]);
+    let name = Names::hash_key_secret(&relay.name_any());
+    secret(relay, name, "config-hash-key", "Opaque", data)
 }
