@@ -1,5 +1,8 @@
 //! The mapping from settings to Postfix parameters. No other module writes a parameter name.
 
+use std::path::Path;
+
+use crate::inputs::SYSTEM_CA_BUNDLE;
 use crate::postfix::layout::Layout;
 use crate::postfix::restrictions;
 use crate::settings::{Relayhost, SaslUserSource, Settings, TlsLevel};
@@ -7,6 +10,9 @@ use crate::settings::{Relayhost, SaslUserSource, Settings, TlsLevel};
 /// Debian's shared files (postfix-files, dynamicmaps.cf) stay where the package put them while
 /// the configuration lives elsewhere.
 pub const META_DIRECTORY: &str = "/etc/postfix";
+
+/// The hashed certificate directory that holds [`SYSTEM_CA_BUNDLE`]'s certificates.
+pub const SYSTEM_CA_DIR: &str = "/etc/ssl/certs";
 
 /// Notices sent to the postmaster, as the original image configured them.
 const NOTIFY_CLASSES: &str = "bounce, 2bounce, data, delay, policy, protocol, resource, software";
@@ -134,8 +140,17 @@ pub fn parameters(s: &Settings, layout: &Layout) -> Vec<(String, String)> {
     if s.relayhost.implicit_tls {
         p.set("smtp_tls_wrappermode", "yes");
     }
-    if let Some(ca) = &s.relayhost_tls_ca_file {
-        p.set("smtp_tls_CAfile", ca.display());
+    match &s.relayhost_tls_ca_file {
+        // Every smtp process start parses a CAfile whole (the system bundle: ~150 certificates,
+        // tens of milliseconds), even at level `may` where nothing is verified; with smtp
+        // processes recycled every 100 deliveries that cost ~20% more CPU per message than a
+        // bare relay. The bundle's directory holds the same certificates hashed
+        // (update-ca-certificates writes both), which OpenSSL reads only when it verifies.
+        Some(ca) if ca.as_path() == Path::new(SYSTEM_CA_BUNDLE) => {
+            p.set("smtp_tls_CApath", SYSTEM_CA_DIR);
+        }
+        Some(ca) => p.set("smtp_tls_CAfile", ca.display()),
+        None => {}
     }
     p.set(
         "smtp_tls_session_cache_database",
@@ -319,6 +334,15 @@ mod tests {
             Some("message_size_limit")
         );
         assert_eq!(p.iter().filter(|(n, _)| n == "smtpd_banner").count(), 1);
+    }
+
+    #[test]
+    fn the_system_ca_bundle_is_read_through_its_hashed_directory() {
+        let mut s = settings();
+        s.relayhost_tls_ca_file = Some(PathBuf::from(SYSTEM_CA_BUNDLE));
+        let p = parameters(&s, &layout());
+        assert_eq!(get(&p, "smtp_tls_CApath"), Some("/etc/ssl/certs"));
+        assert_eq!(get(&p, "smtp_tls_CAfile"), None);
     }
 
     #[test]
