@@ -271,6 +271,55 @@ fn smtp_source(port: u16, messages: u64) {
     );
 }
 
+/// CPU seconds (user + system) used so far by a process and its reaped children.
+fn cpu_of(pid: u32, with_children: bool) -> f64 {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')').map_or(0, |i| i + 2)..];
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0.0))
+        .collect();
+    // utime, stime, cutime, cstime are fields 14-17 of stat, 12-15 after the name.
+    let ticks = f[11] + f[12] + if with_children { f[13] + f[14] } else { 0.0 };
+    ticks
+        / nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+            .ok()
+            .flatten()
+            .unwrap_or(100) as f64
+}
+
+/// CPU seconds used so far by the whole relay: the Postfix master with every daemon it started
+/// (reaped ones are in its children's times, live ones are read one by one) and, for
+/// smtp-relay, its own process (the log pump and metrics).
+fn relay_cpu(instance: &Instance) -> f64 {
+    let master = master_pid(&instance.spool()).expect("master.pid") as u32;
+    let mut total = cpu_of(master, true);
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let ppid = fs::read_to_string(entry.path().join("stat"))
+            .ok()
+            .and_then(|s| {
+                s[s.rfind(')')? + 2..]
+                    .split_whitespace()
+                    .nth(1)?
+                    .parse::<u32>()
+                    .ok()
+            });
+        if ppid == Some(master) {
+            total += cpu_of(pid, false);
+        }
+    }
+    if let Instance::SmtpRelay(relay) = instance {
+        total += cpu_of(relay.pid(), false);
+    }
+    total
+}
+
 /// Sends `messages` through `instance` and returns the seconds until the sink counted them all
 /// and the relay's queue is empty.
 fn drive(instance: &Instance, sink: &CountingSink, messages: u64) -> f64 {
@@ -297,19 +346,22 @@ enum Kind {
     Bare,
 }
 
-fn measure(kind: Kind, messages: u64) -> f64 {
+/// Messages per second, and CPU milliseconds the relay spent per message.
+fn measure(kind: Kind, messages: u64) -> (f64, f64) {
     let sink = CountingSink::start();
     let instance = match kind {
         Kind::SmtpRelay => start_smtp_relay(sink.port),
         Kind::Bare => Instance::Bare(BareRelay::start(sink.port)),
     };
     drive(&instance, &sink, WARMUP);
+    let cpu_before = relay_cpu(&instance);
     let secs = drive(&instance, &sink, messages);
+    let cpu = relay_cpu(&instance) - cpu_before;
     if let Instance::SmtpRelay(relay) = instance {
         let (status, _) = relay.stop();
         assert_eq!(status.code(), Some(0));
     }
-    messages as f64 / secs
+    (messages as f64 / secs, cpu * 1000.0 / messages as f64)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -335,35 +387,47 @@ fn main() {
          after a {WARMUP}-message warm-up per instance"
     );
     println!(
-        "{:>5}  {:<22}  {:>16}  {:>16}",
-        "round", "order", "smtp-relay msg/s", "bare msg/s"
+        "{:>5}  {:<22}  {:>16}  {:>10}  {:>16}  {:>10}",
+        "round", "order", "smtp-relay msg/s", "cpu ms/msg", "bare msg/s", "cpu ms/msg"
     );
     let (mut relay_rates, mut bare_rates) = (Vec::new(), Vec::new());
+    let (mut relay_cpu, mut bare_cpu) = (Vec::new(), Vec::new());
     for round in 1..=rounds {
         let order = if round % 2 == 1 {
             [Kind::SmtpRelay, Kind::Bare]
         } else {
             [Kind::Bare, Kind::SmtpRelay]
         };
-        let mut rates = [0.0; 2];
+        let mut results = [(0.0, 0.0); 2];
         for kind in order {
-            let rate = measure(kind, messages);
-            rates[(kind == Kind::Bare) as usize] = rate;
+            results[(kind == Kind::Bare) as usize] = measure(kind, messages);
         }
         println!(
-            "{round:>5}  {:<22}  {:>16.0}  {:>16.0}",
+            "{round:>5}  {:<22}  {:>16.0}  {:>10.2}  {:>16.0}  {:>10.2}",
             if order[0] == Kind::SmtpRelay {
                 "smtp-relay, then bare"
             } else {
                 "bare, then smtp-relay"
             },
-            rates[0],
-            rates[1]
+            results[0].0,
+            results[0].1,
+            results[1].0,
+            results[1].1
         );
-        relay_rates.push(rates[0]);
-        bare_rates.push(rates[1]);
+        relay_rates.push(results[0].0);
+        relay_cpu.push(results[0].1);
+        bare_rates.push(results[1].0);
+        bare_cpu.push(results[1].1);
     }
     let (r, b) = (median(relay_rates), median(bare_rates));
-    println!("{:>5}  {:<22}  {r:>16.0}  {b:>16.0}", "", "median");
-    println!("ratio smtp-relay / bare (medians): {:.3}", r / b);
+    let (rc, bc) = (median(relay_cpu), median(bare_cpu));
+    println!(
+        "{:>5}  {:<22}  {r:>16.0}  {rc:>10.2}  {b:>16.0}  {bc:>10.2}",
+        "", "median"
+    );
+    println!("ratio smtp-relay / bare, msg/s (medians): {:.3}", r / b);
+    println!(
+        "ratio bare / smtp-relay, cpu per message (medians): {:.3}",
+        bc / rc
+    );
 }
