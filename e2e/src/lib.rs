@@ -20,3 +20,5 @@ pub mod operator;
 pub mod tools;
 
 pub use controlplane::{ControlPlane, Error};
+pub mod mail;
+pub mod pod;

@@ -1,0 +1,479 @@
+//! The world outside a relay pod: an `smtp-sink` that records every message, an upstream relay
+//! (a second `smtp-relay run`, requiring AUTH) in front of it, and SMTP clients that speak from a
+//! chosen loopback address. Every process is stopped by a Drop guard, also when a test panics;
+//! every wait polls with a deadline.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+use lettre::address::Envelope;
+use lettre::transport::smtp::authentication::{Credentials, Mechanism};
+use lettre::transport::smtp::client::SmtpConnection;
+use lettre::transport::smtp::extension::ClientId;
+use lettre::Address;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tempfile::TempDir;
+
+use crate::pod::{self, relay_bin};
+
+/// How long a mail server may take to start, or a message to arrive.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Polls `f` until it returns `Some`, or fails with `what` after `timeout`.
+pub fn poll<T>(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> Result<T, String> {
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(20);
+    loop {
+        if let Some(v) = f() {
+            return Ok(v);
+        }
+        if start.elapsed() > timeout {
+            return Err(format!("timed out after {timeout:?} waiting for {what}"));
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(250));
+    }
+}
+
+/// A TCP port on 127.0.0.1 that nothing listens on, from a per-process range below the
+/// kernel's ephemeral range (so the relays' outgoing connections never take it).
+pub fn free_port() -> u16 {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    // Not the image tests' range (20000 + pid%120*100): they may run at the same time.
+    let base = 33_000 + (std::process::id() % 60) as u16 * 50;
+    let _ = NEXT.compare_exchange(0, base, Ordering::SeqCst, Ordering::SeqCst);
+    loop {
+        let port = NEXT.fetch_add(1, Ordering::SeqCst);
+        assert!(port < 36_100, "ran out of test ports");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// True once `addr` accepts a connection and greets with 220.
+pub fn smtp_ready(addr: SocketAddr) -> bool {
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut line = String::new();
+    let ok = BufReader::new(&stream).read_line(&mut line).is_ok() && line.starts_with("220");
+    let _ = stream.write_all(b"QUIT\r\n");
+    ok
+}
+
+/// SIGTERM, then SIGKILL after `grace`; None when it had to be killed.
+fn stop_child(child: &mut Child, grace: Duration) -> Option<ExitStatus> {
+    if let Ok(Some(status)) = child.try_wait() {
+        return Some(status);
+    }
+    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+    let start = Instant::now();
+    while start.elapsed() < grace {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+// ---------------------------------------------------------------------------------------------
+// The sink.
+
+/// One message as the sink recorded it: `smtp-sink -d` writes the envelope as `X-Client-Addr`,
+/// `X-Mail-Args` and `X-Rcpt-Args` headers above the message.
+#[derive(Debug, Clone)]
+pub struct Dumped {
+    pub client: String,
+    pub from: String,
+    pub rcpts: Vec<String>,
+    pub text: String,
+}
+
+impl Dumped {
+    /// The envelope and the header section (everything above the first empty line).
+    pub fn headers(&self) -> String {
+        let mut out = Vec::new();
+        for line in self.text.lines() {
+            if line.trim().is_empty() {
+                break;
+            }
+            out.push(line);
+        }
+        out.join("\n")
+    }
+}
+
+/// Postfix's `smtp-sink` on 127.0.0.1, writing each transaction to its own file.
+pub struct Sink {
+    child: Child,
+    pub addr: SocketAddr,
+    dir: TempDir,
+}
+
+impl Sink {
+    pub fn start() -> Result<Sink, String> {
+        let dir = tempfile::Builder::new()
+            .prefix("sink-")
+            .tempdir()
+            .map_err(|e| e.to_string())?;
+        // smtp-sink writes as the postfix user.
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777))
+            .map_err(|e| e.to_string())?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let child = Command::new("smtp-sink")
+            .args(["-u", "postfix", "-d"])
+            .arg(dir.path().join("m."))
+            .arg(addr.to_string())
+            .arg("100")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("starting smtp-sink (apt-get install postfix): {e}"))?;
+        let mut sink = Sink { child, addr, dir };
+        poll("smtp-sink to listen", DEADLINE, || {
+            if let Ok(Some(status)) = sink.child.try_wait() {
+                return Some(Err(format!("smtp-sink exited: {status}")));
+            }
+            smtp_ready(addr).then_some(Ok(()))
+        })??;
+        Ok(sink)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Every complete transaction recorded so far.
+    pub fn messages(&self) -> Vec<Dumped> {
+        let mut out = Vec::new();
+        let Ok(entries) = fs::read_dir(self.dir.path()) else {
+            return out;
+        };
+        for entry in entries.flatten() {
+            let Ok(text) = fs::read_to_string(entry.path()) else {
+                continue;
+            };
+            let header = |name: &str| {
+                text.lines()
+                    .filter_map(|l| l.strip_prefix(name))
+                    .map(|v| v.trim().to_string())
+                    .collect::<Vec<_>>()
+            };
+            let angle = |v: &str| {
+                v.split_whitespace()
+                    .next()
+                    .unwrap_or("")
+                    .trim_start_matches('<')
+                    .trim_end_matches('>')
+                    .to_string()
+            };
+            let Some(from) = header("X-Mail-Args:").first().map(|v| angle(v)) else {
+                continue;
+            };
+            out.push(Dumped {
+                client: header("X-Client-Addr:").join(""),
+                from,
+                rcpts: header("X-Rcpt-Args:").iter().map(|v| angle(v)).collect(),
+                text,
+            });
+        }
+        out
+    }
+
+    /// Waits for the message whose body ends with `marker`'s end line (see [`message`]).
+    pub fn wait_for(&self, rcpt: &str, marker: &str, timeout: Duration) -> Result<Dumped, String> {
+        let end = end_marker(marker);
+        poll(
+            &format!("a message for {rcpt} with marker {marker} at the sink"),
+            timeout,
+            || {
+                self.messages().into_iter().find(|m| {
+                    m.text.contains(&end) && m.rcpts.iter().any(|r| r.eq_ignore_ascii_case(rcpt))
+                })
+            },
+        )
+    }
+
+    pub fn has(&self, marker: &str) -> bool {
+        let end = end_marker(marker);
+        self.messages().iter().any(|m| m.text.contains(&end))
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        stop_child(&mut self.child, Duration::from_secs(5));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The upstream relay.
+
+/// Postfix settings a relay needs on a machine without DNS, and quick retries of deferred mail.
+pub fn loopback_postconf() -> BTreeMap<String, String> {
+    [
+        ("smtpd_peername_lookup", "no"),
+        ("smtp_dns_support_level", "disabled"),
+        ("queue_run_delay", "1s"),
+        ("minimal_backoff_time", "1s"),
+        ("maximal_backoff_time", "2s"),
+        ("smtp_connect_timeout", "5s"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+/// The relayhost of the relay under test: a second `smtp-relay run` (real Postfix) on
+/// 127.0.0.1, that relays only for its SASL users (no `networks`) and hands all mail to a
+/// [`Sink`]. Its users live in a kubelet-style Secret directory, so a password rotates in
+/// place. Stopped on drop; [`Upstream::stop`] and [`Upstream::start_again`] take it down and up
+/// on the same port and queue (the relayhost being unreachable for a while).
+pub struct Upstream {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    dir: TempDir,
+}
+
+impl Upstream {
+    pub fn start(sink: &Sink, users: &[(&str, &str)]) -> Result<Upstream, String> {
+        let dir = tempfile::Builder::new()
+            .prefix("upstream-")
+            .tempdir()
+            .map_err(|e| e.to_string())?;
+        let users_dir = dir.path().join("users");
+        let config = serde_json::json!({
+            "domain": "example.net",
+            "hostname": "upstream.example.net",
+            "networks": [],
+            "relayhost": {"host": "127.0.0.1", "port": sink.port(), "mxLookup": false},
+            "mode": "AllowAuthNoDomain",
+            "saslUsersDir": users_dir,
+            "postconf": loopback_postconf(),
+        });
+        fs::write(
+            dir.path().join("relay.yaml"),
+            serde_yaml::to_string(&config).map_err(|e| e.to_string())?,
+        )
+        .map_err(|e| e.to_string())?;
+        let mut up = Upstream {
+            child: None,
+            addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            dir,
+        };
+        up.set_users(users)?;
+        up.start_again()?;
+        Ok(up)
+    }
+
+    /// Replaces the SASL users (name, password) the way a Secret update does; the relay
+    /// reloads them within a second or two.
+    pub fn set_users(&self, users: &[(&str, &str)]) -> Result<(), String> {
+        let payload = users
+            .iter()
+            .map(|(u, p)| (PathBuf::from(u), (p.as_bytes().to_vec(), 0o400)))
+            .collect();
+        pod::atomic_write(&self.dir.path().join("users"), &payload)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// Starts it (again, on the same port and queue) and waits until it answers SMTP.
+    pub fn start_again(&mut self) -> Result<(), String> {
+        if self.child.is_some() {
+            return Ok(());
+        }
+        let d = self.dir.path();
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(d.join("upstream.log"))
+            .map_err(|e| e.to_string())?;
+        let child = Command::new(relay_bin())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RELAY_LISTEN", self.addr.to_string())
+            .env("RELAY_POSTFIX_DIR", d.join("postfix"))
+            .env("RELAY_SPOOL_DIR", d.join("spool"))
+            .env("RELAY_DATA_DIR", d.join("data"))
+            .env("RELAY_RELOAD_INTERVAL", "1")
+            .arg("run")
+            .arg("--config")
+            .arg(d.join("relay.yaml"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("starting the upstream smtp-relay: {e}"))?;
+        self.child = Some(child);
+        let addr = self.addr;
+        let result = poll(
+            &format!("the upstream relay on {addr} to answer SMTP"),
+            DEADLINE,
+            || {
+                if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok()?) {
+                    return Some(Err(format!("the upstream relay exited: {status}")));
+                }
+                smtp_ready(addr).then_some(Ok(()))
+            },
+        );
+        match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) | Err(e) => {
+                self.stop();
+                Err(format!("{e}\n{}", self.log()))
+            }
+        }
+    }
+
+    /// SIGTERM; the relayhost is down until [`Self::start_again`].
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if stop_child(&mut child, Duration::from_secs(30)).is_none() {
+                kill_master(&self.dir.path().join("spool"));
+            }
+        }
+    }
+
+    /// Its output: the Postfix mail log and smtp-relay's own lines.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("upstream.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Last resort when smtp-relay had to be killed: its Postfix master would survive it.
+fn kill_master(spool: &Path) {
+    if let Some(pid) = fs::read_to_string(spool.join("pid/master.pid"))
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+    {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clients.
+
+/// A unique token to find a message at the sink.
+pub fn marker(tag: &str) -> String {
+    static N: AtomicU16 = AtomicU16::new(0);
+    format!(
+        "{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+fn end_marker(marker: &str) -> String {
+    format!("end-of-{marker}")
+}
+
+/// A small message whose last body line identifies it, so a half-written dump never matches.
+pub fn message(from: &str, to: &str, marker: &str) -> Vec<u8> {
+    format!(
+        "From: <{from}>\r\nTo: <{to}>\r\nSubject: {marker}\r\nMessage-ID: <{marker}@client.test>\r\n\r\nTest message {marker}.\r\n{}\r\n",
+        end_marker(marker)
+    )
+    .into_bytes()
+}
+
+/// Connects to `addr` from `source` (a loopback address), logs in if asked, sends one message.
+/// `Err` carries the first refusal.
+pub fn send(
+    addr: SocketAddr,
+    source: Ipv4Addr,
+    auth: Option<(&str, &str)>,
+    from: &str,
+    to: &str,
+    marker: &str,
+) -> Result<String, String> {
+    let mut conn = SmtpConnection::connect(
+        addr,
+        Some(Duration::from_secs(30)),
+        &ClientId::Domain("client.test".into()),
+        None,
+        Some(IpAddr::V4(source)),
+    )
+    .map_err(|e| format!("connecting to {addr} from {source}: {e}"))?;
+    if let Some((user, password)) = auth {
+        conn.auth(
+            &[Mechanism::Plain, Mechanism::Login],
+            &Credentials::new(user.into(), password.into()),
+        )
+        .map_err(|e| format!("AUTH as {user}: {e}"))?;
+    }
+    let envelope = Envelope::new(
+        Some(from.parse::<Address>().map_err(|e| e.to_string())?),
+        vec![to.parse::<Address>().map_err(|e| e.to_string())?],
+    )
+    .map_err(|e| e.to_string())?;
+    let result = conn
+        .send(&envelope, &message(from, to, marker))
+        .map(|r| r.message().collect::<Vec<_>>().join(" "))
+        .map_err(|e| e.to_string());
+    let _ = conn.quit();
+    result
+}
+
+/// The image's own test client, `smtp-relay send`, logging in as `user` with the password in
+/// the `SMTP_PASSWORD` environment variable (never on the command line). It connects from
+/// 127.0.0.1. The subject is `marker` and the body ends like [`message`]'s, so
+/// [`Sink::wait_for`] finds it. Returns its output, or its error.
+pub fn smtp_relay_send(
+    addr: SocketAddr,
+    user: Option<(&str, &str)>,
+    from: &str,
+    to: &str,
+    marker: &str,
+) -> Result<String, String> {
+    let mut cmd = Command::new(relay_bin());
+    cmd.arg("send")
+        .arg("--server")
+        .arg(addr.to_string())
+        .args(["--from", from, "--subject", marker, "--starttls", "never"])
+        .arg("--body")
+        .arg(format!("Test message {marker}.\r\n{}", end_marker(marker)))
+        .env_remove("SMTP_PASSWORD")
+        .stdin(Stdio::null());
+    if let Some((name, password)) = user {
+        cmd.args(["--user", name]).env("SMTP_PASSWORD", password);
+    }
+    let out = cmd
+        .arg(to)
+        .output()
+        .map_err(|e| format!("running smtp-relay send: {e}"))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() {
+        Ok(text.trim().to_string())
+    } else {
+        Err(text.trim().to_string())
+    }
+}
