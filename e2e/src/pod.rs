@@ -910,14 +910,38 @@ impl RelayPod {
             return err(format!("the container has no exec {which}"));
         }
         let timeout = Duration::from_secs(probe["timeoutSeconds"].as_u64().unwrap_or(1));
+        let (status, output) = self.exec(&argv, timeout)?;
+        if status.success() {
+            Ok(())
+        } else {
+            err(format!(
+                "{which} {argv:?} failed ({status}): {}",
+                output.trim()
+            ))
+        }
+    }
+
+    /// Runs `argv` inside the pod (its mount, UTS and PID namespaces, the container's
+    /// environment), like `kubectl exec`; returns its exit status and output (stdout then
+    /// stderr, interleaved). Err if it cannot start or outlives `timeout` (it is then killed
+    /// with the pod at the latest: it runs in the pod's PID namespace).
+    pub fn exec<S: AsRef<str>>(
+        &mut self,
+        argv: &[S],
+        timeout: Duration,
+    ) -> Result<(ExitStatus, String)> {
+        let argv: Vec<&str> = argv.iter().map(AsRef::as_ref).collect();
         let Some(pid1) = self.pid1.filter(|_| self.running()) else {
             return err(format!(
                 "pod {} is not running:\n{}",
                 self.name,
-                self.logs()
+                tail(&self.logs(), 40)
             ));
         };
-        let out_path = self.log_path.with_file_name("probe.out");
+        static N: AtomicU32 = AtomicU32::new(0);
+        let out_path = self
+            .log_path
+            .with_file_name(format!("exec-{}.out", N.fetch_add(1, Ordering::SeqCst)));
         let out = File::create(&out_path)?;
         let mut child = Command::new("nsenter")
             .args([
@@ -935,7 +959,7 @@ impl RelayPod {
             .stdout(out.try_clone()?)
             .stderr(out)
             .spawn()
-            .map_err(|e| PodError(format!("running the probe with nsenter: {e}")))?;
+            .map_err(|e| PodError(format!("running {argv:?} in the pod with nsenter: {e}")))?;
         let start = Instant::now();
         let status = loop {
             if let Some(status) = child.try_wait()? {
@@ -944,19 +968,14 @@ impl RelayPod {
             if start.elapsed() > timeout {
                 let _ = child.kill();
                 let _ = child.wait();
-                return err(format!("{which} {argv:?} timed out after {timeout:?}"));
+                let _ = fs::remove_file(&out_path);
+                return err(format!("{argv:?} timed out after {timeout:?}"));
             }
             std::thread::sleep(Duration::from_millis(20));
         };
         let output = fs::read_to_string(&out_path).unwrap_or_default();
-        if status.success() {
-            Ok(())
-        } else {
-            err(format!(
-                "{which} {argv:?} failed ({status}): {}",
-                output.trim()
-            ))
-        }
+        let _ = fs::remove_file(&out_path);
+        Ok((status, output))
     }
 
     /// Probes until the probe passes or `timeout` runs out (a startup probe's job), failing at

@@ -152,6 +152,47 @@ fn count_files(dir: &std::path::Path) -> usize {
         .unwrap_or(0)
 }
 
+/// The volumes are laid out and mounted as the kubelet and a container runtime do.
+fn check_pod_layout(pod: &mut RelayPod) {
+    let users = pod.volume_dir("sasl-users").expect("users volume");
+    let data = std::fs::read_link(users.join("..data")).expect("..data symlink");
+    assert!(data.to_string_lossy().starts_with("..20"), "{data:?}");
+    assert_eq!(
+        std::fs::read_link(users.join("app1")).unwrap(),
+        std::path::Path::new("..data/app1")
+    );
+    let mode = std::fs::metadata(users.join("app1")).unwrap().permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o400,
+        "the template's defaultMode"
+    );
+    let sh = |pod: &mut RelayPod, script: &str| {
+        pod.exec(&["sh", "-c", script], Duration::from_secs(10))
+            .expect("exec in the pod")
+    };
+    let (status, out) = sh(pod, "test -L /etc/smtp-relay/sasl-users/app1 && hostname");
+    assert!(status.success(), "{out}");
+    assert_eq!(out.trim(), pod.name(), "the pod's own hostname");
+    let (status, out) = sh(pod, "touch /root-is-read-only");
+    assert!(!status.success(), "readOnlyRootFilesystem: {out}");
+    let (status, out) = sh(pod, "touch /etc/smtp-relay/config/x");
+    assert!(
+        !status.success(),
+        "the config volume is mounted read-only: {out}"
+    );
+    let (status, out) = sh(
+        pod,
+        "touch /data/x /tmp/x /run/smtp-relay/x && rm /data/x /tmp/x /run/smtp-relay/x",
+    );
+    assert!(status.success(), "emptyDirs are writable: {out}");
+    let (_, out) = sh(pod, "cat /proc/1/cmdline | tr '\\0' ' '");
+    assert!(
+        out.starts_with("smtp-relay run --config"),
+        "the container command is PID 1: {out}"
+    );
+}
+
 #[test]
 fn relay_pod_runs_for_real_and_follows_secret_rotation() {
     let t = Timer(Instant::now());
@@ -159,7 +200,7 @@ fn relay_pod_runs_for_real_and_follows_secret_rotation() {
     t.step("control plane ready");
     let op = Operator::start(&cp, OperatorOptions::default());
     t.step("chart installed, operator running as its ServiceAccount");
-    cp.kubectl_ok(["create", "namespace", NS]);
+    operator::create_namespace(&cp, NS);
 
     let sink = Sink::start().expect("sink");
     let mut upstream =
@@ -182,6 +223,7 @@ fn relay_pod_runs_for_real_and_follows_secret_rotation() {
     assert_eq!(relay["status"]["readyReplicas"], 1);
     let addr = pod.smtp_addr();
     assert_eq!(addr.port(), 25, "the template's port, on the pod IP");
+    check_pod_layout(&mut pod);
 
     // A SASL user may send anywhere (AllowSaslAuthNoDomain), with the image's own client.
     let m = marker("sasl");
@@ -227,6 +269,18 @@ fn relay_pod_runs_for_real_and_follows_secret_rotation() {
             .get("app2")
             .map(|_| ())
     });
+    // Until the kubelet swaps the files, the relay does not know app2.
+    let early = smtp_relay_send(
+        addr,
+        Some(("app2", APP2_PW)),
+        "app2@example.net",
+        "early@elsewhere.org",
+        "early",
+    );
+    assert!(
+        early.as_ref().is_err_and(|e| e.contains("535")),
+        "app2 before the volume sync: {early:?}"
+    );
     let changed = pod.sync(&cp).expect("sync");
     assert_eq!(changed, ["sasl-users"], "only the users volume changed");
     let m = marker("app2");
@@ -242,6 +296,13 @@ fn relay_pod_runs_for_real_and_follows_secret_rotation() {
     });
     sink.wait_for("app2-rcpt@elsewhere.org", &m, DEADLINE)
         .unwrap_or_else(|e| panic!("{e}"));
+    let (_, users) = pod
+        .exec(&["smtp-relay", "users"], Duration::from_secs(10))
+        .expect("smtp-relay users in the pod");
+    assert!(
+        users.contains("app1") && users.contains("app2"),
+        "the relay's database (in the pod's /data) lists both users: {users}"
+    );
     assert_eq!(template_hash(&cp), Some(hash_before.clone()));
     assert!(!pod.deleted(&cp).unwrap(), "no restart for a new user");
     assert!(pod.running());
