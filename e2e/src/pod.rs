@@ -10,9 +10,10 @@
 //!   `items` respected), a `..data` symlink to it, and one symlink per top-level key into
 //!   `..data/`. [`RelayPod::sync`] re-projects changed data with an atomic `..data` swap, as
 //!   the kubelet does after a Secret update.
-//! - emptyDirs are fresh directories per pod; a `persistentVolumeClaim` (the `spool` claim of
+//! - emptyDirs are directories per Pod object; a `persistentVolumeClaim` (the `spool` claim of
 //!   the volumeClaimTemplate) is a directory per claim name that lives as long as the
-//!   [`Kubelet`], across pod restarts.
+//!   [`Kubelet`], across pod restarts, offered to the API as a hostPath PersistentVolume
+//!   pre-bound to the claim (so the claim shows Bound, as on a node with storage).
 //! - The container runs in its own mount, UTS (hostname = pod name) and PID namespaces (the
 //!   command is PID 1; when it dies every process of the pod dies with it), with each volume
 //!   bind-mounted at its `mountPath` (read-only where the mount says so) and, with
@@ -422,7 +423,11 @@ impl Kubelet {
         let third = 10 + (std::process::id() % 240) as u8;
         loop {
             let n = NEXT.fetch_add(1, Ordering::SeqCst);
-            assert!(n < 250, "ran out of pod IPs");
+            assert!(
+                n < 250,
+                "no loopback pod IP free on ports 25 and 9154 in 127.{third}.0.0/24: \
+                 is something listening on 0.0.0.0:25 (the host's Postfix? `postfix stop`)?"
+            );
             let ip = Ipv4Addr::new(127, third, 0, 2 + n as u8);
             let free = TcpListener::bind((ip, 25)).is_ok() && TcpListener::bind((ip, 9154)).is_ok();
             if free && !ips.values().any(|v| *v == ip) {
@@ -515,6 +520,9 @@ impl Kubelet {
                 _ => pod_dir.join("volumes").join(&vname),
             };
             fs::create_dir_all(&dir)?;
+            if let Source::Claim(claim) = &source {
+                bind_claim(cp, &namespace, claim, &dir)?;
+            }
             let payload = source.payload(cp, &namespace)?;
             if matches!(source, Source::Secret { .. } | Source::ConfigMap { .. }) {
                 atomic_write(&dir, &payload)?;
@@ -595,6 +603,61 @@ impl Drop for Kubelet {
             // Leak one reference so the TempDir is never removed.
             std::mem::forget(self.dir.clone());
         }
+    }
+}
+
+/// Provisions the claim as a kubelet's node would find it: a hostPath PersistentVolume on the
+/// claim's directory, pre-bound to the claim (`claimRef`), and waits until the controller
+/// manager's PersistentVolume binder has bound the claim. A no-op when it is bound already.
+fn bind_claim(cp: &ControlPlane, namespace: &str, claim: &str, dir: &Path) -> Result<()> {
+    let start = Instant::now();
+    let pvc = loop {
+        if let Some(pvc) = get_json(cp, namespace, "persistentvolumeclaim", claim)? {
+            break pvc;
+        }
+        if start.elapsed() > POD_DEADLINE {
+            return err(format!("no PersistentVolumeClaim {namespace}/{claim}"));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    if pvc["status"]["phase"] == "Bound" {
+        return Ok(());
+    }
+    let pv = json!({
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "metadata": {
+            "name": format!("e2e-{namespace}-{claim}"),
+            "labels": {"smtprelay.dev/e2e-kubelet": "true"},
+        },
+        "spec": {
+            "capacity": {"storage": pvc["spec"]["resources"]["requests"]["storage"].as_str().unwrap_or("1Gi")},
+            "accessModes": pvc["spec"]["accessModes"],
+            "persistentVolumeReclaimPolicy": "Retain",
+            "storageClassName": pvc["spec"]["storageClassName"].as_str().unwrap_or(""),
+            "hostPath": {"path": dir, "type": "Directory"},
+            "claimRef": {"namespace": namespace, "name": claim},
+        }
+    });
+    let out = cp.kubectl_stdin(["apply", "-f", "-"], &pv.to_string());
+    if !out.status.success() {
+        return err(format!(
+            "creating the PersistentVolume for {namespace}/{claim}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    loop {
+        let phase = get_json(cp, namespace, "persistentvolumeclaim", claim)?
+            .map(|p| p["status"]["phase"].clone());
+        if phase == Some(json!("Bound")) {
+            return Ok(());
+        }
+        if start.elapsed() > POD_DEADLINE {
+            return err(format!(
+                "PersistentVolumeClaim {namespace}/{claim} not bound after {POD_DEADLINE:?} (phase {phase:?})"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 

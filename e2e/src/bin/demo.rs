@@ -348,6 +348,10 @@ fn run(demo: &mut Demo) -> Result<(), String> {
         (c["status"] == "True" && r["status"]["readyReplicas"] == 1).then_some(r)
     });
     say("Pod status written (Running, Ready); the StatefulSet counts it; the SmtpRelay is Ready");
+    say(&kubectl_ok(
+        &cp,
+        &["get", "pod,pvc", "-n", NS, "-o", "wide"],
+    )?);
 
     demo.step(&format!(
         "Sending a mail through the relay as SASL user {} (smtp-relay send)",
