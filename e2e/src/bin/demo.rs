@@ -440,6 +440,10 @@ fn main() -> ExitCode {
                 demo.current,
                 demo.start.elapsed().as_secs_f64()
             );
+            eprintln!(
+                "Demo FAILED at step {}/{STEPS}: {}",
+                demo.step, demo.current
+            );
             ExitCode::FAILURE
         }
     }
