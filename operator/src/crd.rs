@@ -19,8 +19,6 @@ use smtp_relay::settings::{Mode, TlsLevel};
 
 /// A DNS name (RFC 1123 labels, dot separated, at most 253 characters).
 pub const DOMAIN_PATTERN: &str = r"^([a-zA-Z0-9]([-a-zA-Z0-9]{0,61}[a-zA-Z0-9])?\.)*[a-zA-Z0-9]([-a-zA-Z0-9]{0,61}[a-zA-Z0-9])?$";
-/// A Postfix parameter name.
-pub const POSTCONF_KEY_PATTERN: &str = r"^[a-z][a-z0-9_]*$";
 /// One token of a Postfix restriction list: no whitespace and no commas.
 pub const RESTRICTION_PATTERN: &str = r"^[A-Za-z0-9_:./{}=@+-]+$";
 /// A storage size: a decimal number with an optional binary or decimal SI suffix.
@@ -117,11 +115,13 @@ pub struct SmtpRelaySpec {
     pub tls_secret_ref: Option<SecretRef>,
 
     /// Extra Postfix `main.cf` parameters, applied last so they override every generated value.
-    /// Keys are Postfix parameter names (lowercase letters, digits and underscores).
+    /// Keys are Postfix parameter names (letters, digits and underscores, starting with a
+    /// lowercase letter, e.g. `message_size_limit` or `smtp_tls_CAfile`). Values are strings:
+    /// quote `"yes"` and `"no"`, which YAML would otherwise read as booleans.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("maxProperties" = 64))]
     #[schemars(extend("x-kubernetes-validations" = [
-        {"rule": "self.all(k, k.matches('^[a-z][a-z0-9_]*$'))", "message": "postconf keys must be Postfix parameter names: lowercase letters, digits and underscores, starting with a letter"}
+        {"rule": "self.all(k, k.matches('^[a-z][a-zA-Z0-9_]*$'))", "message": "postconf keys must be Postfix parameter names: letters, digits and underscores, starting with a lowercase letter"}
     ]))]
     pub postconf: BTreeMap<String, String>,
 

@@ -131,7 +131,7 @@ mod tests {
         let rules = |v: &serde_json::Value| -> String { v["x-kubernetes-validations"].to_string() };
         assert!(rules(spec).contains("has(self.mode) && has(self.customRestrictions)"));
         assert!(rules(&spec["properties"]["networks"]).contains("isCIDR"));
-        assert!(rules(&spec["properties"]["postconf"]).contains("^[a-z][a-z0-9_]*$"));
+        assert!(rules(&spec["properties"]["postconf"]).contains("^[a-z][a-zA-Z0-9_]*$"));
         assert!(rules(&spec["properties"]["relayhost"]).contains("isIP(self.host)"));
         assert!(spec["properties"]["domain"]["pattern"].is_string());
         assert!(spec["properties"]["relayDomains"]["items"]["pattern"].is_string());

@@ -24,7 +24,7 @@ pub fn is_domain(s: &str) -> bool {
 pub fn is_postconf_key(s: &str) -> bool {
     let mut chars = s.chars();
     chars.next().is_some_and(|c| c.is_ascii_lowercase())
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 fn is_host(s: &str) -> bool {
@@ -122,7 +122,7 @@ pub fn validate_spec(spec: &SmtpRelaySpec) -> Result<(), String> {
     for (k, v) in &spec.postconf {
         if !is_postconf_key(k) {
             return Err(format!(
-                "spec.postconf key {k:?} is not a Postfix parameter name (lowercase letters, digits, underscores)"
+                "spec.postconf key {k:?} is not a Postfix parameter name (letters, digits, underscores, starting with a lowercase letter)"
             ));
         }
         if v.contains(['\n', '\r', '\0']) {
@@ -252,7 +252,9 @@ mod tests {
                 && !is_domain(&"a".repeat(64))
         );
         assert!(
-            is_postconf_key("message_size_limit") && is_postconf_key("smtpd_tls_security_level")
+            is_postconf_key("message_size_limit")
+                && is_postconf_key("smtpd_tls_security_level")
+                && is_postconf_key("smtp_tls_CAfile")
         );
         assert!(
             !is_postconf_key("1abc")
