@@ -174,7 +174,8 @@ pub fn service_account_kubeconfig(cp: &ControlPlane, namespace: &str, name: &str
 }
 
 /// A running `smtp-relay-operator run`, stopped (SIGTERM, then SIGKILL after a deadline) on
-/// drop. Its output (text logs, `RUST_LOG=info,smtp_relay_operator=debug`) is appended to
+/// drop. Its output (text logs, `RUST_LOG=info,smtp_relay_operator=debug` unless
+/// `E2E_OPERATOR_RUST_LOG` says otherwise) is appended to
 /// [`Operator::log_path`] across restarts.
 pub struct Operator {
     child: Mutex<Option<Child>>,
@@ -256,7 +257,11 @@ impl Operator {
         };
         cmd.args(&self.args)
             .env("KUBECONFIG", &self.kubeconfig)
-            .env("RUST_LOG", "info,smtp_relay_operator=debug")
+            .env(
+                "RUST_LOG",
+                std::env::var("E2E_OPERATOR_RUST_LOG")
+                    .unwrap_or_else(|_| "info,smtp_relay_operator=debug".into()),
+            )
             .env("NO_COLOR", "1")
             .env_remove("KUBERNETES_SERVICE_HOST")
             .env_remove("KUBERNETES_SERVICE_PORT")

@@ -1,0 +1,1032 @@
+//! The operator against a real API server and controller manager, running as the chart's
+//! ServiceAccount (so the chart's RBAC is what it gets): the examples become owned children with
+//! status; spec updates roll the config hash; identical re-applies and resyncs write nothing;
+//! rotated Secrets reach the owned copies at once; broken references change nothing that runs;
+//! deletion follows the queue volume retention policy; an operator crash mid-flight converges
+//! without duplicates.
+//!
+//! One control plane and one operator serve every phase (a start costs seconds); each phase has
+//! its own namespace. Run `cargo build --workspace --bins` first.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use smtp_relay_e2e::operator::{
+    self, condition, get_json, list_json, Operator, OperatorOptions, CONFIG_HASH_ANNOTATION,
+};
+use smtp_relay_e2e::{tools, ControlPlane};
+
+/// How long the operator may take to act on a change.
+const CONVERGE: Duration = Duration::from_secs(45);
+/// A watch-driven reaction: well under the 15 s requeue of a relay whose pods are not ready,
+/// so meeting it proves the change was seen through a watch, not a periodic resync.
+const AT_ONCE: Duration = Duration::from_secs(10);
+
+/// The kinds the operator owns, as audit `objectRef.resource`.
+const CHILD_RESOURCES: [&str; 5] = [
+    "configmaps",
+    "secrets",
+    "statefulsets",
+    "services",
+    "poddisruptionbudgets",
+];
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(tools::workspace_root().join(path))
+        .unwrap_or_else(|e| panic!("read {path}: {e}"))
+}
+
+fn b64_decode(s: &str) -> String {
+    let mut bits = 0u32;
+    let mut n = 0;
+    let mut out = Vec::new();
+    for c in s.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => continue,
+        };
+        bits = bits << 6 | v as u32;
+        n += 6;
+        if n >= 8 {
+            n -= 8;
+            out.push((bits >> n) as u8);
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Fields drop in order: the operator stops while the API server still answers.
+struct Ctx {
+    op: Operator,
+    cp: ControlPlane,
+}
+
+impl Ctx {
+    fn relay(&self, ns: &str, name: &str) -> Value {
+        get_json(&self.cp, ns, "smtprelay", name)
+            .unwrap_or_else(|| panic!("SmtpRelay {ns}/{name} exists"))
+    }
+
+    /// Waits until the operator has written status for the relay's current generation with the
+    /// spec valid and every reference resolved; returns the relay.
+    fn wait_applied(&self, ns: &str, name: &str) -> Value {
+        self.op.wait_for(
+            CONVERGE,
+            &format!("status of {ns}/{name} for its generation, resolved"),
+            || {
+                let r = get_json(&self.cp, ns, "smtprelay", name)?;
+                let current = r["status"]["observedGeneration"] == r["metadata"]["generation"];
+                let ok = |t| condition(&r, t).is_some_and(|c| c["status"] == "True");
+                (current
+                    && ok("ConfigValid")
+                    && ok("SecretsResolved")
+                    && r["status"]["configHash"].is_string())
+                .then_some(r)
+            },
+        )
+    }
+
+    /// Waits until the relay's Ready condition has `reason` for its current generation.
+    fn wait_ready_reason(&self, ns: &str, name: &str, reasons: &[&str]) -> Value {
+        self.op.wait_for(
+            CONVERGE,
+            &format!("{ns}/{name} Ready reason in {reasons:?}"),
+            || {
+                let r = get_json(&self.cp, ns, "smtprelay", name)?;
+                let current = r["status"]["observedGeneration"] == r["metadata"]["generation"];
+                let c = condition(&r, "Ready")?;
+                (current && reasons.iter().any(|x| c["reason"] == *x)).then_some(r)
+            },
+        )
+    }
+
+    fn get(&self, ns: &str, kind: &str, name: &str) -> Option<Value> {
+        get_json(&self.cp, ns, kind, name)
+    }
+
+    fn must(&self, ns: &str, kind: &str, name: &str) -> Value {
+        self.get(ns, kind, name)
+            .unwrap_or_else(|| panic!("{kind} {ns}/{name} exists"))
+    }
+
+    fn template_hash(&self, ns: &str, name: &str) -> String {
+        let sts = self.must(ns, "statefulset", name);
+        sts["spec"]["template"]["metadata"]["annotations"][CONFIG_HASH_ANNOTATION]
+            .as_str()
+            .unwrap_or_else(|| panic!("StatefulSet {ns}/{name} has {CONFIG_HASH_ANNOTATION}"))
+            .to_string()
+    }
+
+    /// Number of audit events so far: a mark for [`Self::operator_writes_since`].
+    fn mark(&self) -> usize {
+        self.cp.audit_events().len()
+    }
+
+    /// Writes by the operator's ServiceAccount since `mark`.
+    fn operator_writes_since(&self, mark: usize) -> Vec<Value> {
+        let user = self.op.user();
+        self.cp
+            .audit_events()
+            .into_iter()
+            .skip(mark)
+            .filter(|e| {
+                e["user"]["username"] == user.as_str()
+                    && matches!(
+                        e["verb"].as_str(),
+                        Some("create" | "update" | "patch" | "delete")
+                    )
+            })
+            .collect()
+    }
+
+    fn secret_value(&self, ns: &str, name: &str, key: &str) -> Option<String> {
+        let s = self.get(ns, "secret", name)?;
+        s["data"][key].as_str().map(b64_decode)
+    }
+
+    /// Reconciles of `relay` logged by the operator's current run.
+    fn reconciles(&self, relay: &str) -> usize {
+        self.op
+            .current_logs()
+            .matches(&format!("reconciled relay={relay}"))
+            .count()
+    }
+}
+
+fn describe(events: &[Value]) -> String {
+    events
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {} {}/{} ({})",
+                e["verb"].as_str().unwrap_or(""),
+                e["objectRef"]["resource"].as_str().unwrap_or(""),
+                e["objectRef"]["namespace"].as_str().unwrap_or(""),
+                e["objectRef"]["name"].as_str().unwrap_or(""),
+                e["objectRef"]["subresource"].as_str().unwrap_or("")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn controlled_by(obj: &Value, relay: &Value) -> bool {
+    obj["metadata"]["ownerReferences"]
+        .as_array()
+        .is_some_and(|refs| {
+            refs.iter().any(|o| {
+                o["controller"] == true
+                    && o["kind"] == "SmtpRelay"
+                    && o["apiVersion"] == "smtprelay.dev/v1alpha1"
+                    && o["uid"] == relay["metadata"]["uid"]
+                    && o["name"] == relay["metadata"]["name"]
+            })
+        })
+}
+
+/// What an example should produce.
+struct Expect {
+    ns: &'static str,
+    name: &'static str,
+    relayhost_secret: bool,
+    sasl_users: bool,
+    pdb: bool,
+}
+
+#[test]
+fn operator_reconciles_real_api_server() {
+    let begin = Instant::now();
+    let cp = ControlPlane::start().expect("control plane starts");
+    eprintln!("control plane ready in {:?}", cp.startup_time());
+    let op = Operator::start(&cp, OperatorOptions::default());
+    let mut ctx = Ctx { op, cp };
+
+    type Phase = (&'static str, fn(&mut Ctx));
+    let phases: [Phase; 7] = [
+        ("examples", examples),
+        ("update and no-op", update_and_noop),
+        ("rotation", rotation),
+        ("bad references", bad_references),
+        ("restart mid-flight", restart_mid_flight),
+        ("deletion and retention", deletion),
+        ("clean log", clean_log),
+    ];
+    for (name, phase) in phases {
+        let t = Instant::now();
+        phase(&mut ctx);
+        eprintln!("phase {name}: {:?}", t.elapsed());
+    }
+    eprintln!("all phases: {:?}", begin.elapsed());
+    let t = Instant::now();
+    drop(ctx);
+    eprintln!("operator and control plane stopped in {:?}", t.elapsed());
+}
+
+const PDB_RELAY: &str = r#"
+apiVersion: v1
+kind: Secret
+metadata:
+  name: upstream-login
+stringData:
+  username: pdb-login-4bq
+  password: Pdb-Secret-Value-7Yh2
+---
+apiVersion: smtprelay.dev/v1alpha1
+kind: SmtpRelay
+metadata:
+  name: ha
+spec:
+  domain: example.org
+  networks: ["10.0.0.0/24"]
+  replicas: 2
+  relayhost:
+    host: mx.example.org
+    port: 587
+    credentialsSecretRef:
+      name: upstream-login
+    tls:
+      level: encrypt
+  storage:
+    size: 100Mi
+    retention:
+      whenDeleted: Delete
+"#;
+
+/// Every example becomes its children, owned by the relay, with status; no Secret value leaks.
+fn examples(ctx: &mut Ctx) {
+    let cp = &ctx.cp;
+    let cases = [
+        (
+            "ex-unauth",
+            read("charts/smtp-relay-operator/examples/unauthenticated-relay.yaml"),
+        ),
+        (
+            "ex-auth",
+            read("charts/smtp-relay-operator/examples/authenticated-proxy.yaml"),
+        ),
+        (
+            "ex-existing",
+            // The Secrets the example expects to exist already.
+            r#"
+apiVersion: v1
+kind: Secret
+metadata:
+  name: smtp-relay-upstream
+stringData:
+  login: existing-login-Qx
+  secret: Existing-Upstream-Pass-93kd
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: smtp-relay-auth-users
+stringData:
+  app1: Existing-App1-Pass-u2P
+---
+"#
+            .to_string()
+                + &read("charts/smtp-relay-operator/examples/existing-credentials.yaml"),
+        ),
+        (
+            "yaml-unauth",
+            read("operator/yaml/relay-unauthenticated.yaml"),
+        ),
+        ("yaml-sasl", read("operator/yaml/relay-sasl-proxy.yaml")),
+        ("ha", PDB_RELAY.to_string()),
+    ];
+    for (ns, yaml) in &cases {
+        operator::create_namespace(cp, ns);
+        operator::apply(cp, ns, yaml);
+    }
+    let expects = [
+        Expect {
+            ns: "ex-unauth",
+            name: "smtp-relay",
+            relayhost_secret: false,
+            sasl_users: false,
+            pdb: false,
+        },
+        Expect {
+            ns: "ex-auth",
+            name: "smtp-relay-auth",
+            relayhost_secret: true,
+            sasl_users: true,
+            pdb: false,
+        },
+        Expect {
+            ns: "ex-existing",
+            name: "smtp-relay-auth",
+            relayhost_secret: true,
+            sasl_users: true,
+            pdb: false,
+        },
+        Expect {
+            ns: "yaml-unauth",
+            name: "smtp-relay",
+            relayhost_secret: false,
+            sasl_users: false,
+            pdb: false,
+        },
+        Expect {
+            ns: "yaml-sasl",
+            name: "smtp-relay-auth",
+            relayhost_secret: true,
+            sasl_users: true,
+            pdb: false,
+        },
+        Expect {
+            ns: "ha",
+            name: "ha",
+            relayhost_secret: true,
+            sasl_users: false,
+            pdb: true,
+        },
+    ];
+    for e in &expects {
+        let (ns, name) = (e.ns, e.name);
+        let t = Instant::now();
+        ctx.wait_applied(ns, name);
+        // No pods run (no nodes): not Ready, for want of pods, with the inputs all fine.
+        let relay = ctx.wait_ready_reason(ns, name, &["PodsNotReady", "RolloutInProgress"]);
+        let ready = condition(&relay, "Ready").unwrap();
+        assert_eq!(ready["status"], "False", "{ns}/{name}: {ready}");
+        assert!(
+            ready["message"].as_str().unwrap().contains("pods"),
+            "{ns}/{name}: {ready}"
+        );
+        for c in relay["status"]["conditions"].as_array().unwrap() {
+            assert_eq!(c["observedGeneration"], relay["metadata"]["generation"]);
+            assert!(c["reason"].as_str().is_some_and(|r| !r.is_empty()), "{c}");
+            assert!(c["lastTransitionTime"].is_string(), "{c}");
+        }
+        let port = relay["spec"]["service"]["port"].as_i64().unwrap_or(25);
+        assert_eq!(
+            relay["status"]["endpoint"],
+            format!("{name}.{ns}.svc:{port}"),
+            "{ns}/{name} endpoint"
+        );
+        let hash = relay["status"]["configHash"].as_str().unwrap();
+        assert!(hash.len() >= 16, "{ns}/{name} configHash {hash}");
+        assert_eq!(
+            ctx.template_hash(ns, name),
+            hash,
+            "{ns}/{name}: pod template config hash = status.configHash"
+        );
+        let relay = ctx.relay(ns, name);
+
+        let mut wanted = vec![
+            ("configmap", format!("{name}-config")),
+            ("service", name.to_string()),
+            ("service", format!("{name}-headless")),
+            ("statefulset", name.to_string()),
+        ];
+        if e.relayhost_secret {
+            wanted.push(("secret", format!("{name}-relayhost")));
+        }
+        if e.sasl_users {
+            wanted.push(("secret", format!("{name}-sasl-users")));
+        }
+        if e.pdb {
+            wanted.push(("poddisruptionbudget", name.to_string()));
+        } else {
+            assert!(
+                ctx.get(ns, "poddisruptionbudget", name).is_none(),
+                "{ns}/{name}: no PodDisruptionBudget with one replica"
+            );
+        }
+        for (kind, child) in &wanted {
+            let obj = ctx.must(ns, kind, child);
+            assert!(
+                controlled_by(&obj, &relay),
+                "{kind} {ns}/{child} has a controller owner reference to the SmtpRelay: {}",
+                obj["metadata"]["ownerReferences"]
+            );
+        }
+        // Everything labelled as this relay's is owned by it (no orphans, no strays).
+        for kind in ["configmaps", "secrets", "services", "statefulsets", "pdb"] {
+            let selector = format!(
+                "app.kubernetes.io/managed-by=smtp-relay-operator,app.kubernetes.io/instance={name}"
+            );
+            let out = cp.kubectl_ok(["get", kind, "-n", ns, "-l", &selector, "-o", "json"]);
+            let list: Value = serde_json::from_str(&out).unwrap();
+            for obj in list["items"].as_array().unwrap() {
+                assert!(
+                    controlled_by(obj, &relay),
+                    "{kind} {ns}/{} is labelled as the relay's but not owned by it",
+                    obj["metadata"]["name"]
+                );
+            }
+        }
+        // The copy holds the source's values.
+        if e.relayhost_secret {
+            let cred = &relay["spec"]["relayhost"]["credentialsSecretRef"];
+            let src = cred["name"].as_str().unwrap();
+            let pk = cred["passwordKey"].as_str().unwrap_or("password");
+            assert_eq!(
+                ctx.secret_value(ns, &format!("{name}-relayhost"), "password"),
+                ctx.secret_value(ns, src, pk),
+                "{ns}/{name}: the owned relayhost Secret copies the password"
+            );
+        }
+        let pdb_replicas = relay["spec"]["replicas"].as_i64().unwrap();
+        let sts = ctx.must(ns, "statefulset", name);
+        assert_eq!(sts["spec"]["replicas"].as_i64(), Some(pdb_replicas));
+        // The statefulset controller created the queue claims from the claim template.
+        for i in 0..pdb_replicas {
+            ctx.op.wait_for(CONVERGE, "the queue PVC", || {
+                ctx.get(ns, "pvc", &format!("spool-{name}-{i}"))
+            });
+        }
+        assert_no_secret_leak(ctx, ns, name);
+        eprintln!("  {ns}/{name} checked in {:?}", t.elapsed());
+    }
+}
+
+/// No value of a user Secret in the namespace appears in the ConfigMaps, the relay's status,
+/// the namespace's Events or the operator's log.
+fn assert_no_secret_leak(ctx: &Ctx, ns: &str, relay: &str) {
+    let mut values = BTreeSet::new();
+    for s in list_json(&ctx.cp, ns, "secrets") {
+        let owned = s["metadata"]["ownerReferences"].is_array();
+        if owned {
+            continue;
+        }
+        if let Some(data) = s["data"].as_object() {
+            for v in data.values() {
+                let v = b64_decode(v.as_str().unwrap_or(""));
+                if v.len() >= 6 {
+                    values.insert(v);
+                }
+            }
+        }
+    }
+    let mut haystacks = vec![
+        (
+            "ConfigMaps".to_string(),
+            serde_json::to_string(&list_json(&ctx.cp, ns, "configmaps")).unwrap(),
+        ),
+        (
+            "status".to_string(),
+            ctx.relay(ns, relay)["status"].to_string(),
+        ),
+        (
+            "Events".to_string(),
+            serde_json::to_string(&list_json(&ctx.cp, ns, "events")).unwrap(),
+        ),
+        ("operator log".to_string(), ctx.op.logs()),
+    ];
+    // Annotations of every object (a hash or a copy there would be a leak too).
+    // (User objects applied with kubectl carry their own manifest in last-applied-configuration:
+    // that is kubectl's doing, so only the operator's objects are looked at.)
+    for kind in ["statefulsets", "services", "secrets", "configmaps"] {
+        for o in list_json(&ctx.cp, ns, kind) {
+            if !o["metadata"]["ownerReferences"].is_array() {
+                continue;
+            }
+            haystacks.push((
+                format!("{kind} annotations"),
+                o["metadata"]["annotations"].to_string(),
+            ));
+        }
+    }
+    for v in &values {
+        for (what, text) in &haystacks {
+            assert!(
+                !text.contains(v.as_str()),
+                "a Secret value of {ns} appears in the {what}"
+            );
+        }
+    }
+}
+
+/// A spec update rolls the config hash; an identical re-apply, a metadata-only change and a
+/// full resync after an operator restart write nothing at all.
+fn update_and_noop(ctx: &mut Ctx) {
+    let (ns, name) = ("ex-auth", "smtp-relay-auth");
+    let before = ctx.wait_applied(ns, name);
+    let old_hash = before["status"]["configHash"].as_str().unwrap().to_string();
+
+    ctx.cp.kubectl_ok([
+        "patch",
+        "smtprelay",
+        name,
+        "-n",
+        ns,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"networks":["127.0.0.0/8","10.0.0.0/24","192.168.7.0/24"],"postconf":{"compatibility_level":"2","smtpd_banner":"$myhostname ESMTP"}}}"#,
+    ]);
+    let gen = ctx.relay(ns, name)["metadata"]["generation"].clone();
+    let after = ctx.op.wait_for(CONVERGE, "the new config hash", || {
+        let r = ctx.relay(ns, name);
+        (r["status"]["observedGeneration"] == gen && r["status"]["configHash"] != old_hash.as_str())
+            .then_some(r)
+    });
+    let new_hash = after["status"]["configHash"].as_str().unwrap().to_string();
+    assert_eq!(ctx.template_hash(ns, name), new_hash);
+    let cm = ctx.must(ns, "configmap", &format!("{name}-config"));
+    let cm_text = cm["data"].to_string();
+    assert!(
+        cm_text.contains("192.168.7.0/24") && cm_text.contains("smtpd_banner"),
+        "ConfigMap carries the new spec: {cm_text}"
+    );
+    // Let the burst settle: the StatefulSet controller updates its status after the new revision.
+    let settled = ctx.wait_ready_reason(ns, name, &["PodsNotReady", "RolloutInProgress"]);
+    ctx.op.wait_for(CONVERGE, "the operator to go quiet", || {
+        let m = ctx.mark();
+        let n = ctx.reconciles(name);
+        std::thread::sleep(Duration::from_millis(1500));
+        (ctx.operator_writes_since(m).is_empty() && ctx.reconciles(name) == n).then_some(())
+    });
+    let _ = settled;
+
+    // 1. An identical re-apply of the example (as edited) changes nothing server-side.
+    let mark = ctx.mark();
+    let live = ctx.relay(ns, name);
+    let rv = live["metadata"]["resourceVersion"].clone();
+    ctx.cp.kubectl_ok([
+        "patch",
+        "smtprelay",
+        name,
+        "-n",
+        ns,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"networks":["127.0.0.0/8","10.0.0.0/24","192.168.7.0/24"]}}"#,
+    ]);
+    assert_eq!(
+        ctx.relay(ns, name)["metadata"]["resourceVersion"],
+        rv,
+        "an identical patch is a no-op"
+    );
+    // 2. A metadata-only change makes the operator reconcile: it must find nothing to write.
+    let n = ctx.reconciles(name);
+    ctx.cp
+        .kubectl_ok(["annotate", "smtprelay", name, "-n", ns, "e2e/poke=1"]);
+    ctx.op
+        .wait_for(CONVERGE, "a reconcile after the annotation", || {
+            (ctx.reconciles(name) > n).then_some(())
+        });
+    let writes = ctx.operator_writes_since(mark);
+    assert!(
+        writes.is_empty(),
+        "a reconcile with nothing changed wrote:\n{}",
+        describe(&writes)
+    );
+
+    // 3. A restarted operator resyncs everything: still nothing to write, for any relay.
+    let mark = ctx.mark();
+    ctx.op.restart();
+    let relays: Vec<(String, String)> = [
+        "ex-unauth",
+        "ex-auth",
+        "ex-existing",
+        "yaml-unauth",
+        "yaml-sasl",
+        "ha",
+    ]
+    .iter()
+    .flat_map(|ns| {
+        list_json(&ctx.cp, ns, "smtprelays").into_iter().map(|r| {
+            (
+                ns.to_string(),
+                r["metadata"]["name"].as_str().unwrap().to_string(),
+            )
+        })
+    })
+    .collect();
+    ctx.op.wait_for(
+        CONVERGE,
+        "a reconcile of every relay after the restart",
+        || {
+            let logs = ctx.op.current_logs();
+            relays
+                .iter()
+                .all(|(ns, name)| {
+                    logs.contains(&format!(
+                        "object.ref=SmtpRelay.v1alpha1.smtprelay.dev/{name}.{ns}"
+                    ))
+                })
+                .then_some(())
+        },
+    );
+    // The reconciles logged their start; give each time to finish (all reconciled lines).
+    ctx.op
+        .wait_for(CONVERGE, "every resync reconcile to finish", || {
+            (ctx.op.current_logs().matches("reconciled relay=").count() >= relays.len())
+                .then_some(())
+        });
+    let writes = ctx.operator_writes_since(mark);
+    let children: Vec<_> = writes
+        .iter()
+        .filter(|e| CHILD_RESOURCES.contains(&e["objectRef"]["resource"].as_str().unwrap_or("")))
+        .cloned()
+        .collect();
+    assert!(
+        children.is_empty(),
+        "a resync after restart rewrote children:\n{}",
+        describe(&children)
+    );
+    assert!(
+        writes.is_empty(),
+        "a resync after restart wrote (status or events):\n{}",
+        describe(&writes)
+    );
+    assert_eq!(ctx.template_hash(ns, name), new_hash);
+}
+
+/// Changing the relayhost credentials updates the owned copy and the config hash at once;
+/// changing the SASL users updates their owned copy and not the hash.
+fn rotation(ctx: &mut Ctx) {
+    let (ns, name) = ("ex-auth", "smtp-relay-auth");
+    let relay = ctx.wait_applied(ns, name);
+    let old_hash = relay["status"]["configHash"].as_str().unwrap().to_string();
+    let owned = format!("{name}-relayhost");
+
+    let t = Instant::now();
+    operator::apply(
+        &ctx.cp,
+        ns,
+        r#"
+apiVersion: v1
+kind: Secret
+metadata:
+  name: relayhost-credentials
+type: Opaque
+stringData:
+  username: sasl-user-login
+  password: Rotated-Pass-Kj38x
+"#,
+    );
+    ctx.op
+        .wait_for(AT_ONCE, "the rotated password in the owned Secret", || {
+            (ctx.secret_value(ns, &owned, "password").as_deref() == Some("Rotated-Pass-Kj38x"))
+                .then_some(())
+        });
+    let new_hash = ctx.op.wait_for(AT_ONCE, "a new config hash", || {
+        let h = ctx.template_hash(ns, name);
+        (h != old_hash).then_some(h)
+    });
+    eprintln!("relayhost password rotated in {:?}", t.elapsed());
+    ctx.op
+        .wait_for(CONVERGE, "status.configHash to follow", || {
+            (ctx.relay(ns, name)["status"]["configHash"] == new_hash.as_str()).then_some(())
+        });
+    assert!(
+        ctx.op
+            .current_logs()
+            .contains("related object updated: Secret.v1./relayhost-credentials.ex-auth"),
+        "the reconcile was triggered by the Secret watch"
+    );
+
+    // SASL users: the owned copy follows, the pods keep their template (hot reload).
+    let sts_before = ctx.must(ns, "statefulset", name);
+    let t = Instant::now();
+    operator::apply(
+        &ctx.cp,
+        ns,
+        r#"
+apiVersion: v1
+kind: Secret
+metadata:
+  name: smtp-relay-auth-users
+type: Opaque
+stringData:
+  app1: change-me-app1
+  app2: change-me-app2
+  app3: New-User-Pass-3Lq
+"#,
+    );
+    let users = format!("{name}-sasl-users");
+    ctx.op
+        .wait_for(AT_ONCE, "the new SASL user in the owned Secret", || {
+            (ctx.secret_value(ns, &users, "app3").as_deref() == Some("New-User-Pass-3Lq"))
+                .then_some(())
+        });
+    eprintln!("SASL user added in {:?}", t.elapsed());
+    ctx.wait_applied(ns, name);
+    assert_eq!(
+        ctx.template_hash(ns, name),
+        new_hash,
+        "SASL users do not change the hash"
+    );
+    let sts_after = ctx.must(ns, "statefulset", name);
+    assert_eq!(
+        sts_after["metadata"]["generation"], sts_before["metadata"]["generation"],
+        "the StatefulSet spec is untouched by a SASL user change"
+    );
+    assert_eq!(
+        ctx.relay(ns, name)["status"]["configHash"],
+        new_hash.as_str()
+    );
+    assert_no_secret_leak(ctx, ns, name);
+}
+
+/// Resource versions of what runs: the StatefulSet, its claims, the owned Secrets and ConfigMap.
+fn running_versions(ctx: &Ctx, ns: &str, name: &str) -> Vec<(String, Value)> {
+    let mut v = Vec::new();
+    for (kind, obj) in [
+        ("statefulset", name.to_string()),
+        ("pvc", format!("spool-{name}-0")),
+        ("secret", format!("{name}-relayhost")),
+        ("secret", format!("{name}-sasl-users")),
+        ("configmap", format!("{name}-config")),
+    ] {
+        let o = ctx.must(ns, kind, &obj);
+        v.push((
+            format!("{kind}/{obj}"),
+            o["metadata"]["resourceVersion"].clone(),
+        ));
+    }
+    v
+}
+
+/// A missing Secret, then a Secret without the key: Ready=False naming them, a Warning Event,
+/// nothing that runs is touched; fixing the Secret recovers.
+fn bad_references(ctx: &mut Ctx) {
+    let (ns, name) = ("yaml-sasl", "smtp-relay-auth");
+    ctx.wait_ready_reason(ns, name, &["PodsNotReady", "RolloutInProgress"]);
+    let hash = ctx.relay(ns, name)["status"]["configHash"].clone();
+    let before = running_versions(ctx, ns, name);
+    let mark = ctx.mark();
+
+    // 1. The reference names a Secret that does not exist.
+    ctx.cp.kubectl_ok([
+        "patch",
+        "smtprelay",
+        name,
+        "-n",
+        ns,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"relayhost":{"credentialsSecretRef":{"name":"rotated-login"}}}}"#,
+    ]);
+    let r = ctx.wait_ready_reason(ns, name, &["SecretNotFound"]);
+    let ready = condition(&r, "Ready").unwrap().clone();
+    assert_eq!(ready["status"], "False");
+    let msg = ready["message"].as_str().unwrap();
+    assert!(
+        msg.contains("rotated-login"),
+        "message names the Secret: {msg}"
+    );
+    let sr = condition(&r, "SecretsResolved").unwrap();
+    assert_eq!(sr["status"], "False", "{sr}");
+    assert_eq!(sr["reason"], "SecretNotFound");
+    assert_eq!(
+        r["status"]["configHash"], hash,
+        "status keeps the running hash"
+    );
+    wait_warning_event(ctx, ns, name, "SecretNotFound", "rotated-login");
+
+    // 2. The Secret appears without the password key.
+    operator::apply(
+        &ctx.cp,
+        ns,
+        r#"
+apiVersion: v1
+kind: Secret
+metadata:
+  name: rotated-login
+stringData:
+  username: rotated-user
+"#,
+    );
+    let r = ctx.wait_ready_reason(ns, name, &["SecretKeyMissing"]);
+    let msg = condition(&r, "Ready").unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        msg.contains("rotated-login") && msg.contains("password"),
+        "message names the Secret and the key: {msg}"
+    );
+    wait_warning_event(ctx, ns, name, "SecretKeyMissing", "password");
+
+    // Nothing that runs was touched.
+    assert_eq!(
+        running_versions(ctx, ns, name),
+        before,
+        "what runs is untouched"
+    );
+    let writes: Vec<_> = ctx
+        .operator_writes_since(mark)
+        .into_iter()
+        .filter(|e| CHILD_RESOURCES.contains(&e["objectRef"]["resource"].as_str().unwrap_or("")))
+        .collect();
+    assert!(
+        writes.is_empty(),
+        "the operator wrote children while references were broken:\n{}",
+        describe(&writes)
+    );
+    assert_eq!(ctx.template_hash(ns, name), hash.as_str().unwrap());
+
+    // 3. Fixed: conditions recover, the new password is copied.
+    operator::apply(
+        &ctx.cp,
+        ns,
+        r#"
+apiVersion: v1
+kind: Secret
+metadata:
+  name: rotated-login
+stringData:
+  username: rotated-user
+  password: Fixed-Pass-Wq27
+"#,
+    );
+    let r = ctx.wait_ready_reason(ns, name, &["PodsNotReady", "RolloutInProgress"]);
+    assert_eq!(condition(&r, "SecretsResolved").unwrap()["status"], "True");
+    assert_eq!(
+        ctx.secret_value(ns, &format!("{name}-relayhost"), "password")
+            .as_deref(),
+        Some("Fixed-Pass-Wq27")
+    );
+    assert_ne!(r["status"]["configHash"], hash, "new credentials, new hash");
+    assert_eq!(
+        ctx.template_hash(ns, name),
+        r["status"]["configHash"].as_str().unwrap()
+    );
+    assert_no_secret_leak(ctx, ns, name);
+}
+
+fn wait_warning_event(ctx: &Ctx, ns: &str, relay: &str, reason: &str, mentions: &str) {
+    ctx.op
+        .wait_for(CONVERGE, &format!("a Warning Event {reason}"), || {
+            list_json(&ctx.cp, ns, "events").into_iter().find(|e| {
+                e["type"] == "Warning"
+                    && e["reason"] == reason
+                    && e["involvedObject"]["kind"] == "SmtpRelay"
+                    && e["involvedObject"]["name"] == relay
+                    && e["message"].as_str().is_some_and(|m| m.contains(mentions))
+            })
+        });
+}
+
+const FLIGHT_RELAY: &str = r#"
+apiVersion: v1
+kind: Secret
+metadata:
+  name: login
+stringData:
+  username: flight-user
+  password: Flight-Pass-Zr81
+---
+apiVersion: smtprelay.dev/v1alpha1
+kind: SmtpRelay
+metadata:
+  name: flight
+spec:
+  domain: example.com
+  networks: ["10.1.0.0/16"]
+  replicas: 2
+  relayhost:
+    host: relay.example.com
+    credentialsSecretRef:
+      name: login
+"#;
+
+/// The operator killed (SIGKILL) while it applies a new relay, the spec changed while it is
+/// down: the next run converges, duplicates nothing and leaves no error in status. (An API
+/// server outage is e2e/tests/operator_outage.rs.)
+fn restart_mid_flight(ctx: &mut Ctx) {
+    let ns = "flight";
+    operator::create_namespace(&ctx.cp, ns);
+    operator::apply(&ctx.cp, ns, FLIGHT_RELAY);
+    // Crash as soon as it starts working on it.
+    ctx.op
+        .wait_for(CONVERGE, "the operator to start applying", || {
+            ctx.op.current_logs().contains("ns=flight").then_some(())
+        });
+    ctx.op.kill();
+    // The spec changes while no operator runs.
+    ctx.cp.kubectl_ok([
+        "patch",
+        "smtprelay",
+        "flight",
+        "-n",
+        ns,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"networks":["10.1.0.0/16","10.2.0.0/16"]}}"#,
+    ]);
+    ctx.op.resume();
+    let r = ctx.wait_ready_reason(ns, "flight", &["PodsNotReady", "RolloutInProgress"]);
+    assert_eq!(
+        r["status"]["observedGeneration"],
+        r["metadata"]["generation"]
+    );
+    for c in r["status"]["conditions"].as_array().unwrap() {
+        if c["type"] != "Ready" && c["type"] != "Progressing" {
+            assert_eq!(c["status"], "True", "no error left in status: {c}");
+        }
+    }
+    let hash = r["status"]["configHash"].as_str().unwrap();
+    assert_eq!(ctx.template_hash(ns, "flight"), hash);
+    let cm = ctx.must(ns, "configmap", "flight-config");
+    assert!(cm["data"].to_string().contains("10.2.0.0/16"));
+    // Exactly one of each child.
+    let selector = "app.kubernetes.io/instance=flight";
+    let count = |kind: &str| -> Vec<String> {
+        let out = ctx
+            .cp
+            .kubectl_ok(["get", kind, "-n", ns, "-l", selector, "-o", "name"]);
+        out.lines().map(str::to_string).collect()
+    };
+    assert_eq!(count("statefulsets"), ["statefulset.apps/flight"]);
+    assert_eq!(count("configmaps"), ["configmap/flight-config"]);
+    assert_eq!(
+        count("services"),
+        ["service/flight", "service/flight-headless"]
+    );
+    assert_eq!(
+        count("poddisruptionbudgets"),
+        ["poddisruptionbudget.policy/flight"]
+    );
+    let secrets = count("secrets");
+    assert!(
+        secrets.contains(&"secret/flight-relayhost".to_string()),
+        "{secrets:?}"
+    );
+    let pvcs = ctx.cp.kubectl_ok(["get", "pvc", "-n", ns, "-o", "name"]);
+    assert_eq!(
+        pvcs.lines().collect::<Vec<_>>(),
+        [
+            "persistentvolumeclaim/spool-flight-0",
+            "persistentvolumeclaim/spool-flight-1"
+        ]
+    );
+    assert!(ctx.op.is_running());
+}
+
+/// Deleting a relay removes its children through the garbage collector; queue claims follow
+/// `storage.retention.whenDeleted`.
+fn deletion(ctx: &mut Ctx) {
+    // "ha" has whenDeleted: Delete (2 claims); "ex-unauth" keeps the default, Retain.
+    for (ns, name) in [("ha", "ha"), ("ex-unauth", "smtp-relay")] {
+        ctx.cp
+            .kubectl_ok(["delete", "smtprelay", name, "-n", ns, "--wait=false"]);
+    }
+    for (ns, name) in [("ha", "ha"), ("ex-unauth", "smtp-relay")] {
+        ctx.op.wait_for(
+            Duration::from_secs(90),
+            &format!("the children of {ns}/{name} to be garbage-collected"),
+            || {
+                let left: Vec<_> = [
+                    ("statefulset", name.to_string()),
+                    ("configmap", format!("{name}-config")),
+                    ("service", name.to_string()),
+                    ("service", format!("{name}-headless")),
+                    ("secret", format!("{name}-relayhost")),
+                    ("poddisruptionbudget", name.to_string()),
+                    ("pod", format!("{name}-0")),
+                ]
+                .into_iter()
+                .filter(|(k, n)| ctx.get(ns, k, n).is_some())
+                .collect();
+                left.is_empty().then_some(())
+            },
+        );
+    }
+    ctx.op.wait_for(
+        Duration::from_secs(90),
+        "the queue claims of ha (whenDeleted: Delete) to be deleted",
+        || list_json(&ctx.cp, "ha", "pvc").is_empty().then_some(()),
+    );
+    let kept = list_json(&ctx.cp, "ex-unauth", "pvc");
+    assert_eq!(
+        kept.len(),
+        1,
+        "the queue claim of a Retain relay outlives it"
+    );
+    assert_eq!(kept[0]["metadata"]["name"], "spool-smtp-relay-0");
+    assert!(
+        kept[0]["metadata"]["deletionTimestamp"].is_null(),
+        "the retained claim is not being deleted"
+    );
+    let owners = &kept[0]["metadata"]["ownerReferences"];
+    assert!(
+        owners.is_null() || owners.as_array().is_some_and(|a| a.is_empty()),
+        "a retained claim has no owner to be collected with: {owners}"
+    );
+}
+
+/// The operator's log holds no authorization failure and no panic over the whole run.
+fn clean_log(ctx: &mut Ctx) {
+    let logs = ctx.op.logs();
+    for bad in ["forbidden", "Forbidden", " 403", "panicked"] {
+        assert!(
+            !logs.contains(bad),
+            "the operator log has {bad:?}:\n{}",
+            logs.lines()
+                .filter(|l| l.contains(bad))
+                .take(10)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+}
