@@ -114,6 +114,21 @@ fn namespaced_operator(cp: &ControlPlane) {
     for bad in ["forbidden", "Forbidden", " 403"] {
         assert!(!logs.contains(bad), "operator log has {bad:?}:\n{logs}");
     }
+    // The control: the same check sees a ServiceAccount the chart gave no RBAC.
+    let bare = Operator::start(
+        cp,
+        OperatorOptions {
+            namespace: "no-rbac".into(),
+            helm_set: vec!["rbac.create=false".into()],
+            ..OperatorOptions::default()
+        },
+    );
+    bare.wait_for(
+        Duration::from_secs(30),
+        "Forbidden in the log of an operator without RBAC",
+        || bare.logs().contains("forbidden").then_some(()),
+    );
+    drop(bare);
     let writes = operator::writes_by(cp, &op.user());
     assert!(
         writes

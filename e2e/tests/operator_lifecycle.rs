@@ -961,6 +961,36 @@ fn restart_mid_flight(ctx: &mut Ctx) {
         ]
     );
     assert!(ctx.op.is_running());
+
+    // Down to one replica: the PodDisruptionBudget is deleted (it would block every drain).
+    ctx.cp.kubectl_ok([
+        "patch",
+        "smtprelay",
+        "flight",
+        "-n",
+        ns,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"replicas":1}}"#,
+    ]);
+    ctx.op
+        .wait_for(CONVERGE, "the PodDisruptionBudget to go", || {
+            ctx.get(ns, "poddisruptionbudget", "flight")
+                .is_none()
+                .then_some(())
+        });
+    let sts = ctx.must(ns, "statefulset", "flight");
+    assert_eq!(sts["spec"]["replicas"], 1);
+    let deletes: Vec<_> = ctx
+        .operator_writes_since(0)
+        .into_iter()
+        .filter(|e| e["verb"] == "delete")
+        .collect();
+    assert_eq!(
+        describe(&deletes),
+        "delete poddisruptionbudgets flight/flight ()",
+        "the operator deleted only the PodDisruptionBudget"
+    );
 }
 
 /// Deleting a relay removes its children through the garbage collector; queue claims follow
