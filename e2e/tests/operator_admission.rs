@@ -128,7 +128,13 @@ fn namespaced_operator(cp: &ControlPlane) {
         "Forbidden in the log of an operator without RBAC",
         || bare.logs().contains("forbidden").then_some(()),
     );
-    drop(bare);
+    let mut bare = bare;
+    let t = Instant::now();
+    let graceful = bare.stop();
+    eprintln!(
+        "operator without RBAC stopped in {:?} (graceful: {graceful})",
+        t.elapsed()
+    );
     let writes = operator::writes_by(cp, &op.user());
     assert!(
         writes

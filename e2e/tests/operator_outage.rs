@@ -77,3 +77,23 @@ fn operator_acts_on_changes_soon_after_an_api_server_outage() {
     assert!(op.is_running());
     op.stop();
 }
+
+#[test]
+#[ignore = "operator bug: while its watches fail (API server down, or Forbidden), the operator \
+            ignores SIGTERM for more than 15 s and has to be killed: the trigger stream sleeps \
+            in kube-runtime's shared backoff and the shutdown waits for it"]
+fn operator_stops_promptly_on_sigterm_while_the_api_server_is_down() {
+    let mut cp = ControlPlane::start().expect("control plane starts");
+    let mut op = Operator::start(&cp, OperatorOptions::default());
+    cp.kill();
+    // Let the watches fail a few times, as in any outage longer than a blip.
+    std::thread::sleep(Duration::from_secs(5));
+    let t = Instant::now();
+    let graceful = op.stop();
+    eprintln!("stopped in {:?}", t.elapsed());
+    assert!(
+        graceful,
+        "the operator did not exit within 15 s of SIGTERM; log tail:\n{}",
+        op.log_tail(20)
+    );
+}
