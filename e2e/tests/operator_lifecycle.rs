@@ -852,6 +852,51 @@ stringData:
         r["status"]["configHash"].as_str().unwrap()
     );
     assert_no_secret_leak(ctx, ns, name);
+
+    // 4. A storage change the StatefulSet cannot take is refused by the operator, not applied.
+    let before = running_versions(ctx, ns, name);
+    let mark = ctx.mark();
+    ctx.cp.kubectl_ok([
+        "patch",
+        "smtprelay",
+        name,
+        "-n",
+        ns,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"storage":{"size":"5Gi"}}}"#,
+    ]);
+    let r = ctx.wait_ready_reason(ns, name, &["InvalidSpec"]);
+    let cv = condition(&r, "ConfigValid").unwrap();
+    assert_eq!(cv["status"], "False", "{cv}");
+    assert!(
+        cv["message"].as_str().unwrap().contains("spec.storage"),
+        "the message names the field: {cv}"
+    );
+    wait_warning_event(ctx, ns, name, "InvalidSpec", "spec.storage");
+    assert_eq!(
+        running_versions(ctx, ns, name),
+        before,
+        "what runs is untouched"
+    );
+    let writes: Vec<_> = ctx
+        .operator_writes_since(mark)
+        .into_iter()
+        .filter(|e| CHILD_RESOURCES.contains(&e["objectRef"]["resource"].as_str().unwrap_or("")))
+        .collect();
+    assert!(writes.is_empty(), "wrote children:\n{}", describe(&writes));
+    ctx.cp.kubectl_ok([
+        "patch",
+        "smtprelay",
+        name,
+        "-n",
+        ns,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"storage":{"size":"2Gi"}}}"#,
+    ]);
+    let r = ctx.wait_ready_reason(ns, name, &["PodsNotReady", "RolloutInProgress"]);
+    assert_eq!(condition(&r, "ConfigValid").unwrap()["status"], "True");
 }
 
 fn wait_warning_event(ctx: &Ctx, ns: &str, relay: &str, reason: &str, mentions: &str) {
