@@ -62,6 +62,9 @@ pub struct OperatorOptions {
     pub helm_set: Vec<String>,
     /// Extra arguments of `smtp-relay-operator run`.
     pub extra_args: Vec<String>,
+    /// Tells apart several operators of one release (leader election): their `--identity` is
+    /// `e2e-<namespace>-<instance>` and their log `operator-<namespace>-<instance>.log`.
+    pub instance: Option<String>,
 }
 
 impl Default for OperatorOptions {
@@ -71,6 +74,7 @@ impl Default for OperatorOptions {
             watch_namespace: None,
             helm_set: Vec::new(),
             extra_args: Vec::new(),
+            instance: None,
         }
     }
 }
@@ -208,6 +212,10 @@ impl Operator {
         let kubeconfig =
             service_account_kubeconfig(cp, &release.namespace, &release.service_account);
         let http_addr: SocketAddr = ([127, 0, 0, 1], tools::free_port()).into();
+        let suffix = match &opts.instance {
+            Some(i) => format!("{}-{i}", release.namespace),
+            None => release.namespace.clone(),
+        };
         let mut args: Vec<String> = vec![
             "run".into(),
             "--http-addr".into(),
@@ -215,7 +223,7 @@ impl Operator {
             "--log-format".into(),
             "text".into(),
             "--identity".into(),
-            format!("e2e-{}", release.namespace),
+            format!("e2e-{suffix}"),
             "--lease-namespace".into(),
             release.namespace.clone(),
         ];
@@ -224,7 +232,7 @@ impl Operator {
             args.push(ns.clone());
         }
         args.extend(opts.extra_args.iter().cloned());
-        let log_path = cp.dir().join(format!("operator-{}.log", release.namespace));
+        let log_path = cp.dir().join(format!("operator-{suffix}.log"));
         let mut op = Operator {
             child: Mutex::new(None),
             release,

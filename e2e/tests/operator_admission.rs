@@ -22,6 +22,9 @@ fn api_server_admits_only_valid_relays_and_chart_manifests() {
     namespaced_operator(&cp);
     eprintln!("phase namespaced operator: {:?}", t.elapsed());
     let t = Instant::now();
+    leader_election(&cp);
+    eprintln!("phase leader election: {:?}", t.elapsed());
+    let t = Instant::now();
     admission(&cp);
     eprintln!("phase admission: {:?}", t.elapsed());
     let t = Instant::now();
@@ -434,4 +437,83 @@ fn server_dry_run(cp: &ControlPlane) {
         ],
     );
     // (serviceMonitor.enabled needs the Prometheus Operator's CRDs, which this cluster lacks.)
+}
+
+fn lease_holder(cp: &ControlPlane, ns: &str) -> Option<String> {
+    get_json(cp, ns, "lease", "smtp-relay-operator")?["spec"]["holderIdentity"]
+        .as_str()
+        .map(str::to_string)
+}
+
+/// Two operators with `--leader-election` and the chart's `leaderElection.enabled` RBAC (a Role
+/// on Leases in the release namespace): one leads and reconciles; on SIGTERM it hands the Lease
+/// over and the standby takes over at once.
+fn leader_election(cp: &ControlPlane) {
+    let ns = "ha-ops";
+    let opts = |instance: &str| OperatorOptions {
+        namespace: ns.into(),
+        helm_set: vec!["leaderElection.enabled=true".into()],
+        extra_args: vec![
+            "--leader-election".into(),
+            "--lease-duration-seconds".into(),
+            "4".into(),
+        ],
+        instance: Some(instance.into()),
+        ..OperatorOptions::default()
+    };
+    let mut a = Operator::start(cp, opts("a"));
+    a.wait_for(Duration::from_secs(30), "a to hold the Lease", || {
+        (lease_holder(cp, ns).as_deref() == Some("e2e-ha-ops-a")).then_some(())
+    });
+    let b = Operator::start(cp, opts("b"));
+    operator::create_namespace(cp, "ha-mail");
+    let spec = json!({"domain": "example.net", "relayhost": {"host": "10.1.0.1"}});
+    operator::apply(cp, "ha-mail", &relay_json("ha-mail", "mail", spec));
+    a.wait_for(
+        Duration::from_secs(45),
+        "the leader to write status",
+        || {
+            get_json(cp, "ha-mail", "smtprelay", "mail")
+                .filter(|r| r["status"]["observedGeneration"] == 1)
+        },
+    );
+    assert!(
+        !b.current_logs().contains("reconciled relay="),
+        "the standby reconciles nothing"
+    );
+    assert_eq!(lease_holder(cp, ns).as_deref(), Some("e2e-ha-ops-a"));
+
+    // SIGTERM releases the Lease: the standby takes over well before it would expire.
+    let t = Instant::now();
+    assert!(a.stop(), "the leader exits on SIGTERM");
+    b.wait_for(Duration::from_secs(20), "b to take the Lease", || {
+        (lease_holder(cp, ns).as_deref() == Some("e2e-ha-ops-b")).then_some(())
+    });
+    eprintln!("  Lease handed over in {:?}", t.elapsed());
+    cp.kubectl_ok([
+        "patch",
+        "smtprelay",
+        "mail",
+        "-n",
+        "ha-mail",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"networks":["10.9.0.0/16"]}}"#,
+    ]);
+    b.wait_for(
+        Duration::from_secs(45),
+        "the new leader to reconcile",
+        || {
+            get_json(cp, "ha-mail", "smtprelay", "mail")
+                .filter(|r| r["status"]["observedGeneration"] == 2)
+        },
+    );
+    for (who, logs) in [("a", a.logs()), ("b", b.logs())] {
+        for bad in ["forbidden", "Forbidden", " 403"] {
+            assert!(
+                !logs.contains(bad),
+                "operator {who} log has {bad:?}:\n{logs}"
+            );
+        }
+    }
 }
