@@ -21,8 +21,9 @@
 //!   Mount points missing on the host (`/etc/smtp-relay/...`, `/run/smtp-relay`, `/data`) are
 //!   created there, empty. The mounts are invisible outside the namespace; the host's
 //!   `/var/spool/postfix` is untouched.
-//! - The image's binary is this workspace's `smtp-relay` (its directory first on PATH); the
-//!   rest of the root filesystem is this machine's (Debian with Postfix, like the image).
+//! - The image's binary is this workspace's `smtp-relay`, linked into the kubelet's state
+//!   directory (first on PATH), where no pod mount can hide it; the rest of the root
+//!   filesystem is this machine's (Debian with Postfix, like the image).
 //!
 //! The one deviation from the template: there is no pod network, so each pod gets a loopback
 //! "pod IP" (127.0.x.y) and the unspecified address (`0.0.0.0`) in `RELAY_LISTEN` and
@@ -406,6 +407,24 @@ impl Kubelet {
         self.dir.path()
     }
 
+    /// The "image": a directory holding the workspace's `smtp-relay`, as the container image
+    /// carries it in /usr/local/bin. The build directory itself may sit under a path a pod
+    /// mounts over (a checkout in /tmp is hidden by the pod's /tmp emptyDir).
+    fn image_bin_dir(&self) -> Result<PathBuf> {
+        let dir = self.dir().join("image/bin");
+        let installed = dir.join("smtp-relay");
+        if !installed.exists() {
+            fs::create_dir_all(&dir).map_err(|e| PodError(format!("{}: {e}", dir.display())))?;
+            let source = relay_bin();
+            if fs::hard_link(&source, &installed).is_err() {
+                fs::copy(&source, &installed).map_err(|e| {
+                    PodError(format!("installing {} in the image: {e}", source.display()))
+                })?;
+            }
+        }
+        Ok(dir)
+    }
+
     /// The directory backing a PersistentVolumeClaim: kept across pod restarts.
     pub fn claim_dir(&self, claim: &str) -> PathBuf {
         self.dir().join("claims").join(claim)
@@ -571,7 +590,7 @@ impl Kubelet {
                 "pod {name}: the container has no command (the image's entrypoint is not known here)"
             ));
         }
-        let env = container_env(container, &name, pod_ip)?;
+        let env = container_env(container, &name, pod_ip, &self.image_bin_dir()?)?;
         let read_only_root = container["securityContext"]["readOnlyRootFilesystem"]
             .as_bool()
             .unwrap_or(false);
@@ -680,11 +699,12 @@ fn check_pod_matches_template(pod: &Value, sts: &Value) -> Result<()> {
 /// The container's environment: its `env` values (valueFrom is not supported), with the
 /// unspecified address of the listen variables replaced by the pod IP, plus PATH and HOSTNAME
 /// as a container runtime sets them.
-fn container_env(container: &Value, pod: &str, pod_ip: Ipv4Addr) -> Result<Vec<(String, String)>> {
-    let bin_dir = relay_bin()
-        .parent()
-        .expect("binary has a directory")
-        .to_path_buf();
+fn container_env(
+    container: &Value,
+    pod: &str,
+    pod_ip: Ipv4Addr,
+    bin_dir: &Path,
+) -> Result<Vec<(String, String)>> {
     let mut env = vec![
         (
             "PATH".to_string(),
