@@ -10,27 +10,30 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::NamespaceResourceScope;
 use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{watcher, Controller};
+use kube::runtime::{reflector, watcher, Controller, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tracing::{debug, info, warn};
 
+use crate::backoff::{watch_with_backoff, NoDelay};
 use crate::builders::{self, hash::object_hash, BuildOptions, Desired, Names, MANAGED_BY_SELECTOR};
 use crate::crd::SmtpRelay;
 use crate::mapping::{referenced_config_maps, referenced_secrets, relays_for};
 use crate::metrics::Metrics;
 use crate::resolve::{self, RefSource};
+use crate::shutdown::DRAIN_TIMEOUT;
 use crate::status::{self, Outcome, Rollout};
 use crate::{Error, Result};
 
@@ -479,6 +482,17 @@ where
     }
 }
 
+/// The metadata watch of one owned kind, with its own backoff.
+fn owned_stream<K>(
+    api: Api<PartialObjectMeta<K>>,
+    config: watcher::Config,
+) -> impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    watch_with_backoff(watcher(api, config)).touched_objects()
+}
+
 /// Runs the controller until `shutdown` resolves.
 pub async fn run(
     client: Client,
@@ -500,26 +514,48 @@ pub async fn run(
         cfg.build.clone(),
         cfg.instance.clone(),
     ));
+    // Every watch backs off on its own (see [`crate::backoff`]): behind kube-runtime's one
+    // shared trigger backoff, the stale errors of an API server outage would be drained one
+    // shared step at a time and keep the operator deaf long after the server is back.
+    let (store, writer) = reflector::store();
+    let relay_watch =
+        watch_with_backoff(watcher(relays, watcher::Config::default().any_semantic()))
+            .reflect(writer)
+            .applied_objects();
+    let owned = watcher::Config::default().labels(MANAGED_BY_SELECTOR);
+    let store1 = store.clone();
+    let store2 = store.clone();
     // A short debounce folds the burst of events one change causes (our own status patch, the
     // StatefulSet's status, owned objects) into one reconcile.
-    let controller = Controller::new(relays, watcher::Config::default().any_semantic())
+    let synced = store.clone();
+    let shutdown = shutdown.shared();
+    let controller = Controller::for_stream(relay_watch, store)
         .with_config(
             kube::runtime::controller::Config::default().debounce(Duration::from_millis(500)),
-        );
-    let store = controller.store();
-    let store2 = store.clone();
-    let owned = watcher::Config::default().labels(MANAGED_BY_SELECTOR);
-    controller
-        .owns(api::<StatefulSet>(&client, ns), owned.clone())
-        .owns(api::<Service>(&client, ns), owned.clone())
-        .owns(api::<PodDisruptionBudget>(&client, ns), owned)
+        )
+        .trigger_backoff(NoDelay)
+        .owns_stream(owned_stream(
+            api::<PartialObjectMeta<StatefulSet>>(&client, ns),
+            owned.clone(),
+        ))
+        .owns_stream(owned_stream(
+            api::<PartialObjectMeta<Service>>(&client, ns),
+            owned.clone(),
+        ))
+        .owns_stream(owned_stream(
+            api::<PartialObjectMeta<PodDisruptionBudget>>(&client, ns),
+            owned,
+        ))
         // One watch per kind covers both owned copies (via owner references) and the user's
         // referenced objects, so a rotated password or a new SASL user reconciles at once.
-        .watches(
-            api::<Secret>(&client, ns),
-            watcher::Config::default(),
+        .watches_stream(
+            watch_with_backoff(watcher(
+                api::<Secret>(&client, ns),
+                watcher::Config::default(),
+            ))
+            .touched_objects(),
             move |s: Secret| {
-                let relays = store.state();
+                let relays = store1.state();
                 relays_for(
                     &s.metadata,
                     relays.iter().map(|r| r.as_ref()),
@@ -527,9 +563,12 @@ pub async fn run(
                 )
             },
         )
-        .watches(
-            api::<ConfigMap>(&client, ns),
-            watcher::Config::default(),
+        .watches_stream(
+            watch_with_backoff(watcher(
+                api::<ConfigMap>(&client, ns),
+                watcher::Config::default(),
+            ))
+            .touched_objects(),
             move |c: ConfigMap| {
                 let relays = store2.state();
                 relays_for(
@@ -539,15 +578,30 @@ pub async fn run(
                 )
             },
         )
-        .graceful_shutdown_on(shutdown)
+        .graceful_shutdown_on(shutdown.clone())
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
             match res {
                 Ok((obj, _)) => debug!(relay = %obj.name, "reconciled"),
                 Err(e) => debug!(error = %e, "reconcile error"),
             }
-        })
-        .await;
+        });
+    // kube-runtime's graceful shutdown waits for the SmtpRelay store's first sync before it can
+    // finish, which never comes while the API server is down or the list is Forbidden; and a
+    // reconcile stuck on a hanging API call would hold it too. So the drain is bounded.
+    let drain_limit = async move {
+        shutdown.await;
+        if synced.wait_until_ready().now_or_never().is_none() {
+            info!("stopping before the first sync of SmtpRelays: nothing to drain");
+            return;
+        }
+        tokio::time::sleep(DRAIN_TIMEOUT).await;
+        warn!(timeout = ?DRAIN_TIMEOUT, "reconciles did not finish in time; stopping them");
+    };
+    tokio::select! {
+        () = controller => {}
+        () = drain_limit => {}
+    }
 }
 
 #[cfg(test)]

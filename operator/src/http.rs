@@ -50,10 +50,16 @@ pub fn router(state: HttpState) -> Router {
         .with_state(state)
 }
 
-/// Serves the endpoints until the process ends.
-pub async fn serve(addr: SocketAddr, state: HttpState) -> std::io::Result<()> {
+/// Serves the endpoints until `shutdown` resolves.
+pub async fn serve(
+    addr: SocketAddr,
+    state: HttpState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    axum::serve(listener, router(state)).await
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 #[cfg(test)]

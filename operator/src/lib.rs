@@ -6,6 +6,7 @@
 //! [`builders`] are pure functions from spec to objects; [`status`] computes conditions;
 //! [`controller`] reconciles; [`metrics`], [`http`] and [`leader`] keep operations out of it.
 
+pub mod backoff;
 pub mod builders;
 pub mod controller;
 pub mod crd;
@@ -15,6 +16,7 @@ pub mod leader;
 pub mod mapping;
 pub mod metrics;
 pub mod resolve;
+pub mod shutdown;
 pub mod status;
 pub mod telemetry;
 pub mod validate;

@@ -3,6 +3,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use clap::{Parser, Subcommand};
 use kube::Client;
 use smtp_relay_operator::builders::{BuildOptions, DEFAULT_RELAY_IMAGE};
@@ -11,9 +13,9 @@ use smtp_relay_operator::http::{self, HttpState};
 use smtp_relay_operator::leader::LeaderElector;
 use smtp_relay_operator::metrics::Metrics;
 use smtp_relay_operator::telemetry::{self, LogFormat};
-use smtp_relay_operator::{crdgen, Error};
+use smtp_relay_operator::{crdgen, shutdown, Error};
 use tokio::sync::watch;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 /// Kubernetes operator that turns an SmtpRelay resource into a running Postfix relay.
 #[derive(Parser, Debug)]
@@ -60,6 +62,10 @@ struct RunArgs {
     /// Identity of this replica (Lease holder, Event reporter); the pod name.
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// Seconds a graceful stop (SIGTERM/SIGINT) may take before the process exits anyway; a
+    /// second signal exits at once.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_SECONDS", default_value_t = 10)]
+    shutdown_timeout_seconds: u64,
 }
 
 #[tokio::main]
@@ -89,23 +95,67 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-async fn shutdown_signal() {
+/// SIGTERM and SIGINT, registered once so a second signal is never lost.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
+    term: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn new() -> Self {
+        Signals {
+            #[cfg(unix)]
+            term: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok(),
+        }
+    }
+
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        if let Some(term) = self.term.as_mut() {
             tokio::select! {
                 _ = term.recv() => {}
                 _ = tokio::signal::ctrl_c() => {}
             }
             return;
         }
+        let _ = tokio::signal::ctrl_c().await;
     }
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 async fn run(args: RunArgs) -> Result<(), Error> {
-    let client = Client::try_default().await?;
+    // Stop on SIGTERM/SIGINT (bounded by the deadline; a second signal exits at once), or when
+    // leadership is lost.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let deadline = shutdown::deadline(args.shutdown_timeout_seconds);
+    let mut signals = Signals::new();
+    let stop_on_signal = stop_tx.clone();
+    tokio::spawn(async move {
+        signals.recv().await;
+        info!(
+            ?deadline,
+            "shutdown requested; stopping gracefully (a second signal exits at once)"
+        );
+        shutdown::arm_watchdog(deadline);
+        let _ = stop_on_signal.send(true);
+        signals.recv().await;
+        shutdown::force_exit();
+    });
+    let wait_stop = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let stop_started = {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+            Instant::now()
+        }
+    };
+    let stop_started = tokio::spawn(stop_started);
+
+    let client = tokio::select! {
+        c = Client::try_default() => c?,
+        _ = wait_stop(stop_rx.clone()) => return Ok(()),
+    };
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
     let state = HttpState {
@@ -113,8 +163,13 @@ async fn run(args: RunArgs) -> Result<(), Error> {
         ready: ready.clone(),
     };
     let addr = args.http_addr;
-    tokio::spawn(async move {
-        if let Err(e) = http::serve(addr, state).await {
+    // The endpoints outlive the controller's drain (so /healthz keeps answering) and stop last.
+    let (http_stop_tx, http_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let http_server = tokio::spawn(async move {
+        let stop = async move {
+            let _ = http_stop_rx.await;
+        };
+        if let Err(e) = http::serve(addr, state, stop).await {
             error!(error = %e, %addr, "HTTP server failed");
         }
     });
@@ -131,18 +186,6 @@ async fn run(args: RunArgs) -> Result<(), Error> {
         instance: Some(identity.clone()),
     };
 
-    // Stop on SIGTERM, or when leadership is lost.
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stop_on_signal = stop_tx.clone();
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        info!("shutdown requested");
-        let _ = stop_on_signal.send(true);
-    });
-    let wait_stop = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-
     let elector = if args.leader_election {
         let elector = Arc::new(LeaderElector::new(
             client.clone(),
@@ -152,9 +195,14 @@ async fn run(args: RunArgs) -> Result<(), Error> {
             Duration::from_secs(args.lease_duration_seconds.max(2)),
         ));
         ready.store(true, Ordering::Relaxed);
-        tokio::select! {
-            _ = elector.acquire() => {}
-            _ = wait_stop(stop_rx.clone()) => return Ok(()),
+        let stood_by = tokio::select! {
+            _ = elector.acquire() => false,
+            _ = wait_stop(stop_rx.clone()) => true,
+        };
+        if stood_by {
+            stop_http(http_stop_tx, http_server).await;
+            info!("stopped while standing by");
+            return Ok(());
         }
         metrics.leader.set(1);
         let holder = elector.clone();
@@ -174,16 +222,46 @@ async fn run(args: RunArgs) -> Result<(), Error> {
     ready.store(true, Ordering::Relaxed);
     info!(namespace = ?cfg.namespace, image = %cfg.build.relay_image, "controller starting");
     controller::run(client, cfg, metrics.clone(), wait_stop(stop_rx)).await;
+    ready.store(false, Ordering::Relaxed);
     metrics.leader.set(0);
 
+    let mut result = Ok(());
     if let Some((elector, lost)) = elector {
         if lost.load(Ordering::Relaxed) {
-            return Err(Error::Leader(
+            result = Err(Error::Leader(
                 "lost the lease; exiting so a fresh replica stands by".into(),
             ));
+        } else {
+            // Bounded: with the API server down this must not eat the whole deadline.
+            let elapsed = if stop_started.is_finished() {
+                stop_started.await.map(|t| t.elapsed()).unwrap_or_default()
+            } else {
+                Duration::ZERO
+            };
+            let budget = shutdown::step_timeout(deadline, elapsed, shutdown::RELEASE_TIMEOUT);
+            if tokio::time::timeout(budget, elector.release())
+                .await
+                .is_err()
+            {
+                warn!(timeout = ?budget, "releasing the lease timed out; a standby takes over when it expires");
+            }
         }
-        elector.release().await;
     }
-    info!("controller stopped");
-    Ok(())
+    stop_http(http_stop_tx, http_server).await;
+    if result.is_ok() {
+        info!("controller stopped");
+    }
+    result
+}
+
+/// Stops the HTTP server, waiting a moment for open requests.
+async fn stop_http(stop: tokio::sync::oneshot::Sender<()>, server: tokio::task::JoinHandle<()>) {
+    let _ = stop.send(());
+    let abort = server.abort_handle();
+    if tokio::time::timeout(Duration::from_secs(1), server)
+        .await
+        .is_err()
+    {
+        abort.abort();
+    }
 }
