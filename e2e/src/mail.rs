@@ -47,21 +47,46 @@ pub fn poll<T>(
     }
 }
 
-/// A TCP port on 127.0.0.1 that nothing listens on, from a per-process range below the
-/// kernel's ephemeral range (so the relays' outgoing connections never take it).
-pub fn free_port() -> u16 {
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    // 12000-17999: below the ephemeral range (32768+) and apart from the image tests' range
-    // (20000-31999), which may run at the same time.
-    let base = 12_000 + (std::process::id() % 60) as u16 * 100;
-    let _ = NEXT.compare_exchange(0, base, Ordering::SeqCst, Ordering::SeqCst);
-    loop {
-        let port = NEXT.fetch_add(1, Ordering::SeqCst);
-        assert!(port < 18_000, "ran out of test ports");
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
+/// Hands out TCP ports on 127.0.0.1 that nothing listens on, from a per-process block of 100
+/// within `first .. first + blocks * 100`, below the kernel's ephemeral range (32768+), so
+/// parallel test processes (and the relays' outgoing connections) never take the same port.
+pub struct PortRange {
+    first: u16,
+    blocks: u16,
+    next: AtomicU16,
+}
+
+impl PortRange {
+    pub const fn new(first: u16, blocks: u16) -> PortRange {
+        PortRange {
+            first,
+            blocks,
+            next: AtomicU16::new(0),
         }
     }
+
+    /// The next port of this process's block that nothing listens on.
+    pub fn free_port(&self) -> u16 {
+        let base = self.first + (std::process::id() % self.blocks as u32) as u16 * 100;
+        let end = self.first + self.blocks * 100;
+        let _ = self
+            .next
+            .compare_exchange(0, base, Ordering::SeqCst, Ordering::SeqCst);
+        loop {
+            let port = self.next.fetch_add(1, Ordering::SeqCst);
+            assert!(port < end, "ran out of test ports");
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
+}
+
+/// A TCP port on 127.0.0.1 that nothing listens on, from 12000-17999: apart from the image
+/// tests' range (20000-31999), which may run at the same time.
+pub fn free_port() -> u16 {
+    static PORTS: PortRange = PortRange::new(12_000, 60);
+    PORTS.free_port()
 }
 
 /// True once `addr` accepts a connection and greets with 220.
@@ -77,7 +102,7 @@ pub fn smtp_ready(addr: SocketAddr) -> bool {
 }
 
 /// SIGTERM, then SIGKILL after `grace`; None when it had to be killed.
-fn stop_child(child: &mut Child, grace: Duration) -> Option<ExitStatus> {
+pub fn stop_child(child: &mut Child, grace: Duration) -> Option<ExitStatus> {
     if let Ok(Some(status)) = child.try_wait() {
         return Some(status);
     }
@@ -129,7 +154,13 @@ pub struct Sink {
 }
 
 impl Sink {
+    /// An smtp-sink on a fresh port, listening within [`DEADLINE`].
     pub fn start() -> Result<Sink, String> {
+        Self::start_on(free_port(), DEADLINE)
+    }
+
+    /// An smtp-sink on 127.0.0.1:`port`, listening within `timeout`, with no dump yet.
+    pub fn start_on(port: u16, timeout: Duration) -> Result<Sink, String> {
         let dir = tempfile::Builder::new()
             .prefix("sink-")
             .tempdir()
@@ -137,7 +168,7 @@ impl Sink {
         // smtp-sink writes as the postfix user.
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777))
             .map_err(|e| e.to_string())?;
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let child = Command::new("smtp-sink")
             .args(["-u", "postfix", "-d"])
             .arg(dir.path().join("m."))
@@ -149,12 +180,14 @@ impl Sink {
             .spawn()
             .map_err(|e| format!("starting smtp-sink (apt-get install postfix): {e}"))?;
         let mut sink = Sink { child, addr, dir };
-        poll("smtp-sink to listen", DEADLINE, || {
+        poll("smtp-sink to listen", timeout, || {
             if let Ok(Some(status)) = sink.child.try_wait() {
                 return Some(Err(format!("smtp-sink exited: {status}")));
             }
             smtp_ready(addr).then_some(Ok(()))
         })??;
+        // The readiness probe itself leaves no dump (no MAIL command), but be explicit.
+        sink.clear();
         Ok(sink)
     }
 
@@ -216,6 +249,26 @@ impl Sink {
     pub fn has(&self, marker: &str) -> bool {
         let end = end_marker(marker);
         self.messages().iter().any(|m| m.text.contains(&end))
+    }
+
+    /// All recipients delivered so far.
+    pub fn recipients(&self) -> Vec<String> {
+        self.messages().into_iter().flat_map(|m| m.rcpts).collect()
+    }
+
+    pub fn delivered_to(&self, rcpt: &str) -> bool {
+        self.messages()
+            .iter()
+            .any(|m| m.rcpts.iter().any(|r| r.eq_ignore_ascii_case(rcpt)))
+    }
+
+    /// Forgets every message recorded so far.
+    pub fn clear(&self) {
+        if let Ok(entries) = fs::read_dir(self.dir.path()) {
+            for entry in entries.flatten() {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
     }
 }
 
@@ -367,13 +420,41 @@ impl Drop for Upstream {
 }
 
 /// Last resort when smtp-relay had to be killed: its Postfix master would survive it.
-fn kill_master(spool: &Path) {
-    if let Some(pid) = fs::read_to_string(spool.join("pid/master.pid"))
-        .ok()
-        .and_then(|s| s.trim().parse::<i32>().ok())
-    {
+pub fn kill_master(spool: &Path) {
+    if let Some(pid) = master_pid(spool) {
         let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
     }
+}
+
+/// The PID in Postfix's `pid/master.pid` under `spool`.
+pub fn master_pid(spool: &Path) -> Option<i32> {
+    fs::read_to_string(spool.join("pid/master.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Messages in a Postfix queue under `spool` (maildrop, incoming, active, deferred, hold).
+pub fn queued(spool: &Path) -> usize {
+    ["maildrop", "incoming", "active", "deferred", "hold"]
+        .iter()
+        .map(|q| count_files(&spool.join(q)))
+        .sum()
+}
+
+fn count_files(dir: &Path) -> usize {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => count_files(&e.path()),
+            Ok(t) if t.is_file() => 1,
+            _ => 0,
+        })
+        .sum()
 }
 
 // ---------------------------------------------------------------------------------------------

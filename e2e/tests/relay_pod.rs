@@ -130,28 +130,6 @@ fn run_pod(cp: &ControlPlane, kubelet: &Kubelet) -> RelayPod {
     pod
 }
 
-fn queued(spool: &std::path::Path) -> usize {
-    ["maildrop", "incoming", "active", "deferred", "hold"]
-        .iter()
-        .map(|q| count_files(&spool.join(q)))
-        .sum()
-}
-
-fn count_files(dir: &std::path::Path) -> usize {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|e| match e.file_type() {
-                    Ok(t) if t.is_dir() => count_files(&e.path()),
-                    Ok(t) if t.is_file() => 1,
-                    _ => 0,
-                })
-                .sum()
-        })
-        .unwrap_or(0)
-}
-
 /// The volumes are laid out and mounted as the kubelet and a container runtime do.
 fn check_pod_layout(pod: &mut RelayPod) {
     let users = pod.volume_dir("sasl-users").expect("users volume");
@@ -358,11 +336,11 @@ fn relay_pod_runs_for_real_and_follows_secret_rotation() {
     .unwrap_or_else(|e| panic!("the relay must accept mail while the relayhost is down: {e}"));
     let spool = pod.volume_dir("spool").expect("spool claim").to_path_buf();
     tools::poll_until(DEADLINE, "the message in the queue", || {
-        (queued(&spool) > 0).then_some(())
+        (mail::queued(&spool) > 0).then_some(())
     });
     let status = pod.stop().expect("SIGTERM with mail queued");
     assert_eq!(status.code(), Some(0));
-    assert!(queued(&spool) > 0, "the queue survives the stop");
+    assert!(mail::queued(&spool) > 0, "the queue survives the stop");
     assert!(!sink.has(&m));
     upstream.start_again().expect("upstream back");
     drop(pod);
@@ -370,7 +348,7 @@ fn relay_pod_runs_for_real_and_follows_secret_rotation() {
     sink.wait_for("queued@example.net", &m, DEADLINE)
         .unwrap_or_else(|e| panic!("{e}\n--- pod log\n{}", pod.logs()));
     tools::poll_until(DEADLINE, "the queue to empty", || {
-        (queued(&spool) == 0).then_some(())
+        (mail::queued(&spool) == 0).then_some(())
     });
     t.step("message queued while the relayhost was down survived the restart and was delivered");
     assert!(

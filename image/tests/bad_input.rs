@@ -163,7 +163,7 @@ fn bad_config_file() {
 #[test]
 fn postconf_names_with_upper_case_letters_are_accepted() {
     // smtp_tls_CAfile and friends are real Postfix parameters with capitals.
-    let sink = Sink::start();
+    let sink = start_sink();
     let mut vars = env(sink.port(), "STRICT");
     vars.insert("POSTCONF_smtp_tls_CApath".into(), "/etc/ssl/certs".into());
     let relay = RelaySpec::new(Input::Env(vars)).start();

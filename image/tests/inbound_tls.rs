@@ -34,7 +34,7 @@ fn relay(sink: &Sink, tls: bool) -> (Relay, Option<std::path::PathBuf>) {
 
 #[test]
 fn with_inbound_tls_auth_only_after_starttls() {
-    let sink = Sink::start();
+    let sink = start_sink();
     let (relay, cert) = relay(&sink, true);
     let cert = cert.unwrap();
 
@@ -66,7 +66,7 @@ fn with_inbound_tls_auth_only_after_starttls() {
     send_on(&mut conn, "app@example.net", "tls@elsewhere.org", &mark)
         .expect("an authenticated client relays anywhere in ALLOW_SASLAUTH_NODOMAIN");
     let _ = conn.quit();
-    sink.wait_for("tls@elsewhere.org", &mark);
+    sink.wait_for("tls@elsewhere.org", &mark, DEADLINE).unwrap();
 
     // The test client of the image speaks STARTTLS too.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_smtp-relay"))
@@ -92,7 +92,7 @@ fn with_inbound_tls_auth_only_after_starttls() {
 
 #[test]
 fn without_inbound_tls_auth_over_plain_text() {
-    let sink = Sink::start();
+    let sink = start_sink();
     let (relay, _) = relay(&sink, false);
     let mut conn = connect(relay.addr(), OTHER_CLIENT);
     let info = conn.server_info().clone();
@@ -103,5 +103,6 @@ fn without_inbound_tls_auth_over_plain_text() {
     let mark = marker("plain");
     send_on(&mut conn, "app@example.net", "plain@elsewhere.org", &mark).unwrap();
     let _ = conn.quit();
-    sink.wait_for("plain@elsewhere.org", &mark);
+    sink.wait_for("plain@elsewhere.org", &mark, DEADLINE)
+        .unwrap();
 }

@@ -50,12 +50,14 @@ fn sigterm_keeps_queued_mail_and_a_restart_delivers_it() {
     );
 
     // Same spool, a working relayhost: the message is delivered.
-    let sink = Sink::start();
+    let sink = start_sink();
     if let Input::File(cfg) = &mut spec.input {
         cfg.relayhost.port = sink.port();
     }
     let relay = spec.start();
-    let m = sink.wait_for("queued@example.net", &mark);
+    let m = sink
+        .wait_for("queued@example.net", &mark, DEADLINE)
+        .unwrap();
     assert_eq!(m.from, "app@example.net");
     relay.wait_queue_empty();
     let (status, _) = relay.stop();
@@ -84,7 +86,7 @@ fn probe_fails_fast_on_a_closed_port() {
 
 #[test]
 fn probe_send_users_and_metrics_against_a_running_relay() {
-    let sink = Sink::start();
+    let sink = start_sink();
     let mut cfg = config(sink.port(), Mode::AllowSaslAuthNoDomain);
     // smtp-relay send speaks from 127.0.0.1, which is outside these networks.
     cfg.networks = vec!["127.0.0.2/32".into()];

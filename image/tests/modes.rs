@@ -27,7 +27,7 @@ fn seed_table(mode: Mode) -> [bool; 6] {
 }
 
 fn matrix(mode: Mode) {
-    let sink = Sink::start();
+    let sink = start_sink();
     let mut spec = RelaySpec::new(Input::file(config(sink.port(), mode)));
     let users = spec.path("users");
     SecretVolume::create(users.clone(), &[(USER, USER_PASSWORD)]);
@@ -106,7 +106,7 @@ fn matrix(mode: Mode) {
 
     for (_, _, rcpt, accepted, _, mark, _) in &cells {
         if *accepted {
-            let m = sink.wait_for(rcpt, mark);
+            let m = sink.wait_for(rcpt, mark, DEADLINE).unwrap();
             assert_eq!(m.from, "app@example.net");
             assert_eq!(m.rcpts, vec![rcpt.clone()]);
         }

@@ -56,7 +56,7 @@ fn relay_and_deliver(relay: &Relay, sink: &Sink, tag: &str) {
         &mark,
     )
     .unwrap_or_else(|e| panic!("{tag}: the relay refused the message: {e}"));
-    let m = sink.wait_for(&rcpt, &mark);
+    let m = sink.wait_for(&rcpt, &mark, DEADLINE).unwrap();
     assert!(
         m.text.contains("upstream.example.net"),
         "{tag}: the message went through the upstream:\n{}",
@@ -66,7 +66,7 @@ fn relay_and_deliver(relay: &Relay, sink: &Sink, tag: &str) {
 
 #[test]
 fn awkward_passwords_from_files_authenticate_at_the_upstream() {
-    let sink = Sink::start();
+    let sink = start_sink();
     let upstream = upstream(&sink, &PASSWORDS);
     for (user, password) in PASSWORDS {
         let mut conn = connect(upstream.addr(), OTHER_CLIENT);
@@ -95,7 +95,7 @@ fn awkward_passwords_from_files_authenticate_at_the_upstream() {
 
 #[test]
 fn awkward_password_from_the_environment_authenticates_at_the_upstream() {
-    let sink = Sink::start();
+    let sink = start_sink();
     let password = "env pa}s:s,w=ö rd";
     let upstream = upstream(&sink, &[("envuser", password)]);
     let mut vars = env(upstream.addr().port(), "ALLOW_NETAUTH_NODOMAIN");
@@ -124,7 +124,7 @@ fn password_ending_in_white_space_is_a_config_error() {
 
 #[test]
 fn wrong_password_is_deferred_not_delivered() {
-    let sink = Sink::start();
+    let sink = start_sink();
     let upstream = upstream(&sink, &[("rightuser", "the right password")]);
     let relay = relay_with_credential_files(&upstream, "rightuser", "the wrong password");
     let mark = marker("wrong");

@@ -82,15 +82,16 @@ fn sasl_users_directory_hot_reload_keeps_postfix_and_its_queue() {
     assert_eq!(relay.queued(), 1, "the deferred message is still queued");
 
     // The relayhost comes up: the message queued before the changes is delivered.
-    let sink = Sink::start_on(sink_port);
-    sink.wait_for("queued@elsewhere.org", &mark);
+    let sink = start_sink_on(sink_port);
+    sink.wait_for("queued@elsewhere.org", &mark, DEADLINE)
+        .unwrap();
     let (status, _) = relay.stop();
     assert_eq!(status.code(), Some(0));
 }
 
 #[test]
 fn client_sasl_passwd_file_hot_reload() {
-    let sink = Sink::start();
+    let sink = start_sink();
     let mut vars = env(sink.port(), "ALLOW_SASLAUTH_NODOMAIN");
     vars.insert("RELAY_MYNETWORKS".into(), String::new());
     let spec = RelaySpec::new(Input::Env(vars));
@@ -123,12 +124,13 @@ fn client_sasl_passwd_file_hot_reload() {
         &mark,
     )
     .unwrap();
-    sink.wait_for("passwd@elsewhere.org", &mark);
+    sink.wait_for("passwd@elsewhere.org", &mark, DEADLINE)
+        .unwrap();
 }
 
 #[test]
 fn broken_update_keeps_the_old_config_and_a_good_one_is_applied() {
-    let sink = Sink::start();
+    let sink = start_sink();
     let spec = RelaySpec::new(Input::file(config(sink.port(), Mode::Strict)));
     let relay = spec.start();
     let master = relay.master_pid();
@@ -136,7 +138,7 @@ fn broken_update_keeps_the_old_config_and_a_good_one_is_applied() {
         let mark = marker(tag);
         let rcpt = format!("{tag}@example.net");
         send(relay.addr(), source, None, "app@example.net", &rcpt, &mark)
-            .map(|_| sink.wait_for(&rcpt, &mark))
+            .map(|_| sink.wait_for(&rcpt, &mark, DEADLINE).unwrap())
     };
     relay_once("before", NET_CLIENT).unwrap();
     assert_eq!(relay.metric("smtp_relay_config_errors_total"), Some(0.0));

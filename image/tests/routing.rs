@@ -8,7 +8,7 @@ use smtp_relay::settings::Mode;
 
 #[test]
 fn sender_routing_tricks_are_refused() {
-    let sink = Sink::start();
+    let sink = start_sink();
     // STRICT: the client in `networks` may relay to the relay domain only.
     let relay = RelaySpec::new(Input::file(config(sink.port(), Mode::Strict))).start();
     let tricks = [
@@ -64,7 +64,7 @@ fn sender_routing_tricks_are_refused() {
         &mark,
     )
     .unwrap();
-    sink.wait_for("user@example.net", &mark);
+    sink.wait_for("user@example.net", &mark, DEADLINE).unwrap();
     relay.wait_queue_empty();
     let strays: Vec<String> = sink
         .recipients()
@@ -87,7 +87,7 @@ fn sender_accepted(relay: &Relay, sender: &str) -> bool {
 
 #[test]
 fn strict_sender_accepts_every_relay_domain_and_nothing_else() {
-    let sink = Sink::start();
+    let sink = start_sink();
     let mut cfg = config(sink.port(), Mode::Strict);
     cfg.relay_domains = vec![DOMAIN.into(), "example.org".into()];
     cfg.strict_sender = true;
@@ -113,12 +113,12 @@ fn strict_sender_accepts_every_relay_domain_and_nothing_else() {
         &mark,
     )
     .unwrap();
-    sink.wait_for("user@example.net", &mark);
+    sink.wait_for("user@example.net", &mark, DEADLINE).unwrap();
 }
 
 #[test]
 fn without_strict_sender_any_sender_is_accepted() {
-    let sink = Sink::start();
+    let sink = start_sink();
     let mut env = env(sink.port(), "STRICT");
     env.insert("RELAY_STRICT_SENDER_MYDOMAIN".into(), "false".into());
     let relay = RelaySpec::new(Input::Env(env)).start();
@@ -135,14 +135,16 @@ fn without_strict_sender_any_sender_is_accepted() {
     )
     .unwrap();
     assert_eq!(
-        sink.wait_for("user@example.net", &mark).from,
+        sink.wait_for("user@example.net", &mark, DEADLINE)
+            .unwrap()
+            .from,
         "app@evil.example.com"
     );
 }
 
 #[test]
 fn strict_sender_from_the_environment() {
-    let sink = Sink::start();
+    let sink = start_sink();
     let mut env = env(sink.port(), "STRICT");
     env.insert("RELAY_STRICT_SENDER_MYDOMAIN".into(), "true".into());
     env.insert("RELAY_DOMAINS".into(), "example.net example.org".into());

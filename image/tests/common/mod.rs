@@ -8,14 +8,13 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::os::unix::fs::{symlink, PermissionsExt};
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Once;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lettre::address::Envelope;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
@@ -23,11 +22,19 @@ use lettre::transport::smtp::client::{SmtpConnection, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
 use lettre::transport::smtp::response::Response;
 use lettre::Address;
-use nix::sys::signal::{kill, Signal};
+use nix::sys::signal::kill;
 use nix::unistd::Pid;
 use smtp_relay::config_file::{RelayConfigFile, RelayhostFile};
 use smtp_relay::settings::Mode;
 use tempfile::TempDir;
+
+use smtp_relay_e2e::mail::{self, kill_master, stop_child, PortRange};
+
+// The SMTP test support shared with the e2e crate; each test binary uses a part of it.
+#[allow(unused_imports)]
+pub use smtp_relay_e2e::mail::{
+    loopback_postconf, marker, master_pid, message, queued, smtp_ready, Sink,
+};
 
 /// The relay domain of every test relay.
 pub const DOMAIN: &str = "example.net";
@@ -75,20 +82,11 @@ pub fn require_postfix() {
     });
 }
 
-/// A TCP port on 127.0.0.1 that nothing listens on. Ports are handed out from a per-process
-/// range below the kernel's ephemeral range, so parallel tests (and the outgoing connections of
-/// the relays) never collide.
+/// A TCP port on 127.0.0.1 that nothing listens on, from 20000-31999: apart from the e2e
+/// tests' range, which may run at the same time.
 pub fn free_port() -> u16 {
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let base = 20_000 + (std::process::id() % 120) as u16 * 100;
-    let _ = NEXT.compare_exchange(0, base, Ordering::SeqCst, Ordering::SeqCst);
-    loop {
-        let port = NEXT.fetch_add(1, Ordering::SeqCst);
-        assert!(port < 32_000, "ran out of test ports");
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
+    static PORTS: PortRange = PortRange::new(20_000, 120);
+    PORTS.free_port()
 }
 
 pub fn loopback(port: u16) -> SocketAddr {
@@ -96,184 +94,21 @@ pub fn loopback(port: u16) -> SocketAddr {
 }
 
 /// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
-pub fn poll<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    let mut pause = Duration::from_millis(20);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        if start.elapsed() > timeout {
-            panic!("timed out after {timeout:?} waiting for {what}");
-        }
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(250));
-    }
-}
-
-/// True once `addr` accepts a connection and greets with 220.
-pub fn smtp_ready(addr: SocketAddr) -> bool {
-    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    let mut line = String::new();
-    let ok = BufReader::new(&stream).read_line(&mut line).is_ok() && line.starts_with("220");
-    let _ = stream.write_all(b"QUIT\r\n");
-    ok
-}
-
-fn stop_child(child: &mut Child, grace: Duration) -> Option<ExitStatus> {
-    if let Ok(Some(status)) = child.try_wait() {
-        return Some(status);
-    }
-    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
-    let start = Instant::now();
-    while start.elapsed() < grace {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Some(status);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    None
+pub fn poll<T>(what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) -> T {
+    mail::poll(what, timeout, f).unwrap_or_else(|e| panic!("{e}"))
 }
 
 // ---------------------------------------------------------------------------------------------
 // The sink: Postfix's smtp-sink, dumping every transaction to a file.
 
-/// One message as the sink recorded it.
-#[derive(Debug, Clone)]
-pub struct Dumped {
-    pub client: String,
-    pub from: String,
-    pub rcpts: Vec<String>,
-    pub text: String,
+/// An smtp-sink on a fresh port that writes each transaction to its own file.
+pub fn start_sink() -> Sink {
+    start_sink_on(free_port())
 }
 
-pub struct Sink {
-    child: Child,
-    pub addr: SocketAddr,
-    dir: TempDir,
-}
-
-impl Sink {
-    /// An smtp-sink on a fresh port that writes each transaction to its own file.
-    pub fn start() -> Sink {
-        Self::start_on(free_port())
-    }
-
-    pub fn start_on(port: u16) -> Sink {
-        require_postfix();
-        let dir = tempfile::tempdir().expect("tempdir");
-        // smtp-sink writes as the postfix user.
-        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
-        let addr = loopback(port);
-        let child = Command::new("smtp-sink")
-            .args(["-u", "postfix", "-d"])
-            .arg(dir.path().join("m."))
-            .arg(addr.to_string())
-            .arg("100")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting smtp-sink");
-        let mut sink = Sink { child, addr, dir };
-        poll("smtp-sink to listen", DEADLINE, || {
-            if let Ok(Some(status)) = sink.child.try_wait() {
-                panic!("smtp-sink exited: {status}");
-            }
-            smtp_ready(addr).then_some(())
-        });
-        // The readiness probe itself leaves no dump (no MAIL command), but be explicit.
-        sink.clear();
-        sink
-    }
-
-    pub fn port(&self) -> u16 {
-        self.addr.port()
-    }
-
-    /// Every complete transaction recorded so far.
-    pub fn messages(&self) -> Vec<Dumped> {
-        let mut out = Vec::new();
-        let Ok(entries) = fs::read_dir(self.dir.path()) else {
-            return out;
-        };
-        for entry in entries.flatten() {
-            let Ok(text) = fs::read_to_string(entry.path()) else {
-                continue;
-            };
-            let header = |name: &str| {
-                text.lines()
-                    .filter_map(|l| l.strip_prefix(name))
-                    .map(|v| v.trim().to_string())
-                    .collect::<Vec<_>>()
-            };
-            let angle = |v: &str| {
-                v.split_whitespace()
-                    .next()
-                    .unwrap_or("")
-                    .trim_start_matches('<')
-                    .trim_end_matches('>')
-                    .to_string()
-            };
-            let from = header("X-Mail-Args:").first().map(|v| angle(v));
-            let Some(from) = from else { continue };
-            out.push(Dumped {
-                client: header("X-Client-Addr:").join(""),
-                from,
-                rcpts: header("X-Rcpt-Args:").iter().map(|v| angle(v)).collect(),
-                text,
-            });
-        }
-        out
-    }
-
-    /// All recipients delivered so far.
-    pub fn recipients(&self) -> Vec<String> {
-        self.messages().into_iter().flat_map(|m| m.rcpts).collect()
-    }
-
-    pub fn delivered_to(&self, rcpt: &str) -> bool {
-        self.messages()
-            .iter()
-            .any(|m| m.rcpts.iter().any(|r| r.eq_ignore_ascii_case(rcpt)))
-    }
-
-    /// Waits for the message carrying `marker` (see [`message`]) to arrive for `rcpt`.
-    pub fn wait_for(&self, rcpt: &str, marker: &str) -> Dumped {
-        self.wait_for_within(rcpt, marker, DEADLINE)
-    }
-
-    pub fn wait_for_within(&self, rcpt: &str, marker: &str, timeout: Duration) -> Dumped {
-        let end = end_marker(marker);
-        poll(
-            &format!("a message for {rcpt} with marker {marker} at the sink"),
-            timeout,
-            || {
-                self.messages().into_iter().find(|m| {
-                    m.text.contains(&end) && m.rcpts.iter().any(|r| r.eq_ignore_ascii_case(rcpt))
-                })
-            },
-        )
-    }
-
-    pub fn clear(&self) {
-        if let Ok(entries) = fs::read_dir(self.dir.path()) {
-            for entry in entries.flatten() {
-                let _ = fs::remove_file(entry.path());
-            }
-        }
-    }
-}
-
-impl Drop for Sink {
-    fn drop(&mut self) {
-        stop_child(&mut self.child, Duration::from_secs(5));
-    }
+pub fn start_sink_on(port: u16) -> Sink {
+    require_postfix();
+    Sink::start_on(port, DEADLINE).unwrap_or_else(|e| panic!("{e}"))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -292,22 +127,6 @@ impl Input {
     }
 }
 
-/// Postfix settings every test relay needs on a machine without DNS.
-pub fn test_postconf() -> BTreeMap<String, String> {
-    [
-        ("smtpd_peername_lookup", "no"),
-        ("smtp_dns_support_level", "disabled"),
-        // Retry deferred mail within seconds, not minutes.
-        ("queue_run_delay", "1s"),
-        ("minimal_backoff_time", "1s"),
-        ("maximal_backoff_time", "2s"),
-        ("smtp_connect_timeout", "5s"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect()
-}
-
 /// A config file relaying to `[127.0.0.1]:upstream_port`, clients in 127.0.0.2/32.
 pub fn config(upstream_port: u16, mode: Mode) -> RelayConfigFile {
     RelayConfigFile {
@@ -322,7 +141,7 @@ pub fn config(upstream_port: u16, mode: Mode) -> RelayConfigFile {
             ..Default::default()
         },
         mode: Some(mode),
-        postconf: test_postconf(),
+        postconf: loopback_postconf(),
         ..Default::default()
     }
 }
@@ -339,7 +158,7 @@ pub fn env(upstream_port: u16, mode: &str) -> BTreeMap<String, String> {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
-    for (k, v) in test_postconf() {
+    for (k, v) in loopback_postconf() {
         vars.insert(format!("POSTCONF_{k}"), v);
     }
     vars
@@ -593,47 +412,11 @@ impl Drop for Relay {
     }
 }
 
-/// Last resort when smtp-relay itself had to be killed: its Postfix master would survive it.
-fn kill_master(spool: &Path) {
-    if let Some(pid) = master_pid(spool) {
-        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-    }
-}
-
-pub fn master_pid(spool: &Path) -> Option<i32> {
-    fs::read_to_string(spool.join("pid/master.pid"))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
-}
-
 pub fn process_alive(pid: i32) -> bool {
     kill(Pid::from_raw(pid), None).is_ok()
         && fs::read_to_string(format!("/proc/{pid}/stat"))
             .map(|s| !s.contains(") Z "))
             .unwrap_or(false)
-}
-
-pub fn queued(spool: &Path) -> usize {
-    ["maildrop", "incoming", "active", "deferred", "hold"]
-        .iter()
-        .map(|q| count_files(&spool.join(q)))
-        .sum()
-}
-
-fn count_files(dir: &Path) -> usize {
-    let Ok(entries) = fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|e| match e.file_type() {
-            Ok(t) if t.is_dir() => count_files(&e.path()),
-            Ok(t) if t.is_file() => 1,
-            _ => 0,
-        })
-        .sum()
 }
 
 pub fn http_get(addr: SocketAddr, path: &str) -> String {
@@ -766,29 +549,6 @@ pub fn login(conn: &mut SmtpConnection, user: &str, password: &str) -> Result<Re
         &Credentials::new(user.into(), password.into()),
     )
     .map_err(|e| e.to_string())
-}
-
-/// A unique token to find a message at the sink.
-pub fn marker(tag: &str) -> String {
-    static N: AtomicU16 = AtomicU16::new(0);
-    format!(
-        "{tag}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    )
-}
-
-fn end_marker(marker: &str) -> String {
-    format!("end-of-{marker}")
-}
-
-/// A small message whose last body line identifies it, so a half-written dump never matches.
-pub fn message(from: &str, to: &str, marker: &str) -> Vec<u8> {
-    format!(
-        "From: <{from}>\r\nTo: <{to}>\r\nSubject: {marker}\r\nMessage-ID: <{marker}@client.test>\r\n\r\nTest message {marker}.\r\n{}\r\n",
-        end_marker(marker)
-    )
-    .into_bytes()
 }
 
 /// One whole transaction on an open connection; `Err` carries the first refusal.
