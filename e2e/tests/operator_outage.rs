@@ -25,10 +25,6 @@ spec:
 "#;
 
 #[test]
-#[ignore = "operator bug: controller.rs run() merges its 6 watches behind kube-runtime's one shared \
-            trigger backoff (0.8 s doubling to 30 s, reset after 120 s quiet), so the stale \
-            errors of one outage are drained one backoff step at a time and the operator stays \
-            deaf for about a minute or more after the API server is back"]
 fn operator_acts_on_changes_soon_after_an_api_server_outage() {
     let mut cp = ControlPlane::start().expect("control plane starts");
     let mut op = Operator::start(&cp, OperatorOptions::default());
@@ -79,9 +75,6 @@ fn operator_acts_on_changes_soon_after_an_api_server_outage() {
 }
 
 #[test]
-#[ignore = "operator bug: while its watches fail (API server down, or Forbidden), the operator \
-            ignores SIGTERM for more than 15 s and has to be killed: the trigger stream sleeps \
-            in kube-runtime's shared backoff and the shutdown waits for it"]
 fn operator_stops_promptly_on_sigterm_while_the_api_server_is_down() {
     let mut cp = ControlPlane::start().expect("control plane starts");
     let mut op = Operator::start(&cp, OperatorOptions::default());
