@@ -47,8 +47,8 @@ pub struct Metrics {
 impl Metrics {
     pub fn new(spool_dir: &Path) -> Self {
         let mut registry = Registry::with_prefix("smtp_relay");
-        let m = Metrics {
-            registry: Arc::new(Mutex::new(Registry::default())),
+        let mut m = Metrics {
+            registry: Arc::default(),
             spool_dir: spool_dir.to_path_buf(),
             deliveries: Family::default(),
             rejects: Family::default(),
@@ -105,7 +105,7 @@ impl Metrics {
             "1 while the Postfix master runs",
             m.postfix_up.clone(),
         );
-        *m.registry.lock().unwrap_or_else(|e| e.into_inner()) = registry;
+        m.registry = Arc::new(Mutex::new(registry));
         m
     }
 
