@@ -252,20 +252,7 @@ impl ControlPlane {
         let Some(mut child) = self.child.take() else {
             return;
         };
-        // The pid is our own child's, not yet reaped, so it cannot have been reused.
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .stderr(Stdio::null())
-            .status();
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        while Instant::now() < deadline {
-            match child.try_wait() {
-                Ok(Some(_)) | Err(_) => return,
-                Ok(None) => std::thread::sleep(Duration::from_millis(50)),
-            }
-        }
-        let _ = child.kill();
-        let _ = child.wait();
+        tools::stop_child(&mut child, STOP_TIMEOUT);
     }
 }
 

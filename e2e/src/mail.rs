@@ -9,9 +9,9 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lettre::address::Envelope;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
@@ -23,29 +23,10 @@ use nix::unistd::Pid;
 use tempfile::TempDir;
 
 use crate::pod::{self, relay_bin};
+use crate::tools::{poll, stop_child};
 
 /// How long a mail server may take to start, or a message to arrive.
 pub const DEADLINE: Duration = Duration::from_secs(60);
-
-/// Polls `f` until it returns `Some`, or fails with `what` after `timeout`.
-pub fn poll<T>(
-    what: &str,
-    timeout: Duration,
-    mut f: impl FnMut() -> Option<T>,
-) -> Result<T, String> {
-    let start = Instant::now();
-    let mut pause = Duration::from_millis(20);
-    loop {
-        if let Some(v) = f() {
-            return Ok(v);
-        }
-        if start.elapsed() > timeout {
-            return Err(format!("timed out after {timeout:?} waiting for {what}"));
-        }
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(250));
-    }
-}
 
 /// Hands out TCP ports on 127.0.0.1 that nothing listens on, from a per-process block of 100
 /// within `first .. first + blocks * 100`, below the kernel's ephemeral range (32768+), so
@@ -99,24 +80,6 @@ pub fn smtp_ready(addr: SocketAddr) -> bool {
     let ok = BufReader::new(&stream).read_line(&mut line).is_ok() && line.starts_with("220");
     let _ = stream.write_all(b"QUIT\r\n");
     ok
-}
-
-/// SIGTERM, then SIGKILL after `grace`; None when it had to be killed.
-pub fn stop_child(child: &mut Child, grace: Duration) -> Option<ExitStatus> {
-    if let Ok(Some(status)) = child.try_wait() {
-        return Some(status);
-    }
-    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
-    let start = Instant::now();
-    while start.elapsed() < grace {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Some(status);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    None
 }
 
 // ---------------------------------------------------------------------------------------------

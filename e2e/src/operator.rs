@@ -413,24 +413,7 @@ impl Operator {
         let Some(mut child) = self.child.lock().unwrap().take() else {
             return true;
         };
-        if let Ok(Some(_)) = child.try_wait() {
-            return true;
-        }
-        // Our own unreaped child: the pid cannot have been reused.
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .stderr(Stdio::null())
-            .status();
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        while Instant::now() < deadline {
-            match child.try_wait() {
-                Ok(Some(_)) | Err(_) => return true,
-                Ok(None) => std::thread::sleep(Duration::from_millis(50)),
-            }
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        false
+        tools::stop_child(&mut child, STOP_TIMEOUT).is_some()
     }
 
     /// Kills the operator outright (SIGKILL), as a crash or OOM would.

@@ -1,6 +1,11 @@
 //! Where the project's test tools live.
 
 use std::path::PathBuf;
+use std::process::{Child, ExitStatus};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 
 /// The workspace root: the parent of this crate's directory.
 pub fn workspace_root() -> PathBuf {
@@ -64,28 +69,13 @@ fn profile_dir() -> PathBuf {
 }
 
 /// Calls `f` until it returns `Some`, at most until `timeout` has passed, and returns its value.
-/// Polls quickly at first, then every 200 ms.
+/// Polls quickly at first, then every 250 ms.
 ///
 /// # Panics
 ///
 /// When the timeout passes, with `what` (what was awaited).
-pub fn poll_until<T>(
-    timeout: std::time::Duration,
-    what: &str,
-    mut f: impl FnMut() -> Option<T>,
-) -> T {
-    let deadline = std::time::Instant::now() + timeout;
-    let mut pause = std::time::Duration::from_millis(20);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        if std::time::Instant::now() >= deadline {
-            panic!("timed out after {timeout:?} waiting for {what}");
-        }
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(std::time::Duration::from_millis(200));
-    }
+pub fn poll_until<T>(timeout: Duration, what: &str, f: impl FnMut() -> Option<T>) -> T {
+    poll(what, timeout, f).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A TCP port on 127.0.0.1 that was free a moment ago (the OS picks it).
@@ -94,4 +84,42 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .expect("bind 127.0.0.1:0")
         .port()
+}
+
+/// Polls `f` until it returns `Some`, or fails with `what` after `timeout`.
+pub fn poll<T>(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> Result<T, String> {
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(20);
+    loop {
+        if let Some(v) = f() {
+            return Ok(v);
+        }
+        if start.elapsed() > timeout {
+            return Err(format!("timed out after {timeout:?} waiting for {what}"));
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(250));
+    }
+}
+
+/// SIGTERM, then SIGKILL after `grace`; None when it had to be killed.
+pub fn stop_child(child: &mut Child, grace: Duration) -> Option<ExitStatus> {
+    if let Ok(Some(status)) = child.try_wait() {
+        return Some(status);
+    }
+    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+    let start = Instant::now();
+    while start.elapsed() < grace {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
 }

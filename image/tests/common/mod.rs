@@ -28,7 +28,8 @@ use smtp_relay::config_file::{RelayConfigFile, RelayhostFile};
 use smtp_relay::settings::Mode;
 use tempfile::TempDir;
 
-use smtp_relay_e2e::mail::{self, kill_master, stop_child, PortRange};
+use smtp_relay_e2e::mail::{kill_master, PortRange};
+use smtp_relay_e2e::tools::stop_child;
 
 // The SMTP test support shared with the e2e crate; each test binary uses a part of it.
 #[allow(unused_imports)]
@@ -95,7 +96,7 @@ pub fn loopback(port: u16) -> SocketAddr {
 
 /// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
 pub fn poll<T>(what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) -> T {
-    mail::poll(what, timeout, f).unwrap_or_else(|e| panic!("{e}"))
+    smtp_relay_e2e::tools::poll(what, timeout, f).unwrap_or_else(|e| panic!("{e}"))
 }
 
 // ---------------------------------------------------------------------------------------------
