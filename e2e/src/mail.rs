@@ -149,8 +149,9 @@ impl Sink {
             }
             smtp_ready(addr).then_some(Ok(()))
         })??;
-        // The readiness probe itself leaves no dump (no MAIL command), but be explicit.
-        sink.clear();
+        // Nothing is cleared here: the readiness probe leaves no dump (it sends no MAIL), and a
+        // message that arrived since the sink began listening (a relay retrying its deferred
+        // mail) is exactly what the caller is waiting for.
         Ok(sink)
     }
 
@@ -223,15 +224,6 @@ impl Sink {
         self.messages()
             .iter()
             .any(|m| m.rcpts.iter().any(|r| r.eq_ignore_ascii_case(rcpt)))
-    }
-
-    /// Forgets every message recorded so far.
-    pub fn clear(&self) {
-        if let Ok(entries) = fs::read_dir(self.dir.path()) {
-            for entry in entries.flatten() {
-                let _ = fs::remove_file(entry.path());
-            }
-        }
     }
 }
 
