@@ -230,6 +230,7 @@ impl Sink {
 impl Drop for Sink {
     fn drop(&mut self) {
         stop_child(&mut self.child, Duration::from_secs(5));
+        keep_if_failing(&mut self.dir, &format!("smtp-sink on {}", self.addr));
     }
 }
 
@@ -370,7 +371,13 @@ impl Upstream {
 
 impl Drop for Upstream {
     fn drop(&mut self) {
+        let spool = self.dir.path().join("spool");
+        let _ = fs::write(self.dir.path().join("queue.txt"), spool_report(&spool));
         self.stop();
+        keep_if_failing(
+            &mut self.dir,
+            &format!("upstream relay on {} (upstream.log, queue.txt)", self.addr),
+        );
     }
 }
 
@@ -394,22 +401,76 @@ pub fn master_pid(spool: &Path) -> Option<i32> {
 pub fn queued(spool: &Path) -> usize {
     ["maildrop", "incoming", "active", "deferred", "hold"]
         .iter()
-        .map(|q| count_files(&spool.join(q)))
+        .map(|q| files_under(&spool.join(q)).len())
         .sum()
 }
 
-fn count_files(dir: &Path) -> usize {
+// ---------------------------------------------------------------------------------------------
+// What a failing test leaves behind.
+
+/// When the current test is failing (its thread is panicking), keeps `dir` instead of deleting
+/// it and names it on stderr, which the test's failure output shows: its logs, queue and dumps
+/// can be read after the run. Returns whether it was kept.
+pub fn keep_if_failing(dir: &mut TempDir, what: &str) -> bool {
+    if !std::thread::panicking() {
+        return false;
+    }
+    dir.disable_cleanup(true);
+    eprintln!("=== kept for diagnosis: {what}: {}", dir.path().display());
+    true
+}
+
+/// What a Postfix spool holds, for a failure report: every queued message by queue, with its
+/// size and time (a deferred message's time is its next retry), and the reasons Postfix
+/// recorded for deferring or bouncing it. Reads files only, so the master need not be running.
+pub fn spool_report(spool: &Path) -> String {
+    let now = std::time::SystemTime::now();
+    let mut out = String::new();
+    for queue in [
+        "maildrop", "incoming", "active", "deferred", "hold", "corrupt",
+    ] {
+        for file in files_under(&spool.join(queue)) {
+            let meta = fs::metadata(&file).ok();
+            let size = meta.as_ref().map_or(0, |m| m.len());
+            // Postfix sets a deferred file's time to its next delivery attempt.
+            let when = match meta.and_then(|m| m.modified().ok()) {
+                Some(t) => match t.duration_since(now) {
+                    Ok(ahead) => format!("time now+{:.1}s", ahead.as_secs_f64()),
+                    Err(e) => format!("time now-{:.1}s", e.duration().as_secs_f64()),
+                },
+                None => "time unknown".into(),
+            };
+            let id = file.file_name().unwrap_or_default().to_string_lossy();
+            out.push_str(&format!("{queue}/{id} {size} bytes, {when}\n"));
+        }
+    }
+    if out.is_empty() {
+        out.push_str("(no queued messages)\n");
+    }
+    for log in ["defer", "bounce"] {
+        for file in files_under(&spool.join(log)) {
+            let id = file.file_name().unwrap_or_default().to_string_lossy();
+            let text = fs::read_to_string(&file).unwrap_or_default();
+            out.push_str(&format!("--- {log}/{id}\n{text}"));
+        }
+    }
+    out
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
     let Ok(entries) = fs::read_dir(dir) else {
-        return 0;
+        return Vec::new();
     };
-    entries
-        .flatten()
-        .map(|e| match e.file_type() {
-            Ok(t) if t.is_dir() => count_files(&e.path()),
-            Ok(t) if t.is_file() => 1,
-            _ => 0,
-        })
-        .sum()
+    let mut files = Vec::new();
+    for entry in entries.flatten() {
+        match entry.file_type() {
+            Ok(t) if t.is_dir() => files.extend(files_under(&entry.path())),
+            Ok(t) if t.is_file() => files.push(entry.path()),
+            _ => {}
+        }
+    }
+    files.sort();
+    files
 }
 
 // ---------------------------------------------------------------------------------------------

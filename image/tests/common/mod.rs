@@ -28,7 +28,7 @@ use smtp_relay::config_file::{RelayConfigFile, RelayhostFile};
 use smtp_relay::settings::Mode;
 use tempfile::TempDir;
 
-use smtp_relay_e2e::mail::{kill_master, PortRange};
+use smtp_relay_e2e::mail::{keep_if_failing, kill_master, spool_report, PortRange};
 use smtp_relay_e2e::tools::stop_child;
 
 // The SMTP test support shared with the e2e crate; each test binary uses a part of it.
@@ -396,7 +396,11 @@ impl Relay {
 impl Drop for Relay {
     fn drop(&mut self) {
         let Some(spec) = &self.spec else { return };
-        if std::thread::panicking() {
+        let failing = std::thread::panicking();
+        if failing {
+            // What the relay held and how it was started, written before it stops.
+            let _ = fs::write(spec.path("queue.txt"), spool_report(&spec.spool_dir()));
+            let _ = fs::write(spec.path("command.txt"), format!("{:?}\n", spec.command()));
             let out = self.output();
             let tail: Vec<&str> = out.lines().rev().take(80).collect();
             eprintln!(
@@ -409,6 +413,13 @@ impl Drop for Relay {
             if stop_child(child, Duration::from_secs(20)).is_none() {
                 kill_master(&spec.spool_dir());
             }
+        }
+        if let Some(spec) = &mut self.spec {
+            let what = format!(
+                "relay on {} (relay.stdout is its mail log; queue.txt, command.txt, spool/)",
+                spec.addr()
+            );
+            keep_if_failing(&mut spec.dir, &what);
         }
     }
 }
