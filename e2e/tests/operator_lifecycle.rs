@@ -207,11 +207,12 @@ fn operator_reconciles_real_api_server() {
     let mut ctx = Ctx { op, cp };
 
     type Phase = (&'static str, fn(&mut Ctx));
-    let phases: [Phase; 7] = [
+    let phases: [Phase; 8] = [
         ("examples", examples),
         ("update and no-op", update_and_noop),
         ("rotation", rotation),
         ("bad references", bad_references),
+        ("name conflict", name_conflict),
         ("restart mid-flight", restart_mid_flight),
         ("deletion and retention", deletion),
         ("clean log", clean_log),
@@ -894,6 +895,84 @@ stringData:
     ]);
     let r = ctx.wait_ready_reason(ns, name, &["PodsNotReady", "RolloutInProgress"]);
     assert_eq!(condition(&r, "ConfigValid").unwrap()["status"], "True");
+}
+
+/// An object the user made under a child's name (here a ConfigMap named like the relay's own)
+/// is never adopted: the relay reports NameConflict naming it, publishes a Warning Event and
+/// writes no child; once the user removes it, the relay converges.
+fn name_conflict(ctx: &mut Ctx) {
+    let (ns, name) = ("clash", "clash");
+    operator::create_namespace(&ctx.cp, ns);
+    operator::apply(
+        &ctx.cp,
+        ns,
+        r#"
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: clash-config
+data:
+  mine: "the user's, not the operator's"
+"#,
+    );
+    let users = ctx.must(ns, "configmap", "clash-config");
+    let mark = ctx.mark();
+    operator::apply(
+        &ctx.cp,
+        ns,
+        r#"
+apiVersion: smtprelay.dev/v1alpha1
+kind: SmtpRelay
+metadata:
+  name: clash
+spec:
+  domain: example.org
+  networks: ["10.2.0.0/16"]
+  relayhost: {host: mx.example.org}
+"#,
+    );
+    let r = ctx.wait_ready_reason(ns, name, &["NameConflict"]);
+    let ready = condition(&r, "Ready").unwrap();
+    assert_eq!(ready["status"], "False", "{ready}");
+    let msg = ready["message"].as_str().unwrap();
+    assert!(
+        msg.contains("ConfigMap clash/clash-config"),
+        "the message names the object in the way: {msg}"
+    );
+    wait_warning_event(
+        ctx,
+        ns,
+        name,
+        "NameConflict",
+        "ConfigMap clash/clash-config",
+    );
+    let after = ctx.must(ns, "configmap", "clash-config");
+    assert_eq!(
+        after["metadata"]["resourceVersion"], users["metadata"]["resourceVersion"],
+        "the user's ConfigMap is untouched"
+    );
+    assert!(!controlled_by(&after, &r), "not adopted: {after}");
+    assert!(
+        ctx.get(ns, "statefulset", name).is_none(),
+        "no relay runs in a half-built state"
+    );
+    let writes: Vec<_> = ctx
+        .operator_writes_since(mark)
+        .into_iter()
+        .filter(|e| CHILD_RESOURCES.contains(&e["objectRef"]["resource"].as_str().unwrap_or("")))
+        .collect();
+    assert!(writes.is_empty(), "wrote children:\n{}", describe(&writes));
+
+    // The user removes their ConfigMap: the relay takes the name and converges.
+    ctx.cp
+        .kubectl_ok(["delete", "configmap", "clash-config", "-n", ns]);
+    let r = ctx.wait_ready_reason(ns, name, &["PodsNotReady", "RolloutInProgress"]);
+    assert!(controlled_by(
+        &ctx.must(ns, "configmap", "clash-config"),
+        &r
+    ));
+    ctx.cp
+        .kubectl_ok(["delete", "namespace", ns, "--wait=false"]);
 }
 
 fn wait_warning_event(ctx: &Ctx, ns: &str, relay: &str, reason: &str, mentions: &str) {

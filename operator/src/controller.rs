@@ -154,12 +154,45 @@ fn name_ns(meta: &kube::api::ObjectMeta) -> Result<(String, String)> {
     ))
 }
 
-/// Server-side applies `obj` unless the live object already carries its hash.
-async fn apply<K: Owned>(client: &Client, obj: &K) -> Result<K> {
+/// True when `relay` is the controller of the object with this metadata.
+fn controlled_by(meta: &kube::api::ObjectMeta, relay: &SmtpRelay) -> bool {
+    meta.owner_references.iter().flatten().any(|o| {
+        o.controller == Some(true) && relay.metadata.uid.as_ref().is_some_and(|uid| *uid == o.uid)
+    })
+}
+
+/// A desired child and the live object under its name, read before anything is written.
+struct Planned<'a, K> {
+    desired: &'a K,
+    live: Option<K>,
+}
+
+/// Reads the live object under `desired`'s name. One that this relay does not control (the
+/// user's own, or another controller's) is never adopted: it is added to `in_the_way`.
+async fn read_live<'a, K: Owned>(
+    client: &Client,
+    relay: &SmtpRelay,
+    desired: &'a K,
+    in_the_way: &mut Vec<String>,
+) -> Result<Planned<'a, K>> {
+    let (name, ns) = name_ns(desired.meta())?;
+    let api: Api<K> = Api::namespaced(client.clone(), &ns);
+    let live = api.get_opt(&name).await?;
+    if let Some(live) = &live {
+        if !controlled_by(live.meta(), relay) {
+            in_the_way.push(format!("{} {ns}/{name}", K::kind(&())));
+        }
+    }
+    Ok(Planned { desired, live })
+}
+
+/// Server-side applies the desired object unless the live one already carries its hash.
+async fn apply<K: Owned>(client: &Client, planned: Planned<'_, K>) -> Result<K> {
+    let Planned { desired: obj, live } = planned;
     let (name, ns) = name_ns(obj.meta())?;
     let api: Api<K> = Api::namespaced(client.clone(), &ns);
     let hash = object_hash(&obj.hash_view());
-    if let Some(live) = api.get_opt(&name).await? {
+    if let Some(live) = live {
         let same = live.annotations().get(APPLIED_HASH_ANNOTATION) == Some(&hash)
             && obj.live_matches(&live)
             && live.meta().deletion_timestamp.is_none();
@@ -185,11 +218,7 @@ async fn delete_owned<K: Owned>(client: &Client, relay: &SmtpRelay, name: &str) 
     let Some(live) = api.get_opt(name).await? else {
         return Ok(());
     };
-    let ours = live
-        .owner_references()
-        .iter()
-        .any(|o| o.controller == Some(true) && Some(&o.uid) == relay.metadata.uid.as_ref());
-    if ours {
+    if controlled_by(live.meta(), relay) {
         info!(kind = K::kind(&()).as_ref(), %name, %ns, "deleting, no longer needed");
         match api.delete(name, &DeleteParams::default()).await {
             Ok(_) => {}
@@ -265,30 +294,71 @@ pub async fn plan(
     }
 }
 
-/// Applies the desired objects in dependency order and prunes the ones no longer wanted.
-async fn apply_all(client: &Client, relay: &SmtpRelay, d: &Desired) -> Result<StatefulSet> {
-    let name = relay.name_any();
-    // The hash key first: no hash is published before its key is stored, so a restarted
-    // operator reads back the key the live hash was computed with.
-    apply(client, &d.hash_key_secret).await?;
-    // Unreferenced Secrets are pruned later (prune_secrets), once no pod mounts them.
-    for secret in [&d.relayhost_secret, &d.sasl_users_secret, &d.tls_secret]
+/// Applies the desired objects in dependency order and prunes the ones no longer wanted; or,
+/// when an object this relay does not control stands under a child's name, writes nothing and
+/// returns the [`Outcome::NameConflict`] naming every such object.
+async fn apply_all(
+    client: &Client,
+    relay: &SmtpRelay,
+    d: &Desired,
+) -> Result<std::result::Result<StatefulSet, Outcome>> {
+    // Every child, so a new one does not compile until it is read, checked and applied here.
+    let Desired {
+        config_map,
+        hash_key_secret,
+        relayhost_secret,
+        sasl_users_secret,
+        tls_secret,
+        service,
+        headless_service,
+        stateful_set,
+        pdb,
+        config_hash: _,
+    } = d;
+    let mut in_the_way = Vec::new();
+    let hash_key_secret = read_live(client, relay, hash_key_secret, &mut in_the_way).await?;
+    let mut secrets = Vec::new();
+    for secret in [relayhost_secret, sasl_users_secret, tls_secret]
         .into_iter()
         .flatten()
     {
+        secrets.push(read_live(client, relay, secret, &mut in_the_way).await?);
+    }
+    let config_map = read_live(client, relay, config_map, &mut in_the_way).await?;
+    let headless_service = read_live(client, relay, headless_service, &mut in_the_way).await?;
+    let service = read_live(client, relay, service, &mut in_the_way).await?;
+    let stateful_set = read_live(client, relay, stateful_set, &mut in_the_way).await?;
+    let pdb = match pdb {
+        Some(p) => Some(read_live(client, relay, p, &mut in_the_way).await?),
+        None => None,
+    };
+    if !in_the_way.is_empty() {
+        return Ok(Err(Outcome::NameConflict {
+            message: format!(
+                "in the way, and left alone as this SmtpRelay does not control them: {}; delete or rename them, or give this SmtpRelay another name",
+                in_the_way.join(", ")
+            ),
+        }));
+    }
+
+    // The hash key first: no hash is published before its key is stored, so a restarted
+    // operator reads back the key the live hash was computed with.
+    apply(client, hash_key_secret).await?;
+    // Unreferenced Secrets are pruned later (prune_secrets), once no pod mounts them.
+    for secret in secrets {
         apply(client, secret).await?;
     }
-    apply(client, &d.config_map).await?;
-    apply(client, &d.headless_service).await?;
-    apply(client, &d.service).await?;
-    let sts = apply(client, &d.stateful_set).await?;
-    match &d.pdb {
+    apply(client, config_map).await?;
+    apply(client, headless_service).await?;
+    apply(client, service).await?;
+    let sts = apply(client, stateful_set).await?;
+    match pdb {
         Some(p) => {
             apply(client, p).await?;
         }
-        None => delete_owned::<PodDisruptionBudget>(client, relay, &name).await?,
+        None => delete_owned::<PodDisruptionBudget>(client, relay, &relay.name_any()).await?,
     }
-    Ok(sts)
+    Ok(Ok(sts))
 }
 
 /// Deletes owned Secrets the relay no longer references, once no pod of the old revision can
@@ -339,7 +409,7 @@ pub fn events_for(
     let new_ready = status::ready_condition(Some(new));
     let mut out = Vec::new();
     match outcome {
-        Outcome::InvalidSpec { .. } | Outcome::Unresolved { .. } => {
+        Outcome::InvalidSpec { .. } | Outcome::Unresolved { .. } | Outcome::NameConflict { .. } => {
             let changed = old_ready.map(|c| (&c.reason, &c.message))
                 != new_ready.map(|c| (&c.reason, &c.message));
             if let (true, Some(c)) = (changed, new_ready) {
@@ -406,9 +476,15 @@ pub async fn reconcile(relay: Arc<SmtpRelay>, ctx: Arc<Context>) -> Result<Actio
         }
     }
 
-    let (outcome, sts) = match planned {
-        Ok(desired) => {
-            let sts = apply_all(client, &relay, &desired).await?;
+    let applied = match planned {
+        Ok(desired) => match apply_all(client, &relay, &desired).await? {
+            Ok(sts) => Ok((desired, sts)),
+            Err(conflict) => Err(conflict),
+        },
+        Err(outcome) => Err(outcome),
+    };
+    let (outcome, sts) = match applied {
+        Ok((desired, sts)) => {
             let rollout = Rollout::from_stateful_set(Some(&sts), relay.spec.replicas);
             prune_secrets(client, &relay, &desired, rollout).await?;
             (
@@ -421,6 +497,7 @@ pub async fn reconcile(relay: Arc<SmtpRelay>, ctx: Arc<Context>) -> Result<Actio
         Err(outcome) => {
             let label = match &outcome {
                 Outcome::InvalidSpec { .. } => "InvalidSpec",
+                Outcome::NameConflict { .. } => "NameConflict",
                 Outcome::Unresolved { reason, .. } => reason,
                 Outcome::Applied { .. } => "none",
             };
@@ -450,6 +527,9 @@ pub async fn reconcile(relay: Arc<SmtpRelay>, ctx: Arc<Context>) -> Result<Actio
     Ok(match (&outcome, ready) {
         (Outcome::Applied { .. }, true) => Action::requeue(Duration::from_secs(300)),
         (Outcome::Applied { .. }, false) => Action::requeue(Duration::from_secs(15)),
+        // Secrets and ConfigMaps in the way are watched (see `mapping`); the StatefulSet,
+        // Service and PDB watches see only the operator's own objects, so look again soon.
+        (Outcome::NameConflict { .. }, _) => Action::requeue(Duration::from_secs(30)),
         _ => Action::requeue(Duration::from_secs(300)),
     })
 }
@@ -925,8 +1005,17 @@ mod tests {
                 not_found(),
             )
             .await;
+            // Every child is read before anything is written: none exists yet.
+            for path in [
+                key_path,
+                "/api/v1/namespaces/mail/configmaps/r1-config",
+                "/api/v1/namespaces/mail/services/r1-headless",
+                "/api/v1/namespaces/mail/services/r1",
+                "/apis/apps/v1/namespaces/mail/statefulsets/r1",
+            ] {
+                expect(&mut handle, "GET", path, not_found()).await;
+            }
             // A new relay: the generated key is stored before anything carries the hash.
-            expect(&mut handle, "GET", key_path, not_found()).await;
             let applied = expect(
                 &mut handle,
                 "PATCH",
@@ -945,8 +1034,6 @@ mod tests {
                 req.uri().path(),
                 "/api/v1/namespaces/mail/configmaps/r1-config"
             );
-            send.send_response(not_found());
-            let (req, send) = handle.next_request().await.expect("request");
             assert_eq!(req.method(), "PATCH");
             let q = req.uri().query().unwrap_or_default().to_string();
             assert!(
@@ -962,6 +1049,74 @@ mod tests {
         })
         .await
         .expect_err("the unanswered request fails the reconcile");
+    }
+
+    #[tokio::test]
+    async fn an_object_the_relay_does_not_control_is_never_adopted() {
+        let (ctx, mut handle) = mock();
+        let r = relay("r1");
+        let desired = builders::build(
+            &r,
+            &resolve::Resolved::default(),
+            &hash_key(),
+            &BuildOptions::default(),
+        )
+        .expect("builds");
+        let live_relay = serde_json::to_value(&r).expect("json");
+        let res = run_with(r, ctx, async move {
+            let key_path = "/api/v1/namespaces/mail/secrets/r1-hash-key";
+            let sts_path = "/apis/apps/v1/namespaces/mail/statefulsets/r1";
+            expect(&mut handle, "GET", key_path, not_found()).await;
+            expect(&mut handle, "GET", sts_path, not_found()).await;
+            expect(&mut handle, "GET", key_path, not_found()).await;
+            // The user's own ConfigMap under the child's name: no owner reference.
+            let mut users = desired.config_map.clone();
+            users.metadata.owner_references = None;
+            expect(
+                &mut handle,
+                "GET",
+                "/api/v1/namespaces/mail/configmaps/r1-config",
+                json(StatusCode::OK, serde_json::to_value(&users).expect("json")),
+            )
+            .await;
+            for path in [
+                "/api/v1/namespaces/mail/services/r1-headless",
+                "/api/v1/namespaces/mail/services/r1",
+                sts_path,
+            ] {
+                expect(&mut handle, "GET", path, not_found()).await;
+            }
+            // No child is written: the StatefulSet is read for status, then the Event and
+            // the status patch name the ConfigMap.
+            expect(&mut handle, "GET", sts_path, not_found()).await;
+            let event = expect(
+                &mut handle,
+                "POST",
+                "/apis/events.k8s.io/v1/namespaces/mail/events",
+                json(StatusCode::CREATED, serde_json::json!({})),
+            )
+            .await;
+            assert_eq!(event["reason"], "NameConflict");
+            assert_eq!(event["type"], "Warning");
+            let patch = expect(
+                &mut handle,
+                "PATCH",
+                "/apis/smtprelay.dev/v1alpha1/namespaces/mail/smtprelays/r1/status",
+                json(StatusCode::OK, live_relay),
+            )
+            .await;
+            let ready = patch["status"]["conditions"]
+                .as_array()
+                .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+                .cloned()
+                .expect("a Ready condition");
+            assert_eq!(ready["status"], "False");
+            assert_eq!(ready["reason"], "NameConflict");
+            let message = ready["message"].as_str().unwrap_or_default();
+            assert!(message.contains("ConfigMap mail/r1-config"), "{message}");
+        })
+        .await;
+        res.expect("reconciled");
     }
 
     #[test]

@@ -1,11 +1,13 @@
-//! Which relays a Secret or ConfigMap event concerns: the relay that owns it, and every relay in
-//! its namespace that references it. This is what makes a rotated password or a new SASL user
-//! reconcile at once.
+//! Which relays a Secret or ConfigMap event concerns: the relay that owns it, every relay in its
+//! namespace that references it, and every relay one of whose children would take its name.
+//! This is what makes a rotated password or a new SASL user reconcile at once, and a relay
+//! blocked by someone else's object under a child's name converge as soon as that object goes.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::reflector::ObjectRef;
 use kube::ResourceExt;
 
+use crate::builders::Names;
 use crate::crd::{SmtpRelay, SmtpRelaySpec};
 
 /// Names of the Secrets a spec references.
@@ -70,7 +72,9 @@ where
         return out;
     };
     for relay in relays {
-        if relay.namespace().as_deref() == Some(ns) && refs(&relay.spec).contains(&name) {
+        let concerned = refs(&relay.spec).contains(&name)
+            || Names::all(&relay.name_any()).iter().any(|n| n == name);
+        if relay.namespace().as_deref() == Some(ns) && concerned {
             let r = ObjectRef::from_obj(relay);
             if !out.contains(&r) {
                 out.push(r);
@@ -172,7 +176,8 @@ mod tests {
     #[test]
     fn owned_objects_map_to_their_controller() {
         let rs = relays();
-        let mut m = meta("mail", "a-sasl-users");
+        // A name no relay would give a child: only the owner reference maps it.
+        let mut m = meta("mail", "copied-users");
         m.owner_references = Some(vec![rs[0].controller_owner_ref(&()).expect("owner")]);
         assert_eq!(names(relays_for(&m, &rs, referenced_secrets)), ["a"]);
         // A non-controller reference or a foreign kind is ignored.
@@ -185,6 +190,21 @@ mod tests {
             ..OwnerReference::default()
         }]);
         assert!(relays_for(&m, &rs, referenced_secrets).is_empty());
+    }
+
+    #[test]
+    fn an_object_named_like_a_child_maps_to_that_relay() {
+        // Someone else's object under a child's name blocks the relay (NameConflict): its
+        // removal must reconcile the relay at once.
+        let rs = relays();
+        for name in ["a-config", "a-tls", "a-hash-key", "a-headless"] {
+            assert_eq!(
+                names(relays_for(&meta("mail", name), &rs, referenced_config_maps)),
+                ["a"],
+                "{name}"
+            );
+        }
+        assert!(relays_for(&meta("elsewhere", "a-config"), &rs, referenced_secrets).is_empty());
     }
 
     #[test]

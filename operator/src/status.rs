@@ -23,6 +23,8 @@ pub enum Outcome {
         reason: &'static str,
         message: String,
     },
+    /// An object this relay does not control stands under a child's name; nothing was changed.
+    NameConflict { message: String },
 }
 
 impl Outcome {
@@ -31,6 +33,7 @@ impl Outcome {
             Outcome::Applied { .. } => None,
             Outcome::InvalidSpec { message } => Some(("InvalidSpec", message)),
             Outcome::Unresolved { reason, message } => Some((reason, message)),
+            Outcome::NameConflict { message } => Some(("NameConflict", message)),
         }
     }
 }
@@ -131,7 +134,7 @@ pub fn compute(
         ),
     };
     let secrets = match outcome {
-        Outcome::Applied { .. } => condition(
+        Outcome::Applied { .. } | Outcome::NameConflict { .. } => condition(
             SECRETS_RESOLVED,
             Some(true),
             "Resolved",

@@ -86,6 +86,19 @@ impl Names {
     pub fn headless_service(relay: &str) -> String {
         format!("{relay}-headless")
     }
+    /// Every name a child of the relay may take (the StatefulSet, the Service and the PDB are
+    /// named like the relay itself).
+    pub fn all(relay: &str) -> [String; 7] {
+        [
+            relay.to_string(),
+            Self::config_map(relay),
+            Self::relayhost_secret(relay),
+            Self::sasl_users_secret(relay),
+            Self::tls_secret(relay),
+            Self::hash_key_secret(relay),
+            Self::headless_service(relay),
+        ]
+    }
 }
 
 /// Labels selecting one relay's pods (immutable: never add to these).
