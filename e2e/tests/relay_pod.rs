@@ -169,6 +169,10 @@ fn check_pod_layout(pod: &mut RelayPod) {
         out.starts_with("smtp-relay run --config"),
         "the container command is PID 1: {out}"
     );
+    // The StatefulSet's liveness probe (no SMTP) passes in the pod's own layout: the
+    // supervisor's heartbeat and the master's pid file are where the probe looks.
+    pod.exec_probe("livenessProbe")
+        .unwrap_or_else(|e| panic!("liveness probe: {e}"));
 }
 
 #[test]

@@ -3,6 +3,7 @@
 pub mod config_file;
 pub mod error;
 pub mod inputs;
+pub mod liveness;
 pub mod metrics;
 pub mod postfix;
 pub mod run;

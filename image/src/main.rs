@@ -43,7 +43,8 @@ enum Command {
     ///   POSTFIX_DIR/client_sasl_passwd  SASL users, "USERNAME PASSWORD" per line
     #[command(verbatim_doc_comment)]
     Run(RunArgs),
-    /// Check that the relay answers SMTP: banner, EHLO, NOOP, QUIT (for container probes).
+    /// Check that the relay answers SMTP: banner, EHLO, NOOP, QUIT (readiness and startup
+    /// probes); with --liveness, only that it is alive, without SMTP (liveness probe).
     Probe {
         /// Address of the relay; defaults to where `run` listens (RELAY_LISTEN).
         #[arg(long, env = "RELAY_LISTEN", default_value = "0.0.0.0:25")]
@@ -51,6 +52,20 @@ enum Command {
         /// Deadline for each step, in seconds.
         #[arg(long, default_value_t = 5)]
         timeout: u64,
+        /// Check liveness instead: the Postfix master runs and the supervisor checked its
+        /// inputs within --max-silence seconds. Cheap and without SMTP, so a busy relay is
+        /// never restarted for a slow banner.
+        #[arg(long)]
+        liveness: bool,
+        /// With --liveness: how long the supervisor may go without checking its inputs.
+        #[arg(long, default_value_t = 60)]
+        max_silence: u64,
+        /// With --liveness: where `run` writes Postfix's configuration (RELAY_POSTFIX_DIR).
+        #[arg(long, env = "RELAY_POSTFIX_DIR", default_value = "/etc/postfix")]
+        postfix_dir: PathBuf,
+        /// With --liveness: the mail queue, which holds master.pid (RELAY_SPOOL_DIR).
+        #[arg(long, env = "RELAY_SPOOL_DIR", default_value = "/var/spool/postfix")]
+        spool_dir: PathBuf,
     },
     /// Send a test message (replaces the original image's smtp_client.py).
     Send(SendArgs),
@@ -131,7 +146,27 @@ fn main() -> ExitCode {
         .init();
     match Cli::parse().command {
         Command::Run(args) => run_relay(args),
-        Command::Probe { address, timeout } => {
+        Command::Probe {
+            liveness: true,
+            max_silence,
+            postfix_dir,
+            spool_dir,
+            ..
+        } => {
+            let layout = Layout {
+                config_dir: postfix_dir,
+                spool_dir,
+                data_dir: PathBuf::new(),
+                listen: String::new(),
+            };
+            report(smtp_relay::liveness::check(
+                &layout,
+                Duration::from_secs(max_silence),
+            ))
+        }
+        Command::Probe {
+            address, timeout, ..
+        } => {
             let result = smtp_client::local_address(&address)
                 .and_then(|addr| smtp_client::probe(addr, Duration::from_secs(timeout)));
             report(result.map(|()| "ok".to_string()))

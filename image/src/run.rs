@@ -154,6 +154,9 @@ pub async fn run(opts: RunOptions) -> ExitCode {
                 break exit::POSTFIX_DIED;
             }
             _ = ticker.tick() => {
+                if let Err(e) = crate::liveness::beat(layout) {
+                    tracing::warn!(error = %e, "cannot touch the liveness heartbeat");
+                }
                 match apply(&opts.source, layout, Some(&applied)) {
                     Ok(next) => {
                         last_error = None;

@@ -7,6 +7,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use smtp_relay::settings::Mode;
 
 fn smtp_relay() -> Command {
@@ -241,4 +243,53 @@ fn queue_gauge_counts_deferred_mail() {
             && metric_value(&text, "smtp_relay_deliveries_total{status=\"deferred\"}") >= Some(3.0))
         .then_some(())
     });
+}
+
+#[test]
+fn liveness_needs_no_smtp_session_and_fails_without_the_master() {
+    let sink = start_sink();
+    let mut cfg = config(sink.port(), Mode::Strict);
+    // One smtpd at a time: a client holding its session makes the next one wait for a banner,
+    // as a relay saturated with sessions does.
+    cfg.postconf
+        .insert("default_process_limit".into(), "1".into());
+    let relay = RelaySpec::new(Input::file(cfg)).start();
+    let probe = |liveness: bool| {
+        let mut cmd = smtp_relay();
+        cmd.args(["probe", "--timeout", "2", "--address"])
+            .arg(relay.addr().to_string())
+            .env("RELAY_POSTFIX_DIR", relay.spec().postfix_dir())
+            .env("RELAY_SPOOL_DIR", relay.spec().spool_dir());
+        if liveness {
+            cmd.arg("--liveness");
+        }
+        cmd.output().expect("smtp-relay probe")
+    };
+
+    let busy = connect(relay.addr(), NET_CLIENT);
+    let smtp = probe(false);
+    assert!(
+        !smtp.status.success(),
+        "the SMTP probe fails while the only smtpd is busy"
+    );
+    let alive = probe(true);
+    assert!(
+        alive.status.success(),
+        "liveness passes on a busy relay: {}",
+        String::from_utf8_lossy(&alive.stderr)
+    );
+    drop(busy);
+    poll("the SMTP probe to pass again", DEADLINE, || {
+        probe(false).status.success().then_some(())
+    });
+
+    // The master dies: the supervisor follows it, and liveness says what is missing.
+    let master = relay.master_pid().expect("master.pid");
+    kill(Pid::from_raw(master), Signal::SIGKILL).expect("kill the master");
+    let out = poll("liveness to fail", DEADLINE, || {
+        let out = probe(true);
+        (!out.status.success()).then_some(out)
+    });
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Postfix master"), "{err}");
 }

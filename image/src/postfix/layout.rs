@@ -43,4 +43,8 @@ impl Layout {
     pub fn master_pid(&self) -> PathBuf {
         self.spool_dir.join("pid").join("master.pid")
     }
+    /// Touched by the supervisor on every check of its inputs; read by `probe --liveness`.
+    pub fn heartbeat(&self) -> PathBuf {
+        self.config_dir.join("supervisor.heartbeat")
+    }
 }

@@ -160,10 +160,18 @@ fn env(name: &str, value: String) -> EnvVar {
     }
 }
 
-fn probe(period: i32, timeout: i32, failures: i32) -> Probe {
+/// SMTP probes (banner, EHLO, NOOP) for readiness and the first start.
+const SMTP_PROBE: &[&str] = &["smtp-relay", "probe"];
+/// The liveness probe: the Postfix master runs and the supervisor keeps checking its inputs,
+/// without SMTP, so a relay busy with sessions is never restarted for a slow banner (which
+/// would cut the deliveries in progress); a relay that cannot answer SMTP leaves the Service
+/// through readiness instead.
+const LIVENESS_PROBE: &[&str] = &["smtp-relay", "probe", "--liveness"];
+
+fn probe(command: &[&str], period: i32, timeout: i32, failures: i32) -> Probe {
     Probe {
         exec: Some(ExecAction {
-            command: Some(vec!["smtp-relay".into(), "probe".into()]),
+            command: Some(command.iter().map(|s| s.to_string()).collect()),
         }),
         period_seconds: Some(period),
         timeout_seconds: Some(timeout),
@@ -209,9 +217,11 @@ fn container(relay: &SmtpRelay, volume_mounts: Vec<VolumeMount>, opts: &BuildOpt
                 ..ContainerPort::default()
             },
         ]),
-        startup_probe: Some(probe(5, 5, 60)),
-        readiness_probe: Some(probe(10, 5, 3)),
-        liveness_probe: Some(probe(30, 10, 3)),
+        // Up to 5 minutes for a first start (a large queue on the volume); only then do the
+        // other two begin.
+        startup_probe: Some(probe(SMTP_PROBE, 5, 5, 60)),
+        readiness_probe: Some(probe(SMTP_PROBE, 10, 5, 3)),
+        liveness_probe: Some(probe(LIVENESS_PROBE, 30, 10, 3)),
         resources: spec.resources.clone(),
         volume_mounts: Some(volume_mounts),
         security_context: Some(security_context()),
@@ -371,13 +381,20 @@ mod tests {
             ports,
             [("smtp".to_string(), 25), ("metrics".to_string(), 9154)]
         );
-        for probe in [&c.readiness_probe, &c.liveness_probe, &c.startup_probe] {
-            let cmd = probe
+        let command = |probe: &Option<Probe>| {
+            probe
                 .as_ref()
                 .and_then(|p| p.exec.as_ref())
-                .and_then(|e| e.command.clone());
-            assert_eq!(cmd.expect("exec probe"), ["smtp-relay", "probe"]);
-        }
+                .and_then(|e| e.command.clone())
+                .expect("exec probe")
+        };
+        // SMTP decides readiness; liveness never opens an SMTP session.
+        assert_eq!(command(&c.readiness_probe), ["smtp-relay", "probe"]);
+        assert_eq!(command(&c.startup_probe), ["smtp-relay", "probe"]);
+        assert_eq!(
+            command(&c.liveness_probe),
+            ["smtp-relay", "probe", "--liveness"]
+        );
     }
 
     #[test]
