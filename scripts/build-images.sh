@@ -308,17 +308,16 @@ import_images() {
 # default) is loaded.
 PRIVATE_DIR=
 PRIVATE_PID=
-# containerd 1.6 puts its shims' sockets in /run/containerd/s whatever its state directory:
-# when that directory is ours (it did not exist before), it goes away with our containerd.
+# containerd 1.6 puts its shims' sockets in /run/containerd/s whatever its state directory.
+# A node's containerd keeps its socket in /run/containerd: when nothing but an empty s/ is
+# left there, it is ours (or a leftover) and is removed.
 SHIM_DIR=/run/containerd
-SHIM_DIR_OURS=
 # The checks' containers get cgroups under this one (removed after), not under the
 # namespace's default /k8s.io, which a node's containers use.
 CGROUP_PARENT="smtp-relay-images-$$"
 
 private_containerd_start() {
     PRIVATE_DIR="$(mktemp -d /tmp/smtp-relay-images.XXXXXX)"
-    [ -e "$SHIM_DIR" ] || SHIM_DIR_OURS=1
     local d="$PRIVATE_DIR"
     cat >"$d/config.toml" <<EOF
 version = 2
@@ -372,9 +371,8 @@ private_containerd_stop() {
     for cgroup in /sys/fs/cgroup/*/"$CGROUP_PARENT"; do
         if [ -d "$cgroup" ]; then rmdir "$cgroup" 2>/dev/null || true; fi
     done
-    if [ -n "$SHIM_DIR_OURS" ]; then
+    if [ "$(ls -A "$SHIM_DIR" 2>/dev/null)" = s ]; then
         rmdir "$SHIM_DIR/s" "$SHIM_DIR" 2>/dev/null || true
-        SHIM_DIR_OURS=
     fi
 }
 
@@ -386,8 +384,13 @@ pctr() { ctr --address "$PRIVATE_DIR/containerd.sock" --namespace k8s.io "$@"; }
 prun() {
     local name="$1" image="$2"
     shift 2
+    local id="smtp-relay-images-$name-$$" status=0
     pctr run --rm --runc-root "$PRIVATE_DIR/runc" --fifo-dir "$PRIVATE_DIR/fifo" \
-        --cgroup "/$CGROUP_PARENT/$name" "$image" "smtp-relay-images-$name-$$" "$@"
+        --cgroup "/$CGROUP_PARENT/$name" "$image" "$id" "$@" || status=$?
+    # The shim's socket, should it outlive the shim: named after our address, namespace and
+    # container, so it is never another containerd's.
+    rm -f "$SHIM_DIR/s/$(printf '%s' "$PRIVATE_DIR/containerd.sock/k8s.io/$id" | sha256sum | cut -d' ' -f1)"
+    return "$status"
 }
 
 # The tarballs as a node gets them: imported into a containerd, then run. Checks what the

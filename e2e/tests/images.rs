@@ -15,8 +15,12 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use std::time::Duration;
+
 use serde_json::Value;
-use smtp_relay_e2e::tools::workspace_root;
+use smtp_relay_e2e::operator;
+use smtp_relay_e2e::tools::{free_port, poll, poll_until, stop_child, workspace_root};
+use smtp_relay_e2e::ControlPlane;
 
 const REGISTRY: &str = "ghcr.io/smtp-relay-operator";
 /// The relay image had 185 MB, 47 of it perl that only sasl2-bin's scripts used.
@@ -348,4 +352,280 @@ fn release_workflow_publishes_what_the_chart_references() {
         .filter_map(|s| s["run"].as_str())
         .collect::<String>();
     assert!(chart_run.contains("helm push dist/*.tgz \"oci://$REGISTRY/$OWNER/charts\""));
+}
+
+/// A containerd of the test's own (root, state, socket, runc root and FIFOs in a temporary
+/// directory; CRI off; its containers' cgroups under a parent of their own), stopped and
+/// cleaned up on drop. A node's containerd on the same machine is never touched.
+struct PrivateContainerd {
+    dir: tempfile::TempDir,
+    child: Option<std::process::Child>,
+    /// Parent of the containers' cgroups, removed on drop.
+    cgroup_parent: String,
+}
+
+/// containerd 1.6 puts shim sockets in /run/containerd/s whatever its state directory. A
+/// node's containerd keeps its socket in /run/containerd: when nothing but an empty `s` is
+/// left there, it is removed on drop.
+const SHIM_DIR: &str = "/run/containerd";
+
+impl PrivateContainerd {
+    fn start() -> PrivateContainerd {
+        let dir = tempfile::Builder::new()
+            .prefix("smtp-relay-images-test.")
+            .tempdir()
+            .unwrap();
+        let d = dir.path().display();
+        let config = format!(
+            r#"version = 2
+root = "{d}/root"
+state = "{d}/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.aufs",
+  "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.zfs"]
+[grpc]
+  address = "{d}/containerd.sock"
+[ttrpc]
+  address = "{d}/containerd.sock.ttrpc"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{d}/opt"
+"#
+        );
+        std::fs::write(dir.path().join("config.toml"), config).unwrap();
+        let log = std::fs::File::create(dir.path().join("containerd.log")).unwrap();
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(dir.path().join("config.toml"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("containerd (scripts/build-images.sh installs it)");
+        let ctrd = PrivateContainerd {
+            dir,
+            child: Some(child),
+            cgroup_parent: format!("smtp-relay-images-test-{}", std::process::id()),
+        };
+        poll_until(Duration::from_secs(30), "private containerd", || {
+            ctrd.ctr(&["version"]).status.success().then_some(())
+        });
+        ctrd
+    }
+
+    fn ctr(&self, args: &[&str]) -> std::process::Output {
+        Command::new("ctr")
+            .arg("--address")
+            .arg(self.dir.path().join("containerd.sock"))
+            .args(["--namespace", "k8s.io"])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn ctr_ok(&self, args: &[&str]) -> String {
+        let out = self.ctr(args);
+        assert!(
+            out.status.success(),
+            "ctr {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The shim's socket of container `id`, should it outlive the shim: containerd 1.6 names
+    /// it sha256(address/namespace/id), so it is never another containerd's.
+    fn remove_shim_socket(&self, id: &str) {
+        let key = format!("{}/k8s.io/{id}", self.path("containerd.sock"));
+        let out = Command::new("sh")
+            .args(["-c", "printf %s \"$1\" | sha256sum", "sh", &key])
+            .output()
+            .unwrap();
+        let sum = String::from_utf8(out.stdout).unwrap();
+        let name = sum.split_whitespace().next().unwrap();
+        let _ = std::fs::remove_file(Path::new(SHIM_DIR).join("s").join(name));
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+}
+
+impl Drop for PrivateContainerd {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            stop_child(&mut child, Duration::from_secs(15));
+        }
+        // Snapshot mounts left under the directory, deepest first, before it is removed.
+        let prefix = format!("{}/", self.dir.path().display());
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut points: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|p| p.starts_with(&prefix))
+            .collect();
+        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        for p in points {
+            let _ = nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH);
+        }
+        for controller in std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = std::fs::remove_dir(controller.path().join(&self.cgroup_parent));
+        }
+        let entries: Vec<_> = std::fs::read_dir(SHIM_DIR)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        if entries == ["s"] {
+            // remove_dir fails on a directory that is not empty: a shim's socket stays.
+            let _ = std::fs::remove_dir(Path::new(SHIM_DIR).join("s"));
+            let _ = std::fs::remove_dir(SHIM_DIR);
+        }
+    }
+}
+
+fn http_status(addr: &str, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    buf.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The operator image run by runc the way the chart's Deployment runs it (its image, args and
+/// read-only root; the image's user is the pod's runAsUser), against a real API server as the
+/// chart's ServiceAccount: ready, reconciles an SmtpRelay into a StatefulSet of the chart's
+/// relay image, stops on SIGTERM. Only the listen address differs (loopback, host network).
+#[test]
+fn operator_image_runs_as_the_charts_deployment() {
+    let tar = tarball("smtp-relay-operator");
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "running the images needs root (containerd, runc)"
+    );
+    let cp = ControlPlane::start().expect("control plane");
+    let ns = "smtp-relay-system";
+    let release = operator::helm_install_chart(&cp, ns, &[]);
+    let kubeconfig = operator::service_account_kubeconfig(&cp, ns, &release.service_account);
+    let deployment = operator::get_json(&cp, ns, "deployment", &release.release).unwrap();
+    let pod = &deployment["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let image = container["image"].as_str().unwrap().to_string();
+    assert_eq!(
+        image,
+        format!("{REGISTRY}/smtp-relay-operator:{}", app_version())
+    );
+    let operator_image = Archive::open("smtp-relay-operator");
+    assert_eq!(
+        operator_image.config["config"]["User"],
+        format!(
+            "{}:{}",
+            pod["securityContext"]["runAsUser"], pod["securityContext"]["runAsGroup"]
+        )
+    );
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    let http_addr = format!("127.0.0.1:{}", free_port());
+    let mut args: Vec<String> = Vec::new();
+    let mut relay_image = String::new();
+    for arg in container["args"].as_array().unwrap() {
+        let arg = arg.as_str().unwrap();
+        if let Some(r) = arg.strip_prefix("--relay-image=") {
+            relay_image = r.to_string();
+        }
+        args.push(if arg.starts_with("--http-addr=") {
+            format!("--http-addr={http_addr}")
+        } else {
+            arg.to_string()
+        });
+    }
+    assert_eq!(
+        relay_image,
+        format!("{REGISTRY}/smtp-relay:{}", app_version())
+    );
+
+    let ctrd = PrivateContainerd::start();
+    ctrd.ctr_ok(&["images", "import", &tar.display().to_string()]);
+    let mount = format!(
+        "type=bind,src={},dst=/etc/smtp-relay-operator/kubeconfig,options=rbind:ro",
+        kubeconfig.display()
+    );
+    let log_uri = format!("file://{}", ctrd.path("operator.log"));
+    let (runc_root, fifo_dir) = (ctrd.path("runc"), ctrd.path("fifo"));
+    let cgroup = format!("/{}/operator", ctrd.cgroup_parent);
+    let mut run = vec![
+        "run",
+        "-d",
+        "--net-host",
+        "--read-only",
+        "--runc-root",
+        &runc_root,
+        "--fifo-dir",
+        &fifo_dir,
+        "--cgroup",
+        &cgroup,
+        "--log-uri",
+        &log_uri,
+        "--mount",
+        &mount,
+        "--env",
+        "KUBECONFIG=/etc/smtp-relay-operator/kubeconfig",
+        "--env",
+        "POD_NAMESPACE=smtp-relay-system",
+        "--env",
+        "POD_NAME=operator-image-test",
+        &image,
+        "operator-image-test",
+        // ctr replaces the whole command line; Kubernetes' args replace only CMD.
+        "/usr/local/bin/smtp-relay-operator",
+    ];
+    run.extend(args.iter().map(String::as_str));
+    ctrd.ctr_ok(&run);
+    let logs = || std::fs::read_to_string(ctrd.path("operator.log")).unwrap_or_default();
+
+    poll_until(
+        Duration::from_secs(60),
+        "/readyz of the operator image",
+        || (http_status(&http_addr, "/readyz") == Some(200)).then_some(()),
+    );
+    operator::create_namespace(&cp, "mail");
+    operator::apply(
+        &cp,
+        "mail",
+        &std::fs::read_to_string(
+            workspace_root().join("charts/smtp-relay-operator/examples/unauthenticated-relay.yaml"),
+        )
+        .unwrap(),
+    );
+    let sts = poll(
+        "the StatefulSet of the example SmtpRelay",
+        Duration::from_secs(60),
+        || operator::get_json(&cp, "mail", "statefulset", "smtp-relay"),
+    )
+    .unwrap_or_else(|e| panic!("{e}\noperator log:\n{}", logs()));
+    assert_eq!(
+        sts["spec"]["template"]["spec"]["containers"][0]["image"],
+        relay_image
+    );
+    assert!(!logs().contains("Forbidden"), "{}", logs());
+
+    ctrd.ctr_ok(&["task", "kill", "--signal", "SIGTERM", "operator-image-test"]);
+    poll_until(Duration::from_secs(30), "the operator to stop", || {
+        ctrd.ctr_ok(&["task", "ls"])
+            .lines()
+            .any(|l| l.starts_with("operator-image-test ") && l.contains("STOPPED"))
+            .then_some(())
+    });
+    ctrd.ctr_ok(&["task", "delete", "operator-image-test"]);
+    ctrd.ctr_ok(&["container", "delete", "operator-image-test"]);
+    ctrd.remove_shim_socket("operator-image-test");
+    assert!(logs().contains("controller stopped"), "{}", logs());
 }
