@@ -379,6 +379,12 @@ private_containerd_stop() {
 # pctr ARGS...: ctr on the private containerd, in the namespace a node would use.
 pctr() { ctr --address "$PRIVATE_DIR/containerd.sock" --namespace k8s.io "$@"; }
 
+# remove_shim_socket ID: the socket of container ID's shim, should it outlive the shim. It is
+# named sha256(address/namespace/id) after our containerd's address, so never another's.
+remove_shim_socket() {
+    rm -f "$SHIM_DIR/s/$(printf '%s' "$PRIVATE_DIR/containerd.sock/k8s.io/$1" | sha256sum | cut -d' ' -f1)"
+}
+
 # prun NAME IMAGE ARGS...: runs ARGS in a fresh container of IMAGE with runc (no network but
 # loopback), prints its output, fails when it fails.
 prun() {
@@ -387,9 +393,7 @@ prun() {
     local id="smtp-relay-images-$name-$$" status=0
     pctr run --rm --runc-root "$PRIVATE_DIR/runc" --fifo-dir "$PRIVATE_DIR/fifo" \
         --cgroup "/$CGROUP_PARENT/$name" "$image" "$id" "$@" || status=$?
-    # The shim's socket, should it outlive the shim: named after our address, namespace and
-    # container, so it is never another containerd's.
-    rm -f "$SHIM_DIR/s/$(printf '%s' "$PRIVATE_DIR/containerd.sock/k8s.io/$id" | sha256sum | cut -d' ' -f1)"
+    remove_shim_socket "$id"
     return "$status"
 }
 
@@ -437,6 +441,7 @@ verify_images() {
         wait "$pid"')" || die "the relay did not run in its image"
     [ "$out" = "alice@example.net" ] || die "smtp-relay users said: $out"
     log "relay: ran Postfix, answered the probe, listed its SASL user, stopped on SIGTERM"
+    relay_as_pod "$relay"
 
     out="$(prun operator-version "$operator" smtp-relay-operator --version)"
     [ "$out" = "smtp-relay-operator $version" ] || die "operator --version said: $out"
@@ -447,6 +452,54 @@ verify_images() {
 
     private_containerd_stop
     trap - EXIT
+}
+
+# relay_as_pod IMAGE: the relay as the operator's StatefulSet runs it: read-only root,
+# empty directories on /run/smtp-relay, /data and /tmp, an empty spool (a fresh volume), the
+# config file and a SASL users directory mounted read-only, only the capabilities the pod
+# keeps (ctr's defaults minus the rest), the command and environment of the pod spec.
+relay_as_pod() {
+    local image="$1" id="smtp-relay-images-pod-$$" inputs="$PRIVATE_DIR/pod-inputs" out status=0
+    mkdir -p "$inputs/config" "$inputs/sasl-users"
+    cat >"$inputs/config/relay.yaml" <<'EOF'
+domain: example.net
+networks: [127.0.0.0/8]
+relayhost: {host: 127.0.0.1, port: 2525}
+saslUsersDir: /etc/smtp-relay/sasl-users
+EOF
+    printf 's3cret' >"$inputs/sasl-users/bob"
+    local args=(--read-only --runc-root "$PRIVATE_DIR/runc" --fifo-dir "$PRIVATE_DIR/fifo"
+        --cgroup "/$CGROUP_PARENT/pod"
+        --mount "type=bind,src=$inputs/config,dst=/etc/smtp-relay/config,options=rbind:ro"
+        --mount "type=bind,src=$inputs/sasl-users,dst=/etc/smtp-relay/sasl-users,options=rbind:ro"
+        --env RELAY_LISTEN=127.0.0.1:25 --env RELAY_POSTFIX_DIR=/run/smtp-relay/postfix
+        --env RELAY_DATA_DIR=/data --env RELAY_SPOOL_DIR=/var/spool/postfix
+        --env RELAY_METRICS_LISTEN=127.0.0.1:9154)
+    local dir cap
+    for dir in /run/smtp-relay /data /tmp /var/spool/postfix; do
+        args+=(--mount "type=tmpfs,src=tmpfs,dst=$dir,options=nosuid:nodev:mode=1777")
+    done
+    # The pod drops ALL and adds CHOWN DAC_OVERRIDE FOWNER SETUID SETGID NET_BIND_SERVICE KILL.
+    for cap in FSETID MKNOD NET_RAW SETFCAP SETPCAP SYS_CHROOT AUDIT_WRITE; do
+        args+=(--cap-drop "CAP_$cap")
+    done
+    # shellcheck disable=SC2016 # expanded by the container's shell
+    out="$(pctr run --rm "${args[@]}" "$image" "$id" sh -ec '
+        smtp-relay run --config /etc/smtp-relay/config/relay.yaml >/tmp/relay.log 2>&1 &
+        pid=$!
+        i=0
+        until smtp-relay probe >/dev/null 2>&1; do
+            i=$((i + 1))
+            if [ "$i" -gt 300 ] || ! kill -0 "$pid" 2>/dev/null; then cat /tmp/relay.log >&2; exit 1; fi
+            sleep 0.1
+        done
+        smtp-relay users
+        kill -TERM "$pid"
+        wait "$pid"')" || status=$?
+    remove_shim_socket "$id"
+    [ "$status" -eq 0 ] || die "the relay did not run as the operator's pod runs it"
+    [ "$out" = "bob@example.net" ] || die "smtp-relay users (pod) said: $out"
+    log "relay: ran as the operator's pod (read-only root, pod capabilities, config file, empty spool)"
 }
 
 # image_user TARBALL: the USER in a docker-archive's image config.

@@ -245,6 +245,7 @@ fn images_run_on_a_private_containerd() {
     for said in [
         "relay: smtp-relay ",
         "relay: ran Postfix, answered the probe, listed its SASL user",
+        "relay: ran as the operator's pod",
         "operator: smtp-relay-operator ",
         "operator: runs as user 65532:65532",
     ] {
