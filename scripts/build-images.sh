@@ -13,14 +13,16 @@
 #
 # Usage: scripts/build-images.sh [--verify] [--verify-only] [--import ADDRESS]
 #   --verify        then check the tarballs on a private containerd (own root, state and
-#                   socket in a temporary directory): import, list, and run the binaries in
-#                   them with runc; the containerd is stopped and its files removed after.
+#                   socket in a temporary directory): import, list, and run them with runc
+#                   (the relay for real, also as the operator's pod runs it); the containerd
+#                   is stopped and its files removed after.
 #   --verify-only   the same check on the tarballs already built, without building.
 #   --import ADDR   then import the tarballs into the k8s.io namespace of the containerd
 #                   listening on the socket ADDR (a node's containerd, run by someone else).
 #
 # Idempotent: installs its Debian packages when missing; a second run with nothing changed
-# reuses the base image, cargo's and buildah's caches and the exported tarballs.
+# reuses the base image, cargo's and buildah's caches and the exported tarballs (seconds).
+# `rm -rf .cache/buildah` starts over (the base takes about a minute).
 # Needs root (mmdebstrap, overlay mounts, runc).
 set -euo pipefail
 
@@ -547,6 +549,10 @@ main() {
         shift
     done
     [ "$(id -u)" -eq 0 ] || die "needs root (mmdebstrap, overlay mounts, runc)"
+    # Before building, not after minutes of it.
+    if [ -n "$import_address" ] && [ ! -S "$import_address" ]; then
+        die "$import_address is not a socket (--import takes a containerd socket path)"
+    fi
     if [ -n "$build" ]; then
         build_all
     fi
