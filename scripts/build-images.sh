@@ -223,9 +223,15 @@ build_image() {
     ref="$REGISTRY/$name:$(app_version)"
     # --network host: RUN apt-get reaches Debian like the host's apt does, and no CNI bridge
     # is created (the node's pod network uses the range buildah's default one would take).
-    bah bud --quiet --pull=never --layers --network host \
+    # Its RUN steps' output goes to a log, shown when the build fails.
+    local log="$STORE/build-$name.log"
+    if ! bah bud --quiet --pull=never --layers --network host \
         --build-arg "BINARIES=$binref" \
-        -f "$dockerfile" -t "$ref" . >/dev/null
+        -f "$dockerfile" -t "$ref" . >"$log" 2>&1; then
+        tail -n 40 "$log" >&2
+        bah rm --all >/dev/null 2>&1 || true
+        die "building $ref failed (log: $log)"
+    fi
     # bud leaves a working container behind for the stage that only names the BINARIES image;
     # this storage is the script's own, so no container in it outlives a build.
     bah rm --all >/dev/null
