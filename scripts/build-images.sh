@@ -143,7 +143,7 @@ base_image() {
     local tmp key stamp="$STORE/base.recipe"
     tmp="$(mktemp -d)"
     # shellcheck disable=SC2064 # expand now: tmp is local
-    trap "rm -rf '$tmp'" RETURN
+    trap "rm -rf '$tmp'; trap - RETURN" RETURN
     write_slim_settings "$tmp"
     local sources=(
         "deb http://deb.debian.org/debian bookworm main"
