@@ -7,9 +7,14 @@
 //!   under its size budget, and carries no perl; the operator image runs as non-root and has no
 //!   shell.
 //! - On a private containerd (the script's `--verify-only`): imported, then run with runc, the
-//!   relay starts Postfix and answers its probe, the operator prints its CRD.
+//!   relay starts Postfix and answers its probe (also as the operator's pod runs it), the
+//!   operator prints its CRD.
+//! - The operator image, run as the chart's Deployment runs it against a real API server with
+//!   the chart's ServiceAccount, reconciles an SmtpRelay.
+//! - The release workflow publishes what the chart references.
 //!
-//! The tarballs must be built first (`scripts/build-images.sh`); the run check needs root.
+//! The tarballs must be built first (`scripts/build-images.sh`); the run checks need root and
+//! the tools of `scripts/install-deps.sh`.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
