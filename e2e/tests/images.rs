@@ -148,6 +148,19 @@ fn tags_are_the_charts_default_references() {
         operator.tags(),
         [format!("{REGISTRY}/smtp-relay-operator:{v}")]
     );
+    // Linked to the repository the chart names as its source (ghcr.io uses the label).
+    let chart: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(workspace_root().join("charts/smtp-relay-operator/Chart.yaml"))
+            .unwrap(),
+    )
+    .unwrap();
+    let source = chart["sources"][0].as_str().unwrap();
+    for image in [&relay, &operator] {
+        assert_eq!(
+            image.config["config"]["Labels"]["org.opencontainers.image.source"],
+            source
+        );
+    }
     // The operator's built-in default relay image (used without --relay-image) is tagged with
     // the workspace's version, which this crate shares.
     assert_eq!(
