@@ -2,7 +2,7 @@
 # Installs everything the tests need on a Debian bookworm machine, idempotently:
 #   - Debian packages: postfix, Cyrus SASL, lua, openssl (the system postfix is kept stopped:
 #     tests run their own instances);
-#   - into $ROOT/.cache/bin: helm, and controlplane + kubectl built from e2e/controlplane
+#   - into $ROOT/.cache/bin: helm, actionlint, and controlplane + kubectl built from e2e/controlplane
 #     (a real etcd + kube-apiserver + kube-controller-manager, from Go modules).
 # A second run with everything present does nothing and takes seconds.
 #
@@ -12,6 +12,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BIN="$ROOT/.cache/bin"
 HELM_VERSION="${HELM_VERSION:-v3.22.0}"
+ACTIONLINT_VERSION="${ACTIONLINT_VERSION:-v1.7.12}"
 APT_PACKAGES=(postfix sasl2-bin libsasl2-modules lua5.4 ca-certificates openssl)
 
 log() { printf '[install-deps] %s\n' "$*" >&2; }
@@ -85,6 +86,18 @@ helm_install() {
     echo "$HELM_VERSION" >"$stamp"
 }
 
+# actionlint checks the release workflow (.github/workflows) in the tests.
+actionlint_install() {
+    local stamp="$BIN/.actionlint-version"
+    if [ -x "$BIN/actionlint" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$ACTIONLINT_VERSION" ]; then
+        return
+    fi
+    log "building actionlint $ACTIONLINT_VERSION"
+    GOBIN="$BIN" "$GO" install -trimpath "-ldflags=-s -w" \
+        "github.com/rhysd/actionlint/cmd/actionlint@$ACTIONLINT_VERSION"
+    echo "$ACTIONLINT_VERSION" >"$stamp"
+}
+
 controlplane_build() {
     local src="$ROOT/e2e/controlplane" stamp="$BIN/.controlplane-sources" sum
     # The sources' content, not their times: a fresh checkout of the same sources builds nothing.
@@ -115,6 +128,7 @@ main() {
     export GOTOOLCHAIN=local
     step "apt packages" apt_packages
     step "helm $HELM_VERSION" helm_install
+    step "actionlint $ACTIONLINT_VERSION" actionlint_install
     step "controlplane + kubectl" controlplane_build
     log "tools in $BIN: $(cd "$BIN" && echo *)"
     log "$(awk -v s="$start" -v e="$EPOCHREALTIME" 'BEGIN { printf "%-28s %7.1fs", "total", e - s }')"

@@ -30,6 +30,10 @@ phase "build"
 # inside a running test, so they are built first.
 cargo build --workspace --bins --locked
 
+phase "images"
+# The relay and operator images, as a node gets them (e2e/tests/images.rs checks them).
+scripts/build-images.sh
+
 phase "tests"
 cargo test --workspace --locked -- "$@"
 

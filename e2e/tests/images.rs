@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use smtp_relay_e2e::operator;
-use smtp_relay_e2e::tools::{free_port, poll, poll_until, stop_child, workspace_root};
+use smtp_relay_e2e::tools::{self, free_port, poll, poll_until, stop_child, workspace_root};
 use smtp_relay_e2e::ControlPlane;
 
 const REGISTRY: &str = "ghcr.io/smtp-relay-operator";
@@ -273,6 +273,21 @@ fn images_run_on_a_private_containerd() {
 
 /// The release workflow publishes the images under the references the chart's default values
 /// render (`<repository>:<appVersion>` when the tag is empty), and the chart next to them.
+#[test]
+fn release_workflow_passes_actionlint() {
+    let out = Command::new(tools::bin("actionlint"))
+        .current_dir(workspace_root())
+        .arg(".github/workflows/release.yml")
+        .output()
+        .expect("running actionlint");
+    assert!(
+        out.status.success(),
+        "actionlint:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn release_workflow_publishes_what_the_chart_references() {
     let root = workspace_root();
