@@ -1,7 +1,7 @@
 //! Smoke test of the real node (`ControlPlane::with_node`): the node is Ready, pods get
 //! addresses on the bridge, a StatefulSet's claim binds to a local volume, Services work from
-//! the host through kube-proxy, CoreDNS answers at the kube-dns ClusterIP, the egress guard is
-//! in place, and a node run that was killed outright is cleaned up by the next one, which
+//! the host through kube-proxy, CoreDNS answers at the kube-dns ClusterIP, a pod reaches the
+//! API server by name with its ServiceAccount, the egress guard is in place, and a node run that was killed outright is cleaned up by the next one, which
 //! leaves the host clean when it stops.
 //!
 //! One test, not several: there is one node per machine, and its start-up dominates the time.
@@ -72,6 +72,15 @@ fn real_node_runs_pods_volumes_services_and_dns_and_cleans_up() {
     assert_eq!(
         lookup_a(dns, "kubernetes.default.svc.cluster.local").expect("DNS answer"),
         vec![Ipv4Addr::new(10, 96, 0, 1)]
+    );
+
+    // From a pod: the API server through the kubernetes Service, found by cluster DNS, with
+    // the pod's ServiceAccount token (kube-proxy's DNAT for pods, the serving certificate's
+    // names, CoreDNS from the pod network).
+    assert_eq!(
+        kubectl_in_pod(&first, "smoke", "in-cluster"),
+        "ok",
+        "readyz from a pod"
     );
 
     // A crash: the control plane is killed outright. Its pods, shims, mounts, bridge and
@@ -189,6 +198,65 @@ spec:
         String::from_utf8_lossy(&out.stderr)
     );
     wait_running(cp, ns, name)
+}
+
+/// Runs the host's kubectl in a pod (the pause image with kubectl and the host's libraries
+/// mounted read-only; kubectl is linked against glibc) to read /readyz at
+/// kubernetes.default.svc.cluster.local with the pod's in-cluster credentials, and returns
+/// its output.
+fn kubectl_in_pod(cp: &ControlPlane, ns: &str, name: &str) -> String {
+    let kubectl = tools::bin("kubectl");
+    let pod = format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  namespace: {ns}
+spec:
+  restartPolicy: Never
+  containers:
+    - name: kubectl
+      image: localhost/pause:3.10
+      imagePullPolicy: Never
+      command: [/kubectl, get, --raw, /readyz]
+      env:
+        - {{name: HOME, value: /tmp}}
+        # In-cluster configuration (the pod's token and CA), with the API server's name
+        # instead of the IP the kubelet puts there, so that cluster DNS is used.
+        - {{name: KUBERNETES_SERVICE_HOST, value: kubernetes.default.svc.cluster.local}}
+      volumeMounts:
+        - {{name: kubectl, mountPath: /kubectl, readOnly: true}}
+        - {{name: lib, mountPath: /lib, readOnly: true}}
+        - {{name: lib64, mountPath: /lib64, readOnly: true}}
+  volumes:
+    - {{name: kubectl, hostPath: {{path: {kubectl}, type: File}}}}
+    - {{name: lib, hostPath: {{path: /usr/lib, type: Directory}}}}
+    - {{name: lib64, hostPath: {{path: /usr/lib64, type: Directory}}}}
+"#,
+        kubectl = kubectl.display()
+    );
+    let out = cp.kubectl_stdin(["apply", "-f", "-"], &pod);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let phase = tools::poll_until(WAIT, &format!("pod {ns}/{name} finished"), || {
+        let phase = cp.kubectl_ok([
+            "get",
+            "pod",
+            "-n",
+            ns,
+            name,
+            "-o",
+            "jsonpath={.status.phase}",
+        ]);
+        (phase == "Succeeded" || phase == "Failed").then_some(phase)
+    });
+    let logs = cp.kubectl_ok(["logs", "-n", ns, name]);
+    assert_eq!(phase, "Succeeded", "kubectl in a pod: {logs}");
+    logs.trim().to_owned()
 }
 
 /// Waits for a pod to be Running and returns its IP.
