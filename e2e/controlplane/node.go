@@ -310,23 +310,50 @@ func createClusterObjects(ctx context.Context, cs kubernetes.Interface) error {
 	for _, p := range dnsPorts {
 		slice.Ports = append(slice.Ports, discoveryv1.EndpointPort{Name: ptr.To(p.Name), Protocol: ptr.To(p.Protocol), Port: ptr.To(p.Port)})
 	}
-	creates := []func() error{
-		func() error {
-			_, err := cs.StorageV1().StorageClasses().Create(ctx, sc, metav1.CreateOptions{})
-			return err
+	// They exist already when the control plane restarts on the same directory. Get before
+	// create: creating the Service again fails on its taken ClusterIP (Invalid), not with
+	// AlreadyExists.
+	steps := []struct{ get, create func() error }{
+		{
+			func() error {
+				_, err := cs.StorageV1().StorageClasses().Get(ctx, sc.Name, metav1.GetOptions{})
+				return err
+			},
+			func() error {
+				_, err := cs.StorageV1().StorageClasses().Create(ctx, sc, metav1.CreateOptions{})
+				return err
+			},
 		},
-		func() error {
-			_, err := cs.CoreV1().Services(metav1.NamespaceSystem).Create(ctx, svc, metav1.CreateOptions{})
-			return err
+		{
+			func() error {
+				_, err := cs.CoreV1().Services(svc.Namespace).Get(ctx, svc.Name, metav1.GetOptions{})
+				return err
+			},
+			func() error {
+				_, err := cs.CoreV1().Services(svc.Namespace).Create(ctx, svc, metav1.CreateOptions{})
+				return err
+			},
 		},
-		func() error {
-			_, err := cs.DiscoveryV1().EndpointSlices(metav1.NamespaceSystem).Create(ctx, slice, metav1.CreateOptions{})
-			return err
+		{
+			func() error {
+				_, err := cs.DiscoveryV1().EndpointSlices(slice.Namespace).Get(ctx, slice.Name, metav1.GetOptions{})
+				return err
+			},
+			func() error {
+				_, err := cs.DiscoveryV1().EndpointSlices(slice.Namespace).Create(ctx, slice, metav1.CreateOptions{})
+				return err
+			},
 		},
 	}
-	for _, create := range creates {
-		// They exist already when the control plane restarts on the same directory.
-		if err := create(); err != nil && !apierrors.IsAlreadyExists(err) {
+	for _, step := range steps {
+		err := step.get()
+		if err == nil {
+			continue
+		}
+		if !apierrors.IsNotFound(err) {
+			return err
+		}
+		if err := step.create(); err != nil && !apierrors.IsAlreadyExists(err) {
 			return err
 		}
 	}
