@@ -1,8 +1,9 @@
 //! Smoke test of the real node (`ControlPlane::with_node`): the node is Ready, pods get
 //! addresses on the bridge, a StatefulSet's claim binds to a local volume, Services work from
 //! the host through kube-proxy, CoreDNS answers at the kube-dns ClusterIP, a pod reaches the
-//! API server by name with its ServiceAccount, the egress guard is in place, and a node run that was killed outright is cleaned up by the next one, which
-//! leaves the host clean when it stops.
+//! API server by name with its ServiceAccount, the egress guard is in place, a node run that
+//! was killed outright is cleaned up by the next one, a restart on the same directory brings
+//! the pods back, and a stop leaves the host clean.
 //!
 //! One test, not several: there is one node per machine, and its start-up dominates the time.
 
@@ -99,6 +100,25 @@ fn real_node_runs_pods_volumes_services_and_dns_and_cleans_up() {
     let ip = run_pause_pod(&second, "smoke", "again");
     assert!(ip.starts_with("10.88."), "pod IP {ip}");
     drop(first);
+
+    // An API server outage on a node (ControlPlane::restart: kill, start on the same
+    // directory): the node comes back and runs the pod again, in a new sandbox.
+    second.restart().expect("the node control plane restarts");
+    eprintln!("node restarted in {:?}", second.startup_time());
+    tools::poll_until(WAIT, "pod smoke/again running again", || {
+        let out = second.kubectl_ok([
+            "get",
+            "pod",
+            "-n",
+            "smoke",
+            "again",
+            "-o",
+            "jsonpath={.status.phase} {.status.containerStatuses[0].restartCount} {.status.containerStatuses[0].ready}",
+        ]);
+        let fields: Vec<&str> = out.split(' ').collect();
+        (fields.len() == 3 && fields[0] == "Running" && fields[1] != "0" && fields[2] == "true")
+            .then_some(())
+    });
 
     // A clean stop leaves nothing on the host.
     let second_dir = second.dir().to_path_buf();
