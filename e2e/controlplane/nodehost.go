@@ -217,12 +217,13 @@ func (c *hostClaim) cleanup() {
 	stopProcs("kubelet", func(cmdline string) bool {
 		return strings.Contains(cmdline, nodeDir+"/") && strings.Contains(cmdline, "kubelet")
 	}, 20*time.Second)
+	// The netns that containerd pinned for the sandboxes, read from the sandboxes' OCI specs
+	// while the sandboxes still run: when a sandbox's process exits, containerd deletes its
+	// task directory at once, but leaves the pinned netns to the kubelet, which is gone.
+	netns, sandboxes := sandboxNetns(nodeDir)
 	// Pod processes, by cgroup: the kubelet puts every pod under /kubepods (cgroupfs driver).
 	// SIGTERM first so they may stop cleanly, SIGKILL after a grace period.
 	stopPIDs("pod processes", kubepodsPIDs, 10*time.Second)
-	// The netns that containerd pinned for the sandboxes, read from the sandboxes' OCI specs
-	// before containerd and its shims go.
-	netns, sandboxes := sandboxNetns(nodeDir)
 	// The shims have nothing left to save once their containers are gone, and a runc shim
 	// does not stop on SIGTERM: kill them outright (no grace).
 	stopProcs("containerd shims", func(cmdline string) bool {

@@ -7,6 +7,7 @@
 //!
 //! One test, not several: there is one node per machine, and its start-up dominates the time.
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::Path;
@@ -20,6 +21,7 @@ const WAIT: Duration = Duration::from_secs(90);
 #[test]
 fn real_node_runs_pods_volumes_services_and_dns_and_cleans_up() {
     let begin = Instant::now();
+    let netns_before = netns();
     let mut first = ControlPlane::with_node().expect("control plane with a node starts");
     eprintln!("node ready in {:?}", first.startup_time());
     let socket = first.containerd_socket().expect("containerd socket");
@@ -135,6 +137,8 @@ fn real_node_runs_pods_volumes_services_and_dns_and_cleans_up() {
             .success(),
         "the bridge is gone"
     );
+    let netns_left: Vec<_> = netns().difference(&netns_before).cloned().collect();
+    assert!(netns_left.is_empty(), "pinned netns left: {netns_left:?}");
     let chains = iptables(&["-t", "mangle", "-S"]);
     assert!(
         !chains.contains("E2E-NODE-GUARD"),
@@ -319,6 +323,16 @@ fn iptables(args: &[&str]) -> String {
         .output()
         .expect("run iptables");
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The pinned network namespaces (containerd's for the pods, and any other program's).
+fn netns() -> BTreeSet<String> {
+    fs::read_dir("/run/netns")
+        .map(|d| {
+            d.filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Mount points at or under dir, from /proc/self/mountinfo.
