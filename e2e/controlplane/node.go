@@ -51,49 +51,50 @@ func (n *node) path(parts ...string) string {
 func (n *node) socket() string { return n.path("containerd", "containerd.sock") }
 
 // startNode starts containerd, the kubelet, kube-proxy, CoreDNS, the scheduler and the volume
-// loop, and creates the cluster objects they need. The API server must be ready.
+// loop, and creates the cluster objects they need. The API server must be ready. On error it
+// still returns the node, whose stop ends what was started in-process.
 func startNode(ctx context.Context, claim *hostClaim, l *files) (*node, error) {
 	n := &node{claim: claim, l: l, binDir: claim.BinDir, exited: make(chan error, 1)}
 	for _, d := range []string{"logs", "containerd", "cni/net.d", "cni/ipam", "kubelet", "pod-logs"} {
 		if err := os.MkdirAll(n.path(d), 0o700); err != nil {
-			return nil, err
+			return n, err
 		}
 	}
 	if err := os.MkdirAll(l.path("pv"), 0o755); err != nil {
-		return nil, err
+		return n, err
 	}
 	for _, bin := range []string{"kubelet", "kube-proxy", "coredns", "pause.tar"} {
 		if !fileExists(filepath.Join(n.binDir, bin)) {
-			return nil, fmt.Errorf("%s not found in %s: run scripts/install-node-deps.sh", bin, n.binDir)
+			return n, fmt.Errorf("%s not found in %s: run scripts/install-node-deps.sh", bin, n.binDir)
 		}
 	}
 	if err := n.writeConfigs(); err != nil {
-		return nil, err
+		return n, err
 	}
 	cfg, err := clientcmd.BuildConfigFromFlags("", l.path("kubeconfig"))
 	if err != nil {
-		return nil, err
+		return n, err
 	}
 	cs, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
-		return nil, err
+		return n, err
 	}
 	if err := createClusterObjects(ctx, cs); err != nil {
-		return nil, fmt.Errorf("cluster objects: %w", err)
+		return n, fmt.Errorf("cluster objects: %w", err)
 	}
 
 	// containerd pulls through a proxy that does not exist: an image that was not imported
 	// fails to pull at once, instead of the pull reaching a registry off this machine.
 	noPull := []string{"HTTP_PROXY=http://127.0.0.1:9", "HTTPS_PROXY=http://127.0.0.1:9", "NO_PROXY=", "http_proxy=", "https_proxy=", "no_proxy="}
 	if err := n.startDaemon("containerd", noPull, "containerd", "--config", n.path("containerd.toml")); err != nil {
-		return nil, err
+		return n, err
 	}
 	if err := n.waitSocket(ctx, n.socket()); err != nil {
-		return nil, fmt.Errorf("containerd: %w", err)
+		return n, fmt.Errorf("containerd: %w", err)
 	}
 	if err := runCmd("ctr", "--address", n.socket(), "-n", "k8s.io", "images", "import",
 		filepath.Join(n.binDir, "pause.tar")); err != nil {
-		return nil, fmt.Errorf("importing the pause image: %w", err)
+		return n, fmt.Errorf("importing the pause image: %w", err)
 	}
 
 	bgCtx, cancel := context.WithCancel(context.Background())
@@ -111,15 +112,15 @@ func startNode(ctx context.Context, claim *hostClaim, l *files) (*node, error) {
 		"--hostname-override="+nodeName,
 		"--node-ip="+nodeIP,
 	); err != nil {
-		return nil, err
+		return n, err
 	}
 	if err := n.startDaemon("kube-proxy", direct, filepath.Join(n.binDir, "kube-proxy"),
 		"--config="+n.path("kube-proxy.yaml")); err != nil {
-		return nil, err
+		return n, err
 	}
 	if err := n.startDaemon("coredns", direct, filepath.Join(n.binDir, "coredns"),
 		"-conf", n.path("Corefile")); err != nil {
-		return nil, err
+		return n, err
 	}
 	return n, nil
 }
