@@ -130,6 +130,7 @@ main() {
     step "helm $HELM_VERSION" helm_install
     step "actionlint $ACTIONLINT_VERSION" actionlint_install
     step "controlplane + kubectl" controlplane_build
+    step "node (install-node-deps.sh)" "$ROOT/scripts/install-node-deps.sh"
     log "tools in $BIN: $(cd "$BIN" && echo *)"
     log "$(awk -v s="$start" -v e="$EPOCHREALTIME" 'BEGIN { printf "%-28s %7.1fs", "total", e - s }')"
 }

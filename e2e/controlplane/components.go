@@ -23,6 +23,8 @@ import (
 	apiserveroptions "k8s.io/kubernetes/cmd/kube-apiserver/app/options"
 	kcm "k8s.io/kubernetes/cmd/kube-controller-manager/app"
 	kcmoptions "k8s.io/kubernetes/cmd/kube-controller-manager/app/options"
+	scheduler "k8s.io/kubernetes/cmd/kube-scheduler/app"
+	scheduleroptions "k8s.io/kubernetes/cmd/kube-scheduler/app/options"
 )
 
 // startEtcd starts a single-member etcd on loopback with its data in DIR/etcd.
@@ -72,11 +74,18 @@ func parseFlags(name string, sets map[string]*pflag.FlagSet, args []string) erro
 
 // runAPIServer runs kube-apiserver in-process until ctx is cancelled, the way its own command
 // does, with the flags below followed by extra.
-func runAPIServer(ctx context.Context, l *files, extra []string) error {
-	args := []string{
-		"--etcd-servers=http://127.0.0.1:" + strconv.Itoa(l.ports.EtcdClient),
+func runAPIServer(ctx context.Context, l *files, withNode bool, extra []string) error {
+	bind := []string{
 		"--bind-address=127.0.0.1",
 		"--advertise-address=127.0.0.1",
+		// No kubelets, no kube-proxy: nothing would ever reach the advertised address.
+		"--endpoint-reconciler-type=none",
+	}
+	if withNode {
+		bind = apiServerNodeArgs(l)
+	}
+	args := []string{
+		"--etcd-servers=http://127.0.0.1:" + strconv.Itoa(l.ports.EtcdClient),
 		"--secure-port=" + strconv.Itoa(l.ports.APIServer),
 		"--cert-dir=" + l.cert(""),
 		"--tls-cert-file=" + l.cert("apiserver.crt"),
@@ -85,9 +94,7 @@ func runAPIServer(ctx context.Context, l *files, extra []string) error {
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
 		"--service-account-key-file=" + l.cert("sa.pub"),
 		"--service-account-signing-key-file=" + l.cert("sa.key"),
-		"--service-cluster-ip-range=10.96.0.0/16",
-		// No kubelets, no kube-proxy: nothing would ever reach the advertised address.
-		"--endpoint-reconciler-type=none",
+		"--service-cluster-ip-range=" + serviceCIDR,
 		"--authorization-mode=Node,RBAC",
 		"--audit-policy-file=" + l.path("audit-policy.yaml"),
 		"--audit-log-path=" + l.path("audit.log"),
@@ -95,7 +102,7 @@ func runAPIServer(ctx context.Context, l *files, extra []string) error {
 		"--audit-log-mode=blocking",
 		"--profiling=false",
 	}
-	args = append(args, extra...)
+	args = append(append(args, bind...), extra...)
 
 	s := apiserveroptions.NewServerRunOptions()
 	if err := parseFlags("kube-apiserver", s.Flags().FlagSets, args); err != nil {
@@ -156,6 +163,30 @@ func runControllerManager(ctx context.Context, l *files, extra []string) error {
 		return err
 	}
 	return kcm.Run(ctx, c.Complete())
+}
+
+// runScheduler runs kube-scheduler in-process until ctx is cancelled (with --node: without a
+// scheduler, pods stay Pending), as the admin user, without leader election or serving.
+func runScheduler(ctx context.Context, l *files) error {
+	args := []string{
+		"--kubeconfig=" + l.path("kubeconfig"),
+		"--leader-elect=false",
+		"--secure-port=0",
+		"--profiling=false",
+	}
+	s := scheduleroptions.NewOptions()
+	if err := parseFlags("kube-scheduler", s.Flags.FlagSets, args); err != nil {
+		return err
+	}
+	if err := s.ComponentGlobalsRegistry.Set(); err != nil {
+		return err
+	}
+	// Logging was set up by the API server.
+	cc, sched, err := scheduler.Setup(ctx, s)
+	if err != nil {
+		return err
+	}
+	return scheduler.Run(ctx, cc, sched)
 }
 
 // waitReady polls the API server's /readyz as the admin user until it answers ok.

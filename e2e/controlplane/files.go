@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -31,15 +32,18 @@ type ports struct {
 type files struct {
 	dir   string
 	ports ports
+	// host is the API server's address in URLs: 127.0.0.1, or the node IP with --node (where
+	// the API server binds there only, to be reachable from pods without listening off-machine).
+	host string
 }
 
 func (l *files) path(name string) string { return filepath.Join(l.dir, name) }
 func (l *files) cert(name string) string { return filepath.Join(l.dir, "pki", name) }
-func (l *files) apiURL() string          { return fmt.Sprintf("https://127.0.0.1:%d", l.ports.APIServer) }
+func (l *files) apiURL() string          { return fmt.Sprintf("https://%s:%d", l.host, l.ports.APIServer) }
 
 // layout loads (or picks and records) the ports for dir.
-func layout(dir string) (*files, error) {
-	l := &files{dir: dir}
+func layout(dir, host string) (*files, error) {
+	l := &files{dir: dir, host: host}
 	portsFile := l.path("ports.json")
 	data, err := os.ReadFile(portsFile)
 	switch {
@@ -140,40 +144,23 @@ func (l *files) generatePKI() error {
 		return err
 	}
 
-	issue := func(name string, tmpl *x509.Certificate, serial int64) error {
-		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
-			return err
-		}
-		tmpl.SerialNumber = big.NewInt(serial)
-		tmpl.NotBefore = now.Add(-time.Hour)
-		tmpl.NotAfter = now.AddDate(10, 0, 0)
-		tmpl.KeyUsage = x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
-		if err != nil {
-			return err
-		}
-		if err := writePEM(l.cert(name+".crt"), "CERTIFICATE", der); err != nil {
-			return err
-		}
-		keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-		if err != nil {
-			return err
-		}
-		return writePEM(l.cert(name+".key"), "PRIVATE KEY", keyDER)
+	issue := func(name string, tmpl *x509.Certificate) error {
+		return l.issue(caCert, caKey, name, tmpl)
 	}
 	if err := issue("apiserver", &x509.Certificate{
 		Subject:     pkix.Name{CommonName: "kube-apiserver"},
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 		DNSNames:    []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"},
-		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
-	}, 2); err != nil {
+		// The node IP and the `kubernetes` Service's ClusterIP: with --node, pods reach the API
+		// server through either.
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1"), net.ParseIP(nodeIP), net.ParseIP(apiServiceIP)},
+	}); err != nil {
 		return err
 	}
 	if err := issue("admin", &x509.Certificate{
 		Subject:     pkix.Name{CommonName: "admin", Organization: []string{"system:masters"}},
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}, 3); err != nil {
+	}); err != nil {
 		return err
 	}
 
@@ -204,6 +191,72 @@ func (l *files) generatePKI() error {
 	}
 	// Written last: its presence means the set is complete.
 	return writePEM(l.cert("ca.crt"), "CERTIFICATE", caDER)
+}
+
+// issue writes NAME.crt and NAME.key: a new P-256 key and a certificate for it, from tmpl,
+// signed by the CA and valid for ten years.
+func (l *files) issue(caCert *x509.Certificate, caKey crypto.Signer, name string, tmpl *x509.Certificate) error {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 62))
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	tmpl.SerialNumber = serial
+	tmpl.NotBefore = now.Add(-time.Hour)
+	tmpl.NotAfter = now.AddDate(10, 0, 0)
+	tmpl.KeyUsage = x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, key.Public(), caKey)
+	if err != nil {
+		return err
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return err
+	}
+	if err := writePEM(l.cert(name+".key"), "PRIVATE KEY", keyDER); err != nil {
+		return err
+	}
+	return writePEM(l.cert(name+".crt"), "CERTIFICATE", der)
+}
+
+// loadCA reads the CA certificate and key written by generatePKI.
+func (l *files) loadCA() (*x509.Certificate, crypto.Signer, error) {
+	read := func(name, kind string) ([]byte, error) {
+		data, err := os.ReadFile(l.cert(name))
+		if err != nil {
+			return nil, err
+		}
+		block, _ := pem.Decode(data)
+		if block == nil || block.Type != kind {
+			return nil, fmt.Errorf("%s: no %s PEM block", name, kind)
+		}
+		return block.Bytes, nil
+	}
+	certDER, err := read("ca.crt", "CERTIFICATE")
+	if err != nil {
+		return nil, nil, err
+	}
+	cert, err := x509.ParseCertificate(certDER)
+	if err != nil {
+		return nil, nil, err
+	}
+	keyDER, err := read("ca.key", "PRIVATE KEY")
+	if err != nil {
+		return nil, nil, err
+	}
+	key, err := x509.ParsePKCS8PrivateKey(keyDER)
+	if err != nil {
+		return nil, nil, err
+	}
+	signer, ok := key.(crypto.Signer)
+	if !ok {
+		return nil, nil, fmt.Errorf("ca.key: not a signing key")
+	}
+	return cert, signer, nil
 }
 
 // writeKubeconfig writes DIR/kubeconfig for the admin user (group system:masters), with the

@@ -8,6 +8,9 @@
 //
 // Once /readyz answers ok it prints READY on stdout and writes DIR/ready. SIGTERM or SIGINT shuts
 // everything down and the process exits 0.
+//
+// With --node it also runs a real node (see node.go): READY then also means the node is Ready
+// and the cluster DNS answers.
 package main
 
 import (
@@ -38,25 +41,51 @@ func main() {
 		kcmArgs      stringList
 		noKCM        bool
 		withParent   bool
+		withNode     bool
+		nodeBinDir   string
 	)
 	flag.StringVar(&dir, "dir", "", "directory for all state: etcd data, certs, kubeconfig, audit.log (required)")
-	flag.DurationVar(&readyTimeout, "ready-timeout", 3*time.Minute, "give up if the API server is not ready within this time")
+	flag.DurationVar(&readyTimeout, "ready-timeout", 3*time.Minute, "give up if the API server (and node) is not ready within this time")
 	flag.Var(&apiArgs, "apiserver-arg", "extra kube-apiserver flag, e.g. --apiserver-arg=--v=2 (repeatable)")
 	flag.Var(&kcmArgs, "kcm-arg", "extra kube-controller-manager flag (repeatable)")
 	flag.BoolVar(&noKCM, "no-controller-manager", false, "do not run kube-controller-manager")
 	flag.BoolVar(&withParent, "exit-with-parent", false, "shut down when the parent process goes away")
+	flag.BoolVar(&withNode, "node", false, "also run a real node: containerd, kubelet, kube-proxy, CoreDNS and the scheduler (root, one per machine)")
+	flag.StringVar(&nodeBinDir, "node-bin-dir", "", "where kubelet, kube-proxy, coredns and pause.tar are (default: this program's directory)")
 	flag.Parse()
 	if dir == "" {
 		fmt.Fprintln(os.Stderr, "controlplane: --dir is required")
 		os.Exit(2)
 	}
-	if err := run(dir, readyTimeout, apiArgs, kcmArgs, !noKCM, withParent); err != nil {
+	if withNode && noKCM {
+		fmt.Fprintln(os.Stderr, "controlplane: --node needs the controller manager")
+		os.Exit(2)
+	}
+	if withNode && nodeBinDir == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "controlplane: %v\n", err)
+			os.Exit(1)
+		}
+		nodeBinDir = filepath.Dir(exe)
+	}
+	opts := options{readyTimeout: readyTimeout, apiArgs: apiArgs, kcmArgs: kcmArgs, withKCM: !noKCM,
+		withParent: withParent, withNode: withNode, nodeBinDir: nodeBinDir}
+	if err := run(dir, opts); err != nil {
 		fmt.Fprintf(os.Stderr, "controlplane: %v\n", err)
 		os.Exit(1)
 	}
 }
 
-func run(dir string, readyTimeout time.Duration, apiArgs, kcmArgs []string, withKCM, withParent bool) error {
+type options struct {
+	readyTimeout        time.Duration
+	apiArgs, kcmArgs    []string
+	withKCM, withParent bool
+	withNode            bool
+	nodeBinDir          string
+}
+
+func run(dir string, o options) error {
 	dir, err := filepath.Abs(dir)
 	if err != nil {
 		return err
@@ -72,16 +101,46 @@ func run(dir string, readyTimeout time.Duration, apiArgs, kcmArgs []string, with
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	if withParent {
+	if o.withParent {
 		ctx = exitWithParent(ctx)
 	}
+	readyCtx, readyCancel := context.WithTimeout(ctx, o.readyTimeout)
+	defer readyCancel()
 
-	l, err := layout(dir)
+	host := "127.0.0.1"
+	var claim *hostClaim
+	if o.withNode {
+		// First of all: the pod bridge carries the node IP the API server binds to.
+		if claim, err = claimHost(readyCtx, dir, o.nodeBinDir); err != nil {
+			return err
+		}
+		host = nodeIP
+	}
+	var n *node
+	// stopNode stops the node's pods and daemons and cleans the host up: before the API server
+	// goes, so the kubelet's last updates reach it.
+	stopNode := sync.OnceFunc(func() {
+		if n != nil {
+			n.stop()
+		}
+		if claim != nil {
+			claim.cleanup()
+			claim.release()
+		}
+	})
+	defer stopNode()
+
+	l, err := layout(dir, host)
 	if err != nil {
 		return err
 	}
 	if err := l.ensureFiles(); err != nil {
 		return err
+	}
+	if o.withNode {
+		if err := l.ensureNodePKI(); err != nil {
+			return fmt.Errorf("node certificates: %w", err)
+		}
 	}
 
 	etcd, err := startEtcd(l)
@@ -94,28 +153,54 @@ func run(dir string, readyTimeout time.Duration, apiArgs, kcmArgs []string, with
 	apiCtx, apiCancel := context.WithCancel(context.Background())
 	defer apiCancel()
 	apiDone := make(chan error, 1)
-	go func() { apiDone <- runAPIServer(apiCtx, l, apiArgs) }()
+	go func() { apiDone <- runAPIServer(apiCtx, l, o.withNode, o.apiArgs) }()
 
-	readyCtx, readyCancel := context.WithTimeout(ctx, readyTimeout)
-	err = waitReady(readyCtx, l, apiDone)
-	readyCancel()
-	if err != nil {
+	kcmCtx, kcmCancel := context.WithCancel(context.Background())
+	defer kcmCancel()
+	kcmDone := make(chan error, 1)
+	// shutdown stops what runs, in order: node, controller manager, API server, etcd.
+	shutdown := func() {
+		stopNode()
+		kcmCancel()
+		if o.withKCM {
+			waitDone(kcmDone, 10*time.Second)
+		}
 		apiCancel()
-		waitDone(apiDone, 30*time.Second)
+		waitDone(apiDone, 60*time.Second)
+		closeEtcd()
+	}
+
+	if err := waitReady(readyCtx, l, apiDone); err != nil {
+		shutdown()
 		if ctx.Err() != nil {
 			return nil // asked to stop before we were ready
 		}
 		return fmt.Errorf("kube-apiserver: %w", err)
 	}
+	if o.withKCM {
+		go func() { kcmDone <- runControllerManager(kcmCtx, l, o.kcmArgs) }()
+	}
 
-	kcmCtx, kcmCancel := context.WithCancel(context.Background())
-	defer kcmCancel()
-	kcmDone := make(chan error, 1)
-	if withKCM {
-		go func() { kcmDone <- runControllerManager(kcmCtx, l, kcmArgs) }()
+	var nodeExited <-chan error
+	if o.withNode {
+		began := time.Now()
+		n, err = startNode(readyCtx, claim, l)
+		if err == nil {
+			nodeExited = n.exited
+			err = n.waitReady(readyCtx)
+		}
+		if err != nil {
+			shutdown()
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("node: %w", err)
+		}
+		logf("node ready in %s", time.Since(began).Round(time.Millisecond))
 	}
 
 	if err := os.WriteFile(readyFile, []byte(l.apiURL()+"\n"), 0o600); err != nil {
+		shutdown()
 		return err
 	}
 	fmt.Println("READY")
@@ -129,19 +214,15 @@ func run(dir string, readyTimeout time.Duration, apiArgs, kcmArgs []string, with
 	case err := <-kcmDone:
 		kcmDone <- err
 		runErr = fmt.Errorf("kube-controller-manager stopped: %v", err)
+	case err := <-nodeExited:
+		runErr = fmt.Errorf("node: %v", err)
 	}
 	if runErr != nil {
 		fmt.Fprintf(os.Stderr, "controlplane: %v\n", runErr)
 	}
 	fmt.Fprintln(os.Stderr, "controlplane: shutting down")
 	_ = os.Remove(readyFile)
-	kcmCancel()
-	if withKCM {
-		waitDone(kcmDone, 10*time.Second)
-	}
-	apiCancel()
-	waitDone(apiDone, 60*time.Second)
-	closeEtcd()
+	shutdown()
 	fmt.Fprintln(os.Stderr, "controlplane: stopped")
 	return runErr
 }

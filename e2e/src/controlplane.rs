@@ -4,7 +4,10 @@
 //! The admin user of [`ControlPlane::kubeconfig`] is in `system:masters`. Authorization is
 //! `Node,RBAC`, so `kubectl --as=system:serviceaccount:NS:NAME` checks what a ServiceAccount
 //! may really do. Every write (create, update, patch, delete) is recorded at Metadata level in
-//! [`ControlPlane::audit_log`]. There are no nodes: pods stay Pending.
+//! [`ControlPlane::audit_log`]. There are no nodes (pods stay Pending), unless it is started
+//! with [`ControlPlane::with_node`]: then a real node runs too (containerd, kubelet, kube-proxy,
+//! CoreDNS, the scheduler; see `e2e/controlplane/README.md`). One node per machine: it needs
+//! root, and tests of one binary should share it (isolating themselves by namespace).
 
 use std::ffi::OsStr;
 use std::fs::{self, OpenOptions};
@@ -21,6 +24,8 @@ use crate::tools;
 const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(180);
 /// How long a graceful stop may take before the process is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// The same with a node: its pods get a 10 s grace period, then the daemons stop.
+const NODE_STOP_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Why the control plane could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -43,19 +48,70 @@ pub struct ControlPlane {
     child: Option<Child>,
     dir: Option<tempfile::TempDir>,
     started: Duration,
+    node: bool,
 }
 
 impl ControlPlane {
     /// Starts a control plane in a new temporary directory and waits until it is ready.
     pub fn start() -> Result<Self, Error> {
+        Self::start_inner(false)
+    }
+
+    /// Starts a control plane with a real node (`controlplane --node`) and waits until the
+    /// node is Ready and the cluster DNS answers. Needs root and the tools of
+    /// `scripts/install-node-deps.sh`; waits for a node that is still shutting down, fails if
+    /// another one runs on this machine. Whatever a killed previous run left on the host is
+    /// cleaned up first.
+    ///
+    /// Pods run images imported with [`Self::import_image`] (or the pause image
+    /// `localhost/pause:3.10`); nothing is pulled: use `imagePullPolicy: Never` or
+    /// `IfNotPresent` with a tag other than `latest`. The default StorageClass `local` gets a
+    /// hostPath volume for every claim. Pods reach the API server at `kubernetes.default`
+    /// (10.96.0.1) and cluster DNS at 10.96.0.10; nothing they send may leave the machine.
+    pub fn with_node() -> Result<Self, Error> {
+        Self::start_inner(true)
+    }
+
+    fn start_inner(node: bool) -> Result<Self, Error> {
         let dir = tempfile::Builder::new().prefix("controlplane-").tempdir()?;
         let mut cp = ControlPlane {
             child: None,
             dir: Some(dir),
             started: Duration::ZERO,
+            node,
         };
         cp.resume()?;
         Ok(cp)
+    }
+
+    /// The node's containerd socket (with [`Self::with_node`]); its images are in namespace
+    /// `k8s.io`.
+    pub fn containerd_socket(&self) -> Option<PathBuf> {
+        self.node
+            .then(|| self.dir().join("node/containerd/containerd.sock"))
+    }
+
+    /// Imports an image archive (docker-archive or OCI layout tarball, as `buildah push` or
+    /// `docker save` write) into the node's containerd, where the kubelet finds it.
+    pub fn import_image(&self, archive: &Path) -> io::Result<()> {
+        let socket = self.containerd_socket().ok_or_else(|| {
+            io::Error::new(io::ErrorKind::Unsupported, "control plane has no node")
+        })?;
+        let out = Command::new("ctr")
+            .arg("--address")
+            .arg(socket)
+            .args(["-n", "k8s.io", "images", "import"])
+            .arg(archive)
+            .output()?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(io::Error::other(format!(
+                "ctr images import {}: {}",
+                archive.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )))
+        }
     }
 
     /// The state directory: etcd data, certificates, kubeconfig, audit log and
@@ -201,10 +257,11 @@ impl ControlPlane {
         writeln!(&log, "---- starting controlplane ----")?;
         let begin = Instant::now();
         let mut cmd = Command::new(tools::bin("controlplane"));
-        cmd.arg("--dir")
-            .arg(&dir)
-            .arg("--exit-with-parent")
-            .stdin(Stdio::null())
+        cmd.arg("--dir").arg(&dir).arg("--exit-with-parent");
+        if self.node {
+            cmd.arg("--node");
+        }
+        cmd.stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             // Its own process group, so a terminal's Ctrl-C reaches only the test runner; with
@@ -247,12 +304,18 @@ impl ControlPlane {
         self.resume()
     }
 
-    /// Stops the process gracefully (SIGTERM), killing it if it takes longer than 30 s.
+    /// Stops the process gracefully (SIGTERM), killing it if it takes longer than 30 s (90 s
+    /// with a node, which stops its pods and cleans the host up first).
     pub fn stop(&mut self) {
         let Some(mut child) = self.child.take() else {
             return;
         };
-        tools::stop_child(&mut child, STOP_TIMEOUT);
+        let grace = if self.node {
+            NODE_STOP_TIMEOUT
+        } else {
+            STOP_TIMEOUT
+        };
+        tools::stop_child(&mut child, grace);
     }
 }
 

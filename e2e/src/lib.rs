@@ -4,7 +4,9 @@
 //! The tools (`controlplane`, `kubectl`, `helm`) are built into `.cache/bin` by
 //! `scripts/install-deps.sh`; [`tools::bin`] finds them. [`ControlPlane`] runs etcd,
 //! kube-apiserver and kube-controller-manager (one process, built from Go modules in
-//! `e2e/controlplane`) in a temporary directory and stops it when dropped.
+//! `e2e/controlplane`) in a temporary directory and stops it when dropped;
+//! [`ControlPlane::with_node`] adds a real node (containerd, kubelet, kube-proxy, CoreDNS,
+//! scheduler) whose pods run images imported with [`ControlPlane::import_image`].
 //!
 //! ```no_run
 //! use smtp_relay_e2e::ControlPlane;

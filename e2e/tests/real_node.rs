@@ -1,0 +1,409 @@
+//! Smoke test of the real node (`ControlPlane::with_node`): the node is Ready, pods get
+//! addresses on the bridge, a StatefulSet's claim binds to a local volume, Services work from
+//! the host through kube-proxy, CoreDNS answers at the kube-dns ClusterIP, a pod reaches the
+//! API server by name with its ServiceAccount, the egress guard is in place, a node run that
+//! was killed outright is cleaned up by the next one, a restart on the same directory brings
+//! the pods back, and a stop leaves the host clean.
+//!
+//! One test, not several: there is one node per machine, and its start-up dominates the time.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use smtp_relay_e2e::{tools, ControlPlane};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+#[test]
+fn real_node_runs_pods_volumes_services_and_dns_and_cleans_up() {
+    let begin = Instant::now();
+    let netns_before = netns();
+    let mut first = ControlPlane::with_node().expect("control plane with a node starts");
+    eprintln!("node ready in {:?}", first.startup_time());
+    let socket = first.containerd_socket().expect("containerd socket");
+    assert!(socket.exists(), "{} exists", socket.display());
+    // Images come in through containerd's socket: importing the pause image again is a no-op.
+    first
+        .import_image(&tools::bin("pause.tar"))
+        .expect("image import");
+
+    assert_guard_in_place();
+    assert_eq!(
+        first.kubectl_ok([
+            "get",
+            "node",
+            "e2e-node",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+        ]),
+        "True"
+    );
+
+    first.kubectl_ok(["create", "namespace", "smoke"]);
+    let ip = run_pause_pod(&first, "smoke", "pause");
+    assert!(ip.starts_with("10.88."), "pod IP {ip} is on the pod bridge");
+
+    // A StatefulSet with a volumeClaimTemplate: the claim binds to a local volume and the pod
+    // runs with it mounted.
+    let out = first.kubectl_stdin(["apply", "-f", "-"], STATEFUL_SET);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    tools::poll_until(WAIT, "claim data-store-0 Bound", || {
+        let phase = first.kubectl_ok([
+            "get",
+            "pvc",
+            "-n",
+            "smoke",
+            "data-store-0",
+            "-o",
+            "jsonpath={.status.phase}",
+            "--ignore-not-found",
+        ]);
+        (phase == "Bound").then_some(())
+    });
+    wait_running(&first, "smoke", "store-0");
+
+    // From the host: the kubernetes Service answers at its ClusterIP (kube-proxy's rules lead
+    // to the API server on the node IP, whose certificate names 10.96.0.1)...
+    let readyz = first.kubectl_ok(["--server=https://10.96.0.1:443", "get", "--raw", "/readyz"]);
+    assert_eq!(readyz, "ok");
+    // ...and CoreDNS answers at the kube-dns ClusterIP.
+    let dns: SocketAddr = "10.96.0.10:53".parse().expect("address");
+    assert_eq!(
+        lookup_a(dns, "kubernetes.default.svc.cluster.local").expect("DNS answer"),
+        vec![Ipv4Addr::new(10, 96, 0, 1)]
+    );
+
+    // From a pod: the API server through the kubernetes Service, found by cluster DNS, with
+    // the pod's ServiceAccount token (kube-proxy's DNAT for pods, the serving certificate's
+    // names, CoreDNS from the pod network).
+    assert_eq!(
+        kubectl_in_pod(&first, "smoke", "in-cluster"),
+        "ok",
+        "readyz from a pod"
+    );
+
+    // A crash: the control plane is killed outright. Its pods, shims, mounts, bridge and
+    // chains stay behind; the next run must clean them up and start as if from scratch.
+    let first_dir = first.dir().to_path_buf();
+    first.kill();
+    let mut second = ControlPlane::with_node().expect("a second node starts after a crash");
+    eprintln!("second node ready in {:?}", second.startup_time());
+    assert!(
+        mounts_under(&first_dir).is_empty(),
+        "the crashed run's mounts are gone: {:?}",
+        mounts_under(&first_dir)
+    );
+    assert_guard_in_place();
+    second.kubectl_ok(["create", "namespace", "smoke"]);
+    let ip = run_pause_pod(&second, "smoke", "again");
+    assert!(ip.starts_with("10.88."), "pod IP {ip}");
+    drop(first);
+
+    // An API server outage on a node (ControlPlane::restart: kill, start on the same
+    // directory): the node comes back and runs the pod again, in a new sandbox.
+    second.restart().expect("the node control plane restarts");
+    eprintln!("node restarted in {:?}", second.startup_time());
+    tools::poll_until(WAIT, "pod smoke/again running again", || {
+        let out = second.kubectl_ok([
+            "get",
+            "pod",
+            "-n",
+            "smoke",
+            "again",
+            "-o",
+            "jsonpath={.status.phase} {.status.containerStatuses[0].restartCount} {.status.containerStatuses[0].ready}",
+        ]);
+        let fields: Vec<&str> = out.split(' ').collect();
+        (fields.len() == 3 && fields[0] == "Running" && fields[1] != "0" && fields[2] == "true")
+            .then_some(())
+    });
+
+    // A clean stop leaves nothing on the host.
+    let second_dir = second.dir().to_path_buf();
+    let stopping = Instant::now();
+    second.stop();
+    eprintln!("node stopped in {:?}", stopping.elapsed());
+    assert!(mounts_under(&second_dir).is_empty(), "no mounts left");
+    assert!(
+        !Command::new("ip")
+            .args(["link", "show", "e2ebr0"])
+            .output()
+            .expect("run ip")
+            .status
+            .success(),
+        "the bridge is gone"
+    );
+    let netns_left: Vec<_> = netns().difference(&netns_before).cloned().collect();
+    assert!(netns_left.is_empty(), "pinned netns left: {netns_left:?}");
+    let chains = iptables(&["-t", "mangle", "-S"]);
+    assert!(
+        !chains.contains("E2E-NODE-GUARD"),
+        "guard removed: {chains}"
+    );
+    let nat = iptables(&["-t", "nat", "-S"]);
+    assert!(
+        !nat.contains("KUBE-SERVICES"),
+        "kube-proxy chains removed: {nat}"
+    );
+    assert!(
+        !Path::new("/sys/fs/cgroup/pids/kubepods").exists(),
+        "pod cgroups removed"
+    );
+    let leftovers: Vec<String> = fs::read_dir("/proc")
+        .expect("read /proc")
+        .filter_map(|e| fs::read(e.ok()?.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(&*second_dir.to_string_lossy()))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "no node processes left: {leftovers:?}"
+    );
+    eprintln!("real node test took {:?}", begin.elapsed());
+}
+
+const STATEFUL_SET: &str = r#"
+apiVersion: apps/v1
+kind: StatefulSet
+metadata:
+  name: store
+  namespace: smoke
+spec:
+  serviceName: store
+  replicas: 1
+  selector:
+    matchLabels: {app: store}
+  template:
+    metadata:
+      labels: {app: store}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+        - name: pause
+          image: localhost/pause:3.10
+          imagePullPolicy: Never
+          volumeMounts:
+            - {name: data, mountPath: /data}
+  volumeClaimTemplates:
+    - metadata:
+        name: data
+      spec:
+        accessModes: [ReadWriteOnce]
+        resources:
+          requests:
+            storage: 64Mi
+"#;
+
+/// Runs a pod of the pause image and returns its IP once it is Running.
+fn run_pause_pod(cp: &ControlPlane, ns: &str, name: &str) -> String {
+    let pod = format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  namespace: {ns}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+    - name: pause
+      image: localhost/pause:3.10
+      imagePullPolicy: Never
+"#
+    );
+    let out = cp.kubectl_stdin(["apply", "-f", "-"], &pod);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_running(cp, ns, name)
+}
+
+/// Runs the host's kubectl in a pod (the pause image with kubectl and the host's libraries
+/// mounted read-only; kubectl is linked against glibc) to read /readyz at
+/// kubernetes.default.svc.cluster.local with the pod's in-cluster credentials, and returns
+/// its output.
+fn kubectl_in_pod(cp: &ControlPlane, ns: &str, name: &str) -> String {
+    let kubectl = tools::bin("kubectl");
+    let pod = format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  namespace: {ns}
+spec:
+  restartPolicy: Never
+  containers:
+    - name: kubectl
+      image: localhost/pause:3.10
+      imagePullPolicy: Never
+      command: [/kubectl, get, --raw, /readyz]
+      env:
+        - {{name: HOME, value: /tmp}}
+        # In-cluster configuration (the pod's token and CA), with the API server's name
+        # instead of the IP the kubelet puts there, so that cluster DNS is used.
+        - {{name: KUBERNETES_SERVICE_HOST, value: kubernetes.default.svc.cluster.local}}
+      volumeMounts:
+        - {{name: kubectl, mountPath: /kubectl, readOnly: true}}
+        - {{name: lib, mountPath: /lib, readOnly: true}}
+        - {{name: lib64, mountPath: /lib64, readOnly: true}}
+  volumes:
+    - {{name: kubectl, hostPath: {{path: {kubectl}, type: File}}}}
+    - {{name: lib, hostPath: {{path: /usr/lib, type: Directory}}}}
+    - {{name: lib64, hostPath: {{path: /usr/lib64, type: Directory}}}}
+"#,
+        kubectl = kubectl.display()
+    );
+    let out = cp.kubectl_stdin(["apply", "-f", "-"], &pod);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let phase = tools::poll_until(WAIT, &format!("pod {ns}/{name} finished"), || {
+        let phase = cp.kubectl_ok([
+            "get",
+            "pod",
+            "-n",
+            ns,
+            name,
+            "-o",
+            "jsonpath={.status.phase}",
+        ]);
+        (phase == "Succeeded" || phase == "Failed").then_some(phase)
+    });
+    let logs = cp.kubectl_ok(["logs", "-n", ns, name]);
+    assert_eq!(phase, "Succeeded", "kubectl in a pod: {logs}");
+    logs.trim().to_owned()
+}
+
+/// Waits for a pod to be Running and returns its IP.
+fn wait_running(cp: &ControlPlane, ns: &str, name: &str) -> String {
+    let what = format!("pod {ns}/{name} Running");
+    let found = tools::poll(&what, WAIT, || {
+        let out = cp.kubectl_ok([
+            "get",
+            "pod",
+            "-n",
+            ns,
+            name,
+            "--ignore-not-found",
+            "-o",
+            "jsonpath={.status.phase} {.status.podIP}",
+        ]);
+        let (phase, ip) = out.split_once(' ')?;
+        (phase == "Running" && !ip.is_empty()).then(|| ip.to_owned())
+    });
+    found.unwrap_or_else(|e| {
+        let describe = cp.kubectl(["describe", "pod", "-n", ns, name]);
+        panic!("{e}\n{}", String::from_utf8_lossy(&describe.stdout))
+    })
+}
+
+fn assert_guard_in_place() {
+    let guard = iptables(&["-t", "mangle", "-S", "E2E-NODE-GUARD"]);
+    assert!(guard.contains("-j DROP"), "guard drops: {guard}");
+    let prerouting = iptables(&["-t", "mangle", "-S", "PREROUTING"]);
+    assert!(
+        prerouting.contains("-i e2ebr0 -j E2E-NODE-GUARD"),
+        "guard hooked on the bridge: {prerouting}"
+    );
+}
+
+fn iptables(args: &[&str]) -> String {
+    let out = Command::new("iptables")
+        .arg("-w")
+        .args(args)
+        .output()
+        .expect("run iptables");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The pinned network namespaces (containerd's for the pods, and any other program's).
+fn netns() -> BTreeSet<String> {
+    fs::read_dir("/run/netns")
+        .map(|d| {
+            d.filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Mount points at or under dir, from /proc/self/mountinfo.
+fn mounts_under(dir: &Path) -> Vec<String> {
+    let prefix = dir.to_string_lossy().into_owned();
+    fs::read_to_string("/proc/self/mountinfo")
+        .expect("read mountinfo")
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|p| p.starts_with(&prefix))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Asks `server` for the A records of `name` over UDP (one query, no recursion needed).
+fn lookup_a(server: SocketAddr, name: &str) -> std::io::Result<Vec<Ipv4Addr>> {
+    let mut query = vec![0x4e, 0x21, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in name.trim_end_matches('.').split('.') {
+        query.push(label.len() as u8);
+        query.extend_from_slice(label.as_bytes());
+    }
+    query.extend_from_slice(&[0, 0, 1, 0, 1]);
+    let socket = UdpSocket::bind("0.0.0.0:0")?;
+    socket.set_read_timeout(Some(Duration::from_secs(5)))?;
+    socket.send_to(&query, server)?;
+    let mut buf = [0u8; 512];
+    let n = socket.recv(&mut buf)?;
+    let reply = &buf[..n];
+    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
+    if n < 12 || reply[..2] != query[..2] {
+        return Err(bad("short reply or wrong id"));
+    }
+    if reply[3] & 0x0f != 0 {
+        return Err(bad(&format!("rcode {}", reply[3] & 0x0f)));
+    }
+    let answers = u16::from_be_bytes([reply[6], reply[7]]);
+    // Skip the question: it is ours, echoed.
+    let mut at = query.len();
+    let mut out = Vec::new();
+    for _ in 0..answers {
+        // The owner name: a pointer (two bytes) or labels up to a zero byte.
+        while at < n {
+            match reply[at] {
+                0 => {
+                    at += 1;
+                    break;
+                }
+                b if b & 0xc0 == 0xc0 => {
+                    at += 2;
+                    break;
+                }
+                b => at += 1 + b as usize,
+            }
+        }
+        let field = reply
+            .get(at..at + 10)
+            .ok_or_else(|| bad("truncated answer"))?;
+        let kind = u16::from_be_bytes([field[0], field[1]]);
+        let len = u16::from_be_bytes([field[8], field[9]]) as usize;
+        at += 10;
+        let data = reply
+            .get(at..at + len)
+            .ok_or_else(|| bad("truncated data"))?;
+        if kind == 1 && len == 4 {
+            out.push(Ipv4Addr::new(data[0], data[1], data[2], data[3]));
+        }
+        at += len;
+    }
+    Ok(out)
+}
