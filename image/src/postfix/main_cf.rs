@@ -14,8 +14,11 @@ pub const META_DIRECTORY: &str = "/etc/postfix";
 /// The hashed certificate directory that holds [`SYSTEM_CA_BUNDLE`]'s certificates.
 pub const SYSTEM_CA_DIR: &str = "/etc/ssl/certs";
 
-/// Notices sent to the postmaster, as the original image configured them.
-const NOTIFY_CLASSES: &str = "bounce, 2bounce, data, delay, policy, protocol, resource, software";
+/// Notices sent to the postmaster: Postfix's own default, the problems only the postmaster can
+/// fix. The original image also sent `policy` and `protocol` (a transcript of every refused
+/// client), which lets anyone knocking at the relay double its traffic to the relayhost; the
+/// seed's list can be restored with `postconf: {notify_classes: ...}` (see the README).
+const NOTIFY_CLASSES: &str = "resource, software";
 
 /// `relayhost` as Postfix writes it: brackets turn off the MX lookup.
 pub fn relayhost_value(relayhost: &Relayhost) -> String {
@@ -42,6 +45,12 @@ pub fn parameters(s: &Settings, layout: &Layout) -> Vec<(String, String)> {
     p.set("smtputf8_enable", "no");
     p.set("disable_vrfy_command", "yes");
     p.set("smtpd_banner", "$myhostname ESMTP $mail_name RELAY");
+    // SMTP smuggling: only <CR><LF>.<CR><LF> ends a message, a bare <LF> inside it is read as
+    // <CR><LF>. Postfix exempts $mynetworks by default, which for a relay is every client that
+    // matters, so the exemption list is emptied. `reject` (refuse any bare <LF>) is stricter
+    // but breaks applications that send mixed line endings; it stays a `postconf` choice.
+    p.set("smtpd_forbid_bare_newline", "normalize");
+    p.set("smtpd_forbid_bare_newline_exclusions", "");
 
     // Identity and what is relayed where.
     if let Some(hostname) = &s.hostname {
