@@ -153,3 +153,57 @@ fn a_refused_client_sends_no_notice_to_the_postmaster() {
         sink.messages()
     );
 }
+
+/// Point 3, IPv6: an IPv6 network in `networks` works (mynetworks needs it in brackets, else
+/// every client gets "451 4.3.0 Temporary lookup failure", IPv4 ones included), and a relay
+/// listening on `[::]` answers and probes on both 127.0.0.1 and ::1.
+#[test]
+fn ipv6_clients_and_networks_on_a_dual_stack_relay() {
+    let sink = start_sink();
+    let mut cfg = config(sink.port(), Mode::Strict);
+    cfg.networks = vec!["fd00::/64".into(), "::1/128".into(), "127.0.0.2/32".into()];
+    let mut spec = RelaySpec::new(Input::file(cfg));
+    spec.listen = Some(format!("[::]:{}", spec.port));
+    // start() waits for SMTP on 127.0.0.1: the IPv4 side.
+    let relay = spec.start();
+    let v6 = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, relay.addr().port()));
+
+    let rcpt = format!("app@{DOMAIN}");
+    let mark4 = marker("ipv4-client");
+    send(
+        relay.addr(),
+        NET_CLIENT,
+        None,
+        "app@example.net",
+        &rcpt,
+        &mark4,
+    )
+    .unwrap_or_else(|e| panic!("127.0.0.2, inside networks: {e}"));
+    let mark6 = marker("ipv6-client");
+    let mut conn = lettre::transport::smtp::client::SmtpConnection::connect(
+        v6,
+        Some(Duration::from_secs(30)),
+        &lettre::transport::smtp::extension::ClientId::Domain("client.test".into()),
+        None,
+        None,
+    )
+    .unwrap_or_else(|e| panic!("connecting to {v6}: {e}"));
+    send_on(&mut conn, "app@example.net", &rcpt, &mark6)
+        .unwrap_or_else(|e| panic!("::1, inside networks: {e}"));
+    let _ = conn.quit();
+    sink.wait_for(&rcpt, &mark4, DEADLINE).unwrap();
+    sink.wait_for(&rcpt, &mark6, DEADLINE).unwrap();
+
+    for address in [format!("[::]:{}", v6.port()), v6.to_string()] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_smtp-relay"))
+            .args(["probe", "--address", &address])
+            .env_remove("RELAY_LISTEN")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "probe {address}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

@@ -2,6 +2,8 @@
 
 use std::path::Path;
 
+use ipnet::IpNet;
+
 use crate::inputs::SYSTEM_CA_BUNDLE;
 use crate::postfix::layout::Layout;
 use crate::postfix::restrictions;
@@ -29,6 +31,15 @@ pub fn relayhost_value(relayhost: &Relayhost) -> String {
     }
 }
 
+/// A network as mynetworks reads it: IPv6 addresses in brackets (`[fd00::]/64`). Unbracketed,
+/// Postfix takes `fd00::/64` for a `type:table` lookup and fails every client with 451.
+pub fn network_value(net: &IpNet) -> String {
+    match net {
+        IpNet::V4(v4) => v4.to_string(),
+        IpNet::V6(v6) => format!("[{}]/{}", v6.addr(), v6.prefix_len()),
+    }
+}
+
 /// All main.cf parameters, in a stable order; user overrides (`postconf`) come last and win.
 pub fn parameters(s: &Settings, layout: &Layout) -> Vec<(String, String)> {
     let mut p = Params::default();
@@ -39,6 +50,9 @@ pub fn parameters(s: &Settings, layout: &Layout) -> Vec<(String, String)> {
     p.set("maillog_file", "/dev/stdout");
     p.set("maillog_file_prefixes", "/var, /dev/stdout");
     p.set("inet_interfaces", "all");
+    // Both families, so an IPv6 or dual-stack pod is reachable (see master_cf::service_name),
+    // and IPv6 clients can be matched by mynetworks.
+    p.set("inet_protocols", "all");
     p.set("biff", "no");
     p.set("append_dot_mydomain", "no");
     p.set("readme_directory", "no");
@@ -72,7 +86,7 @@ pub fn parameters(s: &Settings, layout: &Layout) -> Vec<(String, String)> {
         "mynetworks",
         s.networks
             .iter()
-            .map(ToString::to_string)
+            .map(network_value)
             .collect::<Vec<_>>()
             .join(", "),
     );
@@ -287,6 +301,15 @@ mod tests {
         assert_eq!(get(&p, "smtpd_sasl_auth_enable"), None, "no users, no AUTH");
         assert_eq!(get(&p, "smtp_sasl_auth_enable"), None);
         assert_eq!(get(&p, "smtpd_sender_restrictions"), None);
+    }
+
+    #[test]
+    fn ipv6_networks_are_bracketed() {
+        let mut s = settings();
+        s.networks = vec!["fd00::/64".parse().unwrap(), "127.0.0.0/8".parse().unwrap()];
+        let p = parameters(&s, &layout());
+        assert_eq!(get(&p, "mynetworks"), Some("[fd00::]/64, 127.0.0.0/8"));
+        assert_eq!(get(&p, "inet_protocols"), Some("all"));
     }
 
     #[test]

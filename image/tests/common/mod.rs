@@ -170,6 +170,8 @@ pub struct RelaySpec {
     pub dir: TempDir,
     pub input: Input,
     pub port: u16,
+    /// `RELAY_LISTEN` when not 127.0.0.1:`port` (e.g. `[::]:port`, both families).
+    pub listen: Option<String>,
     pub metrics_port: u16,
     pub reload_interval_secs: u64,
 }
@@ -181,6 +183,7 @@ impl RelaySpec {
             dir: tempfile::tempdir().expect("tempdir"),
             input,
             port: free_port(),
+            listen: None,
             metrics_port: free_port(),
             reload_interval_secs: 1,
         }
@@ -230,7 +233,12 @@ impl RelaySpec {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
-            .env("RELAY_LISTEN", self.addr().to_string())
+            .env(
+                "RELAY_LISTEN",
+                self.listen
+                    .clone()
+                    .unwrap_or_else(|| self.addr().to_string()),
+            )
             .env("RELAY_POSTFIX_DIR", self.postfix_dir())
             .env("RELAY_SPOOL_DIR", self.spool_dir())
             .env("RELAY_DATA_DIR", self.data_dir())

@@ -189,7 +189,7 @@ fn container(relay: &SmtpRelay, volume_mounts: Vec<VolumeMount>, opts: &BuildOpt
             format!("{CONFIG_DIR}/{CONFIG_KEY}"),
         ]),
         env: Some(vec![
-            env("RELAY_LISTEN", format!("0.0.0.0:{SMTP_PORT}")),
+            env("RELAY_LISTEN", format!("[::]:{SMTP_PORT}")),
             env("RELAY_POSTFIX_DIR", format!("{RUN_DIR}/postfix")),
             env("RELAY_DATA_DIR", DATA_DIR.into()),
             env("RELAY_SPOOL_DIR", SPOOL_DIR.into()),
@@ -352,7 +352,7 @@ mod tests {
         assert_eq!(
             env,
             [
-                ("RELAY_LISTEN", "0.0.0.0:25"),
+                ("RELAY_LISTEN", "[::]:25"),
                 ("RELAY_POSTFIX_DIR", "/run/smtp-relay/postfix"),
                 ("RELAY_DATA_DIR", "/data"),
                 ("RELAY_SPOOL_DIR", "/var/spool/postfix"),
