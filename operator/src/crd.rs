@@ -66,11 +66,13 @@ pub struct SmtpRelaySpec {
     pub hostname: Option<String>,
 
     /// Client networks (CIDR, IPv4 or IPv6) allowed to relay without authentication (Postfix
-    /// `mynetworks`). Pod and node networks are not added implicitly.
+    /// `mynetworks`). Pod and node networks are not added implicitly. Networks covering every
+    /// address (0.0.0.0/0, ::/0) are refused: that is an open relay.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64), inner(length(max = 64)))]
     #[schemars(extend("x-kubernetes-validations" = [
-        {"rule": "self.all(n, isCIDR(n))", "message": "every network must be a CIDR such as 10.0.0.0/24 or fd00::/64"}
+        {"rule": "self.all(n, isCIDR(n))", "message": "every network must be a CIDR such as 10.0.0.0/24 or fd00::/64"},
+        {"rule": "self.all(n, !isCIDR(n) || cidr(n).prefixLength() > 0)", "message": "a network covering every address (0.0.0.0/0 or ::/0) would make an open relay"}
     ]))]
     pub networks: Vec<String>,
 
@@ -117,7 +119,9 @@ pub struct SmtpRelaySpec {
     /// Extra Postfix `main.cf` parameters, applied last so they override every generated value.
     /// Keys are Postfix parameter names (letters, digits and underscores, starting with a
     /// lowercase letter, e.g. `message_size_limit` or `smtp_tls_CAfile`). Values are strings:
-    /// quote `"yes"` and `"no"`, which YAML would otherwise read as booleans.
+    /// quote `"yes"` and `"no"`, which YAML would otherwise read as booleans. Parameters that
+    /// decide who may relay (`mynetworks`, `relay_domains`, `smtpd_*_restrictions`,
+    /// `smtpd_sasl_*`, `smtpd_tls_auth_only`, ...) are refused: set the field that owns them.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("maxProperties" = 64))]
     #[schemars(extend("x-kubernetes-validations" = [
