@@ -181,3 +181,23 @@ pub struct Settings {
     /// (`POSTCONF_` for the environment, `relay.yaml: postconf.` for the config file).
     pub postconf_field_prefix: String,
 }
+
+impl Settings {
+    /// The TLS level towards the relayhost. With credentials and no level given it is
+    /// `encrypt`: at `may`, a relayhost (or anyone on the path) that does not offer STARTTLS
+    /// would receive the password in clear text.
+    pub fn relayhost_tls(&self) -> TlsLevel {
+        match (self.relayhost_tls_level, &self.relayhost_credentials) {
+            (Some(level), _) => level,
+            (None, Some(_)) => TlsLevel::Encrypt,
+            (None, None) => TlsLevel::May,
+        }
+    }
+
+    /// True when the relayhost password may cross the network unencrypted: credentials with a
+    /// level of `none` or `may`, chosen explicitly. Accepted, but worth a warning.
+    pub fn relayhost_password_in_clear(&self) -> bool {
+        self.relayhost_credentials.is_some()
+            && matches!(self.relayhost_tls(), TlsLevel::None | TlsLevel::May)
+    }
+}

@@ -7,7 +7,7 @@ use ipnet::IpNet;
 use crate::inputs::SYSTEM_CA_BUNDLE;
 use crate::postfix::layout::Layout;
 use crate::postfix::restrictions;
-use crate::settings::{Relayhost, SaslUserSource, Settings, TlsLevel};
+use crate::settings::{Relayhost, SaslUserSource, Settings};
 
 /// Debian's shared files (postfix-files, dynamicmaps.cf) stay where the package put them while
 /// the configuration lives elsewhere.
@@ -155,11 +155,18 @@ pub fn parameters(s: &Settings, layout: &Layout) -> Vec<(String, String)> {
             "smtp_sasl_password_maps",
             format!("texthash:{}", layout.relayhost_passwd().display()),
         );
-        p.set("smtp_sasl_security_options", "noanonymous");
+        // Plain-text mechanisms (PLAIN, LOGIN) only inside TLS, unless the user chose a level
+        // that allows a session without it (`none`, `may`): then the choice is theirs, and
+        // flagged (Settings::relayhost_password_in_clear).
+        let unencrypted = if s.relayhost_password_in_clear() {
+            "noanonymous"
+        } else {
+            "noanonymous, noplaintext"
+        };
+        p.set("smtp_sasl_security_options", unencrypted);
         p.set("smtp_sasl_tls_security_options", "noanonymous");
     }
-    let level = s.relayhost_tls_level.unwrap_or(TlsLevel::May);
-    p.set("smtp_tls_security_level", level.as_str());
+    p.set("smtp_tls_security_level", s.relayhost_tls().as_str());
     if s.relayhost.implicit_tls {
         p.set("smtp_tls_wrappermode", "yes");
     }
@@ -238,7 +245,7 @@ impl Params {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::settings::{Credentials, InboundTls, Mode, RelayPolicy};
+    use crate::settings::{Credentials, InboundTls, Mode, RelayPolicy, TlsLevel};
     use std::collections::BTreeMap;
     use std::path::PathBuf;
 
@@ -346,11 +353,46 @@ mod tests {
         assert_eq!(get(&p, "smtp_tls_CAfile"), Some("/ca.pem"));
         assert_eq!(get(&p, "smtpd_sasl_auth_enable"), Some("yes"));
         assert_eq!(get(&p, "smtpd_tls_auth_only"), Some("yes"));
+        assert_eq!(
+            get(&p, "smtp_sasl_security_options"),
+            Some("noanonymous, noplaintext")
+        );
+        assert_eq!(
+            get(&p, "smtp_sasl_tls_security_options"),
+            Some("noanonymous")
+        );
         assert_eq!(relayhost_passwd(&s).unwrap(), "[10.1.0.1]:25 u:p w}:,\n");
         assert!(
             !render(&p).contains("p w}"),
             "main.cf never holds the password"
         );
+    }
+
+    #[test]
+    fn credentials_default_to_encrypt_and_an_explicit_may_allows_plaintext() {
+        let mut s = settings();
+        assert_eq!(
+            get(&parameters(&s, &layout()), "smtp_tls_security_level"),
+            Some("may")
+        );
+        s.relayhost_credentials = Some(Credentials {
+            login: "u".into(),
+            password: "p".into(),
+        });
+        let p = parameters(&s, &layout());
+        assert_eq!(get(&p, "smtp_tls_security_level"), Some("encrypt"));
+        assert_eq!(
+            get(&p, "smtp_sasl_security_options"),
+            Some("noanonymous, noplaintext")
+        );
+        assert!(!s.relayhost_password_in_clear());
+        for level in [TlsLevel::None, TlsLevel::May] {
+            s.relayhost_tls_level = Some(level);
+            let p = parameters(&s, &layout());
+            assert_eq!(get(&p, "smtp_tls_security_level"), Some(level.as_str()));
+            assert_eq!(get(&p, "smtp_sasl_security_options"), Some("noanonymous"));
+            assert!(s.relayhost_password_in_clear());
+        }
     }
 
     #[test]
