@@ -182,22 +182,39 @@ pub struct Settings {
     pub postconf_field_prefix: String,
 }
 
+/// The TLS level towards the relayhost. With credentials and no level given it is `encrypt`:
+/// at `may`, a relayhost (or anyone on the path) that does not offer STARTTLS would receive the
+/// password in clear text. The operator uses this too, to flag a spec.
+pub fn relayhost_tls(explicit: Option<TlsLevel>, has_credentials: bool) -> TlsLevel {
+    match (explicit, has_credentials) {
+        (Some(level), _) => level,
+        (None, true) => TlsLevel::Encrypt,
+        (None, false) => TlsLevel::May,
+    }
+}
+
+/// True when a relayhost password may cross the network unencrypted: credentials with a level
+/// of `none` or `may`, which can only be chosen explicitly. Accepted, but worth a warning.
+pub fn relayhost_password_in_clear(explicit: Option<TlsLevel>, has_credentials: bool) -> bool {
+    has_credentials
+        && matches!(
+            relayhost_tls(explicit, has_credentials),
+            TlsLevel::None | TlsLevel::May
+        )
+}
+
 impl Settings {
-    /// The TLS level towards the relayhost. With credentials and no level given it is
-    /// `encrypt`: at `may`, a relayhost (or anyone on the path) that does not offer STARTTLS
-    /// would receive the password in clear text.
     pub fn relayhost_tls(&self) -> TlsLevel {
-        match (self.relayhost_tls_level, &self.relayhost_credentials) {
-            (Some(level), _) => level,
-            (None, Some(_)) => TlsLevel::Encrypt,
-            (None, None) => TlsLevel::May,
-        }
+        relayhost_tls(
+            self.relayhost_tls_level,
+            self.relayhost_credentials.is_some(),
+        )
     }
 
-    /// True when the relayhost password may cross the network unencrypted: credentials with a
-    /// level of `none` or `may`, chosen explicitly. Accepted, but worth a warning.
     pub fn relayhost_password_in_clear(&self) -> bool {
-        self.relayhost_credentials.is_some()
-            && matches!(self.relayhost_tls(), TlsLevel::None | TlsLevel::May)
+        relayhost_password_in_clear(
+            self.relayhost_tls_level,
+            self.relayhost_credentials.is_some(),
+        )
     }
 }

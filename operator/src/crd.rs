@@ -283,9 +283,14 @@ fn default_password_key() -> String {
 ]))]
 pub struct RelayhostTlsSpec {
     /// Postfix `smtp_tls_security_level`: none, may (opportunistic), encrypt, dane, dane-only,
-    /// fingerprint, verify or secure.
-    #[serde(default)]
-    pub level: TlsLevelSpec,
+    /// fingerprint, verify or secure. Omitted: `encrypt` when `credentialsSecretRef` is set (the
+    /// password never crosses the network unencrypted), `may` otherwise. `none` or `may` with
+    /// credentials is accepted but reported by the `RelayhostPasswordProtected=False` condition
+    /// and a Warning Event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    // Omitted rather than null: a plain enum, like the other optional fields.
+    #[schemars(with = "TlsLevelSpec")]
+    pub level: Option<TlsLevelSpec>,
     /// PEM CA bundle used to verify the relayhost's certificate, from a Secret key. Defaults to
     /// the image's system CA bundle.
     #[serde(default, skip_serializing_if = "Option::is_none")]
