@@ -438,6 +438,8 @@ pub struct ServiceSpec {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
     /// Cluster or Local; Local keeps client source addresses, which `networks` relies on.
+    /// Defaults to Local for NodePort and LoadBalancer: with Cluster, clients arriving through
+    /// another node appear with a node's address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external_traffic_policy: Option<TrafficPolicy>,
     /// Requested load balancer address, where the cloud supports it.
