@@ -26,7 +26,7 @@
 //!   filesystem is this machine's (Debian with Postfix, like the image).
 //!
 //! The one deviation from the template: there is no pod network, so each pod gets a loopback
-//! "pod IP" (127.0.x.y) and the unspecified address (`0.0.0.0`) in `RELAY_LISTEN` and
+//! "pod IP" (127.0.x.y) and the unspecified address (`0.0.0.0` or `[::]`) in `RELAY_LISTEN` and
 //! `RELAY_METRICS_LISTEN` is replaced by it, keeping the template's ports (25 and 9154).
 //!
 //! Readiness is the template's exec probe run inside the pod's namespaces

@@ -257,6 +257,11 @@ fn admission(cp: &ControlPlane) {
             vec!["spec.relayhost", "mxLookup"],
         ),
         (
+            "networks of everyone (an open relay)",
+            with(json!({"networks": ["10.0.0.0/8", "::/0"]})),
+            vec!["spec.networks", "open relay"],
+        ),
+        (
             "bad postconf key",
             with(json!({"postconf": {"bad-key": "x"}})),
             vec!["spec.postconf", "Postfix parameter names"],

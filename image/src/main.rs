@@ -47,7 +47,7 @@ enum Command {
     /// probes); with --liveness, only that it is alive, without SMTP (liveness probe).
     Probe {
         /// Address of the relay; defaults to where `run` listens (RELAY_LISTEN).
-        #[arg(long, env = "RELAY_LISTEN", default_value = "0.0.0.0:25")]
+        #[arg(long, env = "RELAY_LISTEN", default_value = "[::]:25")]
         address: String,
         /// Deadline for each step, in seconds.
         #[arg(long, default_value_t = 5)]
@@ -81,8 +81,8 @@ struct RunArgs {
     /// Relay config file (YAML); without it the RELAY_* variables are read.
     #[arg(long, env = "RELAY_CONFIG")]
     config: Option<PathBuf>,
-    /// Address and port smtpd listens on.
-    #[arg(long, env = "RELAY_LISTEN", default_value = "0.0.0.0:25")]
+    /// Address and port smtpd listens on; `[::]:PORT` is every address, IPv4 and IPv6.
+    #[arg(long, env = "RELAY_LISTEN", default_value = "[::]:25")]
     listen: String,
     /// Directory for the generated Postfix configuration.
     #[arg(long, env = "RELAY_POSTFIX_DIR", default_value = "/etc/postfix")]
@@ -104,7 +104,7 @@ struct RunArgs {
 #[derive(Args)]
 struct SendArgs {
     /// Relay address.
-    #[arg(long, short, env = "RELAY_LISTEN", default_value = "0.0.0.0:25")]
+    #[arg(long, short, env = "RELAY_LISTEN", default_value = "[::]:25")]
     server: String,
     #[arg(long, short)]
     from: String,
@@ -167,8 +167,8 @@ fn main() -> ExitCode {
         Command::Probe {
             address, timeout, ..
         } => {
-            let result = smtp_client::local_address(&address)
-                .and_then(|addr| smtp_client::probe(addr, Duration::from_secs(timeout)));
+            let result = smtp_client::local_addresses(&address)
+                .and_then(|all| smtp_client::probe_any(&all, Duration::from_secs(timeout)));
             report(result.map(|()| "ok".to_string()))
         }
         Command::Send(args) => report(send(args)),

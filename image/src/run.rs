@@ -74,6 +74,12 @@ fn apply(
     let users = sasl::load(&settings.sasl_users)?;
     if previous.is_none_or(|p| p.settings != settings) {
         instance::write_config(&settings, layout)?;
+        if settings.relayhost_password_in_clear() {
+            tracing::warn!(
+                level = %settings.relayhost_tls(),
+                "the relayhost password may be sent unencrypted: a relayhost that offers no STARTTLS, or anyone on the path, would receive it; use TLS level encrypt or stronger"
+            );
+        }
     }
     let realm_changed = previous.is_some_and(|p| p.settings.domain != settings.domain);
     if settings.sasl_users != SaslUserSource::None

@@ -181,3 +181,40 @@ pub struct Settings {
     /// (`POSTCONF_` for the environment, `relay.yaml: postconf.` for the config file).
     pub postconf_field_prefix: String,
 }
+
+/// The TLS level towards the relayhost. With credentials and no level given it is `encrypt`:
+/// at `may`, a relayhost (or anyone on the path) that does not offer STARTTLS would receive the
+/// password in clear text. The operator uses this too, to flag a spec.
+pub fn relayhost_tls(explicit: Option<TlsLevel>, has_credentials: bool) -> TlsLevel {
+    match (explicit, has_credentials) {
+        (Some(level), _) => level,
+        (None, true) => TlsLevel::Encrypt,
+        (None, false) => TlsLevel::May,
+    }
+}
+
+/// True when a relayhost password may cross the network unencrypted: credentials with a level
+/// of `none` or `may`, which can only be chosen explicitly. Accepted, but worth a warning.
+pub fn relayhost_password_in_clear(explicit: Option<TlsLevel>, has_credentials: bool) -> bool {
+    has_credentials
+        && matches!(
+            relayhost_tls(explicit, has_credentials),
+            TlsLevel::None | TlsLevel::May
+        )
+}
+
+impl Settings {
+    pub fn relayhost_tls(&self) -> TlsLevel {
+        relayhost_tls(
+            self.relayhost_tls_level,
+            self.relayhost_credentials.is_some(),
+        )
+    }
+
+    pub fn relayhost_password_in_clear(&self) -> bool {
+        relayhost_password_in_clear(
+            self.relayhost_tls_level,
+            self.relayhost_credentials.is_some(),
+        )
+    }
+}

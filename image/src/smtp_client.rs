@@ -27,18 +27,39 @@ pub enum ClientError {
 
 /// The address to reach a relay listening on `listen`: a wildcard becomes loopback.
 pub fn local_address(listen: &str) -> Result<SocketAddr, ClientError> {
+    local_addresses(listen).map(|all| all[0])
+}
+
+/// The addresses to reach a relay listening on `listen`, best first. A wildcard becomes
+/// loopback of both families for `[::]` (where Postfix listens on both): 127.0.0.1 first, as
+/// every pod has it, then ::1 for a pod where only IPv6 answers.
+pub fn local_addresses(listen: &str) -> Result<Vec<SocketAddr>, ClientError> {
     let addr = listen
         .to_socket_addrs()
         .map_err(|e| ClientError::Usage(format!("{listen:?} is not host:port: {e}")))?
         .next()
         .ok_or_else(|| ClientError::Usage(format!("{listen:?} resolves to no address")))?;
+    let port = addr.port();
     Ok(match addr.ip() {
-        ip if ip.is_unspecified() && ip.is_ipv4() => {
-            SocketAddr::from(([127, 0, 0, 1], addr.port()))
-        }
-        ip if ip.is_unspecified() => SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port())),
-        _ => addr,
+        ip if ip.is_unspecified() && ip.is_ipv4() => vec![SocketAddr::from(([127, 0, 0, 1], port))],
+        ip if ip.is_unspecified() => vec![
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)),
+        ],
+        _ => vec![addr],
     })
+}
+
+/// [`probe`] on each address in turn; the relay is healthy when one of them answers.
+pub fn probe_any(addresses: &[SocketAddr], timeout: Duration) -> Result<(), ClientError> {
+    let mut errors = Vec::new();
+    for addr in addresses {
+        match probe(*addr, timeout) {
+            Ok(()) => return Ok(()),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    Err(ClientError::Io(errors.join("; ")))
 }
 
 /// A real SMTP conversation: banner, EHLO, NOOP, QUIT, each step bounded by `timeout`.

@@ -175,3 +175,61 @@ fn postconf_names_with_upper_case_letters_are_accepted() {
     let (status, _) = relay.stop();
     assert_eq!(status.code(), Some(0));
 }
+
+/// Issue 13, point 4: `POSTCONF_*` and `postconf` cannot set a parameter that decides who may
+/// relay; the message names the entry and the field that owns the parameter.
+#[test]
+fn postconf_cannot_decide_who_may_relay() {
+    for (name, value) in [
+        ("mynetworks", "0.0.0.0/0"),
+        ("smtpd_relay_restrictions", "permit"),
+        ("smtpd_recipient_restrictions", "permit"),
+        ("smtpd_sasl_auth_enable", "yes"),
+        ("smtpd_tls_auth_only", "no"),
+        ("relay_domains", "elsewhere.org"),
+    ] {
+        let why = format!("{name} decides who may relay and cannot be set here");
+        refused(
+            env_with(&format!("POSTCONF_{name}"), value),
+            &format!("POSTCONF_{name}: {why}"),
+        );
+        let mut cfg = config(25, Mode::Strict);
+        cfg.postconf.insert(name.into(), value.into());
+        refused(
+            RelaySpec::new(Input::file(cfg)),
+            &format!("postconf.{name}: {why}"),
+        );
+    }
+}
+
+/// Issue 13, point 4: networks that hold every address make an open relay.
+#[test]
+fn networks_covering_every_address() {
+    refused(
+        env_with("RELAY_MYNETWORKS", "0.0.0.0/1 128.0.0.0/1"),
+        "RELAY_MYNETWORKS: the networks cover every IPv4 address",
+    );
+    let mut cfg = config(25, Mode::Strict);
+    cfg.networks = vec!["10.0.0.0/8".into(), "::/0".into()];
+    refused(
+        RelaySpec::new(Input::file(cfg)),
+        "networks: the networks cover every IPv6 address",
+    );
+}
+
+/// Issue 13, point 4: the relay checks the configuration Postfix would run with. A custom list
+/// that passes the syntax checks (it has `reject`) but permits everyone first is refused.
+#[test]
+fn an_effective_open_relay_does_not_start() {
+    let mut cfg = config(25, Mode::Strict);
+    cfg.mode = None;
+    cfg.custom_restrictions = Some(vec!["permit".into(), "reject".into()]);
+    refused(
+        RelaySpec::new(Input::file(cfg)),
+        "refusing to start an open relay",
+    );
+    refused(
+        env_with("RELAY_MODE", "permit_sasl_authenticated permit reject"),
+        "refusing to start an open relay",
+    );
+}

@@ -3,8 +3,13 @@
 
 mod common;
 
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::{Arc, Mutex};
+
 use common::*;
-use smtp_relay::settings::Mode;
+use smtp_relay::config_file::InboundTlsFile;
+use smtp_relay::settings::{Mode, TlsLevel};
 
 /// Passwords that broke the seed's `inline:{relayhost=login:password}` map, and then some.
 const PASSWORDS: [(&str, &str); 4] = [
@@ -101,6 +106,8 @@ fn awkward_password_from_the_environment_authenticates_at_the_upstream() {
     let mut vars = env(upstream.addr().port(), "ALLOW_NETAUTH_NODOMAIN");
     vars.insert("RELAY_LOGIN".into(), "envuser".into());
     vars.insert("RELAY_PASSWORD".into(), password.into());
+    // The upstream offers no STARTTLS: clear text is chosen explicitly.
+    vars.insert("RELAY_USE_TLS".into(), "no".into());
     let relay = RelaySpec::new(Input::Env(vars)).start();
     relay_and_deliver(&relay, &sink, "envuser");
 }
@@ -150,4 +157,179 @@ fn wrong_password_is_deferred_not_delivered() {
     );
     assert!(relay.queued() >= 1, "the message stays queued");
     assert!(!sink.delivered_to("wrong@elsewhere.org"));
+}
+
+/// A scripted relayhost on loopback that offers AUTH but no STARTTLS, refuses every login and
+/// records every line it receives.
+struct FakeRelayhost {
+    addr: SocketAddr,
+    transcript: Arc<Mutex<String>>,
+}
+
+impl FakeRelayhost {
+    fn start() -> FakeRelayhost {
+        let listener =
+            TcpListener::bind(loopback(free_port())).expect("binding the fake relayhost");
+        let addr = listener.local_addr().unwrap();
+        let transcript = Arc::new(Mutex::new(String::new()));
+        let seen = transcript.clone();
+        // The thread ends with the test process; it only ever talks to the relay under test.
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut out = stream.try_clone().unwrap();
+                let _ = out.write_all(b"220 fake.test ESMTP\r\n");
+                for line in BufReader::new(stream).lines() {
+                    let Ok(line) = line else { break };
+                    seen.lock().unwrap().push_str(&format!("{line}\n"));
+                    let verb = line.split(' ').next().unwrap_or("").to_ascii_uppercase();
+                    let answer: &[u8] = match verb.as_str() {
+                        "EHLO" => b"250-fake.test\r\n250-AUTH PLAIN LOGIN\r\n250 8BITMIME\r\n",
+                        "AUTH" => b"535 5.7.8 Authentication failed\r\n",
+                        "QUIT" => b"221 2.0.0 Bye\r\n",
+                        _ => b"250 2.0.0 Ok\r\n",
+                    };
+                    let _ = out.write_all(answer);
+                    if verb == "QUIT" {
+                        break;
+                    }
+                }
+                seen.lock().unwrap().push_str("<closed>\n");
+            }
+        });
+        FakeRelayhost { addr, transcript }
+    }
+
+    fn transcript(&self) -> String {
+        self.transcript.lock().unwrap().clone()
+    }
+}
+
+/// Issue 13, point 2: with credentials and no TLS level, a relayhost that offers AUTH without
+/// STARTTLS never receives the password; the mail waits in the queue. (Before, the level was
+/// `may` and the relay sent `AUTH PLAIN <base64 of the password>`.)
+#[test]
+fn a_relayhost_without_starttls_never_receives_the_password() {
+    let fake = FakeRelayhost::start();
+    let password = "never-in-clear-text";
+    let mut spec = RelaySpec::new(Input::file(config(
+        fake.addr.port(),
+        Mode::AllowNetAuthNoDomain,
+    )));
+    let username = spec.write("relayhost/username", "user");
+    let password_file = spec.write("relayhost/password", password);
+    if let Input::File(cfg) = &mut spec.input {
+        cfg.relayhost.username_file = Some(username);
+        cfg.relayhost.password_file = Some(password_file);
+        cfg.relayhost.tls_level = None;
+    }
+    let relay = spec.start();
+    let mark = marker("no-starttls");
+    send(
+        relay.addr(),
+        NET_CLIENT,
+        None,
+        "app@example.net",
+        "someone@elsewhere.org",
+        &mark,
+    )
+    .expect("the relay itself accepts the message");
+    poll("the relay to defer the message", DEADLINE, || {
+        relay
+            .mail_log()
+            .lines()
+            .any(|l| l.contains("to=<someone@elsewhere.org>") && l.contains("status=deferred"))
+            .then_some(())
+    });
+    let transcript = fake.transcript();
+    assert!(
+        transcript.contains("EHLO"),
+        "the relay connected: {transcript}"
+    );
+    assert!(
+        !transcript.to_ascii_uppercase().contains("AUTH") && !transcript.contains(password),
+        "the relayhost got no AUTH command:\n{transcript}"
+    );
+    assert!(
+        relay
+            .mail_log()
+            .contains("TLS is required, but was not offered"),
+        "deferred for want of TLS"
+    );
+    assert!(relay.queued() >= 1, "the message stays queued");
+}
+
+/// An upstream relay like [`upstream`] that offers STARTTLS with a certificate from a test CA
+/// (and, like every relay with a certificate, AUTH only after it).
+fn tls_upstream(
+    sink: &Sink,
+    users: &[(&str, &str)],
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Relay {
+    let mut cfg = config(sink.port(), Mode::AllowAuthNoDomain);
+    cfg.networks.clear();
+    cfg.hostname = Some("upstream.example.net".into());
+    cfg.inbound_tls = Some(InboundTlsFile {
+        cert_file: cert.to_path_buf(),
+        key_file: key.to_path_buf(),
+    });
+    let mut spec = RelaySpec::new(Input::file(cfg));
+    let dir = spec.path("users");
+    SecretVolume::create(dir.clone(), users);
+    if let Input::File(cfg) = &mut spec.input {
+        cfg.sasl_users_dir = Some(dir);
+    }
+    spec.start()
+}
+
+/// Issue 13, point 2: a real relayhost over TLS. With credentials the default level
+/// (`encrypt`) logs in inside TLS; `verify` checks the relayhost against a CA given by file.
+#[test]
+fn credentials_travel_inside_tls_with_encrypt_and_verify() {
+    let sink = start_sink();
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = ca_signed_cert(certs.path());
+    let upstream = tls_upstream(&sink, &[("tlsuser", "tls pass")], &cert, &key);
+    for level in [None, Some(TlsLevel::Verify)] {
+        let mut spec = RelaySpec::new(Input::file(config(
+            upstream.addr().port(),
+            Mode::AllowNetAuthNoDomain,
+        )));
+        let username = spec.write("relayhost/username", "tlsuser");
+        let password_file = spec.write("relayhost/password", "tls pass");
+        if let Input::File(cfg) = &mut spec.input {
+            cfg.relayhost.username_file = Some(username);
+            cfg.relayhost.password_file = Some(password_file);
+            cfg.relayhost.tls_level = level;
+            // encrypt does not verify: the system CAs are left, and the session is "Untrusted".
+            cfg.relayhost.tls_ca_file = level.map(|_| ca.clone());
+            // Postfix logs how the TLS session was checked only from log level 1.
+            cfg.postconf.insert("smtp_tls_loglevel".into(), "1".into());
+        }
+        let relay = spec.start();
+        let tag = format!("tls-{}", level.map_or("default", TlsLevel::as_str));
+        relay_and_deliver(&relay, &sink, &tag);
+        let log = relay.mail_log();
+        let expected = match level {
+            None => "Untrusted TLS connection established to 127.0.0.1",
+            Some(_) => "Verified TLS connection established to 127.0.0.1",
+        };
+        assert!(log.contains(expected), "{tag}: {expected}:\n{log}");
+        let m = sink
+            .messages()
+            .into_iter()
+            .find(|m| m.rcpts.contains(&format!("{tag}@elsewhere.org")))
+            .unwrap();
+        assert!(
+            m.text.contains("with ESMTPSA"),
+            "{tag}: the upstream received it over TLS (S) after AUTH (A):\n{}",
+            m.text
+        );
+        assert!(
+            upstream
+                .mail_log()
+                .contains("sasl_username=tlsuser@example.net"),
+            "{tag}: logged in at the upstream"
+        );
+    }
 }

@@ -408,6 +408,24 @@ pub fn events_for(
     let old_ready = status::ready_condition(relay.status.as_ref());
     let new_ready = status::ready_condition(Some(new));
     let mut out = Vec::new();
+    let cleartext = |s: Option<&crate::crd::SmtpRelayStatus>| {
+        s.and_then(|s| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == status::RELAYHOST_PASSWORD_PROTECTED)
+        })
+        .filter(|c| c.status == "False")
+        .cloned()
+    };
+    if let (None, Some(c)) = (cleartext(relay.status.as_ref()), cleartext(Some(new))) {
+        out.push(Event {
+            type_: EventType::Warning,
+            reason: c.reason.clone(),
+            note: Some(truncate(&c.message, 1000)),
+            action: "Reconcile".into(),
+            secondary: None,
+        });
+    }
     match outcome {
         Outcome::InvalidSpec { .. } | Outcome::Unresolved { .. } | Outcome::NameConflict { .. } => {
             let changed = old_ready.map(|c| (&c.reason, &c.message))
@@ -1154,6 +1172,52 @@ mod tests {
             .expect("builds")
             .stateful_set;
         assert!(storage_change(&class, &base).is_some());
+    }
+
+    #[test]
+    fn cleartext_relayhost_password_is_flagged_once() {
+        use crate::crd::{CredentialsSecretRef, RelayhostTlsSpec, TlsLevelSpec};
+        let mut r = relay("r1");
+        r.spec.relayhost.credentials_secret_ref = Some(CredentialsSecretRef {
+            name: "login".into(),
+            username_key: "username".into(),
+            password_key: "password".into(),
+        });
+        let ok = Outcome::Applied {
+            config_hash: "h".into(),
+        };
+        let now = || Time(jiff::Timestamp::UNIX_EPOCH);
+        let cond = |s: &crate::crd::SmtpRelayStatus| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == status::RELAYHOST_PASSWORD_PROTECTED)
+                .map(|c| (c.status.clone(), c.reason.clone()))
+                .unwrap()
+        };
+        // Credentials and no level: encrypt, nothing to flag.
+        let s = status::compute(&r, &ok, Rollout::default(), now());
+        assert_eq!(cond(&s), ("True".into(), "TLSRequired".into()));
+        assert!(events_for(&r, &ok, &s)
+            .iter()
+            .all(|e| e.type_ != EventType::Warning));
+        // An explicit may with credentials: accepted, flagged by a condition and one Warning.
+        r.spec.relayhost.tls = Some(RelayhostTlsSpec {
+            level: Some(TlsLevelSpec::May),
+            ca_secret_key_ref: None,
+            ca_config_map_key_ref: None,
+        });
+        let s = status::compute(&r, &ok, Rollout::default(), now());
+        assert_eq!(cond(&s), ("False".into(), "CleartextAllowed".into()));
+        let warnings: Vec<_> = events_for(&r, &ok, &s)
+            .into_iter()
+            .filter(|e| e.type_ == EventType::Warning)
+            .collect();
+        assert_eq!(warnings.len(), 1);
+        assert_eq!(warnings[0].reason, "CleartextAllowed");
+        r.status = Some(s.clone());
+        assert!(events_for(&r, &ok, &s)
+            .iter()
+            .all(|e| e.type_ != EventType::Warning));
     }
 
     #[test]

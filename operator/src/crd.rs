@@ -66,11 +66,13 @@ pub struct SmtpRelaySpec {
     pub hostname: Option<String>,
 
     /// Client networks (CIDR, IPv4 or IPv6) allowed to relay without authentication (Postfix
-    /// `mynetworks`). Pod and node networks are not added implicitly.
+    /// `mynetworks`). Pod and node networks are not added implicitly. Networks covering every
+    /// address (0.0.0.0/0, ::/0) are refused: that is an open relay.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64), inner(length(max = 64)))]
     #[schemars(extend("x-kubernetes-validations" = [
-        {"rule": "self.all(n, isCIDR(n))", "message": "every network must be a CIDR such as 10.0.0.0/24 or fd00::/64"}
+        {"rule": "self.all(n, isCIDR(n))", "message": "every network must be a CIDR such as 10.0.0.0/24 or fd00::/64"},
+        {"rule": "self.all(n, !isCIDR(n) || cidr(n).prefixLength() > 0)", "message": "a network covering every address (0.0.0.0/0 or ::/0) would make an open relay"}
     ]))]
     pub networks: Vec<String>,
 
@@ -117,7 +119,9 @@ pub struct SmtpRelaySpec {
     /// Extra Postfix `main.cf` parameters, applied last so they override every generated value.
     /// Keys are Postfix parameter names (letters, digits and underscores, starting with a
     /// lowercase letter, e.g. `message_size_limit` or `smtp_tls_CAfile`). Values are strings:
-    /// quote `"yes"` and `"no"`, which YAML would otherwise read as booleans.
+    /// quote `"yes"` and `"no"`, which YAML would otherwise read as booleans. Parameters that
+    /// decide who may relay (`mynetworks`, `relay_domains`, `smtpd_*_restrictions`,
+    /// `smtpd_sasl_*`, `smtpd_tls_auth_only`, ...) are refused: set the field that owns them.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("maxProperties" = 64))]
     #[schemars(extend("x-kubernetes-validations" = [
@@ -279,9 +283,14 @@ fn default_password_key() -> String {
 ]))]
 pub struct RelayhostTlsSpec {
     /// Postfix `smtp_tls_security_level`: none, may (opportunistic), encrypt, dane, dane-only,
-    /// fingerprint, verify or secure.
-    #[serde(default)]
-    pub level: TlsLevelSpec,
+    /// fingerprint, verify or secure. Omitted: `encrypt` when `credentialsSecretRef` is set (the
+    /// password never crosses the network unencrypted), `may` otherwise. `none` or `may` with
+    /// credentials is accepted but reported by the `RelayhostPasswordProtected=False` condition
+    /// and a Warning Event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    // Omitted rather than null: a plain enum, like the other optional fields.
+    #[schemars(with = "TlsLevelSpec")]
+    pub level: Option<TlsLevelSpec>,
     /// PEM CA bundle used to verify the relayhost's certificate, from a Secret key. Defaults to
     /// the image's system CA bundle.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -429,6 +438,8 @@ pub struct ServiceSpec {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
     /// Cluster or Local; Local keeps client source addresses, which `networks` relies on.
+    /// Defaults to Local for NodePort and LoadBalancer: with Cluster, clients arriving through
+    /// another node appear with a node's address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external_traffic_policy: Option<TrafficPolicy>,
     /// Requested load balancer address, where the cloud supports it.

@@ -4,12 +4,17 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 
+use smtp_relay::settings::{self, TlsLevel};
+
 use crate::crd::{SmtpRelay, SmtpRelayStatus};
 
 pub const READY: &str = "Ready";
 pub const CONFIG_VALID: &str = "ConfigValid";
 pub const SECRETS_RESOLVED: &str = "SecretsResolved";
 pub const PROGRESSING: &str = "Progressing";
+/// False when the relayhost password may be sent unencrypted (credentials with an explicit TLS
+/// level of none or may): accepted, but the user should see it.
+pub const RELAYHOST_PASSWORD_PROTECTED: &str = "RelayhostPasswordProtected";
 
 /// What the reconcile did with the spec.
 #[derive(Debug, Clone, PartialEq)]
@@ -100,6 +105,43 @@ fn condition(
         last_transition_time: now.clone(),
         observed_generation: gen,
     }
+}
+
+/// Whether the relayhost password can only travel inside TLS; the rule is the relay image's.
+fn relayhost_password_condition(relay: &SmtpRelay, gen: Option<i64>, now: &Time) -> Condition {
+    let rh = &relay.spec.relayhost;
+    let explicit = rh.tls.as_ref().and_then(|t| t.level).map(TlsLevel::from);
+    let credentials = rh.credentials_secret_ref.is_some();
+    let level = settings::relayhost_tls(explicit, credentials);
+    let (ok, reason, message) = if !credentials {
+        (
+            true,
+            "NoCredentials",
+            "no relayhost credentials are configured".to_string(),
+        )
+    } else if settings::relayhost_password_in_clear(explicit, credentials) {
+        (
+            false,
+            "CleartextAllowed",
+            format!(
+                "spec.relayhost.tls.level is {level} with credentialsSecretRef: a relayhost that offers no STARTTLS, or anyone on the path, would receive the password; remove the level (the default with credentials is encrypt) or set encrypt or stronger"
+            ),
+        )
+    } else {
+        (
+            true,
+            "TLSRequired",
+            format!("the relayhost password is only sent inside TLS (level {level})"),
+        )
+    };
+    condition(
+        RELAYHOST_PASSWORD_PROTECTED,
+        Some(ok),
+        reason,
+        message,
+        gen,
+        now,
+    )
 }
 
 /// The status after a reconcile. `lastTransitionTime` is kept when a condition's status did not
@@ -239,7 +281,9 @@ pub fn compute(
         )
     };
 
-    let conditions = [ready, config_valid, secrets, progressing]
+    let password = relayhost_password_condition(relay, gen, &now);
+
+    let conditions = [ready, config_valid, secrets, progressing, password]
         .into_iter()
         .map(|mut c| {
             if let Some(prev) = old.conditions.iter().find(|p| p.type_ == c.type_) {

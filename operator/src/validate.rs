@@ -4,6 +4,7 @@
 //! the fix, and leaves the running relay untouched.
 
 use ipnet::IpNet;
+use smtp_relay::postfix::relay_guard;
 
 use crate::crd::SmtpRelaySpec;
 
@@ -44,13 +45,20 @@ pub fn validate_spec(spec: &SmtpRelaySpec) -> Result<(), String> {
             return Err(format!("spec.hostname {h:?} is not a DNS name"));
         }
     }
+    let mut networks = Vec::new();
     for n in &spec.networks {
-        if n.parse::<IpNet>().is_err() {
-            return Err(format!(
-                "spec.networks entry {n:?} is not a CIDR (e.g. 10.0.0.0/24 or fd00::/64)"
-            ));
+        match n.parse::<IpNet>() {
+            Ok(net) => networks.push(net),
+            Err(_) => {
+                return Err(format!(
+                    "spec.networks entry {n:?} is not a CIDR (e.g. 10.0.0.0/24 or fd00::/64)"
+                ))
+            }
         }
     }
+    // The relay image owns the rules on what may open the relay; the relay applies them again
+    // at start.
+    relay_guard::check_networks("spec.networks", &networks).map_err(|e| e.to_string())?;
     for d in &spec.relay_domains {
         if !is_domain(d) {
             return Err(format!(
@@ -125,6 +133,7 @@ pub fn validate_spec(spec: &SmtpRelaySpec) -> Result<(), String> {
                 "spec.postconf key {k:?} is not a Postfix parameter name (letters, digits, underscores, starting with a lowercase letter)"
             ));
         }
+        relay_guard::check_postconf(&format!("spec.postconf.{k}"), k).map_err(|e| e.to_string())?;
         if v.contains(['\n', '\r', '\0']) {
             return Err(format!(
                 "spec.postconf.{k} contains a line break; Postfix parameters are one line"
@@ -232,6 +241,28 @@ mod tests {
         .contains("line break"));
         assert!(err(|s| s.postmaster = Some("nobody".into())).contains("postmaster"));
         assert!(err(|s| s.storage.size = "lots".into()).contains("storage.size"));
+    }
+
+    #[test]
+    fn refuses_what_would_open_the_relay() {
+        let e = err(|s| s.networks = vec!["10.0.0.0/8".into(), "::/0".into()]);
+        assert!(
+            e.contains("spec.networks") && e.contains("every IPv6"),
+            "{e}"
+        );
+        for (key, owner) in [
+            ("mynetworks", "networks"),
+            ("smtpd_relay_restrictions", "customRestrictions"),
+            ("smtpd_sasl_security_options", "SASL users"),
+        ] {
+            let e = err(|s| {
+                s.postconf.insert(key.into(), "x".into());
+            });
+            assert!(
+                e.contains(&format!("spec.postconf.{key}")) && e.contains(owner),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::path::Path;
 
 use crate::error::{ConfigError, ConfigResult};
 use crate::inputs::{self, readable_file};
+use crate::postfix::relay_guard;
 use crate::settings::{Credentials, InboundTls, RelayPolicy, SaslUserSource, Settings, TlsLevel};
 use crate::validate;
 
@@ -37,6 +38,7 @@ pub fn settings(vars: &BTreeMap<String, String>, postfix_dir: &Path) -> ConfigRe
     let networks = list(get("RELAY_MYNETWORKS"))
         .map(|n| validate::network("RELAY_MYNETWORKS", n))
         .collect::<ConfigResult<Vec<_>>>()?;
+    relay_guard::check_networks("RELAY_MYNETWORKS", &networks)?;
     let mut relay_domains = list(get("RELAY_DOMAINS"))
         .map(|d| validate::domain("RELAY_DOMAINS", d))
         .collect::<ConfigResult<Vec<_>>>()?;
@@ -137,12 +139,14 @@ fn postconf(vars: &BTreeMap<String, String>) -> ConfigResult<BTreeMap<String, St
                 )
             })?;
             validate::postconf_name("RELAY_EXTRAS_SETTINGS", name)?;
+            relay_guard::check_postconf("RELAY_EXTRAS_SETTINGS", name)?;
             out.insert(name.to_string(), value.to_string());
         }
     }
     for (key, value) in vars {
         if let Some(name) = key.strip_prefix(POSTCONF_PREFIX) {
             validate::postconf_name(key, name)?;
+            relay_guard::check_postconf(key, name)?;
             validate::single_line(key, value)?;
             out.insert(name.to_string(), value.trim().to_string());
         }

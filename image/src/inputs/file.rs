@@ -6,6 +6,7 @@ use std::path::Path;
 use crate::config_file::RelayConfigFile;
 use crate::error::{ConfigError, ConfigResult};
 use crate::inputs::{self, env::checked_credentials, read_secret_file, readable_file};
+use crate::postfix::relay_guard;
 use crate::settings::{InboundTls, RelayPolicy, Relayhost, SaslUserSource, Settings};
 use crate::validate;
 
@@ -33,6 +34,7 @@ pub fn settings(file: &RelayConfigFile, origin: &str) -> ConfigResult<Settings> 
         .iter()
         .map(|n| validate::network(&field("networks"), n))
         .collect::<ConfigResult<Vec<_>>>()?;
+    relay_guard::check_networks(&field("networks"), &networks)?;
     let mut relay_domains = file
         .relay_domains
         .iter()
@@ -129,6 +131,7 @@ pub fn settings(file: &RelayConfigFile, origin: &str) -> ConfigResult<Settings> 
         .transpose()?;
     for (name, value) in &file.postconf {
         validate::postconf_name(&field("postconf"), name)?;
+        relay_guard::check_postconf(&field(&format!("postconf.{name}")), name)?;
         validate::single_line(&field(&format!("postconf.{name}")), value)?;
     }
 

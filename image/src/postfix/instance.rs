@@ -12,7 +12,7 @@ use nix::unistd::{Group, Pid, User};
 
 use crate::error::{ConfigError, RunError};
 use crate::postfix::layout::Layout;
-use crate::postfix::{main_cf, master_cf};
+use crate::postfix::{main_cf, master_cf, relay_guard};
 use crate::settings::Settings;
 
 pub const POSTFIX_USER: &str = "postfix";
@@ -53,7 +53,24 @@ pub fn write_config(settings: &Settings, layout: &Layout) -> Result<(), RunError
         None => remove_if_exists(&layout.relayhost_passwd())?,
     }
     check_postconf_names(settings, layout)?;
-    postfix(layout, &["check"])
+    postfix(layout, &["check"])?;
+    check_not_open(layout)
+}
+
+/// The last line of defence: whatever the inputs were, the configuration Postfix would run
+/// with must not let an anonymous outside client relay anywhere.
+fn check_not_open(layout: &Layout) -> Result<(), RunError> {
+    let mut args = vec!["-x"];
+    args.extend(relay_guard::Effective::PARAMETERS);
+    let effective = relay_guard::Effective::from_postconf(&postconf(layout, &args)?);
+    match relay_guard::open_relay(&effective) {
+        None => Ok(()),
+        Some(why) => Err(ConfigError::invalid(
+            format!("{} (postconf -x)", layout.main_cf().display()),
+            format!("refusing to start an open relay: {why}"),
+        )
+        .into()),
+    }
 }
 
 /// Parameters a user may override: everything Postfix itself knows (`postconf -d`).

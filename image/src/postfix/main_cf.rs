@@ -2,10 +2,12 @@
 
 use std::path::Path;
 
+use ipnet::IpNet;
+
 use crate::inputs::SYSTEM_CA_BUNDLE;
 use crate::postfix::layout::Layout;
 use crate::postfix::restrictions;
-use crate::settings::{Relayhost, SaslUserSource, Settings, TlsLevel};
+use crate::settings::{Relayhost, SaslUserSource, Settings};
 
 /// Debian's shared files (postfix-files, dynamicmaps.cf) stay where the package put them while
 /// the configuration lives elsewhere.
@@ -14,8 +16,11 @@ pub const META_DIRECTORY: &str = "/etc/postfix";
 /// The hashed certificate directory that holds [`SYSTEM_CA_BUNDLE`]'s certificates.
 pub const SYSTEM_CA_DIR: &str = "/etc/ssl/certs";
 
-/// Notices sent to the postmaster, as the original image configured them.
-const NOTIFY_CLASSES: &str = "bounce, 2bounce, data, delay, policy, protocol, resource, software";
+/// Notices sent to the postmaster: Postfix's own default, the problems only the postmaster can
+/// fix. The original image also sent `policy` and `protocol` (a transcript of every refused
+/// client), which lets anyone knocking at the relay double its traffic to the relayhost; the
+/// seed's list can be restored with `postconf: {notify_classes: ...}` (see the README).
+const NOTIFY_CLASSES: &str = "resource, software";
 
 /// `relayhost` as Postfix writes it: brackets turn off the MX lookup.
 pub fn relayhost_value(relayhost: &Relayhost) -> String {
@@ -23,6 +28,15 @@ pub fn relayhost_value(relayhost: &Relayhost) -> String {
         format!("{}:{}", relayhost.host, relayhost.port)
     } else {
         format!("[{}]:{}", relayhost.host, relayhost.port)
+    }
+}
+
+/// A network as mynetworks reads it: IPv6 addresses in brackets (`[fd00::]/64`). Unbracketed,
+/// Postfix takes `fd00::/64` for a `type:table` lookup and fails every client with 451.
+pub fn network_value(net: &IpNet) -> String {
+    match net {
+        IpNet::V4(v4) => v4.to_string(),
+        IpNet::V6(v6) => format!("[{}]/{}", v6.addr(), v6.prefix_len()),
     }
 }
 
@@ -36,12 +50,21 @@ pub fn parameters(s: &Settings, layout: &Layout) -> Vec<(String, String)> {
     p.set("maillog_file", "/dev/stdout");
     p.set("maillog_file_prefixes", "/var, /dev/stdout");
     p.set("inet_interfaces", "all");
+    // Both families, so an IPv6 or dual-stack pod is reachable (see master_cf::service_name),
+    // and IPv6 clients can be matched by mynetworks.
+    p.set("inet_protocols", "all");
     p.set("biff", "no");
     p.set("append_dot_mydomain", "no");
     p.set("readme_directory", "no");
     p.set("smtputf8_enable", "no");
     p.set("disable_vrfy_command", "yes");
     p.set("smtpd_banner", "$myhostname ESMTP $mail_name RELAY");
+    // SMTP smuggling: only <CR><LF>.<CR><LF> ends a message, a bare <LF> inside it is read as
+    // <CR><LF>. Postfix exempts $mynetworks by default, which for a relay is every client that
+    // matters, so the exemption list is emptied. `reject` (refuse any bare <LF>) is stricter
+    // but breaks applications that send mixed line endings; it stays a `postconf` choice.
+    p.set("smtpd_forbid_bare_newline", "normalize");
+    p.set("smtpd_forbid_bare_newline_exclusions", "");
 
     // Identity and what is relayed where.
     if let Some(hostname) = &s.hostname {
@@ -63,7 +86,7 @@ pub fn parameters(s: &Settings, layout: &Layout) -> Vec<(String, String)> {
         "mynetworks",
         s.networks
             .iter()
-            .map(ToString::to_string)
+            .map(network_value)
             .collect::<Vec<_>>()
             .join(", "),
     );
@@ -132,11 +155,18 @@ pub fn parameters(s: &Settings, layout: &Layout) -> Vec<(String, String)> {
             "smtp_sasl_password_maps",
             format!("texthash:{}", layout.relayhost_passwd().display()),
         );
-        p.set("smtp_sasl_security_options", "noanonymous");
+        // Plain-text mechanisms (PLAIN, LOGIN) only inside TLS, unless the user chose a level
+        // that allows a session without it (`none`, `may`): then the choice is theirs, and
+        // flagged (Settings::relayhost_password_in_clear).
+        let unencrypted = if s.relayhost_password_in_clear() {
+            "noanonymous"
+        } else {
+            "noanonymous, noplaintext"
+        };
+        p.set("smtp_sasl_security_options", unencrypted);
         p.set("smtp_sasl_tls_security_options", "noanonymous");
     }
-    let level = s.relayhost_tls_level.unwrap_or(TlsLevel::May);
-    p.set("smtp_tls_security_level", level.as_str());
+    p.set("smtp_tls_security_level", s.relayhost_tls().as_str());
     if s.relayhost.implicit_tls {
         p.set("smtp_tls_wrappermode", "yes");
     }
@@ -215,7 +245,7 @@ impl Params {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::settings::{Credentials, InboundTls, Mode, RelayPolicy};
+    use crate::settings::{Credentials, InboundTls, Mode, RelayPolicy, TlsLevel};
     use std::collections::BTreeMap;
     use std::path::PathBuf;
 
@@ -281,6 +311,15 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_networks_are_bracketed() {
+        let mut s = settings();
+        s.networks = vec!["fd00::/64".parse().unwrap(), "127.0.0.0/8".parse().unwrap()];
+        let p = parameters(&s, &layout());
+        assert_eq!(get(&p, "mynetworks"), Some("[fd00::]/64, 127.0.0.0/8"));
+        assert_eq!(get(&p, "inet_protocols"), Some("all"));
+    }
+
+    #[test]
     fn strict_sender_accepts_every_relay_domain() {
         let mut s = settings();
         s.strict_sender = true;
@@ -314,11 +353,46 @@ mod tests {
         assert_eq!(get(&p, "smtp_tls_CAfile"), Some("/ca.pem"));
         assert_eq!(get(&p, "smtpd_sasl_auth_enable"), Some("yes"));
         assert_eq!(get(&p, "smtpd_tls_auth_only"), Some("yes"));
+        assert_eq!(
+            get(&p, "smtp_sasl_security_options"),
+            Some("noanonymous, noplaintext")
+        );
+        assert_eq!(
+            get(&p, "smtp_sasl_tls_security_options"),
+            Some("noanonymous")
+        );
         assert_eq!(relayhost_passwd(&s).unwrap(), "[10.1.0.1]:25 u:p w}:,\n");
         assert!(
             !render(&p).contains("p w}"),
             "main.cf never holds the password"
         );
+    }
+
+    #[test]
+    fn credentials_default_to_encrypt_and_an_explicit_may_allows_plaintext() {
+        let mut s = settings();
+        assert_eq!(
+            get(&parameters(&s, &layout()), "smtp_tls_security_level"),
+            Some("may")
+        );
+        s.relayhost_credentials = Some(Credentials {
+            login: "u".into(),
+            password: "p".into(),
+        });
+        let p = parameters(&s, &layout());
+        assert_eq!(get(&p, "smtp_tls_security_level"), Some("encrypt"));
+        assert_eq!(
+            get(&p, "smtp_sasl_security_options"),
+            Some("noanonymous, noplaintext")
+        );
+        assert!(!s.relayhost_password_in_clear());
+        for level in [TlsLevel::None, TlsLevel::May] {
+            s.relayhost_tls_level = Some(level);
+            let p = parameters(&s, &layout());
+            assert_eq!(get(&p, "smtp_tls_security_level"), Some(level.as_str()));
+            assert_eq!(get(&p, "smtp_sasl_security_options"), Some("noanonymous"));
+            assert!(s.relayhost_password_in_clear());
+        }
     }
 
     #[test]

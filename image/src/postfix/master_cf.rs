@@ -40,12 +40,34 @@ pub fn render(layout: &Layout) -> String {
             cols[0], cols[1], cols[2], cols[3], cols[4], cols[5], cols[6], cols[7]
         ));
     };
-    line([&layout.listen, "inet", "n", "-", "n", "-", "-", "smtpd"]);
+    line([
+        &service_name(&layout.listen),
+        "inet",
+        "n",
+        "-",
+        "n",
+        "-",
+        "-",
+        "smtpd",
+    ]);
     for service in SERVICES {
         line(*service);
     }
     out
 }
+
+/// The smtpd service name for `listen`. `[::]:PORT` means every address of both families:
+/// Postfix then listens on 0.0.0.0 and :: (with `inet_protocols = all`), so the relay answers
+/// on IPv4, IPv6-only and dual-stack pods alike; naming an address binds that one only.
+pub fn service_name(listen: &str) -> String {
+    match listen.strip_prefix(ALL_ADDRESSES) {
+        Some(port) => port.to_string(),
+        None => listen.to_string(),
+    }
+}
+
+/// The `listen` prefix that means every address, IPv4 and IPv6 (the image's default).
+pub const ALL_ADDRESSES: &str = "[::]:";
 
 #[cfg(test)]
 mod tests {
@@ -70,5 +92,12 @@ mod tests {
             );
         }
         assert!(text.contains("postlogd"));
+    }
+
+    #[test]
+    fn the_unspecified_ipv6_address_means_both_families() {
+        assert_eq!(service_name("[::]:25"), "25");
+        assert_eq!(service_name("0.0.0.0:25"), "0.0.0.0:25");
+        assert_eq!(service_name("[::1]:2525"), "[::1]:2525");
     }
 }

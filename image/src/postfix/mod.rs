@@ -1,9 +1,11 @@
 //! Everything that knows Postfix: which parameters the settings become (`main_cf`), which
-//! services run (`master_cf`), what each relay mode means (`restrictions`), and how an instance
+//! services run (`master_cf`), what each relay mode means (`restrictions`), what may never open
+//! the relay (`relay_guard`), and how an instance
 //! is laid out on disk (`layout`) and controlled (`instance`).
 
 pub mod instance;
 pub mod layout;
 pub mod main_cf;
 pub mod master_cf;
+pub mod relay_guard;
 pub mod restrictions;

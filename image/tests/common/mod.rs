@@ -25,7 +25,7 @@ use lettre::Address;
 use nix::sys::signal::kill;
 use nix::unistd::Pid;
 use smtp_relay::config_file::{RelayConfigFile, RelayhostFile};
-use smtp_relay::settings::Mode;
+use smtp_relay::settings::{Mode, TlsLevel};
 use tempfile::TempDir;
 
 use smtp_relay_e2e::mail::{keep_if_failing, kill_master, spool_report, PortRange};
@@ -137,8 +137,9 @@ pub fn config(upstream_port: u16, mode: Mode) -> RelayConfigFile {
         relayhost: RelayhostFile {
             host: "127.0.0.1".into(),
             port: upstream_port,
-            // The relayhost is on loopback without TLS.
-            tls_level: None,
+            // The relayhost is on loopback without TLS: said explicitly, as the relay otherwise
+            // requires TLS once it has credentials for the relayhost.
+            tls_level: Some(TlsLevel::None),
             ..Default::default()
         },
         mode: Some(mode),
@@ -170,6 +171,8 @@ pub struct RelaySpec {
     pub dir: TempDir,
     pub input: Input,
     pub port: u16,
+    /// `RELAY_LISTEN` when not 127.0.0.1:`port` (e.g. `[::]:port`, both families).
+    pub listen: Option<String>,
     pub metrics_port: u16,
     pub reload_interval_secs: u64,
 }
@@ -181,6 +184,7 @@ impl RelaySpec {
             dir: tempfile::tempdir().expect("tempdir"),
             input,
             port: free_port(),
+            listen: None,
             metrics_port: free_port(),
             reload_interval_secs: 1,
         }
@@ -230,7 +234,12 @@ impl RelaySpec {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
-            .env("RELAY_LISTEN", self.addr().to_string())
+            .env(
+                "RELAY_LISTEN",
+                self.listen
+                    .clone()
+                    .unwrap_or_else(|| self.addr().to_string()),
+            )
             .env("RELAY_POSTFIX_DIR", self.postfix_dir())
             .env("RELAY_SPOOL_DIR", self.spool_dir())
             .env("RELAY_DATA_DIR", self.data_dir())
@@ -630,4 +639,72 @@ pub fn self_signed_cert(dir: &Path) -> (PathBuf, PathBuf) {
         String::from_utf8_lossy(&out.stderr)
     );
     (cert, key)
+}
+
+/// A test CA and a certificate it signed for `localhost` and 127.0.0.1 (also as a DNS name,
+/// which is how Postfix matches a `[127.0.0.1]` relayhost): (ca.crt, tls.crt, tls.key).
+pub fn ca_signed_cert(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let (ca, ca_key) = (dir.join("ca.crt"), dir.join("ca.key"));
+    let (cert, key, csr) = (
+        dir.join("tls.crt"),
+        dir.join("tls.key"),
+        dir.join("tls.csr"),
+    );
+    let ext = dir.join("tls.ext");
+    fs::write(
+        &ext,
+        "subjectAltName=DNS:localhost,DNS:127.0.0.1,IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\n",
+    )
+    .unwrap();
+    const EC: [&str; 5] = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let run = |cmd: &mut Command| {
+        let out = cmd.output().expect("running openssl");
+        assert!(
+            out.status.success(),
+            "openssl: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=smtp-relay test CA",
+        ])
+        .args(EC)
+        .args(["-addext", "basicConstraints=critical,CA:TRUE"])
+        .args(["-addext", "keyUsage=critical,keyCertSign,cRLSign"])
+        .arg("-keyout")
+        .arg(&ca_key)
+        .arg("-out")
+        .arg(&ca));
+    run(Command::new("openssl")
+        .args(["req", "-subj", "/CN=localhost"])
+        .args(EC)
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&csr));
+    run(Command::new("openssl")
+        .args(["x509", "-req", "-days", "2", "-CAcreateserial"])
+        .arg("-in")
+        .arg(&csr)
+        .arg("-CA")
+        .arg(&ca)
+        .arg("-CAkey")
+        .arg(&ca_key)
+        .arg("-extfile")
+        .arg(&ext)
+        .arg("-out")
+        .arg(&cert));
+    (ca, cert, key)
 }

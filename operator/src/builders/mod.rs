@@ -553,6 +553,28 @@ mod tests {
             Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String("smtp".into()))
         );
         assert_eq!(d.service.metadata.annotations.expect("ann")["a"], "b");
+        // NodePort and LoadBalancer default to Local (client addresses kept); ClusterIP has none.
+        r.spec.service =
+            serde_json::from_value(serde_json::json!({"type": "NodePort"})).expect("service spec");
+        let np = build_ok(&r, &Resolved::default())
+            .service
+            .spec
+            .expect("spec");
+        assert_eq!(np.external_traffic_policy.as_deref(), Some("Local"));
+        r.spec.service = serde_json::from_value(serde_json::json!({
+            "type": "LoadBalancer", "externalTrafficPolicy": "Cluster"
+        }))
+        .expect("service spec");
+        let lb = build_ok(&r, &Resolved::default())
+            .service
+            .spec
+            .expect("spec");
+        assert_eq!(lb.external_traffic_policy.as_deref(), Some("Cluster"));
+        let cip = build_ok(&relay("r1"), &Resolved::default())
+            .service
+            .spec
+            .expect("spec");
+        assert_eq!(cip.external_traffic_policy, None);
         let h = d.headless_service.spec.expect("spec");
         assert_eq!(h.cluster_ip.as_deref(), Some("None"));
         let names: Vec<_> = h

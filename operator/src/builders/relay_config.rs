@@ -24,7 +24,11 @@ pub fn relay_config_file(spec: &SmtpRelaySpec, resolved: &Resolved) -> RelayConf
         implicit_tls: spec.relayhost.implicit_tls,
         username_file: login.then(|| file(RELAYHOST_DIR, USERNAME_KEY)),
         password_file: login.then(|| file(RELAYHOST_DIR, PASSWORD_KEY)),
-        tls_level: spec.relayhost.tls.as_ref().map(|t| t.level.into()),
+        tls_level: spec
+            .relayhost
+            .tls
+            .as_ref()
+            .and_then(|t| t.level.map(Into::into)),
         tls_ca_file: resolved
             .relayhost_ca
             .is_some()

@@ -6,7 +6,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
 use super::{child_meta, selector_labels, Names, METRICS_PORT, SMTP_PORT};
-use crate::crd::{ServiceType, SmtpRelay};
+use crate::crd::{ServiceType, SmtpRelay, TrafficPolicy};
 use crate::Result;
 
 fn port(name: &str, port: i32) -> ServicePort {
@@ -32,10 +32,14 @@ pub fn service(relay: &SmtpRelay) -> Result<Service> {
             type_: Some(s.type_.as_str().into()),
             selector: Some(selector_labels(relay)),
             ports: Some(vec![port("smtp", s.port)]),
-            external_traffic_policy: s
-                .external_traffic_policy
-                .filter(|_| external)
-                .map(|p| p.as_str().into()),
+            // Local by default: with Cluster, kube-proxy rewrites the source address to a
+            // node's, and `networks` would be matching nodes instead of clients.
+            external_traffic_policy: external.then(|| {
+                s.external_traffic_policy
+                    .unwrap_or(TrafficPolicy::Local)
+                    .as_str()
+                    .into()
+            }),
             load_balancer_ip: s
                 .load_balancer_ip
                 .clone()

@@ -60,6 +60,13 @@ pub fn stateful_set(
     let mut pod_labels = spec.pod_labels.clone();
     pod_labels.extend(labels(relay, "relay"));
     let mut pod_annotations = spec.pod_annotations.clone();
+    // A service-mesh sidecar that intercepts SMTP makes every client appear as 127.0.0.x, which
+    // `networks` may trust; keep Istio and Linkerd off port 25 unless the user says otherwise.
+    for (key, value) in MESH_SKIP_SMTP {
+        pod_annotations
+            .entry(key.into())
+            .or_insert_with(|| value.into());
+    }
     pod_annotations.insert(CONFIG_HASH_ANNOTATION.into(), config_hash.into());
 
     let (volumes, volume_mounts) = volumes(&name, mounts);
@@ -197,7 +204,7 @@ fn container(relay: &SmtpRelay, volume_mounts: Vec<VolumeMount>, opts: &BuildOpt
             format!("{CONFIG_DIR}/{CONFIG_KEY}"),
         ]),
         env: Some(vec![
-            env("RELAY_LISTEN", format!("0.0.0.0:{SMTP_PORT}")),
+            env("RELAY_LISTEN", format!("[::]:{SMTP_PORT}")),
             env("RELAY_POSTFIX_DIR", format!("{RUN_DIR}/postfix")),
             env("RELAY_DATA_DIR", DATA_DIR.into()),
             env("RELAY_SPOOL_DIR", SPOOL_DIR.into()),
@@ -309,6 +316,12 @@ fn volumes(relay: &str, m: &Mounts) -> (Vec<Volume>, Vec<VolumeMount>) {
     (vols, mounts)
 }
 
+/// Pod annotations that keep Istio and Linkerd from intercepting the SMTP port.
+const MESH_SKIP_SMTP: [(&str, &str); 2] = [
+    ("traffic.sidecar.istio.io/excludeInboundPorts", "25"),
+    ("config.linkerd.io/skip-inbound-ports", "25"),
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -362,7 +375,7 @@ mod tests {
         assert_eq!(
             env,
             [
-                ("RELAY_LISTEN", "0.0.0.0:25"),
+                ("RELAY_LISTEN", "[::]:25"),
                 ("RELAY_POSTFIX_DIR", "/run/smtp-relay/postfix"),
                 ("RELAY_DATA_DIR", "/data"),
                 ("RELAY_SPOOL_DIR", "/var/spool/postfix"),
@@ -555,5 +568,27 @@ mod tests {
         let ann = meta.annotations.expect("ann");
         assert_eq!(ann["x"], "y");
         assert_eq!(ann[CONFIG_HASH_ANNOTATION], "realhash");
+    }
+
+    #[test]
+    fn service_meshes_are_kept_off_the_smtp_port_unless_overridden() {
+        let mut r = relay("r1");
+        let ann = |r: &SmtpRelay| {
+            stateful_set(r, &Mounts::default(), "h", &BuildOptions::default())
+                .expect("builds")
+                .spec
+                .expect("spec")
+                .template
+                .metadata
+                .expect("meta")
+                .annotations
+                .expect("ann")
+        };
+        let a = ann(&r);
+        assert_eq!(a["traffic.sidecar.istio.io/excludeInboundPorts"], "25");
+        assert_eq!(a["config.linkerd.io/skip-inbound-ports"], "25");
+        r.spec.pod_annotations =
+            BTreeMap::from([("config.linkerd.io/skip-inbound-ports".into(), "".into())]);
+        assert_eq!(ann(&r)["config.linkerd.io/skip-inbound-ports"], "");
     }
 }
