@@ -186,3 +186,56 @@ fn broken_update_keeps_the_old_config_and_a_good_one_is_applied() {
     let (status, _) = relay.stop();
     assert_eq!(status.code(), Some(0));
 }
+
+#[test]
+fn a_refused_update_changes_no_file_postfix_reads() {
+    // Postfix starts new smtpd processes all the time, and each reads main.cf afresh: a refused
+    // configuration left on disk would serve every new session although the relay "refused" it.
+    let sink = start_sink();
+    let spec = RelaySpec::new(Input::file(config(sink.port(), Mode::Strict)));
+    let relay = spec.start();
+    let main_cf = relay.spec().postfix_dir().join("main.cf");
+    let before = std::fs::read_to_string(&main_cf).unwrap();
+
+    // Valid input, but an open relay once Postfix reads it: refused by the effective check.
+    let Input::File(good) = relay.spec().input.clone() else {
+        unreachable!()
+    };
+    let mut open = good.clone();
+    open.mode = None;
+    open.custom_restrictions = Some(vec!["permit".into(), "reject".into()]);
+    write_atomically(
+        &relay.spec().config_path(),
+        &serde_yaml::to_string(&open).unwrap(),
+    );
+    poll(
+        "config_errors to count the refused update",
+        DEADLINE,
+        || (relay.metric("smtp_relay_config_errors_total") >= Some(1.0)).then_some(()),
+    );
+    assert!(
+        relay.output().contains("refusing to start an open relay"),
+        "refused by the effective check:\n{}",
+        relay.output()
+    );
+    assert_eq!(
+        std::fs::read_to_string(&main_cf).unwrap(),
+        before,
+        "main.cf is the last accepted one"
+    );
+    // Sessions on new smtpd processes (several connections, so more than the idle one) still
+    // refuse an outside client relaying to an outside domain.
+    for n in 0..3 {
+        let mark = marker(&format!("open-{n}"));
+        let sent = send(
+            relay.addr(),
+            OTHER_CLIENT,
+            None,
+            "app@example.net",
+            "victim@elsewhere.org",
+            &mark,
+        );
+        assert!(sent.is_err(), "relayed for an outsider: {sent:?}");
+    }
+    assert!(!sink.delivered_to("victim@elsewhere.org"));
+}

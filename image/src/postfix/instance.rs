@@ -18,8 +18,11 @@ use crate::settings::Settings;
 pub const POSTFIX_USER: &str = "postfix";
 const DAEMON_DIRECTORY: &str = "/usr/lib/postfix/sbin";
 
-/// Writes every configuration file of the instance and lets Postfix check it. Nothing is
-/// started; on error the caller exits before Postfix runs.
+/// Writes every configuration file of the instance, once Postfix has checked them. The files
+/// are first written to a candidate directory and checked there (`postfix check`, the
+/// parameter names, the open-relay check); only an accepted candidate replaces the live files,
+/// main.cf last. A refused one changes nothing Postfix reads: it starts new processes all the
+/// time, and each would read a refused main.cf left in place.
 pub fn write_config(settings: &Settings, layout: &Layout) -> Result<(), RunError> {
     for dir in [
         &layout.config_dir,
@@ -35,38 +38,87 @@ pub fn write_config(settings: &Settings, layout: &Layout) -> Result<(), RunError
     chown(&data, Some(postfix_uid), None)
         .map_err(RunError::io(format!("chown {}", data.display())))?;
 
-    write_file(&layout.master_cf(), &master_cf::render(layout), 0o644)?;
-    write_file(
-        &layout.main_cf(),
-        &main_cf::render(&main_cf::parameters(settings, layout)),
-        0o644,
-    )?;
-    write_file(&layout.routing_table(), main_cf::ROUTING_TABLE, 0o644)?;
-    write_file(
-        &layout.sasl_config_dir().join("smtpd.conf"),
-        &main_cf::smtpd_sasl_conf(layout),
-        0o644,
-    )?;
-    match main_cf::relayhost_passwd(settings) {
+    // Every file, with its contents for the live layout (main.cf names the live paths) and its
+    // mode; main.cf last, so a new process never reads a main.cf whose maps are not in place.
+    let sasl_conf = layout.sasl_config_dir().join("smtpd.conf");
+    let mut files = vec![
+        (layout.master_cf(), master_cf::render(layout), 0o644),
+        (
+            layout.routing_table(),
+            main_cf::ROUTING_TABLE.to_string(),
+            0o644,
+        ),
+        (sasl_conf, main_cf::smtpd_sasl_conf(layout), 0o644),
+    ];
+    let passwd = main_cf::relayhost_passwd(settings);
+    if let Some(text) = &passwd {
         // Read by the smtp client before it drops privileges, so root-only is enough.
-        Some(text) => write_file(&layout.relayhost_passwd(), &text, 0o600)?,
-        None => remove_if_exists(&layout.relayhost_passwd())?,
+        files.push((layout.relayhost_passwd(), text.clone(), 0o600));
     }
-    check_postconf_names(settings, layout)?;
-    postfix(layout, &["check"])?;
-    check_not_open(layout)
+    files.push((
+        layout.main_cf(),
+        main_cf::render(&main_cf::parameters(settings, layout)),
+        0o644,
+    ));
+
+    let candidate = Layout {
+        config_dir: layout.config_dir.join(".candidate"),
+        ..layout.clone()
+    };
+    let staged = |live: &Path| {
+        live.strip_prefix(&layout.config_dir)
+            .map(|rel| candidate.config_dir.join(rel))
+            .map_err(|_| RunError::Command {
+                command: "staging the configuration".into(),
+                detail: format!(
+                    "{} is outside {}",
+                    live.display(),
+                    layout.config_dir.display()
+                ),
+            })
+    };
+    remove_dir_if_exists(&candidate.config_dir)?;
+    fs::create_dir_all(candidate.sasl_config_dir()).map_err(RunError::io(format!(
+        "creating {}",
+        candidate.config_dir.display()
+    )))?;
+    for (live, text, mode) in &files {
+        write_file(&staged(live)?, text, *mode)?;
+    }
+    check_postconf_names(settings, &candidate)?;
+    postfix(&candidate, &["check"])?;
+    check_not_open(&candidate, &layout.main_cf())?;
+
+    for (live, _, _) in &files {
+        let from = staged(live)?;
+        fs::rename(&from, live).map_err(RunError::io(format!("installing {}", live.display())))?;
+    }
+    if passwd.is_none() {
+        remove_if_exists(&layout.relayhost_passwd())?;
+    }
+    remove_dir_if_exists(&candidate.config_dir)
+}
+
+fn remove_dir_if_exists(dir: &Path) -> Result<(), RunError> {
+    match fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(RunError::io(format!("removing {}", dir.display()))(e))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The last line of defence: whatever the inputs were, the configuration Postfix would run
 /// with must not let an anonymous outside client relay anywhere.
-fn check_not_open(layout: &Layout) -> Result<(), RunError> {
+/// `main_cf` is the file the message names (the candidate is checked before it replaces it).
+fn check_not_open(layout: &Layout, main_cf: &Path) -> Result<(), RunError> {
     let mut args = vec!["-x"];
     args.extend(relay_guard::Effective::PARAMETERS);
     let effective = relay_guard::Effective::from_postconf(&postconf(layout, &args)?);
     match relay_guard::open_relay(&effective) {
         None => Ok(()),
         Some(why) => Err(ConfigError::invalid(
-            format!("{} (postconf -x)", layout.main_cf().display()),
+            format!("{} (postconf -x)", main_cf.display()),
             format!("refusing to start an open relay: {why}"),
         )
         .into()),
