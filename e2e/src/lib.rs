@@ -24,3 +24,4 @@ pub mod tools;
 pub use controlplane::{ControlPlane, Error};
 pub mod mail;
 pub mod pod;
+pub mod user_path;

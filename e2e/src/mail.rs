@@ -70,6 +70,18 @@ pub fn free_port() -> u16 {
     PORTS.free_port()
 }
 
+/// A port from [`free_port`]'s range that is also free on `ip` (another address of this
+/// machine). Below the ephemeral range on purpose: a listener stopped and started again on it
+/// (a relayhost going down and up) never finds it taken by an outgoing connection.
+pub fn free_port_at(ip: Ipv4Addr) -> u16 {
+    loop {
+        let port = free_port();
+        if TcpListener::bind((ip, port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// True once `addr` accepts a connection and greets with 220.
 pub fn smtp_ready(addr: SocketAddr) -> bool {
     let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
@@ -109,7 +121,8 @@ impl Dumped {
     }
 }
 
-/// Postfix's `smtp-sink` on 127.0.0.1, writing each transaction to its own file.
+/// Postfix's `smtp-sink` (on 127.0.0.1 unless [`Sink::start_at`] says otherwise), writing each
+/// transaction to its own file.
 pub struct Sink {
     child: Child,
     pub addr: SocketAddr,
@@ -124,6 +137,12 @@ impl Sink {
 
     /// An smtp-sink on 127.0.0.1:`port`, listening within `timeout`, with no dump yet.
     pub fn start_on(port: u16, timeout: Duration) -> Result<Sink, String> {
+        Self::start_at(SocketAddr::from(([127, 0, 0, 1], port)), timeout)
+    }
+
+    /// An smtp-sink on `addr`, any address of this machine: e.g. the node IP, which pods
+    /// reach through the bridge while loopback stays theirs. Listening within `timeout`.
+    pub fn start_at(addr: SocketAddr, timeout: Duration) -> Result<Sink, String> {
         let dir = tempfile::Builder::new()
             .prefix("sink-")
             .tempdir()
@@ -131,7 +150,6 @@ impl Sink {
         // smtp-sink writes as the postfix user.
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777))
             .map_err(|e| e.to_string())?;
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let child = Command::new("smtp-sink")
             .args(["-u", "postfix", "-d"])
             .arg(dir.path().join("m."))

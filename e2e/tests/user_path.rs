@@ -1,0 +1,253 @@
+//! The user's path, end to end on the real node (issue 8): nothing emulated.
+//!
+//! 1. A node comes up ([`ControlPlane::with_node`]) and gets both images from their tarballs,
+//!    as a pull from the registry would give them.
+//! 2. `helm install` of the chart with its default values: the operator runs as a pod of its
+//!    image (the chart's ServiceAccount, RBAC, probes, security context) and its Deployment
+//!    becomes Ready.
+//! 3. In a namespace labelled Pod Security `baseline`, the chart's unauthenticated example
+//!    SmtpRelay, its relayhost an `smtp-sink` on the node IP and its networks holding the
+//!    address the relay sees for a client on the host.
+//! 4. The relay's StatefulSet pod runs Ready under the kubelet (its security context, startup,
+//!    readiness and liveness probes, volumes), its spool claim is Bound to a local volume, the
+//!    SmtpRelay says Ready=True.
+//! 5. The Service's name resolves at the cluster DNS to its ClusterIP, and a mail sent from the
+//!    host to ClusterIP:25 (through kube-proxy) is delivered at the sink.
+//! 6. A message queued while the relayhost is down survives the relay pod's deletion: the new
+//!    pod finds it on the same volume and delivers it once the relayhost is back.
+//! 7. The operator's pod deleted: its Deployment brings a new one, which leaves the running
+//!    relay alone and keeps its status right; mail still goes through.
+//!
+//! Needs root, the tools of `scripts/install-deps.sh` and the images of
+//! `scripts/build-images.sh`. One test: there is one node per machine.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use smtp_relay_e2e::mail::{self, smtp_ready};
+use smtp_relay_e2e::operator;
+use smtp_relay_e2e::user_path::{self, NODE_IP};
+use smtp_relay_e2e::ControlPlane;
+
+/// Generous: the machine has two cores, shared with builds.
+const WAIT: Duration = Duration::from_secs(180);
+const NS: &str = "mail";
+const RCPT: &str = "someone@example.net";
+const FROM: &str = "app@client.test";
+
+struct Phases {
+    begin: Instant,
+    last: Instant,
+}
+
+impl Phases {
+    fn done(&mut self, what: &str) {
+        eprintln!(
+            "[user_path] {what}: {:.1}s (total {:.1}s)",
+            self.last.elapsed().as_secs_f64(),
+            self.begin.elapsed().as_secs_f64()
+        );
+        self.last = Instant::now();
+    }
+}
+
+fn ok<T>(r: Result<T, String>) -> T {
+    r.unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn user_path_chart_operator_pod_relay_pod_and_mail_through_the_service() {
+    let mut phases = Phases {
+        begin: Instant::now(),
+        last: Instant::now(),
+    };
+    // Before the node: a missing image fails at once.
+    ok(user_path::image_tarballs());
+    let cp = ControlPlane::with_node().expect("control plane with a node starts");
+    phases.done("node Ready, DNS answering");
+    ok(user_path::import_images(&cp));
+    phases.done("images imported");
+
+    // 2. The chart, default values: the Deployment names the image imported above.
+    let release = user_path::install_chart(&cp);
+    let deployment =
+        operator::get_json(&cp, &release.namespace, "deployment", &release.release).unwrap();
+    let template = &deployment["spec"]["template"]["spec"];
+    assert_eq!(
+        template["containers"][0]["image"],
+        format!(
+            "ghcr.io/smtp-relay-operator/smtp-relay-operator:{}",
+            env!("CARGO_PKG_VERSION")
+        )
+    );
+    let operator_pod = ok(user_path::wait_operator_ready(&cp, &release, WAIT));
+    let pod = operator::get_json(&cp, &release.namespace, "pod", &operator_pod).unwrap();
+    assert_eq!(pod["spec"]["serviceAccountName"], release.service_account);
+    assert_eq!(pod["spec"]["securityContext"]["runAsNonRoot"], true);
+    phases.done("chart installed, operator pod Ready");
+
+    // 3. The relay, its relayhost a sink on the node IP.
+    operator::create_namespace(&cp, NS);
+    let sink_port = mail::free_port_at(NODE_IP);
+    let sink_addr = SocketAddr::from((NODE_IP, sink_port));
+    let sink = ok(user_path::node_sink(sink_port));
+    // A client on the host connects to the ClusterIP from the node IP (the Service route is on
+    // the bridge), and kube-proxy does not masquerade traffic from inside the cluster CIDR.
+    let client_network = format!("{NODE_IP}/32");
+    let (manifest, relay) = ok(user_path::example_relay(sink_addr, &client_network, true));
+    operator::apply(&cp, NS, &manifest);
+
+    // 4. Its pod Ready under the kubelet, the SmtpRelay Ready.
+    let pod = ok(user_path::wait_relay_ready(&cp, NS, &relay, WAIT));
+    let container = &pod["spec"]["containers"][0];
+    assert_eq!(
+        container["image"],
+        format!(
+            "ghcr.io/smtp-relay-operator/smtp-relay:{}",
+            env!("CARGO_PKG_VERSION")
+        ),
+        "the relay runs the chart's default relay image"
+    );
+    for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+        assert!(container[probe]["exec"].is_object(), "{probe} is set");
+    }
+    let status = &pod["status"]["containerStatuses"][0];
+    assert_eq!(status["restartCount"], 0, "{status}");
+    let (pvc, pv) = ok(user_path::relay_claim(&cp, NS, &relay));
+    let spool = user_path::volume_dir(&pv).expect("a hostPath volume");
+    assert!(
+        spool.starts_with(cp.dir()),
+        "{} is a local volume of the node",
+        spool.display()
+    );
+    assert_eq!(pv["spec"]["claimRef"]["name"], pvc["metadata"]["name"]);
+    let relay_uid = pod["metadata"]["uid"].as_str().unwrap().to_string();
+    phases.done("relay pod Ready, claim Bound, SmtpRelay Ready");
+
+    // 5. DNS, then a mail through the Service.
+    let ip = ok(user_path::cluster_ip(&cp, NS, &relay));
+    let resolved = ok(user_path::wait(
+        &cp,
+        NS,
+        WAIT,
+        "the Service's name at the cluster DNS",
+        || {
+            user_path::resolve_service(NS, &relay)
+                .ok()
+                .filter(|a| !a.is_empty())
+        },
+    ));
+    assert_eq!(resolved, vec![ip], "{relay}.{NS}.svc.cluster.local");
+    let service = SocketAddr::from((ip, 25));
+    // kube-proxy programs the endpoint shortly after the pod turns Ready.
+    ok(user_path::wait(
+        &cp,
+        NS,
+        WAIT,
+        "SMTP at the ClusterIP",
+        || smtp_ready(service).then_some(()),
+    ));
+    let first = mail::marker("user-path");
+    let reply = user_path::send_from_host(service, FROM, RCPT, &first);
+    let got = sink.wait_for(RCPT, &first, WAIT).unwrap_or_else(|e| {
+        panic!(
+            "{e}\nrelay answered: {reply:?}\n{}",
+            user_path::diagnose(&cp, NS)
+        )
+    });
+    // The relay's Received header names the client as it saw it: the node IP.
+    assert!(
+        got.text.contains(&format!("[{NODE_IP}]")),
+        "the relay saw the client as {NODE_IP}:\n{}",
+        got.headers()
+    );
+    phases.done("DNS answered, mail delivered through the Service");
+
+    // 6. The relayhost goes down; a message waits in the spool, on the volume.
+    drop(sink);
+    let queued = mail::marker("user-path-queued");
+    ok(user_path::send_from_host(service, FROM, RCPT, &queued));
+    let pod_name = format!("{relay}-0");
+    ok(user_path::wait(
+        &cp,
+        NS,
+        WAIT,
+        "the message deferred in the spool volume",
+        || {
+            (mail::queued(&spool) >= 1
+                && user_path::pod_logs(&cp, NS, &pod_name).contains("status=deferred"))
+            .then_some(())
+        },
+    ));
+    phases.done("relayhost down, message deferred on the volume");
+    cp.kubectl_ok(["delete", "pod", "-n", NS, &pod_name, "--wait=false"]);
+    let pod = ok(user_path::wait(
+        &cp,
+        NS,
+        WAIT,
+        "a new relay pod Ready",
+        || {
+            user_path::relay_ready(&cp, NS, &relay)
+                .filter(|p| p["metadata"]["uid"] != relay_uid.as_str())
+        },
+    ));
+    let (pvc_after, _) = ok(user_path::relay_claim(&cp, NS, &relay));
+    assert_eq!(
+        pvc_after["spec"]["volumeName"], pvc["spec"]["volumeName"],
+        "the new pod has the same volume"
+    );
+    phases.done("relay pod deleted, new pod Ready on the same volume");
+    let sink = ok(user_path::node_sink(sink_port));
+    sink.wait_for(RCPT, &queued, WAIT).unwrap_or_else(|e| {
+        panic!(
+            "{e}\nqueue: {}\n{}",
+            mail::spool_report(&spool),
+            user_path::diagnose(&cp, NS)
+        )
+    });
+    phases.done("relayhost back, the queued message delivered by the new pod");
+
+    // 7. The operator's pod goes away; the relay is left alone.
+    let relay_uid = pod["metadata"]["uid"].clone();
+    let sts_generation = |cp: &ControlPlane| -> Value {
+        operator::get_json(cp, NS, "statefulset", &relay).unwrap()["metadata"]["generation"].clone()
+    };
+    let generation = sts_generation(&cp);
+    cp.kubectl_ok([
+        "delete",
+        "pod",
+        "-n",
+        &release.namespace,
+        &operator_pod,
+        "--wait=false",
+    ]);
+    let new_operator = ok(user_path::wait(
+        &cp,
+        &release.namespace,
+        WAIT,
+        "a new operator pod Ready",
+        || user_path::operator_ready(&cp, &release).filter(|p| *p != operator_pod),
+    ));
+    phases.done("operator pod deleted, new one Ready");
+    let pod = ok(user_path::wait_relay_ready(&cp, NS, &relay, WAIT));
+    assert_eq!(
+        pod["metadata"]["uid"], relay_uid,
+        "the relay pod kept running"
+    );
+    assert_eq!(pod["status"]["containerStatuses"][0]["restartCount"], 0);
+    assert_eq!(
+        sts_generation(&cp),
+        generation,
+        "the StatefulSet is unchanged"
+    );
+    let after = mail::marker("user-path-after-operator");
+    ok(user_path::send_from_host(service, FROM, RCPT, &after));
+    ok(sink.wait_for(RCPT, &after, WAIT));
+    let logs = user_path::pod_logs(&cp, &release.namespace, &new_operator);
+    assert!(!logs.contains("Forbidden"), "operator log:\n{logs}");
+    phases.done("relay untouched, status Ready, mail delivered");
+    drop(sink);
+    drop(cp);
+    phases.done("node stopped");
+}
