@@ -2,6 +2,7 @@
 
 pub mod config_file;
 pub mod error;
+pub mod guard;
 pub mod inputs;
 pub mod liveness;
 pub mod metrics;

@@ -67,6 +67,16 @@ enum Command {
         #[arg(long, env = "RELAY_SPOOL_DIR", default_value = "/var/spool/postfix")]
         spool_dir: PathBuf,
     },
+    /// Stops the Postfix master if the supervisor dies without doing it (started by `run`).
+    #[command(hide = true)]
+    GuardMaster {
+        #[arg(long)]
+        master: i32,
+        #[arg(long)]
+        supervisor: i32,
+        #[arg(long, default_value_t = 60)]
+        stop_timeout: u64,
+    },
     /// Send a test message (replaces the original image's smtp_client.py).
     Send(SendArgs),
     /// List the SASL users registered in the relay's database (never their passwords).
@@ -170,6 +180,19 @@ fn main() -> ExitCode {
             let result = smtp_client::local_addresses(&address)
                 .and_then(|all| smtp_client::probe_any(&all, Duration::from_secs(timeout)));
             report(result.map(|()| "ok".to_string()))
+        }
+        Command::GuardMaster {
+            master,
+            supervisor,
+            stop_timeout,
+        } => {
+            let done = smtp_relay::guard::watch(
+                nix::unistd::Pid::from_raw(master),
+                nix::unistd::Pid::from_raw(supervisor),
+                Duration::from_secs(stop_timeout),
+            );
+            tracing::debug!("{done}");
+            ExitCode::SUCCESS
         }
         Command::Send(args) => report(send(args)),
         Command::Users { data_dir } => {

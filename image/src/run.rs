@@ -124,6 +124,10 @@ pub async fn run(opts: RunOptions) -> ExitCode {
             return ExitCode::from(exit::SETUP_FAILED);
         }
     };
+    if let Err(e) = instance::stop_leftover_master(layout, opts.stop_timeout) {
+        eprintln!("smtp-relay: {e}");
+        return ExitCode::from(exit::SETUP_FAILED);
+    }
     let mut master = match instance::spawn_master(layout) {
         Ok(child) => child,
         Err(e) => {
@@ -134,6 +138,15 @@ pub async fn run(opts: RunOptions) -> ExitCode {
     let Some(pid) = master.id() else {
         eprintln!("smtp-relay: the Postfix master exited at once");
         return ExitCode::from(exit::POSTFIX_DIED);
+    };
+    // Stops the master if this process dies without doing it; killed when dropped (the end
+    // of this function, after the master stopped).
+    let _guard = match instance::spawn_guard(pid, opts.stop_timeout) {
+        Ok(guard) => Some(guard),
+        Err(e) => {
+            tracing::warn!(error = %e, "no guard for the master: it would outlive a killed supervisor");
+            None
+        }
     };
     metrics.postfix_up.set(1);
     tracing::info!(pid, listen = %layout.listen, mode = ?applied.settings.policy, "postfix started");

@@ -293,3 +293,79 @@ fn liveness_needs_no_smtp_session_and_fails_without_the_master() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("Postfix master"), "{err}");
 }
+
+#[test]
+fn the_master_never_outlives_its_supervisor() {
+    let sink = start_sink();
+    let relay = RelaySpec::new(Input::file(config(sink.port(), Mode::Strict))).start();
+    let master = relay.master_pid().expect("master.pid");
+    // SIGKILL of smtp-relay alone: no chance to stop Postfix itself.
+    kill(Pid::from_raw(relay.pid() as i32), Signal::SIGKILL).expect("kill smtp-relay");
+    poll("the master to stop with its supervisor", DEADLINE, || {
+        (!process_alive(master)).then_some(())
+    });
+    // And a relay on the same spool starts and relays.
+    let (_, spec) = relay.stop();
+    let relay = spec.start();
+    let mark = marker("after-kill");
+    send(
+        relay.addr(),
+        NET_CLIENT,
+        None,
+        "app@example.net",
+        "after@example.net",
+        &mark,
+    )
+    .unwrap();
+    sink.wait_for("after@example.net", &mark, DEADLINE).unwrap();
+}
+
+#[test]
+fn a_master_left_running_on_the_spool_is_stopped_and_the_relay_starts() {
+    let sink = start_sink();
+    let relay = RelaySpec::new(Input::file(config(sink.port(), Mode::Strict))).start();
+    let (status, spec) = relay.stop();
+    assert_eq!(status.code(), Some(0));
+    // A master on this spool that no smtp-relay supervises (as an older supervisor killed
+    // outright left behind), serving the port.
+    let mut orphan = Command::new("/usr/lib/postfix/sbin/master")
+        .arg("-c")
+        .arg(spec.postfix_dir())
+        .spawn()
+        .expect("starting a Postfix master by hand");
+    poll("the unsupervised master to serve", DEADLINE, || {
+        smtp_ready(spec.addr()).then_some(())
+    });
+    let orphan_pid = master_pid(&spec.spool_dir()).expect("master.pid");
+
+    // The orphan answers on the relay's port, so start() returns at once: wait for the
+    // relay's own master.
+    let relay = spec.start();
+    poll("the relay to run its own master", DEADLINE, || {
+        relay
+            .master_pid()
+            .filter(|pid| *pid != orphan_pid && process_alive(*pid))
+    });
+    assert!(
+        !process_alive(orphan_pid),
+        "the unsupervised master is gone"
+    );
+    let _ = orphan.wait();
+    assert!(
+        relay.output().contains("left by an earlier supervisor"),
+        "the relay says what it found:\n{}",
+        relay.output()
+    );
+    let mark = marker("after-orphan");
+    send(
+        relay.addr(),
+        NET_CLIENT,
+        None,
+        "app@example.net",
+        "orphan@example.net",
+        &mark,
+    )
+    .unwrap();
+    sink.wait_for("orphan@example.net", &mark, DEADLINE)
+        .unwrap();
+}

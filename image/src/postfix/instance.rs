@@ -156,7 +156,7 @@ fn check_postconf_names(settings: &Settings, layout: &Layout) -> Result<(), RunE
 }
 
 /// Starts the master in the foreground, its stdout (where postlogd writes the mail log) piped
-/// to the caller.
+/// to the caller. Pair it with [`spawn_guard`], so that it never outlives the supervisor.
 pub fn spawn_master(layout: &Layout) -> Result<tokio::process::Child, RunError> {
     // Postfix re-reads main.cf when it looks freshly written; an older time skips that wait.
     let main_cf = fs::File::options()
@@ -176,6 +176,83 @@ pub fn spawn_master(layout: &Layout) -> Result<tokio::process::Child, RunError> 
         .kill_on_drop(true)
         .spawn()
         .map_err(RunError::io(format!("starting {}", master.display())))
+}
+
+/// Starts `smtp-relay guard-master` (see [`crate::guard`]) for the master `master_pid`: when
+/// this process dies, even by SIGKILL, the guard stops the master, which would otherwise run
+/// on unsupervised, holding the spool, so that the next relay on it could not start. (A
+/// parent-death signal on the master itself does not hold: the kernel clears it when the
+/// master changes its effective ids while it sets itself up.) The guard is killed when the
+/// returned child is dropped.
+pub fn spawn_guard(
+    master_pid: u32,
+    stop_timeout: Duration,
+) -> Result<tokio::process::Child, RunError> {
+    let exe = std::env::current_exe().map_err(RunError::io("finding smtp-relay's own path"))?;
+    tokio::process::Command::new(&exe)
+        .arg("guard-master")
+        .arg("--master")
+        .arg(master_pid.to_string())
+        .arg("--supervisor")
+        .arg(std::process::id().to_string())
+        .arg("--stop-timeout")
+        .arg(stop_timeout.as_secs().to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(RunError::io(format!(
+            "starting {} guard-master",
+            exe.display()
+        )))
+}
+
+/// A Postfix master still running on this spool, left by a supervisor that died without
+/// taking it along (an earlier version, or a master started by hand): stops it, so the relay
+/// can start on its spool. A stale `master.pid` (no such master) is only reported; Postfix
+/// replaces it. Returns the pid of the master that was stopped.
+pub fn stop_leftover_master(layout: &Layout, timeout: Duration) -> Result<Option<i32>, RunError> {
+    let Some(pid) = fs::read_to_string(layout.master_pid())
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+    else {
+        return Ok(None);
+    };
+    if !master_on_spool(pid, &layout.spool_dir) {
+        tracing::info!(pid, "stale master.pid on the spool: that master is gone");
+        return Ok(None);
+    }
+    tracing::warn!(
+        pid,
+        "a Postfix master left by an earlier supervisor still runs on this spool; stopping it before starting"
+    );
+    let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+    let start = std::time::Instant::now();
+    while master_on_spool(pid, &layout.spool_dir) {
+        if start.elapsed() > timeout {
+            tracing::warn!(
+                pid,
+                ?timeout,
+                "the leftover master did not stop; killing it"
+            );
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(Some(pid))
+}
+
+/// `pid` is a live (not zombie) Postfix master whose working directory is `spool` (the master
+/// works in its queue directory).
+fn master_on_spool(pid: i32, spool: &Path) -> bool {
+    let proc = Path::new("/proc").join(pid.to_string());
+    let comm = fs::read_to_string(proc.join("comm")).unwrap_or_default();
+    let zombie = fs::read_to_string(proc.join("stat")).is_ok_and(|s| s.contains(") Z "));
+    let cwd = fs::read_link(proc.join("cwd")).ok();
+    let spool = fs::canonicalize(spool).ok();
+    comm.trim() == "master" && !zombie && cwd.is_some() && cwd == spool
 }
 
 /// Asks a running master to re-read its configuration; the queue and connections stay.

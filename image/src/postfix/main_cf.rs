@@ -46,6 +46,9 @@ pub fn parameters(s: &Settings, layout: &Layout) -> Vec<(String, String)> {
     p.set("compatibility_level", "3.6");
     p.set("queue_directory", layout.spool_dir.display());
     p.set("data_directory", layout.postfix_data_dir().display());
+    // Queue IDs unique across instances and time (not derived from the inode number), so a
+    // spool's messages can be moved to or drained by another instance without clashing.
+    p.set("enable_long_queue_ids", "yes");
     p.set("meta_directory", META_DIRECTORY);
     p.set("maillog_file", "/dev/stdout");
     p.set("maillog_file_prefixes", "/var, /dev/stdout");
@@ -294,6 +297,8 @@ mod tests {
     fn strict_mode_relay() {
         let p = parameters(&settings(), &layout());
         assert_eq!(get(&p, "relayhost"), Some("[10.1.0.1]:25"));
+        // Queue IDs that stay unique when a spool is drained by another instance.
+        assert_eq!(get(&p, "enable_long_queue_ids"), Some("yes"));
         assert_eq!(get(&p, "mydestination"), Some(""));
         assert_eq!(get(&p, "mynetworks"), Some("10.0.0.0/24"));
         assert_eq!(get(&p, "relay_domains"), Some("example.net, example.org"));
