@@ -15,8 +15,9 @@
 //!    host to ClusterIP:25 (through kube-proxy) is delivered at the sink.
 //! 6. A message queued while the relayhost is down survives the relay pod's deletion: the new
 //!    pod finds it on the same volume and delivers it once the relayhost is back.
-//! 7. The operator's pod deleted: its Deployment brings a new one, which leaves the running
-//!    relay alone and keeps its status right; mail still goes through.
+//! 7. The operator's pod deleted: its Deployment brings a new one, which reconciles the relay
+//!    (its `/metrics`, scraped through the chart's metrics Service), leaves the running relay
+//!    alone and keeps its status right; mail still goes through.
 //!
 //! Needs root, the tools of `scripts/install-deps.sh` and the images of
 //! `scripts/build-images.sh`. One test: there is one node per machine.
@@ -229,7 +230,27 @@ fn user_path_chart_operator_pod_relay_pod_and_mail_through_the_service() {
         "a new operator pod Ready",
         || user_path::operator_ready(&cp, &release).filter(|p| *p != operator_pod),
     ));
-    phases.done("operator pod deleted, new one Ready");
+    // The new pod reconciled the relay (a controller reconciles everything it finds when it
+    // starts), without a failure: its counters, scraped through the chart's metrics Service
+    // (which now has only the new pod behind it).
+    let metrics = ok(user_path::wait(
+        &cp,
+        &release.namespace,
+        WAIT,
+        "the new operator's first reconcile in its /metrics",
+        || {
+            let text = user_path::operator_metrics(&cp, &release).ok()?;
+            (user_path::metric(&text, "smtp_relay_operator_reconciles_total")? >= 1.0)
+                .then_some(text)
+        },
+    ));
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("smtp_relay_operator_reconcile_failures_total{")),
+        "no failed reconcile:\n{metrics}"
+    );
+    phases.done("operator pod deleted, new one Ready and reconciling");
     let pod = ok(user_path::wait_relay_ready(&cp, NS, &relay, WAIT));
     assert_eq!(
         pod["metadata"]["uid"], relay_uid,
