@@ -780,6 +780,40 @@ fn bad_references(ctx: &mut Ctx) {
         "status keeps the running hash"
     );
     wait_warning_event(ctx, ns, name, "SecretNotFound", "rotated-login");
+    // A second missing Secret: same reason, another message, and the Event says so (not the
+    // first Secret's name, as a series of the first Event would).
+    ctx.cp.kubectl_ok([
+        "patch",
+        "smtprelay",
+        name,
+        "-n",
+        ns,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"relayhost":{"credentialsSecretRef":{"name":"misspelt-login"}}}}"#,
+    ]);
+    let r = ctx
+        .op
+        .wait_for(CONVERGE, "status naming misspelt-login", || {
+            let r = ctx.relay(ns, name);
+            condition(&r, "Ready")?["message"]
+                .as_str()?
+                .contains("misspelt-login")
+                .then_some(r)
+        });
+    assert_eq!(condition(&r, "Ready").unwrap()["reason"], "SecretNotFound");
+    wait_warning_event(ctx, ns, name, "SecretNotFound", "misspelt-login");
+    ctx.cp.kubectl_ok([
+        "patch",
+        "smtprelay",
+        name,
+        "-n",
+        ns,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"relayhost":{"credentialsSecretRef":{"name":"rotated-login"}}}}"#,
+    ]);
+    ctx.wait_ready_reason(ns, name, &["SecretNotFound"]);
 
     // 2. The Secret appears without the password key.
     operator::apply(

@@ -45,7 +45,7 @@ pub const APPLIED_HASH_ANNOTATION: &str = "smtprelay.dev/applied-hash";
 /// Shared state of the reconciles.
 pub struct Context {
     pub client: Client,
-    pub recorder: Recorder,
+    reporter: Reporter,
     pub metrics: Arc<Metrics>,
     pub opts: BuildOptions,
     failures: Mutex<HashMap<ObjectRef<SmtpRelay>, u32>>,
@@ -63,12 +63,23 @@ impl Context {
             instance,
         };
         Context {
-            recorder: Recorder::new(client.clone(), reporter),
+            reporter,
             client,
             metrics,
             opts,
             failures: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Publishes `ev` as an Event of its own. [`events_for`] already publishes only on
+    /// transitions; kube-runtime's Recorder would also fold every Event with the same reason
+    /// into one series that keeps the first note, so a second, different problem (another
+    /// missing Secret) would show the first one's message in `kubectl describe`. A Recorder
+    /// per Event has no series to fold into.
+    async fn publish(&self, ev: &Event, relay: &SmtpRelay) -> kube::Result<()> {
+        Recorder::new(self.client.clone(), self.reporter.clone())
+            .publish(ev, &relay.object_ref(&()))
+            .await
     }
 
     fn reset_backoff(&self, relay: &SmtpRelay) {
@@ -529,7 +540,7 @@ pub async fn reconcile(relay: Arc<SmtpRelay>, ctx: Arc<Context>) -> Result<Actio
     let now = Time(jiff::Timestamp::now());
     let new_status = status::compute(&relay, &outcome, rollout, now);
     for ev in events_for(&relay, &outcome, &new_status) {
-        if let Err(e) = ctx.recorder.publish(&ev, &relay.object_ref(&())).await {
+        if let Err(e) = ctx.publish(&ev, &relay).await {
             warn!(relay = %name, error = %e, "publishing event failed");
         }
     }
