@@ -1005,6 +1005,15 @@ spec:
         &ctx.must(ns, "configmap", "clash-config"),
         &r
     ));
+    // The spec sets no mode: the Mode column shows the one in force, not a blank.
+    assert_eq!(r["status"]["mode"], "Strict");
+    let table = ctx.cp.kubectl_ok(["get", "smtpr", name, "-n", ns]);
+    let (head, row) = table.trim().split_once('\n').expect("a header and a row");
+    let mode_at = head.find("MODE").expect("a MODE column");
+    assert!(
+        row.get(mode_at..).is_some_and(|r| r.starts_with("Strict")),
+        "kubectl get shows the mode in force:\n{table}"
+    );
     ctx.cp
         .kubectl_ok(["delete", "namespace", ns, "--wait=false"]);
 }

@@ -41,7 +41,7 @@ pub const EMAIL_PATTERN: &str = r"^[^@\s]+@[^@\s]+$";
     doc = "SmtpRelay runs a secure, durable Postfix relay that accepts mail from allowed networks and SASL users and forwards it to one relayhost.",
     printcolumn = r#"{"name":"Domain","type":"string","jsonPath":".spec.domain"}"#,
     printcolumn = r#"{"name":"Relayhost","type":"string","jsonPath":".spec.relayhost.host"}"#,
-    printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".spec.mode"}"#,
+    printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".status.mode"}"#,
     printcolumn = r#"{"name":"Ready Replicas","type":"integer","jsonPath":".status.readyReplicas"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
@@ -541,9 +541,21 @@ pub struct SmtpRelayStatus {
     /// Hash of the applied configuration (the pods' `smtprelay.dev/config-hash`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_hash: Option<String>,
+    /// The relay mode of the applied configuration: `spec.mode`, `Strict` when neither it nor
+    /// `customRestrictions` is set, `Custom` with `customRestrictions`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
 }
 
 impl SmtpRelaySpec {
+    /// The mode in force as status shows it: the mode's name, or `Custom`.
+    pub fn mode_in_force(&self) -> String {
+        match self.effective_mode() {
+            Some(m) => format!("{m:?}"),
+            None => "Custom".into(),
+        }
+    }
+
     /// The named mode in force (Strict when neither mode nor customRestrictions is set).
     pub fn effective_mode(&self) -> Option<RelayMode> {
         match (&self.mode, &self.custom_restrictions) {
@@ -592,9 +604,13 @@ mod tests {
         }))
         .expect("spec");
         assert_eq!(spec.effective_mode(), Some(RelayMode::Strict));
+        assert_eq!(spec.mode_in_force(), "Strict");
         spec.custom_restrictions = Some(vec!["reject".into()]);
         assert_eq!(spec.effective_mode(), None);
+        assert_eq!(spec.mode_in_force(), "Custom");
         spec.mode = Some(RelayMode::AllowAuthNoDomain);
         assert_eq!(spec.effective_mode(), Some(RelayMode::AllowAuthNoDomain));
+        // The names users write in spec.mode.
+        assert_eq!(spec.mode_in_force(), "AllowAuthNoDomain");
     }
 }

@@ -305,6 +305,11 @@ pub fn compute(
             Outcome::Applied { config_hash } => Some(config_hash.clone()),
             _ => old.config_hash,
         },
+        // Like the hash: what runs, so a rejected spec does not change it.
+        mode: match outcome {
+            Outcome::Applied { .. } => Some(relay.spec.mode_in_force()),
+            _ => old.mode,
+        },
     }
 }
 
