@@ -1,35 +1,41 @@
-//! The whole project on this machine, end to end, for a newcomer: a real Kubernetes control
-//! plane, the Helm chart, the operator (as the chart's ServiceAccount), the chart's
-//! authenticated-proxy example SmtpRelay, its relay pod run for real (this machine plays the
-//! kubelet), and one mail through it to a sink, shown as received.
+//! The whole project on this machine, end to end, for a newcomer: the user's path on a real
+//! single-node Kubernetes (etcd, kube-apiserver, controller manager, scheduler, kubelet on
+//! containerd, kube-proxy, CoreDNS). Both images imported as a registry would serve them,
+//! `helm install` of the chart with its default values (the operator runs as a pod), the
+//! chart's unauthenticated example SmtpRelay (its relayhost a sink on this machine), its relay
+//! pod Ready under the kubelet, one mail sent to the relay's Service and shown delivered. The
+//! same steps as `e2e/tests/user_path.rs`, from `smtp_relay_e2e::user_path`.
 //!
-//! `scripts/demo.sh` builds everything and runs it; by hand:
+//! `scripts/demo.sh` installs and builds everything (tools, binaries, images) and runs it; by
+//! hand:
 //!
 //! ```sh
-//! scripts/install-deps.sh && cargo build --workspace --bins
-//! cargo run -p smtp-relay-e2e --bin demo
+//! scripts/install-deps.sh && scripts/build-images.sh
+//! cargo run -p smtp-relay-e2e --bin demo [-- --keep]
 //! ```
 //!
-//! Builds nothing itself. Needs root and Postfix (`apt-get install postfix sasl2-bin
-//! libsasl2-modules`). Exits 0 when the mail arrived and everything stopped cleanly, 1 otherwise
-//! (with the failing step named). `E2E_KEEP_DIRS=1` keeps the state directories.
+//! `--keep` leaves everything running after the mail and prints the KUBECONFIG to explore it
+//! with kubectl; Ctrl-C (or SIGTERM) then tears it down. Builds nothing itself. Needs root (the
+//! node). Exits 0 when the mail arrived and everything stopped, 1 otherwise (with the failing
+//! step named).
 
-use std::fs;
-use std::io::Read;
+use std::net::SocketAddr;
 use std::panic::{self, AssertUnwindSafe};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::{SigSet, Signal};
 use serde_json::Value;
-use smtp_relay_e2e::mail::{self, marker, smtp_relay_send, Sink, Upstream};
-use smtp_relay_e2e::operator::{self, Operator, OperatorOptions};
-use smtp_relay_e2e::pod::Kubelet;
+use smtp_relay_e2e::mail::{self, smtp_ready};
+use smtp_relay_e2e::operator;
+use smtp_relay_e2e::user_path::{self, NODE_IP};
 use smtp_relay_e2e::{tools, ControlPlane};
 
 const NS: &str = "mail";
-const EXAMPLE: &str = "charts/smtp-relay-operator/examples/authenticated-proxy.yaml";
-const DEADLINE: Duration = Duration::from_secs(90);
+const DEADLINE: Duration = Duration::from_secs(180);
 const STEPS: usize = 9;
+const RCPT: &str = "someone@example.net";
+const FROM: &str = "app@client.test";
 
 struct Demo {
     start: Instant,
@@ -64,30 +70,19 @@ fn say(text: &str) {
     }
 }
 
-/// A random password (hex), so the demo never uses the example's placeholders.
-fn random_password() -> Result<String, String> {
-    let mut bytes = [0u8; 12];
-    fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .map_err(|e| format!("reading /dev/urandom: {e}"))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
 fn check_prerequisites() -> Result<(), String> {
     if !nix::unistd::Uid::effective().is_root() {
-        return Err("run the demo as root: the relay pod runs Postfix and mount namespaces".into());
+        return Err("run the demo as root: the node (containerd, kubelet, bridge) needs it".into());
     }
-    for tool in ["postfix", "smtp-sink", "saslpasswd2", "unshare", "nsenter"] {
-        let found = ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
-            .iter()
-            .any(|d| std::path::Path::new(d).join(tool).exists());
-        if !found {
-            return Err(format!(
-                "{tool} is missing: apt-get install postfix sasl2-bin libsasl2-modules util-linux"
-            ));
-        }
-    }
-    for tool in ["controlplane", "kubectl", "helm"] {
+    for tool in [
+        "controlplane",
+        "kubectl",
+        "helm",
+        "kubelet",
+        "kube-proxy",
+        "coredns",
+        "pause.tar",
+    ] {
         let path = tools::workspace_root().join(".cache/bin").join(tool);
         if !path.is_file() {
             return Err(format!(
@@ -96,147 +91,24 @@ fn check_prerequisites() -> Result<(), String> {
             ));
         }
     }
-    for bin in ["smtp-relay", "smtp-relay-operator"] {
-        // target_bin panics with the fix; check first for a plain message.
-        let found = panic::catch_unwind(|| tools::target_bin(bin)).is_ok();
-        if !found {
-            return Err(format!(
-                "{bin} is not built: run `cargo build --workspace --bins` first"
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// The chart's example as YAML documents.
-fn load_example() -> Result<Vec<serde_yaml::Value>, String> {
-    let path = tools::workspace_root().join(EXAMPLE);
-    let text = fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut docs = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(&text) {
-        docs.push(serde::Deserialize::deserialize(doc).map_err(|e| format!("{EXAMPLE}: {e}"))?);
-    }
-    Ok(docs)
-}
-
-/// The name of the relayhost credentials Secret and the login in it.
-fn example_relayhost_login(docs: &[serde_yaml::Value]) -> Result<(String, String), String> {
-    let secret = docs
+    if !["/usr/sbin/smtp-sink", "/usr/bin/smtp-sink"]
         .iter()
-        .find(|d| d["kind"] == "SmtpRelay")
-        .and_then(|d| d["spec"]["relayhost"]["credentialsSecretRef"]["name"].as_str())
-        .ok_or(format!(
-            "{EXAMPLE} has no SmtpRelay with relayhost credentials"
-        ))?;
-    let login = docs
-        .iter()
-        .find(|d| d["kind"] == "Secret" && d["metadata"]["name"] == secret)
-        .and_then(|d| d["stringData"]["username"].as_str())
-        .ok_or(format!(
-            "{EXAMPLE} has no Secret {secret} with stringData.username"
-        ))?;
-    Ok((secret.to_string(), login.to_string()))
-}
-
-/// The example, adapted to this machine: the relayhost is the local upstream relay, the
-/// passwords are fresh (never the placeholders), and Postfix is told there is no DNS.
-struct Adapted {
-    manifest: String,
-    relay: String,
-    user: String,
-    user_password: String,
-}
-
-fn adapt_example(
-    mut docs: Vec<serde_yaml::Value>,
-    relayhost_secret: &str,
-    relayhost_password: &str,
-    upstream_port: u16,
-) -> Result<Adapted, String> {
-    let mut relay = String::new();
-    let (mut user, mut user_password) = (String::new(), String::new());
-    for doc in &mut docs {
-        match doc["kind"].as_str() {
-            Some("Secret") => {
-                let is_relayhost = doc["metadata"]["name"] == relayhost_secret;
-                let data = doc["stringData"]
-                    .as_mapping_mut()
-                    .ok_or("a Secret of the example has no stringData")?;
-                if is_relayhost {
-                    data.insert("password".into(), relayhost_password.into());
-                } else {
-                    for (k, v) in data.iter_mut() {
-                        let pw = random_password()?;
-                        if user.is_empty() {
-                            user = k.as_str().unwrap_or_default().to_string();
-                            user_password = pw.clone();
-                        }
-                        *v = pw.into();
-                    }
-                }
-            }
-            Some("SmtpRelay") => {
-                relay = doc["metadata"]["name"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string();
-                let spec = &mut doc["spec"];
-                spec["relayhost"]["host"] = "127.0.0.1".into();
-                spec["relayhost"]["port"] = u64::from(upstream_port).into();
-                let postconf = spec["postconf"]
-                    .as_mapping_mut()
-                    .ok_or("the example SmtpRelay has no postconf")?;
-                for (k, v) in mail::loopback_postconf() {
-                    postconf.insert(k.into(), v.into());
-                }
-            }
-            _ => {}
-        }
+        .any(|p| std::path::Path::new(p).exists())
+    {
+        return Err("smtp-sink is missing: apt-get install postfix".into());
     }
-    if relay.is_empty() || user.is_empty() {
-        return Err(format!(
-            "{EXAMPLE} no longer has an SmtpRelay and a SASL users Secret"
-        ));
-    }
-    // As JSON (a v1 List): serde_yaml writes the string "no" unquoted, which the API server's
-    // YAML 1.1 reads as a boolean.
-    let items = docs
-        .iter()
-        .map(serde_json::to_value)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| e.to_string())?;
-    let manifest =
-        serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string();
-    Ok(Adapted {
-        manifest,
-        relay,
-        user,
-        user_password,
-    })
-}
-
-fn kubectl_ok(cp: &ControlPlane, args: &[&str]) -> Result<String, String> {
-    let out = cp.kubectl(args);
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "kubectl {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
+    user_path::image_tarballs().map(|_| ())
 }
 
 fn conditions_table(relay: &Value) -> String {
-    let mut out = format!("{:<16} {:<7} {:<20} MESSAGE\n", "TYPE", "STATUS", "REASON");
+    let mut out = format!("{:<26} {:<7} {:<20} MESSAGE\n", "TYPE", "STATUS", "REASON");
     for c in relay["status"]["conditions"]
         .as_array()
         .into_iter()
         .flatten()
     {
         out.push_str(&format!(
-            "{:<16} {:<7} {:<20} {}\n",
+            "{:<26} {:<7} {:<20} {}\n",
             c["type"].as_str().unwrap_or_default(),
             c["status"].as_str().unwrap_or_default(),
             c["reason"].as_str().unwrap_or_default(),
@@ -246,180 +118,202 @@ fn conditions_table(relay: &Value) -> String {
     out
 }
 
-fn run(demo: &mut Demo) -> Result<(), String> {
-    demo.step("Checking prerequisites (root, Postfix, tools, built binaries)");
+/// Blocks until SIGINT or SIGTERM. The signals are blocked only now, once every child runs,
+/// so none of them inherits the mask; they are unblocked after.
+fn wait_for_signal() -> Result<Signal, String> {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    set.thread_block().map_err(|e| e.to_string())?;
+    let signal = set.wait().map_err(|e| e.to_string());
+    let _ = set.thread_unblock();
+    signal
+}
+
+fn run(demo: &mut Demo, keep: bool) -> Result<(), String> {
+    demo.step("Checking prerequisites (root, tools, the two images)");
     check_prerequisites()?;
     say("ok");
 
-    demo.step(
-        "Starting a Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager)",
-    );
-    let cp = ControlPlane::start().map_err(|e| e.to_string())?;
+    demo.step("Starting a single-node Kubernetes on this machine");
+    let cp = ControlPlane::with_node().map_err(|e| e.to_string())?;
     say(&format!(
-        "ready in {:.1}s; kubeconfig: {}",
-        cp.startup_time().as_secs_f64(),
-        cp.kubeconfig().display()
+        "ready in {:.1}s: etcd, kube-apiserver, controller manager, scheduler, kubelet on containerd, kube-proxy, CoreDNS",
+        cp.startup_time().as_secs_f64()
     ));
-    say(&kubectl_ok(&cp, &["version"])?);
+    say(&user_path::kubectl(&cp, &["get", "nodes", "-o", "wide"])?);
 
-    demo.step("helm install the chart, and start the operator as the chart's ServiceAccount");
-    let mut op = Operator::start(&cp, OperatorOptions::default());
-    say(&format!(
-        "release {} in namespace {}; the operator runs here as {} (its Deployment stays Pending: no nodes)",
-        op.release().release,
-        op.release().namespace,
-        op.user()
-    ));
+    demo.step("Importing the images (.cache/images/*.tar) into the node's containerd");
+    user_path::import_images(&cp)?;
+    for tar in user_path::image_tarballs()? {
+        say(&format!("imported {}", tar.display()));
+    }
 
-    demo.step(
-        "Starting the mail world outside the cluster: a sink, and the relayhost in front of it",
-    );
-    let sink = Sink::start()?;
-    let docs = load_example()?;
-    let (relayhost_secret, relayhost_login) = example_relayhost_login(&docs)?;
-    let relayhost_password = random_password()?;
-    let upstream = Upstream::start(&sink, &[(&relayhost_login, &relayhost_password)])?;
-    let adapted = adapt_example(
-        docs,
-        &relayhost_secret,
-        &relayhost_password,
-        upstream.addr.port(),
-    )?;
+    demo.step("helm install the chart (default values): the operator runs as a pod");
+    let release = user_path::install_chart(&cp);
+    let operator_pod = user_path::wait_operator_ready(&cp, &release, DEADLINE)?;
     say(&format!(
-        "sink (smtp-sink) on {}; relayhost (a second smtp-relay, requiring AUTH as {}) on {}",
-        sink.addr, relayhost_login, upstream.addr
+        "release {} in {}; pod {} Ready, as ServiceAccount {}",
+        release.release,
+        release.namespace,
+        operator_pod,
+        release.user()
     ));
+    say(&user_path::kubectl(
+        &cp,
+        &[
+            "get",
+            "deployment,pods,services",
+            "-n",
+            &release.namespace,
+            "-o",
+            "wide",
+        ],
+    )?);
 
     demo.step(&format!(
-        "kubectl apply -n {NS} the chart's example {EXAMPLE} (relayhost: the local one; fresh passwords)"
+        "A relayhost (smtp-sink) on the node IP, and the chart's example SmtpRelay in namespace {NS}"
+    ));
+    let sink_port = mail::free_port_at(NODE_IP);
+    let sink_addr = SocketAddr::from((NODE_IP, sink_port));
+    let sink = user_path::node_sink(sink_port)?;
+    say(&format!(
+        "sink on {sink_addr} (pods reach the node IP through the bridge)"
     ));
     operator::create_namespace(&cp, NS);
-    // Through stdin: the Secrets' values never appear on a command line or in this output.
-    let out = cp.kubectl_stdin(["apply", "-n", NS, "-f", "-"], &adapted.manifest);
-    if !out.status.success() {
-        return Err(format!(
-            "kubectl apply: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    say(String::from_utf8_lossy(&out.stdout).trim());
-    let relay = adapted.relay.clone();
-    let sts = op.wait_for(DEADLINE, "the operator to create the StatefulSet", || {
-        operator::get_json(&cp, NS, "statefulset", &relay)
-    });
-    say(&kubectl_ok(
-        &cp,
-        &["get", "statefulset,configmap,secret,service", "-n", NS],
-    )?);
-    let c = &sts["spec"]["template"]["spec"]["containers"][0];
-    say(&format!("pod template command: {}", c["command"]));
+    // The host's connections to a ClusterIP leave from the node IP: let that client relay.
+    let client_network = format!("{NODE_IP}/32");
+    let (manifest, relay) = user_path::example_relay(sink_addr, &client_network, false)?;
+    say(&format!(
+        "kubectl apply -n {NS} -f {} (relayhost {sink_addr}, networks + {client_network})",
+        user_path::EXAMPLE
+    ));
+    say(operator::apply(&cp, NS, &manifest).trim());
 
-    demo.step(
-        "Running the relay pod on this machine (playing the kubelet), probing it, marking it ready",
-    );
-    let kubelet = Kubelet::new();
-    let mut pod = kubelet
-        .run_statefulset_pod(&cp, NS, &relay)
-        .map_err(|e| e.to_string())?;
+    demo.step("Waiting for the relay pod (real kubelet, probes, spool volume) and Ready=True");
+    let pod = user_path::wait_relay_ready(&cp, NS, &relay, DEADLINE)?;
     say(&format!(
-        "pod {} (uid {}) runs `{}` in its own mount/UTS/PID namespaces, volumes bind-mounted",
-        pod.name(),
-        pod.uid(),
-        c["command"]
-            .as_array()
-            .map(|a| a
-                .iter()
-                .filter_map(|v| v.as_str())
-                .collect::<Vec<_>>()
-                .join(" "))
-            .unwrap_or_default()
+        "pod {} Ready on {} (IP {})",
+        pod["metadata"]["name"].as_str().unwrap_or_default(),
+        pod["spec"]["nodeName"].as_str().unwrap_or_default(),
+        pod["status"]["podIP"].as_str().unwrap_or_default()
     ));
-    say(&format!(
-        "pod IP {} (loopback stand-in; RELAY_LISTEN={}, the one deviation from the template)",
-        pod.pod_ip(),
-        pod.env("RELAY_LISTEN").unwrap_or_default()
-    ));
-    pod.wait_ready(DEADLINE).map_err(|e| e.to_string())?;
-    say("readiness probe `smtp-relay probe` passed inside the pod");
-    pod.mark_ready(&cp).map_err(|e| e.to_string())?;
-    let ready = op.wait_for(DEADLINE, "SmtpRelay Ready=True", || {
-        let r = operator::get_json(&cp, NS, "smtprelay", &relay)?;
-        let c = operator::condition(&r, "Ready")?;
-        (c["status"] == "True" && r["status"]["readyReplicas"] == 1).then_some(r)
-    });
-    say("Pod status written (Running, Ready); the StatefulSet counts it; the SmtpRelay is Ready");
-    say(&kubectl_ok(
+    say(&user_path::kubectl(
         &cp,
-        &["get", "pod,pvc", "-n", NS, "-o", "wide"],
+        &[
+            "get",
+            "smtpr,statefulset,pods,services,pvc",
+            "-n",
+            NS,
+            "-o",
+            "wide",
+        ],
     )?);
+
+    demo.step("Cluster DNS: the relay's Service by name");
+    let ip = user_path::cluster_ip(&cp, NS, &relay)?;
+    let name = format!("{relay}.{NS}.svc.cluster.local");
+    let resolved = user_path::wait(
+        &cp,
+        NS,
+        DEADLINE,
+        &format!("{name} at the cluster DNS"),
+        || {
+            user_path::resolve_service(NS, &relay)
+                .ok()
+                .filter(|a| !a.is_empty())
+        },
+    )?;
+    say(&format!(
+        "{name} -> {resolved:?} (asked {}; the Service's ClusterIP is {ip})",
+        user_path::CLUSTER_DNS
+    ));
+    if resolved != [ip] {
+        return Err(format!("{name} resolved to {resolved:?}, not {ip}"));
+    }
 
     demo.step(&format!(
-        "Sending a mail through the relay as SASL user {} (smtp-relay send)",
-        adapted.user
+        "Sending a mail to {RCPT} through the Service ({ip}:25)"
     ));
-    let m = marker("demo");
-    let rcpt = "someone@elsewhere.org";
-    let from = format!("{}@example.net", adapted.user);
-    let reply = smtp_relay_send(
-        pod.smtp_addr(),
-        Some((&adapted.user, &adapted.user_password)),
-        &from,
-        rcpt,
-        &m,
-    )?;
-    say(&format!("relay answered: {reply}"));
-    let got = sink.wait_for(rcpt, &m, DEADLINE).map_err(|e| {
-        format!(
-            "{e}\n--- relay pod log (tail)\n{}\n--- relayhost log (tail)\n{}",
-            tail(&pod.logs(), 30),
-            tail(&upstream.log(), 30)
-        )
+    let service = SocketAddr::from((ip, 25));
+    user_path::wait(&cp, NS, DEADLINE, "SMTP at the ClusterIP", || {
+        smtp_ready(service).then_some(())
     })?;
-    say("delivered at the sink (client -> relay pod -> relayhost with AUTH -> sink):");
+    let m = mail::marker("demo");
+    let reply = user_path::send_from_host(service, FROM, RCPT, &m)?;
+    say(&format!("relay answered: {reply}"));
+    let got = sink
+        .wait_for(RCPT, &m, DEADLINE)
+        .map_err(|e| format!("{e}\n{}", user_path::diagnose(&cp, NS)))?;
+    say("delivered at the sink (host -> kube-proxy -> relay pod -> sink on the node IP):");
     say(&got.headers());
-    for line in pod.logs().lines().filter(|l| l.contains("status=sent")) {
+    let pod_name = format!("{relay}-0");
+    for line in user_path::pod_logs(&cp, NS, &pod_name)
+        .lines()
+        .filter(|l| l.contains("status=sent"))
+    {
         say(&format!("relay log: {}", line.trim()));
     }
 
     demo.step("kubectl get smtpr, and the SmtpRelay's status conditions");
-    say(&kubectl_ok(&cp, &["get", "smtpr", "-n", NS])?);
-    say(&conditions_table(&ready));
+    say(&user_path::kubectl(&cp, &["get", "smtpr", "-n", NS])?);
+    let r = operator::get_json(&cp, NS, "smtprelay", &relay)
+        .ok_or_else(|| format!("SmtpRelay {NS}/{relay} is gone"))?;
+    say(&conditions_table(&r));
 
-    demo.step("Stopping everything (pod with SIGTERM, operator, relayhost, sink, control plane)");
-    let status = pod.stop().map_err(|e| e.to_string())?;
-    say(&format!(
-        "relay pod stopped: {}",
-        smtp_relay_e2e::pod::RelayPod::describe_status(status)
-    ));
-    drop(pod);
-    if !op.stop() {
-        return Err("the operator did not stop within its deadline of SIGTERM".into());
+    if keep {
+        demo.done();
+        println!("\nEverything keeps running. In another shell:\n");
+        println!("    export KUBECONFIG={}", cp.kubeconfig().display());
+        println!(
+            "    {} get smtpr,pods,svc -A",
+            tools::bin("kubectl").display()
+        );
+        println!(
+            "    {} logs -n {NS} {pod_name}",
+            tools::bin("kubectl").display()
+        );
+        println!("\nThe sink on {sink_addr} keeps recording mail sent to {ip}:25.");
+        println!(
+            "Press Ctrl-C (or send SIGTERM to {}) to tear it all down.",
+            std::process::id()
+        );
+        let signal = wait_for_signal()?;
+        println!("\n{signal}: tearing down");
     }
-    say("operator stopped");
-    drop(upstream);
+    let stopping = Instant::now();
     drop(sink);
-    drop(kubelet);
-    drop(op);
     drop(cp);
-    say("relayhost, sink and control plane stopped");
-    demo.done();
+    println!(
+        "\nStopped the sink and the node (pods, daemons, bridge, rules) in {:.1}s",
+        stopping.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
-fn tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
 fn main() -> ExitCode {
+    let mut keep = false;
+    for arg in std::env::args().skip(1) {
+        match arg.as_str() {
+            "--keep" => keep = true,
+            "-h" | "--help" => {
+                println!("usage: demo [--keep]\n  --keep  leave the node running after the mail, for kubectl; Ctrl-C stops it");
+                return ExitCode::SUCCESS;
+            }
+            other => {
+                eprintln!("unknown argument {other:?} (usage: demo [--keep])");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let mut demo = Demo {
         start: Instant::now(),
         step: 0,
         step_start: Instant::now(),
         current: String::new(),
     };
-    println!("smtp-relay-operator demo: an SmtpRelay on a real control plane, its pod run here, one mail through it");
-    let result = panic::catch_unwind(AssertUnwindSafe(|| run(&mut demo)));
+    println!("smtp-relay-operator demo: the chart and an SmtpRelay on a real single-node Kubernetes, one mail through it");
+    let result = panic::catch_unwind(AssertUnwindSafe(|| run(&mut demo, keep)));
     let failure = match result {
         Ok(Ok(())) => None,
         Ok(Err(e)) => Some(e),
@@ -428,7 +322,7 @@ fn main() -> ExitCode {
     match failure {
         None => {
             println!(
-                "\nDemo succeeded in {:.1}s: the mail went through the relay pod and everything stopped.",
+                "\nDemo succeeded in {:.1}s: the mail went through the relay's Service and everything stopped.",
                 demo.start.elapsed().as_secs_f64()
             );
             ExitCode::SUCCESS
