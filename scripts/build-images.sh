@@ -40,7 +40,8 @@ REGISTRY=ghcr.io/smtp-relay-operator
 IMAGES=("smtp-relay-operator operator/Dockerfile" "smtp-relay image/Dockerfile")
 BINARIES=(smtp-relay smtp-relay-operator)
 
-log() { printf '[build-images] %s\n' "$*" >&2; }
+LOG_TAG="build-images"
+source scripts/lib.sh
 die() {
     log "error: $*"
     exit 1
@@ -48,15 +49,6 @@ die() {
 
 usage() {
     sed -n '/^# Usage:/,/^# Needs root/p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
-}
-
-# step NAME CMD...: runs CMD and prints how long it took.
-step() {
-    local name="$1" start
-    shift
-    start=$EPOCHREALTIME
-    "$@"
-    log "$(awk -v n="$name" -v s="$start" -v e="$EPOCHREALTIME" 'BEGIN { printf "%-28s %7.1fs", n, e - s }')"
 }
 
 # buildah on the project's own storage (overlay), never the system's, and with runc: buildah
@@ -73,27 +65,7 @@ app_version() {
 }
 
 apt_packages() {
-    local missing=() p
-    for p in "${APT_PACKAGES[@]}"; do
-        if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
-            missing+=("$p")
-        fi
-    done
-    [ "${#missing[@]}" -eq 0 ] && return
-    log "installing Debian packages: ${missing[*]}"
-    # Keep apt from starting services (the containerd package's daemon) while installing:
-    # the node's containerd belongs to someone else, and ours is started only by --verify.
-    local policy=/usr/sbin/policy-rc.d created=
-    if [ ! -e "$policy" ]; then
-        printf '#!/bin/sh\nexit 101\n' >"$policy"
-        chmod 755 "$policy"
-        created=1
-    fi
-    # Others may be installing packages at the same time: wait for dpkg's lock, not fail.
-    apt-get -o DPkg::Lock::Timeout=600 update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq \
-        --no-install-recommends "${missing[@]}" >/dev/null
-    if [ -n "$created" ]; then rm -f "$policy"; fi
+    apt_install "${APT_PACKAGES[@]}"
 }
 
 # The settings that make an mmdebstrap minbase root a debian:bookworm-slim equivalent, as

@@ -15,42 +15,13 @@ HELM_VERSION="${HELM_VERSION:-v3.22.0}"
 ACTIONLINT_VERSION="${ACTIONLINT_VERSION:-v1.7.12}"
 APT_PACKAGES=(postfix sasl2-bin libsasl2-modules lua5.4 ca-certificates openssl)
 
-log() { printf '[install-deps] %s\n' "$*" >&2; }
-
-# step NAME CMD...: runs CMD and prints how long it took.
-step() {
-    local name="$1" start
-    shift
-    start=$EPOCHREALTIME
-    "$@"
-    log "$(awk -v n="$name" -v s="$start" -v e="$EPOCHREALTIME" 'BEGIN { printf "%-28s %7.1fs", n, e - s }')"
-}
-
-as_root() {
-    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
-}
+LOG_TAG="install-deps"
+source "$ROOT/scripts/lib.sh"
 
 apt_packages() {
-    local missing=() p
-    for p in "${APT_PACKAGES[@]}"; do
-        if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
-            missing+=("$p")
-        fi
-    done
-    if [ "${#missing[@]}" -gt 0 ]; then
-        log "installing Debian packages: ${missing[*]}"
-        # Keep apt from starting services (a system postfix) while installing.
-        local policy=/usr/sbin/policy-rc.d created=
-        if [ ! -e "$policy" ]; then
-            printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy" >/dev/null
-            as_root chmod 755 "$policy"
-            created=1
-        fi
-        echo 'postfix postfix/main_mailer_type select No configuration' | as_root debconf-set-selections
-        as_root apt-get update -qq
-        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-        if [ -n "$created" ]; then as_root rm -f "$policy"; fi
-    fi
+    # Postfix's package asks what to configure: nothing, the tests configure their own.
+    echo 'postfix postfix/main_mailer_type select No configuration' | as_root debconf-set-selections
+    apt_install "${APT_PACKAGES[@]}"
     # The tests run their own postfix instances; a system one would hold port 25 and the queue.
     if as_root postfix status >/dev/null 2>&1; then
         log "stopping the system postfix"
@@ -58,19 +29,6 @@ apt_packages() {
     fi
     if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
         as_root systemctl disable --now postfix >/dev/null 2>&1 || true
-    fi
-}
-
-find_go() {
-    if [ -n "${GO:-}" ]; then
-        echo "$GO"
-    elif command -v go >/dev/null 2>&1; then
-        command -v go
-    elif [ -x /usr/local/go/bin/go ]; then
-        echo /usr/local/go/bin/go
-    else
-        log "Go (>= 1.25) is required: not found on PATH nor at /usr/local/go/bin/go"
-        exit 1
     fi
 }
 
@@ -101,8 +59,7 @@ actionlint_install() {
 controlplane_build() {
     local src="$ROOT/e2e/controlplane" stamp="$BIN/.controlplane-sources" sum
     # The sources' content, not their times: a fresh checkout of the same sources builds nothing.
-    sum="$( (cd "$src" && "$GO" version && find . -type f \( -name '*.go' -o -name 'go.mod' -o -name 'go.sum' \) \
-        -print0 | sort -z | xargs -0 sha256sum) | sha256sum | cut -d' ' -f1)"
+    sum="$(sources_hash "$src" '*.go' go.mod go.sum)"
     if [ -x "$BIN/controlplane" ] && [ -x "$BIN/kubectl" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$sum" ]; then
         return
     fi

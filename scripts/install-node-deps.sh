@@ -17,66 +17,11 @@ BIN="$ROOT/.cache/bin"
 NODE_APT_PACKAGES=(containerd runc containernetworking-plugins iptables conntrack iproute2 gcc libc6-dev)
 PAUSE_IMAGE="localhost/pause:3.10"
 
-log() { printf '[install-node-deps] %s\n' "$*" >&2; }
-
-step() {
-    local name="$1" start
-    shift
-    start=$EPOCHREALTIME
-    "$@"
-    log "$(awk -v n="$name" -v s="$start" -v e="$EPOCHREALTIME" 'BEGIN { printf "%-28s %7.1fs", n, e - s }')"
-}
-
-as_root() {
-    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
-}
-
-find_go() {
-    if [ -n "${GO:-}" ]; then
-        echo "$GO"
-    elif command -v go >/dev/null 2>&1; then
-        command -v go
-    elif [ -x /usr/local/go/bin/go ]; then
-        echo /usr/local/go/bin/go
-    else
-        log "Go (>= 1.25) is required: not found on PATH nor at /usr/local/go/bin/go"
-        exit 1
-    fi
-}
-
-# sources_hash DIR PATTERN...: a hash of the Go version and the content (not the times) of the
-# files under DIR whose names match one of the patterns.
-sources_hash() {
-    local dir="$1" expr=() p
-    shift
-    for p in "$@"; do
-        [ "${#expr[@]}" -gt 0 ] && expr+=(-o)
-        expr+=(-name "$p")
-    done
-    (cd "$dir" && "$GO" version && find . -type f \( "${expr[@]}" \) -print0 | sort -z | xargs -0 sha256sum) |
-        sha256sum | cut -d' ' -f1
-}
+LOG_TAG="install-node-deps"
+source "$ROOT/scripts/lib.sh"
 
 node_apt_packages() {
-    local missing=() p
-    for p in "${NODE_APT_PACKAGES[@]}"; do
-        if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
-            missing+=("$p")
-        fi
-    done
-    if [ "${#missing[@]}" -gt 0 ]; then
-        log "installing Debian packages: ${missing[*]}"
-        # Keep apt from starting the system containerd: the node runs its own, on its own socket.
-        local policy=/usr/sbin/policy-rc.d created=
-        if [ ! -e "$policy" ]; then
-            printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy" >/dev/null
-            as_root chmod 755 "$policy"
-            created=1
-        fi
-        as_root apt-get update -qq
-        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-        if [ -n "$created" ]; then as_root rm -f "$policy"; fi
-    fi
+    apt_install "${NODE_APT_PACKAGES[@]}"
 }
 
 # kubelet and kube-proxy are `tool` entries of e2e/controlplane/go.mod: they depend on its go.mod

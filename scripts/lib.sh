@@ -1,0 +1,68 @@
+# shellcheck shell=bash
+# Sourced by the install, build and test scripts: the helpers they share. Set LOG_TAG first
+# (the prefix of every log line).
+
+log() { printf '[%s] %s\n' "${LOG_TAG:-scripts}" "$*" >&2; }
+
+# step NAME CMD...: runs CMD and prints how long it took.
+step() {
+    local name="$1" start
+    shift
+    start=$EPOCHREALTIME
+    "$@"
+    log "$(awk -v n="$name" -v s="$start" -v e="$EPOCHREALTIME" 'BEGIN { printf "%-28s %7.1fs", n, e - s }')"
+}
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# apt_install PACKAGE...: installs the packages that are missing. Services are kept from
+# starting while installing (the tests run their own Postfix and containerd, on their own
+# ports and sockets), and dpkg's lock is waited for: another script may be installing too.
+apt_install() {
+    local missing=() p
+    for p in "$@"; do
+        if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+            missing+=("$p")
+        fi
+    done
+    [ "${#missing[@]}" -eq 0 ] && return
+    log "installing Debian packages: ${missing[*]}"
+    local policy=/usr/sbin/policy-rc.d created=
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy" >/dev/null
+        as_root chmod 755 "$policy"
+        created=1
+    fi
+    as_root apt-get -o DPkg::Lock::Timeout=600 update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq \
+        --no-install-recommends "${missing[@]}" >/dev/null
+    if [ -n "$created" ]; then as_root rm -f "$policy"; fi
+}
+
+find_go() {
+    if [ -n "${GO:-}" ]; then
+        echo "$GO"
+    elif command -v go >/dev/null 2>&1; then
+        command -v go
+    elif [ -x /usr/local/go/bin/go ]; then
+        echo /usr/local/go/bin/go
+    else
+        log "Go (>= 1.25) is required: not found on PATH nor at /usr/local/go/bin/go"
+        exit 1
+    fi
+}
+
+# sources_hash DIR PATTERN...: a hash of the Go version ($GO) and the content (not the times)
+# of the files under DIR whose names match one of the patterns.
+sources_hash() {
+    local dir="$1" expr=() p
+    shift
+    for p in "$@"; do
+        [ "${#expr[@]}" -gt 0 ] && expr+=(-o)
+        expr+=(-name "$p")
+    done
+    (cd "$dir" && "$GO" version && find . -type f \( "${expr[@]}" \) -print0 | sort -z | xargs -0 sha256sum) |
+        sha256sum | cut -d' ' -f1
+}
