@@ -9,11 +9,12 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use smtp_relay_e2e::user_path::lookup_a;
 use smtp_relay_e2e::{tools, ControlPlane};
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -349,61 +350,4 @@ fn mounts_under(dir: &Path) -> Vec<String> {
         .filter(|p| p.starts_with(&prefix))
         .map(str::to_owned)
         .collect()
-}
-
-/// Asks `server` for the A records of `name` over UDP (one query, no recursion needed).
-fn lookup_a(server: SocketAddr, name: &str) -> std::io::Result<Vec<Ipv4Addr>> {
-    let mut query = vec![0x4e, 0x21, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
-    for label in name.trim_end_matches('.').split('.') {
-        query.push(label.len() as u8);
-        query.extend_from_slice(label.as_bytes());
-    }
-    query.extend_from_slice(&[0, 0, 1, 0, 1]);
-    let socket = UdpSocket::bind("0.0.0.0:0")?;
-    socket.set_read_timeout(Some(Duration::from_secs(5)))?;
-    socket.send_to(&query, server)?;
-    let mut buf = [0u8; 512];
-    let n = socket.recv(&mut buf)?;
-    let reply = &buf[..n];
-    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
-    if n < 12 || reply[..2] != query[..2] {
-        return Err(bad("short reply or wrong id"));
-    }
-    if reply[3] & 0x0f != 0 {
-        return Err(bad(&format!("rcode {}", reply[3] & 0x0f)));
-    }
-    let answers = u16::from_be_bytes([reply[6], reply[7]]);
-    // Skip the question: it is ours, echoed.
-    let mut at = query.len();
-    let mut out = Vec::new();
-    for _ in 0..answers {
-        // The owner name: a pointer (two bytes) or labels up to a zero byte.
-        while at < n {
-            match reply[at] {
-                0 => {
-                    at += 1;
-                    break;
-                }
-                b if b & 0xc0 == 0xc0 => {
-                    at += 2;
-                    break;
-                }
-                b => at += 1 + b as usize,
-            }
-        }
-        let field = reply
-            .get(at..at + 10)
-            .ok_or_else(|| bad("truncated answer"))?;
-        let kind = u16::from_be_bytes([field[0], field[1]]);
-        let len = u16::from_be_bytes([field[8], field[9]]) as usize;
-        at += 10;
-        let data = reply
-            .get(at..at + len)
-            .ok_or_else(|| bad("truncated data"))?;
-        if kind == 1 && len == 4 {
-            out.push(Ipv4Addr::new(data[0], data[1], data[2], data[3]));
-        }
-        at += len;
-    }
-    Ok(out)
 }
