@@ -144,6 +144,30 @@ impl Ctx {
             .collect()
     }
 
+    /// Writes by the operator's ServiceAccount to the kinds it owns since `mark`.
+    fn child_writes_since(&self, mark: usize) -> Vec<Value> {
+        self.operator_writes_since(mark)
+            .into_iter()
+            .filter(|e| {
+                CHILD_RESOURCES.contains(&e["objectRef"]["resource"].as_str().unwrap_or(""))
+            })
+            .collect()
+    }
+
+    /// `kubectl patch --type=merge` of an SmtpRelay, as a user edits one.
+    fn patch_relay(&self, ns: &str, name: &str, patch: &str) {
+        self.cp.kubectl_ok([
+            "patch",
+            "smtprelay",
+            name,
+            "-n",
+            ns,
+            "--type=merge",
+            "-p",
+            patch,
+        ]);
+    }
+
     fn secret_value(&self, ns: &str, name: &str, key: &str) -> Option<String> {
         let s = self.get(ns, "secret", name)?;
         s["data"][key].as_str().map(b64_decode)
@@ -509,16 +533,7 @@ fn update_and_noop(ctx: &mut Ctx) {
     let before = ctx.wait_applied(ns, name);
     let old_hash = before["status"]["configHash"].as_str().unwrap().to_string();
 
-    ctx.cp.kubectl_ok([
-        "patch",
-        "smtprelay",
-        name,
-        "-n",
-        ns,
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"networks":["127.0.0.0/8","10.0.0.0/24","192.168.7.0/24"],"postconf":{"compatibility_level":"2","smtpd_banner":"$myhostname ESMTP"}}}"#,
-    ]);
+    ctx.patch_relay(ns, name, r#"{"spec":{"networks":["127.0.0.0/8","10.0.0.0/24","192.168.7.0/24"],"postconf":{"compatibility_level":"2","smtpd_banner":"$myhostname ESMTP"}}}"#);
     let gen = ctx.relay(ns, name)["metadata"]["generation"].clone();
     let after = ctx.op.wait_for(CONVERGE, "the new config hash", || {
         let r = ctx.relay(ns, name);
@@ -547,16 +562,11 @@ fn update_and_noop(ctx: &mut Ctx) {
     let mark = ctx.mark();
     let live = ctx.relay(ns, name);
     let rv = live["metadata"]["resourceVersion"].clone();
-    ctx.cp.kubectl_ok([
-        "patch",
-        "smtprelay",
-        name,
-        "-n",
+    ctx.patch_relay(
         ns,
-        "--type=merge",
-        "-p",
+        name,
         r#"{"spec":{"networks":["127.0.0.0/8","10.0.0.0/24","192.168.7.0/24"]}}"#,
-    ]);
+    );
     assert_eq!(
         ctx.relay(ns, name)["metadata"]["resourceVersion"],
         rv,
@@ -754,16 +764,11 @@ fn bad_references(ctx: &mut Ctx) {
     let mark = ctx.mark();
 
     // 1. The reference names a Secret that does not exist.
-    ctx.cp.kubectl_ok([
-        "patch",
-        "smtprelay",
-        name,
-        "-n",
+    ctx.patch_relay(
         ns,
-        "--type=merge",
-        "-p",
+        name,
         r#"{"spec":{"relayhost":{"credentialsSecretRef":{"name":"rotated-login"}}}}"#,
-    ]);
+    );
     let r = ctx.wait_ready_reason(ns, name, &["SecretNotFound"]);
     let ready = condition(&r, "Ready").unwrap().clone();
     assert_eq!(ready["status"], "False");
@@ -782,16 +787,11 @@ fn bad_references(ctx: &mut Ctx) {
     wait_warning_event(ctx, ns, name, "SecretNotFound", "rotated-login");
     // A second missing Secret: same reason, another message, and the Event says so (not the
     // first Secret's name, as a series of the first Event would).
-    ctx.cp.kubectl_ok([
-        "patch",
-        "smtprelay",
-        name,
-        "-n",
+    ctx.patch_relay(
         ns,
-        "--type=merge",
-        "-p",
+        name,
         r#"{"spec":{"relayhost":{"credentialsSecretRef":{"name":"misspelt-login"}}}}"#,
-    ]);
+    );
     let r = ctx
         .op
         .wait_for(CONVERGE, "status naming misspelt-login", || {
@@ -803,16 +803,11 @@ fn bad_references(ctx: &mut Ctx) {
         });
     assert_eq!(condition(&r, "Ready").unwrap()["reason"], "SecretNotFound");
     wait_warning_event(ctx, ns, name, "SecretNotFound", "misspelt-login");
-    ctx.cp.kubectl_ok([
-        "patch",
-        "smtprelay",
-        name,
-        "-n",
+    ctx.patch_relay(
         ns,
-        "--type=merge",
-        "-p",
+        name,
         r#"{"spec":{"relayhost":{"credentialsSecretRef":{"name":"rotated-login"}}}}"#,
-    ]);
+    );
     ctx.wait_ready_reason(ns, name, &["SecretNotFound"]);
 
     // 2. The Secret appears without the password key.
@@ -845,11 +840,7 @@ stringData:
         before,
         "what runs is untouched"
     );
-    let writes: Vec<_> = ctx
-        .operator_writes_since(mark)
-        .into_iter()
-        .filter(|e| CHILD_RESOURCES.contains(&e["objectRef"]["resource"].as_str().unwrap_or("")))
-        .collect();
+    let writes = ctx.child_writes_since(mark);
     assert!(
         writes.is_empty(),
         "the operator wrote children while references were broken:\n{}",
@@ -888,16 +879,7 @@ stringData:
     // 4. A storage change the StatefulSet cannot take is refused by the operator, not applied.
     let before = running_versions(ctx, ns, name);
     let mark = ctx.mark();
-    ctx.cp.kubectl_ok([
-        "patch",
-        "smtprelay",
-        name,
-        "-n",
-        ns,
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"storage":{"size":"5Gi"}}}"#,
-    ]);
+    ctx.patch_relay(ns, name, r#"{"spec":{"storage":{"size":"5Gi"}}}"#);
     let r = ctx.wait_ready_reason(ns, name, &["InvalidSpec"]);
     let cv = condition(&r, "ConfigValid").unwrap();
     assert_eq!(cv["status"], "False", "{cv}");
@@ -911,22 +893,9 @@ stringData:
         before,
         "what runs is untouched"
     );
-    let writes: Vec<_> = ctx
-        .operator_writes_since(mark)
-        .into_iter()
-        .filter(|e| CHILD_RESOURCES.contains(&e["objectRef"]["resource"].as_str().unwrap_or("")))
-        .collect();
+    let writes = ctx.child_writes_since(mark);
     assert!(writes.is_empty(), "wrote children:\n{}", describe(&writes));
-    ctx.cp.kubectl_ok([
-        "patch",
-        "smtprelay",
-        name,
-        "-n",
-        ns,
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"storage":{"size":"2Gi"}}}"#,
-    ]);
+    ctx.patch_relay(ns, name, r#"{"spec":{"storage":{"size":"2Gi"}}}"#);
     let r = ctx.wait_ready_reason(ns, name, &["PodsNotReady", "RolloutInProgress"]);
     assert_eq!(condition(&r, "ConfigValid").unwrap()["status"], "True");
 }
@@ -990,11 +959,7 @@ spec:
         ctx.get(ns, "statefulset", name).is_none(),
         "no relay runs in a half-built state"
     );
-    let writes: Vec<_> = ctx
-        .operator_writes_since(mark)
-        .into_iter()
-        .filter(|e| CHILD_RESOURCES.contains(&e["objectRef"]["resource"].as_str().unwrap_or("")))
-        .collect();
+    let writes = ctx.child_writes_since(mark);
     assert!(writes.is_empty(), "wrote children:\n{}", describe(&writes));
 
     // The user removes their ConfigMap: the relay takes the name and converges.
