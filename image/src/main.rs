@@ -27,7 +27,8 @@ enum Command {
     ///   RELAY_HOST (required)       relayhost: host, host:port, [host] or [host]:port
     ///   RELAY_MYHOSTNAME            the relay's host name (banner, HELO)
     ///   RELAY_MYNETWORKS            networks allowed to relay without login (space separated CIDRs)
-    ///   RELAY_DOMAINS               recipient domains of the strict modes (default RELAY_MYDOMAIN)
+    ///   RELAY_DOMAINS               more recipient domains of the strict modes (RELAY_MYDOMAIN
+    ///                               always is one)
     ///   RELAY_LOGIN, RELAY_PASSWORD credentials for the relayhost (or POSTFIX_DIR/sasl_passwd)
     ///   RELAY_USE_TLS               yes: require TLS to the relayhost; no: never use it
     ///   RELAY_TLS_VERIFY            none|may|encrypt|dane|dane-only|fingerprint|verify|secure

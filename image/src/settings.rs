@@ -159,6 +159,20 @@ pub struct InboundTls {
     pub key_file: PathBuf,
 }
 
+/// The relay domains: the relay's own `domain` first, then the listed ones, without repeats.
+/// The own domain is always one: it is the domain the relay is restricted to (the seed's
+/// RELAY_MYDOMAIN, Postfix's `mydomain` and `myorigin`), so its recipients are relayed and,
+/// with the strict sender check, its senders are accepted, whatever else is listed.
+pub fn relay_domains(domain: &str, listed: Vec<String>) -> Vec<String> {
+    let mut out = vec![domain.to_string()];
+    for d in listed {
+        if !out.iter().any(|o| o.eq_ignore_ascii_case(&d)) {
+            out.push(d);
+        }
+    }
+    out
+}
+
 /// Everything the relay is configured from, validated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
@@ -216,5 +230,27 @@ impl Settings {
             self.relayhost_tls_level,
             self.relayhost_credentials.is_some(),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_own_domain_is_always_a_relay_domain() {
+        assert_eq!(relay_domains("example.net", vec![]), ["example.net"]);
+        assert_eq!(
+            relay_domains("example.net", vec!["example.org".into()]),
+            ["example.net", "example.org"]
+        );
+        assert_eq!(
+            relay_domains(
+                "example.net",
+                vec!["example.org".into(), "EXAMPLE.net".into()]
+            ),
+            ["example.net", "example.org"],
+            "no repeats"
+        );
     }
 }

@@ -117,6 +117,33 @@ fn strict_sender_accepts_every_relay_domain_and_nothing_else() {
 }
 
 #[test]
+fn the_relays_own_domain_stays_a_relay_domain_when_others_are_listed() {
+    // relayDomains lists only another domain: the relay's own domain is still relayed to and,
+    // with strictSender, still a valid sender domain (it used to be refused as a sender).
+    let sink = start_sink();
+    let mut cfg = config(sink.port(), Mode::Strict);
+    cfg.relay_domains = vec!["example.org".into()];
+    cfg.strict_sender = true;
+    let relay = RelaySpec::new(Input::file(cfg)).start();
+    assert!(sender_accepted(&relay, "app@example.net"));
+    assert!(sender_accepted(&relay, "app@example.org"));
+    assert!(!sender_accepted(&relay, "app@elsewhere.org"));
+    for rcpt in ["user@example.net", "user@example.org"] {
+        let mark = marker("own-domain");
+        send(
+            relay.addr(),
+            NET_CLIENT,
+            None,
+            "app@example.net",
+            rcpt,
+            &mark,
+        )
+        .unwrap();
+        sink.wait_for(rcpt, &mark, DEADLINE).unwrap();
+    }
+}
+
+#[test]
 fn without_strict_sender_any_sender_is_accepted() {
     let sink = start_sink();
     let mut env = env(sink.port(), "STRICT");

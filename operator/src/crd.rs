@@ -76,8 +76,8 @@ pub struct SmtpRelaySpec {
     ]))]
     pub networks: Vec<String>,
 
-    /// Recipient domains relayed in the restricting modes (Postfix `relay_domains`). Defaults to
-    /// `[domain]` when empty.
+    /// Recipient domains relayed in the restricting modes (Postfix `relay_domains`) besides
+    /// `domain`, which is always one of them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64), inner(length(min = 1, max = 253), regex(pattern = DOMAIN_PATTERN)))]
     pub relay_domains: Vec<String>,

@@ -39,12 +39,10 @@ pub fn settings(vars: &BTreeMap<String, String>, postfix_dir: &Path) -> ConfigRe
         .map(|n| validate::network("RELAY_MYNETWORKS", n))
         .collect::<ConfigResult<Vec<_>>>()?;
     relay_guard::check_networks("RELAY_MYNETWORKS", &networks)?;
-    let mut relay_domains = list(get("RELAY_DOMAINS"))
+    let relay_domains = list(get("RELAY_DOMAINS"))
         .map(|d| validate::domain("RELAY_DOMAINS", d))
         .collect::<ConfigResult<Vec<_>>>()?;
-    if relay_domains.is_empty() {
-        relay_domains.push(domain.clone());
-    }
+    let relay_domains = crate::settings::relay_domains(&domain, relay_domains);
 
     let relayhost_credentials = credentials(vars, postfix_dir, &relayhost_key(&relayhost))?;
     let use_tls = get("RELAY_USE_TLS")

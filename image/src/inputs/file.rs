@@ -35,14 +35,12 @@ pub fn settings(file: &RelayConfigFile, origin: &str) -> ConfigResult<Settings> 
         .map(|n| validate::network(&field("networks"), n))
         .collect::<ConfigResult<Vec<_>>>()?;
     relay_guard::check_networks(&field("networks"), &networks)?;
-    let mut relay_domains = file
+    let relay_domains = file
         .relay_domains
         .iter()
         .map(|d| validate::domain(&field("relayDomains"), d))
         .collect::<ConfigResult<Vec<_>>>()?;
-    if relay_domains.is_empty() {
-        relay_domains.push(domain.clone());
-    }
+    let relay_domains = crate::settings::relay_domains(&domain, relay_domains);
 
     let rh = &file.relayhost;
     validate::relayhost_host(&field("relayhost.host"), &rh.host)?;
