@@ -150,13 +150,12 @@ fn user_path_chart_operator_pod_relay_pod_and_mail_through_the_service() {
         || smtp_ready(service).then_some(()),
     ));
     let first = mail::marker("user-path");
-    let reply = user_path::send_from_host(service, FROM, RCPT, &first);
-    let got = sink.wait_for(RCPT, &first, WAIT).unwrap_or_else(|e| {
-        panic!(
-            "{e}\nrelay answered: {reply:?}\n{}",
-            user_path::diagnose(&cp, NS)
-        )
-    });
+    // A refusal (e.g. the client's address outside `networks`) fails at once, not after WAIT.
+    user_path::send_from_host(service, FROM, RCPT, &first)
+        .unwrap_or_else(|e| panic!("{e}\n{}", user_path::diagnose(&cp, NS)));
+    let got = sink
+        .wait_for(RCPT, &first, WAIT)
+        .unwrap_or_else(|e| panic!("{e}\n{}", user_path::diagnose(&cp, NS)));
     // The relay's Received header names the client as it saw it: the node IP.
     assert!(
         got.text.contains(&format!("[{NODE_IP}]")),
