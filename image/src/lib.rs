@@ -1,6 +1,7 @@
 //! Configure Postfix as a relay restricted to one domain, and run it.
 
 pub mod config_file;
+pub mod drain;
 pub mod error;
 pub mod guard;
 pub mod inputs;

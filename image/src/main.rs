@@ -110,6 +110,11 @@ struct RunArgs {
     /// Seconds between checks of the inputs for changes (mounted Secrets, the config file).
     #[arg(long, env = "RELAY_RELOAD_INTERVAL", default_value_t = 2)]
     reload_interval: u64,
+    /// On SIGTERM, at most this many seconds to deliver the queue to the relayhost before
+    /// stopping Postfix (less when the relayhost refuses it). Mail still queued after it stays
+    /// on the spool. 0 stops at once.
+    #[arg(long, env = "RELAY_DRAIN_TIMEOUT", default_value_t = 25)]
+    drain_timeout: u64,
 }
 
 #[derive(Args)]
@@ -237,6 +242,7 @@ fn run_relay(args: RunArgs) -> ExitCode {
         metrics_listen: args.metrics_listen,
         reload_interval: Duration::from_secs(args.reload_interval.max(1)),
         stop_timeout: Duration::from_secs(60),
+        drain_timeout: Duration::from_secs(args.drain_timeout),
     };
     match tokio::runtime::Runtime::new() {
         Ok(rt) => rt.block_on(run::run(opts)),

@@ -148,9 +148,17 @@ impl Metrics {
         }
     }
 
+    /// Deliveries logged as deferred so far.
+    pub fn deferred(&self) -> u64 {
+        self.deliveries
+            .get_or_create(&StatusLabel {
+                status: "deferred".into(),
+            })
+            .get()
+    }
+
     pub fn encode(&self) -> String {
-        for queue in QUEUES {
-            let n = count_files(&self.spool_dir.join(queue));
+        for (queue, n) in QUEUES.into_iter().zip(queue_sizes(&self.spool_dir)) {
             self.queue
                 .get_or_create(&QueueLabel {
                     queue: queue.to_string(),
@@ -177,6 +185,11 @@ fn postfix_program(line: &str) -> Option<(&str, &str)> {
 fn field<'a>(message: &'a str, key: &str) -> Option<&'a str> {
     let at = message.find(key)? + key.len();
     message[at..].split([' ', ',']).next()
+}
+
+/// Messages in each of Postfix's queues under `spool`, in the order of [`QUEUES`].
+pub fn queue_sizes(spool: &Path) -> [usize; 5] {
+    QUEUES.map(|q| count_files(&spool.join(q)))
 }
 
 fn count_files(dir: &Path) -> usize {

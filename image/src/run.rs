@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::signal::unix::{signal, SignalKind};
 
+use crate::drain::Drained;
 use crate::error::{ConfigResult, RunError};
 use crate::inputs;
 use crate::metrics::Metrics;
@@ -56,6 +57,8 @@ pub struct RunOptions {
     pub reload_interval: Duration,
     /// How long to wait for Postfix to stop after SIGTERM before killing it.
     pub stop_timeout: Duration,
+    /// How long the drain before that may take (see [`crate::drain`]).
+    pub drain_timeout: Duration,
 }
 
 /// The running relay's configuration, kept to tell what an input change touched.
@@ -166,8 +169,8 @@ pub async fn run(opts: RunOptions) -> ExitCode {
     let mut last_error: Option<String> = None;
     let code = loop {
         tokio::select! {
-            _ = sigterm.recv() => break stop(&mut master, pid, opts.stop_timeout).await,
-            _ = sigint.recv() => break stop(&mut master, pid, opts.stop_timeout).await,
+            _ = sigterm.recv() => break stop(&mut master, pid, &opts, &metrics).await,
+            _ = sigint.recv() => break stop(&mut master, pid, &opts, &metrics).await,
             status = master.wait() => {
                 tracing::error!(?status, "the Postfix master exited");
                 break exit::POSTFIX_DIED;
@@ -218,7 +221,26 @@ pub async fn run(opts: RunOptions) -> ExitCode {
     ExitCode::from(code)
 }
 
-async fn stop(master: &mut tokio::process::Child, pid: u32, timeout: Duration) -> u8 {
+async fn stop(
+    master: &mut tokio::process::Child,
+    pid: u32,
+    opts: &RunOptions,
+    metrics: &Metrics,
+) -> u8 {
+    match crate::drain::drain(&opts.layout, metrics, opts.drain_timeout).await {
+        Drained::Skipped => {}
+        Drained::Empty => tracing::info!("drained: the queue is empty"),
+        Drained::RelayhostRefused { queued } => tracing::warn!(
+            queued,
+            "the relayhost did not take the queued mail; it stays on the spool for the next start"
+        ),
+        Drained::DeadlinePassed { queued } => tracing::warn!(
+            queued,
+            timeout = ?opts.drain_timeout,
+            "drain deadline passed; the queued mail stays on the spool"
+        ),
+    }
+    let timeout = opts.stop_timeout;
     tracing::info!(pid, "stopping postfix");
     if let Err(e) = instance::stop(pid) {
         tracing::error!(error = %e, "signalling the master failed");

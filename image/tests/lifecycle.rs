@@ -369,3 +369,45 @@ fn a_master_left_running_on_the_spool_is_stopped_and_the_relay_starts() {
     sink.wait_for("orphan@example.net", &mark, DEADLINE)
         .unwrap();
 }
+
+/// Postfix retries deferred mail only after minutes: whatever is delivered at a stop was sent
+/// by the drain, not by a retry that happened to come.
+fn slow_retries(cfg: &mut smtp_relay::config_file::RelayConfigFile) {
+    for (k, v) in [
+        ("queue_run_delay", "300s"),
+        ("minimal_backoff_time", "300s"),
+        ("maximal_backoff_time", "300s"),
+    ] {
+        cfg.postconf.insert(k.into(), v.into());
+    }
+}
+
+#[test]
+fn sigterm_delivers_the_queue_before_postfix_stops() {
+    let port = free_port();
+    let mut cfg = config(port, Mode::Strict);
+    slow_retries(&mut cfg);
+    let relay = RelaySpec::new(Input::file(cfg)).start();
+    let mark = marker("drained");
+    send(
+        relay.addr(),
+        NET_CLIENT,
+        None,
+        "app@example.net",
+        "drained@example.net",
+        &mark,
+    )
+    .unwrap();
+    poll("the message to be deferred", DEADLINE, || {
+        relay.mail_log().contains("status=deferred").then_some(())
+    });
+    // The relayhost is back, but Postfix would not retry for five minutes.
+    let sink = start_sink_on(port);
+    let (status, spec) = relay.stop();
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        sink.has(&mark),
+        "the drain delivered the queued message before the relay exited"
+    );
+    assert_eq!(queued(&spec.spool_dir()), 0, "nothing left on the spool");
+}

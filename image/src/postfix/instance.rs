@@ -285,6 +285,14 @@ pub fn postfix(layout: &Layout, args: &[&str]) -> Result<(), RunError> {
     .map(|_| ())
 }
 
+/// Runs `postqueue -c DIR <args>` (e.g. `-f`: deliver all queued mail now).
+pub fn postqueue(layout: &Layout, args: &[&str]) -> Result<String, RunError> {
+    run(Command::new("postqueue")
+        .arg("-c")
+        .arg(&layout.config_dir)
+        .args(args))
+}
+
 pub fn postconf(layout: &Layout, args: &[&str]) -> Result<String, RunError> {
     run(Command::new("postconf")
         .arg("-c")
