@@ -117,17 +117,28 @@ func run(dir string, o options) error {
 		host = nodeIP
 	}
 	var n *node
-	// stopNode stops the node's pods and daemons and cleans the host up: before the API server
-	// goes, so the kubelet's last updates reach it.
+	var left stopped
+	// stopNode stops the node's in-process components, pods and daemons: before the API server
+	// goes, so the kubelet's last updates reach it and no watch of theirs holds its shutdown.
 	stopNode := sync.OnceFunc(func() {
 		if n != nil {
 			n.stop()
 		}
 		if claim != nil {
-			claim.cleanup()
+			left = claim.stopProcesses()
+		}
+	})
+	// releaseHost removes the node's host state (mounts, iptables, the bridge) and frees the
+	// claim: last, once the API server has stopped, since the bridge carries the node IP it is
+	// bound to. Either step out of this order costs the API server's shutdown a minute of
+	// timeouts.
+	releaseHost := sync.OnceFunc(func() {
+		if claim != nil {
+			claim.removeHostState(left)
 			claim.release()
 		}
 	})
+	defer releaseHost()
 	defer stopNode()
 
 	l, err := layout(dir, host)
@@ -158,7 +169,8 @@ func run(dir string, o options) error {
 	kcmCtx, kcmCancel := context.WithCancel(context.Background())
 	defer kcmCancel()
 	kcmDone := make(chan error, 1)
-	// shutdown stops what runs, in order: node, controller manager, API server, etcd.
+	// shutdown stops what runs, in order: node, controller manager, API server, etcd; then it
+	// releases the host.
 	shutdown := func() {
 		stopNode()
 		kcmCancel()
@@ -168,6 +180,7 @@ func run(dir string, o options) error {
 		apiCancel()
 		waitDone(apiDone, 60*time.Second)
 		closeEtcd()
+		releaseHost()
 	}
 
 	if err := waitReady(readyCtx, l, apiDone); err != nil {

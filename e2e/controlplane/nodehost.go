@@ -212,6 +212,19 @@ func removeKubeChains() {
 // sysctls. It works from what is on the host, not from what this process remembers, so it
 // serves both a normal shutdown and a run that was killed.
 func (c *hostClaim) cleanup() {
+	c.removeHostState(c.stopProcesses())
+}
+
+// stopped is what stopProcesses learnt of the sandboxes for removeHostState.
+type stopped struct {
+	netns     []string
+	sandboxes map[string]bool
+}
+
+// stopProcesses stops every process of the node: the kubelet, the pods, the shims and the
+// daemons (containerd, kube-proxy, CoreDNS). The API server can then shut down at once: no
+// client of its own keeps a watch open.
+func (c *hostClaim) stopProcesses() stopped {
 	nodeDir := c.nodeDir()
 	// The kubelet first, or it would restart the containers being stopped.
 	stopProcs("kubelet", func(cmdline string) bool {
@@ -233,7 +246,15 @@ func (c *hostClaim) cleanup() {
 	stopProcs("node daemons", func(cmdline string) bool {
 		return strings.Contains(cmdline, nodeDir+"/")
 	}, 15*time.Second)
+	return stopped{netns: netns, sandboxes: sandboxes}
+}
 
+// removeHostState removes what the node changed on the host once its processes are gone:
+// mounts, pinned network namespaces, iptables chains, the bridge (and with it the node IP the
+// API server binds to: so, after the API server), cgroups, sysctls and leftover files.
+func (c *hostClaim) removeHostState(s stopped) {
+	nodeDir := c.nodeDir()
+	netns, sandboxes := s.netns, s.sandboxes
 	unmountUnder(nodeDir, netns)
 	for _, ns := range netns {
 		_ = os.Remove(ns)
