@@ -399,10 +399,14 @@ impl Drop for Upstream {
     }
 }
 
-/// Last resort when smtp-relay had to be killed: its Postfix master would survive it.
+/// Last resort when smtp-relay had to be killed: its Postfix master would survive it. Only a
+/// live process named `master` is killed: a stale pid file may name a recycled pid.
 pub fn kill_master(spool: &Path) {
     if let Some(pid) = master_pid(spool) {
-        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim() == "master" {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
     }
 }
 

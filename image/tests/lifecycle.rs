@@ -320,6 +320,16 @@ fn the_master_never_outlives_its_supervisor() {
     sink.wait_for("after@example.net", &mark, DEADLINE).unwrap();
 }
 
+/// A Postfix master the test started itself: stopped (and reaped) when dropped, also when the
+/// test fails before the relay under test stopped it.
+struct Orphan(std::process::Child);
+
+impl Drop for Orphan {
+    fn drop(&mut self) {
+        smtp_relay_e2e::tools::stop_child(&mut self.0, Duration::from_secs(10));
+    }
+}
+
 #[test]
 fn a_master_left_running_on_the_spool_is_stopped_and_the_relay_starts() {
     let sink = start_sink();
@@ -328,11 +338,13 @@ fn a_master_left_running_on_the_spool_is_stopped_and_the_relay_starts() {
     assert_eq!(status.code(), Some(0));
     // A master on this spool that no smtp-relay supervises (as an older supervisor killed
     // outright left behind), serving the port.
-    let mut orphan = Command::new("/usr/lib/postfix/sbin/master")
-        .arg("-c")
-        .arg(spec.postfix_dir())
-        .spawn()
-        .expect("starting a Postfix master by hand");
+    let orphan = Orphan(
+        Command::new("/usr/lib/postfix/sbin/master")
+            .arg("-c")
+            .arg(spec.postfix_dir())
+            .spawn()
+            .expect("starting a Postfix master by hand"),
+    );
     poll("the unsupervised master to serve", DEADLINE, || {
         smtp_ready(spec.addr()).then_some(())
     });
@@ -350,7 +362,7 @@ fn a_master_left_running_on_the_spool_is_stopped_and_the_relay_starts() {
         !process_alive(orphan_pid),
         "the unsupervised master is gone"
     );
-    let _ = orphan.wait();
+    drop(orphan);
     assert!(
         relay.output().contains("left by an earlier supervisor"),
         "the relay says what it found:\n{}",
