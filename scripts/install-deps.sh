@@ -64,15 +64,8 @@ controlplane_build() {
         return
     fi
     log "building controlplane and kubectl"
-    # Stamp the Kubernetes version in, as its release build does: clients (helm's kubeVersion
-    # checks, kubectl version) see v1.x.y rather than v0.0.0-master.
-    local version minor x
-    version="$(awk '$1 == "k8s.io/kubernetes" && $2 ~ /^v1\./ { print $2; exit }' "$src/go.mod")"
-    minor="$(echo "$version" | cut -d. -f2)"
-    x=""
-    for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-        x+=" -X $pkg.gitVersion=$version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
-    done
+    local x
+    x="$(k8s_version_ldflags "$src/go.mod")"
     (cd "$src" && "$GO" build -trimpath "-ldflags=-s -w$x" -o "$BIN/" . k8s.io/kubernetes/cmd/kubectl)
     echo "$sum" >"$stamp"
 }

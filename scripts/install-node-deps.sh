@@ -33,15 +33,10 @@ kubelet_build() {
         return
     fi
     log "building kubelet and kube-proxy"
-    # The same version stamp as controlplane_build in install-deps.sh: the kubelet reports it
-    # as the node's version, and a v0.0.0 node would look older than the control plane.
-    local version minor x
-    version="$(awk '$1 == "k8s.io/kubernetes" && $2 ~ /^v1\./ { print $2; exit }' "$src/go.mod")"
-    minor="$(echo "$version" | cut -d. -f2)"
-    x=""
-    for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-        x+=" -X $pkg.gitVersion=$version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
-    done
+    # The kubelet reports it as the node's version: a v0.0.0 node would look older than the
+    # control plane.
+    local x
+    x="$(k8s_version_ldflags "$src/go.mod")"
     (cd "$src" && "$GO" build -trimpath "-ldflags=-s -w$x" -o "$BIN/" \
         k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy)
     echo "$sum" >"$stamp"

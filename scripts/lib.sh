@@ -66,3 +66,16 @@ sources_hash() {
     (cd "$dir" && "$GO" version && find . -type f \( "${expr[@]}" \) -print0 | sort -z | xargs -0 sha256sum) |
         sha256sum | cut -d' ' -f1
 }
+
+# k8s_version_ldflags GO_MOD: the -X flags that stamp the Kubernetes version of GO_MOD's
+# k8s.io/kubernetes into a build, as its release build does: clients (helm's kubeVersion
+# checks, kubectl version) and the kubelet's node version see v1.x.y, not v0.0.0-master.
+k8s_version_ldflags() {
+    local version minor pkg x=""
+    version="$(awk '$1 == "k8s.io/kubernetes" && $2 ~ /^v1\./ { print $2; exit }' "$1")"
+    minor="$(echo "$version" | cut -d. -f2)"
+    for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+        x+=" -X $pkg.gitVersion=$version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+    done
+    echo "$x"
+}

@@ -8,8 +8,8 @@
 //! panicking, so the demo can report a failed step and the test can put it in its panic.
 
 use std::fs;
-use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -390,22 +390,6 @@ pub fn pod_logs(cp: &ControlPlane, ns: &str, pod: &str) -> String {
     String::from_utf8_lossy(&cp.kubectl(["logs", "-n", ns, pod]).stdout).into_owned()
 }
 
-/// `GET path` over plain HTTP/1.1: (status code, body), or None when nothing answers.
-pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string())?;
-    Some((code, body))
-}
-
 /// The value of an unlabelled Prometheus sample `name` in `text`.
 pub fn metric(text: &str, name: &str) -> Option<f64> {
     text.lines()
@@ -421,7 +405,7 @@ pub fn operator_metrics(cp: &ControlPlane, release: &ChartRelease) -> Result<Str
     let svc = operator::get_json(cp, &release.namespace, "service", &service)
         .ok_or_else(|| format!("no Service {service}"))?;
     let port = svc["spec"]["ports"][0]["port"].as_u64().unwrap_or(0) as u16;
-    match http_get(SocketAddr::from((ip, port)), "/metrics") {
+    match tools::http_get(SocketAddr::from((ip, port)), "/metrics") {
         Some((200, body)) => Ok(body),
         other => Err(format!("GET /metrics at {ip}:{port}: {other:?}")),
     }

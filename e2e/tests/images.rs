@@ -521,20 +521,6 @@ impl Drop for PrivateContainerd {
     }
 }
 
-fn http_status(addr: &str, path: &str) -> Option<u16> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    buf.split_whitespace().nth(1)?.parse().ok()
-}
-
 /// The operator image run by runc the way the chart's Deployment runs it (its image, args and
 /// read-only root; the image's user is the pod's runAsUser), against a real API server as the
 /// chart's ServiceAccount: ready, reconciles an SmtpRelay into a StatefulSet of the chart's
@@ -628,7 +614,10 @@ fn operator_image_runs_as_the_charts_deployment() {
     poll_until(
         Duration::from_secs(60),
         "/readyz of the operator image",
-        || (http_status(&http_addr, "/readyz") == Some(200)).then_some(()),
+        || {
+            (tools::http_get(http_addr.parse().ok()?, "/readyz").map(|(code, _)| code) == Some(200))
+                .then_some(())
+        },
     );
     operator::create_namespace(&cp, "mail");
     operator::apply(
