@@ -197,7 +197,6 @@ fn probe_send_users_and_metrics_against_a_running_relay() {
             && metric_value(&text, "smtp_relay_sasl_auth_failures_total") >= Some(1.0))
         .then_some(text)
     });
-    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
     for (name, expected) in [
         ("smtp_relay_queue_messages{queue=\"deferred\"}", 0.0),
         ("smtp_relay_queue_messages{queue=\"active\"}", 0.0),

@@ -441,10 +441,12 @@ pub fn process_alive(pid: i32) -> bool {
             .unwrap_or(false)
 }
 
+/// The body of `GET path`, which must answer 200.
 pub fn http_get(addr: SocketAddr, path: &str) -> String {
-    smtp_relay_e2e::tools::http_get(addr, path)
-        .map(|(_, body)| body)
-        .unwrap_or_else(|| panic!("GET {path} from {addr}: no answer"))
+    match smtp_relay_e2e::tools::http_get(addr, path) {
+        Some((200, body)) => body,
+        other => panic!("GET {path} from {addr}: {other:?}"),
+    }
 }
 
 pub fn metric_value(text: &str, name_and_labels: &str) -> Option<f64> {
