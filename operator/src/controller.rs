@@ -770,6 +770,30 @@ mod tests {
         serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null)
     }
 
+    /// Answers what a rejected input produces after the StatefulSet is read: a Warning Event
+    /// with `reason`, then the status patch of relay r1. Returns the patch.
+    async fn expect_warning_then_status(handle: &mut Handle, reason: &str) -> serde_json::Value {
+        let event = expect(
+            handle,
+            "POST",
+            "/apis/events.k8s.io/v1/namespaces/mail/events",
+            json(StatusCode::CREATED, serde_json::json!({})),
+        )
+        .await;
+        assert_eq!(event["reason"], reason);
+        assert_eq!(event["type"], "Warning");
+        expect(
+            handle,
+            "PATCH",
+            "/apis/smtprelay.dev/v1alpha1/namespaces/mail/smtprelays/r1/status",
+            json(
+                StatusCode::OK,
+                serde_json::to_value(relay("r1")).expect("json"),
+            ),
+        )
+        .await
+    }
+
     async fn run_with<F>(relay: SmtpRelay, ctx: Arc<Context>, script: F) -> Result<Action>
     where
         F: Future<Output = ()> + Send + 'static,
@@ -807,25 +831,7 @@ mod tests {
                 not_found(),
             )
             .await;
-            let ev = expect(
-                &mut handle,
-                "POST",
-                "/apis/events.k8s.io/v1/namespaces/mail/events",
-                json(StatusCode::CREATED, serde_json::json!({})),
-            )
-            .await;
-            assert_eq!(ev["reason"], "SecretNotFound");
-            assert_eq!(ev["type"], "Warning");
-            let patch = expect(
-                &mut handle,
-                "PATCH",
-                "/apis/smtprelay.dev/v1alpha1/namespaces/mail/smtprelays/r1/status",
-                json(
-                    StatusCode::OK,
-                    serde_json::to_value(relay("r1")).expect("json"),
-                ),
-            )
-            .await;
+            let patch = expect_warning_then_status(&mut handle, "SecretNotFound").await;
             let ready = &patch["status"]["conditions"][0];
             assert_eq!(
                 (
@@ -870,24 +876,7 @@ mod tests {
                 not_found(),
             )
             .await;
-            let ev = expect(
-                &mut handle,
-                "POST",
-                "/apis/events.k8s.io/v1/namespaces/mail/events",
-                json(StatusCode::CREATED, serde_json::json!({})),
-            )
-            .await;
-            assert_eq!(ev["reason"], "InvalidSpec");
-            let patch = expect(
-                &mut handle,
-                "PATCH",
-                "/apis/smtprelay.dev/v1alpha1/namespaces/mail/smtprelays/r1/status",
-                json(
-                    StatusCode::OK,
-                    serde_json::to_value(relay("r1")).expect("json"),
-                ),
-            )
-            .await;
+            let patch = expect_warning_then_status(&mut handle, "InvalidSpec").await;
             assert_eq!(patch["status"]["conditions"][1]["reason"], "InvalidSpec");
         })
         .await
@@ -1091,7 +1080,6 @@ mod tests {
             &BuildOptions::default(),
         )
         .expect("builds");
-        let live_relay = serde_json::to_value(&r).expect("json");
         let res = run_with(r, ctx, async move {
             let key_path = "/api/v1/namespaces/mail/secrets/r1-hash-key";
             let sts_path = "/apis/apps/v1/namespaces/mail/statefulsets/r1";
@@ -1118,22 +1106,7 @@ mod tests {
             // No child is written: the StatefulSet is read for status, then the Event and
             // the status patch name the ConfigMap.
             expect(&mut handle, "GET", sts_path, not_found()).await;
-            let event = expect(
-                &mut handle,
-                "POST",
-                "/apis/events.k8s.io/v1/namespaces/mail/events",
-                json(StatusCode::CREATED, serde_json::json!({})),
-            )
-            .await;
-            assert_eq!(event["reason"], "NameConflict");
-            assert_eq!(event["type"], "Warning");
-            let patch = expect(
-                &mut handle,
-                "PATCH",
-                "/apis/smtprelay.dev/v1alpha1/namespaces/mail/smtprelays/r1/status",
-                json(StatusCode::OK, live_relay),
-            )
-            .await;
+            let patch = expect_warning_then_status(&mut handle, "NameConflict").await;
             let ready = patch["status"]["conditions"]
                 .as_array()
                 .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
