@@ -409,9 +409,7 @@ fn sigterm_delivers_the_queue_before_postfix_stops() {
         &mark,
     )
     .unwrap();
-    poll("the message to be deferred", DEADLINE, || {
-        relay.mail_log().contains("status=deferred").then_some(())
-    });
+    relay.wait_deferred("drained@example.net");
     // The relayhost is back, but Postfix would not retry for five minutes.
     let sink = start_sink_on(port);
     let (status, spec) = relay.stop();

@@ -144,13 +144,7 @@ fn wrong_password_is_deferred_not_delivered() {
         &mark,
     )
     .expect("the relay itself accepts the message");
-    poll("the relay to defer the message", DEADLINE, || {
-        relay
-            .mail_log()
-            .lines()
-            .any(|l| l.contains("to=<wrong@elsewhere.org>") && l.contains("status=deferred"))
-            .then_some(())
-    });
+    relay.wait_deferred("wrong@elsewhere.org");
     assert!(
         relay.mail_log().contains("SASL authentication failed"),
         "deferred because the upstream refused the login"
@@ -233,13 +227,7 @@ fn a_relayhost_without_starttls_never_receives_the_password() {
         &mark,
     )
     .expect("the relay itself accepts the message");
-    poll("the relay to defer the message", DEADLINE, || {
-        relay
-            .mail_log()
-            .lines()
-            .any(|l| l.contains("to=<someone@elsewhere.org>") && l.contains("status=deferred"))
-            .then_some(())
-    });
+    relay.wait_deferred("someone@elsewhere.org");
     let transcript = fake.transcript();
     assert!(
         transcript.contains("EHLO"),

@@ -372,6 +372,17 @@ impl Relay {
         queued(&self.spec().spool_dir())
     }
 
+    /// Waits until the mail log shows a delivery to `rcpt` deferred.
+    pub fn wait_deferred(&self, rcpt: &str) {
+        let to = format!("to=<{rcpt}>");
+        poll(&format!("the relay to defer {rcpt}"), DEADLINE, || {
+            self.mail_log()
+                .lines()
+                .any(|l| l.contains(&to) && l.contains("status=deferred"))
+                .then_some(())
+        });
+    }
+
     /// Waits until Postfix's queue is empty.
     pub fn wait_queue_empty(&self) {
         poll("the relay's queue to empty", DEADLINE, || {
