@@ -47,6 +47,23 @@ die() {
     exit 1
 }
 
+# RELAY_SMOKE: run inside a relay container by `sh -ec "$RELAY_SMOKE" sh [RUN ARGS...]`:
+# starts `smtp-relay run RUN ARGS...`, waits for its probe (30 s at most; its log on failure),
+# lists its SASL users on stdout and stops it with SIGTERM.
+# shellcheck disable=SC2016 # expanded by the container's shell
+RELAY_SMOKE='
+        smtp-relay run "$@" >/tmp/relay.log 2>&1 &
+        pid=$!
+        i=0
+        until smtp-relay probe >/dev/null 2>&1; do
+            i=$((i + 1))
+            if [ "$i" -gt 300 ] || ! kill -0 "$pid" 2>/dev/null; then cat /tmp/relay.log >&2; exit 1; fi
+            sleep 0.1
+        done
+        smtp-relay users
+        kill -TERM "$pid"
+        wait "$pid"'
+
 usage() {
     sed -n '/^# Usage:/,/^# Needs root/p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
@@ -408,17 +425,7 @@ verify_images() {
         export RELAY_MYDOMAIN=example.net RELAY_HOST="[127.0.0.1]:2525" \
                RELAY_MYNETWORKS=127.0.0.0/8 RELAY_LISTEN=127.0.0.1:25 \
                RELAY_METRICS_LISTEN=127.0.0.1:9154
-        smtp-relay run >/tmp/relay.log 2>&1 &
-        pid=$!
-        i=0
-        until smtp-relay probe >/dev/null 2>&1; do
-            i=$((i + 1))
-            if [ "$i" -gt 300 ] || ! kill -0 "$pid" 2>/dev/null; then cat /tmp/relay.log >&2; exit 1; fi
-            sleep 0.1
-        done
-        smtp-relay users
-        kill -TERM "$pid"
-        wait "$pid"')" || die "the relay did not run in its image"
+        '"$RELAY_SMOKE")" || die "the relay did not run in its image"
     [ "$out" = "alice@example.net" ] || die "smtp-relay users said: $out"
     log "relay: ran Postfix, answered the probe, listed its SASL user, stopped on SIGTERM"
     relay_as_pod "$relay"
@@ -463,19 +470,8 @@ EOF
     for cap in FSETID MKNOD NET_RAW SETFCAP SETPCAP SYS_CHROOT AUDIT_WRITE; do
         args+=(--cap-drop "CAP_$cap")
     done
-    # shellcheck disable=SC2016 # expanded by the container's shell
-    out="$(pctr run --rm "${args[@]}" "$image" "$id" sh -ec '
-        smtp-relay run --config /etc/smtp-relay/config/relay.yaml >/tmp/relay.log 2>&1 &
-        pid=$!
-        i=0
-        until smtp-relay probe >/dev/null 2>&1; do
-            i=$((i + 1))
-            if [ "$i" -gt 300 ] || ! kill -0 "$pid" 2>/dev/null; then cat /tmp/relay.log >&2; exit 1; fi
-            sleep 0.1
-        done
-        smtp-relay users
-        kill -TERM "$pid"
-        wait "$pid"')" || status=$?
+    out="$(pctr run --rm "${args[@]}" "$image" "$id" sh -ec "$RELAY_SMOKE" sh \
+        --config /etc/smtp-relay/config/relay.yaml)" || status=$?
     remove_shim_socket "$id"
     [ "$status" -eq 0 ] || die "the relay did not run as the operator's pod runs it"
     [ "$out" = "bob@example.net" ] || die "smtp-relay users (pod) said: $out"
