@@ -480,9 +480,12 @@ const cniConfig = `{
 // kubeletConfig: cgroup v1 with cgroupfs, no swap check, oomScoreAdj and maxOpenFiles within
 // what this machine kind allows; no host resolv.conf for pods (the host's name servers are off
 // the machine); image garbage collection off (imported images cannot be pulled again) and
-// low eviction thresholds, so a busy shared disk does not evict test pods.
+// low eviction thresholds, so a busy shared disk does not evict test pods. syncFrequency 10s
+// (default 1m): the kubelet re-projects an updated Secret into a running pod's volume at its
+// next periodic sync of that pod, so tests of in-place Secret updates wait seconds, not a minute.
 const kubeletConfig = `apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
+syncFrequency: 10s
 failCgroupV1: false
 cgroupDriver: cgroupfs
 failSwapOn: false

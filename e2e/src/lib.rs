@@ -23,5 +23,5 @@ pub mod tools;
 
 pub use controlplane::{ControlPlane, Error};
 pub mod mail;
-pub mod pod;
+pub mod secret_volume;
 pub mod user_path;

@@ -22,8 +22,8 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tempfile::TempDir;
 
-use crate::pod::{self, relay_bin};
-use crate::tools::{poll, stop_child};
+use crate::secret_volume::SecretVolume;
+use crate::tools::{poll, stop_child, target_bin};
 
 /// How long a mail server may take to start, or a message to arrive.
 pub const DEADLINE: Duration = Duration::from_secs(60);
@@ -270,19 +270,32 @@ pub fn loopback_postconf() -> BTreeMap<String, String> {
     .collect()
 }
 
+/// The workspace's `smtp-relay` binary (built by `cargo build --workspace --bins`).
+pub fn relay_bin() -> PathBuf {
+    target_bin("smtp-relay")
+}
+
 /// The relayhost of the relay under test: a second `smtp-relay run` (real Postfix) on
-/// 127.0.0.1, that relays only for its SASL users (no `networks`) and hands all mail to a
+/// 127.0.0.1 (or an address of [`Upstream::start_at`]'s choosing), that relays only for its SASL users (no `networks`) and hands all mail to a
 /// [`Sink`]. Its users live in a kubelet-style Secret directory, so a password rotates in
 /// place. Stopped on drop; [`Upstream::stop`] and [`Upstream::start_again`] take it down and up
 /// on the same port and queue (the relayhost being unreachable for a while).
 pub struct Upstream {
     child: Option<Child>,
     pub addr: SocketAddr,
+    users: SecretVolume,
     dir: TempDir,
 }
 
 impl Upstream {
+    /// On 127.0.0.1, handing mail to `sink`, with SASL users `users` (name, password).
     pub fn start(sink: &Sink, users: &[(&str, &str)]) -> Result<Upstream, String> {
+        Upstream::start_at(sink, Ipv4Addr::LOCALHOST, users)
+    }
+
+    /// On a free port of `ip`, an address of this machine: e.g. the node IP, where relay pods
+    /// reach it.
+    pub fn start_at(sink: &Sink, ip: Ipv4Addr, users: &[(&str, &str)]) -> Result<Upstream, String> {
         let dir = tempfile::Builder::new()
             .prefix("upstream-")
             .tempdir()
@@ -292,7 +305,7 @@ impl Upstream {
             "domain": "example.net",
             "hostname": "upstream.example.net",
             "networks": [],
-            "relayhost": {"host": "127.0.0.1", "port": sink.port(), "mxLookup": false},
+            "relayhost": {"host": sink.addr.ip().to_string(), "port": sink.port(), "mxLookup": false},
             "mode": "AllowAuthNoDomain",
             "saslUsersDir": users_dir,
             "postconf": loopback_postconf(),
@@ -302,12 +315,13 @@ impl Upstream {
             serde_yaml::to_string(&config).map_err(|e| e.to_string())?,
         )
         .map_err(|e| e.to_string())?;
+        let users = SecretVolume::with_mode(users_dir, 0o400, users).map_err(|e| e.to_string())?;
         let mut up = Upstream {
             child: None,
-            addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            addr: SocketAddr::from((ip, free_port_at(ip))),
+            users,
             dir,
         };
-        up.set_users(users)?;
         up.start_again()?;
         Ok(up)
     }
@@ -315,13 +329,7 @@ impl Upstream {
     /// Replaces the SASL users (name, password) the way a Secret update does; the relay
     /// reloads them within a second or two.
     pub fn set_users(&self, users: &[(&str, &str)]) -> Result<(), String> {
-        let payload = users
-            .iter()
-            .map(|(u, p)| (PathBuf::from(u), (p.as_bytes().to_vec(), 0o400)))
-            .collect();
-        pod::atomic_write(&self.dir.path().join("users"), &payload)
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        self.users.write(users).map_err(|e| e.to_string())
     }
 
     /// Starts it (again, on the same port and queue) and waits until it answers SMTP.

@@ -1,27 +1,42 @@
-//! Run the pod for real: the operator turns an SmtpRelay into a StatefulSet on a real API server,
-//! and this test plays the kubelet for its pod (`smtp_relay_e2e::pod`): the relay runs with the
-//! template's command, env, volumes and probes against a real upstream relay requiring AUTH, and
-//! mail goes through it. Then the inputs rotate as they do in a cluster: a SASL user added
-//! (Secret swap, no restart), the relayhost password changed (StatefulSet roll), and a message
-//! queued while the relayhost is down survives a pod restart on the same spool.
+//! The relay pod under the real kubelet, following its inputs as they change in a cluster
+//! (issue 8). On the node of [`ControlPlane::with_node`], with the operator installed by the
+//! chart as a pod of its image:
 //!
-//! Needs root, Postfix (`apt-get install postfix sasl2-bin libsasl2-modules`), the tools of
-//! scripts/install-deps.sh and `cargo build --workspace --bins`.
+//! 1. An SmtpRelay in mode `AllowSaslAuthNoDomain` with SASL users and relayhost credentials;
+//!    its relayhost is an upstream relay on the node IP that requires AUTH (real Postfix,
+//!    `mail::Upstream`) and hands mail to a sink.
+//! 2. The pod as the kubelet runs it: the security context in force (capability bounding set,
+//!    no new privileges, seccomp, read-only root, read-only config, writable emptyDirs), the
+//!    Secret volume in the kubelet's layout with the template's mode, the command as PID 1,
+//!    its own hostname; the probes pass (no restart).
+//! 3. The mode, through the Service from the host: a SASL user may send anywhere, a
+//!    `networks` client only to the relay domain, and an anonymous client outside `networks`
+//!    (a shell in the pod, sending to the pod's own IP) nowhere.
+//! 4. A SASL user added to the user's Secret: the operator updates its copy, the pod template
+//!    is unchanged, the kubelet swaps the volume in place and the running relay lets the new
+//!    user send, in the same pod, without a restart.
+//! 5. The relayhost password rotated (at the upstream first, then in the Secret): the operator
+//!    changes the template's config hash, the StatefulSet controller replaces the pod, and the
+//!    new pod logs in with the new password.
+//!
+//! A message queued while the relayhost is down surviving the pod's deletion is in
+//! `user_path.rs`. Needs root, Postfix, the tools of `scripts/install-deps.sh` and the images
+//! of `scripts/build-images.sh`. One test: there is one node per machine.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use smtp_relay_e2e::mail::{self, marker, smtp_relay_send, Sink, Upstream};
-use smtp_relay_e2e::operator::{self, Operator, OperatorOptions};
-use smtp_relay_e2e::pod::{Kubelet, RelayPod};
-use smtp_relay_e2e::{tools, ControlPlane};
+use smtp_relay_e2e::mail::{self, marker, Sink, Upstream};
+use smtp_relay_e2e::operator;
+use smtp_relay_e2e::user_path::{self, NODE_IP};
+use smtp_relay_e2e::ControlPlane;
 
+/// Generous: the machine has two cores, shared with builds.
+const WAIT: Duration = Duration::from_secs(180);
 const NS: &str = "mail";
 const RELAY: &str = "relay";
-/// The relay's `networks` client: may send to the relay domain without a login.
-const NET_CLIENT: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
-const DEADLINE: Duration = Duration::from_secs(60);
+const POD: &str = "relay-0";
 
 const RELAYHOST_LOGIN: &str = "relay-login";
 const RELAYHOST_PW1: &str = "first relayhost password: }, =";
@@ -29,22 +44,33 @@ const RELAYHOST_PW2: &str = "second relayhost password";
 const APP1_PW: &str = "app1 password";
 const APP2_PW: &str = "app2 password";
 
+/// The capabilities of the template's security context (`CHOWN DAC_OVERRIDE FOWNER SETUID
+/// SETGID NET_BIND_SERVICE KILL`, all others dropped), as the kernel's bit mask.
+const CAPABILITY_MASK: u64 = 1 << 0 | 1 << 1 | 1 << 3 | 1 << 5 | 1 << 6 | 1 << 7 | 1 << 10;
+
 struct Timer(Instant);
 
 impl Timer {
     fn step(&self, what: &str) {
-        eprintln!("[{:>6.1}s] {what}", self.0.elapsed().as_secs_f64());
+        eprintln!(
+            "[relay_pod {:>6.1}s] {what}",
+            self.0.elapsed().as_secs_f64()
+        );
     }
 }
 
+fn ok<T>(r: Result<T, String>) -> T {
+    r.unwrap_or_else(|e| panic!("{e}"))
+}
+
 fn relayhost_secret(password: &str) -> String {
-    let v = serde_json::json!({
+    serde_json::json!({
         "apiVersion": "v1", "kind": "Secret",
         "metadata": {"name": "relayhost-credentials", "namespace": NS},
         "type": "Opaque",
         "stringData": {"username": RELAYHOST_LOGIN, "password": password},
-    });
-    v.to_string()
+    })
+    .to_string()
 }
 
 fn users_secret(users: &[(&str, &str)]) -> String {
@@ -61,20 +87,19 @@ fn users_secret(users: &[(&str, &str)]) -> String {
     .to_string()
 }
 
-fn smtp_relay(upstream_port: u16) -> String {
-    let mut postconf = mail::loopback_postconf();
-    postconf.insert("compatibility_level".into(), "2".into());
+/// Clients on the host reach the Service from the node IP: that is the `networks` client.
+fn smtp_relay(upstream: SocketAddr) -> String {
     serde_json::json!({
         "apiVersion": "smtprelay.dev/v1alpha1", "kind": "SmtpRelay",
         "metadata": {"name": RELAY, "namespace": NS},
         "spec": {
             "domain": "example.net",
             "hostname": "relay.example.net",
-            "networks": [format!("{NET_CLIENT}/32")],
+            "networks": [format!("{NODE_IP}/32")],
             "mode": "AllowSaslAuthNoDomain",
             "relayhost": {
-                "host": "127.0.0.1",
-                "port": upstream_port,
+                "host": upstream.ip().to_string(),
+                "port": upstream.port(),
                 "credentialsSecretRef": {
                     "name": "relayhost-credentials",
                     "usernameKey": "username",
@@ -83,13 +108,14 @@ fn smtp_relay(upstream_port: u16) -> String {
                 "tls": {"level": "none"},
             },
             "saslUsersSecretRef": {"name": "sasl-users"},
-            "postconf": postconf,
+            "postconf": user_path::quick_retry_postconf(),
         }
     })
     .to_string()
 }
 
-/// Secrets go through stdin, never the command line.
+/// `kubectl apply` from stdin, so Secrets never reach a command line, and no manifest in the
+/// failure message.
 fn apply(cp: &ControlPlane, manifest: &str) {
     let out = cp.kubectl_stdin(["apply", "-f", "-"], manifest);
     assert!(
@@ -110,254 +136,276 @@ fn template_hash(cp: &ControlPlane) -> Option<String> {
         .map(str::to_string)
 }
 
-/// Waits until the SmtpRelay says Ready=True with one ready replica.
-fn wait_relay_ready(cp: &ControlPlane, op: &Operator) -> Value {
-    op.wait_for(DEADLINE, "SmtpRelay Ready=True, readyReplicas 1", || {
-        let r = get(cp, "smtprelay", RELAY)?;
-        let ready = operator::condition(&r, "Ready")?;
-        (ready["status"] == "True" && r["status"]["readyReplicas"] == 1).then_some(r)
-    })
+/// `sh -c script` in the relay container, through the API server and the kubelet: (success,
+/// stdout and stderr).
+fn sh(cp: &ControlPlane, script: &str) -> (bool, String) {
+    let out = cp.kubectl([
+        "exec", "-n", NS, POD, "-c", "relay", "--", "sh", "-c", script,
+    ]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text.trim().to_string())
 }
 
-/// Runs the StatefulSet's current pod, probes it and reports it ready, as a kubelet does.
-fn run_pod(cp: &ControlPlane, kubelet: &Kubelet) -> RelayPod {
-    let mut pod = kubelet
-        .run_statefulset_pod(cp, NS, RELAY)
-        .unwrap_or_else(|e| panic!("running the relay pod: {e}"));
-    pod.wait_ready(DEADLINE)
-        .unwrap_or_else(|e| panic!("readiness probe: {e}"));
-    pod.mark_ready(cp).unwrap_or_else(|e| panic!("{e}"));
-    pod
+fn sh_ok(cp: &ControlPlane, script: &str) -> String {
+    let (success, out) = sh(cp, script);
+    assert!(success, "in the pod, `{script}` failed: {out}");
+    out
 }
 
-/// The volumes are laid out and mounted as the kubelet and a container runtime do.
-fn check_pod_layout(pod: &mut RelayPod) {
-    let users = pod.volume_dir("sasl-users").expect("users volume");
-    let data = std::fs::read_link(users.join("..data")).expect("..data symlink");
-    assert!(data.to_string_lossy().starts_with("..20"), "{data:?}");
+/// A field of `/proc/1/status` in the pod (the relay, PID 1).
+fn status_field(status: &str, field: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .unwrap_or_else(|| panic!("no {field} in /proc/1/status:\n{status}"))
+        .trim()
+        .to_string()
+}
+
+/// What the kubelet and containerd made of the template.
+fn check_pod_as_run(cp: &ControlPlane, pod: &Value) {
+    let status = sh_ok(cp, "cat /proc/1/status");
+    let mask = |f: &str| u64::from_str_radix(&status_field(&status, f), 16).unwrap();
     assert_eq!(
-        std::fs::read_link(users.join("app1")).unwrap(),
-        std::path::Path::new("..data/app1")
+        mask("CapBnd"),
+        CAPABILITY_MASK,
+        "capabilities: all dropped but the template's"
     );
-    let mode = std::fs::metadata(users.join("app1")).unwrap().permissions();
+    assert_eq!(status_field(&status, "NoNewPrivs"), "1");
     assert_eq!(
-        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
-        0o400,
-        "the template's defaultMode"
+        status_field(&status, "Seccomp"),
+        "2",
+        "RuntimeDefault filter"
     );
-    let sh = |pod: &mut RelayPod, script: &str| {
-        pod.exec(&["sh", "-c", script], Duration::from_secs(10))
-            .expect("exec in the pod")
-    };
-    let (status, out) = sh(pod, "test -L /etc/smtp-relay/sasl-users/app1 && hostname");
-    assert!(status.success(), "{out}");
-    assert_eq!(out.trim(), pod.name(), "the pod's own hostname");
-    let (status, out) = sh(pod, "touch /root-is-read-only");
-    assert!(!status.success(), "readOnlyRootFilesystem: {out}");
-    let (status, out) = sh(pod, "touch /etc/smtp-relay/config/x");
+    let cmdline = sh_ok(cp, "tr '\\0' ' ' < /proc/1/cmdline");
     assert!(
-        !status.success(),
-        "the config volume is mounted read-only: {out}"
+        cmdline.starts_with("smtp-relay run --config"),
+        "the container command is PID 1: {cmdline}"
     );
-    let (status, out) = sh(
-        pod,
+    assert_eq!(sh_ok(cp, "uname -n"), POD, "the pod's own hostname");
+
+    let (wrote, out) = sh(cp, "touch /root-is-read-only");
+    assert!(!wrote, "readOnlyRootFilesystem: {out}");
+    let (wrote, out) = sh(cp, "touch /etc/smtp-relay/config/x");
+    assert!(!wrote, "the config volume is mounted read-only: {out}");
+    sh_ok(
+        cp,
         "touch /data/x /tmp/x /run/smtp-relay/x && rm /data/x /tmp/x /run/smtp-relay/x",
     );
-    assert!(status.success(), "emptyDirs are writable: {out}");
-    let (_, out) = sh(pod, "cat /proc/1/cmdline | tr '\\0' ' '");
-    assert!(
-        out.starts_with("smtp-relay run --config"),
-        "the container command is PID 1: {out}"
+
+    // The Secret volume in the kubelet's layout, with the template's defaultMode.
+    let users = "/etc/smtp-relay/sasl-users";
+    assert!(sh_ok(cp, &format!("readlink {users}/..data")).starts_with("..20"));
+    assert_eq!(sh_ok(cp, &format!("readlink {users}/app1")), "..data/app1");
+    assert_eq!(sh_ok(cp, &format!("stat -L -c %a {users}/app1")), "400");
+
+    // The probes passed under the kubelet, and none restarted the container.
+    let container = &pod["status"]["containerStatuses"][0];
+    assert_eq!(container["ready"], true, "{container}");
+    assert_eq!(container["restartCount"], 0, "{container}");
+}
+
+/// The image's own client in the relay's pod, anonymous, to the pod's own IP: a client outside
+/// `networks`. `Err` carries the refusal.
+fn send_from_pod(cp: &ControlPlane, pod_ip: &str, to: &str) -> Result<String, String> {
+    let (success, out) = sh(
+        cp,
+        &format!(
+            "smtp-relay send --server {pod_ip}:25 --starttls never --from app@example.net \
+             --subject anonymous --body anonymous {to}"
+        ),
     );
-    // The StatefulSet's liveness probe (no SMTP) passes in the pod's own layout: the
-    // supervisor's heartbeat and the master's pid file are where the probe looks.
-    pod.exec_probe("livenessProbe")
-        .unwrap_or_else(|e| panic!("liveness probe: {e}"));
+    if success {
+        Ok(out)
+    } else {
+        Err(out)
+    }
 }
 
 #[test]
-fn relay_pod_runs_for_real_and_follows_secret_rotation() {
+fn relay_pod_under_the_kubelet_follows_secret_rotation() {
     let t = Timer(Instant::now());
-    let cp = ControlPlane::start().expect("control plane starts");
-    t.step("control plane ready");
-    let op = Operator::start(&cp, OperatorOptions::default());
-    t.step("chart installed, operator running as its ServiceAccount");
-    operator::create_namespace(&cp, NS);
+    ok(user_path::image_tarballs());
+    let cp = ControlPlane::with_node().expect("control plane with a node starts");
+    ok(user_path::import_images(&cp));
+    let release = user_path::install_chart(&cp);
+    let operator_pod = ok(user_path::wait_operator_ready(&cp, &release, WAIT));
+    t.step("node up, images imported, chart installed, operator pod Ready");
 
     let sink = Sink::start().expect("sink");
-    let mut upstream =
-        Upstream::start(&sink, &[(RELAYHOST_LOGIN, RELAYHOST_PW1)]).expect("upstream relay");
-    t.step("sink and upstream relay (AUTH required) running");
-
+    let upstream = Upstream::start_at(&sink, NODE_IP, &[(RELAYHOST_LOGIN, RELAYHOST_PW1)])
+        .expect("upstream relay");
+    operator::create_namespace(&cp, NS);
     apply(&cp, &relayhost_secret(RELAYHOST_PW1));
     apply(&cp, &users_secret(&[("app1", APP1_PW)]));
-    apply(&cp, &smtp_relay(upstream.addr.port()));
+    apply(&cp, &smtp_relay(upstream.addr));
+    let pod = ok(user_path::wait_relay_ready(&cp, NS, RELAY, WAIT));
+    let pod_uid = pod["metadata"]["uid"].clone();
+    let pod_ip = pod["status"]["podIP"].as_str().unwrap().to_string();
+    t.step(&format!("relay pod Ready at {pod_ip}, SmtpRelay Ready"));
 
-    let kubelet = Kubelet::new();
-    let mut pod = run_pod(&cp, &kubelet);
-    let relay = wait_relay_ready(&cp, &op);
-    t.step(&format!(
-        "pod {} running on {} ({}), probed, marked ready; SmtpRelay Ready",
-        pod.name(),
-        pod.smtp_addr(),
-        pod.uid()
+    check_pod_as_run(&cp, &pod);
+    t.step("security context, volumes, command and probes as the template says");
+
+    let service = SocketAddr::from((ok(user_path::cluster_ip(&cp, NS, RELAY)), 25));
+    ok(user_path::wait(
+        &cp,
+        NS,
+        WAIT,
+        "SMTP at the ClusterIP",
+        || mail::smtp_ready(service).then_some(()),
     ));
-    assert_eq!(relay["status"]["readyReplicas"], 1);
-    let addr = pod.smtp_addr();
-    assert_eq!(addr.port(), 25, "the template's port, on the pod IP");
-    check_pod_layout(&mut pod);
-
-    // A SASL user may send anywhere (AllowSaslAuthNoDomain), with the image's own client.
+    let host = Ipv4Addr::UNSPECIFIED;
+    let diagnose = |e: String| -> String {
+        format!(
+            "{e}\n--- upstream\n{}\n{}",
+            upstream.log(),
+            user_path::diagnose(&cp, NS)
+        )
+    };
+    // A SASL user may send anywhere.
     let m = marker("sasl");
-    smtp_relay_send(
-        addr,
-        Some(("app1", APP1_PW)),
+    let app1 = Some(("app1", APP1_PW));
+    mail::send(
+        service,
+        host,
+        app1,
         "app1@example.net",
-        "someone@elsewhere.org",
+        "a@elsewhere.org",
         &m,
     )
-    .unwrap_or_else(|e| panic!("app1 could not send: {e}"));
+    .unwrap_or_else(|e| panic!("{}", diagnose(e)));
     let got = sink
-        .wait_for("someone@elsewhere.org", &m, DEADLINE)
-        .unwrap_or_else(|e| panic!("{e}\n{}", upstream.log()));
+        .wait_for("a@elsewhere.org", &m, WAIT)
+        .unwrap_or_else(|e| panic!("{}", diagnose(e)));
     assert_eq!(got.from, "app1@example.net");
-    // A client outside `networks` without a login may not.
-    let refused = smtp_relay_send(addr, None, "x@example.net", "someone@elsewhere.org", "no");
-    assert!(
-        refused.as_ref().is_err_and(|e| e.contains("554")),
-        "anonymous relaying must be refused: {refused:?}"
-    );
-    // A client in `networks` may send to the relay domain without a login.
+    // A networks client (the host, seen as the node IP) may send to the relay domain only.
     let m = marker("net");
     mail::send(
-        addr,
-        NET_CLIENT,
+        service,
+        host,
         None,
         "app@example.net",
         "ops@example.net",
         &m,
     )
-    .unwrap_or_else(|e| panic!("network client refused: {e}"));
-    sink.wait_for("ops@example.net", &m, DEADLINE)
-        .unwrap_or_else(|e| panic!("{e}"));
-    t.step("delivered at the sink: SASL user from 127.0.0.1, networks client from 127.0.0.2");
+    .unwrap_or_else(|e| panic!("{}", diagnose(e)));
+    sink.wait_for("ops@example.net", &m, WAIT)
+        .unwrap_or_else(|e| panic!("{}", diagnose(e)));
+    let refused = mail::send(
+        service,
+        host,
+        None,
+        "app@example.net",
+        "x@elsewhere.org",
+        "n",
+    );
+    assert!(
+        refused.as_ref().is_err_and(|e| e.contains("554")),
+        "a networks client relaying elsewhere: {refused:?}"
+    );
+    // An anonymous client outside networks may send nowhere.
+    for to in ["ops@example.net", "x@elsewhere.org"] {
+        let refused = send_from_pod(&cp, &pod_ip, to);
+        assert!(
+            refused.as_ref().is_err_and(|e| e.contains("554")),
+            "an anonymous client outside networks, to {to}: {refused:?}"
+        );
+    }
+    t.step("mode AllowSaslAuthNoDomain through the Service: SASL anywhere, networks to domain");
 
-    // Rotation 1: a new SASL user. The operator updates its owned Secret; the config hash (and so
-    // the pod) stays; the kubelet swaps the volume; the relay picks it up while running.
+    // Rotation 1: a new SASL user, in place.
     let hash_before = template_hash(&cp).expect("config hash");
     apply(&cp, &users_secret(&[("app1", APP1_PW), ("app2", APP2_PW)]));
-    op.wait_for(DEADLINE, "the owned SASL users Secret to hold app2", || {
-        get(&cp, "secret", &format!("{RELAY}-sasl-users"))?["data"]
-            .get("app2")
-            .map(|_| ())
-    });
-    // Until the kubelet swaps the files, the relay does not know app2.
-    let early = smtp_relay_send(
-        addr,
-        Some(("app2", APP2_PW)),
-        "app2@example.net",
-        "early@elsewhere.org",
-        "early",
-    );
-    assert!(
-        early.as_ref().is_err_and(|e| e.contains("535")),
-        "app2 before the volume sync: {early:?}"
-    );
-    let changed = pod.sync(&cp).expect("sync");
-    assert_eq!(changed, ["sasl-users"], "only the users volume changed");
+    ok(user_path::wait(
+        &cp,
+        NS,
+        WAIT,
+        "the owned SASL users Secret to hold app2",
+        || {
+            get(&cp, "secret", &format!("{RELAY}-sasl-users"))?["data"]
+                .get("app2")
+                .map(|_| ())
+        },
+    ));
     let m = marker("app2");
-    tools::poll_until(DEADLINE, "app2 to be able to send", || {
-        smtp_relay_send(
-            addr,
-            Some(("app2", APP2_PW)),
-            "app2@example.net",
-            "app2-rcpt@elsewhere.org",
-            &m,
-        )
-        .ok()
-    });
-    sink.wait_for("app2-rcpt@elsewhere.org", &m, DEADLINE)
-        .unwrap_or_else(|e| panic!("{e}"));
-    let (_, users) = pod
-        .exec(&["smtp-relay", "users"], Duration::from_secs(10))
-        .expect("smtp-relay users in the pod");
+    let app2 = Some(("app2", APP2_PW));
+    ok(user_path::wait(
+        &cp,
+        NS,
+        WAIT,
+        "app2 to be able to send (the kubelet's volume update, the relay's reload)",
+        || {
+            mail::send(
+                service,
+                host,
+                app2,
+                "app2@example.net",
+                "b@elsewhere.org",
+                &m,
+            )
+            .ok()
+        },
+    ));
+    sink.wait_for("b@elsewhere.org", &m, WAIT)
+        .unwrap_or_else(|e| panic!("{}", diagnose(e)));
+    let users = sh_ok(&cp, "smtp-relay users");
     assert!(
         users.contains("app1") && users.contains("app2"),
-        "the relay's database (in the pod's /data) lists both users: {users}"
+        "the relay's database lists both users: {users}"
     );
     assert_eq!(template_hash(&cp), Some(hash_before.clone()));
-    assert!(!pod.deleted(&cp).unwrap(), "no restart for a new user");
-    assert!(pod.running());
-    t.step("SASL user added: Secret swapped in place, app2 sent, same pod");
+    let pod = get(&cp, "pod", POD).expect("the relay pod");
+    assert_eq!(pod["metadata"]["uid"], pod_uid, "the same pod");
+    assert_eq!(pod["status"]["containerStatuses"][0]["restartCount"], 0);
+    t.step("SASL user added: volume swapped in place, app2 sent, same pod, no restart");
 
-    // Rotation 2: the relayhost password. It changes at the upstream first (mail defers
-    // meanwhile), then in the referenced Secret; the operator copies it and changes the config
-    // hash, the StatefulSet controller replaces the pod, and the kubelet runs the new one.
+    // Rotation 2: the relayhost password, at the upstream first (mail would defer meanwhile),
+    // then in the Secret: a new config hash, a new pod.
     upstream
         .set_users(&[(RELAYHOST_LOGIN, RELAYHOST_PW2)])
         .expect("rotate at the upstream");
     apply(&cp, &relayhost_secret(RELAYHOST_PW2));
-    op.wait_for(DEADLINE, "a new config hash on the pod template", || {
-        template_hash(&cp).filter(|h| *h != hash_before)
-    });
-    op.wait_for(
-        DEADLINE,
-        "the StatefulSet controller to delete the old pod",
-        || pod.deleted(&cp).ok()?.then_some(()),
-    );
-    let status = pod.stop().expect("the old pod stops cleanly on SIGTERM");
-    assert_eq!(status.code(), Some(0));
-    let old_uid = pod.uid().to_string();
-    drop(pod);
-    let mut pod = run_pod(&cp, &kubelet);
-    assert_ne!(pod.uid(), old_uid, "a new Pod object");
-    wait_relay_ready(&cp, &op);
+    ok(user_path::wait(
+        &cp,
+        NS,
+        WAIT,
+        "a new config hash on the pod template",
+        || template_hash(&cp).filter(|h| *h != hash_before),
+    ));
+    let pod = ok(user_path::wait(
+        &cp,
+        NS,
+        WAIT,
+        "a new relay pod Ready",
+        || user_path::relay_ready(&cp, NS, RELAY).filter(|p| p["metadata"]["uid"] != pod_uid),
+    ));
+    assert_eq!(pod["status"]["containerStatuses"][0]["restartCount"], 0);
     let m = marker("rotated");
-    smtp_relay_send(
-        addr,
-        Some(("app1", APP1_PW)),
-        "app1@example.net",
-        "rotated@elsewhere.org",
-        &m,
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    sink.wait_for("rotated@elsewhere.org", &m, DEADLINE)
-        .unwrap_or_else(|e| panic!("{e}\n--- pod log\n{}", pod.logs()));
-    t.step("relayhost password rotated: pod rolled, mail delivered with the new password");
-
-    // The relayhost goes down; a message is queued; the pod restarts on the same spool and
-    // delivers it once the relayhost is back.
-    upstream.stop();
-    let m = marker("queued");
     mail::send(
-        addr,
-        NET_CLIENT,
-        None,
-        "app@example.net",
-        "queued@example.net",
+        service,
+        host,
+        app1,
+        "app1@example.net",
+        "c@elsewhere.org",
         &m,
     )
-    .unwrap_or_else(|e| panic!("the relay must accept mail while the relayhost is down: {e}"));
-    let spool = pod.volume_dir("spool").expect("spool claim").to_path_buf();
-    tools::poll_until(DEADLINE, "the message in the queue", || {
-        (mail::queued(&spool) > 0).then_some(())
-    });
-    let status = pod.stop().expect("SIGTERM with mail queued");
-    assert_eq!(status.code(), Some(0));
-    assert!(mail::queued(&spool) > 0, "the queue survives the stop");
-    assert!(!sink.has(&m));
-    upstream.start_again().expect("upstream back");
-    drop(pod);
-    let pod = run_pod(&cp, &kubelet);
-    sink.wait_for("queued@example.net", &m, DEADLINE)
-        .unwrap_or_else(|e| panic!("{e}\n--- pod log\n{}", pod.logs()));
-    tools::poll_until(DEADLINE, "the queue to empty", || {
-        (mail::queued(&spool) == 0).then_some(())
-    });
-    t.step("message queued while the relayhost was down survived the restart and was delivered");
+    .unwrap_or_else(|e| panic!("{}", diagnose(e)));
+    sink.wait_for("c@elsewhere.org", &m, WAIT)
+        .unwrap_or_else(|e| panic!("{}", diagnose(e)));
     assert!(
-        !op.logs().contains("Forbidden"),
-        "the operator lacked a permission:\n{}",
-        op.log_tail(40)
+        upstream.log().contains("sasl_username=relay-login"),
+        "the upstream saw the relay log in"
     );
+    t.step("relayhost password rotated: pod replaced, mail delivered with the new password");
+
+    let logs = user_path::pod_logs(&cp, &release.namespace, &operator_pod);
+    assert!(!logs.contains("Forbidden"), "operator log:\n{logs}");
+    for secret in [RELAYHOST_PW1, RELAYHOST_PW2, APP1_PW, APP2_PW] {
+        assert!(!logs.contains(secret), "a password in the operator's log");
+    }
 }

@@ -10,7 +10,6 @@ use std::fmt;
 use std::fs;
 use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::Once;
@@ -36,6 +35,8 @@ use smtp_relay_e2e::tools::stop_child;
 pub use smtp_relay_e2e::mail::{
     loopback_postconf, marker, master_pid, message, queued, smtp_ready, Sink,
 };
+#[allow(unused_imports)]
+pub use smtp_relay_e2e::secret_volume::SecretVolume;
 
 /// The relay domain of every test relay.
 pub const DOMAIN: &str = "example.net";
@@ -471,57 +472,6 @@ pub fn write_atomically(path: &Path, content: &str) {
     let tmp = path.with_extension("tmp-test");
     fs::write(&tmp, content).unwrap();
     fs::rename(&tmp, path).unwrap();
-}
-
-// ---------------------------------------------------------------------------------------------
-// Secrets mounted the way the kubelet mounts them.
-
-/// A Secret volume: `..<timestamp>/` holds the files, `..data` points at it, and each key is a
-/// symlink `key -> ..data/key`. Updates swap `..data` atomically.
-pub struct SecretVolume {
-    pub dir: PathBuf,
-    generation: u32,
-}
-
-impl SecretVolume {
-    pub fn create(dir: PathBuf, files: &[(&str, &str)]) -> SecretVolume {
-        fs::create_dir_all(&dir).unwrap();
-        let mut vol = SecretVolume { dir, generation: 0 };
-        vol.update(files);
-        vol
-    }
-
-    /// The kubelet's AtomicWriter: new timestamped directory, `..data_tmp` symlink renamed over
-    /// `..data`, then user-visible symlinks added and stale ones removed, old directory removed.
-    pub fn update(&mut self, files: &[(&str, &str)]) {
-        self.generation += 1;
-        let old = fs::read_link(self.dir.join("..data")).ok();
-        let ts = format!("..2026_11_25_02_00_00.{}", self.generation);
-        let ts_dir = self.dir.join(&ts);
-        fs::create_dir(&ts_dir).unwrap();
-        for (name, content) in files {
-            fs::write(ts_dir.join(name), content).unwrap();
-        }
-        let tmp = self.dir.join("..data_tmp");
-        let _ = fs::remove_file(&tmp);
-        symlink(&ts, &tmp).unwrap();
-        fs::rename(&tmp, self.dir.join("..data")).unwrap();
-        for (name, _) in files {
-            let link = self.dir.join(name);
-            if fs::symlink_metadata(&link).is_err() {
-                symlink(format!("..data/{name}"), &link).unwrap();
-            }
-        }
-        for entry in fs::read_dir(&self.dir).unwrap().flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if !name.starts_with('.') && !files.iter().any(|(n, _)| *n == name) {
-                fs::remove_file(entry.path()).unwrap();
-            }
-        }
-        if let Some(old) = old {
-            let _ = fs::remove_dir_all(self.dir.join(old));
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
