@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use lettre::address::Envelope;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
-use lettre::transport::smtp::client::SmtpConnection;
+use lettre::transport::smtp::client::{Certificate, SmtpConnection, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
 use lettre::Address;
 use nix::sys::signal::{kill, Signal};
@@ -270,6 +270,31 @@ pub fn loopback_postconf() -> BTreeMap<String, String> {
     .collect()
 }
 
+/// A self-signed certificate for `localhost` and 127.0.0.1 in `dir` (`tls.crt`, `tls.key`),
+/// made with the openssl CLI: what a relay with SASL users needs, as it offers AUTH only
+/// inside TLS.
+pub fn self_signed_cert(dir: &Path) -> Result<(PathBuf, PathBuf), String> {
+    let cert = dir.join("tls.crt");
+    let key = dir.join("tls.key");
+    let out = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args(["-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .map_err(|e| format!("running openssl (apt-get install openssl): {e}"))?;
+    if !out.status.success() {
+        return Err(format!("openssl: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    Ok((cert, key))
+}
+
 /// The workspace's `smtp-relay` binary (built by `cargo build --workspace --bins`).
 pub fn relay_bin() -> PathBuf {
     target_bin("smtp-relay")
@@ -301,6 +326,8 @@ impl Upstream {
             .tempdir()
             .map_err(|e| e.to_string())?;
         let users_dir = dir.path().join("users");
+        // A relay with SASL users offers AUTH inside STARTTLS only, so it needs a certificate.
+        let (cert, key) = self_signed_cert(dir.path())?;
         let config = serde_json::json!({
             "domain": "example.net",
             "hostname": "upstream.example.net",
@@ -308,6 +335,7 @@ impl Upstream {
             "relayhost": {"host": sink.addr.ip().to_string(), "port": sink.port(), "mxLookup": false},
             "mode": "AllowAuthNoDomain",
             "saslUsersDir": users_dir,
+            "inboundTls": {"certFile": cert, "keyFile": key},
             "postconf": loopback_postconf(),
         });
         fs::write(
@@ -539,14 +567,44 @@ pub fn send(
     to: &str,
     marker: &str,
 ) -> Result<String, String> {
+    send_tls(addr, source, None, auth, from, to, marker)
+}
+
+/// STARTTLS towards a relay: the name its certificate must carry, and the certificate (PEM)
+/// that signed it (or is it, when self-signed).
+pub struct StartTls<'a> {
+    pub name: &'a str,
+    pub ca_pem: &'a [u8],
+}
+
+/// [`send`], after STARTTLS when `tls` is given (the certificate checked against it).
+pub fn send_tls(
+    addr: SocketAddr,
+    source: Ipv4Addr,
+    tls: Option<&StartTls<'_>>,
+    auth: Option<(&str, &str)>,
+    from: &str,
+    to: &str,
+    marker: &str,
+) -> Result<String, String> {
+    let hello = ClientId::Domain("client.test".into());
     let mut conn = SmtpConnection::connect(
         addr,
         Some(Duration::from_secs(30)),
-        &ClientId::Domain("client.test".into()),
+        &hello,
         None,
         Some(IpAddr::V4(source)),
     )
     .map_err(|e| format!("connecting to {addr} from {source}: {e}"))?;
+    if let Some(tls) = tls {
+        let ca = Certificate::from_pem(tls.ca_pem).map_err(|e| format!("the CA: {e}"))?;
+        let params = TlsParameters::builder(tls.name.into())
+            .add_root_certificate(ca)
+            .build()
+            .map_err(|e| e.to_string())?;
+        conn.starttls(&params, &hello)
+            .map_err(|e| format!("STARTTLS to {addr} as {}: {e}", tls.name))?;
+    }
     if let Some((user, password)) = auth {
         conn.auth(
             &[Mechanism::Plain, Mechanism::Login],
@@ -565,43 +623,4 @@ pub fn send(
         .map_err(|e| e.to_string());
     let _ = conn.quit();
     result
-}
-
-/// The image's own test client, `smtp-relay send`, logging in as `user` with the password in
-/// the `SMTP_PASSWORD` environment variable (never on the command line). It connects from
-/// 127.0.0.1. The subject is `marker` and the body ends like [`message`]'s, so
-/// [`Sink::wait_for`] finds it. Returns its output, or its error.
-pub fn smtp_relay_send(
-    addr: SocketAddr,
-    user: Option<(&str, &str)>,
-    from: &str,
-    to: &str,
-    marker: &str,
-) -> Result<String, String> {
-    let mut cmd = Command::new(relay_bin());
-    cmd.arg("send")
-        .arg("--server")
-        .arg(addr.to_string())
-        .args(["--from", from, "--subject", marker, "--starttls", "never"])
-        .arg("--body")
-        .arg(format!("Test message {marker}.\r\n{}", end_marker(marker)))
-        .env_remove("SMTP_PASSWORD")
-        .stdin(Stdio::null());
-    if let Some((name, password)) = user {
-        cmd.args(["--user", name]).env("SMTP_PASSWORD", password);
-    }
-    let out = cmd
-        .arg(to)
-        .output()
-        .map_err(|e| format!("running smtp-relay send: {e}"))?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    if out.status.success() {
-        Ok(text.trim().to_string())
-    } else {
-        Err(text.trim().to_string())
-    }
 }

@@ -9,9 +9,11 @@
 //!    no new privileges, seccomp, read-only root, read-only config, writable emptyDirs), the
 //!    Secret volume in the kubelet's layout with the template's mode, the command as PID 1,
 //!    its own hostname; the probes pass (no restart).
-//! 3. The mode, through the Service from the host: a SASL user may send anywhere, a
-//!    `networks` client only to the relay domain, and an anonymous client outside `networks`
-//!    (a shell in the pod, sending to the pod's own IP) nowhere.
+//! 3. The mode, through the Service from the host: a SASL user may send anywhere (logged in
+//!    inside STARTTLS, with the certificate the operator issued for the Service's names: AUTH
+//!    is never offered before TLS), a `networks` client only to the relay domain, and an
+//!    anonymous client outside `networks` (a shell in the pod, sending to the pod's own IP)
+//!    nowhere. The relay logs in to the upstream inside TLS too (the default with credentials).
 //! 4. A SASL user added to the user's Secret: the operator updates its copy, the pod template
 //!    is unchanged, the kubelet swaps the volume in place and the running relay lets the new
 //!    user send, in the same pod, without a restart.
@@ -27,7 +29,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use smtp_relay_e2e::mail::{self, marker, Sink, Upstream};
+use smtp_relay_e2e::mail::{self, marker, Sink, StartTls, Upstream};
 use smtp_relay_e2e::operator;
 use smtp_relay_e2e::user_path::{self, NODE_IP};
 use smtp_relay_e2e::ControlPlane;
@@ -105,7 +107,6 @@ fn smtp_relay(upstream: SocketAddr) -> String {
                     "usernameKey": "username",
                     "passwordKey": "password",
                 },
-                "tls": {"level": "none"},
             },
             "saslUsersSecretRef": {"name": "sasl-users"},
             "postconf": user_path::quick_retry_postconf(),
@@ -209,6 +210,31 @@ fn check_pod_as_run(cp: &ControlPlane, pod: &Value) {
     assert_eq!(container["restartCount"], 0, "{container}");
 }
 
+/// `tls.crt` of the Secret holding the certificate the operator issued.
+fn issued_certificate(cp: &ControlPlane) -> Vec<u8> {
+    let secret = format!("{RELAY}-tls");
+    let annotation = cp.kubectl_ok([
+        "get",
+        "secret",
+        "-n",
+        NS,
+        &secret,
+        "-o",
+        "jsonpath={.metadata.annotations.smtprelay\\.dev/issued-certificate}",
+    ]);
+    assert_eq!(annotation, "true", "{secret} holds an issued certificate");
+    cp.kubectl_ok([
+        "get",
+        "secret",
+        "-n",
+        NS,
+        &secret,
+        "-o",
+        "go-template={{index .data \"tls.crt\" | base64decode}}",
+    ])
+    .into_bytes()
+}
+
 /// The image's own client in the relay's pod, anonymous, to the pod's own IP: a client outside
 /// `networks`. `Err` carries the refusal.
 fn send_from_pod(cp: &ControlPlane, pod_ip: &str, to: &str) -> Result<String, String> {
@@ -267,18 +293,36 @@ fn relay_pod_under_the_kubelet_follows_secret_rotation() {
             user_path::diagnose(&cp, NS)
         )
     };
-    // A SASL user may send anywhere.
-    let m = marker("sasl");
+    // AUTH only inside TLS: the relay's certificate is the one the operator issued, naming the
+    // Service.
+    let cert = issued_certificate(&cp);
+    let tls_name = format!("{RELAY}.{NS}.svc");
+    let tls = StartTls {
+        name: &tls_name,
+        ca_pem: &cert,
+    };
     let app1 = Some(("app1", APP1_PW));
-    mail::send(
+    let clear = mail::send(
         service,
         host,
         app1,
         "app1@example.net",
         "a@elsewhere.org",
-        &m,
-    )
-    .unwrap_or_else(|e| panic!("{}", diagnose(e)));
+        "x",
+    );
+    assert!(
+        clear
+            .as_ref()
+            .is_err_and(|e| e.contains("No compatible authentication mechanism")),
+        "no AUTH offered before STARTTLS: {clear:?}"
+    );
+    let send = |auth, from, to: &str, m: &str| {
+        mail::send_tls(service, host, Some(&tls), auth, from, to, m)
+    };
+    // A SASL user may send anywhere.
+    let m = marker("sasl");
+    send(app1, "app1@example.net", "a@elsewhere.org", &m)
+        .unwrap_or_else(|e| panic!("{}", diagnose(e)));
     let got = sink
         .wait_for("a@elsewhere.org", &m, WAIT)
         .unwrap_or_else(|e| panic!("{}", diagnose(e)));
@@ -316,7 +360,16 @@ fn relay_pod_under_the_kubelet_follows_secret_rotation() {
             "an anonymous client outside networks, to {to}: {refused:?}"
         );
     }
-    t.step("mode AllowSaslAuthNoDomain through the Service: SASL anywhere, networks to domain");
+    let events = cp.kubectl_ok([
+        "get",
+        "events",
+        "-n",
+        NS,
+        "-o",
+        "jsonpath={.items[*].reason}",
+    ]);
+    assert!(events.contains("CertificateIssued"), "events: {events}");
+    t.step("mode AllowSaslAuthNoDomain through the Service: SASL inside TLS anywhere, networks to domain");
 
     // Rotation 1: a new SASL user, in place.
     let hash_before = template_hash(&cp).expect("config hash");
@@ -339,17 +392,7 @@ fn relay_pod_under_the_kubelet_follows_secret_rotation() {
         NS,
         WAIT,
         "app2 to be able to send (the kubelet's volume update, the relay's reload)",
-        || {
-            mail::send(
-                service,
-                host,
-                app2,
-                "app2@example.net",
-                "b@elsewhere.org",
-                &m,
-            )
-            .ok()
-        },
+        || send(app2, "app2@example.net", "b@elsewhere.org", &m).ok(),
     ));
     sink.wait_for("b@elsewhere.org", &m, WAIT)
         .unwrap_or_else(|e| panic!("{}", diagnose(e)));
@@ -386,15 +429,8 @@ fn relay_pod_under_the_kubelet_follows_secret_rotation() {
     ));
     assert_eq!(pod["status"]["containerStatuses"][0]["restartCount"], 0);
     let m = marker("rotated");
-    mail::send(
-        service,
-        host,
-        app1,
-        "app1@example.net",
-        "c@elsewhere.org",
-        &m,
-    )
-    .unwrap_or_else(|e| panic!("{}", diagnose(e)));
+    send(app1, "app1@example.net", "c@elsewhere.org", &m)
+        .unwrap_or_else(|e| panic!("{}", diagnose(e)));
     sink.wait_for("c@elsewhere.org", &m, WAIT)
         .unwrap_or_else(|e| panic!("{}", diagnose(e)));
     assert!(

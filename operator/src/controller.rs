@@ -287,7 +287,7 @@ pub async fn plan(
     if let Err(message) = crate::validate::validate_spec(&relay.spec) {
         return Ok(Err(Outcome::InvalidSpec { message }));
     }
-    let resolved = match resolve::resolve(relay, src).await {
+    let mut resolved = match resolve::resolve(relay, src).await {
         Ok(r) => r,
         Err(e) if e.is_user_error() => {
             return Ok(Err(Outcome::Unresolved {
@@ -297,9 +297,18 @@ pub async fn plan(
         }
         Err(e) => return Err(e.into()),
     };
+    let now = jiff::Timestamp::now().as_second();
+    let mut certificate_issued = None;
+    if let Some((pair, note)) = resolve::issued_certificate(relay, src, now).await? {
+        resolved.inbound_tls = Some(pair);
+        certificate_issued = note;
+    }
     let hash_key = resolve::config_hash_key(relay, src).await?;
     match builders::build(relay, &resolved, &hash_key, opts) {
-        Ok(d) => Ok(Ok(d)),
+        Ok(d) => Ok(Ok(Desired {
+            certificate_issued,
+            ..d
+        })),
         Err(Error::InvalidSpec(message)) => Ok(Err(Outcome::InvalidSpec { message })),
         Err(e) => Err(e),
     }
@@ -325,6 +334,7 @@ async fn apply_all(
         stateful_set,
         pdb,
         config_hash: _,
+        certificate_issued: _,
     } = d;
     let mut in_the_way = Vec::new();
     let hash_key_secret = read_live(client, relay, hash_key_secret, &mut in_the_way).await?;
@@ -516,6 +526,18 @@ pub async fn reconcile(relay: Arc<SmtpRelay>, ctx: Arc<Context>) -> Result<Actio
         Ok((desired, sts)) => {
             let rollout = Rollout::from_stateful_set(Some(&sts), relay.spec.replicas);
             prune_secrets(client, &relay, &desired, rollout).await?;
+            if let Some(note) = &desired.certificate_issued {
+                let ev = Event {
+                    type_: EventType::Normal,
+                    reason: "CertificateIssued".into(),
+                    note: Some(truncate(note, 1000)),
+                    action: "Issue".into(),
+                    secondary: None,
+                };
+                if let Err(e) = ctx.publish(&ev, &relay).await {
+                    warn!(relay = %name, error = %e, "publishing event failed");
+                }
+            }
             (
                 Outcome::Applied {
                     config_hash: desired.config_hash.clone(),

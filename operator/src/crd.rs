@@ -107,12 +107,17 @@ pub struct SmtpRelaySpec {
 
     /// SASL users allowed to authenticate to this relay: a Secret in the same namespace with one
     /// key per user name, whose value is that user's password. Adding, changing or removing a key
-    /// takes effect without restarting the relay.
+    /// takes effect without restarting the relay. AUTH is offered only inside TLS (STARTTLS), so
+    /// passwords never cross the network in clear text: see `tlsSecretRef`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sasl_users_secret_ref: Option<SecretRef>,
 
     /// Certificate offered to clients with STARTTLS: a Secret of type `kubernetes.io/tls` (keys
-    /// `tls.crt` and `tls.key`) in the same namespace. Without it the relay offers no STARTTLS.
+    /// `tls.crt` and `tls.key`) in the same namespace, e.g. from cert-manager. Without it, a relay
+    /// with `saslUsersSecretRef` gets a self-signed certificate the operator issues for the
+    /// Service's DNS names and `hostname` (Secret `<name>-tls`, valid 90 days, renewed 30 days
+    /// before expiry; clients that verify trust its `tls.crt`); a relay without SASL users offers
+    /// no STARTTLS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_secret_ref: Option<SecretRef>,
 

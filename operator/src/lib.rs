@@ -8,6 +8,7 @@
 
 pub mod backoff;
 pub mod builders;
+pub mod certificate;
 pub mod controller;
 pub mod crd;
 pub mod crdgen;

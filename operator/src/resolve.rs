@@ -13,6 +13,7 @@ use kube::{Api, Client, ResourceExt};
 
 use crate::builders::hash::HashKey;
 use crate::builders::{Names, HASH_KEY_KEY};
+use crate::certificate;
 use crate::crd::SmtpRelay;
 
 /// Why the references of a relay could not be resolved.
@@ -54,6 +55,9 @@ pub enum ResolveError {
     /// (retried with backoff).
     #[error("generating the config-hash key: {0}")]
     Random(getrandom::Error),
+    /// Issuing the serving certificate failed (retried with backoff).
+    #[error(transparent)]
+    Certificate(#[from] certificate::IssueError),
     /// Reading failed for a reason other than absence (retried with backoff).
     #[error("reading {kind} {namespace}/{name}: {source}")]
     Api {
@@ -75,12 +79,16 @@ impl ResolveError {
             ResolveError::InvalidValue { .. } => "InvalidSecretValue",
             ResolveError::Api { .. } => "kube",
             ResolveError::Random(_) => "random",
+            ResolveError::Certificate(_) => "certificate",
         }
     }
 
     /// True when the error is the user's input rather than a transient API failure.
     pub fn is_user_error(&self) -> bool {
-        !matches!(self, ResolveError::Api { .. } | ResolveError::Random(_))
+        !matches!(
+            self,
+            ResolveError::Api { .. } | ResolveError::Random(_) | ResolveError::Certificate(_)
+        )
     }
 }
 
@@ -237,19 +245,74 @@ pub async fn config_hash_key(
             name: name.clone(),
             source: Box::new(source),
         })?;
-    let ours = |s: &Secret| {
-        s.owner_references()
-            .iter()
-            .any(|o| o.controller == Some(true) && Some(&o.uid) == relay.metadata.uid.as_ref())
-    };
     let stored = live
-        .filter(ours)
+        .filter(|s| controlled_by(relay, s))
         .and_then(|s| s.data)
         .and_then(|d| d.get(HASH_KEY_KEY).and_then(|v| HashKey::from_slice(&v.0)));
     match stored {
         Some(key) => Ok(key),
         None => HashKey::generate().map_err(ResolveError::Random),
     }
+}
+
+/// Whether `relay` is the controller of `secret` (its own child, not one in the way).
+fn controlled_by(relay: &SmtpRelay, secret: &Secret) -> bool {
+    secret
+        .owner_references()
+        .iter()
+        .any(|o| o.controller == Some(true) && Some(&o.uid) == relay.metadata.uid.as_ref())
+}
+
+/// The certificate the operator issues for a relay with SASL users and no `tlsSecretRef`
+/// ([`certificate`]): the one stored in the owned `<name>-tls` Secret while it is the
+/// operator's, names the relay and is far from expiry; otherwise a new one, with the message
+/// of the Event that says so. `None` when the relay needs no issued certificate. `now` is in
+/// seconds since the epoch.
+pub async fn issued_certificate(
+    relay: &SmtpRelay,
+    src: &impl RefSource,
+    now: i64,
+) -> Result<Option<(TlsPair, Option<String>)>, ResolveError> {
+    if !certificate::wanted(relay) {
+        return Ok(None);
+    }
+    let ns = relay.namespace().unwrap_or_default();
+    let name = Names::tls_secret(&relay.name_any());
+    let live = src
+        .secret(&ns, &name)
+        .await
+        .map_err(|source| ResolveError::Api {
+            kind: "Secret",
+            namespace: ns.clone(),
+            name: name.clone(),
+            source: Box::new(source),
+        })?;
+    let names = certificate::names(relay);
+    let stored = live
+        .filter(|s| controlled_by(relay, s))
+        .filter(|s| s.annotations().get(certificate::ISSUED_ANNOTATION) == Some(&"true".into()))
+        .and_then(|s| s.data)
+        .and_then(|d| Some((d.get("tls.crt")?.0.clone(), d.get("tls.key")?.0.clone())));
+    let reason = match stored {
+        Some((cert, key)) => match certificate::renewal_reason(&cert, &names, now) {
+            None => return Ok(Some((TlsPair { cert, key }, None))),
+            Some(reason) => reason,
+        },
+        None => "none was issued yet".to_string(),
+    };
+    let issued = certificate::issue(&names, now)?;
+    let note = format!(
+        "issued a self-signed serving certificate for {}, valid {} days ({reason}); clients that verify trust tls.crt of Secret {name}, or set spec.tlsSecretRef",
+        names.join(", "),
+        certificate::VALIDITY.as_secs() / 86_400
+    );
+    Ok(Some((
+        TlsPair {
+            cert: issued.cert,
+            key: issued.key,
+        },
+        Some(note),
+    )))
 }
 
 /// Where a value came from, for messages.
@@ -461,6 +524,7 @@ pub(crate) mod fake {
         pub secrets: HashMap<String, BTreeMap<String, Vec<u8>>>,
         /// Secret name → uid of the relay controlling it.
         pub secret_owners: HashMap<String, String>,
+        pub secret_annotations: HashMap<String, BTreeMap<String, String>>,
         pub config_maps: HashMap<String, BTreeMap<String, String>>,
     }
 
@@ -494,6 +558,7 @@ pub(crate) mod fake {
                             },
                         ]
                     }),
+                    annotations: self.secret_annotations.get(name).cloned(),
                     ..Default::default()
                 },
                 ..Secret::default()
@@ -683,6 +748,52 @@ mod tests {
         let c = block(config_hash_key(&r, &f)).expect("key");
         assert_eq!(c.as_bytes().len(), crate::builders::hash::HASH_KEY_LEN);
         assert_ne!(c.as_bytes(), b"short");
+    }
+
+    #[test]
+    fn the_serving_certificate_is_issued_once_and_read_back() {
+        let now = 1_795_000_000;
+        let mut r = relay("r1");
+        assert!(block(issued_certificate(&r, &FakeRefs::default(), now))
+            .unwrap()
+            .is_none());
+        r.spec.sasl_users_secret_ref = Some(crate::crd::SecretRef { name: "u".into() });
+        let (first, note) = block(issued_certificate(&r, &FakeRefs::default(), now))
+            .unwrap()
+            .expect("issued: SASL users and no tlsSecretRef");
+        let note = note.expect("a new certificate is announced");
+        assert!(note.contains("r1.mail.svc.cluster.local"), "{note}");
+        assert!(note.contains("(none was issued yet)"), "{note}");
+
+        // Stored in the owned, annotated Secret: read back, not issued again.
+        let mut f = FakeRefs::default();
+        f.secrets.insert(
+            "r1-tls".into(),
+            BTreeMap::from([
+                ("tls.crt".to_string(), first.cert.clone()),
+                ("tls.key".to_string(), first.key.clone()),
+            ]),
+        );
+        f.secret_owners.insert("r1-tls".into(), "uid-1".into());
+        f.secret_annotations.insert(
+            "r1-tls".into(),
+            BTreeMap::from([(certificate::ISSUED_ANNOTATION.into(), "true".into())]),
+        );
+        let (again, note) = block(issued_certificate(&r, &f, now)).unwrap().unwrap();
+        assert!(again == first && note.is_none());
+        // Renewed well before expiry.
+        let later = now + 61 * 86_400;
+        let (renewed, note) = block(issued_certificate(&r, &f, later)).unwrap().unwrap();
+        assert!(renewed != first);
+        assert!(note.unwrap().contains("expires in 29 days"));
+        // A copy of a user's certificate (no annotation) or a Secret of someone else's is
+        // never taken for an issued one.
+        f.secret_annotations.clear();
+        let (other, _) = block(issued_certificate(&r, &f, now)).unwrap().unwrap();
+        assert!(other != first);
+        // With a tlsSecretRef the user's certificate is used instead.
+        r.spec.tls_secret_ref = Some(crate::crd::SecretRef { name: "c".into() });
+        assert!(block(issued_certificate(&r, &f, now)).unwrap().is_none());
     }
 
     #[test]

@@ -158,6 +158,9 @@ pub struct Desired {
     pub service: Service,
     pub headless_service: Service,
     pub stateful_set: StatefulSet,
+    /// Not a child: the note of the Event to publish once applied, when the operator issued a
+    /// new serving certificate for this reconcile ([`crate::certificate`]).
+    pub certificate_issued: Option<String>,
     pub pdb: Option<PodDisruptionBudget>,
     pub config_hash: String,
 }
@@ -205,6 +208,7 @@ pub fn build(
         stateful_set,
         pdb: pdb::pdb(relay)?,
         config_hash,
+        certificate_issued: None,
     })
 }
 

@@ -9,6 +9,7 @@ use kube::ResourceExt;
 
 use super::hash::HashKey;
 use super::{child_meta, Names, CA_KEY, HASH_KEY_KEY, PASSWORD_KEY, USERNAME_KEY};
+use crate::certificate;
 use crate::crd::SmtpRelay;
 use crate::resolve::Resolved;
 use crate::Result;
@@ -57,7 +58,8 @@ pub fn sasl_users_secret(relay: &SmtpRelay, resolved: &Resolved) -> Result<Optio
     secret(relay, name, "sasl-users", "Opaque", users.clone()).map(Some)
 }
 
-/// `<name>-tls`: the inbound certificate and key (type `kubernetes.io/tls`).
+/// `<name>-tls`: the inbound certificate and key (type `kubernetes.io/tls`): a copy of the
+/// `tlsSecretRef`'s, or the one the operator issued (annotated so).
 pub fn tls_secret(relay: &SmtpRelay, resolved: &Resolved) -> Result<Option<Secret>> {
     let Some(tls) = &resolved.inbound_tls else {
         return Ok(None);
@@ -67,7 +69,14 @@ pub fn tls_secret(relay: &SmtpRelay, resolved: &Resolved) -> Result<Option<Secre
         ("tls.key".to_string(), tls.key.clone()),
     ]);
     let name = Names::tls_secret(&relay.name_any());
-    secret(relay, name, "tls", "kubernetes.io/tls", data).map(Some)
+    let mut secret = secret(relay, name, "tls", "kubernetes.io/tls", data)?;
+    if certificate::wanted(relay) {
+        secret.metadata.annotations = Some(BTreeMap::from([(
+            certificate::ISSUED_ANNOTATION.to_string(),
+            "true".to_string(),
+        )]));
+    }
+    Ok(Some(secret))
 }
 
 /// `<name>-hash-key`: the key of the config hash. No pod mounts it; it is kept only so the hash
