@@ -33,7 +33,7 @@ source scripts/env.sh
 CACHE="$ROOT/.cache"
 STORE="$CACHE/buildah"
 OUT="$CACHE/images"
-APT_PACKAGES=(buildah mmdebstrap runc containerd)
+APT_PACKAGES=(buildah mmdebstrap runc containerd openssl)
 BASE_REF=docker.io/library/debian:bookworm-slim
 REGISTRY=ghcr.io/smtp-relay-operator
 # Image name, Dockerfile: the names are the ones the chart's values.yaml references.
@@ -389,9 +389,22 @@ prun() {
     shift 2
     local id="smtp-relay-images-$name-$$" status=0
     pctr run --rm --runc-root "$PRIVATE_DIR/runc" --fifo-dir "$PRIVATE_DIR/fifo" \
-        --cgroup "/$CGROUP_PARENT/$name" "$image" "$id" "$@" || status=$?
+        --cgroup "/$CGROUP_PARENT/$name" "${PRUN_MOUNTS[@]}" "$image" "$id" "$@" || status=$?
     remove_shim_socket "$id"
     return "$status"
+}
+
+# Extra ctr arguments of prun (mounts).
+PRUN_MOUNTS=()
+
+# test_certificate DIR: a self-signed certificate for localhost (tls.crt, tls.key): a relay with
+# SASL users needs one, as it offers AUTH only inside TLS.
+test_certificate() {
+    mkdir -p "$1"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=localhost \
+        -addext subjectAltName=DNS:localhost -keyout "$1/tls.key" -out "$1/tls.crt" 2>/dev/null ||
+        die "openssl could not make a test certificate"
+    chmod 0644 "$1/tls.key"
 }
 
 # The tarballs as a node gets them: imported into a containerd, then run. Checks what the
@@ -419,13 +432,17 @@ verify_images() {
     log "relay: postfix, postconf, saslpasswd2, sasldblistusers2, master and the CA bundle are there"
     # The relay itself: validate, configure, build the SASL database with saslpasswd2, start
     # Postfix, answer the SMTP probe, list the users with sasldblistusers2, stop on SIGTERM.
+    test_certificate "$PRIVATE_DIR/tls"
+    PRUN_MOUNTS=(--mount "type=bind,src=$PRIVATE_DIR/tls,dst=/etc/smtp-relay/tls,options=rbind:ro")
     # shellcheck disable=SC2016 # expanded by the container's shell
     out="$(prun relay "$relay" sh -ec '
         printf "alice s3cret\n" >/etc/postfix/client_sasl_passwd
         export RELAY_MYDOMAIN=example.net RELAY_HOST="[127.0.0.1]:2525" \
                RELAY_MYNETWORKS=127.0.0.0/8 RELAY_LISTEN=127.0.0.1:25 \
-               RELAY_METRICS_LISTEN=127.0.0.1:9154
+               RELAY_METRICS_LISTEN=127.0.0.1:9154 \
+               RELAY_TLS_CERT=/etc/smtp-relay/tls/tls.crt RELAY_TLS_KEY=/etc/smtp-relay/tls/tls.key
         '"$RELAY_SMOKE")" || die "the relay did not run in its image"
+    PRUN_MOUNTS=()
     [ "$out" = "alice@example.net" ] || die "smtp-relay users said: $out"
     log "relay: ran Postfix, answered the probe, listed its SASL user, stopped on SIGTERM"
     relay_as_pod "$relay"
@@ -453,12 +470,14 @@ domain: example.net
 networks: [127.0.0.0/8]
 relayhost: {host: 127.0.0.1, port: 2525}
 saslUsersDir: /etc/smtp-relay/sasl-users
+inboundTls: {certFile: /etc/smtp-relay/tls/tls.crt, keyFile: /etc/smtp-relay/tls/tls.key}
 EOF
     printf 's3cret' >"$inputs/sasl-users/bob"
     local args=(--read-only --runc-root "$PRIVATE_DIR/runc" --fifo-dir "$PRIVATE_DIR/fifo"
         --cgroup "/$CGROUP_PARENT/pod"
         --mount "type=bind,src=$inputs/config,dst=/etc/smtp-relay/config,options=rbind:ro"
         --mount "type=bind,src=$inputs/sasl-users,dst=/etc/smtp-relay/sasl-users,options=rbind:ro"
+        --mount "type=bind,src=$PRIVATE_DIR/tls,dst=/etc/smtp-relay/tls,options=rbind:ro"
         --env RELAY_LISTEN=127.0.0.1:25 --env RELAY_POSTFIX_DIR=/run/smtp-relay/postfix
         --env RELAY_DATA_DIR=/data --env RELAY_SPOOL_DIR=/var/spool/postfix
         --env RELAY_METRICS_LISTEN=127.0.0.1:9154)

@@ -9,6 +9,8 @@ use std::path::PathBuf;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use crate::error::{ConfigError, ConfigResult};
+
 /// Who may relay where. The four named modes reproduce turgon37/smtp-relay exactly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 pub enum Mode {
@@ -215,6 +217,26 @@ pub fn relayhost_password_in_clear(explicit: Option<TlsLevel>, has_credentials: 
             relayhost_tls(explicit, has_credentials),
             TlsLevel::None | TlsLevel::May
         )
+}
+
+/// SASL users need a certificate: AUTH is only ever offered inside TLS (`smtpd_tls_auth_only`),
+/// so users without one could never log in, and offering AUTH in clear text would send their
+/// passwords over the network. `field` names the certificate's input, `fix` says how to give one.
+pub fn require_tls_for_sasl(
+    users: &SaslUserSource,
+    tls: Option<&InboundTls>,
+    field: &str,
+    fix: &str,
+) -> ConfigResult<()> {
+    if *users == SaslUserSource::None || tls.is_some() {
+        return Ok(());
+    }
+    Err(ConfigError::invalid(
+        field,
+        format!(
+            "SASL users are configured but no TLS certificate: clients may only log in inside TLS, so their passwords never cross the network in clear text. {fix}"
+        ),
+    ))
 }
 
 impl Settings {

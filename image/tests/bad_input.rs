@@ -138,6 +138,31 @@ fn unreadable_secret_files() {
     refused(spec, "client_sasl_passwd:2");
 }
 
+/// Issue 13, point 1: AUTH is only offered inside TLS, so SASL users without a certificate
+/// are refused (the seed offered AUTH in clear text on port 25), from either input.
+#[test]
+fn sasl_users_without_a_certificate() {
+    let mut spec = RelaySpec::new(Input::file(config(25, Mode::AllowSaslAuthNoDomain)));
+    let users = spec.path("users");
+    SecretVolume::create(users.clone(), &[("app1", "secret")]);
+    if let Input::File(cfg) = &mut spec.input {
+        cfg.sasl_users_dir = Some(users);
+    }
+    spec.test_tls = false;
+    refused(
+        spec,
+        "inboundTls: SASL users are configured but no TLS certificate",
+    );
+
+    let mut spec = RelaySpec::new(Input::Env(env(25, "ALLOW_SASLAUTH_NODOMAIN")));
+    spec.write("postfix/client_sasl_passwd", "app1 secret\n");
+    spec.test_tls = false;
+    refused(
+        spec,
+        "RELAY_TLS_CERT: SASL users are configured but no TLS certificate",
+    );
+}
+
 #[test]
 fn bad_config_file() {
     let spec = RelaySpec::new(Input::file(config(25, Mode::Strict)));

@@ -101,8 +101,17 @@ fn probe_send_users_and_metrics_against_a_running_relay() {
     if let Input::File(cfg) = &mut spec.input {
         cfg.sasl_users_dir = Some(users);
     }
+    // The relay offers AUTH inside TLS only: send trusts the relay's (test) certificate.
+    let (cert, _) = spec.test_cert();
     let relay = spec.start();
     let addr = relay.addr().to_string();
+    let send = || {
+        let mut cmd = smtp_relay();
+        cmd.args(["send", "--server", &addr, "--starttls", "required"])
+            .args(["--tls-name", "localhost", "--ca-file"])
+            .arg(&cert);
+        cmd
+    };
 
     // probe
     let out = smtp_relay()
@@ -116,9 +125,9 @@ fn probe_send_users_and_metrics_against_a_running_relay() {
     );
 
     // send, authenticated with the password from SMTP_PASSWORD
-    let out = smtp_relay()
+    let out = send()
         .env("SMTP_PASSWORD", "app1 secret")
-        .args(["send", "--server", &addr, "--user", "app1"])
+        .args(["--user", "app1"])
         .args(["--from", "app@example.net", "--subject", "via send"])
         .arg("send@elsewhere.org")
         .output()
@@ -141,8 +150,8 @@ fn probe_send_users_and_metrics_against_a_running_relay() {
     );
 
     // send without login, from outside the networks, to an external domain: refused.
-    let out = smtp_relay()
-        .args(["send", "--server", &addr, "--from", "app@example.net"])
+    let out = send()
+        .args(["--from", "app@example.net"])
         .arg("anon@elsewhere.org")
         .output()
         .unwrap();
@@ -153,17 +162,17 @@ fn probe_send_users_and_metrics_against_a_running_relay() {
         String::from_utf8_lossy(&out.stderr)
     );
     // --user without a password is a usage error.
-    let out = smtp_relay()
-        .args(["send", "--server", &addr, "--user", "app1"])
+    let out = send()
+        .args(["--user", "app1"])
         .args(["--from", "app@example.net", "x@example.net"])
         .output()
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("SMTP_PASSWORD"));
     // A wrong password.
-    let out = smtp_relay()
+    let out = send()
         .env("SMTP_PASSWORD", "wrong")
-        .args(["send", "--server", &addr, "--user", "app1"])
+        .args(["--user", "app1"])
         .args(["--from", "app@example.net", "x@example.net"])
         .output()
         .unwrap();

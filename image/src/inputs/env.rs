@@ -8,7 +8,9 @@ use std::path::Path;
 use crate::error::{ConfigError, ConfigResult};
 use crate::inputs::{self, readable_file};
 use crate::postfix::relay_guard;
-use crate::settings::{Credentials, InboundTls, RelayPolicy, SaslUserSource, Settings, TlsLevel};
+use crate::settings::{
+    self, Credentials, InboundTls, RelayPolicy, SaslUserSource, Settings, TlsLevel,
+};
 use crate::validate;
 
 pub const POSTCONF_PREFIX: &str = "POSTCONF_";
@@ -105,6 +107,13 @@ pub fn settings(vars: &BTreeMap<String, String>, postfix_dir: &Path) -> ConfigRe
             ))
         }
     };
+
+    settings::require_tls_for_sasl(
+        &sasl_users,
+        inbound_tls.as_ref(),
+        "RELAY_TLS_CERT",
+        "Set RELAY_TLS_CERT and RELAY_TLS_KEY to a certificate and its key (PEM files), or remove client_sasl_passwd",
+    )?;
 
     Ok(Settings {
         hostname,
@@ -414,7 +423,24 @@ mod tests {
         )
         .unwrap();
         std::fs::write(dir.path().join("client_sasl_passwd"), "app1 secret1\n").unwrap();
-        let s = settings(&env(&minimal()), dir.path()).unwrap();
+        // Users without a certificate are refused: AUTH is only offered inside TLS.
+        let err = settings(&env(&minimal()), dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("RELAY_TLS_CERT: SASL users are configured but no TLS certificate"),
+            "{err}"
+        );
+        let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        std::fs::write(&cert, "certificate").unwrap();
+        std::fs::write(&key, "key").unwrap();
+        let mut vars = minimal();
+        let (cert, key) = (cert.display().to_string(), key.display().to_string());
+        vars.extend([
+            ("RELAY_TLS_CERT", cert.as_str()),
+            ("RELAY_TLS_KEY", key.as_str()),
+        ]);
+        let s = settings(&env(&vars), dir.path()).unwrap();
         let creds = s.relayhost_credentials.unwrap();
         assert_eq!(
             (creds.login.as_str(), creds.password.as_str()),

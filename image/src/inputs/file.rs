@@ -7,7 +7,7 @@ use crate::config_file::RelayConfigFile;
 use crate::error::{ConfigError, ConfigResult};
 use crate::inputs::{self, env::checked_credentials, read_secret_file, readable_file};
 use crate::postfix::relay_guard;
-use crate::settings::{InboundTls, RelayPolicy, Relayhost, SaslUserSource, Settings};
+use crate::settings::{self, InboundTls, RelayPolicy, Relayhost, SaslUserSource, Settings};
 use crate::validate;
 
 pub fn load(path: &Path) -> ConfigResult<Settings> {
@@ -127,6 +127,12 @@ pub fn settings(file: &RelayConfigFile, origin: &str) -> ConfigResult<Settings> 
             })
         })
         .transpose()?;
+    settings::require_tls_for_sasl(
+        &sasl_users,
+        inbound_tls.as_ref(),
+        &field("inboundTls"),
+        "Give inboundTls.certFile and inboundTls.keyFile (the operator does: from spec.tlsSecretRef, or a certificate it issues), or remove saslUsersDir",
+    )?;
     for (name, value) in &file.postconf {
         validate::postconf_name(&field("postconf"), name)?;
         relay_guard::check_postconf(&field(&format!("postconf.{name}")), name)?;

@@ -23,7 +23,7 @@ use lettre::transport::smtp::response::Response;
 use lettre::Address;
 use nix::sys::signal::kill;
 use nix::unistd::Pid;
-use smtp_relay::config_file::{RelayConfigFile, RelayhostFile};
+use smtp_relay::config_file::{InboundTlsFile, RelayConfigFile, RelayhostFile};
 use smtp_relay::settings::{Mode, TlsLevel};
 use tempfile::TempDir;
 
@@ -176,6 +176,9 @@ pub struct RelaySpec {
     pub listen: Option<String>,
     pub metrics_port: u16,
     pub reload_interval_secs: u64,
+    /// Give the relay the test certificate when it has SASL users and no certificate of its own
+    /// (it refuses to start without one): true unless a test wants to see that refusal.
+    pub test_tls: bool,
 }
 
 impl RelaySpec {
@@ -188,7 +191,19 @@ impl RelaySpec {
             listen: None,
             metrics_port: free_port(),
             reload_interval_secs: 1,
+            test_tls: true,
         }
+    }
+
+    /// The test certificate for `localhost` in this spec's directory, made on first use.
+    pub fn test_cert(&self) -> (PathBuf, PathBuf) {
+        let dir = self.path("test-tls");
+        let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+        if !cert.exists() {
+            fs::create_dir_all(&dir).unwrap();
+            return self_signed_cert(&dir);
+        }
+        (cert, key)
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
@@ -221,9 +236,17 @@ impl RelaySpec {
     /// (Re)writes relay.yaml from `self.input` atomically, as a ConfigMap update would.
     pub fn write_config_file(&self) {
         if let Input::File(cfg) = &self.input {
+            let mut cfg = cfg.clone();
+            if self.test_tls && cfg.sasl_users_dir.is_some() && cfg.inbound_tls.is_none() {
+                let (cert_file, key_file) = self.test_cert();
+                cfg.inbound_tls = Some(InboundTlsFile {
+                    cert_file,
+                    key_file,
+                });
+            }
             write_atomically(
                 &self.config_path(),
-                &serde_yaml::to_string(cfg).expect("yaml"),
+                &serde_yaml::to_string(&cfg).expect("yaml"),
             );
         }
     }
@@ -260,6 +283,11 @@ impl RelaySpec {
             }
             Input::Env(vars) => {
                 cmd.envs(vars);
+                let users = self.postfix_dir().join("client_sasl_passwd");
+                if self.test_tls && users.exists() && !vars.contains_key("RELAY_TLS_CERT") {
+                    let (cert, key) = self.test_cert();
+                    cmd.env("RELAY_TLS_CERT", cert).env("RELAY_TLS_KEY", key);
+                }
             }
         }
         cmd
@@ -518,7 +546,17 @@ pub fn reply(conn: &mut SmtpConnection, line: &str) -> (u16, String) {
     }
 }
 
+/// Logs in, after STARTTLS if the session is not encrypted yet (the relay offers AUTH only
+/// inside TLS). The certificate is not checked here: `inbound_tls.rs` checks it.
 pub fn login(conn: &mut SmtpConnection, user: &str, password: &str) -> Result<Response, String> {
+    if !conn.is_encrypted() {
+        let tls = TlsParameters::builder("localhost".into())
+            .dangerous_accept_invalid_certs(true)
+            .build()
+            .map_err(|e| e.to_string())?;
+        conn.starttls(&tls, &ClientId::Domain("client.test".into()))
+            .map_err(|e| format!("STARTTLS before AUTH: {e}"))?;
+    }
     conn.auth(
         &[Mechanism::Plain, Mechanism::Login],
         &Credentials::new(user.into(), password.into()),
@@ -572,27 +610,7 @@ pub fn tls_params(cert: &Path) -> TlsParameters {
 
 /// A self-signed certificate for `localhost` and 127.0.0.1, made with the openssl CLI.
 pub fn self_signed_cert(dir: &Path) -> (PathBuf, PathBuf) {
-    let cert = dir.join("tls.crt");
-    let key = dir.join("tls.key");
-    let out = Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-        ])
-        .args(["-subj", "/CN=localhost"])
-        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
-        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("running openssl");
-    assert!(
-        out.status.success(),
-        "openssl: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (cert, key)
+    smtp_relay_e2e::mail::self_signed_cert(dir).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A test CA and a certificate it signed for `localhost` and 127.0.0.1 (also as a DNS name,
