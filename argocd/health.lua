@@ -19,12 +19,12 @@ local transient = {
 
 local hs = {}
 
-local function ready_condition(status)
+local function find_condition(status, type)
   if status.conditions == nil then
     return nil
   end
   for _, c in ipairs(status.conditions) do
-    if c.type == "Ready" then
+    if c.type == type then
       return c
     end
   end
@@ -59,7 +59,15 @@ if observed == nil or (generation ~= nil and observed < generation) then
   return hs
 end
 
-local ready = ready_condition(status)
+-- kstatus: Stalled=True needs a human (a rejected spec or Secret, a pod that cannot start).
+local stalled = find_condition(status, "Stalled")
+if stalled ~= nil and stalled.status == "True" then
+  hs.status = "Degraded"
+  hs.message = describe(stalled, "Relay stalled")
+  return hs
+end
+
+local ready = find_condition(status, "Ready")
 if ready == nil then
   hs.status = "Progressing"
   hs.message = "Waiting for the Ready condition"
@@ -80,6 +88,15 @@ if ready.status == "True" then
   else
     hs.message = describe(ready, "Relay ready")
   end
+  return hs
+end
+
+-- kstatus: Reconciling=True is still moving by itself. Without kstatus conditions (an older
+-- operator), the Ready reason decides.
+local reconciling = find_condition(status, "Reconciling")
+if reconciling ~= nil and reconciling.status == "True" then
+  hs.status = "Progressing"
+  hs.message = describe(ready, "Relay not ready yet")
   return hs
 end
 

@@ -507,6 +507,7 @@ const OPERATOR_RULES: &str = r#"
 - {apiGroups: [""], resources: [configmaps, secrets, services], verbs: [get, list, watch, create, update, patch, delete]}
 - {apiGroups: [apps], resources: [statefulsets], verbs: [get, list, watch, create, update, patch, delete]}
 - {apiGroups: [policy], resources: [poddisruptionbudgets], verbs: [get, list, watch, create, update, patch, delete]}
+- {apiGroups: [""], resources: [pods], verbs: [list]}
 - {apiGroups: [""], resources: [events], verbs: [create, patch]}
 - {apiGroups: [events.k8s.io], resources: [events], verbs: [create, patch]}
 "#;

@@ -231,12 +231,13 @@ fn operator_reconciles_real_api_server() {
     let mut ctx = Ctx { op, cp };
 
     type Phase = (&'static str, fn(&mut Ctx));
-    let phases: [Phase; 8] = [
+    let phases: [Phase; 9] = [
         ("examples", examples),
         ("update and no-op", update_and_noop),
         ("rotation", rotation),
         ("bad references", bad_references),
         ("name conflict", name_conflict),
+        ("apply refused", apply_refused),
         ("restart mid-flight", restart_mid_flight),
         ("deletion and retention", deletion),
         ("clean log", clean_log),
@@ -983,6 +984,102 @@ spec:
         .kubectl_ok(["delete", "namespace", ns, "--wait=false"]);
 }
 
+/// A platform's admission policy (a ValidatingAdmissionPolicy, as Kyverno or Gatekeeper would
+/// do with a webhook) refuses the relay's StatefulSet: status names the object and the policy's
+/// message (Ready=False, ApplyRefused, kstatus Stalled), a Warning Event says so; once the
+/// policy allows it, the relay converges by itself.
+fn apply_refused(ctx: &mut Ctx) {
+    let (ns, name) = ("policed", "policed");
+    operator::create_namespace(&ctx.cp, ns);
+    const POLICY: &str = r#"
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata:
+  name: statefulsets-need-a-team-label
+spec:
+  failurePolicy: Fail
+  matchConstraints:
+    resourceRules:
+      - apiGroups: [apps]
+        apiVersions: [v1]
+        operations: [CREATE, UPDATE]
+        resources: [statefulsets]
+    namespaceSelector:
+      matchLabels: {kubernetes.io/metadata.name: policed}
+  validations:
+    - expression: "has(object.metadata.labels) && 'team' in object.metadata.labels"
+      message: "every StatefulSet needs a team label"
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata:
+  name: statefulsets-need-a-team-label
+spec:
+  policyName: statefulsets-need-a-team-label
+  validationActions: [Deny]
+"#;
+    let out = ctx.cp.kubectl_stdin(["apply", "-f", "-"], POLICY);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The policy is in force once a StatefulSet of ours is refused by it.
+    let probe = r#"{"apiVersion":"apps/v1","kind":"StatefulSet","metadata":{"name":"probe"},"spec":{"selector":{"matchLabels":{"a":"b"}},"serviceName":"x","template":{"metadata":{"labels":{"a":"b"}},"spec":{"containers":[{"name":"c","image":"i"}]}}}}"#;
+    ctx.op.wait_for(CONVERGE, "the policy in force", || {
+        let out = ctx
+            .cp
+            .kubectl_stdin(["apply", "--dry-run=server", "-n", ns, "-f", "-"], probe);
+        String::from_utf8_lossy(&out.stderr)
+            .contains("every StatefulSet needs a team label")
+            .then_some(())
+    });
+    operator::apply(
+        &ctx.cp,
+        ns,
+        r#"
+apiVersion: smtprelay.dev/v1alpha1
+kind: SmtpRelay
+metadata:
+  name: policed
+spec:
+  domain: example.org
+  networks: ["10.2.0.0/16"]
+  relayhost: {host: mx.example.org}
+"#,
+    );
+    let r = ctx.wait_ready_reason(ns, name, &["ApplyRefused"]);
+    let ready = condition(&r, "Ready").unwrap();
+    let msg = ready["message"].as_str().unwrap();
+    assert!(
+        msg.contains("StatefulSet policed/policed")
+            && msg.contains("every StatefulSet needs a team label"),
+        "the object and the policy's message: {msg}"
+    );
+    let stalled = condition(&r, "Stalled").unwrap();
+    assert_eq!(
+        (&stalled["status"], &stalled["reason"]),
+        (&"True".into(), &"ApplyRefused".into())
+    );
+    wait_warning_event(ctx, ns, name, "ApplyRefused", "StatefulSet policed/policed");
+
+    // The platform team relaxes the policy: the relay converges without anyone touching it.
+    ctx.cp.kubectl_ok([
+        "delete",
+        "validatingadmissionpolicybinding",
+        "statefulsets-need-a-team-label",
+    ]);
+    ctx.cp.kubectl_ok([
+        "delete",
+        "validatingadmissionpolicy",
+        "statefulsets-need-a-team-label",
+    ]);
+    ctx.wait_ready_reason(ns, name, &["PodsNotReady", "RolloutInProgress"]);
+    assert!(ctx.get(ns, "statefulset", name).is_some());
+    ctx.cp
+        .kubectl_ok(["delete", "namespace", ns, "--wait=false"]);
+}
+
 fn wait_warning_event(ctx: &Ctx, ns: &str, relay: &str, reason: &str, mentions: &str) {
     ctx.op
         .wait_for(CONVERGE, &format!("a Warning Event {reason}"), || {
@@ -1049,10 +1146,15 @@ fn restart_mid_flight(ctx: &mut Ctx) {
         r["status"]["observedGeneration"],
         r["metadata"]["generation"]
     );
+    // Stalled is an abnormal-true (kstatus) condition; Ready, Progressing and Reconciling
+    // follow the pods, which never run here.
     for c in r["status"]["conditions"].as_array().unwrap() {
-        if c["type"] != "Ready" && c["type"] != "Progressing" {
-            assert_eq!(c["status"], "True", "no error left in status: {c}");
-        }
+        let healthy = match c["type"].as_str().unwrap_or_default() {
+            "Ready" | "Progressing" | "Reconciling" => continue,
+            "Stalled" => "False",
+            _ => "True",
+        };
+        assert_eq!(c["status"], healthy, "no error left in status: {c}");
     }
     let hash = r["status"]["configHash"].as_str().unwrap();
     assert_eq!(ctx.template_hash(ns, "flight"), hash);

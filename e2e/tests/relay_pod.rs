@@ -20,6 +20,10 @@
 //! 5. The relayhost password rotated (at the upstream first, then in the Secret): the operator
 //!    changes the template's config hash, the StatefulSet controller replaces the pod, and the
 //!    new pod logs in with the new password.
+//! 6. An image that cannot run the relay (the operator's image: no `smtp-relay` in it): the
+//!    SmtpRelay's status names the pod, the container, the kubelet's reason and how the last
+//!    run ended (Ready=False, kstatus Stalled=True, a Warning Event); back to the relay image,
+//!    the relay is Ready again.
 //!
 //! A message queued while the relayhost is down surviving the pod's deletion is in
 //! `user_path.rs`. Needs root, Postfix, the tools of `scripts/install-deps.sh` and the images
@@ -438,6 +442,76 @@ fn relay_pod_under_the_kubelet_follows_secret_rotation() {
         "the upstream saw the relay log in"
     );
     t.step("relayhost password rotated: pod replaced, mail delivered with the new password");
+
+    // 6. The truth about a pod that cannot run.
+    let patch = |image: Value| {
+        let p = serde_json::json!({"spec": {"image": image, "imagePullPolicy": "Never"}});
+        cp.kubectl_ok([
+            "patch",
+            "smtprelay",
+            "-n",
+            NS,
+            RELAY,
+            "--type",
+            "merge",
+            "-p",
+            &p.to_string(),
+        ]);
+    };
+    patch(
+        format!(
+            "ghcr.io/smtp-relay-operator/smtp-relay-operator:{}",
+            env!("CARGO_PKG_VERSION")
+        )
+        .into(),
+    );
+    let stalled = ok(user_path::wait(
+        &cp,
+        NS,
+        WAIT,
+        "the SmtpRelay Stalled on the pod that cannot start",
+        || {
+            let r = get(&cp, "smtprelay", RELAY)?;
+            let stalled = operator::condition(&r, "Stalled")?["status"] == "True";
+            let current = r["status"]["observedGeneration"] == r["metadata"]["generation"];
+            (stalled && current).then_some(r)
+        },
+    ));
+    let ready = operator::condition(&stalled, "Ready").unwrap();
+    let message = ready["message"].as_str().unwrap_or_default();
+    assert_eq!(ready["status"], "False", "{ready}");
+    assert!(
+        ["CrashLoopBackOff", "RunContainerError"].contains(&ready["reason"].as_str().unwrap_or("")),
+        "{ready}"
+    );
+    assert!(
+        message.starts_with(&format!("pod {POD}, container relay: "))
+            && message.contains("smtp-relay"),
+        "the pod, the container and what failed: {message}"
+    );
+    assert_eq!(
+        operator::condition(&stalled, "Reconciling").unwrap()["status"],
+        "False"
+    );
+    let events = cp.kubectl_ok([
+        "get",
+        "events",
+        "-n",
+        NS,
+        "-o",
+        "jsonpath={.items[*].reason}",
+    ]);
+    assert!(
+        events.contains(ready["reason"].as_str().unwrap()),
+        "a Warning Event: {events}"
+    );
+    t.step(&format!(
+        "an image that cannot run: {}: {message}",
+        ready["reason"]
+    ));
+    patch(Value::Null);
+    ok(user_path::wait_relay_ready(&cp, NS, RELAY, WAIT));
+    t.step("back to the relay image: Ready again");
 
     let logs = user_path::pod_logs(&cp, &release.namespace, &operator_pod);
     assert!(!logs.contains("Forbidden"), "operator log:\n{logs}");

@@ -38,6 +38,10 @@ pub struct RelayConfigFile {
     pub sasl_users_dir: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inbound_tls: Option<InboundTlsFile>,
+    /// A second SMTP port, on the listen address, for a load balancer that speaks the PROXY
+    /// protocol: the client address comes from its header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol_port: Option<u16>,
     /// Extra Postfix parameters, applied last.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub postconf: BTreeMap<String, String>,

@@ -115,6 +115,14 @@ struct RunArgs {
     /// on the spool. 0 stops at once.
     #[arg(long, env = "RELAY_DRAIN_TIMEOUT", default_value_t = 25)]
     drain_timeout: u64,
+    /// Where a fatal error is also written, for Kubernetes to show as the container's
+    /// termination message; only when the file exists (the kubelet creates it).
+    #[arg(
+        long,
+        env = "RELAY_TERMINATION_LOG",
+        default_value = "/dev/termination-log"
+    )]
+    termination_log: PathBuf,
 }
 
 #[derive(Args)]
@@ -243,6 +251,7 @@ fn run_relay(args: RunArgs) -> ExitCode {
         reload_interval: Duration::from_secs(args.reload_interval.max(1)),
         stop_timeout: Duration::from_secs(60),
         drain_timeout: Duration::from_secs(args.drain_timeout),
+        termination_log: args.termination_log,
     };
     match tokio::runtime::Runtime::new() {
         Ok(rt) => rt.block_on(run::run(opts)),

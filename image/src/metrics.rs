@@ -224,13 +224,41 @@ pub async fn serve(metrics: Metrics, listen: std::net::SocketAddr) -> std::io::R
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind(listen).await?;
-    axum::serve(listener, app).await
+    axum::serve(bind(listen).await?, app).await
+}
+
+/// Binds `listen`. `[::]` means every address of both families, as for SMTP: dual stack
+/// where the kernel has IPv6 (an IPv6-only or dual-stack pod), IPv4 alone where it has none.
+async fn bind(listen: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    match tokio::net::TcpListener::bind(listen).await {
+        Err(e)
+            if listen.ip() == std::net::Ipv6Addr::UNSPECIFIED
+                && e.kind() != std::io::ErrorKind::AddrInUse =>
+        {
+            tracing::info!(error = %e, "no IPv6 here: metrics on IPv4 only");
+            tokio::net::TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, listen.port())).await
+        }
+        bound => bound,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_unspecified_ipv6_address_serves_both_families() {
+        let listener = bind("[::]:0".parse().unwrap()).await.expect("bound");
+        let port = listener.local_addr().unwrap().port();
+        for addr in ["127.0.0.1", "[::1]"] {
+            let addr = format!("{addr}:{port}");
+            let accepted = tokio::join!(listener.accept(), tokio::net::TcpStream::connect(&addr));
+            assert!(
+                accepted.0.is_ok() && accepted.1.is_ok(),
+                "{addr}: {accepted:?}"
+            );
+        }
+    }
 
     #[test]
     fn counts_from_log_lines() {

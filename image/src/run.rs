@@ -59,6 +59,20 @@ pub struct RunOptions {
     pub stop_timeout: Duration,
     /// How long the drain before that may take (see [`crate::drain`]).
     pub drain_timeout: Duration,
+    /// Where a fatal error is also written when the file exists: Kubernetes's
+    /// `terminationMessagePath`, so `kubectl describe pod` and the SmtpRelay's status show it.
+    pub termination_log: PathBuf,
+}
+
+/// Ends the relay with `code`: the message on stderr, and in the termination log.
+fn fatal(opts: &RunOptions, code: u8, message: String) -> ExitCode {
+    eprintln!("smtp-relay: {message}");
+    if opts.termination_log.is_file() {
+        if let Err(e) = std::fs::write(&opts.termination_log, format!("{message}\n")) {
+            tracing::warn!(path = %opts.termination_log.display(), error = %e, "cannot write the termination message");
+        }
+    }
+    ExitCode::from(code)
 }
 
 /// The running relay's configuration, kept to tell what an input change touched.
@@ -98,12 +112,14 @@ pub async fn run(opts: RunOptions) -> ExitCode {
     let mut applied = match apply(&opts.source, layout, None) {
         Ok(applied) => applied,
         Err(RunError::Config(e)) => {
-            eprintln!("smtp-relay: configuration error: {e}");
-            return ExitCode::from(exit::BAD_CONFIG);
+            return fatal(&opts, exit::BAD_CONFIG, format!("configuration error: {e}"));
         }
         Err(e) => {
-            eprintln!("smtp-relay: cannot prepare Postfix: {e}");
-            return ExitCode::from(exit::SETUP_FAILED);
+            return fatal(
+                &opts,
+                exit::SETUP_FAILED,
+                format!("cannot prepare Postfix: {e}"),
+            );
         }
     };
     let metrics = Metrics::new(&layout.spool_dir);
@@ -123,24 +139,26 @@ pub async fn run(opts: RunOptions) -> ExitCode {
     ) {
         (Ok(t), Ok(i)) => (t, i),
         _ => {
-            eprintln!("smtp-relay: cannot install signal handlers");
-            return ExitCode::from(exit::SETUP_FAILED);
+            return fatal(
+                &opts,
+                exit::SETUP_FAILED,
+                "cannot install signal handlers".into(),
+            );
         }
     };
     if let Err(e) = instance::stop_leftover_master(layout, opts.stop_timeout) {
-        eprintln!("smtp-relay: {e}");
-        return ExitCode::from(exit::SETUP_FAILED);
+        return fatal(&opts, exit::SETUP_FAILED, e.to_string());
     }
     let mut master = match instance::spawn_master(layout) {
         Ok(child) => child,
-        Err(e) => {
-            eprintln!("smtp-relay: {e}");
-            return ExitCode::from(exit::SETUP_FAILED);
-        }
+        Err(e) => return fatal(&opts, exit::SETUP_FAILED, e.to_string()),
     };
     let Some(pid) = master.id() else {
-        eprintln!("smtp-relay: the Postfix master exited at once");
-        return ExitCode::from(exit::POSTFIX_DIED);
+        return fatal(
+            &opts,
+            exit::POSTFIX_DIED,
+            "the Postfix master exited at once".into(),
+        );
     };
     // Stops the master if this process dies without doing it; killed when dropped (the end
     // of this function, after the master stopped).
@@ -167,12 +185,14 @@ pub async fn run(opts: RunOptions) -> ExitCode {
     let mut ticker = tokio::time::interval(opts.reload_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_error: Option<String> = None;
+    let mut died = None;
     let code = loop {
         tokio::select! {
             _ = sigterm.recv() => break stop(&mut master, pid, &opts, &metrics).await,
             _ = sigint.recv() => break stop(&mut master, pid, &opts, &metrics).await,
             status = master.wait() => {
                 tracing::error!(?status, "the Postfix master exited");
+                died = Some(format!("the Postfix master exited ({})", status.map_or_else(|e| e.to_string(), |s| s.to_string())));
                 break exit::POSTFIX_DIED;
             }
             _ = ticker.tick() => {
@@ -218,7 +238,10 @@ pub async fn run(opts: RunOptions) -> ExitCode {
     if let Some(server) = metrics_server {
         server.abort();
     }
-    ExitCode::from(code)
+    match died {
+        Some(message) => fatal(&opts, code, message),
+        None => ExitCode::from(code),
+    }
 }
 
 async fn stop(

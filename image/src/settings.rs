@@ -191,6 +191,10 @@ pub struct Settings {
     pub policy: RelayPolicy,
     pub sasl_users: SaslUserSource,
     pub inbound_tls: Option<InboundTls>,
+    /// A second smtpd on this port of the listen address expecting the PROXY protocol (v1 or
+    /// v2) from a load balancer, which gives the client address. Anyone who reaches the port
+    /// can claim any address: only the load balancer may.
+    pub proxy_protocol_port: Option<u16>,
     /// Extra Postfix parameters, applied last so they override everything above.
     pub postconf: BTreeMap<String, String>,
     /// How errors name a `postconf` entry: this prefix followed by the parameter name

@@ -176,6 +176,36 @@ pub fn sasl_user(field: &str, name: &str) -> ConfigResult<()> {
     Ok(())
 }
 
+/// The names of every parameter Postfix knows (`postconf -d` of the image's Postfix).
+const POSTFIX_PARAMETERS: &str = include_str!("postfix/parameters.txt");
+
+/// Whether Postfix knows parameter `name`.
+pub fn is_postfix_parameter(name: &str) -> bool {
+    POSTFIX_PARAMETERS
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .any(|l| l == name)
+}
+
+/// A `postconf` entry's name: one Postfix knows.
+pub fn postconf_known(field: &str, name: &str) -> ConfigResult<()> {
+    if !is_postfix_parameter(name) {
+        return Err(ConfigError::invalid(
+            field,
+            format!("{name:?} is not a Postfix parameter (see `postconf -d` for the list)"),
+        ));
+    }
+    Ok(())
+}
+
+/// The port of the PROXY-protocol listener: a real port.
+pub fn proxy_protocol_port(field: &str, port: u16) -> ConfigResult<u16> {
+    if port == 0 {
+        return Err(ConfigError::invalid(field, "0 is not a port to listen on"));
+    }
+    Ok(port)
+}
+
 /// A secret (password) that Postfix and Cyrus SASL can carry unchanged.
 pub fn password(field: &str, value: &str) -> ConfigResult<()> {
     if value.is_empty() {
@@ -193,6 +223,18 @@ pub fn password(field: &str, value: &str) -> ConfigResult<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn postfix_parameters() {
+        assert!(is_postfix_parameter("message_size_limit"));
+        assert!(is_postfix_parameter("smtp_tls_CAfile"));
+        assert!(!is_postfix_parameter("message_size_limt"));
+        assert!(!is_postfix_parameter("# The parameter names Postfix knows"));
+        let err = postconf_known("spec.postconf.x", "message_size_limt").unwrap_err();
+        assert!(err
+            .to_string()
+            .starts_with("spec.postconf.x: \"message_size_limt\" is not a Postfix parameter"));
+    }
 
     #[test]
     fn domains() {

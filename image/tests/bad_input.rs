@@ -106,6 +106,34 @@ fn unknown_postconf_parameter() {
     refused(RelaySpec::new(Input::file(cfg)), "postconf.not_a_param");
 }
 
+/// The list of parameters the relay and the operator judge `postconf` by is the image's
+/// Postfix's own (`postconf -d`); after a Postfix upgrade this fails until it is regenerated.
+#[test]
+fn the_postfix_parameter_list_is_current() {
+    let out = std::process::Command::new("postconf")
+        .arg("-d")
+        .output()
+        .expect("postconf (apt-get install postfix)");
+    let mut known: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once(" =").map(|(n, _)| n.to_string()))
+        .collect();
+    known.sort();
+    known.dedup();
+    let listed: Vec<String> = include_str!("../src/postfix/parameters.txt")
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(str::to_string)
+        .collect();
+    let missing: Vec<&String> = known.iter().filter(|k| !listed.contains(k)).collect();
+    let extra: Vec<&String> = listed.iter().filter(|l| !known.contains(l)).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "image/src/postfix/parameters.txt is stale (missing {missing:?}, unknown to Postfix \
+         {extra:?}): regenerate it with the command in its header"
+    );
+}
+
 #[test]
 fn unreadable_secret_files() {
     // Root reads any file, so "unreadable" is a directory where a file should be, or nothing.
@@ -257,4 +285,39 @@ fn an_effective_open_relay_does_not_start() {
         env_with("RELAY_MODE", "permit_sasl_authenticated permit reject"),
         "refusing to start an open relay",
     );
+}
+
+/// A fatal error is also the container's termination message (the file the kubelet gives at
+/// `terminationMessagePath`), so the pod's status and the SmtpRelay's say why it stopped.
+#[test]
+fn a_configuration_error_is_the_termination_message() {
+    let mut vars = env(25, "STRICT");
+    vars.insert("RELAY_MYNETWORKS".into(), "10.0.0.1/24".into());
+    let spec = RelaySpec::new(Input::Env(vars.clone()));
+    let log = spec.write("termination-log", "");
+    vars.insert("RELAY_TERMINATION_LOG".into(), log.display().to_string());
+    let spec = RelaySpec {
+        input: Input::Env(vars),
+        ..spec
+    };
+    let out = spec.run_to_exit();
+    assert_eq!(out.status.code(), Some(2));
+    let message = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        message.starts_with("configuration error: RELAY_MYNETWORKS")
+            && message.contains("did you mean 10.0.0.0/24?"),
+        "{message}"
+    );
+    // Where the file does not exist (not under a kubelet), nothing is created.
+    let mut vars = env(25, "STRICT");
+    vars.insert("RELAY_MYNETWORKS".into(), "10.0.0.1/24".into());
+    let spec = RelaySpec::new(Input::Env(vars.clone()));
+    let absent = spec.path("no-termination-log");
+    vars.insert("RELAY_TERMINATION_LOG".into(), absent.display().to_string());
+    let spec = RelaySpec {
+        input: Input::Env(vars),
+        ..spec
+    };
+    assert_eq!(spec.run_to_exit().status.code(), Some(2));
+    assert!(!absent.exists());
 }

@@ -256,6 +256,17 @@ fn tls_upstream(
     cert: &std::path::Path,
     key: &std::path::Path,
 ) -> Relay {
+    tls_upstream_with(sink, users, cert, key, false)
+}
+
+/// [`tls_upstream`], or with `implicit_tls` an SMTPS one: TLS from the first byte, as on 465.
+fn tls_upstream_with(
+    sink: &Sink,
+    users: &[(&str, &str)],
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    implicit_tls: bool,
+) -> Relay {
     let mut cfg = config(sink.port(), Mode::AllowAuthNoDomain);
     cfg.networks.clear();
     cfg.hostname = Some("upstream.example.net".into());
@@ -263,13 +274,55 @@ fn tls_upstream(
         cert_file: cert.to_path_buf(),
         key_file: key.to_path_buf(),
     });
+    if implicit_tls {
+        cfg.postconf
+            .insert("smtpd_tls_wrappermode".into(), "yes".into());
+    }
     let mut spec = RelaySpec::new(Input::file(cfg));
+    spec.implicit_tls = implicit_tls;
     let dir = spec.path("users");
     SecretVolume::create(dir.clone(), users);
     if let Input::File(cfg) = &mut spec.input {
         cfg.sasl_users_dir = Some(dir);
     }
     spec.start()
+}
+
+/// Issue 13, point 2: a relayhost speaking TLS from the first byte (SMTPS, port 465 in the
+/// wild): `implicitTls` logs in inside it, verified against the CA given by file.
+#[test]
+fn credentials_travel_inside_implicit_tls_to_an_smtps_relayhost() {
+    let sink = start_sink();
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = ca_signed_cert(certs.path());
+    let upstream = tls_upstream_with(&sink, &[("smtpsuser", "smtps pass")], &cert, &key, true);
+    let mut spec = RelaySpec::new(Input::file(config(
+        upstream.addr().port(),
+        Mode::AllowNetAuthNoDomain,
+    )));
+    let username = spec.write("relayhost/username", "smtpsuser");
+    let password_file = spec.write("relayhost/password", "smtps pass");
+    if let Input::File(cfg) = &mut spec.input {
+        cfg.relayhost.username_file = Some(username);
+        cfg.relayhost.password_file = Some(password_file);
+        cfg.relayhost.implicit_tls = true;
+        cfg.relayhost.tls_level = Some(TlsLevel::Verify);
+        cfg.relayhost.tls_ca_file = Some(ca);
+        cfg.postconf.insert("smtp_tls_loglevel".into(), "1".into());
+    }
+    let relay = spec.start();
+    relay_and_deliver(&relay, &sink, "smtps");
+    let log = relay.mail_log();
+    assert!(
+        log.contains("Verified TLS connection established to 127.0.0.1"),
+        "{log}"
+    );
+    assert!(
+        upstream
+            .mail_log()
+            .contains("sasl_username=smtpsuser@example.net"),
+        "logged in at the SMTPS upstream"
+    );
 }
 
 /// Issue 13, point 2: a real relayhost over TLS. With credentials the default level

@@ -180,3 +180,86 @@ fn strict_sender_from_the_environment() {
     assert!(sender_accepted(&relay, "app@example.org"));
     assert!(!sender_accepted(&relay, "app@evil.example.com"));
 }
+
+/// A raw SMTP session on `stream`: sends `line` (CRLF added) and returns the reply's last line.
+fn say(stream: &mut std::net::TcpStream, line: &str) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    if !line.is_empty() {
+        stream.write_all(format!("{line}\r\n").as_bytes()).unwrap();
+    }
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut last = String::new();
+    loop {
+        let mut l = String::new();
+        if reader.read_line(&mut l).unwrap_or(0) == 0 {
+            return last;
+        }
+        last = l.trim_end().to_string();
+        if last.as_bytes().get(3) != Some(&b'-') {
+            return last;
+        }
+    }
+}
+
+/// Issue 13, point 5: behind a load balancer that speaks the PROXY protocol, the relay takes
+/// the client address from the header, on its own port only: `networks` sees the real client,
+/// a connection without the header is dropped, and the SMTP port still trusts the real peer.
+#[test]
+fn the_proxy_protocol_port_takes_the_client_address_from_the_header() {
+    let sink = start_sink();
+    let proxy_port = free_port();
+    let mut spec = RelaySpec::new(Input::file(config(sink.port(), Mode::Strict)));
+    if let Input::File(cfg) = &mut spec.input {
+        cfg.proxy_protocol_port = Some(proxy_port);
+    }
+    let relay = spec.start();
+    let proxied = loopback(proxy_port);
+    // The load balancer (here 127.0.0.1, outside networks) forwards a client in networks.
+    let mut s = std::net::TcpStream::connect(proxied).expect("the PROXY port listens");
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    let banner = say(&mut s, "PROXY TCP4 127.0.0.2 127.0.0.1 40000 25");
+    assert!(banner.starts_with("220"), "{banner}");
+    assert!(say(&mut s, "EHLO lb.test").starts_with("250"));
+    assert!(say(&mut s, "MAIL FROM:<app@example.net>").starts_with("250"));
+    let rcpt = say(&mut s, "RCPT TO:<proxied@example.net>");
+    assert!(
+        rcpt.starts_with("250"),
+        "the header's client is in networks: {rcpt}"
+    );
+    assert!(say(&mut s, "DATA").starts_with("354"));
+    let mark = marker("proxied");
+    let body = String::from_utf8(message("app@example.net", "proxied@example.net", &mark)).unwrap();
+    let end = say(&mut s, &format!("{}\r\n.", body.trim_end()));
+    assert!(end.starts_with("250"), "{end}");
+    let _ = say(&mut s, "QUIT");
+    let got = sink
+        .wait_for("proxied@example.net", &mark, DEADLINE)
+        .unwrap();
+    assert!(
+        got.text.contains("[127.0.0.2]"),
+        "the relay saw the header's client:\n{}",
+        got.headers()
+    );
+
+    // Without the header, the PROXY port serves nobody.
+    let mut s = std::net::TcpStream::connect(proxied).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    let answer = say(&mut s, "EHLO direct.test");
+    assert!(
+        !answer.starts_with("250"),
+        "no session without a header: {answer:?}"
+    );
+    assert!(relay.mail_log().contains("proxy"), "{}", relay.mail_log());
+
+    // The SMTP port still trusts the real peer: a PROXY line there is no header.
+    let mut conn = connect(relay.addr(), OTHER_CLIENT);
+    let (code, _) = reply(&mut conn, "PROXY TCP4 127.0.0.2 127.0.0.1 40000 25");
+    assert!(code >= 500, "{code}");
+    let (code, _) = reply(&mut conn, "MAIL FROM:<app@example.net>");
+    assert_eq!(code, 250);
+    let (code, text) = reply(&mut conn, "RCPT TO:<x@example.net>");
+    assert!(
+        code >= 500,
+        "a client outside networks on the SMTP port: {code} {text}"
+    );
+}

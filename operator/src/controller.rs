@@ -12,11 +12,11 @@ use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::NamespaceResourceScope;
-use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -217,7 +217,24 @@ async fn apply<K: Owned>(client: &Client, planned: Planned<'_, K>) -> Result<K> 
         .insert(APPLIED_HASH_ANNOTATION.into(), hash);
     info!(kind = K::kind(&()).as_ref(), %name, %ns, "applying");
     let params = PatchParams::apply(MANAGER).force();
-    Ok(api.patch(&name, &params, &Patch::Apply(&obj)).await?)
+    api.patch(&name, &params, &Patch::Apply(&obj))
+        .await
+        .map_err(|e| apply_error(e, &K::kind(&()), &ns, &name))
+}
+
+/// An API server's refusal of a child (4xx other than a conflict or throttling: an admission
+/// policy or webhook, a quota, an invalid object) becomes [`Error::Refused`] naming it, for
+/// status; anything else stays an API error, retried with backoff.
+fn apply_error(e: kube::Error, kind: &str, ns: &str, name: &str) -> Error {
+    match &e {
+        kube::Error::Api(s) if (400..500).contains(&s.code) && ![409, 429].contains(&s.code) => {
+            Error::Refused(format!(
+                "the API server refused {kind} {ns}/{name}: {}",
+                s.message
+            ))
+        }
+        _ => Error::Kube(e),
+    }
 }
 
 /// Deletes an object the relay no longer needs, if it exists and this relay controls it.
@@ -303,6 +320,10 @@ pub async fn plan(
         resolved.inbound_tls = Some(pair);
         certificate_issued = note;
     }
+    // What the pods will read, judged by the relay's own rules before anything is written.
+    if let Err(outcome) = crate::validate::judge_with_relay_rules(relay, &resolved) {
+        return Ok(Err(outcome));
+    }
     let hash_key = resolve::config_hash_key(relay, src).await?;
     match builders::build(relay, &resolved, &hash_key, opts) {
         Ok(d) => Ok(Ok(Desired {
@@ -362,24 +383,33 @@ async fn apply_all(
         }));
     }
 
-    // The hash key first: no hash is published before its key is stored, so a restarted
-    // operator reads back the key the live hash was computed with.
-    apply(client, hash_key_secret).await?;
-    // Unreferenced Secrets are pruned later (prune_secrets), once no pod mounts them.
-    for secret in secrets {
-        apply(client, secret).await?;
-    }
-    apply(client, config_map).await?;
-    apply(client, headless_service).await?;
-    apply(client, service).await?;
-    let sts = apply(client, stateful_set).await?;
-    match pdb {
-        Some(p) => {
-            apply(client, p).await?;
+    let applied = async {
+        // The hash key first: no hash is published before its key is stored, so a restarted
+        // operator reads back the key the live hash was computed with.
+        apply(client, hash_key_secret).await?;
+        // Unreferenced Secrets are pruned later (prune_secrets), once no pod mounts them.
+        for secret in secrets {
+            apply(client, secret).await?;
         }
-        None => delete_owned::<PodDisruptionBudget>(client, relay, &relay.name_any()).await?,
+        apply(client, config_map).await?;
+        apply(client, headless_service).await?;
+        apply(client, service).await?;
+        let sts = apply(client, stateful_set).await?;
+        match pdb {
+            Some(p) => {
+                apply(client, p).await?;
+            }
+            None => delete_owned::<PodDisruptionBudget>(client, relay, &relay.name_any()).await?,
+        }
+        Ok(sts)
+    };
+    match applied.await {
+        Ok(sts) => Ok(Ok(sts)),
+        Err(Error::Refused(message)) => Ok(Err(Outcome::ApplyRefused {
+            message: format!("{message}; fix what refused it (a policy, a quota) or the spec"),
+        })),
+        Err(e) => Err(e),
     }
-    Ok(Ok(sts))
 }
 
 /// Deletes owned Secrets the relay no longer references, once no pod of the old revision can
@@ -429,26 +459,28 @@ pub fn events_for(
     let old_ready = status::ready_condition(relay.status.as_ref());
     let new_ready = status::ready_condition(Some(new));
     let mut out = Vec::new();
-    let cleartext = |s: Option<&crate::crd::SmtpRelayStatus>| {
-        s.and_then(|s| {
-            s.conditions
-                .iter()
-                .find(|c| c.type_ == status::RELAYHOST_PASSWORD_PROTECTED)
-        })
-        .filter(|c| c.status == "False")
-        .cloned()
-    };
-    if let (None, Some(c)) = (cleartext(relay.status.as_ref()), cleartext(Some(new))) {
-        out.push(Event {
-            type_: EventType::Warning,
-            reason: c.reason.clone(),
-            note: Some(truncate(&c.message, 1000)),
-            action: "Reconcile".into(),
-            secondary: None,
-        });
+    // An accepted but risky choice, once when it is made.
+    for type_ in status::WARNING_CONDITIONS {
+        let risky = |s: Option<&crate::crd::SmtpRelayStatus>| {
+            s.and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
+                .filter(|c| c.status == "False")
+                .cloned()
+        };
+        if let (None, Some(c)) = (risky(relay.status.as_ref()), risky(Some(new))) {
+            out.push(Event {
+                type_: EventType::Warning,
+                reason: c.reason.clone(),
+                note: Some(truncate(&c.message, 1000)),
+                action: "Reconcile".into(),
+                secondary: None,
+            });
+        }
     }
     match outcome {
-        Outcome::InvalidSpec { .. } | Outcome::Unresolved { .. } | Outcome::NameConflict { .. } => {
+        Outcome::InvalidSpec { .. }
+        | Outcome::Unresolved { .. }
+        | Outcome::NameConflict { .. }
+        | Outcome::ApplyRefused { .. } => {
             let changed = old_ready.map(|c| (&c.reason, &c.message))
                 != new_ready.map(|c| (&c.reason, &c.message));
             if let (true, Some(c)) = (changed, new_ready) {
@@ -462,6 +494,23 @@ pub fn events_for(
             }
         }
         Outcome::Applied { config_hash } => {
+            // A pod that cannot run (rejections have their own Event above).
+            let stalled = |s: Option<&crate::crd::SmtpRelayStatus>| {
+                s.and_then(|s| s.conditions.iter().find(|c| c.type_ == status::STALLED))
+                    .filter(|c| c.status == "True")
+                    .map(|c| (c.reason.clone(), c.message.clone()))
+            };
+            if let Some((reason, message)) = stalled(Some(new)) {
+                if stalled(relay.status.as_ref()).map(|s| s.0) != Some(reason.clone()) {
+                    out.push(Event {
+                        type_: EventType::Warning,
+                        reason,
+                        note: Some(truncate(&message, 1000)),
+                        action: "Reconcile".into(),
+                        secondary: None,
+                    });
+                }
+            }
             let old_hash = relay.status.as_ref().and_then(|s| s.config_hash.as_ref());
             if old_hash != Some(config_hash) {
                 out.push(Event {
@@ -549,16 +598,21 @@ pub async fn reconcile(relay: Arc<SmtpRelay>, ctx: Arc<Context>) -> Result<Actio
             let label = match &outcome {
                 Outcome::InvalidSpec { .. } => "InvalidSpec",
                 Outcome::NameConflict { .. } => "NameConflict",
+                Outcome::ApplyRefused { .. } => "ApplyRefused",
                 Outcome::Unresolved { reason, .. } => reason,
                 Outcome::Applied { .. } => "none",
             };
             ctx.metrics.failure(label);
-            warn!(relay = %name, namespace = %ns, reason = label, "input rejected; nothing changed");
+            warn!(relay = %name, namespace = %ns, reason = label, "input rejected or refused: see status");
             (outcome, sts_api.get_opt(&name).await?)
         }
     };
 
-    let rollout = Rollout::from_stateful_set(sts.as_ref(), relay.spec.replicas);
+    let pods = match &sts {
+        Some(_) => relay_pods(client, &relay).await?,
+        None => Vec::new(),
+    };
+    let rollout = Rollout::from_stateful_set(sts.as_ref(), relay.spec.replicas).with_pods(&pods);
     let now = Time(jiff::Timestamp::now());
     let new_status = status::compute(&relay, &outcome, rollout, now);
     for ev in events_for(&relay, &outcome, &new_status) {
@@ -581,8 +635,28 @@ pub async fn reconcile(relay: Arc<SmtpRelay>, ctx: Arc<Context>) -> Result<Actio
         // Secrets and ConfigMaps in the way are watched (see `mapping`); the StatefulSet,
         // Service and PDB watches see only the operator's own objects, so look again soon.
         (Outcome::NameConflict { .. }, _) => Action::requeue(Duration::from_secs(30)),
+        // A policy or quota may change without touching the relay: look again.
+        (Outcome::ApplyRefused { .. }, _) => Action::requeue(Duration::from_secs(30)),
         _ => Action::requeue(Duration::from_secs(300)),
     })
+}
+
+/// The relay's pods (its StatefulSet's selector), so status can say what keeps one from
+/// running.
+async fn relay_pods(client: &Client, relay: &SmtpRelay) -> Result<Vec<Pod>> {
+    let ns = relay
+        .namespace()
+        .ok_or(Error::MissingObjectKey(".metadata.namespace"))?;
+    let selector = builders::selector_labels(relay)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    Ok(api
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items)
 }
 
 /// Failed reconciles (API errors) retry with per-object exponential backoff.
@@ -1010,6 +1084,18 @@ mod tests {
                 )
                 .await;
             }
+            // The pods, for what keeps one from running (none here).
+            let req = expect(
+                &mut handle,
+                "GET",
+                "/api/v1/namespaces/mail/pods",
+                json(
+                    StatusCode::OK,
+                    serde_json::json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": []}),
+                ),
+            )
+            .await;
+            assert_eq!(req, serde_json::Value::Null, "a GET has no body");
             // No apply, no event, no status patch.
             if let Ok(Some((req, _))) =
                 tokio::time::timeout(Duration::from_millis(200), handle.next_request()).await
@@ -1227,6 +1313,39 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_apply_names_the_object_and_other_errors_retry() {
+        let api = |code: u16| {
+            kube::Error::Api(Box::new(kube::core::Status {
+                code,
+                message: "denied by policy x".into(),
+                ..Default::default()
+            }))
+        };
+        match apply_error(api(403), "StatefulSet", "mail", "r1") {
+            Error::Refused(m) => {
+                assert_eq!(
+                    m,
+                    "the API server refused StatefulSet mail/r1: denied by policy x"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            apply_error(api(422), "Secret", "mail", "r1-tls"),
+            Error::Refused(_)
+        ));
+        for transient in [409, 429, 500, 503] {
+            assert!(
+                matches!(
+                    apply_error(api(transient), "StatefulSet", "mail", "r1"),
+                    Error::Kube(_)
+                ),
+                "{transient} is retried with backoff"
+            );
+        }
+    }
+
+    #[test]
     fn events_only_on_transitions() {
         let mut r = relay("r1");
         let bad = Outcome::Unresolved {
@@ -1256,8 +1375,9 @@ mod tests {
             replicas: 1,
             ready_replicas: 1,
             up_to_date: true,
+            problem: None,
         };
-        let s2 = status::compute(&r, &ok, done, Time(jiff::Timestamp::UNIX_EPOCH));
+        let s2 = status::compute(&r, &ok, done.clone(), Time(jiff::Timestamp::UNIX_EPOCH));
         let reasons: Vec<_> = events_for(&r, &ok, &s2)
             .into_iter()
             .map(|e| e.reason)
@@ -1265,5 +1385,30 @@ mod tests {
         assert_eq!(reasons, ["ConfigApplied", "Ready"]);
         r.status = Some(s2.clone());
         assert!(events_for(&r, &ok, &s2).is_empty());
+
+        // A pod that cannot start: one Warning naming it, not one per reconcile.
+        let crashing = Rollout {
+            ready_replicas: 0,
+            problem: Some(status::PodProblem {
+                reason: "CrashLoopBackOff".into(),
+                message: "pod r1-0, container relay: CrashLoopBackOff".into(),
+                stalled: true,
+            }),
+            ..done
+        };
+        let s3 = status::compute(&r, &ok, crashing, Time(jiff::Timestamp::UNIX_EPOCH));
+        let evs = events_for(&r, &ok, &s3);
+        assert_eq!(evs.len(), 1);
+        assert_eq!(
+            (evs[0].type_, evs[0].reason.as_str()),
+            (EventType::Warning, "CrashLoopBackOff")
+        );
+        assert!(evs[0]
+            .note
+            .as_deref()
+            .unwrap()
+            .starts_with("pod r1-0, container relay"));
+        r.status = Some(s3.clone());
+        assert!(events_for(&r, &ok, &s3).is_empty());
     }
 }

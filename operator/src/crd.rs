@@ -456,6 +456,16 @@ pub struct ServiceSpec {
     #[schemars(extend("x-kubernetes-validations" = [{"rule": "isIP(self)", "message": "loadBalancerIP must be an IP address"}]))]
     #[schemars(length(max = 45))]
     pub load_balancer_ip: Option<String>,
+    /// The load balancer in front of this Service sends the PROXY protocol header (v1 or v2:
+    /// e.g. an AWS NLB with proxy protocol, HAProxy `send-proxy`). The Service's port then
+    /// targets the pods' `smtp-proxy` port (2525), where the relay takes the client address
+    /// from that header, so `networks` matches the real client. Anyone who reaches port 2525
+    /// of a pod could claim any address: let only the load balancer reach it (a
+    /// NetworkPolicy). The condition ClientAddressVerified=False and a Warning Event say so.
+    /// Clients inside the cluster use `<name>-headless` (port 25 of each pod), which trusts the
+    /// real peer.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub proxy_protocol: bool,
 }
 
 impl Default for ServiceSpec {
@@ -466,6 +476,7 @@ impl Default for ServiceSpec {
             annotations: BTreeMap::new(),
             external_traffic_policy: None,
             load_balancer_ip: None,
+            proxy_protocol: false,
         }
     }
 }
@@ -527,7 +538,9 @@ impl PullPolicy {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct SmtpRelayStatus {
-    /// Ready, and the conditions explaining it: ConfigValid, SecretsResolved, Progressing.
+    /// Ready, and the conditions explaining it: ConfigValid, SecretsResolved, Progressing,
+    /// RelayhostPasswordProtected; kstatus Reconciling (still converging by itself) and Stalled
+    /// (a rejected input, or a pod that cannot run: needs a change).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,

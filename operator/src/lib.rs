@@ -49,6 +49,11 @@ pub enum Error {
     /// Leader election failed.
     #[error("leader election: {0}")]
     Leader(String),
+
+    /// The API server refused to apply a child (an admission policy or webhook, a quota, an
+    /// invalid object): reported in status naming the object, retried later.
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl From<resolve::ResolveError> for Error {
@@ -67,6 +72,7 @@ impl Error {
             Error::Serialization(_) => "serialization",
             Error::MissingObjectKey(_) => "missing_object_key",
             Error::Leader(_) => "leader",
+            Error::Refused(_) => "ApplyRefused",
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Pure status computation: conditions (Kubernetes API conventions), replica counts, endpoint.
 
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 
@@ -12,9 +13,20 @@ pub const READY: &str = "Ready";
 pub const CONFIG_VALID: &str = "ConfigValid";
 pub const SECRETS_RESOLVED: &str = "SecretsResolved";
 pub const PROGRESSING: &str = "Progressing";
+/// kstatus: True while the operator or the pods are still working towards the spec.
+pub const RECONCILING: &str = "Reconciling";
+/// kstatus: True when the relay cannot reach the spec without a human (a rejected spec or
+/// Secret, a pod that cannot start).
+pub const STALLED: &str = "Stalled";
 /// False when the relayhost password may be sent unencrypted (credentials with an explicit TLS
 /// level of none or may): accepted, but the user should see it.
 pub const RELAYHOST_PASSWORD_PROTECTED: &str = "RelayhostPasswordProtected";
+/// False when `networks` is matched against an address a header claims
+/// (`spec.service.proxyProtocol`): accepted, but the user should see it.
+pub const CLIENT_ADDRESS_VERIFIED: &str = "ClientAddressVerified";
+/// Conditions that are False for an accepted but risky choice; each turn to False is a
+/// Warning Event.
+pub const WARNING_CONDITIONS: [&str; 2] = [RELAYHOST_PASSWORD_PROTECTED, CLIENT_ADDRESS_VERIFIED];
 
 /// What the reconcile did with the spec.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,6 +42,9 @@ pub enum Outcome {
     },
     /// An object this relay does not control stands under a child's name; nothing was changed.
     NameConflict { message: String },
+    /// The API server refused a child (admission policy, quota, invalid object); what was
+    /// applied before it stays.
+    ApplyRefused { message: String },
 }
 
 impl Outcome {
@@ -39,17 +54,119 @@ impl Outcome {
             Outcome::InvalidSpec { message } => Some(("InvalidSpec", message)),
             Outcome::Unresolved { reason, message } => Some((reason, message)),
             Outcome::NameConflict { message } => Some(("NameConflict", message)),
+            Outcome::ApplyRefused { message } => Some(("ApplyRefused", message)),
         }
     }
 }
 
-/// Rollout facts read from the StatefulSet.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Rollout facts read from the StatefulSet and its pods.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Rollout {
     pub exists: bool,
     pub replicas: i32,
     pub ready_replicas: i32,
     pub up_to_date: bool,
+    /// What keeps a pod from running, if anything (see [`pod_problem`]).
+    pub problem: Option<PodProblem>,
+}
+
+/// What keeps a relay pod from running, read from its container statuses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodProblem {
+    /// The kubelet's reason: `CrashLoopBackOff`, `ImagePullBackOff`, `OOMKilled`, ...
+    pub reason: String,
+    /// The pod, the container, the kubelet's message, and how the last run ended (with the
+    /// end of its termination message: the relay writes its configuration error there).
+    pub message: String,
+    /// True when the pod will not get better without a change (kstatus `Stalled`).
+    pub stalled: bool,
+}
+
+/// Waiting reasons of a container that will not start without a change.
+const STALLED_REASONS: [&str; 8] = [
+    "CrashLoopBackOff",
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "ErrImageNeverPull",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "RunContainerError",
+];
+
+/// Longest termination message kept in a condition.
+const TERMINATION_MESSAGE_MAX: usize = 400;
+
+/// The first problem of the first troubled pod (by name): a container waiting for a reason in
+/// [`STALLED_REASONS`], or one that just terminated with a failure.
+pub fn pod_problem(pods: &[Pod]) -> Option<PodProblem> {
+    let mut pods: Vec<&Pod> = pods.iter().collect();
+    pods.sort_by_key(|p| p.name_any());
+    pods.into_iter().find_map(|pod| {
+        let status = pod.status.as_ref()?;
+        let containers = status
+            .init_container_statuses
+            .iter()
+            .flatten()
+            .chain(status.container_statuses.iter().flatten());
+        containers.into_iter().find_map(|c| {
+            let state = c.state.as_ref()?;
+            let last = c
+                .last_state
+                .as_ref()
+                .and_then(|s| s.terminated.as_ref())
+                .or(state.terminated.as_ref());
+            let ended = last.map(|t| {
+                let mut text = format!(
+                    "; last run ended: {} (exit code {})",
+                    t.reason.as_deref().unwrap_or("terminated"),
+                    t.exit_code
+                );
+                if let Some(m) = t
+                    .message
+                    .as_deref()
+                    .map(str::trim)
+                    .filter(|m| !m.is_empty())
+                {
+                    text += &format!(": {}", tail_chars(m, TERMINATION_MESSAGE_MAX));
+                }
+                text
+            });
+            let (reason, detail, stalled) = if let Some(w) = &state.waiting {
+                let reason = w.reason.clone().unwrap_or_default();
+                if !STALLED_REASONS.contains(&reason.as_str()) {
+                    return None;
+                }
+                (reason, w.message.clone(), true)
+            } else {
+                let t = state.terminated.as_ref().filter(|t| t.exit_code != 0)?;
+                let reason = t.reason.clone().unwrap_or_else(|| "Error".into());
+                (reason, None, false)
+            };
+            let mut message = format!("pod {}, container {}: {reason}", pod.name_any(), c.name);
+            if let Some(d) = detail.filter(|d| !d.is_empty()) {
+                message += &format!(" ({d})");
+            }
+            message += &ended.unwrap_or_default();
+            Some(PodProblem {
+                reason,
+                message,
+                stalled,
+            })
+        })
+    })
+}
+
+/// The last `max` bytes of `s` (on a character boundary), marked as cut when cut.
+fn tail_chars(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut start = s.len() - max;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("…{}", &s[start..])
 }
 
 impl Rollout {
@@ -71,7 +188,21 @@ impl Rollout {
                 && revisions_match
                 && st.updated_replicas.unwrap_or(0) >= desired_replicas
                 && st.replicas == desired_replicas,
+            problem: None,
         }
+    }
+
+    /// With the problem of the relay's pods, if any.
+    pub fn with_pods(self, pods: &[Pod]) -> Rollout {
+        Rollout {
+            problem: pod_problem(pods),
+            ..self
+        }
+    }
+
+    /// Every replica runs the current configuration and is ready.
+    fn complete(&self, desired: i32) -> bool {
+        self.exists && self.up_to_date && self.ready_replicas >= desired
     }
 }
 
@@ -144,6 +275,32 @@ fn relayhost_password_condition(relay: &SmtpRelay, gen: Option<i64>, now: &Time)
     )
 }
 
+/// Whether `networks` sees the TCP peer, or an address from a PROXY header.
+fn client_address_condition(relay: &SmtpRelay, gen: Option<i64>, now: &Time) -> Condition {
+    if relay.spec.service.proxy_protocol {
+        condition(
+            CLIENT_ADDRESS_VERIFIED,
+            Some(false),
+            "ProxyHeaderTrusted",
+            format!(
+                "spec.service.proxyProtocol: port {} of the relay pods takes the client address from the PROXY header, so anyone who reaches that port could claim an address inside networks; let only the load balancer reach it (a NetworkPolicy)",
+                crate::builders::PROXY_PROTOCOL_PORT
+            ),
+            gen,
+            now,
+        )
+    } else {
+        condition(
+            CLIENT_ADDRESS_VERIFIED,
+            Some(true),
+            "PeerAddress",
+            "networks are matched against the address of the TCP peer".into(),
+            gen,
+            now,
+        )
+    }
+}
+
 /// The status after a reconcile. `lastTransitionTime` is kept when a condition's status did not
 /// change; `configHash` keeps describing what runs when the new spec was rejected.
 pub fn compute(
@@ -176,14 +333,16 @@ pub fn compute(
         ),
     };
     let secrets = match outcome {
-        Outcome::Applied { .. } | Outcome::NameConflict { .. } => condition(
-            SECRETS_RESOLVED,
-            Some(true),
-            "Resolved",
-            "every referenced Secret and ConfigMap key is present and valid".into(),
-            gen,
-            &now,
-        ),
+        Outcome::Applied { .. } | Outcome::NameConflict { .. } | Outcome::ApplyRefused { .. } => {
+            condition(
+                SECRETS_RESOLVED,
+                Some(true),
+                "Resolved",
+                "every referenced Secret and ConfigMap key is present and valid".into(),
+                gen,
+                &now,
+            )
+        }
         Outcome::Unresolved { reason, message } => condition(
             SECRETS_RESOLVED,
             Some(false),
@@ -246,6 +405,22 @@ pub fn compute(
             gen,
             &now,
         )
+    } else if let Some(p) = rollout
+        .problem
+        .as_ref()
+        .filter(|_| !rollout.complete(desired))
+    {
+        condition(
+            READY,
+            Some(false),
+            &p.reason,
+            format!(
+                "{}; {} of {desired} pods ready",
+                p.message, rollout.ready_replicas
+            ),
+            gen,
+            &now,
+        )
     } else if !rollout.up_to_date {
         condition(
             READY,
@@ -282,18 +457,82 @@ pub fn compute(
     };
 
     let password = relayhost_password_condition(relay, gen, &now);
+    let client_address = client_address_condition(relay, gen, &now);
 
-    let conditions = [ready, config_valid, secrets, progressing, password]
-        .into_iter()
-        .map(|mut c| {
-            if let Some(prev) = old.conditions.iter().find(|p| p.type_ == c.type_) {
-                if prev.status == c.status {
-                    c.last_transition_time = prev.last_transition_time.clone();
-                }
+    // kstatus: Stalled when a human must act, Reconciling while things still move by themselves.
+    let stalled_by = outcome
+        .rejection()
+        .map(|(r, m)| (r.to_string(), m.to_string()))
+        .or_else(|| {
+            rollout
+                .problem
+                .as_ref()
+                .filter(|p| p.stalled && !rollout.complete(desired))
+                .map(|_| (ready.reason.clone(), ready.message.clone()))
+        });
+    let (stalled, reconciling) = match stalled_by {
+        Some((reason, message)) => (
+            condition(STALLED, Some(true), &reason, message, gen, &now),
+            condition(
+                RECONCILING,
+                Some(false),
+                "Stalled",
+                "waiting for a change: see Stalled".into(),
+                gen,
+                &now,
+            ),
+        ),
+        None => (
+            condition(
+                STALLED,
+                Some(false),
+                "NotStalled",
+                "nothing is in the way".into(),
+                gen,
+                &now,
+            ),
+            if rollout.complete(desired) {
+                condition(
+                    RECONCILING,
+                    Some(false),
+                    "Reconciled",
+                    "every pod runs the current configuration and is ready".into(),
+                    gen,
+                    &now,
+                )
+            } else {
+                condition(
+                    RECONCILING,
+                    Some(true),
+                    &ready.reason,
+                    ready.message.clone(),
+                    gen,
+                    &now,
+                )
+            },
+        ),
+    };
+
+    let conditions = [
+        ready,
+        config_valid,
+        secrets,
+        progressing,
+        password,
+        client_address,
+        reconciling,
+        stalled,
+    ]
+    .into_iter()
+    .map(|mut c| {
+        if let Some(prev) = old.conditions.iter().find(|p| p.type_ == c.type_) {
+            if prev.status == c.status {
+                c.last_transition_time = prev.last_transition_time.clone();
             }
-            c
-        })
-        .collect();
+        }
+        c
+    })
+    .collect();
 
     SmtpRelayStatus {
         conditions,
@@ -346,6 +585,7 @@ mod tests {
         replicas: 1,
         ready_replicas: 1,
         up_to_date: true,
+        problem: None,
     };
 
     #[test]
@@ -442,6 +682,122 @@ mod tests {
         assert_eq!(cond(&changed, PROGRESSING).last_transition_time, t(1));
     }
 
+    fn pod(name: &str, container_status: serde_json::Value) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "status": {"containerStatuses": [container_status]},
+        }))
+        .expect("pod")
+    }
+
+    fn crash_looping(name: &str) -> Pod {
+        pod(
+            name,
+            serde_json::json!({
+                "name": "relay", "image": "i", "imageID": "", "ready": false, "restartCount": 3,
+                "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s"}},
+                "lastState": {"terminated": {"exitCode": 2, "reason": "Error",
+                    "message": "relay.yaml: networks: 10.0.0.1/24 has host bits set\n"}},
+            }),
+        )
+    }
+
+    #[test]
+    fn a_crash_looping_pod_is_named_in_ready_and_stalls() {
+        let r = relay("r1");
+        let running = pod(
+            "r1-0",
+            serde_json::json!({"name": "relay", "image": "i", "imageID": "", "ready": true,
+                "restartCount": 0, "state": {"running": {}}}),
+        );
+        let rollout = Rollout {
+            ready_replicas: 0,
+            ..DONE
+        }
+        .with_pods(&[running, crash_looping("r1-1")]);
+        let s = compute(&r, &applied(), rollout, t(1));
+        let ready = cond(&s, READY);
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "CrashLoopBackOff")
+        );
+        assert_eq!(
+            ready.message,
+            "pod r1-1, container relay: CrashLoopBackOff (back-off 40s); last run ended: Error (exit code 2): relay.yaml: networks: 10.0.0.1/24 has host bits set; 0 of 1 pods ready"
+        );
+        let stalled = cond(&s, STALLED);
+        assert_eq!(
+            (stalled.status.as_str(), stalled.reason.as_str()),
+            ("True", "CrashLoopBackOff")
+        );
+        assert_eq!(cond(&s, RECONCILING).status, "False");
+
+        // Ready again: the problem of a pod that recovered since is not reported.
+        let s = compute(
+            &r,
+            &applied(),
+            DONE.with_pods(&[crash_looping("r1-0")]),
+            t(2),
+        );
+        assert_eq!(cond(&s, READY).status, "True");
+        assert_eq!(cond(&s, STALLED).status, "False");
+        assert_eq!(cond(&s, RECONCILING).reason, "Reconciled");
+    }
+
+    #[test]
+    fn a_proxy_header_trusted_for_networks_is_flagged() {
+        let mut r = relay("r1");
+        let s = compute(&r, &applied(), DONE, t(1));
+        assert_eq!(cond(&s, CLIENT_ADDRESS_VERIFIED).status, "True");
+        r.spec.service.proxy_protocol = true;
+        let s = compute(&r, &applied(), DONE, t(1));
+        let c = cond(&s, CLIENT_ADDRESS_VERIFIED);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "ProxyHeaderTrusted")
+        );
+        assert!(c.message.contains("NetworkPolicy"), "{}", c.message);
+        assert_eq!(cond(&s, READY).status, "True", "a choice, not a failure");
+    }
+
+    #[test]
+    fn kstatus_conditions_follow_rollout_and_rejections() {
+        let r = relay("r1");
+        let rolling = Rollout {
+            up_to_date: false,
+            ..DONE
+        };
+        let s = compute(&r, &applied(), rolling, t(1));
+        let rec = cond(&s, RECONCILING);
+        assert_eq!(
+            (rec.status.as_str(), rec.reason.as_str()),
+            ("True", "RolloutInProgress")
+        );
+        assert_eq!(cond(&s, STALLED).status, "False");
+        let out = Outcome::InvalidSpec {
+            message: "spec.domain bad".into(),
+        };
+        let s = compute(&r, &out, DONE, t(1));
+        let stalled = cond(&s, STALLED);
+        assert_eq!(
+            (stalled.status.as_str(), stalled.reason.as_str()),
+            ("True", "InvalidSpec")
+        );
+        assert_eq!(cond(&s, RECONCILING).status, "False");
+        // A pod that failed once and restarts is a problem, not (yet) stalled.
+        let failed = pod(
+            "r1-0",
+            serde_json::json!({"name": "relay", "image": "i", "imageID": "", "ready": false,
+                "restartCount": 1, "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}),
+        );
+        let p = pod_problem(&[failed]).expect("a problem");
+        assert_eq!((p.reason.as_str(), p.stalled), ("OOMKilled", false));
+        assert_eq!(
+            p.message,
+            "pod r1-0, container relay: OOMKilled; last run ended: OOMKilled (exit code 137)"
+        );
+    }
+
     #[test]
     fn rollout_from_stateful_set() {
         let mut sts = StatefulSet::default();
@@ -462,7 +818,8 @@ mod tests {
                 exists: true,
                 replicas: 2,
                 ready_replicas: 2,
-                up_to_date: true
+                up_to_date: true,
+                problem: None,
             }
         );
         assert!(!Rollout::from_stateful_set(Some(&sts), 3).up_to_date);

@@ -4,9 +4,80 @@
 //! the fix, and leaves the running relay untouched.
 
 use ipnet::IpNet;
+use smtp_relay::inputs::file::{settings_with, InMemory};
 use smtp_relay::postfix::relay_guard;
 
-use crate::crd::SmtpRelaySpec;
+use crate::builders::{relay_config, CA_KEY, PASSWORD_KEY, RELAYHOST_DIR, TLS_DIR, USERNAME_KEY};
+use crate::crd::{SmtpRelay, SmtpRelaySpec};
+use crate::resolve::Resolved;
+use crate::status::Outcome;
+
+/// Judges what the relay pods would read, the `relay.yaml` the operator is about to write and
+/// the files of the Secrets it is about to mount, with the relay image's own rules
+/// ([`settings_with`]): the one judge, so nothing the operator writes makes a pod exit with a
+/// configuration error. A refusal names the spec field (or the Secret's) and the fix.
+pub fn judge_with_relay_rules(relay: &SmtpRelay, resolved: &Resolved) -> Result<(), Outcome> {
+    let file = relay_config::relay_config_file(&relay.spec, resolved);
+    let path = |dir: &str, key: &str| std::path::PathBuf::from(format!("{dir}/{key}"));
+    let mut mounted = InMemory::default();
+    if let Some(login) = &resolved.relayhost_login {
+        mounted.files.insert(
+            path(RELAYHOST_DIR, USERNAME_KEY),
+            login.username.clone().into_bytes(),
+        );
+        mounted
+            .files
+            .insert(path(RELAYHOST_DIR, PASSWORD_KEY), login.password.clone());
+    }
+    if let Some(ca) = &resolved.relayhost_ca {
+        mounted
+            .files
+            .insert(path(RELAYHOST_DIR, CA_KEY), ca.clone());
+    }
+    if let Some(tls) = &resolved.inbound_tls {
+        mounted
+            .files
+            .insert(path(TLS_DIR, "tls.crt"), tls.cert.clone());
+        mounted
+            .files
+            .insert(path(TLS_DIR, "tls.key"), tls.key.clone());
+    }
+    if let Some(users) = &resolved.sasl_users {
+        mounted.users = users.clone();
+    }
+    match settings_with(&file, &spec_field, &mounted) {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let message = e.to_string();
+            Err(if message.starts_with(SECRET_FIELDS_PREFIX) {
+                Outcome::Unresolved {
+                    reason: "InvalidSecretValue",
+                    message,
+                }
+            } else {
+                Outcome::InvalidSpec { message }
+            })
+        }
+    }
+}
+
+/// How the fields of secret values are named, so a refusal is told apart from the spec's.
+const SECRET_FIELDS_PREFIX: &str = "the Secret of ";
+
+/// The spec field (or referenced Secret) a `relay.yaml` field comes from.
+pub fn spec_field(name: &str) -> String {
+    let secret = |of: &str| format!("{SECRET_FIELDS_PREFIX}{of}");
+    match name {
+        "relayhost.usernameFile" => secret("spec.relayhost.credentialsSecretRef (usernameKey)"),
+        "relayhost.passwordFile" => secret("spec.relayhost.credentialsSecretRef (passwordKey)"),
+        "relayhost.tlsCaFile" => secret("spec.relayhost.tls (CA bundle)"),
+        "relayhost.tlsLevel" => "spec.relayhost.tls.level".into(),
+        "saslUsersDir" => secret("spec.saslUsersSecretRef"),
+        n if n.starts_with("inboundTls") => secret("spec.tlsSecretRef"),
+        "proxyProtocolPort" => "spec.service.proxyProtocol".into(),
+        n => format!("spec.{n}"),
+    }
+}
 
 /// RFC 1123 DNS name, as in [`crate::crd::DOMAIN_PATTERN`].
 pub fn is_domain(s: &str) -> bool {

@@ -129,6 +129,17 @@ pub fn settings(vars: &BTreeMap<String, String>, postfix_dir: &Path) -> ConfigRe
         policy,
         sasl_users,
         inbound_tls,
+        proxy_protocol_port: get("RELAY_PROXY_PROTOCOL_PORT")
+            .map(|v| {
+                let port = v.trim().parse::<u16>().map_err(|_| {
+                    ConfigError::invalid(
+                        "RELAY_PROXY_PROTOCOL_PORT",
+                        format!("{v:?} is not a port number"),
+                    )
+                })?;
+                validate::proxy_protocol_port("RELAY_PROXY_PROTOCOL_PORT", port)
+            })
+            .transpose()?,
         postconf: postconf(vars)?,
         postconf_field_prefix: POSTCONF_PREFIX.to_string(),
     })
@@ -146,6 +157,7 @@ fn postconf(vars: &BTreeMap<String, String>) -> ConfigResult<BTreeMap<String, St
                 )
             })?;
             validate::postconf_name("RELAY_EXTRAS_SETTINGS", name)?;
+            validate::postconf_known("RELAY_EXTRAS_SETTINGS", name)?;
             relay_guard::check_postconf("RELAY_EXTRAS_SETTINGS", name)?;
             out.insert(name.to_string(), value.to_string());
         }
@@ -153,6 +165,7 @@ fn postconf(vars: &BTreeMap<String, String>) -> ConfigResult<BTreeMap<String, St
     for (key, value) in vars {
         if let Some(name) = key.strip_prefix(POSTCONF_PREFIX) {
             validate::postconf_name(key, name)?;
+            validate::postconf_known(key, name)?;
             relay_guard::check_postconf(key, name)?;
             validate::single_line(key, value)?;
             out.insert(name.to_string(), value.trim().to_string());
@@ -412,6 +425,29 @@ mod tests {
         let s = settings(&env(&vars), nodir()).unwrap();
         assert!(s.relayhost.implicit_tls);
         assert_eq!(s.relayhost_tls_level, Some(TlsLevel::Secure));
+    }
+
+    #[test]
+    fn proxy_protocol_port() {
+        let with = |v: &str| {
+            let mut vars = minimal();
+            vars.push(("RELAY_PROXY_PROTOCOL_PORT", v));
+            settings(&env(&vars), nodir())
+        };
+        assert_eq!(with("2525").unwrap().proxy_protocol_port, Some(2525));
+        assert_eq!(
+            settings(&env(&minimal()), nodir())
+                .unwrap()
+                .proxy_protocol_port,
+            None
+        );
+        for bad in ["smtp", "0", "70000"] {
+            let err = with(bad).unwrap_err().to_string();
+            assert!(
+                err.starts_with("RELAY_PROXY_PROTOCOL_PORT:"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -22,7 +22,79 @@ pub fn load(path: &Path) -> ConfigResult<Settings> {
 /// Validates a parsed config file and reads the secret files it points at. `origin` prefixes
 /// field names in errors (the config file's path).
 pub fn settings(file: &RelayConfigFile, origin: &str) -> ConfigResult<Settings> {
-    let field = |name: &str| format!("{origin}: {name}");
+    settings_with(file, &|name| format!("{origin}: {name}"), &Disk)
+}
+
+/// Where the files a config file names come from.
+pub trait Mounted {
+    /// A secret file's text, as [`read_secret_file`] reads it.
+    fn secret(&self, field: &str, path: &Path) -> ConfigResult<String>;
+    /// A file that must be there and readable (a certificate, a key, a CA bundle).
+    fn file(&self, field: &str, path: &Path) -> ConfigResult<()>;
+    /// The directory of SASL users: there, and (when the users are known now) each one valid.
+    fn users(&self, field: &str, dir: &Path) -> ConfigResult<()>;
+}
+
+/// The relay's own files.
+pub struct Disk;
+
+impl Mounted for Disk {
+    fn secret(&self, field: &str, path: &Path) -> ConfigResult<String> {
+        read_secret_file(field, path)
+    }
+    fn file(&self, field: &str, path: &Path) -> ConfigResult<()> {
+        readable_file(field, path).map(|_| ())
+    }
+    fn users(&self, field: &str, dir: &Path) -> ConfigResult<()> {
+        // The users themselves are read (and checked) at every reload: crate::sasl.
+        fs::read_dir(dir).map_err(|e| ConfigError::unreadable(field, dir, e))?;
+        Ok(())
+    }
+}
+
+/// The files the operator is about to mount, in memory: it judges a spec with exactly the
+/// rules the relay applies, before it writes anything. Paths not listed are missing.
+#[derive(Default)]
+pub struct InMemory {
+    pub files: std::collections::BTreeMap<std::path::PathBuf, Vec<u8>>,
+    /// The users directory's files (name, content).
+    pub users: std::collections::BTreeMap<String, Vec<u8>>,
+}
+
+impl Mounted for InMemory {
+    fn secret(&self, field: &str, path: &Path) -> ConfigResult<String> {
+        let bytes = self.files.get(path).cloned().ok_or_else(|| {
+            ConfigError::invalid(field, format!("{} is not mounted", path.display()))
+        })?;
+        inputs::secret_text(field, path, bytes)
+    }
+    fn file(&self, field: &str, path: &Path) -> ConfigResult<()> {
+        match self.files.contains_key(path) {
+            true => Ok(()),
+            false => Err(ConfigError::invalid(
+                field,
+                format!("{} is not mounted", path.display()),
+            )),
+        }
+    }
+    fn users(&self, field: &str, dir: &Path) -> ConfigResult<()> {
+        for (name, bytes) in &self.users {
+            let path = dir.join(name);
+            validate::sasl_user(field, name)?;
+            let password = inputs::secret_text(field, &path, bytes.clone())?;
+            validate::password(&format!("{field} ({name})"), &password)?;
+        }
+        Ok(())
+    }
+}
+
+/// [`settings`], with `field` naming each field in errors and the files read from `mounted`:
+/// the one judge of a config file, for the relay and for the operator.
+pub fn settings_with(
+    file: &RelayConfigFile,
+    field: &dyn Fn(&str) -> String,
+    mounted: &impl Mounted,
+) -> ConfigResult<Settings> {
     let domain = validate::domain(&field("domain"), &file.domain)?;
     let hostname = file
         .hostname
@@ -63,8 +135,8 @@ pub fn settings(file: &RelayConfigFile, origin: &str) -> ConfigResult<Settings> 
                 field("relayhost.usernameFile"),
                 field("relayhost.passwordFile"),
             );
-            let login = read_secret_file(&uf, user)?;
-            let password = read_secret_file(&pf, pass)?;
+            let login = mounted.secret(&uf, user)?;
+            let password = mounted.secret(&pf, pass)?;
             Some(checked_credentials(&uf, &pf, &login, &password)?)
         }
         (Some(_), None) => {
@@ -87,7 +159,10 @@ pub fn settings(file: &RelayConfigFile, origin: &str) -> ConfigResult<Settings> 
         rh.implicit_tls,
     )?;
     let relayhost_tls_ca_file = match &rh.tls_ca_file {
-        Some(path) => Some(readable_file(&field("relayhost.tlsCaFile"), path)?),
+        Some(path) => {
+            mounted.file(&field("relayhost.tlsCaFile"), path)?;
+            Some(path.clone())
+        }
         None => inputs::default_ca_file(),
     };
 
@@ -112,8 +187,7 @@ pub fn settings(file: &RelayConfigFile, origin: &str) -> ConfigResult<Settings> 
     let sasl_users = match &file.sasl_users_dir {
         None => SaslUserSource::None,
         Some(dir) => {
-            fs::read_dir(dir)
-                .map_err(|e| ConfigError::unreadable(field("saslUsersDir"), dir, e))?;
+            mounted.users(&field("saslUsersDir"), dir)?;
             SaslUserSource::Directory(dir.clone())
         }
     };
@@ -121,9 +195,11 @@ pub fn settings(file: &RelayConfigFile, origin: &str) -> ConfigResult<Settings> 
         .inbound_tls
         .as_ref()
         .map(|tls| -> ConfigResult<InboundTls> {
+            mounted.file(&field("inboundTls.certFile"), &tls.cert_file)?;
+            mounted.file(&field("inboundTls.keyFile"), &tls.key_file)?;
             Ok(InboundTls {
-                cert_file: readable_file(&field("inboundTls.certFile"), &tls.cert_file)?,
-                key_file: readable_file(&field("inboundTls.keyFile"), &tls.key_file)?,
+                cert_file: tls.cert_file.clone(),
+                key_file: tls.key_file.clone(),
             })
         })
         .transpose()?;
@@ -135,6 +211,7 @@ pub fn settings(file: &RelayConfigFile, origin: &str) -> ConfigResult<Settings> 
     )?;
     for (name, value) in &file.postconf {
         validate::postconf_name(&field("postconf"), name)?;
+        validate::postconf_known(&field(&format!("postconf.{name}")), name)?;
         relay_guard::check_postconf(&field(&format!("postconf.{name}")), name)?;
         validate::single_line(&field(&format!("postconf.{name}")), value)?;
     }
@@ -153,6 +230,10 @@ pub fn settings(file: &RelayConfigFile, origin: &str) -> ConfigResult<Settings> 
         policy,
         sasl_users,
         inbound_tls,
+        proxy_protocol_port: file
+            .proxy_protocol_port
+            .map(|port| validate::proxy_protocol_port(&field("proxyProtocolPort"), port))
+            .transpose()?,
         postconf: file.postconf.clone(),
         postconf_field_prefix: field("postconf."),
     })

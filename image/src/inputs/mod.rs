@@ -19,6 +19,11 @@ pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// `echo` or `kubectl create secret --from-file` usually end with one, passwords never do.
 pub fn read_secret_file(field: &str, path: &Path) -> ConfigResult<String> {
     let bytes = fs::read(path).map_err(|e| ConfigError::unreadable(field, path, e))?;
+    secret_text(field, path, bytes)
+}
+
+/// A secret file's content as the relay reads it: UTF-8 text, one trailing line break dropped.
+pub fn secret_text(field: &str, path: &Path, bytes: Vec<u8>) -> ConfigResult<String> {
     let mut text = String::from_utf8(bytes).map_err(|_| {
         ConfigError::invalid(field, format!("{} is not UTF-8 text", path.display()))
     })?;

@@ -1,6 +1,5 @@
 //! Laying out a Postfix instance on disk and controlling its master process.
 
-use std::collections::BTreeSet;
 use std::fs;
 use std::os::unix::fs::{chown, PermissionsExt};
 use std::path::Path;
@@ -42,7 +41,11 @@ pub fn write_config(settings: &Settings, layout: &Layout) -> Result<(), RunError
     // mode; main.cf last, so a new process never reads a main.cf whose maps are not in place.
     let sasl_conf = layout.sasl_config_dir().join("smtpd.conf");
     let mut files = vec![
-        (layout.master_cf(), master_cf::render(layout), 0o644),
+        (
+            layout.master_cf(),
+            master_cf::render(layout, settings.proxy_protocol_port)?,
+            0o644,
+        ),
         (
             layout.routing_table(),
             main_cf::ROUTING_TABLE.to_string(),
@@ -85,7 +88,6 @@ pub fn write_config(settings: &Settings, layout: &Layout) -> Result<(), RunError
     for (live, text, mode) in &files {
         write_file(&staged(live)?, text, *mode)?;
     }
-    check_postconf_names(settings, &candidate)?;
     postfix(&candidate, &["check"])?;
     check_not_open(&candidate, &layout.main_cf())?;
 
@@ -123,36 +125,6 @@ fn check_not_open(layout: &Layout, main_cf: &Path) -> Result<(), RunError> {
         )
         .into()),
     }
-}
-
-/// Parameters a user may override: everything Postfix itself knows (`postconf -d`).
-pub fn known_parameters(layout: &Layout) -> Result<BTreeSet<String>, RunError> {
-    let out = postconf(layout, &["-d"])?;
-    Ok(out
-        .lines()
-        .filter_map(|l| {
-            l.split_once(" = ")
-                .map(|(n, _)| n.to_string())
-                .or_else(|| l.strip_suffix(" =").map(str::to_string))
-        })
-        .collect())
-}
-
-fn check_postconf_names(settings: &Settings, layout: &Layout) -> Result<(), RunError> {
-    if settings.postconf.is_empty() {
-        return Ok(());
-    }
-    let known = known_parameters(layout)?;
-    for name in settings.postconf.keys() {
-        if !known.contains(name) {
-            return Err(ConfigError::invalid(
-                format!("{}{name}", settings.postconf_field_prefix),
-                format!("{name:?} is not a Postfix parameter (see `postconf -d` for the list)"),
-            )
-            .into());
-        }
-    }
-    Ok(())
 }
 
 /// Starts the master in the foreground, its stdout (where postlogd writes the mail log) piped

@@ -272,6 +272,7 @@ mod tests {
             policy: RelayPolicy::Mode(Mode::Strict),
             sasl_users: SaslUserSource::None,
             inbound_tls: None,
+            proxy_protocol_port: None,
             postconf: BTreeMap::new(),
             postconf_field_prefix: "POSTCONF_".into(),
         }

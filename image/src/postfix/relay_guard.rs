@@ -34,7 +34,7 @@ const OWNED: &[(&str, &str)] = &[
     ),
     (
         "smtpd_upstream_proxy_protocol",
-        "no field yet: anyone reaching the port could claim an address inside networks",
+        "proxyProtocolPort (RELAY_PROXY_PROTOCOL_PORT): a second port for the load balancer, so the SMTP port keeps trusting the real peer",
     ),
 ];
 

@@ -179,6 +179,9 @@ pub struct RelaySpec {
     /// Give the relay the test certificate when it has SASL users and no certificate of its own
     /// (it refuses to start without one): true unless a test wants to see that refusal.
     pub test_tls: bool,
+    /// The relay speaks TLS from the first byte (`smtpd_tls_wrappermode`, SMTPS): readiness is
+    /// a TLS handshake and a banner, not a plain-text banner.
+    pub implicit_tls: bool,
 }
 
 impl RelaySpec {
@@ -192,6 +195,7 @@ impl RelaySpec {
             metrics_port: free_port(),
             reload_interval_secs: 1,
             test_tls: true,
+            implicit_tls: false,
         }
     }
 
@@ -344,6 +348,7 @@ impl RelaySpec {
             spec: Some(self),
         };
         let addr = relay.addr();
+        let implicit_tls = relay.spec().implicit_tls;
         poll(
             &format!("the relay on {addr} to answer SMTP"),
             DEADLINE,
@@ -354,7 +359,12 @@ impl RelaySpec {
                         relay.output()
                     );
                 }
-                smtp_ready(addr).then_some(())
+                let ready = if implicit_tls {
+                    smtps_ready(addr)
+                } else {
+                    smtp_ready(addr)
+                };
+                ready.then_some(())
             },
         );
         relay
@@ -596,6 +606,27 @@ pub fn send(
     let result = send_on(&mut conn, from, to, marker);
     let _ = conn.quit();
     result
+}
+
+/// Whether an SMTPS server (TLS from the first byte) at `addr` completes a handshake and greets.
+pub fn smtps_ready(addr: SocketAddr) -> bool {
+    let Ok(tls) = TlsParameters::builder("localhost".into())
+        .dangerous_accept_invalid_certs(true)
+        .build()
+    else {
+        return false;
+    };
+    SmtpConnection::connect(
+        addr,
+        Some(Duration::from_secs(5)),
+        &ClientId::Domain("client.test".into()),
+        Some(&tls),
+        None,
+    )
+    .map(|mut c| {
+        let _ = c.quit();
+    })
+    .is_ok()
 }
 
 /// TLS parameters trusting exactly the test certificate.

@@ -40,6 +40,9 @@ pub const RUN_DIR: &str = "/run/smtp-relay";
 pub const DATA_DIR: &str = "/data";
 pub const SPOOL_DIR: &str = "/var/spool/postfix";
 pub const SMTP_PORT: i32 = 25;
+/// The pods' port for a load balancer that speaks the PROXY protocol
+/// (`spec.service.proxyProtocol`).
+pub const PROXY_PROTOCOL_PORT: i32 = 2525;
 pub const METRICS_PORT: i32 = 9154;
 
 /// Keys of the owned relayhost Secret.
@@ -244,6 +247,7 @@ mod tests {
     use super::fixtures::{hash_key, relay};
     use super::*;
     use crate::resolve::{RelayhostLogin, TlsPair};
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
     use std::collections::BTreeMap;
 
     fn full_resolved() -> Resolved {
@@ -479,6 +483,50 @@ mod tests {
             ),
             Err(Error::InvalidSpec(_))
         ));
+    }
+
+    #[test]
+    fn proxy_protocol_is_a_second_port_the_service_targets() {
+        let mut r = relay("r1");
+        let plain = build_ok(&r, &Resolved::default());
+        let smtp = |d: &Desired| d.service.spec.clone().unwrap().ports.unwrap()[0].clone();
+        assert_eq!(
+            smtp(&plain).target_port,
+            Some(IntOrString::String("smtp".into()))
+        );
+        r.spec.service.type_ = crate::crd::ServiceType::LoadBalancer;
+        r.spec.service.proxy_protocol = true;
+        let d = build_ok(&r, &Resolved::default());
+        assert_eq!(smtp(&d).port, 25);
+        assert_eq!(
+            smtp(&d).target_port,
+            Some(IntOrString::String("smtp-proxy".into()))
+        );
+        let container = &d
+            .stateful_set
+            .spec
+            .clone()
+            .unwrap()
+            .template
+            .spec
+            .unwrap()
+            .containers[0];
+        let ports: Vec<_> = container
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| (p.name.clone().unwrap(), p.container_port))
+            .collect();
+        assert!(ports.contains(&("smtp-proxy".into(), 2525)), "{ports:?}");
+        let file = relay_config::relay_config_file(&r.spec, &Resolved::default());
+        assert_eq!(file.proxy_protocol_port, Some(2525));
+        // The headless Service, for clients inside the cluster, keeps the plain port.
+        let headless = d.headless_service.spec.unwrap().ports.unwrap();
+        assert_eq!(
+            headless[0].target_port,
+            Some(IntOrString::String("smtp".into()))
+        );
+        assert_ne!(d.config_hash, plain.config_hash, "the pods roll");
     }
 
     #[test]

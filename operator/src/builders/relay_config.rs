@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use smtp_relay::config_file::{InboundTlsFile, RelayConfigFile, RelayhostFile};
 
-use super::{CA_KEY, PASSWORD_KEY, RELAYHOST_DIR, SASL_USERS_DIR, TLS_DIR, USERNAME_KEY};
+use super::{
+    CA_KEY, PASSWORD_KEY, PROXY_PROTOCOL_PORT, RELAYHOST_DIR, SASL_USERS_DIR, TLS_DIR, USERNAME_KEY,
+};
 use crate::crd::SmtpRelaySpec;
 use crate::resolve::Resolved;
 
@@ -56,6 +58,10 @@ pub fn relay_config_file(spec: &SmtpRelaySpec, resolved: &Resolved) -> RelayConf
             cert_file: file(TLS_DIR, "tls.crt"),
             key_file: file(TLS_DIR, "tls.key"),
         }),
+        proxy_protocol_port: spec
+            .service
+            .proxy_protocol
+            .then_some(PROXY_PROTOCOL_PORT as u16),
         postconf: spec.postconf.clone(),
     }
 }

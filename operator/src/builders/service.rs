@@ -6,6 +6,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
 use super::{child_meta, selector_labels, Names, METRICS_PORT, SMTP_PORT};
+use crate::builders::statefulset::PROXY_PORT_NAME;
 use crate::crd::{ServiceType, SmtpRelay, TrafficPolicy};
 use crate::Result;
 
@@ -26,12 +27,17 @@ pub fn service(relay: &SmtpRelay) -> Result<Service> {
         meta.annotations = Some(s.annotations.clone());
     }
     let external = s.type_ != ServiceType::ClusterIP;
+    let mut smtp = port("smtp", s.port);
+    if s.proxy_protocol {
+        // Behind a PROXY-protocol load balancer: the pods' port that reads its header.
+        smtp.target_port = Some(IntOrString::String(PROXY_PORT_NAME.into()));
+    }
     Ok(Service {
         metadata: meta,
         spec: Some(ServiceSpec {
             type_: Some(s.type_.as_str().into()),
             selector: Some(selector_labels(relay)),
-            ports: Some(vec![port("smtp", s.port)]),
+            ports: Some(vec![smtp]),
             // Local by default: with Cluster, kube-proxy rewrites the source address to a
             // node's, and `networks` would be matching nodes instead of clients.
             external_traffic_policy: external.then(|| {

@@ -17,13 +17,15 @@ use kube::ResourceExt;
 
 use super::{
     child_meta, labels, selector_labels, BuildOptions, Names, CONFIG_DIR, CONFIG_HASH_ANNOTATION,
-    CONFIG_KEY, DATA_DIR, METRICS_PORT, RELAYHOST_DIR, RUN_DIR, SASL_USERS_DIR, SMTP_PORT,
-    SPOOL_DIR, TLS_DIR,
+    CONFIG_KEY, DATA_DIR, METRICS_PORT, PROXY_PROTOCOL_PORT, RELAYHOST_DIR, RUN_DIR,
+    SASL_USERS_DIR, SMTP_PORT, SPOOL_DIR, TLS_DIR,
 };
 use crate::crd::SmtpRelay;
 use crate::Result;
 
 pub const CONTAINER_NAME: &str = "relay";
+/// The container port of `spec.service.proxyProtocol`.
+pub const PROXY_PORT_NAME: &str = "smtp-proxy";
 pub const SPOOL_VOLUME: &str = "spool";
 /// Secret files are readable by root only: Postfix's master runs as root and reads them.
 const SECRET_MODE: i32 = 0o400;
@@ -208,22 +210,32 @@ fn container(relay: &SmtpRelay, volume_mounts: Vec<VolumeMount>, opts: &BuildOpt
             env("RELAY_POSTFIX_DIR", format!("{RUN_DIR}/postfix")),
             env("RELAY_DATA_DIR", DATA_DIR.into()),
             env("RELAY_SPOOL_DIR", SPOOL_DIR.into()),
-            env("RELAY_METRICS_LISTEN", format!("0.0.0.0:{METRICS_PORT}")),
+            env("RELAY_METRICS_LISTEN", format!("[::]:{METRICS_PORT}")),
         ]),
-        ports: Some(vec![
-            ContainerPort {
-                name: Some("smtp".into()),
-                container_port: SMTP_PORT,
+        ports: Some(
+            vec![
+                ContainerPort {
+                    name: Some("smtp".into()),
+                    container_port: SMTP_PORT,
+                    protocol: Some("TCP".into()),
+                    ..ContainerPort::default()
+                },
+                ContainerPort {
+                    name: Some("metrics".into()),
+                    container_port: METRICS_PORT,
+                    protocol: Some("TCP".into()),
+                    ..ContainerPort::default()
+                },
+            ]
+            .into_iter()
+            .chain(spec.service.proxy_protocol.then(|| ContainerPort {
+                name: Some(PROXY_PORT_NAME.into()),
+                container_port: PROXY_PROTOCOL_PORT,
                 protocol: Some("TCP".into()),
                 ..ContainerPort::default()
-            },
-            ContainerPort {
-                name: Some("metrics".into()),
-                container_port: METRICS_PORT,
-                protocol: Some("TCP".into()),
-                ..ContainerPort::default()
-            },
-        ]),
+            }))
+            .collect(),
+        ),
         // Up to 5 minutes for a first start (a large queue on the volume); only then do the
         // other two begin.
         startup_probe: Some(probe(SMTP_PROBE, 5, 5, 60)),
@@ -232,6 +244,9 @@ fn container(relay: &SmtpRelay, volume_mounts: Vec<VolumeMount>, opts: &BuildOpt
         resources: spec.resources.clone(),
         volume_mounts: Some(volume_mounts),
         security_context: Some(security_context()),
+        // The relay writes a fatal error to /dev/termination-log; anything else that stops it
+        // leaves the end of its log there, so the SmtpRelay's status can say why.
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
         ..Container::default()
     }
 }
@@ -351,6 +366,10 @@ mod tests {
         let c = &p.containers[0];
         assert_eq!(c.name, "relay");
         assert_eq!(
+            c.termination_message_policy.as_deref(),
+            Some("FallbackToLogsOnError")
+        );
+        assert_eq!(
             c.image.as_deref(),
             Some(crate::builders::DEFAULT_RELAY_IMAGE)
         );
@@ -379,7 +398,7 @@ mod tests {
                 ("RELAY_POSTFIX_DIR", "/run/smtp-relay/postfix"),
                 ("RELAY_DATA_DIR", "/data"),
                 ("RELAY_SPOOL_DIR", "/var/spool/postfix"),
-                ("RELAY_METRICS_LISTEN", "0.0.0.0:9154"),
+                ("RELAY_METRICS_LISTEN", "[::]:9154"),
             ]
             .map(|(a, b)| (a.to_string(), b.to_string()))
         );
