@@ -16,6 +16,8 @@ pub mod http;
 pub mod leader;
 pub mod mapping;
 pub mod metrics;
+#[cfg(test)]
+mod parity;
 pub mod resolve;
 pub mod shutdown;
 pub mod status;
