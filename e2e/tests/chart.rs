@@ -503,10 +503,11 @@ fn no_rbac_rule_uses_a_wildcard() {
 /// Exactly the operator's contract (operator/RBAC.md), nothing more.
 const OPERATOR_RULES: &str = r#"
 - {apiGroups: [smtprelay.dev], resources: [smtprelays], verbs: [get, list, watch]}
-- {apiGroups: [smtprelay.dev], resources: [smtprelays/status], verbs: [get, patch, update]}
-- {apiGroups: [""], resources: [configmaps, secrets, services], verbs: [get, list, watch, create, update, patch, delete]}
-- {apiGroups: [apps], resources: [statefulsets], verbs: [get, list, watch, create, update, patch, delete]}
-- {apiGroups: [policy], resources: [poddisruptionbudgets], verbs: [get, list, watch, create, update, patch, delete]}
+- {apiGroups: [smtprelay.dev], resources: [smtprelays/status], verbs: [patch]}
+- {apiGroups: [""], resources: [configmaps, services], verbs: [get, list, watch, create, patch]}
+- {apiGroups: [""], resources: [secrets], verbs: [get, list, watch, create, patch, delete]}
+- {apiGroups: [apps], resources: [statefulsets], verbs: [get, list, watch, create, patch]}
+- {apiGroups: [policy], resources: [poddisruptionbudgets], verbs: [get, list, watch, create, patch, delete]}
 - {apiGroups: [""], resources: [pods], verbs: [list]}
 - {apiGroups: [""], resources: [events], verbs: [create, patch]}
 - {apiGroups: [events.k8s.io], resources: [events], verbs: [create, patch]}

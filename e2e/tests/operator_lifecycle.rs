@@ -647,6 +647,38 @@ fn update_and_noop(ctx: &mut Ctx) {
         describe(&writes)
     );
     assert_eq!(ctx.template_hash(ns, name), new_hash);
+
+    // Drift: someone changes the pod template's image and the Service's target by hand; the
+    // operator puts back what it set (the resync above shows it writes nothing when nothing
+    // drifted).
+    ctx.cp.kubectl_ok([
+        "patch",
+        "statefulset",
+        "-n",
+        ns,
+        name,
+        "--type=json",
+        "-p",
+        r#"[{"op":"replace","path":"/spec/template/spec/containers/0/image","value":"edited/by-hand:1"}]"#,
+    ]);
+    ctx.cp.kubectl_ok([
+        "patch",
+        "service",
+        "-n",
+        ns,
+        name,
+        "--type=json",
+        "-p",
+        r#"[{"op":"replace","path":"/spec/ports/0/targetPort","value":"metrics"}]"#,
+    ]);
+    ctx.op.wait_for(CONVERGE, "the hand edits reverted", || {
+        let sts = ctx.must(ns, "statefulset", name);
+        let image = &sts["spec"]["template"]["spec"]["containers"][0]["image"];
+        let svc = ctx.must(ns, "service", name);
+        (image != "edited/by-hand:1" && svc["spec"]["ports"][0]["targetPort"] == "smtp")
+            .then_some(())
+    });
+    assert_eq!(ctx.template_hash(ns, name), new_hash);
 }
 
 /// Changing the relayhost credentials updates the owned copy and the config hash at once;

@@ -134,8 +134,16 @@ impl Owned for ConfigMap {
         self.data == live.data
     }
 }
-impl Owned for Service {}
-impl Owned for PodDisruptionBudget {}
+impl Owned for Service {
+    fn live_matches(&self, live: &Self) -> bool {
+        subset_of(&self.spec, &live.spec)
+    }
+}
+impl Owned for PodDisruptionBudget {
+    fn live_matches(&self, live: &Self) -> bool {
+        subset_of(&self.spec, &live.spec)
+    }
+}
 impl Owned for Secret {
     fn hash_view(&self) -> Self {
         Secret {
@@ -150,7 +158,62 @@ impl Owned for Secret {
 impl Owned for StatefulSet {
     fn live_matches(&self, live: &Self) -> bool {
         let replicas = |s: &StatefulSet| s.spec.as_ref().and_then(|s| s.replicas);
-        replicas(self) == replicas(live)
+        let template = |s: &StatefulSet| s.spec.as_ref().map(|s| s.template.clone());
+        replicas(self) == replicas(live) && subset_of(&template(self), &template(live))
+    }
+}
+
+/// Drift: whether everything the operator sets in `desired` is still so in `live`. The API
+/// server only adds to what was applied (defaults, status), so a field that differs or went
+/// missing was changed by someone else, and the next (forced) apply puts it back. What others
+/// added is left to them, as server-side apply leaves the fields of other managers. Resource
+/// quantities are left out: the server rewrites them in canonical form ("0.5" becomes "500m").
+fn subset_of<T: Serialize>(desired: &T, live: &T) -> bool {
+    match (serde_json::to_value(desired), serde_json::to_value(live)) {
+        (Ok(d), Ok(l)) => match drifted_field(&d, &l, "") {
+            None => true,
+            Some(field) => {
+                info!(%field, "drift: a field the operator sets was changed; applying again");
+                false
+            }
+        },
+        _ => false,
+    }
+}
+
+/// The first field of `d` that `l` does not hold, as a JSON path.
+fn drifted_field(d: &serde_json::Value, l: &serde_json::Value, at: &str) -> Option<String> {
+    use serde_json::Value;
+    match (d, l) {
+        (Value::Object(d), Value::Object(l)) => d.iter().find_map(|(k, dv)| {
+            let path = format!("{at}.{k}");
+            match l.get(k) {
+                _ if k == "resources" => None,
+                Some(lv) => drifted_field(dv, lv, &path),
+                // Applied empty (or false, 0, ""), stored absent: Go's omitempty.
+                None if dv.is_null()
+                    || dv == &Value::Bool(false)
+                    || dv.as_i64() == Some(0)
+                    || dv.as_str() == Some("")
+                    || dv.as_array().is_some_and(|a| a.is_empty())
+                    || dv.as_object().is_some_and(|o| o.is_empty()) =>
+                {
+                    None
+                }
+                None => Some(path),
+            }
+        }),
+        // Every element the operator set is still there; elements others added stay (as
+        // server-side apply leaves the fields other managers own).
+        (Value::Array(d), Value::Array(l)) => d.iter().enumerate().find_map(|(i, d)| {
+            let path = format!("{at}[{i}]");
+            match l.iter().any(|l| drifted_field(d, l, &path).is_none()) {
+                true => None,
+                false => Some(path),
+            }
+        }),
+        (d, l) if d == l => None,
+        _ => Some(at.to_string()),
     }
 }
 
@@ -687,8 +750,9 @@ where
     }
 }
 
-/// The metadata watch of one owned kind, with its own backoff.
-fn owned_stream<K>(
+/// The metadata-only watch of one kind (an `Api<PartialObjectMeta<K>>` asks for
+/// `PartialObjectMetadataList`: no data or spec on the wire), with its own backoff.
+fn metadata_stream<K>(
     api: Api<PartialObjectMeta<K>>,
     config: watcher::Config,
 ) -> impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
@@ -739,27 +803,28 @@ pub async fn run(
             kube::runtime::controller::Config::default().debounce(Duration::from_millis(500)),
         )
         .trigger_backoff(NoDelay)
-        .owns_stream(owned_stream(
+        .owns_stream(metadata_stream(
             api::<PartialObjectMeta<StatefulSet>>(&client, ns),
             owned.clone(),
         ))
-        .owns_stream(owned_stream(
+        .owns_stream(metadata_stream(
             api::<PartialObjectMeta<Service>>(&client, ns),
             owned.clone(),
         ))
-        .owns_stream(owned_stream(
+        .owns_stream(metadata_stream(
             api::<PartialObjectMeta<PodDisruptionBudget>>(&client, ns),
             owned,
         ))
         // One watch per kind covers both owned copies (via owner references) and the user's
         // referenced objects, so a rotated password or a new SASL user reconciles at once.
+        // Metadata only: values are read by the reconcile, for the referenced objects alone,
+        // so no Secret of the cluster is held in the operator's memory.
         .watches_stream(
-            watch_with_backoff(watcher(
-                api::<Secret>(&client, ns),
+            metadata_stream(
+                api::<PartialObjectMeta<Secret>>(&client, ns),
                 watcher::Config::default(),
-            ))
-            .touched_objects(),
-            move |s: Secret| {
+            ),
+            move |s: PartialObjectMeta<Secret>| {
                 let relays = store1.state();
                 relays_for(
                     &s.metadata,
@@ -769,12 +834,11 @@ pub async fn run(
             },
         )
         .watches_stream(
-            watch_with_backoff(watcher(
-                api::<ConfigMap>(&client, ns),
+            metadata_stream(
+                api::<PartialObjectMeta<ConfigMap>>(&client, ns),
                 watcher::Config::default(),
-            ))
-            .touched_objects(),
-            move |c: ConfigMap| {
+            ),
+            move |c: PartialObjectMeta<ConfigMap>| {
                 let relays = store2.state();
                 relays_for(
                     &c.metadata,
@@ -1310,6 +1374,27 @@ mod tests {
         assert!(events_for(&r, &ok, &s)
             .iter()
             .all(|e| e.type_ != EventType::Warning));
+    }
+
+    #[test]
+    fn drift_is_what_the_operator_set_and_no_longer_holds() {
+        use serde_json::json;
+        let desired = json!({"containers": [{"name": "relay", "image": "a", "readOnly": false,
+            "env": [{"name": "X", "value": "1"}], "resources": {"limits": {"cpu": "0.5"}}}]});
+        // Defaults added, omitempty fields dropped, others' additions, canonical quantities.
+        let live = json!({"containers": [{"name": "relay", "image": "a",
+            "env": [{"name": "X", "value": "1"}, {"name": "THEIRS", "value": "2"}],
+            "resources": {"limits": {"cpu": "500m"}}, "imagePullPolicy": "IfNotPresent"}],
+            "restartPolicy": "Always"});
+        assert_eq!(drifted_field(&desired, &live, ""), None);
+        let edited = json!({"containers": [{"name": "relay", "image": "b",
+            "env": [{"name": "X", "value": "1"}]}]});
+        assert_eq!(
+            drifted_field(&desired, &edited, "").as_deref(),
+            Some(".containers[0]")
+        );
+        let removed = json!({"containers": [{"name": "relay", "image": "a", "env": []}]});
+        assert!(drifted_field(&desired, &removed, "").is_some());
     }
 
     #[test]
