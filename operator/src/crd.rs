@@ -144,6 +144,10 @@ pub struct SmtpRelaySpec {
     #[serde(default)]
     pub storage: StorageSpec,
 
+    /// What a relay pod does when it is stopped (a rollout, a scale-down, a drained node).
+    #[serde(default)]
+    pub shutdown: ShutdownSpec,
+
     /// The Service clients connect to.
     #[serde(default)]
     pub service: ServiceSpec,
@@ -359,6 +363,31 @@ pub struct SecretRef {
     /// Name of the Secret.
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
+}
+
+/// Shutdown of a relay pod.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ShutdownSpec {
+    /// On SIGTERM the pod leaves the Service, then delivers its queue to the relayhost for at
+    /// most this many seconds (less when the queue empties or every message was tried and
+    /// deferred); what is still queued stays on the volume for the next pod. The pod's
+    /// termination grace period is this plus 35 seconds for Postfix to stop. 0 stops at once.
+    #[serde(default = "default_drain_seconds")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub drain_seconds: u32,
+}
+
+fn default_drain_seconds() -> u32 {
+    25
+}
+
+impl Default for ShutdownSpec {
+    fn default() -> Self {
+        ShutdownSpec {
+            drain_seconds: default_drain_seconds(),
+        }
+    }
 }
 
 /// Mail queue storage.

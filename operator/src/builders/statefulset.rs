@@ -78,7 +78,8 @@ pub fn stateful_set(
         // The relay never talks to the Kubernetes API.
         automount_service_account_token: Some(false),
         enable_service_links: Some(false),
-        termination_grace_period_seconds: Some(60),
+        // The drain, then up to 35 s for Postfix to stop (see ShutdownSpec).
+        termination_grace_period_seconds: Some(i64::from(spec.shutdown.drain_seconds) + 35),
         security_context: Some(PodSecurityContext {
             seccomp_profile: Some(runtime_default()),
             ..PodSecurityContext::default()
@@ -211,6 +212,10 @@ fn container(relay: &SmtpRelay, volume_mounts: Vec<VolumeMount>, opts: &BuildOpt
             env("RELAY_DATA_DIR", DATA_DIR.into()),
             env("RELAY_SPOOL_DIR", SPOOL_DIR.into()),
             env("RELAY_METRICS_LISTEN", format!("[::]:{METRICS_PORT}")),
+            env(
+                "RELAY_DRAIN_TIMEOUT",
+                spec.shutdown.drain_seconds.to_string(),
+            ),
         ]),
         ports: Some(
             vec![
@@ -366,6 +371,11 @@ mod tests {
         let c = &p.containers[0];
         assert_eq!(c.name, "relay");
         assert_eq!(
+            p.termination_grace_period_seconds,
+            Some(60),
+            "the default drain of 25 s, and 35 s to stop Postfix"
+        );
+        assert_eq!(
             c.termination_message_policy.as_deref(),
             Some("FallbackToLogsOnError")
         );
@@ -399,6 +409,7 @@ mod tests {
                 ("RELAY_DATA_DIR", "/data"),
                 ("RELAY_SPOOL_DIR", "/var/spool/postfix"),
                 ("RELAY_METRICS_LISTEN", "[::]:9154"),
+                ("RELAY_DRAIN_TIMEOUT", "25"),
             ]
             .map(|(a, b)| (a.to_string(), b.to_string()))
         );
