@@ -373,6 +373,46 @@ fn relay_pod_under_the_kubelet_follows_secret_rotation() {
         "jsonpath={.items[*].reason}",
     ]);
     assert!(events.contains("CertificateIssued"), "events: {events}");
+    // The chart README's test message from inside the pod: the password on stdin, the login
+    // inside STARTTLS, verified against the mounted certificate.
+    let out = cp.kubectl_stdin(
+        [
+            "exec",
+            "-i",
+            "-n",
+            NS,
+            POD,
+            "-c",
+            "relay",
+            "--",
+            "smtp-relay",
+            "send",
+            "--user",
+            "app1",
+            "--password-file",
+            "/dev/stdin",
+            "--tls-name",
+            &tls_name,
+            "--ca-file",
+            "/etc/smtp-relay/tls/tls.crt",
+            "-f",
+            "app1@example.net",
+            "d@elsewhere.org",
+        ],
+        APP1_PW,
+    );
+    assert!(
+        out.status.success(),
+        "smtp-relay send in the pod: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ok(user_path::wait(
+        &cp,
+        NS,
+        WAIT,
+        "the pod's test message at the sink",
+        || sink.delivered_to("d@elsewhere.org").then_some(()),
+    ));
     t.step("mode AllowSaslAuthNoDomain through the Service: SASL inside TLS anywhere, networks to domain");
 
     // Rotation 1: a new SASL user, in place.

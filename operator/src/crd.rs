@@ -428,10 +428,14 @@ fn default_storage_size() -> String {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct RetentionSpec {
-    /// Retain or Delete the queue volumes when the SmtpRelay is deleted.
+    /// Retain or Delete the queue volumes when the SmtpRelay is deleted. Delete destroys the
+    /// mail still queued on them (the operator does not drain them first yet): reported by the
+    /// condition QueuedMailKept=False and a Warning Event.
     #[serde(default)]
     pub when_deleted: RetentionPolicy,
-    /// Retain or Delete the queue volume of a pod removed by scaling down.
+    /// Retain or Delete the queue volume of a pod removed by scaling down. Delete destroys the
+    /// mail still queued on it (the operator does not drain it first yet): reported by the
+    /// condition QueuedMailKept=False and a Warning Event.
     #[serde(default)]
     pub when_scaled: RetentionPolicy,
 }

@@ -26,7 +26,13 @@ pub const RELAYHOST_PASSWORD_PROTECTED: &str = "RelayhostPasswordProtected";
 pub const CLIENT_ADDRESS_VERIFIED: &str = "ClientAddressVerified";
 /// Conditions that are False for an accepted but risky choice; each turn to False is a
 /// Warning Event.
-pub const WARNING_CONDITIONS: [&str; 2] = [RELAYHOST_PASSWORD_PROTECTED, CLIENT_ADDRESS_VERIFIED];
+pub const WARNING_CONDITIONS: [&str; 3] = [
+    RELAYHOST_PASSWORD_PROTECTED,
+    CLIENT_ADDRESS_VERIFIED,
+    QUEUED_MAIL_KEPT,
+];
+/// False when a retention policy deletes queue volumes, and the mail queued on them with it.
+pub const QUEUED_MAIL_KEPT: &str = "QueuedMailKept";
 
 /// What the reconcile did with the spec.
 #[derive(Debug, Clone, PartialEq)]
@@ -301,6 +307,45 @@ fn client_address_condition(relay: &SmtpRelay, gen: Option<i64>, now: &Time) -> 
     }
 }
 
+/// Whether every queue volume outlives its pod and the relay (retention Retain).
+fn queued_mail_condition(relay: &SmtpRelay, gen: Option<i64>, now: &Time) -> Condition {
+    use crate::crd::RetentionPolicy::Delete;
+    let r = &relay.spec.storage.retention;
+    let deleting: Vec<&str> = [
+        (r.when_scaled == Delete, "spec.storage.retention.whenScaled"),
+        (
+            r.when_deleted == Delete,
+            "spec.storage.retention.whenDeleted",
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(d, f)| d.then_some(f))
+    .collect();
+    if deleting.is_empty() {
+        condition(
+            QUEUED_MAIL_KEPT,
+            Some(true),
+            "VolumesRetained",
+            "queue volumes are kept when pods are scaled away and when the SmtpRelay is deleted"
+                .into(),
+            gen,
+            now,
+        )
+    } else {
+        condition(
+            QUEUED_MAIL_KEPT,
+            Some(false),
+            "VolumesDeletedUndrained",
+            format!(
+                "{} is Delete: mail still queued on a volume is destroyed with it (the operator does not drain volumes first yet); use Retain to keep it",
+                deleting.join(" and ")
+            ),
+            gen,
+            now,
+        )
+    }
+}
+
 /// The status after a reconcile. `lastTransitionTime` is kept when a condition's status did not
 /// change; `configHash` keeps describing what runs when the new spec was rejected.
 pub fn compute(
@@ -458,6 +503,7 @@ pub fn compute(
 
     let password = relayhost_password_condition(relay, gen, &now);
     let client_address = client_address_condition(relay, gen, &now);
+    let queued_mail = queued_mail_condition(relay, gen, &now);
 
     // kstatus: Stalled when a human must act, Reconciling while things still move by themselves.
     let stalled_by = outcome
@@ -520,6 +566,7 @@ pub fn compute(
         progressing,
         password,
         client_address,
+        queued_mail,
         reconciling,
         stalled,
     ]
@@ -742,6 +789,26 @@ mod tests {
         assert_eq!(cond(&s, READY).status, "True");
         assert_eq!(cond(&s, STALLED).status, "False");
         assert_eq!(cond(&s, RECONCILING).reason, "Reconciled");
+    }
+
+    #[test]
+    fn deleting_queue_volumes_is_flagged() {
+        let mut r = relay("r1");
+        let s = compute(&r, &applied(), DONE, t(1));
+        assert_eq!(cond(&s, QUEUED_MAIL_KEPT).status, "True");
+        r.spec.storage.retention.when_scaled = crate::crd::RetentionPolicy::Delete;
+        let s = compute(&r, &applied(), DONE, t(1));
+        let c = cond(&s, QUEUED_MAIL_KEPT);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "VolumesDeletedUndrained")
+        );
+        assert!(
+            c.message
+                .starts_with("spec.storage.retention.whenScaled is Delete"),
+            "{}",
+            c.message
+        );
     }
 
     #[test]

@@ -1,0 +1,243 @@
+//! Nothing lost (issue 16), on the real node: mail that got its 250 is delivered, through a
+//! SIGKILL of every relay container and a node "reboot".
+//!
+//! 1. Two relay replicas, their relayhost down (nothing listens where it points).
+//! 2. N messages, accepted by both pods (sent to each pod's IP in turn), deferred on their
+//!    spool volumes.
+//! 3. Every relay container killed with SIGKILL (through containerd, as the OOM killer or a
+//!    crash would): the kubelet restarts them on the same volumes.
+//! 4. The node "reboots": the control plane, the kubelet, containerd and every pod are killed
+//!    outright and started again on the same directory (`ControlPlane::restart`).
+//! 5. The relayhost comes up: all N are delivered, none lost; duplicates are counted and
+//!    reported (Postfix may deliver a message twice when killed between the relayhost's 250
+//!    and its own bookkeeping).
+//!
+//! Needs root, the tools of `scripts/install-deps.sh` and the images of
+//! `scripts/build-images.sh`. One test: there is one node per machine.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use smtp_relay_e2e::mail;
+use smtp_relay_e2e::operator;
+use smtp_relay_e2e::user_path::{self, NODE_IP};
+use smtp_relay_e2e::ControlPlane;
+
+const WAIT: Duration = Duration::from_secs(180);
+const NS: &str = "mail";
+const RELAY: &str = "durable";
+/// Messages accepted while the relayhost is down.
+const N: usize = 60;
+
+fn ok<T>(r: Result<T, String>) -> T {
+    r.unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn step(begin: Instant, what: &str) {
+    eprintln!(
+        "[durability {:>6.1}s] {what}",
+        begin.elapsed().as_secs_f64()
+    );
+}
+
+fn relay(relayhost: SocketAddr) -> String {
+    serde_json::json!({
+        "apiVersion": "smtprelay.dev/v1alpha1", "kind": "SmtpRelay",
+        "metadata": {"name": RELAY, "namespace": NS},
+        "spec": {
+            "domain": "example.net",
+            "networks": [format!("{NODE_IP}/32")],
+            "replicas": 2,
+            "relayhost": {"host": relayhost.ip().to_string(), "port": relayhost.port()},
+            "postconf": user_path::quick_retry_postconf(),
+        }
+    })
+    .to_string()
+}
+
+/// The relay's pods, by name, when both are Running and Ready.
+fn ready_pods(cp: &ControlPlane) -> Option<BTreeMap<String, Value>> {
+    let pods: BTreeMap<String, Value> = operator::list_json(cp, NS, "pods")
+        .into_iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null() && user_path::pod_ready(p))
+        .map(|p| {
+            (
+                p["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                p,
+            )
+        })
+        .collect();
+    (pods.len() == 2).then_some(pods)
+}
+
+/// Messages in the spool volume of pod `ordinal`.
+fn queued(cp: &ControlPlane, ordinal: usize) -> usize {
+    let suffix = format!("-{RELAY}-{ordinal}");
+    operator::list_json(cp, NS, "pvc")
+        .into_iter()
+        .find(|p| {
+            p["metadata"]["name"]
+                .as_str()
+                .is_some_and(|n| n.ends_with(&suffix))
+        })
+        .and_then(|pvc| {
+            let volume = pvc["spec"]["volumeName"].as_str()?.to_string();
+            let pv = cp.kubectl_ok(["get", "pv", &volume, "-o", "json"]);
+            let pv: Value = serde_json::from_str(&pv).ok()?;
+            Some(mail::queued(&user_path::volume_dir(&pv)?))
+        })
+        .unwrap_or(0)
+}
+
+fn restarts(pod: &Value) -> i64 {
+    pod["status"]["containerStatuses"][0]["restartCount"]
+        .as_i64()
+        .unwrap_or(0)
+}
+
+#[test]
+fn accepted_mail_survives_sigkill_and_a_node_reboot() {
+    let begin = Instant::now();
+    ok(user_path::image_tarballs());
+    let mut cp = ControlPlane::with_node().expect("control plane with a node starts");
+    ok(user_path::import_images(&cp));
+    let release = user_path::install_chart(&cp);
+    ok(user_path::wait_operator_ready(&cp, &release, WAIT));
+    operator::create_namespace(&cp, NS);
+    let relayhost = SocketAddr::from((NODE_IP, mail::free_port_at(NODE_IP)));
+    operator::apply(&cp, NS, &relay(relayhost));
+    let pods = ok(user_path::wait(
+        &cp,
+        NS,
+        WAIT,
+        "two relay pods Ready",
+        || ready_pods(&cp),
+    ));
+    step(begin, "two relay pods Ready, the relayhost down");
+
+    // 2. N messages, each pod taking half, all accepted.
+    let ips: Vec<Ipv4Addr> = pods
+        .values()
+        .map(|p| p["status"]["podIP"].as_str().unwrap().parse().unwrap())
+        .collect();
+    let markers: Vec<String> = (0..N)
+        .map(|i| mail::marker(&format!("durable{i}")))
+        .collect();
+    for (i, marker) in markers.iter().enumerate() {
+        let pod = SocketAddr::from((ips[i % 2], 25));
+        let rcpt = format!("durable{i}@example.net");
+        user_path::send_from_host(pod, "app@client.test", &rcpt, marker).unwrap_or_else(|e| {
+            panic!(
+                "message {i} to {pod}: {e}\n{}",
+                user_path::diagnose(&cp, NS)
+            )
+        });
+    }
+    ok(user_path::wait(
+        &cp,
+        NS,
+        WAIT,
+        "every message on a spool",
+        || (queued(&cp, 0) + queued(&cp, 1) >= N).then_some(()),
+    ));
+    step(
+        begin,
+        &format!(
+            "{N} accepted, queued {} + {}",
+            queued(&cp, 0),
+            queued(&cp, 1)
+        ),
+    );
+
+    // 3. SIGKILL every relay container, as containerd would deliver an OOM kill.
+    let socket = cp.containerd_socket().expect("a node");
+    for pod in pods.values() {
+        let id = pod["status"]["containerStatuses"][0]["containerID"]
+            .as_str()
+            .and_then(|c| c.strip_prefix("containerd://"))
+            .expect("a containerd container")
+            .to_string();
+        let out = Command::new("ctr")
+            .arg("--address")
+            .arg(&socket)
+            .args(["-n", "k8s.io", "task", "kill", "-a", "-s", "SIGKILL", &id])
+            .output()
+            .expect("ctr");
+        assert!(
+            out.status.success(),
+            "ctr task kill: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    ok(user_path::wait(
+        &cp,
+        NS,
+        WAIT,
+        "both pods restarted and Ready",
+        || ready_pods(&cp).filter(|p| p.values().all(|p| restarts(p) >= 1)),
+    ));
+    step(begin, "every container SIGKILLed, restarted by the kubelet");
+
+    // 4. The node reboots: everything killed outright, started again on the same directory.
+    cp.restart().expect("the node comes back");
+    ok(user_path::wait(
+        &cp,
+        NS,
+        WAIT,
+        "both pods Ready after the reboot",
+        || ready_pods(&cp),
+    ));
+    step(begin, "node rebooted, both pods Ready again");
+    assert!(
+        queued(&cp, 0) + queued(&cp, 1) >= N,
+        "the queues are still there: {} + {}",
+        queued(&cp, 0),
+        queued(&cp, 1)
+    );
+
+    // 5. The relayhost comes up: everything delivered.
+    let sink = ok(user_path::node_sink(relayhost.port()));
+    let delivered = ok(user_path::wait(
+        &cp,
+        NS,
+        WAIT,
+        "all messages delivered",
+        || {
+            let got = sink.messages();
+            markers
+                .iter()
+                .all(|m| got.iter().any(|d| d.text.contains(m.as_str())))
+                .then_some(got)
+        },
+    ));
+    let mut copies: BTreeMap<&str, usize> = BTreeMap::new();
+    for m in &markers {
+        let n = delivered
+            .iter()
+            .filter(|d| d.text.contains(m.as_str()))
+            .count();
+        copies.insert(m.as_str(), n);
+    }
+    let duplicates: Vec<_> = copies.iter().filter(|(_, n)| **n > 1).collect();
+    step(
+        begin,
+        &format!(
+            "{N} of {N} delivered after the relayhost came up; {} delivered more than once",
+            duplicates.len()
+        ),
+    );
+    if !duplicates.is_empty() {
+        eprintln!("duplicates (delivered, not lost): {duplicates:?}");
+    }
+    ok(user_path::wait(&cp, NS, WAIT, "the queues empty", || {
+        (queued(&cp, 0) + queued(&cp, 1) == 0).then_some(())
+    }));
+    drop(sink);
+    drop(cp);
+}
