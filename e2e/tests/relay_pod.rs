@@ -214,6 +214,18 @@ fn check_pod_as_run(cp: &ControlPlane, pod: &Value) {
     assert_eq!(container["restartCount"], 0, "{container}");
 }
 
+/// The reasons of the namespace's Events.
+fn event_reasons(cp: &ControlPlane) -> String {
+    cp.kubectl_ok([
+        "get",
+        "events",
+        "-n",
+        NS,
+        "-o",
+        "jsonpath={.items[*].reason}",
+    ])
+}
+
 /// `tls.crt` of the Secret holding the certificate the operator issued.
 fn issued_certificate(cp: &ControlPlane) -> Vec<u8> {
     let secret = format!("{RELAY}-tls");
@@ -364,14 +376,7 @@ fn relay_pod_under_the_kubelet_follows_secret_rotation() {
             "an anonymous client outside networks, to {to}: {refused:?}"
         );
     }
-    let events = cp.kubectl_ok([
-        "get",
-        "events",
-        "-n",
-        NS,
-        "-o",
-        "jsonpath={.items[*].reason}",
-    ]);
+    let events = event_reasons(&cp);
     assert!(events.contains("CertificateIssued"), "events: {events}");
     // The chart README's test message from inside the pod: the password on stdin, the login
     // inside STARTTLS, verified against the mounted certificate.
@@ -533,14 +538,7 @@ fn relay_pod_under_the_kubelet_follows_secret_rotation() {
         operator::condition(&stalled, "Reconciling").unwrap()["status"],
         "False"
     );
-    let events = cp.kubectl_ok([
-        "get",
-        "events",
-        "-n",
-        NS,
-        "-o",
-        "jsonpath={.items[*].reason}",
-    ]);
+    let events = event_reasons(&cp);
     assert!(
         events.contains(ready["reason"].as_str().unwrap()),
         "a Warning Event: {events}"

@@ -234,19 +234,8 @@ pub async fn config_hash_key(
     relay: &SmtpRelay,
     src: &impl RefSource,
 ) -> Result<HashKey, ResolveError> {
-    let ns = relay.namespace().unwrap_or_default();
-    let name = Names::hash_key_secret(&relay.name_any());
-    let live = src
-        .secret(&ns, &name)
-        .await
-        .map_err(|source| ResolveError::Api {
-            kind: "Secret",
-            namespace: ns.clone(),
-            name: name.clone(),
-            source: Box::new(source),
-        })?;
-    let stored = live
-        .filter(|s| controlled_by(relay, s))
+    let stored = owned_secret(relay, src, &Names::hash_key_secret(&relay.name_any()))
+        .await?
         .and_then(|s| s.data)
         .and_then(|d| d.get(HASH_KEY_KEY).and_then(|v| HashKey::from_slice(&v.0)));
     match stored {
@@ -255,12 +244,28 @@ pub async fn config_hash_key(
     }
 }
 
-/// Whether `relay` is the controller of `secret` (its own child, not one in the way).
-fn controlled_by(relay: &SmtpRelay, secret: &Secret) -> bool {
-    secret
-        .owner_references()
-        .iter()
-        .any(|o| o.controller == Some(true) && Some(&o.uid) == relay.metadata.uid.as_ref())
+/// The relay's own Secret `name`, if it exists and the relay controls it (a Secret of someone
+/// else's under that name is not read as ours).
+async fn owned_secret(
+    relay: &SmtpRelay,
+    src: &impl RefSource,
+    name: &str,
+) -> Result<Option<Secret>, ResolveError> {
+    let ns = relay.namespace().unwrap_or_default();
+    let live = src
+        .secret(&ns, name)
+        .await
+        .map_err(|source| ResolveError::Api {
+            kind: "Secret",
+            namespace: ns.clone(),
+            name: name.to_string(),
+            source: Box::new(source),
+        })?;
+    Ok(live.filter(|s| {
+        s.owner_references()
+            .iter()
+            .any(|o| o.controller == Some(true) && Some(&o.uid) == relay.metadata.uid.as_ref())
+    }))
 }
 
 /// The certificate the operator issues for a relay with SASL users and no `tlsSecretRef`
@@ -276,20 +281,10 @@ pub async fn issued_certificate(
     if !certificate::wanted(relay) {
         return Ok(None);
     }
-    let ns = relay.namespace().unwrap_or_default();
     let name = Names::tls_secret(&relay.name_any());
-    let live = src
-        .secret(&ns, &name)
-        .await
-        .map_err(|source| ResolveError::Api {
-            kind: "Secret",
-            namespace: ns.clone(),
-            name: name.clone(),
-            source: Box::new(source),
-        })?;
     let names = certificate::names(relay);
-    let stored = live
-        .filter(|s| controlled_by(relay, s))
+    let stored = owned_secret(relay, src, &name)
+        .await?
         .filter(|s| s.annotations().get(certificate::ISSUED_ANNOTATION) == Some(&"true".into()))
         .and_then(|s| s.data)
         .and_then(|d| Some((d.get("tls.crt")?.0.clone(), d.get("tls.key")?.0.clone())));
