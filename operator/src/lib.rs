@@ -12,6 +12,8 @@ pub mod certificate;
 pub mod controller;
 pub mod crd;
 pub mod crdgen;
+#[cfg(test)]
+mod golden;
 pub mod http;
 pub mod leader;
 pub mod mapping;

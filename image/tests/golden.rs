@@ -1,0 +1,97 @@
+//! Golden files of what Postfix sees: `main.cf` and `master.cf` for each relay mode, as the
+//! relay writes them for the operator's config file (`image/tests/golden/`). A change to the
+//! generated configuration shows as a diff in review. Regenerate with
+//! `UPDATE_GOLDEN=1 cargo test -p smtp-relay --test golden`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use smtp_relay::config_file::{InboundTlsFile, RelayConfigFile, RelayhostFile};
+use smtp_relay::inputs::file::{settings_with, InMemory};
+use smtp_relay::postfix::layout::Layout;
+use smtp_relay::postfix::{main_cf, master_cf};
+use smtp_relay::settings::Mode;
+
+/// The operator's layout in a relay pod.
+fn layout() -> Layout {
+    Layout {
+        config_dir: "/run/smtp-relay/postfix".into(),
+        spool_dir: "/var/spool/postfix".into(),
+        data_dir: "/data".into(),
+        listen: "[::]:25".into(),
+    }
+}
+
+/// A relay of each mode as the operator configures it: SASL users and an issued certificate
+/// where the mode has logins, relayhost credentials, a PROXY-protocol port for one of them.
+fn config(mode: Mode) -> (RelayConfigFile, InMemory) {
+    let logins = mode != Mode::Strict;
+    let file = RelayConfigFile {
+        domain: "example.net".into(),
+        hostname: Some("relay.example.net".into()),
+        networks: vec!["10.0.0.0/24".into(), "fd00::/64".into()],
+        relay_domains: vec!["example.org".into()],
+        relayhost: RelayhostFile {
+            host: "smtp.example.net".into(),
+            port: 587,
+            username_file: Some("/etc/smtp-relay/relayhost/username".into()),
+            password_file: Some("/etc/smtp-relay/relayhost/password".into()),
+            ..RelayhostFile::default()
+        },
+        mode: Some(mode),
+        sasl_users_dir: logins.then(|| PathBuf::from("/etc/smtp-relay/sasl-users")),
+        inbound_tls: logins.then(|| InboundTlsFile {
+            cert_file: "/etc/smtp-relay/tls/tls.crt".into(),
+            key_file: "/etc/smtp-relay/tls/tls.key".into(),
+        }),
+        proxy_protocol_port: (mode == Mode::AllowNetAuthNoDomain).then_some(2525),
+        postconf: BTreeMap::from([("message_size_limit".into(), "20480000".into())]),
+        ..RelayConfigFile::default()
+    };
+    let mut mounted = InMemory::default();
+    for (path, value) in [
+        ("/etc/smtp-relay/relayhost/username", "relay-login"),
+        ("/etc/smtp-relay/relayhost/password", "secret"),
+        ("/etc/smtp-relay/tls/tls.crt", "certificate"),
+        ("/etc/smtp-relay/tls/tls.key", "key"),
+    ] {
+        mounted.files.insert(path.into(), value.as_bytes().to_vec());
+    }
+    mounted.users.insert("app1".into(), b"secret".to_vec());
+    (file, mounted)
+}
+
+/// Compares `text` with the golden file `name`, or writes it with UPDATE_GOLDEN=1.
+fn golden(name: &str, text: &str) -> Option<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, text).expect("write golden file");
+        return None;
+    }
+    let want = std::fs::read_to_string(&path).unwrap_or_default();
+    (want != text).then(|| {
+        format!(
+            "{} differs from what the relay writes now; if the change is meant, run \
+             UPDATE_GOLDEN=1 cargo test -p smtp-relay --test golden and review the diff",
+            path.display()
+        )
+    })
+}
+
+#[test]
+fn main_cf_and_master_cf_of_every_mode() {
+    let mut stale = Vec::new();
+    for mode in Mode::ALL {
+        let (file, mounted) = config(mode);
+        let settings = settings_with(&file, &|n| format!("relay.yaml: {n}"), &mounted)
+            .unwrap_or_else(|e| panic!("{mode:?}: {e}"));
+        let name = mode.seed_name().to_ascii_lowercase();
+        let main = main_cf::render(&main_cf::parameters(&settings, &layout()));
+        let master = master_cf::render(&layout(), settings.proxy_protocol_port).expect("master.cf");
+        stale.extend(golden(&format!("main.cf.{name}"), &main));
+        stale.extend(golden(&format!("master.cf.{name}"), &master));
+    }
+    assert!(stale.is_empty(), "{}", stale.join("\n"));
+}
