@@ -23,7 +23,10 @@ if [ -n "$unformatted" ]; then
 fi
 
 phase "lints"
+# The crates' own lints are in Cargo.toml ([workspace.lints]: no unsafe code, no unwrap or
+# expect outside tests) and clippy.toml.
 cargo clippy --workspace --all-targets --locked -- -D warnings
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
 
 phase "build"
 # The end-to-end tests run the operator and relay binaries; cargo cannot build them from

@@ -38,26 +38,11 @@ fn read(path: &str) -> String {
 }
 
 fn b64_decode(s: &str) -> String {
-    let mut bits = 0u32;
-    let mut n = 0;
-    let mut out = Vec::new();
-    for c in s.bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => continue,
-        };
-        bits = bits << 6 | v as u32;
-        n += 6;
-        if n >= 8 {
-            n -= 8;
-            out.push((bits >> n) as u8);
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(s)
+        .unwrap_or_else(|e| panic!("base64 {s:?}: {e}"));
+    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 /// Fields drop in order: the operator stops while the API server still answers.

@@ -8,6 +8,8 @@
 //! BENCH_MESSAGES (default 5000) and BENCH_ROUNDS (default 3) change the size. Needs root and
 //! Postfix (postfix, smtp-sink, smtp-source), like the tests.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
+
 #[path = "../tests/common/mod.rs"]
 mod common;
 

@@ -1,6 +1,8 @@
 //! Every bad input stops `smtp-relay run` with exit code 2 and one line naming the variable,
 //! field or file, before any Postfix process starts.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
+
 mod common;
 
 use std::path::Path;

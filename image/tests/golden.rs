@@ -3,6 +3,8 @@
 //! generated configuration shows as a diff in review. Regenerate with
 //! `UPDATE_GOLDEN=1 cargo test -p smtp-relay --test golden`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 

@@ -1,6 +1,8 @@
 //! STARTTLS towards clients: AUTH is offered only inside TLS. (Without a certificate, SASL
 //! users are refused at start: `bad_input.rs`.)
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
+
 mod common;
 
 use common::*;

@@ -1,6 +1,8 @@
 //! Stopping with mail queued, restarting on the same spool, and the image's other commands
 //! (probe, send, users) and its metrics, against a running relay.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
+
 mod common;
 
 use std::process::Command;

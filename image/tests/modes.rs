@@ -1,6 +1,8 @@
 //! The four relay modes against real Postfix: who may relay where, exactly as in
 //! shared/reference/seed-modes.md, checked at RCPT and, for accepted mail, at the sink.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
+
 mod common;
 
 use common::*;

@@ -1,6 +1,8 @@
 //! Relayhost credentials with awkward passwords, proven by authenticating for real: the upstream
 //! is a second `smtp-relay run` that only relays for SASL users, in front of the sink.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
+
 mod common;
 
 use std::io::{BufRead, BufReader, Write};

@@ -2,6 +2,8 @@
 //! seed's client_sasl_passwd, config file changes applied, broken updates refused, all without
 //! restarting Postfix or losing queued mail.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
+
 mod common;
 
 use common::*;

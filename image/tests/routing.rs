@@ -1,6 +1,8 @@
 //! Recipient and sender checks against real Postfix: sender-specified routing never turns a
 //! client allowed only to the relay domains into an open relay, and the strict sender check.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
+
 mod common;
 
 use common::*;

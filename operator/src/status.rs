@@ -104,7 +104,7 @@ const STALLED_REASONS: [&str; 8] = [
 const TERMINATION_MESSAGE_MAX: usize = 400;
 
 /// The first problem of the first troubled pod (by name): a container waiting for a reason in
-/// [`STALLED_REASONS`], or one that just terminated with a failure.
+/// `STALLED_REASONS`, or one that just terminated with a failure.
 pub fn pod_problem(pods: &[Pod]) -> Option<PodProblem> {
     let mut pods: Vec<&Pod> = pods.iter().collect();
     pods.sort_by_key(|p| p.name_any());

@@ -1,6 +1,8 @@
 //! The sample objects in `yaml/` parse into the operator's types, and the controller agrees with
 //! admission about which are valid.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
+
 use smtp_relay_operator::crd::SmtpRelay;
 use smtp_relay_operator::validate::validate_spec;
 

@@ -88,7 +88,7 @@ impl Mounted for InMemory {
     }
 }
 
-/// [`settings`], with `field` naming each field in errors and the files read from `mounted`:
+/// [`settings()`], with `field` naming each field in errors and the files read from `mounted`:
 /// the one judge of a config file, for the relay and for the operator.
 pub fn settings_with(
     file: &RelayConfigFile,

@@ -1,4 +1,4 @@
-//! The two ways the relay is configured, both producing the same [`Settings`]:
+//! The two ways the relay is configured, both producing the same [`Settings`](crate::settings::Settings):
 //! the original image's environment variables (`env`), and the config file plus secret files
 //! that the operator mounts (`file`).
 

@@ -72,6 +72,8 @@ pub fn config_hash(
     relayhost: Option<&Secret>,
     tls: Option<&Secret>,
 ) -> String {
+    // HMAC takes keys of any length: new_from_slice cannot fail.
+    #[allow(clippy::expect_used)]
     let mut h = <Hmac<Sha256> as Mac>::new_from_slice(key.as_bytes())
         .expect("HMAC accepts keys of any length");
     let cm_data = cm.data.clone().unwrap_or_default();
