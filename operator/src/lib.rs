@@ -2,16 +2,21 @@
 //! relay (ConfigMap, owned Secrets, StatefulSet, Services, PodDisruptionBudget).
 //!
 //! Layout: [`crd`] holds the resource types; [`validate`] the checks the controller repeats after
-//! admission; [`resolve`] reads referenced Secrets and ConfigMaps (the only API reads of "build");
-//! [`builders`] are pure functions from spec to objects; [`status`] computes conditions;
-//! [`controller`] reconciles; [`metrics`], [`http`] and [`leader`] keep operations out of it.
+//! admission, and the relay image's own judgement of what would be written; [`resolve`] reads
+//! referenced Secrets and ConfigMaps (the only API reads of "build"); [`certificate`] issues the
+//! serving certificate; [`builders`] are pure functions from spec to objects; [`status`]
+//! computes conditions; [`controller`] is the reconcile (plan, apply, status, Events), with
+//! [`apply`] writing the children, [`events`] choosing the Events and [`watches`] deciding what
+//! triggers a reconcile; [`metrics`], [`http`] and [`leader`] keep operations out of it.
 
+pub mod apply;
 pub mod backoff;
 pub mod builders;
 pub mod certificate;
 pub mod controller;
 pub mod crd;
 pub mod crdgen;
+pub mod events;
 #[cfg(test)]
 mod golden;
 pub mod http;
@@ -25,6 +30,7 @@ pub mod shutdown;
 pub mod status;
 pub mod telemetry;
 pub mod validate;
+pub mod watches;
 
 /// Everything that can go wrong in the operator.
 #[derive(Debug, thiserror::Error)]

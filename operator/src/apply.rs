@@ -1,0 +1,388 @@
+//! Writing a relay's children: read what lives under each child's name (never adopting what
+//! is not the relay's own), server-side apply only what changed or drifted, and prune what is
+//! no longer wanted.
+
+use std::fmt::Debug;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::NamespaceResourceScope;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tracing::{debug, info};
+
+use crate::builders::{hash::object_hash, Desired, Names};
+use crate::crd::SmtpRelay;
+use crate::status::{Outcome, Rollout};
+use crate::{Error, Result};
+
+/// The one field manager of every write.
+pub const MANAGER: &str = "smtp-relay-operator";
+/// Hash of the desired object last applied; an equal hash means there is nothing to write.
+pub const APPLIED_HASH_ANNOTATION: &str = "smtprelay.dev/applied-hash";
+
+/// Objects the operator applies, and how to tell a live copy already matches.
+pub trait Owned:
+    Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+    + Clone
+    + Serialize
+    + DeserializeOwned
+    + Debug
+    + Send
+    + Sync
+    + 'static
+{
+    /// What the applied-hash annotation covers (Secrets leave their data out: no hash of a
+    /// secret value is ever written to an annotation).
+    fn hash_view(&self) -> Self {
+        self.clone()
+    }
+    /// Checks the live object for drift the hash cannot see.
+    fn live_matches(&self, _live: &Self) -> bool {
+        true
+    }
+}
+
+impl Owned for ConfigMap {
+    fn live_matches(&self, live: &Self) -> bool {
+        self.data == live.data
+    }
+}
+impl Owned for Service {
+    fn live_matches(&self, live: &Self) -> bool {
+        subset_of(&self.spec, &live.spec)
+    }
+}
+impl Owned for PodDisruptionBudget {
+    fn live_matches(&self, live: &Self) -> bool {
+        subset_of(&self.spec, &live.spec)
+    }
+}
+impl Owned for Secret {
+    fn hash_view(&self) -> Self {
+        Secret {
+            data: None,
+            ..self.clone()
+        }
+    }
+    fn live_matches(&self, live: &Self) -> bool {
+        self.data == live.data
+    }
+}
+impl Owned for StatefulSet {
+    fn live_matches(&self, live: &Self) -> bool {
+        let replicas = |s: &StatefulSet| s.spec.as_ref().and_then(|s| s.replicas);
+        let template = |s: &StatefulSet| s.spec.as_ref().map(|s| s.template.clone());
+        replicas(self) == replicas(live) && subset_of(&template(self), &template(live))
+    }
+}
+
+/// Drift: whether everything the operator sets in `desired` is still so in `live`. The API
+/// server only adds to what was applied (defaults, status), so a field that differs or went
+/// missing was changed by someone else, and the next (forced) apply puts it back. What others
+/// added is left to them, as server-side apply leaves the fields of other managers. Resource
+/// quantities are left out: the server rewrites them in canonical form ("0.5" becomes "500m").
+pub(crate) fn subset_of<T: Serialize>(desired: &T, live: &T) -> bool {
+    match (serde_json::to_value(desired), serde_json::to_value(live)) {
+        (Ok(d), Ok(l)) => match drifted_field(&d, &l, "") {
+            None => true,
+            Some(field) => {
+                info!(%field, "drift: a field the operator sets was changed; applying again");
+                false
+            }
+        },
+        _ => false,
+    }
+}
+
+/// The first field of `d` that `l` does not hold, as a JSON path.
+pub(crate) fn drifted_field(
+    d: &serde_json::Value,
+    l: &serde_json::Value,
+    at: &str,
+) -> Option<String> {
+    use serde_json::Value;
+    match (d, l) {
+        (Value::Object(d), Value::Object(l)) => d.iter().find_map(|(k, dv)| {
+            let path = format!("{at}.{k}");
+            match l.get(k) {
+                _ if k == "resources" => None,
+                Some(lv) => drifted_field(dv, lv, &path),
+                // Applied empty (or false, 0, ""), stored absent: Go's omitempty.
+                None if dv.is_null()
+                    || dv == &Value::Bool(false)
+                    || dv.as_i64() == Some(0)
+                    || dv.as_str() == Some("")
+                    || dv.as_array().is_some_and(|a| a.is_empty())
+                    || dv.as_object().is_some_and(|o| o.is_empty()) =>
+                {
+                    None
+                }
+                None => Some(path),
+            }
+        }),
+        // Every element the operator set is still there; elements others added stay (as
+        // server-side apply leaves the fields other managers own).
+        (Value::Array(d), Value::Array(l)) => d.iter().enumerate().find_map(|(i, d)| {
+            let path = format!("{at}[{i}]");
+            match l.iter().any(|l| drifted_field(d, l, &path).is_none()) {
+                true => None,
+                false => Some(path),
+            }
+        }),
+        (d, l) if d == l => None,
+        _ => Some(at.to_string()),
+    }
+}
+
+pub(crate) fn name_ns(meta: &kube::api::ObjectMeta) -> Result<(String, String)> {
+    Ok((
+        meta.name
+            .clone()
+            .ok_or(Error::MissingObjectKey(".metadata.name"))?,
+        meta.namespace
+            .clone()
+            .ok_or(Error::MissingObjectKey(".metadata.namespace"))?,
+    ))
+}
+
+/// True when `relay` is the controller of the object with this metadata.
+pub(crate) fn controlled_by(meta: &kube::api::ObjectMeta, relay: &SmtpRelay) -> bool {
+    meta.owner_references.iter().flatten().any(|o| {
+        o.controller == Some(true) && relay.metadata.uid.as_ref().is_some_and(|uid| *uid == o.uid)
+    })
+}
+
+/// A desired child and the live object under its name, read before anything is written.
+pub(crate) struct Planned<'a, K> {
+    desired: &'a K,
+    live: Option<K>,
+}
+
+/// Reads the live object under `desired`'s name. One that this relay does not control (the
+/// user's own, or another controller's) is never adopted: it is added to `in_the_way`.
+pub(crate) async fn read_live<'a, K: Owned>(
+    client: &Client,
+    relay: &SmtpRelay,
+    desired: &'a K,
+    in_the_way: &mut Vec<String>,
+) -> Result<Planned<'a, K>> {
+    let (name, ns) = name_ns(desired.meta())?;
+    let api: Api<K> = Api::namespaced(client.clone(), &ns);
+    let live = api.get_opt(&name).await?;
+    if let Some(live) = &live {
+        if !controlled_by(live.meta(), relay) {
+            in_the_way.push(format!("{} {ns}/{name}", K::kind(&())));
+        }
+    }
+    Ok(Planned { desired, live })
+}
+
+/// Server-side applies the desired object unless the live one already carries its hash.
+pub(crate) async fn apply<K: Owned>(client: &Client, planned: Planned<'_, K>) -> Result<K> {
+    let Planned { desired: obj, live } = planned;
+    let (name, ns) = name_ns(obj.meta())?;
+    let api: Api<K> = Api::namespaced(client.clone(), &ns);
+    let hash = object_hash(&obj.hash_view());
+    if let Some(live) = live {
+        let same = live.annotations().get(APPLIED_HASH_ANNOTATION) == Some(&hash)
+            && obj.live_matches(&live)
+            && live.meta().deletion_timestamp.is_none();
+        if same {
+            debug!(kind = K::kind(&()).as_ref(), %name, "unchanged, not applied");
+            return Ok(live);
+        }
+    }
+    let mut obj = obj.clone();
+    obj.annotations_mut()
+        .insert(APPLIED_HASH_ANNOTATION.into(), hash);
+    info!(kind = K::kind(&()).as_ref(), %name, %ns, "applying");
+    let params = PatchParams::apply(MANAGER).force();
+    api.patch(&name, &params, &Patch::Apply(&obj))
+        .await
+        .map_err(|e| apply_error(e, &K::kind(&()), &ns, &name))
+}
+
+/// An API server's refusal of a child (4xx other than a conflict or throttling: an admission
+/// policy or webhook, a quota, an invalid object) becomes [`Error::Refused`] naming it, for
+/// status; anything else stays an API error, retried with backoff.
+pub(crate) fn apply_error(e: kube::Error, kind: &str, ns: &str, name: &str) -> Error {
+    match &e {
+        kube::Error::Api(s) if (400..500).contains(&s.code) && ![409, 429].contains(&s.code) => {
+            Error::Refused(format!(
+                "the API server refused {kind} {ns}/{name}: {}",
+                s.message
+            ))
+        }
+        _ => Error::Kube(e),
+    }
+}
+
+/// Deletes an object the relay no longer needs, if it exists and this relay controls it.
+pub(crate) async fn delete_owned<K: Owned>(
+    client: &Client,
+    relay: &SmtpRelay,
+    name: &str,
+) -> Result<()> {
+    let ns = relay
+        .namespace()
+        .ok_or(Error::MissingObjectKey(".metadata.namespace"))?;
+    let api: Api<K> = Api::namespaced(client.clone(), &ns);
+    let Some(live) = api.get_opt(name).await? else {
+        return Ok(());
+    };
+    if controlled_by(live.meta(), relay) {
+        info!(kind = K::kind(&()).as_ref(), %name, %ns, "deleting, no longer needed");
+        match api.delete(name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// The spec's storage differs from the live StatefulSet's immutable claim template.
+pub fn storage_change(desired: &StatefulSet, live: &StatefulSet) -> Option<String> {
+    let claim = |s: &StatefulSet| {
+        s.spec
+            .as_ref()
+            .and_then(|s| s.volume_claim_templates.as_ref())
+            .and_then(|v| {
+                v.iter()
+                    .find(|c| c.metadata.name.as_deref() == Some("spool"))
+                    .cloned()
+            })
+            .and_then(|c| c.spec)
+    };
+    let (want, have) = (claim(desired)?, claim(live)?);
+    let size = |c: &k8s_openapi::api::core::v1::PersistentVolumeClaimSpec| {
+        c.resources
+            .as_ref()
+            .and_then(|r| r.requests.as_ref())
+            .and_then(|r| r.get("storage"))
+            .map(|q| q.0.clone())
+    };
+    let (want_size, have_size) = (size(&want), size(&have));
+    let same_size = match (&want_size, &have_size) {
+        (Some(a), Some(b)) => {
+            crate::validate::quantity_bytes(a) == crate::validate::quantity_bytes(b)
+        }
+        (a, b) => a == b,
+    };
+    if !same_size || want.storage_class_name != have.storage_class_name {
+        return Some(format!(
+            "spec.storage cannot change once the relay exists (queue volumes are immutable): it has size {} and storageClassName {}; revert spec.storage, or create a new SmtpRelay and drain this one",
+            have_size.unwrap_or_default(),
+            have.storage_class_name.unwrap_or_else(|| "(cluster default)".into())
+        ));
+    }
+    None
+}
+
+/// Applies the desired objects in dependency order and prunes the ones no longer wanted; or,
+/// when an object this relay does not control stands under a child's name, writes nothing and
+/// returns the [`Outcome::NameConflict`] naming every such object.
+pub(crate) async fn apply_all(
+    client: &Client,
+    relay: &SmtpRelay,
+    d: &Desired,
+) -> Result<std::result::Result<StatefulSet, Outcome>> {
+    // Every child, so a new one does not compile until it is read, checked and applied here.
+    let Desired {
+        config_map,
+        hash_key_secret,
+        relayhost_secret,
+        sasl_users_secret,
+        tls_secret,
+        service,
+        headless_service,
+        stateful_set,
+        pdb,
+        config_hash: _,
+        certificate_issued: _,
+    } = d;
+    let mut in_the_way = Vec::new();
+    let hash_key_secret = read_live(client, relay, hash_key_secret, &mut in_the_way).await?;
+    let mut secrets = Vec::new();
+    for secret in [relayhost_secret, sasl_users_secret, tls_secret]
+        .into_iter()
+        .flatten()
+    {
+        secrets.push(read_live(client, relay, secret, &mut in_the_way).await?);
+    }
+    let config_map = read_live(client, relay, config_map, &mut in_the_way).await?;
+    let headless_service = read_live(client, relay, headless_service, &mut in_the_way).await?;
+    let service = read_live(client, relay, service, &mut in_the_way).await?;
+    let stateful_set = read_live(client, relay, stateful_set, &mut in_the_way).await?;
+    let pdb = match pdb {
+        Some(p) => Some(read_live(client, relay, p, &mut in_the_way).await?),
+        None => None,
+    };
+    if !in_the_way.is_empty() {
+        return Ok(Err(Outcome::NameConflict {
+            message: format!(
+                "in the way, and left alone as this SmtpRelay does not control them: {}; delete or rename them, or give this SmtpRelay another name",
+                in_the_way.join(", ")
+            ),
+        }));
+    }
+
+    let applied = async {
+        // The hash key first: no hash is published before its key is stored, so a restarted
+        // operator reads back the key the live hash was computed with.
+        apply(client, hash_key_secret).await?;
+        // Unreferenced Secrets are pruned later (prune_secrets), once no pod mounts them.
+        for secret in secrets {
+            apply(client, secret).await?;
+        }
+        apply(client, config_map).await?;
+        apply(client, headless_service).await?;
+        apply(client, service).await?;
+        let sts = apply(client, stateful_set).await?;
+        match pdb {
+            Some(p) => {
+                apply(client, p).await?;
+            }
+            None => delete_owned::<PodDisruptionBudget>(client, relay, &relay.name_any()).await?,
+        }
+        Ok(sts)
+    };
+    match applied.await {
+        Ok(sts) => Ok(Ok(sts)),
+        Err(Error::Refused(message)) => Ok(Err(Outcome::ApplyRefused {
+            message: format!("{message}; fix what refused it (a policy, a quota) or the spec"),
+        })),
+        Err(e) => Err(e),
+    }
+}
+
+/// Deletes owned Secrets the relay no longer references, once no pod of the old revision can
+/// still mount them (the rollout is complete).
+pub(crate) async fn prune_secrets(
+    client: &Client,
+    relay: &SmtpRelay,
+    d: &Desired,
+    rollout: Rollout,
+) -> Result<()> {
+    if !rollout.up_to_date {
+        return Ok(());
+    }
+    let name = relay.name_any();
+    for (wanted, secret_name) in [
+        (d.relayhost_secret.is_some(), Names::relayhost_secret(&name)),
+        (
+            d.sasl_users_secret.is_some(),
+            Names::sasl_users_secret(&name),
+        ),
+        (d.tls_secret.is_some(), Names::tls_secret(&name)),
+    ] {
+        if !wanted {
+            delete_owned::<Secret>(client, relay, &secret_name).await?;
+        }
+    }
+    Ok(())
+}

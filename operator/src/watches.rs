@@ -1,0 +1,171 @@
+//! What makes a relay reconcile: the SmtpRelay watch, metadata-only watches of the owned kinds
+//! (by label) and of the Secrets and ConfigMaps a relay may reference, each with its own
+//! backoff; and the controller loop's lifetime.
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::NamespaceResourceScope;
+use kube::core::PartialObjectMeta;
+use kube::runtime::{reflector, watcher, Controller, WatchStreamExt};
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
+use tracing::{debug, info, warn};
+
+use crate::backoff::{watch_with_backoff, NoDelay};
+use crate::builders::{BuildOptions, MANAGED_BY_SELECTOR};
+use crate::controller::{error_policy, reconcile, Context};
+use crate::crd::SmtpRelay;
+use crate::mapping::{referenced_config_maps, referenced_secrets, relays_for};
+use crate::metrics::Metrics;
+use crate::shutdown::DRAIN_TIMEOUT;
+use crate::Result;
+
+/// Settings of the controller loop.
+#[derive(Debug, Clone, Default)]
+pub struct RunConfig {
+    /// Namespace to watch; all namespaces when `None`.
+    pub namespace: Option<String>,
+    pub build: BuildOptions,
+    /// Name of this operator replica (Event reporter instance).
+    pub instance: Option<String>,
+}
+
+fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// The metadata-only watch of one kind (an `Api<PartialObjectMeta<K>>` asks for
+/// `PartialObjectMetadataList`: no data or spec on the wire), with its own backoff.
+fn metadata_stream<K>(
+    api: Api<PartialObjectMeta<K>>,
+    config: watcher::Config,
+) -> impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    watch_with_backoff(watcher(api, config)).touched_objects()
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(
+    client: Client,
+    cfg: RunConfig,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let ns = cfg.namespace.as_deref();
+    let relays: Api<SmtpRelay> = api(&client, ns);
+    if let Err(e) = relays
+        .list(&kube::api::ListParams::default().limit(1))
+        .await
+    {
+        warn!(error = %e, "cannot list SmtpRelays; is the CRD installed and RBAC granted?");
+    }
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        metrics,
+        cfg.build.clone(),
+        cfg.instance.clone(),
+    ));
+    // Every watch backs off on its own (see [`crate::backoff`]): behind kube-runtime's one
+    // shared trigger backoff, the stale errors of an API server outage would be drained one
+    // shared step at a time and keep the operator deaf long after the server is back.
+    let (store, writer) = reflector::store();
+    let relay_watch =
+        watch_with_backoff(watcher(relays, watcher::Config::default().any_semantic()))
+            .reflect(writer)
+            .applied_objects();
+    let owned = watcher::Config::default().labels(MANAGED_BY_SELECTOR);
+    let store1 = store.clone();
+    let store2 = store.clone();
+    // A short debounce folds the burst of events one change causes (our own status patch, the
+    // StatefulSet's status, owned objects) into one reconcile.
+    let synced = store.clone();
+    let shutdown = shutdown.shared();
+    let controller = Controller::for_stream(relay_watch, store)
+        .with_config(
+            kube::runtime::controller::Config::default().debounce(Duration::from_millis(500)),
+        )
+        .trigger_backoff(NoDelay)
+        .owns_stream(metadata_stream(
+            api::<PartialObjectMeta<StatefulSet>>(&client, ns),
+            owned.clone(),
+        ))
+        .owns_stream(metadata_stream(
+            api::<PartialObjectMeta<Service>>(&client, ns),
+            owned.clone(),
+        ))
+        .owns_stream(metadata_stream(
+            api::<PartialObjectMeta<PodDisruptionBudget>>(&client, ns),
+            owned,
+        ))
+        // One watch per kind covers both owned copies (via owner references) and the user's
+        // referenced objects, so a rotated password or a new SASL user reconciles at once.
+        // Metadata only: values are read by the reconcile, for the referenced objects alone,
+        // so no Secret of the cluster is held in the operator's memory.
+        .watches_stream(
+            metadata_stream(
+                api::<PartialObjectMeta<Secret>>(&client, ns),
+                watcher::Config::default(),
+            ),
+            move |s: PartialObjectMeta<Secret>| {
+                let relays = store1.state();
+                relays_for(
+                    &s.metadata,
+                    relays.iter().map(|r| r.as_ref()),
+                    referenced_secrets,
+                )
+            },
+        )
+        .watches_stream(
+            metadata_stream(
+                api::<PartialObjectMeta<ConfigMap>>(&client, ns),
+                watcher::Config::default(),
+            ),
+            move |c: PartialObjectMeta<ConfigMap>| {
+                let relays = store2.state();
+                relays_for(
+                    &c.metadata,
+                    relays.iter().map(|r| r.as_ref()),
+                    referenced_config_maps,
+                )
+            },
+        )
+        .graceful_shutdown_on(shutdown.clone())
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            match res {
+                Ok((obj, _)) => debug!(relay = %obj.name, "reconciled"),
+                Err(e) => debug!(error = %e, "reconcile error"),
+            }
+        });
+    // kube-runtime's graceful shutdown waits for the SmtpRelay store's first sync before it can
+    // finish, which never comes while the API server is down or the list is Forbidden; and a
+    // reconcile stuck on a hanging API call would hold it too. So the drain is bounded.
+    let drain_limit = async move {
+        shutdown.await;
+        if synced.wait_until_ready().now_or_never().is_none() {
+            info!("stopping before the first sync of SmtpRelays: nothing to drain");
+            return;
+        }
+        tokio::time::sleep(DRAIN_TIMEOUT).await;
+        warn!(timeout = ?DRAIN_TIMEOUT, "reconciles did not finish in time; stopping them");
+    };
+    tokio::select! {
+        () = controller => {}
+        () = drain_limit => {}
+    }
+}
