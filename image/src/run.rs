@@ -188,8 +188,8 @@ pub async fn run(opts: RunOptions) -> ExitCode {
     let mut died = None;
     let code = loop {
         tokio::select! {
-            _ = sigterm.recv() => break stop(&mut master, pid, &opts, &metrics).await,
-            _ = sigint.recv() => break stop(&mut master, pid, &opts, &metrics).await,
+            _ = sigterm.recv() => break stop(&mut master, pid, &opts, &metrics, &smtp_ports(&applied, &opts)).await,
+            _ = sigint.recv() => break stop(&mut master, pid, &opts, &metrics, &smtp_ports(&applied, &opts)).await,
             status = master.wait() => {
                 tracing::error!(?status, "the Postfix master exited");
                 died = Some(format!("the Postfix master exited ({})", status.map_or_else(|e| e.to_string(), |s| s.to_string())));
@@ -244,13 +244,38 @@ pub async fn run(opts: RunOptions) -> ExitCode {
     }
 }
 
+/// The ports smtpd listens on: the listen address's and the PROXY-protocol one.
+fn smtp_ports(applied: &Applied, opts: &RunOptions) -> Vec<u16> {
+    let listen = opts
+        .layout
+        .listen
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok());
+    listen
+        .into_iter()
+        .chain(applied.settings.proxy_protocol_port)
+        .collect()
+}
+
 async fn stop(
     master: &mut tokio::process::Child,
     pid: u32,
     opts: &RunOptions,
     metrics: &Metrics,
+    ports: &[u16],
 ) -> u8 {
-    match crate::drain::drain(&opts.layout, metrics, opts.drain_timeout).await {
+    // Sessions in progress finish first (their mail joins the queue), then the queue drains;
+    // both within the drain timeout.
+    let started = std::time::Instant::now();
+    let open = crate::drain::sessions_end(ports, started + opts.drain_timeout).await;
+    if open > 0 {
+        tracing::warn!(
+            sessions = open,
+            "drain deadline passed with SMTP sessions in progress; they are cut"
+        );
+    }
+    let left = opts.drain_timeout.saturating_sub(started.elapsed());
+    match crate::drain::drain(&opts.layout, metrics, left).await {
         Drained::Skipped => {}
         Drained::Empty => tracing::info!("drained: the queue is empty"),
         Drained::RelayhostRefused { queued } => tracing::warn!(

@@ -431,3 +431,38 @@ fn sigterm_delivers_the_queue_before_postfix_stops() {
     );
     assert_eq!(queued(&spec.spool_dir()), 0, "nothing left on the spool");
 }
+
+/// Issue 16, shutdown: a session in the middle of a message when SIGTERM comes is let finish:
+/// the client gets its 250 (not a dropped connection), the message is delivered by the drain,
+/// and only then does the relay stop.
+#[test]
+fn sigterm_lets_a_session_in_progress_finish() {
+    let sink = start_sink();
+    let relay = RelaySpec::new(Input::file(config(sink.port(), Mode::Strict))).start();
+    let mut conn = connect(relay.addr(), NET_CLIENT);
+    for (line, code) in [
+        ("MAIL FROM:<app@example.net>", 250),
+        ("RCPT TO:<inflight@example.net>", 250),
+        ("DATA", 354),
+    ] {
+        let (got, text) = reply(&mut conn, line);
+        assert_eq!(got, code, "{line}: {text}");
+    }
+    kill(Pid::from_raw(relay.pid() as i32), Signal::SIGTERM).expect("SIGTERM");
+    // The relay noticed and is waiting for the session; Postfix still runs.
+    poll("the relay to wait for the session", DEADLINE, || {
+        relay
+            .output()
+            .contains("letting the SMTP sessions in progress finish")
+            .then_some(())
+    });
+    let mark = marker("inflight");
+    let body =
+        String::from_utf8(message("app@example.net", "inflight@example.net", &mark)).unwrap();
+    let (code, text) = reply(&mut conn, &format!("{}\r\n.", body.trim_end()));
+    assert_eq!(code, 250, "the message in progress is accepted: {text}");
+    let _ = conn.quit();
+    let (status, _) = relay.stop();
+    assert_eq!(status.code(), Some(0));
+    assert!(sink.has(&mark), "delivered before the relay exited");
+}
