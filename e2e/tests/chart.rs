@@ -129,6 +129,7 @@ const EVERYTHING: &str = r#"
 replicaCount: 2
 watchNamespace: mail
 serviceMonitor: {enabled: true, labels: {release: prometheus}}
+relayPodMonitor: {enabled: true, labels: {release: prometheus}}
 podDisruptionBudget: {enabled: true}
 networkPolicy: {enabled: true}
 image: {pullSecrets: [{name: regcred}]}
@@ -258,6 +259,27 @@ const CASES: &[Case] = &[
             assert_eq!(
                 sm["spec"]["selector"]["matchLabels"],
                 svc["spec"]["selector"]
+            );
+        },
+    },
+    Case {
+        name: "relayPodMonitor.enabled scrapes every relay pod's metrics port",
+        values: "relayPodMonitor: {enabled: true, labels: {release: prometheus}, interval: 20s}",
+        check: |docs| {
+            let pm = one(docs, "PodMonitor");
+            assert_eq!(pm["apiVersion"], "monitoring.coreos.com/v1");
+            assert_eq!(pm["metadata"]["labels"]["release"], "prometheus");
+            assert_eq!(pm["spec"]["namespaceSelector"]["any"], true);
+            let labels = &pm["spec"]["selector"]["matchLabels"];
+            assert_eq!(labels["app.kubernetes.io/name"], "smtp-relay");
+            assert_eq!(
+                labels["app.kubernetes.io/managed-by"],
+                "smtp-relay-operator"
+            );
+            let ep = &pm["spec"]["podMetricsEndpoints"][0];
+            assert_eq!(
+                (&ep["port"], &ep["interval"]),
+                (&"metrics".into(), &"20s".into())
             );
         },
     },

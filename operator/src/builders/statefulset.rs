@@ -64,7 +64,9 @@ pub fn stateful_set(
     let mut pod_annotations = spec.pod_annotations.clone();
     // A service-mesh sidecar that intercepts SMTP makes every client appear as 127.0.0.x, which
     // `networks` may trust; keep Istio and Linkerd off port 25 unless the user says otherwise.
-    for (key, value) in MESH_SKIP_SMTP {
+    // And a plain Prometheus (without the Prometheus Operator's PodMonitor, which the chart
+    // offers) finds the relay's metrics by the usual annotations.
+    for (key, value) in MESH_SKIP_SMTP.into_iter().chain(PROMETHEUS_SCRAPE) {
         pod_annotations
             .entry(key.into())
             .or_insert_with(|| value.into());
@@ -335,6 +337,14 @@ fn volumes(relay: &str, m: &Mounts) -> (Vec<Volume>, Vec<VolumeMount>) {
     mounts.push(mount(SPOOL_VOLUME, SPOOL_DIR, false));
     (vols, mounts)
 }
+
+/// Pod annotations a plain Prometheus scrapes by (`kubernetes_sd_configs` with the usual
+/// relabelling).
+const PROMETHEUS_SCRAPE: [(&str, &str); 3] = [
+    ("prometheus.io/scrape", "true"),
+    ("prometheus.io/port", "9154"),
+    ("prometheus.io/path", "/metrics"),
+];
 
 /// Pod annotations that keep Istio and Linkerd from intercepting the SMTP port.
 const MESH_SKIP_SMTP: [(&str, &str); 2] = [
@@ -617,6 +627,18 @@ mod tests {
         let a = ann(&r);
         assert_eq!(a["traffic.sidecar.istio.io/excludeInboundPorts"], "25");
         assert_eq!(a["config.linkerd.io/skip-inbound-ports"], "25");
+        assert_eq!(
+            (
+                &a["prometheus.io/scrape"],
+                &a["prometheus.io/port"],
+                &a["prometheus.io/path"]
+            ),
+            (
+                &"true".to_string(),
+                &"9154".to_string(),
+                &"/metrics".to_string()
+            )
+        );
         r.spec.pod_annotations =
             BTreeMap::from([("config.linkerd.io/skip-inbound-ports".into(), "".into())]);
         assert_eq!(ann(&r)["config.linkerd.io/skip-inbound-ports"], "");
