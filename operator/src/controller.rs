@@ -101,9 +101,10 @@ pub async fn plan(
     src: &impl RefSource,
     opts: &BuildOptions,
 ) -> Result<std::result::Result<Desired, Outcome>> {
-    if let Err(message) = crate::validate::validate_spec(&relay.spec) {
-        return Ok(Err(Outcome::InvalidSpec { message }));
-    }
+    let checked = match crate::validate::CheckedSpec::new(relay) {
+        Ok(checked) => checked,
+        Err(outcome) => return Ok(Err(outcome)),
+    };
     let mut resolved = match resolve::resolve(relay, src).await {
         Ok(r) => r,
         Err(e) if e.is_user_error() => {
@@ -121,11 +122,12 @@ pub async fn plan(
         certificate_issued = note;
     }
     // What the pods will read, judged by the relay's own rules before anything is written.
-    if let Err(outcome) = crate::validate::judge_with_relay_rules(relay, &resolved) {
-        return Ok(Err(outcome));
-    }
+    let validated = match checked.judge(resolved) {
+        Ok(validated) => validated,
+        Err(outcome) => return Ok(Err(outcome)),
+    };
     let hash_key = resolve::config_hash_key(relay, src).await?;
-    match builders::build(relay, &resolved, &hash_key, opts) {
+    match builders::build(&validated, &hash_key, opts) {
         Ok(d) => Ok(Ok(Desired {
             certificate_issued,
             ..d
@@ -265,7 +267,7 @@ pub fn error_policy(relay: Arc<SmtpRelay>, error: &Error, ctx: Arc<Context>) -> 
 mod tests {
     use super::*;
     use crate::apply::{apply_error, drifted_field};
-    use crate::builders::fixtures::{hash_key, relay};
+    use crate::builders::fixtures::{hash_key, relay, validated};
     use crate::builders::hash::object_hash;
     use crate::builders::HASH_KEY_KEY;
     use crate::crd::SecretRef;
@@ -448,8 +450,7 @@ mod tests {
         let (ctx, mut handle) = mock();
         let mut r = relay("r1");
         let desired = builders::build(
-            &r,
-            &resolve::Resolved::default(),
+            &validated(&r, resolve::Resolved::default()),
             &hash_key(),
             &BuildOptions::default(),
         )
@@ -570,8 +571,7 @@ mod tests {
         let (ctx, mut handle) = mock();
         let r = relay("r1");
         let desired = builders::build(
-            &r,
-            &resolve::Resolved::default(),
+            &validated(&r, resolve::Resolved::default()),
             &hash_key(),
             &BuildOptions::default(),
         )
@@ -637,8 +637,7 @@ mod tests {
         let (ctx, mut handle) = mock();
         let r = relay("r1");
         let desired = builders::build(
-            &r,
-            &resolve::Resolved::default(),
+            &validated(&r, resolve::Resolved::default()),
             &hash_key(),
             &BuildOptions::default(),
         )
@@ -697,27 +696,43 @@ mod tests {
     fn storage_changes_are_refused_but_equal_quantities_pass() {
         let r = relay("r1");
         let opts = BuildOptions::default();
-        let base = builders::build(&r, &resolve::Resolved::default(), &hash_key(), &opts)
-            .expect("builds")
-            .stateful_set;
+        let base = builders::build(
+            &validated(&r, resolve::Resolved::default()),
+            &hash_key(),
+            &opts,
+        )
+        .expect("builds")
+        .stateful_set;
         let mut same = r.clone();
         same.spec.storage.size = "1024Mi".into();
-        let same = builders::build(&same, &resolve::Resolved::default(), &hash_key(), &opts)
-            .expect("builds")
-            .stateful_set;
+        let same = builders::build(
+            &validated(&same, resolve::Resolved::default()),
+            &hash_key(),
+            &opts,
+        )
+        .expect("builds")
+        .stateful_set;
         assert_eq!(storage_change(&same, &base), None);
         let mut bigger = r.clone();
         bigger.spec.storage.size = "2Gi".into();
-        let bigger = builders::build(&bigger, &resolve::Resolved::default(), &hash_key(), &opts)
-            .expect("builds")
-            .stateful_set;
+        let bigger = builders::build(
+            &validated(&bigger, resolve::Resolved::default()),
+            &hash_key(),
+            &opts,
+        )
+        .expect("builds")
+        .stateful_set;
         let msg = storage_change(&bigger, &base).expect("refused");
         assert!(msg.contains("spec.storage") && msg.contains("1Gi"));
         let mut class = r.clone();
         class.spec.storage.storage_class_name = Some("fast".into());
-        let class = builders::build(&class, &resolve::Resolved::default(), &hash_key(), &opts)
-            .expect("builds")
-            .stateful_set;
+        let class = builders::build(
+            &validated(&class, resolve::Resolved::default()),
+            &hash_key(),
+            &opts,
+        )
+        .expect("builds")
+        .stateful_set;
         assert!(storage_change(&class, &base).is_some());
     }
 

@@ -142,8 +142,7 @@ fn every_child_of_every_example() {
             });
         }
         let d = builders::build(
-            &relay,
-            &resolved,
+            &fixtures::validated(&relay, resolved),
             &fixtures::hash_key(),
             &BuildOptions::default(),
         )

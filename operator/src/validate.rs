@@ -12,11 +12,48 @@ use crate::crd::{SmtpRelay, SmtpRelaySpec};
 use crate::resolve::Resolved;
 use crate::status::Outcome;
 
+/// A relay whose spec passed [`validate_spec`]: the first step to [`Validated`].
+pub struct CheckedSpec<'a>(&'a SmtpRelay);
+
+impl<'a> CheckedSpec<'a> {
+    /// Checks the spec (what admission may have skipped), before any reference is read.
+    pub fn new(relay: &'a SmtpRelay) -> Result<Self, Outcome> {
+        validate_spec(&relay.spec).map_err(|message| Outcome::InvalidSpec { message })?;
+        Ok(CheckedSpec(relay))
+    }
+
+    /// With its references resolved, judged by the relay's own rules.
+    pub fn judge(self, resolved: Resolved) -> Result<Validated<'a>, Outcome> {
+        judge_with_relay_rules(self.0, &resolved)?;
+        Ok(Validated {
+            relay: self.0,
+            resolved,
+        })
+    }
+}
+
+/// The builders' only input: a relay whose spec was checked, whose references were resolved
+/// and whose configuration the relay's own rules accept. Made only by [`CheckedSpec::judge`],
+/// so validation can be neither skipped nor run twice.
+pub struct Validated<'a> {
+    relay: &'a SmtpRelay,
+    resolved: Resolved,
+}
+
+impl<'a> Validated<'a> {
+    pub fn relay(&self) -> &'a SmtpRelay {
+        self.relay
+    }
+    pub fn resolved(&self) -> &Resolved {
+        &self.resolved
+    }
+}
+
 /// Judges what the relay pods would read, the `relay.yaml` the operator is about to write and
 /// the files of the Secrets it is about to mount, with the relay image's own rules
 /// ([`settings_with`]): the one judge, so nothing the operator writes makes a pod exit with a
 /// configuration error. A refusal names the spec field (or the Secret's) and the fix.
-pub fn judge_with_relay_rules(relay: &SmtpRelay, resolved: &Resolved) -> Result<(), Outcome> {
+fn judge_with_relay_rules(relay: &SmtpRelay, resolved: &Resolved) -> Result<(), Outcome> {
     let file = relay_config::relay_config_file(&relay.spec, resolved);
     let path = |dir: &str, key: &str| std::path::PathBuf::from(format!("{dir}/{key}"));
     let mut mounted = InMemory::default();

@@ -18,7 +18,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use kube::{Resource, ResourceExt};
 
 use crate::crd::SmtpRelay;
-use crate::resolve::Resolved;
+use crate::validate::Validated;
 use crate::{Error, Result};
 use hash::HashKey;
 
@@ -168,16 +168,11 @@ pub struct Desired {
     pub config_hash: String,
 }
 
-/// Builds the desired state. `hash_key` keys the config hash (see [`hash::config_hash`]); the
-/// resolver reads it back from the owned Secret, or generates it once. Fails only on a spec the
-/// controller rejects.
-pub fn build(
-    relay: &SmtpRelay,
-    resolved: &Resolved,
-    hash_key: &HashKey,
-    opts: &BuildOptions,
-) -> Result<Desired> {
-    crate::validate::validate_spec(&relay.spec).map_err(Error::InvalidSpec)?;
+/// Builds the desired state of a [`Validated`] relay. `hash_key` keys the config hash (see
+/// [`hash::config_hash`]); the resolver reads it back from the owned Secret, or generates it
+/// once.
+pub fn build(v: &Validated<'_>, hash_key: &HashKey, opts: &BuildOptions) -> Result<Desired> {
+    let (relay, resolved) = (v.relay(), v.resolved());
     let file = relay_config::relay_config_file(&relay.spec, resolved);
     let config_map = configmap::config_map(relay, &file)?;
     let relayhost_secret = secrets::relayhost_secret(relay, resolved)?;
@@ -220,6 +215,14 @@ pub(crate) mod fixtures {
     use super::*;
     use crate::crd::{RelayhostSpec, SmtpRelaySpec};
 
+    /// `relay` with `resolved`, through the validation every built relay goes through.
+    pub fn validated(relay: &SmtpRelay, resolved: crate::resolve::Resolved) -> Validated<'_> {
+        crate::validate::CheckedSpec::new(relay)
+            .unwrap_or_else(|o| panic!("spec refused: {o:?}"))
+            .judge(resolved)
+            .unwrap_or_else(|o| panic!("refused by the relay's rules: {o:?}"))
+    }
+
     /// A fixed config-hash key for tests.
     pub fn hash_key() -> HashKey {
         HashKey::from_bytes([7; hash::HASH_KEY_LEN])
@@ -244,9 +247,9 @@ pub(crate) mod fixtures {
 
 #[cfg(test)]
 mod tests {
-    use super::fixtures::{hash_key, relay};
+    use super::fixtures::{hash_key, relay, validated};
     use super::*;
-    use crate::resolve::{RelayhostLogin, TlsPair};
+    use crate::resolve::{RelayhostLogin, Resolved, TlsPair};
     use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
     use std::collections::BTreeMap;
 
@@ -268,7 +271,12 @@ mod tests {
     }
 
     fn build_ok(r: &SmtpRelay, res: &Resolved) -> Desired {
-        build(r, res, &hash_key(), &BuildOptions::default()).expect("builds")
+        build(
+            &validated(r, res.clone()),
+            &hash_key(),
+            &BuildOptions::default(),
+        )
+        .expect("builds")
     }
 
     #[test]
@@ -310,8 +318,7 @@ mod tests {
         r.metadata.uid = None;
         assert!(matches!(
             build(
-                &r,
-                &Resolved::default(),
+                &validated(&r, Resolved::default()),
                 &hash_key(),
                 &BuildOptions::default()
             ),
@@ -401,9 +408,13 @@ mod tests {
             "same inputs and key, same hash"
         );
         let other = HashKey::from_bytes([8; hash::HASH_KEY_LEN]);
-        let b = build(&r, &full_resolved(), &other, &BuildOptions::default())
-            .expect("builds")
-            .config_hash;
+        let b = build(
+            &validated(&r, full_resolved()),
+            &other,
+            &BuildOptions::default(),
+        )
+        .expect("builds")
+        .config_hash;
         assert_ne!(b, a, "another key, another hash");
         assert_eq!(b.len(), 64);
     }
@@ -471,17 +482,12 @@ mod tests {
     }
 
     #[test]
-    fn invalid_spec_is_rejected_by_build() {
+    fn an_invalid_spec_never_reaches_the_builders() {
         let mut r = relay("r1");
         r.spec.networks = vec!["10.0.0.0/33".into()];
         assert!(matches!(
-            build(
-                &r,
-                &Resolved::default(),
-                &hash_key(),
-                &BuildOptions::default()
-            ),
-            Err(Error::InvalidSpec(_))
+            crate::validate::CheckedSpec::new(&r),
+            Err(crate::status::Outcome::InvalidSpec { .. })
         ));
     }
 
