@@ -106,7 +106,11 @@ const TERMINATION_MESSAGE_MAX: usize = 400;
 /// The first problem of the first troubled pod (by name): a container waiting for a reason in
 /// `STALLED_REASONS`, or one that just terminated with a failure.
 pub fn pod_problem(pods: &[Pod]) -> Option<PodProblem> {
-    let mut pods: Vec<&Pod> = pods.iter().collect();
+    // A pod being deleted (a rollout, a scale-down) ends as it ends: not a problem to report.
+    let mut pods: Vec<&Pod> = pods
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect();
     pods.sort_by_key(|p| p.name_any());
     pods.into_iter().find_map(|pod| {
         let status = pod.status.as_ref()?;
@@ -857,8 +861,12 @@ mod tests {
             serde_json::json!({"name": "relay", "image": "i", "imageID": "", "ready": false,
                 "restartCount": 1, "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}),
         );
-        let p = pod_problem(&[failed]).expect("a problem");
+        let p = pod_problem(std::slice::from_ref(&failed)).expect("a problem");
         assert_eq!((p.reason.as_str(), p.stalled), ("OOMKilled", false));
+        // The same pod being deleted is not reported.
+        let mut deleting = failed;
+        deleting.metadata.deletion_timestamp = Some(t(1));
+        assert_eq!(pod_problem(&[deleting]), None);
         assert_eq!(
             p.message,
             "pod r1-0, container relay: OOMKilled; last run ended: OOMKilled (exit code 137)"
