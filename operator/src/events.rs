@@ -1,9 +1,10 @@
 //! The Events a reconcile publishes: notable transitions only, so a steady failure does not
 //! flood the namespace.
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::runtime::events::{Event, EventType};
 
-use crate::crd::SmtpRelay;
+use crate::crd::{SmtpRelay, SmtpRelayStatus};
 use crate::status::{self, Outcome};
 
 pub(crate) fn truncate(s: &str, max: usize) -> String {
@@ -17,30 +18,36 @@ pub(crate) fn truncate(s: &str, max: usize) -> String {
     format!("{}…", &s[..end])
 }
 
+/// Condition `type_` of `s` when its status is `value`.
+fn condition_is<'a>(
+    s: Option<&'a SmtpRelayStatus>,
+    type_: &str,
+    value: &str,
+) -> Option<&'a Condition> {
+    status::find_condition(s, type_).filter(|c| c.status == value)
+}
+
+/// An Event telling what condition `c` says: its reason, and its message as the note.
+fn about(type_: EventType, c: &Condition) -> Event {
+    Event {
+        type_,
+        reason: c.reason.clone(),
+        note: Some(truncate(&c.message, 1000)),
+        action: "Reconcile".into(),
+        secondary: None,
+    }
+}
+
 /// Events for notable transitions only, so a steady failure does not flood the namespace.
-pub fn events_for(
-    relay: &SmtpRelay,
-    outcome: &Outcome,
-    new: &crate::crd::SmtpRelayStatus,
-) -> Vec<Event> {
+pub fn events_for(relay: &SmtpRelay, outcome: &Outcome, new: &SmtpRelayStatus) -> Vec<Event> {
     let old_ready = status::ready_condition(relay.status.as_ref());
     let new_ready = status::ready_condition(Some(new));
     let mut out = Vec::new();
     // An accepted but risky choice, once when it is made.
     for type_ in status::WARNING_CONDITIONS {
-        let risky = |s: Option<&crate::crd::SmtpRelayStatus>| {
-            s.and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
-                .filter(|c| c.status == "False")
-                .cloned()
-        };
-        if let (None, Some(c)) = (risky(relay.status.as_ref()), risky(Some(new))) {
-            out.push(Event {
-                type_: EventType::Warning,
-                reason: c.reason.clone(),
-                note: Some(truncate(&c.message, 1000)),
-                action: "Reconcile".into(),
-                secondary: None,
-            });
+        let before = condition_is(relay.status.as_ref(), type_, "False");
+        if let (None, Some(c)) = (before, condition_is(Some(new), type_, "False")) {
+            out.push(about(EventType::Warning, c));
         }
     }
     match outcome {
@@ -51,31 +58,15 @@ pub fn events_for(
             let changed = old_ready.map(|c| (&c.reason, &c.message))
                 != new_ready.map(|c| (&c.reason, &c.message));
             if let (true, Some(c)) = (changed, new_ready) {
-                out.push(Event {
-                    type_: EventType::Warning,
-                    reason: c.reason.clone(),
-                    note: Some(truncate(&c.message, 1000)),
-                    action: "Reconcile".into(),
-                    secondary: None,
-                });
+                out.push(about(EventType::Warning, c));
             }
         }
         Outcome::Applied { config_hash } => {
             // A pod that cannot run (rejections have their own Event above).
-            let stalled = |s: Option<&crate::crd::SmtpRelayStatus>| {
-                s.and_then(|s| s.conditions.iter().find(|c| c.type_ == status::STALLED))
-                    .filter(|c| c.status == "True")
-                    .map(|c| (c.reason.clone(), c.message.clone()))
-            };
-            if let Some((reason, message)) = stalled(Some(new)) {
-                if stalled(relay.status.as_ref()).map(|s| s.0) != Some(reason.clone()) {
-                    out.push(Event {
-                        type_: EventType::Warning,
-                        reason,
-                        note: Some(truncate(&message, 1000)),
-                        action: "Reconcile".into(),
-                        secondary: None,
-                    });
+            if let Some(c) = condition_is(Some(new), status::STALLED, "True") {
+                let before = condition_is(relay.status.as_ref(), status::STALLED, "True");
+                if before.map(|o| &o.reason) != Some(&c.reason) {
+                    out.push(about(EventType::Warning, c));
                 }
             }
             let old_hash = relay.status.as_ref().and_then(|s| s.config_hash.as_ref());
@@ -95,11 +86,8 @@ pub fn events_for(
             if let (false, Some(c)) = (was_ready, new_ready) {
                 if c.status == "True" {
                     out.push(Event {
-                        type_: EventType::Normal,
                         reason: "Ready".into(),
-                        note: Some(truncate(&c.message, 1000)),
-                        action: "Reconcile".into(),
-                        secondary: None,
+                        ..about(EventType::Normal, c)
                     });
                 }
             }

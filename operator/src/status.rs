@@ -605,7 +605,15 @@ pub fn compute(
 
 /// The Ready condition of a status, if any.
 pub fn ready_condition(status: Option<&SmtpRelayStatus>) -> Option<&Condition> {
-    status?.conditions.iter().find(|c| c.type_ == READY)
+    find_condition(status, READY)
+}
+
+/// The condition `type_` of a status, if any.
+pub fn find_condition<'a>(
+    status: Option<&'a SmtpRelayStatus>,
+    type_: &str,
+) -> Option<&'a Condition> {
+    status?.conditions.iter().find(|c| c.type_ == type_)
 }
 
 #[cfg(test)]
