@@ -46,17 +46,7 @@ pub fn render(layout: &Layout, proxy_port: Option<u16>) -> ConfigResult<String> 
             cols[0], cols[1], cols[2], cols[3], cols[4], cols[5], cols[6], cols[7]
         ));
     };
-    line([
-        &service_name(&layout.listen),
-        "inet",
-        "n",
-        "-",
-        "n",
-        "-",
-        "-",
-        "smtpd",
-    ]);
-    if let Some(listen) = &proxied {
+    let mut smtpd = |listen: &str, command: &str| {
         line([
             &service_name(listen),
             "inet",
@@ -65,8 +55,12 @@ pub fn render(layout: &Layout, proxy_port: Option<u16>) -> ConfigResult<String> 
             "n",
             "-",
             "-",
-            "smtpd -o smtpd_upstream_proxy_protocol=haproxy",
-        ]);
+            command,
+        ])
+    };
+    smtpd(&layout.listen, "smtpd");
+    if let Some(listen) = &proxied {
+        smtpd(listen, "smtpd -o smtpd_upstream_proxy_protocol=haproxy");
     }
     for service in SERVICES {
         line(*service);
