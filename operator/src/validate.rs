@@ -4,6 +4,7 @@
 //! the fix, and leaves the running relay untouched.
 
 use ipnet::IpNet;
+use smtp_relay::config_file::RelayConfigFile;
 use smtp_relay::inputs::file::{settings_with, InMemory};
 use smtp_relay::postfix::relay_guard;
 
@@ -24,10 +25,11 @@ impl<'a> CheckedSpec<'a> {
 
     /// With its references resolved, judged by the relay's own rules.
     pub fn judge(self, resolved: Resolved) -> Result<Validated<'a>, Outcome> {
-        judge_with_relay_rules(self.0, &resolved)?;
+        let file = judge_with_relay_rules(self.0, &resolved)?;
         Ok(Validated {
             relay: self.0,
             resolved,
+            file,
         })
     }
 }
@@ -38,6 +40,8 @@ impl<'a> CheckedSpec<'a> {
 pub struct Validated<'a> {
     relay: &'a SmtpRelay,
     resolved: Resolved,
+    /// The config file the relay's rules judged: the one the ConfigMap carries.
+    file: RelayConfigFile,
 }
 
 impl<'a> Validated<'a> {
@@ -47,13 +51,19 @@ impl<'a> Validated<'a> {
     pub fn resolved(&self) -> &Resolved {
         &self.resolved
     }
+    pub fn relay_config_file(&self) -> &RelayConfigFile {
+        &self.file
+    }
 }
 
 /// Judges what the relay pods would read, the `relay.yaml` the operator is about to write and
 /// the files of the Secrets it is about to mount, with the relay image's own rules
 /// ([`settings_with`]): the one judge, so nothing the operator writes makes a pod exit with a
 /// configuration error. A refusal names the spec field (or the Secret's) and the fix.
-fn judge_with_relay_rules(relay: &SmtpRelay, resolved: &Resolved) -> Result<(), Outcome> {
+fn judge_with_relay_rules(
+    relay: &SmtpRelay,
+    resolved: &Resolved,
+) -> Result<RelayConfigFile, Outcome> {
     let file = relay_config::relay_config_file(&relay.spec, resolved);
     let path = |dir: &str, key: &str| std::path::PathBuf::from(format!("{dir}/{key}"));
     let mut mounted = InMemory::default();
@@ -83,7 +93,7 @@ fn judge_with_relay_rules(relay: &SmtpRelay, resolved: &Resolved) -> Result<(), 
         mounted.users = users.clone();
     }
     match settings_with(&file, &spec_field, &mounted) {
-        Ok(_) => Ok(()),
+        Ok(_) => Ok(file),
         Err(e) => {
             let message = e.to_string();
             Err(if message.starts_with(SECRET_FIELDS_PREFIX) {

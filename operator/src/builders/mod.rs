@@ -173,8 +173,7 @@ pub struct Desired {
 /// once.
 pub fn build(v: &Validated<'_>, hash_key: &HashKey, opts: &BuildOptions) -> Result<Desired> {
     let (relay, resolved) = (v.relay(), v.resolved());
-    let file = relay_config::relay_config_file(&relay.spec, resolved);
-    let config_map = configmap::config_map(relay, &file)?;
+    let config_map = configmap::config_map(relay, v.relay_config_file())?;
     let relayhost_secret = secrets::relayhost_secret(relay, resolved)?;
     let sasl_users_secret = secrets::sasl_users_secret(relay, resolved)?;
     let tls_secret = secrets::tls_secret(relay, resolved)?;
