@@ -228,27 +228,17 @@ fn event_reasons(cp: &ControlPlane) -> String {
 
 /// `tls.crt` of the Secret holding the certificate the operator issued.
 fn issued_certificate(cp: &ControlPlane) -> Vec<u8> {
-    let secret = format!("{RELAY}-tls");
-    let annotation = cp.kubectl_ok([
-        "get",
-        "secret",
-        "-n",
-        NS,
-        &secret,
-        "-o",
-        "jsonpath={.metadata.annotations.smtprelay\\.dev/issued-certificate}",
-    ]);
-    assert_eq!(annotation, "true", "{secret} holds an issued certificate");
-    cp.kubectl_ok([
-        "get",
-        "secret",
-        "-n",
-        NS,
-        &secret,
-        "-o",
-        "go-template={{index .data \"tls.crt\" | base64decode}}",
-    ])
-    .into_bytes()
+    use base64::Engine;
+    let name = format!("{RELAY}-tls");
+    let secret = get(cp, "secret", &name).expect("the issued certificate's Secret");
+    assert_eq!(
+        secret["metadata"]["annotations"]["smtprelay.dev/issued-certificate"], "true",
+        "{name} holds an issued certificate"
+    );
+    let crt = secret["data"]["tls.crt"].as_str().expect("tls.crt");
+    base64::engine::general_purpose::STANDARD
+        .decode(crt)
+        .expect("base64")
 }
 
 /// The image's own client in the relay's pod, anonymous, to the pod's own IP: a client outside
