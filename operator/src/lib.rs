@@ -7,7 +7,8 @@
 //! serving certificate; [`builders`] are pure functions from spec to objects; [`status`]
 //! computes conditions; [`controller`] is the reconcile (plan, apply, status, Events), with
 //! [`apply`] writing the children, [`events`] choosing the Events and [`watches`] deciding what
-//! triggers a reconcile; [`metrics`], [`http`] and [`leader`] keep operations out of it.
+//! triggers a reconcile; [`metrics`], [`http`] and [`leader`] keep operations out of it, and
+//! [`runtime`] holds the process around it (signals, endpoints, leadership).
 
 pub mod apply;
 pub mod backoff;
@@ -26,6 +27,7 @@ pub mod metrics;
 #[cfg(test)]
 mod parity;
 pub mod resolve;
+pub mod runtime;
 pub mod shutdown;
 pub mod status;
 pub mod telemetry;
