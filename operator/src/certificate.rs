@@ -138,7 +138,7 @@ pub fn issue(names: &[String], now: i64) -> Result<Issued, IssueError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::builders::fixtures::relay;
+    use crate::fixtures::relay;
 
     const NOW: i64 = 1_795_000_000;
 

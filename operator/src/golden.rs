@@ -11,8 +11,9 @@ use k8s_openapi::api::core::v1::Secret;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::builders::{self, fixtures, BuildOptions, Desired};
+use crate::builders::{self, BuildOptions, Desired};
 use crate::crd::SmtpRelay;
+use crate::fixtures;
 use crate::mapping::referenced_secrets;
 use crate::resolve::fake::FakeRefs;
 use crate::resolve::{resolve, TlsPair};

@@ -19,6 +19,8 @@ pub mod crd;
 pub mod crdgen;
 pub mod events;
 #[cfg(test)]
+mod fixtures;
+#[cfg(test)]
 mod golden;
 pub mod http;
 pub mod leader;

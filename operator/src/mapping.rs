@@ -87,8 +87,8 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::builders::fixtures::relay;
     use crate::crd::{CredentialsSecretRef, KeyRef, RelayhostTlsSpec, SecretRef};
+    use crate::fixtures::relay;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
     use kube::Resource;
 

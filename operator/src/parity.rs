@@ -10,9 +10,10 @@ use base64::Engine;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::builders::{fixtures, relay_config, BuildOptions};
+use crate::builders::{relay_config, BuildOptions};
 use crate::controller::plan;
 use crate::crd::{CredentialsSecretRef, SecretRef, SmtpRelay};
+use crate::fixtures;
 use crate::resolve::fake::FakeRefs;
 use crate::resolve::{RelayhostLogin, Resolved, TlsPair};
 

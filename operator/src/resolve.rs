@@ -576,8 +576,8 @@ pub(crate) mod fake {
 mod tests {
     use super::fake::FakeRefs;
     use super::*;
-    use crate::builders::fixtures::relay;
     use crate::crd::{CredentialsSecretRef, KeyRef, RelayhostTlsSpec, SecretRef};
+    use crate::fixtures::relay;
 
     const CERT: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
     const KEY: &str = "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n";

@@ -619,7 +619,7 @@ pub fn find_condition<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::builders::fixtures::relay;
+    use crate::fixtures::relay;
     use k8s_openapi::api::apps::v1::StatefulSetStatus;
 
     fn t(secs: i64) -> Time {

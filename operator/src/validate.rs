@@ -305,7 +305,7 @@ pub fn quantity_bytes(q: &str) -> Option<u128> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::builders::fixtures::relay;
+    use crate::fixtures::relay;
 
     fn spec() -> SmtpRelaySpec {
         relay("r").spec

@@ -210,44 +210,9 @@ pub fn build(v: &Validated<'_>, hash_key: &HashKey, opts: &BuildOptions) -> Resu
 }
 
 #[cfg(test)]
-pub(crate) mod fixtures {
-    use super::*;
-    use crate::crd::{RelayhostSpec, SmtpRelaySpec};
-
-    /// `relay` with `resolved`, through the validation every built relay goes through.
-    pub fn validated(relay: &SmtpRelay, resolved: crate::resolve::Resolved) -> Validated<'_> {
-        crate::validate::CheckedSpec::new(relay)
-            .unwrap_or_else(|o| panic!("spec refused: {o:?}"))
-            .judge(resolved)
-            .unwrap_or_else(|o| panic!("refused by the relay's rules: {o:?}"))
-    }
-
-    /// A fixed config-hash key for tests.
-    pub fn hash_key() -> HashKey {
-        HashKey::from_bytes([7; hash::HASH_KEY_LEN])
-    }
-
-    /// A minimal relay as the API server would return it (defaults applied).
-    pub fn relay(name: &str) -> SmtpRelay {
-        let spec: SmtpRelaySpec = serde_json::from_value(serde_json::json!({
-            "domain": "example.net",
-            "networks": ["10.0.0.0/24"],
-            "relayhost": {"host": "mail.example.net"}
-        }))
-        .expect("valid spec");
-        let _: &RelayhostSpec = &spec.relayhost;
-        let mut r = SmtpRelay::new(name, spec);
-        r.metadata.namespace = Some("mail".into());
-        r.metadata.uid = Some("uid-1".into());
-        r.metadata.generation = Some(1);
-        r
-    }
-}
-
-#[cfg(test)]
 mod tests {
-    use super::fixtures::{hash_key, relay, validated};
     use super::*;
+    use crate::fixtures::{hash_key, relay, validated};
     use crate::resolve::{RelayhostLogin, Resolved, TlsPair};
     use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
     use std::collections::BTreeMap;

@@ -355,8 +355,8 @@ const MESH_SKIP_SMTP: [(&str, &str); 2] = [
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::builders::fixtures::relay;
     use crate::crd::RetentionPolicy;
+    use crate::fixtures::relay;
 
     fn sts(mounts: Mounts) -> StatefulSet {
         stateful_set(&relay("r1"), &mounts, "abc", &BuildOptions::default()).expect("builds")
