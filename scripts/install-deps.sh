@@ -3,7 +3,8 @@
 #   - Debian packages: postfix, Cyrus SASL, lua, openssl (the system postfix is kept stopped:
 #     tests run their own instances);
 #   - into $ROOT/.cache/bin: helm, actionlint, and controlplane + kubectl built from e2e/controlplane
-#     (a real etcd + kube-apiserver + kube-controller-manager, from Go modules).
+#     (a real etcd + kube-apiserver + kube-controller-manager, from Go modules);
+#   - with --lint (the tests, not the demo): cargo-deny, into the same place.
 # A second run with everything present does nothing and takes seconds.
 #
 # Environment: GO (default: go on PATH, else /usr/local/go/bin/go), HELM_VERSION.
@@ -13,6 +14,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BIN="$ROOT/.cache/bin"
 HELM_VERSION="${HELM_VERSION:-v3.22.0}"
 ACTIONLINT_VERSION="${ACTIONLINT_VERSION:-v1.7.12}"
+CARGO_DENY_VERSION="${CARGO_DENY_VERSION:-0.20.2}"
 APT_PACKAGES=(postfix sasl2-bin libsasl2-modules lua5.4 ca-certificates openssl)
 
 LOG_TAG="install-deps"
@@ -56,6 +58,20 @@ actionlint_install() {
     echo "$ACTIONLINT_VERSION" >"$stamp"
 }
 
+# cargo-deny checks the dependencies' licences, bans and sources (deny.toml). Built from
+# crates.io; its build directory outlives the clone, so a fresh checkout only links it again.
+cargo_deny_install() {
+    local stamp="$BIN/.cargo-deny-version"
+    if [ -x "$BIN/cargo-deny" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$CARGO_DENY_VERSION" ]; then
+        return
+    fi
+    log "building cargo-deny $CARGO_DENY_VERSION"
+    cargo install --quiet --locked --force "cargo-deny@$CARGO_DENY_VERSION" \
+        --root "$ROOT/.cache" \
+        --target-dir "${XDG_CACHE_HOME:-$HOME/.cache}/smtp-relay-operator/cargo-deny-build"
+    echo "$CARGO_DENY_VERSION" >"$stamp"
+}
+
 controlplane_build() {
     local src="$ROOT/e2e/controlplane" stamp="$BIN/.controlplane-sources" sum
     # The sources' content, not their times: a fresh checkout of the same sources builds nothing.
@@ -80,6 +96,9 @@ main() {
     step "helm $HELM_VERSION" helm_install
     step "actionlint $ACTIONLINT_VERSION" actionlint_install
     step "controlplane + kubectl" controlplane_build
+    if [ "${1:-}" = "--lint" ]; then
+        step "cargo-deny $CARGO_DENY_VERSION" cargo_deny_install
+    fi
     step "node (install-node-deps.sh)" "$ROOT/scripts/install-node-deps.sh"
     log "tools in $BIN: $(cd "$BIN" && echo *)"
     log "$(awk -v s="$start" -v e="$EPOCHREALTIME" 'BEGIN { printf "%-28s %7.1fs", "total", e - s }')"

@@ -11,7 +11,7 @@ phase() { printf '\n==> %s\n' "$*"; }
 started=$SECONDS
 
 phase "install dependencies"
-scripts/install-deps.sh
+scripts/install-deps.sh --lint
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
 phase "formatting"
@@ -27,6 +27,8 @@ phase "lints"
 # expect outside tests) and clippy.toml.
 cargo clippy --workspace --all-targets --locked -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked
+# Licences, bans and sources of every dependency (deny.toml).
+"$ROOT/.cache/bin/cargo-deny" --locked check bans licenses sources
 
 phase "build"
 # The end-to-end tests run the operator and relay binaries; cargo cannot build them from

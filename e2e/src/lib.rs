@@ -17,6 +17,8 @@
 //! assert!(writes > 0);
 //! ```
 
+#![forbid(unsafe_code)]
+
 pub mod controlplane;
 pub mod operator;
 pub mod tools;

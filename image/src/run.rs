@@ -107,6 +107,76 @@ fn apply(
     Ok(Applied { settings, users })
 }
 
+/// Starts the Postfix master on the spool (after stopping a leftover one) and its guard, which
+/// stops the master if this process dies without doing it; the guard is killed when dropped,
+/// after the master stopped.
+fn start_master(
+    opts: &RunOptions,
+) -> Result<(tokio::process::Child, u32, Option<tokio::process::Child>), ExitCode> {
+    let layout = &opts.layout;
+    if let Err(e) = instance::stop_leftover_master(layout, opts.stop_timeout) {
+        return Err(fatal(opts, exit::SETUP_FAILED, e.to_string()));
+    }
+    let master = match instance::spawn_master(layout) {
+        Ok(child) => child,
+        Err(e) => return Err(fatal(opts, exit::SETUP_FAILED, e.to_string())),
+    };
+    let Some(pid) = master.id() else {
+        return Err(fatal(
+            opts,
+            exit::POSTFIX_DIED,
+            "the Postfix master exited at once".into(),
+        ));
+    };
+    let guard = match instance::spawn_guard(pid, opts.stop_timeout) {
+        Ok(guard) => Some(guard),
+        Err(e) => {
+            tracing::warn!(error = %e, "no guard for the master: it would outlive a killed supervisor");
+            None
+        }
+    };
+    Ok((master, pid, guard))
+}
+
+/// Reads the inputs again and applies what changed without restarting Postfix (a reload for
+/// the configuration, the SASL database in place for users). A broken update never tears down
+/// the running relay: it keeps serving the last good configuration and says once why the new
+/// one was refused.
+fn reapply(
+    opts: &RunOptions,
+    pid: u32,
+    metrics: &Metrics,
+    applied: &mut Applied,
+    last_error: &mut Option<String>,
+) {
+    match apply(&opts.source, &opts.layout, Some(applied)) {
+        Ok(next) => {
+            *last_error = None;
+            let config_changed = next.settings != applied.settings;
+            let users_changed = next.users != applied.users;
+            if config_changed {
+                if let Err(e) = instance::reload(pid) {
+                    tracing::error!(error = %e, "reloading postfix failed");
+                }
+            }
+            if config_changed || users_changed {
+                metrics.reloads.inc();
+                metrics.sasl_users.set(next.users.0.len() as i64);
+                tracing::info!(config_changed, users = ?next.users, "applied changed inputs without restarting postfix");
+            }
+            *applied = next;
+        }
+        Err(e) => {
+            let text = e.to_string();
+            if last_error.as_deref() != Some(text.as_str()) {
+                metrics.config_errors.inc();
+                tracing::error!(error = %text, "refusing changed inputs; still running the previous configuration");
+                *last_error = Some(text);
+            }
+        }
+    }
+}
+
 pub async fn run(opts: RunOptions) -> ExitCode {
     let layout = &opts.layout;
     let mut applied = match apply(&opts.source, layout, None) {
@@ -146,28 +216,9 @@ pub async fn run(opts: RunOptions) -> ExitCode {
             );
         }
     };
-    if let Err(e) = instance::stop_leftover_master(layout, opts.stop_timeout) {
-        return fatal(&opts, exit::SETUP_FAILED, e.to_string());
-    }
-    let mut master = match instance::spawn_master(layout) {
-        Ok(child) => child,
-        Err(e) => return fatal(&opts, exit::SETUP_FAILED, e.to_string()),
-    };
-    let Some(pid) = master.id() else {
-        return fatal(
-            &opts,
-            exit::POSTFIX_DIED,
-            "the Postfix master exited at once".into(),
-        );
-    };
-    // Stops the master if this process dies without doing it; killed when dropped (the end
-    // of this function, after the master stopped).
-    let _guard = match instance::spawn_guard(pid, opts.stop_timeout) {
-        Ok(guard) => Some(guard),
-        Err(e) => {
-            tracing::warn!(error = %e, "no guard for the master: it would outlive a killed supervisor");
-            None
-        }
+    let (mut master, pid, _guard) = match start_master(&opts) {
+        Ok(started) => started,
+        Err(code) => return code,
     };
     metrics.postfix_up.set(1);
     tracing::info!(pid, listen = %layout.listen, mode = ?applied.settings.policy, "postfix started");
@@ -199,34 +250,7 @@ pub async fn run(opts: RunOptions) -> ExitCode {
                 if let Err(e) = crate::liveness::beat(layout) {
                     tracing::warn!(error = %e, "cannot touch the liveness heartbeat");
                 }
-                match apply(&opts.source, layout, Some(&applied)) {
-                    Ok(next) => {
-                        last_error = None;
-                        let config_changed = next.settings != applied.settings;
-                        let users_changed = next.users != applied.users;
-                        if config_changed {
-                            if let Err(e) = instance::reload(pid) {
-                                tracing::error!(error = %e, "reloading postfix failed");
-                            }
-                        }
-                        if config_changed || users_changed {
-                            metrics.reloads.inc();
-                            metrics.sasl_users.set(next.users.0.len() as i64);
-                            tracing::info!(config_changed, users = ?next.users, "applied changed inputs without restarting postfix");
-                        }
-                        applied = next;
-                    }
-                    Err(e) => {
-                        // A broken update never tears down the running relay: keep serving with
-                        // the last good configuration and say why the new one was refused.
-                        let text = e.to_string();
-                        if last_error.as_deref() != Some(text.as_str()) {
-                            metrics.config_errors.inc();
-                            tracing::error!(error = %text, "refusing changed inputs; still running the previous configuration");
-                            last_error = Some(text);
-                        }
-                    }
-                }
+                reapply(&opts, pid, &metrics, &mut applied, &mut last_error);
             }
         }
     };

@@ -89,6 +89,10 @@ fn probe_fails_fast_on_a_closed_port() {
 }
 
 #[test]
+#[allow(
+    clippy::too_many_lines,
+    reason = "one session against one running relay, step by step"
+)]
 fn probe_send_users_and_metrics_against_a_running_relay() {
     let sink = start_sink();
     let mut cfg = config(sink.port(), Mode::AllowSaslAuthNoDomain);

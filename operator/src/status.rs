@@ -350,27 +350,16 @@ fn queued_mail_condition(relay: &SmtpRelay, gen: Option<i64>, now: &Time) -> Con
     }
 }
 
-/// The status after a reconcile. `lastTransitionTime` is kept when a condition's status did not
-/// change; `configHash` keeps describing what runs when the new spec was rejected.
-pub fn compute(
-    relay: &SmtpRelay,
-    outcome: &Outcome,
-    rollout: Rollout,
-    now: Time,
-) -> SmtpRelayStatus {
-    let old = relay.status.clone().unwrap_or_default();
-    let gen = relay.metadata.generation;
-    let desired = relay.spec.replicas;
-    let ep = endpoint(relay);
-
-    let config_valid = match outcome {
+/// ConfigValid: whether the spec was accepted.
+fn config_valid_condition(outcome: &Outcome, gen: Option<i64>, now: &Time) -> Condition {
+    match outcome {
         Outcome::InvalidSpec { message } => condition(
             CONFIG_VALID,
             Some(false),
             "InvalidSpec",
             message.clone(),
             gen,
-            &now,
+            now,
         ),
         _ => condition(
             CONFIG_VALID,
@@ -378,10 +367,15 @@ pub fn compute(
             "Valid",
             "the spec is valid".into(),
             gen,
-            &now,
+            now,
         ),
-    };
-    let secrets = match outcome {
+    }
+}
+
+/// SecretsResolved: whether every reference was read and valid (not checked for an invalid
+/// spec).
+fn secrets_condition(outcome: &Outcome, gen: Option<i64>, now: &Time) -> Condition {
+    match outcome {
         Outcome::Applied { .. } | Outcome::NameConflict { .. } | Outcome::ApplyRefused { .. } => {
             condition(
                 SECRETS_RESOLVED,
@@ -389,7 +383,7 @@ pub fn compute(
                 "Resolved",
                 "every referenced Secret and ConfigMap key is present and valid".into(),
                 gen,
-                &now,
+                now,
             )
         }
         Outcome::Unresolved { reason, message } => condition(
@@ -398,7 +392,7 @@ pub fn compute(
             reason,
             message.clone(),
             gen,
-            &now,
+            now,
         ),
         Outcome::InvalidSpec { .. } => condition(
             SECRETS_RESOLVED,
@@ -406,17 +400,26 @@ pub fn compute(
             "NotChecked",
             "references are not read while the spec is invalid".into(),
             gen,
-            &now,
+            now,
         ),
-    };
-    let progressing = if !rollout.exists {
+    }
+}
+
+/// Progressing: whether a rollout is under way.
+fn progressing_condition(
+    rollout: &Rollout,
+    desired: i32,
+    gen: Option<i64>,
+    now: &Time,
+) -> Condition {
+    if !rollout.exists {
         condition(
             PROGRESSING,
             Some(false),
             "NotCreated",
             "the StatefulSet does not exist yet".into(),
             gen,
-            &now,
+            now,
         )
     } else if rollout.up_to_date {
         condition(
@@ -428,7 +431,7 @@ pub fn compute(
                 rollout.replicas
             ),
             gen,
-            &now,
+            now,
         )
     } else {
         condition(
@@ -437,10 +440,21 @@ pub fn compute(
             "RollingUpdate",
             format!("rolling out the current configuration to {desired} pods"),
             gen,
-            &now,
+            now,
         )
-    };
-    let ready = if let Some((reason, message)) = outcome.rejection() {
+    }
+}
+
+/// Ready: the input's rejection first, then what keeps pods from running, then the rollout.
+fn ready_condition_of(
+    outcome: &Outcome,
+    rollout: &Rollout,
+    desired: i32,
+    ep: &str,
+    gen: Option<i64>,
+    now: &Time,
+) -> Condition {
+    if let Some((reason, message)) = outcome.rejection() {
         let keeps = if rollout.exists {
             " The last applied configuration keeps running."
         } else {
@@ -452,7 +466,7 @@ pub fn compute(
             reason,
             format!("{message}.{keeps}"),
             gen,
-            &now,
+            now,
         )
     } else if let Some(p) = rollout
         .problem
@@ -468,7 +482,7 @@ pub fn compute(
                 p.message, rollout.ready_replicas
             ),
             gen,
-            &now,
+            now,
         )
     } else if !rollout.up_to_date {
         condition(
@@ -480,7 +494,7 @@ pub fn compute(
                 rollout.ready_replicas
             ),
             gen,
-            &now,
+            now,
         )
     } else if rollout.ready_replicas < desired {
         condition(
@@ -492,7 +506,7 @@ pub fn compute(
                 rollout.ready_replicas
             ),
             gen,
-            &now,
+            now,
         )
     } else {
         condition(
@@ -501,15 +515,20 @@ pub fn compute(
             "RelayReady",
             format!("{desired} of {desired} pods ready at {ep}"),
             gen,
-            &now,
+            now,
         )
-    };
+    }
+}
 
-    let password = relayhost_password_condition(relay, gen, &now);
-    let client_address = client_address_condition(relay, gen, &now);
-    let queued_mail = queued_mail_condition(relay, gen, &now);
-
-    // kstatus: Stalled when a human must act, Reconciling while things still move by themselves.
+/// kstatus: Stalled when a human must act, Reconciling while things still move by themselves.
+fn kstatus_conditions(
+    outcome: &Outcome,
+    rollout: &Rollout,
+    desired: i32,
+    ready: &Condition,
+    gen: Option<i64>,
+    now: &Time,
+) -> (Condition, Condition) {
     let stalled_by = outcome
         .rejection()
         .map(|(r, m)| (r.to_string(), m.to_string()))
@@ -520,16 +539,16 @@ pub fn compute(
                 .filter(|p| p.stalled && !rollout.complete(desired))
                 .map(|_| (ready.reason.clone(), ready.message.clone()))
         });
-    let (stalled, reconciling) = match stalled_by {
+    match stalled_by {
         Some((reason, message)) => (
-            condition(STALLED, Some(true), &reason, message, gen, &now),
+            condition(STALLED, Some(true), &reason, message, gen, now),
             condition(
                 RECONCILING,
                 Some(false),
                 "Stalled",
                 "waiting for a change: see Stalled".into(),
                 gen,
-                &now,
+                now,
             ),
         ),
         None => (
@@ -539,7 +558,7 @@ pub fn compute(
                 "NotStalled",
                 "nothing is in the way".into(),
                 gen,
-                &now,
+                now,
             ),
             if rollout.complete(desired) {
                 condition(
@@ -548,7 +567,7 @@ pub fn compute(
                     "Reconciled",
                     "every pod runs the current configuration and is ready".into(),
                     gen,
-                    &now,
+                    now,
                 )
             } else {
                 condition(
@@ -557,11 +576,34 @@ pub fn compute(
                     &ready.reason,
                     ready.message.clone(),
                     gen,
-                    &now,
+                    now,
                 )
             },
         ),
-    };
+    }
+}
+
+/// The status after a reconcile. `lastTransitionTime` is kept when a condition's status did not
+/// change; `configHash` keeps describing what runs when the new spec was rejected.
+pub fn compute(
+    relay: &SmtpRelay,
+    outcome: &Outcome,
+    rollout: Rollout,
+    now: Time,
+) -> SmtpRelayStatus {
+    let old = relay.status.clone().unwrap_or_default();
+    let gen = relay.metadata.generation;
+    let desired = relay.spec.replicas;
+    let ep = endpoint(relay);
+
+    let config_valid = config_valid_condition(outcome, gen, &now);
+    let secrets = secrets_condition(outcome, gen, &now);
+    let progressing = progressing_condition(&rollout, desired, gen, &now);
+    let ready = ready_condition_of(outcome, &rollout, desired, &ep, gen, &now);
+    let password = relayhost_password_condition(relay, gen, &now);
+    let client_address = client_address_condition(relay, gen, &now);
+    let queued_mail = queued_mail_condition(relay, gen, &now);
+    let (stalled, reconciling) = kstatus_conditions(outcome, &rollout, desired, &ready, gen, &now);
 
     let conditions = [
         ready,

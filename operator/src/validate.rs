@@ -150,8 +150,17 @@ fn is_host(s: &str) -> bool {
     is_domain(s) || s.parse::<std::net::IpAddr>().is_ok()
 }
 
-/// Validates a spec; the error is a message for the user.
+/// Validates a spec; the error is a message for the user naming the field.
 pub fn validate_spec(spec: &SmtpRelaySpec) -> Result<(), String> {
+    validate_names(spec)?;
+    validate_networks(spec)?;
+    validate_relayhost(spec)?;
+    validate_restrictions(spec)?;
+    validate_postconf(spec)
+}
+
+/// The DNS names and addresses: domain, hostname, relay domains, postmaster.
+fn validate_names(spec: &SmtpRelaySpec) -> Result<(), String> {
     if !is_domain(&spec.domain) {
         return Err(format!(
             "spec.domain {:?} is not a DNS domain name (e.g. example.net)",
@@ -163,6 +172,23 @@ pub fn validate_spec(spec: &SmtpRelaySpec) -> Result<(), String> {
             return Err(format!("spec.hostname {h:?} is not a DNS name"));
         }
     }
+    for d in &spec.relay_domains {
+        if !is_domain(d) {
+            return Err(format!(
+                "spec.relayDomains entry {d:?} is not a DNS domain name"
+            ));
+        }
+    }
+    if let Some(p) = &spec.postmaster {
+        if p.split('@').count() != 2 || p.chars().any(char::is_whitespace) {
+            return Err(format!("spec.postmaster {p:?} is not an email address"));
+        }
+    }
+    Ok(())
+}
+
+/// The trusted networks, under the relay image's rules on what may open the relay.
+fn validate_networks(spec: &SmtpRelaySpec) -> Result<(), String> {
     let mut networks = Vec::new();
     for n in &spec.networks {
         match n.parse::<IpNet>() {
@@ -177,13 +203,11 @@ pub fn validate_spec(spec: &SmtpRelaySpec) -> Result<(), String> {
     // The relay image owns the rules on what may open the relay; the relay applies them again
     // at start.
     relay_guard::check_networks("spec.networks", &networks).map_err(|e| e.to_string())?;
-    for d in &spec.relay_domains {
-        if !is_domain(d) {
-            return Err(format!(
-                "spec.relayDomains entry {d:?} is not a DNS domain name"
-            ));
-        }
-    }
+    Ok(())
+}
+
+/// Where mail goes, and the ports, replicas and storage that carry it.
+fn validate_relayhost(spec: &SmtpRelaySpec) -> Result<(), String> {
     let rh = &spec.relayhost;
     if !is_host(&rh.host) {
         return Err(format!(
@@ -216,6 +240,17 @@ pub fn validate_spec(spec: &SmtpRelaySpec) -> Result<(), String> {
             spec.replicas
         ));
     }
+    if quantity_bytes(&spec.storage.size).is_none() {
+        return Err(format!(
+            "spec.storage.size {:?} is not a storage quantity (e.g. 1Gi or 500Mi)",
+            spec.storage.size
+        ));
+    }
+    Ok(())
+}
+
+/// The mode or the custom restriction list.
+fn validate_restrictions(spec: &SmtpRelaySpec) -> Result<(), String> {
     match (&spec.mode, &spec.custom_restrictions) {
         (Some(_), Some(_)) => {
             return Err(
@@ -234,17 +269,11 @@ pub fn validate_spec(spec: &SmtpRelaySpec) -> Result<(), String> {
             ));
         }
     }
-    if let Some(p) = &spec.postmaster {
-        if p.split('@').count() != 2 || p.chars().any(char::is_whitespace) {
-            return Err(format!("spec.postmaster {p:?} is not an email address"));
-        }
-    }
-    if quantity_bytes(&spec.storage.size).is_none() {
-        return Err(format!(
-            "spec.storage.size {:?} is not a storage quantity (e.g. 1Gi or 500Mi)",
-            spec.storage.size
-        ));
-    }
+    Ok(())
+}
+
+/// The Postfix parameters set by hand.
+fn validate_postconf(spec: &SmtpRelaySpec) -> Result<(), String> {
     for (k, v) in &spec.postconf {
         if !is_postconf_key(k) {
             return Err(format!(

@@ -17,6 +17,10 @@ pub const POSTCONF_PREFIX: &str = "POSTCONF_";
 
 /// Builds settings from environment variables. `postfix_dir` is where the original image's
 /// optional `sasl_passwd` and `client_sasl_passwd` files are looked for.
+#[allow(
+    clippy::too_many_lines,
+    reason = "one step per variable, in the seed's order: the table reads best whole"
+)]
 pub fn settings(vars: &BTreeMap<String, String>, postfix_dir: &Path) -> ConfigResult<Settings> {
     let get = |name: &str| vars.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
     let required = |name: &str, example: &str| {

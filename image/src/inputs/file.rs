@@ -90,6 +90,10 @@ impl Mounted for InMemory {
 
 /// [`settings()`], with `field` naming each field in errors and the files read from `mounted`:
 /// the one judge of a config file, for the relay and for the operator.
+#[allow(
+    clippy::too_many_lines,
+    reason = "one step per field of the config file, in its order: the table reads best whole"
+)]
 pub fn settings_with(
     file: &RelayConfigFile,
     field: &dyn Fn(&str) -> String,

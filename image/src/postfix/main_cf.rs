@@ -41,6 +41,10 @@ pub fn network_value(net: &IpNet) -> String {
 }
 
 /// All main.cf parameters, in a stable order; user overrides (`postconf`) come last and win.
+#[allow(
+    clippy::too_many_lines,
+    reason = "one line per main.cf parameter: the table reads best whole"
+)]
 pub fn parameters(s: &Settings, layout: &Layout) -> Vec<(String, String)> {
     let mut p = Params::default();
     p.set("compatibility_level", "3.6");
