@@ -5,10 +5,12 @@
 //! deletion follows the queue volume retention policy; an operator crash mid-flight converges
 //! without duplicates.
 //!
-//! One control plane and one operator serve every phase (a start costs seconds); each phase has
-//! its own namespace. Run `cargo build --workspace --bins` first.
+//! Each phase is its own named test, reported on its own line; one control plane and one
+//! operator serve them all (a start costs seconds) and each phase has its own namespace. Run
+//! `cargo build --workspace --bins` first; `-- <phase>` runs one phase.
 
 use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -52,6 +54,13 @@ struct Ctx {
 }
 
 impl Ctx {
+    fn start() -> Ctx {
+        let cp = ControlPlane::start().expect("control plane starts");
+        eprintln!("control plane ready in {:?}", cp.startup_time());
+        let op = Operator::start(&cp, OperatorOptions::default());
+        Ctx { op, cp }
+    }
+
     fn relay(&self, ns: &str, name: &str) -> Value {
         get_json(&self.cp, ns, "smtprelay", name)
             .unwrap_or_else(|| panic!("SmtpRelay {ns}/{name} exists"))
@@ -207,35 +216,48 @@ struct Expect {
     pdb: bool,
 }
 
-#[test]
-fn operator_reconciles_real_api_server() {
-    let begin = Instant::now();
-    let cp = ControlPlane::start().expect("control plane starts");
-    eprintln!("control plane ready in {:?}", cp.startup_time());
-    let op = Operator::start(&cp, OperatorOptions::default());
-    let mut ctx = Ctx { op, cp };
-
+/// Each phase is a named test (`cargo test --test operator_lifecycle -- --list`); they run in
+/// order over one control plane and one operator, started by the first phase that runs and
+/// stopped once every phase is done.
+fn main() -> std::process::ExitCode {
     type Phase = (&'static str, fn(&mut Ctx));
     let phases: [Phase; 9] = [
         ("examples", examples),
-        ("update and no-op", update_and_noop),
+        ("update_and_noop", update_and_noop),
         ("rotation", rotation),
-        ("bad references", bad_references),
-        ("name conflict", name_conflict),
-        ("apply refused", apply_refused),
-        ("restart mid-flight", restart_mid_flight),
-        ("deletion and retention", deletion),
-        ("clean log", clean_log),
+        ("bad_references", bad_references),
+        ("name_conflict", name_conflict),
+        ("apply_refused", apply_refused),
+        ("restart_mid_flight", restart_mid_flight),
+        ("deletion_and_retention", deletion),
+        ("clean_log", clean_log),
     ];
-    for (name, phase) in phases {
-        let t = Instant::now();
-        phase(&mut ctx);
-        eprintln!("phase {name}: {:?}", t.elapsed());
-    }
-    eprintln!("all phases: {:?}", begin.elapsed());
+    let mut args = libtest_mimic::Arguments::from_args();
+    // In order, one at a time: they share the control plane.
+    args.test_threads = Some(1);
+    let shared: Arc<Mutex<Option<Ctx>>> = Arc::default();
+    let trials = phases
+        .into_iter()
+        .map(|(name, phase)| {
+            let shared = shared.clone();
+            libtest_mimic::Trial::test(name, move || {
+                let mut guard = shared.lock().unwrap_or_else(|p| p.into_inner());
+                let ctx = guard.get_or_insert_with(Ctx::start);
+                let t = Instant::now();
+                phase(ctx);
+                eprintln!("phase {name}: {:?}", t.elapsed());
+                Ok(())
+            })
+        })
+        .collect();
+    let conclusion = libtest_mimic::run(&args, trials);
     let t = Instant::now();
-    drop(ctx);
-    eprintln!("operator and control plane stopped in {:?}", t.elapsed());
+    let ctx = shared.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if ctx.is_some() {
+        drop(ctx);
+        eprintln!("operator and control plane stopped in {:?}", t.elapsed());
+    }
+    conclusion.exit_code()
 }
 
 const PDB_RELAY: &str = r#"
