@@ -1,14 +1,21 @@
 //! smtp-relay-operator: turns one `SmtpRelay` resource into a running, secure, durable Postfix
 //! relay (ConfigMap, owned Secrets, StatefulSet, Services, PodDisruptionBudget).
 //!
-//! Layout: [`crd`] holds the resource types; [`validate`] the checks the controller repeats after
-//! admission, and the relay image's own judgement of what would be written; [`resolve`] reads
-//! referenced Secrets and ConfigMaps (the only API reads of "build"); [`certificate`] issues the
-//! serving certificate; [`builders`] are pure functions from spec to objects; [`status`]
-//! computes conditions; [`controller`] is the reconcile (plan, apply, status, Events), with
-//! [`apply`] writing the children, [`events`] choosing the Events and [`watches`] deciding what
-//! triggers a reconcile; [`metrics`], [`http`] and [`leader`] keep operations out of it, and
-//! [`runtime`] holds the process around it (signals, endpoints, leadership).
+//! Layout, in the order of the reconcile's five steps ([`controller::reconcile`]):
+//! 1. dereference, validate, build: [`resolve`] reads referenced Secrets and ConfigMaps (the
+//!    only API reads of this step), [`validate`] checks the spec and has the relay image judge
+//!    what would be written (the result, a `Validated`, is the builders' only input),
+//!    [`certificate`] issues the serving certificate, and [`builders`] are pure functions from
+//!    it to the children;
+//! 2. apply: [`apply`] writes what changed or drifted and prunes what is no longer wanted;
+//! 3. observe: the StatefulSet and its pods, as a [`status::Rollout`];
+//! 4. report: [`status`] computes conditions, [`events`] chooses the Events;
+//! 5. requeue.
+//!
+//! Around them: [`crd`] holds the resource types, [`watches`] decides what triggers a reconcile
+//! and [`mapping`] which relays a Secret or ConfigMap concerns; [`metrics`], [`http`] and
+//! [`leader`] keep operations out of it, and [`runtime`] holds the process around it (signals,
+//! endpoints, leadership).
 
 pub mod apply;
 pub mod backoff;
