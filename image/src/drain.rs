@@ -10,6 +10,7 @@
 //! progress are let finish first ([`sessions_end`]), within the same deadline, so a client in
 //! the middle of a message gets its 250 rather than a dropped connection.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::metrics::{queue_sizes, Metrics};
@@ -18,6 +19,30 @@ use crate::postfix::layout::Layout;
 
 const POLL: Duration = Duration::from_millis(250);
 
+/// The pod annotation with which the operator asks a replica to drain: it is being scaled away,
+/// or its relay deleted. The replica leaves the Service (its readiness probe fails), keeps its
+/// listener for the sessions in progress, and delivers its queue; the operator removes the pod
+/// only once the queue is empty. Removing the annotation (scaling up again) cancels the drain.
+pub const DRAIN_ANNOTATION: &str = "smtprelay.dev/drain";
+
+/// How often a draining replica asks Postfix to try its queue again.
+pub const FLUSH_EVERY: Duration = Duration::from_secs(15);
+
+/// Whether the pod's annotations, as the downward API writes them (`key="value"` per line),
+/// ask for a drain. A missing or unreadable file asks for nothing.
+pub fn requested(annotations: &Path) -> bool {
+    std::fs::read_to_string(annotations)
+        .map(|text| asks_to_drain(&text))
+        .unwrap_or(false)
+}
+
+fn asks_to_drain(annotations: &str) -> bool {
+    annotations.lines().any(|line| {
+        line.split_once('=')
+            .is_some_and(|(k, v)| k == DRAIN_ANNOTATION && v.trim() == "\"true\"")
+    })
+}
+
 /// How a drain ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Drained {
@@ -25,6 +50,54 @@ pub enum Drained {
     Empty,
     RelayhostRefused { queued: usize },
     DeadlinePassed { queued: usize },
+}
+
+/// A drain asked through the pod's annotations ([`DRAIN_ANNOTATION`]), followed at each of the
+/// supervisor's ticks: it starts, flushes the queue every [`FLUSH_EVERY`] while mail waits, and
+/// ends if the annotation goes away.
+pub struct AskedDrain {
+    annotations: Option<std::path::PathBuf>,
+    last_flush: Option<Instant>,
+}
+
+impl AskedDrain {
+    /// Follows the downward API file `annotations`; none: never asked.
+    pub fn new(annotations: Option<std::path::PathBuf>) -> Self {
+        AskedDrain {
+            annotations,
+            last_flush: None,
+        }
+    }
+
+    pub fn tick(&mut self, layout: &Layout, metrics: &Metrics) {
+        let asked = self.annotations.as_deref().is_some_and(requested);
+        match (asked, self.last_flush) {
+            (false, None) => {}
+            (false, Some(_)) => {
+                tracing::info!("no longer asked to drain: serving again");
+                metrics.draining.set(0);
+                self.last_flush = None;
+            }
+            (true, last) => {
+                let queued: usize = queue_sizes(&layout.spool_dir).iter().sum();
+                if last.is_none() {
+                    tracing::info!(
+                        queued,
+                        "asked to drain: leaving the Service and delivering the queue"
+                    );
+                    metrics.draining.set(1);
+                }
+                if last.is_none_or(|t| t.elapsed() >= FLUSH_EVERY) {
+                    if queued > 0 {
+                        if let Err(e) = instance::postqueue(layout, &["-f"]) {
+                            tracing::warn!(error = %e, "cannot flush the queue");
+                        }
+                    }
+                    self.last_flush = Some(Instant::now());
+                }
+            }
+        }
+    }
 }
 
 /// Inbound SMTP sessions in progress: established TCP connections whose local port is one of
@@ -108,6 +181,17 @@ pub async fn drain(layout: &Layout, metrics: &Metrics, timeout: Duration) -> Dra
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_drain_annotation_set_to_true_asks_for_a_drain() {
+        let file = |text: &str| asks_to_drain(text);
+        assert!(file("a=\"b\"\nsmtprelay.dev/drain=\"true\"\n"));
+        assert!(!file("smtprelay.dev/drain=\"false\"\n"));
+        assert!(!file("other/drain=\"true\"\n"));
+        assert!(!file("note=\"smtprelay.dev/drain=true\"\n"));
+        assert!(!file(""));
+        assert!(!requested(Path::new("/nonexistent/annotations")));
+    }
 
     #[test]
     fn established_sessions_on_the_smtp_ports() {

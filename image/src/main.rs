@@ -67,6 +67,13 @@ enum Command {
         /// With --liveness: the mail queue, which holds master.pid (RELAY_SPOOL_DIR).
         #[arg(long, env = "RELAY_SPOOL_DIR", default_value = "/var/spool/postfix")]
         spool_dir: PathBuf,
+        /// Check readiness: fail while the pod is asked to drain (so it leaves the Service),
+        /// else as without it.
+        #[arg(long, conflicts_with = "liveness")]
+        readiness: bool,
+        /// With --readiness: the pod's annotations (RELAY_POD_ANNOTATIONS).
+        #[arg(long, env = "RELAY_POD_ANNOTATIONS")]
+        pod_annotations: Option<PathBuf>,
     },
     /// Stops the Postfix master if the supervisor dies without doing it (started by `run`).
     #[command(hide = true)]
@@ -123,6 +130,10 @@ struct RunArgs {
         default_value = "/dev/termination-log"
     )]
     termination_log: PathBuf,
+    /// The pod's annotations as a downward API file: the operator asks a replica to drain
+    /// (scaled away, or its relay deleted) with `smtprelay.dev/drain: "true"`.
+    #[arg(long, env = "RELAY_POD_ANNOTATIONS")]
+    pod_annotations: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -189,6 +200,13 @@ fn main() -> ExitCode {
             ))
         }
         Command::Probe {
+            readiness: true,
+            pod_annotations: Some(annotations),
+            ..
+        } if smtp_relay::drain::requested(&annotations) => report::<&str>(Err(
+            "draining (scaled away or deleted): out of the Service until the queue is delivered",
+        )),
+        Command::Probe {
             address, timeout, ..
         } => {
             let result = smtp_client::local_addresses(&address)
@@ -252,6 +270,7 @@ fn run_relay(args: RunArgs) -> ExitCode {
         stop_timeout: Duration::from_secs(60),
         drain_timeout: Duration::from_secs(args.drain_timeout),
         termination_log: args.termination_log,
+        pod_annotations: args.pod_annotations,
     };
     match tokio::runtime::Runtime::new() {
         Ok(rt) => rt.block_on(run::run(opts)),

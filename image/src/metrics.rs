@@ -42,6 +42,10 @@ pub struct Metrics {
     pub reloads: Counter,
     pub config_errors: Counter,
     pub postfix_up: Gauge,
+    pub draining: Gauge,
+    /// When mail was last delivered to the relayhost (or the relay started).
+    last_sent: Arc<Mutex<std::time::Instant>>,
+    since_last_sent: Gauge,
 }
 
 impl Metrics {
@@ -59,6 +63,9 @@ impl Metrics {
             reloads: Counter::default(),
             config_errors: Counter::default(),
             postfix_up: Gauge::default(),
+            draining: Gauge::default(),
+            last_sent: Arc::new(Mutex::new(std::time::Instant::now())),
+            since_last_sent: Gauge::default(),
         };
         registry.register(
             "deliveries",
@@ -105,6 +112,16 @@ impl Metrics {
             "1 while the Postfix master runs",
             m.postfix_up.clone(),
         );
+        registry.register(
+            "draining",
+            "1 while this replica is asked to drain (scaled away or its relay deleted): out of the Service, delivering its queue",
+            m.draining.clone(),
+        );
+        registry.register(
+            "seconds_since_last_delivery",
+            "Seconds since a message was last delivered to the relayhost (or the relay started): grows while mail waits on a relayhost that refuses it or is down",
+            m.since_last_sent.clone(),
+        );
         m.registry = Arc::new(Mutex::new(registry));
         m
     }
@@ -117,6 +134,10 @@ impl Metrics {
         match program {
             "smtp" | "relay" | "error" | "lmtp" => {
                 if let Some(status) = field(message, "status=") {
+                    if status == "sent" {
+                        *self.last_sent.lock().unwrap_or_else(|e| e.into_inner()) =
+                            std::time::Instant::now();
+                    }
                     self.deliveries
                         .get_or_create(&StatusLabel {
                             status: status.to_string(),
@@ -165,11 +186,70 @@ impl Metrics {
                 })
                 .set(n as i64);
         }
+        let idle = self
+            .last_sent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .elapsed();
+        self.since_last_sent
+            .set(i64::try_from(idle.as_secs()).unwrap_or(i64::MAX));
         let mut out = String::new();
         let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &registry);
         out
+    }
+}
+
+/// What the operator reads from a relay's metrics page to drain it: whether it was asked to
+/// drain, and what its queues still hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueReport {
+    pub draining: bool,
+    /// Every message on the spool, in any queue.
+    pub queued: u64,
+    /// Of those, waiting for a retry after the relayhost deferred them (or could not be
+    /// reached).
+    pub deferred: u64,
+    /// Of those, put on hold by an administrator: no drain delivers them.
+    pub hold: u64,
+    /// Seconds since mail was last delivered to the relayhost (or the relay started).
+    pub seconds_since_delivery: u64,
+}
+
+impl QueueReport {
+    /// Reads the report from the text [`Metrics::encode`] serves; `None` when the page is not a
+    /// relay's (no queue gauge).
+    pub fn parse(page: &str) -> Option<QueueReport> {
+        let mut report = QueueReport::default();
+        let mut seen_queue = false;
+        for line in page.lines().filter(|l| !l.starts_with('#')) {
+            let Some((series, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let Ok(value) = value.trim().parse::<f64>() else {
+                continue;
+            };
+            let n = if value.is_finite() && value > 0.0 {
+                value as u64
+            } else {
+                0
+            };
+            if series == "smtp_relay_draining" {
+                report.draining = n == 1;
+            } else if series == "smtp_relay_seconds_since_last_delivery" {
+                report.seconds_since_delivery = n;
+            } else if let Some(labels) = series.strip_prefix("smtp_relay_queue_messages") {
+                seen_queue = true;
+                report.queued += n;
+                if labels.contains("queue=\"deferred\"") {
+                    report.deferred = n;
+                } else if labels.contains("queue=\"hold\"") {
+                    report.hold = n;
+                }
+            }
+        }
+        seen_queue.then_some(report)
     }
 }
 
@@ -258,6 +338,32 @@ mod tests {
                 "{addr}: {accepted:?}"
             );
         }
+    }
+
+    #[test]
+    fn the_queue_report_reads_what_encode_serves() {
+        let dir = tempfile::tempdir().unwrap();
+        for (queue, files) in [("deferred", 2), ("hold", 1), ("active", 1)] {
+            let d = dir.path().join(queue).join("A");
+            std::fs::create_dir_all(&d).unwrap();
+            for i in 0..files {
+                std::fs::write(d.join(format!("q{i}")), "").unwrap();
+            }
+        }
+        let m = Metrics::new(dir.path());
+        assert_eq!(
+            QueueReport::parse(&m.encode()),
+            Some(QueueReport {
+                draining: false,
+                queued: 4,
+                deferred: 2,
+                hold: 1,
+                seconds_since_delivery: 0,
+            })
+        );
+        m.draining.set(1);
+        assert!(QueueReport::parse(&m.encode()).is_some_and(|r| r.draining));
+        assert_eq!(QueueReport::parse("other_metric 1\n"), None);
     }
 
     #[test]

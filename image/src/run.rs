@@ -62,6 +62,8 @@ pub struct RunOptions {
     /// Where a fatal error is also written when the file exists: Kubernetes's
     /// `terminationMessagePath`, so `kubectl describe pod` and the SmtpRelay's status show it.
     pub termination_log: PathBuf,
+    /// The pod's annotations (a downward API file), where the operator asks for a drain.
+    pub pod_annotations: Option<PathBuf>,
 }
 
 /// Ends the relay with `code`: the message on stderr, and in the termination log.
@@ -236,6 +238,7 @@ pub async fn run(opts: RunOptions) -> ExitCode {
     let mut ticker = tokio::time::interval(opts.reload_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_error: Option<String> = None;
+    let mut asked_drain = crate::drain::AskedDrain::new(opts.pod_annotations.clone());
     let mut died = None;
     let code = loop {
         tokio::select! {
@@ -251,6 +254,7 @@ pub async fn run(opts: RunOptions) -> ExitCode {
                     tracing::warn!(error = %e, "cannot touch the liveness heartbeat");
                 }
                 reapply(&opts, pid, &metrics, &mut applied, &mut last_error);
+                asked_drain.tick(layout, &metrics);
             }
         }
     };

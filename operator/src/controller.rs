@@ -22,6 +22,7 @@ use crate::apply::{apply_all, prune_secrets};
 pub use crate::apply::{storage_change, Owned, APPLIED_HASH_ANNOTATION, MANAGER};
 use crate::builders::{self, BuildOptions, Desired};
 use crate::crd::SmtpRelay;
+use crate::drain::{self, Drain};
 pub use crate::events::events_for;
 use crate::events::truncate;
 use crate::metrics::Metrics;
@@ -144,56 +145,85 @@ pub async fn plan(
     }
 }
 
-/// One reconciliation of one SmtpRelay, as five steps.
+/// One reconciliation of one SmtpRelay, as six steps.
 pub async fn reconcile(relay: Arc<SmtpRelay>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.reconcile_started();
     if relay.metadata.deletion_timestamp.is_some() {
         // Owned objects are garbage-collected through their owner references.
         return Ok(Action::await_change());
     }
-    // 1. Dereference, validate, build: the desired children, or why there are none.
-    let planned = plan_with_storage(&relay, &ctx).await?;
-    // 2. Apply what changed and prune what is no longer wanted; or leave everything running.
-    let (outcome, sts) = apply_planned(&relay, &ctx, planned).await?;
-    // 3. Observe the rollout: the StatefulSet and what keeps its pods from running.
-    let rollout = observe(&relay, &ctx, sts.as_ref()).await?;
-    // 4. Report: Events on transitions, status when it changed.
+    // 1. Read what runs: the StatefulSet and its pods.
+    let (live, pods) = read_running(&relay, &ctx).await?;
+    // 2. Dereference, validate, build: the desired children, or why there are none.
+    let planned = plan_against(&relay, &ctx, live.as_ref()).await?;
+    // 3. Drain: replicas being scaled away deliver their queues before the StatefulSet lets
+    //    them go.
+    let (planned, drain) = match planned {
+        Ok(mut desired) => {
+            let drain =
+                drain::step(&ctx.client, &relay, live.as_ref(), &pods, &mut desired).await?;
+            (Ok(desired), drain)
+        }
+        Err(outcome) => (Err(outcome), Drain::None),
+    };
+    // 4. Apply what changed and prune what is no longer wanted; or leave everything running.
+    let (outcome, sts) = apply_planned(&relay, &ctx, planned, live).await?;
+    let rollout = Rollout::from_stateful_set(sts.as_ref(), target_replicas(&relay, &drain))
+        .with_pods(&pods)
+        .with_drain(drain);
+    // 5. Report: Events on transitions, status when it changed.
     let new_status = report(&relay, &ctx, &outcome, rollout).await?;
     ctx.reset_backoff(&relay);
-    // 5. When to look again.
+    // 6. When to look again.
     Ok(next_action(&outcome, &new_status))
 }
 
-/// Step 1: [`plan`], then the storage check against the live StatefulSet (its claim template
+/// Step 1: the live StatefulSet, and its pods (what keeps one from running, which are
+/// draining).
+async fn read_running(relay: &SmtpRelay, ctx: &Context) -> Result<(Option<StatefulSet>, Vec<Pod>)> {
+    let ns = relay
+        .namespace()
+        .ok_or(Error::MissingObjectKey(".metadata.namespace"))?;
+    let api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
+    let live = api.get_opt(&relay.name_any()).await?;
+    let pods = match &live {
+        Some(_) => relay_pods(&ctx.client, relay).await?,
+        None => Vec::new(),
+    };
+    Ok((live, pods))
+}
+
+/// Step 2: [`plan`], then the storage check against the live StatefulSet (its claim template
 /// cannot change).
-async fn plan_with_storage(
+async fn plan_against(
     relay: &SmtpRelay,
     ctx: &Context,
+    live: Option<&StatefulSet>,
 ) -> Result<std::result::Result<Desired, Outcome>> {
     let planned = plan(relay, &ctx.client, &ctx.opts).await?;
-    if let Ok(desired) = &planned {
-        if let Some(live) = sts_api(relay, ctx)?.get_opt(&relay.name_any()).await? {
-            if let Some(message) = storage_change(&desired.stateful_set, &live) {
-                return Ok(Err(Outcome::InvalidSpec { message }));
-            }
+    if let (Ok(desired), Some(live)) = (&planned, live) {
+        if let Some(message) = storage_change(&desired.stateful_set, live) {
+            return Ok(Err(Outcome::InvalidSpec { message }));
         }
     }
     Ok(planned)
 }
 
-fn sts_api(relay: &SmtpRelay, ctx: &Context) -> Result<Api<StatefulSet>> {
-    let ns = relay
-        .namespace()
-        .ok_or(Error::MissingObjectKey(".metadata.namespace"))?;
-    Ok(Api::namespaced(ctx.client.clone(), &ns))
+/// The replicas the StatefulSet is to have: the spec's, or more while some drain.
+fn target_replicas(relay: &SmtpRelay, drain: &Drain) -> i32 {
+    match drain {
+        Drain::InProgress { hold, .. } => *hold,
+        _ => relay.spec.replicas,
+    }
 }
 
-/// Step 2: applies the plan (and announces a newly issued certificate); a rejected input or
-/// a refused apply writes nothing, and the live StatefulSet is read for status.
+/// Step 4: applies the plan (and announces a newly issued certificate); a rejected input or
+/// a refused apply writes nothing, and status describes the StatefulSet that runs.
 async fn apply_planned(
     relay: &SmtpRelay,
     ctx: &Context,
     planned: std::result::Result<Desired, Outcome>,
+    live: Option<StatefulSet>,
 ) -> Result<(Outcome, Option<StatefulSet>)> {
     let client = &ctx.client;
     let applied = match planned {
@@ -205,7 +235,12 @@ async fn apply_planned(
     };
     match applied {
         Ok((desired, sts)) => {
-            let rollout = Rollout::from_stateful_set(Some(&sts), relay.spec.replicas);
+            let target = sts
+                .spec
+                .as_ref()
+                .and_then(|s| s.replicas)
+                .unwrap_or(relay.spec.replicas);
+            let rollout = Rollout::from_stateful_set(Some(&sts), target);
             prune_secrets(client, relay, &desired, rollout).await?;
             if let Some(note) = &desired.certificate_issued {
                 let ev = Event {
@@ -232,22 +267,12 @@ async fn apply_planned(
             };
             ctx.metrics.failure(label);
             warn!(relay = %relay.name_any(), namespace = ?relay.namespace(), reason = label, "input rejected or refused: see status");
-            let sts = sts_api(relay, ctx)?.get_opt(&relay.name_any()).await?;
-            Ok((outcome, sts))
+            Ok((outcome, live))
         }
     }
 }
 
-/// Step 3: the rollout as the StatefulSet and its pods show it.
-async fn observe(relay: &SmtpRelay, ctx: &Context, sts: Option<&StatefulSet>) -> Result<Rollout> {
-    let pods = match sts {
-        Some(_) => relay_pods(&ctx.client, relay).await?,
-        None => Vec::new(),
-    };
-    Ok(Rollout::from_stateful_set(sts, relay.spec.replicas).with_pods(&pods))
-}
-
-/// Step 4: publishes the Events of what changed and patches status when it differs.
+/// Step 5: publishes the Events of what changed and patches status when it differs.
 async fn report(
     relay: &SmtpRelay,
     ctx: &Context,
@@ -270,11 +295,15 @@ async fn report(
     Ok(new_status)
 }
 
-/// Step 5: a ready relay is looked at again in five minutes (watches bring every change
+/// Step 6: a ready relay is looked at again in five minutes (watches bring every change
 /// sooner); one that is rolling out or blocked, sooner.
 fn next_action(outcome: &Outcome, new_status: &crate::crd::SmtpRelayStatus) -> Action {
     let ready = status::ready_condition(Some(new_status)).is_some_and(|c| c.status == "True");
+    let draining = status::find_condition(Some(new_status), status::DRAINING)
+        .is_some_and(|c| c.status == "True");
     match (outcome, ready) {
+        // A departing replica's queue is read from its metrics: look again soon.
+        (Outcome::Applied { .. }, _) if draining => Action::requeue(drain::REQUEUE),
         (Outcome::Applied { .. }, true) => Action::requeue(Duration::from_secs(300)),
         (Outcome::Applied { .. }, false) => Action::requeue(Duration::from_secs(15)),
         // Secrets and ConfigMaps in the way are watched (see `mapping`); the StatefulSet,
@@ -340,6 +369,7 @@ mod tests {
             name: "users".into(),
         });
         let res = reconcile_with(r, ctx.clone(), async move {
+            api.running_read(&Live::Nothing).await;
             api.expect("GET", &path("secrets", "users"), not_found())
                 .await;
             let patch = api.refused("SecretNotFound").await;
@@ -372,6 +402,7 @@ mod tests {
         let mut r = relay("r1");
         r.spec.networks = vec!["10.0.0.0/33".into()];
         reconcile_with(r, ctx, async move {
+            api.running_read(&Live::Nothing).await;
             let patch = api.refused("InvalidSpec").await;
             assert_eq!(patch["status"]["conditions"][1]["reason"], "InvalidSpec");
         })
@@ -397,6 +428,7 @@ mod tests {
         ));
 
         let res = reconcile_with(r, ctx, async move {
+            api.running_read(&Live::Applied(&desired)).await;
             // As after an operator restart: the key is read back, so the hash is the same.
             api.dereferenced(&Live::Applied(&desired)).await;
             api.children_read(&desired, |kind, name| match (kind, name) {
@@ -414,7 +446,6 @@ mod tests {
             for s in ["r1-relayhost", "r1-sasl-users", "r1-tls"] {
                 api.expect("GET", &path("secrets", s), not_found()).await;
             }
-            api.pods_listed().await;
             // No apply, no event, no status patch.
             api.expect_nothing_more().await;
         })
@@ -431,6 +462,7 @@ mod tests {
         let r = relay("r1");
         let desired = desired(&r);
         reconcile_with(r, ctx, async move {
+            api.running_read(&Live::Nothing).await;
             api.dereferenced(&Live::Nothing).await;
             // Every child is read before anything is written: none exists yet.
             api.children_read(&desired, |_, _| not_found()).await;
@@ -473,6 +505,7 @@ mod tests {
         let r = relay("r1");
         let desired = desired(&r);
         let res = reconcile_with(r, ctx, async move {
+            api.running_read(&Live::Nothing).await;
             api.dereferenced(&Live::Nothing).await;
             // The user's own ConfigMap under the child's name: no owner reference.
             let mut users = desired.config_map.clone();
@@ -654,6 +687,72 @@ mod tests {
     }
 
     #[test]
+    fn a_drain_is_announced_when_it_starts_waits_and_ends() {
+        use crate::drain::Departing;
+        use smtp_relay::metrics::QueueReport;
+        let mut r = relay("r1");
+        let ok = Outcome::Applied {
+            config_hash: "h".into(),
+        };
+        let at = |queue: QueueReport| {
+            Rollout::default().with_drain(Drain::InProgress {
+                want: 1,
+                hold: 2,
+                departing: vec![Departing {
+                    pod: "r1-1".into(),
+                    ready: false,
+                    queue: Some(QueueReport {
+                        draining: true,
+                        ..queue
+                    }),
+                }],
+            })
+        };
+        let mut seen = Vec::new();
+        for rollout in [
+            Rollout::default(),
+            at(QueueReport {
+                queued: 3,
+                ..QueueReport::default()
+            }),
+            // Still moving: no new Event.
+            at(QueueReport {
+                queued: 2,
+                ..QueueReport::default()
+            }),
+            at(QueueReport {
+                queued: 2,
+                deferred: 2,
+                seconds_since_delivery: 120,
+                ..QueueReport::default()
+            }),
+            Rollout::default().with_drain(Drain::Done {
+                from: 2,
+                to: 1,
+                abandoned: None,
+            }),
+            Rollout::default(),
+        ] {
+            let s = status::compute(&r, &ok, rollout, Time(jiff::Timestamp::UNIX_EPOCH));
+            seen.extend(
+                events_for(&r, &ok, &s)
+                    .into_iter()
+                    .filter(|e| e.reason.starts_with("Drain"))
+                    .map(|e| (e.reason, e.type_ == EventType::Warning)),
+            );
+            r.status = Some(s);
+        }
+        assert_eq!(
+            seen,
+            [
+                ("Draining".to_string(), false),
+                ("DrainWaiting".to_string(), true),
+                ("Drained".to_string(), false)
+            ]
+        );
+    }
+
+    #[test]
     fn events_only_on_transitions() {
         let mut r = relay("r1");
         let bad = Outcome::Unresolved {
@@ -684,6 +783,7 @@ mod tests {
             ready_replicas: 1,
             up_to_date: true,
             problem: None,
+            drain: Drain::None,
         };
         let s2 = status::compute(&r, &ok, done.clone(), Time(jiff::Timestamp::UNIX_EPOCH));
         let reasons: Vec<_> = events_for(&r, &ok, &s2)

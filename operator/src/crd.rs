@@ -134,7 +134,10 @@ pub struct SmtpRelaySpec {
     ]))]
     pub postconf: BTreeMap<String, String>,
 
-    /// Number of relay pods. Each pod has its own mail queue volume.
+    /// Number of relay pods. Each pod has its own mail queue volume. Scaling down drains first:
+    /// the departing pods leave the Service and deliver their queues, and go only once they are
+    /// empty (condition Draining; annotate the SmtpRelay smtprelay.dev/abandon-drain=true to
+    /// give up waiting).
     #[serde(default = "default_replicas")]
     #[schemars(range(min = 1, max = 100))]
     pub replicas: i32,
@@ -433,9 +436,9 @@ pub struct RetentionSpec {
     /// condition QueuedMailKept=False and a Warning Event.
     #[serde(default)]
     pub when_deleted: RetentionPolicy,
-    /// Retain or Delete the queue volume of a pod removed by scaling down. Delete destroys the
-    /// mail still queued on it (the operator does not drain it first yet): reported by the
-    /// condition QueuedMailKept=False and a Warning Event.
+    /// Retain or Delete the queue volume of a pod removed by scaling down. The pod delivers its
+    /// queue before it goes (see replicas), so Delete removes an empty volume; only a drain
+    /// given up with smtprelay.dev/abandon-drain destroys what was still queued.
     #[serde(default)]
     pub when_scaled: RetentionPolicy,
 }

@@ -82,6 +82,17 @@ pub fn events_for(relay: &SmtpRelay, outcome: &Outcome, new: &SmtpRelayStatus) -
                     secondary: None,
                 });
             }
+            // A drain starting, waiting on the relayhost, done or given up.
+            if let Some(c) = status::find_condition(Some(new), status::DRAINING) {
+                let before = status::find_condition(relay.status.as_ref(), status::DRAINING);
+                if before.map(|o| &o.reason) != Some(&c.reason) {
+                    match c.reason.as_str() {
+                        "Draining" | "Drained" => out.push(about(EventType::Normal, c)),
+                        "DrainWaiting" | "DrainAbandoned" => out.push(about(EventType::Warning, c)),
+                        _ => {}
+                    }
+                }
+            }
             let was_ready = old_ready.is_some_and(|c| c.status == "True");
             if let (false, Some(c)) = (was_ready, new_ready) {
                 if c.status == "True" {

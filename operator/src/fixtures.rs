@@ -166,16 +166,30 @@ impl ApiServer {
         }
     }
 
-    /// Scenario "dereference": the config-hash key and the live StatefulSet (for the storage
-    /// check) are read, as they are when the spec is valid and every reference resolved.
+    /// Scenario "running read": the live StatefulSet, and its pods when it exists (none here).
+    pub async fn running_read(&mut self, children: &Live<'_>) {
+        match children {
+            Live::Nothing => {
+                self.expect("GET", &path("statefulsets", "r1"), not_found())
+                    .await;
+            }
+            Live::Applied(d) => {
+                self.expect("GET", &path("statefulsets", "r1"), ok(live_sts(d)))
+                    .await;
+                self.pods_listed().await;
+            }
+        }
+    }
+
+    /// Scenario "dereference": the config-hash key is read, as it is when the spec is valid and
+    /// every reference resolved.
     pub async fn dereferenced(&mut self, children: &Live<'_>) {
-        let (key, sts) = match children {
-            Live::Nothing => (not_found(), not_found()),
-            Live::Applied(d) => (ok(live(&d.hash_key_secret)), ok(live_sts(d))),
+        let key = match children {
+            Live::Nothing => not_found(),
+            Live::Applied(d) => ok(live(&d.hash_key_secret)),
         };
         self.expect("GET", &path("secrets", "r1-hash-key"), key)
             .await;
-        self.expect("GET", &path("statefulsets", "r1"), sts).await;
     }
 
     /// Scenario "children read": every child the relay wants is read, in the order the apply
@@ -211,9 +225,9 @@ impl ApiServer {
         }
     }
 
-    /// Scenario "observed": the relay's pods are listed (for what keeps one from running);
-    /// none here.
-    pub async fn pods_listed(&mut self) {
+    /// The relay's pods are listed (what keeps one from running, which are draining); none
+    /// here.
+    async fn pods_listed(&mut self) {
         let body = self
             .expect(
                 "GET",
@@ -224,12 +238,9 @@ impl ApiServer {
         assert_eq!(body, Value::Null, "a GET has no body");
     }
 
-    /// Scenario "refused": the input was rejected or refused; the StatefulSet is read for
-    /// status (none exists), then a Warning Event with `reason` is published and relay r1's
-    /// status patched. Returns the status patch.
+    /// Scenario "refused": the input was rejected or refused; a Warning Event with `reason` is
+    /// published and relay r1's status patched. Returns the status patch.
     pub async fn refused(&mut self, reason: &str) -> Value {
-        self.expect("GET", &path("statefulsets", "r1"), not_found())
-            .await;
         let event = self
             .expect(
                 "POST",

@@ -8,6 +8,7 @@ use kube::ResourceExt;
 use smtp_relay::settings::{self, TlsLevel};
 
 use crate::crd::{SmtpRelay, SmtpRelayStatus};
+use crate::drain::Drain;
 
 pub const READY: &str = "Ready";
 pub const CONFIG_VALID: &str = "ConfigValid";
@@ -33,6 +34,8 @@ pub const WARNING_CONDITIONS: [&str; 3] = [
 ];
 /// False when a retention policy deletes queue volumes, and the mail queued on them with it.
 pub const QUEUED_MAIL_KEPT: &str = "QueuedMailKept";
+/// True while replicas being scaled away deliver their queues ([`crate::drain`]).
+pub const DRAINING: &str = "Draining";
 
 /// What the reconcile did with the spec.
 #[derive(Debug, Clone, PartialEq)]
@@ -74,6 +77,8 @@ pub struct Rollout {
     pub up_to_date: bool,
     /// What keeps a pod from running, if anything (see [`pod_problem`]).
     pub problem: Option<PodProblem>,
+    /// Replicas being scaled away and what they still hold.
+    pub drain: Drain,
 }
 
 /// What keeps a relay pod from running, read from its container statuses.
@@ -199,7 +204,13 @@ impl Rollout {
                 && st.updated_replicas.unwrap_or(0) >= desired_replicas
                 && st.replicas == desired_replicas,
             problem: None,
+            drain: Drain::None,
         }
+    }
+
+    /// With the drain of replicas being scaled away.
+    pub fn with_drain(self, drain: Drain) -> Rollout {
+        Rollout { drain, ..self }
     }
 
     /// With the problem of the relay's pods, if any.
@@ -311,42 +322,59 @@ fn client_address_condition(relay: &SmtpRelay, gen: Option<i64>, now: &Time) -> 
     }
 }
 
-/// Whether every queue volume outlives its pod and the relay (retention Retain).
+/// Whether queued mail outlives what is deleted. Replicas scaled away drain before their
+/// volumes go ([`crate::drain`]), so `whenScaled: Delete` keeps mail; deleting the SmtpRelay
+/// with `whenDeleted: Delete` does not drain first.
 fn queued_mail_condition(relay: &SmtpRelay, gen: Option<i64>, now: &Time) -> Condition {
     use crate::crd::RetentionPolicy::Delete;
-    let r = &relay.spec.storage.retention;
-    let deleting: Vec<&str> = [
-        (r.when_scaled == Delete, "spec.storage.retention.whenScaled"),
-        (
-            r.when_deleted == Delete,
-            "spec.storage.retention.whenDeleted",
-        ),
-    ]
-    .into_iter()
-    .filter_map(|(d, f)| d.then_some(f))
-    .collect();
-    if deleting.is_empty() {
+    if relay.spec.storage.retention.when_deleted == Delete {
         condition(
             QUEUED_MAIL_KEPT,
-            Some(true),
-            "VolumesRetained",
-            "queue volumes are kept when pods are scaled away and when the SmtpRelay is deleted"
-                .into(),
+            Some(false),
+            "VolumesDeletedUndrained",
+            "spec.storage.retention.whenDeleted is Delete: mail still queued when the SmtpRelay is deleted is destroyed with its volumes (deletion does not drain them first yet); use Retain to keep it".into(),
             gen,
             now,
         )
     } else {
         condition(
             QUEUED_MAIL_KEPT,
-            Some(false),
-            "VolumesDeletedUndrained",
-            format!(
-                "{} is Delete: mail still queued on a volume is destroyed with it (the operator does not drain volumes first yet); use Retain to keep it",
-                deleting.join(" and ")
-            ),
+            Some(true),
+            "VolumesRetained",
+            "replicas scaled away deliver their queues before they go, and queue volumes are kept when the SmtpRelay is deleted"
+                .into(),
             gen,
             now,
         )
+    }
+}
+
+/// Draining: replicas being scaled away and what they hold; the last drain's outcome is kept
+/// until the next one.
+fn draining_condition(
+    old: &SmtpRelayStatus,
+    drain: &Drain,
+    gen: Option<i64>,
+    now: &Time,
+) -> Condition {
+    match drain.condition() {
+        Some((draining, reason, message)) => {
+            condition(DRAINING, Some(draining), reason, message, gen, now)
+        }
+        None => match old.conditions.iter().find(|c| c.type_ == DRAINING) {
+            Some(last) if last.status == "False" => Condition {
+                observed_generation: gen,
+                ..last.clone()
+            },
+            _ => condition(
+                DRAINING,
+                Some(false),
+                "NotDraining",
+                "no replica is being scaled away".into(),
+                gen,
+                now,
+            ),
+        },
     }
 }
 
@@ -560,7 +588,9 @@ fn kstatus_conditions(
                 gen,
                 now,
             ),
-            if rollout.complete(desired) {
+            if let Some((true, reason, message)) = rollout.drain.condition() {
+                condition(RECONCILING, Some(true), reason, message, gen, now)
+            } else if rollout.complete(desired) {
                 condition(
                     RECONCILING,
                     Some(false),
@@ -603,6 +633,7 @@ pub fn compute(
     let password = relayhost_password_condition(relay, gen, &now);
     let client_address = client_address_condition(relay, gen, &now);
     let queued_mail = queued_mail_condition(relay, gen, &now);
+    let draining = draining_condition(&old, &rollout.drain, gen, &now);
     let (stalled, reconciling) = kstatus_conditions(outcome, &rollout, desired, &ready, gen, &now);
 
     let conditions = [
@@ -615,6 +646,7 @@ pub fn compute(
         queued_mail,
         reconciling,
         stalled,
+        draining,
     ]
     .into_iter()
     .map(|mut c| {
@@ -687,6 +719,7 @@ mod tests {
         ready_replicas: 1,
         up_to_date: true,
         problem: None,
+        drain: Drain::None,
     };
 
     #[test]
@@ -846,11 +879,15 @@ mod tests {
     }
 
     #[test]
-    fn deleting_queue_volumes_is_flagged() {
+    fn deleting_queue_volumes_undrained_is_flagged() {
         let mut r = relay("r1");
         let s = compute(&r, &applied(), DONE, t(1));
         assert_eq!(cond(&s, QUEUED_MAIL_KEPT).status, "True");
+        // Replicas scaled away drain first: their volumes may go.
         r.spec.storage.retention.when_scaled = crate::crd::RetentionPolicy::Delete;
+        let s = compute(&r, &applied(), DONE, t(1));
+        assert_eq!(cond(&s, QUEUED_MAIL_KEPT).status, "True");
+        r.spec.storage.retention.when_deleted = crate::crd::RetentionPolicy::Delete;
         let s = compute(&r, &applied(), DONE, t(1));
         let c = cond(&s, QUEUED_MAIL_KEPT);
         assert_eq!(
@@ -859,10 +896,53 @@ mod tests {
         );
         assert!(
             c.message
-                .starts_with("spec.storage.retention.whenScaled is Delete"),
+                .starts_with("spec.storage.retention.whenDeleted is Delete"),
             "{}",
             c.message
         );
+    }
+
+    #[test]
+    fn a_drain_holds_reconciling_and_leaves_ready_alone_and_its_outcome_stays() {
+        use crate::drain::Departing;
+        let mut r = relay("r1");
+        let draining = Rollout {
+            drain: Drain::InProgress {
+                want: 1,
+                hold: 2,
+                departing: vec![Departing {
+                    pod: "r1-1".into(),
+                    ready: false,
+                    queue: None,
+                }],
+            },
+            ..DONE
+        };
+        let s = compute(&r, &applied(), draining, t(1));
+        let c = cond(&s, DRAINING);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", "DrainWaiting")
+        );
+        assert!(c.message.contains("r1-1 (not running"), "{}", c.message);
+        assert_eq!(cond(&s, RECONCILING).status, "True");
+        assert_eq!(cond(&s, READY).status, "True", "the staying replica serves");
+        r.status = Some(s);
+        let done = Rollout {
+            drain: Drain::Done {
+                from: 2,
+                to: 1,
+                abandoned: None,
+            },
+            ..DONE
+        };
+        let s = compute(&r, &applied(), done, t(2));
+        assert_eq!(cond(&s, DRAINING).reason, "Drained");
+        assert_eq!(cond(&s, RECONCILING).status, "False");
+        r.status = Some(s);
+        // The next reconcile sees nothing draining: the last drain's outcome stays readable.
+        let s = compute(&r, &applied(), DONE, t(3));
+        assert_eq!(cond(&s, DRAINING).reason, "Drained");
     }
 
     #[test]
@@ -945,6 +1025,7 @@ mod tests {
                 ready_replicas: 2,
                 up_to_date: true,
                 problem: None,
+                drain: Drain::None,
             }
         );
         assert!(!Rollout::from_stateful_set(Some(&sts), 3).up_to_date);

@@ -36,6 +36,8 @@ pub const CONFIG_KEY: &str = "relay.yaml";
 pub const RELAYHOST_DIR: &str = "/etc/smtp-relay/relayhost";
 pub const SASL_USERS_DIR: &str = "/etc/smtp-relay/sasl-users";
 pub const TLS_DIR: &str = "/etc/smtp-relay/tls";
+/// The pod's own annotations (downward API), where the operator asks a replica to drain.
+pub const POD_INFO_DIR: &str = "/etc/smtp-relay/pod";
 pub const RUN_DIR: &str = "/run/smtp-relay";
 pub const DATA_DIR: &str = "/data";
 pub const SPOOL_DIR: &str = "/var/spool/postfix";

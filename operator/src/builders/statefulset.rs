@@ -6,10 +6,11 @@ use k8s_openapi::api::apps::v1::{
     StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
-    ExecAction, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, SeccompProfile, SecretVolumeSource, SecurityContext, Volume,
-    VolumeMount, VolumeResourceRequirements,
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, DownwardAPIVolumeFile,
+    DownwardAPIVolumeSource, EmptyDirVolumeSource, EnvVar, ExecAction, ObjectFieldSelector,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec,
+    Probe, SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -17,7 +18,7 @@ use kube::ResourceExt;
 
 use super::{
     child_meta, labels, selector_labels, BuildOptions, Names, CONFIG_DIR, CONFIG_HASH_ANNOTATION,
-    CONFIG_KEY, DATA_DIR, METRICS_PORT, PROXY_PROTOCOL_PORT, RELAYHOST_DIR, RUN_DIR,
+    CONFIG_KEY, DATA_DIR, METRICS_PORT, POD_INFO_DIR, PROXY_PROTOCOL_PORT, RELAYHOST_DIR, RUN_DIR,
     SASL_USERS_DIR, SMTP_PORT, SPOOL_DIR, TLS_DIR,
 };
 use crate::crd::SmtpRelay;
@@ -29,6 +30,7 @@ pub const PROXY_PORT_NAME: &str = "smtp-proxy";
 pub const SPOOL_VOLUME: &str = "spool";
 /// Secret files are readable by root only: Postfix's master runs as root and reads them.
 const SECRET_MODE: i32 = 0o400;
+const POD_ANNOTATIONS_FILE: &str = "annotations";
 const CONFIG_MODE: i32 = 0o444;
 
 /// Which optional Secret volumes exist.
@@ -172,8 +174,10 @@ fn env(name: &str, value: String) -> EnvVar {
     }
 }
 
-/// SMTP probes (banner, EHLO, NOOP) for readiness and the first start.
+/// SMTP probe (banner, EHLO, NOOP) for the first start.
 const SMTP_PROBE: &[&str] = &["smtp-relay", "probe"];
+/// Readiness: the SMTP probe, failing while the pod is asked to drain so it leaves the Service.
+const READINESS_PROBE: &[&str] = &["smtp-relay", "probe", "--readiness"];
 /// The liveness probe: the Postfix master runs and the supervisor keeps checking its inputs,
 /// without SMTP, so a relay busy with sessions is never restarted for a slow banner (which
 /// would cut the deliveries in progress); a relay that cannot answer SMTP leaves the Service
@@ -218,6 +222,10 @@ fn container(relay: &SmtpRelay, volume_mounts: Vec<VolumeMount>, opts: &BuildOpt
                 "RELAY_DRAIN_TIMEOUT",
                 spec.shutdown.drain_seconds.to_string(),
             ),
+            env(
+                "RELAY_POD_ANNOTATIONS",
+                format!("{POD_INFO_DIR}/{POD_ANNOTATIONS_FILE}"),
+            ),
         ]),
         ports: Some(
             vec![
@@ -246,7 +254,7 @@ fn container(relay: &SmtpRelay, volume_mounts: Vec<VolumeMount>, opts: &BuildOpt
         // Up to 5 minutes for a first start (a large queue on the volume); only then do the
         // other two begin.
         startup_probe: Some(probe(SMTP_PROBE, 5, 5, 60)),
-        readiness_probe: Some(probe(SMTP_PROBE, 10, 5, 3)),
+        readiness_probe: Some(probe(READINESS_PROBE, 10, 5, 3)),
         liveness_probe: Some(probe(LIVENESS_PROBE, 30, 10, 3)),
         resources: spec.resources.clone(),
         volume_mounts: Some(volume_mounts),
@@ -330,6 +338,22 @@ fn volumes(relay: &str, m: &Mounts) -> (Vec<Volume>, Vec<VolumeMount>) {
         vols.push(secret_volume("tls", Names::tls_secret(relay)));
         mounts.push(mount("tls", TLS_DIR, true));
     }
+    vols.push(Volume {
+        name: "pod-info".into(),
+        downward_api: Some(DownwardAPIVolumeSource {
+            items: Some(vec![DownwardAPIVolumeFile {
+                path: POD_ANNOTATIONS_FILE.into(),
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "metadata.annotations".into(),
+                    ..ObjectFieldSelector::default()
+                }),
+                ..DownwardAPIVolumeFile::default()
+            }]),
+            default_mode: Some(CONFIG_MODE),
+        }),
+        ..Volume::default()
+    });
+    mounts.push(mount("pod-info", POD_INFO_DIR, true));
     for (name, path) in [("run", RUN_DIR), ("data", DATA_DIR), ("tmp", "/tmp")] {
         vols.push(empty_dir(name));
         mounts.push(mount(name, path, false));
@@ -420,6 +444,7 @@ mod tests {
                 ("RELAY_SPOOL_DIR", "/var/spool/postfix"),
                 ("RELAY_METRICS_LISTEN", "[::]:9154"),
                 ("RELAY_DRAIN_TIMEOUT", "25"),
+                ("RELAY_POD_ANNOTATIONS", "/etc/smtp-relay/pod/annotations"),
             ]
             .map(|(a, b)| (a.to_string(), b.to_string()))
         );
@@ -442,7 +467,10 @@ mod tests {
                 .expect("exec probe")
         };
         // SMTP decides readiness; liveness never opens an SMTP session.
-        assert_eq!(command(&c.readiness_probe), ["smtp-relay", "probe"]);
+        assert_eq!(
+            command(&c.readiness_probe),
+            ["smtp-relay", "probe", "--readiness"]
+        );
         assert_eq!(command(&c.startup_probe), ["smtp-relay", "probe"]);
         assert_eq!(
             command(&c.liveness_probe),
@@ -493,6 +521,7 @@ mod tests {
             ("relayhost", "/etc/smtp-relay/relayhost", true),
             ("sasl-users", "/etc/smtp-relay/sasl-users", true),
             ("tls", "/etc/smtp-relay/tls", true),
+            ("pod-info", "/etc/smtp-relay/pod", true),
             ("run", "/run/smtp-relay", false),
             ("data", "/data", false),
             ("tmp", "/tmp", false),
@@ -530,7 +559,7 @@ mod tests {
             .into_iter()
             .map(|v| v.name)
             .collect();
-        assert_eq!(names, ["config", "run", "data", "tmp"]);
+        assert_eq!(names, ["config", "pod-info", "run", "data", "tmp"]);
     }
 
     #[test]

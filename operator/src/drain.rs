@@ -1,0 +1,455 @@
+//! Scale-down without stranding mail. When `spec.replicas` goes down, the replicas being scaled
+//! away are asked to drain ([`DRAIN_ANNOTATION`] on the pod, which the relay reads through the
+//! downward API): each leaves the Service (its readiness probe fails), keeps its listener for
+//! the sessions in progress and delivers its queue. The StatefulSet keeps them until their
+//! queues, read from their metrics, are empty; only then are replicas lowered, and only then can
+//! a `whenScaled: Delete` volume go. Scaling up again before the end cancels the drain: the pods
+//! never left, so two Postfix instances never share a spool.
+//!
+//! A drain that cannot finish (the relayhost refuses or is down, a pod is not running) holds
+//! the replicas and says so in status and an Event; annotating the SmtpRelay with
+//! [`ABANDON_ANNOTATION`] gives up on it explicitly.
+//!
+//! Everything is read from the cluster on each reconcile (the StatefulSet's replicas, the pods'
+//! annotations and metrics), so an operator restart in the middle of a drain carries on.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::rt::TokioExecutor;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, ResourceExt};
+use smtp_relay::metrics::QueueReport;
+use tracing::{info, warn};
+
+use crate::builders::{Desired, METRICS_PORT};
+use crate::crd::SmtpRelay;
+use crate::{Error, Result};
+
+pub use smtp_relay::drain::DRAIN_ANNOTATION;
+
+/// On the SmtpRelay, `"true"`: lower the replicas now, without waiting for the drain. Mail
+/// still queued stays on a `Retain` volume, and is destroyed with a `Delete` one.
+pub const ABANDON_ANNOTATION: &str = "smtprelay.dev/abandon-drain";
+
+/// A departing replica that has delivered nothing for this long while mail waits is stuck (the
+/// relayhost refuses the mail or is down).
+pub const STUCK_AFTER_SECONDS: u64 = 60;
+
+/// How long reading a pod's metrics may take.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How often a relay that is draining is looked at again.
+pub const REQUEUE: Duration = Duration::from_secs(10);
+
+/// A replica being scaled away, as last seen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Departing {
+    pub pod: String,
+    /// Still in the Service (its readiness probe has not failed yet).
+    pub ready: bool,
+    /// What its metrics say; `None` when the pod does not run or cannot be reached.
+    pub queue: Option<QueueReport>,
+}
+
+impl Departing {
+    /// Out of the Service, asked to drain, and nothing left on its spool.
+    fn drained(&self) -> bool {
+        !self.ready
+            && self
+                .queue
+                .as_ref()
+                .is_some_and(|q| q.draining && q.queued == 0)
+    }
+
+    fn describe(&self) -> String {
+        match &self.queue {
+            None => format!("{} (not running: its queue cannot be read)", self.pod),
+            Some(q) if q.queued == 0 && self.ready => {
+                format!("{} (empty, leaving the Service)", self.pod)
+            }
+            Some(q) if q.queued == 0 => format!("{} (empty)", self.pod),
+            Some(q) => {
+                let mut parts = vec![format!("{} queued", q.queued)];
+                if q.deferred > 0 {
+                    parts.push(format!("{} deferred by the relayhost", q.deferred));
+                }
+                if q.hold > 0 {
+                    parts.push(format!("{} on hold", q.hold));
+                }
+                format!("{} ({})", self.pod, parts.join(", "))
+            }
+        }
+    }
+
+    /// Nothing will move without a change: the pod does not run, all it holds is on hold, or
+    /// it has delivered nothing for [`STUCK_AFTER_SECONDS`] (the relayhost refuses or is down).
+    fn stuck(&self) -> bool {
+        match &self.queue {
+            None => true,
+            Some(q) => {
+                q.queued > 0
+                    && (q.hold >= q.queued || q.seconds_since_delivery >= STUCK_AFTER_SECONDS)
+            }
+        }
+    }
+}
+
+/// What the drain step decided.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Drain {
+    /// Nothing is being scaled away.
+    #[default]
+    None,
+    /// Replicas `want..hold` are draining; the StatefulSet keeps `hold` replicas meanwhile.
+    InProgress {
+        want: i32,
+        hold: i32,
+        departing: Vec<Departing>,
+    },
+    /// The replicas drained (or the drain was abandoned): the StatefulSet goes from `from` to
+    /// `to` replicas now.
+    Done {
+        from: i32,
+        to: i32,
+        /// What was still queued when a user gave up.
+        abandoned: Option<String>,
+    },
+}
+
+impl Drain {
+    /// `(draining, reason, message)` of the `Draining` condition; `None` when nothing is being
+    /// scaled away.
+    pub fn condition(&self) -> Option<(bool, &'static str, String)> {
+        match self {
+            Drain::None => None,
+            Drain::InProgress {
+                want,
+                hold,
+                departing,
+            } => {
+                let list = departing
+                    .iter()
+                    .map(Departing::describe)
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let stuck = departing.iter().any(Departing::stuck);
+                let (reason, then) = if stuck {
+                    (
+                        "DrainWaiting",
+                        format!(
+                            "; the drain goes on when the relayhost takes the mail and the pods run; to give up, annotate the SmtpRelay {ABANDON_ANNOTATION}=true (a Retain volume keeps what is queued)"
+                        ),
+                    )
+                } else {
+                    ("Draining", String::new())
+                };
+                Some((
+                    true,
+                    reason,
+                    format!(
+                        "scaling from {hold} to {want} replicas once the departing ones have delivered their queues: {list}{then}"
+                    ),
+                ))
+            }
+            Drain::Done {
+                from,
+                to,
+                abandoned: None,
+            } => Some((
+                false,
+                "Drained",
+                format!("the departing replicas delivered their queues; scaled from {from} to {to}"),
+            )),
+            Drain::Done {
+                from,
+                to,
+                abandoned: Some(held),
+            } => Some((
+                false,
+                "DrainAbandoned",
+                format!(
+                    "scaled from {from} to {to} without waiting ({ABANDON_ANNOTATION}); still queued then: {held}; remove the annotation so later scale-downs drain again"
+                ),
+            )),
+        }
+    }
+}
+
+/// The decision, from what was seen: `want` replicas in the spec, `live` in the StatefulSet.
+pub fn decide(want: i32, live: Option<i32>, departing: Vec<Departing>, abandon: bool) -> Drain {
+    let Some(live) = live.filter(|live| *live > want) else {
+        return Drain::None;
+    };
+    if abandon {
+        let held = departing
+            .iter()
+            .map(Departing::describe)
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Drain::Done {
+            from: live,
+            to: want,
+            abandoned: Some(held),
+        };
+    }
+    if departing.iter().all(Departing::drained) {
+        return Drain::Done {
+            from: live,
+            to: want,
+            abandoned: None,
+        };
+    }
+    Drain::InProgress {
+        want,
+        hold: live,
+        departing,
+    }
+}
+
+/// The step: marks the pods (drain the departing ones, serve with the others), reads the
+/// departing ones' queues, decides, and holds the StatefulSet's replicas in `desired` while
+/// they drain.
+pub async fn step(
+    client: &kube::Client,
+    relay: &SmtpRelay,
+    live: Option<&StatefulSet>,
+    pods: &[Pod],
+    desired: &mut Desired,
+) -> Result<Drain> {
+    let want = relay.spec.replicas;
+    let live_replicas = live.and_then(|s| s.spec.as_ref()).and_then(|s| s.replicas);
+    let name = relay.name_any();
+    let ns = relay
+        .namespace()
+        .ok_or(Error::MissingObjectKey(".metadata.namespace"))?;
+    let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+
+    let mut departing = Vec::new();
+    for pod in pods {
+        let Some(ordinal) = ordinal(&name, &pod.name_any()) else {
+            continue;
+        };
+        let leaving = live_replicas.is_some_and(|live| ordinal >= want && ordinal < live);
+        if asked(pod) != leaving {
+            mark(&api, pod, leaving).await?;
+        }
+        if leaving {
+            departing.push(Departing {
+                pod: pod.name_any(),
+                ready: pod_ready(pod),
+                queue: scrape(pod).await,
+            });
+        }
+    }
+    // A departing replica without a pod (not scheduled yet, or gone): its spool cannot be read.
+    if let Some(live) = live_replicas {
+        for ordinal in want.max(0)..live {
+            let pod = format!("{name}-{ordinal}");
+            if !departing.iter().any(|d| d.pod == pod) {
+                departing.push(Departing {
+                    pod,
+                    ready: false,
+                    queue: None,
+                });
+            }
+        }
+    }
+    departing.sort_by(|a, b| a.pod.cmp(&b.pod));
+
+    let abandon = relay
+        .annotations()
+        .get(ABANDON_ANNOTATION)
+        .is_some_and(|v| v == "true");
+    let drain = decide(want, live_replicas, departing, abandon);
+    if let Drain::InProgress { hold, .. } = &drain {
+        if let Some(spec) = desired.stateful_set.spec.as_mut() {
+            spec.replicas = Some(*hold);
+        }
+    }
+    Ok(drain)
+}
+
+/// The ordinal of a StatefulSet pod `<relay>-<n>`.
+fn ordinal(relay: &str, pod: &str) -> Option<i32> {
+    pod.strip_prefix(relay)?.strip_prefix('-')?.parse().ok()
+}
+
+fn asked(pod: &Pod) -> bool {
+    pod.annotations()
+        .get(DRAIN_ANNOTATION)
+        .is_some_and(|v| v == "true")
+}
+
+fn pod_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Sets or removes the drain annotation (a merge patch of the annotations only).
+async fn mark(api: &Api<Pod>, pod: &Pod, drain: bool) -> Result<()> {
+    let value = match drain {
+        true => serde_json::Value::String("true".into()),
+        false => serde_json::Value::Null,
+    };
+    info!(pod = %pod.name_any(), drain, "marking the pod");
+    let patch = serde_json::json!({"metadata": {"annotations": {DRAIN_ANNOTATION: value}}});
+    match api
+        .patch(
+            &pod.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        // Gone meanwhile: the next reconcile sees it missing.
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The pod's queue, from its metrics endpoint; `None` when it cannot be read.
+async fn scrape(pod: &Pod) -> Option<QueueReport> {
+    let ip = pod.status.as_ref()?.pod_ip.as_ref()?;
+    let host = match ip.parse::<std::net::IpAddr>().ok()? {
+        std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+    };
+    let uri: http::Uri = format!("http://{host}:{METRICS_PORT}/metrics")
+        .parse()
+        .ok()?;
+    let client: HttpClient<_, Empty<Bytes>> =
+        HttpClient::builder(TokioExecutor::new()).build_http();
+    let read = async {
+        let resp = client.get(uri).await.ok()?;
+        if !resp.status().is_success() {
+            return None;
+        }
+        let body = resp.into_body().collect().await.ok()?.to_bytes();
+        QueueReport::parse(&String::from_utf8_lossy(&body))
+    };
+    let report = tokio::time::timeout(SCRAPE_TIMEOUT, read).await.ok()?;
+    if report.is_none() {
+        warn!(pod = %pod.name_any(), "cannot read the queue of a departing replica");
+    }
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A departing pod; `queue`: (draining, queued, deferred), and stuck when more than one is
+    /// deferred.
+    fn departing(pod: &str, ready: bool, queue: Option<(bool, u64, u64)>) -> Departing {
+        Departing {
+            pod: pod.into(),
+            ready,
+            queue: queue.map(|(draining, queued, deferred)| QueueReport {
+                draining,
+                queued,
+                deferred,
+                hold: 0,
+                seconds_since_delivery: if deferred > 1 { 600 } else { 5 },
+            }),
+        }
+    }
+
+    #[test]
+    fn replicas_go_down_only_once_the_departing_ones_are_empty_and_out_of_the_service() {
+        assert_eq!(decide(2, Some(2), vec![], false), Drain::None);
+        assert_eq!(decide(3, Some(2), vec![], false), Drain::None);
+        assert_eq!(decide(1, None, vec![], false), Drain::None);
+        for not_yet in [
+            departing("r-1", false, Some((true, 3, 0))),
+            // Empty, but still in the Service: new mail may come.
+            departing("r-1", true, Some((true, 0, 0))),
+            // Empty, but the relay has not seen the request yet.
+            departing("r-1", false, Some((false, 0, 0))),
+            departing("r-1", false, None),
+        ] {
+            let d = decide(1, Some(2), vec![not_yet.clone()], false);
+            assert!(
+                matches!(
+                    d,
+                    Drain::InProgress {
+                        hold: 2,
+                        want: 1,
+                        ..
+                    }
+                ),
+                "{not_yet:?}: {d:?}"
+            );
+        }
+        assert_eq!(
+            decide(
+                1,
+                Some(2),
+                vec![departing("r-1", false, Some((true, 0, 0)))],
+                false
+            ),
+            Drain::Done {
+                from: 2,
+                to: 1,
+                abandoned: None
+            }
+        );
+        let given_up = decide(
+            1,
+            Some(2),
+            vec![departing("r-1", false, Some((true, 4, 4)))],
+            true,
+        );
+        assert!(
+            matches!(&given_up, Drain::Done { abandoned: Some(held), .. } if held.contains("4 queued")),
+            "{given_up:?}"
+        );
+    }
+
+    #[test]
+    fn the_condition_says_what_is_held_where_and_how_to_give_up() {
+        let waiting = decide(
+            1,
+            Some(3),
+            vec![
+                departing("r-1", false, Some((true, 5, 5))),
+                departing("r-2", false, Some((true, 0, 0))),
+            ],
+            false,
+        );
+        let (draining, reason, message) = waiting.condition().expect("a condition");
+        assert!(draining);
+        assert_eq!(reason, "DrainWaiting");
+        for part in [
+            "from 3 to 1",
+            "r-1 (5 queued, 5 deferred by the relayhost)",
+            "r-2 (empty)",
+            ABANDON_ANNOTATION,
+        ] {
+            assert!(message.contains(part), "{part}: {message}");
+        }
+        let moving = decide(
+            1,
+            Some(2),
+            vec![departing("r-1", false, Some((true, 5, 1)))],
+            false,
+        );
+        assert_eq!(moving.condition().map(|c| c.1), Some("Draining"));
+        assert_eq!(Drain::None.condition(), None);
+    }
+
+    #[test]
+    fn ordinals_are_read_from_the_pod_names_of_this_relay_only() {
+        assert_eq!(ordinal("relay", "relay-0"), Some(0));
+        assert_eq!(ordinal("relay", "relay-12"), Some(12));
+        assert_eq!(ordinal("relay", "relay-b-1"), None);
+        assert_eq!(ordinal("relay", "other-1"), None);
+    }
+}
