@@ -81,6 +81,14 @@ if ready.observedGeneration ~= nil and generation ~= nil and ready.observedGener
   return hs
 end
 
+-- Replicas being scaled away deliver their queues first: still moving, though the relay serves.
+local draining = find_condition(status, "Draining")
+if ready.status == "True" and draining ~= nil and draining.status == "True" then
+  hs.status = "Progressing"
+  hs.message = describe(draining, "Draining replicas being scaled away")
+  return hs
+end
+
 if ready.status == "True" then
   hs.status = "Healthy"
   if status.endpoint ~= nil and status.endpoint ~= "" then

@@ -1,5 +1,6 @@
 //! Nothing lost (issue 16), on the real node: mail that got its 250 is delivered, through a
-//! SIGKILL of every relay container and a node "reboot".
+//! SIGKILL of every relay container, a node "reboot", and a scale-down whose departing volume
+//! is deleted (`whenScaled: Delete`), with the operator restarted in the middle of its drain.
 //!
 //! 1. Two relay replicas, their relayhost down (nothing listens where it points).
 //! 2. N messages, accepted by both pods (sent to each pod's IP in turn), deferred on their
@@ -8,9 +9,13 @@
 //!    crash would): the kubelet restarts them on the same volumes.
 //! 4. The node "reboots": the control plane, the kubelet, containerd and every pod are killed
 //!    outright and started again on the same directory (`ControlPlane::restart`).
-//! 5. The relayhost comes up: all N are delivered, none lost; duplicates are counted and
-//!    reported (Postfix may deliver a message twice when killed between the relayhost's 250
-//!    and its own bookkeeping).
+//! 5. Scale 2 -> 1 with the relayhost still down: the departing pod leaves the Service and
+//!    drains, its mail stays, the StatefulSet keeps it; status says so. The operator pod is
+//!    deleted in the middle: its successor carries on.
+//! 6. The relayhost comes up: all N are delivered, none lost; only then does the StatefulSet
+//!    scale to 1 and the departing volume go. Duplicates are counted and reported (Postfix may
+//!    deliver a message twice when killed between the relayhost's 250 and its own
+//!    bookkeeping).
 //!
 //! Needs root, the tools of `scripts/install-deps.sh` and the images of
 //! `scripts/build-images.sh`. One test: there is one node per machine.
@@ -53,6 +58,8 @@ fn relay(relayhost: SocketAddr) -> String {
             "replicas": 2,
             "relayhost": {"host": relayhost.ip().to_string(), "port": relayhost.port()},
             "postconf": user_path::quick_retry_postconf(),
+            // The departing replica's volume is deleted once it has drained, not before.
+            "storage": {"retention": {"whenScaled": "Delete"}},
         }
     })
     .to_string()
@@ -76,16 +83,19 @@ fn ready_pods(cp: &ControlPlane) -> Option<BTreeMap<String, Value>> {
     (pods.len() == 2).then_some(pods)
 }
 
-/// Messages in the spool volume of pod `ordinal`.
-fn queued(cp: &ControlPlane, ordinal: usize) -> usize {
+/// The queue volume claim of pod `ordinal`.
+fn claim(cp: &ControlPlane, ordinal: usize) -> Option<Value> {
     let suffix = format!("-{RELAY}-{ordinal}");
-    operator::list_json(cp, NS, "pvc")
-        .into_iter()
-        .find(|p| {
-            p["metadata"]["name"]
-                .as_str()
-                .is_some_and(|n| n.ends_with(&suffix))
-        })
+    operator::list_json(cp, NS, "pvc").into_iter().find(|p| {
+        p["metadata"]["name"]
+            .as_str()
+            .is_some_and(|n| n.ends_with(&suffix))
+    })
+}
+
+/// Messages in the spool volume of pod `ordinal` (0 once the volume is gone).
+fn queued(cp: &ControlPlane, ordinal: usize) -> usize {
+    claim(cp, ordinal)
         .and_then(|pvc| {
             let volume = pvc["spec"]["volumeName"].as_str()?.to_string();
             let pv = cp.kubectl_ok(["get", "pv", &volume, "-o", "json"]);
@@ -101,8 +111,12 @@ fn restarts(pod: &Value) -> i64 {
         .unwrap_or(0)
 }
 
+fn sts_replicas(cp: &ControlPlane) -> Option<i64> {
+    operator::get_json(cp, NS, "statefulset", RELAY)?["spec"]["replicas"].as_i64()
+}
+
 #[test]
-fn accepted_mail_survives_sigkill_and_a_node_reboot() {
+fn accepted_mail_survives_sigkill_a_node_reboot_and_a_scale_down() {
     let begin = Instant::now();
     ok(user_path::image_tarballs());
     let mut cp = ControlPlane::with_node().expect("control plane with a node starts");
@@ -201,7 +215,80 @@ fn accepted_mail_survives_sigkill_and_a_node_reboot() {
         queued(&cp, 1)
     );
 
-    // 5. The relayhost comes up: everything delivered.
+    // 5. Scale 2 -> 1 with the relayhost down: the departing pod drains and is kept.
+    let held = queued(&cp, 1);
+    assert!(held > 0, "the departing replica holds mail");
+    cp.kubectl_ok([
+        "patch",
+        "smtprelay",
+        RELAY,
+        "-n",
+        NS,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"replicas":1}}"#,
+    ]);
+    let departing = format!("{RELAY}-1");
+    let draining = |cp: &ControlPlane| {
+        let relay = operator::get_json(cp, NS, "smtprelay", RELAY)?;
+        let c = operator::condition(&relay, "Draining")?;
+        let pod = operator::get_json(cp, NS, "pod", &departing)?;
+        (c["status"] == "True"
+            && pod["metadata"]["annotations"]["smtprelay.dev/drain"] == "true"
+            && !user_path::pod_ready(&pod))
+        .then(|| c["message"].as_str().unwrap_or_default().to_string())
+    };
+    let message = ok(user_path::wait(
+        &cp,
+        NS,
+        WAIT,
+        "the departing pod out of the Service and draining",
+        || draining(&cp),
+    ));
+    assert!(message.contains(&departing), "{message}");
+    step(begin, &format!("scaled to 1: {message}"));
+
+    // The operator is replaced in the middle of the drain; its successor holds the replica.
+    let first = ok(user_path::wait_operator_ready(&cp, &release, WAIT));
+    cp.kubectl_ok(["delete", "pod", "-n", &release.namespace, &first]);
+    let second = ok(user_path::wait(
+        &cp,
+        &release.namespace,
+        WAIT,
+        "a new operator pod Ready",
+        || user_path::operator_ready(&cp, &release).filter(|p| *p != first),
+    ));
+    // Two reconciles by the new operator (a draining relay is looked at every 10 s): each saw
+    // the drain in the cluster and held the replica.
+    let reconciles = ok(user_path::wait(
+        &cp,
+        &release.namespace,
+        WAIT,
+        "the new operator reconciling the draining relay",
+        || {
+            let text = user_path::operator_metrics(&cp, &release).ok()?;
+            user_path::metric(&text, "smtp_relay_operator_reconciles_total").filter(|n| *n >= 2.0)
+        },
+    ));
+    assert!(
+        draining(&cp).is_some(),
+        "still draining after {reconciles} reconciles"
+    );
+    assert_eq!(
+        sts_replicas(&cp),
+        Some(2),
+        "the StatefulSet keeps the draining replica"
+    );
+    assert!(claim(&cp, 1).is_some(), "its volume is kept");
+    assert!(queued(&cp, 1) > 0, "its mail is still there");
+    step(
+        begin,
+        &format!(
+            "operator replaced ({first} -> {second}) mid-drain; {reconciles} reconciles later the replica and its mail are held"
+        ),
+    );
+
+    // 6. The relayhost comes up: everything delivered, then the departing replica goes.
     let sink = ok(user_path::node_sink(relayhost.port()));
     let delivered = ok(user_path::wait(
         &cp,
@@ -234,6 +321,29 @@ fn accepted_mail_survives_sigkill_and_a_node_reboot() {
     );
     if !duplicates.is_empty() {
         eprintln!("duplicates (delivered, not lost): {duplicates:?}");
+    }
+    let drained = ok(user_path::wait(
+        &cp,
+        NS,
+        WAIT,
+        "scaled to 1 once drained, the departing volume deleted",
+        || {
+            let relay = operator::get_json(&cp, NS, "smtprelay", RELAY)?;
+            let c = operator::condition(&relay, "Draining")?;
+            (c["reason"] == "Drained"
+                && sts_replicas(&cp) == Some(1)
+                && operator::get_json(&cp, NS, "pod", &departing).is_none()
+                && claim(&cp, 1).is_none())
+            .then(|| c["message"].as_str().unwrap_or_default().to_string())
+        },
+    ));
+    step(begin, &format!("drained: {drained}"));
+    let events = cp.kubectl_ok(["get", "events", "-n", NS, "-o", "json"]);
+    for reason in ["Draining", "Drained"] {
+        assert!(
+            events.contains(&format!("\"reason\": \"{reason}\"")),
+            "an Event {reason}"
+        );
     }
     ok(user_path::wait(&cp, NS, WAIT, "the queues empty", || {
         (queued(&cp, 0) + queued(&cp, 1) == 0).then_some(())

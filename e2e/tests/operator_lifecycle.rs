@@ -1229,7 +1229,7 @@ fn restart_mid_flight(ctx: &mut Ctx) {
     for c in r["status"]["conditions"].as_array().unwrap() {
         let healthy = match c["type"].as_str().unwrap_or_default() {
             "Ready" | "Progressing" | "Reconciling" => continue,
-            "Stalled" => "False",
+            "Stalled" | "Draining" => "False",
             _ => "True",
         };
         assert_eq!(c["status"], healthy, "no error left in status: {c}");
