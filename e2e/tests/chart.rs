@@ -524,7 +524,7 @@ fn no_rbac_rule_uses_a_wildcard() {
 
 /// Exactly the operator's contract (operator/RBAC.md), nothing more.
 const OPERATOR_RULES: &str = r#"
-- {apiGroups: [smtprelay.dev], resources: [smtprelays], verbs: [get, list, watch]}
+- {apiGroups: [smtprelay.dev], resources: [smtprelays], verbs: [get, list, watch, patch]}
 - {apiGroups: [smtprelay.dev], resources: [smtprelays/status], verbs: [patch]}
 - {apiGroups: [""], resources: [configmaps, services], verbs: [get, list, watch, create, patch]}
 - {apiGroups: [""], resources: [secrets], verbs: [get, list, watch, create, patch, delete]}

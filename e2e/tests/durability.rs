@@ -16,6 +16,10 @@
 //!    scale to 1 and the departing volume go. Duplicates are counted and reported (Postfix may
 //!    deliver a message twice when killed between the relayhost's 250 and its own
 //!    bookkeeping).
+//! 7. Deletion with `whenDeleted: Delete`: the relayhost down again, M more messages queued,
+//!    the SmtpRelay deleted. Its finalizer holds it, its pod and its volume while the pod
+//!    drains; the relayhost comes up, the M are delivered, and only then do the relay and its
+//!    volume go.
 //!
 //! Needs root, the tools of `scripts/install-deps.sh` and the images of
 //! `scripts/build-images.sh`. One test: there is one node per machine.
@@ -36,6 +40,8 @@ const NS: &str = "mail";
 const RELAY: &str = "durable";
 /// Messages accepted while the relayhost is down.
 const N: usize = 60;
+/// Messages queued when the relay is deleted.
+const M: usize = 10;
 
 fn ok<T>(r: Result<T, String>) -> T {
     r.unwrap_or_else(|e| panic!("{e}"))
@@ -348,6 +354,104 @@ fn accepted_mail_survives_sigkill_a_node_reboot_and_a_scale_down() {
     ok(user_path::wait(&cp, NS, WAIT, "the queues empty", || {
         (queued(&cp, 0) + queued(&cp, 1) == 0).then_some(())
     }));
+    let port = sink.addr.port();
+    drop(sink);
+
+    // 7. Deleted with whenDeleted: Delete while mail waits: drained first.
+    cp.kubectl_ok([
+        "patch",
+        "smtprelay",
+        RELAY,
+        "-n",
+        NS,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"storage":{"retention":{"whenDeleted":"Delete"}}}}"#,
+    ]);
+    ok(user_path::wait(
+        &cp,
+        NS,
+        WAIT,
+        "the drain finalizer added",
+        || {
+            let relay = operator::get_json(&cp, NS, "smtprelay", RELAY)?;
+            relay["metadata"]["finalizers"]
+                .to_string()
+                .contains("smtprelay.dev/drain-queues")
+                .then_some(())
+        },
+    ));
+    let pod0 = ok(user_path::wait(
+        &cp,
+        NS,
+        WAIT,
+        "the staying pod Ready",
+        || operator::get_json(&cp, NS, "pod", &format!("{RELAY}-0")).filter(user_path::pod_ready),
+    ));
+    let ip: Ipv4Addr = pod0["status"]["podIP"].as_str().unwrap().parse().unwrap();
+    let last: Vec<String> = (0..M)
+        .map(|i| mail::marker(&format!("deleted{i}")))
+        .collect();
+    for (i, marker) in last.iter().enumerate() {
+        let rcpt = format!("deleted{i}@example.net");
+        user_path::send_from_host(SocketAddr::from((ip, 25)), "app@client.test", &rcpt, marker)
+            .unwrap_or_else(|e| panic!("message {i}: {e}\n{}", user_path::diagnose(&cp, NS)));
+    }
+    ok(user_path::wait(
+        &cp,
+        NS,
+        WAIT,
+        "the last messages queued",
+        || (queued(&cp, 0) >= M).then_some(()),
+    ));
+    cp.kubectl_ok(["delete", "smtprelay", RELAY, "-n", NS, "--wait=false"]);
+    let message = ok(user_path::wait(
+        &cp,
+        NS,
+        WAIT,
+        "the deletion held while the pod drains",
+        || {
+            let relay = operator::get_json(&cp, NS, "smtprelay", RELAY)?;
+            let c = operator::condition(&relay, "Draining")?;
+            let pod = operator::get_json(&cp, NS, "pod", &format!("{RELAY}-0"))?;
+            (c["status"] == "True" && !user_path::pod_ready(&pod))
+                .then(|| c["message"].as_str().unwrap_or_default().to_string())
+        },
+    ));
+    assert!(
+        claim(&cp, 0).is_some() && queued(&cp, 0) >= M,
+        "held with its mail"
+    );
+    step(begin, &format!("deleted, held: {message}"));
+    let sink = ok(user_path::node_sink(port));
+    ok(user_path::wait(
+        &cp,
+        NS,
+        WAIT,
+        "the last messages delivered",
+        || {
+            let got = sink.messages();
+            last.iter()
+                .all(|m| got.iter().any(|d| d.text.contains(m.as_str())))
+                .then_some(())
+        },
+    ));
+    ok(user_path::wait(
+        &cp,
+        NS,
+        WAIT,
+        "the relay and its volume gone once drained",
+        || {
+            (operator::get_json(&cp, NS, "smtprelay", RELAY).is_none()
+                && operator::get_json(&cp, NS, "statefulset", RELAY).is_none()
+                && claim(&cp, 0).is_none())
+            .then_some(())
+        },
+    ));
+    step(
+        begin,
+        &format!("{M} of {M} delivered, then the relay and its volume deleted"),
+    );
     drop(sink);
     drop(cp);
 }

@@ -1288,8 +1288,37 @@ fn restart_mid_flight(ctx: &mut Ctx) {
                 .is_none()
                 .then_some(())
         });
-    let sts = ctx.must(ns, "statefulset", "flight");
-    assert_eq!(sts["spec"]["replicas"], 1);
+    // The departing replica's pod never runs here (no node): its spool cannot be read, so the
+    // StatefulSet keeps it, and status says so, until the user gives up.
+    let message = ctx
+        .op
+        .wait_for(CONVERGE, "the drain reported as waiting", || {
+            let r = ctx.relay(ns, "flight");
+            let c = condition(&r, "Draining")?;
+            (c["status"] == "True" && c["reason"] == "DrainWaiting")
+                .then(|| c["message"].as_str().unwrap_or_default().to_string())
+        });
+    assert!(
+        message.contains("flight-1 (not running") && message.contains("abandon-drain"),
+        "{message}"
+    );
+    assert_eq!(ctx.must(ns, "statefulset", "flight")["spec"]["replicas"], 2);
+    wait_warning_event(ctx, ns, "flight", "DrainWaiting", "flight-1");
+    ctx.cp.kubectl_ok([
+        "annotate",
+        "smtprelay",
+        "flight",
+        "-n",
+        ns,
+        "smtprelay.dev/abandon-drain=true",
+    ]);
+    ctx.op.wait_for(CONVERGE, "the drain given up", || {
+        let r = ctx.relay(ns, "flight");
+        let sts = ctx.get(ns, "statefulset", "flight")?;
+        (condition(&r, "Draining")?["reason"] == "DrainAbandoned" && sts["spec"]["replicas"] == 1)
+            .then_some(())
+    });
+    wait_warning_event(ctx, ns, "flight", "DrainAbandoned", "flight-1");
     let deletes: Vec<_> = ctx
         .operator_writes_since(0)
         .into_iter()
@@ -1302,7 +1331,8 @@ fn restart_mid_flight(ctx: &mut Ctx) {
     );
 }
 
-/// Deleting a relay removes its children through the garbage collector; queue claims follow
+/// Deleting a relay removes its children through the garbage collector, after its pods drained
+/// when its volumes go too (here given up: the pods never run); queue claims follow
 /// `storage.retention.whenDeleted`.
 fn deletion(ctx: &mut Ctx) {
     // "ha" has whenDeleted: Delete (2 claims); "ex-unauth" keeps the default, Retain.
@@ -1310,6 +1340,39 @@ fn deletion(ctx: &mut Ctx) {
         ctx.cp
             .kubectl_ok(["delete", "smtprelay", name, "-n", ns, "--wait=false"]);
     }
+    // "ha" is held by its finalizer while its pods drain; they never run here (no node), so
+    // the deletion waits, says so, and goes on once the user gives up.
+    let r = ctx.relay("ha", "ha");
+    assert!(
+        r["metadata"]["finalizers"]
+            .to_string()
+            .contains("smtprelay.dev/drain-queues"),
+        "{}",
+        r["metadata"]
+    );
+    let message = ctx
+        .op
+        .wait_for(CONVERGE, "the deletion held for the drain", || {
+            let r = ctx.get("ha", "smtprelay", "ha")?;
+            let c = condition(&r, "Draining")?;
+            (c["status"] == "True" && c["reason"] == "DrainWaiting")
+                .then(|| c["message"].as_str().unwrap_or_default().to_string())
+        });
+    assert!(
+        message.contains("ha-0 (not running") && message.contains("at most"),
+        "{message}"
+    );
+    assert!(ctx.get("ha", "statefulset", "ha").is_some(), "held");
+    wait_warning_event(ctx, "ha", "ha", "DrainWaiting", "ha-1");
+    ctx.cp.kubectl_ok([
+        "annotate",
+        "smtprelay",
+        "ha",
+        "-n",
+        "ha",
+        "smtprelay.dev/abandon-drain=true",
+    ]);
+    wait_warning_event(ctx, "ha", "ha", "DrainAbandoned", "ha-0");
     for (ns, name) in [("ha", "ha"), ("ex-unauth", "smtp-relay")] {
         ctx.op.wait_for(
             Duration::from_secs(90),

@@ -22,6 +22,7 @@ use crate::apply::{apply_all, prune_secrets};
 pub use crate::apply::{storage_change, Owned, APPLIED_HASH_ANNOTATION, MANAGER};
 use crate::builders::{self, BuildOptions, Desired};
 use crate::crd::SmtpRelay;
+use crate::deletion;
 use crate::drain::{self, Drain};
 pub use crate::events::events_for;
 use crate::events::truncate;
@@ -66,7 +67,7 @@ impl Context {
     /// missing Secret) would show the first one's message in `kubectl describe`. A Recorder
     /// per Event has no series to fold into.
     /// Publishes an Event; a failure is logged, never fails the reconcile.
-    async fn publish_or_log(&self, ev: &Event, relay: &SmtpRelay) {
+    pub(crate) async fn publish_or_log(&self, ev: &Event, relay: &SmtpRelay) {
         if let Err(e) = self.publish(ev, relay).await {
             warn!(relay = %relay.name_any(), error = %e, "publishing event failed");
         }
@@ -148,12 +149,14 @@ pub async fn plan(
 /// One reconciliation of one SmtpRelay, as six steps.
 pub async fn reconcile(relay: Arc<SmtpRelay>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.reconcile_started();
-    if relay.metadata.deletion_timestamp.is_some() {
-        // Owned objects are garbage-collected through their owner references.
-        return Ok(Action::await_change());
-    }
     // 1. Read what runs: the StatefulSet and its pods.
     let (live, pods) = read_running(&relay, &ctx).await?;
+    if relay.metadata.deletion_timestamp.is_some() {
+        // Owned objects are garbage-collected through their owner references, once the
+        // pods have drained when the volumes go too.
+        return deletion::finalize(&relay, &ctx, &pods).await;
+    }
+    deletion::keep_finalizer(&ctx.client, &relay).await?;
     // 2. Dereference, validate, build: the desired children, or why there are none.
     let planned = plan_against(&relay, &ctx, live.as_ref()).await?;
     // 3. Drain: replicas being scaled away deliver their queues before the StatefulSet lets

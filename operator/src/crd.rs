@@ -428,12 +428,13 @@ fn default_storage_size() -> String {
 }
 
 /// Queue volume retention.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RetentionSpec {
-    /// Retain or Delete the queue volumes when the SmtpRelay is deleted. Delete destroys the
-    /// mail still queued on them (the operator does not drain them first yet): reported by the
-    /// condition QueuedMailKept=False and a Warning Event.
+    /// Retain or Delete the queue volumes when the SmtpRelay is deleted. With Delete, deleting
+    /// the SmtpRelay drains first: its pods leave the Service and deliver their queues, and the
+    /// volumes go once they are empty, after drainBeforeDeleteSeconds, or when the SmtpRelay is
+    /// annotated smtprelay.dev/abandon-drain=true (condition Draining, Events).
     #[serde(default)]
     pub when_deleted: RetentionPolicy,
     /// Retain or Delete the queue volume of a pod removed by scaling down. The pod delivers its
@@ -441,6 +442,26 @@ pub struct RetentionSpec {
     /// given up with smtprelay.dev/abandon-drain destroys what was still queued.
     #[serde(default)]
     pub when_scaled: RetentionPolicy,
+    /// With whenDeleted: Delete, how long deleting the SmtpRelay waits for its pods to deliver
+    /// their queues before the volumes are deleted with whatever is left (a Warning Event says
+    /// how much). 0 deletes at once, without draining.
+    #[serde(default = "default_drain_before_delete_seconds")]
+    #[schemars(range(max = 86400))]
+    pub drain_before_delete_seconds: u32,
+}
+
+impl Default for RetentionSpec {
+    fn default() -> Self {
+        RetentionSpec {
+            when_deleted: RetentionPolicy::default(),
+            when_scaled: RetentionPolicy::default(),
+            drain_before_delete_seconds: default_drain_before_delete_seconds(),
+        }
+    }
+}
+
+fn default_drain_before_delete_seconds() -> u32 {
+    900
 }
 
 /// Whether a volume is kept.

@@ -58,7 +58,7 @@ pub struct Departing {
 
 impl Departing {
     /// Out of the Service, asked to drain, and nothing left on its spool.
-    fn drained(&self) -> bool {
+    pub(crate) fn drained(&self) -> bool {
         !self.ready
             && self
                 .queue
@@ -66,7 +66,7 @@ impl Departing {
                 .is_some_and(|q| q.draining && q.queued == 0)
     }
 
-    fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match &self.queue {
             None => format!("{} (not running: its queue cannot be read)", self.pod),
             Some(q) if q.queued == 0 && self.ready => {
@@ -88,7 +88,7 @@ impl Departing {
 
     /// Nothing will move without a change: the pod does not run, all it holds is on hold, or
     /// it has delivered nothing for [`STUCK_AFTER_SECONDS`] (the relayhost refuses or is down).
-    fn stuck(&self) -> bool {
+    pub(crate) fn stuck(&self) -> bool {
         match &self.queue {
             None => true,
             Some(q) => {
@@ -235,15 +235,10 @@ pub async fn step(
             continue;
         };
         let leaving = live_replicas.is_some_and(|live| ordinal >= want && ordinal < live);
-        if asked(pod) != leaving {
-            mark(&api, pod, leaving).await?;
-        }
         if leaving {
-            departing.push(Departing {
-                pod: pod.name_any(),
-                ready: pod_ready(pod),
-                queue: scrape(pod).await,
-            });
+            departing.push(self::departing(&api, pod).await?);
+        } else if asked(pod) {
+            mark(&api, pod, false).await?;
         }
     }
     // A departing replica without a pod (not scheduled yet, or gone): its spool cannot be read.
@@ -261,17 +256,33 @@ pub async fn step(
     }
     departing.sort_by(|a, b| a.pod.cmp(&b.pod));
 
-    let abandon = relay
-        .annotations()
-        .get(ABANDON_ANNOTATION)
-        .is_some_and(|v| v == "true");
-    let drain = decide(want, live_replicas, departing, abandon);
+    let drain = decide(want, live_replicas, departing, abandoned(relay));
     if let Drain::InProgress { hold, .. } = &drain {
         if let Some(spec) = desired.stateful_set.spec.as_mut() {
             spec.replicas = Some(*hold);
         }
     }
     Ok(drain)
+}
+
+/// Asks `pod` to drain (once) and reads what it holds.
+pub(crate) async fn departing(api: &Api<Pod>, pod: &Pod) -> Result<Departing> {
+    if !asked(pod) {
+        mark(api, pod, true).await?;
+    }
+    Ok(Departing {
+        pod: pod.name_any(),
+        ready: pod_ready(pod),
+        queue: scrape(pod).await,
+    })
+}
+
+/// Whether the user gave up on draining this relay ([`ABANDON_ANNOTATION`]).
+pub(crate) fn abandoned(relay: &SmtpRelay) -> bool {
+    relay
+        .annotations()
+        .get(ABANDON_ANNOTATION)
+        .is_some_and(|v| v == "true")
 }
 
 /// The ordinal of a StatefulSet pod `<relay>-<n>`.

@@ -24,6 +24,7 @@ pub mod certificate;
 pub mod controller;
 pub mod crd;
 pub mod crdgen;
+pub mod deletion;
 pub mod drain;
 pub mod events;
 #[cfg(test)]

@@ -236,6 +236,28 @@ pub fn endpoint(relay: &SmtpRelay) -> String {
     )
 }
 
+/// A condition as [`condition`] makes it, keeping `before`'s lastTransitionTime when its
+/// status did not change.
+pub(crate) fn condition_at(
+    type_: &str,
+    ok: Option<bool>,
+    reason: &str,
+    message: String,
+    gen: Option<i64>,
+    now: &Time,
+    before: Option<&Condition>,
+) -> Condition {
+    keep_transition_time(condition(type_, ok, reason, message, gen, now), before)
+}
+
+/// `c` with `before`'s lastTransitionTime when its status did not change.
+fn keep_transition_time(mut c: Condition, before: Option<&Condition>) -> Condition {
+    if let Some(before) = before.filter(|b| b.status == c.status) {
+        c.last_transition_time = before.last_transition_time.clone();
+    }
+    c
+}
+
 fn condition(
     type_: &str,
     ok: Option<bool>,
@@ -323,16 +345,17 @@ fn client_address_condition(relay: &SmtpRelay, gen: Option<i64>, now: &Time) -> 
 }
 
 /// Whether queued mail outlives what is deleted. Replicas scaled away drain before their
-/// volumes go ([`crate::drain`]), so `whenScaled: Delete` keeps mail; deleting the SmtpRelay
-/// with `whenDeleted: Delete` does not drain first.
+/// volumes go ([`crate::drain`]), and so do all of them when the SmtpRelay is deleted with
+/// `whenDeleted: Delete` ([`crate::deletion`]), unless its drain time is 0.
 fn queued_mail_condition(relay: &SmtpRelay, gen: Option<i64>, now: &Time) -> Condition {
     use crate::crd::RetentionPolicy::Delete;
-    if relay.spec.storage.retention.when_deleted == Delete {
+    let r = &relay.spec.storage.retention;
+    if r.when_deleted == Delete && r.drain_before_delete_seconds == 0 {
         condition(
             QUEUED_MAIL_KEPT,
             Some(false),
             "VolumesDeletedUndrained",
-            "spec.storage.retention.whenDeleted is Delete: mail still queued when the SmtpRelay is deleted is destroyed with its volumes (deletion does not drain them first yet); use Retain to keep it".into(),
+            "spec.storage.retention.whenDeleted is Delete and drainBeforeDeleteSeconds is 0: mail still queued when the SmtpRelay is deleted is destroyed with its volumes; set a drain time, or use Retain to keep it".into(),
             gen,
             now,
         )
@@ -340,9 +363,19 @@ fn queued_mail_condition(relay: &SmtpRelay, gen: Option<i64>, now: &Time) -> Con
         condition(
             QUEUED_MAIL_KEPT,
             Some(true),
-            "VolumesRetained",
-            "replicas scaled away deliver their queues before they go, and queue volumes are kept when the SmtpRelay is deleted"
-                .into(),
+            if r.when_deleted == Delete {
+                "DrainedBeforeDeletion"
+            } else {
+                "VolumesRetained"
+            },
+            if r.when_deleted == Delete {
+                format!(
+                    "replicas deliver their queues before they are scaled away, and before the SmtpRelay and its volumes are deleted (for up to {} s)",
+                    r.drain_before_delete_seconds
+                )
+            } else {
+                "replicas deliver their queues before they are scaled away, and queue volumes are kept when the SmtpRelay is deleted".into()
+            },
             gen,
             now,
         )
@@ -649,13 +682,9 @@ pub fn compute(
         draining,
     ]
     .into_iter()
-    .map(|mut c| {
-        if let Some(prev) = old.conditions.iter().find(|p| p.type_ == c.type_) {
-            if prev.status == c.status {
-                c.last_transition_time = prev.last_transition_time.clone();
-            }
-        }
-        c
+    .map(|c| {
+        let before = old.conditions.iter().find(|p| p.type_ == c.type_);
+        keep_transition_time(c, before)
     })
     .collect();
 
@@ -883,11 +912,17 @@ mod tests {
         let mut r = relay("r1");
         let s = compute(&r, &applied(), DONE, t(1));
         assert_eq!(cond(&s, QUEUED_MAIL_KEPT).status, "True");
-        // Replicas scaled away drain first: their volumes may go.
+        // Replicas scaled away drain first, and so does a deleted relay: their volumes may go.
         r.spec.storage.retention.when_scaled = crate::crd::RetentionPolicy::Delete;
-        let s = compute(&r, &applied(), DONE, t(1));
-        assert_eq!(cond(&s, QUEUED_MAIL_KEPT).status, "True");
         r.spec.storage.retention.when_deleted = crate::crd::RetentionPolicy::Delete;
+        let s = compute(&r, &applied(), DONE, t(1));
+        let c = cond(&s, QUEUED_MAIL_KEPT);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", "DrainedBeforeDeletion")
+        );
+        assert!(c.message.contains("up to 900 s"), "{}", c.message);
+        r.spec.storage.retention.drain_before_delete_seconds = 0;
         let s = compute(&r, &applied(), DONE, t(1));
         let c = cond(&s, QUEUED_MAIL_KEPT);
         assert_eq!(
