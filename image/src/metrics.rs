@@ -46,6 +46,7 @@ pub struct Metrics {
     /// When mail was last delivered to the relayhost (or the relay started).
     last_sent: Arc<Mutex<std::time::Instant>>,
     since_last_sent: Gauge,
+    oldest: Gauge,
 }
 
 impl Metrics {
@@ -66,6 +67,7 @@ impl Metrics {
             draining: Gauge::default(),
             last_sent: Arc::new(Mutex::new(std::time::Instant::now())),
             since_last_sent: Gauge::default(),
+            oldest: Gauge::default(),
         };
         registry.register(
             "deliveries",
@@ -121,6 +123,11 @@ impl Metrics {
             "seconds_since_last_delivery",
             "Seconds since a message was last delivered to the relayhost (or the relay started): grows while mail waits on a relayhost that refuses it or is down",
             m.since_last_sent.clone(),
+        );
+        registry.register(
+            "queue_oldest_message_age_seconds",
+            "Age of the oldest message on the spool, in any queue (0 when empty)",
+            m.oldest.clone(),
         );
         m.registry = Arc::new(Mutex::new(registry));
         m
@@ -193,6 +200,8 @@ impl Metrics {
             .elapsed();
         self.since_last_sent
             .set(i64::try_from(idle.as_secs()).unwrap_or(i64::MAX));
+        self.oldest
+            .set(i64::try_from(oldest_age_seconds(&self.spool_dir)).unwrap_or(i64::MAX));
         let mut out = String::new();
         let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
         // Writing into a String cannot fail.
@@ -215,6 +224,8 @@ pub struct QueueReport {
     pub hold: u64,
     /// Seconds since mail was last delivered to the relayhost (or the relay started).
     pub seconds_since_delivery: u64,
+    /// Age of the oldest message on the spool, in seconds.
+    pub oldest_seconds: u64,
 }
 
 impl QueueReport {
@@ -239,6 +250,8 @@ impl QueueReport {
                 report.draining = n == 1;
             } else if series == "smtp_relay_seconds_since_last_delivery" {
                 report.seconds_since_delivery = n;
+            } else if series == "smtp_relay_queue_oldest_message_age_seconds" {
+                report.oldest_seconds = n;
             } else if let Some(labels) = series.strip_prefix("smtp_relay_queue_messages") {
                 seen_queue = true;
                 report.queued += n;
@@ -269,21 +282,35 @@ fn field<'a>(message: &'a str, key: &str) -> Option<&'a str> {
 
 /// Messages in each of Postfix's queues under `spool`, in the order of [`QUEUES`].
 pub fn queue_sizes(spool: &Path) -> [usize; 5] {
-    QUEUES.map(|q| count_files(&spool.join(q)))
+    QUEUES.map(|q| scan(&spool.join(q)).0)
 }
 
-fn count_files(dir: &Path) -> usize {
+/// Seconds since the oldest message on the spool was queued (its queue file's modification
+/// time, which Postfix sets when the message arrives and keeps while it waits), 0 when empty.
+pub fn oldest_age_seconds(spool: &Path) -> u64 {
+    QUEUES
+        .iter()
+        .filter_map(|q| scan(&spool.join(q)).1)
+        .min()
+        .and_then(|t| t.elapsed().ok())
+        .map_or(0, |age| age.as_secs())
+}
+
+/// The number of queue files under `dir`, and the oldest one's modification time.
+fn scan(dir: &Path) -> (usize, Option<std::time::SystemTime>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
+        return (0, None);
     };
     entries
         .flatten()
         .map(|e| match e.file_type() {
-            Ok(t) if t.is_dir() => count_files(&e.path()),
-            Ok(t) if t.is_file() => 1,
-            _ => 0,
+            Ok(t) if t.is_dir() => scan(&e.path()),
+            Ok(t) if t.is_file() => (1, e.metadata().and_then(|m| m.modified()).ok()),
+            _ => (0, None),
         })
-        .sum()
+        .fold((0, None), |(n, oldest), (m, t)| {
+            (n + m, oldest.into_iter().chain(t).min())
+        })
 }
 
 /// Serves `/metrics` until the task is dropped.
@@ -359,10 +386,21 @@ mod tests {
                 deferred: 2,
                 hold: 1,
                 seconds_since_delivery: 0,
+                oldest_seconds: 0,
             })
         );
         m.draining.set(1);
         assert!(QueueReport::parse(&m.encode()).is_some_and(|r| r.draining));
+        // The oldest message's age is its queue file's.
+        let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        std::fs::File::options()
+            .write(true)
+            .open(dir.path().join("deferred/A/q1"))
+            .unwrap()
+            .set_modified(hour_ago)
+            .unwrap();
+        let oldest = QueueReport::parse(&m.encode()).unwrap().oldest_seconds;
+        assert!((3600..3700).contains(&oldest), "{oldest}");
         assert_eq!(QueueReport::parse("other_metric 1\n"), None);
     }
 

@@ -26,6 +26,7 @@ use kube::{Api, ResourceExt};
 use smtp_relay::metrics::QueueReport;
 use tracing::{info, warn};
 
+use crate::builders::statefulset::SPOOL_VOLUME;
 use crate::builders::{Desired, METRICS_PORT};
 use crate::crd::SmtpRelay;
 use crate::{Error, Result};
@@ -81,7 +82,14 @@ impl Departing {
                 if q.hold > 0 {
                     parts.push(format!("{} on hold", q.hold));
                 }
-                format!("{} ({})", self.pod, parts.join(", "))
+                parts.push(format!("oldest {}", age(q.oldest_seconds)));
+                // The StatefulSet names each claim <template>-<pod>.
+                format!(
+                    "{} ({}, on volume {SPOOL_VOLUME}-{})",
+                    self.pod,
+                    parts.join(", "),
+                    self.pod
+                )
             }
         }
     }
@@ -285,6 +293,15 @@ pub(crate) fn abandoned(relay: &SmtpRelay) -> bool {
         .is_some_and(|v| v == "true")
 }
 
+/// A duration for people: seconds, minutes or hours.
+fn age(seconds: u64) -> String {
+    match seconds {
+        0..120 => format!("{seconds}s"),
+        120..7200 => format!("{}m", seconds / 60),
+        _ => format!("{}h", seconds / 3600),
+    }
+}
+
 /// The ordinal of a StatefulSet pod `<relay>-<n>`.
 fn ordinal(relay: &str, pod: &str) -> Option<i32> {
     pod.strip_prefix(relay)?.strip_prefix('-')?.parse().ok()
@@ -369,6 +386,7 @@ mod tests {
                 deferred,
                 hold: 0,
                 seconds_since_delivery: if deferred > 1 { 600 } else { 5 },
+                oldest_seconds: 0,
             }),
         }
     }
@@ -440,7 +458,7 @@ mod tests {
         assert_eq!(reason, "DrainWaiting");
         for part in [
             "from 3 to 1",
-            "r-1 (5 queued, 5 deferred by the relayhost)",
+            "r-1 (5 queued, 5 deferred by the relayhost, oldest 0s, on volume spool-r-1)",
             "r-2 (empty)",
             ABANDON_ANNOTATION,
         ] {
