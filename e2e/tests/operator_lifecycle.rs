@@ -1304,6 +1304,36 @@ fn restart_mid_flight(ctx: &mut Ctx) {
     );
     assert_eq!(ctx.must(ns, "statefulset", "flight")["spec"]["replicas"], 2);
     wait_warning_event(ctx, ns, "flight", "DrainWaiting", "flight-1");
+    let asked = |ctx: &Ctx| {
+        ctx.get(ns, "pod", "flight-1")
+            .is_some_and(|p| p["metadata"]["annotations"]["smtprelay.dev/drain"] == "true")
+    };
+    assert!(asked(ctx), "the departing pod is asked to drain");
+    // Scaling up again cancels the drain: the pod never left, so it serves again on its own
+    // spool (never two Postfix instances on one).
+    let scale = |replicas: u8| {
+        ctx.cp.kubectl_ok([
+            "patch",
+            "smtprelay",
+            "flight",
+            "-n",
+            ns,
+            "--type=merge",
+            "-p",
+            &format!(r#"{{"spec":{{"replicas":{replicas}}}}}"#),
+        ])
+    };
+    scale(2);
+    ctx.op.wait_for(CONVERGE, "the drain cancelled", || {
+        let r = ctx.relay(ns, "flight");
+        (condition(&r, "Draining")?["status"] == "False" && !asked(ctx)).then_some(())
+    });
+    assert_eq!(ctx.must(ns, "statefulset", "flight")["spec"]["replicas"], 2);
+    scale(1);
+    ctx.op.wait_for(CONVERGE, "draining again", || {
+        let r = ctx.relay(ns, "flight");
+        (condition(&r, "Draining")?["status"] == "True" && asked(ctx)).then_some(())
+    });
     ctx.cp.kubectl_ok([
         "annotate",
         "smtprelay",
@@ -1324,9 +1354,10 @@ fn restart_mid_flight(ctx: &mut Ctx) {
         .into_iter()
         .filter(|e| e["verb"] == "delete")
         .collect();
+    // Once per scale-down to one replica.
     assert_eq!(
         describe(&deletes),
-        "delete poddisruptionbudgets flight/flight ()",
+        ["delete poddisruptionbudgets flight/flight ()"; 2].join("\n"),
         "the operator deleted only the PodDisruptionBudget"
     );
 }
