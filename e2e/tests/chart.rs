@@ -530,7 +530,7 @@ const OPERATOR_RULES: &str = r#"
 - {apiGroups: [""], resources: [secrets], verbs: [get, list, watch, create, patch, delete]}
 - {apiGroups: [apps], resources: [statefulsets], verbs: [get, list, watch, create, patch]}
 - {apiGroups: [policy], resources: [poddisruptionbudgets], verbs: [get, list, watch, create, patch, delete]}
-- {apiGroups: [""], resources: [pods], verbs: [list, patch]}
+- {apiGroups: [""], resources: [pods], verbs: [list, watch, patch]}
 - {apiGroups: [""], resources: [events], verbs: [create, patch]}
 - {apiGroups: [events.k8s.io], resources: [events], verbs: [create, patch]}
 "#;

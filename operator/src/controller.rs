@@ -26,6 +26,7 @@ use crate::deletion;
 use crate::drain::{self, Drain};
 pub use crate::events::events_for;
 use crate::events::truncate;
+use crate::fingerprint::{Memory, Stores};
 use crate::metrics::Metrics;
 use crate::resolve::{self, RefSource};
 use crate::status::{self, Outcome, Rollout};
@@ -39,6 +40,10 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub opts: BuildOptions,
     failures: Mutex<HashMap<ObjectRef<SmtpRelay>, u32>>,
+    /// The watches' caches, for the fingerprint of idle relays (none in unit tests: every
+    /// reconcile is full).
+    stores: Option<Stores>,
+    memory: Memory,
 }
 
 impl Context {
@@ -58,6 +63,23 @@ impl Context {
             metrics,
             opts,
             failures: Mutex::new(HashMap::new()),
+            stores: None,
+            memory: Memory::default(),
+        }
+    }
+
+    /// With the watches' caches: an idle relay's reconcile makes no request.
+    pub fn with_stores(self, stores: Stores) -> Self {
+        Context {
+            stores: Some(stores),
+            ..self
+        }
+    }
+
+    /// Publishes an Event; a failure is logged, never fails the reconcile.
+    pub(crate) async fn publish_or_log(&self, ev: &Event, relay: &SmtpRelay) {
+        if let Err(e) = self.publish(ev, relay).await {
+            warn!(relay = %relay.name_any(), error = %e, "publishing event failed");
         }
     }
 
@@ -66,13 +88,6 @@ impl Context {
     /// into one series that keeps the first note, so a second, different problem (another
     /// missing Secret) would show the first one's message in `kubectl describe`. A Recorder
     /// per Event has no series to fold into.
-    /// Publishes an Event; a failure is logged, never fails the reconcile.
-    pub(crate) async fn publish_or_log(&self, ev: &Event, relay: &SmtpRelay) {
-        if let Err(e) = self.publish(ev, relay).await {
-            warn!(relay = %relay.name_any(), error = %e, "publishing event failed");
-        }
-    }
-
     async fn publish(&self, ev: &Event, relay: &SmtpRelay) -> kube::Result<()> {
         Recorder::new(self.client.clone(), self.reporter.clone())
             .publish(ev, &relay.object_ref(&()))
@@ -149,6 +164,13 @@ pub async fn plan(
 /// One reconciliation of one SmtpRelay, as six steps.
 pub async fn reconcile(relay: Arc<SmtpRelay>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.reconcile_started();
+    // 0. Nothing changed since the last full reconcile (see `fingerprint`): the same decision,
+    //    without a request.
+    let fingerprint = ctx.stores.as_ref().and_then(|s| s.fingerprint(&relay));
+    if let Some(action) = fingerprint.and_then(|fp| ctx.memory.unchanged(&relay, fp)) {
+        ctx.metrics.unchanged.inc();
+        return Ok(action);
+    }
     // 1. Read what runs: the StatefulSet and its pods.
     let (live, pods) = read_running(&relay, &ctx).await?;
     if relay.metadata.deletion_timestamp.is_some() {
@@ -175,10 +197,23 @@ pub async fn reconcile(relay: Arc<SmtpRelay>, ctx: Arc<Context>) -> Result<Actio
         .with_pods(&pods)
         .with_drain(drain);
     // 5. Report: Events on transitions, status when it changed.
+    let draining = !matches!(rollout.drain, Drain::None);
     let new_status = report(&relay, &ctx, &outcome, rollout).await?;
     ctx.reset_backoff(&relay);
-    // 6. When to look again.
-    Ok(next_action(&outcome, &new_status))
+    // 6. When to look again; remembered when the caches show everything this depends on.
+    let action = next_action(&outcome, &new_status);
+    let cached = !draining
+        && !matches!(
+            outcome,
+            Outcome::NameConflict { .. } | Outcome::ApplyRefused { .. }
+        );
+    ctx.memory.set(
+        &relay,
+        fingerprint
+            .filter(|_| cached)
+            .map(|fp| (fp, action.clone())),
+    );
+    Ok(action)
 }
 
 /// Step 1: the live StatefulSet, and its pods (what keeps one from running, which are

@@ -27,6 +27,7 @@ pub mod crdgen;
 pub mod deletion;
 pub mod drain;
 pub mod events;
+pub mod fingerprint;
 #[cfg(test)]
 mod fixtures;
 #[cfg(test)]

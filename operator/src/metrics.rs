@@ -18,6 +18,7 @@ pub struct ErrorLabels {
 pub struct Metrics {
     pub registry: Registry,
     pub reconciles: Counter,
+    pub unchanged: Counter,
     pub failures: Family<ErrorLabels, Counter>,
     pub duration: Histogram,
     pub leader: Gauge,
@@ -27,10 +28,16 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("smtp_relay_operator");
         let reconciles = Counter::default();
+        let unchanged = Counter::default();
         let failures = Family::<ErrorLabels, Counter>::default();
         let duration = Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]);
         let leader = Gauge::default();
         registry.register("reconciles", "Reconciliations started", reconciles.clone());
+        registry.register(
+            "reconciles_unchanged",
+            "Reconciliations that found nothing changed since the last full one and made no API request",
+            unchanged.clone(),
+        );
         registry.register(
             "reconcile_failures",
             "Reconciliations that failed or rejected their input, by error",
@@ -49,6 +56,7 @@ impl Default for Metrics {
         Metrics {
             registry,
             reconciles,
+            unchanged,
             failures,
             duration,
             leader,

@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::NamespaceResourceScope;
 use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{reflector, watcher, Controller, WatchStreamExt};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
@@ -22,6 +23,7 @@ use crate::backoff::{watch_with_backoff, NoDelay};
 use crate::builders::{BuildOptions, MANAGED_BY_SELECTOR};
 use crate::controller::{error_policy, reconcile, Context};
 use crate::crd::SmtpRelay;
+use crate::fingerprint::Stores;
 use crate::mapping::{referenced_config_maps, referenced_secrets, relays_for};
 use crate::metrics::Metrics;
 use crate::shutdown::DRAIN_TIMEOUT;
@@ -48,15 +50,23 @@ where
 }
 
 /// The metadata-only watch of one kind (an `Api<PartialObjectMeta<K>>` asks for
-/// `PartialObjectMetadataList`: no data or spec on the wire), with its own backoff.
+/// `PartialObjectMetadataList`: no data or spec on the wire), with its own backoff, kept in a
+/// cache (for [`crate::fingerprint`]).
 fn metadata_stream<K>(
     api: Api<PartialObjectMeta<K>>,
     config: watcher::Config,
-) -> impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
+) -> (
+    Store<PartialObjectMeta<K>>,
+    impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static,
+)
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
-    watch_with_backoff(watcher(api, config)).touched_objects()
+    let (store, writer) = reflector::store();
+    let stream = watch_with_backoff(watcher(api, config))
+        .reflect(writer)
+        .touched_objects();
+    (store, stream)
 }
 
 /// Runs the controller until `shutdown` resolves.
@@ -74,12 +84,12 @@ pub async fn run(
     {
         warn!(error = %e, "cannot list SmtpRelays; is the CRD installed and RBAC granted?");
     }
-    let ctx = Arc::new(Context::new(
+    let ctx = Context::new(
         client.clone(),
         metrics,
         cfg.build.clone(),
         cfg.instance.clone(),
-    ));
+    );
     // Every watch backs off on its own (see [`crate::backoff`]): behind kube-runtime's one
     // shared trigger backoff, the stale errors of an API server outage would be drained one
     // shared step at a time and keep the operator deaf long after the server is back.
@@ -89,6 +99,39 @@ pub async fn run(
             .reflect(writer)
             .applied_objects();
     let owned = watcher::Config::default().labels(MANAGED_BY_SELECTOR);
+    let (stateful_sets, sts_watch) = metadata_stream(
+        api::<PartialObjectMeta<StatefulSet>>(&client, ns),
+        owned.clone(),
+    );
+    let (services, service_watch) = metadata_stream(
+        api::<PartialObjectMeta<Service>>(&client, ns),
+        owned.clone(),
+    );
+    let (pdbs, pdb_watch) = metadata_stream(
+        api::<PartialObjectMeta<PodDisruptionBudget>>(&client, ns),
+        owned.clone(),
+    );
+    let (pods, pod_watch) = metadata_stream(api::<PartialObjectMeta<Pod>>(&client, ns), owned);
+    // One watch per kind covers both owned copies (via owner references) and the user's
+    // referenced objects, so a rotated password or a new SASL user reconciles at once.
+    // Metadata only: values are read by the reconcile, for the referenced objects alone, so no
+    // Secret of the cluster is held in the operator's memory.
+    let (secrets, secret_watch) = metadata_stream(
+        api::<PartialObjectMeta<Secret>>(&client, ns),
+        watcher::Config::default(),
+    );
+    let (config_maps, config_map_watch) = metadata_stream(
+        api::<PartialObjectMeta<ConfigMap>>(&client, ns),
+        watcher::Config::default(),
+    );
+    let ctx = Arc::new(ctx.with_stores(Stores {
+        secrets,
+        config_maps,
+        stateful_sets,
+        services,
+        pdbs,
+        pods,
+    }));
     let store1 = store.clone();
     let store2 = store.clone();
     // A short debounce folds the burst of events one change causes (our own status patch, the
@@ -100,50 +143,30 @@ pub async fn run(
             kube::runtime::controller::Config::default().debounce(Duration::from_millis(500)),
         )
         .trigger_backoff(NoDelay)
-        .owns_stream(metadata_stream(
-            api::<PartialObjectMeta<StatefulSet>>(&client, ns),
-            owned.clone(),
-        ))
-        .owns_stream(metadata_stream(
-            api::<PartialObjectMeta<Service>>(&client, ns),
-            owned.clone(),
-        ))
-        .owns_stream(metadata_stream(
-            api::<PartialObjectMeta<PodDisruptionBudget>>(&client, ns),
-            owned,
-        ))
-        // One watch per kind covers both owned copies (via owner references) and the user's
-        // referenced objects, so a rotated password or a new SASL user reconciles at once.
-        // Metadata only: values are read by the reconcile, for the referenced objects alone,
-        // so no Secret of the cluster is held in the operator's memory.
-        .watches_stream(
-            metadata_stream(
-                api::<PartialObjectMeta<Secret>>(&client, ns),
-                watcher::Config::default(),
-            ),
-            move |s: PartialObjectMeta<Secret>| {
-                let relays = store1.state();
-                relays_for(
-                    &s.metadata,
-                    relays.iter().map(|r| r.as_ref()),
-                    referenced_secrets,
-                )
-            },
-        )
-        .watches_stream(
-            metadata_stream(
-                api::<PartialObjectMeta<ConfigMap>>(&client, ns),
-                watcher::Config::default(),
-            ),
-            move |c: PartialObjectMeta<ConfigMap>| {
-                let relays = store2.state();
-                relays_for(
-                    &c.metadata,
-                    relays.iter().map(|r| r.as_ref()),
-                    referenced_config_maps,
-                )
-            },
-        )
+        .owns_stream(sts_watch)
+        .owns_stream(service_watch)
+        .owns_stream(pdb_watch)
+        // A pod that changes (ready, restarting, crashing) reconciles its relay at once: status
+        // follows the pods without polling.
+        .watches_stream(pod_watch, |p: PartialObjectMeta<Pod>| {
+            relay_of_pod(&p.metadata)
+        })
+        .watches_stream(secret_watch, move |s: PartialObjectMeta<Secret>| {
+            let relays = store1.state();
+            relays_for(
+                &s.metadata,
+                relays.iter().map(|r| r.as_ref()),
+                referenced_secrets,
+            )
+        })
+        .watches_stream(config_map_watch, move |c: PartialObjectMeta<ConfigMap>| {
+            let relays = store2.state();
+            relays_for(
+                &c.metadata,
+                relays.iter().map(|r| r.as_ref()),
+                referenced_config_maps,
+            )
+        })
         .graceful_shutdown_on(shutdown.clone())
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
@@ -152,20 +175,32 @@ pub async fn run(
                 Err(e) => debug!(error = %e, "reconcile error"),
             }
         });
-    // kube-runtime's graceful shutdown waits for the SmtpRelay store's first sync before it can
-    // finish, which never comes while the API server is down or the list is Forbidden; and a
-    // reconcile stuck on a hanging API call would hold it too. So the drain is bounded.
-    let drain_limit = async move {
-        shutdown.await;
-        if synced.wait_until_ready().now_or_never().is_none() {
-            info!("stopping before the first sync of SmtpRelays: nothing to drain");
-            return;
-        }
-        tokio::time::sleep(DRAIN_TIMEOUT).await;
-        warn!(timeout = ?DRAIN_TIMEOUT, "reconciles did not finish in time; stopping them");
-    };
     tokio::select! {
         () = controller => {}
-        () = drain_limit => {}
+        () = drain_limit(shutdown, synced) => {}
     }
+}
+
+/// kube-runtime's graceful shutdown waits for the SmtpRelay store's first sync before it can
+/// finish, which never comes while the API server is down or the list is Forbidden; and a
+/// reconcile stuck on a hanging API call would hold it too. So the drain is bounded: it ends
+/// `DRAIN_TIMEOUT` after `shutdown`, or at once when the relays never synced.
+async fn drain_limit(shutdown: impl Future<Output = ()>, synced: Store<SmtpRelay>) {
+    shutdown.await;
+    if synced.wait_until_ready().now_or_never().is_none() {
+        info!("stopping before the first sync of SmtpRelays: nothing to drain");
+        return;
+    }
+    tokio::time::sleep(DRAIN_TIMEOUT).await;
+    warn!(timeout = ?DRAIN_TIMEOUT, "reconciles did not finish in time; stopping them");
+}
+
+/// The relay a pod belongs to, by its selector labels.
+fn relay_of_pod(meta: &kube::api::ObjectMeta) -> Option<ObjectRef<SmtpRelay>> {
+    let labels = meta.labels.as_ref()?;
+    if labels.get("app.kubernetes.io/name").map(String::as_str) != Some("smtp-relay") {
+        return None;
+    }
+    let name = labels.get("app.kubernetes.io/instance")?;
+    Some(ObjectRef::new(name).within(meta.namespace.as_deref()?))
 }

@@ -1,0 +1,236 @@
+//! An idle relay costs nothing. The watches keep metadata-only caches (reflector stores) of
+//! every object a reconcile reads: the Secrets and ConfigMaps a relay references, its owned
+//! children and its pods. From them, a [`Fingerprint`] of everything a reconcile depends on
+//! (the relay's spec generation, metadata and status, and the resourceVersion of each of those
+//! objects) is computed without a request. When it equals the fingerprint of the last full
+//! reconcile of that relay, nothing can have changed, and the reconcile returns the same
+//! decision again with no API request at all.
+//!
+//! Not remembered (always reconciled in full): a relay being deleted or draining (their
+//! progress is read from the pods' metrics), and one whose children are refused by the API
+//! server or in the way (what changes that is not in the caches). A remembered decision also
+//! expires after [`VALID_FOR`], so time-based work (renewing the serving certificate) happens.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Resource, ResourceExt};
+
+use crate::builders::{selector_labels, Names};
+use crate::crd::SmtpRelay;
+use crate::mapping::{referenced_config_maps, referenced_secrets};
+
+/// How long a remembered decision holds without a full reconcile.
+pub const VALID_FOR: Duration = Duration::from_secs(6 * 3600);
+
+/// The metadata caches of the watches.
+#[derive(Clone)]
+pub struct Stores {
+    pub secrets: Store<PartialObjectMeta<Secret>>,
+    pub config_maps: Store<PartialObjectMeta<ConfigMap>>,
+    pub stateful_sets: Store<PartialObjectMeta<StatefulSet>>,
+    pub services: Store<PartialObjectMeta<Service>>,
+    pub pdbs: Store<PartialObjectMeta<PodDisruptionBudget>>,
+    pub pods: Store<PartialObjectMeta<Pod>>,
+}
+
+/// Everything a reconcile of one relay depends on, hashed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fingerprint(u64);
+
+fn version<K: Resource<DynamicType = ()> + Clone>(
+    store: &Store<PartialObjectMeta<K>>,
+    ns: &str,
+    name: &str,
+) -> Option<String> {
+    store
+        .get(&ObjectRef::new(name).within(ns))
+        .and_then(|o| o.metadata.resource_version.clone())
+}
+
+fn ready<K: Resource<DynamicType = ()> + Clone>(store: &Store<PartialObjectMeta<K>>) -> bool {
+    store
+        .wait_until_ready()
+        .now_or_never()
+        .is_some_and(|r| r.is_ok())
+}
+
+impl Stores {
+    /// The relay's fingerprint; `None` until every cache has synced, and for a relay being
+    /// deleted.
+    pub fn fingerprint(&self, relay: &SmtpRelay) -> Option<Fingerprint> {
+        let synced = ready(&self.secrets)
+            && ready(&self.config_maps)
+            && ready(&self.stateful_sets)
+            && ready(&self.services)
+            && ready(&self.pdbs)
+            && ready(&self.pods);
+        if !synced || relay.metadata.deletion_timestamp.is_some() {
+            return None;
+        }
+        let ns = relay.namespace()?;
+        let name = relay.name_any();
+        let mut h = DefaultHasher::new();
+        let m = &relay.metadata;
+        (
+            &m.uid,
+            m.generation,
+            &m.labels,
+            &m.annotations,
+            &m.finalizers,
+        )
+            .hash(&mut h);
+        serde_json::to_string(&relay.status).ok()?.hash(&mut h);
+
+        let children = Names::all(&name);
+        let secrets = referenced_secrets(&relay.spec)
+            .into_iter()
+            .chain(children.iter().map(String::as_str));
+        for s in secrets {
+            ("secret", s, version(&self.secrets, &ns, s)).hash(&mut h);
+        }
+        let config_maps = referenced_config_maps(&relay.spec)
+            .into_iter()
+            .chain(children.iter().map(String::as_str));
+        for c in config_maps {
+            ("configmap", c, version(&self.config_maps, &ns, c)).hash(&mut h);
+        }
+        for n in &children {
+            ("statefulset", n, version(&self.stateful_sets, &ns, n)).hash(&mut h);
+            ("service", n, version(&self.services, &ns, n)).hash(&mut h);
+            ("pdb", n, version(&self.pdbs, &ns, n)).hash(&mut h);
+        }
+        let selector = selector_labels(relay);
+        let mut pods: Vec<(String, Option<String>)> = self
+            .pods
+            .state()
+            .iter()
+            .filter(|p| p.metadata.namespace.as_deref() == Some(ns.as_str()))
+            .filter(|p| {
+                let labels = p.labels();
+                selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+            })
+            .map(|p| (p.name_any(), p.metadata.resource_version.clone()))
+            .collect();
+        pods.sort();
+        pods.hash(&mut h);
+        Some(Fingerprint(h.finish()))
+    }
+}
+
+/// What the last full reconcile of each relay saw and decided.
+#[derive(Default)]
+pub struct Memory(Mutex<HashMap<ObjectRef<SmtpRelay>, (Fingerprint, Instant, Action)>>);
+
+impl Memory {
+    /// The decision of the last full reconcile, when it saw the same fingerprint and has not
+    /// expired.
+    pub fn unchanged(&self, relay: &SmtpRelay, fp: Fingerprint) -> Option<Action> {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&ObjectRef::from_obj(relay))
+            .filter(|(seen, at, _)| *seen == fp && at.elapsed() < VALID_FOR)
+            .map(|(_, _, action)| action.clone())
+    }
+
+    /// Remembers a full reconcile's fingerprint and decision, or forgets the relay's.
+    pub fn set(&self, relay: &SmtpRelay, remembered: Option<(Fingerprint, Action)>) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let key = ObjectRef::from_obj(relay);
+        match remembered {
+            Some((fp, action)) => {
+                map.insert(key, (fp, Instant::now(), action));
+            }
+            None => {
+                map.remove(&key);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::reflector::store::Writer;
+    use kube::runtime::watcher::Event;
+
+    fn meta<K: Resource<DynamicType = ()>>(name: &str, rv: &str) -> PartialObjectMeta<K> {
+        use kube::core::PartialObjectMetaExt;
+        kube::api::ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("mail".into()),
+            resource_version: Some(rv.into()),
+            ..Default::default()
+        }
+        .into_request_partial::<K>()
+    }
+
+    fn store<K>(objects: Vec<PartialObjectMeta<K>>) -> Store<PartialObjectMeta<K>>
+    where
+        K: Resource<DynamicType = ()> + Clone,
+    {
+        let mut w = Writer::<PartialObjectMeta<K>>::default();
+        w.apply_watcher_event(&Event::Init);
+        for o in objects {
+            w.apply_watcher_event(&Event::InitApply(o));
+        }
+        w.apply_watcher_event(&Event::InitDone);
+        w.as_reader()
+    }
+
+    fn stores(secret_rv: &str, pod_rv: &str) -> Stores {
+        let mut pod = meta::<Pod>("r1-0", pod_rv);
+        pod.metadata.labels = Some(selector_labels(&crate::fixtures::relay("r1")));
+        Stores {
+            secrets: store(vec![meta("users", secret_rv), meta("other", "9")]),
+            config_maps: store(vec![meta("r1-config", "3")]),
+            stateful_sets: store(vec![meta("r1", "4")]),
+            services: store(vec![]),
+            pdbs: store(vec![]),
+            pods: store(vec![pod, meta("unrelated-0", "5")]),
+        }
+    }
+
+    #[test]
+    fn the_fingerprint_follows_what_the_relay_reads_and_nothing_else() {
+        let mut r = crate::fixtures::relay("r1");
+        r.spec.sasl_users_secret_ref = Some(crate::crd::SecretRef {
+            name: "users".into(),
+        });
+        let fp = |s: &Stores, r: &SmtpRelay| s.fingerprint(r).expect("synced");
+        let base = fp(&stores("1", "1"), &r);
+        assert_eq!(base, fp(&stores("1", "1"), &r), "stable");
+        assert_ne!(
+            base,
+            fp(&stores("2", "1"), &r),
+            "a referenced Secret changed"
+        );
+        assert_ne!(base, fp(&stores("1", "2"), &r), "a pod changed");
+        let mut changed = r.clone();
+        changed.metadata.generation = Some(2);
+        assert_ne!(base, fp(&stores("1", "1"), &changed), "the spec changed");
+        let mut deleting = r.clone();
+        deleting.metadata.deletion_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::UNIX_EPOCH),
+        );
+        assert_eq!(stores("1", "1").fingerprint(&deleting), None);
+
+        let memory = Memory::default();
+        let action = Action::requeue(Duration::from_secs(300));
+        assert_eq!(memory.unchanged(&r, base), None);
+        memory.set(&r, Some((base, action.clone())));
+        assert_eq!(memory.unchanged(&r, base), Some(action));
+        assert_eq!(memory.unchanged(&r, fp(&stores("2", "1"), &r)), None);
+        memory.set(&r, None);
+        assert_eq!(memory.unchanged(&r, base), None);
+    }
+}
