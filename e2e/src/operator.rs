@@ -290,6 +290,15 @@ impl Operator {
         });
     }
 
+    /// The process id of the running operator.
+    pub fn pid(&self) -> Option<u32> {
+        self.child
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(Child::id)
+    }
+
     /// The chart release the operator runs as.
     pub fn release(&self) -> &ChartRelease {
         &self.release

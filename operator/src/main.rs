@@ -3,10 +3,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use kube::Client;
 use smtp_relay_operator::builders::{BuildOptions, DEFAULT_RELAY_IMAGE};
 use smtp_relay_operator::controller::{self, RunConfig};
-use smtp_relay_operator::metrics::Metrics;
+use smtp_relay_operator::metrics::{self, Metrics};
 use smtp_relay_operator::runtime::{LeaseConfig, Runtime};
 use smtp_relay_operator::telemetry::{self, LogFormat};
 use smtp_relay_operator::{crdgen, shutdown, Error};
@@ -92,10 +91,14 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(args: RunArgs) -> Result<(), Error> {
     let rt = Runtime::start(shutdown::deadline(args.shutdown_timeout_seconds));
-    let Some(client) = rt.unless_stopped(Client::try_default()).await.transpose()? else {
+    let metrics = Arc::new(Metrics::default());
+    let Some(client) = rt
+        .unless_stopped(metrics::counted_client(metrics.clone()))
+        .await
+        .transpose()?
+    else {
         return Ok(());
     };
-    let metrics = Arc::new(Metrics::default());
     let endpoints = rt.serve_http(args.http_addr, metrics.clone());
     let identity = args
         .identity

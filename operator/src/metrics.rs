@@ -14,6 +14,55 @@ pub struct ErrorLabels {
     pub error: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerbLabels {
+    pub verb: String,
+}
+
+/// The Kubernetes verb of a request to the API server: a GET with `watch=true` is a WATCH, a
+/// GET of a collection a LIST (as the API server's own metrics name them).
+pub fn api_verb(method: &http::Method, uri: &http::Uri) -> &'static str {
+    let query = uri.query().unwrap_or_default();
+    match *method {
+        http::Method::GET
+            if query
+                .split('&')
+                .any(|q| q == "watch=true" || q == "watch=1") =>
+        {
+            "WATCH"
+        }
+        http::Method::GET => {
+            // /api/v1/namespaces/NS/KIND/NAME has an even number of segments after the group
+            // version; a collection an odd one.
+            let segments: Vec<&str> = uri.path().trim_matches('/').split('/').collect();
+            let after_version = match segments.first() {
+                Some(&"api") => segments.len().saturating_sub(2),
+                _ => segments.len().saturating_sub(3),
+            };
+            let namespaced = segments.get(if segments.first() == Some(&"api") {
+                2
+            } else {
+                3
+            }) == Some(&"namespaces");
+            let rest = if namespaced {
+                after_version.saturating_sub(2)
+            } else {
+                after_version
+            };
+            if rest % 2 == 1 {
+                "LIST"
+            } else {
+                "GET"
+            }
+        }
+        http::Method::PATCH => "PATCH",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        _ => "OTHER",
+    }
+}
+
 /// The operator's metrics, registered under the `smtp_relay_operator` prefix.
 pub struct Metrics {
     pub registry: Registry,
@@ -22,6 +71,7 @@ pub struct Metrics {
     pub failures: Family<ErrorLabels, Counter>,
     pub duration: Histogram,
     pub leader: Gauge,
+    pub api_requests: Family<VerbLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -32,6 +82,12 @@ impl Default for Metrics {
         let failures = Family::<ErrorLabels, Counter>::default();
         let duration = Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]);
         let leader = Gauge::default();
+        let api_requests = Family::<VerbLabels, Counter>::default();
+        registry.register(
+            "api_requests",
+            "Requests to the Kubernetes API server, by verb (GET, LIST, WATCH, PATCH, ...)",
+            api_requests.clone(),
+        );
         registry.register("reconciles", "Reconciliations started", reconciles.clone());
         registry.register(
             "reconciles_unchanged",
@@ -60,6 +116,7 @@ impl Default for Metrics {
             failures,
             duration,
             leader,
+            api_requests,
         }
     }
 }
@@ -82,6 +139,15 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts a request to the API server.
+    pub fn api_request(&self, method: &http::Method, uri: &http::Uri) {
+        self.api_requests
+            .get_or_create(&VerbLabels {
+                verb: api_verb(method, uri).to_string(),
+            })
+            .inc();
+    }
+
     /// The metrics in the Prometheus text format.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -100,5 +166,59 @@ pub struct ReconcileTimer {
 impl Drop for ReconcileTimer {
     fn drop(&mut self) {
         self.histogram.observe(self.start.elapsed().as_secs_f64());
+    }
+}
+
+/// A Kubernetes client whose every request is counted in `metrics`.
+pub async fn counted_client(metrics: std::sync::Arc<Metrics>) -> Result<kube::Client, kube::Error> {
+    let config = kube::Config::infer()
+        .await
+        .map_err(kube::Error::InferConfig)?;
+    let count = tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
+        metrics.api_request(req.method(), req.uri());
+        req
+    });
+    Ok(kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&count)
+        .build())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verbs_are_named_as_the_api_server_names_them() {
+        let verb =
+            |m: &str, uri: &str| api_verb(&m.parse().expect("method"), &uri.parse().expect("uri"));
+        assert_eq!(verb("GET", "/api/v1/namespaces/mail/secrets/login"), "GET");
+        assert_eq!(
+            verb("GET", "/api/v1/namespaces/mail/pods?labelSelector=a%3Db"),
+            "LIST"
+        );
+        assert_eq!(
+            verb("GET", "/api/v1/secrets?watch=true&resourceVersion=1"),
+            "WATCH"
+        );
+        assert_eq!(verb("GET", "/api/v1/secrets"), "LIST");
+        assert_eq!(
+            verb("GET", "/apis/apps/v1/namespaces/mail/statefulsets/r1"),
+            "GET"
+        );
+        assert_eq!(
+            verb("GET", "/apis/smtprelay.dev/v1alpha1/smtprelays?limit=1"),
+            "LIST"
+        );
+        assert_eq!(
+            verb("GET", "/apis/coordination.k8s.io/v1/namespaces/x/leases/op"),
+            "GET"
+        );
+        assert_eq!(
+            verb(
+                "PATCH",
+                "/apis/smtprelay.dev/v1alpha1/namespaces/m/smtprelays/r/status"
+            ),
+            "PATCH"
+        );
     }
 }
