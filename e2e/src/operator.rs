@@ -460,6 +460,20 @@ pub fn apply(cp: &ControlPlane, namespace: &str, yaml: &str) -> String {
 
 /// `kubectl create namespace NAME` (labelled Pod Security `baseline`, which relay pods need);
 /// an existing namespace is fine.
+/// Merge-patches SmtpRelay `ns/name` (as `kubectl patch --type=merge`), panicking on failure.
+pub fn patch_relay(cp: &ControlPlane, ns: &str, name: &str, patch: &str) -> String {
+    cp.kubectl_ok([
+        "patch",
+        "smtprelay",
+        name,
+        "-n",
+        ns,
+        "--type=merge",
+        "-p",
+        patch,
+    ])
+}
+
 pub fn create_namespace(cp: &ControlPlane, name: &str) {
     apply(
         cp,

@@ -224,16 +224,7 @@ fn accepted_mail_survives_sigkill_a_node_reboot_and_a_scale_down() {
     // 5. Scale 2 -> 1 with the relayhost down: the departing pod drains and is kept.
     let held = queued(&cp, 1);
     assert!(held > 0, "the departing replica holds mail");
-    cp.kubectl_ok([
-        "patch",
-        "smtprelay",
-        RELAY,
-        "-n",
-        NS,
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"replicas":1}}"#,
-    ]);
+    operator::patch_relay(&cp, NS, RELAY, r#"{"spec":{"replicas":1}}"#);
     let departing = format!("{RELAY}-1");
     let draining = |cp: &ControlPlane| {
         let relay = operator::get_json(cp, NS, "smtprelay", RELAY)?;
@@ -358,16 +349,12 @@ fn accepted_mail_survives_sigkill_a_node_reboot_and_a_scale_down() {
     drop(sink);
 
     // 7. Deleted with whenDeleted: Delete while mail waits: drained first.
-    cp.kubectl_ok([
-        "patch",
-        "smtprelay",
-        RELAY,
-        "-n",
+    operator::patch_relay(
+        &cp,
         NS,
-        "--type=merge",
-        "-p",
+        RELAY,
         r#"{"spec":{"storage":{"retention":{"whenDeleted":"Delete"}}}}"#,
-    ]);
+    );
     ok(user_path::wait(
         &cp,
         NS,

@@ -150,16 +150,7 @@ impl Ctx {
 
     /// `kubectl patch --type=merge` of an SmtpRelay, as a user edits one.
     fn patch_relay(&self, ns: &str, name: &str, patch: &str) {
-        self.cp.kubectl_ok([
-            "patch",
-            "smtprelay",
-            name,
-            "-n",
-            ns,
-            "--type=merge",
-            "-p",
-            patch,
-        ]);
+        operator::patch_relay(&self.cp, ns, name, patch);
     }
 
     fn secret_value(&self, ns: &str, name: &str, key: &str) -> Option<String> {
@@ -1208,16 +1199,12 @@ fn restart_mid_flight(ctx: &mut Ctx) {
         });
     ctx.op.kill();
     // The spec changes while no operator runs.
-    ctx.cp.kubectl_ok([
-        "patch",
-        "smtprelay",
-        "flight",
-        "-n",
+    operator::patch_relay(
+        &ctx.cp,
         ns,
-        "--type=merge",
-        "-p",
+        "flight",
         r#"{"spec":{"networks":["10.1.0.0/16","10.2.0.0/16"]}}"#,
-    ]);
+    );
     ctx.op.resume();
     let r = ctx.wait_ready_reason(ns, "flight", &["PodsNotReady", "RolloutInProgress"]);
     assert_eq!(
@@ -1272,16 +1259,7 @@ fn restart_mid_flight(ctx: &mut Ctx) {
     assert!(ctx.op.is_running());
 
     // Down to one replica: the PodDisruptionBudget is deleted (it would block every drain).
-    ctx.cp.kubectl_ok([
-        "patch",
-        "smtprelay",
-        "flight",
-        "-n",
-        ns,
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"replicas":1}}"#,
-    ]);
+    operator::patch_relay(&ctx.cp, ns, "flight", r#"{"spec":{"replicas":1}}"#);
     ctx.op
         .wait_for(CONVERGE, "the PodDisruptionBudget to go", || {
             ctx.get(ns, "poddisruptionbudget", "flight")
@@ -1312,16 +1290,12 @@ fn restart_mid_flight(ctx: &mut Ctx) {
     // Scaling up again cancels the drain: the pod never left, so it serves again on its own
     // spool (never two Postfix instances on one).
     let scale = |replicas: u8| {
-        ctx.cp.kubectl_ok([
-            "patch",
-            "smtprelay",
-            "flight",
-            "-n",
+        operator::patch_relay(
+            &ctx.cp,
             ns,
-            "--type=merge",
-            "-p",
+            "flight",
             &format!(r#"{{"spec":{{"replicas":{replicas}}}}}"#),
-        ])
+        )
     };
     scale(2);
     ctx.op.wait_for(CONVERGE, "the drain cancelled", || {

@@ -44,16 +44,12 @@ fn operator_acts_on_changes_soon_after_an_api_server_outage() {
     );
     cp.resume().expect("control plane resumes");
     let back = Instant::now();
-    cp.kubectl_ok([
-        "patch",
-        "smtprelay",
-        "mail",
-        "-n",
+    operator::patch_relay(
+        &cp,
         ns,
-        "--type=merge",
-        "-p",
+        "mail",
         r#"{"spec":{"networks":["10.1.0.0/16","10.2.0.0/16"]}}"#,
-    ]);
+    );
     op.wait_for(
         AFTER_OUTAGE,
         "the operator to act on a change after the outage",

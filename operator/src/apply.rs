@@ -221,6 +221,26 @@ pub(crate) fn apply_error(e: kube::Error, kind: &str, ns: &str, name: &str) -> E
     }
 }
 
+/// Merge-patches `name` (metadata the operator keeps: a pod's drain annotation, a relay's
+/// finalizers); an object gone meanwhile is left alone, the next reconcile sees it missing.
+pub(crate) async fn merge_patch<K>(
+    api: &Api<K>,
+    name: &str,
+    patch: &serde_json::Value,
+) -> Result<()>
+where
+    K: Clone + DeserializeOwned + Debug,
+{
+    match api
+        .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Deletes an object the relay no longer needs, if it exists and this relay controls it.
 pub(crate) async fn delete_owned<K: Owned>(
     client: &Client,

@@ -20,6 +20,7 @@ use kube::runtime::events::{Event, EventType};
 use kube::{Api, ResourceExt};
 use tracing::info;
 
+use crate::apply::merge_patch;
 use crate::controller::Context;
 use crate::crd::{RetentionPolicy, SmtpRelay};
 use crate::drain::{self, Departing, ABANDON_ANNOTATION};
@@ -78,19 +79,7 @@ async fn patch_finalizers(
         "finalizers": next,
         "resourceVersion": relay.resource_version(),
     }});
-    match api
-        .patch(
-            &relay.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await
-    {
-        Ok(_) => Ok(()),
-        // Gone already: nothing to hold.
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
+    merge_patch(&api, &relay.name_any(), &patch).await
 }
 
 /// What to do with a relay being deleted.

@@ -21,11 +21,11 @@ use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::rt::TokioExecutor;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use smtp_relay::metrics::QueueReport;
 use tracing::{info, warn};
 
+use crate::apply::merge_patch;
 use crate::builders::statefulset::SPOOL_VOLUME;
 use crate::builders::{Desired, METRICS_PORT};
 use crate::crd::SmtpRelay;
@@ -328,19 +328,7 @@ async fn mark(api: &Api<Pod>, pod: &Pod, drain: bool) -> Result<()> {
     };
     info!(pod = %pod.name_any(), drain, "marking the pod");
     let patch = serde_json::json!({"metadata": {"annotations": {DRAIN_ANNOTATION: value}}});
-    match api
-        .patch(
-            &pod.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await
-    {
-        Ok(_) => Ok(()),
-        // Gone meanwhile: the next reconcile sees it missing.
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
+    merge_patch(api, &pod.name_any(), &patch).await
 }
 
 /// The pod's queue, from its metrics endpoint; `None` when it cannot be read.
