@@ -64,12 +64,12 @@ fn total(m: &BTreeMap<String, f64>) -> f64 {
     m.values().sum()
 }
 
-/// The five largest, as "KEY count".
+/// The six largest, as "KEY count".
 fn largest(m: &BTreeMap<String, f64>) -> String {
     let mut v: Vec<_> = m.iter().collect();
     v.sort_by(|a, b| b.1.total_cmp(a.1));
     v.iter()
-        .take(5)
+        .take(6)
         .map(|(k, n)| format!("{k} {n:.0}"))
         .collect::<Vec<_>>()
         .join(", ")
@@ -157,7 +157,7 @@ struct Row {
     /// The operator's requests per idle minute, by verb.
     idle_requests: BTreeMap<String, f64>,
     /// Every client's requests per idle minute (the controller-manager's included).
-    cluster_requests: f64,
+    cluster_requests: BTreeMap<String, f64>,
     reconciles: f64,
     unchanged: f64,
     rss: (f64, f64),
@@ -183,8 +183,9 @@ fn main() {
     let mut rows = Vec::new();
 
     let measure_idle = |n: usize, all: usize, create: Option<Duration>, create_requests: f64| {
-        // Fixed windows: they measure rates, they do not wait for anything.
-        std::thread::sleep(settle);
+        // Fixed windows: they measure rates, they do not wait for anything. The settling time
+        // grows with the burst just made.
+        std::thread::sleep(settle + create.unwrap_or_default());
         let (r0, u0) = (
             operator_metric(&op, "smtp_relay_operator_reconciles_total"),
             operator_metric(&op, "smtp_relay_operator_reconciles_unchanged_total"),
@@ -192,7 +193,7 @@ fn main() {
         let (ops0, cluster0) = (operator_requests(&op), apiserver_requests(&cp));
         std::thread::sleep(idle);
         let (ops1, cluster1) = (operator_requests(&op), apiserver_requests(&cp));
-        let per_minute = |v: f64| v * 60.0 / idle.as_secs_f64();
+        let per_minute = |v: f64| (v * 60.0 / idle.as_secs_f64()).max(0.0);
         Row {
             n,
             all,
@@ -202,7 +203,10 @@ fn main() {
                 .into_iter()
                 .map(|(k, v)| (k, per_minute(v)))
                 .collect(),
-            cluster_requests: per_minute(total(&delta(&cluster1, &cluster0))),
+            cluster_requests: delta(&cluster1, &cluster0)
+                .into_iter()
+                .map(|(k, v)| (k, per_minute(v)))
+                .collect(),
             reconciles: per_minute(
                 operator_metric(&op, "smtp_relay_operator_reconciles_total") - r0,
             ),
@@ -237,31 +241,40 @@ fn main() {
         let create_requests = total(&delta(&operator_requests(&op), &before));
         eprintln!("{n} relays converged in {create:?}");
         rows.push(measure_idle(n, all, Some(create), create_requests));
+        // The same cluster a while later: what is left once the control plane settled too.
+        if n == *sizes.iter().max().unwrap_or(&0) {
+            rows.push(measure_idle(0, all, None, 0.0));
+        }
     }
 
     println!(
-        "\n| relays created | create -> status | operator requests while creating | per relay | relays in the cluster | operator requests per idle minute | by verb | reconciles per idle minute | of which unchanged (no request) | all clients' requests per idle minute | operator RSS MiB (peak) |"
+        "\n| relays created | create -> status | operator requests while creating | per relay | relays in the cluster | operator requests per idle minute | by verb | reconciles per idle minute | of which unchanged (no request) | all clients' requests per idle minute | largest | operator RSS MiB (peak) |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---|---:|");
     for r in &rows {
         let create = r
             .create
             .map_or("-".to_string(), |d| format!("{:.1} s", d.as_secs_f64()));
+        let created = match (r.n, r.all) {
+            (0, 0) => "none yet".to_string(),
+            (0, _) => "(a while later)".to_string(),
+            (n, _) => n.to_string(),
+        };
         let per_relay = if r.n > 0 {
             format!("{:.1}", r.create_requests / r.n as f64)
         } else {
             "-".into()
         };
         println!(
-            "| {} | {create} | {:.0} | {per_relay} | {} | {:.0} | {} | {:.0} | {:.0} | {:.0} | {:.1} ({:.1}) |",
-            r.n,
+            "| {created} | {create} | {:.0} | {per_relay} | {} | {:.0} | {} | {:.0} | {:.0} | {:.0} | {} | {:.1} ({:.1}) |",
             r.create_requests,
             r.all,
             total(&r.idle_requests),
             largest(&r.idle_requests),
             r.reconciles,
             r.unchanged,
-            r.cluster_requests,
+            total(&r.cluster_requests),
+            largest(&r.cluster_requests),
             r.rss.0,
             r.rss.1
         );

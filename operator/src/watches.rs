@@ -15,7 +15,7 @@ use k8s_openapi::NamespaceResourceScope;
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{reflector, watcher, Controller, WatchStreamExt};
-use kube::{Api, Client, Resource};
+use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tracing::{debug, info, warn};
 
@@ -28,6 +28,10 @@ use crate::mapping::{referenced_config_maps, referenced_secrets, relays_for};
 use crate::metrics::Metrics;
 use crate::shutdown::DRAIN_TIMEOUT;
 use crate::Result;
+
+/// Reconciles running at once: enough to keep the API server busy, few enough that a burst
+/// (the operator starting with a thousand relays) holds a bounded amount of memory.
+const CONCURRENCY: u16 = 32;
 
 /// Settings of the controller loop.
 #[derive(Debug, Clone, Default)]
@@ -64,6 +68,8 @@ where
 {
     let (store, writer) = reflector::store();
     let stream = watch_with_backoff(watcher(api, config))
+        // managedFields are most of an object's metadata and nothing here reads them.
+        .modify(|o| o.managed_fields_mut().clear())
         .reflect(writer)
         .touched_objects();
     (store, stream)
@@ -96,6 +102,7 @@ pub async fn run(
     let (store, writer) = reflector::store();
     let relay_watch =
         watch_with_backoff(watcher(relays, watcher::Config::default().any_semantic()))
+            .modify(|r| r.managed_fields_mut().clear())
             .reflect(writer)
             .applied_objects();
     let owned = watcher::Config::default().labels(MANAGED_BY_SELECTOR);
@@ -140,7 +147,9 @@ pub async fn run(
     let shutdown = shutdown.shared();
     let controller = Controller::for_stream(relay_watch, store)
         .with_config(
-            kube::runtime::controller::Config::default().debounce(Duration::from_millis(500)),
+            kube::runtime::controller::Config::default()
+                .debounce(Duration::from_millis(500))
+                .concurrency(CONCURRENCY),
         )
         .trigger_backoff(NoDelay)
         .owns_stream(sts_watch)
