@@ -44,9 +44,25 @@ pub struct Stores {
     pub pods: Store<PartialObjectMeta<Pod>>,
 }
 
-/// Everything a reconcile of one relay depends on, hashed.
+/// Everything a reconcile of one relay depends on, hashed in parts (see [`PARTS`]) so a log can
+/// say what changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Fingerprint(u64);
+pub struct Fingerprint([u64; 5]);
+
+/// What each part of a [`Fingerprint`] covers.
+pub const PARTS: [&str; 5] = ["relay", "secrets", "configmaps", "children", "pods"];
+
+impl Fingerprint {
+    /// The parts that differ from `other`.
+    pub fn changed(&self, other: &Fingerprint) -> Vec<&'static str> {
+        PARTS
+            .iter()
+            .zip(self.0.iter().zip(other.0.iter()))
+            .filter(|(_, (a, b))| a != b)
+            .map(|(p, _)| *p)
+            .collect()
+    }
+}
 
 fn version<K: Resource<DynamicType = ()> + Clone>(
     store: &Store<PartialObjectMeta<K>>,
@@ -80,8 +96,8 @@ impl Stores {
         }
         let ns = relay.namespace()?;
         let name = relay.name_any();
-        let mut h = DefaultHasher::new();
         let m = &relay.metadata;
+        let mut relay_part = DefaultHasher::new();
         (
             &m.uid,
             m.generation,
@@ -89,26 +105,35 @@ impl Stores {
             &m.annotations,
             &m.finalizers,
         )
-            .hash(&mut h);
-        serde_json::to_string(&relay.status).ok()?.hash(&mut h);
+            .hash(&mut relay_part);
+        serde_json::to_string(&relay.status)
+            .ok()?
+            .hash(&mut relay_part);
 
         let children = Names::all(&name);
-        let secrets = referenced_secrets(&relay.spec)
+        let mut secrets = DefaultHasher::new();
+        for s in referenced_secrets(&relay.spec)
             .into_iter()
-            .chain(children.iter().map(String::as_str));
-        for s in secrets {
-            ("secret", s, version(&self.secrets, &ns, s)).hash(&mut h);
+            .chain(children.iter().map(String::as_str))
+        {
+            (s, version(&self.secrets, &ns, s)).hash(&mut secrets);
         }
-        let config_maps = referenced_config_maps(&relay.spec)
+        let mut config_maps = DefaultHasher::new();
+        for c in referenced_config_maps(&relay.spec)
             .into_iter()
-            .chain(children.iter().map(String::as_str));
-        for c in config_maps {
-            ("configmap", c, version(&self.config_maps, &ns, c)).hash(&mut h);
+            .chain(children.iter().map(String::as_str))
+        {
+            (c, version(&self.config_maps, &ns, c)).hash(&mut config_maps);
         }
+        let mut owned = DefaultHasher::new();
         for n in &children {
-            ("statefulset", n, version(&self.stateful_sets, &ns, n)).hash(&mut h);
-            ("service", n, version(&self.services, &ns, n)).hash(&mut h);
-            ("pdb", n, version(&self.pdbs, &ns, n)).hash(&mut h);
+            (
+                n,
+                version(&self.stateful_sets, &ns, n),
+                version(&self.services, &ns, n),
+                version(&self.pdbs, &ns, n),
+            )
+                .hash(&mut owned);
         }
         let selector = selector_labels(relay);
         let mut pods: Vec<(String, Option<String>)> = self
@@ -123,8 +148,15 @@ impl Stores {
             .map(|p| (p.name_any(), p.metadata.resource_version.clone()))
             .collect();
         pods.sort();
-        pods.hash(&mut h);
-        Some(Fingerprint(h.finish()))
+        let mut pod_part = DefaultHasher::new();
+        pods.hash(&mut pod_part);
+        Some(Fingerprint([
+            relay_part.finish(),
+            secrets.finish(),
+            config_maps.finish(),
+            owned.finish(),
+            pod_part.finish(),
+        ]))
     }
 }
 
@@ -137,9 +169,12 @@ impl Memory {
     /// expired.
     pub fn unchanged(&self, relay: &SmtpRelay, fp: Fingerprint) -> Option<Action> {
         let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(&ObjectRef::from_obj(relay))
-            .filter(|(seen, at, _)| *seen == fp && at.elapsed() < VALID_FOR)
-            .map(|(_, _, action)| action.clone())
+        let (seen, at, action) = map.get(&ObjectRef::from_obj(relay))?;
+        if *seen != fp {
+            tracing::debug!(relay = %relay.name_any(), changed = ?fp.changed(seen), "reconciling in full: changed since the last time");
+            return None;
+        }
+        (at.elapsed() < VALID_FOR).then(|| action.clone())
     }
 
     /// Remembers a full reconcile's fingerprint and decision, or forgets the relay's.
