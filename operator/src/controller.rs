@@ -161,7 +161,7 @@ pub async fn plan(
     }
 }
 
-/// One reconciliation of one SmtpRelay, as six steps.
+/// One reconciliation of one SmtpRelay, as six steps (and step 0: nothing changed).
 pub async fn reconcile(relay: Arc<SmtpRelay>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.reconcile_started();
     // 0. Nothing changed since the last full reconcile (see `fingerprint`): the same decision,

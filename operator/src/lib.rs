@@ -1,16 +1,20 @@
 //! smtp-relay-operator: turns one `SmtpRelay` resource into a running, secure, durable Postfix
 //! relay (ConfigMap, owned Secrets, StatefulSet, Services, PodDisruptionBudget).
 //!
-//! Layout, in the order of the reconcile's five steps ([`controller::reconcile`]):
-//! 1. dereference, validate, build: [`resolve`] reads referenced Secrets and ConfigMaps (the
+//! Layout, in the order of the reconcile's steps ([`controller::reconcile`]):
+//! 0. unchanged: [`fingerprint`] hashes what the reconcile would read, from the watches'
+//!    metadata caches; when nothing changed since the last full reconcile, no request is made;
+//! 1. read what runs: the StatefulSet and its pods (a relay being deleted goes to
+//!    [`deletion`], which drains it before its volumes go);
+//! 2. dereference, validate, build: [`resolve`] reads referenced Secrets and ConfigMaps (the
 //!    only API reads of this step), [`validate`] checks the spec and has the relay image judge
 //!    what would be written (the result, a `Validated`, is the builders' only input),
 //!    [`certificate`] issues the serving certificate, and [`builders`] are pure functions from
 //!    it to the children;
-//! 2. apply: [`apply`] writes what changed or drifted and prunes what is no longer wanted;
-//! 3. observe: the StatefulSet and its pods, as a [`status::Rollout`];
-//! 4. report: [`status`] computes conditions, [`events`] chooses the Events;
-//! 5. requeue.
+//! 3. drain: [`drain`] keeps replicas being scaled away until they delivered their queues;
+//! 4. apply: [`apply`] writes what changed or drifted and prunes what is no longer wanted;
+//! 5. report: [`status`] computes conditions from the rollout, [`events`] chooses the Events;
+//! 6. requeue.
 //!
 //! Around them: [`crd`] holds the resource types, [`watches`] decides what triggers a reconcile
 //! and [`mapping`] which relays a Secret or ConfigMap concerns; [`metrics`], [`http`] and
