@@ -322,15 +322,25 @@ async fn report(
         ctx.publish_or_log(&ev, relay).await;
     }
     if relay.status.as_ref() != Some(&new_status) {
-        let ns = relay
-            .namespace()
-            .ok_or(Error::MissingObjectKey(".metadata.namespace"))?;
-        let api: Api<SmtpRelay> = Api::namespaced(ctx.client.clone(), &ns);
-        let patch = Patch::Merge(serde_json::json!({ "status": new_status }));
-        api.patch_status(&relay.name_any(), &PatchParams::default(), &patch)
-            .await?;
+        patch_status(ctx, relay, &new_status).await?;
     }
     Ok(new_status)
+}
+
+/// Writes a relay's status (a merge patch of the status subresource: never the spec).
+pub(crate) async fn patch_status(
+    ctx: &Context,
+    relay: &SmtpRelay,
+    status: &crate::crd::SmtpRelayStatus,
+) -> Result<()> {
+    let ns = relay
+        .namespace()
+        .ok_or(Error::MissingObjectKey(".metadata.namespace"))?;
+    let api: Api<SmtpRelay> = Api::namespaced(ctx.client.clone(), &ns);
+    let patch = Patch::Merge(serde_json::json!({ "status": status }));
+    api.patch_status(&relay.name_any(), &PatchParams::default(), &patch)
+        .await?;
+    Ok(())
 }
 
 /// Step 6: a ready relay is looked at again in five minutes (watches bring every change

@@ -14,17 +14,16 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::{Api, ResourceExt};
 use tracing::info;
 
 use crate::apply::merge_patch;
-use crate::controller::Context;
+use crate::controller::{patch_status, Context};
 use crate::crd::{RetentionPolicy, SmtpRelay};
 use crate::drain::{self, Departing, ABANDON_ANNOTATION};
-use crate::events::truncate;
+use crate::events::{drain_event, truncate};
 use crate::status;
 use crate::{Error, Result};
 
@@ -219,30 +218,17 @@ async fn report(relay: &SmtpRelay, ctx: &Context, reason: &str, message: String)
     if before.as_ref() == Some(&condition) {
         return Ok(());
     }
-    if before.as_ref().map(|c| c.reason.as_str()) != Some(reason) {
+    if let Some(ev) = drain_event(before.as_ref(), &condition) {
         let ev = Event {
-            type_: match reason {
-                "DrainWaiting" => EventType::Warning,
-                _ => EventType::Normal,
-            },
-            reason: reason.into(),
-            note: Some(truncate(&condition.message, 1000)),
             action: "Delete".into(),
-            secondary: None,
+            ..ev
         };
         ctx.publish_or_log(&ev, relay).await;
     }
     let mut new = old;
     new.conditions.retain(|c| c.type_ != status::DRAINING);
     new.conditions.push(condition);
-    let ns = relay
-        .namespace()
-        .ok_or(Error::MissingObjectKey(".metadata.namespace"))?;
-    let api: Api<SmtpRelay> = Api::namespaced(ctx.client.clone(), &ns);
-    let patch = Patch::Merge(serde_json::json!({ "status": new }));
-    api.patch_status(&relay.name_any(), &PatchParams::default(), &patch)
-        .await?;
-    Ok(())
+    patch_status(ctx, relay, &new).await
 }
 
 #[cfg(test)]

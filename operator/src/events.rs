@@ -38,6 +38,19 @@ fn about(type_: EventType, c: &Condition) -> Event {
     }
 }
 
+/// The Event of a Draining condition whose reason changed from `before`: Normal when a drain
+/// starts or ends, Warning when it waits on something or was given up.
+pub(crate) fn drain_event(before: Option<&Condition>, c: &Condition) -> Option<Event> {
+    if before.map(|o| &o.reason) == Some(&c.reason) {
+        return None;
+    }
+    match c.reason.as_str() {
+        "Draining" | "Drained" => Some(about(EventType::Normal, c)),
+        "DrainWaiting" | "DrainAbandoned" => Some(about(EventType::Warning, c)),
+        _ => None,
+    }
+}
+
 /// Events for notable transitions only, so a steady failure does not flood the namespace.
 pub fn events_for(relay: &SmtpRelay, outcome: &Outcome, new: &SmtpRelayStatus) -> Vec<Event> {
     let old_ready = status::ready_condition(relay.status.as_ref());
@@ -85,13 +98,7 @@ pub fn events_for(relay: &SmtpRelay, outcome: &Outcome, new: &SmtpRelayStatus) -
             // A drain starting, waiting on the relayhost, done or given up.
             if let Some(c) = status::find_condition(Some(new), status::DRAINING) {
                 let before = status::find_condition(relay.status.as_ref(), status::DRAINING);
-                if before.map(|o| &o.reason) != Some(&c.reason) {
-                    match c.reason.as_str() {
-                        "Draining" | "Drained" => out.push(about(EventType::Normal, c)),
-                        "DrainWaiting" | "DrainAbandoned" => out.push(about(EventType::Warning, c)),
-                        _ => {}
-                    }
-                }
+                out.extend(drain_event(before, c));
             }
             let was_ready = old_ready.is_some_and(|c| c.status == "True");
             if let (false, Some(c)) = (was_ready, new_ready) {
