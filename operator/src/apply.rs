@@ -247,9 +247,7 @@ pub(crate) async fn delete_owned<K: Owned>(
     relay: &SmtpRelay,
     name: &str,
 ) -> Result<()> {
-    let ns = relay
-        .namespace()
-        .ok_or(Error::MissingObjectKey(".metadata.namespace"))?;
+    let ns = relay.namespace_checked()?;
     let api: Api<K> = Api::namespaced(client.clone(), &ns);
     let Some(live) = api.get_opt(name).await? else {
         return Ok(());

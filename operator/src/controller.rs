@@ -219,9 +219,7 @@ pub async fn reconcile(relay: Arc<SmtpRelay>, ctx: Arc<Context>) -> Result<Actio
 /// Step 1: the live StatefulSet, and its pods (what keeps one from running, which are
 /// draining).
 async fn read_running(relay: &SmtpRelay, ctx: &Context) -> Result<(Option<StatefulSet>, Vec<Pod>)> {
-    let ns = relay
-        .namespace()
-        .ok_or(Error::MissingObjectKey(".metadata.namespace"))?;
+    let ns = relay.namespace_checked()?;
     let api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
     let live = api.get_opt(&relay.name_any()).await?;
     let pods = match &live {
@@ -333,9 +331,7 @@ pub(crate) async fn patch_status(
     relay: &SmtpRelay,
     status: &crate::crd::SmtpRelayStatus,
 ) -> Result<()> {
-    let ns = relay
-        .namespace()
-        .ok_or(Error::MissingObjectKey(".metadata.namespace"))?;
+    let ns = relay.namespace_checked()?;
     let api: Api<SmtpRelay> = Api::namespaced(ctx.client.clone(), &ns);
     let patch = Patch::Merge(serde_json::json!({ "status": status }));
     api.patch_status(&relay.name_any(), &PatchParams::default(), &patch)
@@ -366,9 +362,7 @@ fn next_action(outcome: &Outcome, new_status: &crate::crd::SmtpRelayStatus) -> A
 /// The relay's pods (its StatefulSet's selector), so status can say what keeps one from
 /// running.
 async fn relay_pods(client: &Client, relay: &SmtpRelay) -> Result<Vec<Pod>> {
-    let ns = relay
-        .namespace()
-        .ok_or(Error::MissingObjectKey(".metadata.namespace"))?;
+    let ns = relay.namespace_checked()?;
     let selector = builders::selector_labels(relay)
         .iter()
         .map(|(k, v)| format!("{k}={v}"))

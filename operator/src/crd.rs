@@ -641,6 +641,15 @@ impl SmtpRelaySpec {
     }
 }
 
+impl SmtpRelay {
+    /// The relay's namespace: always set by the API server on this namespaced resource, an
+    /// error (not a panic) on an object that lacks it.
+    pub fn namespace_checked(&self) -> crate::Result<String> {
+        kube::ResourceExt::namespace(self)
+            .ok_or(crate::Error::MissingObjectKey(".metadata.namespace"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -25,7 +25,7 @@ use crate::crd::{RetentionPolicy, SmtpRelay};
 use crate::drain::{self, Departing, ABANDON_ANNOTATION};
 use crate::events::{drain_event, truncate};
 use crate::status;
-use crate::{Error, Result};
+use crate::Result;
 
 /// Holds a relay being deleted until its queues are drained.
 pub const FINALIZER: &str = "smtprelay.dev/drain-queues";
@@ -68,9 +68,7 @@ async fn patch_finalizers(
     relay: &SmtpRelay,
     next: Vec<String>,
 ) -> Result<()> {
-    let ns = relay
-        .namespace()
-        .ok_or(Error::MissingObjectKey(".metadata.namespace"))?;
+    let ns = relay.namespace_checked()?;
     let api: Api<SmtpRelay> = Api::namespaced(client.clone(), &ns);
     // The resourceVersion makes the API server refuse the patch (409, retried) if the list
     // changed since it was read: another controller's finalizer is never dropped.
@@ -146,9 +144,7 @@ pub async fn finalize(relay: &SmtpRelay, ctx: &Context, pods: &[Pod]) -> Result<
     if !has_finalizer(relay) {
         return Ok(Action::await_change());
     }
-    let ns = relay
-        .namespace()
-        .ok_or(Error::MissingObjectKey(".metadata.namespace"))?;
+    let ns = relay.namespace_checked()?;
     let pod_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let mut seen = Vec::new();
     for pod in pods {

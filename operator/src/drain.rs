@@ -29,7 +29,7 @@ use crate::apply::merge_patch;
 use crate::builders::statefulset::SPOOL_VOLUME;
 use crate::builders::{Desired, METRICS_PORT};
 use crate::crd::SmtpRelay;
-use crate::{Error, Result};
+use crate::Result;
 
 pub use smtp_relay::drain::DRAIN_ANNOTATION;
 
@@ -232,9 +232,7 @@ pub async fn step(
     let want = relay.spec.replicas;
     let live_replicas = live.and_then(|s| s.spec.as_ref()).and_then(|s| s.replicas);
     let name = relay.name_any();
-    let ns = relay
-        .namespace()
-        .ok_or(Error::MissingObjectKey(".metadata.namespace"))?;
+    let ns = relay.namespace_checked()?;
     let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
 
     let mut departing = Vec::new();

@@ -141,11 +141,7 @@ fn owner_ref(relay: &SmtpRelay) -> Result<OwnerReference> {
 pub fn child_meta(relay: &SmtpRelay, name: String, component: &str) -> Result<ObjectMeta> {
     Ok(ObjectMeta {
         name: Some(name),
-        namespace: Some(
-            relay
-                .namespace()
-                .ok_or(Error::MissingObjectKey(".metadata.namespace"))?,
-        ),
+        namespace: Some(relay.namespace_checked()?),
         labels: Some(labels(relay, component)),
         owner_references: Some(vec![owner_ref(relay)?]),
         ..ObjectMeta::default()
