@@ -186,7 +186,8 @@ impl Metrics {
     }
 
     pub fn encode(&self) -> String {
-        for (queue, n) in QUEUES.into_iter().zip(queue_sizes(&self.spool_dir)) {
+        let (sizes, oldest) = spool_scan(&self.spool_dir);
+        for (queue, n) in QUEUES.into_iter().zip(sizes) {
             self.queue
                 .get_or_create(&QueueLabel {
                     queue: queue.to_string(),
@@ -200,8 +201,7 @@ impl Metrics {
             .elapsed();
         self.since_last_sent
             .set(i64::try_from(idle.as_secs()).unwrap_or(i64::MAX));
-        self.oldest
-            .set(i64::try_from(oldest_age_seconds(&self.spool_dir)).unwrap_or(i64::MAX));
+        self.oldest.set(i64::try_from(oldest).unwrap_or(i64::MAX));
         let mut out = String::new();
         let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
         // Writing into a String cannot fail.
@@ -282,18 +282,21 @@ fn field<'a>(message: &'a str, key: &str) -> Option<&'a str> {
 
 /// Messages in each of Postfix's queues under `spool`, in the order of [`QUEUES`].
 pub fn queue_sizes(spool: &Path) -> [usize; 5] {
-    QUEUES.map(|q| scan(&spool.join(q)).0)
+    spool_scan(spool).0
 }
 
-/// Seconds since the oldest message on the spool was queued (its queue file's modification
-/// time, which Postfix sets when the message arrives and keeps while it waits), 0 when empty.
-pub fn oldest_age_seconds(spool: &Path) -> u64 {
-    QUEUES
+/// One walk of the spool: the messages in each queue (in the order of [`QUEUES`]), and the
+/// seconds since the oldest of them was queued (its queue file's modification time, which
+/// Postfix sets when the message arrives and keeps while it waits), 0 when empty.
+fn spool_scan(spool: &Path) -> ([usize; 5], u64) {
+    let scans = QUEUES.map(|q| scan(&spool.join(q)));
+    let oldest = scans
         .iter()
-        .filter_map(|q| scan(&spool.join(q)).1)
+        .filter_map(|(_, t)| *t)
         .min()
         .and_then(|t| t.elapsed().ok())
-        .map_or(0, |age| age.as_secs())
+        .map_or(0, |age| age.as_secs());
+    (scans.map(|(n, _)| n), oldest)
 }
 
 /// The number of queue files under `dir`, and the oldest one's modification time.
