@@ -16,9 +16,21 @@ pub struct StatusLabel {
     pub status: String,
 }
 
+/// A command smtpd refused: its SMTP reply code and why, as one of a few fixed reasons.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct CodeLabel {
+pub struct RejectLabels {
     pub code: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -29,12 +41,35 @@ pub struct QueueLabel {
 /// Postfix queues worth watching; a growing `deferred` means the relayhost refuses or is down.
 pub const QUEUES: [&str; 5] = ["maildrop", "incoming", "active", "deferred", "hold"];
 
+/// Why smtpd refused a command, from the text of its reply (a fixed set: label values stay
+/// bounded whatever clients send).
+pub const REJECT_REASONS: [&str; 7] = [
+    "relay_denied",
+    "sender",
+    "recipient",
+    "client",
+    "helo",
+    "size",
+    "other",
+];
+
+/// Why a delivery attempt to the relayhost failed (deferred or bounced).
+pub const RELAYHOST_ERRORS: [&str; 5] = ["connect", "tls", "login", "refused", "other"];
+
+/// What the relayhost answered to the last login: `unknown` until a delivery with credentials
+/// succeeds or a login fails (and always without credentials).
+pub const LOGIN_STATES: [&str; 3] = ["accepted", "refused", "unknown"];
+
 #[derive(Clone)]
 pub struct Metrics {
     registry: Arc<Mutex<Registry>>,
     spool_dir: PathBuf,
     pub deliveries: Family<StatusLabel, Counter>,
-    pub rejects: Family<CodeLabel, Counter>,
+    pub rejects: Family<RejectLabels, Counter>,
+    pub relayhost_errors: Family<ReasonLabel, Counter>,
+    relayhost_login: Family<StateLabel, Gauge>,
+    /// Whether the relay logs in to its relayhost (credentials configured).
+    logs_in: Arc<std::sync::atomic::AtomicBool>,
     pub connections: Counter,
     pub sasl_failures: Counter,
     pub queue: Family<QueueLabel, Gauge>,
@@ -43,10 +78,13 @@ pub struct Metrics {
     pub config_errors: Counter,
     pub postfix_up: Gauge,
     pub draining: Gauge,
-    /// When mail was last delivered to the relayhost (or the relay started).
-    last_sent: Arc<Mutex<std::time::Instant>>,
+    /// When mail was last delivered to the relayhost (or the relay started), and whether any
+    /// was since the start.
+    last_sent: Arc<Mutex<(std::time::Instant, Option<std::time::SystemTime>)>>,
     since_last_sent: Gauge,
+    last_sent_at: Gauge,
     oldest: Gauge,
+    oldest_at: Gauge,
 }
 
 impl Metrics {
@@ -57,6 +95,9 @@ impl Metrics {
             spool_dir: spool_dir.to_path_buf(),
             deliveries: Family::default(),
             rejects: Family::default(),
+            relayhost_errors: Family::default(),
+            relayhost_login: Family::default(),
+            logs_in: Arc::default(),
             connections: Counter::default(),
             sasl_failures: Counter::default(),
             queue: Family::default(),
@@ -65,72 +106,132 @@ impl Metrics {
             config_errors: Counter::default(),
             postfix_up: Gauge::default(),
             draining: Gauge::default(),
-            last_sent: Arc::new(Mutex::new(std::time::Instant::now())),
+            last_sent: Arc::new(Mutex::new((std::time::Instant::now(), None))),
             since_last_sent: Gauge::default(),
+            last_sent_at: Gauge::default(),
             oldest: Gauge::default(),
+            oldest_at: Gauge::default(),
         };
+        // Every series exists from the start at 0, so rate() and alerts see the first event.
+        // (Rejects by code appear with their first one: codes vary by reason.)
+        for status in ["sent", "deferred", "bounced", "expired"] {
+            let _ = m.deliveries.get_or_create(&StatusLabel {
+                status: status.into(),
+            });
+        }
+        for reason in RELAYHOST_ERRORS {
+            let _ = m.relayhost_errors.get_or_create(&ReasonLabel {
+                reason: reason.into(),
+            });
+        }
+        m.set_login("unknown");
+        m.register(&mut registry);
+        m.registry = Arc::new(Mutex::new(registry));
+        m
+    }
+
+    /// The series and their help texts: the page's one table of contents.
+    #[allow(clippy::too_many_lines, reason = "a table: one entry per series")]
+    fn register(&self, registry: &mut Registry) {
         registry.register(
             "deliveries",
             "Delivery attempts to the relayhost by final status (sent, deferred, bounced, expired)",
-            m.deliveries.clone(),
+            self.deliveries.clone(),
         );
         registry.register(
             "smtpd_rejects",
-            "Commands rejected by smtpd, by SMTP reply code",
-            m.rejects.clone(),
+            "Commands rejected by smtpd, by SMTP reply code and reason (relay_denied, sender, recipient, client, helo, size, other)",
+            self.rejects.clone(),
+        );
+        registry.register(
+            "relayhost_errors",
+            "Delivery attempts to the relayhost that failed, by cause: connect (unreachable), tls, login (it refused the credentials), refused (it answered with an error code), other",
+            self.relayhost_errors.clone(),
+        );
+        registry.register(
+            "relayhost_login",
+            "What the relayhost answered to the last login: 1 for the current state (accepted, refused, unknown: no login yet, or no credentials)",
+            self.relayhost_login.clone(),
         );
         registry.register(
             "smtpd_connections",
             "Client connections accepted by smtpd",
-            m.connections.clone(),
+            self.connections.clone(),
         );
         registry.register(
             "sasl_auth_failures",
             "Failed SASL logins of clients",
-            m.sasl_failures.clone(),
+            self.sasl_failures.clone(),
         );
         registry.register(
             "queue_messages",
             "Messages in each Postfix queue",
-            m.queue.clone(),
+            self.queue.clone(),
         );
         registry.register(
             "sasl_users",
             "SASL users in the database",
-            m.sasl_users.clone(),
+            self.sasl_users.clone(),
         );
         registry.register(
             "config_reloads",
             "Configuration changes applied without restart",
-            m.reloads.clone(),
+            self.reloads.clone(),
         );
         registry.register(
             "config_errors",
             "Configuration changes refused because they were invalid",
-            m.config_errors.clone(),
+            self.config_errors.clone(),
         );
         registry.register(
             "postfix_up",
             "1 while the Postfix master runs",
-            m.postfix_up.clone(),
+            self.postfix_up.clone(),
         );
         registry.register(
             "draining",
             "1 while this replica is asked to drain (scaled away or its relay deleted): out of the Service, delivering its queue",
-            m.draining.clone(),
+            self.draining.clone(),
         );
         registry.register(
             "seconds_since_last_delivery",
             "Seconds since a message was last delivered to the relayhost (or the relay started): grows while mail waits on a relayhost that refuses it or is down",
-            m.since_last_sent.clone(),
+            self.since_last_sent.clone(),
+        );
+        registry.register(
+            "last_delivery_timestamp_seconds",
+            "When a message was last delivered to the relayhost, in seconds since the epoch (0: none since the relay started)",
+            self.last_sent_at.clone(),
         );
         registry.register(
             "queue_oldest_message_age_seconds",
             "Age of the oldest message on the spool, in any queue (0 when empty)",
-            m.oldest.clone(),
+            self.oldest.clone(),
         );
-        m.registry = Arc::new(Mutex::new(registry));
-        m
+        registry.register(
+            "queue_oldest_message_timestamp_seconds",
+            "When the oldest message on the spool arrived, in seconds since the epoch (0 when empty)",
+            self.oldest_at.clone(),
+        );
+    }
+
+    /// Says whether the relay logs in to its relayhost; without credentials the login state
+    /// stays `unknown`.
+    pub fn set_logs_in(&self, logs_in: bool) {
+        let before = self
+            .logs_in
+            .swap(logs_in, std::sync::atomic::Ordering::Relaxed);
+        if before != logs_in {
+            self.set_login("unknown");
+        }
+    }
+
+    fn set_login(&self, state: &str) {
+        for s in LOGIN_STATES {
+            self.relayhost_login
+                .get_or_create(&StateLabel { state: s.into() })
+                .set(i64::from(s == state));
+        }
     }
 
     /// Updates counters from one line of Postfix's mail log.
@@ -141,15 +242,7 @@ impl Metrics {
         match program {
             "smtp" | "relay" | "error" | "lmtp" => {
                 if let Some(status) = field(message, "status=") {
-                    if status == "sent" {
-                        *self.last_sent.lock().unwrap_or_else(|e| e.into_inner()) =
-                            std::time::Instant::now();
-                    }
-                    self.deliveries
-                        .get_or_create(&StatusLabel {
-                            status: status.to_string(),
-                        })
-                        .inc();
+                    self.delivery(program, status, message);
                 }
             }
             "smtpd" => {
@@ -163,8 +256,9 @@ impl Metrics {
                         .and_then(|r| r.split_whitespace().next())
                     {
                         self.rejects
-                            .get_or_create(&CodeLabel {
-                                code: code.to_string(),
+                            .get_or_create(&RejectLabels {
+                                code: bounded_code(code),
+                                reason: reject_reason(rest).into(),
                             })
                             .inc();
                     }
@@ -174,6 +268,39 @@ impl Metrics {
             }
             _ => {}
         }
+    }
+
+    /// One recipient's delivery attempt: `status=sent (...)`, `status=deferred (...)`, ...
+    fn delivery(&self, program: &str, status: &str, message: &str) {
+        let to_relayhost = program != "error";
+        if status == "sent" {
+            let mut last = self.last_sent.lock().unwrap_or_else(|e| e.into_inner());
+            *last = (
+                std::time::Instant::now(),
+                Some(std::time::SystemTime::now()),
+            );
+            if to_relayhost && self.logs_in.load(std::sync::atomic::Ordering::Relaxed) {
+                self.set_login("accepted");
+            }
+        } else if to_relayhost && matches!(status, "deferred" | "bounced") {
+            let why = message
+                .split_once(&format!("status={status} ("))
+                .map_or("", |(_, why)| why);
+            let reason = relayhost_error(why);
+            if reason == "login" {
+                self.set_login("refused");
+            }
+            self.relayhost_errors
+                .get_or_create(&ReasonLabel {
+                    reason: reason.into(),
+                })
+                .inc();
+        }
+        self.deliveries
+            .get_or_create(&StatusLabel {
+                status: bounded_status(status),
+            })
+            .inc();
     }
 
     /// Deliveries logged as deferred so far.
@@ -194,14 +321,19 @@ impl Metrics {
                 })
                 .set(n as i64);
         }
-        let idle = self
-            .last_sent
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .elapsed();
+        let (idle, sent_at) = {
+            let last = self.last_sent.lock().unwrap_or_else(|e| e.into_inner());
+            (last.0.elapsed(), last.1)
+        };
         self.since_last_sent
             .set(i64::try_from(idle.as_secs()).unwrap_or(i64::MAX));
-        self.oldest.set(i64::try_from(oldest).unwrap_or(i64::MAX));
+        self.last_sent_at.set(sent_at.map_or(0, unix_seconds));
+        self.oldest.set(
+            oldest
+                .and_then(|t| t.elapsed().ok())
+                .map_or(0, |age| i64::try_from(age.as_secs()).unwrap_or(i64::MAX)),
+        );
+        self.oldest_at.set(oldest.map_or(0, unix_seconds));
         let mut out = String::new();
         let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
         // Writing into a String cannot fail.
@@ -226,13 +358,23 @@ pub struct QueueReport {
     pub seconds_since_delivery: u64,
     /// Age of the oldest message on the spool, in seconds.
     pub oldest_seconds: u64,
+    /// When the oldest message on the spool arrived (seconds since the epoch), 0 when empty.
+    pub oldest_timestamp: u64,
+    /// When mail was last delivered to the relayhost (seconds since the epoch), 0: not since
+    /// the relay started.
+    pub last_delivery_timestamp: u64,
+    /// The relayhost's answer to the last login: one of [`LOGIN_STATES`].
+    pub relayhost_login: &'static str,
 }
 
 impl QueueReport {
     /// Reads the report from the text [`Metrics::encode`] serves; `None` when the page is not a
     /// relay's (no queue gauge).
     pub fn parse(page: &str) -> Option<QueueReport> {
-        let mut report = QueueReport::default();
+        let mut report = QueueReport {
+            relayhost_login: "unknown",
+            ..QueueReport::default()
+        };
         let mut seen_queue = false;
         for line in page.lines().filter(|l| !l.starts_with('#')) {
             let Some((series, value)) = line.rsplit_once(' ') else {
@@ -252,6 +394,19 @@ impl QueueReport {
                 report.seconds_since_delivery = n;
             } else if series == "smtp_relay_queue_oldest_message_age_seconds" {
                 report.oldest_seconds = n;
+            } else if series == "smtp_relay_queue_oldest_message_timestamp_seconds" {
+                report.oldest_timestamp = n;
+            } else if series == "smtp_relay_last_delivery_timestamp_seconds" {
+                report.last_delivery_timestamp = n;
+            } else if let Some(labels) = series.strip_prefix("smtp_relay_relayhost_login") {
+                if n == 1 {
+                    if let Some(state) = LOGIN_STATES
+                        .into_iter()
+                        .find(|s| labels.contains(&format!("state=\"{s}\"")))
+                    {
+                        report.relayhost_login = state;
+                    }
+                }
             } else if let Some(labels) = series.strip_prefix("smtp_relay_queue_messages") {
                 seen_queue = true;
                 report.queued += n;
@@ -285,21 +440,77 @@ pub fn queue_sizes(spool: &Path) -> [usize; 5] {
     spool_scan(spool).0
 }
 
-/// One walk of the spool: the messages in each queue (in the order of [`QUEUES`]), and the
-/// seconds since the oldest of them was queued (its queue file's modification time, which
-/// Postfix sets when the message arrives and keeps while it waits), 0 when empty.
-fn spool_scan(spool: &Path) -> ([usize; 5], u64) {
+/// One walk of the spool: the messages in each queue (in the order of [`QUEUES`]), and when
+/// the oldest of them arrived.
+fn spool_scan(spool: &Path) -> ([usize; 5], Option<std::time::SystemTime>) {
     let scans = QUEUES.map(|q| scan(&spool.join(q)));
-    let oldest = scans
-        .iter()
-        .filter_map(|(_, t)| *t)
-        .min()
-        .and_then(|t| t.elapsed().ok())
-        .map_or(0, |age| age.as_secs());
+    let oldest = scans.iter().filter_map(|(_, t)| *t).min();
     (scans.map(|(n, _)| n), oldest)
 }
 
-/// The number of queue files under `dir`, and the oldest one's modification time.
+fn unix_seconds(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// Postfix's delivery statuses; anything else (a future one) is `other`.
+fn bounded_status(status: &str) -> String {
+    match status {
+        "sent" | "deferred" | "bounced" | "expired" | "undeliverable" => status.into(),
+        _ => "other".into(),
+    }
+}
+
+/// A three-digit SMTP code as logged, or `other`.
+fn bounded_code(code: &str) -> String {
+    if code.len() == 3 && code.bytes().all(|b| b.is_ascii_digit()) {
+        code.into()
+    } else {
+        "other".into()
+    }
+}
+
+/// The reason of an smtpd reject, from its text (one of [`REJECT_REASONS`]).
+fn reject_reason(text: &str) -> &'static str {
+    if text.contains("Relay access denied") {
+        "relay_denied"
+    } else if text.contains("Sender address rejected") {
+        "sender"
+    } else if text.contains("Recipient address rejected") {
+        "recipient"
+    } else if text.contains("Client host rejected") {
+        "client"
+    } else if text.contains("Helo command rejected") {
+        "helo"
+    } else if text.contains("size exceeds") || text.contains("Message size") {
+        "size"
+    } else {
+        "other"
+    }
+}
+
+/// The cause of a failed delivery attempt to the relayhost, from the text Postfix logs after
+/// `status=deferred (` or `status=bounced (` (one of [`RELAYHOST_ERRORS`]).
+fn relayhost_error(why: &str) -> &'static str {
+    if why.contains("SASL authentication failed") || why.contains("cannot authenticate") {
+        "login"
+    } else if why.contains("TLS") || why.contains("certificate") {
+        "tls"
+    } else if why.contains(" said: ") {
+        "refused"
+    } else if why.starts_with("connect to ")
+        || why.contains("lost connection")
+        || why.contains("conversation with")
+        || why.contains("Host or domain name not found")
+        || why.contains("Name service error")
+    {
+        "connect"
+    } else {
+        "other"
+    }
+}
+
+/// The number of queue files under `dir`, and the oldest one's arrival time.
 fn scan(dir: &Path) -> (usize, Option<std::time::SystemTime>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return (0, None);
@@ -308,12 +519,54 @@ fn scan(dir: &Path) -> (usize, Option<std::time::SystemTime>) {
         .flatten()
         .map(|e| match e.file_type() {
             Ok(t) if t.is_dir() => scan(&e.path()),
-            Ok(t) if t.is_file() => (1, e.metadata().and_then(|m| m.modified()).ok()),
+            Ok(t) if t.is_file() => (1, arrival_time(&e.path())),
             _ => (0, None),
         })
         .fold((0, None), |(n, oldest), (m, t)| {
             (n + m, oldest.into_iter().chain(t).min())
         })
+}
+
+/// When the message in a queue file arrived: its time record, which cleanup writes once. Not
+/// the file's modification time: the queue manager sets that of a deferred message to its next
+/// retry, in the future. The file's birth time where the record cannot be read.
+fn arrival_time(queue_file: &Path) -> Option<std::time::SystemTime> {
+    let mut head = [0u8; 512];
+    let read = std::fs::File::open(queue_file)
+        .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
+        .unwrap_or(0);
+    time_record(&head[..read])
+        .or_else(|| std::fs::metadata(queue_file).and_then(|m| m.created()).ok())
+}
+
+/// The arrival time in the first records of a Postfix queue file: records are a type byte, a
+/// length (7 bits a byte, least significant first, the high bit saying another byte follows)
+/// and the data; the time record (`T`) holds "seconds microseconds".
+fn time_record(mut records: &[u8]) -> Option<std::time::SystemTime> {
+    while let Some((&kind, rest)) = records.split_first() {
+        let (mut len, mut shift, mut rest) = (0usize, 0u32, rest);
+        loop {
+            let (&b, tail) = rest.split_first()?;
+            len |= usize::from(b & 0x7f).checked_shl(shift)?;
+            shift += 7;
+            rest = tail;
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        let data = rest.get(..len)?;
+        if kind == b'T' {
+            let secs: u64 = std::str::from_utf8(data)
+                .ok()?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()?;
+            return Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs));
+        }
+        records = &rest[len..];
+    }
+    None
 }
 
 /// Serves `/metrics` until the task is dropped.
@@ -371,6 +624,21 @@ mod tests {
     }
 
     #[test]
+    fn the_time_record_is_found_after_records_of_any_length() {
+        // A 200-byte record first: its length takes two bytes (200 = 0b1_1001000).
+        let mut file = vec![b'C', 0x80 | (200 & 0x7f), 200 >> 7];
+        file.extend([b' '; 200]);
+        file.extend(b"T\x111795989469 414319");
+        assert_eq!(
+            time_record(&file),
+            Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_795_989_469))
+        );
+        // Cut short, or without a time record: nothing, never a wrong time.
+        assert_eq!(time_record(&file[..150]), None);
+        assert_eq!(time_record(b"C\x02abX\x01z"), None);
+    }
+
+    #[test]
     fn the_queue_report_reads_what_encode_serves() {
         let dir = tempfile::tempdir().unwrap();
         for (queue, files) in [("deferred", 2), ("hold", 1), ("active", 1)] {
@@ -381,29 +649,43 @@ mod tests {
             }
         }
         let m = Metrics::new(dir.path());
+        let report = QueueReport::parse(&m.encode()).expect("a relay's page");
+        let now = unix_seconds(std::time::SystemTime::now()) as u64;
+        assert!(
+            (now - 60..=now).contains(&report.oldest_timestamp),
+            "{report:?}"
+        );
         assert_eq!(
-            QueueReport::parse(&m.encode()),
-            Some(QueueReport {
+            report,
+            QueueReport {
                 draining: false,
                 queued: 4,
                 deferred: 2,
                 hold: 1,
                 seconds_since_delivery: 0,
                 oldest_seconds: 0,
-            })
+                oldest_timestamp: report.oldest_timestamp,
+                last_delivery_timestamp: 0,
+                relayhost_login: "unknown",
+            }
         );
         m.draining.set(1);
         assert!(QueueReport::parse(&m.encode()).is_some_and(|r| r.draining));
-        // The oldest message's age is its queue file's.
-        let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
-        std::fs::File::options()
-            .write(true)
-            .open(dir.path().join("deferred/A/q1"))
-            .unwrap()
-            .set_modified(hour_ago)
-            .unwrap();
-        let oldest = QueueReport::parse(&m.encode()).unwrap().oldest_seconds;
-        assert!((3600..3700).contains(&oldest), "{oldest}");
+        // The oldest message's age is its time record's, whatever the file's times say.
+        let hour_ago = unix_seconds(std::time::SystemTime::now()) - 3600;
+        let time = format!("{hour_ago} 414319");
+        let mut queue_file = b"C\x05    1".to_vec();
+        queue_file.push(b'T');
+        queue_file.push(time.len() as u8);
+        queue_file.extend(time.as_bytes());
+        queue_file.extend(b"A\x02ab");
+        std::fs::write(dir.path().join("deferred/A/q1"), queue_file).unwrap();
+        let report = QueueReport::parse(&m.encode()).unwrap();
+        assert!((3600..3700).contains(&report.oldest_seconds), "{report:?}");
+        assert!(
+            (now - 3700..now - 3500).contains(&report.oldest_timestamp),
+            "{report:?}"
+        );
         assert_eq!(QueueReport::parse("other_metric 1\n"), None);
     }
 
@@ -413,19 +695,35 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("deferred/A")).unwrap();
         std::fs::write(dir.path().join("deferred/A/ABC123"), "").unwrap();
         let m = Metrics::new(dir.path());
+        m.set_logs_in(true);
         m.observe_log_line(
             "Nov 25 02:30:00 relay postfix/smtpd[12]: connect from unknown[127.0.0.3]",
         );
         m.observe_log_line("Nov 25 02:30:00 relay postfix/smtpd[12]: NOQUEUE: reject: RCPT from unknown[127.0.0.3]: 554 5.7.1 <a@b.c>: Relay access denied; from=<x@example.net> to=<a@b.c> proto=ESMTP helo=<t>");
         m.observe_log_line("Nov 25 02:30:01 relay postfix/smtp[13]: 4XYZ: to=<a@example.net>, relay=127.0.0.1[127.0.0.1]:2526, delay=0.1, status=sent (250 Ok)");
-        m.observe_log_line("Nov 25 02:30:01 relay postfix/relay[13]: 4XYZ: to=<b@example.net>, relay=none, delay=0.1, status=deferred (connect refused)");
+        m.observe_log_line("Nov 25 02:30:01 relay postfix/relay[13]: 4XYZ: to=<b@example.net>, relay=none, delay=0.1, status=deferred (connect to 127.0.0.1[127.0.0.1]:2526: Connection refused)");
         m.observe_log_line("Nov 25 02:30:02 relay postfix/smtpd[12]: warning: unknown[127.0.0.3]: SASL PLAIN authentication failed: authentication failure");
+        m.observe_log_line("Nov 25 02:30:03 relay postfix/smtp[14]: 5ABC: to=<c@example.net>, relay=up[127.0.0.1]:2526, delay=0.2, status=bounced (host up[127.0.0.1] said: 550 5.1.1 no such user (in reply to RCPT TO command))");
+        m.observe_log_line("Nov 25 02:30:04 relay postfix/smtpd[12]: NOQUEUE: reject: RCPT from unknown[127.0.0.3]: 450 4.7.1 <x>: Helo command rejected: Host not found; from=<> to=<a@b.c> proto=ESMTP helo=<x>");
+        assert!(m
+            .encode()
+            .contains("smtp_relay_relayhost_login{state=\"accepted\"} 1"));
+        m.observe_log_line("Nov 25 02:30:05 relay postfix/smtp[14]: 6ABC: to=<d@example.net>, relay=up[127.0.0.1]:2526, delay=0.2, status=deferred (SASL authentication failed; server up[127.0.0.1] said: 535 5.7.8 Error: authentication failed)");
         let text = m.encode();
         for expected in [
             "smtp_relay_smtpd_connections_total 1",
-            "smtp_relay_smtpd_rejects_total{code=\"554\"} 1",
+            "smtp_relay_smtpd_rejects_total{code=\"554\",reason=\"relay_denied\"} 1",
+            "smtp_relay_smtpd_rejects_total{code=\"450\",reason=\"helo\"} 1",
+            "smtp_relay_deliveries_total{status=\"bounced\"} 1",
+            "smtp_relay_deliveries_total{status=\"expired\"} 0",
+            "smtp_relay_relayhost_errors_total{reason=\"connect\"} 1",
+            "smtp_relay_relayhost_errors_total{reason=\"refused\"} 1",
+            "smtp_relay_relayhost_errors_total{reason=\"login\"} 1",
+            "smtp_relay_relayhost_errors_total{reason=\"tls\"} 0",
+            "smtp_relay_relayhost_login{state=\"refused\"} 1",
+            "smtp_relay_relayhost_login{state=\"accepted\"} 0",
             "smtp_relay_deliveries_total{status=\"sent\"} 1",
-            "smtp_relay_deliveries_total{status=\"deferred\"} 1",
+            "smtp_relay_deliveries_total{status=\"deferred\"} 2",
             "smtp_relay_sasl_auth_failures_total 1",
             "smtp_relay_queue_messages{queue=\"deferred\"} 1",
         ] {

@@ -164,6 +164,7 @@ fn reapply(
             if config_changed || users_changed {
                 metrics.reloads.inc();
                 metrics.sasl_users.set(next.users.0.len() as i64);
+                metrics.set_logs_in(next.settings.relayhost_credentials.is_some());
                 tracing::info!(config_changed, users = ?next.users, "applied changed inputs without restarting postfix");
             }
             *applied = next;
@@ -196,6 +197,7 @@ pub async fn run(opts: RunOptions) -> ExitCode {
     };
     let metrics = Metrics::new(&layout.spool_dir);
     metrics.sasl_users.set(applied.users.0.len() as i64);
+    metrics.set_logs_in(applied.settings.relayhost_credentials.is_some());
     let metrics_server = opts.metrics_listen.map(|addr| {
         let m = metrics.clone();
         tokio::spawn(async move {

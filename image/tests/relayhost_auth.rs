@@ -5,10 +5,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener};
-use std::sync::{Arc, Mutex};
-
 use common::*;
 use smtp_relay::config_file::InboundTlsFile;
 use smtp_relay::settings::{Mode, TlsLevel};
@@ -72,6 +68,10 @@ fn relay_and_deliver(relay: &Relay, sink: &Sink, tag: &str) {
         "{tag}: the message went through the upstream:\n{}",
         m.text
     );
+    // The relay's metrics say the relayhost took the login (its status.queue shows it).
+    poll(&format!("{tag}: the login accepted"), DEADLINE, || {
+        (relay.metric("smtp_relay_relayhost_login{state=\"accepted\"}") == Some(1.0)).then_some(())
+    });
 }
 
 #[test]
@@ -155,51 +155,12 @@ fn wrong_password_is_deferred_not_delivered() {
     );
     assert!(relay.queued() >= 1, "the message stays queued");
     assert!(!sink.delivered_to("wrong@elsewhere.org"));
-}
-
-/// A scripted relayhost on loopback that offers AUTH but no STARTTLS, refuses every login and
-/// records every line it receives.
-struct FakeRelayhost {
-    addr: SocketAddr,
-    transcript: Arc<Mutex<String>>,
-}
-
-impl FakeRelayhost {
-    fn start() -> FakeRelayhost {
-        let listener =
-            TcpListener::bind(loopback(free_port())).expect("binding the fake relayhost");
-        let addr = listener.local_addr().unwrap();
-        let transcript = Arc::new(Mutex::new(String::new()));
-        let seen = transcript.clone();
-        // The thread ends with the test process; it only ever talks to the relay under test.
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let mut out = stream.try_clone().unwrap();
-                let _ = out.write_all(b"220 fake.test ESMTP\r\n");
-                for line in BufReader::new(stream).lines() {
-                    let Ok(line) = line else { break };
-                    seen.lock().unwrap().push_str(&format!("{line}\n"));
-                    let verb = line.split(' ').next().unwrap_or("").to_ascii_uppercase();
-                    let answer: &[u8] = match verb.as_str() {
-                        "EHLO" => b"250-fake.test\r\n250-AUTH PLAIN LOGIN\r\n250 8BITMIME\r\n",
-                        "AUTH" => b"535 5.7.8 Authentication failed\r\n",
-                        "QUIT" => b"221 2.0.0 Bye\r\n",
-                        _ => b"250 2.0.0 Ok\r\n",
-                    };
-                    let _ = out.write_all(answer);
-                    if verb == "QUIT" {
-                        break;
-                    }
-                }
-                seen.lock().unwrap().push_str("<closed>\n");
-            }
-        });
-        FakeRelayhost { addr, transcript }
-    }
-
-    fn transcript(&self) -> String {
-        self.transcript.lock().unwrap().clone()
-    }
+    assert_eq!(
+        relay.metric("smtp_relay_relayhost_login{state=\"refused\"}"),
+        Some(1.0),
+        "the metrics say the relayhost refused the login"
+    );
+    assert!(relay.metric("smtp_relay_relayhost_errors_total{reason=\"login\"}") >= Some(1.0));
 }
 
 /// Issue 13, point 2: with credentials and no TLS level, a relayhost that offers AUTH without
@@ -207,10 +168,10 @@ impl FakeRelayhost {
 /// `may` and the relay sent `AUTH PLAIN <base64 of the password>`.)
 #[test]
 fn a_relayhost_without_starttls_never_receives_the_password() {
-    let fake = FakeRelayhost::start();
+    let fake = ScriptedRelayhost::start();
     let password = "never-in-clear-text";
     let mut spec = RelaySpec::new(Input::file(config(
-        fake.addr.port(),
+        fake.addr().port(),
         Mode::AllowNetAuthNoDomain,
     )));
     let username = spec.write("relayhost/username", "user");

@@ -711,3 +711,108 @@ pub fn ca_signed_cert(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
         .arg(&cert));
     (ca, cert, key)
 }
+
+// ---------------------------------------------------------------------------------------------
+// A scripted relayhost: answers chosen by recipient, for counting what the relay makes of them.
+
+/// A relayhost on loopback speaking enough SMTP to take mail, without STARTTLS. It offers AUTH
+/// and refuses every login; it answers `RCPT TO` by the recipient's local part: `defer…` gets
+/// 451, `bounce…` 550, anything else 250. It records every line it receives. Dropping it stops
+/// it: connections to its port are then refused.
+pub struct ScriptedRelayhost {
+    addr: SocketAddr,
+    transcript: std::sync::Arc<std::sync::Mutex<String>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ScriptedRelayhost {
+    pub fn start() -> ScriptedRelayhost {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind(loopback(free_port()))
+            .expect("binding the scripted relayhost");
+        let addr = listener.local_addr().unwrap();
+        let transcript = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (seen, stopping) = (transcript.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stopping.load(Ordering::SeqCst) {
+                    break;
+                }
+                if let Ok(stream) = stream {
+                    scripted_session(stream, &seen);
+                }
+            }
+        });
+        ScriptedRelayhost {
+            addr,
+            transcript,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn transcript(&self) -> String {
+        self.transcript.lock().unwrap().clone()
+    }
+}
+
+impl Drop for ScriptedRelayhost {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Wakes the accept loop, which then returns and closes the listener.
+        let _ = std::net::TcpStream::connect(self.addr);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// One SMTP session of [`ScriptedRelayhost`], one at a time (the relay retries on refusals).
+fn scripted_session(stream: std::net::TcpStream, seen: &std::sync::Mutex<String>) {
+    use std::io::{BufRead, BufReader, Write};
+    let _ = stream.set_read_timeout(Some(DEADLINE));
+    let Ok(mut out) = stream.try_clone() else {
+        return;
+    };
+    let _ = out.write_all(b"220 scripted.test ESMTP\r\n");
+    let mut in_data = false;
+    for line in BufReader::new(stream).lines() {
+        let Ok(line) = line else { break };
+        seen.lock().unwrap().push_str(&format!("{line}\n"));
+        if in_data {
+            if line == "." {
+                in_data = false;
+                let _ = out.write_all(b"250 2.0.0 Ok: queued\r\n");
+            }
+            continue;
+        }
+        let upper = line.to_ascii_uppercase();
+        let verb = upper.split(' ').next().unwrap_or("");
+        let local = upper
+            .split_once("TO:<")
+            .map_or("", |(_, to)| to.split('@').next().unwrap_or(""));
+        let answer: &[u8] = match verb {
+            "EHLO" => b"250-scripted.test\r\n250-AUTH PLAIN LOGIN\r\n250 8BITMIME\r\n",
+            "AUTH" => b"535 5.7.8 Authentication failed\r\n",
+            "RCPT" if local.starts_with("DEFER") => b"451 4.3.0 Try again later\r\n",
+            "RCPT" if local.starts_with("BOUNCE") => b"550 5.1.1 No such user here\r\n",
+            "DATA" => {
+                in_data = true;
+                b"354 End data with <CR><LF>.<CR><LF>\r\n"
+            }
+            "QUIT" => b"221 2.0.0 Bye\r\n",
+            _ => b"250 2.0.0 Ok\r\n",
+        };
+        let _ = out.write_all(answer);
+        if verb == "QUIT" {
+            break;
+        }
+    }
+    seen.lock().unwrap().push_str("<closed>\n");
+}
