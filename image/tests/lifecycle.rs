@@ -208,7 +208,10 @@ fn probe_send_users_and_metrics_against_a_running_relay() {
     let metrics = poll("metrics to count the traffic", DEADLINE, || {
         let text = relay.metrics();
         (metric_value(&text, "smtp_relay_deliveries_total{status=\"sent\"}") >= Some(1.0)
-            && metric_value(&text, "smtp_relay_smtpd_rejects_total{code=\"554\"}") >= Some(1.0)
+            && metric_value(
+                &text,
+                "smtp_relay_smtpd_rejects_total{code=\"554\",reason=\"relay_denied\"}",
+            ) >= Some(1.0)
             && metric_value(&text, "smtp_relay_sasl_auth_failures_total") >= Some(1.0))
         .then_some(text)
     });
