@@ -27,7 +27,7 @@ use crate::drain::{self, Drain};
 pub use crate::events::events_for;
 use crate::events::truncate;
 use crate::fingerprint::{Memory, Stores};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ReconcileOutcome};
 use crate::resolve::{self, RefSource};
 use crate::status::{self, Outcome, Rollout};
 pub use crate::watches::{run, RunConfig};
@@ -163,12 +163,13 @@ pub async fn plan(
 
 /// One reconciliation of one SmtpRelay, as six steps (and step 0: nothing changed).
 pub async fn reconcile(relay: Arc<SmtpRelay>, ctx: Arc<Context>) -> Result<Action> {
-    let _timer = ctx.metrics.reconcile_started();
+    let mut timer = ctx.metrics.reconcile_started();
     // 0. Nothing changed since the last full reconcile (see `fingerprint`): the same decision,
     //    without a request.
     let fingerprint = ctx.stores.as_ref().and_then(|s| s.fingerprint(&relay));
     if let Some(action) = fingerprint.and_then(|fp| ctx.memory.unchanged(&relay, fp)) {
         ctx.metrics.unchanged.inc();
+        timer.outcome(ReconcileOutcome::Unchanged);
         return Ok(action);
     }
     // 1. Read what runs: the StatefulSet and its pods.
@@ -176,7 +177,9 @@ pub async fn reconcile(relay: Arc<SmtpRelay>, ctx: Arc<Context>) -> Result<Actio
     if relay.metadata.deletion_timestamp.is_some() {
         // Owned objects are garbage-collected through their owner references, once the
         // pods have drained when the volumes go too.
-        return deletion::finalize(&relay, &ctx, &pods).await;
+        let action = deletion::finalize(&relay, &ctx, &pods).await?;
+        timer.outcome(ReconcileOutcome::Deleting);
+        return Ok(action);
     }
     deletion::keep_finalizer(&ctx.client, &relay).await?;
     // 2. Dereference, validate, build: the desired children, or why there are none.
@@ -200,6 +203,10 @@ pub async fn reconcile(relay: Arc<SmtpRelay>, ctx: Arc<Context>) -> Result<Actio
     let draining = !matches!(rollout.drain, Drain::None);
     let new_status = report(&relay, &ctx, &outcome, rollout).await?;
     ctx.reset_backoff(&relay);
+    timer.outcome(match outcome {
+        Outcome::Applied { .. } => ReconcileOutcome::Applied,
+        _ => ReconcileOutcome::Rejected,
+    });
     // 6. When to look again; remembered when the caches show everything this depends on.
     let action = next_action(&outcome, &new_status);
     let cached = !draining

@@ -372,7 +372,7 @@ mod tests {
                 deferred,
                 hold: 0,
                 seconds_since_delivery: if deferred > 1 { 600 } else { 5 },
-                oldest_seconds: 0,
+                ..QueueReport::default()
             }),
         }
     }

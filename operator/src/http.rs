@@ -111,7 +111,9 @@ mod tests {
             "{body}"
         );
         assert!(
-            body.contains("smtp_relay_operator_reconcile_duration_seconds_count 1"),
+            body.contains(
+                r#"smtp_relay_operator_reconcile_duration_seconds_count{outcome="error"} 1"#
+            ),
             "{body}"
         );
         assert!(get(addr, "/nope").await.starts_with("HTTP/1.1 404"));

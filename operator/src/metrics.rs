@@ -19,6 +19,50 @@ pub struct VerbLabels {
     pub verb: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReadyLabels {
+    pub ready: String,
+}
+
+/// How a reconcile ended, the `outcome` of its duration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReconcileOutcome {
+    /// Nothing changed since the last full reconcile: no request made.
+    Unchanged,
+    /// The children were applied (or were already as wanted) and status written.
+    Applied,
+    /// The input was refused (invalid spec, missing Secret, name conflict, refused apply):
+    /// nothing written but status and Events.
+    Rejected,
+    /// A deleted relay: the finalizer's drain.
+    Deleting,
+    /// The API server failed a request: retried with backoff.
+    Error,
+}
+
+impl ReconcileOutcome {
+    fn label(self) -> &'static str {
+        match self {
+            ReconcileOutcome::Unchanged => "unchanged",
+            ReconcileOutcome::Applied => "applied",
+            ReconcileOutcome::Rejected => "rejected",
+            ReconcileOutcome::Deleting => "deleting",
+            ReconcileOutcome::Error => "error",
+        }
+    }
+}
+
+const DURATION_BUCKETS: [f64; 10] = [0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(DURATION_BUCKETS)
+}
+
 /// The Kubernetes verb of a request to the API server: a GET with `watch=true` is a WATCH, a
 /// GET of a collection a LIST (as the API server's own metrics name them).
 pub fn api_verb(method: &http::Method, uri: &http::Uri) -> &'static str {
@@ -69,9 +113,13 @@ pub struct Metrics {
     pub reconciles: Counter,
     pub unchanged: Counter,
     pub failures: Family<ErrorLabels, Counter>,
-    pub duration: Histogram,
+    pub duration: Family<OutcomeLabels, Histogram, fn() -> Histogram>,
     pub leader: Gauge,
     pub api_requests: Family<VerbLabels, Counter>,
+    relays: Family<ReadyLabels, Gauge>,
+    /// The controller's cache of SmtpRelays, once it runs (on the leader): counted by Ready
+    /// when scraped.
+    relay_store: std::sync::OnceLock<kube::runtime::reflector::Store<crate::crd::SmtpRelay>>,
 }
 
 impl Default for Metrics {
@@ -80,7 +128,8 @@ impl Default for Metrics {
         let reconciles = Counter::default();
         let unchanged = Counter::default();
         let failures = Family::<ErrorLabels, Counter>::default();
-        let duration = Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]);
+        let duration = Family::new_with_constructor(duration_histogram as fn() -> Histogram);
+        let relays = Family::<ReadyLabels, Gauge>::default();
         let leader = Gauge::default();
         let api_requests = Family::<VerbLabels, Counter>::default();
         registry.register(
@@ -101,8 +150,13 @@ impl Default for Metrics {
         );
         registry.register(
             "reconcile_duration_seconds",
-            "Duration of reconciliations",
+            "Duration of reconciliations, by outcome (unchanged, applied, rejected, deleting, error)",
             duration.clone(),
+        );
+        registry.register(
+            "relays",
+            "SmtpRelays by the status of their Ready condition (True, False, Unknown); on the leader",
+            relays.clone(),
         );
         registry.register(
             "leader",
@@ -117,17 +171,50 @@ impl Default for Metrics {
             duration,
             leader,
             api_requests,
+            relays,
+            relay_store: std::sync::OnceLock::new(),
         }
     }
 }
 
 impl Metrics {
-    /// Counts a reconcile and measures it until the returned guard drops.
+    /// Counts a reconcile and measures it until the returned guard drops, by the outcome set
+    /// on it (`Error` when it returns early on a failed request).
     pub fn reconcile_started(&self) -> ReconcileTimer {
         self.reconciles.inc();
         ReconcileTimer {
             start: Instant::now(),
-            histogram: self.duration.clone(),
+            histograms: self.duration.clone(),
+            outcome: ReconcileOutcome::Error,
+        }
+    }
+
+    /// Counts the relays of `store` by Ready at every scrape from now on.
+    pub fn count_relays(&self, store: kube::runtime::reflector::Store<crate::crd::SmtpRelay>) {
+        let _ = self.relay_store.set(store);
+    }
+
+    fn count_ready(&self) {
+        let Some(store) = self.relay_store.get() else {
+            return;
+        };
+        let mut counts = [("True", 0), ("False", 0), ("Unknown", 0)];
+        for relay in store.state() {
+            let ready = crate::status::ready_condition(relay.status.as_ref())
+                .map_or("Unknown", |c| c.status.as_str());
+            let i = match ready {
+                "True" => 0,
+                "False" => 1,
+                _ => 2,
+            };
+            counts[i].1 += 1;
+        }
+        for (ready, n) in counts {
+            self.relays
+                .get_or_create(&ReadyLabels {
+                    ready: ready.into(),
+                })
+                .set(n);
         }
     }
 
@@ -150,6 +237,7 @@ impl Metrics {
 
     /// The metrics in the Prometheus text format.
     pub fn encode(&self) -> String {
+        self.count_ready();
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();
@@ -160,12 +248,24 @@ impl Metrics {
 
 pub struct ReconcileTimer {
     start: Instant,
-    histogram: Histogram,
+    histograms: Family<OutcomeLabels, Histogram, fn() -> Histogram>,
+    outcome: ReconcileOutcome,
+}
+
+impl ReconcileTimer {
+    /// How the reconcile ended.
+    pub fn outcome(&mut self, outcome: ReconcileOutcome) {
+        self.outcome = outcome;
+    }
 }
 
 impl Drop for ReconcileTimer {
     fn drop(&mut self) {
-        self.histogram.observe(self.start.elapsed().as_secs_f64());
+        self.histograms
+            .get_or_create(&OutcomeLabels {
+                outcome: self.outcome.label().into(),
+            })
+            .observe(self.start.elapsed().as_secs_f64());
     }
 }
 
@@ -186,6 +286,62 @@ pub async fn counted_client(metrics: std::sync::Arc<Metrics>) -> Result<kube::Cl
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_by_outcome_and_relays_by_ready() {
+        let metrics = Metrics::default();
+        drop(metrics.reconcile_started());
+        let mut timer = metrics.reconcile_started();
+        timer.outcome(ReconcileOutcome::Unchanged);
+        drop(timer);
+        let text = metrics.encode();
+        for series in [
+            "smtp_relay_operator_reconcile_duration_seconds_count{outcome=\"error\"} 1",
+            "smtp_relay_operator_reconcile_duration_seconds_count{outcome=\"unchanged\"} 1",
+            "smtp_relay_operator_reconciles_total 2",
+        ] {
+            assert!(text.contains(series), "{series} in\n{text}");
+        }
+        // Not the leader: no count of relays at all (not zeros that would read as none).
+        assert!(!text.contains("smtp_relay_operator_relays{"), "{text}");
+
+        let (store, mut writer) = kube::runtime::reflector::store();
+        let ready = |name: &str, ok: Option<bool>| {
+            let mut relay = crate::fixtures::relay(name);
+            relay.status = ok.map(|ok| crate::crd::SmtpRelayStatus {
+                conditions: vec![crate::status::condition_at(
+                    "Ready",
+                    Some(ok),
+                    "Why",
+                    String::new(),
+                    None,
+                    &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                        jiff::Timestamp::UNIX_EPOCH,
+                    ),
+                    None,
+                )],
+                ..Default::default()
+            });
+            kube::runtime::watcher::Event::Apply(relay)
+        };
+        for event in [
+            ready("a", Some(true)),
+            ready("b", Some(true)),
+            ready("c", Some(false)),
+            ready("d", None),
+        ] {
+            writer.apply_watcher_event(&event);
+        }
+        metrics.count_relays(store);
+        let text = metrics.encode();
+        for series in [
+            "smtp_relay_operator_relays{ready=\"True\"} 2",
+            "smtp_relay_operator_relays{ready=\"False\"} 1",
+            "smtp_relay_operator_relays{ready=\"Unknown\"} 1",
+        ] {
+            assert!(text.contains(series), "{series} in\n{text}");
+        }
+    }
 
     #[test]
     fn verbs_are_named_as_the_api_server_names_them() {

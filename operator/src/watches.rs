@@ -145,6 +145,7 @@ pub async fn run(
     // StatefulSet's status, owned objects) into one reconcile.
     let synced = store.clone();
     let shutdown = shutdown.shared();
+    ctx.metrics.count_relays(store.clone());
     let controller = Controller::for_stream(relay_watch, store)
         .with_config(
             kube::runtime::controller::Config::default()
