@@ -174,6 +174,34 @@ fn accepted_mail_survives_sigkill_a_node_reboot_and_a_scale_down() {
             queued(&cp, 1)
         ),
     );
+    // status.queue says so, from the pods' metrics: what `kubectl get smtpr` shows.
+    let queue = ok(user_path::wait(
+        &cp,
+        NS,
+        WAIT,
+        "status.queue to count every message, deferred",
+        || {
+            let relay = operator::get_json(&cp, NS, "smtprelay", RELAY)?;
+            let q = &relay["status"]["queue"];
+            (q["messages"] == N && q["deferred"] == N && q["pods"].as_array()?.len() == 2)
+                .then(|| q.clone())
+        },
+    ));
+    assert!(queue["oldestMessageTime"].is_string(), "{queue}");
+    assert_eq!(
+        queue["relayhostLogin"], "Unknown",
+        "no credentials: {queue}"
+    );
+    let table = cp.kubectl_ok(["get", "smtpr", "-n", NS]);
+    assert!(
+        table.lines().next().is_some_and(|h| h.contains("QUEUED"))
+            && table
+                .lines()
+                .nth(1)
+                .is_some_and(|r| r.contains(&format!(" {N} "))),
+        "kubectl get smtpr shows the queue:\n{table}"
+    );
+    step(begin, &format!("status.queue: {queue}"));
 
     // 3. SIGKILL every relay container, as containerd would deliver an OOM kill.
     let socket = cp.containerd_socket().expect("a node");
@@ -345,6 +373,18 @@ fn accepted_mail_survives_sigkill_a_node_reboot_and_a_scale_down() {
     ok(user_path::wait(&cp, NS, WAIT, "the queues empty", || {
         (queued(&cp, 0) + queued(&cp, 1) == 0).then_some(())
     }));
+    let flowing = ok(user_path::wait(
+        &cp,
+        NS,
+        WAIT,
+        "status.queue empty, with the last delivery's time",
+        || {
+            let relay = operator::get_json(&cp, NS, "smtprelay", RELAY)?;
+            let q = &relay["status"]["queue"];
+            (q["messages"] == 0 && q["lastDeliveryTime"].is_string()).then(|| q.clone())
+        },
+    ));
+    step(begin, &format!("status.queue after delivery: {flowing}"));
     let port = sink.addr.port();
     drop(sink);
 

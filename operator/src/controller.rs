@@ -340,6 +340,11 @@ pub(crate) async fn patch_status(
 ) -> Result<()> {
     let ns = relay.namespace_checked()?;
     let api: Api<SmtpRelay> = Api::namespaced(ctx.client.clone(), &ns);
+    // Without the queue, which `queue::observe` alone writes (a merge patch leaves it).
+    let status = crate::crd::SmtpRelayStatus {
+        queue: None,
+        ..status.clone()
+    };
     let patch = Patch::Merge(serde_json::json!({ "status": status }));
     api.patch_status(&relay.name_any(), &PatchParams::default(), &patch)
         .await?;

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{
     Affinity, LocalObjectReference, ResourceRequirements, Toleration,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -44,6 +44,9 @@ pub const EMAIL_PATTERN: &str = r"^[^@\s]+@[^@\s]+$";
     printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".status.mode"}"#,
     printcolumn = r#"{"name":"Ready Replicas","type":"integer","jsonPath":".status.readyReplicas"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Queued","type":"integer","jsonPath":".status.queue.messages"}"#,
+    printcolumn = r#"{"name":"Last Delivery","type":"date","jsonPath":".status.queue.lastDeliveryTime"}"#,
+    printcolumn = r#"{"name":"Relayhost Login","type":"string","priority":1,"jsonPath":".status.queue.relayhostLogin"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -620,6 +623,54 @@ pub struct SmtpRelayStatus {
     /// `customRestrictions` is set, `Custom` with `customRestrictions`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
+    /// Mail waiting on the replicas' spools and whether it flows, read from each running
+    /// pod's metrics every 30 s (written only when it changes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<QueueStatus>,
+}
+
+/// Mail waiting and flowing, over every replica that answered, and per replica.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueStatus {
+    /// Messages on the spools, in any queue.
+    pub messages: u64,
+    /// Of those, waiting for a retry: the relayhost deferred them or could not be reached.
+    pub deferred: u64,
+    /// When the oldest waiting message arrived.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_message_time: Option<Time>,
+    /// When mail last reached the relayhost (since the pods started).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_delivery_time: Option<Time>,
+    /// The relayhost's answer to the last login: `Refused` when any replica's last login was
+    /// refused, else `Accepted` when one was accepted, else `Unknown` (no login yet, or no
+    /// credentials).
+    pub relayhost_login: String,
+    /// Each running replica, by pod name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["pod"]))]
+    pub pods: Vec<PodQueueStatus>,
+}
+
+/// One replica's queue; `unreadable` when its metrics did not answer.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PodQueueStatus {
+    pub pod: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub messages: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deferred: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_message_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_delivery_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relayhost_login: Option<String>,
+    /// Why the numbers are missing (the metrics endpoint did not answer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreadable: Option<String>,
 }
 
 impl SmtpRelaySpec {

@@ -88,6 +88,9 @@ mod tests {
                 "Mode",
                 "Ready Replicas",
                 "Ready",
+                "Queued",
+                "Last Delivery",
+                "Relayhost Login",
                 "Age"
             ]
         );

@@ -15,10 +15,6 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::Client as HttpClient;
-use hyper_util::rt::TokioExecutor;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, ResourceExt};
@@ -27,7 +23,7 @@ use tracing::{info, warn};
 
 use crate::apply::merge_patch;
 use crate::builders::statefulset::SPOOL_VOLUME;
-use crate::builders::{Desired, METRICS_PORT};
+use crate::builders::Desired;
 use crate::crd::SmtpRelay;
 use crate::Result;
 
@@ -40,9 +36,6 @@ pub const ABANDON_ANNOTATION: &str = "smtprelay.dev/abandon-drain";
 /// A departing replica that has delivered nothing for this long while mail waits is stuck (the
 /// relayhost refuses the mail or is down).
 pub const STUCK_AFTER_SECONDS: u64 = 60;
-
-/// How long reading a pod's metrics may take.
-const SCRAPE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// How often a relay that is draining is looked at again.
 pub const REQUEUE: Duration = Duration::from_secs(10);
@@ -279,7 +272,10 @@ pub(crate) async fn departing(api: &Api<Pod>, pod: &Pod) -> Result<Departing> {
     Ok(Departing {
         pod: pod.name_any(),
         ready: pod_ready(pod),
-        queue: scrape(pod).await,
+        queue: crate::queue::scrape(pod)
+            .await
+            .inspect_err(|why| warn!(pod = %pod.name_any(), %why, "cannot read the queue of a departing replica"))
+            .ok(),
     })
 }
 
@@ -327,33 +323,6 @@ async fn mark(api: &Api<Pod>, pod: &Pod, drain: bool) -> Result<()> {
     info!(pod = %pod.name_any(), drain, "marking the pod");
     let patch = serde_json::json!({"metadata": {"annotations": {DRAIN_ANNOTATION: value}}});
     merge_patch(api, &pod.name_any(), &patch).await
-}
-
-/// The pod's queue, from its metrics endpoint; `None` when it cannot be read.
-async fn scrape(pod: &Pod) -> Option<QueueReport> {
-    let ip = pod.status.as_ref()?.pod_ip.as_ref()?;
-    let host = match ip.parse::<std::net::IpAddr>().ok()? {
-        std::net::IpAddr::V6(v6) => format!("[{v6}]"),
-        std::net::IpAddr::V4(v4) => v4.to_string(),
-    };
-    let uri: http::Uri = format!("http://{host}:{METRICS_PORT}/metrics")
-        .parse()
-        .ok()?;
-    let client: HttpClient<_, Empty<Bytes>> =
-        HttpClient::builder(TokioExecutor::new()).build_http();
-    let read = async {
-        let resp = client.get(uri).await.ok()?;
-        if !resp.status().is_success() {
-            return None;
-        }
-        let body = resp.into_body().collect().await.ok()?.to_bytes();
-        QueueReport::parse(&String::from_utf8_lossy(&body))
-    };
-    let report = tokio::time::timeout(SCRAPE_TIMEOUT, read).await.ok()?;
-    if report.is_none() {
-        warn!(pod = %pod.name_any(), "cannot read the queue of a departing replica");
-    }
-    report
 }
 
 #[cfg(test)]

@@ -27,7 +27,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 
 use crate::builders::{selector_labels, Names};
-use crate::crd::SmtpRelay;
+use crate::crd::{SmtpRelay, SmtpRelayStatus};
 use crate::mapping::{referenced_config_maps, referenced_secrets};
 
 /// How long a remembered decision holds without a full reconcile.
@@ -41,7 +41,7 @@ pub struct Stores {
     pub stateful_sets: Store<PartialObjectMeta<StatefulSet>>,
     pub services: Store<PartialObjectMeta<Service>>,
     pub pdbs: Store<PartialObjectMeta<PodDisruptionBudget>>,
-    pub pods: Store<PartialObjectMeta<Pod>>,
+    pub pods: Store<Pod>,
 }
 
 /// Everything a reconcile of one relay depends on, hashed in parts (see [`PARTS`]) so a log can
@@ -74,7 +74,7 @@ fn version<K: Resource<DynamicType = ()> + Clone>(
         .and_then(|o| o.metadata.resource_version.clone())
 }
 
-fn ready<K: Resource<DynamicType = ()> + Clone>(store: &Store<PartialObjectMeta<K>>) -> bool {
+fn ready<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>) -> bool {
     store
         .wait_until_ready()
         .now_or_never()
@@ -106,7 +106,13 @@ impl Stores {
             &m.finalizers,
         )
             .hash(&mut relay_part);
-        serde_json::to_string(&relay.status)
+        // Status but its queue, which `queue::observe` rewrites as mail comes and goes and which
+        // no decision of the reconcile reads.
+        let decided_on = relay.status.as_ref().map(|s| SmtpRelayStatus {
+            queue: None,
+            ..s.clone()
+        });
+        serde_json::to_string(&decided_on)
             .ok()?
             .hash(&mut relay_part);
 
@@ -209,11 +215,11 @@ mod tests {
         .into_request_partial::<K>()
     }
 
-    fn store<K>(objects: Vec<PartialObjectMeta<K>>) -> Store<PartialObjectMeta<K>>
+    fn store<K>(objects: Vec<K>) -> Store<K>
     where
         K: Resource<DynamicType = ()> + Clone,
     {
-        let mut w = Writer::<PartialObjectMeta<K>>::default();
+        let mut w = Writer::<K>::default();
         w.apply_watcher_event(&Event::Init);
         for o in objects {
             w.apply_watcher_event(&Event::InitApply(o));
@@ -222,8 +228,15 @@ mod tests {
         w.as_reader()
     }
 
+    fn pod(name: &str, rv: &str) -> Pod {
+        Pod {
+            metadata: meta::<Pod>(name, rv).metadata,
+            ..Pod::default()
+        }
+    }
+
     fn stores(secret_rv: &str, pod_rv: &str) -> Stores {
-        let mut pod = meta::<Pod>("r1-0", pod_rv);
+        let mut pod = pod("r1-0", pod_rv);
         pod.metadata.labels = Some(selector_labels(&crate::fixtures::relay("r1")));
         Stores {
             secrets: store(vec![meta("users", secret_rv), meta("other", "9")]),
@@ -231,7 +244,7 @@ mod tests {
             stateful_sets: store(vec![meta("r1", "4")]),
             services: store(vec![]),
             pdbs: store(vec![]),
-            pods: store(vec![pod, meta("unrelated-0", "5")]),
+            pods: store(vec![pod, self::pod("unrelated-0", "5")]),
         }
     }
 

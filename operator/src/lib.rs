@@ -42,6 +42,7 @@ pub mod mapping;
 pub mod metrics;
 #[cfg(test)]
 mod parity;
+pub mod queue;
 pub mod resolve;
 pub mod runtime;
 pub mod shutdown;

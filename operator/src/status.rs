@@ -703,6 +703,8 @@ pub fn compute(
             Outcome::Applied { .. } => Some(relay.spec.mode_in_force()),
             _ => old.mode,
         },
+        // Written by `queue::observe` alone.
+        queue: old.queue,
     }
 }
 

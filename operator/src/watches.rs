@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, PodStatus, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::NamespaceResourceScope;
 use kube::core::PartialObjectMeta;
@@ -75,6 +75,33 @@ where
     (store, stream)
 }
 
+/// The owned pods' watch, cached for the fingerprint (their resourceVersions) and for
+/// [`crate::queue`] (where each runs): everything else of a pod is dropped on arrival.
+fn pod_stream(
+    api: Api<Pod>,
+    config: watcher::Config,
+) -> (
+    Store<Pod>,
+    impl futures::Stream<Item = Result<Pod, watcher::Error>> + Send + 'static,
+) {
+    let (store, writer) = reflector::store();
+    let stream = watch_with_backoff(watcher(api, config))
+        .modify(|p| {
+            p.managed_fields_mut().clear();
+            p.spec = None;
+            if let Some(status) = p.status.as_mut() {
+                *status = PodStatus {
+                    phase: status.phase.take(),
+                    pod_ip: status.pod_ip.take(),
+                    ..PodStatus::default()
+                };
+            }
+        })
+        .reflect(writer)
+        .touched_objects();
+    (store, stream)
+}
+
 /// Runs the controller until `shutdown` resolves.
 pub async fn run(
     client: Client,
@@ -118,7 +145,7 @@ pub async fn run(
         api::<PartialObjectMeta<PodDisruptionBudget>>(&client, ns),
         owned.clone(),
     );
-    let (pods, pod_watch) = metadata_stream(api::<PartialObjectMeta<Pod>>(&client, ns), owned);
+    let (pods, pod_watch) = pod_stream(api::<Pod>(&client, ns), owned);
     // One watch per kind covers both owned copies (via owner references) and the user's
     // referenced objects, so a rotated password or a new SASL user reconciles at once.
     // Metadata only: values are read by the reconcile, for the referenced objects alone, so no
@@ -137,7 +164,7 @@ pub async fn run(
         stateful_sets,
         services,
         pdbs,
-        pods,
+        pods: pods.clone(),
     }));
     let store1 = store.clone();
     let store2 = store.clone();
@@ -158,9 +185,7 @@ pub async fn run(
         .owns_stream(pdb_watch)
         // A pod that changes (ready, restarting, crashing) reconciles its relay at once: status
         // follows the pods without polling.
-        .watches_stream(pod_watch, |p: PartialObjectMeta<Pod>| {
-            relay_of_pod(&p.metadata)
-        })
+        .watches_stream(pod_watch, |p: Pod| relay_of_pod(&p.metadata))
         .watches_stream(secret_watch, move |s: PartialObjectMeta<Secret>| {
             let relays = store1.state();
             relays_for(
@@ -185,8 +210,10 @@ pub async fn run(
                 Err(e) => debug!(error = %e, "reconcile error"),
             }
         });
+    // status.queue, from the pods' metrics (see `queue`).
+    let queues = crate::queue::observe(client, synced.clone(), pods, shutdown.clone());
     tokio::select! {
-        () = controller => {}
+        ((), ()) = futures::future::join(controller, queues) => {}
         () = drain_limit(shutdown, synced) => {}
     }
 }

@@ -1,0 +1,292 @@
+//! Mail waiting and flowing, in status. Every [`INTERVAL`] the running pods of each relay are
+//! asked for their queue (their metrics page, the one the drain reads), and `status.queue` is
+//! patched when what it says changed: so `kubectl get smtpr` answers "is mail flowing?" without
+//! a dashboard. Idle relays cost no write; timestamps, not ages, keep the numbers still while
+//! nothing happens.
+//!
+//! This is the one writer of `status.queue`: the reconcile leaves it as it is, and the
+//! fingerprint does not hash it (a queue that moves is no reason to reconcile).
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{FutureExt, StreamExt};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::rt::TokioExecutor;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::reflector::Store;
+use kube::{Api, Client, ResourceExt};
+use smtp_relay::metrics::QueueReport;
+use tracing::{debug, warn};
+
+use crate::builders::{selector_labels, METRICS_PORT};
+use crate::crd::{PodQueueStatus, QueueStatus, SmtpRelay};
+
+/// How often each relay's queue is read.
+pub const INTERVAL: Duration = Duration::from_secs(30);
+
+/// How long reading a pod's metrics may take.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Pods read at once, over all relays.
+const SCRAPES_AT_ONCE: usize = 16;
+
+/// One HTTP client for every scrape: its connection pool is shared.
+fn http() -> &'static HttpClient<HttpConnector, Empty<Bytes>> {
+    static CLIENT: OnceLock<HttpClient<HttpConnector, Empty<Bytes>>> = OnceLock::new();
+    CLIENT.get_or_init(|| HttpClient::builder(TokioExecutor::new()).build_http())
+}
+
+/// The pod's queue, from its metrics endpoint; why not when it cannot be read.
+pub async fn scrape(pod: &Pod) -> Result<QueueReport, String> {
+    let ip = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_ip.as_deref())
+        .ok_or("no pod IP")?;
+    let host = match ip.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(v6)) => format!("[{v6}]"),
+        Ok(std::net::IpAddr::V4(v4)) => v4.to_string(),
+        Err(_) => return Err(format!("pod IP {ip:?}")),
+    };
+    let uri: http::Uri = format!("http://{host}:{METRICS_PORT}/metrics")
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    let read = async {
+        let resp = http().get(uri).await.map_err(|e| format!("{e}"))?;
+        if !resp.status().is_success() {
+            return Err(format!("HTTP {}", resp.status()));
+        }
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("{e}"))?
+            .to_bytes();
+        QueueReport::parse(&String::from_utf8_lossy(&body))
+            .ok_or_else(|| "not a relay's metrics".to_string())
+    };
+    tokio::time::timeout(SCRAPE_TIMEOUT, read)
+        .await
+        .map_err(|_| format!("no answer in {SCRAPE_TIMEOUT:?}"))?
+}
+
+/// The pods of `relay` that run (and so have a metrics endpoint), by name.
+fn running_pods(relay: &SmtpRelay, pods: &Store<Pod>) -> Vec<std::sync::Arc<Pod>> {
+    let ns = relay.namespace();
+    let selector = selector_labels(relay);
+    let mut running: Vec<_> = pods
+        .state()
+        .into_iter()
+        .filter(|p| p.namespace() == ns)
+        .filter(|p| {
+            let labels = p.labels();
+            selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+        })
+        .filter(|p| {
+            p.status
+                .as_ref()
+                .is_some_and(|s| s.phase.as_deref() == Some("Running") && s.pod_ip.is_some())
+        })
+        .collect();
+    running.sort_by_key(|p| p.name_any());
+    running
+}
+
+fn time(unix_seconds: u64) -> Option<Time> {
+    let secs = i64::try_from(unix_seconds).ok().filter(|s| *s > 0)?;
+    jiff::Timestamp::from_second(secs).ok().map(Time)
+}
+
+fn login_name(state: &str) -> &'static str {
+    match state {
+        "accepted" => "Accepted",
+        "refused" => "Refused",
+        _ => "Unknown",
+    }
+}
+
+/// `status.queue` from what each running pod said; `None` without running pods.
+pub fn summarize(reports: &[(String, Result<QueueReport, String>)]) -> Option<QueueStatus> {
+    if reports.is_empty() {
+        return None;
+    }
+    let pods: Vec<PodQueueStatus> = reports
+        .iter()
+        .map(|(pod, report)| match report {
+            Ok(q) => PodQueueStatus {
+                pod: pod.clone(),
+                messages: Some(q.queued),
+                deferred: Some(q.deferred),
+                oldest_message_time: time(q.oldest_timestamp),
+                last_delivery_time: time(q.last_delivery_timestamp),
+                relayhost_login: Some(login_name(q.relayhost_login).into()),
+                unreadable: None,
+            },
+            Err(why) => PodQueueStatus {
+                pod: pod.clone(),
+                unreadable: Some(why.clone()),
+                ..PodQueueStatus::default()
+            },
+        })
+        .collect();
+    let logins: Vec<&str> = pods
+        .iter()
+        .filter_map(|p| p.relayhost_login.as_deref())
+        .collect();
+    Some(QueueStatus {
+        messages: pods.iter().filter_map(|p| p.messages).sum(),
+        deferred: pods.iter().filter_map(|p| p.deferred).sum(),
+        oldest_message_time: pods
+            .iter()
+            .filter_map(|p| p.oldest_message_time.clone())
+            .min_by_key(|t| t.0),
+        last_delivery_time: pods
+            .iter()
+            .filter_map(|p| p.last_delivery_time.clone())
+            .max_by_key(|t| t.0),
+        relayhost_login: ["Refused", "Accepted"]
+            .into_iter()
+            .find(|state| logins.contains(state))
+            .unwrap_or("Unknown")
+            .into(),
+        pods,
+    })
+}
+
+/// Reads the queue of every relay in `relays` once, and patches the statuses that changed.
+async fn observe_once(client: &Client, relays: &Store<SmtpRelay>, pods: &Store<Pod>) {
+    let work = relays.state().into_iter().filter_map(|relay| {
+        let running = running_pods(&relay, pods);
+        let unchanged_empty =
+            running.is_empty() && relay.status.as_ref().is_none_or(|s| s.queue.is_none());
+        (!unchanged_empty).then_some((relay, running))
+    });
+    futures::stream::iter(work)
+        .map(|(relay, running)| async move {
+            let reports = futures::future::join_all(running.iter().map(|pod| async move {
+                (pod.name_any(), scrape(pod).await)
+            }))
+            .await;
+            (relay, reports)
+        })
+        .buffer_unordered(SCRAPES_AT_ONCE)
+        .for_each_concurrent(SCRAPES_AT_ONCE, |(relay, reports)| async move {
+            let queue = summarize(&reports);
+            if relay.status.as_ref().and_then(|s| s.queue.as_ref()) == queue.as_ref() {
+                return;
+            }
+            if let Err(e) = patch_queue(client, &relay, queue.as_ref()).await {
+                warn!(relay = %relay.name_any(), namespace = ?relay.namespace(), error = %e, "cannot write status.queue");
+            }
+        })
+        .await;
+}
+
+async fn patch_queue(
+    client: &Client,
+    relay: &SmtpRelay,
+    queue: Option<&QueueStatus>,
+) -> crate::Result<()> {
+    let ns = relay.namespace_checked()?;
+    let api: Api<SmtpRelay> = Api::namespaced(client.clone(), &ns);
+    let patch = Patch::Merge(serde_json::json!({ "status": { "queue": queue } }));
+    api.patch_status(&relay.name_any(), &PatchParams::default(), &patch)
+        .await?;
+    debug!(relay = %relay.name_any(), namespace = %ns, "status.queue written");
+    Ok(())
+}
+
+/// Reads every relay's queue each [`INTERVAL`] until `shutdown` resolves.
+pub async fn observe(
+    client: Client,
+    relays: Store<SmtpRelay>,
+    pods: Store<Pod>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let shutdown = shutdown.fuse();
+    futures::pin_mut!(shutdown);
+    let mut ticks = tokio::time::interval(INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        futures::select! {
+            () = shutdown => return,
+            _ = ticks.tick().fuse() => {}
+        }
+        if relays.wait_until_ready().now_or_never().is_none() {
+            continue;
+        }
+        observe_once(&client, &relays, &pods).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(
+        queued: u64,
+        deferred: u64,
+        oldest: u64,
+        last: u64,
+        login: &'static str,
+    ) -> QueueReport {
+        QueueReport {
+            queued,
+            deferred,
+            oldest_timestamp: oldest,
+            last_delivery_timestamp: last,
+            relayhost_login: login,
+            ..QueueReport::default()
+        }
+    }
+
+    #[test]
+    fn the_summary_adds_the_pods_and_names_the_unreadable() {
+        let queue = summarize(&[
+            (
+                "r-0".into(),
+                Ok(report(3, 2, 1_800_000_100, 1_800_000_500, "accepted")),
+            ),
+            (
+                "r-1".into(),
+                Ok(report(4, 4, 1_800_000_050, 1_800_000_400, "unknown")),
+            ),
+            ("r-2".into(), Err("no answer in 3s".into())),
+        ])
+        .expect("pods ran");
+        assert_eq!((queue.messages, queue.deferred), (7, 6));
+        assert_eq!(queue.oldest_message_time, time(1_800_000_050));
+        assert_eq!(queue.last_delivery_time, time(1_800_000_500));
+        assert_eq!(queue.relayhost_login, "Accepted");
+        assert_eq!(queue.pods[2].unreadable.as_deref(), Some("no answer in 3s"));
+        let yaml = serde_json::to_value(&queue).unwrap();
+        assert_eq!(yaml["oldestMessageTime"], "2027-01-15T08:00:50Z");
+        assert_eq!(yaml["pods"][0]["relayhostLogin"], "Accepted");
+    }
+
+    #[test]
+    fn one_refused_login_is_the_answer_and_empty_queues_have_no_times() {
+        let queue = summarize(&[
+            ("r-0".into(), Ok(report(0, 0, 0, 1_800_000_500, "accepted"))),
+            ("r-1".into(), Ok(report(0, 0, 0, 0, "refused"))),
+        ])
+        .unwrap();
+        assert_eq!(queue.relayhost_login, "Refused");
+        assert_eq!(queue.oldest_message_time, None);
+        assert_eq!(queue.pods[1].last_delivery_time, None);
+        assert_eq!(summarize(&[]), None);
+    }
+
+    #[test]
+    fn an_idle_relay_says_the_same_twice() {
+        // Timestamps, not ages: nothing moves while nothing happens, so nothing is written.
+        let idle = || summarize(&[("r-0".into(), Ok(report(0, 0, 0, 1_800_000_500, "accepted")))]);
+        assert_eq!(idle(), idle());
+    }
+}
