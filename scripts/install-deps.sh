@@ -4,7 +4,8 @@
 #     tests run their own instances);
 #   - into $ROOT/.cache/bin: helm, actionlint, and controlplane + kubectl built from e2e/controlplane
 #     (a real etcd + kube-apiserver + kube-controller-manager, from Go modules);
-#   - with --lint (the tests, not the demo): cargo-deny, into the same place.
+#   - with --lint (the tests, not the demo): cargo-deny and promtool (checks and unit-tests the
+#     chart's alerts and dashboard queries), into the same place.
 # A second run with everything present does nothing and takes seconds.
 #
 # Environment: GO (default: go on PATH, else /usr/local/go/bin/go), HELM_VERSION.
@@ -15,6 +16,7 @@ BIN="$ROOT/.cache/bin"
 HELM_VERSION="${HELM_VERSION:-v3.22.0}"
 ACTIONLINT_VERSION="${ACTIONLINT_VERSION:-v1.7.12}"
 CARGO_DENY_VERSION="${CARGO_DENY_VERSION:-0.20.2}"
+PROMETHEUS_VERSION="${PROMETHEUS_VERSION:-v0.316.0}"
 APT_PACKAGES=(postfix sasl2-bin libsasl2-modules lua5.4 ca-certificates openssl)
 
 LOG_TAG="install-deps"
@@ -72,6 +74,19 @@ cargo_deny_install() {
     echo "$CARGO_DENY_VERSION" >"$stamp"
 }
 
+# promtool, Prometheus' own rule checker and unit-test runner (the Go module's v0.316.0 is
+# Prometheus 3.16).
+promtool_install() {
+    local stamp="$BIN/.promtool-version"
+    if [ -x "$BIN/promtool" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$PROMETHEUS_VERSION" ]; then
+        return
+    fi
+    log "building promtool $PROMETHEUS_VERSION"
+    GOBIN="$BIN" "$GO" install -trimpath "-ldflags=-s -w" \
+        "github.com/prometheus/prometheus/cmd/promtool@$PROMETHEUS_VERSION"
+    echo "$PROMETHEUS_VERSION" >"$stamp"
+}
+
 controlplane_build() {
     local src="$ROOT/e2e/controlplane" stamp="$BIN/.controlplane-sources" sum
     # The sources' content, not their times: a fresh checkout of the same sources builds nothing.
@@ -98,6 +113,7 @@ main() {
     step "controlplane + kubectl" controlplane_build
     if [ "${1:-}" = "--lint" ]; then
         step "cargo-deny $CARGO_DENY_VERSION" cargo_deny_install
+        step "promtool $PROMETHEUS_VERSION" promtool_install
     fi
     step "node (install-node-deps.sh)" "$ROOT/scripts/install-node-deps.sh"
     log "tools in $BIN: $(cd "$BIN" && echo *)"

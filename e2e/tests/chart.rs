@@ -1166,3 +1166,128 @@ fn packaged_chart_renders_like_the_source() {
     };
     assert_eq!(render_from(&tgz), render_from(&chart_dir()));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Alerts and dashboard, checked by Prometheus' own promtool
+
+fn promtool(args: &[&str], dir: &Path) -> Output {
+    run(Command::new(smtp_relay_e2e::tools::bin("promtool"))
+        .current_dir(dir)
+        .args(args))
+}
+
+/// The PrometheusRule the chart renders with `values`, as a Prometheus rules file.
+fn rules_file(values: &str) -> String {
+    let docs = render(values);
+    let rule = one(&docs, "PrometheusRule");
+    let mut file = serde_yaml::Mapping::new();
+    file.insert("groups".into(), rule["spec"]["groups"].clone());
+    serde_yaml::to_string(&file).unwrap()
+}
+
+/// `promtool test rules` of e2e/alerts/alerts.test.yaml against the rules rendered with
+/// `values`; the output, and whether every test passed.
+fn alert_tests(values: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("rules.yaml"), rules_file(values)).unwrap();
+    std::fs::copy(
+        root().join("e2e/alerts/alerts.test.yaml"),
+        dir.path().join("alerts.test.yaml"),
+    )
+    .unwrap();
+    let check = promtool(&["check", "rules", "rules.yaml"], dir.path());
+    assert!(
+        check.status.success(),
+        "promtool check rules:\n{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let out = promtool(&["test", "rules", "alerts.test.yaml"], dir.path());
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+const MONITORING: &str = "prometheusRule: {enabled: true}\ngrafanaDashboard: {enabled: true}\nrelayPodMonitor: {enabled: true}\n";
+
+#[test]
+fn the_alerts_pass_promtool_and_their_unit_tests() {
+    let (passed, out) = alert_tests(MONITORING);
+    assert!(passed, "promtool test rules:\n{out}");
+    assert!(out.contains("SUCCESS"), "{out}");
+    // Every alert of the chart has a unit test.
+    let rules: Value = serde_yaml::from_str(&rules_file(MONITORING)).unwrap();
+    let tests = std::fs::read_to_string(root().join("e2e/alerts/alerts.test.yaml")).unwrap();
+    let alerts: Vec<&str> = rules["groups"][0]["rules"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["alert"].as_str())
+        .collect();
+    assert_eq!(alerts.len(), 10, "{alerts:?}");
+    for alert in alerts {
+        assert!(
+            tests.contains(&format!("alertname: {alert}\n")),
+            "{alert} has no test in e2e/alerts/alerts.test.yaml"
+        );
+    }
+}
+
+/// The unit tests can fail: with the oldest-message threshold at an hour, the alert the tests
+/// expect at 40 minutes does not fire.
+#[test]
+fn the_alert_tests_fail_when_a_threshold_moves() {
+    let (passed, out) = alert_tests(&format!(
+        "{MONITORING}prometheusRule: {{enabled: true, oldestMessageMinutes: 60}}\n"
+    ));
+    assert!(!passed, "{out}");
+    assert!(out.contains("SmtpRelayOldestMessageTooOld"), "{out}");
+    assert!(!out.contains("SmtpRelayQueueGrowing"), "{out}");
+}
+
+#[test]
+fn the_dashboard_is_the_file_and_every_query_parses() {
+    let docs = render(MONITORING);
+    let cm = all_of(&docs, "ConfigMap")
+        .into_iter()
+        .find(|c| c["metadata"]["name"] == "smtp-relay-operator-dashboard")
+        .expect("the dashboard ConfigMap");
+    assert_eq!(cm["metadata"]["labels"]["grafana_dashboard"], "1");
+    let file = std::fs::read_to_string(chart_dir().join("dashboards/smtp-relay.json")).unwrap();
+    let shipped = cm["data"]["smtp-relay.json"].as_str().unwrap();
+    assert_eq!(shipped.trim_end(), file.trim_end());
+    let dashboard: serde_json::Value = serde_json::from_str(shipped).unwrap();
+    let mut exprs = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            exprs.push(target["expr"].as_str().unwrap().to_string());
+        }
+    }
+    assert!(exprs.len() >= 15, "{exprs:?}");
+    // Grafana's variables as Prometheus sees them once substituted.
+    let rules: Vec<serde_json::Value> = exprs
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let e = e
+                .replace("$__rate_interval", "5m")
+                .replace("$__range", "6h")
+                .replace("$namespace", ".*")
+                .replace("$relay", ".*");
+            serde_json::json!({"record": format!("dashboard:panel_{i}"), "expr": e})
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let file = serde_json::json!({"groups": [{"name": "dashboard", "rules": rules}]});
+    std::fs::write(dir.path().join("dashboard.yaml"), file.to_string()).unwrap();
+    let out = promtool(&["check", "rules", "dashboard.yaml"], dir.path());
+    assert!(
+        out.status.success(),
+        "the dashboard's queries:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

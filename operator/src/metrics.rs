@@ -343,6 +343,65 @@ mod tests {
         }
     }
 
+    /// The series the chart's dashboard and alerts query are ones the relay and the operator
+    /// serve: a renamed metric fails here, not silently on a dashboard.
+    #[test]
+    fn every_series_the_dashboard_and_alerts_query_exists() {
+        let spool = tempfile::tempdir().unwrap();
+        let relay = smtp_relay::metrics::Metrics::new(spool.path());
+        relay.set_logs_in(true);
+        // Families show on the page once they have a series.
+        relay.observe_log_line("postfix/smtpd[1]: NOQUEUE: reject: RCPT from x[1.2.3.4]: 554 5.7.1 <a@b.c>: Relay access denied");
+        let operator = Metrics::default();
+        let (store, _writer) = kube::runtime::reflector::store();
+        operator.count_relays(store);
+        operator.api_request(&http::Method::GET, &"/api/v1/pods".parse().unwrap());
+        operator.failure("InvalidSpec");
+        drop(operator.reconcile_started());
+        let served: std::collections::BTreeSet<String> = [relay.encode(), operator.encode()]
+            .iter()
+            .flat_map(|page| page.lines().map(str::to_string).collect::<Vec<_>>())
+            .filter(|l| l.starts_with("# TYPE "))
+            .filter_map(|l| {
+                let mut words = l.split_whitespace().skip(2);
+                let (name, kind) = (words.next()?, words.next()?);
+                Some(match kind {
+                    "counter" => vec![format!("{name}_total")],
+                    "histogram" => ["_bucket", "_count", "_sum"]
+                        .map(|s| format!("{name}{s}"))
+                        .to_vec(),
+                    _ => vec![name.to_string()],
+                })
+            })
+            .flatten()
+            .collect();
+        let chart =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/smtp-relay-operator");
+        for file in [
+            "dashboards/smtp-relay.json",
+            "templates/prometheusrule.yaml",
+        ] {
+            let text = std::fs::read_to_string(chart.join(file)).unwrap();
+            let used: std::collections::BTreeSet<&str> = text
+                .match_indices("smtp_relay_")
+                .map(|(at, _)| {
+                    let rest = &text[at..];
+                    let end = rest
+                        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                        .unwrap_or(rest.len());
+                    &rest[..end]
+                })
+                .collect();
+            assert!(used.len() > 5, "{file}: {used:?}");
+            for series in used {
+                assert!(
+                    served.contains(series),
+                    "{file} queries {series}, which nothing serves; served: {served:?}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn verbs_are_named_as_the_api_server_names_them() {
         let verb =
