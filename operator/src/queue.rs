@@ -195,11 +195,23 @@ async fn patch_queue(
 ) -> crate::Result<()> {
     let ns = relay.namespace_checked()?;
     let api: Api<SmtpRelay> = Api::namespaced(client.clone(), &ns);
-    let patch = Patch::Merge(serde_json::json!({ "status": { "queue": queue } }));
+    let patch = Patch::Merge(queue_patch(queue));
     api.patch_status(&relay.name_any(), &PatchParams::default(), &patch)
         .await?;
     debug!(relay = %relay.name_any(), namespace = %ns, "status.queue written");
     Ok(())
+}
+
+/// The merge patch writing `queue`: a field it no longer has is sent as null, as a merge patch
+/// keeps whatever it does not mention (the pods' list is replaced whole).
+fn queue_patch(queue: Option<&QueueStatus>) -> serde_json::Value {
+    let mut value = serde_json::to_value(queue).unwrap_or_default();
+    if let Some(fields) = value.as_object_mut() {
+        for optional in ["oldestMessageTime", "lastDeliveryTime", "pods"] {
+            fields.entry(optional).or_insert(serde_json::Value::Null);
+        }
+    }
+    serde_json::json!({ "status": { "queue": value } })
 }
 
 /// Reads every relay's queue each [`INTERVAL`] until `shutdown` resolves.
@@ -281,6 +293,22 @@ mod tests {
         assert_eq!(queue.oldest_message_time, None);
         assert_eq!(queue.pods[1].last_delivery_time, None);
         assert_eq!(summarize(&[]), None);
+    }
+
+    #[test]
+    fn a_patch_removes_what_the_queue_no_longer_has() {
+        let emptied = summarize(&[("r-0".into(), Ok(report(0, 0, 0, 1_800_000_500, "unknown")))]);
+        let patch = queue_patch(emptied.as_ref());
+        let queue = &patch["status"]["queue"];
+        assert_eq!(queue["messages"], 0);
+        assert!(queue["oldestMessageTime"].is_null(), "{patch}");
+        assert_eq!(queue["lastDeliveryTime"], "2027-01-15T08:08:20Z");
+        assert!(queue.as_object().unwrap().contains_key("oldestMessageTime"));
+        // No pod runs: the whole queue goes.
+        assert_eq!(
+            queue_patch(None),
+            serde_json::json!({"status": {"queue": null}})
+        );
     }
 
     #[test]
