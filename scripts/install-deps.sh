@@ -2,6 +2,8 @@
 # Installs everything the tests need on a Debian bookworm machine, idempotently:
 #   - Debian packages: postfix, Cyrus SASL, lua, openssl (the system postfix is kept stopped:
 #     tests run their own instances);
+#   - into $ROOT/.cache/lib/sasl2: the relay's XOAUTH2 mechanism (image/sasl-xoauth2), which the
+#     tests' relays load (RELAY_SASL_PLUGIN_DIR) as the image's do from /usr/lib/smtp-relay/sasl2;
 #   - into $ROOT/.cache/bin: helm, actionlint, and controlplane + kubectl built from e2e/controlplane
 #     (a real etcd + kube-apiserver + kube-controller-manager, from Go modules);
 #   - with --lint (the tests, not the demo): cargo-deny and promtool (checks and unit-tests the
@@ -17,7 +19,7 @@ HELM_VERSION="${HELM_VERSION:-v3.22.0}"
 ACTIONLINT_VERSION="${ACTIONLINT_VERSION:-v1.7.12}"
 CARGO_DENY_VERSION="${CARGO_DENY_VERSION:-0.20.2}"
 PROMETHEUS_VERSION="${PROMETHEUS_VERSION:-v0.316.0}"
-APT_PACKAGES=(postfix sasl2-bin libsasl2-modules lua5.4 ca-certificates openssl)
+APT_PACKAGES=(postfix sasl2-bin libsasl2-modules libsasl2-dev gcc libc6-dev lua5.4 ca-certificates openssl)
 
 LOG_TAG="install-deps"
 source "$ROOT/scripts/lib.sh"
@@ -87,6 +89,18 @@ promtool_install() {
     echo "$PROMETHEUS_VERSION" >"$stamp"
 }
 
+sasl_plugin_build() {
+    local src="$ROOT/image/sasl-xoauth2/xoauth2.c" dir="$ROOT/.cache/lib/sasl2"
+    local out="$dir/libsmtprelayxoauth2.so" stamp="$dir/.sources" sum
+    sum="$( (gcc --version | head -1 && cat "$src") | sha256sum | cut -d' ' -f1)"
+    if [ -f "$out" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$sum" ]; then
+        return
+    fi
+    mkdir -p "$dir"
+    gcc -shared -fPIC -O2 -Wall -Wextra -Werror -o "$out" "$src"
+    echo "$sum" >"$stamp"
+}
+
 controlplane_build() {
     local src="$ROOT/e2e/controlplane" stamp="$BIN/.controlplane-sources" sum
     # The sources' content, not their times: a fresh checkout of the same sources builds nothing.
@@ -108,6 +122,7 @@ main() {
     # Build with the Go that is here rather than fetching another toolchain.
     export GOTOOLCHAIN=local
     step "apt packages" apt_packages
+    step "XOAUTH2 SASL plugin" sasl_plugin_build
     step "helm $HELM_VERSION" helm_install
     step "actionlint $ACTIONLINT_VERSION" actionlint_install
     step "controlplane + kubectl" controlplane_build

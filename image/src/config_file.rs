@@ -65,6 +65,32 @@ pub struct RelayhostFile {
     pub tls_level: Option<TlsLevel>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_ca_file: Option<PathBuf>,
+    /// Log in with OAuth2 (XOAUTH2) instead of a password; exclusive with `usernameFile` and
+    /// `passwordFile`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth2: Option<OAuth2File>,
+}
+
+/// An OAuth2 login: the mailbox, where tokens come from, and the files of the grant. The grant
+/// follows from the files given: `serviceAccountKeyFile` (a Google service account), else
+/// `refreshTokenFile` (delegated, with `clientIdFile` and maybe `clientSecretFile`), else
+/// `clientIdFile` and `clientSecretFile` (client credentials).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OAuth2File {
+    pub user: String,
+    /// HTTPS (plain HTTP only to a loopback address).
+    pub token_endpoint: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_key_file: Option<PathBuf>,
 }
 
 fn default_relayhost_port() -> u16 {

@@ -7,6 +7,7 @@ pub mod guard;
 pub mod inputs;
 pub mod liveness;
 pub mod metrics;
+pub mod oauth2;
 pub mod postfix;
 pub mod run;
 pub mod sasl;

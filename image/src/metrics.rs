@@ -85,6 +85,14 @@ pub struct Metrics {
     last_sent_at: Gauge,
     oldest: Gauge,
     oldest_at: Gauge,
+    oauth2_expiry: Gauge,
+    oauth2_refreshes: Family<ResultLabel, Counter>,
+    oauth2_failures_in_a_row: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: String,
 }
 
 impl Metrics {
@@ -111,6 +119,9 @@ impl Metrics {
             last_sent_at: Gauge::default(),
             oldest: Gauge::default(),
             oldest_at: Gauge::default(),
+            oauth2_expiry: Gauge::default(),
+            oauth2_refreshes: Family::default(),
+            oauth2_failures_in_a_row: Gauge::default(),
         };
         // Every series exists from the start at 0, so rate() and alerts see the first event.
         // (Rejects by code appear with their first one: codes vary by reason.)
@@ -209,10 +220,50 @@ impl Metrics {
             self.oldest.clone(),
         );
         registry.register(
+            "oauth2_token_expiry_timestamp_seconds",
+            "When the OAuth2 access token for the relayhost expires, in seconds since the epoch (0: none)",
+            self.oauth2_expiry.clone(),
+        );
+        registry.register(
+            "oauth2_token_refreshes",
+            "OAuth2 token requests by result: ok, or the error (invalid_client, invalid_grant, invalid_scope, unauthorized_client, invalid_request, unsupported_grant_type, refused, unreachable, bad_response, bad_key)",
+            self.oauth2_refreshes.clone(),
+        );
+        registry.register(
+            "oauth2_token_refresh_failures_in_a_row",
+            "OAuth2 token requests failed since the last one that succeeded",
+            self.oauth2_failures_in_a_row.clone(),
+        );
+        registry.register(
             "queue_oldest_message_timestamp_seconds",
             "When the oldest message on the spool arrived, in seconds since the epoch (0 when empty)",
             self.oldest_at.clone(),
         );
+    }
+
+    /// The OAuth2 access token in use: when it expires (0 without one).
+    pub fn oauth2_token(&self, token: Option<&crate::oauth2::Token>) {
+        self.oauth2_expiry
+            .set(token.map_or(0, |t| unix_seconds(t.expires_at)));
+    }
+
+    /// Counts a token refresh, `Ok` or failed with an error code; the failures in a row.
+    pub fn oauth2_refreshed(&self, error: Option<&str>) -> u32 {
+        self.oauth2_refreshes
+            .get_or_create(&ResultLabel {
+                result: error.unwrap_or("ok").into(),
+            })
+            .inc();
+        match error {
+            None => {
+                self.oauth2_failures_in_a_row.set(0);
+                0
+            }
+            Some(_) => {
+                let n = self.oauth2_failures_in_a_row.inc() + 1;
+                u32::try_from(n).unwrap_or(u32::MAX)
+            }
+        }
     }
 
     /// Says whether the relay logs in to its relayhost; without credentials the login state

@@ -150,6 +150,7 @@ fn reapply(
     metrics: &Metrics,
     applied: &mut Applied,
     last_error: &mut Option<String>,
+    oauth2: &OAuth2Login,
 ) {
     match apply(&opts.source, &opts.layout, Some(applied)) {
         Ok(next) => {
@@ -164,7 +165,8 @@ fn reapply(
             if config_changed || users_changed {
                 metrics.reloads.inc();
                 metrics.sasl_users.set(next.users.0.len() as i64);
-                metrics.set_logs_in(next.settings.relayhost_credentials.is_some());
+                metrics.set_logs_in(next.settings.logs_in());
+                oauth2.follow(&next.settings);
                 tracing::info!(config_changed, users = ?next.users, "applied changed inputs without restarting postfix");
             }
             *applied = next;
@@ -176,6 +178,53 @@ fn reapply(
                 tracing::error!(error = %text, "refusing changed inputs; still running the previous configuration");
                 *last_error = Some(text);
             }
+        }
+    }
+}
+
+/// The OAuth2 login's two tasks: the refresher keeping a token fresh (for the settings it is
+/// sent on reload) and the socketmap handing it to Postfix.
+struct OAuth2Login {
+    settings: tokio::sync::watch::Sender<Option<crate::oauth2::OAuth2Settings>>,
+    tasks: [tokio::task::JoinHandle<()>; 2],
+}
+
+impl OAuth2Login {
+    fn start(settings: &crate::settings::Settings, metrics: &Metrics, layout: &Layout) -> Self {
+        let (tx, rx) = tokio::sync::watch::channel(settings.relayhost_oauth2.clone());
+        let current = crate::oauth2::Current::default();
+        let refresher = tokio::spawn(crate::oauth2::keep_fresh(
+            rx,
+            current.clone(),
+            metrics.clone(),
+            layout.data_dir.clone(),
+        ));
+        let socket = layout.oauth2_socket();
+        let socketmap = tokio::spawn(async move {
+            if let Err(e) = crate::oauth2::serve_socketmap(socket.clone(), current).await {
+                tracing::error!(socket = %socket.display(), error = %e, "the OAuth2 token socketmap stopped");
+            }
+        });
+        OAuth2Login {
+            settings: tx,
+            tasks: [refresher, socketmap],
+        }
+    }
+
+    /// Follows reloaded settings: a new login, or none.
+    fn follow(&self, settings: &crate::settings::Settings) {
+        self.settings.send_if_modified(|current| {
+            let changed = *current != settings.relayhost_oauth2;
+            if changed {
+                current.clone_from(&settings.relayhost_oauth2);
+            }
+            changed
+        });
+    }
+
+    fn stop(self) {
+        for task in self.tasks {
+            task.abort();
         }
     }
 }
@@ -197,7 +246,7 @@ pub async fn run(opts: RunOptions) -> ExitCode {
     };
     let metrics = Metrics::new(&layout.spool_dir);
     metrics.sasl_users.set(applied.users.0.len() as i64);
-    metrics.set_logs_in(applied.settings.relayhost_credentials.is_some());
+    metrics.set_logs_in(applied.settings.logs_in());
     let metrics_server = opts.metrics_listen.map(|addr| {
         let m = metrics.clone();
         tokio::spawn(async move {
@@ -220,6 +269,7 @@ pub async fn run(opts: RunOptions) -> ExitCode {
             );
         }
     };
+    let oauth2 = OAuth2Login::start(&applied.settings, &metrics, layout);
     let (mut master, pid, _guard) = match start_master(&opts) {
         Ok(started) => started,
         Err(code) => return code,
@@ -255,7 +305,7 @@ pub async fn run(opts: RunOptions) -> ExitCode {
                 if let Err(e) = crate::liveness::beat(layout) {
                     tracing::warn!(error = %e, "cannot touch the liveness heartbeat");
                 }
-                reapply(&opts, pid, &metrics, &mut applied, &mut last_error);
+                reapply(&opts, pid, &metrics, &mut applied, &mut last_error, &oauth2);
                 asked_drain.tick(layout, &metrics);
             }
         }
@@ -268,6 +318,7 @@ pub async fn run(opts: RunOptions) -> ExitCode {
     if let Some(server) = metrics_server {
         server.abort();
     }
+    oauth2.stop();
     match died {
         Some(message) => fatal(&opts, code, message),
         None => ExitCode::from(code),

@@ -184,6 +184,8 @@ pub struct Settings {
     pub relay_domains: Vec<String>,
     pub relayhost: Relayhost,
     pub relayhost_credentials: Option<Credentials>,
+    /// An OAuth2 login instead of a password (exclusive with `relayhost_credentials`).
+    pub relayhost_oauth2: Option<crate::oauth2::OAuth2Settings>,
     pub relayhost_tls_level: Option<TlsLevel>,
     pub relayhost_tls_ca_file: Option<PathBuf>,
     pub postmaster: Option<String>,
@@ -244,18 +246,17 @@ pub fn require_tls_for_sasl(
 }
 
 impl Settings {
+    /// Whether the relay logs in to its relayhost, with a password or a token.
+    pub fn logs_in(&self) -> bool {
+        self.relayhost_credentials.is_some() || self.relayhost_oauth2.is_some()
+    }
+
     pub fn relayhost_tls(&self) -> TlsLevel {
-        relayhost_tls(
-            self.relayhost_tls_level,
-            self.relayhost_credentials.is_some(),
-        )
+        relayhost_tls(self.relayhost_tls_level, self.logs_in())
     }
 
     pub fn relayhost_password_in_clear(&self) -> bool {
-        relayhost_password_in_clear(
-            self.relayhost_tls_level,
-            self.relayhost_credentials.is_some(),
-        )
+        relayhost_password_in_clear(self.relayhost_tls_level, self.logs_in())
     }
 }
 

@@ -145,6 +145,27 @@ pub fn postconf_name(field: &str, name: &str) -> ConfigResult<()> {
 }
 
 /// A value that fits on one main.cf line.
+/// An OAuth2 token endpoint: an `https://` URL (the client secret crosses the network), or
+/// `http://` to a loopback address (a local token proxy, tests).
+pub fn token_endpoint(field: &str, value: &str) -> ConfigResult<String> {
+    let url = reqwest::Url::parse(value)
+        .map_err(|e| ConfigError::invalid(field, format!("{value:?} is not a URL: {e}")))?;
+    let loopback = match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d == "localhost",
+        None => false,
+    };
+    match url.scheme() {
+        "https" if url.host().is_some() => Ok(value.to_string()),
+        "http" if loopback => Ok(value.to_string()),
+        _ => Err(ConfigError::invalid(
+            field,
+            format!("{value:?} must be an https:// URL: the client's secret and the tokens travel over it"),
+        )),
+    }
+}
+
 pub fn single_line(field: &str, value: &str) -> ConfigResult<()> {
     if value.contains(['\n', '\r', '\0']) {
         return Err(ConfigError::invalid(

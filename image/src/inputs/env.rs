@@ -126,6 +126,7 @@ pub fn settings(vars: &BTreeMap<String, String>, postfix_dir: &Path) -> ConfigRe
         relay_domains,
         relayhost,
         relayhost_credentials,
+        relayhost_oauth2: None,
         relayhost_tls_level,
         relayhost_tls_ca_file,
         postmaster,

@@ -88,6 +88,86 @@ impl Mounted for InMemory {
     }
 }
 
+/// The OAuth2 login of `relayhost.oauth2`: its grant from the files given, each read now.
+fn oauth2_settings(
+    o: &crate::config_file::OAuth2File,
+    field: &dyn Fn(&str) -> String,
+    mounted: &impl Mounted,
+) -> ConfigResult<crate::oauth2::OAuth2Settings> {
+    use crate::oauth2::{Grant, OAuth2Settings, Secret, ServiceAccountKey};
+    let f = |name: &str| field(&format!("relayhost.oauth2.{name}"));
+    let user = validate::email(&f("user"), &o.user)?;
+    let token_endpoint = validate::token_endpoint(&f("tokenEndpoint"), &o.token_endpoint)?;
+    let scope = o
+        .scope
+        .as_deref()
+        .map(|s| validate::single_line(&f("scope"), s).map(|()| s.to_string()))
+        .transpose()?;
+    let token = |name: &str, path: &Path| -> ConfigResult<String> {
+        let value = mounted.secret(&f(name), path)?;
+        if value.is_empty() || value.chars().any(char::is_whitespace) {
+            return Err(ConfigError::invalid(
+                f(name),
+                format!(
+                    "{} must hold one value without spaces or line breaks",
+                    path.display()
+                ),
+            ));
+        }
+        Ok(value)
+    };
+    let grant = match (
+        &o.service_account_key_file,
+        &o.refresh_token_file,
+        &o.client_id_file,
+        &o.client_secret_file,
+    ) {
+        (Some(key_file), _, _, _) => {
+            let text = mounted.secret(&f("serviceAccountKeyFile"), key_file)?;
+            let key: ServiceAccountKey = serde_json::from_str(&text).map_err(|e| {
+                ConfigError::invalid(
+                    f("serviceAccountKeyFile"),
+                    format!("{} is not a service account key (JSON with client_email and private_key): {e}", key_file.display()),
+                )
+            })?;
+            if crate::oauth2::pem_body(&key.private_key).is_none() {
+                return Err(ConfigError::invalid(
+                    f("serviceAccountKeyFile"),
+                    "its private_key is not a PEM \"PRIVATE KEY\" block: download a new JSON key of the service account",
+                ));
+            }
+            Grant::ServiceAccount {
+                client_email: key.client_email,
+                private_key: Secret(key.private_key),
+            }
+        }
+        (None, Some(refresh), Some(id), secret) => Grant::RefreshToken {
+            client_id: token("clientIdFile", id)?,
+            client_secret: secret
+                .as_ref()
+                .map(|p| token("clientSecretFile", p).map(Secret))
+                .transpose()?,
+            refresh_token: Secret(token("refreshTokenFile", refresh)?),
+        },
+        (None, None, Some(id), Some(secret)) => Grant::ClientCredentials {
+            client_id: token("clientIdFile", id)?,
+            client_secret: Secret(token("clientSecretFile", secret)?),
+        },
+        _ => {
+            return Err(ConfigError::invalid(
+                field("relayhost.oauth2"),
+                "give clientIdFile and clientSecretFile (client credentials, e.g. a Microsoft 365 app), refreshTokenFile with clientIdFile (a delegated login), or serviceAccountKeyFile (a Google service account)",
+            ))
+        }
+    };
+    Ok(OAuth2Settings {
+        user,
+        token_endpoint,
+        scope,
+        grant,
+    })
+}
+
 /// [`settings()`], with `field` naming each field in errors and the files read from `mounted`:
 /// the one judge of a config file, for the relay and for the operator.
 #[allow(
@@ -155,6 +235,14 @@ pub fn settings_with(
                 "is required with passwordFile",
             ))
         }
+    };
+    let relayhost_oauth2 = match &rh.oauth2 {
+        None => None,
+        Some(_) if relayhost_credentials.is_some() => return Err(ConfigError::invalid(
+            field("relayhost.oauth2"),
+            "and usernameFile/passwordFile are exclusive: log in with OAuth2 or with a password",
+        )),
+        Some(o) => Some(oauth2_settings(o, field, mounted)?),
     };
     let relayhost_tls_level = inputs::tls_level(
         &field("relayhost.tlsLevel"),
@@ -227,6 +315,7 @@ pub fn settings_with(
         relay_domains,
         relayhost,
         relayhost_credentials,
+        relayhost_oauth2,
         relayhost_tls_level,
         relayhost_tls_ca_file,
         postmaster,
@@ -247,7 +336,7 @@ pub fn settings_with(
 mod tests {
     use super::*;
     use crate::config_file::RelayhostFile;
-    use crate::settings::Mode;
+    use crate::settings::{Mode, TlsLevel};
 
     fn base() -> RelayConfigFile {
         RelayConfigFile {
@@ -313,5 +402,85 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn an_oauth2_login_is_one_grant_named_by_its_files() {
+        use crate::config_file::OAuth2File;
+        use crate::oauth2::Grant;
+        let dir = tempfile::tempdir().unwrap();
+        for (name, value) in [("id", "app-id\n"), ("secret", "s3cret"), ("rt", "refresh")] {
+            fs::write(dir.path().join(name), value).unwrap();
+        }
+        let file = |o: OAuth2File| {
+            let mut f = base();
+            f.relayhost.oauth2 = Some(o);
+            settings(&f, "relay.yaml")
+        };
+        let login = |endpoint: &str| OAuth2File {
+            user: "sender@example.net".into(),
+            token_endpoint: endpoint.into(),
+            client_id_file: Some(dir.path().join("id")),
+            ..Default::default()
+        };
+        let endpoint = "https://login.microsoftonline.com/t/oauth2/v2.0/token";
+
+        let credentials = file(OAuth2File {
+            client_secret_file: Some(dir.path().join("secret")),
+            ..login(endpoint)
+        })
+        .unwrap();
+        assert!(matches!(
+            credentials.relayhost_oauth2.as_ref().unwrap().grant,
+            Grant::ClientCredentials { ref client_id, .. } if client_id == "app-id"
+        ));
+        // A login without TLS would send the token in clear: the default is to require it.
+        assert_eq!(credentials.relayhost_tls(), TlsLevel::Encrypt);
+
+        let delegated = file(OAuth2File {
+            refresh_token_file: Some(dir.path().join("rt")),
+            ..login(endpoint)
+        })
+        .unwrap();
+        assert!(matches!(
+            delegated.relayhost_oauth2.unwrap().grant,
+            Grant::RefreshToken {
+                client_secret: None,
+                ..
+            }
+        ));
+
+        let err = |o: OAuth2File| file(o).unwrap_err().to_string();
+        let missing = err(login(endpoint));
+        assert!(
+            missing.contains("relayhost.oauth2") && missing.contains("clientSecretFile"),
+            "{missing}"
+        );
+        let clear = err(OAuth2File {
+            client_secret_file: Some(dir.path().join("secret")),
+            ..login("http://login.example.com/token")
+        });
+        assert!(
+            clear.contains("relayhost.oauth2.tokenEndpoint") && clear.contains("https://"),
+            "{clear}"
+        );
+        assert!(file(OAuth2File {
+            client_secret_file: Some(dir.path().join("secret")),
+            ..login("http://127.0.0.1:8080/token")
+        })
+        .is_ok());
+
+        let mut both = base();
+        both.relayhost.username_file = Some(dir.path().join("id"));
+        both.relayhost.password_file = Some(dir.path().join("secret"));
+        both.relayhost.oauth2 = Some(OAuth2File {
+            client_secret_file: Some(dir.path().join("secret")),
+            ..login(endpoint)
+        });
+        let exclusive = settings(&both, "relay.yaml").unwrap_err().to_string();
+        assert!(
+            exclusive.contains("relayhost.oauth2") && exclusive.contains("exclusive"),
+            "{exclusive}"
+        );
     }
 }

@@ -15,6 +15,16 @@ pub struct Layout {
     pub listen: String,
 }
 
+/// Where the relay's own Cyrus SASL plugins are installed (the image puts its XOAUTH2 client
+/// mechanism there); `RELAY_SASL_PLUGIN_DIR` points tests at their build.
+pub fn sasl_plugin_dir() -> PathBuf {
+    std::env::var_os("RELAY_SASL_PLUGIN_DIR")
+        .map_or_else(|| PathBuf::from("/usr/lib/smtp-relay/sasl2"), PathBuf::from)
+}
+
+/// Debian's Cyrus SASL plugins (PLAIN, LOGIN, ...).
+pub const SYSTEM_SASL_PLUGIN_DIR: &str = "/usr/lib/x86_64-linux-gnu/sasl2";
+
 impl Layout {
     pub fn main_cf(&self) -> PathBuf {
         self.config_dir.join("main.cf")
@@ -33,6 +43,10 @@ impl Layout {
     /// Cyrus SASL configuration directory (holds smtpd.conf).
     pub fn sasl_config_dir(&self) -> PathBuf {
         self.config_dir.join("sasl")
+    }
+    /// The socketmap where Postfix asks the supervisor for the current OAuth2 token.
+    pub fn oauth2_socket(&self) -> PathBuf {
+        self.data_dir.join("oauth2.sock")
     }
     pub fn sasldb(&self) -> PathBuf {
         self.data_dir.join("sasldb2")

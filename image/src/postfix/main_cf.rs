@@ -156,12 +156,34 @@ pub fn parameters(s: &Settings, layout: &Layout) -> Vec<(String, String)> {
     }
 
     // Us authenticating to the relayhost.
-    if s.relayhost_credentials.is_some() {
+    if s.logs_in() {
         p.set("smtp_sasl_auth_enable", "yes");
-        p.set(
-            "smtp_sasl_password_maps",
-            format!("texthash:{}", layout.relayhost_passwd().display()),
-        );
+        if s.relayhost_oauth2.is_some() {
+            // The supervisor answers with the mailbox and a current token, which the relay's
+            // own XOAUTH2 mechanism sends (image/sasl-xoauth2); Cyrus finds it through
+            // SASL_PATH, which Postfix passes to its smtp processes.
+            p.set(
+                "smtp_sasl_password_maps",
+                format!(
+                    "socketmap:unix:{}:xoauth2",
+                    layout.oauth2_socket().display()
+                ),
+            );
+            p.set("smtp_sasl_mechanism_filter", "xoauth2");
+            p.set(
+                "import_environment",
+                format!(
+                    "MAIL_CONFIG MAIL_DEBUG MAIL_LOGTAG TZ LANG=C POSTLOG_SERVICE POSTLOG_HOSTNAME SASL_PATH={}:{}",
+                    crate::postfix::layout::sasl_plugin_dir().display(),
+                    crate::postfix::layout::SYSTEM_SASL_PLUGIN_DIR
+                ),
+            );
+        } else {
+            p.set(
+                "smtp_sasl_password_maps",
+                format!("texthash:{}", layout.relayhost_passwd().display()),
+            );
+        }
         // Plain-text mechanisms (PLAIN, LOGIN) only inside TLS, unless the user chose a level
         // that allows a session without it (`none`, `may`): then the choice is theirs, and
         // flagged (Settings::relayhost_password_in_clear).
@@ -269,6 +291,7 @@ mod tests {
                 implicit_tls: false,
             },
             relayhost_credentials: None,
+            relayhost_oauth2: None,
             relayhost_tls_level: None,
             relayhost_tls_ca_file: None,
             postmaster: None,

@@ -35,6 +35,7 @@ pub fn relay_config_file(spec: &SmtpRelaySpec, resolved: &Resolved) -> RelayConf
             .relayhost_ca
             .is_some()
             .then(|| file(RELAYHOST_DIR, CA_KEY)),
+        oauth2: None,
     };
     RelayConfigFile {
         domain: spec.domain.clone(),

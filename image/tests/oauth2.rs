@@ -1,0 +1,260 @@
+//! OAuth2 login to the relayhost, for real: a local token endpoint (client credentials, refresh
+//! tokens with rotation, refusals, short-lived tokens) and a relayhost that takes mail only
+//! after `AUTH XOAUTH2` with one of that endpoint's tokens, unexpired. Postfix sends the login
+//! through the relay's own Cyrus mechanism (image/sasl-xoauth2) with the token the supervisor
+//! serves it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use smtp_relay::config_file::OAuth2File;
+use smtp_relay::settings::{Mode, TlsLevel};
+
+const CLIENT_ID: &str = "00000000-app";
+const CLIENT_SECRET: &str = "client-secret-never-logged";
+const REFRESH_TOKEN: &str = "rt-configured";
+const SENDER: &str = "sender@example.net";
+
+fn policy(lifetime_secs: u64, rotate: bool) -> TokenPolicy {
+    TokenPolicy {
+        client_id: CLIENT_ID.into(),
+        client_secret: CLIENT_SECRET.into(),
+        refresh_token: REFRESH_TOKEN.into(),
+        rotate,
+        lifetime: Duration::from_secs(lifetime_secs),
+    }
+}
+
+/// A relay logging in to `relayhost` with tokens from `endpoint`: client credentials, or a
+/// refresh token when `refresh` is set.
+fn relay(relayhost: &ScriptedRelayhost, endpoint: &TokenServer, refresh: bool) -> RelaySpec {
+    let mut spec = RelaySpec::new(Input::file(config(
+        relayhost.addr().port(),
+        Mode::AllowNetAuthNoDomain,
+    )));
+    let id = spec.write("oauth2/client-id", CLIENT_ID);
+    let secret = spec.write("oauth2/client-secret", &format!("{CLIENT_SECRET}\n"));
+    let refresh_token = refresh.then(|| spec.write("oauth2/refresh-token", REFRESH_TOKEN));
+    if let Input::File(cfg) = &mut spec.input {
+        cfg.relayhost.oauth2 = Some(OAuth2File {
+            user: SENDER.into(),
+            token_endpoint: endpoint.url(),
+            scope: Some("https://outlook.office365.com/.default".into()),
+            client_id_file: Some(id),
+            client_secret_file: (!refresh).then_some(secret),
+            refresh_token_file: refresh_token,
+            service_account_key_file: None,
+        });
+        // The relayhost is on loopback without STARTTLS: said explicitly (the default with a
+        // login is to require TLS, and the token would never be sent).
+        cfg.relayhost.tls_level = Some(TlsLevel::None);
+    }
+    spec
+}
+
+fn send_numbered(relay: &Relay, tag: &str, i: usize) -> String {
+    let rcpt = format!("{tag}{i}@elsewhere.org");
+    send(
+        relay.addr(),
+        NET_CLIENT,
+        None,
+        "app@example.net",
+        &rcpt,
+        &marker(&rcpt),
+    )
+    .unwrap_or_else(|e| panic!("{rcpt}: the relay refused the message: {e}"));
+    rcpt
+}
+
+fn wait_delivered(relayhost: &ScriptedRelayhost, relay: &Relay, rcpts: &[String]) {
+    poll("every message at the relayhost", DEADLINE, || {
+        let got = relayhost.delivered();
+        rcpts.iter().all(|r| got.contains(r)).then_some(())
+    });
+    assert!(
+        !relay.mail_log().contains("status=bounced"),
+        "nothing bounced:\n{}",
+        relay.output()
+    );
+}
+
+/// Tokens live 3 s; mail keeps coming for about three of their lifetimes. Every login uses a
+/// token the endpoint issued and that has not expired (the relayhost refuses any other), the
+/// token is replaced before it expires, and no message is lost or returned.
+#[test]
+fn client_credentials_log_in_with_fresh_tokens_through_a_burst() {
+    let endpoint = TokenServer::start(policy(3, false));
+    let relayhost = ScriptedRelayhost::start_with(Some(endpoint.check()));
+    let mut spec = relay(&relayhost, &endpoint, false);
+    // A new connection, so a new login, for every message.
+    if let Input::File(cfg) = &mut spec.input {
+        cfg.postconf
+            .insert("smtp_connection_cache_on_demand".into(), "no".into());
+    }
+    let relay = spec.start();
+    poll("the first token", DEADLINE, || {
+        (relay.metric("smtp_relay_oauth2_token_expiry_timestamp_seconds") > Some(0.0)).then_some(())
+    });
+    let started = std::time::Instant::now();
+    let mut rcpts = Vec::new();
+    let mut i = 0;
+    while started.elapsed() < Duration::from_secs(9) {
+        rcpts.push(send_numbered(&relay, "burst", i));
+        i += 1;
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    wait_delivered(&relayhost, &relay, &rcpts);
+    // Refreshed before it expires, a token is always there: no message even waited.
+    assert_eq!(
+        relay.mail_log().matches("status=deferred").count(),
+        0,
+        "a message waited for a token:\n{}",
+        relay.mail_log()
+    );
+    let issued = endpoint.issued();
+    assert!(issued.len() >= 3, "a token every ~2 s over 9 s: {issued:?}");
+    let transcript = relayhost.transcript();
+    let logins = transcript.matches("AUTH XOAUTH2 ").count();
+    assert!(
+        logins >= rcpts.len(),
+        "{logins} logins for {} messages",
+        rcpts.len()
+    );
+    assert!(
+        !transcript.contains("Authentication unsuccessful")
+            && !relay.mail_log().contains("SASL authentication failed"),
+        "no login was refused:\n{}",
+        relay.mail_log()
+    );
+    assert_eq!(
+        relay.metric("smtp_relay_relayhost_login{state=\"accepted\"}"),
+        Some(1.0)
+    );
+    assert!(relay.metric("smtp_relay_oauth2_token_refreshes_total{result=\"ok\"}") >= Some(3.0));
+    let expiry = relay
+        .metric("smtp_relay_oauth2_token_expiry_timestamp_seconds")
+        .unwrap();
+    assert!(expiry > 1.7e9, "{expiry}");
+
+    // The secret and the tokens are nowhere but in memory and the secret's own file.
+    let mut seen = relay.output();
+    for file in ["main.cf", "master.cf", "relay.yaml"] {
+        seen.push_str(
+            &std::fs::read_to_string(relay.spec().postfix_dir().join(file)).unwrap_or_default(),
+        );
+    }
+    seen.push_str(&std::fs::read_to_string(relay.spec().config_path()).unwrap_or_default());
+    for secret in issued.iter().map(String::as_str).chain([CLIENT_SECRET]) {
+        assert!(
+            !seen.contains(secret),
+            "{secret} appears in the relay's logs or configuration"
+        );
+    }
+}
+
+/// A provider that rotates refresh tokens refuses the old one after each refresh: the relay
+/// follows the rotation, keeps the newest in a 0600 file, and after a restart uses it (the
+/// configured one is refused by then).
+#[test]
+fn a_rotated_refresh_token_is_followed_and_survives_a_restart() {
+    let endpoint = TokenServer::start(policy(2, true));
+    let relayhost = ScriptedRelayhost::start_with(Some(endpoint.check()));
+    let relay = relay(&relayhost, &endpoint, true).start();
+    poll(
+        "three refreshes, each rotating the refresh token",
+        DEADLINE,
+        || {
+            (endpoint
+                .requests()
+                .iter()
+                .filter(|r| *r == "refresh_token")
+                .count()
+                >= 3)
+                .then_some(())
+        },
+    );
+    let rcpt = send_numbered(&relay, "rotated", 0);
+    wait_delivered(&relayhost, &relay, &[rcpt]);
+    assert!(
+        !endpoint.requests().iter().any(|r| r == "invalid_grant"),
+        "the relay always sent the current refresh token: {:?}",
+        endpoint.requests()
+    );
+    let kept = relay.spec().data_dir().join("oauth2-refresh-token");
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        std::fs::metadata(&kept).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    let (status, spec) = relay.stop();
+    assert!(status.success(), "{status:?}");
+    assert_ne!(
+        endpoint.policy().refresh_token,
+        REFRESH_TOKEN,
+        "rotated away"
+    );
+    let relay = spec.start();
+    let rcpt = send_numbered(&relay, "rotated", 1);
+    wait_delivered(&relayhost, &relay, &[rcpt]);
+    assert!(!endpoint.requests().iter().any(|r| r == "invalid_grant"));
+}
+
+/// A wrong client secret: no token, so no login; the mail waits (deferred, never bounced) and
+/// the metrics say why. Once the secret is right (a Secret update), it is delivered.
+#[test]
+fn a_refused_client_waits_and_delivers_once_the_secret_is_fixed() {
+    let endpoint = TokenServer::start(policy(60, false));
+    let relayhost = ScriptedRelayhost::start_with(Some(endpoint.check()));
+    let spec = relay(&relayhost, &endpoint, false);
+    let secret = spec.path("oauth2/client-secret");
+    write_atomically(&secret, "the-wrong-secret");
+    let relay = spec.start();
+    let rcpt = send_numbered(&relay, "refused", 0);
+    relay.wait_deferred(&rcpt);
+    poll("the refusal counted", DEADLINE, || {
+        (relay.metric("smtp_relay_oauth2_token_refreshes_total{result=\"invalid_client\"}")
+            >= Some(1.0))
+        .then_some(())
+    });
+    assert!(relay.metric("smtp_relay_oauth2_token_refresh_failures_in_a_row") >= Some(1.0));
+    assert!(relay.queued() >= 1, "the message waits");
+    assert!(relayhost.delivered().is_empty());
+
+    write_atomically(&secret, CLIENT_SECRET);
+    // Postfix retries deferred mail every second or two (the tests' backoff).
+    wait_delivered(&relayhost, &relay, &[rcpt]);
+    assert_eq!(
+        relay.metric("smtp_relay_oauth2_token_refresh_failures_in_a_row"),
+        Some(0.0)
+    );
+}
+
+/// A token the relayhost does not take (say, without the mailbox's SMTP AUTH permission):
+/// the 334 challenge and 535 end the login, the mail is deferred, and the metrics say the
+/// relayhost refused the login.
+#[test]
+fn a_token_the_relayhost_refuses_defers_the_mail() {
+    let endpoint = TokenServer::start(policy(60, false));
+    let relayhost =
+        ScriptedRelayhost::start_with(Some(std::sync::Arc::new(|_: &str, _: &str| false)));
+    let relay = relay(&relayhost, &endpoint, false).start();
+    let rcpt = send_numbered(&relay, "nope", 0);
+    relay.wait_deferred(&rcpt);
+    assert!(
+        relay.mail_log().contains("SASL authentication failed"),
+        "{}",
+        relay.mail_log()
+    );
+    assert_eq!(
+        relay.metric("smtp_relay_relayhost_login{state=\"refused\"}"),
+        Some(1.0)
+    );
+    let transcript = relayhost.transcript();
+    assert!(transcript.contains("AUTH XOAUTH2 "), "{transcript}");
+    assert!(relayhost.delivered().is_empty());
+}
