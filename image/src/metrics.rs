@@ -88,6 +88,12 @@ pub struct Metrics {
     oauth2_expiry: Gauge,
     oauth2_refreshes: Family<ResultLabel, Counter>,
     oauth2_failures_in_a_row: Gauge,
+    oauth2_last_error: Family<ErrorLabel, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabel {
+    pub error: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -122,6 +128,7 @@ impl Metrics {
             oauth2_expiry: Gauge::default(),
             oauth2_refreshes: Family::default(),
             oauth2_failures_in_a_row: Gauge::default(),
+            oauth2_last_error: Family::default(),
         };
         // Every series exists from the start at 0, so rate() and alerts see the first event.
         // (Rejects by code appear with their first one: codes vary by reason.)
@@ -230,6 +237,11 @@ impl Metrics {
             self.oauth2_refreshes.clone(),
         );
         registry.register(
+            "oauth2_last_error",
+            "1 for the error of the last OAuth2 token request while requests fail (none once one succeeds)",
+            self.oauth2_last_error.clone(),
+        );
+        registry.register(
             "oauth2_token_refresh_failures_in_a_row",
             "OAuth2 token requests failed since the last one that succeeded",
             self.oauth2_failures_in_a_row.clone(),
@@ -254,6 +266,17 @@ impl Metrics {
                 result: error.unwrap_or("ok").into(),
             })
             .inc();
+        // The last error alone is 1 (none after a success); codes come from a fixed set.
+        for code in crate::oauth2::TOKEN_ERRORS {
+            let was = self
+                .oauth2_last_error
+                .get(&ErrorLabel { error: code.into() });
+            if was.is_some() || Some(code) == error {
+                self.oauth2_last_error
+                    .get_or_create(&ErrorLabel { error: code.into() })
+                    .set(i64::from(Some(code) == error));
+            }
+        }
         match error {
             None => {
                 self.oauth2_failures_in_a_row.set(0);
@@ -416,6 +439,13 @@ pub struct QueueReport {
     pub last_delivery_timestamp: u64,
     /// The relayhost's answer to the last login: one of [`LOGIN_STATES`].
     pub relayhost_login: &'static str,
+    /// With an OAuth2 login: when the current token expires (seconds since the epoch), 0 for
+    /// none.
+    pub oauth2_expiry_timestamp: u64,
+    /// With an OAuth2 login: token requests failed since the last success, and the last one's
+    /// error.
+    pub oauth2_failures: u64,
+    pub oauth2_last_error: Option<String>,
 }
 
 impl QueueReport {
@@ -449,6 +479,17 @@ impl QueueReport {
                 report.oldest_timestamp = n;
             } else if series == "smtp_relay_last_delivery_timestamp_seconds" {
                 report.last_delivery_timestamp = n;
+            } else if series == "smtp_relay_oauth2_token_expiry_timestamp_seconds" {
+                report.oauth2_expiry_timestamp = n;
+            } else if series == "smtp_relay_oauth2_token_refresh_failures_in_a_row" {
+                report.oauth2_failures = n;
+            } else if let Some(labels) = series.strip_prefix("smtp_relay_oauth2_last_error") {
+                if n == 1 {
+                    report.oauth2_last_error = labels
+                        .strip_prefix("{error=\"")
+                        .and_then(|l| l.strip_suffix("\"}"))
+                        .map(str::to_string);
+                }
             } else if let Some(labels) = series.strip_prefix("smtp_relay_relayhost_login") {
                 if n == 1 {
                     if let Some(state) = LOGIN_STATES
@@ -718,7 +759,27 @@ mod tests {
                 oldest_timestamp: report.oldest_timestamp,
                 last_delivery_timestamp: 0,
                 relayhost_login: "unknown",
+                oauth2_expiry_timestamp: 0,
+                oauth2_failures: 0,
+                oauth2_last_error: None,
             }
+        );
+        // An OAuth2 login failing twice, then working: the page says so, then forgets the error.
+        m.oauth2_refreshed(Some("invalid_grant"));
+        m.oauth2_refreshed(Some("invalid_client"));
+        let failing = QueueReport::parse(&m.encode()).unwrap();
+        assert_eq!(
+            (
+                failing.oauth2_failures,
+                failing.oauth2_last_error.as_deref()
+            ),
+            (2, Some("invalid_client"))
+        );
+        m.oauth2_refreshed(None);
+        let working = QueueReport::parse(&m.encode()).unwrap();
+        assert_eq!(
+            (working.oauth2_failures, working.oauth2_last_error),
+            (0, None)
         );
         m.draining.set(1);
         assert!(QueueReport::parse(&m.encode()).is_some_and(|r| r.draining));

@@ -98,14 +98,18 @@ pub enum TokenError {
     BadKey(String),
 }
 
-/// OAuth2's error codes (RFC 6749, 5.2), and ours.
-const ERROR_CODES: [&str; 6] = [
+/// OAuth2's error codes (RFC 6749, 5.2), then ours: every value [`TokenError::code`] gives.
+pub const TOKEN_ERRORS: [&str; 10] = [
     "invalid_request",
     "invalid_client",
     "invalid_grant",
     "unauthorized_client",
     "unsupported_grant_type",
     "invalid_scope",
+    "refused",
+    "unreachable",
+    "bad_response",
+    "bad_key",
 ];
 
 impl TokenError {
@@ -113,8 +117,9 @@ impl TokenError {
     pub fn code(&self) -> &'static str {
         match self {
             TokenError::Unreachable(_) => "unreachable",
-            TokenError::Refused { error, .. } => ERROR_CODES
-                .into_iter()
+            TokenError::Refused { error, .. } => TOKEN_ERRORS[..6]
+                .iter()
+                .copied()
                 .find(|c| c == error)
                 .unwrap_or("refused"),
             TokenError::BadResponse(_) => "bad_response",

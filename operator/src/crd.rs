@@ -231,7 +231,8 @@ impl From<RelayMode> for Mode {
 #[schemars(extend("x-kubernetes-validations" = [
     {"rule": "self.host.matches('^([a-zA-Z0-9]([-a-zA-Z0-9]{0,61}[a-zA-Z0-9])?\\\\.)*[a-zA-Z0-9]([-a-zA-Z0-9]{0,61}[a-zA-Z0-9])?$') || isIP(self.host)",
      "message": "relayhost.host must be a DNS name or an IP address, without brackets or port"},
-    {"rule": "!self.mxLookup || !isIP(self.host)", "message": "mxLookup needs a domain name, not an IP address"}
+    {"rule": "!self.mxLookup || !isIP(self.host)", "message": "mxLookup needs a domain name, not an IP address"},
+    {"rule": "!(has(self.oauth2) && has(self.credentialsSecretRef))", "message": "relayhost.oauth2 and relayhost.credentialsSecretRef are exclusive: log in with OAuth2 or with a password"}
 ]))]
 pub struct RelayhostSpec {
     /// DNS name or IP address of the relayhost, without brackets or port.
@@ -260,6 +261,100 @@ pub struct RelayhostSpec {
     /// TLS towards the relayhost.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<RelayhostTlsSpec>,
+
+    /// Log in with OAuth2 (XOAUTH2) instead of a password: Microsoft 365 and Google Workspace
+    /// no longer take passwords. The relay obtains access tokens and refreshes them itself.
+    /// Exclusive with `credentialsSecretRef`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth2: Option<OAuth2Spec>,
+}
+
+/// Where access tokens come from.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum OAuth2Provider {
+    /// Microsoft Entra ID (`login.microsoftonline.com/<tenant>`), for smtp.office365.com.
+    Microsoft365,
+    /// Google (`oauth2.googleapis.com`), for smtp.gmail.com.
+    Google,
+    /// Any OAuth2 token endpoint: `tokenEndpoint` is required.
+    Generic,
+}
+
+/// An OAuth2 login to the relayhost. The Secret's keys choose the grant:
+/// `clientId` and `clientSecret`: client credentials (a Microsoft 365 app with the
+/// `SMTP.SendAsApp` permission); `refreshToken` with `clientId` (and `clientSecret` when the app
+/// has one): a delegated login; `serviceAccount.json`: a Google service account key with
+/// domain-wide delegation for `https://mail.google.com/`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "self.provider != 'Microsoft365' || has(self.tenant)", "message": "relayhost.oauth2.tenant is required with provider Microsoft365: the Entra tenant ID or domain"},
+    {"rule": "self.provider != 'Generic' || has(self.tokenEndpoint)", "message": "relayhost.oauth2.tokenEndpoint is required with provider Generic"},
+    {"rule": "!has(self.tokenEndpoint) || self.tokenEndpoint.startsWith('https://')", "message": "relayhost.oauth2.tokenEndpoint must be an https:// URL: the client's secret and the tokens travel over it"}
+]))]
+pub struct OAuth2Spec {
+    pub provider: OAuth2Provider,
+    /// The mailbox to send as (XOAUTH2's user).
+    #[schemars(length(min = 3, max = 254))]
+    pub user: String,
+    /// Microsoft 365: the Entra tenant ID or its domain (`contoso.onmicrosoft.com`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[A-Za-z0-9.-]+$"))]
+    pub tenant: Option<String>,
+    /// The token endpoint, in place of the provider's (required with `Generic`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 9, max = 2048))]
+    pub token_endpoint: Option<String>,
+    /// The scope asked for, in place of the provider's: Microsoft 365
+    /// `https://outlook.office365.com/.default` (client credentials) or
+    /// `https://outlook.office365.com/SMTP.Send offline_access` (delegated); Google
+    /// `https://mail.google.com/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub scope: Option<String>,
+    /// The Secret (same namespace) with the grant's keys: `clientId`, `clientSecret`,
+    /// `refreshToken`, `serviceAccount.json`. Copied into a Secret the relay owns.
+    pub secret_ref: OAuth2SecretRef,
+}
+
+/// The Secret of an OAuth2 login.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OAuth2SecretRef {
+    /// Name of the Secret (same namespace as the SmtpRelay).
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+impl OAuth2Spec {
+    /// The token endpoint: the one given, or the provider's.
+    pub fn token_endpoint(&self) -> String {
+        match (&self.token_endpoint, self.provider) {
+            (Some(e), _) => e.clone(),
+            (None, OAuth2Provider::Microsoft365) => format!(
+                "https://login.microsoftonline.com/{}/oauth2/v2.0/token",
+                self.tenant.as_deref().unwrap_or("common")
+            ),
+            (None, OAuth2Provider::Google | OAuth2Provider::Generic) => {
+                "https://oauth2.googleapis.com/token".into()
+            }
+        }
+    }
+
+    /// The scope: the one given, or the provider's for the grant (`delegated`: a refresh token).
+    pub fn scope(&self, delegated: bool) -> Option<String> {
+        match (&self.scope, self.provider) {
+            (Some(s), _) => Some(s.clone()),
+            (None, OAuth2Provider::Microsoft365) if delegated => {
+                Some("https://outlook.office365.com/SMTP.Send offline_access".into())
+            }
+            (None, OAuth2Provider::Microsoft365) => {
+                Some("https://outlook.office365.com/.default".into())
+            }
+            (None, OAuth2Provider::Google) => Some("https://mail.google.com/".into()),
+            (None, OAuth2Provider::Generic) => None,
+        }
+    }
 }
 
 fn default_smtp_port() -> i32 {
@@ -647,10 +742,29 @@ pub struct QueueStatus {
     /// refused, else `Accepted` when one was accepted, else `Unknown` (no login yet, or no
     /// credentials).
     pub relayhost_login: String,
+    /// With an OAuth2 login: the access token's health over the replicas (the soonest expiry,
+    /// the most failures in a row, the last error).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relayhost_token: Option<TokenStatus>,
     /// Each running replica, by pod name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["pod"]))]
     pub pods: Vec<PodQueueStatus>,
+}
+
+/// An OAuth2 access token, as a replica holds it.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenStatus {
+    /// When the current token expires; absent while there is none (mail waits meanwhile).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_time: Option<Time>,
+    /// Token requests failed since the last one that succeeded.
+    pub failures_in_a_row: u64,
+    /// The token endpoint's error for the last failed request (`invalid_client`,
+    /// `invalid_grant`, `unreachable`, ...), while requests fail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 /// One replica's queue; `unreadable` when its metrics did not answer.
@@ -668,6 +782,8 @@ pub struct PodQueueStatus {
     pub last_delivery_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relayhost_login: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relayhost_token: Option<TokenStatus>,
     /// Why the numbers are missing (the metrics endpoint did not answer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unreadable: Option<String>,

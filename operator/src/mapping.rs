@@ -16,6 +16,9 @@ pub fn referenced_secrets(spec: &SmtpRelaySpec) -> Vec<&str> {
     if let Some(r) = &spec.relayhost.credentials_secret_ref {
         out.push(r.name.as_str());
     }
+    if let Some(o) = &spec.relayhost.oauth2 {
+        out.push(o.secret_ref.name.as_str());
+    }
     if let Some(r) = spec
         .relayhost
         .tls

@@ -352,6 +352,7 @@ mod tests {
         relay.set_logs_in(true);
         // Families show on the page once they have a series.
         relay.observe_log_line("postfix/smtpd[1]: NOQUEUE: reject: RCPT from x[1.2.3.4]: 554 5.7.1 <a@b.c>: Relay access denied");
+        relay.oauth2_refreshed(Some("invalid_client"));
         let operator = Metrics::default();
         let (store, _writer) = kube::runtime::reflector::store();
         operator.count_relays(store);

@@ -19,13 +19,15 @@ use hyper_util::rt::TokioExecutor;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
+use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::Store;
 use kube::{Api, Client, ResourceExt};
 use smtp_relay::metrics::QueueReport;
 use tracing::{debug, warn};
 
 use crate::builders::{selector_labels, METRICS_PORT};
-use crate::crd::{PodQueueStatus, QueueStatus, SmtpRelay};
+use crate::controller::Context;
+use crate::crd::{PodQueueStatus, QueueStatus, SmtpRelay, TokenStatus};
 
 /// How often each relay's queue is read.
 pub const INTERVAL: Duration = Duration::from_secs(30);
@@ -111,6 +113,35 @@ fn login_name(state: &str) -> &'static str {
     }
 }
 
+/// A pod's token, when it logs in with OAuth2 (it then has had a token or tried for one).
+fn token_status(q: &QueueReport) -> Option<TokenStatus> {
+    (q.oauth2_expiry_timestamp > 0 || q.oauth2_failures > 0).then(|| TokenStatus {
+        expires_time: time(q.oauth2_expiry_timestamp),
+        failures_in_a_row: q.oauth2_failures,
+        last_error: q.oauth2_last_error.clone(),
+    })
+}
+
+/// The relay's token health: the soonest expiry, the most failures, an error if any.
+fn worst_token(pods: &[PodQueueStatus]) -> Option<TokenStatus> {
+    let tokens: Vec<&TokenStatus> = pods
+        .iter()
+        .filter_map(|p| p.relayhost_token.as_ref())
+        .collect();
+    (!tokens.is_empty()).then(|| TokenStatus {
+        expires_time: tokens
+            .iter()
+            .filter_map(|t| t.expires_time.clone())
+            .min_by_key(|t| t.0),
+        failures_in_a_row: tokens
+            .iter()
+            .map(|t| t.failures_in_a_row)
+            .max()
+            .unwrap_or(0),
+        last_error: tokens.iter().find_map(|t| t.last_error.clone()),
+    })
+}
+
 /// `status.queue` from what each running pod said; `None` without running pods.
 pub fn summarize(reports: &[(String, Result<QueueReport, String>)]) -> Option<QueueStatus> {
     if reports.is_empty() {
@@ -126,6 +157,7 @@ pub fn summarize(reports: &[(String, Result<QueueReport, String>)]) -> Option<Qu
                 oldest_message_time: time(q.oldest_timestamp),
                 last_delivery_time: time(q.last_delivery_timestamp),
                 relayhost_login: Some(login_name(q.relayhost_login).into()),
+                relayhost_token: token_status(q),
                 unreadable: None,
             },
             Err(why) => PodQueueStatus {
@@ -150,6 +182,7 @@ pub fn summarize(reports: &[(String, Result<QueueReport, String>)]) -> Option<Qu
             .iter()
             .filter_map(|p| p.last_delivery_time.clone())
             .max_by_key(|t| t.0),
+        relayhost_token: worst_token(&pods),
         relayhost_login: ["Refused", "Accepted"]
             .into_iter()
             .find(|state| logins.contains(state))
@@ -159,8 +192,43 @@ pub fn summarize(reports: &[(String, Result<QueueReport, String>)]) -> Option<Qu
     })
 }
 
+/// The Event of a change in the relay's token health: failing, or working again.
+pub fn token_event(before: Option<&QueueStatus>, after: Option<&QueueStatus>) -> Option<Event> {
+    let failures = |q: Option<&QueueStatus>| {
+        q.and_then(|q| q.relayhost_token.as_ref())
+            .map_or(0, |t| t.failures_in_a_row)
+    };
+    let (was, now) = (failures(before), failures(after));
+    if was == 0 && now > 0 {
+        let error = after
+            .and_then(|q| q.relayhost_token.as_ref())
+            .and_then(|t| t.last_error.clone())
+            .unwrap_or_else(|| "an error".into());
+        Some(Event {
+            type_: EventType::Warning,
+            reason: "RelayhostTokenFailing".into(),
+            note: Some(format!(
+                "the OAuth2 token endpoint answered {error}; the relay keeps the current token until it expires and retries, mail waits in the queue meanwhile; check spec.relayhost.oauth2 and the Secret of its secretRef (status.queue.relayhostToken)"
+            )),
+            action: "RefreshToken".into(),
+            secondary: None,
+        })
+    } else if was > 0 && now == 0 && after.is_some_and(|q| q.relayhost_token.is_some()) {
+        Some(Event {
+            type_: EventType::Normal,
+            reason: "RelayhostTokenRefreshed".into(),
+            note: Some("the OAuth2 token endpoint issued a token again".into()),
+            action: "RefreshToken".into(),
+            secondary: None,
+        })
+    } else {
+        None
+    }
+}
+
 /// Reads the queue of every relay in `relays` once, and patches the statuses that changed.
-async fn observe_once(client: &Client, relays: &Store<SmtpRelay>, pods: &Store<Pod>) {
+async fn observe_once(ctx: &Context, relays: &Store<SmtpRelay>, pods: &Store<Pod>) {
+    let client = &ctx.client;
     let work = relays.state().into_iter().filter_map(|relay| {
         let running = running_pods(&relay, pods);
         let unchanged_empty =
@@ -178,8 +246,12 @@ async fn observe_once(client: &Client, relays: &Store<SmtpRelay>, pods: &Store<P
         .buffer_unordered(SCRAPES_AT_ONCE)
         .for_each_concurrent(SCRAPES_AT_ONCE, |(relay, reports)| async move {
             let queue = summarize(&reports);
-            if relay.status.as_ref().and_then(|s| s.queue.as_ref()) == queue.as_ref() {
+            let before = relay.status.as_ref().and_then(|s| s.queue.as_ref());
+            if before == queue.as_ref() {
                 return;
+            }
+            if let Some(event) = token_event(before, queue.as_ref()) {
+                ctx.publish_or_log(&event, &relay).await;
             }
             if let Err(e) = patch_queue(client, &relay, queue.as_ref()).await {
                 warn!(relay = %relay.name_any(), namespace = ?relay.namespace(), error = %e, "cannot write status.queue");
@@ -216,7 +288,7 @@ fn queue_patch(queue: Option<&QueueStatus>) -> serde_json::Value {
 
 /// Reads every relay's queue each [`INTERVAL`] until `shutdown` resolves.
 pub async fn observe(
-    client: Client,
+    ctx: std::sync::Arc<Context>,
     relays: Store<SmtpRelay>,
     pods: Store<Pod>,
     shutdown: impl std::future::Future<Output = ()>,
@@ -233,7 +305,7 @@ pub async fn observe(
         if relays.wait_until_ready().now_or_never().is_none() {
             continue;
         }
-        observe_once(&client, &relays, &pods).await;
+        observe_once(&ctx, &relays, &pods).await;
     }
 }
 
@@ -309,6 +381,45 @@ mod tests {
             queue_patch(None),
             serde_json::json!({"status": {"queue": null}})
         );
+    }
+
+    #[test]
+    fn token_health_is_the_worst_replica_and_its_changes_are_events() {
+        let with_token = |expiry: u64, failures: u64, error: Option<&str>| QueueReport {
+            oauth2_expiry_timestamp: expiry,
+            oauth2_failures: failures,
+            oauth2_last_error: error.map(str::to_string),
+            ..report(0, 0, 0, 0, "accepted")
+        };
+        let healthy = summarize(&[
+            ("r-0".into(), Ok(with_token(1_800_003_600, 0, None))),
+            ("r-1".into(), Ok(with_token(1_800_003_000, 0, None))),
+        ]);
+        let token = healthy.as_ref().unwrap().relayhost_token.clone().unwrap();
+        assert_eq!(token.expires_time, time(1_800_003_000));
+        assert_eq!(token.failures_in_a_row, 0);
+        let failing = summarize(&[
+            ("r-0".into(), Ok(with_token(1_800_003_600, 0, None))),
+            (
+                "r-1".into(),
+                Ok(with_token(1_800_003_000, 3, Some("invalid_client"))),
+            ),
+        ]);
+        let token = failing.as_ref().unwrap().relayhost_token.clone().unwrap();
+        assert_eq!(
+            (token.failures_in_a_row, token.last_error.as_deref()),
+            (3, Some("invalid_client"))
+        );
+
+        let warning = token_event(healthy.as_ref(), failing.as_ref()).expect("an Event");
+        assert_eq!(warning.reason, "RelayhostTokenFailing");
+        assert!(warning.note.unwrap().contains("invalid_client"));
+        assert!(token_event(failing.as_ref(), failing.as_ref()).is_none());
+        let back = token_event(failing.as_ref(), healthy.as_ref()).expect("an Event");
+        assert_eq!(back.reason, "RelayhostTokenRefreshed");
+        // Without OAuth2 there is no token to speak of.
+        let plain = summarize(&[("r-0".into(), Ok(report(0, 0, 0, 0, "accepted")))]);
+        assert_eq!(plain.unwrap().relayhost_token, None);
     }
 
     #[test]

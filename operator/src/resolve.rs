@@ -99,6 +99,40 @@ pub struct RelayhostLogin {
     pub password: Vec<u8>,
 }
 
+/// The keys of an OAuth2 login's Secret (as given: the relay judges the combination with its
+/// own rules, see `validate`). `Debug` prints only which keys there are.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct OAuth2Keys {
+    pub client_id: Option<Vec<u8>>,
+    pub client_secret: Option<Vec<u8>>,
+    pub refresh_token: Option<Vec<u8>>,
+    pub service_account: Option<Vec<u8>>,
+}
+
+/// The keys an OAuth2 Secret may hold, and the file each becomes in the relay pods.
+pub const OAUTH2_KEYS: [(&str, &str); 4] = [
+    ("clientId", "oauth2-client-id"),
+    ("clientSecret", "oauth2-client-secret"),
+    ("refreshToken", "oauth2-refresh-token"),
+    ("serviceAccount.json", "oauth2-service-account.json"),
+];
+
+impl OAuth2Keys {
+    /// (file name in the relay pods, value) of each key given.
+    pub fn files(&self) -> Vec<(&'static str, &Vec<u8>)> {
+        [
+            &self.client_id,
+            &self.client_secret,
+            &self.refresh_token,
+            &self.service_account,
+        ]
+        .into_iter()
+        .zip(OAUTH2_KEYS)
+        .filter_map(|(v, (_, file))| v.as_ref().map(|v| (file, v)))
+        .collect()
+    }
+}
+
 /// Certificate and key offered to clients.
 #[derive(Clone, PartialEq, Eq)]
 pub struct TlsPair {
@@ -110,6 +144,7 @@ pub struct TlsPair {
 #[derive(Clone, PartialEq, Eq, Default)]
 pub struct Resolved {
     pub relayhost_login: Option<RelayhostLogin>,
+    pub relayhost_oauth2: Option<OAuth2Keys>,
     pub relayhost_ca: Option<Vec<u8>>,
     /// User name → password; `None` when the relay has no `saslUsersSecretRef`.
     pub sasl_users: Option<BTreeMap<String, Vec<u8>>>,
@@ -122,6 +157,13 @@ impl fmt::Debug for Resolved {
             .field(
                 "relayhost_login",
                 &self.relayhost_login.as_ref().map(|l| l.username.as_str()),
+            )
+            .field(
+                "relayhost_oauth2",
+                &self
+                    .relayhost_oauth2
+                    .as_ref()
+                    .map(|k| k.files().into_iter().map(|(f, _)| f).collect::<Vec<_>>()),
             )
             .field("relayhost_ca", &self.relayhost_ca.is_some())
             .field(
@@ -182,6 +224,28 @@ pub async fn resolve(relay: &SmtpRelay, src: &impl RefSource) -> Result<Resolved
         let username = check_login(&loc, &r.username_key, user)?;
         let password = check_password(&loc, &r.password_key, pass)?;
         out.relayhost_login = Some(RelayhostLogin { username, password });
+    }
+
+    if let Some(o) = &spec.relayhost.oauth2 {
+        let purpose = "relayhost OAuth2 login";
+        let data = secret_data(src, &ns, &o.secret_ref.name, purpose).await?;
+        let get = |key: &str| data.get(key).cloned().map(trim_line_end);
+        let keys = OAuth2Keys {
+            client_id: get("clientId"),
+            client_secret: get("clientSecret"),
+            refresh_token: get("refreshToken"),
+            service_account: data.get("serviceAccount.json").cloned(),
+        };
+        if keys == OAuth2Keys::default() {
+            return Err(ResolveError::KeyMissing {
+                kind: "Secret",
+                namespace: ns.clone(),
+                name: o.secret_ref.name.clone(),
+                key: "clientId".into(),
+                purpose,
+            });
+        }
+        out.relayhost_oauth2 = Some(keys);
     }
 
     if let Some(tls) = &spec.relayhost.tls {

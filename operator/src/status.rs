@@ -285,7 +285,7 @@ fn condition(
 fn relayhost_password_condition(relay: &SmtpRelay, gen: Option<i64>, now: &Time) -> Condition {
     let rh = &relay.spec.relayhost;
     let explicit = rh.tls.as_ref().and_then(|t| t.level).map(TlsLevel::from);
-    let credentials = rh.credentials_secret_ref.is_some();
+    let credentials = rh.credentials_secret_ref.is_some() || rh.oauth2.is_some();
     let level = settings::relayhost_tls(explicit, credentials);
     let (ok, reason, message) = if !credentials {
         (
@@ -298,7 +298,9 @@ fn relayhost_password_condition(relay: &SmtpRelay, gen: Option<i64>, now: &Time)
             false,
             "CleartextAllowed",
             format!(
-                "spec.relayhost.tls.level is {level} with credentialsSecretRef: a relayhost that offers no STARTTLS, or anyone on the path, would receive the password; remove the level (the default with credentials is encrypt) or set encrypt or stronger"
+                "spec.relayhost.tls.level is {level} with {}: a relayhost that offers no STARTTLS, or anyone on the path, would receive the {}; remove the level (the default with a login is encrypt) or set encrypt or stronger",
+                if rh.oauth2.is_some() { "oauth2" } else { "credentialsSecretRef" },
+                if rh.oauth2.is_some() { "access token" } else { "password" }
             ),
         )
     } else {

@@ -76,6 +76,13 @@ fn judge_with_relay_rules(
             .files
             .insert(path(RELAYHOST_DIR, PASSWORD_KEY), login.password.clone());
     }
+    if let Some(keys) = &resolved.relayhost_oauth2 {
+        for (file, value) in keys.files() {
+            mounted
+                .files
+                .insert(path(RELAYHOST_DIR, file), value.clone());
+        }
+    }
     if let Some(ca) = &resolved.relayhost_ca {
         mounted
             .files
@@ -119,6 +126,19 @@ pub fn spec_field(name: &str) -> String {
         "relayhost.passwordFile" => secret("spec.relayhost.credentialsSecretRef (passwordKey)"),
         "relayhost.tlsCaFile" => secret("spec.relayhost.tls (CA bundle)"),
         "relayhost.tlsLevel" => "spec.relayhost.tls.level".into(),
+        "relayhost.oauth2" => secret(
+            "spec.relayhost.oauth2.secretRef (keys clientId, clientSecret, refreshToken, serviceAccount.json)",
+        ),
+        "relayhost.oauth2.clientIdFile" => secret("spec.relayhost.oauth2.secretRef (clientId)"),
+        "relayhost.oauth2.clientSecretFile" => {
+            secret("spec.relayhost.oauth2.secretRef (clientSecret)")
+        }
+        "relayhost.oauth2.refreshTokenFile" => {
+            secret("spec.relayhost.oauth2.secretRef (refreshToken)")
+        }
+        "relayhost.oauth2.serviceAccountKeyFile" => {
+            secret("spec.relayhost.oauth2.secretRef (serviceAccount.json)")
+        }
         "saslUsersDir" => secret("spec.saslUsersSecretRef"),
         n if n.starts_with("inboundTls") => secret("spec.tlsSecretRef"),
         "proxyProtocolPort" => "spec.service.proxyProtocol".into(),
@@ -410,6 +430,62 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    /// An OAuth2 Secret is judged by the relay's rules, and a refusal names the Secret's keys,
+    /// not the files the relay reads.
+    #[test]
+    fn an_oauth2_secret_is_judged_and_refusals_name_its_keys() {
+        use crate::resolve::OAuth2Keys;
+        let mut relay = crate::fixtures::relay("m365");
+        relay.spec.relayhost.oauth2 = Some(
+            serde_json::from_value(serde_json::json!({
+                "provider": "Microsoft365",
+                "tenant": "contoso.onmicrosoft.com",
+                "user": "sender@contoso.com",
+                "secretRef": {"name": "app"}
+            }))
+            .unwrap(),
+        );
+        let judge = |keys: OAuth2Keys| {
+            CheckedSpec::new(&relay).unwrap().judge(Resolved {
+                relayhost_oauth2: Some(keys),
+                ..Resolved::default()
+            })
+        };
+        let app = OAuth2Keys {
+            client_id: Some(b"app-id".to_vec()),
+            client_secret: Some(b"s3cret".to_vec()),
+            ..OAuth2Keys::default()
+        };
+        let file = judge(app.clone()).expect("client credentials").file;
+        let oauth2 = file.relayhost.oauth2.expect("an OAuth2 login");
+        assert_eq!(
+            oauth2.scope.as_deref(),
+            Some("https://outlook.office365.com/.default")
+        );
+        let refused = |keys, expected: &str| match judge(keys) {
+            Err(Outcome::Unresolved { reason, message }) => {
+                assert_eq!(reason, "InvalidSecretValue");
+                assert!(message.contains(expected), "{message}");
+            }
+            Err(other) => panic!("{other:?}"),
+            Ok(_) => panic!("accepted"),
+        };
+        refused(
+            OAuth2Keys {
+                client_secret: None,
+                ..app.clone()
+            },
+            "spec.relayhost.oauth2.secretRef (keys clientId, clientSecret",
+        );
+        refused(
+            OAuth2Keys {
+                client_secret: Some(b"two words".to_vec()),
+                ..app
+            },
+            "spec.relayhost.oauth2.secretRef (clientSecret)",
+        );
     }
 
     #[test]

@@ -203,7 +203,7 @@ pub async fn run(
             )
         })
         .graceful_shutdown_on(shutdown.clone())
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile, error_policy, ctx.clone())
         .for_each(|res| async move {
             match res {
                 Ok((obj, _)) => debug!(relay = %obj.name, "reconciled"),
@@ -211,7 +211,7 @@ pub async fn run(
             }
         });
     // status.queue, from the pods' metrics (see `queue`).
-    let queues = crate::queue::observe(client, synced.clone(), pods, shutdown.clone());
+    let queues = crate::queue::observe(ctx.clone(), synced.clone(), pods, shutdown.clone());
     tokio::select! {
         ((), ()) = futures::future::join(controller, queues) => {}
         () = drain_limit(shutdown, synced) => {}

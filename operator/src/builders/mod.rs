@@ -221,6 +221,7 @@ mod tests {
                 username: "login".into(),
                 password: b"secret-pw".to_vec(),
             }),
+            relayhost_oauth2: None,
             relayhost_ca: Some(
                 b"-----BEGIN CERTIFICATE-----\nCA\n-----END CERTIFICATE-----\n".to_vec(),
             ),

@@ -1,18 +1,40 @@
 //! The relay image's config file (`relay.yaml`), built from the spec. It names files, never
 //! secret values: credentials, CA, users and TLS keys are mounted from the owned Secrets.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use smtp_relay::config_file::{InboundTlsFile, RelayConfigFile, RelayhostFile};
+use smtp_relay::config_file::{InboundTlsFile, OAuth2File, RelayConfigFile, RelayhostFile};
 
 use super::{
     CA_KEY, PASSWORD_KEY, PROXY_PROTOCOL_PORT, RELAYHOST_DIR, SASL_USERS_DIR, TLS_DIR, USERNAME_KEY,
 };
-use crate::crd::SmtpRelaySpec;
-use crate::resolve::Resolved;
+use crate::crd::{OAuth2Provider, OAuth2Spec, SmtpRelaySpec};
+use crate::resolve::{OAuth2Keys, Resolved};
 
 fn file(dir: &str, key: &str) -> PathBuf {
     PathBuf::from(format!("{dir}/{key}"))
+}
+
+/// The OAuth2 login as the relay reads it: the provider's endpoint and scope, and a file for
+/// each key of the Secret.
+fn oauth2_file(o: &OAuth2Spec, keys: &OAuth2Keys) -> OAuth2File {
+    let given = keys.files();
+    let path = |key: &str| {
+        given
+            .iter()
+            .any(|(f, _)| *f == key)
+            .then(|| file(RELAYHOST_DIR, key))
+    };
+    OAuth2File {
+        user: o.user.clone(),
+        token_endpoint: o.token_endpoint(),
+        scope: o.scope(keys.refresh_token.is_some()),
+        client_id_file: path("oauth2-client-id"),
+        client_secret_file: path("oauth2-client-secret"),
+        refresh_token_file: path("oauth2-refresh-token"),
+        service_account_key_file: path("oauth2-service-account.json"),
+    }
 }
 
 /// The `RelayConfigFile` the relay pods read.
@@ -35,7 +57,12 @@ pub fn relay_config_file(spec: &SmtpRelaySpec, resolved: &Resolved) -> RelayConf
             .relayhost_ca
             .is_some()
             .then(|| file(RELAYHOST_DIR, CA_KEY)),
-        oauth2: None,
+        oauth2: spec
+            .relayhost
+            .oauth2
+            .as_ref()
+            .zip(resolved.relayhost_oauth2.as_ref())
+            .map(|(o, keys)| oauth2_file(o, keys)),
     };
     RelayConfigFile {
         domain: spec.domain.clone(),
@@ -63,6 +90,25 @@ pub fn relay_config_file(spec: &SmtpRelaySpec, resolved: &Resolved) -> RelayConf
             .service
             .proxy_protocol
             .then_some(PROXY_PROTOCOL_PORT as u16),
-        postconf: spec.postconf.clone(),
+        postconf: provider_limits(spec)
+            .into_iter()
+            .chain(spec.postconf.clone())
+            .collect(),
+    }
+}
+
+/// Microsoft 365 takes at most 30 messages a minute from a mailbox (and 3 connections): with a
+/// delay between deliveries Postfix sends one at a time, and the delay is shared out over the
+/// replicas, so the relay as a whole stays under the limit. `postconf` overrides it.
+fn provider_limits(spec: &SmtpRelaySpec) -> BTreeMap<String, String> {
+    match spec.relayhost.oauth2.as_ref().map(|o| o.provider) {
+        Some(OAuth2Provider::Microsoft365) => {
+            let replicas = spec.replicas.max(1);
+            BTreeMap::from([(
+                "default_destination_rate_delay".to_string(),
+                format!("{}s", 2 * replicas),
+            )])
+        }
+        _ => BTreeMap::new(),
     }
 }

@@ -29,7 +29,8 @@ fn secret(
     })
 }
 
-/// `<name>-relayhost`: `username`, `password` and `ca.crt`, as configured.
+/// `<name>-relayhost`: `username`, `password`, the OAuth2 keys (`oauth2-*`) and `ca.crt`, as
+/// configured.
 pub fn relayhost_secret(relay: &SmtpRelay, resolved: &Resolved) -> Result<Option<Secret>> {
     let mut data = BTreeMap::new();
     if let Some(login) = &resolved.relayhost_login {
@@ -38,6 +39,11 @@ pub fn relayhost_secret(relay: &SmtpRelay, resolved: &Resolved) -> Result<Option
             login.username.clone().into_bytes(),
         );
         data.insert(PASSWORD_KEY.to_string(), login.password.clone());
+    }
+    if let Some(keys) = &resolved.relayhost_oauth2 {
+        for (file, value) in keys.files() {
+            data.insert(file.to_string(), value.clone());
+        }
     }
     if let Some(ca) = &resolved.relayhost_ca {
         data.insert(CA_KEY.to_string(), ca.clone());
