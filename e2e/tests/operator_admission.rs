@@ -287,6 +287,43 @@ fn admission(cp: &ControlPlane) {
             vec!["spec.service.loadBalancerIP", "IP address"],
         ),
         (
+            "OAuth2 and a password",
+            with(json!({"relayhost": {
+                "credentialsSecretRef": {"name": "login"},
+                "oauth2": {"provider": "Google", "user": "a@example.net", "secretRef": {"name": "g"}}
+            }})),
+            vec!["spec.relayhost", "oauth2", "exclusive"],
+        ),
+        (
+            "Microsoft 365 without a tenant",
+            with(json!({"relayhost": {"oauth2": {
+                "provider": "Microsoft365", "user": "a@example.net", "secretRef": {"name": "app"}
+            }}})),
+            vec!["spec.relayhost.oauth2", "tenant is required"],
+        ),
+        (
+            "a generic provider without a token endpoint",
+            with(json!({"relayhost": {"oauth2": {
+                "provider": "Generic", "user": "a@example.net", "secretRef": {"name": "app"}
+            }}})),
+            vec!["spec.relayhost.oauth2", "tokenEndpoint is required"],
+        ),
+        (
+            "a token endpoint in clear text",
+            with(json!({"relayhost": {"oauth2": {
+                "provider": "Generic", "user": "a@example.net", "secretRef": {"name": "app"},
+                "tokenEndpoint": "http://idp.example.net/token"
+            }}})),
+            vec!["spec.relayhost.oauth2", "https://"],
+        ),
+        (
+            "an unknown provider",
+            with(json!({"relayhost": {"oauth2": {
+                "provider": "Yahoo", "user": "a@example.net", "secretRef": {"name": "app"}
+            }}})),
+            vec!["spec.relayhost.oauth2.provider", "Unsupported value"],
+        ),
+        (
             "no relayhost",
             json!({"domain": "example.net"}),
             vec!["spec.relayhost", "Required value"],
