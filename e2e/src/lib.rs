@@ -25,5 +25,6 @@ pub mod tools;
 
 pub use controlplane::{ControlPlane, Error};
 pub mod mail;
+pub mod relayhost;
 pub mod secret_volume;
 pub mod user_path;

@@ -295,6 +295,78 @@ pub fn self_signed_cert(dir: &Path) -> Result<(PathBuf, PathBuf), String> {
     Ok((cert, key))
 }
 
+/// A test CA and a certificate it signed for `localhost` and `ip` (also as a DNS name, which is
+/// how Postfix matches a `[ip]` relayhost): (ca.crt, tls.crt, tls.key).
+pub fn ca_signed_cert_for(dir: &Path, ip: Ipv4Addr) -> Result<(PathBuf, PathBuf, PathBuf), String> {
+    let (ca, ca_key) = (dir.join("ca.crt"), dir.join("ca.key"));
+    let (cert, key, csr) = (
+        dir.join("tls.crt"),
+        dir.join("tls.key"),
+        dir.join("tls.csr"),
+    );
+    let ext = dir.join("tls.ext");
+    fs::write(
+        &ext,
+        format!(
+            "subjectAltName=DNS:localhost,DNS:{ip},IP:{ip}\nbasicConstraints=critical,CA:FALSE\n"
+        ),
+    )
+    .map_err(|e| e.to_string())?;
+    const EC: [&str; 5] = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let run = |cmd: &mut Command| -> Result<(), String> {
+        let out = cmd
+            .output()
+            .map_err(|e| format!("running openssl (apt-get install openssl): {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!("openssl: {}", String::from_utf8_lossy(&out.stderr)))
+        }
+    };
+    run(Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=smtp-relay test CA",
+        ])
+        .args(EC)
+        .args(["-addext", "basicConstraints=critical,CA:TRUE"])
+        .args(["-addext", "keyUsage=critical,keyCertSign,cRLSign"])
+        .arg("-keyout")
+        .arg(&ca_key)
+        .arg("-out")
+        .arg(&ca))?;
+    run(Command::new("openssl")
+        .args(["req", "-subj", "/CN=localhost"])
+        .args(EC)
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&csr))?;
+    run(Command::new("openssl")
+        .args(["x509", "-req", "-days", "2", "-CAcreateserial"])
+        .arg("-in")
+        .arg(&csr)
+        .arg("-CA")
+        .arg(&ca)
+        .arg("-CAkey")
+        .arg(&ca_key)
+        .arg("-extfile")
+        .arg(&ext)
+        .arg("-out")
+        .arg(&cert))?;
+    Ok((ca, cert, key))
+}
+
 /// The workspace's `smtp-relay` binary (built by `cargo build --workspace --bins`).
 pub fn relay_bin() -> PathBuf {
     target_bin("smtp-relay")

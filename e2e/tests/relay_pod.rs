@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use smtp_relay_e2e::mail::{self, marker, Sink, StartTls, Upstream};
 use smtp_relay_e2e::operator;
+use smtp_relay_e2e::relayhost::{ScriptedRelayhost, TokenPolicy, TokenServer};
 use smtp_relay_e2e::user_path::{self, NODE_IP};
 use smtp_relay_e2e::ControlPlane;
 
@@ -49,6 +50,8 @@ const RELAYHOST_PW1: &str = "first relayhost password: }, =";
 const RELAYHOST_PW2: &str = "second relayhost password";
 const APP1_PW: &str = "app1 password";
 const APP2_PW: &str = "app2 password";
+const OAUTH2_CLIENT_ID: &str = "relay-app";
+const OAUTH2_CLIENT_SECRET: &str = "oauth2-client-secret-never-shown";
 
 /// The capabilities of the template's security context (`CHOWN DAC_OVERRIDE FOWNER SETUID
 /// SETGID NET_BIND_SERVICE KILL`, all others dropped), as the kernel's bit mask.
@@ -540,6 +543,125 @@ fn relay_pod_under_the_kubelet_follows_secret_rotation() {
     patch(Value::Null);
     ok(user_path::wait_relay_ready(&cp, NS, RELAY, WAIT));
     t.step("back to the relay image: Ready again");
+
+    // 7. OAuth2: the relay logs in with XOAUTH2, through the image's own Cyrus mechanism, with
+    //    tokens from an HTTPS token endpoint it trusts through the relayhost's CA; the
+    //    relayhost takes mail only with one of that endpoint's unexpired tokens.
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = ok(mail::ca_signed_cert_for(certs.path(), NODE_IP));
+    let endpoint = ok(TokenServer::start_at(
+        NODE_IP,
+        TokenPolicy {
+            client_id: OAUTH2_CLIENT_ID.into(),
+            client_secret: OAUTH2_CLIENT_SECRET.into(),
+            refresh_token: String::new(),
+            rotate: false,
+            lifetime: Duration::from_secs(3600),
+        },
+        Some((&cert, &key)),
+    ));
+    let xoauth2 = ScriptedRelayhost::start_at(NODE_IP, Some(endpoint.check()));
+    apply(
+        &cp,
+        &serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "oauth2-app", "namespace": NS},
+            "stringData": {"clientId": OAUTH2_CLIENT_ID, "clientSecret": OAUTH2_CLIENT_SECRET},
+        })
+        .to_string(),
+    );
+    apply(
+        &cp,
+        &serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "idp-ca", "namespace": NS},
+            "stringData": {"ca.crt": std::fs::read_to_string(&ca).unwrap()},
+        })
+        .to_string(),
+    );
+    let relayhost = serde_json::json!({"spec": {"relayhost": {
+        "host": NODE_IP.to_string(),
+        "port": xoauth2.addr().port(),
+        "credentialsSecretRef": null,
+        "oauth2": {
+            "provider": "Generic",
+            "tokenEndpoint": endpoint.url(),
+            "user": "sender@example.net",
+            "secretRef": {"name": "oauth2-app"},
+        },
+        // The scripted relayhost offers no STARTTLS: said explicitly, and flagged.
+        "tls": {"level": "none", "caSecretKeyRef": {"name": "idp-ca", "key": "ca.crt"}},
+    }}});
+    let before = user_path::relay_ready(&cp, NS, RELAY).map(|p| p["metadata"]["uid"].clone());
+    operator::patch_relay(&cp, NS, RELAY, &relayhost.to_string());
+    let pod = ok(user_path::wait(
+        &cp,
+        NS,
+        WAIT,
+        "a relay pod Ready with the OAuth2 login",
+        || {
+            let r = get(&cp, "smtprelay", RELAY)?;
+            let current = r["status"]["observedGeneration"] == r["metadata"]["generation"];
+            let pod = user_path::relay_ready(&cp, NS, RELAY)?;
+            (current && Some(&pod["metadata"]["uid"]) != before.as_ref()).then_some(pod)
+        },
+    ));
+    let m = marker("oauth2");
+    send(app1, "app1@example.net", "oauth2@elsewhere.org", &m)
+        .unwrap_or_else(|e| panic!("{}", diagnose(e)));
+    ok(user_path::wait(
+        &cp,
+        NS,
+        WAIT,
+        "the message at the relayhost, after AUTH XOAUTH2",
+        || {
+            xoauth2
+                .delivered()
+                .contains(&"oauth2@elsewhere.org".to_string())
+                .then_some(())
+        },
+    ));
+    let issued = endpoint.issued();
+    assert!(!issued.is_empty() && xoauth2.transcript().contains("AUTH XOAUTH2 "));
+    let queue = ok(user_path::wait(
+        &cp,
+        NS,
+        WAIT,
+        "status.queue with the token and the accepted login",
+        || {
+            let r = get(&cp, "smtprelay", RELAY)?;
+            let q = &r["status"]["queue"];
+            (q["relayhostLogin"] == "Accepted" && q["relayhostToken"]["expiresTime"].is_string())
+                .then(|| q.clone())
+        },
+    ));
+    let relay = get(&cp, "smtprelay", RELAY).unwrap();
+    let flagged = operator::condition(&relay, "RelayhostPasswordProtected").unwrap();
+    assert_eq!(flagged["status"], "False", "{flagged}");
+    assert!(
+        flagged["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("access token"),
+        "{flagged}"
+    );
+    // Neither the client secret nor a token anywhere users look.
+    let mut seen = user_path::pod_logs(&cp, NS, pod["metadata"]["name"].as_str().unwrap());
+    seen.push_str(&cp.kubectl_ok(["get", "configmap,events,smtprelay", "-n", NS, "-o", "yaml"]));
+    for secret in issued
+        .iter()
+        .map(String::as_str)
+        .chain([OAUTH2_CLIENT_SECRET])
+    {
+        assert!(
+            !seen.contains(secret),
+            "{secret} in a log, ConfigMap, Event or status"
+        );
+    }
+    t.step(&format!(
+        "OAuth2: delivered after AUTH XOAUTH2 with {} token(s) from the HTTPS endpoint; status.queue: {queue}",
+        issued.len()
+    ));
 
     let logs = user_path::pod_logs(&cp, &release.namespace, &operator_pod);
     assert!(!logs.contains("Forbidden"), "operator log:\n{logs}");

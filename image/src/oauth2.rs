@@ -70,6 +70,9 @@ pub struct OAuth2Settings {
     pub token_endpoint: String,
     pub scope: Option<String>,
     pub grant: Grant,
+    /// A CA bundle trusted besides the system's (the relayhost's, when one is given: a private
+    /// PKI usually serves both).
+    pub ca_file: Option<PathBuf>,
 }
 
 /// The fields of a Google service account key file the relay uses.
@@ -151,12 +154,20 @@ struct ErrorResponse {
     error_description: Option<String>,
 }
 
-/// An HTTP client for token endpoints: TLS with the system's CA bundle (ring, as elsewhere in
-/// the relay).
-pub fn http_client() -> Result<reqwest::Client, TokenError> {
+/// An HTTP client for token endpoints: TLS with the system's CA bundle and `ca_file` (ring, as
+/// elsewhere in the relay).
+pub fn http_client(ca_file: Option<&Path>) -> Result<reqwest::Client, TokenError> {
+    use rustls::pki_types::pem::PemObject as _;
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_native_certs::load_native_certs().certs {
         let _ = roots.add(cert);
+    }
+    if let Some(path) = ca_file {
+        let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
+            .map_err(|e| TokenError::Unreachable(format!("{}: {e}", path.display())))?;
+        for cert in certs.flatten() {
+            let _ = roots.add(cert);
+        }
     }
     let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
@@ -396,13 +407,6 @@ pub async fn keep_fresh(
     metrics: Metrics,
     data_dir: PathBuf,
 ) {
-    let http = match http_client() {
-        Ok(http) => http,
-        Err(e) => {
-            tracing::error!(error = %e, "no HTTP client for the OAuth2 token endpoint");
-            return;
-        }
-    };
     let store = RotatedStore {
         path: data_dir.join("oauth2-refresh-token"),
     };
@@ -416,7 +420,13 @@ pub async fn keep_fresh(
             }
             continue;
         };
-        let wait = refresh_once(&http, &oauth2, &current, &metrics, &store).await;
+        let wait = match http_client(oauth2.ca_file.as_deref()) {
+            Ok(http) => refresh_once(&http, &oauth2, &current, &metrics, &store).await,
+            Err(e) => {
+                tracing::error!(error = %e, "no HTTP client for the OAuth2 token endpoint");
+                Duration::from_secs(60)
+            }
+        };
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
             changed = settings.changed() => if changed.is_err() { return },
@@ -618,6 +628,7 @@ mod tests {
                 client_id: "id".into(),
                 client_secret: Secret("hunter2".into()),
             },
+            ca_file: None,
         };
         assert!(!format!("{s:?}").contains("hunter2"));
     }

@@ -402,10 +402,12 @@ pub struct RelayhostTlsSpec {
     #[schemars(with = "TlsLevelSpec")]
     pub level: Option<TlsLevelSpec>,
     /// PEM CA bundle used to verify the relayhost's certificate, from a Secret key. Defaults to
-    /// the image's system CA bundle.
+    /// the image's system CA bundle. An OAuth2 token endpoint is trusted with it too, besides
+    /// the system CAs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_secret_key_ref: Option<KeyRef>,
-    /// PEM CA bundle used to verify the relayhost's certificate, from a ConfigMap key.
+    /// PEM CA bundle used to verify the relayhost's certificate, from a ConfigMap key (and an
+    /// OAuth2 token endpoint's, besides the system CAs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_config_map_key_ref: Option<KeyRef>,
 }

@@ -165,6 +165,7 @@ fn oauth2_settings(
         token_endpoint,
         scope,
         grant,
+        ca_file: None,
     })
 }
 
@@ -244,6 +245,11 @@ pub fn settings_with(
         )),
         Some(o) => Some(oauth2_settings(o, field, mounted)?),
     };
+    // (The CA bundle is checked below; the token endpoint trusts it too.)
+    let relayhost_oauth2 = relayhost_oauth2.map(|o| crate::oauth2::OAuth2Settings {
+        ca_file: rh.tls_ca_file.clone(),
+        ..o
+    });
     let relayhost_tls_level = inputs::tls_level(
         &field("relayhost.tlsLevel"),
         None,
