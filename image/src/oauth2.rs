@@ -9,7 +9,7 @@
 //! - client credentials (Microsoft 365 app-only; generic providers): client id and secret;
 //! - a delegated refresh token (any provider): the refresh token, a client id and maybe a
 //!   secret; a provider that rotates it gets the new one back at every refresh, kept in memory
-//!   and in the data directory so a restart uses it;
+//!   and on the spool's volume so a restart, or a new pod on the volume, uses it;
 //! - a Google service account with domain-wide delegation: a JWT signed with its key, for the
 //!   mailbox to send as.
 
@@ -385,7 +385,13 @@ impl RotatedStore {
 
     fn save(&self, configured: &Secret, rotated: &Secret) -> std::io::Result<()> {
         use std::io::Write as _;
-        use std::os::unix::fs::OpenOptionsExt as _;
+        use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+        if let Some(dir) = self.path.parent() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
+        }
         let tmp = self.path.with_extension("tmp");
         let mut f = std::fs::OpenOptions::new()
             .create(true)
@@ -405,10 +411,10 @@ pub async fn keep_fresh(
     mut settings: tokio::sync::watch::Receiver<Option<OAuth2Settings>>,
     current: Current,
     metrics: Metrics,
-    data_dir: PathBuf,
+    rotated_token_file: PathBuf,
 ) {
     let store = RotatedStore {
-        path: data_dir.join("oauth2-refresh-token"),
+        path: rotated_token_file,
     };
     loop {
         let wanted = settings.borrow_and_update().clone();

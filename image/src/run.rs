@@ -197,7 +197,7 @@ impl OAuth2Login {
             rx,
             current.clone(),
             metrics.clone(),
-            layout.data_dir.clone(),
+            layout.oauth2_refresh_token(),
         ));
         let socket = layout.oauth2_socket();
         let socketmap = tokio::spawn(async move {

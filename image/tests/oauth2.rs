@@ -157,8 +157,8 @@ fn client_credentials_log_in_with_fresh_tokens_through_a_burst() {
 }
 
 /// A provider that rotates refresh tokens refuses the old one after each refresh: the relay
-/// follows the rotation, keeps the newest in a 0600 file, and after a restart uses it (the
-/// configured one is refused by then).
+/// follows the rotation, keeps the newest in a 0600 file on the spool's volume, and after a
+/// restart uses it (the configured one is refused by then).
 #[test]
 fn a_rotated_refresh_token_is_followed_and_survives_a_restart() {
     let endpoint = TokenServer::start(policy(2, true));
@@ -184,7 +184,10 @@ fn a_rotated_refresh_token_is_followed_and_survives_a_restart() {
         "the relay always sent the current refresh token: {:?}",
         endpoint.requests()
     );
-    let kept = relay.spec().data_dir().join("oauth2-refresh-token");
+    let kept = relay
+        .spec()
+        .spool_dir()
+        .join("smtp-relay/oauth2-refresh-token");
     use std::os::unix::fs::PermissionsExt as _;
     assert_eq!(
         std::fs::metadata(&kept).unwrap().permissions().mode() & 0o777,

@@ -44,6 +44,13 @@ impl Layout {
     pub fn sasl_config_dir(&self) -> PathBuf {
         self.config_dir.join("sasl")
     }
+    /// Where a rotated OAuth2 refresh token is kept: on the spool's volume, which outlives the
+    /// pod like the mail does (a directory of ours beside Postfix's queues).
+    pub fn oauth2_refresh_token(&self) -> PathBuf {
+        self.spool_dir
+            .join("smtp-relay")
+            .join("oauth2-refresh-token")
+    }
     /// The socketmap where Postfix asks the supervisor for the current OAuth2 token.
     pub fn oauth2_socket(&self) -> PathBuf {
         self.data_dir.join("oauth2.sock")
