@@ -127,6 +127,11 @@ impl Instance {
 }
 
 fn start_smtp_relay(sink_port: u16) -> Instance {
+    Instance::SmtpRelay(smtp_relay_spec(sink_port).start())
+}
+
+/// smtp-relay as the benchmarks run it: the image's defaults, relaying to `sink_port`.
+fn smtp_relay_spec(sink_port: u16) -> RelaySpec {
     let mut cfg = config(sink_port, Mode::Strict);
     cfg.networks = vec!["127.0.0.1/32".into()];
     // Only what a machine without DNS needs; everything else as the image configures it.
@@ -141,14 +146,15 @@ fn start_smtp_relay(sink_port: u16) -> Instance {
             cfg.postconf.insert(k.trim().into(), v.trim().into());
         }
     }
-    let relay = RelaySpec::new(Input::file(cfg)).start();
-    Instance::SmtpRelay(relay)
+    RelaySpec::new(Input::file(cfg))
 }
 
 /// A minimal relay written by hand: what an administrator would configure without smtp-relay.
 struct BareRelay {
     dir: tempfile::TempDir,
     port: u16,
+    /// From `postfix start` to the first SMTP banner, polled every 5 ms.
+    started_in: Duration,
 }
 
 const BARE_SERVICES: &str = "\
@@ -222,6 +228,7 @@ maillog_file_prefixes = {d}
             .open(etc.join("main.cf"))
             .unwrap()
             .set_modified(SystemTime::now() - Duration::from_secs(10));
+        let started = Instant::now();
         let out = Command::new("postfix")
             .arg("-c")
             .arg(&etc)
@@ -234,11 +241,15 @@ maillog_file_prefixes = {d}
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        let bare = BareRelay { dir, port };
-        poll("the bare relay to answer", DEADLINE, || {
-            smtp_ready(loopback(port)).then_some(())
-        });
-        bare
+        while !smtp_ready(loopback(port)) {
+            assert!(started.elapsed() < DEADLINE, "the bare relay never answered");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        BareRelay {
+            dir,
+            port,
+            started_in: started.elapsed(),
+        }
     }
 }
 
@@ -376,12 +387,87 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// Start latency: from spawning `smtp-relay run` (or `postfix start` of the bare relay) to the
+/// first 220 banner, each polled every 5 ms, `rounds` times, alternating.
+fn start_latency(rounds: u64) {
+    println!("\nstart: spawn to the 220 banner, polled every 5 ms");
+    println!("{:>5}  {:>14}  {:>10}", "round", "smtp-relay ms", "bare ms");
+    let sink = CountingSink::start();
+    let (mut ours, mut bare) = (Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        let mut pair = [0.0; 2];
+        for first in [round % 2 == 1, round % 2 == 0] {
+            if first {
+                let (relay, took) = smtp_relay_spec(sink.port).start_timed();
+                pair[0] = took.as_secs_f64() * 1000.0;
+                let (status, _) = relay.stop();
+                assert_eq!(status.code(), Some(0));
+            } else {
+                pair[1] = BareRelay::start(sink.port).started_in.as_secs_f64() * 1000.0;
+            }
+        }
+        println!("{round:>5}  {:>14.0}  {:>10.0}", pair[0], pair[1]);
+        ours.push(pair[0]);
+        bare.push(pair[1]);
+    }
+    let (o, b) = (median(ours), median(bare));
+    println!("{:>5}  {o:>14.0}  {b:>10.0}", "median");
+}
+
+/// A SASL user added: from the atomic swap of the users' directory (as the kubelet updates a
+/// Secret volume) to that user's first successful login, polled every 10 ms, with the relay's
+/// default reload interval.
+fn sasl_change_latency(rounds: u64) {
+    println!("\nSASL user added: directory swapped to the first successful login (reload interval 2 s)");
+    println!("{:>5}  {:>10}", "round", "ms");
+    let sink = CountingSink::start();
+    let mut spec = smtp_relay_spec(sink.port);
+    spec.reload_interval_secs = 2;
+    let dir = spec.path("users");
+    let mut users = SecretVolume::create(dir.clone(), &[(USER, USER_PASSWORD)]);
+    if let Input::File(cfg) = &mut spec.input {
+        cfg.sasl_users_dir = Some(dir);
+    }
+    let relay = spec.start();
+    let mut took = Vec::new();
+    for round in 1..=rounds {
+        let name = format!("added{round}");
+        let mut all = vec![(USER, USER_PASSWORD)];
+        all.push((name.as_str(), "added password"));
+        let started = Instant::now();
+        users.update(&all);
+        loop {
+            let mut conn = connect(relay.addr(), OTHER_CLIENT);
+            let ok = login(&mut conn, &name, "added password").is_ok();
+            let _ = conn.quit();
+            if ok {
+                break;
+            }
+            assert!(started.elapsed() < DEADLINE, "{name} never logged in");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        println!("{round:>5}  {ms:>10.0}");
+        took.push(ms);
+        // Apart from the reload ticks, not in step with them.
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    println!("{:>5}  {:>10.0}", "median", median(took));
+    let (status, _) = relay.stop();
+    assert_eq!(status.code(), Some(0));
+}
+
 fn main() {
     // `cargo bench` passes --bench; `cargo test --benches` would pass nothing useful to us.
     if std::env::args().any(|a| a == "--list") {
         return;
     }
     require_postfix();
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("latency") {
+        start_latency(env_number("BENCH_ROUNDS", 5));
+        sasl_change_latency(env_number("BENCH_ROUNDS", 5));
+        return;
+    }
     let messages = env_number("BENCH_MESSAGES", 5000);
     let rounds = env_number("BENCH_ROUNDS", 3);
     println!(
@@ -432,4 +518,6 @@ fn main() {
         "ratio bare / smtp-relay, cpu per message (medians): {:.3}",
         bc / rc
     );
+    start_latency(5);
+    sasl_change_latency(5);
 }
