@@ -88,6 +88,7 @@ pub fn write_config(settings: &Settings, layout: &Layout) -> Result<(), RunError
     for (live, text, mode) in &files {
         write_file(&staged(live)?, text, *mode)?;
     }
+    settled(&candidate.main_cf())?;
     postfix(&candidate, &["check"])?;
     check_not_open(&candidate, &layout.main_cf())?;
 
@@ -127,15 +128,23 @@ fn check_not_open(layout: &Layout, main_cf: &Path) -> Result<(), RunError> {
     }
 }
 
+/// Dates `main_cf` ten seconds back. Postfix's commands (`postfix check`, the master) wait about
+/// two seconds when main.cf looks freshly written, in case it is half-written; ours are written
+/// whole (to a candidate, then renamed), so that wait is pure start-up latency: it was most of
+/// the relay's two seconds from spawn to the first banner.
+fn settled(main_cf: &Path) -> Result<(), RunError> {
+    let file = fs::File::options()
+        .write(true)
+        .open(main_cf)
+        .map_err(RunError::io(format!("opening {}", main_cf.display())))?;
+    file.set_modified(SystemTime::now() - Duration::from_secs(10))
+        .map_err(RunError::io(format!("dating {} back", main_cf.display())))
+}
+
 /// Starts the master in the foreground, its stdout (where postlogd writes the mail log) piped
 /// to the caller. Pair it with [`spawn_guard`], so that it never outlives the supervisor.
 pub fn spawn_master(layout: &Layout) -> Result<tokio::process::Child, RunError> {
-    // Postfix re-reads main.cf when it looks freshly written; an older time skips that wait.
-    let main_cf = fs::File::options()
-        .write(true)
-        .open(layout.main_cf())
-        .map_err(RunError::io("opening main.cf"))?;
-    let _ = main_cf.set_modified(SystemTime::now() - Duration::from_secs(10));
+    settled(&layout.main_cf())?;
     let master = Path::new(DAEMON_DIRECTORY).join("master");
     tokio::process::Command::new(&master)
         .arg("-c")
