@@ -38,28 +38,26 @@ apt_packages() {
     fi
 }
 
-helm_install() {
-    local stamp="$BIN/.helm-version"
-    if [ -x "$BIN/helm" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$HELM_VERSION" ]; then
+# go_tool NAME VERSION PACKAGE [LDFLAGS]: `go install PACKAGE@VERSION` into $BIN, once per
+# version (a stamp file remembers which).
+go_tool() {
+    local name="$1" version="$2" package="$3" ldflags="-s -w${4:+ $4}" stamp="$BIN/.$1-version"
+    if [ -x "$BIN/$name" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$version" ]; then
         return
     fi
-    log "building helm $HELM_VERSION"
-    GOBIN="$BIN" "$GO" install -trimpath \
-        "-ldflags=-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
-        "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
-    echo "$HELM_VERSION" >"$stamp"
+    log "building $name $version"
+    GOBIN="$BIN" "$GO" install -trimpath "-ldflags=$ldflags" "$package@$version"
+    echo "$version" >"$stamp"
+}
+
+helm_install() {
+    go_tool helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm \
+        "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
 }
 
 # actionlint checks the release workflow (.github/workflows) in the tests.
 actionlint_install() {
-    local stamp="$BIN/.actionlint-version"
-    if [ -x "$BIN/actionlint" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$ACTIONLINT_VERSION" ]; then
-        return
-    fi
-    log "building actionlint $ACTIONLINT_VERSION"
-    GOBIN="$BIN" "$GO" install -trimpath "-ldflags=-s -w" \
-        "github.com/rhysd/actionlint/cmd/actionlint@$ACTIONLINT_VERSION"
-    echo "$ACTIONLINT_VERSION" >"$stamp"
+    go_tool actionlint "$ACTIONLINT_VERSION" github.com/rhysd/actionlint/cmd/actionlint
 }
 
 # cargo-deny checks the dependencies' licences, bans and sources (deny.toml). Built from
@@ -79,14 +77,7 @@ cargo_deny_install() {
 # promtool, Prometheus' own rule checker and unit-test runner (the Go module's v0.316.0 is
 # Prometheus 3.16).
 promtool_install() {
-    local stamp="$BIN/.promtool-version"
-    if [ -x "$BIN/promtool" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$PROMETHEUS_VERSION" ]; then
-        return
-    fi
-    log "building promtool $PROMETHEUS_VERSION"
-    GOBIN="$BIN" "$GO" install -trimpath "-ldflags=-s -w" \
-        "github.com/prometheus/prometheus/cmd/promtool@$PROMETHEUS_VERSION"
-    echo "$PROMETHEUS_VERSION" >"$stamp"
+    go_tool promtool "$PROMETHEUS_VERSION" github.com/prometheus/prometheus/cmd/promtool
 }
 
 sasl_plugin_build() {
