@@ -242,7 +242,10 @@ maillog_file_prefixes = {d}
             String::from_utf8_lossy(&out.stderr)
         );
         while !smtp_ready(loopback(port)) {
-            assert!(started.elapsed() < DEADLINE, "the bare relay never answered");
+            assert!(
+                started.elapsed() < DEADLINE,
+                "the bare relay never answered"
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
         BareRelay {
@@ -418,7 +421,9 @@ fn start_latency(rounds: u64) {
 /// Secret volume) to that user's first successful login, polled every 10 ms, with the relay's
 /// default reload interval.
 fn sasl_change_latency(rounds: u64) {
-    println!("\nSASL user added: directory swapped to the first successful login (reload interval 2 s)");
+    println!(
+        "\nSASL user added: directory swapped to the first successful login (reload interval 2 s)"
+    );
     println!("{:>5}  {:>10}", "round", "ms");
     let sink = CountingSink::start();
     let mut spec = smtp_relay_spec(sink.port);

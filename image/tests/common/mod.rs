@@ -377,7 +377,10 @@ impl RelaySpec {
             if smtp_ready(addr) {
                 return (relay, started.elapsed());
             }
-            assert!(started.elapsed() < DEADLINE, "the relay on {addr} never answered");
+            assert!(
+                started.elapsed() < DEADLINE,
+                "the relay on {addr} never answered"
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
     }
