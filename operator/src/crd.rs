@@ -721,7 +721,7 @@ pub struct SmtpRelayStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
     /// Mail waiting on the replicas' spools and whether it flows, read from each running
-    /// pod's metrics every 30 s (written only when it changes).
+    /// pod's metrics every 30 s, a new relay's within 5 s (written only when it changes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue: Option<QueueStatus>,
 }

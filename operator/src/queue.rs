@@ -1,5 +1,5 @@
-//! Mail waiting and flowing, in status. Every [`INTERVAL`] the running pods of each relay are
-//! asked for their queue (their metrics page, the one the drain reads), and `status.queue` is
+//! Mail waiting and flowing, in status. Every [`INTERVAL`] (a new relay's first time within
+//! [`FIRST_LOOK`]) the running pods of each relay are asked for their queue (their metrics page, the one the drain reads), and `status.queue` is
 //! patched when what it says changed: so `kubectl get smtpr` answers "is mail flowing?" without
 //! a dashboard. Idle relays cost no write; timestamps, not ages, keep the numbers still while
 //! nothing happens.
@@ -7,8 +7,9 @@
 //! This is the one writer of `status.queue`: the reconcile leaves it as it is, and the
 //! fingerprint does not hash it (a queue that moves is no reason to reconcile).
 
+use std::collections::HashMap;
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
@@ -20,7 +21,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType};
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, ResourceExt};
 use smtp_relay::metrics::QueueReport;
 use tracing::{debug, warn};
@@ -31,6 +32,10 @@ use crate::crd::{PodQueueStatus, QueueStatus, SmtpRelay, TokenStatus};
 
 /// How often each relay's queue is read.
 pub const INTERVAL: Duration = Duration::from_secs(30);
+
+/// How soon a relay whose status has no queue yet is looked at, once a pod of it runs: a new
+/// relay shows its queue in `kubectl get smtpr` within seconds, not half a minute.
+pub const FIRST_LOOK: Duration = Duration::from_secs(5);
 
 /// How long reading a pod's metrics may take.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -226,17 +231,53 @@ pub fn token_event(before: Option<&QueueStatus>, after: Option<&QueueStatus>) ->
     }
 }
 
-/// Reads the queue of every relay in `relays` once, and patches the statuses that changed.
-async fn observe_once(ctx: &Context, relays: &Store<SmtpRelay>, pods: &Store<Pod>) {
+/// Whether a relay is to be read now: [`INTERVAL`] after its last reading, or at once while
+/// its status has no queue and a pod of it runs. A relay without a queue and without running
+/// pods has nothing to say.
+fn due(
+    last: Option<std::time::Instant>,
+    has_queue: bool,
+    runs: bool,
+    now: std::time::Instant,
+) -> bool {
+    match (has_queue, runs) {
+        (false, false) => false,
+        (false, true) => true,
+        (true, _) => last.is_none_or(|t| now.duration_since(t) >= INTERVAL),
+    }
+}
+
+/// Reads the queue of every relay in `relays` that is [`due`], and patches the statuses that
+/// changed; `last` remembers when each was read.
+async fn observe_once(
+    ctx: &Context,
+    relays: &Store<SmtpRelay>,
+    pods: &Store<Pod>,
+    last: &mut std::collections::HashMap<
+        kube::runtime::reflector::ObjectRef<SmtpRelay>,
+        std::time::Instant,
+    >,
+) {
     let client = &ctx.client;
-    let work = relays.state().into_iter().filter_map(|relay| {
-        let running = running_pods(&relay, pods);
-        let unchanged_empty =
-            running.is_empty() && relay.status.as_ref().is_none_or(|s| s.queue.is_none());
-        (!unchanged_empty).then_some((relay, running))
+    let now = Instant::now();
+    let state = relays.state();
+    last.retain(|key, _| {
+        state
+            .iter()
+            .any(|r| &ObjectRef::from_obj(r.as_ref()) == key)
     });
+    let mut work = Vec::new();
+    for relay in state {
+        let key = ObjectRef::from_obj(relay.as_ref());
+        let running = running_pods(&relay, pods);
+        let has_queue = relay.status.as_ref().is_some_and(|s| s.queue.is_some());
+        if due(last.get(&key).copied(), has_queue, !running.is_empty(), now) {
+            last.insert(key, now);
+            work.push((relay, running));
+        }
+    }
     futures::stream::iter(work)
-        .map(|(relay, running)| async move {
+        .map(|(relay, running): (std::sync::Arc<SmtpRelay>, _)| async move {
             let reports = futures::future::join_all(running.iter().map(|pod| async move {
                 (pod.name_any(), scrape(pod).await)
             }))
@@ -286,7 +327,8 @@ fn queue_patch(queue: Option<&QueueStatus>) -> serde_json::Value {
     serde_json::json!({ "status": { "queue": value } })
 }
 
-/// Reads every relay's queue each [`INTERVAL`] until `shutdown` resolves.
+/// Reads every relay's queue each [`INTERVAL`] (a new one's after [`FIRST_LOOK`]) until
+/// `shutdown` resolves.
 pub async fn observe(
     ctx: std::sync::Arc<Context>,
     relays: Store<SmtpRelay>,
@@ -295,8 +337,9 @@ pub async fn observe(
 ) {
     let shutdown = shutdown.fuse();
     futures::pin_mut!(shutdown);
-    let mut ticks = tokio::time::interval(INTERVAL);
+    let mut ticks = tokio::time::interval(FIRST_LOOK);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = HashMap::new();
     loop {
         futures::select! {
             () = shutdown => return,
@@ -305,7 +348,7 @@ pub async fn observe(
         if relays.wait_until_ready().now_or_never().is_none() {
             continue;
         }
-        observe_once(&ctx, &relays, &pods).await;
+        observe_once(&ctx, &relays, &pods, &mut last).await;
     }
 }
 
@@ -420,6 +463,21 @@ mod tests {
         // Without OAuth2 there is no token to speak of.
         let plain = summarize(&[("r-0".into(), Ok(report(0, 0, 0, 0, "accepted")))]);
         assert_eq!(plain.unwrap().relayhost_token, None);
+    }
+
+    #[test]
+    fn a_new_relay_is_read_at_once_then_every_interval() {
+        let now = Instant::now();
+        let ago = |secs| Some(now - Duration::from_secs(secs));
+        // No queue in status yet: read as soon as a pod runs, whenever it was read last.
+        assert!(due(ago(1), false, true, now));
+        assert!(!due(None, false, false, now));
+        // With a queue: every INTERVAL, and once after the operator starts.
+        assert!(due(None, true, true, now));
+        assert!(!due(ago(10), true, true, now));
+        assert!(due(ago(30), true, true, now));
+        // Its pods gone: read once more, to clear the queue.
+        assert!(due(ago(30), true, false, now));
     }
 
     #[test]
