@@ -29,9 +29,13 @@ use nix::unistd::Pid;
 use smtp_relay::settings::Mode;
 
 const SESSIONS: u32 = 20;
-const SIZE: u32 = 1024;
 const WARMUP: u64 = 200;
 const RUN_DEADLINE: Duration = Duration::from_secs(300);
+
+/// Message size in bytes: `BENCH_SIZE`, default 1 KiB.
+fn size() -> u64 {
+    env_number("BENCH_SIZE", 1024)
+}
 
 fn env_number(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -274,7 +278,7 @@ impl Drop for BareRelay {
 
 fn smtp_source(port: u16, messages: u64) {
     let out = Command::new("smtp-source")
-        .args(["-s", &SESSIONS.to_string(), "-l", &SIZE.to_string()])
+        .args(["-s", &SESSIONS.to_string(), "-l", &size().to_string()])
         .args(["-m", &messages.to_string()])
         .args(["-f", "bench@example.net", "-t", "sink@example.net"])
         .arg(loopback(port).to_string())
@@ -476,8 +480,9 @@ fn main() {
     let messages = env_number("BENCH_MESSAGES", 5000);
     let rounds = env_number("BENCH_ROUNDS", 3);
     println!(
-        "smtp-source -s {SESSIONS} -l {SIZE} -m {messages} into smtp-sink -c, {rounds} rounds, \
-         after a {WARMUP}-message warm-up per instance"
+        "smtp-source -s {SESSIONS} -l {} -m {messages} into smtp-sink -c, {rounds} rounds, \
+         after a {WARMUP}-message warm-up per instance",
+        size()
     );
     println!(
         "{:>5}  {:<22}  {:>16}  {:>10}  {:>16}  {:>10}",
