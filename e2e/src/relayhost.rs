@@ -226,6 +226,8 @@ pub struct TokenPolicy {
     pub rotate: bool,
     /// Access tokens live this long.
     pub lifetime: Duration,
+    /// How long the endpoint takes to answer (a slow identity provider).
+    pub delay: Duration,
 }
 
 #[derive(Default)]
@@ -404,6 +406,8 @@ fn token_answer(
     policy: &std::sync::Mutex<TokenPolicy>,
     state: &std::sync::Mutex<TokenState>,
 ) -> (&'static str, String) {
+    let delay = policy.lock().unwrap().delay;
+    std::thread::sleep(delay);
     let mut policy = policy.lock().unwrap();
     let mut state = state.lock().unwrap();
     let field = |k: &str| form.get(k).map(String::as_str).unwrap_or_default();

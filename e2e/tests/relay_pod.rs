@@ -557,6 +557,7 @@ fn relay_pod_under_the_kubelet_follows_secret_rotation() {
             refresh_token: String::new(),
             rotate: false,
             lifetime: Duration::from_secs(3600),
+            delay: Duration::ZERO,
         },
         Some((&cert, &key)),
     ));

@@ -186,6 +186,7 @@ fn reapply(
 /// sent on reload) and the socketmap handing it to Postfix.
 struct OAuth2Login {
     settings: tokio::sync::watch::Sender<Option<crate::oauth2::OAuth2Settings>>,
+    current: crate::oauth2::Current,
     tasks: [tokio::task::JoinHandle<()>; 2],
 }
 
@@ -200,14 +201,33 @@ impl OAuth2Login {
             layout.oauth2_refresh_token(),
         ));
         let socket = layout.oauth2_socket();
+        let served = current.clone();
         let socketmap = tokio::spawn(async move {
-            if let Err(e) = crate::oauth2::serve_socketmap(socket.clone(), current).await {
+            if let Err(e) = crate::oauth2::serve_socketmap(socket.clone(), served).await {
                 tracing::error!(socket = %socket.display(), error = %e, "the OAuth2 token socketmap stopped");
             }
         });
         OAuth2Login {
             settings: tx,
+            current,
             tasks: [refresher, socketmap],
+        }
+    }
+
+    /// With an OAuth2 login, waits (at most `limit`) for the first token, so the first mail
+    /// is not deferred for want of one (a deferred message waits for the next queue run:
+    /// minutes). A token endpoint that does not answer delays nothing longer than `limit`:
+    /// mail then queues until a token comes.
+    async fn first_token(&self, limit: Duration) {
+        if self.settings.borrow().is_none() {
+            return;
+        }
+        let started = std::time::Instant::now();
+        while self.current.lookup().is_none() && started.elapsed() < limit {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if self.current.lookup().is_none() {
+            tracing::warn!(waited = ?limit, "no OAuth2 token yet; starting Postfix anyway, mail queues until one comes");
         }
     }
 
@@ -270,6 +290,7 @@ pub async fn run(opts: RunOptions) -> ExitCode {
         }
     };
     let oauth2 = OAuth2Login::start(&applied.settings, &metrics, layout);
+    oauth2.first_token(Duration::from_secs(5)).await;
     let (mut master, pid, _guard) = match start_master(&opts) {
         Ok(started) => started,
         Err(code) => return code,

@@ -26,6 +26,7 @@ fn policy(lifetime_secs: u64, rotate: bool) -> TokenPolicy {
         refresh_token: REFRESH_TOKEN.into(),
         rotate,
         lifetime: Duration::from_secs(lifetime_secs),
+        delay: Duration::ZERO,
     }
 }
 
@@ -154,6 +155,27 @@ fn client_credentials_log_in_with_fresh_tokens_through_a_burst() {
             "{secret} appears in the relay's logs or configuration"
         );
     }
+}
+
+/// A slow token endpoint (1.5 s to answer): Postfix starts only once the first token is there
+/// (or after 5 s), so the first message is sent at once instead of waiting, deferred, for the
+/// next queue run.
+#[test]
+fn the_first_message_finds_a_token() {
+    let endpoint = TokenServer::start(TokenPolicy {
+        delay: Duration::from_millis(1500),
+        ..policy(60, false)
+    });
+    let relayhost = ScriptedRelayhost::start_with(Some(endpoint.check()));
+    let relay = relay(&relayhost, &endpoint, false).start();
+    let rcpt = send_numbered(&relay, "first", 0);
+    wait_delivered(&relayhost, &relay, std::slice::from_ref(&rcpt));
+    assert_eq!(
+        relay.mail_log().matches("status=deferred").count(),
+        0,
+        "the first message waited for a token:\n{}",
+        relay.mail_log()
+    );
 }
 
 /// A provider that rotates refresh tokens refuses the old one after each refresh: the relay
