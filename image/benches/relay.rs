@@ -311,33 +311,96 @@ fn cpu_of(pid: u32, with_children: bool) -> f64 {
             .unwrap_or(100) as f64
 }
 
-/// CPU seconds used so far by the whole relay: the Postfix master with every daemon it started
-/// (reaped ones are in its children's times, live ones are read one by one) and, for
-/// smtp-relay, its own process (the log pump and metrics).
+/// The processes of a running relay: the Postfix master, the daemons it runs, and for
+/// smtp-relay its own process (the log pump and metrics).
+fn relay_processes(spool: &std::path::Path, supervisor: Option<u32>) -> (u32, Vec<u32>) {
+    let master = master_pid(spool).expect("master.pid") as u32;
+    let mut others: Vec<u32> = fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_string_lossy().parse::<u32>().ok()?;
+            let stat = fs::read_to_string(entry.path().join("stat")).ok()?;
+            let ppid = stat[stat.rfind(')')? + 2..]
+                .split_whitespace()
+                .nth(1)?
+                .parse::<u32>()
+                .ok()?;
+            (ppid == master).then_some(pid)
+        })
+        .collect();
+    others.extend(supervisor);
+    (master, others)
+}
+
+fn supervisor_of(instance: &Instance) -> Option<u32> {
+    match instance {
+        Instance::SmtpRelay(relay) => Some(relay.pid()),
+        Instance::Bare(_) => None,
+    }
+}
+
+/// CPU seconds used so far by the whole relay: the master with every daemon it started (reaped
+/// ones are in its children's times, live ones are read one by one) and the supervisor.
 fn relay_cpu(instance: &Instance) -> f64 {
-    let master = master_pid(&instance.spool()).expect("master.pid") as u32;
-    let mut total = cpu_of(master, true);
-    for entry in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let ppid = fs::read_to_string(entry.path().join("stat"))
-            .ok()
-            .and_then(|s| {
-                s[s.rfind(')')? + 2..]
-                    .split_whitespace()
-                    .nth(1)?
-                    .parse::<u32>()
-                    .ok()
-            });
-        if ppid == Some(master) {
-            total += cpu_of(pid, false);
+    let (master, others) = relay_processes(&instance.spool(), supervisor_of(instance));
+    cpu_of(master, true)
+        + others
+            .into_iter()
+            .map(|pid| cpu_of(pid, false))
+            .sum::<f64>()
+}
+
+/// The relay's memory now, in MiB: the proportional set size (shared pages divided among the
+/// processes sharing them) of all its processes.
+fn relay_pss_mib(spool: &std::path::Path, supervisor: Option<u32>) -> f64 {
+    let (master, others) = relay_processes(spool, supervisor);
+    let kib: u64 = std::iter::once(master)
+        .chain(others)
+        .filter_map(|pid| {
+            let rollup = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+            rollup
+                .lines()
+                .find_map(|l| l.strip_prefix("Pss:"))?
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    kib as f64 / 1024.0
+}
+
+/// Samples [`relay_pss_mib`] every 100 ms until dropped; the peak seen.
+struct PeakMemory {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<f64>>,
+}
+
+impl PeakMemory {
+    fn watch(instance: &Instance) -> PeakMemory {
+        let (spool, supervisor) = (instance.spool(), supervisor_of(instance));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut peak: f64 = 0.0;
+            while !stopping.load(Ordering::Relaxed) {
+                peak = peak.max(relay_pss_mib(&spool, supervisor));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            peak
+        });
+        PeakMemory {
+            stop,
+            thread: Some(thread),
         }
     }
-    if let Instance::SmtpRelay(relay) = instance {
-        total += cpu_of(relay.pid(), false);
+
+    fn peak(mut self) -> f64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().map_or(0.0, |t| t.join().unwrap_or(0.0))
     }
-    total
 }
 
 /// Sends `messages` through `instance` and returns the seconds until the sink counted them all
@@ -366,8 +429,9 @@ enum Kind {
     Bare,
 }
 
-/// Messages per second, and CPU milliseconds the relay spent per message.
-fn measure(kind: Kind, messages: u64) -> (f64, f64) {
+/// Messages per second, CPU milliseconds the relay spent per message, and its peak memory
+/// (MiB, PSS) under that load.
+fn measure(kind: Kind, messages: u64) -> (f64, f64, f64) {
     let sink = CountingSink::start();
     let instance = match kind {
         Kind::SmtpRelay => start_smtp_relay(sink.port),
@@ -375,13 +439,15 @@ fn measure(kind: Kind, messages: u64) -> (f64, f64) {
     };
     drive(&instance, &sink, WARMUP);
     let cpu_before = relay_cpu(&instance);
+    let memory = PeakMemory::watch(&instance);
     let secs = drive(&instance, &sink, messages);
+    let peak = memory.peak();
     let cpu = relay_cpu(&instance) - cpu_before;
     if let Instance::SmtpRelay(relay) = instance {
         let (status, _) = relay.stop();
         assert_eq!(status.code(), Some(0));
     }
-    (messages as f64 / secs, cpu * 1000.0 / messages as f64)
+    (messages as f64 / secs, cpu * 1000.0 / messages as f64, peak)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -485,23 +551,31 @@ fn main() {
         size()
     );
     println!(
-        "{:>5}  {:<22}  {:>16}  {:>10}  {:>16}  {:>10}",
-        "round", "order", "smtp-relay msg/s", "cpu ms/msg", "bare msg/s", "cpu ms/msg"
+        "{:>5}  {:<22}  {:>16}  {:>10}  {:>8}  {:>16}  {:>10}  {:>8}",
+        "round",
+        "order",
+        "smtp-relay msg/s",
+        "cpu ms/msg",
+        "peak MiB",
+        "bare msg/s",
+        "cpu ms/msg",
+        "peak MiB"
     );
     let (mut relay_rates, mut bare_rates) = (Vec::new(), Vec::new());
     let (mut relay_cpu, mut bare_cpu) = (Vec::new(), Vec::new());
+    let (mut relay_mem, mut bare_mem) = (Vec::new(), Vec::new());
     for round in 1..=rounds {
         let order = if round % 2 == 1 {
             [Kind::SmtpRelay, Kind::Bare]
         } else {
             [Kind::Bare, Kind::SmtpRelay]
         };
-        let mut results = [(0.0, 0.0); 2];
+        let mut results = [(0.0, 0.0, 0.0); 2];
         for kind in order {
             results[(kind == Kind::Bare) as usize] = measure(kind, messages);
         }
         println!(
-            "{round:>5}  {:<22}  {:>16.0}  {:>10.2}  {:>16.0}  {:>10.2}",
+            "{round:>5}  {:<22}  {:>16.0}  {:>10.2}  {:>8.1}  {:>16.0}  {:>10.2}  {:>8.1}",
             if order[0] == Kind::SmtpRelay {
                 "smtp-relay, then bare"
             } else {
@@ -509,18 +583,23 @@ fn main() {
             },
             results[0].0,
             results[0].1,
+            results[0].2,
             results[1].0,
-            results[1].1
+            results[1].1,
+            results[1].2
         );
         relay_rates.push(results[0].0);
         relay_cpu.push(results[0].1);
+        relay_mem.push(results[0].2);
         bare_rates.push(results[1].0);
         bare_cpu.push(results[1].1);
+        bare_mem.push(results[1].2);
     }
     let (r, b) = (median(relay_rates), median(bare_rates));
     let (rc, bc) = (median(relay_cpu), median(bare_cpu));
+    let (rm, bm) = (median(relay_mem), median(bare_mem));
     println!(
-        "{:>5}  {:<22}  {r:>16.0}  {rc:>10.2}  {b:>16.0}  {bc:>10.2}",
+        "{:>5}  {:<22}  {r:>16.0}  {rc:>10.2}  {rm:>8.1}  {b:>16.0}  {bc:>10.2}  {bm:>8.1}",
         "", "median"
     );
     println!("ratio smtp-relay / bare, msg/s (medians): {:.3}", r / b);
