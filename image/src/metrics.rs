@@ -41,16 +41,16 @@ pub struct QueueLabel {
 /// Postfix queues worth watching; a growing `deferred` means the relayhost refuses or is down.
 pub const QUEUES: [&str; 5] = ["maildrop", "incoming", "active", "deferred", "hold"];
 
-/// Why smtpd refused a command, from the text of its reply (a fixed set: label values stay
-/// bounded whatever clients send).
-pub const REJECT_REASONS: [&str; 7] = [
-    "relay_denied",
-    "sender",
-    "recipient",
-    "client",
-    "helo",
-    "size",
-    "other",
+/// Why smtpd refused a command: the text of its reply that says so, and the label; anything
+/// else is `other` (a fixed set: label values stay bounded whatever clients send).
+const REJECT_REASONS: [(&str, &str); 7] = [
+    ("Relay access denied", "relay_denied"),
+    ("Sender address rejected", "sender"),
+    ("Recipient address rejected", "recipient"),
+    ("Client host rejected", "client"),
+    ("Helo command rejected", "helo"),
+    ("size exceeds", "size"),
+    ("Message size", "size"),
 ];
 
 /// Why a delivery attempt to the relayhost failed (deferred or bounced).
@@ -562,23 +562,12 @@ fn bounded_code(code: &str) -> String {
     }
 }
 
-/// The reason of an smtpd reject, from its text (one of [`REJECT_REASONS`]).
+/// The reason of an smtpd reject, from its text (see [`REJECT_REASONS`]).
 fn reject_reason(text: &str) -> &'static str {
-    if text.contains("Relay access denied") {
-        "relay_denied"
-    } else if text.contains("Sender address rejected") {
-        "sender"
-    } else if text.contains("Recipient address rejected") {
-        "recipient"
-    } else if text.contains("Client host rejected") {
-        "client"
-    } else if text.contains("Helo command rejected") {
-        "helo"
-    } else if text.contains("size exceeds") || text.contains("Message size") {
-        "size"
-    } else {
-        "other"
-    }
+    REJECT_REASONS
+        .iter()
+        .find(|(said, _)| text.contains(said))
+        .map_or("other", |(_, reason)| reason)
 }
 
 /// The cause of a failed delivery attempt to the relayhost, from the text Postfix logs after
