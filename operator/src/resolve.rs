@@ -109,26 +109,40 @@ pub struct OAuth2Keys {
     pub service_account: Option<Vec<u8>>,
 }
 
-/// The keys an OAuth2 Secret may hold, and the file each becomes in the relay pods.
-pub const OAUTH2_KEYS: [(&str, &str); 4] = [
-    ("clientId", "oauth2-client-id"),
-    ("clientSecret", "oauth2-client-secret"),
-    ("refreshToken", "oauth2-refresh-token"),
-    ("serviceAccount.json", "oauth2-service-account.json"),
-];
+/// A key an OAuth2 Secret may hold, and the file it becomes in the relay pods.
+pub struct OAuth2Key {
+    pub secret_key: &'static str,
+    pub file: &'static str,
+}
+
+pub const CLIENT_ID: OAuth2Key = OAuth2Key {
+    secret_key: "clientId",
+    file: "oauth2-client-id",
+};
+pub const CLIENT_SECRET: OAuth2Key = OAuth2Key {
+    secret_key: "clientSecret",
+    file: "oauth2-client-secret",
+};
+pub const REFRESH_TOKEN: OAuth2Key = OAuth2Key {
+    secret_key: "refreshToken",
+    file: "oauth2-refresh-token",
+};
+pub const SERVICE_ACCOUNT: OAuth2Key = OAuth2Key {
+    secret_key: "serviceAccount.json",
+    file: "oauth2-service-account.json",
+};
 
 impl OAuth2Keys {
     /// (file name in the relay pods, value) of each key given.
     pub fn files(&self) -> Vec<(&'static str, &Vec<u8>)> {
         [
-            &self.client_id,
-            &self.client_secret,
-            &self.refresh_token,
-            &self.service_account,
+            (CLIENT_ID.file, &self.client_id),
+            (CLIENT_SECRET.file, &self.client_secret),
+            (REFRESH_TOKEN.file, &self.refresh_token),
+            (SERVICE_ACCOUNT.file, &self.service_account),
         ]
         .into_iter()
-        .zip(OAUTH2_KEYS)
-        .filter_map(|(v, (_, file))| v.as_ref().map(|v| (file, v)))
+        .filter_map(|(file, v)| v.as_ref().map(|v| (file, v)))
         .collect()
     }
 }
@@ -231,17 +245,17 @@ pub async fn resolve(relay: &SmtpRelay, src: &impl RefSource) -> Result<Resolved
         let data = secret_data(src, &ns, &o.secret_ref.name, purpose).await?;
         let get = |key: &str| data.get(key).cloned().map(trim_line_end);
         let keys = OAuth2Keys {
-            client_id: get("clientId"),
-            client_secret: get("clientSecret"),
-            refresh_token: get("refreshToken"),
-            service_account: data.get("serviceAccount.json").cloned(),
+            client_id: get(CLIENT_ID.secret_key),
+            client_secret: get(CLIENT_SECRET.secret_key),
+            refresh_token: get(REFRESH_TOKEN.secret_key),
+            service_account: data.get(SERVICE_ACCOUNT.secret_key).cloned(),
         };
         if keys == OAuth2Keys::default() {
             return Err(ResolveError::KeyMissing {
                 kind: "Secret",
                 namespace: ns.clone(),
                 name: o.secret_ref.name.clone(),
-                key: "clientId".into(),
+                key: CLIENT_ID.secret_key.into(),
                 purpose,
             });
         }

@@ -10,7 +10,9 @@ use super::{
     CA_KEY, PASSWORD_KEY, PROXY_PROTOCOL_PORT, RELAYHOST_DIR, SASL_USERS_DIR, TLS_DIR, USERNAME_KEY,
 };
 use crate::crd::{OAuth2Provider, OAuth2Spec, SmtpRelaySpec};
-use crate::resolve::{OAuth2Keys, Resolved};
+use crate::resolve::{
+    OAuth2Key, OAuth2Keys, Resolved, CLIENT_ID, CLIENT_SECRET, REFRESH_TOKEN, SERVICE_ACCOUNT,
+};
 
 fn file(dir: &str, key: &str) -> PathBuf {
     PathBuf::from(format!("{dir}/{key}"))
@@ -19,21 +21,17 @@ fn file(dir: &str, key: &str) -> PathBuf {
 /// The OAuth2 login as the relay reads it: the provider's endpoint and scope, and a file for
 /// each key of the Secret.
 fn oauth2_file(o: &OAuth2Spec, keys: &OAuth2Keys) -> OAuth2File {
-    let given = keys.files();
-    let path = |key: &str| {
-        given
-            .iter()
-            .any(|(f, _)| *f == key)
-            .then(|| file(RELAYHOST_DIR, key))
+    let path = |value: &Option<Vec<u8>>, key: OAuth2Key| {
+        value.as_ref().map(|_| file(RELAYHOST_DIR, key.file))
     };
     OAuth2File {
         user: o.user.clone(),
         token_endpoint: o.token_endpoint(),
         scope: o.scope(keys.refresh_token.is_some()),
-        client_id_file: path("oauth2-client-id"),
-        client_secret_file: path("oauth2-client-secret"),
-        refresh_token_file: path("oauth2-refresh-token"),
-        service_account_key_file: path("oauth2-service-account.json"),
+        client_id_file: path(&keys.client_id, CLIENT_ID),
+        client_secret_file: path(&keys.client_secret, CLIENT_SECRET),
+        refresh_token_file: path(&keys.refresh_token, REFRESH_TOKEN),
+        service_account_key_file: path(&keys.service_account, SERVICE_ACCOUNT),
     }
 }
 
