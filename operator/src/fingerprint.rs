@@ -81,6 +81,23 @@ fn ready<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>) -> bool {
         .is_some_and(|r| r.is_ok())
 }
 
+/// The cached pods of `relay` (its namespace, its selector labels), by name.
+pub fn pods_of(relay: &SmtpRelay, pods: &Store<Pod>) -> Vec<std::sync::Arc<Pod>> {
+    let ns = relay.namespace();
+    let selector = selector_labels(relay);
+    let mut of: Vec<_> = pods
+        .state()
+        .into_iter()
+        .filter(|p| p.namespace() == ns)
+        .filter(|p| {
+            let labels = p.labels();
+            selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+        })
+        .collect();
+    of.sort_by_key(|p| p.name_any());
+    of
+}
+
 impl Stores {
     /// The relay's fingerprint; `None` until every cache has synced, and for a relay being
     /// deleted.
@@ -141,19 +158,10 @@ impl Stores {
             )
                 .hash(&mut owned);
         }
-        let selector = selector_labels(relay);
-        let mut pods: Vec<(String, Option<String>)> = self
-            .pods
-            .state()
+        let pods: Vec<(String, Option<String>)> = pods_of(relay, &self.pods)
             .iter()
-            .filter(|p| p.metadata.namespace.as_deref() == Some(ns.as_str()))
-            .filter(|p| {
-                let labels = p.labels();
-                selector.iter().all(|(k, v)| labels.get(k) == Some(v))
-            })
             .map(|p| (p.name_any(), p.metadata.resource_version.clone()))
             .collect();
-        pods.sort();
         let mut pod_part = DefaultHasher::new();
         pods.hash(&mut pod_part);
         Some(Fingerprint([

@@ -26,7 +26,7 @@ use kube::{Api, Client, ResourceExt};
 use smtp_relay::metrics::QueueReport;
 use tracing::{debug, warn};
 
-use crate::builders::{selector_labels, METRICS_PORT};
+use crate::builders::METRICS_PORT;
 use crate::controller::Context;
 use crate::crd::{PodQueueStatus, QueueStatus, SmtpRelay, TokenStatus};
 
@@ -85,24 +85,13 @@ pub async fn scrape(pod: &Pod) -> Result<QueueReport, String> {
 
 /// The pods of `relay` that run (and so have a metrics endpoint), by name.
 fn running_pods(relay: &SmtpRelay, pods: &Store<Pod>) -> Vec<std::sync::Arc<Pod>> {
-    let ns = relay.namespace();
-    let selector = selector_labels(relay);
-    let mut running: Vec<_> = pods
-        .state()
-        .into_iter()
-        .filter(|p| p.namespace() == ns)
-        .filter(|p| {
-            let labels = p.labels();
-            selector.iter().all(|(k, v)| labels.get(k) == Some(v))
-        })
-        .filter(|p| {
-            p.status
-                .as_ref()
-                .is_some_and(|s| s.phase.as_deref() == Some("Running") && s.pod_ip.is_some())
-        })
-        .collect();
-    running.sort_by_key(|p| p.name_any());
-    running
+    let mut of = crate::fingerprint::pods_of(relay, pods);
+    of.retain(|p| {
+        p.status
+            .as_ref()
+            .is_some_and(|s| s.phase.as_deref() == Some("Running") && s.pod_ip.is_some())
+    });
+    of
 }
 
 fn time(unix_seconds: u64) -> Option<Time> {
