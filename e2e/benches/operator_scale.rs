@@ -6,7 +6,8 @@
 //! are created at once; the table reports the time until every relay has status for its
 //! generation with its references resolved, the operator's API requests meanwhile (its own
 //! `smtp_relay_operator_api_requests_total`, watches left out); then, once the StatefulSet
-//! controller has created every pod and after 30 s to settle, over one idle minute: the
+//! controller has created every pod and recorded every StatefulSet's status, and the operator
+//! has made no full reconcile for 10 s (the cluster is quiet), over one idle minute: the
 //! operator's requests by verb, its reconciles and how many of them found nothing changed (no
 //! request), every client's requests (kube-apiserver's `apiserver_request_total`: the
 //! controller-manager's too), and the operator's resident memory (now and peak).
@@ -148,6 +149,36 @@ fn converged(cp: &ControlPlane, ns: &str) -> usize {
         .count()
 }
 
+/// StatefulSets of `ns` whose status describes their generation and their one pod.
+fn stateful_sets_observed(cp: &ControlPlane, ns: &str) -> usize {
+    operator::list_json(cp, ns, "statefulsets")
+        .iter()
+        .filter(|s| {
+            s["status"]["observedGeneration"] == s["metadata"]["generation"]
+                && s["status"]["replicas"] == 1
+                && s["status"]["currentRevision"].is_string()
+        })
+        .count()
+}
+
+/// Waits until the operator has made no full reconcile (one that could send a request) for
+/// ten seconds.
+fn wait_quiet(op: &Operator) {
+    let full = || {
+        operator_metric(op, "smtp_relay_operator_reconciles_total")
+            - operator_metric(op, "smtp_relay_operator_reconciles_unchanged_total")
+    };
+    let quiet_for = Duration::from_secs(10);
+    let (mut last, mut since) = (full(), Instant::now());
+    tools::poll_until(Duration::from_secs(600), "the operator quiet", || {
+        let now = full();
+        if now != last {
+            (last, since) = (now, Instant::now());
+        }
+        (since.elapsed() >= quiet_for).then_some(())
+    });
+}
+
 struct Row {
     n: usize,
     /// Relays in the cluster during the idle window (the sizes add up).
@@ -176,9 +207,8 @@ fn main() {
             .and_then(|s| s.parse().ok())
             .unwrap_or(60),
     );
-    // After the last pod was created, the reconciles that causes (the StatefulSet controller's
-    // status updates, the status patches) run their course before the idle window.
-    let settle = Duration::from_secs(30);
+    // Once the operator is quiet, a little more for the API server's counters.
+    let settle = Duration::from_secs(5);
     let cp = ControlPlane::start().expect("control plane starts");
     let op = Operator::start(&cp, OperatorOptions::default());
     let mut rows = Vec::new();
@@ -249,6 +279,16 @@ fn main() {
             || (operator::list_json(&cp, &ns, "pods").len() == n).then_some(()),
         );
         eprintln!("{n} pods created after {:?}", t.elapsed());
+        // The controller-manager (20 requests a second, its default) then records each
+        // StatefulSet's status, and each such change rightly reconciles its relay and may
+        // update its status: the idle window starts when that has run its course.
+        tools::poll_until(
+            Duration::from_secs(1200),
+            &format!("{n} StatefulSets with status"),
+            || (stateful_sets_observed(&cp, &ns) == n).then_some(()),
+        );
+        wait_quiet(&op);
+        eprintln!("{n} relays quiet after {:?}", t.elapsed());
         rows.push(measure_idle(n, all, Some(create), create_requests));
     }
 
