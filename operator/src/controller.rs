@@ -351,22 +351,23 @@ pub(crate) async fn patch_status(
     Ok(())
 }
 
-/// Step 6: a ready relay is looked at again in five minutes (watches bring every change
-/// sooner); one that is rolling out or blocked, sooner.
+/// Step 6: a relay is looked at again in five minutes (watches bring every change sooner); one
+/// that drains or is blocked by what no watch sees, sooner.
 fn next_action(outcome: &Outcome, new_status: &crate::crd::SmtpRelayStatus) -> Action {
-    let ready = status::ready_condition(Some(new_status)).is_some_and(|c| c.status == "True");
     let draining = status::find_condition(Some(new_status), status::DRAINING)
         .is_some_and(|c| c.status == "True");
-    match (outcome, ready) {
+    match outcome {
         // A departing replica's queue is read from its metrics: look again soon.
-        (Outcome::Applied { .. }, _) if draining => Action::requeue(drain::REQUEUE),
-        (Outcome::Applied { .. }, true) => Action::requeue(Duration::from_secs(300)),
-        (Outcome::Applied { .. }, false) => Action::requeue(Duration::from_secs(15)),
+        Outcome::Applied { .. } if draining => Action::requeue(drain::REQUEUE),
+        // Ready or not: what changes readiness (the StatefulSet's status, a pod starting,
+        // crashing or passing its probe) arrives through the watches, so a relay on its way
+        // is not polled.
+        Outcome::Applied { .. } => Action::requeue(Duration::from_secs(300)),
         // Secrets and ConfigMaps in the way are watched (see `mapping`); the StatefulSet,
         // Service and PDB watches see only the operator's own objects, so look again soon.
-        (Outcome::NameConflict { .. }, _) => Action::requeue(Duration::from_secs(30)),
+        Outcome::NameConflict { .. } => Action::requeue(Duration::from_secs(30)),
         // A policy or quota may change without touching the relay: look again.
-        (Outcome::ApplyRefused { .. }, _) => Action::requeue(Duration::from_secs(30)),
+        Outcome::ApplyRefused { .. } => Action::requeue(Duration::from_secs(30)),
         _ => Action::requeue(Duration::from_secs(300)),
     }
 }
