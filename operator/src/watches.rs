@@ -68,15 +68,21 @@ where
 {
     let (store, writer) = reflector::store();
     let stream = watch_with_backoff(watcher(api, config))
-        // managedFields are most of an object's metadata and nothing here reads them.
-        .modify(|o| o.managed_fields_mut().clear())
+        // managedFields are most of an object's metadata and nothing here reads them; nor
+        // annotations, where `kubectl apply` keeps a whole copy of what it applied (of a
+        // Secret: its data).
+        .modify(|o| {
+            o.managed_fields_mut().clear();
+            o.annotations_mut().clear();
+        })
         .reflect(writer)
         .touched_objects();
     (store, stream)
 }
 
 /// The owned pods' watch, cached for the fingerprint (their resourceVersions) and for
-/// [`crate::queue`] (where each runs): everything else of a pod is dropped on arrival.
+/// [`crate::queue`] (where each runs): everything else of a pod (but its name, labels and owner)
+/// is dropped on arrival.
 fn pod_stream(
     api: Api<Pod>,
     config: watcher::Config,
@@ -88,6 +94,7 @@ fn pod_stream(
     let stream = watch_with_backoff(watcher(api, config))
         .modify(|p| {
             p.managed_fields_mut().clear();
+            p.annotations_mut().clear();
             p.spec = None;
             if let Some(status) = p.status.as_mut() {
                 *status = PodStatus {
