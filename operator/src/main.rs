@@ -11,6 +11,9 @@ use smtp_relay_operator::telemetry::{self, LogFormat};
 use smtp_relay_operator::{crdgen, shutdown, Error};
 use tracing::{error, info};
 
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Kubernetes operator that turns an SmtpRelay resource into a running Postfix relay.
 #[derive(Parser, Debug)]
 #[command(name = "smtp-relay-operator", version)]
