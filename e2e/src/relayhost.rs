@@ -18,13 +18,16 @@ pub type TokenCheck = std::sync::Arc<dyn Fn(&str, &str) -> bool + Send + Sync>;
 /// 250. Without a [`TokenCheck`] it offers AUTH and refuses every login; with one it takes
 /// mail only after an `AUTH XOAUTH2` whose token the check accepts (and answers a refused one
 /// as Microsoft and Google do: a 334 JSON challenge, then 535). It records every line it
-/// receives and the recipients of every message it took. Dropping it stops it: connections to
-/// its port are then refused.
+/// receives and the recipients of every message it took. Dropping it stops it as a relayhost
+/// that goes away: its open sessions are closed (a client's cached connection too), and
+/// connections to its port are then refused.
 pub struct ScriptedRelayhost {
     addr: SocketAddr,
     transcript: std::sync::Arc<std::sync::Mutex<String>>,
     delivered: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// The open sessions' sockets, closed on drop.
+    sessions: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -58,12 +61,17 @@ impl ScriptedRelayhost {
             check,
         };
         let stopping = stop.clone();
+        let sessions = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let open = sessions.clone();
         let thread = std::thread::spawn(move || {
             for stream in listener.incoming() {
                 if stopping.load(Ordering::SeqCst) {
                     break;
                 }
                 if let Ok(stream) = stream {
+                    if let Ok(kept) = stream.try_clone() {
+                        open.lock().unwrap().push(kept);
+                    }
                     // One thread per session: Postfix opens several at once.
                     let session = session.clone();
                     std::thread::spawn(move || session.run(stream));
@@ -75,6 +83,7 @@ impl ScriptedRelayhost {
             transcript,
             delivered,
             stop,
+            sessions,
             thread: Some(thread),
         }
     }
@@ -100,6 +109,9 @@ impl Drop for ScriptedRelayhost {
         let _ = std::net::TcpStream::connect(self.addr);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
+        }
+        for stream in self.sessions.lock().unwrap().drain(..) {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
         }
     }
 }
