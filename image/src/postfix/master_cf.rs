@@ -14,6 +14,8 @@ const SERVICES: &[Service] = &[
     ["cleanup", "unix", "n", "-", "n", "-", "0", "cleanup"],
     ["qmgr", "unix", "n", "-", "n", "300", "1", "qmgr"],
     ["tlsmgr", "unix", "-", "-", "n", "1000?", "1", "tlsmgr"],
+    // TLS connections to the relayhost kept open between deliveries (smtp_tls_connection_reuse).
+    ["tlsproxy", "unix", "-", "-", "n", "-", "0", "tlsproxy"],
     ["rewrite", "unix", "-", "-", "n", "-", "-", "trivial-rewrite"],
     ["bounce", "unix", "-", "-", "n", "-", "0", "bounce"],
     ["defer", "unix", "-", "-", "n", "-", "0", "bounce"],
