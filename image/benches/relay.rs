@@ -5,8 +5,11 @@
 //! Each run starts a fresh instance (fresh spool) in front of a fresh `smtp-sink -c`, warms it up,
 //! then times `smtp-source -s 20 -l 1024 -m N` through it until the sink has counted all N
 //! messages and the relay's queue is empty. The two relays alternate order over several rounds.
-//! BENCH_MESSAGES (default 5000) and BENCH_ROUNDS (default 3) change the size. Needs root and
-//! Postfix (postfix, smtp-sink, smtp-source), like the tests.
+//! BENCH_MESSAGES (default 5000), BENCH_ROUNDS (default 3), BENCH_SIZE (bytes, default 1024) and
+//! BENCH_SESSIONS (default 20) change the run. `BENCH_ONLY=latency` measures start and change
+//! latency only; `BENCH_ONLY=settings` measures Postfix settings that may raise the ceiling,
+//! each against smtp-relay's defaults (see [`CANDIDATES`]). Needs root and Postfix (postfix,
+//! smtp-sink, smtp-source), like the tests.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
 
@@ -26,9 +29,12 @@ use std::time::{Duration, Instant, SystemTime};
 use common::*;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use smtp_relay::settings::Mode;
+use smtp_relay::settings::{Mode, TlsLevel};
 
-const SESSIONS: u32 = 20;
+/// Concurrent client sessions: `BENCH_SESSIONS`, default 20.
+fn sessions() -> u64 {
+    env_number("BENCH_SESSIONS", 20)
+}
 const WARMUP: u64 = 200;
 const RUN_DEADLINE: Duration = Duration::from_secs(300);
 
@@ -96,10 +102,6 @@ impl CountingSink {
         });
         CountingSink { child, port, count }
     }
-
-    fn count(&self) -> u64 {
-        self.count.load(Ordering::SeqCst)
-    }
 }
 
 impl Drop for CountingSink {
@@ -119,19 +121,28 @@ impl Instance {
     fn port(&self) -> u16 {
         match self {
             Instance::SmtpRelay(r) => r.addr().port(),
-            Instance::Bare(b) => b.port,
+            Instance::Bare(b) => b.0.port,
         }
     }
     fn spool(&self) -> PathBuf {
         match self {
             Instance::SmtpRelay(r) => r.spec().spool_dir(),
-            Instance::Bare(b) => b.dir.path().join("spool"),
+            Instance::Bare(b) => b.0.spool(),
         }
     }
 }
 
-fn start_smtp_relay(sink_port: u16) -> Instance {
-    Instance::SmtpRelay(smtp_relay_spec(sink_port).start())
+fn start_smtp_relay(sink_port: u16, tls: bool, extra: &[(&str, &str)]) -> Instance {
+    let mut spec = smtp_relay_spec(sink_port);
+    if let Input::File(cfg) = &mut spec.input {
+        if tls {
+            cfg.relayhost.tls_level = Some(TlsLevel::Encrypt);
+        }
+        for (k, v) in extra {
+            cfg.postconf.insert(k.to_string(), v.to_string());
+        }
+    }
+    Instance::SmtpRelay(spec.start())
 }
 
 /// smtp-relay as the benchmarks run it: the image's defaults, relaying to `sink_port`.
@@ -153,13 +164,17 @@ fn smtp_relay_spec(sink_port: u16) -> RelaySpec {
     RelaySpec::new(Input::file(cfg))
 }
 
-/// A minimal relay written by hand: what an administrator would configure without smtp-relay.
-struct BareRelay {
+/// A Postfix instance written by hand in a temporary directory: `main_cf` (given the
+/// directory), one smtpd on a free loopback port, and [`BARE_SERVICES`].
+struct HandWritten {
     dir: tempfile::TempDir,
     port: u16,
     /// From `postfix start` to the first SMTP banner, polled every 5 ms.
     started_in: Duration,
 }
+
+/// A minimal relay written by hand: what an administrator would configure without smtp-relay.
+struct BareRelay(HandWritten);
 
 const BARE_SERVICES: &str = "\
 pickup     unix  n       -       n       60      1       pickup
@@ -183,8 +198,8 @@ scache     unix  -       -       n       -       1       scache
 postlog    unix-dgram n  -       n       -       1       postlogd
 ";
 
-impl BareRelay {
-    fn start(sink_port: u16) -> BareRelay {
+impl HandWritten {
+    fn start(main_cf: impl Fn(&str) -> String, more_services: &str) -> HandWritten {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let etc = dir.path().join("etc");
@@ -194,24 +209,17 @@ impl BareRelay {
         fs::create_dir_all(&data).unwrap();
         let (uid, _) = smtp_relay::postfix::instance::postfix_ids().unwrap();
         chown(&data, Some(uid), None).unwrap();
-        let d = dir.path().display();
-        let main_cf = format!(
+        let d = dir.path().display().to_string();
+        let common = format!(
             "compatibility_level = 3.6
 queue_directory = {d}/spool
 data_directory = {d}/data
 meta_directory = /etc/postfix
-myhostname = bare.example.net
-mydomain = example.net
-myorigin = $mydomain
 mydestination =
 local_recipient_maps =
 local_transport = error:local delivery is disabled
 alias_maps =
 alias_database =
-relay_domains = example.net
-mynetworks = 127.0.0.1/32
-relayhost = [127.0.0.1]:{sink_port}
-smtpd_relay_restrictions = reject_unauth_destination, permit_sasl_authenticated, permit_mynetworks, reject
 smtp_dns_support_level = disabled
 smtpd_peername_lookup = no
 smtputf8_enable = no
@@ -220,10 +228,10 @@ maillog_file = {d}/maillog
 maillog_file_prefixes = {d}
 "
         );
-        fs::write(etc.join("main.cf"), main_cf).unwrap();
+        fs::write(etc.join("main.cf"), common + &main_cf(&d)).unwrap();
         fs::write(
             etc.join("master.cf"),
-            format!("127.0.0.1:{port} inet n - n - - smtpd\n{BARE_SERVICES}"),
+            format!("127.0.0.1:{port} inet n - n - - smtpd\n{BARE_SERVICES}{more_services}"),
         )
         .unwrap();
         // `postfix start` waits ~1.5 s for a main.cf written within the last seconds.
@@ -248,21 +256,130 @@ maillog_file_prefixes = {d}
         while !smtp_ready(loopback(port)) {
             assert!(
                 started.elapsed() < DEADLINE,
-                "the bare relay never answered"
+                "the hand-written Postfix never answered"
             );
             std::thread::sleep(Duration::from_millis(5));
         }
-        BareRelay {
+        HandWritten {
             dir,
             port,
             started_in: started.elapsed(),
         }
     }
+
+    fn spool(&self) -> PathBuf {
+        self.dir.path().join("spool")
+    }
 }
 
-impl Drop for BareRelay {
+impl BareRelay {
+    fn start(sink_port: u16) -> BareRelay {
+        BareRelay(HandWritten::start(
+            |_| {
+                format!(
+                    "myhostname = bare.example.net
+mydomain = example.net
+myorigin = $mydomain
+relay_domains = example.net
+mynetworks = 127.0.0.1/32
+relayhost = [127.0.0.1]:{sink_port}
+smtpd_relay_restrictions = reject_unauth_destination, permit_sasl_authenticated, permit_mynetworks, reject
+"
+                )
+            },
+            "",
+        ))
+    }
+}
+
+/// The relayhost of the TLS settings: a Postfix that takes mail over STARTTLS (a fresh
+/// self-signed certificate) and discards it, counting the messages in its log.
+struct TlsSink {
+    postfix: HandWritten,
+    /// How far its log was read, and the messages counted up to there.
+    read: std::sync::Mutex<(u64, u64)>,
+}
+
+impl TlsSink {
+    fn start() -> TlsSink {
+        let postfix = HandWritten::start(
+            |d| {
+                let out = Command::new("openssl")
+                    .args([
+                        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    ])
+                    .args(["-subj", "/CN=sink.example.net"])
+                    .args(["-keyout", &format!("{d}/key.pem")])
+                    .args(["-out", &format!("{d}/cert.pem")])
+                    .output()
+                    .expect("openssl");
+                assert!(out.status.success(), "openssl req");
+                format!(
+                    "myhostname = sink.example.net
+relay_domains = example.net
+mynetworks = 127.0.0.1/32
+relay_transport = discard:
+default_transport = discard:
+smtpd_relay_restrictions = permit_mynetworks, reject
+smtpd_tls_security_level = may
+smtpd_tls_cert_file = {d}/cert.pem
+smtpd_tls_key_file = {d}/key.pem
+"
+                )
+            },
+            "tlsmgr     unix  -       -       n       1000?   1       tlsmgr\n",
+        );
+        TlsSink {
+            postfix,
+            read: std::sync::Mutex::new((0, 0)),
+        }
+    }
+}
+
+/// Where the relay under test delivers.
+trait Sink {
+    fn port(&self) -> u16;
+    /// Messages received so far.
+    fn count(&self) -> u64;
+}
+
+impl Sink for CountingSink {
+    fn port(&self) -> u16 {
+        self.port
+    }
+    fn count(&self) -> u64 {
+        self.count.load(Ordering::SeqCst)
+    }
+}
+
+impl Sink for TlsSink {
+    fn port(&self) -> u16 {
+        self.postfix.port
+    }
+    fn count(&self) -> u64 {
+        use std::io::{Seek, SeekFrom};
+        let mut read = self.read.lock().unwrap();
+        let Ok(mut log) = fs::File::open(self.postfix.dir.path().join("maillog")) else {
+            return 0;
+        };
+        let mut more = Vec::new();
+        if log.seek(SeekFrom::Start(read.0)).is_ok() && log.read_to_end(&mut more).is_ok() {
+            // Whole lines only: the last may be half written.
+            let whole = more.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+            let lines = String::from_utf8_lossy(&more[..whole]);
+            read.1 += lines
+                .lines()
+                .filter(|l| l.contains(" status=sent "))
+                .count() as u64;
+            read.0 += whole as u64;
+        }
+        read.1
+    }
+}
+
+impl Drop for HandWritten {
     fn drop(&mut self) {
-        let spool = self.dir.path().join("spool");
+        let spool = self.spool();
         if let Some(pid) = master_pid(&spool) {
             let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
             let start = Instant::now();
@@ -278,7 +395,7 @@ impl Drop for BareRelay {
 
 fn smtp_source(port: u16, messages: u64) {
     let out = Command::new("smtp-source")
-        .args(["-s", &SESSIONS.to_string(), "-l", &size().to_string()])
+        .args(["-s", &sessions().to_string(), "-l", &size().to_string()])
         .args(["-m", &messages.to_string()])
         .args(["-f", "bench@example.net", "-t", "sink@example.net"])
         .arg(loopback(port).to_string())
@@ -405,7 +522,7 @@ impl PeakMemory {
 
 /// Sends `messages` through `instance` and returns the seconds until the sink counted them all
 /// and the relay's queue is empty.
-fn drive(instance: &Instance, sink: &CountingSink, messages: u64) -> f64 {
+fn drive(instance: &Instance, sink: &dyn Sink, messages: u64) -> f64 {
     let before = sink.count();
     let start = Instant::now();
     smtp_source(instance.port(), messages);
@@ -434,13 +551,29 @@ enum Kind {
 fn measure(kind: Kind, messages: u64) -> (f64, f64, f64) {
     let sink = CountingSink::start();
     let instance = match kind {
-        Kind::SmtpRelay => start_smtp_relay(sink.port),
+        Kind::SmtpRelay => start_smtp_relay(sink.port, false, &[]),
         Kind::Bare => Instance::Bare(BareRelay::start(sink.port)),
     };
-    drive(&instance, &sink, WARMUP);
+    measure_on(instance, &sink, messages)
+}
+
+/// smtp-relay with Postfix settings added to its own, into smtp-sink or, with `tls`, through
+/// STARTTLS into a [`TlsSink`]: as [`measure`].
+fn measure_with(tls: bool, extra: &[(&str, &str)], messages: u64) -> (f64, f64, f64) {
+    let sink: Box<dyn Sink> = if tls {
+        Box::new(TlsSink::start())
+    } else {
+        Box::new(CountingSink::start())
+    };
+    let instance = start_smtp_relay(sink.port(), tls, extra);
+    measure_on(instance, sink.as_ref(), messages)
+}
+
+fn measure_on(instance: Instance, sink: &dyn Sink, messages: u64) -> (f64, f64, f64) {
+    drive(&instance, sink, WARMUP);
     let cpu_before = relay_cpu(&instance);
     let memory = PeakMemory::watch(&instance);
-    let secs = drive(&instance, &sink, messages);
+    let secs = drive(&instance, sink, messages);
     let peak = memory.peak();
     let cpu = relay_cpu(&instance) - cpu_before;
     if let Instance::SmtpRelay(relay) = instance {
@@ -476,7 +609,7 @@ fn start_latency(rounds: u64) {
                 let (status, _) = relay.stop();
                 assert_eq!(status.code(), Some(0));
             } else {
-                pair[1] = BareRelay::start(sink.port).started_in.as_secs_f64() * 1000.0;
+                pair[1] = BareRelay::start(sink.port).0.started_in.as_secs_f64() * 1000.0;
             }
         }
         println!("{round:>5}  {:>14.0}  {:>10.0}", pair[0], pair[1]);
@@ -532,12 +665,117 @@ fn sasl_change_latency(rounds: u64) {
     assert_eq!(status.code(), Some(0));
 }
 
+/// A Postfix setting (or several) that may raise the relay's ceiling.
+struct Candidate {
+    name: &'static str,
+    /// Through STARTTLS to the relayhost (a [`TlsSink`]) rather than into smtp-sink.
+    tls: bool,
+    settings: &'static [(&'static str, &'static str)],
+}
+
+/// Each tried on top of smtp-relay's own settings.
+const CANDIDATES: &[Candidate] = &[
+    // smtp-relay's defaults since the measurements in BENCHMARKS.md; these two undo them.
+    Candidate {
+        name: "before: connections to the relayhost cached on demand only",
+        tls: false,
+        settings: &[("smtp_connection_cache_destinations", "")],
+    },
+    Candidate {
+        name: "before: TLS connections to the relayhost never reused",
+        tls: true,
+        settings: &[
+            ("smtp_tls_connection_reuse", "no"),
+            ("smtp_connection_cache_destinations", ""),
+        ],
+    },
+    Candidate {
+        name: "40 deliveries at once (default 20)",
+        tls: false,
+        settings: &[("default_destination_concurrency_limit", "40")],
+    },
+    Candidate {
+        name: "10 deliveries at once",
+        tls: false,
+        settings: &[("default_destination_concurrency_limit", "10")],
+    },
+    Candidate {
+        name: "deliveries start at 20 at once (default 5)",
+        tls: false,
+        settings: &[("initial_destination_concurrency", "20")],
+    },
+    Candidate {
+        name: "no inflow flow control (unsafe: the queue may grow without bound)",
+        tls: false,
+        settings: &[("in_flow_delay", "0s")],
+    },
+];
+
+/// Each of [`CANDIDATES`] against smtp-relay's defaults (into the same kind of sink),
+/// alternating, `rounds` times: the median messages per second of both and their ratio.
+/// `BENCH_CANDIDATES` (substrings of their names, comma-separated) picks some.
+fn settings(rounds: u64, messages: u64) {
+    let picked = std::env::var("BENCH_CANDIDATES").unwrap_or_default();
+    println!(
+        "smtp-source -s {} -l {} -m {messages}, {rounds} rounds per setting, alternating \
+         with smtp-relay's defaults",
+        sessions(),
+        size()
+    );
+    println!(
+        "| setting | defaults msg/s | with it msg/s | ratio | defaults cpu ms/msg | with it cpu ms/msg |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
+    for c in CANDIDATES {
+        if !picked.is_empty() && !picked.split(',').any(|p| c.name.contains(p.trim())) {
+            continue;
+        }
+        let (mut base, mut with) = (Vec::new(), Vec::new());
+        let (mut base_cpu, mut with_cpu) = (Vec::new(), Vec::new());
+        for round in 0..rounds {
+            let tuned_first = round % 2 == 1;
+            for tuned in [tuned_first, !tuned_first] {
+                let settings = if tuned { c.settings } else { &[] };
+                let (rate, cpu, _) = measure_with(c.tls, settings, messages);
+                let (rates, cpus) = if tuned {
+                    (&mut with, &mut with_cpu)
+                } else {
+                    (&mut base, &mut base_cpu)
+                };
+                rates.push(rate);
+                cpus.push(cpu);
+            }
+        }
+        let settings: Vec<String> = c
+            .settings
+            .iter()
+            .map(|(k, v)| format!("`{k} = {v}`"))
+            .collect();
+        let (b, w) = (median(base), median(with));
+        println!(
+            "| {}: {} | {b:.0} | {w:.0} | {:.3} | {:.2} | {:.2} |",
+            c.name,
+            settings.join(", "),
+            w / b,
+            median(base_cpu),
+            median(with_cpu)
+        );
+    }
+}
+
 fn main() {
     // `cargo bench` passes --bench; `cargo test --benches` would pass nothing useful to us.
     if std::env::args().any(|a| a == "--list") {
         return;
     }
     require_postfix();
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("settings") {
+        settings(
+            env_number("BENCH_ROUNDS", 3),
+            env_number("BENCH_MESSAGES", 5000),
+        );
+        return;
+    }
     if std::env::var("BENCH_ONLY").as_deref() == Ok("latency") {
         start_latency(env_number("BENCH_ROUNDS", 5));
         sasl_change_latency(env_number("BENCH_ROUNDS", 5));
@@ -546,8 +784,9 @@ fn main() {
     let messages = env_number("BENCH_MESSAGES", 5000);
     let rounds = env_number("BENCH_ROUNDS", 3);
     println!(
-        "smtp-source -s {SESSIONS} -l {} -m {messages} into smtp-sink -c, {rounds} rounds, \
+        "smtp-source -s {} -l {} -m {messages} into smtp-sink -c, {rounds} rounds, \
          after a {WARMUP}-message warm-up per instance",
+        sessions(),
         size()
     );
     println!(
