@@ -690,6 +690,47 @@ mod tests {
         let claims: serde_json::Value = serde_json::from_slice(&claims).unwrap();
         assert_eq!(claims["sub"], "sender@example.net");
         assert_eq!(claims["exp"], 1_800_003_600u64);
+        // The signature, checked by another implementation (OpenSSL) with the public key
+        // alone, as the token endpoint checks it; and refused once the claims are altered.
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, content: &[u8]| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, content).unwrap();
+            path
+        };
+        let key = file("key.pem", pem.as_bytes());
+        let public = dir.path().join("public.pem");
+        let status = std::process::Command::new("openssl")
+            .args(["pkey", "-pubout", "-in"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&public)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let signature = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(parts[2])
+            .unwrap();
+        let signature = file("signature", &signature);
+        let verify = |signed: &str| {
+            let data = file("signed", signed.as_bytes());
+            let out = std::process::Command::new("openssl")
+                .args(["dgst", "-sha256", "-verify"])
+                .arg(&public)
+                .arg("-signature")
+                .arg(&signature)
+                .arg(&data)
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        };
+        assert_eq!(verify(&format!("{}.{}", parts[0], parts[1])), "Verified OK");
+        let altered = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(serde_json::json!({"sub": "someone-else@example.net"}).to_string());
+        assert_eq!(
+            verify(&format!("{}.{altered}", parts[0])),
+            "Verification failure"
+        );
         assert!(matches!(
             service_account_assertion("a", "not a key", "b", "c", "d", 0),
             Err(TokenError::BadKey(_))
