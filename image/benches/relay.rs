@@ -548,7 +548,7 @@ enum Kind {
 
 /// Messages per second, CPU milliseconds the relay spent per message, and its peak memory
 /// (MiB, PSS) under that load.
-fn measure(kind: Kind, messages: u64) -> (f64, f64, f64) {
+fn measure(kind: Kind, messages: u64) -> Measured {
     let sink = CountingSink::start();
     let instance = match kind {
         Kind::SmtpRelay => start_smtp_relay(sink.port, false, &[]),
@@ -559,7 +559,7 @@ fn measure(kind: Kind, messages: u64) -> (f64, f64, f64) {
 
 /// smtp-relay with Postfix settings added to its own, into smtp-sink or, with `tls`, through
 /// STARTTLS into a [`TlsSink`]: as [`measure`].
-fn measure_with(tls: bool, extra: &[(&str, &str)], messages: u64) -> (f64, f64, f64) {
+fn measure_with(tls: bool, extra: &[(&str, &str)], messages: u64) -> Measured {
     let sink: Box<dyn Sink> = if tls {
         Box::new(TlsSink::start())
     } else {
@@ -569,7 +569,9 @@ fn measure_with(tls: bool, extra: &[(&str, &str)], messages: u64) -> (f64, f64, 
     measure_on(instance, sink.as_ref(), messages)
 }
 
-fn measure_on(instance: Instance, sink: &dyn Sink, messages: u64) -> (f64, f64, f64) {
+fn measure_on(instance: Instance, sink: &dyn Sink, messages: u64) -> Measured {
+    // Just started, before any mail: the master and its resident daemons (and the supervisor).
+    let rest = relay_pss_mib(&instance.spool(), supervisor_of(&instance));
     drive(&instance, sink, WARMUP);
     let cpu_before = relay_cpu(&instance);
     let memory = PeakMemory::watch(&instance);
@@ -580,7 +582,25 @@ fn measure_on(instance: Instance, sink: &dyn Sink, messages: u64) -> (f64, f64, 
         let (status, _) = relay.stop();
         assert_eq!(status.code(), Some(0));
     }
-    (messages as f64 / secs, cpu * 1000.0 / messages as f64, peak)
+    Measured {
+        rate: messages as f64 / secs,
+        cpu_ms: cpu * 1000.0 / messages as f64,
+        peak,
+        rest,
+    }
+}
+
+/// What one instance did under load.
+#[derive(Clone, Copy, Default)]
+struct Measured {
+    /// Messages per second.
+    rate: f64,
+    /// CPU milliseconds the relay spent per message.
+    cpu_ms: f64,
+    /// Peak memory under load (MiB, PSS of all its processes).
+    peak: f64,
+    /// Memory just after start, before any mail (MiB, PSS).
+    rest: f64,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -736,7 +756,9 @@ fn settings(rounds: u64, messages: u64) {
             let tuned_first = round % 2 == 1;
             for tuned in [tuned_first, !tuned_first] {
                 let settings = if tuned { c.settings } else { &[] };
-                let (rate, cpu, _) = measure_with(c.tls, settings, messages);
+                let Measured {
+                    rate, cpu_ms: cpu, ..
+                } = measure_with(c.tls, settings, messages);
                 let (rates, cpus) = if tuned {
                     (&mut with, &mut with_cpu)
                 } else {
@@ -790,57 +812,45 @@ fn main() {
         size()
     );
     println!(
-        "{:>5}  {:<22}  {:>16}  {:>10}  {:>8}  {:>16}  {:>10}  {:>8}",
-        "round",
-        "order",
-        "smtp-relay msg/s",
-        "cpu ms/msg",
-        "peak MiB",
-        "bare msg/s",
-        "cpu ms/msg",
-        "peak MiB"
+        "| round | order | smtp-relay msg/s | cpu ms/msg | peak MiB | at rest MiB | bare msg/s | cpu ms/msg | peak MiB | at rest MiB |"
     );
-    let (mut relay_rates, mut bare_rates) = (Vec::new(), Vec::new());
-    let (mut relay_cpu, mut bare_cpu) = (Vec::new(), Vec::new());
-    let (mut relay_mem, mut bare_mem) = (Vec::new(), Vec::new());
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let row = |round: &str, order: &str, r: &Measured, b: &Measured| {
+        println!(
+            "| {round} | {order} | {:.0} | {:.2} | {:.1} | {:.1} | {:.0} | {:.2} | {:.1} | {:.1} |",
+            r.rate, r.cpu_ms, r.peak, r.rest, b.rate, b.cpu_ms, b.peak, b.rest
+        );
+    };
+    let mut all = [Vec::new(), Vec::new()];
     for round in 1..=rounds {
         let order = if round % 2 == 1 {
             [Kind::SmtpRelay, Kind::Bare]
         } else {
             [Kind::Bare, Kind::SmtpRelay]
         };
-        let mut results = [(0.0, 0.0, 0.0); 2];
+        let mut results = [Measured::default(); 2];
         for kind in order {
             results[(kind == Kind::Bare) as usize] = measure(kind, messages);
         }
-        println!(
-            "{round:>5}  {:<22}  {:>16.0}  {:>10.2}  {:>8.1}  {:>16.0}  {:>10.2}  {:>8.1}",
-            if order[0] == Kind::SmtpRelay {
-                "smtp-relay, then bare"
-            } else {
-                "bare, then smtp-relay"
-            },
-            results[0].0,
-            results[0].1,
-            results[0].2,
-            results[1].0,
-            results[1].1,
-            results[1].2
-        );
-        relay_rates.push(results[0].0);
-        relay_cpu.push(results[0].1);
-        relay_mem.push(results[0].2);
-        bare_rates.push(results[1].0);
-        bare_cpu.push(results[1].1);
-        bare_mem.push(results[1].2);
+        let order = if order[0] == Kind::SmtpRelay {
+            "smtp-relay, then bare"
+        } else {
+            "bare, then smtp-relay"
+        };
+        row(&round.to_string(), order, &results[0], &results[1]);
+        for (kind, result) in results.into_iter().enumerate() {
+            all[kind].push(result);
+        }
     }
-    let (r, b) = (median(relay_rates), median(bare_rates));
-    let (rc, bc) = (median(relay_cpu), median(bare_cpu));
-    let (rm, bm) = (median(relay_mem), median(bare_mem));
-    println!(
-        "{:>5}  {:<22}  {r:>16.0}  {rc:>10.2}  {rm:>8.1}  {b:>16.0}  {bc:>10.2}  {bm:>8.1}",
-        "", "median"
-    );
+    let medians = |of: &[Measured]| Measured {
+        rate: median(of.iter().map(|m| m.rate).collect()),
+        cpu_ms: median(of.iter().map(|m| m.cpu_ms).collect()),
+        peak: median(of.iter().map(|m| m.peak).collect()),
+        rest: median(of.iter().map(|m| m.rest).collect()),
+    };
+    let (relay, bare) = (medians(&all[0]), medians(&all[1]));
+    row("median", "", &relay, &bare);
+    let (r, b, rc, bc) = (relay.rate, bare.rate, relay.cpu_ms, bare.cpu_ms);
     println!("ratio smtp-relay / bare, msg/s (medians): {:.3}", r / b);
     println!(
         "ratio bare / smtp-relay, cpu per message (medians): {:.3}",
