@@ -416,6 +416,48 @@ mod tests {
         .expect("builds")
     }
 
+    #[test]
+    fn a_relay_is_looked_at_again_by_watches_not_by_polling() {
+        let applied = Outcome::Applied {
+            config_hash: "h1".into(),
+        };
+        let with = |type_: &str, status: &str| crate::crd::SmtpRelayStatus {
+            conditions: vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+                type_: type_.into(),
+                status: status.into(),
+                reason: "Test".into(),
+                message: String::new(),
+                last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    jiff::Timestamp::UNIX_EPOCH,
+                ),
+                observed_generation: None,
+            }],
+            ..Default::default()
+        };
+        let five_minutes = Action::requeue(Duration::from_secs(300));
+        // Not Ready yet (rolling out, a pod crashing): what changes that comes by the watches.
+        assert_eq!(
+            next_action(&applied, &with(status::READY, "False")),
+            five_minutes
+        );
+        assert_eq!(
+            next_action(&applied, &with(status::READY, "True")),
+            five_minutes
+        );
+        // A drain reads the departing pods' metrics, which no watch brings.
+        assert_eq!(
+            next_action(&applied, &with(status::DRAINING, "True")),
+            Action::requeue(drain::REQUEUE)
+        );
+        let conflict = Outcome::NameConflict {
+            message: "in the way".into(),
+        };
+        assert_eq!(
+            next_action(&conflict, &with(status::READY, "False")),
+            Action::requeue(Duration::from_secs(30))
+        );
+    }
+
     #[tokio::test]
     async fn missing_secret_patches_status_only() {
         let (ctx, mut api) = context();
