@@ -219,7 +219,11 @@ pub fn parameters(s: &Settings, layout: &Layout) -> Vec<(String, String)> {
     // a backlog (Postfix matches the relayhost's bare name, without brackets or port), TLS ones
     // too (through tlsproxy), so one handshake and one login serve many messages: 1.33 times
     // the messages per second through STARTTLS with 20 clients, 1.35 with one (BENCHMARKS.md).
-    p.set("smtp_connection_cache_destinations", &s.relayhost.host);
+    // An IPv6 address cannot be listed (Postfix would read "2001:db8::1" as a type:table):
+    // such a relayhost keeps the on-demand cache only.
+    if !s.relayhost.host.contains(':') {
+        p.set("smtp_connection_cache_destinations", &s.relayhost.host);
+    }
     p.set("smtp_tls_connection_reuse", "yes");
 
     for (name, value) in &s.postconf {
@@ -356,6 +360,21 @@ mod tests {
         let p = parameters(&s, &layout());
         assert_eq!(get(&p, "mynetworks"), Some("[fd00::]/64, 127.0.0.0/8"));
         assert_eq!(get(&p, "inet_protocols"), Some("all"));
+    }
+
+    #[test]
+    fn connections_to_the_relayhost_are_kept_by_its_bare_name() {
+        let mut s = settings();
+        let p = parameters(&s, &layout());
+        assert_eq!(
+            get(&p, "smtp_connection_cache_destinations"),
+            Some(s.relayhost.host.as_str())
+        );
+        assert_eq!(get(&p, "smtp_tls_connection_reuse"), Some("yes"));
+        s.relayhost.host = "2001:db8::25".into();
+        let p = parameters(&s, &layout());
+        assert_eq!(get(&p, "smtp_connection_cache_destinations"), None);
+        assert_eq!(get(&p, "smtp_tls_connection_reuse"), Some("yes"));
     }
 
     #[test]
