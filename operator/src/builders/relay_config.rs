@@ -97,16 +97,59 @@ pub fn relay_config_file(spec: &SmtpRelaySpec, resolved: &Resolved) -> RelayConf
 
 /// Microsoft 365 takes at most 30 messages a minute from a mailbox (and 3 connections): with a
 /// delay between deliveries Postfix sends one at a time, and the delay is shared out over the
-/// replicas, so the relay as a whole stays under the limit. `postconf` overrides it.
+/// replicas, so the relay as a whole stays under the limit. The kept connection outlives the
+/// delay, so each replica logs in once for many messages; and, as Postfix advises with a rate
+/// delay, one failed connection does not defer all mail at once. `postconf` overrides these.
 fn provider_limits(spec: &SmtpRelaySpec) -> BTreeMap<String, String> {
     match spec.relayhost.oauth2.as_ref().map(|o| o.provider) {
         Some(OAuth2Provider::Microsoft365) => {
-            let replicas = spec.replicas.max(1);
-            BTreeMap::from([(
-                "default_destination_rate_delay".to_string(),
-                format!("{}s", 2 * replicas),
-            )])
+            let delay = 2 * spec.replicas.max(1);
+            BTreeMap::from([
+                (
+                    "default_destination_rate_delay".to_string(),
+                    format!("{delay}s"),
+                ),
+                (
+                    "smtp_connection_cache_time_limit".to_string(),
+                    format!("{}s", delay + 1),
+                ),
+                (
+                    "default_destination_concurrency_failed_cohort_limit".to_string(),
+                    "10".to_string(),
+                ),
+            ])
         }
         _ => BTreeMap::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{OAuth2SecretRef, OAuth2Spec};
+
+    #[test]
+    fn microsoft_365_limits_are_shared_by_the_replicas_and_keep_the_connection() {
+        let mut spec = crate::fixtures::relay("m365").spec;
+        assert!(provider_limits(&spec).is_empty(), "no OAuth2, no limits");
+        spec.relayhost.oauth2 = Some(OAuth2Spec {
+            provider: OAuth2Provider::Microsoft365,
+            user: "sender@contoso.com".into(),
+            tenant: Some("contoso.onmicrosoft.com".into()),
+            token_endpoint: None,
+            scope: None,
+            secret_ref: OAuth2SecretRef { name: "app".into() },
+        });
+        spec.replicas = 3;
+        let limits = provider_limits(&spec);
+        let get = |k: &str| limits.get(k).map(String::as_str);
+        // 3 replicas, one delivery each every 6 s: 30 a minute together.
+        assert_eq!(get("default_destination_rate_delay"), Some("6s"));
+        // Kept beyond the delay, the connection serves the next delivery.
+        assert_eq!(get("smtp_connection_cache_time_limit"), Some("7s"));
+        assert_eq!(
+            get("default_destination_concurrency_failed_cohort_limit"),
+            Some("10")
+        );
     }
 }
