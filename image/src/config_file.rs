@@ -91,6 +91,11 @@ pub struct OAuth2File {
     pub refresh_token_file: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_account_key_file: Option<PathBuf>,
+    /// With `refreshTokenFile`, in Kubernetes: a Secret in the pod's namespace where the
+    /// replicas share the newest refresh token of a provider that rotates it (the pod's
+    /// ServiceAccount needs `get` and `patch` on it; the operator sets this up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_refresh_token_secret: Option<String>,
 }
 
 fn default_relayhost_port() -> u16 {

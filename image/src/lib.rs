@@ -5,6 +5,7 @@ pub mod drain;
 pub mod error;
 pub mod guard;
 pub mod inputs;
+pub mod kube_api;
 pub mod liveness;
 pub mod metrics;
 pub mod oauth2;

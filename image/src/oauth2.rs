@@ -8,8 +8,8 @@
 //! Three grants, picked by what is configured:
 //! - client credentials (Microsoft 365 app-only; generic providers): client id and secret;
 //! - a delegated refresh token (any provider): the refresh token, a client id and maybe a
-//!   secret; a provider that rotates it gets the new one back at every refresh, kept in memory
-//!   and on the spool's volume so a restart, or a new pod on the volume, uses it;
+//!   secret; a provider that rotates it gets the new one back at every refresh, kept on the
+//!   pod's volume and shared with the other replicas ([`rotation`]);
 //! - a Google service account with domain-wide delegation: a JWT signed with its key, for the
 //!   mailbox to send as.
 
@@ -22,6 +22,8 @@ use base64::Engine as _;
 use serde::Deserialize;
 
 use crate::metrics::Metrics;
+
+pub mod rotation;
 
 /// A secret value: compared and cloned like a string, never printed.
 #[derive(Clone, PartialEq, Eq)]
@@ -73,6 +75,23 @@ pub struct OAuth2Settings {
     /// A CA bundle trusted besides the system's (the relayhost's, when one is given: a private
     /// PKI usually serves both).
     pub ca_file: Option<PathBuf>,
+    /// The Secret (in the pod's namespace) where the replicas share a rotated refresh token.
+    pub shared_refresh_token_secret: Option<String>,
+}
+
+impl OAuth2Settings {
+    /// The same login but for the refresh token: a rotated token coming back through the
+    /// configured file (the operator writes it back) is no reason to refresh early.
+    fn same_but_refresh_token(&self, other: &OAuth2Settings) -> bool {
+        let strip = |s: &OAuth2Settings| {
+            let mut s = s.clone();
+            if let Grant::RefreshToken { refresh_token, .. } = &mut s.grant {
+                refresh_token.0.clear();
+            }
+            s
+        };
+        strip(self) == strip(other)
+    }
 }
 
 /// The fields of a Google service account key file the relay uses.
@@ -365,46 +384,6 @@ impl Current {
     }
 }
 
-/// The rotated refresh token, kept next to a digest of the configured one it replaced: a new
-/// configured token (the user consented again) wins over an old rotation.
-struct RotatedStore {
-    path: PathBuf,
-}
-
-impl RotatedStore {
-    fn digest(configured: &Secret) -> String {
-        let d = ring::digest::digest(&ring::digest::SHA256, configured.0.as_bytes());
-        d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
-    }
-
-    fn load(&self, configured: &Secret) -> Option<Secret> {
-        let text = std::fs::read_to_string(&self.path).ok()?;
-        let (digest, token) = text.split_once('\n')?;
-        (digest == Self::digest(configured) && !token.is_empty()).then(|| Secret(token.into()))
-    }
-
-    fn save(&self, configured: &Secret, rotated: &Secret) -> std::io::Result<()> {
-        use std::io::Write as _;
-        use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
-        if let Some(dir) = self.path.parent() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)?;
-        }
-        let tmp = self.path.with_extension("tmp");
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        write!(f, "{}\n{}", Self::digest(configured), rotated.0)?;
-        f.sync_all()?;
-        std::fs::rename(tmp, &self.path)
-    }
-}
-
 /// Keeps a token fresh for the settings `settings` holds (they change on reload), until the
 /// task is dropped.
 pub async fn keep_fresh(
@@ -413,28 +392,46 @@ pub async fn keep_fresh(
     metrics: Metrics,
     rotated_token_file: PathBuf,
 ) {
-    let store = RotatedStore {
-        path: rotated_token_file,
+    let mut store = rotation::Store {
+        file: rotated_token_file,
+        shared: None,
     };
+    let mut last: Option<OAuth2Settings> = None;
+    let mut next_refresh = tokio::time::Instant::now();
     loop {
         let wanted = settings.borrow_and_update().clone();
         let Some(oauth2) = wanted else {
             current.set(None);
             metrics.oauth2_token(None);
+            last = None;
             if settings.changed().await.is_err() {
                 return;
             }
             continue;
         };
-        let wait = match http_client(oauth2.ca_file.as_deref()) {
-            Ok(http) => refresh_once(&http, &oauth2, &current, &metrics, &store).await,
-            Err(e) => {
-                tracing::error!(error = %e, "no HTTP client for the OAuth2 token endpoint");
-                Duration::from_secs(60)
-            }
-        };
+        let shared = oauth2.shared_refresh_token_secret.clone();
+        if store.shared.as_ref().map(|s| &s.name) != shared.as_ref() {
+            store.shared = shared.map(|name| rotation::SharedSecret { name, api: None });
+        }
+        // Only the refresh token changed (written back by the operator, or a new consent): the
+        // current access token stays good; the next refresh picks the newest refresh token.
+        let keep_schedule = last
+            .as_ref()
+            .is_some_and(|l| l.same_but_refresh_token(&oauth2))
+            && current.lookup().is_some();
+        if !keep_schedule || tokio::time::Instant::now() >= next_refresh {
+            let wait = match http_client(oauth2.ca_file.as_deref()) {
+                Ok(http) => refresh_once(&http, &oauth2, &current, &metrics, &mut store).await,
+                Err(e) => {
+                    tracing::error!(error = %e, "no HTTP client for the OAuth2 token endpoint");
+                    Duration::from_secs(60)
+                }
+            };
+            next_refresh = tokio::time::Instant::now() + wait;
+        }
+        last = Some(oauth2);
         tokio::select! {
-            () = tokio::time::sleep(wait) => {}
+            () = tokio::time::sleep_until(next_refresh) => {}
             changed = settings.changed() => if changed.is_err() { return },
         }
     }
@@ -445,26 +442,37 @@ fn backoff(failures: u32) -> Duration {
     Duration::from_secs(1u64 << failures.min(6)).min(Duration::from_secs(60))
 }
 
-/// One refresh; how long until the next.
+/// One refresh; how long until the next. A delegated login starts from the newest refresh
+/// token there is (configured, shared by the replicas, or the pod's own) and keeps the one a
+/// rotating provider sends back.
 async fn refresh_once(
     http: &reqwest::Client,
     oauth2: &OAuth2Settings,
     current: &Current,
     metrics: &Metrics,
-    store: &RotatedStore,
+    store: &mut rotation::Store,
 ) -> Duration {
     let configured = match &oauth2.grant {
         Grant::RefreshToken { refresh_token, .. } => Some(refresh_token),
         _ => None,
     };
-    let rotated = configured.and_then(|c| store.load(c));
-    match request_token(http, oauth2, rotated.as_ref().or(configured)).await {
+    let loaded = match configured {
+        Some(_) => Some(store.load().await),
+        None => None,
+    };
+    let (used, chain) = match (configured, &loaded) {
+        (Some(c), Some(l)) => {
+            let (used, chain) = l.newest(c);
+            (Some(used), chain)
+        }
+        _ => (None, None),
+    };
+    match request_token(http, oauth2, used).await {
         Ok((token, new_refresh)) => {
-            if let (Some(configured), Some(new)) = (configured, new_refresh) {
-                if Some(&new) != rotated.as_ref() && &new != configured {
-                    if let Err(e) = store.save(configured, &new) {
-                        tracing::warn!(error = %e, "cannot keep the rotated refresh token; the configured one is used after a restart");
-                    }
+            if let (Some(used), Some(loaded), Some(new)) = (used, &loaded, new_refresh) {
+                if &new != used {
+                    let rotated = rotation::Rotated::after(chain, used, new);
+                    store.save(loaded, &rotated).await;
                 }
             }
             let lifetime = token
@@ -635,28 +643,9 @@ mod tests {
                 client_secret: Secret("hunter2".into()),
             },
             ca_file: None,
+            shared_refresh_token_secret: None,
         };
         assert!(!format!("{s:?}").contains("hunter2"));
-    }
-
-    #[test]
-    fn a_rotated_refresh_token_is_kept_for_its_configured_one_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = RotatedStore {
-            path: dir.path().join("rt"),
-        };
-        let configured = Secret("configured-1".into());
-        store
-            .save(&configured, &Secret("rotated-1".into()))
-            .unwrap();
-        assert_eq!(store.load(&configured), Some(Secret("rotated-1".into())));
-        assert_eq!(store.load(&Secret("configured-2".into())), None);
-        use std::os::unix::fs::PermissionsExt as _;
-        let mode = std::fs::metadata(dir.path().join("rt"))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o600);
     }
 
     #[test]

@@ -176,6 +176,24 @@ pub fn single_line(field: &str, value: &str) -> ConfigResult<()> {
     Ok(())
 }
 
+/// A Kubernetes object name (a DNS-1123 subdomain: what a Secret may be called).
+pub fn object_name(field: &str, name: &str) -> ConfigResult<()> {
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
+        return Err(ConfigError::invalid(
+            field,
+            format!("{name:?} is not a Kubernetes object name: lowercase letters, digits, '-' and '.', at most 253, starting and ending with a letter or digit"),
+        ));
+    }
+    Ok(())
+}
+
 /// A SASL user name. Users are registered in the relay domain's realm, so a login is `name` or
 /// `name@domain`.
 pub fn sasl_user(field: &str, name: &str) -> ConfigResult<()> {

@@ -49,6 +49,7 @@ fn relay(relayhost: &ScriptedRelayhost, endpoint: &TokenServer, refresh: bool) -
             client_secret_file: (!refresh).then_some(secret),
             refresh_token_file: refresh_token,
             service_account_key_file: None,
+            shared_refresh_token_secret: None,
         });
         // The relayhost is on loopback without STARTTLS: said explicitly (the default with a
         // login is to require TLS, and the token would never be sent).
@@ -230,6 +231,52 @@ fn a_rotated_refresh_token_is_followed_and_survives_a_restart() {
     let rcpt = send_numbered(&relay, "rotated", 1);
     wait_delivered(&relayhost, &relay, &[rcpt]);
     assert!(!endpoint.requests().iter().any(|r| r == "invalid_grant"));
+}
+
+/// The operator writes a rotated refresh token back into the configured one (the user's
+/// Secret, then the pod's file). The relay takes the change without refreshing early (a
+/// provider rotating at every refresh would otherwise be asked again at every write-back), and
+/// a relay starting without its volume's copy logs in with the written-back token.
+#[test]
+fn a_refresh_token_written_back_is_taken_without_an_early_refresh() {
+    let endpoint = TokenServer::start(policy(3600, true));
+    let relayhost = ScriptedRelayhost::start_with(Some(endpoint.check()));
+    let relay = relay(&relayhost, &endpoint, true).start();
+    let refreshes = || {
+        endpoint
+            .requests()
+            .iter()
+            .filter(|r| *r == "refresh_token")
+            .count()
+    };
+    poll("the first refresh", DEADLINE, || {
+        (refreshes() == 1).then_some(())
+    });
+    let rotated = endpoint.policy().refresh_token;
+    assert_ne!(rotated, REFRESH_TOKEN);
+    let applied = || relay.output().matches("applied changed inputs").count();
+    let before = applied();
+    relay.spec().write("oauth2/refresh-token", &rotated);
+    poll(
+        "the relay to apply the written-back token",
+        DEADLINE,
+        || (applied() > before).then_some(()),
+    );
+    let rcpt = send_numbered(&relay, "written-back", 0);
+    wait_delivered(&relayhost, &relay, &[rcpt]);
+    assert_eq!(refreshes(), 1, "{:?}", endpoint.requests());
+
+    let (status, spec) = relay.stop();
+    assert!(status.success(), "{status:?}");
+    std::fs::remove_file(spec.spool_dir().join("smtp-relay/oauth2-refresh-token")).unwrap();
+    let relay = spec.start();
+    let rcpt = send_numbered(&relay, "written-back", 1);
+    wait_delivered(&relayhost, &relay, &[rcpt]);
+    assert!(
+        !endpoint.requests().iter().any(|r| r == "invalid_grant"),
+        "{:?}",
+        endpoint.requests()
+    );
 }
 
 /// A wrong client secret: no token, so no login; the mail waits (deferred, never bounced) and

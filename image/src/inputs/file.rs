@@ -160,12 +160,25 @@ fn oauth2_settings(
             ))
         }
     };
+    let shared_refresh_token_secret =
+        match (&o.shared_refresh_token_secret, &grant) {
+            (None, _) => None,
+            (Some(name), Grant::RefreshToken { .. }) => {
+                validate::object_name(&f("sharedRefreshTokenSecret"), name)?;
+                Some(name.clone())
+            }
+            (Some(_), _) => return Err(ConfigError::invalid(
+                f("sharedRefreshTokenSecret"),
+                "only a delegated login (refreshTokenFile) has a refresh token to share: remove it",
+            )),
+        };
     Ok(OAuth2Settings {
         user,
         token_endpoint,
         scope,
         grant,
         ca_file: None,
+        shared_refresh_token_secret,
     })
 }
 
