@@ -456,7 +456,7 @@ fn token_answer(
                     "expires_in": policy.lifetime.as_secs(),
                 });
                 if grant == "refresh_token" && policy.rotate {
-                    policy.refresh_token = format!("rt-{n}");
+                    policy.refresh_token = format!("rotated-refresh-{n}-{}", std::process::id());
                     json["refresh_token"] = policy.refresh_token.clone().into();
                 }
                 (("200 OK", json.to_string()), grant.clone())

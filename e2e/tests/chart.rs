@@ -528,6 +528,8 @@ const OPERATOR_RULES: &str = r#"
 - {apiGroups: [smtprelay.dev], resources: [smtprelays/status], verbs: [patch]}
 - {apiGroups: [""], resources: [configmaps, services], verbs: [get, list, watch, create, patch]}
 - {apiGroups: [""], resources: [secrets], verbs: [get, list, watch, create, patch, delete]}
+- {apiGroups: [""], resources: [serviceaccounts], verbs: [get, create, patch, delete]}
+- {apiGroups: [rbac.authorization.k8s.io], resources: [roles, rolebindings], verbs: [get, create, patch, delete]}
 - {apiGroups: [apps], resources: [statefulsets], verbs: [get, list, watch, create, patch]}
 - {apiGroups: [policy], resources: [poddisruptionbudgets], verbs: [get, list, watch, create, patch, delete]}
 - {apiGroups: [""], resources: [pods], verbs: [list, watch, patch]}

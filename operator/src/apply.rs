@@ -5,8 +5,9 @@
 use std::fmt::Debug;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::NamespaceResourceScope;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -68,8 +69,20 @@ impl Owned for Secret {
             ..self.clone()
         }
     }
+    /// A Secret applied without data (the pods write it) matches whatever data it holds.
     fn live_matches(&self, live: &Self) -> bool {
-        self.data == live.data
+        self.data.is_none() || self.data == live.data
+    }
+}
+impl Owned for ServiceAccount {}
+impl Owned for Role {
+    fn live_matches(&self, live: &Self) -> bool {
+        subset_of(&self.rules, &live.rules)
+    }
+}
+impl Owned for RoleBinding {
+    fn live_matches(&self, live: &Self) -> bool {
+        subset_of(&self.subjects, &live.subjects)
     }
 }
 impl Owned for StatefulSet {
@@ -319,6 +332,7 @@ pub(crate) async fn apply_all(
         service,
         headless_service,
         stateful_set,
+        oauth2_sharing,
         pdb,
         config_hash: _,
         certificate_issued: _,
@@ -332,6 +346,15 @@ pub(crate) async fn apply_all(
     {
         secrets.push(read_live(client, relay, secret, &mut in_the_way).await?);
     }
+    let sharing = match oauth2_sharing {
+        Some(s) => Some((
+            read_live(client, relay, &s.secret, &mut in_the_way).await?,
+            read_live(client, relay, &s.service_account, &mut in_the_way).await?,
+            read_live(client, relay, &s.role, &mut in_the_way).await?,
+            read_live(client, relay, &s.role_binding, &mut in_the_way).await?,
+        )),
+        None => None,
+    };
     let config_map = read_live(client, relay, config_map, &mut in_the_way).await?;
     let headless_service = read_live(client, relay, headless_service, &mut in_the_way).await?;
     let service = read_live(client, relay, service, &mut in_the_way).await?;
@@ -357,6 +380,13 @@ pub(crate) async fn apply_all(
         for secret in secrets {
             apply(client, secret).await?;
         }
+        // The pods' ServiceAccount and what it may do, before pods that run as it.
+        if let Some((secret, account, role, binding)) = sharing {
+            apply(client, secret).await?;
+            apply(client, account).await?;
+            apply(client, role).await?;
+            apply(client, binding).await?;
+        }
         apply(client, config_map).await?;
         apply(client, headless_service).await?;
         apply(client, service).await?;
@@ -378,8 +408,9 @@ pub(crate) async fn apply_all(
     }
 }
 
-/// Deletes owned Secrets the relay no longer references, once no pod of the old revision can
-/// still mount them (the rollout is complete).
+/// Deletes owned Secrets the relay no longer references, and the pods' ServiceAccount once no
+/// delegated OAuth2 login needs it, once no pod of the old revision can still use them (the
+/// rollout is complete).
 pub(crate) async fn prune_secrets(
     client: &Client,
     relay: &SmtpRelay,
@@ -400,6 +431,22 @@ pub(crate) async fn prune_secrets(
     ] {
         if !wanted {
             delete_owned::<Secret>(client, relay, &secret_name).await?;
+        }
+    }
+    // The refresh token's Secret goes last, so while it exists, so may the rest.
+    if d.oauth2_sharing.is_none() {
+        let token = Names::oauth2_token_secret(&name);
+        let ns = relay.namespace_checked()?;
+        if Api::<Secret>::namespaced(client.clone(), &ns)
+            .get_metadata_opt(&token)
+            .await?
+            .is_some()
+        {
+            let identity = Names::oauth2_identity(&name);
+            delete_owned::<RoleBinding>(client, relay, &identity).await?;
+            delete_owned::<Role>(client, relay, &identity).await?;
+            delete_owned::<ServiceAccount>(client, relay, &identity).await?;
+            delete_owned::<Secret>(client, relay, &token).await?;
         }
     }
     Ok(())

@@ -285,6 +285,7 @@ async fn apply_planned(
                 .unwrap_or(relay.spec.replicas);
             let rollout = Rollout::from_stateful_set(Some(&sts), target);
             prune_secrets(client, relay, &desired, rollout).await?;
+            crate::writeback::step(relay, ctx, &desired).await?;
             if let Some(note) = &desired.certificate_issued {
                 let ev = Event {
                     type_: EventType::Normal,
@@ -540,7 +541,7 @@ mod tests {
             // The example has no PDB: the absent one is checked, so is every unwanted Secret.
             api.expect("GET", &path("poddisruptionbudgets", "r1"), not_found())
                 .await;
-            for s in ["r1-relayhost", "r1-sasl-users", "r1-tls"] {
+            for s in ["r1-relayhost", "r1-sasl-users", "r1-tls", "r1-oauth2-token"] {
                 api.expect("GET", &path("secrets", s), not_found()).await;
             }
             // No apply, no event, no status patch.

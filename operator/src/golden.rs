@@ -101,6 +101,7 @@ fn children(d: &Desired) -> Vec<(String, Value)> {
         service,
         headless_service,
         stateful_set,
+        oauth2_sharing,
         pdb,
         config_hash: _,
         certificate_issued: _,
@@ -112,6 +113,14 @@ fn children(d: &Desired) -> Vec<(String, Value)> {
             .flatten()
             .map(secret),
     );
+    if let Some(s) = oauth2_sharing {
+        out.extend([
+            secret(&s.secret),
+            doc(&s.service_account),
+            doc(&s.role),
+            doc(&s.role_binding),
+        ]);
+    }
     out.extend([doc(service), doc(headless_service), doc(stateful_set)]);
     out.extend(pdb.iter().map(doc));
     out

@@ -50,6 +50,7 @@ pub mod status;
 pub mod telemetry;
 pub mod validate;
 pub mod watches;
+pub mod writeback;
 
 /// Everything that can go wrong in the operator.
 #[derive(Debug, thiserror::Error)]

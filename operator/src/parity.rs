@@ -142,7 +142,7 @@ fn relay_verdict(case: &Case, r: &SmtpRelay, dir: &Path) -> Result<(), String> {
             key: cert.key,
         });
     }
-    let file = relay_config::relay_config_file(&r.spec, &resolved);
+    let file = relay_config::relay_config_file(r, &resolved);
     let root = dir.display().to_string();
     let yaml = serde_yaml::to_string(&file)
         .expect("yaml")

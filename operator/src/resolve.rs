@@ -499,7 +499,7 @@ fn take(
 }
 
 /// Strips the trailing line break that `--from-file` and editors leave behind.
-fn trim_line_end(mut v: Vec<u8>) -> Vec<u8> {
+pub(crate) fn trim_line_end(mut v: Vec<u8>) -> Vec<u8> {
     while matches!(v.last(), Some(b'\n') | Some(b'\r')) {
         v.pop();
     }

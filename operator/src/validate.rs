@@ -64,7 +64,7 @@ fn judge_with_relay_rules(
     relay: &SmtpRelay,
     resolved: &Resolved,
 ) -> Result<RelayConfigFile, Outcome> {
-    let file = relay_config::relay_config_file(&relay.spec, resolved);
+    let file = relay_config::relay_config_file(relay, resolved);
     let path = |dir: &str, key: &str| std::path::PathBuf::from(format!("{dir}/{key}"));
     let mut mounted = InMemory::default();
     if let Some(login) = &resolved.relayhost_login {

@@ -60,8 +60,8 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// HMAC-SHA256, keyed with the relay's [`HashKey`], of the ConfigMap data and the relayhost and
-/// TLS Secret data. SASL users are left out on purpose: the relay hot-reloads them, so a user
-/// change must not restart the pods.
+/// TLS Secret data. SASL users and an OAuth2 refresh token are left out on purpose: the relay
+/// hot-reloads them, so their change must not restart the pods.
 ///
 /// Keyed because the result is published (pod-template annotation, `status.configHash`) to anyone
 /// who may read pods, StatefulSets or SmtpRelays, and it covers the relayhost password: a plain
@@ -84,7 +84,12 @@ pub fn config_hash(
     );
     for (section, s) in [("relayhost", relayhost), ("tls", tls)] {
         let data = s.and_then(|s| s.data.clone()).unwrap_or_default();
-        feed(&mut h, section, data.into_iter().map(|(k, v)| (k, v.0)));
+        // A refresh token is left out: a provider that rotates it changes it at every refresh
+        // (the operator writes the newest back), and the relay follows it without a restart.
+        let data = data
+            .into_iter()
+            .filter(|(k, _)| k != crate::resolve::REFRESH_TOKEN.file);
+        feed(&mut h, section, data.map(|(k, v)| (k, v.0)));
     }
     hex(&h.finalize().into_bytes())
 }

@@ -3,6 +3,7 @@
 
 pub mod configmap;
 pub mod hash;
+pub mod oauth2;
 pub mod pdb;
 pub mod relay_config;
 pub mod secrets;
@@ -91,9 +92,17 @@ impl Names {
     pub fn headless_service(relay: &str) -> String {
         format!("{relay}-headless")
     }
+    /// Where the pods share a rotated OAuth2 refresh token ([`oauth2`]).
+    pub fn oauth2_token_secret(relay: &str) -> String {
+        format!("{relay}-oauth2-token")
+    }
+    /// The pods' ServiceAccount, its Role and RoleBinding, with a delegated OAuth2 login.
+    pub fn oauth2_identity(relay: &str) -> String {
+        format!("{relay}-oauth2")
+    }
     /// Every name a child of the relay may take (the StatefulSet, the Service and the PDB are
     /// named like the relay itself).
-    pub fn all(relay: &str) -> [String; 7] {
+    pub fn all(relay: &str) -> [String; 9] {
         [
             relay.to_string(),
             Self::config_map(relay),
@@ -102,6 +111,8 @@ impl Names {
             Self::tls_secret(relay),
             Self::hash_key_secret(relay),
             Self::headless_service(relay),
+            Self::oauth2_token_secret(relay),
+            Self::oauth2_identity(relay),
         ]
     }
 }
@@ -159,6 +170,9 @@ pub struct Desired {
     pub service: Service,
     pub headless_service: Service,
     pub stateful_set: StatefulSet,
+    /// With a delegated OAuth2 login: the Secret the pods share the refresh token through, and
+    /// their ServiceAccount allowed to.
+    pub oauth2_sharing: Option<oauth2::Sharing>,
     /// Not a child: the note of the Event to publish once applied, when the operator issued a
     /// new serving certificate for this reconcile ([`crate::certificate`]).
     pub certificate_issued: Option<String>,
@@ -176,6 +190,7 @@ pub fn build(v: &Validated<'_>, hash_key: &HashKey, opts: &BuildOptions) -> Resu
     let sasl_users_secret = secrets::sasl_users_secret(relay, resolved)?;
     let tls_secret = secrets::tls_secret(relay, resolved)?;
     let hash_key_secret = secrets::hash_key_secret(relay, hash_key)?;
+    let oauth2_sharing = oauth2::sharing(relay, resolved)?;
     let config_hash = hash::config_hash(
         hash_key,
         &config_map,
@@ -188,6 +203,9 @@ pub fn build(v: &Validated<'_>, hash_key: &HashKey, opts: &BuildOptions) -> Resu
             relayhost: relayhost_secret.is_some(),
             sasl_users: sasl_users_secret.is_some(),
             tls: tls_secret.is_some(),
+            service_account: oauth2_sharing
+                .as_ref()
+                .and_then(|s| s.service_account.metadata.name.clone()),
         },
         &config_hash,
         opts,
@@ -201,6 +219,7 @@ pub fn build(v: &Validated<'_>, hash_key: &HashKey, opts: &BuildOptions) -> Resu
         service: service::service(relay)?,
         headless_service: service::headless_service(relay)?,
         stateful_set,
+        oauth2_sharing,
         pdb: pdb::pdb(relay)?,
         config_hash,
         certificate_issued: None,
@@ -362,6 +381,40 @@ mod tests {
     }
 
     #[test]
+    fn a_rotated_refresh_token_does_not_roll_the_pods() {
+        let cm = ConfigMap::default();
+        let relayhost = |pairs: &[(&str, &str)]| Secret {
+            data: Some(
+                pairs
+                    .iter()
+                    .map(|(k, v)| {
+                        (
+                            k.to_string(),
+                            k8s_openapi::ByteString(v.as_bytes().to_vec()),
+                        )
+                    })
+                    .collect(),
+            ),
+            ..Secret::default()
+        };
+        let hash = |s: &Secret| hash::config_hash(&hash_key(), &cm, Some(s), None);
+        let base = hash(&relayhost(&[
+            ("oauth2-client-id", "id"),
+            ("oauth2-refresh-token", "rt-1"),
+        ]));
+        let rotated = hash(&relayhost(&[
+            ("oauth2-client-id", "id"),
+            ("oauth2-refresh-token", "rt-2"),
+        ]));
+        let other_app = hash(&relayhost(&[
+            ("oauth2-client-id", "id-2"),
+            ("oauth2-refresh-token", "rt-1"),
+        ]));
+        assert_eq!(base, rotated);
+        assert_ne!(base, other_app);
+    }
+
+    #[test]
     fn config_hash_is_keyed_and_stable() {
         let r = relay("r1");
         let a = build_ok(&r, &full_resolved()).config_hash;
@@ -487,7 +540,7 @@ mod tests {
             .map(|p| (p.name.clone().unwrap(), p.container_port))
             .collect();
         assert!(ports.contains(&("smtp-proxy".into(), 2525)), "{ports:?}");
-        let file = relay_config::relay_config_file(&r.spec, &Resolved::default());
+        let file = relay_config::relay_config_file(&r, &Resolved::default());
         assert_eq!(file.proxy_protocol_port, Some(2525));
         // The headless Service, for clients inside the cluster, keeps the plain port.
         let headless = d.headless_service.spec.unwrap().ports.unwrap();
@@ -501,7 +554,7 @@ mod tests {
     #[test]
     fn relay_config_file_points_at_mounted_files() {
         let r = relay("r1");
-        let f = relay_config::relay_config_file(&r.spec, &full_resolved());
+        let f = relay_config::relay_config_file(&r, &full_resolved());
         assert_eq!(
             f.relayhost.username_file.as_deref(),
             Some(std::path::Path::new("/etc/smtp-relay/relayhost/username"))
@@ -530,7 +583,7 @@ mod tests {
         assert_eq!(f.mode, Some(smtp_relay::settings::Mode::Strict));
         assert_eq!(f.custom_restrictions, None);
 
-        let bare = relay_config::relay_config_file(&r.spec, &Resolved::default());
+        let bare = relay_config::relay_config_file(&r, &Resolved::default());
         assert!(
             bare.relayhost.username_file.is_none()
                 && bare.sasl_users_dir.is_none()
@@ -539,7 +592,7 @@ mod tests {
 
         let mut custom = r.clone();
         custom.spec.custom_restrictions = Some(vec!["permit_mynetworks".into(), "reject".into()]);
-        let f = relay_config::relay_config_file(&custom.spec, &Resolved::default());
+        let f = relay_config::relay_config_file(&custom, &Resolved::default());
         assert_eq!(f.mode, None);
         assert_eq!(f.custom_restrictions.as_ref().map(Vec::len), Some(2));
     }

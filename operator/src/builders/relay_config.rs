@@ -7,9 +7,12 @@ use std::path::PathBuf;
 use smtp_relay::config_file::{InboundTlsFile, OAuth2File, RelayConfigFile, RelayhostFile};
 
 use super::{
-    CA_KEY, PASSWORD_KEY, PROXY_PROTOCOL_PORT, RELAYHOST_DIR, SASL_USERS_DIR, TLS_DIR, USERNAME_KEY,
+    Names, CA_KEY, PASSWORD_KEY, PROXY_PROTOCOL_PORT, RELAYHOST_DIR, SASL_USERS_DIR, TLS_DIR,
+    USERNAME_KEY,
 };
-use crate::crd::{OAuth2Provider, OAuth2Spec, SmtpRelaySpec};
+use kube::ResourceExt;
+
+use crate::crd::{OAuth2Provider, OAuth2Spec, SmtpRelay, SmtpRelaySpec};
 use crate::resolve::{
     OAuth2Key, OAuth2Keys, Resolved, CLIENT_ID, CLIENT_SECRET, REFRESH_TOKEN, SERVICE_ACCOUNT,
 };
@@ -20,7 +23,7 @@ fn file(dir: &str, key: &str) -> PathBuf {
 
 /// The OAuth2 login as the relay reads it: the provider's endpoint and scope, and a file for
 /// each key of the Secret.
-fn oauth2_file(o: &OAuth2Spec, keys: &OAuth2Keys) -> OAuth2File {
+fn oauth2_file(relay: &str, o: &OAuth2Spec, keys: &OAuth2Keys) -> OAuth2File {
     let path = |value: &Option<Vec<u8>>, key: OAuth2Key| {
         value.as_ref().map(|_| file(RELAYHOST_DIR, key.file))
     };
@@ -32,11 +35,14 @@ fn oauth2_file(o: &OAuth2Spec, keys: &OAuth2Keys) -> OAuth2File {
         client_secret_file: path(&keys.client_secret, CLIENT_SECRET),
         refresh_token_file: path(&keys.refresh_token, REFRESH_TOKEN),
         service_account_key_file: path(&keys.service_account, SERVICE_ACCOUNT),
+        shared_refresh_token_secret: super::oauth2::delegated_keys(keys)
+            .then(|| Names::oauth2_token_secret(relay)),
     }
 }
 
 /// The `RelayConfigFile` the relay pods read.
-pub fn relay_config_file(spec: &SmtpRelaySpec, resolved: &Resolved) -> RelayConfigFile {
+pub fn relay_config_file(relay: &SmtpRelay, resolved: &Resolved) -> RelayConfigFile {
+    let spec = &relay.spec;
     let login = resolved.relayhost_login.is_some();
     let relayhost = RelayhostFile {
         host: spec.relayhost.host.clone(),
@@ -60,7 +66,7 @@ pub fn relay_config_file(spec: &SmtpRelaySpec, resolved: &Resolved) -> RelayConf
             .oauth2
             .as_ref()
             .zip(resolved.relayhost_oauth2.as_ref())
-            .map(|(o, keys)| oauth2_file(o, keys)),
+            .map(|(o, keys)| oauth2_file(&relay.name_any(), o, keys)),
     };
     RelayConfigFile {
         domain: spec.domain.clone(),

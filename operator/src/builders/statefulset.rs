@@ -34,11 +34,14 @@ const POD_ANNOTATIONS_FILE: &str = "annotations";
 const CONFIG_MODE: i32 = 0o444;
 
 /// Which optional Secret volumes exist.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Mounts {
     pub relayhost: bool,
     pub sasl_users: bool,
     pub tls: bool,
+    /// The pods' own ServiceAccount, when they talk to the API (a delegated OAuth2 login shares
+    /// its refresh token); without one they run with no API credentials at all.
+    pub service_account: Option<String>,
 }
 
 /// Capabilities Postfix's master needs to set up its queue and drop to the postfix user.
@@ -79,8 +82,10 @@ pub fn stateful_set(
     let pod = PodSpec {
         containers: vec![container(relay, volume_mounts, opts)],
         volumes: Some(volumes),
-        // The relay never talks to the Kubernetes API.
-        automount_service_account_token: Some(false),
+        // The relay talks to the Kubernetes API only to share a rotated OAuth2 refresh token,
+        // as its own ServiceAccount allowed that one Secret.
+        service_account_name: mounts.service_account.clone(),
+        automount_service_account_token: Some(mounts.service_account.is_some()),
         enable_service_links: Some(false),
         // The drain, then up to 35 s for Postfix to stop (see ShutdownSpec).
         termination_grace_period_seconds: Some(i64::from(spec.shutdown.drain_seconds) + 35),
@@ -397,6 +402,7 @@ mod tests {
         relayhost: true,
         sasl_users: true,
         tls: true,
+        service_account: None,
     };
 
     #[test]
