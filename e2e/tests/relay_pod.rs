@@ -25,6 +25,10 @@
 //!    run ended (Ready=False, kstatus Stalled=True, a Warning Event); back to the relay image,
 //!    the relay is Ready again.
 //!
+//! 7. OAuth2 client credentials against an HTTPS token endpoint; 8. a delegated login whose
+//!    provider rotates the refresh token at every refresh, two replicas sharing the newest and
+//!    the operator writing it back, no pod restarted.
+//!
 //! A message queued while the relayhost is down surviving the pod's deletion is in
 //! `user_path.rs`. Needs root, Postfix, the tools of `scripts/install-deps.sh` and the images
 //! of `scripts/build-images.sh`. One test: there is one node per machine.
@@ -636,6 +640,23 @@ fn relay_pod_under_the_kubelet_follows_secret_rotation() {
                 .then(|| q.clone())
         },
     ));
+    // Why mail would wait, in conditions and in `kubectl get smtpr`.
+    ok(user_path::wait(
+        &cp,
+        NS,
+        WAIT,
+        "the RelayhostLogin condition True",
+        || {
+            let r = get(&cp, "smtprelay", RELAY)?;
+            let c = operator::condition(&r, "RelayhostLogin")?;
+            (c["status"] == "True" && c["reason"] == "LoginAccepted").then_some(())
+        },
+    ));
+    let table = cp.kubectl_ok(["get", "smtpr", "-n", NS]);
+    assert!(
+        table.contains("RELAYHOST LOGIN") && table.contains("LoginAccepted"),
+        "{table}"
+    );
     let relay = get(&cp, "smtprelay", RELAY).unwrap();
     let flagged = operator::condition(&relay, "RelayhostPasswordProtected").unwrap();
     assert_eq!(flagged["status"], "False", "{flagged}");
@@ -662,6 +683,187 @@ fn relay_pod_under_the_kubelet_follows_secret_rotation() {
     t.step(&format!(
         "OAuth2: delivered after AUTH XOAUTH2 with {} token(s) from the HTTPS endpoint; status.queue: {queue}",
         issued.len()
+    ));
+
+    // 8. A delegated login at a provider that rotates refresh tokens and refuses a used one,
+    //    with short-lived tokens: two replicas share the newest refresh token through
+    //    `<relay>-oauth2-token`, as their own ServiceAccount; the operator writes it back into
+    //    the user's Secret; neither a rotation nor a write-back restarts a pod.
+    const CONSENTED: &str = "refresh-token-as-consented";
+    let delegated = ok(TokenServer::start_at(
+        NODE_IP,
+        TokenPolicy {
+            client_id: OAUTH2_CLIENT_ID.into(),
+            client_secret: String::new(),
+            refresh_token: CONSENTED.into(),
+            rotate: true,
+            lifetime: Duration::from_secs(20),
+            delay: Duration::ZERO,
+        },
+        Some((&cert, &key)),
+    ));
+    let delegated_relayhost = ScriptedRelayhost::start_at(NODE_IP, Some(delegated.check()));
+    apply(
+        &cp,
+        &serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "oauth2-delegated", "namespace": NS},
+            "stringData": {"clientId": OAUTH2_CLIENT_ID, "refreshToken": CONSENTED},
+        })
+        .to_string(),
+    );
+    operator::patch_relay(
+        &cp,
+        NS,
+        RELAY,
+        &serde_json::json!({"spec": {"replicas": 2, "relayhost": {
+            "port": delegated_relayhost.addr().port(),
+            "oauth2": {"tokenEndpoint": delegated.url(), "secretRef": {"name": "oauth2-delegated"}},
+        }}})
+        .to_string(),
+    );
+    let secret_value = |name: &str, key: &str| -> Option<String> {
+        use base64::Engine;
+        let b64 = get(&cp, "secret", name)?["data"][key].as_str()?.to_string();
+        let bytes = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+        String::from_utf8(bytes).ok()
+    };
+    let pod_uids = || -> Option<Vec<Value>> {
+        let pods = cp.kubectl_ok([
+            "get",
+            "pods",
+            "-n",
+            NS,
+            "-l",
+            "app.kubernetes.io/instance=relay",
+            "-o",
+            "json",
+        ]);
+        let pods: Value = serde_json::from_str(&pods).ok()?;
+        let items = pods["items"].as_array()?;
+        let ready = items.len() == 2
+            && items
+                .iter()
+                .all(|p| user_path::pod_ready(p) && p["metadata"]["deletionTimestamp"].is_null());
+        ready.then(|| items.iter().map(|p| p["metadata"]["uid"].clone()).collect())
+    };
+    let sts_settled = || -> Option<()> {
+        let r = get(&cp, "smtprelay", RELAY)?;
+        let sts = get(&cp, "statefulset", RELAY)?;
+        let st = &sts["status"];
+        (r["status"]["observedGeneration"] == r["metadata"]["generation"]
+            && st["readyReplicas"] == 2
+            && st["updatedReplicas"] == 2
+            && st["currentRevision"] == st["updateRevision"])
+            .then_some(())
+    };
+    let running = ok(user_path::wait(
+        &cp,
+        NS,
+        WAIT,
+        "two replicas Ready with the delegated login",
+        || {
+            sts_settled()?;
+            pod_uids()
+        },
+    ));
+    let hash = template_hash(&cp);
+    let shared = format!("{RELAY}-oauth2-token");
+    let account = format!("{RELAY}-oauth2");
+    let sts = get(&cp, "statefulset", RELAY).unwrap();
+    assert_eq!(
+        sts["spec"]["template"]["spec"]["serviceAccountName"],
+        account.as_str(),
+        "the pods run as their own ServiceAccount"
+    );
+    // Rotations go on (a refresh every 15 s per replica); wait for two write-backs after the
+    // pods were running: each is a rotation the replicas shared and the operator copied back.
+    let mut written = Vec::new();
+    ok(user_path::wait(
+        &cp,
+        NS,
+        WAIT,
+        "two rotated refresh tokens written back into the user's Secret",
+        || {
+            let now = secret_value("oauth2-delegated", "refreshToken")?;
+            if now != CONSENTED && written.last() != Some(&now) {
+                written.push(now);
+            }
+            (written.len() >= 3).then_some(())
+        },
+    ));
+    let converged = ok(user_path::wait(
+        &cp,
+        NS,
+        WAIT,
+        "the user's Secret, the shared Secret and the provider agreeing on the refresh token",
+        || {
+            let accepted = delegated.policy().refresh_token;
+            let user = secret_value("oauth2-delegated", "refreshToken")?;
+            let shared = secret_value(&shared, "refreshToken")?;
+            (user == accepted && shared == accepted).then_some(accepted)
+        },
+    ));
+    assert_eq!(pod_uids(), Some(running.clone()), "no pod was replaced");
+    assert_eq!(template_hash(&cp), hash, "the template did not change");
+    let m = marker("delegated");
+    send(app1, "app1@example.net", "delegated@elsewhere.org", &m)
+        .unwrap_or_else(|e| panic!("{}", diagnose(e)));
+    ok(user_path::wait(
+        &cp,
+        NS,
+        WAIT,
+        "the message at the relayhost, after AUTH XOAUTH2 with a delegated token",
+        || {
+            delegated_relayhost
+                .delivered()
+                .contains(&"delegated@elsewhere.org".to_string())
+                .then_some(())
+        },
+    ));
+    let queue = ok(user_path::wait(
+        &cp,
+        NS,
+        WAIT,
+        "both replicas holding an access token",
+        || {
+            let r = get(&cp, "smtprelay", RELAY)?;
+            let pods = r["status"]["queue"]["pods"].as_array()?.clone();
+            (pods.len() == 2
+                && pods
+                    .iter()
+                    .all(|p| p["relayhostToken"]["expiresTime"].is_string()))
+            .then_some(r["status"]["queue"].clone())
+        },
+    ));
+    assert!(
+        event_reasons(&cp).contains("RefreshTokenWrittenBack"),
+        "{}",
+        event_reasons(&cp)
+    );
+    let requests = delegated.requests();
+    let refused = requests.iter().filter(|r| *r == "invalid_grant").count();
+    // Nowhere users look: not the refresh tokens, not the access tokens.
+    let mut seen = String::new();
+    for pod in ["relay-0", "relay-1"] {
+        seen.push_str(&user_path::pod_logs(&cp, NS, pod));
+    }
+    seen.push_str(&cp.kubectl_ok(["get", "configmap,events,smtprelay", "-n", NS, "-o", "yaml"]));
+    for secret in delegated
+        .issued()
+        .iter()
+        .map(String::as_str)
+        .chain([converged.as_str(), CONSENTED])
+    {
+        assert!(
+            !seen.contains(secret),
+            "{secret} in a log, ConfigMap, Event or status"
+        );
+    }
+    t.step(&format!(
+        "OAuth2 delegated, 2 replicas: {} token requests ({refused} refused as a used refresh token and retried), {} write-backs seen, no pod replaced; status.queue: {queue}",
+        requests.len(),
+        written.len()
     ));
 
     let logs = user_path::pod_logs(&cp, &release.namespace, &operator_pod);

@@ -46,7 +46,7 @@ pub const EMAIL_PATTERN: &str = r"^[^@\s]+@[^@\s]+$";
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Queued","type":"integer","jsonPath":".status.queue.messages"}"#,
     printcolumn = r#"{"name":"Last Delivery","type":"date","jsonPath":".status.queue.lastDeliveryTime"}"#,
-    printcolumn = r#"{"name":"Relayhost Login","type":"string","priority":1,"jsonPath":".status.queue.relayhostLogin"}"#,
+    printcolumn = r#"{"name":"Relayhost Login","type":"string","jsonPath":".status.conditions[?(@.type==\"RelayhostLogin\")].reason"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -696,7 +696,8 @@ impl PullPolicy {
 #[serde(rename_all = "camelCase")]
 pub struct SmtpRelayStatus {
     /// Ready, and the conditions explaining it: ConfigValid, SecretsResolved, Progressing,
-    /// RelayhostPasswordProtected; kstatus Reconciling (still converging by itself) and Stalled
+    /// RelayhostPasswordProtected, RelayhostLogin (with a login: the relayhost's and the OAuth2
+    /// token endpoint's last answers, from the pods); kstatus Reconciling (still converging by itself) and Stalled
     /// (a rejected input, or a pod that cannot run: needs a change).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]

@@ -124,7 +124,7 @@ impl Stores {
         )
             .hash(&mut relay_part);
         // Status but its queue, which `queue::observe` rewrites as mail comes and goes and which
-        // no decision of the reconcile reads.
+        // no decision of the reconcile reads, but for the login's health.
         let decided_on = relay.status.as_ref().map(|s| SmtpRelayStatus {
             queue: None,
             ..s.clone()
@@ -132,6 +132,8 @@ impl Stores {
         serde_json::to_string(&decided_on)
             .ok()?
             .hash(&mut relay_part);
+        // Of the queue, only what the RelayhostLogin condition shows.
+        crate::status::login_health(relay).hash(&mut relay_part);
 
         let children = Names::all(&name);
         let mut secrets = DefaultHasher::new();

@@ -36,6 +36,9 @@ pub const WARNING_CONDITIONS: [&str; 3] = [
 pub const QUEUED_MAIL_KEPT: &str = "QueuedMailKept";
 /// True while replicas being scaled away deliver their queues ([`crate::drain`]).
 pub const DRAINING: &str = "Draining";
+/// With a relayhost login: whether the relay can log in (the relayhost's answer to the last
+/// login, and with OAuth2 the token endpoint's), from what `queue::observe` read in the pods.
+pub const RELAYHOST_LOGIN: &str = "RelayhostLogin";
 
 /// What the reconcile did with the spec.
 #[derive(Debug, Clone, PartialEq)]
@@ -318,6 +321,111 @@ fn relayhost_password_condition(relay: &SmtpRelay, gen: Option<i64>, now: &Time)
         gen,
         now,
     )
+}
+
+/// What the pods last said about logging in to the relayhost (`status.queue`, written by
+/// [`crate::queue`]): why mail is deferred, when a login is why. `None` without a login. Only
+/// states, no counts or times, so it changes when the health does (see
+/// [`login_health`], part of the fingerprint).
+fn relayhost_login_condition(relay: &SmtpRelay, gen: Option<i64>, now: &Time) -> Option<Condition> {
+    let rh = &relay.spec.relayhost;
+    if rh.credentials_secret_ref.is_none() && rh.oauth2.is_none() {
+        return None;
+    }
+    let queue = relay.status.as_ref().and_then(|s| s.queue.as_ref());
+    let pods_where = |pred: &dyn Fn(&crate::crd::PodQueueStatus) -> bool| -> String {
+        let names: Vec<&str> = queue
+            .iter()
+            .flat_map(|q| q.pods.iter())
+            .filter(|p| pred(p))
+            .map(|p| p.pod.as_str())
+            .collect();
+        if names.is_empty() {
+            "a replica".into()
+        } else {
+            names.join(", ")
+        }
+    };
+    let failing_token = queue
+        .and_then(|q| q.relayhost_token.as_ref())
+        .filter(|t| t.failures_in_a_row > 0);
+    let (ok, reason, message) = match (queue, failing_token) {
+        (_, Some(t)) => {
+            let pods = pods_where(&|p| {
+                p.relayhost_token
+                    .as_ref()
+                    .is_some_and(|t| t.failures_in_a_row > 0)
+            });
+            let error = t.last_error.as_deref().unwrap_or("an error");
+            let consequence = if t.expires_time.is_some() {
+                "the current access token is used until it expires, then mail waits in the queue"
+            } else {
+                "no access token: mail waits in the queue until one is had"
+            };
+            (
+                Some(false),
+                "TokenRefreshFailing",
+                format!("{pods}: the OAuth2 token endpoint answers {error}; {consequence} (status.queue.relayhostToken; invalid_client: the app's secret; invalid_grant: the refresh token or the consent)"),
+            )
+        }
+        (Some(q), None) if q.relayhost_login == "Refused" => (
+            Some(false),
+            "LoginRefused",
+            format!(
+                "the relayhost refused the last login of {}: mail waits in the queue; check the {}",
+                pods_where(&|p| p.relayhost_login.as_deref() == Some("Refused")),
+                if rh.oauth2.is_some() {
+                    "mailbox's permission to send with OAuth2 (SMTP AUTH enabled, the app's access to it)"
+                } else {
+                    "credentials in spec.relayhost.credentialsSecretRef"
+                }
+            ),
+        ),
+        (Some(q), None) if q.relayhost_login == "Accepted" => (
+            Some(true),
+            "LoginAccepted",
+            "the relayhost accepted the last login".to_string(),
+        ),
+        _ => (
+            None,
+            "NoLoginYet",
+            "no replica has logged in to the relayhost yet (it logs in with the first message)"
+                .to_string(),
+        ),
+    };
+    Some(condition(RELAYHOST_LOGIN, ok, reason, message, gen, now))
+}
+
+/// What [`relayhost_login_condition`] depends on in `status.queue`: a reconcile follows a
+/// change of it (see `fingerprint`), and nothing else the queue observer writes.
+pub fn login_health(relay: &SmtpRelay) -> impl std::hash::Hash + '_ {
+    relay
+        .status
+        .as_ref()
+        .and_then(|s| s.queue.as_ref())
+        .map(|q| {
+            let token = q.relayhost_token.as_ref().map(|t| {
+                (
+                    t.failures_in_a_row > 0,
+                    t.last_error.as_deref(),
+                    t.expires_time.is_some(),
+                )
+            });
+            let pods: Vec<_> = q
+                .pods
+                .iter()
+                .map(|p| {
+                    (
+                        p.pod.as_str(),
+                        p.relayhost_login.as_deref(),
+                        p.relayhost_token
+                            .as_ref()
+                            .is_some_and(|t| t.failures_in_a_row > 0),
+                    )
+                })
+                .collect();
+            (q.relayhost_login.as_str(), token, pods)
+        })
 }
 
 /// Whether `networks` sees the TCP peer, or an address from a PROXY header.
@@ -670,20 +778,23 @@ pub fn compute(
     let queued_mail = queued_mail_condition(relay, gen, &now);
     let draining = draining_condition(&old, &rollout.drain, gen, &now);
     let (stalled, reconciling) = kstatus_conditions(outcome, &rollout, desired, &ready, gen, &now);
+    let login = relayhost_login_condition(relay, gen, &now);
 
     let conditions = [
-        ready,
-        config_valid,
-        secrets,
-        progressing,
-        password,
-        client_address,
-        queued_mail,
-        reconciling,
-        stalled,
-        draining,
+        Some(ready),
+        Some(config_valid),
+        Some(secrets),
+        Some(progressing),
+        Some(password),
+        login,
+        Some(client_address),
+        Some(queued_mail),
+        Some(reconciling),
+        Some(stalled),
+        Some(draining),
     ]
     .into_iter()
+    .flatten()
     .map(|c| {
         let before = old.conditions.iter().find(|p| p.type_ == c.type_);
         keep_transition_time(c, before)
@@ -1075,5 +1186,96 @@ mod tests {
         sts.metadata.generation = Some(3);
         assert!(!Rollout::from_stateful_set(Some(&sts), 2).up_to_date);
         assert_eq!(Rollout::from_stateful_set(None, 1), Rollout::default());
+    }
+
+    #[test]
+    fn relayhost_login_says_why_mail_waits_from_what_the_pods_said() {
+        use crate::crd::{CredentialsSecretRef, PodQueueStatus, QueueStatus, TokenStatus};
+        let mut r = relay("r1");
+        let s = compute(&r, &applied(), DONE, t(100));
+        assert!(
+            s.conditions.iter().all(|c| c.type_ != RELAYHOST_LOGIN),
+            "no login, no condition"
+        );
+        r.spec.relayhost.credentials_secret_ref = Some(CredentialsSecretRef {
+            name: "creds".into(),
+            username_key: "username".into(),
+            password_key: "password".into(),
+        });
+        let login = |r: &SmtpRelay| {
+            let c = cond(&compute(r, &applied(), DONE, t(100)), RELAYHOST_LOGIN).clone();
+            (c.status, c.reason, c.message)
+        };
+        assert_eq!(login(&r).1, "NoLoginYet");
+        let pod = |name: &str, login: &str, failures: u64| PodQueueStatus {
+            pod: name.into(),
+            relayhost_login: Some(login.into()),
+            relayhost_token: Some(TokenStatus {
+                expires_time: None,
+                failures_in_a_row: failures,
+                last_error: (failures > 0).then(|| "invalid_grant".into()),
+            }),
+            ..PodQueueStatus::default()
+        };
+        let with_queue = |login: &str, pods: Vec<PodQueueStatus>| {
+            let mut r = r.clone();
+            let worst = pods
+                .iter()
+                .filter_map(|p| p.relayhost_token.clone())
+                .max_by_key(|t| t.failures_in_a_row);
+            r.status = Some(SmtpRelayStatus {
+                queue: Some(QueueStatus {
+                    relayhost_login: login.into(),
+                    relayhost_token: worst,
+                    pods,
+                    ..QueueStatus::default()
+                }),
+                ..SmtpRelayStatus::default()
+            });
+            r
+        };
+        let ok = with_queue("Accepted", vec![pod("r1-0", "Accepted", 0)]);
+        assert_eq!(login(&ok).0, "True");
+        assert_eq!(login(&ok).1, "LoginAccepted");
+        let refused = with_queue(
+            "Refused",
+            vec![pod("r1-0", "Accepted", 0), pod("r1-1", "Refused", 0)],
+        );
+        let (status, reason, message) = login(&refused);
+        assert_eq!(
+            (status.as_str(), reason.as_str()),
+            ("False", "LoginRefused")
+        );
+        assert!(
+            message.contains("r1-1") && !message.contains("r1-0"),
+            "{message}"
+        );
+        let failing = with_queue(
+            "Accepted",
+            vec![pod("r1-0", "Accepted", 3), pod("r1-1", "Accepted", 0)],
+        );
+        let (status, reason, message) = login(&failing);
+        assert_eq!(
+            (status.as_str(), reason.as_str()),
+            ("False", "TokenRefreshFailing")
+        );
+        assert!(
+            message.contains("r1-0: the OAuth2 token endpoint answers invalid_grant")
+                && message.contains("no access token"),
+            "{message}"
+        );
+        // The fingerprint follows the health, not the counts.
+        let hash = |r: &SmtpRelay| {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            login_health(r).hash(&mut h);
+            h.finish()
+        };
+        let more_failures = with_queue(
+            "Accepted",
+            vec![pod("r1-0", "Accepted", 9), pod("r1-1", "Accepted", 0)],
+        );
+        assert_eq!(hash(&failing), hash(&more_failures));
+        assert_ne!(hash(&failing), hash(&ok));
     }
 }
