@@ -240,12 +240,82 @@ pub struct TokenPolicy {
     pub lifetime: Duration,
     /// How long the endpoint takes to answer (a slow identity provider).
     pub delay: Duration,
+    /// A service account it knows (Google's JWT bearer grant, RFC 7523).
+    pub service_account: Option<ServiceAccountCheck>,
+}
+
+/// A service account as a token endpoint knows it: its address, the public half of its key,
+/// and the mailbox it may act for (domain-wide delegation).
+#[derive(Debug, Clone)]
+pub struct ServiceAccountCheck {
+    pub client_email: String,
+    /// The RSA public key, PKCS#1 DER (`openssl rsa -RSAPublicKey_out -outform DER`).
+    pub public_key_der: Vec<u8>,
+    pub subject: String,
+    pub scope: String,
+}
+
+/// Checks a service account's assertion as Google's token endpoint does: an RS256 signature by
+/// the account's key over header and claims, issued by the account for the delegated subject
+/// and scope, for this endpoint (`aud`), unexpired. `Err` names what is wrong.
+fn check_assertion(
+    assertion: &str,
+    account: &ServiceAccountCheck,
+    audience: &str,
+) -> Result<(), String> {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let parts: Vec<&str> = assertion.split('.').collect();
+    let [header, claims, signature] = parts[..] else {
+        return Err("not a JWT".into());
+    };
+    let json = |part: &str| -> Result<serde_json::Value, String> {
+        let bytes = b64.decode(part).map_err(|e| e.to_string())?;
+        serde_json::from_slice(&bytes).map_err(|e| e.to_string())
+    };
+    if json(header)?["alg"] != "RS256" {
+        return Err("alg is not RS256".into());
+    }
+    let signature = b64.decode(signature).map_err(|e| e.to_string())?;
+    ring::signature::UnparsedPublicKey::new(
+        &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+        &account.public_key_der,
+    )
+    .verify(format!("{header}.{claims}").as_bytes(), &signature)
+    .map_err(|_| "the signature is not the account's".to_string())?;
+    let c = json(claims)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let expected = [
+        ("iss", account.client_email.as_str()),
+        ("sub", account.subject.as_str()),
+        ("aud", audience),
+        ("scope", account.scope.as_str()),
+    ];
+    for (claim, want) in expected {
+        if c[claim] != want {
+            return Err(format!("{claim} is {}, not {want}", c[claim]));
+        }
+    }
+    let (iat, exp) = (
+        c["iat"].as_u64().unwrap_or(0),
+        c["exp"].as_u64().unwrap_or(0),
+    );
+    if iat > now + 60 || exp <= now || exp > iat + 3600 {
+        return Err(format!("iat {iat} and exp {exp} do not hold now ({now})"));
+    }
+    Ok(())
 }
 
 #[derive(Default)]
 struct TokenState {
     issued: Vec<(String, std::time::Instant)>,
     requests: Vec<String>,
+    /// Why each refused service account assertion was refused.
+    refusals: Vec<String>,
+    /// The endpoint's own URL: a service account assertion's audience.
+    url: String,
 }
 
 /// The token endpoint: issues access tokens to the client it knows, and tells a relayhost
@@ -275,9 +345,13 @@ impl TokenServer {
         let listener = std::net::TcpListener::bind((ip, free_port_at(ip)))
             .map_err(|e| format!("binding the token endpoint: {e}"))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
-        let https = tls.is_some();
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://{addr}/oauth2/v2.0/token");
         let policy = std::sync::Arc::new(std::sync::Mutex::new(policy));
-        let state = std::sync::Arc::new(std::sync::Mutex::new(TokenState::default()));
+        let state = std::sync::Arc::new(std::sync::Mutex::new(TokenState {
+            url: url.clone(),
+            ..TokenState::default()
+        }));
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (p, st, stopping) = (policy.clone(), state.clone(), stop.clone());
         let thread = std::thread::spawn(move || {
@@ -298,10 +372,9 @@ impl TokenServer {
                 }
             }
         });
-        let scheme = if https { "https" } else { "http" };
         Ok(TokenServer {
             addr,
-            url: format!("{scheme}://{addr}/oauth2/v2.0/token"),
+            url,
             policy,
             state,
             stop,
@@ -341,6 +414,11 @@ impl TokenServer {
     /// Each request's grant type, or the error it was answered with.
     pub fn requests(&self) -> Vec<String> {
         self.state.lock().unwrap().requests.clone()
+    }
+
+    /// Why each refused service account assertion was refused.
+    pub fn refusals(&self) -> Vec<String> {
+        self.state.lock().unwrap().refusals.clone()
     }
 
     pub fn policy(&self) -> TokenPolicy {
@@ -434,7 +512,32 @@ fn token_answer(
             format!(r#"{{"error":"{error}","error_description":"the test endpoint refused it"}}"#),
         )
     };
-    let (answer, label) = if field("client_id") != policy.client_id {
+    const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+    let (answer, label) = if grant == JWT_BEARER {
+        let verdict = match &policy.service_account {
+            Some(account) => check_assertion(field("assertion"), account, &state.url),
+            None => Err("no service account known".into()),
+        };
+        match verdict {
+            Ok(()) => {
+                let n = state.issued.len();
+                let token = format!("at-{n}-{}", std::process::id());
+                state
+                    .issued
+                    .push((token.clone(), std::time::Instant::now() + policy.lifetime));
+                let json = serde_json::json!({
+                    "access_token": token,
+                    "token_type": "Bearer",
+                    "expires_in": policy.lifetime.as_secs(),
+                });
+                (("200 OK", json.to_string()), "service_account".to_string())
+            }
+            Err(why) => {
+                state.refusals.push(why);
+                (refused("invalid_grant"), "invalid_grant".to_string())
+            }
+        }
+    } else if field("client_id") != policy.client_id {
         (refused("invalid_client"), "invalid_client".to_string())
     } else {
         match grant.as_str() {

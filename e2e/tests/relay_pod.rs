@@ -562,6 +562,7 @@ fn relay_pod_under_the_kubelet_follows_secret_rotation() {
             rotate: false,
             lifetime: Duration::from_secs(3600),
             delay: Duration::ZERO,
+            service_account: None,
         },
         Some((&cert, &key)),
     ));
@@ -699,6 +700,7 @@ fn relay_pod_under_the_kubelet_follows_secret_rotation() {
             rotate: true,
             lifetime: Duration::from_secs(20),
             delay: Duration::ZERO,
+            service_account: None,
         },
         Some((&cert, &key)),
     ));

@@ -27,6 +27,7 @@ fn policy(lifetime_secs: u64, rotate: bool) -> TokenPolicy {
         rotate,
         lifetime: Duration::from_secs(lifetime_secs),
         delay: Duration::ZERO,
+        service_account: None,
     }
 }
 
@@ -276,6 +277,111 @@ fn a_refresh_token_written_back_is_taken_without_an_early_refresh() {
         !endpoint.requests().iter().any(|r| r == "invalid_grant"),
         "{:?}",
         endpoint.requests()
+    );
+}
+
+/// A Google service account with domain-wide delegation, end to end: the relay signs an
+/// assertion with the account's key (PKCS#8 from the JSON key file) for the mailbox, and the
+/// token endpoint checks it as Google's does, with the public key alone (signature, issuer,
+/// subject, scope, audience, lifetime) before it issues a token the relayhost takes. A key the
+/// endpoint does not know gets nothing: the mail waits.
+#[test]
+fn a_google_service_account_logs_in_with_a_signed_assertion() {
+    const ACCOUNT: &str = "relay@project.iam.gserviceaccount.com";
+    const SCOPE: &str = "https://mail.google.com/";
+    let keys = tempfile::tempdir().unwrap();
+    let key = |name: &str| -> (String, Vec<u8>) {
+        let pem = keys.path().join(format!("{name}.pem"));
+        let out = std::process::Command::new("openssl")
+            .args([
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+                "-out",
+            ])
+            .arg(&pem)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let public = std::process::Command::new("openssl")
+            .args(["rsa", "-RSAPublicKey_out", "-outform", "DER", "-in"])
+            .arg(&pem)
+            .output()
+            .unwrap();
+        assert!(public.status.success(), "{public:?}");
+        (std::fs::read_to_string(&pem).unwrap(), public.stdout)
+    };
+    let (private_pem, public_der) = key("account");
+    let (_, other_public_der) = key("other");
+    let endpoint_for = |public_key_der: Vec<u8>| {
+        TokenServer::start(TokenPolicy {
+            service_account: Some(ServiceAccountCheck {
+                client_email: ACCOUNT.into(),
+                public_key_der,
+                subject: SENDER.into(),
+                scope: SCOPE.into(),
+            }),
+            ..policy(3600, false)
+        })
+    };
+    let start = |endpoint: &TokenServer, relayhost: &ScriptedRelayhost| {
+        let mut spec = RelaySpec::new(Input::file(config(
+            relayhost.addr().port(),
+            Mode::AllowNetAuthNoDomain,
+        )));
+        let json = serde_json::json!({
+            "type": "service_account",
+            "client_email": ACCOUNT,
+            "private_key": private_pem,
+            "token_uri": endpoint.url(),
+        });
+        let key_file = spec.write("oauth2/service-account.json", &json.to_string());
+        if let Input::File(cfg) = &mut spec.input {
+            cfg.relayhost.oauth2 = Some(OAuth2File {
+                user: SENDER.into(),
+                token_endpoint: endpoint.url(),
+                scope: Some(SCOPE.into()),
+                client_id_file: None,
+                client_secret_file: None,
+                refresh_token_file: None,
+                service_account_key_file: Some(key_file),
+                shared_refresh_token_secret: None,
+            });
+            cfg.relayhost.tls_level = Some(TlsLevel::None);
+        }
+        spec.start()
+    };
+
+    let endpoint = endpoint_for(public_der);
+    let relayhost = ScriptedRelayhost::start_with(Some(endpoint.check()));
+    let relay = start(&endpoint, &relayhost);
+    let rcpt = send_numbered(&relay, "google", 0);
+    wait_delivered(&relayhost, &relay, &[rcpt]);
+    assert_eq!(
+        endpoint.requests(),
+        ["service_account"],
+        "{:?}",
+        endpoint.refusals()
+    );
+    assert!(!relay.output().contains("PRIVATE KEY"));
+    drop(relay);
+
+    // The endpoint knows another key: the assertion is refused, nothing is sent.
+    let stranger = endpoint_for(other_public_der);
+    let relayhost = ScriptedRelayhost::start_with(Some(stranger.check()));
+    let relay = start(&stranger, &relayhost);
+    let rcpt = send_numbered(&relay, "google", 1);
+    relay.wait_deferred(&rcpt);
+    assert!(stranger.issued().is_empty());
+    assert!(
+        stranger
+            .refusals()
+            .iter()
+            .all(|r| r == "the signature is not the account's"),
+        "{:?}",
+        stranger.refusals()
     );
 }
 

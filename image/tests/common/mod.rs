@@ -693,4 +693,6 @@ pub fn ca_signed_cert(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 
 /// The scripted relayhost and the token endpoint, on loopback (see `smtp_relay_e2e::relayhost`).
 #[allow(unused_imports)]
-pub use smtp_relay_e2e::relayhost::{ScriptedRelayhost, TokenCheck, TokenPolicy, TokenServer};
+pub use smtp_relay_e2e::relayhost::{
+    ScriptedRelayhost, ServiceAccountCheck, TokenCheck, TokenPolicy, TokenServer,
+};
