@@ -442,9 +442,7 @@ fn backoff(failures: u32) -> Duration {
     Duration::from_secs(1u64 << failures.min(6)).min(Duration::from_secs(60))
 }
 
-/// One refresh; how long until the next. A delegated login starts from the newest refresh
-/// token there is (configured, shared by the replicas, or the pod's own) and keeps the one a
-/// rotating provider sends back.
+/// One refresh; how long until the next.
 async fn refresh_once(
     http: &reqwest::Client,
     oauth2: &OAuth2Settings,
@@ -452,29 +450,16 @@ async fn refresh_once(
     metrics: &Metrics,
     store: &mut rotation::Store,
 ) -> Duration {
-    let configured = match &oauth2.grant {
-        Grant::RefreshToken { refresh_token, .. } => Some(refresh_token),
-        _ => None,
-    };
-    let loaded = match configured {
-        Some(_) => Some(store.load().await),
-        None => None,
-    };
-    let (used, chain) = match (configured, &loaded) {
-        (Some(c), Some(l)) => {
-            let (used, chain) = l.newest(c);
-            (Some(used), chain)
+    let result = match &oauth2.grant {
+        Grant::RefreshToken { refresh_token, .. } => {
+            request_delegated(http, oauth2, refresh_token, store).await
         }
-        _ => (None, None),
+        _ => request_token(http, oauth2, None)
+            .await
+            .map(|(token, _)| token),
     };
-    match request_token(http, oauth2, used).await {
-        Ok((token, new_refresh)) => {
-            if let (Some(used), Some(loaded), Some(new)) = (used, &loaded, new_refresh) {
-                if &new != used {
-                    let rotated = rotation::Rotated::after(chain, used, new);
-                    store.save(loaded, &rotated).await;
-                }
-            }
+    match result {
+        Ok(token) => {
             let lifetime = token
                 .expires_at
                 .duration_since(SystemTime::now())
@@ -493,6 +478,42 @@ async fn refresh_once(
             let failures = metrics.oauth2_refreshed(Some(e.code()));
             tracing::warn!(grant = oauth2.grant.name(), error = %e, "OAuth2 token refresh failed; the current token (if any) is used until it expires");
             backoff(failures)
+        }
+    }
+}
+
+/// A token for a delegated login, from the newest refresh token there is (configured, shared
+/// by the replicas, or the pod's own); the one a rotating provider sends back is kept. A
+/// refusal of a token that another replica rotated away meanwhile is no failure: the newer one
+/// is tried at once.
+async fn request_delegated(
+    http: &reqwest::Client,
+    oauth2: &OAuth2Settings,
+    configured: &Secret,
+    store: &mut rotation::Store,
+) -> Result<Token, TokenError> {
+    let mut retried = false;
+    loop {
+        let loaded = store.load().await;
+        let (used, chain) = loaded.newest(configured);
+        match request_token(http, oauth2, Some(used)).await {
+            Ok((token, new_refresh)) => {
+                if let Some(new) = new_refresh.filter(|new| new != used) {
+                    let rotated = rotation::Rotated::after(chain, used, new);
+                    store.save(&loaded, &rotated).await;
+                }
+                return Ok(token);
+            }
+            Err(e) if !retried && e.code() == "invalid_grant" => {
+                if store.load().await.newest(configured).0 == used {
+                    return Err(e);
+                }
+                tracing::info!(
+                    "another replica rotated the refresh token meanwhile; using the newer one"
+                );
+                retried = true;
+            }
+            Err(e) => return Err(e),
         }
     }
 }
