@@ -1240,11 +1240,11 @@ fn restart_mid_flight(ctx: &mut Ctx) {
         r["status"]["observedGeneration"],
         r["metadata"]["generation"]
     );
-    // Stalled is an abnormal-true (kstatus) condition; Ready, Progressing and Reconciling
-    // follow the pods, which never run here.
+    // Stalled is an abnormal-true (kstatus) condition; Ready, Progressing, Reconciling and
+    // RelayhostLogin follow the pods, which never run here.
     for c in r["status"]["conditions"].as_array().unwrap() {
         let healthy = match c["type"].as_str().unwrap_or_default() {
-            "Ready" | "Progressing" | "Reconciling" => continue,
+            "Ready" | "Progressing" | "Reconciling" | "RelayhostLogin" => continue,
             "Stalled" | "Draining" => "False",
             _ => "True",
         };
