@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -89,19 +88,8 @@ impl InCluster {
                 "the cluster CA holds no certificate".into(),
             ));
         }
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| KubeApiError::Unreachable(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let http = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
-            .timeout(Duration::from_secs(15))
-            .user_agent(concat!("smtp-relay/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| KubeApiError::Unreachable(e.to_string()))?;
+        let http = crate::oauth2::https_client(roots, Duration::from_secs(15))
+            .map_err(KubeApiError::Unreachable)?;
         Ok(InCluster {
             http,
             base,

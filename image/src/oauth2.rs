@@ -188,19 +188,27 @@ pub fn http_client(ca_file: Option<&Path>) -> Result<reqwest::Client, TokenError
             let _ = roots.add(cert);
         }
     }
+    https_client(roots, Duration::from_secs(30)).map_err(TokenError::Unreachable)
+}
+
+/// The relay's HTTPS client (ring, as elsewhere in the relay) trusting `roots` alone.
+pub fn https_client(
+    roots: rustls::RootCertStore,
+    timeout: Duration,
+) -> Result<reqwest::Client, String> {
     let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
-    .map_err(|e| TokenError::Unreachable(e.to_string()))?
+    .map_err(|e| e.to_string())?
     .with_root_certificates(roots)
     .with_no_client_auth();
     reqwest::Client::builder()
         .tls_backend_preconfigured(tls)
-        .timeout(Duration::from_secs(30))
+        .timeout(timeout)
         .user_agent(concat!("smtp-relay/", env!("CARGO_PKG_VERSION")))
         .build()
-        .map_err(|e| TokenError::Unreachable(e.to_string()))
+        .map_err(|e| e.to_string())
 }
 
 /// The signed assertion of a service account (RFC 7523), for `sub` over `scope`.
