@@ -470,6 +470,39 @@ mod tests {
         ));
 
         let err = |o: OAuth2File| file(o).unwrap_err().to_string();
+        let shared = file(OAuth2File {
+            refresh_token_file: Some(dir.path().join("rt")),
+            shared_refresh_token_secret: Some("relay-oauth2-token".into()),
+            ..login(endpoint)
+        })
+        .unwrap();
+        assert_eq!(
+            shared
+                .relayhost_oauth2
+                .unwrap()
+                .shared_refresh_token_secret
+                .as_deref(),
+            Some("relay-oauth2-token")
+        );
+        let not_delegated = err(OAuth2File {
+            client_secret_file: Some(dir.path().join("secret")),
+            shared_refresh_token_secret: Some("relay-oauth2-token".into()),
+            ..login(endpoint)
+        });
+        assert!(
+            not_delegated.contains("relayhost.oauth2.sharedRefreshTokenSecret")
+                && not_delegated.contains("refreshTokenFile"),
+            "{not_delegated}"
+        );
+        let bad_name = err(OAuth2File {
+            refresh_token_file: Some(dir.path().join("rt")),
+            shared_refresh_token_secret: Some("Relay_Token".into()),
+            ..login(endpoint)
+        });
+        assert!(
+            bad_name.contains("sharedRefreshTokenSecret") && bad_name.contains("object name"),
+            "{bad_name}"
+        );
         let missing = err(login(endpoint));
         assert!(
             missing.contains("relayhost.oauth2") && missing.contains("clientSecretFile"),
