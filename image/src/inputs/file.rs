@@ -470,6 +470,59 @@ mod tests {
         ));
 
         let err = |o: OAuth2File| file(o).unwrap_err().to_string();
+        let missing = err(login(endpoint));
+        assert!(
+            missing.contains("relayhost.oauth2") && missing.contains("clientSecretFile"),
+            "{missing}"
+        );
+        let clear = err(OAuth2File {
+            client_secret_file: Some(dir.path().join("secret")),
+            ..login("http://login.example.com/token")
+        });
+        assert!(
+            clear.contains("relayhost.oauth2.tokenEndpoint") && clear.contains("https://"),
+            "{clear}"
+        );
+        assert!(file(OAuth2File {
+            client_secret_file: Some(dir.path().join("secret")),
+            ..login("http://127.0.0.1:8080/token")
+        })
+        .is_ok());
+
+        let mut both = base();
+        both.relayhost.username_file = Some(dir.path().join("id"));
+        both.relayhost.password_file = Some(dir.path().join("secret"));
+        both.relayhost.oauth2 = Some(OAuth2File {
+            client_secret_file: Some(dir.path().join("secret")),
+            ..login(endpoint)
+        });
+        let exclusive = settings(&both, "relay.yaml").unwrap_err().to_string();
+        assert!(
+            exclusive.contains("relayhost.oauth2") && exclusive.contains("exclusive"),
+            "{exclusive}"
+        );
+    }
+
+    #[test]
+    fn only_a_delegated_login_shares_its_refresh_token() {
+        use crate::config_file::OAuth2File;
+        let dir = tempfile::tempdir().unwrap();
+        for (name, value) in [("id", "app-id\n"), ("secret", "s3cret"), ("rt", "refresh")] {
+            fs::write(dir.path().join(name), value).unwrap();
+        }
+        let file = |o: OAuth2File| {
+            let mut f = base();
+            f.relayhost.oauth2 = Some(o);
+            settings(&f, "relay.yaml")
+        };
+        let login = |endpoint: &str| OAuth2File {
+            user: "sender@example.net".into(),
+            token_endpoint: endpoint.into(),
+            client_id_file: Some(dir.path().join("id")),
+            ..Default::default()
+        };
+        let endpoint = "https://login.microsoftonline.com/t/oauth2/v2.0/token";
+        let err = |o: OAuth2File| file(o).unwrap_err().to_string();
         let shared = file(OAuth2File {
             refresh_token_file: Some(dir.path().join("rt")),
             shared_refresh_token_secret: Some("relay-oauth2-token".into()),
@@ -502,37 +555,6 @@ mod tests {
         assert!(
             bad_name.contains("sharedRefreshTokenSecret") && bad_name.contains("object name"),
             "{bad_name}"
-        );
-        let missing = err(login(endpoint));
-        assert!(
-            missing.contains("relayhost.oauth2") && missing.contains("clientSecretFile"),
-            "{missing}"
-        );
-        let clear = err(OAuth2File {
-            client_secret_file: Some(dir.path().join("secret")),
-            ..login("http://login.example.com/token")
-        });
-        assert!(
-            clear.contains("relayhost.oauth2.tokenEndpoint") && clear.contains("https://"),
-            "{clear}"
-        );
-        assert!(file(OAuth2File {
-            client_secret_file: Some(dir.path().join("secret")),
-            ..login("http://127.0.0.1:8080/token")
-        })
-        .is_ok());
-
-        let mut both = base();
-        both.relayhost.username_file = Some(dir.path().join("id"));
-        both.relayhost.password_file = Some(dir.path().join("secret"));
-        both.relayhost.oauth2 = Some(OAuth2File {
-            client_secret_file: Some(dir.path().join("secret")),
-            ..login(endpoint)
-        });
-        let exclusive = settings(&both, "relay.yaml").unwrap_err().to_string();
-        assert!(
-            exclusive.contains("relayhost.oauth2") && exclusive.contains("exclusive"),
-            "{exclusive}"
         );
     }
 }
