@@ -396,7 +396,7 @@ fn relayhost_login_condition(relay: &SmtpRelay, gen: Option<i64>, now: &Time) ->
     Some(condition(RELAYHOST_LOGIN, ok, reason, message, gen, now))
 }
 
-/// What [`relayhost_login_condition`] depends on in `status.queue`: a reconcile follows a
+/// What the `RelayhostLogin` condition depends on in `status.queue`: a reconcile follows a
 /// change of it (see `fingerprint`), and nothing else the queue observer writes.
 pub fn login_health(relay: &SmtpRelay) -> impl std::hash::Hash + '_ {
     relay

@@ -2,7 +2,7 @@
 //! pods share the newest one through `<name>-oauth2-token` (see the relay's
 //! `oauth2::rotation`), with a ServiceAccount of their own allowed `get` and `patch` on that one
 //! Secret and nothing else. The operator creates the Secret empty and never writes its data;
-//! it copies the newest token back into the user's Secret ([`crate::oauth2_writeback`]).
+//! it copies the newest token back into the user's Secret ([`crate::writeback`]).
 
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
