@@ -423,26 +423,41 @@ mod tests {
         assert!(err.contains("bogus"), "{err}");
     }
 
-    #[test]
-    fn an_oauth2_login_is_one_grant_named_by_its_files() {
-        use crate::config_file::OAuth2File;
-        use crate::oauth2::Grant;
+    const OAUTH2_ENDPOINT: &str = "https://login.microsoftonline.com/t/oauth2/v2.0/token";
+
+    /// A directory with an OAuth2 app's files: `id`, `secret`, `rt` (a refresh token).
+    fn oauth2_app_files() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         for (name, value) in [("id", "app-id\n"), ("secret", "s3cret"), ("rt", "refresh")] {
             fs::write(dir.path().join(name), value).unwrap();
         }
-        let file = |o: OAuth2File| {
-            let mut f = base();
-            f.relayhost.oauth2 = Some(o);
-            settings(&f, "relay.yaml")
-        };
-        let login = |endpoint: &str| OAuth2File {
+        dir
+    }
+
+    /// A login as `sender@example.net` with the client id of [`oauth2_app_files`].
+    fn oauth2_login(dir: &Path, endpoint: &str) -> crate::config_file::OAuth2File {
+        crate::config_file::OAuth2File {
             user: "sender@example.net".into(),
             token_endpoint: endpoint.into(),
-            client_id_file: Some(dir.path().join("id")),
+            client_id_file: Some(dir.join("id")),
             ..Default::default()
-        };
-        let endpoint = "https://login.microsoftonline.com/t/oauth2/v2.0/token";
+        }
+    }
+
+    /// The settings of the base config with `o` as its OAuth2 login.
+    fn file(o: crate::config_file::OAuth2File) -> ConfigResult<Settings> {
+        let mut f = base();
+        f.relayhost.oauth2 = Some(o);
+        settings(&f, "relay.yaml")
+    }
+
+    #[test]
+    fn an_oauth2_login_is_one_grant_named_by_its_files() {
+        use crate::config_file::OAuth2File;
+        use crate::oauth2::Grant;
+        let dir = oauth2_app_files();
+        let login = |endpoint: &str| oauth2_login(dir.path(), endpoint);
+        let endpoint = OAUTH2_ENDPOINT;
 
         let credentials = file(OAuth2File {
             client_secret_file: Some(dir.path().join("secret")),
@@ -506,22 +521,9 @@ mod tests {
     #[test]
     fn only_a_delegated_login_shares_its_refresh_token() {
         use crate::config_file::OAuth2File;
-        let dir = tempfile::tempdir().unwrap();
-        for (name, value) in [("id", "app-id\n"), ("secret", "s3cret"), ("rt", "refresh")] {
-            fs::write(dir.path().join(name), value).unwrap();
-        }
-        let file = |o: OAuth2File| {
-            let mut f = base();
-            f.relayhost.oauth2 = Some(o);
-            settings(&f, "relay.yaml")
-        };
-        let login = |endpoint: &str| OAuth2File {
-            user: "sender@example.net".into(),
-            token_endpoint: endpoint.into(),
-            client_id_file: Some(dir.path().join("id")),
-            ..Default::default()
-        };
-        let endpoint = "https://login.microsoftonline.com/t/oauth2/v2.0/token";
+        let dir = oauth2_app_files();
+        let login = |endpoint: &str| oauth2_login(dir.path(), endpoint);
+        let endpoint = OAUTH2_ENDPOINT;
         let err = |o: OAuth2File| file(o).unwrap_err().to_string();
         let shared = file(OAuth2File {
             refresh_token_file: Some(dir.path().join("rt")),
