@@ -450,8 +450,10 @@ verify_images() {
     out="$(prun operator-version "$operator" smtp-relay-operator --version)"
     [ "$out" = "smtp-relay-operator $version" ] || die "operator --version said: $out"
     log "operator: $out"
-    prun operator-crd "$operator" smtp-relay-operator crd | grep -q '^kind: CustomResourceDefinition' ||
-        die "operator crd failed"
+    # Read whole, then checked: `| grep -q` stops reading at the match, and the rest of the
+    # CRD (94 KB, more than a pipe holds) would then meet a closed pipe.
+    out="$(prun operator-crd "$operator" smtp-relay-operator crd)" || die "operator crd failed"
+    grep -q '^kind: CustomResourceDefinition' <<<"$out" || die "operator crd printed no CRD"
     log "operator: runs as user $(image_user "$OUT/smtp-relay-operator.tar"), prints its CRD"
 
     private_containerd_stop

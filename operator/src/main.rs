@@ -71,8 +71,16 @@ async fn main() -> std::process::ExitCode {
     match cli.command {
         Command::Crd => match crdgen::crd_yaml() {
             Ok(yaml) => {
-                print!("{yaml}");
-                std::process::ExitCode::SUCCESS
+                use std::io::Write as _;
+                // A reader that stops early (`| grep -q`, `| head`) is no error: print!
+                // would panic on the closed pipe.
+                match std::io::stdout().lock().write_all(yaml.as_bytes()) {
+                    Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                        eprintln!("writing the CRD: {e}");
+                        std::process::ExitCode::FAILURE
+                    }
+                    _ => std::process::ExitCode::SUCCESS,
+                }
             }
             Err(e) => {
                 eprintln!("{e}");
