@@ -10,7 +10,8 @@
 //! has made no full reconcile for 10 s (the cluster is quiet), over one idle minute: the
 //! operator's requests by verb, its reconciles and how many of them found nothing changed (no
 //! request), every client's requests (kube-apiserver's `apiserver_request_total`: the
-//! controller-manager's too), and the operator's resident memory (now and peak).
+//! controller-manager's too), and the operator's resident memory (now and peak) with the part
+//! its data holds (jemalloc's allocated bytes, `smtp_relay_operator_heap_bytes`).
 //!
 //! Run: `cargo build --release --workspace --bins && cargo bench -p smtp-relay-e2e --bench
 //! operator_scale` (BENCH_SIZES=1,100 for fewer; BENCH_IDLE_SECONDS for another window).
@@ -193,6 +194,8 @@ struct Row {
     reconciles: f64,
     unchanged: f64,
     rss: (f64, f64),
+    /// The bytes jemalloc holds allocated for the operator's data, in MiB.
+    heap: f64,
 }
 
 fn main() {
@@ -244,6 +247,8 @@ fn main() {
                 operator_metric(&op, "smtp_relay_operator_reconciles_unchanged_total") - u0,
             ),
             rss: rss_mib(&op),
+            heap: operator_metric(&op, "smtp_relay_operator_heap_bytes{state=\"allocated\"}")
+                / 1_048_576.0,
         }
     };
 
@@ -293,9 +298,9 @@ fn main() {
     }
 
     println!(
-        "\n| relays created | create -> status | operator requests while creating | per relay | relays in the cluster | operator requests per idle minute | by verb | reconciles per idle minute | of which unchanged (no request) | all clients' requests per idle minute | largest | operator RSS MiB (peak) |"
+        "\n| relays created | create -> status | operator requests while creating | per relay | relays in the cluster | operator requests per idle minute | by verb | reconciles per idle minute | of which unchanged (no request) | all clients' requests per idle minute | largest | operator RSS MiB (peak) | of which data MiB |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---|---:|---:|");
     for r in &rows {
         let create = r
             .create
@@ -310,7 +315,7 @@ fn main() {
             "-".into()
         };
         println!(
-            "| {created} | {create} | {:.0} | {per_relay} | {} | {:.0} | {} | {:.0} | {:.0} | {:.0} | {} | {:.1} ({:.1}) |",
+            "| {created} | {create} | {:.0} | {per_relay} | {} | {:.0} | {} | {:.0} | {:.0} | {:.0} | {} | {:.1} ({:.1}) | {:.1} |",
             r.create_requests,
             r.all,
             total(&r.idle_requests),
@@ -320,7 +325,8 @@ fn main() {
             total(&r.cluster_requests),
             largest(&r.cluster_requests),
             r.rss.0,
-            r.rss.1
+            r.rss.1,
+            r.heap
         );
     }
     if std::env::var_os("BENCH_OPERATOR_LOG").is_some() {

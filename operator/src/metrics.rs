@@ -15,6 +15,11 @@ pub struct ErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HeapLabels {
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VerbLabels {
     pub verb: String,
 }
@@ -117,6 +122,7 @@ pub struct Metrics {
     pub leader: Gauge,
     pub api_requests: Family<VerbLabels, Counter>,
     relays: Family<ReadyLabels, Gauge>,
+    heap: Family<HeapLabels, Gauge>,
     /// The controller's cache of SmtpRelays, once it runs (on the leader): counted by Ready
     /// when scraped.
     relay_store: std::sync::OnceLock<kube::runtime::reflector::Store<crate::crd::SmtpRelay>>,
@@ -132,6 +138,12 @@ impl Default for Metrics {
         let relays = Family::<ReadyLabels, Gauge>::default();
         let leader = Gauge::default();
         let api_requests = Family::<VerbLabels, Counter>::default();
+        let heap = Family::<HeapLabels, Gauge>::default();
+        registry.register(
+            "heap_bytes",
+            "The memory allocator's bytes: allocated (the operator's data), resident (the pages it holds, most of the process's resident memory)",
+            heap.clone(),
+        );
         registry.register(
             "api_requests",
             "Requests to the Kubernetes API server, by verb (GET, LIST, WATCH, PATCH, ...)",
@@ -172,6 +184,7 @@ impl Default for Metrics {
             leader,
             api_requests,
             relays,
+            heap,
             relay_store: std::sync::OnceLock::new(),
         }
     }
@@ -235,9 +248,31 @@ impl Metrics {
             .inc();
     }
 
+    /// jemalloc's figures, as of now (its statistics are a snapshot taken when the epoch
+    /// advances).
+    fn read_heap(&self) {
+        use tikv_jemalloc_ctl::{epoch, stats};
+        if epoch::advance().is_err() {
+            return;
+        }
+        for (state, bytes) in [
+            ("allocated", stats::allocated::read()),
+            ("resident", stats::resident::read()),
+        ] {
+            if let Ok(bytes) = bytes.map(i64::try_from) {
+                self.heap
+                    .get_or_create(&HeapLabels {
+                        state: state.into(),
+                    })
+                    .set(bytes.unwrap_or(i64::MAX));
+            }
+        }
+    }
+
     /// The metrics in the Prometheus text format.
     pub fn encode(&self) -> String {
         self.count_ready();
+        self.read_heap();
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();
@@ -286,6 +321,29 @@ pub async fn counted_client(metrics: std::sync::Arc<Metrics>) -> Result<kube::Cl
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn jemalloc_has_the_options_built_into_it() {
+        // `.cargo/config.toml`: gone from the build, the operator holds more memory at rest.
+        assert_eq!(tikv_jemalloc_ctl::opt::narenas::read().ok(), Some(1));
+        assert_eq!(
+            tikv_jemalloc_ctl::opt::background_thread::read().ok(),
+            Some(true)
+        );
+    }
+
+    #[test]
+    fn heap_bytes_are_in_the_metrics() {
+        let text = Metrics::default().encode();
+        for state in ["allocated", "resident"] {
+            assert!(
+                text.contains(&format!(
+                    "smtp_relay_operator_heap_bytes{{state=\"{state}\"}}"
+                )),
+                "{text}"
+            );
+        }
+    }
 
     #[test]
     fn durations_by_outcome_and_relays_by_ready() {

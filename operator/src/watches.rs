@@ -12,6 +12,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, PodStatus, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::NamespaceResourceScope;
+use kube::api::ObjectMeta;
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{reflector, watcher, Controller, WatchStreamExt};
@@ -33,6 +34,9 @@ use crate::Result;
 /// (the operator starting with a thousand relays) holds a bounded amount of memory.
 const CONCURRENCY: u16 = 32;
 
+/// Where `kubectl apply` keeps what it applied.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
 /// Settings of the controller loop.
 #[derive(Debug, Clone, Default)]
 pub struct RunConfig {
@@ -53,6 +57,42 @@ where
     }
 }
 
+/// What the caches keep of an object's metadata, the rest dropped on arrival: its name,
+/// namespace and resourceVersion (all [`crate::fingerprint`] reads), the references to an
+/// SmtpRelay owning it (the watches' triggers), and with `selector_labels` the
+/// `app.kubernetes.io/` labels (a pod's relay, [`relay_of_pod`]). Not kept: managedFields,
+/// annotations (where `kubectl apply` keeps a whole copy of what it applied; of a Secret, its
+/// data), other labels and owners, uids and timestamps; for a thousand relays, several thousand
+/// objects of which nothing else is read.
+fn cached_meta(meta: ObjectMeta, selector_labels: bool) -> ObjectMeta {
+    let owner_references = meta
+        .owner_references
+        .map(|refs| {
+            refs.into_iter()
+                .filter(|o| o.kind == SmtpRelay::kind(&()))
+                .collect::<Vec<_>>()
+        })
+        .filter(|refs| !refs.is_empty());
+    let labels = meta
+        .labels
+        .filter(|_| selector_labels)
+        .map(|labels| {
+            labels
+                .into_iter()
+                .filter(|(k, _)| k.starts_with("app.kubernetes.io/"))
+                .collect::<std::collections::BTreeMap<_, _>>()
+        })
+        .filter(|labels| !labels.is_empty());
+    ObjectMeta {
+        name: meta.name,
+        namespace: meta.namespace,
+        resource_version: meta.resource_version,
+        owner_references,
+        labels,
+        ..ObjectMeta::default()
+    }
+}
+
 /// The metadata-only watch of one kind (an `Api<PartialObjectMeta<K>>` asks for
 /// `PartialObjectMetadataList`: no data or spec on the wire), with its own backoff, kept in a
 /// cache (for [`crate::fingerprint`]).
@@ -68,12 +108,9 @@ where
 {
     let (store, writer) = reflector::store();
     let stream = watch_with_backoff(watcher(api, config))
-        // managedFields are most of an object's metadata and nothing here reads them; nor
-        // annotations, where `kubectl apply` keeps a whole copy of what it applied (of a
-        // Secret: its data).
         .modify(|o| {
-            o.managed_fields_mut().clear();
-            o.annotations_mut().clear();
+            o.types = None;
+            o.metadata = cached_meta(std::mem::take(&mut o.metadata), false);
         })
         .reflect(writer)
         .touched_objects();
@@ -93,8 +130,7 @@ fn pod_stream(
     let (store, writer) = reflector::store();
     let stream = watch_with_backoff(watcher(api, config))
         .modify(|p| {
-            p.managed_fields_mut().clear();
-            p.annotations_mut().clear();
+            p.metadata = cached_meta(std::mem::take(&mut p.metadata), true);
             p.spec = None;
             if let Some(status) = p.status.as_mut() {
                 *status = PodStatus {
@@ -136,7 +172,12 @@ pub async fn run(
     let (store, writer) = reflector::store();
     let relay_watch =
         watch_with_backoff(watcher(relays, watcher::Config::default().any_semantic()))
-            .modify(|r| r.managed_fields_mut().clear())
+            // kubectl apply and Argo CD's client-side sync keep a whole copy of the applied
+            // relay in an annotation; nothing reads it.
+            .modify(|r| {
+                r.managed_fields_mut().clear();
+                r.annotations_mut().remove(LAST_APPLIED);
+            })
             .reflect(writer)
             .applied_objects();
     let owned = watcher::Config::default().labels(MANAGED_BY_SELECTOR);
@@ -247,4 +288,76 @@ fn relay_of_pod(meta: &kube::api::ObjectMeta) -> Option<ObjectRef<SmtpRelay>> {
     }
     let name = labels.get("app.kubernetes.io/instance")?;
     Some(ObjectRef::new(name).within(meta.namespace.as_deref()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+    use std::collections::BTreeMap;
+
+    fn owner(kind: &str, name: &str) -> OwnerReference {
+        OwnerReference {
+            api_version: match kind {
+                "SmtpRelay" => SmtpRelay::api_version(&()).into_owned(),
+                _ => "apps/v1".into(),
+            },
+            kind: kind.into(),
+            name: name.into(),
+            uid: "u".into(),
+            controller: Some(true),
+            ..OwnerReference::default()
+        }
+    }
+
+    fn meta() -> ObjectMeta {
+        ObjectMeta {
+            name: Some("mail-0".into()),
+            namespace: Some("apps".into()),
+            resource_version: Some("42".into()),
+            uid: Some("1234".into()),
+            labels: Some(BTreeMap::from([
+                ("app.kubernetes.io/name".into(), "smtp-relay".into()),
+                ("app.kubernetes.io/instance".into(), "mail".into()),
+                ("controller-revision-hash".into(), "mail-5d8".into()),
+            ])),
+            annotations: Some(BTreeMap::from([(LAST_APPLIED.into(), "{}".into())])),
+            owner_references: Some(vec![
+                owner("StatefulSet", "mail"),
+                owner("SmtpRelay", "mail"),
+            ]),
+            ..ObjectMeta::default()
+        }
+    }
+
+    #[test]
+    fn the_caches_keep_what_the_fingerprint_and_the_triggers_read() {
+        let kept = cached_meta(meta(), false);
+        assert_eq!(
+            kept,
+            ObjectMeta {
+                name: Some("mail-0".into()),
+                namespace: Some("apps".into()),
+                resource_version: Some("42".into()),
+                owner_references: Some(vec![owner("SmtpRelay", "mail")]),
+                ..ObjectMeta::default()
+            }
+        );
+        assert_eq!(
+            crate::mapping::controlling_relay(&kept),
+            Some(ObjectRef::new("mail").within("apps"))
+        );
+        let pod = cached_meta(meta(), true);
+        assert_eq!(
+            pod.labels
+                .as_ref()
+                .map(|l| l.keys().cloned().collect::<Vec<_>>()),
+            Some(vec![
+                "app.kubernetes.io/instance".to_string(),
+                "app.kubernetes.io/name".to_string()
+            ])
+        );
+        assert_eq!(relay_of_pod(&pod), relay_of_pod(&meta()));
+        assert!(relay_of_pod(&pod).is_some());
+    }
 }
