@@ -17,6 +17,7 @@ use tracing::{debug, info};
 
 use crate::builders::{hash::object_hash, Desired, Names};
 use crate::crd::SmtpRelay;
+use crate::fingerprint::Stores;
 use crate::status::{Outcome, Rollout};
 use crate::{Error, Result};
 
@@ -410,10 +411,13 @@ pub(crate) async fn apply_all(
 
 /// Deletes owned Secrets the relay no longer references, and the pods' ServiceAccount once no
 /// delegated OAuth2 login needs it, once no pod of the old revision can still use them (the
-/// rollout is complete).
+/// rollout is complete). A Secret the watch's cache does not hold (`stores`) is not asked for:
+/// one created since would reach the cache through the Secret watch, which reconciles its
+/// owner again, and the fingerprint sees it (without the caches, every one is asked for).
 pub(crate) async fn prune_secrets(
     client: &Client,
     relay: &SmtpRelay,
+    stores: Option<&Stores>,
     d: &Desired,
     rollout: Rollout,
 ) -> Result<()> {
@@ -421,6 +425,8 @@ pub(crate) async fn prune_secrets(
         return Ok(());
     }
     let name = relay.name_any();
+    let ns = relay.namespace_checked()?;
+    let may_exist = |secret: &str| stores.is_none_or(|s| s.secret_may_exist(&ns, secret));
     for (wanted, secret_name) in [
         (d.relayhost_secret.is_some(), Names::relayhost_secret(&name)),
         (
@@ -429,25 +435,24 @@ pub(crate) async fn prune_secrets(
         ),
         (d.tls_secret.is_some(), Names::tls_secret(&name)),
     ] {
-        if !wanted {
+        if !wanted && may_exist(&secret_name) {
             delete_owned::<Secret>(client, relay, &secret_name).await?;
         }
     }
     // The refresh token's Secret goes last, so while it exists, so may the rest.
-    if d.oauth2_sharing.is_none() {
-        let token = Names::oauth2_token_secret(&name);
-        let ns = relay.namespace_checked()?;
-        if Api::<Secret>::namespaced(client.clone(), &ns)
+    let token = Names::oauth2_token_secret(&name);
+    if d.oauth2_sharing.is_none()
+        && may_exist(&token)
+        && Api::<Secret>::namespaced(client.clone(), &ns)
             .get_metadata_opt(&token)
             .await?
             .is_some()
-        {
-            let identity = Names::oauth2_identity(&name);
-            delete_owned::<RoleBinding>(client, relay, &identity).await?;
-            delete_owned::<Role>(client, relay, &identity).await?;
-            delete_owned::<ServiceAccount>(client, relay, &identity).await?;
-            delete_owned::<Secret>(client, relay, &token).await?;
-        }
+    {
+        let identity = Names::oauth2_identity(&name);
+        delete_owned::<RoleBinding>(client, relay, &identity).await?;
+        delete_owned::<Role>(client, relay, &identity).await?;
+        delete_owned::<ServiceAccount>(client, relay, &identity).await?;
+        delete_owned::<Secret>(client, relay, &token).await?;
     }
     Ok(())
 }

@@ -284,7 +284,7 @@ async fn apply_planned(
                 .and_then(|s| s.replicas)
                 .unwrap_or(relay.spec.replicas);
             let rollout = Rollout::from_stateful_set(Some(&sts), target);
-            prune_secrets(client, relay, &desired, rollout).await?;
+            prune_secrets(client, relay, ctx.stores.as_ref(), &desired, rollout).await?;
             crate::writeback::step(relay, ctx, &desired).await?;
             if let Some(note) = &desired.certificate_issued {
                 let ev = Event {
@@ -404,8 +404,8 @@ mod tests {
     use crate::builders::HASH_KEY_KEY;
     use crate::crd::SecretRef;
     use crate::fixtures::{
-        context, hash_key, live, live_sts, not_found, ok, path, reconcile_with, relay, validated,
-        Live,
+        context, context_with_stores, hash_key, live, live_sts, not_found, ok, path,
+        reconcile_with, relay, validated, Live,
     };
 
     fn desired(r: &SmtpRelay) -> Desired {
@@ -552,6 +552,45 @@ mod tests {
             res.expect("reconciled"),
             Action::requeue(Duration::from_secs(300))
         );
+    }
+
+    #[tokio::test]
+    async fn prune_asks_only_for_the_secrets_the_cache_holds() {
+        // The cache holds a leftover TLS Secret; the other unwanted ones are not in it.
+        let (ctx, mut api) = context_with_stores(crate::fixtures::stores_with_secrets(&["r1-tls"]));
+        let mut r = relay("r1");
+        let desired = desired(&r);
+        let sts: StatefulSet = serde_json::from_value(live_sts(&desired)).expect("sts");
+        let outcome = Outcome::Applied {
+            config_hash: desired.config_hash.clone(),
+        };
+        r.status = Some(status::compute(
+            &r,
+            &outcome,
+            Rollout::from_stateful_set(Some(&sts), 1),
+            Time(jiff::Timestamp::UNIX_EPOCH),
+        ));
+        reconcile_with(r, ctx, async move {
+            api.running_read(&Live::Applied(&desired)).await;
+            api.dereferenced(&Live::Applied(&desired)).await;
+            api.children_read(&desired, |kind, name| match (kind, name) {
+                ("secrets", "r1-hash-key") => ok(live(&desired.hash_key_secret)),
+                ("configmaps", _) => ok(live(&desired.config_map)),
+                ("services", "r1-headless") => ok(live(&desired.headless_service)),
+                ("services", _) => ok(live(&desired.service)),
+                ("statefulsets", _) => ok(live_sts(&desired)),
+                _ => not_found(),
+            })
+            .await;
+            api.expect("GET", &path("poddisruptionbudgets", "r1"), not_found())
+                .await;
+            // Gone by now: nothing to delete.
+            api.expect("GET", &path("secrets", "r1-tls"), not_found())
+                .await;
+            api.expect_nothing_more().await;
+        })
+        .await
+        .expect("reconciled");
     }
 
     #[tokio::test]

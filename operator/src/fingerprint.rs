@@ -99,6 +99,11 @@ pub fn pods_of(relay: &SmtpRelay, pods: &Store<Pod>) -> Vec<std::sync::Arc<Pod>>
 }
 
 impl Stores {
+    /// Whether the Secret may exist: the cache holds it, or has not synced yet.
+    pub fn secret_may_exist(&self, ns: &str, name: &str) -> bool {
+        !ready(&self.secrets) || version(&self.secrets, ns, name).is_some()
+    }
+
     /// The relay's fingerprint; `None` until every cache has synced, and for a relay being
     /// deleted.
     pub fn fingerprint(&self, relay: &SmtpRelay) -> Option<Fingerprint> {
@@ -211,32 +216,7 @@ impl Memory {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kube::runtime::reflector::store::Writer;
-    use kube::runtime::watcher::Event;
-
-    fn meta<K: Resource<DynamicType = ()>>(name: &str, rv: &str) -> PartialObjectMeta<K> {
-        use kube::core::PartialObjectMetaExt;
-        kube::api::ObjectMeta {
-            name: Some(name.into()),
-            namespace: Some("mail".into()),
-            resource_version: Some(rv.into()),
-            ..Default::default()
-        }
-        .into_request_partial::<K>()
-    }
-
-    fn store<K>(objects: Vec<K>) -> Store<K>
-    where
-        K: Resource<DynamicType = ()> + Clone,
-    {
-        let mut w = Writer::<K>::default();
-        w.apply_watcher_event(&Event::Init);
-        for o in objects {
-            w.apply_watcher_event(&Event::InitApply(o));
-        }
-        w.apply_watcher_event(&Event::InitDone);
-        w.as_reader()
-    }
+    use crate::fixtures::{cached as meta, store};
 
     fn pod(name: &str, rv: &str) -> Pod {
         Pod {

@@ -10,9 +10,14 @@ use std::time::Duration;
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use k8s_openapi::api::core::v1::Secret;
+use kube::api::ObjectMeta;
 use kube::client::Body;
+use kube::core::{PartialObjectMeta, PartialObjectMetaExt};
 use kube::runtime::controller::Action;
-use kube::{Client, ResourceExt};
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher::Event;
+use kube::{Client, Resource, ResourceExt};
 use serde_json::{json, Value};
 
 use crate::apply::{Owned, APPLIED_HASH_ANNOTATION};
@@ -20,6 +25,7 @@ use crate::builders::hash::{object_hash, HashKey, HASH_KEY_LEN};
 use crate::builders::{BuildOptions, Desired};
 use crate::controller::{reconcile, Context};
 use crate::crd::{SmtpRelay, SmtpRelaySpec};
+use crate::fingerprint::Stores;
 use crate::metrics::Metrics;
 use crate::validate::Validated;
 use crate::Result;
@@ -94,6 +100,17 @@ pub fn path(kind: &str, name: &str) -> String {
 
 /// A context whose client talks to the returned scripted API server.
 pub fn context() -> (Arc<Context>, ApiServer) {
+    let (ctx, api) = context_of();
+    (Arc::new(ctx), api)
+}
+
+/// [`context`] with the watches' caches.
+pub fn context_with_stores(stores: Stores) -> (Arc<Context>, ApiServer) {
+    let (ctx, api) = context_of();
+    (Arc::new(ctx.with_stores(stores)), api)
+}
+
+fn context_of() -> (Context, ApiServer) {
     let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(svc, "mail");
     let ctx = Context::new(
@@ -102,7 +119,44 @@ pub fn context() -> (Arc<Context>, ApiServer) {
         BuildOptions::default(),
         Some("test".into()),
     );
-    (Arc::new(ctx), ApiServer(handle))
+    (ctx, ApiServer(handle))
+}
+
+/// A watch's cache, synced, holding `objects`.
+pub fn store<K>(objects: Vec<K>) -> Store<K>
+where
+    K: Resource<DynamicType = ()> + Clone,
+{
+    let mut w = Writer::<K>::default();
+    w.apply_watcher_event(&Event::Init);
+    for o in objects {
+        w.apply_watcher_event(&Event::InitApply(o));
+    }
+    w.apply_watcher_event(&Event::InitDone);
+    w.as_reader()
+}
+
+/// An object's metadata as a metadata watch caches it, in namespace `mail`.
+pub fn cached<K: Resource<DynamicType = ()>>(name: &str, rv: &str) -> PartialObjectMeta<K> {
+    ObjectMeta {
+        name: Some(name.into()),
+        namespace: Some("mail".into()),
+        resource_version: Some(rv.into()),
+        ..Default::default()
+    }
+    .into_request_partial::<K>()
+}
+
+/// Synced caches holding the Secrets `secrets` and nothing else.
+pub fn stores_with_secrets(secrets: &[&str]) -> Stores {
+    Stores {
+        secrets: store(secrets.iter().map(|s| cached(s, "1")).collect()),
+        config_maps: store(vec![]),
+        stateful_sets: store(vec![]),
+        services: store(vec![]),
+        pdbs: store(vec![]),
+        pods: store(vec![]),
+    }
 }
 
 /// Reconciles `relay` while `script` answers the API requests; both must finish in time.
