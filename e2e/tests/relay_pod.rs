@@ -868,6 +868,75 @@ fn relay_pod_under_the_kubelet_follows_secret_rotation() {
         written.len()
     ));
 
+    // 9. Back to a login without a refresh token (step 7's client credentials): once the pods
+    //    run without it, the shared token's Secret and the pods' ServiceAccount, Role and
+    //    RoleBinding are pruned (the Secret found through the watch's cache).
+    operator::patch_relay(
+        &cp,
+        NS,
+        RELAY,
+        &serde_json::json!({"spec": {"relayhost": {
+            "port": xoauth2.addr().port(),
+            "oauth2": {"tokenEndpoint": endpoint.url(), "secretRef": {"name": "oauth2-app"}},
+        }}})
+        .to_string(),
+    );
+    ok(user_path::wait(
+        &cp,
+        NS,
+        WAIT,
+        "the shared token's Secret and the pods' ServiceAccount, Role and RoleBinding pruned",
+        || {
+            sts_settled()?;
+            pod_uids()?;
+            [
+                ("secret", shared.as_str()),
+                ("serviceaccount", account.as_str()),
+                ("role", account.as_str()),
+                ("rolebinding", account.as_str()),
+            ]
+            .iter()
+            .all(|(kind, name)| get(&cp, kind, name).is_none())
+            .then_some(())
+        },
+    ));
+    let template = get(&cp, "statefulset", RELAY).unwrap()["spec"]["template"]["spec"].clone();
+    assert!(
+        template["serviceAccountName"].is_null()
+            && template["serviceAccount"].is_null()
+            && template["automountServiceAccountToken"] == false,
+        "the pod template still names the pruned ServiceAccount: serviceAccountName {}, serviceAccount {}",
+        template["serviceAccountName"],
+        template["serviceAccount"]
+    );
+    // A pod made now (a node drained, an eviction) is admitted and runs.
+    let before = ok(user_path::wait(
+        &cp,
+        NS,
+        WAIT,
+        "two replicas Ready",
+        pod_uids,
+    ));
+    cp.kubectl_ok([
+        "delete",
+        "pod",
+        "-n",
+        NS,
+        &format!("{RELAY}-1"),
+        "--wait=false",
+    ]);
+    ok(user_path::wait(
+        &cp,
+        NS,
+        WAIT,
+        "the deleted replica made again and Ready",
+        || {
+            let now = pod_uids()?;
+            (now.iter().filter(|u| before.contains(u)).count() == 1).then_some(())
+        },
+    ));
+    t.step("login without a refresh token: the shared token's Secret and the pods' ServiceAccount, Role and RoleBinding pruned; a new pod runs");
+
     let logs = user_path::pod_logs(&cp, &release.namespace, &operator_pod);
     assert!(!logs.contains("Forbidden"), "operator log:\n{logs}");
     for secret in [RELAYHOST_PW1, RELAYHOST_PW2, APP1_PW, APP2_PW] {

@@ -83,8 +83,12 @@ pub fn stateful_set(
         containers: vec![container(relay, volume_mounts, opts)],
         volumes: Some(volumes),
         // The relay talks to the Kubernetes API only to share a rotated OAuth2 refresh token,
-        // as its own ServiceAccount allowed that one Secret.
+        // as its own ServiceAccount allowed that one Secret. Set with its deprecated alias,
+        // which the API server fills in from it and restores it from: applied without both, a
+        // name applied once would stay in the template after its ServiceAccount is pruned, and
+        // the next pod would be refused (kubernetes/kubernetes#72519).
         service_account_name: mounts.service_account.clone(),
+        service_account: mounts.service_account.clone(),
         automount_service_account_token: Some(mounts.service_account.is_some()),
         enable_service_links: Some(false),
         // The drain, then up to 35 s for Postfix to stop (see ShutdownSpec).
