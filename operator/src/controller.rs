@@ -405,7 +405,7 @@ mod tests {
     use crate::crd::SecretRef;
     use crate::fixtures::{
         context, context_with_stores, hash_key, live, live_sts, not_found, ok, path,
-        reconcile_with, relay, validated, Live,
+        reconcile_with, relay, validated, ApiServer, Live,
     };
 
     fn desired(r: &SmtpRelay) -> Desired {
@@ -508,39 +508,49 @@ mod tests {
         .expect("reconciled");
     }
 
-    #[tokio::test]
-    async fn identical_reapply_writes_nothing() {
-        let (ctx, mut api) = context();
+    /// `r1` as the operator last applied it (its status says so), and what it applied.
+    fn as_applied() -> (SmtpRelay, Desired) {
         let mut r = relay("r1");
         let desired = desired(&r);
         let sts: StatefulSet = serde_json::from_value(live_sts(&desired)).expect("sts");
         let outcome = Outcome::Applied {
             config_hash: desired.config_hash.clone(),
         };
-        let rollout = Rollout::from_stateful_set(Some(&sts), 1);
         r.status = Some(status::compute(
             &r,
             &outcome,
-            rollout,
+            Rollout::from_stateful_set(Some(&sts), 1),
             Time(jiff::Timestamp::UNIX_EPOCH),
         ));
+        (r, desired)
+    }
 
-        let res = reconcile_with(r, ctx, async move {
-            api.running_read(&Live::Applied(&desired)).await;
-            // As after an operator restart: the key is read back, so the hash is the same.
-            api.dereferenced(&Live::Applied(&desired)).await;
-            api.children_read(&desired, |kind, name| match (kind, name) {
-                ("secrets", "r1-hash-key") => ok(live(&desired.hash_key_secret)),
-                ("configmaps", _) => ok(live(&desired.config_map)),
-                ("services", "r1-headless") => ok(live(&desired.headless_service)),
-                ("services", _) => ok(live(&desired.service)),
-                ("statefulsets", _) => ok(live_sts(&desired)),
-                _ => not_found(),
-            })
+    /// The reads of a reconcile that finds every child as it applied it, and no PDB (the
+    /// example has none: the absent one is checked).
+    async fn reads_as_applied(api: &mut ApiServer, desired: &Desired) {
+        api.running_read(&Live::Applied(desired)).await;
+        // As after an operator restart: the key is read back, so the hash is the same.
+        api.dereferenced(&Live::Applied(desired)).await;
+        api.children_read(desired, |kind, name| match (kind, name) {
+            ("secrets", "r1-hash-key") => ok(live(&desired.hash_key_secret)),
+            ("configmaps", _) => ok(live(&desired.config_map)),
+            ("services", "r1-headless") => ok(live(&desired.headless_service)),
+            ("services", _) => ok(live(&desired.service)),
+            ("statefulsets", _) => ok(live_sts(desired)),
+            _ => not_found(),
+        })
+        .await;
+        api.expect("GET", &path("poddisruptionbudgets", "r1"), not_found())
             .await;
-            // The example has no PDB: the absent one is checked, so is every unwanted Secret.
-            api.expect("GET", &path("poddisruptionbudgets", "r1"), not_found())
-                .await;
+    }
+
+    #[tokio::test]
+    async fn identical_reapply_writes_nothing() {
+        let (ctx, mut api) = context();
+        let (r, desired) = as_applied();
+        let res = reconcile_with(r, ctx, async move {
+            reads_as_applied(&mut api, &desired).await;
+            // Without the watches' caches, every unwanted Secret is asked for.
             for s in ["r1-relayhost", "r1-sasl-users", "r1-tls", "r1-oauth2-token"] {
                 api.expect("GET", &path("secrets", s), not_found()).await;
             }
@@ -558,32 +568,9 @@ mod tests {
     async fn prune_asks_only_for_the_secrets_the_cache_holds() {
         // The cache holds a leftover TLS Secret; the other unwanted ones are not in it.
         let (ctx, mut api) = context_with_stores(crate::fixtures::stores_with_secrets(&["r1-tls"]));
-        let mut r = relay("r1");
-        let desired = desired(&r);
-        let sts: StatefulSet = serde_json::from_value(live_sts(&desired)).expect("sts");
-        let outcome = Outcome::Applied {
-            config_hash: desired.config_hash.clone(),
-        };
-        r.status = Some(status::compute(
-            &r,
-            &outcome,
-            Rollout::from_stateful_set(Some(&sts), 1),
-            Time(jiff::Timestamp::UNIX_EPOCH),
-        ));
+        let (r, desired) = as_applied();
         reconcile_with(r, ctx, async move {
-            api.running_read(&Live::Applied(&desired)).await;
-            api.dereferenced(&Live::Applied(&desired)).await;
-            api.children_read(&desired, |kind, name| match (kind, name) {
-                ("secrets", "r1-hash-key") => ok(live(&desired.hash_key_secret)),
-                ("configmaps", _) => ok(live(&desired.config_map)),
-                ("services", "r1-headless") => ok(live(&desired.headless_service)),
-                ("services", _) => ok(live(&desired.service)),
-                ("statefulsets", _) => ok(live_sts(&desired)),
-                _ => not_found(),
-            })
-            .await;
-            api.expect("GET", &path("poddisruptionbudgets", "r1"), not_found())
-                .await;
+            reads_as_applied(&mut api, &desired).await;
             // Gone by now: nothing to delete.
             api.expect("GET", &path("secrets", "r1-tls"), not_found())
                 .await;
