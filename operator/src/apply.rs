@@ -10,6 +10,8 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::NamespaceResourceScope;
 use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::Store;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -46,24 +48,40 @@ pub trait Owned:
     fn live_matches(&self, _live: &Self) -> bool {
         true
     }
+    /// The watch's metadata cache of this kind, where the operator keeps one.
+    fn cache(_stores: &Stores) -> Option<&Store<PartialObjectMeta<Self>>> {
+        None
+    }
 }
 
 impl Owned for ConfigMap {
+    fn cache(stores: &Stores) -> Option<&Store<PartialObjectMeta<Self>>> {
+        Some(&stores.config_maps)
+    }
     fn live_matches(&self, live: &Self) -> bool {
         self.data == live.data
     }
 }
 impl Owned for Service {
+    fn cache(stores: &Stores) -> Option<&Store<PartialObjectMeta<Self>>> {
+        Some(&stores.services)
+    }
     fn live_matches(&self, live: &Self) -> bool {
         subset_of(&self.spec, &live.spec)
     }
 }
 impl Owned for PodDisruptionBudget {
+    fn cache(stores: &Stores) -> Option<&Store<PartialObjectMeta<Self>>> {
+        Some(&stores.pdbs)
+    }
     fn live_matches(&self, live: &Self) -> bool {
         subset_of(&self.spec, &live.spec)
     }
 }
 impl Owned for Secret {
+    fn cache(stores: &Stores) -> Option<&Store<PartialObjectMeta<Self>>> {
+        Some(&stores.secrets)
+    }
     fn hash_view(&self) -> Self {
         Secret {
             data: None,
@@ -87,6 +105,9 @@ impl Owned for RoleBinding {
     }
 }
 impl Owned for StatefulSet {
+    fn cache(stores: &Stores) -> Option<&Store<PartialObjectMeta<Self>>> {
+        Some(&stores.stateful_sets)
+    }
     fn live_matches(&self, live: &Self) -> bool {
         let replicas = |s: &StatefulSet| s.spec.as_ref().and_then(|s| s.replicas);
         let template = |s: &StatefulSet| s.spec.as_ref().map(|s| s.template.clone());
@@ -255,13 +276,27 @@ where
     }
 }
 
-/// Deletes an object the relay no longer needs, if it exists and this relay controls it.
+/// Whether the watch's cache of `K` knows `name` does not exist: it has synced and does not
+/// hold it. One created since reaches the cache through the watch, which reconciles its owner
+/// again (and the fingerprint sees it). Without a cache of the kind, nothing is known.
+fn known_absent<K: Owned>(stores: Option<&Stores>, ns: &str, name: &str) -> bool {
+    stores
+        .and_then(K::cache)
+        .is_some_and(|cache| !crate::fingerprint::may_exist(cache, ns, name))
+}
+
+/// Deletes an object the relay no longer needs, if it exists and this relay controls it; one
+/// the watch's cache knows is absent is not asked for.
 pub(crate) async fn delete_owned<K: Owned>(
     client: &Client,
+    stores: Option<&Stores>,
     relay: &SmtpRelay,
     name: &str,
 ) -> Result<()> {
     let ns = relay.namespace_checked()?;
+    if known_absent::<K>(stores, &ns, name) {
+        return Ok(());
+    }
     let api: Api<K> = Api::namespaced(client.clone(), &ns);
     let Some(live) = api.get_opt(name).await? else {
         return Ok(());
@@ -320,6 +355,7 @@ pub fn storage_change(desired: &StatefulSet, live: &StatefulSet) -> Option<Strin
 /// returns the [`Outcome::NameConflict`] naming every such object.
 pub(crate) async fn apply_all(
     client: &Client,
+    stores: Option<&Stores>,
     relay: &SmtpRelay,
     d: &Desired,
 ) -> Result<std::result::Result<StatefulSet, Outcome>> {
@@ -396,7 +432,10 @@ pub(crate) async fn apply_all(
             Some(p) => {
                 apply(client, p).await?;
             }
-            None => delete_owned::<PodDisruptionBudget>(client, relay, &relay.name_any()).await?,
+            None => {
+                delete_owned::<PodDisruptionBudget>(client, stores, relay, &relay.name_any())
+                    .await?
+            }
         }
         Ok(sts)
     };
@@ -411,9 +450,7 @@ pub(crate) async fn apply_all(
 
 /// Deletes owned Secrets the relay no longer references, and the pods' ServiceAccount once no
 /// delegated OAuth2 login needs it, once no pod of the old revision can still use them (the
-/// rollout is complete). A Secret the watch's cache does not hold (`stores`) is not asked for:
-/// one created since would reach the cache through the Secret watch, which reconciles its
-/// owner again, and the fingerprint sees it (without the caches, every one is asked for).
+/// rollout is complete).
 pub(crate) async fn prune_secrets(
     client: &Client,
     relay: &SmtpRelay,
@@ -425,8 +462,6 @@ pub(crate) async fn prune_secrets(
         return Ok(());
     }
     let name = relay.name_any();
-    let ns = relay.namespace_checked()?;
-    let may_exist = |secret: &str| stores.is_none_or(|s| s.secret_may_exist(&ns, secret));
     for (wanted, secret_name) in [
         (d.relayhost_secret.is_some(), Names::relayhost_secret(&name)),
         (
@@ -435,24 +470,25 @@ pub(crate) async fn prune_secrets(
         ),
         (d.tls_secret.is_some(), Names::tls_secret(&name)),
     ] {
-        if !wanted && may_exist(&secret_name) {
-            delete_owned::<Secret>(client, relay, &secret_name).await?;
+        if !wanted {
+            delete_owned::<Secret>(client, stores, relay, &secret_name).await?;
         }
     }
     // The refresh token's Secret goes last, so while it exists, so may the rest.
     let token = Names::oauth2_token_secret(&name);
+    let ns = relay.namespace_checked()?;
     if d.oauth2_sharing.is_none()
-        && may_exist(&token)
+        && !known_absent::<Secret>(stores, &ns, &token)
         && Api::<Secret>::namespaced(client.clone(), &ns)
             .get_metadata_opt(&token)
             .await?
             .is_some()
     {
         let identity = Names::oauth2_identity(&name);
-        delete_owned::<RoleBinding>(client, relay, &identity).await?;
-        delete_owned::<Role>(client, relay, &identity).await?;
-        delete_owned::<ServiceAccount>(client, relay, &identity).await?;
-        delete_owned::<Secret>(client, relay, &token).await?;
+        delete_owned::<RoleBinding>(client, stores, relay, &identity).await?;
+        delete_owned::<Role>(client, stores, relay, &identity).await?;
+        delete_owned::<ServiceAccount>(client, stores, relay, &identity).await?;
+        delete_owned::<Secret>(client, stores, relay, &token).await?;
     }
     Ok(())
 }

@@ -270,7 +270,7 @@ async fn apply_planned(
 ) -> Result<(Outcome, Option<StatefulSet>)> {
     let client = &ctx.client;
     let applied = match planned {
-        Ok(desired) => match apply_all(client, relay, &desired).await? {
+        Ok(desired) => match apply_all(client, ctx.stores.as_ref(), relay, &desired).await? {
             Ok(sts) => Ok((desired, sts)),
             Err(conflict) => Err(conflict),
         },
@@ -525,8 +525,7 @@ mod tests {
         (r, desired)
     }
 
-    /// The reads of a reconcile that finds every child as it applied it, and no PDB (the
-    /// example has none: the absent one is checked).
+    /// The reads of a reconcile that finds every child as it applied it.
     async fn reads_as_applied(api: &mut ApiServer, desired: &Desired) {
         api.running_read(&Live::Applied(desired)).await;
         // As after an operator restart: the key is read back, so the hash is the same.
@@ -540,8 +539,6 @@ mod tests {
             _ => not_found(),
         })
         .await;
-        api.expect("GET", &path("poddisruptionbudgets", "r1"), not_found())
-            .await;
     }
 
     #[tokio::test]
@@ -550,7 +547,10 @@ mod tests {
         let (r, desired) = as_applied();
         let res = reconcile_with(r, ctx, async move {
             reads_as_applied(&mut api, &desired).await;
-            // Without the watches' caches, every unwanted Secret is asked for.
+            // Without the watches' caches, the unwanted PDB (the example has one replica) and
+            // every unwanted Secret are asked for.
+            api.expect("GET", &path("poddisruptionbudgets", "r1"), not_found())
+                .await;
             for s in ["r1-relayhost", "r1-sasl-users", "r1-tls", "r1-oauth2-token"] {
                 api.expect("GET", &path("secrets", s), not_found()).await;
             }
@@ -565,8 +565,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn prune_asks_only_for_the_secrets_the_cache_holds() {
-        // The cache holds a leftover TLS Secret; the other unwanted ones are not in it.
+    async fn deletes_ask_only_for_what_the_caches_hold() {
+        // The caches hold a leftover TLS Secret; the other unwanted Secrets and the PDB are
+        // not in them.
         let (ctx, mut api) = context_with_stores(crate::fixtures::stores_with_secrets(&["r1-tls"]));
         let (r, desired) = as_applied();
         reconcile_with(r, ctx, async move {

@@ -81,6 +81,15 @@ fn ready<K: Resource<DynamicType = ()> + Clone>(store: &Store<K>) -> bool {
         .is_some_and(|r| r.is_ok())
 }
 
+/// Whether the object may exist: the cache holds it, or has not synced yet.
+pub fn may_exist<K: Resource<DynamicType = ()> + Clone>(
+    store: &Store<PartialObjectMeta<K>>,
+    ns: &str,
+    name: &str,
+) -> bool {
+    !ready(store) || version(store, ns, name).is_some()
+}
+
 /// The cached pods of `relay` (its namespace, its selector labels), by name.
 pub fn pods_of(relay: &SmtpRelay, pods: &Store<Pod>) -> Vec<std::sync::Arc<Pod>> {
     let ns = relay.namespace();
@@ -99,11 +108,6 @@ pub fn pods_of(relay: &SmtpRelay, pods: &Store<Pod>) -> Vec<std::sync::Arc<Pod>>
 }
 
 impl Stores {
-    /// Whether the Secret may exist: the cache holds it, or has not synced yet.
-    pub fn secret_may_exist(&self, ns: &str, name: &str) -> bool {
-        !ready(&self.secrets) || version(&self.secrets, ns, name).is_some()
-    }
-
     /// The relay's fingerprint; `None` until every cache has synced, and for a relay being
     /// deleted.
     pub fn fingerprint(&self, relay: &SmtpRelay) -> Option<Fingerprint> {
