@@ -53,7 +53,16 @@ fn parse_passwd_file(path: &Path) -> ConfigResult<Users> {
             .split_once([' ', '\t'])
             .ok_or_else(|| ConfigError::invalid(&at, "expected `USERNAME PASSWORD`"))?;
         let password = password.trim_start_matches([' ', '\t']);
-        validate::sasl_user(&at, name)?;
+        // The name is not quoted: a line written `user:password ...` would quote the password.
+        if !validate::is_sasl_user(name) {
+            return Err(ConfigError::invalid(
+                &at,
+                format!(
+                    "the first word (not shown: it may hold a password) is not a valid SASL user name: {}; write `USERNAME PASSWORD`",
+                    validate::SASL_USER_RULE
+                ),
+            ));
+        }
         validate::password(&at, password)?;
         users.insert(name.to_string(), password.to_string());
     }
@@ -192,6 +201,29 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("client_sasl_passwd:2"), "{err}");
+    }
+
+    /// A line whose first word is not a user name (here `login:password`, the relayhost file's
+    /// form) is refused by its line, without quoting that word: it holds the password.
+    #[test]
+    fn a_bad_passwd_file_line_is_not_quoted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("client_sasl_passwd");
+        for line in [
+            "app1:Pw-MARKER-7Qz more words",
+            "Pw-MARKER-7Qz/app1 secret",
+            "-Pw-MARKER-7Qz secret",
+        ] {
+            fs::write(&path, format!("app0 fine\n{line}\n")).unwrap();
+            let err = load(&SaslUserSource::PasswdFile(path.clone()))
+                .unwrap_err()
+                .to_string();
+            assert!(!err.contains("MARKER"), "{line}: {err}");
+            assert!(
+                err.contains("client_sasl_passwd:2") && err.contains("not a valid SASL user name"),
+                "{line}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -197,7 +197,23 @@ pub fn object_name(field: &str, name: &str) -> ConfigResult<()> {
 /// A SASL user name. Users are registered in the relay domain's realm, so a login is `name` or
 /// `name@domain`.
 pub fn sasl_user(field: &str, name: &str) -> ConfigResult<()> {
-    let ok = !name.is_empty()
+    if !is_sasl_user(name) {
+        return Err(ConfigError::invalid(
+            field,
+            format!("{name:?} is not a valid SASL user name: {SASL_USER_RULE}"),
+        ));
+    }
+    Ok(())
+}
+
+/// What a SASL user name may be, for messages.
+pub const SASL_USER_RULE: &str =
+    "use letters, digits, '.', '_', '+' and '-', starting with a letter or digit";
+
+/// Whether `name` is a SASL user name the relay registers (see [`sasl_user`]); for a name read
+/// from inside a secret file, whose message must not quote it (it may be part of a password).
+pub fn is_sasl_user(name: &str) -> bool {
+    !name.is_empty()
         && name.len() <= 255
         && name
             .bytes()
@@ -205,14 +221,7 @@ pub fn sasl_user(field: &str, name: &str) -> ConfigResult<()> {
             .is_some_and(|b| b.is_ascii_alphanumeric())
         && name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b));
-    if !ok {
-        return Err(ConfigError::invalid(
-            field,
-            format!("{name:?} is not a valid SASL user name: use letters, digits, '.', '_', '+' and '-', starting with a letter or digit"),
-        ));
-    }
-    Ok(())
+            .all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b))
 }
 
 /// The names of every parameter Postfix knows (`postconf -d` of the image's Postfix).

@@ -323,3 +323,63 @@ fn a_configuration_error_is_the_termination_message() {
     assert_eq!(spec.run_to_exit().status.code(), Some(2));
     assert!(!absent.exists());
 }
+
+/// A Secret's content never reaches a message. A Google service account key stored
+/// JSON-encoded as a string made serde_json say `invalid type: string "{\"client_email\": …,
+/// \"private_key\": \"-----BEGIN PRIVATE KEY-----…"`: the whole key, on stderr and in the
+/// termination message (which the operator's status shows). Now the line names the field and
+/// where the JSON went wrong, nothing of the key; `client_sasl_passwd` likewise for a line
+/// whose first word is not a user name (`login:password ...` would have quoted the password).
+#[test]
+fn a_bad_secret_file_is_refused_without_quoting_it() {
+    const MARKER: &str = "FAKE-PRIVATE-KEY-MARKER-k3Vb9";
+    let key = format!(
+        r#"{{"type": "service_account", "client_email": "relay@fake-project.iam.gserviceaccount.com", "private_key": "-----BEGIN PRIVATE KEY-----\n{MARKER}\n-----END PRIVATE KEY-----\n"}}"#
+    );
+    let mut spec = RelaySpec::new(Input::file(config(25, Mode::Strict)));
+    let key_file = spec.write(
+        "relayhost/serviceAccount.json",
+        &serde_json::to_string(&key).unwrap(),
+    );
+    if let Input::File(cfg) = &mut spec.input {
+        cfg.relayhost.oauth2 = Some(smtp_relay::config_file::OAuth2File {
+            user: "sender@example.net".into(),
+            token_endpoint: "https://oauth2.googleapis.com/token".into(),
+            service_account_key_file: Some(key_file),
+            ..Default::default()
+        });
+    }
+    let log = spec.write("termination-log", "");
+    let out = spec
+        .command()
+        .env("RELAY_TERMINATION_LOG", &log)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let message = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    for text in [&*stderr, &message] {
+        for secret in [MARKER, "PRIVATE KEY-----", "relay@fake-project"] {
+            assert!(!text.contains(secret), "{secret:?} in: {text}");
+        }
+        assert!(
+            text.contains("relayhost.oauth2.serviceAccountKeyFile")
+                && text.contains("holds a JSON string, not an object at line 1, column"),
+            "{text}"
+        );
+    }
+
+    let spec = RelaySpec::new(Input::Env(env(25, "STRICT")));
+    spec.write(
+        "postfix/client_sasl_passwd",
+        "app1 fine\napp2:Pw-MARKER-7Qz and more\n",
+    );
+    let out = spec.run_to_exit();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("client_sasl_passwd:2") && !stderr.contains("MARKER"),
+        "{stderr}"
+    );
+}

@@ -94,7 +94,7 @@ fn oauth2_settings(
     field: &dyn Fn(&str) -> String,
     mounted: &impl Mounted,
 ) -> ConfigResult<crate::oauth2::OAuth2Settings> {
-    use crate::oauth2::{Grant, OAuth2Settings, Secret, ServiceAccountKey};
+    use crate::oauth2::{Grant, OAuth2Settings, Secret};
     let f = |name: &str| field(&format!("relayhost.oauth2.{name}"));
     let user = validate::email(&f("user"), &o.user)?;
     let token_endpoint = validate::token_endpoint(&f("tokenEndpoint"), &o.token_endpoint)?;
@@ -124,10 +124,13 @@ fn oauth2_settings(
     ) {
         (Some(key_file), _, _, _) => {
             let text = mounted.secret(&f("serviceAccountKeyFile"), key_file)?;
-            let key: ServiceAccountKey = serde_json::from_str(&text).map_err(|e| {
+            let key = service_account_key(&text).map_err(|problem| {
                 ConfigError::invalid(
                     f("serviceAccountKeyFile"),
-                    format!("{} is not a service account key (JSON with client_email and private_key): {e}", key_file.display()),
+                    format!(
+                        "{} is not a service account key (a JSON object with client_email and private_key): {problem}",
+                        key_file.display()
+                    ),
                 )
             })?;
             if crate::oauth2::pem_body(&key.private_key).is_none() {
@@ -180,6 +183,54 @@ fn oauth2_settings(
         ca_file: None,
         shared_refresh_token_secret,
     })
+}
+
+/// A Google service account key from its file's text, or what is wrong with it, said without
+/// a word of the file: serde_json's own messages quote the value they stumble on (`invalid
+/// type: string "…"`), and a key stored JSON-encoded as a string would be quoted whole, its
+/// private key included, into the relay's log and the SmtpRelay's status and Events. The
+/// problem names the JSON field, the kind of error and where it is (line and column).
+fn service_account_key(text: &str) -> Result<crate::oauth2::ServiceAccountKey, String> {
+    use serde_json::Value;
+    let key = serde_json::from_str::<crate::oauth2::ServiceAccountKey>(text);
+    // Where serde_json stumbled, if it did; what on, from the JSON's shape.
+    let at = key
+        .as_ref()
+        .err()
+        .map(inputs::json_position)
+        .unwrap_or_default();
+    let value = serde_json::from_str::<Value>(text)
+        .map_err(|e| format!("{}{}", inputs::json_problem(&e), inputs::json_position(&e)))?;
+    // (An array would do for serde, its items taken as the fields in order.)
+    let Value::Object(object) = &value else {
+        let hint = match value {
+            Value::String(_) => {
+                ": was the key JSON-encoded a second time? Store the key file as downloaded"
+            }
+            _ => "",
+        };
+        return Err(format!(
+            "the file holds a JSON {}, not an object{at}{hint}",
+            inputs::json_kind(&value)
+        ));
+    };
+    for (name, required) in [
+        ("client_email", true),
+        ("private_key", true),
+        ("token_uri", false),
+    ] {
+        match (object.get(name), required) {
+            (Some(Value::String(_)), _) | (None | Some(Value::Null), false) => {}
+            (None, true) => return Err(format!("its {name} is missing{at}")),
+            (Some(other), _) => {
+                return Err(format!(
+                    "its {name} is a JSON {}, not a string{at}",
+                    inputs::json_kind(other)
+                ))
+            }
+        }
+    }
+    key.map_err(|e| format!("{}{at}", inputs::json_problem(&e)))
 }
 
 /// [`settings()`], with `field` naming each field in errors and the files read from `mounted`:
@@ -516,6 +567,145 @@ mod tests {
             exclusive.contains("relayhost.oauth2") && exclusive.contains("exclusive"),
             "{exclusive}"
         );
+    }
+
+    /// The private key of the fake service account keys below: never in a message.
+    const KEY_MARKER: &str = "FAKE-PRIVATE-KEY-MARKER-Zq7Xw3";
+
+    /// A fake Google service account key file's text, its `private_key` JSON value given.
+    fn fake_key(private_key: &str) -> String {
+        format!(
+            r#"{{"type": "service_account", "client_email": "relay@fake-project.iam.gserviceaccount.com", "private_key": {private_key}}}"#
+        )
+    }
+
+    /// The refusals of a config whose OAuth2 login is the service account key `text` (the
+    /// file's content): by the relay, reading it from disk, and by the operator, in memory.
+    fn service_account_key_refusals(text: &str) -> [String; 2] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("serviceAccount.json");
+        fs::write(&path, text).unwrap();
+        let mut f = base();
+        f.relayhost.oauth2 = Some(crate::config_file::OAuth2File {
+            user: "sender@example.net".into(),
+            token_endpoint: "https://oauth2.googleapis.com/token".into(),
+            service_account_key_file: Some(path.clone()),
+            ..Default::default()
+        });
+        let disk = settings(&f, "relay.yaml").unwrap_err().to_string();
+        let mut mounted = InMemory::default();
+        mounted.files.insert(path, text.as_bytes().to_vec());
+        let memory = settings_with(&f, &|n| format!("spec: {n}"), &mounted)
+            .unwrap_err()
+            .to_string();
+        [disk, memory]
+    }
+
+    /// `message` holds nothing of the secret `value`: not the fake private key, not the
+    /// e-mail address, not any run of 16 characters of it.
+    fn says_nothing_of(message: &str, value: &str) {
+        for secret in [KEY_MARKER, "BEGIN PRIVATE KEY", "relay@fake-project"] {
+            assert!(!message.contains(secret), "{secret:?} in: {message}");
+        }
+        let chars: Vec<char> = value.chars().collect();
+        for window in chars.windows(16) {
+            let piece: String = window.iter().collect();
+            assert!(
+                !message.contains(&piece),
+                "{piece:?} of the value in: {message}"
+            );
+        }
+    }
+
+    /// A key stored JSON-encoded as a string: serde_json's message was `invalid type: string
+    /// "{\"client_email\": …, \"private_key\": \"-----BEGIN PRIVATE KEY-----…"`, the whole key,
+    /// in the relay's log and (the operator judging it alike) the SmtpRelay's status and Events.
+    #[test]
+    fn a_service_account_key_stored_as_a_json_string_is_not_quoted() {
+        let key = fake_key(&format!(
+            r#""-----BEGIN PRIVATE KEY-----\n{KEY_MARKER}\n-----END PRIVATE KEY-----\n""#
+        ));
+        let text = serde_json::to_string(&key).unwrap();
+        for message in service_account_key_refusals(&text) {
+            says_nothing_of(&message, &text);
+            says_nothing_of(&message, &key);
+            assert!(
+                message.contains("serviceAccountKeyFile")
+                    && message.contains("holds a JSON string, not an object at line 1, column")
+                    && message.contains("JSON-encoded a second time"),
+                "{message}"
+            );
+        }
+    }
+
+    /// Every other way a key file can be wrong is told by the field, the kind of problem and
+    /// where it is, never by a piece of the file.
+    #[test]
+    fn a_bad_service_account_key_is_described_without_its_content() {
+        let pem =
+            format!(r#""-----BEGIN PRIVATE KEY-----\n{KEY_MARKER}\n-----END PRIVATE KEY-----\n""#);
+        let cases = [
+            // serde_json: invalid type: integer `…`, expected a string
+            (
+                fake_key("4242424242424242424242"),
+                "its private_key is a JSON number, not a string at line 1",
+            ),
+            (
+                fake_key(&format!("[{pem}]")),
+                "its private_key is a JSON array, not a string at line 1",
+            ),
+            (
+                fake_key(&format!(r#"{{"pem": {pem}}}"#)),
+                "its private_key is a JSON object, not a string at line 1",
+            ),
+            (
+                format!(r#"{{"client_email": 7, "private_key": {pem}}}"#),
+                "its client_email is a JSON number, not a string at line 1",
+            ),
+            (
+                format!(
+                    r#"{{"client_email": "relay@fake-project.iam", "private_key": {pem}, "token_uri": ["{KEY_MARKER}"]}}"#
+                ),
+                "its token_uri is a JSON array, not a string at line 1",
+            ),
+            (
+                r#"{"client_email": "relay@fake-project.iam"}"#.to_string(),
+                "its private_key is missing at line 1",
+            ),
+            (
+                format!("[{pem}, {pem}]"),
+                "the file holds a JSON array, not an object",
+            ),
+            // A key cut short in its private key.
+            (
+                fake_key(&format!(r#""-----BEGIN PRIVATE KEY-----\n{KEY_MARKER}"#)),
+                "it is not valid JSON (it ends in the middle of a value) at line 1",
+            ),
+            // A key with something after it.
+            (
+                format!("{}\n{KEY_MARKER}", fake_key(&pem)),
+                "it is not valid JSON (a syntax error) at line 2, column 1",
+            ),
+            (
+                fake_key(&format!("{pem} {pem}")),
+                "it is not valid JSON (a syntax error) at line 1",
+            ),
+        ];
+        for (text, says) in cases {
+            for message in service_account_key_refusals(&text) {
+                says_nothing_of(&message, &text);
+                assert!(
+                    message.contains("serviceAccountKeyFile") && message.contains(says),
+                    "{says:?} for {text}: {message}"
+                );
+            }
+        }
+        // A key in good form but without a PEM private key: its message was always safe.
+        let text = fake_key(&format!(r#""{KEY_MARKER}""#));
+        for message in service_account_key_refusals(&text) {
+            says_nothing_of(&message, &text);
+            assert!(message.contains("not a PEM"), "{message}");
+        }
     }
 
     #[test]
