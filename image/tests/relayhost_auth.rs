@@ -339,3 +339,143 @@ fn credentials_travel_inside_tls_with_encrypt_and_verify() {
         );
     }
 }
+
+/// Issue 26: with a relayhost login, `postconf` cannot undo what protects it. Through every
+/// input path (`POSTCONF_*`, `RELAY_EXTRAS_SETTINGS`, the config file's `postconf`), a
+/// parameter that would let the password out in clear text (here: TLS off, plain-text AUTH
+/// allowed outside TLS, as in the issue) stops the relay before Postfix starts, naming the
+/// entry and the field that owns the parameter; the relayhost never hears from it. Before,
+/// the relay started and sent `AUTH PLAIN <password>` to a relayhost without STARTTLS.
+#[test]
+fn postconf_cannot_let_the_relayhost_password_out_in_clear() {
+    let fake = ScriptedRelayhost::start();
+    let password = "never-in-clear-text";
+    let with_login = |extra: &[(&str, &str)]| {
+        let mut vars = env(fake.addr().port(), "ALLOW_NETAUTH_NODOMAIN");
+        vars.insert("RELAY_LOGIN".into(), "user".into());
+        vars.insert("RELAY_PASSWORD".into(), password.into());
+        for (k, v) in extra {
+            vars.insert((*k).into(), (*v).into());
+        }
+        RelaySpec::new(Input::Env(vars))
+    };
+    let from_file = {
+        let mut spec = RelaySpec::new(Input::file(config(
+            fake.addr().port(),
+            Mode::AllowNetAuthNoDomain,
+        )));
+        let username = spec.write("relayhost/username", "user");
+        let password_file = spec.write("relayhost/password", password);
+        if let Input::File(cfg) = &mut spec.input {
+            cfg.relayhost.username_file = Some(username);
+            cfg.relayhost.password_file = Some(password_file);
+            // The fields say: a login, so TLS (encrypt). The postconf of the issue undoes it.
+            cfg.relayhost.tls_level = None;
+            cfg.postconf
+                .insert("smtp_tls_security_level".into(), "none".into());
+            cfg.postconf
+                .insert("smtp_sasl_security_options".into(), "noanonymous".into());
+        }
+        spec
+    };
+    let cases = [
+        (
+            from_file,
+            "postconf.smtp_sasl_security_options",
+            "relayhost.tlsLevel",
+        ),
+        (
+            with_login(&[("POSTCONF_smtp_tls_security_level", "none")]),
+            "POSTCONF_smtp_tls_security_level",
+            "RELAY_USE_TLS",
+        ),
+        (
+            with_login(&[(
+                "RELAY_EXTRAS_SETTINGS",
+                "smtp_sasl_security_options=noanonymous",
+            )]),
+            "RELAY_EXTRAS_SETTINGS",
+            "RELAY_TLS_VERIFY",
+        ),
+    ];
+    for (spec, entry, field) in cases {
+        let stderr = refused_at_start(&spec, &fake);
+        assert_eq!(stderr.trim().lines().count(), 1, "{entry}: {stderr}");
+        assert!(
+            stderr.contains(entry)
+                && stderr.contains("protects the relayhost login")
+                && stderr.contains(field),
+            "{entry}: the refusal names the entry and the field that owns it: {stderr}"
+        );
+        assert!(master_pid(&spec.spool_dir()).is_none(), "{entry}");
+    }
+    assert_eq!(
+        fake.transcript(),
+        "",
+        "the relayhost never heard from the relay"
+    );
+}
+
+/// Runs `spec` expecting the relay to refuse its input (exit code 2); returns its stderr. A
+/// relay that starts instead is sent a message, so the failure shows what the relayhost then
+/// received, and is stopped.
+fn refused_at_start(spec: &RelaySpec, relayhost: &ScriptedRelayhost) -> String {
+    use std::io::Read as _;
+    use std::process::Stdio;
+    let mut child = spec
+        .command()
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let exited = poll("the relay to exit or serve", DEADLINE, || {
+        match child.try_wait().unwrap() {
+            Some(status) => Some(Some(status)),
+            None => smtp_ready(spec.addr()).then_some(None),
+        }
+    });
+    let Some(status) = exited else {
+        let sent = send(
+            spec.addr(),
+            NET_CLIENT,
+            None,
+            "app@example.net",
+            "someone@elsewhere.org",
+            &marker("issue-26"),
+        );
+        let _ = poll_until(DEADLINE, || {
+            relayhost
+                .transcript()
+                .to_ascii_uppercase()
+                .contains("AUTH ")
+        });
+        smtp_relay_e2e::tools::stop_child(&mut child, DEADLINE);
+        smtp_relay_e2e::mail::kill_master(&spec.spool_dir());
+        panic!(
+            "the relay started instead of refusing its input (message: {sent:?}); the relayhost received:\n{}",
+            relayhost.transcript()
+        );
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    stderr
+}
+
+/// Whether `f` holds within `timeout`, polling.
+fn poll_until(timeout: std::time::Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = std::time::Instant::now();
+    while start.elapsed() < timeout {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    false
+}

@@ -1,7 +1,9 @@
-//! The one place that decides what may never open the relay: which Postfix parameters only the
-//! relay's own fields may set, which `networks` would trust everyone, and whether an effective
-//! Postfix configuration lets an anonymous client from outside `networks` relay to an outside
-//! domain. Both input paths and the operator use these functions; nothing else repeats them.
+//! The one place that decides what `postconf` may never undo: which Postfix parameters only the
+//! relay's own fields may set (those that decide who may relay, and those that protect the
+//! relayhost login), which `networks` would trust everyone, whether an effective Postfix
+//! configuration lets an anonymous client from outside `networks` relay to an outside domain,
+//! and whether it could send the relayhost password in clear text. Both input paths and the
+//! operator use these functions; nothing else repeats them.
 
 use ipnet::IpNet;
 
@@ -38,28 +40,212 @@ const OWNED: &[(&str, &str)] = &[
     ),
 ];
 
-/// The field that owns `name`, when `postconf` may not set it.
-pub fn owner(name: &str) -> Option<&'static str> {
+/// The TLS level towards the relayhost, in each input's words.
+const LEVEL: &str = "relayhost.tls.level (relay.yaml: relayhost.tlsLevel; RELAY_USE_TLS, RELAY_TLS_VERIFY); with a login it defaults to encrypt, and none or may there is accepted and flagged";
+/// The CA that verifies the relayhost.
+const CA: &str = "relayhost.tls.caSecretKeyRef or caConfigMapKeyRef (relay.yaml: relayhost.tlsCaFile; RELAY_TLS_CA); without one, the system CAs";
+/// The relayhost login.
+const LOGIN: &str = "relayhost.credentialsSecretRef or relayhost.oauth2 (relay.yaml: relayhost.usernameFile and passwordFile, or oauth2; RELAY_LOGIN and RELAY_PASSWORD)";
+/// The relayhost, which the login goes to and its certificate must name.
+const RELAYHOST: &str = "relayhost.host, port and mxLookup (RELAY_HOST)";
+/// Protocols and ciphers: no field, the defaults are the strong end already.
+const TLS_FLOOR: &str = "no field: Postfix's defaults with the image's OpenSSL 3 allow only TLS 1.2 or newer, with medium-grade ciphers or stronger";
+
+/// Parameters that protect the relayhost login, with the field that owns each, beyond the
+/// `smtp_tls_*` and `smtp_sasl_*` prefixes (see [`HARMLESS`]). Whatever `postconf` says, the
+/// login must go only to the relayhost the fields name, only inside TLS unless the fields chose
+/// a level of `none` or `may` (which the operator flags with `RelayhostPasswordProtected=False`),
+/// to a relayhost verified as the fields say, over TLS no weaker than the defaults:
+///
+/// - the TLS level and what overrides it: `smtp_tls_security_level`, per destination
+///   `smtp_tls_policy_maps` and the obsolete `smtp_tls_per_site`, the obsolete
+///   `smtp_use_tls`, `smtp_enforce_tls`, `smtp_tls_enforce_peername`, and
+///   `smtp_tls_dane_insecure_mx_policy` (which turns `dane` into `may`);
+/// - which mechanisms may run outside TLS: `smtp_sasl_security_options` (`noplaintext` keeps
+///   PLAIN, LOGIN and XOAUTH2 inside TLS), and inside it `smtp_sasl_tls_security_options`,
+///   `smtp_sasl_tls_verified_security_options`; they follow the level;
+/// - the login itself: `smtp_sasl_auth_enable`, `smtp_sasl_password_maps` (the password or the
+///   OAuth2 socketmap), `smtp_sasl_type`, `smtp_sasl_path` (the SASL implementation, which
+///   applies those options);
+/// - where it goes: `relayhost` (the OAuth2 socketmap answers any destination);
+/// - whom to trust: `smtp_tls_CAfile`, `smtp_tls_CApath`, `smtp_tls_trust_anchor_file`,
+///   `tls_append_default_CA` (system CAs besides a private one), the names a certificate must
+///   carry (`smtp_tls_verify_cert_match`, `smtp_tls_secure_cert_match`), the fingerprint
+///   digest (`smtp_tls_fingerprint_digest`: MD5 or SHA-1 would weaken `fingerprint`);
+/// - `smtp_tls_wrappermode` (implicit TLS);
+/// - the protocol and cipher floor: `smtp_tls_protocols`, `smtp_tls_mandatory_protocols`,
+///   `smtp_tls_ciphers`, `smtp_tls_mandatory_ciphers`, `smtp_tls_exclude_ciphers`,
+///   `smtp_tls_mandatory_exclude_ciphers`, and the global `tls_*_cipherlist` (an
+///   `@SECLEVEL=0` there lets TLS 1.0 and NULL ciphers back in), `tls_config_file` and
+///   `tls_config_name` (an OpenSSL configuration can do the same), `tls_ssl_options`
+///   (`legacy_server_connect` re-enables insecure renegotiation). A name alone cannot tell a
+///   weaker value from a stronger one, and there is nothing stronger to ask for: the
+///   defaults are already TLS 1.2 or newer.
+///
+/// Left open: `lmtp_*` (the relay delivers nothing over LMTP), `tlsproxy_client_*` (the
+/// smtp client sends its own level, CAs and matching with every request to tlsproxy, which
+/// only preloads these), and everything on the inbound side (`smtpd_tls_*`; AUTH there is
+/// guarded by `smtpd_tls_auth_only`).
+const RELAYHOST_OWNED: &[(&str, &str)] = &[
+    ("smtp_tls_security_level", LEVEL),
+    ("smtp_tls_policy_maps", LEVEL),
+    ("smtp_tls_per_site", LEVEL),
+    ("smtp_use_tls", LEVEL),
+    ("smtp_enforce_tls", LEVEL),
+    ("smtp_tls_enforce_peername", LEVEL),
+    ("smtp_tls_dane_insecure_mx_policy", LEVEL),
+    ("smtp_sasl_security_options", LEVEL),
+    ("smtp_sasl_tls_security_options", LEVEL),
+    ("smtp_sasl_tls_verified_security_options", LEVEL),
+    ("smtp_sasl_auth_enable", LOGIN),
+    ("smtp_sasl_password_maps", LOGIN),
+    ("smtp_sasl_type", LOGIN),
+    ("smtp_sasl_path", LOGIN),
+    ("relayhost", RELAYHOST),
+    ("smtp_tls_CAfile", CA),
+    ("smtp_tls_CApath", CA),
+    ("smtp_tls_trust_anchor_file", CA),
+    ("tls_append_default_CA", CA),
+    (
+        "smtp_tls_verify_cert_match",
+        "relayhost.host (RELAY_HOST): at level verify or secure its certificate must name it",
+    ),
+    (
+        "smtp_tls_secure_cert_match",
+        "relayhost.host (RELAY_HOST): at level verify or secure its certificate must name it",
+    ),
+    (
+        "smtp_tls_fingerprint_digest",
+        "no field: give smtp_tls_fingerprint_cert_match SHA-256 fingerprints (openssl x509 -noout -fingerprint -sha256)",
+    ),
+    (
+        "smtp_tls_wrappermode",
+        "relayhost.implicitTls (relay.yaml: relayhost.implicitTls; RELAY_SMTPS)",
+    ),
+    ("smtp_tls_protocols", TLS_FLOOR),
+    ("smtp_tls_mandatory_protocols", TLS_FLOOR),
+    ("smtp_tls_ciphers", TLS_FLOOR),
+    ("smtp_tls_mandatory_ciphers", TLS_FLOOR),
+    ("smtp_tls_exclude_ciphers", TLS_FLOOR),
+    ("smtp_tls_mandatory_exclude_ciphers", TLS_FLOOR),
+    ("tls_high_cipherlist", TLS_FLOOR),
+    ("tls_medium_cipherlist", TLS_FLOOR),
+    ("tls_low_cipherlist", TLS_FLOOR),
+    ("tls_export_cipherlist", TLS_FLOOR),
+    ("tls_null_cipherlist", TLS_FLOOR),
+    ("tls_config_file", TLS_FLOOR),
+    ("tls_config_name", TLS_FLOOR),
+    ("tls_ssl_options", TLS_FLOOR),
+];
+
+/// The `smtp_tls_*` and `smtp_sasl_*` parameters `postconf` may set: they tune the relayhost
+/// connection without weakening its login. Every other parameter of those prefixes is owned
+/// (a prefix rule, not a list of the dangerous ones), so a parameter a newer Postfix adds is
+/// refused until someone judges it, rather than slipping through; Postfix 3.7's are all
+/// judged here or in [`RELAYHOST_OWNED`].
+///
+/// - logging, caches and connection reuse: `smtp_tls_loglevel`, `smtp_tls_note_starttls_offer`,
+///   `smtp_tls_session_cache_*`, `smtp_tls_connection_reuse`, `smtp_sasl_auth_cache_*` (only
+///   refused logins, their passwords hashed), `smtp_sasl_auth_soft_bounce`;
+/// - a client certificate for the relayhost: `smtp_tls_{,d,ec}cert_file`,
+///   `smtp_tls_{,d,ec}key_file`, `smtp_tls_chain_files`;
+/// - `smtp_tls_fingerprint_cert_match`: the fingerprints trusted at level `fingerprint`, which
+///   only the level field chooses, and which has no other field;
+/// - `smtp_tls_servername` (SNI), `smtp_tls_scert_verifydepth`,
+///   `smtp_tls_block_early_mail_reply`, `smtp_tls_force_insecure_host_tlsa_lookup`: they add
+///   checks or change none;
+/// - `smtp_sasl_mechanism_filter`: it only narrows what the relayhost offers (e.g. `login`
+///   for a server whose GSSAPI fails); the security options still decide what may run outside
+///   TLS.
+const HARMLESS: &[&str] = &[
+    "smtp_tls_loglevel",
+    "smtp_tls_note_starttls_offer",
+    "smtp_tls_session_cache_database",
+    "smtp_tls_session_cache_timeout",
+    "smtp_tls_connection_reuse",
+    "smtp_tls_block_early_mail_reply",
+    "smtp_tls_cert_file",
+    "smtp_tls_key_file",
+    "smtp_tls_dcert_file",
+    "smtp_tls_dkey_file",
+    "smtp_tls_eccert_file",
+    "smtp_tls_eckey_file",
+    "smtp_tls_chain_files",
+    "smtp_tls_fingerprint_cert_match",
+    "smtp_tls_servername",
+    "smtp_tls_scert_verifydepth",
+    "smtp_tls_force_insecure_host_tlsa_lookup",
+    "smtp_sasl_auth_cache_name",
+    "smtp_sasl_auth_cache_time",
+    "smtp_sasl_auth_soft_bounce",
+    "smtp_sasl_mechanism_filter",
+];
+
+/// What a parameter that `postconf` may not set protects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protects {
+    /// Who may relay (`OWNED`).
+    Relay,
+    /// The relayhost login (`RELAYHOST_OWNED`, the `smtp_tls_*` and `smtp_sasl_*` prefixes).
+    RelayhostLogin,
+}
+
+/// What `name` protects and the field that owns it, when `postconf` may not set it.
+fn rule(name: &str) -> Option<(Protects, &'static str)> {
     if let Some((_, owner)) = OWNED.iter().find(|(n, _)| *n == name) {
-        return Some(owner);
+        return Some((Protects::Relay, owner));
     }
     if name.starts_with("smtpd_sasl_") {
-        return Some("the SASL users (saslUsersSecretRef, or client_sasl_passwd)");
+        return Some((
+            Protects::Relay,
+            "the SASL users (saslUsersSecretRef, or client_sasl_passwd)",
+        ));
     }
     if name.starts_with("smtpd_") && name.ends_with("_restrictions") {
-        return Some("mode or customRestrictions (and strictSender)");
+        return Some((
+            Protects::Relay,
+            "mode or customRestrictions (and strictSender)",
+        ));
+    }
+    if let Some((_, owner)) = RELAYHOST_OWNED.iter().find(|(n, _)| *n == name) {
+        return Some((Protects::RelayhostLogin, owner));
+    }
+    if (name.starts_with("smtp_tls_") || name.starts_with("smtp_sasl_"))
+        && !HARMLESS.contains(&name)
+    {
+        return Some((
+            Protects::RelayhostLogin,
+            "no field: a TLS or SASL parameter of the relayhost connection not known to be harmless",
+        ));
     }
     None
 }
 
-/// Refuses a `postconf` entry that decides who may relay. `field` names the entry.
+/// The field that owns `name`, when `postconf` may not set it.
+pub fn owner(name: &str) -> Option<&'static str> {
+    rule(name).map(|(_, owner)| owner)
+}
+
+/// What `name` protects, when `postconf` may not set it.
+pub fn protects(name: &str) -> Option<Protects> {
+    rule(name).map(|(protects, _)| protects)
+}
+
+/// Refuses a `postconf` entry that decides who may relay or protects the relayhost login.
+/// `field` names the entry.
 pub fn check_postconf(field: &str, name: &str) -> ConfigResult<()> {
-    match owner(name) {
+    match rule(name) {
         None => Ok(()),
-        Some(owner) => Err(ConfigError::invalid(
-            field,
-            format!("{name} decides who may relay and cannot be set here; it is set from {owner}"),
-        )),
+        Some((protects, owner)) => {
+            let what = match protects {
+                Protects::Relay => "decides who may relay",
+                Protects::RelayhostLogin => "protects the relayhost login",
+            };
+            Err(ConfigError::invalid(
+                field,
+                format!("{name} {what} and cannot be set here; it is set from {owner}"),
+            ))
+        }
     }
 }
 
@@ -97,14 +283,32 @@ pub struct Effective {
     pub mynetworks: String,
     pub relay_restrictions: String,
     pub recipient_restrictions: String,
+    /// `smtp_tls_security_level`: whether TLS towards the relayhost is required.
+    pub tls_level: String,
+    /// `smtp_sasl_auth_enable`: whether the relay logs in to the relayhost.
+    pub sasl_auth_enable: String,
+    /// `smtp_sasl_security_options`: which mechanisms may run outside TLS.
+    pub sasl_security_options: String,
+    /// `smtp_sasl_tls_security_options`: which may run inside TLS (not a clear-text question).
+    pub sasl_tls_security_options: String,
+    /// `smtp_tls_policy_maps`: a TLS level per destination, overriding the one above.
+    pub tls_policy_maps: String,
+    /// `smtp_tls_per_site`: the obsolete form of the policy maps, still obeyed.
+    pub tls_per_site: String,
 }
 
 impl Effective {
     /// The parameters to ask `postconf -x` for, in the order [`Effective::from_postconf`] reads.
-    pub const PARAMETERS: [&'static str; 3] = [
+    pub const PARAMETERS: [&'static str; 9] = [
         "mynetworks",
         "smtpd_relay_restrictions",
         "smtpd_recipient_restrictions",
+        "smtp_tls_security_level",
+        "smtp_sasl_auth_enable",
+        "smtp_sasl_security_options",
+        "smtp_sasl_tls_security_options",
+        "smtp_tls_policy_maps",
+        "smtp_tls_per_site",
     ];
 
     /// Parses `name = value` lines.
@@ -119,11 +323,59 @@ impl Effective {
                 "mynetworks" => e.mynetworks = value,
                 "smtpd_relay_restrictions" => e.relay_restrictions = value,
                 "smtpd_recipient_restrictions" => e.recipient_restrictions = value,
+                "smtp_tls_security_level" => e.tls_level = value,
+                "smtp_sasl_auth_enable" => e.sasl_auth_enable = value,
+                "smtp_sasl_security_options" => e.sasl_security_options = value,
+                "smtp_sasl_tls_security_options" => e.sasl_tls_security_options = value,
+                "smtp_tls_policy_maps" => e.tls_policy_maps = value,
+                "smtp_tls_per_site" => e.tls_per_site = value,
                 _ => {}
             }
         }
         e
     }
+}
+
+/// Why the relayhost password (or OAuth2 token) could leave in clear text under `e`, or `None`
+/// when it cannot. The last line of defence behind [`check_postconf`], as [`open_relay`] is
+/// for the relay: whatever the inputs were, with a login either TLS is required
+/// (`smtp_tls_security_level` encrypt or stronger; `dane` is not, it falls back to `may`
+/// without TLSA records) or plain-text mechanisms stay inside TLS (`noplaintext` in
+/// `smtp_sasl_security_options`), and no per-destination policy overrides the level.
+///
+/// `cleartext_chosen`: the fields chose a level of `none` or `may` with the login
+/// ([`crate::settings::Settings::relayhost_password_in_clear`]); the relay then allows
+/// plain-text mechanisms outside TLS on purpose, and the operator flags it
+/// (`RelayhostPasswordProtected=False`), so only the policy maps are refused then.
+pub fn relayhost_login_in_clear(e: &Effective, cleartext_chosen: bool) -> Option<String> {
+    if !matches!(
+        e.sasl_auth_enable.to_ascii_lowercase().as_str(),
+        "yes" | "true"
+    ) {
+        return None;
+    }
+    for (name, value) in [
+        ("smtp_tls_policy_maps", &e.tls_policy_maps),
+        ("smtp_tls_per_site", &e.tls_per_site),
+    ] {
+        if !value.is_empty() {
+            return Some(format!(
+                "the relayhost login could be sent without TLS: {name} ({value}) can give the relayhost another TLS level than relayhost.tls.level"
+            ));
+        }
+    }
+    let tls_required = matches!(
+        e.tls_level.as_str(),
+        "encrypt" | "dane-only" | "fingerprint" | "verify" | "secure"
+    );
+    let plaintext_outside_tls = !list(&e.sasl_security_options).any(|o| o == "noplaintext");
+    if tls_required || !plaintext_outside_tls || cleartext_chosen {
+        return None;
+    }
+    Some(format!(
+        "the relayhost password could be sent in clear text: smtp_tls_security_level is {:?} and smtp_sasl_security_options ({}) allows PLAIN and LOGIN outside TLS, yet relayhost.tls.level does not choose none or may",
+        e.tls_level, e.sasl_security_options
+    ))
 }
 
 /// Why an anonymous client outside `networks` could relay to an outside domain under `e`, or
@@ -190,13 +442,65 @@ fn parse_network(entry: &str) -> Option<IpNet> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::postfix::layout::Layout;
+    use crate::postfix::main_cf;
+    use crate::settings::{
+        Credentials, Mode, RelayPolicy, Relayhost, SaslUserSource, Settings, TlsLevel,
+    };
 
     fn effective(networks: &str, relay: &str) -> Effective {
         Effective {
             mynetworks: networks.into(),
             relay_restrictions: relay.into(),
             recipient_restrictions: "check_recipient_access regexp:/x".into(),
+            ..Effective::default()
         }
+    }
+
+    /// Settings with a relayhost password, `level` and `postconf`, as both input paths make
+    /// them.
+    fn with_login(level: Option<TlsLevel>, postconf: &[(&str, &str)]) -> Settings {
+        Settings {
+            hostname: None,
+            domain: "example.net".into(),
+            networks: vec!["10.0.0.0/24".parse().unwrap()],
+            relay_domains: vec!["example.net".into()],
+            relayhost: Relayhost {
+                host: "smtp.example.net".into(),
+                port: 587,
+                mx_lookup: false,
+                implicit_tls: false,
+            },
+            relayhost_credentials: Some(Credentials {
+                login: "user".into(),
+                password: "secret".into(),
+            }),
+            relayhost_oauth2: None,
+            relayhost_tls_level: level,
+            relayhost_tls_ca_file: Some("/ca.pem".into()),
+            postmaster: None,
+            strict_sender: false,
+            policy: RelayPolicy::Mode(Mode::Strict),
+            sasl_users: SaslUserSource::None,
+            inbound_tls: None,
+            proxy_protocol_port: None,
+            postconf: postconf
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            postconf_field_prefix: "POSTCONF_".into(),
+        }
+    }
+
+    /// What `postconf -x` would print for the main.cf the relay writes from `s`.
+    fn effective_of(s: &Settings) -> Effective {
+        let layout = Layout {
+            config_dir: "/run/pf".into(),
+            spool_dir: "/var/spool/postfix".into(),
+            data_dir: "/data".into(),
+            listen: "0.0.0.0:25".into(),
+        };
+        Effective::from_postconf(&main_cf::render(&main_cf::parameters(s, &layout)))
     }
 
     #[test]
@@ -214,7 +518,99 @@ mod tests {
         }
         assert!(check_postconf("p", "message_size_limit").is_ok());
         assert!(check_postconf("p", "smtpd_tls_security_level").is_ok());
-        assert!(check_postconf("p", "smtp_sasl_security_options").is_ok());
+    }
+
+    /// Issue 26: `postconf: {smtp_tls_security_level: none, smtp_sasl_security_options:
+    /// noanonymous}` sent the relayhost password in clear text while the status said it went
+    /// only inside TLS. What protects the login belongs to its fields now.
+    #[test]
+    fn relayhost_login_parameters_name_their_field() {
+        let level = "relayhost.tls.level";
+        let ca = "caSecretKeyRef";
+        let login = "credentialsSecretRef";
+        let floor = "TLS 1.2";
+        for (name, field) in [
+            ("smtp_tls_security_level", level),
+            ("smtp_tls_security_level", "RELAY_USE_TLS"),
+            ("smtp_use_tls", level),
+            ("smtp_enforce_tls", level),
+            ("smtp_tls_enforce_peername", level),
+            ("smtp_tls_policy_maps", level),
+            ("smtp_tls_per_site", level),
+            ("smtp_tls_dane_insecure_mx_policy", level),
+            ("smtp_sasl_security_options", level),
+            ("smtp_sasl_tls_security_options", level),
+            ("smtp_sasl_tls_verified_security_options", level),
+            ("smtp_sasl_auth_enable", login),
+            ("smtp_sasl_password_maps", login),
+            ("smtp_sasl_password_maps", "oauth2"),
+            ("smtp_sasl_type", login),
+            ("smtp_sasl_path", login),
+            ("smtp_tls_CAfile", ca),
+            ("smtp_tls_CApath", "RELAY_TLS_CA"),
+            ("smtp_tls_trust_anchor_file", ca),
+            ("tls_append_default_CA", ca),
+            ("smtp_tls_verify_cert_match", "relayhost.host"),
+            ("smtp_tls_secure_cert_match", "relayhost.host"),
+            ("smtp_tls_fingerprint_digest", "SHA-256"),
+            ("smtp_tls_wrappermode", "implicitTls"),
+            ("smtp_tls_wrappermode", "RELAY_SMTPS"),
+            ("smtp_tls_protocols", floor),
+            ("smtp_tls_mandatory_protocols", floor),
+            ("smtp_tls_ciphers", floor),
+            ("smtp_tls_mandatory_ciphers", floor),
+            ("smtp_tls_exclude_ciphers", floor),
+            ("smtp_tls_mandatory_exclude_ciphers", floor),
+            ("tls_medium_cipherlist", floor),
+            ("tls_null_cipherlist", floor),
+            ("tls_config_file", floor),
+            ("tls_ssl_options", floor),
+            ("relayhost", "RELAY_HOST"),
+            // A parameter a newer Postfix adds is refused until it is judged harmless.
+            ("smtp_tls_enable_rpk", "not known to be harmless"),
+            ("smtp_sasl_something_new", "not known to be harmless"),
+        ] {
+            let err = check_postconf("POSTCONF_x", name)
+                .expect_err(name)
+                .to_string();
+            assert!(
+                err.contains(field)
+                    && err.contains(name)
+                    && err.contains("protects the relayhost login"),
+                "{name}: {err}"
+            );
+        }
+    }
+
+    /// Tuning that cannot weaken the login stays open to `postconf`.
+    #[test]
+    fn harmless_relayhost_tuning_is_accepted() {
+        for name in [
+            "smtp_tls_loglevel",
+            "smtp_tls_session_cache_timeout",
+            "smtp_tls_session_cache_database",
+            "smtp_tls_connection_reuse",
+            "smtp_tls_block_early_mail_reply",
+            "smtp_tls_note_starttls_offer",
+            "smtp_tls_cert_file",
+            "smtp_tls_key_file",
+            "smtp_tls_chain_files",
+            "smtp_tls_fingerprint_cert_match",
+            "smtp_tls_servername",
+            "smtp_tls_scert_verifydepth",
+            "smtp_sasl_mechanism_filter",
+            "smtp_sasl_auth_soft_bounce",
+            "smtp_sasl_auth_cache_name",
+            "smtp_sasl_auth_cache_time",
+            "smtp_connection_cache_destinations",
+            "smtp_dns_support_level",
+            "lmtp_tls_security_level",
+            "tlsproxy_client_loglevel",
+            "tls_eecdh_auto_curves",
+        ] {
+            assert_eq!(owner(name), None, "{name}");
+            assert!(check_postconf("p", name).is_ok(), "{name}");
+        }
     }
 
     #[test]
@@ -232,7 +628,6 @@ mod tests {
     #[test]
     fn the_modes_are_closed_and_permit_is_open() {
         use crate::postfix::restrictions::relay_restrictions;
-        use crate::settings::Mode;
         for mode in Mode::ALL {
             let e = effective(
                 "10.0.0.0/8, [fd00::]/64",
@@ -257,10 +652,137 @@ mod tests {
     #[test]
     fn postconf_output_is_parsed() {
         let e = Effective::from_postconf(
-            "mynetworks = [::1]/128, 127.0.0.2/32\nsmtpd_relay_restrictions = permit\nsmtpd_recipient_restrictions =\n",
+            "mynetworks = [::1]/128, 127.0.0.2/32\nsmtpd_relay_restrictions = permit\nsmtpd_recipient_restrictions =\nsmtp_tls_security_level = encrypt\nsmtp_sasl_auth_enable = yes\nsmtp_sasl_security_options = noanonymous, noplaintext\nsmtp_sasl_tls_security_options = noanonymous\nsmtp_tls_policy_maps =\nsmtp_tls_per_site = hash:/x\n",
         );
         assert_eq!(e.mynetworks, "[::1]/128, 127.0.0.2/32");
         assert_eq!(e.relay_restrictions, "permit");
         assert_eq!(e.recipient_restrictions, "");
+        assert_eq!(e.tls_level, "encrypt");
+        assert_eq!(e.sasl_auth_enable, "yes");
+        assert_eq!(e.sasl_security_options, "noanonymous, noplaintext");
+        assert_eq!(e.sasl_tls_security_options, "noanonymous");
+        assert_eq!(e.tls_policy_maps, "");
+        assert_eq!(e.tls_per_site, "hash:/x");
+        for name in Effective::PARAMETERS {
+            assert!(
+                name == "mynetworks" || name.starts_with("smtpd_") || owner(name).is_some(),
+                "{name}: read at start, so owned by a field"
+            );
+        }
+    }
+
+    /// Every parameter the relay writes from the relayhost fields is theirs: `postconf` cannot
+    /// undo one of them; what it may still tune there is in `HARMLESS`.
+    #[test]
+    fn what_the_relayhost_fields_write_is_owned() {
+        let mut s = with_login(Some(TlsLevel::Verify), &[]);
+        s.relayhost.implicit_tls = true;
+        let layout = Layout {
+            config_dir: "/run/pf".into(),
+            spool_dir: "/var/spool/postfix".into(),
+            data_dir: "/data".into(),
+            listen: "0.0.0.0:25".into(),
+        };
+        let written: Vec<String> = main_cf::parameters(&s, &layout)
+            .into_iter()
+            .map(|(name, _)| name)
+            .filter(|name| {
+                name == "relayhost"
+                    || name.starts_with("smtp_tls_")
+                    || name.starts_with("smtp_sasl_")
+            })
+            .collect();
+        for name in [
+            "relayhost",
+            "smtp_sasl_auth_enable",
+            "smtp_sasl_password_maps",
+            "smtp_sasl_security_options",
+            "smtp_sasl_tls_security_options",
+            "smtp_tls_security_level",
+            "smtp_tls_wrappermode",
+            "smtp_tls_CAfile",
+        ] {
+            assert!(written.iter().any(|w| w == name), "{name} is written");
+            assert_eq!(protects(name), Some(Protects::RelayhostLogin), "{name}");
+        }
+        for name in &written {
+            assert!(
+                owner(name).is_some() || HARMLESS.contains(&name.as_str()),
+                "{name}"
+            );
+        }
+        // The relay's own tuning stays the user's to change.
+        assert!(written.iter().any(|w| w == "smtp_tls_connection_reuse"));
+        assert!(owner("smtp_tls_connection_reuse").is_none());
+        assert!(owner("smtp_tls_session_cache_database").is_none());
+    }
+
+    /// The relay's own configurations never trip the start-time check: with a login, TLS is
+    /// required or plain-text mechanisms stay inside it, unless the fields chose none or may.
+    #[test]
+    fn the_relays_own_login_configurations_keep_the_password_in_tls() {
+        for level in TlsLevel::ALL.map(Some).into_iter().chain([None]) {
+            let s = with_login(level, &[]);
+            let e = effective_of(&s);
+            assert_eq!(e.sasl_auth_enable, "yes");
+            assert_eq!(
+                relayhost_login_in_clear(&e, s.relayhost_password_in_clear()),
+                None,
+                "{level:?}"
+            );
+            if s.relayhost_password_in_clear() {
+                // The explicit none/may is what allows plain text: without it, refused.
+                assert!(
+                    relayhost_login_in_clear(&e, false).is_some(),
+                    "{level:?}: plain text outside TLS is only for an explicit choice"
+                );
+            }
+        }
+        // No login, nothing to protect.
+        let mut s = with_login(Some(TlsLevel::None), &[]);
+        s.relayhost_credentials = None;
+        assert_eq!(relayhost_login_in_clear(&effective_of(&s), false), None);
+    }
+
+    /// Issue 26's configuration, had it got past [`check_postconf`]: refused at start.
+    #[test]
+    fn issue_26_is_refused_at_start_too() {
+        let s = with_login(
+            None,
+            &[
+                ("smtp_tls_security_level", "none"),
+                ("smtp_sasl_security_options", "noanonymous"),
+            ],
+        );
+        assert!(!s.relayhost_password_in_clear(), "the fields say encrypt");
+        let why = relayhost_login_in_clear(&effective_of(&s), false).expect("refused");
+        assert!(
+            why.contains("clear text") && why.contains("\"none\"") && why.contains("noanonymous"),
+            "{why}"
+        );
+        // TLS off alone keeps plain-text mechanisms out (noplaintext): mail waits, the
+        // password stays home.
+        let s = with_login(None, &[("smtp_tls_security_level", "none")]);
+        assert_eq!(relayhost_login_in_clear(&effective_of(&s), false), None);
+        // A policy table could give the relayhost any level: refused even with none or may.
+        for chosen in [false, true] {
+            let s = with_login(
+                Some(TlsLevel::May),
+                &[(
+                    "smtp_tls_policy_maps",
+                    "inline:{[smtp.example.net]:587=none}",
+                )],
+            );
+            let why = relayhost_login_in_clear(&effective_of(&s), chosen).expect("refused");
+            assert!(why.contains("smtp_tls_policy_maps"), "{why}");
+        }
+        let per_site = Effective {
+            sasl_auth_enable: "yes".into(),
+            tls_level: "encrypt".into(),
+            sasl_security_options: "noanonymous, noplaintext".into(),
+            tls_per_site: "hash:/etc/postfix/tls_per_site".into(),
+            ..Effective::default()
+        };
+        assert!(relayhost_login_in_clear(&per_site, false).is_some());
     }
 }
