@@ -7,13 +7,13 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{chown, PermissionsExt};
+use std::os::unix::fs::{chown, DirBuilderExt as _, PermissionsExt};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
 use crate::error::{ConfigError, ConfigResult, RunError};
 use crate::inputs::read_secret_file;
-use crate::postfix::instance::postfix_ids;
+use crate::postfix::instance::{postfix_ids, remove_dir_if_exists};
 use crate::postfix::layout::Layout;
 use crate::settings::SaslUserSource;
 use crate::validate;
@@ -94,8 +94,17 @@ fn read_directory(dir: &Path) -> ConfigResult<Users> {
 /// Writes `users` into a fresh database in the relay domain's realm, then swaps it in.
 pub fn install(users: &Users, realm: &str, layout: &Layout) -> Result<(), RunError> {
     let db = layout.sasldb();
-    let staging = db.with_extension("new");
-    remove_db(&staging)?;
+    // The database holds every password, and saslpasswd2 creates it with a mode of its own
+    // (0660 less the umask, group root): it is built in a directory only root can enter.
+    let staging_dir = layout.data_dir.join(".sasldb2.staging");
+    remove_dir_if_exists(&staging_dir)?;
+    // Where earlier versions built it, beside the live one.
+    remove_db(&db.with_extension("new"))?;
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&staging_dir)
+        .map_err(RunError::io(format!("creating {}", staging_dir.display())))?;
+    let staging = staging_dir.join("sasldb2");
     // saslpasswd2 cannot create an empty database: create it with one user, then remove it.
     let placeholder = "smtp-relay-placeholder";
     if users.0.is_empty() {
@@ -105,14 +114,19 @@ pub fn install(users: &Users, realm: &str, layout: &Layout) -> Result<(), RunErr
     for (name, password) in &users.0 {
         saslpasswd(&staging, realm, name, Some(password))?;
     }
+    #[cfg(test)]
+    crate::postfix::instance::created::record(&staging);
     let (_, postfix_gid) = postfix_ids()?;
-    // smtpd reads the database as the postfix user; 0600 gives "454 Temporary authentication
-    // failure".
-    chown(&staging, Some(0), Some(postfix_gid))
-        .map_err(RunError::io(format!("chown {}", staging.display())))?;
+    // smtpd reads the database as the postfix user (0600 gives "454 Temporary authentication
+    // failure"): its final mode first, then the postfix group, which so never gets more than
+    // reading it.
     fs::set_permissions(&staging, fs::Permissions::from_mode(0o640))
         .map_err(RunError::io(format!("chmod {}", staging.display())))?;
-    fs::rename(&staging, &db).map_err(RunError::io(format!("installing {}", db.display())))
+    chown(&staging, Some(0), Some(postfix_gid))
+        .map_err(RunError::io(format!("chown {}", staging.display())))?;
+    fs::rename(&staging, &db).map_err(RunError::io(format!("installing {}", db.display())))?;
+    fs::remove_dir(&staging_dir)
+        .map_err(RunError::io(format!("removing {}", staging_dir.display())))
 }
 
 /// Adds (`Some(password)`) or deletes (`None`) one user. The password goes through a pipe,
@@ -223,6 +237,56 @@ mod tests {
                 err.contains("client_sasl_passwd:2") && err.contains("not a valid SASL user name"),
                 "{line}: {err}"
             );
+        }
+    }
+
+    /// The database holds every password. saslpasswd2 creates it with a mode of its own (0660
+    /// less the umask, group root), so it is built in a directory only root can enter, and is
+    /// readable by the postfix group (smtpd) only once it is 0640: then it is swapped in.
+    #[test]
+    fn the_database_is_built_where_only_root_reaches_it() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout {
+            config_dir: dir.path().join("postfix"),
+            spool_dir: dir.path().join("spool"),
+            data_dir: dir.path().join("data"),
+            listen: "127.0.0.1:25".into(),
+        };
+        fs::create_dir_all(&layout.data_dir).unwrap();
+        let users = Users(BTreeMap::from([("app1".into(), "pw one".into())]));
+        for round in ["first", "again"] {
+            install(&users, "example.net", &layout).unwrap();
+            let created = crate::postfix::instance::created::take();
+            assert!(!created.is_empty(), "{round}");
+            for c in &created {
+                assert_eq!(
+                    (c.dir_mode, c.dir_uid),
+                    (0o700, 0),
+                    "{round}: {} was built in a directory of mode {:o}",
+                    c.path.display(),
+                    c.dir_mode
+                );
+                assert_eq!(
+                    (c.mode & 0o007, c.uid),
+                    (0, 0),
+                    "{round}: created as {:o}",
+                    c.mode
+                );
+            }
+            let db = fs::metadata(layout.sasldb()).unwrap();
+            let (_, postfix_gid) = postfix_ids().unwrap();
+            assert_eq!(
+                (db.mode() & 0o7777, db.uid(), db.gid()),
+                (0o640, 0, postfix_gid),
+                "{round}"
+            );
+            assert_eq!(list(&layout).unwrap(), ["app1@example.net"]);
+            let left: Vec<_> = fs::read_dir(&layout.data_dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert_eq!(left, ["sasldb2"], "{round}: nothing else is left");
         }
     }
 

@@ -1,7 +1,8 @@
 //! Laying out a Postfix instance on disk and controlling its master process.
 
 use std::fs;
-use std::os::unix::fs::{chown, PermissionsExt};
+use std::io::Write as _;
+use std::os::unix::fs::{chown, OpenOptionsExt as _, PermissionsExt};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
@@ -102,7 +103,7 @@ pub fn write_config(settings: &Settings, layout: &Layout) -> Result<(), RunError
     remove_dir_if_exists(&candidate.config_dir)
 }
 
-fn remove_dir_if_exists(dir: &Path) -> Result<(), RunError> {
+pub(crate) fn remove_dir_if_exists(dir: &Path) -> Result<(), RunError> {
     match fs::remove_dir_all(dir) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             Err(RunError::io(format!("removing {}", dir.display()))(e))
@@ -320,12 +321,28 @@ pub fn postfix_ids() -> Result<(u32, u32), RunError> {
     Ok((user.uid.as_raw(), group.gid.as_raw()))
 }
 
-/// Writes a file atomically (a reader never sees half of it) with the given mode.
+/// Writes a file atomically (a reader never sees half of it) with the given mode, which it has
+/// from the moment it exists: a secret (the relayhost password map, 0600) is never readable by
+/// others, not even between its writing and a chmod.
 pub fn write_file(path: &Path, content: &str, mode: u32) -> Result<(), RunError> {
     let tmp = path.with_extension("tmp-smtp-relay");
-    fs::write(&tmp, content).map_err(RunError::io(format!("writing {}", tmp.display())))?;
-    fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))
+    // A temporary file an interrupted write left is not reused (it keeps its own mode): the file
+    // is created anew, so it is ours and born with `mode`.
+    remove_if_exists(&tmp)?;
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(RunError::io(format!("creating {}", tmp.display())))?;
+    #[cfg(test)]
+    created::record(&tmp);
+    // The umask may have taken bits from `mode` (it never adds any): exactly `mode`.
+    file.set_permissions(fs::Permissions::from_mode(mode))
         .map_err(RunError::io(format!("chmod {}", tmp.display())))?;
+    file.write_all(content.as_bytes())
+        .map_err(RunError::io(format!("writing {}", tmp.display())))?;
+    drop(file);
     fs::rename(&tmp, path).map_err(RunError::io(format!("writing {}", path.display())))
 }
 
@@ -335,5 +352,82 @@ fn remove_if_exists(path: &Path) -> Result<(), RunError> {
             Err(RunError::io(format!("removing {}", path.display()))(e))
         }
         _ => Ok(()),
+    }
+}
+
+/// Test seam: what a file the relay creates looks like the moment it exists, before anything
+/// else is done to it (recorded per thread, so tests running side by side do not mix).
+#[cfg(test)]
+pub(crate) mod created {
+    use std::cell::RefCell;
+    use std::os::unix::fs::MetadataExt as _;
+    use std::path::{Path, PathBuf};
+
+    /// A file as it was created: its mode and owner, and its directory's mode and owner.
+    #[derive(Debug, Clone)]
+    pub struct Created {
+        pub path: PathBuf,
+        pub mode: u32,
+        pub uid: u32,
+        pub dir_mode: u32,
+        pub dir_uid: u32,
+    }
+
+    thread_local! {
+        static CREATED: RefCell<Vec<Created>> = const { RefCell::new(Vec::new()) };
+    }
+
+    pub fn record(path: &Path) {
+        let meta = std::fs::symlink_metadata(path).unwrap();
+        let dir = std::fs::metadata(path.parent().unwrap()).unwrap();
+        let created = Created {
+            path: path.to_path_buf(),
+            mode: meta.mode() & 0o7777,
+            uid: meta.uid(),
+            dir_mode: dir.mode() & 0o7777,
+            dir_uid: dir.uid(),
+        };
+        CREATED.with(|c| c.borrow_mut().push(created));
+    }
+
+    /// What this thread created since the last call.
+    pub fn take() -> Vec<Created> {
+        CREATED.with(|c| std::mem::take(&mut *c.borrow_mut()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file is created with its final mode: the relayhost password map (0600) is never, not
+    /// for a moment between writing and a chmod, readable by others, as it was (0644 by the
+    /// umask) at every start and rotation. Nor is a temporary file left by an interrupted
+    /// write reused with whatever mode it has.
+    #[test]
+    fn files_are_created_with_their_final_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        for mode in [0o600, 0o640, 0o644] {
+            let path = dir.path().join(format!("file-{mode:o}"));
+            // A leftover of an interrupted write, open to all.
+            let leftover = path.with_extension("tmp-smtp-relay");
+            fs::write(&leftover, "stale").unwrap();
+            fs::set_permissions(&leftover, fs::Permissions::from_mode(0o666)).unwrap();
+            for round in ["first", "again"] {
+                write_file(&path, "login:secret\n", mode).unwrap();
+                let created = created::take();
+                assert_eq!(created.len(), 1, "{mode:o} {round}: {created:?}");
+                assert_eq!(
+                    created[0].mode & !mode,
+                    0,
+                    "{mode:o} {round}: created as {:o}, more than its final mode",
+                    created[0].mode
+                );
+                let meta = fs::metadata(&path).unwrap();
+                assert_eq!(meta.permissions().mode() & 0o7777, mode, "{round}");
+                assert_eq!(fs::read_to_string(&path).unwrap(), "login:secret\n");
+                assert!(!leftover.exists());
+            }
+        }
     }
 }
