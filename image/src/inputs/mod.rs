@@ -58,7 +58,7 @@ pub fn json_position(e: &serde_json::Error) -> String {
     }
 }
 
-/// The kind of a JSON value (`a JSON string`), never the value.
+/// The kind of a JSON value (`string`, `object`, ...), never the value.
 pub fn json_kind(value: &serde_json::Value) -> &'static str {
     use serde_json::Value;
     match value {
