@@ -526,7 +526,9 @@ fn no_rbac_rule_uses_a_wildcard() {
 const OPERATOR_RULES: &str = r#"
 - {apiGroups: [smtprelay.dev], resources: [smtprelays], verbs: [get, list, watch, patch]}
 - {apiGroups: [smtprelay.dev], resources: [smtprelays/status], verbs: [patch]}
-- {apiGroups: [""], resources: [configmaps, services], verbs: [get, list, watch, create, patch]}
+- {apiGroups: [""], resources: [services], verbs: [get, list, watch, create, patch]}
+- {apiGroups: [""], resources: [configmaps], verbs: [get, list, watch, create, patch, delete]}
+- {apiGroups: [""], resources: [persistentvolumeclaims], verbs: [list, delete]}
 - {apiGroups: [""], resources: [secrets], verbs: [get, list, watch, create, patch, delete]}
 - {apiGroups: [""], resources: [serviceaccounts], verbs: [get, create, patch, delete]}
 - {apiGroups: [rbac.authorization.k8s.io], resources: [roles, rolebindings], verbs: [get, create, patch, delete]}

@@ -17,9 +17,10 @@
 //!    deliver a message twice when killed between the relayhost's 250 and its own
 //!    bookkeeping).
 //! 7. Deletion with `whenDeleted: Delete`: the relayhost down again, M more messages queued,
-//!    the SmtpRelay deleted. Its finalizer holds it, its pod and its volume while the pod
-//!    drains; the relayhost comes up, the M are delivered, and only then do the relay and its
-//!    volume go.
+//!    the SmtpRelay deleted in the foreground, as Argo CD deletes (the garbage collector takes
+//!    the children before the owner). Its finalizer holds it and the drain guard its
+//!    StatefulSet, pod and volume while the pod drains; the relayhost comes up, the M are
+//!    delivered, and only then do the relay and its volume go.
 //!
 //! Needs root, the tools of `scripts/install-deps.sh` and the images of
 //! `scripts/build-images.sh`. One test: there is one node per machine.
@@ -435,7 +436,16 @@ fn accepted_mail_survives_sigkill_a_node_reboot_and_a_scale_down() {
         "the last messages queued",
         || (queued(&cp, 0) >= M).then_some(()),
     ));
-    cp.kubectl_ok(["delete", "smtprelay", RELAY, "-n", NS, "--wait=false"]);
+    let pod_uid = pod0["metadata"]["uid"].clone();
+    cp.kubectl_ok([
+        "delete",
+        "smtprelay",
+        RELAY,
+        "-n",
+        NS,
+        "--cascade=foreground",
+        "--wait=false",
+    ]);
     let message = ok(user_path::wait(
         &cp,
         NS,
@@ -449,8 +459,33 @@ fn accepted_mail_survives_sigkill_a_node_reboot_and_a_scale_down() {
                 .then(|| c["message"].as_str().unwrap_or_default().to_string())
         },
     ));
+    // The foreground delete is through with what the relay alone owned (its Services), and
+    // the pod that holds the mail is the one that took it, still running.
+    ok(user_path::wait(
+        &cp,
+        NS,
+        WAIT,
+        "the garbage collector done with the relay's own dependents",
+        || {
+            let relay = operator::get_json(&cp, NS, "smtprelay", RELAY)?;
+            let waiting = relay["metadata"]["finalizers"]
+                .to_string()
+                .contains("foregroundDeletion");
+            (!waiting && operator::get_json(&cp, NS, "service", RELAY).is_none()).then_some(())
+        },
+    ));
+    let pod = operator::get_json(&cp, NS, "pod", &format!("{RELAY}-0")).expect("the pod");
+    assert_eq!(
+        pod["metadata"]["uid"], pod_uid,
+        "the same pod, never restarted"
+    );
     assert!(
-        claim(&cp, 0).is_some() && queued(&cp, 0) >= M,
+        pod["metadata"]["deletionTimestamp"].is_null(),
+        "not being deleted"
+    );
+    assert!(
+        claim(&cp, 0).is_some_and(|c| c["metadata"]["deletionTimestamp"].is_null())
+            && queued(&cp, 0) >= M,
         "held with its mail"
     );
     step(begin, &format!("deleted, held: {message}"));
@@ -475,6 +510,8 @@ fn accepted_mail_survives_sigkill_a_node_reboot_and_a_scale_down() {
         || {
             (operator::get_json(&cp, NS, "smtprelay", RELAY).is_none()
                 && operator::get_json(&cp, NS, "statefulset", RELAY).is_none()
+                && operator::get_json(&cp, NS, "configmap", &format!("{RELAY}-drain-guard"))
+                    .is_none()
                 && claim(&cp, 0).is_none())
             .then_some(())
         },

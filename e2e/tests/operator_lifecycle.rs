@@ -1179,10 +1179,18 @@ spec:
 }
 
 fn wait_warning_event(ctx: &Ctx, ns: &str, relay: &str, reason: &str, mentions: &str) {
+    wait_event(ctx, ns, relay, "Warning", reason, mentions);
+}
+
+fn wait_normal_event(ctx: &Ctx, ns: &str, relay: &str, reason: &str) {
+    wait_event(ctx, ns, relay, "Normal", reason, "");
+}
+
+fn wait_event(ctx: &Ctx, ns: &str, relay: &str, type_: &str, reason: &str, mentions: &str) {
     ctx.op
-        .wait_for(CONVERGE, &format!("a Warning Event {reason}"), || {
+        .wait_for(CONVERGE, &format!("a {type_} Event {reason}"), || {
             list_json(&ctx.cp, ns, "events").into_iter().find(|e| {
-                e["type"] == "Warning"
+                e["type"] == type_
                     && e["reason"] == reason
                     && e["involvedObject"]["kind"] == "SmtpRelay"
                     && e["involvedObject"]["name"] == relay
@@ -1369,11 +1377,28 @@ fn restart_mid_flight(ctx: &mut Ctx) {
 /// when its volumes go too (here given up: the pods never run); queue claims follow
 /// `storage.retention.whenDeleted`.
 fn deletion(ctx: &mut Ctx) {
-    // "ha" has whenDeleted: Delete (2 claims); "ex-unauth" keeps the default, Retain.
-    for (ns, name) in [("ha", "ha"), ("ex-unauth", "smtp-relay")] {
-        ctx.cp
-            .kubectl_ok(["delete", "smtprelay", name, "-n", ns, "--wait=false"]);
-    }
+    orphan_delete_leaves_the_relay_running(ctx);
+    // "ha" has whenDeleted: Delete (2 claims), and is deleted in the foreground, as Argo CD
+    // does: the garbage collector takes the children before the owner. "ex-unauth" keeps the
+    // default, Retain, and is deleted in the background.
+    let ha_sts_uid = ctx.must("ha", "statefulset", "ha")["metadata"]["uid"].clone();
+    ctx.cp.kubectl_ok([
+        "delete",
+        "smtprelay",
+        "ha",
+        "-n",
+        "ha",
+        "--cascade=foreground",
+        "--wait=false",
+    ]);
+    ctx.cp.kubectl_ok([
+        "delete",
+        "smtprelay",
+        "smtp-relay",
+        "-n",
+        "ex-unauth",
+        "--wait=false",
+    ]);
     // "ha" is held by its finalizer while its pods drain; they never run here (no node), so
     // the deletion waits, says so, and goes on once the user gives up.
     let r = ctx.relay("ha", "ha");
@@ -1396,7 +1421,35 @@ fn deletion(ctx: &mut Ctx) {
         message.contains("ha-0 (not running") && message.contains("at most"),
         "{message}"
     );
-    assert!(ctx.get("ha", "statefulset", "ha").is_some(), "held");
+    // The garbage collector has finished with the relay's own dependents: its Services are
+    // gone; the StatefulSet, its pods' ConfigMap and both claims stand, the guard their owner.
+    ctx.op.wait_for(
+        CONVERGE,
+        "the foreground delete to take what the relay alone owned",
+        || {
+            let r = ctx.get("ha", "smtprelay", "ha")?;
+            let waiting = r["metadata"]["finalizers"]
+                .to_string()
+                .contains("foregroundDeletion");
+            (!waiting && ctx.get("ha", "service", "ha").is_none()).then_some(())
+        },
+    );
+    let sts = ctx.must("ha", "statefulset", "ha");
+    assert_eq!(
+        sts["metadata"]["uid"], ha_sts_uid,
+        "the StatefulSet the foreground delete found is the one still running"
+    );
+    assert!(
+        sts["metadata"]["deletionTimestamp"].is_null(),
+        "not being deleted"
+    );
+    let owners = sts["metadata"]["ownerReferences"].to_string();
+    assert!(
+        owners.contains("ha-drain-guard") && !owners.contains("SmtpRelay"),
+        "{owners}"
+    );
+    assert!(ctx.get("ha", "configmap", "ha-config").is_some(), "held");
+    assert_eq!(list_json(&ctx.cp, "ha", "pvc").len(), 2, "both claims held");
     wait_warning_event(ctx, "ha", "ha", "DrainWaiting", "ha-1");
     ctx.cp.kubectl_ok([
         "annotate",
@@ -1413,8 +1466,10 @@ fn deletion(ctx: &mut Ctx) {
             &format!("the children of {ns}/{name} to be garbage-collected"),
             || {
                 let left: Vec<_> = [
+                    ("smtprelay", name.to_string()),
                     ("statefulset", name.to_string()),
                     ("configmap", format!("{name}-config")),
+                    ("configmap", format!("{name}-drain-guard")),
                     ("service", name.to_string()),
                     ("service", format!("{name}-headless")),
                     ("secret", format!("{name}-relayhost")),
@@ -1449,6 +1504,108 @@ fn deletion(ctx: &mut Ctx) {
         owners.is_null() || owners.as_array().is_some_and(|a| a.is_empty()),
         "a retained claim has no owner to be collected with: {owners}"
     );
+}
+
+/// A relay whose volumes go with it, deleted with propagation orphan: the finalizer lets it go
+/// at once, nothing drains, and its children keep running, owned by the drain guard alone;
+/// deleting the guard then deletes them.
+fn orphan_delete_leaves_the_relay_running(ctx: &mut Ctx) {
+    const NAME: &str = "kept";
+    operator::apply(
+        &ctx.cp,
+        "ha",
+        &format!(
+            r#"
+apiVersion: smtprelay.dev/v1alpha1
+kind: SmtpRelay
+metadata:
+  name: {NAME}
+spec:
+  domain: example.org
+  networks: ["10.0.0.0/24"]
+  relayhost: {{host: mx.example.org, port: 25}}
+  storage: {{size: 100Mi, retention: {{whenDeleted: Delete}}}}
+"#
+        ),
+    );
+    ctx.wait_applied("ha", NAME);
+    let guard = ctx.must("ha", "configmap", &format!("{NAME}-drain-guard"));
+    assert!(
+        guard["metadata"]["ownerReferences"].is_null(),
+        "the guard is owned by nothing: {}",
+        guard["metadata"]
+    );
+    let sts = ctx.must("ha", "statefulset", NAME);
+    assert!(
+        sts["metadata"]["ownerReferences"]
+            .to_string()
+            .contains(&format!("{NAME}-drain-guard")),
+        "{}",
+        sts["metadata"]
+    );
+    let pod = format!("{NAME}-0");
+    ctx.op
+        .wait_for(CONVERGE, "its pod", || ctx.get("ha", "pod", &pod));
+    ctx.cp.kubectl_ok([
+        "delete",
+        "smtprelay",
+        NAME,
+        "-n",
+        "ha",
+        "--cascade=orphan",
+        "--timeout=60s",
+    ]);
+    assert!(ctx.get("ha", "smtprelay", NAME).is_none(), "let go at once");
+    wait_normal_event(ctx, "ha", NAME, "Orphaned");
+    for (kind, name) in [
+        ("statefulset", NAME.to_string()),
+        ("service", NAME.to_string()),
+        ("configmap", format!("{NAME}-config")),
+    ] {
+        let obj = ctx.must("ha", kind, &name);
+        assert!(
+            obj["metadata"]["deletionTimestamp"].is_null()
+                && !obj["metadata"]["ownerReferences"]
+                    .to_string()
+                    .contains("SmtpRelay"),
+            "{kind} {name} kept, orphaned: {}",
+            obj["metadata"]
+        );
+    }
+    let pod = ctx.must("ha", "pod", &pod);
+    assert!(
+        pod["metadata"]["annotations"]["smtprelay.dev/drain"].is_null(),
+        "not asked to drain: {}",
+        pod["metadata"]
+    );
+    // The guard is the handle: deleting it deletes what it kept.
+    ctx.cp.kubectl_ok([
+        "delete",
+        "configmap",
+        &format!("{NAME}-drain-guard"),
+        "-n",
+        "ha",
+    ]);
+    ctx.op.wait_for(
+        Duration::from_secs(90),
+        "the orphaned relay to go with its guard",
+        || {
+            (ctx.get("ha", "statefulset", NAME).is_none()
+                && ctx
+                    .get("ha", "configmap", &format!("{NAME}-config"))
+                    .is_none())
+            .then_some(())
+        },
+    );
+    // Its claim stays (the StatefulSet retains its volumes); the next phase counts claims.
+    ctx.cp.kubectl_ok([
+        "delete",
+        "pvc",
+        &format!("spool-{NAME}-0"),
+        "-n",
+        "ha",
+        "--wait=false",
+    ]);
 }
 
 /// The operator's log holds no authorization failure and no panic over the whole run.

@@ -8,6 +8,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::NamespaceResourceScope;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
@@ -17,6 +18,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tracing::{debug, info};
 
+use crate::builders::configmap::{guard_owner_ref, guards};
 use crate::builders::{hash::object_hash, Desired, Names};
 use crate::crd::SmtpRelay;
 use crate::fingerprint::Stores;
@@ -218,7 +220,24 @@ pub(crate) async fn read_live<'a, K: Owned>(
 
 /// Server-side applies the desired object unless the live one already carries its hash.
 pub(crate) async fn apply<K: Owned>(client: &Client, planned: Planned<'_, K>) -> Result<K> {
-    let Planned { desired: obj, live } = planned;
+    apply_guarded(client, planned, None).await
+}
+
+/// [`apply`], with the relay's drain guard as a second owner when there is one
+/// ([`crate::builders::configmap::drain_guard`]).
+pub(crate) async fn apply_guarded<K: Owned>(
+    client: &Client,
+    planned: Planned<'_, K>,
+    guard: Option<&OwnerReference>,
+) -> Result<K> {
+    let Planned { desired, live } = planned;
+    let mut obj = desired.clone();
+    if let Some(guard) = guard {
+        obj.meta_mut()
+            .owner_references
+            .get_or_insert_with(Vec::new)
+            .push(guard.clone());
+    }
     let (name, ns) = name_ns(obj.meta())?;
     let api: Api<K> = Api::namespaced(client.clone(), &ns);
     let hash = object_hash(&obj.hash_view());
@@ -231,7 +250,6 @@ pub(crate) async fn apply<K: Owned>(client: &Client, planned: Planned<'_, K>) ->
             return Ok(live);
         }
     }
-    let mut obj = obj.clone();
     obj.annotations_mut()
         .insert(APPLIED_HASH_ANNOTATION.into(), hash);
     info!(kind = K::kind(&()).as_ref(), %name, %ns, "applying");
@@ -371,6 +389,7 @@ pub(crate) async fn apply_all(
         stateful_set,
         oauth2_sharing,
         pdb,
+        drain_guard,
         config_hash: _,
         certificate_issued: _,
     } = d;
@@ -400,6 +419,16 @@ pub(crate) async fn apply_all(
         Some(p) => Some(read_live(client, relay, p, &mut in_the_way).await?),
         None => None,
     };
+    let live_sts = stateful_set.live.as_ref();
+    let guard = read_guard(
+        client,
+        stores,
+        relay,
+        drain_guard.as_ref(),
+        live_sts,
+        &mut in_the_way,
+    );
+    let guard = guard.await?;
     if !in_the_way.is_empty() {
         return Ok(Err(Outcome::NameConflict {
             message: format!(
@@ -410,27 +439,30 @@ pub(crate) async fn apply_all(
     }
 
     let applied = async {
+        let guard = settle_guard(client, relay, guard).await?;
+        let guard = guard.as_ref();
         // The hash key first: no hash is published before its key is stored, so a restarted
         // operator reads back the key the live hash was computed with.
-        apply(client, hash_key_secret).await?;
+        apply_guarded(client, hash_key_secret, guard).await?;
         // Unreferenced Secrets are pruned later (prune_secrets), once no pod mounts them.
         for secret in secrets {
-            apply(client, secret).await?;
+            apply_guarded(client, secret, guard).await?;
         }
         // The pods' ServiceAccount and what it may do, before pods that run as it.
         if let Some((secret, account, role, binding)) = sharing {
-            apply(client, secret).await?;
-            apply(client, account).await?;
-            apply(client, role).await?;
-            apply(client, binding).await?;
+            apply_guarded(client, secret, guard).await?;
+            apply_guarded(client, account, guard).await?;
+            apply_guarded(client, role, guard).await?;
+            apply_guarded(client, binding, guard).await?;
         }
-        apply(client, config_map).await?;
+        apply_guarded(client, config_map, guard).await?;
+        // The Services are the relay's alone: a deleted relay takes no new mail.
         apply(client, headless_service).await?;
         apply(client, service).await?;
-        let sts = apply(client, stateful_set).await?;
+        let sts = apply_guarded(client, stateful_set, guard).await?;
         match pdb {
             Some(p) => {
-                apply(client, p).await?;
+                apply_guarded(client, p, guard).await?;
             }
             None => {
                 delete_owned::<PodDisruptionBudget>(client, stores, relay, &relay.name_any())
@@ -445,6 +477,97 @@ pub(crate) async fn apply_all(
             message: format!("{message}; fix what refused it (a policy, a quota) or the spec"),
         })),
         Err(e) => Err(e),
+    }
+}
+
+/// The relay's drain guard as read: to apply (with the live one, if any), or one to delete.
+enum Guard<'a> {
+    Wanted(Planned<'a, ConfigMap>),
+    Unwanted(Option<ConfigMap>),
+}
+
+/// Reads the drain guard, wanted or not. A ConfigMap under its name that does not guard this
+/// relay is in the way (when wanted) or left alone (when not). An unwanted one is asked for
+/// only when it may be there: the cache holds the name, or (without caches) the live
+/// StatefulSet still refers to it.
+async fn read_guard<'a>(
+    client: &Client,
+    stores: Option<&Stores>,
+    relay: &SmtpRelay,
+    desired: Option<&'a ConfigMap>,
+    live_sts: Option<&StatefulSet>,
+    in_the_way: &mut Vec<String>,
+) -> Result<Guard<'a>> {
+    let ns = relay.namespace_checked()?;
+    let name = Names::drain_guard(&relay.name_any());
+    let absent = match stores {
+        Some(_) => known_absent::<ConfigMap>(stores, &ns, &name),
+        None => !live_sts.is_some_and(|s| {
+            s.owner_references()
+                .iter()
+                .any(|o| o.kind == "ConfigMap" && o.name == name)
+        }),
+    };
+    let live = match desired.is_none() && absent {
+        true => None,
+        false => {
+            Api::<ConfigMap>::namespaced(client.clone(), &ns)
+                .get_opt(&name)
+                .await?
+        }
+    };
+    let ours = live.as_ref().is_some_and(|l| guards(&l.metadata, relay));
+    Ok(match desired {
+        Some(desired) => {
+            if live.is_some() && !ours {
+                in_the_way.push(format!("ConfigMap {ns}/{name}"));
+            }
+            Guard::Wanted(Planned { desired, live })
+        }
+        None => Guard::Unwanted(live.filter(|_| ours)),
+    })
+}
+
+/// The drain guard before anything it guards, which refers to it by its uid; or, when no
+/// longer wanted, gone (the children drop it as they are applied).
+async fn settle_guard(
+    client: &Client,
+    relay: &SmtpRelay,
+    guard: Guard<'_>,
+) -> Result<Option<OwnerReference>> {
+    match guard {
+        Guard::Wanted(planned) => Ok(Some(guard_owner_ref(&apply(client, planned).await?)?)),
+        Guard::Unwanted(live) => {
+            delete_guard(client, relay, live).await?;
+            Ok(None)
+        }
+    }
+}
+
+/// Deletes the relay's drain guard (`live`, read as [`guards`] it). While the relay stands,
+/// that only drops a second owner: the garbage collector removes the reference from the
+/// children, which the relay still owns.
+pub(crate) async fn delete_guard(
+    client: &Client,
+    relay: &SmtpRelay,
+    live: Option<ConfigMap>,
+) -> Result<()> {
+    let Some(live) = live else { return Ok(()) };
+    let (name, ns) = name_ns(&live.metadata)?;
+    info!(%name, %ns, relay = %relay.name_any(), "deleting the drain guard");
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    // Only the guard that was read: one made anew meanwhile is another's.
+    let params = DeleteParams {
+        preconditions: Some(kube::api::Preconditions {
+            uid: live.metadata.uid.clone(),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    match api.delete(&name, &params).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 

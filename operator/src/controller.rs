@@ -175,9 +175,9 @@ pub async fn reconcile(relay: Arc<SmtpRelay>, ctx: Arc<Context>) -> Result<Actio
     // 1. Read what runs: the StatefulSet and its pods.
     let (live, pods) = read_running(&relay, &ctx).await?;
     if relay.metadata.deletion_timestamp.is_some() {
-        // Owned objects are garbage-collected through their owner references, once the
-        // pods have drained when the volumes go too.
-        let action = deletion::finalize(&relay, &ctx, &pods).await?;
+        // Owned objects are garbage-collected through their owner references; when the
+        // volumes go too, once the pods have drained and the operator deleted them.
+        let action = deletion::finalize(&relay, &ctx, live.as_ref(), &pods).await?;
         timer.outcome(ReconcileOutcome::Deleting);
         return Ok(action);
     }
@@ -619,6 +619,83 @@ mod tests {
             );
             send.send_response(ok(live(&desired.config_map)));
             // The rest of the sequence is covered above; stop answering here.
+        })
+        .await
+        .expect_err("the unanswered request fails the reconcile");
+    }
+
+    #[tokio::test]
+    async fn a_relay_whose_volumes_go_with_it_is_guarded_but_its_services_are_not() {
+        let (ctx, mut api) = context();
+        let mut r = relay("r1");
+        r.spec.storage.retention.when_deleted = crate::crd::RetentionPolicy::Delete;
+        r.metadata.finalizers = Some(vec![crate::deletion::FINALIZER.into()]);
+        let desired = desired(&r);
+        let guard = desired.drain_guard.clone().expect("a drain guard");
+        reconcile_with(r, ctx, async move {
+            api.running_read(&Live::Nothing).await;
+            api.dereferenced(&Live::Nothing).await;
+            api.children_read(&desired, |_, _| not_found()).await;
+            // The guard first: the children refer to it by its uid.
+            let mut created = guard.clone();
+            created.metadata.uid = Some("guard-uid".into());
+            let applied = api
+                .expect(
+                    "PATCH",
+                    &path("configmaps", "r1-drain-guard"),
+                    ok(live(&created)),
+                )
+                .await;
+            assert!(
+                applied["metadata"]["ownerReferences"].is_null(),
+                "the guard is owned by nothing: {}",
+                applied["metadata"]
+            );
+            let owners = |body: &serde_json::Value| {
+                body["metadata"]["ownerReferences"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .map(|o| o["uid"].as_str().unwrap_or_default().to_string())
+                            .collect::<Vec<_>>()
+                    })
+                    .unwrap_or_default()
+            };
+            let key = api
+                .expect(
+                    "PATCH",
+                    &path("secrets", "r1-hash-key"),
+                    ok(live(&desired.hash_key_secret)),
+                )
+                .await;
+            assert_eq!(owners(&key), ["uid-1", "guard-uid"]);
+            let config = api
+                .expect(
+                    "PATCH",
+                    &path("configmaps", "r1-config"),
+                    ok(live(&desired.config_map)),
+                )
+                .await;
+            assert_eq!(owners(&config), ["uid-1", "guard-uid"]);
+            for service in ["r1-headless", "r1"] {
+                let body = api
+                    .expect(
+                        "PATCH",
+                        &path("services", service),
+                        ok(live(&desired.service)),
+                    )
+                    .await;
+                assert_eq!(owners(&body), ["uid-1"], "{service}: the relay's alone");
+            }
+            let sts = api
+                .expect("PATCH", &path("statefulsets", "r1"), ok(live_sts(&desired)))
+                .await;
+            assert_eq!(owners(&sts), ["uid-1", "guard-uid"]);
+            assert_eq!(
+                sts["spec"]["persistentVolumeClaimRetentionPolicy"]["whenDeleted"], "Retain",
+                "the volumes are never the garbage collector's"
+            );
+            // The rest of the sequence is covered elsewhere; stop answering here.
         })
         .await
         .expect_err("the unanswered request fails the reconcile");

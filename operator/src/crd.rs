@@ -532,9 +532,12 @@ fn default_storage_size() -> String {
 #[serde(rename_all = "camelCase")]
 pub struct RetentionSpec {
     /// Retain or Delete the queue volumes when the SmtpRelay is deleted. With Delete, deleting
-    /// the SmtpRelay drains first: its pods leave the Service and deliver their queues, and the
-    /// volumes go once they are empty, after drainBeforeDeleteSeconds, or when the SmtpRelay is
-    /// annotated smtprelay.dev/abandon-drain=true (condition Draining, Events).
+    /// the SmtpRelay (background or foreground, as Argo CD does) drains first: its pods leave
+    /// the Service and deliver their queues, and the operator deletes the volumes once they are
+    /// empty, after drainBeforeDeleteSeconds, or when the SmtpRelay is annotated
+    /// smtprelay.dev/abandon-drain=true (condition Draining, Events). Meanwhile the ConfigMap
+    /// <name>-drain-guard keeps the pods from the garbage collector. Deleted with propagation
+    /// orphan, the relay keeps running, owned by that ConfigMap.
     #[serde(default)]
     pub when_deleted: RetentionPolicy,
     /// Retain or Delete the queue volume of a pod removed by scaling down. The pod delivers its
@@ -562,6 +565,16 @@ impl Default for RetentionSpec {
 
 fn default_drain_before_delete_seconds() -> u32 {
     900
+}
+
+impl RetentionSpec {
+    /// Whether the operator itself deletes the queue volumes when the SmtpRelay goes, after
+    /// its pods drained (or gave up): `whenDeleted: Delete`. Such a relay carries the drain
+    /// finalizer and the drain guard, so no garbage-collection path deletes its pods or
+    /// volumes behind the operator's back (see the operator's `deletion` module).
+    pub fn operator_deletes_volumes(&self) -> bool {
+        self.when_deleted == RetentionPolicy::Delete
+    }
 }
 
 /// Whether a volume is kept.

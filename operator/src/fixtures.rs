@@ -273,6 +273,7 @@ impl ApiServer {
         ]
         .into_iter()
         .chain(d.pdb.iter().map(|p| ("poddisruptionbudgets", p.name_any())))
+        .chain(d.drain_guard.iter().map(|g| ("configmaps", g.name_any())))
         {
             self.expect("GET", &path(kind, &name), answer(kind, &name))
                 .await;

@@ -103,10 +103,12 @@ fn children(d: &Desired) -> Vec<(String, Value)> {
         stateful_set,
         oauth2_sharing,
         pdb,
+        drain_guard,
         config_hash: _,
         certificate_issued: _,
     } = d;
     let mut out = vec![doc(config_map), secret(hash_key_secret)];
+    out.extend(drain_guard.iter().map(doc));
     out.extend(
         [relayhost_secret, sasl_users_secret, tls_secret]
             .into_iter()

@@ -100,10 +100,16 @@ impl Names {
     pub fn oauth2_identity(relay: &str) -> String {
         format!("{relay}-oauth2")
     }
+    /// With `whenDeleted: Delete`, the ConfigMap that keeps the relay's children from the
+    /// garbage collector while its queues drain on deletion ([`configmap::drain_guard`]).
+    pub fn drain_guard(relay: &str) -> String {
+        format!("{relay}-drain-guard")
+    }
     /// Every name a child of the relay may take (the StatefulSet, the Service and the PDB are
     /// named like the relay itself).
-    pub fn all(relay: &str) -> [String; 9] {
+    pub fn all(relay: &str) -> [String; 10] {
         [
+            Self::drain_guard(relay),
             relay.to_string(),
             Self::config_map(relay),
             Self::relayhost_secret(relay),
@@ -177,6 +183,9 @@ pub struct Desired {
     /// new serving certificate for this reconcile ([`crate::certificate`]).
     pub certificate_issued: Option<String>,
     pub pdb: Option<PodDisruptionBudget>,
+    /// With `whenDeleted: Delete`: the drain guard, a second owner of every child but the
+    /// Services ([`configmap::drain_guard`]).
+    pub drain_guard: Option<ConfigMap>,
     pub config_hash: String,
 }
 
@@ -221,6 +230,7 @@ pub fn build(v: &Validated<'_>, hash_key: &HashKey, opts: &BuildOptions) -> Resu
         stateful_set,
         oauth2_sharing,
         pdb: pdb::pdb(relay)?,
+        drain_guard: configmap::drain_guard(relay)?,
         config_hash,
         certificate_issued: None,
     })

@@ -21,7 +21,7 @@ use super::{
     CONFIG_KEY, DATA_DIR, METRICS_PORT, POD_INFO_DIR, PROXY_PROTOCOL_PORT, RELAYHOST_DIR, RUN_DIR,
     SASL_USERS_DIR, SMTP_PORT, SPOOL_DIR, TLS_DIR,
 };
-use crate::crd::SmtpRelay;
+use crate::crd::{RetentionPolicy, SmtpRelay};
 use crate::Result;
 
 pub const CONTAINER_NAME: &str = "relay";
@@ -117,7 +117,11 @@ pub fn stateful_set(
             },
             persistent_volume_claim_retention_policy: Some(
                 StatefulSetPersistentVolumeClaimRetentionPolicy {
-                    when_deleted: Some(retention.when_deleted.as_str().into()),
+                    // Always Retain: with whenDeleted Delete, the operator deletes the volumes
+                    // itself once their queues are drained (`deletion`); the StatefulSet's own
+                    // Delete would hand them to the garbage collector, which takes them with
+                    // the StatefulSet whatever they hold (a foreground delete, a hand delete).
+                    when_deleted: Some(RetentionPolicy::Retain.as_str().into()),
                     when_scaled: Some(retention.when_scaled.as_str().into()),
                 },
             ),
@@ -388,7 +392,6 @@ const MESH_SKIP_SMTP: [(&str, &str); 2] = [
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::RetentionPolicy;
     use crate::fixtures::relay;
 
     fn sts(mounts: Mounts) -> StatefulSet {
@@ -613,7 +616,11 @@ mod tests {
         let pol = spec
             .persistent_volume_claim_retention_policy
             .expect("policy");
-        assert_eq!(pol.when_deleted.as_deref(), Some("Delete"));
+        assert_eq!(
+            pol.when_deleted.as_deref(),
+            Some("Retain"),
+            "the operator deletes the volumes itself, after the drain"
+        );
         assert_eq!(pol.when_scaled.as_deref(), Some("Retain"));
         let claim = &spec.volume_claim_templates.expect("claims")[0];
         assert_eq!(claim.metadata.name.as_deref(), Some("spool"));
