@@ -904,10 +904,12 @@ fn relay_pod_under_the_kubelet_follows_secret_rotation() {
     assert!(
         template["serviceAccountName"].is_null()
             && template["serviceAccount"].is_null()
-            && template["automountServiceAccountToken"] == false,
-        "the pod template still names the pruned ServiceAccount: serviceAccountName {}, serviceAccount {}",
+            && template["automountServiceAccountToken"] == false
+            && !template["volumes"].to_string().contains("kube-api-access"),
+        "the pod template still names the pruned ServiceAccount: serviceAccountName {}, serviceAccount {}, volumes {}",
         template["serviceAccountName"],
-        template["serviceAccount"]
+        template["serviceAccount"],
+        template["volumes"]
     );
     // A pod made now (a node drained, an eviction) is admitted and runs.
     let before = ok(user_path::wait(

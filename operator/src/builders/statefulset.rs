@@ -6,15 +6,18 @@ use k8s_openapi::api::apps::v1::{
     StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, DownwardAPIVolumeFile,
-    DownwardAPIVolumeSource, EmptyDirVolumeSource, EnvVar, ExecAction, ObjectFieldSelector,
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec,
-    Probe, SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    Capabilities, ConfigMapProjection, ConfigMapVolumeSource, Container, ContainerPort,
+    DownwardAPIProjection, DownwardAPIVolumeFile, DownwardAPIVolumeSource, EmptyDirVolumeSource,
+    EnvVar, ExecAction, KeyToPath, ObjectFieldSelector, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ProjectedVolumeSource, SeccompProfile, SecretVolumeSource, SecurityContext,
+    ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
     VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::ResourceExt;
+use smtp_relay::kube_api::SERVICE_ACCOUNT_DIR;
 
 use super::{
     child_meta, labels, selector_labels, BuildOptions, Names, CONFIG_DIR, CONFIG_HASH_ANNOTATION,
@@ -89,7 +92,10 @@ pub fn stateful_set(
         // the next pod would be refused (kubernetes/kubernetes#72519).
         service_account_name: mounts.service_account.clone(),
         service_account: mounts.service_account.clone(),
-        automount_service_account_token: Some(mounts.service_account.is_some()),
+        // Never the kubelet's automounted token, whose files every user of the container can
+        // read (0644): smtpd, facing the network, runs as postfix. With a ServiceAccount, the
+        // same token, CA and namespace come from `api_access_volume`, readable by root only.
+        automount_service_account_token: Some(false),
         enable_service_links: Some(false),
         // The drain, then up to 35 s for Postfix to stop (see ShutdownSpec).
         termination_grace_period_seconds: Some(i64::from(spec.shutdown.drain_seconds) + 35),
@@ -367,12 +373,67 @@ fn volumes(relay: &str, m: &Mounts) -> (Vec<Volume>, Vec<VolumeMount>) {
         ..Volume::default()
     });
     mounts.push(mount("pod-info", POD_INFO_DIR, true));
+    if m.service_account.is_some() {
+        vols.push(api_access_volume());
+        mounts.push(mount(API_ACCESS_VOLUME, SERVICE_ACCOUNT_DIR, true));
+    }
     for (name, path) in [("run", RUN_DIR), ("data", DATA_DIR), ("tmp", "/tmp")] {
         vols.push(empty_dir(name));
         mounts.push(mount(name, path, false));
     }
     mounts.push(mount(SPOOL_VOLUME, SPOOL_DIR, false));
     (vols, mounts)
+}
+
+const API_ACCESS_VOLUME: &str = "kube-api-access";
+
+/// What the kubelet would automount for the pod's ServiceAccount (a bound token it rotates,
+/// the cluster CA, the namespace), at the same place, but readable by root alone: the relay's
+/// supervisor reads it; no Postfix process can.
+fn api_access_volume() -> Volume {
+    Volume {
+        name: API_ACCESS_VOLUME.into(),
+        projected: Some(ProjectedVolumeSource {
+            default_mode: Some(SECRET_MODE),
+            sources: Some(vec![
+                VolumeProjection {
+                    service_account_token: Some(ServiceAccountTokenProjection {
+                        path: "token".into(),
+                        // As the kubelet's own: an hour, rotated at 80 %.
+                        expiration_seconds: Some(3607),
+                        ..ServiceAccountTokenProjection::default()
+                    }),
+                    ..VolumeProjection::default()
+                },
+                VolumeProjection {
+                    config_map: Some(ConfigMapProjection {
+                        name: "kube-root-ca.crt".into(),
+                        items: Some(vec![KeyToPath {
+                            key: "ca.crt".into(),
+                            path: "ca.crt".into(),
+                            ..KeyToPath::default()
+                        }]),
+                        ..ConfigMapProjection::default()
+                    }),
+                    ..VolumeProjection::default()
+                },
+                VolumeProjection {
+                    downward_api: Some(DownwardAPIProjection {
+                        items: Some(vec![DownwardAPIVolumeFile {
+                            path: "namespace".into(),
+                            field_ref: Some(ObjectFieldSelector {
+                                field_path: "metadata.namespace".into(),
+                                ..ObjectFieldSelector::default()
+                            }),
+                            ..DownwardAPIVolumeFile::default()
+                        }]),
+                    }),
+                    ..VolumeProjection::default()
+                },
+            ]),
+        }),
+        ..Volume::default()
+    }
 }
 
 /// Pod annotations a plain Prometheus scrapes by (`kubernetes_sd_configs` with the usual
@@ -403,6 +464,51 @@ mod tests {
             .as_ref()
             .and_then(|s| s.template.spec.clone())
             .expect("pod spec")
+    }
+
+    #[test]
+    fn the_service_account_token_is_readable_by_root_alone() {
+        let p = pod(&sts(Mounts {
+            service_account: Some("r1-oauth2".into()),
+            ..Mounts::default()
+        }));
+        assert_eq!(p.service_account_name.as_deref(), Some("r1-oauth2"));
+        assert_eq!(
+            p.automount_service_account_token,
+            Some(false),
+            "the kubelet's automounted token is 0644: the postfix user could read it"
+        );
+        let vol = p
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == API_ACCESS_VOLUME)
+            .expect("the token's own volume");
+        let projected = vol.projected.as_ref().expect("projected");
+        assert_eq!(projected.default_mode, Some(0o400));
+        let sources = projected.sources.as_ref().expect("sources");
+        assert!(sources.iter().any(|s| s
+            .service_account_token
+            .as_ref()
+            .is_some_and(|t| t.path == "token")));
+        let c = &p.containers[0];
+        let m = c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.name == API_ACCESS_VOLUME)
+            .expect("mounted");
+        assert_eq!(
+            (m.mount_path.as_str(), m.read_only),
+            (SERVICE_ACCOUNT_DIR, Some(true))
+        );
+        // Without a ServiceAccount, no token at all.
+        let p = pod(&sts(Mounts::default()));
+        assert!(!p
+            .volumes
+            .iter()
+            .flatten()
+            .any(|v| v.name == API_ACCESS_VOLUME));
     }
 
     const ALL: Mounts = Mounts {
