@@ -20,7 +20,17 @@ pub enum KubeApiError {
     Unreachable(String),
     #[error("the API server answered HTTP {status}: {message}")]
     Refused { status: u16, message: String },
+    /// A 3xx answer: redirects are never followed (the requests carry the ServiceAccount token
+    /// and, when written, the refresh token).
+    #[error("the API server redirected (HTTP {status}{}); redirects are not followed", to.as_deref().map(|to| format!(" to {to}")).unwrap_or_default())]
+    Redirected { status: u16, to: Option<String> },
+    #[error("the API server's answer cannot be read: {0}")]
+    BadAnswer(String),
 }
+
+/// The most of an API server's answer that is read: a Secret holds at most 1 MiB of data, and
+/// the shared one a refresh token and a hundred digests.
+pub const API_ANSWER_CAP: usize = 1 << 20;
 
 /// Whether a compare-and-swap wrote.
 #[derive(Debug, PartialEq, Eq)]
@@ -183,14 +193,24 @@ impl InCluster {
     }
 }
 
-/// The JSON body of a successful answer; the API server's message otherwise (a Status object,
-/// which never holds a Secret's data).
+/// The JSON body of a successful answer, read up to [`API_ANSWER_CAP`]; the API server's
+/// message otherwise (a Status object, which never holds a Secret's data).
 async fn checked(resp: reqwest::Response) -> Result<serde_json::Value, KubeApiError> {
     let status = resp.status();
-    let body: serde_json::Value = resp
-        .json()
+    if status.is_redirection() {
+        return Err(KubeApiError::Redirected {
+            status: status.as_u16(),
+            to: crate::oauth2::redirect_origin(&resp),
+        });
+    }
+    let body = crate::oauth2::read_capped(resp, API_ANSWER_CAP)
         .await
-        .map_err(|e| KubeApiError::Unreachable(e.without_url().to_string()))?;
+        .map_err(|e| match e {
+            crate::oauth2::BodyError::TooLarge { .. } => KubeApiError::BadAnswer(e.to_string()),
+            crate::oauth2::BodyError::Read(_) => KubeApiError::Unreachable(e.to_string()),
+        })?;
+    let body: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| KubeApiError::BadAnswer(format!("not JSON: {e}")))?;
     if status.is_success() {
         Ok(body)
     } else {
@@ -198,5 +218,105 @@ async fn checked(resp: reqwest::Response) -> Result<serde_json::Value, KubeApiEr
             status: status.as_u16(),
             message: body["message"].as_str().unwrap_or("no message").to_string(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::oauth2::fake_endpoint::{endless, json, Endpoint};
+
+    const SA_TOKEN: &str = "service-account-token-never-in-clear";
+
+    fn api(endpoint: &Endpoint) -> (InCluster, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, SA_TOKEN).unwrap();
+        let (_, ca) = endpoint.ca.as_ref().unwrap();
+        let api = InCluster::new(endpoint.base.clone(), "mail", ca, token).unwrap();
+        (api, dir)
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    /// An API server answering `307` to a plain-HTTP address: neither the read nor the write
+    /// of the shared Secret follows it (the patch carries the refresh token), and the error
+    /// says the API server redirected.
+    #[test]
+    fn an_api_server_redirect_is_not_followed() {
+        let plain = Endpoint::http(|w| {
+            w.write_all(&json(
+                "200 OK",
+                r#"{"metadata":{"resourceVersion":"7"},"data":{}}"#,
+            ))
+        });
+        let location = plain.url("/api/v1/namespaces/mail/secrets/shared");
+        let server = Endpoint::https(move |w| {
+            write!(
+                w,
+                "HTTP/1.1 307 Temporary Redirect\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+        });
+        let (api, _dir) = api(&server);
+        let read = block_on(api.get_secret("shared"));
+        let data = BTreeMap::from([("refreshToken".to_string(), b"rt-rotated".to_vec())]);
+        let written = block_on(api.patch_secret("shared", "6", &data));
+        assert_eq!(server.requests().len(), 2);
+        assert_eq!(
+            plain.connections(),
+            0,
+            "the plain-HTTP address was contacted: {:?}",
+            plain.requests()
+        );
+        for error in [
+            read.err().map(|e| e.to_string()),
+            written.err().map(|e| e.to_string()),
+        ] {
+            let error = error.expect("a redirect is an error");
+            assert!(
+                error.contains("redirected") && error.contains("307"),
+                "{error}"
+            );
+            assert!(!error.contains(SA_TOKEN) && !error.contains("rt-rotated"));
+        }
+    }
+
+    /// An API server answering without end: 1 MiB is read at most, then the read fails.
+    #[test]
+    fn an_endless_api_answer_is_cut_at_the_cap() {
+        let (sent, done) = (
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let server = Endpoint::https(endless(
+            "200 OK",
+            r#"{"metadata":{"resourceVersion":"7"},"data":{"refreshToken":""#,
+            b'A',
+            sent.clone(),
+            done.clone(),
+        ));
+        let (api, _dir) = api(&server);
+        let started = std::time::Instant::now();
+        let error = block_on(api.get_secret("shared"))
+            .expect_err("no Secret")
+            .to_string();
+        assert!(error.contains("larger than 1 MiB"), "{error}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !done.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(done.load(Ordering::SeqCst), "the relay still reads");
+        let sent = sent.load(Ordering::SeqCst);
+        assert!(sent < 32 << 20, "{sent} bytes sent");
     }
 }

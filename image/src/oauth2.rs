@@ -114,6 +114,14 @@ pub enum TokenError {
         error: String,
         description: Option<String>,
     },
+    /// A 3xx answer: redirects are never followed (the request carries the client secret, the
+    /// refresh token or a signed assertion, and a redirect may lead off HTTPS).
+    #[error("the token endpoint redirected (HTTP {status}{}); redirects are not followed: set tokenEndpoint to the final https:// URL", to.as_deref().map(|to| format!(" to {to}")).unwrap_or_default())]
+    Redirected {
+        status: u16,
+        /// The origin (scheme, host, port) of the `Location`, when it names one.
+        to: Option<String>,
+    },
     #[error("the token endpoint's answer is not a token: {0}")]
     BadResponse(String),
     #[error("the service account key cannot sign: {0}")]
@@ -139,6 +147,7 @@ impl TokenError {
     pub fn code(&self) -> &'static str {
         match self {
             TokenError::Unreachable(_) => "unreachable",
+            TokenError::Redirected { .. } => "refused",
             TokenError::Refused { error, .. } => TOKEN_ERRORS[..6]
                 .iter()
                 .copied()
@@ -173,6 +182,94 @@ struct ErrorResponse {
     error_description: Option<String>,
 }
 
+/// The most of a token endpoint's answer that is read: a token response is a few KiB.
+pub const TOKEN_ANSWER_CAP: usize = 64 * 1024;
+
+/// The longest lifetime a token is trusted for, whatever `expires_in` says (providers give an
+/// hour or two).
+pub const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// The lifetime assumed when the endpoint gives none (or 0): the providers' usual hour.
+const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
+
+/// The most of the endpoint's own words (an OAuth2 error, its description) kept in an error.
+const ENDPOINT_TEXT_CAP: usize = 300;
+
+/// Why an answer's body was not read whole.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("the answer is larger than {}; the rest of it was not read", human_size(*.cap))]
+    TooLarge { cap: usize },
+    #[error("reading the answer: {0}")]
+    Read(String),
+}
+
+fn human_size(bytes: usize) -> String {
+    if bytes >= 1 << 20 && bytes % (1 << 20) == 0 {
+        format!("{} MiB", bytes >> 20)
+    } else {
+        format!("{} KiB", bytes.div_ceil(1024))
+    }
+}
+
+/// The body of `resp`, chunk by chunk, refused as soon as it would exceed `cap` bytes (or
+/// announces it will): no more than `cap` bytes of it are ever kept.
+pub async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Result<Vec<u8>, BodyError> {
+    if resp
+        .content_length()
+        .is_some_and(|len| len > u64::try_from(cap).unwrap_or(u64::MAX))
+    {
+        return Err(BodyError::TooLarge { cap });
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| BodyError::Read(e.without_url().to_string()))?
+    {
+        if chunk.len() > cap - body.len() {
+            return Err(BodyError::TooLarge { cap });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// Where a redirect points, as its origin alone (`https://host:port`): enough to see what it
+/// is, nothing of its path or query.
+pub fn redirect_origin(resp: &reqwest::Response) -> Option<String> {
+    let location = resp
+        .headers()
+        .get(reqwest::header::LOCATION)?
+        .to_str()
+        .ok()?;
+    let to = resp.url().join(location).ok()?;
+    Some(bounded(&to.origin().ascii_serialization()))
+}
+
+/// Text from the endpoint, fit for a log line: control characters replaced, at most
+/// [`ENDPOINT_TEXT_CAP`] characters.
+fn bounded(text: &str) -> String {
+    let mut out: String = text
+        .chars()
+        .take(ENDPOINT_TEXT_CAP)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if text.chars().nth(ENDPOINT_TEXT_CAP).is_some() {
+        out.push_str("...");
+    }
+    out
+}
+
+/// How long a token lives, from its `expires_in`: none or 0 is the usual hour, anything past
+/// [`MAX_LIFETIME`] is that.
+pub fn lifetime(expires_in: Option<u64>) -> Duration {
+    match expires_in {
+        None | Some(0) => DEFAULT_LIFETIME,
+        Some(secs) => Duration::from_secs(secs).min(MAX_LIFETIME),
+    }
+}
+
 /// An HTTP client for token endpoints: TLS with the system's CA bundle and `ca_file` (ring, as
 /// elsewhere in the relay).
 pub fn http_client(ca_file: Option<&Path>) -> Result<reqwest::Client, TokenError> {
@@ -191,7 +288,9 @@ pub fn http_client(ca_file: Option<&Path>) -> Result<reqwest::Client, TokenError
     https_client(roots, Duration::from_secs(30)).map_err(TokenError::Unreachable)
 }
 
-/// The relay's HTTPS client (ring, as elsewhere in the relay) trusting `roots` alone.
+/// The relay's HTTPS client (ring, as elsewhere in the relay) trusting `roots` alone. It
+/// follows no redirect: a 3xx is the answer, and the request (with its secrets) goes nowhere
+/// else.
 pub fn https_client(
     roots: rustls::RootCertStore,
     timeout: Duration,
@@ -206,6 +305,7 @@ pub fn https_client(
     reqwest::Client::builder()
         .tls_backend_preconfigured(tls)
         .timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("smtp-relay/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| e.to_string())
@@ -234,7 +334,7 @@ fn service_account_assertion(
             "scope": scope,
             "aud": audience,
             "iat": now,
-            "exp": now + 3600,
+            "exp": now.saturating_add(3600),
         })
         .to_string(),
     );
@@ -326,31 +426,40 @@ pub async fn request_token(
         .await
         .map_err(|e| TokenError::Unreachable(without_url(&e)))?;
     let status = resp.status();
-    let body = resp
-        .bytes()
+    if status.is_redirection() {
+        return Err(TokenError::Redirected {
+            status: status.as_u16(),
+            to: redirect_origin(&resp),
+        });
+    }
+    let body = read_capped(resp, TOKEN_ANSWER_CAP)
         .await
-        .map_err(|e| TokenError::Unreachable(without_url(&e)))?;
+        .map_err(|e| match e {
+            BodyError::TooLarge { .. } => TokenError::BadResponse(e.to_string()),
+            BodyError::Read(_) => TokenError::Unreachable(e.to_string()),
+        })?;
     if !status.is_success() {
         let refused: Option<ErrorResponse> = serde_json::from_slice(&body).ok();
         return Err(TokenError::Refused {
             status: status.as_u16(),
             error: refused
                 .as_ref()
-                .map_or_else(|| "no OAuth2 error".into(), |r| r.error.clone()),
-            description: refused.and_then(|r| r.error_description),
+                .map_or_else(|| "no OAuth2 error".into(), |r| bounded(&r.error)),
+            description: refused.and_then(|r| r.error_description.as_deref().map(bounded)),
         });
     }
-    let token: TokenResponse =
-        serde_json::from_slice(&body).map_err(|e| TokenError::BadResponse(format!("{e}")))?;
+    let token: TokenResponse = serde_json::from_slice(&body)
+        .map_err(|e| TokenError::BadResponse(bounded(&e.to_string())))?;
     if token.access_token.is_empty() {
         return Err(TokenError::BadResponse("an empty access_token".into()));
     }
-    // Without expires_in, an hour (the providers' usual lifetime).
-    let lifetime = Duration::from_secs(token.expires_in.unwrap_or(3600));
+    let expires_at = now
+        .checked_add(lifetime(token.expires_in))
+        .ok_or_else(|| TokenError::BadResponse("the clock cannot count to its expiry".into()))?;
     Ok((
         Token {
             access_token: Secret(token.access_token),
-            expires_at: now + lifetime,
+            expires_at,
         },
         token.refresh_token.map(Secret),
     ))
@@ -369,9 +478,9 @@ fn without_url(e: &reqwest::Error) -> String {
 /// quarters of a short life.
 pub fn refresh_after(lifetime: Duration) -> Duration {
     if lifetime > Duration::from_secs(20 * 60) {
-        lifetime - Duration::from_secs(5 * 60)
+        lifetime.saturating_sub(Duration::from_secs(5 * 60))
     } else {
-        lifetime * 3 / 4
+        lifetime.saturating_sub(lifetime / 4)
     }
 }
 
@@ -435,7 +544,8 @@ pub async fn keep_fresh(
                     Duration::from_secs(60)
                 }
             };
-            next_refresh = tokio::time::Instant::now() + wait;
+            let now = tokio::time::Instant::now();
+            next_refresh = now.checked_add(wait).unwrap_or_else(|| now + MAX_LIFETIME);
         }
         last = Some(oauth2);
         tokio::select! {
@@ -480,7 +590,7 @@ async fn refresh_once(
             metrics.oauth2_token(Some(&token));
             metrics.oauth2_refreshed(None);
             current.set(Some((oauth2.user.clone(), token)));
-            refresh_after(lifetime).max(Duration::from_secs(1))
+            refresh_after(lifetime.min(MAX_LIFETIME)).max(Duration::from_secs(1))
         }
         Err(e) => {
             let failures = metrics.oauth2_refreshed(Some(e.code()));
@@ -753,5 +863,388 @@ mod tests {
             service_account_assertion("a", "not a key", "b", "c", "d", 0),
             Err(TokenError::BadKey(_))
         ));
+    }
+
+    const SECRET: &str = "client-secret-never-in-clear";
+
+    fn client_credentials(token_endpoint: String) -> OAuth2Settings {
+        OAuth2Settings {
+            user: "me@example.net".into(),
+            token_endpoint,
+            scope: Some("https://outlook.office365.com/.default".into()),
+            grant: Grant::ClientCredentials {
+                client_id: "id".into(),
+                client_secret: Secret(SECRET.into()),
+            },
+            ca_file: None,
+            shared_refresh_token_secret: None,
+        }
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    /// A `307` or `308` (which keep the method and the body) from the HTTPS token endpoint to
+    /// a plain-HTTP address is not followed: the client secret never crosses the network in
+    /// clear, and the refresh fails saying the endpoint redirected.
+    #[test]
+    fn a_token_endpoint_redirect_is_not_followed() {
+        use fake_endpoint::{json, Endpoint};
+        for status in ["307 Temporary Redirect", "308 Permanent Redirect"] {
+            let plain = Endpoint::http(|w| {
+                w.write_all(&json(
+                    "200 OK",
+                    r#"{"access_token":"after-a-redirect","expires_in":3600}"#,
+                ))
+            });
+            let location = plain.url("/token");
+            let endpoint = Endpoint::https(move |w| {
+                write!(
+                    w,
+                    "HTTP/1.1 {status}\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                )
+            });
+            let mut settings = client_credentials(endpoint.url("/token"));
+            settings.ca_file = endpoint.ca.as_ref().map(|(path, _)| path.clone());
+            let http = http_client(settings.ca_file.as_deref()).unwrap();
+            let result = block_on(request_token(&http, &settings, None));
+            let requests = endpoint.requests();
+            assert_eq!(requests.len(), 1, "{status}");
+            assert!(requests[0].contains(SECRET), "the secret went over HTTPS");
+            assert_eq!(
+                plain.connections(),
+                0,
+                "{status}: the plain-HTTP address was contacted: {:?}",
+                plain.requests()
+            );
+            let error = result.err().expect("a redirect is no token").to_string();
+            let code = &status[..3];
+            assert!(
+                error.contains("redirected") && error.contains(code),
+                "{status}: {error}"
+            );
+            assert!(!error.contains(SECRET), "{error}");
+        }
+    }
+
+    /// A token endpoint that answers without end, successfully or not: the relay reads 64 KiB
+    /// at most, fails at once with an error that says so, and hangs up. An answer announcing a
+    /// larger length is not read at all.
+    #[test]
+    fn an_endless_token_answer_is_cut_at_the_cap() {
+        use fake_endpoint::{endless, Endpoint};
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let http = http_client(None).unwrap();
+        for status in ["200 OK", "400 Bad Request"] {
+            let (sent, done) = (
+                Arc::new(AtomicUsize::new(0)),
+                Arc::new(AtomicBool::new(false)),
+            );
+            let endpoint = Endpoint::http(endless(
+                status,
+                r#"{"access_token":""#,
+                b'a',
+                sent.clone(),
+                done.clone(),
+            ));
+            let settings = client_credentials(endpoint.url("/token"));
+            let started = std::time::Instant::now();
+            let result = block_on(request_token(&http, &settings, None));
+            let elapsed = started.elapsed();
+            let error = result.err().expect("no token").to_string();
+            assert!(error.contains("larger than 64 KiB"), "{status}: {error}");
+            assert!(elapsed < Duration::from_secs(10), "{status}: {elapsed:?}");
+            // The relay hung up: the endpoint could send no more than what the sockets'
+            // buffers hold beyond what was read.
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !done.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            assert!(
+                done.load(Ordering::SeqCst),
+                "{status}: the relay still reads"
+            );
+            let sent = sent.load(Ordering::SeqCst);
+            assert!(sent < 32 << 20, "{status}: {sent} bytes sent");
+        }
+        let endpoint = Endpoint::http(|w| {
+            w.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1073741824\r\n\r\n")?;
+            std::thread::sleep(Duration::from_secs(20));
+            Ok(())
+        });
+        let started = std::time::Instant::now();
+        let result = block_on(request_token(
+            &http,
+            &client_credentials(endpoint.url("/token")),
+            None,
+        ));
+        let error = result.err().expect("no token").to_string();
+        assert!(error.contains("larger than 64 KiB"), "{error}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    /// A refusal's own words (OAuth2 `error` and `error_description`) are logged at every
+    /// retry: they are cut short, and hold no line break.
+    #[test]
+    fn a_refusal_is_told_in_a_short_line() {
+        use fake_endpoint::{json, Endpoint};
+        let description = format!("line one\nline two {}", "x".repeat(60_000));
+        let body = serde_json::json!({"error": "invalid_client", "error_description": description})
+            .to_string();
+        let endpoint = Endpoint::http(move |w| w.write_all(&json("401 Unauthorized", &body)));
+        let http = http_client(None).unwrap();
+        let error = block_on(request_token(
+            &http,
+            &client_credentials(endpoint.url("/token")),
+            None,
+        ))
+        .err()
+        .expect("refused");
+        assert_eq!(error.code(), "invalid_client");
+        let text = error.to_string();
+        assert!(text.len() < 1000, "{} bytes", text.len());
+        assert!(
+            text.contains("line one line two xxx") && !text.contains('\n'),
+            "{text}"
+        );
+    }
+
+    /// `expires_in` is the endpoint's to say, within reason: u64::MAX (which overflowed the
+    /// clock and killed the refresh task) and anything past a day is a day, 0 is no lifetime
+    /// given (an hour). The refresh task serves the token and schedules the next refresh.
+    #[test]
+    fn a_lifetime_beyond_reason_is_clamped() {
+        use fake_endpoint::{json, Endpoint};
+        let day = Duration::from_secs(24 * 3600);
+        let http = http_client(None).unwrap();
+        for (expires_in, lifetime) in [
+            ("18446744073709551615", day),
+            ("9223372036854775808", day),
+            ("86401", day),
+            ("0", Duration::from_secs(3600)),
+            ("600", Duration::from_secs(600)),
+        ] {
+            let body = format!(r#"{{"access_token":"tok","expires_in":{expires_in}}}"#);
+            let endpoint = Endpoint::http(move |w| w.write_all(&json("200 OK", &body)));
+            let settings = client_credentials(endpoint.url("/token"));
+            let dir = tempfile::tempdir().unwrap();
+            let metrics = Metrics::new(dir.path());
+            let current = Current::default();
+            let mut store = rotation::Store {
+                file: dir.path().join("oauth2-refresh-token"),
+                shared: None,
+            };
+            let wait = block_on(refresh_once(
+                &http, &settings, &current, &metrics, &mut store,
+            ));
+            assert_eq!(
+                current.lookup().as_deref(),
+                Some("me@example.net:tok"),
+                "{expires_in}"
+            );
+            let expires_at = current.0.read().unwrap().as_ref().unwrap().1.expires_at;
+            let left = expires_at.duration_since(SystemTime::now()).unwrap();
+            assert!(
+                left <= lifetime && left + Duration::from_secs(60) > lifetime,
+                "{expires_in}: {left:?}"
+            );
+            let planned = refresh_after(lifetime);
+            assert!(
+                wait <= planned && wait + Duration::from_secs(60) > planned,
+                "{expires_in}: {wait:?}"
+            );
+        }
+    }
+}
+
+/// Local HTTP(S) endpoints on 127.0.0.1 that answer as a test scripts them: redirects,
+/// endless bodies, odd tokens (the token endpoint of `smtp_relay_e2e` answers only as a
+/// well-behaved provider does).
+#[cfg(test)]
+pub(crate) mod fake_endpoint {
+    use std::io::{BufRead as _, BufReader, Read, Write};
+    use std::net::{Ipv4Addr, TcpListener};
+    use std::path::PathBuf;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    /// How a connection is answered, once its request was read.
+    pub type Answer = dyn Fn(&mut dyn Write) -> std::io::Result<()> + Send + Sync;
+
+    pub struct Endpoint {
+        pub base: String,
+        connections: Arc<AtomicUsize>,
+        requests: Arc<Mutex<Vec<String>>>,
+        /// The CA that signed an HTTPS endpoint's certificate, and its PEM.
+        pub ca: Option<(PathBuf, Vec<u8>)>,
+        _certs: Option<tempfile::TempDir>,
+    }
+
+    impl Endpoint {
+        /// Plain HTTP on 127.0.0.1.
+        pub fn http(
+            answer: impl Fn(&mut dyn Write) -> std::io::Result<()> + Send + Sync + 'static,
+        ) -> Endpoint {
+            start(false, Arc::new(answer))
+        }
+
+        /// HTTPS on 127.0.0.1, with a certificate of a test CA ([`Endpoint::ca`]).
+        pub fn https(
+            answer: impl Fn(&mut dyn Write) -> std::io::Result<()> + Send + Sync + 'static,
+        ) -> Endpoint {
+            start(true, Arc::new(answer))
+        }
+
+        pub fn url(&self, path: &str) -> String {
+            format!("{}{path}", self.base)
+        }
+
+        /// Connections accepted so far (whether or not a request came on them).
+        pub fn connections(&self) -> usize {
+            self.connections.load(Ordering::SeqCst)
+        }
+
+        /// Each request received: its head and body, as text.
+        pub fn requests(&self) -> Vec<String> {
+            self.requests.lock().unwrap().clone()
+        }
+    }
+
+    fn start(tls: bool, answer: Arc<Answer>) -> Endpoint {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (certs, server) = if tls {
+            let dir = tempfile::tempdir().unwrap();
+            let (ca, cert, key) =
+                smtp_relay_e2e::mail::ca_signed_cert_for(dir.path(), Ipv4Addr::LOCALHOST).unwrap();
+            (Some((dir, ca)), Some(server_tls(&cert, &key)))
+        } else {
+            (None, None)
+        };
+        let connections = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let (counted, recorded) = (connections.clone(), requests.clone());
+        // Detached: it lives as long as the test binary.
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                counted.fetch_add(1, Ordering::SeqCst);
+                let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(10)));
+                let (answer, recorded, server) = (answer.clone(), recorded.clone(), server.clone());
+                std::thread::spawn(move || match server {
+                    None => serve(stream, &*answer, &recorded),
+                    Some(config) => {
+                        let conn = rustls::ServerConnection::new(config).unwrap();
+                        let mut tls = rustls::StreamOwned::new(conn, stream);
+                        serve(&mut tls, &*answer, &recorded);
+                        tls.conn.send_close_notify();
+                        let _ = tls.flush();
+                    }
+                });
+            }
+        });
+        let scheme = if tls { "https" } else { "http" };
+        Endpoint {
+            base: format!("{scheme}://{addr}"),
+            connections,
+            requests,
+            ca: certs
+                .as_ref()
+                .map(|(_, ca)| (ca.clone(), std::fs::read(ca).unwrap())),
+            _certs: certs.map(|(dir, _)| dir),
+        }
+    }
+
+    fn server_tls(cert: &std::path::Path, key: &std::path::Path) -> Arc<rustls::ServerConfig> {
+        use rustls::pki_types::pem::PemObject as _;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let chain = CertificateDer::pem_file_iter(cert)
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_file(key).unwrap();
+        Arc::new(
+            rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap(),
+        )
+    }
+
+    /// Reads one request (head, and a body of its Content-Length), records it, answers.
+    fn serve<S: Read + Write>(mut stream: S, answer: &Answer, recorded: &Mutex<Vec<String>>) {
+        let mut reader = BufReader::new(&mut stream);
+        let mut request = String::new();
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            request.push_str(&line);
+            if let Some((name, value)) = line.trim_end().split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse().unwrap_or(0);
+                }
+            }
+            if line.trim_end().is_empty() {
+                break;
+            }
+        }
+        let mut body = vec![0; length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        drop(reader);
+        request.push_str(&String::from_utf8_lossy(&body));
+        recorded.lock().unwrap().push(request);
+        let _ = answer(&mut stream);
+        let _ = stream.flush();
+    }
+
+    /// A complete answer with a JSON body.
+    pub fn json(status: &str, body: &str) -> Vec<u8> {
+        format!(
+            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    }
+
+    /// An answer that never ends: `start`, then bytes of `filler` until the client hangs up (or,
+    /// to keep a client that reads it all from exhausting the machine, 256 MiB). `sent` counts
+    /// the body's bytes written, `done` is set once the answer ended.
+    pub fn endless(
+        status: &'static str,
+        start: &'static str,
+        filler: u8,
+        sent: Arc<AtomicUsize>,
+        done: Arc<std::sync::atomic::AtomicBool>,
+    ) -> impl Fn(&mut dyn Write) -> std::io::Result<()> + Send + Sync + 'static {
+        move |w: &mut dyn Write| {
+            let result = (|| {
+                w.write_all(
+                    format!("HTTP/1.1 {status}\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n{start}")
+                        .as_bytes(),
+                )?;
+                let chunk = [filler; 16 * 1024];
+                while sent.load(Ordering::SeqCst) < 256 << 20 {
+                    w.write_all(&chunk)?;
+                    sent.fetch_add(chunk.len(), Ordering::SeqCst);
+                }
+                Ok(())
+            })();
+            done.store(true, Ordering::SeqCst);
+            result
+        }
     }
 }
