@@ -93,6 +93,7 @@ fn read_directory(dir: &Path) -> ConfigResult<Users> {
 
 /// Writes `users` into a fresh database in the relay domain's realm, then swaps it in.
 pub fn install(users: &Users, realm: &str, layout: &Layout) -> Result<(), RunError> {
+    crate::postfix::instance::secure_dir(&layout.data_dir)?;
     let db = layout.sasldb();
     // The database holds every password, and saslpasswd2 creates it with a mode of its own
     // (0660 less the umask, group root): it is built in a directory only root can enter.

@@ -209,3 +209,70 @@ fn ipv6_clients_and_networks_on_a_dual_stack_relay() {
         );
     }
 }
+
+/// Under a kubelet the relay's configuration directory (`/run/smtp-relay/postfix`) and its data
+/// directory (`/data`: the SASL database, the OAuth2 socket) live on emptyDir volumes, which
+/// are created world-writable (0777), and they outlive a restart of the container. The postfix
+/// user, which smtpd facing the network runs as, could plant or swap files there that the root
+/// master and supervisor read. The relay makes each directory it writes into root's and 0755
+/// before it writes anything, and takes the others' write access from the volume holding the
+/// configuration directory (whoever can write there can swap that directory whole). Here as
+/// after a restart: the directories are there already, 0777, one of them the postfix user's.
+#[test]
+fn directories_root_reads_are_not_writable_by_others() {
+    use std::fs;
+    use std::os::unix::fs::{chown, MetadataExt as _, PermissionsExt as _};
+    let sink = start_sink();
+    let mut spec = RelaySpec::new(Input::file(config(
+        sink.port(),
+        Mode::AllowSaslAuthNoDomain,
+    )));
+    let users = spec.path("users");
+    SecretVolume::create(users.clone(), &[(USER, USER_PASSWORD)]);
+    if let Input::File(cfg) = &mut spec.input {
+        cfg.sasl_users_dir = Some(users);
+    }
+    let (postfix_uid, postfix_gid) = smtp_relay::postfix::instance::postfix_ids().unwrap();
+    let (config_dir, data_dir) = (spec.postfix_dir(), spec.data_dir());
+    let sasl_dir = config_dir.join("sasl");
+    let volume = spec.dir.path().to_path_buf();
+    for dir in [&sasl_dir, &data_dir] {
+        fs::create_dir_all(dir).unwrap();
+    }
+    for dir in [&volume, &config_dir, &sasl_dir, &data_dir] {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    chown(&config_dir, Some(postfix_uid), Some(postfix_gid)).unwrap();
+
+    let relay = spec.start();
+    let mode = |dir: &std::path::Path| fs::metadata(dir).unwrap().mode() & 0o7777;
+    for dir in [&config_dir, &sasl_dir, &data_dir] {
+        let meta = fs::metadata(dir).unwrap();
+        assert_eq!(
+            format!("{:o} {}:{}", mode(dir), meta.uid(), meta.gid()),
+            "755 0:0",
+            "{} (mode owner:group)",
+            dir.display()
+        );
+    }
+    let volume_mode = mode(&volume);
+    assert_eq!(
+        volume_mode & 0o022,
+        0,
+        "{} holds the configuration directory: {volume_mode:o}",
+        volume.display()
+    );
+    // smtpd still reads the SASL database through the data directory.
+    let rcpt = format!("app@{EXTERNAL}");
+    let mark = marker("after-prepared-directories");
+    send(
+        relay.addr(),
+        OTHER_CLIENT,
+        Some((USER, USER_PASSWORD)),
+        "app@example.net",
+        &rcpt,
+        &mark,
+    )
+    .unwrap_or_else(|e| panic!("a SASL user relays: {e}"));
+    sink.wait_for(&rcpt, &mark, DEADLINE).unwrap();
+}

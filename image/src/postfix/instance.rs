@@ -24,14 +24,11 @@ const DAEMON_DIRECTORY: &str = "/usr/lib/postfix/sbin";
 /// main.cf last. A refused one changes nothing Postfix reads: it starts new processes all the
 /// time, and each would read a refused main.cf left in place.
 pub fn write_config(settings: &Settings, layout: &Layout) -> Result<(), RunError> {
-    for dir in [
-        &layout.config_dir,
-        &layout.spool_dir,
-        &layout.data_dir,
-        &layout.sasl_config_dir(),
-    ] {
-        fs::create_dir_all(dir).map_err(RunError::io(format!("creating {}", dir.display())))?;
-    }
+    prepare_directories(layout)?;
+    fs::create_dir_all(&layout.spool_dir).map_err(RunError::io(format!(
+        "creating {}",
+        layout.spool_dir.display()
+    )))?;
     let (postfix_uid, _) = postfix_ids()?;
     let data = layout.postfix_data_dir();
     fs::create_dir_all(&data).map_err(RunError::io(format!("creating {}", data.display())))?;
@@ -82,10 +79,8 @@ pub fn write_config(settings: &Settings, layout: &Layout) -> Result<(), RunError
             })
     };
     remove_dir_if_exists(&candidate.config_dir)?;
-    fs::create_dir_all(candidate.sasl_config_dir()).map_err(RunError::io(format!(
-        "creating {}",
-        candidate.config_dir.display()
-    )))?;
+    own_dir(&candidate.config_dir)?;
+    own_dir(&candidate.sasl_config_dir())?;
     for (live, text, mode) in &files {
         write_file(&staged(live)?, text, *mode)?;
     }
@@ -101,6 +96,95 @@ pub fn write_config(settings: &Settings, layout: &Layout) -> Result<(), RunError
         remove_if_exists(&layout.relayhost_passwd())?;
     }
     remove_dir_if_exists(&candidate.config_dir)
+}
+
+/// Makes the directories the supervisor writes into and root reads from safe from everyone
+/// else, before anything is written: the configuration directory and its SASL directory
+/// (main.cf, master.cf, the relayhost password map) and the data directory (the SASL database,
+/// the OAuth2 socket). Under a kubelet they are on emptyDir volumes, which are created
+/// world-writable (0777) and outlive a restart of the container: the postfix user, which smtpd
+/// facing the network runs as, could plant or swap files there that the root master and this
+/// supervisor then read. Each becomes root's, 0755 (see [`secure_dir`]). Postfix's own
+/// directories (the spool, its data directory) are Postfix's to set up.
+pub fn prepare_directories(layout: &Layout) -> Result<(), RunError> {
+    secure_dir(&layout.config_dir)?;
+    own_dir(&layout.sasl_config_dir())?;
+    secure_dir(&layout.data_dir)
+}
+
+/// Creates `dir` if needed, makes it root's and 0755, and takes the write access of others
+/// (group and other) from each directory above it that gives it without the sticky bit
+/// (`/run/smtp-relay`, the emptyDir holding the configuration directory): whoever can rename
+/// entries there can swap `dir` whole. (A directory with the sticky bit, like `/tmp`, lets
+/// nobody but the owner rename root's entries.)
+pub fn secure_dir(dir: &Path) -> Result<(), RunError> {
+    let io = |what: &str| RunError::io(format!("{what} {}", dir.display()));
+    // The directories above, both as given and as the links lead.
+    let given = std::path::absolute(dir).map_err(io("locating"))?;
+    for ancestor in given.ancestors().skip(1) {
+        if ancestor.exists() {
+            close_to_others(ancestor)?;
+        }
+    }
+    own_dir(dir)?;
+    let real = fs::canonicalize(dir).map_err(io("resolving"))?;
+    for ancestor in real.ancestors().skip(1) {
+        close_to_others(ancestor)?;
+    }
+    Ok(())
+}
+
+/// Takes the write access of group and others from `dir` when it has no sticky bit.
+fn close_to_others(dir: &Path) -> Result<(), RunError> {
+    const STICKY: u32 = 0o1000;
+    let mode = fs::metadata(dir)
+        .map_err(RunError::io(format!("reading {}", dir.display())))?
+        .permissions()
+        .mode()
+        & 0o7777;
+    if mode & 0o022 == 0 || mode & STICKY != 0 {
+        return Ok(());
+    }
+    let closed = mode & !0o022;
+    tracing::warn!(
+        dir = %dir.display(),
+        mode = format!("{mode:o}"),
+        now = format!("{closed:o}"),
+        "others could write into a directory holding the relay's: they could swap the relay's directory; taking their write access away"
+    );
+    fs::set_permissions(dir, fs::Permissions::from_mode(closed))
+        .map_err(RunError::io(format!("chmod {}", dir.display())))
+}
+
+/// Creates `dir` if needed (0755 at most from the start) and makes it exactly root's and 0755,
+/// whatever it was. A symbolic link there that root does not own is refused: someone else put it.
+fn own_dir(dir: &Path) -> Result<(), RunError> {
+    use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(dir)
+        .map_err(RunError::io(format!("creating {}", dir.display())))?;
+    let link =
+        fs::symlink_metadata(dir).map_err(RunError::io(format!("reading {}", dir.display())))?;
+    if link.file_type().is_symlink() && link.uid() != 0 {
+        return Err(RunError::Command {
+            command: format!("preparing {}", dir.display()),
+            detail: format!(
+                "it is a symbolic link of uid {}, not root's: remove it (the relay creates the directory)",
+                link.uid()
+            ),
+        });
+    }
+    let meta = fs::metadata(dir).map_err(RunError::io(format!("reading {}", dir.display())))?;
+    if nix::unistd::geteuid().is_root() && (meta.uid() != 0 || meta.gid() != 0) {
+        chown(dir, Some(0), Some(0)).map_err(RunError::io(format!("chown {}", dir.display())))?;
+    }
+    if meta.mode() & 0o7777 != 0o755 {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o755))
+            .map_err(RunError::io(format!("chmod {}", dir.display())))?;
+    }
+    Ok(())
 }
 
 pub(crate) fn remove_dir_if_exists(dir: &Path) -> Result<(), RunError> {
@@ -399,6 +483,60 @@ pub(crate) mod created {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The directories root reads from, on world-writable volumes (emptyDirs are 0777) and
+    /// one of them someone else's (as a restarted container finds them), become root's and 0755;
+    /// the volume holding the configuration directory loses others' write access; a sticky
+    /// directory above (like /tmp) is left as it is.
+    #[test]
+    fn directories_from_world_writable_volumes_become_roots() {
+        use std::os::unix::fs::MetadataExt as _;
+        let tmp = tempfile::tempdir().unwrap();
+        let top = tmp.path();
+        let volume = top.join("run");
+        let layout = Layout {
+            config_dir: volume.join("postfix"),
+            spool_dir: top.join("spool"),
+            data_dir: top.join("data"),
+            listen: "127.0.0.1:25".into(),
+        };
+        let dirs = [
+            layout.config_dir.clone(),
+            layout.sasl_config_dir(),
+            layout.data_dir.clone(),
+        ];
+        for dir in &dirs {
+            fs::create_dir_all(dir).unwrap();
+        }
+        for dir in dirs.iter().chain([&volume]) {
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o777)).unwrap();
+        }
+        fs::set_permissions(top, fs::Permissions::from_mode(0o1777)).unwrap();
+        chown(&layout.config_dir, Some(65534), Some(65534)).unwrap();
+
+        prepare_directories(&layout).unwrap();
+        let state = |dir: &Path| {
+            let meta = fs::metadata(dir).unwrap();
+            format!("{:o} {}:{}", meta.mode() & 0o7777, meta.uid(), meta.gid())
+        };
+        for dir in &dirs {
+            assert_eq!(state(dir), "755 0:0", "{}", dir.display());
+        }
+        assert_eq!(state(&volume), "755 0:0");
+        assert_eq!(state(top), "1777 0:0", "a sticky directory is left alone");
+
+        // A symbolic link someone else put where the directory was is refused, its target
+        // left as it was.
+        let elsewhere = top.join("elsewhere");
+        fs::create_dir(&elsewhere).unwrap();
+        fs::set_permissions(&elsewhere, fs::Permissions::from_mode(0o777)).unwrap();
+        fs::remove_dir_all(&layout.config_dir).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &layout.config_dir).unwrap();
+        std::os::unix::fs::lchown(&layout.config_dir, Some(65534), Some(65534)).unwrap();
+        let err = prepare_directories(&layout).unwrap_err().to_string();
+        assert!(err.contains("symbolic link of uid 65534"), "{err}");
+        assert_eq!(state(&elsewhere), "777 0:0");
+    }
 
     /// A file is created with its final mode: the relayhost password map (0600) is never, not
     /// for a moment between writing and a chmod, readable by others, as it was (0644 by the
