@@ -285,6 +285,13 @@ fn condition(
 }
 
 /// Whether the relayhost password can only travel inside TLS; the rule is the relay image's.
+///
+/// Computed from the fields alone (`relayhost.tls.level`, `credentialsSecretRef`, `oauth2`),
+/// and they are the only source: `postconf` cannot set a parameter that protects the login
+/// (the TLS level and what overrides it, the SASL security options, the CAs, ...; see
+/// `smtp_relay::postfix::relay_guard::check_postconf`, which both [`crate::validate`] and the
+/// relay's own inputs apply), so a spec that tries is refused and never applied. For a spec
+/// that was not applied, [`password_condition_in_force`] keeps describing what runs.
 fn relayhost_password_condition(relay: &SmtpRelay, gen: Option<i64>, now: &Time) -> Condition {
     let rh = &relay.spec.relayhost;
     let explicit = rh.tls.as_ref().and_then(|t| t.level).map(TlsLevel::from);
@@ -321,6 +328,36 @@ fn relayhost_password_condition(relay: &SmtpRelay, gen: Option<i64>, now: &Time)
         gen,
         now,
     )
+}
+
+/// [`relayhost_password_condition`] for the configuration in force, so the condition never
+/// claims a protection that does not run: the spec's when it was applied; the last one's when
+/// nothing of the spec was (a refused spec or Secret, a name conflict); when the API server
+/// refused a child midway (some of the spec may run, the ConfigMap included), the spec's only
+/// if the last one did not already say the password may travel in clear text.
+fn password_condition_in_force(
+    relay: &SmtpRelay,
+    outcome: &Outcome,
+    old: &SmtpRelayStatus,
+    gen: Option<i64>,
+    now: &Time,
+) -> Condition {
+    let spec = relayhost_password_condition(relay, gen, now);
+    let Some(last) = old
+        .conditions
+        .iter()
+        .find(|c| c.type_ == RELAYHOST_PASSWORD_PROTECTED)
+    else {
+        return spec;
+    };
+    match outcome {
+        Outcome::Applied { .. } => spec,
+        Outcome::InvalidSpec { .. } | Outcome::Unresolved { .. } | Outcome::NameConflict { .. } => {
+            last.clone()
+        }
+        Outcome::ApplyRefused { .. } if last.status == "False" => last.clone(),
+        Outcome::ApplyRefused { .. } => spec,
+    }
 }
 
 /// What the pods last said about logging in to the relayhost (`status.queue`, written by
@@ -773,7 +810,7 @@ pub fn compute(
     let secrets = secrets_condition(outcome, gen, &now);
     let progressing = progressing_condition(&rollout, desired, gen, &now);
     let ready = ready_condition_of(outcome, &rollout, desired, &ep, gen, &now);
-    let password = relayhost_password_condition(relay, gen, &now);
+    let password = password_condition_in_force(relay, outcome, &old, gen, &now);
     let client_address = client_address_condition(relay, gen, &now);
     let queued_mail = queued_mail_condition(relay, gen, &now);
     let draining = draining_condition(&old, &rollout.drain, gen, &now);
@@ -1186,6 +1223,88 @@ mod tests {
         sts.metadata.generation = Some(3);
         assert!(!Rollout::from_stateful_set(Some(&sts), 2).up_to_date);
         assert_eq!(Rollout::from_stateful_set(None, 1), Rollout::default());
+    }
+
+    /// Issue 26: `RelayhostPasswordProtected` is computed from the fields, and `postconf`
+    /// cannot contradict them: a spec whose postconf would send the password in clear text is
+    /// refused by validation and never applied, and the condition keeps describing the
+    /// configuration that runs, not the refused spec.
+    #[test]
+    fn a_postconf_weakening_the_login_is_refused_and_the_condition_tells_what_runs() {
+        use crate::crd::{CredentialsSecretRef, RelayhostTlsSpec, TlsLevelSpec};
+        let password = |s: &SmtpRelayStatus| {
+            let c = cond(s, RELAYHOST_PASSWORD_PROTECTED);
+            (c.status.clone(), c.reason.clone())
+        };
+        let mut r = relay("r1");
+        r.spec.relayhost.credentials_secret_ref = Some(CredentialsSecretRef {
+            name: "login".into(),
+            username_key: "username".into(),
+            password_key: "password".into(),
+        });
+        // What runs: an explicit level none, accepted and flagged.
+        r.spec.relayhost.tls = Some(RelayhostTlsSpec {
+            level: Some(TlsLevelSpec::None),
+            ca_secret_key_ref: None,
+            ca_config_map_key_ref: None,
+        });
+        r.status = Some(compute(&r, &applied(), DONE, t(1)));
+        assert_eq!(
+            password(r.status.as_ref().expect("status")),
+            ("False".into(), "CleartextAllowed".into())
+        );
+        // The spec of the issue: the fields say encrypt (no level), postconf says otherwise.
+        r.metadata.generation = Some(2);
+        r.spec.relayhost.tls = None;
+        r.spec
+            .postconf
+            .insert("smtp_tls_security_level".into(), "none".into());
+        r.spec
+            .postconf
+            .insert("smtp_sasl_security_options".into(), "noanonymous".into());
+        let message =
+            crate::validate::validate_spec(&r.spec).expect_err("refused, so never applied");
+        assert!(
+            message.contains("spec.postconf.smtp_sasl_security_options")
+                && message.contains("protects the relayhost login")
+                && message.contains("relayhost.tls.level"),
+            "{message}"
+        );
+        let s = compute(&r, &Outcome::InvalidSpec { message }, DONE, t(2));
+        assert_eq!(cond(&s, CONFIG_VALID).reason, "InvalidSpec");
+        assert_eq!(s.config_hash.as_deref(), Some("h1"), "nothing new runs");
+        // Not TLSRequired: what runs still allows clear text.
+        assert_eq!(password(&s), ("False".into(), "CleartextAllowed".into()));
+        // Without the postconf the spec is applied, and its fields are all there is to it.
+        r.status = Some(s);
+        r.spec.postconf.clear();
+        assert_eq!(crate::validate::validate_spec(&r.spec), Ok(()));
+        let s = compute(&r, &applied(), DONE, t(3));
+        assert_eq!(password(&s), ("True".into(), "TLSRequired".into()));
+        assert!(
+            cond(&s, RELAYHOST_PASSWORD_PROTECTED)
+                .message
+                .contains("level encrypt"),
+            "{:?}",
+            cond(&s, RELAYHOST_PASSWORD_PROTECTED)
+        );
+        // A child refused midway: the old or the new configuration may run, so the condition
+        // says the password is protected only when both protect it.
+        let midway = Outcome::ApplyRefused {
+            message: "quota".into(),
+        };
+        r.status = Some(s);
+        r.spec.relayhost.tls = Some(RelayhostTlsSpec {
+            level: Some(TlsLevelSpec::May),
+            ca_secret_key_ref: None,
+            ca_config_map_key_ref: None,
+        });
+        let s = compute(&r, &midway, DONE, t(4));
+        assert_eq!(password(&s), ("False".into(), "CleartextAllowed".into()));
+        r.status = Some(s);
+        r.spec.relayhost.tls = None;
+        let s = compute(&r, &midway, DONE, t(5));
+        assert_eq!(password(&s), ("False".into(), "CleartextAllowed".into()));
     }
 
     #[test]
