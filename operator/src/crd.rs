@@ -126,10 +126,13 @@ pub struct SmtpRelaySpec {
 
     /// Extra Postfix `main.cf` parameters, applied last so they override every generated value.
     /// Keys are Postfix parameter names (letters, digits and underscores, starting with a
-    /// lowercase letter, e.g. `message_size_limit` or `smtp_tls_CAfile`). Values are strings:
+    /// lowercase letter, e.g. `message_size_limit` or `smtpd_tls_CApath`). Values are strings:
     /// quote `"yes"` and `"no"`, which YAML would otherwise read as booleans. Parameters that
     /// decide who may relay (`mynetworks`, `relay_domains`, `smtpd_*_restrictions`,
-    /// `smtpd_sasl_*`, `smtpd_tls_auth_only`, ...) are refused: set the field that owns them.
+    /// `smtpd_sasl_*`, `smtpd_tls_auth_only`, ...) and those that protect the relayhost login
+    /// (`smtp_tls_security_level`, `smtp_sasl_*security_options`, the CAs, the protocols and
+    /// ciphers, and any `smtp_tls_*` or `smtp_sasl_*` not known to be harmless) are refused:
+    /// set the field that owns them.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("maxProperties" = 64))]
     #[schemars(extend("x-kubernetes-validations" = [
@@ -536,7 +539,7 @@ pub struct RetentionSpec {
     /// the Service and deliver their queues, and the operator deletes the volumes once they are
     /// empty, after drainBeforeDeleteSeconds, or when the SmtpRelay is annotated
     /// smtprelay.dev/abandon-drain=true (condition Draining, Events). Meanwhile the ConfigMap
-    /// <name>-drain-guard keeps the pods from the garbage collector. Deleted with propagation
+    /// `<name>-drain-guard` keeps the pods from the garbage collector. Deleted with propagation
     /// orphan, the relay keeps running, owned by that ConfigMap.
     #[serde(default)]
     pub when_deleted: RetentionPolicy,
