@@ -146,9 +146,11 @@ impl InCluster {
             for (k, v) in map {
                 let value = base64::engine::general_purpose::STANDARD
                     .decode(v.as_str().unwrap_or_default())
-                    .map_err(|e| KubeApiError::Refused {
-                        status: 200,
-                        message: format!("data.{k} is not base64: {e}"),
+                    .map_err(|e| {
+                        KubeApiError::BadAnswer(format!(
+                            "data.{k} is not base64 ({})",
+                            base64_problem(&e)
+                        ))
                     })?;
                 data.insert(k.clone(), value);
             }
@@ -193,6 +195,19 @@ impl InCluster {
     }
 }
 
+/// What is wrong with a base64 value, by its kind alone: base64's own message quotes the
+/// offending byte ("Invalid symbol 45, offset 3"), and the value is a Secret's (the refresh
+/// token).
+fn base64_problem(e: &base64::DecodeError) -> &'static str {
+    match e {
+        base64::DecodeError::InvalidByte(..) | base64::DecodeError::InvalidLastSymbol(..) => {
+            "a character outside its alphabet"
+        }
+        base64::DecodeError::InvalidLength(_) => "a length no base64 has",
+        base64::DecodeError::InvalidPadding => "wrong padding",
+    }
+}
+
 /// The JSON body of a successful answer, read up to [`API_ANSWER_CAP`]; the API server's
 /// message otherwise (a Status object, which never holds a Secret's data).
 async fn checked(resp: reqwest::Response) -> Result<serde_json::Value, KubeApiError> {
@@ -209,8 +224,13 @@ async fn checked(resp: reqwest::Response) -> Result<serde_json::Value, KubeApiEr
             crate::oauth2::BodyError::TooLarge { .. } => KubeApiError::BadAnswer(e.to_string()),
             crate::oauth2::BodyError::Read(_) => KubeApiError::Unreachable(e.to_string()),
         })?;
-    let body: serde_json::Value = serde_json::from_slice(&body)
-        .map_err(|e| KubeApiError::BadAnswer(format!("not JSON: {e}")))?;
+    let body: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+        KubeApiError::BadAnswer(format!(
+            "{}{}",
+            crate::inputs::json_problem(&e),
+            crate::inputs::json_position(&e)
+        ))
+    })?;
     if status.is_success() {
         Ok(body)
     } else {
@@ -287,6 +307,31 @@ mod tests {
                 "{error}"
             );
             assert!(!error.contains(SA_TOKEN) && !error.contains("rt-rotated"));
+        }
+    }
+
+    /// A shared Secret whose data is not base64 (`-` and `~` are no symbols of it): the error
+    /// names the key, never a byte of the value (base64's own message quotes the offending
+    /// byte, "Invalid symbol 126, offset 2", and the value is a refresh token).
+    #[test]
+    fn a_value_that_is_not_base64_is_not_quoted() {
+        const VALUE: &str = "rt~-secret";
+        let server = Endpoint::https(|w| {
+            w.write_all(&json(
+                "200 OK",
+                &format!(r#"{{"metadata":{{"resourceVersion":"7"}},"data":{{"refreshToken":"{VALUE}"}}}}"#),
+            ))
+        });
+        let (api, _dir) = api(&server);
+        let error = block_on(api.get_secret("shared"))
+            .expect_err("not base64")
+            .to_string();
+        assert!(
+            error.contains("data.refreshToken") && error.contains("base64"),
+            "{error}"
+        );
+        for leak in ["126", "45", "~", "secret", "symbol", "offset"] {
+            assert!(!error.contains(leak), "{leak:?} in {error}");
         }
     }
 
