@@ -448,8 +448,8 @@ pub async fn request_token(
             description: refused.and_then(|r| r.error_description.as_deref().map(bounded)),
         });
     }
-    let token: TokenResponse = serde_json::from_slice(&body)
-        .map_err(|e| TokenError::BadResponse(bounded(&e.to_string())))?;
+    let token: TokenResponse =
+        serde_json::from_slice(&body).map_err(|e| bad_token_answer(&body, &e))?;
     if token.access_token.is_empty() {
         return Err(TokenError::BadResponse("an empty access_token".into()));
     }
@@ -463,6 +463,65 @@ pub async fn request_token(
         },
         token.refresh_token.map(Secret),
     ))
+}
+
+/// What is wrong with a token answer that is not one: serde_json's category and position, and
+/// the field at fault, never a value. serde_json's own message quotes the value it stumbled on
+/// (`invalid type: string "…"`), and that may be the token itself (a body that is the token as
+/// a JSON string, a token that is a number).
+fn bad_token_answer(body: &[u8], e: &serde_json::Error) -> TokenError {
+    use crate::inputs::{json_position, json_problem};
+    let mut text = format!("{}{}", json_problem(e), json_position(e));
+    if let Some(field) = serde_json::from_slice(body)
+        .ok()
+        .and_then(|value| token_field_problem(&value))
+    {
+        text.push_str(": ");
+        text.push_str(&field);
+    }
+    TokenError::BadResponse(text)
+}
+
+/// Which field of a token answer [`TokenResponse`] cannot take, by the kinds of the values.
+fn token_field_problem(value: &serde_json::Value) -> Option<String> {
+    use serde_json::Value;
+    let Some(fields) = value.as_object() else {
+        return Some(format!(
+            "the answer is a JSON {}, not an object",
+            crate::inputs::json_kind(value)
+        ));
+    };
+    match fields.get("access_token") {
+        None => return Some("access_token is missing".into()),
+        Some(Value::String(_)) => {}
+        Some(other) => return Some(format!("access_token is {}, not a string", a_kind(other))),
+    }
+    match fields.get("expires_in") {
+        None | Some(Value::Null) => {}
+        Some(Value::Number(n)) if n.is_u64() => {}
+        Some(Value::Number(_)) => {
+            return Some("expires_in is not a whole number of seconds".into());
+        }
+        Some(other) => {
+            return Some(format!(
+                "expires_in is {}, not a number of seconds",
+                a_kind(other)
+            ))
+        }
+    }
+    match fields.get("refresh_token") {
+        None | Some(Value::Null | Value::String(_)) => None,
+        Some(other) => Some(format!("refresh_token is {}, not a string", a_kind(other))),
+    }
+}
+
+/// The kind of a JSON value with its article (`a string`, `an object`, `null`).
+fn a_kind(value: &serde_json::Value) -> String {
+    match crate::inputs::json_kind(value) {
+        "null" => "null".into(),
+        kind @ ("array" | "object") => format!("an {kind}"),
+        kind => format!("a {kind}"),
+    }
 }
 
 /// reqwest's errors name the URL; the endpoint is not secret, but keep errors short.
@@ -986,6 +1045,64 @@ mod tests {
         let error = result.err().expect("no token").to_string();
         assert!(error.contains("larger than 64 KiB"), "{error}");
         assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    /// A token answer that is not one is described by what is wrong and where (serde_json's
+    /// category, line and column) and the field, never by the value: serde_json's own message
+    /// quotes it (`invalid type: string "…"`), and a body that is the token as a JSON string,
+    /// or a token that is a number, would be logged at every retry.
+    #[test]
+    fn a_bad_token_answer_is_described_without_its_values() {
+        use fake_endpoint::{json, Endpoint};
+        const TOKEN: &str = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9";
+        const NUMBER: &str = "987654321987654321";
+        let http = http_client(None).unwrap();
+        for (body, says, secret) in [
+            (
+                format!(r#""{TOKEN}""#),
+                "a JSON string, not an object",
+                TOKEN,
+            ),
+            (
+                format!(r#"{{"access_token":{NUMBER},"expires_in":3600}}"#),
+                "access_token is a number, not a string",
+                NUMBER,
+            ),
+            (
+                format!(r#"{{"access_token":"tok","refresh_token":{NUMBER}}}"#),
+                "refresh_token is a number, not a string",
+                NUMBER,
+            ),
+            (
+                format!(r#"{{"access_token":"tok","expires_in":"{TOKEN}"}}"#),
+                "expires_in is a string, not a number of seconds",
+                TOKEN,
+            ),
+            (
+                format!(r#"{{"token":"{TOKEN}"}}"#),
+                "access_token is missing",
+                TOKEN,
+            ),
+            (
+                format!(r#"{{"access_token":"{TOKEN}\q"}}"#),
+                "not valid JSON",
+                TOKEN,
+            ),
+        ] {
+            let endpoint = Endpoint::http(move |w| w.write_all(&json("200 OK", &body)));
+            let error = block_on(request_token(
+                &http,
+                &client_credentials(endpoint.url("/token")),
+                None,
+            ))
+            .err()
+            .expect("no token");
+            assert_eq!(error.code(), "bad_response");
+            let text = error.to_string();
+            assert!(text.contains(says), "{says}: {text}");
+            assert!(text.contains(" at line 1, column "), "{says}: {text}");
+            assert!(!text.contains(&secret[..8]), "{says}: {text}");
+        }
     }
 
     /// A refusal's own words (OAuth2 `error` and `error_description`) are logged at every
