@@ -198,26 +198,61 @@ impl Store {
         shared.write(version, rotated).await;
     }
 
+    /// Writes the chain to the pod's file: a new 0600 file renamed over it, in a 0700 directory
+    /// of the relay's own.
     fn save_file(&self, rotated: &Rotated) -> std::io::Result<()> {
         use std::io::Write as _;
-        use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+        use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
         if let Some(dir) = self.file.parent() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)?;
+            private_dir(dir)?;
         }
         let tmp = self.file.with_extension("tmp");
+        // A temporary file an interrupted write left is not reused: opening it would keep its
+        // mode (and write through a hard link it may be). Created anew, it is ours and 0600.
+        match std::fs::remove_file(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
         let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
             .write(true)
+            .create_new(true)
             .mode(0o600)
             .open(&tmp)?;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
         f.write_all(rotated.to_text().as_bytes())?;
         f.sync_all()?;
         std::fs::rename(tmp, &self.file)
     }
+}
+
+/// Makes `dir` (created if needed) exactly 0700, refusing a symbolic link and a directory that
+/// is not the relay's own: `DirBuilder::mode` applies only to a directory it creates, and an
+/// existing one (an earlier version's, a volume's) may be open to others.
+fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, PermissionsExt as _};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let meta = std::fs::symlink_metadata(dir)?;
+    if meta.file_type().is_symlink() {
+        return Err(std::io::Error::other(format!(
+            "{} is a symbolic link: remove it (the relay creates the directory)",
+            dir.display()
+        )));
+    }
+    let uid = nix::unistd::geteuid().as_raw();
+    if meta.uid() != uid {
+        return Err(std::io::Error::other(format!(
+            "{} belongs to uid {}, not to the relay (uid {uid}): remove it (the relay creates the directory)",
+            dir.display(),
+            meta.uid()
+        )));
+    }
+    if meta.mode() & 0o7777 != 0o700 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
 }
 
 impl SharedSecret {
@@ -327,6 +362,53 @@ mod tests {
         let old = format!("{}\nrt-old", digest("configured"));
         let read = Rotated::from_text(&old).unwrap();
         assert!(read.replaces(&s("configured")) && read.token == s("rt-old"));
+    }
+
+    /// What an earlier run or someone else left on the volume does not loosen the file: a
+    /// temporary file left by an interrupted write (open to all, or a hard link to another
+    /// file) is not reused, and the directory becomes 0700 whatever its mode was. A directory
+    /// that is a symbolic link, or someone else's, is refused and nothing is written.
+    #[test]
+    fn leftovers_on_the_volume_do_not_loosen_the_file() {
+        use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().mode() & 0o7777;
+        let top = tempfile::tempdir().unwrap();
+        let dir = top.path().join("smtp-relay");
+        let store = Store {
+            file: dir.join("oauth2-refresh-token"),
+            shared: None,
+        };
+        let chain = Rotated::after(None, &s("configured"), s("rt-1"));
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let tmp = store.file.with_extension("tmp");
+        std::fs::write(&tmp, "stale").unwrap();
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o666)).unwrap();
+        store.save_file(&chain).unwrap();
+        assert_eq!(mode(&store.file), 0o600);
+        assert_eq!(mode(&dir), 0o700);
+        assert!(!tmp.exists());
+
+        // A hard link to a file elsewhere: that file keeps its content.
+        let elsewhere = top.path().join("elsewhere");
+        std::fs::write(&elsewhere, "someone's").unwrap();
+        std::fs::hard_link(&elsewhere, &tmp).unwrap();
+        store.save_file(&chain).unwrap();
+        assert_eq!(std::fs::read_to_string(&elsewhere).unwrap(), "someone's");
+        assert_eq!(mode(&store.file), 0o600);
+
+        // Someone else's directory, then a symbolic link: refused, nothing written.
+        std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
+        let err = store.save_file(&chain).unwrap_err().to_string();
+        assert!(err.contains("uid 65534"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+        let target = top.path().join("target");
+        std::fs::create_dir(&target).unwrap();
+        std::os::unix::fs::symlink(&target, &dir).unwrap();
+        let err = store.save_file(&chain).unwrap_err().to_string();
+        assert!(err.contains("symbolic link"), "{err}");
+        assert_eq!(std::fs::read_dir(&target).unwrap().count(), 0);
+        assert_eq!(std::fs::metadata(&target).unwrap().uid(), 0);
     }
 
     #[tokio::test]
