@@ -699,9 +699,7 @@ async fn request_delegated(
 /// gets `OK user:token` while a token is valid, `TEMP` otherwise (Postfix then defers the mail
 /// and tries again: nothing is sent without a login).
 pub async fn serve_socketmap(path: PathBuf, current: Current) -> std::io::Result<()> {
-    let _ = std::fs::remove_file(&path);
-    let listener = tokio::net::UnixListener::bind(&path)?;
-    restrict_to_postfix(&path)?;
+    let listener = bind_out_of_reach(&path)?;
     loop {
         let (stream, _) = listener.accept().await?;
         let current = current.clone();
@@ -711,6 +709,42 @@ pub async fn serve_socketmap(path: PathBuf, current: Current) -> std::io::Result
             }
         });
     }
+}
+
+/// Binds the socketmap's socket at `path` so that nobody but root can ever reach it before it
+/// is 0600 and the postfix user's: bound in a fresh directory beside it that only root may
+/// enter (the socket's own mode is whatever the umask leaves: 0777 under umask 0), restricted
+/// there, then renamed into place (over an earlier run's socket).
+fn bind_out_of_reach(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(std::io::Error::other(format!(
+            "{} is no path for a socket",
+            path.display()
+        )));
+    };
+    let private = parent.join(format!(".{}.binding", name.to_string_lossy()));
+    // One left by an interrupted start: removed (a link there is removed, not followed), so
+    // the directory is created anew, ours and 0700.
+    match std::fs::remove_dir_all(&private) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    std::fs::DirBuilder::new().mode(0o700).create(&private)?;
+    let bound = (|| -> std::io::Result<tokio::net::UnixListener> {
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700))?;
+        let staged = private.join(name);
+        let listener = tokio::net::UnixListener::bind(&staged)?;
+        #[cfg(test)]
+        crate::postfix::instance::created::record(&staged);
+        restrict_to_postfix(&staged)?;
+        std::fs::rename(&staged, path)?;
+        Ok(listener)
+    })();
+    let removed = std::fs::remove_dir_all(&private);
+    let listener = bound?;
+    removed?;
+    Ok(listener)
 }
 
 /// Only Postfix (and root) may ask for the token.
@@ -814,6 +848,55 @@ mod tests {
             },
         )));
         assert!(socketmap_reply("xoauth2 [h]:587", &current).starts_with("TEMP "));
+    }
+
+    /// The socket that hands out the token is never reachable by anyone but root, not even
+    /// for a moment: it is bound inside a directory only root may enter (whatever the umask
+    /// made of the socket's own mode), and appears at its path only once it is 0600 (and the
+    /// postfix user's). A stale socket of an earlier run is replaced.
+    #[tokio::test]
+    async fn the_socket_is_bound_out_of_reach_then_put_in_place() {
+        use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _, PermissionsExt as _};
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = dir.path().join("oauth2.sock");
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        crate::postfix::instance::created::take();
+        let current = Current::default();
+        let server = tokio::spawn(serve_socketmap(path.clone(), current));
+        let mut connected = None;
+        for _ in 0..200 {
+            if let Ok(stream) = tokio::net::UnixStream::connect(&path).await {
+                connected = Some(stream);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut stream = connected.expect("the socketmap answers");
+        {
+            use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+            stream.write_all(b"9:other key,").await.unwrap();
+            let mut answer = [0u8; 12];
+            stream.read_exact(&mut answer).await.unwrap();
+            assert_eq!(&answer, b"9:NOTFOUND ,");
+        }
+        let created = crate::postfix::instance::created::take();
+        assert_eq!(created.len(), 1, "{created:?}");
+        let root = nix::unistd::geteuid().as_raw();
+        assert!(
+            created[0].dir_mode & 0o077 == 0 && created[0].dir_uid == root,
+            "bound in a directory others may enter: {:?}",
+            created[0]
+        );
+        let meta = std::fs::metadata(&path).unwrap();
+        assert!(meta.file_type().is_socket());
+        assert_eq!(meta.mode() & 0o7777, 0o600);
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["oauth2.sock"]);
+        server.abort();
     }
 
     #[test]
