@@ -325,6 +325,7 @@ const CASES: &[Case] = &[
 relays:
   - name: mail
     labels: {team: platform}
+    annotations: {note: kept}
     spec: {domain: example.net, networks: [10.0.0.0/24], relayhost: {host: 10.1.0.1, port: 25}}
   - name: other
     namespace: apps
@@ -344,6 +345,15 @@ relays:
             assert!(relays[0]["metadata"]["labels"]
                 .get("app.kubernetes.io/name")
                 .is_none());
+            // After the operator, so Argo CD deletes them first (reverse waves) and the
+            // operator is still there to drain and release them.
+            for r in &relays {
+                assert_eq!(
+                    r["metadata"]["annotations"]["argocd.argoproj.io/sync-wave"],
+                    "1"
+                );
+            }
+            assert_eq!(relays[0]["metadata"]["annotations"]["note"], "kept");
         },
     },
     Case {

@@ -462,7 +462,8 @@ stringData:
                 obj["metadata"]["ownerReferences"]
             );
         }
-        // Everything labelled as this relay's is owned by it (no orphans, no strays).
+        // Everything labelled as this relay's is owned by it (no orphans, no strays), but its
+        // drain guard, owned by nothing on purpose, which names the relay it guards.
         for kind in ["configmaps", "secrets", "services", "statefulsets", "pdb"] {
             let selector = format!(
                 "app.kubernetes.io/managed-by=smtp-relay-operator,app.kubernetes.io/instance={name}"
@@ -470,6 +471,15 @@ stringData:
             let out = cp.kubectl_ok(["get", kind, "-n", ns, "-l", &selector, "-o", "json"]);
             let list: Value = serde_json::from_str(&out).unwrap();
             for obj in list["items"].as_array().unwrap() {
+                if obj["metadata"]["name"] == format!("{name}-drain-guard") {
+                    assert_eq!(
+                        obj["metadata"]["annotations"]["smtprelay.dev/guards-relay-uid"],
+                        relay["metadata"]["uid"],
+                        "{ns}/{name}'s drain guard names it"
+                    );
+                    assert!(obj["metadata"]["ownerReferences"].is_null());
+                    continue;
+                }
                 assert!(
                     controlled_by(obj, &relay),
                     "{kind} {ns}/{} is labelled as the relay's but not owned by it",
