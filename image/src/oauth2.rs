@@ -695,9 +695,27 @@ async fn request_delegated(
     }
 }
 
-/// Serves Postfix's socketmap lookups (`socketmap:unix:PATH:xoauth2`) on `path`: every key
-/// gets `OK user:token` while a token is valid, `TEMP` otherwise (Postfix then defers the mail
-/// and tries again: nothing is sent without a login).
+/// The relayhost of the configuration Postfix runs with, as its `relayhost` holds it
+/// (`[host]:port`, or `host:port` with MX lookups): the one lookup key the socketmap answers
+/// with the token. `None` until a configuration went live.
+static RELAYHOST: RwLock<Option<String>> = RwLock::new(None);
+
+/// Makes `nexthop` (the `relayhost` value of the configuration going live) the one destination
+/// the socketmap gives the token to. Called by
+/// [`write_config`](crate::postfix::instance::write_config) once it installed a configuration.
+pub fn serve_relayhost(nexthop: String) {
+    *RELAYHOST.write().unwrap_or_else(|e| e.into_inner()) = Some(nexthop);
+}
+
+fn served_relayhost() -> Option<String> {
+    RELAYHOST.read().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// Serves Postfix's socketmap lookups (`socketmap:unix:PATH:xoauth2`, its
+/// `smtp_sasl_password_maps`) on `path`. Only the relayhost gets the login: its key is
+/// answered `OK user:token` while a token is valid, `TEMP` otherwise (Postfix then defers the
+/// mail and tries again: nothing is sent to it without a login); any other key is `NOTFOUND`
+/// (see [`socketmap_reply`]).
 pub async fn serve_socketmap(path: PathBuf, current: Current) -> std::io::Result<()> {
     let listener = bind_out_of_reach(&path)?;
     loop {
@@ -769,7 +787,7 @@ async fn socketmap_session(
     let mut chunk = [0u8; 4096];
     loop {
         while let Some((request, used)) = netstring(&buf) {
-            let reply = socketmap_reply(&request, &current);
+            let reply = socketmap_reply(&request, &current, served_relayhost().as_deref());
             buf.drain(..used);
             writer
                 .write_all(format!("{}:{reply},", reply.len()).as_bytes())
@@ -799,14 +817,32 @@ fn netstring(buf: &[u8]) -> Option<(String, usize)> {
     })
 }
 
-/// The answer to `name key`.
-fn socketmap_reply(request: &str, current: &Current) -> String {
-    match request.split_once(' ') {
-        Some(("xoauth2", _)) => match current.lookup() {
-            Some(value) => format!("OK {value}"),
-            None => "TEMP no valid OAuth2 access token yet".into(),
-        },
-        _ => "NOTFOUND ".into(),
+/// The answer to `name key`, with `relayhost` the relayhost of the live configuration.
+///
+/// Postfix's smtp client looks its login up (`smtp_sasl_password_maps`, smtp_sasl_glue.c) by
+/// the sender when `smtp_sender_dependent_authentication` is on (the address, its local part,
+/// `@domain`), then by the host name of the server it connected to, then by the nexthop as
+/// written (`[host]:port`, `host:port`, `host`), the first found winning; a `NOTFOUND` for all
+/// of them means no login at all. Any route a `postconf` entry can make (`transport_maps`,
+/// `default_transport`, `relay_transport`, `smtp_fallback_relay`,
+/// `sender_dependent_relayhost_maps`, ...) reaches a server through those same lookups, so
+/// only the relayhost's nexthop exactly, as `relayhost` writes it, is answered with the token
+/// (host names without regard to case), as the password map of a password login holds that
+/// one key. Its bare host name is not: another port of that host, an MX that names it, a
+/// sender whose local part spells it would then get the token too.
+fn socketmap_reply(request: &str, current: &Current, relayhost: Option<&str>) -> String {
+    let Some(("xoauth2", key)) = request.split_once(' ') else {
+        return "NOTFOUND ".into();
+    };
+    let Some(relayhost) = relayhost else {
+        return "TEMP the relayhost is not known yet".into();
+    };
+    if !key.eq_ignore_ascii_case(relayhost) {
+        return "NOTFOUND ".into();
+    }
+    match current.lookup() {
+        Some(value) => format!("OK {value}"),
+        None => "TEMP no valid OAuth2 access token yet".into(),
     }
 }
 
@@ -824,30 +860,96 @@ mod tests {
         assert_eq!(netstring(b"3:abcd,"), None);
     }
 
+    fn token(value: &str, valid_for: i64) -> Option<(String, Token)> {
+        let now = SystemTime::now();
+        let offset = Duration::from_secs(valid_for.unsigned_abs());
+        let expires_at = if valid_for >= 0 {
+            now + offset
+        } else {
+            now - offset
+        };
+        Some((
+            "me@example.net".into(),
+            Token {
+                access_token: Secret(value.into()),
+                expires_at,
+            },
+        ))
+    }
+
     #[test]
     fn the_socketmap_answers_only_with_a_valid_token() {
+        let relayhost = Some("[h]:587");
         let current = Current::default();
-        assert!(socketmap_reply("xoauth2 [h]:587", &current).starts_with("TEMP "));
-        current.set(Some((
-            "me@example.net".into(),
-            Token {
-                access_token: Secret("tok".into()),
-                expires_at: SystemTime::now() + Duration::from_secs(60),
-            },
-        )));
+        assert!(socketmap_reply("xoauth2 [h]:587", &current, relayhost).starts_with("TEMP "));
+        current.set(token("tok", 60));
         assert_eq!(
-            socketmap_reply("xoauth2 [h]:587", &current),
+            socketmap_reply("xoauth2 [h]:587", &current, relayhost),
             "OK me@example.net:tok"
         );
-        assert_eq!(socketmap_reply("other k", &current), "NOTFOUND ");
-        current.set(Some((
-            "me@example.net".into(),
-            Token {
-                access_token: Secret("old".into()),
-                expires_at: SystemTime::now() - Duration::from_secs(1),
-            },
-        )));
-        assert!(socketmap_reply("xoauth2 [h]:587", &current).starts_with("TEMP "));
+        assert_eq!(
+            socketmap_reply("other [h]:587", &current, relayhost),
+            "NOTFOUND "
+        );
+        current.set(token("old", -1));
+        assert!(socketmap_reply("xoauth2 [h]:587", &current, relayhost).starts_with("TEMP "));
+    }
+
+    /// Postfix asks `smtp_sasl_password_maps` for the login of every server it delivers to:
+    /// the sender (with `smtp_sender_dependent_authentication`), then the server's host name,
+    /// then the nexthop as written. Only the relayhost's nexthop, as `relayhost` holds it, gets
+    /// the token; every other destination a `postconf` route could name (`transport_maps`,
+    /// `default_transport`, `smtp_fallback_relay`, `sender_dependent_relayhost_maps`, ...)
+    /// gets NOTFOUND, so Postfix sends it no login at all, whether a token is there or not.
+    #[test]
+    fn the_socketmap_gives_the_token_to_the_relayhost_alone() {
+        let current = Current::default();
+        current.set(token("tok", 60));
+        for relayhost in ["[smtp.example.net]:587", "smtp.example.net:587"] {
+            let answer =
+                |key: &str| socketmap_reply(&format!("xoauth2 {key}"), &current, Some(relayhost));
+            assert_eq!(answer(relayhost), "OK me@example.net:tok", "{relayhost}");
+            assert_eq!(
+                answer(&relayhost.to_ascii_uppercase()),
+                "OK me@example.net:tok",
+                "{relayhost}: host names know no case"
+            );
+            for other in [
+                "smtp.example.net",
+                "[smtp.example.net]:25",
+                "[smtp.example.net]",
+                "[smtp.example.net]:5870",
+                "smtp.example.net:25",
+                "[evil.example]:587",
+                "evil.example",
+                "[127.0.0.1]:587",
+                "me@example.net",
+                "@example.net",
+                "me",
+                "",
+            ] {
+                if other.eq_ignore_ascii_case(relayhost) {
+                    continue;
+                }
+                assert_eq!(answer(other), "NOTFOUND ", "{relayhost}: {other}");
+            }
+        }
+        // No token yet: the relayhost waits (TEMP), the others still get no login.
+        let empty = Current::default();
+        let relayhost = Some("[smtp.example.net]:587");
+        assert!(
+            socketmap_reply("xoauth2 [smtp.example.net]:587", &empty, relayhost)
+                .starts_with("TEMP ")
+        );
+        assert_eq!(
+            socketmap_reply("xoauth2 [evil.example]:25", &empty, relayhost),
+            "NOTFOUND "
+        );
+        // Before a configuration went live, the relayhost is not known: nothing is answered
+        // with a login, and mail waits.
+        assert!(
+            socketmap_reply("xoauth2 [smtp.example.net]:587", &current, None).starts_with("TEMP ")
+        );
     }
 
     /// The socket that hands out the token is never reachable by anyone but root, not even

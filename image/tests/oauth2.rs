@@ -162,6 +162,57 @@ fn client_credentials_log_in_with_fresh_tokens_through_a_burst() {
     }
 }
 
+/// Postfix asks the token's socketmap for the login of every server it delivers to; only the
+/// relayhost gets one. A `transport_maps` entry routing a domain to another server (which
+/// offers AUTH, and takes mail without it) delivers there without any AUTH, so without the
+/// token, while the relayhost on the same address (another port) still gets its login.
+#[test]
+fn the_token_goes_to_the_relayhost_alone() {
+    let endpoint = TokenServer::start(policy(3600, false));
+    let relayhost = ScriptedRelayhost::start_with(Some(endpoint.check()));
+    let other = ScriptedRelayhost::start();
+    let mut spec = relay(&relayhost, &endpoint, false);
+    if let Input::File(cfg) = &mut spec.input {
+        cfg.postconf.insert(
+            "transport_maps".into(),
+            format!(
+                "inline:{{routed.example=smtp:[127.0.0.1]:{}}}",
+                other.addr().port()
+            ),
+        );
+    }
+    let relay = spec.start();
+    let to_relayhost = send_numbered(&relay, "relayhost", 0);
+    let routed = "someone@routed.example";
+    send(
+        relay.addr(),
+        NET_CLIENT,
+        None,
+        "app@example.net",
+        routed,
+        &marker(routed),
+    )
+    .unwrap_or_else(|e| panic!("{routed}: the relay refused the message: {e}"));
+    wait_delivered(&relayhost, &relay, &[to_relayhost]);
+    // The other server either takes the mail or is sent a login (which it refuses).
+    poll(
+        "the routed message to reach the other server",
+        DEADLINE,
+        || {
+            (other.delivered().iter().any(|r| r == routed) || other.transcript().contains("AUTH"))
+                .then_some(())
+        },
+    );
+    let transcript = other.transcript();
+    assert!(
+        !transcript.contains("AUTH"),
+        "the other server was sent a login:\n{transcript}\n{}",
+        relay.mail_log()
+    );
+    assert_eq!(other.delivered(), [routed]);
+    assert!(relayhost.transcript().contains("AUTH XOAUTH2 "));
+}
+
 /// A slow token endpoint (1.5 s to answer): Postfix starts only once the first token is there
 /// (or after 5 s), so the first message is sent at once instead of waiting, deferred, for the
 /// next queue run.

@@ -92,6 +92,8 @@ pub fn write_config(settings: &Settings, layout: &Layout) -> Result<(), RunError
         let from = staged(live)?;
         fs::rename(&from, live).map_err(RunError::io(format!("installing {}", live.display())))?;
     }
+    // The OAuth2 token goes to this configuration's relayhost alone.
+    crate::oauth2::serve_relayhost(main_cf::relayhost_value(&settings.relayhost));
     if passwd.is_none() {
         remove_if_exists(&layout.relayhost_passwd())?;
     }
