@@ -61,8 +61,12 @@ pub struct RelayhostFile {
     pub username_file: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_file: Option<PathBuf>,
+    /// Postfix `smtp_tls_security_level`. Omitted: `secure` with a login (the relayhost's
+    /// certificate, from a trusted CA, must name `host`; an IP address then needs
+    /// `tlsCaFile`), `may` without; `encrypt` with implicit TLS and no login.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_level: Option<TlsLevel>,
+    /// The CA bundle that verifies the relayhost, instead of the system CAs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_ca_file: Option<PathBuf>,
     /// Log in with OAuth2 (XOAUTH2) instead of a password; exclusive with `usernameFile` and

@@ -32,7 +32,11 @@ enum Command {
     ///   RELAY_LOGIN, RELAY_PASSWORD credentials for the relayhost (or POSTFIX_DIR/sasl_passwd)
     ///   RELAY_USE_TLS               yes: require TLS to the relayhost; no: never use it
     ///   RELAY_TLS_VERIFY            none|may|encrypt|dane|dane-only|fingerprint|verify|secure
-    ///   RELAY_TLS_CA                CA file for the relayhost's certificate
+    ///                               (with a login the default is secure: the relayhost's
+    ///                               certificate must name RELAY_HOST; an IP address needs
+    ///                               RELAY_TLS_CA or a level; a weaker level is warned about)
+    ///   RELAY_TLS_CA                CA file for the relayhost's certificate (default: the
+    ///                               system CAs)
     ///   RELAY_SMTPS                 yes: implicit TLS to the relayhost (default: when port is 465)
     ///   RELAY_POSTMASTER            receives bounce and error notices (default postmaster@domain)
     ///   RELAY_STRICT_SENDER_MYDOMAIN  true: senders must belong to the relay domains

@@ -204,13 +204,17 @@ pub struct Settings {
     pub postconf_field_prefix: String,
 }
 
-/// The TLS level towards the relayhost. With credentials and no level given it is `encrypt`:
-/// at `may`, a relayhost (or anyone on the path) that does not offer STARTTLS would receive the
-/// password in clear text. The operator uses this too, to flag a spec.
+/// The TLS level towards the relayhost. With a login (a password or OAuth2) and no level given
+/// it is `secure`: the relayhost proves its name before the password or token goes to it (a
+/// certificate from a trusted CA, the system's or the one given, that names the relayhost as
+/// written: a host name, or an IP address as an IP subjectAltName). `encrypt` used to be the
+/// default; it encrypts but accepts any certificate, so anyone on the path who answers STARTTLS
+/// with one of their own received the login (issue 26). Without a login, `may`. The operator
+/// uses this too, to flag a spec.
 pub fn relayhost_tls(explicit: Option<TlsLevel>, has_credentials: bool) -> TlsLevel {
     match (explicit, has_credentials) {
         (Some(level), _) => level,
-        (None, true) => TlsLevel::Encrypt,
+        (None, true) => TlsLevel::Secure,
         (None, false) => TlsLevel::May,
     }
 }
@@ -223,6 +227,110 @@ pub fn relayhost_password_in_clear(explicit: Option<TlsLevel>, has_credentials: 
             relayhost_tls(explicit, has_credentials),
             TlsLevel::None | TlsLevel::May
         )
+}
+
+/// Whether `level` makes the relayhost prove who it is before anything goes to it: `secure`
+/// (a trusted certificate naming the relayhost as written, or with `mx_lookup` its domain),
+/// `verify` without `mx_lookup` (the name checked is then the relayhost's own; with MX records,
+/// which nothing authenticates, it is whatever host DNS answered), `fingerprint` (the
+/// certificate pinned) and `dane-only` (DNSSEC-signed TLSA records). Not `none`, `may`,
+/// `encrypt` (any certificate will do) nor `dane` (without TLSA records it falls back to `may`).
+pub fn proves_identity(level: TlsLevel, mx_lookup: bool) -> bool {
+    match level {
+        TlsLevel::Secure | TlsLevel::Fingerprint | TlsLevel::DaneOnly => true,
+        TlsLevel::Verify => !mx_lookup,
+        TlsLevel::None | TlsLevel::May | TlsLevel::Encrypt | TlsLevel::Dane => false,
+    }
+}
+
+/// True when the relay logs in to a relayhost that need not prove who it is: a login with a
+/// level that does not (see [`proves_identity`]), which can only be chosen explicitly.
+/// Accepted, but worth a warning: the operator reports it (`RelayhostVerified=False`).
+pub fn relayhost_unverified(
+    explicit: Option<TlsLevel>,
+    has_credentials: bool,
+    mx_lookup: bool,
+) -> bool {
+    has_credentials && !proves_identity(relayhost_tls(explicit, has_credentials), mx_lookup)
+}
+
+/// Whether the relayhost is given as an IP address rather than a host name.
+pub fn is_ip_address(host: &str) -> bool {
+    host.parse::<std::net::IpAddr>().is_ok()
+}
+
+/// Refuses a login to a relayhost given as an IP address when nothing says how it proves its
+/// identity: no TLS level and no CA. At the default level, `secure`, its certificate would have
+/// to carry the address as an IP subjectAltName and come from a system CA, which public CAs
+/// seldom issue: mail would wait in the queue for a certificate that never comes, so the input
+/// is refused instead, saying what to give. With a CA (a private PKI), `secure` checks the
+/// address against the certificate's IP subjectAltNames; with a level chosen explicitly, the
+/// choice is the user's (and flagged when it proves nothing). `field` names the relayhost's
+/// input, `fix` says how to give a name, a CA or a level in that input's words.
+pub fn require_relayhost_identity(
+    relayhost: &Relayhost,
+    explicit: Option<TlsLevel>,
+    logs_in: bool,
+    ca_given: bool,
+    field: &str,
+    fix: &str,
+) -> ConfigResult<()> {
+    if !logs_in || explicit.is_some() || ca_given || !is_ip_address(&relayhost.host) {
+        return Ok(());
+    }
+    Err(ConfigError::invalid(
+        field,
+        format!(
+            "{} is an IP address and the relay logs in to it: the login goes only to a relayhost that proved its identity (TLS level secure, the default with a login), and public CAs seldom certify an IP address. {fix}",
+            relayhost.host
+        ),
+    ))
+}
+
+/// OAuth2 providers whose relayhosts have publicly trusted certificates for their names, by the
+/// host of their token endpoint: (host, provider).
+const KNOWN_PROVIDERS: [(&str, &str); 6] = [
+    ("login.microsoftonline.com", "Microsoft 365"),
+    ("login.microsoftonline.us", "Microsoft 365"),
+    ("login.partner.microsoftonline.cn", "Microsoft 365"),
+    ("oauth2.googleapis.com", "Google"),
+    ("accounts.google.com", "Google"),
+    ("www.googleapis.com", "Google"),
+];
+
+/// The provider of an OAuth2 token endpoint whose relayhosts always prove their names
+/// (Microsoft 365, Google), by the endpoint's host.
+pub fn known_provider(token_endpoint: &str) -> Option<&'static str> {
+    let url = reqwest::Url::parse(token_endpoint).ok()?;
+    let host = url.host_str()?.to_ascii_lowercase();
+    KNOWN_PROVIDERS
+        .iter()
+        .find(|(h, _)| *h == host)
+        .map(|(_, provider)| *provider)
+}
+
+/// Refuses a TLS level that does not prove the relayhost's identity with an OAuth2 login at a
+/// known provider ([`known_provider`]): its relayhosts have publicly trusted certificates for
+/// their names, so `secure` always works there, and a weaker level could only hand the access
+/// token to whoever answers on the path. `field` names the level's input.
+pub fn require_verified_provider(
+    token_endpoint: &str,
+    explicit: Option<TlsLevel>,
+    mx_lookup: bool,
+    field: &str,
+) -> ConfigResult<()> {
+    let (Some(provider), Some(level)) = (known_provider(token_endpoint), explicit) else {
+        return Ok(());
+    };
+    if proves_identity(level, mx_lookup) {
+        return Ok(());
+    }
+    Err(ConfigError::invalid(
+        field,
+        format!(
+            "{level} does not make the relayhost prove its name, and the OAuth2 login is {provider}'s, whose relayhosts have publicly trusted certificates for their names: {level} would hand the access token to anyone on the path who answers STARTTLS. Remove the level (with a login the default is secure) or set secure"
+        ),
+    ))
 }
 
 /// SASL users need a certificate: AUTH is only ever offered inside TLS (`smtpd_tls_auth_only`),
@@ -258,6 +366,16 @@ impl Settings {
     pub fn relayhost_password_in_clear(&self) -> bool {
         relayhost_password_in_clear(self.relayhost_tls_level, self.logs_in())
     }
+
+    /// See [`relayhost_unverified`]: the login may go to a relayhost that did not prove who it
+    /// is, by explicit choice.
+    pub fn relayhost_unverified(&self) -> bool {
+        relayhost_unverified(
+            self.relayhost_tls_level,
+            self.logs_in(),
+            self.relayhost.mx_lookup,
+        )
+    }
 }
 
 #[cfg(test)]
@@ -278,6 +396,104 @@ mod tests {
             ),
             ["example.net", "example.org"],
             "no repeats"
+        );
+    }
+
+    /// Issue 26: a login goes only to a relayhost that proved its identity, unless a level
+    /// says otherwise; without a login nothing is at stake.
+    #[test]
+    fn a_login_defaults_to_secure_and_weaker_levels_are_unverified() {
+        assert_eq!(relayhost_tls(None, true), TlsLevel::Secure);
+        assert_eq!(relayhost_tls(None, false), TlsLevel::May);
+        assert!(!relayhost_unverified(None, true, false));
+        assert!(!relayhost_unverified(None, true, true), "secure with MX");
+        assert!(!relayhost_unverified(None, false, false));
+        for level in TlsLevel::ALL {
+            let proven = matches!(
+                level,
+                TlsLevel::Secure | TlsLevel::Verify | TlsLevel::Fingerprint | TlsLevel::DaneOnly
+            );
+            assert_eq!(
+                relayhost_unverified(Some(level), true, false),
+                !proven,
+                "{level}"
+            );
+            assert!(!relayhost_unverified(Some(level), false, false), "{level}");
+        }
+        // verify checks the host DNS answered for the MX records: nothing proven.
+        assert!(relayhost_unverified(Some(TlsLevel::Verify), true, true));
+        assert!(!relayhost_unverified(Some(TlsLevel::Secure), true, true));
+    }
+
+    fn relayhost(host: &str) -> Relayhost {
+        Relayhost {
+            host: host.into(),
+            port: 587,
+            mx_lookup: false,
+            implicit_tls: false,
+        }
+    }
+
+    #[test]
+    fn a_login_to_an_ip_address_needs_a_ca_or_a_level() {
+        let check = |host: &str, level: Option<TlsLevel>, logs_in: bool, ca: bool| {
+            require_relayhost_identity(&relayhost(host), level, logs_in, ca, "RELAY_HOST", "FIX")
+        };
+        let err = check("10.1.0.1", None, true, false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("RELAY_HOST: 10.1.0.1 is an IP address") && err.ends_with("FIX"),
+            "{err}"
+        );
+        assert!(check("2001:db8::25", None, true, false).is_err());
+        assert!(check("10.1.0.1", None, true, true).is_ok(), "a CA");
+        assert!(check("10.1.0.1", Some(TlsLevel::Encrypt), true, false).is_ok());
+        assert!(check("10.1.0.1", Some(TlsLevel::Secure), true, false).is_ok());
+        assert!(check("10.1.0.1", None, false, false).is_ok(), "no login");
+        assert!(check("smtp.example.net", None, true, false).is_ok());
+    }
+
+    #[test]
+    fn a_known_providers_relayhost_always_proves_its_name() {
+        let m365 = "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token";
+        let google = "https://oauth2.googleapis.com/token";
+        assert_eq!(known_provider(m365), Some("Microsoft 365"));
+        assert_eq!(known_provider(google), Some("Google"));
+        assert_eq!(known_provider("https://idp.example.net/token"), None);
+        assert_eq!(known_provider("not a url"), None);
+        for endpoint in [m365, google] {
+            for level in [None, Some(TlsLevel::Secure), Some(TlsLevel::Verify)] {
+                assert!(
+                    require_verified_provider(endpoint, level, false, "L").is_ok(),
+                    "{level:?}"
+                );
+            }
+            for level in [
+                TlsLevel::None,
+                TlsLevel::May,
+                TlsLevel::Encrypt,
+                TlsLevel::Dane,
+            ] {
+                let err = require_verified_provider(endpoint, Some(level), false, "L")
+                    .unwrap_err()
+                    .to_string();
+                assert!(
+                    err.starts_with(&format!("L: {level} does not make the relayhost prove"))
+                        && err.contains("set secure"),
+                    "{err}"
+                );
+            }
+        }
+        assert!(
+            require_verified_provider(
+                "https://idp.example.net/t",
+                Some(TlsLevel::None),
+                false,
+                "L"
+            )
+            .is_ok(),
+            "another provider's relayhost may be a test server: the choice is flagged"
         );
     }
 }

@@ -67,8 +67,13 @@ pub fn settings(vars: &BTreeMap<String, String>, postfix_dir: &Path) -> ConfigRe
             })
         })
         .transpose()?;
-    let relayhost_tls_level =
-        inputs::tls_level("RELAY_USE_TLS", use_tls, verify, relayhost.implicit_tls)?;
+    let relayhost_tls_level = inputs::tls_level(
+        "RELAY_USE_TLS",
+        use_tls,
+        verify,
+        relayhost.implicit_tls,
+        relayhost_credentials.is_some(),
+    )?;
     let relayhost_tls_ca_file = match get("RELAY_TLS_CA") {
         Some(path) => Some(readable_file("RELAY_TLS_CA", Path::new(path))?),
         None => inputs::default_ca_file(),
@@ -118,6 +123,18 @@ pub fn settings(vars: &BTreeMap<String, String>, postfix_dir: &Path) -> ConfigRe
         "RELAY_TLS_CERT",
         "Set RELAY_TLS_CERT and RELAY_TLS_KEY to a certificate and its key (PEM files), or remove client_sasl_passwd",
     )?;
+    let postconf = postconf(vars)?;
+    settings::require_relayhost_identity(
+        &relayhost,
+        relayhost_tls_level,
+        relayhost_credentials.is_some(),
+        get("RELAY_TLS_CA").is_some(),
+        "RELAY_HOST",
+        &format!(
+            "Set RELAY_HOST to its host name (its certificate must name it), or RELAY_TLS_CA to the CA that signed its certificate (which must then carry {} as an IP address subjectAltName), or choose a level in RELAY_TLS_VERIFY (encrypt: encrypted, but anyone who answers gets the password; the relay warns)",
+            relayhost.host
+        ),
+    )?;
 
     Ok(Settings {
         hostname,
@@ -145,7 +162,7 @@ pub fn settings(vars: &BTreeMap<String, String>, postfix_dir: &Path) -> ConfigRe
                 validate::proxy_protocol_port("RELAY_PROXY_PROTOCOL_PORT", port)
             })
             .transpose()?,
-        postconf: postconf(vars)?,
+        postconf,
         postconf_field_prefix: POSTCONF_PREFIX.to_string(),
     })
 }
@@ -432,6 +449,55 @@ mod tests {
         assert_eq!(s.relayhost_tls_level, Some(TlsLevel::Secure));
     }
 
+    /// Issue 26: with a login the relayhost proves its identity (`secure`); neither
+    /// `RELAY_USE_TLS=yes` nor implicit TLS weakens that to `encrypt`, and a relayhost given by
+    /// address needs a CA or a level said explicitly.
+    #[test]
+    fn a_login_goes_only_to_a_relayhost_that_proves_its_identity() {
+        let ca = tempfile::NamedTempFile::new().unwrap();
+        let ca = ca.path().display().to_string();
+        let with = |extra: &[(&'static str, &str)]| {
+            let mut vars: Vec<(&str, &str)> = minimal();
+            vars.extend([("RELAY_LOGIN", "user"), ("RELAY_PASSWORD", "secret")]);
+            vars.extend_from_slice(extra);
+            settings(&env(&vars), nodir())
+        };
+        let by_name = with(&[("RELAY_HOST", "[smtp.example.net]:587")]).unwrap();
+        assert_eq!(by_name.relayhost_tls_level, None);
+        assert_eq!(by_name.relayhost_tls(), TlsLevel::Secure);
+        assert!(!by_name.relayhost_unverified());
+        for extra in [
+            vec![
+                ("RELAY_HOST", "[smtp.example.net]:587"),
+                ("RELAY_USE_TLS", "yes"),
+            ],
+            vec![("RELAY_HOST", "[smtp.example.net]:465")],
+        ] {
+            let s = with(&extra).unwrap();
+            assert_eq!(s.relayhost_tls(), TlsLevel::Secure, "{extra:?}");
+        }
+        // Without a login, RELAY_USE_TLS=yes and SMTPS still mean encrypt.
+        let mut vars = minimal();
+        vars.push(("RELAY_USE_TLS", "yes"));
+        let s = settings(&env(&vars), nodir()).unwrap();
+        assert_eq!(s.relayhost_tls(), TlsLevel::Encrypt);
+
+        for refused in [vec![], vec![("RELAY_USE_TLS", "yes")]] {
+            let err = with(&refused).unwrap_err().to_string();
+            assert!(
+                err.starts_with("RELAY_HOST: 10.1.0.1 is an IP address")
+                    && err.contains("RELAY_TLS_CA")
+                    && err.contains("RELAY_TLS_VERIFY"),
+                "{refused:?}: {err}"
+            );
+        }
+        let with_ca = with(&[("RELAY_TLS_CA", ca.as_str())]).unwrap();
+        assert_eq!(with_ca.relayhost_tls(), TlsLevel::Secure);
+        let chosen = with(&[("RELAY_TLS_VERIFY", "encrypt")]).unwrap();
+        assert_eq!(chosen.relayhost_tls(), TlsLevel::Encrypt);
+        assert!(chosen.relayhost_unverified() && !chosen.relayhost_password_in_clear());
+    }
+
     #[test]
     fn proxy_protocol_port() {
         let with = |v: &str| {
@@ -460,7 +526,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
             dir.path().join("sasl_passwd"),
-            "[10.1.0.1]:25 sasl-user-login:pa ss:wo}rd\n",
+            "[smtp.example.net]:25 sasl-user-login:pa ss:wo}rd\n",
         )
         .unwrap();
         std::fs::write(dir.path().join("client_sasl_passwd"), "app1 secret1\n").unwrap();
@@ -478,6 +544,7 @@ mod tests {
         let mut vars = minimal();
         let (cert, key) = (cert.display().to_string(), key.display().to_string());
         vars.extend([
+            ("RELAY_HOST", "[smtp.example.net]:25"),
             ("RELAY_TLS_CERT", cert.as_str()),
             ("RELAY_TLS_KEY", key.as_str()),
         ]);
@@ -497,6 +564,7 @@ mod tests {
     fn relayhost_password_with_trailing_white_space_is_refused() {
         let mut vars = minimal();
         vars.extend([
+            ("RELAY_HOST", "[smtp.example.net]:587"),
             ("RELAY_LOGIN", "user"),
             ("RELAY_PASSWORD", "  leading is fine"),
         ]);

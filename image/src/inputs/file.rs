@@ -314,11 +314,13 @@ pub fn settings_with(
         ca_file: rh.tls_ca_file.clone(),
         ..o
     });
+    let logs_in = relayhost_credentials.is_some() || relayhost_oauth2.is_some();
     let relayhost_tls_level = inputs::tls_level(
         &field("relayhost.tlsLevel"),
         None,
         rh.tls_level,
         rh.implicit_tls,
+        logs_in,
     )?;
     let relayhost_tls_ca_file = match &rh.tls_ca_file {
         Some(path) => {
@@ -376,6 +378,28 @@ pub fn settings_with(
         validate::postconf_known(&field(&format!("postconf.{name}")), name)?;
         relay_guard::check_postconf(&field(&format!("postconf.{name}")), name)?;
         validate::single_line(&field(&format!("postconf.{name}")), value)?;
+    }
+    // The login goes only to a relayhost that proves its identity, unless a level says
+    // otherwise: a relayhost given by address needs a CA or a level, and a known provider's
+    // relayhost proves its name, always.
+    settings::require_relayhost_identity(
+        &relayhost,
+        relayhost_tls_level,
+        logs_in,
+        rh.tls_ca_file.is_some(),
+        &field("relayhost.host"),
+        &format!(
+            "Give its host name (its certificate must name it); or the CA that signed its certificate, which must then carry {} as an IP address subjectAltName (spec.relayhost.tls.caSecretKeyRef or caConfigMapKeyRef; relay.yaml: relayhost.tlsCaFile); or choose a level explicitly in spec.relayhost.tls.level (relay.yaml: relayhost.tlsLevel): encrypt encrypts, but anyone who answers receives the login, and is flagged",
+            relayhost.host
+        ),
+    )?;
+    if let Some(o) = &relayhost_oauth2 {
+        settings::require_verified_provider(
+            &o.token_endpoint,
+            relayhost_tls_level,
+            relayhost.mx_lookup,
+            &field("relayhost.tlsLevel"),
+        )?;
     }
 
     Ok(Settings {
@@ -465,6 +489,41 @@ mod tests {
             .contains("saslUsersDir"));
     }
 
+    /// Issue 26: a login to a relayhost given by address needs the CA that signed its
+    /// certificate (matched against its IP subjectAltName) or a level chosen explicitly; the
+    /// refusal names the host and both ways out, in the operator's words too.
+    #[test]
+    fn a_login_to_an_ip_address_needs_a_ca_or_a_level() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, value) in [("username", "user"), ("password", "pw"), ("ca.crt", "CA")] {
+            fs::write(dir.path().join(name), value).unwrap();
+        }
+        let with = |f: &dyn Fn(&mut RelayhostFile)| {
+            let mut file = base();
+            file.relayhost.host = "10.1.0.1".into();
+            file.relayhost.username_file = Some(dir.path().join("username"));
+            file.relayhost.password_file = Some(dir.path().join("password"));
+            f(&mut file.relayhost);
+            settings(&file, "relay.yaml")
+        };
+        let err = with(&|_| {}).unwrap_err().to_string();
+        assert!(
+            err.starts_with("relay.yaml: relayhost.host: 10.1.0.1 is an IP address")
+                && err.contains("caSecretKeyRef")
+                && err.contains("spec.relayhost.tls.level"),
+            "{err}"
+        );
+        let s = with(&|r| r.tls_ca_file = Some(dir.path().join("ca.crt"))).unwrap();
+        assert_eq!(s.relayhost_tls(), TlsLevel::Secure);
+        assert!(!s.relayhost_unverified());
+        let s = with(&|r| r.tls_level = Some(TlsLevel::Encrypt)).unwrap();
+        assert!(s.relayhost_unverified());
+        // Without a login there is nothing to hand over.
+        let mut f = base();
+        f.relayhost.host = "10.1.0.1".into();
+        assert!(settings(&f, "relay.yaml").is_ok());
+    }
+
     #[test]
     fn yaml_round_trip_rejects_unknown_fields() {
         let text = "domain: example.net\nrelayhost: {host: relay, port: 25}\nbogus: 1\n";
@@ -519,8 +578,24 @@ mod tests {
             credentials.relayhost_oauth2.as_ref().unwrap().grant,
             Grant::ClientCredentials { ref client_id, .. } if client_id == "app-id"
         ));
-        // A login without TLS would send the token in clear: the default is to require it.
-        assert_eq!(credentials.relayhost_tls(), TlsLevel::Encrypt);
+        // A login without TLS would send the token in clear, and with TLS to whoever answers:
+        // the default is to require TLS and the relayhost's name in its certificate.
+        assert_eq!(credentials.relayhost_tls(), TlsLevel::Secure);
+        // Microsoft's relayhosts always prove their names: no weaker level for this login.
+        for level in [TlsLevel::Encrypt, TlsLevel::May] {
+            let mut f = base();
+            f.relayhost.tls_level = Some(level);
+            f.relayhost.oauth2 = Some(OAuth2File {
+                client_secret_file: Some(dir.path().join("secret")),
+                ..login(endpoint)
+            });
+            let err = settings(&f, "relay.yaml").unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("relay.yaml: relayhost.tlsLevel: {level} does not"))
+                    && err.contains("Microsoft 365"),
+                "{err}"
+            );
+        }
 
         let delegated = file(OAuth2File {
             refresh_token_file: Some(dir.path().join("rt")),

@@ -109,13 +109,22 @@ pub fn policy_from_mode_text(field: &str, text: &str) -> ConfigResult<RelayPolic
     Ok(RelayPolicy::Custom(tokens))
 }
 
-/// Relayhost TLS level from the seed's two variables, with SMTPS requiring encryption.
+/// Relayhost TLS level from the seed's two variables, with SMTPS requiring encryption. `None`
+/// leaves the default to [`crate::settings::relayhost_tls`]: with a login (`logs_in`) that is
+/// `secure`, which already requires TLS, so neither `RELAY_USE_TLS=yes` nor implicit TLS
+/// weakens it to `encrypt`; without a login they ask for `encrypt`.
 pub fn tls_level(
     field: &str,
     use_tls: Option<bool>,
     verify: Option<TlsLevel>,
     implicit_tls: bool,
+    logs_in: bool,
 ) -> ConfigResult<Option<TlsLevel>> {
+    let required = if logs_in {
+        None
+    } else {
+        Some(TlsLevel::Encrypt)
+    };
     let level = match (use_tls, verify) {
         (Some(false), Some(level)) if level != TlsLevel::None => {
             return Err(ConfigError::invalid(
@@ -126,12 +135,12 @@ pub fn tls_level(
             ))
         }
         (Some(false), _) => Some(TlsLevel::None),
-        (Some(true), None) => Some(TlsLevel::Encrypt),
+        (Some(true), None) => required,
         (_, level) => level,
     };
     if implicit_tls {
         return match level {
-            None => Ok(Some(TlsLevel::Encrypt)),
+            None => Ok(required),
             Some(TlsLevel::None | TlsLevel::May) => Err(ConfigError::invalid(
                 field,
                 "implicit TLS (SMTPS) needs a TLS level of encrypt or stronger",

@@ -7,7 +7,7 @@ use ipnet::IpNet;
 use crate::inputs::SYSTEM_CA_BUNDLE;
 use crate::postfix::layout::Layout;
 use crate::postfix::restrictions;
-use crate::settings::{Relayhost, SaslUserSource, Settings};
+use crate::settings::{self, Relayhost, SaslUserSource, Settings, TlsLevel};
 
 /// Debian's shared files (postfix-files, dynamicmaps.cf) stay where the package put them while
 /// the configuration lives elsewhere.
@@ -28,6 +28,20 @@ pub fn relayhost_value(relayhost: &Relayhost) -> String {
         format!("{}:{}", relayhost.host, relayhost.port)
     } else {
         format!("[{}]:{}", relayhost.host, relayhost.port)
+    }
+}
+
+/// The names the relayhost's certificate must carry at level `secure`
+/// (`smtp_tls_secure_cert_match`). A relayhost used as given (`[host]`): exactly its name, or
+/// for an IP address its IP subjectAltName (OpenSSL takes an address for an address: with
+/// Postfix's default `nexthop, dot-nexthop` an IP relayhost could never match, as the
+/// `.10.1.0.1` it adds is then checked too). With MX lookups, Postfix's default: the domain or
+/// a host under it, as the MX hosts' own names come from DNS, which nothing authenticates.
+pub fn secure_cert_match(relayhost: &Relayhost) -> &'static str {
+    if relayhost.mx_lookup && !settings::is_ip_address(&relayhost.host) {
+        "nexthop, dot-nexthop"
+    } else {
+        "nexthop"
     }
 }
 
@@ -195,7 +209,14 @@ pub fn parameters(s: &Settings, layout: &Layout) -> Vec<(String, String)> {
         p.set("smtp_sasl_security_options", unencrypted);
         p.set("smtp_sasl_tls_security_options", "noanonymous");
     }
-    p.set("smtp_tls_security_level", s.relayhost_tls().as_str());
+    let level = s.relayhost_tls();
+    p.set("smtp_tls_security_level", level.as_str());
+    if level == TlsLevel::Secure {
+        p.set(
+            "smtp_tls_secure_cert_match",
+            secure_cert_match(&s.relayhost),
+        );
+    }
     if s.relayhost.implicit_tls {
         p.set("smtp_tls_wrappermode", "yes");
     }
@@ -284,7 +305,7 @@ impl Params {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::settings::{Credentials, InboundTls, Mode, RelayPolicy, TlsLevel};
+    use crate::settings::{Credentials, InboundTls, Mode, RelayPolicy};
     use std::collections::BTreeMap;
     use std::path::PathBuf;
 
@@ -426,31 +447,61 @@ mod tests {
         );
     }
 
+    /// Issue 26: with a login and no level, the relayhost must prove its name (`secure`),
+    /// checked against the name as given; an explicit none or may allows plain text.
     #[test]
-    fn credentials_default_to_encrypt_and_an_explicit_may_allows_plaintext() {
+    fn credentials_default_to_secure_and_an_explicit_may_allows_plaintext() {
         let mut s = settings();
-        assert_eq!(
-            get(&parameters(&s, &layout()), "smtp_tls_security_level"),
-            Some("may")
-        );
+        s.relayhost.host = "smtp.example.net".into();
+        let p = parameters(&s, &layout());
+        assert_eq!(get(&p, "smtp_tls_security_level"), Some("may"));
+        assert_eq!(get(&p, "smtp_tls_secure_cert_match"), None);
         s.relayhost_credentials = Some(Credentials {
             login: "u".into(),
             password: "p".into(),
         });
         let p = parameters(&s, &layout());
-        assert_eq!(get(&p, "smtp_tls_security_level"), Some("encrypt"));
+        assert_eq!(get(&p, "smtp_tls_security_level"), Some("secure"));
+        assert_eq!(get(&p, "smtp_tls_secure_cert_match"), Some("nexthop"));
         assert_eq!(
             get(&p, "smtp_sasl_security_options"),
             Some("noanonymous, noplaintext")
         );
         assert!(!s.relayhost_password_in_clear());
+        assert!(!s.relayhost_unverified());
         for level in [TlsLevel::None, TlsLevel::May] {
             s.relayhost_tls_level = Some(level);
             let p = parameters(&s, &layout());
             assert_eq!(get(&p, "smtp_tls_security_level"), Some(level.as_str()));
+            assert_eq!(get(&p, "smtp_tls_secure_cert_match"), None);
             assert_eq!(get(&p, "smtp_sasl_security_options"), Some("noanonymous"));
             assert!(s.relayhost_password_in_clear());
+            assert!(s.relayhost_unverified());
         }
+        // encrypt, the old default: encrypted, any certificate accepted, only when chosen.
+        s.relayhost_tls_level = Some(TlsLevel::Encrypt);
+        let p = parameters(&s, &layout());
+        assert_eq!(get(&p, "smtp_tls_security_level"), Some("encrypt"));
+        assert!(!s.relayhost_password_in_clear());
+        assert!(s.relayhost_unverified());
+    }
+
+    /// The names a certificate must carry at `secure`: the relayhost as given (an IP address
+    /// as an IP subjectAltName), or with MX lookups its domain and the hosts under it.
+    #[test]
+    fn a_secure_relayhost_is_matched_by_the_name_it_was_given() {
+        let mut s = settings();
+        s.relayhost_tls_level = Some(TlsLevel::Secure);
+        let matched = |s: &Settings| {
+            get(&parameters(s, &layout()), "smtp_tls_secure_cert_match").map(str::to_string)
+        };
+        assert_eq!(matched(&s).as_deref(), Some("nexthop"), "an IP address");
+        s.relayhost.host = "smtp.example.net".into();
+        assert_eq!(matched(&s).as_deref(), Some("nexthop"));
+        s.relayhost.mx_lookup = true;
+        assert_eq!(matched(&s).as_deref(), Some("nexthop, dot-nexthop"));
+        s.relayhost_tls_level = Some(TlsLevel::Verify);
+        assert_eq!(matched(&s), None, "verify has its own match, the host name");
     }
 
     #[test]

@@ -41,7 +41,7 @@ const OWNED: &[(&str, &str)] = &[
 ];
 
 /// The TLS level towards the relayhost, in each input's words.
-const LEVEL: &str = "relayhost.tls.level (relay.yaml: relayhost.tlsLevel; RELAY_USE_TLS, RELAY_TLS_VERIFY); with a login it defaults to encrypt, and none or may there is accepted and flagged";
+const LEVEL: &str = "relayhost.tls.level (relay.yaml: relayhost.tlsLevel; RELAY_USE_TLS, RELAY_TLS_VERIFY); with a login it defaults to secure, and a level there that does not verify the relayhost (encrypt, dane; none or may, which also allow clear text) is accepted and flagged";
 /// The CA that verifies the relayhost.
 const CA: &str = "relayhost.tls.caSecretKeyRef or caConfigMapKeyRef (relay.yaml: relayhost.tlsCaFile; RELAY_TLS_CA); without one, the system CAs";
 /// The relayhost login.
@@ -55,7 +55,9 @@ const TLS_FLOOR: &str = "no field: Postfix's defaults with the image's OpenSSL 3
 /// `smtp_tls_*` and `smtp_sasl_*` prefixes (see [`HARMLESS`]). Whatever `postconf` says, the
 /// login must go only to the relayhost the fields name, only inside TLS unless the fields chose
 /// a level of `none` or `may` (which the operator flags with `RelayhostPasswordProtected=False`),
-/// to a relayhost verified as the fields say, over TLS no weaker than the defaults:
+/// to a relayhost verified as the fields say (by default `secure`: a trusted certificate that
+/// names it; a weaker level is flagged with `RelayhostVerified=False`), over TLS no weaker than
+/// the defaults:
 ///
 /// - the TLS level and what overrides it: `smtp_tls_security_level`, per destination
 ///   `smtp_tls_policy_maps` and the obsolete `smtp_tls_per_site`, the obsolete
@@ -711,6 +713,15 @@ mod tests {
                 "{name}"
             );
         }
+        // At the default level with a login, the names the certificate must carry too.
+        let secure = main_cf::parameters(&with_login(None, &[]), &layout);
+        assert!(secure
+            .iter()
+            .any(|(n, v)| n == "smtp_tls_secure_cert_match" && v == "nexthop"));
+        assert_eq!(
+            protects("smtp_tls_secure_cert_match"),
+            Some(Protects::RelayhostLogin)
+        );
         // The relay's own tuning stays the user's to change.
         assert!(written.iter().any(|w| w == "smtp_tls_connection_reuse"));
         assert!(owner("smtp_tls_connection_reuse").is_none());
@@ -754,7 +765,7 @@ mod tests {
                 ("smtp_sasl_security_options", "noanonymous"),
             ],
         );
-        assert!(!s.relayhost_password_in_clear(), "the fields say encrypt");
+        assert!(!s.relayhost_password_in_clear(), "the fields say secure");
         let why = relayhost_login_in_clear(&effective_of(&s), false).expect("refused");
         assert!(
             why.contains("clear text") && why.contains("\"none\"") && why.contains("noanonymous"),
