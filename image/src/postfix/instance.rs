@@ -86,7 +86,11 @@ pub fn write_config(settings: &Settings, layout: &Layout) -> Result<(), RunError
     }
     settled(&candidate.main_cf())?;
     postfix(&candidate, &["check"])?;
-    check_not_open(&candidate, &layout.main_cf())?;
+    check_not_open(
+        &candidate,
+        &layout.main_cf(),
+        settings.relayhost_password_in_clear(),
+    )?;
 
     for (live, _, _) in &files {
         let from = staged(live)?;
@@ -199,17 +203,25 @@ pub(crate) fn remove_dir_if_exists(dir: &Path) -> Result<(), RunError> {
 }
 
 /// The last line of defence: whatever the inputs were, the configuration Postfix would run
-/// with must not let an anonymous outside client relay anywhere.
-/// `main_cf` is the file the message names (the candidate is checked before it replaces it).
-fn check_not_open(layout: &Layout, main_cf: &Path) -> Result<(), RunError> {
+/// with must not let an anonymous outside client relay anywhere, nor send the relayhost login
+/// in clear text unless the fields chose a level of none or may (`cleartext_chosen`,
+/// [`Settings::relayhost_password_in_clear`]). `main_cf` is the file the message names (the
+/// candidate is checked before it replaces it).
+fn check_not_open(layout: &Layout, main_cf: &Path, cleartext_chosen: bool) -> Result<(), RunError> {
     let mut args = vec!["-x"];
     args.extend(relay_guard::Effective::PARAMETERS);
     let effective = relay_guard::Effective::from_postconf(&postconf(layout, &args)?);
-    match relay_guard::open_relay(&effective) {
+    let refusal = relay_guard::open_relay(&effective)
+        .map(|why| format!("refusing to start an open relay: {why}"))
+        .or_else(|| {
+            relay_guard::relayhost_login_in_clear(&effective, cleartext_chosen)
+                .map(|why| format!("refusing to start: {why}"))
+        });
+    match refusal {
         None => Ok(()),
-        Some(why) => Err(ConfigError::invalid(
+        Some(problem) => Err(ConfigError::invalid(
             format!("{} (postconf -x)", main_cf.display()),
-            format!("refusing to start an open relay: {why}"),
+            problem,
         )
         .into()),
     }
@@ -538,6 +550,60 @@ mod tests {
         let err = prepare_directories(&layout).unwrap_err().to_string();
         assert!(err.contains("symbolic link of uid 65534"), "{err}");
         assert_eq!(state(&elsewhere), "777 0:0");
+    }
+
+    /// The start-time check refuses what `postfix check` takes: an open relay, and a relayhost
+    /// login that could leave in clear text (TLS off, PLAIN and LOGIN allowed outside it) when
+    /// the fields did not choose a level of none or may. `postconf` can no longer write such a
+    /// main.cf, so one is written by hand here, as anything that got round the inputs would.
+    #[test]
+    fn the_start_time_check_refuses_a_relayhost_login_in_clear() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout {
+            config_dir: dir.path().join("postfix"),
+            spool_dir: dir.path().join("spool"),
+            data_dir: dir.path().join("data"),
+            listen: "127.0.0.1:25".into(),
+        };
+        fs::create_dir_all(&layout.config_dir).unwrap();
+        fs::write(layout.master_cf(), "").unwrap();
+        let write = |extra: &str| {
+            fs::write(
+                layout.main_cf(),
+                format!(
+                    "mynetworks = 10.0.0.0/8\nsmtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination\n{extra}"
+                ),
+            )
+            .unwrap();
+            settled(&layout.main_cf()).unwrap();
+        };
+        let shown = Path::new("/etc/postfix/main.cf");
+        let in_clear = "smtp_sasl_auth_enable = yes\nsmtp_tls_security_level = none\nsmtp_sasl_security_options = noanonymous\n";
+        write(in_clear);
+        let err = check_not_open(&layout, shown, false)
+            .expect_err("a login in clear text is refused")
+            .to_string();
+        assert!(
+            err.contains("/etc/postfix/main.cf (postconf -x)") && err.contains("clear text"),
+            "{err}"
+        );
+        // Chosen (relayhost.tls.level none or may): accepted, and flagged elsewhere.
+        check_not_open(&layout, shown, true).unwrap();
+        // The same login inside TLS, or no login: accepted.
+        write("smtp_sasl_auth_enable = yes\nsmtp_tls_security_level = encrypt\nsmtp_sasl_security_options = noanonymous\n");
+        check_not_open(&layout, shown, false).unwrap();
+        write("smtp_tls_security_level = none\n");
+        check_not_open(&layout, shown, false).unwrap();
+        // An open relay is still refused.
+        fs::write(
+            layout.main_cf(),
+            "mynetworks = 10.0.0.0/8\nsmtpd_relay_restrictions = permit\n",
+        )
+        .unwrap();
+        let err = check_not_open(&layout, shown, false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("open relay"), "{err}");
     }
 
     /// A file is created with its final mode: the relayhost password map (0600) is never, not
