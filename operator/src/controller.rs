@@ -16,7 +16,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, Resource, ResourceExt};
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::apply::{apply_all, prune_secrets};
 pub use crate::apply::{storage_change, Owned, APPLIED_HASH_ANNOTATION, MANAGER};
@@ -76,10 +76,16 @@ impl Context {
         }
     }
 
-    /// Publishes an Event; a failure is logged, never fails the reconcile.
+    /// Publishes an Event; a failure is logged, never fails the reconcile. A namespace being
+    /// deleted takes no new Event: expected, so not a warning (nor a "forbidden" in the log
+    /// that would hide a real RBAC failure).
     pub(crate) async fn publish_or_log(&self, ev: &Event, relay: &SmtpRelay) {
-        if let Err(e) = self.publish(ev, relay).await {
-            warn!(relay = %relay.name_any(), error = %e, "publishing event failed");
+        match self.publish(ev, relay).await {
+            Ok(()) => {}
+            Err(e) if namespace_terminating(&e) => {
+                debug!(relay = %relay.name_any(), reason = %ev.reason, "no Event: the namespace is being deleted");
+            }
+            Err(e) => warn!(relay = %relay.name_any(), error = %e, "publishing event failed"),
         }
     }
 
@@ -387,6 +393,13 @@ async fn relay_pods(client: &Client, relay: &SmtpRelay) -> Result<Vec<Pod>> {
         .list(&ListParams::default().labels(&selector))
         .await?
         .items)
+}
+
+/// The API server's refusal to create anything in a namespace being deleted.
+fn namespace_terminating(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.details.as_ref().is_some_and(|d| {
+        d.causes.iter().any(|c| c.reason == "NamespaceTerminating")
+    }))
 }
 
 /// Failed reconciles (API errors) retry with per-object exponential backoff.
@@ -733,6 +746,25 @@ mod tests {
         })
         .await;
         res.expect("reconciled");
+    }
+
+    #[test]
+    fn an_event_refused_in_a_namespace_being_deleted_is_expected() {
+        // As the API server answers (a Status with its causes).
+        let status = |cause: &str| -> kube::Error {
+            let s: kube::core::Status = serde_json::from_value(serde_json::json!({
+                "status": "Failure", "code": 403, "reason": "Forbidden",
+                "message": "unable to create new content in namespace mail because it is being terminated",
+                "details": {"kind": "events", "causes": [{"reason": cause, "message": "m", "field": "metadata.namespace"}]},
+            }))
+            .expect("a Status");
+            kube::Error::Api(s.boxed())
+        };
+        assert!(namespace_terminating(&status("NamespaceTerminating")));
+        assert!(
+            !namespace_terminating(&status("FieldValueForbidden")),
+            "any other 403 is an RBAC or policy failure: a warning"
+        );
     }
 
     #[test]
