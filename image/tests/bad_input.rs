@@ -217,14 +217,15 @@ fn bad_config_file() {
 
 #[test]
 fn postconf_names_with_upper_case_letters_are_accepted() {
-    // smtp_tls_CAfile and friends are real Postfix parameters with capitals.
+    // smtpd_tls_CApath and friends are real Postfix parameters with capitals (the smtp_
+    // ones protect the relayhost login and belong to its fields).
     let sink = start_sink();
     let mut vars = env(sink.port(), "STRICT");
-    vars.insert("POSTCONF_smtp_tls_CApath".into(), "/etc/ssl/certs".into());
+    vars.insert("POSTCONF_smtpd_tls_CApath".into(), "/etc/ssl/certs".into());
     let relay = RelaySpec::new(Input::Env(vars)).start();
     let main_cf = std::fs::read_to_string(relay.spec().postfix_dir().join("main.cf")).unwrap();
     assert!(
-        main_cf.contains("\nsmtp_tls_CApath = /etc/ssl/certs\n"),
+        main_cf.contains("\nsmtpd_tls_CApath = /etc/ssl/certs\n"),
         "{main_cf}"
     );
     let (status, _) = relay.stop();
