@@ -1,5 +1,7 @@
 //! Relayhost credentials with awkward passwords, proven by authenticating for real: the upstream
-//! is a second `smtp-relay run` that only relays for SASL users, in front of the sink.
+//! is a second `smtp-relay run` that only relays for SASL users, in front of the sink. And the
+//! login goes only to a relayhost that proved its name (issue 26): by default (`secure`), its
+//! certificate must come from a trusted CA and name the relayhost as the relay was given it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
 
@@ -32,6 +34,12 @@ fn upstream(sink: &Sink, users: &[(&str, &str)]) -> Relay {
     spec.start()
 }
 
+/// The certificate `upstream` presents (self-signed, for localhost and 127.0.0.1): the CA the
+/// relay is given to verify it.
+fn upstream_ca(upstream: &Relay) -> std::path::PathBuf {
+    upstream.spec().test_cert().0
+}
+
 /// The relay under test, with credentials for `upstream` from files (the operator's path).
 fn relay_with_credential_files(upstream: &Relay, user: &str, password: &str) -> Relay {
     let mut spec = RelaySpec::new(Input::file(config(
@@ -43,9 +51,11 @@ fn relay_with_credential_files(upstream: &Relay, user: &str, password: &str) -> 
     if let Input::File(cfg) = &mut spec.input {
         cfg.relayhost.username_file = Some(username);
         cfg.relayhost.password_file = Some(password_file);
-        // The default with credentials, encrypt: the upstream offers STARTTLS (it has SASL
-        // users, so it has a certificate) and AUTH only inside it.
+        // The default with credentials, secure: the upstream offers STARTTLS (it has SASL
+        // users, so it has a certificate) and AUTH only inside it, and its certificate, given
+        // as the CA, names 127.0.0.1 (an IP subjectAltName).
         cfg.relayhost.tls_level = None;
+        cfg.relayhost.tls_ca_file = Some(upstream_ca(upstream));
     }
     spec.start()
 }
@@ -111,7 +121,12 @@ fn awkward_password_from_the_environment_authenticates_at_the_upstream() {
     let mut vars = env(upstream.addr().port(), "ALLOW_NETAUTH_NODOMAIN");
     vars.insert("RELAY_LOGIN".into(), "envuser".into());
     vars.insert("RELAY_PASSWORD".into(), password.into());
-    // No TLS variable: the default with credentials, encrypt, logs in inside STARTTLS.
+    // No level: the default with credentials, secure, logs in inside STARTTLS once the
+    // upstream proved it is 127.0.0.1 with a certificate from the CA given.
+    vars.insert(
+        "RELAY_TLS_CA".into(),
+        upstream_ca(&upstream).display().to_string(),
+    );
     let relay = RelaySpec::new(Input::Env(vars)).start();
     relay_and_deliver(&relay, &sink, "envuser");
 }
@@ -177,6 +192,8 @@ fn a_relayhost_without_starttls_never_receives_the_password() {
     let username = spec.write("relayhost/username", "user");
     let password_file = spec.write("relayhost/password", password);
     if let Input::File(cfg) = &mut spec.input {
+        // By name (localhost is 127.0.0.1): the default level then needs no CA of its own.
+        cfg.relayhost.host = "localhost".into();
         cfg.relayhost.username_file = Some(username);
         cfg.relayhost.password_file = Some(password_file);
         cfg.relayhost.tls_level = None;
@@ -252,7 +269,8 @@ fn tls_upstream_with(
 }
 
 /// Issue 13, point 2: a relayhost speaking TLS from the first byte (SMTPS, port 465 in the
-/// wild): `implicitTls` logs in inside it, verified against the CA given by file.
+/// wild): `implicitTls` logs in inside it, at the default level with a login (`secure`, not
+/// the `encrypt` implicit TLS alone asks for), verified against the CA given by file.
 #[test]
 fn credentials_travel_inside_implicit_tls_to_an_smtps_relayhost() {
     let sink = start_sink();
@@ -269,7 +287,7 @@ fn credentials_travel_inside_implicit_tls_to_an_smtps_relayhost() {
         cfg.relayhost.username_file = Some(username);
         cfg.relayhost.password_file = Some(password_file);
         cfg.relayhost.implicit_tls = true;
-        cfg.relayhost.tls_level = Some(TlsLevel::Verify);
+        cfg.relayhost.tls_level = None;
         cfg.relayhost.tls_ca_file = Some(ca);
         cfg.postconf.insert("smtp_tls_loglevel".into(), "1".into());
     }
@@ -288,39 +306,117 @@ fn credentials_travel_inside_implicit_tls_to_an_smtps_relayhost() {
     );
 }
 
-/// Issue 13, point 2: a real relayhost over TLS. With credentials the default level
-/// (`encrypt`) logs in inside TLS; `verify` checks the relayhost against a CA given by file.
+/// A certificate for `san` (e.g. `DNS:localhost,IP:127.0.0.1`) signed by the test CA of
+/// [`ca_signed_cert`] made in `dir`: (certificate, key), named after `name`.
+fn signed_by_test_ca(
+    dir: &std::path::Path,
+    name: &str,
+    san: &str,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key, csr, ext) = (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+        dir.join(format!("{name}.csr")),
+        dir.join(format!("{name}.ext")),
+    );
+    std::fs::write(
+        &ext,
+        format!("subjectAltName={san}\nbasicConstraints=critical,CA:FALSE\n"),
+    )
+    .unwrap();
+    let run = |cmd: &mut std::process::Command| {
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(std::process::Command::new("openssl")
+        .args(["req", "-subj", &format!("/CN={name}")])
+        .args([
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&csr));
+    run(std::process::Command::new("openssl")
+        .args(["x509", "-req", "-days", "2", "-CAcreateserial"])
+        .arg("-in")
+        .arg(&csr)
+        .arg("-CA")
+        .arg(dir.join("ca.crt"))
+        .arg("-CAkey")
+        .arg(dir.join("ca.key"))
+        .arg("-extfile")
+        .arg(&ext)
+        .arg("-out")
+        .arg(&cert));
+    (cert, key)
+}
+
+/// A relay logging in to `[host]:port` with a password, at TLS level `level` (`None`: the
+/// default), trusting `ca` (`None`: the system CAs).
+fn relay_logging_in_to(
+    host: &str,
+    port: u16,
+    level: Option<TlsLevel>,
+    ca: Option<&std::path::Path>,
+    (user, password): (&str, &str),
+) -> Relay {
+    let mut spec = RelaySpec::new(Input::file(config(port, Mode::AllowNetAuthNoDomain)));
+    let username = spec.write("relayhost/username", user);
+    let password_file = spec.write("relayhost/password", password);
+    if let Input::File(cfg) = &mut spec.input {
+        cfg.relayhost.host = host.into();
+        cfg.relayhost.username_file = Some(username);
+        cfg.relayhost.password_file = Some(password_file);
+        cfg.relayhost.tls_level = level;
+        cfg.relayhost.tls_ca_file = ca.map(std::path::Path::to_path_buf);
+        // Postfix logs how the TLS session was checked only from log level 1.
+        cfg.postconf.insert("smtp_tls_loglevel".into(), "1".into());
+    }
+    spec.start()
+}
+
+/// Issue 26, (a): with a login and no level, the relay logs in once the relayhost proved its
+/// name: a certificate from the CA given that names the relayhost as the relay was given it, a
+/// host name (DNS subjectAltName) or an address (IP subjectAltName). Before, the default was
+/// `encrypt` and Postfix checked nothing ("Trusted TLS connection": the chain, not the name).
 #[test]
-fn credentials_travel_inside_tls_with_encrypt_and_verify() {
+fn the_default_level_logs_in_once_the_relayhost_proved_its_name() {
     let sink = start_sink();
     let certs = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = ca_signed_cert(certs.path());
+    let (ca, _, _) = ca_signed_cert(certs.path());
+    // No DNS name holding the address: 127.0.0.1 is matched as an address.
+    let (cert, key) = signed_by_test_ca(certs.path(), "upstream", "DNS:localhost,IP:127.0.0.1");
     let upstream = tls_upstream(&sink, &[("tlsuser", "tls pass")], &cert, &key);
-    for level in [None, Some(TlsLevel::Verify)] {
-        let mut spec = RelaySpec::new(Input::file(config(
+    for (host, level) in [
+        ("localhost", None),
+        ("127.0.0.1", None),
+        ("127.0.0.1", Some(TlsLevel::Verify)),
+    ] {
+        let relay = relay_logging_in_to(
+            host,
             upstream.addr().port(),
-            Mode::AllowNetAuthNoDomain,
-        )));
-        let username = spec.write("relayhost/username", "tlsuser");
-        let password_file = spec.write("relayhost/password", "tls pass");
-        if let Input::File(cfg) = &mut spec.input {
-            cfg.relayhost.username_file = Some(username);
-            cfg.relayhost.password_file = Some(password_file);
-            cfg.relayhost.tls_level = level;
-            // encrypt does not verify: the system CAs are left, and the session is "Untrusted".
-            cfg.relayhost.tls_ca_file = level.map(|_| ca.clone());
-            // Postfix logs how the TLS session was checked only from log level 1.
-            cfg.postconf.insert("smtp_tls_loglevel".into(), "1".into());
-        }
-        let relay = spec.start();
-        let tag = format!("tls-{}", level.map_or("default", TlsLevel::as_str));
+            level,
+            Some(&ca),
+            ("tlsuser", "tls pass"),
+        );
+        let tag = format!(
+            "tls-{}-{}",
+            host.replace('.', "-"),
+            level.map_or("default", TlsLevel::as_str)
+        );
         relay_and_deliver(&relay, &sink, &tag);
         let log = relay.mail_log();
-        let expected = match level {
-            None => "Untrusted TLS connection established to 127.0.0.1",
-            Some(_) => "Verified TLS connection established to 127.0.0.1",
-        };
-        assert!(log.contains(expected), "{tag}: {expected}:\n{log}");
+        let verified = format!("Verified TLS connection established to {host}[127.0.0.1]");
+        assert!(log.contains(&verified), "{tag}: {verified}:\n{log}");
         let m = sink
             .messages()
             .into_iter()
@@ -331,13 +427,189 @@ fn credentials_travel_inside_tls_with_encrypt_and_verify() {
             "{tag}: the upstream received it over TLS (S) after AUTH (A):\n{}",
             m.text
         );
+    }
+    assert!(
+        upstream
+            .mail_log()
+            .contains("sasl_username=tlsuser@example.net"),
+        "logged in at the upstream"
+    );
+}
+
+/// The smtpd session summaries of `upstream`'s log (`disconnect from ... ehlo=2 starttls=1
+/// ...`): every command each client sent.
+fn sessions(upstream: &Relay) -> Vec<String> {
+    upstream
+        .mail_log()
+        .lines()
+        .filter(|l| l.contains("postfix/smtpd") && l.contains(": disconnect from "))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Issue 26, (b): a relayhost that cannot prove its name (a certificate from the right CA for
+/// another name or address, or for its name from a CA nobody gave the relay) gets neither the
+/// password nor an OAuth2 token: no AUTH command reaches it, the mail waits in the queue (never
+/// returned), and the relay says why (its log, and `smtp_relay_relayhost_errors_total{reason=
+/// "tls"}` with no login recorded). Before, at `encrypt`, each of them received `AUTH PLAIN`.
+#[test]
+fn a_relayhost_that_cannot_prove_its_name_gets_no_login() {
+    let sink = start_sink();
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, _, _) = ca_signed_cert(certs.path());
+    let (other_cert, other_key) =
+        signed_by_test_ca(certs.path(), "other", "DNS:other.example.net,IP:192.0.2.25");
+    let password = "never-to-an-impostor";
+    let impostor = tls_upstream(&sink, &[("user", password)], &other_cert, &other_key);
+    // A certificate for localhost and 127.0.0.1 from a CA of its own (the relay's test one).
+    let own = certs.path().join("self-signed");
+    std::fs::create_dir_all(&own).unwrap();
+    let (own_cert, own_key) = self_signed_cert(&own);
+    let unknown_ca = tls_upstream(&sink, &[("user", password)], &own_cert, &own_key);
+    let endpoint = TokenServer::start(TokenPolicy {
+        client_id: "app".into(),
+        client_secret: "app-secret".into(),
+        refresh_token: String::new(),
+        rotate: false,
+        lifetime: std::time::Duration::from_secs(3600),
+        delay: std::time::Duration::ZERO,
+        service_account: None,
+    });
+    let oauth2 = |port: u16| {
+        let mut spec = RelaySpec::new(Input::file(config(port, Mode::AllowNetAuthNoDomain)));
+        let id = spec.write("oauth2/client-id", "app");
+        let secret = spec.write("oauth2/client-secret", "app-secret");
+        if let Input::File(cfg) = &mut spec.input {
+            cfg.relayhost.host = "localhost".into();
+            cfg.relayhost.tls_level = None;
+            cfg.relayhost.tls_ca_file = Some(ca.clone());
+            cfg.relayhost.oauth2 = Some(smtp_relay::config_file::OAuth2File {
+                user: "sender@example.net".into(),
+                token_endpoint: endpoint.url(),
+                client_id_file: Some(id),
+                client_secret_file: Some(secret),
+                ..Default::default()
+            });
+        }
+        spec.start()
+    };
+    let cases = [
+        (
+            "another name",
+            &impostor,
+            relay_logging_in_to(
+                "localhost",
+                impostor.addr().port(),
+                None,
+                Some(&ca),
+                ("user", password),
+            ),
+        ),
+        (
+            "another address",
+            &impostor,
+            relay_logging_in_to(
+                "127.0.0.1",
+                impostor.addr().port(),
+                None,
+                Some(&ca),
+                ("user", password),
+            ),
+        ),
+        (
+            "an unknown CA",
+            &unknown_ca,
+            relay_logging_in_to(
+                "localhost",
+                unknown_ca.addr().port(),
+                None,
+                None,
+                ("user", password),
+            ),
+        ),
+        ("an OAuth2 token", &impostor, oauth2(impostor.addr().port())),
+    ];
+    for (i, (what, upstream, relay)) in cases.iter().enumerate() {
+        let rcpt = format!("impostor{i}@elsewhere.org");
+        send(
+            relay.addr(),
+            NET_CLIENT,
+            None,
+            "app@example.net",
+            &rcpt,
+            &marker(&rcpt),
+        )
+        .expect("the relay itself accepts the message");
+        relay.wait_deferred(&rcpt);
+        let log = relay.mail_log();
         assert!(
-            upstream
-                .mail_log()
-                .contains("sasl_username=tlsuser@example.net"),
-            "{tag}: logged in at the upstream"
+            log.lines().any(|l| l.contains(&format!("to=<{rcpt}>"))
+                && l.contains("status=deferred")
+                && l.contains("Server certificate not verified")),
+            "{what}: deferred because the relayhost did not prove its name:\n{log}"
+        );
+        assert!(!log.contains("status=bounced"), "{what}: nothing returned");
+        assert!(relay.queued() >= 1, "{what}: the message stays queued");
+        assert!(!sink.delivered_to(&rcpt), "{what}");
+        assert!(
+            relay.metric("smtp_relay_relayhost_errors_total{reason=\"tls\"}") >= Some(1.0),
+            "{what}: counted as a TLS failure:\n{}",
+            relay.metrics()
+        );
+        assert_eq!(
+            relay.metric("smtp_relay_relayhost_login{state=\"unknown\"}"),
+            Some(1.0),
+            "{what}: no login was answered, none was sent"
+        );
+        let seen = sessions(upstream);
+        assert!(
+            seen.iter().any(|l| l.contains("starttls=1")),
+            "{what}: the relay reached the upstream and started TLS: {seen:?}"
+        );
+        assert!(
+            seen.iter().all(|l| !l.contains(" auth=")),
+            "{what}: no AUTH command reached the upstream: {seen:?}"
         );
     }
+    assert!(
+        !endpoint.issued().is_empty(),
+        "the OAuth2 relay had a token to hand over, and kept it"
+    );
+    for upstream in [&impostor, &unknown_ca] {
+        assert!(
+            !upstream.mail_log().contains("sasl_username="),
+            "no login at {}",
+            upstream.addr()
+        );
+    }
+}
+
+/// Issue 26, (c): `encrypt`, the old default, still encrypts without checking who answers,
+/// but only when chosen (and then flagged): the same impostor receives the login.
+#[test]
+fn encrypt_accepts_any_certificate_only_when_chosen() {
+    let sink = start_sink();
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, _, _) = ca_signed_cert(certs.path());
+    let (cert, key) = signed_by_test_ca(certs.path(), "other", "DNS:other.example.net");
+    let upstream = tls_upstream(&sink, &[("tlsuser", "tls pass")], &cert, &key);
+    let relay = relay_logging_in_to(
+        "localhost",
+        upstream.addr().port(),
+        Some(TlsLevel::Encrypt),
+        Some(&ca),
+        ("tlsuser", "tls pass"),
+    );
+    relay_and_deliver(&relay, &sink, "encrypt-chosen");
+    let log = relay.mail_log();
+    assert!(
+        log.contains("Trusted TLS connection established to localhost[127.0.0.1]")
+            && !log.contains("Verified TLS connection"),
+        "encrypted, the name unchecked:\n{log}"
+    );
+    assert!(upstream
+        .mail_log()
+        .contains("sasl_username=tlsuser@example.net"));
 }
 
 /// Issue 26: with a relayhost login, `postconf` cannot undo what protects it. Through every
