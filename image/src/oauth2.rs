@@ -712,10 +712,10 @@ fn served_relayhost() -> Option<String> {
 }
 
 /// Serves Postfix's socketmap lookups (`socketmap:unix:PATH:xoauth2`, its
-/// `smtp_sasl_password_maps`) on `path`. Only the relayhost gets the login: its key is
-/// answered `OK user:token` while a token is valid, `TEMP` otherwise (Postfix then defers the
-/// mail and tries again: nothing is sent to it without a login); any other key is `NOTFOUND`
-/// (see [`socketmap_reply`]).
+/// `smtp_sasl_password_maps`) on `path`. Only the relayhost gets the login: its key (the
+/// nexthop [`serve_relayhost`] was last given) is answered `OK user:token` while a token is
+/// valid, `TEMP` otherwise (Postfix then defers the mail and tries again: nothing is sent to
+/// it without a login); any other key is `NOTFOUND`, and Postfix sends that server no login.
 pub async fn serve_socketmap(path: PathBuf, current: Current) -> std::io::Result<()> {
     let listener = bind_out_of_reach(&path)?;
     loop {
