@@ -833,34 +833,103 @@ mod tests {
             config_hash: "h".into(),
         };
         let now = || Time(jiff::Timestamp::UNIX_EPOCH);
-        let cond = |s: &crate::crd::SmtpRelayStatus| {
+        let cond = |s: &crate::crd::SmtpRelayStatus, type_: &str| {
             s.conditions
                 .iter()
-                .find(|c| c.type_ == status::RELAYHOST_PASSWORD_PROTECTED)
+                .find(|c| c.type_ == type_)
                 .map(|c| (c.status.clone(), c.reason.clone()))
                 .unwrap()
         };
-        // Credentials and no level: encrypt, nothing to flag.
+        let warnings = |r: &crate::crd::SmtpRelay, s: &crate::crd::SmtpRelayStatus| {
+            events_for(r, &ok, s)
+                .into_iter()
+                .filter(|e| e.type_ == EventType::Warning)
+                .map(|e| e.reason)
+                .collect::<Vec<_>>()
+        };
+        // Credentials and no level: secure, nothing to flag.
         let s = status::compute(&r, &ok, Rollout::default(), now());
-        assert_eq!(cond(&s), ("True".into(), "TLSRequired".into()));
-        assert!(events_for(&r, &ok, &s)
-            .iter()
-            .all(|e| e.type_ != EventType::Warning));
-        // An explicit may with credentials: accepted, flagged by a condition and one Warning.
+        assert_eq!(
+            cond(&s, status::RELAYHOST_PASSWORD_PROTECTED),
+            ("True".into(), "TLSRequired".into())
+        );
+        assert_eq!(
+            cond(&s, status::RELAYHOST_VERIFIED),
+            ("True".into(), "RelayhostVerified".into())
+        );
+        assert!(warnings(&r, &s).is_empty());
+        // An explicit may with credentials: accepted, flagged by a condition and one Warning
+        // for each risk: clear text, and a relayhost nobody verified.
         r.spec.relayhost.tls = Some(RelayhostTlsSpec {
             level: Some(TlsLevelSpec::May),
             ca_secret_key_ref: None,
             ca_config_map_key_ref: None,
         });
         let s = status::compute(&r, &ok, Rollout::default(), now());
-        assert_eq!(cond(&s), ("False".into(), "CleartextAllowed".into()));
+        assert_eq!(
+            cond(&s, status::RELAYHOST_PASSWORD_PROTECTED),
+            ("False".into(), "CleartextAllowed".into())
+        );
+        assert_eq!(
+            warnings(&r, &s),
+            ["CleartextAllowed", "UnverifiedRelayhost"]
+        );
+        r.status = Some(s.clone());
+        assert!(warnings(&r, &s).is_empty(), "once");
+    }
+
+    /// Issue 26: `encrypt`, the old default, encrypts but accepts any certificate: chosen
+    /// explicitly with a login it is accepted, and flagged once by `RelayhostVerified=False`
+    /// and a Warning Event, as cleartext is.
+    #[test]
+    fn an_unverified_relayhost_is_flagged_once() {
+        use crate::crd::{CredentialsSecretRef, RelayhostTlsSpec, TlsLevelSpec};
+        let mut r = relay("r1");
+        r.spec.relayhost.credentials_secret_ref = Some(CredentialsSecretRef {
+            name: "login".into(),
+            username_key: "username".into(),
+            password_key: "password".into(),
+        });
+        r.spec.relayhost.tls = Some(RelayhostTlsSpec {
+            level: Some(TlsLevelSpec::Encrypt),
+            ca_secret_key_ref: None,
+            ca_config_map_key_ref: None,
+        });
+        let ok = Outcome::Applied {
+            config_hash: "h".into(),
+        };
+        let now = || Time(jiff::Timestamp::UNIX_EPOCH);
+        let s = status::compute(&r, &ok, Rollout::default(), now());
+        let verified = s
+            .conditions
+            .iter()
+            .find(|c| c.type_ == status::RELAYHOST_VERIFIED)
+            .unwrap();
+        assert_eq!(
+            (verified.status.as_str(), verified.reason.as_str()),
+            ("False", "UnverifiedRelayhost")
+        );
         let warnings: Vec<_> = events_for(&r, &ok, &s)
             .into_iter()
             .filter(|e| e.type_ == EventType::Warning)
             .collect();
         assert_eq!(warnings.len(), 1);
-        assert_eq!(warnings[0].reason, "CleartextAllowed");
+        assert_eq!(warnings[0].reason, "UnverifiedRelayhost");
+        assert!(
+            warnings[0]
+                .note
+                .as_deref()
+                .is_some_and(|n| n.contains("level is encrypt") && n.contains("set secure")),
+            "{:?}",
+            warnings[0].note
+        );
         r.status = Some(s.clone());
+        assert!(events_for(&r, &ok, &s)
+            .iter()
+            .all(|e| e.type_ != EventType::Warning));
+        // Back to the default: True again, and no Warning.
+        r.spec.relayhost.tls = None;
+        let s = status::compute(&r, &ok, Rollout::default(), now());
         assert!(events_for(&r, &ok, &s)
             .iter()
             .all(|e| e.type_ != EventType::Warning));

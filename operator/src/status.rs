@@ -22,13 +22,19 @@ pub const STALLED: &str = "Stalled";
 /// False when the relayhost password may be sent unencrypted (credentials with an explicit TLS
 /// level of none or may): accepted, but the user should see it.
 pub const RELAYHOST_PASSWORD_PROTECTED: &str = "RelayhostPasswordProtected";
+/// False when the login (a password or an OAuth2 token) may go to a relayhost that did not
+/// prove who it is (an explicit TLS level that verifies nothing: none, may, encrypt, dane, or
+/// verify with mxLookup): accepted, but the user should see it. The default with a login is
+/// secure (issue 26).
+pub const RELAYHOST_VERIFIED: &str = "RelayhostVerified";
 /// False when `networks` is matched against an address a header claims
 /// (`spec.service.proxyProtocol`): accepted, but the user should see it.
 pub const CLIENT_ADDRESS_VERIFIED: &str = "ClientAddressVerified";
 /// Conditions that are False for an accepted but risky choice; each turn to False is a
 /// Warning Event.
-pub const WARNING_CONDITIONS: [&str; 3] = [
+pub const WARNING_CONDITIONS: [&str; 4] = [
     RELAYHOST_PASSWORD_PROTECTED,
+    RELAYHOST_VERIFIED,
     CLIENT_ADDRESS_VERIFIED,
     QUEUED_MAIL_KEPT,
 ];
@@ -291,7 +297,7 @@ fn condition(
 /// (the TLS level and what overrides it, the SASL security options, the CAs, ...; see
 /// `smtp_relay::postfix::relay_guard::check_postconf`, which both [`crate::validate`] and the
 /// relay's own inputs apply), so a spec that tries is refused and never applied. For a spec
-/// that was not applied, [`password_condition_in_force`] keeps describing what runs.
+/// that was not applied, [`condition_in_force`] keeps describing what runs.
 fn relayhost_password_condition(relay: &SmtpRelay, gen: Option<i64>, now: &Time) -> Condition {
     let rh = &relay.spec.relayhost;
     let explicit = rh.tls.as_ref().and_then(|t| t.level).map(TlsLevel::from);
@@ -308,7 +314,7 @@ fn relayhost_password_condition(relay: &SmtpRelay, gen: Option<i64>, now: &Time)
             false,
             "CleartextAllowed",
             format!(
-                "spec.relayhost.tls.level is {level} with {}: a relayhost that offers no STARTTLS, or anyone on the path, would receive the {}; remove the level (the default with a login is encrypt) or set encrypt or stronger",
+                "spec.relayhost.tls.level is {level} with {}: a relayhost that offers no STARTTLS, or anyone on the path, would receive the {}; remove the level (the default with a login is secure) or set secure",
                 if rh.oauth2.is_some() { "oauth2" } else { "credentialsSecretRef" },
                 if rh.oauth2.is_some() { "access token" } else { "password" }
             ),
@@ -330,24 +336,81 @@ fn relayhost_password_condition(relay: &SmtpRelay, gen: Option<i64>, now: &Time)
     )
 }
 
-/// [`relayhost_password_condition`] for the configuration in force, so the condition never
-/// claims a protection that does not run: the spec's when it was applied; the last one's when
-/// nothing of the spec was (a refused spec or Secret, a name conflict); when the API server
-/// refused a child midway (some of the spec may run, the ConfigMap included), the spec's only
-/// if the last one did not already say the password may travel in clear text.
-fn password_condition_in_force(
-    relay: &SmtpRelay,
-    outcome: &Outcome,
-    old: &SmtpRelayStatus,
-    gen: Option<i64>,
-    now: &Time,
-) -> Condition {
-    let spec = relayhost_password_condition(relay, gen, now);
-    let Some(last) = old
-        .conditions
-        .iter()
-        .find(|c| c.type_ == RELAYHOST_PASSWORD_PROTECTED)
-    else {
+/// Whether the login goes only to a relayhost that proved who it is; the rule is the relay
+/// image's ([`settings::relayhost_unverified`]), computed from the fields alone like
+/// [`relayhost_password_condition`] (`postconf` cannot set the level, the CAs or the names a
+/// certificate must carry).
+fn relayhost_verified_condition(relay: &SmtpRelay, gen: Option<i64>, now: &Time) -> Condition {
+    let rh = &relay.spec.relayhost;
+    let explicit = rh.tls.as_ref().and_then(|t| t.level).map(TlsLevel::from);
+    let credentials = rh.credentials_secret_ref.is_some() || rh.oauth2.is_some();
+    let level = settings::relayhost_tls(explicit, credentials);
+    let (field, what) = if rh.oauth2.is_some() {
+        ("oauth2", "access token")
+    } else {
+        ("credentialsSecretRef", "password")
+    };
+    let tls = rh.tls.as_ref();
+    let cas = if tls.is_some_and(|t| t.ca_secret_key_ref.is_some()) {
+        "the CA of spec.relayhost.tls.caSecretKeyRef"
+    } else if tls.is_some_and(|t| t.ca_config_map_key_ref.is_some()) {
+        "the CA of spec.relayhost.tls.caConfigMapKeyRef"
+    } else {
+        "the system CAs"
+    };
+    let named = if settings::is_ip_address(&rh.host) {
+        format!("{} (an IP subjectAltName)", rh.host)
+    } else if rh.mx_lookup {
+        format!("{} or a host under it", rh.host)
+    } else {
+        rh.host.clone()
+    };
+    let (ok, reason, message) = if !credentials {
+        (
+            true,
+            "NoCredentials",
+            "no relayhost credentials are configured".to_string(),
+        )
+    } else if settings::relayhost_unverified(explicit, credentials, rh.mx_lookup) {
+        let why = match level {
+            TlsLevel::Verify => "verify with mxLookup checks the name of whichever host DNS answered for the MX records",
+            TlsLevel::Dane => "dane verifies only with DNSSEC-signed TLSA records, and without them accepts any certificate",
+            _ => "the relayhost's certificate is not verified",
+        };
+        (
+            false,
+            "UnverifiedRelayhost",
+            format!(
+                "spec.relayhost.tls.level is {level} with {field}: {why}, so anyone on the path who answers STARTTLS with a certificate of their own would receive the {what}; remove the level (the default with a login is secure: a certificate from {cas} that names {named}) or set secure"
+            ),
+        )
+    } else {
+        let how = match level {
+            TlsLevel::Fingerprint => {
+                "its certificate matches a pinned fingerprint (level fingerprint)".to_string()
+            }
+            TlsLevel::DaneOnly => {
+                "its certificate matches its DNSSEC-signed TLSA records (level dane-only)"
+                    .to_string()
+            }
+            _ => format!("it presents a certificate from {cas} that names {named} (level {level})"),
+        };
+        (
+            true,
+            "RelayhostVerified",
+            format!("the {what} is sent only once the relayhost proved who it is: {how}"),
+        )
+    };
+    condition(RELAYHOST_VERIFIED, Some(ok), reason, message, gen, now)
+}
+
+/// A condition computed from the spec's fields (`spec`), for the configuration in force, so it
+/// never claims a protection that does not run: the spec's when it was applied; the last one's
+/// when nothing of the spec was (a refused spec or Secret, a name conflict); when the API
+/// server refused a child midway (some of the spec may run, the ConfigMap included), the spec's
+/// only if the last one did not already say False.
+fn condition_in_force(spec: Condition, outcome: &Outcome, old: &SmtpRelayStatus) -> Condition {
+    let Some(last) = old.conditions.iter().find(|c| c.type_ == spec.type_) else {
         return spec;
     };
     match outcome {
@@ -416,6 +479,24 @@ fn relayhost_login_condition(relay: &SmtpRelay, gen: Option<i64>, now: &Time) ->
                 } else {
                     "credentials in spec.relayhost.credentialsSecretRef"
                 }
+            ),
+        ),
+        // The relay's login state when the relayhost's certificate was not verified (at
+        // level secure or verify): no login was sent.
+        (Some(q), None) if q.relayhost_login == "Unverified" => (
+            Some(false),
+            "RelayhostNotVerified",
+            format!(
+                "{}: the relayhost did not prove its name (a certificate from {} that names {}), so no login was sent: mail waits in the queue; check spec.relayhost.host and spec.relayhost.tls",
+                pods_where(&|p| p.relayhost_login.as_deref() == Some("Unverified")),
+                if rh.tls.as_ref().is_some_and(|t| {
+                    t.ca_secret_key_ref.is_some() || t.ca_config_map_key_ref.is_some()
+                }) {
+                    "the CA given in spec.relayhost.tls"
+                } else {
+                    "the system CAs"
+                },
+                rh.host
             ),
         ),
         (Some(q), None) if q.relayhost_login == "Accepted" => (
@@ -810,7 +891,16 @@ pub fn compute(
     let secrets = secrets_condition(outcome, gen, &now);
     let progressing = progressing_condition(&rollout, desired, gen, &now);
     let ready = ready_condition_of(outcome, &rollout, desired, &ep, gen, &now);
-    let password = password_condition_in_force(relay, outcome, &old, gen, &now);
+    let password = condition_in_force(
+        relayhost_password_condition(relay, gen, &now),
+        outcome,
+        &old,
+    );
+    let verified = condition_in_force(
+        relayhost_verified_condition(relay, gen, &now),
+        outcome,
+        &old,
+    );
     let client_address = client_address_condition(relay, gen, &now);
     let queued_mail = queued_mail_condition(relay, gen, &now);
     let draining = draining_condition(&old, &rollout.drain, gen, &now);
@@ -823,6 +913,7 @@ pub fn compute(
         Some(secrets),
         Some(progressing),
         Some(password),
+        Some(verified),
         login,
         Some(client_address),
         Some(queued_mail),
@@ -1284,7 +1375,7 @@ mod tests {
         assert!(
             cond(&s, RELAYHOST_PASSWORD_PROTECTED)
                 .message
-                .contains("level encrypt"),
+                .contains("level secure"),
             "{:?}",
             cond(&s, RELAYHOST_PASSWORD_PROTECTED)
         );
@@ -1383,6 +1474,22 @@ mod tests {
                 && message.contains("no access token"),
             "{message}"
         );
+        // The relayhost did not prove its name: no login was sent, and the condition says so.
+        let unverified = with_queue(
+            "Unverified",
+            vec![pod("r1-0", "Unverified", 0), pod("r1-1", "Accepted", 0)],
+        );
+        let (status, reason, message) = login(&unverified);
+        assert_eq!(
+            (status.as_str(), reason.as_str()),
+            ("False", "RelayhostNotVerified")
+        );
+        assert!(
+            message.starts_with("r1-0: the relayhost did not prove its name")
+                && message.contains("the system CAs that names mail.example.net")
+                && message.contains("no login was sent"),
+            "{message}"
+        );
         // The fingerprint follows the health, not the counts.
         let hash = |r: &SmtpRelay| {
             use std::hash::{Hash, Hasher};
@@ -1396,5 +1503,130 @@ mod tests {
         );
         assert_eq!(hash(&failing), hash(&more_failures));
         assert_ne!(hash(&failing), hash(&ok));
+    }
+
+    /// Issue 26: with a login the relayhost proves who it is by default (`secure`); an explicit
+    /// level that verifies nothing is accepted but flagged, with the rule of the relay image,
+    /// and the condition describes the configuration in force.
+    #[test]
+    fn relayhost_verified_is_false_only_for_a_level_that_proves_nothing() {
+        use crate::crd::{
+            CredentialsSecretRef, KeyRef, OAuth2Provider, OAuth2SecretRef, OAuth2Spec,
+            RelayhostTlsSpec, TlsLevelSpec,
+        };
+        let verified = |r: &SmtpRelay| {
+            let c = cond(&compute(r, &applied(), DONE, t(1)), RELAYHOST_VERIFIED).clone();
+            (c.status, c.reason, c.message)
+        };
+        let level = |l: Option<TlsLevelSpec>| {
+            Some(RelayhostTlsSpec {
+                level: l,
+                ca_secret_key_ref: None,
+                ca_config_map_key_ref: None,
+            })
+        };
+        let mut r = relay("r1");
+        assert_eq!(verified(&r).1, "NoCredentials");
+        r.spec.relayhost.credentials_secret_ref = Some(CredentialsSecretRef {
+            name: "login".into(),
+            username_key: "username".into(),
+            password_key: "password".into(),
+        });
+        let (status, reason, message) = verified(&r);
+        assert_eq!(
+            (status.as_str(), reason.as_str()),
+            ("True", "RelayhostVerified")
+        );
+        assert!(
+            message.contains("the system CAs that names mail.example.net (level secure)"),
+            "{message}"
+        );
+        for l in [
+            TlsLevelSpec::None,
+            TlsLevelSpec::May,
+            TlsLevelSpec::Encrypt,
+            TlsLevelSpec::Dane,
+        ] {
+            r.spec.relayhost.tls = level(Some(l));
+            let (status, reason, message) = verified(&r);
+            assert_eq!(
+                (status.as_str(), reason.as_str()),
+                ("False", "UnverifiedRelayhost"),
+                "{l:?}"
+            );
+            assert!(
+                message.contains("credentialsSecretRef")
+                    && message.contains("would receive the password")
+                    && message.contains("set secure"),
+                "{message}"
+            );
+        }
+        for l in [
+            TlsLevelSpec::Secure,
+            TlsLevelSpec::Verify,
+            TlsLevelSpec::Fingerprint,
+            TlsLevelSpec::DaneOnly,
+        ] {
+            r.spec.relayhost.tls = level(Some(l));
+            assert_eq!(verified(&r).0, "True", "{l:?}");
+        }
+        // verify with MX records checks whichever host DNS answered.
+        r.spec.relayhost.mx_lookup = true;
+        r.spec.relayhost.tls = level(Some(TlsLevelSpec::Verify));
+        assert_eq!(verified(&r).1, "UnverifiedRelayhost");
+        r.spec.relayhost.tls = None;
+        assert!(verified(&r)
+            .2
+            .contains("mail.example.net or a host under it"));
+        r.spec.relayhost.mx_lookup = false;
+        // An address, verified with a private CA.
+        r.spec.relayhost.host = "10.1.0.1".into();
+        r.spec.relayhost.tls = Some(RelayhostTlsSpec {
+            level: None,
+            ca_secret_key_ref: Some(KeyRef {
+                name: "ca".into(),
+                key: "ca.crt".into(),
+            }),
+            ca_config_map_key_ref: None,
+        });
+        assert!(
+            verified(&r).2.contains(
+                "the CA of spec.relayhost.tls.caSecretKeyRef that names 10.1.0.1 (an IP subjectAltName)"
+            ),
+            "{:?}",
+            verified(&r)
+        );
+        // An OAuth2 login: the token is what an impostor would receive.
+        r.spec.relayhost.credentials_secret_ref = None;
+        r.spec.relayhost.host = "smtp.example.net".into();
+        r.spec.relayhost.oauth2 = Some(OAuth2Spec {
+            provider: OAuth2Provider::Generic,
+            tenant: None,
+            user: "a@example.net".into(),
+            token_endpoint: Some("https://idp.example.net/token".into()),
+            scope: None,
+            secret_ref: OAuth2SecretRef { name: "app".into() },
+        });
+        r.spec.relayhost.tls = level(Some(TlsLevelSpec::Encrypt));
+        let (status, _, message) = verified(&r);
+        assert_eq!(status, "False");
+        assert!(
+            message.contains("with oauth2") && message.contains("access token"),
+            "{message}"
+        );
+        // A spec that was not applied leaves the condition of what runs.
+        r.status = Some(compute(&r, &applied(), DONE, t(1)));
+        r.spec.relayhost.tls = None;
+        let s = compute(
+            &r,
+            &Outcome::InvalidSpec {
+                message: "no".into(),
+            },
+            DONE,
+            t(2),
+        );
+        assert_eq!(cond(&s, RELAYHOST_VERIFIED).reason, "UnverifiedRelayhost");
+        let s = compute(&r, &applied(), DONE, t(3));
+        assert_eq!(cond(&s, RELAYHOST_VERIFIED).reason, "RelayhostVerified");
     }
 }
