@@ -1474,22 +1474,6 @@ mod tests {
                 && message.contains("no access token"),
             "{message}"
         );
-        // The relayhost did not prove its name: no login was sent, and the condition says so.
-        let unverified = with_queue(
-            "Unverified",
-            vec![pod("r1-0", "Unverified", 0), pod("r1-1", "Accepted", 0)],
-        );
-        let (status, reason, message) = login(&unverified);
-        assert_eq!(
-            (status.as_str(), reason.as_str()),
-            ("False", "RelayhostNotVerified")
-        );
-        assert!(
-            message.starts_with("r1-0: the relayhost did not prove its name")
-                && message.contains("the system CAs that names mail.example.net")
-                && message.contains("no login was sent"),
-            "{message}"
-        );
         // The fingerprint follows the health, not the counts.
         let hash = |r: &SmtpRelay| {
             use std::hash::{Hash, Hasher};
@@ -1510,10 +1494,7 @@ mod tests {
     /// and the condition describes the configuration in force.
     #[test]
     fn relayhost_verified_is_false_only_for_a_level_that_proves_nothing() {
-        use crate::crd::{
-            CredentialsSecretRef, KeyRef, OAuth2Provider, OAuth2SecretRef, OAuth2Spec,
-            RelayhostTlsSpec, TlsLevelSpec,
-        };
+        use crate::crd::{CredentialsSecretRef, RelayhostTlsSpec, TlsLevelSpec};
         let verified = |r: &SmtpRelay| {
             let c = cond(&compute(r, &applied(), DONE, t(1)), RELAYHOST_VERIFIED).clone();
             (c.status, c.reason, c.message)
@@ -1570,6 +1551,33 @@ mod tests {
             r.spec.relayhost.tls = level(Some(l));
             assert_eq!(verified(&r).0, "True", "{l:?}");
         }
+    }
+
+    /// [`relayhost_verified_is_false_only_for_a_level_that_proves_nothing`]: what the message
+    /// names (the CAs, the names, the token), and the condition in force.
+    #[test]
+    fn relayhost_verified_says_whom_the_login_trusts() {
+        use crate::crd::{
+            CredentialsSecretRef, KeyRef, OAuth2Provider, OAuth2SecretRef, OAuth2Spec,
+            RelayhostTlsSpec, TlsLevelSpec,
+        };
+        let verified = |r: &SmtpRelay| {
+            let c = cond(&compute(r, &applied(), DONE, t(1)), RELAYHOST_VERIFIED).clone();
+            (c.status, c.reason, c.message)
+        };
+        let level = |l: Option<TlsLevelSpec>| {
+            Some(RelayhostTlsSpec {
+                level: l,
+                ca_secret_key_ref: None,
+                ca_config_map_key_ref: None,
+            })
+        };
+        let mut r = relay("r1");
+        r.spec.relayhost.credentials_secret_ref = Some(CredentialsSecretRef {
+            name: "login".into(),
+            username_key: "username".into(),
+            password_key: "password".into(),
+        });
         // verify with MX records checks whichever host DNS answered.
         r.spec.relayhost.mx_lookup = true;
         r.spec.relayhost.tls = level(Some(TlsLevelSpec::Verify));
@@ -1628,5 +1636,45 @@ mod tests {
         assert_eq!(cond(&s, RELAYHOST_VERIFIED).reason, "UnverifiedRelayhost");
         let s = compute(&r, &applied(), DONE, t(3));
         assert_eq!(cond(&s, RELAYHOST_VERIFIED).reason, "RelayhostVerified");
+    }
+
+    /// The relayhost did not prove its name (the pods' login state `Unverified`): no login
+    /// was sent, and `RelayhostLogin` says so, naming the pods and what was expected.
+    #[test]
+    fn relayhost_login_says_when_the_relayhost_did_not_prove_its_name() {
+        use crate::crd::{CredentialsSecretRef, PodQueueStatus, QueueStatus};
+        let mut r = relay("r1");
+        r.spec.relayhost.credentials_secret_ref = Some(CredentialsSecretRef {
+            name: "creds".into(),
+            username_key: "username".into(),
+            password_key: "password".into(),
+        });
+        let pod = |name: &str, login: &str| PodQueueStatus {
+            pod: name.into(),
+            relayhost_login: Some(login.into()),
+            ..PodQueueStatus::default()
+        };
+        r.status = Some(SmtpRelayStatus {
+            queue: Some(QueueStatus {
+                relayhost_login: "Unverified".into(),
+                pods: vec![pod("r1-0", "Unverified"), pod("r1-1", "Accepted")],
+                ..QueueStatus::default()
+            }),
+            ..SmtpRelayStatus::default()
+        });
+        let c = cond(&compute(&r, &applied(), DONE, t(100)), RELAYHOST_LOGIN).clone();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "RelayhostNotVerified")
+        );
+        assert!(
+            c.message
+                .starts_with("r1-0: the relayhost did not prove its name")
+                && c.message
+                    .contains("the system CAs that names mail.example.net")
+                && c.message.contains("no login was sent"),
+            "{}",
+            c.message
+        );
     }
 }
