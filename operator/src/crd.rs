@@ -396,17 +396,22 @@ fn default_password_key() -> String {
 ]))]
 pub struct RelayhostTlsSpec {
     /// Postfix `smtp_tls_security_level`: none, may (opportunistic), encrypt, dane, dane-only,
-    /// fingerprint, verify or secure. Omitted: `encrypt` when `credentialsSecretRef` is set (the
-    /// password never crosses the network unencrypted), `may` otherwise. `none` or `may` with
-    /// credentials is accepted but reported by the `RelayhostPasswordProtected=False` condition
-    /// and a Warning Event.
+    /// fingerprint, verify or secure. Omitted: `secure` with `credentialsSecretRef` or `oauth2`
+    /// (the login goes only to a relayhost that proved its name: a certificate from the system
+    /// CAs, or the CA below, that names `host`; an IP address `host` then needs the CA below
+    /// and a certificate carrying the address as an IP subjectAltName), `may` otherwise. With a
+    /// login, a level that does not verify the relayhost (none, may, encrypt, dane) is accepted
+    /// but reported by the `RelayhostVerified=False` condition (none and may also by
+    /// `RelayhostPasswordProtected=False`: they allow clear text) and a Warning Event; with
+    /// Microsoft 365's or Google's OAuth2 login it is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     // Omitted rather than null: a plain enum, like the other optional fields.
     #[schemars(with = "TlsLevelSpec")]
     pub level: Option<TlsLevelSpec>,
-    /// PEM CA bundle used to verify the relayhost's certificate, from a Secret key. Defaults to
-    /// the image's system CA bundle. An OAuth2 token endpoint is trusted with it too, besides
-    /// the system CAs.
+    /// PEM CA bundle used to verify the relayhost's certificate (instead of the image's system
+    /// CA bundle, the default), from a Secret key: a private CA, or the one that certifies an
+    /// IP address `host`. An OAuth2 token endpoint is trusted with it too, besides the system
+    /// CAs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_secret_key_ref: Option<KeyRef>,
     /// PEM CA bundle used to verify the relayhost's certificate, from a ConfigMap key (and an
@@ -712,7 +717,7 @@ impl PullPolicy {
 #[serde(rename_all = "camelCase")]
 pub struct SmtpRelayStatus {
     /// Ready, and the conditions explaining it: ConfigValid, SecretsResolved, Progressing,
-    /// RelayhostPasswordProtected, RelayhostLogin (with a login: the relayhost's and the OAuth2
+    /// RelayhostPasswordProtected, RelayhostVerified, RelayhostLogin (with a login: the relayhost's and the OAuth2
     /// token endpoint's last answers, from the pods); kstatus Reconciling (still converging by itself) and Stalled
     /// (a rejected input, or a pod that cannot run: needs a change).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
