@@ -488,6 +488,93 @@ mod tests {
         );
     }
 
+    /// Issue 26: a login goes only to a relayhost that proved its identity. A relayhost given
+    /// by address needs the CA that certifies it or a level said explicitly, and Microsoft's
+    /// and Google's relayhosts always prove their names: the relay's rules refuse the rest,
+    /// naming the field and the ways out in the spec's words.
+    #[test]
+    fn a_login_goes_only_to_a_relayhost_that_can_prove_its_identity() {
+        use crate::crd::{RelayhostTlsSpec, TlsLevelSpec};
+        use crate::resolve::{OAuth2Keys, RelayhostLogin};
+        let invalid = |relay: &SmtpRelay, resolved: Resolved| match CheckedSpec::new(relay)
+            .unwrap()
+            .judge(resolved)
+        {
+            Err(Outcome::InvalidSpec { message }) => message,
+            Err(other) => panic!("{other:?}"),
+            Ok(_) => panic!("accepted"),
+        };
+        let login = || Resolved {
+            relayhost_login: Some(RelayhostLogin {
+                username: "user".into(),
+                password: b"secret".to_vec(),
+            }),
+            ..Resolved::default()
+        };
+        let mut relay = crate::fixtures::relay("by-address");
+        relay.spec.relayhost.host = "10.1.0.1".into();
+        relay.spec.relayhost.credentials_secret_ref = Some(crate::crd::CredentialsSecretRef {
+            name: "login".into(),
+            username_key: "username".into(),
+            password_key: "password".into(),
+        });
+        let message = invalid(&relay, login());
+        assert!(
+            message.starts_with("spec.relayhost.host: 10.1.0.1 is an IP address")
+                && message.contains("spec.relayhost.tls.caSecretKeyRef or caConfigMapKeyRef")
+                && message.contains("spec.relayhost.tls.level"),
+            "{message}"
+        );
+        relay.spec.relayhost.tls = Some(RelayhostTlsSpec {
+            level: Some(TlsLevelSpec::Encrypt),
+            ca_secret_key_ref: None,
+            ca_config_map_key_ref: None,
+        });
+        assert!(CheckedSpec::new(&relay).unwrap().judge(login()).is_ok());
+
+        for (provider, o) in [
+            (
+                "Microsoft365",
+                serde_json::json!({"provider": "Microsoft365", "tenant": "contoso.onmicrosoft.com",
+                    "user": "sender@contoso.com", "secretRef": {"name": "app"}}),
+            ),
+            (
+                "Google",
+                serde_json::json!({"provider": "Google", "user": "sender@contoso.com",
+                    "secretRef": {"name": "app"}}),
+            ),
+        ] {
+            let mut relay = crate::fixtures::relay("provider");
+            relay.spec.relayhost.oauth2 = Some(serde_json::from_value(o).unwrap());
+            relay.spec.relayhost.tls = Some(RelayhostTlsSpec {
+                level: Some(TlsLevelSpec::Encrypt),
+                ca_secret_key_ref: None,
+                ca_config_map_key_ref: None,
+            });
+            let keys = || Resolved {
+                relayhost_oauth2: Some(OAuth2Keys {
+                    client_id: Some(b"app-id".to_vec()),
+                    client_secret: Some(b"s3cret".to_vec()),
+                    service_account: None,
+                    ..OAuth2Keys::default()
+                }),
+                ..Resolved::default()
+            };
+            let message = invalid(&relay, keys());
+            assert!(
+                message.starts_with(
+                    "spec.relayhost.tls.level: encrypt does not make the relayhost prove its name"
+                ) && message.contains("set secure"),
+                "{provider}: {message}"
+            );
+            relay.spec.relayhost.tls = None;
+            assert!(
+                CheckedSpec::new(&relay).unwrap().judge(keys()).is_ok(),
+                "{provider}"
+            );
+        }
+    }
+
     #[test]
     fn accepts_ipv6_and_ip_relayhost() {
         let mut s = spec();
