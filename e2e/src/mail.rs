@@ -295,8 +295,9 @@ pub fn self_signed_cert(dir: &Path) -> Result<(PathBuf, PathBuf), String> {
     Ok((cert, key))
 }
 
-/// A test CA and a certificate it signed for `localhost` and `ip` (also as a DNS name, which is
-/// how Postfix matches a `[ip]` relayhost): (ca.crt, tls.crt, tls.key).
+/// A test CA and a certificate it signed for `localhost` and `ip` (an IP subjectAltName, which
+/// Postfix matches a `[ip]` relayhost against at levels secure and verify; also as a DNS name):
+/// (ca.crt, tls.crt, tls.key).
 pub fn ca_signed_cert_for(dir: &Path, ip: Ipv4Addr) -> Result<(PathBuf, PathBuf, PathBuf), String> {
     let (ca, ca_key) = (dir.join("ca.crt"), dir.join("ca.key"));
     let (cert, key, csr) = (
@@ -376,7 +377,9 @@ pub fn relay_bin() -> PathBuf {
 /// 127.0.0.1 (or an address of [`Upstream::start_at`]'s choosing), that relays only for its SASL users (no `networks`) and hands all mail to a
 /// [`Sink`]. Its users live in a kubelet-style Secret directory, so a password rotates in
 /// place. Stopped on drop; [`Upstream::stop`] and [`Upstream::start_again`] take it down and up
-/// on the same port and queue (the relayhost being unreachable for a while).
+/// on the same port and queue (the relayhost being unreachable for a while). Its certificate
+/// is signed by a test CA ([`Upstream::ca_pem`]) for its address, as an IP subjectAltName: what
+/// a relay logging in to it at the default level (`secure`) verifies.
 pub struct Upstream {
     child: Option<Child>,
     pub addr: SocketAddr,
@@ -398,8 +401,9 @@ impl Upstream {
             .tempdir()
             .map_err(|e| e.to_string())?;
         let users_dir = dir.path().join("users");
-        // A relay with SASL users offers AUTH inside STARTTLS only, so it needs a certificate.
-        let (cert, key) = self_signed_cert(dir.path())?;
+        // A relay with SASL users offers AUTH inside STARTTLS only, so it needs a certificate;
+        // one from a CA the relay under test can be given, naming the address it is reached at.
+        let (_, cert, key) = ca_signed_cert_for(dir.path(), ip)?;
         let config = serde_json::json!({
             "domain": "example.net",
             "hostname": "upstream.example.net",
@@ -424,6 +428,12 @@ impl Upstream {
         };
         up.start_again()?;
         Ok(up)
+    }
+
+    /// The PEM of the test CA that signed its certificate: the relayhost CA to give the relay
+    /// under test (`spec.relayhost.tls.caSecretKeyRef`).
+    pub fn ca_pem(&self) -> Result<String, String> {
+        fs::read_to_string(self.dir.path().join("ca.crt")).map_err(|e| e.to_string())
     }
 
     /// Replaces the SASL users (name, password) the way a Secret update does; the relay

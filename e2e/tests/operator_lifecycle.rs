@@ -305,7 +305,7 @@ spec:
     credentialsSecretRef:
       name: upstream-login
     tls:
-      level: encrypt
+      level: encrypt      # chosen: encrypted, the relayhost unverified (flagged)
   storage:
     size: 100Mi
     retention:
@@ -497,6 +497,19 @@ stringData:
                 ctx.secret_value(ns, src, pk),
                 "{ns}/{name}: the owned relayhost Secret copies the password"
             );
+        }
+        // Issue 26: with a login, a level that proves nothing is flagged, once, with a
+        // Warning Event; the default (secure) is not.
+        if e.relayhost_secret {
+            let level = relay["spec"]["relayhost"]["tls"]["level"].as_str();
+            let verified = condition(&relay, "RelayhostVerified").unwrap();
+            if matches!(level, Some("none" | "may" | "encrypt" | "dane")) {
+                assert_eq!(verified["status"], "False", "{ns}/{name}: {verified}");
+                assert_eq!(verified["reason"], "UnverifiedRelayhost");
+                wait_warning_event(ctx, ns, name, "UnverifiedRelayhost", "set secure");
+            } else {
+                assert_eq!(verified["status"], "True", "{ns}/{name}: {verified}");
+            }
         }
         let pdb_replicas = relay["spec"]["replicas"].as_i64().unwrap();
         let sts = ctx.must(ns, "statefulset", name);

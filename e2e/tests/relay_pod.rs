@@ -13,7 +13,9 @@
 //!    inside STARTTLS, with the certificate the operator issued for the Service's names: AUTH
 //!    is never offered before TLS), a `networks` client only to the relay domain, and an
 //!    anonymous client outside `networks` (a shell in the pod, sending to the pod's own IP)
-//!    nowhere. The relay logs in to the upstream inside TLS too (the default with credentials).
+//!    nowhere. The relay logs in to the upstream inside TLS too, once the upstream proved it
+//!    is the node IP (the default with credentials, `secure`: its certificate, from the test
+//!    CA given in `caSecretKeyRef`, carries the address as an IP subjectAltName).
 //! 4. A SASL user added to the user's Secret: the operator updates its copy, the pod template
 //!    is unchanged, the kubelet swaps the volume in place and the running relay lets the new
 //!    user send, in the same pod, without a restart.
@@ -100,6 +102,17 @@ fn users_secret(users: &[(&str, &str)]) -> String {
     .to_string()
 }
 
+/// The CA that signed the upstream's certificate, as the relayhost CA's Secret.
+fn relayhost_ca_secret(ca_pem: &str) -> String {
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "relayhost-ca", "namespace": NS},
+        "type": "Opaque",
+        "stringData": {"ca.crt": ca_pem},
+    })
+    .to_string()
+}
+
 /// Clients on the host reach the Service from the node IP: that is the `networks` client.
 fn smtp_relay(upstream: SocketAddr) -> String {
     serde_json::json!({
@@ -118,6 +131,9 @@ fn smtp_relay(upstream: SocketAddr) -> String {
                     "usernameKey": "username",
                     "passwordKey": "password",
                 },
+                // No level: secure, the default with a login. The upstream is reached by
+                // address, so the CA that certified the address is given.
+                "tls": {"caSecretKeyRef": {"name": "relayhost-ca", "key": "ca.crt"}},
             },
             "saslUsersSecretRef": {"name": "sasl-users"},
             "postconf": user_path::quick_retry_postconf(),
@@ -280,6 +296,7 @@ fn relay_pod_under_the_kubelet_follows_secret_rotation() {
         .expect("upstream relay");
     operator::create_namespace(&cp, NS);
     apply(&cp, &relayhost_secret(RELAYHOST_PW1));
+    apply(&cp, &relayhost_ca_secret(&ok(upstream.ca_pem())));
     apply(&cp, &users_secret(&[("app1", APP1_PW)]));
     apply(&cp, &smtp_relay(upstream.addr));
     let pod = ok(user_path::wait_relay_ready(&cp, NS, RELAY, WAIT));
@@ -415,7 +432,17 @@ fn relay_pod_under_the_kubelet_follows_secret_rotation() {
         "the pod's test message at the sink",
         || sink.delivered_to("d@elsewhere.org").then_some(()),
     ));
-    t.step("mode AllowSaslAuthNoDomain through the Service: SASL inside TLS anywhere, networks to domain");
+    // Issue 26: the login went to an upstream that proved it is the node IP, and the status
+    // says the relayhost is verified.
+    let relay = get(&cp, "smtprelay", RELAY).unwrap();
+    let verified = operator::condition(&relay, "RelayhostVerified").unwrap();
+    assert_eq!(
+        (&verified["status"], &verified["reason"]),
+        (&Value::from("True"), &Value::from("RelayhostVerified")),
+        "{verified}"
+    );
+    assert!(upstream.log().contains("sasl_username=relay-login"));
+    t.step("mode AllowSaslAuthNoDomain through the Service: SASL inside TLS anywhere, networks to domain; the upstream verified (secure) before the login");
 
     // Rotation 1: a new SASL user, in place.
     let hash_before = template_hash(&cp).expect("config hash");
