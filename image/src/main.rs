@@ -34,7 +34,7 @@ enum Command {
     ///   RELAY_TLS_VERIFY            none|may|encrypt|dane|dane-only|fingerprint|verify|secure
     ///                               (with a login the default is secure: the relayhost's
     ///                               certificate must name RELAY_HOST; an IP address needs
-    ///                               RELAY_TLS_CA or a level; a weaker level is warned about)
+    ///                               RELAY_TLS_CA or a level; a weaker one is your choice)
     ///   RELAY_TLS_CA                CA file for the relayhost's certificate (default: the
     ///                               system CAs)
     ///   RELAY_SMTPS                 yes: implicit TLS to the relayhost (default: when port is 465)

@@ -131,7 +131,7 @@ pub fn settings(vars: &BTreeMap<String, String>, postfix_dir: &Path) -> ConfigRe
         get("RELAY_TLS_CA").is_some(),
         "RELAY_HOST",
         &format!(
-            "Set RELAY_HOST to its host name (its certificate must name it), or RELAY_TLS_CA to the CA that signed its certificate (which must then carry {} as an IP address subjectAltName), or choose a level in RELAY_TLS_VERIFY (encrypt: encrypted, but anyone who answers gets the password; the relay warns)",
+            "Set RELAY_HOST to its host name (its certificate must name it), or RELAY_TLS_CA to the CA that signed its certificate (which must then carry {} as an IP address subjectAltName), or choose a level in RELAY_TLS_VERIFY (encrypt: encrypted, but anyone who answers on the path gets the password)",
             relayhost.host
         ),
     )?;
