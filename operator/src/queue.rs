@@ -40,8 +40,19 @@ pub const FIRST_LOOK: Duration = Duration::from_secs(5);
 /// How long reading a pod's metrics may take.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Pods read at once, over all relays.
+/// Pods read at once, over all relays (one semaphore, whatever the replicas of each).
 const SCRAPES_AT_ONCE: usize = 16;
+
+/// The most of a metrics page that is read. A relay's is a few KiB; a pod that answers more
+/// (an image of a tenant's choosing: `spec.image`) is refused, not buffered, so all the scrapes
+/// at once hold at most [`SCRAPES_AT_ONCE`] times this.
+pub const METRICS_BODY_CAP: usize = 256 * 1024;
+
+/// The permits of [`SCRAPES_AT_ONCE`].
+fn scrape_permits() -> &'static tokio::sync::Semaphore {
+    static PERMITS: OnceLock<tokio::sync::Semaphore> = OnceLock::new();
+    PERMITS.get_or_init(|| tokio::sync::Semaphore::new(SCRAPES_AT_ONCE))
+}
 
 /// One HTTP client for every scrape: its connection pool is shared.
 fn http() -> &'static HttpClient<HttpConnector, Empty<Bytes>> {
@@ -64,16 +75,30 @@ pub async fn scrape(pod: &Pod) -> Result<QueueReport, String> {
     let uri: http::Uri = format!("http://{host}:{METRICS_PORT}/metrics")
         .parse()
         .map_err(|e| format!("{e}"))?;
+    scrape_uri(uri).await
+}
+
+/// Reads one metrics page: one of [`SCRAPES_AT_ONCE`] at a time, within [`SCRAPE_TIMEOUT`],
+/// at most [`METRICS_BODY_CAP`] bytes of it.
+async fn scrape_uri(uri: http::Uri) -> Result<QueueReport, String> {
+    let _permit = scrape_permits()
+        .acquire()
+        .await
+        .map_err(|_| "the scrapes are over".to_string())?;
     let read = async {
         let resp = http().get(uri).await.map_err(|e| format!("{e}"))?;
         if !resp.status().is_success() {
             return Err(format!("HTTP {}", resp.status()));
         }
-        let body = resp
-            .into_body()
+        let body = http_body_util::Limited::new(resp.into_body(), METRICS_BODY_CAP)
             .collect()
             .await
-            .map_err(|e| format!("{e}"))?
+            .map_err(
+                |e| match e.downcast_ref::<http_body_util::LengthLimitError>() {
+                    Some(_) => format!("a metrics page over {METRICS_BODY_CAP} bytes"),
+                    None => format!("{e}"),
+                },
+            )?
             .to_bytes();
         QueueReport::parse(&String::from_utf8_lossy(&body))
             .ok_or_else(|| "not a relay's metrics".to_string())
@@ -83,13 +108,20 @@ pub async fn scrape(pod: &Pod) -> Result<QueueReport, String> {
         .map_err(|_| format!("no answer in {SCRAPE_TIMEOUT:?}"))?
 }
 
-/// The pods of `relay` that run (and so have a metrics endpoint), by name.
+/// The pods of `relay` that run (and so have a metrics endpoint), by name: only those its
+/// StatefulSet controls, not any pod that wears its labels.
 fn running_pods(relay: &SmtpRelay, pods: &Store<Pod>) -> Vec<std::sync::Arc<Pod>> {
     let mut of = crate::fingerprint::pods_of(relay, pods);
+    let name = relay.name_any();
     of.retain(|p| {
-        p.status
-            .as_ref()
-            .is_some_and(|s| s.phase.as_deref() == Some("Running") && s.pod_ip.is_some())
+        let controlled = p
+            .owner_references()
+            .iter()
+            .any(|o| o.controller == Some(true) && o.kind == "StatefulSet" && o.name == name);
+        controlled
+            && p.status
+                .as_ref()
+                .is_some_and(|s| s.phase.as_deref() == Some("Running") && s.pod_ip.is_some())
     });
     of
 }
@@ -267,6 +299,7 @@ async fn observe_once(
     }
     futures::stream::iter(work)
         .map(|(relay, running): (std::sync::Arc<SmtpRelay>, _)| async move {
+            // Each scrape waits for its permit: a relay with many replicas holds no more.
             let reports = futures::future::join_all(running.iter().map(|pod| async move {
                 (pod.name_any(), scrape(pod).await)
             }))
@@ -344,6 +377,85 @@ pub async fn observe(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::core::v1::PodStatus;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn an_endless_metrics_page_is_cut_at_the_cap() {
+        // A pod of a tenant's image that answers forever: the operator reads at most the cap.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.expect("accept");
+            let mut request = [0u8; 1024];
+            let _ = conn.read(&mut request).await;
+            let head =
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n";
+            conn.write_all(head.as_bytes()).await.expect("head");
+            let chunk = format!(
+                "{:x}\r\n{}\r\n",
+                64 * 1024,
+                "# x"
+                    .repeat(64 * 1024 / 3 + 1)
+                    .get(..64 * 1024)
+                    .unwrap_or_default()
+            );
+            let mut sent = 0usize;
+            // Until the operator hangs up (or far past the cap, for a failing test to end).
+            while sent < 64 * 1024 * 1024 && conn.write_all(chunk.as_bytes()).await.is_ok() {
+                sent += 64 * 1024;
+            }
+            sent
+        });
+        let uri: http::Uri = format!("http://{addr}/metrics").parse().expect("uri");
+        let err = scrape_uri(uri).await.expect_err("refused");
+        assert_eq!(err, format!("a metrics page over {METRICS_BODY_CAP} bytes"));
+        let sent = server.await.expect("server");
+        assert!(
+            sent < 64 * 1024 * 1024,
+            "the operator hung up: {sent} bytes sent"
+        );
+    }
+
+    #[test]
+    fn only_the_pods_of_the_relays_statefulset_are_scraped() {
+        let relay = crate::fixtures::relay("r1");
+        let pod = |name: &str, controller: Option<&str>| Pod {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("mail".into()),
+                labels: Some(crate::builders::selector_labels(&relay)),
+                owner_references: controller.map(|c| {
+                    vec![OwnerReference {
+                        kind: "StatefulSet".into(),
+                        name: c.into(),
+                        controller: Some(true),
+                        ..OwnerReference::default()
+                    }]
+                }),
+                ..ObjectMeta::default()
+            },
+            status: Some(PodStatus {
+                phase: Some("Running".into()),
+                pod_ip: Some("10.0.0.9".into()),
+                ..PodStatus::default()
+            }),
+            ..Pod::default()
+        };
+        let pods = crate::fixtures::store(vec![
+            pod("r1-0", Some("r1")),
+            pod("wears-its-labels", None),
+            pod("another-0", Some("another")),
+        ]);
+        let names: Vec<String> = running_pods(&relay, &pods)
+            .iter()
+            .map(|p| p.name_any())
+            .collect();
+        assert_eq!(names, ["r1-0"]);
+    }
 
     fn report(
         queued: u64,

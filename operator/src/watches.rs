@@ -59,23 +59,27 @@ where
 
 /// What the caches keep of an object's metadata, the rest dropped on arrival: its name,
 /// namespace and resourceVersion (all [`crate::fingerprint`] reads), the references to an
-/// SmtpRelay owning it (the watches' triggers), and with `selector_labels` the
-/// `app.kubernetes.io/` labels (a pod's relay, [`relay_of_pod`]). Not kept: managedFields,
+/// SmtpRelay owning it (the watches' triggers), and of a `pod` the `app.kubernetes.io/` labels
+/// (its relay, [`relay_of_pod`]) and its controlling StatefulSet (only the relay's own pods
+/// are scraped, [`crate::queue`]). Not kept: managedFields,
 /// annotations (where `kubectl apply` keeps a whole copy of what it applied; of a Secret, its
 /// data), other labels and owners, uids and timestamps; for a thousand relays, several thousand
 /// objects of which nothing else is read.
-fn cached_meta(meta: ObjectMeta, selector_labels: bool) -> ObjectMeta {
+fn cached_meta(meta: ObjectMeta, pod: bool) -> ObjectMeta {
     let owner_references = meta
         .owner_references
         .map(|refs| {
             refs.into_iter()
-                .filter(|o| o.kind == SmtpRelay::kind(&()))
+                .filter(|o| {
+                    o.kind == SmtpRelay::kind(&())
+                        || (pod && o.kind == "StatefulSet" && o.controller == Some(true))
+                })
                 .collect::<Vec<_>>()
         })
         .filter(|refs| !refs.is_empty());
     let labels = meta
         .labels
-        .filter(|_| selector_labels)
+        .filter(|_| pod)
         .map(|labels| {
             labels
                 .into_iter()
@@ -348,6 +352,15 @@ mod tests {
             Some(ObjectRef::new("mail").within("apps"))
         );
         let pod = cached_meta(meta(), true);
+        assert_eq!(
+            pod.owner_references
+                .iter()
+                .flatten()
+                .map(|o| o.kind.as_str())
+                .collect::<Vec<_>>(),
+            ["StatefulSet", "SmtpRelay"],
+            "a pod's controller is kept: only the relay's StatefulSet's pods are scraped"
+        );
         assert_eq!(
             pod.labels
                 .as_ref()
