@@ -447,6 +447,72 @@ fn sessions(upstream: &Relay) -> Vec<String> {
         .collect()
 }
 
+/// Sends a message for `rcpt` through `relay`, which logs in to `upstream`, and checks that
+/// `upstream` got no AUTH command: the message deferred (not returned) because the relayhost's
+/// certificate was not verified, counted as a TLS failure, no login answered.
+fn deferred_without_a_login(what: &str, upstream: &Relay, relay: &Relay, sink: &Sink, rcpt: &str) {
+    send(
+        relay.addr(),
+        NET_CLIENT,
+        None,
+        "app@example.net",
+        rcpt,
+        &marker(rcpt),
+    )
+    .expect("the relay itself accepts the message");
+    relay.wait_deferred(rcpt);
+    let log = relay.mail_log();
+    assert!(
+        log.lines().any(|l| l.contains(&format!("to=<{rcpt}>"))
+            && l.contains("status=deferred")
+            && l.contains("Server certificate not verified")),
+        "{what}: deferred because the relayhost did not prove its name:\n{log}"
+    );
+    assert!(!log.contains("status=bounced"), "{what}: nothing returned");
+    assert!(relay.queued() >= 1, "{what}: the message stays queued");
+    assert!(!sink.delivered_to(rcpt), "{what}");
+    assert!(
+        relay.metric("smtp_relay_relayhost_errors_total{reason=\"tls\"}") >= Some(1.0),
+        "{what}: counted as a TLS failure:\n{}",
+        relay.metrics()
+    );
+    assert_eq!(
+        relay.metric("smtp_relay_relayhost_login{state=\"unknown\"}"),
+        Some(1.0),
+        "{what}: no login was answered, none was sent"
+    );
+    let seen = sessions(upstream);
+    assert!(
+        seen.iter().any(|l| l.contains("starttls=1")),
+        "{what}: the relay reached the upstream and started TLS: {seen:?}"
+    );
+    assert!(
+        seen.iter().all(|l| !l.contains(" auth=")),
+        "{what}: no AUTH command reached the upstream: {seen:?}"
+    );
+}
+
+/// A relay logging in with OAuth2 (client credentials from `endpoint`) to `[localhost]:port`
+/// at the default level, trusting `ca`.
+fn relay_with_oauth2_to(port: u16, ca: &std::path::Path, endpoint: &TokenServer) -> Relay {
+    let mut spec = RelaySpec::new(Input::file(config(port, Mode::AllowNetAuthNoDomain)));
+    let id = spec.write("oauth2/client-id", "app");
+    let secret = spec.write("oauth2/client-secret", "app-secret");
+    if let Input::File(cfg) = &mut spec.input {
+        cfg.relayhost.host = "localhost".into();
+        cfg.relayhost.tls_level = None;
+        cfg.relayhost.tls_ca_file = Some(ca.to_path_buf());
+        cfg.relayhost.oauth2 = Some(smtp_relay::config_file::OAuth2File {
+            user: "sender@example.net".into(),
+            token_endpoint: endpoint.url(),
+            client_id_file: Some(id),
+            client_secret_file: Some(secret),
+            ..Default::default()
+        });
+    }
+    spec.start()
+}
+
 /// Issue 26, (b): a relayhost that cannot prove its name (a certificate from the right CA for
 /// another name or address, or for its name from a CA nobody gave the relay) gets neither the
 /// password nor an OAuth2 token: no AUTH command reaches it, the mail waits in the queue (never
@@ -475,24 +541,6 @@ fn a_relayhost_that_cannot_prove_its_name_gets_no_login() {
         delay: std::time::Duration::ZERO,
         service_account: None,
     });
-    let oauth2 = |port: u16| {
-        let mut spec = RelaySpec::new(Input::file(config(port, Mode::AllowNetAuthNoDomain)));
-        let id = spec.write("oauth2/client-id", "app");
-        let secret = spec.write("oauth2/client-secret", "app-secret");
-        if let Input::File(cfg) = &mut spec.input {
-            cfg.relayhost.host = "localhost".into();
-            cfg.relayhost.tls_level = None;
-            cfg.relayhost.tls_ca_file = Some(ca.clone());
-            cfg.relayhost.oauth2 = Some(smtp_relay::config_file::OAuth2File {
-                user: "sender@example.net".into(),
-                token_endpoint: endpoint.url(),
-                client_id_file: Some(id),
-                client_secret_file: Some(secret),
-                ..Default::default()
-            });
-        }
-        spec.start()
-    };
     let cases = [
         (
             "another name",
@@ -527,48 +575,19 @@ fn a_relayhost_that_cannot_prove_its_name_gets_no_login() {
                 ("user", password),
             ),
         ),
-        ("an OAuth2 token", &impostor, oauth2(impostor.addr().port())),
+        (
+            "an OAuth2 token",
+            &impostor,
+            relay_with_oauth2_to(impostor.addr().port(), &ca, &endpoint),
+        ),
     ];
     for (i, (what, upstream, relay)) in cases.iter().enumerate() {
-        let rcpt = format!("impostor{i}@elsewhere.org");
-        send(
-            relay.addr(),
-            NET_CLIENT,
-            None,
-            "app@example.net",
-            &rcpt,
-            &marker(&rcpt),
-        )
-        .expect("the relay itself accepts the message");
-        relay.wait_deferred(&rcpt);
-        let log = relay.mail_log();
-        assert!(
-            log.lines().any(|l| l.contains(&format!("to=<{rcpt}>"))
-                && l.contains("status=deferred")
-                && l.contains("Server certificate not verified")),
-            "{what}: deferred because the relayhost did not prove its name:\n{log}"
-        );
-        assert!(!log.contains("status=bounced"), "{what}: nothing returned");
-        assert!(relay.queued() >= 1, "{what}: the message stays queued");
-        assert!(!sink.delivered_to(&rcpt), "{what}");
-        assert!(
-            relay.metric("smtp_relay_relayhost_errors_total{reason=\"tls\"}") >= Some(1.0),
-            "{what}: counted as a TLS failure:\n{}",
-            relay.metrics()
-        );
-        assert_eq!(
-            relay.metric("smtp_relay_relayhost_login{state=\"unknown\"}"),
-            Some(1.0),
-            "{what}: no login was answered, none was sent"
-        );
-        let seen = sessions(upstream);
-        assert!(
-            seen.iter().any(|l| l.contains("starttls=1")),
-            "{what}: the relay reached the upstream and started TLS: {seen:?}"
-        );
-        assert!(
-            seen.iter().all(|l| !l.contains(" auth=")),
-            "{what}: no AUTH command reached the upstream: {seen:?}"
+        deferred_without_a_login(
+            what,
+            upstream,
+            relay,
+            &sink,
+            &format!("impostor{i}@elsewhere.org"),
         );
     }
     assert!(
