@@ -4,6 +4,7 @@ pub mod config_file;
 pub mod drain;
 pub mod error;
 pub mod guard;
+pub mod http_server;
 pub mod inputs;
 pub mod kube_api;
 pub mod liveness;

@@ -50,16 +50,22 @@ pub fn router(state: HttpState) -> Router {
         .with_state(state)
 }
 
-/// Serves the endpoints until `shutdown` resolves.
+/// Serves the endpoints until `shutdown` resolves, within the limits every small endpoint of
+/// the project keeps (connections, request heads, time: [`smtp_relay::http_server`]): a pod
+/// that reaches the port cannot hold the operator's memory.
 pub async fn serve(
     addr: SocketAddr,
     state: HttpState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    smtp_relay::http_server::serve(
+        listener,
+        router(state),
+        smtp_relay::http_server::LIMITS,
+        shutdown,
+    )
+    .await
 }
 
 #[cfg(test)]
