@@ -38,10 +38,10 @@ pub const INTERVAL: Duration = Duration::from_secs(30);
 pub const FIRST_LOOK: Duration = Duration::from_secs(5);
 
 /// How long reading a pod's metrics may take.
-const SCRAPE_TIMEOUT: Duration = Duration::from_secs(3);
+pub const SCRAPE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Pods read at once, over all relays (one semaphore, whatever the replicas of each).
-const SCRAPES_AT_ONCE: usize = 16;
+pub const SCRAPES_AT_ONCE: usize = 16;
 
 /// The most of a metrics page that is read. A relay's is a few KiB; a pod that answers more
 /// (an image of a tenant's choosing: `spec.image`) is refused, not buffered, so all the scrapes
