@@ -309,34 +309,32 @@ impl Metrics {
     }
 
     /// Updates counters from one line of Postfix's mail log.
+    ///
+    /// Only Postfix's own words are read: each line is parsed along the layout Postfix writes,
+    /// and whatever a client chose (addresses, HELO name, commands it quoted) is stepped over
+    /// by its delimiters, never searched. Lines that are not in the expected layout change
+    /// nothing.
     pub fn observe_log_line(&self, line: &str) {
         let Some((program, message)) = postfix_program(line) else {
             return;
         };
         match program {
             "smtp" | "relay" | "error" | "lmtp" => {
-                if let Some(status) = field(message, "status=") {
-                    self.delivery(program, status, message);
+                if let Some(attempt) = delivery(message) {
+                    self.delivery(program, attempt);
                 }
             }
             "smtpd" => {
                 if message.starts_with("connect from ") {
                     self.connections.inc();
-                } else if let Some(rest) = message.split_once(": reject: ").map(|(_, r)| r) {
-                    // "RCPT from host[ip]: 554 5.7.1 <...>: Relay access denied; ..."
-                    if let Some(code) = rest
-                        .split(": ")
-                        .nth(1)
-                        .and_then(|r| r.split_whitespace().next())
-                    {
-                        self.rejects
-                            .get_or_create(&RejectLabels {
-                                code: bounded_code(code),
-                                reason: reject_reason(rest).into(),
-                            })
-                            .inc();
-                    }
-                } else if message.contains("authentication failed") {
+                } else if let Some((code, reason)) = reject(message) {
+                    self.rejects
+                        .get_or_create(&RejectLabels {
+                            code: bounded_code(code),
+                            reason: reason.into(),
+                        })
+                        .inc();
+                } else if sasl_login_failed(message) {
                     self.sasl_failures.inc();
                 }
             }
@@ -345,7 +343,8 @@ impl Metrics {
     }
 
     /// One recipient's delivery attempt: `status=sent (...)`, `status=deferred (...)`, ...
-    fn delivery(&self, program: &str, status: &str, message: &str) {
+    fn delivery(&self, program: &str, attempt: Delivery<'_>) {
+        let Delivery { status, why } = attempt;
         let to_relayhost = program != "error";
         if status == "sent" {
             let mut last = self.last_sent.lock().unwrap_or_else(|e| e.into_inner());
@@ -357,9 +356,6 @@ impl Metrics {
                 self.set_login("accepted");
             }
         } else if to_relayhost && matches!(status, "deferred" | "bounced") {
-            let why = message
-                .split_once(&format!("status={status} ("))
-                .map_or("", |(_, why)| why);
             let reason = relayhost_error(why);
             if reason == "login" {
                 self.set_login("refused");
@@ -513,18 +509,294 @@ impl QueueReport {
     }
 }
 
-/// `postfix/smtpd[123]: message` → ("smtpd", "message"), wherever the line's prefix ends.
+/// `Dec  6 08:50:44 host postfix/smtpd[123]: message` → ("smtpd", "message"). The prefix
+/// (time, host, `syslog_name/program[pid]`) is Postfix's and holds no `": "`: the first one
+/// ends it, whatever the message says.
 fn postfix_program(line: &str) -> Option<(&str, &str)> {
-    let start = line.find("postfix")?;
-    let rest = &line[start..];
-    let (tag, message) = rest.split_once(": ")?;
-    let program = tag.rsplit('/').next()?.split('[').next()?;
+    let (prefix, message) = line.split_once(": ")?;
+    let tag = prefix.rsplit(' ').next()?;
+    let (name, pid) = tag.strip_suffix(']')?.rsplit_once('[')?;
+    if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let (_, program) = name.rsplit_once('/')?;
     Some((program, message))
 }
 
-fn field<'a>(message: &'a str, key: &str) -> Option<&'a str> {
-    let at = message.find(key)? + key.len();
-    message[at..].split([' ', ',']).next()
+/// What a delivery agent logged for one recipient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Delivery<'a> {
+    /// `sent`, `deferred`, `bounced`, ...
+    status: &'a str,
+    /// The text in parentheses after the status: why.
+    why: &'a str,
+}
+
+/// A delivery agent's line about one recipient, in the layout Postfix writes:
+/// `QUEUEID: to=<ADDRESS>[, orig_to=<ADDRESS>], relay=..., [conn_use=N, ]delay=...,
+/// delays=..., dsn=X.Y.Z, status=STATUS (WHY)`. The addresses are the client's; everything
+/// after them is Postfix's, so they are stepped over (see [`address_end`]) and the fields
+/// are read after them.
+fn delivery(message: &str) -> Option<Delivery<'_>> {
+    let (queue_id, rest) = message.split_once(": ")?;
+    if !is_queue_id(queue_id) {
+        return None;
+    }
+    let rest = rest.strip_prefix("to=<")?;
+    let mut rest = rest.get(address_end(rest)?..)?;
+    if let Some(orig) = rest.strip_prefix(", orig_to=<") {
+        rest = orig.get(address_end(orig)?..)?;
+    }
+    let rest = rest.strip_prefix(", relay=")?;
+    let (_, rest) = rest.split_once(", dsn=")?;
+    let (dsn, rest) = rest.split_once(", status=")?;
+    if !is_dsn(dsn) {
+        return None;
+    }
+    let (status, why) = rest.split_once(' ').unwrap_or((rest, ""));
+    let why = why
+        .strip_prefix('(')
+        .and_then(|w| w.strip_suffix(')'))
+        .unwrap_or(why);
+    Some(Delivery { status, why })
+}
+
+/// A queue ID: letters and digits (short or long form).
+fn is_queue_id(id: &str) -> bool {
+    !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+/// An enhanced status code: `2.0.0`, `4.4.1`, `5.7.139`.
+fn is_dsn(dsn: &str) -> bool {
+    let parts: Vec<&str> = dsn.split('.').collect();
+    parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Where an address Postfix logged between `<` and `>` ends: the index just past its `>`, in
+/// `text` that starts right after the `<`.
+///
+/// Postfix logs addresses in their external form (`info_log_address_format = external`): a
+/// local part that holds anything but letters, digits and a few marks is quoted
+/// (`"status=sent x"@example.net`), and inside the quotes `"` and `\` are escaped with `\`
+/// (as are 8-bit characters, which the log then shows as `?`). The domain holds no `>`, `"`
+/// or `<`: smtpd refuses such an address (`501 5.1.3 Bad recipient address syntax`). So the
+/// first `>` outside quotes ends the address.
+fn address_end(text: &str) -> Option<usize> {
+    let (mut quoted, mut escaped) = (false, false);
+    for (i, b) in text.bytes().enumerate() {
+        if escaped {
+            escaped = false;
+        } else if quoted {
+            match b {
+                b'\\' => escaped = true,
+                b'"' => quoted = false,
+                _ => {}
+            }
+        } else {
+            match b {
+                b'"' => quoted = true,
+                b'>' => return Some(i + 1),
+                _ => {}
+            }
+        }
+    }
+    None
+}
+
+/// Where the address that ends `text` (with its `>`) starts: the index of its `<`. The
+/// reverse of [`address_end`]: after the domain (no `"` nor `<` in it), a quoted local part
+/// opens at the first `"` back that is preceded by an even number of `\` (each `\` inside the
+/// quotes escapes one character; a quote after an odd number is an escaped one).
+fn address_start(text: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let body = bytes.strip_suffix(b">")?;
+    let mut i = body.len();
+    // Back over the domain and an unquoted local part, to the '<' or a closing quote.
+    loop {
+        i = i.checked_sub(1)?;
+        match body[i] {
+            b'<' => return Some(i),
+            b'"' => break,
+            _ => {}
+        }
+    }
+    // Back over the quoted local part, to its opening quote; a '<' must come before it.
+    loop {
+        i = i.checked_sub(1)?;
+        if body[i] == b'"' {
+            let backslashes = body[..i].iter().rev().take_while(|&&b| b == b'\\').count();
+            if backslashes % 2 == 0 {
+                let open = i.checked_sub(1)?;
+                return (body[open] == b'<').then_some(open);
+            }
+        }
+    }
+}
+
+/// An address as Postfix logs it (external form) in its internal form, as smtpd's replies
+/// name it: the local part's quotes and escapes removed.
+fn unquoted(address: &str) -> std::borrow::Cow<'_, str> {
+    let Some(quoted) = address.strip_prefix('"') else {
+        return address.into();
+    };
+    let mut local = String::with_capacity(address.len());
+    let mut chars = quoted.char_indices();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '\\' => local.extend(chars.next().map(|(_, c)| c)),
+            '"' => {
+                local.push_str(&quoted[i + 1..]);
+                return local.into();
+            }
+            _ => local.push(c),
+        }
+    }
+    address.into()
+}
+
+/// What a client's values in a reject line are: `from=<S> to=<R> proto=P helo=<H>`, each but
+/// `proto` maybe absent.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct ClientValues<'a> {
+    sender: Option<&'a str>,
+    recipient: Option<&'a str>,
+    helo: Option<&'a str>,
+}
+
+/// Splits `TEXT; from=<S> to=<R> proto=P helo=<H>` (smtpd's reply, then the client's values)
+/// into the reply and the values, reading from the right: the HELO name holds no `<` (smtpd
+/// writes `?` for it, as for spaces and `>`), the protocol is one word, and the addresses'
+/// starts are found by [`address_start`]. `None` when the end of the line is not in that
+/// layout.
+fn client_values(text: &str) -> Option<(&str, ClientValues<'_>)> {
+    let mut values = ClientValues::default();
+    let mut rest = text;
+    if let Some((before, helo)) = rest
+        .strip_suffix('>')
+        .and_then(|r| r.rsplit_once(" helo=<"))
+        .filter(|(_, helo)| !helo.contains(['<', '>']))
+    {
+        values.helo = Some(helo);
+        rest = before;
+    }
+    let (before, proto) = rest.rsplit_once(" proto=")?;
+    if proto.is_empty() || !proto.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return None;
+    }
+    rest = before;
+    for (key, slot) in [
+        (" to=", &mut values.recipient),
+        (" from=", &mut values.sender),
+    ] {
+        if !rest.ends_with('>') {
+            continue;
+        }
+        let start = address_start(rest)?;
+        let (before, address) = rest.split_at(start);
+        if let Some(before) = before.strip_suffix(key) {
+            *slot = address.get(1..address.len() - 1);
+            rest = before;
+        } else if key == " to=" {
+            // A sender alone.
+            continue;
+        } else {
+            return None;
+        }
+    }
+    Some((rest.strip_suffix(';')?, values))
+}
+
+/// A reject line of smtpd, in the layout Postfix writes: `QUEUEID: reject: CMD from
+/// NAME[ADDR]: CODE X.Y.Z TEXT; from=<S> to=<R> proto=P helo=<H>`, where TEXT is
+/// `<WHAT>: REASON` (WHAT: the address, HELO name or client it refused, as the client gave it)
+/// or a REASON alone. Returns the code and the reason (see [`REJECT_REASONS`]), read from
+/// REASON only: WHAT is found by its value (the client's values at the end of the line are
+/// stepped over from the right, see [`client_values`]), so whatever the client sent, the words
+/// read are smtpd's. A WHAT that is none of the values (or a line whose end is not in that
+/// layout) gives `other`.
+fn reject(message: &str) -> Option<(&str, &'static str)> {
+    let (queue_id, rest) = message.split_once(": reject: ")?;
+    if queue_id != "NOQUEUE" && !is_queue_id(queue_id) {
+        return None;
+    }
+    let (command, rest) = rest.split_once(" from ")?;
+    if command.is_empty() || !command.bytes().all(|b| b.is_ascii_uppercase() || b == b'-') {
+        return None;
+    }
+    let (client, rest) = client_name(rest)?;
+    let (code, rest) = rest.split_once(' ').unwrap_or((rest, ""));
+    if code.len() != 3 || !code.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let rest = match rest.split_once(' ') {
+        Some((dsn, text)) if is_dsn(dsn) => text,
+        _ => rest,
+    };
+    let Some((text, values)) = client_values(rest) else {
+        // Not smtpd's layout: a reply naming what it refused cannot be told from the client's
+        // values; one naming nothing is smtpd's words up to the first ';'.
+        return Some(match rest.strip_prefix('<') {
+            Some(_) => (code, "other"),
+            None => (code, reject_reason(rest.split(';').next().unwrap_or(""))),
+        });
+    };
+    let reason = match text.strip_prefix('<') {
+        None => text,
+        Some(named) => {
+            let address = client.split_once('[').map(|(_, a)| a.trim_end_matches(']'));
+            let candidates = [
+                values.recipient.map(unquoted),
+                values.sender.map(unquoted),
+                values.helo.map(Into::into),
+                Some(client.into()),
+                address.map(Into::into),
+                Some(command.into()),
+            ];
+            let Some(reason) = candidates
+                .iter()
+                .flatten()
+                .filter_map(|what| named.strip_prefix(what.as_ref())?.strip_prefix(">: "))
+                // The longest WHAT leaves the shortest REASON: a part of smtpd's words.
+                .min_by_key(|reason| reason.len())
+            else {
+                return Some((code, "other"));
+            };
+            reason
+        }
+    };
+    Some((code, reject_reason(reason)))
+}
+
+/// `NAME[ADDR]: rest` or `NAME[ADDR]:PORT: rest` (with `smtpd_client_port_logging`) →
+/// (`NAME[ADDR]`, `rest`). NAME is `unknown` or a name whose address was checked in the DNS.
+fn client_name(text: &str) -> Option<(&str, &str)> {
+    let close = text.find(']')?;
+    let (client, rest) = text.split_at(close + 1);
+    if !client.contains('[') || client.contains(' ') {
+        return None;
+    }
+    let rest = rest.strip_prefix(':')?;
+    let rest = rest.strip_prefix(' ').or_else(|| {
+        rest.trim_start_matches(|c: char| c.is_ascii_digit())
+            .strip_prefix(": ")
+    })?;
+    Some((client, rest))
+}
+
+/// `warning: NAME[ADDR]: SASL MECHANISM authentication failed: ...`: smtpd's words around
+/// the client's name and the mechanism it named (one word: commands are split at spaces).
+fn sasl_login_failed(message: &str) -> bool {
+    let Some((_, rest)) = message.strip_prefix("warning: ").and_then(client_name) else {
+        return false;
+    };
+    rest.strip_prefix("SASL ")
+        .and_then(|r| r.split_once(' '))
+        .is_some_and(|(mechanism, r)| {
+            !mechanism.is_empty() && r.starts_with("authentication failed")
+        })
 }
 
 /// Messages in each of Postfix's queues under `spool`, in the order of [`QUEUES`].
@@ -562,28 +834,38 @@ fn bounded_code(code: &str) -> String {
     }
 }
 
-/// The reason of an smtpd reject, from its text (see [`REJECT_REASONS`]).
+/// The reason of an smtpd reject, from smtpd's words (see [`REJECT_REASONS`]): the first said.
 fn reject_reason(text: &str) -> &'static str {
     REJECT_REASONS
         .iter()
-        .find(|(said, _)| text.contains(said))
+        .filter_map(|(said, reason)| text.find(said).map(|at| (at, *reason)))
+        .min_by_key(|(at, _)| *at)
         .map_or("other", |(_, reason)| reason)
 }
 
 /// The cause of a failed delivery attempt to the relayhost, from the text Postfix logs after
-/// `status=deferred (` or `status=bounced (` (one of [`RELAYHOST_ERRORS`]).
+/// `status=deferred (` or `status=bounced (` (one of [`RELAYHOST_ERRORS`]). Only Postfix's
+/// own words are read: what the relayhost answered follows ` said: ` and may quote the
+/// client's addresses back.
 fn relayhost_error(why: &str) -> &'static str {
-    if why.contains("SASL authentication failed") || why.contains("cannot authenticate") {
+    let why = why
+        .strip_prefix("delivery temporarily suspended: ")
+        .unwrap_or(why);
+    let (own, answered) = match why.split_once(" said: ") {
+        Some((own, _)) => (own, true),
+        None => (why, false),
+    };
+    if own.contains("SASL authentication failed") || own.contains("cannot authenticate") {
         "login"
-    } else if why.contains("TLS") || why.contains("certificate") {
+    } else if own.contains("TLS") || own.contains("certificate") {
         "tls"
-    } else if why.contains(" said: ") {
+    } else if answered {
         "refused"
-    } else if why.starts_with("connect to ")
-        || why.contains("lost connection")
-        || why.contains("conversation with")
-        || why.contains("Host or domain name not found")
-        || why.contains("Name service error")
+    } else if own.starts_with("connect to ")
+        || own.contains("lost connection")
+        || own.contains("conversation with")
+        || own.contains("Host or domain name not found")
+        || own.contains("Name service error")
     {
         "connect"
     } else {
@@ -801,15 +1083,15 @@ mod tests {
             "Nov 25 02:30:00 relay postfix/smtpd[12]: connect from unknown[127.0.0.3]",
         );
         m.observe_log_line("Nov 25 02:30:00 relay postfix/smtpd[12]: NOQUEUE: reject: RCPT from unknown[127.0.0.3]: 554 5.7.1 <a@b.c>: Relay access denied; from=<x@example.net> to=<a@b.c> proto=ESMTP helo=<t>");
-        m.observe_log_line("Nov 25 02:30:01 relay postfix/smtp[13]: 4XYZ: to=<a@example.net>, relay=127.0.0.1[127.0.0.1]:2526, delay=0.1, status=sent (250 Ok)");
-        m.observe_log_line("Nov 25 02:30:01 relay postfix/relay[13]: 4XYZ: to=<b@example.net>, relay=none, delay=0.1, status=deferred (connect to 127.0.0.1[127.0.0.1]:2526: Connection refused)");
+        m.observe_log_line("Nov 25 02:30:01 relay postfix/smtp[13]: 4XYZ: to=<a@example.net>, relay=127.0.0.1[127.0.0.1]:2526, delay=0.1, delays=0.1/0/0/0, dsn=2.0.0, status=sent (250 Ok)");
+        m.observe_log_line("Nov 25 02:30:01 relay postfix/relay[13]: 4XYZ: to=<b@example.net>, relay=none, delay=0.1, delays=0.1/0/0/0, dsn=4.4.1, status=deferred (connect to 127.0.0.1[127.0.0.1]:2526: Connection refused)");
         m.observe_log_line("Nov 25 02:30:02 relay postfix/smtpd[12]: warning: unknown[127.0.0.3]: SASL PLAIN authentication failed: authentication failure");
-        m.observe_log_line("Nov 25 02:30:03 relay postfix/smtp[14]: 5ABC: to=<c@example.net>, relay=up[127.0.0.1]:2526, delay=0.2, status=bounced (host up[127.0.0.1] said: 550 5.1.1 no such user (in reply to RCPT TO command))");
+        m.observe_log_line("Nov 25 02:30:03 relay postfix/smtp[14]: 5ABC: to=<c@example.net>, relay=up[127.0.0.1]:2526, conn_use=2, delay=0.2, delays=0.1/0/0/0.1, dsn=5.1.1, status=bounced (host up[127.0.0.1] said: 550 5.1.1 no such user (in reply to RCPT TO command))");
         m.observe_log_line("Nov 25 02:30:04 relay postfix/smtpd[12]: NOQUEUE: reject: RCPT from unknown[127.0.0.3]: 450 4.7.1 <x>: Helo command rejected: Host not found; from=<> to=<a@b.c> proto=ESMTP helo=<x>");
         assert!(m
             .encode()
             .contains("smtp_relay_relayhost_login{state=\"accepted\"} 1"));
-        m.observe_log_line("Nov 25 02:30:05 relay postfix/smtp[14]: 6ABC: to=<d@example.net>, relay=up[127.0.0.1]:2526, delay=0.2, status=deferred (SASL authentication failed; server up[127.0.0.1] said: 535 5.7.8 Error: authentication failed)");
+        m.observe_log_line("Nov 25 02:30:05 relay postfix/smtp[14]: 6ABC: to=<d@example.net>, relay=up[127.0.0.1]:2526, delay=0.2, delays=0.1/0/0/0.1, dsn=4.7.8, status=deferred (SASL authentication failed; server up[127.0.0.1] said: 535 5.7.8 Error: authentication failed)");
         let text = m.encode();
         for expected in [
             "smtp_relay_smtpd_connections_total 1",
@@ -829,6 +1111,221 @@ mod tests {
             "smtp_relay_queue_messages{queue=\"deferred\"} 1",
         ] {
             assert!(text.contains(expected), "missing {expected} in\n{text}");
+        }
+    }
+
+    fn assert_page(m: &Metrics, expected: &[&str], absent: &[&str]) {
+        let text = m.encode();
+        for line in expected {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+        for part in absent {
+            assert!(!text.contains(part), "unexpected {part} in\n{text}");
+        }
+    }
+
+    /// Delivery lines as Postfix wrote them for recipients that spell its own fields (issue
+    /// 40): the status and the cause are Postfix's, after the recipient, never the recipient's.
+    #[test]
+    fn a_recipient_cannot_write_the_delivery_status() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Metrics::new(dir.path());
+        m.set_logs_in(true);
+        let refused = "relay=none, delay=0.04, delays=0.02/0.02/0/0, dsn=4.4.1, status=deferred (connect to 127.0.0.1[127.0.0.1]:22525: Connection refused)";
+        for to in [
+            r#"to=<"status=sent x"@elsewhere.org>"#,
+            r#"to=<"x, dsn=2.0.0, status=sent (250"@elsewhere.org>"#,
+            // An escaped quote does not end the quoted local part.
+            r#"to=<"q\"x>, relay=none, delay=0, delays=0/0/0/0, dsn=2.0.0, status=sent (250"@elsewhere.org>"#,
+            // An unqualified recipient: Postfix logs the address it completed and the one given.
+            r#"to=<"status=sent y"@example.net>, orig_to=<"status=sent y">"#,
+        ] {
+            m.observe_log_line(&format!(
+                "Dec 06 08:50:44 relay postfix/smtp[6347]: 4jhzTc2fMJz1SCdf: {to}, {refused}"
+            ));
+        }
+        m.observe_log_line(r#"Dec 06 08:50:44 relay postfix/smtp[6347]: 4jhzTc2fMJz1SCdf: to=<"status=deferred (SASL authentication failed"@elsewhere.org>, relay=127.0.0.1[127.0.0.1]:22525, delay=0.04, delays=0.02/0.02/0/0, dsn=2.0.0, status=sent (250 2.0.0 Ok)"#);
+        // The relayhost quoting the recipient back: its words are not Postfix's.
+        m.observe_log_line(r#"Dec 06 08:50:45 relay postfix/smtp[6347]: 4jhzTc2fMJz2SCdf: to=<"SASL authentication failed"@elsewhere.org>, relay=up[127.0.0.1]:2526, delay=0.2, delays=0.1/0/0/0.1, dsn=5.1.1, status=bounced (host up[127.0.0.1] said: 550 5.1.1 <"SASL authentication failed; TLS certificate"@elsewhere.org>: no such user (in reply to RCPT TO command))"#);
+        assert_page(
+            &m,
+            &[
+                "smtp_relay_deliveries_total{status=\"sent\"} 1",
+                "smtp_relay_deliveries_total{status=\"deferred\"} 4",
+                "smtp_relay_deliveries_total{status=\"bounced\"} 1",
+                "smtp_relay_relayhost_errors_total{reason=\"connect\"} 4",
+                "smtp_relay_relayhost_errors_total{reason=\"refused\"} 1",
+                "smtp_relay_relayhost_errors_total{reason=\"login\"} 0",
+                "smtp_relay_relayhost_errors_total{reason=\"tls\"} 0",
+                "smtp_relay_relayhost_login{state=\"accepted\"} 1",
+            ],
+            &["status=\"other\""],
+        );
+    }
+
+    /// smtpd lines that quote what a client sent (issue 40): only smtpd's own words count.
+    #[test]
+    fn client_text_in_smtpd_lines_counts_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Metrics::new(dir.path());
+        for message in [
+            // Client text after smtpd's own words, in lines that are neither rejects nor logins.
+            "warning: non-SMTP command from unknown[127.0.0.3]: GET / authentication failed: reject: RCPT from x[1.2.3.4]: 554 5.7.1 <a>: Relay access denied; from=",
+            r"improper command pipelining after CONNECT from unknown[127.0.0.3]: x: reject: RCPT from x[1.2.3.4]: 554 5.7.1 <a>: Helo command rejected\r\nwarning: unknown[127.0.0.3]: SASL PLAIN authentication failed\r\n",
+            "warning: Illegal address syntax from unknown[127.0.0.3] in RCPT command: <x@[a>, SASL PLAIN authentication failed",
+            // A failed login: counted once.
+            "warning: unknown[127.0.0.3]: SASL PLAIN authentication failed: authentication failure",
+            // Rejects whose addresses spell other reasons; the reason is the one after the
+            // address smtpd names, and before the client's values.
+            r#"NOQUEUE: reject: RCPT from unknown[127.0.0.3]: 554 5.7.1 <">: Recipient address rejected: Access denied; from=<"Relay access denied; from=<x> to=<y"@example.net> to=<"\""> proto=SMTP helo=<x?y?z?w?q>"#,
+            r#"NOQUEUE: reject: RCPT from unknown[127.0.0.3]: 554 5.7.1 <q"x>: Helo command rejected: y@elsewhere.org>: Relay access denied; from=<"Relay access denied; from=<x> to=<y"@example.net> to=<"q\"x>: Helo command rejected: y"@elsewhere.org> proto=SMTP helo=<x?y?z?w?q>"#,
+            r#"NOQUEUE: reject: RCPT from unknown[127.0.0.3]: 554 5.7.1 <x>: Client host rejected: y; from=<z> to=<w@elsewhere.org>: Relay access denied; from=<"s>: Sender address rejected; from=<"@example.net> to=<"x>: Client host rejected: y; from=<z> to=<w"@elsewhere.org> proto=ESMTP helo=<a?:?Helo?command?rejected:?x??from=?y??to=?z??proto=ESMTP?helo=?q>"#,
+            r#"NOQUEUE: reject: RCPT from unknown[127.0.0.3]: 450 4.7.1 <bad.helo>: Helo command rejected: Host not found; from=<app@example.net> to=<"Sender address rejected"@example.net> proto=ESMTP helo=<bad.helo>"#,
+            r#"NOQUEUE: reject: RCPT from unknown[127.0.0.3]:41234: 554 5.7.1 <unknown[127.0.0.3]>: Client host rejected: Access denied; from=<a@example.net> to=<"Relay access denied"@elsewhere.org> proto=ESMTP helo=<c>"#,
+            "NOQUEUE: reject: MAIL from unknown[127.0.0.2]: 552 5.3.4 Message size exceeds fixed limit; proto=ESMTP helo=<client.test>",
+        ] {
+            m.observe_log_line(&format!(
+                "Dec 06 08:51:53 relay postfix/smtpd[6342]: {message}"
+            ));
+        }
+        assert_page(
+            &m,
+            &[
+                "smtp_relay_sasl_auth_failures_total 1",
+                "smtp_relay_smtpd_rejects_total{code=\"554\",reason=\"recipient\"} 1",
+                "smtp_relay_smtpd_rejects_total{code=\"554\",reason=\"relay_denied\"} 2",
+                "smtp_relay_smtpd_rejects_total{code=\"450\",reason=\"helo\"} 1",
+                "smtp_relay_smtpd_rejects_total{code=\"554\",reason=\"client\"} 1",
+                "smtp_relay_smtpd_rejects_total{code=\"552\",reason=\"size\"} 1",
+            ],
+            &["reason=\"sender\"", ",reason=\"other\""],
+        );
+    }
+
+    /// An address as Postfix logs it (external form): the local part quoted unless it is
+    /// plain, `"` and `\` escaped inside the quotes.
+    fn external(local: &str, domain: &str) -> String {
+        let plain = !local.is_empty()
+            && local
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+/=?^_`{|}~-.".contains(&b));
+        let local = if plain {
+            local.to_string()
+        } else {
+            let escaped: String = local
+                .chars()
+                .flat_map(|c| match c {
+                    '"' | '\\' => vec!['\\', c],
+                    _ => vec![c],
+                })
+                .collect();
+            format!("\"{escaped}\"")
+        };
+        if domain.is_empty() {
+            local
+        } else {
+            format!("{local}@{domain}")
+        }
+    }
+
+    /// Local parts made of Postfix's own words and delimiters, deterministically shuffled.
+    fn hostile_local_parts() -> Vec<String> {
+        const PIECES: [&str; 24] = [
+            "status=sent",
+            "status=deferred (",
+            "SASL authentication failed",
+            ", dsn=2.0.0, ",
+            ", relay=none",
+            ", orig_to=<",
+            ">",
+            "<",
+            "\"",
+            "\\",
+            ";",
+            " from=<",
+            " to=<",
+            " proto=ESMTP",
+            " helo=<",
+            ">: ",
+            "Relay access denied",
+            "Sender address rejected",
+            "Helo command rejected",
+            "a",
+            "@",
+            " ",
+            "(",
+            ")",
+        ];
+        let mut seed: u64 = 40;
+        let mut next = move |n: usize| {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            ((seed >> 33) as usize) % n
+        };
+        let mut parts: Vec<String> = PIECES.iter().map(|p| p.to_string()).collect();
+        for _ in 0..2000 {
+            let n = 1 + next(8);
+            parts.push((0..n).map(|_| PIECES[next(PIECES.len())]).collect());
+        }
+        parts
+    }
+
+    #[test]
+    fn hostile_addresses_are_stepped_over_both_ways() {
+        for local in hostile_local_parts() {
+            for domain in ["elsewhere.org", "[127.0.0.9]", ""] {
+                let logged = external(&local, domain);
+                let line = format!("to=<{logged}>, relay=none");
+                assert_eq!(address_end(&line[4..]), Some(logged.len() + 1), "{line}");
+                let tail = format!("reply; from=<{logged}>");
+                assert_eq!(address_start(&tail), Some(12), "{tail}");
+                let internal = if domain.is_empty() {
+                    local.clone()
+                } else {
+                    format!("{local}@{domain}")
+                };
+                assert_eq!(unquoted(&logged), internal, "{logged}");
+            }
+            let rcpt = external(&local, "elsewhere.org");
+            let sender = external(&format!("{local}x"), "example.net");
+            let delivery_line = format!(
+                "Dec  6 08:50:44 relay postfix/smtp[6347]: 4jhzTc2fMJz1SCdf: to=<{rcpt}>, orig_to=<{sender}>, relay=none, delay=0.04, delays=0.02/0.02/0/0, dsn=4.4.1, status=deferred (connect to 127.0.0.1[127.0.0.1]:25: Connection refused)"
+            );
+            let message = postfix_program(&delivery_line).unwrap().1;
+            assert_eq!(
+                delivery(message),
+                Some(Delivery {
+                    status: "deferred",
+                    why: "connect to 127.0.0.1[127.0.0.1]:25: Connection refused"
+                }),
+                "{delivery_line}"
+            );
+            for (named, reason, expected) in [
+                (
+                    format!("{local}@elsewhere.org"),
+                    "Relay access denied",
+                    "relay_denied",
+                ),
+                (
+                    format!("{local}x@example.net"),
+                    "Sender address rejected: not owned",
+                    "sender",
+                ),
+                (
+                    "h?e:l=o".to_string(),
+                    "Helo command rejected: Host not found",
+                    "helo",
+                ),
+                (
+                    "unknown[127.0.0.3]".to_string(),
+                    "Client host rejected: Access denied",
+                    "client",
+                ),
+            ] {
+                let message = format!("NOQUEUE: reject: RCPT from unknown[127.0.0.3]: 554 5.7.1 <{named}>: {reason}; from=<{sender}> to=<{rcpt}> proto=ESMTP helo=<h?e:l=o>");
+                assert_eq!(reject(&message), Some(("554", expected)), "{message}");
+            }
         }
     }
 }

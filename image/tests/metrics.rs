@@ -219,3 +219,218 @@ fn every_counter_equals_what_postfix_logged() {
         "last delivery at {last_delivery}, now {now}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Issue 40: what a client sends never changes what the relay reports.
+
+/// One delivery attempt per message: a retry would make the counts depend on timing.
+fn one_attempt_each(cfg: &mut smtp_relay::config_file::RelayConfigFile) {
+    for key in [
+        "queue_run_delay",
+        "minimal_backoff_time",
+        "maximal_backoff_time",
+    ] {
+        cfg.postconf.insert(key.into(), "3600s".into());
+    }
+}
+
+fn value(relay: &Relay, series: &str) -> usize {
+    relay
+        .metric(series)
+        .unwrap_or_else(|| panic!("no {series} in\n{}", relay.metrics())) as usize
+}
+
+/// Recipients that spell Postfix's own fields (`status=sent`, `SASL authentication failed`)
+/// come before Postfix's fields in its delivery lines: the relay counts what Postfix did, and
+/// the relayhost login's state follows the relayhost's answers, whatever the recipients say.
+#[test]
+fn a_recipient_cannot_count_a_delivery_nor_fail_the_login() {
+    let sink = start_sink();
+    let mut cfg = config(sink.port(), Mode::AllowNetAuthNoDomain);
+    one_attempt_each(&mut cfg);
+    let mut spec = RelaySpec::new(Input::file(cfg));
+    // smtp-sink takes any login: the relay logs in, and the login is accepted.
+    let username = spec.write("relayhost/username", "relay\n");
+    let password = spec.write("relayhost/password", "relay secret");
+    if let Input::File(cfg) = &mut spec.input {
+        cfg.relayhost.username_file = Some(username);
+        cfg.relayhost.password_file = Some(password);
+    }
+    let relay = spec.start();
+
+    // Delivered, to a recipient saying the relayhost refused the login. (The waits below look
+    // for more of each line than the recipients spell.)
+    let mut conn = connect(relay.addr(), NET_CLIENT);
+    send_verbatim(
+        &mut conn,
+        "app@example.net",
+        &[r#""status=deferred (SASL authentication failed"@elsewhere.org"#],
+        &message("app@example.net", "x@elsewhere.org", &marker("login")),
+    )
+    .unwrap();
+    let _ = conn.quit();
+    poll("the delivery in the mail log", DEADLINE, || {
+        (logged(
+            &relay.mail_log(),
+            "/smtp[",
+            "dsn=2.0.0, status=sent (250 2.0.0",
+        ) == 1)
+            .then_some(())
+    });
+    let login = |state: &str| {
+        value(
+            &relay,
+            &format!("smtp_relay_relayhost_login{{state=\"{state}\"}}"),
+        )
+    };
+    assert_eq!(
+        (
+            value(&relay, "smtp_relay_deliveries_total{status=\"sent\"}"),
+            value(&relay, "smtp_relay_deliveries_total{status=\"deferred\"}"),
+            value(
+                &relay,
+                "smtp_relay_relayhost_errors_total{reason=\"login\"}"
+            ),
+            login("accepted"),
+            login("refused"),
+        ),
+        (1, 0, 0, 1, 0),
+        "(sent, deferred, login errors, login accepted, login refused)\n{}",
+        relay.output()
+    );
+
+    // The relayhost goes away: recipients saying their mail was sent wait in the queue. The
+    // last one is unqualified: Postfix logs it completed (to=) and as given (orig_to=).
+    drop(sink);
+    let liars = [
+        r#""status=sent x"@elsewhere.org"#,
+        r#""x, dsn=2.0.0, status=sent (250"@elsewhere.org"#,
+        r#""q\"x>, relay=127.0.0.1[127.0.0.1]:25, delay=0, delays=0/0/0/0, dsn=2.0.0, status=sent (250"@elsewhere.org"#,
+        r#""status=sent y""#,
+    ];
+    let mut conn = connect(relay.addr(), NET_CLIENT);
+    send_verbatim(
+        &mut conn,
+        "app@example.net",
+        &liars,
+        &message("app@example.net", "x@elsewhere.org", &marker("liars")),
+    )
+    .unwrap();
+    let _ = conn.quit();
+    poll("the deferrals in the mail log", DEADLINE, || {
+        (logged(&relay.mail_log(), "/smtp[", "dsn=4.4.1, status=deferred (") == liars.len())
+            .then_some(())
+    });
+    let log = relay.mail_log();
+    assert_eq!(
+        logged(&log, "/smtp[", "orig_to=<\"status=sent y\">"),
+        1,
+        "{log}"
+    );
+    assert_eq!(
+        (
+            value(&relay, "smtp_relay_deliveries_total{status=\"sent\"}"),
+            value(&relay, "smtp_relay_deliveries_total{status=\"deferred\"}"),
+            value(
+                &relay,
+                "smtp_relay_relayhost_errors_total{reason=\"connect\"}"
+            ),
+            value(
+                &relay,
+                "smtp_relay_relayhost_errors_total{reason=\"login\"}"
+            ),
+            login("accepted"),
+        ),
+        (1, liars.len(), liars.len(), 0, 1),
+        "(sent, deferred, connect errors, login errors, login accepted)\n{}",
+        relay.output()
+    );
+    // The message waits on the spool for the relayhost (once qmgr moved it to deferred).
+    poll("the message deferred on the spool", DEADLINE, || {
+        (relay.queued() == 1).then_some(())
+    });
+}
+
+/// smtpd quotes clients in its log (their addresses and HELO name in reject lines, their
+/// commands in warnings): a client spelling a reason, a reject or a failed login counts none
+/// of them; each reject counts once, by smtpd's own reason.
+#[test]
+fn client_text_in_smtpd_lines_counts_nothing() {
+    let sink = start_sink();
+    let relay =
+        RelaySpec::new(Input::file(config(sink.port(), Mode::AllowNetAuthNoDomain))).start();
+
+    // Refused relaying, with addresses spelling other reasons and smtpd's own delimiters.
+    let mut conn = connect(relay.addr(), OTHER_CLIENT);
+    let refused = send_verbatim(
+        &mut conn,
+        r#""Sender address rejected; from=<x> to=<y"@example.net"#,
+        &[r#""x>: Helo command rejected: y; from=<z> to=<w"@elsewhere.org"#],
+        b"",
+    );
+    assert!(
+        refused.as_ref().is_err_and(|e| e.contains("554")),
+        "{refused:?}"
+    );
+    // A command that is no SMTP, quoted by smtpd's warning before it hangs up.
+    let (code, _) = reply(
+        &mut conn,
+        "GET / authentication failed: reject: RCPT from x[1.2.3.4]: 554 5.7.1 <a>: Helo command rejected",
+    );
+    assert_eq!(code, 221);
+    // Sender-specified routing refused, from a client that may relay.
+    let mut conn = connect(relay.addr(), NET_CLIENT);
+    let refused = send_verbatim(
+        &mut conn,
+        r#""Relay access denied"@example.net"#,
+        &[r#""a@b"@elsewhere.org"#],
+        b"",
+    );
+    assert!(
+        refused.as_ref().is_err_and(|e| e.contains("550")),
+        "{refused:?}"
+    );
+    let _ = conn.quit();
+    // Commands sent before the greeting, which smtpd quotes ("improper command pipelining");
+    // the second is no SMTP either, quoted again.
+    {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(relay.addr()).unwrap();
+        stream
+            .write_all(b"HELO x: reject: RCPT from x[1.2.3.4]: 554 5.7.1 <a>: Relay access denied\r\nwarning: unknown[1.2.3.4]: SASL PLAIN authentication failed\r\nQUIT\r\n")
+            .unwrap();
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        let _ = stream.read_to_end(&mut Vec::new());
+    }
+
+    poll("smtpd's lines in the mail log", DEADLINE, || {
+        let log = relay.mail_log();
+        (logged(&log, "postfix/smtpd[", "NOQUEUE: reject: RCPT from") == 2
+            && logged(&log, "postfix/smtpd[", "non-SMTP command from") == 2
+            && logged(&log, "postfix/smtpd[", "improper command pipelining") == 1)
+            .then_some(())
+    });
+    let metrics = relay.metrics();
+    let mut rejects: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("smtp_relay_smtpd_rejects_total{"))
+        .collect();
+    rejects.sort_unstable();
+    assert_eq!(
+        (
+            rejects,
+            metric_value(&metrics, "smtp_relay_sasl_auth_failures_total"),
+        ),
+        (
+            vec![
+                "smtp_relay_smtpd_rejects_total{code=\"550\",reason=\"recipient\"} 1",
+                "smtp_relay_smtpd_rejects_total{code=\"554\",reason=\"relay_denied\"} 1",
+            ],
+            Some(0.0)
+        ),
+        "(every reject series, failed logins)\n{}",
+        relay.output()
+    );
+}

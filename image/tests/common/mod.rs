@@ -631,6 +631,28 @@ pub fn send_on(
         .map_err(|e| e.to_string())
 }
 
+/// Sends one message on an open connection, its envelope addresses written verbatim between
+/// `<` and `>` (lettre's typed addresses refuse quoted local parts such as
+/// `"status=sent x"@example.net`) and its content as given, any bytes. Every recipient must be
+/// accepted; `Err` carries the first refusal.
+pub fn send_verbatim(
+    conn: &mut SmtpConnection,
+    from: &str,
+    to: &[&str],
+    content: &[u8],
+) -> Result<Response, String> {
+    let commands = std::iter::once(format!("MAIL FROM:<{from}>"))
+        .chain(to.iter().map(|rcpt| format!("RCPT TO:<{rcpt}>")))
+        .chain(std::iter::once("DATA".to_string()));
+    for command in commands {
+        let (code, text) = reply(conn, &command);
+        if code >= 400 {
+            return Err(format!("{command}: {code} {text}"));
+        }
+    }
+    conn.message(content).map_err(|e| e.to_string())
+}
+
 /// Connects from `source`, logs in if asked, and sends one message.
 pub fn send(
     addr: SocketAddr,
