@@ -53,6 +53,10 @@ const REJECT_REASONS: [(&str, &str); 7] = [
     ("Message size", "size"),
 ];
 
+/// Longest line of the mail log read whole (Postfix's own lines are far shorter: a few kB at
+/// most, with every address and HELO name in them at SMTP's line length limit).
+pub const LOG_LINE_MAX: usize = 64 * 1024;
+
 /// Why a delivery attempt to the relayhost failed (deferred or bounced).
 pub const RELAYHOST_ERRORS: [&str; 5] = ["connect", "tls", "login", "refused", "other"];
 
@@ -371,6 +375,74 @@ impl Metrics {
                 status: bounded_status(status),
             })
             .inc();
+    }
+
+    /// Follows Postfix's mail log on `log` until it ends: each line is counted (see
+    /// [`Metrics::observe_log_line`]) and written to `echo` (the relay's stdout).
+    ///
+    /// Any bytes are taken, as a stop would leave the log's pipe to fill and Postfix's logging
+    /// to block: a line that is not UTF-8 (Postfix passes 8-bit text of a client to its log
+    /// once `smtputf8_enable = yes`, e.g. a header that `header_checks` logs, with only a loose
+    /// check) is read with its bad bytes replaced by U+FFFD; a line longer than
+    /// [`LOG_LINE_MAX`] is cut there, its rest skipped up to the next newline (never read as a
+    /// line of its own) and it is not counted; a failed write to `echo` is ignored. Only a
+    /// failed read ends it early.
+    pub async fn follow_log<R>(
+        &self,
+        mut log: R,
+        mut echo: impl std::io::Write,
+    ) -> std::io::Result<()>
+    where
+        R: tokio::io::AsyncBufRead + Unpin,
+    {
+        use tokio::io::AsyncBufReadExt as _;
+        let mut line: Vec<u8> = Vec::with_capacity(1024);
+        let mut cut = false;
+        loop {
+            let chunk = match log.fill_buf().await {
+                Ok(chunk) => chunk,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            if chunk.is_empty() {
+                if !line.is_empty() || cut {
+                    self.take_log_line(&line, cut, &mut echo);
+                }
+                return Ok(());
+            }
+            let newline = chunk.iter().position(|&b| b == b'\n');
+            let part = &chunk[..newline.unwrap_or(chunk.len())];
+            let room = LOG_LINE_MAX.saturating_sub(line.len());
+            if part.len() > room {
+                cut = true;
+            }
+            line.extend_from_slice(&part[..part.len().min(room)]);
+            let used = newline.map_or(chunk.len(), |at| at + 1);
+            log.consume(used);
+            if newline.is_some() {
+                self.take_log_line(&line, cut, &mut echo);
+                line.clear();
+                cut = false;
+            }
+        }
+    }
+
+    /// One line of the mail log, as read by [`Metrics::follow_log`].
+    fn take_log_line(&self, bytes: &[u8], cut: bool, echo: &mut impl std::io::Write) {
+        let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+        let text = String::from_utf8_lossy(bytes);
+        if cut {
+            let _ = writeln!(echo, "{text} [cut at {LOG_LINE_MAX} bytes]");
+            return;
+        }
+        // A line the parser cannot take (a bug) costs that line, never the pump.
+        let counted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.observe_log_line(&text);
+        }));
+        if counted.is_err() {
+            tracing::error!("a mail log line could not be read for the metrics");
+        }
+        let _ = writeln!(echo, "{text}");
     }
 
     /// Deliveries logged as deferred so far.
@@ -1327,5 +1399,44 @@ mod tests {
                 assert_eq!(reject(&message), Some(("554", expected)), "{message}");
             }
         }
+    }
+
+    /// The log pump takes any bytes (issue 40): a line that is not UTF-8 and a line too long
+    /// to read whole stop nothing, and the rest of a cut line is never read as a line.
+    #[tokio::test]
+    async fn the_log_pump_survives_any_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Metrics::new(dir.path());
+        let sent = |id: &str| {
+            format!("Dec  6 08:53:56 relay postfix/smtp[11]: {id}: to=<a@elsewhere.org>, relay=127.0.0.1[127.0.0.1]:25, delay=0.1, delays=0.1/0/0/0, dsn=2.0.0, status=sent (250 2.0.0 Ok)")
+        };
+        let mut log = Vec::new();
+        log.extend(sent("A1").as_bytes());
+        log.push(b'\n');
+        log.extend(b"Dec  6 08:53:56 relay postfix/cleanup[12]: B1: warning: header Subject: bad \xc2\x80\x80 \xff\xfe end from unknown[127.0.0.2]; from=<a@example.net> to=<okk@elsewhere.org> proto=ESMTP helo=<x>\n");
+        // Past the cut, a line of its own would count a delivery: it is skipped.
+        log.extend(vec![b'x'; LOG_LINE_MAX]);
+        log.extend(sent("FAKE").as_bytes());
+        log.push(b'\n');
+        log.extend(sent("C1").as_bytes());
+        log.extend(b"\r\n");
+        // The last line, without its newline when the pipe closes.
+        log.extend(sent("D1").as_bytes());
+        let mut echo = Vec::new();
+        let reader = tokio::io::BufReader::with_capacity(13, &log[..]);
+        m.follow_log(reader, &mut echo).await.unwrap();
+        assert_page(&m, &["smtp_relay_deliveries_total{status=\"sent\"} 3"], &[]);
+        let echo = String::from_utf8(echo).expect("the echo is UTF-8");
+        let lines: Vec<&str> = echo.lines().collect();
+        assert_eq!(lines.len(), 5, "{echo:.300}");
+        assert!(
+            lines[1].contains("bad \u{80}\u{fffd} \u{fffd}\u{fffd} end"),
+            "{}",
+            lines[1]
+        );
+        assert!(lines[2].ends_with("xxx [cut at 65536 bytes]"));
+        assert!(lines[2].len() < LOG_LINE_MAX + 100);
+        assert_eq!(lines[3], sent("C1"));
+        assert_eq!(lines[4], sent("D1"));
     }
 }

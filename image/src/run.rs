@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::BufReader;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::drain::Drained;
@@ -297,13 +297,16 @@ pub async fn run(opts: RunOptions) -> ExitCode {
     };
     metrics.postfix_up.set(1);
     tracing::info!(pid, listen = %layout.listen, mode = ?applied.settings.policy, "postfix started");
+    // The mail log: counted, and echoed to our stdout. It takes any bytes (see
+    // Metrics::follow_log): a pump that stopped would leave the pipe to fill and block Postfix.
     let log_pump = master.stdout.take().map(|stdout| {
         let m = metrics.clone();
         tokio::spawn(async move {
-            let mut lines = BufReader::new(stdout).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                m.observe_log_line(&line);
-                println!("{line}");
+            if let Err(e) = m
+                .follow_log(BufReader::new(stdout), std::io::stdout())
+                .await
+            {
+                tracing::error!(error = %e, "reading Postfix's mail log failed");
             }
         })
     });

@@ -434,3 +434,67 @@ fn client_text_in_smtpd_lines_counts_nothing() {
         relay.output()
     );
 }
+
+/// Postfix passes a client's 8-bit text to its log once `smtputf8_enable = yes`, checking it
+/// only loosely: a header that `header_checks` logs puts bytes that are not UTF-8 in the log.
+/// The relay reads on, counting the deliveries after it. (A HELO name or an address that is
+/// not UTF-8 never reaches the log: smtpd refuses it, 500 5.5.2, without logging it; with
+/// `smtputf8_enable = no`, the relay's default, Postfix logs every 8-bit byte as `?`.)
+#[test]
+fn bytes_that_are_not_utf8_in_the_log_stop_no_counting() {
+    let sink = start_sink();
+    let mut cfg = config(sink.port(), Mode::AllowNetAuthNoDomain);
+    one_attempt_each(&mut cfg);
+    let mut spec = RelaySpec::new(Input::file(cfg));
+    let checks = spec.write("header_checks", "/^Subject:/ WARN\n");
+    if let Input::File(cfg) = &mut spec.input {
+        cfg.postconf.insert("smtputf8_enable".into(), "yes".into());
+        cfg.postconf.insert(
+            "header_checks".into(),
+            format!("regexp:{}", checks.display()),
+        );
+    }
+    let relay = spec.start();
+
+    let codes = raw_session(
+        relay.addr(),
+        &[
+            b"EHLO \xff\xfeclient",
+            b"MAIL FROM:<a\xc3\xa9\xa9@example.net>",
+            b"QUIT",
+        ],
+    );
+    assert_eq!(codes, [220, 500, 500, 221]);
+
+    let mut conn = connect(relay.addr(), NET_CLIENT);
+    send_verbatim(
+        &mut conn,
+        "app@example.net",
+        &["first@elsewhere.org"],
+        b"Subject: bad \xc3\xa9\xa9 \xff end\r\n\r\nbody\r\n",
+    )
+    .unwrap();
+    send_verbatim(
+        &mut conn,
+        "app@example.net",
+        &["second@elsewhere.org"],
+        b"Subject: plain\r\n\r\nbody\r\n",
+    )
+    .unwrap();
+    let _ = conn.quit();
+    // (The sink's dumps are read as UTF-8, so the metrics and the log tell the deliveries.)
+    poll("both deliveries counted", DEADLINE, || {
+        (relay.metric("smtp_relay_deliveries_total{status=\"sent\"}") == Some(2.0)).then_some(())
+    });
+    let log = relay.mail_log();
+    assert_eq!(logged(&log, "/smtp[", "status=sent"), 2, "{log}");
+    assert_eq!(
+        logged(
+            &log,
+            "postfix/cleanup[",
+            "warning: header Subject: bad \u{e9}\u{fffd} ? end"
+        ),
+        1,
+        "{log}"
+    );
+}

@@ -653,6 +653,40 @@ pub fn send_verbatim(
     conn.message(content).map_err(|e| e.to_string())
 }
 
+/// One SMTP session from 127.0.0.1 whose command lines are sent as bytes, verbatim (a HELO
+/// that is not UTF-8, say), each followed by CRLF. Returns the code of each reply, the
+/// greeting's first.
+pub fn raw_session(addr: SocketAddr, lines: &[&[u8]]) -> Vec<u16> {
+    use std::io::{BufRead, BufReader, Write};
+    let stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut read_reply = || {
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            let n = reader.read_until(b'\n', &mut line).unwrap();
+            assert!(n > 0, "{addr} closed the session");
+            // The last line of a reply has a space after its code.
+            if line.get(3) != Some(&b'-') {
+                let code = String::from_utf8_lossy(line.get(..3).unwrap_or_default());
+                return code.parse::<u16>().unwrap_or(0);
+            }
+        }
+    };
+    let mut codes = vec![read_reply()];
+    for line in lines {
+        writer.write_all(line).unwrap();
+        writer.write_all(b"\r\n").unwrap();
+        codes.push(read_reply());
+    }
+    codes
+}
+
 /// Connects from `source`, logs in if asked, and sends one message.
 pub fn send(
     addr: SocketAddr,
