@@ -128,11 +128,7 @@ struct RunArgs {
     drain_timeout: u64,
     /// Where a fatal error is also written, for Kubernetes to show as the container's
     /// termination message; only when the file exists (the kubelet creates it).
-    #[arg(
-        long,
-        env = "RELAY_TERMINATION_LOG",
-        default_value = "/dev/termination-log"
-    )]
+    #[arg(long, env = "RELAY_TERMINATION_LOG", default_value = TERMINATION_LOG)]
     termination_log: PathBuf,
     /// The pod's annotations as a downward API file: the operator asks a replica to drain
     /// (scaled away, or its relay deleted) with `smtprelay.dev/drain: "true"`.
@@ -183,7 +179,23 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    match Cli::parse().command {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // `run` is the container's process: its arguments' errors end it like its own.
+            if e.use_stderr() && std::env::args_os().nth(1).is_some_and(|a| a == "run") {
+                let path = std::env::var_os("RELAY_TERMINATION_LOG")
+                    .map_or_else(|| PathBuf::from(TERMINATION_LOG), PathBuf::from);
+                // Its first line says what is wrong (the rest: usage, and where help is).
+                let rendered = e.render().to_string();
+                let first = rendered.lines().next().unwrap_or_default();
+                let what = first.strip_prefix("error: ").unwrap_or(first);
+                write_termination_message(&path, &format!("invalid arguments: {what}"));
+            }
+            e.exit()
+        }
+    };
+    match cli.command {
         Command::Run(args) => run_relay(args),
         Command::Probe {
             liveness: true,
@@ -276,10 +288,70 @@ fn run_relay(args: RunArgs) -> ExitCode {
         termination_log: args.termination_log,
         pod_annotations: args.pod_annotations,
     };
-    match tokio::runtime::Runtime::new() {
+    let termination_log = opts.termination_log.clone();
+    write_termination_message_on_panic(termination_log.clone());
+    let code = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt.block_on(run::run(opts)),
-        Err(e) => report(Err(e)),
+        Err(e) => {
+            let message = format!("cannot start the async runtime: {e}");
+            eprintln!("smtp-relay: {message}");
+            write_termination_message(&termination_log, &message);
+            return ExitCode::FAILURE;
+        }
+    };
+    // Every fatal path of `run` writes its message; should one not, the status still says
+    // that the relay failed, and where to look.
+    if code != ExitCode::SUCCESS
+        && std::fs::metadata(&termination_log).is_ok_and(|m| m.is_file() && m.len() == 0)
+    {
+        let number = [
+            run::exit::POSTFIX_DIED,
+            run::exit::BAD_CONFIG,
+            run::exit::SETUP_FAILED,
+        ]
+        .into_iter()
+        .find(|&n| ExitCode::from(n) == code)
+        .map_or_else(|| "non-zero".to_string(), |n| n.to_string());
+        write_termination_message(
+            &termination_log,
+            &format!("smtp-relay failed (exit code {number}); its log on stderr says why"),
+        );
     }
+    code
+}
+
+/// Where Kubernetes reads a container's termination message (`terminationMessagePath`).
+const TERMINATION_LOG: &str = "/dev/termination-log";
+
+/// Writes the relay's termination message, when the file exists (the kubelet creates it; the
+/// pod's `terminationMessagePolicy: File` makes it the only source of the message, so the
+/// log, which quotes clients, never becomes the pod's or the SmtpRelay's status).
+fn write_termination_message(path: &std::path::Path, message: &str) {
+    if path.is_file() {
+        if let Err(e) = std::fs::write(path, format!("{message}\n")) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot write the termination message");
+        }
+    }
+}
+
+/// A panic of the main thread ends the relay: it says so in the termination message, with
+/// where it happened. Not what it said: a panic's text may quote what it was reading (a log
+/// line, so a client's words); that text is on stderr. Tokio catches its tasks' panics, which
+/// end nothing, so panics of other threads write nothing.
+fn write_termination_message_on_panic(path: PathBuf) {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        previous(info);
+        if std::thread::current().name() == Some("main") {
+            let at = info.location().map_or_else(String::new, |l| {
+                format!(" at {}:{}:{}", l.file(), l.line(), l.column())
+            });
+            write_termination_message(
+                &path,
+                &format!("smtp-relay panicked{at}; its log on stderr says more"),
+            );
+        }
+    }));
 }
 
 fn send(args: SendArgs) -> Result<String, String> {

@@ -498,3 +498,27 @@ fn bytes_that_are_not_utf8_in_the_log_stop_no_counting() {
         "{log}"
     );
 }
+
+/// An address for the metrics that cannot be read ends the relay, as any other fatal error,
+/// with a termination message of its own: the pod takes only that file
+/// (`terminationMessagePolicy: File`), never its log, which quotes clients.
+#[test]
+fn a_metrics_address_that_cannot_be_read_is_the_termination_message() {
+    let mut vars = env(25, "STRICT");
+    vars.insert("RELAY_METRICS_LISTEN".into(), "nowhere:9154".into());
+    let spec = RelaySpec::new(Input::Env(vars.clone()));
+    let log = spec.write("termination-log", "");
+    vars.insert("RELAY_TERMINATION_LOG".into(), log.display().to_string());
+    let spec = RelaySpec {
+        input: Input::Env(vars),
+        ..spec
+    };
+    let out = spec.run_to_exit();
+    assert_eq!(out.status.code(), Some(2));
+    let message = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        message.contains("invalid value 'nowhere:9154' for '--metrics-listen"),
+        "{message:?}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -278,9 +278,12 @@ fn container(relay: &SmtpRelay, volume_mounts: Vec<VolumeMount>, opts: &BuildOpt
         resources: spec.resources.clone(),
         volume_mounts: Some(volume_mounts),
         security_context: Some(security_context()),
-        // The relay writes a fatal error to /dev/termination-log; anything else that stops it
-        // leaves the end of its log there, so the SmtpRelay's status can say why.
-        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        // The relay writes its fatal errors to /dev/termination-log, and only that file is the
+        // termination message (not the log's tail, as FallbackToLogsOnError would take when it
+        // is empty: the mail log quotes clients' HELO names and addresses, which would reach
+        // the pod's and the SmtpRelay's status and a Warning Event). A container ended from
+        // outside (OOMKilled, ...) still shows its reason and exit code.
+        termination_message_policy: Some("File".into()),
         ..Container::default()
     }
 }
@@ -530,7 +533,8 @@ mod tests {
         );
         assert_eq!(
             c.termination_message_policy.as_deref(),
-            Some("FallbackToLogsOnError")
+            Some("File"),
+            "the relay's own message only, never its log's tail, which quotes clients"
         );
         assert_eq!(
             c.image.as_deref(),
