@@ -96,7 +96,7 @@ pub struct PodProblem {
     /// The kubelet's reason: `CrashLoopBackOff`, `ImagePullBackOff`, `OOMKilled`, ...
     pub reason: String,
     /// The pod, the container, the kubelet's message, and how the last run ended (with the
-    /// end of its termination message: the relay writes its configuration error there).
+    /// start of the relay's own termination message: it writes its fatal errors there).
     pub message: String,
     /// True when the pod will not get better without a change (kstatus `Stalled`).
     pub stalled: bool,
@@ -146,13 +146,8 @@ pub fn pod_problem(pods: &[Pod]) -> Option<PodProblem> {
                     t.reason.as_deref().unwrap_or("terminated"),
                     t.exit_code
                 );
-                if let Some(m) = t
-                    .message
-                    .as_deref()
-                    .map(str::trim)
-                    .filter(|m| !m.is_empty())
-                {
-                    text += &format!(": {}", tail_chars(m, TERMINATION_MESSAGE_MAX));
+                if let Some(m) = relay_message(t) {
+                    text += &format!(": {}", head_chars(m, TERMINATION_MESSAGE_MAX));
                 }
                 text
             });
@@ -181,16 +176,30 @@ pub fn pod_problem(pods: &[Pod]) -> Option<PodProblem> {
     })
 }
 
-/// The last `max` bytes of `s` (on a character boundary), marked as cut when cut.
-fn tail_chars(s: &str, max: usize) -> String {
+/// The termination message the relay wrote itself. A run it ended (exit code 1 to 127) always
+/// leaves its own message; a container killed by a signal (128 and up: OOMKilled, a failed
+/// liveness probe) has none, and the kubelet puts the tail of its log there instead, which
+/// quotes what clients sent (HELO names, addresses): never shown.
+fn relay_message(t: &k8s_openapi::api::core::v1::ContainerStateTerminated) -> Option<&str> {
+    (1..128)
+        .contains(&t.exit_code)
+        .then_some(t.message.as_deref())
+        .flatten()
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+}
+
+/// The first `max` bytes of `s` (on a character boundary), marked as cut when cut: the relay's
+/// message says what failed first.
+fn head_chars(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_string();
     }
-    let mut start = s.len() - max;
-    while !s.is_char_boundary(start) {
-        start += 1;
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
     }
-    format!("…{}", &s[start..])
+    format!("{}…", &s[..end])
 }
 
 impl Rollout {
@@ -1278,6 +1287,44 @@ mod tests {
         assert_eq!(
             p.message,
             "pod r1-0, container relay: OOMKilled; last run ended: OOMKilled (exit code 137)"
+        );
+    }
+
+    #[test]
+    fn only_the_relays_own_termination_message_reaches_status() {
+        // Killed by a signal, the container's message is the kubelet's copy of its log's tail,
+        // where a client's HELO name and addresses are quoted: never shown.
+        let killed = pod(
+            "r1-0",
+            serde_json::json!({"name": "relay", "image": "i", "imageID": "", "ready": false,
+                "restartCount": 1, "state": {"terminated": {"exitCode": 137, "reason": "Error",
+                "message": "postfix/smtpd[9]: NOQUEUE: reject: RCPT from x[10.0.0.9]: helo=<status=sent CLIENT-TEXT>"}}}),
+        );
+        let p = pod_problem(&[killed]).expect("a problem");
+        assert!(!p.message.contains("CLIENT-TEXT"), "{}", p.message);
+        assert!(
+            p.message.ends_with("last run ended: Error (exit code 137)"),
+            "{}",
+            p.message
+        );
+        // Ended by the relay itself, its message is its own: the start of it is kept.
+        let long = format!(
+            "relay.yaml: postconf.x: the cause{}",
+            " and more".repeat(100)
+        );
+        let ended = pod(
+            "r1-0",
+            serde_json::json!({"name": "relay", "image": "i", "imageID": "", "ready": false,
+                "restartCount": 1, "state": {"terminated": {"exitCode": 2, "reason": "Error",
+                "message": long}}}),
+        );
+        let p = pod_problem(&[ended]).expect("a problem");
+        assert!(
+            p.message
+                .contains("(exit code 2): relay.yaml: postconf.x: the cause")
+                && p.message.ends_with('…'),
+            "{}",
+            p.message
         );
     }
 

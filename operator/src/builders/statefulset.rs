@@ -278,12 +278,13 @@ fn container(relay: &SmtpRelay, volume_mounts: Vec<VolumeMount>, opts: &BuildOpt
         resources: spec.resources.clone(),
         volume_mounts: Some(volume_mounts),
         security_context: Some(security_context()),
-        // The relay writes its fatal errors to /dev/termination-log, and only that file is the
-        // termination message (not the log's tail, as FallbackToLogsOnError would take when it
-        // is empty: the mail log quotes clients' HELO names and addresses, which would reach
-        // the pod's and the SmtpRelay's status and a Warning Event). A container ended from
-        // outside (OOMKilled, ...) still shows its reason and exit code.
-        termination_message_policy: Some("File".into()),
+        // The relay writes every fatal error of its own to /dev/termination-log, so a run it
+        // ended itself (exit code below 128) always has its message there. Only a container
+        // killed by a signal (OOMKilled, a failed liveness probe) gets the log's tail, which
+        // quotes clients' HELO names and addresses: status ignores the message of those
+        // (`status::pod_problem`). Kept as it was, not `File`: a changed template would roll
+        // every relay of the cluster when the operator is upgraded.
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
         ..Container::default()
     }
 }
@@ -533,8 +534,8 @@ mod tests {
         );
         assert_eq!(
             c.termination_message_policy.as_deref(),
-            Some("File"),
-            "the relay's own message only, never its log's tail, which quotes clients"
+            Some("FallbackToLogsOnError"),
+            "unchanged, so an upgrade of the operator rolls no relay"
         );
         assert_eq!(
             c.image.as_deref(),
