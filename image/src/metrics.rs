@@ -62,7 +62,7 @@ pub const RELAYHOST_ERRORS: [&str; 5] = ["connect", "tls", "login", "refused", "
 
 /// What the relayhost answered to the last login: `unknown` until a delivery with credentials
 /// succeeds or a login fails (and always without credentials).
-pub const LOGIN_STATES: [&str; 3] = ["accepted", "refused", "unknown"];
+pub const LOGIN_STATES: [&str; 4] = ["accepted", "refused", "unverified", "unknown"];
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -93,7 +93,15 @@ pub struct Metrics {
     oauth2_refreshes: Family<ResultLabel, Counter>,
     oauth2_failures_in_a_row: Gauge,
     oauth2_last_error: Family<ErrorLabel, Gauge>,
+    /// The last walk of the spool and when: scrapes in a burst share one walk.
+    spool_walk: Arc<Mutex<Option<(std::time::Instant, SpoolWalk)>>>,
 }
+
+/// The messages in each queue (in the order of [`QUEUES`]), and the oldest one's arrival.
+type SpoolWalk = ([usize; 5], Option<std::time::SystemTime>);
+
+/// How long a walk of the spool answers scrapes.
+const SPOOL_WALK_FRESH: std::time::Duration = std::time::Duration::from_secs(1);
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabel {
@@ -133,6 +141,7 @@ impl Metrics {
             oauth2_refreshes: Family::default(),
             oauth2_failures_in_a_row: Gauge::default(),
             oauth2_last_error: Family::default(),
+            spool_walk: Arc::default(),
         };
         // Every series exists from the start at 0, so rate() and alerts see the first event.
         // (Rejects by code appear with their first one: codes vary by reason.)
@@ -361,8 +370,12 @@ impl Metrics {
             }
         } else if to_relayhost && matches!(status, "deferred" | "bounced") {
             let reason = relayhost_error(why);
+            let logs_in = self.logs_in.load(std::sync::atomic::Ordering::Relaxed);
             if reason == "login" {
                 self.set_login("refused");
+            } else if reason == "tls" && logs_in && unverified(why) {
+                // The relayhost did not prove its name: no login was sent.
+                self.set_login("unverified");
             }
             self.relayhost_errors
                 .get_or_create(&ReasonLabel {
@@ -454,8 +467,29 @@ impl Metrics {
             .get()
     }
 
+    /// The spool, walked at most once a [`SPOOL_WALK_FRESH`]: concurrent scrapes wait for the
+    /// walk in progress and share it. It blocks: call [`Metrics::encode`] off the runtime's
+    /// workers ([`serve`] does).
+    fn spool_walk(&self) -> SpoolWalk {
+        let mut last = self.spool_walk.lock().unwrap_or_else(|e| e.into_inner());
+        match *last {
+            Some((at, walk)) if at.elapsed() < SPOOL_WALK_FRESH => walk,
+            _ => {
+                let walk = spool_scan(&self.spool_dir);
+                *last = Some((std::time::Instant::now(), walk));
+                walk
+            }
+        }
+    }
+
+    /// As if the last walk were a [`SPOOL_WALK_FRESH`] old.
+    #[cfg(test)]
+    fn forget_spool_walk(&self) {
+        *self.spool_walk.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
     pub fn encode(&self) -> String {
-        let (sizes, oldest) = spool_scan(&self.spool_dir);
+        let (sizes, oldest) = self.spool_walk();
         for (queue, n) in QUEUES.into_iter().zip(sizes) {
             self.queue
                 .get_or_create(&QueueLabel {
@@ -878,7 +912,7 @@ pub fn queue_sizes(spool: &Path) -> [usize; 5] {
 
 /// One walk of the spool: the messages in each queue (in the order of [`QUEUES`]), and when
 /// the oldest of them arrived.
-fn spool_scan(spool: &Path) -> ([usize; 5], Option<std::time::SystemTime>) {
+fn spool_scan(spool: &Path) -> SpoolWalk {
     let scans = QUEUES.map(|q| scan(&spool.join(q)));
     let oldest = scans.iter().filter_map(|(_, t)| *t).min();
     (scans.map(|(n, _)| n), oldest)
@@ -919,6 +953,13 @@ fn reject_reason(text: &str) -> &'static str {
 /// `status=deferred (` or `status=bounced (` (one of [`RELAYHOST_ERRORS`]). Only Postfix's
 /// own words are read: what the relayhost answered follows ` said: ` and may quote the
 /// client's addresses back.
+/// Whether Postfix deferred the mail because the relayhost's certificate was not verified (its
+/// own words, before any answer of the server).
+fn unverified(why: &str) -> bool {
+    let own = why.split_once(" said: ").map_or(why, |(own, _)| own);
+    own.contains("certificate not verified") || own.contains("certificate verification failed")
+}
+
 fn relayhost_error(why: &str) -> &'static str {
     let why = why
         .strip_prefix("delivery temporarily suspended: ")
@@ -1004,25 +1045,39 @@ fn time_record(mut records: &[u8]) -> Option<std::time::SystemTime> {
     None
 }
 
-/// Serves `/metrics` until the task is dropped.
+/// Serves `/metrics` until the task is dropped, within the limits of every small endpoint
+/// ([`crate::http_server`]). The spool is walked on a blocking thread, never on a worker of the
+/// runtime that also runs the liveness heartbeat, the OAuth2 socketmap and the signals.
 pub async fn serve(metrics: Metrics, listen: std::net::SocketAddr) -> std::io::Result<()> {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
     use axum::{routing::get, Router};
     let app = Router::new().route(
         "/metrics",
         get(move || {
             let m = metrics.clone();
             async move {
-                (
-                    [(
-                        "content-type",
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )],
-                    m.encode(),
-                )
+                match tokio::task::spawn_blocking(move || m.encode()).await {
+                    Ok(page) => (
+                        [(
+                            "content-type",
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        page,
+                    )
+                        .into_response(),
+                    Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+                }
             }
         }),
     );
-    axum::serve(bind(listen).await?, app).await
+    crate::http_server::serve(
+        bind(listen).await?,
+        app,
+        crate::http_server::LIMITS,
+        std::future::pending(),
+    )
+    .await
 }
 
 /// Binds `listen`. `[::]` means every address of both families, as for SMTP: dual stack
@@ -1135,6 +1190,10 @@ mod tests {
         queue_file.extend(time.as_bytes());
         queue_file.extend(b"A\x02ab");
         std::fs::write(dir.path().join("deferred/A/q1"), queue_file).unwrap();
+        // A second ago's walk still answers...
+        assert_eq!(QueueReport::parse(&m.encode()).unwrap().oldest_seconds, 0);
+        // ...until it is a second old.
+        m.forget_spool_walk();
         let report = QueueReport::parse(&m.encode()).unwrap();
         assert!((3600..3700).contains(&report.oldest_seconds), "{report:?}");
         assert!(
@@ -1142,6 +1201,26 @@ mod tests {
             "{report:?}"
         );
         assert_eq!(QueueReport::parse("other_metric 1\n"), None);
+    }
+
+    #[test]
+    fn a_relayhost_that_did_not_prove_its_name_is_unverified_not_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Metrics::new(dir.path());
+        m.set_logs_in(true);
+        m.observe_log_line("Nov 25 02:30:01 relay postfix/smtp[13]: 4XYZ: to=<a@example.net>, relay=mx.example.net[10.0.0.5]:587, delay=0.1, delays=0.1/0/0/0, dsn=4.7.5, status=deferred (Server certificate not verified)");
+        assert_eq!(
+            QueueReport::parse(&m.encode()).unwrap().relayhost_login,
+            "unverified"
+        );
+        // The server's own answer cannot say so: it is not Postfix's word.
+        let m = Metrics::new(dir.path());
+        m.set_logs_in(true);
+        m.observe_log_line("Nov 25 02:30:01 relay postfix/smtp[13]: 4XYZ: to=<a@example.net>, relay=mx.example.net[10.0.0.5]:587, delay=0.1, delays=0.1/0/0/0, dsn=4.0.0, status=deferred (host mx.example.net[10.0.0.5] said: 421 TLS certificate not verified (in reply to MAIL FROM command))");
+        assert_eq!(
+            QueueReport::parse(&m.encode()).unwrap().relayhost_login,
+            "unknown"
+        );
     }
 
     #[test]

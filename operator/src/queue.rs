@@ -135,6 +135,7 @@ fn login_name(state: &str) -> &'static str {
     match state {
         "accepted" => "Accepted",
         "refused" => "Refused",
+        "unverified" => "Unverified",
         _ => "Unknown",
     }
 }
@@ -209,7 +210,7 @@ pub fn summarize(reports: &[(String, Result<QueueReport, String>)]) -> Option<Qu
             .filter_map(|p| p.last_delivery_time.clone())
             .max_by_key(|t| t.0),
         relayhost_token: worst_token(&pods),
-        relayhost_login: ["Refused", "Accepted"]
+        relayhost_login: ["Unverified", "Refused", "Accepted"]
             .into_iter()
             .find(|state| logins.contains(state))
             .unwrap_or("Unknown")
