@@ -84,7 +84,12 @@ const TLS_FLOOR: &str = "no field: Postfix's defaults with the image's OpenSSL 3
 ///   weaker value from a stronger one, and there is nothing stronger to ask for: the
 ///   defaults are already TLS 1.2 or newer.
 ///
-/// Left open: `lmtp_*` (the relay delivers nothing over LMTP), `tlsproxy_client_*` (the
+/// - `smtp_sender_dependent_authentication` (the login looked up by sender first) and
+///   `info_log_address_format` (unquoted addresses in the log the metrics read);
+/// - `lmtp_sasl_*`: an `lmtp:` route to the relayhost with the OAuth2 socketmap as its password
+///   map would carry the token without TLS.
+///
+/// Left open: the rest of `lmtp_*` (the relay delivers nothing over LMTP), `tlsproxy_client_*` (the
 /// smtp client sends its own level, CAs and matching with every request to tlsproxy, which
 /// only preloads these), and everything on the inbound side (`smtpd_tls_*`; AUTH there is
 /// guarded by `smtpd_tls_auth_only`).
@@ -138,6 +143,14 @@ const RELAYHOST_OWNED: &[(&str, &str)] = &[
     ("tls_config_file", TLS_FLOOR),
     ("tls_config_name", TLS_FLOOR),
     ("tls_ssl_options", TLS_FLOOR),
+    (
+        "smtp_sender_dependent_authentication",
+        "no field: the login is looked up by sender first, and a sender's quoted local part can spell the relayhost's key",
+    ),
+    (
+        "info_log_address_format",
+        "no field: the relay's metrics read Postfix's log in its default format, where addresses are quoted; unquoted, a client's address could write what the metrics count",
+    ),
 ];
 
 /// The `smtp_tls_*` and `smtp_sasl_*` parameters `postconf` may set: they tune the relayhost
@@ -211,6 +224,12 @@ fn rule(name: &str) -> Option<(Protects, &'static str)> {
     }
     if let Some((_, owner)) = RELAYHOST_OWNED.iter().find(|(n, _)| *n == name) {
         return Some((Protects::RelayhostLogin, owner));
+    }
+    if name.starts_with("lmtp_sasl_") {
+        return Some((
+            Protects::RelayhostLogin,
+            "no field: an lmtp: route with this login would carry the relayhost's password or token without TLS",
+        ));
     }
     if (name.starts_with("smtp_tls_") || name.starts_with("smtp_sasl_"))
         && !HARMLESS.contains(&name)
@@ -444,6 +463,22 @@ fn parse_network(entry: &str) -> Option<IpNet> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_login_lookups_and_the_log_format_the_metrics_read_are_owned() {
+        for name in [
+            "smtp_sender_dependent_authentication",
+            "info_log_address_format",
+            "lmtp_sasl_password_maps",
+            "lmtp_sasl_auth_enable",
+        ] {
+            let err = check_postconf(&format!("postconf.{name}"), name)
+                .expect_err(name)
+                .to_string();
+            assert!(err.contains(name) && err.contains("no field"), "{err}");
+        }
+        assert!(check_postconf("postconf.lmtp_tcp_port", "lmtp_tcp_port").is_ok());
+    }
     use crate::postfix::layout::Layout;
     use crate::postfix::main_cf;
     use crate::settings::{
