@@ -246,6 +246,13 @@ pub fn postconf_known(field: &str, name: &str) -> ConfigResult<()> {
     Ok(())
 }
 
+/// A `postconf` entry's value: one Postfix can read as the parameter's type (integer, size,
+/// time with its unit, boolean; [`crate::postfix::types`]), so no daemon dies on it after a
+/// reload. A value that refers to other parameters (`$name`) is left to Postfix.
+pub fn postconf_value(field: &str, name: &str, value: &str) -> ConfigResult<()> {
+    crate::postfix::types::check(field, name, value)
+}
+
 /// The port of the PROXY-protocol listener: a real port.
 pub fn proxy_protocol_port(field: &str, port: u16) -> ConfigResult<u16> {
     if port == 0 {

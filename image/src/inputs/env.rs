@@ -181,6 +181,7 @@ fn postconf(vars: &BTreeMap<String, String>) -> ConfigResult<BTreeMap<String, St
             validate::postconf_name("RELAY_EXTRAS_SETTINGS", name)?;
             validate::postconf_known("RELAY_EXTRAS_SETTINGS", name)?;
             relay_guard::check_postconf("RELAY_EXTRAS_SETTINGS", name)?;
+            validate::postconf_value(&format!("RELAY_EXTRAS_SETTINGS ({name})"), name, value)?;
             out.insert(name.to_string(), value.to_string());
         }
     }
@@ -190,6 +191,7 @@ fn postconf(vars: &BTreeMap<String, String>) -> ConfigResult<BTreeMap<String, St
             validate::postconf_known(key, name)?;
             relay_guard::check_postconf(key, name)?;
             validate::single_line(key, value)?;
+            validate::postconf_value(key, name, value)?;
             out.insert(name.to_string(), value.trim().to_string());
         }
     }

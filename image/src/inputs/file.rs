@@ -364,9 +364,16 @@ pub fn settings_with(
             Ok(InboundTls {
                 cert_file: tls.cert_file.clone(),
                 key_file: tls.key_file.clone(),
+                min_version: file.inbound_tls_min_version.unwrap_or_default(),
             })
         })
         .transpose()?;
+    if let (Some(min), None) = (file.inbound_tls_min_version, &inbound_tls) {
+        return Err(ConfigError::invalid(
+            field("inboundTlsMinVersion"),
+            format!("is {min}, but the relay offers clients no TLS: give inboundTls (certFile and keyFile), or remove it"),
+        ));
+    }
     settings::require_tls_for_sasl(
         &sasl_users,
         inbound_tls.as_ref(),
@@ -378,6 +385,7 @@ pub fn settings_with(
         validate::postconf_known(&field(&format!("postconf.{name}")), name)?;
         relay_guard::check_postconf(&field(&format!("postconf.{name}")), name)?;
         validate::single_line(&field(&format!("postconf.{name}")), value)?;
+        validate::postconf_value(&field(&format!("postconf.{name}")), name, value)?;
     }
     // The login goes only to a relayhost that proves its identity, unless a level says
     // otherwise: a relayhost given by address needs a CA or a level, and a known provider's

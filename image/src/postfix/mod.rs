@@ -1,6 +1,6 @@
 //! Everything that knows Postfix: which parameters the settings become (`main_cf`), which
 //! services run (`master_cf`), what each relay mode means (`restrictions`), what may never open
-//! the relay (`relay_guard`), and how an instance
+//! the relay (`relay_guard`), how Postfix reads each parameter's value (`types`), and how an instance
 //! is laid out on disk (`layout`) and controlled (`instance`).
 
 pub mod instance;
@@ -9,3 +9,4 @@ pub mod main_cf;
 pub mod master_cf;
 pub mod relay_guard;
 pub mod restrictions;
+pub mod types;
