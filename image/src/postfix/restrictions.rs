@@ -120,7 +120,40 @@ const SAFETY_NETS: &[&str] = &[
     "defer_unauth_destination",
 ];
 
-/// Checks a custom restriction list token by token.
+/// What an anonymous client outside the trusted networks meets first in a restriction list.
+#[derive(Debug, PartialEq, Eq)]
+enum FirstDecision {
+    /// `permit`, at this index: an open relay.
+    Permit(usize),
+    /// A safety net that rejects or defers it.
+    Refused,
+    /// Nothing decides (e.g. `warn_if_reject reject`, which only logs): the list runs out,
+    /// and a list that runs out permits.
+    RunsOut,
+}
+
+/// Walks a list that [`check_custom`]'s token checks accepted, as Postfix would for an
+/// anonymous client from outside `networks` sending to an outside domain. Access tables and
+/// policy services are trusted not to permit everyone (as [`super::relay_guard::open_relay`]
+/// does); `warn_if_reject` turns the next restriction's rejection into a log line.
+fn first_decision(tokens: &[String]) -> FirstDecision {
+    let mut i = 0;
+    while let Some(token) = tokens.get(i) {
+        match token.as_str() {
+            "permit" => return FirstDecision::Permit(i),
+            "warn_if_reject" => i += 1,
+            t if SAFETY_NETS.contains(&t) => return FirstDecision::Refused,
+            t if WITH_ARGUMENT.contains(&t) => i += 1,
+            _ => {}
+        }
+        i += 1;
+    }
+    FirstDecision::RunsOut
+}
+
+/// Checks a custom restriction list token by token, then what it decides for an anonymous
+/// client from outside: a list that would let it relay is refused here, naming the entry,
+/// rather than by the relay's start-time check inside a new pod, which would crash-loop.
 pub fn check_custom(field: &str, tokens: &[String]) -> ConfigResult<()> {
     if tokens.is_empty() {
         return Err(ConfigError::invalid(field, "the restriction list is empty"));
@@ -159,7 +192,17 @@ pub fn check_custom(field: &str, tokens: &[String]) -> ConfigResult<()> {
             "the list must contain reject, defer or reject_unauth_destination, or Postfix would refuse all mail",
         ));
     }
-    Ok(())
+    match first_decision(tokens) {
+        FirstDecision::Refused => Ok(()),
+        FirstDecision::Permit(index) => Err(ConfigError::invalid(
+            format!("{field}[{index}]"),
+            "permit comes before any reject, defer or reject_unauth_destination, so any client could relay to any domain (an open relay, which the relay refuses to start); put reject_unauth_destination first, or use permit_mynetworks and permit_sasl_authenticated",
+        )),
+        FirstDecision::RunsOut => Err(ConfigError::invalid(
+            field,
+            "no reject, defer or reject_unauth_destination takes effect (warn_if_reject only logs the next one), so the list runs out and permits any client to relay to any domain (an open relay, which the relay refuses to start)",
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -192,5 +235,46 @@ mod tests {
         assert!(check_custom("m", &tokens("permit_everyone reject")).is_err());
         assert!(check_custom("m", &tokens("reject check_client_access")).is_err());
         assert!(check_custom("m", &[]).is_err());
+    }
+
+    /// Issue 24: `[permit, reject]` passed these checks and the operator, then every new pod
+    /// refused to start an open relay and crash-looped. Refused here now, naming the entry.
+    #[test]
+    fn a_list_that_permits_anyone_first_is_refused_naming_the_entry() {
+        let err = check_custom("spec.customRestrictions", &tokens("permit reject"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("spec.customRestrictions[0]: permit comes before any reject")
+                && err.contains("open relay"),
+            "{err}"
+        );
+        let err = check_custom(
+            "c",
+            &tokens("permit_sasl_authenticated check_client_access cidr:/x permit reject"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("c[3]: permit"), "{err}");
+        let err = check_custom("c", &tokens("permit_mynetworks warn_if_reject reject"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("runs out") && err.contains("open relay"),
+            "{err}"
+        );
+        // A safety net first, or permit after it, is closed.
+        for ok in [
+            "reject_unauth_destination permit",
+            "permit_mynetworks reject_unauth_destination permit",
+            "permit_mynetworks warn_if_reject reject_unauth_pipelining reject",
+            "defer_if_permit permit",
+        ] {
+            check_custom("c", &tokens(ok)).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        let err = check_custom("c", &tokens("permit_mynetworks permit_everyone reject"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("c: \"permit_everyone\""), "{err}");
     }
 }
