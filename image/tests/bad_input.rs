@@ -136,6 +136,134 @@ fn the_postfix_parameter_list_is_current() {
     );
 }
 
+/// The candidates of the table of parameter types are the image's Postfix's own: every
+/// parameter whose default (`postconf -dx`) is a number, a time or yes/no has a line, and each
+/// typed line agrees with its default. After a Postfix upgrade this fails until the table is
+/// regenerated (the command and the way its verdicts were found are in its header).
+#[test]
+fn the_postfix_parameter_type_table_is_current() {
+    require_postfix();
+    let out = std::process::Command::new("postconf")
+        .arg("-dx")
+        .output()
+        .expect("postconf (apt-get install postfix)");
+    let defaults: std::collections::BTreeMap<String, String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            l.split_once(" = ")
+                .or_else(|| l.strip_suffix(" =").map(|n| (n, "")))
+        })
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect();
+    let looks = |v: &str| -> Option<String> {
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        if digits(v.strip_prefix('-').unwrap_or(v)) {
+            Some("integer".into())
+        } else if v.len() > 1 && digits(&v[..v.len() - 1]) && v.ends_with(['s', 'm', 'h', 'd', 'w'])
+        {
+            Some(format!("time:{}", &v[v.len() - 1..]))
+        } else if v.eq_ignore_ascii_case("yes") || v.eq_ignore_ascii_case("no") {
+            Some("boolean".into())
+        } else {
+            None
+        }
+    };
+    let candidates: Vec<&String> = defaults
+        .iter()
+        .filter(|(_, v)| looks(v).is_some())
+        .map(|(n, _)| n)
+        .collect();
+    let mut listed = Vec::new();
+    let mut disagree = Vec::new();
+    for line in include_str!("../src/postfix/parameter-types.txt")
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+    {
+        let mut words = line.split_whitespace();
+        let (name, kind) = (words.next().unwrap(), words.next().unwrap());
+        listed.push(name.to_string());
+        let default = defaults.get(name).map(String::as_str).unwrap_or("");
+        let kind = if kind == "size" { "integer" } else { kind };
+        if kind != "any" && looks(default).as_deref() != Some(kind) {
+            disagree.push(format!("{name} ({kind}, default {default:?})"));
+        }
+    }
+    let missing: Vec<&&String> = candidates.iter().filter(|c| !listed.contains(c)).collect();
+    let extra: Vec<&String> = listed.iter().filter(|l| !candidates.contains(l)).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty() && disagree.is_empty(),
+        "image/src/postfix/parameter-types.txt is stale (missing {missing:?}, no longer \
+         candidates {extra:?}, type and default disagree {disagree:?}): regenerate it as its \
+         header says"
+    );
+}
+
+/// Issue 24: a value Postfix's daemons cannot read (`smtpd_recipient_limit = 1k` passed
+/// `postfix check`, then every smtpd died with "bad numerical configuration") is refused
+/// before Postfix starts, naming the entry and what Postfix expects, from either input.
+#[test]
+fn postconf_values_of_the_wrong_type_are_refused() {
+    refused(
+        env_with("POSTCONF_smtpd_recipient_limit", "1k"),
+        "POSTCONF_smtpd_recipient_limit: \"1k\" is not a whole number: Postfix reads this parameter as an integer",
+    );
+    refused(
+        env_with("POSTCONF_smtpd_timeout", "5 minutes"),
+        "POSTCONF_smtpd_timeout: \"5 minutes\" is not a time",
+    );
+    refused(
+        env_with("RELAY_EXTRAS_SETTINGS", "message_size_limit=lots"),
+        "RELAY_EXTRAS_SETTINGS (message_size_limit): \"lots\" is not a whole number",
+    );
+    let mut cfg = config(25, Mode::Strict);
+    cfg.postconf
+        .insert("smtpd_client_connection_count_limit".into(), "fifty".into());
+    refused(
+        RelaySpec::new(Input::file(cfg)),
+        "postconf.smtpd_client_connection_count_limit: \"fifty\" is not a whole number",
+    );
+}
+
+/// The other half of issue 24: values of the right type, in every form Postfix reads, still
+/// start Postfix, and smtpd (which died on the bad ones) answers and relays.
+#[test]
+fn postconf_values_postfix_reads_still_start_it() {
+    let sink = start_sink();
+    let mut vars = env(sink.port(), "STRICT");
+    for (name, value) in [
+        ("smtpd_timeout", "300s"),
+        ("smtpd_recipient_limit", "1000"),
+        ("smtpd_client_connection_count_limit", "+50"),
+        ("message_size_limit", "52428800"),
+        ("maximal_queue_lifetime", "2"),
+        ("smtpd_tls_loglevel", "1"),
+        ("smtpd_tls_received_header", "YES"),
+        ("smtpd_error_sleep_time", "1s"),
+        ("smtpd_soft_error_limit", "$default_process_limit"),
+    ] {
+        vars.insert(format!("POSTCONF_{name}"), value.into());
+    }
+    let relay = RelaySpec::new(Input::Env(vars)).start();
+    let main_cf = std::fs::read_to_string(relay.spec().postfix_dir().join("main.cf")).unwrap();
+    assert!(
+        main_cf.contains("\nsmtpd_recipient_limit = 1000\n"),
+        "{main_cf}"
+    );
+    send(
+        relay.addr(),
+        [127, 0, 0, 2],
+        None,
+        "app@example.net",
+        "someone@example.net",
+        "typed-values",
+    )
+    .unwrap();
+    sink.wait_for("someone@example.net", "typed-values", DEADLINE)
+        .unwrap();
+    let (status, _) = relay.stop();
+    assert_eq!(status.code(), Some(0));
+}
+
 #[test]
 fn unreadable_secret_files() {
     // Root reads any file, so "unreadable" is a directory where a file should be, or nothing.
@@ -273,8 +401,10 @@ fn networks_covering_every_address() {
     );
 }
 
-/// Issue 13, point 4: the relay checks the configuration Postfix would run with. A custom list
-/// that passes the syntax checks (it has `reject`) but permits everyone first is refused.
+/// Issue 13, point 4, and issue 24: a custom list that has `reject` but permits everyone first
+/// is an open relay. The relay's start-time check of the configuration Postfix would run with
+/// refused it inside every new pod, which then crash-looped; the list's own check refuses it
+/// now, naming the entry, so the operator does too before writing anything.
 #[test]
 fn an_effective_open_relay_does_not_start() {
     let mut cfg = config(25, Mode::Strict);
@@ -282,11 +412,11 @@ fn an_effective_open_relay_does_not_start() {
     cfg.custom_restrictions = Some(vec!["permit".into(), "reject".into()]);
     refused(
         RelaySpec::new(Input::file(cfg)),
-        "refusing to start an open relay",
+        "customRestrictions[0]: permit comes before any reject, defer or reject_unauth_destination, so any client could relay to any domain (an open relay",
     );
     refused(
         env_with("RELAY_MODE", "permit_sasl_authenticated permit reject"),
-        "refusing to start an open relay",
+        "RELAY_MODE[1]: permit comes before any reject",
     );
 }
 
