@@ -7,6 +7,7 @@ use ipnet::IpNet;
 use smtp_relay::config_file::RelayConfigFile;
 use smtp_relay::inputs::file::{settings_with, InMemory};
 use smtp_relay::postfix::relay_guard;
+use smtp_relay::validate;
 
 use crate::builders::{relay_config, CA_KEY, PASSWORD_KEY, RELAYHOST_DIR, TLS_DIR, USERNAME_KEY};
 use crate::crd::{SmtpRelay, SmtpRelaySpec};
@@ -306,6 +307,10 @@ fn validate_postconf(spec: &SmtpRelaySpec) -> Result<(), String> {
                 "spec.postconf.{k} contains a line break; Postfix parameters are one line"
             ));
         }
+        // The relay's own judges of the name and the value, with the same messages.
+        let field = format!("spec.postconf.{k}");
+        validate::postconf_known(&field, k).map_err(|e| e.to_string())?;
+        validate::postconf_value(&field, k, v).map_err(|e| e.to_string())?;
     }
     Ok(())
 }
