@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::settings::{Mode, TlsLevel};
+use crate::settings::{Mode, TlsLevel, TlsMinVersion};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -38,6 +38,12 @@ pub struct RelayConfigFile {
     pub sasl_users_dir: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inbound_tls: Option<InboundTlsFile>,
+    /// The oldest TLS version clients may use with `inboundTls`: `TLSv1.2` when omitted
+    /// (forward-secret AEAD suites only); `TLSv1.0` or `TLSv1.1` for legacy devices (CBC
+    /// suites come back, never anonymous, null, export, RC4 or 3DES ones); `TLSv1.3`. Only
+    /// with `inboundTls`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inbound_tls_min_version: Option<TlsMinVersion>,
     /// A second SMTP port, on the listen address, for a load balancer that speaks the PROXY
     /// protocol: the client address comes from its header.
     #[serde(default, skip_serializing_if = "Option::is_none")]

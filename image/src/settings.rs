@@ -154,11 +154,66 @@ pub enum SaslUserSource {
     Directory(PathBuf),
 }
 
-/// Certificate and key offered to clients with STARTTLS.
+/// Certificate and key offered to clients with STARTTLS, and the oldest TLS version they may
+/// speak.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InboundTls {
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
+    pub min_version: TlsMinVersion,
+}
+
+/// The oldest TLS version clients may use on the relay's SMTP ports, where SASL users log in
+/// (issue 26). The default, TLS 1.2, goes with forward-secret AEAD suites only; TLS 1.0 and 1.1
+/// are for legacy devices that cannot do better, accepted and flagged (the operator's
+/// `InboundTLSModern=False`): they need CBC suites with SHA-1 MACs, which scanners fail.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
+)]
+pub enum TlsMinVersion {
+    #[serde(rename = "TLSv1.0")]
+    Tls1_0,
+    #[serde(rename = "TLSv1.1")]
+    Tls1_1,
+    #[default]
+    #[serde(rename = "TLSv1.2")]
+    Tls1_2,
+    #[serde(rename = "TLSv1.3")]
+    Tls1_3,
+}
+
+impl TlsMinVersion {
+    pub const ALL: [TlsMinVersion; 4] = [
+        TlsMinVersion::Tls1_0,
+        TlsMinVersion::Tls1_1,
+        TlsMinVersion::Tls1_2,
+        TlsMinVersion::Tls1_3,
+    ];
+
+    /// The name in every input: `TLSv1.0` ... `TLSv1.3` (a YAML `1.2` would be a number).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsMinVersion::Tls1_0 => "TLSv1.0",
+            TlsMinVersion::Tls1_1 => "TLSv1.1",
+            TlsMinVersion::Tls1_2 => "TLSv1.2",
+            TlsMinVersion::Tls1_3 => "TLSv1.3",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<TlsMinVersion> {
+        TlsMinVersion::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+
+    /// Older than TLS 1.2: allowed for legacy clients only, and flagged.
+    pub fn is_legacy(self) -> bool {
+        self < TlsMinVersion::Tls1_2
+    }
+}
+
+impl fmt::Display for TlsMinVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// The relay domains: the relay's own `domain` first, then the listed ones, without repeats.

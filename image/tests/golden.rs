@@ -1,7 +1,7 @@
 //! Golden files of what Postfix sees: `main.cf` and `master.cf` for each relay mode, as the
-//! relay writes them for the operator's config file (`image/tests/golden/`). A change to the
-//! generated configuration shows as a diff in review. Regenerate with
-//! `UPDATE_GOLDEN=1 cargo test -p smtp-relay --test golden`.
+//! relay writes them for the operator's config file (`image/tests/golden/`), and `main.cf` with
+//! the legacy clients' TLS floor. A change to the generated configuration shows as a diff in
+//! review. Regenerate with `UPDATE_GOLDEN=1 cargo test -p smtp-relay --test golden`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
 
@@ -12,7 +12,7 @@ use smtp_relay::config_file::{InboundTlsFile, RelayConfigFile, RelayhostFile};
 use smtp_relay::inputs::file::{settings_with, InMemory};
 use smtp_relay::postfix::layout::Layout;
 use smtp_relay::postfix::{main_cf, master_cf};
-use smtp_relay::settings::Mode;
+use smtp_relay::settings::{Mode, TlsMinVersion};
 
 /// The operator's layout in a relay pod.
 fn layout() -> Layout {
@@ -95,5 +95,12 @@ fn main_cf_and_master_cf_of_every_mode() {
         stale.extend(golden(&format!("main.cf.{name}"), &main));
         stale.extend(golden(&format!("master.cf.{name}"), &master));
     }
+    // Issue 26: the opt-down for legacy clients (`spec.tlsMinVersion: TLSv1.0`).
+    let (mut file, mounted) = config(Mode::AllowSaslAuthNoDomain);
+    file.inbound_tls_min_version = Some(TlsMinVersion::Tls1_0);
+    let settings =
+        settings_with(&file, &|n| format!("relay.yaml: {n}"), &mounted).expect("legacy TLS");
+    let main = main_cf::render(&main_cf::parameters(&settings, &layout()));
+    stale.extend(golden("main.cf.legacy_tls", &main));
     assert!(stale.is_empty(), "{}", stale.join("\n"));
 }

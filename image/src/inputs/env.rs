@@ -9,7 +9,7 @@ use crate::error::{ConfigError, ConfigResult};
 use crate::inputs::{self, readable_file};
 use crate::postfix::relay_guard;
 use crate::settings::{
-    self, Credentials, InboundTls, RelayPolicy, SaslUserSource, Settings, TlsLevel,
+    self, Credentials, InboundTls, RelayPolicy, SaslUserSource, Settings, TlsLevel, TlsMinVersion,
 };
 use crate::validate;
 
@@ -97,11 +97,25 @@ pub fn settings(vars: &BTreeMap<String, String>, postfix_dir: &Path) -> ConfigRe
     } else {
         SaslUserSource::None
     };
+    let min_version = get("RELAY_TLS_MIN_VERSION")
+        .map(|v| {
+            TlsMinVersion::parse(v).ok_or_else(|| {
+                ConfigError::invalid(
+                    "RELAY_TLS_MIN_VERSION",
+                    format!(
+                        "{v:?} is not a TLS version; use one of {} (TLSv1.0 and TLSv1.1 only for legacy clients)",
+                        TlsMinVersion::ALL.map(TlsMinVersion::as_str).join(", ")
+                    ),
+                )
+            })
+        })
+        .transpose()?;
     let inbound_tls = match (get("RELAY_TLS_CERT"), get("RELAY_TLS_KEY")) {
         (None, None) => None,
         (Some(cert), Some(key)) => Some(InboundTls {
             cert_file: readable_file("RELAY_TLS_CERT", Path::new(cert))?,
             key_file: readable_file("RELAY_TLS_KEY", Path::new(key))?,
+            min_version: min_version.unwrap_or_default(),
         }),
         (Some(_), None) => {
             return Err(ConfigError::invalid(
@@ -117,6 +131,12 @@ pub fn settings(vars: &BTreeMap<String, String>, postfix_dir: &Path) -> ConfigRe
         }
     };
 
+    if let (Some(min), None) = (min_version, &inbound_tls) {
+        return Err(ConfigError::invalid(
+            "RELAY_TLS_MIN_VERSION",
+            format!("is {min}, but the relay offers clients no TLS: set RELAY_TLS_CERT and RELAY_TLS_KEY, or unset it"),
+        ));
+    }
     settings::require_tls_for_sasl(
         &sasl_users,
         inbound_tls.as_ref(),
@@ -559,6 +579,57 @@ mod tests {
         assert_eq!(
             s.sasl_users,
             SaslUserSource::PasswdFile(dir.path().join("client_sasl_passwd"))
+        );
+    }
+
+    /// Issue 26: RELAY_TLS_MIN_VERSION sets the clients' TLS floor, by its `TLSv1.x` name,
+    /// and only goes with a certificate.
+    #[test]
+    fn tls_min_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        std::fs::write(&cert, "certificate").unwrap();
+        std::fs::write(&key, "key").unwrap();
+        let (cert, key) = (cert.display().to_string(), key.display().to_string());
+        let with = |extra: &[(&'static str, &str)]| {
+            let mut vars: Vec<(&str, &str)> = minimal();
+            vars.extend_from_slice(extra);
+            settings(&env(&vars), nodir())
+        };
+        let tls = [
+            ("RELAY_TLS_CERT", cert.as_str()),
+            ("RELAY_TLS_KEY", key.as_str()),
+        ];
+        let min = |extra: &[(&'static str, &str)]| {
+            let mut vars = tls.to_vec();
+            vars.extend_from_slice(extra);
+            with(&vars).map(|s| s.inbound_tls.unwrap().min_version)
+        };
+        assert_eq!(min(&[]).unwrap(), TlsMinVersion::Tls1_2);
+        assert_eq!(
+            min(&[("RELAY_TLS_MIN_VERSION", "TLSv1.0")]).unwrap(),
+            TlsMinVersion::Tls1_0
+        );
+        assert_eq!(
+            min(&[("RELAY_TLS_MIN_VERSION", "TLSv1.3")]).unwrap(),
+            TlsMinVersion::Tls1_3
+        );
+        let err = min(&[("RELAY_TLS_MIN_VERSION", "1.0")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("RELAY_TLS_MIN_VERSION: \"1.0\" is not a TLS version")
+                && err.contains("TLSv1.0, TLSv1.1, TLSv1.2, TLSv1.3"),
+            "{err}"
+        );
+        let err = with(&[("RELAY_TLS_MIN_VERSION", "TLSv1.0")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(
+                "RELAY_TLS_MIN_VERSION: is TLSv1.0, but the relay offers clients no TLS"
+            ),
+            "{err}"
         );
     }
 

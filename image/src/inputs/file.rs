@@ -541,6 +541,48 @@ mod tests {
         assert!(err.contains("bogus"), "{err}");
     }
 
+    /// Issue 26: `inboundTlsMinVersion` is read by its `TLSv1.x` name, defaults to TLS 1.2,
+    /// and means something only with `inboundTls`.
+    #[test]
+    fn the_inbound_tls_floor_goes_with_the_certificate() {
+        use crate::settings::TlsMinVersion;
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        fs::write(&cert, "certificate").unwrap();
+        fs::write(&key, "key").unwrap();
+        let text = format!(
+            "domain: example.net\nrelayhost: {{host: smtp.example.net}}\ninboundTls: {{certFile: {}, keyFile: {}}}\n",
+            cert.display(),
+            key.display()
+        );
+        let mut f: RelayConfigFile = serde_yaml::from_str(&text).unwrap();
+        let min = |f: &RelayConfigFile| {
+            settings(f, "relay.yaml")
+                .unwrap()
+                .inbound_tls
+                .unwrap()
+                .min_version
+        };
+        assert_eq!(min(&f), TlsMinVersion::Tls1_2);
+        let legacy: RelayConfigFile =
+            serde_yaml::from_str(&format!("{text}inboundTlsMinVersion: TLSv1.0\n")).unwrap();
+        assert_eq!(min(&legacy), TlsMinVersion::Tls1_0);
+        assert!(
+            serde_yaml::from_str::<RelayConfigFile>(&format!("{text}inboundTlsMinVersion: 1.0\n"))
+                .is_err(),
+            "a number is not a version"
+        );
+        f.inbound_tls = None;
+        f.inbound_tls_min_version = Some(TlsMinVersion::Tls1_0);
+        let err = settings(&f, "relay.yaml").unwrap_err().to_string();
+        assert!(
+            err.starts_with(
+                "relay.yaml: inboundTlsMinVersion: is TLSv1.0, but the relay offers clients no TLS"
+            ),
+            "{err}"
+        );
+    }
+
     const OAUTH2_ENDPOINT: &str = "https://login.microsoftonline.com/t/oauth2/v2.0/token";
 
     /// A directory with an OAuth2 app's files: `id`, `secret`, `rt` (a refresh token).

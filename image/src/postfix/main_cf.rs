@@ -7,7 +7,7 @@ use ipnet::IpNet;
 use crate::inputs::SYSTEM_CA_BUNDLE;
 use crate::postfix::layout::Layout;
 use crate::postfix::restrictions;
-use crate::settings::{self, Relayhost, SaslUserSource, Settings, TlsLevel};
+use crate::settings::{self, Relayhost, SaslUserSource, Settings, TlsLevel, TlsMinVersion};
 
 /// Debian's shared files (postfix-files, dynamicmaps.cf) stay where the package put them while
 /// the configuration lives elsewhere.
@@ -21,6 +21,66 @@ pub const SYSTEM_CA_DIR: &str = "/etc/ssl/certs";
 /// client), which lets anyone knocking at the relay double its traffic to the relayhost; the
 /// seed's list can be restored with `postconf: {notify_classes: ...}` (see the README).
 const NOTIFY_CLASSES: &str = "resource, software";
+
+/// What no client may negotiate, whatever `TlsMinVersion` allows: no authentication (anonymous
+/// DH, which Postfix's own lists keep for opportunistic TLS), no encryption, export grade, RC4,
+/// DES and 3DES (Sweet32), MD5 MACs; and pre-shared-key and SRP suites, which the relay has no
+/// keys for. OpenSSL cipher-string names, as `smtpd_tls_exclude_ciphers` takes them.
+const NEVER_CIPHERS: &str = "aNULL, eNULL, EXPORT, RC4, DES, 3DES, MD5, PSK, SRP";
+
+/// Besides [`NEVER_CIPHERS`], from TLS 1.2 on: every suite with a MAC of its own (the CBC
+/// suites: `SHA1`, and the TLS 1.2 CBC ones with `SHA256`/`SHA384`; the AEAD suites' MAC is
+/// `AEAD`, so GCM, CCM and ChaCha20-Poly1305 stay) and static RSA key exchange (`kRSA`: no
+/// forward secrecy). What is left at TLS 1.2 is ECDHE and DHE with AEAD ciphers, which a
+/// scanner grades clean; TLS 1.3's own suites are OpenSSL's defaults, all AEAD.
+const MODERN_EXCLUDED: &str = "SHA1, SHA256, SHA384, kRSA";
+
+/// The parameters that set the inbound TLS floor (protocols, ciphers, who picks the suite).
+/// `postconf` may set them; a spec that does is flagged by the operator, as the floor is then
+/// the user's (see [`inbound_tls_overridden`]).
+pub const INBOUND_TLS_FLOOR: [&str; 9] = [
+    "smtpd_tls_protocols",
+    "smtpd_tls_mandatory_protocols",
+    "smtpd_tls_ciphers",
+    "smtpd_tls_mandatory_ciphers",
+    "smtpd_tls_exclude_ciphers",
+    "smtpd_tls_mandatory_exclude_ciphers",
+    "tls_preempt_cipherlist",
+    "smtpd_tls_eecdh_grade",
+    "smtpd_tls_dh1024_param_file",
+];
+
+/// The `postconf` entries that replace part of the inbound TLS floor, by name.
+pub fn inbound_tls_overridden<'a>(postconf: impl IntoIterator<Item = &'a String>) -> Vec<&'a str> {
+    postconf
+        .into_iter()
+        .map(String::as_str)
+        .filter(|name| INBOUND_TLS_FLOOR.contains(name))
+        .collect()
+}
+
+/// The inbound TLS floor for `min`: (`smtpd_tls_protocols`, `smtpd_tls_ciphers` grade,
+/// `smtpd_tls_exclude_ciphers`). Mandatory TLS (`smtpd_tls_security_level = encrypt` through
+/// `postconf`) gets the same.
+pub fn inbound_tls_floor(min: TlsMinVersion) -> (&'static str, &'static str, String) {
+    let protocols = match min {
+        TlsMinVersion::Tls1_0 => ">=TLSv1",
+        TlsMinVersion::Tls1_1 => ">=TLSv1.1",
+        TlsMinVersion::Tls1_2 => ">=TLSv1.2",
+        TlsMinVersion::Tls1_3 => ">=TLSv1.3",
+    };
+    if min.is_legacy() {
+        // TLS 1.0 and 1.1 have only CBC suites with SHA-1 MACs (and RC4, excluded): what the
+        // legacy clients need stays, the rest of the exclusions too.
+        (protocols, "medium", NEVER_CIPHERS.to_string())
+    } else {
+        (
+            protocols,
+            "high",
+            format!("{NEVER_CIPHERS}, {MODERN_EXCLUDED}"),
+        )
+    }
+}
 
 /// `relayhost` as Postfix writes it: brackets turn off the MX lookup.
 pub fn relayhost_value(relayhost: &Relayhost) -> String {
@@ -165,6 +225,18 @@ pub fn parameters(s: &Settings, layout: &Layout) -> Vec<(String, String)> {
             p.set("smtpd_tls_security_level", "may");
             // Passwords never cross the network in clear text once we can offer TLS.
             p.set("smtpd_tls_auth_only", "yes");
+            // And the TLS they cross in is one a scanner grades clean (issue 26): Postfix's
+            // defaults take TLS 1.0 and 1.1, anonymous suites, CBC with SHA-1, and the
+            // client's order. Every smtpd reads these, the PROXY-protocol port's too.
+            let (protocols, grade, excluded) = inbound_tls_floor(tls.min_version);
+            for prefix in ["smtpd_tls_", "smtpd_tls_mandatory_"] {
+                p.set(&format!("{prefix}protocols"), protocols);
+                p.set(&format!("{prefix}ciphers"), grade);
+                p.set(&format!("{prefix}exclude_ciphers"), &excluded);
+            }
+            // The server's order, strongest first, not the client's (for smtpd only: the
+            // smtp client ignores it).
+            p.set("tls_preempt_cipherlist", "yes");
         }
         None => p.set("smtpd_tls_security_level", "none"),
     }
@@ -422,6 +494,7 @@ mod tests {
         s.inbound_tls = Some(InboundTls {
             cert_file: "/tls/tls.crt".into(),
             key_file: "/tls/tls.key".into(),
+            min_version: TlsMinVersion::default(),
         });
         let p = parameters(&s, &layout());
         assert_eq!(
@@ -502,6 +575,89 @@ mod tests {
         assert_eq!(matched(&s).as_deref(), Some("nexthop, dot-nexthop"));
         s.relayhost_tls_level = Some(TlsLevel::Verify);
         assert_eq!(matched(&s), None, "verify has its own match, the host name");
+    }
+
+    /// Issue 26: the STARTTLS that AUTH travels in is TLS 1.2 or newer with forward-secret
+    /// AEAD suites in the server's order, unless a legacy floor is asked for; then TLS 1.0 and
+    /// CBC come back, but never anonymous, null, export, RC4 or (3)DES suites. The smtpd
+    /// parameters are written only when the relay offers TLS.
+    #[test]
+    fn inbound_tls_is_modern_unless_a_legacy_floor_is_asked_for() {
+        let mut s = settings();
+        let p = parameters(&s, &layout());
+        for name in INBOUND_TLS_FLOOR {
+            assert_eq!(get(&p, name), None, "no TLS offered, no {name}");
+        }
+        s.inbound_tls = Some(InboundTls {
+            cert_file: "/tls/tls.crt".into(),
+            key_file: "/tls/tls.key".into(),
+            min_version: TlsMinVersion::default(),
+        });
+        let p = parameters(&s, &layout());
+        let never = "aNULL, eNULL, EXPORT, RC4, DES, 3DES, MD5, PSK, SRP";
+        for prefix in ["smtpd_tls_", "smtpd_tls_mandatory_"] {
+            assert_eq!(get(&p, &format!("{prefix}protocols")), Some(">=TLSv1.2"));
+            assert_eq!(get(&p, &format!("{prefix}ciphers")), Some("high"));
+            assert_eq!(
+                get(&p, &format!("{prefix}exclude_ciphers")),
+                Some(format!("{never}, SHA1, SHA256, SHA384, kRSA").as_str())
+            );
+        }
+        assert_eq!(get(&p, "tls_preempt_cipherlist"), Some("yes"));
+        assert_eq!(get(&p, "smtpd_tls_auth_only"), Some("yes"));
+
+        let floor = |min: TlsMinVersion| {
+            let mut s = s.clone();
+            if let Some(tls) = &mut s.inbound_tls {
+                tls.min_version = min;
+            }
+            let p = parameters(&s, &layout());
+            let get = |name: &str| get(&p, name).unwrap_or_default().to_string();
+            assert_eq!(
+                get("smtpd_tls_protocols"),
+                get("smtpd_tls_mandatory_protocols")
+            );
+            assert_eq!(get("smtpd_tls_ciphers"), get("smtpd_tls_mandatory_ciphers"));
+            assert_eq!(
+                get("smtpd_tls_exclude_ciphers"),
+                get("smtpd_tls_mandatory_exclude_ciphers")
+            );
+            assert_eq!(get("tls_preempt_cipherlist"), "yes", "{min}");
+            (
+                get("smtpd_tls_protocols"),
+                get("smtpd_tls_ciphers"),
+                get("smtpd_tls_exclude_ciphers"),
+            )
+        };
+        for (min, protocols) in [
+            (TlsMinVersion::Tls1_0, ">=TLSv1"),
+            (TlsMinVersion::Tls1_1, ">=TLSv1.1"),
+        ] {
+            assert_eq!(
+                floor(min),
+                (protocols.into(), "medium".into(), never.into()),
+                "{min}"
+            );
+        }
+        assert_eq!(floor(TlsMinVersion::Tls1_3).0, ">=TLSv1.3");
+        assert_eq!(floor(TlsMinVersion::Tls1_3).1, "high");
+    }
+
+    #[test]
+    fn a_postconf_entry_that_replaces_the_inbound_tls_floor_is_named() {
+        let postconf: BTreeMap<String, String> = [
+            ("message_size_limit", "1000"),
+            ("smtpd_tls_protocols", ">=TLSv1"),
+            ("tls_preempt_cipherlist", "no"),
+            ("smtpd_tls_loglevel", "1"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(
+            inbound_tls_overridden(postconf.keys()),
+            ["smtpd_tls_protocols", "tls_preempt_cipherlist"]
+        );
     }
 
     #[test]
