@@ -132,7 +132,9 @@ pub struct SmtpRelaySpec {
     /// `smtpd_sasl_*`, `smtpd_tls_auth_only`, ...) and those that protect the relayhost login
     /// (`smtp_tls_security_level`, `smtp_sasl_*security_options`, the CAs, the protocols and
     /// ciphers, and any `smtp_tls_*` or `smtp_sasl_*` not known to be harmless) are refused:
-    /// set the field that owns them.
+    /// set the field that owns them. Values are checked against the type Postfix reads each
+    /// parameter as (an integer, a size, a time such as `300s`, `yes`/`no`), so none makes its
+    /// daemons die after a reload.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("maxProperties" = 64))]
     #[schemars(extend("x-kubernetes-validations" = [
