@@ -935,6 +935,50 @@ mod tests {
             .all(|e| e.type_ != EventType::Warning));
     }
 
+    /// Issue 26: a legacy TLS floor for clients (`spec.tlsMinVersion: TLSv1.0`) on a relay
+    /// with SASL users is accepted, flagged by `InboundTLSModern=False` and one Warning Event
+    /// naming the field; back to the default, no Warning.
+    #[test]
+    fn legacy_inbound_tls_is_flagged_once() {
+        use crate::crd::{SecretRef, TlsMinVersionSpec};
+        let mut r = relay("r1");
+        r.spec.sasl_users_secret_ref = Some(SecretRef {
+            name: "users".into(),
+        });
+        let ok = Outcome::Applied {
+            config_hash: "h".into(),
+        };
+        let now = || Time(jiff::Timestamp::UNIX_EPOCH);
+        let warnings = |r: &crate::crd::SmtpRelay, s: &crate::crd::SmtpRelayStatus| {
+            events_for(r, &ok, s)
+                .into_iter()
+                .filter(|e| e.type_ == EventType::Warning)
+                .collect::<Vec<_>>()
+        };
+        let s = status::compute(&r, &ok, Rollout::default(), now());
+        assert!(warnings(&r, &s).is_empty());
+        r.status = Some(s);
+        r.spec.tls_min_version = Some(TlsMinVersionSpec::Tls1_0);
+        let s = status::compute(&r, &ok, Rollout::default(), now());
+        let w = warnings(&r, &s);
+        assert_eq!(
+            w.iter().map(|e| e.reason.as_str()).collect::<Vec<_>>(),
+            ["LegacyTLSAllowed"]
+        );
+        assert!(
+            w[0].note
+                .as_deref()
+                .is_some_and(|n| n.starts_with("spec.tlsMinVersion is TLSv1.0")),
+            "{:?}",
+            w[0].note
+        );
+        r.status = Some(s.clone());
+        assert!(warnings(&r, &s).is_empty(), "once");
+        r.spec.tls_min_version = None;
+        let s = status::compute(&r, &ok, Rollout::default(), now());
+        assert!(warnings(&r, &s).is_empty());
+    }
+
     #[test]
     fn drift_is_what_the_operator_set_and_no_longer_holds() {
         use serde_json::json;

@@ -5,7 +5,8 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 
-use smtp_relay::settings::{self, TlsLevel};
+use smtp_relay::postfix::main_cf;
+use smtp_relay::settings::{self, TlsLevel, TlsMinVersion};
 
 use crate::crd::{SmtpRelay, SmtpRelayStatus};
 use crate::drain::Drain;
@@ -30,13 +31,19 @@ pub const RELAYHOST_VERIFIED: &str = "RelayhostVerified";
 /// False when `networks` is matched against an address a header claims
 /// (`spec.service.proxyProtocol`): accepted, but the user should see it.
 pub const CLIENT_ADDRESS_VERIFIED: &str = "ClientAddressVerified";
+/// False when clients may use STARTTLS older or weaker than a TLS scanner grades clean: a
+/// legacy `spec.tlsMinVersion` (TLSv1.0, TLSv1.1), or `postconf` replacing the relay's TLS
+/// floor for clients. Accepted, but the user should see it: SASL users log in on that port
+/// (issue 26).
+pub const INBOUND_TLS_MODERN: &str = "InboundTLSModern";
 /// Conditions that are False for an accepted but risky choice; each turn to False is a
 /// Warning Event.
-pub const WARNING_CONDITIONS: [&str; 4] = [
+pub const WARNING_CONDITIONS: [&str; 5] = [
     RELAYHOST_PASSWORD_PROTECTED,
     RELAYHOST_VERIFIED,
     CLIENT_ADDRESS_VERIFIED,
     QUEUED_MAIL_KEPT,
+    INBOUND_TLS_MODERN,
 ];
 /// False when a retention policy deletes queue volumes, and the mail queued on them with it.
 pub const QUEUED_MAIL_KEPT: &str = "QueuedMailKept";
@@ -581,6 +588,67 @@ fn client_address_condition(relay: &SmtpRelay, gen: Option<i64>, now: &Time) -> 
     }
 }
 
+/// Whether the STARTTLS clients (and SASL users) connect with is what a TLS scanner grades
+/// clean: TLS 1.2 or newer, forward-secret AEAD suites, the server's order (the relay's
+/// `main_cf::inbound_tls_floor`). A legacy `spec.tlsMinVersion` or a `postconf` entry that
+/// replaces part of that floor (`main_cf::INBOUND_TLS_FLOOR`) is accepted and flagged; a relay
+/// that offers no STARTTLS (no SASL users, no `tlsSecretRef`) has nothing to flag.
+fn inbound_tls_condition(relay: &SmtpRelay, gen: Option<i64>, now: &Time) -> Condition {
+    let spec = &relay.spec;
+    let offered = spec.sasl_users_secret_ref.is_some() || spec.tls_secret_ref.is_some();
+    let min = spec
+        .tls_min_version
+        .map(TlsMinVersion::from)
+        .unwrap_or_default();
+    let overridden = main_cf::inbound_tls_overridden(spec.postconf.keys());
+    let (ok, reason, message) = if !offered {
+        (
+            true,
+            "NoInboundTLS",
+            format!(
+                "the relay offers no STARTTLS (neither saslUsersSecretRef nor tlsSecretRef is set), so no client logs in{}",
+                if min.is_legacy() {
+                    format!("; spec.tlsMinVersion {min} applies once it does")
+                } else {
+                    String::new()
+                }
+            ),
+        )
+    } else if min.is_legacy() {
+        let versions = if min == TlsMinVersion::Tls1_0 {
+            "TLS 1.0 and 1.1"
+        } else {
+            "TLS 1.1"
+        };
+        (
+            false,
+            "LegacyTLSAllowed",
+            format!(
+                "spec.tlsMinVersion is {min}: clients may use {versions}, with CBC suites (SHA-1 MACs) and RSA key exchange, which TLS scanners fail, on the port where SASL users log in; remove it (the default, TLSv1.2, takes forward-secret AEAD suites only) once the legacy clients are gone"
+            ),
+        )
+    } else if !overridden.is_empty() {
+        (
+            false,
+            "InboundTLSOverridden",
+            format!(
+                "spec.postconf sets {}, part of the relay's TLS floor for clients (TLS 1.2 or newer, forward-secret AEAD suites, the server's order), and what the override allows is not checked; remove it from postconf and choose the floor with spec.tlsMinVersion",
+                overridden.join(", ")
+            ),
+        )
+    } else {
+        (
+            true,
+            "ModernTLS",
+            format!(
+                "clients use TLS {} or newer with forward-secret AEAD suites, in the server's order",
+                if min == TlsMinVersion::Tls1_3 { "1.3" } else { "1.2" }
+            ),
+        )
+    };
+    condition(INBOUND_TLS_MODERN, Some(ok), reason, message, gen, now)
+}
+
 /// Whether queued mail outlives what is deleted. Replicas scaled away drain before their
 /// volumes go ([`crate::drain`]), and so do all of them when the SmtpRelay is deleted with
 /// `whenDeleted: Delete` ([`crate::deletion`]), unless its drain time is 0.
@@ -911,6 +979,7 @@ pub fn compute(
         &old,
     );
     let client_address = client_address_condition(relay, gen, &now);
+    let inbound_tls = condition_in_force(inbound_tls_condition(relay, gen, &now), outcome, &old);
     let queued_mail = queued_mail_condition(relay, gen, &now);
     let draining = draining_condition(&old, &rollout.drain, gen, &now);
     let (stalled, reconciling) = kstatus_conditions(outcome, &rollout, desired, &ready, gen, &now);
@@ -925,6 +994,7 @@ pub fn compute(
         Some(verified),
         login,
         Some(client_address),
+        Some(inbound_tls),
         Some(queued_mail),
         Some(reconciling),
         Some(stalled),
@@ -1246,6 +1316,89 @@ mod tests {
         );
         assert!(c.message.contains("NetworkPolicy"), "{}", c.message);
         assert_eq!(cond(&s, READY).status, "True", "a choice, not a failure");
+    }
+
+    /// Issue 26: the STARTTLS where SASL users log in is flagged when a legacy floor or a
+    /// postconf override lets in what a scanner fails; a relay without STARTTLS has nothing
+    /// to flag, and a refused spec does not claim what does not run.
+    #[test]
+    fn legacy_or_overridden_inbound_tls_is_flagged() {
+        use crate::crd::{SecretRef, TlsMinVersionSpec};
+        let verdict = |s: &SmtpRelayStatus| {
+            let c = cond(s, INBOUND_TLS_MODERN);
+            (c.status.clone(), c.reason.clone(), c.message.clone())
+        };
+        let mut r = relay("r1");
+        r.spec.tls_min_version = Some(TlsMinVersionSpec::Tls1_0);
+        let (status, reason, message) = verdict(&compute(&r, &applied(), DONE, t(1)));
+        assert_eq!((status.as_str(), reason.as_str()), ("True", "NoInboundTLS"));
+        assert!(
+            message.contains("TLSv1.0 applies once it does"),
+            "{message}"
+        );
+
+        r.spec.sasl_users_secret_ref = Some(SecretRef {
+            name: "users".into(),
+        });
+        r.spec.tls_min_version = None;
+        let (status, reason, message) = verdict(&compute(&r, &applied(), DONE, t(1)));
+        assert_eq!((status.as_str(), reason.as_str()), ("True", "ModernTLS"));
+        assert!(message.contains("TLS 1.2 or newer"), "{message}");
+        r.spec.tls_min_version = Some(TlsMinVersionSpec::Tls1_3);
+        let (_, reason, message) = verdict(&compute(&r, &applied(), DONE, t(1)));
+        assert_eq!(reason, "ModernTLS");
+        assert!(message.contains("TLS 1.3 or newer"), "{message}");
+
+        for (min, versions) in [
+            (TlsMinVersionSpec::Tls1_0, "TLS 1.0 and 1.1"),
+            (TlsMinVersionSpec::Tls1_1, "TLS 1.1,"),
+        ] {
+            r.spec.tls_min_version = Some(min);
+            let s = compute(&r, &applied(), DONE, t(1));
+            let (status, reason, message) = verdict(&s);
+            assert_eq!(
+                (status.as_str(), reason.as_str()),
+                ("False", "LegacyTLSAllowed")
+            );
+            assert!(
+                message.starts_with("spec.tlsMinVersion is TLSv1.")
+                    && message.contains(versions)
+                    && message.contains("SASL users"),
+                "{message}"
+            );
+            assert_eq!(cond(&s, READY).status, "True", "a choice, not a failure");
+        }
+
+        r.spec.tls_min_version = None;
+        r.spec.tls_secret_ref = Some(SecretRef { name: "tls".into() });
+        r.spec.sasl_users_secret_ref = None;
+        r.spec
+            .postconf
+            .insert("smtpd_tls_protocols".into(), ">=TLSv1".into());
+        r.spec
+            .postconf
+            .insert("message_size_limit".into(), "1000".into());
+        let (status, reason, message) = verdict(&compute(&r, &applied(), DONE, t(1)));
+        assert_eq!(
+            (status.as_str(), reason.as_str()),
+            ("False", "InboundTLSOverridden")
+        );
+        assert!(
+            message.starts_with("spec.postconf sets smtpd_tls_protocols,")
+                && message.contains("spec.tlsMinVersion"),
+            "{message}"
+        );
+
+        // A refused spec does not change what the condition says runs.
+        r.spec.postconf.clear();
+        let before = compute(&r, &applied(), DONE, t(1));
+        r.status = Some(before);
+        r.spec.tls_min_version = Some(TlsMinVersionSpec::Tls1_0);
+        let refused = Outcome::InvalidSpec {
+            message: "bad".into(),
+        };
+        let s = compute(&r, &refused, DONE, t(2));
+        assert_eq!(verdict(&s).1, "ModernTLS");
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use smtp_relay::config_file::{InboundTlsFile, OAuth2File, RelayConfigFile, RelayhostFile};
+use smtp_relay::settings::TlsMinVersion;
 
 use super::{
     Names, CA_KEY, PASSWORD_KEY, PROXY_PROTOCOL_PORT, RELAYHOST_DIR, SASL_USERS_DIR, TLS_DIR,
@@ -90,6 +91,7 @@ pub fn relay_config_file(relay: &SmtpRelay, resolved: &Resolved) -> RelayConfigF
             cert_file: file(TLS_DIR, "tls.crt"),
             key_file: file(TLS_DIR, "tls.key"),
         }),
+        inbound_tls_min_version: inbound_tls_min_version(spec, resolved),
         proxy_protocol_port: spec
             .service
             .proxy_protocol
@@ -99,6 +101,16 @@ pub fn relay_config_file(relay: &SmtpRelay, resolved: &Resolved) -> RelayConfigF
             .chain(spec.postconf.clone())
             .collect(),
     }
+}
+
+/// The clients' TLS floor as the relay reads it: only with a certificate (a relay without SASL
+/// users or `tlsSecretRef` offers no STARTTLS), and only when it is not the relay's default,
+/// so a spec that says `TLSv1.2` explicitly writes the same file as one that does not.
+fn inbound_tls_min_version(spec: &SmtpRelaySpec, resolved: &Resolved) -> Option<TlsMinVersion> {
+    resolved.inbound_tls.as_ref()?;
+    spec.tls_min_version
+        .map(TlsMinVersion::from)
+        .filter(|v| *v != TlsMinVersion::default())
 }
 
 /// Microsoft 365 takes at most 30 messages a minute from a mailbox (and 3 connections): with a
@@ -133,6 +145,37 @@ fn provider_limits(spec: &SmtpRelaySpec) -> BTreeMap<String, String> {
 mod tests {
     use super::*;
     use crate::crd::{OAuth2SecretRef, OAuth2Spec};
+
+    /// Issue 26: `spec.tlsMinVersion` reaches the relay only where it offers STARTTLS, and
+    /// only when it is not the default (so saying TLSv1.2 restarts nothing).
+    #[test]
+    fn the_clients_tls_floor_is_written_with_the_certificate_when_not_the_default() {
+        use crate::crd::TlsMinVersionSpec;
+        use crate::resolve::TlsPair;
+        let mut relay = crate::fixtures::relay("r1");
+        let with_tls = Resolved {
+            inbound_tls: Some(TlsPair {
+                cert: b"cert".to_vec(),
+                key: b"key".to_vec(),
+            }),
+            ..Resolved::default()
+        };
+        let written = |relay: &SmtpRelay, resolved: &Resolved| {
+            relay_config_file(relay, resolved).inbound_tls_min_version
+        };
+        assert_eq!(written(&relay, &with_tls), None);
+        relay.spec.tls_min_version = Some(TlsMinVersionSpec::Tls1_2);
+        assert_eq!(written(&relay, &with_tls), None, "the default");
+        relay.spec.tls_min_version = Some(TlsMinVersionSpec::Tls1_0);
+        assert_eq!(written(&relay, &with_tls), Some(TlsMinVersion::Tls1_0));
+        assert_eq!(
+            written(&relay, &Resolved::default()),
+            None,
+            "no certificate, no STARTTLS"
+        );
+        relay.spec.tls_min_version = Some(TlsMinVersionSpec::Tls1_3);
+        assert_eq!(written(&relay, &with_tls), Some(TlsMinVersion::Tls1_3));
+    }
 
     #[test]
     fn microsoft_365_limits_are_shared_by_the_replicas_and_keep_the_connection() {
