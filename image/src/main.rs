@@ -43,6 +43,8 @@ enum Command {
     ///   RELAY_MODE                  STRICT | ALLOW_SASLAUTH_NODOMAIN | ALLOW_NETAUTH_NODOMAIN |
     ///                               ALLOW_AUTH_NODOMAIN, or a list of Postfix relay restrictions
     ///   RELAY_TLS_CERT, RELAY_TLS_KEY  offer STARTTLS to clients; AUTH only after it
+    ///   RELAY_TLS_MIN_VERSION       oldest TLS clients may use: TLSv1.2 (default), TLSv1.3, or
+    ///                               TLSv1.0|TLSv1.1 for legacy devices (CBC suites come back)
     ///   RELAY_EXTRAS_SETTINGS       (deprecated) space separated name=value Postfix settings
     ///   POSTCONF_<name>=<value>     any Postfix parameter, applied last
     ///   POSTFIX_DIR/client_sasl_passwd  SASL users, "USERNAME PASSWORD" per line
