@@ -412,11 +412,11 @@ fn an_effective_open_relay_does_not_start() {
     cfg.custom_restrictions = Some(vec!["permit".into(), "reject".into()]);
     refused(
         RelaySpec::new(Input::file(cfg)),
-        "customRestrictions[0]: permit comes before any reject, defer or reject_unauth_destination, so any client could relay to any domain (an open relay",
+        "customRestrictions[0]: refusing to start an open relay: permit comes before any reject, defer or reject_unauth_destination, so any client could relay to any domain",
     );
     refused(
         env_with("RELAY_MODE", "permit_sasl_authenticated permit reject"),
-        "RELAY_MODE[1]: permit comes before any reject",
+        "RELAY_MODE[1]: refusing to start an open relay: permit comes before any reject",
     );
 }
 

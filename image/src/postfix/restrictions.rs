@@ -196,11 +196,11 @@ pub fn check_custom(field: &str, tokens: &[String]) -> ConfigResult<()> {
         FirstDecision::Refused => Ok(()),
         FirstDecision::Permit(index) => Err(ConfigError::invalid(
             format!("{field}[{index}]"),
-            "permit comes before any reject, defer or reject_unauth_destination, so any client could relay to any domain (an open relay, which the relay refuses to start); put reject_unauth_destination first, or use permit_mynetworks and permit_sasl_authenticated",
+            "refusing to start an open relay: permit comes before any reject, defer or reject_unauth_destination, so any client could relay to any domain; put reject_unauth_destination first, or use permit_mynetworks and permit_sasl_authenticated",
         )),
         FirstDecision::RunsOut => Err(ConfigError::invalid(
             field,
-            "no reject, defer or reject_unauth_destination takes effect (warn_if_reject only logs the next one), so the list runs out and permits any client to relay to any domain (an open relay, which the relay refuses to start)",
+            "refusing to start an open relay: no reject, defer or reject_unauth_destination takes effect (warn_if_reject only logs the next one), so the list runs out and permits any client to relay to any domain",
         )),
     }
 }
@@ -245,8 +245,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.starts_with("spec.customRestrictions[0]: permit comes before any reject")
-                && err.contains("open relay"),
+            err.starts_with(
+                "spec.customRestrictions[0]: refusing to start an open relay: permit comes before any reject"
+            ),
             "{err}"
         );
         let err = check_custom(
@@ -255,12 +256,15 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(err.starts_with("c[3]: permit"), "{err}");
+        assert!(
+            err.starts_with("c[3]: refusing to start an open relay: permit"),
+            "{err}"
+        );
         let err = check_custom("c", &tokens("permit_mynetworks warn_if_reject reject"))
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("runs out") && err.contains("open relay"),
+            err.starts_with("c: refusing to start an open relay") && err.contains("runs out"),
             "{err}"
         );
         // A safety net first, or permit after it, is closed.
