@@ -429,17 +429,27 @@ pub fn open_relay(e: &Effective) -> Option<String> {
 
 /// Whether a restriction list lets an anonymous client send to an outside domain.
 fn permits(list: &[&str], in_networks: bool) -> bool {
+    // `warn_if_reject` turns the next restriction's refusal into a log line.
+    let mut warned = false;
     for token in list {
-        match *token {
-            "permit" => return true,
-            "permit_mynetworks" if in_networks => return true,
-            "reject"
-            | "defer"
-            | "defer_if_permit"
-            | "reject_unauth_destination"
-            | "defer_unauth_destination" => return false,
+        match (*token, warned) {
+            ("warn_if_reject", _) => {
+                warned = true;
+                continue;
+            }
+            ("permit", _) => return true,
+            ("permit_mynetworks", _) if in_networks => return true,
+            (
+                "reject"
+                | "defer"
+                | "defer_if_permit"
+                | "reject_unauth_destination"
+                | "defer_unauth_destination",
+                false,
+            ) => return false,
             _ => {}
         }
+        warned = false;
     }
     // A list that runs out permits.
     true
@@ -463,6 +473,24 @@ fn parse_network(entry: &str) -> Option<IpNet> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_safety_net_made_a_warning_is_no_safety_net() {
+        let e = |relay: &str| Effective {
+            mynetworks: "10.0.0.0/24".into(),
+            relay_restrictions: relay.into(),
+            recipient_restrictions: String::new(),
+            ..Effective::default()
+        };
+        assert!(open_relay(&e(
+            "permit_mynetworks, warn_if_reject, reject_unauth_destination"
+        ))
+        .is_some());
+        assert!(open_relay(&e(
+            "permit_mynetworks, warn_if_reject, reject_unauth_destination, reject"
+        ))
+        .is_none());
+    }
 
     #[test]
     fn the_login_lookups_and_the_log_format_the_metrics_read_are_owned() {
