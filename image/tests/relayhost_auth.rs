@@ -477,9 +477,9 @@ fn deferred_without_a_login(what: &str, upstream: &Relay, relay: &Relay, sink: &
         relay.metrics()
     );
     assert_eq!(
-        relay.metric("smtp_relay_relayhost_login{state=\"unknown\"}"),
+        relay.metric("smtp_relay_relayhost_login{state=\"unverified\"}"),
         Some(1.0),
-        "{what}: no login was answered, none was sent"
+        "{what}: no login was sent, and the state says why (the operator's RelayhostLogin=False, RelayhostNotVerified)"
     );
     let seen = sessions(upstream);
     assert!(
