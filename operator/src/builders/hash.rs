@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -74,7 +74,7 @@ pub fn config_hash(
 ) -> String {
     // HMAC takes keys of any length: new_from_slice cannot fail.
     #[allow(clippy::expect_used)]
-    let mut h = <Hmac<Sha256> as Mac>::new_from_slice(key.as_bytes())
+    let mut h = <Hmac<Sha256> as KeyInit>::new_from_slice(key.as_bytes())
         .expect("HMAC accepts keys of any length");
     let cm_data = cm.data.clone().unwrap_or_default();
     feed(
