@@ -283,6 +283,14 @@ pub fn parameters(s: &Settings, layout: &Layout) -> Vec<(String, String)> {
     }
     let level = s.relayhost_tls();
     p.set("smtp_tls_security_level", level.as_str());
+    if s.logs_in() {
+        // The login travels over TLS 1.2 or newer, never a suite without authentication,
+        // encryption or a sound cipher: Postfix's own floor for the smtp client lets an old
+        // relayhost negotiate TLS 1.0 with CBC-SHA1. At the levels that require TLS
+        // (encrypt and above) these are the ones that apply.
+        p.set("smtp_tls_mandatory_protocols", ">=TLSv1.2");
+        p.set("smtp_tls_mandatory_exclude_ciphers", NEVER_CIPHERS);
+    }
     if level == TlsLevel::Secure {
         p.set(
             "smtp_tls_secure_cert_match",
@@ -536,6 +544,12 @@ mod tests {
         let p = parameters(&s, &layout());
         assert_eq!(get(&p, "smtp_tls_security_level"), Some("secure"));
         assert_eq!(get(&p, "smtp_tls_secure_cert_match"), Some("nexthop"));
+        assert_eq!(
+            get(&p, "smtp_tls_mandatory_protocols"),
+            Some(">=TLSv1.2"),
+            "the login never over TLS 1.0 or 1.1"
+        );
+        assert!(get(&p, "smtp_tls_mandatory_exclude_ciphers").is_some_and(|c| c.contains("aNULL")));
         assert_eq!(
             get(&p, "smtp_sasl_security_options"),
             Some("noanonymous, noplaintext")

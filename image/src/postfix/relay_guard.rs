@@ -49,7 +49,7 @@ const LOGIN: &str = "relayhost.credentialsSecretRef or relayhost.oauth2 (relay.y
 /// The relayhost, which the login goes to and its certificate must name.
 const RELAYHOST: &str = "relayhost.host, port and mxLookup (RELAY_HOST)";
 /// Protocols and ciphers: no field, the defaults are the strong end already.
-const TLS_FLOOR: &str = "no field: Postfix's defaults with the image's OpenSSL 3 allow only TLS 1.2 or newer, with medium-grade ciphers or stronger";
+const TLS_FLOOR: &str = "no field: with a login the relay requires TLS 1.2 or newer towards the relayhost and excludes anonymous, null, export, RC4, DES, 3DES and MD5 suites";
 
 /// Parameters that protect the relayhost login, with the field that owns each, beyond the
 /// `smtp_tls_*` and `smtp_sasl_*` prefixes (see [`HARMLESS`]). Whatever `postconf` says, the
@@ -82,7 +82,7 @@ const TLS_FLOOR: &str = "no field: Postfix's defaults with the image's OpenSSL 3
 ///   `tls_config_name` (an OpenSSL configuration can do the same), `tls_ssl_options`
 ///   (`legacy_server_connect` re-enables insecure renegotiation). A name alone cannot tell a
 ///   weaker value from a stronger one, and there is nothing stronger to ask for: the
-///   defaults are already TLS 1.2 or newer.
+///   relay's floor with a login is TLS 1.2 or newer (`smtp_tls_mandatory_protocols`).
 ///
 /// - `smtp_sender_dependent_authentication` (the login looked up by sender first) and
 ///   `info_log_address_format` (unquoted addresses in the log the metrics read);
