@@ -200,7 +200,7 @@ impl InCluster {
 /// token).
 fn base64_problem(e: &base64::DecodeError) -> &'static str {
     match e {
-        base64::DecodeError::InvalidByte(..) | base64::DecodeError::InvalidLastSymbol(..) => {
+        base64::DecodeError::InvalidByte(..) | base64::DecodeError::InvalidLastSymbol { .. } => {
             "a character outside its alphabet"
         }
         base64::DecodeError::InvalidLength(_) => "a length no base64 has",
