@@ -30,4 +30,4 @@ YAML
 # --kube-version (the chart's minimum) keeps the output independent of how helm was built.
 cd "$root"
 "$helm" template smtp-relay-operator charts/smtp-relay-operator \
-  --namespace "$namespace" --kube-version 1.31.0 --include-crds "$@"
+  --namespace "$namespace" --kube-version 1.34.0 --include-crds "$@"

@@ -14,7 +14,7 @@ use serde_yaml::Value;
 const RELEASE: &str = "smtp-relay-operator";
 const NAMESPACE: &str = "smtp-relay-system";
 /// The chart's minimum Kubernetes version: pinned so renders do not depend on how helm was built.
-const KUBE_VERSION: &str = "1.31.0";
+const KUBE_VERSION: &str = "1.34.0";
 const CRD_FILE: &str = "smtprelay.dev_smtprelays.yaml";
 
 fn root() -> PathBuf {
