@@ -79,6 +79,13 @@ pub struct RelayhostFile {
     /// `passwordFile`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oauth2: Option<OAuth2File>,
+    /// One delivery to the relayhost at most every this many seconds, per replica (at least 1):
+    /// for a relayhost that takes only so many messages a minute from a mailbox (Microsoft 365:
+    /// 30), the operator sharing the limit out over the replicas. Deliveries then go one at a
+    /// time on a connection kept open past the interval. Omitted: no pacing. `postconf`
+    /// overrides what it sets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery_interval_seconds: Option<u32>,
 }
 
 /// An OAuth2 login: the mailbox, where tokens come from, and the files of the grant. The grant
@@ -108,6 +115,39 @@ pub struct OAuth2File {
     pub shared_refresh_token_secret: Option<String>,
 }
 
+/// The Postfix parameters of a delivery interval (see `RelayhostFile::delivery_interval_seconds`):
+/// `main.cf` and [`RelayConfigFile::hash_form`] read them from here.
+pub fn pacing(interval: u32) -> [(&'static str, String); 3] {
+    [
+        ("default_destination_rate_delay", format!("{interval}s")),
+        (
+            "smtp_connection_cache_time_limit",
+            format!("{}s", u64::from(interval) + 1),
+        ),
+        (
+            "default_destination_concurrency_failed_cohort_limit",
+            "10".to_string(),
+        ),
+    ]
+}
+
+impl RelayConfigFile {
+    /// The file as the operator's configuration hash reads it: a delivery interval written
+    /// as the `postconf` entries it renders to (the user's own entries win, as in `main.cf`).
+    /// Operators before `deliveryIntervalSeconds` wrote those entries themselves, so a relay
+    /// whose Postfix configuration is the same keeps the same hash across an operator
+    /// upgrade, and no pod restarts.
+    pub fn hash_form(&self) -> RelayConfigFile {
+        let mut file = self.clone();
+        if let Some(interval) = file.relayhost.delivery_interval_seconds.take() {
+            for (name, value) in pacing(interval) {
+                file.postconf.entry(name.to_string()).or_insert(value);
+            }
+        }
+        file
+    }
+}
+
 fn default_relayhost_port() -> u16 {
     25
 }
@@ -117,4 +157,31 @@ fn default_relayhost_port() -> u16 {
 pub struct InboundTlsFile {
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hash_form_writes_a_delivery_interval_as_the_postconf_it_renders_to() {
+        let mut file = RelayConfigFile::default();
+        assert_eq!(file.hash_form(), file, "no interval, nothing to fold");
+        file.relayhost.delivery_interval_seconds = Some(6);
+        file.postconf
+            .insert("smtp_connection_cache_time_limit".into(), "30s".into());
+        let hashed = file.hash_form();
+        assert_eq!(hashed.relayhost.delivery_interval_seconds, None);
+        let get = |k: &str| hashed.postconf.get(k).map(String::as_str);
+        assert_eq!(get("default_destination_rate_delay"), Some("6s"));
+        assert_eq!(
+            get("smtp_connection_cache_time_limit"),
+            Some("30s"),
+            "the user's wins"
+        );
+        assert_eq!(
+            get("default_destination_concurrency_failed_cohort_limit"),
+            Some("10")
+        );
+    }
 }

@@ -1,13 +1,16 @@
 //! The few Kubernetes API calls a relay pod makes itself, with its own ServiceAccount: read and
-//! compare-and-swap one Secret (the refresh token the replicas share, see
-//! [`crate::oauth2::rotation`]). HTTPS to the API server with the cluster's CA only; the
-//! ServiceAccount token is read again for every request (the kubelet rotates it).
+//! compare-and-swap one Secret (the refresh token the replicas share, see `oauth2::rotation`).
+//! HTTPS to the API server with the cluster's CA only; the ServiceAccount token is read again
+//! for every request (the kubelet rotates it).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use base64::Engine as _;
+
+use crate::http_client::{https_client, read_capped, redirect_origin, BodyError};
+use crate::json_error::{json_position, json_problem};
 
 /// Where the kubelet mounts the pod's ServiceAccount token, CA and namespace.
 pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
@@ -98,8 +101,8 @@ impl InCluster {
                 "the cluster CA holds no certificate".into(),
             ));
         }
-        let http = crate::oauth2::https_client(roots, Duration::from_secs(15))
-            .map_err(KubeApiError::Unreachable)?;
+        let http =
+            https_client(roots, Duration::from_secs(15)).map_err(KubeApiError::Unreachable)?;
         Ok(InCluster {
             http,
             base,
@@ -215,21 +218,17 @@ async fn checked(resp: reqwest::Response) -> Result<serde_json::Value, KubeApiEr
     if status.is_redirection() {
         return Err(KubeApiError::Redirected {
             status: status.as_u16(),
-            to: crate::oauth2::redirect_origin(&resp),
+            to: redirect_origin(&resp),
         });
     }
-    let body = crate::oauth2::read_capped(resp, API_ANSWER_CAP)
+    let body = read_capped(resp, API_ANSWER_CAP)
         .await
         .map_err(|e| match e {
-            crate::oauth2::BodyError::TooLarge { .. } => KubeApiError::BadAnswer(e.to_string()),
-            crate::oauth2::BodyError::Read(_) => KubeApiError::Unreachable(e.to_string()),
+            BodyError::TooLarge { .. } => KubeApiError::BadAnswer(e.to_string()),
+            BodyError::Read(_) => KubeApiError::Unreachable(e.to_string()),
         })?;
     let body: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
-        KubeApiError::BadAnswer(format!(
-            "{}{}",
-            crate::inputs::json_problem(&e),
-            crate::inputs::json_position(&e)
-        ))
+        KubeApiError::BadAnswer(format!("{}{}", json_problem(&e), json_position(&e)))
     })?;
     if status.is_success() {
         Ok(body)
@@ -247,7 +246,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::oauth2::fake_endpoint::{endless, json, Endpoint};
+    use crate::http_client::fake_endpoint::{endless, json, Endpoint};
 
     const SA_TOKEN: &str = "service-account-token-never-in-clear";
 

@@ -64,6 +64,21 @@ pub const RELAYHOST_ERRORS: [&str; 5] = ["connect", "tls", "login", "refused", "
 /// succeeds or a login fails (and always without credentials).
 pub const LOGIN_STATES: [&str; 4] = ["accepted", "refused", "unverified", "unknown"];
 
+/// Why an OAuth2 token refresh failed: OAuth2's error codes (RFC 6749, 5.2), then the relay's
+/// own; every value `oauth2::TokenError::code` gives.
+pub const TOKEN_ERRORS: [&str; 10] = [
+    "invalid_request",
+    "invalid_client",
+    "invalid_grant",
+    "unauthorized_client",
+    "unsupported_grant_type",
+    "invalid_scope",
+    "refused",
+    "unreachable",
+    "bad_response",
+    "bad_key",
+];
+
 #[derive(Clone)]
 pub struct Metrics {
     registry: Arc<Mutex<Registry>>,
@@ -267,9 +282,8 @@ impl Metrics {
     }
 
     /// The OAuth2 access token in use: when it expires (0 without one).
-    pub fn oauth2_token(&self, token: Option<&crate::oauth2::Token>) {
-        self.oauth2_expiry
-            .set(token.map_or(0, |t| unix_seconds(t.expires_at)));
+    pub fn oauth2_token(&self, expires_at: Option<std::time::SystemTime>) {
+        self.oauth2_expiry.set(expires_at.map_or(0, unix_seconds));
     }
 
     /// Counts a token refresh, `Ok` or failed with an error code; the failures in a row.
@@ -280,7 +294,7 @@ impl Metrics {
             })
             .inc();
         // The last error alone is 1 (none after a success); codes come from a fixed set.
-        for code in crate::oauth2::TOKEN_ERRORS {
+        for code in TOKEN_ERRORS {
             let was = self
                 .oauth2_last_error
                 .get(&ErrorLabel { error: code.into() });

@@ -13,7 +13,6 @@
 //! - a Google service account with domain-wide delegation: a JWT signed with its key, for the
 //!   mailbox to send as.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -21,78 +20,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use serde::Deserialize;
 
-use crate::metrics::Metrics;
+use crate::http_client::{bounded, https_client, read_capped, redirect_origin, BodyError};
+use crate::json_error::{json_kind, json_position, json_problem};
+use crate::metrics::{Metrics, TOKEN_ERRORS};
+// The old path of the noun, which the operator uses: `settings::Secret` is its home.
+pub use crate::settings::Secret;
+use crate::settings::{Grant, OAuth2Settings};
 
 pub mod rotation;
-
-/// A secret value: compared and cloned like a string, never printed.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(pub String);
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-/// How an access token is obtained.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Grant {
-    ClientCredentials {
-        client_id: String,
-        client_secret: Secret,
-    },
-    RefreshToken {
-        client_id: String,
-        client_secret: Option<Secret>,
-        refresh_token: Secret,
-    },
-    /// A Google service account key: its e-mail address and its PKCS#8 private key (PEM).
-    ServiceAccount {
-        client_email: String,
-        private_key: Secret,
-    },
-}
-
-impl Grant {
-    fn name(&self) -> &'static str {
-        match self {
-            Grant::ClientCredentials { .. } => "client_credentials",
-            Grant::RefreshToken { .. } => "refresh_token",
-            Grant::ServiceAccount { .. } => "service_account",
-        }
-    }
-}
-
-/// The OAuth2 login, validated.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OAuth2Settings {
-    /// The mailbox to send as: XOAUTH2's `user=`, and a service account's subject.
-    pub user: String,
-    pub token_endpoint: String,
-    pub scope: Option<String>,
-    pub grant: Grant,
-    /// A CA bundle trusted besides the system's (the relayhost's, when one is given: a private
-    /// PKI usually serves both).
-    pub ca_file: Option<PathBuf>,
-    /// The Secret (in the pod's namespace) where the replicas share a rotated refresh token.
-    pub shared_refresh_token_secret: Option<String>,
-}
-
-impl OAuth2Settings {
-    /// The same login but for the refresh token: a rotated token coming back through the
-    /// configured file (the operator writes it back) is no reason to refresh early.
-    fn same_but_refresh_token(&self, other: &OAuth2Settings) -> bool {
-        let strip = |s: &OAuth2Settings| {
-            let mut s = s.clone();
-            if let Grant::RefreshToken { refresh_token, .. } = &mut s.grant {
-                refresh_token.0.clear();
-            }
-            s
-        };
-        strip(self) == strip(other)
-    }
-}
 
 /// The fields of a Google service account key file the relay uses.
 #[derive(Deserialize)]
@@ -128,22 +63,8 @@ pub enum TokenError {
     BadKey(String),
 }
 
-/// OAuth2's error codes (RFC 6749, 5.2), then ours: every value [`TokenError::code`] gives.
-pub const TOKEN_ERRORS: [&str; 10] = [
-    "invalid_request",
-    "invalid_client",
-    "invalid_grant",
-    "unauthorized_client",
-    "unsupported_grant_type",
-    "invalid_scope",
-    "refused",
-    "unreachable",
-    "bad_response",
-    "bad_key",
-];
-
 impl TokenError {
-    /// A label from a fixed set.
+    /// A label from a fixed set, [`TOKEN_ERRORS`].
     pub fn code(&self) -> &'static str {
         match self {
             TokenError::Unreachable(_) => "unreachable",
@@ -192,75 +113,6 @@ pub const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 /// The lifetime assumed when the endpoint gives none (or 0): the providers' usual hour.
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
 
-/// The most of the endpoint's own words (an OAuth2 error, its description) kept in an error.
-const ENDPOINT_TEXT_CAP: usize = 300;
-
-/// Why an answer's body was not read whole.
-#[derive(Debug, thiserror::Error)]
-pub enum BodyError {
-    #[error("the answer is larger than {}; the rest of it was not read", human_size(*.cap))]
-    TooLarge { cap: usize },
-    #[error("reading the answer: {0}")]
-    Read(String),
-}
-
-fn human_size(bytes: usize) -> String {
-    if bytes >= 1 << 20 && bytes.is_multiple_of(1 << 20) {
-        format!("{} MiB", bytes >> 20)
-    } else {
-        format!("{} KiB", bytes.div_ceil(1024))
-    }
-}
-
-/// The body of `resp`, chunk by chunk, refused as soon as it would exceed `cap` bytes (or
-/// announces it will): no more than `cap` bytes of it are ever kept.
-pub async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Result<Vec<u8>, BodyError> {
-    if resp
-        .content_length()
-        .is_some_and(|len| len > u64::try_from(cap).unwrap_or(u64::MAX))
-    {
-        return Err(BodyError::TooLarge { cap });
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = resp
-        .chunk()
-        .await
-        .map_err(|e| BodyError::Read(e.without_url().to_string()))?
-    {
-        if chunk.len() > cap - body.len() {
-            return Err(BodyError::TooLarge { cap });
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
-}
-
-/// Where a redirect points, as its origin alone (`https://host:port`): enough to see what it
-/// is, nothing of its path or query.
-pub fn redirect_origin(resp: &reqwest::Response) -> Option<String> {
-    let location = resp
-        .headers()
-        .get(reqwest::header::LOCATION)?
-        .to_str()
-        .ok()?;
-    let to = resp.url().join(location).ok()?;
-    Some(bounded(&to.origin().ascii_serialization()))
-}
-
-/// Text from the endpoint, fit for a log line: control characters replaced, at most
-/// [`ENDPOINT_TEXT_CAP`] characters.
-fn bounded(text: &str) -> String {
-    let mut out: String = text
-        .chars()
-        .take(ENDPOINT_TEXT_CAP)
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    if text.chars().nth(ENDPOINT_TEXT_CAP).is_some() {
-        out.push_str("...");
-    }
-    out
-}
-
 /// How long a token lives, from its `expires_in`: none or 0 is the usual hour, anything past
 /// [`MAX_LIFETIME`] is that.
 pub fn lifetime(expires_in: Option<u64>) -> Duration {
@@ -286,29 +138,6 @@ pub fn http_client(ca_file: Option<&Path>) -> Result<reqwest::Client, TokenError
         }
     }
     https_client(roots, Duration::from_secs(30)).map_err(TokenError::Unreachable)
-}
-
-/// The relay's HTTPS client (ring, as elsewhere in the relay) trusting `roots` alone. It
-/// follows no redirect: a 3xx is the answer, and the request (with its secrets) goes nowhere
-/// else.
-pub fn https_client(
-    roots: rustls::RootCertStore,
-    timeout: Duration,
-) -> Result<reqwest::Client, String> {
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .timeout(timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("smtp-relay/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| e.to_string())
 }
 
 /// The signed assertion of a service account (RFC 7523), for `sub` over `scope`.
@@ -470,7 +299,6 @@ pub async fn request_token(
 /// (`invalid type: string "…"`), and that may be the token itself (a body that is the token as
 /// a JSON string, a token that is a number).
 fn bad_token_answer(body: &[u8], e: &serde_json::Error) -> TokenError {
-    use crate::inputs::{json_position, json_problem};
     let mut text = format!("{}{}", json_problem(e), json_position(e));
     if let Some(field) = serde_json::from_slice(body)
         .ok()
@@ -488,7 +316,7 @@ fn token_field_problem(value: &serde_json::Value) -> Option<String> {
     let Some(fields) = value.as_object() else {
         return Some(format!(
             "the answer is a JSON {}, not an object",
-            crate::inputs::json_kind(value)
+            json_kind(value)
         ));
     };
     match fields.get("access_token") {
@@ -517,7 +345,7 @@ fn token_field_problem(value: &serde_json::Value) -> Option<String> {
 
 /// The kind of a JSON value with its article (`a string`, `an object`, `null`).
 fn a_kind(value: &serde_json::Value) -> String {
-    match crate::inputs::json_kind(value) {
+    match json_kind(value) {
         "null" => "null".into(),
         kind @ ("array" | "object") => format!("an {kind}"),
         kind => format!("a {kind}"),
@@ -593,7 +421,7 @@ pub async fn keep_fresh(
         // current access token stays good; the next refresh picks the newest refresh token.
         let keep_schedule = last
             .as_ref()
-            .is_some_and(|l| l.same_but_refresh_token(&oauth2))
+            .is_some_and(|l| same_but_refresh_token(l, &oauth2))
             && current.lookup().is_some();
         if !keep_schedule || tokio::time::Instant::now() >= next_refresh {
             let wait = match http_client(oauth2.ca_file.as_deref()) {
@@ -612,6 +440,19 @@ pub async fn keep_fresh(
             changed = settings.changed() => if changed.is_err() { return },
         }
     }
+}
+
+/// The same login but for the refresh token: a rotated token coming back through the
+/// configured file (the operator writes it back) is no reason to refresh early.
+fn same_but_refresh_token(a: &OAuth2Settings, b: &OAuth2Settings) -> bool {
+    let strip = |s: &OAuth2Settings| {
+        let mut s = s.clone();
+        if let Grant::RefreshToken { refresh_token, .. } = &mut s.grant {
+            refresh_token.0.clear();
+        }
+        s
+    };
+    strip(a) == strip(b)
 }
 
 /// Backoff after failed refreshes: 1 s, doubling, at most a minute.
@@ -646,7 +487,7 @@ async fn refresh_once(
                 expires_in = lifetime.as_secs(),
                 "OAuth2 access token obtained"
             );
-            metrics.oauth2_token(Some(&token));
+            metrics.oauth2_token(Some(token.expires_at));
             metrics.oauth2_refreshed(None);
             current.set(Some((oauth2.user.clone(), token)));
             refresh_after(lifetime.min(MAX_LIFETIME)).max(Duration::from_secs(1))
@@ -701,8 +542,8 @@ async fn request_delegated(
 static RELAYHOST: RwLock<Option<String>> = RwLock::new(None);
 
 /// Makes `nexthop` (the `relayhost` value of the configuration going live) the one destination
-/// the socketmap gives the token to. Called by
-/// [`write_config`](crate::postfix::instance::write_config) once it installed a configuration.
+/// the socketmap gives the token to. Called by `postfix::instance::write_config` once it
+/// installed a configuration.
 pub fn serve_relayhost(nexthop: String) {
     *RELAYHOST.write().unwrap_or_else(|e| e.into_inner()) = Some(nexthop);
 }
@@ -754,7 +595,7 @@ fn bind_out_of_reach(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
         let staged = private.join(name);
         let listener = tokio::net::UnixListener::bind(&staged)?;
         #[cfg(test)]
-        crate::postfix::instance::created::record(&staged);
+        crate::created::record(&staged);
         restrict_to_postfix(&staged)?;
         std::fs::rename(&staged, path)?;
         Ok(listener)
@@ -963,7 +804,7 @@ mod tests {
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let path = dir.path().join("oauth2.sock");
         drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
-        crate::postfix::instance::created::take();
+        crate::created::take();
         let current = Current::default();
         let server = tokio::spawn(serve_socketmap(path.clone(), current));
         let mut connected = None;
@@ -982,7 +823,7 @@ mod tests {
             stream.read_exact(&mut answer).await.unwrap();
             assert_eq!(&answer, b"9:NOTFOUND ,");
         }
-        let created = crate::postfix::instance::created::take();
+        let created = crate::created::take();
         assert_eq!(created.len(), 1, "{created:?}");
         let root = nix::unistd::geteuid().as_raw();
         assert!(
@@ -1138,7 +979,7 @@ mod tests {
     /// clear, and the refresh fails saying the endpoint redirected.
     #[test]
     fn a_token_endpoint_redirect_is_not_followed() {
-        use fake_endpoint::{json, Endpoint};
+        use crate::http_client::fake_endpoint::{json, Endpoint};
         for status in ["307 Temporary Redirect", "308 Permanent Redirect"] {
             let plain = Endpoint::http(|w| {
                 w.write_all(&json(
@@ -1181,7 +1022,7 @@ mod tests {
     /// larger length is not read at all.
     #[test]
     fn an_endless_token_answer_is_cut_at_the_cap() {
-        use fake_endpoint::{endless, Endpoint};
+        use crate::http_client::fake_endpoint::{endless, Endpoint};
         use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
         let http = http_client(None).unwrap();
         for status in ["200 OK", "400 Bad Request"] {
@@ -1238,7 +1079,7 @@ mod tests {
     /// or a token that is a number, would be logged at every retry.
     #[test]
     fn a_bad_token_answer_is_described_without_its_values() {
-        use fake_endpoint::{json, Endpoint};
+        use crate::http_client::fake_endpoint::{json, Endpoint};
         const TOKEN: &str = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9";
         const NUMBER: &str = "987654321987654321";
         let http = http_client(None).unwrap();
@@ -1294,7 +1135,7 @@ mod tests {
     /// retry: they are cut short, and hold no line break.
     #[test]
     fn a_refusal_is_told_in_a_short_line() {
-        use fake_endpoint::{json, Endpoint};
+        use crate::http_client::fake_endpoint::{json, Endpoint};
         let description = format!("line one\nline two {}", "x".repeat(60_000));
         let body = serde_json::json!({"error": "invalid_client", "error_description": description})
             .to_string();
@@ -1321,7 +1162,7 @@ mod tests {
     /// given (an hour). The refresh task serves the token and schedules the next refresh.
     #[test]
     fn a_lifetime_beyond_reason_is_clamped() {
-        use fake_endpoint::{json, Endpoint};
+        use crate::http_client::fake_endpoint::{json, Endpoint};
         let day = Duration::from_secs(24 * 3600);
         let http = http_client(None).unwrap();
         for (expires_in, lifetime) in [
@@ -1360,193 +1201,6 @@ mod tests {
                 wait <= planned && wait + Duration::from_secs(60) > planned,
                 "{expires_in}: {wait:?}"
             );
-        }
-    }
-}
-
-/// Local HTTP(S) endpoints on 127.0.0.1 that answer as a test scripts them: redirects,
-/// endless bodies, odd tokens (the token endpoint of `smtp_relay_e2e` answers only as a
-/// well-behaved provider does).
-#[cfg(test)]
-pub(crate) mod fake_endpoint {
-    use std::io::{BufRead as _, BufReader, Read, Write};
-    use std::net::{Ipv4Addr, TcpListener};
-    use std::path::PathBuf;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::{Arc, Mutex};
-
-    /// How a connection is answered, once its request was read.
-    pub type Answer = dyn Fn(&mut dyn Write) -> std::io::Result<()> + Send + Sync;
-
-    pub struct Endpoint {
-        pub base: String,
-        connections: Arc<AtomicUsize>,
-        requests: Arc<Mutex<Vec<String>>>,
-        /// The CA that signed an HTTPS endpoint's certificate, and its PEM.
-        pub ca: Option<(PathBuf, Vec<u8>)>,
-        _certs: Option<tempfile::TempDir>,
-    }
-
-    impl Endpoint {
-        /// Plain HTTP on 127.0.0.1.
-        pub fn http(
-            answer: impl Fn(&mut dyn Write) -> std::io::Result<()> + Send + Sync + 'static,
-        ) -> Endpoint {
-            start(false, Arc::new(answer))
-        }
-
-        /// HTTPS on 127.0.0.1, with a certificate of a test CA ([`Endpoint::ca`]).
-        pub fn https(
-            answer: impl Fn(&mut dyn Write) -> std::io::Result<()> + Send + Sync + 'static,
-        ) -> Endpoint {
-            start(true, Arc::new(answer))
-        }
-
-        pub fn url(&self, path: &str) -> String {
-            format!("{}{path}", self.base)
-        }
-
-        /// Connections accepted so far (whether or not a request came on them).
-        pub fn connections(&self) -> usize {
-            self.connections.load(Ordering::SeqCst)
-        }
-
-        /// Each request received: its head and body, as text.
-        pub fn requests(&self) -> Vec<String> {
-            self.requests.lock().unwrap().clone()
-        }
-    }
-
-    fn start(tls: bool, answer: Arc<Answer>) -> Endpoint {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (certs, server) = if tls {
-            let dir = tempfile::tempdir().unwrap();
-            let (ca, cert, key) =
-                smtp_relay_e2e::mail::ca_signed_cert_for(dir.path(), Ipv4Addr::LOCALHOST).unwrap();
-            (Some((dir, ca)), Some(server_tls(&cert, &key)))
-        } else {
-            (None, None)
-        };
-        let connections = Arc::new(AtomicUsize::new(0));
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let (counted, recorded) = (connections.clone(), requests.clone());
-        // Detached: it lives as long as the test binary.
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
-                counted.fetch_add(1, Ordering::SeqCst);
-                let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(10)));
-                let (answer, recorded, server) = (answer.clone(), recorded.clone(), server.clone());
-                std::thread::spawn(move || match server {
-                    None => serve(stream, &*answer, &recorded),
-                    Some(config) => {
-                        let conn = rustls::ServerConnection::new(config).unwrap();
-                        let mut tls = rustls::StreamOwned::new(conn, stream);
-                        serve(&mut tls, &*answer, &recorded);
-                        tls.conn.send_close_notify();
-                        let _ = tls.flush();
-                    }
-                });
-            }
-        });
-        let scheme = if tls { "https" } else { "http" };
-        Endpoint {
-            base: format!("{scheme}://{addr}"),
-            connections,
-            requests,
-            ca: certs
-                .as_ref()
-                .map(|(_, ca)| (ca.clone(), std::fs::read(ca).unwrap())),
-            _certs: certs.map(|(dir, _)| dir),
-        }
-    }
-
-    fn server_tls(cert: &std::path::Path, key: &std::path::Path) -> Arc<rustls::ServerConfig> {
-        use rustls::pki_types::pem::PemObject as _;
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-        let chain = CertificateDer::pem_file_iter(cert)
-            .unwrap()
-            .collect::<Result<Vec<_>, _>>()
-            .unwrap();
-        let key = PrivateKeyDer::from_pem_file(key).unwrap();
-        Arc::new(
-            rustls::ServerConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .unwrap(),
-        )
-    }
-
-    /// Reads one request (head, and a body of its Content-Length), records it, answers.
-    fn serve<S: Read + Write>(mut stream: S, answer: &Answer, recorded: &Mutex<Vec<String>>) {
-        let mut reader = BufReader::new(&mut stream);
-        let mut request = String::new();
-        let mut length = 0;
-        loop {
-            let mut line = String::new();
-            if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                return;
-            }
-            request.push_str(&line);
-            if let Some((name, value)) = line.trim_end().split_once(':') {
-                if name.eq_ignore_ascii_case("content-length") {
-                    length = value.trim().parse().unwrap_or(0);
-                }
-            }
-            if line.trim_end().is_empty() {
-                break;
-            }
-        }
-        let mut body = vec![0; length];
-        if reader.read_exact(&mut body).is_err() {
-            return;
-        }
-        drop(reader);
-        request.push_str(&String::from_utf8_lossy(&body));
-        recorded.lock().unwrap().push(request);
-        let _ = answer(&mut stream);
-        let _ = stream.flush();
-    }
-
-    /// A complete answer with a JSON body.
-    pub fn json(status: &str, body: &str) -> Vec<u8> {
-        format!(
-            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .into_bytes()
-    }
-
-    /// An answer that never ends: `start`, then bytes of `filler` until the client hangs up (or,
-    /// to keep a client that reads it all from exhausting the machine, 256 MiB). `sent` counts
-    /// the body's bytes written, `done` is set once the answer ended.
-    pub fn endless(
-        status: &'static str,
-        start: &'static str,
-        filler: u8,
-        sent: Arc<AtomicUsize>,
-        done: Arc<std::sync::atomic::AtomicBool>,
-    ) -> impl Fn(&mut dyn Write) -> std::io::Result<()> + Send + Sync + 'static {
-        move |w: &mut dyn Write| {
-            let result = (|| {
-                w.write_all(
-                    format!("HTTP/1.1 {status}\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n{start}")
-                        .as_bytes(),
-                )?;
-                let chunk = [filler; 16 * 1024];
-                while sent.load(Ordering::SeqCst) < 256 << 20 {
-                    w.write_all(&chunk)?;
-                    sent.fetch_add(chunk.len(), Ordering::SeqCst);
-                }
-                Ok(())
-            })();
-            done.store(true, Ordering::SeqCst);
-            result
         }
     }
 }

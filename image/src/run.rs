@@ -185,7 +185,7 @@ fn reapply(
 /// The OAuth2 login's two tasks: the refresher keeping a token fresh (for the settings it is
 /// sent on reload) and the socketmap handing it to Postfix.
 struct OAuth2Login {
-    settings: tokio::sync::watch::Sender<Option<crate::oauth2::OAuth2Settings>>,
+    settings: tokio::sync::watch::Sender<Option<crate::settings::OAuth2Settings>>,
     current: crate::oauth2::Current,
     tasks: [tokio::task::JoinHandle<()>; 2],
 }

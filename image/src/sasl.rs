@@ -116,7 +116,7 @@ pub fn install(users: &Users, realm: &str, layout: &Layout) -> Result<(), RunErr
         saslpasswd(&staging, realm, name, Some(password))?;
     }
     #[cfg(test)]
-    crate::postfix::instance::created::record(&staging);
+    crate::created::record(&staging);
     let (_, postfix_gid) = postfix_ids()?;
     // smtpd reads the database as the postfix user (0600 gives "454 Temporary authentication
     // failure"): its final mode first, then the postfix group, which so never gets more than
@@ -258,7 +258,7 @@ mod tests {
         let users = Users(BTreeMap::from([("app1".into(), "pw one".into())]));
         for round in ["first", "again"] {
             install(&users, "example.net", &layout).unwrap();
-            let created = crate::postfix::instance::created::take();
+            let created = crate::created::take();
             assert!(!created.is_empty(), "{round}");
             for c in &created {
                 assert_eq!(

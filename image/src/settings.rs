@@ -141,6 +141,61 @@ impl fmt::Debug for Credentials {
     }
 }
 
+/// A secret value: compared and cloned like a string, never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// How an access token is obtained.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Grant {
+    ClientCredentials {
+        client_id: String,
+        client_secret: Secret,
+    },
+    RefreshToken {
+        client_id: String,
+        client_secret: Option<Secret>,
+        refresh_token: Secret,
+    },
+    /// A Google service account key: its e-mail address and its PKCS#8 private key (PEM).
+    ServiceAccount {
+        client_email: String,
+        private_key: Secret,
+    },
+}
+
+impl Grant {
+    /// The grant's name in logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Grant::ClientCredentials { .. } => "client_credentials",
+            Grant::RefreshToken { .. } => "refresh_token",
+            Grant::ServiceAccount { .. } => "service_account",
+        }
+    }
+}
+
+/// The OAuth2 login (XOAUTH2) to the relayhost, validated; `oauth2` mints its tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OAuth2Settings {
+    /// The mailbox to send as: XOAUTH2's `user=`, and a service account's subject.
+    pub user: String,
+    pub token_endpoint: String,
+    pub scope: Option<String>,
+    pub grant: Grant,
+    /// A CA bundle trusted besides the system's (the relayhost's, when one is given: a private
+    /// PKI usually serves both).
+    pub ca_file: Option<PathBuf>,
+    /// The Secret (in the pod's namespace) where the replicas share a rotated refresh token.
+    pub shared_refresh_token_secret: Option<String>,
+}
+
 /// Where the relay's SASL users come from.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum SaslUserSource {
@@ -240,9 +295,12 @@ pub struct Settings {
     pub relayhost: Relayhost,
     pub relayhost_credentials: Option<Credentials>,
     /// An OAuth2 login instead of a password (exclusive with `relayhost_credentials`).
-    pub relayhost_oauth2: Option<crate::oauth2::OAuth2Settings>,
+    pub relayhost_oauth2: Option<OAuth2Settings>,
     pub relayhost_tls_level: Option<TlsLevel>,
     pub relayhost_tls_ca_file: Option<PathBuf>,
+    /// One delivery to the relayhost at most every this many seconds (at least 1), one at a
+    /// time; `None`: no pacing.
+    pub relayhost_delivery_interval_secs: Option<u32>,
     pub postmaster: Option<String>,
     pub strict_sender: bool,
     pub policy: RelayPolicy,

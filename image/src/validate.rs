@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use crate::error::{ConfigError, ConfigResult};
+use crate::postfix::types::is_postfix_parameter;
 use crate::settings::Relayhost;
 
 /// A DNS domain name (RFC 1123 labels), returned lower-cased without a trailing dot.
@@ -224,17 +225,6 @@ pub fn is_sasl_user(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b))
 }
 
-/// The names of every parameter Postfix knows (`postconf -d` of the image's Postfix).
-const POSTFIX_PARAMETERS: &str = include_str!("postfix/parameters.txt");
-
-/// Whether Postfix knows parameter `name`.
-pub fn is_postfix_parameter(name: &str) -> bool {
-    POSTFIX_PARAMETERS
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .any(|l| l == name)
-}
-
 /// A `postconf` entry's name: one Postfix knows.
 pub fn postconf_known(field: &str, name: &str) -> ConfigResult<()> {
     if !is_postfix_parameter(name) {
@@ -251,6 +241,29 @@ pub fn postconf_known(field: &str, name: &str) -> ConfigResult<()> {
 /// reload. A value that refers to other parameters (`$name`) is left to Postfix.
 pub fn postconf_value(field: &str, name: &str, value: &str) -> ConfigResult<()> {
     crate::postfix::types::check(field, name, value)
+}
+
+/// The longest interval between deliveries to the relayhost: Postfix reads a time as a C `int`
+/// of seconds, and the connection is kept one second longer.
+pub const MAX_DELIVERY_INTERVAL: u32 = i32::MAX.unsigned_abs() - 1;
+
+/// The interval between deliveries to the relayhost, in seconds: at least one (without pacing
+/// the field is left out), and a time Postfix can read.
+pub fn delivery_interval(field: &str, seconds: u32) -> ConfigResult<u32> {
+    if seconds == 0 {
+        return Err(ConfigError::invalid(
+            field,
+            "0 paces nothing: give at least 1 second, or leave it out",
+        ));
+    }
+    let max = MAX_DELIVERY_INTERVAL;
+    if seconds > max {
+        return Err(ConfigError::invalid(
+            field,
+            format!("{seconds} is more seconds than Postfix can count (at most {max})"),
+        ));
+    }
+    Ok(seconds)
 }
 
 /// The port of the PROXY-protocol listener: a real port.

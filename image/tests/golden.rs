@@ -1,7 +1,8 @@
 //! Golden files of what Postfix sees: `main.cf` and `master.cf` for each relay mode, as the
 //! relay writes them for the operator's config file (`image/tests/golden/`), and `main.cf` with
-//! the legacy clients' TLS floor. A change to the generated configuration shows as a diff in
-//! review. Regenerate with `UPDATE_GOLDEN=1 cargo test -p smtp-relay --test golden`.
+//! the legacy clients' TLS floor and with paced deliveries. A change to the generated
+//! configuration shows as a diff in review. Regenerate with
+//! `UPDATE_GOLDEN=1 cargo test -p smtp-relay --test golden`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
 
@@ -102,5 +103,13 @@ fn main_cf_and_master_cf_of_every_mode() {
         settings_with(&file, &|n| format!("relay.yaml: {n}"), &mounted).expect("legacy TLS");
     let main = main_cf::render(&main_cf::parameters(&settings, &layout()));
     stale.extend(golden("main.cf.legacy_tls", &main));
+    // Issue 25: deliveries to the relayhost paced, one every 6 s (what the operator writes for
+    // Microsoft 365 with 3 replicas); `postconf` still comes last.
+    let (mut file, mounted) = config(Mode::Strict);
+    file.relayhost.delivery_interval_seconds = Some(6);
+    let settings =
+        settings_with(&file, &|n| format!("relay.yaml: {n}"), &mounted).expect("delivery interval");
+    let main = main_cf::render(&main_cf::parameters(&settings, &layout()));
+    stale.extend(golden("main.cf.delivery_interval", &main));
     assert!(stale.is_empty(), "{}", stale.join("\n"));
 }

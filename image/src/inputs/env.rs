@@ -166,6 +166,7 @@ pub fn settings(vars: &BTreeMap<String, String>, postfix_dir: &Path) -> ConfigRe
         relayhost_oauth2: None,
         relayhost_tls_level,
         relayhost_tls_ca_file,
+        relayhost_delivery_interval_secs: None,
         postmaster,
         strict_sender,
         policy,

@@ -6,6 +6,7 @@ use std::path::Path;
 use crate::config_file::RelayConfigFile;
 use crate::error::{ConfigError, ConfigResult};
 use crate::inputs::{self, env::checked_credentials, read_secret_file, readable_file};
+use crate::json_error::{json_kind, json_position, json_problem};
 use crate::postfix::relay_guard;
 use crate::settings::{self, InboundTls, RelayPolicy, Relayhost, SaslUserSource, Settings};
 use crate::validate;
@@ -93,8 +94,8 @@ fn oauth2_settings(
     o: &crate::config_file::OAuth2File,
     field: &dyn Fn(&str) -> String,
     mounted: &impl Mounted,
-) -> ConfigResult<crate::oauth2::OAuth2Settings> {
-    use crate::oauth2::{Grant, OAuth2Settings, Secret};
+) -> ConfigResult<settings::OAuth2Settings> {
+    use crate::settings::{Grant, OAuth2Settings, Secret};
     let f = |name: &str| field(&format!("relayhost.oauth2.{name}"));
     let user = validate::email(&f("user"), &o.user)?;
     let token_endpoint = validate::token_endpoint(&f("tokenEndpoint"), &o.token_endpoint)?;
@@ -194,13 +195,9 @@ fn service_account_key(text: &str) -> Result<crate::oauth2::ServiceAccountKey, S
     use serde_json::Value;
     let key = serde_json::from_str::<crate::oauth2::ServiceAccountKey>(text);
     // Where serde_json stumbled, if it did; what on, from the JSON's shape.
-    let at = key
-        .as_ref()
-        .err()
-        .map(inputs::json_position)
-        .unwrap_or_default();
+    let at = key.as_ref().err().map(json_position).unwrap_or_default();
     let value = serde_json::from_str::<Value>(text)
-        .map_err(|e| format!("{}{}", inputs::json_problem(&e), inputs::json_position(&e)))?;
+        .map_err(|e| format!("{}{}", json_problem(&e), json_position(&e)))?;
     // (An array would do for serde, its items taken as the fields in order.)
     let Value::Object(object) = &value else {
         let hint = match value {
@@ -211,7 +208,7 @@ fn service_account_key(text: &str) -> Result<crate::oauth2::ServiceAccountKey, S
         };
         return Err(format!(
             "the file holds a JSON {}, not an object{at}{hint}",
-            inputs::json_kind(&value)
+            json_kind(&value)
         ));
     };
     for (name, required) in [
@@ -225,12 +222,12 @@ fn service_account_key(text: &str) -> Result<crate::oauth2::ServiceAccountKey, S
             (Some(other), _) => {
                 return Err(format!(
                     "its {name} is a JSON {}, not a string{at}",
-                    inputs::json_kind(other)
+                    json_kind(other)
                 ))
             }
         }
     }
-    key.map_err(|e| format!("{}{at}", inputs::json_problem(&e)))
+    key.map_err(|e| format!("{}{at}", json_problem(&e)))
 }
 
 /// [`settings()`], with `field` naming each field in errors and the files read from `mounted`:
@@ -310,7 +307,7 @@ pub fn settings_with(
         Some(o) => Some(oauth2_settings(o, field, mounted)?),
     };
     // (The CA bundle is checked below; the token endpoint trusts it too.)
-    let relayhost_oauth2 = relayhost_oauth2.map(|o| crate::oauth2::OAuth2Settings {
+    let relayhost_oauth2 = relayhost_oauth2.map(|o| settings::OAuth2Settings {
         ca_file: rh.tls_ca_file.clone(),
         ..o
     });
@@ -420,6 +417,10 @@ pub fn settings_with(
         relayhost_oauth2,
         relayhost_tls_level,
         relayhost_tls_ca_file,
+        relayhost_delivery_interval_secs: rh
+            .delivery_interval_seconds
+            .map(|n| validate::delivery_interval(&field("relayhost.deliveryIntervalSeconds"), n))
+            .transpose()?,
         postmaster,
         strict_sender: file.strict_sender,
         policy,
@@ -541,6 +542,55 @@ mod tests {
         assert!(err.contains("bogus"), "{err}");
     }
 
+    /// Issue 25: `relayhost.deliveryIntervalSeconds` is read by that name, left out when not
+    /// given, and refused when it paces nothing or more than Postfix can count.
+    #[test]
+    fn the_delivery_interval_is_read_and_checked() {
+        let text = "domain: example.net\nrelayhost: {host: smtp.example.net, deliveryIntervalSeconds: 6}\n";
+        let f: RelayConfigFile = serde_yaml::from_str(text).unwrap();
+        assert_eq!(f.relayhost.delivery_interval_seconds, Some(6));
+        assert_eq!(
+            settings(&f, "relay.yaml")
+                .unwrap()
+                .relayhost_delivery_interval_secs,
+            Some(6)
+        );
+        let written = serde_yaml::to_string(&base()).unwrap();
+        assert!(!written.contains("deliveryInterval"), "{written}");
+        assert_eq!(
+            settings(&base(), "relay.yaml")
+                .unwrap()
+                .relayhost_delivery_interval_secs,
+            None
+        );
+        for (seconds, says) in [
+            (0, "0 paces nothing"),
+            (u32::MAX, "more seconds than Postfix can count"),
+        ] {
+            let mut f = base();
+            f.relayhost.delivery_interval_seconds = Some(seconds);
+            let err = settings(&f, "relay.yaml").unwrap_err().to_string();
+            assert!(
+                err.starts_with("relay.yaml: relayhost.deliveryIntervalSeconds: ")
+                    && err.contains(says),
+                "{err}"
+            );
+        }
+        // The longest is still a time Postfix reads, the kept connection's one second more too.
+        let mut f = base();
+        f.relayhost.delivery_interval_seconds = Some(validate::MAX_DELIVERY_INTERVAL);
+        let s = settings(&f, "relay.yaml").unwrap();
+        let layout = crate::postfix::layout::Layout {
+            config_dir: "/run/pf".into(),
+            spool_dir: "/var/spool/postfix".into(),
+            data_dir: "/data".into(),
+            listen: "[::]:25".into(),
+        };
+        for (name, value) in crate::postfix::main_cf::parameters(&s, &layout) {
+            crate::postfix::types::check(&name, &name, &value).unwrap();
+        }
+    }
+
     /// Issue 26: `inboundTlsMinVersion` is read by its `TLSv1.x` name, defaults to TLS 1.2,
     /// and means something only with `inboundTls`.
     #[test]
@@ -614,7 +664,7 @@ mod tests {
     #[test]
     fn an_oauth2_login_is_one_grant_named_by_its_files() {
         use crate::config_file::OAuth2File;
-        use crate::oauth2::Grant;
+        use crate::settings::Grant;
         let dir = oauth2_app_files();
         let login = |endpoint: &str| oauth2_login(dir.path(), endpoint);
         let endpoint = OAUTH2_ENDPOINT;

@@ -9,11 +9,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::error::{ConfigError, ConfigResult};
+use crate::postfix::main_cf::SYSTEM_CA_BUNDLE;
 use crate::postfix::restrictions;
 use crate::settings::{Mode, RelayPolicy, TlsLevel};
-
-/// Debian's CA bundle, used to verify the relayhost when no CA file is given.
-pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// Reads a secret mounted as a file. One trailing line break is dropped: files written by
 /// `echo` or `kubectl create secret --from-file` usually end with one, passwords never do.
@@ -34,41 +32,6 @@ pub fn secret_text(field: &str, path: &Path, bytes: Vec<u8>) -> ConfigResult<Str
         }
     }
     Ok(text)
-}
-
-/// What is wrong with a secret file's JSON, by its kind alone: never serde_json's message,
-/// which quotes the value it stumbled on (`invalid type: string "…"`), and that value may be
-/// the secret itself.
-pub fn json_problem(e: &serde_json::Error) -> &'static str {
-    use serde_json::error::Category;
-    match e.classify() {
-        Category::Io => "it could not be read",
-        Category::Syntax => "it is not valid JSON (a syntax error)",
-        Category::Eof => "it is not valid JSON (it ends in the middle of a value)",
-        Category::Data => "a value has the wrong type, or a field is missing",
-    }
-}
-
-/// Where in a secret file serde_json found a problem (` at line L, column C`), or nothing when
-/// it does not say.
-pub fn json_position(e: &serde_json::Error) -> String {
-    match e.line() {
-        0 => String::new(),
-        line => format!(" at line {line}, column {}", e.column()),
-    }
-}
-
-/// The kind of a JSON value (`string`, `object`, ...), never the value.
-pub fn json_kind(value: &serde_json::Value) -> &'static str {
-    use serde_json::Value;
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
-    }
 }
 
 /// Checks that a file the relay will hand to Postfix exists and is readable now, so a wrong

@@ -15,8 +15,8 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use super::Secret;
 use crate::kube_api::{InCluster, Written};
+use crate::settings::Secret;
 
 /// The key of the shared Secret holding the newest refresh token.
 pub const TOKEN_KEY: &str = "refreshToken";

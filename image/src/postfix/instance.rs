@@ -434,7 +434,7 @@ pub fn write_file(path: &Path, content: &str, mode: u32) -> Result<(), RunError>
         .open(&tmp)
         .map_err(RunError::io(format!("creating {}", tmp.display())))?;
     #[cfg(test)]
-    created::record(&tmp);
+    crate::created::record(&tmp);
     // The umask may have taken bits from `mode` (it never adds any): exactly `mode`.
     file.set_permissions(fs::Permissions::from_mode(mode))
         .map_err(RunError::io(format!("chmod {}", tmp.display())))?;
@@ -450,47 +450,6 @@ fn remove_if_exists(path: &Path) -> Result<(), RunError> {
             Err(RunError::io(format!("removing {}", path.display()))(e))
         }
         _ => Ok(()),
-    }
-}
-
-/// Test seam: what a file the relay creates looks like the moment it exists, before anything
-/// else is done to it (recorded per thread, so tests running side by side do not mix).
-#[cfg(test)]
-pub(crate) mod created {
-    use std::cell::RefCell;
-    use std::os::unix::fs::MetadataExt as _;
-    use std::path::{Path, PathBuf};
-
-    /// A file as it was created: its mode and owner, and its directory's mode and owner.
-    #[derive(Debug, Clone)]
-    pub struct Created {
-        pub path: PathBuf,
-        pub mode: u32,
-        pub uid: u32,
-        pub dir_mode: u32,
-        pub dir_uid: u32,
-    }
-
-    thread_local! {
-        static CREATED: RefCell<Vec<Created>> = const { RefCell::new(Vec::new()) };
-    }
-
-    pub fn record(path: &Path) {
-        let meta = std::fs::symlink_metadata(path).unwrap();
-        let dir = std::fs::metadata(path.parent().unwrap()).unwrap();
-        let created = Created {
-            path: path.to_path_buf(),
-            mode: meta.mode() & 0o7777,
-            uid: meta.uid(),
-            dir_mode: dir.mode() & 0o7777,
-            dir_uid: dir.uid(),
-        };
-        CREATED.with(|c| c.borrow_mut().push(created));
-    }
-
-    /// What this thread created since the last call.
-    pub fn take() -> Vec<Created> {
-        CREATED.with(|c| std::mem::take(&mut *c.borrow_mut()))
     }
 }
 
@@ -621,7 +580,7 @@ mod tests {
             fs::set_permissions(&leftover, fs::Permissions::from_mode(0o666)).unwrap();
             for round in ["first", "again"] {
                 write_file(&path, "login:secret\n", mode).unwrap();
-                let created = created::take();
+                let created = crate::created::take();
                 assert_eq!(created.len(), 1, "{mode:o} {round}: {created:?}");
                 assert_eq!(
                     created[0].mode & !mode,

@@ -4,7 +4,6 @@ use std::path::Path;
 
 use ipnet::IpNet;
 
-use crate::inputs::SYSTEM_CA_BUNDLE;
 use crate::postfix::layout::Layout;
 use crate::postfix::restrictions;
 use crate::settings::{self, Relayhost, SaslUserSource, Settings, TlsLevel, TlsMinVersion};
@@ -12,6 +11,9 @@ use crate::settings::{self, Relayhost, SaslUserSource, Settings, TlsLevel, TlsMi
 /// Debian's shared files (postfix-files, dynamicmaps.cf) stay where the package put them while
 /// the configuration lives elsewhere.
 pub const META_DIRECTORY: &str = "/etc/postfix";
+
+/// Debian's CA bundle, used to verify the relayhost when no CA file is given.
+pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// The hashed certificate directory that holds [`SYSTEM_CA_BUNDLE`]'s certificates.
 pub const SYSTEM_CA_DIR: &str = "/etc/ssl/certs";
@@ -326,6 +328,16 @@ pub fn parameters(s: &Settings, layout: &Layout) -> Vec<(String, String)> {
         p.set("smtp_connection_cache_destinations", &s.relayhost.host);
     }
     p.set("smtp_tls_connection_reuse", "yes");
+    // Pacing, for a relayhost that takes only so many messages a minute from a mailbox
+    // (Microsoft 365: 30): with a rate delay the queue manager hands the relayhost one message
+    // at a time, at most one every `interval`. The cached connection outlives the delay, so one
+    // login serves many messages; and, as Postfix advises with a rate delay, a larger failed
+    // cohort limit keeps one failed connection from deferring all mail at once.
+    if let Some(interval) = s.relayhost_delivery_interval_secs {
+        for (name, value) in crate::config_file::pacing(interval) {
+            p.set(name, value);
+        }
+    }
 
     for (name, value) in &s.postconf {
         p.set(name, value);
@@ -405,6 +417,7 @@ mod tests {
             relayhost_oauth2: None,
             relayhost_tls_level: None,
             relayhost_tls_ca_file: None,
+            relayhost_delivery_interval_secs: None,
             postmaster: None,
             strict_sender: false,
             policy: RelayPolicy::Mode(Mode::Strict),
@@ -687,6 +700,46 @@ mod tests {
             Some("message_size_limit")
         );
         assert_eq!(p.iter().filter(|(n, _)| n == "smtpd_banner").count(), 1);
+    }
+
+    /// Issue 25: the pacing of a relayhost that limits messages per mailbox is the image's to
+    /// write, from one number (the operator used to write these parameters itself); `postconf`
+    /// still has the last word.
+    #[test]
+    fn a_delivery_interval_paces_the_relayhost_and_postconf_overrides_it() {
+        const PACING: [&str; 3] = [
+            "default_destination_rate_delay",
+            "smtp_connection_cache_time_limit",
+            "default_destination_concurrency_failed_cohort_limit",
+        ];
+        let mut s = settings();
+        let p = parameters(&s, &layout());
+        for name in PACING {
+            assert_eq!(get(&p, name), None, "no interval, no {name}");
+        }
+        s.relayhost_delivery_interval_secs = Some(6);
+        let p = parameters(&s, &layout());
+        let paced: Vec<_> = PACING.iter().map(|name| get(&p, name)).collect();
+        assert_eq!(paced, [Some("6s"), Some("7s"), Some("10")]);
+        s.relayhost_delivery_interval_secs = Some(u32::MAX);
+        let p = parameters(&s, &layout());
+        assert_eq!(
+            get(&p, "smtp_connection_cache_time_limit"),
+            Some("4294967296s"),
+            "no overflow"
+        );
+        s.relayhost_delivery_interval_secs = Some(2);
+        s.postconf
+            .insert("smtp_connection_cache_time_limit".into(), "30s".into());
+        let p = parameters(&s, &layout());
+        assert_eq!(get(&p, "default_destination_rate_delay"), Some("2s"));
+        assert_eq!(get(&p, "smtp_connection_cache_time_limit"), Some("30s"));
+        assert_eq!(
+            p.iter()
+                .filter(|(n, _)| n == "smtp_connection_cache_time_limit")
+                .count(),
+            1
+        );
     }
 
     #[test]

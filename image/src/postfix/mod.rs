@@ -1,7 +1,7 @@
 //! Everything that knows Postfix: which parameters the settings become (`main_cf`), which
 //! services run (`master_cf`), what each relay mode means (`restrictions`), what may never open
-//! the relay (`relay_guard`), how Postfix reads each parameter's value (`types`), and how an instance
-//! is laid out on disk (`layout`) and controlled (`instance`).
+//! the relay (`relay_guard`), which parameters Postfix knows and how it reads their values
+//! (`types`), and how an instance is laid out on disk (`layout`) and controlled (`instance`).
 
 pub mod instance;
 pub mod layout;

@@ -543,6 +543,7 @@ mod tests {
             relayhost_oauth2: None,
             relayhost_tls_level: level,
             relayhost_tls_ca_file: Some("/ca.pem".into()),
+            relayhost_delivery_interval_secs: None,
             postmaster: None,
             strict_sender: false,
             policy: RelayPolicy::Mode(Mode::Strict),

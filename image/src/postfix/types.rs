@@ -1,6 +1,6 @@
-//! How Postfix reads a parameter's value, from the table `parameter-types.txt` (made from the
-//! image's Postfix; its header says how), and the check that refuses what Postfix would die
-//! on. A `postconf` value Postfix cannot read is not refused by `postfix check` for most
+//! Which parameters Postfix knows (`parameters.txt`) and how it reads a parameter's value, from
+//! the table `parameter-types.txt` (both made from the image's Postfix; their headers say how),
+//! and the check that refuses what Postfix would die on. A `postconf` value Postfix cannot read is not refused by `postfix check` for most
 //! parameters: the daemon that reads it dies with `fatal: bad numerical configuration` (or
 //! `bad time value`, `bad boolean configuration`) when it starts, and so does every smtpd
 //! after a reload. Both judges (the relay at start, the operator before writing) refuse it
@@ -10,6 +10,17 @@ use crate::error::{ConfigError, ConfigResult};
 
 /// The table: `name type [min=N]` lines after a `#` header.
 const PARAMETER_TYPES: &str = include_str!("parameter-types.txt");
+
+/// The names of every parameter Postfix knows (`postconf -d` of the image's Postfix).
+const POSTFIX_PARAMETERS: &str = include_str!("parameters.txt");
+
+/// Whether Postfix knows parameter `name`.
+pub fn is_postfix_parameter(name: &str) -> bool {
+    POSTFIX_PARAMETERS
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .any(|l| l == name)
+}
 
 /// What Postfix expects of a parameter's value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -220,7 +231,7 @@ mod tests {
         let mut names = Vec::new();
         for line in PARAMETER_TYPES.lines().filter(|l| !l.starts_with('#')) {
             let (name, _) = parse_line(line).unwrap();
-            assert!(crate::validate::is_postfix_parameter(name), "{name}");
+            assert!(is_postfix_parameter(name), "{name}");
             names.push(name);
         }
         let mut sorted = names.clone();
