@@ -4,126 +4,36 @@
 //! the reconcile writes status (and a Warning Event) and changes nothing else, so the last good
 //! configuration keeps running.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::ListParams;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
-use kube::{Api, Client, Resource, ResourceExt};
-use tracing::{debug, warn};
+use kube::runtime::events::{Event, EventType};
+use kube::{Api, Client, ResourceExt};
+use tracing::warn;
 
-use crate::apply::{apply_all, prune_secrets};
-pub use crate::apply::{storage_change, Owned, APPLIED_HASH_ANNOTATION, MANAGER};
-use crate::builders::{self, BuildOptions, Desired};
-use crate::crd::SmtpRelay;
-use crate::deletion;
-use crate::drain::{self, Drain};
-pub use crate::events::events_for;
-use crate::events::truncate;
-use crate::fingerprint::{Memory, Stores};
-use crate::metrics::{Metrics, ReconcileOutcome};
-use crate::resolve::{self, RefSource};
-use crate::status::{self, Outcome, Rollout};
-pub use crate::watches::{run, RunConfig};
+use crate::context::Context;
+use crate::floor::contract::BuildOptions;
+use crate::floor::crd::find_condition;
+use crate::floor::crd::SmtpRelay;
+use crate::floor::running::Drain;
+use crate::floor::running::Rollout;
+use crate::floor::verdict::Desired;
+use crate::floor::verdict::Outcome;
+use crate::runtime::metrics::ReconcileOutcome;
+use crate::steps::apply::storage_change;
+use crate::steps::apply::{apply_all, prune_secrets};
+use crate::steps::build;
+use crate::steps::deletion;
+use crate::steps::drain;
+use crate::steps::report;
+use crate::steps::report::events::truncate;
+use crate::steps::report::status;
+use crate::steps::resolve::{self, RefSource};
 use crate::{Error, Result};
-
-/// Shared state of the reconciles.
-pub struct Context {
-    pub client: Client,
-    reporter: Reporter,
-    pub metrics: Arc<Metrics>,
-    pub opts: BuildOptions,
-    failures: Mutex<HashMap<ObjectRef<SmtpRelay>, u32>>,
-    /// The watches' caches, for the fingerprint of idle relays (none in unit tests: every
-    /// reconcile is full).
-    stores: Option<Stores>,
-    memory: Memory,
-}
-
-impl Context {
-    pub fn new(
-        client: Client,
-        metrics: Arc<Metrics>,
-        opts: BuildOptions,
-        instance: Option<String>,
-    ) -> Self {
-        let reporter = Reporter {
-            controller: MANAGER.into(),
-            instance,
-        };
-        Context {
-            reporter,
-            client,
-            metrics,
-            opts,
-            failures: Mutex::new(HashMap::new()),
-            stores: None,
-            memory: Memory::default(),
-        }
-    }
-
-    /// With the watches' caches: an idle relay's reconcile makes no request.
-    pub fn with_stores(self, stores: Stores) -> Self {
-        Context {
-            stores: Some(stores),
-            ..self
-        }
-    }
-
-    /// Publishes an Event; a failure is logged, never fails the reconcile. A namespace being
-    /// deleted takes no new Event: expected, so not a warning (nor a "forbidden" in the log
-    /// that would hide a real RBAC failure).
-    pub(crate) async fn publish_or_log(&self, ev: &Event, relay: &SmtpRelay) {
-        match self.publish(ev, relay).await {
-            Ok(()) => {}
-            Err(e) if namespace_terminating(&e) => {
-                debug!(relay = %relay.name_any(), reason = %ev.reason, "no Event: the namespace is being deleted");
-            }
-            Err(e) => warn!(relay = %relay.name_any(), error = %e, "publishing event failed"),
-        }
-    }
-
-    /// Publishes `ev` as an Event of its own. [`events_for`] already publishes only on
-    /// transitions; kube-runtime's Recorder would also fold every Event with the same reason
-    /// into one series that keeps the first note, so a second, different problem (another
-    /// missing Secret) would show the first one's message in `kubectl describe`. A Recorder
-    /// per Event has no series to fold into.
-    async fn publish(&self, ev: &Event, relay: &SmtpRelay) -> kube::Result<()> {
-        Recorder::new(self.client.clone(), self.reporter.clone())
-            .publish(ev, &relay.object_ref(&()))
-            .await
-    }
-
-    fn reset_backoff(&self, relay: &SmtpRelay) {
-        if let Ok(mut f) = self.failures.lock() {
-            f.remove(&ObjectRef::from_obj(relay));
-        }
-    }
-
-    fn next_backoff(&self, relay: &SmtpRelay) -> Duration {
-        let n = match self.failures.lock() {
-            Ok(mut f) => {
-                let n = f.entry(ObjectRef::from_obj(relay)).or_insert(0);
-                *n = n.saturating_add(1);
-                *n
-            }
-            Err(_) => 1,
-        };
-        backoff(n)
-    }
-}
-
-/// Exponential backoff: 5 s, 10 s, 20 s, … capped at 5 minutes.
-pub fn backoff(failures: u32) -> Duration {
-    let exp = failures.saturating_sub(1).min(6);
-    Duration::from_secs((5u64 << exp).min(300))
-}
 
 /// Validates, resolves and builds; user errors become an [`Outcome`], API errors an `Err`.
 pub async fn plan(
@@ -131,7 +41,7 @@ pub async fn plan(
     src: &impl RefSource,
     opts: &BuildOptions,
 ) -> Result<std::result::Result<Desired, Outcome>> {
-    let checked = match crate::validate::CheckedSpec::new(relay) {
+    let checked = match crate::steps::judge::CheckedSpec::new(relay) {
         Ok(checked) => checked,
         Err(outcome) => return Ok(Err(outcome)),
     };
@@ -157,7 +67,7 @@ pub async fn plan(
         Err(outcome) => return Ok(Err(outcome)),
     };
     let hash_key = resolve::config_hash_key(relay, src).await?;
-    match builders::build(&validated, &hash_key, opts) {
+    match build::build(&validated, &hash_key, opts) {
         Ok(d) => Ok(Ok(Desired {
             certificate_issued,
             ..d
@@ -207,7 +117,7 @@ pub async fn reconcile(relay: Arc<SmtpRelay>, ctx: Arc<Context>) -> Result<Actio
         .with_drain(drain);
     // 5. Report: Events on transitions, status when it changed.
     let draining = !matches!(rollout.drain, Drain::None);
-    let new_status = report(&relay, &ctx, &outcome, rollout).await?;
+    let new_status = report::report(&relay, &ctx, &outcome, rollout).await?;
     ctx.reset_backoff(&relay);
     timer.outcome(match outcome {
         Outcome::Applied { .. } => ReconcileOutcome::Applied,
@@ -291,7 +201,7 @@ async fn apply_planned(
                 .unwrap_or(relay.spec.replicas);
             let rollout = Rollout::from_stateful_set(Some(&sts), target);
             prune_secrets(client, relay, ctx.stores.as_ref(), &desired, rollout).await?;
-            crate::writeback::step(relay, ctx, &desired).await?;
+            crate::steps::writeback::step(relay, ctx, &desired).await?;
             if let Some(note) = &desired.certificate_issued {
                 let ev = Event {
                     type_: EventType::Normal,
@@ -322,47 +232,11 @@ async fn apply_planned(
     }
 }
 
-/// Step 5: publishes the Events of what changed and patches status when it differs.
-async fn report(
-    relay: &SmtpRelay,
-    ctx: &Context,
-    outcome: &Outcome,
-    rollout: Rollout,
-) -> Result<crate::crd::SmtpRelayStatus> {
-    let new_status = status::compute(relay, outcome, rollout, Time(jiff::Timestamp::now()));
-    for ev in events_for(relay, outcome, &new_status) {
-        ctx.publish_or_log(&ev, relay).await;
-    }
-    if relay.status.as_ref() != Some(&new_status) {
-        patch_status(ctx, relay, &new_status).await?;
-    }
-    Ok(new_status)
-}
-
-/// Writes a relay's status (a merge patch of the status subresource: never the spec).
-pub(crate) async fn patch_status(
-    ctx: &Context,
-    relay: &SmtpRelay,
-    status: &crate::crd::SmtpRelayStatus,
-) -> Result<()> {
-    let ns = relay.namespace_checked()?;
-    let api: Api<SmtpRelay> = Api::namespaced(ctx.client.clone(), &ns);
-    // Without the queue, which `queue::observe` alone writes (a merge patch leaves it).
-    let status = crate::crd::SmtpRelayStatus {
-        queue: None,
-        ..status.clone()
-    };
-    let patch = Patch::Merge(serde_json::json!({ "status": status }));
-    api.patch_status(&relay.name_any(), &PatchParams::default(), &patch)
-        .await?;
-    Ok(())
-}
-
 /// Step 6: a relay is looked at again in five minutes (watches bring every change sooner); one
 /// that drains or is blocked by what no watch sees, sooner.
-fn next_action(outcome: &Outcome, new_status: &crate::crd::SmtpRelayStatus) -> Action {
-    let draining = status::find_condition(Some(new_status), status::DRAINING)
-        .is_some_and(|c| c.status == "True");
+fn next_action(outcome: &Outcome, new_status: &crate::floor::crd::SmtpRelayStatus) -> Action {
+    let draining =
+        find_condition(Some(new_status), status::DRAINING).is_some_and(|c| c.status == "True");
     match outcome {
         // A departing replica's queue is read from its metrics: look again soon.
         Outcome::Applied { .. } if draining => Action::requeue(drain::REQUEUE),
@@ -383,7 +257,7 @@ fn next_action(outcome: &Outcome, new_status: &crate::crd::SmtpRelayStatus) -> A
 /// running.
 async fn relay_pods(client: &Client, relay: &SmtpRelay) -> Result<Vec<Pod>> {
     let ns = relay.namespace_checked()?;
-    let selector = builders::selector_labels(relay)
+    let selector = crate::floor::contract::selector_labels(relay)
         .iter()
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
@@ -393,13 +267,6 @@ async fn relay_pods(client: &Client, relay: &SmtpRelay) -> Result<Vec<Pod>> {
         .list(&ListParams::default().labels(&selector))
         .await?
         .items)
-}
-
-/// The API server's refusal to create anything in a namespace being deleted.
-fn namespace_terminating(e: &kube::Error) -> bool {
-    matches!(e, kube::Error::Api(s) if s.details.as_ref().is_some_and(|d| {
-        d.causes.iter().any(|c| c.reason == "NamespaceTerminating")
-    }))
 }
 
 /// Failed reconciles (API errors) retry with per-object exponential backoff.
@@ -413,17 +280,23 @@ pub fn error_policy(relay: Arc<SmtpRelay>, error: &Error, ctx: Arc<Context>) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::apply::{apply_error, drifted_field};
-    use crate::builders::HASH_KEY_KEY;
-    use crate::crd::SecretRef;
+    use crate::context::{backoff, namespace_terminating};
     use crate::fixtures::{
         context, context_with_stores, hash_key, live, live_sts, not_found, ok, path,
         reconcile_with, relay, validated, ApiServer, Live,
     };
+    use crate::floor::contract::HASH_KEY_KEY;
+    use crate::floor::crd::SecretRef;
+    use crate::floor::crd::READY;
+    use crate::floor::inputs::Resolved;
+    use crate::floor::running::PodProblem;
+    use crate::steps::apply::{apply_error, drifted_field};
+    use crate::steps::report::events::events_for;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     fn desired(r: &SmtpRelay) -> Desired {
-        builders::build(
-            &validated(r, resolve::Resolved::default()),
+        build::build(
+            &validated(r, Resolved::default()),
             &hash_key(),
             &BuildOptions::default(),
         )
@@ -435,7 +308,7 @@ mod tests {
         let applied = Outcome::Applied {
             config_hash: "h1".into(),
         };
-        let with = |type_: &str, status: &str| crate::crd::SmtpRelayStatus {
+        let with = |type_: &str, status: &str| crate::floor::crd::SmtpRelayStatus {
             conditions: vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
                 type_: type_.into(),
                 status: status.into(),
@@ -450,14 +323,8 @@ mod tests {
         };
         let five_minutes = Action::requeue(Duration::from_secs(300));
         // Not Ready yet (rolling out, a pod crashing): what changes that comes by the watches.
-        assert_eq!(
-            next_action(&applied, &with(status::READY, "False")),
-            five_minutes
-        );
-        assert_eq!(
-            next_action(&applied, &with(status::READY, "True")),
-            five_minutes
-        );
+        assert_eq!(next_action(&applied, &with(READY, "False")), five_minutes);
+        assert_eq!(next_action(&applied, &with(READY, "True")), five_minutes);
         // A drain reads the departing pods' metrics, which no watch brings.
         assert_eq!(
             next_action(&applied, &with(status::DRAINING, "True")),
@@ -467,7 +334,7 @@ mod tests {
             message: "in the way".into(),
         };
         assert_eq!(
-            next_action(&conflict, &with(status::READY, "False")),
+            next_action(&conflict, &with(READY, "False")),
             Action::requeue(Duration::from_secs(30))
         );
     }
@@ -641,8 +508,8 @@ mod tests {
     async fn a_relay_whose_volumes_go_with_it_is_guarded_but_its_services_are_not() {
         let (ctx, mut api) = context();
         let mut r = relay("r1");
-        r.spec.storage.retention.when_deleted = crate::crd::RetentionPolicy::Delete;
-        r.metadata.finalizers = Some(vec![crate::deletion::FINALIZER.into()]);
+        r.spec.storage.retention.when_deleted = crate::floor::crd::RetentionPolicy::Delete;
+        r.metadata.finalizers = Some(vec![crate::floor::contract::FINALIZER.into()]);
         let desired = desired(&r);
         let guard = desired.drain_guard.clone().expect("a drain guard");
         reconcile_with(r, ctx, async move {
@@ -780,49 +647,33 @@ mod tests {
     fn storage_changes_are_refused_but_equal_quantities_pass() {
         let r = relay("r1");
         let opts = BuildOptions::default();
-        let base = builders::build(
-            &validated(&r, resolve::Resolved::default()),
-            &hash_key(),
-            &opts,
-        )
-        .expect("builds")
-        .stateful_set;
+        let base = build::build(&validated(&r, Resolved::default()), &hash_key(), &opts)
+            .expect("builds")
+            .stateful_set;
         let mut same = r.clone();
         same.spec.storage.size = "1024Mi".into();
-        let same = builders::build(
-            &validated(&same, resolve::Resolved::default()),
-            &hash_key(),
-            &opts,
-        )
-        .expect("builds")
-        .stateful_set;
+        let same = build::build(&validated(&same, Resolved::default()), &hash_key(), &opts)
+            .expect("builds")
+            .stateful_set;
         assert_eq!(storage_change(&same, &base), None);
         let mut bigger = r.clone();
         bigger.spec.storage.size = "2Gi".into();
-        let bigger = builders::build(
-            &validated(&bigger, resolve::Resolved::default()),
-            &hash_key(),
-            &opts,
-        )
-        .expect("builds")
-        .stateful_set;
+        let bigger = build::build(&validated(&bigger, Resolved::default()), &hash_key(), &opts)
+            .expect("builds")
+            .stateful_set;
         let msg = storage_change(&bigger, &base).expect("refused");
         assert!(msg.contains("spec.storage") && msg.contains("1Gi"));
         let mut class = r.clone();
         class.spec.storage.storage_class_name = Some("fast".into());
-        let class = builders::build(
-            &validated(&class, resolve::Resolved::default()),
-            &hash_key(),
-            &opts,
-        )
-        .expect("builds")
-        .stateful_set;
+        let class = build::build(&validated(&class, Resolved::default()), &hash_key(), &opts)
+            .expect("builds")
+            .stateful_set;
         assert!(storage_change(&class, &base).is_some());
     }
 
     #[test]
     fn cleartext_relayhost_password_is_flagged_once() {
-        use crate::crd::{CredentialsSecretRef, RelayhostTlsSpec, TlsLevelSpec};
+        use crate::floor::crd::{CredentialsSecretRef, RelayhostTlsSpec, TlsLevelSpec};
         let mut r = relay("r1");
         r.spec.relayhost.credentials_secret_ref = Some(CredentialsSecretRef {
             name: "login".into(),
@@ -833,14 +684,15 @@ mod tests {
             config_hash: "h".into(),
         };
         let now = || Time(jiff::Timestamp::UNIX_EPOCH);
-        let cond = |s: &crate::crd::SmtpRelayStatus, type_: &str| {
+        let cond = |s: &crate::floor::crd::SmtpRelayStatus, type_: &str| {
             s.conditions
                 .iter()
                 .find(|c| c.type_ == type_)
                 .map(|c| (c.status.clone(), c.reason.clone()))
                 .unwrap()
         };
-        let warnings = |r: &crate::crd::SmtpRelay, s: &crate::crd::SmtpRelayStatus| {
+        let warnings = |r: &crate::floor::crd::SmtpRelay,
+                        s: &crate::floor::crd::SmtpRelayStatus| {
             events_for(r, &ok, s)
                 .into_iter()
                 .filter(|e| e.type_ == EventType::Warning)
@@ -883,7 +735,7 @@ mod tests {
     /// and a Warning Event, as cleartext is.
     #[test]
     fn an_unverified_relayhost_is_flagged_once() {
-        use crate::crd::{CredentialsSecretRef, RelayhostTlsSpec, TlsLevelSpec};
+        use crate::floor::crd::{CredentialsSecretRef, RelayhostTlsSpec, TlsLevelSpec};
         let mut r = relay("r1");
         r.spec.relayhost.credentials_secret_ref = Some(CredentialsSecretRef {
             name: "login".into(),
@@ -940,7 +792,7 @@ mod tests {
     /// naming the field; back to the default, no Warning.
     #[test]
     fn legacy_inbound_tls_is_flagged_once() {
-        use crate::crd::{SecretRef, TlsMinVersionSpec};
+        use crate::floor::crd::{SecretRef, TlsMinVersionSpec};
         let mut r = relay("r1");
         r.spec.sasl_users_secret_ref = Some(SecretRef {
             name: "users".into(),
@@ -949,7 +801,8 @@ mod tests {
             config_hash: "h".into(),
         };
         let now = || Time(jiff::Timestamp::UNIX_EPOCH);
-        let warnings = |r: &crate::crd::SmtpRelay, s: &crate::crd::SmtpRelayStatus| {
+        let warnings = |r: &crate::floor::crd::SmtpRelay,
+                        s: &crate::floor::crd::SmtpRelayStatus| {
             events_for(r, &ok, s)
                 .into_iter()
                 .filter(|e| e.type_ == EventType::Warning)
@@ -1035,7 +888,7 @@ mod tests {
 
     #[test]
     fn a_drain_is_announced_when_it_starts_waits_and_ends() {
-        use crate::drain::Departing;
+        use crate::floor::running::Departing;
         use smtp_relay::metrics::QueueReport;
         let mut r = relay("r1");
         let ok = Outcome::Applied {
@@ -1144,7 +997,7 @@ mod tests {
         // A pod that cannot start: one Warning naming it, not one per reconcile.
         let crashing = Rollout {
             ready_replicas: 0,
-            problem: Some(status::PodProblem {
+            problem: Some(PodProblem {
                 reason: "CrashLoopBackOff".into(),
                 message: "pod r1-0, container relay: CrashLoopBackOff".into(),
                 stalled: true,

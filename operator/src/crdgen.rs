@@ -2,7 +2,7 @@
 
 use kube::CustomResourceExt;
 
-use crate::crd::SmtpRelay;
+use crate::floor::crd::SmtpRelay;
 
 /// The command that regenerates the checked-in CRD file.
 pub const REGENERATE: &str =

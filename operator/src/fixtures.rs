@@ -20,19 +20,23 @@ use kube::runtime::watcher::Event;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::{json, Value};
 
-use crate::apply::{Owned, APPLIED_HASH_ANNOTATION};
-use crate::builders::hash::{object_hash, HashKey, HASH_KEY_LEN};
-use crate::builders::{BuildOptions, Desired};
-use crate::controller::{reconcile, Context};
-use crate::crd::{SmtpRelay, SmtpRelaySpec};
-use crate::fingerprint::Stores;
-use crate::metrics::Metrics;
-use crate::validate::Validated;
+use crate::context::Context;
+use crate::controller::reconcile;
+use crate::floor::contract::BuildOptions;
+use crate::floor::contract::APPLIED_HASH_ANNOTATION;
+use crate::floor::crd::{SmtpRelay, SmtpRelaySpec};
+use crate::floor::inputs::{HashKey, HASH_KEY_LEN};
+use crate::floor::verdict::Desired;
+use crate::runtime::metrics::Metrics;
+use crate::steps::apply::Owned;
+use crate::steps::build::hash::object_hash;
+use crate::steps::judge::Validated;
+use crate::watch::fingerprint::Stores;
 use crate::Result;
 
 /// `relay` with `resolved`, through the validation every built relay goes through.
-pub fn validated(relay: &SmtpRelay, resolved: crate::resolve::Resolved) -> Validated<'_> {
-    crate::validate::CheckedSpec::new(relay)
+pub fn validated(relay: &SmtpRelay, resolved: crate::floor::inputs::Resolved) -> Validated<'_> {
+    crate::steps::judge::CheckedSpec::new(relay)
         .unwrap_or_else(|o| panic!("spec refused: {o:?}"))
         .judge(resolved)
         .unwrap_or_else(|o| panic!("refused by the relay's rules: {o:?}"))

@@ -11,12 +11,15 @@ use k8s_openapi::api::core::v1::Secret;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::builders::{self, BuildOptions, Desired};
-use crate::crd::SmtpRelay;
 use crate::fixtures;
-use crate::mapping::referenced_secrets;
-use crate::resolve::fake::FakeRefs;
-use crate::resolve::{resolve, TlsPair};
+use crate::floor::contract::BuildOptions;
+use crate::floor::crd::SmtpRelay;
+use crate::floor::inputs::TlsPair;
+use crate::floor::verdict::Desired;
+use crate::steps::build;
+use crate::steps::resolve::fake::FakeRefs;
+use crate::steps::resolve::resolve;
+use crate::watch::mapping::referenced_secrets;
 
 fn examples_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/smtp-relay-operator/examples")
@@ -146,14 +149,14 @@ fn every_child_of_every_example() {
             .expect("runtime")
             .block_on(resolve(&relay, &refs))
             .unwrap_or_else(|e| panic!("{stem}: {e}"));
-        if crate::certificate::wanted(&relay) {
+        if crate::steps::certificate::wanted(&relay) {
             resolved.inbound_tls = Some(TlsPair {
                 cert: b"-----BEGIN CERTIFICATE-----\n(issued)\n-----END CERTIFICATE-----\n"
                     .to_vec(),
                 key: b"-----BEGIN PRIVATE KEY-----\n(issued)\n-----END PRIVATE KEY-----\n".to_vec(),
             });
         }
-        let d = builders::build(
+        let d = build::build(
             &fixtures::validated(&relay, resolved),
             &fixtures::hash_key(),
             &BuildOptions::default(),

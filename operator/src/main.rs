@@ -3,12 +3,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use smtp_relay_operator::builders::{BuildOptions, DEFAULT_RELAY_IMAGE};
-use smtp_relay_operator::controller::{self, RunConfig};
-use smtp_relay_operator::metrics::{self, Metrics};
+use smtp_relay_operator::floor::contract::BuildOptions;
+use smtp_relay_operator::floor::contract::DEFAULT_RELAY_IMAGE;
+use smtp_relay_operator::runtime::metrics::{self, Metrics};
+use smtp_relay_operator::runtime::shutdown;
+use smtp_relay_operator::runtime::telemetry::{self, LogFormat};
 use smtp_relay_operator::runtime::{LeaseConfig, Runtime};
-use smtp_relay_operator::telemetry::{self, LogFormat};
-use smtp_relay_operator::{crdgen, shutdown, Error};
+use smtp_relay_operator::watch::{self, RunConfig};
+use smtp_relay_operator::{crdgen, Error};
 use tracing::{error, info};
 
 #[global_allocator]
@@ -141,7 +143,7 @@ async fn run(args: RunArgs) -> Result<(), Error> {
         instance: Some(identity),
     };
     info!(namespace = ?cfg.namespace, image = %cfg.build.relay_image, "controller starting");
-    controller::run(client, cfg, metrics.clone(), rt.stopped()).await;
+    watch::run(client, cfg, metrics.clone(), rt.stopped()).await;
     endpoints.set_ready(false);
 
     let result = match leadership {

@@ -10,12 +10,12 @@ use base64::Engine;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::builders::{relay_config, BuildOptions};
 use crate::controller::plan;
-use crate::crd::{CredentialsSecretRef, SecretRef, SmtpRelay};
 use crate::fixtures;
-use crate::resolve::fake::FakeRefs;
-use crate::resolve::{RelayhostLogin, Resolved, TlsPair};
+use crate::floor::contract::BuildOptions;
+use crate::floor::crd::{CredentialsSecretRef, SecretRef, SmtpRelay};
+use crate::floor::inputs::{RelayhostLogin, Resolved, TlsPair};
+use crate::steps::resolve::fake::FakeRefs;
 
 #[derive(Deserialize)]
 struct Corpus {
@@ -135,14 +135,14 @@ fn relay_verdict(case: &Case, r: &SmtpRelay, dir: &Path) -> Result<(), String> {
                 .map(|(k, v)| (k.clone(), bytes(v)))
                 .collect(),
         );
-        let names = crate::certificate::names(r);
-        let cert = crate::certificate::issue(&names, 1_795_000_000).expect("a certificate");
+        let names = crate::steps::certificate::names(r);
+        let cert = crate::steps::certificate::issue(&names, 1_795_000_000).expect("a certificate");
         resolved.inbound_tls = Some(TlsPair {
             cert: cert.cert,
             key: cert.key,
         });
     }
-    let file = relay_config::relay_config_file(r, &resolved);
+    let file = crate::steps::judge::relay_config::relay_config_file(r, &resolved);
     let root = dir.display().to_string();
     let yaml = serde_yaml::to_string(&file)
         .expect("yaml")

@@ -3,8 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
 
-use smtp_relay_operator::crd::SmtpRelay;
-use smtp_relay_operator::validate::validate_spec;
+use smtp_relay_operator::floor::crd::SmtpRelay;
+use smtp_relay_operator::steps::judge::validate_spec;
 
 fn relays(file: &str) -> Vec<SmtpRelay> {
     let path = format!("{}/yaml/{file}", env!("CARGO_MANIFEST_DIR"));
@@ -39,10 +39,10 @@ fn sasl_proxy_is_valid_and_references_its_secrets() {
     assert_eq!(validate_spec(spec), Ok(()));
     assert_eq!(
         spec.mode,
-        Some(smtp_relay_operator::crd::RelayMode::AllowSaslAuthNoDomain)
+        Some(smtp_relay_operator::floor::crd::RelayMode::AllowSaslAuthNoDomain)
     );
     assert_eq!(
-        smtp_relay_operator::mapping::referenced_secrets(spec),
+        smtp_relay_operator::watch::mapping::referenced_secrets(spec),
         ["smtp-relay-auth-login", "smtp-relay-auth-users"]
     );
     assert_eq!(spec.postconf["compatibility_level"], "2");

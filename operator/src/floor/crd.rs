@@ -4,7 +4,7 @@
 //! `kubectl explain smtprelay.spec` is the manual. Defaults live in the schema (serde defaults are
 //! emitted as OpenAPI `default`s), so the API server fills them in and the operator never writes
 //! the spec. Admission validation is expressed with OpenAPI types, patterns and CEL rules
-//! (`x-kubernetes-validations`); [`crate::validate`] repeats the checks the controller relies on.
+//! (`x-kubernetes-validations`); [`crate::steps::judge`] repeats the checks the controller relies on.
 
 use std::collections::BTreeMap;
 
@@ -878,6 +878,62 @@ impl SmtpRelay {
             .ok_or(crate::Error::MissingObjectKey(".metadata.namespace"))
     }
 }
+
+/// Bytes of a storage quantity such as `1Gi`, `500M` or `1.5Gi` (the forms of
+/// [`crate::floor::crd::QUANTITY_PATTERN`]); `None` when malformed.
+pub fn quantity_bytes(q: &str) -> Option<u128> {
+    let split = q
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(q.len());
+    let (num, suffix) = q.split_at(split);
+    let mult: u128 = match suffix {
+        "" => 1,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        "Pi" => 1 << 50,
+        "Ei" => 1 << 60,
+        "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        "P" => 1_000_000_000_000_000,
+        "E" => 1_000_000_000_000_000_000,
+        _ => return None,
+    };
+    let (int, frac) = match num.split_once('.') {
+        Some((i, f)) => (i, f),
+        None => (num, ""),
+    };
+    if int.is_empty() || frac.len() > 9 || !frac.chars().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    let int: u128 = int.parse().ok()?;
+    let frac_val: u128 = if frac.is_empty() {
+        0
+    } else {
+        frac.parse().ok()?
+    };
+    let scale = 10u128.pow(frac.len() as u32);
+    int.checked_mul(mult)?
+        .checked_add(frac_val.checked_mul(mult)? / scale)
+}
+
+/// The Ready condition of a status, if any.
+pub fn ready_condition(status: Option<&SmtpRelayStatus>) -> Option<&Condition> {
+    find_condition(status, READY)
+}
+
+/// The condition `type_` of a status, if any.
+pub fn find_condition<'a>(
+    status: Option<&'a SmtpRelayStatus>,
+    type_: &str,
+) -> Option<&'a Condition> {
+    status?.conditions.iter().find(|c| c.type_ == type_)
+}
+
+pub const READY: &str = "Ready";
 
 #[cfg(test)]
 mod tests {

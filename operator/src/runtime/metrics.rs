@@ -125,7 +125,7 @@ pub struct Metrics {
     heap: Family<HeapLabels, Gauge>,
     /// The controller's cache of SmtpRelays, once it runs (on the leader): counted by Ready
     /// when scraped.
-    relay_store: std::sync::OnceLock<kube::runtime::reflector::Store<crate::crd::SmtpRelay>>,
+    relay_store: std::sync::OnceLock<kube::runtime::reflector::Store<crate::floor::crd::SmtpRelay>>,
 }
 
 impl Default for Metrics {
@@ -203,7 +203,10 @@ impl Metrics {
     }
 
     /// Counts the relays of `store` by Ready at every scrape from now on.
-    pub fn count_relays(&self, store: kube::runtime::reflector::Store<crate::crd::SmtpRelay>) {
+    pub fn count_relays(
+        &self,
+        store: kube::runtime::reflector::Store<crate::floor::crd::SmtpRelay>,
+    ) {
         let _ = self.relay_store.set(store);
     }
 
@@ -213,7 +216,7 @@ impl Metrics {
         };
         let mut counts = [("True", 0), ("False", 0), ("Unknown", 0)];
         for relay in store.state() {
-            let ready = crate::status::ready_condition(relay.status.as_ref())
+            let ready = crate::floor::crd::ready_condition(relay.status.as_ref())
                 .map_or("Unknown", |c| c.status.as_str());
             let i = match ready {
                 "True" => 0,
@@ -366,8 +369,8 @@ mod tests {
         let (store, mut writer) = kube::runtime::reflector::store();
         let ready = |name: &str, ok: Option<bool>| {
             let mut relay = crate::fixtures::relay(name);
-            relay.status = ok.map(|ok| crate::crd::SmtpRelayStatus {
-                conditions: vec![crate::status::condition_at(
+            relay.status = ok.map(|ok| crate::floor::crd::SmtpRelayStatus {
+                conditions: vec![crate::steps::report::status::condition_at(
                     "Ready",
                     Some(ok),
                     "Why",

@@ -2,6 +2,13 @@
 //! or SIGINT, bounded by a deadline; a second signal exits at once), the lifetime of the HTTP
 //! endpoints, and leadership (wait for the Lease, hold it, release it on the way out).
 
+pub mod backoff;
+pub mod http;
+pub mod leader;
+pub mod metrics;
+pub mod shutdown;
+pub mod telemetry;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,10 +21,10 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
-use crate::http::{self, HttpState};
-use crate::leader::LeaderElector;
-use crate::metrics::Metrics;
-use crate::{shutdown, Error, Result};
+use crate::runtime::leader::LeaderElector;
+use crate::runtime::metrics::Metrics;
+use crate::{Error, Result};
+use http::HttpState;
 
 /// The stop request: set once by a signal or by the loss of leadership.
 #[derive(Clone)]

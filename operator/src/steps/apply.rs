@@ -18,17 +18,17 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tracing::{debug, info};
 
-use crate::builders::configmap::{guard_owner_ref, guards};
-use crate::builders::{hash::object_hash, Desired, Names};
-use crate::crd::SmtpRelay;
-use crate::fingerprint::Stores;
-use crate::status::{Outcome, Rollout};
+use crate::floor::contract::Names;
+use crate::floor::contract::APPLIED_HASH_ANNOTATION;
+use crate::floor::contract::MANAGER;
+use crate::floor::crd::SmtpRelay;
+use crate::floor::running::Rollout;
+use crate::floor::verdict::Desired;
+use crate::floor::verdict::Outcome;
+use crate::steps::build::configmap::{guard_owner_ref, guards};
+use crate::steps::build::hash::object_hash;
+use crate::watch::fingerprint::Stores;
 use crate::{Error, Result};
-
-/// The one field manager of every write.
-pub const MANAGER: &str = "smtp-relay-operator";
-/// Hash of the desired object last applied; an equal hash means there is nothing to write.
-pub const APPLIED_HASH_ANNOTATION: &str = "smtprelay.dev/applied-hash";
 
 /// Objects the operator applies, and how to tell a live copy already matches.
 pub trait Owned:
@@ -224,7 +224,7 @@ pub(crate) async fn apply<K: Owned>(client: &Client, planned: Planned<'_, K>) ->
 }
 
 /// [`apply`], with the relay's drain guard as a second owner when there is one
-/// ([`crate::builders::configmap::drain_guard`]).
+/// ([`crate::steps::build::configmap::drain_guard`]).
 pub(crate) async fn apply_guarded<K: Owned>(
     client: &Client,
     planned: Planned<'_, K>,
@@ -300,7 +300,7 @@ where
 fn known_absent<K: Owned>(stores: Option<&Stores>, ns: &str, name: &str) -> bool {
     stores
         .and_then(K::cache)
-        .is_some_and(|cache| !crate::fingerprint::may_exist(cache, ns, name))
+        .is_some_and(|cache| !crate::watch::fingerprint::may_exist(cache, ns, name))
 }
 
 /// Deletes an object the relay no longer needs, if it exists and this relay controls it; one
@@ -354,7 +354,7 @@ pub fn storage_change(desired: &StatefulSet, live: &StatefulSet) -> Option<Strin
     let (want_size, have_size) = (size(&want), size(&have));
     let same_size = match (&want_size, &have_size) {
         (Some(a), Some(b)) => {
-            crate::validate::quantity_bytes(a) == crate::validate::quantity_bytes(b)
+            crate::floor::crd::quantity_bytes(a) == crate::floor::crd::quantity_bytes(b)
         }
         (a, b) => a == b,
     };

@@ -15,28 +15,16 @@ use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, SanType};
 use x509_parser::extensions::GeneralName;
 use x509_parser::pem::parse_x509_pem;
 
-use crate::builders::Names;
-use crate::crd::SmtpRelay;
+use crate::floor::contract::Names;
+use crate::floor::crd::SmtpRelay;
+use crate::floor::error::IssueError;
 
 /// How long an issued certificate is valid.
 pub const VALIDITY: Duration = Duration::from_secs(90 * 24 * 3600);
 /// An issued certificate is replaced when less than this is left (a third of its life).
 pub const RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
-/// Annotation on the `<name>-tls` Secret when its certificate was issued by the operator.
-pub const ISSUED_ANNOTATION: &str = "smtprelay.dev/issued-certificate";
 /// The cluster's DNS domain, as kubelets are configured by default.
 pub const CLUSTER_DOMAIN: &str = "cluster.local";
-
-/// Why issuing failed (retried with backoff).
-#[derive(Debug, thiserror::Error)]
-pub enum IssueError {
-    /// The random source, a name or the signature.
-    #[error("issuing the serving certificate: {0}")]
-    Rcgen(#[from] rcgen::Error),
-    /// The clock is outside what a certificate can say.
-    #[error("issuing the serving certificate: validity out of range: {0}")]
-    Time(#[from] time::error::ComponentRange),
-}
 
 /// A certificate and its key, PEM.
 #[derive(Clone, PartialEq, Eq)]

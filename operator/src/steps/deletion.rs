@@ -2,8 +2,8 @@
 //! destroying queued mail, whatever the propagation policy of the delete.
 //!
 //! - A finalizer ([`FINALIZER`]) holds the SmtpRelay while every pod drains as a replica being
-//!   scaled away does ([`crate::drain`]): out of the Service, delivering its queue.
-//! - The drain guard ([`crate::builders::configmap::drain_guard`]), a ConfigMap owned by
+//!   scaled away does ([`crate::steps::drain`]): out of the Service, delivering its queue.
+//! - The drain guard ([`crate::steps::build::configmap::drain_guard`]), a ConfigMap owned by
 //!   nothing, is the second owner of every child but the Services, so the garbage collector
 //!   leaves the StatefulSet, its pods and what they mount standing even when the delete is a
 //!   foreground one (Argo CD's), which takes the children before the owner. The volumes are
@@ -32,19 +32,21 @@ use kube::runtime::events::{Event, EventType};
 use kube::{Api, ResourceExt};
 use tracing::info;
 
-use crate::apply::{delete_guard, merge_patch};
-use crate::builders::configmap::guards;
-use crate::builders::statefulset::SPOOL_VOLUME;
-use crate::builders::{selector_labels, Names};
-use crate::controller::{patch_status, Context};
-use crate::crd::SmtpRelay;
-use crate::drain::{self, Departing, ABANDON_ANNOTATION};
-use crate::events::{drain_event, truncate};
-use crate::status;
+use crate::context::Context;
+use crate::floor::contract::ABANDON_ANNOTATION;
+use crate::floor::contract::FINALIZER;
+use crate::floor::contract::SPOOL_VOLUME;
+use crate::floor::contract::{selector_labels, Names};
+use crate::floor::crd::find_condition;
+use crate::floor::crd::SmtpRelay;
+use crate::floor::running::Departing;
+use crate::steps::apply::{delete_guard, merge_patch};
+use crate::steps::build::configmap::guards;
+use crate::steps::drain;
+use crate::steps::report::events::{drain_event, truncate};
+use crate::steps::report::patch_status;
+use crate::steps::report::status;
 use crate::Result;
-
-/// Holds a relay being deleted until its queues are drained.
-pub const FINALIZER: &str = "smtprelay.dev/drain-queues";
 
 /// The finalizer the API server puts on an object deleted with propagation orphan, until the
 /// garbage collector has taken the owner references off its dependents.
@@ -347,7 +349,7 @@ async fn release(
 /// changes); the other conditions stay as they were.
 async fn report(relay: &SmtpRelay, ctx: &Context, reason: &str, message: String) -> Result<()> {
     let old = relay.status.clone().unwrap_or_default();
-    let before = status::find_condition(Some(&old), status::DRAINING).cloned();
+    let before = find_condition(Some(&old), status::DRAINING).cloned();
     let condition = status::condition_at(
         status::DRAINING,
         Some(true),
@@ -376,7 +378,7 @@ async fn report(relay: &SmtpRelay, ctx: &Context, reason: &str, message: String)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::RetentionPolicy;
+    use crate::floor::crd::RetentionPolicy;
     use smtp_relay::metrics::QueueReport;
 
     fn pod(name: &str, queued: Option<u64>) -> Departing {

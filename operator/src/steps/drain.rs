@@ -18,168 +18,20 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, ResourceExt};
-use smtp_relay::metrics::QueueReport;
 use tracing::{info, warn};
 
-use crate::apply::merge_patch;
-use crate::builders::statefulset::SPOOL_VOLUME;
-use crate::builders::Desired;
-use crate::crd::SmtpRelay;
+use crate::floor::crd::SmtpRelay;
+use crate::floor::verdict::Desired;
+use crate::steps::apply::merge_patch;
 use crate::Result;
 
+use crate::floor::contract::ABANDON_ANNOTATION;
+use crate::floor::running::Departing;
+use crate::floor::running::Drain;
 pub use smtp_relay::drain::DRAIN_ANNOTATION;
-
-/// On the SmtpRelay, `"true"`: lower the replicas now, without waiting for the drain. Mail
-/// still queued stays on a `Retain` volume, and is destroyed with a `Delete` one.
-pub const ABANDON_ANNOTATION: &str = "smtprelay.dev/abandon-drain";
-
-/// A departing replica that has delivered nothing for this long while mail waits is stuck (the
-/// relayhost refuses the mail or is down).
-pub const STUCK_AFTER_SECONDS: u64 = 60;
 
 /// How often a relay that is draining is looked at again.
 pub const REQUEUE: Duration = Duration::from_secs(10);
-
-/// A replica being scaled away, as last seen.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Departing {
-    pub pod: String,
-    /// Still in the Service (its readiness probe has not failed yet).
-    pub ready: bool,
-    /// What its metrics say; `None` when the pod does not run or cannot be reached.
-    pub queue: Option<QueueReport>,
-}
-
-impl Departing {
-    /// Out of the Service, asked to drain, and nothing left on its spool.
-    pub(crate) fn drained(&self) -> bool {
-        !self.ready
-            && self
-                .queue
-                .as_ref()
-                .is_some_and(|q| q.draining && q.queued == 0)
-    }
-
-    pub(crate) fn describe(&self) -> String {
-        match &self.queue {
-            None => format!("{} (not running: its queue cannot be read)", self.pod),
-            Some(q) if q.queued == 0 && self.ready => {
-                format!("{} (empty, leaving the Service)", self.pod)
-            }
-            Some(q) if q.queued == 0 => format!("{} (empty)", self.pod),
-            Some(q) => {
-                let mut parts = vec![format!("{} queued", q.queued)];
-                if q.deferred > 0 {
-                    parts.push(format!("{} deferred by the relayhost", q.deferred));
-                }
-                if q.hold > 0 {
-                    parts.push(format!("{} on hold", q.hold));
-                }
-                parts.push(format!("oldest {}", age(q.oldest_seconds)));
-                // The StatefulSet names each claim <template>-<pod>.
-                format!(
-                    "{} ({}, on volume {SPOOL_VOLUME}-{})",
-                    self.pod,
-                    parts.join(", "),
-                    self.pod
-                )
-            }
-        }
-    }
-
-    /// Nothing will move without a change: the pod does not run, all it holds is on hold, or
-    /// it has delivered nothing for [`STUCK_AFTER_SECONDS`] (the relayhost refuses or is down).
-    pub(crate) fn stuck(&self) -> bool {
-        match &self.queue {
-            None => true,
-            Some(q) => {
-                q.queued > 0
-                    && (q.hold >= q.queued || q.seconds_since_delivery >= STUCK_AFTER_SECONDS)
-            }
-        }
-    }
-}
-
-/// What the drain step decided.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub enum Drain {
-    /// Nothing is being scaled away.
-    #[default]
-    None,
-    /// Replicas `want..hold` are draining; the StatefulSet keeps `hold` replicas meanwhile.
-    InProgress {
-        want: i32,
-        hold: i32,
-        departing: Vec<Departing>,
-    },
-    /// The replicas drained (or the drain was abandoned): the StatefulSet goes from `from` to
-    /// `to` replicas now.
-    Done {
-        from: i32,
-        to: i32,
-        /// What was still queued when a user gave up.
-        abandoned: Option<String>,
-    },
-}
-
-impl Drain {
-    /// `(draining, reason, message)` of the `Draining` condition; `None` when nothing is being
-    /// scaled away.
-    pub fn condition(&self) -> Option<(bool, &'static str, String)> {
-        match self {
-            Drain::None => None,
-            Drain::InProgress {
-                want,
-                hold,
-                departing,
-            } => {
-                let list = departing
-                    .iter()
-                    .map(Departing::describe)
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                let stuck = departing.iter().any(Departing::stuck);
-                let (reason, then) = if stuck {
-                    (
-                        "DrainWaiting",
-                        format!(
-                            "; the drain goes on when the relayhost takes the mail and the pods run; to give up, annotate the SmtpRelay {ABANDON_ANNOTATION}=true (a Retain volume keeps what is queued)"
-                        ),
-                    )
-                } else {
-                    ("Draining", String::new())
-                };
-                Some((
-                    true,
-                    reason,
-                    format!(
-                        "scaling from {hold} to {want} replicas once the departing ones have delivered their queues: {list}{then}"
-                    ),
-                ))
-            }
-            Drain::Done {
-                from,
-                to,
-                abandoned: None,
-            } => Some((
-                false,
-                "Drained",
-                format!("the departing replicas delivered their queues; scaled from {from} to {to}"),
-            )),
-            Drain::Done {
-                from,
-                to,
-                abandoned: Some(held),
-            } => Some((
-                false,
-                "DrainAbandoned",
-                format!(
-                    "scaled from {from} to {to} without waiting ({ABANDON_ANNOTATION}); still queued then: {held}; remove the annotation so later scale-downs drain again"
-                ),
-            )),
-        }
-    }
-}
 
 /// The decision, from what was seen: `want` replicas in the spec, `live` in the StatefulSet.
 pub fn decide(want: i32, live: Option<i32>, departing: Vec<Departing>, abandon: bool) -> Drain {
@@ -272,7 +124,7 @@ pub(crate) async fn departing(api: &Api<Pod>, pod: &Pod) -> Result<Departing> {
     Ok(Departing {
         pod: pod.name_any(),
         ready: pod_ready(pod),
-        queue: crate::queue::scrape(pod)
+        queue: crate::watch::scrape::scrape(pod)
             .await
             .inspect_err(|why| warn!(pod = %pod.name_any(), %why, "cannot read the queue of a departing replica"))
             .ok(),
@@ -285,15 +137,6 @@ pub(crate) fn abandoned(relay: &SmtpRelay) -> bool {
         .annotations()
         .get(ABANDON_ANNOTATION)
         .is_some_and(|v| v == "true")
-}
-
-/// A duration for people: seconds, minutes or hours.
-fn age(seconds: u64) -> String {
-    match seconds {
-        0..120 => format!("{seconds}s"),
-        120..7200 => format!("{}m", seconds / 60),
-        _ => format!("{}h", seconds / 3600),
-    }
 }
 
 /// The ordinal of a StatefulSet pod `<relay>-<n>`.
@@ -328,6 +171,7 @@ async fn mark(api: &Api<Pod>, pod: &Pod, drain: bool) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use smtp_relay::metrics::QueueReport;
 
     /// A departing pod; `queue`: (draining, queued, deferred), and stuck when more than one is
     /// deferred.

@@ -5,192 +5,25 @@
 //! it came from and how to fix it, and the value itself never appears in any message.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::future::Future;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::{Api, Client, ResourceExt};
 
-use crate::builders::hash::HashKey;
-use crate::builders::{Names, HASH_KEY_KEY};
-use crate::certificate;
-use crate::crd::SmtpRelay;
-
-/// Why the references of a relay could not be resolved.
-#[derive(Debug, thiserror::Error)]
-pub enum ResolveError {
-    #[error(
-        "Secret {namespace}/{name} ({purpose}) does not exist; create it or fix the reference"
-    )]
-    SecretNotFound {
-        namespace: String,
-        name: String,
-        purpose: &'static str,
-    },
-    #[error(
-        "ConfigMap {namespace}/{name} ({purpose}) does not exist; create it or fix the reference"
-    )]
-    ConfigMapNotFound {
-        namespace: String,
-        name: String,
-        purpose: &'static str,
-    },
-    #[error("{kind} {namespace}/{name} has no key {key:?} ({purpose}); add the key or set the key name in the reference")]
-    KeyMissing {
-        kind: &'static str,
-        namespace: String,
-        name: String,
-        key: String,
-        purpose: &'static str,
-    },
-    #[error("{kind} {namespace}/{name} key {key:?} is invalid: {problem}")]
-    InvalidValue {
-        kind: &'static str,
-        namespace: String,
-        name: String,
-        key: String,
-        problem: String,
-    },
-    /// The operating system's random source failed while generating the config-hash key
-    /// (retried with backoff).
-    #[error("generating the config-hash key: {0}")]
-    Random(getrandom::Error),
-    /// Issuing the serving certificate failed (retried with backoff).
-    #[error(transparent)]
-    Certificate(#[from] certificate::IssueError),
-    /// Reading failed for a reason other than absence (retried with backoff).
-    #[error("reading {kind} {namespace}/{name}: {source}")]
-    Api {
-        kind: &'static str,
-        namespace: String,
-        name: String,
-        #[source]
-        source: Box<kube::Error>,
-    },
-}
-
-impl ResolveError {
-    /// The condition reason (and metrics label) for this error.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            ResolveError::SecretNotFound { .. } => "SecretNotFound",
-            ResolveError::ConfigMapNotFound { .. } => "ConfigMapNotFound",
-            ResolveError::KeyMissing { .. } => "SecretKeyMissing",
-            ResolveError::InvalidValue { .. } => "InvalidSecretValue",
-            ResolveError::Api { .. } => "kube",
-            ResolveError::Random(_) => "random",
-            ResolveError::Certificate(_) => "certificate",
-        }
-    }
-
-    /// True when the error is the user's input rather than a transient API failure.
-    pub fn is_user_error(&self) -> bool {
-        !matches!(
-            self,
-            ResolveError::Api { .. } | ResolveError::Random(_) | ResolveError::Certificate(_)
-        )
-    }
-}
-
-/// Relayhost login. `Debug` never prints the password.
-#[derive(Clone, PartialEq, Eq)]
-pub struct RelayhostLogin {
-    pub username: String,
-    pub password: Vec<u8>,
-}
-
-/// The keys of an OAuth2 login's Secret (as given: the relay judges the combination with its
-/// own rules, see `validate`). `Debug` prints only which keys there are.
-#[derive(Clone, PartialEq, Eq, Default)]
-pub struct OAuth2Keys {
-    pub client_id: Option<Vec<u8>>,
-    pub client_secret: Option<Vec<u8>>,
-    pub refresh_token: Option<Vec<u8>>,
-    pub service_account: Option<Vec<u8>>,
-}
-
-/// A key an OAuth2 Secret may hold, and the file it becomes in the relay pods.
-pub struct OAuth2Key {
-    pub secret_key: &'static str,
-    pub file: &'static str,
-}
-
-pub const CLIENT_ID: OAuth2Key = OAuth2Key {
-    secret_key: "clientId",
-    file: "oauth2-client-id",
-};
-pub const CLIENT_SECRET: OAuth2Key = OAuth2Key {
-    secret_key: "clientSecret",
-    file: "oauth2-client-secret",
-};
-pub const REFRESH_TOKEN: OAuth2Key = OAuth2Key {
-    secret_key: "refreshToken",
-    file: "oauth2-refresh-token",
-};
-pub const SERVICE_ACCOUNT: OAuth2Key = OAuth2Key {
-    secret_key: "serviceAccount.json",
-    file: "oauth2-service-account.json",
-};
-
-impl OAuth2Keys {
-    /// (file name in the relay pods, value) of each key given.
-    pub fn files(&self) -> Vec<(&'static str, &Vec<u8>)> {
-        [
-            (CLIENT_ID.file, &self.client_id),
-            (CLIENT_SECRET.file, &self.client_secret),
-            (REFRESH_TOKEN.file, &self.refresh_token),
-            (SERVICE_ACCOUNT.file, &self.service_account),
-        ]
-        .into_iter()
-        .filter_map(|(file, v)| v.as_ref().map(|v| (file, v)))
-        .collect()
-    }
-}
-
-/// Certificate and key offered to clients.
-#[derive(Clone, PartialEq, Eq)]
-pub struct TlsPair {
-    pub cert: Vec<u8>,
-    pub key: Vec<u8>,
-}
-
-/// Everything read from referenced objects, validated.
-#[derive(Clone, PartialEq, Eq, Default)]
-pub struct Resolved {
-    pub relayhost_login: Option<RelayhostLogin>,
-    pub relayhost_oauth2: Option<OAuth2Keys>,
-    pub relayhost_ca: Option<Vec<u8>>,
-    /// User name → password; `None` when the relay has no `saslUsersSecretRef`.
-    pub sasl_users: Option<BTreeMap<String, Vec<u8>>>,
-    pub inbound_tls: Option<TlsPair>,
-}
-
-impl fmt::Debug for Resolved {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Resolved")
-            .field(
-                "relayhost_login",
-                &self.relayhost_login.as_ref().map(|l| l.username.as_str()),
-            )
-            .field(
-                "relayhost_oauth2",
-                &self
-                    .relayhost_oauth2
-                    .as_ref()
-                    .map(|k| k.files().into_iter().map(|(f, _)| f).collect::<Vec<_>>()),
-            )
-            .field("relayhost_ca", &self.relayhost_ca.is_some())
-            .field(
-                "sasl_users",
-                &self
-                    .sasl_users
-                    .as_ref()
-                    .map(|u| u.keys().collect::<Vec<_>>()),
-            )
-            .field("inbound_tls", &self.inbound_tls.is_some())
-            .finish()
-    }
-}
+use crate::floor::contract::CLIENT_ID;
+use crate::floor::contract::CLIENT_SECRET;
+use crate::floor::contract::ISSUED_ANNOTATION;
+use crate::floor::contract::REFRESH_TOKEN;
+use crate::floor::contract::SERVICE_ACCOUNT;
+use crate::floor::contract::{Names, HASH_KEY_KEY};
+use crate::floor::crd::SmtpRelay;
+use crate::floor::error::ResolveError;
+use crate::floor::inputs::HashKey;
+use crate::floor::inputs::OAuth2Keys;
+use crate::floor::inputs::RelayhostLogin;
+use crate::floor::inputs::Resolved;
+use crate::floor::inputs::TlsPair;
+use crate::steps::certificate;
 
 /// Where referenced objects are read from: the API, or a map in tests.
 pub trait RefSource: Sync {
@@ -363,7 +196,7 @@ pub async fn issued_certificate(
     let names = certificate::names(relay);
     let stored = owned_secret(relay, src, &name)
         .await?
-        .filter(|s| s.annotations().get(certificate::ISSUED_ANNOTATION) == Some(&"true".into()))
+        .filter(|s| s.annotations().get(ISSUED_ANNOTATION) == Some(&"true".into()))
         .and_then(|s| s.data)
         .and_then(|d| Some((d.get("tls.crt")?.0.clone(), d.get("tls.key")?.0.clone())));
     let reason = match stored {
@@ -654,8 +487,8 @@ pub(crate) mod fake {
 mod tests {
     use super::fake::FakeRefs;
     use super::*;
-    use crate::crd::{CredentialsSecretRef, KeyRef, RelayhostTlsSpec, SecretRef};
     use crate::fixtures::relay;
+    use crate::floor::crd::{CredentialsSecretRef, KeyRef, RelayhostTlsSpec, SecretRef};
 
     const CERT: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
     const KEY: &str = "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n";
@@ -788,7 +621,7 @@ mod tests {
     #[test]
     fn hash_key_is_read_back_from_the_owned_secret() {
         let r = relay("r1");
-        let stored = [3u8; crate::builders::hash::HASH_KEY_LEN];
+        let stored = [3u8; crate::floor::inputs::HASH_KEY_LEN];
         let mut f = FakeRefs::default();
         f.secrets.insert(
             "r1-hash-key".into(),
@@ -819,7 +652,7 @@ mod tests {
         let mut f = FakeRefs::default().secret("r1-hash-key", &[(HASH_KEY_KEY, "short")]);
         f.secret_owners.insert("r1-hash-key".into(), "uid-1".into());
         let c = block(config_hash_key(&r, &f)).expect("key");
-        assert_eq!(c.as_bytes().len(), crate::builders::hash::HASH_KEY_LEN);
+        assert_eq!(c.as_bytes().len(), crate::floor::inputs::HASH_KEY_LEN);
         assert_ne!(c.as_bytes(), b"short");
     }
 
@@ -830,7 +663,7 @@ mod tests {
         assert!(block(issued_certificate(&r, &FakeRefs::default(), now))
             .unwrap()
             .is_none());
-        r.spec.sasl_users_secret_ref = Some(crate::crd::SecretRef { name: "u".into() });
+        r.spec.sasl_users_secret_ref = Some(crate::floor::crd::SecretRef { name: "u".into() });
         let (first, note) = block(issued_certificate(&r, &FakeRefs::default(), now))
             .unwrap()
             .expect("issued: SASL users and no tlsSecretRef");
@@ -850,7 +683,7 @@ mod tests {
         f.secret_owners.insert("r1-tls".into(), "uid-1".into());
         f.secret_annotations.insert(
             "r1-tls".into(),
-            BTreeMap::from([(certificate::ISSUED_ANNOTATION.into(), "true".into())]),
+            BTreeMap::from([(ISSUED_ANNOTATION.into(), "true".into())]),
         );
         let (again, note) = block(issued_certificate(&r, &f, now)).unwrap().unwrap();
         assert!(again == first && note.is_none());
@@ -865,7 +698,7 @@ mod tests {
         let (other, _) = block(issued_certificate(&r, &f, now)).unwrap().unwrap();
         assert!(other != first);
         // With a tlsSecretRef the user's certificate is used instead.
-        r.spec.tls_secret_ref = Some(crate::crd::SecretRef { name: "c".into() });
+        r.spec.tls_secret_ref = Some(crate::floor::crd::SecretRef { name: "c".into() });
         assert!(block(issued_certificate(&r, &f, now)).unwrap().is_none());
     }
 

@@ -1,7 +1,7 @@
 //! A rotated OAuth2 refresh token goes back into the user's Secret, so that Secret always
 //! holds a token the provider still takes: for a relay re-created from it, for a new pod
 //! starting before it reads the shared one, and for whoever looks. The relay pods keep the
-//! newest token in `<name>-oauth2-token` (see [`crate::builders::oauth2`]); the operator copies
+//! newest token in `<name>-oauth2-token` (see [`crate::steps::build::oauth2`]); the operator copies
 //! it only when it replaced the token the user's Secret holds (the relay's own rule,
 //! `Rotated::replaces`), so a token the user put there anew (a new consent) is never
 //! overwritten.
@@ -13,13 +13,15 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType};
 use kube::{Api, ResourceExt};
 use smtp_relay::oauth2::rotation::Rotated;
-use smtp_relay::oauth2::Secret as Token;
+use smtp_relay::settings::Secret as Token;
 use tracing::{debug, info, warn};
 
-use crate::builders::{Desired, Names};
-use crate::controller::Context;
-use crate::crd::SmtpRelay;
-use crate::resolve::{trim_line_end, REFRESH_TOKEN};
+use crate::context::Context;
+use crate::floor::contract::Names;
+use crate::floor::contract::REFRESH_TOKEN;
+use crate::floor::crd::SmtpRelay;
+use crate::floor::verdict::Desired;
+use crate::steps::resolve::trim_line_end;
 use crate::Result;
 
 /// The token to write into the user's Secret in place of `configured`, if any.

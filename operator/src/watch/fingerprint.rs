@@ -26,9 +26,9 @@ use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 
-use crate::builders::{selector_labels, Names};
-use crate::crd::{SmtpRelay, SmtpRelayStatus};
-use crate::mapping::{referenced_config_maps, referenced_secrets};
+use crate::floor::contract::{selector_labels, Names};
+use crate::floor::crd::{SmtpRelay, SmtpRelayStatus};
+use crate::watch::mapping::{referenced_config_maps, referenced_secrets};
 
 /// How long a remembered decision holds without a full reconcile.
 pub const VALID_FOR: Duration = Duration::from_secs(6 * 3600);
@@ -142,7 +142,7 @@ impl Stores {
             .ok()?
             .hash(&mut relay_part);
         // Of the queue, only what the RelayhostLogin condition shows.
-        crate::status::login_health(relay).hash(&mut relay_part);
+        crate::steps::report::status::login_health(relay).hash(&mut relay_part);
 
         let children = Names::all(&name);
         let mut secrets = DefaultHasher::new();
@@ -245,7 +245,7 @@ mod tests {
     #[test]
     fn the_fingerprint_follows_what_the_relay_reads_and_nothing_else() {
         let mut r = crate::fixtures::relay("r1");
-        r.spec.sasl_users_secret_ref = Some(crate::crd::SecretRef {
+        r.spec.sasl_users_secret_ref = Some(crate::floor::crd::SecretRef {
             name: "users".into(),
         });
         let fp = |s: &Stores, r: &SmtpRelay| s.fingerprint(r).expect("synced");

@@ -7,8 +7,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::reflector::ObjectRef;
 use kube::ResourceExt;
 
-use crate::builders::Names;
-use crate::crd::{SmtpRelay, SmtpRelaySpec};
+use crate::floor::contract::Names;
+use crate::floor::crd::{SmtpRelay, SmtpRelaySpec};
 
 /// Names of the Secrets a spec references.
 pub fn referenced_secrets(spec: &SmtpRelaySpec) -> Vec<&str> {
@@ -90,8 +90,8 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{CredentialsSecretRef, KeyRef, RelayhostTlsSpec, SecretRef};
     use crate::fixtures::relay;
+    use crate::floor::crd::{CredentialsSecretRef, KeyRef, RelayhostTlsSpec, SecretRef};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
     use kube::Resource;
 

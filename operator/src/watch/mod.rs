@@ -2,6 +2,11 @@
 //! (by label) and of the Secrets and ConfigMaps a relay may reference, each with its own
 //! backoff; and the controller loop's lifetime.
 
+pub mod fingerprint;
+pub mod mapping;
+pub mod queue;
+pub mod scrape;
+
 use std::fmt::Debug;
 use std::future::Future;
 use std::sync::Arc;
@@ -20,14 +25,16 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tracing::{debug, info, warn};
 
-use crate::backoff::{watch_with_backoff, NoDelay};
-use crate::builders::{BuildOptions, MANAGED_BY_SELECTOR};
-use crate::controller::{error_policy, reconcile, Context};
-use crate::crd::SmtpRelay;
-use crate::fingerprint::Stores;
-use crate::mapping::{referenced_config_maps, referenced_secrets, relays_for};
-use crate::metrics::Metrics;
-use crate::shutdown::DRAIN_TIMEOUT;
+use crate::context::Context;
+use crate::controller::{error_policy, reconcile};
+use crate::floor::contract::BuildOptions;
+use crate::floor::contract::MANAGED_BY_SELECTOR;
+use crate::floor::crd::SmtpRelay;
+use crate::runtime::backoff::{watch_with_backoff, NoDelay};
+use crate::runtime::metrics::Metrics;
+use crate::runtime::shutdown::DRAIN_TIMEOUT;
+use crate::watch::fingerprint::Stores;
+use crate::watch::mapping::{referenced_config_maps, referenced_secrets, relays_for};
 use crate::Result;
 
 /// Reconciles running at once: enough to keep the API server busy, few enough that a burst
@@ -58,10 +65,10 @@ where
 }
 
 /// What the caches keep of an object's metadata, the rest dropped on arrival: its name,
-/// namespace and resourceVersion (all [`crate::fingerprint`] reads), the references to an
+/// namespace and resourceVersion (all [`crate::watch::fingerprint`] reads), the references to an
 /// SmtpRelay owning it (the watches' triggers), and of a `pod` the `app.kubernetes.io/` labels
 /// (its relay, [`relay_of_pod`]) and its controlling StatefulSet (only the relay's own pods
-/// are scraped, [`crate::queue`]). Not kept: managedFields,
+/// are scraped, [`crate::watch::queue`]). Not kept: managedFields,
 /// annotations (where `kubectl apply` keeps a whole copy of what it applied; of a Secret, its
 /// data), other labels and owners, uids and timestamps; for a thousand relays, several thousand
 /// objects of which nothing else is read.
@@ -99,7 +106,7 @@ fn cached_meta(meta: ObjectMeta, pod: bool) -> ObjectMeta {
 
 /// The metadata-only watch of one kind (an `Api<PartialObjectMeta<K>>` asks for
 /// `PartialObjectMetadataList`: no data or spec on the wire), with its own backoff, kept in a
-/// cache (for [`crate::fingerprint`]).
+/// cache (for [`crate::watch::fingerprint`]).
 fn metadata_stream<K>(
     api: Api<PartialObjectMeta<K>>,
     config: watcher::Config,
@@ -122,7 +129,7 @@ where
 }
 
 /// The owned pods' watch, cached for the fingerprint (their resourceVersions) and for
-/// [`crate::queue`] (where each runs): everything else of a pod (but its name, labels and owner)
+/// [`crate::watch::queue`] (where each runs): everything else of a pod (but its name, labels and owner)
 /// is dropped on arrival.
 fn pod_stream(
     api: Api<Pod>,
@@ -170,7 +177,7 @@ pub async fn run(
         cfg.build.clone(),
         cfg.instance.clone(),
     );
-    // Every watch backs off on its own (see [`crate::backoff`]): behind kube-runtime's one
+    // Every watch backs off on its own (see [`crate::runtime::backoff`]): behind kube-runtime's one
     // shared trigger backoff, the stale errors of an API server outage would be drained one
     // shared step at a time and keep the operator deaf long after the server is back.
     let (store, writer) = reflector::store();
@@ -263,7 +270,7 @@ pub async fn run(
             }
         });
     // status.queue, from the pods' metrics (see `queue`).
-    let queues = crate::queue::observe(ctx.clone(), synced.clone(), pods, shutdown.clone());
+    let queues = crate::watch::queue::observe(ctx.clone(), synced.clone(), pods, shutdown.clone());
     tokio::select! {
         ((), ()) = futures::future::join(controller, queues) => {}
         () = drain_limit(shutdown, synced) => {}
@@ -348,7 +355,7 @@ mod tests {
             }
         );
         assert_eq!(
-            crate::mapping::controlling_relay(&kept),
+            crate::watch::mapping::controlling_relay(&kept),
             Some(ObjectRef::new("mail").within("apps"))
         );
         let pod = cached_meta(meta(), true);

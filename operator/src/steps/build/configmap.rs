@@ -7,8 +7,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use kube::{Resource, ResourceExt};
 use smtp_relay::config_file::RelayConfigFile;
 
-use super::{child_meta, labels, Names, CONFIG_KEY};
-use crate::crd::SmtpRelay;
+use crate::floor::contract::GUARDS_ANNOTATION;
+use crate::floor::contract::{child_meta, labels, Names, CONFIG_KEY};
+use crate::floor::crd::SmtpRelay;
 use crate::{Error, Result};
 
 pub fn config_map(relay: &SmtpRelay, file: &RelayConfigFile) -> Result<ConfigMap> {
@@ -19,9 +20,6 @@ pub fn config_map(relay: &SmtpRelay, file: &RelayConfigFile) -> Result<ConfigMap
         ..ConfigMap::default()
     })
 }
-
-/// On the drain guard: the uid of the SmtpRelay it guards (it has no owner to say so).
-pub const GUARDS_ANNOTATION: &str = "smtprelay.dev/guards-relay-uid";
 
 /// With `whenDeleted: Delete`, the ConfigMap `<name>-drain-guard`: owned by nothing, it is the
 /// second owner of every child but the Services. The garbage collector deletes an object only
@@ -90,8 +88,8 @@ pub fn guards(guard: &ObjectMeta, relay: &SmtpRelay) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::RetentionPolicy;
     use crate::fixtures::relay;
+    use crate::floor::crd::RetentionPolicy;
 
     #[test]
     fn only_a_relay_whose_volumes_go_with_it_has_a_drain_guard_owned_by_nothing() {

@@ -1,48 +1,11 @@
 //! Hashes: the configuration hash that rolls the pods, and the per-object hash that lets the
 //! controller skip writes when nothing changed.
 
-use std::fmt;
-
+use crate::floor::inputs::HashKey;
 use hmac::{Hmac, KeyInit, Mac};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-
-/// Length of the per-relay [`HashKey`] in bytes.
-pub const HASH_KEY_LEN: usize = 32;
-
-/// The per-relay secret key of [`config_hash`]. It lives in the owned, never-mounted
-/// `<name>-hash-key` Secret; `Debug` never prints it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct HashKey([u8; HASH_KEY_LEN]);
-
-impl HashKey {
-    pub fn from_bytes(bytes: [u8; HASH_KEY_LEN]) -> Self {
-        HashKey(bytes)
-    }
-
-    /// A key read back from the owned Secret: exactly [`HASH_KEY_LEN`] bytes, else `None`.
-    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
-        bytes.try_into().ok().map(HashKey)
-    }
-
-    /// A fresh key from the operating system's random source.
-    pub fn generate() -> Result<Self, getrandom::Error> {
-        let mut k = [0u8; HASH_KEY_LEN];
-        getrandom::fill(&mut k)?;
-        Ok(HashKey(k))
-    }
-
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl fmt::Debug for HashKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("HashKey(..)")
-    }
-}
 
 fn feed(h: &mut Hmac<Sha256>, section: &str, entries: impl IntoIterator<Item = (String, Vec<u8>)>) {
     h.update(section.as_bytes());
@@ -88,7 +51,7 @@ pub fn config_hash(
         // (the operator writes the newest back), and the relay follows it without a restart.
         let data = data
             .into_iter()
-            .filter(|(k, _)| k != crate::resolve::REFRESH_TOKEN.file);
+            .filter(|(k, _)| k != crate::floor::contract::REFRESH_TOKEN.file);
         feed(&mut h, section, data.map(|(k, v)| (k, v.0)));
     }
     hex(&h.finalize().into_bytes())

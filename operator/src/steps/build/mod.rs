@@ -5,189 +5,15 @@ pub mod configmap;
 pub mod hash;
 pub mod oauth2;
 pub mod pdb;
-pub mod relay_config;
 pub mod secrets;
 pub mod service;
 pub mod statefulset;
 
-use std::collections::BTreeMap;
-
-use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use kube::{Resource, ResourceExt};
-
-use crate::crd::SmtpRelay;
-use crate::validate::Validated;
-use crate::{Error, Result};
-use hash::HashKey;
-
-/// Image used when neither `spec.image` nor `--relay-image` says otherwise.
-pub const DEFAULT_RELAY_IMAGE: &str = concat!(
-    "ghcr.io/smtp-relay-operator/smtp-relay:",
-    env!("CARGO_PKG_VERSION")
-);
-
-/// Pod template annotation that rolls the pods when the configuration changes.
-pub const CONFIG_HASH_ANNOTATION: &str = "smtprelay.dev/config-hash";
-
-pub const CONFIG_DIR: &str = "/etc/smtp-relay/config";
-pub const CONFIG_KEY: &str = "relay.yaml";
-pub const RELAYHOST_DIR: &str = "/etc/smtp-relay/relayhost";
-pub const SASL_USERS_DIR: &str = "/etc/smtp-relay/sasl-users";
-pub const TLS_DIR: &str = "/etc/smtp-relay/tls";
-/// The pod's own annotations (downward API), where the operator asks a replica to drain.
-pub const POD_INFO_DIR: &str = "/etc/smtp-relay/pod";
-pub const RUN_DIR: &str = "/run/smtp-relay";
-pub const DATA_DIR: &str = "/data";
-pub const SPOOL_DIR: &str = "/var/spool/postfix";
-pub const SMTP_PORT: i32 = 25;
-/// The pods' port for a load balancer that speaks the PROXY protocol
-/// (`spec.service.proxyProtocol`).
-pub const PROXY_PROTOCOL_PORT: i32 = 2525;
-pub const METRICS_PORT: i32 = 9154;
-
-/// Keys of the owned relayhost Secret.
-pub const USERNAME_KEY: &str = "username";
-pub const PASSWORD_KEY: &str = "password";
-pub const CA_KEY: &str = "ca.crt";
-/// Key of the owned `<name>-hash-key` Secret holding the relay's [`hash::HashKey`].
-pub const HASH_KEY_KEY: &str = "config-hash-key";
-
-/// Operator-wide settings that shape the built objects.
-#[derive(Debug, Clone)]
-pub struct BuildOptions {
-    pub relay_image: String,
-}
-
-impl Default for BuildOptions {
-    fn default() -> Self {
-        BuildOptions {
-            relay_image: DEFAULT_RELAY_IMAGE.into(),
-        }
-    }
-}
-
-/// Names of the owned objects.
-pub struct Names;
-
-impl Names {
-    pub fn config_map(relay: &str) -> String {
-        format!("{relay}-config")
-    }
-    pub fn relayhost_secret(relay: &str) -> String {
-        format!("{relay}-relayhost")
-    }
-    pub fn sasl_users_secret(relay: &str) -> String {
-        format!("{relay}-sasl-users")
-    }
-    pub fn tls_secret(relay: &str) -> String {
-        format!("{relay}-tls")
-    }
-    /// Holds the key of the config hash; never mounted into a pod.
-    pub fn hash_key_secret(relay: &str) -> String {
-        format!("{relay}-hash-key")
-    }
-    pub fn headless_service(relay: &str) -> String {
-        format!("{relay}-headless")
-    }
-    /// Where the pods share a rotated OAuth2 refresh token ([`oauth2`]).
-    pub fn oauth2_token_secret(relay: &str) -> String {
-        format!("{relay}-oauth2-token")
-    }
-    /// The pods' ServiceAccount, its Role and RoleBinding, with a delegated OAuth2 login.
-    pub fn oauth2_identity(relay: &str) -> String {
-        format!("{relay}-oauth2")
-    }
-    /// With `whenDeleted: Delete`, the ConfigMap that keeps the relay's children from the
-    /// garbage collector while its queues drain on deletion ([`configmap::drain_guard`]).
-    pub fn drain_guard(relay: &str) -> String {
-        format!("{relay}-drain-guard")
-    }
-    /// Every name a child of the relay may take (the StatefulSet, the Service and the PDB are
-    /// named like the relay itself).
-    pub fn all(relay: &str) -> [String; 10] {
-        [
-            Self::drain_guard(relay),
-            relay.to_string(),
-            Self::config_map(relay),
-            Self::relayhost_secret(relay),
-            Self::sasl_users_secret(relay),
-            Self::tls_secret(relay),
-            Self::hash_key_secret(relay),
-            Self::headless_service(relay),
-            Self::oauth2_token_secret(relay),
-            Self::oauth2_identity(relay),
-        ]
-    }
-}
-
-/// Labels selecting one relay's pods (immutable: never add to these).
-pub fn selector_labels(relay: &SmtpRelay) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        (
-            "app.kubernetes.io/name".to_string(),
-            "smtp-relay".to_string(),
-        ),
-        ("app.kubernetes.io/instance".to_string(), relay.name_any()),
-    ])
-}
-
-/// Labels of every owned object.
-pub fn labels(relay: &SmtpRelay, component: &str) -> BTreeMap<String, String> {
-    let mut l = selector_labels(relay);
-    l.insert(
-        "app.kubernetes.io/managed-by".into(),
-        "smtp-relay-operator".into(),
-    );
-    l.insert("app.kubernetes.io/component".into(), component.into());
-    l
-}
-
-/// The label selector matching objects managed by this operator.
-pub const MANAGED_BY_SELECTOR: &str = "app.kubernetes.io/managed-by=smtp-relay-operator";
-
-fn owner_ref(relay: &SmtpRelay) -> Result<OwnerReference> {
-    relay
-        .controller_owner_ref(&())
-        .ok_or(Error::MissingObjectKey(".metadata.uid"))
-}
-
-/// Metadata of an owned object: name, namespace, labels, controller owner reference.
-pub fn child_meta(relay: &SmtpRelay, name: String, component: &str) -> Result<ObjectMeta> {
-    Ok(ObjectMeta {
-        name: Some(name),
-        namespace: Some(relay.namespace_checked()?),
-        labels: Some(labels(relay, component)),
-        owner_references: Some(vec![owner_ref(relay)?]),
-        ..ObjectMeta::default()
-    })
-}
-
-/// Every object one relay should own, computed from spec and resolved references.
-#[derive(Debug, Clone)]
-pub struct Desired {
-    pub config_map: ConfigMap,
-    pub hash_key_secret: Secret,
-    pub relayhost_secret: Option<Secret>,
-    pub sasl_users_secret: Option<Secret>,
-    pub tls_secret: Option<Secret>,
-    pub service: Service,
-    pub headless_service: Service,
-    pub stateful_set: StatefulSet,
-    /// With a delegated OAuth2 login: the Secret the pods share the refresh token through, and
-    /// their ServiceAccount allowed to.
-    pub oauth2_sharing: Option<oauth2::Sharing>,
-    /// Not a child: the note of the Event to publish once applied, when the operator issued a
-    /// new serving certificate for this reconcile ([`crate::certificate`]).
-    pub certificate_issued: Option<String>,
-    pub pdb: Option<PodDisruptionBudget>,
-    /// With `whenDeleted: Delete`: the drain guard, a second owner of every child but the
-    /// Services ([`configmap::drain_guard`]).
-    pub drain_guard: Option<ConfigMap>,
-    pub config_hash: String,
-}
+use crate::floor::contract::BuildOptions;
+use crate::floor::inputs::HashKey;
+use crate::floor::verdict::Desired;
+use crate::steps::judge::Validated;
+use crate::Result;
 
 /// Builds the desired state of a [`Validated`] relay. `hash_key` keys the config hash (see
 /// [`hash::config_hash`]); the resolver reads it back from the owned Secret, or generates it
@@ -200,9 +26,11 @@ pub fn build(v: &Validated<'_>, hash_key: &HashKey, opts: &BuildOptions) -> Resu
     let tls_secret = secrets::tls_secret(relay, resolved)?;
     let hash_key_secret = secrets::hash_key_secret(relay, hash_key)?;
     let oauth2_sharing = oauth2::sharing(relay, resolved)?;
+    // Hashed in its stable form (see `RelayConfigFile::hash_form`): a relay whose Postfix
+    // configuration is the same keeps its hash, and its pods, across an operator upgrade.
     let config_hash = hash::config_hash(
         hash_key,
-        &config_map,
+        &configmap::config_map(relay, &v.relay_config_file().hash_form())?,
         relayhost_secret.as_ref(),
         tls_secret.as_ref(),
     );
@@ -240,7 +68,16 @@ pub fn build(v: &Validated<'_>, hash_key: &HashKey, opts: &BuildOptions) -> Resu
 mod tests {
     use super::*;
     use crate::fixtures::{hash_key, relay, validated};
-    use crate::resolve::{RelayhostLogin, Resolved, TlsPair};
+    use crate::floor::contract::selector_labels;
+    use crate::floor::contract::CONFIG_HASH_ANNOTATION;
+    use crate::floor::contract::CONFIG_KEY;
+    use crate::floor::contract::HASH_KEY_KEY;
+    use crate::floor::crd::SmtpRelay;
+    use crate::floor::inputs::HASH_KEY_LEN;
+    use crate::floor::inputs::{RelayhostLogin, Resolved, TlsPair};
+    use crate::Error;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use k8s_openapi::api::core::v1::Secret;
     use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
     use std::collections::BTreeMap;
 
@@ -433,7 +270,7 @@ mod tests {
             a,
             "same inputs and key, same hash"
         );
-        let other = HashKey::from_bytes([8; hash::HASH_KEY_LEN]);
+        let other = HashKey::from_bytes([8; HASH_KEY_LEN]);
         let b = build(
             &validated(&r, full_resolved()),
             &other,
@@ -512,8 +349,8 @@ mod tests {
         let mut r = relay("r1");
         r.spec.networks = vec!["10.0.0.0/33".into()];
         assert!(matches!(
-            crate::validate::CheckedSpec::new(&r),
-            Err(crate::status::Outcome::InvalidSpec { .. })
+            crate::steps::judge::CheckedSpec::new(&r),
+            Err(crate::floor::verdict::Outcome::InvalidSpec { .. })
         ));
     }
 
@@ -526,7 +363,7 @@ mod tests {
             smtp(&plain).target_port,
             Some(IntOrString::String("smtp".into()))
         );
-        r.spec.service.type_ = crate::crd::ServiceType::LoadBalancer;
+        r.spec.service.type_ = crate::floor::crd::ServiceType::LoadBalancer;
         r.spec.service.proxy_protocol = true;
         let d = build_ok(&r, &Resolved::default());
         assert_eq!(smtp(&d).port, 25);
@@ -550,7 +387,7 @@ mod tests {
             .map(|p| (p.name.clone().unwrap(), p.container_port))
             .collect();
         assert!(ports.contains(&("smtp-proxy".into(), 2525)), "{ports:?}");
-        let file = relay_config::relay_config_file(&r, &Resolved::default());
+        let file = crate::steps::judge::relay_config::relay_config_file(&r, &Resolved::default());
         assert_eq!(file.proxy_protocol_port, Some(2525));
         // The headless Service, for clients inside the cluster, keeps the plain port.
         let headless = d.headless_service.spec.unwrap().ports.unwrap();
@@ -564,7 +401,7 @@ mod tests {
     #[test]
     fn relay_config_file_points_at_mounted_files() {
         let r = relay("r1");
-        let f = relay_config::relay_config_file(&r, &full_resolved());
+        let f = crate::steps::judge::relay_config::relay_config_file(&r, &full_resolved());
         assert_eq!(
             f.relayhost.username_file.as_deref(),
             Some(std::path::Path::new("/etc/smtp-relay/relayhost/username"))
@@ -593,7 +430,7 @@ mod tests {
         assert_eq!(f.mode, Some(smtp_relay::settings::Mode::Strict));
         assert_eq!(f.custom_restrictions, None);
 
-        let bare = relay_config::relay_config_file(&r, &Resolved::default());
+        let bare = crate::steps::judge::relay_config::relay_config_file(&r, &Resolved::default());
         assert!(
             bare.relayhost.username_file.is_none()
                 && bare.sasl_users_dir.is_none()
@@ -602,7 +439,7 @@ mod tests {
 
         let mut custom = r.clone();
         custom.spec.custom_restrictions = Some(vec!["permit_mynetworks".into(), "reject".into()]);
-        let f = relay_config::relay_config_file(&custom, &Resolved::default());
+        let f = crate::steps::judge::relay_config::relay_config_file(&custom, &Resolved::default());
         assert_eq!(f.mode, None);
         assert_eq!(f.custom_restrictions.as_ref().map(Vec::len), Some(2));
     }

@@ -2,26 +2,17 @@
 //! pods share the newest one through `<name>-oauth2-token` (see the relay's
 //! `oauth2::rotation`), with a ServiceAccount of their own allowed `get` and `patch` on that one
 //! Secret and nothing else. The operator creates the Secret empty and never writes its data;
-//! it copies the newest token back into the user's Secret ([`crate::writeback`]).
+//! it copies the newest token back into the user's Secret ([`crate::steps::writeback`]).
 
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use kube::ResourceExt;
 
-use super::{child_meta, Names};
-use crate::crd::SmtpRelay;
-use crate::resolve::{OAuth2Keys, Resolved};
+use crate::floor::contract::{child_meta, Names};
+use crate::floor::crd::SmtpRelay;
+use crate::floor::inputs::{OAuth2Keys, Resolved};
+use crate::floor::verdict::Sharing;
 use crate::Result;
-
-/// What sharing the refresh token takes.
-#[derive(Debug, Clone)]
-pub struct Sharing {
-    /// `<name>-oauth2-token`, created without data: the relay pods write it.
-    pub secret: Secret,
-    pub service_account: ServiceAccount,
-    pub role: Role,
-    pub role_binding: RoleBinding,
-}
 
 /// The relay logs in with a refresh token (the grant the relay picks: no service account key,
 /// a refresh token and a client id).
@@ -29,12 +20,7 @@ pub fn delegated(resolved: &Resolved) -> bool {
     resolved
         .relayhost_oauth2
         .as_ref()
-        .is_some_and(delegated_keys)
-}
-
-/// [`delegated`], for the keys of the OAuth2 Secret.
-pub fn delegated_keys(k: &OAuth2Keys) -> bool {
-    k.service_account.is_none() && k.refresh_token.is_some() && k.client_id.is_some()
+        .is_some_and(OAuth2Keys::delegated)
 }
 
 /// The objects of [`Sharing`], for a relay with a delegated login.

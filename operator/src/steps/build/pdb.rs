@@ -6,8 +6,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
-use super::{child_meta, selector_labels};
-use crate::crd::SmtpRelay;
+use crate::floor::contract::{child_meta, selector_labels};
+use crate::floor::crd::SmtpRelay;
 use crate::Result;
 
 pub fn pdb(relay: &SmtpRelay) -> Result<Option<PodDisruptionBudget>> {

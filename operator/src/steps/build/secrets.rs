@@ -7,11 +7,12 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::ByteString;
 use kube::ResourceExt;
 
-use super::hash::HashKey;
-use super::{child_meta, Names, CA_KEY, HASH_KEY_KEY, PASSWORD_KEY, USERNAME_KEY};
-use crate::certificate;
-use crate::crd::SmtpRelay;
-use crate::resolve::Resolved;
+use crate::floor::contract::ISSUED_ANNOTATION;
+use crate::floor::contract::{child_meta, Names, CA_KEY, HASH_KEY_KEY, PASSWORD_KEY, USERNAME_KEY};
+use crate::floor::crd::SmtpRelay;
+use crate::floor::inputs::HashKey;
+use crate::floor::inputs::Resolved;
+use crate::steps::certificate;
 use crate::Result;
 
 fn secret(
@@ -78,7 +79,7 @@ pub fn tls_secret(relay: &SmtpRelay, resolved: &Resolved) -> Result<Option<Secre
     let mut secret = secret(relay, name, "tls", "kubernetes.io/tls", data)?;
     if certificate::wanted(relay) {
         secret.metadata.annotations = Some(BTreeMap::from([(
-            certificate::ISSUED_ANNOTATION.to_string(),
+            ISSUED_ANNOTATION.to_string(),
             "true".to_string(),
         )]));
     }

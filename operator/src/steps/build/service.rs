@@ -5,9 +5,9 @@ use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
-use super::{child_meta, selector_labels, Names, METRICS_PORT, SMTP_PORT};
-use crate::builders::statefulset::PROXY_PORT_NAME;
-use crate::crd::{ServiceType, SmtpRelay, TrafficPolicy};
+use crate::floor::contract::PROXY_PORT_NAME;
+use crate::floor::contract::{child_meta, selector_labels, Names, METRICS_PORT, SMTP_PORT};
+use crate::floor::crd::{ServiceType, SmtpRelay, TrafficPolicy};
 use crate::Result;
 
 fn port(name: &str, port: i32) -> ServicePort {

@@ -19,18 +19,18 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::ResourceExt;
 use smtp_relay::kube_api::SERVICE_ACCOUNT_DIR;
 
-use super::{
-    child_meta, labels, selector_labels, BuildOptions, Names, CONFIG_DIR, CONFIG_HASH_ANNOTATION,
-    CONFIG_KEY, DATA_DIR, METRICS_PORT, POD_INFO_DIR, PROXY_PROTOCOL_PORT, RELAYHOST_DIR, RUN_DIR,
+use crate::floor::contract::BuildOptions;
+use crate::floor::contract::CONTAINER_NAME;
+use crate::floor::contract::PROXY_PORT_NAME;
+use crate::floor::contract::SPOOL_VOLUME;
+use crate::floor::contract::{
+    child_meta, labels, selector_labels, Names, CONFIG_DIR, CONFIG_HASH_ANNOTATION, CONFIG_KEY,
+    DATA_DIR, METRICS_PORT, POD_INFO_DIR, PROXY_PROTOCOL_PORT, RELAYHOST_DIR, RUN_DIR,
     SASL_USERS_DIR, SMTP_PORT, SPOOL_DIR, TLS_DIR,
 };
-use crate::crd::{RetentionPolicy, SmtpRelay};
+use crate::floor::crd::{RetentionPolicy, SmtpRelay};
 use crate::Result;
 
-pub const CONTAINER_NAME: &str = "relay";
-/// The container port of `spec.service.proxyProtocol`.
-pub const PROXY_PORT_NAME: &str = "smtp-proxy";
-pub const SPOOL_VOLUME: &str = "spool";
 /// Secret files are readable by root only: Postfix's master runs as root and reads them.
 const SECRET_MODE: i32 = 0o400;
 const POD_ANNOTATIONS_FILE: &str = "annotations";
@@ -539,9 +539,9 @@ mod tests {
         );
         assert_eq!(
             c.image.as_deref(),
-            Some(crate::builders::DEFAULT_RELAY_IMAGE)
+            Some(crate::floor::contract::DEFAULT_RELAY_IMAGE)
         );
-        assert!(crate::builders::DEFAULT_RELAY_IMAGE
+        assert!(crate::floor::contract::DEFAULT_RELAY_IMAGE
             .starts_with("ghcr.io/smtp-relay-operator/smtp-relay:"));
         assert_eq!(
             c.command.clone().expect("command"),
@@ -614,7 +614,7 @@ mod tests {
             Some("registry.local/relay:dev")
         );
         r.spec.image = Some("mine:1".into());
-        r.spec.image_pull_policy = Some(crate::crd::PullPolicy::Always);
+        r.spec.image_pull_policy = Some(crate::floor::crd::PullPolicy::Always);
         let s = stateful_set(&r, &Mounts::default(), "h", &opts).expect("builds");
         assert_eq!(pod(&s).containers[0].image.as_deref(), Some("mine:1"));
         assert_eq!(

@@ -3,16 +3,19 @@
 //! values) and protect against clusters that skipped validation. A failure names the field and
 //! the fix, and leaves the running relay untouched.
 
+pub mod relay_config;
+
 use ipnet::IpNet;
 use smtp_relay::config_file::RelayConfigFile;
 use smtp_relay::inputs::file::{settings_with, InMemory};
 use smtp_relay::postfix::relay_guard;
 use smtp_relay::validate;
 
-use crate::builders::{relay_config, CA_KEY, PASSWORD_KEY, RELAYHOST_DIR, TLS_DIR, USERNAME_KEY};
-use crate::crd::{SmtpRelay, SmtpRelaySpec};
-use crate::resolve::Resolved;
-use crate::status::Outcome;
+use crate::floor::contract::{CA_KEY, PASSWORD_KEY, RELAYHOST_DIR, TLS_DIR, USERNAME_KEY};
+use crate::floor::crd::quantity_bytes;
+use crate::floor::crd::{SmtpRelay, SmtpRelaySpec};
+use crate::floor::inputs::Resolved;
+use crate::floor::verdict::Outcome;
 
 /// A relay whose spec passed [`validate_spec`]: the first step to [`Validated`].
 pub struct CheckedSpec<'a>(&'a SmtpRelay);
@@ -65,7 +68,7 @@ fn judge_with_relay_rules(
     relay: &SmtpRelay,
     resolved: &Resolved,
 ) -> Result<RelayConfigFile, Outcome> {
-    let file = relay_config::relay_config_file(relay, resolved);
+    let file = crate::steps::judge::relay_config::relay_config_file(relay, resolved);
     let path = |dir: &str, key: &str| std::path::PathBuf::from(format!("{dir}/{key}"));
     let mut mounted = InMemory::default();
     if let Some(login) = &resolved.relayhost_login {
@@ -147,7 +150,7 @@ pub fn spec_field(name: &str) -> String {
     }
 }
 
-/// RFC 1123 DNS name, as in [`crate::crd::DOMAIN_PATTERN`].
+/// RFC 1123 DNS name, as in [`crate::floor::crd::DOMAIN_PATTERN`].
 pub fn is_domain(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 253
@@ -315,47 +318,6 @@ fn validate_postconf(spec: &SmtpRelaySpec) -> Result<(), String> {
     Ok(())
 }
 
-/// Bytes of a storage quantity such as `1Gi`, `500M` or `1.5Gi` (the forms of
-/// [`crate::crd::QUANTITY_PATTERN`]); `None` when malformed.
-pub fn quantity_bytes(q: &str) -> Option<u128> {
-    let split = q
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(q.len());
-    let (num, suffix) = q.split_at(split);
-    let mult: u128 = match suffix {
-        "" => 1,
-        "Ki" => 1 << 10,
-        "Mi" => 1 << 20,
-        "Gi" => 1 << 30,
-        "Ti" => 1 << 40,
-        "Pi" => 1 << 50,
-        "Ei" => 1 << 60,
-        "k" => 1_000,
-        "M" => 1_000_000,
-        "G" => 1_000_000_000,
-        "T" => 1_000_000_000_000,
-        "P" => 1_000_000_000_000_000,
-        "E" => 1_000_000_000_000_000_000,
-        _ => return None,
-    };
-    let (int, frac) = match num.split_once('.') {
-        Some((i, f)) => (i, f),
-        None => (num, ""),
-    };
-    if int.is_empty() || frac.len() > 9 || !frac.chars().all(|c| c.is_ascii_digit()) {
-        return None;
-    }
-    let int: u128 = int.parse().ok()?;
-    let frac_val: u128 = if frac.is_empty() {
-        0
-    } else {
-        frac.parse().ok()?
-    };
-    let scale = 10u128.pow(frac.len() as u32);
-    int.checked_mul(mult)?
-        .checked_add(frac_val.checked_mul(mult)? / scale)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -393,7 +355,7 @@ mod tests {
         assert!(err(|s| s.service.port = 0).contains("spec.service.port"));
         assert!(err(|s| s.replicas = 0).contains("spec.replicas"));
         assert!(err(|s| {
-            s.mode = Some(crate::crd::RelayMode::Strict);
+            s.mode = Some(crate::floor::crd::RelayMode::Strict);
             s.custom_restrictions = Some(vec!["reject".into()])
         })
         .contains("mutually exclusive"));
@@ -441,7 +403,7 @@ mod tests {
     /// not the files the relay reads.
     #[test]
     fn an_oauth2_secret_is_judged_and_refusals_name_its_keys() {
-        use crate::resolve::OAuth2Keys;
+        use crate::floor::inputs::OAuth2Keys;
         let mut relay = crate::fixtures::relay("m365");
         relay.spec.relayhost.oauth2 = Some(
             serde_json::from_value(serde_json::json!({
@@ -499,8 +461,8 @@ mod tests {
     /// naming the field and the ways out in the spec's words.
     #[test]
     fn a_login_goes_only_to_a_relayhost_that_can_prove_its_identity() {
-        use crate::crd::{RelayhostTlsSpec, TlsLevelSpec};
-        use crate::resolve::{OAuth2Keys, RelayhostLogin};
+        use crate::floor::crd::{RelayhostTlsSpec, TlsLevelSpec};
+        use crate::floor::inputs::{OAuth2Keys, RelayhostLogin};
         let invalid = |relay: &SmtpRelay, resolved: Resolved| match CheckedSpec::new(relay)
             .unwrap()
             .judge(resolved)
@@ -518,11 +480,12 @@ mod tests {
         };
         let mut relay = crate::fixtures::relay("by-address");
         relay.spec.relayhost.host = "10.1.0.1".into();
-        relay.spec.relayhost.credentials_secret_ref = Some(crate::crd::CredentialsSecretRef {
-            name: "login".into(),
-            username_key: "username".into(),
-            password_key: "password".into(),
-        });
+        relay.spec.relayhost.credentials_secret_ref =
+            Some(crate::floor::crd::CredentialsSecretRef {
+                name: "login".into(),
+                username_key: "username".into(),
+                password_key: "password".into(),
+            });
         let message = invalid(&relay, login());
         assert!(
             message.starts_with("spec.relayhost.host: 10.1.0.1 is an IP address")

@@ -1,22 +1,20 @@
 //! The relay image's config file (`relay.yaml`), built from the spec. It names files, never
 //! secret values: credentials, CA, users and TLS keys are mounted from the owned Secrets.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use smtp_relay::config_file::{InboundTlsFile, OAuth2File, RelayConfigFile, RelayhostFile};
 use smtp_relay::settings::TlsMinVersion;
 
-use super::{
+use crate::floor::contract::{
     Names, CA_KEY, PASSWORD_KEY, PROXY_PROTOCOL_PORT, RELAYHOST_DIR, SASL_USERS_DIR, TLS_DIR,
     USERNAME_KEY,
 };
 use kube::ResourceExt;
 
-use crate::crd::{OAuth2Provider, OAuth2Spec, SmtpRelay, SmtpRelaySpec};
-use crate::resolve::{
-    OAuth2Key, OAuth2Keys, Resolved, CLIENT_ID, CLIENT_SECRET, REFRESH_TOKEN, SERVICE_ACCOUNT,
-};
+use crate::floor::contract::{OAuth2Key, CLIENT_ID, CLIENT_SECRET, REFRESH_TOKEN, SERVICE_ACCOUNT};
+use crate::floor::crd::{OAuth2Provider, OAuth2Spec, SmtpRelay, SmtpRelaySpec};
+use crate::floor::inputs::{OAuth2Keys, Resolved};
 
 fn file(dir: &str, key: &str) -> PathBuf {
     PathBuf::from(format!("{dir}/{key}"))
@@ -36,8 +34,7 @@ fn oauth2_file(relay: &str, o: &OAuth2Spec, keys: &OAuth2Keys) -> OAuth2File {
         client_secret_file: path(&keys.client_secret, CLIENT_SECRET),
         refresh_token_file: path(&keys.refresh_token, REFRESH_TOKEN),
         service_account_key_file: path(&keys.service_account, SERVICE_ACCOUNT),
-        shared_refresh_token_secret: super::oauth2::delegated_keys(keys)
-            .then(|| Names::oauth2_token_secret(relay)),
+        shared_refresh_token_secret: keys.delegated().then(|| Names::oauth2_token_secret(relay)),
     }
 }
 
@@ -68,6 +65,7 @@ pub fn relay_config_file(relay: &SmtpRelay, resolved: &Resolved) -> RelayConfigF
             .as_ref()
             .zip(resolved.relayhost_oauth2.as_ref())
             .map(|(o, keys)| oauth2_file(&relay.name_any(), o, keys)),
+        delivery_interval_seconds: delivery_interval(spec),
     };
     RelayConfigFile {
         domain: spec.domain.clone(),
@@ -96,10 +94,7 @@ pub fn relay_config_file(relay: &SmtpRelay, resolved: &Resolved) -> RelayConfigF
             .service
             .proxy_protocol
             .then_some(PROXY_PROTOCOL_PORT as u16),
-        postconf: provider_limits(spec)
-            .into_iter()
-            .chain(spec.postconf.clone())
-            .collect(),
+        postconf: spec.postconf.clone(),
     }
 }
 
@@ -113,45 +108,29 @@ fn inbound_tls_min_version(spec: &SmtpRelaySpec, resolved: &Resolved) -> Option<
         .filter(|v| *v != TlsMinVersion::default())
 }
 
-/// Microsoft 365 takes at most 30 messages a minute from a mailbox (and 3 connections): with a
-/// delay between deliveries Postfix sends one at a time, and the delay is shared out over the
-/// replicas, so the relay as a whole stays under the limit. The kept connection outlives the
-/// delay, so each replica logs in once for many messages; and, as Postfix advises with a rate
-/// delay, one failed connection does not defer all mail at once. `postconf` overrides these.
-fn provider_limits(spec: &SmtpRelaySpec) -> BTreeMap<String, String> {
+/// Microsoft 365 takes at most 30 messages a minute from a mailbox (and 3 connections): one
+/// delivery every two seconds, shared out over the replicas, keeps the relay as a whole under
+/// the limit. The relay turns the interval into Postfix's pacing; `postconf` overrides it.
+fn delivery_interval(spec: &SmtpRelaySpec) -> Option<u32> {
     match spec.relayhost.oauth2.as_ref().map(|o| o.provider) {
         Some(OAuth2Provider::Microsoft365) => {
-            let delay = 2 * spec.replicas.max(1);
-            BTreeMap::from([
-                (
-                    "default_destination_rate_delay".to_string(),
-                    format!("{delay}s"),
-                ),
-                (
-                    "smtp_connection_cache_time_limit".to_string(),
-                    format!("{}s", delay + 1),
-                ),
-                (
-                    "default_destination_concurrency_failed_cohort_limit".to_string(),
-                    "10".to_string(),
-                ),
-            ])
+            Some(2u32.saturating_mul(u32::try_from(spec.replicas.max(1)).unwrap_or(1)))
         }
-        _ => BTreeMap::new(),
+        _ => None,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{OAuth2SecretRef, OAuth2Spec};
+    use crate::floor::crd::{OAuth2SecretRef, OAuth2Spec};
 
     /// Issue 26: `spec.tlsMinVersion` reaches the relay only where it offers STARTTLS, and
     /// only when it is not the default (so saying TLSv1.2 restarts nothing).
     #[test]
     fn the_clients_tls_floor_is_written_with_the_certificate_when_not_the_default() {
-        use crate::crd::TlsMinVersionSpec;
-        use crate::resolve::TlsPair;
+        use crate::floor::crd::TlsMinVersionSpec;
+        use crate::floor::inputs::TlsPair;
         let mut relay = crate::fixtures::relay("r1");
         let with_tls = Resolved {
             inbound_tls: Some(TlsPair {
@@ -178,9 +157,9 @@ mod tests {
     }
 
     #[test]
-    fn microsoft_365_limits_are_shared_by_the_replicas_and_keep_the_connection() {
+    fn microsoft_365_limits_are_shared_by_the_replicas() {
         let mut spec = crate::fixtures::relay("m365").spec;
-        assert!(provider_limits(&spec).is_empty(), "no OAuth2, no limits");
+        assert_eq!(delivery_interval(&spec), None, "no OAuth2, no pacing");
         spec.relayhost.oauth2 = Some(OAuth2Spec {
             provider: OAuth2Provider::Microsoft365,
             user: "sender@contoso.com".into(),
@@ -190,15 +169,9 @@ mod tests {
             secret_ref: OAuth2SecretRef { name: "app".into() },
         });
         spec.replicas = 3;
-        let limits = provider_limits(&spec);
-        let get = |k: &str| limits.get(k).map(String::as_str);
         // 3 replicas, one delivery each every 6 s: 30 a minute together.
-        assert_eq!(get("default_destination_rate_delay"), Some("6s"));
-        // Kept beyond the delay, the connection serves the next delivery.
-        assert_eq!(get("smtp_connection_cache_time_limit"), Some("7s"));
-        assert_eq!(
-            get("default_destination_concurrency_failed_cohort_limit"),
-            Some("10")
-        );
+        assert_eq!(delivery_interval(&spec), Some(6));
+        spec.replicas = 1;
+        assert_eq!(delivery_interval(&spec), Some(2));
     }
 }

@@ -4,8 +4,11 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::runtime::events::{Event, EventType};
 
-use crate::crd::{SmtpRelay, SmtpRelayStatus};
-use crate::status::{self, Outcome};
+use crate::floor::crd::find_condition;
+use crate::floor::crd::ready_condition;
+use crate::floor::crd::{SmtpRelay, SmtpRelayStatus};
+use crate::floor::verdict::Outcome;
+use crate::steps::report::status;
 
 pub(crate) fn truncate(s: &str, max: usize) -> String {
     if s.len() <= max {
@@ -24,7 +27,7 @@ fn condition_is<'a>(
     type_: &str,
     value: &str,
 ) -> Option<&'a Condition> {
-    status::find_condition(s, type_).filter(|c| c.status == value)
+    find_condition(s, type_).filter(|c| c.status == value)
 }
 
 /// An Event telling what condition `c` says: its reason, and its message as the note.
@@ -53,8 +56,8 @@ pub(crate) fn drain_event(before: Option<&Condition>, c: &Condition) -> Option<E
 
 /// Events for notable transitions only, so a steady failure does not flood the namespace.
 pub fn events_for(relay: &SmtpRelay, outcome: &Outcome, new: &SmtpRelayStatus) -> Vec<Event> {
-    let old_ready = status::ready_condition(relay.status.as_ref());
-    let new_ready = status::ready_condition(Some(new));
+    let old_ready = ready_condition(relay.status.as_ref());
+    let new_ready = ready_condition(Some(new));
     let mut out = Vec::new();
     // An accepted but risky choice, once when it is made.
     for type_ in status::WARNING_CONDITIONS {
@@ -96,8 +99,8 @@ pub fn events_for(relay: &SmtpRelay, outcome: &Outcome, new: &SmtpRelayStatus) -
                 });
             }
             // A drain starting, waiting on the relayhost, done or given up.
-            if let Some(c) = status::find_condition(Some(new), status::DRAINING) {
-                let before = status::find_condition(relay.status.as_ref(), status::DRAINING);
+            if let Some(c) = find_condition(Some(new), status::DRAINING) {
+                let before = find_condition(relay.status.as_ref(), status::DRAINING);
                 out.extend(drain_event(before, c));
             }
             let was_ready = old_ready.is_some_and(|c| c.status == "True");

@@ -1,17 +1,17 @@
 //! Pure status computation: conditions (Kubernetes API conventions), replica counts, endpoint.
 
-use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 
 use smtp_relay::postfix::main_cf;
 use smtp_relay::settings::{self, TlsLevel, TlsMinVersion};
 
-use crate::crd::{SmtpRelay, SmtpRelayStatus};
-use crate::drain::Drain;
+use crate::floor::crd::READY;
+use crate::floor::crd::{SmtpRelay, SmtpRelayStatus};
+use crate::floor::running::Drain;
+use crate::floor::running::Rollout;
+use crate::floor::verdict::Outcome;
 
-pub const READY: &str = "Ready";
 pub const CONFIG_VALID: &str = "ConfigValid";
 pub const SECRETS_RESOLVED: &str = "SecretsResolved";
 pub const PROGRESSING: &str = "Progressing";
@@ -47,210 +47,11 @@ pub const WARNING_CONDITIONS: [&str; 5] = [
 ];
 /// False when a retention policy deletes queue volumes, and the mail queued on them with it.
 pub const QUEUED_MAIL_KEPT: &str = "QueuedMailKept";
-/// True while replicas being scaled away deliver their queues ([`crate::drain`]).
+/// True while replicas being scaled away deliver their queues ([`crate::steps::drain`]).
 pub const DRAINING: &str = "Draining";
 /// With a relayhost login: whether the relay can log in (the relayhost's answer to the last
 /// login, and with OAuth2 the token endpoint's), from what `queue::observe` read in the pods.
 pub const RELAYHOST_LOGIN: &str = "RelayhostLogin";
-
-/// What the reconcile did with the spec.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
-    /// The desired objects were applied (or already matched).
-    Applied { config_hash: String },
-    /// The spec was rejected; nothing was changed.
-    InvalidSpec { message: String },
-    /// A referenced object is missing or malformed; nothing was changed.
-    Unresolved {
-        reason: &'static str,
-        message: String,
-    },
-    /// An object this relay does not control stands under a child's name; nothing was changed.
-    NameConflict { message: String },
-    /// The API server refused a child (admission policy, quota, invalid object); what was
-    /// applied before it stays.
-    ApplyRefused { message: String },
-}
-
-impl Outcome {
-    fn rejection(&self) -> Option<(&str, &str)> {
-        match self {
-            Outcome::Applied { .. } => None,
-            Outcome::InvalidSpec { message } => Some(("InvalidSpec", message)),
-            Outcome::Unresolved { reason, message } => Some((reason, message)),
-            Outcome::NameConflict { message } => Some(("NameConflict", message)),
-            Outcome::ApplyRefused { message } => Some(("ApplyRefused", message)),
-        }
-    }
-}
-
-/// Rollout facts read from the StatefulSet and its pods.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Rollout {
-    pub exists: bool,
-    pub replicas: i32,
-    pub ready_replicas: i32,
-    pub up_to_date: bool,
-    /// What keeps a pod from running, if anything (see [`pod_problem`]).
-    pub problem: Option<PodProblem>,
-    /// Replicas being scaled away and what they still hold.
-    pub drain: Drain,
-}
-
-/// What keeps a relay pod from running, read from its container statuses.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PodProblem {
-    /// The kubelet's reason: `CrashLoopBackOff`, `ImagePullBackOff`, `OOMKilled`, ...
-    pub reason: String,
-    /// The pod, the container, the kubelet's message, and how the last run ended (with the
-    /// start of the relay's own termination message: it writes its fatal errors there).
-    pub message: String,
-    /// True when the pod will not get better without a change (kstatus `Stalled`).
-    pub stalled: bool,
-}
-
-/// Waiting reasons of a container that will not start without a change.
-const STALLED_REASONS: [&str; 8] = [
-    "CrashLoopBackOff",
-    "ImagePullBackOff",
-    "ErrImagePull",
-    "ErrImageNeverPull",
-    "InvalidImageName",
-    "CreateContainerConfigError",
-    "CreateContainerError",
-    "RunContainerError",
-];
-
-/// Longest termination message kept in a condition.
-const TERMINATION_MESSAGE_MAX: usize = 400;
-
-/// The first problem of the first troubled pod (by name): a container waiting for a reason in
-/// `STALLED_REASONS`, or one that just terminated with a failure.
-pub fn pod_problem(pods: &[Pod]) -> Option<PodProblem> {
-    // A pod being deleted (a rollout, a scale-down) ends as it ends: not a problem to report.
-    let mut pods: Vec<&Pod> = pods
-        .iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .collect();
-    pods.sort_by_key(|p| p.name_any());
-    pods.into_iter().find_map(|pod| {
-        let status = pod.status.as_ref()?;
-        let containers = status
-            .init_container_statuses
-            .iter()
-            .flatten()
-            .chain(status.container_statuses.iter().flatten());
-        containers.into_iter().find_map(|c| {
-            let state = c.state.as_ref()?;
-            let last = c
-                .last_state
-                .as_ref()
-                .and_then(|s| s.terminated.as_ref())
-                .or(state.terminated.as_ref());
-            let ended = last.map(|t| {
-                let mut text = format!(
-                    "; last run ended: {} (exit code {})",
-                    t.reason.as_deref().unwrap_or("terminated"),
-                    t.exit_code
-                );
-                if let Some(m) = relay_message(t) {
-                    text += &format!(": {}", head_chars(m, TERMINATION_MESSAGE_MAX));
-                }
-                text
-            });
-            let (reason, detail, stalled) = if let Some(w) = &state.waiting {
-                let reason = w.reason.clone().unwrap_or_default();
-                if !STALLED_REASONS.contains(&reason.as_str()) {
-                    return None;
-                }
-                (reason, w.message.clone(), true)
-            } else {
-                let t = state.terminated.as_ref().filter(|t| t.exit_code != 0)?;
-                let reason = t.reason.clone().unwrap_or_else(|| "Error".into());
-                (reason, None, false)
-            };
-            let mut message = format!("pod {}, container {}: {reason}", pod.name_any(), c.name);
-            if let Some(d) = detail.filter(|d| !d.is_empty()) {
-                message += &format!(" ({d})");
-            }
-            message += &ended.unwrap_or_default();
-            Some(PodProblem {
-                reason,
-                message,
-                stalled,
-            })
-        })
-    })
-}
-
-/// The termination message the relay wrote itself. A run it ended (exit code 1 to 127) always
-/// leaves its own message; a container killed by a signal (128 and up: OOMKilled, a failed
-/// liveness probe) has none, and the kubelet puts the tail of its log there instead, which
-/// quotes what clients sent (HELO names, addresses): never shown.
-fn relay_message(t: &k8s_openapi::api::core::v1::ContainerStateTerminated) -> Option<&str> {
-    (1..128)
-        .contains(&t.exit_code)
-        .then_some(t.message.as_deref())
-        .flatten()
-        .map(str::trim)
-        .filter(|m| !m.is_empty())
-}
-
-/// The first `max` bytes of `s` (on a character boundary), marked as cut when cut: the relay's
-/// message says what failed first.
-fn head_chars(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
-}
-
-impl Rollout {
-    pub fn from_stateful_set(sts: Option<&StatefulSet>, desired_replicas: i32) -> Rollout {
-        let Some(sts) = sts else {
-            return Rollout::default();
-        };
-        let st = sts.status.clone().unwrap_or_default();
-        let observed = st.observed_generation.unwrap_or(0) >= sts.metadata.generation.unwrap_or(0);
-        let revisions_match = match (&st.current_revision, &st.update_revision) {
-            (Some(c), Some(u)) => c == u,
-            _ => false,
-        };
-        Rollout {
-            exists: true,
-            replicas: st.replicas,
-            ready_replicas: st.ready_replicas.unwrap_or(0),
-            up_to_date: observed
-                && revisions_match
-                && st.updated_replicas.unwrap_or(0) >= desired_replicas
-                && st.replicas == desired_replicas,
-            problem: None,
-            drain: Drain::None,
-        }
-    }
-
-    /// With the drain of replicas being scaled away.
-    pub fn with_drain(self, drain: Drain) -> Rollout {
-        Rollout { drain, ..self }
-    }
-
-    /// With the problem of the relay's pods, if any.
-    pub fn with_pods(self, pods: &[Pod]) -> Rollout {
-        Rollout {
-            problem: pod_problem(pods),
-            ..self
-        }
-    }
-
-    /// Every replica runs the current configuration and is ready.
-    fn complete(&self, desired: i32) -> bool {
-        self.exists && self.up_to_date && self.ready_replicas >= desired
-    }
-}
 
 pub fn endpoint(relay: &SmtpRelay) -> String {
     format!(
@@ -311,7 +112,7 @@ fn condition(
 /// Computed from the fields alone (`relayhost.tls.level`, `credentialsSecretRef`, `oauth2`),
 /// and they are the only source: `postconf` cannot set a parameter that protects the login
 /// (the TLS level and what overrides it, the SASL security options, the CAs, ...; see
-/// `smtp_relay::postfix::relay_guard::check_postconf`, which both [`crate::validate`] and the
+/// `smtp_relay::postfix::relay_guard::check_postconf`, which both [`crate::steps::judge`] and the
 /// relay's own inputs apply), so a spec that tries is refused and never applied. For a spec
 /// that was not applied, [`condition_in_force`] keeps describing what runs.
 fn relayhost_password_condition(relay: &SmtpRelay, gen: Option<i64>, now: &Time) -> Condition {
@@ -440,7 +241,7 @@ fn condition_in_force(spec: Condition, outcome: &Outcome, old: &SmtpRelayStatus)
 }
 
 /// What the pods last said about logging in to the relayhost (`status.queue`, written by
-/// [`crate::queue`]): why mail is deferred, when a login is why. `None` without a login. Only
+/// [`crate::watch::queue`]): why mail is deferred, when a login is why. `None` without a login. Only
 /// states, no counts or times, so it changes when the health does (see
 /// [`login_health`], part of the fingerprint).
 fn relayhost_login_condition(relay: &SmtpRelay, gen: Option<i64>, now: &Time) -> Option<Condition> {
@@ -449,7 +250,7 @@ fn relayhost_login_condition(relay: &SmtpRelay, gen: Option<i64>, now: &Time) ->
         return None;
     }
     let queue = relay.status.as_ref().and_then(|s| s.queue.as_ref());
-    let pods_where = |pred: &dyn Fn(&crate::crd::PodQueueStatus) -> bool| -> String {
+    let pods_where = |pred: &dyn Fn(&crate::floor::crd::PodQueueStatus) -> bool| -> String {
         let names: Vec<&str> = queue
             .iter()
             .flat_map(|q| q.pods.iter())
@@ -571,7 +372,7 @@ fn client_address_condition(relay: &SmtpRelay, gen: Option<i64>, now: &Time) -> 
             "ProxyHeaderTrusted",
             format!(
                 "spec.service.proxyProtocol: port {} of the relay pods takes the client address from the PROXY header, so anyone who reaches that port could claim an address inside networks; let only the load balancer reach it (a NetworkPolicy)",
-                crate::builders::PROXY_PROTOCOL_PORT
+                crate::floor::contract::PROXY_PROTOCOL_PORT
             ),
             gen,
             now,
@@ -650,10 +451,10 @@ fn inbound_tls_condition(relay: &SmtpRelay, gen: Option<i64>, now: &Time) -> Con
 }
 
 /// Whether queued mail outlives what is deleted. Replicas scaled away drain before their
-/// volumes go ([`crate::drain`]), and so do all of them when the SmtpRelay is deleted with
-/// `whenDeleted: Delete` ([`crate::deletion`]), unless its drain time is 0.
+/// volumes go ([`crate::steps::drain`]), and so do all of them when the SmtpRelay is deleted with
+/// `whenDeleted: Delete` ([`crate::steps::deletion`]), unless its drain time is 0.
 fn queued_mail_condition(relay: &SmtpRelay, gen: Option<i64>, now: &Time) -> Condition {
-    use crate::crd::RetentionPolicy::Delete;
+    use crate::floor::crd::RetentionPolicy::Delete;
     let r = &relay.spec.storage.retention;
     if r.when_deleted == Delete && r.drain_before_delete_seconds == 0 {
         condition(
@@ -1028,24 +829,14 @@ pub fn compute(
     }
 }
 
-/// The Ready condition of a status, if any.
-pub fn ready_condition(status: Option<&SmtpRelayStatus>) -> Option<&Condition> {
-    find_condition(status, READY)
-}
-
-/// The condition `type_` of a status, if any.
-pub fn find_condition<'a>(
-    status: Option<&'a SmtpRelayStatus>,
-    type_: &str,
-) -> Option<&'a Condition> {
-    status?.conditions.iter().find(|c| c.type_ == type_)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::fixtures::relay;
+    use crate::floor::running::pod_problem;
+    use k8s_openapi::api::apps::v1::StatefulSet;
     use k8s_openapi::api::apps::v1::StatefulSetStatus;
+    use k8s_openapi::api::core::v1::Pod;
 
     fn t(secs: i64) -> Time {
         Time(jiff::Timestamp::from_second(secs).expect("time"))
@@ -1235,8 +1026,8 @@ mod tests {
         let s = compute(&r, &applied(), DONE, t(1));
         assert_eq!(cond(&s, QUEUED_MAIL_KEPT).status, "True");
         // Replicas scaled away drain first, and so does a deleted relay: their volumes may go.
-        r.spec.storage.retention.when_scaled = crate::crd::RetentionPolicy::Delete;
-        r.spec.storage.retention.when_deleted = crate::crd::RetentionPolicy::Delete;
+        r.spec.storage.retention.when_scaled = crate::floor::crd::RetentionPolicy::Delete;
+        r.spec.storage.retention.when_deleted = crate::floor::crd::RetentionPolicy::Delete;
         let s = compute(&r, &applied(), DONE, t(1));
         let c = cond(&s, QUEUED_MAIL_KEPT);
         assert_eq!(
@@ -1261,7 +1052,7 @@ mod tests {
 
     #[test]
     fn a_drain_holds_reconciling_and_leaves_ready_alone_and_its_outcome_stays() {
-        use crate::drain::Departing;
+        use crate::floor::running::Departing;
         let mut r = relay("r1");
         let draining = Rollout {
             drain: Drain::InProgress {
@@ -1323,7 +1114,7 @@ mod tests {
     /// to flag, and a refused spec does not claim what does not run.
     #[test]
     fn legacy_or_overridden_inbound_tls_is_flagged() {
-        use crate::crd::{SecretRef, TlsMinVersionSpec};
+        use crate::floor::crd::{SecretRef, TlsMinVersionSpec};
         let verdict = |s: &SmtpRelayStatus| {
             let c = cond(s, INBOUND_TLS_MODERN);
             (c.status.clone(), c.reason.clone(), c.message.clone())
@@ -1522,7 +1313,7 @@ mod tests {
     /// configuration that runs, not the refused spec.
     #[test]
     fn a_postconf_weakening_the_login_is_refused_and_the_condition_tells_what_runs() {
-        use crate::crd::{CredentialsSecretRef, RelayhostTlsSpec, TlsLevelSpec};
+        use crate::floor::crd::{CredentialsSecretRef, RelayhostTlsSpec, TlsLevelSpec};
         let password = |s: &SmtpRelayStatus| {
             let c = cond(s, RELAYHOST_PASSWORD_PROTECTED);
             (c.status.clone(), c.reason.clone())
@@ -1554,7 +1345,7 @@ mod tests {
             .postconf
             .insert("smtp_sasl_security_options".into(), "noanonymous".into());
         let message =
-            crate::validate::validate_spec(&r.spec).expect_err("refused, so never applied");
+            crate::steps::judge::validate_spec(&r.spec).expect_err("refused, so never applied");
         assert!(
             message.contains("spec.postconf.smtp_sasl_security_options")
                 && message.contains("protects the relayhost login")
@@ -1569,7 +1360,7 @@ mod tests {
         // Without the postconf the spec is applied, and its fields are all there is to it.
         r.status = Some(s);
         r.spec.postconf.clear();
-        assert_eq!(crate::validate::validate_spec(&r.spec), Ok(()));
+        assert_eq!(crate::steps::judge::validate_spec(&r.spec), Ok(()));
         let s = compute(&r, &applied(), DONE, t(3));
         assert_eq!(password(&s), ("True".into(), "TLSRequired".into()));
         assert!(
@@ -1600,7 +1391,7 @@ mod tests {
 
     #[test]
     fn relayhost_login_says_why_mail_waits_from_what_the_pods_said() {
-        use crate::crd::{CredentialsSecretRef, PodQueueStatus, QueueStatus, TokenStatus};
+        use crate::floor::crd::{CredentialsSecretRef, PodQueueStatus, QueueStatus, TokenStatus};
         let mut r = relay("r1");
         let s = compute(&r, &applied(), DONE, t(100));
         assert!(
@@ -1694,7 +1485,7 @@ mod tests {
     /// and the condition describes the configuration in force.
     #[test]
     fn relayhost_verified_is_false_only_for_a_level_that_proves_nothing() {
-        use crate::crd::{CredentialsSecretRef, RelayhostTlsSpec, TlsLevelSpec};
+        use crate::floor::crd::{CredentialsSecretRef, RelayhostTlsSpec, TlsLevelSpec};
         let verified = |r: &SmtpRelay| {
             let c = cond(&compute(r, &applied(), DONE, t(1)), RELAYHOST_VERIFIED).clone();
             (c.status, c.reason, c.message)
@@ -1757,7 +1548,7 @@ mod tests {
     /// names (the CAs, the names, the token), and the condition in force.
     #[test]
     fn relayhost_verified_says_whom_the_login_trusts() {
-        use crate::crd::{
+        use crate::floor::crd::{
             CredentialsSecretRef, KeyRef, OAuth2Provider, OAuth2SecretRef, OAuth2Spec,
             RelayhostTlsSpec, TlsLevelSpec,
         };
@@ -1842,7 +1633,7 @@ mod tests {
     /// was sent, and `RelayhostLogin` says so, naming the pods and what was expected.
     #[test]
     fn relayhost_login_says_when_the_relayhost_did_not_prove_its_name() {
-        use crate::crd::{CredentialsSecretRef, PodQueueStatus, QueueStatus};
+        use crate::floor::crd::{CredentialsSecretRef, PodQueueStatus, QueueStatus};
         let mut r = relay("r1");
         r.spec.relayhost.credentials_secret_ref = Some(CredentialsSecretRef {
             name: "creds".into(),

@@ -1,0 +1,8 @@
+//! The ground floor: the nouns every step shares and none owns. Nothing here calls the API.
+
+pub mod contract;
+pub mod crd;
+pub mod error;
+pub mod inputs;
+pub mod running;
+pub mod verdict;

@@ -1,0 +1,331 @@
+//! What runs: the rollout read from the StatefulSet and its pods, what keeps a pod from
+//! running, and the drain of replicas being scaled away.
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use smtp_relay::metrics::QueueReport;
+
+use crate::floor::contract::{ABANDON_ANNOTATION, SPOOL_VOLUME};
+
+/// Rollout facts read from the StatefulSet and its pods.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rollout {
+    pub exists: bool,
+    pub replicas: i32,
+    pub ready_replicas: i32,
+    pub up_to_date: bool,
+    /// What keeps a pod from running, if anything (see [`pod_problem`]).
+    pub problem: Option<PodProblem>,
+    /// Replicas being scaled away and what they still hold.
+    pub drain: Drain,
+}
+
+/// What keeps a relay pod from running, read from its container statuses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodProblem {
+    /// The kubelet's reason: `CrashLoopBackOff`, `ImagePullBackOff`, `OOMKilled`, ...
+    pub reason: String,
+    /// The pod, the container, the kubelet's message, and how the last run ended (with the
+    /// start of the relay's own termination message: it writes its fatal errors there).
+    pub message: String,
+    /// True when the pod will not get better without a change (kstatus `Stalled`).
+    pub stalled: bool,
+}
+
+/// Waiting reasons of a container that will not start without a change.
+const STALLED_REASONS: [&str; 8] = [
+    "CrashLoopBackOff",
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "ErrImageNeverPull",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "RunContainerError",
+];
+
+/// Longest termination message kept in a condition.
+const TERMINATION_MESSAGE_MAX: usize = 400;
+
+/// The first problem of the first troubled pod (by name): a container waiting for a reason in
+/// `STALLED_REASONS`, or one that just terminated with a failure.
+pub fn pod_problem(pods: &[Pod]) -> Option<PodProblem> {
+    // A pod being deleted (a rollout, a scale-down) ends as it ends: not a problem to report.
+    let mut pods: Vec<&Pod> = pods
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect();
+    pods.sort_by_key(|p| p.name_any());
+    pods.into_iter().find_map(|pod| {
+        let status = pod.status.as_ref()?;
+        let containers = status
+            .init_container_statuses
+            .iter()
+            .flatten()
+            .chain(status.container_statuses.iter().flatten());
+        containers.into_iter().find_map(|c| {
+            let state = c.state.as_ref()?;
+            let last = c
+                .last_state
+                .as_ref()
+                .and_then(|s| s.terminated.as_ref())
+                .or(state.terminated.as_ref());
+            let ended = last.map(|t| {
+                let mut text = format!(
+                    "; last run ended: {} (exit code {})",
+                    t.reason.as_deref().unwrap_or("terminated"),
+                    t.exit_code
+                );
+                if let Some(m) = relay_message(t) {
+                    text += &format!(": {}", head_chars(m, TERMINATION_MESSAGE_MAX));
+                }
+                text
+            });
+            let (reason, detail, stalled) = if let Some(w) = &state.waiting {
+                let reason = w.reason.clone().unwrap_or_default();
+                if !STALLED_REASONS.contains(&reason.as_str()) {
+                    return None;
+                }
+                (reason, w.message.clone(), true)
+            } else {
+                let t = state.terminated.as_ref().filter(|t| t.exit_code != 0)?;
+                let reason = t.reason.clone().unwrap_or_else(|| "Error".into());
+                (reason, None, false)
+            };
+            let mut message = format!("pod {}, container {}: {reason}", pod.name_any(), c.name);
+            if let Some(d) = detail.filter(|d| !d.is_empty()) {
+                message += &format!(" ({d})");
+            }
+            message += &ended.unwrap_or_default();
+            Some(PodProblem {
+                reason,
+                message,
+                stalled,
+            })
+        })
+    })
+}
+
+/// The termination message the relay wrote itself. A run it ended (exit code 1 to 127) always
+/// leaves its own message; a container killed by a signal (128 and up: OOMKilled, a failed
+/// liveness probe) has none, and the kubelet puts the tail of its log there instead, which
+/// quotes what clients sent (HELO names, addresses): never shown.
+fn relay_message(t: &k8s_openapi::api::core::v1::ContainerStateTerminated) -> Option<&str> {
+    (1..128)
+        .contains(&t.exit_code)
+        .then_some(t.message.as_deref())
+        .flatten()
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+}
+
+/// The first `max` bytes of `s` (on a character boundary), marked as cut when cut: the relay's
+/// message says what failed first.
+fn head_chars(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+impl Rollout {
+    pub fn from_stateful_set(sts: Option<&StatefulSet>, desired_replicas: i32) -> Rollout {
+        let Some(sts) = sts else {
+            return Rollout::default();
+        };
+        let st = sts.status.clone().unwrap_or_default();
+        let observed = st.observed_generation.unwrap_or(0) >= sts.metadata.generation.unwrap_or(0);
+        let revisions_match = match (&st.current_revision, &st.update_revision) {
+            (Some(c), Some(u)) => c == u,
+            _ => false,
+        };
+        Rollout {
+            exists: true,
+            replicas: st.replicas,
+            ready_replicas: st.ready_replicas.unwrap_or(0),
+            up_to_date: observed
+                && revisions_match
+                && st.updated_replicas.unwrap_or(0) >= desired_replicas
+                && st.replicas == desired_replicas,
+            problem: None,
+            drain: Drain::None,
+        }
+    }
+
+    /// With the drain of replicas being scaled away.
+    pub fn with_drain(self, drain: Drain) -> Rollout {
+        Rollout { drain, ..self }
+    }
+
+    /// With the problem of the relay's pods, if any.
+    pub fn with_pods(self, pods: &[Pod]) -> Rollout {
+        Rollout {
+            problem: pod_problem(pods),
+            ..self
+        }
+    }
+
+    /// Every replica runs the current configuration and is ready.
+    pub fn complete(&self, desired: i32) -> bool {
+        self.exists && self.up_to_date && self.ready_replicas >= desired
+    }
+}
+
+/// A departing replica that has delivered nothing for this long while mail waits is stuck (the
+/// relayhost refuses the mail or is down).
+pub const STUCK_AFTER_SECONDS: u64 = 60;
+
+/// A replica being scaled away, as last seen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Departing {
+    pub pod: String,
+    /// Still in the Service (its readiness probe has not failed yet).
+    pub ready: bool,
+    /// What its metrics say; `None` when the pod does not run or cannot be reached.
+    pub queue: Option<QueueReport>,
+}
+
+impl Departing {
+    /// Out of the Service, asked to drain, and nothing left on its spool.
+    pub(crate) fn drained(&self) -> bool {
+        !self.ready
+            && self
+                .queue
+                .as_ref()
+                .is_some_and(|q| q.draining && q.queued == 0)
+    }
+
+    pub(crate) fn describe(&self) -> String {
+        match &self.queue {
+            None => format!("{} (not running: its queue cannot be read)", self.pod),
+            Some(q) if q.queued == 0 && self.ready => {
+                format!("{} (empty, leaving the Service)", self.pod)
+            }
+            Some(q) if q.queued == 0 => format!("{} (empty)", self.pod),
+            Some(q) => {
+                let mut parts = vec![format!("{} queued", q.queued)];
+                if q.deferred > 0 {
+                    parts.push(format!("{} deferred by the relayhost", q.deferred));
+                }
+                if q.hold > 0 {
+                    parts.push(format!("{} on hold", q.hold));
+                }
+                parts.push(format!("oldest {}", age(q.oldest_seconds)));
+                // The StatefulSet names each claim <template>-<pod>.
+                format!(
+                    "{} ({}, on volume {SPOOL_VOLUME}-{})",
+                    self.pod,
+                    parts.join(", "),
+                    self.pod
+                )
+            }
+        }
+    }
+
+    /// Nothing will move without a change: the pod does not run, all it holds is on hold, or
+    /// it has delivered nothing for [`STUCK_AFTER_SECONDS`] (the relayhost refuses or is down).
+    pub(crate) fn stuck(&self) -> bool {
+        match &self.queue {
+            None => true,
+            Some(q) => {
+                q.queued > 0
+                    && (q.hold >= q.queued || q.seconds_since_delivery >= STUCK_AFTER_SECONDS)
+            }
+        }
+    }
+}
+
+/// What the drain step decided.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Drain {
+    /// Nothing is being scaled away.
+    #[default]
+    None,
+    /// Replicas `want..hold` are draining; the StatefulSet keeps `hold` replicas meanwhile.
+    InProgress {
+        want: i32,
+        hold: i32,
+        departing: Vec<Departing>,
+    },
+    /// The replicas drained (or the drain was abandoned): the StatefulSet goes from `from` to
+    /// `to` replicas now.
+    Done {
+        from: i32,
+        to: i32,
+        /// What was still queued when a user gave up.
+        abandoned: Option<String>,
+    },
+}
+
+impl Drain {
+    /// `(draining, reason, message)` of the `Draining` condition; `None` when nothing is being
+    /// scaled away.
+    pub fn condition(&self) -> Option<(bool, &'static str, String)> {
+        match self {
+            Drain::None => None,
+            Drain::InProgress {
+                want,
+                hold,
+                departing,
+            } => {
+                let list = departing
+                    .iter()
+                    .map(Departing::describe)
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let stuck = departing.iter().any(Departing::stuck);
+                let (reason, then) = if stuck {
+                    (
+                        "DrainWaiting",
+                        format!(
+                            "; the drain goes on when the relayhost takes the mail and the pods run; to give up, annotate the SmtpRelay {ABANDON_ANNOTATION}=true (a Retain volume keeps what is queued)"
+                        ),
+                    )
+                } else {
+                    ("Draining", String::new())
+                };
+                Some((
+                    true,
+                    reason,
+                    format!(
+                        "scaling from {hold} to {want} replicas once the departing ones have delivered their queues: {list}{then}"
+                    ),
+                ))
+            }
+            Drain::Done {
+                from,
+                to,
+                abandoned: None,
+            } => Some((
+                false,
+                "Drained",
+                format!("the departing replicas delivered their queues; scaled from {from} to {to}"),
+            )),
+            Drain::Done {
+                from,
+                to,
+                abandoned: Some(held),
+            } => Some((
+                false,
+                "DrainAbandoned",
+                format!(
+                    "scaled from {from} to {to} without waiting ({ABANDON_ANNOTATION}); still queued then: {held}; remove the annotation so later scale-downs drain again"
+                ),
+            )),
+        }
+    }
+}
+
+/// A duration for people: seconds, minutes or hours.
+fn age(seconds: u64) -> String {
+    match seconds {
+        0..120 => format!("{seconds}s"),
+        120..7200 => format!("{}m", seconds / 60),
+        _ => format!("{}h", seconds / 3600),
+    }
+}

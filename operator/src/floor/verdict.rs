@@ -1,0 +1,71 @@
+//! The verdict of a reconcile: the children to apply, or what to report instead.
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+
+/// What the reconcile did with the spec.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The desired objects were applied (or already matched).
+    Applied { config_hash: String },
+    /// The spec was rejected; nothing was changed.
+    InvalidSpec { message: String },
+    /// A referenced object is missing or malformed; nothing was changed.
+    Unresolved {
+        reason: &'static str,
+        message: String,
+    },
+    /// An object this relay does not control stands under a child's name; nothing was changed.
+    NameConflict { message: String },
+    /// The API server refused a child (admission policy, quota, invalid object); what was
+    /// applied before it stays.
+    ApplyRefused { message: String },
+}
+
+impl Outcome {
+    pub fn rejection(&self) -> Option<(&str, &str)> {
+        match self {
+            Outcome::Applied { .. } => None,
+            Outcome::InvalidSpec { message } => Some(("InvalidSpec", message)),
+            Outcome::Unresolved { reason, message } => Some((reason, message)),
+            Outcome::NameConflict { message } => Some(("NameConflict", message)),
+            Outcome::ApplyRefused { message } => Some(("ApplyRefused", message)),
+        }
+    }
+}
+
+/// Every object one relay should own, computed from spec and resolved references.
+#[derive(Debug, Clone)]
+pub struct Desired {
+    pub config_map: ConfigMap,
+    pub hash_key_secret: Secret,
+    pub relayhost_secret: Option<Secret>,
+    pub sasl_users_secret: Option<Secret>,
+    pub tls_secret: Option<Secret>,
+    pub service: Service,
+    pub headless_service: Service,
+    pub stateful_set: StatefulSet,
+    /// With a delegated OAuth2 login: the Secret the pods share the refresh token through, and
+    /// their ServiceAccount allowed to.
+    pub oauth2_sharing: Option<Sharing>,
+    /// Not a child: the note of the Event to publish once applied, when the operator issued a
+    /// new serving certificate for this reconcile ([`crate::steps::certificate`]).
+    pub certificate_issued: Option<String>,
+    pub pdb: Option<PodDisruptionBudget>,
+    /// With `whenDeleted: Delete`: the drain guard, a second owner of every child but the
+    /// Services ([`configmap::drain_guard`]).
+    pub drain_guard: Option<ConfigMap>,
+    pub config_hash: String,
+}
+
+/// What sharing the refresh token takes.
+#[derive(Debug, Clone)]
+pub struct Sharing {
+    /// `<name>-oauth2-token`, created without data: the relay pods write it.
+    pub secret: Secret,
+    pub service_account: ServiceAccount,
+    pub role: Role,
+    pub role_binding: RoleBinding,
+}
