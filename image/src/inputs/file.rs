@@ -5,7 +5,7 @@ use std::path::Path;
 
 use crate::config_file::RelayConfigFile;
 use crate::error::{ConfigError, ConfigResult};
-use crate::inputs::{self, env::checked_credentials, read_secret_file, readable_file};
+use crate::inputs::{self, env::checked_credentials, readable_file, FileRefusal};
 use crate::json_error::{json_kind, json_position, json_problem};
 use crate::postfix::relay_guard;
 use crate::settings::{self, InboundTls, RelayPolicy, Relayhost, SaslUserSource, Settings};
@@ -23,30 +23,55 @@ pub fn load(path: &Path) -> ConfigResult<Settings> {
 /// Validates a parsed config file and reads the secret files it points at. `origin` prefixes
 /// field names in errors (the config file's path).
 pub fn settings(file: &RelayConfigFile, origin: &str) -> ConfigResult<Settings> {
-    settings_with(file, &|name| format!("{origin}: {name}"), &Disk)
+    Ok(settings_with(
+        file,
+        &|name| format!("{origin}: {name}"),
+        &Disk,
+    )?)
+}
+
+/// Why [`settings_with`] refuses a config file: one of its fields, or the content of a file it
+/// names, told apart so that a caller who mounted the file can say where it comes from.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    File(#[from] FileRefusal),
+}
+
+/// The same words, for what reports a [`ConfigError`].
+impl From<Refusal> for ConfigError {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::Config(e) => e,
+            Refusal::File(f) => f.into(),
+        }
+    }
 }
 
 /// Where the files a config file names come from.
 pub trait Mounted {
-    /// A secret file's text, as [`read_secret_file`] reads it.
-    fn secret(&self, field: &str, path: &Path) -> ConfigResult<String>;
+    /// A secret file's text, as [`inputs::read_secret_file`] reads it.
+    fn secret(&self, field: &str, path: &Path) -> Result<String, Refusal>;
     /// A file that must be there and readable (a certificate, a key, a CA bundle).
     fn file(&self, field: &str, path: &Path) -> ConfigResult<()>;
     /// The directory of SASL users: there, and (when the users are known now) each one valid.
-    fn users(&self, field: &str, dir: &Path) -> ConfigResult<()>;
+    fn users(&self, field: &str, dir: &Path) -> Result<(), Refusal>;
 }
 
 /// The relay's own files.
 pub struct Disk;
 
 impl Mounted for Disk {
-    fn secret(&self, field: &str, path: &Path) -> ConfigResult<String> {
-        read_secret_file(field, path)
+    fn secret(&self, field: &str, path: &Path) -> Result<String, Refusal> {
+        let bytes = fs::read(path).map_err(|e| ConfigError::unreadable(field, path, e))?;
+        Ok(inputs::secret_text(field, path, bytes)?)
     }
     fn file(&self, field: &str, path: &Path) -> ConfigResult<()> {
         readable_file(field, path).map(|_| ())
     }
-    fn users(&self, field: &str, dir: &Path) -> ConfigResult<()> {
+    fn users(&self, field: &str, dir: &Path) -> Result<(), Refusal> {
         // The users themselves are read (and checked) at every reload: crate::sasl.
         fs::read_dir(dir).map_err(|e| ConfigError::unreadable(field, dir, e))?;
         Ok(())
@@ -63,11 +88,11 @@ pub struct InMemory {
 }
 
 impl Mounted for InMemory {
-    fn secret(&self, field: &str, path: &Path) -> ConfigResult<String> {
+    fn secret(&self, field: &str, path: &Path) -> Result<String, Refusal> {
         let bytes = self.files.get(path).cloned().ok_or_else(|| {
             ConfigError::invalid(field, format!("{} is not mounted", path.display()))
         })?;
-        inputs::secret_text(field, path, bytes)
+        Ok(inputs::secret_text(field, path, bytes)?)
     }
     fn file(&self, field: &str, path: &Path) -> ConfigResult<()> {
         match self.files.contains_key(path) {
@@ -78,7 +103,7 @@ impl Mounted for InMemory {
             )),
         }
     }
-    fn users(&self, field: &str, dir: &Path) -> ConfigResult<()> {
+    fn users(&self, field: &str, dir: &Path) -> Result<(), Refusal> {
         for (name, bytes) in &self.users {
             let path = dir.join(name);
             validate::sasl_user(field, name)?;
@@ -94,7 +119,7 @@ fn oauth2_settings(
     o: &crate::config_file::OAuth2File,
     field: &dyn Fn(&str) -> String,
     mounted: &impl Mounted,
-) -> ConfigResult<settings::OAuth2Settings> {
+) -> Result<settings::OAuth2Settings, Refusal> {
     use crate::settings::{Grant, OAuth2Settings, Secret};
     let f = |name: &str| field(&format!("relayhost.oauth2.{name}"));
     let user = validate::email(&f("user"), &o.user)?;
@@ -104,16 +129,15 @@ fn oauth2_settings(
         .as_deref()
         .map(|s| validate::single_line(&f("scope"), s).map(|()| s.to_string()))
         .transpose()?;
-    let token = |name: &str, path: &Path| -> ConfigResult<String> {
+    let token = |name: &str, path: &Path| -> Result<String, Refusal> {
         let value = mounted.secret(&f(name), path)?;
         if value.is_empty() || value.chars().any(char::is_whitespace) {
-            return Err(ConfigError::invalid(
+            return Err(FileRefusal::new(
                 f(name),
-                format!(
-                    "{} must hold one value without spaces or line breaks",
-                    path.display()
-                ),
-            ));
+                path,
+                "must hold one value without spaces or line breaks",
+            )
+            .into());
         }
         Ok(value)
     };
@@ -126,19 +150,21 @@ fn oauth2_settings(
         (Some(key_file), _, _, _) => {
             let text = mounted.secret(&f("serviceAccountKeyFile"), key_file)?;
             let key = service_account_key(&text).map_err(|problem| {
-                ConfigError::invalid(
+                FileRefusal::new(
                     f("serviceAccountKeyFile"),
+                    key_file,
                     format!(
-                        "{} is not a service account key (a JSON object with client_email and private_key): {problem}",
-                        key_file.display()
+                        "is not a service account key (a JSON object with client_email and private_key): {problem}"
                     ),
                 )
             })?;
             if crate::oauth2::pem_body(&key.private_key).is_none() {
-                return Err(ConfigError::invalid(
+                return Err(FileRefusal::new(
                     f("serviceAccountKeyFile"),
-                    "its private_key is not a PEM \"PRIVATE KEY\" block: download a new JSON key of the service account",
-                ));
+                    key_file,
+                    "holds a private_key that is not a PEM \"PRIVATE KEY\" block: download a new JSON key of the service account",
+                )
+                .into());
             }
             Grant::ServiceAccount {
                 client_email: key.client_email,
@@ -161,7 +187,8 @@ fn oauth2_settings(
             return Err(ConfigError::invalid(
                 field("relayhost.oauth2"),
                 "give clientIdFile and clientSecretFile (client credentials, e.g. a Microsoft 365 app), refreshTokenFile with clientIdFile (a delegated login), or serviceAccountKeyFile (a Google service account)",
-            ))
+            )
+            .into())
         }
     };
     let shared_refresh_token_secret =
@@ -174,7 +201,8 @@ fn oauth2_settings(
             (Some(_), _) => return Err(ConfigError::invalid(
                 f("sharedRefreshTokenSecret"),
                 "only a delegated login (refreshTokenFile) has a refresh token to share: remove it",
-            )),
+            )
+            .into()),
         };
     Ok(OAuth2Settings {
         user,
@@ -231,7 +259,8 @@ fn service_account_key(text: &str) -> Result<crate::oauth2::ServiceAccountKey, S
 }
 
 /// [`settings()`], with `field` naming each field in errors and the files read from `mounted`:
-/// the one judge of a config file, for the relay and for the operator.
+/// the one judge of a config file, for the relay and for the operator. A refusal of a file's
+/// content is a [`Refusal::File`], which names the file apart from what is wrong with it.
 #[allow(
     clippy::too_many_lines,
     reason = "one step per field of the config file, in its order: the table reads best whole"
@@ -240,7 +269,7 @@ pub fn settings_with(
     file: &RelayConfigFile,
     field: &dyn Fn(&str) -> String,
     mounted: &impl Mounted,
-) -> ConfigResult<Settings> {
+) -> Result<Settings, Refusal> {
     let domain = validate::domain(&field("domain"), &file.domain)?;
     let hostname = file
         .hostname
@@ -263,10 +292,9 @@ pub fn settings_with(
     let rh = &file.relayhost;
     validate::relayhost_host(&field("relayhost.host"), &rh.host)?;
     if rh.port == 0 {
-        return Err(ConfigError::invalid(
-            field("relayhost.port"),
-            "must be from 1 to 65535",
-        ));
+        return Err(
+            ConfigError::invalid(field("relayhost.port"), "must be from 1 to 65535").into(),
+        );
     }
     let relayhost = Relayhost {
         host: rh.host.to_ascii_lowercase(),
@@ -289,13 +317,15 @@ pub fn settings_with(
             return Err(ConfigError::invalid(
                 field("relayhost.passwordFile"),
                 "is required with usernameFile",
-            ))
+            )
+            .into())
         }
         (None, Some(_)) => {
             return Err(ConfigError::invalid(
                 field("relayhost.usernameFile"),
                 "is required with passwordFile",
-            ))
+            )
+            .into())
         }
     };
     let relayhost_oauth2 = match &rh.oauth2 {
@@ -303,7 +333,8 @@ pub fn settings_with(
         Some(_) if relayhost_credentials.is_some() => return Err(ConfigError::invalid(
             field("relayhost.oauth2"),
             "and usernameFile/passwordFile are exclusive: log in with OAuth2 or with a password",
-        )),
+        )
+        .into()),
         Some(o) => Some(oauth2_settings(o, field, mounted)?),
     };
     // (The CA bundle is checked below; the token endpoint trusts it too.)
@@ -337,7 +368,8 @@ pub fn settings_with(
             return Err(ConfigError::invalid(
                 field("customRestrictions"),
                 "mode and customRestrictions are exclusive; set only one",
-            ))
+            )
+            .into())
         }
         (_, Some(list)) => {
             crate::postfix::restrictions::check_custom(&field("customRestrictions"), list)?;
@@ -369,7 +401,7 @@ pub fn settings_with(
         return Err(ConfigError::invalid(
             field("inboundTlsMinVersion"),
             format!("is {min}, but the relay offers clients no TLS: give inboundTls (certFile and keyFile), or remove it"),
-        ));
+        ).into());
     }
     settings::require_tls_for_sasl(
         &sasl_users,
@@ -496,6 +528,64 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("saslUsersDir"));
+    }
+
+    /// Issue 24: a refusal of a file's content holds the file apart from what is wrong with
+    /// it, so the operator can name the Secret key the file comes from; the relay's own
+    /// message names the file by its path, as it always did.
+    #[test]
+    fn a_refused_file_is_held_apart_from_its_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let (user, pass) = (dir.path().join("username"), dir.path().join("password"));
+        fs::write(&user, "relay-user").unwrap();
+        fs::write(&pass, b"hunter2\xff").unwrap();
+        let mut f = base();
+        f.relayhost.username_file = Some(user.clone());
+        f.relayhost.password_file = Some(pass.clone());
+        let err = settings(&f, "relay.yaml").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "relay.yaml: relayhost.passwordFile: {} is not UTF-8 text; store it as UTF-8",
+                pass.display()
+            )
+        );
+        let mut mounted = InMemory::default();
+        mounted.files.insert(user, b"relay-user".to_vec());
+        mounted.files.insert(pass.clone(), b"hunter2\xff".to_vec());
+        match settings_with(&f, &|n| format!("spec: {n}"), &mounted) {
+            Err(Refusal::File(refused)) => assert_eq!(
+                refused,
+                FileRefusal::new(
+                    "spec: relayhost.passwordFile",
+                    pass,
+                    "is not UTF-8 text; store it as UTF-8"
+                )
+            ),
+            other => panic!("{other:?}"),
+        }
+        // A SASL user's file is named by the user, in the users' directory.
+        let mut f = base();
+        f.sasl_users_dir = Some("/users".into());
+        let mut mounted = InMemory::default();
+        mounted.users.insert("app".into(), b"\xfehunter2".to_vec());
+        match settings_with(&f, &|n| n.to_string(), &mounted) {
+            Err(Refusal::File(refused)) => {
+                assert_eq!(refused.path, Path::new("/users/app"));
+                assert_eq!(
+                    refused.to_string(),
+                    "saslUsersDir: /users/app is not UTF-8 text; store it as UTF-8"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // What is not a file's content stays the field's.
+        let mut f = base();
+        f.domain = "not a domain".into();
+        assert!(matches!(
+            settings_with(&f, &|n| n.to_string(), &InMemory::default()),
+            Err(Refusal::Config(_))
+        ));
     }
 
     /// Issue 26: a login to a relayhost given by address needs the CA that signed its

@@ -13,18 +13,51 @@ use crate::postfix::main_cf::SYSTEM_CA_BUNDLE;
 use crate::postfix::restrictions;
 use crate::settings::{Mode, RelayPolicy, TlsLevel};
 
+/// A file whose content the relay refuses, with the file and what is wrong with it apart: its
+/// message names the file by its path (`field: <path> <problem>`), and whoever knows where
+/// the file comes from can name that instead (the operator names the key of the user's Secret
+/// it is mounted from, a path the user never wrote). Never a piece of the content.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {} {problem}", .path.display())]
+pub struct FileRefusal {
+    pub field: String,
+    pub path: PathBuf,
+    /// What is wrong, said of the file and following its name: `is not UTF-8 text; ...`.
+    pub problem: String,
+}
+
+impl FileRefusal {
+    pub fn new(
+        field: impl Into<String>,
+        path: impl Into<PathBuf>,
+        problem: impl Into<String>,
+    ) -> Self {
+        FileRefusal {
+            field: field.into(),
+            path: path.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// The same words, for what reports a [`ConfigError`].
+impl From<FileRefusal> for ConfigError {
+    fn from(r: FileRefusal) -> Self {
+        ConfigError::invalid(r.field, format!("{} {}", r.path.display(), r.problem))
+    }
+}
+
 /// Reads a secret mounted as a file. One trailing line break is dropped: files written by
 /// `echo` or `kubectl create secret --from-file` usually end with one, passwords never do.
 pub fn read_secret_file(field: &str, path: &Path) -> ConfigResult<String> {
     let bytes = fs::read(path).map_err(|e| ConfigError::unreadable(field, path, e))?;
-    secret_text(field, path, bytes)
+    Ok(secret_text(field, path, bytes)?)
 }
 
 /// A secret file's content as the relay reads it: UTF-8 text, one trailing line break dropped.
-pub fn secret_text(field: &str, path: &Path, bytes: Vec<u8>) -> ConfigResult<String> {
-    let mut text = String::from_utf8(bytes).map_err(|_| {
-        ConfigError::invalid(field, format!("{} is not UTF-8 text", path.display()))
-    })?;
+pub fn secret_text(field: &str, path: &Path, bytes: Vec<u8>) -> Result<String, FileRefusal> {
+    let mut text = String::from_utf8(bytes)
+        .map_err(|_| FileRefusal::new(field, path, "is not UTF-8 text; store it as UTF-8"))?;
     if text.ends_with('\n') {
         text.pop();
         if text.ends_with('\r') {

@@ -5,15 +5,20 @@
 
 pub mod relay_config;
 
+use std::collections::BTreeMap;
+use std::fmt;
+
 use ipnet::IpNet;
 use smtp_relay::config_file::RelayConfigFile;
-use smtp_relay::inputs::file::{settings_with, InMemory};
+use smtp_relay::inputs::file::{settings_with, InMemory, Refusal};
 use smtp_relay::postfix::relay_guard;
 use smtp_relay::validate;
 
-use crate::floor::contract::{CA_KEY, PASSWORD_KEY, RELAYHOST_DIR, TLS_DIR, USERNAME_KEY};
-use crate::floor::crd::quantity_bytes;
-use crate::floor::crd::{SmtpRelay, SmtpRelaySpec};
+use crate::floor::contract::{
+    file_at, Mount, PodFile, CLIENT_ID, CLIENT_SECRET, INBOUND_TLS_CERT, INBOUND_TLS_KEY,
+    REFRESH_TOKEN, RELAYHOST_CA, RELAYHOST_PASSWORD, RELAYHOST_USERNAME, SERVICE_ACCOUNT,
+};
+use crate::floor::crd::{quantity_bytes, SmtpRelay, SmtpRelaySpec};
 use crate::floor::inputs::Resolved;
 use crate::floor::verdict::Outcome;
 
@@ -63,59 +68,172 @@ impl<'a> Validated<'a> {
 /// Judges what the relay pods would read, the `relay.yaml` the operator is about to write and
 /// the files of the Secrets it is about to mount, with the relay image's own rules
 /// ([`settings_with`]): the one judge, so nothing the operator writes makes a pod exit with a
-/// configuration error. A refusal names the spec field (or the Secret's) and the fix.
+/// configuration error. A refusal names the spec field and the fix; one of a mounted file's
+/// content names the reference the file comes from (the field, the Secret and its key), never
+/// the file's path in the pods, which the user never wrote.
 fn judge_with_relay_rules(
     relay: &SmtpRelay,
     resolved: &Resolved,
 ) -> Result<RelayConfigFile, Outcome> {
     let file = crate::steps::judge::relay_config::relay_config_file(relay, resolved);
-    let path = |dir: &str, key: &str| std::path::PathBuf::from(format!("{dir}/{key}"));
-    let mut mounted = InMemory::default();
-    if let Some(login) = &resolved.relayhost_login {
-        mounted.files.insert(
-            path(RELAYHOST_DIR, USERNAME_KEY),
-            login.username.clone().into_bytes(),
-        );
-        mounted
-            .files
-            .insert(path(RELAYHOST_DIR, PASSWORD_KEY), login.password.clone());
-    }
-    if let Some(keys) = &resolved.relayhost_oauth2 {
-        for (file, value) in keys.files() {
-            mounted
-                .files
-                .insert(path(RELAYHOST_DIR, file), value.clone());
-        }
-    }
-    if let Some(ca) = &resolved.relayhost_ca {
-        mounted
-            .files
-            .insert(path(RELAYHOST_DIR, CA_KEY), ca.clone());
-    }
-    if let Some(tls) = &resolved.inbound_tls {
-        mounted
-            .files
-            .insert(path(TLS_DIR, "tls.crt"), tls.cert.clone());
-        mounted
-            .files
-            .insert(path(TLS_DIR, "tls.key"), tls.key.clone());
-    }
-    if let Some(users) = &resolved.sasl_users {
-        mounted.users = users.clone();
-    }
-    match settings_with(&file, &spec_field, &mounted) {
+    let mounts = Mounts::of(relay, resolved);
+    match settings_with(&file, &spec_field, &mounts.files) {
         Ok(_) => Ok(file),
-        Err(e) => {
-            let message = e.to_string();
-            Err(if message.starts_with(SECRET_FIELDS_PREFIX) {
-                Outcome::Unresolved {
+        Err(Refusal::File(refused)) => Err(
+            match file_at(&refused.path).and_then(|f| mounts.origins.get(&f)) {
+                Some(origin) => Outcome::Unresolved {
                     reason: "InvalidSecretValue",
-                    message,
-                }
-            } else {
-                Outcome::InvalidSpec { message }
-            })
+                    message: format!("{origin} {}", refused.problem),
+                },
+                // Not a file the operator mounts: the relay's words (a bug, not the user's).
+                None => refusal(refused.to_string()),
+            },
+        ),
+        Err(Refusal::Config(e)) => Err(refusal(e.to_string())),
+    }
+}
+
+/// A refusal of the relay's rules in their words: a secret value's, or the spec's.
+fn refusal(message: String) -> Outcome {
+    if message.starts_with(SECRET_FIELDS_PREFIX) {
+        Outcome::Unresolved {
+            reason: "InvalidSecretValue",
+            message,
         }
+    } else {
+        Outcome::InvalidSpec { message }
+    }
+}
+
+/// The files the relay pods will read from the owned Secrets, in memory, each with what the
+/// user wrote that it comes from.
+#[derive(Default)]
+struct Mounts<'a> {
+    files: InMemory,
+    /// A file mounted from a copy of a user's object; a file the operator made (the serving
+    /// certificate it issues) has none.
+    origins: BTreeMap<PodFile<'a>, Origin<'a>>,
+}
+
+impl<'a> Mounts<'a> {
+    /// The files of `resolved`, at their paths in the pods, and the references of the spec
+    /// that `resolve` read them from.
+    fn of(relay: &'a SmtpRelay, resolved: &'a Resolved) -> Self {
+        let spec = &relay.spec;
+        let namespace = relay.metadata.namespace.as_deref().unwrap_or_default();
+        let secret = |field, name: &'a str, key: &'a str| Origin {
+            field,
+            kind: "Secret",
+            namespace,
+            name,
+            key,
+        };
+        let mut mounts = Mounts::default();
+        if let Some(login) = &resolved.relayhost_login {
+            let r = spec.relayhost.credentials_secret_ref.as_ref();
+            let field = "spec.relayhost.credentialsSecretRef";
+            mounts.mount(
+                RELAYHOST_USERNAME,
+                login.username.clone().into_bytes(),
+                r.map(|r| secret(field, &r.name, &r.username_key)),
+            );
+            mounts.mount(
+                RELAYHOST_PASSWORD,
+                login.password.clone(),
+                r.map(|r| secret(field, &r.name, &r.password_key)),
+            );
+        }
+        if let Some(keys) = &resolved.relayhost_oauth2 {
+            let r = spec.relayhost.oauth2.as_ref().map(|o| &o.secret_ref);
+            for (key, value) in [
+                (CLIENT_ID, &keys.client_id),
+                (CLIENT_SECRET, &keys.client_secret),
+                (REFRESH_TOKEN, &keys.refresh_token),
+                (SERVICE_ACCOUNT, &keys.service_account),
+            ] {
+                if let Some(value) = value {
+                    mounts.mount(
+                        key.pod_file(),
+                        value.clone(),
+                        r.map(|r| {
+                            secret("spec.relayhost.oauth2.secretRef", &r.name, key.secret_key)
+                        }),
+                    );
+                }
+            }
+        }
+        if let Some(ca) = &resolved.relayhost_ca {
+            let tls = spec.relayhost.tls.as_ref();
+            let origin = match (
+                tls.and_then(|t| t.ca_secret_key_ref.as_ref()),
+                tls.and_then(|t| t.ca_config_map_key_ref.as_ref()),
+            ) {
+                (Some(r), _) => Some(secret("spec.relayhost.tls.caSecretKeyRef", &r.name, &r.key)),
+                (None, Some(r)) => Some(Origin {
+                    field: "spec.relayhost.tls.caConfigMapKeyRef",
+                    kind: "ConfigMap",
+                    namespace,
+                    name: &r.name,
+                    key: &r.key,
+                }),
+                (None, None) => None,
+            };
+            mounts.mount(RELAYHOST_CA, ca.clone(), origin);
+        }
+        if let Some(tls) = &resolved.inbound_tls {
+            // Without tlsSecretRef, the certificate is the one the operator issues.
+            let r = spec.tls_secret_ref.as_ref();
+            for (file, value) in [(INBOUND_TLS_CERT, &tls.cert), (INBOUND_TLS_KEY, &tls.key)] {
+                mounts.mount(
+                    file,
+                    value.clone(),
+                    r.map(|r| secret("spec.tlsSecretRef", &r.name, file.key)),
+                );
+            }
+        }
+        if let Some(users) = &resolved.sasl_users {
+            // The relay reads them as the files of one directory, named by the users.
+            mounts.files.users = users.clone();
+            if let Some(r) = &spec.sasl_users_secret_ref {
+                for user in users.keys() {
+                    mounts.origins.insert(
+                        Mount::SaslUsers.file(user),
+                        secret("spec.saslUsersSecretRef", &r.name, user),
+                    );
+                }
+            }
+        }
+        mounts
+    }
+
+    fn mount(&mut self, file: PodFile<'a>, value: Vec<u8>, origin: Option<Origin<'a>>) {
+        self.files.files.insert(file.path(), value);
+        if let Some(origin) = origin {
+            self.origins.insert(file, origin);
+        }
+    }
+}
+
+/// What the user wrote that a mounted file comes from: the spec field of the reference, and
+/// the key of the object it names. Said as `<field>: Secret <namespace>/<name> key "<key>"`.
+struct Origin<'a> {
+    field: &'static str,
+    kind: &'static str,
+    namespace: &'a str,
+    name: &'a str,
+    key: &'a str,
+}
+
+impl fmt::Display for Origin<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Origin {
+            field,
+            kind,
+            namespace,
+            name,
+            key,
+        } = self;
+        write!(f, "{field}: {kind} {namespace}/{name} key {key:?}")
     }
 }
 
@@ -451,7 +569,7 @@ mod tests {
                 client_secret: Some(b"two words".to_vec()),
                 ..app
             },
-            "spec.relayhost.oauth2.secretRef (clientSecret)",
+            "spec.relayhost.oauth2.secretRef: Secret mail/app key \"clientSecret\" must hold one value",
         );
     }
 
@@ -540,6 +658,192 @@ mod tests {
                 CheckedSpec::new(&relay).unwrap().judge(keys()).is_ok(),
                 "{provider}"
             );
+        }
+    }
+
+    /// A refusal of the relay's rules, `(reason, message)`, of `relay` with `resolved`.
+    fn refusal(relay: &SmtpRelay, resolved: Resolved) -> (&'static str, String) {
+        match CheckedSpec::new(relay).unwrap().judge(resolved) {
+            Err(Outcome::Unresolved { reason, message }) => (reason, message),
+            Err(Outcome::InvalidSpec { message }) => ("InvalidSpec", message),
+            Err(other) => panic!("{other:?}"),
+            Ok(_) => panic!("accepted"),
+        }
+    }
+
+    /// A relay logging in with the Secret `mail/relay-creds`, its keys `user` and `pass`.
+    fn with_login(password: &[u8]) -> (SmtpRelay, Resolved) {
+        use crate::floor::inputs::RelayhostLogin;
+        let mut relay = crate::fixtures::relay("r");
+        relay.spec.relayhost.credentials_secret_ref =
+            Some(crate::floor::crd::CredentialsSecretRef {
+                name: "relay-creds".into(),
+                username_key: "user".into(),
+                password_key: "pass".into(),
+            });
+        let resolved = Resolved {
+            relayhost_login: Some(RelayhostLogin {
+                username: "relay-login".into(),
+                password: password.to_vec(),
+            }),
+            ..Resolved::default()
+        };
+        (relay, resolved)
+    }
+
+    /// A relay with the SASL users of the Secret `mail/app-users`, and a certificate for them.
+    fn with_users(users: &[(&str, &[u8])]) -> (SmtpRelay, Resolved) {
+        use crate::floor::crd::SecretRef;
+        use crate::floor::inputs::TlsPair;
+        let mut relay = crate::fixtures::relay("r");
+        relay.spec.sasl_users_secret_ref = Some(SecretRef {
+            name: "app-users".into(),
+        });
+        let resolved = Resolved {
+            sasl_users: Some(
+                users
+                    .iter()
+                    .map(|(name, password)| (name.to_string(), password.to_vec()))
+                    .collect(),
+            ),
+            inbound_tls: Some(TlsPair {
+                cert: b"cert".to_vec(),
+                key: b"key".to_vec(),
+            }),
+            ..Resolved::default()
+        };
+        (relay, resolved)
+    }
+
+    /// Issue 24: a value the relay's rules refuse is named as the user wrote it, the spec
+    /// field, the Secret and its key (`pass`, not the file `password` it becomes), and never
+    /// by the path of the file in the relay pods, which the user never wrote.
+    #[test]
+    fn a_password_that_is_not_utf8_is_named_by_its_secret_and_key() {
+        let (relay, resolved) = with_login(b"hunter2\xff");
+        let (reason, message) = refusal(&relay, resolved);
+        assert_eq!(reason, "InvalidSecretValue", "{message}");
+        assert!(
+            message.starts_with(
+                "spec.relayhost.credentialsSecretRef: Secret mail/relay-creds key \"pass\" is not UTF-8 text; store it as UTF-8"
+            ),
+            "{message}"
+        );
+        assert!(!message.contains("/etc/smtp-relay"), "{message}");
+        assert!(!message.contains("hunter2"), "{message}");
+    }
+
+    /// The same for a SASL user's password: its key is the user's name.
+    #[test]
+    fn a_sasl_password_that_is_not_utf8_is_named_by_its_secret_and_key() {
+        let (relay, resolved) = with_users(&[("app", b"pw-of-app"), ("billing", b"hunter2\xfe")]);
+        let (reason, message) = refusal(&relay, resolved);
+        assert_eq!(reason, "InvalidSecretValue", "{message}");
+        assert!(
+            message.starts_with(
+                "spec.saslUsersSecretRef: Secret mail/app-users key \"billing\" is not UTF-8 text; store it as UTF-8"
+            ),
+            "{message}"
+        );
+        assert!(!message.contains("/etc/smtp-relay"), "{message}");
+        assert!(!message.contains("hunter2"), "{message}");
+    }
+
+    /// Every refusal of a mounted file's content names the reference, never the file in the
+    /// pods, and says nothing of the value: not UTF-8, not one value, not a service account key.
+    #[test]
+    fn refusals_of_secret_values_name_the_reference_and_never_the_value() {
+        use crate::floor::inputs::OAuth2Keys;
+        const MARKER: &str = "FAKE-SECRET-MARKER-Hq4v9";
+        let oauth2 = |provider: serde_json::Value, keys: OAuth2Keys| {
+            let mut relay = crate::fixtures::relay("r");
+            relay.spec.relayhost.oauth2 = Some(serde_json::from_value(provider).unwrap());
+            let resolved = Resolved {
+                relayhost_oauth2: Some(keys),
+                ..Resolved::default()
+            };
+            (relay, resolved)
+        };
+        let microsoft = || {
+            serde_json::json!({"provider": "Microsoft365", "tenant": "contoso.onmicrosoft.com",
+                "user": "sender@contoso.com", "secretRef": {"name": "app"}})
+        };
+        let google = serde_json::json!({"provider": "Google", "user": "sender@contoso.com",
+            "secretRef": {"name": "google-key"}});
+        let key = format!(
+            r#"{{"client_email": "relay@fake.iam", "private_key": "-----BEGIN PRIVATE KEY-----\n{MARKER}\n-----END PRIVATE KEY-----\n"}}"#
+        );
+        let cases = [
+            {
+                let (relay, resolved) = with_login(&[MARKER.as_bytes(), b"\xff"].concat());
+                (
+                    relay,
+                    resolved,
+                    "spec.relayhost.credentialsSecretRef: Secret mail/relay-creds key \"pass\" is not UTF-8 text",
+                )
+            },
+            {
+                let (relay, resolved) =
+                    with_users(&[("app", &[MARKER.as_bytes(), b"\xc3"].concat())]);
+                (
+                    relay,
+                    resolved,
+                    "spec.saslUsersSecretRef: Secret mail/app-users key \"app\" is not UTF-8 text",
+                )
+            },
+            {
+                let (relay, resolved) = oauth2(
+                    microsoft(),
+                    OAuth2Keys {
+                        client_id: Some(b"app-id".to_vec()),
+                        client_secret: Some(format!("two {MARKER}").into_bytes()),
+                        ..OAuth2Keys::default()
+                    },
+                );
+                (
+                    relay,
+                    resolved,
+                    "spec.relayhost.oauth2.secretRef: Secret mail/app key \"clientSecret\" must hold one value without spaces or line breaks",
+                )
+            },
+            {
+                let (relay, resolved) = oauth2(
+                    microsoft(),
+                    OAuth2Keys {
+                        client_id: Some([MARKER.as_bytes(), b"\xff"].concat()),
+                        client_secret: Some(b"s3cret".to_vec()),
+                        ..OAuth2Keys::default()
+                    },
+                );
+                (
+                    relay,
+                    resolved,
+                    "spec.relayhost.oauth2.secretRef: Secret mail/app key \"clientId\" is not UTF-8 text",
+                )
+            },
+            {
+                // A key stored JSON-encoded a second time, as a string.
+                let (relay, resolved) = oauth2(
+                    google,
+                    OAuth2Keys {
+                        service_account: Some(serde_json::to_string(&key).unwrap().into_bytes()),
+                        ..OAuth2Keys::default()
+                    },
+                );
+                (
+                    relay,
+                    resolved,
+                    "spec.relayhost.oauth2.secretRef: Secret mail/google-key key \"serviceAccount.json\" is not a service account key",
+                )
+            },
+        ];
+        for (relay, resolved, says) in cases {
+            let (reason, message) = refusal(&relay, resolved);
+            assert_eq!(reason, "InvalidSecretValue", "{message}");
+            assert!(message.starts_with(says), "{says:?} in: {message}");
+            assert!(!message.contains("/etc/smtp-relay"), "{message}");
+            assert!(!message.contains(MARKER), "{message}");
+            assert!(!message.contains("relay@fake"), "{message}");
         }
     }
 

@@ -7,8 +7,8 @@ use smtp_relay::config_file::{InboundTlsFile, OAuth2File, RelayConfigFile, Relay
 use smtp_relay::settings::TlsMinVersion;
 
 use crate::floor::contract::{
-    Names, CA_KEY, PASSWORD_KEY, PROXY_PROTOCOL_PORT, RELAYHOST_DIR, SASL_USERS_DIR, TLS_DIR,
-    USERNAME_KEY,
+    Mount, Names, INBOUND_TLS_CERT, INBOUND_TLS_KEY, PROXY_PROTOCOL_PORT, RELAYHOST_CA,
+    RELAYHOST_PASSWORD, RELAYHOST_USERNAME,
 };
 use kube::ResourceExt;
 
@@ -16,16 +16,11 @@ use crate::floor::contract::{OAuth2Key, CLIENT_ID, CLIENT_SECRET, REFRESH_TOKEN,
 use crate::floor::crd::{OAuth2Provider, OAuth2Spec, SmtpRelay, SmtpRelaySpec};
 use crate::floor::inputs::{OAuth2Keys, Resolved};
 
-fn file(dir: &str, key: &str) -> PathBuf {
-    PathBuf::from(format!("{dir}/{key}"))
-}
-
 /// The OAuth2 login as the relay reads it: the provider's endpoint and scope, and a file for
 /// each key of the Secret.
 fn oauth2_file(relay: &str, o: &OAuth2Spec, keys: &OAuth2Keys) -> OAuth2File {
-    let path = |value: &Option<Vec<u8>>, key: OAuth2Key| {
-        value.as_ref().map(|_| file(RELAYHOST_DIR, key.file))
-    };
+    let path =
+        |value: &Option<Vec<u8>>, key: OAuth2Key| value.as_ref().map(|_| key.pod_file().path());
     OAuth2File {
         user: o.user.clone(),
         token_endpoint: o.token_endpoint(),
@@ -48,17 +43,14 @@ pub fn relay_config_file(relay: &SmtpRelay, resolved: &Resolved) -> RelayConfigF
         port: u16::try_from(spec.relayhost.port).unwrap_or(25),
         mx_lookup: spec.relayhost.mx_lookup,
         implicit_tls: spec.relayhost.implicit_tls,
-        username_file: login.then(|| file(RELAYHOST_DIR, USERNAME_KEY)),
-        password_file: login.then(|| file(RELAYHOST_DIR, PASSWORD_KEY)),
+        username_file: login.then(|| RELAYHOST_USERNAME.path()),
+        password_file: login.then(|| RELAYHOST_PASSWORD.path()),
         tls_level: spec
             .relayhost
             .tls
             .as_ref()
             .and_then(|t| t.level.map(Into::into)),
-        tls_ca_file: resolved
-            .relayhost_ca
-            .is_some()
-            .then(|| file(RELAYHOST_DIR, CA_KEY)),
+        tls_ca_file: resolved.relayhost_ca.is_some().then(|| RELAYHOST_CA.path()),
         oauth2: spec
             .relayhost
             .oauth2
@@ -84,10 +76,10 @@ pub fn relay_config_file(relay: &SmtpRelay, resolved: &Resolved) -> RelayConfigF
         sasl_users_dir: resolved
             .sasl_users
             .is_some()
-            .then(|| PathBuf::from(SASL_USERS_DIR)),
+            .then(|| PathBuf::from(Mount::SaslUsers.dir())),
         inbound_tls: resolved.inbound_tls.as_ref().map(|_| InboundTlsFile {
-            cert_file: file(TLS_DIR, "tls.crt"),
-            key_file: file(TLS_DIR, "tls.key"),
+            cert_file: INBOUND_TLS_CERT.path(),
+            key_file: INBOUND_TLS_KEY.path(),
         }),
         inbound_tls_min_version: inbound_tls_min_version(spec, resolved),
         proxy_protocol_port: spec
