@@ -10,11 +10,10 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Client, Resource, ResourceExt};
 use tracing::{debug, warn};
 
-use crate::floor::contract::BuildOptions;
-use crate::floor::contract::MANAGER;
+use crate::floor::contract::{BuildOptions, MANAGER};
 use crate::floor::crd::SmtpRelay;
+use crate::observe::fingerprint::{Memory, Stores};
 use crate::runtime::metrics::Metrics;
-use crate::watch::fingerprint::{Memory, Stores};
 
 /// Shared state of the reconciles.
 pub struct Context {

@@ -17,38 +17,27 @@ use tracing::warn;
 
 use crate::context::Context;
 use crate::floor::contract::BuildOptions;
-use crate::floor::crd::find_condition;
-use crate::floor::crd::SmtpRelay;
-use crate::floor::running::Drain;
-use crate::floor::running::Rollout;
-use crate::floor::verdict::Desired;
-use crate::floor::verdict::Outcome;
+use crate::floor::crd::{find_condition, SmtpRelay};
+use crate::floor::error::{Error, Result};
+use crate::floor::running::{Drain, Rollout};
+use crate::floor::verdict::{Applying, Outcome, Plan};
 use crate::runtime::metrics::ReconcileOutcome;
-use crate::steps::apply::storage_change;
-use crate::steps::apply::{apply_all, prune_secrets};
-use crate::steps::build;
-use crate::steps::deletion;
-use crate::steps::drain;
-use crate::steps::report;
+use crate::steps::apply::{apply_all, prune_secrets, storage_change};
 use crate::steps::report::events::truncate;
 use crate::steps::report::status;
 use crate::steps::resolve::{self, RefSource};
-use crate::{Error, Result};
+use crate::steps::{build, deletion, drain, report};
 
 /// Validates, resolves and builds; user errors become an [`Outcome`], API errors an `Err`.
-pub async fn plan(
-    relay: &SmtpRelay,
-    src: &impl RefSource,
-    opts: &BuildOptions,
-) -> Result<std::result::Result<Desired, Outcome>> {
+pub async fn plan(relay: &SmtpRelay, src: &impl RefSource, opts: &BuildOptions) -> Result<Plan> {
     let checked = match crate::steps::judge::CheckedSpec::new(relay) {
         Ok(checked) => checked,
-        Err(outcome) => return Ok(Err(outcome)),
+        Err(outcome) => return Ok(Plan::Report(outcome)),
     };
     let mut resolved = match resolve::resolve(relay, src).await {
         Ok(r) => r,
         Err(e) if e.is_user_error() => {
-            return Ok(Err(Outcome::Unresolved {
+            return Ok(Plan::Report(Outcome::Unresolved {
                 reason: e.reason(),
                 message: e.to_string(),
             }))
@@ -64,15 +53,15 @@ pub async fn plan(
     // What the pods will read, judged by the relay's own rules before anything is written.
     let validated = match checked.judge(resolved) {
         Ok(validated) => validated,
-        Err(outcome) => return Ok(Err(outcome)),
+        Err(outcome) => return Ok(Plan::Report(outcome)),
     };
     let hash_key = resolve::config_hash_key(relay, src).await?;
     match build::build(&validated, &hash_key, opts) {
-        Ok(d) => Ok(Ok(Desired {
+        Ok(applying) => Ok(Plan::Apply(Box::new(Applying {
             certificate_issued,
-            ..d
-        })),
-        Err(Error::InvalidSpec(message)) => Ok(Err(Outcome::InvalidSpec { message })),
+            ..applying
+        }))),
+        Err(Error::InvalidSpec(message)) => Ok(Plan::Report(Outcome::InvalidSpec { message })),
         Err(e) => Err(e),
     }
 }
@@ -103,12 +92,18 @@ pub async fn reconcile(relay: Arc<SmtpRelay>, ctx: Arc<Context>) -> Result<Actio
     // 3. Drain: replicas being scaled away deliver their queues before the StatefulSet lets
     //    them go.
     let (planned, drain) = match planned {
-        Ok(mut desired) => {
-            let drain =
-                drain::step(&ctx.client, &relay, live.as_ref(), &pods, &mut desired).await?;
-            (Ok(desired), drain)
+        Plan::Apply(mut applying) => {
+            let drain = drain::step(
+                &ctx.client,
+                &relay,
+                live.as_ref(),
+                &pods,
+                &mut applying.desired,
+            )
+            .await?;
+            (Plan::Apply(applying), drain)
         }
-        Err(outcome) => (Err(outcome), Drain::None),
+        report => (report, Drain::None),
     };
     // 4. Apply what changed and prune what is no longer wanted; or leave everything running.
     let (outcome, sts) = apply_planned(&relay, &ctx, planned, live).await?;
@@ -158,11 +153,11 @@ async fn plan_against(
     relay: &SmtpRelay,
     ctx: &Context,
     live: Option<&StatefulSet>,
-) -> Result<std::result::Result<Desired, Outcome>> {
+) -> Result<Plan> {
     let planned = plan(relay, &ctx.client, &ctx.opts).await?;
-    if let (Ok(desired), Some(live)) = (&planned, live) {
-        if let Some(message) = storage_change(&desired.stateful_set, live) {
-            return Ok(Err(Outcome::InvalidSpec { message }));
+    if let (Plan::Apply(applying), Some(live)) = (&planned, live) {
+        if let Some(message) = storage_change(&applying.desired.stateful_set, live) {
+            return Ok(Plan::Report(Outcome::InvalidSpec { message }));
         }
     }
     Ok(planned)
@@ -181,19 +176,26 @@ fn target_replicas(relay: &SmtpRelay, drain: &Drain) -> i32 {
 async fn apply_planned(
     relay: &SmtpRelay,
     ctx: &Context,
-    planned: std::result::Result<Desired, Outcome>,
+    planned: Plan,
     live: Option<StatefulSet>,
 ) -> Result<(Outcome, Option<StatefulSet>)> {
     let client = &ctx.client;
     let applied = match planned {
-        Ok(desired) => match apply_all(client, ctx.stores.as_ref(), relay, &desired).await? {
-            Ok(sts) => Ok((desired, sts)),
-            Err(conflict) => Err(conflict),
-        },
-        Err(outcome) => Err(outcome),
+        Plan::Apply(applying) => {
+            match apply_all(client, ctx.stores.as_ref(), relay, &applying.desired).await? {
+                Ok(sts) => Ok((applying, sts)),
+                Err(conflict) => Err(conflict),
+            }
+        }
+        Plan::Report(outcome) => Err(outcome),
     };
     match applied {
-        Ok((desired, sts)) => {
+        Ok((applying, sts)) => {
+            let Applying {
+                desired,
+                config_hash,
+                certificate_issued,
+            } = *applying;
             let target = sts
                 .spec
                 .as_ref()
@@ -202,7 +204,7 @@ async fn apply_planned(
             let rollout = Rollout::from_stateful_set(Some(&sts), target);
             prune_secrets(client, relay, ctx.stores.as_ref(), &desired, rollout).await?;
             crate::steps::writeback::step(relay, ctx, &desired).await?;
-            if let Some(note) = &desired.certificate_issued {
+            if let Some(note) = &certificate_issued {
                 let ev = Event {
                     type_: EventType::Normal,
                     reason: "CertificateIssued".into(),
@@ -212,9 +214,7 @@ async fn apply_planned(
                 };
                 ctx.publish_or_log(&ev, relay).await;
             }
-            let outcome = Outcome::Applied {
-                config_hash: desired.config_hash.clone(),
-            };
+            let outcome = Outcome::Applied { config_hash };
             Ok((outcome, Some(sts)))
         }
         Err(outcome) => {
@@ -290,17 +290,22 @@ mod tests {
     use crate::floor::crd::READY;
     use crate::floor::inputs::Resolved;
     use crate::floor::running::PodProblem;
+    use crate::floor::verdict::Desired;
     use crate::steps::apply::{apply_error, drifted_field};
     use crate::steps::report::events::events_for;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-    fn desired(r: &SmtpRelay) -> Desired {
+    fn applying(r: &SmtpRelay) -> Applying {
         build::build(
             &validated(r, Resolved::default()),
             &hash_key(),
             &BuildOptions::default(),
         )
         .expect("builds")
+    }
+
+    fn desired(r: &SmtpRelay) -> Desired {
+        applying(r).desired
     }
 
     #[test]
@@ -391,11 +396,13 @@ mod tests {
     /// `r1` as the operator last applied it (its status says so), and what it applied.
     fn as_applied() -> (SmtpRelay, Desired) {
         let mut r = relay("r1");
-        let desired = desired(&r);
+        let Applying {
+            desired,
+            config_hash,
+            ..
+        } = applying(&r);
         let sts: StatefulSet = serde_json::from_value(live_sts(&desired)).expect("sts");
-        let outcome = Outcome::Applied {
-            config_hash: desired.config_hash.clone(),
-        };
+        let outcome = Outcome::Applied { config_hash };
         r.status = Some(status::compute(
             &r,
             &outcome,
@@ -649,17 +656,20 @@ mod tests {
         let opts = BuildOptions::default();
         let base = build::build(&validated(&r, Resolved::default()), &hash_key(), &opts)
             .expect("builds")
+            .desired
             .stateful_set;
         let mut same = r.clone();
         same.spec.storage.size = "1024Mi".into();
         let same = build::build(&validated(&same, Resolved::default()), &hash_key(), &opts)
             .expect("builds")
+            .desired
             .stateful_set;
         assert_eq!(storage_change(&same, &base), None);
         let mut bigger = r.clone();
         bigger.spec.storage.size = "2Gi".into();
         let bigger = build::build(&validated(&bigger, Resolved::default()), &hash_key(), &opts)
             .expect("builds")
+            .desired
             .stateful_set;
         let msg = storage_change(&bigger, &base).expect("refused");
         assert!(msg.contains("spec.storage") && msg.contains("1Gi"));
@@ -667,6 +677,7 @@ mod tests {
         class.spec.storage.storage_class_name = Some("fast".into());
         let class = build::build(&validated(&class, Resolved::default()), &hash_key(), &opts)
             .expect("builds")
+            .desired
             .stateful_set;
         assert!(storage_change(&class, &base).is_some());
     }

@@ -37,8 +37,8 @@ fn unwrap_descriptions(v: &mut serde_json::Value) {
 }
 
 /// The CustomResourceDefinition of `SmtpRelay`, as a YAML document.
-pub fn crd_yaml() -> crate::Result<String> {
-    let ser = |e: &dyn std::fmt::Display| crate::Error::Serialization(e.to_string());
+pub fn crd_yaml() -> crate::floor::error::Result<String> {
+    let ser = |e: &dyn std::fmt::Display| crate::floor::error::Error::Serialization(e.to_string());
     let mut crd = serde_json::to_value(SmtpRelay::crd()).map_err(|e| ser(&e))?;
     unwrap_descriptions(&mut crd);
     let body = serde_yaml::to_string(&crd).map_err(|e| ser(&e))?;

@@ -22,17 +22,16 @@ use serde_json::{json, Value};
 
 use crate::context::Context;
 use crate::controller::reconcile;
-use crate::floor::contract::BuildOptions;
-use crate::floor::contract::APPLIED_HASH_ANNOTATION;
+use crate::floor::contract::{BuildOptions, APPLIED_HASH_ANNOTATION};
 use crate::floor::crd::{SmtpRelay, SmtpRelaySpec};
+use crate::floor::error::Result;
 use crate::floor::inputs::{HashKey, HASH_KEY_LEN};
 use crate::floor::verdict::Desired;
+use crate::observe::fingerprint::Stores;
 use crate::runtime::metrics::Metrics;
 use crate::steps::apply::Owned;
 use crate::steps::build::hash::object_hash;
 use crate::steps::judge::Validated;
-use crate::watch::fingerprint::Stores;
-use crate::Result;
 
 /// `relay` with `resolved`, through the validation every built relay goes through.
 pub fn validated(relay: &SmtpRelay, resolved: crate::floor::inputs::Resolved) -> Validated<'_> {
@@ -93,11 +92,10 @@ pub fn live<K: Owned>(obj: &K) -> Value {
 
 /// The path of a namespaced object in `mail`.
 pub fn path(kind: &str, name: &str) -> String {
-    let group = match kind {
-        "statefulsets" => "/apis/apps/v1",
-        "poddisruptionbudgets" => "/apis/policy/v1",
-        "smtprelays" => "/apis/smtprelay.dev/v1alpha1",
-        _ => "/api/v1",
+    let group = match crate::floor::owned::OwnedKind::from_plural(kind) {
+        Some(owned) => owned.api_path(),
+        None if kind == "smtprelays" => "/apis/smtprelay.dev/v1alpha1",
+        None => "/api/v1",
     };
     format!("{group}/namespaces/mail/{kind}/{name}")
 }

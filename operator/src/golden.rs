@@ -16,10 +16,10 @@ use crate::floor::contract::BuildOptions;
 use crate::floor::crd::SmtpRelay;
 use crate::floor::inputs::TlsPair;
 use crate::floor::verdict::Desired;
+use crate::observe::mapping::referenced_secrets;
 use crate::steps::build;
 use crate::steps::resolve::fake::FakeRefs;
 use crate::steps::resolve::resolve;
-use crate::watch::mapping::referenced_secrets;
 
 fn examples_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/smtp-relay-operator/examples")
@@ -107,8 +107,6 @@ fn children(d: &Desired) -> Vec<(String, Value)> {
         oauth2_sharing,
         pdb,
         drain_guard,
-        config_hash: _,
-        certificate_issued: _,
     } = d;
     let mut out = vec![doc(config_map), secret(hash_key_secret)];
     out.extend(drain_guard.iter().map(doc));
@@ -161,7 +159,8 @@ fn every_child_of_every_example() {
             &fixtures::hash_key(),
             &BuildOptions::default(),
         )
-        .unwrap_or_else(|e| panic!("{stem}: {e}"));
+        .unwrap_or_else(|e| panic!("{stem}: {e}"))
+        .desired;
         let dir = golden.join(&stem);
         if update {
             let _ = std::fs::remove_dir_all(&dir);

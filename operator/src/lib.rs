@@ -2,9 +2,10 @@
 //! relay (ConfigMap, owned Secrets, StatefulSet, Services, PodDisruptionBudget).
 //!
 //! # The reconcile, from the CRD to `main.cf`
-//! [`watch`] runs the controller: its watches and caches decide when a relay is looked at,
+//! [`watch`] runs the controller: its watches (and [`observe`], their caches) decide when a
+//! relay is looked at,
 //! and [`controller::reconcile`] (the driver) calls the steps in [`steps`], in this order:
-//! 0. unchanged: [`watch::fingerprint`] hashes what the reconcile would read, from the
+//! 0. unchanged: [`observe::fingerprint`] hashes what the reconcile would read, from the
 //!    watches' caches; when nothing changed, no request is made;
 //! 1. read what runs: the StatefulSet and its pods (a relay being deleted goes to
 //!    [`steps::deletion`], which drains it before its volumes go);
@@ -40,7 +41,7 @@
 //!
 //! **One child kind, end to end** (the PodDisruptionBudget): [`steps::build::pdb`] builds it
 //! and a field of [`floor::verdict::Desired`] carries it; [`steps::apply`] applies and prunes
-//! it (its `Owned` impl); [`watch`] watches it and [`watch::fingerprint`] caches it; the
+//! it (its `Owned` impl); [`watch`] watches it and [`observe::fingerprint`] caches it; the
 //! chart's RBAC (`charts/smtp-relay-operator/templates`, held by `e2e/tests/chart.rs`) grants
 //! it, and `e2e/tests/operator_lifecycle.rs` lists it among the kinds the operator writes.
 //!
@@ -51,20 +52,23 @@
 //!
 //! | floor | kind | modules | what they are |
 //! |---|---|---|---|
-//! | 1 | pure | `floor::crd`, `floor::error` | the resource types; the errors |
-//! | 2 | pure | `floor::contract` | the relay pod's contract |
-//! | 3 | pure | `floor::inputs`, `floor::running`, `floor::verdict` | what was read, what runs, the verdict |
-//! | 4 | pure | `steps::certificate`, `steps::judge::relay_config`, `steps::report::status`, `watch::mapping`, `crdgen` | first derivations |
-//! | 5 | pure | `steps::judge`, `steps::build::*`, `steps::report::events` | judge, builders, Events |
-//! | 6 | pure | `steps::build` | the children of a relay |
-//! | 7 | api | `runtime::backoff`, `runtime::leader`, `runtime::metrics`, `runtime::shutdown`, `runtime::telemetry`, `watch::scrape` | the process's parts; reading a pod's queue |
-//! | 8 | api | `runtime::http`, `watch::fingerprint` | endpoints; the watches' caches |
-//! | 9 | api | `context` | what the reconciles share |
-//! | 10 | api | `steps::resolve`, `steps::apply`, `steps::report` | steps that read or write |
-//! | 11 | api | `steps::writeback`, `steps::drain` | |
-//! | 12 | api | `steps::deletion`, `watch::queue` | |
-//! | 13 | api | `controller` | the driver |
-//! | 14 | api | `watch`, `runtime` | the controller's run; the process |
+//! | 1 | pure | `floor::error` | the errors |
+//! | 2 | pure | `floor::crd` | the resource types |
+//! | 3 | pure | `floor::contract`, `floor::owned` | the relay pod's contract; the kinds it owns |
+//! | 4 | pure | `floor::inputs`, `floor::running`, `floor::verdict` | what was read, what runs, the verdict |
+//! | 5 | api | `runtime::backoff`, `runtime::leader`, `runtime::metrics`, `runtime::shutdown`, `runtime::telemetry`, `crdgen` | the process's parts |
+//! | 5 | pure | `observe::mapping`, `observe::scrape` | which relays an object concerns; a pod's queue |
+//! | 6 | api | `runtime::http` | the process's endpoints |
+//! | 6 | pure | `observe::fingerprint` | the watches' caches, and what changed |
+//! | 7 | api | `runtime`, `context` | the process; what the reconciles share |
+//! | 8 | pure | `steps::certificate`, `steps::judge::relay_config`, `steps::report::status` | first derivations |
+//! | 9 | pure | `steps::judge`, `steps::build::*`, `steps::report::events` | the judge, the builders, the Events |
+//! | 10 | pure | `steps::build` | the children of a relay |
+//! | 11 | api | `steps::resolve`, `steps::apply`, `steps::report` | steps that read or write |
+//! | 12 | api | `steps::writeback`, `steps::drain` | steps over what was applied |
+//! | 13 | api | `steps::deletion`, `watch::queue` | the drain on deletion; the queue observer |
+//! | 14 | api | `controller` | the driver |
+//! | 15 | api | `watch` | the controller's watches and run |
 //!
 //! Tests (`fixtures`, `golden`, `parity` and every `mod tests`) may reach any floor.
 
@@ -76,10 +80,9 @@ mod fixtures;
 pub mod floor;
 #[cfg(test)]
 mod golden;
+pub mod observe;
 #[cfg(test)]
 mod parity;
 pub mod runtime;
 pub mod steps;
 pub mod watch;
-
-pub use floor::error::{Error, Result};

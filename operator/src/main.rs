@@ -3,14 +3,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use smtp_relay_operator::crdgen;
 use smtp_relay_operator::floor::contract::BuildOptions;
 use smtp_relay_operator::floor::contract::DEFAULT_RELAY_IMAGE;
+use smtp_relay_operator::floor::error::Error;
 use smtp_relay_operator::runtime::metrics::{self, Metrics};
 use smtp_relay_operator::runtime::shutdown;
 use smtp_relay_operator::runtime::telemetry::{self, LogFormat};
 use smtp_relay_operator::runtime::{LeaseConfig, Runtime};
 use smtp_relay_operator::watch::{self, RunConfig};
-use smtp_relay_operator::{crdgen, Error};
 use tracing::{error, info};
 
 #[global_allocator]

@@ -42,7 +42,7 @@ fn sasl_proxy_is_valid_and_references_its_secrets() {
         Some(smtp_relay_operator::floor::crd::RelayMode::AllowSaslAuthNoDomain)
     );
     assert_eq!(
-        smtp_relay_operator::watch::mapping::referenced_secrets(spec),
+        smtp_relay_operator::observe::mapping::referenced_secrets(spec),
         ["smtp-relay-auth-login", "smtp-relay-auth-users"]
     );
     assert_eq!(spec.postconf["compatibility_level"], "2");

@@ -4,12 +4,13 @@
 //! configuration's paths and the judge all read it from here.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::{Resource, ResourceExt};
 
 use crate::floor::crd::SmtpRelay;
-use crate::{Error, Result};
+use crate::floor::error::{Error, Result};
 
 /// Image used when neither `spec.image` nor `--relay-image` says otherwise.
 pub const DEFAULT_RELAY_IMAGE: &str = concat!(
@@ -40,7 +41,10 @@ pub const METRICS_PORT: i32 = 9154;
 pub const USERNAME_KEY: &str = "username";
 pub const PASSWORD_KEY: &str = "password";
 pub const CA_KEY: &str = "ca.crt";
-/// Key of the owned `<name>-hash-key` Secret holding the relay's [`hash::HashKey`].
+/// Keys of the owned TLS Secret (those of a `kubernetes.io/tls` Secret).
+pub const TLS_CRT_KEY: &str = "tls.crt";
+pub const TLS_KEY_KEY: &str = "tls.key";
+/// Key of the owned `<name>-hash-key` Secret holding the relay's [`HashKey`](crate::floor::inputs::HashKey).
 pub const HASH_KEY_KEY: &str = "config-hash-key";
 
 /// Names of the owned objects.
@@ -66,7 +70,7 @@ impl Names {
     pub fn headless_service(relay: &str) -> String {
         format!("{relay}-headless")
     }
-    /// Where the pods share a rotated OAuth2 refresh token ([`oauth2`]).
+    /// Where the pods share a rotated OAuth2 refresh token (`steps::build::oauth2`).
     pub fn oauth2_token_secret(relay: &str) -> String {
         format!("{relay}-oauth2-token")
     }
@@ -75,7 +79,7 @@ impl Names {
         format!("{relay}-oauth2")
     }
     /// With `whenDeleted: Delete`, the ConfigMap that keeps the relay's children from the
-    /// garbage collector while its queues drain on deletion ([`configmap::drain_guard`]).
+    /// garbage collector while its queues drain on deletion (`steps::build::configmap::drain_guard`).
     pub fn drain_guard(relay: &str) -> String {
         format!("{relay}-drain-guard")
     }
@@ -94,6 +98,103 @@ impl Names {
             Self::oauth2_token_secret(relay),
             Self::oauth2_identity(relay),
         ]
+    }
+}
+
+/// A directory of the relay pods where an owned Secret is mounted whole (never by subPath:
+/// the kubelet then updates the files in place, and the relay reloads them): each key of the
+/// Secret is a file of the directory, named like the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Mount {
+    /// `<name>-relayhost`: the relayhost login, its OAuth2 keys, its CA bundle.
+    Relayhost,
+    /// `<name>-sasl-users`: one file per SASL user, named by the user, holding the password.
+    SaslUsers,
+    /// `<name>-tls`: the certificate and key offered to clients.
+    Tls,
+}
+
+impl Mount {
+    pub const ALL: [Mount; 3] = [Mount::Relayhost, Mount::SaslUsers, Mount::Tls];
+
+    /// Where it is mounted in the relay pods.
+    pub const fn dir(self) -> &'static str {
+        match self {
+            Mount::Relayhost => RELAYHOST_DIR,
+            Mount::SaslUsers => SASL_USERS_DIR,
+            Mount::Tls => TLS_DIR,
+        }
+    }
+
+    /// The name of its volume in the relay pods.
+    pub const fn volume(self) -> &'static str {
+        match self {
+            Mount::Relayhost => "relayhost",
+            Mount::SaslUsers => "sasl-users",
+            Mount::Tls => "tls",
+        }
+    }
+
+    /// The owned Secret mounted there.
+    pub fn secret_name(self, relay: &str) -> String {
+        match self {
+            Mount::Relayhost => Names::relayhost_secret(relay),
+            Mount::SaslUsers => Names::sasl_users_secret(relay),
+            Mount::Tls => Names::tls_secret(relay),
+        }
+    }
+
+    /// The file of the key `key` of its Secret.
+    pub const fn file(self, key: &str) -> PodFile<'_> {
+        PodFile { mount: self, key }
+    }
+}
+
+/// A file of the relay pods: the key `key` of the owned Secret mounted at `mount`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PodFile<'a> {
+    pub mount: Mount,
+    pub key: &'a str,
+}
+
+impl PodFile<'_> {
+    /// Its path in the relay pods, as the relay's config file names it.
+    pub fn path(&self) -> PathBuf {
+        Path::new(self.mount.dir()).join(self.key)
+    }
+}
+
+pub const RELAYHOST_USERNAME: PodFile<'static> = Mount::Relayhost.file(USERNAME_KEY);
+pub const RELAYHOST_PASSWORD: PodFile<'static> = Mount::Relayhost.file(PASSWORD_KEY);
+pub const RELAYHOST_CA: PodFile<'static> = Mount::Relayhost.file(CA_KEY);
+pub const INBOUND_TLS_CERT: PodFile<'static> = Mount::Tls.file(TLS_CRT_KEY);
+pub const INBOUND_TLS_KEY: PodFile<'static> = Mount::Tls.file(TLS_KEY_KEY);
+
+/// Every file of a name fixed by the contract (a SASL user's file is named by the user).
+pub const FIXED_FILES: [PodFile<'static>; 9] = [
+    RELAYHOST_USERNAME,
+    RELAYHOST_PASSWORD,
+    RELAYHOST_CA,
+    CLIENT_ID.pod_file(),
+    CLIENT_SECRET.pod_file(),
+    REFRESH_TOKEN.pod_file(),
+    SERVICE_ACCOUNT.pod_file(),
+    INBOUND_TLS_CERT,
+    INBOUND_TLS_KEY,
+];
+
+/// The file of the relay pods at `path`, if the contract has one there: one of
+/// [`FIXED_FILES`], or a SASL user's file (the kubelet's own entries, `..data` and the like,
+/// are no user's).
+pub fn file_at(path: &Path) -> Option<PodFile<'_>> {
+    let key = path.file_name()?.to_str()?;
+    let dir = path.parent()?;
+    let mount = Mount::ALL.into_iter().find(|m| Path::new(m.dir()) == dir)?;
+    match mount {
+        Mount::SaslUsers => (!key.starts_with('.')).then_some(mount.file(key)),
+        _ => FIXED_FILES
+            .into_iter()
+            .find(|f| f.mount == mount && f.key == key),
     }
 }
 
@@ -143,6 +244,13 @@ pub fn child_meta(relay: &SmtpRelay, name: String, component: &str) -> Result<Ob
 pub struct OAuth2Key {
     pub secret_key: &'static str,
     pub file: &'static str,
+}
+
+impl OAuth2Key {
+    /// The file it becomes: a key of the owned relayhost Secret.
+    pub const fn pod_file(&self) -> PodFile<'static> {
+        Mount::Relayhost.file(self.file)
+    }
 }
 
 pub const CLIENT_ID: OAuth2Key = OAuth2Key {
@@ -199,5 +307,65 @@ impl Default for BuildOptions {
         BuildOptions {
             relay_image: DEFAULT_RELAY_IMAGE.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The paths are those the relay pods have always read (the ConfigMap's `relay.yaml`
+    /// names them), and each leads back to its file.
+    #[test]
+    fn every_file_is_at_its_path_and_found_there() {
+        let paths: Vec<String> = FIXED_FILES
+            .iter()
+            .map(|f| f.path().display().to_string())
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                "/etc/smtp-relay/relayhost/username",
+                "/etc/smtp-relay/relayhost/password",
+                "/etc/smtp-relay/relayhost/ca.crt",
+                "/etc/smtp-relay/relayhost/oauth2-client-id",
+                "/etc/smtp-relay/relayhost/oauth2-client-secret",
+                "/etc/smtp-relay/relayhost/oauth2-refresh-token",
+                "/etc/smtp-relay/relayhost/oauth2-service-account.json",
+                "/etc/smtp-relay/tls/tls.crt",
+                "/etc/smtp-relay/tls/tls.key",
+            ]
+        );
+        for f in FIXED_FILES {
+            assert_eq!(file_at(&f.path()), Some(f));
+        }
+        let app = Mount::SaslUsers.file("app.two");
+        assert_eq!(app.path(), Path::new("/etc/smtp-relay/sasl-users/app.two"));
+        assert_eq!(file_at(&app.path()), Some(app));
+    }
+
+    #[test]
+    fn no_file_is_found_where_the_contract_has_none() {
+        for path in [
+            "/etc/smtp-relay/relayhost/oauth2-token",
+            "/etc/smtp-relay/relayhost",
+            "/etc/smtp-relay/tls/ca.crt",
+            "/etc/smtp-relay/sasl-users/..data",
+            "/etc/smtp-relay/sasl-users/app/password",
+            "/etc/smtp-relay/config/relay.yaml",
+            "/tmp/password",
+            "password",
+            "/",
+        ] {
+            assert_eq!(file_at(Path::new(path)), None, "{path}");
+        }
+    }
+
+    #[test]
+    fn each_mount_is_its_owned_secret() {
+        let names: Vec<String> = Mount::ALL.iter().map(|m| m.secret_name("r1")).collect();
+        assert_eq!(names, ["r1-relayhost", "r1-sasl-users", "r1-tls"]);
+        let dirs: Vec<&str> = Mount::ALL.iter().map(|m| m.dir()).collect();
+        assert_eq!(dirs, [RELAYHOST_DIR, SASL_USERS_DIR, TLS_DIR]);
     }
 }

@@ -873,9 +873,10 @@ impl SmtpRelaySpec {
 impl SmtpRelay {
     /// The relay's namespace: always set by the API server on this namespaced resource, an
     /// error (not a panic) on an object that lacks it.
-    pub fn namespace_checked(&self) -> crate::Result<String> {
-        kube::ResourceExt::namespace(self)
-            .ok_or(crate::Error::MissingObjectKey(".metadata.namespace"))
+    pub fn namespace_checked(&self) -> crate::floor::error::Result<String> {
+        kube::ResourceExt::namespace(self).ok_or(crate::floor::error::Error::MissingObjectKey(
+            ".metadata.namespace",
+        ))
     }
 }
 
@@ -934,6 +935,38 @@ pub fn find_condition<'a>(
 }
 
 pub const READY: &str = "Ready";
+
+/// What the `RelayhostLogin` condition depends on in `status.queue`: a reconcile follows a
+/// change of it (see `fingerprint`), and nothing else the queue observer writes.
+pub fn login_health(relay: &SmtpRelay) -> impl std::hash::Hash + '_ {
+    relay
+        .status
+        .as_ref()
+        .and_then(|s| s.queue.as_ref())
+        .map(|q| {
+            let token = q.relayhost_token.as_ref().map(|t| {
+                (
+                    t.failures_in_a_row > 0,
+                    t.last_error.as_deref(),
+                    t.expires_time.is_some(),
+                )
+            });
+            let pods: Vec<_> = q
+                .pods
+                .iter()
+                .map(|p| {
+                    (
+                        p.pod.as_str(),
+                        p.relayhost_login.as_deref(),
+                        p.relayhost_token
+                            .as_ref()
+                            .is_some_and(|t| t.failures_in_a_row > 0),
+                    )
+                })
+                .collect();
+            (q.relayhost_login.as_str(), token, pods)
+        })
+}
 
 #[cfg(test)]
 mod tests {

@@ -93,7 +93,7 @@ impl fmt::Debug for Resolved {
 /// Length of the per-relay [`HashKey`] in bytes.
 pub const HASH_KEY_LEN: usize = 32;
 
-/// The per-relay secret key of [`config_hash`]. It lives in the owned, never-mounted
+/// The per-relay secret key of the config hash (`steps::build::hash::config_hash`). It lives in the owned, never-mounted
 /// `<name>-hash-key` Secret; `Debug` never prints it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct HashKey([u8; HASH_KEY_LEN]);

@@ -4,5 +4,6 @@ pub mod contract;
 pub mod crd;
 pub mod error;
 pub mod inputs;
+pub mod owned;
 pub mod running;
 pub mod verdict;

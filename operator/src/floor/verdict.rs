@@ -50,14 +50,30 @@ pub struct Desired {
     /// With a delegated OAuth2 login: the Secret the pods share the refresh token through, and
     /// their ServiceAccount allowed to.
     pub oauth2_sharing: Option<Sharing>,
-    /// Not a child: the note of the Event to publish once applied, when the operator issued a
-    /// new serving certificate for this reconcile ([`crate::steps::certificate`]).
-    pub certificate_issued: Option<String>,
     pub pdb: Option<PodDisruptionBudget>,
     /// With `whenDeleted: Delete`: the drain guard, a second owner of every child but the
-    /// Services ([`configmap::drain_guard`]).
+    /// Services (`steps::build::configmap::drain_guard`).
     pub drain_guard: Option<ConfigMap>,
+}
+
+/// What a reconcile decided before writing anything: apply these children, or report why not
+/// and leave what runs as it is.
+#[derive(Debug, Clone)]
+pub enum Plan {
+    Apply(Box<Applying>),
+    Report(Outcome),
+}
+
+/// Children to apply, and what the reconcile says of them once applied.
+#[derive(Debug, Clone)]
+pub struct Applying {
+    pub desired: Desired,
+    /// The keyed hash of the configuration the pods run: their template's annotation, and
+    /// `status.configHash` once applied.
     pub config_hash: String,
+    /// The note of the Event to publish once applied, when the operator issued a new serving
+    /// certificate for this reconcile ([`crate::steps::certificate`]).
+    pub certificate_issued: Option<String>,
 }
 
 /// What sharing the refresh token takes.

@@ -28,7 +28,8 @@ use kube::{Resource, ResourceExt};
 
 use crate::floor::contract::{selector_labels, Names};
 use crate::floor::crd::{SmtpRelay, SmtpRelayStatus};
-use crate::watch::mapping::{referenced_config_maps, referenced_secrets};
+use crate::floor::owned::{OwnedKind, Watched};
+use crate::observe::mapping::{referenced_config_maps, referenced_secrets};
 
 /// How long a remembered decision holds without a full reconcile.
 pub const VALID_FOR: Duration = Duration::from_secs(6 * 3600);
@@ -108,15 +109,35 @@ pub fn pods_of(relay: &SmtpRelay, pods: &Store<Pod>) -> Vec<std::sync::Arc<Pod>>
 }
 
 impl Stores {
+    /// The resource version of `name` in the cache of `kind`; `None` when the cache does not
+    /// hold it, or the kind is not watched.
+    fn version_of(&self, kind: OwnedKind, ns: &str, name: &str) -> Option<String> {
+        match kind {
+            OwnedKind::ConfigMap => version(&self.config_maps, ns, name),
+            OwnedKind::Secret => version(&self.secrets, ns, name),
+            OwnedKind::Service => version(&self.services, ns, name),
+            OwnedKind::StatefulSet => version(&self.stateful_sets, ns, name),
+            OwnedKind::PodDisruptionBudget => version(&self.pdbs, ns, name),
+            OwnedKind::ServiceAccount | OwnedKind::Role | OwnedKind::RoleBinding => None,
+        }
+    }
+
+    /// Whether the cache of `kind` has synced (a kind that is not watched has none to wait for).
+    fn synced(&self, kind: OwnedKind) -> bool {
+        match kind {
+            OwnedKind::ConfigMap => ready(&self.config_maps),
+            OwnedKind::Secret => ready(&self.secrets),
+            OwnedKind::Service => ready(&self.services),
+            OwnedKind::StatefulSet => ready(&self.stateful_sets),
+            OwnedKind::PodDisruptionBudget => ready(&self.pdbs),
+            OwnedKind::ServiceAccount | OwnedKind::Role | OwnedKind::RoleBinding => true,
+        }
+    }
+
     /// The relay's fingerprint; `None` until every cache has synced, and for a relay being
     /// deleted.
     pub fn fingerprint(&self, relay: &SmtpRelay) -> Option<Fingerprint> {
-        let synced = ready(&self.secrets)
-            && ready(&self.config_maps)
-            && ready(&self.stateful_sets)
-            && ready(&self.services)
-            && ready(&self.pdbs)
-            && ready(&self.pods);
+        let synced = OwnedKind::ALL.into_iter().all(|k| self.synced(k)) && ready(&self.pods);
         if !synced || relay.metadata.deletion_timestamp.is_some() {
             return None;
         }
@@ -142,7 +163,7 @@ impl Stores {
             .ok()?
             .hash(&mut relay_part);
         // Of the queue, only what the RelayhostLogin condition shows.
-        crate::steps::report::status::login_health(relay).hash(&mut relay_part);
+        crate::floor::crd::login_health(relay).hash(&mut relay_part);
 
         let children = Names::all(&name);
         let mut secrets = DefaultHasher::new();
@@ -150,24 +171,23 @@ impl Stores {
             .into_iter()
             .chain(children.iter().map(String::as_str))
         {
-            (s, version(&self.secrets, &ns, s)).hash(&mut secrets);
+            (s, self.version_of(OwnedKind::Secret, &ns, s)).hash(&mut secrets);
         }
         let mut config_maps = DefaultHasher::new();
         for c in referenced_config_maps(&relay.spec)
             .into_iter()
             .chain(children.iter().map(String::as_str))
         {
-            (c, version(&self.config_maps, &ns, c)).hash(&mut config_maps);
+            (c, self.version_of(OwnedKind::ConfigMap, &ns, c)).hash(&mut config_maps);
         }
         let mut owned = DefaultHasher::new();
-        for n in &children {
-            (
-                n,
-                version(&self.stateful_sets, &ns, n),
-                version(&self.services, &ns, n),
-                version(&self.pdbs, &ns, n),
-            )
-                .hash(&mut owned);
+        for kind in OwnedKind::ALL {
+            if kind.watched() != Watched::Owned {
+                continue;
+            }
+            for n in &children {
+                (kind, n, self.version_of(kind, &ns, n)).hash(&mut owned);
+            }
         }
         let pods: Vec<(String, Option<String>)> = pods_of(relay, &self.pods)
             .iter()

@@ -87,7 +87,7 @@ impl LeaderElector {
     }
 
     /// One attempt to acquire or renew. `Ok(true)` while we hold the lease.
-    pub async fn try_acquire_or_renew(&self) -> crate::Result<bool> {
+    pub async fn try_acquire_or_renew(&self) -> crate::floor::error::Result<bool> {
         let now = jiff::Timestamp::now();
         let live = self.api.get_opt(&self.name).await?;
         let decision = decide(

@@ -21,9 +21,9 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
+use crate::floor::error::{Error, Result};
 use crate::runtime::leader::LeaderElector;
 use crate::runtime::metrics::Metrics;
-use crate::{Error, Result};
 use http::HttpState;
 
 /// The stop request: set once by a signal or by the loss of leadership.

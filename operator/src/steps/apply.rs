@@ -18,17 +18,15 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tracing::{debug, info};
 
-use crate::floor::contract::Names;
-use crate::floor::contract::APPLIED_HASH_ANNOTATION;
-use crate::floor::contract::MANAGER;
+use crate::floor::contract::{Names, APPLIED_HASH_ANNOTATION, MANAGER};
 use crate::floor::crd::SmtpRelay;
+use crate::floor::error::{Error, Result};
+use crate::floor::owned::OwnedKind;
 use crate::floor::running::Rollout;
-use crate::floor::verdict::Desired;
-use crate::floor::verdict::Outcome;
+use crate::floor::verdict::{Desired, Outcome};
+use crate::observe::fingerprint::Stores;
 use crate::steps::build::configmap::{guard_owner_ref, guards};
 use crate::steps::build::hash::object_hash;
-use crate::watch::fingerprint::Stores;
-use crate::{Error, Result};
 
 /// Objects the operator applies, and how to tell a live copy already matches.
 pub trait Owned:
@@ -41,6 +39,8 @@ pub trait Owned:
     + Sync
     + 'static
 {
+    /// Its entry in the one list of owned kinds.
+    const KIND: OwnedKind;
     /// What the applied-hash annotation covers (Secrets leave their data out: no hash of a
     /// secret value is ever written to an annotation).
     fn hash_view(&self) -> Self {
@@ -57,6 +57,7 @@ pub trait Owned:
 }
 
 impl Owned for ConfigMap {
+    const KIND: OwnedKind = OwnedKind::ConfigMap;
     fn cache(stores: &Stores) -> Option<&Store<PartialObjectMeta<Self>>> {
         Some(&stores.config_maps)
     }
@@ -65,6 +66,7 @@ impl Owned for ConfigMap {
     }
 }
 impl Owned for Service {
+    const KIND: OwnedKind = OwnedKind::Service;
     fn cache(stores: &Stores) -> Option<&Store<PartialObjectMeta<Self>>> {
         Some(&stores.services)
     }
@@ -73,6 +75,7 @@ impl Owned for Service {
     }
 }
 impl Owned for PodDisruptionBudget {
+    const KIND: OwnedKind = OwnedKind::PodDisruptionBudget;
     fn cache(stores: &Stores) -> Option<&Store<PartialObjectMeta<Self>>> {
         Some(&stores.pdbs)
     }
@@ -81,6 +84,7 @@ impl Owned for PodDisruptionBudget {
     }
 }
 impl Owned for Secret {
+    const KIND: OwnedKind = OwnedKind::Secret;
     fn cache(stores: &Stores) -> Option<&Store<PartialObjectMeta<Self>>> {
         Some(&stores.secrets)
     }
@@ -95,18 +99,23 @@ impl Owned for Secret {
         self.data.is_none() || self.data == live.data
     }
 }
-impl Owned for ServiceAccount {}
+impl Owned for ServiceAccount {
+    const KIND: OwnedKind = OwnedKind::ServiceAccount;
+}
 impl Owned for Role {
+    const KIND: OwnedKind = OwnedKind::Role;
     fn live_matches(&self, live: &Self) -> bool {
         subset_of(&self.rules, &live.rules)
     }
 }
 impl Owned for RoleBinding {
+    const KIND: OwnedKind = OwnedKind::RoleBinding;
     fn live_matches(&self, live: &Self) -> bool {
         subset_of(&self.subjects, &live.subjects)
     }
 }
 impl Owned for StatefulSet {
+    const KIND: OwnedKind = OwnedKind::StatefulSet;
     fn cache(stores: &Stores) -> Option<&Store<PartialObjectMeta<Self>>> {
         Some(&stores.stateful_sets)
     }
@@ -300,7 +309,7 @@ where
 fn known_absent<K: Owned>(stores: Option<&Stores>, ns: &str, name: &str) -> bool {
     stores
         .and_then(K::cache)
-        .is_some_and(|cache| !crate::watch::fingerprint::may_exist(cache, ns, name))
+        .is_some_and(|cache| !crate::observe::fingerprint::may_exist(cache, ns, name))
 }
 
 /// Deletes an object the relay no longer needs, if it exists and this relay controls it; one
@@ -390,8 +399,6 @@ pub(crate) async fn apply_all(
         oauth2_sharing,
         pdb,
         drain_guard,
-        config_hash: _,
-        certificate_issued: _,
     } = d;
     let mut in_the_way = Vec::new();
     let hash_key_secret = read_live(client, relay, hash_key_secret, &mut in_the_way).await?;
@@ -614,4 +621,42 @@ pub(crate) async fn prune_secrets(
         delete_owned::<Secret>(client, stores, relay, &token).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::floor::owned::Watched;
+
+    /// The one list of owned kinds and the types the operator applies agree: each kind has its
+    /// `Owned` impl, under the same names, with a cache exactly when the kind is watched.
+    #[test]
+    fn every_owned_kind_is_applied_and_cached_as_the_list_says() {
+        fn check<K: Owned>(stores: &Stores, seen: &mut Vec<OwnedKind>) {
+            assert_eq!(K::KIND.kind(), K::kind(&()).as_ref());
+            assert_eq!(K::KIND.group(), K::group(&()).as_ref());
+            assert_eq!(K::KIND.plural(), K::plural(&()).as_ref());
+            assert_eq!(
+                K::cache(stores).is_some(),
+                K::KIND.watched() != Watched::No,
+                "{:?}",
+                K::KIND
+            );
+            seen.push(K::KIND);
+        }
+        let stores = crate::fixtures::stores_with_secrets(&[]);
+        let mut seen = Vec::new();
+        check::<ConfigMap>(&stores, &mut seen);
+        check::<Secret>(&stores, &mut seen);
+        check::<Service>(&stores, &mut seen);
+        check::<StatefulSet>(&stores, &mut seen);
+        check::<PodDisruptionBudget>(&stores, &mut seen);
+        check::<ServiceAccount>(&stores, &mut seen);
+        check::<Role>(&stores, &mut seen);
+        check::<RoleBinding>(&stores, &mut seen);
+        seen.sort();
+        let mut all = OwnedKind::ALL.to_vec();
+        all.sort();
+        assert_eq!(seen, all, "a kind of the list without its Owned impl here");
+    }
 }

@@ -33,20 +33,15 @@ use kube::{Api, ResourceExt};
 use tracing::info;
 
 use crate::context::Context;
-use crate::floor::contract::ABANDON_ANNOTATION;
-use crate::floor::contract::FINALIZER;
-use crate::floor::contract::SPOOL_VOLUME;
-use crate::floor::contract::{selector_labels, Names};
-use crate::floor::crd::find_condition;
-use crate::floor::crd::SmtpRelay;
+use crate::floor::contract::{selector_labels, Names, ABANDON_ANNOTATION, FINALIZER, SPOOL_VOLUME};
+use crate::floor::crd::{find_condition, SmtpRelay};
+use crate::floor::error::Result;
 use crate::floor::running::Departing;
 use crate::steps::apply::{delete_guard, merge_patch};
 use crate::steps::build::configmap::guards;
 use crate::steps::drain;
 use crate::steps::report::events::{drain_event, truncate};
-use crate::steps::report::patch_status;
-use crate::steps::report::status;
-use crate::Result;
+use crate::steps::report::{patch_status, status};
 
 /// The finalizer the API server puts on an object deleted with propagation orphan, until the
 /// garbage collector has taken the owner references off its dependents.

@@ -21,13 +21,12 @@ use kube::{Api, ResourceExt};
 use tracing::{info, warn};
 
 use crate::floor::crd::SmtpRelay;
+use crate::floor::error::Result;
 use crate::floor::verdict::Desired;
 use crate::steps::apply::merge_patch;
-use crate::Result;
 
 use crate::floor::contract::ABANDON_ANNOTATION;
-use crate::floor::running::Departing;
-use crate::floor::running::Drain;
+use crate::floor::running::{Departing, Drain};
 pub use smtp_relay::drain::DRAIN_ANNOTATION;
 
 /// How often a relay that is draining is looked at again.
@@ -124,7 +123,7 @@ pub(crate) async fn departing(api: &Api<Pod>, pod: &Pod) -> Result<Departing> {
     Ok(Departing {
         pod: pod.name_any(),
         ready: pod_ready(pod),
-        queue: crate::watch::scrape::scrape(pod)
+        queue: crate::observe::scrape::scrape(pod)
             .await
             .inspect_err(|why| warn!(pod = %pod.name_any(), %why, "cannot read the queue of a departing replica"))
             .ok(),

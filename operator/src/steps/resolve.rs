@@ -10,19 +10,13 @@ use std::future::Future;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::{Api, Client, ResourceExt};
 
-use crate::floor::contract::CLIENT_ID;
-use crate::floor::contract::CLIENT_SECRET;
-use crate::floor::contract::ISSUED_ANNOTATION;
-use crate::floor::contract::REFRESH_TOKEN;
-use crate::floor::contract::SERVICE_ACCOUNT;
-use crate::floor::contract::{Names, HASH_KEY_KEY};
+use crate::floor::contract::{
+    Names, CLIENT_ID, CLIENT_SECRET, HASH_KEY_KEY, ISSUED_ANNOTATION, REFRESH_TOKEN,
+    SERVICE_ACCOUNT,
+};
 use crate::floor::crd::SmtpRelay;
 use crate::floor::error::ResolveError;
-use crate::floor::inputs::HashKey;
-use crate::floor::inputs::OAuth2Keys;
-use crate::floor::inputs::RelayhostLogin;
-use crate::floor::inputs::Resolved;
-use crate::floor::inputs::TlsPair;
+use crate::floor::inputs::{HashKey, OAuth2Keys, RelayhostLogin, Resolved, TlsPair};
 use crate::steps::certificate;
 
 /// Where referenced objects are read from: the API, or a map in tests.

@@ -17,12 +17,11 @@ use smtp_relay::settings::Secret as Token;
 use tracing::{debug, info, warn};
 
 use crate::context::Context;
-use crate::floor::contract::Names;
-use crate::floor::contract::REFRESH_TOKEN;
+use crate::floor::contract::{Names, REFRESH_TOKEN};
 use crate::floor::crd::SmtpRelay;
+use crate::floor::error::Result;
 use crate::floor::verdict::Desired;
 use crate::steps::resolve::trim_line_end;
-use crate::Result;
 
 /// The token to write into the user's Secret in place of `configured`, if any.
 pub fn newer_token(shared: &BTreeMap<String, Vec<u8>>, configured: &[u8]) -> Option<Token> {

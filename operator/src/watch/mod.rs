@@ -2,10 +2,7 @@
 //! (by label) and of the Secrets and ConfigMaps a relay may reference, each with its own
 //! backoff; and the controller loop's lifetime.
 
-pub mod fingerprint;
-pub mod mapping;
 pub mod queue;
-pub mod scrape;
 
 use std::fmt::Debug;
 use std::future::Future;
@@ -22,20 +19,20 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{reflector, watcher, Controller, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
-use serde::de::DeserializeOwned;
 use tracing::{debug, info, warn};
 
 use crate::context::Context;
 use crate::controller::{error_policy, reconcile};
-use crate::floor::contract::BuildOptions;
-use crate::floor::contract::MANAGED_BY_SELECTOR;
+use crate::floor::contract::{BuildOptions, MANAGED_BY_SELECTOR};
 use crate::floor::crd::SmtpRelay;
+use crate::floor::error::Result;
+use crate::floor::owned::Watched;
+use crate::observe::fingerprint::Stores;
+use crate::observe::mapping::{referenced_config_maps, referenced_secrets, relays_for};
 use crate::runtime::backoff::{watch_with_backoff, NoDelay};
 use crate::runtime::metrics::Metrics;
 use crate::runtime::shutdown::DRAIN_TIMEOUT;
-use crate::watch::fingerprint::Stores;
-use crate::watch::mapping::{referenced_config_maps, referenced_secrets, relays_for};
-use crate::Result;
+use crate::steps::apply::Owned;
 
 /// Reconciles running at once: enough to keep the API server busy, few enough that a burst
 /// (the operator starting with a thousand relays) holds a bounded amount of memory.
@@ -65,7 +62,7 @@ where
 }
 
 /// What the caches keep of an object's metadata, the rest dropped on arrival: its name,
-/// namespace and resourceVersion (all [`crate::watch::fingerprint`] reads), the references to an
+/// namespace and resourceVersion (all [`crate::observe::fingerprint`] reads), the references to an
 /// SmtpRelay owning it (the watches' triggers), and of a `pod` the `app.kubernetes.io/` labels
 /// (its relay, [`relay_of_pod`]) and its controlling StatefulSet (only the relay's own pods
 /// are scraped, [`crate::watch::queue`]). Not kept: managedFields,
@@ -104,19 +101,22 @@ fn cached_meta(meta: ObjectMeta, pod: bool) -> ObjectMeta {
     }
 }
 
-/// The metadata-only watch of one kind (an `Api<PartialObjectMeta<K>>` asks for
+/// The metadata-only watch of one owned kind (an `Api<PartialObjectMeta<K>>` asks for
 /// `PartialObjectMetadataList`: no data or spec on the wire), with its own backoff, kept in a
-/// cache (for [`crate::watch::fingerprint`]).
-fn metadata_stream<K>(
-    api: Api<PartialObjectMeta<K>>,
-    config: watcher::Config,
+/// cache (for [`crate::observe::fingerprint`]).
+fn metadata_stream<K: Owned>(
+    client: &Client,
+    ns: Option<&str>,
 ) -> (
     Store<PartialObjectMeta<K>>,
     impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static,
-)
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-{
+) {
+    // As the one list of owned kinds says: the operator's own objects, or every one.
+    let config = match K::KIND.watched() {
+        Watched::Owned => watcher::Config::default().labels(MANAGED_BY_SELECTOR),
+        Watched::All | Watched::No => watcher::Config::default(),
+    };
+    let api = api::<PartialObjectMeta<K>>(client, ns);
     let (store, writer) = reflector::store();
     let stream = watch_with_backoff(watcher(api, config))
         .modify(|o| {
@@ -192,31 +192,16 @@ pub async fn run(
             .reflect(writer)
             .applied_objects();
     let owned = watcher::Config::default().labels(MANAGED_BY_SELECTOR);
-    let (stateful_sets, sts_watch) = metadata_stream(
-        api::<PartialObjectMeta<StatefulSet>>(&client, ns),
-        owned.clone(),
-    );
-    let (services, service_watch) = metadata_stream(
-        api::<PartialObjectMeta<Service>>(&client, ns),
-        owned.clone(),
-    );
-    let (pdbs, pdb_watch) = metadata_stream(
-        api::<PartialObjectMeta<PodDisruptionBudget>>(&client, ns),
-        owned.clone(),
-    );
+    let (stateful_sets, sts_watch) = metadata_stream::<StatefulSet>(&client, ns);
+    let (services, service_watch) = metadata_stream::<Service>(&client, ns);
+    let (pdbs, pdb_watch) = metadata_stream::<PodDisruptionBudget>(&client, ns);
     let (pods, pod_watch) = pod_stream(api::<Pod>(&client, ns), owned);
     // One watch per kind covers both owned copies (via owner references) and the user's
     // referenced objects, so a rotated password or a new SASL user reconciles at once.
     // Metadata only: values are read by the reconcile, for the referenced objects alone, so no
     // Secret of the cluster is held in the operator's memory.
-    let (secrets, secret_watch) = metadata_stream(
-        api::<PartialObjectMeta<Secret>>(&client, ns),
-        watcher::Config::default(),
-    );
-    let (config_maps, config_map_watch) = metadata_stream(
-        api::<PartialObjectMeta<ConfigMap>>(&client, ns),
-        watcher::Config::default(),
-    );
+    let (secrets, secret_watch) = metadata_stream::<Secret>(&client, ns);
+    let (config_maps, config_map_watch) = metadata_stream::<ConfigMap>(&client, ns);
     let ctx = Arc::new(ctx.with_stores(Stores {
         secrets,
         config_maps,
@@ -355,7 +340,7 @@ mod tests {
             }
         );
         assert_eq!(
-            crate::watch::mapping::controlling_relay(&kept),
+            crate::observe::mapping::controlling_relay(&kept),
             Some(ObjectRef::new("mail").within("apps"))
         );
         let pod = cached_meta(meta(), true);

@@ -22,7 +22,7 @@ use tracing::{debug, warn};
 
 use crate::context::Context;
 use crate::floor::crd::{PodQueueStatus, QueueStatus, SmtpRelay, TokenStatus};
-use crate::watch::scrape::{scrape, SCRAPES_AT_ONCE};
+use crate::observe::scrape::{scrape, SCRAPES_AT_ONCE};
 
 /// How often each relay's queue is read.
 pub const INTERVAL: Duration = Duration::from_secs(30);
@@ -34,7 +34,7 @@ pub const FIRST_LOOK: Duration = Duration::from_secs(5);
 /// The pods of `relay` that run (and so have a metrics endpoint), by name: only those its
 /// StatefulSet controls, not any pod that wears its labels.
 fn running_pods(relay: &SmtpRelay, pods: &Store<Pod>) -> Vec<std::sync::Arc<Pod>> {
-    let mut of = crate::watch::fingerprint::pods_of(relay, pods);
+    let mut of = crate::observe::fingerprint::pods_of(relay, pods);
     let name = relay.name_any();
     of.retain(|p| {
         let controlled = p
@@ -251,7 +251,7 @@ async fn patch_queue(
     client: &Client,
     relay: &SmtpRelay,
     queue: Option<&QueueStatus>,
-) -> crate::Result<()> {
+) -> crate::floor::error::Result<()> {
     let ns = relay.namespace_checked()?;
     let api: Api<SmtpRelay> = Api::namespaced(client.clone(), &ns);
     let patch = Patch::Merge(queue_patch(queue));

@@ -7,10 +7,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use kube::{Resource, ResourceExt};
 use smtp_relay::config_file::RelayConfigFile;
 
-use crate::floor::contract::GUARDS_ANNOTATION;
-use crate::floor::contract::{child_meta, labels, Names, CONFIG_KEY};
+use crate::floor::contract::{child_meta, labels, Names, CONFIG_KEY, GUARDS_ANNOTATION};
 use crate::floor::crd::SmtpRelay;
-use crate::{Error, Result};
+use crate::floor::error::{Error, Result};
 
 pub fn config_map(relay: &SmtpRelay, file: &RelayConfigFile) -> Result<ConfigMap> {
     let yaml = serde_yaml::to_string(file).map_err(|e| Error::Serialization(e.to_string()))?;

@@ -10,15 +10,15 @@ pub mod service;
 pub mod statefulset;
 
 use crate::floor::contract::BuildOptions;
+use crate::floor::error::Result;
 use crate::floor::inputs::HashKey;
-use crate::floor::verdict::Desired;
+use crate::floor::verdict::{Applying, Desired};
 use crate::steps::judge::Validated;
-use crate::Result;
 
 /// Builds the desired state of a [`Validated`] relay. `hash_key` keys the config hash (see
 /// [`hash::config_hash`]); the resolver reads it back from the owned Secret, or generates it
 /// once.
-pub fn build(v: &Validated<'_>, hash_key: &HashKey, opts: &BuildOptions) -> Result<Desired> {
+pub fn build(v: &Validated<'_>, hash_key: &HashKey, opts: &BuildOptions) -> Result<Applying> {
     let (relay, resolved) = (v.relay(), v.resolved());
     let config_map = configmap::config_map(relay, v.relay_config_file())?;
     let relayhost_secret = secrets::relayhost_secret(relay, resolved)?;
@@ -47,7 +47,7 @@ pub fn build(v: &Validated<'_>, hash_key: &HashKey, opts: &BuildOptions) -> Resu
         &config_hash,
         opts,
     )?;
-    Ok(Desired {
+    let desired = Desired {
         config_map,
         hash_key_secret,
         relayhost_secret,
@@ -59,6 +59,9 @@ pub fn build(v: &Validated<'_>, hash_key: &HashKey, opts: &BuildOptions) -> Resu
         oauth2_sharing,
         pdb: pdb::pdb(relay)?,
         drain_guard: configmap::drain_guard(relay)?,
+    };
+    Ok(Applying {
+        desired,
         config_hash,
         certificate_issued: None,
     })
@@ -73,9 +76,9 @@ mod tests {
     use crate::floor::contract::CONFIG_KEY;
     use crate::floor::contract::HASH_KEY_KEY;
     use crate::floor::crd::SmtpRelay;
+    use crate::floor::error::Error;
     use crate::floor::inputs::HASH_KEY_LEN;
     use crate::floor::inputs::{RelayhostLogin, Resolved, TlsPair};
-    use crate::Error;
     use k8s_openapi::api::core::v1::ConfigMap;
     use k8s_openapi::api::core::v1::Secret;
     use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -99,7 +102,15 @@ mod tests {
         }
     }
 
+    fn hash_ok(r: &SmtpRelay, res: &Resolved) -> String {
+        applying_ok(r, res).config_hash
+    }
+
     fn build_ok(r: &SmtpRelay, res: &Resolved) -> Desired {
+        applying_ok(r, res).desired
+    }
+
+    fn applying_ok(r: &SmtpRelay, res: &Resolved) -> Applying {
         build(
             &validated(r, res.clone()),
             &hash_key(),
@@ -191,40 +202,36 @@ mod tests {
     #[test]
     fn hash_changes_with_config_and_relayhost_secret_but_not_sasl_users() {
         let r = relay("r1");
-        let base = build_ok(&r, &full_resolved()).config_hash;
+        let base = hash_ok(&r, &full_resolved());
 
         let mut users = full_resolved();
         users.sasl_users = Some(BTreeMap::from([
             ("app1".to_string(), b"other".to_vec()),
             ("app2".to_string(), b"new".to_vec()),
         ]));
-        assert_eq!(
-            build_ok(&r, &users).config_hash,
-            base,
-            "SASL users are hot-reloaded"
-        );
+        assert_eq!(hash_ok(&r, &users), base, "SASL users are hot-reloaded");
 
         let mut pw = full_resolved();
         if let Some(l) = pw.relayhost_login.as_mut() {
             l.password = b"rotated".to_vec();
         }
-        assert_ne!(build_ok(&r, &pw).config_hash, base);
+        assert_ne!(hash_ok(&r, &pw), base);
 
         let mut tls = full_resolved();
         tls.inbound_tls = Some(TlsPair {
             cert: b"CERT2".to_vec(),
             key: b"KEY".to_vec(),
         });
-        assert_ne!(build_ok(&r, &tls).config_hash, base);
+        assert_ne!(hash_ok(&r, &tls), base);
 
         let mut r2 = r.clone();
         r2.spec.domain = "example.org".into();
-        assert_ne!(build_ok(&r2, &full_resolved()).config_hash, base);
+        assert_ne!(hash_ok(&r2, &full_resolved()), base);
 
         // Status-only or pod-cosmetic changes do not roll the pods.
         let mut r3 = r.clone();
         r3.spec.replicas = 3;
-        assert_eq!(build_ok(&r3, &full_resolved()).config_hash, base);
+        assert_eq!(hash_ok(&r3, &full_resolved()), base);
     }
 
     #[test]
@@ -264,9 +271,9 @@ mod tests {
     #[test]
     fn config_hash_is_keyed_and_stable() {
         let r = relay("r1");
-        let a = build_ok(&r, &full_resolved()).config_hash;
+        let a = hash_ok(&r, &full_resolved());
         assert_eq!(
-            build_ok(&r, &full_resolved()).config_hash,
+            hash_ok(&r, &full_resolved()),
             a,
             "same inputs and key, same hash"
         );
@@ -315,7 +322,11 @@ mod tests {
 
     #[test]
     fn config_hash_lands_on_the_pod_template() {
-        let d = build_ok(&relay("r1"), &Resolved::default());
+        let Applying {
+            desired: d,
+            config_hash,
+            ..
+        } = applying_ok(&relay("r1"), &Resolved::default());
         let ann = d
             .stateful_set
             .spec
@@ -323,8 +334,8 @@ mod tests {
             .and_then(|s| s.template.metadata.as_ref())
             .and_then(|m| m.annotations.clone())
             .expect("annotations");
-        assert_eq!(ann[CONFIG_HASH_ANNOTATION], d.config_hash);
-        assert_eq!(d.config_hash.len(), 64);
+        assert_eq!(ann[CONFIG_HASH_ANNOTATION], config_hash);
+        assert_eq!(config_hash.len(), 64);
     }
 
     #[test]
@@ -357,15 +368,19 @@ mod tests {
     #[test]
     fn proxy_protocol_is_a_second_port_the_service_targets() {
         let mut r = relay("r1");
-        let plain = build_ok(&r, &Resolved::default());
+        let plain = applying_ok(&r, &Resolved::default());
         let smtp = |d: &Desired| d.service.spec.clone().unwrap().ports.unwrap()[0].clone();
         assert_eq!(
-            smtp(&plain).target_port,
+            smtp(&plain.desired).target_port,
             Some(IntOrString::String("smtp".into()))
         );
         r.spec.service.type_ = crate::floor::crd::ServiceType::LoadBalancer;
         r.spec.service.proxy_protocol = true;
-        let d = build_ok(&r, &Resolved::default());
+        let Applying {
+            desired: d,
+            config_hash,
+            ..
+        } = applying_ok(&r, &Resolved::default());
         assert_eq!(smtp(&d).port, 25);
         assert_eq!(
             smtp(&d).target_port,
@@ -395,7 +410,7 @@ mod tests {
             headless[0].target_port,
             Some(IntOrString::String("smtp".into()))
         );
-        assert_ne!(d.config_hash, plain.config_hash, "the pods roll");
+        assert_ne!(config_hash, plain.config_hash, "the pods roll");
     }
 
     #[test]

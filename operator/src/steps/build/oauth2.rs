@@ -10,9 +10,9 @@ use kube::ResourceExt;
 
 use crate::floor::contract::{child_meta, Names};
 use crate::floor::crd::SmtpRelay;
+use crate::floor::error::Result;
 use crate::floor::inputs::{OAuth2Keys, Resolved};
 use crate::floor::verdict::Sharing;
-use crate::Result;
 
 /// The relay logs in with a refresh token (the grant the relay picks: no service account key,
 /// a refresh token and a client id).

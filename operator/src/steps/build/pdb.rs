@@ -8,7 +8,7 @@ use kube::ResourceExt;
 
 use crate::floor::contract::{child_meta, selector_labels};
 use crate::floor::crd::SmtpRelay;
-use crate::Result;
+use crate::floor::error::Result;
 
 pub fn pdb(relay: &SmtpRelay) -> Result<Option<PodDisruptionBudget>> {
     if relay.spec.replicas <= 1 {

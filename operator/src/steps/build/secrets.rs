@@ -7,13 +7,13 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::ByteString;
 use kube::ResourceExt;
 
-use crate::floor::contract::ISSUED_ANNOTATION;
-use crate::floor::contract::{child_meta, Names, CA_KEY, HASH_KEY_KEY, PASSWORD_KEY, USERNAME_KEY};
+use crate::floor::contract::{
+    child_meta, Names, CA_KEY, HASH_KEY_KEY, ISSUED_ANNOTATION, PASSWORD_KEY, USERNAME_KEY,
+};
 use crate::floor::crd::SmtpRelay;
-use crate::floor::inputs::HashKey;
-use crate::floor::inputs::Resolved;
+use crate::floor::error::Result;
+use crate::floor::inputs::{HashKey, Resolved};
 use crate::steps::certificate;
-use crate::Result;
 
 fn secret(
     relay: &SmtpRelay,

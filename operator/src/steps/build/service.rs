@@ -5,10 +5,11 @@ use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
-use crate::floor::contract::PROXY_PORT_NAME;
-use crate::floor::contract::{child_meta, selector_labels, Names, METRICS_PORT, SMTP_PORT};
+use crate::floor::contract::{
+    child_meta, selector_labels, Names, METRICS_PORT, PROXY_PORT_NAME, SMTP_PORT,
+};
 use crate::floor::crd::{ServiceType, SmtpRelay, TrafficPolicy};
-use crate::Result;
+use crate::floor::error::Result;
 
 fn port(name: &str, port: i32) -> ServicePort {
     ServicePort {

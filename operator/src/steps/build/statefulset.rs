@@ -19,17 +19,13 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::ResourceExt;
 use smtp_relay::kube_api::SERVICE_ACCOUNT_DIR;
 
-use crate::floor::contract::BuildOptions;
-use crate::floor::contract::CONTAINER_NAME;
-use crate::floor::contract::PROXY_PORT_NAME;
-use crate::floor::contract::SPOOL_VOLUME;
 use crate::floor::contract::{
-    child_meta, labels, selector_labels, Names, CONFIG_DIR, CONFIG_HASH_ANNOTATION, CONFIG_KEY,
-    DATA_DIR, METRICS_PORT, POD_INFO_DIR, PROXY_PROTOCOL_PORT, RELAYHOST_DIR, RUN_DIR,
-    SASL_USERS_DIR, SMTP_PORT, SPOOL_DIR, TLS_DIR,
+    child_meta, labels, selector_labels, BuildOptions, Mount, Names, CONFIG_DIR,
+    CONFIG_HASH_ANNOTATION, CONFIG_KEY, CONTAINER_NAME, DATA_DIR, METRICS_PORT, POD_INFO_DIR,
+    PROXY_PORT_NAME, PROXY_PROTOCOL_PORT, RUN_DIR, SMTP_PORT, SPOOL_DIR, SPOOL_VOLUME,
 };
 use crate::floor::crd::{RetentionPolicy, SmtpRelay};
-use crate::Result;
+use crate::floor::error::Result;
 
 /// Secret files are readable by root only: Postfix's master runs as root and reads them.
 const SECRET_MODE: i32 = 0o400;
@@ -349,17 +345,15 @@ fn volumes(relay: &str, m: &Mounts) -> (Vec<Volume>, Vec<VolumeMount>) {
         ..Volume::default()
     }];
     let mut mounts = vec![mount("config", CONFIG_DIR, true)];
-    if m.relayhost {
-        vols.push(secret_volume("relayhost", Names::relayhost_secret(relay)));
-        mounts.push(mount("relayhost", RELAYHOST_DIR, true));
-    }
-    if m.sasl_users {
-        vols.push(secret_volume("sasl-users", Names::sasl_users_secret(relay)));
-        mounts.push(mount("sasl-users", SASL_USERS_DIR, true));
-    }
-    if m.tls {
-        vols.push(secret_volume("tls", Names::tls_secret(relay)));
-        mounts.push(mount("tls", TLS_DIR, true));
+    for (wanted, secret) in [
+        (m.relayhost, Mount::Relayhost),
+        (m.sasl_users, Mount::SaslUsers),
+        (m.tls, Mount::Tls),
+    ] {
+        if wanted {
+            vols.push(secret_volume(secret.volume(), secret.secret_name(relay)));
+            mounts.push(mount(secret.volume(), secret.dir(), true));
+        }
     }
     vols.push(Volume {
         name: "pod-info".into(),

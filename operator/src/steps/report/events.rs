@@ -4,9 +4,7 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::runtime::events::{Event, EventType};
 
-use crate::floor::crd::find_condition;
-use crate::floor::crd::ready_condition;
-use crate::floor::crd::{SmtpRelay, SmtpRelayStatus};
+use crate::floor::crd::{find_condition, ready_condition, SmtpRelay, SmtpRelayStatus};
 use crate::floor::verdict::Outcome;
 use crate::steps::report::status;
 

@@ -9,9 +9,9 @@ use kube::{Api, ResourceExt};
 
 use crate::context::Context;
 use crate::floor::crd::SmtpRelay;
+use crate::floor::error::Result;
 use crate::floor::running::Rollout;
 use crate::floor::verdict::Outcome;
-use crate::Result;
 use events::events_for;
 
 /// Step 5: publishes the Events of what changed and patches status when it differs.

@@ -6,10 +6,8 @@ use kube::ResourceExt;
 use smtp_relay::postfix::main_cf;
 use smtp_relay::settings::{self, TlsLevel, TlsMinVersion};
 
-use crate::floor::crd::READY;
-use crate::floor::crd::{SmtpRelay, SmtpRelayStatus};
-use crate::floor::running::Drain;
-use crate::floor::running::Rollout;
+use crate::floor::crd::{SmtpRelay, SmtpRelayStatus, READY};
+use crate::floor::running::{Drain, Rollout};
 use crate::floor::verdict::Outcome;
 
 pub const CONFIG_VALID: &str = "ConfigValid";
@@ -329,38 +327,6 @@ fn relayhost_login_condition(relay: &SmtpRelay, gen: Option<i64>, now: &Time) ->
         ),
     };
     Some(condition(RELAYHOST_LOGIN, ok, reason, message, gen, now))
-}
-
-/// What the `RelayhostLogin` condition depends on in `status.queue`: a reconcile follows a
-/// change of it (see `fingerprint`), and nothing else the queue observer writes.
-pub fn login_health(relay: &SmtpRelay) -> impl std::hash::Hash + '_ {
-    relay
-        .status
-        .as_ref()
-        .and_then(|s| s.queue.as_ref())
-        .map(|q| {
-            let token = q.relayhost_token.as_ref().map(|t| {
-                (
-                    t.failures_in_a_row > 0,
-                    t.last_error.as_deref(),
-                    t.expires_time.is_some(),
-                )
-            });
-            let pods: Vec<_> = q
-                .pods
-                .iter()
-                .map(|p| {
-                    (
-                        p.pod.as_str(),
-                        p.relayhost_login.as_deref(),
-                        p.relayhost_token
-                            .as_ref()
-                            .is_some_and(|t| t.failures_in_a_row > 0),
-                    )
-                })
-                .collect();
-            (q.relayhost_login.as_str(), token, pods)
-        })
 }
 
 /// Whether `networks` sees the TCP peer, or an address from a PROXY header.
@@ -833,6 +799,7 @@ pub fn compute(
 mod tests {
     use super::*;
     use crate::fixtures::relay;
+    use crate::floor::crd::login_health;
     use crate::floor::running::pod_problem;
     use k8s_openapi::api::apps::v1::StatefulSet;
     use k8s_openapi::api::apps::v1::StatefulSetStatus;
