@@ -16,6 +16,8 @@
 //! Run: `cargo build --release --workspace --bins && cargo bench -p smtp-relay-e2e --bench
 //! operator_scale` (BENCH_SIZES=1,100 for fewer; BENCH_IDLE_SECONDS for another window).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -198,6 +200,10 @@ struct Row {
     heap: f64,
 }
 
+#[allow(
+    clippy::too_many_lines,
+    reason = "the benchmark's steps in order: they share their state"
+)]
 fn main() {
     let sizes: Vec<usize> = std::env::var("BENCH_SIZES")
         .unwrap_or_else(|_| "1,100,1000".into())
@@ -213,7 +219,7 @@ fn main() {
     // Once the operator is quiet, a little more for the API server's counters.
     let settle = Duration::from_secs(5);
     let cp = ControlPlane::start().expect("control plane starts");
-    let op = Operator::start(&cp, OperatorOptions::default());
+    let op = Operator::start(&cp, OperatorOptions::default()).expect("operator starts");
     let mut rows = Vec::new();
 
     let measure_idle = |n: usize, all: usize, create: Option<Duration>, create_requests: f64| {
@@ -331,7 +337,7 @@ fn main() {
     }
     if std::env::var_os("BENCH_OPERATOR_LOG").is_some() {
         eprintln!("{}", op.logs());
-        for e in cp.audit_events() {
+        for e in cp.audit_events().expect("audit log") {
             eprintln!(
                 "audit {} {} {} {}/{} {}",
                 e["requestReceivedTimestamp"].as_str().unwrap_or_default(),

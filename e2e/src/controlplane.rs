@@ -27,11 +27,18 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// The same with a node: its pods get a 10 s grace period, then the daemons stop.
 const NODE_STOP_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// Why the control plane could not be started.
+/// Why the control plane could not be started, or a file of its directory not read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("io error: {0}")]
     Io(#[from] io::Error),
+    #[error("kubeconfig: {0}")]
+    Kubeconfig(#[from] serde_yaml::Error),
+    #[error("audit log line {line} is not JSON: {source}")]
+    AuditLog {
+        line: usize,
+        source: serde_json::Error,
+    },
     #[error("control plane exited before it was ready ({status}); log tail:\n{log}")]
     Exited {
         status: std::process::ExitStatus,
@@ -46,7 +53,7 @@ pub enum Error {
 /// directory for inspection.
 pub struct ControlPlane {
     child: Option<Child>,
-    dir: Option<tempfile::TempDir>,
+    dir: tempfile::TempDir,
     started: Duration,
     node: bool,
 }
@@ -76,7 +83,7 @@ impl ControlPlane {
         let dir = tempfile::Builder::new().prefix("controlplane-").tempdir()?;
         let mut cp = ControlPlane {
             child: None,
-            dir: Some(dir),
+            dir,
             started: Duration::ZERO,
             node,
         };
@@ -117,7 +124,7 @@ impl ControlPlane {
     /// The state directory: etcd data, certificates, kubeconfig, audit log and
     /// `controlplane.log` (the process' output, appended across restarts).
     pub fn dir(&self) -> &Path {
-        self.dir.as_ref().expect("dir is set until drop").path()
+        self.dir.path()
     }
 
     /// The admin kubeconfig (user `admin`, group `system:masters`, namespace `default`).
@@ -128,18 +135,18 @@ impl ControlPlane {
     /// A kubeconfig that acts as ServiceAccount `namespace/name` by impersonation (`as:`), so
     /// a program run with it has exactly that ServiceAccount's RBAC permissions (the API server
     /// adds the `system:serviceaccounts` groups). The ServiceAccount need not exist yet.
-    pub fn kubeconfig_as_service_account(&self, namespace: &str, name: &str) -> PathBuf {
-        let text = fs::read_to_string(self.kubeconfig()).expect("read admin kubeconfig");
-        let mut config: serde_yaml::Value = serde_yaml::from_str(&text).expect("kubeconfig YAML");
+    pub fn kubeconfig_as_service_account(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<PathBuf, Error> {
+        let text = fs::read_to_string(self.kubeconfig())?;
+        let mut config: serde_yaml::Value = serde_yaml::from_str(&text)?;
         let user = &mut config["users"][0]["user"];
         user["as"] = format!("system:serviceaccount:{namespace}:{name}").into();
         let path = self.dir().join(format!("kubeconfig-sa-{namespace}-{name}"));
-        fs::write(
-            &path,
-            serde_yaml::to_string(&config).expect("kubeconfig YAML"),
-        )
-        .expect("write kubeconfig");
-        path
+        fs::write(&path, serde_yaml::to_string(&config)?)?;
+        Ok(path)
     }
 
     /// The audit log: one JSON `audit.k8s.io/v1` Event a line, for every write.
@@ -155,12 +162,19 @@ impl ControlPlane {
     /// All audit events recorded so far (writes only, at Metadata level). Useful fields:
     /// `verb`, `user.username`, `impersonatedUser.username`, `objectRef.{resource,namespace,name}`,
     /// `requestURI` (holds `fieldManager=` for apply and patch), `userAgent`,
-    /// `responseStatus.code`.
-    pub fn audit_events(&self) -> Vec<serde_json::Value> {
+    /// `responseStatus.code`. Empty while there is no log yet; `Err` names a line that is not
+    /// JSON.
+    pub fn audit_events(&self) -> Result<Vec<serde_json::Value>, Error> {
         let text = fs::read_to_string(self.audit_log()).unwrap_or_default();
         text.lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| serde_json::from_str(l).expect("audit log line is JSON"))
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+            .map(|(i, l)| {
+                serde_json::from_str(l).map_err(|source| Error::AuditLog {
+                    line: i + 1,
+                    source,
+                })
+            })
             .collect()
     }
 
@@ -267,7 +281,7 @@ impl ControlPlane {
             // Its own process group, so a terminal's Ctrl-C reaches only the test runner; with
             // the runner gone, --exit-with-parent makes it shut down within a second.
             .process_group(0);
-        self.child = Some(cmd.spawn()?);
+        let mut child = cmd.spawn()?;
 
         let timeout = std::env::var("E2E_CONTROLPLANE_TIMEOUT_SECS")
             .ok()
@@ -279,18 +293,24 @@ impl ControlPlane {
         loop {
             if ready.exists() {
                 self.started = begin.elapsed();
+                self.child = Some(child);
                 return Ok(());
             }
-            let child = self.child.as_mut().expect("just spawned");
-            if let Some(status) = child.try_wait()? {
-                self.child = None;
-                return Err(Error::Exited {
-                    status,
-                    log: log_tail(&log_path),
-                });
+            match child.try_wait() {
+                Ok(None) => {}
+                Ok(Some(status)) => {
+                    return Err(Error::Exited {
+                        status,
+                        log: log_tail(&log_path),
+                    });
+                }
+                Err(e) => {
+                    tools::stop_child(&mut child, self.stop_timeout());
+                    return Err(e.into());
+                }
             }
             if Instant::now() >= deadline {
-                self.stop();
+                tools::stop_child(&mut child, self.stop_timeout());
                 return Err(Error::Timeout(timeout, log_tail(&log_path)));
             }
             std::thread::sleep(poll);
@@ -310,22 +330,28 @@ impl ControlPlane {
         let Some(mut child) = self.child.take() else {
             return;
         };
-        let grace = if self.node {
+        tools::stop_child(&mut child, self.stop_timeout());
+    }
+
+    /// How long a graceful stop may take.
+    fn stop_timeout(&self) -> Duration {
+        if self.node {
             NODE_STOP_TIMEOUT
         } else {
             STOP_TIMEOUT
-        };
-        tools::stop_child(&mut child, grace);
+        }
     }
 }
 
 impl Drop for ControlPlane {
     fn drop(&mut self) {
         self.stop();
-        if let Some(dir) = self.dir.take() {
-            if std::env::var_os("E2E_KEEP_DIRS").is_some() {
-                eprintln!("keeping control plane directory {}", dir.keep().display());
-            }
+        if std::env::var_os("E2E_KEEP_DIRS").is_some() {
+            self.dir.disable_cleanup(true);
+            eprintln!(
+                "keeping control plane directory {}",
+                self.dir.path().display()
+            );
         }
     }
 }
@@ -338,16 +364,19 @@ fn run_with_input(mut cmd: Command, input: &str) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
-    let mut stdin = child.stdin.take().expect("piped stdin");
     let input = input.to_owned();
     // A writer thread, so a large input cannot deadlock against a full output pipe.
-    let writer = std::thread::spawn(move || {
-        let _ = stdin.write_all(input.as_bytes());
+    let writer = child.stdin.take().map(|mut stdin| {
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(input.as_bytes());
+        })
     });
     let out = child
         .wait_with_output()
         .unwrap_or_else(|e| panic!("waiting for {program}: {e}"));
-    let _ = writer.join();
+    if let Some(writer) = writer {
+        let _ = writer.join();
+    }
     out
 }
 

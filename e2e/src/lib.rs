@@ -6,14 +6,16 @@
 //! kube-apiserver and kube-controller-manager (one process, built from Go modules in
 //! `e2e/controlplane`) in a temporary directory and stops it when dropped;
 //! [`ControlPlane::with_node`] adds a real node (containerd, kubelet, kube-proxy, CoreDNS,
-//! scheduler) whose pods run images imported with [`ControlPlane::import_image`].
+//! scheduler) whose pods run images imported with [`ControlPlane::import_image`]. Suites whose
+//! environment costs too much to start for every test run as named [`phases`] over one.
 //!
 //! ```no_run
 //! use smtp_relay_e2e::ControlPlane;
 //!
 //! let cp = ControlPlane::start().expect("control plane");
 //! cp.kubectl_ok(["create", "namespace", "demo"]);
-//! let writes = cp.audit_events().iter().filter(|e| e["verb"] == "create").count();
+//! let events = cp.audit_events().expect("audit log");
+//! let writes = events.iter().filter(|e| e["verb"] == "create").count();
 //! assert!(writes > 0);
 //! ```
 
@@ -21,6 +23,7 @@
 
 pub mod controlplane;
 pub mod operator;
+pub mod phases;
 pub mod tools;
 
 pub use controlplane::{ControlPlane, Error};

@@ -15,7 +15,7 @@
 //! use smtp_relay_e2e::ControlPlane;
 //!
 //! let cp = ControlPlane::start().expect("control plane");
-//! let op = Operator::start(&cp, OperatorOptions::default());
+//! let op = Operator::start(&cp, OperatorOptions::default()).expect("operator");
 //! cp.kubectl_ok(["create", "namespace", "mail"]);
 //! operator::apply(&cp, "mail", "apiVersion: smtprelay.dev/v1alpha1\nkind: SmtpRelay\n...");
 //! let relay = op.wait_for(Duration::from_secs(30), "status", || {
@@ -27,11 +27,11 @@
 //! ```
 
 use std::fs::{self, OpenOptions};
-use std::io::Write;
+use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -49,6 +49,27 @@ pub const CONFIG_HASH_ANNOTATION: &str = "smtprelay.dev/config-hash";
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long the operator may take to answer `/readyz`.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why the operator could not be started: a file of its own not read or written, or the
+/// process not spawned.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("kubeconfig: {0}")]
+    Kubeconfig(#[from] serde_yaml::Error),
+}
+
+impl Error {
+    fn io(what: impl std::fmt::Display) -> impl FnOnce(io::Error) -> Error {
+        let what = what.to_string();
+        move |source| Error::Io { what, source }
+    }
+}
 
 /// How to install the chart and run the operator.
 #[derive(Debug, Clone)]
@@ -161,20 +182,31 @@ pub fn helm_install_chart(
 /// A kubeconfig for the control plane's server and CA that authenticates with a fresh token of
 /// ServiceAccount `namespace/name` (`kubectl create token`): a real ServiceAccount login, not
 /// impersonation.
-pub fn service_account_kubeconfig(cp: &ControlPlane, namespace: &str, name: &str) -> PathBuf {
+///
+/// # Panics
+///
+/// If kubectl fails or prints no token.
+pub fn service_account_kubeconfig(
+    cp: &ControlPlane,
+    namespace: &str,
+    name: &str,
+) -> Result<PathBuf, Error> {
     let token = cp.kubectl_ok(["create", "token", name, "-n", namespace, "--duration=24h"]);
     let token = token.trim();
     assert!(!token.is_empty(), "kubectl create token printed nothing");
-    let text = fs::read_to_string(cp.kubeconfig()).expect("read admin kubeconfig");
-    let mut config: serde_yaml::Value = serde_yaml::from_str(&text).expect("kubeconfig YAML");
+    let admin = cp.kubeconfig();
+    let text =
+        fs::read_to_string(&admin).map_err(Error::io(format!("read {}", admin.display())))?;
+    let mut config: serde_yaml::Value = serde_yaml::from_str(&text)?;
     let mut user = serde_yaml::Mapping::new();
     user.insert("token".into(), token.into());
     config["users"][0]["user"] = serde_yaml::Value::Mapping(user);
     let path = cp
         .dir()
         .join(format!("kubeconfig-token-{namespace}-{name}"));
-    fs::write(&path, serde_yaml::to_string(&config).expect("YAML")).expect("write kubeconfig");
-    path
+    fs::write(&path, serde_yaml::to_string(&config)?)
+        .map_err(Error::io(format!("write {}", path.display())))?;
+    Ok(path)
 }
 
 /// A running `smtp-relay-operator run`, stopped (SIGTERM, then SIGKILL after a deadline) on
@@ -194,12 +226,13 @@ pub struct Operator {
 
 impl Operator {
     /// Installs the chart (unless installed), then starts the operator as the chart's
-    /// ServiceAccount and waits until `/readyz` answers 200.
+    /// ServiceAccount and waits until `/readyz` answers 200. `Err` when its kubeconfig or log
+    /// cannot be written or the process not spawned.
     ///
     /// # Panics
     ///
     /// If the chart cannot be installed or the operator does not become ready.
-    pub fn start(cp: &ControlPlane, opts: OperatorOptions) -> Operator {
+    pub fn start(cp: &ControlPlane, opts: OperatorOptions) -> Result<Operator, Error> {
         let mut set: Vec<&str> = opts.helm_set.iter().map(String::as_str).collect();
         let watch = opts
             .watch_namespace
@@ -210,8 +243,9 @@ impl Operator {
         }
         let release = helm_install_chart(cp, &opts.namespace, &set);
         let kubeconfig =
-            service_account_kubeconfig(cp, &release.namespace, &release.service_account);
-        let http_addr: SocketAddr = ([127, 0, 0, 1], tools::free_port()).into();
+            service_account_kubeconfig(cp, &release.namespace, &release.service_account)?;
+        let port = tools::free_port().map_err(Error::io("a free port on 127.0.0.1"))?;
+        let http_addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let suffix = match &opts.instance {
             Some(i) => format!("{}-{i}", release.namespace),
             None => release.namespace.clone(),
@@ -242,17 +276,24 @@ impl Operator {
             args,
             run_offset: 0,
         };
-        op.spawn();
-        op
+        op.spawn()?;
+        Ok(op)
     }
 
-    fn spawn(&mut self) {
+    /// The running process, if any; a panic elsewhere while it was held leaves it as it was.
+    fn child(&self) -> MutexGuard<'_, Option<Child>> {
+        self.child.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn spawn(&mut self) -> Result<(), Error> {
+        let log_error = || Error::io(format!("operator log {}", self.log_path.display()));
         let mut log = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log_path)
-            .expect("open operator log");
-        writeln!(log, "---- starting smtp-relay-operator ----").expect("write log");
+            .map_err(log_error())?;
+        writeln!(log, "---- starting smtp-relay-operator ----").map_err(log_error())?;
+        let stdout = log.try_clone().map_err(log_error())?;
         self.run_offset = log.metadata().map(|m| m.len()).unwrap_or(0);
         let bin = tools::target_bin("smtp-relay-operator");
         // setpriv --pdeathsig: the operator gets SIGTERM if the test dies without dropping it.
@@ -279,24 +320,21 @@ impl Operator {
             .env_remove("POD_NAMESPACE")
             .env_remove("LEADER_ELECTION")
             .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("clone log"))
+            .stdout(stdout)
             .stderr(log);
         let child = cmd
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start smtp-relay-operator: {e}"));
-        *self.child.lock().unwrap() = Some(child);
+            .map_err(Error::io("cannot start smtp-relay-operator"))?;
+        *self.child() = Some(child);
         self.wait_for(READY_TIMEOUT, "the operator's /readyz", || {
             matches!(self.http_get("/readyz"), Some((200, _))).then_some(())
         });
+        Ok(())
     }
 
     /// The process id of the running operator.
     pub fn pid(&self) -> Option<u32> {
-        self.child
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .map(Child::id)
+        self.child().as_ref().map(Child::id)
     }
 
     /// The chart release the operator runs as.
@@ -359,8 +397,7 @@ impl Operator {
 
     /// Whether the process is running.
     pub fn is_running(&self) -> bool {
-        let mut guard = self.child.lock().unwrap();
-        match guard.as_mut() {
+        match self.child().as_mut() {
             Some(c) => matches!(c.try_wait(), Ok(None)),
             None => false,
         }
@@ -381,7 +418,7 @@ impl Operator {
                 return v;
             }
             {
-                let mut guard = self.child.lock().unwrap();
+                let mut guard = self.child();
                 if let Some(c) = guard.as_mut() {
                     if let Ok(Some(status)) = c.try_wait() {
                         guard.take();
@@ -407,7 +444,7 @@ impl Operator {
     /// Stops the operator gracefully (SIGTERM; SIGKILL after 15 s). Returns whether it exited
     /// by itself.
     pub fn stop(&mut self) -> bool {
-        let Some(mut child) = self.child.lock().unwrap().take() else {
+        let Some(mut child) = self.child().take() else {
             return true;
         };
         tools::stop_child(&mut child, STOP_TIMEOUT).is_some()
@@ -415,7 +452,7 @@ impl Operator {
 
     /// Kills the operator outright (SIGKILL), as a crash or OOM would.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.lock().unwrap().take() {
+        if let Some(mut child) = self.child().take() {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -423,16 +460,17 @@ impl Operator {
 
     /// Stops the operator gracefully and starts it again with the same arguments and token
     /// (same HTTP port); waits until it is ready.
-    pub fn restart(&mut self) {
+    pub fn restart(&mut self) -> Result<(), Error> {
         self.stop();
-        self.spawn();
+        self.spawn()
     }
 
     /// Starts the operator again after [`Self::kill`] or [`Self::stop`]; does nothing if it runs.
-    pub fn resume(&mut self) {
-        if !self.is_running() {
-            self.spawn();
+    pub fn resume(&mut self) -> Result<(), Error> {
+        if self.is_running() {
+            return Ok(());
         }
+        self.spawn()
     }
 }
 
@@ -488,11 +526,14 @@ pub fn create_namespace(cp: &ControlPlane, name: &str) {
 ///
 /// # Panics
 ///
-/// On any other kubectl failure.
+/// On any other kubectl failure, or output that is not JSON.
 pub fn get_json(cp: &ControlPlane, namespace: &str, kind: &str, name: &str) -> Option<Value> {
     let out = cp.kubectl(["get", kind, name, "-n", namespace, "-o", "json"]);
     if out.status.success() {
-        return Some(serde_json::from_slice(&out.stdout).expect("kubectl JSON"));
+        return match serde_json::from_slice(&out.stdout) {
+            Ok(v) => Some(v),
+            Err(e) => panic!("kubectl get {kind} {name} -n {namespace} printed no JSON: {e}"),
+        };
     }
     let err = String::from_utf8_lossy(&out.stderr);
     if err.contains("NotFound") || err.contains("not found") {
@@ -502,9 +543,14 @@ pub fn get_json(cp: &ControlPlane, namespace: &str, kind: &str, name: &str) -> O
 }
 
 /// `kubectl get KIND -n NAMESPACE -o json` → the items.
+///
+/// # Panics
+///
+/// If kubectl fails or prints no JSON.
 pub fn list_json(cp: &ControlPlane, namespace: &str, kind: &str) -> Vec<Value> {
     let text = cp.kubectl_ok(["get", kind, "-n", namespace, "-o", "json"]);
-    let list: Value = serde_json::from_str(&text).expect("kubectl JSON");
+    let list: Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("kubectl get {kind} -n {namespace} printed no JSON: {e}"));
     list["items"].as_array().cloned().unwrap_or_default()
 }
 
@@ -517,8 +563,9 @@ pub fn condition<'a>(obj: &'a Value, type_: &str) -> Option<&'a Value> {
 }
 
 /// Audit events of writes (create, update, patch, delete) by `user`, in order.
-pub fn writes_by(cp: &ControlPlane, user: &str) -> Vec<Value> {
-    cp.audit_events()
+pub fn writes_by(cp: &ControlPlane, user: &str) -> Result<Vec<Value>, crate::Error> {
+    Ok(cp
+        .audit_events()?
         .into_iter()
         .filter(|e| {
             e["user"]["username"] == user
@@ -527,5 +574,5 @@ pub fn writes_by(cp: &ControlPlane, user: &str) -> Vec<Value> {
                     Some("create" | "update" | "patch" | "delete")
                 )
         })
-        .collect()
+        .collect())
 }

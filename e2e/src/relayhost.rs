@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
+use std::sync::PoisonError;
 use std::time::Duration;
 
 use crate::mail::{free_port_at, DEADLINE};
@@ -33,25 +34,29 @@ pub struct ScriptedRelayhost {
 
 impl ScriptedRelayhost {
     /// On loopback, refusing every login.
+    ///
+    /// # Panics
+    ///
+    /// When no port of loopback can be bound.
     pub fn start() -> ScriptedRelayhost {
         Self::start_with(None)
     }
 
     /// On loopback, with `check` deciding XOAUTH2 logins.
-    pub fn start_with(check: Option<TokenCheck>) -> ScriptedRelayhost {
-        Self::start_at(Ipv4Addr::LOCALHOST, check)
-    }
-
-    /// On a free port of `ip`.
     ///
     /// # Panics
     ///
-    /// When no port of `ip` can be bound.
-    pub fn start_at(ip: Ipv4Addr, check: Option<TokenCheck>) -> ScriptedRelayhost {
+    /// When no port of loopback can be bound.
+    pub fn start_with(check: Option<TokenCheck>) -> ScriptedRelayhost {
+        Self::start_at(Ipv4Addr::LOCALHOST, check).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// On a free port of `ip`; `Err` when no port of `ip` can be bound.
+    pub fn start_at(ip: Ipv4Addr, check: Option<TokenCheck>) -> Result<ScriptedRelayhost, String> {
         use std::sync::atomic::Ordering;
         let listener = std::net::TcpListener::bind((ip, free_port_at(ip)))
-            .expect("binding the scripted relayhost");
-        let addr = listener.local_addr().unwrap();
+            .map_err(|e| format!("binding the scripted relayhost on {ip}: {e}"))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let transcript = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let delivered = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -70,7 +75,9 @@ impl ScriptedRelayhost {
                 }
                 if let Ok(stream) = stream {
                     if let Ok(kept) = stream.try_clone() {
-                        open.lock().unwrap().push(kept);
+                        open.lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .push(kept);
                     }
                     // One thread per session: Postfix opens several at once.
                     let session = session.clone();
@@ -78,14 +85,14 @@ impl ScriptedRelayhost {
                 }
             }
         });
-        ScriptedRelayhost {
+        Ok(ScriptedRelayhost {
             addr,
             transcript,
             delivered,
             stop,
             sessions,
             thread: Some(thread),
-        }
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -93,12 +100,18 @@ impl ScriptedRelayhost {
     }
 
     pub fn transcript(&self) -> String {
-        self.transcript.lock().unwrap().clone()
+        self.transcript
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// The recipients of every message taken, in order.
     pub fn delivered(&self) -> Vec<String> {
-        self.delivered.lock().unwrap().clone()
+        self.delivered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -110,7 +123,12 @@ impl Drop for ScriptedRelayhost {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
-        for stream in self.sessions.lock().unwrap().drain(..) {
+        for stream in self
+            .sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain(..)
+        {
             let _ = stream.shutdown(std::net::Shutdown::Both);
         }
     }
@@ -154,11 +172,17 @@ impl Session {
         let mut rcpts: Vec<String> = Vec::new();
         for line in BufReader::new(stream).lines() {
             let Ok(line) = line else { break };
-            self.seen.lock().unwrap().push_str(&format!("{line}\n"));
+            self.seen
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push_str(&format!("{line}\n"));
             if in_data {
                 if line == "." {
                     in_data = false;
-                    self.delivered.lock().unwrap().append(&mut rcpts);
+                    self.delivered
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .append(&mut rcpts);
                     let _ = out.write_all(b"250 2.0.0 Ok: queued\r\n");
                 }
                 continue;
@@ -223,7 +247,10 @@ impl Session {
                 break;
             }
         }
-        self.seen.lock().unwrap().push_str("<closed>\n");
+        self.seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push_str("<closed>\n");
     }
 }
 
@@ -331,6 +358,10 @@ pub struct TokenServer {
 
 impl TokenServer {
     /// Plain HTTP on loopback (the relay allows plain HTTP to loopback only).
+    ///
+    /// # Panics
+    ///
+    /// When no port of loopback can be bound.
     pub fn start(policy: TokenPolicy) -> TokenServer {
         Self::start_at(Ipv4Addr::LOCALHOST, policy, None).unwrap_or_else(|e| panic!("{e}"))
     }
@@ -393,7 +424,7 @@ impl TokenServer {
             let now = std::time::Instant::now();
             state
                 .lock()
-                .unwrap()
+                .unwrap_or_else(PoisonError::into_inner)
                 .issued
                 .iter()
                 .any(|(t, expires)| t == token && *expires > now)
@@ -404,7 +435,7 @@ impl TokenServer {
     pub fn issued(&self) -> Vec<String> {
         self.state
             .lock()
-            .unwrap()
+            .unwrap_or_else(PoisonError::into_inner)
             .issued
             .iter()
             .map(|(t, _)| t.clone())
@@ -413,16 +444,27 @@ impl TokenServer {
 
     /// Each request's grant type, or the error it was answered with.
     pub fn requests(&self) -> Vec<String> {
-        self.state.lock().unwrap().requests.clone()
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .requests
+            .clone()
     }
 
     /// Why each refused service account assertion was refused.
     pub fn refusals(&self) -> Vec<String> {
-        self.state.lock().unwrap().refusals.clone()
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .refusals
+            .clone()
     }
 
     pub fn policy(&self) -> TokenPolicy {
-        self.policy.lock().unwrap().clone()
+        self.policy
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -496,10 +538,10 @@ fn token_answer(
     policy: &std::sync::Mutex<TokenPolicy>,
     state: &std::sync::Mutex<TokenState>,
 ) -> (&'static str, String) {
-    let delay = policy.lock().unwrap().delay;
+    let delay = policy.lock().unwrap_or_else(PoisonError::into_inner).delay;
     std::thread::sleep(delay);
-    let mut policy = policy.lock().unwrap();
-    let mut state = state.lock().unwrap();
+    let mut policy = policy.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
     let field = |k: &str| form.get(k).map(String::as_str).unwrap_or_default();
     let grant = field("grant_type").to_string();
     let refused = |error: &str| {

@@ -9,11 +9,9 @@ use nix::unistd::Pid;
 
 /// The workspace root: the parent of this crate's directory.
 pub fn workspace_root() -> PathBuf {
-    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    manifest
-        .parent()
-        .expect("e2e crate has a parent directory")
-        .to_path_buf()
+    let mut root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    root.pop();
+    root
 }
 
 /// The path of a tool built by `scripts/install-deps.sh` into `<workspace>/.cache/bin`.
@@ -78,12 +76,12 @@ pub fn poll_until<T>(timeout: Duration, what: &str, f: impl FnMut() -> Option<T>
     poll(what, timeout, f).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago (the OS picks it).
-pub fn free_port() -> u16 {
+/// A TCP port on 127.0.0.1 that was free a moment ago (the OS picks it); `Err` when no port
+/// of 127.0.0.1 can be bound.
+pub fn free_port() -> std::io::Result<u16> {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
+        .map(|a| a.port())
 }
 
 /// Polls `f` until it returns `Some`, or fails with `what` after `timeout`.

@@ -2,6 +2,8 @@
 //! way Argo CD runs it: a global `obj` holding the live object, and the chunk's return value
 //! read as `{status, message}`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

@@ -38,6 +38,7 @@ data:
     // The audit log is written before the response (blocking mode).
     let applies: Vec<_> = cp
         .audit_events()
+        .expect("audit log")
         .into_iter()
         .filter(|e| {
             e["objectRef"]["resource"] == "configmaps"
@@ -77,7 +78,9 @@ data:
     // ...while the admin may read them, so the denial above is RBAC's, not a broken server.
     cp.kubectl_ok(["get", "secrets", "-n", "default"]);
     // A kubeconfig that impersonates a ServiceAccount gets only what RBAC grants it.
-    let as_sa = cp.kubeconfig_as_service_account("default", "nobody");
+    let as_sa = cp
+        .kubeconfig_as_service_account("default", "nobody")
+        .expect("an impersonating kubeconfig");
     let kubectl_as_sa = |args: &[&str]| {
         Command::new(tools::bin("kubectl"))
             .arg("--kubeconfig")

@@ -22,8 +22,15 @@
 //!    StatefulSet, pod and volume while the pod drains; the relayhost comes up, the M are
 //!    delivered, and only then do the relay and its volume go.
 //!
+//! Each step is a named phase (`-- --list`), run in order over one node, one chart install and
+//! one relay, set up by the first phase and torn down after the last (`e2e/src/phases.rs`):
+//! after a failed phase the rest are skipped, as each builds on the one before.
+//!
 //! Needs root, the tools of `scripts/install-deps.sh` and the images of
-//! `scripts/build-images.sh`. One test: there is one node per machine.
+//! `scripts/build-images.sh`. One environment for every phase: there is one node per machine.
+
+// Tests may panic: `harness = false`, so clippy does not see the phases as tests.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -31,8 +38,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use smtp_relay_e2e::mail;
-use smtp_relay_e2e::operator;
+use smtp_relay_e2e::mail::{self, Sink};
+use smtp_relay_e2e::operator::{self, ChartRelease};
+use smtp_relay_e2e::phases::{self, Order, Phase};
 use smtp_relay_e2e::user_path::{self, NODE_IP};
 use smtp_relay_e2e::ControlPlane;
 
@@ -43,6 +51,107 @@ const RELAY: &str = "durable";
 const N: usize = 60;
 /// Messages queued when the relay is deleted.
 const M: usize = 10;
+
+fn main() -> std::process::ExitCode {
+    let phases: [Phase<Env>; 10] = [
+        (
+            "two_replicas_ready_with_the_relayhost_down",
+            two_replicas_ready_with_the_relayhost_down,
+        ),
+        (
+            "accepted_mail_is_queued_on_both_spools_and_counted_in_status",
+            accepted_mail_is_queued_on_both_spools_and_counted_in_status,
+        ),
+        (
+            "sigkilled_relay_containers_restart_on_their_volumes",
+            sigkilled_relay_containers_restart_on_their_volumes,
+        ),
+        (
+            "the_queues_survive_a_node_reboot",
+            the_queues_survive_a_node_reboot,
+        ),
+        (
+            "scale_down_drains_the_departing_replica_out_of_the_service",
+            scale_down_drains_the_departing_replica_out_of_the_service,
+        ),
+        (
+            "a_new_operator_keeps_holding_the_draining_replica_and_its_mail",
+            a_new_operator_keeps_holding_the_draining_replica_and_its_mail,
+        ),
+        (
+            "every_message_is_delivered_once_the_relayhost_is_up",
+            every_message_is_delivered_once_the_relayhost_is_up,
+        ),
+        (
+            "the_drained_replica_and_its_volume_go_only_after_delivery",
+            the_drained_replica_and_its_volume_go_only_after_delivery,
+        ),
+        (
+            "a_foreground_deletion_is_held_while_the_pod_drains_its_mail",
+            a_foreground_deletion_is_held_while_the_pod_drains_its_mail,
+        ),
+        (
+            "the_relay_and_its_volume_go_once_the_last_mail_is_delivered",
+            the_relay_and_its_volume_go_once_the_last_mail_is_delivered,
+        ),
+    ];
+    phases::run(Order::Sequential, Env::start, &phases)
+}
+
+/// The node with the chart's operator, and what each phase hands on to the next. Fields drop
+/// in order: the sink before the node.
+struct Env {
+    begin: Instant,
+    release: ChartRelease,
+    /// Where the relay's relayhost is: nothing listens there but during
+    /// [`every_message_is_delivered_once_the_relayhost_is_up`] and
+    /// [`the_relay_and_its_volume_go_once_the_last_mail_is_delivered`].
+    relayhost: SocketAddr,
+    /// The two relay pods as they were first Ready, by name.
+    pods: BTreeMap<String, Value>,
+    /// The N messages accepted while the relayhost was down.
+    markers: Vec<String>,
+    /// The sink listening at the relayhost's address, while it is up.
+    sink: Option<Sink>,
+    /// The M messages queued before the deletion.
+    last: Vec<String>,
+    cp: ControlPlane,
+}
+
+impl Env {
+    fn start() -> Env {
+        let begin = Instant::now();
+        ok(user_path::image_tarballs());
+        let cp = ControlPlane::with_node().expect("control plane with a node starts");
+        ok(user_path::import_images(&cp));
+        let release = user_path::install_chart(&cp);
+        ok(user_path::wait_operator_ready(&cp, &release, WAIT));
+        operator::create_namespace(&cp, NS);
+        let relayhost = SocketAddr::from((NODE_IP, mail::free_port_at(NODE_IP)));
+        step(
+            begin,
+            "node up, images imported, chart installed, operator Ready",
+        );
+        Env {
+            begin,
+            release,
+            relayhost,
+            pods: BTreeMap::new(),
+            markers: Vec::new(),
+            sink: None,
+            last: Vec::new(),
+            cp,
+        }
+    }
+
+    fn step(&self, what: &str) {
+        step(self.begin, what);
+    }
+
+    fn wait<T>(&self, what: &str, f: impl FnMut() -> Option<T>) -> T {
+        ok(user_path::wait(&self.cp, NS, WAIT, what, f))
+    }
+}
 
 fn ok<T>(r: Result<T, String>) -> T {
     r.unwrap_or_else(|e| panic!("{e}"))
@@ -122,72 +231,64 @@ fn sts_replicas(cp: &ControlPlane) -> Option<i64> {
     operator::get_json(cp, NS, "statefulset", RELAY)?["spec"]["replicas"].as_i64()
 }
 
-#[test]
-fn accepted_mail_survives_sigkill_a_node_reboot_and_a_scale_down() {
-    let begin = Instant::now();
-    ok(user_path::image_tarballs());
-    let mut cp = ControlPlane::with_node().expect("control plane with a node starts");
-    ok(user_path::import_images(&cp));
-    let release = user_path::install_chart(&cp);
-    ok(user_path::wait_operator_ready(&cp, &release, WAIT));
-    operator::create_namespace(&cp, NS);
-    let relayhost = SocketAddr::from((NODE_IP, mail::free_port_at(NODE_IP)));
-    operator::apply(&cp, NS, &relay(relayhost));
-    let pods = ok(user_path::wait(
-        &cp,
-        NS,
-        WAIT,
-        "two relay pods Ready",
-        || ready_pods(&cp),
-    ));
-    step(begin, "two relay pods Ready, the relayhost down");
+/// The pod that leaves on the scale 2 -> 1.
+fn departing() -> String {
+    format!("{RELAY}-1")
+}
 
-    // 2. N messages, each pod taking half, all accepted.
-    let ips: Vec<Ipv4Addr> = pods
+/// The Draining condition's message, while it is True and the departing pod, marked for
+/// draining, is out of the Service (not Ready).
+fn draining(cp: &ControlPlane) -> Option<String> {
+    let relay = operator::get_json(cp, NS, "smtprelay", RELAY)?;
+    let c = operator::condition(&relay, "Draining")?;
+    let pod = operator::get_json(cp, NS, "pod", &departing())?;
+    (c["status"] == "True"
+        && pod["metadata"]["annotations"]["smtprelay.dev/drain"] == "true"
+        && !user_path::pod_ready(&pod))
+    .then(|| c["message"].as_str().unwrap_or_default().to_string())
+}
+
+/// 1. Two relay replicas, their relayhost down (nothing listens where it points).
+fn two_replicas_ready_with_the_relayhost_down(env: &mut Env) {
+    operator::apply(&env.cp, NS, &relay(env.relayhost));
+    env.pods = env.wait("two relay pods Ready", || ready_pods(&env.cp));
+    env.step("two relay pods Ready, the relayhost down");
+}
+
+/// 2. N messages, each pod taking half, all accepted and queued; `status.queue` and `kubectl
+///    get smtpr` count them.
+fn accepted_mail_is_queued_on_both_spools_and_counted_in_status(env: &mut Env) {
+    let cp = &env.cp;
+    let ips: Vec<Ipv4Addr> = env
+        .pods
         .values()
         .map(|p| p["status"]["podIP"].as_str().unwrap().parse().unwrap())
         .collect();
-    let markers: Vec<String> = (0..N)
+    env.markers = (0..N)
         .map(|i| mail::marker(&format!("durable{i}")))
         .collect();
-    for (i, marker) in markers.iter().enumerate() {
+    for (i, marker) in env.markers.iter().enumerate() {
         let pod = SocketAddr::from((ips[i % 2], 25));
         let rcpt = format!("durable{i}@example.net");
         user_path::send_from_host(pod, "app@client.test", &rcpt, marker).unwrap_or_else(|e| {
-            panic!(
-                "message {i} to {pod}: {e}\n{}",
-                user_path::diagnose(&cp, NS)
-            )
+            panic!("message {i} to {pod}: {e}\n{}", user_path::diagnose(cp, NS))
         });
     }
-    ok(user_path::wait(
-        &cp,
-        NS,
-        WAIT,
-        "every message on a spool",
-        || (queued(&cp, 0) + queued(&cp, 1) >= N).then_some(()),
+    env.wait("every message on a spool", || {
+        (queued(cp, 0) + queued(cp, 1) >= N).then_some(())
+    });
+    env.step(&format!(
+        "{N} accepted, queued {} + {}",
+        queued(cp, 0),
+        queued(cp, 1)
     ));
-    step(
-        begin,
-        &format!(
-            "{N} accepted, queued {} + {}",
-            queued(&cp, 0),
-            queued(&cp, 1)
-        ),
-    );
     // status.queue says so, from the pods' metrics: what `kubectl get smtpr` shows.
-    let queue = ok(user_path::wait(
-        &cp,
-        NS,
-        WAIT,
-        "status.queue to count every message, deferred",
-        || {
-            let relay = operator::get_json(&cp, NS, "smtprelay", RELAY)?;
-            let q = &relay["status"]["queue"];
-            (q["messages"] == N && q["deferred"] == N && q["pods"].as_array()?.len() == 2)
-                .then(|| q.clone())
-        },
-    ));
+    let queue = env.wait("status.queue to count every message, deferred", || {
+        let relay = operator::get_json(cp, NS, "smtprelay", RELAY)?;
+        let q = &relay["status"]["queue"];
+        (q["messages"] == N && q["deferred"] == N && q["pods"].as_array()?.len() == 2)
+            .then(|| q.clone())
+    });
     assert!(queue["oldestMessageTime"].is_string(), "{queue}");
     assert_eq!(
         queue["relayhostLogin"], "Unknown",
@@ -202,11 +303,15 @@ fn accepted_mail_survives_sigkill_a_node_reboot_and_a_scale_down() {
                 .is_some_and(|r| r.contains(&format!(" {N} "))),
         "kubectl get smtpr shows the queue:\n{table}"
     );
-    step(begin, &format!("status.queue: {queue}"));
+    env.step(&format!("status.queue: {queue}"));
+}
 
-    // 3. SIGKILL every relay container, as containerd would deliver an OOM kill.
+/// 3. Every relay container killed with SIGKILL through containerd, as the OOM killer or a
+///    crash would: the kubelet restarts them on the same volumes.
+fn sigkilled_relay_containers_restart_on_their_volumes(env: &mut Env) {
+    let cp = &env.cp;
     let socket = cp.containerd_socket().expect("a node");
-    for pod in pods.values() {
+    for pod in env.pods.values() {
         let id = pod["status"]["containerStatuses"][0]["containerID"]
             .as_str()
             .and_then(|c| c.strip_prefix("containerd://"))
@@ -224,113 +329,95 @@ fn accepted_mail_survives_sigkill_a_node_reboot_and_a_scale_down() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    ok(user_path::wait(
-        &cp,
-        NS,
-        WAIT,
-        "both pods restarted and Ready",
-        || ready_pods(&cp).filter(|p| p.values().all(|p| restarts(p) >= 1)),
-    ));
-    step(begin, "every container SIGKILLed, restarted by the kubelet");
+    env.wait("both pods restarted and Ready", || {
+        ready_pods(cp).filter(|p| p.values().all(|p| restarts(p) >= 1))
+    });
+    env.step("every container SIGKILLed, restarted by the kubelet");
+}
 
-    // 4. The node reboots: everything killed outright, started again on the same directory.
-    cp.restart().expect("the node comes back");
-    ok(user_path::wait(
-        &cp,
-        NS,
-        WAIT,
-        "both pods Ready after the reboot",
-        || ready_pods(&cp),
-    ));
-    step(begin, "node rebooted, both pods Ready again");
+/// 4. The node reboots: the control plane, the kubelet, containerd and every pod killed
+///    outright and started again on the same directory; the queues are still there.
+fn the_queues_survive_a_node_reboot(env: &mut Env) {
+    env.cp.restart().expect("the node comes back");
+    let cp = &env.cp;
+    env.wait("both pods Ready after the reboot", || ready_pods(cp));
+    env.step("node rebooted, both pods Ready again");
     assert!(
-        queued(&cp, 0) + queued(&cp, 1) >= N,
+        queued(cp, 0) + queued(cp, 1) >= N,
         "the queues are still there: {} + {}",
-        queued(&cp, 0),
-        queued(&cp, 1)
+        queued(cp, 0),
+        queued(cp, 1)
     );
+}
 
-    // 5. Scale 2 -> 1 with the relayhost down: the departing pod drains and is kept.
-    let held = queued(&cp, 1);
+/// 5. Scale 2 -> 1 with the relayhost down: the departing pod leaves the Service and drains.
+fn scale_down_drains_the_departing_replica_out_of_the_service(env: &mut Env) {
+    let cp = &env.cp;
+    let held = queued(cp, 1);
     assert!(held > 0, "the departing replica holds mail");
-    operator::patch_relay(&cp, NS, RELAY, r#"{"spec":{"replicas":1}}"#);
-    let departing = format!("{RELAY}-1");
-    let draining = |cp: &ControlPlane| {
-        let relay = operator::get_json(cp, NS, "smtprelay", RELAY)?;
-        let c = operator::condition(&relay, "Draining")?;
-        let pod = operator::get_json(cp, NS, "pod", &departing)?;
-        (c["status"] == "True"
-            && pod["metadata"]["annotations"]["smtprelay.dev/drain"] == "true"
-            && !user_path::pod_ready(&pod))
-        .then(|| c["message"].as_str().unwrap_or_default().to_string())
-    };
-    let message = ok(user_path::wait(
-        &cp,
-        NS,
-        WAIT,
-        "the departing pod out of the Service and draining",
-        || draining(&cp),
-    ));
-    assert!(message.contains(&departing), "{message}");
-    step(begin, &format!("scaled to 1: {message}"));
+    operator::patch_relay(cp, NS, RELAY, r#"{"spec":{"replicas":1}}"#);
+    let message = env.wait("the departing pod out of the Service and draining", || {
+        draining(cp)
+    });
+    assert!(message.contains(&departing()), "{message}");
+    env.step(&format!("scaled to 1: {message}"));
+}
 
-    // The operator is replaced in the middle of the drain; its successor holds the replica.
-    let first = ok(user_path::wait_operator_ready(&cp, &release, WAIT));
+/// 5, continued. The operator is replaced in the middle of the drain; its successor holds the
+///    replica, its volume and its mail.
+fn a_new_operator_keeps_holding_the_draining_replica_and_its_mail(env: &mut Env) {
+    let (cp, release) = (&env.cp, &env.release);
+    let first = ok(user_path::wait_operator_ready(cp, release, WAIT));
     cp.kubectl_ok(["delete", "pod", "-n", &release.namespace, &first]);
     let second = ok(user_path::wait(
-        &cp,
+        cp,
         &release.namespace,
         WAIT,
         "a new operator pod Ready",
-        || user_path::operator_ready(&cp, &release).filter(|p| *p != first),
+        || user_path::operator_ready(cp, release).filter(|p| *p != first),
     ));
     // Two reconciles by the new operator (a draining relay is looked at every 10 s): each saw
     // the drain in the cluster and held the replica.
     let reconciles = ok(user_path::wait(
-        &cp,
+        cp,
         &release.namespace,
         WAIT,
         "the new operator reconciling the draining relay",
         || {
-            let text = user_path::operator_metrics(&cp, &release).ok()?;
+            let text = user_path::operator_metrics(cp, release).ok()?;
             user_path::metric(&text, "smtp_relay_operator_reconciles_total").filter(|n| *n >= 2.0)
         },
     ));
     assert!(
-        draining(&cp).is_some(),
+        draining(cp).is_some(),
         "still draining after {reconciles} reconciles"
     );
     assert_eq!(
-        sts_replicas(&cp),
+        sts_replicas(cp),
         Some(2),
         "the StatefulSet keeps the draining replica"
     );
-    assert!(claim(&cp, 1).is_some(), "its volume is kept");
-    assert!(queued(&cp, 1) > 0, "its mail is still there");
-    step(
-        begin,
-        &format!(
-            "operator replaced ({first} -> {second}) mid-drain; {reconciles} reconciles later the replica and its mail are held"
-        ),
-    );
-
-    // 6. The relayhost comes up: everything delivered, then the departing replica goes.
-    let sink = ok(user_path::node_sink(relayhost.port()));
-    let delivered = ok(user_path::wait(
-        &cp,
-        NS,
-        WAIT,
-        "all messages delivered",
-        || {
-            let got = sink.messages();
-            markers
-                .iter()
-                .all(|m| got.iter().any(|d| d.text.contains(m.as_str())))
-                .then_some(got)
-        },
+    assert!(claim(cp, 1).is_some(), "its volume is kept");
+    assert!(queued(cp, 1) > 0, "its mail is still there");
+    env.step(&format!(
+        "operator replaced ({first} -> {second}) mid-drain; {reconciles} reconciles later the replica and its mail are held"
     ));
+}
+
+/// 6. The relayhost comes up: all N are delivered, none lost. Duplicates are counted and
+///    reported (Postfix may deliver a message twice when killed between the relayhost's 250
+///    and its own bookkeeping).
+fn every_message_is_delivered_once_the_relayhost_is_up(env: &mut Env) {
+    let sink = ok(user_path::node_sink(env.relayhost.port()));
+    let delivered = env.wait("all messages delivered", || {
+        let got = sink.messages();
+        env.markers
+            .iter()
+            .all(|m| got.iter().any(|d| d.text.contains(m.as_str())))
+            .then_some(got)
+    });
     let mut copies: BTreeMap<&str, usize> = BTreeMap::new();
-    for m in &markers {
+    for m in &env.markers {
         let n = delivered
             .iter()
             .filter(|d| d.text.contains(m.as_str()))
@@ -338,32 +425,34 @@ fn accepted_mail_survives_sigkill_a_node_reboot_and_a_scale_down() {
         copies.insert(m.as_str(), n);
     }
     let duplicates: Vec<_> = copies.iter().filter(|(_, n)| **n > 1).collect();
-    step(
-        begin,
-        &format!(
-            "{N} of {N} delivered after the relayhost came up; {} delivered more than once",
-            duplicates.len()
-        ),
-    );
+    env.step(&format!(
+        "{N} of {N} delivered after the relayhost came up; {} delivered more than once",
+        duplicates.len()
+    ));
     if !duplicates.is_empty() {
         eprintln!("duplicates (delivered, not lost): {duplicates:?}");
     }
-    let drained = ok(user_path::wait(
-        &cp,
-        NS,
-        WAIT,
+    env.sink = Some(sink);
+}
+
+/// 6, continued. Only once everything is delivered does the StatefulSet scale to 1 and the
+///    departing volume go; Events say so, and `status.queue` shows the queues empty with the
+///    last delivery's time. Then the relayhost goes down again.
+fn the_drained_replica_and_its_volume_go_only_after_delivery(env: &mut Env) {
+    let cp = &env.cp;
+    let drained = env.wait(
         "scaled to 1 once drained, the departing volume deleted",
         || {
-            let relay = operator::get_json(&cp, NS, "smtprelay", RELAY)?;
+            let relay = operator::get_json(cp, NS, "smtprelay", RELAY)?;
             let c = operator::condition(&relay, "Draining")?;
             (c["reason"] == "Drained"
-                && sts_replicas(&cp) == Some(1)
-                && operator::get_json(&cp, NS, "pod", &departing).is_none()
-                && claim(&cp, 1).is_none())
+                && sts_replicas(cp) == Some(1)
+                && operator::get_json(cp, NS, "pod", &departing()).is_none()
+                && claim(cp, 1).is_none())
             .then(|| c["message"].as_str().unwrap_or_default().to_string())
         },
-    ));
-    step(begin, &format!("drained: {drained}"));
+    );
+    env.step(&format!("drained: {drained}"));
     let events = cp.kubectl_ok(["get", "events", "-n", NS, "-o", "json"]);
     for reason in ["Draining", "Drained"] {
         assert!(
@@ -371,71 +460,55 @@ fn accepted_mail_survives_sigkill_a_node_reboot_and_a_scale_down() {
             "an Event {reason}"
         );
     }
-    ok(user_path::wait(&cp, NS, WAIT, "the queues empty", || {
-        (queued(&cp, 0) + queued(&cp, 1) == 0).then_some(())
-    }));
-    let flowing = ok(user_path::wait(
-        &cp,
-        NS,
-        WAIT,
-        "status.queue empty, with the last delivery's time",
-        || {
-            let relay = operator::get_json(&cp, NS, "smtprelay", RELAY)?;
-            let q = &relay["status"]["queue"];
-            // The oldest message's time goes with the last message.
-            (q["messages"] == 0
-                && q["lastDeliveryTime"].is_string()
-                && q.get("oldestMessageTime").is_none())
-            .then(|| q.clone())
-        },
-    ));
-    step(begin, &format!("status.queue after delivery: {flowing}"));
-    let port = sink.addr.port();
-    drop(sink);
+    env.wait("the queues empty", || {
+        (queued(cp, 0) + queued(cp, 1) == 0).then_some(())
+    });
+    let flowing = env.wait("status.queue empty, with the last delivery's time", || {
+        let relay = operator::get_json(cp, NS, "smtprelay", RELAY)?;
+        let q = &relay["status"]["queue"];
+        // The oldest message's time goes with the last message.
+        (q["messages"] == 0
+            && q["lastDeliveryTime"].is_string()
+            && q.get("oldestMessageTime").is_none())
+        .then(|| q.clone())
+    });
+    env.step(&format!("status.queue after delivery: {flowing}"));
+    env.sink = None;
+}
 
-    // 7. Deleted with whenDeleted: Delete while mail waits: drained first.
+/// 7. Deleted with `whenDeleted: Delete` while M messages wait, in the foreground as Argo CD
+///    deletes: the garbage collector takes what the relay alone owned, while its finalizer
+///    holds it and the drain guard its StatefulSet, pod and volume, with the mail.
+fn a_foreground_deletion_is_held_while_the_pod_drains_its_mail(env: &mut Env) {
+    let cp = &env.cp;
     operator::patch_relay(
-        &cp,
+        cp,
         NS,
         RELAY,
         r#"{"spec":{"storage":{"retention":{"whenDeleted":"Delete"}}}}"#,
     );
-    ok(user_path::wait(
-        &cp,
-        NS,
-        WAIT,
-        "the drain finalizer added",
-        || {
-            let relay = operator::get_json(&cp, NS, "smtprelay", RELAY)?;
-            relay["metadata"]["finalizers"]
-                .to_string()
-                .contains("smtprelay.dev/drain-queues")
-                .then_some(())
-        },
-    ));
-    let pod0 = ok(user_path::wait(
-        &cp,
-        NS,
-        WAIT,
-        "the staying pod Ready",
-        || operator::get_json(&cp, NS, "pod", &format!("{RELAY}-0")).filter(user_path::pod_ready),
-    ));
+    env.wait("the drain finalizer added", || {
+        let relay = operator::get_json(cp, NS, "smtprelay", RELAY)?;
+        relay["metadata"]["finalizers"]
+            .to_string()
+            .contains("smtprelay.dev/drain-queues")
+            .then_some(())
+    });
+    let pod0 = env.wait("the staying pod Ready", || {
+        operator::get_json(cp, NS, "pod", &format!("{RELAY}-0")).filter(user_path::pod_ready)
+    });
     let ip: Ipv4Addr = pod0["status"]["podIP"].as_str().unwrap().parse().unwrap();
-    let last: Vec<String> = (0..M)
+    env.last = (0..M)
         .map(|i| mail::marker(&format!("deleted{i}")))
         .collect();
-    for (i, marker) in last.iter().enumerate() {
+    for (i, marker) in env.last.iter().enumerate() {
         let rcpt = format!("deleted{i}@example.net");
         user_path::send_from_host(SocketAddr::from((ip, 25)), "app@client.test", &rcpt, marker)
-            .unwrap_or_else(|e| panic!("message {i}: {e}\n{}", user_path::diagnose(&cp, NS)));
+            .unwrap_or_else(|e| panic!("message {i}: {e}\n{}", user_path::diagnose(cp, NS)));
     }
-    ok(user_path::wait(
-        &cp,
-        NS,
-        WAIT,
-        "the last messages queued",
-        || (queued(&cp, 0) >= M).then_some(()),
-    ));
+    env.wait("the last messages queued", || {
+        (queued(cp, 0) >= M).then_some(())
+    });
     let pod_uid = pod0["metadata"]["uid"].clone();
     cp.kubectl_ok([
         "delete",
@@ -446,35 +519,26 @@ fn accepted_mail_survives_sigkill_a_node_reboot_and_a_scale_down() {
         "--cascade=foreground",
         "--wait=false",
     ]);
-    let message = ok(user_path::wait(
-        &cp,
-        NS,
-        WAIT,
-        "the deletion held while the pod drains",
-        || {
-            let relay = operator::get_json(&cp, NS, "smtprelay", RELAY)?;
-            let c = operator::condition(&relay, "Draining")?;
-            let pod = operator::get_json(&cp, NS, "pod", &format!("{RELAY}-0"))?;
-            (c["status"] == "True" && !user_path::pod_ready(&pod))
-                .then(|| c["message"].as_str().unwrap_or_default().to_string())
-        },
-    ));
+    let message = env.wait("the deletion held while the pod drains", || {
+        let relay = operator::get_json(cp, NS, "smtprelay", RELAY)?;
+        let c = operator::condition(&relay, "Draining")?;
+        let pod = operator::get_json(cp, NS, "pod", &format!("{RELAY}-0"))?;
+        (c["status"] == "True" && !user_path::pod_ready(&pod))
+            .then(|| c["message"].as_str().unwrap_or_default().to_string())
+    });
     // The foreground delete is through with what the relay alone owned (its Services), and
     // the pod that holds the mail is the one that took it, still running.
-    ok(user_path::wait(
-        &cp,
-        NS,
-        WAIT,
+    env.wait(
         "the garbage collector done with the relay's own dependents",
         || {
-            let relay = operator::get_json(&cp, NS, "smtprelay", RELAY)?;
+            let relay = operator::get_json(cp, NS, "smtprelay", RELAY)?;
             let waiting = relay["metadata"]["finalizers"]
                 .to_string()
                 .contains("foregroundDeletion");
-            (!waiting && operator::get_json(&cp, NS, "service", RELAY).is_none()).then_some(())
+            (!waiting && operator::get_json(cp, NS, "service", RELAY).is_none()).then_some(())
         },
-    ));
-    let pod = operator::get_json(&cp, NS, "pod", &format!("{RELAY}-0")).expect("the pod");
+    );
+    let pod = operator::get_json(cp, NS, "pod", &format!("{RELAY}-0")).expect("the pod");
     assert_eq!(
         pod["metadata"]["uid"], pod_uid,
         "the same pod, never restarted"
@@ -484,42 +548,34 @@ fn accepted_mail_survives_sigkill_a_node_reboot_and_a_scale_down() {
         "not being deleted"
     );
     assert!(
-        claim(&cp, 0).is_some_and(|c| c["metadata"]["deletionTimestamp"].is_null())
-            && queued(&cp, 0) >= M,
+        claim(cp, 0).is_some_and(|c| c["metadata"]["deletionTimestamp"].is_null())
+            && queued(cp, 0) >= M,
         "held with its mail"
     );
-    step(begin, &format!("deleted, held: {message}"));
-    let sink = ok(user_path::node_sink(port));
-    ok(user_path::wait(
-        &cp,
-        NS,
-        WAIT,
-        "the last messages delivered",
-        || {
-            let got = sink.messages();
-            last.iter()
-                .all(|m| got.iter().any(|d| d.text.contains(m.as_str())))
-                .then_some(())
-        },
-    ));
-    ok(user_path::wait(
-        &cp,
-        NS,
-        WAIT,
-        "the relay and its volume gone once drained",
-        || {
-            (operator::get_json(&cp, NS, "smtprelay", RELAY).is_none()
-                && operator::get_json(&cp, NS, "statefulset", RELAY).is_none()
-                && operator::get_json(&cp, NS, "configmap", &format!("{RELAY}-drain-guard"))
-                    .is_none()
-                && claim(&cp, 0).is_none())
+    env.step(&format!("deleted, held: {message}"));
+}
+
+/// 7, continued. The relayhost comes up: the M are delivered, and only then do the relay, its
+///    StatefulSet, its drain guard and its volume go.
+fn the_relay_and_its_volume_go_once_the_last_mail_is_delivered(env: &mut Env) {
+    let cp = &env.cp;
+    let sink = ok(user_path::node_sink(env.relayhost.port()));
+    env.wait("the last messages delivered", || {
+        let got = sink.messages();
+        env.last
+            .iter()
+            .all(|m| got.iter().any(|d| d.text.contains(m.as_str())))
             .then_some(())
-        },
+    });
+    env.wait("the relay and its volume gone once drained", || {
+        (operator::get_json(cp, NS, "smtprelay", RELAY).is_none()
+            && operator::get_json(cp, NS, "statefulset", RELAY).is_none()
+            && operator::get_json(cp, NS, "configmap", &format!("{RELAY}-drain-guard")).is_none()
+            && claim(cp, 0).is_none())
+        .then_some(())
+    });
+    env.step(&format!(
+        "{M} of {M} delivered, then the relay and its volume deleted"
     ));
-    step(
-        begin,
-        &format!("{M} of {M} delivered, then the relay and its volume deleted"),
-    );
     drop(sink);
-    drop(cp);
 }

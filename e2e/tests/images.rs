@@ -16,6 +16,8 @@
 //! The tarballs must be built first (`scripts/build-images.sh`); the run checks need root and
 //! the tools of `scripts/install-deps.sh`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -526,6 +528,10 @@ impl Drop for PrivateContainerd {
 /// chart's ServiceAccount: ready, reconciles an SmtpRelay into a StatefulSet of the chart's
 /// relay image, stops on SIGTERM. Only the listen address differs (loopback, host network).
 #[test]
+#[allow(
+    clippy::too_many_lines,
+    reason = "one scenario, step by step: its steps share their state"
+)]
 fn operator_image_runs_as_the_charts_deployment() {
     let tar = tarball("smtp-relay-operator");
     assert!(
@@ -535,7 +541,8 @@ fn operator_image_runs_as_the_charts_deployment() {
     let cp = ControlPlane::start().expect("control plane");
     let ns = "smtp-relay-system";
     let release = operator::helm_install_chart(&cp, ns, &[]);
-    let kubeconfig = operator::service_account_kubeconfig(&cp, ns, &release.service_account);
+    let kubeconfig = operator::service_account_kubeconfig(&cp, ns, &release.service_account)
+        .expect("a kubeconfig with the ServiceAccount's token");
     let deployment = operator::get_json(&cp, ns, "deployment", &release.release).unwrap();
     let pod = &deployment["spec"]["template"]["spec"];
     let container = &pod["containers"][0];
@@ -553,7 +560,7 @@ fn operator_image_runs_as_the_charts_deployment() {
         )
     );
     assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
-    let http_addr = format!("127.0.0.1:{}", free_port());
+    let http_addr = format!("127.0.0.1:{}", free_port().expect("a free port"));
     let mut args: Vec<String> = Vec::new();
     let mut relay_image = String::new();
     for arg in container["args"].as_array().unwrap() {

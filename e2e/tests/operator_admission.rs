@@ -5,6 +5,8 @@
 //!
 //! One control plane for all of it. Run `cargo build --workspace --bins` first.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -45,6 +47,10 @@ fn relay_json(ns: &str, name: &str, spec: Value) -> String {
 
 /// The chart with `watchNamespace=team-a` grants a Role in team-a only; the operator run with
 /// exactly that reconciles team-a's relays, with no authorization error, and leaves team-b alone.
+#[allow(
+    clippy::too_many_lines,
+    reason = "one scenario, step by step: its steps share their state"
+)]
 fn namespaced_operator(cp: &ControlPlane) {
     for ns in ["team-a", "team-b"] {
         operator::create_namespace(cp, ns);
@@ -56,7 +62,8 @@ fn namespaced_operator(cp: &ControlPlane) {
             watch_namespace: Some("team-a".into()),
             ..OperatorOptions::default()
         },
-    );
+    )
+    .expect("operator starts");
     // The chart made a Role, not a ClusterRole.
     let roles = cp.kubectl_ok(["get", "roles", "-n", "team-a", "-o", "name"]);
     assert!(
@@ -125,7 +132,8 @@ fn namespaced_operator(cp: &ControlPlane) {
             helm_set: vec!["rbac.create=false".into()],
             ..OperatorOptions::default()
         },
-    );
+    )
+    .expect("operator starts");
     bare.wait_for(
         Duration::from_secs(30),
         "Forbidden in the log of an operator without RBAC",
@@ -138,7 +146,7 @@ fn namespaced_operator(cp: &ControlPlane) {
         "an operator whose watches fail Forbidden did not stop on SIGTERM; log tail:\n{}",
         bare.log_tail(20)
     );
-    let writes = operator::writes_by(cp, &op.user());
+    let writes = operator::writes_by(cp, &op.user()).expect("audit log");
     assert!(
         writes
             .iter()
@@ -155,6 +163,7 @@ fn namespaced_operator(cp: &ControlPlane) {
 
 /// Each invalid spec is refused by the API server (not by the operator) with a message naming
 /// the field; a valid one is admitted.
+#[allow(clippy::too_many_lines, reason = "a table: one entry per invalid spec")]
 fn admission(cp: &ControlPlane) {
     let ns = "adm";
     operator::create_namespace(cp, ns);
@@ -506,11 +515,11 @@ fn leader_election(cp: &ControlPlane) {
         instance: Some(instance.into()),
         ..OperatorOptions::default()
     };
-    let mut a = Operator::start(cp, opts("a"));
+    let mut a = Operator::start(cp, opts("a")).expect("operator a starts");
     a.wait_for(Duration::from_secs(30), "a to hold the Lease", || {
         (lease_holder(cp, ns).as_deref() == Some("e2e-ha-ops-a")).then_some(())
     });
-    let b = Operator::start(cp, opts("b"));
+    let b = Operator::start(cp, opts("b")).expect("operator b starts");
     operator::create_namespace(cp, "ha-mail");
     let spec = json!({"domain": "example.net", "relayhost": {"host": "10.1.0.1"}});
     operator::apply(cp, "ha-mail", &relay_json("ha-mail", "mail", spec));

@@ -9,15 +9,19 @@
 //! operator serve them all (a start costs seconds) and each phase has its own namespace. Run
 //! `cargo build --workspace --bins` first; `-- <phase>` runs one phase.
 
+// Tests may panic: `harness = false`, so clippy does not see the phases as tests.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use smtp_relay_e2e::operator::{
     self, condition, get_json, list_json, Operator, OperatorOptions, CONFIG_HASH_ANNOTATION,
 };
+use smtp_relay_e2e::phases::{self, Order, Phase};
 use smtp_relay_e2e::{tools, ControlPlane};
+use smtp_relay_operator::floor::owned::OwnedKind;
 
 /// How long the operator may take to act on a change.
 const CONVERGE: Duration = Duration::from_secs(45);
@@ -25,14 +29,11 @@ const CONVERGE: Duration = Duration::from_secs(45);
 /// so meeting it proves the change was seen through a watch, not a periodic resync.
 const AT_ONCE: Duration = Duration::from_secs(10);
 
-/// The kinds the operator owns, as audit `objectRef.resource`.
-const CHILD_RESOURCES: [&str; 5] = [
-    "configmaps",
-    "secrets",
-    "statefulsets",
-    "services",
-    "poddisruptionbudgets",
-];
+/// Whether an audit record's `objectRef.resource` is a kind the operator owns (the
+/// operator's one list of them).
+fn child_resource(e: &Value) -> bool {
+    OwnedKind::from_plural(e["objectRef"]["resource"].as_str().unwrap_or("")).is_some()
+}
 
 fn read(path: &str) -> String {
     std::fs::read_to_string(tools::workspace_root().join(path))
@@ -57,7 +58,7 @@ impl Ctx {
     fn start() -> Ctx {
         let cp = ControlPlane::start().expect("control plane starts");
         eprintln!("control plane ready in {:?}", cp.startup_time());
-        let op = Operator::start(&cp, OperatorOptions::default());
+        let op = Operator::start(&cp, OperatorOptions::default()).expect("operator starts");
         Ctx { op, cp }
     }
 
@@ -118,7 +119,7 @@ impl Ctx {
 
     /// Number of audit events so far: a mark for [`Self::operator_writes_since`].
     fn mark(&self) -> usize {
-        self.cp.audit_events().len()
+        self.cp.audit_events().expect("audit log").len()
     }
 
     /// Writes by the operator's ServiceAccount since `mark`.
@@ -126,6 +127,7 @@ impl Ctx {
         let user = self.op.user();
         self.cp
             .audit_events()
+            .expect("audit log")
             .into_iter()
             .skip(mark)
             .filter(|e| {
@@ -142,9 +144,7 @@ impl Ctx {
     fn child_writes_since(&self, mark: usize) -> Vec<Value> {
         self.operator_writes_since(mark)
             .into_iter()
-            .filter(|e| {
-                CHILD_RESOURCES.contains(&e["objectRef"]["resource"].as_str().unwrap_or(""))
-            })
+            .filter(child_resource)
             .collect()
     }
 
@@ -240,10 +240,10 @@ struct Expect {
 
 /// Each phase is a named test (`cargo test --test operator_lifecycle -- --list`); they run in
 /// order over one control plane and one operator, started by the first phase that runs and
-/// stopped once every phase is done.
+/// stopped once every phase is done. Each has its own namespace: one that fails does not stop
+/// the next.
 fn main() -> std::process::ExitCode {
-    type Phase = (&'static str, fn(&mut Ctx));
-    let phases: [Phase; 9] = [
+    let phases: [Phase<Ctx>; 9] = [
         ("examples", examples),
         ("update_and_noop", update_and_noop),
         ("rotation", rotation),
@@ -254,32 +254,7 @@ fn main() -> std::process::ExitCode {
         ("deletion_and_retention", deletion),
         ("clean_log", clean_log),
     ];
-    let mut args = libtest_mimic::Arguments::from_args();
-    // In order, one at a time: they share the control plane.
-    args.test_threads = Some(1);
-    let shared: Arc<Mutex<Option<Ctx>>> = Arc::default();
-    let trials = phases
-        .into_iter()
-        .map(|(name, phase)| {
-            let shared = shared.clone();
-            libtest_mimic::Trial::test(name, move || {
-                let mut guard = shared.lock().unwrap_or_else(|p| p.into_inner());
-                let ctx = guard.get_or_insert_with(Ctx::start);
-                let t = Instant::now();
-                phase(ctx);
-                eprintln!("phase {name}: {:?}", t.elapsed());
-                Ok(())
-            })
-        })
-        .collect();
-    let conclusion = libtest_mimic::run(&args, trials);
-    let t = Instant::now();
-    let ctx = shared.lock().unwrap_or_else(|p| p.into_inner()).take();
-    if ctx.is_some() {
-        drop(ctx);
-        eprintln!("operator and control plane stopped in {:?}", t.elapsed());
-    }
-    conclusion.exit_code()
+    phases::run(Order::Independent, Ctx::start, &phases)
 }
 
 const PDB_RELAY: &str = r#"
@@ -313,6 +288,10 @@ spec:
 "#;
 
 /// Every example becomes its children, owned by the relay, with status; no Secret value leaks.
+#[allow(
+    clippy::too_many_lines,
+    reason = "one phase, step by step: its steps share their state"
+)]
 fn examples(ctx: &mut Ctx) {
     let cp = &ctx.cp;
     let cases = [
@@ -581,6 +560,10 @@ fn assert_no_secret_leak(ctx: &Ctx, ns: &str, relay: &str) {
 
 /// A spec update rolls the config hash; an identical re-apply, a metadata-only change and a
 /// full resync after an operator restart write nothing at all.
+#[allow(
+    clippy::too_many_lines,
+    reason = "one phase, step by step: its steps share their state"
+)]
 fn update_and_noop(ctx: &mut Ctx) {
     let (ns, name) = ("ex-auth", "smtp-relay-auth");
     let before = ctx.wait_applied(ns, name);
@@ -636,7 +619,7 @@ fn update_and_noop(ctx: &mut Ctx) {
 
     // 3. A restarted operator resyncs everything: still nothing to write, for any relay.
     let mark = ctx.mark();
-    ctx.op.restart();
+    ctx.op.restart().expect("operator restarts");
     let relays: Vec<(String, String)> = [
         "ex-unauth",
         "ex-auth",
@@ -679,7 +662,7 @@ fn update_and_noop(ctx: &mut Ctx) {
     let writes = ctx.operator_writes_since(mark);
     let children: Vec<_> = writes
         .iter()
-        .filter(|e| CHILD_RESOURCES.contains(&e["objectRef"]["resource"].as_str().unwrap_or("")))
+        .filter(|e| child_resource(e))
         .cloned()
         .collect();
     assert!(
@@ -839,6 +822,10 @@ fn running_versions(ctx: &Ctx, ns: &str, name: &str) -> Vec<(String, Value)> {
 
 /// A missing Secret, then a Secret without the key: Ready=False naming them, a Warning Event,
 /// nothing that runs is touched; fixing the Secret recovers.
+#[allow(
+    clippy::too_many_lines,
+    reason = "one phase, step by step: its steps share their state"
+)]
 fn bad_references(ctx: &mut Ctx) {
     let (ns, name) = ("yaml-sasl", "smtp-relay-auth");
     ctx.wait_ready_reason(ns, name, &["PodsNotReady", "RolloutInProgress"]);
@@ -1248,6 +1235,10 @@ spec:
 /// The operator killed (SIGKILL) while it applies a new relay, the spec changed while it is
 /// down: the next run converges, duplicates nothing and leaves no error in status. (An API
 /// server outage is e2e/tests/operator_outage.rs.)
+#[allow(
+    clippy::too_many_lines,
+    reason = "one phase, step by step: its steps share their state"
+)]
 fn restart_mid_flight(ctx: &mut Ctx) {
     let ns = "flight";
     operator::create_namespace(&ctx.cp, ns);
@@ -1265,7 +1256,7 @@ fn restart_mid_flight(ctx: &mut Ctx) {
         "flight",
         r#"{"spec":{"networks":["10.1.0.0/16","10.2.0.0/16"]}}"#,
     );
-    ctx.op.resume();
+    ctx.op.resume().expect("operator resumes");
     let r = ctx.wait_ready_reason(ns, "flight", &["PodsNotReady", "RolloutInProgress"]);
     assert_eq!(
         r["status"]["observedGeneration"],
@@ -1399,6 +1390,10 @@ fn restart_mid_flight(ctx: &mut Ctx) {
 /// Deleting a relay removes its children through the garbage collector, after its pods drained
 /// when its volumes go too (here given up: the pods never run); queue claims follow
 /// `storage.retention.whenDeleted`.
+#[allow(
+    clippy::too_many_lines,
+    reason = "one phase, step by step: its steps share their state"
+)]
 fn deletion(ctx: &mut Ctx) {
     orphan_delete_leaves_the_relay_running(ctx);
     // "ha" has whenDeleted: Delete (2 claims), and is deleted in the foreground, as Argo CD

@@ -27,7 +27,7 @@ spec:
 #[test]
 fn operator_acts_on_changes_soon_after_an_api_server_outage() {
     let mut cp = ControlPlane::start().expect("control plane starts");
-    let mut op = Operator::start(&cp, OperatorOptions::default());
+    let mut op = Operator::start(&cp, OperatorOptions::default()).expect("operator starts");
     let ns = "outage";
     operator::create_namespace(&cp, ns);
     operator::apply(&cp, ns, RELAY);
@@ -73,7 +73,7 @@ fn operator_acts_on_changes_soon_after_an_api_server_outage() {
 #[test]
 fn operator_stops_promptly_on_sigterm_while_the_api_server_is_down() {
     let mut cp = ControlPlane::start().expect("control plane starts");
-    let mut op = Operator::start(&cp, OperatorOptions::default());
+    let mut op = Operator::start(&cp, OperatorOptions::default()).expect("operator starts");
     cp.kill();
     // Let the watches fail a few times, as in any outage longer than a blip.
     std::thread::sleep(Duration::from_secs(5));

@@ -7,6 +7,8 @@
 //!
 //! One test, not several: there is one node per machine, and its start-up dominates the time.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
+
 use std::collections::BTreeSet;
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -20,6 +22,10 @@ use smtp_relay_e2e::{tools, ControlPlane};
 const WAIT: Duration = Duration::from_secs(90);
 
 #[test]
+#[allow(
+    clippy::too_many_lines,
+    reason = "one scenario, step by step: its steps share their state"
+)]
 fn real_node_runs_pods_volumes_services_and_dns_and_cleans_up() {
     let begin = Instant::now();
     let netns_before = netns();

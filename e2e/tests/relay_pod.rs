@@ -29,18 +29,30 @@
 //!
 //! 7. OAuth2 client credentials against an HTTPS token endpoint; 8. a delegated login whose
 //!    provider rotates the refresh token at every refresh, two replicas sharing the newest and
-//!    the operator writing it back, no pod restarted.
+//!    the operator writing it back, no pod restarted; 9. back to a login without a refresh
+//!    token, what only the delegated login needed is pruned and a new pod still runs.
+//!
+//! Each step is one or more named phases (`-- --list`), run in order over one node, one chart
+//! install and one relay, set up by the first phase and torn down after the last
+//! (`e2e/src/phases.rs`): after a failed phase the rest are skipped, as each builds on the one
+//! before.
 //!
 //! A message queued while the relayhost is down surviving the pod's deletion is in
 //! `user_path.rs`. Needs root, Postfix, the tools of `scripts/install-deps.sh` and the images
-//! of `scripts/build-images.sh`. One test: there is one node per machine.
+//! of `scripts/build-images.sh`. One environment for every phase: there is one node per
+//! machine.
+
+// Tests may panic: `harness = false`, so clippy does not see the phases as tests.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use smtp_relay_e2e::mail::{self, marker, Sink, StartTls, Upstream};
-use smtp_relay_e2e::operator;
+use smtp_relay_e2e::operator::{self, ChartRelease};
+use smtp_relay_e2e::phases::{self, Order, Phase};
 use smtp_relay_e2e::relayhost::{ScriptedRelayhost, TokenPolicy, TokenServer};
 use smtp_relay_e2e::user_path::{self, NODE_IP};
 use smtp_relay_e2e::ControlPlane;
@@ -281,61 +293,306 @@ fn send_from_pod(cp: &ControlPlane, pod_ip: &str, to: &str) -> Result<String, St
     }
 }
 
-#[test]
-fn relay_pod_under_the_kubelet_follows_secret_rotation() {
-    let t = Timer(Instant::now());
-    ok(user_path::image_tarballs());
-    let cp = ControlPlane::with_node().expect("control plane with a node starts");
-    ok(user_path::import_images(&cp));
-    let release = user_path::install_chart(&cp);
-    let operator_pod = ok(user_path::wait_operator_ready(&cp, &release, WAIT));
-    t.step("node up, images imported, chart installed, operator pod Ready");
+fn main() -> std::process::ExitCode {
+    let phases: [Phase<Env>; 15] = [
+        (
+            "the_relay_pod_runs_with_sasl_users_and_a_relayhost_login",
+            the_relay_pod_runs_with_sasl_users_and_a_relayhost_login,
+        ),
+        (
+            "the_pod_runs_as_its_template_says",
+            the_pod_runs_as_its_template_says,
+        ),
+        (
+            "auth_is_offered_only_inside_tls_with_the_issued_certificate",
+            auth_is_offered_only_inside_tls_with_the_issued_certificate,
+        ),
+        (
+            "sasl_users_send_anywhere_networks_to_the_domain_anonymous_nowhere",
+            sasl_users_send_anywhere_networks_to_the_domain_anonymous_nowhere,
+        ),
+        (
+            "the_in_pod_test_message_goes_to_a_verified_relayhost",
+            the_in_pod_test_message_goes_to_a_verified_relayhost,
+        ),
+        (
+            "a_sasl_user_added_applies_in_place_without_a_restart",
+            a_sasl_user_added_applies_in_place_without_a_restart,
+        ),
+        (
+            "a_rotated_relayhost_password_replaces_the_pod",
+            a_rotated_relayhost_password_replaces_the_pod,
+        ),
+        (
+            "status_names_the_pod_that_cannot_run_until_the_image_is_fixed",
+            status_names_the_pod_that_cannot_run_until_the_image_is_fixed,
+        ),
+        (
+            "oauth2_client_credentials_deliver_after_auth_xoauth2",
+            oauth2_client_credentials_deliver_after_auth_xoauth2,
+        ),
+        (
+            "the_oauth2_login_shows_in_status_and_no_secret_leaks",
+            the_oauth2_login_shows_in_status_and_no_secret_leaks,
+        ),
+        (
+            "a_delegated_login_runs_two_replicas_as_their_own_service_account",
+            a_delegated_login_runs_two_replicas_as_their_own_service_account,
+        ),
+        (
+            "rotated_refresh_tokens_are_shared_and_written_back_without_a_restart",
+            rotated_refresh_tokens_are_shared_and_written_back_without_a_restart,
+        ),
+        (
+            "the_delegated_login_delivers_and_no_token_leaks",
+            the_delegated_login_delivers_and_no_token_leaks,
+        ),
+        (
+            "without_a_refresh_token_its_secret_and_service_account_are_pruned",
+            without_a_refresh_token_its_secret_and_service_account_are_pruned,
+        ),
+        (
+            "the_operator_log_has_no_forbidden_and_no_password",
+            the_operator_log_has_no_forbidden_and_no_password,
+        ),
+    ];
+    phases::run(Order::Sequential, Env::start, &phases)
+}
 
-    let sink = Sink::start().expect("sink");
-    let upstream = Upstream::start_at(&sink, NODE_IP, &[(RELAYHOST_LOGIN, RELAYHOST_PW1)])
-        .expect("upstream relay");
-    operator::create_namespace(&cp, NS);
-    apply(&cp, &relayhost_secret(RELAYHOST_PW1));
-    apply(&cp, &relayhost_ca_secret(&ok(upstream.ca_pem())));
-    apply(&cp, &users_secret(&[("app1", APP1_PW)]));
-    apply(&cp, &smtp_relay(upstream.addr));
-    let pod = ok(user_path::wait_relay_ready(&cp, NS, RELAY, WAIT));
-    let pod_uid = pod["metadata"]["uid"].clone();
-    let pod_ip = pod["status"]["podIP"].as_str().unwrap().to_string();
-    t.step(&format!("relay pod Ready at {pod_ip}, SmtpRelay Ready"));
+/// The node with the chart's operator, the relay's upstream and sink, and what each phase
+/// hands on to the next. Fields drop in order: the servers before the node.
+struct Env {
+    t: Timer,
+    release: ChartRelease,
+    operator_pod: String,
+    /// The first relay pod as it was Ready, its uid and its address.
+    pod: Value,
+    pod_uid: Value,
+    pod_ip: String,
+    /// The Service's SMTP address and the certificate the operator issued for its names.
+    service: Option<SocketAddr>,
+    cert: Vec<u8>,
+    /// The pod template's config hash before the SASL user was added.
+    hash_before: Option<String>,
+    /// The OAuth2 client credentials login, from its phase on.
+    oauth2: Option<OAuth2>,
+    /// The delegated login, from its phase on.
+    delegated: Option<Delegated>,
+    upstream: Upstream,
+    sink: Sink,
+    cp: ControlPlane,
+}
 
-    check_pod_as_run(&cp, &pod);
-    t.step("security context, volumes, command and probes as the template says");
+/// An HTTPS token endpoint issuing client credentials tokens, and a relayhost that takes mail
+/// only after `AUTH XOAUTH2` with one of them.
+struct OAuth2 {
+    xoauth2: ScriptedRelayhost,
+    endpoint: TokenServer,
+    /// The relay pod that logged in, and the tokens issued by then.
+    pod: String,
+    issued: Vec<String>,
+    /// The endpoint's certificate and key (files, signed by the test CA), and their directory.
+    cert: PathBuf,
+    key: PathBuf,
+    _certs: tempfile::TempDir,
+}
 
-    let service = SocketAddr::from((ok(user_path::cluster_ip(&cp, NS, RELAY)), 25));
-    ok(user_path::wait(
-        &cp,
-        NS,
-        WAIT,
-        "SMTP at the ClusterIP",
-        || mail::smtp_ready(service).then_some(()),
-    ));
-    let host = Ipv4Addr::UNSPECIFIED;
-    let diagnose = |e: String| -> String {
+/// A token endpoint that rotates the refresh token at every refresh, and its relayhost.
+struct Delegated {
+    relayhost: ScriptedRelayhost,
+    server: TokenServer,
+    /// The two pods as they first ran with the delegated login, and the template's hash then.
+    running: Vec<Value>,
+    hash: Option<String>,
+    /// The refresh token everyone agreed on, and how many write-backs were seen.
+    converged: String,
+    written: usize,
+}
+
+impl Env {
+    fn start() -> Env {
+        let t = Timer(Instant::now());
+        ok(user_path::image_tarballs());
+        let cp = ControlPlane::with_node().expect("control plane with a node starts");
+        ok(user_path::import_images(&cp));
+        let release = user_path::install_chart(&cp);
+        let operator_pod = ok(user_path::wait_operator_ready(&cp, &release, WAIT));
+        t.step("node up, images imported, chart installed, operator pod Ready");
+        let sink = Sink::start().expect("sink");
+        let upstream = Upstream::start_at(&sink, NODE_IP, &[(RELAYHOST_LOGIN, RELAYHOST_PW1)])
+            .expect("upstream relay");
+        Env {
+            t,
+            release,
+            operator_pod,
+            pod: Value::Null,
+            pod_uid: Value::Null,
+            pod_ip: String::new(),
+            service: None,
+            cert: Vec::new(),
+            hash_before: None,
+            oauth2: None,
+            delegated: None,
+            upstream,
+            sink,
+            cp,
+        }
+    }
+
+    fn wait<T>(&self, what: &str, f: impl FnMut() -> Option<T>) -> T {
+        ok(user_path::wait(&self.cp, NS, WAIT, what, f))
+    }
+
+    /// A failure's message with the upstream's log and the namespace's diagnosis.
+    fn diagnose(&self, e: String) -> String {
         format!(
             "{e}\n--- upstream\n{}\n{}",
-            upstream.log(),
-            user_path::diagnose(&cp, NS)
+            self.upstream.log(),
+            user_path::diagnose(&self.cp, NS)
         )
-    };
-    // AUTH only inside TLS: the relay's certificate is the one the operator issued, naming the
-    // Service.
-    let cert = issued_certificate(&cp);
-    let tls_name = format!("{RELAY}.{NS}.svc");
-    let tls = StartTls {
-        name: &tls_name,
-        ca_pem: &cert,
-    };
-    let app1 = Some(("app1", APP1_PW));
+    }
+
+    /// One message to the Service from the host, inside STARTTLS (the issued certificate
+    /// checked), logged in as `auth`; `Err` carries the refusal.
+    fn try_send(
+        &self,
+        auth: Option<(&str, &str)>,
+        from: &str,
+        to: &str,
+        m: &str,
+    ) -> Result<String, String> {
+        let service = self.service.expect("the Service's address");
+        let tls_name = tls_name();
+        let tls = StartTls {
+            name: &tls_name,
+            ca_pem: &self.cert,
+        };
+        mail::send_tls(
+            service,
+            Ipv4Addr::UNSPECIFIED,
+            Some(&tls),
+            auth,
+            from,
+            to,
+            m,
+        )
+    }
+
+    /// [`Self::try_send`], which must be accepted.
+    fn send(&self, auth: Option<(&str, &str)>, from: &str, to: &str, m: &str) {
+        self.try_send(auth, from, to, m)
+            .unwrap_or_else(|e| panic!("{}", self.diagnose(e)));
+    }
+
+    fn oauth2(&self) -> &OAuth2 {
+        self.oauth2.as_ref().expect("the OAuth2 login's phase ran")
+    }
+
+    fn delegated(&self) -> &Delegated {
+        self.delegated
+            .as_ref()
+            .expect("the delegated login's phase ran")
+    }
+}
+
+/// The name the issued certificate carries: the Service's.
+fn tls_name() -> String {
+    format!("{RELAY}.{NS}.svc")
+}
+
+const APP1: Option<(&str, &str)> = Some(("app1", APP1_PW));
+
+/// A Secret's value, decoded.
+fn secret_value(cp: &ControlPlane, name: &str, key: &str) -> Option<String> {
+    use base64::Engine;
+    let b64 = get(cp, "secret", name)?["data"][key].as_str()?.to_string();
+    let bytes = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+    String::from_utf8(bytes).ok()
+}
+
+/// The uids of the relay's two pods, when both are Ready and none is being deleted.
+fn pod_uids(cp: &ControlPlane) -> Option<Vec<Value>> {
+    let pods = cp.kubectl_ok([
+        "get",
+        "pods",
+        "-n",
+        NS,
+        "-l",
+        "app.kubernetes.io/instance=relay",
+        "-o",
+        "json",
+    ]);
+    let pods: Value = serde_json::from_str(&pods).ok()?;
+    let items = pods["items"].as_array()?;
+    let ready = items.len() == 2
+        && items
+            .iter()
+            .all(|p| user_path::pod_ready(p) && p["metadata"]["deletionTimestamp"].is_null());
+    ready.then(|| items.iter().map(|p| p["metadata"]["uid"].clone()).collect())
+}
+
+/// The SmtpRelay's generation observed and its StatefulSet rolled out, both replicas Ready.
+fn sts_settled(cp: &ControlPlane) -> Option<()> {
+    let r = get(cp, "smtprelay", RELAY)?;
+    let sts = get(cp, "statefulset", RELAY)?;
+    let st = &sts["status"];
+    (r["status"]["observedGeneration"] == r["metadata"]["generation"]
+        && st["readyReplicas"] == 2
+        && st["updatedReplicas"] == 2
+        && st["currentRevision"] == st["updateRevision"])
+        .then_some(())
+}
+
+/// The Secret holding the refresh token the replicas share, and their ServiceAccount (Role,
+/// RoleBinding).
+fn shared_token_secret() -> String {
+    format!("{RELAY}-oauth2-token")
+}
+
+fn oauth2_account() -> String {
+    format!("{RELAY}-oauth2")
+}
+
+/// 1. An SmtpRelay in mode `AllowSaslAuthNoDomain` with SASL users and relayhost credentials,
+///    its relayhost an upstream relay on the node IP that requires AUTH: its pod Ready.
+fn the_relay_pod_runs_with_sasl_users_and_a_relayhost_login(env: &mut Env) {
+    let cp = &env.cp;
+    operator::create_namespace(cp, NS);
+    apply(cp, &relayhost_secret(RELAYHOST_PW1));
+    apply(cp, &relayhost_ca_secret(&ok(env.upstream.ca_pem())));
+    apply(cp, &users_secret(&[("app1", APP1_PW)]));
+    apply(cp, &smtp_relay(env.upstream.addr));
+    let pod = ok(user_path::wait_relay_ready(cp, NS, RELAY, WAIT));
+    env.pod_uid = pod["metadata"]["uid"].clone();
+    env.pod_ip = pod["status"]["podIP"].as_str().unwrap().to_string();
+    env.pod = pod;
+    env.t.step(&format!(
+        "relay pod Ready at {}, SmtpRelay Ready",
+        env.pod_ip
+    ));
+}
+
+/// 2. The pod as the kubelet runs it: the security context, the volumes, the command as PID 1,
+///    its own hostname; the probes pass (no restart).
+fn the_pod_runs_as_its_template_says(env: &mut Env) {
+    check_pod_as_run(&env.cp, &env.pod);
+    env.t
+        .step("security context, volumes, command and probes as the template says");
+}
+
+/// 3. SMTP at the Service's ClusterIP; AUTH is never offered before STARTTLS, whose
+///    certificate is the one the operator issued for the Service's names.
+fn auth_is_offered_only_inside_tls_with_the_issued_certificate(env: &mut Env) {
+    let cp = &env.cp;
+    let service = SocketAddr::from((ok(user_path::cluster_ip(cp, NS, RELAY)), 25));
+    env.wait("SMTP at the ClusterIP", || {
+        mail::smtp_ready(service).then_some(())
+    });
+    let cert = issued_certificate(cp);
     let clear = mail::send(
         service,
-        host,
-        app1,
+        Ipv4Addr::UNSPECIFIED,
+        APP1,
         "app1@example.net",
         "a@elsewhere.org",
         "x",
@@ -346,18 +603,28 @@ fn relay_pod_under_the_kubelet_follows_secret_rotation() {
             .is_err_and(|e| e.contains("No compatible authentication mechanism")),
         "no AUTH offered before STARTTLS: {clear:?}"
     );
-    let send = |auth, from, to: &str, m: &str| {
-        mail::send_tls(service, host, Some(&tls), auth, from, to, m)
-    };
-    // A SASL user may send anywhere.
+    env.service = Some(service);
+    env.cert = cert;
+    env.t.step(&format!(
+        "SMTP at {service}: no AUTH before STARTTLS, the issued certificate names {}",
+        tls_name()
+    ));
+}
+
+/// 3, continued. A SASL user may send anywhere (inside TLS), a `networks` client (the host,
+///    seen as the node IP) only to the relay domain, an anonymous client outside `networks`
+///    (a shell in the pod, sending to the pod's own IP) nowhere.
+fn sasl_users_send_anywhere_networks_to_the_domain_anonymous_nowhere(env: &mut Env) {
+    let cp = &env.cp;
+    let service = env.service.expect("the Service's address");
     let m = marker("sasl");
-    send(app1, "app1@example.net", "a@elsewhere.org", &m)
-        .unwrap_or_else(|e| panic!("{}", diagnose(e)));
-    let got = sink
+    env.send(APP1, "app1@example.net", "a@elsewhere.org", &m);
+    let got = env
+        .sink
         .wait_for("a@elsewhere.org", &m, WAIT)
-        .unwrap_or_else(|e| panic!("{}", diagnose(e)));
+        .unwrap_or_else(|e| panic!("{}", env.diagnose(e)));
     assert_eq!(got.from, "app1@example.net");
-    // A networks client (the host, seen as the node IP) may send to the relay domain only.
+    let host = Ipv4Addr::UNSPECIFIED;
     let m = marker("net");
     mail::send(
         service,
@@ -367,9 +634,10 @@ fn relay_pod_under_the_kubelet_follows_secret_rotation() {
         "ops@example.net",
         &m,
     )
-    .unwrap_or_else(|e| panic!("{}", diagnose(e)));
-    sink.wait_for("ops@example.net", &m, WAIT)
-        .unwrap_or_else(|e| panic!("{}", diagnose(e)));
+    .unwrap_or_else(|e| panic!("{}", env.diagnose(e)));
+    env.sink
+        .wait_for("ops@example.net", &m, WAIT)
+        .unwrap_or_else(|e| panic!("{}", env.diagnose(e)));
     let refused = mail::send(
         service,
         host,
@@ -382,18 +650,26 @@ fn relay_pod_under_the_kubelet_follows_secret_rotation() {
         refused.as_ref().is_err_and(|e| e.contains("554")),
         "a networks client relaying elsewhere: {refused:?}"
     );
-    // An anonymous client outside networks may send nowhere.
     for to in ["ops@example.net", "x@elsewhere.org"] {
-        let refused = send_from_pod(&cp, &pod_ip, to);
+        let refused = send_from_pod(cp, &env.pod_ip, to);
         assert!(
             refused.as_ref().is_err_and(|e| e.contains("554")),
             "an anonymous client outside networks, to {to}: {refused:?}"
         );
     }
-    let events = event_reasons(&cp);
+    let events = event_reasons(cp);
     assert!(events.contains("CertificateIssued"), "events: {events}");
-    // The chart README's test message from inside the pod: the password on stdin, the login
-    // inside STARTTLS, verified against the mounted certificate.
+    env.t.step(
+        "mode AllowSaslAuthNoDomain through the Service: SASL inside TLS anywhere, networks to domain, anonymous nowhere",
+    );
+}
+
+/// 3, continued. The chart README's test message from inside the pod (the password on stdin,
+///    the login inside STARTTLS, verified against the mounted certificate) reaches the sink;
+///    the relay logged in to an upstream that proved it is the node IP (issue 26).
+fn the_in_pod_test_message_goes_to_a_verified_relayhost(env: &mut Env) {
+    let cp = &env.cp;
+    let tls_name = tls_name();
     let out = cp.kubectl_stdin(
         [
             "exec",
@@ -425,127 +701,126 @@ fn relay_pod_under_the_kubelet_follows_secret_rotation() {
         "smtp-relay send in the pod: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    ok(user_path::wait(
-        &cp,
-        NS,
-        WAIT,
-        "the pod's test message at the sink",
-        || sink.delivered_to("d@elsewhere.org").then_some(()),
-    ));
+    env.wait("the pod's test message at the sink", || {
+        env.sink.delivered_to("d@elsewhere.org").then_some(())
+    });
     // Issue 26: the login went to an upstream that proved it is the node IP, and the status
     // says the relayhost is verified.
-    let relay = get(&cp, "smtprelay", RELAY).unwrap();
+    let relay = get(cp, "smtprelay", RELAY).unwrap();
     let verified = operator::condition(&relay, "RelayhostVerified").unwrap();
     assert_eq!(
         (&verified["status"], &verified["reason"]),
         (&Value::from("True"), &Value::from("RelayhostVerified")),
         "{verified}"
     );
-    assert!(upstream.log().contains("sasl_username=relay-login"));
-    t.step("mode AllowSaslAuthNoDomain through the Service: SASL inside TLS anywhere, networks to domain; the upstream verified (secure) before the login");
+    assert!(env.upstream.log().contains("sasl_username=relay-login"));
+    env.t
+        .step("the in-pod test message delivered; the upstream verified (secure) before the login");
+}
 
-    // Rotation 1: a new SASL user, in place.
-    let hash_before = template_hash(&cp).expect("config hash");
-    apply(&cp, &users_secret(&[("app1", APP1_PW), ("app2", APP2_PW)]));
-    ok(user_path::wait(
-        &cp,
-        NS,
-        WAIT,
-        "the owned SASL users Secret to hold app2",
-        || {
-            get(&cp, "secret", &format!("{RELAY}-sasl-users"))?["data"]
-                .get("app2")
-                .map(|_| ())
-        },
-    ));
+/// 4. A SASL user added to the user's Secret: the operator updates its copy, the pod template
+///    is unchanged, the kubelet swaps the volume in place and the running relay lets the new
+///    user send, in the same pod, without a restart.
+fn a_sasl_user_added_applies_in_place_without_a_restart(env: &mut Env) {
+    let cp = &env.cp;
+    let hash_before = template_hash(cp).expect("config hash");
+    apply(cp, &users_secret(&[("app1", APP1_PW), ("app2", APP2_PW)]));
+    env.wait("the owned SASL users Secret to hold app2", || {
+        get(cp, "secret", &format!("{RELAY}-sasl-users"))?["data"]
+            .get("app2")
+            .map(|_| ())
+    });
     let m = marker("app2");
     let app2 = Some(("app2", APP2_PW));
-    ok(user_path::wait(
-        &cp,
-        NS,
-        WAIT,
+    env.wait(
         "app2 to be able to send (the kubelet's volume update, the relay's reload)",
-        || send(app2, "app2@example.net", "b@elsewhere.org", &m).ok(),
-    ));
-    sink.wait_for("b@elsewhere.org", &m, WAIT)
-        .unwrap_or_else(|e| panic!("{}", diagnose(e)));
-    let users = sh_ok(&cp, "smtp-relay users");
+        || {
+            env.try_send(app2, "app2@example.net", "b@elsewhere.org", &m)
+                .ok()
+        },
+    );
+    env.sink
+        .wait_for("b@elsewhere.org", &m, WAIT)
+        .unwrap_or_else(|e| panic!("{}", env.diagnose(e)));
+    let users = sh_ok(cp, "smtp-relay users");
     assert!(
         users.contains("app1") && users.contains("app2"),
         "the relay's database lists both users: {users}"
     );
-    assert_eq!(template_hash(&cp), Some(hash_before.clone()));
-    let pod = get(&cp, "pod", POD).expect("the relay pod");
-    assert_eq!(pod["metadata"]["uid"], pod_uid, "the same pod");
+    assert_eq!(template_hash(cp), Some(hash_before.clone()));
+    let pod = get(cp, "pod", POD).expect("the relay pod");
+    assert_eq!(pod["metadata"]["uid"], env.pod_uid, "the same pod");
     assert_eq!(pod["status"]["containerStatuses"][0]["restartCount"], 0);
-    t.step("SASL user added: volume swapped in place, app2 sent, same pod, no restart");
+    env.hash_before = Some(hash_before);
+    env.t
+        .step("SASL user added: volume swapped in place, app2 sent, same pod, no restart");
+}
 
-    // Rotation 2: the relayhost password, at the upstream first (mail would defer meanwhile),
-    // then in the Secret: a new config hash, a new pod.
-    upstream
+/// 5. The relayhost password rotated, at the upstream first (mail would defer meanwhile), then
+///    in the Secret: a new config hash, a new pod, which logs in with the new password.
+fn a_rotated_relayhost_password_replaces_the_pod(env: &mut Env) {
+    let cp = &env.cp;
+    let hash_before = env.hash_before.clone().expect("the config hash before");
+    env.upstream
         .set_users(&[(RELAYHOST_LOGIN, RELAYHOST_PW2)])
         .expect("rotate at the upstream");
-    apply(&cp, &relayhost_secret(RELAYHOST_PW2));
-    ok(user_path::wait(
-        &cp,
-        NS,
-        WAIT,
-        "a new config hash on the pod template",
-        || template_hash(&cp).filter(|h| *h != hash_before),
-    ));
-    let pod = ok(user_path::wait(
-        &cp,
-        NS,
-        WAIT,
-        "a new relay pod Ready",
-        || user_path::relay_ready(&cp, NS, RELAY).filter(|p| p["metadata"]["uid"] != pod_uid),
-    ));
+    apply(cp, &relayhost_secret(RELAYHOST_PW2));
+    env.wait("a new config hash on the pod template", || {
+        template_hash(cp).filter(|h| *h != hash_before)
+    });
+    let pod = env.wait("a new relay pod Ready", || {
+        user_path::relay_ready(cp, NS, RELAY).filter(|p| p["metadata"]["uid"] != env.pod_uid)
+    });
     assert_eq!(pod["status"]["containerStatuses"][0]["restartCount"], 0);
     let m = marker("rotated");
-    send(app1, "app1@example.net", "c@elsewhere.org", &m)
-        .unwrap_or_else(|e| panic!("{}", diagnose(e)));
-    sink.wait_for("c@elsewhere.org", &m, WAIT)
-        .unwrap_or_else(|e| panic!("{}", diagnose(e)));
+    env.send(APP1, "app1@example.net", "c@elsewhere.org", &m);
+    env.sink
+        .wait_for("c@elsewhere.org", &m, WAIT)
+        .unwrap_or_else(|e| panic!("{}", env.diagnose(e)));
     assert!(
-        upstream.log().contains("sasl_username=relay-login"),
+        env.upstream.log().contains("sasl_username=relay-login"),
         "the upstream saw the relay log in"
     );
-    t.step("relayhost password rotated: pod replaced, mail delivered with the new password");
+    env.t
+        .step("relayhost password rotated: pod replaced, mail delivered with the new password");
+}
 
-    // 6. The truth about a pod that cannot run.
-    let patch = |image: Value| {
-        let p = serde_json::json!({"spec": {"image": image, "imagePullPolicy": "Never"}});
-        cp.kubectl_ok([
-            "patch",
-            "smtprelay",
-            "-n",
-            NS,
-            RELAY,
-            "--type",
-            "merge",
-            "-p",
-            &p.to_string(),
-        ]);
-    };
-    patch(
+/// `spec.image` set (or unset, with `Value::Null`), never pulled.
+fn patch_image(cp: &ControlPlane, image: Value) {
+    let p = serde_json::json!({"spec": {"image": image, "imagePullPolicy": "Never"}});
+    cp.kubectl_ok([
+        "patch",
+        "smtprelay",
+        "-n",
+        NS,
+        RELAY,
+        "--type",
+        "merge",
+        "-p",
+        &p.to_string(),
+    ]);
+}
+
+/// 6. An image that cannot run the relay (the operator's image: no `smtp-relay` in it): the
+///    SmtpRelay's status names the pod, the container, the kubelet's reason and how the last
+///    run ended (Ready=False, kstatus Stalled=True, a Warning Event); back to the relay image,
+///    the relay is Ready again.
+fn status_names_the_pod_that_cannot_run_until_the_image_is_fixed(env: &mut Env) {
+    let cp = &env.cp;
+    patch_image(
+        cp,
         format!(
             "ghcr.io/smtp-relay-operator/smtp-relay-operator:{}",
             env!("CARGO_PKG_VERSION")
         )
         .into(),
     );
-    let stalled = ok(user_path::wait(
-        &cp,
-        NS,
-        WAIT,
-        "the SmtpRelay Stalled on the pod that cannot start",
-        || {
-            let r = get(&cp, "smtprelay", RELAY)?;
-            let stalled = operator::condition(&r, "Stalled")?["status"] == "True";
-            let current = r["status"]["observedGeneration"] == r["metadata"]["generation"];
-            (stalled && current).then_some(r)
-        },
-    ));
+    let stalled = env.wait("the SmtpRelay Stalled on the pod that cannot start", || {
+        let r = get(cp, "smtprelay", RELAY)?;
+        let stalled = operator::condition(&r, "Stalled")?["status"] == "True";
+        let current = r["status"]["observedGeneration"] == r["metadata"]["generation"];
+        (stalled && current).then_some(r)
+    });
     let ready = operator::condition(&stalled, "Ready").unwrap();
     let message = ready["message"].as_str().unwrap_or_default();
     assert_eq!(ready["status"], "False", "{ready}");
@@ -562,22 +837,25 @@ fn relay_pod_under_the_kubelet_follows_secret_rotation() {
         operator::condition(&stalled, "Reconciling").unwrap()["status"],
         "False"
     );
-    let events = event_reasons(&cp);
+    let events = event_reasons(cp);
     assert!(
         events.contains(ready["reason"].as_str().unwrap()),
         "a Warning Event: {events}"
     );
-    t.step(&format!(
+    env.t.step(&format!(
         "an image that cannot run: {}: {message}",
         ready["reason"]
     ));
-    patch(Value::Null);
-    ok(user_path::wait_relay_ready(&cp, NS, RELAY, WAIT));
-    t.step("back to the relay image: Ready again");
+    patch_image(cp, Value::Null);
+    ok(user_path::wait_relay_ready(cp, NS, RELAY, WAIT));
+    env.t.step("back to the relay image: Ready again");
+}
 
-    // 7. OAuth2: the relay logs in with XOAUTH2, through the image's own Cyrus mechanism, with
-    //    tokens from an HTTPS token endpoint it trusts through the relayhost's CA; the
-    //    relayhost takes mail only with one of that endpoint's unexpired tokens.
+/// 7. OAuth2: the relay logs in with XOAUTH2, through the image's own Cyrus mechanism, with
+///    tokens from an HTTPS token endpoint it trusts through the relayhost's CA; the relayhost
+///    takes mail only with one of that endpoint's unexpired tokens.
+fn oauth2_client_credentials_deliver_after_auth_xoauth2(env: &mut Env) {
+    let cp = &env.cp;
     let certs = tempfile::tempdir().unwrap();
     let (ca, cert, key) = ok(mail::ca_signed_cert_for(certs.path(), NODE_IP));
     let endpoint = ok(TokenServer::start_at(
@@ -593,9 +871,9 @@ fn relay_pod_under_the_kubelet_follows_secret_rotation() {
         },
         Some((&cert, &key)),
     ));
-    let xoauth2 = ScriptedRelayhost::start_at(NODE_IP, Some(endpoint.check()));
+    let xoauth2 = ok(ScriptedRelayhost::start_at(NODE_IP, Some(endpoint.check())));
     apply(
-        &cp,
+        cp,
         &serde_json::json!({
             "apiVersion": "v1", "kind": "Secret",
             "metadata": {"name": "oauth2-app", "namespace": NS},
@@ -604,7 +882,7 @@ fn relay_pod_under_the_kubelet_follows_secret_rotation() {
         .to_string(),
     );
     apply(
-        &cp,
+        cp,
         &serde_json::json!({
             "apiVersion": "v1", "kind": "Secret",
             "metadata": {"name": "idp-ca", "namespace": NS},
@@ -625,67 +903,60 @@ fn relay_pod_under_the_kubelet_follows_secret_rotation() {
         // The scripted relayhost offers no STARTTLS: said explicitly, and flagged.
         "tls": {"level": "none", "caSecretKeyRef": {"name": "idp-ca", "key": "ca.crt"}},
     }}});
-    let before = user_path::relay_ready(&cp, NS, RELAY).map(|p| p["metadata"]["uid"].clone());
-    operator::patch_relay(&cp, NS, RELAY, &relayhost.to_string());
-    let pod = ok(user_path::wait(
-        &cp,
-        NS,
-        WAIT,
-        "a relay pod Ready with the OAuth2 login",
-        || {
-            let r = get(&cp, "smtprelay", RELAY)?;
-            let current = r["status"]["observedGeneration"] == r["metadata"]["generation"];
-            let pod = user_path::relay_ready(&cp, NS, RELAY)?;
-            (current && Some(&pod["metadata"]["uid"]) != before.as_ref()).then_some(pod)
-        },
-    ));
+    let before = user_path::relay_ready(cp, NS, RELAY).map(|p| p["metadata"]["uid"].clone());
+    operator::patch_relay(cp, NS, RELAY, &relayhost.to_string());
+    let pod = env.wait("a relay pod Ready with the OAuth2 login", || {
+        let r = get(cp, "smtprelay", RELAY)?;
+        let current = r["status"]["observedGeneration"] == r["metadata"]["generation"];
+        let pod = user_path::relay_ready(cp, NS, RELAY)?;
+        (current && Some(&pod["metadata"]["uid"]) != before.as_ref()).then_some(pod)
+    });
     let m = marker("oauth2");
-    send(app1, "app1@example.net", "oauth2@elsewhere.org", &m)
-        .unwrap_or_else(|e| panic!("{}", diagnose(e)));
-    ok(user_path::wait(
-        &cp,
-        NS,
-        WAIT,
-        "the message at the relayhost, after AUTH XOAUTH2",
-        || {
-            xoauth2
-                .delivered()
-                .contains(&"oauth2@elsewhere.org".to_string())
-                .then_some(())
-        },
-    ));
+    env.send(APP1, "app1@example.net", "oauth2@elsewhere.org", &m);
+    env.wait("the message at the relayhost, after AUTH XOAUTH2", || {
+        xoauth2
+            .delivered()
+            .contains(&"oauth2@elsewhere.org".to_string())
+            .then_some(())
+    });
     let issued = endpoint.issued();
     assert!(!issued.is_empty() && xoauth2.transcript().contains("AUTH XOAUTH2 "));
-    let queue = ok(user_path::wait(
-        &cp,
-        NS,
-        WAIT,
-        "status.queue with the token and the accepted login",
-        || {
-            let r = get(&cp, "smtprelay", RELAY)?;
-            let q = &r["status"]["queue"];
-            (q["relayhostLogin"] == "Accepted" && q["relayhostToken"]["expiresTime"].is_string())
-                .then(|| q.clone())
-        },
-    ));
+    env.oauth2 = Some(OAuth2 {
+        xoauth2,
+        endpoint,
+        pod: pod["metadata"]["name"].as_str().unwrap().to_string(),
+        issued,
+        cert,
+        key,
+        _certs: certs,
+    });
+}
+
+/// 7, continued. `status.queue` shows the token and the accepted login, the RelayhostLogin
+///    condition and `kubectl get smtpr` say why mail would wait, the relayhost password is
+///    flagged as an access token's; neither the client secret nor a token is anywhere users
+///    look.
+fn the_oauth2_login_shows_in_status_and_no_secret_leaks(env: &mut Env) {
+    let cp = &env.cp;
+    let oauth2 = env.oauth2();
+    let queue = env.wait("status.queue with the token and the accepted login", || {
+        let r = get(cp, "smtprelay", RELAY)?;
+        let q = &r["status"]["queue"];
+        (q["relayhostLogin"] == "Accepted" && q["relayhostToken"]["expiresTime"].is_string())
+            .then(|| q.clone())
+    });
     // Why mail would wait, in conditions and in `kubectl get smtpr`.
-    ok(user_path::wait(
-        &cp,
-        NS,
-        WAIT,
-        "the RelayhostLogin condition True",
-        || {
-            let r = get(&cp, "smtprelay", RELAY)?;
-            let c = operator::condition(&r, "RelayhostLogin")?;
-            (c["status"] == "True" && c["reason"] == "LoginAccepted").then_some(())
-        },
-    ));
+    env.wait("the RelayhostLogin condition True", || {
+        let r = get(cp, "smtprelay", RELAY)?;
+        let c = operator::condition(&r, "RelayhostLogin")?;
+        (c["status"] == "True" && c["reason"] == "LoginAccepted").then_some(())
+    });
     let table = cp.kubectl_ok(["get", "smtpr", "-n", NS]);
     assert!(
         table.contains("RELAYHOST LOGIN") && table.contains("LoginAccepted"),
         "{table}"
     );
-    let relay = get(&cp, "smtprelay", RELAY).unwrap();
+    let relay = get(cp, "smtprelay", RELAY).unwrap();
     let flagged = operator::condition(&relay, "RelayhostPasswordProtected").unwrap();
     assert_eq!(flagged["status"], "False", "{flagged}");
     assert!(
@@ -696,9 +967,10 @@ fn relay_pod_under_the_kubelet_follows_secret_rotation() {
         "{flagged}"
     );
     // Neither the client secret nor a token anywhere users look.
-    let mut seen = user_path::pod_logs(&cp, NS, pod["metadata"]["name"].as_str().unwrap());
+    let mut seen = user_path::pod_logs(cp, NS, &oauth2.pod);
     seen.push_str(&cp.kubectl_ok(["get", "configmap,events,smtprelay", "-n", NS, "-o", "yaml"]));
-    for secret in issued
+    for secret in oauth2
+        .issued
         .iter()
         .map(String::as_str)
         .chain([OAUTH2_CLIENT_SECRET])
@@ -708,17 +980,22 @@ fn relay_pod_under_the_kubelet_follows_secret_rotation() {
             "{secret} in a log, ConfigMap, Event or status"
         );
     }
-    t.step(&format!(
+    env.t.step(&format!(
         "OAuth2: delivered after AUTH XOAUTH2 with {} token(s) from the HTTPS endpoint; status.queue: {queue}",
-        issued.len()
+        oauth2.issued.len()
     ));
+}
 
-    // 8. A delegated login at a provider that rotates refresh tokens and refuses a used one,
-    //    with short-lived tokens: two replicas share the newest refresh token through
-    //    `<relay>-oauth2-token`, as their own ServiceAccount; the operator writes it back into
-    //    the user's Secret; neither a rotation nor a write-back restarts a pod.
-    const CONSENTED: &str = "refresh-token-as-consented";
-    let delegated = ok(TokenServer::start_at(
+/// The refresh token the user consented with: the delegated login's first.
+const CONSENTED: &str = "refresh-token-as-consented";
+
+/// 8. A delegated login at a provider that rotates refresh tokens and refuses a used one, with
+///    short-lived tokens: two replicas, Ready, running as their own ServiceAccount (they share
+///    the newest refresh token through `<relay>-oauth2-token`).
+fn a_delegated_login_runs_two_replicas_as_their_own_service_account(env: &mut Env) {
+    let cp = &env.cp;
+    let oauth2 = env.oauth2();
+    let server = ok(TokenServer::start_at(
         NODE_IP,
         TokenPolicy {
             client_id: OAUTH2_CLIENT_ID.into(),
@@ -729,11 +1006,11 @@ fn relay_pod_under_the_kubelet_follows_secret_rotation() {
             delay: Duration::ZERO,
             service_account: None,
         },
-        Some((&cert, &key)),
+        Some((&oauth2.cert, &oauth2.key)),
     ));
-    let delegated_relayhost = ScriptedRelayhost::start_at(NODE_IP, Some(delegated.check()));
+    let relayhost = ok(ScriptedRelayhost::start_at(NODE_IP, Some(server.check())));
     apply(
-        &cp,
+        cp,
         &serde_json::json!({
             "apiVersion": "v1", "kind": "Secret",
             "metadata": {"name": "oauth2-delegated", "namespace": NS},
@@ -742,180 +1019,164 @@ fn relay_pod_under_the_kubelet_follows_secret_rotation() {
         .to_string(),
     );
     operator::patch_relay(
-        &cp,
+        cp,
         NS,
         RELAY,
         &serde_json::json!({"spec": {"replicas": 2, "relayhost": {
-            "port": delegated_relayhost.addr().port(),
-            "oauth2": {"tokenEndpoint": delegated.url(), "secretRef": {"name": "oauth2-delegated"}},
+            "port": relayhost.addr().port(),
+            "oauth2": {"tokenEndpoint": server.url(), "secretRef": {"name": "oauth2-delegated"}},
         }}})
         .to_string(),
     );
-    let secret_value = |name: &str, key: &str| -> Option<String> {
-        use base64::Engine;
-        let b64 = get(&cp, "secret", name)?["data"][key].as_str()?.to_string();
-        let bytes = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
-        String::from_utf8(bytes).ok()
-    };
-    let pod_uids = || -> Option<Vec<Value>> {
-        let pods = cp.kubectl_ok([
-            "get",
-            "pods",
-            "-n",
-            NS,
-            "-l",
-            "app.kubernetes.io/instance=relay",
-            "-o",
-            "json",
-        ]);
-        let pods: Value = serde_json::from_str(&pods).ok()?;
-        let items = pods["items"].as_array()?;
-        let ready = items.len() == 2
-            && items
-                .iter()
-                .all(|p| user_path::pod_ready(p) && p["metadata"]["deletionTimestamp"].is_null());
-        ready.then(|| items.iter().map(|p| p["metadata"]["uid"].clone()).collect())
-    };
-    let sts_settled = || -> Option<()> {
-        let r = get(&cp, "smtprelay", RELAY)?;
-        let sts = get(&cp, "statefulset", RELAY)?;
-        let st = &sts["status"];
-        (r["status"]["observedGeneration"] == r["metadata"]["generation"]
-            && st["readyReplicas"] == 2
-            && st["updatedReplicas"] == 2
-            && st["currentRevision"] == st["updateRevision"])
-            .then_some(())
-    };
-    let running = ok(user_path::wait(
-        &cp,
-        NS,
-        WAIT,
-        "two replicas Ready with the delegated login",
-        || {
-            sts_settled()?;
-            pod_uids()
-        },
-    ));
-    let hash = template_hash(&cp);
-    let shared = format!("{RELAY}-oauth2-token");
-    let account = format!("{RELAY}-oauth2");
-    let sts = get(&cp, "statefulset", RELAY).unwrap();
+    let running = env.wait("two replicas Ready with the delegated login", || {
+        sts_settled(cp)?;
+        pod_uids(cp)
+    });
+    let hash = template_hash(cp);
+    let sts = get(cp, "statefulset", RELAY).unwrap();
     assert_eq!(
         sts["spec"]["template"]["spec"]["serviceAccountName"],
-        account.as_str(),
+        oauth2_account().as_str(),
         "the pods run as their own ServiceAccount"
     );
-    // Rotations go on (a refresh every 15 s per replica); wait for two write-backs after the
-    // pods were running: each is a rotation the replicas shared and the operator copied back.
+    env.delegated = Some(Delegated {
+        relayhost,
+        server,
+        running,
+        hash,
+        converged: String::new(),
+        written: 0,
+    });
+}
+
+/// 8, continued. Rotations go on (a refresh every 15 s per replica): the replicas share each
+///    new refresh token, the operator writes it back into the user's Secret, and neither a
+///    rotation nor a write-back restarts a pod or changes the template.
+fn rotated_refresh_tokens_are_shared_and_written_back_without_a_restart(env: &mut Env) {
+    let cp = &env.cp;
+    let delegated = env.delegated();
+    // Wait for two write-backs after the pods were running: each is a rotation the replicas
+    // shared and the operator copied back.
     let mut written = Vec::new();
-    ok(user_path::wait(
-        &cp,
-        NS,
-        WAIT,
+    env.wait(
         "two rotated refresh tokens written back into the user's Secret",
         || {
-            let now = secret_value("oauth2-delegated", "refreshToken")?;
+            let now = secret_value(cp, "oauth2-delegated", "refreshToken")?;
             if now != CONSENTED && written.last() != Some(&now) {
                 written.push(now);
             }
             (written.len() >= 3).then_some(())
         },
-    ));
-    let converged = ok(user_path::wait(
-        &cp,
-        NS,
-        WAIT,
+    );
+    let converged = env.wait(
         "the user's Secret, the shared Secret and the provider agreeing on the refresh token",
         || {
-            let accepted = delegated.policy().refresh_token;
-            let user = secret_value("oauth2-delegated", "refreshToken")?;
-            let shared = secret_value(&shared, "refreshToken")?;
+            let accepted = delegated.server.policy().refresh_token;
+            let user = secret_value(cp, "oauth2-delegated", "refreshToken")?;
+            let shared = secret_value(cp, &shared_token_secret(), "refreshToken")?;
             (user == accepted && shared == accepted).then_some(accepted)
         },
-    ));
-    assert_eq!(pod_uids(), Some(running.clone()), "no pod was replaced");
-    assert_eq!(template_hash(&cp), hash, "the template did not change");
+    );
+    assert_eq!(
+        pod_uids(cp),
+        Some(delegated.running.clone()),
+        "no pod was replaced"
+    );
+    assert_eq!(
+        template_hash(cp),
+        delegated.hash,
+        "the template did not change"
+    );
+    let delegated = env
+        .delegated
+        .as_mut()
+        .expect("the delegated login's phase ran");
+    delegated.converged = converged;
+    delegated.written = written.len();
+}
+
+/// 8, continued. The delegated login delivers; both replicas hold an access token; an Event
+///    says a refresh token was written back; neither a refresh token nor an access token is
+///    anywhere users look.
+fn the_delegated_login_delivers_and_no_token_leaks(env: &mut Env) {
+    let cp = &env.cp;
+    let delegated = env.delegated();
     let m = marker("delegated");
-    send(app1, "app1@example.net", "delegated@elsewhere.org", &m)
-        .unwrap_or_else(|e| panic!("{}", diagnose(e)));
-    ok(user_path::wait(
-        &cp,
-        NS,
-        WAIT,
+    env.send(APP1, "app1@example.net", "delegated@elsewhere.org", &m);
+    env.wait(
         "the message at the relayhost, after AUTH XOAUTH2 with a delegated token",
         || {
-            delegated_relayhost
+            delegated
+                .relayhost
                 .delivered()
                 .contains(&"delegated@elsewhere.org".to_string())
                 .then_some(())
         },
-    ));
-    let queue = ok(user_path::wait(
-        &cp,
-        NS,
-        WAIT,
-        "both replicas holding an access token",
-        || {
-            let r = get(&cp, "smtprelay", RELAY)?;
-            let pods = r["status"]["queue"]["pods"].as_array()?.clone();
-            (pods.len() == 2
-                && pods
-                    .iter()
-                    .all(|p| p["relayhostToken"]["expiresTime"].is_string()))
-            .then_some(r["status"]["queue"].clone())
-        },
-    ));
-    assert!(
-        event_reasons(&cp).contains("RefreshTokenWrittenBack"),
-        "{}",
-        event_reasons(&cp)
     );
-    let requests = delegated.requests();
+    let queue = env.wait("both replicas holding an access token", || {
+        let r = get(cp, "smtprelay", RELAY)?;
+        let pods = r["status"]["queue"]["pods"].as_array()?.clone();
+        (pods.len() == 2
+            && pods
+                .iter()
+                .all(|p| p["relayhostToken"]["expiresTime"].is_string()))
+        .then_some(r["status"]["queue"].clone())
+    });
+    assert!(
+        event_reasons(cp).contains("RefreshTokenWrittenBack"),
+        "{}",
+        event_reasons(cp)
+    );
+    let requests = delegated.server.requests();
     let refused = requests.iter().filter(|r| *r == "invalid_grant").count();
     // Nowhere users look: not the refresh tokens, not the access tokens.
     let mut seen = String::new();
     for pod in ["relay-0", "relay-1"] {
-        seen.push_str(&user_path::pod_logs(&cp, NS, pod));
+        seen.push_str(&user_path::pod_logs(cp, NS, pod));
     }
     seen.push_str(&cp.kubectl_ok(["get", "configmap,events,smtprelay", "-n", NS, "-o", "yaml"]));
     for secret in delegated
+        .server
         .issued()
         .iter()
         .map(String::as_str)
-        .chain([converged.as_str(), CONSENTED])
+        .chain([delegated.converged.as_str(), CONSENTED])
     {
         assert!(
             !seen.contains(secret),
             "{secret} in a log, ConfigMap, Event or status"
         );
     }
-    t.step(&format!(
+    env.t.step(&format!(
         "OAuth2 delegated, 2 replicas: {} token requests ({refused} refused as a used refresh token and retried), {} write-backs seen, no pod replaced; status.queue: {queue}",
         requests.len(),
-        written.len()
+        delegated.written
     ));
+}
 
-    // 9. Back to a login without a refresh token (step 7's client credentials): once the pods
-    //    run without it, the shared token's Secret and the pods' ServiceAccount, Role and
-    //    RoleBinding are pruned (the Secret found through the watch's cache).
+/// 9. Back to a login without a refresh token (step 7's client credentials): once the pods run
+///    without it, the shared token's Secret and the pods' ServiceAccount, Role and RoleBinding
+///    are pruned (the Secret found through the watch's cache), the template names none of
+///    them, and a pod made now (a node drained, an eviction) is admitted and runs.
+fn without_a_refresh_token_its_secret_and_service_account_are_pruned(env: &mut Env) {
+    let cp = &env.cp;
+    let oauth2 = env.oauth2();
     operator::patch_relay(
-        &cp,
+        cp,
         NS,
         RELAY,
         &serde_json::json!({"spec": {"relayhost": {
-            "port": xoauth2.addr().port(),
-            "oauth2": {"tokenEndpoint": endpoint.url(), "secretRef": {"name": "oauth2-app"}},
+            "port": oauth2.xoauth2.addr().port(),
+            "oauth2": {"tokenEndpoint": oauth2.endpoint.url(), "secretRef": {"name": "oauth2-app"}},
         }}})
         .to_string(),
     );
-    ok(user_path::wait(
-        &cp,
-        NS,
-        WAIT,
+    let (shared, account) = (shared_token_secret(), oauth2_account());
+    env.wait(
         "the shared token's Secret and the pods' ServiceAccount, Role and RoleBinding pruned",
         || {
-            sts_settled()?;
-            pod_uids()?;
+            sts_settled(cp)?;
+            pod_uids(cp)?;
             [
                 ("secret", shared.as_str()),
                 ("serviceaccount", account.as_str()),
@@ -923,11 +1184,11 @@ fn relay_pod_under_the_kubelet_follows_secret_rotation() {
                 ("rolebinding", account.as_str()),
             ]
             .iter()
-            .all(|(kind, name)| get(&cp, kind, name).is_none())
+            .all(|(kind, name)| get(cp, kind, name).is_none())
             .then_some(())
         },
-    ));
-    let template = get(&cp, "statefulset", RELAY).unwrap()["spec"]["template"]["spec"].clone();
+    );
+    let template = get(cp, "statefulset", RELAY).unwrap()["spec"]["template"]["spec"].clone();
     assert!(
         template["serviceAccountName"].is_null()
             && template["serviceAccount"].is_null()
@@ -939,13 +1200,7 @@ fn relay_pod_under_the_kubelet_follows_secret_rotation() {
         template["volumes"]
     );
     // A pod made now (a node drained, an eviction) is admitted and runs.
-    let before = ok(user_path::wait(
-        &cp,
-        NS,
-        WAIT,
-        "two replicas Ready",
-        pod_uids,
-    ));
+    let before = env.wait("two replicas Ready", || pod_uids(cp));
     cp.kubectl_ok([
         "delete",
         "pod",
@@ -954,19 +1209,17 @@ fn relay_pod_under_the_kubelet_follows_secret_rotation() {
         &format!("{RELAY}-1"),
         "--wait=false",
     ]);
-    ok(user_path::wait(
-        &cp,
-        NS,
-        WAIT,
-        "the deleted replica made again and Ready",
-        || {
-            let now = pod_uids()?;
-            (now.iter().filter(|u| before.contains(u)).count() == 1).then_some(())
-        },
-    ));
-    t.step("login without a refresh token: the shared token's Secret and the pods' ServiceAccount, Role and RoleBinding pruned; a new pod runs");
+    env.wait("the deleted replica made again and Ready", || {
+        let now = pod_uids(cp)?;
+        (now.iter().filter(|u| before.contains(u)).count() == 1).then_some(())
+    });
+    env.t.step("login without a refresh token: the shared token's Secret and the pods' ServiceAccount, Role and RoleBinding pruned; a new pod runs");
+}
 
-    let logs = user_path::pod_logs(&cp, &release.namespace, &operator_pod);
+/// Through everything above, the operator was never refused by RBAC and never logged a
+/// password.
+fn the_operator_log_has_no_forbidden_and_no_password(env: &mut Env) {
+    let logs = user_path::pod_logs(&env.cp, &env.release.namespace, &env.operator_pod);
     assert!(!logs.contains("Forbidden"), "operator log:\n{logs}");
     for secret in [RELAYHOST_PW1, RELAYHOST_PW2, APP1_PW, APP2_PW] {
         assert!(!logs.contains(secret), "a password in the operator's log");

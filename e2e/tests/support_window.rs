@@ -4,6 +4,8 @@
 //! e2e control plane is built from say the same Kubernetes minors; the pinned Helm is in the
 //! stated range; and renovate.json parses and covers every kind of pinned version the project has.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;

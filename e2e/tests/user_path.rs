@@ -58,6 +58,10 @@ fn ok<T>(r: Result<T, String>) -> T {
 }
 
 #[test]
+#[allow(
+    clippy::too_many_lines,
+    reason = "one scenario, step by step: its steps share their state"
+)]
 fn user_path_chart_operator_pod_relay_pod_and_mail_through_the_service() {
     let mut phases = Phases {
         begin: Instant::now(),
