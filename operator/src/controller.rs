@@ -18,7 +18,7 @@ use tracing::warn;
 use crate::context::Context;
 use crate::floor::contract::BuildOptions;
 use crate::floor::crd::{find_condition, SmtpRelay};
-use crate::floor::error::{Error, Result};
+use crate::floor::error::{Error, Result, Step};
 use crate::floor::running::{Drain, Rollout};
 use crate::floor::verdict::{Applying, Outcome, Plan};
 use crate::runtime::metrics::ReconcileOutcome;
@@ -42,11 +42,14 @@ pub async fn plan(relay: &SmtpRelay, src: &impl RefSource, opts: &BuildOptions) 
                 message: e.to_string(),
             }))
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(Error::from(e).during(Step::Resolve)),
     };
     let now = jiff::Timestamp::now().as_second();
     let mut certificate_issued = None;
-    if let Some((pair, note)) = resolve::issued_certificate(relay, src, now).await? {
+    if let Some((pair, note)) = resolve::issued_certificate(relay, src, now)
+        .await
+        .map_err(|e| Error::from(e).during(Step::Resolve))?
+    {
         resolved.inbound_tls = Some(pair);
         certificate_issued = note;
     }
@@ -55,14 +58,16 @@ pub async fn plan(relay: &SmtpRelay, src: &impl RefSource, opts: &BuildOptions) 
         Ok(validated) => validated,
         Err(outcome) => return Ok(Plan::Report(outcome)),
     };
-    let hash_key = resolve::config_hash_key(relay, src).await?;
+    let hash_key = resolve::config_hash_key(relay, src)
+        .await
+        .map_err(|e| Error::from(e).during(Step::Resolve))?;
     match build::build(&validated, &hash_key, opts) {
         Ok(applying) => Ok(Plan::Apply(Box::new(Applying {
             certificate_issued,
             ..applying
         }))),
         Err(Error::InvalidSpec(message)) => Ok(Plan::Report(Outcome::InvalidSpec { message })),
-        Err(e) => Err(e),
+        Err(e) => Err(e.during(Step::Build)),
     }
 }
 
@@ -78,15 +83,21 @@ pub async fn reconcile(relay: Arc<SmtpRelay>, ctx: Arc<Context>) -> Result<Actio
         return Ok(action);
     }
     // 1. Read what runs: the StatefulSet and its pods.
-    let (live, pods) = read_running(&relay, &ctx).await?;
+    let (live, pods) = read_running(&relay, &ctx)
+        .await
+        .map_err(|e| e.during(Step::ReadRunning))?;
     if relay.metadata.deletion_timestamp.is_some() {
         // Owned objects are garbage-collected through their owner references; when the
         // volumes go too, once the pods have drained and the operator deleted them.
-        let action = deletion::finalize(&relay, &ctx, live.as_ref(), &pods).await?;
+        let action = deletion::finalize(&relay, &ctx, live.as_ref(), &pods)
+            .await
+            .map_err(|e| e.during(Step::Deletion))?;
         timer.outcome(ReconcileOutcome::Deleting);
         return Ok(action);
     }
-    deletion::keep_finalizer(&ctx.client, &relay).await?;
+    deletion::keep_finalizer(&ctx.client, &relay)
+        .await
+        .map_err(|e| e.during(Step::Deletion))?;
     // 2. Dereference, validate, build: the desired children, or why there are none.
     let planned = plan_against(&relay, &ctx, live.as_ref()).await?;
     // 3. Drain: replicas being scaled away deliver their queues before the StatefulSet lets
@@ -100,19 +111,24 @@ pub async fn reconcile(relay: Arc<SmtpRelay>, ctx: Arc<Context>) -> Result<Actio
                 &pods,
                 &mut applying.desired,
             )
-            .await?;
+            .await
+            .map_err(|e| e.during(Step::Drain))?;
             (Plan::Apply(applying), drain)
         }
         report => (report, Drain::None),
     };
     // 4. Apply what changed and prune what is no longer wanted; or leave everything running.
-    let (outcome, sts) = apply_planned(&relay, &ctx, planned, live).await?;
+    let (outcome, sts) = apply_planned(&relay, &ctx, planned, live)
+        .await
+        .map_err(|e| e.during(Step::Apply))?;
     let rollout = Rollout::from_stateful_set(sts.as_ref(), target_replicas(&relay, &drain))
         .with_pods(&pods)
         .with_drain(drain);
     // 5. Report: Events on transitions, status when it changed.
     let draining = !matches!(rollout.drain, Drain::None);
-    let new_status = report::report(&relay, &ctx, &outcome, rollout).await?;
+    let new_status = report::report(&relay, &ctx, &outcome, rollout)
+        .await
+        .map_err(|e| e.during(Step::Report))?;
     ctx.reset_backoff(&relay);
     timer.outcome(match outcome {
         Outcome::Applied { .. } => ReconcileOutcome::Applied,

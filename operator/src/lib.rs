@@ -26,7 +26,7 @@
 //! ([`floor::crd`]), the relay pod's contract ([`floor::contract`]: names, labels, ports,
 //! which key becomes which file), what was read ([`floor::inputs`]), what runs
 //! ([`floor::running`]), the verdict ([`floor::verdict`]: the children, or the
-//! [`floor::verdict::Outcome`] to report) and the errors ([`floor::error`]). [`context`] is what the reconciles share;
+//! [`floor::verdict::Outcome`] to report) and the errors ([`floor::error`]: each wrapped with the step that failed). [`context`] is what the reconciles share;
 //! [`runtime`] is the process around them (metrics, endpoints, leadership, signals).
 //! Postfix itself is the image's business: the operator writes the relay's config file
 //! (`smtp_relay::config_file`), and the image turns it into `main.cf`.

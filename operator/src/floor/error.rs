@@ -32,6 +32,47 @@ pub enum Error {
     /// invalid object): reported in status naming the object, retried later.
     #[error("{0}")]
     Refused(String),
+
+    /// A step of the reconcile failed: which one, and why (what the operator logs and counts).
+    #[error("{step}: {source}")]
+    Step {
+        step: Step,
+        #[source]
+        source: Box<Error>,
+    },
+}
+
+/// The steps of a reconcile, as its errors name them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Reading the StatefulSet and its pods.
+    ReadRunning,
+    /// Keeping the finalizer, or draining a relay being deleted.
+    Deletion,
+    /// Reading what the spec references, and the config-hash key.
+    Resolve,
+    /// Building the children.
+    Build,
+    /// Holding replicas being scaled away until they drained.
+    Drain,
+    /// Writing the children, pruning, handing a token on.
+    Apply,
+    /// Writing status and Events.
+    Report,
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Step::ReadRunning => "reading the StatefulSet and its pods",
+            Step::Deletion => "deletion",
+            Step::Resolve => "resolving references",
+            Step::Build => "building the children",
+            Step::Drain => "draining",
+            Step::Apply => "applying the children",
+            Step::Report => "reporting status",
+        })
+    }
 }
 
 impl From<ResolveError> for Error {
@@ -41,6 +82,17 @@ impl From<ResolveError> for Error {
 }
 
 impl Error {
+    /// This error, as a failure of `step` (an error already named by a step keeps its step).
+    pub fn during(self, step: Step) -> Error {
+        match self {
+            Error::Step { .. } => self,
+            e => Error::Step {
+                step,
+                source: Box::new(e),
+            },
+        }
+    }
+
     /// A short, stable label for metrics.
     pub fn metric_label(&self) -> &'static str {
         match self {
@@ -51,6 +103,7 @@ impl Error {
             Error::MissingObjectKey(_) => "missing_object_key",
             Error::Leader(_) => "leader",
             Error::Refused(_) => "ApplyRefused",
+            Error::Step { source, .. } => source.metric_label(),
         }
     }
 }
@@ -142,4 +195,21 @@ pub enum IssueError {
     /// The clock is outside what a certificate can say.
     #[error("issuing the serving certificate: validity out of range: {0}")]
     Time(#[from] time::error::ComponentRange),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_step_is_named_once_and_counted_by_its_cause() {
+        let e = Error::MissingObjectKey(".metadata.uid")
+            .during(Step::Apply)
+            .during(Step::Report);
+        assert_eq!(
+            e.to_string(),
+            "applying the children: object is missing .metadata.uid"
+        );
+        assert_eq!(e.metric_label(), "missing_object_key");
+    }
 }
