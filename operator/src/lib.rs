@@ -24,26 +24,31 @@
 //!
 //! Every step shares the nouns of [`floor`] and owns none of them: the resource types
 //! ([`floor::crd`]), the relay pod's contract ([`floor::contract`]: names, labels, ports,
-//! which key becomes which file), what was read ([`floor::inputs`]), what runs
-//! ([`floor::running`]), the verdict ([`floor::verdict`]: the children, or the
-//! [`floor::verdict::Outcome`] to report) and the errors ([`floor::error`]: each wrapped with the step that failed). [`context`] is what the reconciles share;
-//! [`runtime`] is the process around them (metrics, endpoints, leadership, signals).
+//! which key of which owned Secret becomes which file), the kinds a relay owns
+//! ([`floor::owned`]), what was read ([`floor::inputs`]), what runs ([`floor::running`]),
+//! the verdict ([`floor::verdict`]: a `Plan`, the children to apply or the `Outcome` to
+//! report) and the errors ([`floor::error`]: each wrapped with the step that failed).
+//! [`context`] is what the reconciles share; [`observe`] what they see of the cluster
+//! between reconciles; [`runtime`] the process around them (metrics, endpoints, leadership,
+//! signals).
 //! Postfix itself is the image's business: the operator writes the relay's config file
 //! (`smtp_relay::config_file`), and the image turns it into `main.cf`.
 //!
-//! **One field, end to end** (`spec.tlsMinVersion`): [`floor::crd`] declares it (the README's "regenerate the CRD"
-//! command then rewrites `crds/`, the chart's copy and `deploy/`);
-//! [`steps::judge::relay_config`] writes it into the relay's config file, whose type is
-//! `image/src/config_file.rs`; `image/src/inputs/file.rs` reads it into the relay's settings
-//! and `image/src/postfix/main_cf.rs` renders the Postfix parameters; [`steps::report::status`]
-//! computes the condition that says what is in force; the golden files under
-//! `operator/tests/golden` and `image/tests` show both sides.
+//! **One field, end to end** (`spec.tlsMinVersion`): [`floor::crd`] declares it (the
+//! README's "regenerate the CRD" command then rewrites `crds/`, the chart's copy and
+//! `deploy/`); [`steps::judge::relay_config`] writes it into the relay's config file, whose
+//! type is `image/src/config_file.rs`; `image/src/inputs/file.rs` reads it into the relay's
+//! settings and `image/src/postfix/main_cf.rs` renders the Postfix parameters;
+//! [`steps::report::status`] computes the condition that says what is in force; the golden
+//! files under `operator/tests/golden` and `image/tests` show both sides.
 //!
-//! **One child kind, end to end** (the PodDisruptionBudget): [`steps::build::pdb`] builds it
-//! and a field of [`floor::verdict::Desired`] carries it; [`steps::apply`] applies and prunes
-//! it (its `Owned` impl); [`watch`] watches it and [`observe::fingerprint`] caches it; the
-//! chart's RBAC (`charts/smtp-relay-operator/templates`, held by `e2e/tests/chart.rs`) grants
-//! it, and `e2e/tests/operator_lifecycle.rs` lists it among the kinds the operator writes.
+//! **One child kind, end to end** (the PodDisruptionBudget): its variant of
+//! [`floor::owned::OwnedKind`] says what the operator does to it (watched or not, deleted or
+//! not, so its RBAC verbs); [`steps::build::pdb`] builds it and a field of
+//! [`floor::verdict::Desired`] carries it; the compiler then asks for its `Owned` impl in
+//! [`steps::apply`] (apply, drift, prune) and its arms in [`observe::fingerprint`]; [`watch`]
+//! takes its selector from the list; the chart's RBAC (held by `e2e/tests/chart.rs`) and the
+//! lifecycle's audit (`e2e/tests/operator_lifecycle.rs`) read the list too.
 //!
 //! # Floors
 //! Each module imports only from floors below its own; the pure floors never touch an API
