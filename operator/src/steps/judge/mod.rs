@@ -77,7 +77,19 @@ fn judge_with_relay_rules(
 ) -> Result<RelayConfigFile, Outcome> {
     let file = crate::steps::judge::relay_config::relay_config_file(relay, resolved);
     let mounts = Mounts::of(relay, resolved);
-    match settings_with(&file, &spec_field, &mounts.files) {
+    let named = mounts.named_fields(relay);
+    let field = |name: &str| named.get(name).cloned().unwrap_or_else(|| spec_field(name));
+    let refusal = |message: String| {
+        if named.values().any(|n| message.starts_with(n.as_str())) {
+            Outcome::Unresolved {
+                reason: "InvalidSecretValue",
+                message,
+            }
+        } else {
+            refusal(message)
+        }
+    };
+    match settings_with(&file, &field, &mounts.files) {
         Ok(_) => Ok(file),
         Err(Refusal::File(refused)) => Err(
             match file_at(&refused.path).and_then(|f| mounts.origins.get(&f)) {
@@ -204,6 +216,62 @@ impl<'a> Mounts<'a> {
             }
         }
         mounts
+    }
+
+    /// The `relay.yaml` fields of files and Secrets, named by what the user wrote (the spec
+    /// field, the Secret and, for one file, its key), for the relay's refusals that name a
+    /// field rather than a file.
+    fn named_fields(&self, relay: &SmtpRelay) -> BTreeMap<&'static str, String> {
+        let mut named = BTreeMap::new();
+        let files = [
+            ("relayhost.usernameFile", RELAYHOST_USERNAME),
+            ("relayhost.passwordFile", RELAYHOST_PASSWORD),
+            ("relayhost.tlsCaFile", RELAYHOST_CA),
+            ("relayhost.oauth2.clientIdFile", CLIENT_ID.pod_file()),
+            (
+                "relayhost.oauth2.clientSecretFile",
+                CLIENT_SECRET.pod_file(),
+            ),
+            (
+                "relayhost.oauth2.refreshTokenFile",
+                REFRESH_TOKEN.pod_file(),
+            ),
+            (
+                "relayhost.oauth2.serviceAccountKeyFile",
+                SERVICE_ACCOUNT.pod_file(),
+            ),
+        ];
+        for (name, file) in files {
+            if let Some(origin) = self.origins.get(&file) {
+                named.insert(name, origin.to_string());
+            }
+        }
+        // Whole Secrets, for what the relay judges of all their keys together.
+        let spec = &relay.spec;
+        let namespace = relay.metadata.namespace.as_deref().unwrap_or_default();
+        let whole = [
+            (
+                "relayhost.oauth2",
+                "spec.relayhost.oauth2.secretRef",
+                spec.relayhost
+                    .oauth2
+                    .as_ref()
+                    .map(|o| o.secret_ref.name.as_str()),
+                " (keys clientId, clientSecret, refreshToken, serviceAccount.json)",
+            ),
+            (
+                "saslUsersDir",
+                "spec.saslUsersSecretRef",
+                spec.sasl_users_secret_ref.as_ref().map(|r| r.name.as_str()),
+                "",
+            ),
+        ];
+        for (name, field, secret, keys) in whole {
+            if let Some(secret) = secret {
+                named.insert(name, format!("{field}: Secret {namespace}/{secret}{keys}"));
+            }
+        }
+        named
     }
 
     fn mount(&mut self, file: PodFile<'a>, value: Vec<u8>, origin: Option<Origin<'a>>) {
@@ -562,7 +630,7 @@ mod tests {
                 client_secret: None,
                 ..app.clone()
             },
-            "spec.relayhost.oauth2.secretRef (keys clientId, clientSecret",
+            "spec.relayhost.oauth2.secretRef: Secret mail/app (keys clientId, clientSecret",
         );
         refused(
             OAuth2Keys {
@@ -571,6 +639,39 @@ mod tests {
             },
             "spec.relayhost.oauth2.secretRef: Secret mail/app key \"clientSecret\" must hold one value",
         );
+    }
+
+    /// Issue 24: a value the relay refuses by its field, not its file (a password ending in
+    /// white space), is named by the Secret and key the user wrote too.
+    #[test]
+    fn a_refused_password_is_named_by_its_secret_and_key_not_its_relay_field() {
+        use crate::floor::inputs::RelayhostLogin;
+        let mut relay = crate::fixtures::relay("r1");
+        relay.spec.relayhost.credentials_secret_ref = Some(
+            serde_json::from_value(serde_json::json!({"name": "login", "passwordKey": "pass"}))
+                .unwrap(),
+        );
+        let judged = CheckedSpec::new(&relay).unwrap().judge(Resolved {
+            relayhost_login: Some(RelayhostLogin {
+                username: "user".into(),
+                password: b"s3cret ".to_vec(),
+            }),
+            ..Resolved::default()
+        });
+        match judged {
+            Err(Outcome::Unresolved { reason, message }) => {
+                assert_eq!(reason, "InvalidSecretValue");
+                assert!(
+                    message.starts_with(
+                        "spec.relayhost.credentialsSecretRef: Secret mail/login key \"pass\""
+                    ),
+                    "{message}"
+                );
+                assert!(!message.contains("s3cret"), "{message}");
+            }
+            Err(other) => panic!("{other:?}"),
+            Ok(_) => panic!("accepted"),
+        }
     }
 
     /// Issue 26: a login goes only to a relayhost that proved its identity. A relayhost given
