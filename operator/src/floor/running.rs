@@ -78,7 +78,7 @@ pub fn pod_problem(pods: &[Pod]) -> Option<PodProblem> {
                     t.exit_code
                 );
                 if let Some(m) = relay_message(t) {
-                    text += &format!(": {}", head_chars(m, TERMINATION_MESSAGE_MAX));
+                    text += &format!(": {}", truncate(m, TERMINATION_MESSAGE_MAX));
                 }
                 text
             });
@@ -120,9 +120,9 @@ fn relay_message(t: &k8s_openapi::api::core::v1::ContainerStateTerminated) -> Op
         .filter(|m| !m.is_empty())
 }
 
-/// The first `max` bytes of `s` (on a character boundary), marked as cut when cut: the relay's
-/// message says what failed first.
-fn head_chars(s: &str, max: usize) -> String {
+/// The first `max` bytes of `s` (on a character boundary), marked as cut when cut: what a
+/// message says first is what failed (status conditions, Event notes).
+pub fn truncate(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_string();
     }

@@ -36,11 +36,11 @@ use crate::context::Context;
 use crate::floor::contract::{selector_labels, Names, ABANDON_ANNOTATION, FINALIZER, SPOOL_VOLUME};
 use crate::floor::crd::{find_condition, SmtpRelay};
 use crate::floor::error::Result;
-use crate::floor::running::Departing;
+use crate::floor::running::{truncate, Departing};
 use crate::steps::apply::{delete_guard, merge_patch};
 use crate::steps::build::configmap::guards;
 use crate::steps::drain;
-use crate::steps::report::events::{drain_event, truncate};
+use crate::steps::report::events::drain_event;
 use crate::steps::report::{patch_status, status};
 
 /// The finalizer the API server puts on an object deleted with propagation orphan, until the

@@ -5,19 +5,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::runtime::events::{Event, EventType};
 
 use crate::floor::crd::{find_condition, ready_condition, SmtpRelay, SmtpRelayStatus};
+use crate::floor::running::truncate;
 use crate::floor::verdict::Outcome;
 use crate::steps::report::status;
-
-pub(crate) fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
-}
 
 /// Condition `type_` of `s` when its status is `value`.
 fn condition_is<'a>(
