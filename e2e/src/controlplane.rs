@@ -223,15 +223,33 @@ impl ControlPlane {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// Runs `.cache/bin/helm --kubeconfig KUBECONFIG ARGS…`, with helm's cache, config and data
-    /// directories inside the state directory so no user state leaks in.
+    /// Runs `.cache/bin/helm --kubeconfig KUBECONFIG ARGS…` (Helm 3), with helm's cache, config
+    /// and data directories inside the state directory so no user state leaks in.
     pub fn helm<I, S>(&self, args: I) -> Output
     where
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
+        self.helm_of("helm", args)
+    }
+
+    /// As [`Self::helm`], with Helm 4 (`.cache/bin/helm4`). Both share the state directory's
+    /// helm home: a release is the cluster's, whichever Helm installed it.
+    pub fn helm4<I, S>(&self, args: I) -> Output
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.helm_of("helm4", args)
+    }
+
+    fn helm_of<I, S>(&self, binary: &str, args: I) -> Output
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
         let home = self.dir().join("helm");
-        let mut cmd = Command::new(tools::bin("helm"));
+        let mut cmd = Command::new(tools::bin(binary));
         cmd.arg("--kubeconfig")
             .arg(self.kubeconfig())
             .args(args)

@@ -165,7 +165,16 @@ pub fn helm_install_chart(
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    // The CRD is created by helm; wait until the API serves it.
+    wait_crd_served(cp);
+    release
+}
+
+/// Waits until the API serves the SmtpRelay CRD, which helm creates from the chart's `crds/`.
+///
+/// # Panics
+///
+/// If it is not served within 30 s.
+pub fn wait_crd_served(cp: &ControlPlane) {
     tools::poll_until(
         Duration::from_secs(30),
         "the SmtpRelay CRD to be served",
@@ -176,7 +185,6 @@ pub fn helm_install_chart(
                 .then_some(())
         },
     );
-    release
 }
 
 /// A kubeconfig for the control plane's server and CA that authenticates with a fresh token of

@@ -66,6 +66,99 @@ pub fn install_chart(cp: &ControlPlane) -> ChartRelease {
     operator::helm_install_chart(cp, OPERATOR_NAMESPACE, &[])
 }
 
+/// The commit whose chart is the previous chart version: the user path installs it with Helm 4
+/// and upgrades from it to the chart of this checkout (issue 37).
+pub const PREVIOUS_CHART_COMMIT: &str = "89d742d5e7a7c5655df0994f21043bc241b62473";
+
+/// The chart as it was at [`PREVIOUS_CHART_COMMIT`], taken from the repository's history
+/// (`git archive`) into `dir`: what a user who installed the previous version has.
+pub fn previous_chart(dir: &std::path::Path) -> Result<PathBuf, String> {
+    let out = std::process::Command::new("git")
+        .current_dir(tools::workspace_root())
+        .args([
+            "archive",
+            "--format=tar",
+            PREVIOUS_CHART_COMMIT,
+            "charts/smtp-relay-operator",
+        ])
+        .output()
+        .map_err(|e| format!("git archive: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "git archive {PREVIOUS_CHART_COMMIT}: {} (a clone with its history is needed)",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let mut tar = std::process::Command::new("tar")
+        .args(["-x", "-C"])
+        .arg(dir)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("tar: {e}"))?;
+    if let Some(mut stdin) = tar.stdin.take() {
+        io::Write::write_all(&mut stdin, &out.stdout).map_err(|e| format!("tar: {e}"))?;
+    }
+    let status = tar.wait().map_err(|e| format!("tar: {e}"))?;
+    if !status.success() {
+        return Err(format!("tar -x: {status}"));
+    }
+    Ok(dir.join("charts/smtp-relay-operator"))
+}
+
+/// Runs Helm 4 (`helm4 ARGS…`) against the control plane, returning its standard output, or
+/// what it said as `Err`.
+pub fn helm4(cp: &ControlPlane, args: &[&str]) -> Result<String, String> {
+    let out = cp.helm4(args);
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "helm4 {}: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// `helm4 install` of `chart` (a directory) with its default values into
+/// [`OPERATOR_NAMESPACE`], as the README tells users (with Helm 4 instead of Helm 3).
+pub fn helm4_install(cp: &ControlPlane, chart: &std::path::Path) -> Result<ChartRelease, String> {
+    let chart = chart.display().to_string();
+    helm4(
+        cp,
+        &[
+            "install",
+            operator::RELEASE,
+            &chart,
+            "--namespace",
+            OPERATOR_NAMESPACE,
+            "--create-namespace",
+        ],
+    )?;
+    Ok(ChartRelease {
+        namespace: OPERATOR_NAMESPACE.into(),
+        release: operator::RELEASE.into(),
+        service_account: operator::RELEASE.into(),
+    })
+}
+
+/// `helm4 upgrade` of the release to this checkout's chart, default values, as the README
+/// tells users.
+pub fn helm4_upgrade(cp: &ControlPlane) -> Result<String, String> {
+    let chart = tools::workspace_root().join("charts/smtp-relay-operator");
+    helm4(
+        cp,
+        &[
+            "upgrade",
+            operator::RELEASE,
+            &chart.display().to_string(),
+            "--namespace",
+            OPERATOR_NAMESPACE,
+        ],
+    )
+}
+
 /// Runs kubectl, returning its standard output, or its standard error as `Err`.
 pub fn kubectl(cp: &ControlPlane, args: &[&str]) -> Result<String, String> {
     let out = cp.kubectl(args);

@@ -2,7 +2,8 @@
 //!
 //! 1. A node comes up ([`ControlPlane::with_node`]) and gets both images from their tarballs,
 //!    as a pull from the registry would give them.
-//! 2. `helm install` of the chart with its default values: the operator runs as a pod of its
+//! 2. `helm install` (Helm 4) of the chart's previous version with its default values: the
+//!    operator runs as a pod of its
 //!    image (the chart's ServiceAccount, RBAC, probes, security context) and its Deployment
 //!    becomes Ready.
 //! 3. In a namespace labelled Pod Security `baseline`, the chart's unauthenticated example
@@ -18,6 +19,9 @@
 //! 7. The operator's pod deleted: its Deployment brings a new one, which reconciles the relay
 //!    (its `/metrics`, scraped through the chart's metrics Service), leaves the running relay
 //!    alone and keeps its status right; mail still goes through.
+//! 8. The chart was installed with Helm 4 at its previous version (step 2): `helm upgrade`
+//!    with Helm 4 to this checkout's chart rolls the operator out and leaves the relay running.
+//! 9. The relay deleted, `helm uninstall` with Helm 4 removes the operator and keeps the CRD.
 //!
 //! Needs root, the tools of `scripts/install-deps.sh` and the images of
 //! `scripts/build-images.sh`. One test: there is one node per machine.
@@ -74,8 +78,12 @@ fn user_path_chart_operator_pod_relay_pod_and_mail_through_the_service() {
     ok(user_path::import_images(&cp));
     phases.done("images imported");
 
-    // 2. The chart, default values: the Deployment names the image imported above.
-    let release = user_path::install_chart(&cp);
+    // 2. The chart, default values, installed with Helm 4 at its previous version (upgraded to
+    //    this checkout's in step 8): the Deployment names the image imported above.
+    let previous = tempfile::tempdir().expect("a directory for the previous chart");
+    let previous_chart = ok(user_path::previous_chart(previous.path()));
+    let release = ok(user_path::helm4_install(&cp, &previous_chart));
+    operator::wait_crd_served(&cp);
     let deployment =
         operator::get_json(&cp, &release.namespace, "deployment", &release.release).unwrap();
     let template = &deployment["spec"]["template"]["spec"];
@@ -271,6 +279,81 @@ fn user_path_chart_operator_pod_relay_pod_and_mail_through_the_service() {
     let logs = user_path::pod_logs(&cp, &release.namespace, &new_operator);
     assert!(!logs.contains("Forbidden"), "operator log:\n{logs}");
     phases.done("relay untouched, status Ready, mail delivered");
+
+    // 8. `helm upgrade` (Helm 4) from the previous chart to this one: the operator's Deployment
+    //    rolls out, the relay keeps running untouched, mail still goes through.
+    ok(user_path::helm4_upgrade(&cp));
+    ok(user_path::kubectl(
+        &cp,
+        &[
+            "rollout",
+            "status",
+            "deployment",
+            &release.release,
+            "-n",
+            &release.namespace,
+            "--timeout=180s",
+        ],
+    ));
+    let pod = ok(user_path::wait_relay_ready(&cp, NS, &relay, WAIT));
+    assert_eq!(
+        pod["metadata"]["uid"], relay_uid,
+        "the relay pod kept running through the upgrade"
+    );
+    assert_eq!(pod["status"]["containerStatuses"][0]["restartCount"], 0);
+    assert_eq!(
+        sts_generation(&cp),
+        generation,
+        "the upgrade changed no StatefulSet"
+    );
+    let upgraded = mail::marker("user-path-after-upgrade");
+    ok(user_path::send_from_host(service, FROM, RCPT, &upgraded));
+    ok(sink.wait_for(RCPT, &upgraded, WAIT));
+    phases.done("helm4 upgrade from the previous chart: relay untouched, mail delivered");
+
+    // 9. The relay deleted (its queue empty), then `helm uninstall` (Helm 4): the operator and
+    //    its RBAC go, the CRD stays (Helm never deletes a chart's CRDs: that would delete every
+    //    SmtpRelay of the cluster).
+    cp.kubectl_ok(["delete", "smtprelay", "-n", NS, &relay, "--timeout=120s"]);
+    ok(user_path::helm4(
+        &cp,
+        &[
+            "uninstall",
+            &release.release,
+            "--namespace",
+            &release.namespace,
+            "--wait",
+            "--timeout",
+            "120s",
+        ],
+    ));
+    assert!(
+        cp.kubectl([
+            "get",
+            "deployment",
+            &release.release,
+            "-n",
+            &release.namespace
+        ])
+        .status
+        .code()
+            != Some(0),
+        "the operator's Deployment is gone"
+    );
+    assert!(
+        cp.kubectl(["get", "clusterrole", &release.release])
+            .status
+            .code()
+            != Some(0),
+        "its ClusterRole is gone"
+    );
+    assert!(
+        cp.kubectl(["get", "crd", "smtprelays.smtprelay.dev"])
+            .status
+            .success(),
+        "the CRD stays"
+    );
+    phases.done("relay deleted, helm4 uninstall: the operator gone, the CRD kept");
     drop(sink);
     drop(cp);
     phases.done("node stopped");
