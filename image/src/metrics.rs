@@ -43,7 +43,7 @@ pub const QUEUES: [&str; 5] = ["maildrop", "incoming", "active", "deferred", "ho
 
 /// Why smtpd refused a command: the text of its reply that says so, and the label; anything
 /// else is `other` (a fixed set: label values stay bounded whatever clients send).
-const REJECT_REASONS: [(&str, &str); 7] = [
+const REJECT_REASONS: [(&str, &str); 8] = [
     ("Relay access denied", "relay_denied"),
     ("Sender address rejected", "sender"),
     ("Recipient address rejected", "recipient"),
@@ -51,6 +51,8 @@ const REJECT_REASONS: [(&str, &str); 7] = [
     ("Helo command rejected", "helo"),
     ("size exceeds", "size"),
     ("Message size", "size"),
+    // The spool's reserve (queue_minfree): 452, retry later.
+    ("Insufficient system storage", "storage"),
 ];
 
 /// Longest line of the mail log read whole (Postfix's own lines are far shorter: a few kB at
@@ -110,10 +112,38 @@ pub struct Metrics {
     oauth2_last_error: Family<ErrorLabel, Gauge>,
     /// The last walk of the spool and when: scrapes in a burst share one walk.
     spool_walk: Arc<Mutex<Option<(std::time::Instant, SpoolWalk)>>>,
+    /// The spool's reserve (Postfix's `queue_minfree`), in bytes; 0 until the relay says.
+    spool_reserve: Arc<std::sync::atomic::AtomicU64>,
+    spool_free: Gauge,
+    spool_size: Gauge,
+    spool_reserve_bytes: Gauge,
+    spool_nearly_full: Gauge,
 }
 
-/// The messages in each queue (in the order of [`QUEUES`]), and the oldest one's arrival.
-type SpoolWalk = ([usize; 5], Option<std::time::SystemTime>);
+/// The messages in each queue (in the order of [`QUEUES`]), the oldest one's arrival, and
+/// the space on the spool's file system (`None` when it cannot be read).
+type SpoolWalk = (
+    [usize; 5],
+    Option<std::time::SystemTime>,
+    Option<SpoolSpace>,
+);
+
+/// The spool's file system, as smtpd sees it (`statvfs` of the queue directory): the bytes
+/// an unprivileged process may still write, and its size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpoolSpace {
+    pub free: u64,
+    pub size: u64,
+}
+
+/// "Nearly full": less free than this many times the reserve. smtpd refuses new mail below
+/// one reserve; the warning comes while there is as much again.
+pub const NEARLY_FULL_RESERVES: u64 = 2;
+
+/// Whether a spool with `free` bytes left is nearly full under `reserve` (never without one).
+pub fn nearly_full(free: u64, reserve: u64) -> bool {
+    reserve > 0 && free < reserve.saturating_mul(NEARLY_FULL_RESERVES)
+}
 
 /// How long a walk of the spool answers scrapes.
 const SPOOL_WALK_FRESH: std::time::Duration = std::time::Duration::from_secs(1);
@@ -157,6 +187,11 @@ impl Metrics {
             oauth2_failures_in_a_row: Gauge::default(),
             oauth2_last_error: Family::default(),
             spool_walk: Arc::default(),
+            spool_reserve: Arc::default(),
+            spool_free: Gauge::default(),
+            spool_size: Gauge::default(),
+            spool_reserve_bytes: Gauge::default(),
+            spool_nearly_full: Gauge::default(),
         };
         // Every series exists from the start at 0, so rate() and alerts see the first event.
         // (Rejects by code appear with their first one: codes vary by reason.)
@@ -279,6 +314,32 @@ impl Metrics {
             "When the oldest message on the spool arrived, in seconds since the epoch (0 when empty)",
             self.oldest_at.clone(),
         );
+        registry.register(
+            "spool_free_bytes",
+            "Bytes free on the spool's file system for Postfix (statvfs of the queue directory)",
+            self.spool_free.clone(),
+        );
+        registry.register(
+            "spool_size_bytes",
+            "Size of the spool's file system in bytes",
+            self.spool_size.clone(),
+        );
+        registry.register(
+            "spool_reserve_bytes",
+            "The spool's reserve (Postfix's queue_minfree): below this much free space smtpd answers new mail with 452 (retry later)",
+            self.spool_reserve_bytes.clone(),
+        );
+        registry.register(
+            "spool_nearly_full",
+            "1 while the spool's file system has less than twice the reserve free: new mail is refused (452) once less than the reserve is",
+            self.spool_nearly_full.clone(),
+        );
+    }
+
+    /// The spool's reserve in force (Postfix's `queue_minfree`), in bytes.
+    pub fn set_spool_reserve(&self, bytes: u64) {
+        self.spool_reserve
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The OAuth2 access token in use: when it expires (0 without one).
@@ -503,7 +564,7 @@ impl Metrics {
     }
 
     pub fn encode(&self) -> String {
-        let (sizes, oldest) = self.spool_walk();
+        let (sizes, oldest, space) = self.spool_walk();
         for (queue, n) in QUEUES.into_iter().zip(sizes) {
             self.queue
                 .get_or_create(&QueueLabel {
@@ -524,6 +585,17 @@ impl Metrics {
                 .map_or(0, |age| i64::try_from(age.as_secs()).unwrap_or(i64::MAX)),
         );
         self.oldest_at.set(oldest.map_or(0, unix_seconds));
+        let reserve = self
+            .spool_reserve
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let bytes = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        self.spool_reserve_bytes.set(bytes(reserve));
+        if let Some(space) = space {
+            self.spool_free.set(bytes(space.free));
+            self.spool_size.set(bytes(space.size));
+            self.spool_nearly_full
+                .set(i64::from(nearly_full(space.free, reserve)));
+        }
         let mut out = String::new();
         let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
         // Writing into a String cannot fail.
@@ -562,6 +634,12 @@ pub struct QueueReport {
     /// error.
     pub oauth2_failures: u64,
     pub oauth2_last_error: Option<String>,
+    /// Bytes free on the spool's file system, and its size (`None` from a relay that does not
+    /// say: an older image, or a spool it could not read).
+    pub spool_free_bytes: Option<u64>,
+    pub spool_size_bytes: Option<u64>,
+    /// Less than twice the reserve is free: new mail is refused (452) below one reserve.
+    pub spool_nearly_full: bool,
 }
 
 impl QueueReport {
@@ -599,6 +677,12 @@ impl QueueReport {
                 report.oauth2_expiry_timestamp = n;
             } else if series == "smtp_relay_oauth2_token_refresh_failures_in_a_row" {
                 report.oauth2_failures = n;
+            } else if series == "smtp_relay_spool_free_bytes" {
+                report.spool_free_bytes = Some(n);
+            } else if series == "smtp_relay_spool_size_bytes" {
+                report.spool_size_bytes = Some(n);
+            } else if series == "smtp_relay_spool_nearly_full" {
+                report.spool_nearly_full = n == 1;
             } else if let Some(labels) = series.strip_prefix("smtp_relay_oauth2_last_error") {
                 if n == 1 {
                     report.oauth2_last_error = labels
@@ -929,7 +1013,22 @@ pub fn queue_sizes(spool: &Path) -> [usize; 5] {
 fn spool_scan(spool: &Path) -> SpoolWalk {
     let scans = QUEUES.map(|q| scan(&spool.join(q)));
     let oldest = scans.iter().filter_map(|(_, t)| *t).min();
-    (scans.map(|(n, _)| n), oldest)
+    (scans.map(|(n, _)| n), oldest, spool_space(spool))
+}
+
+/// The space on the file system of `spool`, as Postfix's `fsspace` reads it: blocks
+/// available to unprivileged users (smtpd runs as `postfix`), in fragment-size units.
+#[allow(
+    clippy::useless_conversion,
+    reason = "c_ulong and fsblkcnt_t are 32 bits wide on some targets"
+)]
+pub fn spool_space(spool: &Path) -> Option<SpoolSpace> {
+    let fs = nix::sys::statvfs::statvfs(spool).ok()?;
+    let unit = u64::from(fs.fragment_size());
+    Some(SpoolSpace {
+        free: u64::from(fs.blocks_available()).saturating_mul(unit),
+        size: u64::from(fs.blocks()).saturating_mul(unit),
+    })
 }
 
 fn unix_seconds(t: std::time::SystemTime) -> i64 {
@@ -1142,6 +1241,84 @@ mod tests {
         assert_eq!(time_record(b"C\x02abX\x01z"), None);
     }
 
+    /// Issue 40: the spool's free space and size are statvfs's, and it is nearly full below
+    /// twice the reserve; the operator reads all three from the page.
+    #[test]
+    fn the_spool_space_and_nearly_full_are_on_the_page() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Metrics::new(dir.path());
+        let space = spool_space(dir.path()).expect("statvfs of a directory");
+        assert!(space.size > 0 && space.free <= space.size, "{space:?}");
+        // No reserve said yet: never nearly full.
+        let report = QueueReport::parse(&m.encode()).unwrap();
+        assert!(!report.spool_nearly_full);
+        let (free, size) = (
+            report.spool_free_bytes.expect("free bytes"),
+            report.spool_size_bytes.expect("size"),
+        );
+        assert_eq!(size, space.size);
+        // Free space moves with whatever else writes to the file system: roughly.
+        assert!(
+            free.abs_diff(space.free) < space.size / 10 + (1 << 30),
+            "{free}"
+        );
+        assert_page(
+            &m,
+            &[
+                "smtp_relay_spool_reserve_bytes 0",
+                "smtp_relay_spool_nearly_full 0",
+            ],
+            &[],
+        );
+
+        // A reserve over half the free space: nearly full.
+        m.set_spool_reserve(free / 2 + 1);
+        m.forget_spool_walk();
+        assert!(QueueReport::parse(&m.encode()).unwrap().spool_nearly_full);
+        assert_page(
+            &m,
+            &[
+                &format!("smtp_relay_spool_reserve_bytes {}", free / 2 + 1),
+                "smtp_relay_spool_nearly_full 1",
+            ],
+            &[],
+        );
+        m.set_spool_reserve(1);
+        m.forget_spool_walk();
+        assert!(!QueueReport::parse(&m.encode()).unwrap().spool_nearly_full);
+
+        assert!(nearly_full(199, 100) && !nearly_full(200, 100) && !nearly_full(0, 0));
+        // A page of an older relay, without the spool's series: nothing said.
+        let old = QueueReport::parse("smtp_relay_queue_messages{queue=\"deferred\"} 0\n").unwrap();
+        assert_eq!(
+            (
+                old.spool_free_bytes,
+                old.spool_size_bytes,
+                old.spool_nearly_full
+            ),
+            (None, None, false)
+        );
+        let parsed = QueueReport::parse(
+            "smtp_relay_queue_messages{queue=\"deferred\"} 0\nsmtp_relay_spool_free_bytes 1.2e+07\nsmtp_relay_spool_size_bytes 67108864\nsmtp_relay_spool_nearly_full 1\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                parsed.spool_free_bytes,
+                parsed.spool_size_bytes,
+                parsed.spool_nearly_full
+            ),
+            (Some(12_000_000), Some(67_108_864), true)
+        );
+        // The reserve's refusal is counted as its own reason.
+        m.observe_log_line("Dec 06 08:51:53 relay postfix/smtpd[6342]: NOQUEUE: reject: MAIL from unknown[127.0.0.2]: 452 4.3.1 Insufficient system storage; proto=ESMTP helo=<client.test>");
+        assert_page(
+            &m,
+            &["smtp_relay_smtpd_rejects_total{code=\"452\",reason=\"storage\"} 1"],
+            &[],
+        );
+    }
+
     #[test]
     fn the_queue_report_reads_what_encode_serves() {
         let dir = tempfile::tempdir().unwrap();
@@ -1174,6 +1351,9 @@ mod tests {
                 oauth2_expiry_timestamp: 0,
                 oauth2_failures: 0,
                 oauth2_last_error: None,
+                spool_free_bytes: report.spool_free_bytes,
+                spool_size_bytes: report.spool_size_bytes,
+                spool_nearly_full: false,
             }
         );
         // An OAuth2 login failing twice, then working: the page says so, then forgets the error.

@@ -15,6 +15,7 @@ use crate::inputs;
 use crate::metrics::Metrics;
 use crate::postfix::instance;
 use crate::postfix::layout::Layout;
+use crate::postfix::main_cf;
 use crate::sasl::{self, Users};
 use crate::settings::{SaslUserSource, Settings};
 
@@ -166,6 +167,7 @@ fn reapply(
                 metrics.reloads.inc();
                 metrics.sasl_users.set(next.users.0.len() as i64);
                 metrics.set_logs_in(next.settings.logs_in());
+                metrics.set_spool_reserve(main_cf::spool_reserve(&next.settings.postconf));
                 oauth2.follow(&next.settings);
                 tracing::info!(config_changed, users = ?next.users, "applied changed inputs without restarting postfix");
             }
@@ -267,6 +269,7 @@ pub async fn run(opts: RunOptions) -> ExitCode {
     let metrics = Metrics::new(&layout.spool_dir);
     metrics.sasl_users.set(applied.users.0.len() as i64);
     metrics.set_logs_in(applied.settings.logs_in());
+    metrics.set_spool_reserve(main_cf::spool_reserve(&applied.settings.postconf));
     let metrics_server = opts.metrics_listen.map(|addr| {
         let m = metrics.clone();
         tokio::spawn(async move {

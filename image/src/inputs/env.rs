@@ -216,6 +216,13 @@ fn postconf(vars: &BTreeMap<String, String>) -> ConfigResult<BTreeMap<String, St
             out.insert(name.to_string(), value.trim().to_string());
         }
     }
+    let reserve_field = format!("{POSTCONF_PREFIX}queue_minfree");
+    let reserve_field = if vars.contains_key(&reserve_field) {
+        reserve_field
+    } else {
+        "RELAY_EXTRAS_SETTINGS (queue_minfree)".to_string()
+    };
+    relay_guard::check_spool_reserve(&reserve_field, &out)?;
     Ok(out)
 }
 

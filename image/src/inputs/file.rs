@@ -416,6 +416,7 @@ pub fn settings_with(
         validate::single_line(&field(&format!("postconf.{name}")), value)?;
         validate::postconf_value(&field(&format!("postconf.{name}")), name, value)?;
     }
+    relay_guard::check_spool_reserve(&field("postconf.queue_minfree"), &file.postconf)?;
     // The login goes only to a relayhost that proves its identity, unless a level says
     // otherwise: a relayhost given by address needs a CA or a level, and a known provider's
     // relayhost proves its name, always.

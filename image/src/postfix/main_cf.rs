@@ -1,5 +1,6 @@
 //! The mapping from settings to Postfix parameters. No other module writes a parameter name.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use ipnet::IpNet;
@@ -116,6 +117,67 @@ pub fn network_value(net: &IpNet) -> String {
     }
 }
 
+/// Postfix's default `message_size_limit` (`postconf -d`), which the relay keeps.
+pub const DEFAULT_MESSAGE_SIZE_LIMIT: u64 = 10_240_000;
+
+/// The least spool reserve the relay derives, whatever the size limit (and without one):
+/// room for what Postfix writes itself while smtpd refuses new mail (defer and bounce logs,
+/// notices to the postmaster, the queue manager's work).
+pub const SPOOL_RESERVE_FLOOR: u64 = 32 * 1024 * 1024;
+
+/// The `message_size_limit` in force: `postconf`'s when it is a number, else Postfix's
+/// default (also for a `$reference`, which Postfix expands and the relay cannot). 0 is no
+/// limit.
+pub fn message_size_limit(postconf: &BTreeMap<String, String>) -> u64 {
+    postconf
+        .get("message_size_limit")
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(DEFAULT_MESSAGE_SIZE_LIMIT)
+}
+
+/// The least `queue_minfree` that means anything: smtpd refuses `MAIL FROM` by itself while
+/// the queue file system has less than 1.5 times `message_size_limit` free (postconf(5),
+/// queue_minfree), so a smaller reserve is never reached; and at least one byte, as 0 turns
+/// the reserve off.
+pub fn least_queue_minfree(message_size_limit: u64) -> u64 {
+    (message_size_limit.saturating_mul(3).div_ceil(2)).max(1)
+}
+
+/// The spool reserve (`queue_minfree`): smtpd answers `452 4.3.1 Insufficient system storage`
+/// to new mail while the spool's volume has less free space than this, so the volume never
+/// fills and what got its 250 stays intact. `postconf`'s `queue_minfree` when given (checked
+/// by `relay_guard::check_spool_reserve`), else twice `message_size_limit` (a session that
+/// passed the check still writes one whole message; the same again stays for Postfix's own
+/// files and concurrent sessions) and at least [`SPOOL_RESERVE_FLOOR`].
+pub fn spool_reserve(postconf: &BTreeMap<String, String>) -> u64 {
+    if let Some(n) = postconf
+        .get("queue_minfree")
+        .and_then(|v| v.trim().parse::<u64>().ok())
+    {
+        return n;
+    }
+    message_size_limit(postconf)
+        .saturating_mul(2)
+        .max(SPOOL_RESERVE_FLOOR)
+}
+
+/// Why a spool volume of `volume` bytes is too small for the reserve (see [`spool_reserve`]):
+/// at least half of it must hold mail, or smtpd would refuse nearly everything. `None` when
+/// it is large enough.
+pub fn spool_volume_problem(volume: u64, postconf: &BTreeMap<String, String>) -> Option<String> {
+    let reserve = spool_reserve(postconf);
+    let least = reserve.saturating_mul(2);
+    (volume < least).then(|| {
+        let mib = |b: u64| b.div_ceil(1024 * 1024);
+        format!(
+            "leaves no room for mail: the relay keeps {} MiB of it free (twice message_size_limit, at least {} MiB; queue_minfree when set) and refuses new mail below that; give at least {}Mi, or lower message_size_limit",
+            mib(reserve),
+            mib(SPOOL_RESERVE_FLOOR),
+            mib(least)
+        )
+    })
+}
+
 /// All main.cf parameters, in a stable order; user overrides (`postconf`) come last and win.
 #[allow(
     clippy::too_many_lines,
@@ -148,6 +210,10 @@ pub fn parameters(s: &Settings, layout: &Layout) -> Vec<(String, String)> {
     // but breaks applications that send mixed line endings; it stays a `postconf` choice.
     p.set("smtpd_forbid_bare_newline", "normalize");
     p.set("smtpd_forbid_bare_newline_exclusions", "");
+    // A full spool refuses cleanly (issue 40): smtpd answers 452 (retry later) while less than
+    // the reserve is free, before the volume fills and Postfix fails writing what it accepted.
+    // A `postconf` queue_minfree replaces it below.
+    p.set("queue_minfree", spool_reserve(&s.postconf));
 
     // Identity and what is relayed where.
     if let Some(hostname) = &s.hostname {
@@ -759,5 +825,75 @@ mod tests {
         let p = parameters(&s, &layout());
         assert_eq!(get(&p, "smtp_tls_wrappermode"), Some("yes"));
         assert_eq!(get(&p, "smtp_tls_security_level"), Some("encrypt"));
+    }
+
+    /// Issue 40: a volume that the reserve would take most of is refused, naming what it needs.
+    #[test]
+    fn a_spool_volume_holds_twice_the_reserve() {
+        let none = BTreeMap::new();
+        assert_eq!(spool_volume_problem(64 * 1024 * 1024, &none), None);
+        let small = spool_volume_problem(63 * 1024 * 1024, &none).expect("too small");
+        assert!(
+            small.contains("keeps 32 MiB") && small.contains("at least 64Mi"),
+            "{small}"
+        );
+        let big = BTreeMap::from([("message_size_limit".to_string(), "52428800".to_string())]);
+        let problem = spool_volume_problem(150 * 1024 * 1024, &big).expect("too small");
+        assert!(problem.contains("at least 200Mi"), "{problem}");
+    }
+
+    /// Issue 40: the reserve is twice the size limit in force, at least the floor, unless
+    /// `postconf` gives one; it is always in main.cf.
+    #[test]
+    fn the_spool_reserve_follows_the_size_limit() {
+        let pc = |entries: &[(&str, &str)]| -> BTreeMap<String, String> {
+            entries
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        // Postfix's default limit (10240000): twice is 20480000, under the 32 MiB floor.
+        assert_eq!(spool_reserve(&pc(&[])), SPOOL_RESERVE_FLOOR);
+        assert_eq!(SPOOL_RESERVE_FLOOR, 33_554_432);
+        assert_eq!(
+            spool_reserve(&pc(&[("message_size_limit", "52428800")])),
+            104_857_600
+        );
+        // No limit, or one the relay cannot read: the floor, or twice the default.
+        assert_eq!(
+            spool_reserve(&pc(&[("message_size_limit", "0")])),
+            SPOOL_RESERVE_FLOOR
+        );
+        assert_eq!(
+            message_size_limit(&pc(&[("message_size_limit", "$other")])),
+            DEFAULT_MESSAGE_SIZE_LIMIT
+        );
+        assert_eq!(
+            spool_reserve(&pc(&[
+                ("message_size_limit", "52428800"),
+                ("queue_minfree", "99999999")
+            ])),
+            99_999_999
+        );
+        assert_eq!(least_queue_minfree(10_240_000), 15_360_000);
+        assert_eq!(least_queue_minfree(1001), 1502);
+        assert_eq!(least_queue_minfree(0), 1);
+        // Never below what Postfix's own check asks: the derived reserve means something.
+        for limit in [0, 1, 1000, 10_240_000, 52_428_800, u64::MAX / 2] {
+            let derived = spool_reserve(&pc(&[("message_size_limit", &limit.to_string())]));
+            assert!(derived >= least_queue_minfree(limit), "{limit}");
+        }
+
+        let mut s = settings();
+        let layout = layout();
+        let reserve =
+            |s: &Settings| get(&parameters(s, &layout), "queue_minfree").map(String::from);
+        assert_eq!(reserve(&s).as_deref(), Some("33554432"));
+        s.postconf
+            .insert("message_size_limit".into(), "52428800".into());
+        assert_eq!(reserve(&s).as_deref(), Some("104857600"));
+        s.postconf
+            .insert("queue_minfree".into(), "200000000".into());
+        assert_eq!(reserve(&s).as_deref(), Some("200000000"));
     }
 }

@@ -270,6 +270,51 @@ pub fn check_postconf(field: &str, name: &str) -> ConfigResult<()> {
     }
 }
 
+/// Refuses a `postconf` `queue_minfree` that would leave the spool without its reserve
+/// (issue 40): 0 turns it off, and less than 1.5 times the `message_size_limit` in force is
+/// never reached (smtpd refuses by itself below that, see
+/// [`crate::postfix::main_cf::least_queue_minfree`]); a `$reference` cannot be checked nor
+/// read by the relay's spool metrics. `field` names the `queue_minfree` entry; without one the
+/// relay derives the reserve itself ([`crate::postfix::main_cf::spool_reserve`]).
+pub fn check_spool_reserve(
+    field: &str,
+    postconf: &std::collections::BTreeMap<String, String>,
+) -> ConfigResult<()> {
+    use crate::postfix::main_cf;
+    let Some(value) = postconf.get("queue_minfree") else {
+        return Ok(());
+    };
+    let limit = main_cf::message_size_limit(postconf);
+    let least = main_cf::least_queue_minfree(limit);
+    let derived = main_cf::spool_reserve(&std::collections::BTreeMap::from([(
+        "message_size_limit".to_string(),
+        limit.to_string(),
+    )]));
+    let advice = format!(
+        "the spool's reserve: smtpd answers 452 (retry later) to new mail while less than this is free on the spool volume, so it never fills; give at least {least} bytes (1.5 times message_size_limit, {limit}), or leave it out for the relay's own {derived} bytes (twice message_size_limit, at least {} bytes)",
+        main_cf::SPOOL_RESERVE_FLOOR
+    );
+    let n = match value.trim().parse::<u64>() {
+        Ok(n) => n,
+        Err(_) => {
+            return Err(ConfigError::invalid(
+                field,
+                format!("{value:?} is not a whole number of bytes: queue_minfree is {advice}"),
+            ))
+        }
+    };
+    if n == 0 {
+        return Err(ConfigError::invalid(field, format!("0 turns off {advice}")));
+    }
+    if n < least {
+        return Err(ConfigError::invalid(
+            field,
+            format!("{n} is less than 1.5 times message_size_limit, so it is never reached; queue_minfree is {advice}"),
+        ));
+    }
+    Ok(())
+}
+
 /// The address families whose every address `networks` trusts (e.g. 0.0.0.0/0, or 0.0.0.0/1
 /// with 128.0.0.0/1), as "IPv4" / "IPv6".
 pub fn everyone_trusted(networks: &[IpNet]) -> Vec<&'static str> {
@@ -490,6 +535,58 @@ mod tests {
             "permit_mynetworks, warn_if_reject, reject_unauth_destination, reject"
         ))
         .is_none());
+    }
+
+    /// Issue 40: a `queue_minfree` that leaves the spool without its reserve is refused,
+    /// naming the entry and what to give; one that means something wins.
+    #[test]
+    fn a_spool_reserve_that_is_off_or_never_reached_is_refused() {
+        let pc = |entries: &[(&str, &str)]| -> std::collections::BTreeMap<String, String> {
+            entries
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let refused = |entries: &[(&str, &str)]| {
+            check_spool_reserve("spec.postconf.queue_minfree", &pc(entries))
+                .expect_err("refused")
+                .to_string()
+        };
+        let e = refused(&[("queue_minfree", "0")]);
+        assert!(
+            e.starts_with("spec.postconf.queue_minfree: 0 turns off the spool's reserve")
+                && e.contains(
+                    "give at least 15360000 bytes (1.5 times message_size_limit, 10240000)"
+                )
+                && e.contains("the relay's own 33554432 bytes"),
+            "{e}"
+        );
+        // Postfix's own check (1.5 times the size limit) comes first: never reached.
+        let e = refused(&[("queue_minfree", "15359999")]);
+        assert!(
+            e.contains("15359999 is less than 1.5 times message_size_limit"),
+            "{e}"
+        );
+        let e = refused(&[
+            ("message_size_limit", "52428800"),
+            ("queue_minfree", "20000000"),
+        ]);
+        assert!(
+            e.contains("at least 78643200 bytes") && e.contains("own 104857600 bytes"),
+            "{e}"
+        );
+        let e = refused(&[("queue_minfree", "$message_size_limit")]);
+        assert!(e.contains("is not a whole number of bytes"), "{e}");
+        for ok in [
+            pc(&[]),
+            pc(&[("queue_minfree", "15360000")]),
+            pc(&[("queue_minfree", " 1073741824 ")]),
+            pc(&[("message_size_limit", "1000"), ("queue_minfree", "1500")]),
+            // No size limit: any reserve above 0 means something.
+            pc(&[("message_size_limit", "0"), ("queue_minfree", "1")]),
+        ] {
+            check_spool_reserve("q", &ok).unwrap_or_else(|e| panic!("{ok:?}: {e}"));
+        }
     }
 
     #[test]

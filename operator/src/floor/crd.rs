@@ -808,6 +808,12 @@ pub struct QueueStatus {
     /// the most failures in a row, the last error).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relayhost_token: Option<TokenStatus>,
+    /// The replicas whose spool volume is nearly full (less than twice the spool's reserve
+    /// free): below the reserve they answer new mail with 452 (retry later) and keep what they
+    /// accepted; deliver the queue (is the relayhost up?) or give the relay a larger
+    /// `spec.storage.size`. Absent while every spool has room.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub spool_nearly_full: Vec<String>,
     /// Each running replica, by pod name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["pod"]))]
@@ -846,6 +852,17 @@ pub struct PodQueueStatus {
     pub relayhost_login: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relayhost_token: Option<TokenStatus>,
+    /// Free space on the spool volume, in bytes rounded down to a whole MiB (so an idle
+    /// relay's status stays still).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spool_free_bytes: Option<u64>,
+    /// Size of the spool volume, in bytes rounded down to a whole MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spool_size_bytes: Option<u64>,
+    /// Less than twice the spool's reserve is free: below one reserve, new mail is answered
+    /// 452 (retry later).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spool_nearly_full: Option<bool>,
     /// Why the numbers are missing (the metrics endpoint did not answer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unreadable: Option<String>,

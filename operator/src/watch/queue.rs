@@ -92,6 +92,12 @@ fn worst_token(pods: &[PodQueueStatus]) -> Option<TokenStatus> {
     })
 }
 
+/// `bytes` rounded down to a whole MiB: a spool's free space moves by a few bytes as Postfix
+/// writes, which is no reason to rewrite status.
+fn whole_mib(bytes: u64) -> u64 {
+    bytes - bytes % (1 << 20)
+}
+
 /// `status.queue` from what each running pod said; `None` without running pods.
 pub fn summarize(reports: &[(String, Result<QueueReport, String>)]) -> Option<QueueStatus> {
     if reports.is_empty() {
@@ -108,6 +114,10 @@ pub fn summarize(reports: &[(String, Result<QueueReport, String>)]) -> Option<Qu
                 last_delivery_time: time(q.last_delivery_timestamp),
                 relayhost_login: Some(login_name(q.relayhost_login).into()),
                 relayhost_token: token_status(q),
+                spool_free_bytes: q.spool_free_bytes.map(whole_mib),
+                spool_size_bytes: q.spool_size_bytes.map(whole_mib),
+                // Said by a relay that reports its spool (an older image does not).
+                spool_nearly_full: q.spool_free_bytes.map(|_| q.spool_nearly_full),
                 unreadable: None,
             },
             Err(why) => PodQueueStatus {
@@ -133,6 +143,11 @@ pub fn summarize(reports: &[(String, Result<QueueReport, String>)]) -> Option<Qu
             .filter_map(|p| p.last_delivery_time.clone())
             .max_by_key(|t| t.0),
         relayhost_token: worst_token(&pods),
+        spool_nearly_full: pods
+            .iter()
+            .filter(|p| p.spool_nearly_full == Some(true))
+            .map(|p| p.pod.clone())
+            .collect(),
         relayhost_login: ["Unverified", "Refused", "Accepted"]
             .into_iter()
             .find(|state| logins.contains(state))
@@ -169,6 +184,40 @@ pub fn token_event(before: Option<&QueueStatus>, after: Option<&QueueStatus>) ->
             reason: "RelayhostTokenRefreshed".into(),
             note: Some("the OAuth2 token endpoint issued a token again".into()),
             action: "RefreshToken".into(),
+            secondary: None,
+        })
+    } else {
+        None
+    }
+}
+
+/// The Event of a change in the spools' room: a replica's spool nearly full (new mail is
+/// refused with 452 below its reserve), or every spool with room again.
+pub fn spool_event(before: Option<&QueueStatus>, after: Option<&QueueStatus>) -> Option<Event> {
+    let full = |q: Option<&QueueStatus>| q.map(|q| q.spool_nearly_full.clone()).unwrap_or_default();
+    let (was, now) = (full(before), full(after));
+    let newly: Vec<&str> = now
+        .iter()
+        .filter(|p| !was.contains(p))
+        .map(String::as_str)
+        .collect();
+    if !newly.is_empty() {
+        Some(Event {
+            type_: EventType::Warning,
+            reason: "SpoolNearlyFull".into(),
+            note: Some(format!(
+                "the spool volume of {} is nearly full (less than twice its reserve free): below the reserve new mail is answered 452 (retry later) and what was accepted is kept; deliver the queue (is the relayhost up?) or give the relay a larger spec.storage.size (status.queue.pods[].spoolFreeBytes)",
+                newly.join(", ")
+            )),
+            action: "ReadQueue".into(),
+            secondary: None,
+        })
+    } else if !was.is_empty() && now.is_empty() && after.is_some() {
+        Some(Event {
+            type_: EventType::Normal,
+            reason: "SpoolSpaceRecovered".into(),
+            note: Some("every replica's spool volume has room again".into()),
+            action: "ReadQueue".into(),
             secondary: None,
         })
     } else {
@@ -237,7 +286,13 @@ async fn observe_once(
             if before == queue.as_ref() {
                 return;
             }
-            if let Some(event) = token_event(before, queue.as_ref()) {
+            for event in [
+                token_event(before, queue.as_ref()),
+                spool_event(before, queue.as_ref()),
+            ]
+            .into_iter()
+            .flatten()
+            {
                 ctx.publish_or_log(&event, &relay).await;
             }
             if let Err(e) = patch_queue(client, &relay, queue.as_ref()).await {
@@ -266,7 +321,12 @@ async fn patch_queue(
 fn queue_patch(queue: Option<&QueueStatus>) -> serde_json::Value {
     let mut value = serde_json::to_value(queue).unwrap_or_default();
     if let Some(fields) = value.as_object_mut() {
-        for optional in ["oldestMessageTime", "lastDeliveryTime", "pods"] {
+        for optional in [
+            "oldestMessageTime",
+            "lastDeliveryTime",
+            "spoolNearlyFull",
+            "pods",
+        ] {
             fields.entry(optional).or_insert(serde_json::Value::Null);
         }
     }
@@ -448,6 +508,67 @@ mod tests {
         // Without OAuth2 there is no token to speak of.
         let plain = summarize(&[("r-0".into(), Ok(report(0, 0, 0, 0, "accepted")))]);
         assert_eq!(plain.unwrap().relayhost_token, None);
+    }
+
+    /// Issue 40: the spool's room per replica, rounded to MiB, the nearly full ones named at
+    /// the top, and an Event when one fills up and when all have room again.
+    #[test]
+    fn a_nearly_full_spool_is_named_in_status_and_an_event() {
+        let spool = |free: u64, full: bool| QueueReport {
+            spool_free_bytes: Some(free),
+            spool_size_bytes: Some(1_073_741_824 + 12_345),
+            spool_nearly_full: full,
+            ..report(3, 3, 1_800_000_100, 0, "unknown")
+        };
+        let roomy = summarize(&[
+            ("r-0".into(), Ok(spool(900 * 1_048_576 + 77, false))),
+            ("r-1".into(), Ok(report(0, 0, 0, 0, "unknown"))),
+        ]);
+        let q = roomy.as_ref().unwrap();
+        assert!(q.spool_nearly_full.is_empty());
+        assert_eq!(q.pods[0].spool_free_bytes, Some(900 * 1_048_576));
+        assert_eq!(q.pods[0].spool_size_bytes, Some(1_073_741_824));
+        assert_eq!(q.pods[0].spool_nearly_full, Some(false));
+        // An older relay image says nothing of its spool.
+        assert_eq!(
+            (q.pods[1].spool_free_bytes, q.pods[1].spool_nearly_full),
+            (None, None)
+        );
+        let json = serde_json::to_value(q).unwrap();
+        assert!(json.get("spoolNearlyFull").is_none(), "{json}");
+        assert_eq!(json["pods"][0]["spoolFreeBytes"], 943_718_400);
+
+        let full = summarize(&[
+            ("r-0".into(), Ok(spool(40 * 1_048_576, true))),
+            ("r-1".into(), Ok(report(0, 0, 0, 0, "unknown"))),
+        ]);
+        let q = full.as_ref().unwrap();
+        assert_eq!(q.spool_nearly_full, ["r-0"]);
+        assert_eq!(q.pods[0].spool_nearly_full, Some(true));
+        let json = serde_json::to_value(q).unwrap();
+        assert_eq!(json["spoolNearlyFull"], serde_json::json!(["r-0"]));
+        assert_eq!(json["pods"][0]["spoolNearlyFull"], true);
+
+        let warning = spool_event(roomy.as_ref(), full.as_ref()).expect("an Event");
+        assert_eq!(
+            (warning.type_, warning.reason.as_str()),
+            (EventType::Warning, "SpoolNearlyFull")
+        );
+        assert!(warning.note.unwrap().contains("r-0"));
+        assert!(spool_event(full.as_ref(), full.as_ref()).is_none());
+        let back = spool_event(full.as_ref(), roomy.as_ref()).expect("an Event");
+        assert_eq!(back.reason, "SpoolSpaceRecovered");
+        assert!(spool_event(roomy.as_ref(), roomy.as_ref()).is_none());
+        // The patch clears the list once every spool has room.
+        let patch = queue_patch(roomy.as_ref());
+        assert!(
+            patch["status"]["queue"]["spoolNearlyFull"].is_null(),
+            "{patch}"
+        );
+        assert!(patch["status"]["queue"]
+            .as_object()
+            .unwrap()
+            .contains_key("spoolNearlyFull"));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::fmt;
 use ipnet::IpNet;
 use smtp_relay::config_file::RelayConfigFile;
 use smtp_relay::inputs::file::{settings_with, InMemory, Refusal};
-use smtp_relay::postfix::relay_guard;
+use smtp_relay::postfix::{main_cf, relay_guard};
 use smtp_relay::validate;
 
 use crate::floor::contract::{
@@ -450,11 +450,15 @@ fn validate_relayhost(spec: &SmtpRelaySpec) -> Result<(), String> {
             spec.replicas
         ));
     }
-    if quantity_bytes(&spec.storage.size).is_none() {
+    let Some(volume) = quantity_bytes(&spec.storage.size) else {
         return Err(format!(
             "spec.storage.size {:?} is not a storage quantity (e.g. 1Gi or 500Mi)",
             spec.storage.size
         ));
+    };
+    let volume = u64::try_from(volume).unwrap_or(u64::MAX);
+    if let Some(problem) = main_cf::spool_volume_problem(volume, &spec.postconf) {
+        return Err(format!("spec.storage.size {} {problem}", spec.storage.size));
     }
     Ok(())
 }
@@ -561,6 +565,9 @@ mod tests {
         .contains("line break"));
         assert!(err(|s| s.postmaster = Some("nobody".into())).contains("postmaster"));
         assert!(err(|s| s.storage.size = "lots".into()).contains("storage.size"));
+        // Issue 40: the spool's reserve needs room beside it.
+        assert!(err(|s| s.storage.size = "16Mi".into())
+            .contains("spec.storage.size 16Mi leaves no room"));
     }
 
     #[test]
