@@ -33,10 +33,15 @@ fn chart_dir() -> PathBuf {
 }
 
 fn helm() -> PathBuf {
-    let helm = root().join(".cache/bin/helm");
+    helm_bin("helm")
+}
+
+/// Helm 3 (`helm`) or Helm 4 (`helm4`), as `scripts/install-deps.sh` builds them.
+fn helm_bin(name: &str) -> PathBuf {
+    let helm = root().join(".cache/bin").join(name);
     assert!(
         helm.is_file(),
-        "helm not found at {}: run scripts/install-deps.sh",
+        "{name} not found at {}: run scripts/install-deps.sh",
         helm.display()
     );
     helm
@@ -49,9 +54,14 @@ fn run(cmd: &mut Command) -> Output {
 
 /// `helm template` of the chart with `values` (YAML) on top of the defaults; Err holds stderr.
 fn try_render(values: &str) -> Result<Vec<Value>, String> {
+    try_render_with(&helm(), values)
+}
+
+/// [`try_render`] with the Helm binary `helm`.
+fn try_render_with(helm: &Path, values: &str) -> Result<Vec<Value>, String> {
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), values).unwrap();
-    let out = run(Command::new(helm())
+    let out = run(Command::new(helm)
         .current_dir(root())
         .args(["template", RELEASE, "charts/smtp-relay-operator"])
         .args(["--namespace", NAMESPACE, "--kube-version", KUBE_VERSION])
@@ -147,21 +157,29 @@ relays:
 fn helm_lint_is_clean() {
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), EVERYTHING).unwrap();
-    for extra in [
-        vec![],
-        vec!["--values".to_string(), file.path().display().to_string()],
-    ] {
-        let out = run(Command::new(helm())
+    for (helm, extra) in ["helm", "helm4"].into_iter().flat_map(|h| {
+        [
+            (h, vec![]),
+            (
+                h,
+                vec!["--values".to_string(), file.path().display().to_string()],
+            ),
+        ]
+    }) {
+        let out = run(Command::new(helm_bin(helm))
             .current_dir(root())
             .args(["lint", "--strict", "charts/smtp-relay-operator"])
             .args(["--namespace", NAMESPACE, "--kube-version", KUBE_VERSION])
             .args(&extra));
         let text = String::from_utf8_lossy(&out.stdout).into_owned()
             + &String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "helm lint {extra:?} failed:\n{text}");
+        assert!(
+            out.status.success(),
+            "{helm} lint {extra:?} failed:\n{text}"
+        );
         assert!(
             !text.contains("[WARNING]") && !text.contains("[ERROR]"),
-            "helm lint {extra:?} is not clean:\n{text}"
+            "{helm} lint {extra:?} is not clean:\n{text}"
         );
     }
 }
@@ -173,6 +191,8 @@ fn defaults_render_a_cluster_wide_operator() {
         kinds(&docs),
         [
             "ClusterRole",
+            "ClusterRole",
+            "ClusterRoleBinding",
             "ClusterRoleBinding",
             "Deployment",
             "Service",
@@ -235,11 +255,16 @@ struct Case {
 
 const CASES: &[Case] = &[
     Case {
-        name: "watchNamespace gives a Role in that namespace, not a ClusterRole",
+        name: "watchNamespace gives a Role in that namespace; a ClusterRole only for the CRD",
         values: "watchNamespace: mail",
         check: |docs| {
-            assert!(all_of(docs, "ClusterRole").is_empty());
-            assert!(all_of(docs, "ClusterRoleBinding").is_empty());
+            // The one cluster-wide grant: the CRD upgrade (a CRD is cluster-scoped).
+            let crd_upgrade = format!("{NAMESPACE}-{RELEASE}-crd-upgrade");
+            assert_eq!(one(docs, "ClusterRole")["metadata"]["name"], crd_upgrade);
+            assert_eq!(
+                one(docs, "ClusterRoleBinding")["metadata"]["name"],
+                crd_upgrade
+            );
             let role = one(docs, "Role");
             assert_eq!(role["metadata"]["namespace"], "mail");
             let rb = one(docs, "RoleBinding");
@@ -482,6 +507,35 @@ networkPolicy:
         check: |docs| assert!(all_of(docs, "Service").is_empty()),
     },
     Case {
+        name: "crds.upgrade false: no CRD grant, and the operator leaves the CRD alone",
+        values: "crds: {upgrade: false}",
+        check: |docs| {
+            assert_eq!(
+                kinds(docs)
+                    .iter()
+                    .filter(|k| k.starts_with("Cluster"))
+                    .count(),
+                2
+            );
+            assert!(!one(docs, "ClusterRole")["metadata"]["name"]
+                .as_str()
+                .unwrap()
+                .ends_with("-crd-upgrade"));
+            assert!(args(docs).contains(&"--crd-upgrade=false".to_string()));
+        },
+    },
+    Case {
+        name: "no crds key (helm upgrade --reuse-values from an older chart): the upgrade is on",
+        values: "crds: null",
+        check: |docs| {
+            let name = format!("{NAMESPACE}-{RELEASE}-crd-upgrade");
+            assert!(all_of(docs, "ClusterRole")
+                .iter()
+                .any(|r| r["metadata"]["name"] == name.as_str()));
+            assert!(!args(docs).iter().any(|a| a.starts_with("--crd-upgrade")));
+        },
+    },
+    Case {
         name: "fullnameOverride names every object",
         values: "fullnameOverride: relay-op",
         check: |docs| {
@@ -511,6 +565,21 @@ fn every_render() -> Vec<(String, Vec<Value>)> {
     ];
     all.extend(CASES.iter().map(|c| (c.name.to_string(), render(c.values))));
     all
+}
+
+/// Helm 4 renders every case into the same objects as Helm 3 (its output differs only in
+/// blank lines between documents): users may install with either.
+#[test]
+fn helm_4_renders_the_objects_helm_3_does() {
+    let helm4 = helm_bin("helm4");
+    let cases = [("defaults", ""), ("everything", EVERYTHING)]
+        .into_iter()
+        .chain(CASES.iter().map(|c| (c.name, c.values)));
+    for (name, values) in cases {
+        let by_4 = try_render_with(&helm4, values)
+            .unwrap_or_else(|e| panic!("helm4 template failed for {name}:\n{e}"));
+        assert_eq!(by_4, render(values), "{name}: Helm 4 renders other objects");
+    }
 }
 
 #[test]
@@ -546,9 +615,17 @@ const OPERATOR_RULES: &str = r#"
 - {apiGroups: [events.k8s.io], resources: [events], verbs: [create, patch]}
 "#;
 
-/// The verbs each rule list grants, by (API group, resource).
-fn grants(rules: &Value) -> BTreeMap<(String, String), BTreeSet<String>> {
-    let mut out: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
+/// The CRD upgrade at startup (operator/RBAC.md): get and patch on the one CRD, by name.
+const CRD_UPGRADE_RULES: &str = r#"
+- {apiGroups: [apiextensions.k8s.io], resources: [customresourcedefinitions], resourceNames: [smtprelays.smtprelay.dev], verbs: [get, patch]}
+"#;
+
+/// What a grant covers: (API group, resource, the resource names it is limited to; none: all).
+type Grant = (String, String, Vec<String>);
+
+/// The verbs each rule list grants, by (API group, resource, resource names).
+fn grants(rules: &Value) -> BTreeMap<Grant, BTreeSet<String>> {
+    let mut out: BTreeMap<Grant, BTreeSet<String>> = BTreeMap::new();
     let strings = |v: &Value| -> Vec<String> {
         v.as_sequence()
             .into_iter()
@@ -557,9 +634,11 @@ fn grants(rules: &Value) -> BTreeMap<(String, String), BTreeSet<String>> {
             .collect()
     };
     for rule in rules.as_sequence().into_iter().flatten() {
+        let mut names = strings(&rule["resourceNames"]);
+        names.sort();
         for group in strings(&rule["apiGroups"]) {
             for resource in strings(&rule["resources"]) {
-                out.entry((group.clone(), resource))
+                out.entry((group.clone(), resource, names.clone()))
                     .or_default()
                     .extend(strings(&rule["verbs"]));
             }
@@ -568,20 +647,78 @@ fn grants(rules: &Value) -> BTreeMap<(String, String), BTreeSet<String>> {
     out
 }
 
+/// The one object of `kind` named `name`.
+fn named<'a>(docs: &'a [Value], k: &str, name: &str) -> Option<&'a Value> {
+    let found: Vec<_> = all_of(docs, k)
+        .into_iter()
+        .filter(|d| d["metadata"]["name"] == name)
+        .collect();
+    assert!(found.len() <= 1, "{} {k} named {name}", found.len());
+    found.first().copied()
+}
+
 /// Exactly the operator's contract, nothing more: the rules above, and for each kind of the
-/// operator's one list of owned kinds the verbs it says the operator needs.
+/// operator's one list of owned kinds the verbs it says the operator needs, in a ClusterRole
+/// (or a Role in the watched namespace); and, unless `crds.upgrade` is false, get and patch on
+/// the SmtpRelay CRD in a ClusterRole of its own (a CRD is cluster-scoped). Every role bound to
+/// the operator is one of these.
 #[test]
 fn rbac_grants_exactly_the_operator_contract() {
     let mut expected = grants(&yaml(OPERATOR_RULES));
     for kind in OwnedKind::ALL {
         let verbs = kind.verbs().into_iter().map(String::from).collect();
-        expected.insert((kind.group().into(), kind.plural().into()), verbs);
+        expected.insert(
+            (kind.group().into(), kind.plural().into(), Vec::new()),
+            verbs,
+        );
     }
-    assert_eq!(grants(&one(&render(""), "ClusterRole")["rules"]), expected);
-    assert_eq!(
-        grants(&one(&render("watchNamespace: mail"), "Role")["rules"]),
-        expected
-    );
+    let crd_upgrade = format!("{NAMESPACE}-{RELEASE}-crd-upgrade");
+    for (values, main_kind, main_name) in [
+        ("", "ClusterRole", format!("{NAMESPACE}-{RELEASE}")),
+        ("watchNamespace: mail", "Role", RELEASE.to_string()),
+    ] {
+        for upgrade in [true, false] {
+            let values = format!("{values}\ncrds: {{upgrade: {upgrade}}}\n");
+            let docs = render(&values);
+            let case = format!("values {values:?}");
+            let main = named(&docs, main_kind, &main_name)
+                .unwrap_or_else(|| panic!("{case}: no {main_kind} {main_name}"));
+            assert_eq!(grants(&main["rules"]), expected, "{case}");
+            let crd_role = named(&docs, "ClusterRole", &crd_upgrade);
+            let crd_binding = named(&docs, "ClusterRoleBinding", &crd_upgrade);
+            let mut roles: Vec<String> = docs
+                .iter()
+                .filter(|d| kind(d) == "Role" || kind(d) == "ClusterRole")
+                .map(|d| d["metadata"]["name"].as_str().unwrap().to_string())
+                .collect();
+            roles.sort();
+            if upgrade {
+                let role = crd_role.unwrap_or_else(|| panic!("{case}: no {crd_upgrade}"));
+                assert_eq!(
+                    grants(&role["rules"]),
+                    grants(&yaml(CRD_UPGRADE_RULES)),
+                    "{case}"
+                );
+                let binding = crd_binding.unwrap_or_else(|| panic!("{case}: no binding"));
+                assert_eq!(binding["roleRef"]["kind"], "ClusterRole");
+                assert_eq!(binding["roleRef"]["name"], crd_upgrade.as_str());
+                assert_eq!(
+                    binding["subjects"],
+                    yaml(&format!(
+                        "[{{kind: ServiceAccount, name: {RELEASE}, namespace: {NAMESPACE}}}]"
+                    ))
+                );
+                assert!(!args(&docs).iter().any(|a| a.starts_with("--crd-upgrade")));
+                let mut want = vec![main_name.clone(), crd_upgrade.clone()];
+                want.sort();
+                assert_eq!(roles, want, "{case}");
+            } else {
+                assert!(crd_role.is_none() && crd_binding.is_none(), "{case}");
+                assert!(args(&docs).contains(&"--crd-upgrade=false".to_string()));
+                assert_eq!(roles, std::slice::from_ref(&main_name), "{case}");
+            }
+        }
+    }
 }
 
 #[test]
@@ -619,6 +756,8 @@ fn wrong_values_are_rejected_naming_the_value() {
         ("image: {pullSecrets: [regcred]}", "/image/pullSecrets/0"),
         ("image: {tagg: v1}", "'tagg'"),
         ("watchNamespace: Mail_NS", "/watchNamespace"),
+        ("crds: {upgrade: sometimes}", "/crds/upgrade"),
+        ("crds: {upgrades: true}", "'upgrades'"),
         ("serviceMonitor: {enabled: yes please}", "/serviceMonitor/enabled"),
         ("serviceMonitor: {interval: soon}", "/serviceMonitor/interval"),
         ("podDisruptionBudget: {minAvailable: lots}", "/podDisruptionBudget/minAvailable"),
@@ -1266,7 +1405,7 @@ fn the_alerts_pass_promtool_and_their_unit_tests() {
         .iter()
         .filter_map(|r| r["alert"].as_str())
         .collect();
-    assert_eq!(alerts.len(), 11, "{alerts:?}");
+    assert_eq!(alerts.len(), 12, "{alerts:?}");
     for alert in alerts {
         assert!(
             tests.contains(&format!("alertname: {alert}\n")),

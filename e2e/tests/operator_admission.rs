@@ -1,7 +1,8 @@
 //! What the API server itself says about our manifests: the CRD's schema and CEL rules reject
 //! bad SmtpRelays at admission with a message naming the field; the chart's rendered manifests
-//! pass a server-side dry run; and the chart installed with `watchNamespace` (a Role, no
-//! ClusterRole) is enough for an operator watching that namespace only.
+//! pass a server-side dry run; the chart installed with `watchNamespace` (a Role, and a
+//! ClusterRole only for the CRD) is enough for an operator watching that namespace only; and an
+//! older CRD left by `helm upgrade` is upgraded by the operator at startup, never a newer one.
 //!
 //! One control plane for all of it. Run `cargo build --workspace --bins` first.
 
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use smtp_relay_e2e::operator::{self, condition, get_json, Operator, OperatorOptions};
 use smtp_relay_e2e::{tools, ControlPlane};
+use smtp_relay_operator::crdgen::{VERSION, VERSION_ANNOTATION};
 
 #[test]
 fn api_server_admits_only_valid_relays_and_chart_manifests() {
@@ -32,6 +34,9 @@ fn api_server_admits_only_valid_relays_and_chart_manifests() {
     let t = Instant::now();
     server_dry_run(&cp);
     eprintln!("phase server dry run: {:?}", t.elapsed());
+    let t = Instant::now();
+    crd_upgrade(&cp);
+    eprintln!("phase crd upgrade: {:?}", t.elapsed());
     eprintln!("all phases: {:?}", begin.elapsed());
 }
 
@@ -64,17 +69,38 @@ fn namespaced_operator(cp: &ControlPlane) {
         },
     )
     .expect("operator starts");
-    // The chart made a Role, not a ClusterRole.
+    // The chart made a Role, and a ClusterRole only for the CRD (cluster-scoped): get and
+    // patch on that one.
     let roles = cp.kubectl_ok(["get", "roles", "-n", "team-a", "-o", "name"]);
     assert!(
         roles.contains("role.rbac.authorization.k8s.io/smtp-relay-operator"),
         "{roles}"
     );
     let cluster_roles = cp.kubectl_ok(["get", "clusterroles", "-o", "name"]);
-    assert!(
-        !cluster_roles.contains("smtp-relay-operator"),
-        "no ClusterRole with watchNamespace: {cluster_roles}"
+    let ours: Vec<&str> = cluster_roles
+        .lines()
+        .filter(|r| r.contains("smtp-relay-operator"))
+        .collect();
+    assert_eq!(
+        ours,
+        ["clusterrole.rbac.authorization.k8s.io/team-ops-smtp-relay-operator-crd-upgrade"],
+        "with watchNamespace, the one ClusterRole is the CRD's"
     );
+    for (verb, resource, allowed) in [
+        ("get", CRD_RESOURCE, "yes"),
+        ("patch", CRD_RESOURCE, "yes"),
+        ("delete", CRD_RESOURCE, "no"),
+        ("create", "customresourcedefinitions", "no"),
+        ("list", "customresourcedefinitions", "no"),
+        ("patch", "customresourcedefinitions/other.example.com", "no"),
+    ] {
+        let out = cp.kubectl(["auth", "can-i", verb, resource, "--as", &op.user()]);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            allowed,
+            "can the namespaced operator {verb} {resource}?"
+        );
+    }
     // ...and the ServiceAccount may not read Secrets elsewhere.
     let denied = cp.kubectl([
         "auth",
@@ -570,4 +596,342 @@ fn leader_election(cp: &ControlPlane) {
             );
         }
     }
+}
+
+const CRD_NAME: &str = "smtprelays.smtprelay.dev";
+const CRD_RESOURCE: &str = "customresourcedefinitions/smtprelays.smtprelay.dev";
+/// The property the older CRD of [`crd_upgrade`] lacks.
+const NEW_FIELD: &str = "tlsMinVersion";
+
+/// The CRD the chart installs, as JSON.
+fn chart_crd() -> Value {
+    let path = tools::workspace_root()
+        .join("charts/smtp-relay-operator/crds/smtprelay.dev_smtprelays.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    serde_yaml::from_str(&text).unwrap()
+}
+
+fn served_crd(cp: &ControlPlane) -> Value {
+    serde_json::from_str(&cp.kubectl_ok([
+        "get",
+        "crd",
+        CRD_NAME,
+        "-o",
+        "json",
+        "--show-managed-fields",
+    ]))
+    .unwrap()
+}
+
+fn crd_version(crd: &Value) -> Option<&str> {
+    crd["metadata"]["annotations"][VERSION_ANNOTATION].as_str()
+}
+
+/// Where `a` and `b` first differ, numbers compared by value (YAML's `1.0` is JSON's `1`).
+fn first_difference(path: &str, a: &Value, b: &Value) -> Option<String> {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            keys.into_iter().find_map(|k| {
+                let (xa, yb) = (
+                    x.get(k).unwrap_or(&Value::Null),
+                    y.get(k).unwrap_or(&Value::Null),
+                );
+                first_difference(&format!("{path}.{k}"), xa, yb)
+            })
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => x
+            .iter()
+            .zip(y)
+            .enumerate()
+            .find_map(|(i, (xa, yb))| first_difference(&format!("{path}[{i}]"), xa, yb)),
+        (Value::Number(x), Value::Number(y)) if x.as_f64() == y.as_f64() => None,
+        _ if a == b => None,
+        _ => Some(format!("{path}: {a} != {b}")),
+    }
+}
+
+/// The schema of `spec`'s properties.
+fn spec_properties(crd: &Value) -> &Value {
+    &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+}
+
+/// The chart's CRD as another operator version wrote it: annotated `version`, and without
+/// [`NEW_FIELD`] (a field that version does not know).
+fn crd_of_version(chart: &Value, version: &str) -> Value {
+    let mut crd = chart.clone();
+    crd["metadata"]["annotations"][VERSION_ANNOTATION] = json!(version);
+    let props = &mut crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+        ["properties"];
+    assert!(props.as_object_mut().unwrap().remove(NEW_FIELD).is_some());
+    crd
+}
+
+/// Server-side applies `crd` as `manager` would (a chart's install, another operator), taking
+/// every field it sets.
+fn install_crd(cp: &ControlPlane, crd: &Value, manager: &str) {
+    let out = cp.kubectl_stdin(
+        [
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--field-manager",
+            manager,
+            "-f",
+            "-",
+        ],
+        &crd.to_string(),
+    );
+    assert!(
+        out.status.success(),
+        "applying the CRD as {manager}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The operator's writes to CRDs so far.
+fn crd_writes(cp: &ControlPlane, op: &Operator) -> Vec<Value> {
+    operator::writes_by(cp, &op.user())
+        .expect("audit log")
+        .into_iter()
+        .filter(|e| e["objectRef"]["resource"] == "customresourcedefinitions")
+        .collect()
+}
+
+/// `kubectl apply` of `relay` with the API server's default field validation (`Warn`, what
+/// Helm and most clients get; kubectl asks for `Strict`): a field the schema lacks is dropped,
+/// with a warning the user may never see.
+fn apply_as_helm_would(cp: &ControlPlane, ns: &str, relay: &str) {
+    let out = cp.kubectl_stdin(["apply", "--validate=warn", "-n", ns, "-f", "-"], relay);
+    assert!(
+        out.status.success(),
+        "kubectl apply: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Whether the API server keeps `spec.tlsMinVersion` of `relay` (a server-side dry run, field
+/// validation `Warn`): the schema it serves switches a moment after the CRD changed.
+fn keeps_the_new_field(cp: &ControlPlane, ns: &str, relay: &str) -> bool {
+    let out = cp.kubectl_stdin(
+        [
+            "apply",
+            "--dry-run=server",
+            "--validate=warn",
+            "-n",
+            ns,
+            "-o",
+            "json",
+            "-f",
+            "-",
+        ],
+        relay,
+    );
+    assert!(
+        out.status.success(),
+        "dry run: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let obj: Value = serde_json::from_slice(&out.stdout).unwrap();
+    obj["spec"].get(NEW_FIELD).is_some()
+}
+
+/// What the operator made of the relay's `tlsMinVersion`: the message of its InboundTLSModern
+/// condition, once status is written for the relay's generation.
+fn tls_message(op: &Operator, cp: &ControlPlane, ns: &str) -> String {
+    op.wait_for(
+        Duration::from_secs(45),
+        "the relay's status for its generation",
+        || {
+            let r = get_json(cp, ns, "smtprelay", "mail")?;
+            let current = r["status"]["observedGeneration"] == r["metadata"]["generation"];
+            let c = condition(&r, "InboundTLSModern")?;
+            current.then(|| c["message"].as_str().unwrap_or_default().to_string())
+        },
+    )
+}
+
+/// Writes the CRD of an older operator, as `helm upgrade` leaves it (Helm never upgrades
+/// `crds/`), and waits until the API server serves its schema.
+fn install_older_crd(cp: &ControlPlane, chart: &Value, ns: &str, relay: &str) {
+    install_crd(cp, &crd_of_version(chart, OLDER), "e2e-older-release");
+    assert!(spec_properties(&served_crd(cp)).get(NEW_FIELD).is_none());
+    tools::poll_until(Duration::from_secs(10), "the older schema served", || {
+        (!keeps_the_new_field(cp, ns, relay)).then_some(())
+    });
+}
+
+/// The version of the older CRD.
+const OLDER: &str = "0.0.1";
+
+/// Helm never upgrades `crds/`: after `helm upgrade` the CRD is an older operator's, and the API
+/// server prunes a relay's field it lacks. The operator, at startup, server-side applies its own
+/// CRD over the older one, so the relay keeps the field and the operator acts on it; a CRD a
+/// newer operator wrote is left alone; without the grant (`crds.upgrade=false`, or RBAC
+/// managed elsewhere without it) a warning names the fix and the operator runs on.
+#[allow(
+    clippy::too_many_lines,
+    reason = "one scenario, step by step: its steps share their state"
+)]
+fn crd_upgrade(cp: &ControlPlane) {
+    let chart = chart_crd();
+    assert_eq!(
+        crd_version(&chart),
+        Some(VERSION),
+        "the chart's CRD is this version's"
+    );
+    assert_eq!(
+        crd_version(&served_crd(cp)),
+        Some(VERSION),
+        "helm installed the chart's"
+    );
+    assert_eq!(
+        smtp_relay_operator::runtime::crd_upgrade::decide_for_this_operator(Some(OLDER)),
+        Some(smtp_relay_operator::runtime::crd_upgrade::Decision::Upgrade)
+    );
+    let ns = "crd-a";
+    operator::create_namespace(cp, ns);
+    let relay = relay_json(
+        ns,
+        "mail",
+        json!({
+            "domain": "example.net",
+            "networks": ["10.0.0.0/24"],
+            "relayhost": {"host": "10.1.0.1"},
+            NEW_FIELD: "TLSv1.0",
+        }),
+    );
+
+    // The defect: under the older CRD, the relay's new field is silently dropped.
+    install_older_crd(cp, &chart, ns, &relay);
+    apply_as_helm_would(cp, ns, &relay);
+    let stored = get_json(cp, ns, "smtprelay", "mail").unwrap();
+    assert!(stored["spec"].get(NEW_FIELD).is_none(), "pruned: {stored}");
+
+    // The operator starts (the chart's defaults, in single-namespace mode): before it is ready,
+    // the served CRD is its own, whole, applied by its field manager with one patch.
+    let t = Instant::now();
+    let mut op = Operator::start(
+        cp,
+        OperatorOptions {
+            namespace: "crd-ops".into(),
+            watch_namespace: Some(ns.into()),
+            ..OperatorOptions::default()
+        },
+    )
+    .expect("operator starts");
+    eprintln!("  chart installed, operator ready in {:?}", t.elapsed());
+    let served = served_crd(cp);
+    assert_eq!(
+        crd_version(&served),
+        Some(VERSION),
+        "the operator upgraded the CRD; log tail:\n{}",
+        op.log_tail(20)
+    );
+    assert_eq!(
+        spec_properties(&served)[NEW_FIELD],
+        spec_properties(&chart)[NEW_FIELD],
+        "the property is back"
+    );
+    assert_eq!(
+        first_difference(
+            "versions",
+            &served["spec"]["versions"],
+            &chart["spec"]["versions"]
+        ),
+        None,
+        "the served CRD is the operator's, whole"
+    );
+    let applied = served["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|m| m["manager"] == operator::FIELD_MANAGER && m["operation"] == "Apply");
+    assert!(applied, "applied by the operator's field manager");
+    let writes = crd_writes(cp, &op);
+    assert_eq!(writes.len(), 1, "one write: {writes:?}");
+    assert_eq!(writes[0]["verb"], "patch");
+    assert_eq!(writes[0]["objectRef"]["name"], CRD_NAME);
+    assert_eq!(writes[0]["responseStatus"]["code"], 200);
+    assert!(op.current_logs().contains("upgraded the SmtpRelay CRD"));
+
+    // The user applies the relay again: the field is kept now, and the operator acts on it.
+    tools::poll_until(Duration::from_secs(10), "the new schema served", || {
+        keeps_the_new_field(cp, ns, &relay).then_some(())
+    });
+    apply_as_helm_would(cp, ns, &relay);
+    let stored = get_json(cp, ns, "smtprelay", "mail").unwrap();
+    assert_eq!(stored["spec"][NEW_FIELD], "TLSv1.0", "kept: {stored}");
+    let message = tls_message(&op, cp, ns);
+    assert!(
+        message.contains("spec.tlsMinVersion TLSv1.0"),
+        "the operator sees it: {message}"
+    );
+
+    // A newer operator's CRD is never downgraded.
+    install_crd(cp, &crd_of_version(&chart, "999.0.0"), "e2e-newer-operator");
+    op.restart().expect("operator restarts");
+    let served = served_crd(cp);
+    assert_eq!(crd_version(&served), Some("999.0.0"));
+    assert!(spec_properties(&served).get(NEW_FIELD).is_none());
+    assert_eq!(crd_writes(cp, &op).len(), 1, "no write since the upgrade");
+    assert!(op
+        .current_logs()
+        .contains("a newer operator's; left as it is"));
+    let logs = op.logs();
+    for bad in ["forbidden", "Forbidden", " 403", "WARN"] {
+        assert!(!logs.contains(bad), "operator log has {bad:?}:\n{logs}");
+    }
+
+    // Turned off (`helm upgrade --set crds.upgrade=false`, which again leaves the CRD alone):
+    // the grant is gone, and an operator asking anyway (RBAC managed elsewhere, without it)
+    // logs a warning naming the fix, leaves the CRD, and runs on.
+    install_older_crd(cp, &chart, ns, &relay);
+    let chart_dir = tools::workspace_root().join("charts/smtp-relay-operator");
+    let out = cp.helm([
+        "upgrade",
+        operator::RELEASE,
+        chart_dir.to_str().unwrap(),
+        "-n",
+        "crd-ops",
+        "--reuse-values",
+        "--set",
+        "crds.upgrade=false",
+    ]);
+    assert!(
+        out.status.success(),
+        "helm upgrade: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(crd_version(&served_crd(cp)), Some(OLDER), "helm left crds/");
+    tools::poll_until(Duration::from_secs(10), "the grant gone", || {
+        let out = cp.kubectl(["auth", "can-i", "get", CRD_RESOURCE, "--as", &op.user()]);
+        (String::from_utf8_lossy(&out.stdout).trim() == "no").then_some(())
+    });
+    op.restart().expect("operator restarts");
+    let warning = op
+        .current_logs()
+        .lines()
+        .find(|l| l.contains("cannot upgrade the SmtpRelay CRD"))
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("no warning; log tail:\n{}", op.log_tail(20)));
+    assert!(
+        warning.contains("WARN")
+            && warning.contains("forbidden")
+            && warning.contains("crds.upgrade=true")
+            && warning.contains("kubectl apply --server-side --force-conflicts"),
+        "{warning}"
+    );
+    assert_eq!(crd_version(&served_crd(cp)), Some(OLDER));
+    assert_eq!(crd_writes(cp, &op).len(), 1, "no write without the grant");
+    operator::patch_relay(cp, ns, "mail", r#"{"spec":{"networks":["10.9.0.0/16"]}}"#);
+    let generation =
+        get_json(cp, ns, "smtprelay", "mail").unwrap()["metadata"]["generation"].clone();
+    op.wait_for(Duration::from_secs(45), "the operator to run on", || {
+        let r = get_json(cp, ns, "smtprelay", "mail")?;
+        (r["status"]["observedGeneration"] == generation).then_some(())
+    });
+    op.stop();
+    // As it was, for whatever runs next.
+    install_crd(cp, &chart, "e2e-restore");
 }

@@ -63,7 +63,7 @@
 //! | 4 | pure | `floor::inputs`, `floor::running`, `floor::verdict` | what was read, what runs, the verdict |
 //! | 5 | api | `runtime::backoff`, `runtime::leader`, `runtime::metrics`, `runtime::shutdown`, `runtime::telemetry`, `crdgen` | the process's parts |
 //! | 5 | pure | `observe::mapping`, `observe::scrape` | which relays an object concerns; a pod's queue |
-//! | 6 | api | `runtime::http` | the process's endpoints |
+//! | 6 | api | `runtime::http`, `runtime::crd_upgrade` | the process's endpoints; the CRD's upgrade at startup |
 //! | 6 | pure | `observe::fingerprint` | the watches' caches, and what changed |
 //! | 7 | api | `runtime`, `context` | the process; what the reconciles share |
 //! | 8 | pure | `steps::certificate`, `steps::judge::relay_config`, `steps::report::status` | first derivations |

@@ -7,6 +7,7 @@ use smtp_relay_operator::crdgen;
 use smtp_relay_operator::floor::contract::BuildOptions;
 use smtp_relay_operator::floor::contract::DEFAULT_RELAY_IMAGE;
 use smtp_relay_operator::floor::error::Error;
+use smtp_relay_operator::runtime::crd_upgrade;
 use smtp_relay_operator::runtime::metrics::{self, Metrics};
 use smtp_relay_operator::runtime::shutdown;
 use smtp_relay_operator::runtime::telemetry::{self, LogFormat};
@@ -66,6 +67,17 @@ struct RunArgs {
     /// second signal exits at once.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECONDS", default_value_t = 10)]
     shutdown_timeout_seconds: u64,
+    /// At startup, server-side apply this operator's SmtpRelay CRD over a served one that is
+    /// older (never creating, deleting or downgrading it); false leaves the CRD to you.
+    #[arg(
+        long,
+        env = "CRD_UPGRADE",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    crd_upgrade: bool,
 }
 
 #[tokio::main]
@@ -114,6 +126,18 @@ async fn run(args: RunArgs) -> Result<(), Error> {
         return Ok(());
     };
     let endpoints = rt.serve_http(args.http_addr, metrics.clone());
+    // Before anything reads an SmtpRelay: the API server then serves (and prunes by) this
+    // version's schema. Its failure is a warning; the operator runs on.
+    if args.crd_upgrade
+        && rt
+            .unless_stopped(crd_upgrade::upgrade(client.clone()))
+            .await
+            .is_none()
+    {
+        endpoints.stop().await;
+        info!("stopped while upgrading the CRD");
+        return Ok(());
+    }
     let identity = args
         .identity
         .clone()

@@ -64,6 +64,13 @@ reconciling the same SmtpRelay at once would fight over its StatefulSet. */}}
 {{- if or .Values.leaderElection.enabled (gt (int .Values.replicaCount) 1) }}true{{ end }}
 {{- end }}
 
+{{/* The operator upgrades an older SmtpRelay CRD at startup unless crds.upgrade is false. A
+release upgraded with --reuse-values from a chart without the key has no crds map: on. */}}
+{{- define "smtp-relay-operator.crdUpgrade" -}}
+{{- $crds := .Values.crds | default dict }}
+{{- if or (not (hasKey $crds "upgrade")) $crds.upgrade }}true{{ end }}
+{{- end }}
+
 {{- define "smtp-relay-operator.leaseName" -}}
 {{- default (include "smtp-relay-operator.fullname" .) .Values.leaderElection.leaseName }}
 {{- end }}

@@ -1,8 +1,10 @@
 //! The process around the controller, so that `main` reads as a story: the stop signal (SIGTERM
 //! or SIGINT, bounded by a deadline; a second signal exits at once), the lifetime of the HTTP
-//! endpoints, and leadership (wait for the Lease, hold it, release it on the way out).
+//! endpoints, leadership (wait for the Lease, hold it, release it on the way out), and the
+//! SmtpRelay CRD's upgrade at startup ([`crd_upgrade`]).
 
 pub mod backoff;
+pub mod crd_upgrade;
 pub mod http;
 pub mod leader;
 pub mod metrics;
