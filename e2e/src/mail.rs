@@ -184,9 +184,12 @@ impl Sink {
             return out;
         };
         for entry in entries.flatten() {
-            let Ok(text) = fs::read_to_string(entry.path()) else {
+            // Bytes, not UTF-8 text: a message with 8-bit content is still a message (read as
+            // text, it would be skipped and never found).
+            let Ok(bytes) = fs::read(entry.path()) else {
                 continue;
             };
+            let text = String::from_utf8_lossy(&bytes).into_owned();
             let header = |name: &str| {
                 text.lines()
                     .filter_map(|l| l.strip_prefix(name))

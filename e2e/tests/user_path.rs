@@ -340,12 +340,10 @@ fn user_path_chart_operator_pod_relay_pod_and_mail_through_the_service() {
             != Some(0),
         "the operator's Deployment is gone"
     );
+    let cluster_rbac = cp.kubectl_ok(["get", "clusterroles,clusterrolebindings", "-o", "name"]);
     assert!(
-        cp.kubectl(["get", "clusterrole", &release.release])
-            .status
-            .code()
-            != Some(0),
-        "its ClusterRole is gone"
+        !cluster_rbac.contains(&release.release),
+        "its ClusterRoles and bindings are gone:\n{cluster_rbac}"
     );
     assert!(
         cp.kubectl(["get", "crd", "smtprelays.smtprelay.dev"])
