@@ -276,13 +276,25 @@ fn user_path_chart_operator_pod_relay_pod_and_mail_through_the_service() {
     let after = mail::marker("user-path-after-operator");
     ok(user_path::send_from_host(service, FROM, RCPT, &after));
     ok(sink.wait_for(RCPT, &after, WAIT));
-    let logs = user_path::pod_logs(&cp, &release.namespace, &new_operator);
-    assert!(!logs.contains("Forbidden"), "operator log:\n{logs}");
     phases.done("relay untouched, status Ready, mail delivered");
 
     // 8. `helm upgrade` (Helm 4) from the previous chart to this one: the operator's Deployment
     //    rolls out, the relay keeps running untouched, mail still goes through.
     ok(user_path::helm4_upgrade(&cp));
+    // The previous chart here names this checkout's images (the same tag), so the upgrade
+    // changes no pod template; a real upgrade changes the operator's image tag and so starts
+    // a new operator pod: start one, as that would.
+    ok(user_path::kubectl(
+        &cp,
+        &[
+            "rollout",
+            "restart",
+            "deployment",
+            &release.release,
+            "-n",
+            &release.namespace,
+        ],
+    ));
     ok(user_path::kubectl(
         &cp,
         &[
@@ -309,6 +321,31 @@ fn user_path_chart_operator_pod_relay_pod_and_mail_through_the_service() {
     let upgraded = mail::marker("user-path-after-upgrade");
     ok(user_path::send_from_host(service, FROM, RCPT, &upgraded));
     ok(sink.wait_for(RCPT, &upgraded, WAIT));
+    // The upgraded operator brought the previous chart's CRD up to its own version (Helm
+    // never upgrades a chart's crds/), with the RBAC this chart grants for it: its log has
+    // no Forbidden. (Before the upgrade the previous chart ran this operator image without
+    // that grant, and its pod warned so, as it should.)
+    let crd_version = ok(user_path::wait(
+        &cp,
+        &release.namespace,
+        WAIT,
+        "the operator to upgrade the CRD",
+        || {
+            let crd = operator::get_json(&cp, "default", "crd", "smtprelays.smtprelay.dev")?;
+            let version = crd["metadata"]["annotations"]["smtprelay.dev/operator-version"]
+                .as_str()?
+                .to_string();
+            (version == env!("CARGO_PKG_VERSION")).then_some(version)
+        },
+    ));
+    let upgraded_operator = user_path::operator_ready(&cp, &release).expect("the operator Ready");
+    assert_ne!(
+        upgraded_operator, new_operator,
+        "the upgrade rolled the operator out"
+    );
+    let logs = user_path::pod_logs(&cp, &release.namespace, &upgraded_operator);
+    assert!(!logs.contains("Forbidden"), "operator log:\n{logs}");
+    eprintln!("[user_path] CRD at operator version {crd_version}");
     phases.done("helm4 upgrade from the previous chart: relay untouched, mail delivered");
 
     // 9. The relay deleted (its queue empty), then `helm uninstall` (Helm 4): the operator and
