@@ -156,7 +156,12 @@ pub fn spool_reserve(postconf: &BTreeMap<String, String>) -> u64 {
     {
         return n;
     }
-    message_size_limit(postconf)
+    derived_spool_reserve(message_size_limit(postconf))
+}
+
+/// The reserve the relay derives for a `message_size_limit` (see [`spool_reserve`]).
+pub fn derived_spool_reserve(message_size_limit: u64) -> u64 {
+    message_size_limit
         .saturating_mul(2)
         .max(SPOOL_RESERVE_FLOOR)
 }

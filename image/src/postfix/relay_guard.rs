@@ -286,10 +286,7 @@ pub fn check_spool_reserve(
     };
     let limit = main_cf::message_size_limit(postconf);
     let least = main_cf::least_queue_minfree(limit);
-    let derived = main_cf::spool_reserve(&std::collections::BTreeMap::from([(
-        "message_size_limit".to_string(),
-        limit.to_string(),
-    )]));
+    let derived = main_cf::derived_spool_reserve(limit);
     let advice = format!(
         "the spool's reserve: smtpd answers 452 (retry later) to new mail while less than this is free on the spool volume, so it never fills; give at least {least} bytes (1.5 times message_size_limit, {limit}), or leave it out for the relay's own {derived} bytes (twice message_size_limit, at least {} bytes)",
         main_cf::SPOOL_RESERVE_FLOOR
