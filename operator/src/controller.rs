@@ -19,13 +19,13 @@ use crate::context::Context;
 use crate::floor::contract::BuildOptions;
 use crate::floor::crd::{find_condition, SmtpRelay};
 use crate::floor::error::{Error, Result, Step};
-use crate::floor::running::{truncate, Drain, Rollout};
+use crate::floor::running::{truncate, Canary, Drain, Rollout};
 use crate::floor::verdict::{Applying, Outcome, Plan};
 use crate::runtime::metrics::ReconcileOutcome;
 use crate::steps::apply::{apply_all, prune_secrets, storage_change};
 use crate::steps::report::status;
 use crate::steps::resolve::{self, RefSource};
-use crate::steps::{build, deletion, drain, report};
+use crate::steps::{build, deletion, drain, report, rollout};
 
 /// Validates, resolves and builds; user errors become an [`Outcome`], API errors an `Err`.
 pub async fn plan(relay: &SmtpRelay, src: &impl RefSource, opts: &BuildOptions) -> Result<Plan> {
@@ -101,7 +101,9 @@ pub async fn reconcile(relay: Arc<SmtpRelay>, ctx: Arc<Context>) -> Result<Actio
     let planned = plan_against(&relay, &ctx, live.as_ref()).await?;
     // 3. Drain: replicas being scaled away deliver their queues before the StatefulSet lets
     //    them go.
-    let (planned, drain) = match planned {
+    // 3b. Rollout: a new configuration reaches one pod first; the others follow once it
+    //     proved the configuration (`steps::rollout`).
+    let (planned, drain, canary) = match planned {
         Plan::Apply(mut applying) => {
             let drain = drain::step(
                 &ctx.client,
@@ -112,9 +114,12 @@ pub async fn reconcile(relay: Arc<SmtpRelay>, ctx: Arc<Context>) -> Result<Actio
             )
             .await
             .map_err(|e| e.during(Step::Drain))?;
-            (Plan::Apply(applying), drain)
+            let hash = applying.config_hash.clone();
+            let canary =
+                rollout::step(&relay, live.as_ref(), &pods, &mut applying.desired, &hash).await;
+            (Plan::Apply(applying), drain, canary)
         }
-        report => (report, Drain::None),
+        report => (report, Drain::None, Canary::Settled),
     };
     // 4. Apply what changed and prune what is no longer wanted; or leave everything running.
     let (outcome, sts) = apply_planned(&relay, &ctx, planned, live)
@@ -122,9 +127,10 @@ pub async fn reconcile(relay: Arc<SmtpRelay>, ctx: Arc<Context>) -> Result<Actio
         .map_err(|e| e.during(Step::Apply))?;
     let rollout = Rollout::from_stateful_set(sts.as_ref(), target_replicas(&relay, &drain))
         .with_pods(&pods)
-        .with_drain(drain);
+        .with_drain(drain)
+        .with_canary(canary);
     // 5. Report: Events on transitions, status when it changed.
-    let draining = !matches!(rollout.drain, Drain::None);
+    let draining = !matches!(rollout.drain, Drain::None) || rollout.canary.waiting();
     let new_status = report::report(&relay, &ctx, &outcome, rollout)
         .await
         .map_err(|e| e.during(Step::Report))?;
@@ -252,9 +258,13 @@ async fn apply_planned(
 fn next_action(outcome: &Outcome, new_status: &crate::floor::crd::SmtpRelayStatus) -> Action {
     let draining =
         find_condition(Some(new_status), status::DRAINING).is_some_and(|c| c.status == "True");
+    let proving = find_condition(Some(new_status), status::CONFIG_PROVEN)
+        .is_some_and(|c| c.status == "Unknown");
     match outcome {
         // A departing replica's queue is read from its metrics: look again soon.
         Outcome::Applied { .. } if draining => Action::requeue(drain::REQUEUE),
+        // The canary's self-check is read from its metrics too.
+        Outcome::Applied { .. } if proving => Action::requeue(rollout::REQUEUE),
         // Ready or not: what changes readiness (the StatefulSet's status, a pod starting,
         // crashing or passing its probe) arrives through the watches, so a relay on its way
         // is not polled.
@@ -1010,6 +1020,7 @@ mod tests {
             up_to_date: true,
             problem: None,
             drain: Drain::None,
+            canary: Canary::Settled,
         };
         let s2 = status::compute(&r, &ok, done.clone(), Time(jiff::Timestamp::UNIX_EPOCH));
         let reasons: Vec<_> = events_for(&r, &ok, &s2)

@@ -17,6 +17,8 @@
 //! 4. [`steps::build`] are pure functions from it to the children
 //!    ([`floor::verdict::Desired`]);
 //! 5. [`steps::drain`] keeps replicas being scaled away until they delivered their queues;
+//!    [`steps::rollout`] sends a new configuration to one pod first, the others once its
+//!    Postfix passed the self-check;
 //! 6. [`steps::apply`] writes what changed or drifted and prunes what is no longer wanted
 //!    ([`steps::writeback`] hands a rotated OAuth2 token on);
 //! 7. [`steps::report`] computes status from what runs and publishes the Events of what
@@ -70,6 +72,7 @@
 //! | 9 | pure | `steps::judge`, `steps::build::*`, `steps::report::events` | the judge, the builders, the Events |
 //! | 10 | pure | `steps::build` | the children of a relay |
 //! | 11 | api | `steps::resolve`, `steps::apply`, `steps::report` | steps that read or write |
+//! | 11 | pure | `steps::rollout` | the canary of a new configuration: the StatefulSet's partition |
 //! | 12 | api | `steps::writeback`, `steps::drain` | steps over what was applied |
 //! | 13 | api | `steps::deletion`, `watch::queue` | the drain on deletion; the queue observer |
 //! | 14 | api | `controller` | the driver |

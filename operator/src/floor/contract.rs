@@ -23,6 +23,11 @@ pub const CONFIG_HASH_ANNOTATION: &str = "smtprelay.dev/config-hash";
 
 pub const CONFIG_DIR: &str = "/etc/smtp-relay/config";
 pub const CONFIG_KEY: &str = "relay.yaml";
+/// The ConfigMap key beside [`CONFIG_KEY`] naming its configuration (the config hash): a pod
+/// applies `relay.yaml` only when it is its own template's [`CONFIG_HASH_ANNOTATION`], so a
+/// new configuration reaches the pods only through the rolling update, one pod first
+/// (`steps::rollout`), never by the kubelet refreshing the mounted ConfigMap in every pod.
+pub const REVISION_KEY: &str = "revision";
 pub const RELAYHOST_DIR: &str = "/etc/smtp-relay/relayhost";
 pub const SASL_USERS_DIR: &str = "/etc/smtp-relay/sasl-users";
 pub const TLS_DIR: &str = "/etc/smtp-relay/tls";

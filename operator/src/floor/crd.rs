@@ -776,6 +776,10 @@ pub struct SmtpRelayStatus {
     /// Hash of the applied configuration (the pods' `smtprelay.dev/config-hash`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_hash: Option<String>,
+    /// The last configuration a pod ran and passed Postfix's self-check with (the canary of a
+    /// rollout): until a new `configHash` is proven, the other replicas keep this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proven_config_hash: Option<String>,
     /// The relay mode of the applied configuration: `spec.mode`, `Strict` when neither it nor
     /// `customRestrictions` is set, `Custom` with `customRestrictions`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

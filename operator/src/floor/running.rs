@@ -19,6 +19,57 @@ pub struct Rollout {
     pub problem: Option<PodProblem>,
     /// Replicas being scaled away and what they still hold.
     pub drain: Drain,
+    /// A new configuration on its first pod, before the other replicas take it.
+    pub canary: Canary,
+}
+
+/// A new configuration reaches one pod first, the canary (the highest ordinal, which the
+/// StatefulSet's rolling update replaces first); the StatefulSet's partition keeps the other
+/// replicas on the configuration they run until the canary has shown, by Postfix's own
+/// self-check in the pod, that the new one works (`steps::rollout`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Canary {
+    /// No new configuration on its way: every pod runs the proven one.
+    #[default]
+    Settled,
+    /// The canary does not run the new configuration yet, or has not reported its
+    /// self-check.
+    Proving { pod: String, revision: String },
+    /// The canary runs the new configuration and passed its self-check: the other replicas
+    /// follow, one at a time.
+    Proven { pod: String, revision: String },
+    /// The canary's Postfix refused the new configuration; it runs the last good one, and
+    /// the other replicas keep theirs.
+    Refused(Refusal),
+}
+
+/// A configuration a pod's self-check refused, in Postfix's words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub pod: String,
+    /// The refused configuration's hash.
+    pub revision: String,
+    /// What the pod runs instead (its last good configuration), when it said.
+    pub running: Option<String>,
+    /// The SMTP reply and Postfix's log line, as the pod reported them.
+    pub error: String,
+    /// The spec fields the error points at (`spec.postconf.<name>`), when it names one.
+    pub suspects: Vec<String>,
+}
+
+impl Canary {
+    /// The configuration the canary proved, if it just did.
+    pub fn proven(&self) -> Option<&str> {
+        match self {
+            Canary::Proven { revision, .. } => Some(revision),
+            _ => None,
+        }
+    }
+
+    /// Whether the rollout waits on the canary (the reconcile looks again soon).
+    pub fn waiting(&self) -> bool {
+        matches!(self, Canary::Proving { .. })
+    }
 }
 
 /// What keeps a relay pod from running, read from its container statuses.
@@ -154,7 +205,13 @@ impl Rollout {
                 && st.replicas == desired_replicas,
             problem: None,
             drain: Drain::None,
+            canary: Canary::Settled,
         }
+    }
+
+    /// With the canary of a new configuration.
+    pub fn with_canary(self, canary: Canary) -> Rollout {
+        Rollout { canary, ..self }
     }
 
     /// With the drain of replicas being scaled away.

@@ -9,4 +9,5 @@ pub mod drain;
 pub mod judge;
 pub mod report;
 pub mod resolve;
+pub mod rollout;
 pub mod writeback;

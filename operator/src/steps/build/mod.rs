@@ -9,7 +9,7 @@ pub mod secrets;
 pub mod service;
 pub mod statefulset;
 
-use crate::floor::contract::BuildOptions;
+use crate::floor::contract::{BuildOptions, REVISION_KEY};
 use crate::floor::error::Result;
 use crate::floor::inputs::HashKey;
 use crate::floor::verdict::{Applying, Desired};
@@ -20,7 +20,7 @@ use crate::steps::judge::Validated;
 /// once.
 pub fn build(v: &Validated<'_>, hash_key: &HashKey, opts: &BuildOptions) -> Result<Applying> {
     let (relay, resolved) = (v.relay(), v.resolved());
-    let config_map = configmap::config_map(relay, v.relay_config_file())?;
+    let mut config_map = configmap::config_map(relay, v.relay_config_file())?;
     let relayhost_secret = secrets::relayhost_secret(relay, resolved)?;
     let sasl_users_secret = secrets::sasl_users_secret(relay, resolved)?;
     let tls_secret = secrets::tls_secret(relay, resolved)?;
@@ -34,6 +34,12 @@ pub fn build(v: &Validated<'_>, hash_key: &HashKey, opts: &BuildOptions) -> Resu
         relayhost_secret.as_ref(),
         tls_secret.as_ref(),
     );
+    // Which configuration `relay.yaml` is, for the pods to tell theirs (outside the hash it
+    // names).
+    config_map
+        .data
+        .get_or_insert_with(Default::default)
+        .insert(REVISION_KEY.into(), config_hash.clone());
     let stateful_set = statefulset::stateful_set(
         relay,
         &statefulset::Mounts {

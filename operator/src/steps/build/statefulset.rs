@@ -3,7 +3,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{
-    StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
+    RollingUpdateStatefulSetStrategy, StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy,
+    StatefulSetSpec, StatefulSetUpdateStrategy,
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapProjection, ConfigMapVolumeSource, Container, ContainerPort,
@@ -136,10 +137,24 @@ pub fn stateful_set(
                 spec: Some(pod),
             },
             volume_claim_templates: Some(vec![spool_claim(relay)]),
+            // One pod at a time; `steps::rollout` sets the partition that holds the other
+            // replicas until the first has proven a new configuration.
+            update_strategy: Some(rolling_update(0)),
             ..StatefulSetSpec::default()
         }),
         status: None,
     })
+}
+
+/// A rolling update of the pods at ordinal `partition` and above.
+pub fn rolling_update(partition: i32) -> StatefulSetUpdateStrategy {
+    StatefulSetUpdateStrategy {
+        type_: Some("RollingUpdate".into()),
+        rolling_update: Some(RollingUpdateStatefulSetStrategy {
+            partition: Some(partition),
+            ..RollingUpdateStatefulSetStrategy::default()
+        }),
+    }
 }
 
 fn non_empty(m: BTreeMap<String, String>) -> Option<BTreeMap<String, String>> {

@@ -67,7 +67,17 @@ pub fn events_for(relay: &SmtpRelay, outcome: &Outcome, new: &SmtpRelayStatus) -
         }
         Outcome::Applied { config_hash } => {
             // A pod that cannot run (rejections have their own Event above).
-            if let Some(c) = condition_is(Some(new), status::STALLED, "True") {
+            // A configuration the canary's Postfix refused, once per refusal (its own Event,
+            // not Stalled's).
+            if let Some(c) = condition_is(Some(new), status::CONFIG_PROVEN, "False") {
+                let before = condition_is(relay.status.as_ref(), status::CONFIG_PROVEN, "False");
+                if before.map(|o| &o.message) != Some(&c.message) {
+                    out.push(about(EventType::Warning, c));
+                }
+            }
+            if let Some(c) = condition_is(Some(new), status::STALLED, "True")
+                .filter(|c| c.reason != status::CONFIG_REFUSED)
+            {
                 let before = condition_is(relay.status.as_ref(), status::STALLED, "True");
                 if before.map(|o| &o.reason) != Some(&c.reason) {
                     out.push(about(EventType::Warning, c));

@@ -7,7 +7,7 @@ use smtp_relay::postfix::main_cf;
 use smtp_relay::settings::{self, TlsLevel, TlsMinVersion};
 
 use crate::floor::crd::{SmtpRelay, SmtpRelayStatus, READY};
-use crate::floor::running::{Drain, Rollout};
+use crate::floor::running::{Canary, Drain, Refusal, Rollout};
 use crate::floor::verdict::Outcome;
 
 pub const CONFIG_VALID: &str = "ConfigValid";
@@ -50,6 +50,12 @@ pub const DRAINING: &str = "Draining";
 /// With a relayhost login: whether the relay can log in (the relayhost's answer to the last
 /// login, and with OAuth2 the token endpoint's), from what `queue::observe` read in the pods.
 pub const RELAYHOST_LOGIN: &str = "RelayhostLogin";
+
+/// Whether the configuration in the spec has been proven by a pod's Postfix: True once a pod
+/// runs it and passed the self-check (a real SMTP session with it); Unknown while the canary
+/// proves it; False when the canary's Postfix refused it, naming the spec field and Postfix's
+/// error (the other replicas keep the last good configuration: `steps::rollout`).
+pub const CONFIG_PROVEN: &str = "ConfigProven";
 
 pub fn endpoint(relay: &SmtpRelay) -> String {
     format!(
@@ -578,6 +584,102 @@ fn progressing_condition(
     }
 }
 
+/// ConfigProven: where the canary of the configuration stands ([`Canary`]).
+fn config_proven_condition(
+    outcome: &Outcome,
+    rollout: &Rollout,
+    old: &SmtpRelayStatus,
+    gen: Option<i64>,
+    now: &Time,
+) -> Option<Condition> {
+    let short = |h: &str| h[..h.len().min(12)].to_string();
+    let c = match &rollout.canary {
+        // A rejected spec changes nothing: the condition keeps describing what runs.
+        _ if outcome.rejection().is_some() => return old_condition(old, CONFIG_PROVEN),
+        Canary::Settled => {
+            let Some(hash) = old.proven_config_hash.as_deref().or(match outcome {
+                Outcome::Applied { config_hash } if rollout.exists => Some(config_hash),
+                _ => None,
+            }) else {
+                return None;
+            };
+            condition(
+                CONFIG_PROVEN,
+                Some(true),
+                "SelfCheckPassed",
+                format!("every pod runs configuration {} and Postfix passed its self-check", short(hash)),
+                gen,
+                now,
+            )
+        }
+        Canary::Proving { pod, revision } => condition(
+            CONFIG_PROVEN,
+            None,
+            "Proving",
+            if pod.is_empty() {
+                format!("configuration {} waits for its first pod", short(revision))
+            } else {
+                format!(
+                    "configuration {} goes to {pod} first; the other pods follow once its Postfix passed the self-check",
+                    short(revision)
+                )
+            },
+            gen,
+            now,
+        ),
+        Canary::Proven { pod, revision } => condition(
+            CONFIG_PROVEN,
+            Some(true),
+            "SelfCheckPassed",
+            format!(
+                "{pod} runs configuration {} and its Postfix passed the self-check; the other pods follow one at a time",
+                short(revision)
+            ),
+            gen,
+            now,
+        ),
+        Canary::Refused(r) => condition(
+            CONFIG_PROVEN,
+            Some(false),
+            CONFIG_REFUSED,
+            refusal_message(r),
+            gen,
+            now,
+        ),
+    };
+    Some(c)
+}
+
+/// Reason of a configuration the canary's Postfix refused (ConfigProven, Ready, Stalled).
+pub const CONFIG_REFUSED: &str = "ConfigRefused";
+
+/// What a refusal says: which pod refused what, in Postfix's words, what runs instead, and
+/// the fix.
+fn refusal_message(r: &Refusal) -> String {
+    let short = |h: &str| h[..h.len().min(12)].to_string();
+    let fields = if r.suspects.is_empty() {
+        "the spec".to_string()
+    } else {
+        r.suspects.join(", ")
+    };
+    let running = r
+        .running
+        .as_deref()
+        .map(|h| format!("it runs configuration {} instead", short(h)))
+        .unwrap_or_else(|| "it runs its last good configuration".into());
+    format!(
+        "{} refused configuration {} in Postfix's self-check: {}; {running} and the other pods keep theirs; fix or revert {fields}",
+        r.pod,
+        short(&r.revision),
+        r.error
+    )
+}
+
+/// The condition `type_` as it was.
+fn old_condition(old: &SmtpRelayStatus, type_: &str) -> Option<Condition> {
+    old.conditions.iter().find(|c| c.type_ == type_).cloned()
+}
+
 /// Ready: the input's rejection first, then what keeps pods from running, then the rollout.
 fn ready_condition_of(
     outcome: &Outcome,
@@ -598,6 +700,19 @@ fn ready_condition_of(
             Some(false),
             reason,
             format!("{message}.{keeps}"),
+            gen,
+            now,
+        )
+    } else if let Canary::Refused(r) = &rollout.canary {
+        condition(
+            READY,
+            Some(false),
+            CONFIG_REFUSED,
+            format!(
+                "{}; {} of {desired} pods ready",
+                refusal_message(r),
+                rollout.ready_replicas
+            ),
             gen,
             now,
         )
@@ -665,6 +780,10 @@ fn kstatus_conditions(
     let stalled_by = outcome
         .rejection()
         .map(|(r, m)| (r.to_string(), m.to_string()))
+        .or_else(|| {
+            matches!(rollout.canary, Canary::Refused(_))
+                .then(|| (ready.reason.clone(), ready.message.clone()))
+        })
         .or_else(|| {
             rollout
                 .problem
@@ -751,12 +870,14 @@ pub fn compute(
     let draining = draining_condition(&old, &rollout.drain, gen, &now);
     let (stalled, reconciling) = kstatus_conditions(outcome, &rollout, desired, &ready, gen, &now);
     let login = relayhost_login_condition(relay, gen, &now);
+    let proven = config_proven_condition(outcome, &rollout, &old, gen, &now);
 
     let conditions = [
         Some(ready),
         Some(config_valid),
         Some(secrets),
         Some(progressing),
+        proven,
         Some(password),
         Some(verified),
         login,
@@ -784,6 +905,15 @@ pub fn compute(
         config_hash: match outcome {
             Outcome::Applied { config_hash } => Some(config_hash.clone()),
             _ => old.config_hash,
+        },
+        proven_config_hash: match (&rollout.canary, outcome) {
+            (Canary::Proven { revision, .. }, _) => Some(revision.clone()),
+            // A relay whose pods all started on it (a new one, or an image that predates the
+            // self-check) has it proven by the pods running it.
+            (Canary::Settled, Outcome::Applied { config_hash }) if rollout.complete(desired) => {
+                Some(config_hash.clone())
+            }
+            _ => old.proven_config_hash.clone(),
         },
         // Like the hash: what runs, so a rejected spec does not change it.
         mode: match outcome {
@@ -829,6 +959,7 @@ mod tests {
         up_to_date: true,
         problem: None,
         drain: Drain::None,
+        canary: Canary::Settled,
     };
 
     #[test]
@@ -851,6 +982,114 @@ mod tests {
             .conditions
             .iter()
             .all(|c| c.observed_generation == Some(1)));
+    }
+
+    #[test]
+    fn a_configuration_refused_by_the_canary_stalls_names_the_field_and_keeps_the_proven_one() {
+        let mut r = relay("r1");
+        r.status = Some(SmtpRelayStatus {
+            proven_config_hash: Some("h0".into()),
+            ..SmtpRelayStatus::default()
+        });
+        let refused = Rollout {
+            up_to_date: false,
+            canary: Canary::Refused(Refusal {
+                pod: "r1-1".into(),
+                revision: "h1".into(),
+                running: Some("h0".into()),
+                error: "RCPT TO answered 451 4.3.5 Server configuration error; warning: hash:/etc/postfix/missing is unavailable".into(),
+                suspects: vec!["spec.postconf.smtpd_client_restrictions".into()],
+            }),
+            ..DONE
+        };
+        let s = compute(&r, &applied(), refused, t(1));
+        let proven = cond(&s, CONFIG_PROVEN);
+        assert_eq!(
+            (proven.status.as_str(), proven.reason.as_str()),
+            ("False", CONFIG_REFUSED)
+        );
+        for text in [
+            "r1-1",
+            "spec.postconf.smtpd_client_restrictions",
+            "is unavailable",
+            "h0",
+        ] {
+            assert!(proven.message.contains(text), "{text}: {}", proven.message);
+        }
+        assert_eq!(cond(&s, READY).reason, CONFIG_REFUSED);
+        assert_eq!(cond(&s, STALLED).status, "True");
+        assert_eq!(
+            s.proven_config_hash.as_deref(),
+            Some("h0"),
+            "nothing new is proven"
+        );
+        // One Warning, not one per reconcile, and not a second one for Stalled.
+        let events = crate::steps::report::events::events_for(&r, &applied(), &s);
+        let warnings: Vec<_> = events
+            .iter()
+            .filter(|e| e.type_ == kube::runtime::events::EventType::Warning)
+            .map(|e| e.reason.as_str())
+            .collect();
+        assert_eq!(warnings, [CONFIG_REFUSED]);
+        r.status = Some(s.clone());
+        let again = compute(
+            &r,
+            &applied(),
+            Rollout {
+                up_to_date: false,
+                ..DONE
+            }
+            .with_canary(s_canary()),
+            t(2),
+        );
+        assert!(
+            crate::steps::report::events::events_for(&r, &applied(), &again)
+                .iter()
+                .all(|e| e.type_ != kube::runtime::events::EventType::Warning)
+        );
+    }
+
+    fn s_canary() -> Canary {
+        Canary::Refused(Refusal {
+            pod: "r1-1".into(),
+            revision: "h1".into(),
+            running: Some("h0".into()),
+            error: "RCPT TO answered 451 4.3.5 Server configuration error; warning: hash:/etc/postfix/missing is unavailable".into(),
+            suspects: vec!["spec.postconf.smtpd_client_restrictions".into()],
+        })
+    }
+
+    #[test]
+    fn a_proven_configuration_is_remembered_and_the_rollout_goes_on() {
+        let r = relay("r1");
+        let proving = Rollout {
+            up_to_date: false,
+            ..DONE
+        }
+        .with_canary(Canary::Proving {
+            pod: "r1-1".into(),
+            revision: "h1".into(),
+        });
+        let s = compute(&r, &applied(), proving, t(1));
+        assert_eq!(cond(&s, CONFIG_PROVEN).status, "Unknown");
+        assert_eq!(cond(&s, STALLED).status, "False");
+        assert_eq!(s.proven_config_hash, None);
+        let proven = Rollout {
+            up_to_date: false,
+            ..DONE
+        }
+        .with_canary(Canary::Proven {
+            pod: "r1-1".into(),
+            revision: "h1".into(),
+        });
+        let s = compute(&r, &applied(), proven, t(1));
+        assert_eq!(cond(&s, CONFIG_PROVEN).status, "True");
+        assert_eq!(s.proven_config_hash.as_deref(), Some("h1"));
+        assert_eq!(cond(&s, READY).reason, "RolloutInProgress");
+        // A relay whose pods all started on its configuration has it proven by them.
+        let s = compute(&r, &applied(), DONE, t(1));
+        assert_eq!(s.proven_config_hash.as_deref(), Some("h1"));
+        assert_eq!(cond(&s, CONFIG_PROVEN).status, "True");
     }
 
     #[test]
@@ -1262,6 +1501,7 @@ mod tests {
                 up_to_date: true,
                 problem: None,
                 drain: Drain::None,
+                canary: Canary::Settled,
             }
         );
         assert!(!Rollout::from_stateful_set(Some(&sts), 3).up_to_date);
