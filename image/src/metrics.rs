@@ -38,6 +38,19 @@ pub struct QueueLabel {
     pub queue: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RevisionLabel {
+    pub revision: String,
+}
+
+/// A configuration revision the relay refused, and why: the one series of
+/// `smtp_relay_config_refused_info` while the refusal stands.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    pub revision: String,
+    pub error: String,
+}
+
 /// Postfix queues worth watching; a growing `deferred` means the relayhost refuses or is down.
 pub const QUEUES: [&str; 5] = ["maildrop", "incoming", "active", "deferred", "hold"];
 
@@ -118,7 +131,34 @@ pub struct Metrics {
     spool_size: Gauge,
     spool_reserve_bytes: Gauge,
     spool_nearly_full: Gauge,
+    /// The revision of the configuration Postfix runs: one series at most.
+    config_revision: Family<RevisionLabel, Gauge>,
+    /// The revision refused last, while the refusal stands: one series at most.
+    config_refused: Family<RefusedLabels, Gauge>,
+    /// Self-checks of a configuration that failed (see `crate::self_check`).
+    pub self_check_failures: Counter,
+    /// What the self-check reads from the mail log (see [`LogWatch`]).
+    log_watch: Arc<Mutex<LogWatch>>,
 }
+
+/// The mail log as the self-check reads it: how many times the master said it reloaded its
+/// configuration, and the first line since the last [`Metrics::mark_log`] saying that the
+/// configuration is broken (see [`config_problem`]).
+#[derive(Debug, Default)]
+struct LogWatch {
+    reloads: u64,
+    first_problem: Option<String>,
+}
+
+/// Where the mail log was when a self-check began (see [`Metrics::mark_log`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogMark {
+    reloads: u64,
+}
+
+/// The longest log line a refusal keeps: enough for Postfix's words about a table or a
+/// restriction, short enough for a label value and a status condition.
+pub const PROBLEM_LINE_MAX: usize = 300;
 
 /// The messages in each queue (in the order of [`QUEUES`]), the oldest one's arrival, and
 /// the space on the spool's file system (`None` when it cannot be read).
@@ -192,6 +232,10 @@ impl Metrics {
             spool_size: Gauge::default(),
             spool_reserve_bytes: Gauge::default(),
             spool_nearly_full: Gauge::default(),
+            config_revision: Family::default(),
+            config_refused: Family::default(),
+            self_check_failures: Counter::default(),
+            log_watch: Arc::default(),
         };
         // Every series exists from the start at 0, so rate() and alerts see the first event.
         // (Rejects by code appear with their first one: codes vary by reason.)
@@ -334,6 +378,85 @@ impl Metrics {
             "1 while the spool's file system has less than twice the reserve free: new mail is refused (452) once less than the reserve is",
             self.spool_nearly_full.clone(),
         );
+        registry.register(
+            "config_revision_info",
+            "1 for the revision of the configuration Postfix runs (the operator's config hash; absent when the relay was given none)",
+            self.config_revision.clone(),
+        );
+        registry.register(
+            "config_refused_info",
+            "1 for the configuration revision this replica refused, with why (Postfix's own log line, or the SMTP reply of the self-check, or the validation error), while the refusal stands: until a later configuration passes",
+            self.config_refused.clone(),
+        );
+        registry.register(
+            "self_check_failures",
+            "Self-checks (an SMTP session to the local listener after each start and reload) that a configuration failed",
+            self.self_check_failures.clone(),
+        );
+    }
+
+    /// The revision of the configuration Postfix runs now; `None`: none known.
+    pub fn set_config_revision(&self, revision: Option<&str>) {
+        self.config_revision.clear();
+        if let Some(revision) = revision {
+            self.config_revision
+                .get_or_create(&RevisionLabel {
+                    revision: revision.into(),
+                })
+                .set(1);
+        }
+    }
+
+    /// The revision refused and why (`""` for a configuration without a revision), or `None`
+    /// once a later configuration passed.
+    pub fn set_config_refused(&self, refused: Option<(&str, &str)>) {
+        self.config_refused.clear();
+        if let Some((revision, error)) = refused {
+            self.config_refused
+                .get_or_create(&RefusedLabels {
+                    revision: revision.into(),
+                    error: bounded_line(error),
+                })
+                .set(1);
+        }
+    }
+
+    /// Marks where the mail log is: [`Metrics::config_problem`] then says only what came
+    /// after, and [`Metrics::reloaded_since`] whether the master reloaded since.
+    pub fn mark_log(&self) -> LogMark {
+        let mut watch = self.log_watch.lock().unwrap_or_else(|e| e.into_inner());
+        watch.first_problem = None;
+        LogMark {
+            reloads: watch.reloads,
+        }
+    }
+
+    /// The first line since the last [`Metrics::mark_log`] saying that the configuration is
+    /// broken (see [`config_problem`]).
+    pub fn config_problem(&self) -> Option<String> {
+        let watch = self.log_watch.lock().unwrap_or_else(|e| e.into_inner());
+        watch.first_problem.clone()
+    }
+
+    /// Whether the master logged a reload of its configuration after `mark`.
+    pub fn reloaded_since(&self, mark: LogMark) -> bool {
+        let watch = self.log_watch.lock().unwrap_or_else(|e| e.into_inner());
+        watch.reloads > mark.reloads
+    }
+
+    /// Follows the lines the self-check reads: the master's reloads, config problems.
+    fn watch_log_line(&self, program: &str, message: &str) {
+        let reload = program == "master" && message.starts_with("reload -- ");
+        let problem = config_problem(program, message);
+        if reload || problem.is_some() {
+            let mut watch = self.log_watch.lock().unwrap_or_else(|e| e.into_inner());
+            if reload {
+                watch.reloads += 1;
+            }
+            if watch.first_problem.is_none() {
+                watch.first_problem = problem;
+            }
+        }
     }
 
     /// The spool's reserve in force (Postfix's `queue_minfree`), in bytes.
@@ -406,6 +529,7 @@ impl Metrics {
         let Some((program, message)) = postfix_program(line) else {
             return;
         };
+        self.watch_log_line(program, message);
         match program {
             "smtp" | "relay" | "error" | "lmtp" => {
                 if let Some(attempt) = delivery(message) {
@@ -640,6 +764,18 @@ pub struct QueueReport {
     pub spool_size_bytes: Option<u64>,
     /// Less than twice the reserve is free: new mail is refused (452) below one reserve.
     pub spool_nearly_full: bool,
+    /// The revision of the configuration Postfix runs (`None`: none known, or an older image).
+    pub config_revision: Option<String>,
+    /// A configuration this replica refused, while the refusal stands.
+    pub config_refused: Option<ConfigRefusal>,
+}
+
+/// A configuration a replica refused: its revision (empty when it had none) and why, in
+/// Postfix's words when Postfix gave any.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConfigRefusal {
+    pub revision: String,
+    pub error: String,
 }
 
 impl QueueReport {
@@ -683,6 +819,21 @@ impl QueueReport {
                 report.spool_size_bytes = Some(n);
             } else if series == "smtp_relay_spool_nearly_full" {
                 report.spool_nearly_full = n == 1;
+            } else if let Some(labels) = series.strip_prefix("smtp_relay_config_revision_info{") {
+                if n == 1 {
+                    report.config_revision = label_values(labels)
+                        .and_then(|mut l| l.remove("revision"))
+                        .filter(|r| !r.is_empty());
+                }
+            } else if let Some(labels) = series.strip_prefix("smtp_relay_config_refused_info{") {
+                if n == 1 {
+                    report.config_refused = label_values(labels).and_then(|mut l| {
+                        Some(ConfigRefusal {
+                            revision: l.remove("revision")?,
+                            error: l.remove("error")?,
+                        })
+                    });
+                }
             } else if let Some(labels) = series.strip_prefix("smtp_relay_oauth2_last_error") {
                 if n == 1 {
                     report.oauth2_last_error = labels
@@ -713,6 +864,38 @@ impl QueueReport {
     }
 }
 
+/// The labels of a series as the text format writes them, from after the `{` to the closing
+/// `}`: `name="value",...`, each value's `\\`, `\"` and `\n` unescaped. `None` when the text
+/// is not in that form.
+fn label_values(text: &str) -> Option<std::collections::BTreeMap<String, String>> {
+    let mut labels = std::collections::BTreeMap::new();
+    let mut rest = text;
+    loop {
+        if let Some(after) = rest.strip_prefix('}') {
+            return after.is_empty().then_some(labels);
+        }
+        let (name, after) = rest.split_once("=\"")?;
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return None;
+        }
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let end = loop {
+            match chars.next()? {
+                (_, '\\') => match chars.next()? {
+                    (_, 'n') => value.push('\n'),
+                    (_, c) => value.push(c),
+                },
+                (i, '"') => break i + 1,
+                (_, c) => value.push(c),
+            }
+        };
+        labels.insert(name.to_string(), value);
+        rest = &after[end..];
+        rest = rest.strip_prefix(',').unwrap_or(rest);
+    }
+}
+
 /// `Dec  6 08:50:44 host postfix/smtpd[123]: message` → ("smtpd", "message"). The prefix
 /// (time, host, `syslog_name/program[pid]`) is Postfix's and holds no `": "`: the first one
 /// ends it, whatever the message says.
@@ -725,6 +908,61 @@ fn postfix_program(line: &str) -> Option<(&str, &str)> {
     }
     let (_, program) = name.rsplit_once('/')?;
     Some((program, message))
+}
+
+/// The warnings of a Postfix program that say its configuration is broken, by what follows
+/// `warning: `. Tight on purpose: the line ends up in the operator's status, so only words
+/// Postfix writes about its own configuration qualify, at the start of its message, where no
+/// client text can be (a client's words come after Postfix's: `non-SMTP command from
+/// NAME[ADDR]: ...`, or a key in `TABLE lookup error for "..."`, which is why that warning is
+/// not one of these).
+const CONFIG_WARNINGS: [&str; 4] = [
+    // smtpd_check: a restriction name it does not know (from the configuration).
+    "unknown smtpd restriction: ",
+    "unsupported dictionary type: ",
+    "bad numerical configuration: ",
+    // A policy service or proxymap that does not answer (a name from the configuration).
+    "problem talking to server ",
+];
+
+/// Whether one message of Postfix's mail log (`program`'s, after its prefix) says that the
+/// configuration is broken; the line to report, `program: message` cut at
+/// [`PROBLEM_LINE_MAX`], if it does:
+///
+/// - `fatal: `, `panic: ` or `error: `: a Postfix program gave up (its own words: a client
+///   cannot start a message of Postfix's);
+/// - `warning: TYPE:NAME is unavailable. ...`: a lookup table that cannot be opened (a
+///   missing `hash:` file, an unknown type): smtpd answers `451 4.3.5 Server configuration
+///   error` to whatever needs it. TYPE:NAME comes from the configuration; a client's name
+///   (`NAME[ADDR]`) never has a `:` nor a `[` in that place;
+/// - `warning: ` followed by one of [`CONFIG_WARNINGS`].
+pub fn config_problem(program: &str, message: &str) -> Option<String> {
+    let (severity, rest) = message.split_once(": ")?;
+    let problem = match severity {
+        "fatal" | "panic" | "error" => true,
+        "warning" => {
+            let table_unavailable = rest.split_once(' ').is_some_and(|(table, after)| {
+                table.contains(':') && !table.contains('[') && after.starts_with("is unavailable")
+            });
+            table_unavailable || CONFIG_WARNINGS.iter().any(|w| rest.starts_with(w))
+        }
+        _ => false,
+    };
+    problem.then(|| bounded_line(&format!("{program}: {message}")))
+}
+
+/// `text` fit for a label value and a status message: control characters replaced, cut at
+/// [`PROBLEM_LINE_MAX`] bytes on a character boundary.
+fn bounded_line(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(PROBLEM_LINE_MAX));
+    for c in text.chars() {
+        let c = if c.is_control() { ' ' } else { c };
+        if out.len() + c.len_utf8() > PROBLEM_LINE_MAX {
+            break;
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// What a delivery agent logged for one recipient.
@@ -1354,6 +1592,8 @@ mod tests {
                 spool_free_bytes: report.spool_free_bytes,
                 spool_size_bytes: report.spool_size_bytes,
                 spool_nearly_full: false,
+                config_revision: None,
+                config_refused: None,
             }
         );
         // An OAuth2 login failing twice, then working: the page says so, then forgets the error.
@@ -1395,6 +1635,157 @@ mod tests {
             "{report:?}"
         );
         assert_eq!(QueueReport::parse("other_metric 1\n"), None);
+    }
+
+    /// Issue 24: the running revision and a refusal are on the page, and the operator reads
+    /// them back whatever the error says: quotes, backslashes, line breaks, braces, commas.
+    #[test]
+    fn the_queue_report_reads_the_revision_and_a_refusal() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Metrics::new(dir.path());
+        let report = QueueReport::parse(&m.encode()).unwrap();
+        assert_eq!(
+            (report.config_revision, report.config_refused),
+            (None, None)
+        );
+        assert_page(
+            &m,
+            &["smtp_relay_self_check_failures_total 0"],
+            &["config_revision_info{"],
+        );
+
+        m.set_config_revision(Some("0123456789abcdef"));
+        let error = r#"smtpd: warning: hash:/etc/postfix/a "b" \c\ is unavailable. x} 1, y="z",
+next"#;
+        m.set_config_refused(Some(("fedcba", error)));
+        let page = m.encode();
+        assert!(
+            page.contains("smtp_relay_config_revision_info{revision=\"0123456789abcdef\"} 1"),
+            "{page}"
+        );
+        let report = QueueReport::parse(&page).unwrap();
+        assert_eq!(report.config_revision.as_deref(), Some("0123456789abcdef"));
+        assert_eq!(
+            report.config_refused,
+            Some(ConfigRefusal {
+                revision: "fedcba".into(),
+                // The line break became a space on the way in: a label holds one line.
+                error: error.replace('\n', " "),
+            })
+        );
+        // The escapes of the text format, read back.
+        let parsed = QueueReport::parse(concat!(
+            "smtp_relay_queue_messages{queue=\"hold\"} 0\n",
+            r#"smtp_relay_config_refused_info{revision="b",error="a \"q\" \\ back\nslash"} 1"#,
+            "\n",
+        ))
+        .unwrap();
+        assert_eq!(
+            parsed.config_refused.map(|r| r.error).as_deref(),
+            Some("a \"q\" \\ back\nslash")
+        );
+        // A refusal cleared, a revision unknown again: neither is read.
+        m.set_config_refused(None);
+        m.set_config_revision(None);
+        let report = QueueReport::parse(&m.encode()).unwrap();
+        assert_eq!(
+            (report.config_revision, report.config_refused),
+            (None, None)
+        );
+        // Labels not in the text format's form are not read.
+        for labels in [
+            "revision=\"a\"",
+            "revision=\"a\"} x",
+            "re vision=\"a\",error=\"b\"}",
+            "revision=\"a\",error=\"b",
+        ] {
+            assert_eq!(label_values(labels), None, "{labels}");
+        }
+        assert_eq!(
+            label_values("a=\"1\",b_2=\"x\\\\y\"}").map(|l| l.into_iter().collect::<Vec<_>>()),
+            Some(vec![
+                ("a".into(), "1".into()),
+                ("b_2".into(), "x\\y".into())
+            ])
+        );
+    }
+
+    /// Only Postfix's words about its own configuration are a config problem; what a client
+    /// sends, which Postfix quotes in its log, never is.
+    #[test]
+    fn config_problems_are_postfixs_words_only() {
+        let problem = |line: &str| {
+            let (program, message) = postfix_program(line)?;
+            config_problem(program, message)
+        };
+        let prefix = "Dec  6 08:50:44 relay postfix/smtpd[6347]: ";
+        for (message, expected) in [
+            (
+                "warning: hash:/etc/postfix/missing is unavailable. open database /etc/postfix/missing.db: No such file or directory",
+                true,
+            ),
+            ("warning: unknown smtpd restriction: \"bogus_check\"", true),
+            ("warning: problem talking to server private/policy: Connection refused", true),
+            ("fatal: bad numerical configuration: smtpd_timeout = x", true),
+            ("fatal: open /etc/postfix/main.cf: No such file or directory", true),
+            ("panic: myfree: corrupt or unallocated memory block", true),
+            // A table lookup that failed names the key a client sent: not read.
+            ("warning: hash:/etc/postfix/missing lookup error for \"fatal: x is unavailable\"", false),
+            // Client text after Postfix's words.
+            ("warning: non-SMTP command from unknown[127.0.0.3]: fatal: hash:x is unavailable", false),
+            ("warning: unknown[127.0.0.3]: SASL PLAIN authentication failed: hash:x is unavailable", false),
+            ("warning: hostname a:b does not resolve to address 127.0.0.3", false),
+            ("connect from unknown[127.0.0.3]", false),
+            ("NOQUEUE: reject: RCPT from unknown[127.0.0.3]: 451 4.3.5 Server configuration error; from=<fatal: x> to=<postmaster@example.net> proto=ESMTP helo=<y>", false),
+            ("warning: database /etc/postfix/access.db is older than source file /etc/postfix/access", false),
+        ] {
+            let line = format!("{prefix}{message}");
+            assert_eq!(problem(&line).is_some(), expected, "{line}");
+            if expected {
+                assert_eq!(problem(&line).unwrap(), format!("smtpd: {message}"));
+            }
+        }
+        // Not a Postfix line at all.
+        assert_eq!(problem("fatal: hash:x is unavailable"), None);
+        // Cut at PROBLEM_LINE_MAX, on a character boundary.
+        let long = format!("{prefix}fatal: {}", "é".repeat(400));
+        let kept = problem(&long).unwrap();
+        assert!(
+            kept.len() <= PROBLEM_LINE_MAX && kept.len() > PROBLEM_LINE_MAX - 2,
+            "{}",
+            kept.len()
+        );
+    }
+
+    /// The self-check's view of the log: the first problem since the mark, and the master's
+    /// reloads.
+    #[test]
+    fn the_log_watch_keeps_the_first_problem_since_the_mark() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Metrics::new(dir.path());
+        let line = |program: &str, message: &str| {
+            m.observe_log_line(&format!(
+                "Dec  6 08:50:44 relay postfix/{program}[12]: {message}"
+            ));
+        };
+        line("smtpd", "fatal: before the mark");
+        let mark = m.mark_log();
+        assert_eq!(m.config_problem(), None);
+        assert!(!m.reloaded_since(mark));
+        line(
+            "master",
+            "reload -- version 3.7.11, configuration /etc/postfix",
+        );
+        line("smtpd", "warning: hash:/a is unavailable. first");
+        line("smtpd", "warning: hash:/b is unavailable. second");
+        assert!(m.reloaded_since(mark));
+        assert_eq!(
+            m.config_problem().as_deref(),
+            Some("smtpd: warning: hash:/a is unavailable. first")
+        );
+        let mark = m.mark_log();
+        assert!(!m.reloaded_since(mark));
+        assert_eq!(m.config_problem(), None);
     }
 
     #[test]
