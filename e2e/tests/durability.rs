@@ -3,6 +3,12 @@
 //! is deleted (`whenScaled: Delete`), with the operator restarted in the middle of its drain.
 //!
 //! 1. Two relay replicas, their relayhost down (nothing listens where it points).
+//! 1b. A `postconf` value both judges accept but smtpd cannot use (a client-access table that
+//!    is not in the image: every RCPT would get `451 4.3.5`) reaches the canary alone: its
+//!    Postfix refuses it in the self-check and it keeps the last good configuration, the other
+//!    replica never sees it (same pod, same template), both still accept mail, status names the
+//!    field and Postfix's words and one Warning Event says so; reverting the spec moves the
+//!    canary back and the other pod is never touched.
 //! 2. N messages, accepted by both pods (sent to each pod's IP in turn), deferred on their
 //!    spool volumes.
 //! 3. Every relay container killed with SIGKILL (through containerd, as the OOM killer or a
@@ -53,10 +59,14 @@ const N: usize = 60;
 const M: usize = 10;
 
 fn main() -> std::process::ExitCode {
-    let phases: [Phase<Env>; 10] = [
+    let phases: [Phase<Env>; 11] = [
         (
             "two_replicas_ready_with_the_relayhost_down",
             two_replicas_ready_with_the_relayhost_down,
+        ),
+        (
+            "a_value_postfix_refuses_stops_at_the_first_pod",
+            a_value_postfix_refuses_stops_at_the_first_pod,
         ),
         (
             "accepted_mail_is_queued_on_both_spools_and_counted_in_status",
@@ -253,6 +263,166 @@ fn two_replicas_ready_with_the_relayhost_down(env: &mut Env) {
     operator::apply(&env.cp, NS, &relay(env.relayhost));
     env.pods = env.wait("two relay pods Ready", || ready_pods(&env.cp));
     env.step("two relay pods Ready, the relayhost down");
+}
+
+/// The reply to RCPT TO:<to> from the host to `pod` (banner, EHLO, MAIL FROM, RCPT, then
+/// RSET and QUIT: nothing is queued).
+fn rcpt_reply(pod: SocketAddr, to: &str) -> Result<String, String> {
+    use std::io::{BufRead, BufReader, Write};
+    let stream = std::net::TcpStream::connect_timeout(&pod, Duration::from_secs(10))
+        .map_err(|e| format!("{pod}: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .map_err(|e| e.to_string())?;
+    let mut writer = stream.try_clone().map_err(|e| e.to_string())?;
+    let mut reader = BufReader::new(stream);
+    // The last line of a reply (`250 ...`, not `250-...`).
+    let mut reply = || -> Result<String, String> {
+        loop {
+            let mut line = String::new();
+            let n = reader
+                .read_line(&mut line)
+                .map_err(|e| format!("{pod}: {e}"))?;
+            if n == 0 {
+                return Err(format!("{pod} closed the connection"));
+            }
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return Ok(line.trim_end().to_string());
+            }
+        }
+    };
+    reply()?;
+    let mut last = String::new();
+    for command in [
+        "EHLO client.test",
+        "MAIL FROM:<app@client.test>",
+        &format!("RCPT TO:<{to}>"),
+    ] {
+        writer
+            .write_all(format!("{command}\r\n").as_bytes())
+            .map_err(|e| e.to_string())?;
+        last = reply()?;
+    }
+    let _ = writer.write_all(b"RSET\r\nQUIT\r\n");
+    Ok(last)
+}
+
+/// The canary's pod, its template's config hash, and the StatefulSet's partition.
+fn partition(cp: &ControlPlane) -> Option<i64> {
+    operator::get_json(cp, NS, "statefulset", RELAY)?["spec"]["updateStrategy"]["rollingUpdate"]
+        ["partition"]
+        .as_i64()
+}
+
+fn config_hash(pod: &Value) -> String {
+    pod["metadata"]["annotations"]["smtprelay.dev/config-hash"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The relay's condition `type_`, when present.
+fn relay_condition(cp: &ControlPlane, type_: &str) -> Option<Value> {
+    let relay = operator::get_json(cp, NS, "smtprelay", RELAY)?;
+    relay["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+        .cloned()
+}
+
+/// 1b. A value smtpd cannot use stops at the canary; reverting it moves the canary back.
+fn a_value_postfix_refuses_stops_at_the_first_pod(env: &mut Env) {
+    let cp = &env.cp;
+    let first = env.pods["durable-0"].clone();
+    let before = config_hash(&first);
+    // A client-access table the image does not have: `postfix check` and both judges accept
+    // it, smtpd answers every RCPT with 451 4.3.5 (on the old operator, in every pod at once).
+    operator::patch_relay(
+        cp,
+        NS,
+        RELAY,
+        r#"{"spec":{"postconf":{"smtpd_client_restrictions":"check_client_access hash:/etc/postfix/missing"}}}"#,
+    );
+    let refused = env.wait("the canary's Postfix to refuse the configuration", || {
+        relay_condition(cp, "ConfigProven").filter(|c| c["status"] == "False")
+    });
+    let message = refused["message"].as_str().unwrap_or_default();
+    assert_eq!(refused["reason"], "ConfigRefused", "{refused}");
+    for text in [
+        "durable-1",
+        "spec.postconf.smtpd_client_restrictions",
+        "hash:/etc/postfix/missing",
+    ] {
+        assert!(message.contains(text), "status names {text}: {message}");
+    }
+    let ready = relay_condition(cp, "Ready").unwrap();
+    let stalled = relay_condition(cp, "Stalled").unwrap();
+    assert_eq!(
+        (&ready["status"], &ready["reason"], &stalled["status"]),
+        (
+            &Value::from("False"),
+            &Value::from("ConfigRefused"),
+            &Value::from("True")
+        ),
+        "Ready {ready}, Stalled {stalled}"
+    );
+    env.step(&format!("refused: {message}"));
+    // The other replica never saw it: the same pod on the same template, held by the partition.
+    assert_eq!(partition(cp), Some(1));
+    let pods = env.wait("both pods Ready", || ready_pods(cp));
+    let zero = &pods["durable-0"];
+    assert_eq!(
+        zero["metadata"]["uid"], first["metadata"]["uid"],
+        "durable-0 untouched"
+    );
+    assert_eq!(config_hash(zero), before);
+    assert_eq!(restarts(zero), 0);
+    assert_ne!(
+        config_hash(&pods["durable-1"]),
+        before,
+        "the canary has the new template"
+    );
+    // Both still accept mail: the canary runs its last good configuration.
+    for (name, pod) in &pods {
+        let ip: Ipv4Addr = pod["status"]["podIP"].as_str().unwrap().parse().unwrap();
+        let reply = ok(rcpt_reply(SocketAddr::from((ip, 25)), "probe@example.net"));
+        assert!(reply.starts_with("250"), "{name} answers RCPT with {reply}");
+    }
+    let warnings = cp.kubectl_ok([
+        "get",
+        "events",
+        "-n",
+        NS,
+        "--field-selector",
+        "type=Warning,reason=ConfigRefused",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(warnings.lines().count(), 1, "one Warning Event: {warnings}");
+    // Reverting the spec moves the canary back; durable-0 is never touched.
+    operator::patch_relay(
+        cp,
+        NS,
+        RELAY,
+        r#"{"spec":{"postconf":{"smtpd_client_restrictions":null}}}"#,
+    );
+    env.wait("the reverted configuration proven on every pod", || {
+        let proven = relay_condition(cp, "ConfigProven")?;
+        let pods = ready_pods(cp)?;
+        (proven["status"] == "True"
+            && pods.values().all(|p| config_hash(p) == before)
+            && partition(cp) == Some(0))
+        .then_some(())
+    });
+    let pods = env.wait("both pods Ready", || ready_pods(cp));
+    assert_eq!(
+        pods["durable-0"]["metadata"]["uid"],
+        first["metadata"]["uid"]
+    );
+    assert_eq!(restarts(&pods["durable-0"]), 0);
+    env.pods = pods;
+    env.step("reverted: the canary runs the proven configuration again, durable-0 untouched");
 }
 
 /// 2. N messages, each pod taking half, all accepted and queued; `status.queue` and `kubectl

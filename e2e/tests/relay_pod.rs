@@ -22,6 +22,10 @@
 //! 5. The relayhost password rotated (at the upstream first, then in the Secret): the operator
 //!    changes the template's config hash, the StatefulSet controller replaces the pod, and the
 //!    new pod logs in with the new password.
+//! 5b. A `postconf` value smtpd cannot use, with one replica: the new pod's Postfix refuses it
+//!    in its self-check and runs the last good configuration (kept on its volume), so mail is
+//!    still taken and delivered; status names the field and Postfix's words; reverting moves
+//!    it back.
 //! 6. An image that cannot run the relay (the operator's image: no `smtp-relay` in it): the
 //!    SmtpRelay's status names the pod, the container, the kubelet's reason and how the last
 //!    run ended (Ready=False, kstatus Stalled=True, a Warning Event); back to the relay image,
@@ -294,7 +298,7 @@ fn send_from_pod(cp: &ControlPlane, pod_ip: &str, to: &str) -> Result<String, St
 }
 
 fn main() -> std::process::ExitCode {
-    let phases: [Phase<Env>; 15] = [
+    let phases: [Phase<Env>; 16] = [
         (
             "the_relay_pod_runs_with_sasl_users_and_a_relayhost_login",
             the_relay_pod_runs_with_sasl_users_and_a_relayhost_login,
@@ -322,6 +326,10 @@ fn main() -> std::process::ExitCode {
         (
             "a_rotated_relayhost_password_replaces_the_pod",
             a_rotated_relayhost_password_replaces_the_pod,
+        ),
+        (
+            "a_value_postfix_refuses_leaves_the_one_pod_serving_the_last_good",
+            a_value_postfix_refuses_leaves_the_one_pod_serving_the_last_good,
         ),
         (
             "status_names_the_pod_that_cannot_run_until_the_image_is_fixed",
@@ -783,6 +791,64 @@ fn a_rotated_relayhost_password_replaces_the_pod(env: &mut Env) {
     );
     env.t
         .step("relayhost password rotated: pod replaced, mail delivered with the new password");
+}
+
+/// 5b. One replica and a `postconf` value smtpd cannot use (a client-access table the image
+///    does not have): the new pod's Postfix refuses it in its self-check and runs the last good
+///    configuration from its volume, so the relay keeps taking and delivering mail instead of
+///    going down; status names the field and Postfix's words. Reverting moves it back.
+fn a_value_postfix_refuses_leaves_the_one_pod_serving_the_last_good(env: &mut Env) {
+    let cp = &env.cp;
+    let hash_before = template_hash(cp).expect("config hash");
+    operator::patch_relay(
+        cp,
+        NS,
+        RELAY,
+        r#"{"spec":{"postconf":{"smtpd_client_restrictions":"check_client_access hash:/etc/postfix/missing"}}}"#,
+    );
+    let refused = env.wait("the pod's Postfix to refuse the new configuration", || {
+        let r = get(cp, "smtprelay", RELAY)?;
+        operator::condition(&r, "ConfigProven")
+            .filter(|c| c["status"] == "False")
+            .cloned()
+    });
+    let message = refused["message"].as_str().unwrap_or_default();
+    assert_eq!(refused["reason"], "ConfigRefused", "{refused}");
+    assert!(
+        message.contains(POD)
+            && message.contains("spec.postconf.smtpd_client_restrictions")
+            && message.contains("hash:/etc/postfix/missing"),
+        "status names the pod, the field and Postfix's words: {message}"
+    );
+    let pod = env.wait("the new pod Ready on its last good configuration", || {
+        user_path::relay_ready(cp, NS, RELAY)
+            .filter(|p| p["metadata"]["annotations"]["smtprelay.dev/config-hash"] != hash_before)
+    });
+    assert_eq!(
+        pod["status"]["containerStatuses"][0]["restartCount"], 0,
+        "no crash loop"
+    );
+    let m = marker("refused");
+    env.send(APP1, "app1@example.net", "d@elsewhere.org", &m);
+    env.sink
+        .wait_for("d@elsewhere.org", &m, WAIT)
+        .unwrap_or_else(|e| panic!("{}", env.diagnose(e)));
+    env.t.step(&format!("refused, still delivering: {message}"));
+    operator::patch_relay(
+        cp,
+        NS,
+        RELAY,
+        r#"{"spec":{"postconf":{"smtpd_client_restrictions":null}}}"#,
+    );
+    env.wait("the reverted configuration proven", || {
+        let r = get(cp, "smtprelay", RELAY)?;
+        let proven = operator::condition(&r, "ConfigProven")?["status"] == "True";
+        let pod = user_path::relay_ready(cp, NS, RELAY)?;
+        (proven && pod["metadata"]["annotations"]["smtprelay.dev/config-hash"] == hash_before)
+            .then_some(())
+    });
+    env.t
+        .step("reverted: the pod runs the proven configuration, Ready");
 }
 
 /// `spec.image` set (or unset, with `Value::Null`), never pulled.

@@ -755,6 +755,8 @@ impl PullPolicy {
 #[serde(rename_all = "camelCase")]
 pub struct SmtpRelayStatus {
     /// Ready, and the conditions explaining it: ConfigValid, SecretsResolved, Progressing,
+    /// ConfigProven (the canary's Postfix passed its self-check with the configuration, or
+    /// refused it: `ConfigRefused` names the field and Postfix's error),
     /// RelayhostPasswordProtected, RelayhostVerified, RelayhostLogin (with a login: the relayhost's and the OAuth2
     /// token endpoint's last answers, from the pods), InboundTLSModern (clients' STARTTLS); kstatus Reconciling (still converging by itself) and Stalled
     /// (a rejected input, or a pod that cannot run: needs a change).

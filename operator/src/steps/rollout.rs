@@ -43,8 +43,14 @@ pub struct Said {
 }
 
 impl Said {
-    pub fn from_report(_report: &QueueReport) -> Said {
-        Said::default() // TODO(image helper): config_revision / config_refused
+    pub fn from_report(report: &QueueReport) -> Said {
+        Said {
+            running: report.config_revision.clone(),
+            refused: report
+                .config_refused
+                .as_ref()
+                .map(|r| (r.revision.clone(), r.error.clone())),
+        }
     }
 }
 
