@@ -4,8 +4,8 @@
 //! listed below it, test code included, and modules on one line import none of each other.
 //!
 //! - `run`: the supervisor: applies the inputs, runs Postfix and the tasks beside it
-//! - `sasl`, `drain`, `liveness`: the SASL users' database; the drain on SIGTERM; the liveness
-//!   check
+//! - `sasl`, `drain`, `liveness`, `revision`: the SASL users' database; the drain on SIGTERM;
+//!   the liveness check; which configuration revision a pod runs, and its last good copy
 //! - `inputs` (`file` above `env` above `inputs` itself): environment variables or the
 //!   config file, turned into `settings::Settings`
 //! - `validate`: syntax checks of input values
@@ -18,8 +18,8 @@
 //! - `config_file`: `relay.yaml`, the file the operator writes
 //! - `settings`: the plain nouns (modes, TLS levels, the relayhost, the OAuth2 login) and the
 //!   validated `Settings`
-//! - `json_error`, `error`, `smtp_client`, `guard` (and the test seam `created`): import
-//!   nothing of the crate
+//! - `json_error`, `error`, `smtp_client`, `guard`, `self_check` (and the test seam `created`):
+//!   import nothing of the crate
 
 pub mod config_file;
 #[cfg(test)]
@@ -36,8 +36,10 @@ pub mod liveness;
 pub mod metrics;
 pub mod oauth2;
 pub mod postfix;
+pub mod revision;
 pub mod run;
 pub mod sasl;
+pub mod self_check;
 pub mod settings;
 pub mod smtp_client;
 pub mod validate;

@@ -12,10 +12,17 @@ use crate::settings::{self, InboundTls, RelayPolicy, Relayhost, SaslUserSource, 
 use crate::validate;
 
 pub fn load(path: &Path) -> ConfigResult<Settings> {
-    let field = path.display().to_string();
     let text =
         fs::read_to_string(path).map_err(|e| ConfigError::unreadable("--config", path, e))?;
-    let file: RelayConfigFile = serde_yaml::from_str(&text)
+    from_text(&text, path)
+}
+
+/// The settings of a config file's `text`, errors named after `path`. A copy of the file kept
+/// elsewhere (the last good one on the spool) reads exactly as the file: the paths it names
+/// are taken as written, never relative to where the text was read from.
+pub fn from_text(text: &str, path: &Path) -> ConfigResult<Settings> {
+    let field = path.display().to_string();
+    let file: RelayConfigFile = serde_yaml::from_str(text)
         .map_err(|e| ConfigError::invalid(&field, format!("not a valid relay config: {e}")))?;
     settings(&file, &field)
 }

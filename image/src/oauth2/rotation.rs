@@ -227,8 +227,9 @@ impl Store {
 
 /// Makes `dir` (created if needed) exactly 0700, refusing a symbolic link and a directory that
 /// is not the relay's own: `DirBuilder::mode` applies only to a directory it creates, and an
-/// existing one (an earlier version's, a volume's) may be open to others.
-fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+/// existing one (an earlier version's, a volume's) may be open to others. The relay's directory
+/// on the spool (this token, the last good configuration: `crate::revision`) is made with it.
+pub fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, PermissionsExt as _};
     std::fs::DirBuilder::new()
         .recursive(true)

@@ -51,6 +51,11 @@ impl Layout {
             .join("smtp-relay")
             .join("oauth2-refresh-token")
     }
+    /// The last configuration that passed the self-check in this pod, with its revision: on
+    /// the spool's volume, beside the refresh token, so a restarted pod finds it.
+    pub fn last_good_config(&self) -> PathBuf {
+        self.spool_dir.join("smtp-relay").join("last-good.yaml")
+    }
     /// The socketmap where Postfix asks the supervisor for the current OAuth2 token.
     pub fn oauth2_socket(&self) -> PathBuf {
         self.data_dir.join("oauth2.sock")

@@ -597,12 +597,10 @@ fn config_proven_condition(
         // A rejected spec changes nothing: the condition keeps describing what runs.
         _ if outcome.rejection().is_some() => return old_condition(old, CONFIG_PROVEN),
         Canary::Settled => {
-            let Some(hash) = old.proven_config_hash.as_deref().or(match outcome {
-                Outcome::Applied { config_hash } if rollout.exists => Some(config_hash),
-                _ => None,
-            }) else {
-                return None;
-            };
+            let hash = match outcome {
+                Outcome::Applied { config_hash } if rollout.exists => Some(config_hash.as_str()),
+                _ => old.proven_config_hash.as_deref(),
+            }?;
             condition(
                 CONFIG_PROVEN,
                 Some(true),
