@@ -3,12 +3,12 @@
 //! is deleted (`whenScaled: Delete`), with the operator restarted in the middle of its drain.
 //!
 //! 1. Two relay replicas, their relayhost down (nothing listens where it points).
-//! 1b. A `postconf` value both judges accept but smtpd cannot use (a client-access table that
-//!    is not in the image: every RCPT would get `451 4.3.5`) reaches the canary alone: its
-//!    Postfix refuses it in the self-check and it keeps the last good configuration, the other
-//!    replica never sees it (same pod, same template), both still accept mail, status names the
-//!    field and Postfix's words and one Warning Event says so; reverting the spec moves the
-//!    canary back and the other pod is never touched.
+//!    Then a `postconf` value both judges accept but smtpd cannot use (a client-access table
+//!    that is not in the image: every RCPT would get `451 4.3.5`) reaches the canary alone:
+//!    its Postfix refuses it in the self-check and it keeps the last good configuration, the
+//!    other replica never sees it (same pod, same template), both still accept mail, status
+//!    names the field and Postfix's words and one Warning Event says so; reverting the spec
+//!    moves the canary back and the other pod is never touched.
 //! 2. N messages, accepted by both pods (sent to each pod's IP in turn), deferred on their
 //!    spool volumes.
 //! 3. Every relay container killed with SIGKILL (through containerd, as the OOM killer or a
@@ -331,7 +331,7 @@ fn relay_condition(cp: &ControlPlane, type_: &str) -> Option<Value> {
         .cloned()
 }
 
-/// 1b. A value smtpd cannot use stops at the canary; reverting it moves the canary back.
+/// 1, continued. A value smtpd cannot use stops at the canary; reverting it moves the canary back.
 fn a_value_postfix_refuses_stops_at_the_first_pod(env: &mut Env) {
     let cp = &env.cp;
     let first = env.pods["durable-0"].clone();

@@ -21,11 +21,10 @@
 //!    user send, in the same pod, without a restart.
 //! 5. The relayhost password rotated (at the upstream first, then in the Secret): the operator
 //!    changes the template's config hash, the StatefulSet controller replaces the pod, and the
-//!    new pod logs in with the new password.
-//! 5b. A `postconf` value smtpd cannot use, with one replica: the new pod's Postfix refuses it
-//!    in its self-check and runs the last good configuration (kept on its volume), so mail is
-//!    still taken and delivered; status names the field and Postfix's words; reverting moves
-//!    it back.
+//!    new pod logs in with the new password. Then a `postconf` value smtpd cannot use: the
+//!    new pod's Postfix refuses it in its self-check and runs the last good configuration
+//!    (kept on its volume), so the one replica still takes and delivers mail; status names
+//!    the field and Postfix's words; reverting moves it back.
 //! 6. An image that cannot run the relay (the operator's image: no `smtp-relay` in it): the
 //!    SmtpRelay's status names the pod, the container, the kubelet's reason and how the last
 //!    run ended (Ready=False, kstatus Stalled=True, a Warning Event); back to the relay image,
@@ -793,7 +792,7 @@ fn a_rotated_relayhost_password_replaces_the_pod(env: &mut Env) {
         .step("relayhost password rotated: pod replaced, mail delivered with the new password");
 }
 
-/// 5b. One replica and a `postconf` value smtpd cannot use (a client-access table the image
+/// 5, continued. One replica and a `postconf` value smtpd cannot use (a client-access table the image
 ///    does not have): the new pod's Postfix refuses it in its self-check and runs the last good
 ///    configuration from its volume, so the relay keeps taking and delivering mail instead of
 ///    going down; status names the field and Postfix's words. Reverting moves it back.
