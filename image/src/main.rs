@@ -133,9 +133,16 @@ struct RunArgs {
     #[arg(long, env = "RELAY_TERMINATION_LOG", default_value = TERMINATION_LOG)]
     termination_log: PathBuf,
     /// The pod's annotations as a downward API file: the operator asks a replica to drain
-    /// (scaled away, or its relay deleted) with `smtprelay.dev/drain: "true"`.
+    /// (scaled away, or its relay deleted) with `smtprelay.dev/drain: "true"`, and gives the
+    /// pod's configuration revision with `smtprelay.dev/config-hash`: the config file is
+    /// applied only while the `revision` file beside it says the same.
     #[arg(long, env = "RELAY_POD_ANNOTATIONS")]
     pod_annotations: Option<PathBuf>,
+    /// At start, at most this many seconds to wait for the config file of the pod's own
+    /// revision (the kubelet may still be projecting a new ConfigMap) before going on with the
+    /// one mounted.
+    #[arg(long, env = "RELAY_REVISION_WAIT", default_value_t = smtp_relay::revision::DEFAULT_WAIT.as_secs())]
+    revision_wait: u64,
 }
 
 #[derive(Args)]
@@ -289,6 +296,7 @@ fn run_relay(args: RunArgs) -> ExitCode {
         drain_timeout: Duration::from_secs(args.drain_timeout),
         termination_log: args.termination_log,
         pod_annotations: args.pod_annotations,
+        revision_wait: Duration::from_secs(args.revision_wait),
     };
     let termination_log = opts.termination_log.clone();
     write_termination_message_on_panic(termination_log.clone());

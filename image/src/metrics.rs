@@ -147,7 +147,23 @@ pub struct Metrics {
 #[derive(Debug, Default)]
 struct LogWatch {
     reloads: u64,
-    first_problem: Option<String>,
+    /// The line kept, with its rank (see [`problem_rank`]).
+    first_problem: Option<(u8, String)>,
+}
+
+/// Which of several problem lines a refusal names, lowest first: a table that is unavailable
+/// (Postfix names its type and path: `hash:/etc/postfix/missing is unavailable. open database
+/// ...`), then a program that gave up, then the rest (an `error: open database ...` line comes
+/// just before the one about the table, and says less).
+fn problem_rank(line: &str) -> u8 {
+    let message = line.split_once(": ").map_or(line, |(_, m)| m);
+    if message.starts_with("warning: ") && message.contains(" is unavailable") {
+        0
+    } else if message.starts_with("fatal: ") || message.starts_with("panic: ") {
+        1
+    } else {
+        2
+    }
 }
 
 /// Where the mail log was when a self-check began (see [`Metrics::mark_log`]).
@@ -431,11 +447,11 @@ impl Metrics {
         }
     }
 
-    /// The first line since the last [`Metrics::mark_log`] saying that the configuration is
-    /// broken (see [`config_problem`]).
+    /// The line since the last [`Metrics::mark_log`] saying that the configuration is broken
+    /// (see [`config_problem`]): the first, or a first that says more (see [`problem_rank`]).
     pub fn config_problem(&self) -> Option<String> {
         let watch = self.log_watch.lock().unwrap_or_else(|e| e.into_inner());
-        watch.first_problem.clone()
+        watch.first_problem.as_ref().map(|(_, line)| line.clone())
     }
 
     /// Whether the master logged a reload of its configuration after `mark`.
@@ -453,8 +469,15 @@ impl Metrics {
             if reload {
                 watch.reloads += 1;
             }
-            if watch.first_problem.is_none() {
-                watch.first_problem = problem;
+            if let Some(line) = problem {
+                let rank = problem_rank(&line);
+                if watch
+                    .first_problem
+                    .as_ref()
+                    .is_none_or(|(kept, _)| rank < *kept)
+                {
+                    watch.first_problem = Some((rank, line));
+                }
             }
         }
     }
@@ -916,13 +939,15 @@ fn postfix_program(line: &str) -> Option<(&str, &str)> {
 /// client text can be (a client's words come after Postfix's: `non-SMTP command from
 /// NAME[ADDR]: ...`, or a key in `TABLE lookup error for "..."`, which is why that warning is
 /// not one of these).
-const CONFIG_WARNINGS: [&str; 4] = [
+const CONFIG_WARNINGS: [&str; 5] = [
     // smtpd_check: a restriction name it does not know (from the configuration).
     "unknown smtpd restriction: ",
     "unsupported dictionary type: ",
     "bad numerical configuration: ",
     // A policy service or proxymap that does not answer (a name from the configuration).
     "problem talking to server ",
+    // A milter of smtpd_milters that does not answer: smtpd defers every command (4.7.1).
+    "connect to Milter service ",
 ];
 
 /// Whether one message of Postfix's mail log (`program`'s, after its prefix) says that the
@@ -1776,8 +1801,18 @@ next"#;
             "master",
             "reload -- version 3.7.11, configuration /etc/postfix",
         );
+        // Postfix 3.7 says `error: open database` first; the line naming the table wins.
+        line(
+            "smtpd",
+            "error: open database /a.db: No such file or directory",
+        );
+        assert_eq!(
+            m.config_problem().as_deref(),
+            Some("smtpd: error: open database /a.db: No such file or directory")
+        );
         line("smtpd", "warning: hash:/a is unavailable. first");
         line("smtpd", "warning: hash:/b is unavailable. second");
+        line("smtpd", "fatal: third");
         assert!(m.reloaded_since(mark));
         assert_eq!(
             m.config_problem().as_deref(),

@@ -1,22 +1,25 @@
 //! `smtp-relay run`: validate, configure, run Postfix in the foreground, follow input changes.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::BufReader;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::drain::Drained;
-use crate::error::{ConfigResult, RunError};
+use crate::error::{ConfigError, ConfigResult, RunError};
 use crate::inputs;
 use crate::metrics::Metrics;
 use crate::postfix::instance;
 use crate::postfix::layout::Layout;
 use crate::postfix::main_cf;
+use crate::revision::{self, AtStart, ConfigText, LastGood, OnTick};
 use crate::sasl::{self, Users};
+use crate::self_check;
 use crate::settings::{SaslUserSource, Settings};
 
 /// Exit codes, so an orchestrator can tell a bad configuration from a crash.
@@ -25,7 +28,8 @@ pub mod exit {
     pub const STOPPED: u8 = 0;
     /// The Postfix master exited on its own.
     pub const POSTFIX_DIED: u8 = 1;
-    /// The configuration is invalid; nothing was started.
+    /// The configuration is invalid (nothing was started), or Postfix failed its self-check
+    /// with it and there was no last good configuration to run (Postfix was stopped).
     pub const BAD_CONFIG: u8 = 2;
     /// Preparing the instance failed (files, permissions, Postfix's own checks).
     pub const SETUP_FAILED: u8 = 3;
@@ -63,8 +67,12 @@ pub struct RunOptions {
     /// Where a fatal error is also written when the file exists: Kubernetes's
     /// `terminationMessagePath`, so `kubectl describe pod` and the SmtpRelay's status show it.
     pub termination_log: PathBuf,
-    /// The pod's annotations (a downward API file), where the operator asks for a drain.
+    /// The pod's annotations (a downward API file), where the operator asks for a drain and
+    /// where the pod's own configuration revision is (see [`crate::revision`]).
     pub pod_annotations: Option<PathBuf>,
+    /// How long a starting pod waits for the config file of its own revision before it goes on
+    /// with the one mounted (see [`crate::revision::AtStart::Wait`]).
+    pub revision_wait: Duration,
 }
 
 /// Ends the relay with `code`: the message on stderr, and in the termination log.
@@ -78,19 +86,68 @@ fn fatal(opts: &RunOptions, code: u8, message: String) -> ExitCode {
     ExitCode::from(code)
 }
 
+/// A configuration to apply: the environment's variables, or a config file's text with its
+/// revision (the mounted file's, or the last good copy's).
+#[derive(Debug, Clone, PartialEq)]
+enum Candidate {
+    Env,
+    File {
+        config: ConfigText,
+        /// Where the text was read: errors name it.
+        from: PathBuf,
+    },
+}
+
+impl Candidate {
+    fn revision(&self) -> Option<&str> {
+        match self {
+            Candidate::Env => None,
+            Candidate::File { config, .. } => config.revision.as_deref(),
+        }
+    }
+
+    /// The settings the candidate says, read and validated now (with the files it names).
+    fn settings(&self, opts: &RunOptions) -> ConfigResult<Settings> {
+        match self {
+            Candidate::Env => opts.source.load(&opts.layout),
+            Candidate::File { config, from } => inputs::file::from_text(&config.text, from),
+        }
+    }
+}
+
+/// How logs and messages name a revision: its first 12 characters, or that it has none.
+fn shown(revision: Option<&str>) -> String {
+    revision.map_or_else(|| "(none)".to_string(), |r| revision::short(r).to_string())
+}
+
+/// The inputs as mounted now: the environment, or the config file and its revision.
+fn mounted(source: &Source) -> ConfigResult<Candidate> {
+    match source {
+        Source::Env(_) => Ok(Candidate::Env),
+        Source::File(path) => revision::read_mounted(path)
+            .map(|config| Candidate::File {
+                config,
+                from: path.clone(),
+            })
+            .map_err(|e| ConfigError::unreadable("--config", path, e)),
+    }
+}
+
 /// The running relay's configuration, kept to tell what an input change touched.
 struct Applied {
     settings: Settings,
     users: Users,
+    candidate: Candidate,
 }
 
-/// Prepares the instance from the inputs: config files, then the SASL database.
-fn apply(
-    source: &Source,
+/// Prepares the instance for `settings` (of `candidate`): config files, then the SASL
+/// database, each only when it changed from `previous`.
+fn install(
+    candidate: Candidate,
+    settings: Settings,
     layout: &Layout,
     previous: Option<&Applied>,
 ) -> Result<Applied, RunError> {
-    let settings = source.load(layout)?;
     let users = sasl::load(&settings.sasl_users)?;
     if previous.is_none_or(|p| p.settings != settings) {
         instance::write_config(&settings, layout)?;
@@ -107,7 +164,132 @@ fn apply(
     {
         sasl::install(&users, &settings.domain, layout)?;
     }
-    Ok(Applied { settings, users })
+    Ok(Applied {
+        settings,
+        users,
+        candidate,
+    })
+}
+
+/// Reads `candidate` and prepares the instance for it.
+fn install_candidate(
+    candidate: Candidate,
+    opts: &RunOptions,
+    previous: Option<&Applied>,
+) -> Result<Applied, RunError> {
+    let settings = candidate.settings(opts)?;
+    install(candidate, settings, &opts.layout, previous)
+}
+
+/// What a starting pod runs (see [`revision::at_start`]), and what it falls back to if that
+/// fails: the last good copy, when it is of another revision than the one chosen. In
+/// environment mode, or without a revision, nothing falls back: the relay behaves as it did
+/// before revisions.
+async fn choose(
+    opts: &RunOptions,
+    own: Option<&str>,
+    last_good: &LastGood,
+) -> ConfigResult<(Candidate, Option<Candidate>)> {
+    let Source::File(path) = &opts.source else {
+        return Ok((Candidate::Env, None));
+    };
+    let copy = last_good.load().map(|config| Candidate::File {
+        config,
+        from: last_good.path().to_path_buf(),
+    });
+    let copy_revision = copy.as_ref().and_then(Candidate::revision);
+    let started = Instant::now();
+    let mut waiting = false;
+    let candidate = loop {
+        let mounted = mounted(&opts.source);
+        let choice = match &mounted {
+            Ok(m) => revision::at_start(own, m.revision(), copy_revision),
+            // An unreadable config file: the copy of the pod's own revision still runs.
+            Err(_) if own.is_some() && copy_revision == own => AtStart::LastGood,
+            Err(_) => AtStart::Mounted,
+        };
+        match (choice, &copy) {
+            (AtStart::LastGood, Some(copy)) => {
+                tracing::info!(
+                    own = %shown(own),
+                    mounted = %shown(mounted.as_ref().ok().and_then(Candidate::revision)),
+                    copy = %last_good.path().display(),
+                    "the config file is another template's revision: running this pod's last good configuration, of its own revision"
+                );
+                break copy.clone();
+            }
+            (AtStart::Wait, _) if started.elapsed() < opts.revision_wait => {
+                if !waiting {
+                    tracing::info!(own = %shown(own), config = %path.display(), wait = ?opts.revision_wait, "waiting for the config file of this pod's revision");
+                    waiting = true;
+                }
+                tokio::time::sleep(revision::POLL).await;
+            }
+            (AtStart::Wait, _) => {
+                let mounted = mounted?;
+                tracing::warn!(
+                    own = %shown(own),
+                    mounted = %shown(mounted.revision()),
+                    waited = ?opts.revision_wait,
+                    "the config file of this pod's revision did not come: going on with the one mounted"
+                );
+                break mounted;
+            }
+            _ => break mounted?,
+        }
+    };
+    let fallback =
+        copy.filter(|c| candidate.revision().is_some() && c.revision() != candidate.revision());
+    Ok((candidate, fallback))
+}
+
+/// The first installation, before Postfix starts. A candidate refused as invalid (or by
+/// Postfix's own checks of the files) falls back to the last good copy when there is one, and
+/// the refusal is returned to be reported; without one, the relay ends as it always did. A
+/// failure that is not the configuration's (a file that cannot be written) ends it anyway.
+fn first_install(
+    opts: &RunOptions,
+    candidate: Candidate,
+    fallback: &mut Option<Candidate>,
+) -> Result<(Applied, Option<Refused>), ExitCode> {
+    let revision = candidate.revision().map(str::to_string);
+    let err = match install_candidate(candidate, opts, None) {
+        Ok(applied) => return Ok((applied, None)),
+        Err(e) => e,
+    };
+    let end = |e: &RunError| match e {
+        RunError::Config(e) => fatal(opts, exit::BAD_CONFIG, format!("configuration error: {e}")),
+        e => fatal(
+            opts,
+            exit::SETUP_FAILED,
+            format!("cannot prepare Postfix: {e}"),
+        ),
+    };
+    let refused_here = matches!(err, RunError::Config(_) | RunError::Command { .. });
+    let Some(copy) = fallback.take().filter(|_| refused_here) else {
+        return Err(end(&err));
+    };
+    let copy_revision = copy.revision().map(str::to_string);
+    tracing::error!(
+        revision = %shown(revision.as_deref()),
+        error = %err,
+        last_good = %shown(copy_revision.as_deref()),
+        "refusing the configuration; running the last good one"
+    );
+    match install_candidate(copy, opts, None) {
+        Ok(applied) => Ok((
+            applied,
+            Some(Refused {
+                revision,
+                error: err.to_string(),
+                settings: None,
+            }),
+        )),
+        Err(e) => {
+            tracing::error!(error = %e, "the last good configuration cannot be installed either");
+            Err(end(&err))
+        }
+    }
 }
 
 /// Starts the Postfix master on the spool (after stopping a leftover one) and its guard, which
@@ -141,46 +323,369 @@ fn start_master(
     Ok((master, pid, guard))
 }
 
-/// Reads the inputs again and applies what changed without restarting Postfix (a reload for
-/// the configuration, the SASL database in place for users). A broken update never tears down
-/// the running relay: it keeps serving the last good configuration and says once why the new
-/// one was refused.
-fn reapply(
-    opts: &RunOptions,
-    pid: u32,
-    metrics: &Metrics,
-    applied: &mut Applied,
-    last_error: &mut Option<String>,
-    oauth2: &OAuth2Login,
-) {
-    match apply(&opts.source, &opts.layout, Some(applied)) {
-        Ok(next) => {
-            *last_error = None;
-            let config_changed = next.settings != applied.settings;
-            let users_changed = next.users != applied.users;
-            if config_changed {
-                if let Err(e) = instance::reload(pid) {
-                    tracing::error!(error = %e, "reloading postfix failed");
-                }
-            }
-            if config_changed || users_changed {
-                metrics.reloads.inc();
-                metrics.sasl_users.set(next.users.0.len() as i64);
-                metrics.set_logs_in(next.settings.logs_in());
-                metrics.set_spool_reserve(main_cf::spool_reserve(&next.settings.postconf));
-                oauth2.follow(&next.settings);
-                tracing::info!(config_changed, users = ?next.users, "applied changed inputs without restarting postfix");
-            }
-            *applied = next;
+/// A configuration refused, while the refusal stands: until a later configuration passes.
+#[derive(Debug, Clone)]
+struct Refused {
+    revision: Option<String>,
+    error: String,
+    /// What failed the self-check: not tried again while the inputs say the same. `None` for a
+    /// configuration refused as invalid, which is read again at every tick (that is cheap, and
+    /// a file it names may come).
+    settings: Option<Settings>,
+}
+
+/// A failed self-check: the SMTP session's words, and Postfix's own log line about its
+/// configuration when it wrote one (see [`crate::metrics::config_problem`]).
+#[derive(Debug, Clone)]
+struct CheckFailure {
+    session: String,
+    logged: Option<String>,
+}
+
+impl CheckFailure {
+    /// What a refusal reports: Postfix's line when there is one, else the session's words.
+    fn reported(&self) -> &str {
+        self.logged.as_deref().unwrap_or(&self.session)
+    }
+}
+
+impl fmt::Display for CheckFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.session)?;
+        if let Some(line) = &self.logged {
+            write!(f, "; Postfix logged: {line}")?;
         }
-        Err(e) => {
-            let text = e.to_string();
-            if last_error.as_deref() != Some(text.as_str()) {
-                metrics.config_errors.inc();
-                tracing::error!(error = %text, "refusing changed inputs; still running the previous configuration");
-                *last_error = Some(text);
+        Ok(())
+    }
+}
+
+/// After the master's SIGHUP: how long to wait for its `reload` log line, then how long for
+/// the smtpd processes of the old configuration that were idle to exit (the master tells them
+/// when it reloads), so the self-check meets an smtpd of the new one.
+const RELOAD_WAIT: Duration = Duration::from_secs(5);
+const RELOAD_SETTLE: Duration = Duration::from_millis(300);
+/// After a failed session, how long Postfix's log line about it may take to come through the
+/// log pump.
+const LOG_LAG: Duration = Duration::from_secs(1);
+
+/// The supervisor's state between ticks: what runs, what was refused, and what to say once.
+struct Supervisor<'a> {
+    opts: &'a RunOptions,
+    metrics: Metrics,
+    /// The pod's own revision (see [`crate::revision`]).
+    own: Option<String>,
+    last_good: LastGood,
+    applied: Applied,
+    refused: Option<Refused>,
+    /// The last input error said, so it is said once.
+    last_error: Option<String>,
+    /// The other template's revision last held, so it is said once.
+    held: Option<String>,
+}
+
+impl Supervisor<'_> {
+    /// One SMTP session against the local listener, judged (see [`crate::self_check`]), with
+    /// Postfix's first line about a broken configuration since the log was last marked
+    /// ([`Metrics::mark_log`]: before the master started, or before its reload).
+    async fn check(&self) -> Result<(), CheckFailure> {
+        let target = self_check::Target {
+            addresses: crate::smtp_client::local_addresses(&self.opts.layout.listen)
+                .unwrap_or_default(),
+            domain: self.applied.settings.domain.clone(),
+            implicit_tls: self
+                .applied
+                .settings
+                .postconf
+                .get("smtpd_tls_wrappermode")
+                .is_some_and(|v| v.trim().eq_ignore_ascii_case("yes")),
+        };
+        let (session, deferred) = match self_check::check(target, self_check::TIMEOUT).await {
+            Ok(self_check::Passed::Served) => return Ok(()),
+            Ok(self_check::Passed::Deferred { command, reply }) => {
+                (format!("{command} was answered {reply}"), true)
+            }
+            Err(failure) => (failure.to_string(), false),
+        };
+        // Postfix's lines about the session come through the log pump a moment later; the
+        // best of them is read once they had that moment.
+        tokio::time::sleep(LOG_LAG).await;
+        let logged = self.metrics.config_problem();
+        if deferred && logged.is_none() {
+            // A temporary refusal, and nothing wrong in Postfix's log: greylisting, a full
+            // spool. smtpd serves.
+            tracing::info!(reply = %session, "the self-check was deferred, and Postfix logged no problem with its configuration: passed");
+            return Ok(());
+        }
+        Err(CheckFailure { session, logged })
+    }
+
+    /// Asks the master to reload, waits until it did, and checks the configuration.
+    async fn reload_and_check(&self, pid: u32) -> Result<(), CheckFailure> {
+        let mark = self.metrics.mark_log();
+        if let Err(e) = instance::reload(pid) {
+            return Err(CheckFailure {
+                session: format!("reloading Postfix failed: {e}"),
+                logged: None,
+            });
+        }
+        let started = Instant::now();
+        while !self.metrics.reloaded_since(mark) {
+            if started.elapsed() > RELOAD_WAIT {
+                tracing::warn!(waited = ?RELOAD_WAIT, "the master did not log its reload; checking anyway");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(RELOAD_SETTLE).await;
+        self.check().await
+    }
+
+    /// What runs passed the self-check: said on the metrics page, and kept as the last good
+    /// configuration when it has a revision.
+    fn passed(&self) {
+        let revision = self.applied.candidate.revision();
+        self.metrics.set_config_revision(revision);
+        if let (Candidate::File { config, .. }, Some(revision)) =
+            (&self.applied.candidate, revision)
+        {
+            if let Err(e) = self.last_good.save(&config.text, revision) {
+                tracing::warn!(error = %e, "cannot keep the last good configuration on the spool");
             }
         }
+    }
+
+    fn refuse(&mut self, refused: Refused) {
+        self.metrics.set_config_refused(Some((
+            refused.revision.as_deref().unwrap_or(""),
+            &refused.error,
+        )));
+        self.refused = Some(refused);
+    }
+
+    fn clear_refusal(&mut self) {
+        if let Some(refused) = self.refused.take() {
+            tracing::info!(refused = %shown(refused.revision.as_deref()), "a later configuration passed: the refusal no longer stands");
+            self.metrics.set_config_refused(None);
+        }
+    }
+
+    /// An input that cannot be applied: said once, counted.
+    fn input_refused(&mut self, text: String) {
+        if self.last_error.as_deref() != Some(text.as_str()) {
+            self.metrics.config_errors.inc();
+            tracing::error!(error = %text, "refusing changed inputs; still running the previous configuration");
+            self.last_error = Some(text);
+        }
+    }
+}
+impl Supervisor<'_> {
+    /// The self-check of the configuration Postfix started with. A failure falls back to
+    /// `fallback` (the last good copy, of another revision) when there is one: installed,
+    /// reloaded, checked; the refused revision is reported. `Err`: the termination message.
+    async fn start_check(&mut self, pid: u32, fallback: Option<Candidate>) -> Result<(), String> {
+        let failure = match self.check().await {
+            Ok(()) => {
+                self.passed();
+                return Ok(());
+            }
+            Err(failure) => failure,
+        };
+        self.metrics.self_check_failures.inc();
+        let revision = self.applied.candidate.revision().map(str::to_string);
+        let message = match &revision {
+            Some(revision) => format!(
+                "configuration revision {} failed Postfix's self-check: {failure}",
+                revision::short(revision)
+            ),
+            None => format!("the configuration failed Postfix's self-check: {failure}"),
+        };
+        let Some(copy) = fallback else {
+            tracing::error!(revision = %shown(revision.as_deref()), error = %failure, "Postfix refused the configuration in its self-check, and there is no last good one to run");
+            return Err(message);
+        };
+        let copy_revision = copy.revision().map(str::to_string);
+        tracing::error!(
+            revision = %shown(revision.as_deref()),
+            error = %failure,
+            last_good = %shown(copy_revision.as_deref()),
+            "Postfix refused the configuration in its self-check; running the last good one"
+        );
+        self.refuse(Refused {
+            revision,
+            error: failure.reported().to_string(),
+            settings: Some(self.applied.settings.clone()),
+        });
+        let restored = install_candidate(copy, self.opts, Some(&self.applied)).map_err(|e| {
+            format!("{message}; the last good configuration cannot be installed: {e}")
+        })?;
+        self.applied = restored;
+        match self.reload_and_check(pid).await {
+            Ok(()) => {
+                self.passed();
+                Ok(())
+            }
+            Err(again) => {
+                self.metrics.self_check_failures.inc();
+                Err(format!(
+                    "{message}; the last good configuration (revision {}) failed it too: {again}",
+                    shown(copy_revision.as_deref())
+                ))
+            }
+        }
+    }
+
+    /// Reads the inputs again and applies what changed without restarting Postfix (a reload
+    /// for the configuration, the SASL database in place for users). A configuration of another
+    /// template's revision is held: only the users are followed. A broken update never tears
+    /// down the running relay: an invalid one is refused before anything is written, one that
+    /// fails the self-check is replaced by the previous configuration at once; each is said
+    /// once, and a configuration that failed is not tried again while the inputs say the same.
+    async fn tick(&mut self, pid: u32, oauth2: &OAuth2Login) {
+        let candidate = match mounted(&self.opts.source) {
+            Ok(candidate) => candidate,
+            Err(e) => {
+                self.input_refused(e.to_string());
+                self.follow_users();
+                return;
+            }
+        };
+        if revision::on_tick(self.own.as_deref(), candidate.revision()) == OnTick::Hold {
+            let mounted = candidate.revision().map(str::to_string);
+            if self.held != mounted {
+                tracing::info!(
+                    own = %shown(self.own.as_deref()),
+                    mounted = %shown(mounted.as_deref()),
+                    "the config file is another template's revision: keeping the running configuration"
+                );
+                self.held = mounted;
+            }
+            self.follow_users();
+            return;
+        }
+        self.held = None;
+        let settings = match candidate.settings(self.opts) {
+            Ok(settings) => settings,
+            Err(e) => {
+                self.input_refused(e.to_string());
+                self.follow_users();
+                return;
+            }
+        };
+        let tried = self.refused.as_ref().is_some_and(|r| {
+            r.settings.as_ref() == Some(&settings) && r.revision.as_deref() == candidate.revision()
+        });
+        if tried {
+            self.follow_users();
+            return;
+        }
+        self.apply(candidate, settings, pid, oauth2).await;
+    }
+
+    /// Applies a changed configuration (see [`Supervisor::tick`]).
+    async fn apply(
+        &mut self,
+        candidate: Candidate,
+        settings: Settings,
+        pid: u32,
+        oauth2: &OAuth2Login,
+    ) {
+        let config_changed = settings != self.applied.settings;
+        let next = match install(candidate, settings, &self.opts.layout, Some(&self.applied)) {
+            Ok(next) => next,
+            Err(e) => {
+                self.input_refused(e.to_string());
+                return;
+            }
+        };
+        self.last_error = None;
+        if config_changed {
+            if let Err(failure) = self.reload_and_check(pid).await {
+                self.restore(next, &failure, pid).await;
+                return;
+            }
+        }
+        let users_changed = next.users != self.applied.users;
+        let candidate_changed = next.candidate != self.applied.candidate;
+        self.applied = next;
+        self.clear_refusal();
+        if config_changed || candidate_changed {
+            self.passed();
+        }
+        if config_changed || users_changed {
+            self.metrics.reloads.inc();
+            self.publish(oauth2);
+            tracing::info!(config_changed, users = ?self.applied.users, revision = %shown(self.applied.candidate.revision()), "applied changed inputs without restarting postfix");
+        }
+    }
+
+    /// A configuration that failed its self-check after a reload: the previous one goes back
+    /// at once (written, reloaded, checked), and the refusal is reported.
+    async fn restore(&mut self, failed: Applied, failure: &CheckFailure, pid: u32) {
+        self.metrics.self_check_failures.inc();
+        let revision = failed.candidate.revision().map(str::to_string);
+        tracing::error!(
+            revision = %shown(revision.as_deref()),
+            error = %failure,
+            "Postfix refused the changed configuration in its self-check; restoring the previous one"
+        );
+        self.refuse(Refused {
+            revision,
+            error: failure.reported().to_string(),
+            settings: Some(failed.settings.clone()),
+        });
+        let previous = self.applied.settings.clone();
+        match install(
+            self.applied.candidate.clone(),
+            previous,
+            &self.opts.layout,
+            Some(&failed),
+        ) {
+            Ok(restored) => self.applied = restored,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot restore the previous configuration");
+                return;
+            }
+        }
+        match self.reload_and_check(pid).await {
+            Ok(()) => tracing::info!("the previous configuration serves again"),
+            Err(again) => {
+                self.metrics.self_check_failures.inc();
+                tracing::error!(error = %again, "the previous configuration fails the self-check too; keeping it, as nothing better is known");
+            }
+        }
+    }
+
+    /// Follows the SASL users of the running configuration (they are not part of its
+    /// revision) while a changed configuration is not applied.
+    fn follow_users(&mut self) {
+        let settings = &self.applied.settings;
+        if settings.sasl_users == SaslUserSource::None {
+            return;
+        }
+        let users = match sasl::load(&settings.sasl_users) {
+            Ok(users) if users != self.applied.users => users,
+            Ok(_) => return,
+            Err(e) => return self.input_refused(e.to_string()),
+        };
+        if let Err(e) = sasl::install(&users, &settings.domain, &self.opts.layout) {
+            return self.input_refused(e.to_string());
+        }
+        self.metrics.reloads.inc();
+        self.metrics.sasl_users.set(users.0.len() as i64);
+        tracing::info!(users = ?users, "applied changed SASL users");
+        self.applied.users = users;
+    }
+
+    /// Says what runs to the metrics and the OAuth2 login.
+    fn publish(&self, oauth2: &OAuth2Login) {
+        let settings = &self.applied.settings;
+        self.metrics
+            .sasl_users
+            .set(self.applied.users.0.len() as i64);
+        self.metrics.set_logs_in(settings.logs_in());
+        self.metrics
+            .set_spool_reserve(main_cf::spool_reserve(&settings.postconf));
+        oauth2.follow(settings);
     }
 }
 
@@ -253,23 +758,33 @@ impl OAuth2Login {
 
 pub async fn run(opts: RunOptions) -> ExitCode {
     let layout = &opts.layout;
-    let mut applied = match apply(&opts.source, layout, None) {
-        Ok(applied) => applied,
-        Err(RunError::Config(e)) => {
-            return fatal(&opts, exit::BAD_CONFIG, format!("configuration error: {e}"));
-        }
-        Err(e) => {
-            return fatal(
-                &opts,
-                exit::SETUP_FAILED,
-                format!("cannot prepare Postfix: {e}"),
-            );
-        }
+    let own = opts
+        .pod_annotations
+        .as_deref()
+        .and_then(revision::own_revision);
+    let last_good = LastGood::new(layout.last_good_config());
+    let (candidate, mut fallback) = match choose(&opts, own.as_deref(), &last_good).await {
+        Ok(chosen) => chosen,
+        Err(e) => return fatal(&opts, exit::BAD_CONFIG, format!("configuration error: {e}")),
+    };
+    let (applied, refused) = match first_install(&opts, candidate, &mut fallback) {
+        Ok(installed) => installed,
+        Err(code) => return code,
     };
     let metrics = Metrics::new(&layout.spool_dir);
-    metrics.sasl_users.set(applied.users.0.len() as i64);
-    metrics.set_logs_in(applied.settings.logs_in());
-    metrics.set_spool_reserve(main_cf::spool_reserve(&applied.settings.postconf));
+    let mut sup = Supervisor {
+        opts: &opts,
+        metrics: metrics.clone(),
+        own,
+        last_good,
+        applied,
+        refused: None,
+        last_error: None,
+        held: None,
+    };
+    if let Some(refused) = refused {
+        sup.refuse(refused);
+    }
     let metrics_server = opts.metrics_listen.map(|addr| {
         let m = metrics.clone();
         tokio::spawn(async move {
@@ -278,28 +793,27 @@ pub async fn run(opts: RunOptions) -> ExitCode {
             }
         })
     });
-
-    let (mut sigterm, mut sigint) = match (
+    let (Ok(sigterm), Ok(sigint)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) {
-        (Ok(t), Ok(i)) => (t, i),
-        _ => {
-            return fatal(
-                &opts,
-                exit::SETUP_FAILED,
-                "cannot install signal handlers".into(),
-            );
-        }
+    ) else {
+        return fatal(
+            &opts,
+            exit::SETUP_FAILED,
+            "cannot install signal handlers".into(),
+        );
     };
-    let oauth2 = OAuth2Login::start(&applied.settings, &metrics, layout);
+    let oauth2 = OAuth2Login::start(&sup.applied.settings, &metrics, layout);
+    sup.publish(&oauth2);
     oauth2.first_token(Duration::from_secs(5)).await;
+    // The self-check reads Postfix's words from here on.
+    metrics.mark_log();
     let (mut master, pid, _guard) = match start_master(&opts) {
         Ok(started) => started,
         Err(code) => return code,
     };
     metrics.postfix_up.set(1);
-    tracing::info!(pid, listen = %layout.listen, mode = ?applied.settings.policy, "postfix started");
+    tracing::info!(pid, listen = %layout.listen, mode = ?sup.applied.settings.policy, revision = %shown(sup.applied.candidate.revision()), "postfix started");
     // The mail log: counted, and echoed to our stdout. It takes any bytes (see
     // Metrics::follow_log): a pump that stopped would leave the pipe to fill and block Postfix.
     let log_pump = master.stdout.take().map(|stdout| {
@@ -314,27 +828,14 @@ pub async fn run(opts: RunOptions) -> ExitCode {
         })
     });
 
-    let mut ticker = tokio::time::interval(opts.reload_interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_error: Option<String> = None;
-    let mut asked_drain = crate::drain::AskedDrain::new(opts.pod_annotations.clone());
-    let mut died = None;
-    let code = loop {
-        tokio::select! {
-            _ = sigterm.recv() => break stop(&mut master, pid, &opts, &metrics, &smtp_ports(&applied, &opts)).await,
-            _ = sigint.recv() => break stop(&mut master, pid, &opts, &metrics, &smtp_ports(&applied, &opts)).await,
-            status = master.wait() => {
-                tracing::error!(?status, "the Postfix master exited");
-                died = Some(format!("the Postfix master exited ({})", status.map_or_else(|e| e.to_string(), |s| s.to_string())));
-                break exit::POSTFIX_DIED;
-            }
-            _ = ticker.tick() => {
-                if let Err(e) = crate::liveness::beat(layout) {
-                    tracing::warn!(error = %e, "cannot touch the liveness heartbeat");
-                }
-                reapply(&opts, pid, &metrics, &mut applied, &mut last_error, &oauth2);
-                asked_drain.tick(layout, &metrics);
-            }
+    let (code, message) = match sup.start_check(pid, fallback).await {
+        Err(message) => {
+            stop_now(&mut master, pid, &opts).await;
+            (exit::BAD_CONFIG, Some(message))
+        }
+        Ok(()) => {
+            sup.publish(&oauth2);
+            serve(&mut sup, &mut master, pid, (sigterm, sigint), &oauth2).await
         }
     };
     metrics.postfix_up.set(0);
@@ -346,9 +847,58 @@ pub async fn run(opts: RunOptions) -> ExitCode {
         server.abort();
     }
     oauth2.stop();
-    match died {
+    match message {
         Some(message) => fatal(&opts, code, message),
         None => ExitCode::from(code),
+    }
+}
+
+/// Runs the relay until a signal stops it or the master exits: the inputs followed at every
+/// tick, a drain when asked. Returns the exit code, and the message of a master that died.
+async fn serve(
+    sup: &mut Supervisor<'_>,
+    master: &mut tokio::process::Child,
+    pid: u32,
+    (mut sigterm, mut sigint): (tokio::signal::unix::Signal, tokio::signal::unix::Signal),
+    oauth2: &OAuth2Login,
+) -> (u8, Option<String>) {
+    let opts = sup.opts;
+    let layout = &opts.layout;
+    let mut ticker = tokio::time::interval(opts.reload_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut asked_drain = crate::drain::AskedDrain::new(opts.pod_annotations.clone());
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => break (stop(master, pid, opts, &sup.metrics, &smtp_ports(&sup.applied, opts)).await, None),
+            _ = sigint.recv() => break (stop(master, pid, opts, &sup.metrics, &smtp_ports(&sup.applied, opts)).await, None),
+            status = master.wait() => {
+                tracing::error!(?status, "the Postfix master exited");
+                let died = format!("the Postfix master exited ({})", status.map_or_else(|e| e.to_string(), |s| s.to_string()));
+                break (exit::POSTFIX_DIED, Some(died));
+            }
+            _ = ticker.tick() => {
+                if let Err(e) = crate::liveness::beat(layout) {
+                    tracing::warn!(error = %e, "cannot touch the liveness heartbeat");
+                }
+                sup.tick(pid, oauth2).await;
+                asked_drain.tick(layout, &sup.metrics);
+            }
+        }
+    }
+}
+
+/// Stops a master that never served (its configuration failed the self-check): no drain, as
+/// nothing was accepted that a relay with this configuration could deliver any better later.
+async fn stop_now(master: &mut tokio::process::Child, pid: u32, opts: &RunOptions) {
+    if let Err(e) = instance::stop(pid) {
+        tracing::error!(error = %e, "signalling the master failed");
+    }
+    if tokio::time::timeout(opts.stop_timeout, master.wait())
+        .await
+        .is_err()
+    {
+        tracing::error!(timeout = ?opts.stop_timeout, "postfix did not stop in time; killing it");
+        let _ = master.kill().await;
     }
 }
 

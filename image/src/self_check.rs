@@ -43,8 +43,19 @@ pub enum Verdict {
     Next,
     /// smtpd ran its restrictions and answered: the configuration serves.
     Passed,
+    /// A temporary refusal that need not be the configuration's fault (greylisting, a full
+    /// spool): it passes unless Postfix logged a problem with its configuration meanwhile
+    /// (the caller reads the log).
+    Deferred,
     /// smtpd cannot serve with this configuration.
     Failed,
+}
+
+/// A session that passed: served, or deferred (see [`Verdict::Deferred`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Passed {
+    Served,
+    Deferred { command: String, reply: String },
 }
 
 /// Judges the reply `code` (with `text`, the rest of its first line: `4.3.5 Server
@@ -58,16 +69,16 @@ pub enum Verdict {
 ///   enhanced status code of class 4.3 (mail system: 4.3.5 `Server configuration error`, 4.3.0
 ///   `Temporary lookup failure` of a table) or none at all. 4.3.1 (`Insufficient system
 ///   storage`, the spool's reserve) is not a configuration's fault: a full spool must not turn
-///   a good configuration into a refused one, nor stop a pod that holds mail. Other 4xx replies
-///   (4.1.x address verification, 4.7.x greylisting or an unknown client name) are policy
-///   answers too: they pass.
+///   a good configuration into a refused one, nor stop a pod that holds mail. It and the other
+///   4xx replies (4.1.x address verification, 4.7.x greylisting, an unknown client name, but
+///   also a milter that does not answer) are [`Verdict::Deferred`]: the log tells them apart.
 pub fn judge(step: Step, code: u16, text: &str) -> Verdict {
     match (step, code / 100) {
         (Step::Greeting, 2) | (Step::Mail, 2) => Verdict::Next,
         (Step::Rcpt, 2) => Verdict::Passed,
         (Step::Greeting, _) => Verdict::Failed,
         (_, 5) => Verdict::Passed,
-        (_, 4) if code != 421 && !server_unwell(text) => Verdict::Passed,
+        (_, 4) if code != 421 && !server_unwell(text) => Verdict::Deferred,
         _ => Verdict::Failed,
     }
 }
@@ -118,7 +129,7 @@ pub struct Target {
 /// Runs the self-check against `target` within `timeout`. The session is blocking (lettre's)
 /// and runs on a blocking thread; each of its reads and writes is bounded by what is left of
 /// `timeout` too, so the thread does not outlive it by more than that.
-pub async fn check(target: Target, timeout: Duration) -> Result<(), Failure> {
+pub async fn check(target: Target, timeout: Duration) -> Result<Passed, Failure> {
     let deadline = Instant::now() + timeout;
     let session = tokio::task::spawn_blocking(move || check_until(&target, deadline));
     match tokio::time::timeout(timeout + Duration::from_secs(1), session).await {
@@ -129,7 +140,7 @@ pub async fn check(target: Target, timeout: Duration) -> Result<(), Failure> {
 
 /// One session, tried again while nothing listens yet (a master just started), until
 /// `deadline`.
-fn check_until(target: &Target, deadline: Instant) -> Result<(), Failure> {
+fn check_until(target: &Target, deadline: Instant) -> Result<Passed, Failure> {
     loop {
         let mut unreachable = Vec::new();
         for &address in &target.addresses {
@@ -154,7 +165,7 @@ fn check_until(target: &Target, deadline: Instant) -> Result<(), Failure> {
 }
 
 enum Attempt {
-    Done(Result<(), Failure>),
+    Done(Result<Passed, Failure>),
     /// The connection was refused: nothing listens (yet) at that address.
     Unreachable(String),
 }
@@ -195,7 +206,7 @@ fn session(target: &Target, address: SocketAddr, deadline: Instant) -> Attempt {
         Err(e) => return Attempt::Done(Err(greeting_failed(address, &e))),
     };
     let rcpt = format!("RCPT TO:<postmaster@{}>", target.domain);
-    let mut result = Ok(());
+    let mut result = Ok(Passed::Served);
     for (step, command) in [(Step::Mail, "MAIL FROM:<>"), (Step::Rcpt, rcpt.as_str())] {
         let (code, text) = match conn.command(Raw(command)) {
             Ok(reply) => (
@@ -213,6 +224,13 @@ fn session(target: &Target, address: SocketAddr, deadline: Instant) -> Attempt {
         match judge(step, code, &text) {
             Verdict::Next => continue,
             Verdict::Passed => break,
+            Verdict::Deferred => {
+                result = Ok(Passed::Deferred {
+                    command: command.into(),
+                    reply: format!("{code} {text}"),
+                });
+                break;
+            }
             Verdict::Failed => {
                 result = Err(Failure::Refused {
                     command: command.into(),
@@ -304,19 +322,25 @@ mod tests {
                 Failed,
             ),
             (Rcpt, 450, "no enhanced code", Failed),
-            // A full spool, greylisting, verification: not the configuration's fault.
-            (Mail, 452, "4.3.1 Insufficient system storage", Passed),
+            // A full spool, greylisting, verification, a milter: the log tells.
+            (Mail, 452, "4.3.1 Insufficient system storage", Deferred),
             (
                 Rcpt,
                 450,
-                "4.7.1 <postmaster@example.net>: Recipient address rejected: Greylisted",
-                Passed,
+                "4.7.1 <postmaster@example.net>: Greylisted",
+                Deferred,
             ),
             (
                 Rcpt,
                 450,
-                "4.1.1 <postmaster@example.net>: Recipient address rejected: unverified address",
-                Passed,
+                "4.1.1 <postmaster@example.net>: unverified address",
+                Deferred,
+            ),
+            (
+                Mail,
+                451,
+                "4.7.1 Service unavailable - try again later",
+                Deferred,
             ),
             (Rcpt, 354, "End data with <CR><LF>.<CR><LF>", Failed),
         ] {
@@ -423,9 +447,26 @@ mod tests {
             "250 2.1.0 Ok\r\n",
             "554 5.7.1 <postmaster@example.net>: Relay access denied\r\n",
         ]);
-        check(target(addr), TIMEOUT)
-            .await
-            .expect("a policy answer passes");
+        assert_eq!(
+            check(target(addr), TIMEOUT).await,
+            Ok(Passed::Served),
+            "a policy answer passes"
+        );
         server.join().unwrap();
+
+        // A temporary refusal: deferred, for the caller to read the log; RCPT is not sent.
+        let (addr, server) = serve(&[
+            "250 test\r\n",
+            "451 4.7.1 Service unavailable - try again later\r\n",
+        ]);
+        assert_eq!(
+            check(target(addr), TIMEOUT).await,
+            Ok(Passed::Deferred {
+                command: "MAIL FROM:<>".into(),
+                reply: "451 4.7.1 Service unavailable - try again later".into()
+            })
+        );
+        let commands = server.join().unwrap();
+        assert_eq!(commands[1..], ["MAIL FROM:<>", "RSET", "QUIT"]);
     }
 }
