@@ -194,6 +194,11 @@ pub struct RelaySpec {
     /// The relay speaks TLS from the first byte (`smtpd_tls_wrappermode`, SMTPS): readiness is
     /// a TLS handshake and a banner, not a plain-text banner.
     pub implicit_tls: bool,
+    /// More environment variables of `smtp-relay run` (e.g. `RELAY_POD_ANNOTATIONS`).
+    pub env: BTreeMap<String, String>,
+    /// A config file the test lays out itself (a ConfigMap volume, with its `revision`),
+    /// given as `--config` instead of the one written from `input`.
+    pub mounted_config: Option<PathBuf>,
 }
 
 impl RelaySpec {
@@ -208,6 +213,8 @@ impl RelaySpec {
             reload_interval_secs: 1,
             test_tls: true,
             implicit_tls: false,
+            env: BTreeMap::new(),
+            mounted_config: None,
         }
     }
 
@@ -292,7 +299,12 @@ impl RelaySpec {
                 "RELAY_RELOAD_INTERVAL",
                 self.reload_interval_secs.to_string(),
             )
+            .envs(&self.env)
             .arg("run");
+        if let Some(config) = &self.mounted_config {
+            cmd.arg("--config").arg(config);
+            return cmd;
+        }
         match &self.input {
             Input::File(_) => {
                 self.write_config_file();
