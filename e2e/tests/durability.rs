@@ -3,8 +3,8 @@
 //! is deleted (`whenScaled: Delete`), with the operator restarted in the middle of its drain.
 //!
 //! 1. Two relay replicas, their relayhost down (nothing listens where it points).
-//!    Then a `postconf` value both judges accept but smtpd cannot use (a client-access table
-//!    that is not in the image: every RCPT would get `451 4.3.5`) reaches the canary alone:
+//!    Then a `postconf` value both judges accept but smtpd cannot use (a transport table that
+//!    is not in the image: every RCPT would get `451 4.3.0`) reaches the canary alone:
 //!    its Postfix refuses it in the self-check and it keeps the last good configuration, the
 //!    other replica never sees it (same pod, same template), both still accept mail, status
 //!    names the field and Postfix's words and one Warning Event says so; reverting the spec
@@ -336,13 +336,13 @@ fn a_value_postfix_refuses_stops_at_the_first_pod(env: &mut Env) {
     let cp = &env.cp;
     let first = env.pods["durable-0"].clone();
     let before = config_hash(&first);
-    // A client-access table the image does not have: `postfix check` and both judges accept
-    // it, smtpd answers every RCPT with 451 4.3.5 (on the old operator, in every pod at once).
+    // A transport table the image does not have: `postfix check` and both judges accept it,
+    // then every RCPT is answered 451 4.3.0 (on the old operator, in every pod at once).
     operator::patch_relay(
         cp,
         NS,
         RELAY,
-        r#"{"spec":{"postconf":{"smtpd_client_restrictions":"check_client_access hash:/etc/postfix/missing"}}}"#,
+        r#"{"spec":{"postconf":{"transport_maps":"hash:/etc/postfix/missing"}}}"#,
     );
     let refused = env.wait("the canary's Postfix to refuse the configuration", || {
         relay_condition(cp, "ConfigProven").filter(|c| c["status"] == "False")
@@ -351,7 +351,7 @@ fn a_value_postfix_refuses_stops_at_the_first_pod(env: &mut Env) {
     assert_eq!(refused["reason"], "ConfigRefused", "{refused}");
     for text in [
         "durable-1",
-        "spec.postconf.smtpd_client_restrictions",
+        "spec.postconf.transport_maps",
         "hash:/etc/postfix/missing",
     ] {
         assert!(message.contains(text), "status names {text}: {message}");
@@ -405,7 +405,7 @@ fn a_value_postfix_refuses_stops_at_the_first_pod(env: &mut Env) {
         cp,
         NS,
         RELAY,
-        r#"{"spec":{"postconf":{"smtpd_client_restrictions":null}}}"#,
+        r#"{"spec":{"postconf":{"transport_maps":null}}}"#,
     );
     env.wait("the reverted configuration proven on every pod", || {
         let proven = relay_condition(cp, "ConfigProven")?;

@@ -792,7 +792,7 @@ fn a_rotated_relayhost_password_replaces_the_pod(env: &mut Env) {
         .step("relayhost password rotated: pod replaced, mail delivered with the new password");
 }
 
-/// 5, continued. One replica and a `postconf` value smtpd cannot use (a client-access table the image
+/// 5, continued. One replica and a `postconf` value smtpd cannot use (a transport table the image
 ///    does not have): the new pod's Postfix refuses it in its self-check and runs the last good
 ///    configuration from its volume, so the relay keeps taking and delivering mail instead of
 ///    going down; status names the field and Postfix's words. Reverting moves it back.
@@ -803,7 +803,7 @@ fn a_value_postfix_refuses_leaves_the_one_pod_serving_the_last_good(env: &mut En
         cp,
         NS,
         RELAY,
-        r#"{"spec":{"postconf":{"smtpd_client_restrictions":"check_client_access hash:/etc/postfix/missing"}}}"#,
+        r#"{"spec":{"postconf":{"transport_maps":"hash:/etc/postfix/missing"}}}"#,
     );
     let refused = env.wait("the pod's Postfix to refuse the new configuration", || {
         let r = get(cp, "smtprelay", RELAY)?;
@@ -815,7 +815,7 @@ fn a_value_postfix_refuses_leaves_the_one_pod_serving_the_last_good(env: &mut En
     assert_eq!(refused["reason"], "ConfigRefused", "{refused}");
     assert!(
         message.contains(POD)
-            && message.contains("spec.postconf.smtpd_client_restrictions")
+            && message.contains("spec.postconf.transport_maps")
             && message.contains("hash:/etc/postfix/missing"),
         "status names the pod, the field and Postfix's words: {message}"
     );
@@ -837,7 +837,7 @@ fn a_value_postfix_refuses_leaves_the_one_pod_serving_the_last_good(env: &mut En
         cp,
         NS,
         RELAY,
-        r#"{"spec":{"postconf":{"smtpd_client_restrictions":null}}}"#,
+        r#"{"spec":{"postconf":{"transport_maps":null}}}"#,
     );
     env.wait("the reverted configuration proven", || {
         let r = get(cp, "smtprelay", RELAY)?;

@@ -299,8 +299,8 @@ mod tests {
         let mut r = relay("r");
         r.spec.replicas = 3;
         r.spec.postconf.insert(
-            "smtpd_client_restrictions".into(),
-            "check_client_access hash:/etc/postfix/missing".into(),
+            "transport_maps".into(),
+            "hash:/etc/postfix/missing".into(),
         );
         r.spec.postconf.insert("smtpd_timeout".into(), "30s".into());
         r.spec
@@ -350,7 +350,7 @@ mod tests {
             running: Some("old".into()),
             refused: Some((
                 "new".into(),
-                "RCPT TO answered 451 4.3.5 Server configuration error; postfix/smtpd: warning: hash:/etc/postfix/missing is unavailable. open database /etc/postfix/missing.db: No such file or directory".into(),
+                "RCPT TO answered 451 4.3.0 Temporary lookup failure; postfix/trivial-rewrite: warning: hash:/etc/postfix/missing is unavailable. open database /etc/postfix/missing.db: No such file or directory".into(),
             )),
         });
         let d = decide(
@@ -365,7 +365,7 @@ mod tests {
         let Canary::Refused(r) = d.canary else {
             panic!("{:?}", d.canary)
         };
-        assert_eq!(r.suspects, ["spec.postconf.smtpd_client_restrictions"]);
+        assert_eq!(r.suspects, ["spec.postconf.transport_maps"]);
         assert_eq!(r.running.as_deref(), Some("old"));
         assert!(r.error.contains("is unavailable"));
         // A refusal of an older configuration is history, not this rollout's.
