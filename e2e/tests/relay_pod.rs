@@ -819,9 +819,13 @@ fn a_value_postfix_refuses_leaves_the_one_pod_serving_the_last_good(env: &mut En
             && message.contains("hash:/etc/postfix/missing"),
         "status names the pod, the field and Postfix's words: {message}"
     );
+    // The pod is Ready (the relay is not: its configuration is refused).
     let pod = env.wait("the new pod Ready on its last good configuration", || {
-        user_path::relay_ready(cp, NS, RELAY)
-            .filter(|p| p["metadata"]["annotations"]["smtprelay.dev/config-hash"] != hash_before)
+        get(cp, "pod", POD).filter(|p| {
+            user_path::pod_ready(p)
+                && p["metadata"]["deletionTimestamp"].is_null()
+                && p["metadata"]["annotations"]["smtprelay.dev/config-hash"] != hash_before
+        })
     });
     assert_eq!(
         pod["status"]["containerStatuses"][0]["restartCount"], 0,

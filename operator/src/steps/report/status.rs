@@ -663,10 +663,10 @@ fn refusal_message(r: &Refusal) -> String {
     let running = r
         .running
         .as_deref()
-        .map(|h| format!("it runs configuration {} instead", short(h)))
-        .unwrap_or_else(|| "it runs its last good configuration".into());
+        .map(|h| format!("it keeps serving with configuration {}", short(h)))
+        .unwrap_or_else(|| "it keeps serving with its last good configuration".into());
     format!(
-        "{} refused configuration {} in Postfix's self-check: {}; {running} and the other pods keep theirs; fix or revert {fields}",
+        "{} refused configuration {} in Postfix's self-check: {}; {running} and no other pod gets the refused one; fix or revert {fields}",
         r.pod,
         short(&r.revision),
         r.error
