@@ -18,7 +18,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use smtp_relay::metrics::QueueReport;
-use tracing::warn;
+use tracing::debug;
 
 use crate::floor::contract::CONFIG_HASH_ANNOTATION;
 use crate::floor::crd::{SmtpRelay, SmtpRelaySpec};
@@ -72,14 +72,15 @@ pub struct Decision {
 }
 
 /// Whether the canary must be read: it runs the desired configuration, which is not proven
-/// yet or not yet on every replica.
+/// yet or not yet on every replica, and it is Ready (a pod that is not has nothing to say
+/// yet: its metrics page comes up with Postfix; one that cannot start is `pod_problem`'s).
 pub fn must_read(
     desired: &str,
     canary: Option<&Seen>,
     others_behind: bool,
     proven: Option<&str>,
 ) -> bool {
-    canary.is_some_and(|c| c.revision.as_deref() == Some(desired))
+    canary.is_some_and(|c| c.ready && c.revision.as_deref() == Some(desired))
         && (others_behind || proven != Some(desired))
 }
 
@@ -255,7 +256,9 @@ pub async fn step(
         if must_read(config_hash, Some(s), others_behind, proven) {
             s.said = crate::observe::scrape::scrape(pod)
                 .await
-                .inspect_err(|why| warn!(pod = %s.pod, %why, "cannot read the canary's self-check"))
+                .inspect_err(
+                    |why| debug!(pod = %s.pod, %why, "cannot read the canary's self-check yet"),
+                )
                 .ok()
                 .map(|r| Said::from_report(&r));
         }
@@ -298,10 +301,9 @@ mod tests {
     fn spec() -> SmtpRelaySpec {
         let mut r = relay("r");
         r.spec.replicas = 3;
-        r.spec.postconf.insert(
-            "transport_maps".into(),
-            "hash:/etc/postfix/missing".into(),
-        );
+        r.spec
+            .postconf
+            .insert("transport_maps".into(), "hash:/etc/postfix/missing".into());
         r.spec.postconf.insert("smtpd_timeout".into(), "30s".into());
         r.spec
     }
