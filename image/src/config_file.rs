@@ -33,6 +33,15 @@ pub struct RelayConfigFile {
     pub mode: Option<Mode>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub custom_restrictions: Option<Vec<String>>,
+    /// Vouches for what `customRestrictions` holds before its safety net that the relay cannot
+    /// read and that could let a stranger relay: access tables read from files (`hash:`,
+    /// `regexp:`, `cidr:`, ...), policy services, client certificates, DNS whitelists,
+    /// `permit_mx_backup`. Without it such a list is refused, as it may be an open relay. A
+    /// table the relay reads and finds permitting strangers (`static:OK`, an inline sender
+    /// table with `OK`) stays refused. Omitted when false, so the configuration hash of every
+    /// relay without it stays what it was.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub trust_restriction_tables: bool,
     /// Directory with one file per SASL user (file name = user, content = password).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sasl_users_dir: Option<PathBuf>,

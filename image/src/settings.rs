@@ -304,6 +304,10 @@ pub struct Settings {
     pub postmaster: Option<String>,
     pub strict_sender: bool,
     pub policy: RelayPolicy,
+    /// The input vouches for the restrictions of a custom list that the relay cannot read (a
+    /// file table, a policy service, client certificates, a DNS list) before its safety net:
+    /// without it such a list is refused, as it may be an open relay (issue 26).
+    pub trust_restriction_tables: bool,
     pub sasl_users: SaslUserSource,
     pub inbound_tls: Option<InboundTls>,
     /// A second smtpd on this port of the listen address expecting the PROXY protocol (v1 or

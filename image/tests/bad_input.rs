@@ -420,6 +420,70 @@ fn an_effective_open_relay_does_not_start() {
     );
 }
 
+/// Issue 26: "our apps send as example.net" written as a sender table before the safety net
+/// is the classic open relay (anyone who writes `MAIL FROM:<x@example.net>` relays anywhere):
+/// refused, naming the entry, whatever vouches for it. A table the relay cannot read is refused
+/// too, unless the input vouches for it: then the relay starts with it.
+#[test]
+fn a_table_before_the_safety_net_starts_only_when_vouched_for() {
+    let with = |list: &[&str], trust: bool| {
+        let mut cfg = config(25, Mode::Strict);
+        cfg.mode = None;
+        cfg.trust_restriction_tables = trust;
+        cfg.custom_restrictions = Some(list.iter().map(|t| t.to_string()).collect());
+        cfg
+    };
+    let issue = [
+        "permit_mynetworks",
+        "permit_sasl_authenticated",
+        "check_sender_access",
+        "inline:{example.net=OK}",
+        "reject_unauth_destination",
+    ];
+    for trust in [false, true] {
+        refused(
+            RelaySpec::new(Input::file(with(&issue, trust))),
+            "customRestrictions[2]: refusing to start an open relay: check_sender_access inline:{example.net=OK} permits any client that gives example.net=OK",
+        );
+    }
+    refused(
+        env_with(
+            "RELAY_MODE",
+            "permit_mynetworks check_sender_access texthash:/etc/postfix/senders reject_unauth_destination",
+        ),
+        "RELAY_MODE[1]: refusing a relay that may be open: check_sender_access texthash:/etc/postfix/senders",
+    );
+    // A relay whose list holds a table from a file (texthash: needs no postmap), in its own
+    // directory.
+    let from_a_file = |trust: bool| {
+        let mut spec = RelaySpec::new(Input::file(with(&["reject"], false)));
+        let table = format!(
+            "texthash:{}",
+            spec.write("senders", "example.org OK\n").display()
+        );
+        let list = [
+            "permit_mynetworks",
+            "check_sender_access",
+            table.as_str(),
+            "reject_unauth_destination",
+        ];
+        spec.input = Input::file(with(&list, trust));
+        (spec, table)
+    };
+    let (spec, table) = from_a_file(false);
+    refused(
+        spec,
+        &format!(
+            "customRestrictions[1]: refusing a relay that may be open: check_sender_access {table}"
+        ),
+    );
+    let (spec, table) = from_a_file(true);
+    let relay = spec.start();
+    let main_cf = std::fs::read_to_string(relay.spec().postfix_dir().join("main.cf")).unwrap();
+    assert!(main_cf.contains(&table), "{main_cf}");
+    relay.stop();
+}
+
 /// A fatal error is also the container's termination message (the file the kubelet gives at
 /// `terminationMessagePath`), so the pod's status and the SmtpRelay's say why it stopped.
 #[test]

@@ -8,12 +8,16 @@ use std::path::Path;
 use crate::error::{ConfigError, ConfigResult};
 use crate::inputs::{self, readable_file};
 use crate::postfix::relay_guard;
+use crate::postfix::restrictions::Vouch;
 use crate::settings::{
     self, Credentials, InboundTls, RelayPolicy, SaslUserSource, Settings, TlsLevel, TlsMinVersion,
 };
 use crate::validate;
 
 pub const POSTCONF_PREFIX: &str = "POSTCONF_";
+/// Vouches for what a `RELAY_MODE` list holds before its safety net that the relay cannot
+/// read (`Settings::trust_restriction_tables`).
+const TRUST_TABLES: &str = "RELAY_TRUST_RESTRICTION_TABLES";
 
 /// Builds settings from environment variables. `postfix_dir` is where the original image's
 /// optional `sasl_passwd` and `client_sasl_passwd` files are looked for.
@@ -86,8 +90,19 @@ pub fn settings(vars: &BTreeMap<String, String>, postfix_dir: &Path) -> ConfigRe
         .map(|v| boolean("RELAY_STRICT_SENDER_MYDOMAIN", v))
         .transpose()?
         .unwrap_or(false);
+    let trust_restriction_tables = get(TRUST_TABLES)
+        .map(|v| boolean(TRUST_TABLES, v))
+        .transpose()?
+        .unwrap_or(false);
     let policy = match get("RELAY_MODE") {
-        Some(mode) => inputs::policy_from_mode_text("RELAY_MODE", mode)?,
+        Some(mode) => inputs::policy_from_mode_text(
+            "RELAY_MODE",
+            mode,
+            Vouch {
+                field: TRUST_TABLES,
+                given: trust_restriction_tables,
+            },
+        )?,
         None => RelayPolicy::Mode(Default::default()),
     };
 
@@ -170,6 +185,7 @@ pub fn settings(vars: &BTreeMap<String, String>, postfix_dir: &Path) -> ConfigRe
         postmaster,
         strict_sender,
         policy,
+        trust_restriction_tables,
         sasl_users,
         inbound_tls,
         proxy_protocol_port: get("RELAY_PROXY_PROTOCOL_PORT")

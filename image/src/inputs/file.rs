@@ -379,7 +379,11 @@ pub fn settings_with(
             .into())
         }
         (_, Some(list)) => {
-            crate::postfix::restrictions::check_custom(&field("customRestrictions"), list)?;
+            let vouch = crate::postfix::restrictions::Vouch {
+                field: &field("trustRestrictionTables"),
+                given: file.trust_restriction_tables,
+            };
+            crate::postfix::restrictions::check_custom(&field("customRestrictions"), list, vouch)?;
             RelayPolicy::Custom(list.clone())
         }
         (mode, None) => RelayPolicy::Mode(mode.unwrap_or_default()),
@@ -464,6 +468,7 @@ pub fn settings_with(
         postmaster,
         strict_sender: file.strict_sender,
         policy,
+        trust_restriction_tables: file.trust_restriction_tables,
         sasl_users,
         inbound_tls,
         proxy_protocol_port: file

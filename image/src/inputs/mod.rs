@@ -81,8 +81,13 @@ pub fn default_ca_file() -> Option<PathBuf> {
 }
 
 /// A named mode or, as the original image did for any other `RELAY_MODE` value, an explicit
-/// restriction list whose every token Postfix must know.
-pub fn policy_from_mode_text(field: &str, text: &str) -> ConfigResult<RelayPolicy> {
+/// restriction list whose every token Postfix must know, and whose safety rests on nothing the
+/// relay cannot read unless `vouch` says so.
+pub fn policy_from_mode_text(
+    field: &str,
+    text: &str,
+    vouch: restrictions::Vouch,
+) -> ConfigResult<RelayPolicy> {
     let text = text.trim();
     if let Some(mode) = Mode::from_seed_name(text) {
         return Ok(RelayPolicy::Mode(mode));
@@ -92,7 +97,7 @@ pub fn policy_from_mode_text(field: &str, text: &str) -> ConfigResult<RelayPolic
         .filter(|t| !t.is_empty())
         .map(str::to_string)
         .collect();
-    restrictions::check_custom(field, &tokens).map_err(|e| match e {
+    restrictions::check_custom(field, &tokens, vouch).map_err(|e| match e {
         ConfigError::Invalid { field, problem } => ConfigError::invalid(
             field,
             format!(

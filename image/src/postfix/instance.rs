@@ -90,6 +90,7 @@ pub fn write_config(settings: &Settings, layout: &Layout) -> Result<(), RunError
         &candidate,
         &layout.main_cf(),
         settings.relayhost_password_in_clear(),
+        settings.trust_restriction_tables,
     )?;
 
     for (live, _, _) in &files {
@@ -205,18 +206,22 @@ pub(crate) fn remove_dir_if_exists(dir: &Path) -> Result<(), RunError> {
 /// The last line of defence: whatever the inputs were, the configuration Postfix would run
 /// with must not let an anonymous outside client relay anywhere, nor send the relayhost login
 /// in clear text unless the fields chose a level of none or may (`cleartext_chosen`,
-/// [`Settings::relayhost_password_in_clear`]). `main_cf` is the file the message names (the
-/// candidate is checked before it replaces it).
-fn check_not_open(layout: &Layout, main_cf: &Path, cleartext_chosen: bool) -> Result<(), RunError> {
+/// [`Settings::relayhost_password_in_clear`]), nor rest on tables the relay cannot read unless
+/// the input vouched for them (`tables_vouched`, [`Settings::trust_restriction_tables`]).
+/// `main_cf` is the file the message names (the candidate is checked before it replaces it).
+fn check_not_open(
+    layout: &Layout,
+    main_cf: &Path,
+    cleartext_chosen: bool,
+    tables_vouched: bool,
+) -> Result<(), RunError> {
     let mut args = vec!["-x"];
     args.extend(relay_guard::Effective::PARAMETERS);
     let effective = relay_guard::Effective::from_postconf(&postconf(layout, &args)?);
-    let refusal = relay_guard::open_relay(&effective)
-        .map(|why| format!("refusing to start an open relay: {why}"))
-        .or_else(|| {
-            relay_guard::relayhost_login_in_clear(&effective, cleartext_chosen)
-                .map(|why| format!("refusing to start: {why}"))
-        });
+    let refusal = relay_guard::open_relay(&effective, tables_vouched).or_else(|| {
+        relay_guard::relayhost_login_in_clear(&effective, cleartext_chosen)
+            .map(|why| format!("refusing to start: {why}"))
+    });
     match refusal {
         None => Ok(()),
         Some(problem) => Err(ConfigError::invalid(
@@ -539,7 +544,7 @@ mod tests {
         let shown = Path::new("/etc/postfix/main.cf");
         let in_clear = "smtp_sasl_auth_enable = yes\nsmtp_tls_security_level = none\nsmtp_sasl_security_options = noanonymous\n";
         write(in_clear);
-        let err = check_not_open(&layout, shown, false)
+        let err = check_not_open(&layout, shown, false, false)
             .expect_err("a login in clear text is refused")
             .to_string();
         assert!(
@@ -547,19 +552,19 @@ mod tests {
             "{err}"
         );
         // Chosen (relayhost.tls.level none or may): accepted, and flagged elsewhere.
-        check_not_open(&layout, shown, true).unwrap();
+        check_not_open(&layout, shown, true, false).unwrap();
         // The same login inside TLS, or no login: accepted.
         write("smtp_sasl_auth_enable = yes\nsmtp_tls_security_level = encrypt\nsmtp_sasl_security_options = noanonymous\n");
-        check_not_open(&layout, shown, false).unwrap();
+        check_not_open(&layout, shown, false, false).unwrap();
         write("smtp_tls_security_level = none\n");
-        check_not_open(&layout, shown, false).unwrap();
+        check_not_open(&layout, shown, false, false).unwrap();
         // An open relay is still refused.
         fs::write(
             layout.main_cf(),
             "mynetworks = 10.0.0.0/8\nsmtpd_relay_restrictions = permit\n",
         )
         .unwrap();
-        let err = check_not_open(&layout, shown, false)
+        let err = check_not_open(&layout, shown, false, false)
             .unwrap_err()
             .to_string();
         assert!(err.contains("open relay"), "{err}");

@@ -492,6 +492,7 @@ mod tests {
             postmaster: None,
             strict_sender: false,
             policy: RelayPolicy::Mode(Mode::Strict),
+            trust_restriction_tables: false,
             sasl_users: SaslUserSource::None,
             inbound_tls: None,
             proxy_protocol_port: None,

@@ -8,6 +8,7 @@
 use ipnet::IpNet;
 
 use crate::error::{ConfigError, ConfigResult};
+use crate::postfix::restrictions::{self, Decision};
 
 /// Parameters that decide who may relay, with the field that owns each. `postconf` (and
 /// `POSTCONF_*`) may not set them: one line there would silently undo what the fields say.
@@ -442,18 +443,34 @@ pub fn relayhost_login_in_clear(e: &Effective, cleartext_chosen: bool) -> Option
 }
 
 /// Why an anonymous client outside `networks` could relay to an outside domain under `e`, or
-/// `None` when it cannot. Access tables (`check_*_access`) and policy services are assumed not
-/// to permit: they are explicit expert choices in `customRestrictions`.
-pub fn open_relay(e: &Effective) -> Option<String> {
+/// could if a table, policy service, client certificate or DNS list the relay cannot read said
+/// so, or `None` when it cannot. The latter is accepted only when the input vouched for them
+/// (`tables_vouched`: `trustRestrictionTables`); a table the relay reads and finds permitting
+/// strangers (`static:OK`) never is ([`restrictions::walk`] judges both lists).
+pub fn open_relay(e: &Effective, tables_vouched: bool) -> Option<String> {
     let networks: Vec<IpNet> = list(&e.mynetworks).filter_map(parse_network).collect();
     // The worst client: when `networks` hold every address of a family, that family's clients
     // are all "inside"; otherwise some outside client exists.
     let everyone_inside = !everyone_trusted(&networks).is_empty();
-    let relay = list(&e.relay_restrictions).collect::<Vec<_>>();
-    let recipient = list(&e.recipient_restrictions).collect::<Vec<_>>();
+    let relay = restrictions::split_braced(&e.relay_restrictions);
+    let recipient = restrictions::split_braced(&e.recipient_restrictions);
     // Postfix checks both lists; an empty relay list means only the recipient list decides.
-    let relay_permits = relay.is_empty() || permits(&relay, everyone_inside);
-    if relay_permits && permits(&recipient, everyone_inside) {
+    let relay_says = if relay.is_empty() {
+        Passes::Yes
+    } else {
+        passes(&restrictions::walk(&relay, everyone_inside))
+    };
+    let recipient_says = passes(&restrictions::walk(&recipient, everyone_inside));
+    let rests_on = match (relay_says, recipient_says) {
+        (Passes::No, _) | (_, Passes::No) => return None,
+        (Passes::Yes, Passes::Yes) => Vec::new(),
+        (Passes::Yes, Passes::If(entries)) | (Passes::If(entries), Passes::Yes) => entries,
+        (Passes::If(mut a), Passes::If(b)) => {
+            a.extend(b);
+            a
+        }
+    };
+    if rests_on.is_empty() {
         let why = if everyone_inside {
             format!("mynetworks ({}) holds every address", e.mynetworks)
         } else {
@@ -463,38 +480,37 @@ pub fn open_relay(e: &Effective) -> Option<String> {
             )
         };
         return Some(format!(
-            "an anonymous client outside the trusted networks could relay to any domain: {why}"
+            "refusing to start an open relay: an anonymous client outside the trusted networks could relay to any domain: {why}"
         ));
     }
-    None
+    if tables_vouched {
+        return None;
+    }
+    Some(format!(
+        "refusing a relay that may be open: an anonymous client outside the trusted networks could relay to any domain if {} let it through, and nothing vouches for them (trustRestrictionTables, RELAY_TRUST_RESTRICTION_TABLES)",
+        rests_on.join("; or if ")
+    ))
 }
 
-/// Whether a restriction list lets an anonymous client send to an outside domain.
-fn permits(list: &[&str], in_networks: bool) -> bool {
-    // `warn_if_reject` turns the next restriction's refusal into a log line.
-    let mut warned = false;
-    for token in list {
-        match (*token, warned) {
-            ("warn_if_reject", _) => {
-                warned = true;
-                continue;
-            }
-            ("permit", _) => return true,
-            ("permit_mynetworks", _) if in_networks => return true,
-            (
-                "reject"
-                | "defer"
-                | "defer_if_permit"
-                | "reject_unauth_destination"
-                | "defer_unauth_destination",
-                false,
-            ) => return false,
-            _ => {}
-        }
-        warned = false;
+/// Whether a stranger passes one restriction list.
+enum Passes {
+    Yes,
+    No,
+    /// If one of these (entries, with what they can permit) lets it through.
+    If(Vec<String>),
+}
+
+fn passes(walk: &restrictions::Walk) -> Passes {
+    match &walk.decision {
+        Decision::Refused(_) if walk.rests_on.is_empty() => Passes::No,
+        Decision::Refused(_) => Passes::If(
+            walk.rests_on
+                .iter()
+                .map(|o| format!("{} ({})", o.entry, o.why()))
+                .collect(),
+        ),
+        Decision::Permit(_) | Decision::Strangers(_) | Decision::RunsOut => Passes::Yes,
     }
-    // A list that runs out permits.
-    true
 }
 
 fn list(value: &str) -> impl Iterator<Item = &str> {
@@ -524,14 +540,67 @@ mod tests {
             recipient_restrictions: String::new(),
             ..Effective::default()
         };
-        assert!(open_relay(&e(
-            "permit_mynetworks, warn_if_reject, reject_unauth_destination"
-        ))
+        assert!(open_relay(
+            &e("permit_mynetworks, warn_if_reject, reject_unauth_destination"),
+            false
+        )
         .is_some());
-        assert!(open_relay(&e(
-            "permit_mynetworks, warn_if_reject, reject_unauth_destination, reject"
-        ))
+        assert!(open_relay(
+            &e("permit_mynetworks, warn_if_reject, reject_unauth_destination, reject"),
+            false
+        )
         .is_none());
+    }
+
+    /// Issue 26: the start-time check assumed tables and policy services never permit, so a
+    /// sender table saying OK before the safety net passed it. What permits strangers is an
+    /// open relay; what the relay cannot read runs only when the input vouched for it; the
+    /// relay's own recipient list (a routing regexp) changes neither.
+    #[test]
+    fn tables_before_the_safety_net_are_not_assumed_harmless() {
+        let e = |relay: &str| Effective {
+            mynetworks: "10.0.0.0/24".into(),
+            relay_restrictions: relay.into(),
+            recipient_restrictions: "check_recipient_access regexp:/run/pf/routing".into(),
+            ..Effective::default()
+        };
+        for open in [
+            "permit_mynetworks, permit_sasl_authenticated, check_sender_access inline:{example.net=OK}, reject_unauth_destination",
+            "permit_mynetworks, check_sender_access inline:{ a.example=REJECT, example.net=OK }, reject_unauth_destination",
+            "check_client_access static:OK, reject_unauth_destination",
+            "check_helo_access static:{RELAY}, reject",
+        ] {
+            for vouched in [false, true] {
+                let why = open_relay(&e(open), vouched).expect(open);
+                assert!(
+                    why.starts_with("refusing to start an open relay:"),
+                    "{open}: {why}"
+                );
+            }
+        }
+        for unread in [
+            "permit_mynetworks, check_sender_access hash:/etc/postfix/senders, reject_unauth_destination",
+            "check_policy_service inet:127.0.0.1:10023, reject_unauth_destination",
+            "permit_tls_all_clientcerts, reject",
+            "permit_dnswl_client list.dnswl.org, defer_unauth_destination",
+            "permit_mx_backup, reject_unauth_destination",
+            "check_client_access inline:{mail.example.org=OK}, reject",
+        ] {
+            let why = open_relay(&e(unread), false).expect(unread);
+            assert!(
+                why.starts_with("refusing a relay that may be open:")
+                    && why.contains("trustRestrictionTables"),
+                "{unread}: {why}"
+            );
+            assert_eq!(open_relay(&e(unread), true), None, "{unread}");
+        }
+        for closed in [
+            "permit_mynetworks, check_client_access inline:{10.0.0.9=OK, 192.0.2.1=OK}, reject_unauth_destination",
+            "permit_mynetworks, reject_unauth_destination, check_sender_access hash:/x",
+            "check_sasl_access hash:/x, permit_sasl_authenticated, reject",
+        ] {
+            assert_eq!(open_relay(&e(closed), false), None, "{closed}");
+        }
     }
 
     /// Issue 40: a `queue_minfree` that leaves the spool without its reserve is refused,
@@ -641,6 +710,7 @@ mod tests {
             postmaster: None,
             strict_sender: false,
             policy: RelayPolicy::Mode(Mode::Strict),
+            trust_restriction_tables: false,
             sasl_users: SaslUserSource::None,
             inbound_tls: None,
             proxy_protocol_port: None,
@@ -793,20 +863,22 @@ mod tests {
                 "10.0.0.0/8, [fd00::]/64",
                 &relay_restrictions(mode).join(", "),
             );
-            assert_eq!(open_relay(&e), None, "{mode}");
+            assert_eq!(open_relay(&e, false), None, "{mode}");
         }
-        assert!(open_relay(&effective("10.0.0.0/8", "permit")).is_some());
-        assert!(open_relay(&effective("10.0.0.0/8", "permit_sasl_authenticated")).is_some());
+        assert!(open_relay(&effective("10.0.0.0/8", "permit"), false).is_some());
+        assert!(open_relay(&effective("10.0.0.0/8", "permit_sasl_authenticated"), false).is_some());
         let everyone = effective("0.0.0.0/0", "permit_mynetworks, reject");
-        assert!(open_relay(&everyone).unwrap().contains("every address"));
+        assert!(open_relay(&everyone, false)
+            .unwrap()
+            .contains("every address"));
         let everyone6 = effective("[::]/0", "permit_mynetworks, reject_unauth_destination");
-        assert!(open_relay(&everyone6).is_some());
+        assert!(open_relay(&everyone6, false).is_some());
         // Postfix's own default, and a list that ends without a decision.
         let default = effective(
             "127.0.0.0/8",
             "permit_mynetworks, permit_sasl_authenticated, defer_unauth_destination",
         );
-        assert_eq!(open_relay(&default), None);
+        assert_eq!(open_relay(&default, false), None);
     }
 
     #[test]
