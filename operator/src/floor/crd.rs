@@ -108,6 +108,20 @@ pub struct SmtpRelaySpec {
     #[schemars(length(min = 1, max = 32), inner(length(min = 1, max = 256), regex(pattern = RESTRICTION_PATTERN)))]
     pub custom_restrictions: Option<Vec<String>>,
 
+    /// Vouches for what `customRestrictions` holds before its safety net (the first
+    /// `reject_unauth_destination`, `reject` or `defer...`) that the relay cannot read and that
+    /// could let a stranger relay: access tables read from files (`check_*_access hash:...`,
+    /// `regexp:`, `cidr:`, ...), `check_policy_service`, client certificates
+    /// (`permit_tls_clientcerts`, `permit_tls_all_clientcerts`, `check_ccert_access`), DNS
+    /// whitelists (`permit_dnswl_client`, `permit_rhswl_client`) and `permit_mx_backup`. Without
+    /// it such a list is refused, because whoever those let through relays to any domain. With
+    /// it the relay's safety rests on them, and the `RelayClosedToStrangers` condition says so.
+    /// A table the relay reads and finds permitting strangers (`static:OK`, or
+    /// `check_sender_access inline:{example.net=OK}`, as the client writes its sender itself)
+    /// stays refused.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub trust_restriction_tables: bool,
+
     /// SASL users allowed to authenticate to this relay: a Secret in the same namespace with one
     /// key per user name, whose value is that user's password. Adding, changing or removing a key
     /// takes effect without restarting the relay. AUTH is offered only inside TLS (STARTTLS), so
@@ -758,7 +772,9 @@ pub struct SmtpRelayStatus {
     /// ConfigProven (the canary's Postfix passed its self-check with the configuration, or
     /// refused it: `ConfigRefused` names the field and Postfix's error),
     /// RelayhostPasswordProtected, RelayhostVerified, RelayhostLogin (with a login: the relayhost's and the OAuth2
-    /// token endpoint's last answers, from the pods), InboundTLSModern (clients' STARTTLS); kstatus Reconciling (still converging by itself) and Stalled
+    /// token endpoint's last answers, from the pods), InboundTLSModern (clients' STARTTLS),
+    /// RelayClosedToStrangers (False: the safety rests on restrictions vouched for by
+    /// trustRestrictionTables); kstatus Reconciling (still converging by itself) and Stalled
     /// (a rejected input, or a pod that cannot run: needs a change).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]

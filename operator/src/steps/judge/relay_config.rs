@@ -73,6 +73,7 @@ pub fn relay_config_file(relay: &SmtpRelay, resolved: &Resolved) -> RelayConfigF
             Some(spec.mode.unwrap_or_default().into())
         },
         custom_restrictions: spec.custom_restrictions.clone(),
+        trust_restriction_tables: spec.trust_restriction_tables,
         sasl_users_dir: resolved
             .sasl_users
             .is_some()

@@ -3,7 +3,7 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 
-use smtp_relay::postfix::main_cf;
+use smtp_relay::postfix::{main_cf, restrictions};
 use smtp_relay::settings::{self, TlsLevel, TlsMinVersion};
 
 use crate::floor::crd::{SmtpRelay, SmtpRelayStatus, READY};
@@ -34,14 +34,20 @@ pub const CLIENT_ADDRESS_VERIFIED: &str = "ClientAddressVerified";
 /// floor for clients. Accepted, but the user should see it: SASL users log in on that port
 /// (issue 26).
 pub const INBOUND_TLS_MODERN: &str = "InboundTLSModern";
+/// False when the relay's safety rests on restrictions of `spec.customRestrictions` it cannot
+/// read (an access table from a file, a policy service, client certificates, a DNS whitelist)
+/// before its safety net, which `spec.trustRestrictionTables` vouched for: whoever they let
+/// through relays to any domain. Accepted, but the user should see it (issue 26).
+pub const RELAY_CLOSED_TO_STRANGERS: &str = "RelayClosedToStrangers";
 /// Conditions that are False for an accepted but risky choice; each turn to False is a
 /// Warning Event.
-pub const WARNING_CONDITIONS: [&str; 5] = [
+pub const WARNING_CONDITIONS: [&str; 6] = [
     RELAYHOST_PASSWORD_PROTECTED,
     RELAYHOST_VERIFIED,
     CLIENT_ADDRESS_VERIFIED,
     QUEUED_MAIL_KEPT,
     INBOUND_TLS_MODERN,
+    RELAY_CLOSED_TO_STRANGERS,
 ];
 /// False when a retention policy deletes queue volumes, and the mail queued on them with it.
 pub const QUEUED_MAIL_KEPT: &str = "QueuedMailKept";
@@ -359,6 +365,55 @@ fn client_address_condition(relay: &SmtpRelay, gen: Option<i64>, now: &Time) -> 
             now,
         )
     }
+}
+
+/// Whether the relay restrictions refuse every anonymous client outside `networks` sending to
+/// another domain on their own, or rest on what the relay cannot read; the rule is the relay
+/// image's ([`restrictions::walk`]), so the condition says what the relay's own check found.
+/// Only a custom list can rest on anything: the modes are plain.
+fn closed_to_strangers_condition(relay: &SmtpRelay, gen: Option<i64>, now: &Time) -> Condition {
+    let field = "spec.customRestrictions";
+    let walk = relay
+        .spec
+        .custom_restrictions
+        .as_deref()
+        .map(|list| restrictions::walk(list, false));
+    let (ok, reason, message) = match walk {
+        Some(walk) if !walk.rests_on.is_empty() => {
+            let entries: Vec<String> = walk
+                .rests_on
+                .iter()
+                .map(|o| format!("{field}[{}] ({}: {})", o.index, o.entry, o.why()))
+                .collect();
+            (
+                false,
+                "TrustsTables",
+                format!(
+                    "the relay's safety rests on {}: whoever they let through relays to any domain, and the relay cannot read them; spec.trustRestrictionTables vouches for them",
+                    entries.join(" and ")
+                ),
+            )
+        }
+        Some(walk) if !matches!(walk.decision, restrictions::Decision::Refused(_)) => (
+            false,
+            "PermitsStrangers",
+            format!("{field} lets an anonymous client outside networks relay to any domain"),
+        ),
+        _ => (
+            true,
+            "SafetyNetFirst",
+            "the restrictions refuse every anonymous client outside networks sending to another domain"
+                .to_string(),
+        ),
+    };
+    condition(
+        RELAY_CLOSED_TO_STRANGERS,
+        Some(ok),
+        reason,
+        message,
+        gen,
+        now,
+    )
 }
 
 /// Whether the STARTTLS clients (and SASL users) connect with is what a TLS scanner grades
@@ -864,6 +919,11 @@ pub fn compute(
     );
     let client_address = client_address_condition(relay, gen, &now);
     let inbound_tls = condition_in_force(inbound_tls_condition(relay, gen, &now), outcome, &old);
+    let closed = condition_in_force(
+        closed_to_strangers_condition(relay, gen, &now),
+        outcome,
+        &old,
+    );
     let queued_mail = queued_mail_condition(relay, gen, &now);
     let draining = draining_condition(&old, &rollout.drain, gen, &now);
     let (stalled, reconciling) = kstatus_conditions(outcome, &rollout, desired, &ready, gen, &now);
@@ -880,6 +940,7 @@ pub fn compute(
         Some(verified),
         login,
         Some(client_address),
+        Some(closed),
         Some(inbound_tls),
         Some(queued_mail),
         Some(reconciling),
@@ -1311,6 +1372,65 @@ mod tests {
         );
         assert!(c.message.contains("NetworkPolicy"), "{}", c.message);
         assert_eq!(cond(&s, READY).status, "True", "a choice, not a failure");
+    }
+
+    /// Issue 26: a custom list whose safety rests on a table the relay cannot read, vouched for
+    /// by `spec.trustRestrictionTables`, is flagged naming the entry; the modes and a plain list
+    /// are not; a refused spec does not claim what does not run.
+    #[test]
+    fn a_relay_resting_on_a_table_is_flagged() {
+        let closed = |s: &SmtpRelayStatus| {
+            let c = cond(s, RELAY_CLOSED_TO_STRANGERS);
+            (c.status.clone(), c.reason.clone(), c.message.clone())
+        };
+        let mut r = relay("r1");
+        let s = compute(&r, &applied(), DONE, t(1));
+        assert_eq!(
+            closed(&s),
+            (
+                "True".into(),
+                "SafetyNetFirst".into(),
+                "the restrictions refuse every anonymous client outside networks sending to another domain".into()
+            )
+        );
+        r.spec.mode = None;
+        r.spec.custom_restrictions = Some(
+            [
+                "permit_mynetworks",
+                "check_sender_access",
+                "hash:/etc/postfix/senders",
+                "reject_unauth_destination",
+            ]
+            .map(String::from)
+            .to_vec(),
+        );
+        r.spec.trust_restriction_tables = true;
+        r.status = Some(compute(&r, &applied(), DONE, t(2)));
+        let (status, reason, message) = closed(r.status.as_ref().expect("status"));
+        assert_eq!(
+            (status.as_str(), reason.as_str()),
+            ("False", "TrustsTables")
+        );
+        assert!(
+            message.starts_with("the relay's safety rests on spec.customRestrictions[1] (check_sender_access hash:/etc/postfix/senders: can permit a client by the sender address")
+                && message.contains("spec.trustRestrictionTables vouches for them"),
+            "{message}"
+        );
+        assert!(WARNING_CONDITIONS.contains(&RELAY_CLOSED_TO_STRANGERS));
+        // A refused spec (the table moved after the safety net, but the spec refused for
+        // another reason) keeps saying what runs.
+        r.spec.custom_restrictions = Some(
+            ["permit_mynetworks", "reject_unauth_destination"]
+                .map(String::from)
+                .to_vec(),
+        );
+        let refused = Outcome::InvalidSpec {
+            message: "spec.domain".into(),
+        };
+        let s = compute(&r, &refused, DONE, t(3));
+        assert_eq!(closed(&s).1, "TrustsTables");
+        let s = compute(&r, &applied(), DONE, t(3));
+        assert_eq!(closed(&s).1, "SafetyNetFirst");
     }
 
     /// Issue 26: the STARTTLS where SASL users log in is flagged when a legacy floor or a
