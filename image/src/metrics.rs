@@ -448,7 +448,7 @@ impl Metrics {
     }
 
     /// The line since the last [`Metrics::mark_log`] saying that the configuration is broken
-    /// (see [`config_problem`]): the first, or a first that says more (see [`problem_rank`]).
+    /// (see [`config_problem`]): the first, or a first that says more (see `problem_rank`).
     pub fn config_problem(&self) -> Option<String> {
         let watch = self.log_watch.lock().unwrap_or_else(|e| e.into_inner());
         watch.first_problem.as_ref().map(|(_, line)| line.clone())
@@ -960,7 +960,7 @@ const CONFIG_WARNINGS: [&str; 5] = [
 ///   missing `hash:` file, an unknown type): smtpd answers `451 4.3.5 Server configuration
 ///   error` to whatever needs it. TYPE:NAME comes from the configuration; a client's name
 ///   (`NAME[ADDR]`) never has a `:` nor a `[` in that place;
-/// - `warning: ` followed by one of [`CONFIG_WARNINGS`].
+/// - `warning: ` followed by one of `CONFIG_WARNINGS`.
 pub fn config_problem(program: &str, message: &str) -> Option<String> {
     let (severity, rest) = message.split_once(": ")?;
     let problem = match severity {

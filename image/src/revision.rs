@@ -44,8 +44,8 @@ pub fn short(revision: &str) -> &str {
 }
 
 /// A revision as written in a file or an annotation: the value trimmed, if it is a plain token
-/// (letters, digits, `.`, `_`, `-`, at most [`REVISION_MAX`]); anything else is no revision,
-/// so a label value or a log line never carries more.
+/// (letters, digits, `.`, `_`, `-`, at most `REVISION_MAX` characters); anything else is no
+/// revision, so a label value or a log line never carries more.
 pub fn valid(value: &str) -> Option<String> {
     let value = value.trim();
     let plain = !value.is_empty()
