@@ -562,7 +562,9 @@ impl Metrics {
             "smtpd" => {
                 if message.starts_with("connect from ") {
                     self.connections.inc();
-                } else if let Some((code, reason)) = reject(message) {
+                } else if let Some((code, reason)) =
+                    reject(message).filter(|_| !self_check_reject(message))
+                {
                     self.rejects
                         .get_or_create(&RejectLabels {
                             code: bounded_code(code),
@@ -917,6 +919,23 @@ fn label_values(text: &str) -> Option<std::collections::BTreeMap<String, String>
         rest = &after[end..];
         rest = rest.strip_prefix(',').unwrap_or(rest);
     }
+}
+
+/// Whether an smtpd reject line is the relay's own self-check's (`crate::self_check`): from
+/// loopback, with its HELO name, so a restart or reload counts no reject. A remote client
+/// cannot write it: the address in brackets is Postfix's, and loopback is the pod's own.
+fn self_check_reject(message: &str) -> bool {
+    let client = message
+        .split_once(" RCPT from ")
+        .and_then(|(_, rest)| rest.split_once("]: "))
+        .map(|(client, _)| client);
+    let from_loopback = client.is_some_and(|c| c.ends_with("[127.0.0.1") || c.ends_with("[::1"));
+    from_loopback
+        && message
+            .trim_end()
+            .strip_suffix('>')
+            .and_then(|m| m.strip_suffix(crate::self_check::HELO))
+            .is_some_and(|m| m.ends_with(" helo=<"))
 }
 
 /// `Dec  6 08:50:44 host postfix/smtpd[123]: message` → ("smtpd", "message"). The prefix
@@ -1474,6 +1493,26 @@ async fn bind(listen: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpLi
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_self_checks_reject_is_not_counted_and_no_client_can_pass_for_it() {
+        let own = "NOQUEUE: reject: RCPT from unknown[127.0.0.1]: 554 5.7.1 <postmaster@example.net>: Recipient address rejected: Access denied; from=<> to=<postmaster@example.net> proto=ESMTP helo=<self-check.smtp-relay.invalid>";
+        assert!(self_check_reject(own));
+        assert!(self_check_reject(&own.replace("[127.0.0.1]", "[::1]")));
+        // Another client naming the self-check's HELO, or a local client with its own.
+        assert!(!self_check_reject(
+            &own.replace("unknown[127.0.0.1]", "host[10.0.0.5]")
+        ));
+        assert!(!self_check_reject(
+            &own.replace("self-check.smtp-relay.invalid", "app.test")
+        ));
+        // A client writing the loopback text into its address.
+        let forged = "NOQUEUE: reject: RCPT from unknown[10.0.0.5]: 554 5.7.1 <x[127.0.0.1]: y>: Relay access denied; from=<a> to=<x[127.0.0.1]: y> proto=ESMTP helo=<self-check.smtp-relay.invalid>";
+        assert!(!self_check_reject(forged));
+        let metrics = Metrics::new(std::path::Path::new("/nonexistent"));
+        metrics.observe_log_line(&format!("Dec  6 08:50:44 relay postfix/smtpd[1]: {own}"));
+        assert!(!metrics.encode().contains("smtp_relay_smtpd_rejects_total{"));
+    }
 
     #[tokio::test]
     async fn the_unspecified_ipv6_address_serves_both_families() {

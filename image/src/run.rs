@@ -340,6 +340,9 @@ struct Refused {
 struct CheckFailure {
     session: String,
     logged: Option<String>,
+    /// smtpd never got to the session (every one busy) and Postfix logged nothing wrong: it
+    /// says nothing of the configuration, and is tried again at the next tick.
+    inconclusive: bool,
 }
 
 impl CheckFailure {
@@ -381,6 +384,9 @@ struct Supervisor<'a> {
     last_error: Option<String>,
     /// The other template's revision last held, so it is said once.
     held: Option<String>,
+    /// Started without a conclusive self-check (every smtpd was busy): checked again at each
+    /// tick, with the last good configuration to fall back to.
+    unproven: Option<Option<Candidate>>,
 }
 
 impl Supervisor<'_> {
@@ -399,13 +405,14 @@ impl Supervisor<'_> {
                 .get("smtpd_tls_wrappermode")
                 .is_some_and(|v| v.trim().eq_ignore_ascii_case("yes")),
         };
-        let (session, deferred) = match self_check::check(target, self_check::TIMEOUT).await {
-            Ok(self_check::Passed::Served) => return Ok(()),
-            Ok(self_check::Passed::Deferred { command, reply }) => {
-                (format!("{command} was answered {reply}"), true)
-            }
-            Err(failure) => (failure.to_string(), false),
-        };
+        let (session, deferred, inconclusive) =
+            match self_check::check(target, self_check::TIMEOUT).await {
+                Ok(self_check::Passed::Served) => return Ok(()),
+                Ok(self_check::Passed::Deferred { command, reply }) => {
+                    (format!("{command} was answered {reply}"), true, false)
+                }
+                Err(failure) => (failure.to_string(), false, failure.inconclusive()),
+            };
         // Postfix's lines about the session come through the log pump a moment later; the
         // best of them is read once they had that moment.
         tokio::time::sleep(LOG_LAG).await;
@@ -416,7 +423,11 @@ impl Supervisor<'_> {
             tracing::info!(reply = %session, "the self-check was deferred, and Postfix logged no problem with its configuration: passed");
             return Ok(());
         }
-        Err(CheckFailure { session, logged })
+        Err(CheckFailure {
+            inconclusive: inconclusive && logged.is_none(),
+            session,
+            logged,
+        })
     }
 
     /// Asks the master to reload, waits until it did, and checks the configuration.
@@ -426,6 +437,7 @@ impl Supervisor<'_> {
             return Err(CheckFailure {
                 session: format!("reloading Postfix failed: {e}"),
                 logged: None,
+                inconclusive: false,
             });
         }
         let started = Instant::now();
@@ -488,8 +500,51 @@ impl Supervisor<'_> {
                 self.passed();
                 return Ok(());
             }
+            Err(failure) if failure.inconclusive => {
+                tracing::warn!(error = %failure, "the self-check met no free smtpd: running the configuration unproven, checking again at the next tick");
+                self.unproven = Some(fallback);
+                return Ok(());
+            }
             Err(failure) => failure,
         };
+        self.refuse_at_start(pid, fallback, failure).await
+    }
+
+    /// A configuration started unproven (see [`Supervisor::start_check`]): checked again; a
+    /// refusal falls back as at start, and without a last good configuration it is reported
+    /// while the relay runs on (it already serves clients: stopping it would help nobody).
+    async fn check_unproven(&mut self, pid: u32) {
+        let Some(fallback) = self.unproven.take() else {
+            return;
+        };
+        let failure = match self.check().await {
+            Ok(()) => return self.passed(),
+            Err(failure) if failure.inconclusive => {
+                self.unproven = Some(fallback);
+                return;
+            }
+            Err(failure) => failure,
+        };
+        let revision = self.applied.candidate.revision().map(str::to_string);
+        let error = failure.reported().to_string();
+        if let Err(message) = self.refuse_at_start(pid, fallback, failure).await {
+            tracing::error!(%message, "running on with the refused configuration");
+            self.refuse(Refused {
+                revision,
+                error,
+                settings: Some(self.applied.settings.clone()),
+            });
+        }
+    }
+
+    /// The refusal of the configuration a pod started with: the last good one runs instead,
+    /// or `Err` (the termination message) when there is none or it fails too.
+    async fn refuse_at_start(
+        &mut self,
+        pid: u32,
+        fallback: Option<Candidate>,
+        failure: CheckFailure,
+    ) -> Result<(), String> {
         self.metrics.self_check_failures.inc();
         let revision = self.applied.candidate.revision().map(str::to_string);
         let message = match &revision {
@@ -541,6 +596,9 @@ impl Supervisor<'_> {
     /// fails the self-check is replaced by the previous configuration at once; each is said
     /// once, and a configuration that failed is not tried again while the inputs say the same.
     async fn tick(&mut self, pid: u32, oauth2: &OAuth2Login) {
+        if self.unproven.is_some() {
+            self.check_unproven(pid).await;
+        }
         let candidate = match mounted(&self.opts.source) {
             Ok(candidate) => candidate,
             Err(e) => {
@@ -781,6 +839,7 @@ pub async fn run(opts: RunOptions) -> ExitCode {
         refused: None,
         last_error: None,
         held: None,
+        unproven: None,
     };
     if let Some(refused) = refused {
         sup.refuse(refused);
@@ -828,6 +887,10 @@ pub async fn run(opts: RunOptions) -> ExitCode {
         })
     });
 
+    // Alive while the self-check runs (it may take its whole timeout and a fallback's).
+    if let Err(e) = crate::liveness::beat(layout) {
+        tracing::warn!(error = %e, "cannot touch the liveness heartbeat");
+    }
     let (code, message) = match sup.start_check(pid, fallback).await {
         Err(message) => {
             stop_now(&mut master, pid, &opts).await;

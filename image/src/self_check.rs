@@ -114,6 +114,17 @@ pub enum Failure {
     Unreachable { addresses: String, detail: String },
     #[error("no answer within {0:?}")]
     TimedOut(Duration),
+    /// The connection was taken but no banner came in time: every smtpd is busy with other
+    /// clients (the process limit), which says nothing of the configuration.
+    #[error("no banner from {address} in time (every smtpd busy?): {detail}")]
+    Busy { address: SocketAddr, detail: String },
+}
+
+impl Failure {
+    /// Whether the session says nothing of the configuration: smtpd never got to it.
+    pub fn inconclusive(&self) -> bool {
+        matches!(self, Failure::Busy { .. })
+    }
 }
 
 /// What to check: the listener's local addresses (best first, as
@@ -203,6 +214,12 @@ fn session(target: &Target, address: SocketAddr, deadline: Instant) -> Attempt {
     let mut conn = match SmtpConnection::connect(address, Some(left), &hello, tls.as_ref(), None) {
         Ok(conn) => conn,
         Err(e) if connection_refused(&e) => return Attempt::Unreachable(e.to_string()),
+        Err(e) if timed_out(&e) => {
+            return Attempt::Done(Err(Failure::Busy {
+                address,
+                detail: e.to_string(),
+            }))
+        }
         Err(e) => return Attempt::Done(Err(greeting_failed(address, &e))),
     };
     let rcpt = format!("RCPT TO:<postmaster@{}>", target.domain);
@@ -273,14 +290,29 @@ fn reply_text(e: &lettre::transport::smtp::Error) -> String {
 
 /// Whether lettre failed because the connection was refused (nothing listens).
 fn connection_refused(e: &lettre::transport::smtp::Error) -> bool {
+    io_kind(e).is_some_and(|k| k == std::io::ErrorKind::ConnectionRefused)
+}
+
+/// Whether lettre gave up waiting for a reply (a read that timed out).
+fn timed_out(e: &lettre::transport::smtp::Error) -> bool {
+    io_kind(e).is_some_and(|k| {
+        matches!(
+            k,
+            std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+        )
+    })
+}
+
+/// The kind of the I/O error under a lettre error, if one is.
+fn io_kind(e: &lettre::transport::smtp::Error) -> Option<std::io::ErrorKind> {
     let mut source = std::error::Error::source(e);
     while let Some(err) = source {
         if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            return io.kind() == std::io::ErrorKind::ConnectionRefused;
+            return Some(io.kind());
         }
         source = err.source();
     }
-    false
+    None
 }
 
 #[cfg(test)]
