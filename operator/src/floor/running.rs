@@ -173,6 +173,24 @@ fn relay_message(t: &k8s_openapi::api::core::v1::ContainerStateTerminated) -> Op
 
 /// The first `max` bytes of `s` (on a character boundary), marked as cut when cut: what a
 /// message says first is what failed (status conditions, Event notes).
+/// The ordinal of `pod` in relay `relay`'s StatefulSet (`<relay>-<n>`); `None` for another's.
+pub fn ordinal(relay: &str, pod: &str) -> Option<i32> {
+    pod.strip_prefix(relay)?.strip_prefix('-')?.parse().ok()
+}
+
+/// Whether the kubelet says `pod` is Ready (its readiness probe: the SMTP probe).
+pub fn pod_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// A configuration hash as messages show it: its first 12 characters.
+pub fn short_hash(hash: &str) -> &str {
+    hash.get(..12).unwrap_or(hash)
+}
+
 pub fn truncate(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_string();

@@ -26,7 +26,7 @@ use crate::floor::verdict::Desired;
 use crate::steps::apply::merge_patch;
 
 use crate::floor::contract::ABANDON_ANNOTATION;
-use crate::floor::running::{Departing, Drain};
+use crate::floor::running::{ordinal, pod_ready, Departing, Drain};
 pub use smtp_relay::drain::DRAIN_ANNOTATION;
 
 /// How often a relay that is draining is looked at again.
@@ -139,21 +139,10 @@ pub(crate) fn abandoned(relay: &SmtpRelay) -> bool {
 }
 
 /// The ordinal of a StatefulSet pod `<relay>-<n>`.
-fn ordinal(relay: &str, pod: &str) -> Option<i32> {
-    pod.strip_prefix(relay)?.strip_prefix('-')?.parse().ok()
-}
-
 fn asked(pod: &Pod) -> bool {
     pod.annotations()
         .get(DRAIN_ANNOTATION)
         .is_some_and(|v| v == "true")
-}
-
-fn pod_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 /// Sets or removes the drain annotation (a merge patch of the annotations only).

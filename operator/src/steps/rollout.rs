@@ -22,7 +22,7 @@ use tracing::debug;
 
 use crate::floor::contract::CONFIG_HASH_ANNOTATION;
 use crate::floor::crd::{SmtpRelay, SmtpRelaySpec};
-use crate::floor::running::{truncate, Canary, Refusal};
+use crate::floor::running::{ordinal, pod_ready, truncate, Canary, Refusal};
 use crate::floor::verdict::Desired;
 use crate::steps::build::statefulset::rolling_update;
 
@@ -198,18 +198,6 @@ pub fn suspects(spec: &SmtpRelaySpec, error: &str) -> Vec<String> {
     out
 }
 
-/// The ordinal of `pod` in relay `relay`'s StatefulSet.
-fn ordinal(relay: &str, pod: &str) -> Option<i32> {
-    pod.strip_prefix(relay)?.strip_prefix('-')?.parse().ok()
-}
-
-fn ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
 fn revision(pod: &Pod) -> Option<String> {
     pod.annotations().get(CONFIG_HASH_ANNOTATION).cloned()
 }
@@ -249,7 +237,7 @@ pub async fn step(
     let mut seen = canary_pod.map(|p| Seen {
         pod: p.name_any(),
         revision: revision(p),
-        ready: ready(p),
+        ready: pod_ready(p),
         said: None,
     });
     if let (Some(s), Some(pod)) = (seen.as_mut(), canary_pod) {

@@ -5,7 +5,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::runtime::events::{Event, EventType};
 
 use crate::floor::crd::{find_condition, ready_condition, SmtpRelay, SmtpRelayStatus};
-use crate::floor::running::truncate;
+use crate::floor::running::{short_hash, truncate};
 use crate::floor::verdict::Outcome;
 use crate::steps::report::status;
 
@@ -88,10 +88,7 @@ pub fn events_for(relay: &SmtpRelay, outcome: &Outcome, new: &SmtpRelayStatus) -
                 out.push(Event {
                     type_: EventType::Normal,
                     reason: "ConfigApplied".into(),
-                    note: Some(format!(
-                        "configuration {} applied",
-                        &config_hash[..config_hash.len().min(12)]
-                    )),
+                    note: Some(format!("configuration {} applied", short_hash(config_hash))),
                     action: "Apply".into(),
                     secondary: None,
                 });

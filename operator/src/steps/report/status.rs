@@ -7,7 +7,7 @@ use smtp_relay::postfix::{main_cf, restrictions};
 use smtp_relay::settings::{self, TlsLevel, TlsMinVersion};
 
 use crate::floor::crd::{SmtpRelay, SmtpRelayStatus, READY};
-use crate::floor::running::{Canary, Drain, Refusal, Rollout};
+use crate::floor::running::{short_hash, Canary, Drain, Refusal, Rollout};
 use crate::floor::verdict::Outcome;
 
 pub const CONFIG_VALID: &str = "ConfigValid";
@@ -647,7 +647,6 @@ fn config_proven_condition(
     gen: Option<i64>,
     now: &Time,
 ) -> Option<Condition> {
-    let short = |h: &str| h[..h.len().min(12)].to_string();
     let c = match &rollout.canary {
         // A rejected spec changes nothing: the condition keeps describing what runs.
         _ if outcome.rejection().is_some() => return old_condition(old, CONFIG_PROVEN),
@@ -660,7 +659,7 @@ fn config_proven_condition(
                 CONFIG_PROVEN,
                 Some(true),
                 "SelfCheckPassed",
-                format!("every pod runs configuration {} and Postfix passed its self-check", short(hash)),
+                format!("every pod runs configuration {} and Postfix passed its self-check", short_hash(hash)),
                 gen,
                 now,
             )
@@ -670,11 +669,11 @@ fn config_proven_condition(
             None,
             "Proving",
             if pod.is_empty() {
-                format!("configuration {} waits for its first pod", short(revision))
+                format!("configuration {} waits for its first pod", short_hash(revision))
             } else {
                 format!(
                     "configuration {} goes to {pod} first; the other pods follow once its Postfix passed the self-check",
-                    short(revision)
+                    short_hash(revision)
                 )
             },
             gen,
@@ -686,7 +685,7 @@ fn config_proven_condition(
             "SelfCheckPassed",
             format!(
                 "{pod} runs configuration {} and its Postfix passed the self-check; the other pods follow one at a time",
-                short(revision)
+                short_hash(revision)
             ),
             gen,
             now,
@@ -709,7 +708,6 @@ pub const CONFIG_REFUSED: &str = "ConfigRefused";
 /// What a refusal says: which pod refused what, in Postfix's words, what runs instead, and
 /// the fix.
 fn refusal_message(r: &Refusal) -> String {
-    let short = |h: &str| h[..h.len().min(12)].to_string();
     let fields = if r.suspects.is_empty() {
         "the spec".to_string()
     } else {
@@ -718,12 +716,12 @@ fn refusal_message(r: &Refusal) -> String {
     let running = r
         .running
         .as_deref()
-        .map(|h| format!("it keeps serving with configuration {}", short(h)))
+        .map(|h| format!("it keeps serving with configuration {}", short_hash(h)))
         .unwrap_or_else(|| "it keeps serving with its last good configuration".into());
     format!(
         "{} refused configuration {} in Postfix's self-check: {}; {running} and no other pod gets the refused one; fix or revert {fields}",
         r.pod,
-        short(&r.revision),
+        short_hash(&r.revision),
         r.error
     )
 }
