@@ -37,10 +37,7 @@ pub fn requested(annotations: &Path) -> bool {
 }
 
 fn asks_to_drain(annotations: &str) -> bool {
-    annotations.lines().any(|line| {
-        line.split_once('=')
-            .is_some_and(|(k, v)| k == DRAIN_ANNOTATION && v.trim() == "\"true\"")
-    })
+    crate::revision::annotation(annotations, DRAIN_ANNOTATION).as_deref() == Some("true")
 }
 
 /// How a drain ended.

@@ -4,8 +4,10 @@
 //! listed below it, test code included, and modules on one line import none of each other.
 //!
 //! - `run`: the supervisor: applies the inputs, runs Postfix and the tasks beside it
-//! - `sasl`, `drain`, `liveness`, `revision`: the SASL users' database; the drain on SIGTERM;
-//!   the liveness check; which configuration revision a pod runs, and its last good copy
+//! - `sasl`, `drain`, `liveness`: the SASL users' database; the drain on SIGTERM; the liveness
+//!   check
+//! - `revision`: which configuration revision a pod runs, and its last good copy; the pod's
+//!   downward-API annotations
 //! - `inputs` (`file` above `env` above `inputs` itself): environment variables or the
 //!   config file, turned into `settings::Settings`
 //! - `validate`: syntax checks of input values
