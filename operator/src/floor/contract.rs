@@ -18,8 +18,9 @@ pub const DEFAULT_RELAY_IMAGE: &str = concat!(
     env!("CARGO_PKG_VERSION")
 );
 
-/// Pod template annotation that rolls the pods when the configuration changes.
-pub const CONFIG_HASH_ANNOTATION: &str = "smtprelay.dev/config-hash";
+/// Pod template annotation that rolls the pods when the configuration changes; the relay
+/// reads it as its own revision (the image owns the name).
+pub use smtp_relay::revision::CONFIG_HASH_ANNOTATION;
 
 pub const CONFIG_DIR: &str = "/etc/smtp-relay/config";
 pub const CONFIG_KEY: &str = "relay.yaml";
@@ -27,7 +28,8 @@ pub const CONFIG_KEY: &str = "relay.yaml";
 /// applies `relay.yaml` only when it is its own template's [`CONFIG_HASH_ANNOTATION`], so a
 /// new configuration reaches the pods only through the rolling update, one pod first
 /// (`steps::rollout`), never by the kubelet refreshing the mounted ConfigMap in every pod.
-pub const REVISION_KEY: &str = "revision";
+/// The relay reads it as a file of that name (the image owns the name).
+pub use smtp_relay::revision::REVISION_FILE as REVISION_KEY;
 pub const RELAYHOST_DIR: &str = "/etc/smtp-relay/relayhost";
 pub const SASL_USERS_DIR: &str = "/etc/smtp-relay/sasl-users";
 pub const TLS_DIR: &str = "/etc/smtp-relay/tls";

@@ -5,9 +5,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::runtime::events::{Event, EventType};
 
 use crate::floor::crd::{find_condition, ready_condition, SmtpRelay, SmtpRelayStatus};
-use crate::floor::running::{short_hash, truncate};
+use crate::floor::running::truncate;
 use crate::floor::verdict::Outcome;
 use crate::steps::report::status;
+use smtp_relay::revision;
 
 /// Condition `type_` of `s` when its status is `value`.
 fn condition_is<'a>(
@@ -88,7 +89,10 @@ pub fn events_for(relay: &SmtpRelay, outcome: &Outcome, new: &SmtpRelayStatus) -
                 out.push(Event {
                     type_: EventType::Normal,
                     reason: "ConfigApplied".into(),
-                    note: Some(format!("configuration {} applied", short_hash(config_hash))),
+                    note: Some(format!(
+                        "configuration {} applied",
+                        revision::short(config_hash)
+                    )),
                     action: "Apply".into(),
                     secondary: None,
                 });

@@ -7,8 +7,9 @@ use smtp_relay::postfix::{main_cf, restrictions};
 use smtp_relay::settings::{self, TlsLevel, TlsMinVersion};
 
 use crate::floor::crd::{SmtpRelay, SmtpRelayStatus, READY};
-use crate::floor::running::{short_hash, Canary, Drain, Refusal, Rollout};
+use crate::floor::running::{Canary, Drain, Refusal, Rollout};
 use crate::floor::verdict::Outcome;
+use smtp_relay::revision;
 
 pub const CONFIG_VALID: &str = "ConfigValid";
 pub const SECRETS_RESOLVED: &str = "SecretsResolved";
@@ -659,7 +660,7 @@ fn config_proven_condition(
                 CONFIG_PROVEN,
                 Some(true),
                 "SelfCheckPassed",
-                format!("every pod runs configuration {} and Postfix passed its self-check", short_hash(hash)),
+                format!("every pod runs configuration {} and Postfix passed its self-check", revision::short(hash)),
                 gen,
                 now,
             )
@@ -669,11 +670,11 @@ fn config_proven_condition(
             None,
             "Proving",
             if pod.is_empty() {
-                format!("configuration {} waits for its first pod", short_hash(revision))
+                format!("configuration {} waits for its first pod", revision::short(revision))
             } else {
                 format!(
                     "configuration {} goes to {pod} first; the other pods follow once its Postfix passed the self-check",
-                    short_hash(revision)
+                    revision::short(revision)
                 )
             },
             gen,
@@ -685,7 +686,7 @@ fn config_proven_condition(
             "SelfCheckPassed",
             format!(
                 "{pod} runs configuration {} and its Postfix passed the self-check; the other pods follow one at a time",
-                short_hash(revision)
+                revision::short(revision)
             ),
             gen,
             now,
@@ -716,12 +717,12 @@ fn refusal_message(r: &Refusal) -> String {
     let running = r
         .running
         .as_deref()
-        .map(|h| format!("it keeps serving with configuration {}", short_hash(h)))
+        .map(|h| format!("it keeps serving with configuration {}", revision::short(h)))
         .unwrap_or_else(|| "it keeps serving with its last good configuration".into());
     format!(
         "{} refused configuration {} in Postfix's self-check: {}; {running} and no other pod gets the refused one; fix or revert {fields}",
         r.pod,
-        short_hash(&r.revision),
+        revision::short(&r.revision),
         r.error
     )
 }
