@@ -45,6 +45,12 @@ pub const RELEASE: &str = "smtp-relay-operator";
 pub const FIELD_MANAGER: &str = "smtp-relay-operator";
 /// The pod template annotation carrying the configuration hash.
 pub const CONFIG_HASH_ANNOTATION: &str = "smtprelay.dev/config-hash";
+/// A merge patch setting a `postconf` value that `postfix check` and both judges accept but
+/// smtpd cannot use: a transport table the image does not have, so every RCPT would be
+/// answered `451 4.3.0`. [`UNUSABLE_TABLE_REVERTED`] takes it out again.
+pub const UNUSABLE_TABLE: &str =
+    r#"{"spec":{"postconf":{"transport_maps":"hash:/etc/postfix/missing"}}}"#;
+pub const UNUSABLE_TABLE_REVERTED: &str = r#"{"spec":{"postconf":{"transport_maps":null}}}"#;
 /// How long a graceful stop may take before the operator is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long the operator may take to answer `/readyz`.
@@ -528,6 +534,13 @@ pub fn create_namespace(cp: &ControlPlane, name: &str) {
             "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n  labels:\n    pod-security.kubernetes.io/enforce: baseline\n"
         ),
     );
+}
+
+/// The configuration hash a pod (or a pod template) carries, empty without one.
+pub fn config_hash(pod: &Value) -> &str {
+    pod["metadata"]["annotations"][CONFIG_HASH_ANNOTATION]
+        .as_str()
+        .unwrap_or_default()
 }
 
 /// `kubectl get KIND NAME -n NAMESPACE -o json`, or None if it does not exist.

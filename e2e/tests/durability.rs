@@ -307,43 +307,25 @@ fn rcpt_reply(pod: SocketAddr, to: &str) -> Result<String, String> {
     Ok(last)
 }
 
-/// The canary's pod, its template's config hash, and the StatefulSet's partition.
+/// The StatefulSet's partition: the pods below it keep their configuration.
 fn partition(cp: &ControlPlane) -> Option<i64> {
     operator::get_json(cp, NS, "statefulset", RELAY)?["spec"]["updateStrategy"]["rollingUpdate"]
         ["partition"]
         .as_i64()
 }
 
-fn config_hash(pod: &Value) -> String {
-    pod["metadata"]["annotations"]["smtprelay.dev/config-hash"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
-}
-
 /// The relay's condition `type_`, when present.
 fn relay_condition(cp: &ControlPlane, type_: &str) -> Option<Value> {
-    let relay = operator::get_json(cp, NS, "smtprelay", RELAY)?;
-    relay["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == type_)
-        .cloned()
+    operator::condition(&operator::get_json(cp, NS, "smtprelay", RELAY)?, type_).cloned()
 }
 
 /// 1, continued. A value smtpd cannot use stops at the canary; reverting it moves the canary back.
 fn a_value_postfix_refuses_stops_at_the_first_pod(env: &mut Env) {
     let cp = &env.cp;
     let first = env.pods["durable-0"].clone();
-    let before = config_hash(&first);
-    // A transport table the image does not have: `postfix check` and both judges accept it,
-    // then every RCPT is answered 451 4.3.0 (on the old operator, in every pod at once).
-    operator::patch_relay(
-        cp,
-        NS,
-        RELAY,
-        r#"{"spec":{"postconf":{"transport_maps":"hash:/etc/postfix/missing"}}}"#,
-    );
+    let before = operator::config_hash(&first).to_string();
+    // On the old operator, every RCPT of every pod at once would be answered 451 4.3.0.
+    operator::patch_relay(cp, NS, RELAY, operator::UNUSABLE_TABLE);
     let refused = env.wait("the canary's Postfix to refuse the configuration", || {
         relay_condition(cp, "ConfigProven").filter(|c| c["status"] == "False")
     });
@@ -376,10 +358,10 @@ fn a_value_postfix_refuses_stops_at_the_first_pod(env: &mut Env) {
         zero["metadata"]["uid"], first["metadata"]["uid"],
         "durable-0 untouched"
     );
-    assert_eq!(config_hash(zero), before);
+    assert_eq!(operator::config_hash(zero), before);
     assert_eq!(restarts(zero), 0);
     assert_ne!(
-        config_hash(&pods["durable-1"]),
+        operator::config_hash(&pods["durable-1"]),
         before,
         "the canary has the new template"
     );
@@ -401,17 +383,12 @@ fn a_value_postfix_refuses_stops_at_the_first_pod(env: &mut Env) {
     ]);
     assert_eq!(warnings.lines().count(), 1, "one Warning Event: {warnings}");
     // Reverting the spec moves the canary back; durable-0 is never touched.
-    operator::patch_relay(
-        cp,
-        NS,
-        RELAY,
-        r#"{"spec":{"postconf":{"transport_maps":null}}}"#,
-    );
+    operator::patch_relay(cp, NS, RELAY, operator::UNUSABLE_TABLE_REVERTED);
     env.wait("the reverted configuration proven on every pod", || {
         let proven = relay_condition(cp, "ConfigProven")?;
         let pods = ready_pods(cp)?;
         (proven["status"] == "True"
-            && pods.values().all(|p| config_hash(p) == before)
+            && pods.values().all(|p| operator::config_hash(p) == before)
             && partition(cp) == Some(0))
         .then_some(())
     });

@@ -799,12 +799,7 @@ fn a_rotated_relayhost_password_replaces_the_pod(env: &mut Env) {
 fn a_value_postfix_refuses_leaves_the_one_pod_serving_the_last_good(env: &mut Env) {
     let cp = &env.cp;
     let hash_before = template_hash(cp).expect("config hash");
-    operator::patch_relay(
-        cp,
-        NS,
-        RELAY,
-        r#"{"spec":{"postconf":{"transport_maps":"hash:/etc/postfix/missing"}}}"#,
-    );
+    operator::patch_relay(cp, NS, RELAY, operator::UNUSABLE_TABLE);
     let refused = env.wait("the pod's Postfix to refuse the new configuration", || {
         let r = get(cp, "smtprelay", RELAY)?;
         operator::condition(&r, "ConfigProven")
@@ -824,7 +819,7 @@ fn a_value_postfix_refuses_leaves_the_one_pod_serving_the_last_good(env: &mut En
         get(cp, "pod", POD).filter(|p| {
             user_path::pod_ready(p)
                 && p["metadata"]["deletionTimestamp"].is_null()
-                && p["metadata"]["annotations"]["smtprelay.dev/config-hash"] != hash_before
+                && operator::config_hash(p) != hash_before
         })
     });
     assert_eq!(
@@ -837,18 +832,12 @@ fn a_value_postfix_refuses_leaves_the_one_pod_serving_the_last_good(env: &mut En
         .wait_for("d@elsewhere.org", &m, WAIT)
         .unwrap_or_else(|e| panic!("{}", env.diagnose(e)));
     env.t.step(&format!("refused, still delivering: {message}"));
-    operator::patch_relay(
-        cp,
-        NS,
-        RELAY,
-        r#"{"spec":{"postconf":{"transport_maps":null}}}"#,
-    );
+    operator::patch_relay(cp, NS, RELAY, operator::UNUSABLE_TABLE_REVERTED);
     env.wait("the reverted configuration proven", || {
         let r = get(cp, "smtprelay", RELAY)?;
         let proven = operator::condition(&r, "ConfigProven")?["status"] == "True";
         let pod = user_path::relay_ready(cp, NS, RELAY)?;
-        (proven && pod["metadata"]["annotations"]["smtprelay.dev/config-hash"] == hash_before)
-            .then_some(())
+        (proven && operator::config_hash(&pod) == hash_before).then_some(())
     });
     env.t
         .step("reverted: the pod runs the proven configuration, Ready");
