@@ -11,7 +11,12 @@
 #      (ghcr.io/smtp-relay-operator/<name>:<chart appVersion>), exported as docker-archive
 #      tarballs under .cache/images/, with a table of their sizes.
 #
-# Usage: scripts/build-images.sh [--verify] [--verify-only] [--import ADDRESS]
+# Usage: scripts/build-images.sh [--previous] [--verify] [--verify-only] [--import ADDRESS]
+#   --previous      build the previous release instead (the commit in e2e/previous-release):
+#                   its own sources, Dockerfiles and Cargo.lock, versioned
+#                   <its version>-previous.<12 hex of the commit> (crates, binaries and image
+#                   tags), exported under .cache/images/previous/ with a VERSION file; the
+#                   upgrade test of the user path (e2e/tests/user_path.rs) installs it first.
 #   --verify        then check the tarballs on a private containerd (own root, state and
 #                   socket in a temporary directory): import, list, and run them with runc
 #                   (the relay for real, also as the operator's pod runs it); the containerd
@@ -39,6 +44,11 @@ REGISTRY=ghcr.io/smtp-relay-operator
 # Image name, Dockerfile: the names are the ones the chart's values.yaml references.
 IMAGES=("smtp-relay-operator operator/Dockerfile" "smtp-relay image/Dockerfile")
 BINARIES=(smtp-relay smtp-relay-operator)
+# What is built: this checkout, unless use_previous points these at the previous release.
+SRC="$ROOT"
+TAG=
+BIN_DIR=
+BINARIES_REPO=localhost/smtp-relay-binaries
 
 LOG_TAG="build-images"
 source scripts/lib.sh
@@ -78,7 +88,53 @@ export BUILDAH_RUNTIME=runc BUILDAH_ISOLATION=oci
 export BUILDAH_FORMAT=docker
 
 app_version() {
-    awk -F'"' '/^appVersion:/ { print $2; exit }' charts/smtp-relay-operator/Chart.yaml
+    awk -F'"' '/^appVersion:/ { print $2; exit }' "$ROOT/charts/smtp-relay-operator/Chart.yaml"
+}
+
+# The previous release: the commit e2e/previous-release names (its first line that is not a
+# comment).
+previous_commit() {
+    local commit
+    commit="$(grep -v '^#' "$ROOT/e2e/previous-release" | head -n 1 | tr -d '[:space:]')"
+    [[ "$commit" =~ ^[0-9a-f]{40}$ ]] || die "e2e/previous-release names no commit (40 hex digits)"
+    echo "$commit"
+}
+
+# use_previous: the build's sources, tag, binaries and tarballs become the previous release's.
+# Its sources are taken from the repository's history into .cache/previous/src, and its
+# workspace version becomes <version>-previous.<12 hex>: the crates then differ from this
+# checkout's in cargo's eyes (same names and relative paths would otherwise share their
+# compiled artifacts in the one target directory), while every dependency is shared, so the
+# previous release costs only its own two crates. The binaries are copied out of target/ at
+# once, before this checkout's next build puts its own back there.
+use_previous() {
+    local commit src version
+    commit="$(previous_commit)"
+    src="$CACHE/previous/src"
+    if [ "$(cat "$CACHE/previous/commit" 2>/dev/null)" != "$commit" ]; then
+        rm -rf "$CACHE/previous"
+        mkdir -p "$src"
+        git -C "$ROOT" archive --format=tar "$commit" | tar -x -C "$src" ||
+            die "git archive $commit failed: the previous release needs a clone with its history"
+        version="$(sed -n '/^\[workspace.package\]/,/^\[/ s/^version = "\(.*\)"$/\1/p' "$src/Cargo.toml")"
+        [ -n "$version" ] || die "$commit: no [workspace.package] version in Cargo.toml"
+        version="$version-previous.${commit:0:12}"
+        sed -i '/^\[workspace.package\]/,/^\[/ s/^version = ".*"$/version = "'"$version"'"/' "$src/Cargo.toml"
+        # The lock's entries of the workspace's own packages (those with no source).
+        awk -v v="$version" 'BEGIN { RS = ""; ORS = "\n\n" }
+            /^\[\[package\]\]/ && !/\nsource = / { sub(/\nversion = "[^"]*"/, "\nversion = \"" v "\"") }
+            { print }' "$src/Cargo.lock" >"$src/Cargo.lock.new"
+        mv "$src/Cargo.lock.new" "$src/Cargo.lock"
+        echo "$version" >"$CACHE/previous/version"
+        echo "$commit" >"$CACHE/previous/commit"
+    fi
+    SRC="$src"
+    TAG="$(cat "$CACHE/previous/version")"
+    BIN_DIR="$CACHE/previous/bin"
+    BINARIES_REPO=localhost/smtp-relay-binaries-previous
+    OUT="$CACHE/images/previous"
+    mkdir -p "$OUT"
+    cp "$CACHE/previous/version" "$OUT/VERSION"
 }
 
 apt_packages() {
@@ -178,45 +234,49 @@ target_dir() {
     esac
 }
 
-# The release binaries, on the host: cargo does nothing when they are up to date.
+# The release binaries, on the host: cargo does nothing when they are up to date. Built in
+# SRC with this checkout's target directory; BIN_DIR holds their copies.
 binaries() {
-    local args=() b
+    local args=() b target
+    target="$(target_dir)"
     for b in "${BINARIES[@]}"; do args+=(-p "$b"); done
-    nice cargo build --release --locked "${args[@]}"
+    (cd "$SRC" && CARGO_TARGET_DIR="$target" nice cargo build --release --locked "${args[@]}")
+    [ "$BIN_DIR" = "$target/release" ] && return
+    mkdir -p "$BIN_DIR"
+    for b in "${BINARIES[@]}"; do cp -p "$target/release/$b" "$BIN_DIR/$b"; done
 }
 
 # An image holding the binaries at /out/<name>, as the Dockerfiles' `build` stage does; the
 # Dockerfiles copy them from whatever image their BINARIES argument names. Named after the
 # binaries' content, so unchanged binaries reuse the image and buildah's layer cache.
 binaries_image() {
-    local dir files=() b sum ref ctr
-    dir="$(target_dir)/release"
-    for b in "${BINARIES[@]}"; do files+=("$dir/$b"); done
+    local files=() b sum ref ctr
+    for b in "${BINARIES[@]}"; do files+=("$BIN_DIR/$b"); done
     sum="$(sha256sum "${files[@]}" | awk '{ print $1 }' | sha256sum | cut -c1-16)"
-    ref="localhost/smtp-relay-binaries:$sum"
+    ref="$BINARIES_REPO:$sum"
     if ! bah inspect --type image "$ref" >/dev/null 2>&1; then
         ctr="$(bah from --pull=never scratch)"
         bah copy --quiet "$ctr" "${files[@]}" /out/ >/dev/null
         bah commit --quiet --rm "$ctr" "$ref" >/dev/null
     fi
     # Earlier binaries are never used again.
-    bah images --format '{{.Name}}:{{.Tag}}' | grep '^localhost/smtp-relay-binaries:' | grep -vxF "$ref" |
+    bah images --format '{{.Name}}:{{.Tag}}' | grep "^$BINARIES_REPO:" | grep -vxF "$ref" |
         while read -r old; do bah rmi "$old" >/dev/null 2>&1 || true; done
     echo "$ref"
 }
 
-# build_image NAME DOCKERFILE BINARIES_REF: the Dockerfile as it is, its cargo stage skipped
+# build_image NAME DOCKERFILE BINARIES_REF: SRC's Dockerfile as it is, its cargo stage skipped
 # (unused once BINARIES names another image), tagged as the chart references it.
 build_image() {
     local name="$1" dockerfile="$2" binref="$3" ref
-    ref="$REGISTRY/$name:$(app_version)"
+    ref="$REGISTRY/$name:$TAG"
     # --network host: RUN apt-get reaches Debian like the host's apt does, and no CNI bridge
     # is created (the node's pod network uses the range buildah's default one would take).
     # Its RUN steps' output goes to a log, shown when the build fails.
     local log="$STORE/build-$name.log"
     if ! bah bud --quiet --pull=never --layers --network host \
         --build-arg "BINARIES=$binref" \
-        -f "$dockerfile" -t "$ref" . >"$log" 2>&1; then
+        -f "$SRC/$dockerfile" -t "$ref" "$SRC" >"$log" 2>&1; then
         tail -n 40 "$log" >&2
         bah rm --all >/dev/null 2>&1 || true
         die "building $ref failed (log: $log)"
@@ -228,14 +288,14 @@ build_image() {
     check_binary "$ref" "$name"
 }
 
-# check_binary REF NAME: the image's /usr/local/bin/<binary> is the host's release binary.
+# check_binary REF NAME: the image's /usr/local/bin/<binary> is the release binary built.
 check_binary() {
     local ref="$1" name="$2" bin ctr mnt want got
     case "$name" in
         smtp-relay-operator) bin=smtp-relay-operator ;;
         *) bin=smtp-relay ;;
     esac
-    want="$(sha256sum "$(target_dir)/release/$bin" | cut -d' ' -f1)"
+    want="$(sha256sum "$BIN_DIR/$bin" | cut -d' ' -f1)"
     ctr="$(bah from --pull=never "$ref")"
     mnt="$(bah mount "$ctr")"
     got="$(sha256sum "$mnt/usr/local/bin/$bin" | cut -d' ' -f1)"
@@ -244,11 +304,11 @@ check_binary() {
     [ "$want" = "$got" ] || die "$ref holds an outdated $bin ($got, want $want)"
 }
 
-# export_image NAME: .cache/images/NAME.tar (docker-archive), redone only when the image
-# changed; NAME.id and NAME.gzsize cache its id and gzipped size.
+# export_image NAME: OUT/NAME.tar (docker-archive), redone only when the image changed;
+# NAME.id and NAME.gzsize cache its id and gzipped size.
 export_image() {
     local name="$1" ref id tar="$OUT/$1.tar"
-    ref="$REGISTRY/$name:$(app_version)"
+    ref="$REGISTRY/$name:$TAG"
     id="$(bah inspect --type image --format '{{.FromImageID}}' "$ref")"
     if [ -f "$tar" ] && [ "$(cat "$OUT/$name.id" 2>/dev/null)" = "$id" ]; then
         return
@@ -262,19 +322,18 @@ export_image() {
 mb() { awk -v b="$1" 'BEGIN { printf "%.1f MB", b / 1000000 }'; }
 
 size_table() {
-    local entry name ref size dir b
-    dir="$(target_dir)/release"
+    local entry name ref size b
     printf '\n%-58s %12s %12s\n' "image" "uncompressed" "gzipped"
     for entry in "${IMAGES[@]}"; do
         name="${entry%% *}"
-        ref="$REGISTRY/$name:$(app_version)"
+        ref="$REGISTRY/$name:$TAG"
         # The docker-archive holds the layers uncompressed: its size is the image's.
         size="$(stat -c %s "$OUT/$name.tar")"
         printf '%-58s %12s %12s\n' "$ref" "$(mb "$size")" "$(mb "$(cat "$OUT/$name.gzsize")")"
     done
     printf '%-58s %12s\n' "base $BASE_REF" "$(bah images --format '{{.Size}}' "$BASE_REF")"
     for b in "${BINARIES[@]}"; do
-        printf '%-58s %12s\n' "binary $b" "$(mb "$(stat -c %s "$dir/$b")")"
+        printf '%-58s %12s\n' "binary $b" "$(mb "$(stat -c %s "$BIN_DIR/$b")")"
     done
     printf '\ntarballs: %s\n' "$OUT"
 }
@@ -411,8 +470,7 @@ test_certificate() {
 # relay needs at run time (every program it calls), and the relay for real: Postfix up and
 # answering SMTP, SASL users in the database.
 verify_images() {
-    local version relay operator out
-    version="$(app_version)"
+    local version="$TAG" relay operator out
     relay="$REGISTRY/smtp-relay:$version"
     operator="$REGISTRY/smtp-relay-operator:$version"
     trap private_containerd_stop EXIT
@@ -522,9 +580,10 @@ build_all() {
 }
 
 main() {
-    local verify='' build=1 import_address=''
+    local verify='' build=1 import_address='' previous=''
     while [ $# -gt 0 ]; do
         case "$1" in
+            --previous) previous=1 ;;
             --verify) verify=1 ;;
             --verify-only) verify=1 build= ;;
             --import)
@@ -547,6 +606,11 @@ main() {
     # Before building, not after minutes of it.
     if [ -n "$import_address" ] && [ ! -S "$import_address" ]; then
         die "$import_address is not a socket (--import takes a containerd socket path)"
+    fi
+    TAG="$(app_version)"
+    BIN_DIR="$(target_dir)/release"
+    if [ -n "$previous" ]; then
+        use_previous
     fi
     if [ -n "$build" ]; then
         build_all

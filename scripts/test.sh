@@ -36,6 +36,9 @@ phase "build"
 cargo build --workspace --bins --locked
 
 phase "images"
+# The previous release's images, from its commit (e2e/previous-release): the user path
+# upgrades from it. First, so that target/release/ ends with this checkout's binaries.
+scripts/build-images.sh --previous
 # The relay and operator images, as a node gets them (e2e/tests/images.rs checks them).
 scripts/build-images.sh
 
