@@ -66,26 +66,77 @@ pub fn install_chart(cp: &ControlPlane) -> ChartRelease {
     operator::helm_install_chart(cp, OPERATOR_NAMESPACE, &[])
 }
 
-/// The commit whose chart is the previous chart version: the user path installs it with Helm 4
-/// and upgrades from it to the chart of this checkout (issue 37).
-pub const PREVIOUS_CHART_COMMIT: &str = "89d742d5e7a7c5655df0994f21043bc241b62473";
+/// The previous release of this project (`e2e/previous-release`, its first line that is not a
+/// comment): the user path installs its chart and images, then upgrades to this checkout.
+pub fn previous_commit() -> &'static str {
+    include_str!("../previous-release")
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .unwrap_or_default()
+}
 
-/// The chart as it was at [`PREVIOUS_CHART_COMMIT`], taken from the repository's history
+/// The previous release's images, as `scripts/build-images.sh --previous` exports them.
+pub struct PreviousRelease {
+    /// The tag of both images: `<version>-previous.<12 hex of the commit>`.
+    pub version: String,
+    pub tarballs: Vec<PathBuf>,
+}
+
+/// The previous release's image tarballs and their tag, or what to run to make them.
+pub fn previous_release() -> Result<PreviousRelease, String> {
+    let dir = tools::workspace_root().join(".cache/images/previous");
+    let missing = |what: &std::path::Path| {
+        format!(
+            "{} not found: run scripts/build-images.sh --previous first",
+            what.display()
+        )
+    };
+    let version_file = dir.join("VERSION");
+    let version = fs::read_to_string(&version_file)
+        .map_err(|_| missing(&version_file))?
+        .trim()
+        .to_string();
+    let want = format!(
+        "-previous.{}",
+        previous_commit().get(..12).unwrap_or_default()
+    );
+    if !version.ends_with(&want) {
+        return Err(format!(
+            "{} is {version}, not of e2e/previous-release ({}): run scripts/build-images.sh --previous",
+            dir.display(),
+            previous_commit()
+        ));
+    }
+    let tarballs = IMAGES
+        .iter()
+        .map(|name| {
+            let path = dir.join(format!("{name}.tar"));
+            path.is_file()
+                .then_some(path.clone())
+                .ok_or_else(|| missing(&path))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(PreviousRelease { version, tarballs })
+}
+
+/// The chart as it was at [`previous_commit`], taken from the repository's history
 /// (`git archive`) into `dir`: what a user who installed the previous version has.
 pub fn previous_chart(dir: &std::path::Path) -> Result<PathBuf, String> {
+    let commit = previous_commit();
     let out = std::process::Command::new("git")
         .current_dir(tools::workspace_root())
         .args([
             "archive",
             "--format=tar",
-            PREVIOUS_CHART_COMMIT,
+            commit,
             "charts/smtp-relay-operator",
         ])
         .output()
         .map_err(|e| format!("git archive: {e}"))?;
     if !out.status.success() {
         return Err(format!(
-            "git archive {PREVIOUS_CHART_COMMIT}: {} (a clone with its history is needed)",
+            "git archive {commit}: {} (a clone with its history is needed)",
             String::from_utf8_lossy(&out.stderr).trim()
         ));
     }
@@ -123,19 +174,24 @@ pub fn helm4(cp: &ControlPlane, args: &[&str]) -> Result<String, String> {
 
 /// `helm4 install` of `chart` (a directory) with its default values into
 /// [`OPERATOR_NAMESPACE`], as the README tells users (with Helm 4 instead of Helm 3).
-pub fn helm4_install(cp: &ControlPlane, chart: &std::path::Path) -> Result<ChartRelease, String> {
+pub fn helm4_install(
+    cp: &ControlPlane,
+    chart: &std::path::Path,
+    values: &[&str],
+) -> Result<ChartRelease, String> {
     let chart = chart.display().to_string();
-    helm4(
-        cp,
-        &[
-            "install",
-            operator::RELEASE,
-            &chart,
-            "--namespace",
-            OPERATOR_NAMESPACE,
-            "--create-namespace",
-        ],
-    )?;
+    let mut args = vec![
+        "install",
+        operator::RELEASE,
+        &chart,
+        "--namespace",
+        OPERATOR_NAMESPACE,
+        "--create-namespace",
+    ];
+    for v in values {
+        args.extend(["--set", v]);
+    }
+    helm4(cp, &args)?;
     Ok(ChartRelease {
         namespace: OPERATOR_NAMESPACE.into(),
         release: operator::RELEASE.into(),
@@ -143,20 +199,22 @@ pub fn helm4_install(cp: &ControlPlane, chart: &std::path::Path) -> Result<Chart
     })
 }
 
-/// `helm4 upgrade` of the release to this checkout's chart, default values, as the README
-/// tells users.
-pub fn helm4_upgrade(cp: &ControlPlane) -> Result<String, String> {
-    let chart = tools::workspace_root().join("charts/smtp-relay-operator");
-    helm4(
-        cp,
-        &[
-            "upgrade",
-            operator::RELEASE,
-            &chart.display().to_string(),
-            "--namespace",
-            OPERATOR_NAMESPACE,
-        ],
-    )
+/// `helm4 upgrade` of the release to this checkout's chart with the flags `more` (`--set`,
+/// `--reset-values`), as the README tells users.
+pub fn helm4_upgrade(cp: &ControlPlane, more: &[&str]) -> Result<String, String> {
+    let chart = tools::workspace_root()
+        .join("charts/smtp-relay-operator")
+        .display()
+        .to_string();
+    let mut args = vec![
+        "upgrade",
+        operator::RELEASE,
+        &chart,
+        "--namespace",
+        OPERATOR_NAMESPACE,
+    ];
+    args.extend(more);
+    helm4(cp, &args)
 }
 
 /// Runs kubectl, returning its standard output, or its standard error as `Err`.
@@ -346,23 +404,44 @@ pub fn wait_relay_ready(
 /// The relay's pod, when it is Ready and the SmtpRelay says Ready=True (see
 /// [`wait_relay_ready`]).
 pub fn relay_ready(cp: &ControlPlane, ns: &str, relay: &str) -> Option<Value> {
-    let pod = operator::get_json(cp, ns, "pod", &format!("{relay}-0"))?;
-    if !pod_ready(&pod) || !pod["metadata"]["deletionTimestamp"].is_null() {
+    relay_pods_ready(cp, ns, relay, 1)?.pop()
+}
+
+/// Pods `<relay>-0` to `<relay>-<replicas - 1>`, in order, when every one is Ready and not
+/// terminating and the SmtpRelay says Ready=True with that many ready replicas.
+pub fn relay_pods_ready(
+    cp: &ControlPlane,
+    ns: &str,
+    relay: &str,
+    replicas: usize,
+) -> Option<Vec<Value>> {
+    let pods = (0..replicas)
+        .map(|i| operator::get_json(cp, ns, "pod", &format!("{relay}-{i}")))
+        .collect::<Option<Vec<Value>>>()?;
+    if !pods
+        .iter()
+        .all(|p| pod_ready(p) && p["metadata"]["deletionTimestamp"].is_null())
+    {
         return None;
     }
     let r = operator::get_json(cp, ns, "smtprelay", relay)?;
     let ready = operator::condition(&r, "Ready")?;
     (ready["status"] == "True"
-        && r["status"]["readyReplicas"] == 1
+        && r["status"]["readyReplicas"] == replicas
         && r["status"]["observedGeneration"] == r["metadata"]["generation"])
-        .then_some(pod)
+        .then_some(pods)
 }
 
 /// The claim of the relay's pod (`spool-<relay>-0` or whatever the StatefulSet names it),
 /// as `(claim, volume)` once Bound.
 pub fn relay_claim(cp: &ControlPlane, ns: &str, relay: &str) -> Result<(Value, Value), String> {
+    pod_claim(cp, ns, &format!("{relay}-0"))
+}
+
+/// The spool claim of relay pod `ns/pod` (Bound) and its volume.
+pub fn pod_claim(cp: &ControlPlane, ns: &str, pod: &str) -> Result<(Value, Value), String> {
     let pvcs = operator::list_json(cp, ns, "pvc");
-    let suffix = format!("-{relay}-0");
+    let suffix = format!("-{pod}");
     let pvc = pvcs
         .into_iter()
         .find(|p| {
@@ -370,7 +449,7 @@ pub fn relay_claim(cp: &ControlPlane, ns: &str, relay: &str) -> Result<(Value, V
                 .as_str()
                 .is_some_and(|n| n.ends_with(&suffix))
         })
-        .ok_or_else(|| format!("no claim of pod {relay}-0 in {ns}"))?;
+        .ok_or_else(|| format!("no claim of pod {pod} in {ns}"))?;
     if pvc["status"]["phase"] != "Bound" {
         return Err(format!("claim not Bound: {}", pvc["status"]));
     }

@@ -2,10 +2,10 @@
 //!
 //! 1. A node comes up ([`ControlPlane::with_node`]) and gets both images from their tarballs,
 //!    as a pull from the registry would give them.
-//! 2. `helm install` (Helm 4) of the chart's previous version with its default values: the
-//!    operator runs as a pod of its
-//!    image (the chart's ServiceAccount, RBAC, probes, security context) and its Deployment
-//!    becomes Ready.
+//! 2. `helm install` (Helm 4) of the previous release (`e2e/previous-release`): its chart, with
+//!    its default values but the tag of its own images, built from its sources by
+//!    `scripts/build-images.sh --previous`. The operator runs as a pod of its image (the
+//!    chart's ServiceAccount, RBAC, probes, security context) and its Deployment becomes Ready.
 //! 3. In a namespace labelled Pod Security `baseline`, the chart's unauthenticated example
 //!    SmtpRelay, its relayhost an `smtp-sink` on the node IP and its networks holding the
 //!    address the relay sees for a client on the host.
@@ -19,9 +19,14 @@
 //! 7. The operator's pod deleted: its Deployment brings a new one, which reconciles the relay
 //!    (its `/metrics`, scraped through the chart's metrics Service), leaves the running relay
 //!    alone and keeps its status right; mail still goes through.
-//! 8. The chart was installed with Helm 4 at its previous version (step 2): `helm upgrade`
-//!    with Helm 4 to this checkout's chart rolls the operator out and leaves the relay running.
-//! 9. The relay deleted, `helm uninstall` with Helm 4 removes the operator and keeps the CRD.
+//! 8. The upgrade, as the README tells it, with mail queued on two replicas (the relayhost
+//!    down): `helm upgrade` (Helm 4) to this checkout's chart, the relay image held, rolls the
+//!    operator out and restarts no relay (same pods, no restart, the StatefulSet's template
+//!    revision unchanged); the new operator brings the CRD to its version.
+//! 9. Then the relay image of this checkout (`helm upgrade` with the defaults): each relay
+//!    rolls one pod at a time, the highest ordinal first, the next only once it is Ready with
+//!    the new image; with the relayhost back, every queued message is delivered.
+//! 10. The relay deleted, `helm uninstall` with Helm 4 removes the operator and keeps the CRD.
 //!
 //! Needs root, the tools of `scripts/install-deps.sh` and the images of
 //! `scripts/build-images.sh`. One test: there is one node per machine.
@@ -73,16 +78,30 @@ fn user_path_chart_operator_pod_relay_pod_and_mail_through_the_service() {
     };
     // Before the node: a missing image fails at once.
     ok(user_path::image_tarballs());
+    let previous = ok(user_path::previous_release());
     let cp = ControlPlane::with_node().expect("control plane with a node starts");
     phases.done("node Ready, DNS answering");
     ok(user_path::import_images(&cp));
-    phases.done("images imported");
+    for tar in &previous.tarballs {
+        cp.import_image(tar)
+            .expect("the previous release's image imports");
+    }
+    phases.done("images of this checkout and of the previous release imported");
 
-    // 2. The chart, default values, installed with Helm 4 at its previous version (upgraded to
-    //    this checkout's in step 8): the Deployment names the image imported above.
-    let previous = tempfile::tempdir().expect("a directory for the previous chart");
-    let previous_chart = ok(user_path::previous_chart(previous.path()));
-    let release = ok(user_path::helm4_install(&cp, &previous_chart));
+    // 2. The previous release, installed with Helm 4: its chart, default values but its own
+    //    images' tag (upgraded to this checkout's in steps 8 and 9).
+    let previous_dir = tempfile::tempdir().expect("a directory for the previous chart");
+    let previous_chart = ok(user_path::previous_chart(previous_dir.path()));
+    let previous_images = [
+        format!("image.tag={}", previous.version),
+        format!("relayImage.tag={}", previous.version),
+    ];
+    let previous_images: Vec<&str> = previous_images.iter().map(String::as_str).collect();
+    let release = ok(user_path::helm4_install(
+        &cp,
+        &previous_chart,
+        &previous_images,
+    ));
     operator::wait_crd_served(&cp);
     let deployment =
         operator::get_json(&cp, &release.namespace, "deployment", &release.release).unwrap();
@@ -91,7 +110,7 @@ fn user_path_chart_operator_pod_relay_pod_and_mail_through_the_service() {
         template["containers"][0]["image"],
         format!(
             "ghcr.io/smtp-relay-operator/smtp-relay-operator:{}",
-            env!("CARGO_PKG_VERSION")
+            previous.version
         )
     );
     let operator_pod = ok(user_path::wait_operator_ready(&cp, &release, WAIT));
@@ -118,9 +137,9 @@ fn user_path_chart_operator_pod_relay_pod_and_mail_through_the_service() {
         container["image"],
         format!(
             "ghcr.io/smtp-relay-operator/smtp-relay:{}",
-            env!("CARGO_PKG_VERSION")
+            previous.version
         ),
-        "the relay runs the chart's default relay image"
+        "the relay runs the previous release's relay image"
     );
     for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
         assert!(container[probe]["exec"].is_object(), "{probe} is set");
@@ -278,23 +297,61 @@ fn user_path_chart_operator_pod_relay_pod_and_mail_through_the_service() {
     ok(sink.wait_for(RCPT, &after, WAIT));
     phases.done("relay untouched, status Ready, mail delivered");
 
-    // 8. `helm upgrade` (Helm 4) from the previous chart to this one: the operator's Deployment
-    //    rolls out, the relay keeps running untouched, mail still goes through.
-    ok(user_path::helm4_upgrade(&cp));
-    // The previous chart here names this checkout's images (the same tag), so the upgrade
-    // changes no pod template; a real upgrade changes the operator's image tag and so starts
-    // a new operator pod: start one, as that would.
-    ok(user_path::kubectl(
+    // 8. The upgrade of the operator alone, the relay image held (README, "Upgrading"), with
+    //    mail queued on two replicas while the relayhost is down.
+    cp.kubectl_ok([
+        "patch",
+        "smtprelay",
+        "-n",
+        NS,
+        &relay,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"replicas":2}}"#,
+    ]);
+    let before = ok(user_path::wait(
         &cp,
-        &[
-            "rollout",
-            "restart",
-            "deployment",
-            &release.release,
-            "-n",
-            &release.namespace,
-        ],
+        NS,
+        WAIT,
+        "two relay pods Ready",
+        || user_path::relay_pods_ready(&cp, NS, &relay, 2),
     ));
+    let spools: Vec<_> = (0..2)
+        .map(|i| {
+            let (_, pv) = ok(user_path::pod_claim(&cp, NS, &format!("{relay}-{i}")));
+            user_path::volume_dir(&pv).expect("a hostPath volume")
+        })
+        .collect();
+    drop(sink);
+    let held: Vec<String> = (0..6)
+        .map(|i| {
+            let m = mail::marker(&format!("user-path-upgrade-{i}"));
+            ok(user_path::send_from_host(service, FROM, RCPT, &m));
+            m
+        })
+        .collect();
+    ok(user_path::wait(
+        &cp,
+        NS,
+        WAIT,
+        "the six messages queued on the two spool volumes",
+        || (spools.iter().map(|s| mail::queued(s)).sum::<usize>() == held.len()).then_some(()),
+    ));
+    let queued_on: Vec<usize> = spools.iter().map(|s| mail::queued(s)).collect();
+    eprintln!("[user_path] queued before the upgrade, per pod: {queued_on:?}");
+    let revision = |cp: &ControlPlane| -> Value {
+        operator::get_json(cp, NS, "statefulset", &relay).unwrap()["status"]["updateRevision"]
+            .clone()
+    };
+    let revision_before = revision(&cp);
+    let uids: Vec<Value> = before
+        .iter()
+        .map(|p| p["metadata"]["uid"].clone())
+        .collect();
+    phases.done("two replicas, six messages queued, relayhost down");
+
+    let held_relay_image = format!("relayImage.tag={}", previous.version);
+    ok(user_path::helm4_upgrade(&cp, &["--set", &held_relay_image]));
     ok(user_path::kubectl(
         &cp,
         &[
@@ -307,24 +364,21 @@ fn user_path_chart_operator_pod_relay_pod_and_mail_through_the_service() {
             "--timeout=180s",
         ],
     ));
-    let pod = ok(user_path::wait_relay_ready(&cp, NS, &relay, WAIT));
-    assert_eq!(
-        pod["metadata"]["uid"], relay_uid,
-        "the relay pod kept running through the upgrade"
+    let upgraded_operator = ok(user_path::wait_operator_ready(&cp, &release, WAIT));
+    assert_ne!(
+        upgraded_operator, new_operator,
+        "the upgrade rolled the operator out"
     );
-    assert_eq!(pod["status"]["containerStatuses"][0]["restartCount"], 0);
+    let pod = operator::get_json(&cp, &release.namespace, "pod", &upgraded_operator).unwrap();
     assert_eq!(
-        sts_generation(&cp),
-        generation,
-        "the upgrade changed no StatefulSet"
+        pod["spec"]["containers"][0]["image"],
+        format!(
+            "ghcr.io/smtp-relay-operator/smtp-relay-operator:{}",
+            env!("CARGO_PKG_VERSION")
+        )
     );
-    let upgraded = mail::marker("user-path-after-upgrade");
-    ok(user_path::send_from_host(service, FROM, RCPT, &upgraded));
-    ok(sink.wait_for(RCPT, &upgraded, WAIT));
     // The upgraded operator brought the previous chart's CRD up to its own version (Helm
-    // never upgrades a chart's crds/), with the RBAC this chart grants for it: its log has
-    // no Forbidden. (Before the upgrade the previous chart ran this operator image without
-    // that grant, and its pod warned so, as it should.)
+    // never upgrades a chart's crds/), with the RBAC this chart grants for it.
     let crd_version = ok(user_path::wait(
         &cp,
         &release.namespace,
@@ -338,17 +392,104 @@ fn user_path_chart_operator_pod_relay_pod_and_mail_through_the_service() {
             (version == env!("CARGO_PKG_VERSION")).then_some(version)
         },
     ));
-    let upgraded_operator = user_path::operator_ready(&cp, &release).expect("the operator Ready");
-    assert_ne!(
-        upgraded_operator, new_operator,
-        "the upgrade rolled the operator out"
+    // The new operator reconciled the relay (its status observed by this operator's version
+    // of the rollout: it proved the running configuration on the canary) ...
+    ok(user_path::wait(
+        &cp,
+        NS,
+        WAIT,
+        "the upgraded operator's first reconcile in its /metrics",
+        || {
+            let text = user_path::operator_metrics(&cp, &release).ok()?;
+            (user_path::metric(&text, "smtp_relay_operator_reconciles_total")? >= 1.0).then_some(())
+        },
+    ));
+    // ... and restarted nothing: the same pods, no restart, the same template revision.
+    let after = ok(user_path::wait(
+        &cp,
+        NS,
+        WAIT,
+        "two relay pods Ready",
+        || user_path::relay_pods_ready(&cp, NS, &relay, 2),
+    ));
+    for (pod, uid) in after.iter().zip(&uids) {
+        assert_eq!(
+            &pod["metadata"]["uid"], uid,
+            "{} kept running through the operator's upgrade",
+            pod["metadata"]["name"]
+        );
+        assert_eq!(pod["status"]["containerStatuses"][0]["restartCount"], 0);
+    }
+    assert_eq!(
+        revision(&cp),
+        revision_before,
+        "the operator's upgrade changed no relay pod template"
     );
     let logs = user_path::pod_logs(&cp, &release.namespace, &upgraded_operator);
     assert!(!logs.contains("Forbidden"), "operator log:\n{logs}");
     eprintln!("[user_path] CRD at operator version {crd_version}");
-    phases.done("helm4 upgrade from the previous chart: relay untouched, mail delivered");
+    phases.done("helm4 upgrade of the operator: no relay restarted, CRD upgraded");
 
-    // 9. The relay deleted (its queue empty), then `helm uninstall` (Helm 4): the operator and
+    // 9. The relay image of this checkout: the relay rolls one pod at a time, the highest
+    //    ordinal (the canary) first; the other waits until it is Ready with the new image.
+    //    `--reset-values`: given no values, Helm would reuse the last ones, the hold included.
+    ok(user_path::helm4_upgrade(&cp, &["--reset-values"]));
+    let new_image = format!(
+        "ghcr.io/smtp-relay-operator/smtp-relay:{}",
+        env!("CARGO_PKG_VERSION")
+    );
+    let replaced = |p: &Value, i: usize| {
+        p["metadata"]["uid"] != uids[i] || !p["metadata"]["deletionTimestamp"].is_null()
+    };
+    let runs_new = |p: &Value| {
+        p["spec"]["containers"][0]["image"] == new_image.as_str() && user_path::pod_ready(p)
+    };
+    let mut canary_first = None;
+    let rolled = ok(user_path::wait(
+        &cp,
+        NS,
+        WAIT,
+        "both relay pods replaced by pods of the new relay image",
+        || {
+            let first = operator::get_json(&cp, NS, "pod", &format!("{relay}-0"));
+            let canary = operator::get_json(&cp, NS, "pod", &format!("{relay}-1"));
+            if canary_first.is_none() && first.as_ref().is_none_or(|p| replaced(p, 0)) {
+                canary_first = Some(canary.as_ref().is_some_and(runs_new));
+            }
+            let pods = user_path::relay_pods_ready(&cp, NS, &relay, 2)?;
+            pods.iter().all(runs_new).then_some(pods)
+        },
+    ));
+    assert_eq!(
+        canary_first,
+        Some(true),
+        "{relay}-0 was replaced only once {relay}-1 ran the new image, Ready"
+    );
+    assert_ne!(revision(&cp), revision_before);
+    for pod in &rolled {
+        assert_eq!(pod["status"]["containerStatuses"][0]["restartCount"], 0);
+    }
+    phases.done("relay image upgraded, one pod at a time, canary first");
+    let sink = ok(user_path::node_sink(sink_port));
+    for m in &held {
+        sink.wait_for(RCPT, m, WAIT).unwrap_or_else(|e| {
+            panic!(
+                "{e}\nqueues: {}\n{}",
+                spools
+                    .iter()
+                    .map(|s| mail::spool_report(s))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                user_path::diagnose(&cp, NS)
+            )
+        });
+    }
+    let upgraded = mail::marker("user-path-after-upgrade");
+    ok(user_path::send_from_host(service, FROM, RCPT, &upgraded));
+    ok(sink.wait_for(RCPT, &upgraded, WAIT));
+    phases.done("relayhost back: the six messages queued across both upgrades delivered");
+
+    // 10. The relay deleted (its queue empty), then `helm uninstall` (Helm 4): the operator and
     //    its RBAC go, the CRD stays (Helm never deletes a chart's CRDs: that would delete every
     //    SmtpRelay of the cluster).
     cp.kubectl_ok(["delete", "smtprelay", "-n", NS, &relay, "--timeout=120s"]);
