@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/pflag"
 	"go.etcd.io/etcd/server/v3/embed"
 	"k8s.io/apimachinery/pkg/util/errors"
+	clientgofeatures "k8s.io/client-go/features"
 	"k8s.io/client-go/rest"
 	basecompatibility "k8s.io/component-base/compatibility"
 	"k8s.io/component-base/featuregate"
@@ -148,6 +149,9 @@ func runControllerManager(ctx context.Context, l *files, extra []string) error {
 	if err != nil {
 		return err
 	}
+	if err := enableWatchListClient(s.ComponentGlobalsRegistry.FeatureGateFor(basecompatibility.DefaultKubeComponent)); err != nil {
+		return err
+	}
 	all, disabled, aliases := kcm.KnownControllers(), kcm.ControllersDisabledByDefault(), kcm.ControllerAliases()
 	named := s.Flags(all, disabled, aliases)
 	if err := parseFlags("kube-controller-manager", named.FlagSets, args); err != nil {
@@ -163,6 +167,22 @@ func runControllerManager(ctx context.Context, l *files, extra []string) error {
 		return err
 	}
 	return kcm.Run(ctx, c.Complete())
+}
+
+// enableWatchListClient switches client-go's WatchListClient on, as the controller manager of
+// Kubernetes 1.34 (e2e/controlplane/oldest) does by overriding the gate's default in its Flags:
+// that override panics once the API server of this process has added the gates to its flags,
+// and is skipped when the gate is on already. From 1.35 it is on by default: nothing to do.
+func enableWatchListClient(gate featuregate.FeatureGate) error {
+	watchList := featuregate.Feature(clientgofeatures.WatchListClient)
+	if gate.Enabled(watchList) {
+		return nil
+	}
+	mutable, ok := gate.(featuregate.MutableFeatureGate)
+	if !ok {
+		return fmt.Errorf("the feature gates cannot be changed: %s stays off", watchList)
+	}
+	return mutable.SetFromMap(map[string]bool{string(watchList): true})
 }
 
 // runScheduler runs kube-scheduler in-process until ctx is cancelled (with --node: without a
