@@ -5,7 +5,8 @@
 #   - into $ROOT/.cache/lib/sasl2: the relay's XOAUTH2 mechanism (image/sasl-xoauth2), which the
 #     tests' relays load (RELAY_SASL_PLUGIN_DIR) as the image's do from /usr/lib/smtp-relay/sasl2;
 #   - into $ROOT/.cache/bin: helm (3) and helm4, actionlint, and controlplane + kubectl built from e2e/controlplane
-#     (a real etcd + kube-apiserver + kube-controller-manager, from Go modules);
+#     (a real etcd + kube-apiserver + kube-controller-manager, from Go modules), and
+#     controlplane-oldest, the same at the oldest supported Kubernetes (e2e/controlplane/oldest);
 #   - with --lint (the tests, not the demo): cargo-deny and promtool (checks and unit-tests the
 #     chart's alerts and dashboard queries), into the same place.
 # A second run with everything present does nothing and takes seconds.
@@ -125,6 +126,34 @@ controlplane_build() {
     echo "$sum" >"$stamp"
 }
 
+# The same control plane built against the oldest supported Kubernetes minor, from the module
+# e2e/controlplane/oldest: its .go files are links to ../*.go, its go.mod pins that minor. Only
+# `controlplane-oldest`: the newer kubectl talks to it within the version skew it supports.
+# Packages shared with the build above come from the same Go build cache.
+controlplane_oldest_build() {
+    local src="$ROOT/e2e/controlplane" out="$BIN/controlplane-oldest"
+    local stamp="$BIN/.controlplane-oldest-sources" f sum missing=()
+    for f in "$src"/*.go; do
+        [ -L "$src/oldest/${f##*/}" ] || missing+=("${f##*/}")
+    done
+    if [ "${#missing[@]}" -gt 0 ]; then
+        log "e2e/controlplane/oldest lacks links to: ${missing[*]}" \
+            "(cd e2e/controlplane/oldest && ln -s ../NAME.go .)"
+        exit 1
+    fi
+    # The links' targets are the sources above (find sees no links); the module is its own.
+    sum="$( (sources_hash "$src" '*.go' && sources_hash "$src/oldest" go.mod go.sum) |
+        sha256sum | cut -d' ' -f1)"
+    if [ -x "$out" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$sum" ]; then
+        return
+    fi
+    log "building controlplane-oldest"
+    local x
+    x="$(k8s_version_ldflags "$src/oldest/go.mod")"
+    (cd "$src/oldest" && "$GO" build -trimpath "-ldflags=-s -w$x" -o "$out" .)
+    echo "$sum" >"$stamp"
+}
+
 main() {
     local start=$EPOCHREALTIME
     mkdir -p "$BIN"
@@ -137,6 +166,7 @@ main() {
     step "helm4 $HELM4_VERSION" helm4_install
     step "actionlint $ACTIONLINT_VERSION" actionlint_install
     step "controlplane + kubectl" controlplane_build
+    step "controlplane-oldest" controlplane_oldest_build
     if [ "${1:-}" = "--lint" ]; then
         step "cargo-deny $CARGO_DENY_VERSION" cargo_deny_install
         step "promtool $PROMETHEUS_VERSION" promtool_install

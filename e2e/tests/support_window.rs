@@ -1,8 +1,9 @@
 //! The support window README.md states ("Supported versions") and what keeps it true, without a
 //! cluster: the workspace's `rust-version` is the highest any locked dependency needs; README.md,
 //! the chart's `kubeVersion`, operator/Cargo.toml's k8s-openapi feature and the Kubernetes the
-//! e2e control plane is built from say the same Kubernetes minors; the pinned Helm is in the
-//! stated range; and renovate.json parses and covers every kind of pinned version the project has.
+//! e2e control plane is built from say the same Kubernetes minors, and the oldest control plane
+//! (`e2e/controlplane/oldest`, the same sources) is built from the oldest; the pinned Helm is in
+//! the stated range; and renovate.json parses and covers every kind of pinned version the project has.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
 
@@ -257,21 +258,97 @@ fn readme_chart_and_operator_state_the_same_kubernetes_window() {
     );
 }
 
-#[test]
-fn the_e2e_control_plane_runs_a_supported_kubernetes() {
-    let (oldest, newest) = readme_kubernetes_window();
-    let go_mod = read("e2e/controlplane/go.mod");
+/// The `k8s.io/kubernetes` version a go.mod requires.
+fn go_mod_kubernetes(path: &str) -> Version {
+    let go_mod = read(path);
     let kubernetes = go_mod
         .lines()
         .map(str::trim)
         .find_map(|l| l.strip_prefix("k8s.io/kubernetes "))
-        .expect("e2e/controlplane/go.mod requires k8s.io/kubernetes");
-    let (_, minor, _) = version(kubernetes.split_whitespace().next().unwrap());
+        .unwrap_or_else(|| panic!("{path} requires k8s.io/kubernetes"));
+    version(kubernetes.split_whitespace().next().unwrap())
+}
+
+#[test]
+fn the_e2e_control_plane_runs_a_supported_kubernetes() {
+    let (oldest, newest) = readme_kubernetes_window();
+    let kubernetes = show(go_mod_kubernetes("e2e/controlplane/go.mod"));
+    let (_, minor, _) = version(&kubernetes);
     assert!(
         (oldest..=newest).contains(&minor),
         "the e2e control plane is Kubernetes {kubernetes}, outside README.md's supported \
          1.{oldest} to 1.{newest}"
     );
+}
+
+/// `e2e/controlplane/oldest` builds the e2e control plane's own sources (links, not copies)
+/// against README.md's oldest supported Kubernetes, with every staging module of that release.
+#[test]
+fn the_oldest_e2e_control_plane_runs_the_oldest_supported_kubernetes() {
+    let (oldest, _) = readme_kubernetes_window();
+    let path = "e2e/controlplane/oldest/go.mod";
+    let kubernetes = go_mod_kubernetes(path);
+    assert_eq!(
+        (kubernetes.0, kubernetes.1),
+        (1, oldest),
+        "{path} builds Kubernetes {}, README.md's oldest supported is 1.{oldest}: move them \
+         together (in e2e/controlplane/oldest: go get k8s.io/kubernetes@v1.{oldest}.PATCH, the \
+         replaces to v0.{oldest}.PATCH, go mod tidy)",
+        show(kubernetes)
+    );
+    // k8s.io/kubernetes requires its staging modules at v0.0.0: each is replaced by the
+    // release of the same minor and patch.
+    let staging = format!("v0.{}.{}", kubernetes.1, kubernetes.2);
+    let go_mod = read(path);
+    let replaces: Vec<(&str, &str)> = go_mod
+        .lines()
+        .filter_map(|l| {
+            let (from, to) = l.split_once("=>")?;
+            let mut to = to.split_whitespace();
+            let module = to.next()?;
+            (module.starts_with("k8s.io/") && from.trim() == module)
+                .then(|| (module, to.next().unwrap_or("")))
+        })
+        .collect();
+    assert!(
+        replaces.iter().any(|(m, _)| *m == "k8s.io/api"),
+        "{path} replaces no staging module"
+    );
+    for (module, version) in replaces {
+        assert_eq!(
+            version,
+            staging,
+            "{path} replaces {module} by {version}, not the {staging} of k8s.io/kubernetes {}",
+            show(kubernetes)
+        );
+    }
+
+    // The same sources: every .go file of e2e/controlplane is linked there, and nothing else.
+    let dir = root().join("e2e/controlplane");
+    let names = |dir: &Path| -> BTreeSet<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".go"))
+            .collect()
+    };
+    let sources = names(&dir);
+    let linked = names(&dir.join("oldest"));
+    assert_eq!(
+        linked, sources,
+        "e2e/controlplane/oldest holds other .go files than e2e/controlplane (each is a link: \
+         cd e2e/controlplane/oldest && ln -s ../NAME.go .)"
+    );
+    for name in &linked {
+        let link = dir.join("oldest").join(name);
+        let target = std::fs::read_link(&link)
+            .unwrap_or_else(|e| panic!("e2e/controlplane/oldest/{name} is not a link: {e}"));
+        assert_eq!(
+            target,
+            Path::new("..").join(name),
+            "e2e/controlplane/oldest/{name} links elsewhere"
+        );
+    }
 }
 
 /// The default of `NAME="${NAME:-VALUE}"` in scripts/install-deps.sh.
@@ -349,6 +426,14 @@ fn set_true(v: &Value, key: &str, path: &str, found: &mut Vec<String>) {
     }
 }
 
+/// The Go modules the e2e builds: the control plane, the same at the oldest supported
+/// Kubernetes, CoreDNS.
+const E2E_GO_MODS: [&str; 3] = [
+    "e2e/controlplane/go.mod",
+    "e2e/controlplane/oldest/go.mod",
+    "e2e/coredns/go.mod",
+];
+
 #[test]
 fn renovate_covers_every_pinned_version_and_merges_nothing_by_itself() {
     let config = renovate();
@@ -367,7 +452,7 @@ fn renovate_covers_every_pinned_version_and_merges_nothing_by_itself() {
         );
     }
     // gomod finds every go.mod by itself: these are the ones the e2e builds.
-    for go_mod in ["e2e/controlplane/go.mod", "e2e/coredns/go.mod"] {
+    for go_mod in E2E_GO_MODS {
         assert!(root().join(go_mod).is_file(), "{go_mod} is gone");
     }
     assert!(

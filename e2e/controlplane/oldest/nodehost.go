@@ -1,0 +1,1 @@
+../nodehost.go
