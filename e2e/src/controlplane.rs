@@ -8,6 +8,10 @@
 //! with [`ControlPlane::with_node`]: then a real node runs too (containerd, kubelet, kube-proxy,
 //! CoreDNS, the scheduler; see `e2e/controlplane/README.md`). One node per machine: it needs
 //! root, and tests of one binary should share it (isolating themselves by namespace).
+//!
+//! [`ControlPlane::start_oldest`] runs the same control plane built against the oldest
+//! Kubernetes minor README.md supports (`e2e/controlplane/oldest/go.mod`, the one place that
+//! names it; [`oldest_kubernetes_version`] reads it).
 
 use std::ffi::OsStr;
 use std::fs::{self, OpenOptions};
@@ -26,6 +30,12 @@ const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(180);
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// The same with a node: its pods get a 10 s grace period, then the daemons stop.
 const NODE_STOP_TIMEOUT: Duration = Duration::from_secs(90);
+/// The control plane of `e2e/controlplane/go.mod`, in `.cache/bin`.
+const BINARY: &str = "controlplane";
+/// The control plane of `e2e/controlplane/oldest/go.mod`, in `.cache/bin`.
+const OLDEST_BINARY: &str = "controlplane-oldest";
+/// The module that builds [`OLDEST_BINARY`], relative to the workspace root.
+const OLDEST_GO_MOD: &str = "e2e/controlplane/oldest/go.mod";
 
 /// Why the control plane could not be started, or a file of its directory not read or written.
 #[derive(Debug, thiserror::Error)]
@@ -56,12 +66,21 @@ pub struct ControlPlane {
     dir: tempfile::TempDir,
     started: Duration,
     node: bool,
+    /// The tool in `.cache/bin` that runs it.
+    binary: &'static str,
 }
 
 impl ControlPlane {
     /// Starts a control plane in a new temporary directory and waits until it is ready.
     pub fn start() -> Result<Self, Error> {
-        Self::start_inner(false)
+        Self::start_inner(false, BINARY)
+    }
+
+    /// As [`Self::start`], with the control plane built against the oldest supported
+    /// Kubernetes (`.cache/bin/controlplane-oldest`, from `e2e/controlplane/oldest/go.mod`:
+    /// the same sources, that module's Kubernetes). No node: its node components are not built.
+    pub fn start_oldest() -> Result<Self, Error> {
+        Self::start_inner(false, OLDEST_BINARY)
     }
 
     /// Starts a control plane with a real node (`controlplane --node`) and waits until the
@@ -76,16 +95,17 @@ impl ControlPlane {
     /// hostPath volume for every claim. Pods reach the API server at `kubernetes.default`
     /// (10.96.0.1) and cluster DNS at 10.96.0.10; nothing they send may leave the machine.
     pub fn with_node() -> Result<Self, Error> {
-        Self::start_inner(true)
+        Self::start_inner(true, BINARY)
     }
 
-    fn start_inner(node: bool) -> Result<Self, Error> {
+    fn start_inner(node: bool, binary: &'static str) -> Result<Self, Error> {
         let dir = tempfile::Builder::new().prefix("controlplane-").tempdir()?;
         let mut cp = ControlPlane {
             child: None,
             dir,
             started: Duration::ZERO,
             node,
+            binary,
         };
         cp.resume()?;
         Ok(cp)
@@ -288,7 +308,7 @@ impl ControlPlane {
             .open(&log_path)?;
         writeln!(&log, "---- starting controlplane ----")?;
         let begin = Instant::now();
-        let mut cmd = Command::new(tools::bin("controlplane"));
+        let mut cmd = Command::new(tools::bin(self.binary));
         cmd.arg("--dir").arg(&dir).arg("--exit-with-parent");
         if self.node {
             cmd.arg("--node");
@@ -372,6 +392,33 @@ impl Drop for ControlPlane {
             );
         }
     }
+}
+
+/// The Kubernetes version [`ControlPlane::start_oldest`] runs, as `e2e/controlplane/oldest/go.mod`
+/// requires `k8s.io/kubernetes` (`v1.X.Y`); `Err` when the file cannot be read or requires none.
+pub fn oldest_kubernetes_version() -> io::Result<String> {
+    let path = tools::workspace_root().join(OLDEST_GO_MOD);
+    let text = fs::read_to_string(&path)?;
+    go_mod_kubernetes(&text).map(str::to_owned).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} requires no k8s.io/kubernetes v1.x", path.display()),
+        )
+    })
+}
+
+/// The version a go.mod requires of `k8s.io/kubernetes` (the `v1.x.y` of its require line, not
+/// the `v0.0.0` its staging modules are replaced from).
+pub fn go_mod_kubernetes(go_mod: &str) -> Option<&str> {
+    go_mod.lines().find_map(|l| {
+        let l = l.trim();
+        let l = l.strip_prefix("require ").map_or(l, str::trim_start);
+        let version = l
+            .strip_prefix("k8s.io/kubernetes ")?
+            .split_whitespace()
+            .next()?;
+        version.starts_with("v1.").then_some(version)
+    })
 }
 
 fn run_with_input(mut cmd: Command, input: &str) -> Output {
