@@ -8,7 +8,9 @@
 //!    its Postfix refuses it in the self-check and it keeps the last good configuration, the
 //!    other replica never sees it (same pod, same template), both still accept mail, status
 //!    names the field and Postfix's words and one Warning Event says so; reverting the spec
-//!    moves the canary back and the other pod is never touched.
+//!    moves the canary back and the other pod is never touched. Then a table that only the
+//!    canary's volume holds: the canary passes, the other replica refuses and keeps serving
+//!    its last good configuration, and status names it (read from every replica's metrics).
 //! 2. N messages, accepted by both pods (sent to each pod's IP in turn), deferred on their
 //!    spool volumes.
 //! 3. Every relay container killed with SIGKILL (through containerd, as the OOM killer or a
@@ -59,7 +61,7 @@ const N: usize = 60;
 const M: usize = 10;
 
 fn main() -> std::process::ExitCode {
-    let phases: [Phase<Env>; 11] = [
+    let phases: [Phase<Env>; 12] = [
         (
             "two_replicas_ready_with_the_relayhost_down",
             two_replicas_ready_with_the_relayhost_down,
@@ -67,6 +69,10 @@ fn main() -> std::process::ExitCode {
         (
             "a_value_postfix_refuses_stops_at_the_first_pod",
             a_value_postfix_refuses_stops_at_the_first_pod,
+        ),
+        (
+            "a_replica_refusing_what_the_canary_proved_is_named",
+            a_replica_refusing_what_the_canary_proved_is_named,
         ),
         (
             "accepted_mail_is_queued_on_both_spools_and_counted_in_status",
@@ -401,6 +407,79 @@ fn a_value_postfix_refuses_stops_at_the_first_pod(env: &mut Env) {
     env.pods = pods;
     env.step("reverted: the canary runs the proven configuration again, durable-0 untouched");
 }
+
+/// A table only the canary's volume holds: the canary passes the configuration, the other
+/// replica then takes it and its Postfix refuses it (something of that pod's own). It keeps
+/// serving its last good configuration, and status names it, from what the queue observer
+/// reads of every replica, not only the canary.
+fn a_replica_refusing_what_the_canary_proved_is_named(env: &mut Env) {
+    let cp = &env.cp;
+    let before = operator::config_hash(&env.pods["durable-0"]).to_string();
+    let (_, pv) = ok(user_path::pod_claim(cp, NS, "durable-1"));
+    let table = user_path::volume_dir(&pv)
+        .expect("a hostPath volume")
+        .join(LOCAL_TABLE);
+    std::fs::write(&table, "nowhere.invalid error:unused\n").expect("the canary's table");
+    operator::patch_relay(
+        cp,
+        NS,
+        RELAY,
+        &format!(
+            r#"{{"spec":{{"postconf":{{"transport_maps":"texthash:/var/spool/postfix/{LOCAL_TABLE}"}}}}}}"#
+        ),
+    );
+    let refused = env.wait("durable-0's refusal in status", || {
+        relay_condition(cp, "ConfigProven").filter(|c| {
+            c["status"] == "False"
+                && c["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("durable-0 "))
+        })
+    });
+    let message = refused["message"].as_str().unwrap_or_default();
+    for text in [
+        "although the canary passed it",
+        "spec.postconf.transport_maps",
+        LOCAL_TABLE,
+    ] {
+        assert!(message.contains(text), "status names {text}: {message}");
+    }
+    assert_eq!(partition(cp), Some(0), "the canary had proven it");
+    let relay = operator::get_json(cp, NS, "smtprelay", RELAY).unwrap();
+    let pods = relay["status"]["queue"]["pods"].as_array().unwrap();
+    let zero = pods.iter().find(|p| p["pod"] == "durable-0").unwrap();
+    assert_eq!(zero["configRevision"], before.as_str(), "{zero}");
+    assert!(zero["configRefused"]["error"].is_string(), "{zero}");
+    // durable-0 still accepts mail, on its last good configuration.
+    let pods = env.wait("both pods Ready", || ready_pods(cp));
+    let ip: Ipv4Addr = pods["durable-0"]["status"]["podIP"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let reply = ok(rcpt_reply(SocketAddr::from((ip, 25)), "probe@example.net"));
+    assert!(
+        reply.starts_with("250"),
+        "durable-0 answers RCPT with {reply}"
+    );
+    env.step(&format!("named: {message}"));
+    operator::patch_relay(cp, NS, RELAY, operator::UNUSABLE_TABLE_REVERTED);
+    env.wait("the reverted configuration proven on every pod", || {
+        let proven = relay_condition(cp, "ConfigProven")?;
+        let pods = ready_pods(cp)?;
+        (proven["status"] == "True"
+            && pods.values().all(|p| operator::config_hash(p) == before)
+            && partition(cp) == Some(0))
+        .then_some(())
+    });
+    std::fs::remove_file(&table).expect("the canary's table removed");
+    env.pods = env.wait("both pods Ready", || ready_pods(cp));
+    env.step("reverted: every pod runs the proven configuration again");
+}
+
+/// The table of [`a_replica_refusing_what_the_canary_proved_is_named`], at the root of a spool
+/// volume.
+const LOCAL_TABLE: &str = "canary-only-transport";
 
 /// 2. N messages, each pod taking half, all accepted and queued; `status.queue` and `kubectl
 ///    get smtpr` count them.

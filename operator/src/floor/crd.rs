@@ -885,9 +885,26 @@ pub struct PodQueueStatus {
     /// 452 (retry later).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spool_nearly_full: Option<bool>,
+    /// The configuration revision (the config hash) this replica's Postfix runs, as it says
+    /// (an older relay image does not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_revision: Option<String>,
+    /// A configuration this replica's Postfix refused: it keeps running `configRevision`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_refused: Option<PodConfigRefused>,
     /// Why the numbers are missing (the metrics endpoint did not answer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unreadable: Option<String>,
+}
+
+/// A configuration a replica refused, and why in Postfix's own words.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PodConfigRefused {
+    /// The refused configuration's revision (its config hash).
+    pub revision: String,
+    /// Postfix's own log line (or the self-check's SMTP reply).
+    pub error: String,
 }
 
 impl SmtpRelaySpec {
@@ -974,6 +991,24 @@ pub fn find_condition<'a>(
 }
 
 pub const READY: &str = "Ready";
+
+/// The replicas that say they refused a configuration, as the queue observer last read them
+/// (`status.queue.pods[].configRefused`): the rollout names them, and a reconcile follows a
+/// change of them (see `fingerprint`).
+pub fn config_refusals(relay: &SmtpRelay) -> Vec<(&str, &PodQueueStatus)> {
+    relay
+        .status
+        .as_ref()
+        .and_then(|s| s.queue.as_ref())
+        .map(|q| {
+            q.pods
+                .iter()
+                .filter(|p| p.config_refused.is_some())
+                .map(|p| (p.pod.as_str(), p))
+                .collect()
+        })
+        .unwrap_or_default()
+}
 
 /// What the `RelayhostLogin` condition depends on in `status.queue`: a reconcile follows a
 /// change of it (see `fingerprint`), and nothing else the queue observer writes.

@@ -43,6 +43,9 @@ pub enum Canary {
     Refused(Refusal),
 }
 
+/// Longest Postfix error kept from a pod's report of a refusal (status and Events).
+pub const REFUSAL_MAX: usize = 400;
+
 /// A configuration a pod's self-check refused, in Postfix's words.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
@@ -55,6 +58,9 @@ pub struct Refusal {
     pub error: String,
     /// The spec fields the error points at (`spec.postconf.<name>`), when it names one.
     pub suspects: Vec<String>,
+    /// Refused by the canary, so the other replicas are held back; `false`: by a later
+    /// replica, after the canary proved the configuration and the others took it.
+    pub canary: bool,
 }
 
 impl Canary {

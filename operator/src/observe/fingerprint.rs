@@ -162,8 +162,12 @@ impl Stores {
         serde_json::to_string(&decided_on)
             .ok()?
             .hash(&mut relay_part);
-        // Of the queue, only what the RelayhostLogin condition shows.
+        // Of the queue, only what the RelayhostLogin condition shows, and which replicas
+        // refused which configuration (the rollout names them).
         crate::floor::crd::login_health(relay).hash(&mut relay_part);
+        for (pod, p) in crate::floor::crd::config_refusals(relay) {
+            (pod, p.config_refused.as_ref().map(|r| &r.revision)).hash(&mut relay_part);
+        }
 
         let children = Names::all(&name);
         let mut secrets = DefaultHasher::new();
@@ -285,6 +289,39 @@ mod tests {
             k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::UNIX_EPOCH),
         );
         assert_eq!(stores("1", "1").fingerprint(&deleting), None);
+        // Of the queue observer's writes, a replica's refusal counts; its numbers do not.
+        let with_pods = |messages: u64, refused: Option<&str>| {
+            let mut r = r.clone();
+            r.status = Some(crate::floor::crd::SmtpRelayStatus {
+                queue: Some(crate::floor::crd::QueueStatus {
+                    pods: vec![crate::floor::crd::PodQueueStatus {
+                        pod: "r1-0".into(),
+                        messages: Some(messages),
+                        config_refused: refused.map(|rev| crate::floor::crd::PodConfigRefused {
+                            revision: rev.into(),
+                            error: "warning: cannot open".into(),
+                        }),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+            r
+        };
+        let quiet = fp(&stores("1", "1"), &with_pods(0, None));
+        assert_eq!(
+            quiet,
+            fp(&stores("1", "1"), &with_pods(7, None)),
+            "mail came"
+        );
+        let refused = fp(&stores("1", "1"), &with_pods(0, Some("h1")));
+        assert_ne!(quiet, refused, "a replica refused a configuration");
+        assert_ne!(
+            refused,
+            fp(&stores("1", "1"), &with_pods(0, Some("h2"))),
+            "it refused another one"
+        );
 
         let memory = Memory::default();
         let action = Action::requeue(Duration::from_secs(300));

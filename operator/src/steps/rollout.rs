@@ -21,16 +21,13 @@ use smtp_relay::metrics::QueueReport;
 use tracing::debug;
 
 use crate::floor::contract::CONFIG_HASH_ANNOTATION;
-use crate::floor::crd::{SmtpRelay, SmtpRelaySpec};
-use crate::floor::running::{ordinal, pod_ready, truncate, Canary, Refusal};
+use crate::floor::crd::{config_refusals, PodQueueStatus, SmtpRelay, SmtpRelaySpec};
+use crate::floor::running::{ordinal, pod_ready, truncate, Canary, Refusal, REFUSAL_MAX};
 use crate::floor::verdict::Desired;
 use crate::steps::build::statefulset::rolling_update;
 
 /// How soon a reconcile looks again while the canary proves a configuration.
 pub const REQUEUE: Duration = Duration::from_secs(5);
-
-/// Longest Postfix error kept from a pod's report.
-const ERROR_MAX: usize = 400;
 
 /// What a pod says of its configuration on its metrics page.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -159,8 +156,9 @@ fn judge(
             pod,
             revision,
             running: running.clone(),
-            error: truncate(error, ERROR_MAX),
+            error: truncate(error, REFUSAL_MAX),
             suspects: suspects(spec, error),
+            canary: true,
         }),
         Some(Said {
             running: Some(running),
@@ -196,6 +194,29 @@ pub fn suspects(spec: &SmtpRelaySpec, error: &str) -> Vec<String> {
         }
     }
     out
+}
+
+/// A replica that refused the desired configuration although the canary proved it (something
+/// of its own: its node, its volume), as the queue observer last read it
+/// ([`crate::floor::crd::config_refusals`]): it keeps serving its last good configuration,
+/// and status names it. `current`: the names of the replicas that are to stay.
+pub fn later_refusal(
+    spec: &SmtpRelaySpec,
+    desired: &str,
+    refusals: &[(&str, &PodQueueStatus)],
+    current: &[String],
+) -> Option<Refusal> {
+    refusals.iter().find_map(|(pod, status)| {
+        let refused = status.config_refused.as_ref()?;
+        (refused.revision == desired && current.iter().any(|c| c == pod)).then(|| Refusal {
+            pod: (*pod).to_string(),
+            revision: desired.to_string(),
+            running: status.config_revision.clone(),
+            error: truncate(&refused.error, REFUSAL_MAX),
+            suspects: suspects(spec, &refused.error),
+            canary: false,
+        })
+    })
 }
 
 fn revision(pod: &Pod) -> Option<String> {
@@ -262,7 +283,14 @@ pub async fn step(
     if let Some(spec) = desired.stateful_set.spec.as_mut() {
         spec.update_strategy = Some(rolling_update(decision.partition));
     }
-    decision.canary
+    match decision.canary {
+        c @ (Canary::Settled | Canary::Proven { .. }) => {
+            let names: Vec<String> = current.iter().map(|(_, p)| p.name_any()).collect();
+            later_refusal(&relay.spec, config_hash, &config_refusals(relay), &names)
+                .map_or(c, Canary::Refused)
+        }
+        c => c,
+    }
 }
 
 #[cfg(test)]
@@ -294,6 +322,45 @@ mod tests {
             .insert("transport_maps".into(), "hash:/etc/postfix/missing".into());
         r.spec.postconf.insert("smtpd_timeout".into(), "30s".into());
         r.spec
+    }
+
+    #[test]
+    fn a_later_replica_that_refused_the_desired_configuration_is_named() {
+        let status = |refused: &str| PodQueueStatus {
+            pod: "r-0".into(),
+            config_revision: Some("h0".into()),
+            config_refused: Some(crate::floor::crd::PodConfigRefused {
+                revision: refused.into(),
+                error:
+                    "RCPT TO answered 451 4.3.5; warning: hash:/etc/postfix/missing is unavailable"
+                        .into(),
+            }),
+            ..PodQueueStatus::default()
+        };
+        let current = vec!["r-0".to_string(), "r-1".to_string(), "r-2".to_string()];
+        let refusing = status("h1");
+        let found = later_refusal(&spec(), "h1", &[("r-0", &refusing)], &current).unwrap();
+        assert_eq!(
+            (
+                found.pod.as_str(),
+                found.revision.as_str(),
+                found.running.as_deref()
+            ),
+            ("r-0", "h1", Some("h0"))
+        );
+        assert!(!found.canary);
+        assert_eq!(found.suspects, ["spec.postconf.transport_maps"]);
+        // A refusal of another configuration (an older one, since reverted) is no news.
+        let older = status("h9");
+        assert_eq!(
+            later_refusal(&spec(), "h1", &[("r-0", &older)], &current),
+            None
+        );
+        // Nor is one of a pod that is gone (a scale-down) or on its way out.
+        assert_eq!(
+            later_refusal(&spec(), "h1", &[("r-0", &refusing)], &current[1..]),
+            None
+        );
     }
 
     #[test]

@@ -21,7 +21,8 @@ use smtp_relay::metrics::QueueReport;
 use tracing::{debug, warn};
 
 use crate::context::Context;
-use crate::floor::crd::{PodQueueStatus, QueueStatus, SmtpRelay, TokenStatus};
+use crate::floor::crd::{PodConfigRefused, PodQueueStatus, QueueStatus, SmtpRelay, TokenStatus};
+use crate::floor::running::{truncate, REFUSAL_MAX};
 use crate::observe::scrape::{scrape, SCRAPES_AT_ONCE};
 
 /// How often each relay's queue is read.
@@ -118,6 +119,11 @@ pub fn summarize(reports: &[(String, Result<QueueReport, String>)]) -> Option<Qu
                 spool_size_bytes: q.spool_size_bytes.map(whole_mib),
                 // Said by a relay that reports its spool (an older image does not).
                 spool_nearly_full: q.spool_free_bytes.map(|_| q.spool_nearly_full),
+                config_revision: q.config_revision.clone(),
+                config_refused: q.config_refused.as_ref().map(|r| PodConfigRefused {
+                    revision: r.revision.clone(),
+                    error: truncate(&r.error, REFUSAL_MAX),
+                }),
                 unreadable: None,
             },
             Err(why) => PodQueueStatus {
@@ -416,6 +422,31 @@ mod tests {
             relayhost_login: login,
             ..QueueReport::default()
         }
+    }
+
+    #[test]
+    fn the_summary_says_which_configuration_each_pod_runs_and_what_it_refused() {
+        let refusing = QueueReport {
+            config_revision: Some("h0".into()),
+            config_refused: Some(smtp_relay::metrics::ConfigRefusal {
+                revision: "h1".into(),
+                error: format!("warning: {}", "x".repeat(1000)),
+            }),
+            ..QueueReport::default()
+        };
+        let running = QueueReport {
+            config_revision: Some("h1".into()),
+            ..QueueReport::default()
+        };
+        let queue =
+            summarize(&[("r1-0".into(), Ok(refusing)), ("r1-1".into(), Ok(running))]).unwrap();
+        let (p0, p1) = (&queue.pods[0], &queue.pods[1]);
+        assert_eq!(p0.config_revision.as_deref(), Some("h0"));
+        let refused = p0.config_refused.as_ref().unwrap();
+        assert_eq!(refused.revision, "h1");
+        assert!(refused.error.starts_with("warning: x") && refused.error.len() <= REFUSAL_MAX + 3);
+        assert_eq!(p1.config_revision.as_deref(), Some("h1"));
+        assert_eq!(p1.config_refused, None);
     }
 
     #[test]

@@ -719,12 +719,21 @@ fn refusal_message(r: &Refusal) -> String {
         .as_deref()
         .map(|h| format!("it keeps serving with configuration {}", revision::short(h)))
         .unwrap_or_else(|| "it keeps serving with its last good configuration".into());
-    format!(
-        "{} refused configuration {} in Postfix's self-check: {}; {running} and no other pod gets the refused one; fix or revert {fields}",
-        r.pod,
-        revision::short(&r.revision),
-        r.error
-    )
+    if r.canary {
+        format!(
+            "{} refused configuration {} in Postfix's self-check: {}; {running} and no other pod gets the refused one; fix or revert {fields}",
+            r.pod,
+            revision::short(&r.revision),
+            r.error
+        )
+    } else {
+        format!(
+            "{} refused configuration {} in Postfix's self-check although the canary passed it: {}; {running} while the other pods run the new one; look at what differs for that pod (its node, its volume), or fix or revert {fields}",
+            r.pod,
+            revision::short(&r.revision),
+            r.error
+        )
+    }
 }
 
 /// The condition `type_` as it was.
@@ -1057,6 +1066,7 @@ mod tests {
                 running: Some("h0".into()),
                 error: "RCPT TO answered 451 4.3.5 Server configuration error; warning: hash:/etc/postfix/missing is unavailable".into(),
                 suspects: vec!["spec.postconf.smtpd_client_restrictions".into()],
+                canary: true,
             }),
             ..DONE
         };
@@ -1114,7 +1124,39 @@ mod tests {
             running: Some("h0".into()),
             error: "RCPT TO answered 451 4.3.5 Server configuration error; warning: hash:/etc/postfix/missing is unavailable".into(),
             suspects: vec!["spec.postconf.smtpd_client_restrictions".into()],
+            canary: true,
         })
+    }
+
+    #[test]
+    fn a_replica_refusing_what_the_canary_proved_is_named_and_not_blamed_on_the_rollout() {
+        let r = relay("r1");
+        let later = Rollout {
+            canary: Canary::Refused(Refusal {
+                pod: "r1-0".into(),
+                revision: "h1".into(),
+                running: Some("h0".into()),
+                error: "RCPT TO answered 451 4.3.0; warning: cannot open /data/table".into(),
+                suspects: vec![],
+                canary: false,
+            }),
+            ..DONE
+        };
+        let s = compute(&r, &applied(), later, t(1));
+        let proven = cond(&s, CONFIG_PROVEN);
+        assert_eq!(
+            (proven.status.as_str(), proven.reason.as_str()),
+            ("False", CONFIG_REFUSED)
+        );
+        assert!(
+            proven.message.starts_with("r1-0 refused configuration ")
+                && proven.message.contains("although the canary passed it")
+                && proven.message.contains("cannot open /data/table")
+                && !proven.message.contains("no other pod gets"),
+            "{}",
+            proven.message
+        );
+        assert_eq!(cond(&s, READY).reason, CONFIG_REFUSED);
     }
 
     #[test]
