@@ -275,6 +275,15 @@ const CASES: &[Case] = &[
         },
     },
     Case {
+        name: "allowedRelayImages reaches the operator as its allow-list",
+        values: "allowedRelayImages: [registry.internal/mail/, ghcr.io/acme/relay]",
+        check: |docs| {
+            assert!(args(docs).contains(
+                &"--allowed-relay-images=registry.internal/mail/,ghcr.io/acme/relay".to_string()
+            ));
+        },
+    },
+    Case {
         name: "serviceMonitor.enabled creates a ServiceMonitor on the metrics port",
         values: "serviceMonitor: {enabled: true, labels: {release: prometheus}, interval: 15s}",
         check: |docs| {
@@ -756,6 +765,7 @@ fn wrong_values_are_rejected_naming_the_value() {
         ("image: {pullSecrets: [regcred]}", "/image/pullSecrets/0"),
         ("image: {tagg: v1}", "'tagg'"),
         ("watchNamespace: Mail_NS", "/watchNamespace"),
+        ("allowedRelayImages: [\"a,b\"]", "/allowedRelayImages/0"),
         ("crds: {upgrade: sometimes}", "/crds/upgrade"),
         ("crds: {upgrades: true}", "'upgrades'"),
         ("serviceMonitor: {enabled: yes please}", "/serviceMonitor/enabled"),

@@ -65,6 +65,7 @@ fn namespaced_operator(cp: &ControlPlane) {
         OperatorOptions {
             namespace: "team-ops".into(),
             watch_namespace: Some("team-a".into()),
+            extra_args: vec!["--allowed-relay-images=registry.internal/mail/".into()],
             ..OperatorOptions::default()
         },
     )
@@ -137,6 +138,26 @@ fn namespaced_operator(cp: &ControlPlane) {
             get_json(cp, "team-a", kind, name).is_some(),
             "{kind} team-a/{name}"
         );
+    }
+    // With an image allow-list, a relay naming another image is refused before anything is
+    // read or written for it: no child, status naming spec.image and the list.
+    let mut foreign = spec.clone();
+    foreign["image"] = json!("docker.io/attacker/relay:1");
+    operator::apply(cp, "team-a", &relay_json("team-a", "foreign", foreign));
+    let refused = op.wait_for(Duration::from_secs(45), "team-a/foreign refused", || {
+        let r = get_json(cp, "team-a", "smtprelay", "foreign")?;
+        condition(&r, "Ready")
+            .filter(|c| c["status"] == "False")
+            .cloned()
+    });
+    let message = refused["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("spec.image docker.io/attacker/relay:1 is not allowed")
+            && message.contains("registry.internal/mail/"),
+        "{refused}"
+    );
+    for kind in ["statefulset", "configmap", "service"] {
+        assert!(get_json(cp, "team-a", kind, "foreign").is_none(), "{kind}");
     }
     // The unwatched namespace is untouched (its relay was applied first).
     let other = get_json(cp, "team-b", "smtprelay", "mail").unwrap();

@@ -33,6 +33,14 @@ pub async fn plan(relay: &SmtpRelay, src: &impl RefSource, opts: &BuildOptions) 
         Ok(checked) => checked,
         Err(outcome) => return Ok(Plan::Report(outcome)),
     };
+    // Before any Secret is read for it.
+    if let Err(message) = crate::steps::judge::image_allowed(
+        &relay.spec,
+        &opts.relay_image,
+        &opts.allowed_relay_images,
+    ) {
+        return Ok(Plan::Report(Outcome::InvalidSpec { message }));
+    }
     let mut resolved = match resolve::resolve(relay, src).await {
         Ok(r) => r,
         Err(e) if e.is_user_error() => {

@@ -42,6 +42,11 @@ struct RunArgs {
     /// Relay image used when an SmtpRelay does not set spec.image.
     #[arg(long, env = "RELAY_IMAGE", default_value = DEFAULT_RELAY_IMAGE)]
     relay_image: String,
+    /// The images an SmtpRelay's spec.image may name, comma-separated: a repository
+    /// (`ghcr.io/org/relay`: any tag or digest of it) or a prefix ending in `/` (every
+    /// repository under it). Empty: any image.
+    #[arg(long, env = "ALLOWED_RELAY_IMAGES", value_delimiter = ',', num_args = 0..)]
+    allowed_relay_images: Vec<String>,
     /// Address of the /metrics, /healthz and /readyz endpoints.
     #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:8080")]
     http_addr: SocketAddr,
@@ -164,10 +169,16 @@ async fn run(args: RunArgs) -> Result<(), Error> {
         namespace: Some(args.namespace.clone()).filter(|n| !n.is_empty()),
         build: BuildOptions {
             relay_image: args.relay_image.clone(),
+            allowed_relay_images: args
+                .allowed_relay_images
+                .iter()
+                .map(|i| i.trim().to_string())
+                .filter(|i| !i.is_empty())
+                .collect(),
         },
         instance: Some(identity),
     };
-    info!(namespace = ?cfg.namespace, image = %cfg.build.relay_image, "controller starting");
+    info!(namespace = ?cfg.namespace, image = %cfg.build.relay_image, allowed_images = ?cfg.build.allowed_relay_images, "controller starting");
     watch::run(client, cfg, metrics.clone(), rt.stopped()).await;
     endpoints.set_ready(false);
 

@@ -307,12 +307,15 @@ pub const SPOOL_VOLUME: &str = "spool";
 #[derive(Debug, Clone)]
 pub struct BuildOptions {
     pub relay_image: String,
+    /// The images a `spec.image` may name (see `judge::image_allowed`); empty: any.
+    pub allowed_relay_images: Vec<String>,
 }
 
 impl Default for BuildOptions {
     fn default() -> Self {
         BuildOptions {
             relay_image: DEFAULT_RELAY_IMAGE.into(),
+            allowed_relay_images: Vec::new(),
         }
     }
 }

@@ -616,6 +616,7 @@ mod tests {
         let mut r = relay("r1");
         let opts = BuildOptions {
             relay_image: "registry.local/relay:dev".into(),
+            ..BuildOptions::default()
         };
         let s = stateful_set(&r, &Mounts::default(), "h", &opts).expect("builds");
         assert_eq!(

@@ -22,6 +22,37 @@ use crate::floor::crd::{quantity_bytes, SmtpRelay, SmtpRelaySpec};
 use crate::floor::inputs::Resolved;
 use crate::floor::verdict::Outcome;
 
+/// Whether the operator may run `spec.image`: always when `allowed` is empty (the default) or
+/// the spec names no image (the operator's own relay image, `default`, is allowed too);
+/// otherwise it must be a repository of `allowed` (any tag or digest of it) or lie under an
+/// entry ending in `/`. The operator's option `--allowed-relay-images` (the chart's
+/// `allowedRelayImages`): without it, whoever creates an SmtpRelay runs any image.
+pub fn image_allowed(
+    spec: &SmtpRelaySpec,
+    default: &str,
+    allowed: &[String],
+) -> Result<(), String> {
+    let Some(image) = spec.image.as_deref() else {
+        return Ok(());
+    };
+    let matches = |entry: &String| {
+        if entry.ends_with('/') {
+            return image.starts_with(entry.as_str());
+        }
+        image == entry
+            || image
+                .strip_prefix(entry.as_str())
+                .is_some_and(|rest| rest.starts_with(':') || rest.starts_with('@'))
+    };
+    if allowed.is_empty() || image == default || allowed.iter().any(matches) {
+        return Ok(());
+    }
+    Err(format!(
+        "spec.image {image} is not allowed here: this operator runs relay images only from {} (its --allowed-relay-images, the chart's allowedRelayImages); name one of those, or leave spec.image out for the operator's own relay image",
+        allowed.join(", ")
+    ))
+}
+
 /// A relay whose spec passed [`validate_spec`]: the first step to [`Validated`].
 pub struct CheckedSpec<'a>(&'a SmtpRelay);
 
@@ -521,6 +552,53 @@ mod tests {
         let mut s = spec();
         f(&mut s);
         validate_spec(&s).expect_err("should be rejected")
+    }
+
+    #[test]
+    fn only_allowed_relay_images_run_when_the_operator_lists_them() {
+        let with = |image: Option<&str>| {
+            let mut r = crate::fixtures::relay("r");
+            r.spec.image = image.map(Into::into);
+            r.spec
+        };
+        let default = "ghcr.io/smtp-relay-operator/smtp-relay:0.1.0";
+        let allowed = vec![
+            "ghcr.io/smtp-relay-operator/smtp-relay".to_string(),
+            "registry.internal/mail/".to_string(),
+        ];
+        for ok in [
+            None,
+            Some(default),
+            Some("ghcr.io/smtp-relay-operator/smtp-relay"),
+            Some("ghcr.io/smtp-relay-operator/smtp-relay:0.2.0"),
+            Some("ghcr.io/smtp-relay-operator/smtp-relay@sha256:0123"),
+            Some("registry.internal/mail/relay:1"),
+        ] {
+            assert_eq!(
+                image_allowed(&with(ok), default, &allowed),
+                Ok(()),
+                "{ok:?}"
+            );
+        }
+        for refused in [
+            "ghcr.io/smtp-relay-operator/smtp-relay-evil:1",
+            "ghcr.io/smtp-relay-operator/smtp-relay/x:1",
+            "registry.internal/mail-other/relay:1",
+            "docker.io/attacker/relay:latest",
+        ] {
+            let err = image_allowed(&with(Some(refused)), default, &allowed).unwrap_err();
+            assert!(
+                err.starts_with(&format!("spec.image {refused} is not allowed here"))
+                    && err.contains("registry.internal/mail/")
+                    && err.contains("allowedRelayImages"),
+                "{err}"
+            );
+        }
+        // No list: any image, as before.
+        assert_eq!(
+            image_allowed(&with(Some("docker.io/attacker/relay:latest")), default, &[]),
+            Ok(())
+        );
     }
 
     #[test]
