@@ -575,6 +575,31 @@ pub fn list_json(cp: &ControlPlane, namespace: &str, kind: &str) -> Vec<Value> {
     list["items"].as_array().cloned().unwrap_or_default()
 }
 
+/// An SmtpRelay `ns/name` with `spec`, as the API server takes it.
+pub fn relay_object(ns: &str, name: &str, spec: Value) -> Value {
+    serde_json::json!({
+        "apiVersion": "smtprelay.dev/v1alpha1",
+        "kind": "SmtpRelay",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": spec,
+    })
+}
+
+/// Whether `relay` (an SmtpRelay object) is the controller owner of `obj`.
+pub fn controlled_by(obj: &Value, relay: &Value) -> bool {
+    obj["metadata"]["ownerReferences"]
+        .as_array()
+        .is_some_and(|refs| {
+            refs.iter().any(|o| {
+                o["controller"] == true
+                    && o["kind"] == "SmtpRelay"
+                    && o["apiVersion"] == "smtprelay.dev/v1alpha1"
+                    && o["uid"] == relay["metadata"]["uid"]
+                    && o["name"] == relay["metadata"]["name"]
+            })
+        })
+}
+
 /// The condition of `type_` in an object's `status.conditions`.
 pub fn condition<'a>(obj: &'a Value, type_: &str) -> Option<&'a Value> {
     obj["status"]["conditions"]

@@ -321,6 +321,19 @@ fn partition(cp: &ControlPlane) -> Option<i64> {
 }
 
 /// The relay's condition `type_`, when present.
+/// Waits until every pod runs configuration `hash`, proven, and the partition is open.
+fn wait_proven_everywhere(env: &Env, hash: &str) {
+    let cp = &env.cp;
+    env.wait("the reverted configuration proven on every pod", || {
+        let proven = relay_condition(cp, "ConfigProven")?;
+        let pods = ready_pods(cp)?;
+        (proven["status"] == "True"
+            && pods.values().all(|p| operator::config_hash(p) == hash)
+            && partition(cp) == Some(0))
+        .then_some(())
+    });
+}
+
 fn relay_condition(cp: &ControlPlane, type_: &str) -> Option<Value> {
     operator::condition(&operator::get_json(cp, NS, "smtprelay", RELAY)?, type_).cloned()
 }
@@ -390,14 +403,7 @@ fn a_value_postfix_refuses_stops_at_the_first_pod(env: &mut Env) {
     assert_eq!(warnings.lines().count(), 1, "one Warning Event: {warnings}");
     // Reverting the spec moves the canary back; durable-0 is never touched.
     operator::patch_relay(cp, NS, RELAY, operator::UNUSABLE_TABLE_REVERTED);
-    env.wait("the reverted configuration proven on every pod", || {
-        let proven = relay_condition(cp, "ConfigProven")?;
-        let pods = ready_pods(cp)?;
-        (proven["status"] == "True"
-            && pods.values().all(|p| operator::config_hash(p) == before)
-            && partition(cp) == Some(0))
-        .then_some(())
-    });
+    wait_proven_everywhere(env, &before);
     let pods = env.wait("both pods Ready", || ready_pods(cp));
     assert_eq!(
         pods["durable-0"]["metadata"]["uid"],
@@ -464,14 +470,7 @@ fn a_replica_refusing_what_the_canary_proved_is_named(env: &mut Env) {
     );
     env.step(&format!("named: {message}"));
     operator::patch_relay(cp, NS, RELAY, operator::UNUSABLE_TABLE_REVERTED);
-    env.wait("the reverted configuration proven on every pod", || {
-        let proven = relay_condition(cp, "ConfigProven")?;
-        let pods = ready_pods(cp)?;
-        (proven["status"] == "True"
-            && pods.values().all(|p| operator::config_hash(p) == before)
-            && partition(cp) == Some(0))
-        .then_some(())
-    });
+    wait_proven_everywhere(env, &before);
     std::fs::remove_file(&table).expect("the canary's table removed");
     env.pods = env.wait("both pods Ready", || ready_pods(cp));
     env.step("reverted: every pod runs the proven configuration again");

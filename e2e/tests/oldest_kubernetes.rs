@@ -31,7 +31,9 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use serde_json::{json, Value};
 use smtp_relay_e2e::controlplane::oldest_kubernetes_version;
-use smtp_relay_e2e::operator::{self, condition, get_json, Operator, OperatorOptions};
+use smtp_relay_e2e::operator::{
+    self, condition, controlled_by, get_json, relay_object, Operator, OperatorOptions,
+};
 use smtp_relay_e2e::{tools, ControlPlane};
 
 /// How long the operator may take to converge on what a phase applied.
@@ -285,18 +287,6 @@ fn missing_fields(fields: &Value, obj: &Value, path: &str, missing: &mut BTreeSe
     }
 }
 
-fn controlled_by(obj: &Value, relay: &Value) -> bool {
-    obj["metadata"]["ownerReferences"]
-        .as_array()
-        .is_some_and(|refs| {
-            refs.iter().any(|o| {
-                o["controller"] == true
-                    && o["kind"] == "SmtpRelay"
-                    && o["uid"] == relay["metadata"]["uid"]
-            })
-        })
-}
-
 /// Writes of `user` the API server answered with an error (400 and up), as audit lines.
 fn refused_writes(cp: &ControlPlane, user: &str) -> Vec<String> {
     operator::writes_by(cp, user)
@@ -339,15 +329,6 @@ fn merge(into: &mut Value, patch: &Value) {
         }
         (a, b) => *a = b.clone(),
     }
-}
-
-fn relay_object(ns: &str, name: &str, spec: Value) -> Value {
-    json!({
-        "apiVersion": "smtprelay.dev/v1alpha1",
-        "kind": "SmtpRelay",
-        "metadata": {"name": name, "namespace": ns},
-        "spec": spec,
-    })
 }
 
 /// Each breaks one CEL rule of the CRD, merged into [`base_spec`]. Every rule must be broken by

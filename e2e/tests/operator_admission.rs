@@ -40,16 +40,6 @@ fn api_server_admits_only_valid_relays_and_chart_manifests() {
     eprintln!("all phases: {:?}", begin.elapsed());
 }
 
-fn relay_json(ns: &str, name: &str, spec: Value) -> String {
-    json!({
-        "apiVersion": "smtprelay.dev/v1alpha1",
-        "kind": "SmtpRelay",
-        "metadata": {"name": name, "namespace": ns},
-        "spec": spec,
-    })
-    .to_string()
-}
-
 /// The chart with `watchNamespace=team-a` grants a Role in team-a only; the operator run with
 /// exactly that reconciles team-a's relays, with no authorization error, and leaves team-b alone.
 #[allow(
@@ -121,7 +111,11 @@ fn namespaced_operator(cp: &ControlPlane) {
         "relayhost": {"host": "10.1.0.1"},
     });
     for ns in ["team-b", "team-a"] {
-        operator::apply(cp, ns, &relay_json(ns, "mail", spec.clone()));
+        operator::apply(
+            cp,
+            ns,
+            &operator::relay_object(ns, "mail", spec.clone()).to_string(),
+        );
     }
     let relay = op.wait_for(Duration::from_secs(45), "team-a/mail to get status", || {
         let r = get_json(cp, "team-a", "smtprelay", "mail")?;
@@ -143,7 +137,11 @@ fn namespaced_operator(cp: &ControlPlane) {
     // read or written for it: no child, status naming spec.image and the list.
     let mut foreign = spec.clone();
     foreign["image"] = json!("docker.io/attacker/relay:1");
-    operator::apply(cp, "team-a", &relay_json("team-a", "foreign", foreign));
+    operator::apply(
+        cp,
+        "team-a",
+        &operator::relay_object("team-a", "foreign", foreign).to_string(),
+    );
     let refused = op.wait_for(Duration::from_secs(45), "team-a/foreign refused", || {
         let r = get_json(cp, "team-a", "smtprelay", "foreign")?;
         condition(&r, "Ready")
@@ -393,7 +391,10 @@ fn admission(cp: &ControlPlane) {
     let mut failures = Vec::new();
     for (i, (what, spec, needles)) in cases.iter().enumerate() {
         let name = format!("bad-{i}");
-        let out = cp.kubectl_stdin(["create", "-f", "-"], &relay_json(ns, &name, spec.clone()));
+        let out = cp.kubectl_stdin(
+            ["create", "-f", "-"],
+            &operator::relay_object(ns, &name, spec.clone()).to_string(),
+        );
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         if out.status.success() {
             failures.push(format!("{what}: admitted {spec}"));
@@ -435,7 +436,11 @@ fn admission(cp: &ControlPlane) {
     }
 
     // The control: the base spec is admitted, defaults filled in by the API server.
-    operator::apply(cp, ns, &relay_json(ns, "good", base));
+    operator::apply(
+        cp,
+        ns,
+        &operator::relay_object(ns, "good", base).to_string(),
+    );
     let good = get_json(cp, ns, "smtprelay", "good").unwrap();
     assert_eq!(good["spec"]["replicas"], 1);
     assert_eq!(good["spec"]["relayhost"]["port"], 25);
@@ -569,7 +574,11 @@ fn leader_election(cp: &ControlPlane) {
     let b = Operator::start(cp, opts("b")).expect("operator b starts");
     operator::create_namespace(cp, "ha-mail");
     let spec = json!({"domain": "example.net", "relayhost": {"host": "10.1.0.1"}});
-    operator::apply(cp, "ha-mail", &relay_json("ha-mail", "mail", spec));
+    operator::apply(
+        cp,
+        "ha-mail",
+        &operator::relay_object("ha-mail", "mail", spec).to_string(),
+    );
     a.wait_for(
         Duration::from_secs(45),
         "the leader to write status",
@@ -812,7 +821,7 @@ fn crd_upgrade(cp: &ControlPlane) {
     );
     let ns = "crd-a";
     operator::create_namespace(cp, ns);
-    let relay = relay_json(
+    let relay = operator::relay_object(
         ns,
         "mail",
         json!({
@@ -821,7 +830,8 @@ fn crd_upgrade(cp: &ControlPlane) {
             "relayhost": {"host": "10.1.0.1"},
             NEW_FIELD: "TLSv1.0",
         }),
-    );
+    )
+    .to_string();
 
     // The defect: under the older CRD, the relay's new field is silently dropped.
     install_older_crd(cp, &chart, ns, &relay);

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use smtp_relay_e2e::operator::{
-    self, condition, get_json, list_json, Operator, OperatorOptions, CONFIG_HASH_ANNOTATION,
+    self, condition, controlled_by, get_json, list_json, Operator, OperatorOptions,
+    CONFIG_HASH_ANNOTATION,
 };
 use smtp_relay_e2e::phases::{self, Order, Phase};
 use smtp_relay_e2e::{tools, ControlPlane};
@@ -213,20 +214,6 @@ fn describe(events: &[Value]) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
-}
-
-fn controlled_by(obj: &Value, relay: &Value) -> bool {
-    obj["metadata"]["ownerReferences"]
-        .as_array()
-        .is_some_and(|refs| {
-            refs.iter().any(|o| {
-                o["controller"] == true
-                    && o["kind"] == "SmtpRelay"
-                    && o["apiVersion"] == "smtprelay.dev/v1alpha1"
-                    && o["uid"] == relay["metadata"]["uid"]
-                    && o["name"] == relay["metadata"]["name"]
-            })
-        })
 }
 
 /// What an example should produce.
