@@ -82,6 +82,32 @@ pub fn free_port_at(ip: Ipv4Addr) -> u16 {
     }
 }
 
+/// A listener on a port of [`free_port`]'s range on `ip`, kept: for a server that binds its
+/// own port. [`free_port_at`] finds a port free by binding it and closing the socket at once,
+/// but while another thread of the test process spawns a child (a relay, a Postfix command),
+/// the child holds a copy of every open socket from its fork until its exec, so the probe's
+/// listener may still be listening when the caller binds the port again: "Address already in
+/// use" (one test of `image/tests/oauth2.rs` in CI). Taken here, the port is bound once and
+/// kept; one found taken anyway is said on standard error, with its holder (`ss`), and the
+/// next one is taken.
+pub fn bind_free_at(ip: Ipv4Addr) -> std::io::Result<TcpListener> {
+    loop {
+        let port = free_port_at(ip);
+        match TcpListener::bind((ip, port)) {
+            Ok(listener) => return Ok(listener),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                let holder = std::process::Command::new("ss")
+                    .args(["-tanpH", &format!("sport = :{port}")])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                    .unwrap_or_default();
+                eprintln!("{ip}:{port} was taken after it was found free ({holder}); the next one");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// True once `addr` accepts a connection and greets with 220.
 pub fn smtp_ready(addr: SocketAddr) -> bool {
     let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {

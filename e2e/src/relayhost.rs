@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::PoisonError;
 use std::time::Duration;
 
-use crate::mail::{free_port_at, DEADLINE};
+use crate::mail::{bind_free_at, DEADLINE};
 
 /// Decides an `AUTH XOAUTH2` login of [`ScriptedRelayhost`]: (user, bearer token) -> accepted.
 pub type TokenCheck = std::sync::Arc<dyn Fn(&str, &str) -> bool + Send + Sync>;
@@ -54,8 +54,8 @@ impl ScriptedRelayhost {
     /// On a free port of `ip`; `Err` when no port of `ip` can be bound.
     pub fn start_at(ip: Ipv4Addr, check: Option<TokenCheck>) -> Result<ScriptedRelayhost, String> {
         use std::sync::atomic::Ordering;
-        let listener = std::net::TcpListener::bind((ip, free_port_at(ip)))
-            .map_err(|e| format!("binding the scripted relayhost on {ip}: {e}"))?;
+        let listener =
+            bind_free_at(ip).map_err(|e| format!("binding the scripted relayhost on {ip}: {e}"))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let transcript = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let delivered = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -373,8 +373,8 @@ impl TokenServer {
         tls: Option<(&Path, &Path)>,
     ) -> Result<TokenServer, String> {
         let tls = tls.map(|(cert, key)| server_tls(cert, key)).transpose()?;
-        let listener = std::net::TcpListener::bind((ip, free_port_at(ip)))
-            .map_err(|e| format!("binding the token endpoint: {e}"))?;
+        let listener =
+            bind_free_at(ip).map_err(|e| format!("binding the token endpoint on {ip}: {e}"))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let scheme = if tls.is_some() { "https" } else { "http" };
         let url = format!("{scheme}://{addr}/oauth2/v2.0/token");
