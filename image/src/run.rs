@@ -648,6 +648,7 @@ impl Supervisor<'_> {
         oauth2: &OAuth2Login,
     ) {
         let config_changed = settings != self.applied.settings;
+        let reload = postfix_must_reload(&self.applied.settings, &settings);
         let next = match install(candidate, settings, &self.opts.layout, Some(&self.applied)) {
             Ok(next) => next,
             Err(e) => {
@@ -656,7 +657,7 @@ impl Supervisor<'_> {
             }
         };
         self.last_error = None;
-        if config_changed {
+        if reload {
             if let Err(failure) = self.reload_and_check(pid).await {
                 self.restore(next, &failure, pid).await;
                 return;
@@ -666,13 +667,13 @@ impl Supervisor<'_> {
         let candidate_changed = next.candidate != self.applied.candidate;
         self.applied = next;
         self.clear_refusal();
-        if config_changed || candidate_changed {
+        if reload || candidate_changed {
             self.passed();
         }
         if config_changed || users_changed {
             self.metrics.reloads.inc();
             self.publish(oauth2);
-            tracing::info!(config_changed, users = ?self.applied.users, revision = %shown(self.applied.candidate.revision()), "applied changed inputs without restarting postfix");
+            tracing::info!(config_changed, postfix_reloaded = reload, users = ?self.applied.users, revision = %shown(self.applied.candidate.revision()), "applied changed inputs without restarting postfix");
         }
     }
 
@@ -745,6 +746,23 @@ impl Supervisor<'_> {
             .set_spool_reserve(main_cf::spool_reserve(&settings.postconf));
         oauth2.follow(settings);
     }
+}
+
+/// Whether Postfix must reload to run `new` instead of `old`: anything changed but the OAuth2
+/// grant (the client secret, refresh token or key), which the token refresher alone reads
+/// (it follows `new` through `publish`). A reload for a rotated client secret changed
+/// nothing Postfix runs, and one that lands while a delivery is being deferred can leave that
+/// message out of the queue manager's sight for a minute (`image/tests/oauth2.rs`:
+/// `a_refused_client_waits_and_delivers_once_the_secret_is_fixed` waited 44 s for it once).
+fn postfix_must_reload(old: &Settings, new: &Settings) -> bool {
+    let mut seen_by_postfix = new.clone();
+    if let (Some(o), Some(n)) = (
+        old.relayhost_oauth2.as_ref(),
+        seen_by_postfix.relayhost_oauth2.as_mut(),
+    ) {
+        n.grant = o.grant.clone();
+    }
+    seen_by_postfix != *old
 }
 
 /// The OAuth2 login's two tasks: the refresher keeping a token fresh (for the settings it is
@@ -1021,5 +1039,46 @@ async fn stop(
             let _ = master.kill().await;
             exit::POSTFIX_DIED
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::postfix_must_reload;
+    use crate::settings::{Grant, OAuth2Settings, Secret};
+
+    #[test]
+    fn a_new_oauth2_secret_reloads_nothing_a_new_setting_does() {
+        let with = |secret: &str, user: &str| {
+            let mut s = crate::postfix::main_cf::tests::settings();
+            s.relayhost_oauth2 = Some(OAuth2Settings {
+                user: user.into(),
+                token_endpoint: "https://login.example/token".into(),
+                scope: None,
+                grant: Grant::ClientCredentials {
+                    client_id: "id".into(),
+                    client_secret: Secret(secret.into()),
+                },
+                ca_file: None,
+                shared_refresh_token_secret: None,
+            });
+            s
+        };
+        let old = with("the-wrong-secret", "app@example.net");
+        assert!(!postfix_must_reload(&old, &old));
+        assert!(!postfix_must_reload(
+            &old,
+            &with("fixed", "app@example.net")
+        ));
+        assert!(postfix_must_reload(
+            &old,
+            &with("fixed", "other@example.net")
+        ));
+        let mut no_login = old.clone();
+        no_login.relayhost_oauth2 = None;
+        assert!(postfix_must_reload(&old, &no_login));
+        let mut domain = old.clone();
+        domain.domain = "example.org".into();
+        assert!(postfix_must_reload(&old, &domain));
     }
 }

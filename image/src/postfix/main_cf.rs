@@ -466,7 +466,7 @@ impl Params {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::settings::{Credentials, InboundTls, Mode, RelayPolicy};
     use std::collections::BTreeMap;
