@@ -995,7 +995,7 @@ pub const READY: &str = "Ready";
 /// The replicas that say they refused a configuration, as the queue observer last read them
 /// (`status.queue.pods[].configRefused`): the rollout names them, and a reconcile follows a
 /// change of them (see `fingerprint`).
-pub fn config_refusals(relay: &SmtpRelay) -> Vec<(&str, &PodQueueStatus)> {
+pub fn config_refusals(relay: &SmtpRelay) -> Vec<&PodQueueStatus> {
     relay
         .status
         .as_ref()
@@ -1004,7 +1004,6 @@ pub fn config_refusals(relay: &SmtpRelay) -> Vec<(&str, &PodQueueStatus)> {
             q.pods
                 .iter()
                 .filter(|p| p.config_refused.is_some())
-                .map(|p| (p.pod.as_str(), p))
                 .collect()
         })
         .unwrap_or_default()

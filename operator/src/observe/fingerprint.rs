@@ -165,8 +165,8 @@ impl Stores {
         // Of the queue, only what the RelayhostLogin condition shows, and which replicas
         // refused which configuration (the rollout names them).
         crate::floor::crd::login_health(relay).hash(&mut relay_part);
-        for (pod, p) in crate::floor::crd::config_refusals(relay) {
-            (pod, p.config_refused.as_ref().map(|r| &r.revision)).hash(&mut relay_part);
+        for p in crate::floor::crd::config_refusals(relay) {
+            (&p.pod, p.config_refused.as_ref().map(|r| &r.revision)).hash(&mut relay_part);
         }
 
         let children = Names::all(&name);

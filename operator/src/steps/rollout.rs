@@ -199,20 +199,21 @@ pub fn suspects(spec: &SmtpRelaySpec, error: &str) -> Vec<String> {
 /// A replica that refused the desired configuration although the canary proved it (something
 /// of its own: its node, its volume), as the queue observer last read it
 /// ([`crate::floor::crd::config_refusals`]): it keeps serving its last good configuration,
-/// and status names it. `current`: the names of the replicas that are to stay.
+/// and status names it (its error already bounded by the observer). `current`: the names of
+/// the replicas that are to stay.
 pub fn later_refusal(
     spec: &SmtpRelaySpec,
     desired: &str,
-    refusals: &[(&str, &PodQueueStatus)],
+    refusals: &[&PodQueueStatus],
     current: &[String],
 ) -> Option<Refusal> {
-    refusals.iter().find_map(|(pod, status)| {
+    refusals.iter().find_map(|status| {
         let refused = status.config_refused.as_ref()?;
-        (refused.revision == desired && current.iter().any(|c| c == pod)).then(|| Refusal {
-            pod: (*pod).to_string(),
+        (refused.revision == desired && current.contains(&status.pod)).then(|| Refusal {
+            pod: status.pod.clone(),
             revision: desired.to_string(),
             running: status.config_revision.clone(),
-            error: truncate(&refused.error, REFUSAL_MAX),
+            error: refused.error.clone(),
             suspects: suspects(spec, &refused.error),
             canary: false,
         })
@@ -339,7 +340,7 @@ mod tests {
         };
         let current = vec!["r-0".to_string(), "r-1".to_string(), "r-2".to_string()];
         let refusing = status("h1");
-        let found = later_refusal(&spec(), "h1", &[("r-0", &refusing)], &current).unwrap();
+        let found = later_refusal(&spec(), "h1", &[&refusing], &current).unwrap();
         assert_eq!(
             (
                 found.pod.as_str(),
@@ -352,13 +353,10 @@ mod tests {
         assert_eq!(found.suspects, ["spec.postconf.transport_maps"]);
         // A refusal of another configuration (an older one, since reverted) is no news.
         let older = status("h9");
-        assert_eq!(
-            later_refusal(&spec(), "h1", &[("r-0", &older)], &current),
-            None
-        );
+        assert_eq!(later_refusal(&spec(), "h1", &[&older], &current), None);
         // Nor is one of a pod that is gone (a scale-down) or on its way out.
         assert_eq!(
-            later_refusal(&spec(), "h1", &[("r-0", &refusing)], &current[1..]),
+            later_refusal(&spec(), "h1", &[&refusing], &current[1..]),
             None
         );
     }
