@@ -305,6 +305,25 @@ pub fn wait_operator_ready(
     )
 }
 
+/// Waits until the operator behind the chart's metrics Service has reconciled at least once
+/// (a controller reconciles everything it finds when it starts), and returns its `/metrics`.
+pub fn wait_reconciled(
+    cp: &ControlPlane,
+    release: &ChartRelease,
+    timeout: Duration,
+) -> Result<String, String> {
+    wait(
+        cp,
+        &release.namespace,
+        timeout,
+        "the operator's first reconcile in its /metrics",
+        || {
+            let text = operator_metrics(cp, release).ok()?;
+            (metric(&text, "smtp_relay_operator_reconciles_total")? >= 1.0).then_some(text)
+        },
+    )
+}
+
 /// The operator pod's name when the chart's Deployment is rolled out and its one pod Ready.
 pub fn operator_ready(cp: &ControlPlane, release: &ChartRelease) -> Option<String> {
     let ns = &release.namespace;

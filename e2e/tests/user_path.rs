@@ -263,17 +263,7 @@ fn user_path_chart_operator_pod_relay_pod_and_mail_through_the_service() {
     // The new pod reconciled the relay (a controller reconciles everything it finds when it
     // starts), without a failure: its counters, scraped through the chart's metrics Service
     // (which now has only the new pod behind it).
-    let metrics = ok(user_path::wait(
-        &cp,
-        &release.namespace,
-        WAIT,
-        "the new operator's first reconcile in its /metrics",
-        || {
-            let text = user_path::operator_metrics(&cp, &release).ok()?;
-            (user_path::metric(&text, "smtp_relay_operator_reconciles_total")? >= 1.0)
-                .then_some(text)
-        },
-    ));
+    let metrics = ok(user_path::wait_reconciled(&cp, &release, WAIT));
     assert!(
         !metrics
             .lines()
@@ -299,16 +289,7 @@ fn user_path_chart_operator_pod_relay_pod_and_mail_through_the_service() {
 
     // 8. The upgrade of the operator alone, the relay image held (README, "Upgrading"), with
     //    mail queued on two replicas while the relayhost is down.
-    cp.kubectl_ok([
-        "patch",
-        "smtprelay",
-        "-n",
-        NS,
-        &relay,
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"replicas":2}}"#,
-    ]);
+    operator::patch_relay(&cp, NS, &relay, r#"{"spec":{"replicas":2}}"#);
     let before = ok(user_path::wait(
         &cp,
         NS,
@@ -392,18 +373,8 @@ fn user_path_chart_operator_pod_relay_pod_and_mail_through_the_service() {
             (version == env!("CARGO_PKG_VERSION")).then_some(version)
         },
     ));
-    // The new operator reconciled the relay (its status observed by this operator's version
-    // of the rollout: it proved the running configuration on the canary) ...
-    ok(user_path::wait(
-        &cp,
-        NS,
-        WAIT,
-        "the upgraded operator's first reconcile in its /metrics",
-        || {
-            let text = user_path::operator_metrics(&cp, &release).ok()?;
-            (user_path::metric(&text, "smtp_relay_operator_reconciles_total")? >= 1.0).then_some(())
-        },
-    ));
+    // The new operator reconciled the relay ...
+    ok(user_path::wait_reconciled(&cp, &release, WAIT));
     // ... and restarted nothing: the same pods, no restart, the same template revision.
     let after = ok(user_path::wait(
         &cp,
