@@ -301,37 +301,80 @@ fn key(check: &str) -> Key {
     })
 }
 
-/// What `check` with `table` can permit: `static:` and `inline:` tables are read; any other
-/// (a file: `hash:`, `regexp:`, `cidr:`, ...) may answer OK for anyone.
+/// What `check` with `table` can permit: `static:` and `inline:` tables are read, and so are
+/// the tables `unionmap:`, `pipemap:` and `proxy:` make of them; any other (a file: `hash:`,
+/// `regexp:`, `cidr:`, ...) may answer OK for anyone.
 fn table_permits(check: &str, table: &str) -> Option<Permits> {
-    let key = key(check);
-    let (kind, rest) = table.split_once(':').unwrap_or((table, ""));
-    let entries = match kind {
-        "static" => {
-            let value = unbrace(rest);
-            return match says(value) {
-                Says::Not => None,
-                Says::Permits => Some(Permits::Strangers(format!(
-                    "answers {value} for every client"
-                ))),
-                Says::Unknown => Some(Permits::Unread(format!(
-                    "answers {value} for every client, which the relay cannot read (a restriction class?)"
-                ))),
-            };
+    let table = without_proxy(table);
+    // A union answers what each member answers (joined): it permits what any member permits,
+    // whatever the members beside it that the relay cannot read.
+    if let Some(parts) = members("unionmap", table) {
+        return parts
+            .into_iter()
+            .map(|part| table_permits(check, part))
+            .fold(None, stronger);
+    }
+    // A pipeline that ends in a union is the union of the pipelines that end in each member:
+    // each member looks up the same key.
+    if let Some((last, before)) = members("pipemap", table)
+        .as_deref()
+        .and_then(<[&str]>::split_last)
+    {
+        if let Some(parts) = members("unionmap", without_proxy(last)) {
+            return parts
+                .into_iter()
+                .map(|part| {
+                    let stages: Vec<&str> = before.iter().copied().chain([part]).collect();
+                    table_permits(check, &format!("pipemap:{{{}}}", stages.join(", ")))
+                })
+                .fold(None, stronger);
         }
-        "inline" => inline_entries(rest),
-        _ => None,
+    }
+    read_permits(key(check), read(table))
+}
+
+/// What a table the relay read (or could not) permits, looked up by `key`.
+fn read_permits(key: Key, lookup: Lookup) -> Option<Permits> {
+    let (entries, other) = match lookup {
+        Lookup::Read { entries, other } => (entries, other),
+        Lookup::Unread { table, answers } => {
+            // A pipeline whose readable last stage never permits never permits.
+            if answers.is_some_and(|a| a.iter().all(|v| says(v) == Says::Not)) {
+                return None;
+            }
+            let by = match &key {
+                Key::ClientControlled(what) => what.as_str(),
+                Key::Client => "its address or host name",
+                Key::Certificate => "its certificate",
+            };
+            return Some(Permits::Unread(format!(
+                "can permit a client by {by}, and the relay cannot read {table}"
+            )));
+        }
     };
-    let Some(entries) = entries else {
-        let by = match &key {
-            Key::ClientControlled(what) => what.as_str(),
-            Key::Client => "its address or host name",
-            Key::Certificate => "its certificate",
+    if let Some(value) = other {
+        let whom = if entries.is_empty() {
+            "every client"
+        } else {
+            "every client it does not list"
         };
-        return Some(Permits::Unread(format!(
-            "can permit a client by {by}, and the relay cannot read {table}"
-        )));
-    };
+        match says(&value) {
+            Says::Not => {}
+            Says::Permits => {
+                return Some(Permits::Strangers(format!("answers {value} for {whom}")))
+            }
+            Says::Unknown => {
+                return Some(Permits::Unread(format!(
+                    "answers {value} for {whom}, which the relay cannot read (a restriction class?)"
+                )))
+            }
+        }
+    }
+    entries_permit(key, entries)
+}
+
+/// What the entries of a table the relay read permit, looked up by `key`.
+fn entries_permit(key: Key, entries: Vec<(String, String)>) -> Option<Permits> {
     let permitting: Vec<(String, String, Says)> = entries
         .into_iter()
         .map(|(k, v)| {
@@ -389,6 +432,181 @@ fn table_permits(check: &str, table: &str) -> Option<Permits> {
             "permits the clients whose certificate fingerprints it lists ({})",
             listed(&|_| true)
         ))),
+    }
+}
+
+/// A table as the relay reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Lookup {
+    /// Its answer for each key it lists, and for any other key (`static:`).
+    Read {
+        entries: Vec<(String, String)>,
+        other: Option<String>,
+    },
+    /// A table the relay cannot read (named), and the answers it can give when they are
+    /// known: a pipemap whose last stage the relay reads answers only what that stage holds.
+    Unread {
+        table: String,
+        answers: Option<Vec<String>>,
+    },
+}
+
+impl Lookup {
+    fn unread(table: &str) -> Self {
+        Lookup::Unread {
+            table: table.to_string(),
+            answers: None,
+        }
+    }
+}
+
+/// Reads `static:`, `inline:`, and the `pipemap:`, `unionmap:` and `proxy:` tables made of
+/// them (postconf(5), DATABASE_README).
+fn read(table: &str) -> Lookup {
+    let table = without_proxy(table);
+    let composed = |kind, join: fn(Lookup, Lookup) -> Lookup| {
+        members(kind, table).map(|parts| {
+            parts
+                .into_iter()
+                .map(read)
+                .reduce(join)
+                .unwrap_or_else(|| Lookup::unread(table))
+        })
+    };
+    if let Some(lookup) = composed("pipemap", pipe).or_else(|| composed("unionmap", union)) {
+        return lookup;
+    }
+    let (kind, rest) = table.split_once(':').unwrap_or((table, ""));
+    match kind {
+        "static" => Lookup::Read {
+            entries: Vec::new(),
+            other: Some(unbrace(rest).to_string()),
+        },
+        "inline" => inline_entries(rest).map_or_else(
+            || Lookup::unread(table),
+            |entries| Lookup::Read {
+                entries,
+                other: None,
+            },
+        ),
+        _ => Lookup::unread(table),
+    }
+}
+
+/// A read table's answer for `key`: its entry (Postfix folds the case of access lookups), or
+/// its answer for any other key.
+fn answer<'a>(
+    entries: &'a [(String, String)],
+    other: &'a Option<String>,
+    key: &str,
+) -> Option<&'a String> {
+    entries
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(key))
+        .map(|(_, v)| v)
+        .or(other.as_ref())
+}
+
+/// `first` then `next` in a pipemap: each answer of `first` is the key `next` looks up, and
+/// a key `first` does not find goes no further.
+fn pipe(first: Lookup, next: Lookup) -> Lookup {
+    match (first, next) {
+        (
+            Lookup::Read { entries, other },
+            Lookup::Read {
+                entries: next_entries,
+                other: next_other,
+            },
+        ) => {
+            let then = |v: &str| answer(&next_entries, &next_other, v).cloned();
+            Lookup::Read {
+                entries: entries
+                    .into_iter()
+                    .filter_map(|(k, v)| Some((k, then(&v)?)))
+                    .collect(),
+                other: other.and_then(|v| then(&v)),
+            }
+        }
+        (Lookup::Read { entries, other }, _) if entries.is_empty() && other.is_none() => {
+            Lookup::Read { entries, other }
+        }
+        (Lookup::Read { .. }, unread @ Lookup::Unread { .. }) => unread,
+        (Lookup::Unread { table, .. }, Lookup::Read { entries, other }) => Lookup::Unread {
+            table,
+            answers: Some(entries.into_iter().map(|(_, v)| v).chain(other).collect()),
+        },
+        (Lookup::Unread { table, .. }, Lookup::Unread { answers, .. }) => {
+            Lookup::Unread { table, answers }
+        }
+    }
+}
+
+/// Two members of a unionmap: every key is looked up in both, and what both find is joined
+/// with a comma.
+fn union(a: Lookup, b: Lookup) -> Lookup {
+    match (a, b) {
+        (
+            Lookup::Read { entries, other },
+            Lookup::Read {
+                entries: b_entries,
+                other: b_other,
+            },
+        ) => {
+            let joined = |found: [Option<&String>; 2]| {
+                let found: Vec<&str> = found.into_iter().flatten().map(String::as_str).collect();
+                (!found.is_empty()).then(|| found.join(","))
+            };
+            let mut keys: Vec<&String> = Vec::new();
+            for (k, _) in entries.iter().chain(&b_entries) {
+                if !keys.iter().any(|seen| seen.eq_ignore_ascii_case(k)) {
+                    keys.push(k);
+                }
+            }
+            Lookup::Read {
+                entries: keys
+                    .into_iter()
+                    .filter_map(|k| {
+                        let v =
+                            joined([answer(&entries, &other, k), answer(&b_entries, &b_other, k)])?;
+                        Some((k.clone(), v))
+                    })
+                    .collect(),
+                other: joined([other.as_ref(), b_other.as_ref()]),
+            }
+        }
+        (Lookup::Unread { table, .. }, _) | (_, Lookup::Unread { table, .. }) => Lookup::Unread {
+            table,
+            answers: None,
+        },
+    }
+}
+
+/// The members of a `kind:{a, b, ...}` table, or `None` when it is not one.
+fn members<'a>(kind: &str, table: &'a str) -> Option<Vec<&'a str>> {
+    let inner = table
+        .strip_prefix(kind)?
+        .strip_prefix(':')?
+        .trim()
+        .strip_prefix('{')?
+        .strip_suffix('}')?;
+    Some(split_braced(inner))
+}
+
+/// A `proxy:` table is the table the proxymap server reads for the relay.
+fn without_proxy(table: &str) -> &str {
+    let mut table = table.trim();
+    while let Some(rest) = table.strip_prefix("proxy:") {
+        table = rest;
+    }
+    table
+}
+
+/// The more dangerous of two answers: strangers, then what the relay cannot read.
+fn stronger(a: Option<Permits>, b: Option<Permits>) -> Option<Permits> {
+    match (&a, &b) {
+        (Some(Permits::Strangers(_)), _) => a,
+        (_, Some(Permits::Strangers(_))) | (None, _) => b,
+        (Some(_), _) => a,
     }
 }
 
@@ -905,6 +1123,103 @@ mod tests {
             "sleep 1",
             "permit_auth_destination",
             "permit_inet_interfaces",
+        ] {
+            let list = tokens(&format!(
+                "permit_mynetworks {harmless} reject_unauth_destination"
+            ));
+            check_custom("c", &list, NO).unwrap_or_else(|e| panic!("{harmless}: {e}"));
+        }
+    }
+
+    /// Issue 26: `unionmap:`, `pipemap:` and `proxy:` tables hid the `static:` and `inline:`
+    /// tables in them, so with the vouch `unionmap:{static:OK,hash:/x}` opened the relay. They
+    /// are read through: a union permits what any member permits, a pipeline answers what its
+    /// last stage answers for the keys that reach it, and only what the relay cannot read
+    /// needs the vouch.
+    #[test]
+    fn compound_tables_are_read_through() {
+        for (table, says) in [
+            (
+                "check_client_access unionmap:{static:OK,hash:/etc/x}",
+                "answers OK for every client",
+            ),
+            (
+                "check_client_access unionmap:{proxy:hash:/etc/x,static:{RELAY}}",
+                "answers RELAY for every client",
+            ),
+            (
+                "check_sender_access proxy:unionmap:{hash:/etc/x,inline:{example.net=OK}}",
+                "permits any client that gives example.net=OK",
+            ),
+            (
+                "check_sender_access pipemap:{inline:{example.net=x},static:OK}",
+                "permits any client that gives example.net=OK",
+            ),
+            (
+                "check_helo_access pipemap:{static:a,inline:{A=ok}}",
+                "answers ok for every client",
+            ),
+            (
+                "check_sender_access pipemap:{inline:{example.net=x},unionmap:{hash:/etc/x,static:OK}}",
+                "permits any client that gives example.net=OK",
+            ),
+            (
+                "check_client_access unionmap:{inline:{10.0.0.5=OK},pipemap:{static:x,unionmap:{static:REJECT,inline:{x=OK}}}}",
+                "answers OK for every client",
+            ),
+        ] {
+            let list = tokens(&format!("permit_mynetworks {table} reject_unauth_destination"));
+            for vouch in [NO, YES] {
+                let err = check_custom("spec.customRestrictions", &list, vouch)
+                    .expect_err(table)
+                    .to_string();
+                assert!(
+                    err.starts_with(&format!(
+                        "spec.customRestrictions[1]: refusing to start an open relay: {table} {says}"
+                    )) && err.contains("trust cannot vouch for it"),
+                    "{table}: {err}"
+                );
+            }
+        }
+        for (table, unread) in [
+            (
+                "check_client_access pipemap:{hash:/etc/x,static:OK}",
+                "hash:/etc/x",
+            ),
+            (
+                "check_sender_access pipemap:{static:x,cidr:/etc/x}",
+                "cidr:/etc/x",
+            ),
+            (
+                "check_sender_access unionmap:{inline:{a.example=REJECT},regexp:/etc/x}",
+                "regexp:/etc/x",
+            ),
+            ("check_sender_access proxy:hash:/etc/x", "hash:/etc/x"),
+            (
+                "check_sender_access pipemap:{hash:/etc/x,inline:{a=REJECT,b=OK}}",
+                "hash:/etc/x",
+            ),
+        ] {
+            let list = tokens(&format!(
+                "permit_mynetworks {table} reject_unauth_destination"
+            ));
+            let err = check_custom("c", &list, NO).expect_err(table).to_string();
+            assert!(
+                err.starts_with(&format!(
+                    "c[1]: refusing a relay that may be open: {table} "
+                )) && err.contains(&format!("the relay cannot read {unread};")),
+                "{table}: {err}"
+            );
+            check_custom("c", &list, YES).unwrap_or_else(|e| panic!("{table}: {e}"));
+        }
+        // What never permits, whatever the keys that reach it, needs no vouch.
+        for harmless in [
+            "check_sender_access pipemap:{hash:/etc/x,static:REJECT}",
+            "check_sender_access pipemap:{hash:/etc/x,inline:{a=REJECT,b=DUNNO}}",
+            "check_sender_access pipemap:{inline:{example.net=x},inline:{y=OK}}",
+            "check_sender_access pipemap:{static:x,proxy:inline:{y=OK}}",
+            "check_sender_access unionmap:{static:DUNNO,inline:{spam.example=REJECT}}",
+            "check_client_access unionmap:{inline:{10.0.0.5=OK},inline:{10.0.0.6=RELAY}}",
         ] {
             let list = tokens(&format!(
                 "permit_mynetworks {harmless} reject_unauth_destination"
