@@ -958,8 +958,9 @@ fn oauth2_client_credentials_deliver_after_auth_xoauth2(env: &mut Env) {
             "user": "sender@example.net",
             "secretRef": {"name": "oauth2-app"},
         },
-        // The scripted relayhost offers no STARTTLS: said explicitly, and flagged.
-        "tls": {"level": "none", "caSecretKeyRef": {"name": "idp-ca", "key": "ca.crt"}},
+        // The scripted relayhost offers no STARTTLS: said explicitly, acknowledged, and flagged.
+        "tls": {"level": "none", "allowCleartextCredentials": true,
+                "caSecretKeyRef": {"name": "idp-ca", "key": "ca.crt"}},
     }}});
     let before = user_path::relay_ready(cp, NS, RELAY).map(|p| p["metadata"]["uid"].clone());
     operator::patch_relay(cp, NS, RELAY, &relayhost.to_string());

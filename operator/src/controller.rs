@@ -754,12 +754,14 @@ mod tests {
             ("True".into(), "RelayhostVerified".into())
         );
         assert!(warnings(&r, &s).is_empty());
-        // An explicit may with credentials: accepted, flagged by a condition and one Warning
-        // for each risk: clear text, and a relayhost nobody verified.
+        // An explicit may with credentials, which the judge accepts only with
+        // allowCleartextCredentials: flagged by a condition and one Warning for each risk:
+        // clear text, and a relayhost nobody verified.
         r.spec.relayhost.tls = Some(RelayhostTlsSpec {
             level: Some(TlsLevelSpec::May),
             ca_secret_key_ref: None,
             ca_config_map_key_ref: None,
+            allow_cleartext_credentials: true,
         });
         let s = status::compute(&r, &ok, Rollout::default(), now());
         assert_eq!(
@@ -790,6 +792,7 @@ mod tests {
             level: Some(TlsLevelSpec::Encrypt),
             ca_secret_key_ref: None,
             ca_config_map_key_ref: None,
+            allow_cleartext_credentials: false,
         });
         let ok = Outcome::Applied {
             config_hash: "h".into(),

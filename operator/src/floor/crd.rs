@@ -429,8 +429,9 @@ pub struct RelayhostTlsSpec {
     /// and a certificate carrying the address as an IP subjectAltName), `may` otherwise. With a
     /// login, a level that does not verify the relayhost (none, may, encrypt, dane) is accepted
     /// but reported by the `RelayhostVerified=False` condition (none and may also by
-    /// `RelayhostPasswordProtected=False`: they allow clear text) and a Warning Event; with
-    /// Microsoft 365's or Google's OAuth2 login it is refused.
+    /// `RelayhostPasswordProtected=False`: they allow clear text, and are refused unless
+    /// `allowCleartextCredentials` says you mean it) and a Warning Event; with Microsoft 365's
+    /// or Google's OAuth2 login it is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     // Omitted rather than null: a plain enum, like the other optional fields.
     #[schemars(with = "TlsLevelSpec")]
@@ -445,6 +446,12 @@ pub struct RelayhostTlsSpec {
     /// OAuth2 token endpoint's, besides the system CAs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_config_map_key_ref: Option<KeyRef>,
+    /// Says you mean a `level` of none or may with `credentialsSecretRef` or `oauth2`: a
+    /// relayhost that offers no STARTTLS, or anyone on the path, then receives the password or
+    /// token in clear text. Without it such a spec is refused; with it, it runs, reported by
+    /// the `RelayhostPasswordProtected=False` condition and a Warning Event.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_cleartext_credentials: bool,
 }
 
 /// Postfix `smtp_tls_security_level`.

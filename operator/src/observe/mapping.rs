@@ -127,6 +127,7 @@ mod tests {
                 name: "ca".into(),
                 key: "ca.crt".into(),
             }),
+            allow_cleartext_credentials: false,
         });
         let mut other_ns = relay("c");
         other_ns.metadata.namespace = Some("elsewhere".into());

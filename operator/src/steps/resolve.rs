@@ -501,6 +501,7 @@ mod tests {
                 name: "ca".into(),
                 key: "ca.crt".into(),
             }),
+            allow_cleartext_credentials: false,
         });
         r.spec.sasl_users_secret_ref = Some(SecretRef {
             name: "users".into(),

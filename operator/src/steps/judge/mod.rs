@@ -12,6 +12,7 @@ use ipnet::IpNet;
 use smtp_relay::config_file::RelayConfigFile;
 use smtp_relay::inputs::file::{settings_with, InMemory, Refusal};
 use smtp_relay::postfix::{main_cf, relay_guard};
+use smtp_relay::settings;
 use smtp_relay::validate;
 
 use crate::floor::contract::{
@@ -475,6 +476,7 @@ fn validate_relayhost(spec: &SmtpRelaySpec) -> Result<(), String> {
             );
         }
     }
+    cleartext_login_acknowledged(spec)?;
     if spec.replicas < 1 {
         return Err(format!(
             "spec.replicas {} must be at least 1",
@@ -492,6 +494,31 @@ fn validate_relayhost(spec: &SmtpRelaySpec) -> Result<(), String> {
         return Err(format!("spec.storage.size {} {problem}", spec.storage.size));
     }
     Ok(())
+}
+
+/// A login (a password or an OAuth2 token) at a TLS level that lets it travel in clear text
+/// (none, may: the image's rule, [`settings::relayhost_password_in_clear`]) runs only when
+/// `spec.relayhost.tls.allowCleartextCredentials` says the user means it (issue 26); then
+/// `RelayhostPasswordProtected=False` and a Warning Event report it.
+fn cleartext_login_acknowledged(spec: &SmtpRelaySpec) -> Result<(), String> {
+    let rh = &spec.relayhost;
+    let tls = rh.tls.as_ref();
+    let explicit = tls.and_then(|t| t.level).map(settings::TlsLevel::from);
+    let credentials = rh.credentials_secret_ref.is_some() || rh.oauth2.is_some();
+    if !settings::relayhost_password_in_clear(explicit, credentials)
+        || tls.is_some_and(|t| t.allow_cleartext_credentials)
+    {
+        return Ok(());
+    }
+    let (field, what) = if rh.oauth2.is_some() {
+        ("spec.relayhost.oauth2", "access token")
+    } else {
+        ("spec.relayhost.credentialsSecretRef", "password")
+    };
+    Err(format!(
+        "spec.relayhost.tls.level: {} with {field} lets the {what} travel in clear text: a relayhost that offers no STARTTLS, or anyone on the path, would receive it; remove the level (the default with a login is secure) or set encrypt or stronger, or, if you mean it, set spec.relayhost.tls.allowCleartextCredentials: true (reported by RelayhostPasswordProtected=False and a Warning Event)",
+        settings::relayhost_tls(explicit, credentials)
+    ))
 }
 
 /// The mode or the custom restriction list.
@@ -759,6 +786,75 @@ mod tests {
         }
     }
 
+    /// Issue 26: a password or token at TLS level none or may may travel in clear text; it is
+    /// refused unless `allowCleartextCredentials` says the user means it, naming the field, the
+    /// login and the ways out. Without a login, or at a level that encrypts, nothing is asked.
+    #[test]
+    fn a_login_in_clear_text_needs_an_acknowledgement() {
+        use crate::floor::crd::{CredentialsSecretRef, RelayhostTlsSpec, TlsLevelSpec};
+        let tls = |level, allow| {
+            Some(RelayhostTlsSpec {
+                level: Some(level),
+                ca_secret_key_ref: None,
+                ca_config_map_key_ref: None,
+                allow_cleartext_credentials: allow,
+            })
+        };
+        let checked = |relay: &SmtpRelay| CheckedSpec::new(relay).map(|_| ());
+        let refused = |relay: &SmtpRelay| match checked(relay) {
+            Err(Outcome::InvalidSpec { message }) => message,
+            other => panic!("{other:?}"),
+        };
+        let mut password = crate::fixtures::relay("password");
+        password.spec.relayhost.credentials_secret_ref = Some(CredentialsSecretRef {
+            name: "login".into(),
+            username_key: "username".into(),
+            password_key: "password".into(),
+        });
+        let mut token = crate::fixtures::relay("token");
+        token.spec.relayhost.oauth2 = Some(
+            serde_json::from_value(serde_json::json!({"provider": "Generic",
+                "tokenEndpoint": "https://idp.example.net/token", "user": "sender@example.net",
+                "secretRef": {"name": "app"}}))
+            .unwrap(),
+        );
+        for (mut relay, level, says) in [
+            (
+                password.clone(),
+                TlsLevelSpec::None,
+                "none with spec.relayhost.credentialsSecretRef lets the password",
+            ),
+            (
+                password.clone(),
+                TlsLevelSpec::May,
+                "may with spec.relayhost.credentialsSecretRef lets the password",
+            ),
+            (
+                token,
+                TlsLevelSpec::May,
+                "may with spec.relayhost.oauth2 lets the access token",
+            ),
+        ] {
+            relay.spec.relayhost.tls = tls(level, false);
+            let message = refused(&relay);
+            assert!(
+                message.starts_with(&format!(
+                    "spec.relayhost.tls.level: {says} travel in clear text"
+                )) && message.contains("set spec.relayhost.tls.allowCleartextCredentials: true")
+                    && message.contains("the default with a login is secure"),
+                "{message}"
+            );
+            relay.spec.relayhost.tls = tls(level, true);
+            checked(&relay).unwrap();
+        }
+        // A level that encrypts, or no login, asks for nothing.
+        password.spec.relayhost.tls = tls(TlsLevelSpec::Encrypt, false);
+        checked(&password).unwrap();
+        let mut anonymous = crate::fixtures::relay("anonymous");
+        anonymous.spec.relayhost.tls = tls(TlsLevelSpec::None, false);
+        checked(&anonymous).unwrap();
+    }
+
     /// Issue 26: a login goes only to a relayhost that proved its identity. A relayhost given
     /// by address needs the CA that certifies it or a level said explicitly, and Microsoft's
     /// and Google's relayhosts always prove their names: the relay's rules refuse the rest,
@@ -801,6 +897,7 @@ mod tests {
             level: Some(TlsLevelSpec::Encrypt),
             ca_secret_key_ref: None,
             ca_config_map_key_ref: None,
+            allow_cleartext_credentials: false,
         });
         assert!(CheckedSpec::new(&relay).unwrap().judge(login()).is_ok());
 
@@ -822,6 +919,7 @@ mod tests {
                 level: Some(TlsLevelSpec::Encrypt),
                 ca_secret_key_ref: None,
                 ca_config_map_key_ref: None,
+                allow_cleartext_credentials: false,
             });
             let keys = || Resolved {
                 relayhost_oauth2: Some(OAuth2Keys {

@@ -142,7 +142,7 @@ fn relayhost_password_condition(relay: &SmtpRelay, gen: Option<i64>, now: &Time)
             false,
             "CleartextAllowed",
             format!(
-                "spec.relayhost.tls.level is {level} with {}: a relayhost that offers no STARTTLS, or anyone on the path, would receive the {}; remove the level (the default with a login is secure) or set secure",
+                "spec.relayhost.tls.level is {level} with {} and spec.relayhost.tls.allowCleartextCredentials: a relayhost that offers no STARTTLS, or anyone on the path, would receive the {}; remove the level (the default with a login is secure) or set secure",
                 if rh.oauth2.is_some() { "oauth2" } else { "credentialsSecretRef" },
                 if rh.oauth2.is_some() { "access token" } else { "password" }
             ),
@@ -1690,11 +1690,12 @@ mod tests {
             username_key: "username".into(),
             password_key: "password".into(),
         });
-        // What runs: an explicit level none, accepted and flagged.
+        // What runs: an explicit level none, acknowledged (allowCleartextCredentials) and flagged.
         r.spec.relayhost.tls = Some(RelayhostTlsSpec {
             level: Some(TlsLevelSpec::None),
             ca_secret_key_ref: None,
             ca_config_map_key_ref: None,
+            allow_cleartext_credentials: true,
         });
         r.status = Some(compute(&r, &applied(), DONE, t(1)));
         assert_eq!(
@@ -1746,6 +1747,7 @@ mod tests {
             level: Some(TlsLevelSpec::May),
             ca_secret_key_ref: None,
             ca_config_map_key_ref: None,
+            allow_cleartext_credentials: true,
         });
         let s = compute(&r, &midway, DONE, t(4));
         assert_eq!(password(&s), ("False".into(), "CleartextAllowed".into()));
@@ -1861,6 +1863,7 @@ mod tests {
                 level: l,
                 ca_secret_key_ref: None,
                 ca_config_map_key_ref: None,
+                allow_cleartext_credentials: false,
             })
         };
         let mut r = relay("r1");
@@ -1927,6 +1930,7 @@ mod tests {
                 level: l,
                 ca_secret_key_ref: None,
                 ca_config_map_key_ref: None,
+                allow_cleartext_credentials: false,
             })
         };
         let mut r = relay("r1");
@@ -1953,6 +1957,7 @@ mod tests {
                 key: "ca.crt".into(),
             }),
             ca_config_map_key_ref: None,
+            allow_cleartext_credentials: false,
         });
         assert!(
             verified(&r).2.contains(
