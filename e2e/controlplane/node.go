@@ -281,6 +281,13 @@ func createClusterObjects(ctx context.Context, cs kubernetes.Interface) error {
 		VolumeBindingMode: &wffc,
 		ReclaimPolicy:     &retain,
 	}
+	// Not the default: claims that want a volume that fills up name it (volumes.go).
+	sized := &storagev1.StorageClass{
+		ObjectMeta:        metav1.ObjectMeta{Name: sizedStorageClass},
+		Provisioner:       "kubernetes.io/no-provisioner",
+		VolumeBindingMode: &wffc,
+		ReclaimPolicy:     &retain,
+	}
 	dnsPorts := []corev1.ServicePort{
 		{Name: "dns", Protocol: corev1.ProtocolUDP, Port: 53, TargetPort: intstr.FromInt32(53)},
 		{Name: "dns-tcp", Protocol: corev1.ProtocolTCP, Port: 53, TargetPort: intstr.FromInt32(53)},
@@ -314,8 +321,8 @@ func createClusterObjects(ctx context.Context, cs kubernetes.Interface) error {
 	// They exist already when the control plane restarts on the same directory. Get before
 	// create: creating the Service again fails on its taken ClusterIP (Invalid), not with
 	// AlreadyExists.
-	steps := []struct{ get, create func() error }{
-		{
+	class := func(sc *storagev1.StorageClass) struct{ get, create func() error } {
+		return struct{ get, create func() error }{
 			func() error {
 				_, err := cs.StorageV1().StorageClasses().Get(ctx, sc.Name, metav1.GetOptions{})
 				return err
@@ -324,7 +331,11 @@ func createClusterObjects(ctx context.Context, cs kubernetes.Interface) error {
 				_, err := cs.StorageV1().StorageClasses().Create(ctx, sc, metav1.CreateOptions{})
 				return err
 			},
-		},
+		}
+	}
+	steps := []struct{ get, create func() error }{
+		class(sc),
+		class(sized),
 		{
 			func() error {
 				_, err := cs.CoreV1().Services(svc.Namespace).Get(ctx, svc.Name, metav1.GetOptions{})

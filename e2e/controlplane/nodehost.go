@@ -256,6 +256,8 @@ func (c *hostClaim) removeHostState(s stopped) {
 	nodeDir := c.nodeDir()
 	netns, sandboxes := s.netns, s.sandboxes
 	unmountUnder(nodeDir, netns)
+	// The tmpfs of sized local volumes (volumes.go); their directories stay for the PVs.
+	unmountUnder(filepath.Join(c.Dir, "pv"), nil)
 	for _, ns := range netns {
 		_ = os.Remove(ns)
 	}

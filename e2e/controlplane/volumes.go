@@ -7,6 +7,11 @@ package main
 // loop creates one hostPath PV per pending claim of that class, sized to the claim and
 // pre-bound to it, with its data in DIR/pv/NAME; and deletes a PV and its data once its claim is
 // gone (Released). Pre-binding lets the PV controller bind it even under WaitForFirstConsumer.
+//
+// A hostPath directory holds whatever is written to it, whatever the claim's size. Claims of the
+// second class, `local-sized`, get a tmpfs of exactly the claim's size mounted there instead, for
+// tests that need a volume that fills up (a spool that runs out of space). Its data lives in
+// memory: it goes with the PV, and with the node (cleanup unmounts it, as a reboot would).
 
 import (
 	"context"
@@ -14,6 +19,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -26,6 +32,8 @@ import (
 
 const (
 	localStorageClass = "local"
+	// sizedStorageClass gets a tmpfs of the claim's size (see above).
+	sizedStorageClass = "local-sized"
 	// localPVLabel marks the PVs this loop made (and may delete).
 	localPVLabel = "controlplane.e2e/local-volume"
 )
@@ -90,7 +98,7 @@ func syncClaim(ctx context.Context, cs kubernetes.Interface, get func(string) (*
 		return err
 	}
 	if claim.Spec.VolumeName != "" || claim.Status.Phase != corev1.ClaimPending ||
-		claim.Spec.StorageClassName == nil || *claim.Spec.StorageClassName != localStorageClass ||
+		claim.Spec.StorageClassName == nil || !isLocalClass(*claim.Spec.StorageClassName) ||
 		(claim.Spec.VolumeMode != nil && *claim.Spec.VolumeMode != corev1.PersistentVolumeFilesystem) {
 		return nil
 	}
@@ -108,6 +116,12 @@ func syncClaim(ctx context.Context, cs kubernetes.Interface, get func(string) (*
 	if err := os.Chmod(path, 0o777); err != nil {
 		return err
 	}
+	class := *claim.Spec.StorageClassName
+	if class == sizedStorageClass {
+		if err := mountSized(path, size.Value()); err != nil {
+			return err
+		}
+	}
 	dirType := corev1.HostPathDirectory
 	pv := &corev1.PersistentVolume{
 		ObjectMeta: metav1.ObjectMeta{Name: pvName, Labels: map[string]string{localPVLabel: "true"}},
@@ -115,7 +129,7 @@ func syncClaim(ctx context.Context, cs kubernetes.Interface, get func(string) (*
 			Capacity:                      corev1.ResourceList{corev1.ResourceStorage: size},
 			AccessModes:                   claim.Spec.AccessModes,
 			PersistentVolumeReclaimPolicy: corev1.PersistentVolumeReclaimRetain,
-			StorageClassName:              localStorageClass,
+			StorageClassName:              class,
 			ClaimRef: &corev1.ObjectReference{
 				Kind: "PersistentVolumeClaim", APIVersion: "v1",
 				Namespace: claim.Namespace, Name: claim.Name, UID: claim.UID,
@@ -157,7 +171,30 @@ func syncLocalVolume(ctx context.Context, cs kubernetes.Interface, get func(stri
 	}
 	// Only a directory this loop made: never follow a PV edited to point elsewhere.
 	if pv.Spec.HostPath != nil && pv.Spec.HostPath.Path == filepath.Join(dataDir, name) {
+		unmountUnder(dataDir, []string{pv.Spec.HostPath.Path})
 		return os.RemoveAll(pv.Spec.HostPath.Path)
+	}
+	return nil
+}
+
+func isLocalClass(name string) bool {
+	return name == localStorageClass || name == sizedStorageClass
+}
+
+// mountSized mounts a tmpfs of `bytes` on path, unless one is there already (the claim is
+// synced again after a failed PV create). World-writable, as the directory under it.
+func mountSized(path string, bytes int64) error {
+	for _, p := range mountPoints() {
+		if p == path {
+			return nil
+		}
+	}
+	if bytes <= 0 {
+		return fmt.Errorf("claim asks for %d bytes", bytes)
+	}
+	opts := fmt.Sprintf("size=%d,mode=0777", bytes)
+	if err := syscall.Mount("tmpfs", path, "tmpfs", syscall.MS_NOSUID|syscall.MS_NODEV, opts); err != nil {
+		return fmt.Errorf("mount tmpfs (%s) on %s: %w", opts, path, err)
 	}
 	return nil
 }

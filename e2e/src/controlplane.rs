@@ -92,7 +92,8 @@ impl ControlPlane {
     /// Pods run images imported with [`Self::import_image`] (or the pause image
     /// `localhost/pause:3.10`); nothing is pulled: use `imagePullPolicy: Never` or
     /// `IfNotPresent` with a tag other than `latest`. The default StorageClass `local` gets a
-    /// hostPath volume for every claim. Pods reach the API server at `kubernetes.default`
+    /// hostPath volume for every claim; the class `local-sized` a tmpfs of the claim's size,
+    /// which fills up as a real volume does (its data goes with the node). Pods reach the API server at `kubernetes.default`
     /// (10.96.0.1) and cluster DNS at 10.96.0.10; nothing they send may leave the machine.
     pub fn with_node() -> Result<Self, Error> {
         Self::start_inner(true, BINARY)

@@ -668,6 +668,35 @@ pub fn message(from: &str, to: &str, marker: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// [`message`], padded with body lines to about `size` bytes (its last line still the marker's).
+pub fn big_message(from: &str, to: &str, marker: &str, size: usize) -> Vec<u8> {
+    let small = message(from, to, marker);
+    let body = small
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(small.len(), |at| at + 4);
+    let line = format!("{}\r\n", "x".repeat(76));
+    let mut out = small[..body].to_vec();
+    while out.len() + (small.len() - body) < size {
+        out.extend_from_slice(line.as_bytes());
+    }
+    out.extend_from_slice(&small[body..]);
+    out
+}
+
+/// Sends one [`big_message`] of about `size` bytes to `addr`, from any local address, without
+/// SIZE in MAIL FROM (as most applications send). `Err` carries the first refusal.
+pub fn send_big(
+    addr: SocketAddr,
+    from: &str,
+    to: &str,
+    marker: &str,
+    size: usize,
+) -> Result<String, String> {
+    let body = big_message(from, to, marker, size);
+    transmit(addr, Ipv4Addr::UNSPECIFIED, None, None, from, to, &body)
+}
+
 /// Connects to `addr` from `source` (a loopback address), logs in if asked, sends one message.
 /// `Err` carries the first refusal.
 pub fn send(
@@ -697,6 +726,27 @@ pub fn send_tls(
     from: &str,
     to: &str,
     marker: &str,
+) -> Result<String, String> {
+    transmit(
+        addr,
+        source,
+        tls,
+        auth,
+        from,
+        to,
+        &message(from, to, marker),
+    )
+}
+
+/// One SMTP session that sends `body` from `from` to `to`: STARTTLS and AUTH when asked.
+fn transmit(
+    addr: SocketAddr,
+    source: Ipv4Addr,
+    tls: Option<&StartTls<'_>>,
+    auth: Option<(&str, &str)>,
+    from: &str,
+    to: &str,
+    body: &[u8],
 ) -> Result<String, String> {
     let hello = ClientId::Domain("client.test".into());
     let mut conn = SmtpConnection::connect(
@@ -729,7 +779,7 @@ pub fn send_tls(
     )
     .map_err(|e| e.to_string())?;
     let result = conn
-        .send(&envelope, &message(from, to, marker))
+        .send(&envelope, body)
         .map(|r| r.message().collect::<Vec<_>>().join(" "))
         .map_err(|e| e.to_string());
     let _ = conn.quit();

@@ -30,6 +30,12 @@
 //!    StatefulSet, pod and volume while the pod drains; the relayhost comes up, the M are
 //!    delivered, and only then do the relay and its volume go.
 //!
+//! 8. A full spool refuses cleanly (issue 40): a relay with default settings on a small volume
+//!    that really fills (class `local-sized`: a tmpfs of the claim's size), its relayhost
+//!    down, takes mail until smtpd answers 452 (retry later) with its reserve still free;
+//!    status and a Warning Event name the replica, every accepted message is on the spool, and
+//!    once the relayhost is up all are delivered, status clears and new mail is accepted.
+//!
 //! Each step is a named phase (`-- --list`), run in order over one node, one chart install and
 //! one relay, set up by the first phase and torn down after the last (`e2e/src/phases.rs`):
 //! after a failed phase the rest are skipped, as each builds on the one before.
@@ -61,7 +67,7 @@ const N: usize = 60;
 const M: usize = 10;
 
 fn main() -> std::process::ExitCode {
-    let phases: [Phase<Env>; 12] = [
+    let phases: [Phase<Env>; 14] = [
         (
             "two_replicas_ready_with_the_relayhost_down",
             two_replicas_ready_with_the_relayhost_down,
@@ -110,6 +116,14 @@ fn main() -> std::process::ExitCode {
             "the_relay_and_its_volume_go_once_the_last_mail_is_delivered",
             the_relay_and_its_volume_go_once_the_last_mail_is_delivered,
         ),
+        (
+            "a_full_spool_answers_452_and_keeps_what_it_accepted",
+            a_full_spool_answers_452_and_keeps_what_it_accepted,
+        ),
+        (
+            "the_full_spool_delivers_and_takes_mail_again",
+            the_full_spool_delivers_and_takes_mail_again,
+        ),
     ];
     phases::run(Order::Sequential, Env::start, &phases)
 }
@@ -119,9 +133,10 @@ fn main() -> std::process::ExitCode {
 struct Env {
     begin: Instant,
     release: ChartRelease,
-    /// Where the relay's relayhost is: nothing listens there but during
-    /// [`every_message_is_delivered_once_the_relayhost_is_up`] and
-    /// [`the_relay_and_its_volume_go_once_the_last_mail_is_delivered`].
+    /// Where the relays' relayhost is: nothing listens there but during
+    /// [`every_message_is_delivered_once_the_relayhost_is_up`],
+    /// [`the_relay_and_its_volume_go_once_the_last_mail_is_delivered`] and
+    /// [`the_full_spool_delivers_and_takes_mail_again`].
     relayhost: SocketAddr,
     /// The two relay pods as they were first Ready, by name.
     pods: BTreeMap<String, Value>,
@@ -131,6 +146,10 @@ struct Env {
     sink: Option<Sink>,
     /// The M messages queued before the deletion.
     last: Vec<String>,
+    /// The messages the small relay accepted until its spool was nearly full, and its pod's
+    /// address.
+    filled: Vec<String>,
+    small_ip: Option<Ipv4Addr>,
     cp: ControlPlane,
 }
 
@@ -156,6 +175,8 @@ impl Env {
             markers: Vec::new(),
             sink: None,
             last: Vec::new(),
+            filled: Vec::new(),
+            small_ip: None,
             cp,
         }
     }
@@ -803,4 +824,160 @@ fn the_relay_and_its_volume_go_once_the_last_mail_is_delivered(env: &mut Env) {
         "{M} of {M} delivered, then the relay and its volume deleted"
     ));
     drop(sink);
+}
+
+/// The relay of [`a_full_spool_answers_452_keeps_its_mail_and_recovers`].
+const SMALL: &str = "small";
+const MIB: u64 = 1 << 20;
+/// Its spool: a volume that really fills (a tmpfs of this size), three times the relay's own
+/// reserve for the default `message_size_limit` (the reserve's floor, 32 MiB).
+const SMALL_SPOOL_MIB: u64 = 96;
+const RESERVE: u64 = 32 * MIB;
+
+/// The small relay's `status.queue`.
+fn small_queue(cp: &ControlPlane) -> Option<Value> {
+    operator::get_json(cp, NS, "smtprelay", SMALL).map(|r| r["status"]["queue"].clone())
+}
+
+/// 8. A relay with default settings on a small volume that fills, its relayhost down: mail
+///    until smtpd refuses. The refusal is 452 (retry later) with the reserve still free,
+///    status and a Warning Event name the replica, every accepted message is on the spool.
+fn a_full_spool_answers_452_and_keeps_what_it_accepted(env: &mut Env) {
+    let cp = &env.cp;
+    let relay = serde_json::json!({
+        "apiVersion": "smtprelay.dev/v1alpha1", "kind": "SmtpRelay",
+        "metadata": {"name": SMALL, "namespace": NS},
+        "spec": {
+            "domain": "example.net",
+            "networks": [format!("{NODE_IP}/32")],
+            "relayhost": {"host": env.relayhost.ip().to_string(), "port": env.relayhost.port()},
+            "postconf": user_path::quick_retry_postconf(),
+            "storage": {"size": format!("{SMALL_SPOOL_MIB}Mi"), "storageClassName": "local-sized"},
+        }
+    });
+    operator::apply(cp, NS, &relay.to_string());
+    let pod = format!("{SMALL}-0");
+    let ready = env.wait("the small relay's pod Ready", || {
+        operator::get_json(cp, NS, "pod", &pod).filter(user_path::pod_ready)
+    });
+    let ip: Ipv4Addr = ready["status"]["podIP"].as_str().unwrap().parse().unwrap();
+    env.small_ip = Some(ip);
+    // The relay measures the volume it got: the tmpfs, not the node's disk.
+    let q = env.wait("status.queue to show the spool's size", || {
+        small_queue(cp).filter(|q| q["pods"][0]["spoolSizeBytes"].is_u64())
+    });
+    assert_eq!(q["pods"][0]["spoolSizeBytes"], SMALL_SPOOL_MIB * MIB, "{q}");
+    env.step(&format!("{SMALL} Ready on a {SMALL_SPOOL_MIB} MiB volume"));
+
+    // One trusted client sends until refused: about (96 - 32) / 3 messages of 3 MB.
+    let refusal = loop {
+        assert!(
+            env.filled.len() < 40,
+            "40 messages of 3 MB accepted on a {SMALL_SPOOL_MIB} MiB spool: no reserve"
+        );
+        let marker = mail::marker("fill");
+        let to = format!("fill{}@example.net", env.filled.len());
+        let pod_addr = SocketAddr::from((ip, 25));
+        match mail::send_big(pod_addr, "app@client.test", &to, &marker, 3_000_000) {
+            Ok(_) => env.filled.push(marker),
+            Err(e) => break e,
+        }
+    };
+    assert!(
+        refusal.contains("452") && refusal.contains("Insufficient system storage"),
+        "refused with {refusal}\n{}",
+        user_path::diagnose(cp, NS)
+    );
+    assert!(env.filled.len() >= 10, "only {} accepted", env.filled.len());
+    env.step(&format!(
+        "{} messages of 3 MB accepted, then: {refusal}",
+        env.filled.len()
+    ));
+
+    // What got its 250 is on the spool; the reserve is still free there.
+    let pvc = env.wait("the small relay's claim bound", || {
+        operator::list_json(cp, NS, "pvc").into_iter().find(|p| {
+            p["metadata"]["name"]
+                .as_str()
+                .is_some_and(|n| n.ends_with(&format!("-{SMALL}-0")))
+                && p["spec"]["volumeName"].is_string()
+        })
+    });
+    let volume = pvc["spec"]["volumeName"].as_str().unwrap();
+    let pv = cp.kubectl_ok(["get", "pv", volume, "-o", "json"]);
+    let spool = user_path::volume_dir(&serde_json::from_str(&pv).unwrap()).expect("a hostPath");
+    let queued = mail::queued(&spool);
+    assert!(
+        queued >= env.filled.len(),
+        "{queued} queued of {} accepted",
+        env.filled.len()
+    );
+    let q = env.wait("status.queue to name the nearly full spool", || {
+        small_queue(cp).filter(|q| q["spoolNearlyFull"] == serde_json::json!([pod]))
+    });
+    let free = q["pods"][0]["spoolFreeBytes"].as_u64().unwrap_or_default();
+    assert!(
+        (RESERVE - 4 * MIB..2 * RESERVE).contains(&free),
+        "the reserve stays free (about {RESERVE} bytes): {q}"
+    );
+    let warning = env.wait("a Warning Event SpoolNearlyFull", || {
+        let events = cp.kubectl_ok([
+            "get",
+            "events",
+            "-n",
+            NS,
+            "--field-selector",
+            &format!("type=Warning,reason=SpoolNearlyFull,involvedObject.name={SMALL}"),
+            "-o",
+            "jsonpath={.items[*].message}",
+        ]);
+        (!events.is_empty()).then_some(events)
+    });
+    assert!(warning.contains(&pod), "{warning}");
+    env.step(&format!(
+        "{queued} on the spool, {} MiB free; status and Event: {warning}",
+        free / MIB
+    ));
+}
+
+/// 8, continued. The relayhost comes up: everything accepted is delivered, status says the
+///    spool has room, and new mail is accepted and delivered.
+fn the_full_spool_delivers_and_takes_mail_again(env: &mut Env) {
+    let cp = &env.cp;
+    let sink = ok(user_path::node_sink(env.relayhost.port()));
+    env.wait("every accepted message delivered", || {
+        let got = sink.messages();
+        env.filled
+            .iter()
+            .all(|m| got.iter().any(|d| d.text.contains(m.as_str())))
+            .then_some(())
+    });
+    env.wait("status.queue to say the spool has room", || {
+        small_queue(cp).filter(|q| {
+            let full = q["spoolNearlyFull"]
+                .as_array()
+                .is_some_and(|a| !a.is_empty());
+            !full && q["messages"] == 0
+        })
+    });
+    let marker = mail::marker("after");
+    let pod = SocketAddr::from((env.small_ip.expect("the small relay's pod"), 25));
+    mail::send_big(
+        pod,
+        "app@client.test",
+        "after@example.net",
+        &marker,
+        3_000_000,
+    )
+    .unwrap_or_else(|e| panic!("new mail once space returned: {e}"));
+    env.wait("the new message delivered", || {
+        sink.messages()
+            .iter()
+            .any(|d| d.text.contains(marker.as_str()))
+            .then_some(())
+    });
+    let n = env.filled.len();
+    env.step(&format!(
+        "{n} of {n} delivered once the relayhost came up; new mail accepted and delivered"
+    ));
 }
