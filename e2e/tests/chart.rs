@@ -284,6 +284,14 @@ const CASES: &[Case] = &[
         },
     },
     Case {
+        name: "secretReferenceLabel reaches the operator as the label referable Secrets carry",
+        values: "secretReferenceLabel: smtprelay.dev/referable=true",
+        check: |docs| {
+            assert!(args(docs)
+                .contains(&"--secret-reference-label=smtprelay.dev/referable=true".to_string()));
+        },
+    },
+    Case {
         name: "serviceMonitor.enabled creates a ServiceMonitor on the metrics port",
         values: "serviceMonitor: {enabled: true, labels: {release: prometheus}, interval: 15s}",
         check: |docs| {
@@ -766,6 +774,8 @@ fn wrong_values_are_rejected_naming_the_value() {
         ("image: {tagg: v1}", "'tagg'"),
         ("watchNamespace: Mail_NS", "/watchNamespace"),
         ("allowedRelayImages: [\"a,b\"]", "/allowedRelayImages/0"),
+        ("secretReferenceLabel: referable", "/secretReferenceLabel"),
+        ("secretReferenceLabel: \"a=b, c=d\"", "/secretReferenceLabel"),
         ("crds: {upgrade: sometimes}", "/crds/upgrade"),
         ("crds: {upgrades: true}", "'upgrades'"),
         ("serviceMonitor: {enabled: yes please}", "/serviceMonitor/enabled"),

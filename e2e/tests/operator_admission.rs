@@ -55,7 +55,10 @@ fn namespaced_operator(cp: &ControlPlane) {
         OperatorOptions {
             namespace: "team-ops".into(),
             watch_namespace: Some("team-a".into()),
-            extra_args: vec!["--allowed-relay-images=registry.internal/mail/".into()],
+            extra_args: vec![
+                "--allowed-relay-images=registry.internal/mail/".into(),
+                "--secret-reference-label=smtprelay.dev/referable=true".into(),
+            ],
             ..OperatorOptions::default()
         },
     )
@@ -157,6 +160,88 @@ fn namespaced_operator(cp: &ControlPlane) {
     for kind in ["statefulset", "configmap", "service"] {
         assert!(get_json(cp, "team-a", kind, "foreign").is_none(), "{kind}");
     }
+    // With a referable-Secret label, a relay referencing a Secret without it is refused
+    // before anything is read or written for it, naming the field, the Secret and the label;
+    // once its owner labels it, the relay resolves it.
+    cp.kubectl_ok([
+        "create",
+        "secret",
+        "generic",
+        "login",
+        "-n",
+        "team-a",
+        "--from-literal=username=relay",
+        "--from-literal=password=s3cret",
+    ]);
+    let mut login = spec.clone();
+    login["relayhost"] =
+        json!({"host": "relay.example.net", "credentialsSecretRef": {"name": "login"}});
+    operator::apply(
+        cp,
+        "team-a",
+        &operator::relay_object("team-a", "unlabelled", login).to_string(),
+    );
+    let refused = op.wait_for(Duration::from_secs(45), "team-a/unlabelled refused", || {
+        let r = get_json(cp, "team-a", "smtprelay", "unlabelled")?;
+        condition(&r, "Ready")
+            .filter(|c| c["status"] == "False" && c["reason"] == "SecretNotReferable")
+            .cloned()
+    });
+    let message = refused["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("Secret team-a/login")
+            && message.contains("spec.relayhost.credentialsSecretRef")
+            && message
+                .contains("kubectl label secret -n team-a login smtprelay.dev/referable=true"),
+        "{refused}"
+    );
+    for kind in ["statefulset", "configmap", "service"] {
+        assert!(
+            get_json(cp, "team-a", kind, "unlabelled").is_none(),
+            "{kind}"
+        );
+    }
+    cp.kubectl_ok([
+        "label",
+        "secret",
+        "-n",
+        "team-a",
+        "login",
+        "smtprelay.dev/referable=true",
+    ]);
+    op.wait_for(
+        Duration::from_secs(45),
+        "team-a/unlabelled resolved once labelled",
+        || {
+            let r = get_json(cp, "team-a", "smtprelay", "unlabelled")?;
+            condition(&r, "SecretsResolved")
+                .filter(|c| c["status"] == "True")
+                .map(|_| ())
+        },
+    );
+    // A relayhost login at TLS level none is refused unless the spec acknowledges it.
+    let mut cleartext = spec.clone();
+    cleartext["relayhost"] = json!({"host": "relay.example.net",
+        "credentialsSecretRef": {"name": "login"}, "tls": {"level": "none"}});
+    operator::apply(
+        cp,
+        "team-a",
+        &operator::relay_object("team-a", "cleartext", cleartext).to_string(),
+    );
+    let refused = op.wait_for(Duration::from_secs(45), "team-a/cleartext refused", || {
+        let r = get_json(cp, "team-a", "smtprelay", "cleartext")?;
+        condition(&r, "Ready")
+            .filter(|c| c["status"] == "False" && c["reason"] == "InvalidSpec")
+            .cloned()
+    });
+    let message = refused["message"].as_str().unwrap_or_default();
+    assert!(
+        message
+            .starts_with("spec.relayhost.tls.level: none with spec.relayhost.credentialsSecretRef")
+            && message.contains("spec.relayhost.tls.allowCleartextCredentials: true"),
+        "{refused}"
+    );
+    assert!(get_json(cp, "team-a", "statefulset", "cleartext").is_none());
     // The unwatched namespace is untouched (its relay was applied first).
     let other = get_json(cp, "team-b", "smtprelay", "mail").unwrap();
     assert!(

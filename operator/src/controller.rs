@@ -41,16 +41,17 @@ pub async fn plan(relay: &SmtpRelay, src: &impl RefSource, opts: &BuildOptions) 
     ) {
         return Ok(Plan::Report(Outcome::InvalidSpec { message }));
     }
-    let mut resolved = match resolve::resolve(relay, src).await {
-        Ok(r) => r,
-        Err(e) if e.is_user_error() => {
-            return Ok(Plan::Report(Outcome::Unresolved {
-                reason: e.reason(),
-                message: e.to_string(),
-            }))
-        }
-        Err(e) => return Err(Error::from(e).during(Step::Resolve)),
-    };
+    let mut resolved =
+        match resolve::resolve(relay, src, opts.secret_reference_label.as_ref()).await {
+            Ok(r) => r,
+            Err(e) if e.is_user_error() => {
+                return Ok(Plan::Report(Outcome::Unresolved {
+                    reason: e.reason(),
+                    message: e.to_string(),
+                }))
+            }
+            Err(e) => return Err(Error::from(e).during(Step::Resolve)),
+        };
     let now = jiff::Timestamp::now().as_second();
     let mut certificate_issued = None;
     if let Some((pair, note)) = resolve::issued_certificate(relay, src, now)

@@ -145,7 +145,7 @@ fn every_child_of_every_example() {
         let mut resolved = tokio::runtime::Builder::new_current_thread()
             .build()
             .expect("runtime")
-            .block_on(resolve(&relay, &refs))
+            .block_on(resolve(&relay, &refs, None))
             .unwrap_or_else(|e| panic!("{stem}: {e}"));
         if crate::steps::certificate::wanted(&relay) {
             resolved.inbound_tls = Some(TlsPair {

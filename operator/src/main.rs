@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use smtp_relay_operator::crdgen;
-use smtp_relay_operator::floor::contract::BuildOptions;
 use smtp_relay_operator::floor::contract::DEFAULT_RELAY_IMAGE;
+use smtp_relay_operator::floor::contract::{BuildOptions, ReferableLabel};
 use smtp_relay_operator::floor::error::Error;
 use smtp_relay_operator::runtime::crd_upgrade;
 use smtp_relay_operator::runtime::metrics::{self, Metrics};
@@ -30,8 +30,8 @@ struct Cli {
 enum Command {
     /// Print the SmtpRelay CustomResourceDefinition as YAML.
     Crd,
-    /// Run the controller.
-    Run(RunArgs),
+    /// Run the controller (boxed: its arguments dwarf the other command's).
+    Run(Box<RunArgs>),
 }
 
 #[derive(clap::Args, Debug)]
@@ -47,6 +47,12 @@ struct RunArgs {
     /// repository under it). Empty: any image.
     #[arg(long, env = "ALLOWED_RELAY_IMAGES", value_delimiter = ',', num_args = 0..)]
     allowed_relay_images: Vec<String>,
+    /// A label (`key=value`, e.g. `smtprelay.dev/referable=true`) every Secret an SmtpRelay
+    /// references must carry, and every Secret a rotated OAuth2 token is written back into: a
+    /// relay referencing another is refused before anything is read or written for it.
+    /// Omitted: any Secret of the relay's namespace.
+    #[arg(long, env = "SECRET_REFERENCE_LABEL")]
+    secret_reference_label: Option<ReferableLabel>,
     /// Address of the /metrics, /healthz and /readyz endpoints.
     #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:8080")]
     http_addr: SocketAddr,
@@ -109,7 +115,7 @@ async fn main() -> std::process::ExitCode {
         },
         Command::Run(args) => {
             telemetry::init(args.log_format);
-            match run(args).await {
+            match run(*args).await {
                 Ok(()) => std::process::ExitCode::SUCCESS,
                 Err(e) => {
                     error!(error = %e, "operator stopped");
@@ -175,10 +181,11 @@ async fn run(args: RunArgs) -> Result<(), Error> {
                 .map(|i| i.trim().to_string())
                 .filter(|i| !i.is_empty())
                 .collect(),
+            secret_reference_label: args.secret_reference_label.clone(),
         },
         instance: Some(identity),
     };
-    info!(namespace = ?cfg.namespace, image = %cfg.build.relay_image, allowed_images = ?cfg.build.allowed_relay_images, "controller starting");
+    info!(namespace = ?cfg.namespace, image = %cfg.build.relay_image, allowed_images = ?cfg.build.allowed_relay_images, secret_reference_label = ?cfg.build.secret_reference_label, "controller starting");
     watch::run(client, cfg, metrics.clone(), rt.stopped()).await;
     endpoints.set_ready(false);
 

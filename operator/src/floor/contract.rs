@@ -309,6 +309,9 @@ pub struct BuildOptions {
     pub relay_image: String,
     /// The images a `spec.image` may name (see `judge::image_allowed`); empty: any.
     pub allowed_relay_images: Vec<String>,
+    /// The label a Secret must carry to be referenced by an SmtpRelay, or written a rotated
+    /// token into; `None`: any Secret of the relay's namespace.
+    pub secret_reference_label: Option<ReferableLabel>,
 }
 
 impl Default for BuildOptions {
@@ -316,6 +319,53 @@ impl Default for BuildOptions {
         BuildOptions {
             relay_image: DEFAULT_RELAY_IMAGE.into(),
             allowed_relay_images: Vec::new(),
+            secret_reference_label: None,
+        }
+    }
+}
+
+/// The label (`key=value`) that makes a Secret referable, when the operator is told to require
+/// one (`--secret-reference-label`, the chart's `secretReferenceLabel`): a Secret's owner opts
+/// it in, so whoever may create an SmtpRelay cannot have the operator copy any Secret of the
+/// namespace into a relay, nor write a token into it. Checked where Secrets are read
+/// (`steps::resolve`) and written (`steps::writeback`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReferableLabel {
+    pub key: String,
+    pub value: String,
+}
+
+impl ReferableLabel {
+    /// Whether `labels` carry it.
+    pub fn marks(&self, labels: &BTreeMap<String, String>) -> bool {
+        labels.get(&self.key) == Some(&self.value)
+    }
+}
+
+impl std::fmt::Display for ReferableLabel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}={}", self.key, self.value)
+    }
+}
+
+/// A `--secret-reference-label` that is not `key=value`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not a label selector of the form key=value (e.g. smtprelay.dev/referable=true)")]
+pub struct LabelSyntax(String);
+
+impl std::str::FromStr for ReferableLabel {
+    type Err = LabelSyntax;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        let bad = |c: char| c.is_whitespace() || c == ',' || c == '=';
+        match s.trim().split_once('=') {
+            Some((key, value)) if !key.is_empty() && !key.contains(bad) && !value.contains(bad) => {
+                Ok(ReferableLabel {
+                    key: key.into(),
+                    value: value.into(),
+                })
+            }
+            _ => Err(LabelSyntax(s.into())),
         }
     }
 }

@@ -121,6 +121,18 @@ pub enum ResolveError {
         name: String,
         purpose: &'static str,
     },
+    /// The operator requires a label of every referenced Secret (`ReferableLabel`), and this
+    /// one does not carry it: nothing of it is read.
+    #[error(
+        "Secret {namespace}/{name} ({purpose}), referenced by {field}, does not carry the label {label}, which this operator requires of every Secret an SmtpRelay references (its --secret-reference-label, the chart's secretReferenceLabel); if this relay may read it, label it: kubectl label secret -n {namespace} {name} {label}"
+    )]
+    SecretNotReferable {
+        namespace: String,
+        name: String,
+        purpose: &'static str,
+        field: &'static str,
+        label: String,
+    },
     #[error(
         "ConfigMap {namespace}/{name} ({purpose}) does not exist; create it or fix the reference"
     )]
@@ -168,6 +180,7 @@ impl ResolveError {
     pub fn reason(&self) -> &'static str {
         match self {
             ResolveError::SecretNotFound { .. } => "SecretNotFound",
+            ResolveError::SecretNotReferable { .. } => "SecretNotReferable",
             ResolveError::ConfigMapNotFound { .. } => "ConfigMapNotFound",
             ResolveError::KeyMissing { .. } => "SecretKeyMissing",
             ResolveError::InvalidValue { .. } => "InvalidSecretValue",

@@ -11,8 +11,8 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::{Api, Client, ResourceExt};
 
 use crate::floor::contract::{
-    Names, CLIENT_ID, CLIENT_SECRET, HASH_KEY_KEY, ISSUED_ANNOTATION, REFRESH_TOKEN,
-    SERVICE_ACCOUNT,
+    Names, ReferableLabel, CLIENT_ID, CLIENT_SECRET, HASH_KEY_KEY, ISSUED_ANNOTATION,
+    REFRESH_TOKEN, SERVICE_ACCOUNT,
 };
 use crate::floor::crd::SmtpRelay;
 use crate::floor::error::ResolveError;
@@ -50,15 +50,29 @@ impl RefSource for Client {
     }
 }
 
-/// Reads and validates every object `relay` references.
-pub async fn resolve(relay: &SmtpRelay, src: &impl RefSource) -> Result<Resolved, ResolveError> {
+/// Reads and validates every object `relay` references; with `referable`, only Secrets that
+/// carry that label (any other is refused before its data is read).
+pub async fn resolve(
+    relay: &SmtpRelay,
+    src: &impl RefSource,
+    referable: Option<&ReferableLabel>,
+) -> Result<Resolved, ResolveError> {
     let ns = relay.metadata.namespace.clone().unwrap_or_default();
     let spec = &relay.spec;
     let mut out = Resolved::default();
+    let secret_data = |name: &str, purpose: &'static str, field: &'static str| {
+        let reading = Reading {
+            ns: &ns,
+            purpose,
+            field,
+            referable,
+        };
+        secret_data(src, reading, name.to_string())
+    };
 
     if let Some(r) = &spec.relayhost.credentials_secret_ref {
         let purpose = "relayhost credentials";
-        let data = secret_data(src, &ns, &r.name, purpose).await?;
+        let data = secret_data(&r.name, purpose, "spec.relayhost.credentialsSecretRef").await?;
         let loc = Loc::secret(&ns, &r.name);
         let user = take(&data, &loc, &r.username_key, purpose)?;
         let pass = take(&data, &loc, &r.password_key, purpose)?;
@@ -69,7 +83,12 @@ pub async fn resolve(relay: &SmtpRelay, src: &impl RefSource) -> Result<Resolved
 
     if let Some(o) = &spec.relayhost.oauth2 {
         let purpose = "relayhost OAuth2 login";
-        let data = secret_data(src, &ns, &o.secret_ref.name, purpose).await?;
+        let data = secret_data(
+            &o.secret_ref.name,
+            purpose,
+            "spec.relayhost.oauth2.secretRef",
+        )
+        .await?;
         let get = |key: &str| data.get(key).cloned().map(trim_line_end);
         let keys = OAuth2Keys {
             client_id: get(CLIENT_ID.secret_key),
@@ -92,7 +111,7 @@ pub async fn resolve(relay: &SmtpRelay, src: &impl RefSource) -> Result<Resolved
     if let Some(tls) = &spec.relayhost.tls {
         let purpose = "relayhost CA bundle";
         if let Some(r) = &tls.ca_secret_key_ref {
-            let data = secret_data(src, &ns, &r.name, purpose).await?;
+            let data = secret_data(&r.name, purpose, "spec.relayhost.tls.caSecretKeyRef").await?;
             let loc = Loc::secret(&ns, &r.name);
             let ca = take(&data, &loc, &r.key, purpose)?;
             out.relayhost_ca = Some(check_pem_cert(&loc, &r.key, ca)?);
@@ -106,7 +125,7 @@ pub async fn resolve(relay: &SmtpRelay, src: &impl RefSource) -> Result<Resolved
 
     if let Some(r) = &spec.sasl_users_secret_ref {
         let purpose = "SASL users";
-        let data = secret_data(src, &ns, &r.name, purpose).await?;
+        let data = secret_data(&r.name, purpose, "spec.saslUsersSecretRef").await?;
         let loc = Loc::secret(&ns, &r.name);
         let mut users = BTreeMap::new();
         for (user, pass) in data {
@@ -119,7 +138,7 @@ pub async fn resolve(relay: &SmtpRelay, src: &impl RefSource) -> Result<Resolved
 
     if let Some(r) = &spec.tls_secret_ref {
         let purpose = "inbound TLS certificate";
-        let data = secret_data(src, &ns, &r.name, purpose).await?;
+        let data = secret_data(&r.name, purpose, "spec.tlsSecretRef").await?;
         let loc = Loc::secret(&ns, &r.name);
         let cert = take(&data, &loc, "tls.crt", purpose)?;
         let key = take(&data, &loc, "tls.key", purpose)?;
@@ -248,28 +267,51 @@ impl<'a> Loc<'a> {
     }
 }
 
+/// What a referenced Secret is read for: its namespace, its purpose and the field that names
+/// it (for messages), and the label it must carry, if any.
+struct Reading<'a> {
+    ns: &'a str,
+    purpose: &'static str,
+    field: &'static str,
+    referable: Option<&'a ReferableLabel>,
+}
+
 async fn secret_data(
     src: &impl RefSource,
-    ns: &str,
-    name: &str,
-    purpose: &'static str,
+    reading: Reading<'_>,
+    name: String,
 ) -> Result<BTreeMap<String, Vec<u8>>, ResolveError> {
-    match src.secret(ns, name).await {
-        Ok(Some(s)) => Ok(s
-            .data
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, v)| (k, v.0))
-            .collect()),
+    let Reading {
+        ns,
+        purpose,
+        field,
+        referable,
+    } = reading;
+    match src.secret(ns, &name).await {
+        Ok(Some(s)) => match referable {
+            Some(label) if !label.marks(s.labels()) => Err(ResolveError::SecretNotReferable {
+                namespace: ns.into(),
+                name,
+                purpose,
+                field,
+                label: label.to_string(),
+            }),
+            _ => Ok(s
+                .data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.0))
+                .collect()),
+        },
         Ok(None) => Err(ResolveError::SecretNotFound {
             namespace: ns.into(),
-            name: name.into(),
+            name,
             purpose,
         }),
         Err(source) => Err(ResolveError::Api {
             kind: "Secret",
             namespace: ns.into(),
-            name: name.into(),
+            name,
             source: Box::new(source),
         }),
     }
@@ -425,6 +467,7 @@ pub(crate) mod fake {
         /// Secret name → uid of the relay controlling it.
         pub secret_owners: HashMap<String, String>,
         pub secret_annotations: HashMap<String, BTreeMap<String, String>>,
+        pub secret_labels: HashMap<String, BTreeMap<String, String>>,
         pub config_maps: HashMap<String, BTreeMap<String, String>>,
     }
 
@@ -459,6 +502,7 @@ pub(crate) mod fake {
                         ]
                     }),
                     annotations: self.secret_annotations.get(name).cloned(),
+                    labels: self.secret_labels.get(name).cloned(),
                     ..Default::default()
                 },
                 ..Secret::default()
@@ -536,7 +580,7 @@ mod tests {
 
     #[test]
     fn resolves_everything_and_trims_line_ends() {
-        let res = block(resolve(&full_relay(), &refs())).expect("resolves");
+        let res = block(resolve(&full_relay(), &refs(), None)).expect("resolves");
         let login = res.relayhost_login.as_ref().expect("login");
         assert_eq!(login.username, "relay-login");
         assert_eq!(login.password, b"p@ss word}");
@@ -552,12 +596,67 @@ mod tests {
 
     #[test]
     fn nothing_referenced_nothing_read() {
-        let res = block(resolve(&relay("r1"), &FakeRefs::default())).expect("resolves");
+        let res = block(resolve(&relay("r1"), &FakeRefs::default(), None)).expect("resolves");
         assert_eq!(res, Resolved::default());
     }
 
     fn resolve_err(f: FakeRefs) -> ResolveError {
-        block(resolve(&full_relay(), &f)).expect_err("should fail")
+        block(resolve(&full_relay(), &f, None)).expect_err("should fail")
+    }
+
+    /// Issue 26: with the operator's `--secret-reference-label`, every Secret a relay
+    /// references must carry the label, or nothing of it is read: the refusal names the Secret,
+    /// the field that references it and the label to add. A ConfigMap needs none.
+    #[test]
+    fn only_labelled_secrets_are_read_when_the_operator_requires_a_label() {
+        let label: ReferableLabel = "smtprelay.dev/referable=true".parse().expect("key=value");
+        let labelled = |names: &[&str]| {
+            let mut f = refs();
+            for name in names {
+                f.secret_labels.insert(
+                    name.to_string(),
+                    BTreeMap::from([("smtprelay.dev/referable".to_string(), "true".to_string())]),
+                );
+            }
+            f
+        };
+        let all = ["login", "users", "cert"];
+        block(resolve(&full_relay(), &labelled(&all), Some(&label))).expect("all labelled");
+        for (missing, field) in [
+            ("login", "spec.relayhost.credentialsSecretRef"),
+            ("users", "spec.saslUsersSecretRef"),
+            ("cert", "spec.tlsSecretRef"),
+        ] {
+            let others: Vec<&str> = all.iter().copied().filter(|n| *n != missing).collect();
+            let e =
+                block(resolve(&full_relay(), &labelled(&others), Some(&label))).expect_err(missing);
+            assert_eq!(e.reason(), "SecretNotReferable");
+            let message = e.to_string();
+            assert!(
+                message.starts_with(&format!("Secret mail/{missing} ("))
+                    && message.contains(&format!("referenced by {field}, does not carry the label smtprelay.dev/referable=true"))
+                    && message.ends_with(&format!(
+                        "kubectl label secret -n mail {missing} smtprelay.dev/referable=true"
+                    )),
+                "{message}"
+            );
+        }
+        // Another value is not the label; without the option, any Secret is read.
+        let mut wrong = labelled(&all);
+        wrong.secret_labels.insert(
+            "login".into(),
+            BTreeMap::from([("smtprelay.dev/referable".to_string(), "false".to_string())]),
+        );
+        assert_eq!(
+            block(resolve(&full_relay(), &wrong, Some(&label)))
+                .expect_err("wrong value")
+                .reason(),
+            "SecretNotReferable"
+        );
+        block(resolve(&full_relay(), &refs(), None)).expect("no label required");
+        for bad in ["", "referable", "=true", "a=b=c", "a b=c", "a=b,c=d"] {
+            assert!(bad.parse::<ReferableLabel>().is_err(), "{bad:?}");
+        }
     }
 
     #[test]

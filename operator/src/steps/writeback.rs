@@ -17,7 +17,7 @@ use smtp_relay::settings::Secret as Token;
 use tracing::{debug, info, warn};
 
 use crate::context::Context;
-use crate::floor::contract::{Names, REFRESH_TOKEN};
+use crate::floor::contract::{Names, ReferableLabel, REFRESH_TOKEN};
 use crate::floor::crd::SmtpRelay;
 use crate::floor::error::Result;
 use crate::floor::verdict::Desired;
@@ -39,6 +39,13 @@ fn data_of(secret: &Secret) -> BTreeMap<String, Vec<u8>> {
         .collect()
 }
 
+/// Whether the operator may write into the user's Secret: when it requires a label of
+/// referable Secrets (`--secret-reference-label`), only into one that carries it (resolve
+/// refused the relay otherwise; the label may have gone since).
+fn may_write_into(secret: &Secret, label: Option<&ReferableLabel>) -> bool {
+    label.is_none_or(|l| l.marks(secret.labels()))
+}
+
 /// Writes the newest refresh token the pods share back into the user's Secret, when it
 /// replaced the one there; a compare-and-swap on the Secret's version, so a user's change
 /// meanwhile wins. Announced with a Normal Event (no token in it).
@@ -58,6 +65,10 @@ pub async fn step(relay: &SmtpRelay, ctx: &Context, desired: &Desired) -> Result
     let Some(user) = api.get_opt(user_secret).await? else {
         return Ok(());
     };
+    if !may_write_into(&user, ctx.opts.secret_reference_label.as_ref()) {
+        debug!(secret = %user_secret, "the Secret does not carry the referable label; not written");
+        return Ok(());
+    }
     let key = REFRESH_TOKEN.secret_key;
     let Some(configured) = data_of(&user).remove(key) else {
         return Ok(());
@@ -105,6 +116,26 @@ pub async fn step(relay: &SmtpRelay, ctx: &Context, desired: &Desired) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 26: with `--secret-reference-label`, a rotated token is written only into a
+    /// Secret that carries the label.
+    #[test]
+    fn a_token_is_written_back_only_into_a_labelled_secret_when_a_label_is_required() {
+        let label: ReferableLabel = "smtprelay.dev/referable=true".parse().expect("key=value");
+        let mut secret = Secret::default();
+        assert!(may_write_into(&secret, None), "no label required");
+        assert!(!may_write_into(&secret, Some(&label)));
+        secret.metadata.labels = Some(BTreeMap::from([(
+            "smtprelay.dev/referable".to_string(),
+            "yes".to_string(),
+        )]));
+        assert!(!may_write_into(&secret, Some(&label)), "another value");
+        secret.metadata.labels = Some(BTreeMap::from([(
+            "smtprelay.dev/referable".to_string(),
+            "true".to_string(),
+        )]));
+        assert!(may_write_into(&secret, Some(&label)));
+    }
 
     #[test]
     fn only_a_token_that_replaced_the_users_is_written_back() {
