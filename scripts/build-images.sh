@@ -49,6 +49,8 @@ SRC="$ROOT"
 TAG=
 BIN_DIR=
 BINARIES_REPO=localhost/smtp-relay-binaries
+# The binaries as this run put them into its images (see binaries_image).
+STAGED=
 
 LOG_TAG="build-images"
 source scripts/lib.sh
@@ -249,11 +251,25 @@ binaries() {
 # An image holding the binaries at /out/<name>, as the Dockerfiles' `build` stage does; the
 # Dockerfiles copy them from whatever image their BINARIES argument names. Named after the
 # binaries' content, so unchanged binaries reuse the image and buildah's layer cache.
+#
+# The binaries are first copied to STAGED: another cargo in this checkout may relink them in
+# BIN_DIR at any time, and the image must hold exactly what its name says (an image named after
+# one build but holding another was reused by every later run, each stopping on an outdated
+# binary until the store was removed by hand). An existing image of that name is checked, and
+# made again when it holds something else.
 binaries_image() {
     local files=() b sum ref ctr
-    for b in "${BINARIES[@]}"; do files+=("$BIN_DIR/$b"); done
+    rm -rf "$STAGED" && mkdir -p "$STAGED"
+    for b in "${BINARIES[@]}"; do
+        cp -p "$BIN_DIR/$b" "$STAGED/$b"
+        files+=("$STAGED/$b")
+    done
     sum="$(sha256sum "${files[@]}" | awk '{ print $1 }' | sha256sum | cut -c1-16)"
     ref="$BINARIES_REPO:$sum"
+    if bah inspect --type image "$ref" >/dev/null 2>&1 && ! holds_staged "$ref" /out; then
+        log "$ref does not hold the binaries it is named after: making it again"
+        bah rmi -f "$ref" >/dev/null
+    fi
     if ! bah inspect --type image "$ref" >/dev/null 2>&1; then
         ctr="$(bah from --pull=never scratch)"
         bah copy --quiet "$ctr" "${files[@]}" /out/ >/dev/null
@@ -265,16 +281,50 @@ binaries_image() {
     echo "$ref"
 }
 
+# holds_staged REF DIR [BINARY...]: whether image REF holds, in DIR, the same bytes as STAGED
+# (every binary, or those named).
+holds_staged() {
+    local ref="$1" dir="$2" ctr mnt b ok=0
+    shift 2
+    local names=("$@")
+    [ ${#names[@]} -gt 0 ] || names=("${BINARIES[@]}")
+    ctr="$(bah from --pull=never "$ref")"
+    mnt="$(bah mount "$ctr")"
+    for b in "${names[@]}"; do
+        cmp -s "$STAGED/$b" "$mnt$dir/$b" || ok=1
+    done
+    bah umount "$ctr" >/dev/null
+    bah rm "$ctr" >/dev/null
+    return "$ok"
+}
+
 # build_image NAME DOCKERFILE BINARIES_REF: SRC's Dockerfile as it is, its cargo stage skipped
 # (unused once BINARIES names another image), tagged as the chart references it.
 build_image() {
-    local name="$1" dockerfile="$2" binref="$3" ref
+    local name="$1" dockerfile="$2" binref="$3" ref bin=smtp-relay
     ref="$REGISTRY/$name:$TAG"
-    # --network host: RUN apt-get reaches Debian like the host's apt does, and no CNI bridge
-    # is created (the node's pod network uses the range buildah's default one would take).
-    # Its RUN steps' output goes to a log, shown when the build fails.
-    local log="$STORE/build-$name.log"
-    if ! bah bud --quiet --pull=never --layers --network host \
+    [ "$name" = smtp-relay-operator ] && bin=smtp-relay-operator
+    bud "$ref" "$dockerfile" "$binref" --layers
+    # The layer cache must never keep an old binary: the image holds exactly what was staged.
+    # Should it not, the layers are not trusted: built once more without them.
+    if ! holds_staged "$ref" /usr/local/bin "$bin"; then
+        log "$ref holds another $bin than the one staged: building it again without the layer cache"
+        bud "$ref" "$dockerfile" "$binref" --no-cache
+        holds_staged "$ref" /usr/local/bin "$bin" ||
+            die "$ref still holds another $bin than the one built; remove $STORE and run this again"
+    fi
+}
+
+# bud REF DOCKERFILE BINARIES_REF FLAG...: buildah bud. --network host: RUN apt-get reaches
+# Debian like the host's apt does, and no CNI bridge is created (the node's pod network uses
+# the range buildah's default one would take). Its RUN steps' output goes to a log, shown when
+# the build fails.
+bud() {
+    local ref="$1" dockerfile="$2" binref="$3" log name
+    shift 3
+    name="${ref##*/}"
+    log="$STORE/build-${name%%:*}.log"
+    if ! bah bud --quiet --pull=never "$@" --network host \
         --build-arg "BINARIES=$binref" \
         -f "$SRC/$dockerfile" -t "$ref" "$SRC" >"$log" 2>&1; then
         tail -n 40 "$log" >&2
@@ -284,24 +334,6 @@ build_image() {
     # bud leaves a working container behind for the stage that only names the BINARIES image;
     # this storage is the script's own, so no container in it outlives a build.
     bah rm --all >/dev/null
-    # The layer cache must never keep an old binary: the image holds exactly the host's.
-    check_binary "$ref" "$name"
-}
-
-# check_binary REF NAME: the image's /usr/local/bin/<binary> is the release binary built.
-check_binary() {
-    local ref="$1" name="$2" bin ctr mnt want got
-    case "$name" in
-        smtp-relay-operator) bin=smtp-relay-operator ;;
-        *) bin=smtp-relay ;;
-    esac
-    want="$(sha256sum "$BIN_DIR/$bin" | cut -d' ' -f1)"
-    ctr="$(bah from --pull=never "$ref")"
-    mnt="$(bah mount "$ctr")"
-    got="$(sha256sum "$mnt/usr/local/bin/$bin" | cut -d' ' -f1)"
-    bah umount "$ctr" >/dev/null
-    bah rm "$ctr" >/dev/null
-    [ "$want" = "$got" ] || die "$ref holds an outdated $bin ($got, want $want)"
 }
 
 # export_image NAME: OUT/NAME.tar (docker-archive), redone only when the image changed;
@@ -609,8 +641,10 @@ main() {
     fi
     TAG="$(app_version)"
     BIN_DIR="$(target_dir)/release"
+    STAGED="$STORE/staged"
     if [ -n "$previous" ]; then
         use_previous
+        STAGED="$CACHE/previous/staged"
     fi
     if [ -n "$build" ]; then
         build_all
