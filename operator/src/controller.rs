@@ -54,12 +54,13 @@ pub async fn plan(relay: &SmtpRelay, src: &impl RefSource, opts: &BuildOptions) 
         };
     let now = jiff::Timestamp::now().as_second();
     let mut certificate_issued = None;
-    if let Some((pair, note)) = resolve::issued_certificate(relay, src, now)
+    if let Some(issued) = resolve::issued_certificate(relay, src, now)
         .await
         .map_err(|e| Error::from(e).during(Step::Resolve))?
     {
-        resolved.inbound_tls = Some(pair);
-        certificate_issued = note;
+        resolved.inbound_tls = Some(issued.pair);
+        resolved.issued_ca = Some(issued.authority);
+        certificate_issued = issued.note;
     }
     // What the pods will read, judged by the relay's own rules before anything is written.
     let validated = match checked.judge(resolved) {
@@ -472,9 +473,13 @@ mod tests {
             // every unwanted Secret are asked for.
             api.expect("GET", &path("poddisruptionbudgets", "r1"), not_found())
                 .await;
-            for s in ["r1-relayhost", "r1-sasl-users", "r1-tls", "r1-oauth2-token"] {
+            for s in ["r1-relayhost", "r1-sasl-users", "r1-tls", "r1-ca-key"] {
                 api.expect("GET", &path("secrets", s), not_found()).await;
             }
+            api.expect("GET", &path("configmaps", "r1-ca"), not_found())
+                .await;
+            api.expect("GET", &path("secrets", "r1-oauth2-token"), not_found())
+                .await;
             // No apply, no event, no status patch.
             api.expect_nothing_more().await;
         })

@@ -258,24 +258,30 @@ impl ApiServer {
     ) {
         let mut names = vec![d.hash_key_secret.name_any()];
         names.extend(
-            [&d.relayhost_secret, &d.sasl_users_secret, &d.tls_secret]
-                .into_iter()
-                .flatten()
-                .map(Secret::name_any),
+            [
+                &d.ca_key_secret,
+                &d.relayhost_secret,
+                &d.sasl_users_secret,
+                &d.tls_secret,
+            ]
+            .into_iter()
+            .flatten()
+            .map(Secret::name_any),
         );
         for name in names {
             self.expect("GET", &path("secrets", &name), answer("secrets", &name))
                 .await;
         }
-        for (kind, name) in [
-            ("configmaps", d.config_map.name_any()),
-            ("services", d.headless_service.name_any()),
-            ("services", d.service.name_any()),
-            ("statefulsets", d.stateful_set.name_any()),
-        ]
-        .into_iter()
-        .chain(d.pdb.iter().map(|p| ("poddisruptionbudgets", p.name_any())))
-        .chain(d.drain_guard.iter().map(|g| ("configmaps", g.name_any())))
+        for (kind, name) in [("configmaps", d.config_map.name_any())]
+            .into_iter()
+            .chain(d.ca_config_map.iter().map(|c| ("configmaps", c.name_any())))
+            .chain([
+                ("services", d.headless_service.name_any()),
+                ("services", d.service.name_any()),
+                ("statefulsets", d.stateful_set.name_any()),
+            ])
+            .chain(d.pdb.iter().map(|p| ("poddisruptionbudgets", p.name_any())))
+            .chain(d.drain_guard.iter().map(|g| ("configmaps", g.name_any())))
         {
             self.expect("GET", &path(kind, &name), answer(kind, &name))
                 .await;

@@ -14,7 +14,7 @@ use serde_json::Value;
 use crate::fixtures;
 use crate::floor::contract::BuildOptions;
 use crate::floor::crd::SmtpRelay;
-use crate::floor::inputs::TlsPair;
+use crate::floor::inputs::{Authority, CaPair, TlsPair};
 use crate::floor::verdict::Desired;
 use crate::observe::mapping::referenced_secrets;
 use crate::steps::build;
@@ -101,6 +101,8 @@ fn children(d: &Desired) -> Vec<(String, Value)> {
         relayhost_secret,
         sasl_users_secret,
         tls_secret,
+        ca_key_secret,
+        ca_config_map,
         service,
         headless_service,
         stateful_set,
@@ -110,11 +112,17 @@ fn children(d: &Desired) -> Vec<(String, Value)> {
     } = d;
     let mut out = vec![doc(config_map), secret(hash_key_secret)];
     out.extend(drain_guard.iter().map(doc));
+    out.extend(ca_config_map.iter().map(doc));
     out.extend(
-        [relayhost_secret, sasl_users_secret, tls_secret]
-            .into_iter()
-            .flatten()
-            .map(secret),
+        [
+            ca_key_secret,
+            relayhost_secret,
+            sasl_users_secret,
+            tls_secret,
+        ]
+        .into_iter()
+        .flatten()
+        .map(secret),
     );
     if let Some(s) = oauth2_sharing {
         out.extend([
@@ -152,6 +160,16 @@ fn every_child_of_every_example() {
                 cert: b"-----BEGIN CERTIFICATE-----\n(issued)\n-----END CERTIFICATE-----\n"
                     .to_vec(),
                 key: b"-----BEGIN PRIVATE KEY-----\n(issued)\n-----END PRIVATE KEY-----\n".to_vec(),
+            });
+            resolved.issued_ca = Some(Authority {
+                signing: CaPair {
+                    cert: b"-----BEGIN CERTIFICATE-----\n(the relay's CA)\n-----END CERTIFICATE-----\n"
+                        .to_vec(),
+                    key: b"-----BEGIN PRIVATE KEY-----\n(the CA's)\n-----END PRIVATE KEY-----\n"
+                        .to_vec(),
+                },
+                next: None,
+                retired: Vec::new(),
             });
         }
         let d = build::build(

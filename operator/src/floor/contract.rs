@@ -51,6 +51,12 @@ pub const CA_KEY: &str = "ca.crt";
 /// Keys of the owned TLS Secret (those of a `kubernetes.io/tls` Secret).
 pub const TLS_CRT_KEY: &str = "tls.crt";
 pub const TLS_KEY_KEY: &str = "tls.key";
+/// Keys of the owned `<name>-ca-key` Secret beside [`CA_KEY`]: the signing CA's key, its
+/// successor's certificate and key, and the earlier CAs' certificates.
+pub const CA_KEY_KEY: &str = "ca.key";
+pub const NEXT_CA_CRT_KEY: &str = "next-ca.crt";
+pub const NEXT_CA_KEY_KEY: &str = "next-ca.key";
+pub const RETIRED_CA_CRT_KEY: &str = "retired-ca.crt";
 /// Key of the owned `<name>-hash-key` Secret holding the relay's [`HashKey`](crate::floor::inputs::HashKey).
 pub const HASH_KEY_KEY: &str = "config-hash-key";
 
@@ -69,6 +75,14 @@ impl Names {
     }
     pub fn tls_secret(relay: &str) -> String {
         format!("{relay}-tls")
+    }
+    /// Holds the relay's CA and its key (`steps::certificate`); never mounted into a pod.
+    pub fn ca_key_secret(relay: &str) -> String {
+        format!("{relay}-ca-key")
+    }
+    /// Publishes the relay's CA certificate for clients (key [`CA_KEY`]), never a key.
+    pub fn ca_config_map(relay: &str) -> String {
+        format!("{relay}-ca")
     }
     /// Holds the key of the config hash; never mounted into a pod.
     pub fn hash_key_secret(relay: &str) -> String {
@@ -92,8 +106,10 @@ impl Names {
     }
     /// Every name a child of the relay may take (the StatefulSet, the Service and the PDB are
     /// named like the relay itself).
-    pub fn all(relay: &str) -> [String; 10] {
+    pub fn all(relay: &str) -> [String; 12] {
         [
+            Self::ca_key_secret(relay),
+            Self::ca_config_map(relay),
             Self::drain_guard(relay),
             relay.to_string(),
             Self::config_map(relay),

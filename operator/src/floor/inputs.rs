@@ -52,6 +52,36 @@ pub struct TlsPair {
     pub key: Vec<u8>,
 }
 
+/// A certificate authority: its certificate and key, PEM.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CaPair {
+    pub cert: Vec<u8>,
+    pub key: Vec<u8>,
+}
+
+/// The relay's own CA, which signs the certificate the operator issues
+/// (`steps::certificate`), as kept in the never-mounted `<name>-ca-key` Secret. `Debug` never
+/// prints a key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Authority {
+    /// The CA that signs the serving certificates.
+    pub signing: CaPair,
+    /// Its successor, published beside it ahead of the day it signs.
+    pub next: Option<CaPair>,
+    /// Certificates (PEM, concatenated) of earlier CAs, published until they expire, as
+    /// certificates they signed may still be served.
+    pub retired: Vec<u8>,
+}
+
+impl fmt::Debug for Authority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Authority")
+            .field("next", &self.next.is_some())
+            .field("retired", &!self.retired.is_empty())
+            .finish_non_exhaustive()
+    }
+}
+
 /// Everything read from referenced objects, validated.
 #[derive(Clone, PartialEq, Eq, Default)]
 pub struct Resolved {
@@ -61,6 +91,8 @@ pub struct Resolved {
     /// User name → password; `None` when the relay has no `saslUsersSecretRef`.
     pub sasl_users: Option<BTreeMap<String, Vec<u8>>>,
     pub inbound_tls: Option<TlsPair>,
+    /// The CA that signed `inbound_tls`, when the operator issued it.
+    pub issued_ca: Option<Authority>,
 }
 
 impl fmt::Debug for Resolved {
@@ -86,6 +118,7 @@ impl fmt::Debug for Resolved {
                     .map(|u| u.keys().collect::<Vec<_>>()),
             )
             .field("inbound_tls", &self.inbound_tls.is_some())
+            .field("issued_ca", &self.issued_ca.is_some())
             .finish()
     }
 }

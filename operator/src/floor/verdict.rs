@@ -44,6 +44,10 @@ pub struct Desired {
     pub relayhost_secret: Option<Secret>,
     pub sasl_users_secret: Option<Secret>,
     pub tls_secret: Option<Secret>,
+    /// With a certificate the operator issues: `<name>-ca-key`, the relay's CA and its key,
+    /// which no pod mounts, and `<name>-ca`, its certificate for clients.
+    pub ca_key_secret: Option<Secret>,
+    pub ca_config_map: Option<ConfigMap>,
     pub service: Service,
     pub headless_service: Service,
     pub stateful_set: StatefulSet,

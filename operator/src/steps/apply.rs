@@ -210,6 +210,19 @@ pub(crate) struct Planned<'a, K> {
 
 /// Reads the live object under `desired`'s name. One that this relay does not control (the
 /// user's own, or another controller's) is never adopted: it is added to `in_the_way`.
+/// [`read_live`] of a child the relay may not want.
+async fn read_wanted<'a, K: Owned>(
+    client: &Client,
+    relay: &SmtpRelay,
+    desired: Option<&'a K>,
+    in_the_way: &mut Vec<String>,
+) -> Result<Option<Planned<'a, K>>> {
+    match desired {
+        Some(d) => Ok(Some(read_live(client, relay, d, in_the_way).await?)),
+        None => Ok(None),
+    }
+}
+
 pub(crate) async fn read_live<'a, K: Owned>(
     client: &Client,
     relay: &SmtpRelay,
@@ -393,6 +406,8 @@ pub(crate) async fn apply_all(
         relayhost_secret,
         sasl_users_secret,
         tls_secret,
+        ca_key_secret,
+        ca_config_map,
         service,
         headless_service,
         stateful_set,
@@ -403,9 +418,14 @@ pub(crate) async fn apply_all(
     let mut in_the_way = Vec::new();
     let hash_key_secret = read_live(client, relay, hash_key_secret, &mut in_the_way).await?;
     let mut secrets = Vec::new();
-    for secret in [relayhost_secret, sasl_users_secret, tls_secret]
-        .into_iter()
-        .flatten()
+    for secret in [
+        ca_key_secret,
+        relayhost_secret,
+        sasl_users_secret,
+        tls_secret,
+    ]
+    .into_iter()
+    .flatten()
     {
         secrets.push(read_live(client, relay, secret, &mut in_the_way).await?);
     }
@@ -419,13 +439,11 @@ pub(crate) async fn apply_all(
         None => None,
     };
     let config_map = read_live(client, relay, config_map, &mut in_the_way).await?;
+    let ca_config_map = read_wanted(client, relay, ca_config_map.as_ref(), &mut in_the_way).await?;
     let headless_service = read_live(client, relay, headless_service, &mut in_the_way).await?;
     let service = read_live(client, relay, service, &mut in_the_way).await?;
     let stateful_set = read_live(client, relay, stateful_set, &mut in_the_way).await?;
-    let pdb = match pdb {
-        Some(p) => Some(read_live(client, relay, p, &mut in_the_way).await?),
-        None => None,
-    };
+    let pdb = read_wanted(client, relay, pdb.as_ref(), &mut in_the_way).await?;
     let live_sts = stateful_set.live.as_ref();
     let guard = read_guard(
         client,
@@ -437,20 +455,18 @@ pub(crate) async fn apply_all(
     );
     let guard = guard.await?;
     if !in_the_way.is_empty() {
-        return Ok(Err(Outcome::NameConflict {
-            message: format!(
-                "in the way, and left alone as this SmtpRelay does not control them: {}; delete or rename them, or give this SmtpRelay another name",
-                in_the_way.join(", ")
-            ),
-        }));
+        return Ok(Err(name_conflict(&in_the_way)));
     }
-
     let applied = async {
         let guard = settle_guard(client, relay, guard).await?;
         let guard = guard.as_ref();
         // The hash key first: no hash is published before its key is stored, so a restarted
         // operator reads back the key the live hash was computed with.
         apply_guarded(client, hash_key_secret, guard).await?;
+        // The CA before what it signed (its key is the first of the Secrets).
+        if let Some(ca) = ca_config_map {
+            apply_guarded(client, ca, guard).await?;
+        }
         // Unreferenced Secrets are pruned later (prune_secrets), once no pod mounts them.
         for secret in secrets {
             apply_guarded(client, secret, guard).await?;
@@ -484,6 +500,17 @@ pub(crate) async fn apply_all(
             message: format!("{message}; fix what refused it (a policy, a quota) or the spec"),
         })),
         Err(e) => Err(e),
+    }
+}
+
+/// What a reconcile says when objects the relay does not control stand under its children's
+/// names.
+fn name_conflict(in_the_way: &[String]) -> Outcome {
+    Outcome::NameConflict {
+        message: format!(
+            "in the way, and left alone as this SmtpRelay does not control them: {}; delete or rename them, or give this SmtpRelay another name",
+            in_the_way.join(", ")
+        ),
     }
 }
 
@@ -599,10 +626,15 @@ pub(crate) async fn prune_secrets(
             Names::sasl_users_secret(&name),
         ),
         (d.tls_secret.is_some(), Names::tls_secret(&name)),
+        (d.ca_key_secret.is_some(), Names::ca_key_secret(&name)),
     ] {
         if !wanted {
             delete_owned::<Secret>(client, stores, relay, &secret_name).await?;
         }
+    }
+    if d.ca_config_map.is_none() {
+        let ca = Names::ca_config_map(&name);
+        delete_owned::<ConfigMap>(client, stores, relay, &ca).await?;
     }
     // The refresh token's Secret goes last, so while it exists, so may the rest.
     let token = Names::oauth2_token_secret(&name);

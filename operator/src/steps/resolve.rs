@@ -11,12 +11,15 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::{Api, Client, ResourceExt};
 
 use crate::floor::contract::{
-    Names, ReferableLabel, CLIENT_ID, CLIENT_SECRET, HASH_KEY_KEY, ISSUED_ANNOTATION,
-    REFRESH_TOKEN, SERVICE_ACCOUNT,
+    Names, ReferableLabel, CA_KEY, CA_KEY_KEY, CLIENT_ID, CLIENT_SECRET, HASH_KEY_KEY,
+    ISSUED_ANNOTATION, NEXT_CA_CRT_KEY, NEXT_CA_KEY_KEY, REFRESH_TOKEN, RETIRED_CA_CRT_KEY,
+    SERVICE_ACCOUNT,
 };
 use crate::floor::crd::SmtpRelay;
 use crate::floor::error::ResolveError;
-use crate::floor::inputs::{HashKey, OAuth2Keys, RelayhostLogin, Resolved, TlsPair};
+use crate::floor::inputs::{
+    Authority, CaPair, HashKey, OAuth2Keys, RelayhostLogin, Resolved, TlsPair,
+};
 use crate::steps::certificate;
 
 /// Where referenced objects are read from: the API, or a map in tests.
@@ -192,46 +195,106 @@ async fn owned_secret(
     }))
 }
 
+/// The serving certificate the operator issues ([`certificate`]), the CA that signed it, and
+/// the note of the Event that says what changed, if anything.
+#[derive(Clone, PartialEq, Eq)]
+pub struct IssuedTls {
+    pub pair: TlsPair,
+    pub authority: Authority,
+    pub note: Option<String>,
+}
+
+/// The CA kept in the owned `<name>-ca-key` Secret, while the relay controls it.
+async fn stored_authority(
+    relay: &SmtpRelay,
+    src: &impl RefSource,
+) -> Result<Option<Authority>, ResolveError> {
+    let name = Names::ca_key_secret(&relay.name_any());
+    let Some(data) = owned_secret(relay, src, &name).await?.and_then(|s| s.data) else {
+        return Ok(None);
+    };
+    let get = |key: &str| data.get(key).map(|v| v.0.clone());
+    let pair = |cert: &str, key: &str| {
+        Some(CaPair {
+            cert: get(cert)?,
+            key: get(key)?,
+        })
+    };
+    Ok(pair(CA_KEY, CA_KEY_KEY).map(|signing| Authority {
+        signing,
+        next: pair(NEXT_CA_CRT_KEY, NEXT_CA_KEY_KEY),
+        retired: get(RETIRED_CA_CRT_KEY).unwrap_or_default(),
+    }))
+}
+
 /// The certificate the operator issues for a relay with SASL users and no `tlsSecretRef`
 /// ([`certificate`]): the one stored in the owned `<name>-tls` Secret while it is the
-/// operator's, names the relay and is far from expiry; otherwise a new one, with the message
-/// of the Event that says so. `None` when the relay needs no issued certificate. `now` is in
-/// seconds since the epoch.
+/// operator's, was signed by the relay's CA, names the relay and is far from expiry; otherwise
+/// a new one. The CA is the one kept in `<name>-ca-key`, made once and replaced years later
+/// ([`certificate::authority`]). `None` when the relay needs no issued certificate. `now` is
+/// in seconds since the epoch.
 pub async fn issued_certificate(
     relay: &SmtpRelay,
     src: &impl RefSource,
     now: i64,
-) -> Result<Option<(TlsPair, Option<String>)>, ResolveError> {
+) -> Result<Option<IssuedTls>, ResolveError> {
     if !certificate::wanted(relay) {
         return Ok(None);
     }
-    let name = Names::tls_secret(&relay.name_any());
+    let relay_name = relay.name_any();
+    let ns = relay.namespace().unwrap_or_default();
+    let stored_ca = stored_authority(relay, src).await?;
+    let (authority, ca_changed) =
+        certificate::authority(stored_ca, &format!("{ns}/{relay_name}"), now)?;
+    let secret = Names::tls_secret(&relay_name);
+    let config_map = Names::ca_config_map(&relay_name);
     let names = certificate::names(relay);
-    let stored = owned_secret(relay, src, &name)
+    let stored = owned_secret(relay, src, &secret)
         .await?
         .filter(|s| s.annotations().get(ISSUED_ANNOTATION) == Some(&"true".into()))
         .and_then(|s| s.data)
         .and_then(|d| Some((d.get("tls.crt")?.0.clone(), d.get("tls.key")?.0.clone())));
+    let trust = format!(
+        "clients that verify trust ca.crt of ConfigMap {config_map}, or set spec.tlsSecretRef"
+    );
     let reason = match stored {
-        Some((cert, key)) => match certificate::renewal_reason(&cert, &names, now) {
-            None => return Ok(Some((TlsPair { cert, key }, None))),
-            Some(reason) => reason,
-        },
+        Some((cert, key)) => {
+            match certificate::renewal_reason(&cert, &names, &authority.signing.cert, now) {
+                None => {
+                    let note =
+                        ca_changed.map(|why| format!("the relay's CA changed: {why}; {trust}"));
+                    let pair = TlsPair { cert, key };
+                    return Ok(Some(IssuedTls {
+                        pair,
+                        authority,
+                        note,
+                    }));
+                }
+                Some(reason) => reason,
+            }
+        }
         None => "none was issued yet".to_string(),
     };
-    let issued = certificate::issue(&names, now)?;
-    let note = format!(
-        "issued a self-signed serving certificate for {}, valid {} days ({reason}); clients that verify trust tls.crt of Secret {name}, or set spec.tlsSecretRef",
+    let issued = certificate::issue(&names, &authority.signing, now)?;
+    let mut note = format!(
+        "issued a serving certificate for {}, valid {} days, signed by the relay's CA ({reason}); {trust}",
         names.join(", "),
         certificate::VALIDITY.as_secs() / 86_400
     );
-    Ok(Some((
-        TlsPair {
-            cert: issued.cert,
-            key: issued.key,
-        },
-        Some(note),
-    )))
+    if reason.contains("self-signed") {
+        note.push_str(&format!(
+            ". Clients that trusted tls.crt of Secret {secret} must now trust ca.crt of ConfigMap {config_map}: it stays when the serving certificate is renewed"
+        ));
+    }
+    let pair = TlsPair {
+        cert: issued.cert,
+        key: issued.key,
+    };
+    Ok(Some(IssuedTls {
+        pair,
+        authority,
+        note: Some(note),
+    }))
 }
 
 /// Where a value came from, for messages.
@@ -750,6 +813,39 @@ mod tests {
         assert_ne!(c.as_bytes(), b"short");
     }
 
+    /// What a reconcile applied for `issued`: `<name>-tls` and `<name>-ca-key`, owned by the
+    /// relay, as the builders make them.
+    fn stored(issued: &IssuedTls) -> FakeRefs {
+        let r = relay("r1");
+        let resolved = Resolved {
+            inbound_tls: Some(issued.pair.clone()),
+            issued_ca: Some(issued.authority.clone()),
+            ..Resolved::default()
+        };
+        let mut f = FakeRefs::default();
+        let mut r = r;
+        r.spec.sasl_users_secret_ref = Some(crate::floor::crd::SecretRef { name: "u".into() });
+        for s in [
+            crate::steps::build::secrets::tls_secret(&r, &resolved),
+            crate::steps::build::secrets::ca_key_secret(&r, &resolved),
+        ] {
+            let s = s.expect("built").expect("wanted");
+            let name = s.name_any();
+            f.secrets.insert(
+                name.clone(),
+                s.data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.0))
+                    .collect(),
+            );
+            f.secret_owners.insert(name.clone(), "uid-1".into());
+            f.secret_annotations
+                .insert(name, s.metadata.annotations.unwrap_or_default());
+        }
+        f
+    }
+
     #[test]
     fn the_serving_certificate_is_issued_once_and_read_back() {
         let now = 1_795_000_000;
@@ -758,42 +854,81 @@ mod tests {
             .unwrap()
             .is_none());
         r.spec.sasl_users_secret_ref = Some(crate::floor::crd::SecretRef { name: "u".into() });
-        let (first, note) = block(issued_certificate(&r, &FakeRefs::default(), now))
+        let first = block(issued_certificate(&r, &FakeRefs::default(), now))
             .unwrap()
             .expect("issued: SASL users and no tlsSecretRef");
-        let note = note.expect("a new certificate is announced");
+        let note = first.note.clone().expect("a new certificate is announced");
         assert!(note.contains("r1.mail.svc.cluster.local"), "{note}");
         assert!(note.contains("(none was issued yet)"), "{note}");
+        assert!(note.contains("trust ca.crt of ConfigMap r1-ca"), "{note}");
 
-        // Stored in the owned, annotated Secret: read back, not issued again.
-        let mut f = FakeRefs::default();
-        f.secrets.insert(
-            "r1-tls".into(),
-            BTreeMap::from([
-                ("tls.crt".to_string(), first.cert.clone()),
-                ("tls.key".to_string(), first.key.clone()),
-            ]),
+        // Stored in the owned, annotated Secrets: read back, not issued again.
+        let f = stored(&first);
+        let again = block(issued_certificate(&r, &f, now)).unwrap().unwrap();
+        assert!(again.pair == first.pair && again.authority == first.authority);
+        assert!(again.note.is_none());
+        // Renewed well before expiry, by the same CA.
+        let later = now + 61 * 86_400;
+        let renewed = block(issued_certificate(&r, &f, later)).unwrap().unwrap();
+        assert!(renewed.pair != first.pair && renewed.authority == first.authority);
+        assert!(renewed.note.unwrap().contains("expires in 29 days"));
+        // A copy of a user's certificate (no annotation) or a Secret of someone else's is
+        // never taken for an issued one; nor a CA of someone else's for the relay's.
+        let mut other = stored(&first);
+        other.secret_annotations.clear();
+        other
+            .secret_owners
+            .insert("r1-ca-key".into(), "someone-else".into());
+        let fresh = block(issued_certificate(&r, &other, now)).unwrap().unwrap();
+        assert!(fresh.pair != first.pair && fresh.authority != first.authority);
+        // With a tlsSecretRef the user's certificate is used instead.
+        r.spec.tls_secret_ref = Some(crate::floor::crd::SecretRef { name: "c".into() });
+        assert!(block(issued_certificate(&r, &f, now)).unwrap().is_none());
+    }
+
+    /// Issue 26: a relay whose `<name>-tls` holds the self-signed certificate the operator
+    /// issued before relays had a CA gets its CA and a certificate it signed at the next
+    /// reconcile, said once; the reconcile after keeps both.
+    #[test]
+    fn a_self_signed_certificate_of_old_is_replaced_once() {
+        let now = 1_795_000_000;
+        let mut r = relay("r1");
+        r.spec.sasl_users_secret_ref = Some(crate::floor::crd::SecretRef { name: "u".into() });
+        let names = certificate::names(&r);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(names).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "r1");
+        let old = params.self_signed(&key).unwrap();
+        let mut f = FakeRefs::default().secret(
+            "r1-tls",
+            &[("tls.crt", &old.pem()), ("tls.key", &key.serialize_pem())],
         );
         f.secret_owners.insert("r1-tls".into(), "uid-1".into());
         f.secret_annotations.insert(
             "r1-tls".into(),
             BTreeMap::from([(ISSUED_ANNOTATION.into(), "true".into())]),
         );
-        let (again, note) = block(issued_certificate(&r, &f, now)).unwrap().unwrap();
-        assert!(again == first && note.is_none());
-        // Renewed well before expiry.
-        let later = now + 61 * 86_400;
-        let (renewed, note) = block(issued_certificate(&r, &f, later)).unwrap().unwrap();
-        assert!(renewed != first);
-        assert!(note.unwrap().contains("expires in 29 days"));
-        // A copy of a user's certificate (no annotation) or a Secret of someone else's is
-        // never taken for an issued one.
-        f.secret_annotations.clear();
-        let (other, _) = block(issued_certificate(&r, &f, now)).unwrap().unwrap();
-        assert!(other != first);
-        // With a tlsSecretRef the user's certificate is used instead.
-        r.spec.tls_secret_ref = Some(crate::floor::crd::SecretRef { name: "c".into() });
-        assert!(block(issued_certificate(&r, &f, now)).unwrap().is_none());
+        let migrated = block(issued_certificate(&r, &f, now)).unwrap().unwrap();
+        let note = migrated.note.clone().expect("said");
+        assert!(
+            note.contains("self-signed")
+                && note.contains("Clients that trusted tls.crt of Secret r1-tls must now trust ca.crt of ConfigMap r1-ca"),
+            "{note}"
+        );
+        assert!(migrated.pair.cert != old.pem().into_bytes());
+        let f = stored(&migrated);
+        let next = block(issued_certificate(&r, &f, now + 60))
+            .unwrap()
+            .unwrap();
+        assert!(
+            next == IssuedTls {
+                note: None,
+                ..migrated
+            },
+            "once, no loop"
+        );
     }
 
     #[test]

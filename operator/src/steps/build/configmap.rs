@@ -7,9 +7,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use kube::{Resource, ResourceExt};
 use smtp_relay::config_file::RelayConfigFile;
 
-use crate::floor::contract::{child_meta, labels, Names, CONFIG_KEY, GUARDS_ANNOTATION};
+use crate::floor::contract::{child_meta, labels, Names, CA_KEY, CONFIG_KEY, GUARDS_ANNOTATION};
 use crate::floor::crd::SmtpRelay;
 use crate::floor::error::{Error, Result};
+use crate::floor::inputs::Resolved;
+use crate::steps::certificate;
 
 pub fn config_map(relay: &SmtpRelay, file: &RelayConfigFile) -> Result<ConfigMap> {
     let yaml = serde_yaml::to_string(file).map_err(|e| Error::Serialization(e.to_string()))?;
@@ -18,6 +20,21 @@ pub fn config_map(relay: &SmtpRelay, file: &RelayConfigFile) -> Result<ConfigMap
         data: Some(BTreeMap::from([(CONFIG_KEY.to_string(), yaml)])),
         ..ConfigMap::default()
     })
+}
+
+/// With a certificate the operator issues, the ConfigMap `<name>-ca`: the relay's CA
+/// certificates clients trust (key `ca.crt`: the signing CA, its successor once published,
+/// earlier ones until they expire), never a key.
+pub fn ca_config_map(relay: &SmtpRelay, resolved: &Resolved) -> Result<Option<ConfigMap>> {
+    let Some(authority) = &resolved.issued_ca else {
+        return Ok(None);
+    };
+    let bundle = String::from_utf8_lossy(&certificate::trust_bundle(authority)).into_owned();
+    Ok(Some(ConfigMap {
+        metadata: child_meta(relay, Names::ca_config_map(&relay.name_any()), "ca")?,
+        data: Some(BTreeMap::from([(CA_KEY.to_string(), bundle)])),
+        ..ConfigMap::default()
+    }))
 }
 
 /// With `whenDeleted: Delete`, the ConfigMap `<name>-drain-guard`: owned by nothing, it is the

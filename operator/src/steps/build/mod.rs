@@ -25,14 +25,19 @@ pub fn build(v: &Validated<'_>, hash_key: &HashKey, opts: &BuildOptions) -> Resu
     let sasl_users_secret = secrets::sasl_users_secret(relay, resolved)?;
     let tls_secret = secrets::tls_secret(relay, resolved)?;
     let hash_key_secret = secrets::hash_key_secret(relay, hash_key)?;
+    let ca_key_secret = secrets::ca_key_secret(relay, resolved)?;
+    let ca_config_map = configmap::ca_config_map(relay, resolved)?;
     let oauth2_sharing = oauth2::sharing(relay, resolved)?;
     // Hashed in its stable form (see `RelayConfigFile::hash_form`): a relay whose Postfix
-    // configuration is the same keeps its hash, and its pods, across an operator upgrade.
+    // configuration is the same keeps its hash, and its pods, across an operator upgrade. A
+    // certificate the operator issued is left out: the kubelet updates the mounted Secret and
+    // the relay reloads Postfix for it, so a renewal restarts no pod.
+    let hashed_tls = tls_secret.as_ref().filter(|_| resolved.issued_ca.is_none());
     let config_hash = hash::config_hash(
         hash_key,
         &configmap::config_map(relay, &v.relay_config_file().hash_form())?,
         relayhost_secret.as_ref(),
-        tls_secret.as_ref(),
+        hashed_tls,
     );
     // Which configuration `relay.yaml` is, for the pods to tell theirs (outside the hash it
     // names).
@@ -59,6 +64,8 @@ pub fn build(v: &Validated<'_>, hash_key: &HashKey, opts: &BuildOptions) -> Resu
         relayhost_secret,
         sasl_users_secret,
         tls_secret,
+        ca_key_secret,
+        ca_config_map,
         service: service::service(relay)?,
         headless_service: service::headless_service(relay)?,
         stateful_set,
@@ -105,6 +112,7 @@ mod tests {
                 cert: b"CERT".to_vec(),
                 key: b"KEY".to_vec(),
             }),
+            issued_ca: None,
         }
     }
 
@@ -526,5 +534,71 @@ mod tests {
             .filter_map(|p| p.name)
             .collect();
         assert_eq!(names, ["smtp", "metrics"]);
+    }
+
+    /// Issue 26: with a certificate the operator issues, its CA's key is in `<name>-ca-key`,
+    /// which no pod mounts; clients get the CA's certificate, and no key, in `<name>-ca` (and
+    /// `ca.crt` of `<name>-tls`); `tls.crt` is the chain. A renewed certificate leaves the
+    /// config hash, and so the pod template, as it was: no pod restarts.
+    #[test]
+    fn an_issued_certificate_comes_with_its_ca_and_renews_without_a_roll() {
+        use crate::steps::certificate;
+        let mut r = relay("r1");
+        r.spec.sasl_users_secret_ref = Some(crate::floor::crd::SecretRef { name: "u".into() });
+        let now = 1_795_000_000;
+        let ca = certificate::new_ca("mail/r1", now).expect("a CA");
+        let authority = certificate::Authority {
+            signing: ca.clone(),
+            next: None,
+            retired: Vec::new(),
+        };
+        let with = |leaf: certificate::Issued| Resolved {
+            sasl_users: Some(BTreeMap::from([("app1".to_string(), b"pw1".to_vec())])),
+            inbound_tls: Some(TlsPair {
+                cert: leaf.cert,
+                key: leaf.key,
+            }),
+            issued_ca: Some(authority.clone()),
+            ..Resolved::default()
+        };
+        let names = certificate::names(&r);
+        let first = with(certificate::issue(&names, &ca, now).expect("issued"));
+        let renewed = with(certificate::issue(&names, &ca, now + 61 * 86_400).expect("renewed"));
+        let (a, b) = (applying_ok(&r, &first), applying_ok(&r, &renewed));
+        assert_eq!(a.config_hash, b.config_hash);
+        assert_eq!(
+            serde_json::to_value(&a.desired.stateful_set).unwrap(),
+            serde_json::to_value(&b.desired.stateful_set).unwrap()
+        );
+        assert_ne!(a.desired.tls_secret, b.desired.tls_secret);
+
+        let d = a.desired;
+        let key = d.ca_key_secret.expect("the CA's key is kept");
+        assert_eq!(key.metadata.name.as_deref(), Some("r1-ca-key"));
+        assert_eq!(
+            key.data.as_ref().unwrap()["ca.key"].0,
+            ca.key,
+            "the key the CA signs with"
+        );
+        let cm = d.ca_config_map.expect("the CA is published");
+        assert_eq!(cm.metadata.name.as_deref(), Some("r1-ca"));
+        assert_eq!(
+            cm.metadata.owner_references.as_ref().unwrap()[0].uid,
+            "uid-1"
+        );
+        let published = serde_json::to_string(&cm).unwrap();
+        assert!(!published.contains("PRIVATE KEY"), "{published}");
+        assert_eq!(cm.data.unwrap()["ca.crt"].as_bytes(), ca.cert);
+        let tls = d.tls_secret.expect("tls").data.expect("data");
+        assert_eq!(tls["ca.crt"].0, ca.cert);
+        assert!(
+            tls["tls.crt"].0.ends_with(&ca.cert),
+            "the chain ends in the CA"
+        );
+        let pod = serde_json::to_string(&d.stateful_set).unwrap();
+        assert!(
+            !pod.contains("r1-ca-key") && !pod.contains("r1-ca\""),
+            "{pod}"
+        );
     }
 }

@@ -8,7 +8,8 @@ use k8s_openapi::ByteString;
 use kube::ResourceExt;
 
 use crate::floor::contract::{
-    child_meta, Names, CA_KEY, HASH_KEY_KEY, ISSUED_ANNOTATION, PASSWORD_KEY, USERNAME_KEY,
+    child_meta, Names, CA_KEY, CA_KEY_KEY, HASH_KEY_KEY, ISSUED_ANNOTATION, NEXT_CA_CRT_KEY,
+    NEXT_CA_KEY_KEY, PASSWORD_KEY, RETIRED_CA_CRT_KEY, TLS_CRT_KEY, TLS_KEY_KEY, USERNAME_KEY,
 };
 use crate::floor::crd::SmtpRelay;
 use crate::floor::error::Result;
@@ -66,15 +67,19 @@ pub fn sasl_users_secret(relay: &SmtpRelay, resolved: &Resolved) -> Result<Optio
 }
 
 /// `<name>-tls`: the inbound certificate and key (type `kubernetes.io/tls`): a copy of the
-/// `tlsSecretRef`'s, or the one the operator issued (annotated so).
+/// `tlsSecretRef`'s, or the one the operator issued (annotated so; `tls.crt` is the chain,
+/// the certificate then its CA, and `ca.crt` what clients trust, as in `<name>-ca`).
 pub fn tls_secret(relay: &SmtpRelay, resolved: &Resolved) -> Result<Option<Secret>> {
     let Some(tls) = &resolved.inbound_tls else {
         return Ok(None);
     };
-    let data = BTreeMap::from([
-        ("tls.crt".to_string(), tls.cert.clone()),
-        ("tls.key".to_string(), tls.key.clone()),
+    let mut data = BTreeMap::from([
+        (TLS_CRT_KEY.to_string(), tls.cert.clone()),
+        (TLS_KEY_KEY.to_string(), tls.key.clone()),
     ]);
+    if let Some(authority) = &resolved.issued_ca {
+        data.insert(CA_KEY.to_string(), certificate::trust_bundle(authority));
+    }
     let name = Names::tls_secret(&relay.name_any());
     let mut secret = secret(relay, name, "tls", "kubernetes.io/tls", data)?;
     if certificate::wanted(relay) {
@@ -84,6 +89,27 @@ pub fn tls_secret(relay: &SmtpRelay, resolved: &Resolved) -> Result<Option<Secre
         )]));
     }
     Ok(Some(secret))
+}
+
+/// `<name>-ca-key`: the relay's CA and its key, with a certificate the operator issues
+/// ([`certificate`]). No pod mounts it: only the operator reads it, to sign.
+pub fn ca_key_secret(relay: &SmtpRelay, resolved: &Resolved) -> Result<Option<Secret>> {
+    let Some(a) = &resolved.issued_ca else {
+        return Ok(None);
+    };
+    let mut data = BTreeMap::from([
+        (CA_KEY.to_string(), a.signing.cert.clone()),
+        (CA_KEY_KEY.to_string(), a.signing.key.clone()),
+    ]);
+    if let Some(next) = &a.next {
+        data.insert(NEXT_CA_CRT_KEY.to_string(), next.cert.clone());
+        data.insert(NEXT_CA_KEY_KEY.to_string(), next.key.clone());
+    }
+    if !a.retired.is_empty() {
+        data.insert(RETIRED_CA_CRT_KEY.to_string(), a.retired.clone());
+    }
+    let name = Names::ca_key_secret(&relay.name_any());
+    secret(relay, name, "ca-key", "Opaque", data).map(Some)
 }
 
 /// `<name>-hash-key`: the key of the config hash. No pod mounts it; it is kept only so the hash
