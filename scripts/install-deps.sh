@@ -7,8 +7,9 @@
 #   - into $ROOT/.cache/bin: helm (3) and helm4, actionlint, and controlplane + kubectl built from e2e/controlplane
 #     (a real etcd + kube-apiserver + kube-controller-manager, from Go modules), and
 #     controlplane-oldest, the same at the oldest supported Kubernetes (e2e/controlplane/oldest);
-#   - with --lint (the tests, not the demo): cargo-deny and promtool (checks and unit-tests the
-#     chart's alerts and dashboard queries), into the same place.
+#   - with --lint (the tests, not the demo): cargo-deny, promtool (checks and unit-tests the
+#     chart's alerts and dashboard queries) and kstatus (e2e/kstatus: the status the kstatus
+#     library computes, asked about SmtpRelays on the real node), into the same place.
 # A second run with everything present does nothing and takes seconds.
 #
 # Environment: GO (default: go on PATH, else /usr/local/go/bin/go), HELM_VERSION, HELM4_VERSION.
@@ -112,6 +113,19 @@ sasl_plugin_build() {
     echo "$sum" >"$stamp"
 }
 
+# kstatus (e2e/kstatus): the status the kstatus library computes for an object, as Flux and
+# `kubectl wait` users see it; the real-node tests ask it about SmtpRelays.
+kstatus_build() {
+    local src="$ROOT/e2e/kstatus" stamp="$BIN/.kstatus-sources" sum
+    sum="$(sources_hash "$src" '*.go' go.mod go.sum)"
+    if [ -x "$BIN/kstatus" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$sum" ]; then
+        return
+    fi
+    log "building kstatus"
+    (cd "$src" && "$GO" build -trimpath "-ldflags=-s -w" -o "$BIN/kstatus" .)
+    echo "$sum" >"$stamp"
+}
+
 controlplane_build() {
     local src="$ROOT/e2e/controlplane" stamp="$BIN/.controlplane-sources" sum
     # The sources' content, not their times: a fresh checkout of the same sources builds nothing.
@@ -170,6 +184,7 @@ main() {
     if [ "${1:-}" = "--lint" ]; then
         step "cargo-deny $CARGO_DENY_VERSION" cargo_deny_install
         step "promtool $PROMETHEUS_VERSION" promtool_install
+        step "kstatus" kstatus_build
     fi
     step "node (install-node-deps.sh)" "$ROOT/scripts/install-node-deps.sh"
     log "tools in $BIN: $(cd "$BIN" && echo *)"

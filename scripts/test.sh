@@ -16,7 +16,7 @@ rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
 phase "formatting"
 cargo fmt --all -- --check
-unformatted="$(gofmt -l e2e/controlplane e2e/coredns)"
+unformatted="$(gofmt -l e2e)"
 if [ -n "$unformatted" ]; then
     echo "gofmt: needs formatting: $unformatted" >&2
     exit 1

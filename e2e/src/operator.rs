@@ -608,6 +608,36 @@ pub fn condition<'a>(obj: &'a Value, type_: &str) -> Option<&'a Value> {
         .find(|c| c["type"] == type_)
 }
 
+/// What kstatus (the library Flux, kpt and cli-utils users rely on) computes for `obj`: its
+/// status (`Current`, `InProgress`, `Failed`, ...) and message, from `.cache/bin/kstatus`
+/// (`e2e/kstatus`, built by `scripts/install-deps.sh`).
+pub fn kstatus(obj: &Value) -> Result<(String, String), String> {
+    let mut child = Command::new(tools::bin("kstatus"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("running kstatus: {e}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(obj.to_string().as_bytes())
+            .map_err(|e| format!("writing to kstatus: {e}"))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("kstatus: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "kstatus: {}",
+            String::from_utf8_lossy(&out.stderr).trim_end()
+        ));
+    }
+    let result: Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("kstatus printed: {e}"))?;
+    let field = |k: &str| result[k].as_str().unwrap_or_default().to_string();
+    Ok((field("status"), field("message")))
+}
+
 /// Audit events of writes (create, update, patch, delete) by `user`, in order.
 pub fn writes_by(cp: &ControlPlane, user: &str) -> Result<Vec<Value>, crate::Error> {
     Ok(cp

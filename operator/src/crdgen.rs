@@ -44,6 +44,24 @@ fn unwrap_descriptions(v: &mut serde_json::Value) {
     }
 }
 
+/// Gives a new SmtpRelay the status `{observedGeneration: 0}` until the operator writes its
+/// own. Without it, a relay the operator has not seen yet has no status, and kstatus (what
+/// Flux, kpt and cli-utils users wait on) reads an object without status as Current: a
+/// `kubectl apply` followed by a wait would pass before anything ran. Generation 1 observed as
+/// 0 reads InProgress. The API server applies the default whenever it reads such an object.
+fn default_status(crd: &mut serde_json::Value) {
+    let versions = crd["spec"]["versions"].as_array_mut();
+    for version in versions.into_iter().flatten() {
+        let status = &mut version["schema"]["openAPIV3Schema"]["properties"]["status"];
+        if let Some(status) = status.as_object_mut() {
+            status.insert(
+                "default".into(),
+                serde_json::json!({ "observedGeneration": 0 }),
+            );
+        }
+    }
+}
+
 fn serialization(e: &dyn std::fmt::Display) -> crate::floor::error::Error {
     crate::floor::error::Error::Serialization(e.to_string())
 }
@@ -53,6 +71,7 @@ fn serialization(e: &dyn std::fmt::Display) -> crate::floor::error::Error {
 pub fn crd_value() -> crate::floor::error::Result<serde_json::Value> {
     let mut crd = serde_json::to_value(SmtpRelay::crd()).map_err(|e| serialization(&e))?;
     unwrap_descriptions(&mut crd);
+    default_status(&mut crd);
     let meta = crd
         .get_mut("metadata")
         .and_then(serde_json::Value::as_object_mut)
@@ -100,6 +119,21 @@ mod tests {
         assert!(crd_yaml().expect("yaml").contains(&format!(
             "annotations:\n    {VERSION_ANNOTATION}: {VERSION}\n"
         )));
+    }
+
+    #[test]
+    fn a_relay_nobody_has_observed_yet_is_in_progress() {
+        let crd = crd_value().expect("CRD serializes");
+        let status =
+            &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"];
+        assert_eq!(
+            status["default"],
+            serde_json::json!({"observedGeneration": 0})
+        );
+        assert_eq!(
+            status["properties"]["observedGeneration"]["type"],
+            "integer"
+        );
     }
 
     #[test]
