@@ -387,6 +387,9 @@ struct Supervisor<'a> {
     /// Started without a conclusive self-check (every smtpd was busy): checked again at each
     /// tick, with the last good configuration to fall back to.
     unproven: Option<Option<Candidate>>,
+    /// The digest of the certificate and key files Postfix last (re)loaded (see
+    /// [`Supervisor::follow_certificate`]).
+    served_certificate: Option<Vec<u8>>,
 }
 
 impl Supervisor<'_> {
@@ -596,6 +599,12 @@ impl Supervisor<'_> {
     /// fails the self-check is replaced by the previous configuration at once; each is said
     /// once, and a configuration that failed is not tried again while the inputs say the same.
     async fn tick(&mut self, pid: u32, oauth2: &OAuth2Login) {
+        self.tick_inputs(pid, oauth2).await;
+        self.follow_certificate(pid).await;
+    }
+
+    /// The configuration and the SASL users of [`Supervisor::tick`].
+    async fn tick_inputs(&mut self, pid: u32, oauth2: &OAuth2Login) {
         if self.unproven.is_some() {
             self.check_unproven(pid).await;
         }
@@ -662,6 +671,7 @@ impl Supervisor<'_> {
                 self.restore(next, &failure, pid).await;
                 return;
             }
+            self.served_certificate = certificate_files(&next.settings);
         }
         let users_changed = next.users != self.applied.users;
         let candidate_changed = next.candidate != self.applied.candidate;
@@ -714,6 +724,33 @@ impl Supervisor<'_> {
         }
     }
 
+    /// Follows the certificate offered to clients: the kubelet replaces the files of a renewed
+    /// one in the mounted Secret (the same paths, so the settings do not change), and an smtpd
+    /// reads them only when it starts. A reload has the master replace its smtpd processes
+    /// (each once its session ends), so every new session gets the new certificate, and no
+    /// session or queued message is lost to a restart.
+    async fn follow_certificate(&mut self, pid: u32) {
+        let Some(now) = certificate_files(&self.applied.settings) else {
+            return;
+        };
+        if self.served_certificate.as_ref() == Some(&now) {
+            return;
+        }
+        self.served_certificate = Some(now);
+        match self.reload_and_check(pid).await {
+            Ok(()) => {
+                self.metrics.reloads.inc();
+                tracing::info!(
+                    "the certificate offered to clients changed: Postfix reloaded to serve it"
+                );
+            }
+            Err(failure) => {
+                self.metrics.self_check_failures.inc();
+                tracing::error!(error = %failure, "the certificate offered to clients changed, and Postfix fails its self-check with it");
+            }
+        }
+    }
+
     /// Follows the SASL users of the running configuration (they are not part of its
     /// revision) while a changed configuration is not applied.
     fn follow_users(&mut self) {
@@ -746,6 +783,19 @@ impl Supervisor<'_> {
             .set_spool_reserve(main_cf::spool_reserve(&settings.postconf));
         oauth2.follow(settings);
     }
+}
+
+/// A digest of the certificate and key files offered to clients, as they are now; `None`
+/// without any, or while one cannot be read.
+fn certificate_files(settings: &Settings) -> Option<Vec<u8>> {
+    let tls = settings.inbound_tls.as_ref()?;
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for path in [&tls.cert_file, &tls.key_file] {
+        let content = std::fs::read(path).ok()?;
+        ctx.update(&(content.len() as u64).to_be_bytes());
+        ctx.update(&content);
+    }
+    Some(ctx.finish().as_ref().to_vec())
 }
 
 /// Whether Postfix must reload to run `new` instead of `old`: anything changed but the OAuth2
@@ -858,7 +908,9 @@ pub async fn run(opts: RunOptions) -> ExitCode {
         last_error: None,
         held: None,
         unproven: None,
+        served_certificate: None,
     };
+    sup.served_certificate = certificate_files(&sup.applied.settings);
     if let Some(refused) = refused {
         sup.refuse(refused);
     }

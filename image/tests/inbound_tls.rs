@@ -280,3 +280,72 @@ fn a_legacy_floor_lets_tls_1_0_in_and_nothing_anonymous() {
         .expect("CBC-SHA1 for the devices that need it");
     assert!(suite.ends_with("-SHA"), "{suite}");
 }
+
+/// Issue 26: a renewed certificate, written into the mounted Secret as the kubelet does, is
+/// served to the next client without restarting Postfix: the supervisor reloads it, so an
+/// smtpd that already served the old one (and waits, idle, for the next session) is replaced.
+#[test]
+fn a_renewed_certificate_is_served_without_a_restart() {
+    let sink = start_sink();
+    let mut cfg = config(sink.port(), Mode::AllowSaslAuthNoDomain);
+    cfg.networks.clear();
+    let mut spec = RelaySpec::new(Input::file(cfg));
+    let users = spec.path("users");
+    SecretVolume::create(users.clone(), &[(USER, USER_PASSWORD)]);
+    let pair = |name: &str| {
+        let dir = spec.path(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, key) = self_signed_cert(&dir);
+        let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap();
+        (cert.clone(), read(&cert), read(&key))
+    };
+    let (first, first_crt, first_key) = pair("first");
+    let (renewed, renewed_crt, renewed_key) = pair("renewed");
+    let dir = spec.path("tls");
+    let mut tls = SecretVolume::create(
+        dir.clone(),
+        &[("tls.crt", &first_crt), ("tls.key", &first_key)],
+    );
+    if let Input::File(cfg) = &mut spec.input {
+        cfg.sasl_users_dir = Some(users);
+        cfg.inbound_tls = Some(InboundTlsFile {
+            cert_file: dir.join("tls.crt"),
+            key_file: dir.join("tls.key"),
+        });
+    }
+    let relay = spec.start();
+    let master = relay.master_pid().expect("master.pid");
+    let starttls = |trusted: &std::path::Path| {
+        let mut conn = connect(relay.addr(), OTHER_CLIENT);
+        let ok = conn
+            .starttls(
+                &tls_params(trusted),
+                &ClientId::Domain("client.test".into()),
+            )
+            .is_ok();
+        let _ = conn.quit();
+        ok
+    };
+    assert!(starttls(&first), "the first certificate is served");
+
+    tls.update(&[("tls.crt", &renewed_crt), ("tls.key", &renewed_key)]);
+    // A new smtpd may read the new files before the reload; the reload replaces the ones that
+    // still hold the old certificate, idle between sessions.
+    poll("the supervisor to reload Postfix", DEADLINE, || {
+        relay
+            .output()
+            .contains("the certificate offered to clients changed")
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    for _ in 0..5 {
+        assert!(starttls(&renewed), "the renewed certificate is served");
+        assert!(!starttls(&first), "the first one is no longer served");
+    }
+    assert_eq!(relay.master_pid(), Some(master), "same Postfix master");
+    assert_eq!(
+        relay.mail_log().matches("daemon started").count(),
+        1,
+        "Postfix never restarted"
+    );
+}
