@@ -10,7 +10,8 @@
 //!    Secret volume in the kubelet's layout with the template's mode, the command as PID 1,
 //!    its own hostname; the probes pass (no restart).
 //! 3. The mode, through the Service from the host: a SASL user may send anywhere (logged in
-//!    inside STARTTLS, with the certificate the operator issued for the Service's names: AUTH
+//!    inside STARTTLS, verified against the relay's CA (ConfigMap `<name>-ca`), which signed the
+//!    certificate the operator issued for the Service's names: AUTH
 //!    is never offered before TLS), a `networks` client only to the relay domain, and an
 //!    anonymous client outside `networks` (a shell in the pod, sending to the pod's own IP)
 //!    nowhere. The relay logs in to the upstream inside TLS too, once the upstream proved it
@@ -264,19 +265,24 @@ fn event_reasons(cp: &ControlPlane) -> String {
     ])
 }
 
-/// `tls.crt` of the Secret holding the certificate the operator issued.
+/// What clients trust for the certificate the operator issued (issue 26): `ca.crt` of the
+/// relay's CA ConfigMap `<name>-ca`, never a key; the `<name>-tls` Secret holds a certificate
+/// that CA signed, and its chain.
 fn issued_certificate(cp: &ControlPlane) -> Vec<u8> {
-    use base64::Engine;
     let name = format!("{RELAY}-tls");
     let secret = get(cp, "secret", &name).expect("the issued certificate's Secret");
     assert_eq!(
         secret["metadata"]["annotations"]["smtprelay.dev/issued-certificate"], "true",
         "{name} holds an issued certificate"
     );
-    let crt = secret["data"]["tls.crt"].as_str().expect("tls.crt");
-    base64::engine::general_purpose::STANDARD
-        .decode(crt)
-        .expect("base64")
+    let ca = format!("{RELAY}-ca");
+    let config_map = get(cp, "configmap", &ca).expect("the relay's CA ConfigMap");
+    let pem = config_map["data"]["ca.crt"].as_str().expect("ca.crt");
+    assert!(
+        pem.contains("-----BEGIN CERTIFICATE-----") && !pem.contains("PRIVATE KEY"),
+        "{ca} holds the CA's certificate and no key"
+    );
+    pem.as_bytes().to_vec()
 }
 
 /// The image's own client in the relay's pod, anonymous, to the pod's own IP: a client outside
@@ -588,7 +594,8 @@ fn the_pod_runs_as_its_template_says(env: &mut Env) {
 }
 
 /// 3. SMTP at the Service's ClusterIP; AUTH is never offered before STARTTLS, whose
-///    certificate is the one the operator issued for the Service's names.
+///    certificate is the one the operator issued for the Service's names, verified against
+///    the relay's CA (the `<name>-ca` ConfigMap).
 fn auth_is_offered_only_inside_tls_with_the_issued_certificate(env: &mut Env) {
     let cp = &env.cp;
     let service = SocketAddr::from((ok(user_path::cluster_ip(cp, NS, RELAY)), 25));

@@ -131,10 +131,12 @@ pub struct SmtpRelaySpec {
 
     /// Certificate offered to clients with STARTTLS: a Secret of type `kubernetes.io/tls` (keys
     /// `tls.crt` and `tls.key`) in the same namespace, e.g. from cert-manager. Without it, a relay
-    /// with `saslUsersSecretRef` gets a self-signed certificate the operator issues for the
-    /// Service's DNS names and `hostname` (Secret `<name>-tls`, valid 90 days, renewed 30 days
-    /// before expiry; clients that verify trust its `tls.crt`); a relay without SASL users offers
-    /// no STARTTLS.
+    /// with `saslUsersSecretRef` gets a certificate the operator issues for the Service's DNS
+    /// names and `hostname` (Secret `<name>-tls`, valid 90 days, renewed 30 days before expiry
+    /// without restarting the pods), signed by the relay's own CA: clients that verify trust
+    /// `ca.crt` of the ConfigMap `<name>-ca`, which stays across renewals (the CA is valid 10
+    /// years; its successor is published there two years ahead). The CA's key is in the Secret
+    /// `<name>-ca-key`, which no pod mounts. A relay without SASL users offers no STARTTLS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_secret_ref: Option<SecretRef>,
 
