@@ -286,10 +286,28 @@ fn draining(cp: &ControlPlane) -> Option<String> {
 }
 
 /// 1. Two relay replicas, their relayhost down (nothing listens where it points).
+///    kstatus, as Flux and `kubectl wait` users read it, says InProgress until the operator
+///    has seen both pods Ready, then Current.
 fn two_replicas_ready_with_the_relayhost_down(env: &mut Env) {
-    operator::apply(&env.cp, NS, &relay(env.relayhost));
-    env.pods = env.wait("two relay pods Ready", || ready_pods(&env.cp));
-    env.step("two relay pods Ready, the relayhost down");
+    let cp = &env.cp;
+    operator::apply(cp, NS, &relay(env.relayhost));
+    let mut seen = BTreeMap::new();
+    let current = env.wait("kstatus Current, with both pods Ready", || {
+        let relay = operator::get_json(cp, NS, "smtprelay", RELAY)?;
+        let pods = ready_pods(cp);
+        let (status, message) = ok(operator::kstatus(&relay));
+        *seen.entry(status.clone()).or_insert(0) += 1;
+        assert!(
+            status == "InProgress" || (status == "Current" && pods.is_some()),
+            "kstatus {status} ({message}) with {} pods Ready",
+            pods.as_ref().map_or(0, BTreeMap::len)
+        );
+        (status == "Current").then_some(pods?)
+    });
+    env.pods = current;
+    env.step(&format!(
+        "two relay pods Ready, the relayhost down; kstatus readings on the way: {seen:?}"
+    ));
 }
 
 /// The reply to RCPT TO:<to> from the host to `pod` (banner, EHLO, MAIL FROM, RCPT, then
@@ -371,6 +389,15 @@ fn a_value_postfix_refuses_stops_at_the_first_pod(env: &mut Env) {
     });
     let message = refused["message"].as_str().unwrap_or_default();
     assert_eq!(refused["reason"], "ConfigRefused", "{refused}");
+    // kstatus: Failed, with the refusal's words.
+    let (status, said) = ok(operator::kstatus(
+        &operator::get_json(cp, NS, "smtprelay", RELAY).unwrap(),
+    ));
+    assert_eq!(status, "Failed", "kstatus: {said}");
+    assert!(
+        said.contains("spec.postconf.transport_maps"),
+        "kstatus: {said}"
+    );
     for text in [
         "durable-1",
         "spec.postconf.transport_maps",
@@ -425,6 +452,10 @@ fn a_value_postfix_refuses_stops_at_the_first_pod(env: &mut Env) {
     // Reverting the spec moves the canary back; durable-0 is never touched.
     operator::patch_relay(cp, NS, RELAY, operator::UNUSABLE_TABLE_REVERTED);
     wait_proven_everywhere(env, &before);
+    env.wait("kstatus Current again", || {
+        let relay = operator::get_json(cp, NS, "smtprelay", RELAY)?;
+        (ok(operator::kstatus(&relay)).0 == "Current").then_some(())
+    });
     let pods = env.wait("both pods Ready", || ready_pods(cp));
     assert_eq!(
         pods["durable-0"]["metadata"]["uid"],
