@@ -800,6 +800,11 @@ pub struct SmtpRelayStatus {
     /// Where clients connect: `<service>.<namespace>.svc:<port>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+    /// With a certificate the operator issues (SASL users and no `tlsSecretRef`): the
+    /// ConfigMap whose `ca.crt` clients that verify trust, the relay's own CA, which stays
+    /// across renewals of the certificate. Null otherwise.
+    #[serde(default)]
+    pub ca_config_map: Option<String>,
     /// Hash of the applied configuration (the pods' `smtprelay.dev/config-hash`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_hash: Option<String>,
@@ -917,6 +922,12 @@ pub struct PodConfigRefused {
 }
 
 impl SmtpRelaySpec {
+    /// Whether the operator issues the relay's certificate (`steps::certificate`): it has SASL
+    /// users and no certificate of the user's.
+    pub fn issued_certificate(&self) -> bool {
+        self.sasl_users_secret_ref.is_some() && self.tls_secret_ref.is_none()
+    }
+
     /// The mode in force as status shows it: the mode's name, or `Custom`.
     pub fn mode_in_force(&self) -> String {
         match self.effective_mode() {

@@ -56,7 +56,7 @@ pub struct Issued {
 /// Whether the operator issues the relay's certificate: it has SASL users and no certificate
 /// of the user's.
 pub fn wanted(relay: &SmtpRelay) -> bool {
-    relay.spec.sasl_users_secret_ref.is_some() && relay.spec.tls_secret_ref.is_none()
+    relay.spec.issued_certificate()
 }
 
 /// The DNS names clients use for the relay: its Service in every short and long form, its

@@ -969,6 +969,14 @@ pub fn compute(
         replicas: rollout.replicas,
         ready_replicas: rollout.ready_replicas,
         endpoint: Some(ep),
+        // Like the hash: what was applied, so a rejected spec does not change it.
+        ca_config_map: match outcome {
+            Outcome::Applied { .. } => relay
+                .spec
+                .issued_certificate()
+                .then(|| crate::floor::contract::Names::ca_config_map(&relay.name_any())),
+            _ => old.ca_config_map,
+        },
         config_hash: match outcome {
             Outcome::Applied { config_hash } => Some(config_hash.clone()),
             _ => old.config_hash,
@@ -1043,6 +1051,15 @@ mod tests {
         assert_eq!(cond(&s, PROGRESSING).status, "False");
         assert_eq!(s.endpoint.as_deref(), Some("r1.mail.svc:25"));
         assert_eq!(s.config_hash.as_deref(), Some("h1"));
+        assert_eq!(
+            s.ca_config_map, None,
+            "no SASL users: no issued certificate"
+        );
+        let mut with_users = r.clone();
+        with_users.spec.sasl_users_secret_ref =
+            Some(crate::floor::crd::SecretRef { name: "u".into() });
+        let s = compute(&with_users, &applied(), DONE, t(100));
+        assert_eq!(s.ca_config_map.as_deref(), Some("r1-ca"));
         assert_eq!(s.observed_generation, Some(1));
         assert_eq!((s.replicas, s.ready_replicas), (1, 1));
         assert!(s
