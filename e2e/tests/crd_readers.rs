@@ -1,11 +1,21 @@
+//! What users' own programs read of an SmtpRelay through its CRD (issue 31), on a control plane
+//! without the operator.
+//!
 //! kstatus, the library Flux, kpt and cli-utils users wait on (`e2e/kstatus`), reads an
-//! SmtpRelay the way the operator means it (issue 31): InProgress from the moment it is
+//! SmtpRelay the way the operator means it: InProgress from the moment it is
 //! created until the operator has observed it, Current once its Ready condition says so for
 //! the generation in force, InProgress again when the spec changes, Failed while Stalled.
 //!
-//! On a control plane without the operator, the statuses written as the operator writes them
-//! (`kubectl patch --subresource=status`); the real node's durability suite asks kstatus about
-//! relays the operator runs. Needs `scripts/install-deps.sh --lint` (controlplane, kstatus).
+//! The statuses are written as the operator writes them (`kubectl patch --subresource=status`);
+//! the real node's durability suite asks kstatus about relays the operator runs.
+//!
+//! `kubectl explain` shows the fields' documentation, as the CRD's schema carries it.
+//!
+//! Needs `scripts/install-deps.sh --lint` (controlplane, kubectl, kstatus).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
+
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use smtp_relay_e2e::operator;
@@ -37,8 +47,8 @@ fn condition(type_: &str, status: &str, reason: &str, message: &str) -> Value {
            "lastTransitionTime": "2026-12-06T00:00:00Z"})
 }
 
-#[test]
-fn kstatus_waits_for_the_operator_then_follows_its_conditions() {
+/// A control plane serving the CRD of `crds/`, as a user's cluster does once it is installed.
+fn with_crd() -> ControlPlane {
     let cp = ControlPlane::start().expect("control plane starts");
     let crd = tools::workspace_root().join("crds/smtprelay.dev_smtprelays.yaml");
     cp.kubectl_ok([
@@ -48,6 +58,45 @@ fn kstatus_waits_for_the_operator_then_follows_its_conditions() {
         crd.to_str().expect("a path"),
     ]);
     operator::wait_crd_served(&cp);
+    cp
+}
+
+#[test]
+fn kubectl_explain_shows_the_fields_documentation() {
+    let cp = with_crd();
+    // The API server publishes a new CRD's OpenAPI schema, which explain reads, a little
+    // after serving it.
+    let relayhost = tools::poll_until(
+        Duration::from_secs(30),
+        "kubectl explain to find the SmtpRelay schema",
+        || {
+            let out = cp.kubectl(["explain", "smtprelay.spec.relayhost"]);
+            out.status
+                .success()
+                .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+        },
+    );
+    for text in [
+        "KIND:       SmtpRelay",
+        "FIELD: relayhost <Object>",
+        // The field's own fields, each with its type.
+        "credentialsSecretRef\t<Object>",
+        "oauth2\t<Object>",
+        "tls\t<Object>",
+    ] {
+        assert!(relayhost.contains(text), "{text:?} in:\n{relayhost}");
+    }
+    let field = "smtprelay.spec.relayhost.tls.allowCleartextCredentials";
+    let ack = cp.kubectl_ok(["explain", field]);
+    assert!(
+        ack.contains("<boolean>") && ack.contains("clear text"),
+        "{ack}"
+    );
+}
+
+#[test]
+fn kstatus_waits_for_the_operator_then_follows_its_conditions() {
+    let cp = with_crd();
     operator::create_namespace(&cp, NS);
     let object = operator::relay_object(
         NS,
