@@ -411,6 +411,12 @@ stringData:
         }
         if e.sasl_users {
             wanted.push(("secret", format!("{name}-sasl-users")));
+            // Issue 26: the certificate the operator issues, signed by the relay's CA, whose
+            // key only the operator reads and whose certificate clients are given.
+            wanted.push(("secret", format!("{name}-tls")));
+            wanted.push(("secret", format!("{name}-ca-key")));
+            wanted.push(("configmap", format!("{name}-ca")));
+            assert_issued_certificate_and_its_ca(ctx, ns, name);
         }
         if e.pdb {
             wanted.push(("poddisruptionbudget", name.to_string()));
@@ -493,6 +499,49 @@ stringData:
 
 /// No value of a user Secret in the namespace appears in the ConfigMaps, the relay's status,
 /// the namespace's Events or the operator's log.
+/// Issue 26: a relay with SASL users and no `tlsSecretRef` gets a certificate signed by its own
+/// CA: `<name>-ca` holds the CA's certificate and no key (named in `status.caConfigMap`), the
+/// chain in `tls.crt` of `<name>-tls` ends in it, and no pod mounts `<name>-ca-key`.
+fn assert_issued_certificate_and_its_ca(ctx: &Ctx, ns: &str, name: &str) {
+    let relay = ctx.relay(ns, name);
+    assert_eq!(
+        relay["status"]["caConfigMap"],
+        format!("{name}-ca"),
+        "{ns}/{name}: status names the CA clients trust"
+    );
+    let ca = ctx.must(ns, "configmap", &format!("{name}-ca"));
+    let ca = ca["data"]["ca.crt"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        ca.starts_with("-----BEGIN CERTIFICATE-----") && !ca.contains("PRIVATE KEY"),
+        "{ns}/{name}-ca holds the CA's certificate, no key"
+    );
+    let chain = ctx
+        .secret_value(ns, &format!("{name}-tls"), "tls.crt")
+        .unwrap_or_default();
+    assert_eq!(
+        chain.matches("BEGIN CERTIFICATE").count(),
+        2,
+        "{ns}/{name}: leaf + CA"
+    );
+    assert!(
+        chain.ends_with(&ca),
+        "{ns}/{name}: the chain ends in the published CA"
+    );
+    assert_eq!(
+        ctx.secret_value(ns, &format!("{name}-ca-key"), "ca.crt")
+            .as_deref(),
+        Some(ca.as_str())
+    );
+    let sts = ctx.must(ns, "statefulset", name).to_string();
+    assert!(
+        !sts.contains(&format!("{name}-ca-key")),
+        "{ns}/{name}: no pod mounts the CA's key"
+    );
+}
+
 fn assert_no_secret_leak(ctx: &Ctx, ns: &str, relay: &str) {
     let mut values = BTreeSet::new();
     // Every Secret's: the user's, the owned copies and the config-hash key.
