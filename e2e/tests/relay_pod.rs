@@ -20,6 +20,9 @@
 //! 4. A SASL user added to the user's Secret: the operator updates its copy, the pod template
 //!    is unchanged, the kubelet swaps the volume in place and the running relay lets the new
 //!    user send, in the same pod, without a restart.
+//!    4b. A new serving certificate (the operator issues one when `<name>-tls` is deleted, as at
+//!    a renewal): signed by the same CA, the pod template unchanged, the volume swapped in
+//!    place, Postfix reloaded by the relay: the same pod serves it to clients that trust the CA.
 //! 5. The relayhost password rotated (at the upstream first, then in the Secret): the operator
 //!    changes the template's config hash, the StatefulSet controller replaces the pod, and the
 //!    new pod logs in with the new password. Then a `postconf` value smtpd cannot use: the
@@ -303,7 +306,7 @@ fn send_from_pod(cp: &ControlPlane, pod_ip: &str, to: &str) -> Result<String, St
 }
 
 fn main() -> std::process::ExitCode {
-    let phases: [Phase<Env>; 16] = [
+    let phases: [Phase<Env>; 17] = [
         (
             "the_relay_pod_runs_with_sasl_users_and_a_relayhost_login",
             the_relay_pod_runs_with_sasl_users_and_a_relayhost_login,
@@ -327,6 +330,10 @@ fn main() -> std::process::ExitCode {
         (
             "a_sasl_user_added_applies_in_place_without_a_restart",
             a_sasl_user_added_applies_in_place_without_a_restart,
+        ),
+        (
+            "a_renewed_certificate_reaches_the_pod_without_a_restart",
+            a_renewed_certificate_reaches_the_pod_without_a_restart,
         ),
         (
             "a_rotated_relayhost_password_replaces_the_pod",
@@ -768,6 +775,44 @@ fn a_sasl_user_added_applies_in_place_without_a_restart(env: &mut Env) {
     env.hash_before = Some(hash_before);
     env.t
         .step("SASL user added: volume swapped in place, app2 sent, same pod, no restart");
+}
+
+/// 4b. A new serving certificate (issue 26; here the operator issues it because `<name>-tls` was
+///     deleted, as it does at a renewal): signed by the same CA, so clients that trust the CA
+///     ConfigMap keep trusting; the pod template is unchanged, the kubelet swaps the volume in
+///     place and the relay reloads Postfix: the same pod serves it, without a restart.
+fn a_renewed_certificate_reaches_the_pod_without_a_restart(env: &mut Env) {
+    let cp = &env.cp;
+    let hash_before = template_hash(cp).expect("config hash");
+    let name = format!("{RELAY}-tls");
+    let leaf = |cp: &ControlPlane| {
+        get(cp, "secret", &name)?["data"]["tls.crt"]
+            .as_str()
+            .map(str::to_string)
+    };
+    let before = leaf(cp).expect("the issued certificate");
+    cp.kubectl_ok(["delete", "secret", "-n", NS, &name]);
+    env.wait("the operator to issue a new certificate", || {
+        leaf(cp).filter(|l| *l != before)
+    });
+    assert_eq!(issued_certificate(cp), env.cert, "the same CA");
+    env.wait("the relay to reload Postfix for it", || {
+        String::from_utf8_lossy(&cp.kubectl(["logs", "-n", NS, POD, "-c", "relay"]).stdout)
+            .contains("the certificate offered to clients changed")
+            .then_some(())
+    });
+    let m = marker("renewed");
+    env.send(APP1, "app1@example.net", "r@elsewhere.org", &m);
+    env.sink
+        .wait_for("r@elsewhere.org", &m, WAIT)
+        .unwrap_or_else(|e| panic!("{}", env.diagnose(e)));
+    assert_eq!(template_hash(cp), Some(hash_before));
+    let pod = get(cp, "pod", POD).expect("the relay pod");
+    assert_eq!(pod["metadata"]["uid"], env.pod_uid, "the same pod");
+    assert_eq!(pod["status"]["containerStatuses"][0]["restartCount"], 0);
+    env.t.step(
+        "a new certificate from the same CA: volume swapped in place, Postfix reloaded, same pod",
+    );
 }
 
 /// 5. The relayhost password rotated, at the upstream first (mail would defer meanwhile), then
