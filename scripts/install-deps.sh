@@ -113,19 +113,6 @@ sasl_plugin_build() {
     echo "$sum" >"$stamp"
 }
 
-# kstatus (e2e/kstatus): the status the kstatus library computes for an object, as Flux and
-# `kubectl wait` users see it; the real-node tests ask it about SmtpRelays.
-kstatus_build() {
-    local src="$ROOT/e2e/kstatus" stamp="$BIN/.kstatus-sources" sum
-    sum="$(sources_hash "$src" '*.go' go.mod go.sum)"
-    if [ -x "$BIN/kstatus" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$sum" ]; then
-        return
-    fi
-    log "building kstatus"
-    (cd "$src" && "$GO" build -trimpath "-ldflags=-s -w" -o "$BIN/kstatus" .)
-    echo "$sum" >"$stamp"
-}
-
 controlplane_build() {
     local src="$ROOT/e2e/controlplane" stamp="$BIN/.controlplane-sources" sum
     # The sources' content, not their times: a fresh checkout of the same sources builds nothing.
@@ -184,7 +171,9 @@ main() {
     if [ "${1:-}" = "--lint" ]; then
         step "cargo-deny $CARGO_DENY_VERSION" cargo_deny_install
         step "promtool $PROMETHEUS_VERSION" promtool_install
-        step "kstatus" kstatus_build
+        # kstatus (e2e/kstatus): the status the kstatus library computes for an object, as
+        # Flux and `kubectl wait` users see it; the tests ask it about SmtpRelays.
+        step "kstatus" go_module_build kstatus
     fi
     step "node (install-node-deps.sh)" "$ROOT/scripts/install-node-deps.sh"
     log "tools in $BIN: $(cd "$BIN" && echo *)"

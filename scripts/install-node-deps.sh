@@ -42,17 +42,6 @@ kubelet_build() {
     echo "$sum" >"$stamp"
 }
 
-coredns_build() {
-    local src="$ROOT/e2e/coredns" stamp="$BIN/.coredns-sources" sum
-    sum="$(sources_hash "$src" '*.go' go.mod go.sum)"
-    if [ -x "$BIN/coredns" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$sum" ]; then
-        return
-    fi
-    log "building coredns"
-    (cd "$src" && "$GO" build -trimpath "-ldflags=-s -w" -o "$BIN/coredns" .)
-    echo "$sum" >"$stamp"
-}
-
 # pause_image writes $BIN/pause.tar: a docker-archive (what `ctr images import` reads) of an
 # image FROM scratch with the static pause binary as its only file. Written by hand rather than
 # by an image builder: one layer, a config and a manifest are all it takes, and the tar is
@@ -94,7 +83,7 @@ main() {
     export GOTOOLCHAIN=local
     step "node apt packages" node_apt_packages
     step "kubelet + kube-proxy" kubelet_build
-    step "coredns" coredns_build
+    step "coredns" go_module_build coredns
     step "pause image" pause_image
 }
 

@@ -67,6 +67,19 @@ sources_hash() {
         sha256sum | cut -d' ' -f1
 }
 
+# go_module_build NAME: the Go module e2e/NAME (its main package) built into $BIN/NAME, again
+# only when its sources or the Go version changed (stamped in $BIN/.NAME-sources).
+go_module_build() {
+    local name="$1" src="$ROOT/e2e/$1" stamp="$BIN/.$1-sources" sum
+    sum="$(sources_hash "$src" '*.go' go.mod go.sum)"
+    if [ -x "$BIN/$name" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$sum" ]; then
+        return
+    fi
+    log "building $name"
+    (cd "$src" && "$GO" build -trimpath "-ldflags=-s -w" -o "$BIN/$name" .)
+    echo "$sum" >"$stamp"
+}
+
 # k8s_version_ldflags GO_MOD: the -X flags that stamp the Kubernetes version of GO_MOD's
 # k8s.io/kubernetes into a build, as its release build does: clients (helm's kubeVersion
 # checks, kubectl version) and the kubelet's node version see v1.x.y, not v0.0.0-master.
