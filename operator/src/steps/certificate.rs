@@ -99,6 +99,37 @@ fn signed_by(cert: &X509Certificate<'_>, ca: &X509Certificate<'_>) -> bool {
     cert.issuer() == ca.subject() && cert.verify_signature(Some(ca.public_key())).is_ok()
 }
 
+/// Why a stored serving certificate must be replaced (its Display is the Event's words).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Renewal {
+    NotPem,
+    Unparsable,
+    /// Issued before the relay had its own CA: clients must now trust the CA.
+    SelfSigned,
+    OtherIssuer,
+    Expiring {
+        days: i64,
+    },
+    NamesChanged,
+}
+
+impl std::fmt::Display for Renewal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Renewal::NotPem => f.write_str("the stored certificate is not PEM"),
+            Renewal::Unparsable => f.write_str("the stored certificate does not parse"),
+            Renewal::SelfSigned => f.write_str(
+                "the stored certificate is self-signed, from before the relay had its own CA",
+            ),
+            Renewal::OtherIssuer => {
+                f.write_str("the stored certificate is not signed by the relay's CA")
+            }
+            Renewal::Expiring { days } => write!(f, "the certificate expires in {days} days"),
+            Renewal::NamesChanged => f.write_str("the relay's names changed"),
+        }
+    }
+}
+
 /// Why a stored serving certificate must be replaced, or `None` when it can stay: it parses,
 /// was signed by `ca_cert`, names exactly `names`, and has more than [`RENEW_BEFORE`] left at
 /// `now` (seconds since the epoch).
@@ -107,12 +138,12 @@ pub fn renewal_reason(
     names: &[String],
     ca_cert: &[u8],
     now: i64,
-) -> Option<String> {
+) -> Option<Renewal> {
     let Some(pem) = pem_blocks(cert_pem).into_iter().next() else {
-        return Some("the stored certificate is not PEM".into());
+        return Some(Renewal::NotPem);
     };
     let Ok(cert) = pem.parse_x509() else {
-        return Some("the stored certificate does not parse".into());
+        return Some(Renewal::Unparsable);
     };
     let ca = pem_blocks(ca_cert).into_iter().next();
     let signed = match ca.as_ref().map(Pem::parse_x509) {
@@ -121,17 +152,16 @@ pub fn renewal_reason(
     };
     if !signed {
         return Some(if cert.issuer() == cert.subject() {
-            "the stored certificate is self-signed, from before the relay had its own CA".into()
+            Renewal::SelfSigned
         } else {
-            "the stored certificate is not signed by the relay's CA".into()
+            Renewal::OtherIssuer
         });
     }
     let left = cert.validity().not_after.timestamp() - now;
     if left < RENEW_BEFORE.as_secs() as i64 {
-        return Some(format!(
-            "the certificate expires in {} days",
-            left.max(0) / DAY
-        ));
+        return Some(Renewal::Expiring {
+            days: left.max(0) / DAY,
+        });
     }
     let mut stored: Vec<String> = match cert.subject_alternative_name() {
         Ok(Some(san)) => san
@@ -148,7 +178,7 @@ pub fn renewal_reason(
     let mut wanted = names.to_vec();
     stored.sort();
     wanted.sort();
-    (stored != wanted).then(|| "the relay's names changed".into())
+    (stored != wanted).then_some(Renewal::NamesChanged)
 }
 
 /// The validity of a certificate made at `now` for `validity`, an hour early for clock skew.
@@ -403,7 +433,9 @@ mod tests {
             None
         );
         assert_eq!(
-            renewal_reason(&c.cert, &names, &ca.cert, NOW + 61 * DAY).as_deref(),
+            renewal_reason(&c.cert, &names, &ca.cert, NOW + 61 * DAY)
+                .map(|r| r.to_string())
+                .as_deref(),
             Some("the certificate expires in 29 days")
         );
     }
@@ -416,12 +448,16 @@ mod tests {
         let mut other = names.clone();
         other.push("relay.example.org".into());
         assert_eq!(
-            renewal_reason(&c.cert, &other, &ca.cert, NOW).as_deref(),
+            renewal_reason(&c.cert, &other, &ca.cert, NOW)
+                .map(|r| r.to_string())
+                .as_deref(),
             Some("the relay's names changed")
         );
         let successor = new_ca("mail/relay", NOW).unwrap();
         assert_eq!(
-            renewal_reason(&c.cert, &names, &successor.cert, NOW).as_deref(),
+            renewal_reason(&c.cert, &names, &successor.cert, NOW)
+                .map(|r| r.to_string())
+                .as_deref(),
             Some("the stored certificate is not signed by the relay's CA")
         );
         // What the operator issued before the relay had a CA: its self-signed certificate.
@@ -430,7 +466,9 @@ mod tests {
         let key = KeyPair::generate().unwrap();
         let self_signed = old.self_signed(&key).unwrap().pem().into_bytes();
         assert_eq!(
-            renewal_reason(&self_signed, &names, &ca.cert, NOW).as_deref(),
+            renewal_reason(&self_signed, &names, &ca.cert, NOW)
+                .map(|r| r.to_string())
+                .as_deref(),
             Some("the stored certificate is self-signed, from before the relay had its own CA")
         );
         assert!(renewal_reason(b"garbage", &names, &ca.cert, NOW).is_some());

@@ -270,18 +270,21 @@ pub async fn issued_certificate(
                         note,
                     }));
                 }
-                Some(reason) => reason,
+                Some(reason) => Some(reason),
             }
         }
-        None => "none was issued yet".to_string(),
+        None => None,
     };
     let issued = certificate::issue(&names, &authority.signing, now)?;
     let mut note = format!(
-        "issued a serving certificate for {}, valid {} days, signed by the relay's CA ({reason}); {trust}",
+        "issued a serving certificate for {}, valid {} days, signed by the relay's CA ({}); {trust}",
         names.join(", "),
-        certificate::VALIDITY.as_secs() / 86_400
+        certificate::VALIDITY.as_secs() / 86_400,
+        reason
+            .as_ref()
+            .map_or_else(|| "none was issued yet".to_string(), ToString::to_string)
     );
-    if reason.contains("self-signed") {
+    if reason == Some(certificate::Renewal::SelfSigned) {
         note.push_str(&format!(
             ". Clients that trusted tls.crt of Secret {secret} must now trust ca.crt of ConfigMap {config_map}: it stays when the serving certificate is renewed"
         ));
