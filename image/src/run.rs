@@ -898,6 +898,7 @@ pub async fn run(opts: RunOptions) -> ExitCode {
         Err(code) => return code,
     };
     let metrics = Metrics::new(&layout.spool_dir);
+    let served_certificate = certificate_files(&applied.settings);
     let mut sup = Supervisor {
         opts: &opts,
         metrics: metrics.clone(),
@@ -908,9 +909,8 @@ pub async fn run(opts: RunOptions) -> ExitCode {
         last_error: None,
         held: None,
         unproven: None,
-        served_certificate: None,
+        served_certificate,
     };
-    sup.served_certificate = certificate_files(&sup.applied.settings);
     if let Some(refused) = refused {
         sup.refuse(refused);
     }
