@@ -13,7 +13,7 @@ use kube::{Api, Client, ResourceExt};
 use crate::floor::contract::{
     Names, ReferableLabel, CA_KEY, CA_KEY_KEY, CLIENT_ID, CLIENT_SECRET, HASH_KEY_KEY,
     ISSUED_ANNOTATION, NEXT_CA_CRT_KEY, NEXT_CA_KEY_KEY, REFRESH_TOKEN, RETIRED_CA_CRT_KEY,
-    SERVICE_ACCOUNT,
+    SERVICE_ACCOUNT, TLS_CRT_KEY, TLS_KEY_KEY,
 };
 use crate::floor::crd::SmtpRelay;
 use crate::floor::error::ResolveError;
@@ -143,10 +143,10 @@ pub async fn resolve(
         let purpose = "inbound TLS certificate";
         let data = secret_data(&r.name, purpose, "spec.tlsSecretRef").await?;
         let loc = Loc::secret(&ns, &r.name);
-        let cert = take(&data, &loc, "tls.crt", purpose)?;
-        let key = take(&data, &loc, "tls.key", purpose)?;
-        let cert = check_pem_cert(&loc, "tls.crt", cert)?;
-        let key = check_pem_key(&loc, "tls.key", key)?;
+        let cert = take(&data, &loc, TLS_CRT_KEY, purpose)?;
+        let key = take(&data, &loc, TLS_KEY_KEY, purpose)?;
+        let cert = check_pem_cert(&loc, TLS_CRT_KEY, cert)?;
+        let key = check_pem_key(&loc, TLS_KEY_KEY, key)?;
         out.inbound_tls = Some(TlsPair { cert, key });
     }
 
@@ -253,7 +253,7 @@ pub async fn issued_certificate(
         .await?
         .filter(|s| s.annotations().get(ISSUED_ANNOTATION) == Some(&"true".into()))
         .and_then(|s| s.data)
-        .and_then(|d| Some((d.get("tls.crt")?.0.clone(), d.get("tls.key")?.0.clone())));
+        .and_then(|d| Some((d.get(TLS_CRT_KEY)?.0.clone(), d.get(TLS_KEY_KEY)?.0.clone())));
     let trust = format!(
         "clients that verify trust ca.crt of ConfigMap {config_map}, or set spec.tlsSecretRef"
     );
