@@ -207,7 +207,7 @@ fn a_full_spool_answers_452_keeps_what_it_accepted_and_recovers() {
             .filter(|m| texts.iter().any(|t| t.contains(&format!("end-of-{m}"))))
             .count()
     };
-    poll("every accepted message at the sink", DEADLINE, || {
+    relay.poll_flushing("every accepted message at the sink", || {
         (delivered() == accepted.len()).then_some(())
     });
     poll("the metrics to say the spool has room", DEADLINE, || {
