@@ -37,6 +37,8 @@ enum Command {
     ///                               RELAY_TLS_CA or a level; a weaker one is your choice)
     ///   RELAY_TLS_CA                CA file for the relayhost's certificate (default: the
     ///                               system CAs)
+    ///   RELAY_ALLOW_CLEARTEXT_CREDENTIALS  yes: a login may go out at level none or may
+    ///                               (refused without it: the password could travel in clear)
     ///   RELAY_SMTPS                 yes: implicit TLS to the relayhost (default: when port is 465)
     ///   RELAY_POSTMASTER            receives bounce and error notices (default postmaster@domain)
     ///   RELAY_STRICT_SENDER_MYDOMAIN  true: senders must belong to the relay domains

@@ -18,6 +18,9 @@ pub const POSTCONF_PREFIX: &str = "POSTCONF_";
 /// Vouches for what a `RELAY_MODE` list holds before its safety net that the relay cannot
 /// read (`Settings::trust_restriction_tables`).
 const TRUST_TABLES: &str = "RELAY_TRUST_RESTRICTION_TABLES";
+/// Acknowledges that a relayhost login goes out at a TLS level of `none` or `may`, where a
+/// relayhost that offers no STARTTLS (or anyone on the path) receives the password.
+const CLEARTEXT_ACK: &str = "RELAY_ALLOW_CLEARTEXT_CREDENTIALS";
 
 /// Builds settings from environment variables. `postfix_dir` is where the original image's
 /// optional `sasl_passwd` and `client_sasl_passwd` files are looked for.
@@ -78,6 +81,26 @@ pub fn settings(vars: &BTreeMap<String, String>, postfix_dir: &Path) -> ConfigRe
         relayhost.implicit_tls,
         relayhost_credentials.is_some(),
     )?;
+    let cleartext_acknowledged = get(CLEARTEXT_ACK)
+        .map(|v| boolean(CLEARTEXT_ACK, v))
+        .transpose()?
+        .unwrap_or(false);
+    if let Some(level) = relayhost_tls_level.filter(|_| {
+        settings::relayhost_password_in_clear(relayhost_tls_level, relayhost_credentials.is_some())
+            && !cleartext_acknowledged
+    }) {
+        let field = if verify.is_some() {
+            "RELAY_TLS_VERIFY"
+        } else {
+            "RELAY_USE_TLS"
+        };
+        return Err(ConfigError::invalid(
+            field,
+            format!(
+                "with a relayhost login, TLS level {level} lets the password cross the network in clear text (a relayhost that offers no STARTTLS, or anyone on the path, would receive it); remove {field} (the default with a login is secure), or set {CLEARTEXT_ACK}=yes to accept that"
+            ),
+        ));
+    }
     let relayhost_tls_ca_file = match get("RELAY_TLS_CA") {
         Some(path) => Some(readable_file("RELAY_TLS_CA", Path::new(path))?),
         None => inputs::default_ca_file(),
@@ -389,6 +412,15 @@ mod tests {
             ("RELAY_USE_TLS", "no"),
             ("POSTCONF_compatibility_level", "2"),
         ]);
+        // The seed sent this password in clear text without a word; here it takes a choice.
+        let err = settings(&env(&vars), nodir()).unwrap_err().to_string();
+        assert!(
+            err.starts_with("RELAY_USE_TLS: with a relayhost login, TLS level none")
+                && err.contains("RELAY_ALLOW_CLEARTEXT_CREDENTIALS=yes")
+                && !err.contains("xx} x"),
+            "{err}"
+        );
+        vars.push(("RELAY_ALLOW_CLEARTEXT_CREDENTIALS", "yes"));
         let s = settings(&env(&vars), nodir()).unwrap();
         assert_eq!(s.domain, "example.net");
         assert_eq!(s.relay_domains, vec!["example.net"]);
@@ -542,6 +574,42 @@ mod tests {
         let chosen = with(&[("RELAY_TLS_VERIFY", "encrypt")]).unwrap();
         assert_eq!(chosen.relayhost_tls(), TlsLevel::Encrypt);
         assert!(chosen.relayhost_unverified() && !chosen.relayhost_password_in_clear());
+    }
+
+    /// Issue 26: a login at a level that allows clear text (`none`, `may`) needs
+    /// `RELAY_ALLOW_CLEARTEXT_CREDENTIALS=yes`; the refusal names the variable that chose it.
+    #[test]
+    fn a_login_in_clear_text_needs_an_acknowledgement() {
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let mut vars = minimal();
+            vars.extend_from_slice(extra);
+            settings(&env(&vars), nodir())
+        };
+        let login = [("RELAY_LOGIN", "user"), ("RELAY_PASSWORD", "secret")];
+        for (choice, field) in [
+            (("RELAY_USE_TLS", "no"), "RELAY_USE_TLS"),
+            (("RELAY_TLS_VERIFY", "may"), "RELAY_TLS_VERIFY"),
+            (("RELAY_TLS_VERIFY", "none"), "RELAY_TLS_VERIFY"),
+        ] {
+            let err = with(&[login[0], login[1], choice]).unwrap_err().to_string();
+            assert!(
+                err.starts_with(&format!("{field}: with a relayhost login"))
+                    && err.contains("RELAY_ALLOW_CLEARTEXT_CREDENTIALS=yes")
+                    && !err.contains("secret"),
+                "{choice:?}: {err}"
+            );
+            let ack = ("RELAY_ALLOW_CLEARTEXT_CREDENTIALS", "yes");
+            let s = with(&[login[0], login[1], choice, ack]).unwrap();
+            assert!(s.relayhost_password_in_clear(), "{choice:?}");
+            // Without a login there is no password to protect.
+            assert!(with(&[choice]).is_ok(), "{choice:?}");
+        }
+        let ack = ("RELAY_ALLOW_CLEARTEXT_CREDENTIALS", "maybe");
+        let err = with(&[login[0], login[1], ack]).unwrap_err().to_string();
+        assert!(
+            err.starts_with("RELAY_ALLOW_CLEARTEXT_CREDENTIALS"),
+            "{err}"
+        );
     }
 
     #[test]
