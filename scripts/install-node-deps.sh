@@ -5,8 +5,9 @@
 #     with the static libc for the pause binary;
 #   - into $ROOT/.cache/bin: kubelet and kube-proxy (built from the k8s.io/kubernetes module of
 #     e2e/controlplane, so they match the control plane's version), coredns (e2e/coredns, its
-#     own module) and pause.tar, a docker-archive image `localhost/pause:3.10` FROM scratch
-#     holding e2e/node/pause.c built static.
+#     own module), netpol (e2e/netpol, its own module: the NetworkPolicy controller
+#     sigs.k8s.io/kube-network-policies) and pause.tar, a docker-archive image
+#     `localhost/pause:3.10` FROM scratch holding e2e/node/pause.c built static.
 # Each build is skipped when the hash of its sources matches the stamp of the last build.
 #
 # Environment: GO (default: go on PATH, else /usr/local/go/bin/go).
@@ -84,6 +85,7 @@ main() {
     step "node apt packages" node_apt_packages
     step "kubelet + kube-proxy" kubelet_build
     step "coredns" go_module_build coredns
+    step "netpol" go_module_build netpol
     step "pause image" pause_image
 }
 
