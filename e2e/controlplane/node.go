@@ -1,10 +1,10 @@
 package main
 
 // --node: a real node next to the control plane. containerd (the Debian package, on its own
-// socket and directories), the kubelet and kube-proxy (built from this module) and CoreDNS
-// (e2e/coredns) run as child processes; the scheduler and the local-volume loop run in this
-// process. Everything lives under DIR/node, except the persistent volumes' data (DIR/pv), so
-// it survives a restart on the same directory.
+// socket and directories), the kubelet and kube-proxy (built from this module), CoreDNS
+// (e2e/coredns) and the NetworkPolicy controller (e2e/netpol) run as child processes; the
+// scheduler and the local-volume loop run in this process. Everything lives under DIR/node,
+// except the persistent volumes' data (DIR/pv), so it survives a restart on the same directory.
 
 import (
 	"context"
@@ -34,6 +34,18 @@ import (
 // pauseImage is the sandbox image, imported from BIN/pause.tar (scripts/install-node-deps.sh).
 const pauseImage = "localhost/pause:3.10"
 
+// The NetworkPolicy controller (sigs.k8s.io/kube-network-policies behind e2e/netpol's main):
+// the iptables chain (mangle table) that diverts the first packets of pod connections to its
+// NFQUEUE, the queue, the nftables table (family inet) the controller tries to install (which
+// this kernel refuses: e2e/netpol/main.go says why), and the file it writes under DIR/node
+// once policies are enforced.
+const (
+	netpolChain     = "E2E-NODE-NETPOL"
+	netpolQueue     = "100"
+	netpolTable     = "e2e-node-netpol"
+	netpolReadyFile = "netpol.ready"
+)
+
 type node struct {
 	claim  *hostClaim
 	l      *files
@@ -50,9 +62,9 @@ func (n *node) path(parts ...string) string {
 
 func (n *node) socket() string { return n.path("containerd", "containerd.sock") }
 
-// startNode starts containerd, the kubelet, kube-proxy, CoreDNS, the scheduler and the volume
-// loop, and creates the cluster objects they need. The API server must be ready. On error it
-// still returns the node, whose stop ends what was started in-process.
+// startNode starts containerd, the kubelet, kube-proxy, CoreDNS, the NetworkPolicy controller,
+// the scheduler and the volume loop, and creates the cluster objects they need. The API server
+// must be ready. On error it still returns the node, whose stop ends what was started in-process.
 func startNode(ctx context.Context, claim *hostClaim, l *files) (*node, error) {
 	n := &node{claim: claim, l: l, binDir: claim.BinDir, exited: make(chan error, 1)}
 	for _, d := range []string{"logs", "containerd", "cni/net.d", "cni/ipam", "kubelet", "pod-logs"} {
@@ -63,7 +75,7 @@ func startNode(ctx context.Context, claim *hostClaim, l *files) (*node, error) {
 	if err := os.MkdirAll(l.path("pv"), 0o755); err != nil {
 		return n, err
 	}
-	for _, bin := range []string{"kubelet", "kube-proxy", "coredns", "pause.tar"} {
+	for _, bin := range []string{"kubelet", "kube-proxy", "coredns", "netpol", "pause.tar"} {
 		if !fileExists(filepath.Join(n.binDir, bin)) {
 			return n, fmt.Errorf("%s not found in %s: run scripts/install-node-deps.sh", bin, n.binDir)
 		}
@@ -120,6 +132,22 @@ func startNode(ctx context.Context, claim *hostClaim, l *files) (*node, error) {
 	}
 	if err := n.startDaemon("coredns", direct, filepath.Join(n.binDir, "coredns"),
 		"-conf", n.path("Corefile")); err != nil {
+		return n, err
+	}
+	// NetworkPolicies: the first packet of each connection to or from a pod goes to an NFQUEUE,
+	// where the controller accepts or drops it. A ready file left by a killed run must not pass
+	// for this one's (cleanup removes it too).
+	_ = os.Remove(n.path(netpolReadyFile))
+	if err := n.startDaemon("netpol", direct, filepath.Join(n.binDir, "netpol"),
+		"--kubeconfig="+l.path("kubeconfig"),
+		"--hostname-override="+nodeName,
+		"--pod-cidr="+podCIDR,
+		"--nfqueue-id="+netpolQueue,
+		"--chain="+netpolChain,
+		"--table="+netpolTable,
+		"--ready-file="+n.path(netpolReadyFile),
+		// Each verdict in its log: what a test that expects a drop wants to read.
+		"--v=2"); err != nil {
 		return n, err
 	}
 	return n, nil
@@ -200,8 +228,9 @@ func (n *node) waitSocket(ctx context.Context, path string) error {
 	}
 }
 
-// waitReady polls until the node is Ready and the cluster DNS, asked through the kube-dns
-// ClusterIP (so through kube-proxy's rules), resolves the kubernetes Service.
+// waitReady polls until the node is Ready, the cluster DNS, asked through the kube-dns
+// ClusterIP (so through kube-proxy's rules), resolves the kubernetes Service, and
+// NetworkPolicies are enforced.
 func (n *node) waitReady(ctx context.Context) error {
 	cfg, err := clientcmd.BuildConfigFromFlags("", n.l.path("kubeconfig"))
 	if err != nil {
@@ -262,6 +291,9 @@ func (n *node) readiness(ctx context.Context, cs kubernetes.Interface, resolver 
 	}
 	if len(addrs) != 1 || addrs[0] != apiServiceIP {
 		return fmt.Sprintf("cluster DNS: %s is %v, want %s", name, addrs, apiServiceIP)
+	}
+	if !fileExists(n.path(netpolReadyFile)) {
+		return "NetworkPolicies: the controller does not read its queue yet"
 	}
 	return ""
 }

@@ -242,7 +242,8 @@ func (c *hostClaim) stopProcesses() stopped {
 	stopProcs("containerd shims", func(cmdline string) bool {
 		return strings.Contains(cmdline, nodeDir+"/") && strings.Contains(cmdline, "containerd-shim")
 	}, 0)
-	// containerd, kube-proxy, CoreDNS: everything else started with a path in nodeDir.
+	// containerd, kube-proxy, CoreDNS, the NetworkPolicy controller: everything else started
+	// with a path in nodeDir.
 	stopProcs("node daemons", func(cmdline string) bool {
 		return strings.Contains(cmdline, nodeDir+"/")
 	}, 15*time.Second)
@@ -250,8 +251,9 @@ func (c *hostClaim) stopProcesses() stopped {
 }
 
 // removeHostState removes what the node changed on the host once its processes are gone:
-// mounts, pinned network namespaces, iptables chains, the bridge (and with it the node IP the
-// API server binds to: so, after the API server), cgroups, sysctls and leftover files.
+// mounts, pinned network namespaces, iptables chains (the NetworkPolicy controller's too), the
+// bridge (and with it the node IP the API server binds to: so, after the API server), cgroups,
+// sysctls and leftover files.
 func (c *hostClaim) removeHostState(s stopped) {
 	nodeDir := c.nodeDir()
 	netns, sandboxes := s.netns, s.sandboxes
@@ -269,6 +271,14 @@ func (c *hostClaim) removeHostState(s stopped) {
 		}
 	}
 	removeKubeChains()
+	// The NetworkPolicy controller removes its diversion chain when it stops; a killed one
+	// leaves it (and, where the kernel has nft `queue`, its nftables table, whose rules queue
+	// pod packets to a queue no one reads: dropped).
+	if err := runCmd(filepath.Join(c.BinDir, "netpol"), "--cleanup",
+		"--chain="+netpolChain, "--table="+netpolTable); err != nil {
+		logf("%v", err)
+	}
+	_ = os.Remove(filepath.Join(nodeDir, netpolReadyFile))
 	removeNetwork()
 	removeKubepodsCgroups()
 	for key, v := range c.Sysctls {

@@ -95,6 +95,8 @@ impl ControlPlane {
     /// hostPath volume for every claim; the class `local-sized` a tmpfs of the claim's size,
     /// which fills up as a real volume does (its data goes with the node). Pods reach the API server at `kubernetes.default`
     /// (10.96.0.1) and cluster DNS at 10.96.0.10; nothing they send may leave the machine.
+    /// NetworkPolicies are enforced from the node's start (sigs.k8s.io/kube-network-policies,
+    /// e2e/netpol): a connection they refuse is dropped, so the client times out.
     pub fn with_node() -> Result<Self, Error> {
         Self::start_inner(true, BINARY)
     }
