@@ -1,9 +1,10 @@
 //! Smoke test of the real node (`ControlPlane::with_node`): the node is Ready, pods get
 //! addresses on the bridge, a StatefulSet's claim binds to a local volume, Services work from
 //! the host through kube-proxy, CoreDNS answers at the kube-dns ClusterIP, a pod reaches the
-//! API server by name with its ServiceAccount, the egress guard is in place, a node run that
-//! was killed outright is cleaned up by the next one, a restart on the same directory brings
-//! the pods back, and a stop leaves the host clean.
+//! API server by name with its ServiceAccount, a NetworkPolicy refuses a pod it does not admit
+//! at the network (kube-network-policies) and lets the one it admits through, the egress
+//! guard is in place, a node run that was killed outright is cleaned up by the next one, a
+//! restart on the same directory brings the pods back, and a stop leaves the host clean.
 //!
 //! One test, not several: there is one node per machine, and its start-up dominates the time.
 
@@ -97,6 +98,9 @@ fn real_node_runs_pods_volumes_services_and_dns_and_cleans_up() {
         "readyz from a pod"
     );
 
+    network_policy_is_enforced(&first);
+    assert_guard_in_place();
+
     // A crash: the control plane is killed outright. Its pods, shims, mounts, bridge and
     // chains stay behind; the next run must clean them up and start as if from scratch.
     let first_dir = first.dir().to_path_buf();
@@ -164,6 +168,10 @@ fn real_node_runs_pods_volumes_services_and_dns_and_cleans_up() {
         !Path::new("/sys/fs/cgroup/pids/kubepods").exists(),
         "pod cgroups removed"
     );
+    assert!(
+        !chains.contains(NETPOL_CHAIN),
+        "the NetworkPolicy diversion removed: {chains}"
+    );
     let leftovers: Vec<String> = fs::read_dir("/proc")
         .expect("read /proc")
         .filter_map(|e| fs::read(e.ok()?.path().join("cmdline")).ok())
@@ -175,6 +183,216 @@ fn real_node_runs_pods_volumes_services_and_dns_and_cleans_up() {
         "no node processes left: {leftovers:?}"
     );
     eprintln!("real node test took {:?}", begin.elapsed());
+}
+
+/// The iptables chain (mangle table) that diverts the first packets of pod connections to the
+/// NetworkPolicy controller's NFQUEUE.
+const NETPOL_CHAIN: &str = "E2E-NODE-NETPOL";
+
+/// The port the netpol pods listen on, and their Service's.
+const PORT: u16 = 8080;
+
+/// A NetworkPolicy refuses, at the network, a pod it does not admit and lets the one it admits
+/// through, to the pod's IP and through a Service's ClusterIP, until it is deleted; pods it does
+/// not select are not affected. Three pods run the host's perl (the pause image with the host's
+/// /usr mounted), each answering `hello` on TCP 8080: `server`, which the policy selects,
+/// `granted` (labelled `access: granted`) and `other`. Once the policy is in force, `other`'s
+/// connection attempts to `server` time out (the controller drops the SYN: no reset, no
+/// answer), while `granted` still gets its `hello`, and `other` still reaches `granted`.
+fn network_policy_is_enforced(cp: &ControlPlane) {
+    let started = Instant::now();
+    let chain = iptables(&["-t", "mangle", "-S", NETPOL_CHAIN]);
+    assert!(
+        chain.contains("-j NFQUEUE"),
+        "the diversion to the controller's queue is in place: {chain}"
+    );
+    let postrouting = iptables(&["-t", "mangle", "-S", "POSTROUTING"]);
+    assert_eq!(
+        postrouting.matches(&format!("-j {NETPOL_CHAIN}")).count(),
+        1,
+        "one jump to the diversion: {postrouting}"
+    );
+    cp.kubectl_ok(["create", "namespace", "netpol"]);
+    let server = perl_pod(cp, "server", "app: server");
+    let granted = perl_pod(cp, "granted", "access: granted");
+    let _ = perl_pod(cp, "other", "access: none");
+    let out = cp.kubectl_stdin(["apply", "-f", "-"], SERVER_SERVICE);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cluster_ip = cp.kubectl_ok([
+        "get",
+        "service",
+        "-n",
+        "netpol",
+        "server",
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ]);
+    // Before any policy: everyone reaches the server, by its IP and by its Service.
+    for client in ["granted", "other"] {
+        for to in [&server, &cluster_ip] {
+            tools::poll_until(WAIT, &format!("{client} reaches {to}"), || {
+                connect(cp, client, to).ok()
+            });
+        }
+    }
+
+    let out = cp.kubectl_stdin(["apply", "-f", "-"], SERVER_POLICY);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let applied = Instant::now();
+    let refused = tools::poll_until(WAIT, "the policy refuses other", || {
+        connect(cp, "other", &server).err()
+    });
+    eprintln!(
+        "the policy refused other after {:?}: {refused}",
+        applied.elapsed()
+    );
+    assert!(
+        refused.contains("timeout"),
+        "dropped at the network, not refused by the server: {refused}"
+    );
+    let through_service = connect(cp, "other", &cluster_ip);
+    assert!(
+        through_service
+            .as_ref()
+            .is_err_and(|e| e.contains("timeout")),
+        "the policy refuses other through the Service too: {through_service:?}"
+    );
+    for to in [&server, &cluster_ip] {
+        assert_eq!(
+            connect(cp, "granted", to),
+            Ok("hello".to_owned()),
+            "the policy admits granted to {to}"
+        );
+    }
+    // other is selected by no policy: its connections elsewhere go on.
+    assert_eq!(
+        connect(cp, "other", &granted),
+        Ok("hello".to_owned()),
+        "other reaches a pod no policy selects"
+    );
+    let log = fs::read_to_string(cp.dir().join("node/logs/netpol.log")).expect("netpol's log");
+    assert!(
+        log.contains("verdict=\"drop\""),
+        "the controller dropped the connection (its log)"
+    );
+
+    cp.kubectl_ok(["delete", "networkpolicy", "-n", "netpol", "server-ingress"]);
+    let deleted = Instant::now();
+    tools::poll_until(
+        WAIT,
+        "other reaches the server once the policy is gone",
+        || connect(cp, "other", &server).ok(),
+    );
+    eprintln!(
+        "other reached the server {:?} after the policy was deleted",
+        deleted.elapsed()
+    );
+    eprintln!("network policy phase took {:?}", started.elapsed());
+}
+
+/// The Service of the netpol server pod.
+const SERVER_SERVICE: &str = r"
+apiVersion: v1
+kind: Service
+metadata:
+  name: server
+  namespace: netpol
+spec:
+  selector: {app: server}
+  ports:
+    - {protocol: TCP, port: 8080, targetPort: 8080}
+";
+
+/// Admits pods labelled `access: granted` to the server's port 8080, and nothing else.
+const SERVER_POLICY: &str = r"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: server-ingress
+  namespace: netpol
+spec:
+  podSelector:
+    matchLabels: {app: server}
+  policyTypes: [Ingress]
+  ingress:
+    - from:
+        - podSelector:
+            matchLabels: {access: granted}
+      ports:
+        - {protocol: TCP, port: 8080}
+";
+
+/// Runs a pod in namespace netpol with one label, answering `hello` to every connection on
+/// port 8080 (the host's perl: /usr and the libraries mounted into the pause image), and
+/// returns its IP once it is Running.
+fn perl_pod(cp: &ControlPlane, name: &str, label: &str) -> String {
+    let pod = format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  namespace: netpol
+  labels: {{{label}}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+    - name: perl
+      image: localhost/pause:3.10
+      imagePullPolicy: Never
+      command: [/usr/bin/perl, -MIO::Socket::INET, -e, '$s = IO::Socket::INET->new(LocalPort => {PORT}, Listen => 16, ReuseAddr => 1) or die "listen: $@"; while (1) {{ $c = $s->accept or next; print $c "hello\n"; close $c }}']
+      volumeMounts:
+        - {{name: usr, mountPath: /usr, readOnly: true}}
+        - {{name: lib, mountPath: /lib, readOnly: true}}
+        - {{name: lib64, mountPath: /lib64, readOnly: true}}
+  volumes:
+    - {{name: usr, hostPath: {{path: /usr, type: Directory}}}}
+    - {{name: lib, hostPath: {{path: /usr/lib, type: Directory}}}}
+    - {{name: lib64, hostPath: {{path: /usr/lib64, type: Directory}}}}
+"#
+    );
+    let out = cp.kubectl_stdin(["apply", "-f", "-"], &pod);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_running(cp, "netpol", name)
+}
+
+/// Connects from pod `client` (namespace netpol) to `to`:8080 with a 2 s timeout and returns
+/// what the server says, or the client's error.
+fn connect(cp: &ControlPlane, client: &str, to: &str) -> Result<String, String> {
+    let out = cp.kubectl([
+        "exec",
+        "-n",
+        "netpol",
+        client,
+        "--",
+        "/usr/bin/perl",
+        "-MIO::Socket::INET",
+        "-e",
+        r#"$s = IO::Socket::INET->new(PeerAddr => $ARGV[0], PeerPort => $ARGV[1], Timeout => 2) or die "connect: $@\n"; print scalar <$s>"#,
+        to,
+        &PORT.to_string(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    if out.status.success() && stdout == "hello" {
+        Ok(stdout)
+    } else {
+        Err(format!(
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
 }
 
 const STATEFUL_SET: &str = r#"
