@@ -427,6 +427,23 @@ fn admission(cp: &ControlPlane) {
             vec!["spec.service.loadBalancerIP", "IP address"],
         ),
         (
+            "PROXY protocol from anyone",
+            with(json!({"service": {"proxyProtocol": true}})),
+            vec!["spec.service", "proxyProtocolSourceRanges"],
+        ),
+        (
+            "PROXY protocol from every address",
+            with(
+                json!({"service": {"proxyProtocol": true, "proxyProtocolSourceRanges": ["0.0.0.0/0"]}}),
+            ),
+            vec!["spec.service.proxyProtocolSourceRanges", "every address"],
+        ),
+        (
+            "SMTP from a namespace that is no name",
+            with(json!({"networkPolicy": {"smtpFromNamespaces": ["Apps"]}})),
+            vec!["spec.networkPolicy.smtpFromNamespaces[0]"],
+        ),
+        (
             "OAuth2 and a password",
             with(json!({"relayhost": {
                 "credentialsSecretRef": {"name": "login"},

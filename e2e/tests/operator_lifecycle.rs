@@ -1331,6 +1331,35 @@ fn restart_mid_flight(ctx: &mut Ctx) {
         count("poddisruptionbudgets"),
         ["poddisruptionbudget.policy/flight"]
     );
+    assert_eq!(
+        count("networkpolicies"),
+        ["networkpolicy.networking.k8s.io/flight"]
+    );
+    let policy = ctx.must(ns, "networkpolicy", "flight");
+    let ports: Vec<i64> = policy["spec"]["ingress"]
+        .as_array()
+        .expect("ingress rules")
+        .iter()
+        .filter_map(|r| r["ports"][0]["port"].as_i64())
+        .collect();
+    assert_eq!(ports, [25, 9154], "{policy}");
+    // Turned off, the policy goes; the cluster's own policies then decide.
+    operator::patch_relay(
+        &ctx.cp,
+        ns,
+        "flight",
+        r#"{"spec":{"networkPolicy":{"enabled":false}}}"#,
+    );
+    ctx.op.wait_for(CONVERGE, "the NetworkPolicy to go", || {
+        ctx.get(ns, "networkpolicy", "flight")
+            .is_none()
+            .then_some(())
+    });
+    operator::patch_relay(&ctx.cp, ns, "flight", r#"{"spec":{"networkPolicy":null}}"#);
+    ctx.op
+        .wait_for(CONVERGE, "the NetworkPolicy to come back", || {
+            ctx.get(ns, "networkpolicy", "flight").map(drop)
+        });
     let secrets = count("secrets");
     assert!(
         secrets.contains(&"secret/flight-relayhost".to_string()),
@@ -1416,11 +1445,17 @@ fn restart_mid_flight(ctx: &mut Ctx) {
         .into_iter()
         .filter(|e| e["verb"] == "delete")
         .collect();
-    // Once per scale-down to one replica.
+    // The NetworkPolicy when it was turned off, then the PodDisruptionBudget once per
+    // scale-down to one replica.
     assert_eq!(
         describe(&deletes),
-        ["delete poddisruptionbudgets flight/flight ()"; 2].join("\n"),
-        "the operator deleted only the PodDisruptionBudget"
+        [
+            "delete networkpolicies flight/flight ()",
+            "delete poddisruptionbudgets flight/flight ()",
+            "delete poddisruptionbudgets flight/flight ()"
+        ]
+        .join("\n"),
+        "the operator deleted only the NetworkPolicy turned off and the PodDisruptionBudget"
     );
 }
 

@@ -458,6 +458,7 @@ mod tests {
             ("services", "r1-headless") => ok(live(&desired.headless_service)),
             ("services", _) => ok(live(&desired.service)),
             ("statefulsets", _) => ok(live_sts(desired)),
+            ("networkpolicies", _) => ok(live(desired.network_policy.as_ref().expect("a policy"))),
             _ => not_found(),
         })
         .await;
@@ -603,6 +604,18 @@ mod tests {
                 )
                 .await;
             assert_eq!(owners(&config), ["uid-1", "guard-uid"]);
+            let policy = api
+                .expect(
+                    "PATCH",
+                    &path("networkpolicies", "r1"),
+                    ok(live(desired.network_policy.as_ref().expect("a policy"))),
+                )
+                .await;
+            assert_eq!(
+                owners(&policy),
+                ["uid-1", "guard-uid"],
+                "kept while pods drain"
+            );
             for service in ["r1-headless", "r1"] {
                 let body = api
                     .expect(

@@ -157,6 +157,7 @@ pub fn stores_with_secrets(secrets: &[&str]) -> Stores {
         stateful_sets: store(vec![]),
         services: store(vec![]),
         pdbs: store(vec![]),
+        network_policies: store(vec![]),
         pods: store(vec![]),
     }
 }
@@ -281,6 +282,11 @@ impl ApiServer {
                 ("statefulsets", d.stateful_set.name_any()),
             ])
             .chain(d.pdb.iter().map(|p| ("poddisruptionbudgets", p.name_any())))
+            .chain(
+                d.network_policy
+                    .iter()
+                    .map(|p| ("networkpolicies", p.name_any())),
+            )
             .chain(d.drain_guard.iter().map(|g| ("configmaps", g.name_any())))
         {
             self.expect("GET", &path(kind, &name), answer(kind, &name))

@@ -108,6 +108,7 @@ fn children(d: &Desired) -> Vec<(String, Value)> {
         stateful_set,
         oauth2_sharing,
         pdb,
+        network_policy,
         drain_guard,
     } = d;
     let mut out = vec![doc(config_map), secret(hash_key_secret)];
@@ -134,6 +135,7 @@ fn children(d: &Desired) -> Vec<(String, Value)> {
     }
     out.extend([doc(service), doc(headless_service), doc(stateful_set)]);
     out.extend(pdb.iter().map(doc));
+    out.extend(network_policy.iter().map(doc));
     out
 }
 

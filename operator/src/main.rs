@@ -65,7 +65,8 @@ struct RunArgs {
     /// Name of the leader election Lease.
     #[arg(long, env = "LEASE_NAME", default_value = "smtp-relay-operator")]
     lease_name: String,
-    /// Namespace of the leader election Lease (the operator's own namespace).
+    /// The operator's own namespace: where its leader election Lease is, and whose pods the
+    /// relays' NetworkPolicies admit to their metrics.
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     lease_namespace: String,
     /// Lease duration in seconds; a standby takes over this long after the leader stops renewing.
@@ -182,6 +183,7 @@ async fn run(args: RunArgs) -> Result<(), Error> {
                 .filter(|i| !i.is_empty())
                 .collect(),
             secret_reference_label: args.secret_reference_label.clone(),
+            operator_namespace: args.lease_namespace.clone(),
         },
         instance: Some(identity),
     };

@@ -328,6 +328,9 @@ pub struct BuildOptions {
     /// The label a Secret must carry to be referenced by an SmtpRelay, or written a rotated
     /// token into; `None`: any Secret of the relay's namespace.
     pub secret_reference_label: Option<ReferableLabel>,
+    /// The operator's own namespace, whose pods read the relays' metrics (the relays'
+    /// NetworkPolicies admit them).
+    pub operator_namespace: String,
 }
 
 impl Default for BuildOptions {
@@ -336,6 +339,7 @@ impl Default for BuildOptions {
             relay_image: DEFAULT_RELAY_IMAGE.into(),
             allowed_relay_images: Vec::new(),
             secret_reference_label: None,
+            operator_namespace: "smtp-relay-system".into(),
         }
     }
 }

@@ -190,6 +190,12 @@ pub struct SmtpRelaySpec {
     #[serde(default)]
     pub service: ServiceSpec,
 
+    /// The NetworkPolicy `<name>` the operator keeps for the relay pods: who may reach SMTP,
+    /// the PROXY-protocol port and metrics. It takes effect where the cluster runs a
+    /// NetworkPolicy implementation (most CNIs do).
+    #[serde(default)]
+    pub network_policy: NetworkPolicySpec,
+
     /// Relay container image. Defaults to the image the operator was built or configured with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 512))]
@@ -668,7 +674,8 @@ impl RetentionPolicy {
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
     {"rule": "!has(self.externalTrafficPolicy) || self.type != 'ClusterIP'", "message": "externalTrafficPolicy needs type NodePort or LoadBalancer"},
-    {"rule": "!has(self.loadBalancerIP) || self.type == 'LoadBalancer'", "message": "loadBalancerIP needs type LoadBalancer"}
+    {"rule": "!has(self.loadBalancerIP) || self.type == 'LoadBalancer'", "message": "loadBalancerIP needs type LoadBalancer"},
+    {"rule": "!has(self.proxyProtocol) || !self.proxyProtocol || has(self.proxyProtocolSourceRanges)", "message": "proxyProtocol needs proxyProtocolSourceRanges: the load balancer's addresses, the only peers whose PROXY header the relay may trust"}
 ]))]
 pub struct ServiceSpec {
     /// Service type.
@@ -705,6 +712,17 @@ pub struct ServiceSpec {
     /// real peer.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub proxy_protocol: bool,
+    /// The addresses (CIDR) the load balancer's connections come from: its subnets, or the
+    /// proxy addresses the cloud documents. Required with `proxyProtocol`: the relay's
+    /// NetworkPolicy admits the PROXY-protocol port only from them, so no one else can send
+    /// a header claiming an address inside `networks`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(max = 64)))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "self.all(n, isCIDR(n))", "message": "every range must be a CIDR such as 10.0.0.0/24 or fd00::/64"},
+        {"rule": "self.all(n, !isCIDR(n) || cidr(n).prefixLength() > 0)", "message": "a range covering every address (0.0.0.0/0 or ::/0) would let anyone claim any client address"}
+    ]))]
+    pub proxy_protocol_source_ranges: Vec<String>,
 }
 
 impl Default for ServiceSpec {
@@ -716,6 +734,57 @@ impl Default for ServiceSpec {
             external_traffic_policy: None,
             load_balancer_ip: None,
             proxy_protocol: false,
+            proxy_protocol_source_ranges: Vec::new(),
+        }
+    }
+}
+
+/// A namespace name (a DNS label).
+pub const NAMESPACE_PATTERN: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+
+/// Who may reach the relay pods' ports, as the NetworkPolicy `<name>` says.
+///
+/// SMTP (port 25) is admitted from `networks`, `smtpFromCidrs` and the pods of
+/// `smtpFromNamespaces`; a relay with `saslUsersSecretRef` and neither list admits SMTP from
+/// anywhere, as its clients log in from wherever they are. The PROXY-protocol port is admitted
+/// only from `service.proxyProtocolSourceRanges`; metrics only from the operator's namespace and
+/// `metricsFromNamespaces`. Nothing else reaches the pods.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkPolicySpec {
+    /// False: the operator keeps no NetworkPolicy for this relay (and deletes its own), and
+    /// the cluster's other policies alone decide who reaches the pods.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// More sources of SMTP besides `networks` (CIDR): say, clients that log in with SASL.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(max = 64)))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "self.all(n, isCIDR(n))", "message": "every source must be a CIDR such as 10.0.0.0/24 or fd00::/64"}
+    ]))]
+    pub smtp_from_cidrs: Vec<String>,
+    /// Namespaces whose pods may connect to SMTP, by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 63), regex(pattern = NAMESPACE_PATTERN)))]
+    pub smtp_from_namespaces: Vec<String>,
+    /// Namespaces whose pods may read the relay's metrics (port 9154), by name: say, the one
+    /// Prometheus runs in. The operator's own namespace always may.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 63), regex(pattern = NAMESPACE_PATTERN)))]
+    pub metrics_from_namespaces: Vec<String>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Default for NetworkPolicySpec {
+    fn default() -> Self {
+        NetworkPolicySpec {
+            enabled: true,
+            smtp_from_cidrs: Vec::new(),
+            smtp_from_namespaces: Vec::new(),
+            metrics_from_namespaces: Vec::new(),
         }
     }
 }

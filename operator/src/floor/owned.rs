@@ -13,6 +13,7 @@ pub enum OwnedKind {
     Service,
     StatefulSet,
     PodDisruptionBudget,
+    NetworkPolicy,
     ServiceAccount,
     Role,
     RoleBinding,
@@ -33,12 +34,13 @@ pub enum Watched {
 
 impl OwnedKind {
     /// Every owned kind, in the order the operator applies them.
-    pub const ALL: [OwnedKind; 8] = [
+    pub const ALL: [OwnedKind; 9] = [
         OwnedKind::Secret,
         OwnedKind::ServiceAccount,
         OwnedKind::Role,
         OwnedKind::RoleBinding,
         OwnedKind::ConfigMap,
+        OwnedKind::NetworkPolicy,
         OwnedKind::Service,
         OwnedKind::StatefulSet,
         OwnedKind::PodDisruptionBudget,
@@ -52,6 +54,7 @@ impl OwnedKind {
             OwnedKind::Service => "Service",
             OwnedKind::StatefulSet => "StatefulSet",
             OwnedKind::PodDisruptionBudget => "PodDisruptionBudget",
+            OwnedKind::NetworkPolicy => "NetworkPolicy",
             OwnedKind::ServiceAccount => "ServiceAccount",
             OwnedKind::Role => "Role",
             OwnedKind::RoleBinding => "RoleBinding",
@@ -67,6 +70,7 @@ impl OwnedKind {
             | OwnedKind::ServiceAccount => "",
             OwnedKind::StatefulSet => "apps",
             OwnedKind::PodDisruptionBudget => "policy",
+            OwnedKind::NetworkPolicy => "networking.k8s.io",
             OwnedKind::Role | OwnedKind::RoleBinding => "rbac.authorization.k8s.io",
         }
     }
@@ -79,6 +83,7 @@ impl OwnedKind {
             OwnedKind::Service => "services",
             OwnedKind::StatefulSet => "statefulsets",
             OwnedKind::PodDisruptionBudget => "poddisruptionbudgets",
+            OwnedKind::NetworkPolicy => "networkpolicies",
             OwnedKind::ServiceAccount => "serviceaccounts",
             OwnedKind::Role => "roles",
             OwnedKind::RoleBinding => "rolebindings",
@@ -91,6 +96,7 @@ impl OwnedKind {
             b"" => "/api/v1",
             b"apps" => "/apis/apps/v1",
             b"policy" => "/apis/policy/v1",
+            b"networking.k8s.io" => "/apis/networking.k8s.io/v1",
             _ => "/apis/rbac.authorization.k8s.io/v1",
         }
     }
@@ -99,9 +105,10 @@ impl OwnedKind {
     pub const fn watched(self) -> Watched {
         match self {
             OwnedKind::ConfigMap | OwnedKind::Secret => Watched::All,
-            OwnedKind::Service | OwnedKind::StatefulSet | OwnedKind::PodDisruptionBudget => {
-                Watched::Owned
-            }
+            OwnedKind::Service
+            | OwnedKind::StatefulSet
+            | OwnedKind::PodDisruptionBudget
+            | OwnedKind::NetworkPolicy => Watched::Owned,
             OwnedKind::ServiceAccount | OwnedKind::Role | OwnedKind::RoleBinding => Watched::No,
         }
     }
@@ -146,7 +153,12 @@ mod tests {
         assert_eq!(kinds.len(), OwnedKind::ALL.len());
         for k in OwnedKind::ALL {
             assert_eq!(OwnedKind::from_plural(k.plural()), Some(k));
-            assert_eq!(k.plural(), format!("{}s", k.kind().to_lowercase()));
+            let kind = k.kind().to_lowercase();
+            let plural = match kind.strip_suffix('y') {
+                Some(stem) => format!("{stem}ies"),
+                None => format!("{kind}s"),
+            };
+            assert_eq!(k.plural(), plural);
         }
     }
 

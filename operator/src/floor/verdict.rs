@@ -2,6 +2,7 @@
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 
@@ -55,6 +56,8 @@ pub struct Desired {
     /// their ServiceAccount allowed to.
     pub oauth2_sharing: Option<Sharing>,
     pub pdb: Option<PodDisruptionBudget>,
+    /// Unless `spec.networkPolicy.enabled` is false: who may reach the pods.
+    pub network_policy: Option<NetworkPolicy>,
     /// With `whenDeleted: Delete`: the drain guard, a second owner of every child but the
     /// Services (`steps::build::configmap::drain_guard`).
     pub drain_guard: Option<ConfigMap>,

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
@@ -42,6 +43,7 @@ pub struct Stores {
     pub stateful_sets: Store<PartialObjectMeta<StatefulSet>>,
     pub services: Store<PartialObjectMeta<Service>>,
     pub pdbs: Store<PartialObjectMeta<PodDisruptionBudget>>,
+    pub network_policies: Store<PartialObjectMeta<NetworkPolicy>>,
     pub pods: Store<Pod>,
 }
 
@@ -118,6 +120,7 @@ impl Stores {
             OwnedKind::Service => version(&self.services, ns, name),
             OwnedKind::StatefulSet => version(&self.stateful_sets, ns, name),
             OwnedKind::PodDisruptionBudget => version(&self.pdbs, ns, name),
+            OwnedKind::NetworkPolicy => version(&self.network_policies, ns, name),
             OwnedKind::ServiceAccount | OwnedKind::Role | OwnedKind::RoleBinding => None,
         }
     }
@@ -130,6 +133,7 @@ impl Stores {
             OwnedKind::Service => ready(&self.services),
             OwnedKind::StatefulSet => ready(&self.stateful_sets),
             OwnedKind::PodDisruptionBudget => ready(&self.pdbs),
+            OwnedKind::NetworkPolicy => ready(&self.network_policies),
             OwnedKind::ServiceAccount | OwnedKind::Role | OwnedKind::RoleBinding => true,
         }
     }
@@ -262,6 +266,7 @@ mod tests {
             stateful_sets: store(vec![meta("r1", "4")]),
             services: store(vec![]),
             pdbs: store(vec![]),
+            network_policies: store(vec![]),
             pods: store(vec![pod, self::pod("unrelated-0", "5")]),
         }
     }

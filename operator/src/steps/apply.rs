@@ -6,6 +6,7 @@ use std::fmt::Debug;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
@@ -78,6 +79,15 @@ impl Owned for PodDisruptionBudget {
     const KIND: OwnedKind = OwnedKind::PodDisruptionBudget;
     fn cache(stores: &Stores) -> Option<&Store<PartialObjectMeta<Self>>> {
         Some(&stores.pdbs)
+    }
+    fn live_matches(&self, live: &Self) -> bool {
+        subset_of(&self.spec, &live.spec)
+    }
+}
+impl Owned for NetworkPolicy {
+    const KIND: OwnedKind = OwnedKind::NetworkPolicy;
+    fn cache(stores: &Stores) -> Option<&Store<PartialObjectMeta<Self>>> {
+        Some(&stores.network_policies)
     }
     fn live_matches(&self, live: &Self) -> bool {
         subset_of(&self.spec, &live.spec)
@@ -327,6 +337,21 @@ fn known_absent<K: Owned>(stores: Option<&Stores>, ns: &str, name: &str) -> bool
 
 /// Deletes an object the relay no longer needs, if it exists and this relay controls it; one
 /// the watch's cache knows is absent is not asked for.
+/// Applies a child the relay may or may not want (named after the relay), or deletes the one
+/// it no longer wants.
+async fn apply_or_delete<K: Owned>(
+    client: &Client,
+    stores: Option<&Stores>,
+    relay: &SmtpRelay,
+    wanted: Option<Planned<'_, K>>,
+    guard: Option<&OwnerReference>,
+) -> Result<()> {
+    match wanted {
+        Some(p) => apply_guarded(client, p, guard).await.map(drop),
+        None => delete_owned::<K>(client, stores, relay, &relay.name_any()).await,
+    }
+}
+
 pub(crate) async fn delete_owned<K: Owned>(
     client: &Client,
     stores: Option<&Stores>,
@@ -413,6 +438,7 @@ pub(crate) async fn apply_all(
         stateful_set,
         oauth2_sharing,
         pdb,
+        network_policy,
         drain_guard,
     } = d;
     let mut in_the_way = Vec::new();
@@ -444,6 +470,8 @@ pub(crate) async fn apply_all(
     let service = read_live(client, relay, service, &mut in_the_way).await?;
     let stateful_set = read_live(client, relay, stateful_set, &mut in_the_way).await?;
     let pdb = read_wanted(client, relay, pdb.as_ref(), &mut in_the_way).await?;
+    let network_policy =
+        read_wanted(client, relay, network_policy.as_ref(), &mut in_the_way).await?;
     let live_sts = stateful_set.live.as_ref();
     let guard = read_guard(
         client,
@@ -479,19 +507,14 @@ pub(crate) async fn apply_all(
             apply_guarded(client, binding, guard).await?;
         }
         apply_guarded(client, config_map, guard).await?;
+        // Who may reach the pods, before there is a Service to reach them through; kept by
+        // the drain guard while the pods drain.
+        apply_or_delete(client, stores, relay, network_policy, guard).await?;
         // The Services are the relay's alone: a deleted relay takes no new mail.
         apply(client, headless_service).await?;
         apply(client, service).await?;
         let sts = apply_guarded(client, stateful_set, guard).await?;
-        match pdb {
-            Some(p) => {
-                apply_guarded(client, p, guard).await?;
-            }
-            None => {
-                delete_owned::<PodDisruptionBudget>(client, stores, relay, &relay.name_any())
-                    .await?
-            }
-        }
+        apply_or_delete(client, stores, relay, pdb, guard).await?;
         Ok(sts)
     };
     match applied.await {
@@ -683,6 +706,7 @@ mod tests {
         check::<Service>(&stores, &mut seen);
         check::<StatefulSet>(&stores, &mut seen);
         check::<PodDisruptionBudget>(&stores, &mut seen);
+        check::<NetworkPolicy>(&stores, &mut seen);
         check::<ServiceAccount>(&stores, &mut seen);
         check::<Role>(&stores, &mut seen);
         check::<RoleBinding>(&stores, &mut seen);

@@ -12,6 +12,7 @@ use std::time::Duration;
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, PodStatus, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::NamespaceResourceScope;
 use kube::api::ObjectMeta;
@@ -195,6 +196,7 @@ pub async fn run(
     let (stateful_sets, sts_watch) = metadata_stream::<StatefulSet>(&client, ns);
     let (services, service_watch) = metadata_stream::<Service>(&client, ns);
     let (pdbs, pdb_watch) = metadata_stream::<PodDisruptionBudget>(&client, ns);
+    let (network_policies, network_policy_watch) = metadata_stream::<NetworkPolicy>(&client, ns);
     let (pods, pod_watch) = pod_stream(api::<Pod>(&client, ns), owned);
     // One watch per kind covers both owned copies (via owner references) and the user's
     // referenced objects, so a rotated password or a new SASL user reconciles at once.
@@ -208,6 +210,7 @@ pub async fn run(
         stateful_sets,
         services,
         pdbs,
+        network_policies,
         pods: pods.clone(),
     }));
     let store1 = store.clone();
@@ -227,6 +230,7 @@ pub async fn run(
         .owns_stream(sts_watch)
         .owns_stream(service_watch)
         .owns_stream(pdb_watch)
+        .owns_stream(network_policy_watch)
         // A pod that changes (ready, restarting, crashing) reconciles its relay at once: status
         // follows the pods without polling.
         .watches_stream(pod_watch, |p: Pod| relay_of_pod(&p.metadata))

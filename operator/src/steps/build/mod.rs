@@ -3,6 +3,7 @@
 
 pub mod configmap;
 pub mod hash;
+pub mod network_policy;
 pub mod oauth2;
 pub mod pdb;
 pub mod secrets;
@@ -71,6 +72,7 @@ pub fn build(v: &Validated<'_>, hash_key: &HashKey, opts: &BuildOptions) -> Resu
         stateful_set,
         oauth2_sharing,
         pdb: pdb::pdb(relay)?,
+        network_policy: network_policy::network_policy(relay, opts)?,
         drain_guard: configmap::drain_guard(relay)?,
     };
     Ok(Applying {
@@ -390,6 +392,7 @@ mod tests {
         );
         r.spec.service.type_ = crate::floor::crd::ServiceType::LoadBalancer;
         r.spec.service.proxy_protocol = true;
+        r.spec.service.proxy_protocol_source_ranges = vec!["10.0.0.0/24".into()];
         let Applying {
             desired: d,
             config_hash,

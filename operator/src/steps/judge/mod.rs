@@ -396,6 +396,7 @@ fn is_host(s: &str) -> bool {
 pub fn validate_spec(spec: &SmtpRelaySpec) -> Result<(), String> {
     validate_names(spec)?;
     validate_networks(spec)?;
+    validate_reachability(spec)?;
     validate_relayhost(spec)?;
     validate_restrictions(spec)?;
     validate_postconf(spec)
@@ -446,6 +447,64 @@ fn validate_networks(spec: &SmtpRelaySpec) -> Result<(), String> {
     // at start.
     relay_guard::check_networks("spec.networks", &networks).map_err(|e| e.to_string())?;
     Ok(())
+}
+
+/// Who may reach the pods: the PROXY-protocol sources and the NetworkPolicy's lists (the CRD
+/// says the same; this holds for objects written under an older one).
+fn validate_reachability(spec: &SmtpRelaySpec) -> Result<(), String> {
+    let service = &spec.service;
+    if service.proxy_protocol && service.proxy_protocol_source_ranges.is_empty() {
+        return Err("spec.service.proxyProtocol needs spec.service.proxyProtocolSourceRanges: the load balancer's addresses (CIDR), the only peers whose PROXY header names the client; anyone else reaching the port could claim an address inside networks".into());
+    }
+    let cidrs = |field: &str, list: &[String], everything_refused: bool| {
+        for n in list {
+            let net = n.parse::<IpNet>().map_err(|_| {
+                format!("{field} entry {n:?} is not a CIDR (e.g. 10.0.0.0/24 or fd00::/64)")
+            })?;
+            if everything_refused && net.prefix_len() == 0 {
+                return Err(format!(
+                    "{field} entry {n:?} covers every address: anyone could claim any client address; name the load balancer's ranges"
+                ));
+            }
+        }
+        Ok(())
+    };
+    cidrs(
+        "spec.service.proxyProtocolSourceRanges",
+        &service.proxy_protocol_source_ranges,
+        true,
+    )?;
+    let policy = &spec.network_policy;
+    cidrs(
+        "spec.networkPolicy.smtpFromCidrs",
+        &policy.smtp_from_cidrs,
+        false,
+    )?;
+    for (field, names) in [
+        (
+            "spec.networkPolicy.smtpFromNamespaces",
+            &policy.smtp_from_namespaces,
+        ),
+        (
+            "spec.networkPolicy.metricsFromNamespaces",
+            &policy.metrics_from_namespaces,
+        ),
+    ] {
+        if let Some(n) = names.iter().find(|n| !is_label_value(n)) {
+            return Err(format!("{field} entry {n:?} is not a namespace name"));
+        }
+    }
+    Ok(())
+}
+
+/// A namespace name as a label value (`kubernetes.io/metadata.name`): a DNS label.
+fn is_label_value(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
 }
 
 /// Where mail goes, and the ports, replicas and storage that carry it.
@@ -631,6 +690,37 @@ mod tests {
     #[test]
     fn fixture_is_valid() {
         assert_eq!(validate_spec(&spec()), Ok(()));
+    }
+
+    /// Issue 26: PROXY headers only from named sources; the policy's lists are what they say.
+    #[test]
+    fn who_may_reach_the_pods_is_checked() {
+        let e = err(|s| s.service.proxy_protocol = true);
+        assert!(
+            e.starts_with(
+                "spec.service.proxyProtocol needs spec.service.proxyProtocolSourceRanges"
+            ),
+            "{e}"
+        );
+        fn ranges(r: &'static [&'static str]) -> impl FnOnce(&mut SmtpRelaySpec) {
+            move |s: &mut SmtpRelaySpec| {
+                s.service.proxy_protocol = true;
+                s.service.proxy_protocol_source_ranges = r.iter().map(|x| x.to_string()).collect();
+            }
+        }
+        assert!(err(ranges(&["::/0"])).contains("covers every address"));
+        assert!(
+            err(ranges(&["10.0.0.0/8", "lb"])).contains("proxyProtocolSourceRanges entry \"lb\"")
+        );
+        let mut ok = spec();
+        ranges(&["10.0.0.0/8"])(&mut ok);
+        assert_eq!(validate_spec(&ok), Ok(()));
+        assert!(err(|s| s.network_policy.smtp_from_cidrs = vec!["x".into()])
+            .contains("spec.networkPolicy.smtpFromCidrs"));
+        assert!(
+            err(|s| s.network_policy.metrics_from_namespaces = vec!["Mon".into()])
+                .contains("spec.networkPolicy.metricsFromNamespaces entry \"Mon\"")
+        );
     }
 
     #[test]

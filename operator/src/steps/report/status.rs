@@ -344,13 +344,23 @@ fn relayhost_login_condition(relay: &SmtpRelay, gen: Option<i64>, now: &Time) ->
 
 /// Whether `networks` sees the TCP peer, or an address from a PROXY header.
 fn client_address_condition(relay: &SmtpRelay, gen: Option<i64>, now: &Time) -> Condition {
-    if relay.spec.service.proxy_protocol {
+    let service = &relay.spec.service;
+    if service.proxy_protocol {
+        let who = if relay.spec.network_policy.enabled {
+            format!(
+                "the NetworkPolicy {} admits that port only from spec.service.proxyProtocolSourceRanges ({}), where the cluster enforces NetworkPolicies",
+                relay.name_any(),
+                service.proxy_protocol_source_ranges.join(", ")
+            )
+        } else {
+            "spec.networkPolicy.enabled is false: let only the load balancer reach it with a policy of your own".to_string()
+        };
         condition(
             CLIENT_ADDRESS_VERIFIED,
             Some(false),
             "ProxyHeaderTrusted",
             format!(
-                "spec.service.proxyProtocol: port {} of the relay pods takes the client address from the PROXY header, so anyone who reaches that port could claim an address inside networks; let only the load balancer reach it (a NetworkPolicy)",
+                "spec.service.proxyProtocol: port {} of the relay pods takes the client address from the PROXY header, so whoever reaches that port could claim an address inside networks; {who}",
                 crate::floor::contract::PROXY_PROTOCOL_PORT
             ),
             gen,
@@ -1428,8 +1438,25 @@ mod tests {
             (c.status.as_str(), c.reason.as_str()),
             ("False", "ProxyHeaderTrusted")
         );
-        assert!(c.message.contains("NetworkPolicy"), "{}", c.message);
+        r.spec.service.proxy_protocol_source_ranges = vec!["10.0.0.0/24".into()];
+        let s = compute(&r, &applied(), DONE, t(1));
+        let c = cond(&s, CLIENT_ADDRESS_VERIFIED);
+        assert!(
+            c.message
+                .contains("NetworkPolicy r1 admits that port only from")
+                && c.message.contains("(10.0.0.0/24)"),
+            "{}",
+            c.message
+        );
         assert_eq!(cond(&s, READY).status, "True", "a choice, not a failure");
+        r.spec.network_policy.enabled = false;
+        let s = compute(&r, &applied(), DONE, t(1));
+        let c = cond(&s, CLIENT_ADDRESS_VERIFIED);
+        assert!(
+            c.message.contains("spec.networkPolicy.enabled is false"),
+            "{}",
+            c.message
+        );
     }
 
     /// Issue 26: a custom list whose safety rests on a table the relay cannot read, vouched for
