@@ -50,8 +50,8 @@ func main() {
 	flag.Var(&kcmArgs, "kcm-arg", "extra kube-controller-manager flag (repeatable)")
 	flag.BoolVar(&noKCM, "no-controller-manager", false, "do not run kube-controller-manager")
 	flag.BoolVar(&withParent, "exit-with-parent", false, "shut down when the parent process goes away")
-	flag.BoolVar(&withNode, "node", false, "also run a real node: containerd, kubelet, kube-proxy, CoreDNS and the scheduler (root, one per machine)")
-	flag.StringVar(&nodeBinDir, "node-bin-dir", "", "where kubelet, kube-proxy, coredns and pause.tar are (default: this program's directory)")
+	flag.BoolVar(&withNode, "node", false, "also run a real node: containerd, kubelet, kube-proxy, CoreDNS, the NetworkPolicy controller and the scheduler (root, one per machine)")
+	flag.StringVar(&nodeBinDir, "node-bin-dir", "", "where kubelet, kube-proxy, coredns, netpol and pause.tar are (default: this program's directory)")
 	flag.Parse()
 	if dir == "" {
 		fmt.Fprintln(os.Stderr, "controlplane: --dir is required")
