@@ -101,6 +101,7 @@ pub struct Metrics {
     pub deliveries: Family<StatusLabel, Counter>,
     pub rejects: Family<RejectLabels, Counter>,
     pub relayhost_errors: Family<ReasonLabel, Counter>,
+    delivery_problem: Family<ProblemLabels, Gauge>,
     relayhost_login: Family<StateLabel, Gauge>,
     /// Whether the relay logs in to its relayhost (credentials configured).
     logs_in: Arc<std::sync::atomic::AtomicBool>,
@@ -223,6 +224,7 @@ impl Metrics {
             deliveries: Family::default(),
             rejects: Family::default(),
             relayhost_errors: Family::default(),
+            delivery_problem: Family::default(),
             relayhost_login: Family::default(),
             logs_in: Arc::default(),
             connections: Counter::default(),
@@ -403,6 +405,11 @@ impl Metrics {
             "config_refused_info",
             "1 for the configuration revision this replica refused, with why (Postfix's own log line, or the SMTP reply of the self-check, or the validation error), while the refusal stands: until a later configuration passes",
             self.config_refused.clone(),
+        );
+        registry.register(
+            "delivery_problem_info",
+            "1 for why the last attempt to hand mail to the relayhost failed (reason as in relayhost_errors_total; detail in Postfix's own words, without anything a client wrote), until mail reaches the relayhost again",
+            self.delivery_problem.clone(),
         );
         registry.register(
             "self_check_failures",
@@ -589,8 +596,11 @@ impl Metrics {
                 std::time::Instant::now(),
                 Some(std::time::SystemTime::now()),
             );
-            if to_relayhost && self.logs_in.load(std::sync::atomic::Ordering::Relaxed) {
-                self.set_login("accepted");
+            if to_relayhost {
+                self.delivery_problem.clear();
+                if self.logs_in.load(std::sync::atomic::Ordering::Relaxed) {
+                    self.set_login("accepted");
+                }
             }
         } else if to_relayhost && matches!(status, "deferred" | "bounced") {
             let reason = relayhost_error(why);
@@ -606,6 +616,13 @@ impl Metrics {
                     reason: reason.into(),
                 })
                 .inc();
+            self.delivery_problem.clear();
+            self.delivery_problem
+                .get_or_create(&ProblemLabels {
+                    reason: reason.into(),
+                    detail: problem_detail(reason, why),
+                })
+                .set(1);
         }
         self.deliveries
             .get_or_create(&StatusLabel {
@@ -793,6 +810,26 @@ pub struct QueueReport {
     pub config_revision: Option<String>,
     /// A configuration this replica refused, while the refusal stands.
     pub config_refused: Option<ConfigRefusal>,
+    /// Why mail does not reach the relayhost, from the last failed attempt until the next
+    /// delivery.
+    pub delivery_problem: Option<DeliveryProblem>,
+}
+
+/// Why mail does not reach the relayhost: the one series of
+/// `smtp_relay_delivery_problem_info` from a failed attempt until the next delivery.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProblemLabels {
+    pub reason: String,
+    pub detail: String,
+}
+
+/// Why the last attempt to hand mail to the relayhost failed, while no delivery has succeeded
+/// since: `reason` is one of `connect`, `tls`, `login`, `refused`, `other` (as in
+/// `smtp_relay_relayhost_errors_total`), `detail` Postfix's own words (see [`problem_detail`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeliveryProblem {
+    pub reason: String,
+    pub detail: String,
 }
 
 /// A configuration a replica refused: its revision (empty when it had none) and why, in
@@ -856,6 +893,15 @@ impl QueueReport {
                         Some(ConfigRefusal {
                             revision: l.remove("revision")?,
                             error: l.remove("error")?,
+                        })
+                    });
+                }
+            } else if let Some(labels) = series.strip_prefix("smtp_relay_delivery_problem_info{") {
+                if n == 1 {
+                    report.delivery_problem = label_values(labels).and_then(|mut l| {
+                        Some(DeliveryProblem {
+                            reason: l.remove("reason")?,
+                            detail: l.remove("detail")?,
                         })
                     });
                 }
@@ -1381,6 +1427,55 @@ fn relayhost_error(why: &str) -> &'static str {
     }
 }
 
+/// Postfix's words for why an attempt failed, keeping nothing a client wrote: a client chooses
+/// its sender and recipients, and the relayhost's reply may quote them. For `connect`, `tls`
+/// and `login`, Postfix's own part (before any `said:`), which names the relayhost and what
+/// went wrong; for `refused`, the relayhost's status codes and the command it refused; for
+/// `other`, nothing (the pod's log has the line).
+pub fn problem_detail(reason: &str, why: &str) -> String {
+    let why = why
+        .strip_prefix("delivery temporarily suspended: ")
+        .unwrap_or(why);
+    let (own, answer) = match why.split_once(" said: ") {
+        Some((own, answer)) => (own, Some(answer)),
+        None => (why, None),
+    };
+    let detail = match reason {
+        "connect" | "tls" | "login" => own.to_string(),
+        "refused" => {
+            let answer = answer.unwrap_or_default();
+            let codes: Vec<&str> = answer
+                .split_whitespace()
+                .take(2)
+                .take_while(|w| w.chars().all(|c| c.is_ascii_digit() || c == '.'))
+                .collect();
+            // Postfix's own suffix, when it is one of its commands (the reply before it is the
+            // relayhost's, which may quote what a client wrote).
+            let command = [
+                "EHLO",
+                "HELO",
+                "STARTTLS",
+                "AUTH",
+                "MAIL FROM",
+                "RCPT TO",
+                "DATA",
+                "end of DATA",
+            ]
+            .into_iter()
+            .map(|c| format!("(in reply to {c} command)"))
+            .find(|tail| answer.ends_with(tail.as_str()));
+            let mut text = format!("the relayhost answered {}", codes.join(" "));
+            if let Some(command) = command {
+                text.push(' ');
+                text.push_str(&command);
+            }
+            text
+        }
+        _ => String::new(),
+    };
+    bounded_line(&detail)
+}
+
 /// The number of queue files under `dir`, and the oldest one's arrival time.
 fn scan(dir: &Path) -> (usize, Option<std::time::SystemTime>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -1658,6 +1753,7 @@ mod tests {
                 spool_nearly_full: false,
                 config_revision: None,
                 config_refused: None,
+                delivery_problem: None,
             }
         );
         // An OAuth2 login failing twice, then working: the page says so, then forgets the error.
@@ -1880,6 +1976,52 @@ next"#;
             QueueReport::parse(&m.encode()).unwrap().relayhost_login,
             "unknown"
         );
+    }
+
+    /// Issue 39: why mail does not reach the relayhost, in Postfix's words and without what a
+    /// client wrote, from the failed attempt until the next delivery; the operator reads it.
+    #[test]
+    fn the_delivery_problem_stands_until_mail_gets_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Metrics::new(dir.path());
+        let attempt = |status: &str| {
+            m.observe_log_line(&format!("Nov 25 02:30:01 relay postfix/smtp[13]: 4XYZ: to=<evil@x.org>, relay=mx.example.net[10.0.0.5]:587, delay=0.1, delays=0.1/0/0/0, dsn=4.0.0, status={status}"));
+        };
+        let problem = || QueueReport::parse(&m.encode()).unwrap().delivery_problem;
+        assert_eq!(problem(), None);
+        attempt("deferred (connect to mx.example.net[10.0.0.5]:587: Connection refused)");
+        assert_eq!(
+            problem(),
+            Some(DeliveryProblem {
+                reason: "connect".into(),
+                detail: "connect to mx.example.net[10.0.0.5]:587: Connection refused".into(),
+            })
+        );
+        // The relayhost's reply quotes the recipient a client chose: only its codes and the
+        // command are kept.
+        attempt("deferred (host mx.example.net[10.0.0.5] said: 452 4.2.2 <inj\"ected@x.org>: Mailbox full (in reply to RCPT TO command))");
+        let p = problem().unwrap();
+        assert_eq!(p.reason, "refused");
+        assert_eq!(
+            p.detail,
+            "the relayhost answered 452 4.2.2 (in reply to RCPT TO command)"
+        );
+        attempt("deferred (SASL authentication failed; server mx.example.net[10.0.0.5] said: 535 5.7.8 Error: authentication failed: <x@y>)");
+        assert_eq!(
+            problem().unwrap().detail,
+            "SASL authentication failed; server mx.example.net[10.0.0.5]"
+        );
+        attempt("deferred (mail for evil.example loops back to myself)");
+        assert_eq!(
+            problem().unwrap(),
+            DeliveryProblem {
+                reason: "other".into(),
+                detail: String::new()
+            }
+        );
+        attempt("sent (250 2.0.0 Ok: queued as 5F)");
+        assert_eq!(problem(), None, "gone with the next delivery");
+        assert!(!m.encode().contains("evil"), "nothing a client wrote");
     }
 
     #[test]

@@ -159,6 +159,7 @@ mod tests {
                 "Mode",
                 "Ready Replicas",
                 "Ready",
+                "Delivering",
                 "Queued",
                 "Last Delivery",
                 "Relayhost Login",

@@ -44,6 +44,7 @@ pub const EMAIL_PATTERN: &str = r"^[^@\s]+@[^@\s]+$";
     printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".status.mode"}"#,
     printcolumn = r#"{"name":"Ready Replicas","type":"integer","jsonPath":".status.readyReplicas"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Delivering","type":"string","jsonPath":".status.conditions[?(@.type==\"Delivering\")].status"}"#,
     printcolumn = r#"{"name":"Queued","type":"integer","jsonPath":".status.queue.messages"}"#,
     printcolumn = r#"{"name":"Last Delivery","type":"date","jsonPath":".status.queue.lastDeliveryTime"}"#,
     printcolumn = r#"{"name":"Relayhost Login","type":"string","jsonPath":".status.conditions[?(@.type==\"RelayhostLogin\")].reason"}"#,
@@ -846,14 +847,18 @@ impl PullPolicy {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct SmtpRelayStatus {
-    /// Ready, and the conditions explaining it: ConfigValid, SecretsResolved, Progressing,
-    /// ConfigProven (the canary's Postfix passed its self-check with the configuration, or
-    /// refused it: `ConfigRefused` names the field and Postfix's error),
-    /// RelayhostPasswordProtected, RelayhostVerified, RelayhostLogin (with a login: the relayhost's and the OAuth2
-    /// token endpoint's last answers, from the pods), InboundTLSModern (clients' STARTTLS),
-    /// RelayClosedToStrangers (False: the safety rests on restrictions vouched for by
-    /// trustRestrictionTables); kstatus Reconciling (still converging by itself) and Stalled
-    /// (a rejected input, or a pod that cannot run: needs a change).
+    /// Ready (the relay accepts mail), and the conditions explaining it: ConfigValid,
+    /// SecretsResolved, Progressing, ConfigProven (the canary's Postfix passed its self-check
+    /// with the configuration, or refused it: `ConfigRefused` names the field and Postfix's
+    /// error); Delivering (False while mail waits because the last attempt to hand it to the
+    /// relayhost failed, naming why in Postfix's words); RelayhostPasswordProtected,
+    /// RelayhostVerified, RelayhostLogin (with a login: the relayhost's and the OAuth2 token
+    /// endpoint's last answers, from the pods), ClientAddressVerified (False: a PROXY header
+    /// names the client), InboundTLSModern (clients' STARTTLS), RelayClosedToStrangers (False:
+    /// the safety rests on restrictions vouched for by trustRestrictionTables), QueuedMailKept
+    /// (False: a retention policy deletes queue volumes), Draining (replicas being scaled away
+    /// deliver their queues); kstatus Reconciling (still converging by itself) and Stalled (a
+    /// rejected input, or a pod that cannot run: needs a change).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
@@ -975,9 +980,25 @@ pub struct PodQueueStatus {
     /// A configuration this replica's Postfix refused: it keeps running `configRevision`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_refused: Option<PodConfigRefused>,
+    /// Why this replica's last attempt to hand mail to the relayhost failed, until mail
+    /// reaches the relayhost again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery_problem: Option<PodDeliveryProblem>,
     /// Why the numbers are missing (the metrics endpoint did not answer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unreadable: Option<String>,
+}
+
+/// Why a replica's mail does not reach the relayhost.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Hash, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PodDeliveryProblem {
+    /// `connect` (the relayhost cannot be reached), `tls` (no TLS, or a certificate that does
+    /// not prove the relayhost's name), `login` (the login was refused), `refused` (the
+    /// relayhost refused the mail, for now), or `other` (the pod's log says).
+    pub reason: String,
+    /// Postfix's own words, without anything a client wrote.
+    pub detail: String,
 }
 
 /// A configuration a replica refused, and why in Postfix's own words.
@@ -1096,6 +1117,28 @@ pub fn config_refusals(relay: &SmtpRelay) -> Vec<&PodQueueStatus> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// What the `Delivering` condition depends on in `status.queue`: which replicas have mail
+/// waiting and why it does not leave (no counts or times), so a reconcile follows a change of
+/// it (see `fingerprint`).
+pub fn delivery_health(relay: &SmtpRelay) -> impl std::hash::Hash + '_ {
+    relay
+        .status
+        .as_ref()
+        .and_then(|s| s.queue.as_ref())
+        .map(|q| {
+            q.pods
+                .iter()
+                .map(|p| {
+                    (
+                        p.pod.as_str(),
+                        p.deferred.is_some_and(|d| d > 0),
+                        p.delivery_problem.as_ref(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        })
 }
 
 /// What the `RelayhostLogin` condition depends on in `status.queue`: a reconcile follows a

@@ -169,6 +169,7 @@ impl Stores {
         // Of the queue, only what the RelayhostLogin condition shows, and which replicas
         // refused which configuration (the rollout names them).
         crate::floor::crd::login_health(relay).hash(&mut relay_part);
+        crate::floor::crd::delivery_health(relay).hash(&mut relay_part);
         for p in crate::floor::crd::config_refusals(relay) {
             (&p.pod, p.config_refused.as_ref().map(|r| &r.revision)).hash(&mut relay_part);
         }

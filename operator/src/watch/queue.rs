@@ -21,7 +21,9 @@ use smtp_relay::metrics::QueueReport;
 use tracing::{debug, warn};
 
 use crate::context::Context;
-use crate::floor::crd::{PodConfigRefused, PodQueueStatus, QueueStatus, SmtpRelay, TokenStatus};
+use crate::floor::crd::{
+    PodConfigRefused, PodDeliveryProblem, PodQueueStatus, QueueStatus, SmtpRelay, TokenStatus,
+};
 use crate::floor::running::{truncate, REFUSAL_MAX};
 use crate::observe::scrape::{scrape, SCRAPES_AT_ONCE};
 
@@ -123,6 +125,10 @@ pub fn summarize(reports: &[(String, Result<QueueReport, String>)]) -> Option<Qu
                 config_refused: q.config_refused.as_ref().map(|r| PodConfigRefused {
                     revision: r.revision.clone(),
                     error: truncate(&r.error, REFUSAL_MAX),
+                }),
+                delivery_problem: q.delivery_problem.as_ref().map(|d| PodDeliveryProblem {
+                    reason: truncate(&d.reason, 16),
+                    detail: truncate(&d.detail, REFUSAL_MAX),
                 }),
                 unreadable: None,
             },

@@ -43,6 +43,22 @@ pub(crate) fn drain_event(before: Option<&Condition>, c: &Condition) -> Option<E
     }
 }
 
+/// The Event of a Delivering condition that changed: a Warning when mail stops reaching the
+/// relayhost or for another reason, a Normal one when it reaches it again.
+pub(crate) fn delivery_event(before: Option<&Condition>, c: &Condition) -> Option<Event> {
+    let was = before.map(|o| (o.status.as_str(), o.reason.as_str()));
+    match (was, c.status.as_str()) {
+        (Some(("False", reason)), "False") if reason == c.reason => None,
+        (_, "False") => Some(about(EventType::Warning, c)),
+        (Some(("False", _)), "True") => Some(Event {
+            reason: "DeliveringAgain".into(),
+            note: Some("mail reaches the relayhost again".into()),
+            ..about(EventType::Normal, c)
+        }),
+        _ => None,
+    }
+}
+
 /// Events for notable transitions only, so a steady failure does not flood the namespace.
 pub fn events_for(relay: &SmtpRelay, outcome: &Outcome, new: &SmtpRelayStatus) -> Vec<Event> {
     let old_ready = ready_condition(relay.status.as_ref());
@@ -97,6 +113,11 @@ pub fn events_for(relay: &SmtpRelay, outcome: &Outcome, new: &SmtpRelayStatus) -
                     secondary: None,
                 });
             }
+            // Mail stopping (why, once per reason) and leaving again.
+            if let Some(c) = find_condition(Some(new), status::DELIVERING) {
+                let before = find_condition(relay.status.as_ref(), status::DELIVERING);
+                out.extend(delivery_event(before, c));
+            }
             // A drain starting, waiting on the relayhost, done or given up.
             if let Some(c) = find_condition(Some(new), status::DRAINING) {
                 let before = find_condition(relay.status.as_ref(), status::DRAINING);
@@ -114,4 +135,55 @@ pub fn events_for(relay: &SmtpRelay, outcome: &Outcome, new: &SmtpRelayStatus) -
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivering(status: &str, reason: &str) -> Condition {
+        Condition {
+            type_: status::DELIVERING.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message: format!("{reason} message"),
+            observed_generation: None,
+            last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                jiff::Timestamp::UNIX_EPOCH,
+            ),
+        }
+    }
+
+    /// Once when mail stops (and when its reason changes), once when it leaves again; a steady
+    /// failure publishes nothing more.
+    #[test]
+    fn delivery_events_on_transitions_only() {
+        let down = delivering("False", "RelayhostUnreachable");
+        let reasons = |before: Option<&Condition>, now: &Condition| {
+            delivery_event(before, now).map(|e| (e.type_ == EventType::Warning, e.reason))
+        };
+        assert_eq!(
+            reasons(Some(&delivering("True", "NothingWaiting")), &down),
+            Some((true, "RelayhostUnreachable".into()))
+        );
+        assert_eq!(
+            reasons(None, &down),
+            Some((true, "RelayhostUnreachable".into()))
+        );
+        assert_eq!(reasons(Some(&down), &down), None);
+        assert_eq!(
+            reasons(Some(&down), &delivering("False", "RelayhostTLSFailed")),
+            Some((true, "RelayhostTLSFailed".into()))
+        );
+        assert_eq!(
+            reasons(Some(&down), &delivering("True", "NothingWaiting")),
+            Some((false, "DeliveringAgain".into()))
+        );
+        let fine = delivering("True", "Retrying");
+        assert_eq!(
+            reasons(Some(&delivering("True", "NothingWaiting")), &fine),
+            None
+        );
+        assert_eq!(reasons(None, &delivering("Unknown", "NotObserved")), None);
+    }
 }

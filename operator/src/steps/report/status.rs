@@ -6,7 +6,7 @@ use kube::ResourceExt;
 use smtp_relay::postfix::{main_cf, restrictions};
 use smtp_relay::settings::{self, TlsLevel, TlsMinVersion};
 
-use crate::floor::crd::{SmtpRelay, SmtpRelayStatus, READY};
+use crate::floor::crd::{PodDeliveryProblem, PodQueueStatus, SmtpRelay, SmtpRelayStatus, READY};
 use crate::floor::running::{Canary, Drain, Refusal, Rollout};
 use crate::floor::verdict::Outcome;
 use smtp_relay::revision;
@@ -57,6 +57,10 @@ pub const DRAINING: &str = "Draining";
 /// With a relayhost login: whether the relay can log in (the relayhost's answer to the last
 /// login, and with OAuth2 the token endpoint's), from what `queue::observe` read in the pods.
 pub const RELAYHOST_LOGIN: &str = "RelayhostLogin";
+/// Whether mail leaves: False while a replica has mail waiting and its last attempt to hand
+/// mail to the relayhost failed, naming why in Postfix's words; from what `queue::observe`
+/// read in the pods. Ready keeps meaning that the relay accepts mail.
+pub const DELIVERING: &str = "Delivering";
 
 /// Whether the configuration in the spec has been proven by a pod's Postfix: True once a pod
 /// runs it and passed the self-check (a real SMTP session with it); Unknown while the canary
@@ -486,6 +490,81 @@ fn inbound_tls_condition(relay: &SmtpRelay, gen: Option<i64>, now: &Time) -> Con
         )
     };
     condition(INBOUND_TLS_MODERN, Some(ok), reason, message, gen, now)
+}
+
+/// [`DELIVERING`], from `status.queue` as `queue::observe` last wrote it: only which replicas
+/// have mail waiting and why (see [`crate::floor::crd::delivery_health`], part of the fingerprint), so it changes
+/// when delivery does, not as numbers move. The message names the times, which stay still.
+fn delivering_condition(relay: &SmtpRelay, gen: Option<i64>, now: &Time) -> Condition {
+    let Some(queue) = relay.status.as_ref().and_then(|s| s.queue.as_ref()) else {
+        return condition(
+            DELIVERING,
+            None,
+            "NotObserved",
+            "no replica's queue has been read yet".into(),
+            gen,
+            now,
+        );
+    };
+    let failing: Vec<(&str, &PodDeliveryProblem, &PodQueueStatus)> = queue
+        .pods
+        .iter()
+        .filter(|p| p.deferred.is_some_and(|d| d > 0))
+        .filter_map(|p| Some((p.pod.as_str(), p.delivery_problem.as_ref()?, p)))
+        .collect();
+    if let Some((_, first, _)) = failing.first() {
+        let reason = match first.reason.as_str() {
+            "connect" => "RelayhostUnreachable",
+            "tls" => "RelayhostTLSFailed",
+            "login" => "RelayhostLoginRefused",
+            "refused" => "RelayhostRefused",
+            _ => "DeliveryDeferred",
+        };
+        let each: Vec<String> = failing
+            .iter()
+            .map(|(pod, problem, p)| {
+                let why = if problem.detail.is_empty() {
+                    format!("{} (its log has Postfix's line)", problem.reason)
+                } else {
+                    problem.detail.clone()
+                };
+                let since = p
+                    .oldest_message_time
+                    .as_ref()
+                    .map(|t| format!(", the oldest since {}", t.0))
+                    .unwrap_or_default();
+                format!(
+                    "{pod}: {why} ({} waiting{since})",
+                    p.deferred.unwrap_or_default()
+                )
+            })
+            .collect();
+        return condition(
+            DELIVERING,
+            Some(false),
+            reason,
+            format!(
+                "mail does not reach the relayhost {}: {}; it stays queued and is retried, and returns to its sender once older than the queue lifetime (Postfix's maximal_queue_lifetime, 5 days unless spec.postconf sets it)",
+                relay.spec.relayhost.host,
+                each.join("; ")
+            ),
+            gen,
+            now,
+        );
+    }
+    let waiting: u64 = queue.pods.iter().filter_map(|p| p.deferred).sum();
+    let (reason, message) = if waiting > 0 {
+        (
+            "Retrying",
+            format!("{waiting} message(s) wait for a retry; the last attempt of each replica reached the relayhost"),
+        )
+    } else {
+        (
+            "NothingWaiting",
+            "no mail waits for the relayhost".to_string(),
+        )
+    };
+    condition(DELIVERING, Some(true), reason, message, gen, now)
 }
 
 /// Whether queued mail outlives what is deleted. Replicas scaled away drain before their
@@ -946,6 +1025,7 @@ pub fn compute(
     let draining = draining_condition(&old, &rollout.drain, gen, &now);
     let (stalled, reconciling) = kstatus_conditions(outcome, &rollout, desired, &ready, gen, &now);
     let login = relayhost_login_condition(relay, gen, &now);
+    let delivering = delivering_condition(relay, gen, &now);
     let proven = config_proven_condition(outcome, &rollout, &old, gen, &now);
 
     let conditions = [
@@ -957,6 +1037,7 @@ pub fn compute(
         Some(password),
         Some(verified),
         login,
+        Some(delivering),
         Some(client_address),
         Some(closed),
         Some(inbound_tls),
@@ -1890,6 +1971,99 @@ mod tests {
         );
         assert_eq!(hash(&failing), hash(&more_failures));
         assert_ne!(hash(&failing), hash(&ok));
+    }
+
+    /// Issue 39: Delivering says when mail does not leave, why in Postfix's words and on which
+    /// replica, and follows delivery, not the numbers; Ready is not touched.
+    #[test]
+    fn delivering_says_when_mail_does_not_leave_and_why() {
+        use crate::floor::crd::{delivery_health, QueueStatus};
+        let pod = |name: &str, deferred: u64, problem: Option<(&str, &str)>| PodQueueStatus {
+            pod: name.into(),
+            messages: Some(deferred),
+            deferred: Some(deferred),
+            oldest_message_time: (deferred > 0).then(|| t(50)),
+            delivery_problem: problem.map(|(reason, detail)| PodDeliveryProblem {
+                reason: reason.into(),
+                detail: detail.into(),
+            }),
+            ..PodQueueStatus::default()
+        };
+        let with = |pods: Vec<PodQueueStatus>| {
+            let mut r = relay("r1");
+            r.status = Some(SmtpRelayStatus {
+                queue: Some(QueueStatus {
+                    pods,
+                    ..QueueStatus::default()
+                }),
+                ..SmtpRelayStatus::default()
+            });
+            r
+        };
+        let delivering = |r: &SmtpRelay| {
+            let s = compute(r, &applied(), DONE, t(100));
+            assert_eq!(
+                cond(&s, READY).status,
+                "True",
+                "Ready means it accepts mail"
+            );
+            let c = cond(&s, DELIVERING).clone();
+            (c.status, c.reason, c.message)
+        };
+        let unread = delivering(&relay("r1"));
+        assert_eq!(
+            (unread.0.as_str(), unread.1.as_str()),
+            ("Unknown", "NotObserved")
+        );
+        let refused = "connect to mail.example.net[10.1.0.1]:25: Connection refused";
+        let down = with(vec![
+            pod("r1-0", 3, Some(("connect", refused))),
+            pod("r1-1", 0, None),
+        ]);
+        let (status, reason, message) = delivering(&down);
+        assert_eq!(
+            (status.as_str(), reason.as_str()),
+            ("False", "RelayhostUnreachable")
+        );
+        assert!(
+            message.contains(&format!("r1-0: {refused} (3 waiting, the oldest since"))
+                && !message.contains("r1-1")
+                && message.contains("queue lifetime"),
+            "{message}"
+        );
+        let (_, reason, _) = delivering(&with(vec![pod(
+            "r1-0",
+            1,
+            Some(("login", "SASL authentication failed; server x")),
+        )]));
+        assert_eq!(reason, "RelayhostLoginRefused");
+        let (_, reason, message) = delivering(&with(vec![pod("r1-0", 1, Some(("other", "")))]));
+        assert_eq!(reason, "DeliveryDeferred");
+        assert!(message.contains("its log has Postfix's line"), "{message}");
+        // A problem with nothing waiting (what failed was returned), or mail waiting for its
+        // retry while the last attempt got through: mail leaves.
+        let (status, reason, _) = delivering(&with(vec![pod("r1-0", 0, Some(("refused", "x")))]));
+        assert_eq!(
+            (status.as_str(), reason.as_str()),
+            ("True", "NothingWaiting")
+        );
+        let (status, reason, _) = delivering(&with(vec![pod("r1-0", 2, None)]));
+        assert_eq!((status.as_str(), reason.as_str()), ("True", "Retrying"));
+
+        // The fingerprint follows delivery, not the numbers.
+        let hash = |r: &SmtpRelay| {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            delivery_health(r).hash(&mut h);
+            h.finish()
+        };
+        let more = with(vec![
+            pod("r1-0", 7, Some(("connect", refused))),
+            pod("r1-1", 0, None),
+        ]);
+        assert_eq!(hash(&down), hash(&more));
+        let back = with(vec![pod("r1-0", 0, None), pod("r1-1", 0, None)]);
+        assert_ne!(hash(&down), hash(&back));
     }
 
     /// Issue 26: with a login the relayhost proves who it is by default (`secure`); an explicit
