@@ -1189,33 +1189,353 @@ properties:
     }
 }
 
-#[test]
-fn examples_carry_the_secrets_they_reference() {
-    // authenticated-proxy.yaml is self-contained: both Secrets are in the file, with the keys
-    // the SmtpRelay names.
-    let text =
-        std::fs::read_to_string(chart_dir().join("examples/authenticated-proxy.yaml")).unwrap();
-    let docs = parse_docs(&text);
-    let secret = |name: &Value| -> Value {
-        all_of(&docs, "Secret")
-            .into_iter()
-            .find(|s| &s["metadata"]["name"] == name)
-            .unwrap_or_else(|| panic!("no Secret {name:?} in the file"))
-            .clone()
+/// A `kubectl create secret` command shown in an example's comments.
+#[derive(Debug)]
+struct CreateSecret {
+    name: String,
+    namespace: Option<String>,
+    /// Keys given with `--from-literal` (their values are typed on the command line).
+    literal: BTreeSet<String>,
+    /// Keys given with `--from-file` (their values stay out of the shell history).
+    file: BTreeSet<String>,
+}
+
+impl CreateSecret {
+    fn keys(&self) -> BTreeSet<String> {
+        self.literal.union(&self.file).cloned().collect()
+    }
+}
+
+/// The `kubectl create secret generic|tls NAME ...` commands in the comments of `text`, with
+/// continuation lines (`\`) joined.
+fn create_secret_commands(text: &str) -> Vec<CreateSecret> {
+    let mut lines = Vec::new();
+    let mut pending = String::new();
+    for line in text.lines() {
+        let Some(comment) = line.trim_start().strip_prefix('#') else {
+            continue;
+        };
+        let comment = comment.trim();
+        match comment.strip_suffix('\\') {
+            Some(head) => {
+                pending.push_str(head);
+                pending.push(' ');
+            }
+            None => {
+                pending.push_str(comment);
+                lines.push(std::mem::take(&mut pending));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for line in lines {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let Some(at) = words
+            .windows(3)
+            .position(|w| w == ["kubectl", "create", "secret"])
+        else {
+            continue;
+        };
+        let (Some(kind), Some(name)) = (words.get(at + 3), words.get(at + 4)) else {
+            continue;
+        };
+        let mut cmd = CreateSecret {
+            name: name.to_string(),
+            namespace: None,
+            literal: BTreeSet::new(),
+            file: BTreeSet::new(),
+        };
+        if *kind == "tls" {
+            cmd.file
+                .extend(["tls.crt".to_string(), "tls.key".to_string()]);
+        }
+        let mut rest = words.iter().skip(at + 5);
+        while let Some(w) = rest.next() {
+            if *w == "-n" || *w == "--namespace" {
+                cmd.namespace = rest.next().map(|n| (*n).to_string());
+            } else if let Some(ns) = w.strip_prefix("--namespace=") {
+                cmd.namespace = Some(ns.to_string());
+            } else if let Some(kv) = w.strip_prefix("--from-literal=") {
+                cmd.literal
+                    .insert(kv.split('=').next().unwrap().to_string());
+            } else if let Some(kv) = w.strip_prefix("--from-file=") {
+                let key = match kv.split_once('=') {
+                    Some((k, _)) => k,
+                    None => kv.rsplit('/').next().unwrap(),
+                };
+                cmd.file.insert(key.to_string());
+            }
+        }
+        out.push(cmd);
+    }
+    out
+}
+
+fn example_secrets_dir() -> PathBuf {
+    root().join("operator/tests/example-secrets")
+}
+
+/// The Secrets a spec references, each with the key sets the relay reads from it (any one of
+/// them; none listed: any keys), and the keys whose values are no secret (a login, a client
+/// ID), which a command may give with `--from-literal`.
+fn keys_read(
+    spec: &smtp_relay_operator::floor::crd::SmtpRelaySpec,
+) -> (BTreeMap<String, Vec<BTreeSet<String>>>, BTreeSet<String>) {
+    let mut wanted: BTreeMap<String, Vec<BTreeSet<String>>> = BTreeMap::new();
+    let set = |keys: &[&str]| {
+        keys.iter()
+            .map(|k| (*k).to_string())
+            .collect::<BTreeSet<_>>()
     };
-    let relay = one(&docs, "SmtpRelay");
-    assert_eq!(relay["spec"]["mode"], "AllowSaslAuthNoDomain");
-    let creds = &relay["spec"]["relayhost"]["credentialsSecretRef"];
-    let s = secret(&creds["name"]);
-    for key in ["usernameKey", "passwordKey"] {
-        let k = creds[key].as_str().unwrap();
+    let mut add = |name: &str, sets: Vec<BTreeSet<String>>| {
+        wanted.entry(name.to_string()).or_default().extend(sets);
+    };
+    let mut literal_ok: BTreeSet<String> = set(&["clientId"]);
+    for secret in smtp_relay_operator::observe::mapping::referenced_secrets(spec) {
+        add(secret, Vec::new());
+    }
+    if let Some(c) = &spec.relayhost.credentials_secret_ref {
+        add(&c.name, vec![set(&[&c.username_key, &c.password_key])]);
+        literal_ok.insert(c.username_key.clone());
+    }
+    if let Some(o) = &spec.relayhost.oauth2 {
+        let grants = [
+            &["clientId", "clientSecret"][..],
+            &["serviceAccount.json"],
+            &["clientId", "refreshToken"],
+            &["clientId", "clientSecret", "refreshToken"],
+        ];
+        add(&o.secret_ref.name, grants.iter().map(|g| set(g)).collect());
+    }
+    if let Some(r) = spec
+        .relayhost
+        .tls
+        .as_ref()
+        .and_then(|t| t.ca_secret_key_ref.as_ref())
+    {
+        add(&r.name, vec![set(&[&r.key])]);
+    }
+    if let Some(r) = &spec.tls_secret_ref {
+        add(&r.name, vec![set(&["tls.crt", "tls.key"])]);
+    }
+    (wanted, literal_ok)
+}
+
+/// What an example must say about every Secret its SmtpRelay references, and the keys each
+/// must have. Rules in [`examples_create_no_secret_and_show_how_to_create_each`].
+fn example_findings(
+    stem: &str,
+    text: &str,
+    fixtures: Option<&str>,
+) -> (Option<String>, Vec<String>) {
+    let mut errs = Vec::new();
+    let docs = parse_docs(text);
+    for doc in &docs {
+        if kind(doc) != "SmtpRelay" {
+            errs.push(format!(
+                "{stem}: contains a {} {:?}: `kubectl apply` of the example would overwrite \
+                 the user's own; show the command that creates it in a comment instead",
+                kind(doc),
+                doc["metadata"]["name"]
+            ));
+        }
+    }
+    let relays = all_of(&docs, "SmtpRelay");
+    let [relay] = relays[..] else {
+        errs.push(format!("{stem}: {} SmtpRelays, not one", relays.len()));
+        return (None, errs);
+    };
+    let name = relay["metadata"]["name"].as_str().map(str::to_string);
+    let typed: smtp_relay_operator::floor::crd::SmtpRelay =
+        serde_yaml::from_value(relay.clone()).unwrap();
+    let (wanted, literal_ok) = keys_read(&typed.spec);
+    let commands = create_secret_commands(text);
+    for (secret, sets) in &wanted {
+        let Some(cmd) = commands.iter().find(|c| &c.name == secret) else {
+            errs.push(format!(
+                "{stem}: references Secret {secret:?} but its comments show no \
+                 `kubectl create secret generic {secret} -n mail ...`"
+            ));
+            continue;
+        };
+        if cmd.namespace.as_deref() != Some("mail") {
+            errs.push(format!(
+                "{stem}: the command for {secret:?} lacks `-n mail`"
+            ));
+        }
+        let keys = cmd.keys();
+        if keys.is_empty() || !(sets.is_empty() || sets.contains(&keys)) {
+            errs.push(format!(
+                "{stem}: the command for {secret:?} creates keys {keys:?}; the SmtpRelay reads \
+                 one of {sets:?}"
+            ));
+        }
+        for key in cmd.literal.difference(&literal_ok) {
+            errs.push(format!(
+                "{stem}: {secret:?} key {key:?} is a secret value given with --from-literal: \
+                 use --from-file so it stays out of the shell history"
+            ));
+        }
+    }
+    for cmd in &commands {
+        if !wanted.contains_key(&cmd.name) {
+            errs.push(format!(
+                "{stem}: a command creates Secret {:?}, which the SmtpRelay does not reference",
+                cmd.name
+            ));
+        }
+    }
+    errs.extend(fixture_findings(stem, &commands, fixtures));
+    (name, errs)
+}
+
+/// The tests' stand-ins for an example's Secrets (operator/tests/example-secrets/<stem>.yaml)
+/// are the Secrets its commands create, with the same keys.
+fn fixture_findings(stem: &str, commands: &[CreateSecret], fixtures: Option<&str>) -> Vec<String> {
+    let fixture: BTreeMap<String, BTreeSet<String>> = parse_docs(fixtures.unwrap_or_default())
+        .iter()
+        .filter(|d| kind(d) == "Secret")
+        .map(|s| {
+            let keys = s["stringData"]
+                .as_mapping()
+                .into_iter()
+                .flatten()
+                .map(|(k, _)| k.as_str().unwrap().to_string())
+                .collect();
+            (s["metadata"]["name"].as_str().unwrap().to_string(), keys)
+        })
+        .collect();
+    let shown: BTreeMap<String, BTreeSet<String>> = commands
+        .iter()
+        .map(|c| (c.name.clone(), c.keys()))
+        .collect();
+    if fixture == shown {
+        return Vec::new();
+    }
+    vec![format!(
+        "{stem}: operator/tests/example-secrets/{stem}.yaml holds the Secrets {fixture:?}; \
+             the example's commands create {shown:?}"
+    )]
+}
+
+/// The examples are applied with `kubectl apply -f`: one that carried a Secret would overwrite
+/// the user's real one (for a delegated OAuth2 login, a refresh token that only a new sign-in
+/// gives back). So no example contains a Secret; each shows, in its comments, the
+/// `kubectl create secret ... -n mail` command for every Secret it references, with the keys
+/// the relay reads and secret values from files; the tests' placeholder Secrets
+/// (operator/tests/example-secrets/) match those commands; and no two examples share a relay
+/// name or a Secret name, so applying one never replaces another.
+#[test]
+fn examples_create_no_secret_and_show_how_to_create_each() {
+    let mut errs = Vec::new();
+    let mut relays: BTreeMap<String, String> = BTreeMap::new();
+    let mut secrets: BTreeMap<String, String> = BTreeMap::new();
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(chart_dir().join("examples"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    paths.sort();
+    assert!(paths.len() >= 5, "examples: {paths:?}");
+    let mut stems = BTreeSet::new();
+    for path in &paths {
+        let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
+        let text = std::fs::read_to_string(path).unwrap();
+        let fixture = std::fs::read_to_string(example_secrets_dir().join(format!("{stem}.yaml")));
+        let (name, found) = example_findings(&stem, &text, fixture.ok().as_deref());
+        errs.extend(found);
+        if let Some(name) = name {
+            if let Some(other) = relays.insert(name.clone(), stem.clone()) {
+                errs.push(format!(
+                    "{stem}: relay name {name:?} is also {other}'s: applying one replaces the other"
+                ));
+            }
+        }
+        for cmd in create_secret_commands(&text) {
+            if let Some(other) = secrets.insert(cmd.name.clone(), stem.clone()) {
+                errs.push(format!(
+                    "{stem}: Secret {:?} is also {other}'s: name it after this example",
+                    cmd.name
+                ));
+            }
+        }
+        stems.insert(stem);
+    }
+    // No fixture without its example.
+    for entry in std::fs::read_dir(example_secrets_dir())
+        .into_iter()
+        .flatten()
+    {
+        let path = entry.unwrap().path();
+        let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
+        if !stems.contains(&stem) {
+            errs.push(format!("{}: no example {stem}.yaml", path.display()));
+        }
+    }
+    assert!(errs.is_empty(), "{}", errs.join("\n"));
+}
+
+#[test]
+fn the_examples_rule_catches_what_it_should() {
+    // The rule itself, on small examples: each line of `bad` breaks it once.
+    let relay = |extra: &str| {
+        format!(
+            "apiVersion: smtprelay.dev/v1alpha1\nkind: SmtpRelay\nmetadata: {{name: r}}\n\
+             spec:\n  domain: example.net\n  relayhost:\n    host: smtp.example.net\n{extra}"
+        )
+    };
+    let login = "    credentialsSecretRef: {name: login}\n";
+    let good = "#   kubectl create secret generic login -n mail \\\n\
+                #     --from-literal=username=me --from-file=password=./password\n"
+        .to_string()
+        + &relay(login);
+    let fixture = "kind: Secret\nmetadata: {name: login}\nstringData: {username: a, password: b}\n";
+    let (name, errs) = example_findings("good", &good, Some(fixture));
+    assert_eq!(name.as_deref(), Some("r"));
+    assert!(errs.is_empty(), "{errs:?}");
+    let cases = [
+        // The Secret in the file.
+        (
+            format!("{good}---\n{fixture}"),
+            Some(fixture),
+            "contains a Secret",
+        ),
+        // No command at all.
+        (
+            relay(login),
+            Some(fixture),
+            "show no `kubectl create secret",
+        ),
+        // The password on the command line.
+        (
+            good.replace(
+                "--from-file=password=./password",
+                "--from-literal=password=x",
+            ),
+            Some(fixture),
+            "--from-literal",
+        ),
+        // A key the relay does not read.
+        (
+            good.replace("password=./", "pass=./"),
+            Some(fixture),
+            "creates keys",
+        ),
+        // Another namespace.
+        (
+            good.replace("-n mail", "-n other"),
+            Some(fixture),
+            "lacks `-n mail`",
+        ),
+        // No fixture for the tests.
+        (good.clone(), None, "example-secrets"),
+    ];
+    for (text, fixture, needle) in cases {
+        let (_, errs) = example_findings("bad", &text, fixture);
         assert!(
-            s["stringData"].get(k).is_some(),
-            "relayhost Secret lacks {k}"
+            errs.iter().any(|e| e.contains(needle)),
+            "{needle:?} not reported for\n{text}\ngot {errs:?}"
         );
     }
-    let users = secret(&relay["spec"]["saslUsersSecretRef"]["name"]);
-    assert!(!users["stringData"].as_mapping().unwrap().is_empty());
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -281,38 +281,20 @@ spec:
 )]
 fn examples(ctx: &mut Ctx) {
     let cp = &ctx.cp;
+    // An example after the Secrets it references, as its comments tell users to create them:
+    // the examples hold none; the tests' placeholders are in operator/tests/example-secrets/.
+    let with_secrets = |stem: &str| {
+        read(&format!("operator/tests/example-secrets/{stem}.yaml"))
+            + "---\n"
+            + &read(&format!("charts/smtp-relay-operator/examples/{stem}.yaml"))
+    };
     let cases = [
         (
             "ex-unauth",
             read("charts/smtp-relay-operator/examples/unauthenticated-relay.yaml"),
         ),
-        (
-            "ex-auth",
-            read("charts/smtp-relay-operator/examples/authenticated-proxy.yaml"),
-        ),
-        (
-            "ex-existing",
-            // The Secrets the example expects to exist already.
-            r#"
-apiVersion: v1
-kind: Secret
-metadata:
-  name: smtp-relay-upstream
-stringData:
-  login: existing-login-Qx
-  secret: Existing-Upstream-Pass-93kd
----
-apiVersion: v1
-kind: Secret
-metadata:
-  name: smtp-relay-auth-users
-stringData:
-  app1: Existing-App1-Pass-u2P
----
-"#
-            .to_string()
-                + &read("charts/smtp-relay-operator/examples/existing-credentials.yaml"),
-        ),
+        ("ex-auth", with_secrets("authenticated-proxy")),
+        ("ex-existing", with_secrets("existing-credentials")),
         (
             "yaml-unauth",
             read("operator/yaml/relay-unauthenticated.yaml"),
@@ -341,7 +323,7 @@ stringData:
         },
         Expect {
             ns: "ex-existing",
-            name: "smtp-relay-auth",
+            name: "smtp-relay-existing",
             relayhost_secret: true,
             sasl_users: true,
             pdb: false,

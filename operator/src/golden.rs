@@ -4,7 +4,6 @@
 //! issued certificate is a fixed placeholder. Regenerate with
 //! `UPDATE_GOLDEN=1 cargo test -p smtp-relay-operator --lib golden`.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::Secret;
@@ -25,12 +24,18 @@ fn examples_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/smtp-relay-operator/examples")
 }
 
-/// The example's SmtpRelay (in namespace `mail`, as the API server returns it) and its
-/// Secrets; a Secret it references but does not contain gets placeholder values.
+/// The placeholder Secrets that stand in for the ones an example references
+/// (`operator/tests/example-secrets/<example>.yaml`). The examples hold no Secret: users create
+/// theirs with the commands in each example's comments.
+fn example_secrets_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/example-secrets")
+}
+
+/// The example's SmtpRelay (in namespace `mail`, as the API server returns it) and the
+/// Secrets it references, from its test fixture.
 fn example(path: &Path) -> (SmtpRelay, FakeRefs) {
     let text = std::fs::read_to_string(path).expect("example");
     let mut relay = None;
-    let mut refs = FakeRefs::default();
     for doc in serde_yaml::Deserializer::from_str(&text) {
         let v = Value::deserialize(doc).expect("yaml");
         match v["kind"].as_str() {
@@ -41,36 +46,41 @@ fn example(path: &Path) -> (SmtpRelay, FakeRefs) {
                 r.metadata.generation = Some(1);
                 relay = Some(r);
             }
-            Some("Secret") => {
-                let name = v["metadata"]["name"].as_str().expect("a name").to_string();
-                let data = v["stringData"]
-                    .as_object()
-                    .into_iter()
-                    .flatten()
-                    .map(|(k, v)| {
-                        (
-                            k.clone(),
-                            v.as_str().unwrap_or_default().as_bytes().to_vec(),
-                        )
-                    })
-                    .collect();
-                refs.secrets.insert(name, data);
-            }
             other => panic!("{}: unexpected kind {other:?}", path.display()),
         }
     }
     let relay = relay.expect("one SmtpRelay per example");
-    let creds = relay.spec.relayhost.credentials_secret_ref.clone();
+    let stem = path.file_stem().expect("a file name").to_string_lossy();
+    let fixture = example_secrets_dir().join(format!("{stem}.yaml"));
+    let mut refs = FakeRefs::default();
+    let fixture_text = std::fs::read_to_string(&fixture).unwrap_or_default();
+    for doc in serde_yaml::Deserializer::from_str(&fixture_text) {
+        let v = Value::deserialize(doc).expect("yaml");
+        if v.is_null() {
+            continue;
+        }
+        assert_eq!(v["kind"], "Secret", "{}", fixture.display());
+        let name = v["metadata"]["name"].as_str().expect("a name").to_string();
+        let data = v["stringData"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    v.as_str().unwrap_or_default().as_bytes().to_vec(),
+                )
+            })
+            .collect();
+        refs.secrets.insert(name, data);
+    }
     for name in referenced_secrets(&relay.spec) {
-        refs.secrets.entry(name.to_string()).or_insert_with(|| {
-            match creds.as_ref().filter(|c| c.name == name) {
-                Some(c) => BTreeMap::from([
-                    (c.username_key.clone(), b"placeholder-login".to_vec()),
-                    (c.password_key.clone(), b"placeholder password".to_vec()),
-                ]),
-                None => BTreeMap::from([("app1".to_string(), b"placeholder".to_vec())]),
-            }
-        });
+        assert!(
+            refs.secrets.contains_key(name),
+            "{} references Secret {name:?}: put a placeholder for it in {}",
+            path.display(),
+            fixture.display()
+        );
     }
     (relay, refs)
 }
