@@ -1346,6 +1346,15 @@ fn example_findings(
         return (None, errs);
     };
     let name = relay["metadata"]["name"].as_str().map(str::to_string);
+    let service = relay["spec"]["service"]["type"]
+        .as_str()
+        .unwrap_or("ClusterIP");
+    if service != "ClusterIP" {
+        errs.push(format!(
+            "{stem}: a {service} Service: examples keep the relay inside the cluster \
+             (ClusterIP) and say in a comment how to expose it"
+        ));
+    }
     let typed: smtp_relay_operator::floor::crd::SmtpRelay =
         serde_yaml::from_value(relay.clone()).unwrap();
     let (wanted, literal_ok) = keys_read(&typed.spec);
@@ -1424,7 +1433,9 @@ fn fixture_findings(stem: &str, commands: &[CreateSecret], fixtures: Option<&str
 /// `kubectl create secret ... -n mail` command for every Secret it references, with the keys
 /// the relay reads and secret values from files; the tests' placeholder Secrets
 /// (operator/tests/example-secrets/) match those commands; and no two examples share a relay
-/// name or a Secret name, so applying one never replaces another.
+/// name or a Secret name, so applying one never replaces another. And an example is not about
+/// exposure: its relay gets a ClusterIP Service (the quick start's must not put port 25 on a
+/// load balancer); its comments say how to expose it.
 #[test]
 fn examples_create_no_secret_and_show_how_to_create_each() {
     let mut errs = Vec::new();
@@ -1528,6 +1539,12 @@ fn the_examples_rule_catches_what_it_should() {
         ),
         // No fixture for the tests.
         (good.clone(), None, "example-secrets"),
+        // Exposed.
+        (
+            good.clone() + "  service: {type: LoadBalancer}\n",
+            Some(fixture),
+            "a LoadBalancer Service",
+        ),
     ];
     for (text, fixture, needle) in cases {
         let (_, errs) = example_findings("bad", &text, fixture);
