@@ -1485,6 +1485,46 @@ fn examples_create_no_secret_and_show_how_to_create_each() {
     assert!(errs.is_empty(), "{}", errs.join("\n"));
 }
 
+/// The README's table of examples lists every example, each with the Secrets its commands
+/// create (the ones to create before applying it).
+#[test]
+fn readme_lists_every_example_with_the_secrets_to_create() {
+    let readme = readme();
+    let mut errs = Vec::new();
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(chart_dir().join("examples"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    paths.sort();
+    for path in &paths {
+        let file = path.file_name().unwrap().to_string_lossy().into_owned();
+        let link = format!("| [`examples/{file}`](examples/{file}) |");
+        let Some(row) = readme.lines().find(|l| l.starts_with(&link)) else {
+            errs.push(format!("README.md's Examples table has no row for {file}"));
+            continue;
+        };
+        let last = row.trim_end_matches('|').rsplit('|').next().unwrap();
+        let listed: BTreeSet<String> = last
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_string)
+            .collect();
+        let text = std::fs::read_to_string(path).unwrap();
+        let created: BTreeSet<String> = create_secret_commands(&text)
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
+        if listed != created {
+            errs.push(format!(
+                "README.md lists {listed:?} as the Secrets to create for {file}; its commands \
+                 create {created:?}"
+            ));
+        }
+    }
+    assert!(errs.is_empty(), "{}", errs.join("\n"));
+}
+
 #[test]
 fn the_examples_rule_catches_what_it_should() {
     // The rule itself, on small examples: each line of `bad` breaks it once.
