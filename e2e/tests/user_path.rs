@@ -26,7 +26,11 @@
 //! 9. Then the relay image of this checkout (`helm upgrade` with the defaults): each relay
 //!    rolls one pod at a time, the highest ordinal first, the next only once it is Ready with
 //!    the new image; with the relayhost back, every queued message is delivered.
-//! 10. The relay deleted, `helm uninstall` with Helm 4 removes the operator and keeps the CRD.
+//! 10. The relay's NetworkPolicy, enforced by the node's kube-network-policies: the operator's
+//!     pod reads the relay pods' metrics through it; a pod of a namespace it names reaches
+//!     SMTP, one of another namespace does not until its address is named, and all do once it
+//!     is turned off.
+//! 11. The relay deleted, `helm uninstall` with Helm 4 removes the operator and keeps the CRD.
 //!
 //! Needs root, the tools of `scripts/install-deps.sh` and the images of
 //! `scripts/build-images.sh`. One test: there is one node per machine.
@@ -460,7 +464,12 @@ fn user_path_chart_operator_pod_relay_pod_and_mail_through_the_service() {
     ok(sink.wait_for(RCPT, &upgraded, WAIT));
     phases.done("relayhost back: the six messages queued across both upgrades delivered");
 
-    // 10. The relay deleted (its queue empty), then `helm uninstall` (Helm 4): the operator and
+    // 10. The relay's NetworkPolicy, enforced by the node: the operator's pod read the new
+    //     pods' queues through it, and SMTP comes only from whom it admits.
+    the_network_policy_admits_whom_it_says(&cp, &relay, service);
+    phases.done("the NetworkPolicy admits the operator, the namespace and the CIDR it names");
+
+    // 11. The relay deleted (its queue empty), then `helm uninstall` (Helm 4): the operator and
     //    its RBAC go, the CRD stays (Helm never deletes a chart's CRDs: that would delete every
     //    SmtpRelay of the cluster).
     cp.kubectl_ok(["delete", "smtprelay", "-n", NS, &relay, "--timeout=120s"]);
@@ -504,4 +513,163 @@ fn user_path_chart_operator_pod_relay_pod_and_mail_through_the_service() {
     drop(sink);
     drop(cp);
     phases.done("node stopped");
+}
+
+/// Phase 10: the operator's pod (in its own namespace) read both new pods' queues after the
+/// policy was there; a pod of `apps` (named in `smtpFromNamespaces`) gets the SMTP banner
+/// through the Service, one of `elsewhere` does not (its connection times out: the network, not
+/// Postfix) until `smtpFromCidrs` names its address, and every pod does once the policy is
+/// turned off.
+fn the_network_policy_admits_whom_it_says(cp: &ControlPlane, relay: &str, service: SocketAddr) {
+    let policy = operator::get_json(cp, NS, "networkpolicy", relay)
+        .unwrap_or_else(|| panic!("the operator keeps the NetworkPolicy {NS}/{relay}"));
+    let Some(hash) = operator::get_json(cp, NS, "smtprelay", relay)
+        .and_then(|r| r["status"]["configHash"].as_str().map(str::to_string))
+    else {
+        panic!("{relay} has a config hash");
+    };
+    ok(user_path::wait(
+        cp,
+        NS,
+        WAIT,
+        "status.queue read from both new pods",
+        || {
+            let r = operator::get_json(cp, NS, "smtprelay", relay)?;
+            let pods = r["status"]["queue"]["pods"].as_array()?.clone();
+            (pods.len() == 2 && pods.iter().all(|p| p["configRevision"] == hash.as_str()))
+                .then_some(())
+        },
+    ));
+    perl_client(cp, "apps");
+    let elsewhere = perl_client(cp, "elsewhere");
+    let banner = |ns: &str| smtp_banner(cp, ns, service);
+    let wait_for = |what: &str, ns: &str, admitted: bool| {
+        ok(user_path::wait(cp, NS, WAIT, what, || {
+            (banner(ns).is_ok() == admitted).then_some(())
+        }))
+    };
+    operator::patch_relay(
+        cp,
+        NS,
+        relay,
+        r#"{"spec":{"networkPolicy":{"smtpFromNamespaces":["apps"]}}}"#,
+    );
+    wait_for("a pod of apps admitted", "apps", true);
+    wait_for("a pod of elsewhere refused", "elsewhere", false);
+    match banner("elsewhere") {
+        Err(refused) => assert!(
+            refused.contains("timeout"),
+            "refused at the network: {refused}\n{policy}"
+        ),
+        Ok(banner) => panic!("a pod of elsewhere got {banner:?}\n{policy}"),
+    }
+    let admitted = ok(banner("apps"));
+    assert!(admitted.starts_with("220 "), "{admitted}");
+    operator::patch_relay(
+        cp,
+        NS,
+        relay,
+        &format!(r#"{{"spec":{{"networkPolicy":{{"smtpFromCidrs":["{elsewhere}/32"]}}}}}}"#),
+    );
+    wait_for(
+        "a pod of elsewhere admitted by its address",
+        "elsewhere",
+        true,
+    );
+    operator::patch_relay(
+        cp,
+        NS,
+        relay,
+        r#"{"spec":{"networkPolicy":{"enabled":false,"smtpFromCidrs":null,"smtpFromNamespaces":null}}}"#,
+    );
+    ok(user_path::wait(
+        cp,
+        NS,
+        WAIT,
+        "the NetworkPolicy deleted",
+        || {
+            operator::get_json(cp, NS, "networkpolicy", relay)
+                .is_none()
+                .then_some(())
+        },
+    ));
+    wait_for("a pod of apps admitted", "apps", true);
+    for ns in ["apps", "elsewhere"] {
+        cp.kubectl_ok(["delete", "namespace", ns, "--wait=false"]);
+    }
+}
+
+/// A pod in namespace `ns` (created here) that runs the host's perl in the pause image, for
+/// [`smtp_banner`]; returns its IP once it runs.
+fn perl_client(cp: &ControlPlane, ns: &str) -> String {
+    cp.kubectl_ok(["create", "namespace", ns]);
+    let pod = format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: client
+  namespace: {ns}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+    - name: perl
+      image: localhost/pause:3.10
+      imagePullPolicy: Never
+      command: [/usr/bin/perl, -e, 'sleep 3600']
+      volumeMounts:
+        - {{name: usr, mountPath: /usr, readOnly: true}}
+        - {{name: lib, mountPath: /lib, readOnly: true}}
+        - {{name: lib64, mountPath: /lib64, readOnly: true}}
+  volumes:
+    - {{name: usr, hostPath: {{path: /usr, type: Directory}}}}
+    - {{name: lib, hostPath: {{path: /usr/lib, type: Directory}}}}
+    - {{name: lib64, hostPath: {{path: /usr/lib64, type: Directory}}}}
+"#
+    );
+    let out = cp.kubectl_stdin(["apply", "-f", "-"], &pod);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ok(user_path::wait(
+        cp,
+        ns,
+        WAIT,
+        "the client pod running",
+        || {
+            let p = operator::get_json(cp, ns, "pod", "client")?;
+            (p["status"]["phase"] == "Running")
+                .then(|| p["status"]["podIP"].as_str().map(str::to_string))
+                .flatten()
+        },
+    ))
+}
+
+/// The SMTP banner the relay's Service answers to the client pod of `ns`, or why not (a 3 s
+/// connect timeout: `timeout`).
+fn smtp_banner(cp: &ControlPlane, ns: &str, service: SocketAddr) -> Result<String, String> {
+    let out = cp.kubectl([
+        "exec",
+        "-n",
+        ns,
+        "client",
+        "--",
+        "/usr/bin/perl",
+        "-MIO::Socket::INET",
+        "-e",
+        r#"$s = IO::Socket::INET->new(PeerAddr => $ARGV[0], PeerPort => $ARGV[1], Timeout => 3) or die "connect: timeout $@\n"; alarm 10; print scalar <$s>"#,
+        &service.ip().to_string(),
+        &service.port().to_string(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    if out.status.success() && !stdout.is_empty() {
+        Ok(stdout)
+    } else {
+        Err(format!(
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
 }
