@@ -188,6 +188,17 @@ impl Env {
     fn wait<T>(&self, what: &str, f: impl FnMut() -> Option<T>) -> T {
         ok(user_path::wait(&self.cp, NS, WAIT, what, f))
     }
+
+    /// Waits until `sink` holds every message of `markers`, and returns all it holds.
+    fn wait_delivered(&self, sink: &Sink, what: &str, markers: &[String]) -> Vec<mail::Dumped> {
+        self.wait(what, || {
+            let got = sink.messages();
+            markers
+                .iter()
+                .all(|m| got.iter().any(|d| d.text.contains(m.as_str())))
+                .then_some(got)
+        })
+    }
 }
 
 fn ok<T>(r: Result<T, String>) -> T {
@@ -571,7 +582,34 @@ fn accepted_mail_is_queued_on_both_spools_and_counted_in_status(env: &mut Env) {
         queue["relayhostLogin"], "Unknown",
         "no credentials: {queue}"
     );
+    // Ready (it accepts mail), and not Delivering, in Postfix's words.
+    let delivering = env.wait("Delivering False: the relayhost cannot be reached", || {
+        let relay = operator::get_json(cp, NS, "smtprelay", RELAY)?;
+        let c = operator::condition(&relay, "Delivering")?;
+        (c["status"] == "False").then(|| c.clone())
+    });
+    let message = delivering["message"].as_str().unwrap_or_default();
+    assert!(
+        delivering["reason"] == "RelayhostUnreachable"
+            && message.contains("Connection refused")
+            && message.contains(&format!("{}-0", RELAY)),
+        "{delivering}"
+    );
+    assert_eq!(
+        relay_condition(cp, "Ready").map(|c| c["status"].clone()),
+        Some(serde_json::json!("True")),
+        "still accepting mail"
+    );
+    env.step(&format!("Delivering: {message}"));
     let table = cp.kubectl_ok(["get", "smtpr", "-n", NS]);
+    assert!(
+        table
+            .lines()
+            .next()
+            .is_some_and(|h| h.contains("DELIVERING"))
+            && table.lines().nth(1).is_some_and(|r| r.contains(" False ")),
+        "kubectl get smtpr shows it:\n{table}"
+    );
     assert!(
         table.lines().next().is_some_and(|h| h.contains("QUEUED"))
             && table
@@ -686,13 +724,7 @@ fn a_new_operator_keeps_holding_the_draining_replica_and_its_mail(env: &mut Env)
 ///    and its own bookkeeping).
 fn every_message_is_delivered_once_the_relayhost_is_up(env: &mut Env) {
     let sink = ok(user_path::node_sink(env.relayhost.port()));
-    let delivered = env.wait("all messages delivered", || {
-        let got = sink.messages();
-        env.markers
-            .iter()
-            .all(|m| got.iter().any(|d| d.text.contains(m.as_str())))
-            .then_some(got)
-    });
+    let delivered = env.wait_delivered(&sink, "all messages delivered", &env.markers);
     let mut copies: BTreeMap<&str, usize> = BTreeMap::new();
     for m in &env.markers {
         let n = delivered
@@ -750,6 +782,17 @@ fn the_drained_replica_and_its_volume_go_only_after_delivery(env: &mut Env) {
         .then(|| q.clone())
     });
     env.step(&format!("status.queue after delivery: {flowing}"));
+    let delivering = env.wait("Delivering True again", || {
+        let c = relay_condition(cp, "Delivering")?;
+        (c["status"] == "True").then_some(c)
+    });
+    let events = cp.kubectl_ok(["get", "events", "-n", NS, "-o", "json"]);
+    assert!(
+        events.contains("\"reason\": \"RelayhostUnreachable\"")
+            && events.contains("\"reason\": \"DeliveringAgain\""),
+        "an Event when mail stopped and one when it left again"
+    );
+    env.step(&format!("Delivering: {delivering}"));
     env.sink = None;
 }
 
@@ -837,13 +880,7 @@ fn a_foreground_deletion_is_held_while_the_pod_drains_its_mail(env: &mut Env) {
 fn the_relay_and_its_volume_go_once_the_last_mail_is_delivered(env: &mut Env) {
     let cp = &env.cp;
     let sink = ok(user_path::node_sink(env.relayhost.port()));
-    env.wait("the last messages delivered", || {
-        let got = sink.messages();
-        env.last
-            .iter()
-            .all(|m| got.iter().any(|d| d.text.contains(m.as_str())))
-            .then_some(())
-    });
+    env.wait_delivered(&sink, "the last messages delivered", &env.last);
     env.wait("the relay and its volume gone once drained", || {
         (operator::get_json(cp, NS, "smtprelay", RELAY).is_none()
             && operator::get_json(cp, NS, "statefulset", RELAY).is_none()
@@ -926,17 +963,8 @@ fn a_full_spool_answers_452_and_keeps_what_it_accepted(env: &mut Env) {
     ));
 
     // What got its 250 is on the spool; the reserve is still free there.
-    let pvc = env.wait("the small relay's claim bound", || {
-        operator::list_json(cp, NS, "pvc").into_iter().find(|p| {
-            p["metadata"]["name"]
-                .as_str()
-                .is_some_and(|n| n.ends_with(&format!("-{SMALL}-0")))
-                && p["spec"]["volumeName"].is_string()
-        })
-    });
-    let volume = pvc["spec"]["volumeName"].as_str().unwrap();
-    let pv = cp.kubectl_ok(["get", "pv", volume, "-o", "json"]);
-    let spool = user_path::volume_dir(&serde_json::from_str(&pv).unwrap()).expect("a hostPath");
+    let (_, pv) = ok(user_path::pod_claim(cp, NS, &pod));
+    let spool = user_path::volume_dir(&pv).expect("a hostPath volume");
     let queued = mail::queued(&spool);
     assert!(
         queued >= env.filled.len(),
@@ -976,13 +1004,7 @@ fn a_full_spool_answers_452_and_keeps_what_it_accepted(env: &mut Env) {
 fn the_full_spool_delivers_and_takes_mail_again(env: &mut Env) {
     let cp = &env.cp;
     let sink = ok(user_path::node_sink(env.relayhost.port()));
-    env.wait("every accepted message delivered", || {
-        let got = sink.messages();
-        env.filled
-            .iter()
-            .all(|m| got.iter().any(|d| d.text.contains(m.as_str())))
-            .then_some(())
-    });
+    env.wait_delivered(&sink, "every accepted message delivered", &env.filled);
     env.wait("status.queue to say the spool has room", || {
         small_queue(cp).filter(|q| {
             let full = q["spoolNearlyFull"]
@@ -1001,12 +1023,7 @@ fn the_full_spool_delivers_and_takes_mail_again(env: &mut Env) {
         3_000_000,
     )
     .unwrap_or_else(|e| panic!("new mail once space returned: {e}"));
-    env.wait("the new message delivered", || {
-        sink.messages()
-            .iter()
-            .any(|d| d.text.contains(marker.as_str()))
-            .then_some(())
-    });
+    env.wait_delivered(&sink, "the new message delivered", &[marker]);
     let n = env.filled.len();
     env.step(&format!(
         "{n} of {n} delivered once the relayhost came up; new mail accepted and delivered"
