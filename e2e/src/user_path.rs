@@ -265,9 +265,35 @@ pub fn diagnose(cp: &ControlPlane, namespace: &str) -> String {
             out += &String::from_utf8_lossy(&previous.stdout);
         }
     }
+    out += &format!("=== SmtpRelays of {namespace} (status)\n");
+    out += &text(&[
+        "get",
+        "smtprelays",
+        "-n",
+        namespace,
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.name}{': '}{.status}{\"\\n\"}{end}",
+    ]);
+    out += "=== the operator's log (tail)\n";
+    out += &text(&[
+        "logs",
+        "-n",
+        "smtp-relay-system",
+        "-l",
+        "app.kubernetes.io/name=smtp-relay-operator",
+        "--tail=60",
+    ]);
     let kubelet = fs::read_to_string(cp.dir().join("node/logs/kubelet.log")).unwrap_or_default();
     out += "=== kubelet.log (tail)\n";
     out += &tail(&kubelet, 30);
+    // What the node's NetworkPolicy controller dropped.
+    let netpol = fs::read_to_string(cp.dir().join("node/logs/netpol.log")).unwrap_or_default();
+    let drops: Vec<&str> = netpol
+        .lines()
+        .filter(|l| l.contains("verdict=\"drop\""))
+        .collect();
+    out += &format!("=== netpol.log: {} drops, the last ones\n", drops.len());
+    out += &drops[drops.len().saturating_sub(10)..].join("\n");
     out
 }
 
