@@ -292,6 +292,15 @@ const CASES: &[Case] = &[
         },
     },
     Case {
+        name: "relayNetworkPolicy reaches the operator: off, or Prometheus's namespace admitted",
+        values: "relayNetworkPolicy: {enabled: false, metricsFromNamespaces: [monitoring, obs]}",
+        check: |docs| {
+            let args = args(docs);
+            assert!(args.contains(&"--relay-network-policies=false".to_string()));
+            assert!(args.contains(&"--relay-metrics-from-namespaces=monitoring,obs".to_string()));
+        },
+    },
+    Case {
         name: "serviceMonitor.enabled creates a ServiceMonitor on the metrics port",
         values: "serviceMonitor: {enabled: true, labels: {release: prometheus}, interval: 15s}",
         check: |docs| {

@@ -53,6 +53,22 @@ struct RunArgs {
     /// Omitted: any Secret of the relay's namespace.
     #[arg(long, env = "SECRET_REFERENCE_LABEL")]
     secret_reference_label: Option<ReferableLabel>,
+    /// Keep a NetworkPolicy for every relay (who may reach its SMTP, PROXY-protocol and metrics
+    /// ports: see the CRD's spec.networkPolicy). false: none, and the operator deletes those
+    /// it made; the cluster's own policies decide.
+    #[arg(long, env = "RELAY_NETWORK_POLICIES", default_value_t = true, action = clap::ArgAction::Set)]
+    relay_network_policies: bool,
+    /// Namespaces whose pods may read every relay's metrics, comma-separated (the one your
+    /// Prometheus runs in), besides the operator's own and each relay's
+    /// spec.networkPolicy.metricsFromNamespaces.
+    #[arg(
+        long,
+        env = "RELAY_METRICS_FROM_NAMESPACES",
+        value_delimiter = ',',
+        num_args = 0..,
+        value_parser = namespace_name
+    )]
+    relay_metrics_from_namespaces: Vec<String>,
     /// Address of the /metrics, /healthz and /readyz endpoints.
     #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:8080")]
     http_addr: SocketAddr,
@@ -90,6 +106,19 @@ struct RunArgs {
         default_missing_value = "true"
     )]
     crd_upgrade: bool,
+}
+
+/// A namespace name, as `--relay-metrics-from-namespaces` takes it.
+fn namespace_name(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    // An empty value (the variable set to nothing) names none.
+    if s.is_empty() || smtp_relay_operator::steps::judge::is_namespace_name(s) {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "{s:?} is not a namespace name (lowercase letters, digits and '-')"
+        ))
+    }
 }
 
 #[tokio::main]
@@ -184,6 +213,13 @@ async fn run(args: RunArgs) -> Result<(), Error> {
                 .collect(),
             secret_reference_label: args.secret_reference_label.clone(),
             operator_namespace: args.lease_namespace.clone(),
+            network_policies: args.relay_network_policies,
+            metrics_from_namespaces: args
+                .relay_metrics_from_namespaces
+                .iter()
+                .filter(|n| !n.is_empty())
+                .cloned()
+                .collect(),
         },
         instance: Some(identity),
     };

@@ -331,6 +331,10 @@ pub struct BuildOptions {
     /// The operator's own namespace, whose pods read the relays' metrics (the relays'
     /// NetworkPolicies admit them).
     pub operator_namespace: String,
+    /// Whether relays get their NetworkPolicy at all (`--relay-network-policies`).
+    pub network_policies: bool,
+    /// Namespaces admitted to every relay's metrics (`--relay-metrics-from-namespaces`).
+    pub metrics_from_namespaces: Vec<String>,
 }
 
 impl Default for BuildOptions {
@@ -340,6 +344,8 @@ impl Default for BuildOptions {
             allowed_relay_images: Vec::new(),
             secret_reference_label: None,
             operator_namespace: "smtp-relay-system".into(),
+            network_policies: true,
+            metrics_from_namespaces: Vec::new(),
         }
     }
 }

@@ -24,7 +24,7 @@ const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 pub fn network_policy(relay: &SmtpRelay, opts: &BuildOptions) -> Result<Option<NetworkPolicy>> {
     let spec = &relay.spec;
     let policy = &spec.network_policy;
-    if !policy.enabled {
+    if !policy.enabled || !opts.network_policies {
         return Ok(None);
     }
     let mut rules = Vec::new();
@@ -54,11 +54,14 @@ pub fn network_policy(relay: &SmtpRelay, opts: &BuildOptions) -> Result<Option<N
             rules.push(rule(PROXY_PROTOCOL_PORT, Some(sources)));
         }
     }
-    // Metrics: the operator (its queue reader) and the namespaces named.
-    let scrapers = std::iter::once(opts.operator_namespace.as_str())
+    // Metrics: the operator (its queue reader), and the namespaces it and the relay name.
+    let mut scrapers: Vec<&str> = std::iter::once(opts.operator_namespace.as_str())
+        .chain(opts.metrics_from_namespaces.iter().map(String::as_str))
         .chain(policy.metrics_from_namespaces.iter().map(String::as_str))
-        .map(namespace)
         .collect();
+    let mut seen = std::collections::BTreeSet::new();
+    scrapers.retain(|n| seen.insert(*n));
+    let scrapers = scrapers.into_iter().map(namespace).collect();
     rules.push(rule(METRICS_PORT, Some(scrapers)));
 
     Ok(Some(NetworkPolicy {
@@ -220,9 +223,45 @@ mod tests {
     #[test]
     fn disabled_means_no_policy() {
         let mut r = relay("r1");
+        let off = BuildOptions {
+            network_policies: false,
+            ..BuildOptions::default()
+        };
+        assert!(network_policy(&r, &off).unwrap().is_none(), "operator-wide");
         r.spec.network_policy.enabled = false;
         assert!(network_policy(&r, &BuildOptions::default())
             .unwrap()
             .is_none());
+    }
+
+    #[test]
+    fn the_operator_names_monitoring_for_every_relay() {
+        let mut r = relay("r1");
+        r.spec.network_policy.metrics_from_namespaces = vec!["monitoring".into(), "team".into()];
+        let opts = BuildOptions {
+            metrics_from_namespaces: vec!["monitoring".into()],
+            ..BuildOptions::default()
+        };
+        let p = network_policy(&r, &opts).unwrap().unwrap();
+        let metrics = &p.spec.unwrap().ingress.unwrap()[1];
+        let names: Vec<String> = metrics
+            .from
+            .iter()
+            .flatten()
+            .map(|p| {
+                p.namespace_selector
+                    .as_ref()
+                    .unwrap()
+                    .match_labels
+                    .as_ref()
+                    .unwrap()[NAMESPACE_NAME_LABEL]
+                    .clone()
+            })
+            .collect();
+        assert_eq!(
+            names,
+            ["smtp-relay-system", "monitoring", "team"],
+            "once each"
+        );
     }
 }

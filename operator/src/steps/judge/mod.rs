@@ -490,7 +490,7 @@ fn validate_reachability(spec: &SmtpRelaySpec) -> Result<(), String> {
             &policy.metrics_from_namespaces,
         ),
     ] {
-        if let Some(n) = names.iter().find(|n| !is_label_value(n)) {
+        if let Some(n) = names.iter().find(|n| !is_namespace_name(n)) {
             return Err(format!("{field} entry {n:?} is not a namespace name"));
         }
     }
@@ -498,7 +498,7 @@ fn validate_reachability(spec: &SmtpRelaySpec) -> Result<(), String> {
 }
 
 /// A namespace name as a label value (`kubernetes.io/metadata.name`): a DNS label.
-fn is_label_value(s: &str) -> bool {
+pub fn is_namespace_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && s.bytes()
