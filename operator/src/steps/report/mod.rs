@@ -21,7 +21,11 @@ pub async fn report(
     outcome: &Outcome,
     rollout: Rollout,
 ) -> Result<crate::floor::crd::SmtpRelayStatus> {
-    let new_status = status::compute(relay, outcome, rollout, Time(jiff::Timestamp::now()));
+    let wide = status::OperatorWide {
+        network_policies: ctx.opts.network_policies,
+    };
+    let new_status =
+        status::compute_with(relay, outcome, rollout, Time(jiff::Timestamp::now()), wide);
     for ev in events_for(relay, outcome, &new_status) {
         ctx.publish_or_log(&ev, relay).await;
     }

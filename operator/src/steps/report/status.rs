@@ -347,10 +347,17 @@ fn relayhost_login_condition(relay: &SmtpRelay, gen: Option<i64>, now: &Time) ->
 }
 
 /// Whether `networks` sees the TCP peer, or an address from a PROXY header.
-fn client_address_condition(relay: &SmtpRelay, gen: Option<i64>, now: &Time) -> Condition {
+fn client_address_condition(
+    relay: &SmtpRelay,
+    wide: OperatorWide,
+    gen: Option<i64>,
+    now: &Time,
+) -> Condition {
     let service = &relay.spec.service;
     if service.proxy_protocol {
-        let who = if relay.spec.network_policy.enabled {
+        let who = if !wide.network_policies {
+            "the operator keeps no NetworkPolicies (--relay-network-policies=false): let only the load balancer reach it with a policy of your own".to_string()
+        } else if relay.spec.network_policy.enabled {
             format!(
                 "the NetworkPolicy {} admits that port only from spec.service.proxyProtocolSourceRanges ({}), where the cluster enforces NetworkPolicies",
                 relay.name_any(),
@@ -987,13 +994,39 @@ fn kstatus_conditions(
     }
 }
 
-/// The status after a reconcile. `lastTransitionTime` is kept when a condition's status did not
-/// change; `configHash` keeps describing what runs when the new spec was rejected.
+/// What the operator's own options put in force for every relay, beyond its spec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OperatorWide {
+    /// Relays get their NetworkPolicy (`--relay-network-policies`).
+    pub network_policies: bool,
+}
+
+impl Default for OperatorWide {
+    fn default() -> Self {
+        OperatorWide {
+            network_policies: true,
+        }
+    }
+}
+
+/// The status after a reconcile under the operator's default options (see [`compute_with`]).
 pub fn compute(
     relay: &SmtpRelay,
     outcome: &Outcome,
     rollout: Rollout,
     now: Time,
+) -> SmtpRelayStatus {
+    compute_with(relay, outcome, rollout, now, OperatorWide::default())
+}
+
+/// The status after a reconcile. `lastTransitionTime` is kept when a condition's status did not
+/// change; `configHash` keeps describing what runs when the new spec was rejected.
+pub fn compute_with(
+    relay: &SmtpRelay,
+    outcome: &Outcome,
+    rollout: Rollout,
+    now: Time,
+    wide: OperatorWide,
 ) -> SmtpRelayStatus {
     let old = relay.status.clone().unwrap_or_default();
     let gen = relay.metadata.generation;
@@ -1014,7 +1047,7 @@ pub fn compute(
         outcome,
         &old,
     );
-    let client_address = client_address_condition(relay, gen, &now);
+    let client_address = client_address_condition(relay, wide, gen, &now);
     let inbound_tls = condition_in_force(inbound_tls_condition(relay, gen, &now), outcome, &old);
     let closed = condition_in_force(
         closed_to_strangers_condition(relay, gen, &now),
@@ -1530,6 +1563,17 @@ mod tests {
             c.message
         );
         assert_eq!(cond(&s, READY).status, "True", "a choice, not a failure");
+        let off = OperatorWide {
+            network_policies: false,
+        };
+        let s = compute_with(&r, &applied(), DONE, t(1), off);
+        let c = cond(&s, CLIENT_ADDRESS_VERIFIED);
+        assert!(
+            c.message.contains("the operator keeps no NetworkPolicies")
+                && !c.message.contains("admits"),
+            "never a protection that is not there: {}",
+            c.message
+        );
         r.spec.network_policy.enabled = false;
         let s = compute(&r, &applied(), DONE, t(1));
         let c = cond(&s, CLIENT_ADDRESS_VERIFIED);
