@@ -18,7 +18,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use smtp_relay_e2e::user_path::lookup_a;
-use smtp_relay_e2e::{tools, ControlPlane};
+use smtp_relay_e2e::{host_perl, tools, ControlPlane};
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -331,68 +331,25 @@ spec:
 ";
 
 /// Runs a pod in namespace netpol with one label, answering `hello` to every connection on
-/// port 8080 (the host's perl: /usr and the libraries mounted into the pause image), and
-/// returns its IP once it is Running.
+/// port 8080 ([`host_perl`]), and returns its IP once it is Running.
 fn perl_pod(cp: &ControlPlane, name: &str, label: &str) -> String {
-    let pod = format!(
-        r#"
-apiVersion: v1
-kind: Pod
-metadata:
-  name: {name}
-  namespace: netpol
-  labels: {{{label}}}
-spec:
-  terminationGracePeriodSeconds: 1
-  containers:
-    - name: perl
-      image: localhost/pause:3.10
-      imagePullPolicy: Never
-      command: [/usr/bin/perl, -MIO::Socket::INET, -e, '$s = IO::Socket::INET->new(LocalPort => {PORT}, Listen => 16, ReuseAddr => 1) or die "listen: $@"; while (1) {{ $c = $s->accept or next; print $c "hello\n"; close $c }}']
-      volumeMounts:
-        - {{name: usr, mountPath: /usr, readOnly: true}}
-        - {{name: lib, mountPath: /lib, readOnly: true}}
-        - {{name: lib64, mountPath: /lib64, readOnly: true}}
-  volumes:
-    - {{name: usr, hostPath: {{path: /usr, type: Directory}}}}
-    - {{name: lib, hostPath: {{path: /usr/lib, type: Directory}}}}
-    - {{name: lib64, hostPath: {{path: /usr/lib64, type: Directory}}}}
-"#
+    let server = format!(
+        r#"$s = IO::Socket::INET->new(LocalPort => {PORT}, Listen => 16, ReuseAddr => 1) or die "listen: $@"; while (1) {{ $c = $s->accept or next; print $c "hello\n"; close $c }}"#
     );
-    let out = cp.kubectl_stdin(["apply", "-f", "-"], &pod);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    wait_running(cp, "netpol", name)
+    host_perl::run_pod(cp, "netpol", name, label, &server).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// Connects from pod `client` (namespace netpol) to `to`:8080 with a 2 s timeout and returns
+/// Connects from pod `client` (namespace netpol) to `to`:8080 with a 3 s timeout and returns
 /// what the server says, or the client's error.
 fn connect(cp: &ControlPlane, client: &str, to: &str) -> Result<String, String> {
-    let out = cp.kubectl([
-        "exec",
-        "-n",
+    host_perl::exec(
+        cp,
         "netpol",
         client,
-        "--",
-        "/usr/bin/perl",
-        "-MIO::Socket::INET",
-        "-e",
-        r#"$s = IO::Socket::INET->new(PeerAddr => $ARGV[0], PeerPort => $ARGV[1], Timeout => 2) or die "connect: $@\n"; print scalar <$s>"#,
-        to,
-        &PORT.to_string(),
-    ]);
-    let stdout = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    if out.status.success() && stdout == "hello" {
-        Ok(stdout)
-    } else {
-        Err(format!(
-            "{stdout}{}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
+        host_perl::READ_FIRST_LINE,
+        &[to, &PORT.to_string()],
+    )
+    .and_then(|said| if said == "hello" { Ok(said) } else { Err(said) })
 }
 
 const STATEFUL_SET: &str = r#"
@@ -514,25 +471,7 @@ spec:
 
 /// Waits for a pod to be Running and returns its IP.
 fn wait_running(cp: &ControlPlane, ns: &str, name: &str) -> String {
-    let what = format!("pod {ns}/{name} Running");
-    let found = tools::poll(&what, WAIT, || {
-        let out = cp.kubectl_ok([
-            "get",
-            "pod",
-            "-n",
-            ns,
-            name,
-            "--ignore-not-found",
-            "-o",
-            "jsonpath={.status.phase} {.status.podIP}",
-        ]);
-        let (phase, ip) = out.split_once(' ')?;
-        (phase == "Running" && !ip.is_empty()).then(|| ip.to_owned())
-    });
-    found.unwrap_or_else(|e| {
-        let describe = cp.kubectl(["describe", "pod", "-n", ns, name]);
-        panic!("{e}\n{}", String::from_utf8_lossy(&describe.stdout))
-    })
+    host_perl::wait_running(cp, ns, name).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn assert_guard_in_place() {

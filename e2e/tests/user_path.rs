@@ -42,7 +42,7 @@ use serde_json::Value;
 use smtp_relay_e2e::mail::{self, smtp_ready};
 use smtp_relay_e2e::operator;
 use smtp_relay_e2e::user_path::{self, NODE_IP};
-use smtp_relay_e2e::ControlPlane;
+use smtp_relay_e2e::{host_perl, ControlPlane};
 
 /// Generous: the machine has two cores, shared with builds.
 const WAIT: Duration = Duration::from_secs(180);
@@ -599,77 +599,21 @@ fn the_network_policy_admits_whom_it_says(cp: &ControlPlane, relay: &str, servic
     }
 }
 
-/// A pod in namespace `ns` (created here) that runs the host's perl in the pause image, for
-/// [`smtp_banner`]; returns its IP once it runs.
+/// A pod `client` in namespace `ns` (created here) for [`smtp_banner`]
+/// ([`host_perl::run_pod`]); returns its IP once it runs.
 fn perl_client(cp: &ControlPlane, ns: &str) -> String {
     cp.kubectl_ok(["create", "namespace", ns]);
-    let pod = format!(
-        r#"
-apiVersion: v1
-kind: Pod
-metadata:
-  name: client
-  namespace: {ns}
-spec:
-  terminationGracePeriodSeconds: 1
-  containers:
-    - name: perl
-      image: localhost/pause:3.10
-      imagePullPolicy: Never
-      command: [/usr/bin/perl, -e, 'sleep 3600']
-      volumeMounts:
-        - {{name: usr, mountPath: /usr, readOnly: true}}
-        - {{name: lib, mountPath: /lib, readOnly: true}}
-        - {{name: lib64, mountPath: /lib64, readOnly: true}}
-  volumes:
-    - {{name: usr, hostPath: {{path: /usr, type: Directory}}}}
-    - {{name: lib, hostPath: {{path: /usr/lib, type: Directory}}}}
-    - {{name: lib64, hostPath: {{path: /usr/lib64, type: Directory}}}}
-"#
-    );
-    let out = cp.kubectl_stdin(["apply", "-f", "-"], &pod);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    ok(user_path::wait(
-        cp,
-        ns,
-        WAIT,
-        "the client pod running",
-        || {
-            let p = operator::get_json(cp, ns, "pod", "client")?;
-            (p["status"]["phase"] == "Running")
-                .then(|| p["status"]["podIP"].as_str().map(str::to_string))
-                .flatten()
-        },
-    ))
+    ok(host_perl::run_pod(cp, ns, "client", "", "sleep 3600"))
 }
 
 /// The SMTP banner the relay's Service answers to the client pod of `ns`, or why not (a 3 s
 /// connect timeout: `timeout`).
 fn smtp_banner(cp: &ControlPlane, ns: &str, service: SocketAddr) -> Result<String, String> {
-    let out = cp.kubectl([
-        "exec",
-        "-n",
+    host_perl::exec(
+        cp,
         ns,
         "client",
-        "--",
-        "/usr/bin/perl",
-        "-MIO::Socket::INET",
-        "-e",
-        r#"$s = IO::Socket::INET->new(PeerAddr => $ARGV[0], PeerPort => $ARGV[1], Timeout => 3) or die "connect: timeout $@\n"; alarm 10; print scalar <$s>"#,
-        &service.ip().to_string(),
-        &service.port().to_string(),
-    ]);
-    let stdout = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    if out.status.success() && !stdout.is_empty() {
-        Ok(stdout)
-    } else {
-        Err(format!(
-            "{stdout}{}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
+        host_perl::READ_FIRST_LINE,
+        &[&service.ip().to_string(), &service.port().to_string()],
+    )
 }
