@@ -351,6 +351,10 @@ fn cel_cases() -> Vec<Value> {
         json!({"service": {"externalTrafficPolicy": "Local"}}),
         json!({"service": {"type": "NodePort", "loadBalancerIP": "10.0.0.1"}}),
         json!({"service": {"type": "LoadBalancer", "loadBalancerIP": "lb.example"}}),
+        json!({"service": {"proxyProtocol": true}}),
+        json!({"service": {"proxyProtocol": true, "proxyProtocolSourceRanges": ["lb"]}}),
+        json!({"service": {"proxyProtocol": true, "proxyProtocolSourceRanges": ["0.0.0.0/0"]}}),
+        json!({"networkPolicy": {"smtpFromCidrs": ["10.0.0.0/8", "apps"]}}),
     ]
 }
 
