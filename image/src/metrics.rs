@@ -1401,14 +1401,22 @@ fn unverified(why: &str) -> bool {
     own.contains("certificate not verified") || own.contains("certificate verification failed")
 }
 
-fn relayhost_error(why: &str) -> &'static str {
+/// The reason of a failed attempt in two: Postfix's own words, and the relayhost's reply when
+/// it answered (after `said: `), without the `delivery temporarily suspended: ` of a
+/// destination Postfix stopped trying for a while.
+fn own_and_answer(why: &str) -> (&str, Option<&str>) {
     let why = why
         .strip_prefix("delivery temporarily suspended: ")
         .unwrap_or(why);
-    let (own, answered) = match why.split_once(" said: ") {
-        Some((own, _)) => (own, true),
-        None => (why, false),
-    };
+    match why.split_once(" said: ") {
+        Some((own, answer)) => (own, Some(answer)),
+        None => (why, None),
+    }
+}
+
+fn relayhost_error(why: &str) -> &'static str {
+    let (own, answer) = own_and_answer(why);
+    let answered = answer.is_some();
     if own.contains("SASL authentication failed") || own.contains("cannot authenticate") {
         "login"
     } else if own.contains("TLS") || own.contains("certificate") {
@@ -1433,13 +1441,7 @@ fn relayhost_error(why: &str) -> &'static str {
 /// went wrong; for `refused`, the relayhost's status codes and the command it refused; for
 /// `other`, nothing (the pod's log has the line).
 pub fn problem_detail(reason: &str, why: &str) -> String {
-    let why = why
-        .strip_prefix("delivery temporarily suspended: ")
-        .unwrap_or(why);
-    let (own, answer) = match why.split_once(" said: ") {
-        Some((own, answer)) => (own, Some(answer)),
-        None => (why, None),
-    };
+    let (own, answer) = own_and_answer(why);
     let detail = match reason {
         "connect" | "tls" | "login" => own.to_string(),
         "refused" => {
