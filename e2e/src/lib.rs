@@ -27,6 +27,7 @@ pub mod phases;
 pub mod tools;
 
 pub use controlplane::{ControlPlane, Error};
+pub mod doc_blocks;
 pub mod host_perl;
 pub mod mail;
 pub mod relayhost;
