@@ -43,7 +43,7 @@ fn sasl_proxy_is_valid_and_references_its_secrets() {
     );
     assert_eq!(
         smtp_relay_operator::observe::mapping::referenced_secrets(spec),
-        ["smtp-relay-auth-login", "smtp-relay-auth-users"]
+        ["sample-sasl-proxy-login", "sample-sasl-proxy-users"]
     );
     assert_eq!(spec.postconf["compatibility_level"], "2");
 }
