@@ -185,11 +185,12 @@ async fn plan_against(
     ctx: &Context,
     live: Option<&StatefulSet>,
 ) -> Result<Plan> {
-    let planned = plan(relay, &ctx.client, &ctx.opts).await?;
-    if let (Plan::Apply(applying), Some(live)) = (&planned, live) {
+    let mut planned = plan(relay, &ctx.client, &ctx.opts).await?;
+    if let (Plan::Apply(applying), Some(live)) = (&mut planned, live) {
         if let Some(message) = storage_change(&applying.desired.stateful_set, live) {
             return Ok(Plan::Report(Outcome::InvalidSpec { message }));
         }
+        build::statefulset::hold_default_resources(relay, &mut applying.desired.stateful_set, live);
     }
     Ok(planned)
 }

@@ -11,8 +11,8 @@ use k8s_openapi::api::core::v1::{
     DownwardAPIProjection, DownwardAPIVolumeFile, DownwardAPIVolumeSource, EmptyDirVolumeSource,
     EnvVar, ExecAction, KeyToPath, ObjectFieldSelector, PersistentVolumeClaim,
     PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    ProjectedVolumeSource, SeccompProfile, SecretVolumeSource, SecurityContext,
-    ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
+    ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecretVolumeSource,
+    SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
     VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -286,7 +286,7 @@ fn container(relay: &SmtpRelay, volume_mounts: Vec<VolumeMount>, opts: &BuildOpt
         startup_probe: Some(probe(SMTP_PROBE, 5, 5, 60)),
         readiness_probe: Some(probe(READINESS_PROBE, 10, 5, 3)),
         liveness_probe: Some(probe(LIVENESS_PROBE, 30, 10, 3)),
-        resources: spec.resources.clone(),
+        resources: Some(spec.resources.clone().unwrap_or_else(default_resources)),
         volume_mounts: Some(volume_mounts),
         security_context: Some(security_context()),
         // The relay writes every fatal error of its own to /dev/termination-log, so a run it
@@ -297,6 +297,76 @@ fn container(relay: &SmtpRelay, volume_mounts: Vec<VolumeMount>, opts: &BuildOpt
         // every relay of the cluster when the operator is upgraded.
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         ..Container::default()
+    }
+}
+
+/// The relay container's requests and limits when the spec gives none, from the figures in
+/// BENCHMARKS.md (`image/benches/relay.rs`): a relay holds 12 MiB at rest and 93 MiB while 20
+/// clients send at full speed, at about 2.7 ms of CPU a message. So it asks for 50m of CPU
+/// (about 18 messages a second guaranteed; it may use whatever the node has spare, with no CPU
+/// limit, which would only throttle Postfix's bursts) and 128Mi of memory (the loaded figure
+/// with room), and is limited to 512Mi: Postfix's 100 processes at most, about 4 MiB each.
+/// Mail that got its 250 is on the spool volume, so even an OOM kill loses none.
+pub fn default_resources() -> ResourceRequirements {
+    let quantities = |pairs: &[(&str, &str)]| {
+        Some(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), Quantity(v.to_string())))
+                .collect(),
+        )
+    };
+    ResourceRequirements {
+        requests: quantities(&[("cpu", "50m"), ("memory", "128Mi")]),
+        limits: quantities(&[("memory", "512Mi")]),
+        ..ResourceRequirements::default()
+    }
+}
+
+/// The default resources reach a relay when it is created, or with a rollout its pods go
+/// through anyway (a new configuration, a new relay image), never on their own: an upgrade of
+/// the operator restarts no relay. So a relay whose spec gives no resources, running a
+/// template without any, keeps none while its image and configuration hash stay as they run.
+pub fn hold_default_resources(relay: &SmtpRelay, desired: &mut StatefulSet, live: &StatefulSet) {
+    if relay.spec.resources.is_some() {
+        return;
+    }
+    let template = |s: &StatefulSet| s.spec.as_ref().map(|s| s.template.clone());
+    let (Some(live), Some(wanted)) = (template(live), template(desired)) else {
+        return;
+    };
+    let relay_container = |t: &PodTemplateSpec| {
+        t.spec
+            .as_ref()
+            .and_then(|p| p.containers.iter().find(|c| c.name == CONTAINER_NAME))
+            .cloned()
+    };
+    let config_hash = |t: &PodTemplateSpec| {
+        t.metadata
+            .as_ref()
+            .and_then(|m| m.annotations.as_ref())
+            .and_then(|a| a.get(CONFIG_HASH_ANNOTATION))
+            .cloned()
+    };
+    let (Some(running), Some(_)) = (relay_container(&live), relay_container(&wanted)) else {
+        return;
+    };
+    let unset = running
+        .resources
+        .as_ref()
+        .is_none_or(|r| r.requests.is_none() && r.limits.is_none() && r.claims.is_none());
+    let same_pods = relay_container(&wanted).and_then(|c| c.image) == running.image
+        && config_hash(&wanted) == config_hash(&live);
+    if !(unset && same_pods) {
+        return;
+    }
+    if let Some(c) = desired
+        .spec
+        .as_mut()
+        .and_then(|s| s.template.spec.as_mut())
+        .and_then(|p| p.containers.iter_mut().find(|c| c.name == CONTAINER_NAME))
+    {
+        c.resources = None;
     }
 }
 
@@ -477,6 +547,76 @@ mod tests {
             .as_ref()
             .and_then(|s| s.template.spec.clone())
             .expect("pod spec")
+    }
+
+    /// Issue 39: relay pods are no longer BestEffort: a spec without resources gets the
+    /// defaults; a spec with its own keeps them whole.
+    #[test]
+    fn relay_pods_get_default_resources_unless_the_spec_gives_some() {
+        let c = pod(&sts(Mounts::default())).containers[0].clone();
+        assert_eq!(c.resources, Some(default_resources()));
+        let r = c.resources.expect("resources");
+        assert_eq!(r.requests.expect("requests")["memory"].0, "128Mi");
+        assert!(
+            !r.limits.expect("limits").contains_key("cpu"),
+            "no CPU limit"
+        );
+        let mut mine = relay("r1");
+        let own = ResourceRequirements {
+            requests: Some([("cpu".to_string(), Quantity("1".into()))].into()),
+            ..ResourceRequirements::default()
+        };
+        mine.spec.resources = Some(own.clone());
+        let s = stateful_set(&mine, &Mounts::default(), "abc", &BuildOptions::default())
+            .expect("builds");
+        assert_eq!(pod(&s).containers[0].resources, Some(own));
+    }
+
+    /// The defaults never roll a relay by themselves: a running template without resources
+    /// keeps none while its image and configuration hash stay; a new configuration, a new
+    /// image or a relay created now gets them.
+    #[test]
+    fn default_resources_wait_for_a_rollout_that_happens_anyway() {
+        let r = relay("r1");
+        let opts = BuildOptions::default();
+        let build = |hash: &str| stateful_set(&r, &Mounts::default(), hash, &opts).expect("builds");
+        let resources = |s: &StatefulSet| pod(s).containers[0].resources.clone();
+        let mut old_operator = build("abc");
+        if let Some(p) = old_operator
+            .spec
+            .as_mut()
+            .and_then(|s| s.template.spec.as_mut())
+        {
+            p.containers[0].resources = Some(ResourceRequirements::default());
+        }
+        let mut same = build("abc");
+        hold_default_resources(&r, &mut same, &old_operator);
+        assert_eq!(
+            resources(&same),
+            None,
+            "an operator upgrade alone rolls nothing"
+        );
+        let mut new_config = build("def");
+        hold_default_resources(&r, &mut new_config, &old_operator);
+        assert_eq!(resources(&new_config), Some(default_resources()));
+        let mut new_image = build("abc");
+        if let Some(p) = new_image
+            .spec
+            .as_mut()
+            .and_then(|s| s.template.spec.as_mut())
+        {
+            p.containers[0].image = Some("relay:2".into());
+        }
+        hold_default_resources(&r, &mut new_image, &old_operator);
+        assert_eq!(resources(&new_image), Some(default_resources()));
+        let running_defaults = build("abc");
+        let mut again = build("abc");
+        hold_default_resources(&r, &mut again, &running_defaults);
+        assert_eq!(
+            resources(&again),
+            Some(default_resources()),
+            "kept once there"
+        );
     }
 
     #[test]

@@ -399,7 +399,8 @@ pub fn validate_spec(spec: &SmtpRelaySpec) -> Result<(), String> {
     validate_reachability(spec)?;
     validate_relayhost(spec)?;
     validate_restrictions(spec)?;
-    validate_postconf(spec)
+    validate_postconf(spec)?;
+    validate_queue(spec)
 }
 
 /// The DNS names and addresses: domain, hostname, relay domains, postmaster.
@@ -625,6 +626,22 @@ fn validate_postconf(spec: &SmtpRelaySpec) -> Result<(), String> {
     Ok(())
 }
 
+/// The queue's lifetimes: each a time Postfix reads, set by its field or by `postconf`, not
+/// both (one would silently win).
+fn validate_queue(spec: &SmtpRelaySpec) -> Result<(), String> {
+    for q in spec.queue.parameters() {
+        let Some(value) = q.value else { continue };
+        if spec.postconf.contains_key(q.parameter) {
+            return Err(format!(
+                "{} and spec.postconf.{} both set Postfix's {}: remove the postconf entry",
+                q.field, q.parameter, q.parameter
+            ));
+        }
+        validate::postconf_value(q.field, q.parameter, &value).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -721,6 +738,43 @@ mod tests {
             err(|s| s.network_policy.metrics_from_namespaces = vec!["Mon".into()])
                 .contains("spec.networkPolicy.metricsFromNamespaces entry \"Mon\"")
         );
+    }
+
+    /// Issue 39: the queue's lifetimes are typed fields; a value Postfix would not read is
+    /// refused naming the field, and a lifetime set both by its field and by `postconf` is
+    /// refused rather than one of them silently winning.
+    #[test]
+    fn the_queue_lifetimes_are_checked_and_set_one_way() {
+        let mut ok = spec();
+        ok.queue.lifetime = Some("12h".into());
+        ok.queue.bounce_lifetime = Some("1d".into());
+        assert_eq!(validate_spec(&ok), Ok(()));
+        assert_eq!(ok.queue_lifetime(), "12h");
+        let e = err(|s| s.queue.lifetime = Some("99999999999w".into()));
+        assert!(
+            e.starts_with("spec.queue.lifetime: ") && e.contains("is not a time"),
+            "{e}"
+        );
+        let e = err(|s| {
+            s.queue.bounce_lifetime = Some("2d".into());
+            s.postconf
+                .insert("bounce_queue_lifetime".into(), "3d".into());
+        });
+        assert_eq!(
+            e,
+            "spec.queue.bounceLifetime and spec.postconf.bounce_queue_lifetime both set Postfix's bounce_queue_lifetime: remove the postconf entry"
+        );
+        let mut by_postconf = spec();
+        by_postconf
+            .postconf
+            .insert("maximal_queue_lifetime".into(), "2d".into());
+        assert_eq!(
+            validate_spec(&by_postconf),
+            Ok(()),
+            "the postconf way alone"
+        );
+        assert_eq!(by_postconf.queue_lifetime(), "2d");
+        assert_eq!(spec().queue_lifetime(), "5d", "Postfix's default");
     }
 
     #[test]

@@ -551,9 +551,10 @@ fn delivering_condition(relay: &SmtpRelay, gen: Option<i64>, now: &Time) -> Cond
             Some(false),
             reason,
             format!(
-                "mail does not reach the relayhost {}: {}; it stays queued and is retried, and returns to its sender once older than the queue lifetime (Postfix's maximal_queue_lifetime, 5 days unless spec.postconf sets it)",
+                "mail does not reach the relayhost {}: {}; it stays queued and is retried, and returns to its sender once older than the queue lifetime ({}, spec.queue.lifetime)",
                 relay.spec.relayhost.host,
-                each.join("; ")
+                each.join("; "),
+                relay.spec.queue_lifetime()
             ),
             gen,
             now,
