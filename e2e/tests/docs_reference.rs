@@ -884,3 +884,155 @@ fn rbac_reference_is_up_to_date() {
     );
     check_generated("docs/reference/rbac.md", &expected);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Drift between the pages (issue 39): links, how deploy/ is applied, promises the relay keeps
+
+/// The Markdown pages users read.
+fn pages() -> Vec<String> {
+    let mut pages: Vec<String> = [
+        "README.md",
+        "BENCHMARKS.md",
+        "charts/smtp-relay-operator/README.md",
+        "image/README.md",
+        "argocd/README.md",
+        "operator/README.md",
+        "e2e/controlplane/README.md",
+    ]
+    .map(String::from)
+    .to_vec();
+    for dir in ["docs", "docs/reference"] {
+        let mut names: Vec<String> = std::fs::read_dir(workspace_root().join(dir))
+            .unwrap_or_else(|e| panic!("{dir}: {e}"))
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".md"))
+            .map(|n| format!("{dir}/{n}"))
+            .collect();
+        names.sort();
+        pages.extend(names);
+    }
+    pages
+}
+
+/// The page's lines outside fenced code blocks, with their numbers.
+fn prose(text: &str) -> Vec<(usize, &str)> {
+    let mut fenced = false;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+            continue;
+        }
+        if !fenced {
+            out.push((i + 1, line));
+        }
+    }
+    out
+}
+
+/// GitHub's anchor for a heading: lower case, punctuation dropped, spaces as hyphens.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_'))
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+fn anchors(text: &str) -> BTreeSet<String> {
+    prose(text)
+        .into_iter()
+        .filter_map(|(_, l)| l.strip_prefix('#'))
+        .map(|l| anchor(l.trim_start_matches('#')))
+        .collect()
+}
+
+/// Every relative link of every page names a file of the repository, and its `#anchor` a
+/// heading of that page: a page moved or a heading renamed leaves no link dangling.
+#[test]
+fn every_relative_link_and_anchor_resolves() {
+    let root = workspace_root();
+    let mut broken = Vec::new();
+    for page in pages() {
+        let text = read(&page);
+        let dir = std::path::Path::new(&page)
+            .parent()
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_default();
+        for (n, line) in prose(&text) {
+            // Outside code spans: a pattern such as `[a-z](...)` is no link.
+            let line: String = line.split('`').step_by(2).collect::<Vec<_>>().join(" ");
+            for target in line.split("](").skip(1).filter_map(|s| s.split(')').next()) {
+                let target = target.split_whitespace().next().unwrap_or_default();
+                if target.contains("://") || target.starts_with("mailto:") || target.is_empty() {
+                    continue;
+                }
+                let (file, frag) = target.split_once('#').unwrap_or((target, ""));
+                let path = if file.is_empty() {
+                    root.join(&page)
+                } else {
+                    root.join(&dir).join(file)
+                };
+                if !path.exists() {
+                    broken.push(format!("{page}:{n}: {target}: no such file"));
+                    continue;
+                }
+                if !frag.is_empty() && path.extension().is_some_and(|e| e == "md") {
+                    let target_text = std::fs::read_to_string(&path).unwrap_or_default();
+                    if !anchors(&target_text).contains(frag) {
+                        broken.push(format!("{page}:{n}: {target}: no such heading"));
+                    }
+                }
+            }
+        }
+    }
+    assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
+}
+
+/// deploy/ is applied server-side wherever a page says how (client-side apply would copy the
+/// CRD, over 100 kB, into an annotation), and no page promises what the relay does not keep:
+/// mail that waits longer than the queue lifetime returns to its sender.
+#[test]
+fn the_pages_agree_on_how_to_apply_and_what_is_kept() {
+    let mut wrong = Vec::new();
+    for page in pages() {
+        let text = read(&page);
+        for (n, line) in text.lines().enumerate() {
+            if line.contains("kubectl apply")
+                && line.contains("deploy/")
+                && !line.contains("--server-side")
+                && !line.contains("--dry-run")
+            {
+                wrong.push(format!(
+                    "{page}:{}: deploy/ applied without --server-side",
+                    n + 1
+                ));
+            }
+            let lower = line.to_lowercase();
+            for promise in ["never bounces", "never returned", "never lost"] {
+                if lower.contains(promise) {
+                    wrong.push(format!(
+                        "{page}:{}: \"{promise}\": mail is delivered or returned to its sender after spec.queue.lifetime",
+                        n + 1
+                    ));
+                }
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn anchors_are_githubs() {
+    assert_eq!(
+        anchor(" What `kubectl get smtpr` says"),
+        "what-kubectl-get-smtpr-says"
+    );
+    assert_eq!(
+        anchor("Who may relay where: the modes"),
+        "who-may-relay-where-the-modes"
+    );
+}
