@@ -30,7 +30,13 @@
 //!     pod reads the relay pods' metrics through it; a pod of a namespace it names reaches
 //!     SMTP, one of another namespace does not until its address is named, and all do once it
 //!     is turned off.
-//! 11. The relay deleted, `helm uninstall` with Helm 4 removes the operator and keeps the CRD.
+//! 11. The relay deleted with its namespace; then README.md's quick start, its marked blocks run
+//!     as written (issue 39: docs that are run): a client pod, a relay trusting it, a test mail
+//!     shown delivered and found at the sink, docs/operations.md's queue inspection on it,
+//!     everything removed.
+//! 12. The chart's namespaced mode (`watchNamespace`, issue 26): its RBAC a Role in one
+//!     namespace, where a relay runs to Ready and is read; a relay elsewhere is left alone.
+//! 13. `helm uninstall` with Helm 4 removes the operator and keeps the CRD.
 //!
 //! Needs root, the tools of `scripts/install-deps.sh` and the images of
 //! `scripts/build-images.sh`. One test: there is one node per machine.
@@ -42,7 +48,7 @@ use serde_json::Value;
 use smtp_relay_e2e::mail::{self, smtp_ready};
 use smtp_relay_e2e::operator;
 use smtp_relay_e2e::user_path::{self, NODE_IP};
-use smtp_relay_e2e::{host_perl, ControlPlane};
+use smtp_relay_e2e::{doc_blocks, host_perl, tools, ControlPlane};
 
 /// Generous: the machine has two cores, shared with builds.
 const WAIT: Duration = Duration::from_secs(180);
@@ -469,10 +475,19 @@ fn user_path_chart_operator_pod_relay_pod_and_mail_through_the_service() {
     the_network_policy_admits_whom_it_says(&cp, &relay, service);
     phases.done("the NetworkPolicy admits the operator, the namespace and the CIDR it names");
 
-    // 11. The relay deleted (its queue empty), then `helm uninstall` (Helm 4): the operator and
-    //    its RBAC go, the CRD stays (Helm never deletes a chart's CRDs: that would delete every
-    //    SmtpRelay of the cluster).
+    // 11. The relay deleted (its queue empty) with its namespace; then README.md's quick start,
+    //     its marked blocks run as written, on the operator this checkout installed.
     cp.kubectl_ok(["delete", "smtprelay", "-n", NS, &relay, "--timeout=120s"]);
+    cp.kubectl_ok(["delete", "namespace", NS, "--timeout=120s"]);
+    the_quick_start_delivers_as_written(&cp, &sink, sink_port);
+    phases.done("README's quick start, as written: a test mail delivered, everything removed");
+
+    // 12. The chart's namespaced mode (issue 26): its RBAC a Role in one namespace.
+    the_namespaced_mode_runs_a_relay_there_alone(&cp, &release, sink_addr);
+    phases.done("namespaced mode: a relay of its namespace Ready and read, another left alone");
+
+    // 13. `helm uninstall` (Helm 4): the operator and its RBAC go, the CRD stays (Helm never
+    //    deletes a chart's CRDs: that would delete every SmtpRelay of the cluster).
     ok(user_path::helm4(
         &cp,
         &[
@@ -513,6 +528,167 @@ fn user_path_chart_operator_pod_relay_pod_and_mail_through_the_service() {
     drop(sink);
     drop(cp);
     phases.done("node stopped");
+}
+
+/// Phase 12: `helm upgrade --set watchNamespace=team` turns the operator's ClusterRole for
+/// relays into a Role in `team`. The operator, rolled out with it, runs a relay of `team` to
+/// Ready (StatefulSet, Secrets, Services, NetworkPolicy, pods read, metrics scraped through the
+/// policy) and deletes it; a relay in `other` gets nothing: no children, no status. The relay of
+/// `team` speaks the PROXY protocol on port 2525, and its NetworkPolicy admits that port only
+/// from `proxyProtocolSourceRanges` (issue 26): the pod named there gets the banner after its
+/// PROXY header, another pod's connection times out.
+fn the_namespaced_mode_runs_a_relay_there_alone(
+    cp: &ControlPlane,
+    release: &operator::ChartRelease,
+    relayhost: SocketAddr,
+) {
+    let (team, other) = ("team", "other");
+    operator::create_namespace(cp, team);
+    operator::create_namespace(cp, other);
+    let balancer = ok(host_perl::run_pod(cp, team, "balancer", "", "sleep 3600"));
+    ok(host_perl::run_pod(cp, team, "stranger", "", "sleep 3600"));
+    let watch = format!("watchNamespace={team}");
+    ok(user_path::helm4_upgrade(
+        cp,
+        &["--reset-values", "--set", &watch],
+    ));
+    ok(user_path::wait_operator_ready(cp, release, WAIT));
+    let roles = cp.kubectl_ok(["get", "roles", "-n", team, "-o", "name"]);
+    assert!(
+        roles.contains(&release.release),
+        "the chart grants a Role in {team}: {roles}"
+    );
+    let (manifest, relay) = ok(user_path::example_relay(relayhost, "10.0.0.0/24", false));
+    operator::apply(cp, other, &manifest);
+    let mut behind_a_balancer: Value =
+        serde_json::from_str(&manifest).unwrap_or_else(|e| panic!("the relay's JSON: {e}"));
+    behind_a_balancer["spec"]["service"]["proxyProtocol"] = true.into();
+    behind_a_balancer["spec"]["service"]["proxyProtocolSourceRanges"] =
+        serde_json::json!([format!("{balancer}/32")]);
+    operator::apply(cp, team, &behind_a_balancer.to_string());
+    ok(user_path::wait_relay_ready(cp, team, &relay, WAIT));
+    ok(user_path::wait(
+        cp,
+        team,
+        WAIT,
+        "status.queue read from the pod",
+        || {
+            let r = operator::get_json(cp, team, "smtprelay", &relay)?;
+            (!r["status"]["queue"]["pods"].as_array()?.is_empty()).then_some(())
+        },
+    ));
+    let ignored = operator::get_json(cp, other, "smtprelay", &relay)
+        .unwrap_or_else(|| panic!("{other}/{relay} exists"));
+    assert!(
+        ignored["status"].is_null() && ignored["metadata"]["finalizers"].is_null(),
+        "a relay outside {team} is left alone: {ignored}"
+    );
+    assert!(
+        operator::get_json(cp, other, "statefulset", &relay).is_none(),
+        "no StatefulSet for a relay outside {team}"
+    );
+    let pod_ip = operator::get_json(cp, team, "pod", &format!("{relay}-0"))
+        .and_then(|p| p["status"]["podIP"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| panic!("{team}/{relay}-0 has an IP"));
+    let proxied =
+        |client: &str| host_perl::exec(cp, team, client, PROXY_THEN_FIRST_LINE, &[&pod_ip, "2525"]);
+    ok(user_path::wait(
+        cp,
+        team,
+        WAIT,
+        "the balancer admitted on 2525",
+        || proxied("balancer").ok().filter(|b| b.starts_with("220")),
+    ));
+    ok(user_path::wait(
+        cp,
+        team,
+        WAIT,
+        "a stranger refused on 2525",
+        || proxied("stranger").err().filter(|e| e.contains("timeout")),
+    ));
+    for ns in [team, other] {
+        cp.kubectl_ok(["delete", "smtprelay", "-n", ns, &relay, "--timeout=120s"]);
+    }
+}
+
+/// Like [`host_perl::READ_FIRST_LINE`], after a PROXY protocol v1 header, as a load balancer
+/// sends one: the first line the relay's PROXY port answers.
+const PROXY_THEN_FIRST_LINE: &str = r#"$s = IO::Socket::INET->new(PeerAddr => $ARGV[0], PeerPort => $ARGV[1], Timeout => 3) or die "connect: timeout $@\n"; alarm 10; print $s "PROXY TCP4 192.0.2.10 192.0.2.20 40000 25\r\n"; print scalar <$s>"#;
+
+/// Phase 11: README.md's quick start, the blocks marked `<!-- run: quickstart -->` in order, in
+/// one bash with `set -eu`, as a user would paste them: its relayhost is the sink, its relay
+/// image the chart's default (this checkout's). Before its last block (which removes what it
+/// made), the blocks of docs/operations.md marked `<!-- run: operations -->` (the queue in
+/// status, Postfix's queue tools in the pod) on the relay it made. The mail reached the sink,
+/// and the script removed what it made.
+fn the_quick_start_delivers_as_written(cp: &ControlPlane, sink: &mail::Sink, sink_port: u16) {
+    let marked = |page: &str, name: &str| {
+        let text = std::fs::read_to_string(tools::workspace_root().join(page)).unwrap_or_default();
+        let blocks = doc_blocks::marked_blocks(&text, name)
+            .unwrap_or_else(|e| panic!("{page}'s {name} blocks: {e}"));
+        assert!(!blocks.is_empty(), "{page} has blocks marked {name}");
+        blocks
+            .into_iter()
+            .map(|b| {
+                assert_eq!(b.lang, "sh", "{page} line {}: a shell block", b.line);
+                format!("# {page} line {}\n{}\n", b.line, b.code)
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut quick_start = marked("README.md", "quickstart");
+    assert!(quick_start.len() >= 3, "README.md's quick start is marked");
+    let cleanup = quick_start.pop().unwrap_or_default();
+    let mut script = String::from("set -eu\n");
+    script.extend(quick_start);
+    script.extend(marked("docs/operations.md", "operations"));
+    script.push_str(&cleanup);
+    let to = "quickstart@example.net";
+    let kubectl_dir = tools::bin("kubectl")
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
+    let path = std::env::join_paths(std::iter::once(kubectl_dir).chain(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    )))
+    .unwrap_or_else(|e| panic!("PATH: {e}"));
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .env("PATH", path)
+        .env("KUBECONFIG", cp.kubeconfig())
+        .env("DOMAIN", "example.net")
+        .env("RELAYHOST", NODE_IP.to_string())
+        .env("RELAYHOST_PORT", sink_port.to_string())
+        .env("TO", to)
+        .output()
+        .unwrap_or_else(|e| panic!("bash: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "README.md's quick start failed ({}):\n{}\n{}\n{}",
+        out.status,
+        user_path::tail(&stdout, 40),
+        user_path::tail(&String::from_utf8_lossy(&out.stderr), 40),
+        user_path::diagnose(cp, NS)
+    );
+    assert!(
+        stdout.contains("status=sent"),
+        "it showed the delivery:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("Mail queue is empty"),
+        "postqueue -p listed the relay's queue, delivered:\n{stdout}"
+    );
+    assert!(
+        sink.messages()
+            .iter()
+            .any(|m| m.rcpts.iter().any(|r| r.eq_ignore_ascii_case(to))),
+        "the quick start's mail reached the relayhost"
+    );
+    assert!(
+        !cp.kubectl(["get", "namespace", NS]).status.success(),
+        "the quick start removed its namespace"
+    );
 }
 
 /// Phase 10: the operator's pod (in its own namespace) read both new pods' queues after the
