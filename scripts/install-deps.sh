@@ -4,12 +4,13 @@
 #     tests run their own instances);
 #   - into $ROOT/.cache/lib/sasl2: the relay's XOAUTH2 mechanism (image/sasl-xoauth2), which the
 #     tests' relays load (RELAY_SASL_PLUGIN_DIR) as the image's do from /usr/lib/smtp-relay/sasl2;
-#   - into $ROOT/.cache/bin: helm (3) and helm4, actionlint, and controlplane + kubectl built from e2e/controlplane
-#     (a real etcd + kube-apiserver + kube-controller-manager, from Go modules), and
-#     controlplane-oldest, the same at the oldest supported Kubernetes (e2e/controlplane/oldest);
-#   - with --lint (the tests, not the demo): cargo-deny, promtool (checks and unit-tests the
-#     chart's alerts and dashboard queries) and kstatus (e2e/kstatus: the status the kstatus
-#     library computes, asked about SmtpRelays on the real node), into the same place.
+#   - into $ROOT/.cache/bin: helm (3) and helm4, and controlplane + kubectl built from
+#     e2e/controlplane (a real etcd + kube-apiserver + kube-controller-manager, from Go modules);
+#   - with --lint (the tests, not the demo): actionlint, controlplane-oldest (the same control
+#     plane at the oldest supported Kubernetes, e2e/controlplane/oldest), cargo-deny, promtool
+#     (checks and unit-tests the chart's alerts and dashboard queries) and kstatus (e2e/kstatus:
+#     the status the kstatus library computes, asked about SmtpRelays on the real node), into
+#     the same place.
 # A second run with everything present does nothing and takes seconds.
 #
 # Environment: GO (default: go on PATH, else /usr/local/go/bin/go), HELM_VERSION, HELM4_VERSION.
@@ -165,10 +166,12 @@ main() {
     step "XOAUTH2 SASL plugin" sasl_plugin_build
     step "helm $HELM_VERSION" helm_install
     step "helm4 $HELM4_VERSION" helm4_install
-    step "actionlint $ACTIONLINT_VERSION" actionlint_install
     step "controlplane + kubectl" controlplane_build
-    step "controlplane-oldest" controlplane_oldest_build
     if [ "${1:-}" = "--lint" ]; then
+        step "actionlint $ACTIONLINT_VERSION" actionlint_install
+        # The oldest supported Kubernetes, for e2e/tests/oldest_kubernetes.rs alone: the demo
+        # does not wait for its build (as long as the newest's on an empty Go cache).
+        step "controlplane-oldest" controlplane_oldest_build
         step "cargo-deny $CARGO_DENY_VERSION" cargo_deny_install
         step "promtool $PROMETHEUS_VERSION" promtool_install
         # kstatus (e2e/kstatus): the status the kstatus library computes for an object, as
