@@ -35,12 +35,13 @@ pub enum Kind {
     Boolean,
 }
 
-/// How Postfix reads one parameter: its kind and the least value it accepts (seconds for a
-/// time), when it checks one.
+/// How Postfix reads one parameter: its kind, the least value it accepts and the greatest
+/// (seconds for a time), when it checks them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rule {
     pub kind: Kind,
     pub min: Option<i64>,
+    pub max: Option<i64>,
 }
 
 /// Why a table line does not parse (the table is committed; a test reads every line).
@@ -69,18 +70,20 @@ pub fn parse_line(line: &str) -> Result<(&str, Option<Rule>), BadLine> {
             _ => return Err(bad()),
         },
     };
-    let min = match words.next() {
-        None => None,
-        Some(m) => Some(
-            m.strip_prefix("min=")
-                .and_then(|n| n.parse::<i64>().ok())
-                .ok_or_else(bad)?,
-        ),
-    };
-    if words.next().is_some() {
-        return Err(bad());
+    let (mut min, mut max) = (None, None);
+    for word in words {
+        let (bound, n) = word.split_once('=').ok_or_else(bad)?;
+        let n = n.parse::<i64>().map_err(|_| bad())?;
+        let slot = match bound {
+            "min" => &mut min,
+            "max" => &mut max,
+            _ => return Err(bad()),
+        };
+        if slot.replace(n).is_some() {
+            return Err(bad());
+        }
     }
-    Ok((name, Some(Rule { kind, min })))
+    Ok((name, Some(Rule { kind, min, max })))
 }
 
 /// How Postfix reads `name`, when the table types it.
@@ -201,15 +204,27 @@ pub fn check(field: &str, name: &str, value: &str) -> ConfigResult<()> {
         return Ok(());
     }
     let n = read(rule.kind, value).map_err(|problem| ConfigError::invalid(field, problem))?;
+    let shown = |bound: i64| match rule.kind {
+        Kind::Time { .. } => format!("{bound}s"),
+        _ => bound.to_string(),
+    };
     if let Some(min) = rule.min {
         if n < i128::from(min) {
-            let least = match rule.kind {
-                Kind::Time { .. } => format!("{min}s"),
-                _ => min.to_string(),
+            return Err(ConfigError::invalid(
+                field,
+                format!("{value:?} is less than {}, the least Postfix accepts for this parameter (it would stop with \"invalid {name} parameter value\")", shown(min)),
+            ));
+        }
+    }
+    if let Some(max) = rule.max {
+        if n > i128::from(max) {
+            let days = match rule.kind {
+                Kind::Time { .. } => format!(" ({} days)", max / 86400),
+                _ => String::new(),
             };
             return Err(ConfigError::invalid(
                 field,
-                format!("{value:?} is less than {least}, the least Postfix accepts for this parameter (it would stop with \"invalid {name} parameter value\")"),
+                format!("{value:?} is more than {}{days}, the most Postfix accepts for this parameter (it would stop with \"invalid {name} parameter value\")", shown(max)),
             ));
         }
     }
@@ -269,6 +284,14 @@ mod tests {
         assert!(e.contains("yes or no"), "{e}");
         let e = refused("maximal_queue_lifetime", "5 days");
         assert!(e.contains("without a unit, d"), "{e}");
+        // qmgr and bounce cap both lifetimes at 100 days: more and qmgr stops, so mail that
+        // got its 250 would never leave nor return.
+        let e = refused("maximal_queue_lifetime", "101d");
+        assert_eq!(
+            e,
+            "spec.postconf.maximal_queue_lifetime: \"101d\" is more than 8640000s (100 days), the most Postfix accepts for this parameter (it would stop with \"invalid maximal_queue_lifetime parameter value\")"
+        );
+        assert!(refused("bounce_queue_lifetime", "15w").contains("more than 8640000s"));
         let e = refused("smtpd_recipient_limit", "0");
         assert!(e.contains("less than 1") && e.contains("invalid"), "{e}");
         let e = refused("smtpd_timeout", "0");
@@ -309,7 +332,8 @@ mod tests {
             ("smtpd_timeout", "+5s"),
             ("smtpd_timeout", "5minutes"),
             ("smtpd_timeout", " 10d "),
-            ("maximal_queue_lifetime", "3000w"),
+            ("maximal_queue_lifetime", "100d"),
+            ("bounce_queue_lifetime", "8640000s"),
             ("smtpd_recipient_limit", "+5"),
             ("smtpd_recipient_limit", "2147483647"),
             ("smtpd_client_connection_count_limit", "-1"),

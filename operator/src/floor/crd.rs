@@ -588,13 +588,14 @@ pub const POSTFIX_TIME_PATTERN: &str = "^[1-9][0-9]{0,5}[smhdw]$";
 #[serde(rename_all = "camelCase")]
 pub struct QueueSpec {
     /// How long a message is retried before it returns to its sender (Postfix
-    /// `maximal_queue_lifetime`): a number and a unit, s, m, h, d or w. Default 5d. While it
-    /// waits, condition Delivering says why.
+    /// `maximal_queue_lifetime`): a number and a unit, s, m, h, d or w, at most 100d. Default
+    /// 5d. While it waits, condition Delivering says why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = POSTFIX_TIME_PATTERN))]
     pub lifetime: Option<String>,
     /// The same for the relay's own bounces, the non-delivery reports it sends back to
-    /// senders (Postfix `bounce_queue_lifetime`); after it they are dropped. Default 5d.
+    /// senders (Postfix `bounce_queue_lifetime`); after it they are dropped. At most 100d;
+    /// default 5d.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = POSTFIX_TIME_PATTERN))]
     pub bounce_lifetime: Option<String>,
@@ -1082,17 +1083,16 @@ impl RelayhostSpec {
 }
 
 impl SmtpRelaySpec {
-    /// How long mail is retried before it returns to its sender, as in force: the field, else
-    /// a `postconf` entry, else Postfix's default.
-    pub fn queue_lifetime(&self) -> &str {
-        self.queue
-            .lifetime
-            .as_deref()
-            .or(self
-                .postconf
-                .get("maximal_queue_lifetime")
-                .map(String::as_str))
-            .unwrap_or(POSTFIX_QUEUE_LIFETIME)
+    /// How long mail is retried before it returns to its sender, as in force, and what set
+    /// it: the field, else a `postconf` entry, else Postfix's default.
+    pub fn queue_lifetime(&self) -> (&str, &'static str) {
+        if let Some(v) = self.queue.lifetime.as_deref() {
+            (v, "spec.queue.lifetime")
+        } else if let Some(v) = self.postconf.get("maximal_queue_lifetime") {
+            (v, "spec.postconf.maximal_queue_lifetime")
+        } else {
+            (POSTFIX_QUEUE_LIFETIME, "Postfix's default")
+        }
     }
 
     /// Whether the operator issues the relay's certificate (`steps::certificate`): it has SASL

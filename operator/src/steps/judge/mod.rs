@@ -749,7 +749,7 @@ mod tests {
         ok.queue.lifetime = Some("12h".into());
         ok.queue.bounce_lifetime = Some("1d".into());
         assert_eq!(validate_spec(&ok), Ok(()));
-        assert_eq!(ok.queue_lifetime(), "12h");
+        assert_eq!(ok.queue_lifetime(), ("12h", "spec.queue.lifetime"));
         let e = err(|s| s.queue.lifetime = Some("99999999999w".into()));
         assert!(
             e.starts_with("spec.queue.lifetime: ") && e.contains("is not a time"),
@@ -773,8 +773,16 @@ mod tests {
             Ok(()),
             "the postconf way alone"
         );
-        assert_eq!(by_postconf.queue_lifetime(), "2d");
-        assert_eq!(spec().queue_lifetime(), "5d", "Postfix's default");
+        assert_eq!(
+            by_postconf.queue_lifetime(),
+            ("2d", "spec.postconf.maximal_queue_lifetime")
+        );
+        assert_eq!(spec().queue_lifetime(), ("5d", "Postfix's default"));
+        let e = err(|s| s.queue.lifetime = Some("101d".into()));
+        assert!(
+            e.starts_with("spec.queue.lifetime: \"101d\" is more than 8640000s (100 days)"),
+            "{e}"
+        );
     }
 
     #[test]

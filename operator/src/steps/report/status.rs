@@ -546,15 +546,15 @@ fn delivering_condition(relay: &SmtpRelay, gen: Option<i64>, now: &Time) -> Cond
                 )
             })
             .collect();
+        let (lifetime, set_by) = relay.spec.queue_lifetime();
         return condition(
             DELIVERING,
             Some(false),
             reason,
             format!(
-                "mail does not reach the relayhost {}: {}; it stays queued and is retried, and returns to its sender once older than the queue lifetime ({}, spec.queue.lifetime)",
+                "mail does not reach the relayhost {}: {}; it stays queued and is retried, and returns to its sender once older than the queue lifetime ({lifetime}, {set_by})",
                 relay.spec.relayhost.host,
                 each.join("; "),
-                relay.spec.queue_lifetime()
             ),
             gen,
             now,
