@@ -259,6 +259,23 @@ pub fn diagnose(cp: &ControlPlane, namespace: &str) -> String {
             "--all-containers",
             "--tail=40",
         ]);
+        // What waits on its spool, and where: a message that is neither delivered nor deferred
+        // (incoming/, active/) and Postfix's own lines about it.
+        let queue = text(&[
+            "exec", "-n", namespace, pod, "-c", "relay", "--", "sh", "-c",
+            "postqueue -c /run/smtp-relay/postfix -p; ls -lR --time-style=+%T /var/spool/postfix/incoming /var/spool/postfix/active /var/spool/postfix/deferred",
+        ]);
+        out += &format!("=== the spool of {pod}\n{}", tail(&queue, 40));
+        let log = text(&["logs", "-n", namespace, pod, "-c", "relay"]);
+        let skipped: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("qmgr") && !l.contains("removed"))
+            .collect();
+        out += &format!(
+            "=== qmgr's lines in {pod}'s log ({}; the last ones)\n{}\n",
+            skipped.len(),
+            skipped[skipped.len().saturating_sub(15)..].join("\n")
+        );
         let previous = cp.kubectl(["logs", "-n", namespace, pod, "--previous", "--tail=40"]);
         if previous.status.success() {
             out += &format!("=== previous container of {pod}\n");
