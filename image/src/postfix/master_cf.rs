@@ -107,15 +107,18 @@ pub const ALL_ADDRESSES: &str = "[::]:";
 mod tests {
     use super::*;
 
-    #[test]
-    fn smtpd_listens_where_asked_and_nothing_is_chrooted() {
-        let layout = Layout {
+    fn layout(listen: &str) -> Layout {
+        Layout {
             config_dir: "/c".into(),
             spool_dir: "/s".into(),
             data_dir: "/d".into(),
-            listen: "127.0.0.5:2525".into(),
-        };
-        let text = render(&layout, None).unwrap();
+            listen: listen.into(),
+        }
+    }
+
+    #[test]
+    fn smtpd_listens_where_asked_and_nothing_is_chrooted() {
+        let text = render(&layout("127.0.0.5:2525"), None).unwrap();
         let first = text.lines().nth(1).unwrap();
         assert!(first.starts_with("127.0.0.5:2525 inet"), "{first}");
         for line in text.lines().skip(1) {
@@ -130,12 +133,6 @@ mod tests {
 
     #[test]
     fn a_proxy_protocol_port_is_a_second_smtpd_on_the_listen_address() {
-        let layout = |listen: &str| Layout {
-            config_dir: "/c".into(),
-            spool_dir: "/s".into(),
-            data_dir: "/d".into(),
-            listen: listen.into(),
-        };
         let text = render(&layout("[::]:25"), Some(2525)).unwrap();
         let second = text.lines().nth(2).unwrap();
         assert!(second.starts_with("2525 "), "{second}");
@@ -161,13 +158,7 @@ mod tests {
     /// rescanned within 30 s of that, not at Debian's five-minute wakeup.
     #[test]
     fn qmgr_rescans_incoming_soon_after_a_parked_message_is_due() {
-        let layout = Layout {
-            config_dir: "/c".into(),
-            spool_dir: "/s".into(),
-            data_dir: "/d".into(),
-            listen: "[::]:25".into(),
-        };
-        let text = render(&layout, None).unwrap();
+        let text = render(&layout("[::]:25"), None).unwrap();
         let qmgr: Vec<&str> = text
             .lines()
             .find(|l| l.starts_with("qmgr "))

@@ -601,7 +601,7 @@ pub struct QueueSpec {
     pub bounce_lifetime: Option<String>,
 }
 
-/// A queue field, the Postfix parameter it sets and Postfix's default.
+/// A queue field, the Postfix parameter it sets and the field's value.
 pub struct QueueParameter {
     pub field: &'static str,
     pub parameter: &'static str,

@@ -328,36 +328,35 @@ pub fn default_resources() -> ResourceRequirements {
 /// the operator restarts no relay. So a relay whose spec gives no resources, running a
 /// template without any, keeps none while its image and configuration hash stay as they run.
 pub fn hold_default_resources(relay: &SmtpRelay, desired: &mut StatefulSet, live: &StatefulSet) {
-    if relay.spec.resources.is_some() {
-        return;
-    }
-    let template = |s: &StatefulSet| s.spec.as_ref().map(|s| s.template.clone());
-    let (Some(live), Some(wanted)) = (template(live), template(desired)) else {
-        return;
-    };
-    let relay_container = |t: &PodTemplateSpec| {
+    fn relay_container(t: &PodTemplateSpec) -> Option<&Container> {
         t.spec
-            .as_ref()
-            .and_then(|p| p.containers.iter().find(|c| c.name == CONTAINER_NAME))
-            .cloned()
-    };
-    let config_hash = |t: &PodTemplateSpec| {
+            .as_ref()?
+            .containers
+            .iter()
+            .find(|c| c.name == CONTAINER_NAME)
+    }
+    fn config_hash(t: &PodTemplateSpec) -> Option<&String> {
         t.metadata
+            .as_ref()?
+            .annotations
+            .as_ref()?
+            .get(CONFIG_HASH_ANNOTATION)
+    }
+    /// Whether the running template has no resources and runs the image and configuration
+    /// the desired one does.
+    fn unset_on_the_same_pods(live: &StatefulSet, desired: &StatefulSet) -> Option<bool> {
+        let (live, wanted) = (
+            &live.spec.as_ref()?.template,
+            &desired.spec.as_ref()?.template,
+        );
+        let (running, new) = (relay_container(live)?, relay_container(wanted)?);
+        let unset = running
+            .resources
             .as_ref()
-            .and_then(|m| m.annotations.as_ref())
-            .and_then(|a| a.get(CONFIG_HASH_ANNOTATION))
-            .cloned()
-    };
-    let (Some(running), Some(_)) = (relay_container(&live), relay_container(&wanted)) else {
-        return;
-    };
-    let unset = running
-        .resources
-        .as_ref()
-        .is_none_or(|r| r.requests.is_none() && r.limits.is_none() && r.claims.is_none());
-    let same_pods = relay_container(&wanted).and_then(|c| c.image) == running.image
-        && config_hash(&wanted) == config_hash(&live);
-    if !(unset && same_pods) {
+            .is_none_or(|r| r.requests.is_none() && r.limits.is_none() && r.claims.is_none());
+        Some(unset && new.image == running.image && config_hash(wanted) == config_hash(live))
+    }
+    if relay.spec.resources.is_some() || unset_on_the_same_pods(live, desired) != Some(true) {
         return;
     }
     if let Some(c) = desired
