@@ -1218,6 +1218,7 @@ pub fn delivery_health(relay: &SmtpRelay) -> impl std::hash::Hash + '_ {
                         p.pod.as_str(),
                         p.deferred.is_some_and(|d| d > 0),
                         p.delivery_problem.as_ref(),
+                        p.last_delivery_time.is_some(),
                     )
                 })
                 .collect::<Vec<_>>()

@@ -71,6 +71,12 @@ pub fn events_for(relay: &SmtpRelay, outcome: &Outcome, new: &SmtpRelayStatus) -
             out.push(about(EventType::Warning, c));
         }
     }
+    // Mail stopping (why, once per reason) and leaving again: what the pods do, whatever
+    // became of the last change of the spec.
+    if let Some(c) = find_condition(Some(new), status::DELIVERING) {
+        let before = find_condition(relay.status.as_ref(), status::DELIVERING);
+        out.extend(delivery_event(before, c));
+    }
     match outcome {
         Outcome::InvalidSpec { .. }
         | Outcome::Unresolved { .. }
@@ -112,11 +118,6 @@ pub fn events_for(relay: &SmtpRelay, outcome: &Outcome, new: &SmtpRelayStatus) -
                     action: "Apply".into(),
                     secondary: None,
                 });
-            }
-            // Mail stopping (why, once per reason) and leaving again.
-            if let Some(c) = find_condition(Some(new), status::DELIVERING) {
-                let before = find_condition(relay.status.as_ref(), status::DELIVERING);
-                out.extend(delivery_event(before, c));
             }
             // A drain starting, waiting on the relayhost, done or given up.
             if let Some(c) = find_condition(Some(new), status::DRAINING) {

@@ -6,7 +6,10 @@ use kube::ResourceExt;
 use smtp_relay::postfix::{main_cf, restrictions};
 use smtp_relay::settings::{self, TlsLevel, TlsMinVersion};
 
-use crate::floor::crd::{PodDeliveryProblem, PodQueueStatus, SmtpRelay, SmtpRelayStatus, READY};
+use crate::floor::crd::{
+    find_condition, PodDeliveryProblem, PodQueueStatus, QueueStatus, SmtpRelay, SmtpRelayStatus,
+    READY,
+};
 use crate::floor::running::{Canary, Drain, Refusal, Rollout};
 use crate::floor::verdict::Outcome;
 use smtp_relay::revision;
@@ -502,63 +505,61 @@ fn inbound_tls_condition(relay: &SmtpRelay, gen: Option<i64>, now: &Time) -> Con
 /// [`DELIVERING`], from `status.queue` as `queue::observe` last wrote it: only which replicas
 /// have mail waiting and why (see [`crate::floor::crd::delivery_health`], part of the fingerprint), so it changes
 /// when delivery does, not as numbers move. The message names the times, which stay still.
+///
+/// A reading that says nothing of the relayhost (no pod runs, or mail waits on a replica that
+/// has not tried the relayhost since it started) keeps a failure already known: a restart does
+/// not make mail leave, and only a delivery or another failure ends it.
 fn delivering_condition(relay: &SmtpRelay, gen: Option<i64>, now: &Time) -> Condition {
-    let Some(queue) = relay.status.as_ref().and_then(|s| s.queue.as_ref()) else {
-        return condition(
-            DELIVERING,
-            None,
-            "NotObserved",
-            "no replica's queue has been read yet".into(),
-            gen,
-            now,
-        );
-    };
-    let failing: Vec<(&str, &PodDeliveryProblem, &PodQueueStatus)> = queue
-        .pods
-        .iter()
-        .filter(|p| p.deferred.is_some_and(|d| d > 0))
-        .filter_map(|p| Some((p.pod.as_str(), p.delivery_problem.as_ref()?, p)))
-        .collect();
-    if let Some((_, first, _)) = failing.first() {
-        let reason = match first.reason.as_str() {
-            "connect" => "RelayhostUnreachable",
-            "tls" => "RelayhostTLSFailed",
-            "login" => "RelayhostLoginRefused",
-            "refused" => "RelayhostRefused",
-            _ => "DeliveryDeferred",
-        };
-        let each: Vec<String> = failing
-            .iter()
-            .map(|(pod, problem, p)| {
-                let why = if problem.detail.is_empty() {
-                    format!("{} (its log has Postfix's line)", problem.reason)
-                } else {
-                    problem.detail.clone()
-                };
-                let since = p
-                    .oldest_message_time
-                    .as_ref()
-                    .map(|t| format!(", the oldest since {}", t.0))
-                    .unwrap_or_default();
-                format!(
-                    "{pod}: {why} ({} waiting{since})",
-                    p.deferred.unwrap_or_default()
+    let known_failure = || {
+        find_condition(relay.status.as_ref(), DELIVERING)
+            .filter(|c| c.status == "False")
+            .map(|c| {
+                condition(
+                    DELIVERING,
+                    Some(false),
+                    &c.reason,
+                    c.message.clone(),
+                    gen,
+                    now,
                 )
             })
-            .collect();
-        let (lifetime, set_by) = relay.spec.queue_lifetime();
-        return condition(
-            DELIVERING,
-            Some(false),
-            reason,
-            format!(
-                "mail does not reach the relayhost {}: {}; it stays queued and is retried, and returns to its sender once older than the queue lifetime ({lifetime}, {set_by})",
-                relay.spec.relayhost.host,
-                each.join("; "),
-            ),
-            gen,
-            now,
-        );
+    };
+    let Some(queue) = relay.status.as_ref().and_then(|s| s.queue.as_ref()) else {
+        return known_failure().unwrap_or_else(|| {
+            condition(
+                DELIVERING,
+                None,
+                "NotObserved",
+                "no replica's queue has been read yet".into(),
+                gen,
+                now,
+            )
+        });
+    };
+    if let Some((reason, message)) = delivery_failure(relay, queue) {
+        return condition(DELIVERING, Some(false), reason, message, gen, now);
+    }
+    // Mail waits on a replica that has neither failed nor delivered since it started.
+    let untried: Vec<String> = queue
+        .pods
+        .iter()
+        .filter(|p| p.deferred.is_some_and(|d| d > 0) && p.last_delivery_time.is_none())
+        .map(|p| format!("{} ({} waiting)", p.pod, p.deferred.unwrap_or_default()))
+        .collect();
+    if !untried.is_empty() {
+        return known_failure().unwrap_or_else(|| {
+            condition(
+                DELIVERING,
+                None,
+                "NotYetTried",
+                format!(
+                    "mail waits on replicas that have not tried the relayhost since they started: {}; Postfix retries deferred mail on its own schedule",
+                    untried.join(", ")
+                ),
+                gen,
+                now,
+            )
+        });
     }
     let waiting: u64 = queue.pods.iter().filter_map(|p| p.deferred).sum();
     let (reason, message) = if waiting > 0 {
@@ -573,6 +574,53 @@ fn delivering_condition(relay: &SmtpRelay, gen: Option<i64>, now: &Time) -> Cond
         )
     };
     condition(DELIVERING, Some(true), reason, message, gen, now)
+}
+
+/// Why mail does not leave, when a replica with mail waiting failed its last attempt: the
+/// reason of the first such replica and a message naming each, in Postfix's words.
+fn delivery_failure(relay: &SmtpRelay, queue: &QueueStatus) -> Option<(&'static str, String)> {
+    let failing: Vec<(&str, &PodDeliveryProblem, &PodQueueStatus)> = queue
+        .pods
+        .iter()
+        .filter(|p| p.deferred.is_some_and(|d| d > 0))
+        .filter_map(|p| Some((p.pod.as_str(), p.delivery_problem.as_ref()?, p)))
+        .collect();
+    let (_, first, _) = failing.first()?;
+    let reason = match first.reason.as_str() {
+        "connect" => "RelayhostUnreachable",
+        "tls" => "RelayhostTLSFailed",
+        "login" => "RelayhostLoginRefused",
+        "refused" => "RelayhostRefused",
+        _ => "DeliveryDeferred",
+    };
+    let each: Vec<String> = failing
+        .iter()
+        .map(|(pod, problem, p)| {
+            let why = if problem.detail.is_empty() {
+                format!("{} (its log has Postfix's line)", problem.reason)
+            } else {
+                problem.detail.clone()
+            };
+            let since = p
+                .oldest_message_time
+                .as_ref()
+                .map(|t| format!(", the oldest since {}", t.0))
+                .unwrap_or_default();
+            format!(
+                "{pod}: {why} ({} waiting{since})",
+                p.deferred.unwrap_or_default()
+            )
+        })
+        .collect();
+    let (lifetime, set_by) = relay.spec.queue_lifetime();
+    Some((
+        reason,
+        format!(
+            "mail does not reach the relayhost {}: {}; it stays queued and is retried, and returns to its sender once older than the queue lifetime ({lifetime}, {set_by})",
+            relay.spec.relayhost.host,
+            each.join("; "),
+        ),
+    ))
 }
 
 /// Whether queued mail outlives what is deleted. Replicas scaled away drain before their
@@ -2018,12 +2066,10 @@ mod tests {
         assert_ne!(hash(&failing), hash(&ok));
     }
 
-    /// Issue 39: Delivering says when mail does not leave, why in Postfix's words and on which
-    /// replica, and follows delivery, not the numbers; Ready is not touched.
-    #[test]
-    fn delivering_says_when_mail_does_not_leave_and_why() {
-        use crate::floor::crd::{delivery_health, QueueStatus};
-        let pod = |name: &str, deferred: u64, problem: Option<(&str, &str)>| PodQueueStatus {
+    /// A replica's reading in `status.queue`: `deferred` messages waiting, and the problem of
+    /// its last attempt.
+    fn queue_pod(name: &str, deferred: u64, problem: Option<(&str, &str)>) -> PodQueueStatus {
+        PodQueueStatus {
             pod: name.into(),
             messages: Some(deferred),
             deferred: Some(deferred),
@@ -2033,28 +2079,40 @@ mod tests {
                 detail: detail.into(),
             }),
             ..PodQueueStatus::default()
-        };
-        let with = |pods: Vec<PodQueueStatus>| {
-            let mut r = relay("r1");
-            r.status = Some(SmtpRelayStatus {
-                queue: Some(QueueStatus {
-                    pods,
-                    ..QueueStatus::default()
-                }),
-                ..SmtpRelayStatus::default()
-            });
-            r
-        };
-        let delivering = |r: &SmtpRelay| {
-            let s = compute(r, &applied(), DONE, t(100));
-            assert_eq!(
-                cond(&s, READY).status,
-                "True",
-                "Ready means it accepts mail"
-            );
-            let c = cond(&s, DELIVERING).clone();
-            (c.status, c.reason, c.message)
-        };
+        }
+    }
+
+    /// Relay `r1` with `pods` read into its `status.queue`.
+    fn with_queue_of(pods: Vec<PodQueueStatus>) -> SmtpRelay {
+        let mut r = relay("r1");
+        r.status = Some(SmtpRelayStatus {
+            queue: Some(QueueStatus {
+                pods,
+                ..QueueStatus::default()
+            }),
+            ..SmtpRelayStatus::default()
+        });
+        r
+    }
+
+    /// The Delivering condition computed for `r` (status, reason, message); Ready stays True.
+    fn delivering_of(r: &SmtpRelay) -> (String, String, String) {
+        let s = compute(r, &applied(), DONE, t(100));
+        assert_eq!(
+            cond(&s, READY).status,
+            "True",
+            "Ready means it accepts mail"
+        );
+        let c = cond(&s, DELIVERING).clone();
+        (c.status, c.reason, c.message)
+    }
+
+    /// Issue 39: Delivering says when mail does not leave, why in Postfix's words and on which
+    /// replica, and follows delivery, not the numbers; Ready is not touched.
+    #[test]
+    fn delivering_says_when_mail_does_not_leave_and_why() {
+        use crate::floor::crd::delivery_health;
+        let (pod, with, delivering) = (queue_pod, with_queue_of, delivering_of);
         let unread = delivering(&relay("r1"));
         assert_eq!(
             (unread.0.as_str(), unread.1.as_str()),
@@ -2092,7 +2150,11 @@ mod tests {
             (status.as_str(), reason.as_str()),
             ("True", "NothingWaiting")
         );
-        let (status, reason, _) = delivering(&with(vec![pod("r1-0", 2, None)]));
+        let delivered = |mut p: PodQueueStatus| {
+            p.last_delivery_time = Some(t(60));
+            p
+        };
+        let (status, reason, _) = delivering(&with(vec![delivered(pod("r1-0", 2, None))]));
         assert_eq!((status.as_str(), reason.as_str()), ("True", "Retrying"));
 
         // The fingerprint follows delivery, not the numbers.
@@ -2109,6 +2171,76 @@ mod tests {
         assert_eq!(hash(&down), hash(&more));
         let back = with(vec![pod("r1-0", 0, None), pod("r1-1", 0, None)]);
         assert_ne!(hash(&down), hash(&back));
+    }
+
+    /// A replica that restarted with mail waiting has tried nothing yet: it does not say that
+    /// mail leaves. A failure already known stands until a delivery or another failure (also
+    /// while no pod runs), and its end is told whatever became of the spec's last change.
+    #[test]
+    fn a_restart_does_not_make_mail_leave() {
+        use crate::floor::crd::delivery_health;
+        let (pod, with, delivering) = (queue_pod, with_queue_of, delivering_of);
+        let delivered = |mut p: PodQueueStatus| {
+            p.last_delivery_time = Some(t(60));
+            p
+        };
+        let refused = "connect to mail.example.net[10.1.0.1]:25: Connection refused";
+        let down = with(vec![
+            pod("r1-0", 3, Some(("connect", refused))),
+            pod("r1-1", 0, None),
+        ]);
+        let restarted = with(vec![pod("r1-0", 3, None), pod("r1-1", 0, None)]);
+        let (status, reason, message) = delivering(&restarted);
+        assert_eq!(
+            (status.as_str(), reason.as_str()),
+            ("Unknown", "NotYetTried")
+        );
+        assert!(message.contains("r1-0 (3 waiting)"), "{message}");
+        let known = compute(&down, &applied(), DONE, t(100));
+        let after = |mut r: SmtpRelay| {
+            let s = r.status.as_mut().expect("a status");
+            s.conditions = known.conditions.clone();
+            r
+        };
+        assert_eq!(
+            delivering(&after(restarted.clone())),
+            delivering(&down),
+            "the known failure stands"
+        );
+        let mut no_pods = relay("r1");
+        no_pods.status = Some(SmtpRelayStatus {
+            conditions: known.conditions.clone(),
+            ..SmtpRelayStatus::default()
+        });
+        assert_eq!(delivering(&no_pods), delivering(&down));
+        let through = after(with(vec![
+            delivered(pod("r1-0", 0, None)),
+            pod("r1-1", 0, None),
+        ]));
+        assert_eq!(delivering(&through).0, "True", "a delivery ends it");
+        // Told whatever became of the spec's last change.
+        let invalid = Outcome::InvalidSpec {
+            message: "spec.x: a typo".into(),
+        };
+        let again = compute(&through, &invalid, DONE, t(100));
+        let events = crate::steps::report::events::events_for(&through, &invalid, &again);
+        let reasons: Vec<&str> = events.iter().map(|e| e.reason.as_str()).collect();
+        assert!(reasons.contains(&"DeliveringAgain"), "{reasons:?}");
+
+        let hash = |r: &SmtpRelay| {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            delivery_health(r).hash(&mut h);
+            h.finish()
+        };
+        assert_ne!(
+            hash(&restarted),
+            hash(&with(vec![
+                delivered(pod("r1-0", 3, None)),
+                pod("r1-1", 0, None)
+            ])),
+            "a first delivery after a restart"
+        );
     }
 
     /// Issue 26: with a login the relayhost proves who it is by default (`secure`); an explicit
