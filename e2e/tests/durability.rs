@@ -652,6 +652,31 @@ fn sigkilled_relay_containers_restart_on_their_volumes(env: &mut Env) {
         ready_pods(cp).filter(|p| p.values().all(|p| restarts(p) >= 1))
     });
     env.step("every container SIGKILLed, restarted by the kubelet");
+    delivery_failure_stands(env, "the restart");
+}
+
+/// Once the restarted replicas' queues are read again, `Delivering` still says what it said:
+/// a replica that has not tried the relayhost since it started does not make mail leave.
+fn delivery_failure_stands(env: &Env, after: &str) {
+    let cp = &env.cp;
+    env.wait("status.queue read again from both replicas", || {
+        let relay = operator::get_json(cp, NS, "smtprelay", RELAY)?;
+        let pods = relay["status"]["queue"]["pods"].as_array()?.clone();
+        (pods.len() == 2
+            && pods
+                .iter()
+                .all(|p| p["unreadable"].is_null() && p["deferred"].as_u64() > Some(0)))
+        .then_some(())
+    });
+    let c = relay_condition(cp, "Delivering").expect("a Delivering condition");
+    assert!(
+        c["status"] == "False" && c["reason"] == "RelayhostUnreachable",
+        "Delivering after {after}: {c}"
+    );
+    env.step(&format!(
+        "after {after}, Delivering still False: {}",
+        c["reason"]
+    ));
 }
 
 /// 4. The node reboots: the control plane, the kubelet, containerd and every pod killed
@@ -667,6 +692,7 @@ fn the_queues_survive_a_node_reboot(env: &mut Env) {
         queued(cp, 0),
         queued(cp, 1)
     );
+    delivery_failure_stands(env, "the reboot");
 }
 
 /// 5. Scale 2 -> 1 with the relayhost down: the departing pod leaves the Service and drains.
@@ -794,10 +820,46 @@ fn the_drained_replica_and_its_volume_go_only_after_delivery(env: &mut Env) {
     assert!(
         events.contains("\"reason\": \"RelayhostUnreachable\"")
             && events.contains("\"reason\": \"DeliveringAgain\""),
-        "an Event when mail stopped and one when it left again"
+        "an Event when mail stopped and one when it left again; the Events:\n{}\nthe operator's warnings:\n{}",
+        event_timeline(cp),
+        operator_warnings(cp, &env.release),
     );
     env.step(&format!("Delivering: {delivering}"));
     env.sink = None;
+}
+
+/// The namespace's Events in the order they were made: time, type, reason and the start of
+/// the note.
+fn event_timeline(cp: &ControlPlane) -> String {
+    let mut lines: Vec<String> = operator::list_json(cp, NS, "events")
+        .iter()
+        .map(|e| {
+            let when = e["eventTime"]
+                .as_str()
+                .or_else(|| e["firstTimestamp"].as_str())
+                .unwrap_or("?");
+            let note: String = e["message"]
+                .as_str()
+                .unwrap_or("")
+                .chars()
+                .take(160)
+                .collect();
+            format!("{when} {} {} {note}", e["type"], e["reason"])
+        })
+        .collect();
+    lines.sort();
+    lines.join("\n")
+}
+
+/// The operator's log lines at WARN or above (the Events it could not publish among them).
+fn operator_warnings(cp: &ControlPlane, release: &ChartRelease) -> String {
+    let deployment = format!("deployment/{}", release.release);
+    let out = cp.kubectl(["logs", "-n", &release.namespace, &deployment, "--tail=2000"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// 7. Deleted with `whenDeleted: Delete` while M messages wait, in the foreground as Argo CD
