@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Installs what the real single-node Kubernetes of the e2e tests (`controlplane --node`) needs,
 # idempotently; scripts/install-deps.sh calls it, and it can be run on its own:
-#   - Debian packages: containerd, runc, the CNI plugins, iptables, conntrack, iproute2, and gcc
-#     with the static libc for the pause binary;
+#   - Debian packages: the CNI plugins, iptables, conntrack, iproute2, gcc with the static libc
+#     for the pause binary, and libseccomp-dev for runc;
+#   - into $ROOT/.cache/bin: containerd, its runc shim, ctr and runc, built from the Go modules
+#     of e2e/runtime (Debian's containerd 1.6 is too old for the Kubernetes releases after 1.35,
+#     and ignores user namespaces);
 #   - into $ROOT/.cache/bin: kubelet and kube-proxy (built from the k8s.io/kubernetes module of
 #     e2e/controlplane, so they match the control plane's version), coredns (e2e/coredns, its
 #     own module), netpol (e2e/netpol, its own module: the NetworkPolicy controller
@@ -15,7 +18,7 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BIN="$ROOT/.cache/bin"
-NODE_APT_PACKAGES=(containerd runc containernetworking-plugins iptables conntrack iproute2 gcc libc6-dev)
+NODE_APT_PACKAGES=(containernetworking-plugins iptables conntrack iproute2 gcc libc6-dev libseccomp-dev pkg-config)
 PAUSE_IMAGE="localhost/pause:3.10"
 
 LOG_TAG="install-node-deps"
@@ -40,6 +43,32 @@ kubelet_build() {
     x="$(k8s_version_ldflags "$src/go.mod")"
     (cd "$src" && "$GO" build -trimpath "-ldflags=-s -w$x" -o "$BIN/" \
         k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy)
+    echo "$sum" >"$stamp"
+}
+
+# runtime_build: containerd, containerd-shim-runc-v2 and ctr (pure Go; btrfs, the one cgo
+# snapshotter, left out) and runc (cgo, with seccomp; without libpathrs, which Debian does not
+# ship: runc falls back to its Go code), the `tool` entries of e2e/runtime/go.mod; containerd
+# stamped with its version as its release build is (runc embeds its own).
+runtime_build() {
+    local src="$ROOT/e2e/runtime" stamp="$BIN/.runtime-sources" sum
+    sum="$(sources_hash "$src" go.mod go.sum)"
+    if [ -x "$BIN/containerd" ] && [ -x "$BIN/runc" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$sum" ]; then
+        return
+    fi
+    log "building containerd and runc"
+    local c=github.com/containerd/containerd/v2 containerd
+    containerd="$(awk -v m="$c" '$1 == m { print $2; exit }' "$src/go.mod")"
+    local x="-s -w -X $c/version.Version=$containerd -X $c/version.Package=$c"
+    (
+        cd "$src"
+        CGO_ENABLED=0 "$GO" build -trimpath -tags "urfave_cli_no_docs no_btrfs" "-ldflags=$x" \
+            -o "$BIN/" "$c/cmd/containerd" "$c/cmd/ctr"
+        CGO_ENABLED=0 "$GO" build -trimpath -tags "urfave_cli_no_docs no_grpc" "-ldflags=$x" \
+            -o "$BIN/" "$c/cmd/containerd-shim-runc-v2"
+        CGO_ENABLED=1 "$GO" build -trimpath -buildmode=pie -tags "seccomp urfave_cli_no_docs" \
+            "-ldflags=-s -w" -o "$BIN/runc" github.com/opencontainers/runc
+    )
     echo "$sum" >"$stamp"
 }
 
@@ -83,6 +112,7 @@ main() {
     GO="$(find_go)"
     export GOTOOLCHAIN=local
     step "node apt packages" node_apt_packages
+    step "containerd + runc" runtime_build
     step "kubelet + kube-proxy" kubelet_build
     step "coredns" go_module_build coredns
     step "netpol" go_module_build netpol

@@ -427,11 +427,14 @@ fn set_true(v: &Value, key: &str, path: &str, found: &mut Vec<String>) {
 }
 
 /// The Go modules the e2e builds: the control plane, the same at the oldest supported
-/// Kubernetes, CoreDNS.
-const E2E_GO_MODS: [&str; 3] = [
+/// Kubernetes, the node's container runtime, CoreDNS, the NetworkPolicy controller, kstatus.
+const E2E_GO_MODS: [&str; 6] = [
     "e2e/controlplane/go.mod",
     "e2e/controlplane/oldest/go.mod",
+    "e2e/runtime/go.mod",
     "e2e/coredns/go.mod",
+    "e2e/netpol/go.mod",
+    "e2e/kstatus/go.mod",
 ];
 
 #[test]
@@ -441,7 +444,7 @@ fn renovate_covers_every_pinned_version_and_merges_nothing_by_itself() {
     let enabled = strings(&config["enabledManagers"]);
     for manager in [
         "cargo",          // Cargo.toml, Cargo.lock
-        "gomod",          // e2e/controlplane and e2e/coredns
+        "gomod",          // every go.mod of e2e/ (E2E_GO_MODS)
         "github-actions", // .github/workflows/release.yml
         "helm-values",    // the chart's image references
         "custom.regex",   // the tools scripts/install-deps.sh builds, Helm in release.yml
