@@ -1,6 +1,6 @@
 package main
 
-// --node: a real node next to the control plane. containerd (the Debian package, on its own
+// --node: a real node next to the control plane. containerd (built from e2e/runtime, on its own
 // socket and directories), the kubelet and kube-proxy (built from this module), CoreDNS
 // (e2e/coredns) and the NetworkPolicy controller (e2e/netpol) run as child processes; the
 // scheduler and the local-volume loop run in this process. Everything lives under DIR/node,
@@ -75,7 +75,7 @@ func startNode(ctx context.Context, claim *hostClaim, l *files) (*node, error) {
 	if err := os.MkdirAll(l.path("pv"), 0o755); err != nil {
 		return n, err
 	}
-	for _, bin := range []string{"kubelet", "kube-proxy", "coredns", "netpol", "pause.tar"} {
+	for _, bin := range []string{"containerd", "containerd-shim-runc-v2", "ctr", "runc", "kubelet", "kube-proxy", "coredns", "netpol", "pause.tar"} {
 		if !fileExists(filepath.Join(n.binDir, bin)) {
 			return n, fmt.Errorf("%s not found in %s: run scripts/install-node-deps.sh", bin, n.binDir)
 		}
@@ -98,13 +98,13 @@ func startNode(ctx context.Context, claim *hostClaim, l *files) (*node, error) {
 	// containerd pulls through a proxy that does not exist: an image that was not imported
 	// fails to pull at once, instead of the pull reaching a registry off this machine.
 	noPull := []string{"HTTP_PROXY=http://127.0.0.1:9", "HTTPS_PROXY=http://127.0.0.1:9", "NO_PROXY=", "http_proxy=", "https_proxy=", "no_proxy="}
-	if err := n.startDaemon("containerd", noPull, "containerd", "--config", n.path("containerd.toml")); err != nil {
+	if err := n.startDaemon("containerd", noPull, filepath.Join(n.binDir, "containerd"), "--config", n.path("containerd.toml")); err != nil {
 		return n, err
 	}
 	if err := n.waitSocket(ctx, n.socket()); err != nil {
 		return n, fmt.Errorf("containerd: %w", err)
 	}
-	if err := runCmd("ctr", "--address", n.socket(), "-n", "k8s.io", "images", "import",
+	if err := runCmd(filepath.Join(n.binDir, "ctr"), "--address", n.socket(), "-n", "k8s.io", "images", "import",
 		filepath.Join(n.binDir, "pause.tar")); err != nil {
 		return n, fmt.Errorf("importing the pause image: %w", err)
 	}
@@ -445,7 +445,7 @@ func (l *files) ensureNodePKI() error {
 func (n *node) writeConfigs() error {
 	nd := n.claim.nodeDir()
 	files := map[string]string{
-		"containerd.toml": fmt.Sprintf(containerdConfig, nd, pauseImage),
+		"containerd.toml": fmt.Sprintf(containerdConfig, nd, pauseImage, n.binDir, shimSocketDir(nd)),
 		"cni/net.d/10-e2e-pods.conflist": fmt.Sprintf(cniConfig, cniNetwork, bridgeName, podCIDR, nodeIP,
 			filepath.Join(nd, "cni", "ipam")),
 		"kubelet.yaml": fmt.Sprintf(kubeletConfig, nodeIP, dnsServiceIP, clusterDomain,
@@ -463,13 +463,16 @@ func (n *node) writeConfigs() error {
 	return nil
 }
 
-// containerdConfig: its own root, state and socket, so it can run beside a system containerd;
-// the settings real-node.md found necessary on this machine kind: restrict_oom_score_adj (the
-// bounding set lacks CAP_SYS_RESOURCE, runc cannot lower oom_score_adj), cgroupfs (no systemd),
-// overlayfs, a local sandbox image.
-const containerdConfig = `version = 2
+// containerdConfig (containerd 2, config version 3): its own root, state and socket, so it can
+// run beside a system containerd; its own shim and runc by path (containerd looks for a shim on
+// PATH first, where a Debian containerd's older one may be), the shims' sockets under the
+// node's directory when it is short enough, NRI off (its socket is machine-wide); the settings real-node.md found necessary on this machine kind:
+// restrict_oom_score_adj (the bounding set lacks CAP_SYS_RESOURCE, runc cannot lower
+// oom_score_adj), cgroupfs (no systemd), overlayfs, a local sandbox image.
+const containerdConfig = `version = 3
 root = "%[1]s/containerd/root"
 state = "%[1]s/containerd/state"
+imports = []
 
 [grpc]
   address = "%[1]s/containerd/containerd.sock"
@@ -480,22 +483,45 @@ state = "%[1]s/containerd/state"
 [plugins."io.containerd.internal.v1.opt"]
   path = "%[1]s/containerd/opt"
 
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "%[2]s"
+[plugins."io.containerd.nri.v1.nri"]
+  disable = true
+
+[plugins."io.containerd.shim.v1.manager"]
+  socket_dir = "%[4]s"
+
+[plugins."io.containerd.cri.v1.images"]
+  snapshotter = "overlayfs"
+  [plugins."io.containerd.cri.v1.images".pinned_images]
+    sandbox = "%[2]s"
+
+[plugins."io.containerd.cri.v1.runtime"]
   restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
+  cdi_spec_dirs = []
+  [plugins."io.containerd.cri.v1.runtime".containerd]
     default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+      runtime_path = "%[3]s/containerd-shim-runc-v2"
+      [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
         SystemdCgroup = false
+        BinaryName = "%[3]s/runc"
         Root = "%[1]s/containerd/runc"
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/usr/lib/cni"
+  [plugins."io.containerd.cri.v1.runtime".cni]
+    bin_dirs = ["/usr/lib/cni"]
     conf_dir = "%[1]s/cni/net.d"
     max_conf_num = 1
 `
+
+// shimSocketDir is where the shims' sockets go: under the node's directory, so a shim killed
+// with the node leaves no socket behind on the host, when that path is short enough for a
+// socket's name (containerd allows 42 characters); else "", containerd's /run/containerd/s.
+func shimSocketDir(nodeDir string) string {
+	dir := filepath.Join(nodeDir, "s")
+	if len(dir) > 42 {
+		return ""
+	}
+	return dir
+}
 
 // cniConfig: pods on the bridge, no masquerading (nothing may leave the machine anyway), and
 // the address leases under the state directory.

@@ -127,7 +127,7 @@ impl ControlPlane {
         let socket = self.containerd_socket().ok_or_else(|| {
             io::Error::new(io::ErrorKind::Unsupported, "control plane has no node")
         })?;
-        let out = Command::new("ctr")
+        let out = Command::new(tools::bin("ctr"))
             .arg("--address")
             .arg(socket)
             .args(["-n", "k8s.io", "images", "import"])

@@ -636,7 +636,7 @@ fn sigkilled_relay_containers_restart_on_their_volumes(env: &mut Env) {
             .and_then(|c| c.strip_prefix("containerd://"))
             .expect("a containerd container")
             .to_string();
-        let out = Command::new("ctr")
+        let out = Command::new(smtp_relay_e2e::tools::bin("ctr"))
             .arg("--address")
             .arg(&socket)
             .args(["-n", "k8s.io", "task", "kill", "-a", "-s", "SIGKILL", &id])
