@@ -48,9 +48,7 @@ apt_packages() {
 # version (a stamp file remembers which).
 go_tool() {
     local name="$1" version="$2" package="$3" ldflags="-s -w${4:+ $4}" stamp="$BIN/.$1-version"
-    if [ -x "$BIN/$name" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$version" ]; then
-        return
-    fi
+    current "$stamp" "$version" "$BIN/$name" && return
     log "building $name $version"
     GOBIN="$BIN" "$GO" install -trimpath "-ldflags=$ldflags" "$package@$version"
     echo "$version" >"$stamp"
@@ -65,9 +63,7 @@ helm_install() {
 # of its own and linked beside Helm 3.
 helm4_install() {
     local stamp="$BIN/.helm4-version"
-    if [ -x "$BIN/helm4" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$HELM4_VERSION" ]; then
-        return
-    fi
+    current "$stamp" "$HELM4_VERSION" "$BIN/helm4" && return
     log "building helm4 $HELM4_VERSION"
     mkdir -p "$BIN/helm4.d"
     GOBIN="$BIN/helm4.d" "$GO" install -trimpath \
@@ -86,9 +82,7 @@ actionlint_install() {
 # crates.io; its build directory outlives the clone, so a fresh checkout only links it again.
 cargo_deny_install() {
     local stamp="$BIN/.cargo-deny-version"
-    if [ -x "$BIN/cargo-deny" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$CARGO_DENY_VERSION" ]; then
-        return
-    fi
+    current "$stamp" "$CARGO_DENY_VERSION" "$BIN/cargo-deny" && return
     log "building cargo-deny $CARGO_DENY_VERSION"
     cargo install --quiet --locked --force "cargo-deny@$CARGO_DENY_VERSION" \
         --root "$ROOT/.cache" \
@@ -106,9 +100,7 @@ sasl_plugin_build() {
     local src="$ROOT/image/sasl-xoauth2/xoauth2.c" dir="$ROOT/.cache/lib/sasl2"
     local out="$dir/libsmtprelayxoauth2.so" stamp="$dir/.sources" sum
     sum="$( (gcc --version | head -1 && cat "$src") | sha256sum | cut -d' ' -f1)"
-    if [ -f "$out" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$sum" ]; then
-        return
-    fi
+    current "$stamp" "$sum" "$out" && return
     mkdir -p "$dir"
     gcc -shared -fPIC -O2 -Wall -Wextra -Werror -o "$out" "$src"
     echo "$sum" >"$stamp"
@@ -118,9 +110,7 @@ controlplane_build() {
     local src="$ROOT/e2e/controlplane" stamp="$BIN/.controlplane-sources" sum
     # The sources' content, not their times: a fresh checkout of the same sources builds nothing.
     sum="$(sources_hash "$src" '*.go' go.mod go.sum)"
-    if [ -x "$BIN/controlplane" ] && [ -x "$BIN/kubectl" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$sum" ]; then
-        return
-    fi
+    current "$stamp" "$sum" "$BIN/controlplane" "$BIN/kubectl" && return
     log "building controlplane and kubectl"
     local x
     x="$(k8s_version_ldflags "$src/go.mod")"
@@ -146,9 +136,7 @@ controlplane_oldest_build() {
     # The links' targets are the sources above (find sees no links); the module is its own.
     sum="$( (sources_hash "$src" '*.go' && sources_hash "$src/oldest" go.mod go.sum) |
         sha256sum | cut -d' ' -f1)"
-    if [ -x "$out" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$sum" ]; then
-        return
-    fi
+    current "$stamp" "$sum" "$out" && return
     log "building controlplane-oldest"
     local x
     x="$(k8s_version_ldflags "$src/oldest/go.mod")"

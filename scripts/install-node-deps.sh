@@ -33,9 +33,7 @@ node_apt_packages() {
 kubelet_build() {
     local src="$ROOT/e2e/controlplane" stamp="$BIN/.node-sources" sum
     sum="$(sources_hash "$src" go.mod go.sum)"
-    if [ -x "$BIN/kubelet" ] && [ -x "$BIN/kube-proxy" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$sum" ]; then
-        return
-    fi
+    current "$stamp" "$sum" "$BIN/kubelet" "$BIN/kube-proxy" && return
     log "building kubelet and kube-proxy"
     # The kubelet reports it as the node's version: a v0.0.0 node would look older than the
     # control plane.
@@ -53,9 +51,7 @@ kubelet_build() {
 runtime_build() {
     local src="$ROOT/e2e/runtime" stamp="$BIN/.runtime-sources" sum
     sum="$(sources_hash "$src" go.mod go.sum)"
-    if [ -x "$BIN/containerd" ] && [ -x "$BIN/runc" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$sum" ]; then
-        return
-    fi
+    current "$stamp" "$sum" "$BIN"/{containerd,containerd-shim-runc-v2,ctr,runc} && return
     log "building containerd and runc"
     local c=github.com/containerd/containerd/v2 containerd
     containerd="$(awk -v m="$c" '$1 == m { print $2; exit }' "$src/go.mod")"
@@ -79,9 +75,7 @@ runtime_build() {
 pause_image() {
     local src="$ROOT/e2e/node" stamp="$BIN/.pause-sources" sum
     sum="$( (gcc --version | head -1 && echo "$PAUSE_IMAGE" && cat "$src/pause.c") | sha256sum | cut -d' ' -f1)"
-    if [ -f "$BIN/pause.tar" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$sum" ]; then
-        return
-    fi
+    current "$stamp" "$sum" "$BIN/pause.tar" && return
     log "building the pause image $PAUSE_IMAGE"
     local work
     work="$(mktemp -d)"

@@ -67,14 +67,23 @@ sources_hash() {
         sha256sum | cut -d' ' -f1
 }
 
+# current STAMP SUM FILE...: whether every FILE is there and the last build stamped STAMP with
+# SUM (the hash of its sources): then there is nothing to build.
+current() {
+    local stamp="$1" sum="$2" f
+    shift 2
+    for f in "$@"; do
+        [ -e "$f" ] || return 1
+    done
+    [ "$(cat "$stamp" 2>/dev/null)" = "$sum" ]
+}
+
 # go_module_build NAME: the Go module e2e/NAME (its main package) built into $BIN/NAME, again
 # only when its sources or the Go version changed (stamped in $BIN/.NAME-sources).
 go_module_build() {
     local name="$1" src="$ROOT/e2e/$1" stamp="$BIN/.$1-sources" sum
     sum="$(sources_hash "$src" '*.go' go.mod go.sum)"
-    if [ -x "$BIN/$name" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$sum" ]; then
-        return
-    fi
+    current "$stamp" "$sum" "$BIN/$name" && return
     log "building $name"
     (cd "$src" && "$GO" build -trimpath "-ldflags=-s -w" -o "$BIN/$name" .)
     echo "$sum" >"$stamp"
