@@ -51,6 +51,29 @@ fn real_node_runs_pods_volumes_services_and_dns_and_cleans_up() {
         "True"
     );
 
+    // The versions the go.mod files pin, as the node reports them.
+    let node_info = |field: &str| {
+        first.kubectl_ok([
+            "get",
+            "node",
+            "e2e-node",
+            "-o",
+            &format!("jsonpath={{.status.nodeInfo.{field}}}"),
+        ])
+    };
+    assert_eq!(
+        node_info("kubeletVersion"),
+        go_mod_version("e2e/controlplane/go.mod", "k8s.io/kubernetes")
+    );
+    assert_eq!(
+        node_info("containerRuntimeVersion"),
+        format!(
+            "containerd://{}",
+            go_mod_version("e2e/runtime/go.mod", "github.com/containerd/containerd/v2")
+                .trim_start_matches('v')
+        )
+    );
+
     first.kubectl_ok(["create", "namespace", "smoke"]);
     let ip = run_pause_pod(&first, "smoke", "pause");
     assert!(ip.starts_with("10.88."), "pod IP {ip} is on the pod bridge");
@@ -513,4 +536,16 @@ fn mounts_under(dir: &Path) -> Vec<String> {
         .filter(|p| p.starts_with(&prefix))
         .map(str::to_owned)
         .collect()
+}
+
+/// The version of `module` that the go.mod at `path` (from the workspace root) requires.
+fn go_mod_version(path: &str, module: &str) -> String {
+    let text = std::fs::read_to_string(tools::workspace_root().join(path))
+        .unwrap_or_else(|e| panic!("{path}: {e}"));
+    text.lines()
+        .find_map(|l| {
+            let mut words = l.split_whitespace();
+            (words.next() == Some(module)).then(|| words.next().map(str::to_owned))?
+        })
+        .unwrap_or_else(|| panic!("{path} requires no {module}"))
 }
