@@ -465,10 +465,11 @@ func (n *node) writeConfigs() error {
 
 // containerdConfig (containerd 2, config version 3): its own root, state and socket, so it can
 // run beside a system containerd; its own shim and runc by path (containerd looks for a shim on
-// PATH first, where a Debian containerd's older one may be), the shims' sockets under the
-// node's directory when it is short enough, NRI off (its socket is machine-wide); the settings real-node.md found necessary on this machine kind:
-// restrict_oom_score_adj (the bounding set lacks CAP_SYS_RESOURCE, runc cannot lower
-// oom_score_adj), cgroupfs (no systemd), overlayfs, a local sandbox image.
+// PATH first, where a Debian containerd's older one may be); the shims' sockets under the
+// node's directory when it is short enough; NRI off (its socket is machine-wide); and the
+// settings real-node.md found necessary on this machine kind: restrict_oom_score_adj (the
+// bounding set lacks CAP_SYS_RESOURCE, runc cannot lower oom_score_adj), cgroupfs (no
+// systemd), overlayfs, a local sandbox image.
 const containerdConfig = `version = 3
 root = "%[1]s/containerd/root"
 state = "%[1]s/containerd/state"
