@@ -14,6 +14,22 @@ pub fn workspace_root() -> PathBuf {
     root
 }
 
+/// The version of `module` that the go.mod at `path` (from the workspace root) requires.
+///
+/// # Panics
+///
+/// If the file cannot be read or requires no such module, naming both.
+pub fn go_mod_requirement(path: &str, module: &str) -> String {
+    let text = std::fs::read_to_string(workspace_root().join(path))
+        .unwrap_or_else(|e| panic!("{path}: {e}"));
+    text.lines()
+        .find_map(|l| {
+            let mut words = l.split_whitespace();
+            (words.next() == Some(module)).then(|| words.next().map(str::to_owned))?
+        })
+        .unwrap_or_else(|| panic!("{path} requires no {module}"))
+}
+
 /// The path of a tool built by `scripts/install-deps.sh` into `<workspace>/.cache/bin`.
 ///
 /// # Panics

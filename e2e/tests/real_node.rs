@@ -63,13 +63,13 @@ fn real_node_runs_pods_volumes_services_and_dns_and_cleans_up() {
     };
     assert_eq!(
         node_info("kubeletVersion"),
-        go_mod_version("e2e/controlplane/go.mod", "k8s.io/kubernetes")
+        tools::go_mod_requirement("e2e/controlplane/go.mod", "k8s.io/kubernetes")
     );
     assert_eq!(
         node_info("containerRuntimeVersion"),
         format!(
             "containerd://{}",
-            go_mod_version("e2e/runtime/go.mod", "github.com/containerd/containerd/v2")
+            tools::go_mod_requirement("e2e/runtime/go.mod", "github.com/containerd/containerd/v2")
                 .trim_start_matches('v')
         )
     );
@@ -536,16 +536,4 @@ fn mounts_under(dir: &Path) -> Vec<String> {
         .filter(|p| p.starts_with(&prefix))
         .map(str::to_owned)
         .collect()
-}
-
-/// The version of `module` that the go.mod at `path` (from the workspace root) requires.
-fn go_mod_version(path: &str, module: &str) -> String {
-    let text = std::fs::read_to_string(tools::workspace_root().join(path))
-        .unwrap_or_else(|e| panic!("{path}: {e}"));
-    text.lines()
-        .find_map(|l| {
-            let mut words = l.split_whitespace();
-            (words.next() == Some(module)).then(|| words.next().map(str::to_owned))?
-        })
-        .unwrap_or_else(|| panic!("{path} requires no {module}"))
 }

@@ -260,13 +260,10 @@ fn readme_chart_and_operator_state_the_same_kubernetes_window() {
 
 /// The `k8s.io/kubernetes` version a go.mod requires.
 fn go_mod_kubernetes(path: &str) -> Version {
-    let go_mod = read(path);
-    let kubernetes = go_mod
-        .lines()
-        .map(str::trim)
-        .find_map(|l| l.strip_prefix("k8s.io/kubernetes "))
-        .unwrap_or_else(|| panic!("{path} requires k8s.io/kubernetes"));
-    version(kubernetes.split_whitespace().next().unwrap())
+    version(&smtp_relay_e2e::tools::go_mod_requirement(
+        path,
+        "k8s.io/kubernetes",
+    ))
 }
 
 /// The real node runs the newest Kubernetes README.md supports (the oldest runs in
