@@ -124,21 +124,28 @@ impl ControlPlane {
     /// Imports an image archive (docker-archive or OCI layout tarball, as `buildah push` or
     /// `docker save` write) into the node's containerd, where the kubelet finds it.
     pub fn import_image(&self, archive: &Path) -> io::Result<()> {
+        let archive = archive.to_string_lossy();
+        self.ctr(&["images", "import", &archive])
+    }
+
+    /// Runs the node's `ctr ARGS…` on its containerd, in the kubelet's namespace `k8s.io`; an
+    /// error names the command and holds ctr's own words.
+    pub fn ctr(&self, args: &[&str]) -> io::Result<()> {
         let socket = self.containerd_socket().ok_or_else(|| {
             io::Error::new(io::ErrorKind::Unsupported, "control plane has no node")
         })?;
         let out = Command::new(tools::bin("ctr"))
             .arg("--address")
             .arg(socket)
-            .args(["-n", "k8s.io", "images", "import"])
-            .arg(archive)
+            .args(["-n", "k8s.io"])
+            .args(args)
             .output()?;
         if out.status.success() {
             Ok(())
         } else {
             Err(io::Error::other(format!(
-                "ctr images import {}: {}",
-                archive.display(),
+                "ctr {}: {}",
+                args.join(" "),
                 String::from_utf8_lossy(&out.stderr).trim()
             )))
         }

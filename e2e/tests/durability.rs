@@ -48,7 +48,6 @@
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -629,24 +628,13 @@ fn accepted_mail_is_queued_on_both_spools_and_counted_in_status(env: &mut Env) {
 ///    crash would: the kubelet restarts them on the same volumes.
 fn sigkilled_relay_containers_restart_on_their_volumes(env: &mut Env) {
     let cp = &env.cp;
-    let socket = cp.containerd_socket().expect("a node");
     for pod in env.pods.values() {
         let id = pod["status"]["containerStatuses"][0]["containerID"]
             .as_str()
             .and_then(|c| c.strip_prefix("containerd://"))
-            .expect("a containerd container")
-            .to_string();
-        let out = Command::new(smtp_relay_e2e::tools::bin("ctr"))
-            .arg("--address")
-            .arg(&socket)
-            .args(["-n", "k8s.io", "task", "kill", "-a", "-s", "SIGKILL", &id])
-            .output()
-            .expect("ctr");
-        assert!(
-            out.status.success(),
-            "ctr task kill: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+            .expect("a containerd container");
+        cp.ctr(&["task", "kill", "-a", "-s", "SIGKILL", id])
+            .unwrap_or_else(|e| panic!("{e}"));
     }
     env.wait("both pods restarted and Ready", || {
         ready_pods(cp).filter(|p| p.values().all(|p| restarts(p) >= 1))
