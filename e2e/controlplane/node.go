@@ -60,6 +60,16 @@ func (n *node) path(parts ...string) string {
 	return filepath.Join(append([]string{n.claim.nodeDir()}, parts...)...)
 }
 
+// traversable lets everyone search the directory (x for group and others), keeping the rest of
+// its mode.
+func traversable(dir string) error {
+	info, err := os.Stat(dir)
+	if err != nil {
+		return err
+	}
+	return os.Chmod(dir, info.Mode().Perm()|0o011)
+}
+
 func (n *node) socket() string { return n.path("containerd", "containerd.sock") }
 
 // startNode starts containerd, the kubelet, kube-proxy, CoreDNS, the NetworkPolicy controller,
@@ -74,6 +84,15 @@ func startNode(ctx context.Context, claim *hostClaim, l *files) (*node, error) {
 	}
 	if err := os.MkdirAll(l.path("pv"), 0o755); err != nil {
 		return n, err
+	}
+	// A pod with `hostUsers: false` is set up by runc inside its user namespace, whose root is
+	// an unprivileged UID on this machine: it must be able to pass through every directory
+	// down to the containers' state (as containerd's own directories are 0711). Searching,
+	// not listing: the files below are the owner's only (0600).
+	for _, d := range []string{l.dir, n.path(), n.path("containerd")} {
+		if err := traversable(d); err != nil {
+			return n, err
+		}
 	}
 	for _, bin := range []string{"containerd", "containerd-shim-runc-v2", "ctr", "runc", "kubelet", "kube-proxy", "coredns", "netpol", "pause.tar"} {
 		if !fileExists(filepath.Join(n.binDir, bin)) {
