@@ -20,8 +20,8 @@
 //! - `config_file`: `relay.yaml`, the file the operator writes
 //! - `settings`: the plain nouns (modes, TLS levels, the relayhost, the OAuth2 login) and the
 //!   validated `Settings`
-//! - `json_error`, `error`, `smtp_client`, `guard`, `self_check` (and the test seam `created`):
-//!   import nothing of the crate
+//! - `json_error`, `error`, `smtp_client`, `guard`, `self_check`, `user_namespace` (and the
+//!   test seam `created`): import nothing of the crate
 
 pub mod config_file;
 #[cfg(test)]
@@ -44,4 +44,5 @@ pub mod sasl;
 pub mod self_check;
 pub mod settings;
 pub mod smtp_client;
+pub mod user_namespace;
 pub mod validate;

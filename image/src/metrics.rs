@@ -113,6 +113,8 @@ pub struct Metrics {
     pub config_errors: Counter,
     pub postfix_up: Gauge,
     pub draining: Gauge,
+    /// The node UID root in this container is (see [`Metrics::set_root_node_uid`]).
+    root_node_uid: Gauge,
     /// When mail was last delivered to the relayhost (or the relay started), and whether any
     /// was since the start.
     last_sent: Arc<Mutex<(std::time::Instant, Option<std::time::SystemTime>)>>,
@@ -235,6 +237,7 @@ impl Metrics {
             config_errors: Counter::default(),
             postfix_up: Gauge::default(),
             draining: Gauge::default(),
+            root_node_uid: Gauge::default(),
             last_sent: Arc::new(Mutex::new((std::time::Instant::now(), None))),
             since_last_sent: Gauge::default(),
             last_sent_at: Gauge::default(),
@@ -268,6 +271,8 @@ impl Metrics {
             });
         }
         m.set_login("unknown");
+        // Unknown until the supervisor read it: never 0, the node's root, by default.
+        m.set_root_node_uid(None);
         m.register(&mut registry);
         m.registry = Arc::new(Mutex::new(registry));
         m
@@ -330,6 +335,11 @@ impl Metrics {
             "postfix_up",
             "1 while the Postfix master runs",
             self.postfix_up.clone(),
+        );
+        registry.register(
+            "root_node_uid",
+            "The UID on the node that root in this container is, from /proc/self/uid_map: 0 when it is the node's root (the pod shares the node's users: hostUsers true, or a runtime that ignored hostUsers: false), else the start of the pod's unprivileged range; -1 when the map could not be read",
+            self.root_node_uid.clone(),
         );
         registry.register(
             "draining",
@@ -416,6 +426,11 @@ impl Metrics {
             "Self-checks (an SMTP session to the local listener after each start and reload) that a configuration failed",
             self.self_check_failures.clone(),
         );
+    }
+
+    /// The node UID root in this container is, `None` when unknown (served as -1).
+    pub fn set_root_node_uid(&self, uid: Option<u32>) {
+        self.root_node_uid.set(uid.map_or(-1, i64::from));
     }
 
     /// The revision of the configuration Postfix runs now; `None`: none known.
@@ -813,6 +828,9 @@ pub struct QueueReport {
     /// Why mail does not reach the relayhost, from the last failed attempt until the next
     /// delivery.
     pub delivery_problem: Option<DeliveryProblem>,
+    /// The node UID root in the container is: 0 for the node's root (`None`: unknown, or an
+    /// older image).
+    pub root_node_uid: Option<u32>,
 }
 
 /// Why mail does not reach the relayhost: the one series of
@@ -863,6 +881,9 @@ impl QueueReport {
             };
             if series == "smtp_relay_draining" {
                 report.draining = n == 1;
+            } else if series == "smtp_relay_root_node_uid" {
+                // -1: the relay could not read its map.
+                report.root_node_uid = (value >= 0.0).then(|| u32::try_from(n).ok()).flatten();
             } else if series == "smtp_relay_seconds_since_last_delivery" {
                 report.seconds_since_delivery = n;
             } else if series == "smtp_relay_queue_oldest_message_age_seconds" {
@@ -1756,8 +1777,17 @@ mod tests {
                 config_revision: None,
                 config_refused: None,
                 delivery_problem: None,
+                root_node_uid: None,
             }
         );
+        // Root's UID on the node, the node's root included (issue 32).
+        for uid in [0, 65_536, 2_465_529_856, u32::MAX] {
+            m.set_root_node_uid(Some(uid));
+            assert_eq!(
+                QueueReport::parse(&m.encode()).unwrap().root_node_uid,
+                Some(uid)
+            );
+        }
         // An OAuth2 login failing twice, then working: the page says so, then forgets the error.
         m.oauth2_refreshed(Some("invalid_grant"));
         m.oauth2_refreshed(Some("invalid_client"));

@@ -21,6 +21,7 @@ use crate::revision::{self, AtStart, ConfigText, LastGood, OnTick};
 use crate::sasl::{self, Users};
 use crate::self_check;
 use crate::settings::{SaslUserSource, Settings};
+use crate::user_namespace;
 
 /// Exit codes, so an orchestrator can tell a bad configuration from a crash.
 pub mod exit {
@@ -898,6 +899,7 @@ pub async fn run(opts: RunOptions) -> ExitCode {
         Err(code) => return code,
     };
     let metrics = Metrics::new(&layout.spool_dir);
+    metrics.set_root_node_uid(user_namespace::own_root_node_uid());
     let served_certificate = certificate_files(&applied.settings);
     let mut sup = Supervisor {
         opts: &opts,
