@@ -190,7 +190,7 @@ async fn plan_against(
         if let Some(message) = storage_change(&applying.desired.stateful_set, live) {
             return Ok(Plan::Report(Outcome::InvalidSpec { message }));
         }
-        build::statefulset::hold_default_resources(relay, &mut applying.desired.stateful_set, live);
+        build::statefulset::hold_new_defaults(relay, &mut applying.desired.stateful_set, live);
     }
     Ok(planned)
 }
@@ -1052,6 +1052,7 @@ mod tests {
             problem: None,
             drain: Drain::None,
             canary: Canary::Settled,
+            pods_share_node_users: false,
         };
         let s2 = status::compute(&r, &ok, done.clone(), Time(jiff::Timestamp::UNIX_EPOCH));
         let reasons: Vec<_> = events_for(&r, &ok, &s2)

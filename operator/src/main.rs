@@ -69,6 +69,12 @@ struct RunArgs {
         value_parser = namespace_name
     )]
     relay_metrics_from_namespaces: Vec<String>,
+    /// Give every relay's pods their own user namespace (`hostUsers: false`: root in a relay
+    /// pod is an unprivileged UID on the node) unless its spec.hostUsers says otherwise.
+    /// false: the pods of relays that do not set it share the node's users, for nodes whose
+    /// runtime lacks user namespaces.
+    #[arg(long, env = "RELAY_USER_NAMESPACES", default_value_t = true, action = clap::ArgAction::Set)]
+    relay_user_namespaces: bool,
     /// Address of the /metrics, /healthz and /readyz endpoints.
     #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:8080")]
     http_addr: SocketAddr,
@@ -220,6 +226,7 @@ async fn run(args: RunArgs) -> Result<(), Error> {
                 .filter(|n| !n.is_empty())
                 .cloned()
                 .collect(),
+            user_namespaces: args.relay_user_namespaces,
         },
         instance: Some(identity),
     };

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::{Resource, ResourceExt};
 
-use crate::floor::crd::SmtpRelay;
+use crate::floor::crd::{SmtpRelay, SmtpRelaySpec};
 use crate::floor::error::{Error, Result};
 
 /// Image used when neither `spec.image` nor `--relay-image` says otherwise.
@@ -335,6 +335,17 @@ pub struct BuildOptions {
     pub network_policies: bool,
     /// Namespaces admitted to every relay's metrics (`--relay-metrics-from-namespaces`).
     pub metrics_from_namespaces: Vec<String>,
+    /// Whether a relay whose spec does not set `hostUsers` runs in user namespaces
+    /// (`--relay-user-namespaces`).
+    pub user_namespaces: bool,
+}
+
+impl BuildOptions {
+    /// Whether the relay's pods share the node's users: its `spec.hostUsers`, else the
+    /// operator's default.
+    pub fn shares_node_users(&self, spec: &SmtpRelaySpec) -> bool {
+        spec.host_users.unwrap_or(!self.user_namespaces)
+    }
 }
 
 impl Default for BuildOptions {
@@ -346,6 +357,7 @@ impl Default for BuildOptions {
             operator_namespace: "smtp-relay-system".into(),
             network_policies: true,
             metrics_from_namespaces: Vec::new(),
+            user_namespaces: true,
         }
     }
 }

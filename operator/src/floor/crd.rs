@@ -241,6 +241,19 @@ pub struct SmtpRelaySpec {
     /// Extra labels on the relay pods (the operator's own `app.kubernetes.io` labels win).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub pod_labels: BTreeMap<String, String>,
+
+    /// Whether the relay pods share the node's users (the pods' `hostUsers`). Unset: the
+    /// operator's choice, false unless it runs with `--relay-user-namespaces=false` (the
+    /// chart's `relayUserNamespaces: false`). false: each pod has its own user namespace, so
+    /// Postfix's master is root in its container and an unprivileged UID on the node (needs
+    /// containerd 2.0+ with runc 1.2+, or CRI-O 1.25+; Linux 6.3+). Set true only where the
+    /// nodes cannot: a runtime without user namespaces (the kubelet then refuses to start the
+    /// pods, and Stalled says why), or spool storage that refuses idmapped mounts (NFS). The
+    /// `UserNamespaced` condition says what the pods report. A relay that ran before user
+    /// namespaces were the operator's default gets one with its next rollout (a configuration
+    /// or image change), not on its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_users: Option<bool>,
 }
 
 fn default_replicas() -> i32 {
@@ -920,8 +933,9 @@ pub struct SmtpRelayStatus {
     /// endpoint's last answers, from the pods), ClientAddressVerified (False: a PROXY header
     /// names the client), InboundTLSModern (clients' STARTTLS), RelayClosedToStrangers (False:
     /// the safety rests on restrictions vouched for by trustRestrictionTables), QueuedMailKept
-    /// (False: a retention policy deletes queue volumes), Draining (replicas being scaled away
-    /// deliver their queues); kstatus Reconciling (still converging by itself) and Stalled (a
+    /// (False: a retention policy deletes queue volumes), UserNamespaced (True: every running
+    /// replica reports that its root is an unprivileged UID on the node), Draining (replicas
+    /// being scaled away deliver their queues); kstatus Reconciling (still converging by itself) and Stalled (a
     /// rejected input, or a pod that cannot run: needs a change).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
@@ -1048,6 +1062,11 @@ pub struct PodQueueStatus {
     /// reaches the relayhost again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery_problem: Option<PodDeliveryProblem>,
+    /// The UID on the node that root in this replica is, as the relay read it from its
+    /// `/proc/self/uid_map`: 0 when it is the node's root (no user namespace), else the start
+    /// of the pod's unprivileged range (an older relay image does not say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_node_uid: Option<u32>,
     /// Why the numbers are missing (the metrics endpoint did not answer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unreadable: Option<String>,
@@ -1221,6 +1240,21 @@ pub fn delivery_health(relay: &SmtpRelay) -> impl std::hash::Hash + '_ {
                         p.last_delivery_time.is_some(),
                     )
                 })
+                .collect::<Vec<_>>()
+        })
+}
+
+/// What the `UserNamespaced` condition depends on in `status.queue`: which replicas said
+/// whether their root is the node's root (see `fingerprint`), not the UIDs themselves.
+pub fn isolation_health(relay: &SmtpRelay) -> impl std::hash::Hash + '_ {
+    relay
+        .status
+        .as_ref()
+        .and_then(|s| s.queue.as_ref())
+        .map(|q| {
+            q.pods
+                .iter()
+                .map(|p| (p.pod.as_str(), p.root_node_uid.map(|uid| uid == 0)))
                 .collect::<Vec<_>>()
         })
 }

@@ -21,6 +21,9 @@ pub struct Rollout {
     pub drain: Drain,
     /// A new configuration on its first pod, before the other replicas take it.
     pub canary: Canary,
+    /// The running template's pods share the node's users (it does not set `hostUsers:
+    /// false`).
+    pub pods_share_node_users: bool,
 }
 
 /// A new configuration reaches one pod first, the canary (the highest ordinal, which the
@@ -225,6 +228,11 @@ impl Rollout {
             problem: None,
             drain: Drain::None,
             canary: Canary::Settled,
+            pods_share_node_users: sts
+                .spec
+                .as_ref()
+                .and_then(|s| s.template.spec.as_ref())
+                .is_none_or(|p| p.host_users != Some(false)),
         }
     }
 

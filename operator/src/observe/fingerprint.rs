@@ -166,10 +166,11 @@ impl Stores {
         serde_json::to_string(&decided_on)
             .ok()?
             .hash(&mut relay_part);
-        // Of the queue, only what the RelayhostLogin condition shows, and which replicas
-        // refused which configuration (the rollout names them).
+        // Of the queue, only what the RelayhostLogin, Delivering and UserNamespaced conditions
+        // show, and which replicas refused which configuration (the rollout names them).
         crate::floor::crd::login_health(relay).hash(&mut relay_part);
         crate::floor::crd::delivery_health(relay).hash(&mut relay_part);
+        crate::floor::crd::isolation_health(relay).hash(&mut relay_part);
         for p in crate::floor::crd::config_refusals(relay) {
             (&p.pod, p.config_refused.as_ref().map(|r| &r.revision)).hash(&mut relay_part);
         }

@@ -130,6 +130,7 @@ pub fn summarize(reports: &[(String, Result<QueueReport, String>)]) -> Option<Qu
                     reason: truncate(&d.reason, 16),
                     detail: truncate(&d.detail, REFUSAL_MAX),
                 }),
+                root_node_uid: q.root_node_uid,
                 unreadable: None,
             },
             Err(why) => PodQueueStatus {

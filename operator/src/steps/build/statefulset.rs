@@ -100,6 +100,9 @@ pub fn stateful_set(
             seccomp_profile: Some(runtime_default()),
             ..PodSecurityContext::default()
         }),
+        // Root in the pod (Postfix's master) is an unprivileged UID on the node; unset, as
+        // Kubernetes' default, when the pods share the node's users.
+        host_users: (!opts.shares_node_users(spec)).then_some(false),
         node_selector: non_empty(spec.node_selector.clone()),
         tolerations: non_empty_vec(spec.tolerations.clone()),
         affinity: spec.affinity.clone(),
@@ -323,11 +326,12 @@ pub fn default_resources() -> ResourceRequirements {
     }
 }
 
-/// The default resources reach a relay when it is created, or with a rollout its pods go
-/// through anyway (a new configuration, a new relay image), never on their own: an upgrade of
-/// the operator restarts no relay. So a relay whose spec gives no resources, running a
-/// template without any, keeps none while its image and configuration hash stay as they run.
-pub fn hold_default_resources(relay: &SmtpRelay, desired: &mut StatefulSet, live: &StatefulSet) {
+/// What a newer operator puts in every template by default (the resources, a user namespace)
+/// reaches a relay when it is created, or with a rollout its pods go through anyway (a new
+/// configuration, a new relay image), never on its own: an upgrade of the operator restarts no
+/// relay. So while the running template runs the image and configuration hash the desired one
+/// does, a default its spec does not ask for and the running template lacks stays out.
+pub fn hold_new_defaults(relay: &SmtpRelay, desired: &mut StatefulSet, live: &StatefulSet) {
     fn relay_container(t: &PodTemplateSpec) -> Option<&Container> {
         t.spec
             .as_ref()?
@@ -342,30 +346,35 @@ pub fn hold_default_resources(relay: &SmtpRelay, desired: &mut StatefulSet, live
             .as_ref()?
             .get(CONFIG_HASH_ANNOTATION)
     }
-    /// Whether the running template has no resources and runs the image and configuration
-    /// the desired one does.
-    fn unset_on_the_same_pods(live: &StatefulSet, desired: &StatefulSet) -> Option<bool> {
+    /// The running template, when it runs the image and configuration the desired one does.
+    fn same_pods<'a>(live: &'a StatefulSet, desired: &StatefulSet) -> Option<&'a PodTemplateSpec> {
         let (live, wanted) = (
             &live.spec.as_ref()?.template,
             &desired.spec.as_ref()?.template,
         );
         let (running, new) = (relay_container(live)?, relay_container(wanted)?);
-        let unset = running
-            .resources
-            .as_ref()
-            .is_none_or(|r| r.requests.is_none() && r.limits.is_none() && r.claims.is_none());
-        Some(unset && new.image == running.image && config_hash(wanted) == config_hash(live))
+        (new.image == running.image && config_hash(wanted) == config_hash(live)).then_some(live)
     }
-    if relay.spec.resources.is_some() || unset_on_the_same_pods(live, desired) != Some(true) {
+    let Some(running) = same_pods(live, desired) else {
         return;
-    }
-    if let Some(c) = desired
+    };
+    let resources_unset = relay_container(running)
+        .and_then(|c| c.resources.as_ref())
+        .is_none_or(|r| r.requests.is_none() && r.limits.is_none() && r.claims.is_none());
+    let shares_node_users = running
         .spec
-        .as_mut()
-        .and_then(|s| s.template.spec.as_mut())
-        .and_then(|p| p.containers.iter_mut().find(|c| c.name == CONTAINER_NAME))
-    {
-        c.resources = None;
+        .as_ref()
+        .is_some_and(|p| p.host_users != Some(false));
+    let Some(pod) = desired.spec.as_mut().and_then(|s| s.template.spec.as_mut()) else {
+        return;
+    };
+    if relay.spec.host_users.is_none() && shares_node_users {
+        pod.host_users = None;
+    }
+    if relay.spec.resources.is_none() && resources_unset {
+        if let Some(c) = pod.containers.iter_mut().find(|c| c.name == CONTAINER_NAME) {
+            c.resources = None;
+        }
     }
 }
 
@@ -589,14 +598,14 @@ mod tests {
             p.containers[0].resources = Some(ResourceRequirements::default());
         }
         let mut same = build("abc");
-        hold_default_resources(&r, &mut same, &old_operator);
+        hold_new_defaults(&r, &mut same, &old_operator);
         assert_eq!(
             resources(&same),
             None,
             "an operator upgrade alone rolls nothing"
         );
         let mut new_config = build("def");
-        hold_default_resources(&r, &mut new_config, &old_operator);
+        hold_new_defaults(&r, &mut new_config, &old_operator);
         assert_eq!(resources(&new_config), Some(default_resources()));
         let mut new_image = build("abc");
         if let Some(p) = new_image
@@ -606,16 +615,72 @@ mod tests {
         {
             p.containers[0].image = Some("relay:2".into());
         }
-        hold_default_resources(&r, &mut new_image, &old_operator);
+        hold_new_defaults(&r, &mut new_image, &old_operator);
         assert_eq!(resources(&new_image), Some(default_resources()));
         let running_defaults = build("abc");
         let mut again = build("abc");
-        hold_default_resources(&r, &mut again, &running_defaults);
+        hold_new_defaults(&r, &mut again, &running_defaults);
         assert_eq!(
             resources(&again),
             Some(default_resources()),
             "kept once there"
         );
+    }
+
+    /// Issue 32: root in a relay pod is an unprivileged UID on the node unless the spec, or the
+    /// operator for every relay, says the pods share the node's users.
+    #[test]
+    fn relay_pods_get_their_own_user_namespace_unless_told_otherwise() {
+        let host_users = |spec: Option<bool>, user_namespaces: bool| {
+            let mut r = relay("r1");
+            r.spec.host_users = spec;
+            let opts = BuildOptions {
+                user_namespaces,
+                ..BuildOptions::default()
+            };
+            pod(&stateful_set(&r, &Mounts::default(), "abc", &opts).expect("builds")).host_users
+        };
+        assert_eq!(host_users(None, true), Some(false), "the default");
+        assert_eq!(host_users(Some(true), true), None, "the spec opts out");
+        assert_eq!(host_users(None, false), None, "the operator opts out");
+        assert_eq!(host_users(Some(false), false), Some(false), "the spec wins");
+    }
+
+    /// A relay that ran before user namespaces were the default keeps sharing the node's users
+    /// until its pods roll anyway; one that runs in its own keeps it.
+    #[test]
+    fn a_user_namespace_waits_for_a_rollout_that_happens_anyway() {
+        let r = relay("r1");
+        let opts = BuildOptions::default();
+        let build = |hash: &str| stateful_set(&r, &Mounts::default(), hash, &opts).expect("builds");
+        let mut old_operator = build("abc");
+        if let Some(p) = old_operator
+            .spec
+            .as_mut()
+            .and_then(|s| s.template.spec.as_mut())
+        {
+            p.host_users = None;
+        }
+        let mut same = build("abc");
+        hold_new_defaults(&r, &mut same, &old_operator);
+        assert_eq!(
+            pod(&same).host_users,
+            None,
+            "an operator upgrade alone rolls nothing"
+        );
+        assert_eq!(same, old_operator, "nothing else differs");
+        let mut new_config = build("def");
+        hold_new_defaults(&r, &mut new_config, &old_operator);
+        assert_eq!(pod(&new_config).host_users, Some(false));
+        let mut again = build("abc");
+        hold_new_defaults(&r, &mut again, &build("abc"));
+        assert_eq!(pod(&again).host_users, Some(false), "kept once there");
+        // Asked for in the spec: not held.
+        let mut asked = relay("r1");
+        asked.spec.host_users = Some(false);
+        let mut wanted = stateful_set(&asked, &Mounts::default(), "abc", &opts).expect("builds");
+        hold_new_defaults(&asked, &mut wanted, &old_operator);
+        assert_eq!(pod(&wanted).host_users, Some(false));
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub async fn report(
 ) -> Result<crate::floor::crd::SmtpRelayStatus> {
     let wide = status::OperatorWide {
         network_policies: ctx.opts.network_policies,
+        user_namespaces: ctx.opts.user_namespaces,
     };
     let new_status =
         status::compute_with(relay, outcome, rollout, Time(jiff::Timestamp::now()), wide);

@@ -43,15 +43,22 @@ pub const INBOUND_TLS_MODERN: &str = "InboundTLSModern";
 /// before its safety net, which `spec.trustRestrictionTables` vouched for: whoever they let
 /// through relays to any domain. Accepted, but the user should see it (issue 26).
 pub const RELAY_CLOSED_TO_STRANGERS: &str = "RelayClosedToStrangers";
+/// Whether root in the relay pods is an unprivileged UID on the node (issue 32): True only
+/// when the running template gives the pods their own user namespace and every running
+/// replica reported, from its `/proc/self/uid_map`, that its root is not the node's root; False
+/// when the pods share the node's users (the spec's, the operator's or an older operator's
+/// choice) or a runtime ignored `hostUsers: false`.
+pub const USER_NAMESPACED: &str = "UserNamespaced";
 /// Conditions that are False for an accepted but risky choice; each turn to False is a
 /// Warning Event.
-pub const WARNING_CONDITIONS: [&str; 6] = [
+pub const WARNING_CONDITIONS: [&str; 7] = [
     RELAYHOST_PASSWORD_PROTECTED,
     RELAYHOST_VERIFIED,
     CLIENT_ADDRESS_VERIFIED,
     QUEUED_MAIL_KEPT,
     INBOUND_TLS_MODERN,
     RELAY_CLOSED_TO_STRANGERS,
+    USER_NAMESPACED,
 ];
 /// False when a retention policy deletes queue volumes, and the mail queued on them with it.
 pub const QUEUED_MAIL_KEPT: &str = "QueuedMailKept";
@@ -390,6 +397,78 @@ fn client_address_condition(
             now,
         )
     }
+}
+
+/// [`USER_NAMESPACED`], from the template that runs (`rollout`) and what each running replica
+/// said (`status.queue`, see [`crate::floor::crd::isolation_health`], part of the
+/// fingerprint): never True on the template's word alone, since a runtime may ignore it.
+fn user_namespace_condition(
+    relay: &SmtpRelay,
+    rollout: &Rollout,
+    wide: OperatorWide,
+    gen: Option<i64>,
+    now: &Time,
+) -> Condition {
+    let pods: &[PodQueueStatus] = relay
+        .status
+        .as_ref()
+        .and_then(|s| s.queue.as_ref())
+        .map_or(&[], |q| q.pods.as_slice());
+    let named = |pred: &dyn Fn(&PodQueueStatus) -> bool| -> String {
+        pods.iter()
+            .filter(|p| pred(p))
+            .map(|p| p.pod.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let (ok, reason, message) = if !rollout.exists {
+        (None, "NotObserved", "no relay pods run yet".to_string())
+    } else if rollout.pods_share_node_users {
+        let why = match relay.spec.host_users {
+            Some(true) => "spec.hostUsers is true; unset it where the nodes' runtime supports user namespaces (containerd 2.0+ with runc 1.2+, CRI-O 1.25+)".to_string(),
+            _ if !wide.user_namespaces => "the operator runs with --relay-user-namespaces=false (the chart's relayUserNamespaces) and spec.hostUsers is not set; set it to false where the nodes' runtime supports user namespaces".to_string(),
+            _ => "the pods started before user namespaces were the operator's default: they get one with their next rollout (a change of configuration or relay image), or now by setting spec.hostUsers to false".to_string(),
+        };
+        (
+            Some(false),
+            "SharesNodeUsers",
+            format!("the relay pods share the node's users, so root in them (Postfix's master) is root on the node: {why}"),
+        )
+    } else if pods.iter().any(|p| p.root_node_uid == Some(0)) {
+        (
+            Some(false),
+            "RuntimeIgnoredHostUsers",
+            format!(
+                "root in {} is the node's root although the pods ask for hostUsers: false: the node's runtime ignores it (user namespaces need containerd 2.0+ with runc 1.2+, or CRI-O 1.25+); upgrade the nodes, or set spec.hostUsers: true to say the pods share the node's users",
+                named(&|p| p.root_node_uid == Some(0))
+            ),
+        )
+    } else if !pods.is_empty() && pods.iter().all(|p| p.root_node_uid.is_some()) {
+        (
+            Some(true),
+            "UserNamespaced",
+            format!(
+                "root in each of the {} running replicas is an unprivileged UID on the node, in the pod's own user namespace (status.queue.pods[].rootNodeUid)",
+                pods.len()
+            ),
+        )
+    } else if pods.is_empty() {
+        (
+            None,
+            "NotObserved",
+            "the pods ask for their own user namespace (hostUsers: false); no running replica has said yet which node UID its root is".to_string(),
+        )
+    } else {
+        (
+            None,
+            "NotObserved",
+            format!(
+                "the pods ask for their own user namespace (hostUsers: false); {} did not say which node UID its root is (metrics unreadable, or a relay image that does not report it)",
+                named(&|p| p.root_node_uid.is_none())
+            ),
+        )
+    };
+    condition(USER_NAMESPACED, ok, reason, message, gen, now)
 }
 
 /// Whether the relay restrictions refuse every anonymous client outside `networks` sending to
@@ -1048,12 +1127,16 @@ fn kstatus_conditions(
 pub struct OperatorWide {
     /// Relays get their NetworkPolicy (`--relay-network-policies`).
     pub network_policies: bool,
+    /// Relays that do not set `spec.hostUsers` run in user namespaces
+    /// (`--relay-user-namespaces`).
+    pub user_namespaces: bool,
 }
 
 impl Default for OperatorWide {
     fn default() -> Self {
         OperatorWide {
             network_policies: true,
+            user_namespaces: true,
         }
     }
 }
@@ -1104,6 +1187,7 @@ pub fn compute_with(
         &old,
     );
     let queued_mail = queued_mail_condition(relay, gen, &now);
+    let user_namespaced = user_namespace_condition(relay, &rollout, wide, gen, &now);
     let draining = draining_condition(&old, &rollout.drain, gen, &now);
     let (stalled, reconciling) = kstatus_conditions(outcome, &rollout, desired, &ready, gen, &now);
     let login = relayhost_login_condition(relay, gen, &now);
@@ -1123,6 +1207,7 @@ pub fn compute_with(
         Some(client_address),
         Some(closed),
         Some(inbound_tls),
+        Some(user_namespaced),
         Some(queued_mail),
         Some(reconciling),
         Some(stalled),
@@ -1208,6 +1293,7 @@ mod tests {
         problem: None,
         drain: Drain::None,
         canary: Canary::Settled,
+        pods_share_node_users: false,
     };
 
     #[test]
@@ -1614,6 +1700,7 @@ mod tests {
         assert_eq!(cond(&s, READY).status, "True", "a choice, not a failure");
         let off = OperatorWide {
             network_policies: false,
+            ..OperatorWide::default()
         };
         let s = compute_with(&r, &applied(), DONE, t(1), off);
         let c = cond(&s, CLIENT_ADDRESS_VERIFIED);
@@ -1879,6 +1966,8 @@ mod tests {
                 problem: None,
                 drain: Drain::None,
                 canary: Canary::Settled,
+                // A template without hostUsers: false.
+                pods_share_node_users: true,
             }
         );
         assert!(!Rollout::from_stateful_set(Some(&sts), 3).up_to_date);
@@ -2105,6 +2194,92 @@ mod tests {
         );
         let c = cond(&s, DELIVERING).clone();
         (c.status, c.reason, c.message)
+    }
+
+    /// Issue 32: UserNamespaced is True only when the running template asks for a user
+    /// namespace and every running replica said its root is not the node's root; False, naming
+    /// why, when the pods share the node's users or a runtime ignored hostUsers: false.
+    #[test]
+    fn user_namespaced_says_what_the_pods_report_and_never_more() {
+        use crate::floor::crd::isolation_health;
+        use std::hash::{Hash, Hasher};
+        let uid = |name: &str, uid: Option<u32>| PodQueueStatus {
+            root_node_uid: uid,
+            ..queue_pod(name, 0, None)
+        };
+        let of = |r: &SmtpRelay, rollout: Rollout, wide: OperatorWide| {
+            let s = compute_with(r, &applied(), rollout, t(100), wide);
+            let c = cond(&s, USER_NAMESPACED).clone();
+            (c.status, c.reason, c.message)
+        };
+        let isolated = with_queue_of(vec![
+            uid("r1-0", Some(2_465_529_856)),
+            uid("r1-1", Some(65_536)),
+        ]);
+        let (status, reason, message) = of(&isolated, DONE, OperatorWide::default());
+        assert_eq!(
+            (status.as_str(), reason.as_str()),
+            ("True", "UserNamespaced")
+        );
+        assert!(
+            message.contains("each of the 2 running replicas"),
+            "{message}"
+        );
+
+        // A runtime that ignores hostUsers: false, on one replica.
+        let ignored = with_queue_of(vec![uid("r1-0", Some(0)), uid("r1-1", Some(65_536))]);
+        let (status, reason, message) = of(&ignored, DONE, OperatorWide::default());
+        assert_eq!(
+            (status.as_str(), reason.as_str()),
+            ("False", "RuntimeIgnoredHostUsers")
+        );
+        assert!(
+            message.starts_with("root in r1-0 is the node's root"),
+            "{message}"
+        );
+
+        // The template's word alone is not enough: no report, or a replica that did not say.
+        let silent = with_queue_of(vec![uid("r1-0", Some(65_536)), uid("r1-1", None)]);
+        let (status, _, message) = of(&silent, DONE, OperatorWide::default());
+        assert_eq!(status, "Unknown");
+        assert!(message.contains("r1-1 did not say"), "{message}");
+        assert_eq!(of(&relay("r1"), DONE, OperatorWide::default()).0, "Unknown");
+
+        // Pods sharing the node's users, whatever they report, and why.
+        let shared = Rollout {
+            pods_share_node_users: true,
+            ..DONE
+        };
+        let (status, reason, message) = of(&isolated, shared.clone(), OperatorWide::default());
+        assert_eq!(
+            (status.as_str(), reason.as_str()),
+            ("False", "SharesNodeUsers")
+        );
+        assert!(
+            message.contains("before user namespaces were the operator's default"),
+            "{message}"
+        );
+        let off = OperatorWide {
+            user_namespaces: false,
+            ..OperatorWide::default()
+        };
+        assert!(of(&isolated, shared.clone(), off)
+            .2
+            .contains("--relay-user-namespaces=false"));
+        let mut asked = isolated.clone();
+        asked.spec.host_users = Some(true);
+        assert!(of(&asked, shared, off).2.contains("spec.hostUsers is true"));
+
+        // A reconcile follows whether a replica's root is the node's, not its UID.
+        let h = |r: &SmtpRelay| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            isolation_health(r).hash(&mut h);
+            h.finish()
+        };
+        let moved = with_queue_of(vec![uid("r1-0", Some(131_072)), uid("r1-1", Some(65_536))]);
+        assert_eq!(h(&isolated), h(&moved));
+        assert_ne!(h(&isolated), h(&ignored));
+        assert_ne!(h(&isolated), h(&silent));
     }
 
     /// Issue 39: Delivering says when mail does not leave, why in Postfix's words and on which
