@@ -30,6 +30,7 @@ pub use controlplane::{ControlPlane, Error};
 pub mod doc_blocks;
 pub mod host_perl;
 pub mod mail;
+pub mod node_processes;
 pub mod relayhost;
 pub mod secret_volume;
 pub mod user_path;

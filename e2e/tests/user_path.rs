@@ -23,9 +23,15 @@
 //!    down): `helm upgrade` (Helm 4) to this checkout's chart, the relay image held, rolls the
 //!    operator out and restarts no relay (same pods, no restart, the StatefulSet's template
 //!    revision unchanged); the new operator brings the CRD to its version.
+//!    Its pods keep sharing the node's users, which `UserNamespaced=False` says.
 //! 9. Then the relay image of this checkout (`helm upgrade` with the defaults): each relay
 //!    rolls one pod at a time, the highest ordinal first, the next only once it is Ready with
-//!    the new image; with the relayhost back, every queued message is delivered.
+//!    the new image, and in its own user namespace now (issue 32); with the relayhost back,
+//!    every queued message is delivered from the same spools. From the node, the relay's
+//!    processes run as the pod's unprivileged UIDs, their capabilities held in the pod's user
+//!    namespace (root in it cannot give a file to a node UID outside the pod's range); the
+//!    status says `UserNamespaced=True`, and Pod Security `restricted` names only the
+//!    capabilities, not root, while `baseline` admits the pods.
 //! 10. The relay's NetworkPolicy, enforced by the node's kube-network-policies: the operator's
 //!     pod reads the relay pods' metrics through it; a pod of a namespace it names reaches
 //!     SMTP, one of another namespace does not until its address is named, and all do once it
@@ -406,6 +412,24 @@ fn user_path_chart_operator_pod_relay_pod_and_mail_through_the_service() {
         revision_before,
         "the operator's upgrade changed no relay pod template"
     );
+    // Pods of the previous operator keep sharing the node's users, and the status says so.
+    let shares = ok(user_path::wait(
+        &cp,
+        NS,
+        WAIT,
+        "UserNamespaced=False for pods that predate user namespaces",
+        || {
+            user_path::relay_condition(&cp, NS, &relay, "UserNamespaced")
+                .filter(|c| c["status"] == "False")
+        },
+    ));
+    assert_eq!(shares["reason"], "SharesNodeUsers", "{shares}");
+    assert!(
+        shares["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("next rollout")),
+        "{shares}"
+    );
     let logs = user_path::pod_logs(&cp, &release.namespace, &upgraded_operator);
     assert!(!logs.contains("Forbidden"), "operator log:\n{logs}");
     eprintln!("[user_path] CRD at operator version {crd_version}");
@@ -451,6 +475,10 @@ fn user_path_chart_operator_pod_relay_pod_and_mail_through_the_service() {
         assert_eq!(pod["status"]["containerStatuses"][0]["restartCount"], 0);
     }
     phases.done("relay image upgraded, one pod at a time, canary first");
+    the_relay_pods_root_is_nobody_on_the_node(&cp, &relay, &rolled);
+    phases.done(
+        "user namespaces: unprivileged UIDs on the node, restricted names only the capabilities",
+    );
     let sink = ok(user_path::node_sink(sink_port));
     for m in &held {
         sink.wait_for(RCPT, m, WAIT).unwrap_or_else(|e| {
@@ -699,6 +727,152 @@ fn the_quick_start_delivers_as_written(cp: &ControlPlane, sink: &mail::Sink, sin
         !cp.kubectl(["get", "namespace", NS]).status.success(),
         "the quick start removed its namespace"
     );
+}
+
+/// Phase 9, after the rollout of the relay image (issue 32): the pods run with `hostUsers:
+/// false`; the relay reports its root's node UID, which the status shows; from the node, every
+/// process of each relay container runs as a UID of its pod's range, in a user namespace that
+/// is not the node's, the master (root in the pod) with exactly the relay's capabilities; root
+/// in the pod, CHOWN notwithstanding, cannot give a file to a node UID outside that range. Pod
+/// Security: `restricted` refuses the pod for its capabilities alone (and for root too without
+/// the user namespace); `baseline` admits it.
+fn the_relay_pods_root_is_nobody_on_the_node(cp: &ControlPlane, relay: &str, pods: &[Value]) {
+    use smtp_relay_e2e::node_processes::{self, capability_bits};
+    use smtp_relay_operator::steps::build::statefulset::CAPABILITIES;
+
+    let isolated = ok(user_path::wait(
+        cp,
+        NS,
+        WAIT,
+        "UserNamespaced=True once the replicas reported their root's node UID",
+        || {
+            user_path::relay_condition(cp, NS, relay, "UserNamespaced")
+                .filter(|c| c["status"] == "True")
+        },
+    ));
+    let smtpr = operator::get_json(cp, NS, "smtprelay", relay).unwrap_or_default();
+    let reported: Vec<(String, u64)> = smtpr["status"]["queue"]["pods"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| Some((p["pod"].as_str()?.to_string(), p["rootNodeUid"].as_u64()?)))
+        .collect();
+    assert_eq!(reported.len(), pods.len(), "{isolated}\n{reported:?}");
+    let own_namespace = node_processes::own_user_namespace();
+    let caps = capability_bits(&CAPABILITIES);
+    for pod in pods {
+        let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+        assert_eq!(pod["spec"]["hostUsers"], false, "{name}");
+        let root = reported
+            .iter()
+            .find(|(p, _)| p == name)
+            .map(|(_, uid)| *uid)
+            .unwrap_or_else(|| panic!("{name} reported its root's node UID: {reported:?}"));
+        // The kubelet gives each pod 65536 UIDs, none of them the node's first 65536.
+        assert!(root >= 65_536, "{name}: root is node UID {root}");
+        let id = pod["status"]["containerStatuses"][0]["containerID"]
+            .as_str()
+            .and_then(|id| id.strip_prefix("containerd://"))
+            .unwrap_or_else(|| panic!("{name}'s container ID"));
+        let processes = node_processes::of_container(id);
+        assert!(
+            processes.iter().any(|p| p.name == "master"),
+            "{name}: Postfix's master among {processes:?}"
+        );
+        for p in &processes {
+            assert!(
+                (root..root + 65_536).contains(&u64::from(p.uid)),
+                "{name}: {p:?} runs as a UID of the pod's range from {root}"
+            );
+            assert_ne!(p.user_namespace, own_namespace, "{name}: {p:?}");
+        }
+        let master = processes.iter().find(|p| p.name == "master");
+        assert_eq!(
+            master.map(|m| (u64::from(m.uid), m.effective_capabilities)),
+            Some((root, caps)),
+            "{name}: the master is root in the pod, with the relay's capabilities only"
+        );
+        // Those capabilities hold in the pod's namespace only: CHOWN to a node UID outside the
+        // pod's range fails, while one inside it works.
+        let probe = format!(
+            "f={RUN_DIR}/userns-probe; touch $f && chown 100 $f && ! chown 65536 $f 2>/dev/null; r=$?; rm -f $f; exit $r",
+            RUN_DIR = smtp_relay_operator::floor::contract::RUN_DIR
+        );
+        let exec = cp.kubectl([
+            "exec", "-n", NS, name, "-c", "relay", "--", "sh", "-c", &probe,
+        ]);
+        assert!(
+            exec.status.success(),
+            "{name}: root in the pod gave a file to UID 100 but not to 65536: {}",
+            String::from_utf8_lossy(&exec.stderr)
+        );
+    }
+
+    pod_security_names_only_the_capabilities(cp, relay);
+}
+
+/// Pod Security, asked of the API server with a pod of the relay's template (see
+/// [`the_relay_pods_root_is_nobody_on_the_node`]).
+fn pod_security_names_only_the_capabilities(cp: &ControlPlane, relay: &str) {
+    let sts = operator::get_json(cp, NS, "statefulset", relay).unwrap_or_default();
+    let mut template = sts["spec"]["template"]["spec"].clone();
+    // The spool comes from the claim template; a pod of its own gets an emptyDir.
+    if let Some(volumes) = template["volumes"].as_array_mut() {
+        volumes.push(serde_json::json!({
+            "name": smtp_relay_operator::floor::contract::SPOOL_VOLUME,
+            "emptyDir": {},
+        }));
+    }
+    let dry_run = |level: &str, spec: &Value| {
+        let ns = format!("psa-{level}");
+        if operator::get_json(cp, "default", "namespace", &ns).is_none() {
+            cp.kubectl_ok(["create", "namespace", &ns]);
+            cp.kubectl_ok([
+                "label",
+                "namespace",
+                &ns,
+                &format!("pod-security.kubernetes.io/enforce={level}"),
+            ]);
+        }
+        let pod = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "relay-pod-security", "namespace": ns},
+            "spec": spec,
+        });
+        let out = cp.kubectl_stdin(["create", "--dry-run=server", "-f", "-"], &pod.to_string());
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let mut sharing = template.clone();
+    if let Some(spec) = sharing.as_object_mut() {
+        spec.remove("hostUsers");
+    }
+    let (admitted, refusal) = dry_run("baseline", &template);
+    assert!(admitted, "baseline admits the relay pod: {refusal}");
+    let (admitted, refusal) = dry_run("restricted", &template);
+    assert!(!admitted, "restricted refuses the relay pod");
+    assert!(
+        refusal.contains("unrestricted capabilities")
+            && !refusal.contains("runAsNonRoot")
+            && !refusal.contains("runAsUser"),
+        "in a user namespace, restricted refuses only the capabilities: {refusal}"
+    );
+    let (_, refusal) = dry_run("restricted", &sharing);
+    assert!(
+        refusal.contains("runAsNonRoot") && refusal.contains("runAsUser=0"),
+        "sharing the node's users, restricted refuses root as well: {refusal}"
+    );
+    for level in ["baseline", "restricted"] {
+        cp.kubectl_ok([
+            "delete",
+            "namespace",
+            &format!("psa-{level}"),
+            "--wait=false",
+        ]);
+    }
 }
 
 /// Phase 10: the operator's pod (in its own namespace) read both new pods' queues after the
