@@ -465,11 +465,7 @@ pub fn wait_relay_ready(
 
 /// The SmtpRelay's condition `type_`, once it has one.
 pub fn relay_condition(cp: &ControlPlane, ns: &str, relay: &str, type_: &str) -> Option<Value> {
-    operator::get_json(cp, ns, "smtprelay", relay)?["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == type_)
-        .cloned()
+    operator::condition(&operator::get_json(cp, ns, "smtprelay", relay)?, type_).cloned()
 }
 
 /// The relay's pod, when it is Ready and the SmtpRelay says Ready=True (see

@@ -1281,12 +1281,12 @@ fn restart_mid_flight(ctx: &mut Ctx) {
         r["metadata"]["generation"]
     );
     // Stalled is an abnormal-true (kstatus) condition; Ready, Progressing, Reconciling,
-    // RelayhostLogin, ConfigProven (a pod's self-check) and Delivering (the pods' queues)
-    // follow the pods, which never run here.
+    // RelayhostLogin, ConfigProven (a pod's self-check), Delivering (the pods' queues) and
+    // UserNamespaced (what the pods report) follow the pods, which never run here.
     for c in r["status"]["conditions"].as_array().unwrap() {
         let healthy = match c["type"].as_str().unwrap_or_default() {
             "Ready" | "Progressing" | "Reconciling" | "RelayhostLogin" | "ConfigProven"
-            | "Delivering" => continue,
+            | "Delivering" | "UserNamespaced" => continue,
             "Stalled" | "Draining" => "False",
             _ => "True",
         };
