@@ -17,9 +17,9 @@
 //!    crash would): the kubelet restarts them on the same volumes.
 //! 4. The node "reboots": the control plane, the kubelet, containerd and every pod are killed
 //!    outright and started again on the same directory (`ControlPlane::restart`).
-//! 5. Scale 2 -> 1 with the relayhost still down: the departing pod leaves the Service and
-//!    drains, its mail stays, the StatefulSet keeps it; status says so. The operator pod is
-//!    deleted in the middle: its successor carries on.
+//! 5. `kubectl scale` 2 -> 1 (the scale subresource) with the relayhost still down: the
+//!    departing pod leaves the Service and drains, its mail stays, the StatefulSet keeps it;
+//!    status says so. The operator pod is deleted in the middle: its successor carries on.
 //! 6. The relayhost comes up: all N are delivered, none lost; only then does the StatefulSet
 //!    scale to 1 and the departing volume go. Duplicates are counted and reported (Postfix may
 //!    deliver a message twice when killed between the relayhost's 250 and its own
@@ -384,7 +384,7 @@ fn wait_proven_everywhere(env: &Env, hash: &str) {
 }
 
 fn relay_condition(cp: &ControlPlane, type_: &str) -> Option<Value> {
-    operator::condition(&operator::get_json(cp, NS, "smtprelay", RELAY)?, type_).cloned()
+    user_path::relay_condition(cp, NS, RELAY, type_)
 }
 
 /// 1, continued. A value smtpd cannot use stops at the canary; reverting it moves the canary back.
@@ -683,12 +683,33 @@ fn the_queues_survive_a_node_reboot(env: &mut Env) {
     delivery_failure_stands(env, "the reboot");
 }
 
-/// 5. Scale 2 -> 1 with the relayhost down: the departing pod leaves the Service and drains.
+/// 5. `kubectl scale` 2 -> 1 with the relayhost down: the departing pod leaves the Service and
+///    drains.
 fn scale_down_drains_the_departing_replica_out_of_the_service(env: &mut Env) {
     let cp = &env.cp;
     let held = queued(cp, 1);
     assert!(held > 0, "the departing replica holds mail");
-    operator::patch_relay(cp, NS, RELAY, r#"{"spec":{"replicas":1}}"#);
+    // As users scale workloads (issue 30): the scale subresource, whose selector lists the pods.
+    let scale: serde_json::Value = serde_json::from_str(&cp.kubectl_ok([
+        "get",
+        "smtprelay",
+        RELAY,
+        "-n",
+        NS,
+        "--subresource=scale",
+        "-o",
+        "json",
+    ]))
+    .unwrap_or_default();
+    assert_eq!(
+        (&scale["spec"]["replicas"], &scale["status"]["replicas"]),
+        (&serde_json::json!(2), &serde_json::json!(2)),
+        "{scale}"
+    );
+    let selector = scale["status"]["selector"].as_str().unwrap_or_default();
+    let pods = cp.kubectl_ok(["get", "pods", "-n", NS, "-l", selector, "-o", "name"]);
+    assert_eq!(pods.lines().count(), 2, "{selector}: {pods}");
+    cp.kubectl_ok(["scale", "smtprelay", RELAY, "-n", NS, "--replicas=1"]);
     let message = env.wait("the departing pod out of the Service and draining", || {
         draining(cp)
     });

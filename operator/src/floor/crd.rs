@@ -37,6 +37,13 @@ pub const EMAIL_PATTERN: &str = r"^[^@\s]+@[^@\s]+$";
     shortname = "smtpr",
     namespaced,
     status = "SmtpRelayStatus",
+    // `kubectl scale smtpr` and a HorizontalPodAutoscaler: scaling in drains as a spec change
+    // does.
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
     derive = "PartialEq",
     doc = "SmtpRelay runs a secure, durable Postfix relay that accepts mail from allowed networks and SASL users and forwards it to one relayhost.",
     printcolumn = r#"{"name":"Domain","type":"string","jsonPath":".spec.domain"}"#,
@@ -949,6 +956,10 @@ pub struct SmtpRelayStatus {
     /// Pods passing their SMTP readiness probe.
     #[serde(default)]
     pub ready_replicas: i32,
+    /// The relay pods' label selector, as `kubectl get pods -l` takes it: the scale
+    /// subresource's, which a HorizontalPodAutoscaler reads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
     /// Where clients connect: `<service>.<namespace>.svc:<port>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,

@@ -78,6 +78,15 @@ pub const DELIVERING: &str = "Delivering";
 /// error (the other replicas keep the last good configuration: `steps::rollout`).
 pub const CONFIG_PROVEN: &str = "ConfigProven";
 
+/// The relay pods' label selector in its string form (`key=value,...`).
+pub fn pod_selector(relay: &SmtpRelay) -> String {
+    crate::floor::contract::selector_labels(relay)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 pub fn endpoint(relay: &SmtpRelay) -> String {
     format!(
         "{}.{}.svc:{}",
@@ -1226,6 +1235,7 @@ pub fn compute_with(
         observed_generation: gen,
         replicas: rollout.replicas,
         ready_replicas: rollout.ready_replicas,
+        selector: Some(pod_selector(relay)),
         endpoint: Some(ep),
         // Like the hash: what was applied, so a rejected spec does not change it.
         ca_config_map: match outcome {
@@ -1295,6 +1305,17 @@ mod tests {
         canary: Canary::Settled,
         pods_share_node_users: false,
     };
+
+    /// Issue 30: the scale subresource's selector picks the relay's pods, as the StatefulSet's
+    /// does.
+    #[test]
+    fn the_scale_subresource_selects_the_relays_pods() {
+        let s = compute(&relay("r1"), &applied(), DONE, t(1));
+        assert_eq!(
+            s.selector.as_deref(),
+            Some("app.kubernetes.io/instance=r1,app.kubernetes.io/name=smtp-relay")
+        );
+    }
 
     #[test]
     fn ready_when_rolled_out_and_ready() {
