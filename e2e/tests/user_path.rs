@@ -31,7 +31,8 @@
 //!    processes run as the pod's unprivileged UIDs, their capabilities held in the pod's user
 //!    namespace (root in it cannot give a file to a node UID outside the pod's range); the
 //!    status says `UserNamespaced=True`, and Pod Security `restricted` names only the
-//!    capabilities, not root, while `baseline` admits the pods.
+//!    capabilities, not root, while `baseline` admits the pods. `kubectl smtp-relay status`
+//!    (the project's kubectl plugin, issue 30) shows both replicas and their queues.
 //! 10. The relay's NetworkPolicy, enforced by the node's kube-network-policies: the operator's
 //!     pod reads the relay pods' metrics through it; a pod of a namespace it names reaches
 //!     SMTP, one of another namespace does not until its address is named, and all do once it
@@ -479,6 +480,8 @@ fn user_path_chart_operator_pod_relay_pod_and_mail_through_the_service() {
     phases.done(
         "user namespaces: unprivileged UIDs on the node, restricted names only the capabilities",
     );
+    the_kubectl_plugin_reports_the_relay(&cp, &relay);
+    phases.done("kubectl smtp-relay status: both replicas, their queues and UIDs");
     let sink = ok(user_path::node_sink(sink_port));
     for m in &held {
         sink.wait_for(RCPT, m, WAIT).unwrap_or_else(|e| {
@@ -873,6 +876,57 @@ fn pod_security_names_only_the_capabilities(cp: &ControlPlane, relay: &str) {
             "--wait=false",
         ]);
     }
+}
+
+/// Phase 9, continued (issue 30): `kubectl smtp-relay status`, found by kubectl on PATH as
+/// users install it, shows the relay Ready with both replicas and their queues, as text and as
+/// JSON.
+fn the_kubectl_plugin_reports_the_relay(cp: &ControlPlane, relay: &str) {
+    let plugin = tools::target_bin("kubectl-smtp_relay");
+    let path = std::env::join_paths(
+        plugin
+            .parent()
+            .map(std::path::Path::to_path_buf)
+            .into_iter()
+            .chain(std::env::split_paths(
+                &std::env::var_os("PATH").unwrap_or_default(),
+            )),
+    )
+    .unwrap_or_else(|e| panic!("PATH: {e}"));
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(tools::bin("kubectl"))
+            .args(["smtp-relay", "status", relay, "-n", NS])
+            .args(args)
+            .env("PATH", &path)
+            .env("KUBECONFIG", cp.kubeconfig())
+            .output()
+            .unwrap_or_else(|e| panic!("kubectl smtp-relay: {e}"));
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "kubectl smtp-relay status {args:?}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    };
+    let text = run(&[]);
+    eprintln!("[user_path] kubectl smtp-relay status {relay} -n {NS}:\n{text}");
+    assert!(
+        text.starts_with(&format!(
+            "SmtpRelay {NS}/{relay}: Ready=True (RelayReady), 2/2 replicas ready"
+        )),
+        "{text}"
+    );
+    for i in 0..2 {
+        assert!(text.contains(&format!("\n  {relay}-{i}  ")), "{text}");
+    }
+    let json: Value = serde_json::from_str(&run(&["-o", "json"])).unwrap_or_default();
+    let pods = json[0]["pods"].as_array().cloned().unwrap_or_default();
+    assert_eq!(pods.len(), 2, "{json}");
+    assert!(
+        pods.iter().all(|p| p["rootNodeUid"].as_u64() > Some(0)),
+        "{json}"
+    );
 }
 
 /// Phase 10: the operator's pod (in its own namespace) read both new pods' queues after the
