@@ -187,7 +187,10 @@ fn pod_row(p: &PodQueueStatus, now: i64) -> [String; 6] {
         p.oldest_message_time
             .as_ref()
             .map_or_else(|| "-".to_string(), |t| ago(now, t)),
-        p.config_revision.clone().unwrap_or_else(|| "-".into()),
+        // The first 12 characters, as the relay's log shows a revision.
+        p.config_revision
+            .as_deref()
+            .map_or_else(|| "-".into(), |r| r.chars().take(12).collect()),
         notes.join("; "),
     ]
 }
@@ -332,7 +335,9 @@ mod tests {
                         messages: Some(3),
                         deferred: Some(2),
                         oldest_message_time: Some(t(1_000)),
-                        config_revision: Some("07f089ad55cb".into()),
+                        config_revision: Some(
+                            "07f089ad55cb43f5789700788d05d674a16e11b9daac8a6e1658a93578995e".into(),
+                        ),
                         delivery_problem: Some(PodDeliveryProblem {
                             reason: "connect".into(),
                             detail: "Connection refused".into(),
