@@ -32,7 +32,8 @@
 //!    namespace (root in it cannot give a file to a node UID outside the pod's range); the
 //!    status says `UserNamespaced=True`, and Pod Security `restricted` names only the
 //!    capabilities, not root, while `baseline` admits the pods. `kubectl smtp-relay status`
-//!    (the project's kubectl plugin, issue 30) shows both replicas and their queues.
+//!    (the project's kubectl plugin, issue 30) shows both replicas and their queues, and
+//!    `kubectl smtp-relay queue list` the six messages they hold, with filters.
 //! 10. The relay's NetworkPolicy, enforced by the node's kube-network-policies: the operator's
 //!     pod reads the relay pods' metrics through it; a pod of a namespace it names reaches
 //!     SMTP, one of another namespace does not until its address is named, and all do once it
@@ -481,7 +482,7 @@ fn user_path_chart_operator_pod_relay_pod_and_mail_through_the_service() {
         "user namespaces: unprivileged UIDs on the node, restricted names only the capabilities",
     );
     the_kubectl_plugin_reports_the_relay(&cp, &relay);
-    phases.done("kubectl smtp-relay status: both replicas, their queues and UIDs");
+    phases.done("kubectl smtp-relay status and queue list: both replicas, the six messages");
     let sink = ok(user_path::node_sink(sink_port));
     for m in &held {
         sink.wait_for(RCPT, m, WAIT).unwrap_or_else(|e| {
@@ -880,7 +881,7 @@ fn pod_security_names_only_the_capabilities(cp: &ControlPlane, relay: &str) {
 
 /// Phase 9, continued (issue 30): `kubectl smtp-relay status`, found by kubectl on PATH as
 /// users install it, shows the relay Ready with both replicas and their queues, as text and as
-/// JSON.
+/// JSON; `queue list` the six messages held on them, each with its pod and Postfix's reason.
 fn the_kubectl_plugin_reports_the_relay(cp: &ControlPlane, relay: &str) {
     let plugin = tools::target_bin("kubectl-smtp_relay");
     let path = std::env::join_paths(
@@ -895,8 +896,9 @@ fn the_kubectl_plugin_reports_the_relay(cp: &ControlPlane, relay: &str) {
     .unwrap_or_else(|e| panic!("PATH: {e}"));
     let run = |args: &[&str]| {
         let out = std::process::Command::new(tools::bin("kubectl"))
-            .args(["smtp-relay", "status", relay, "-n", NS])
+            .arg("smtp-relay")
             .args(args)
+            .args(["-n", NS])
             .env("PATH", &path)
             .env("KUBECONFIG", cp.kubeconfig())
             .output()
@@ -904,12 +906,12 @@ fn the_kubectl_plugin_reports_the_relay(cp: &ControlPlane, relay: &str) {
         let stdout = String::from_utf8_lossy(&out.stdout).to_string();
         assert!(
             out.status.success(),
-            "kubectl smtp-relay status {args:?}: {stdout}{}",
+            "kubectl smtp-relay {args:?}: {stdout}{}",
             String::from_utf8_lossy(&out.stderr)
         );
         stdout
     };
-    let text = run(&[]);
+    let text = run(&["status", relay]);
     eprintln!("[user_path] kubectl smtp-relay status {relay} -n {NS}:\n{text}");
     assert!(
         text.starts_with(&format!(
@@ -920,13 +922,39 @@ fn the_kubectl_plugin_reports_the_relay(cp: &ControlPlane, relay: &str) {
     for i in 0..2 {
         assert!(text.contains(&format!("\n  {relay}-{i}  ")), "{text}");
     }
-    let json: Value = serde_json::from_str(&run(&["-o", "json"])).unwrap_or_default();
+    let json: Value =
+        serde_json::from_str(&run(&["status", relay, "-o", "json"])).unwrap_or_default();
     let pods = json[0]["pods"].as_array().cloned().unwrap_or_default();
     assert_eq!(pods.len(), 2, "{json}");
     assert!(
         pods.iter().all(|p| p["rootNodeUid"].as_u64() > Some(0)),
         "{json}"
     );
+
+    // The six messages held while the relayhost is down, from each pod's own Postfix.
+    let listed = run(&["queue", "list", relay]);
+    eprintln!("[user_path] kubectl smtp-relay queue list {relay} -n {NS}:\n{listed}");
+    assert!(listed.ends_with("6 message(s)\n"), "{listed}");
+    let json: Value =
+        serde_json::from_str(&run(&["queue", "list", relay, "--deferred", "-o", "json"]))
+            .unwrap_or_default();
+    let messages = json.as_array().cloned().unwrap_or_default();
+    assert_eq!(messages.len(), 6, "{json}");
+    for m in &messages {
+        assert!(
+            m["pod"] == format!("{relay}-0").as_str() || m["pod"] == format!("{relay}-1").as_str(),
+            "{m}"
+        );
+        assert_eq!(m["recipients"][0]["address"], RCPT, "{m}");
+        assert!(
+            m["recipients"][0]["delay_reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("Connection refused")),
+            "{m}"
+        );
+    }
+    let none = run(&["queue", "list", relay, "--recipient", "nobody@"]);
+    assert_eq!(none, "no message queued\n");
 }
 
 /// Phase 10: the operator's pod (in its own namespace) read both new pods' queues after the

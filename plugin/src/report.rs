@@ -196,7 +196,7 @@ fn pod_row(p: &PodQueueStatus, now: i64) -> [String; 6] {
 }
 
 /// Columns padded to their widest cell, the last one as it is.
-fn table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> String {
+pub(crate) fn table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> String {
     let mut widths = header.map(str::len);
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -248,7 +248,7 @@ fn ago(now: i64, t: &Time) -> String {
     ago_seconds(now - t.0.as_second())
 }
 
-fn ago_seconds(seconds: i64) -> String {
+pub(crate) fn ago_seconds(seconds: i64) -> String {
     let s = seconds.max(0);
     let text = if s < 120 {
         format!("{s}s")

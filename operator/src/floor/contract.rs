@@ -36,6 +36,9 @@ pub const TLS_DIR: &str = "/etc/smtp-relay/tls";
 /// The pod's own annotations (downward API), where the operator asks a replica to drain.
 pub const POD_INFO_DIR: &str = "/etc/smtp-relay/pod";
 pub const RUN_DIR: &str = "/run/smtp-relay";
+/// Postfix's configuration directory in a relay pod (`RELAY_POSTFIX_DIR`), under [`RUN_DIR`]:
+/// what `postqueue -c` and `postsuper -c` need there.
+pub const POSTFIX_CONFIG_DIR: &str = "/run/smtp-relay/postfix";
 pub const DATA_DIR: &str = "/data";
 pub const SPOOL_DIR: &str = "/var/spool/postfix";
 pub const SMTP_PORT: i32 = 25;

@@ -23,7 +23,8 @@ use smtp_relay::kube_api::SERVICE_ACCOUNT_DIR;
 use crate::floor::contract::{
     child_meta, labels, selector_labels, BuildOptions, Mount, Names, CONFIG_DIR,
     CONFIG_HASH_ANNOTATION, CONFIG_KEY, CONTAINER_NAME, DATA_DIR, METRICS_PORT, POD_INFO_DIR,
-    PROXY_PORT_NAME, PROXY_PROTOCOL_PORT, RUN_DIR, SMTP_PORT, SPOOL_DIR, SPOOL_VOLUME,
+    POSTFIX_CONFIG_DIR, PROXY_PORT_NAME, PROXY_PROTOCOL_PORT, RUN_DIR, SMTP_PORT, SPOOL_DIR,
+    SPOOL_VOLUME,
 };
 use crate::floor::crd::{RetentionPolicy, SmtpRelay};
 use crate::floor::error::Result;
@@ -247,7 +248,7 @@ fn container(relay: &SmtpRelay, volume_mounts: Vec<VolumeMount>, opts: &BuildOpt
         ]),
         env: Some(vec![
             env("RELAY_LISTEN", format!("[::]:{SMTP_PORT}")),
-            env("RELAY_POSTFIX_DIR", format!("{RUN_DIR}/postfix")),
+            env("RELAY_POSTFIX_DIR", POSTFIX_CONFIG_DIR.to_string()),
             env("RELAY_DATA_DIR", DATA_DIR.into()),
             env("RELAY_SPOOL_DIR", SPOOL_DIR.into()),
             env("RELAY_METRICS_LISTEN", format!("[::]:{METRICS_PORT}")),
