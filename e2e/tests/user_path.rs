@@ -33,7 +33,8 @@
 //!    status says `UserNamespaced=True`, and Pod Security `restricted` names only the
 //!    capabilities, not root, while `baseline` admits the pods. `kubectl smtp-relay status`
 //!    (the project's kubectl plugin, issue 30) shows both replicas and their queues, and
-//!    `kubectl smtp-relay queue list` the six messages they hold, with filters.
+//!    `kubectl smtp-relay queue` lists the six messages they hold, holds and releases one,
+//!    deletes a seventh (only with `--yes` from a script), retries and flushes.
 //! 10. The relay's NetworkPolicy, enforced by the node's kube-network-policies: the operator's
 //!     pod reads the relay pods' metrics through it; a pod of a namespace it names reaches
 //!     SMTP, one of another namespace does not until its address is named, and all do once it
@@ -63,6 +64,8 @@ const WAIT: Duration = Duration::from_secs(180);
 const NS: &str = "mail";
 const RCPT: &str = "someone@example.net";
 const FROM: &str = "app@client.test";
+/// The recipient of the message `kubectl smtp-relay queue delete` deletes.
+const DOOMED: &str = "doomed@example.net";
 
 struct Phases {
     begin: Instant,
@@ -481,8 +484,8 @@ fn user_path_chart_operator_pod_relay_pod_and_mail_through_the_service() {
     phases.done(
         "user namespaces: unprivileged UIDs on the node, restricted names only the capabilities",
     );
-    the_kubectl_plugin_reports_the_relay(&cp, &relay);
-    phases.done("kubectl smtp-relay status and queue list: both replicas, the six messages");
+    the_kubectl_plugin_reports_the_relay(&cp, &relay, service);
+    phases.done("kubectl smtp-relay: status, queue list, hold, release, delete, retry, flush");
     let sink = ok(user_path::node_sink(sink_port));
     for m in &held {
         sink.wait_for(RCPT, m, WAIT).unwrap_or_else(|e| {
@@ -500,6 +503,13 @@ fn user_path_chart_operator_pod_relay_pod_and_mail_through_the_service() {
     let upgraded = mail::marker("user-path-after-upgrade");
     ok(user_path::send_from_host(service, FROM, RCPT, &upgraded));
     ok(sink.wait_for(RCPT, &upgraded, WAIT));
+    assert!(
+        !sink
+            .messages()
+            .iter()
+            .any(|m| m.rcpts.iter().any(|r| r.eq_ignore_ascii_case(DOOMED))),
+        "the message deleted with kubectl smtp-relay queue delete never arrived"
+    );
     phases.done("relayhost back: the six messages queued across both upgrades delivered");
 
     // 10. The relay's NetworkPolicy, enforced by the node: the operator's pod read the new
@@ -882,35 +892,10 @@ fn pod_security_names_only_the_capabilities(cp: &ControlPlane, relay: &str) {
 /// Phase 9, continued (issue 30): `kubectl smtp-relay status`, found by kubectl on PATH as
 /// users install it, shows the relay Ready with both replicas and their queues, as text and as
 /// JSON; `queue list` the six messages held on them, each with its pod and Postfix's reason.
-fn the_kubectl_plugin_reports_the_relay(cp: &ControlPlane, relay: &str) {
-    let plugin = tools::target_bin("kubectl-smtp_relay");
-    let path = std::env::join_paths(
-        plugin
-            .parent()
-            .map(std::path::Path::to_path_buf)
-            .into_iter()
-            .chain(std::env::split_paths(
-                &std::env::var_os("PATH").unwrap_or_default(),
-            )),
-    )
-    .unwrap_or_else(|e| panic!("PATH: {e}"));
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new(tools::bin("kubectl"))
-            .arg("smtp-relay")
-            .args(args)
-            .args(["-n", NS])
-            .env("PATH", &path)
-            .env("KUBECONFIG", cp.kubeconfig())
-            .output()
-            .unwrap_or_else(|e| panic!("kubectl smtp-relay: {e}"));
-        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-        assert!(
-            out.status.success(),
-            "kubectl smtp-relay {args:?}: {stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        stdout
-    };
+fn the_kubectl_plugin_reports_the_relay(cp: &ControlPlane, relay: &str, service: SocketAddr) {
+    let plugin = Plugin::new(cp);
+    let run = |args: &[&str]| plugin.run(args);
+    let listed = |args: &[&str]| plugin.listed(relay, args);
     let text = run(&["status", relay]);
     eprintln!("[user_path] kubectl smtp-relay status {relay} -n {NS}:\n{text}");
     assert!(
@@ -932,14 +917,11 @@ fn the_kubectl_plugin_reports_the_relay(cp: &ControlPlane, relay: &str) {
     );
 
     // The six messages held while the relayhost is down, from each pod's own Postfix.
-    let listed = run(&["queue", "list", relay]);
-    eprintln!("[user_path] kubectl smtp-relay queue list {relay} -n {NS}:\n{listed}");
-    assert!(listed.ends_with("6 message(s)\n"), "{listed}");
-    let json: Value =
-        serde_json::from_str(&run(&["queue", "list", relay, "--deferred", "-o", "json"]))
-            .unwrap_or_default();
-    let messages = json.as_array().cloned().unwrap_or_default();
-    assert_eq!(messages.len(), 6, "{json}");
+    let text = run(&["queue", "list", relay]);
+    eprintln!("[user_path] kubectl smtp-relay queue list {relay} -n {NS}:\n{text}");
+    assert!(text.ends_with("6 message(s)\n"), "{text}");
+    let messages = listed(&["--deferred"]);
+    assert_eq!(messages.len(), 6, "{messages:?}");
     for m in &messages {
         assert!(
             m["pod"] == format!("{relay}-0").as_str() || m["pod"] == format!("{relay}-1").as_str(),
@@ -953,8 +935,137 @@ fn the_kubectl_plugin_reports_the_relay(cp: &ControlPlane, relay: &str) {
             "{m}"
         );
     }
-    let none = run(&["queue", "list", relay, "--recipient", "nobody@"]);
-    assert_eq!(none, "no message queued\n");
+    assert_eq!(
+        run(&["queue", "list", relay, "--recipient", "nobody@"]),
+        "no message queued\n"
+    );
+
+    the_kubectl_plugin_acts_on_the_queue(&plugin, relay, service, &messages);
+}
+
+/// Phase 9, continued: `kubectl smtp-relay queue hold|release|delete|retry|flush` on the six
+/// held messages (`messages`, as `queue list` gave them) and a seventh.
+fn the_kubectl_plugin_acts_on_the_queue(
+    plugin: &Plugin,
+    relay: &str,
+    service: SocketAddr,
+    messages: &[Value],
+) {
+    let (run, output) = (
+        |args: &[&str]| plugin.run(args),
+        |args: &[&str]| plugin.output(args),
+    );
+    let listed = |args: &[&str]| plugin.listed(relay, args);
+    // Hold one of them by its ID, on the replica that has it; release it.
+    let (id, pod) = (
+        messages[0]["queue_id"].as_str().unwrap_or_default(),
+        messages[0]["pod"].as_str().unwrap_or_default(),
+    );
+    assert_eq!(
+        run(&["queue", "hold", relay, id]),
+        format!("{pod}: 1 message(s) put on hold\n")
+    );
+    let held = listed(&["--hold"]);
+    assert_eq!(
+        held.iter().map(|m| &m["queue_id"]).collect::<Vec<_>>(),
+        [id],
+        "{held:?}"
+    );
+    assert_eq!(
+        run(&["queue", "release", relay, "--hold"]),
+        format!("{pod}: 1 message(s) released from hold\n")
+    );
+    assert!(listed(&["--hold"]).is_empty());
+
+    // A seventh message, deleted: not without --yes from a script, then with it.
+    let doomed = mail::marker("user-path-doomed");
+    ok(user_path::send_from_host(service, FROM, DOOMED, &doomed));
+    ok(user_path::wait(
+        plugin.cp,
+        NS,
+        WAIT,
+        "the seventh message queued",
+        || (listed(&["--recipient", DOOMED]).len() == 1).then_some(()),
+    ));
+    let refused = output(&["queue", "delete", relay, "--recipient", DOOMED]);
+    assert!(
+        !refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("add --yes"),
+        "{refused:?}"
+    );
+    assert_eq!(listed(&[]).len(), 7, "nothing deleted without --yes");
+    let deleted = run(&["queue", "delete", relay, "--recipient", DOOMED, "--yes"]);
+    assert!(deleted.ends_with(": 1 message(s) deleted\n"), "{deleted}");
+    assert_eq!(listed(&[]).len(), 6);
+    assert!(
+        !output(&["queue", "delete", relay, "--yes"])
+            .status
+            .success(),
+        "no IDs, filter or --all: refused"
+    );
+
+    // Retry and flush reach every replica (the relayhost is still down: the mail stays).
+    let retried = run(&["queue", "retry", relay, "--deferred"]);
+    assert!(retried.contains("scheduled for delivery now"), "{retried}");
+    let flushed = run(&["queue", "flush", relay]);
+    assert_eq!(
+        flushed,
+        format!("{relay}-0: deferred mail flushed\n{relay}-1: deferred mail flushed\n")
+    );
+}
+
+/// `kubectl smtp-relay` as a user runs it: the plugin binary found by kubectl on PATH, the
+/// cluster from KUBECONFIG, stdin not a terminal (as in a script).
+struct Plugin<'a> {
+    cp: &'a ControlPlane,
+    path: std::ffi::OsString,
+}
+
+impl<'a> Plugin<'a> {
+    fn new(cp: &'a ControlPlane) -> Self {
+        let plugin = tools::target_bin("kubectl-smtp_relay");
+        let inherited = std::env::var_os("PATH").unwrap_or_default();
+        let dirs = plugin
+            .parent()
+            .map(std::path::Path::to_path_buf)
+            .into_iter()
+            .chain(std::env::split_paths(&inherited));
+        let path = std::env::join_paths(dirs).unwrap_or_else(|e| panic!("PATH: {e}"));
+        Plugin { cp, path }
+    }
+
+    /// `kubectl smtp-relay ARGS -n NS`.
+    fn output(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(tools::bin("kubectl"))
+            .arg("smtp-relay")
+            .args(args)
+            .args(["-n", NS])
+            .env("PATH", &self.path)
+            .env("KUBECONFIG", self.cp.kubeconfig())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("kubectl smtp-relay: {e}"))
+    }
+
+    /// Its standard output, once it succeeded.
+    fn run(&self, args: &[&str]) -> String {
+        let out = self.output(args);
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "kubectl smtp-relay {args:?}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+
+    /// `queue list RELAY -o json ARGS`.
+    fn listed(&self, relay: &str, args: &[&str]) -> Vec<Value> {
+        let all = [&["queue", "list", relay, "-o", "json"], args].concat();
+        serde_json::from_str::<Value>(&self.run(&all))
+            .ok()
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+    }
 }
 
 /// Phase 10: the operator's pod (in its own namespace) read both new pods' queues after the

@@ -8,6 +8,9 @@
 //!   replica's queue and what is wrong with it, the recent Warning Events; `-o json|yaml`.
 //! - `queue list NAME`: every message queued on any replica, from each pod's own Postfix
 //!   (`postqueue -j` through pods/exec, as `kubectl exec` runs it), with filters.
+//! - `queue hold|release|delete|retry NAME [ID...]` (or filters, or `--all`): each message on
+//!   the replica that holds it, with `postsuper` and `postqueue -i`; `delete` asks first unless
+//!   `--yes`. `queue flush NAME`: every replica retries its deferred mail now.
 
 #![forbid(unsafe_code)]
 
@@ -17,7 +20,7 @@ mod report;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::api::{AttachParams, ListParams};
 use kube::{Api, Client, ResourceExt};
@@ -66,25 +69,76 @@ enum QueueCommand {
     /// sender, recipients, the last delivery error.
     List {
         name: String,
-        /// Only senders containing this (case-insensitive).
-        #[arg(long)]
-        sender: Option<String>,
-        /// Only messages with a recipient containing this (case-insensitive).
-        #[arg(long)]
-        recipient: Option<String>,
-        /// Only messages that arrived at least this long ago (30m, 2h, 1d).
-        #[arg(long, value_parser = queue::seconds)]
-        older_than: Option<i64>,
-        /// Only deferred messages.
-        #[arg(long)]
-        deferred: bool,
-        /// Only messages on hold.
-        #[arg(long)]
-        hold: bool,
+        #[command(flatten)]
+        select: Select,
         /// Output format.
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
+    /// Put messages on hold: no delivery, no expiry, until released.
+    Hold(Acting),
+    /// Release held messages: back to the deferred queue, delivered at once.
+    Release(Acting),
+    /// Delete messages: they are neither delivered nor returned to their sender.
+    Delete {
+        #[command(flatten)]
+        acting: Acting,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Try to deliver deferred messages now.
+    Retry(Acting),
+    /// Try to deliver every deferred message of every replica now.
+    Flush { name: String },
+}
+
+/// Which messages a queue command applies to: every filter given must hold.
+#[derive(Args, Clone)]
+struct Select {
+    /// Only senders containing this (case-insensitive).
+    #[arg(long)]
+    sender: Option<String>,
+    /// Only messages with a recipient containing this (case-insensitive).
+    #[arg(long)]
+    recipient: Option<String>,
+    /// Only messages that arrived at least this long ago (30m, 2h, 1d).
+    #[arg(long, value_parser = queue::seconds)]
+    older_than: Option<i64>,
+    /// Only deferred messages.
+    #[arg(long)]
+    deferred: bool,
+    /// Only messages on hold.
+    #[arg(long)]
+    hold: bool,
+}
+
+impl Select {
+    fn filter(&self) -> queue::Filter {
+        queue::Filter {
+            sender: self.sender.clone(),
+            recipient: self.recipient.clone(),
+            older_than: self.older_than,
+            queues: [("deferred", self.deferred), ("hold", self.hold)]
+                .into_iter()
+                .filter(|(_, on)| *on)
+                .map(|(q, _)| q.to_string())
+                .collect(),
+        }
+    }
+}
+
+/// The relay and the messages an action applies to: queue IDs, filters, or `--all`.
+#[derive(Args, Clone)]
+struct Acting {
+    name: String,
+    /// Queue IDs (as `queue list` shows them).
+    ids: Vec<String>,
+    #[command(flatten)]
+    select: Select,
+    /// Every message (with the filters, if any).
+    #[arg(long)]
+    all: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -118,29 +172,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let reports = status(&client, &namespace, cli.all_namespaces, name.as_deref()).await?;
             print(&reports, output)
         }
-        Command::Queue {
-            command:
+        Command::Queue { command } => {
+            let api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+            match command {
                 QueueCommand::List {
                     name,
-                    sender,
-                    recipient,
-                    older_than,
-                    deferred,
-                    hold,
+                    select,
                     output,
-                },
-        } => {
-            let filter = queue::Filter {
-                sender,
-                recipient,
-                older_than,
-                queues: [("deferred", deferred), ("hold", hold)]
-                    .into_iter()
-                    .filter(|(_, on)| *on)
-                    .map(|(q, _)| q.to_string())
-                    .collect(),
-            };
-            queue_list(&client, &namespace, &name, &filter, output).await
+                } => queue_list(&client, &api, &namespace, &name, &select.filter(), output).await,
+                QueueCommand::Hold(a) => {
+                    act(&client, &api, &namespace, &a, queue::Action::Hold).await
+                }
+                QueueCommand::Release(a) => {
+                    act(&client, &api, &namespace, &a, queue::Action::Release).await
+                }
+                QueueCommand::Retry(a) => {
+                    act(&client, &api, &namespace, &a, queue::Action::Retry).await
+                }
+                QueueCommand::Delete { acting, yes } => {
+                    if !yes {
+                        confirm_delete(&client, &api, &namespace, &acting).await?;
+                    }
+                    act(&client, &api, &namespace, &acting, queue::Action::Delete).await
+                }
+                QueueCommand::Flush { name } => flush(&client, &api, &namespace, &name).await,
+            }
         }
     }
 }
@@ -148,28 +204,47 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 /// The most of one pod's `postqueue -j` output that is read (a message is a few hundred bytes).
 const QUEUE_OUTPUT_CAP: u64 = 256 * 1024 * 1024;
 
+/// Every message queued on the relay's running replicas, each read by its own Postfix, and
+/// the replicas that did not answer (naming why).
+async fn queued(
+    client: &Client,
+    api: &Api<Pod>,
+    namespace: &str,
+    name: &str,
+) -> anyhow::Result<(Vec<queue::Message>, Vec<String>)> {
+    let mut messages = Vec::new();
+    let mut failed = Vec::new();
+    for pod in relay_pods(client, namespace, name).await? {
+        let listed = exec(api, &pod, &["postqueue", "-c", POSTFIX_CONFIG_DIR, "-j"])
+            .await
+            .and_then(|out| queue::parse(&pod, &out));
+        match listed {
+            Ok(found) => messages.extend(found),
+            Err(why) => failed.push(why),
+        }
+    }
+    Ok((messages, failed))
+}
+
+/// Fails naming the replicas that did not answer, once the others' work is shown.
+fn all_answered(failed: &[String]) -> anyhow::Result<()> {
+    if !failed.is_empty() {
+        anyhow::bail!("not every replica answered:\n  {}", failed.join("\n  "));
+    }
+    Ok(())
+}
+
 /// `queue list`: each running replica's queue, read by its own Postfix, filtered. A replica
 /// that does not answer is named on stderr, and the exit code says so, after the others'.
 async fn queue_list(
     client: &Client,
+    api: &Api<Pod>,
     namespace: &str,
     name: &str,
     filter: &queue::Filter,
     output: Output,
 ) -> anyhow::Result<()> {
-    let pods = relay_pods(client, namespace, name).await?;
-    let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    let mut messages = Vec::new();
-    let mut failed = Vec::new();
-    for pod in &pods {
-        match postqueue(&api, pod)
-            .await
-            .and_then(|out| queue::parse(pod, &out))
-        {
-            Ok(found) => messages.extend(found),
-            Err(why) => failed.push(why),
-        }
-    }
+    let (mut messages, failed) = queued(client, api, namespace, name).await?;
     let now = jiff::Timestamp::now().as_second();
     messages.retain(|m| filter.matches(m, now));
     match output {
@@ -177,10 +252,99 @@ async fn queue_list(
         Output::Json => println!("{}", serde_json::to_string_pretty(&messages)?),
         Output::Yaml => print!("{}", serde_yaml::to_string(&messages)?),
     }
-    if !failed.is_empty() {
-        anyhow::bail!("not every replica answered:\n  {}", failed.join("\n  "));
+    all_answered(&failed)
+}
+
+/// `queue hold|release|delete|retry`: the selected messages, each on the replica that holds
+/// it, with Postfix's own commands; says what it did per pod.
+async fn act(
+    client: &Client,
+    api: &Api<Pod>,
+    namespace: &str,
+    acting: &Acting,
+    action: queue::Action,
+) -> anyhow::Result<()> {
+    let (messages, mut failed) = queued(client, api, namespace, &acting.name).await?;
+    let now = jiff::Timestamp::now().as_second();
+    let chosen = queue::select(
+        &messages,
+        &acting.ids,
+        &acting.select.filter(),
+        acting.all,
+        now,
+    )
+    .map_err(anyhow::Error::msg)?;
+    let mut by_pod: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for m in &chosen {
+        by_pod.entry(&m.pod).or_default().push(&m.queue_id);
+    }
+    if by_pod.is_empty() {
+        println!("no message matched");
+    }
+    for (pod, ids) in by_pod {
+        let mut done = 0;
+        for (command, count) in action.commands(POSTFIX_CONFIG_DIR, &ids) {
+            let args: Vec<&str> = command.iter().map(String::as_str).collect();
+            match exec(api, pod, &args).await {
+                Ok(_) => done += count,
+                Err(why) => failed.push(why),
+            }
+        }
+        println!("{pod}: {done} message(s) {}", action.done());
+    }
+    all_answered(&failed)
+}
+
+/// Asks before `queue delete` deletes what it selected: on a terminal, y to go on; elsewhere,
+/// `--yes` is needed.
+async fn confirm_delete(
+    client: &Client,
+    api: &Api<Pod>,
+    namespace: &str,
+    acting: &Acting,
+) -> anyhow::Result<()> {
+    use std::io::{BufRead, IsTerminal, Write};
+    let (messages, _) = queued(client, api, namespace, &acting.name).await?;
+    let now = jiff::Timestamp::now().as_second();
+    let chosen = queue::select(
+        &messages,
+        &acting.ids,
+        &acting.select.filter(),
+        acting.all,
+        now,
+    )
+    .map_err(anyhow::Error::msg)?;
+    if chosen.is_empty() {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        anyhow::bail!(
+            "{} message(s) would be deleted, neither delivered nor returned to their sender: add --yes",
+            chosen.len()
+        );
+    }
+    let shown: Vec<queue::Message> = chosen.into_iter().cloned().collect();
+    print!("{}", queue::text(&shown, now));
+    print!("Delete these {} message(s)? They are neither delivered nor returned to their sender. [y/N] ", shown.len());
+    std::io::stdout().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    if !matches!(answer.trim(), "y" | "Y" | "yes") {
+        anyhow::bail!("nothing deleted");
     }
     Ok(())
+}
+
+/// `queue flush`: every replica's Postfix tries its deferred mail now.
+async fn flush(client: &Client, api: &Api<Pod>, namespace: &str, name: &str) -> anyhow::Result<()> {
+    let mut failed = Vec::new();
+    for pod in relay_pods(client, namespace, name).await? {
+        match exec(api, &pod, &["postqueue", "-c", POSTFIX_CONFIG_DIR, "-f"]).await {
+            Ok(_) => println!("{pod}: deferred mail flushed"),
+            Err(why) => failed.push(why),
+        }
+    }
+    all_answered(&failed)
 }
 
 /// The running pods of the relay `name`, by its scale selector (`status.selector`).
@@ -209,21 +373,22 @@ async fn relay_pods(client: &Client, namespace: &str, name: &str) -> anyhow::Res
     Ok(names)
 }
 
-/// `postqueue -j` in the pod's relay container; why not, naming the pod.
-async fn postqueue(api: &Api<Pod>, pod: &str) -> Result<String, String> {
+/// `command` in the pod's relay container: its output (at most [`QUEUE_OUTPUT_CAP`] bytes); why
+/// not, naming the pod and the command.
+async fn exec(api: &Api<Pod>, pod: &str, command: &[&str]) -> Result<String, String> {
     use tokio::io::AsyncReadExt;
+    let what = command.first().copied().unwrap_or_default();
     let params = AttachParams::default()
         .container(CONTAINER_NAME)
         .stdin(false)
         .stdout(true)
         .stderr(true);
-    let command = ["postqueue", "-c", POSTFIX_CONFIG_DIR, "-j"];
     let mut process = api
-        .exec(pod, command, &params)
+        .exec(pod, command.to_vec(), &params)
         .await
-        .map_err(|e| format!("{pod}: exec: {e}"))?;
+        .map_err(|e| format!("{pod}: exec {what}: {e}"))?;
     let (Some(stdout), Some(stderr)) = (process.stdout(), process.stderr()) else {
-        return Err(format!("{pod}: exec gave no output streams"));
+        return Err(format!("{pod}: exec {what} gave no output streams"));
     };
     let status = process.take_status();
     let (mut out, mut err) = (String::new(), String::new());
@@ -232,7 +397,7 @@ async fn postqueue(api: &Api<Pod>, pod: &str) -> Result<String, String> {
         stdout.read_to_string(&mut out),
         stderr.read_to_string(&mut err)
     );
-    read_out.map_err(|e| format!("{pod}: reading postqueue's output: {e}"))?;
+    read_out.map_err(|e| format!("{pod}: reading {what}'s output: {e}"))?;
     let status = match status {
         Some(status) => status.await,
         None => None,
@@ -240,7 +405,7 @@ async fn postqueue(api: &Api<Pod>, pod: &str) -> Result<String, String> {
     let _ = process.join().await;
     match status {
         Some(s) if s.status.as_deref() != Some("Success") => Err(format!(
-            "{pod}: postqueue -j failed: {}",
+            "{pod}: {what} failed: {}",
             if err.trim().is_empty() {
                 s.message.unwrap_or_default()
             } else {

@@ -71,6 +71,93 @@ pub fn parse(pod: &str, output: &str) -> Result<Vec<Message>, String> {
         .collect()
 }
 
+/// What `queue hold|release|delete|retry` does to the messages it selected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Hold,
+    Release,
+    Delete,
+    Retry,
+}
+
+/// Queue IDs per `postsuper` command line (each is at most 20 characters or so).
+const IDS_PER_COMMAND: usize = 100;
+
+impl Action {
+    /// The commands that do it to `ids`, in a pod whose Postfix configuration is in `dir`, and
+    /// how many IDs each names: `postsuper -h/-H/-d` by chunks, `postqueue -i` (one ID each) to
+    /// retry.
+    pub fn commands(self, dir: &str, ids: &[&str]) -> Vec<(Vec<String>, usize)> {
+        let flag = match self {
+            Action::Hold => "-h",
+            Action::Release => "-H",
+            Action::Delete => "-d",
+            Action::Retry => {
+                return ids
+                    .iter()
+                    .map(|id| {
+                        let command = ["postqueue", "-c", dir, "-i", id].map(String::from);
+                        (command.to_vec(), 1)
+                    })
+                    .collect();
+            }
+        };
+        ids.chunks(IDS_PER_COMMAND)
+            .map(|chunk| {
+                let mut command: Vec<String> = ["postsuper", "-c", dir].map(String::from).to_vec();
+                for id in chunk {
+                    command.extend([flag.to_string(), (*id).to_string()]);
+                }
+                (command, chunk.len())
+            })
+            .collect()
+    }
+
+    /// What it did, in the past tense.
+    pub fn done(self) -> &'static str {
+        match self {
+            Action::Hold => "put on hold",
+            Action::Release => "released from hold",
+            Action::Delete => "deleted",
+            Action::Retry => "scheduled for delivery now",
+        }
+    }
+}
+
+/// The messages an action applies to: those named by queue ID (every ID must be queued), else
+/// those the filter matches, which must then say something (or `all`): an action never applies
+/// to the whole queue by accident.
+pub fn select<'a>(
+    messages: &'a [Message],
+    ids: &[String],
+    filter: &Filter,
+    all: bool,
+    now: i64,
+) -> Result<Vec<&'a Message>, String> {
+    if ids.is_empty() && *filter == Filter::default() && !all {
+        return Err(
+            "name queue IDs, a filter (--sender, --recipient, --older-than, --deferred, --hold) or --all"
+                .into(),
+        );
+    }
+    let missing: Vec<&str> = ids
+        .iter()
+        .filter(|id| !messages.iter().any(|m| &m.queue_id == *id))
+        .map(String::as_str)
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "not queued on any replica: {} (kubectl smtp-relay queue list shows what is)",
+            missing.join(", ")
+        ));
+    }
+    Ok(messages
+        .iter()
+        .filter(|m| ids.is_empty() || ids.contains(&m.queue_id))
+        .filter(|m| filter.matches(m, now))
+        .collect())
+}
+
 /// A duration as the plugin takes it: a whole number and `s`, `m`, `h` or `d`.
 pub fn seconds(text: &str) -> Result<i64, String> {
     let split = text.len().saturating_sub(1);
@@ -192,6 +279,58 @@ mod tests {
             ..Filter::default()
         };
         assert!(shown(from_app).is_empty());
+    }
+
+    #[test]
+    fn actions_name_the_ids_and_never_the_whole_queue_by_accident() {
+        let messages = parse("p", TWO).unwrap();
+        let ids = |v: Vec<&Message>| {
+            v.into_iter()
+                .map(|m| m.queue_id.clone())
+                .collect::<Vec<_>>()
+        };
+        let err = select(&messages, &[], &Filter::default(), false, 0).unwrap_err();
+        assert!(err.contains("--all"), "{err}");
+        assert_eq!(
+            ids(select(&messages, &[], &Filter::default(), true, 0).unwrap()).len(),
+            2
+        );
+        let one = vec!["4ZxK1Q2b3dz9sU".to_string()];
+        assert_eq!(
+            ids(select(&messages, &one, &Filter::default(), false, 0).unwrap()),
+            one
+        );
+        let err = select(&messages, &["NOPE".into()], &Filter::default(), false, 0).unwrap_err();
+        assert!(err.starts_with("not queued on any replica: NOPE"), "{err}");
+        let held = Filter {
+            queues: vec!["hold".into()],
+            ..Filter::default()
+        };
+        assert_eq!(ids(select(&messages, &[], &held, false, 0).unwrap()), one);
+    }
+
+    #[test]
+    fn actions_are_postfixs_own_commands() {
+        let dir = "/run/smtp-relay/postfix";
+        let owned = |args: &[&str]| args.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            Action::Hold.commands(dir, &["A1", "B2"]),
+            [(owned(&["postsuper", "-c", dir, "-h", "A1", "-h", "B2"]), 2)]
+        );
+        assert_eq!(Action::Release.commands(dir, &["A1"])[0].0[3], "-H");
+        assert_eq!(Action::Delete.commands(dir, &["A1"])[0].0[3], "-d");
+        assert_eq!(
+            Action::Retry.commands(dir, &["A1", "B2"]),
+            [
+                (owned(&["postqueue", "-c", dir, "-i", "A1"]), 1),
+                (owned(&["postqueue", "-c", dir, "-i", "B2"]), 1)
+            ]
+        );
+        let many: Vec<String> = (0..250).map(|i| format!("ID{i}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        let chunks = Action::Delete.commands(dir, &many);
+        assert_eq!(chunks.len(), 3);
+        assert_eq!((chunks[2].0.len(), chunks[2].1), (3 + 2 * 50, 50));
     }
 
     #[test]
