@@ -31,6 +31,7 @@ pub mod doc_blocks;
 pub mod host_perl;
 pub mod mail;
 pub mod node_processes;
+pub mod plugin;
 pub mod relayhost;
 pub mod secret_volume;
 pub mod user_path;

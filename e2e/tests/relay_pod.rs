@@ -19,7 +19,7 @@
 //!    CA given in `caSecretKeyRef`, carries the address as an IP subjectAltName).
 //! 4. A SASL user added to the user's Secret: the operator updates its copy, the pod template
 //!    is unchanged, the kubelet swaps the volume in place and the running relay lets the new
-//!    user send, in the same pod, without a restart.
+//!    user send, in the same pod, without a restart; `kubectl smtp-relay users` lists both.
 //!    4b. A new serving certificate (the operator issues one when `<name>-tls` is deleted, as at
 //!    a renewal): signed by the same CA, the pod template unchanged, the volume swapped in
 //!    place, Postfix reloaded by the relay: the same pod serves it to clients that trust the CA.
@@ -60,6 +60,7 @@ use serde_json::Value;
 use smtp_relay_e2e::mail::{self, marker, Sink, StartTls, Upstream};
 use smtp_relay_e2e::operator::{self, ChartRelease};
 use smtp_relay_e2e::phases::{self, Order, Phase};
+use smtp_relay_e2e::plugin::Plugin;
 use smtp_relay_e2e::relayhost::{ScriptedRelayhost, TokenPolicy, TokenServer};
 use smtp_relay_e2e::user_path::{self, NODE_IP};
 use smtp_relay_e2e::ControlPlane;
@@ -767,6 +768,18 @@ fn a_sasl_user_added_applies_in_place_without_a_restart(env: &mut Env) {
     assert!(
         users.contains("app1") && users.contains("app2"),
         "the relay's database lists both users: {users}"
+    );
+    // And `kubectl smtp-relay users` (issue 30), from the same database through pods/exec.
+    let listed = Plugin::new(cp, NS).run(&["users", RELAY]);
+    let sorted = |text: &str| {
+        let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+        lines.sort();
+        lines
+    };
+    assert_eq!(
+        sorted(&listed),
+        sorted(&users),
+        "kubectl smtp-relay users lists what the pod's database has"
     );
     assert_eq!(template_hash(cp), Some(hash_before.clone()));
     let pod = get(cp, "pod", POD).expect("the relay pod");

@@ -56,6 +56,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use smtp_relay_e2e::mail::{self, smtp_ready};
 use smtp_relay_e2e::operator;
+use smtp_relay_e2e::plugin::Plugin;
 use smtp_relay_e2e::user_path::{self, NODE_IP};
 use smtp_relay_e2e::{doc_blocks, host_perl, tools, ControlPlane};
 
@@ -893,7 +894,7 @@ fn pod_security_names_only_the_capabilities(cp: &ControlPlane, relay: &str) {
 /// users install it, shows the relay Ready with both replicas and their queues, as text and as
 /// JSON; `queue list` the six messages held on them, each with its pod and Postfix's reason.
 fn the_kubectl_plugin_reports_the_relay(cp: &ControlPlane, relay: &str, service: SocketAddr) {
-    let plugin = Plugin::new(cp);
+    let plugin = Plugin::new(cp, NS);
     let run = |args: &[&str]| plugin.run(args);
     let listed = |args: &[&str]| plugin.listed(relay, args);
     let text = run(&["status", relay]);
@@ -946,7 +947,7 @@ fn the_kubectl_plugin_reports_the_relay(cp: &ControlPlane, relay: &str, service:
 /// Phase 9, continued: `kubectl smtp-relay queue hold|release|delete|retry|flush` on the six
 /// held messages (`messages`, as `queue list` gave them) and a seventh.
 fn the_kubectl_plugin_acts_on_the_queue(
-    plugin: &Plugin,
+    plugin: &Plugin<'_>,
     relay: &str,
     service: SocketAddr,
     messages: &[Value],
@@ -1011,61 +1012,6 @@ fn the_kubectl_plugin_acts_on_the_queue(
         flushed,
         format!("{relay}-0: deferred mail flushed\n{relay}-1: deferred mail flushed\n")
     );
-}
-
-/// `kubectl smtp-relay` as a user runs it: the plugin binary found by kubectl on PATH, the
-/// cluster from KUBECONFIG, stdin not a terminal (as in a script).
-struct Plugin<'a> {
-    cp: &'a ControlPlane,
-    path: std::ffi::OsString,
-}
-
-impl<'a> Plugin<'a> {
-    fn new(cp: &'a ControlPlane) -> Self {
-        let plugin = tools::target_bin("kubectl-smtp_relay");
-        let inherited = std::env::var_os("PATH").unwrap_or_default();
-        let dirs = plugin
-            .parent()
-            .map(std::path::Path::to_path_buf)
-            .into_iter()
-            .chain(std::env::split_paths(&inherited));
-        let path = std::env::join_paths(dirs).unwrap_or_else(|e| panic!("PATH: {e}"));
-        Plugin { cp, path }
-    }
-
-    /// `kubectl smtp-relay ARGS -n NS`.
-    fn output(&self, args: &[&str]) -> std::process::Output {
-        std::process::Command::new(tools::bin("kubectl"))
-            .arg("smtp-relay")
-            .args(args)
-            .args(["-n", NS])
-            .env("PATH", &self.path)
-            .env("KUBECONFIG", self.cp.kubeconfig())
-            .stdin(std::process::Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("kubectl smtp-relay: {e}"))
-    }
-
-    /// Its standard output, once it succeeded.
-    fn run(&self, args: &[&str]) -> String {
-        let out = self.output(args);
-        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-        assert!(
-            out.status.success(),
-            "kubectl smtp-relay {args:?}: {stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        stdout
-    }
-
-    /// `queue list RELAY -o json ARGS`.
-    fn listed(&self, relay: &str, args: &[&str]) -> Vec<Value> {
-        let all = [&["queue", "list", relay, "-o", "json"], args].concat();
-        serde_json::from_str::<Value>(&self.run(&all))
-            .ok()
-            .and_then(|v| v.as_array().cloned())
-            .unwrap_or_default()
-    }
 }
 
 /// Phase 10: the operator's pod (in its own namespace) read both new pods' queues after the

@@ -11,6 +11,7 @@
 //! - `queue hold|release|delete|retry NAME [ID...]` (or filters, or `--all`): each message on
 //!   the replica that holds it, with `postsuper` and `postqueue -i`; `delete` asks first unless
 //!   `--yes`. `queue flush NAME`: every replica retries its deferred mail now.
+//! - `users NAME`: the SASL users the relay's replicas serve (never a password).
 
 #![forbid(unsafe_code)]
 
@@ -56,6 +57,9 @@ enum Command {
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
+    /// The SASL users the relay serves, as its replicas' databases list them (never a
+    /// password).
+    Users { name: String },
     /// The mail queued on the relay's replicas.
     Queue {
         #[command(subcommand)]
@@ -172,6 +176,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let reports = status(&client, &namespace, cli.all_namespaces, name.as_deref()).await?;
             print(&reports, output)
         }
+        Command::Users { name } => users(&client, &namespace, &name).await,
         Command::Queue { command } => {
             let api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
             match command {
@@ -335,6 +340,45 @@ async fn confirm_delete(
     Ok(())
 }
 
+/// `users`: each running replica's SASL users (`smtp-relay users` in the pod); one list when
+/// they agree, per pod while they differ (a change on its way).
+async fn users(client: &Client, namespace: &str, name: &str) -> anyhow::Result<()> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let mut lists = Vec::new();
+    let mut failed = Vec::new();
+    for pod in relay_pods(client, namespace, name).await? {
+        match exec(&api, &pod, &["smtp-relay", "users"]).await {
+            Ok(out) => {
+                let mut users: Vec<String> = out.lines().map(str::to_string).collect();
+                users.sort();
+                lists.push((pod, users));
+            }
+            Err(why) => failed.push(why),
+        }
+    }
+    print!("{}", users_text(&lists));
+    all_answered(&failed)
+}
+
+/// The users of each pod: one list when every pod has the same.
+fn users_text(lists: &[(String, Vec<String>)]) -> String {
+    let show = |users: &[String]| {
+        if users.is_empty() {
+            "no SASL users\n".to_string()
+        } else {
+            users.iter().map(|u| format!("{u}\n")).collect()
+        }
+    };
+    match lists {
+        [] => String::new(),
+        [(_, first), rest @ ..] if rest.iter().all(|(_, u)| u == first) => show(first),
+        _ => lists
+            .iter()
+            .map(|(pod, users)| format!("{pod}:\n{}", show(users)))
+            .collect(),
+    }
+}
+
 /// `queue flush`: every replica's Postfix tries its deferred mail now.
 async fn flush(client: &Client, api: &Api<Pod>, namespace: &str, name: &str) -> anyhow::Result<()> {
     let mut failed = Vec::new();
@@ -484,4 +528,24 @@ fn print(reports: &[Report], output: Output) -> anyhow::Result<()> {
         Output::Yaml => print!("{}", serde_yaml::to_string(reports)?),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn users_are_listed_once_when_the_replicas_agree() {
+        let pod = |name: &str, users: &[&str]| {
+            (
+                name.to_string(),
+                users.iter().map(|u| u.to_string()).collect::<Vec<_>>(),
+            )
+        };
+        let same = [pod("r-0", &["a", "b"]), pod("r-1", &["a", "b"])];
+        assert_eq!(users_text(&same), "a\nb\n");
+        let moving = [pod("r-0", &["a", "b"]), pod("r-1", &["a"])];
+        assert_eq!(users_text(&moving), "r-0:\na\nb\nr-1:\na\n");
+        assert_eq!(users_text(&[pod("r-0", &[])]), "no SASL users\n");
+    }
 }
