@@ -145,6 +145,18 @@ struct Acting {
     all: bool,
 }
 
+impl Acting {
+    /// The messages of `messages` it applies to (see [`queue::select`]).
+    fn chosen<'a>(
+        &self,
+        messages: &'a [queue::Message],
+    ) -> anyhow::Result<Vec<&'a queue::Message>> {
+        let now = jiff::Timestamp::now().as_second();
+        queue::select(messages, &self.ids, &self.select.filter(), self.all, now)
+            .map_err(anyhow::Error::msg)
+    }
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum Output {
     Text,
@@ -270,15 +282,7 @@ async fn act(
     action: queue::Action,
 ) -> anyhow::Result<()> {
     let (messages, mut failed) = queued(client, api, namespace, &acting.name).await?;
-    let now = jiff::Timestamp::now().as_second();
-    let chosen = queue::select(
-        &messages,
-        &acting.ids,
-        &acting.select.filter(),
-        acting.all,
-        now,
-    )
-    .map_err(anyhow::Error::msg)?;
+    let chosen = acting.chosen(&messages)?;
     let mut by_pod: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
     for m in &chosen {
         by_pod.entry(&m.pod).or_default().push(&m.queue_id);
@@ -310,15 +314,7 @@ async fn confirm_delete(
 ) -> anyhow::Result<()> {
     use std::io::{BufRead, IsTerminal, Write};
     let (messages, _) = queued(client, api, namespace, &acting.name).await?;
-    let now = jiff::Timestamp::now().as_second();
-    let chosen = queue::select(
-        &messages,
-        &acting.ids,
-        &acting.select.filter(),
-        acting.all,
-        now,
-    )
-    .map_err(anyhow::Error::msg)?;
+    let chosen = acting.chosen(&messages)?;
     if chosen.is_empty() {
         return Ok(());
     }
@@ -329,7 +325,10 @@ async fn confirm_delete(
         );
     }
     let shown: Vec<queue::Message> = chosen.into_iter().cloned().collect();
-    print!("{}", queue::text(&shown, now));
+    print!(
+        "{}",
+        queue::text(&shown, jiff::Timestamp::now().as_second())
+    );
     print!("Delete these {} message(s)? They are neither delivered nor returned to their sender. [y/N] ", shown.len());
     std::io::stdout().flush()?;
     let mut answer = String::new();

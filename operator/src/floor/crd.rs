@@ -1215,59 +1215,49 @@ pub fn find_condition<'a>(
 
 pub const READY: &str = "Ready";
 
+/// The replicas as the queue observer last read them (`status.queue.pods`); `None` before it
+/// read any.
+fn read_pods(relay: &SmtpRelay) -> Option<&[PodQueueStatus]> {
+    Some(relay.status.as_ref()?.queue.as_ref()?.pods.as_slice())
+}
+
 /// The replicas that say they refused a configuration, as the queue observer last read them
 /// (`status.queue.pods[].configRefused`): the rollout names them, and a reconcile follows a
 /// change of them (see `fingerprint`).
 pub fn config_refusals(relay: &SmtpRelay) -> Vec<&PodQueueStatus> {
-    relay
-        .status
-        .as_ref()
-        .and_then(|s| s.queue.as_ref())
-        .map(|q| {
-            q.pods
-                .iter()
-                .filter(|p| p.config_refused.is_some())
-                .collect()
-        })
+    read_pods(relay)
         .unwrap_or_default()
+        .iter()
+        .filter(|p| p.config_refused.is_some())
+        .collect()
 }
 
 /// What the `Delivering` condition depends on in `status.queue`: which replicas have mail
 /// waiting and why it does not leave (no counts or times), so a reconcile follows a change of
 /// it (see `fingerprint`).
 pub fn delivery_health(relay: &SmtpRelay) -> impl std::hash::Hash + '_ {
-    relay
-        .status
-        .as_ref()
-        .and_then(|s| s.queue.as_ref())
-        .map(|q| {
-            q.pods
-                .iter()
-                .map(|p| {
-                    (
-                        p.pod.as_str(),
-                        p.deferred.is_some_and(|d| d > 0),
-                        p.delivery_problem.as_ref(),
-                        p.last_delivery_time.is_some(),
-                    )
-                })
-                .collect::<Vec<_>>()
-        })
+    read_pods(relay).map(|pods| {
+        pods.iter()
+            .map(|p| {
+                (
+                    p.pod.as_str(),
+                    p.deferred.is_some_and(|d| d > 0),
+                    p.delivery_problem.as_ref(),
+                    p.last_delivery_time.is_some(),
+                )
+            })
+            .collect::<Vec<_>>()
+    })
 }
 
 /// What the `UserNamespaced` condition depends on in `status.queue`: which replicas said
 /// whether their root is the node's root (see `fingerprint`), not the UIDs themselves.
 pub fn isolation_health(relay: &SmtpRelay) -> impl std::hash::Hash + '_ {
-    relay
-        .status
-        .as_ref()
-        .and_then(|s| s.queue.as_ref())
-        .map(|q| {
-            q.pods
-                .iter()
-                .map(|p| (p.pod.as_str(), p.root_node_uid.map(|uid| uid == 0)))
-                .collect::<Vec<_>>()
-        })
+    read_pods(relay).map(|pods| {
+        pods.iter()
+            .map(|p| (p.pod.as_str(), p.root_node_uid.map(|uid| uid == 0)))
+            .collect::<Vec<_>>()
+    })
 }
 
 /// What the `RelayhostLogin` condition depends on in `status.queue`: a reconcile follows a
