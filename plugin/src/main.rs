@@ -547,4 +547,29 @@ mod tests {
         assert_eq!(users_text(&moving), "r-0:\na\nb\nr-1:\na\n");
         assert_eq!(users_text(&[pod("r-0", &[])]), "no SASL users\n");
     }
+
+    /// The krew manifest the release fills in installs this binary, from the archives the
+    /// release workflow builds.
+    #[test]
+    fn the_krew_manifest_installs_this_binary() {
+        let manifest = include_str!("../krew/smtp-relay.yaml")
+            .replace("VERSION", "1.2.3")
+            .replace("SHA256_AMD64", "a")
+            .replace("SHA256_ARM64", "b");
+        let manifest: serde_yaml::Value = serde_yaml::from_str(&manifest).unwrap();
+        let workflow = include_str!("../../.github/workflows/release.yml");
+        let platforms = manifest["spec"]["platforms"].as_sequence().unwrap();
+        assert_eq!(platforms.len(), 2);
+        for p in platforms {
+            assert_eq!(p["bin"].as_str(), Some(env!("CARGO_BIN_NAME")));
+            let uri = p["uri"].as_str().unwrap();
+            let arch = p["selector"]["matchLabels"]["arch"].as_str().unwrap();
+            assert!(
+                uri.ends_with(&format!("/v1.2.3/kubectl-smtp_relay-linux-{arch}.tar.gz")),
+                "{uri}"
+            );
+            assert!(workflow.contains(&format!("- arch: {arch}")), "{arch}");
+        }
+        assert!(workflow.contains("kubectl-smtp_relay-linux-${{ matrix.platform.arch }}.tar.gz"));
+    }
 }
