@@ -769,8 +769,15 @@ fn a_sasl_user_added_applies_in_place_without_a_restart(env: &mut Env) {
         users.contains("app1") && users.contains("app2"),
         "the relay's database lists both users: {users}"
     );
-    // And `kubectl smtp-relay users` (issue 30), from the same database through pods/exec.
-    let listed = Plugin::new(cp, NS).run(&["users", RELAY]);
+    // And `kubectl smtp-relay users` (issue 30), from the same database through pods/exec;
+    // its status shows the certificate the operator issued.
+    let plugin = Plugin::new(cp, NS);
+    let status = plugin.run(&["status", RELAY]);
+    assert!(
+        status.contains(&format!("\n  tls        {RELAY}-tls, valid until ")),
+        "{status}"
+    );
+    let listed = plugin.run(&["users", RELAY]);
     let sorted = |text: &str| {
         let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
         lines.sort();

@@ -22,11 +22,12 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use k8s_openapi::api::core::v1::{Event, Pod};
+use k8s_openapi::api::core::v1::{Event, Pod, Secret};
 use kube::api::{AttachParams, ListParams};
 use kube::{Api, Client, ResourceExt};
-use smtp_relay_operator::floor::contract::{CONTAINER_NAME, POSTFIX_CONFIG_DIR};
+use smtp_relay_operator::floor::contract::{Names, CONTAINER_NAME, POSTFIX_CONFIG_DIR};
 use smtp_relay_operator::floor::crd::SmtpRelay;
+use smtp_relay_operator::steps::certificate::not_after;
 
 use report::Report;
 
@@ -511,9 +512,41 @@ async fn status(
             .await
             .map(|l| l.items)
             .unwrap_or_default();
-        reports.push(Report::new(relay, &events));
+        reports.push(Report::new(
+            relay,
+            &events,
+            certificate(client, relay).await,
+        ));
     }
     Ok(reports)
+}
+
+/// The certificate a relay serves to STARTTLS (with SASL users or a TLS Secret), from the
+/// pods' copy `<name>-tls`, read with the user's RBAC: only its expiry is kept.
+async fn certificate(client: &Client, relay: &SmtpRelay) -> Option<report::Certificate> {
+    let spec = &relay.spec;
+    if spec.tls_secret_ref.is_none() && !spec.issued_certificate() {
+        return None;
+    }
+    let secret = Names::tls_secret(&relay.name_any());
+    let api: Api<Secret> = Api::namespaced(client.clone(), &relay.namespace().unwrap_or_default());
+    let (not_after, unreadable) = match api.get_opt(&secret).await {
+        Ok(Some(s)) => (
+            s.data
+                .as_ref()
+                .and_then(|d| d.get("tls.crt"))
+                .and_then(|pem| not_after(&pem.0)),
+            None,
+        ),
+        Ok(None) => (None, Some("not there yet".to_string())),
+        Err(kube::Error::Api(e)) => (None, Some(e.reason.clone())),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    Some(report::Certificate {
+        secret,
+        not_after,
+        unreadable,
+    })
 }
 
 fn print(reports: &[Report], output: Output) -> anyhow::Result<()> {

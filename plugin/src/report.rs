@@ -36,6 +36,22 @@ pub struct Report {
     pub pods: Vec<PodQueueStatus>,
     /// The newest [`EVENTS_SHOWN`] Warning Events about the relay.
     pub warnings: Vec<Warning>,
+    /// The certificate the relay serves to clients' STARTTLS, with SASL users or a TLS Secret.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<Certificate>,
+}
+
+/// The serving certificate, as its Secret (`<name>-tls`, the pods' copy) holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Certificate {
+    pub secret: String,
+    /// When it expires (seconds since the epoch).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<i64>,
+    /// Why it could not be read (your RBAC on Secrets, a Secret not there yet).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unreadable: Option<String>,
 }
 
 /// A Warning Event, as shown.
@@ -59,8 +75,9 @@ fn healthy_status(type_: &str) -> &'static str {
 }
 
 impl Report {
-    /// The report of `relay`, with the Warning Events about it (any order).
-    pub fn new(relay: &SmtpRelay, events: &[Event]) -> Report {
+    /// The report of `relay`, with the Warning Events about it (any order) and its serving
+    /// certificate as read.
+    pub fn new(relay: &SmtpRelay, events: &[Event], certificate: Option<Certificate>) -> Report {
         let status = relay.status.clone().unwrap_or_default();
         let ready = status.conditions.iter().find(|c| c.type_ == "Ready");
         let attention = status
@@ -91,6 +108,7 @@ impl Report {
             relayhost_login: queue.map(|q| q.relayhost_login.clone()),
             pods: queue.map(|q| q.pods.clone()).unwrap_or_default(),
             warnings: warnings(events),
+            certificate,
         }
     }
 
@@ -126,6 +144,25 @@ impl Report {
             out += &format!("  queue      {messages} message(s), {deferred} deferred");
             if let Some(t) = &self.oldest_message_time {
                 out += &format!(", oldest {}", ago(now, t));
+            }
+            out += "\n";
+        }
+        if let Some(c) = &self.certificate {
+            out += &format!("  tls        {}", c.secret);
+            match (c.not_after, &c.unreadable) {
+                (Some(t), _) => {
+                    let when = jiff::Timestamp::from_second(t)
+                        .map(|t| t.to_string())
+                        .unwrap_or_default();
+                    let left = t - now;
+                    if left < 0 {
+                        out += &format!(", EXPIRED {when} ({} ago)", days(-left));
+                    } else {
+                        out += &format!(", valid until {when} (in {})", days(left));
+                    }
+                }
+                (None, Some(why)) => out += &format!(" (not readable: {why})"),
+                (None, None) => out += " (no certificate in it)",
             }
             out += "\n";
         }
@@ -241,6 +278,15 @@ fn warnings(events: &[Event]) -> Vec<Warning> {
     shown.sort_by_key(|w| std::cmp::Reverse(w.last_seen));
     shown.truncate(EVENTS_SHOWN);
     shown
+}
+
+/// A duration in whole days, hours under two days.
+fn days(seconds: i64) -> String {
+    if seconds < 2 * 86_400 {
+        format!("{}h", seconds / 3600)
+    } else {
+        format!("{}d", seconds / 86_400)
+    }
 }
 
 /// How long before `now` `t` was, as kubectl shows ages.
@@ -369,13 +415,19 @@ mod tests {
             event("ConfigApplied", "Normal", 1_550, 1),
             event("ConfigRefused", "Warning", 1_560, 1),
         ];
-        let text = Report::new(&relay(), &events).text(1_600);
+        let certificate = Certificate {
+            secret: "smtp-relay-tls".into(),
+            not_after: Some(1_600 + 89 * 86_400 + 100),
+            unreadable: None,
+        };
+        let text = Report::new(&relay(), &events, Some(certificate)).text(1_600);
         assert_eq!(
             text,
             "SmtpRelay mail/smtp-relay: Ready=True (RelayReady), 2/2 replicas ready, mode Strict
   endpoint   smtp-relay.mail.svc:25
   relayhost  mx.example.net:587, last login Accepted, no delivery since the pods started
   queue      3 message(s), 2 deferred, oldest 10m ago
+  tls        smtp-relay-tls, valid until 1970-03-31T00:28:20Z (in 89d)
 
 Conditions:
   Delivering=False RelayhostUnreachable: smtp-relay-0: connect to mx.example.net: Connection refused
@@ -397,7 +449,7 @@ Recent warnings:
     fn a_relay_without_status_says_so() {
         let mut r = relay();
         r.status = None;
-        let report = Report::new(&r, &[]);
+        let report = Report::new(&r, &[], None);
         assert_eq!(
             (report.ready.as_str(), report.ready_reason.as_str()),
             ("Unknown", "NotObserved")
@@ -413,7 +465,7 @@ Recent warnings:
         let events: Vec<Event> = (0..9)
             .map(|i| event(&format!("W{i}"), "Warning", i, 1))
             .collect();
-        let kept: Vec<String> = Report::new(&relay(), &events)
+        let kept: Vec<String> = Report::new(&relay(), &events, None)
             .warnings
             .into_iter()
             .map(|w| w.reason)
@@ -423,7 +475,7 @@ Recent warnings:
 
     #[test]
     fn the_json_form_names_the_fields_as_the_api_does() {
-        let json = serde_json::to_value(Report::new(&relay(), &[])).unwrap();
+        let json = serde_json::to_value(Report::new(&relay(), &[], None)).unwrap();
         assert_eq!(json["readyReplicas"], 2);
         assert_eq!(json["pods"][0]["rootNodeUid"], 0);
         assert_eq!(json["attention"][0]["type"], "Delivering");

@@ -87,8 +87,9 @@ fn pem_blocks(pem: &[u8]) -> Vec<Pem> {
     Pem::iter_from_buffer(pem).filter_map(Result::ok).collect()
 }
 
-/// The expiry (seconds since the epoch) of the first certificate of `pem`.
-fn not_after(pem: &[u8]) -> Option<i64> {
+/// The expiry (seconds since the epoch) of the first certificate of `pem` (also what
+/// `kubectl smtp-relay status` shows of a relay's serving certificate).
+pub fn not_after(pem: &[u8]) -> Option<i64> {
     let block = pem_blocks(pem).into_iter().next()?;
     let cert = block.parse_x509().ok()?;
     Some(cert.validity().not_after.timestamp())
