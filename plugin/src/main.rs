@@ -2,10 +2,12 @@
 //!
 //! Installed as `kubectl-smtp_relay` on PATH, kubectl runs it for `kubectl smtp-relay ...`. It
 //! talks to the API server as kubectl does (the current context of KUBECONFIG, the user's own
-//! RBAC) and reads only what the operator publishes: the SmtpRelay, its status and its Events.
+//! RBAC): it reads what the operator publishes (the SmtpRelay, its status, its Events, the
+//! serving certificate's Secret) and runs Postfix's own commands in the relay pods (pods/exec).
 //!
-//! - `status [NAME]`: one screen per relay: Ready, the conditions that need attention, each
-//!   replica's queue and what is wrong with it, the recent Warning Events; `-o json|yaml`.
+//! - `status [NAME]`: one screen per relay: Ready, the conditions that need attention, the
+//!   serving certificate's expiry, each replica's queue and what is wrong with it, the recent
+//!   Warning Events; `-o json|yaml`.
 //! - `queue list NAME`: every message queued on any replica, from each pod's own Postfix
 //!   (`postqueue -j` through pods/exec, as `kubectl exec` runs it), with filters.
 //! - `queue hold|release|delete|retry NAME [ID...]` (or filters, or `--all`): each message on
@@ -35,7 +37,7 @@ use report::Report;
 #[command(
     name = "kubectl smtp-relay",
     version,
-    about = "Day-to-day operations of SmtpRelays: kubectl smtp-relay status [NAME]"
+    about = "Day-to-day operations of SmtpRelays: status, the queue across replicas, SASL users"
 )]
 struct Cli {
     /// The namespace (default: the current context's).
