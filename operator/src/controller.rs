@@ -293,11 +293,7 @@ fn next_action(outcome: &Outcome, new_status: &crate::floor::crd::SmtpRelayStatu
 /// running.
 async fn relay_pods(client: &Client, relay: &SmtpRelay) -> Result<Vec<Pod>> {
     let ns = relay.namespace_checked()?;
-    let selector = crate::floor::contract::selector_labels(relay)
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",");
+    let selector = crate::floor::contract::pod_selector(relay);
     let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
     Ok(api
         .list(&ListParams::default().labels(&selector))

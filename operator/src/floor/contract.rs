@@ -235,6 +235,16 @@ pub fn selector_labels(relay: &SmtpRelay) -> BTreeMap<String, String> {
     ])
 }
 
+/// [`selector_labels`] as a label selector string (`key=value,...`): what lists the relay's
+/// pods and claims, and the scale subresource's `status.selector`.
+pub fn pod_selector(relay: &SmtpRelay) -> String {
+    selector_labels(relay)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Labels of every owned object.
 pub fn labels(relay: &SmtpRelay, component: &str) -> BTreeMap<String, String> {
     let mut l = selector_labels(relay);

@@ -33,7 +33,7 @@ use kube::{Api, ResourceExt};
 use tracing::info;
 
 use crate::context::Context;
-use crate::floor::contract::{selector_labels, Names, ABANDON_ANNOTATION, FINALIZER, SPOOL_VOLUME};
+use crate::floor::contract::{pod_selector, Names, ABANDON_ANNOTATION, FINALIZER, SPOOL_VOLUME};
 use crate::floor::crd::{find_condition, SmtpRelay};
 use crate::floor::error::Result;
 use crate::floor::running::{truncate, Departing};
@@ -286,11 +286,7 @@ async fn departing(api: &Api<Pod>, sts: &StatefulSet, pods: &[Pod]) -> Result<Ve
 async fn delete_volumes(relay: &SmtpRelay, ctx: &Context) -> Result<()> {
     let ns = relay.namespace_checked()?;
     let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
-    let selector = selector_labels(relay)
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",");
+    let selector = pod_selector(relay);
     let prefix = format!("{SPOOL_VOLUME}-{}-", relay.name_any());
     for claim in api.list(&ListParams::default().labels(&selector)).await? {
         let name = claim.name_any();

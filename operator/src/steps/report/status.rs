@@ -78,15 +78,6 @@ pub const DELIVERING: &str = "Delivering";
 /// error (the other replicas keep the last good configuration: `steps::rollout`).
 pub const CONFIG_PROVEN: &str = "ConfigProven";
 
-/// The relay pods' label selector in its string form (`key=value,...`).
-pub fn pod_selector(relay: &SmtpRelay) -> String {
-    crate::floor::contract::selector_labels(relay)
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
 pub fn endpoint(relay: &SmtpRelay) -> String {
     format!(
         "{}.{}.svc:{}",
@@ -1235,7 +1226,7 @@ pub fn compute_with(
         observed_generation: gen,
         replicas: rollout.replicas,
         ready_replicas: rollout.ready_replicas,
-        selector: Some(pod_selector(relay)),
+        selector: Some(crate::floor::contract::pod_selector(relay)),
         endpoint: Some(ep),
         // Like the hash: what was applied, so a rejected spec does not change it.
         ca_config_map: match outcome {
