@@ -1217,7 +1217,7 @@ pub const READY: &str = "Ready";
 
 /// The replicas as the queue observer last read them (`status.queue.pods`); `None` before it
 /// read any.
-fn read_pods(relay: &SmtpRelay) -> Option<&[PodQueueStatus]> {
+pub fn read_pods(relay: &SmtpRelay) -> Option<&[PodQueueStatus]> {
     Some(relay.status.as_ref()?.queue.as_ref()?.pods.as_slice())
 }
 

@@ -409,11 +409,7 @@ fn user_namespace_condition(
     gen: Option<i64>,
     now: &Time,
 ) -> Condition {
-    let pods: &[PodQueueStatus] = relay
-        .status
-        .as_ref()
-        .and_then(|s| s.queue.as_ref())
-        .map_or(&[], |q| q.pods.as_slice());
+    let pods = crate::floor::crd::read_pods(relay).unwrap_or_default();
     let named = |pred: &dyn Fn(&PodQueueStatus) -> bool| -> String {
         pods.iter()
             .filter(|p| pred(p))
