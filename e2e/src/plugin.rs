@@ -16,14 +16,7 @@ pub struct Plugin<'a> {
 impl<'a> Plugin<'a> {
     /// The plugin `cargo build --workspace --bins` built, run against `cp` in `namespace`.
     pub fn new(cp: &'a ControlPlane, namespace: &'a str) -> Self {
-        let plugin = tools::target_bin("kubectl-smtp_relay");
-        let inherited = std::env::var_os("PATH").unwrap_or_default();
-        let dirs = plugin
-            .parent()
-            .map(std::path::Path::to_path_buf)
-            .into_iter()
-            .chain(std::env::split_paths(&inherited));
-        let path = std::env::join_paths(dirs).unwrap_or_else(|e| panic!("PATH: {e}"));
+        let path = tools::path_with_dir_of(&tools::target_bin("kubectl-smtp_relay"));
         Plugin {
             cp,
             namespace,

@@ -1,6 +1,6 @@
 //! Where the project's test tools live.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant};
 
@@ -12,6 +12,22 @@ pub fn workspace_root() -> PathBuf {
     let mut root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     root.pop();
     root
+}
+
+/// This process's PATH with the directory of `program` first: where a child finds it (kubectl
+/// for a script, the plugin for kubectl).
+///
+/// # Panics
+///
+/// If a directory cannot be put in a PATH (it holds the separator).
+pub fn path_with_dir_of(program: &Path) -> std::ffi::OsString {
+    let inherited = std::env::var_os("PATH").unwrap_or_default();
+    let dirs = program
+        .parent()
+        .map(Path::to_path_buf)
+        .into_iter()
+        .chain(std::env::split_paths(&inherited));
+    std::env::join_paths(dirs).unwrap_or_else(|e| panic!("PATH: {e}"))
 }
 
 /// The version of `module` that the go.mod at `path` (from the workspace root) requires.

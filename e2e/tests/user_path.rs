@@ -696,14 +696,7 @@ fn the_quick_start_delivers_as_written(cp: &ControlPlane, sink: &mail::Sink, sin
     script.extend(marked("docs/operations.md", "operations"));
     script.push_str(&cleanup);
     let to = "quickstart@example.net";
-    let kubectl_dir = tools::bin("kubectl")
-        .parent()
-        .map(std::path::Path::to_path_buf)
-        .unwrap_or_default();
-    let path = std::env::join_paths(std::iter::once(kubectl_dir).chain(std::env::split_paths(
-        &std::env::var_os("PATH").unwrap_or_default(),
-    )))
-    .unwrap_or_else(|e| panic!("PATH: {e}"));
+    let path = tools::path_with_dir_of(&tools::bin("kubectl"));
     let out = std::process::Command::new("bash")
         .arg("-c")
         .arg(&script)
