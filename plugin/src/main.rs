@@ -221,8 +221,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// The most of one pod's `postqueue -j` output that is read (a message is a few hundred bytes).
-const QUEUE_OUTPUT_CAP: u64 = 256 * 1024 * 1024;
+/// The most of a command's output in a pod that is read (`postqueue -j`, the largest: a few
+/// hundred bytes a message).
+const EXEC_OUTPUT_CAP: u64 = 256 * 1024 * 1024;
 
 /// Every message queued on the relay's running replicas, each read by its own Postfix, and
 /// the replicas that did not answer (naming why).
@@ -393,15 +394,24 @@ async fn flush(client: &Client, api: &Api<Pod>, namespace: &str, name: &str) -> 
     all_answered(&failed)
 }
 
-/// The running pods of the relay `name`, by its scale selector (`status.selector`).
-async fn relay_pods(client: &Client, namespace: &str, name: &str) -> anyhow::Result<Vec<String>> {
-    let relays: Api<SmtpRelay> = Api::namespaced(client.clone(), namespace);
-    let relay = relays
+/// The SmtpRelay `name`; an error naming it and the namespace when there is none.
+async fn get_relay(
+    relays: &Api<SmtpRelay>,
+    name: &str,
+    namespace: &str,
+) -> anyhow::Result<SmtpRelay> {
+    relays
         .get_opt(name)
         .await
         .with_context(|| format!("reading SmtpRelay {name}"))?
-        .with_context(|| format!("no SmtpRelay {name} in namespace {namespace}"))?;
-    let selector = relay
+        .with_context(|| format!("no SmtpRelay {name} in namespace {namespace}"))
+}
+
+/// The running pods of the relay `name`, by its scale selector (`status.selector`).
+async fn relay_pods(client: &Client, namespace: &str, name: &str) -> anyhow::Result<Vec<String>> {
+    let relays: Api<SmtpRelay> = Api::namespaced(client.clone(), namespace);
+    let selector = get_relay(&relays, name, namespace)
+        .await?
         .status
         .and_then(|s| s.selector)
         .with_context(|| format!("SmtpRelay {name} has no pods yet (no status.selector)"))?;
@@ -419,7 +429,7 @@ async fn relay_pods(client: &Client, namespace: &str, name: &str) -> anyhow::Res
     Ok(names)
 }
 
-/// `command` in the pod's relay container: its output (at most [`QUEUE_OUTPUT_CAP`] bytes); why
+/// `command` in the pod's relay container: its output (at most [`EXEC_OUTPUT_CAP`] bytes); why
 /// not, naming the pod and the command.
 async fn exec(api: &Api<Pod>, pod: &str, command: &[&str]) -> Result<String, String> {
     use tokio::io::AsyncReadExt;
@@ -438,7 +448,7 @@ async fn exec(api: &Api<Pod>, pod: &str, command: &[&str]) -> Result<String, Str
     };
     let status = process.take_status();
     let (mut out, mut err) = (String::new(), String::new());
-    let (mut stdout, mut stderr) = (stdout.take(QUEUE_OUTPUT_CAP), stderr.take(64 * 1024));
+    let (mut stdout, mut stderr) = (stdout.take(EXEC_OUTPUT_CAP), stderr.take(64 * 1024));
     let (read_out, _) = tokio::join!(
         stdout.read_to_string(&mut out),
         stderr.read_to_string(&mut err)
@@ -476,11 +486,7 @@ async fn status(
         Api::namespaced(client.clone(), namespace)
     };
     let mut found = match name {
-        Some(name) => vec![relays
-            .get_opt(name)
-            .await
-            .with_context(|| format!("reading SmtpRelay {name}"))?
-            .with_context(|| format!("no SmtpRelay {name} in namespace {namespace}"))?],
+        Some(name) => vec![get_relay(&relays, name, namespace).await?],
         None => {
             relays
                 .list(&ListParams::default())
