@@ -255,7 +255,8 @@ pub struct SmtpRelaySpec {
     /// Postfix's master is root in its container and an unprivileged UID on the node (needs
     /// containerd 2.0+ with runc 1.2+, or CRI-O 1.25+; Linux 6.3+). Set true only where the
     /// nodes cannot: a runtime without user namespaces (the kubelet then refuses to start the
-    /// pods, and Stalled says why), or spool storage that refuses idmapped mounts (NFS). The
+    /// pods: they stay ContainerCreating, with a FailedCreatePodSandBox Event), or spool
+    /// storage that refuses idmapped mounts (NFS). The
     /// `UserNamespaced` condition says what the pods report. A relay that ran before user
     /// namespaces were the operator's default gets one with its next rollout (a configuration
     /// or image change), not on its own.
@@ -942,8 +943,8 @@ pub struct SmtpRelayStatus {
     /// the safety rests on restrictions vouched for by trustRestrictionTables), QueuedMailKept
     /// (False: a retention policy deletes queue volumes), UserNamespaced (True: every running
     /// replica reports that its root is an unprivileged UID on the node), Draining (replicas
-    /// being scaled away deliver their queues); kstatus Reconciling (still converging by itself) and Stalled (a
-    /// rejected input, or a pod that cannot run: needs a change).
+    /// being scaled away deliver their queues); kstatus Reconciling (still converging by
+    /// itself) and Stalled (a rejected input, or a pod that cannot run: needs a change).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
