@@ -16,6 +16,7 @@
 //! - `oauth2` (above its `rotation`): OAuth2 tokens for the relayhost login
 //! - `kube_api`: the one Secret a pod reads and writes itself
 //! - `metrics`: from the mail log and the spool
+//! - `mail_log`: what a line of Postfix's mail log says (also read by the kubectl plugin)
 //! - `http_client`, `http_server`: bounded HTTPS client and HTTP server
 //! - `config_file`: `relay.yaml`, the file the operator writes
 //! - `settings`: the plain nouns (modes, TLS levels, the relayhost, the OAuth2 login) and the
@@ -35,6 +36,7 @@ pub mod inputs;
 pub mod json_error;
 pub mod kube_api;
 pub mod liveness;
+pub mod mail_log;
 pub mod metrics;
 pub mod oauth2;
 pub mod postfix;

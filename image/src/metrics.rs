@@ -11,6 +11,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::mail_log::{delivery, is_dsn, is_queue_id, postfix_program, Delivery};
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatusLabel {
     pub status: String,
@@ -603,7 +605,7 @@ impl Metrics {
 
     /// One recipient's delivery attempt: `status=sent (...)`, `status=deferred (...)`, ...
     fn delivery(&self, program: &str, attempt: Delivery<'_>) {
-        let Delivery { status, why } = attempt;
+        let Delivery { status, why, .. } = attempt;
         let to_relayhost = program != "error";
         if status == "sent" {
             let mut last = self.last_sent.lock().unwrap_or_else(|e| e.into_inner());
@@ -1005,20 +1007,6 @@ fn self_check_reject(message: &str) -> bool {
             .is_some_and(|m| m.ends_with(" helo=<"))
 }
 
-/// `Dec  6 08:50:44 host postfix/smtpd[123]: message` → ("smtpd", "message"). The prefix
-/// (time, host, `syslog_name/program[pid]`) is Postfix's and holds no `": "`: the first one
-/// ends it, whatever the message says.
-fn postfix_program(line: &str) -> Option<(&str, &str)> {
-    let (prefix, message) = line.split_once(": ")?;
-    let tag = prefix.rsplit(' ').next()?;
-    let (name, pid) = tag.strip_suffix(']')?.rsplit_once('[')?;
-    if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let (_, program) = name.rsplit_once('/')?;
-    Some((program, message))
-}
-
 /// The warnings of a Postfix program that say its configuration is broken, by what follows
 /// `warning: `. Tight on purpose: the line ends up in the operator's status, so only words
 /// Postfix writes about its own configuration qualify, at the start of its message, where no
@@ -1074,89 +1062,6 @@ fn bounded_line(text: &str) -> String {
         out.push(c);
     }
     out
-}
-
-/// What a delivery agent logged for one recipient.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Delivery<'a> {
-    /// `sent`, `deferred`, `bounced`, ...
-    status: &'a str,
-    /// The text in parentheses after the status: why.
-    why: &'a str,
-}
-
-/// A delivery agent's line about one recipient, in the layout Postfix writes:
-/// `QUEUEID: to=<ADDRESS>[, orig_to=<ADDRESS>], relay=..., [conn_use=N, ]delay=...,
-/// delays=..., dsn=X.Y.Z, status=STATUS (WHY)`. The addresses are the client's; everything
-/// after them is Postfix's, so they are stepped over (see [`address_end`]) and the fields
-/// are read after them.
-fn delivery(message: &str) -> Option<Delivery<'_>> {
-    let (queue_id, rest) = message.split_once(": ")?;
-    if !is_queue_id(queue_id) {
-        return None;
-    }
-    let rest = rest.strip_prefix("to=<")?;
-    let mut rest = rest.get(address_end(rest)?..)?;
-    if let Some(orig) = rest.strip_prefix(", orig_to=<") {
-        rest = orig.get(address_end(orig)?..)?;
-    }
-    let rest = rest.strip_prefix(", relay=")?;
-    let (_, rest) = rest.split_once(", dsn=")?;
-    let (dsn, rest) = rest.split_once(", status=")?;
-    if !is_dsn(dsn) {
-        return None;
-    }
-    let (status, why) = rest.split_once(' ').unwrap_or((rest, ""));
-    let why = why
-        .strip_prefix('(')
-        .and_then(|w| w.strip_suffix(')'))
-        .unwrap_or(why);
-    Some(Delivery { status, why })
-}
-
-/// A queue ID: letters and digits (short or long form).
-fn is_queue_id(id: &str) -> bool {
-    !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric())
-}
-
-/// An enhanced status code: `2.0.0`, `4.4.1`, `5.7.139`.
-fn is_dsn(dsn: &str) -> bool {
-    let parts: Vec<&str> = dsn.split('.').collect();
-    parts.len() == 3
-        && parts
-            .iter()
-            .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
-}
-
-/// Where an address Postfix logged between `<` and `>` ends: the index just past its `>`, in
-/// `text` that starts right after the `<`.
-///
-/// Postfix logs addresses in their external form (`info_log_address_format = external`): a
-/// local part that holds anything but letters, digits and a few marks is quoted
-/// (`"status=sent x"@example.net`), and inside the quotes `"` and `\` are escaped with `\`
-/// (as are 8-bit characters, which the log then shows as `?`). The domain holds no `>`, `"`
-/// or `<`: smtpd refuses such an address (`501 5.1.3 Bad recipient address syntax`). So the
-/// first `>` outside quotes ends the address.
-fn address_end(text: &str) -> Option<usize> {
-    let (mut quoted, mut escaped) = (false, false);
-    for (i, b) in text.bytes().enumerate() {
-        if escaped {
-            escaped = false;
-        } else if quoted {
-            match b {
-                b'\\' => escaped = true,
-                b'"' => quoted = false,
-                _ => {}
-            }
-        } else {
-            match b {
-                b'"' => quoted = true,
-                b'>' => return Some(i + 1),
-                _ => {}
-            }
-        }
-    }
-    None
 }
 
 /// Where the address that ends `text` (with its `>`) starts: the index of its `<`. The
@@ -1611,6 +1516,7 @@ async fn bind(listen: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpLi
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mail_log::address_end;
 
     #[test]
     fn the_self_checks_reject_is_not_counted_and_no_client_can_pass_for_it() {
@@ -2278,11 +2184,11 @@ next"#;
             );
             let message = postfix_program(&delivery_line).unwrap().1;
             assert_eq!(
-                delivery(message),
-                Some(Delivery {
-                    status: "deferred",
-                    why: "connect to 127.0.0.1[127.0.0.1]:25: Connection refused"
-                }),
+                delivery(message).map(|d| (d.status, d.why)),
+                Some((
+                    "deferred",
+                    "connect to 127.0.0.1[127.0.0.1]:25: Connection refused"
+                )),
                 "{delivery_line}"
             );
             for (named, reason, expected) in [
