@@ -95,6 +95,11 @@ enum Command {
     },
     /// Send a test message (replaces the original image's smtp_client.py).
     Send(SendArgs),
+    /// Queue a test message in this relay's own Postfix, with its `sendmail`: it goes out
+    /// through the relayhost as a client's mail does (smtpd's restrictions do not apply: it
+    /// comes from inside the pod). Prints its Message-ID, by which the mail log names its
+    /// queue ID (`kubectl smtp-relay send` follows it there).
+    Enqueue(EnqueueArgs),
     /// List the SASL users registered in the relay's database (never their passwords).
     Users {
         #[arg(long, env = "RELAY_DATA_DIR", default_value = "/data")]
@@ -182,6 +187,32 @@ struct SendArgs {
     timeout: u64,
 }
 
+#[derive(Args)]
+struct EnqueueArgs {
+    /// The sender (envelope and From:).
+    #[arg(long, short)]
+    from: String,
+    /// Recipients.
+    #[arg(required = true)]
+    to: Vec<String>,
+    #[arg(long, short = 'j', default_value = "smtp-relay test message")]
+    subject: String,
+    #[arg(
+        long,
+        default_value = "This is a test message queued by smtp-relay enqueue."
+    )]
+    body: String,
+    /// The Message-ID, without <> (default: one made of the time, the process and the host).
+    #[arg(long)]
+    message_id: Option<String>,
+    /// Where `run` writes Postfix's configuration (RELAY_POSTFIX_DIR).
+    #[arg(long, env = "RELAY_POSTFIX_DIR", default_value = "/etc/postfix")]
+    postfix_dir: PathBuf,
+    /// Postfix's sendmail.
+    #[arg(long, default_value = "/usr/sbin/sendmail")]
+    sendmail: PathBuf,
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -254,6 +285,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Send(args) => report(send(args)),
+        Command::Enqueue(args) => report(enqueue(args)),
         Command::Users { data_dir } => {
             let layout = Layout {
                 config_dir: PathBuf::new(),
@@ -410,4 +442,29 @@ fn report<E: ToString>(result: Result<String, E>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn enqueue(args: EnqueueArgs) -> Result<String, String> {
+    let message_id = args.message_id.unwrap_or_else(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_default();
+        let host = if host.is_empty() { "localhost" } else { &host };
+        format!("smtp-relay-enqueue.{nanos:x}.{}@{host}", std::process::id())
+    });
+    let req = smtp_client::EnqueueRequest {
+        sendmail: args.sendmail,
+        config_dir: args.postfix_dir,
+        from: args.from,
+        to: args.to,
+        subject: args.subject,
+        body: args.body,
+        message_id,
+    };
+    smtp_client::enqueue(&req)
+        .map(|()| format!("queued by sendmail: Message-ID <{}>", req.message_id))
+        .map_err(|e| e.to_string())
 }

@@ -1,5 +1,6 @@
-//! The SMTP client side of the image: the health probe and the test client that replaces the
-//! original image's smtp_client.py. Both use lettre.
+//! The SMTP client side of the image: the health probe, the test client that replaces the
+//! original image's smtp_client.py (both use lettre), and a test message handed to the relay's
+//! own Postfix by its `sendmail` (`kubectl smtp-relay send`).
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -104,19 +105,35 @@ pub struct SendRequest {
     pub timeout: Duration,
 }
 
+/// A test message: plain text, from one address to the others, with `message_id` when given
+/// (else lettre's own).
+fn test_message(
+    from: &str,
+    to: &[String],
+    subject: &str,
+    body: &str,
+    message_id: Option<&str>,
+) -> Result<Message, ClientError> {
+    let usage = |what: &str, e: &dyn std::fmt::Display| ClientError::Usage(format!("{what}: {e}"));
+    let mut builder = Message::builder()
+        .from(from.parse().map_err(|e| usage("--from", &e))?)
+        .subject(subject)
+        .header(ContentType::TEXT_PLAIN);
+    if let Some(id) = message_id {
+        builder = builder.message_id(Some(format!("<{id}>")));
+    }
+    for to in to {
+        builder = builder.to(to.parse().map_err(|e| usage("recipient", &e))?);
+    }
+    builder
+        .body(body.to_string())
+        .map_err(|e| usage("message", &e))
+}
+
 /// Sends one test message; returns the server's reply to the end of DATA.
 pub fn send(req: &SendRequest) -> Result<String, ClientError> {
     let usage = |what: &str, e: &dyn std::fmt::Display| ClientError::Usage(format!("{what}: {e}"));
-    let mut builder = Message::builder()
-        .from(req.from.parse().map_err(|e| usage("--from", &e))?)
-        .subject(&req.subject)
-        .header(ContentType::TEXT_PLAIN);
-    for to in &req.to {
-        builder = builder.to(to.parse().map_err(|e| usage("recipient", &e))?);
-    }
-    let message = builder
-        .body(req.body.clone())
-        .map_err(|e| usage("message", &e))?;
+    let message = test_message(&req.from, &req.to, &req.subject, &req.body, None)?;
 
     let tls = match req.starttls {
         StartTls::Never => Tls::None,
@@ -156,4 +173,74 @@ pub fn send(req: &SendRequest) -> Result<String, ClientError> {
         response.code(),
         response.message().collect::<Vec<_>>().join(" ")
     ))
+}
+
+/// A test message for the relay's own Postfix to deliver, as mail from a client would go.
+#[derive(Debug, Clone)]
+pub struct EnqueueRequest {
+    /// Postfix's `sendmail`.
+    pub sendmail: PathBuf,
+    /// The configuration directory of the running Postfix (`sendmail -C`).
+    pub config_dir: PathBuf,
+    pub from: String,
+    pub to: Vec<String>,
+    pub subject: String,
+    pub body: String,
+    /// The Message-ID (without `<>`), by which cleanup's log line names its queue ID.
+    pub message_id: String,
+}
+
+/// The most of `sendmail`'s error output kept for the error message.
+const SENDMAIL_STDERR_MAX: u64 = 4096;
+
+/// Hands a test message to Postfix's `sendmail` (through `postdrop` into the maildrop queue,
+/// where `pickup` takes it): the message skips smtpd's restrictions, as local mail does, and
+/// goes out through the relayhost like any other. Returns when `sendmail` has queued it.
+pub fn enqueue(req: &EnqueueRequest) -> Result<(), ClientError> {
+    use std::io::{Read, Write};
+    use std::process::{Command, Stdio};
+    let message = test_message(
+        &req.from,
+        &req.to,
+        &req.subject,
+        &req.body,
+        Some(&req.message_id),
+    )?;
+    let sendmail = req.sendmail.display();
+    // The envelope's addresses, without the display names the headers may have.
+    let envelope = message.envelope();
+    let from = envelope.from().map(ToString::to_string).unwrap_or_default();
+    let to: Vec<String> = envelope.to().iter().map(ToString::to_string).collect();
+    // -i: a line holding only "." is text; -f: the envelope sender; "--": recipients follow.
+    let mut child = Command::new(&req.sendmail)
+        .arg("-C")
+        .arg(&req.config_dir)
+        .args(["-i", "-f", &from, "--"])
+        .args(&to)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| ClientError::Io(format!("cannot run {sendmail}: {e}")))?;
+    let written = child
+        .stdin
+        .take()
+        .map(|mut stdin| stdin.write_all(&message.formatted()));
+    let mut stderr = String::new();
+    if let Some(err) = child.stderr.take() {
+        let _ = err.take(SENDMAIL_STDERR_MAX).read_to_string(&mut stderr);
+    }
+    let status = child
+        .wait()
+        .map_err(|e| ClientError::Io(format!("{sendmail}: {e}")))?;
+    if !status.success() {
+        return Err(ClientError::Io(format!(
+            "{sendmail} failed ({status}): {}",
+            stderr.trim()
+        )));
+    }
+    if let Some(Err(e)) = written {
+        return Err(ClientError::Io(format!("writing to {sendmail}: {e}")));
+    }
+    Ok(())
 }

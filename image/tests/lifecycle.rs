@@ -68,6 +68,80 @@ fn sigterm_keeps_queued_mail_and_a_restart_delivers_it() {
     assert_eq!(status.code(), Some(0));
 }
 
+/// `smtp-relay enqueue` (what `kubectl smtp-relay send` runs in a pod): the message goes
+/// through the running Postfix's sendmail, from a client address nothing admits, and out to
+/// the relayhost; the mail log names its queue ID by the Message-ID, and its delivery by that.
+#[test]
+fn enqueue_hands_a_test_message_to_the_running_postfix() {
+    let sink = start_sink();
+    let mut cfg = config(sink.port(), Mode::Strict);
+    cfg.networks = vec!["127.0.0.2/32".into()];
+    let relay = RelaySpec::new(Input::file(cfg)).start();
+    let out = smtp_relay()
+        .args([
+            "enqueue",
+            "--from",
+            "Ops <ops@example.net>",
+            "--subject",
+            "enqueued",
+        ])
+        .args(["--message-id", "enqueue-test.1@relay.test", "--postfix-dir"])
+        .arg(relay.spec().postfix_dir())
+        .args(["first@elsewhere.org", "second@elsewhere.org"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "enqueue: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "queued by sendmail: Message-ID <enqueue-test.1@relay.test>\n"
+    );
+    let m = poll("the enqueued message at the sink", DEADLINE, || {
+        sink.messages()
+            .into_iter()
+            .find(|m| m.text.contains("Subject: enqueued"))
+    });
+    assert_eq!(m.from, "ops@example.net");
+    assert_eq!(m.rcpts, ["first@elsewhere.org", "second@elsewhere.org"]);
+    // The log, as the plugin reads it.
+    let log = relay.mail_log();
+    let queue_id = log
+        .lines()
+        .filter_map(smtp_relay::mail_log::postfix_program)
+        .find_map(|(program, message)| {
+            let (id, mid) = smtp_relay::mail_log::message_id(message)?;
+            (program == "cleanup" && mid == "enqueue-test.1@relay.test").then_some(id)
+        })
+        .unwrap_or_else(|| panic!("cleanup names the Message-ID:\n{log}"));
+    poll("both deliveries logged", DEADLINE, || {
+        let log = relay.mail_log();
+        let sent: Vec<String> = log
+            .lines()
+            .filter_map(smtp_relay::mail_log::postfix_program)
+            .filter_map(|(_, message)| smtp_relay::mail_log::delivery(message))
+            .filter(|d| d.queue_id == queue_id && d.status == "sent")
+            .map(|d| d.to.to_string())
+            .collect();
+        (sent.len() == 2).then_some(())
+    });
+    // A sender lettre cannot read is refused before anything is queued.
+    let out = smtp_relay()
+        .args(["enqueue", "--from", "not an address", "--postfix-dir"])
+        .arg(relay.spec().postfix_dir())
+        .arg("x@elsewhere.org")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--from"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn probe_fails_fast_on_a_closed_port() {
     let start = Instant::now();
