@@ -257,6 +257,28 @@ impl Sink {
         )
     }
 
+    /// Waits for a message to `rcpt` whose Subject is `subject` (one written by a program this
+    /// project does not compose, such as `kubectl smtp-relay send`): found once the sink has
+    /// the header, which is all it tells.
+    pub fn wait_for_subject(
+        &self,
+        rcpt: &str,
+        subject: &str,
+        timeout: Duration,
+    ) -> Result<Dumped, String> {
+        let line = format!("Subject: {subject}");
+        poll(
+            &format!("a message for {rcpt} with subject {subject} at the sink"),
+            timeout,
+            || {
+                self.messages().into_iter().find(|m| {
+                    m.text.lines().any(|l| l.trim_end() == line)
+                        && m.rcpts.iter().any(|r| r.eq_ignore_ascii_case(rcpt))
+                })
+            },
+        )
+    }
+
     pub fn has(&self, marker: &str) -> bool {
         let end = end_marker(marker);
         self.messages().iter().any(|m| m.text.contains(&end))

@@ -486,8 +486,11 @@ fn user_path_chart_operator_pod_relay_pod_and_mail_through_the_service() {
         "user namespaces: unprivileged UIDs on the node, restricted names only the capabilities",
     );
     the_kubectl_plugin_reports_the_relay(&cp, &relay, service);
-    phases.done("kubectl smtp-relay: status, queue list, hold, release, delete, retry, flush");
+    let deferred_test = the_kubectl_plugin_sends_a_test_message(&cp, &relay, false);
+    phases
+        .done("kubectl smtp-relay: status, queue list, hold, release, delete, retry, flush, send");
     let sink = ok(user_path::node_sink(sink_port));
+    ok(sink.wait_for_subject(RCPT, &deferred_test, WAIT));
     for m in &held {
         sink.wait_for(RCPT, m, WAIT).unwrap_or_else(|e| {
             panic!(
@@ -504,6 +507,8 @@ fn user_path_chart_operator_pod_relay_pod_and_mail_through_the_service() {
     let upgraded = mail::marker("user-path-after-upgrade");
     ok(user_path::send_from_host(service, FROM, RCPT, &upgraded));
     ok(sink.wait_for(RCPT, &upgraded, WAIT));
+    let sent_test = the_kubectl_plugin_sends_a_test_message(&cp, &relay, true);
+    ok(sink.wait_for_subject(RCPT, &sent_test, WAIT));
     assert!(
         !sink
             .messages()
@@ -914,8 +919,15 @@ fn the_kubectl_plugin_reports_the_relay(cp: &ControlPlane, relay: &str, service:
     let text = run(&["queue", "list", relay]);
     eprintln!("[user_path] kubectl smtp-relay queue list {relay} -n {NS}:\n{text}");
     assert!(text.ends_with("6 message(s)\n"), "{text}");
-    let messages = listed(&["--deferred"]);
-    assert_eq!(messages.len(), 6, "{messages:?}");
+    // Each replica retries its deferred mail now and then: a message in a delivery attempt is
+    // in the active queue for that moment, so wait for all six to be back in deferred.
+    let messages = ok(user_path::wait(
+        cp,
+        NS,
+        WAIT,
+        "the six messages in the deferred queue",
+        || Some(listed(&["--deferred"])).filter(|m| m.len() == 6),
+    ));
     for m in &messages {
         assert!(
             m["pod"] == format!("{relay}-0").as_str() || m["pod"] == format!("{relay}-1").as_str(),
@@ -1005,6 +1017,71 @@ fn the_kubectl_plugin_acts_on_the_queue(
         flushed,
         format!("{relay}-0: deferred mail flushed\n{relay}-1: deferred mail flushed\n")
     );
+}
+
+/// Phase 9, continued: `kubectl smtp-relay send` queues a test message in a replica's own
+/// Postfix and follows it through that pod's log: with the relayhost down (`up` false) to
+/// its deferral, exiting non-zero and saying why; with it up, to the relayhost's 250. The
+/// message's marker, for the sink.
+fn the_kubectl_plugin_sends_a_test_message(cp: &ControlPlane, relay: &str, up: bool) -> String {
+    let plugin = Plugin::new(cp, NS);
+    let marker = mail::marker(if up {
+        "plugin-send"
+    } else {
+        "plugin-send-deferred"
+    });
+    let pod = format!("{relay}-{}", u8::from(!up));
+    let out = plugin.output(&[
+        "send",
+        relay,
+        "--to",
+        RCPT,
+        "--subject",
+        &marker,
+        "--pod",
+        &pod,
+    ]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    eprintln!(
+        "[user_path] kubectl smtp-relay send {relay} --to {RCPT} --pod {pod}:\n{stdout}{stderr}"
+    );
+    assert!(
+        stdout.starts_with(&format!(
+            "{pod}: queued by sendmail: Message-ID <kubectl-smtp-relay."
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("{pod}: accepted by Postfix: queue ID ")),
+        "{stdout}"
+    );
+    if up {
+        assert!(out.status.success(), "{stdout}{stderr}");
+        assert!(
+            stdout.contains(&format!("{pod}: to=<{RCPT}>: sent (2.0.0) relay=")),
+            "{stdout}"
+        );
+        assert!(
+            stdout.ends_with("delivered: every recipient accepted by the next server\n"),
+            "{stdout}"
+        );
+    } else {
+        assert!(!out.status.success(), "{stdout}{stderr}");
+        assert!(
+            stdout.contains(&format!(
+                "{pod}: to=<{RCPT}>: deferred (4.4.1) relay=none: "
+            )),
+            "{stdout}"
+        );
+        assert!(
+            stderr.contains(&format!("is not delivered: <{RCPT}> deferred")),
+            "{stderr}"
+        );
+    }
+    marker
 }
 
 /// Phase 10: the operator's pod (in its own namespace) read both new pods' queues after the

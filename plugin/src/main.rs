@@ -13,12 +13,15 @@
 //! - `queue hold|release|delete|retry NAME [ID...]` (or filters, or `--all`): each message on
 //!   the replica that holds it, with `postsuper` and `postqueue -i`; `delete` asks first unless
 //!   `--yes`. `queue flush NAME`: every replica retries its deferred mail now.
+//! - `send NAME --to ADDRESS`: a test message queued in a relay pod's own Postfix, followed
+//!   through the pod's mail log (pods/log) to each recipient's delivery.
 //! - `users NAME`: the SASL users the relay's replicas serve (never a password).
 
 #![forbid(unsafe_code)]
 
 mod queue;
 mod report;
+mod send;
 
 use std::process::ExitCode;
 
@@ -36,8 +39,9 @@ use report::Report;
 #[derive(Parser)]
 #[command(
     name = "kubectl smtp-relay",
+    bin_name = "kubectl smtp-relay",
     version,
-    about = "Day-to-day operations of SmtpRelays: status, the queue across replicas, SASL users"
+    about = "Day-to-day operations of SmtpRelays: status, the queue across replicas, test mail, SASL users"
 )]
 struct Cli {
     /// The namespace (default: the current context's).
@@ -62,7 +66,34 @@ enum Command {
     },
     /// The SASL users the relay serves, as its replicas' databases list them (never a
     /// password).
-    Users { name: String },
+    Users {
+        /// The SmtpRelay.
+        name: String,
+    },
+    /// A test message from inside the cluster, followed to its delivery.
+    ///
+    /// Queued in a relay pod's own Postfix (from inside the pod, so the relay's client rules
+    /// do not apply: this tests the way out, through the relayhost), then followed through
+    /// that pod's mail log to each recipient's outcome. Exits non-zero unless every recipient
+    /// was accepted by the next server.
+    Send {
+        /// The SmtpRelay.
+        name: String,
+        /// A recipient (repeat for more).
+        #[arg(long, required = true)]
+        to: Vec<String>,
+        /// The sender (default: the OAuth2 login's mailbox, else the relay's postmaster).
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long, default_value = "Test message from kubectl smtp-relay send")]
+        subject: String,
+        /// The relay pod to send from (default: the first running one).
+        #[arg(long)]
+        pod: Option<String>,
+        /// How long to follow the log for the outcome (30s, 2m).
+        #[arg(long, value_parser = queue::seconds, default_value = "60s")]
+        wait: i64,
+    },
     /// The mail queued on the relay's replicas.
     Queue {
         #[command(subcommand)]
@@ -75,6 +106,7 @@ enum QueueCommand {
     /// Every message queued on the relay's replicas: pod, queue ID, queue, size, arrival,
     /// sender, recipients, the last delivery error.
     List {
+        /// The SmtpRelay.
         name: String,
         #[command(flatten)]
         select: Select,
@@ -97,7 +129,10 @@ enum QueueCommand {
     /// Try to deliver deferred messages now.
     Retry(Acting),
     /// Try to deliver every deferred message of every replica now.
-    Flush { name: String },
+    Flush {
+        /// The SmtpRelay.
+        name: String,
+    },
 }
 
 /// Which messages a queue command applies to: every filter given must hold.
@@ -138,6 +173,7 @@ impl Select {
 /// The relay and the messages an action applies to: queue IDs, filters, or `--all`.
 #[derive(Args, Clone)]
 struct Acting {
+    /// The SmtpRelay.
     name: String,
     /// Queue IDs (as `queue list` shows them).
     ids: Vec<String>,
@@ -192,6 +228,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print(&reports, output)
         }
         Command::Users { name } => users(&client, &namespace, &name).await,
+        Command::Send {
+            name,
+            to,
+            from,
+            subject,
+            pod,
+            wait,
+        } => {
+            let test = TestMail {
+                to,
+                from,
+                subject,
+                pod,
+                wait: std::time::Duration::from_secs(wait.unsigned_abs()),
+            };
+            send_test(&client, &namespace, &name, test).await
+        }
         Command::Queue { command } => {
             let api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
             match command {
@@ -380,6 +433,127 @@ fn users_text(lists: &[(String, Vec<String>)]) -> String {
             .map(|(pod, users)| format!("{pod}:\n{}", show(users)))
             .collect(),
     }
+}
+
+/// What `send` sends, and how long it follows the log.
+struct TestMail {
+    to: Vec<String>,
+    from: Option<String>,
+    subject: String,
+    pod: Option<String>,
+    wait: std::time::Duration,
+}
+
+/// `send`: the test message queued in one pod's Postfix (`smtp-relay enqueue`), then that
+/// pod's log followed until every recipient has an outcome, or `wait` is over.
+async fn send_test(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    test: TestMail,
+) -> anyhow::Result<()> {
+    use futures::AsyncBufReadExt as _;
+    use futures::StreamExt as _;
+    let relays: Api<SmtpRelay> = Api::namespaced(client.clone(), namespace);
+    let relay = get_relay(&relays, name, namespace).await?;
+    let pods = relay_pods(client, namespace, name).await?;
+    let pod = match test.pod {
+        Some(pod) if pods.contains(&pod) => pod,
+        Some(pod) => anyhow::bail!("{pod} is not a running pod of SmtpRelay {name}"),
+        None => pods
+            .into_iter()
+            .next()
+            .with_context(|| format!("SmtpRelay {name} has no running pod"))?,
+    };
+    let from = test.from.unwrap_or_else(|| default_sender(&relay));
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let message_id = format!(
+        "kubectl-smtp-relay.{nanos:x}.{}@{}",
+        std::process::id(),
+        relay.spec.domain
+    );
+    let body = format!(
+        "A test message of SmtpRelay {namespace}/{name}, queued in {pod} by kubectl smtp-relay send."
+    );
+    let mut command = vec![
+        "smtp-relay",
+        "enqueue",
+        "--postfix-dir",
+        POSTFIX_CONFIG_DIR,
+        "--from",
+        &from,
+        "--subject",
+        &test.subject,
+        "--body",
+        &body,
+        "--message-id",
+        &message_id,
+        "--",
+    ];
+    command.extend(test.to.iter().map(String::as_str));
+    let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let queued = exec(&api, &pod, &command)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    println!("{pod}: {}", queued.trim());
+
+    let params = kube::api::LogParams {
+        container: Some(CONTAINER_NAME.to_string()),
+        follow: true,
+        // From before the message was queued (the pod's clock, not this machine's).
+        since_seconds: Some(LOG_LOOKBACK_SECONDS),
+        ..Default::default()
+    };
+    let log = api
+        .log_stream(&pod, &params)
+        .await
+        .with_context(|| format!("{pod}: reading its log"))?;
+    let mut lines = log.lines();
+    let mut follow = send::Follow::new(&message_id, test.to.len());
+    let deadline = tokio::time::Instant::now() + test.wait;
+    while !follow.done() {
+        let next = tokio::time::timeout_at(deadline, lines.next()).await;
+        match next {
+            Ok(Some(Ok(line))) => {
+                if let Some(shown) = follow.line(&line) {
+                    println!("{pod}: {shown}");
+                }
+            }
+            Ok(Some(Err(e))) => anyhow::bail!("{pod}: reading its log: {e}"),
+            Ok(None) => anyhow::bail!("{pod}: its log ended (the pod stopped?)"),
+            Err(_) => {
+                println!(
+                    "{pod}: no outcome for every recipient within {}s; `kubectl smtp-relay queue list {name}` shows the message while it is queued",
+                    test.wait.as_secs()
+                );
+                break;
+            }
+        }
+    }
+    match follow.verdict() {
+        None => {
+            println!("delivered: every recipient accepted by the next server");
+            Ok(())
+        }
+        Some(why) => anyhow::bail!("{pod}: {why}"),
+    }
+}
+
+/// How far back `send` reads the pod's log: the message was queued just before.
+const LOG_LOOKBACK_SECONDS: i64 = 120;
+
+/// The sender of a test message when none is given: the mailbox the relayhost login is for
+/// (OAuth2: the relayhost refuses any other), else the address that gets the relay's notices.
+fn default_sender(relay: &SmtpRelay) -> String {
+    let spec = &relay.spec;
+    spec.relayhost
+        .oauth2
+        .as_ref()
+        .map(|o| o.user.clone())
+        .or_else(|| spec.postmaster.clone())
+        .unwrap_or_else(|| format!("postmaster@{}", spec.domain))
 }
 
 /// `queue flush`: every replica's Postfix tries its deferred mail now.
@@ -587,6 +761,26 @@ mod tests {
         let moving = [pod("r-0", &["a", "b"]), pod("r-1", &["a"])];
         assert_eq!(users_text(&moving), "r-0:\na\nb\nr-1:\na\n");
         assert_eq!(users_text(&[pod("r-0", &[])]), "no SASL users\n");
+    }
+
+    /// README.md shows `kubectl smtp-relay --help` as it is.
+    #[test]
+    fn the_readme_shows_the_help_as_it_is() {
+        use clap::CommandFactory as _;
+        let help = Cli::command().render_help().to_string();
+        let readme = include_str!("../../README.md");
+        let shown = readme
+            .split_once("$ kubectl smtp-relay --help\n")
+            .and_then(|(_, rest)| rest.split_once("```"))
+            .map(|(block, _)| block)
+            .expect("README.md shows `$ kubectl smtp-relay --help` in a block");
+        let commands = |text: &str| -> String {
+            text.split_once("\nOptions:")
+                .map_or(text, |(head, _)| head)
+                .trim_end()
+                .to_string()
+        };
+        assert_eq!(commands(shown), commands(&help));
     }
 
     /// The krew manifest the release fills in installs this binary, from the archives the
