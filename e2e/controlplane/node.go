@@ -140,6 +140,9 @@ func startNode(ctx context.Context, claim *hostClaim, l *files) (*node, error) {
 		"--config="+n.path("kubelet.yaml"),
 		"--kubeconfig="+n.path("kubelet.kubeconfig"),
 		"--root-dir="+n.path("kubelet"),
+		// Its self-signed serving certificate: by default in /var/lib/kubelet/pki, whatever
+		// --root-dir says, where nothing would clean it.
+		"--cert-dir="+n.path("kubelet", "pki"),
 		"--hostname-override="+nodeName,
 		"--node-ip="+nodeIP,
 	); err != nil {

@@ -7,7 +7,9 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"os"
@@ -301,9 +303,50 @@ func (c *hostClaim) removeHostState(s stopped) {
 		id, ok := strings.CutPrefix(name, "cni-loopback-")
 		return ok && sandboxes[strings.TrimSuffix(id, "-lo")]
 	})
+	removeKubeletLeftovers()
 	// Address leases of pods that are gone; the rest of nodeDir (images, logs) is kept, so a
 	// restart on the same directory finds the images imported into containerd.
 	_ = os.RemoveAll(filepath.Join(nodeDir, "cni", "ipam"))
+}
+
+// kubeletFixedDir is where a kubelet writes whatever its flags say: the device-plugin socket
+// (pluginapi.KubeletSocket, not derived from --root-dir) and, without --cert-dir (before it
+// was given), its self-signed serving certificate.
+const kubeletFixedDir = "/var/lib/kubelet"
+
+// removeKubeletLeftovers removes what the node's kubelet wrote under kubeletFixedDir: the
+// device-plugin socket, a serving certificate it signed for this node (its subject names the
+// node), and the directories once empty. Nothing else is touched: one kubelet per machine,
+// ours, but a file we did not write is not ours to remove.
+func removeKubeletLeftovers() {
+	_ = os.Remove(filepath.Join(kubeletFixedDir, "device-plugins", "kubelet.sock"))
+	pki := filepath.Join(kubeletFixedDir, "pki")
+	if ours, err := selfSignedFor(filepath.Join(pki, "kubelet.crt"), nodeName); err == nil && ours {
+		_ = os.Remove(filepath.Join(pki, "kubelet.crt"))
+		_ = os.Remove(filepath.Join(pki, "kubelet.key"))
+	}
+	// os.Remove leaves a directory that is not empty.
+	for _, dir := range []string{"device-plugins", "pki", ""} {
+		_ = os.Remove(filepath.Join(kubeletFixedDir, dir))
+	}
+}
+
+// selfSignedFor says whether the PEM certificate at path is one a kubelet signed for the node
+// `node` (subject CN "NODE@TIMESTAMP").
+func selfSignedFor(path, node string) (bool, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return false, err
+	}
+	block, _ := pem.Decode(data)
+	if block == nil {
+		return false, fmt.Errorf("%s: no PEM block", path)
+	}
+	cert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		return false, err
+	}
+	return strings.HasPrefix(cert.Subject.CommonName, node+"@"), nil
 }
 
 // stopProcs stops the processes whose command line matches: SIGTERM, then SIGKILL after grace.

@@ -4,7 +4,8 @@
 //! API server by name with its ServiceAccount, a NetworkPolicy refuses a pod it does not admit
 //! at the network (kube-network-policies) and lets the one it admits through, the egress
 //! guard is in place, a node run that was killed outright is cleaned up by the next one, a
-//! restart on the same directory brings the pods back, and a stop leaves the host clean.
+//! restart on the same directory brings the pods back, and a stop leaves the host clean (nothing
+//! of the kubelet left in /var/lib/kubelet either).
 //!
 //! One test, not several: there is one node per machine, and its start-up dominates the time.
 
@@ -195,6 +196,18 @@ fn real_node_runs_pods_volumes_services_and_dns_and_cleans_up() {
         !chains.contains(NETPOL_CHAIN),
         "the NetworkPolicy diversion removed: {chains}"
     );
+    // Nothing under the kubelet's fixed directory: its serving certificate is in the node's
+    // own directory (--cert-dir), its device-plugin socket removed.
+    assert!(
+        second_dir.join("node/kubelet/pki/kubelet.crt").is_file(),
+        "the kubelet's serving certificate is in the node's directory"
+    );
+    for path in [
+        "/var/lib/kubelet/pki/kubelet.crt",
+        "/var/lib/kubelet/device-plugins/kubelet.sock",
+    ] {
+        assert!(!Path::new(path).exists(), "{path} left on the host");
+    }
     let leftovers: Vec<String> = fs::read_dir("/proc")
         .expect("read /proc")
         .filter_map(|e| fs::read(e.ok()?.path().join("cmdline")).ok())
