@@ -57,9 +57,25 @@ pub struct RelayConfigFile {
     /// protocol: the client address comes from its header.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy_protocol_port: Option<u16>,
+    /// What the headers of mail leaving the relay reveal. Omitted: the client hidden in the
+    /// Received lines, no header removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<HeadersFile>,
     /// Extra Postfix parameters, applied last.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub postconf: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HeadersFile {
+    /// Keep the client's name, address and HELO name in the Received lines Postfix writes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reveal_client: bool,
+    /// Header names removed from every message that leaves the relay (`X-Originating-IP`,
+    /// `User-Agent`, `X-Mailer`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]

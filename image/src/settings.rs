@@ -314,11 +314,26 @@ pub struct Settings {
     /// v2) from a load balancer, which gives the client address. Anyone who reaches the port
     /// can claim any address: only the load balancer may.
     pub proxy_protocol_port: Option<u16>,
+    /// What leaves the relay in the headers of each message.
+    pub headers: HeaderPolicy,
     /// Extra Postfix parameters, applied last so they override everything above.
     pub postconf: BTreeMap<String, String>,
     /// How errors name a `postconf` entry: this prefix followed by the parameter name
     /// (`POSTCONF_` for the environment, `relay.yaml: postconf.` for the config file).
     pub postconf_field_prefix: String,
+}
+
+/// What the headers of mail leaving the relay reveal. By default the client (its name, its
+/// address, the name it gave in HELO) is cut from every Received line Postfix wrote: inside a
+/// cluster it is a pod's address and name, which tell a receiver about the platform and
+/// nothing about the message.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeaderPolicy {
+    /// Keep the client in the Received lines (Postfix's default).
+    pub reveal_client: bool,
+    /// Header names removed from every message that leaves (validated:
+    /// [`crate::validate::removed_header`]).
+    pub remove: Vec<String>,
 }
 
 /// The TLS level towards the relayhost. With a login (a password or OAuth2) and no level given

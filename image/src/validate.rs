@@ -274,6 +274,42 @@ pub fn proxy_protocol_port(field: &str, port: u16) -> ConfigResult<u16> {
     Ok(port)
 }
 
+/// Headers a message cannot do without, or whose removal would hide its path: never removed
+/// by `headers.remove` (the Received lines' client is hidden by default instead).
+const KEPT_HEADERS: [&str; 4] = ["from", "date", "received", "mime-version"];
+
+/// The most headers `headers.remove` may name.
+pub const REMOVED_HEADERS_MAX: usize = 32;
+
+/// The pattern of a header name `headers.remove` takes (the CRD's too).
+pub const REMOVED_HEADER_PATTERN: &str = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$";
+
+/// A header name to remove from what leaves the relay: letters, digits, `-`, `_` and `.`
+/// (every header name in use; RFC 5322 allows more, which a regular expression would have to
+/// quote), starting with a letter or digit, at most 64 characters; none of [`KEPT_HEADERS`]
+/// nor a `Content-` header (the message's structure). Returned as written.
+pub fn removed_header(field: &str, name: &str) -> ConfigResult<String> {
+    let allowed = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.');
+    if name.is_empty()
+        || name.len() > 64
+        || !name.bytes().all(allowed)
+        || !name.starts_with(|c: char| c.is_ascii_alphanumeric())
+    {
+        return Err(ConfigError::invalid(
+            field,
+            format!("{name:?} is not a header name this relay removes: letters, digits, '-', '_' and '.', at most 64, as in X-Mailer (no ':')"),
+        ));
+    }
+    let lower = name.to_ascii_lowercase();
+    if KEPT_HEADERS.contains(&lower.as_str()) || lower.starts_with("content-") {
+        return Err(ConfigError::invalid(
+            field,
+            format!("{name} cannot be removed: a message needs it, or it records the message's path (the relay hides the client in Received lines already)"),
+        ));
+    }
+    Ok(name.to_string())
+}
+
 /// A secret (password) that Postfix and Cyrus SASL can carry unchanged.
 pub fn password(field: &str, value: &str) -> ConfigResult<()> {
     if value.is_empty() {

@@ -111,5 +111,28 @@ fn main_cf_and_master_cf_of_every_mode() {
         settings_with(&file, &|n| format!("relay.yaml: {n}"), &mounted).expect("delivery interval");
     let main = main_cf::render(&main_cf::parameters(&settings, &layout()));
     stale.extend(golden("main.cf.delivery_interval", &main));
+    // Issue 27: the headers of what leaves, by default (the client cut from Received lines)
+    // and with headers removed.
+    let (mut file, mounted) = config(Mode::Strict);
+    for (name, headers) in [
+        ("smtp_header_checks.default", None),
+        (
+            "smtp_header_checks.remove",
+            Some(smtp_relay::config_file::HeadersFile {
+                reveal_client: false,
+                remove: vec![
+                    "X-Originating-IP".into(),
+                    "User-Agent".into(),
+                    "X-Mailer".into(),
+                ],
+            }),
+        ),
+    ] {
+        file.headers = headers;
+        let settings =
+            settings_with(&file, &|n| format!("relay.yaml: {n}"), &mounted).expect("headers");
+        let table = main_cf::smtp_header_checks(&settings.headers).unwrap_or_default();
+        stale.extend(golden(name, &table));
+    }
     assert!(stale.is_empty(), "{}", stale.join("\n"));
 }

@@ -7,10 +7,11 @@ use std::path::Path;
 
 use crate::error::{ConfigError, ConfigResult};
 use crate::inputs::{self, readable_file};
-use crate::postfix::relay_guard;
 use crate::postfix::restrictions::Vouch;
+use crate::postfix::{main_cf, relay_guard};
 use crate::settings::{
-    self, Credentials, InboundTls, RelayPolicy, SaslUserSource, Settings, TlsLevel, TlsMinVersion,
+    self, Credentials, HeaderPolicy, InboundTls, RelayPolicy, SaslUserSource, Settings, TlsLevel,
+    TlsMinVersion,
 };
 use crate::validate;
 
@@ -222,8 +223,50 @@ pub fn settings(vars: &BTreeMap<String, String>, postfix_dir: &Path) -> ConfigRe
                 validate::proxy_protocol_port("RELAY_PROXY_PROTOCOL_PORT", port)
             })
             .transpose()?,
+        headers: header_policy(&get, &postconf)?,
         postconf,
         postconf_field_prefix: POSTCONF_PREFIX.to_string(),
+    })
+}
+
+/// `RELAY_REVEAL_CLIENT` (yes: keep the client in the Received lines) and
+/// `RELAY_REMOVE_HEADERS` (header names, space separated); refused beside
+/// `POSTCONF_smtp_header_checks`, the parameter they set.
+fn header_policy<'a>(
+    get: &impl Fn(&str) -> Option<&'a str>,
+    postconf: &BTreeMap<String, String>,
+) -> ConfigResult<HeaderPolicy> {
+    const REVEAL: &str = "RELAY_REVEAL_CLIENT";
+    const REMOVE: &str = "RELAY_REMOVE_HEADERS";
+    let (reveal, remove) = (get(REVEAL), get(REMOVE));
+    if reveal.is_none() && remove.is_none() {
+        return Ok(HeaderPolicy::default());
+    }
+    if postconf.contains_key(main_cf::HEADER_CHECKS_PARAMETER) {
+        return Err(ConfigError::invalid(
+            format!("{REVEAL}/{REMOVE}"),
+            format!(
+                "and {POSTCONF_PREFIX}{} both set Postfix's {}: keep one",
+                main_cf::HEADER_CHECKS_PARAMETER,
+                main_cf::HEADER_CHECKS_PARAMETER
+            ),
+        ));
+    }
+    let remove = list(remove)
+        .map(|name| validate::removed_header(REMOVE, name))
+        .collect::<ConfigResult<Vec<_>>>()?;
+    if remove.len() > validate::REMOVED_HEADERS_MAX {
+        return Err(ConfigError::invalid(
+            REMOVE,
+            format!("names at most {} headers", validate::REMOVED_HEADERS_MAX),
+        ));
+    }
+    Ok(HeaderPolicy {
+        reveal_client: reveal
+            .map(|v| boolean(REVEAL, v))
+            .transpose()?
+            .unwrap_or(false),
+        remove,
     })
 }
 
@@ -633,6 +676,42 @@ mod tests {
                 "{bad}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn header_privacy_from_the_environment() {
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let mut vars = minimal();
+            vars.extend_from_slice(extra);
+            settings(&env(&vars), nodir())
+        };
+        let default = with(&[]).unwrap().headers;
+        assert!(!default.reveal_client && default.remove.is_empty());
+        let chosen = with(&[
+            ("RELAY_REVEAL_CLIENT", "yes"),
+            ("RELAY_REMOVE_HEADERS", "X-Mailer User-Agent"),
+        ])
+        .unwrap()
+        .headers;
+        assert!(chosen.reveal_client);
+        assert_eq!(chosen.remove, ["X-Mailer", "User-Agent"]);
+        let err = with(&[("RELAY_REMOVE_HEADERS", "Date")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("RELAY_REMOVE_HEADERS: Date cannot be removed"),
+            "{err}"
+        );
+        let err = with(&[
+            ("RELAY_REVEAL_CLIENT", "no"),
+            ("POSTCONF_smtp_header_checks", "regexp:/x"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("both set Postfix's smtp_header_checks"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -7,8 +7,10 @@ use crate::config_file::RelayConfigFile;
 use crate::error::{ConfigError, ConfigResult};
 use crate::inputs::{self, env::checked_credentials, readable_file, FileRefusal};
 use crate::json_error::{json_kind, json_position, json_problem};
-use crate::postfix::relay_guard;
-use crate::settings::{self, InboundTls, RelayPolicy, Relayhost, SaslUserSource, Settings};
+use crate::postfix::{main_cf, relay_guard};
+use crate::settings::{
+    self, HeaderPolicy, InboundTls, RelayPolicy, Relayhost, SaslUserSource, Settings,
+};
 use crate::validate;
 
 pub fn load(path: &Path) -> ConfigResult<Settings> {
@@ -475,15 +477,52 @@ pub fn settings_with(
             .proxy_protocol_port
             .map(|port| validate::proxy_protocol_port(&field("proxyProtocolPort"), port))
             .transpose()?,
+        headers: header_policy(file, field)?,
         postconf: file.postconf.clone(),
         postconf_field_prefix: field("postconf."),
+    })
+}
+
+/// `headers`, validated; refused beside a `postconf` entry for the parameter it sets.
+fn header_policy(
+    file: &RelayConfigFile,
+    field: &dyn Fn(&str) -> String,
+) -> ConfigResult<HeaderPolicy> {
+    let Some(headers) = &file.headers else {
+        return Ok(HeaderPolicy::default());
+    };
+    if file.postconf.contains_key(main_cf::HEADER_CHECKS_PARAMETER) {
+        return Err(ConfigError::invalid(
+            field("headers"),
+            format!(
+                "and {}{} both set Postfix's {}: keep one",
+                field("postconf."),
+                main_cf::HEADER_CHECKS_PARAMETER,
+                main_cf::HEADER_CHECKS_PARAMETER
+            ),
+        ));
+    }
+    if headers.remove.len() > validate::REMOVED_HEADERS_MAX {
+        return Err(ConfigError::invalid(
+            field("headers.remove"),
+            format!("names at most {} headers", validate::REMOVED_HEADERS_MAX),
+        ));
+    }
+    let remove = headers
+        .remove
+        .iter()
+        .map(|name| validate::removed_header(&field("headers.remove"), name))
+        .collect::<ConfigResult<Vec<_>>>()?;
+    Ok(HeaderPolicy {
+        reveal_client: headers.reveal_client,
+        remove,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config_file::RelayhostFile;
+    use crate::config_file::{HeadersFile, RelayhostFile};
     use crate::settings::{Mode, TlsLevel};
 
     fn base() -> RelayConfigFile {
@@ -541,6 +580,42 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("saslUsersDir"));
+    }
+
+    #[test]
+    fn headers_are_checked_and_own_their_postfix_parameter() {
+        let refused = |headers: HeadersFile, postconf: &[(&str, &str)]| {
+            let mut f = base();
+            f.headers = Some(headers);
+            f.postconf = postconf
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            settings(&f, "relay.yaml").unwrap_err().to_string()
+        };
+        let remove = |names: &[&str]| HeadersFile {
+            remove: names.iter().map(|n| n.to_string()).collect(),
+            ..Default::default()
+        };
+        assert!(refused(remove(&["X-Mailer:"]), &[])
+            .starts_with("relay.yaml: headers.remove: \"X-Mailer:\" is not a header name"));
+        assert!(refused(remove(&["Received"]), &[]).contains("Received cannot be removed"));
+        assert!(refused(remove(&["content-type"]), &[]).contains("cannot be removed"));
+        let many: Vec<String> = (0..33).map(|i| format!("X-H{i}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert!(refused(remove(&many), &[]).contains("at most 32"));
+        assert_eq!(
+            refused(
+                HeadersFile::default(),
+                &[("smtp_header_checks", "regexp:/etc/postfix/mine")]
+            ),
+            "relay.yaml: headers: and relay.yaml: postconf.smtp_header_checks both set Postfix's smtp_header_checks: keep one"
+        );
+        let mut f = base();
+        f.headers = Some(remove(&["X-Mailer", "X-Originating-IP"]));
+        let s = settings(&f, "relay.yaml").unwrap();
+        assert_eq!(s.headers.remove, ["X-Mailer", "X-Originating-IP"]);
+        assert!(!s.headers.reveal_client);
     }
 
     /// Issue 24: a refusal of a file's content holds the file apart from what is wrong with

@@ -51,6 +51,9 @@ pub fn write_config(settings: &Settings, layout: &Layout) -> Result<(), RunError
         ),
         (sasl_conf, main_cf::smtpd_sasl_conf(layout), 0o644),
     ];
+    if let Some(table) = main_cf::smtp_header_checks(&settings.headers) {
+        files.push((layout.header_checks(), table, 0o644));
+    }
     let passwd = main_cf::relayhost_passwd(settings);
     if let Some(text) = &passwd {
         // Read by the smtp client before it drops privileges, so root-only is enough.

@@ -40,6 +40,10 @@ impl Layout {
     pub fn routing_table(&self) -> PathBuf {
         self.config_dir.join("recipient_routing.regexp")
     }
+    /// The checks of headers leaving the relay (`smtp_header_checks`).
+    pub fn header_checks(&self) -> PathBuf {
+        self.config_dir.join("smtp_header_checks.regexp")
+    }
     /// Cyrus SASL configuration directory (holds smtpd.conf).
     pub fn sasl_config_dir(&self) -> PathBuf {
         self.config_dir.join("sasl")

@@ -714,6 +714,7 @@ mod tests {
             sasl_users: SaslUserSource::None,
             inbound_tls: None,
             proxy_protocol_port: None,
+            headers: Default::default(),
             postconf: postconf
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
