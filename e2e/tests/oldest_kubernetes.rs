@@ -355,6 +355,8 @@ fn cel_cases() -> Vec<Value> {
         json!({"service": {"proxyProtocol": true, "proxyProtocolSourceRanges": ["lb"]}}),
         json!({"service": {"proxyProtocol": true, "proxyProtocolSourceRanges": ["0.0.0.0/0"]}}),
         json!({"networkPolicy": {"smtpFromCidrs": ["10.0.0.0/8", "apps"]}}),
+        json!({"headers": {"remove": ["X-Mailer", "DATE"]}}),
+        json!({"headers": {}, "postconf": {"smtp_header_checks": "regexp:/etc/x"}}),
     ]
 }
 

@@ -339,6 +339,21 @@ fn admission(cp: &ControlPlane) {
             vec!["spec", "mutually exclusive"],
         ),
         (
+            "a header a message needs, to remove",
+            with(json!({"headers": {"remove": ["X-Mailer", "content-type"]}})),
+            vec!["spec.headers.remove", "cannot name From, Date, Received"],
+        ),
+        (
+            "a header name with its colon",
+            with(json!({"headers": {"remove": ["X-Mailer:"]}})),
+            vec!["spec.headers.remove[0]", "should match"],
+        ),
+        (
+            "headers beside postconf.smtp_header_checks",
+            with(json!({"headers": {}, "postconf": {"smtp_header_checks": "regexp:/etc/x"}})),
+            vec!["spec", "both set Postfix's smtp_header_checks"],
+        ),
+        (
             "unknown mode",
             with(json!({"mode": "Open"})),
             vec!["spec.mode", "Unsupported value"],

@@ -16,6 +16,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use smtp_relay::settings::{Mode, TlsLevel, TlsMinVersion};
+use smtp_relay::validate::REMOVED_HEADER_PATTERN;
 
 /// A DNS name (RFC 1123 labels, dot separated, at most 253 characters).
 pub const DOMAIN_PATTERN: &str = r"^([a-zA-Z0-9]([-a-zA-Z0-9]{0,61}[a-zA-Z0-9])?\.)*[a-zA-Z0-9]([-a-zA-Z0-9]{0,61}[a-zA-Z0-9])?$";
@@ -62,6 +63,10 @@ pub const EMAIL_PATTERN: &str = r"^[^@\s]+@[^@\s]+$";
     {
         "rule": "!(has(self.mode) && has(self.customRestrictions))",
         "message": "mode and customRestrictions are mutually exclusive: set one of them (mode defaults to Strict)"
+    },
+    {
+        "rule": "!(has(self.headers) && has(self.postconf) && 'smtp_header_checks' in self.postconf)",
+        "message": "headers and postconf.smtp_header_checks both set Postfix's smtp_header_checks: keep one"
     }
 ]))]
 pub struct SmtpRelaySpec {
@@ -158,6 +163,14 @@ pub struct SmtpRelaySpec {
     // Omitted rather than null: a plain enum, like the other optional fields.
     #[schemars(with = "TlsMinVersionSpec")]
     pub tls_min_version: Option<TlsMinVersionSpec>,
+
+    /// What the headers of mail leaving the relay reveal. Omitted: no `Received:` line a Postfix
+    /// server wrote names its client (inside a cluster, a pod's address and name: the relay's
+    /// own line and those of Postfix servers before it keep only their `by` part), and no
+    /// header is removed. Exclusive with `postconf.smtp_header_checks`, which replaces all of
+    /// this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<HeadersSpec>,
 
     /// Extra Postfix `main.cf` parameters, applied last so they override every generated value.
     /// Keys are Postfix parameter names (letters, digits and underscores, starting with a
@@ -262,6 +275,26 @@ pub struct SmtpRelaySpec {
     /// or image change), not on its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_users: Option<bool>,
+}
+
+/// What the headers of mail leaving the relay reveal (Postfix `smtp_header_checks`, applied
+/// when a message leaves, so mail already queued follows a change too).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HeadersSpec {
+    /// Keep the client (the name it gave in HELO, its name and address) in the `Received:`
+    /// lines, as Postfix writes them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reveal_client: bool,
+    /// Headers removed from every message that leaves the relay, by name, any case:
+    /// `X-Originating-IP`, `User-Agent`, `X-Mailer`. Letters, digits, `-`, `_` and `.`; never
+    /// `From`, `Date`, `Received`, `MIME-Version` or a `Content-` header.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 64), regex(pattern = REMOVED_HEADER_PATTERN)))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {"rule": "self.all(h, !(h.lowerAscii() in ['from', 'date', 'received', 'mime-version']) && !h.lowerAscii().startsWith('content-'))", "message": "headers.remove cannot name From, Date, Received, MIME-Version or a Content- header: a message needs them, or they record its path (the client is hidden in Received lines already)"}
+    ]))]
+    pub remove: Vec<String>,
 }
 
 fn default_replicas() -> i32 {

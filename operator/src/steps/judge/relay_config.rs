@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use smtp_relay::config_file::{InboundTlsFile, OAuth2File, RelayConfigFile, RelayhostFile};
+use smtp_relay::config_file::{
+    HeadersFile, InboundTlsFile, OAuth2File, RelayConfigFile, RelayhostFile,
+};
 use smtp_relay::settings::TlsMinVersion;
 
 use crate::floor::contract::{
@@ -88,6 +90,10 @@ pub fn relay_config_file(relay: &SmtpRelay, resolved: &Resolved) -> RelayConfigF
             .service
             .proxy_protocol
             .then_some(PROXY_PROTOCOL_PORT as u16),
+        headers: spec.headers.as_ref().map(|h| HeadersFile {
+            reveal_client: h.reveal_client,
+            remove: h.remove.clone(),
+        }),
         postconf: postconf(spec),
     }
 }
