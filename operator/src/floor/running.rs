@@ -108,7 +108,8 @@ const STALLED_REASONS: [&str; 8] = [
 /// Longest termination message kept in a condition.
 const TERMINATION_MESSAGE_MAX: usize = 400;
 
-/// The first problem of the first troubled pod (by name): a container waiting for a reason in
+/// The first problem of the first troubled pod (by name): a pod the scheduler cannot place
+/// (its words: which nodes, and why not), a container waiting for a reason in
 /// `STALLED_REASONS`, or one that just terminated with a failure.
 pub fn pod_problem(pods: &[Pod]) -> Option<PodProblem> {
     // A pod being deleted (a rollout, a scale-down) ends as it ends: not a problem to report.
@@ -119,6 +120,9 @@ pub fn pod_problem(pods: &[Pod]) -> Option<PodProblem> {
     pods.sort_by_key(|p| p.name_any());
     pods.into_iter().find_map(|pod| {
         let status = pod.status.as_ref()?;
+        if let Some(unscheduled) = unschedulable(pod) {
+            return Some(unscheduled);
+        }
         let containers = status
             .init_container_statuses
             .iter()
@@ -164,6 +168,34 @@ pub fn pod_problem(pods: &[Pod]) -> Option<PodProblem> {
                 stalled,
             })
         })
+    })
+}
+
+/// A pod the scheduler could not place (`PodScheduled=False`): its reason (`Unschedulable`,
+/// `SchedulingGated`) and message, which name the nodes and why none fits (resources, node
+/// selector or affinity, taints, a volume claim that cannot bind). Not stalled: a node may
+/// come, or a claim bind.
+fn unschedulable(pod: &Pod) -> Option<PodProblem> {
+    let condition = pod
+        .status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "PodScheduled" && c.status == "False")?;
+    let reason = condition
+        .reason
+        .clone()
+        .filter(|r| !r.is_empty())
+        .unwrap_or_else(|| "Unschedulable".into());
+    let mut message = format!("pod {}: not scheduled: {reason}", pod.name_any());
+    if let Some(m) = condition.message.as_deref().filter(|m| !m.is_empty()) {
+        message += &format!(" ({})", truncate(m, TERMINATION_MESSAGE_MAX));
+    }
+    Some(PodProblem {
+        reason,
+        message,
+        stalled: false,
     })
 }
 

@@ -1912,6 +1912,55 @@ mod tests {
         );
     }
 
+    /// A pod the scheduler cannot place says so, in the scheduler's words (as it writes them
+    /// for a relay whose nodeSelector matches no node), instead of "0 of 1 pods pass the
+    /// SMTP probe".
+    #[test]
+    fn an_unschedulable_pod_is_named_with_the_schedulers_reason() {
+        let mut pending: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "r1-0"},
+            "status": {"phase": "Pending", "conditions": [{
+                "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                "message": "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector. preemption: 0/1 nodes are available: 1 Preemption is not helpful for scheduling."
+            }]}
+        }))
+        .unwrap();
+        let p = pod_problem(std::slice::from_ref(&pending)).expect("a problem");
+        assert_eq!((p.reason.as_str(), p.stalled), ("Unschedulable", false));
+        assert!(
+            p.message.starts_with("pod r1-0: not scheduled: Unschedulable (0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector."),
+            "{}",
+            p.message
+        );
+        let r = relay("r1");
+        let rollout = Rollout {
+            ready_replicas: 0,
+            problem: Some(p),
+            ..DONE
+        };
+        let s = compute(&r, &applied(), rollout, t(1));
+        let ready = cond(&s, READY);
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "Unschedulable")
+        );
+        assert!(
+            ready.message.ends_with("; 0 of 1 pods ready"),
+            "{}",
+            ready.message
+        );
+        // Once placed, nothing to say about scheduling.
+        if let Some(c) = pending
+            .status
+            .as_mut()
+            .and_then(|s| s.conditions.as_mut())
+            .and_then(|c| c.first_mut())
+        {
+            c.status = "True".into();
+        }
+        assert_eq!(pod_problem(&[pending]), None);
+    }
+
     #[test]
     fn only_the_relays_own_termination_message_reaches_status() {
         // Killed by a signal, the container's message is the kubelet's copy of its log's tail,
