@@ -230,7 +230,7 @@ struct Expect {
 /// stopped once every phase is done. Each has its own namespace: one that fails does not stop
 /// the next.
 fn main() -> std::process::ExitCode {
-    let phases: [Phase<Ctx>; 9] = [
+    let phases: [Phase<Ctx>; 10] = [
         ("examples", examples),
         ("update_and_noop", update_and_noop),
         ("rotation", rotation),
@@ -238,6 +238,7 @@ fn main() -> std::process::ExitCode {
         ("name_conflict", name_conflict),
         ("apply_refused", apply_refused),
         ("restart_mid_flight", restart_mid_flight),
+        ("autoscaler", autoscaler),
         ("deletion_and_retention", deletion),
         ("clean_log", clean_log),
     ];
@@ -1249,6 +1250,69 @@ spec:
     credentialsSecretRef:
       name: login
 "#;
+
+/// A relay of one replica for docs/operations.md's HorizontalPodAutoscaler.
+const SCALED_RELAY: &str = r#"
+apiVersion: smtprelay.dev/v1alpha1
+kind: SmtpRelay
+metadata:
+  name: smtp-relay
+spec:
+  domain: example.com
+  networks: ["10.1.0.0/16"]
+  relayhost:
+    host: relay.example.com
+"#;
+
+/// How long the controller manager's HorizontalPodAutoscaler may take to act on a new
+/// autoscaler for a new kind: its discovery of the CRD's scale subresource is refreshed every
+/// 30 s, and each autoscaler is synced every 15 s.
+const HPA_ACTS: Duration = Duration::from_secs(120);
+
+/// docs/operations.md's HorizontalPodAutoscaler (the block marked `run: autoscaler`), applied
+/// as written to a relay of one replica: the real controller manager reads the relay through
+/// the scale subresource and raises it to `minReplicas` (which needs no metric; no metrics
+/// adapter runs here, and the autoscaler says so), and the operator follows with the
+/// StatefulSet.
+fn autoscaler(ctx: &mut Ctx) {
+    let ns = "mail";
+    operator::create_namespace(&ctx.cp, ns);
+    operator::apply(&ctx.cp, ns, SCALED_RELAY);
+    ctx.wait_applied(ns, "smtp-relay");
+    let page = read("docs/operations.md");
+    let blocks = smtp_relay_e2e::doc_blocks::marked_blocks(&page, "autoscaler")
+        .unwrap_or_else(|e| panic!("docs/operations.md's autoscaler block: {e}"));
+    let [block] = blocks.as_slice() else {
+        panic!("docs/operations.md has one block marked autoscaler: {blocks:?}");
+    };
+    assert_eq!(block.lang, "yaml");
+    operator::apply(&ctx.cp, ns, &block.code);
+    let min = serde_yaml::from_str::<Value>(&block.code).unwrap()["spec"]["minReplicas"].clone();
+    assert_eq!(min, 2);
+    ctx.op
+        .wait_for(HPA_ACTS, "the autoscaler to scale the relay", || {
+            let r = ctx.relay(ns, "smtp-relay");
+            let sts = ctx.get(ns, "statefulset", "smtp-relay")?;
+            (r["spec"]["replicas"] == min && sts["spec"]["replicas"] == min).then_some(())
+        });
+    let hpa = ctx.must(ns, "horizontalpodautoscaler", "smtp-relay");
+    let reason = |t: &str| {
+        hpa["status"]["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == t))
+            .map(|c| format!("{}={}", c["status"], c["reason"]))
+            .unwrap_or_default()
+    };
+    assert_eq!(hpa["status"]["desiredReplicas"], min, "{hpa}");
+    assert!(reason("AbleToScale").starts_with("\"True\""), "{hpa}");
+    // Its PodDisruptionBudget, as for any relay of two replicas.
+    ctx.op
+        .wait_for(CONVERGE, "the PodDisruptionBudget of two replicas", || {
+            ctx.get(ns, "poddisruptionbudget", "smtp-relay")
+        });
+    ctx.cp
+        .kubectl_ok(["delete", "horizontalpodautoscaler", "smtp-relay", "-n", ns]);
+}
 
 /// The operator killed (SIGKILL) while it applies a new relay, the spec changed while it is
 /// down: the next run converges, duplicates nothing and leaves no error in status. (An API

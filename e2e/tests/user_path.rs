@@ -34,7 +34,10 @@
 //!    capabilities, not root, while `baseline` admits the pods. `kubectl smtp-relay status`
 //!    (the project's kubectl plugin, issue 30) shows both replicas and their queues, and
 //!    `kubectl smtp-relay queue` lists the six messages they hold, holds and releases one,
-//!    deletes a seventh (only with `--yes` from a script), retries and flushes.
+//!    deletes a seventh (only with `--yes` from a script), retries and flushes;
+//!    `kubectl smtp-relay send` follows a test message to its deferral, and once the
+//!    relayhost is back another to its 250. What the previous release's relay delivered named
+//!    its client (this host) in a Received line; what this checkout's delivers does not.
 //! 10. The relay's NetworkPolicy, enforced by the node's kube-network-policies: the operator's
 //!     pod reads the relay pods' metrics through it; a pod of a namespace it names reaches
 //!     SMTP, one of another namespace does not until its address is named, and all do once it
@@ -306,7 +309,14 @@ fn user_path_chart_operator_pod_relay_pod_and_mail_through_the_service() {
     );
     let after = mail::marker("user-path-after-operator");
     ok(user_path::send_from_host(service, FROM, RCPT, &after));
-    ok(sink.wait_for(RCPT, &after, WAIT));
+    let delivered = ok(sink.wait_for(RCPT, &after, WAIT));
+    // The previous release's relay image names its client (this host, through the Service)
+    // in its Received line; this checkout's does not (phase 9).
+    assert!(
+        delivered.text.contains(&format!("[{NODE_IP}])")),
+        "{}",
+        delivered.text
+    );
     phases.done("relay untouched, status Ready, mail delivered");
 
     // 8. The upgrade of the operator alone, the relay image held (README, "Upgrading"), with
@@ -506,7 +516,14 @@ fn user_path_chart_operator_pod_relay_pod_and_mail_through_the_service() {
     }
     let upgraded = mail::marker("user-path-after-upgrade");
     ok(user_path::send_from_host(service, FROM, RCPT, &upgraded));
-    ok(sink.wait_for(RCPT, &upgraded, WAIT));
+    let delivered = ok(sink.wait_for(RCPT, &upgraded, WAIT));
+    // Issue 27: by default no Received line names the client.
+    assert!(
+        !delivered.text.contains(&format!("[{NODE_IP}]"))
+            && delivered.text.contains("\nReceived: by "),
+        "{}",
+        delivered.text
+    );
     let sent_test = the_kubectl_plugin_sends_a_test_message(&cp, &relay, true);
     ok(sink.wait_for_subject(RCPT, &sent_test, WAIT));
     assert!(
