@@ -637,7 +637,7 @@ const OPERATOR_RULES: &str = r#"
 - {apiGroups: [smtprelay.dev], resources: [smtprelays/status], verbs: [patch]}
 - {apiGroups: [""], resources: [persistentvolumeclaims], verbs: [list, delete]}
 - {apiGroups: [""], resources: [pods], verbs: [list, watch, patch]}
-- {apiGroups: [""], resources: [events], verbs: [create, patch]}
+- {apiGroups: [""], resources: [events], verbs: [create, patch, list]}
 - {apiGroups: [events.k8s.io], resources: [events], verbs: [create, patch]}
 "#;
 

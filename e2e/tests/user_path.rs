@@ -681,9 +681,46 @@ fn the_namespaced_mode_runs_a_relay_there_alone(
                 .filter(|e| e.contains("timeout") && !e.contains("refused"))
         },
     ));
+    a_pod_that_cannot_mount_its_spool_is_named(cp, team, &relay);
     for ns in [team, other] {
         cp.kubectl_ok(["delete", "smtprelay", "-n", ns, &relay, "--timeout=120s"]);
     }
+}
+
+/// Phase 12, continued: the spool directory of the relay's pod gone from the node (a disk
+/// lost, a volume the node cannot mount), the pod that replaces it stays ContainerCreating,
+/// where only its Events say why: status names the kubelet's FailedMount, read from them
+/// through the namespaced mode's Role; with the directory back, the next pod starts on it.
+fn a_pod_that_cannot_mount_its_spool_is_named(cp: &ControlPlane, ns: &str, relay: &str) {
+    let pod = format!("{relay}-0");
+    let (_, pv) = ok(user_path::pod_claim(cp, ns, &pod));
+    let dir =
+        user_path::volume_dir(&pv).unwrap_or_else(|| panic!("{pod} has a hostPath volume: {pv}"));
+    let away = dir.with_extension("away");
+    std::fs::rename(&dir, &away).unwrap_or_else(|e| panic!("moving {}: {e}", dir.display()));
+    cp.kubectl_ok(["delete", "pod", "-n", ns, &pod, "--timeout=120s"]);
+    let message = ok(user_path::wait(
+        cp,
+        ns,
+        WAIT,
+        "Ready=False FailedMount, from the new pod's Events",
+        || {
+            let c = user_path::relay_condition(cp, ns, relay, "Ready")?;
+            (c["reason"] == "FailedMount")
+                .then(|| c["message"].as_str().unwrap_or_default().to_string())
+        },
+    ));
+    eprintln!("[user_path] Ready of a relay whose pod cannot mount its spool: {message}");
+    assert!(
+        message.starts_with(&format!(
+            "pod {pod} does not start: FailedMount (MountVolume.SetUp failed for volume"
+        )) && message.contains("is not a directory"),
+        "{message}"
+    );
+    std::fs::rename(&away, &dir).unwrap_or_else(|e| panic!("restoring {}: {e}", dir.display()));
+    // The kubelet retries the mount with a growing backoff: a new pod mounts at once.
+    cp.kubectl_ok(["delete", "pod", "-n", ns, &pod, "--wait=false"]);
+    ok(user_path::wait_relay_ready(cp, ns, relay, WAIT));
 }
 
 /// Like [`host_perl::READ_FIRST_LINE`], after a PROXY protocol v1 header, as a load balancer

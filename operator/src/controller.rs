@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Event as CoreEvent, Pod};
 use kube::api::ListParams;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
@@ -19,7 +19,7 @@ use crate::context::Context;
 use crate::floor::contract::BuildOptions;
 use crate::floor::crd::{find_condition, SmtpRelay};
 use crate::floor::error::{Error, Result, Step};
-use crate::floor::running::{truncate, Canary, Drain, Rollout};
+use crate::floor::running::{self, not_starting, truncate, Canary, Drain, PodWarning, Rollout};
 use crate::floor::verdict::{Applying, Outcome, Plan};
 use crate::runtime::metrics::ReconcileOutcome;
 use crate::steps::apply::{apply_all, prune_secrets, storage_change};
@@ -107,6 +107,8 @@ pub async fn reconcile(relay: Arc<SmtpRelay>, ctx: Arc<Context>) -> Result<Actio
     deletion::keep_finalizer(&ctx.client, &relay)
         .await
         .map_err(|e| e.during(Step::Deletion))?;
+    // 1b. Why a pod does not start, where only its Events say (a mount, a sandbox).
+    let warnings = pod_warnings(&ctx.client, &relay, &pods).await;
     // 2. Dereference, validate, build: the desired children, or why there are none.
     let planned = plan_against(&relay, &ctx, live.as_ref()).await?;
     // 3. Drain: replicas being scaled away deliver their queues before the StatefulSet lets
@@ -136,7 +138,7 @@ pub async fn reconcile(relay: Arc<SmtpRelay>, ctx: Arc<Context>) -> Result<Actio
         .await
         .map_err(|e| e.during(Step::Apply))?;
     let rollout = Rollout::from_stateful_set(sts.as_ref(), target_replicas(&relay, &drain))
-        .with_pods(&pods)
+        .with_pods(&pods, &warnings)
         .with_drain(drain)
         .with_canary(canary);
     // 5. Report: Events on transitions, status when it changed.
@@ -150,8 +152,12 @@ pub async fn reconcile(relay: Arc<SmtpRelay>, ctx: Arc<Context>) -> Result<Actio
         _ => ReconcileOutcome::Rejected,
     });
     // 6. When to look again; remembered when the caches show everything this depends on.
-    let action = next_action(&outcome, &new_status);
+    let starting = running::starting(&pods, jiff::Timestamp::now().as_second());
+    let action = next_action(&outcome, &new_status, starting);
+    // A pod that does not start changes nothing in the caches while its Events say why: not
+    // remembered, looked at again soon.
     let cached = !draining
+        && !starting
         && !matches!(
             outcome,
             Outcome::NameConflict { .. } | Outcome::ApplyRefused { .. }
@@ -266,7 +272,11 @@ async fn apply_planned(
 
 /// Step 6: a relay is looked at again in five minutes (watches bring every change sooner); one
 /// that drains or is blocked by what no watch sees, sooner.
-fn next_action(outcome: &Outcome, new_status: &crate::floor::crd::SmtpRelayStatus) -> Action {
+fn next_action(
+    outcome: &Outcome,
+    new_status: &crate::floor::crd::SmtpRelayStatus,
+    starting: bool,
+) -> Action {
     let draining =
         find_condition(Some(new_status), status::DRAINING).is_some_and(|c| c.status == "True");
     let proving = find_condition(Some(new_status), status::CONFIG_PROVEN)
@@ -276,6 +286,8 @@ fn next_action(outcome: &Outcome, new_status: &crate::floor::crd::SmtpRelayStatu
         Outcome::Applied { .. } if draining => Action::requeue(drain::REQUEUE),
         // The canary's self-check is read from its metrics too.
         Outcome::Applied { .. } if proving => Action::requeue(rollout::REQUEUE),
+        // A pod that does not start may say why only in its Events, which are not watched.
+        Outcome::Applied { .. } if starting => Action::requeue(STARTING_REQUEUE),
         // Ready or not: what changes readiness (the StatefulSet's status, a pod starting,
         // crashing or passing its probe) arrives through the watches, so a relay on its way
         // is not polled.
@@ -289,6 +301,9 @@ fn next_action(outcome: &Outcome, new_status: &crate::floor::crd::SmtpRelayStatu
     }
 }
 
+/// How soon a relay with a pod that has not started is looked at again.
+const STARTING_REQUEUE: Duration = Duration::from_secs(15);
+
 /// The relay's pods (its StatefulSet's selector), so status can say what keeps one from
 /// running.
 async fn relay_pods(client: &Client, relay: &SmtpRelay) -> Result<Vec<Pod>> {
@@ -299,6 +314,43 @@ async fn relay_pods(client: &Client, relay: &SmtpRelay) -> Result<Vec<Pod>> {
         .list(&ListParams::default().labels(&selector))
         .await?
         .items)
+}
+
+/// The latest Warning Event of each pod that does not start (`running::not_starting`), where
+/// alone the kubelet says why (a mount, a sandbox). Best effort: Events the operator may not
+/// list, or that are gone, leave the status as it would be without them.
+async fn pod_warnings(client: &Client, relay: &SmtpRelay, pods: &[Pod]) -> Vec<PodWarning> {
+    let stuck = not_starting(pods, jiff::Timestamp::now().as_second());
+    let Ok(ns) = relay.namespace_checked() else {
+        return Vec::new();
+    };
+    let api: Api<CoreEvent> = Api::namespaced(client.clone(), &ns);
+    let mut warnings = Vec::new();
+    for pod in stuck {
+        let fields = format!("involvedObject.kind=Pod,involvedObject.name={pod},type=Warning");
+        let listed = match api.list(&ListParams::default().fields(&fields)).await {
+            Ok(list) => list.items,
+            Err(e) => {
+                tracing::debug!(pod, error = %e, "cannot read the pod's Events");
+                continue;
+            }
+        };
+        let latest = listed.into_iter().max_by_key(|e| {
+            e.last_timestamp
+                .as_ref()
+                .map(|t| t.0)
+                .or(e.event_time.as_ref().map(|t| t.0))
+                .or(e.metadata.creation_timestamp.as_ref().map(|t| t.0))
+        });
+        if let Some(e) = latest {
+            warnings.push(PodWarning {
+                pod,
+                reason: e.reason.unwrap_or_default(),
+                message: e.message.unwrap_or_default(),
+            });
+        }
+    }
+    warnings
 }
 
 /// Failed reconciles (API errors) retry with per-object exponential backoff.
@@ -360,18 +412,29 @@ mod tests {
         };
         let five_minutes = Action::requeue(Duration::from_secs(300));
         // Not Ready yet (rolling out, a pod crashing): what changes that comes by the watches.
-        assert_eq!(next_action(&applied, &with(READY, "False")), five_minutes);
-        assert_eq!(next_action(&applied, &with(READY, "True")), five_minutes);
+        assert_eq!(
+            next_action(&applied, &with(READY, "False"), false),
+            five_minutes
+        );
+        assert_eq!(
+            next_action(&applied, &with(READY, "True"), false),
+            five_minutes
+        );
+        // A pod that has not started may say why only in its Events, which no watch brings.
+        assert_eq!(
+            next_action(&applied, &with(READY, "False"), true),
+            Action::requeue(STARTING_REQUEUE)
+        );
         // A drain reads the departing pods' metrics, which no watch brings.
         assert_eq!(
-            next_action(&applied, &with(status::DRAINING, "True")),
+            next_action(&applied, &with(status::DRAINING, "True"), false),
             Action::requeue(drain::REQUEUE)
         );
         let conflict = Outcome::NameConflict {
             message: "in the way".into(),
         };
         assert_eq!(
-            next_action(&conflict, &with(READY, "False")),
+            next_action(&conflict, &with(READY, "False"), false),
             Action::requeue(Duration::from_secs(30))
         );
     }

@@ -108,10 +108,79 @@ const STALLED_REASONS: [&str; 8] = [
 /// Longest termination message kept in a condition.
 const TERMINATION_MESSAGE_MAX: usize = 400;
 
+/// The latest Warning Event of a pod that does not start (see [`not_starting`]): the kubelet's
+/// reason (`FailedMount`, `FailedCreatePodSandBox`, `FailedAttachVolume`) and words, which are
+/// only there: the pod's status says `ContainerCreating` and nothing more.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodWarning {
+    pub pod: String,
+    pub reason: String,
+    pub message: String,
+}
+
+/// How long a scheduled pod may take to start its containers before its Events are read: a
+/// volume to attach and an image to pull take a while; a mount or a sandbox that fails is
+/// retried by the kubelet for ever.
+pub const NOT_STARTING_AFTER_SECONDS: i64 = 30;
+
+/// The pods (by name) that were scheduled more than [`NOT_STARTING_AFTER_SECONDS`] before `now`
+/// (Unix seconds) and have no container that ever started: stuck where only their Events say
+/// why. At most [`NOT_STARTING_READ_MAX`], so a large relay that cannot start costs a few
+/// requests, not one per pod.
+pub fn not_starting(pods: &[Pod], now: i64) -> Vec<String> {
+    let mut names = unstarted(pods, now, NOT_STARTING_AFTER_SECONDS);
+    names.truncate(NOT_STARTING_READ_MAX);
+    names
+}
+
+/// Whether a scheduled pod has not started any container yet: the relay is looked at again
+/// soon (its pod's status may not change again while it fails to start).
+pub fn starting(pods: &[Pod], now: i64) -> bool {
+    !unstarted(pods, now, -1).is_empty()
+}
+
+/// The pods (by name) scheduled more than `after` seconds before `now` whose containers never
+/// started.
+fn unstarted(pods: &[Pod], now: i64, after: i64) -> Vec<String> {
+    let mut names: Vec<String> = pods
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| {
+            let Some(status) = p.status.as_ref() else {
+                return false;
+            };
+            let scheduled_at = status
+                .conditions
+                .iter()
+                .flatten()
+                .find(|c| c.type_ == "PodScheduled" && c.status == "True")
+                .and_then(|c| c.last_transition_time.as_ref())
+                .map(|t| t.0.as_second());
+            let started = status.container_statuses.iter().flatten().any(|c| {
+                c.started == Some(true)
+                    || c.restart_count > 0
+                    || c.state
+                        .as_ref()
+                        .is_some_and(|s| s.running.is_some() || s.terminated.is_some())
+            });
+            status.phase.as_deref() == Some("Pending")
+                && !started
+                && scheduled_at.is_some_and(|at| now - at > after)
+        })
+        .map(|p| p.name_any())
+        .collect();
+    names.sort();
+    names
+}
+
+/// The most pods whose Events one reconcile reads.
+pub const NOT_STARTING_READ_MAX: usize = 3;
+
 /// The first problem of the first troubled pod (by name): a pod the scheduler cannot place
 /// (its words: which nodes, and why not), a container waiting for a reason in
-/// `STALLED_REASONS`, or one that just terminated with a failure.
-pub fn pod_problem(pods: &[Pod]) -> Option<PodProblem> {
+/// `STALLED_REASONS`, one that just terminated with a failure, or a pod that does not start,
+/// with its latest Warning Event (`warnings`).
+pub fn pod_problem(pods: &[Pod], warnings: &[PodWarning]) -> Option<PodProblem> {
     // A pod being deleted (a rollout, a scale-down) ends as it ends: not a problem to report.
     let mut pods: Vec<&Pod> = pods
         .iter()
@@ -122,6 +191,18 @@ pub fn pod_problem(pods: &[Pod]) -> Option<PodProblem> {
         let status = pod.status.as_ref()?;
         if let Some(unscheduled) = unschedulable(pod) {
             return Some(unscheduled);
+        }
+        if let Some(w) = warnings.iter().find(|w| w.pod == pod.name_any()) {
+            return Some(PodProblem {
+                reason: w.reason.clone(),
+                message: format!(
+                    "pod {} does not start: {} ({})",
+                    w.pod,
+                    w.reason,
+                    truncate(&w.message, TERMINATION_MESSAGE_MAX)
+                ),
+                stalled: false,
+            });
         }
         let containers = status
             .init_container_statuses
@@ -278,10 +359,11 @@ impl Rollout {
         Rollout { drain, ..self }
     }
 
-    /// With the problem of the relay's pods, if any.
-    pub fn with_pods(self, pods: &[Pod]) -> Rollout {
+    /// With the problem of the relay's pods, if any; `warnings` are the latest Warning Event
+    /// of each pod [`not_starting`] named.
+    pub fn with_pods(self, pods: &[Pod], warnings: &[PodWarning]) -> Rollout {
         Rollout {
-            problem: pod_problem(pods),
+            problem: pod_problem(pods, warnings),
             ..self
         }
     }

@@ -1580,7 +1580,7 @@ mod tests {
             ready_replicas: 0,
             ..DONE
         }
-        .with_pods(&[running, crash_looping("r1-1")]);
+        .with_pods(&[running, crash_looping("r1-1")], &[]);
         let s = compute(&r, &applied(), rollout, t(1));
         let ready = cond(&s, READY);
         assert_eq!(
@@ -1602,7 +1602,7 @@ mod tests {
         let s = compute(
             &r,
             &applied(),
-            DONE.with_pods(&[crash_looping("r1-0")]),
+            DONE.with_pods(&[crash_looping("r1-0")], &[]),
             t(2),
         );
         assert_eq!(cond(&s, READY).status, "True");
@@ -1900,12 +1900,12 @@ mod tests {
             serde_json::json!({"name": "relay", "image": "i", "imageID": "", "ready": false,
                 "restartCount": 1, "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}),
         );
-        let p = pod_problem(std::slice::from_ref(&failed)).expect("a problem");
+        let p = pod_problem(std::slice::from_ref(&failed), &[]).expect("a problem");
         assert_eq!((p.reason.as_str(), p.stalled), ("OOMKilled", false));
         // The same pod being deleted is not reported.
         let mut deleting = failed;
         deleting.metadata.deletion_timestamp = Some(t(1));
-        assert_eq!(pod_problem(&[deleting]), None);
+        assert_eq!(pod_problem(&[deleting], &[]), None);
         assert_eq!(
             p.message,
             "pod r1-0, container relay: OOMKilled; last run ended: OOMKilled (exit code 137)"
@@ -1925,7 +1925,7 @@ mod tests {
             }]}
         }))
         .unwrap();
-        let p = pod_problem(std::slice::from_ref(&pending)).expect("a problem");
+        let p = pod_problem(std::slice::from_ref(&pending), &[]).expect("a problem");
         assert_eq!((p.reason.as_str(), p.stalled), ("Unschedulable", false));
         assert!(
             p.message.starts_with("pod r1-0: not scheduled: Unschedulable (0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector."),
@@ -1958,7 +1958,52 @@ mod tests {
         {
             c.status = "True".into();
         }
-        assert_eq!(pod_problem(&[pending]), None);
+        assert_eq!(pod_problem(&[pending], &[]), None);
+    }
+
+    /// A pod scheduled long ago whose containers never started is read with its latest
+    /// Warning Event, where alone the kubelet says why (here a spool volume whose directory is
+    /// gone, as the real node writes it).
+    #[test]
+    fn a_pod_that_does_not_start_is_named_with_its_warning() {
+        use crate::floor::running::{not_starting, PodWarning};
+        let creating = |name: &str, scheduled: &str| -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name},
+                "status": {"phase": "Pending", "conditions": [{
+                    "type": "PodScheduled", "status": "True", "lastTransitionTime": scheduled}],
+                    "containerStatuses": [{"name": "relay", "image": "i", "imageID": "",
+                        "ready": false, "restartCount": 0, "started": false,
+                        "state": {"waiting": {"reason": "ContainerCreating"}}}]}
+            }))
+            .unwrap()
+        };
+        let now = jiff::Timestamp::from_second(1_000_000).unwrap();
+        let at = |ago: i64| {
+            jiff::Timestamp::from_second(now.as_second() - ago)
+                .unwrap()
+                .to_string()
+        };
+        let pods = [creating("r1-1", &at(31)), creating("r1-0", &at(5))];
+        // Only the one scheduled more than 30 s ago; a started or running one never.
+        assert_eq!(not_starting(&pods, now.as_second()), ["r1-1"]);
+        let mut started = creating("r1-2", &at(300));
+        if let Some(s) = started.status.as_mut() {
+            s.phase = Some("Running".into());
+        }
+        assert!(not_starting(&[started], now.as_second()).is_empty());
+        let warning = PodWarning {
+            pod: "r1-1".into(),
+            reason: "FailedMount".into(),
+            message: "MountVolume.SetUp failed for volume \"pvc-1\" : hostPath type check failed: /pv/pvc-1 is not a directory".into(),
+        };
+        let p = pod_problem(&pods, std::slice::from_ref(&warning)).expect("a problem");
+        assert_eq!((p.reason.as_str(), p.stalled), ("FailedMount", false));
+        assert_eq!(
+            p.message,
+            "pod r1-1 does not start: FailedMount (MountVolume.SetUp failed for volume \"pvc-1\" : hostPath type check failed: /pv/pvc-1 is not a directory)"
+        );
+        assert_eq!(pod_problem(&pods, &[]), None);
     }
 
     #[test]
@@ -1971,7 +2016,7 @@ mod tests {
                 "restartCount": 1, "state": {"terminated": {"exitCode": 137, "reason": "Error",
                 "message": "postfix/smtpd[9]: NOQUEUE: reject: RCPT from x[10.0.0.9]: helo=<status=sent CLIENT-TEXT>"}}}),
         );
-        let p = pod_problem(&[killed]).expect("a problem");
+        let p = pod_problem(&[killed], &[]).expect("a problem");
         assert!(!p.message.contains("CLIENT-TEXT"), "{}", p.message);
         assert!(
             p.message.ends_with("last run ended: Error (exit code 137)"),
@@ -1989,7 +2034,7 @@ mod tests {
                 "restartCount": 1, "state": {"terminated": {"exitCode": 2, "reason": "Error",
                 "message": long}}}),
         );
-        let p = pod_problem(&[ended]).expect("a problem");
+        let p = pod_problem(&[ended], &[]).expect("a problem");
         assert!(
             p.message
                 .contains("(exit code 2): relay.yaml: postconf.x: the cause")
