@@ -152,11 +152,10 @@ struct RunArgs {
     revision_wait: u64,
 }
 
+/// The test message of `send` and `enqueue`.
 #[derive(Args)]
-struct SendArgs {
-    /// Relay address.
-    #[arg(long, short, env = "RELAY_LISTEN", default_value = "[::]:25")]
-    server: String,
+struct MessageArgs {
+    /// The sender (envelope and From:).
     #[arg(long, short)]
     from: String,
     /// Recipients.
@@ -164,11 +163,17 @@ struct SendArgs {
     to: Vec<String>,
     #[arg(long, short = 'j', default_value = "smtp-relay test message")]
     subject: String,
-    #[arg(
-        long,
-        default_value = "This is a test message sent by smtp-relay send."
-    )]
+    #[arg(long, default_value = "This is a test message from smtp-relay.")]
     body: String,
+}
+
+#[derive(Args)]
+struct SendArgs {
+    /// Relay address.
+    #[arg(long, short, env = "RELAY_LISTEN", default_value = "[::]:25")]
+    server: String,
+    #[command(flatten)]
+    message: MessageArgs,
     /// SASL login; the password is read from SMTP_PASSWORD or --password-file, never from the
     /// command line.
     #[arg(long, short)]
@@ -189,19 +194,8 @@ struct SendArgs {
 
 #[derive(Args)]
 struct EnqueueArgs {
-    /// The sender (envelope and From:).
-    #[arg(long, short)]
-    from: String,
-    /// Recipients.
-    #[arg(required = true)]
-    to: Vec<String>,
-    #[arg(long, short = 'j', default_value = "smtp-relay test message")]
-    subject: String,
-    #[arg(
-        long,
-        default_value = "This is a test message queued by smtp-relay enqueue."
-    )]
-    body: String,
+    #[command(flatten)]
+    message: MessageArgs,
     /// The Message-ID, without <> (default: one made of the time, the process and the host).
     #[arg(long)]
     message_id: Option<String>,
@@ -416,12 +410,18 @@ fn send(args: SendArgs) -> Result<String, String> {
             Some((user, password))
         }
     };
+    let MessageArgs {
+        from,
+        to,
+        subject,
+        body,
+    } = args.message;
     let req = SendRequest {
         server,
-        from: args.from,
-        to: args.to,
-        subject: args.subject,
-        body: args.body,
+        from,
+        to,
+        subject,
+        body,
         login,
         starttls: args.starttls,
         tls_name: args.tls_name.unwrap_or_else(|| server.ip().to_string()),
@@ -458,10 +458,10 @@ fn enqueue(args: EnqueueArgs) -> Result<String, String> {
     let req = smtp_client::EnqueueRequest {
         sendmail: args.sendmail,
         config_dir: args.postfix_dir,
-        from: args.from,
-        to: args.to,
-        subject: args.subject,
-        body: args.body,
+        from: args.message.from,
+        to: args.message.to,
+        subject: args.message.subject,
+        body: args.message.body,
         message_id,
     };
     smtp_client::enqueue(&req)
