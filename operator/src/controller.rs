@@ -327,7 +327,16 @@ async fn pod_warnings(client: &Client, relay: &SmtpRelay, pods: &[Pod]) -> Vec<P
     let api: Api<CoreEvent> = Api::namespaced(client.clone(), &ns);
     let mut warnings = Vec::new();
     for pod in stuck {
-        let fields = format!("involvedObject.kind=Pod,involvedObject.name={pod},type=Warning");
+        // This pod's, not those of an earlier pod of the same name (a StatefulSet's pods keep
+        // theirs), whose Events stay for an hour.
+        let uid = pods
+            .iter()
+            .find(|p| p.name_any() == pod)
+            .and_then(|p| p.metadata.uid.clone())
+            .unwrap_or_default();
+        let fields = format!(
+            "involvedObject.kind=Pod,involvedObject.name={pod},involvedObject.uid={uid},type=Warning"
+        );
         let listed = match api.list(&ListParams::default().fields(&fields)).await {
             Ok(list) => list.items,
             Err(e) => {
