@@ -276,7 +276,7 @@ pub fn proxy_protocol_port(field: &str, port: u16) -> ConfigResult<u16> {
 
 /// Headers a message cannot do without, or whose removal would hide its path: never removed
 /// by `headers.remove` (the Received lines' client is hidden by default instead).
-const KEPT_HEADERS: [&str; 4] = ["from", "date", "received", "mime-version"];
+pub const KEPT_HEADERS: [&str; 4] = ["from", "date", "received", "mime-version"];
 
 /// The most headers `headers.remove` may name.
 pub const REMOVED_HEADERS_MAX: usize = 32;
