@@ -456,7 +456,7 @@ async fn send_test(
     use futures::StreamExt as _;
     let relays: Api<SmtpRelay> = Api::namespaced(client.clone(), namespace);
     let relay = get_relay(&relays, name, namespace).await?;
-    let pods = relay_pods(client, namespace, name).await?;
+    let pods = running_pods(client, &relay).await?;
     let pod = match test.pod {
         Some(pod) if pods.contains(&pod) => pod,
         Some(pod) => anyhow::bail!("{pod} is not a running pod of SmtpRelay {name}"),
@@ -581,15 +581,21 @@ async fn get_relay(
         .with_context(|| format!("no SmtpRelay {name} in namespace {namespace}"))
 }
 
-/// The running pods of the relay `name`, by its scale selector (`status.selector`).
+/// The running pods of the relay `name` (see [`running_pods`]).
 async fn relay_pods(client: &Client, namespace: &str, name: &str) -> anyhow::Result<Vec<String>> {
     let relays: Api<SmtpRelay> = Api::namespaced(client.clone(), namespace);
-    let selector = get_relay(&relays, name, namespace)
-        .await?
+    running_pods(client, &get_relay(&relays, name, namespace).await?).await
+}
+
+/// The running pods of `relay`, by its scale selector (`status.selector`).
+async fn running_pods(client: &Client, relay: &SmtpRelay) -> anyhow::Result<Vec<String>> {
+    let (name, namespace) = (relay.name_any(), relay.namespace().unwrap_or_default());
+    let selector = relay
         .status
-        .and_then(|s| s.selector)
+        .as_ref()
+        .and_then(|s| s.selector.clone())
         .with_context(|| format!("SmtpRelay {name} has no pods yet (no status.selector)"))?;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
     let mut names: Vec<String> = pods
         .list(&ListParams::default().labels(&selector))
         .await
