@@ -7,8 +7,8 @@ use std::path::Path;
 
 use crate::error::{ConfigError, ConfigResult};
 use crate::inputs::{self, readable_file};
+use crate::postfix::relay_guard;
 use crate::postfix::restrictions::Vouch;
-use crate::postfix::{main_cf, relay_guard};
 use crate::settings::{
     self, Credentials, HeaderPolicy, InboundTls, RelayPolicy, SaslUserSource, Settings, TlsLevel,
     TlsMinVersion,
@@ -230,8 +230,8 @@ pub fn settings(vars: &BTreeMap<String, String>, postfix_dir: &Path) -> ConfigRe
 }
 
 /// `RELAY_REVEAL_CLIENT` (yes: keep the client in the Received lines) and
-/// `RELAY_REMOVE_HEADERS` (header names, space separated); refused beside
-/// `POSTCONF_smtp_header_checks`, the parameter they set.
+/// `RELAY_REMOVE_HEADERS` (header names, space separated), validated
+/// ([`inputs::header_policy`]); neither set, the defaults.
 fn header_policy<'a>(
     get: &impl Fn(&str) -> Option<&'a str>,
     postconf: &BTreeMap<String, String>,
@@ -242,32 +242,21 @@ fn header_policy<'a>(
     if reveal.is_none() && remove.is_none() {
         return Ok(HeaderPolicy::default());
     }
-    if postconf.contains_key(main_cf::HEADER_CHECKS_PARAMETER) {
-        return Err(ConfigError::invalid(
-            format!("{REVEAL}/{REMOVE}"),
-            format!(
-                "and {POSTCONF_PREFIX}{} both set Postfix's {}: keep one",
-                main_cf::HEADER_CHECKS_PARAMETER,
-                main_cf::HEADER_CHECKS_PARAMETER
-            ),
-        ));
-    }
-    let remove = list(remove)
-        .map(|name| validate::removed_header(REMOVE, name))
-        .collect::<ConfigResult<Vec<_>>>()?;
-    if remove.len() > validate::REMOVED_HEADERS_MAX {
-        return Err(ConfigError::invalid(
-            REMOVE,
-            format!("names at most {} headers", validate::REMOVED_HEADERS_MAX),
-        ));
-    }
-    Ok(HeaderPolicy {
-        reveal_client: reveal
-            .map(|v| boolean(REVEAL, v))
-            .transpose()?
-            .unwrap_or(false),
-        remove,
-    })
+    let reveal_client = reveal
+        .map(|v| boolean(REVEAL, v))
+        .transpose()?
+        .unwrap_or(false);
+    let remove: Vec<&str> = list(remove).collect();
+    inputs::header_policy(
+        reveal_client,
+        &remove,
+        postconf,
+        &inputs::HeaderFields {
+            headers: &format!("{REVEAL}/{REMOVE}"),
+            remove: REMOVE,
+            postconf_prefix: POSTCONF_PREFIX,
+        },
+    )
 }
 
 /// `RELAY_EXTRAS_SETTINGS` (deprecated, space separated `name=value`) then `POSTCONF_<name>`.

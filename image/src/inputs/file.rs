@@ -7,7 +7,7 @@ use crate::config_file::RelayConfigFile;
 use crate::error::{ConfigError, ConfigResult};
 use crate::inputs::{self, env::checked_credentials, readable_file, FileRefusal};
 use crate::json_error::{json_kind, json_position, json_problem};
-use crate::postfix::{main_cf, relay_guard};
+use crate::postfix::relay_guard;
 use crate::settings::{
     self, HeaderPolicy, InboundTls, RelayPolicy, Relayhost, SaslUserSource, Settings,
 };
@@ -483,7 +483,7 @@ pub fn settings_with(
     })
 }
 
-/// `headers`, validated; refused beside a `postconf` entry for the parameter it sets.
+/// `headers`, validated ([`inputs::header_policy`]); omitted, the defaults.
 fn header_policy(
     file: &RelayConfigFile,
     field: &dyn Fn(&str) -> String,
@@ -491,32 +491,22 @@ fn header_policy(
     let Some(headers) = &file.headers else {
         return Ok(HeaderPolicy::default());
     };
-    if file.postconf.contains_key(main_cf::HEADER_CHECKS_PARAMETER) {
-        return Err(ConfigError::invalid(
-            field("headers"),
-            format!(
-                "and {}{} both set Postfix's {}: keep one",
-                field("postconf."),
-                main_cf::HEADER_CHECKS_PARAMETER,
-                main_cf::HEADER_CHECKS_PARAMETER
-            ),
-        ));
-    }
-    if headers.remove.len() > validate::REMOVED_HEADERS_MAX {
-        return Err(ConfigError::invalid(
-            field("headers.remove"),
-            format!("names at most {} headers", validate::REMOVED_HEADERS_MAX),
-        ));
-    }
-    let remove = headers
-        .remove
-        .iter()
-        .map(|name| validate::removed_header(&field("headers.remove"), name))
-        .collect::<ConfigResult<Vec<_>>>()?;
-    Ok(HeaderPolicy {
-        reveal_client: headers.reveal_client,
-        remove,
-    })
+    let remove: Vec<&str> = headers.remove.iter().map(String::as_str).collect();
+    let (all, list, prefix) = (
+        field("headers"),
+        field("headers.remove"),
+        field("postconf."),
+    );
+    inputs::header_policy(
+        headers.reveal_client,
+        &remove,
+        &file.postconf,
+        &inputs::HeaderFields {
+            headers: &all,
+            remove: &list,
+            postconf_prefix: &prefix,
+        },
+    )
 }
 
 #[cfg(test)]

@@ -5,13 +5,15 @@
 pub mod env;
 pub mod file;
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::error::{ConfigError, ConfigResult};
-use crate::postfix::main_cf::SYSTEM_CA_BUNDLE;
+use crate::postfix::main_cf::{self, SYSTEM_CA_BUNDLE};
 use crate::postfix::restrictions;
-use crate::settings::{Mode, RelayPolicy, TlsLevel};
+use crate::settings::{HeaderPolicy, Mode, RelayPolicy, TlsLevel};
+use crate::validate;
 
 /// A file whose content the relay refuses, with the file and what is wrong with it apart: its
 /// message names the file by its path (`field: <path> <problem>`), and whoever knows where
@@ -150,4 +152,47 @@ pub fn tls_level(
         };
     }
     Ok(level)
+}
+
+/// How an input names what `header_policy` reads: the headers choice as a whole, its list of
+/// headers to remove, and the prefix of a `postconf` entry.
+pub struct HeaderFields<'a> {
+    pub headers: &'a str,
+    pub remove: &'a str,
+    pub postconf_prefix: &'a str,
+}
+
+/// The headers choice, validated: at most [`validate::REMOVED_HEADERS_MAX`] names to remove,
+/// each one [`validate::removed_header`] takes; refused beside a `postconf` entry for the
+/// parameter it sets ([`main_cf::HEADER_CHECKS_PARAMETER`]).
+pub fn header_policy(
+    reveal_client: bool,
+    remove: &[&str],
+    postconf: &BTreeMap<String, String>,
+    fields: &HeaderFields<'_>,
+) -> ConfigResult<HeaderPolicy> {
+    let parameter = main_cf::HEADER_CHECKS_PARAMETER;
+    if postconf.contains_key(parameter) {
+        return Err(ConfigError::invalid(
+            fields.headers,
+            format!(
+                "and {}{parameter} both set Postfix's {parameter}: keep one",
+                fields.postconf_prefix
+            ),
+        ));
+    }
+    if remove.len() > validate::REMOVED_HEADERS_MAX {
+        return Err(ConfigError::invalid(
+            fields.remove,
+            format!("names at most {} headers", validate::REMOVED_HEADERS_MAX),
+        ));
+    }
+    let remove = remove
+        .iter()
+        .map(|name| validate::removed_header(fields.remove, name))
+        .collect::<ConfigResult<Vec<_>>>()?;
+    Ok(HeaderPolicy {
+        reveal_client,
+        remove,
+    })
 }
