@@ -108,7 +108,8 @@ pub async fn reconcile(relay: Arc<SmtpRelay>, ctx: Arc<Context>) -> Result<Actio
         .await
         .map_err(|e| e.during(Step::Deletion))?;
     // 1b. Why a pod does not start, where only its Events say (a mount, a sandbox).
-    let warnings = pod_warnings(&ctx.client, &relay, &pods).await;
+    let now = jiff::Timestamp::now().as_second();
+    let warnings = pod_warnings(&ctx.client, &relay, &pods, now).await;
     // 2. Dereference, validate, build: the desired children, or why there are none.
     let planned = plan_against(&relay, &ctx, live.as_ref()).await?;
     // 3. Drain: replicas being scaled away deliver their queues before the StatefulSet lets
@@ -152,7 +153,7 @@ pub async fn reconcile(relay: Arc<SmtpRelay>, ctx: Arc<Context>) -> Result<Actio
         _ => ReconcileOutcome::Rejected,
     });
     // 6. When to look again; remembered when the caches show everything this depends on.
-    let starting = running::starting(&pods, jiff::Timestamp::now().as_second());
+    let starting = running::starting(&pods, now);
     let action = next_action(&outcome, &new_status, starting);
     // A pod that does not start changes nothing in the caches while its Events say why: not
     // remembered, looked at again soon.
@@ -319,8 +320,13 @@ async fn relay_pods(client: &Client, relay: &SmtpRelay) -> Result<Vec<Pod>> {
 /// The latest Warning Event of each pod that does not start (`running::not_starting`), where
 /// alone the kubelet says why (a mount, a sandbox). Best effort: Events the operator may not
 /// list, or that are gone, leave the status as it would be without them.
-async fn pod_warnings(client: &Client, relay: &SmtpRelay, pods: &[Pod]) -> Vec<PodWarning> {
-    let stuck = not_starting(pods, jiff::Timestamp::now().as_second());
+async fn pod_warnings(
+    client: &Client,
+    relay: &SmtpRelay,
+    pods: &[Pod],
+    now: i64,
+) -> Vec<PodWarning> {
+    let stuck = not_starting(pods, now);
     let Ok(ns) = relay.namespace_checked() else {
         return Vec::new();
     };
