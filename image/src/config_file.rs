@@ -61,9 +61,44 @@ pub struct RelayConfigFile {
     /// Received lines, no header removed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headers: Option<HeadersFile>,
+    /// Which senders the relay accepts, and which SASL users may send only as whom.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub senders: Option<SendersFile>,
+    /// Which recipients the relay sends to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipients: Option<RecipientsFile>,
     /// Extra Postfix parameters, applied last.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub postconf: BTreeMap<String, String>,
+}
+
+/// Entries are addresses (`noreply@example.net`) or domains (`example.net`, with its
+/// subdomains).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SendersFile {
+    /// The senders any client may use (with `strictSender`, the relay domains too); with it,
+    /// every other sender is refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed: Vec<String>,
+    /// SASL users who may send only as the senders listed for them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bindings: Vec<SenderBindingFile>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SenderBindingFile {
+    pub user: String,
+    pub senders: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RecipientsFile {
+    /// The recipients any client may send to; with it, every other is refused at RCPT TO.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]

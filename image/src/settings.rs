@@ -316,6 +316,9 @@ pub struct Settings {
     pub proxy_protocol_port: Option<u16>,
     /// What leaves the relay in the headers of each message.
     pub headers: HeaderPolicy,
+    /// Which senders and recipients the relay accepts, and which SASL users are bound to
+    /// which senders.
+    pub access: MailAccess,
     /// Extra Postfix parameters, applied last so they override everything above.
     pub postconf: BTreeMap<String, String>,
     /// How errors name a `postconf` entry: this prefix followed by the parameter name
@@ -334,6 +337,66 @@ pub struct HeaderPolicy {
     /// Header names removed from every message that leaves (validated:
     /// [`crate::validate::removed_header`]).
     pub remove: Vec<String>,
+}
+
+/// Which senders and recipients the relay accepts beyond who may relay (issue 27). Each list
+/// is optional; an empty one restricts nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MailAccess {
+    /// Senders any client may use. With it (or `strict_sender`, which adds the relay
+    /// domains), every other `MAIL FROM` is refused.
+    pub allowed_senders: Vec<MailPattern>,
+    /// Recipients any client may send to; with it, every other is refused at `RCPT TO`.
+    pub allowed_recipients: Vec<MailPattern>,
+    /// SASL users who may send only as the senders listed for them; other users and clients
+    /// of `networks` are not restricted by these.
+    pub sender_bindings: Vec<SenderBinding>,
+}
+
+/// One entry of a sender or recipient list (validated: [`crate::validate::mail_pattern`]).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum MailPattern {
+    /// One address, `local@domain`, lower-case.
+    Address(String),
+    /// A domain and all its subdomains, lower-case.
+    Domain(String),
+}
+
+impl MailPattern {
+    /// The domain the pattern names, or the domain of its address.
+    pub fn domain(&self) -> &str {
+        match self {
+            MailPattern::Address(a) => a.rsplit_once('@').map_or(a.as_str(), |(_, d)| d),
+            MailPattern::Domain(d) => d,
+        }
+    }
+
+    /// Whether the pattern's domain is `domain` or one of its subdomains, so that a domain
+    /// pattern for `domain` matches every address this one does.
+    pub fn within(&self, domain: &str) -> bool {
+        let own = self.domain();
+        own == domain
+            || own
+                .strip_suffix(domain)
+                .is_some_and(|rest| rest.ends_with('.'))
+    }
+}
+
+impl fmt::Display for MailPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MailPattern::Address(a) => f.write_str(a),
+            MailPattern::Domain(d) => f.write_str(d),
+        }
+    }
+}
+
+/// A SASL user and the only senders it may use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SenderBinding {
+    /// The user's name as registered (without the realm).
+    pub user: String,
+    pub senders: Vec<MailPattern>,
 }
 
 /// The TLS level towards the relayhost. With a login (a password or OAuth2) and no level given

@@ -7,7 +7,7 @@ use ipnet::IpNet;
 
 use crate::error::{ConfigError, ConfigResult};
 use crate::postfix::types::is_postfix_parameter;
-use crate::settings::Relayhost;
+use crate::settings::{MailPattern, Relayhost};
 
 /// A DNS domain name (RFC 1123 labels), returned lower-cased without a trailing dot.
 pub fn domain(field: &str, value: &str) -> ConfigResult<String> {
@@ -194,6 +194,58 @@ pub fn object_name(field: &str, name: &str) -> ConfigResult<()> {
     }
     Ok(())
 }
+
+/// An entry of a sender or recipient list: an address (`noreply@example.net`), or a domain
+/// (`example.net`), which covers its subdomains too. The local part is kept to what
+/// applications send from: letters, digits, `.`, `_`, `+` and `-`. Lower-cased, as Postfix
+/// matches addresses in any case.
+pub fn mail_pattern(field: &str, value: &str) -> ConfigResult<MailPattern> {
+    let value = value.trim();
+    let Some((local, dom)) = value.rsplit_once('@') else {
+        return domain(field, value).map(MailPattern::Domain).map_err(|_| {
+            ConfigError::invalid(
+                field,
+                format!("{value:?} is neither an address nor a domain; {MAIL_PATTERN_RULE}"),
+            )
+        });
+    };
+    if local.is_empty() {
+        return Err(ConfigError::invalid(
+            field,
+            format!("{value:?} has no local part: write the domain alone ({dom}), which covers every address in it"),
+        ));
+    }
+    if local.len() > 64
+        || local.starts_with('.')
+        || !local
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b))
+    {
+        return Err(ConfigError::invalid(
+            field,
+            format!("{value:?} is not an address this relay matches; {MAIL_PATTERN_RULE}"),
+        ));
+    }
+    let dom = domain(field, dom).map_err(|_| {
+        ConfigError::invalid(
+            field,
+            format!("{value:?} does not end in a domain name; {MAIL_PATTERN_RULE}"),
+        )
+    })?;
+    Ok(MailPattern::Address(format!(
+        "{}@{dom}",
+        local.to_ascii_lowercase()
+    )))
+}
+
+/// What a sender or recipient list entry may be, for messages.
+pub const MAIL_PATTERN_RULE: &str = "use an address such as noreply@example.net (a local part of letters, digits, '.', '_', '+' and '-', at most 64) or a domain such as example.net, which covers its subdomains";
+
+/// The same rule as a regular expression, for the CRD's schema.
+pub const MAIL_PATTERN_PATTERN: &str = r"^([A-Za-z0-9_+-][A-Za-z0-9._+-]{0,63}@)?([a-zA-Z0-9]([-a-zA-Z0-9]{0,61}[a-zA-Z0-9])?\.)*[a-zA-Z0-9]([-a-zA-Z0-9]{0,61}[a-zA-Z0-9])?$";
+
+/// The most entries a sender or recipient list may have, and the most users bound to senders.
+pub const MAIL_PATTERNS_MAX: usize = 128;
 
 /// A SASL user name. Users are registered in the relay domain's realm, so a login is `name` or
 /// `name@domain`.

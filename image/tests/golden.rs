@@ -134,5 +134,31 @@ fn main_cf_and_master_cf_of_every_mode() {
         let table = main_cf::smtp_header_checks(&settings.headers).unwrap_or_default();
         stale.extend(golden(name, &table));
     }
+    // Issue 27: who may send as whom, and to whom: main.cf and the tables it reads.
+    let (mut file, mounted) = config(Mode::Strict);
+    file.strict_sender = true;
+    file.senders = Some(smtp_relay::config_file::SendersFile {
+        allowed: vec!["alerts@monitoring.example".into()],
+        bindings: vec![
+            smtp_relay::config_file::SenderBindingFile {
+                user: "billing".into(),
+                senders: vec!["billing@example.net".into(), "invoices.example.net".into()],
+            },
+            smtp_relay::config_file::SenderBindingFile {
+                user: "shop".into(),
+                senders: vec!["example.net".into()],
+            },
+        ],
+    });
+    file.recipients = Some(smtp_relay::config_file::RecipientsFile {
+        allowed: vec!["example.net".into(), "ops@partner.example".into()],
+    });
+    let settings = settings_with(&file, &|n| format!("relay.yaml: {n}"), &mounted).expect("access");
+    let main = main_cf::render(&main_cf::parameters(&settings, &layout()));
+    stale.extend(golden("main.cf.access", &main));
+    for (path, table) in smtp_relay::postfix::access::tables(&settings, &layout()) {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        stale.extend(golden(&name, &table));
+    }
     assert!(stale.is_empty(), "{}", stale.join("\n"));
 }

@@ -10,8 +10,8 @@ use crate::inputs::{self, readable_file};
 use crate::postfix::relay_guard;
 use crate::postfix::restrictions::Vouch;
 use crate::settings::{
-    self, Credentials, HeaderPolicy, InboundTls, RelayPolicy, SaslUserSource, Settings, TlsLevel,
-    TlsMinVersion,
+    self, Credentials, HeaderPolicy, InboundTls, MailAccess, RelayPolicy, SaslUserSource, Settings,
+    TlsLevel, TlsMinVersion,
 };
 use crate::validate;
 
@@ -224,9 +224,55 @@ pub fn settings(vars: &BTreeMap<String, String>, postfix_dir: &Path) -> ConfigRe
             })
             .transpose()?,
         headers: header_policy(&get, &postconf)?,
+        access: mail_access(&get, &postconf)?,
         postconf,
         postconf_field_prefix: POSTCONF_PREFIX.to_string(),
     })
+}
+
+/// `RELAY_ALLOWED_SENDERS`, `RELAY_ALLOWED_RECIPIENTS` (addresses or domains, space or comma
+/// separated) and `RELAY_SENDER_BINDINGS` (`user:sender,sender;user:sender`), validated
+/// ([`inputs::mail_access`]); none set, nothing restricted.
+fn mail_access<'a>(
+    get: &impl Fn(&str) -> Option<&'a str>,
+    postconf: &BTreeMap<String, String>,
+) -> ConfigResult<MailAccess> {
+    const SENDERS: &str = "RELAY_ALLOWED_SENDERS";
+    const RECIPIENTS: &str = "RELAY_ALLOWED_RECIPIENTS";
+    const BINDINGS: &str = "RELAY_SENDER_BINDINGS";
+    let bindings = get(BINDINGS)
+        .unwrap_or_default()
+        .split(';')
+        .filter(|b| !b.trim().is_empty())
+        .map(|b| {
+            let (user, senders) = b.split_once(':').ok_or_else(|| {
+                ConfigError::invalid(
+                    BINDINGS,
+                    format!(
+                        "{:?} is not user:sender,sender (bindings are separated by ';')",
+                        b.trim()
+                    ),
+                )
+            })?;
+            Ok((user.trim(), list(Some(senders)).collect()))
+        })
+        .collect::<ConfigResult<Vec<_>>>()?;
+    let input = inputs::AccessInput {
+        allowed_senders: list(get(SENDERS)).collect(),
+        allowed_recipients: list(get(RECIPIENTS)).collect(),
+        bindings,
+    };
+    inputs::mail_access(
+        &input,
+        postconf,
+        &inputs::AccessFields {
+            senders: SENDERS,
+            recipients: RECIPIENTS,
+            bindings: BINDINGS,
+            binding: &|_, _| BINDINGS.to_string(),
+            postconf_prefix: POSTCONF_PREFIX,
+        },
+    )
 }
 
 /// `RELAY_REVEAL_CLIENT` (yes: keep the client in the Received lines) and
@@ -665,6 +711,56 @@ mod tests {
                 "{bad}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn sender_and_recipient_lists_come_from_three_variables() {
+        use crate::settings::MailPattern;
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let mut vars = minimal();
+            vars.extend_from_slice(extra);
+            settings(&env(&vars), nodir())
+        };
+        let s = with(&[
+            (
+                "RELAY_ALLOWED_SENDERS",
+                "example.net, alerts@partner.example",
+            ),
+            ("RELAY_ALLOWED_RECIPIENTS", "ops@example.net"),
+            (
+                "RELAY_SENDER_BINDINGS",
+                "app1: billing@example.net, notify.example.net; app2:app2@example.net;",
+            ),
+        ])
+        .unwrap()
+        .access;
+        assert_eq!(s.allowed_senders.len(), 2);
+        assert_eq!(
+            s.allowed_recipients,
+            [MailPattern::Address("ops@example.net".into())]
+        );
+        assert_eq!(s.sender_bindings.len(), 2);
+        assert_eq!(s.sender_bindings[0].user, "app1");
+        assert_eq!(
+            s.sender_bindings[0].senders,
+            [
+                MailPattern::Address("billing@example.net".into()),
+                MailPattern::Domain("notify.example.net".into())
+            ]
+        );
+        let err = with(&[("RELAY_SENDER_BINDINGS", "app1 billing@example.net")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(
+                "RELAY_SENDER_BINDINGS: \"app1 billing@example.net\" is not user:sender,sender"
+            ),
+            "{err}"
+        );
+        let err = with(&[("RELAY_ALLOWED_RECIPIENTS", "ops@")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("RELAY_ALLOWED_RECIPIENTS: "), "{err}");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use crate::inputs::{self, env::checked_credentials, readable_file, FileRefusal};
 use crate::json_error::{json_kind, json_position, json_problem};
 use crate::postfix::relay_guard;
 use crate::settings::{
-    self, HeaderPolicy, InboundTls, RelayPolicy, Relayhost, SaslUserSource, Settings,
+    self, HeaderPolicy, InboundTls, MailAccess, RelayPolicy, Relayhost, SaslUserSource, Settings,
 };
 use crate::validate;
 
@@ -478,6 +478,7 @@ pub fn settings_with(
             .map(|port| validate::proxy_protocol_port(&field("proxyProtocolPort"), port))
             .transpose()?,
         headers: header_policy(file, field)?,
+        access: mail_access(file, field)?,
         postconf: file.postconf.clone(),
         postconf_field_prefix: field("postconf."),
     })
@@ -491,7 +492,7 @@ fn header_policy(
     let Some(headers) = &file.headers else {
         return Ok(HeaderPolicy::default());
     };
-    let remove: Vec<&str> = headers.remove.iter().map(String::as_str).collect();
+    let remove = strs(&headers.remove);
     let (all, list, prefix) = (
         field("headers"),
         field("headers.remove"),
@@ -504,6 +505,45 @@ fn header_policy(
         &inputs::HeaderFields {
             headers: &all,
             remove: &list,
+            postconf_prefix: &prefix,
+        },
+    )
+}
+
+/// The entries of a list as the inputs read them.
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// `senders` and `recipients`, validated ([`inputs::mail_access`]); omitted, nothing
+/// restricted.
+fn mail_access(file: &RelayConfigFile, field: &dyn Fn(&str) -> String) -> ConfigResult<MailAccess> {
+    let senders = file.senders.clone().unwrap_or_default();
+    let recipients = file.recipients.clone().unwrap_or_default();
+    let input = inputs::AccessInput {
+        allowed_senders: strs(&senders.allowed),
+        allowed_recipients: strs(&recipients.allowed),
+        bindings: senders
+            .bindings
+            .iter()
+            .map(|b| (b.user.as_str(), strs(&b.senders)))
+            .collect(),
+    };
+    let binding = |i: usize, part: &str| field(&format!("senders.bindings[{i}].{part}"));
+    let (allowed, to, bindings, prefix) = (
+        field("senders.allowed"),
+        field("recipients.allowed"),
+        field("senders.bindings"),
+        field("postconf."),
+    );
+    inputs::mail_access(
+        &input,
+        &file.postconf,
+        &inputs::AccessFields {
+            senders: &allowed,
+            recipients: &to,
+            bindings: &bindings,
+            binding: &binding,
             postconf_prefix: &prefix,
         },
     )
@@ -570,6 +610,85 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("saslUsersDir"));
+    }
+
+    #[test]
+    fn sender_and_recipient_lists_are_checked_with_the_field_named() {
+        use crate::config_file::{RecipientsFile, SenderBindingFile, SendersFile};
+        use crate::settings::MailPattern;
+        let binding = |user: &str, senders: &[&str]| SenderBindingFile {
+            user: user.into(),
+            senders: senders.iter().map(|s| s.to_string()).collect(),
+        };
+        let refused = |senders: SendersFile, postconf: &[(&str, &str)]| {
+            let mut f = base();
+            f.senders = Some(senders);
+            f.postconf = postconf
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            settings(&f, "relay.yaml").unwrap_err().to_string()
+        };
+        let allowed = |list: &[&str]| SendersFile {
+            allowed: list.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        let bound = |b: Vec<SenderBindingFile>| SendersFile {
+            bindings: b,
+            ..Default::default()
+        };
+        assert!(refused(allowed(&["a b@example.net"]), &[])
+            .starts_with("relay.yaml: senders.allowed: \"a b@example.net\" is not an address"));
+        assert!(refused(allowed(&["@example.net"]), &[])
+            .contains("has no local part: write the domain alone (example.net)"));
+        assert!(refused(allowed(&["*.example.net"]), &[])
+            .contains("is neither an address nor a domain"));
+        assert!(
+            refused(bound(vec![binding("app 1", &["example.net"])]), &[]).starts_with(
+                "relay.yaml: senders.bindings[0].user: \"app 1\" is not a valid SASL user name"
+            )
+        );
+        assert!(refused(
+            bound(vec![
+                binding("a", &["example.net"]),
+                binding("a", &["x.example"])
+            ]),
+            &[]
+        )
+        .starts_with("relay.yaml: senders.bindings[1].user: \"a\" is bound twice"));
+        assert!(refused(bound(vec![binding("a", &[])]), &[])
+            .starts_with("relay.yaml: senders.bindings[0].senders: \"a\" is bound to no sender"));
+        assert!(refused(bound(vec![binding("a", &["x@@y"])]), &[])
+            .starts_with("relay.yaml: senders.bindings[0].senders: \"x@@y\""));
+        assert_eq!(
+            refused(
+                bound(vec![binding("a", &["example.net"])]),
+                &[("smtpd_sender_login_maps", "hash:/etc/postfix/logins")]
+            ),
+            "relay.yaml: senders.bindings: and relay.yaml: postconf.smtpd_sender_login_maps both set Postfix's smtpd_sender_login_maps: keep one"
+        );
+        let many: Vec<String> = (0..129).map(|i| format!("d{i}.example")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert!(refused(allowed(&many), &[]).contains("at most 128"));
+
+        let mut f = base();
+        f.senders = Some(SendersFile {
+            allowed: vec!["Alerts@Example.NET".into()],
+            bindings: vec![binding("app1", &["billing.example.net"])],
+        });
+        f.recipients = Some(RecipientsFile {
+            allowed: vec!["example.org.".into()],
+        });
+        let s = settings(&f, "relay.yaml").unwrap();
+        assert_eq!(
+            s.access.allowed_senders,
+            [MailPattern::Address("alerts@example.net".into())]
+        );
+        assert_eq!(
+            s.access.allowed_recipients,
+            [MailPattern::Domain("example.org".into())]
+        );
+        assert_eq!(s.access.sender_bindings[0].user, "app1");
     }
 
     #[test]

@@ -10,9 +10,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::error::{ConfigError, ConfigResult};
+use crate::postfix::access::SENDER_LOGIN_MAPS;
 use crate::postfix::main_cf::{self, SYSTEM_CA_BUNDLE};
 use crate::postfix::restrictions;
-use crate::settings::{HeaderPolicy, Mode, RelayPolicy, TlsLevel};
+use crate::settings::{HeaderPolicy, MailAccess, Mode, RelayPolicy, SenderBinding, TlsLevel};
 use crate::validate;
 
 /// A file whose content the relay refuses, with the file and what is wrong with it apart: its
@@ -194,5 +195,90 @@ pub fn header_policy(
     Ok(HeaderPolicy {
         reveal_client,
         remove,
+    })
+}
+
+/// How an input names what `mail_access` reads: the allowed senders, the allowed recipients,
+/// the bindings (and the `i`th binding's user and senders), and the prefix of a `postconf`
+/// entry.
+pub struct AccessFields<'a> {
+    pub senders: &'a str,
+    pub recipients: &'a str,
+    pub bindings: &'a str,
+    pub binding: &'a dyn Fn(usize, &str) -> String,
+    pub postconf_prefix: &'a str,
+}
+
+/// What an input says about senders and recipients, unvalidated.
+#[derive(Default)]
+pub struct AccessInput<'a> {
+    pub allowed_senders: Vec<&'a str>,
+    pub allowed_recipients: Vec<&'a str>,
+    /// Each bound user with its senders.
+    pub bindings: Vec<(&'a str, Vec<&'a str>)>,
+}
+
+/// The senders and recipients the relay accepts, validated: each list at most
+/// [`validate::MAIL_PATTERNS_MAX`] entries that [`validate::mail_pattern`] takes; each bound
+/// user a SASL user name, bound once, to at least one sender; bindings refused beside a
+/// `postconf` entry for the map they set ([`SENDER_LOGIN_MAPS`]).
+pub fn mail_access(
+    input: &AccessInput<'_>,
+    postconf: &BTreeMap<String, String>,
+    fields: &AccessFields<'_>,
+) -> ConfigResult<MailAccess> {
+    let patterns = |field: &str, entries: &[&str]| {
+        if entries.len() > validate::MAIL_PATTERNS_MAX {
+            return Err(ConfigError::invalid(
+                field,
+                format!("lists at most {} entries", validate::MAIL_PATTERNS_MAX),
+            ));
+        }
+        entries
+            .iter()
+            .map(|e| validate::mail_pattern(field, e))
+            .collect::<ConfigResult<Vec<_>>>()
+    };
+    if !input.bindings.is_empty() && postconf.contains_key(SENDER_LOGIN_MAPS) {
+        return Err(ConfigError::invalid(
+            fields.bindings,
+            format!(
+                "and {}{SENDER_LOGIN_MAPS} both set Postfix's {SENDER_LOGIN_MAPS}: keep one",
+                fields.postconf_prefix
+            ),
+        ));
+    }
+    if input.bindings.len() > validate::MAIL_PATTERNS_MAX {
+        return Err(ConfigError::invalid(
+            fields.bindings,
+            format!("binds at most {} users", validate::MAIL_PATTERNS_MAX),
+        ));
+    }
+    let mut sender_bindings: Vec<SenderBinding> = Vec::new();
+    for (i, (user, senders)) in input.bindings.iter().enumerate() {
+        let user_field = (fields.binding)(i, "user");
+        let senders_field = (fields.binding)(i, "senders");
+        validate::sasl_user(&user_field, user)?;
+        if sender_bindings.iter().any(|b| b.user == *user) {
+            return Err(ConfigError::invalid(
+                user_field,
+                format!("{user:?} is bound twice: list all its senders in one binding"),
+            ));
+        }
+        if senders.is_empty() {
+            return Err(ConfigError::invalid(
+                senders_field,
+                format!("{user:?} is bound to no sender: list the senders it may use, or remove the binding to let it send as anyone"),
+            ));
+        }
+        sender_bindings.push(SenderBinding {
+            user: user.to_string(),
+            senders: patterns(&senders_field, senders)?,
+        });
+    }
+    Ok(MailAccess {
+        allowed_senders: patterns(fields.senders, &input.allowed_senders)?,
+        allowed_recipients: patterns(fields.recipients, &input.allowed_recipients)?,
+        sender_bindings,
     })
 }

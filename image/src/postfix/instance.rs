@@ -12,7 +12,7 @@ use nix::unistd::{Group, Pid, User};
 
 use crate::error::{ConfigError, RunError};
 use crate::postfix::layout::Layout;
-use crate::postfix::{main_cf, master_cf, relay_guard};
+use crate::postfix::{access, main_cf, master_cf, relay_guard};
 use crate::settings::Settings;
 
 pub const POSTFIX_USER: &str = "postfix";
@@ -53,6 +53,9 @@ pub fn write_config(settings: &Settings, layout: &Layout) -> Result<(), RunError
     ];
     if let Some(table) = main_cf::smtp_header_checks(&settings.headers) {
         files.push((layout.header_checks(), table, 0o644));
+    }
+    for (path, table) in access::tables(settings, layout) {
+        files.push((path, table, 0o644));
     }
     let passwd = main_cf::relayhost_passwd(settings);
     if let Some(text) = &passwd {

@@ -44,6 +44,22 @@ impl Layout {
     pub fn header_checks(&self) -> PathBuf {
         self.config_dir.join("smtp_header_checks.regexp")
     }
+    /// The senders any client may use (`check_sender_access`).
+    pub fn sender_access(&self) -> PathBuf {
+        self.config_dir.join("sender_access.regexp")
+    }
+    /// The recipients the relay sends to (`check_recipient_access`).
+    pub fn recipient_access(&self) -> PathBuf {
+        self.config_dir.join("recipient_access.regexp")
+    }
+    /// The SASL logins each bound sender belongs to (`smtpd_sender_login_maps`).
+    pub fn sender_logins(&self) -> PathBuf {
+        self.config_dir.join("sender_logins.regexp")
+    }
+    /// The SASL users bound to their senders (`check_sasl_access`).
+    pub fn bound_logins(&self) -> PathBuf {
+        self.config_dir.join("bound_logins.regexp")
+    }
     /// Cyrus SASL configuration directory (holds smtpd.conf).
     pub fn sasl_config_dir(&self) -> PathBuf {
         self.config_dir.join("sasl")

@@ -6,7 +6,7 @@ use std::path::Path;
 use ipnet::IpNet;
 
 use crate::postfix::layout::Layout;
-use crate::postfix::restrictions;
+use crate::postfix::{access, restrictions};
 use crate::settings::{
     self, HeaderPolicy, Relayhost, SaslUserSource, Settings, TlsLevel, TlsMinVersion,
 };
@@ -251,22 +251,26 @@ pub fn parameters(s: &Settings, layout: &Layout) -> Vec<(String, String)> {
         "smtpd_relay_restrictions",
         restrictions::policy_restrictions(&s.policy).join(", "),
     );
+    let routing = format!(
+        "check_recipient_access regexp:{}",
+        layout.routing_table().display()
+    );
     p.set(
         "smtpd_recipient_restrictions",
-        format!(
-            "check_recipient_access regexp:{}",
-            layout.routing_table().display()
-        ),
+        [
+            Some(routing),
+            access::recipient_restriction(&s.access, layout),
+        ]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(", "),
     );
-    if s.strict_sender {
-        let allowed: Vec<String> = s.relay_domains.iter().map(|d| format!("{d}=OK")).collect();
-        p.set(
-            "smtpd_sender_restrictions",
-            format!(
-                "check_sender_access inline:{{{}}}, reject",
-                allowed.join(", ")
-            ),
-        );
+    if let Some(list) = access::sender_restrictions(s, layout) {
+        p.set("smtpd_sender_restrictions", list);
+    }
+    if let Some(map) = access::sender_login_maps(&s.access, layout) {
+        p.set(access::SENDER_LOGIN_MAPS, map);
     }
 
     let postmaster = s
@@ -451,15 +455,9 @@ pub fn smtp_header_checks(headers: &HeaderPolicy) -> Option<String> {
         );
     }
     for name in &headers.remove {
-        table.push_str(&format!("/^{}:/ IGNORE\n", regexp_literal(name)));
+        table.push_str(&format!("/^{}:/ IGNORE\n", access::literal(name)));
     }
     Some(table)
-}
-
-/// A header name (letters, digits, `-`, `_`, `.`: [`crate::validate::removed_header`]) as a
-/// POSIX extended regular expression that matches it literally.
-fn regexp_literal(name: &str) -> String {
-    name.replace('.', "[.]")
 }
 
 pub fn render(params: &[(String, String)]) -> String {
@@ -543,6 +541,7 @@ pub(crate) mod tests {
             inbound_tls: None,
             proxy_protocol_port: None,
             headers: Default::default(),
+            access: Default::default(),
             postconf: BTreeMap::new(),
             postconf_field_prefix: "POSTCONF_".into(),
         }
@@ -640,17 +639,6 @@ pub(crate) mod tests {
         let p = parameters(&s, &layout());
         assert_eq!(get(&p, "smtp_connection_cache_destinations"), None);
         assert_eq!(get(&p, "smtp_tls_connection_reuse"), Some("yes"));
-    }
-
-    #[test]
-    fn strict_sender_accepts_every_relay_domain() {
-        let mut s = settings();
-        s.strict_sender = true;
-        let p = parameters(&s, &layout());
-        assert_eq!(
-            get(&p, "smtpd_sender_restrictions"),
-            Some("check_sender_access inline:{example.net=OK, example.org=OK}, reject")
-        );
     }
 
     #[test]

@@ -715,6 +715,7 @@ mod tests {
             inbound_tls: None,
             proxy_protocol_port: None,
             headers: Default::default(),
+            access: Default::default(),
             postconf: postconf
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
