@@ -357,6 +357,8 @@ fn cel_cases() -> Vec<Value> {
         json!({"networkPolicy": {"smtpFromCidrs": ["10.0.0.0/8", "apps"]}}),
         json!({"headers": {"remove": ["X-Mailer", "DATE"]}}),
         json!({"headers": {}, "postconf": {"smtp_header_checks": "regexp:/etc/x"}}),
+        json!({"senders": {"bindings": [{"user": "app1", "senders": ["example.net"]}]},
+            "postconf": {"smtpd_sender_login_maps": "hash:/etc/x"}}),
     ]
 }
 

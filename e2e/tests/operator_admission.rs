@@ -354,6 +354,36 @@ fn admission(cp: &ControlPlane) {
             vec!["spec", "both set Postfix's smtp_header_checks"],
         ),
         (
+            "a sender that is neither an address nor a domain",
+            with(json!({"senders": {"allowed": ["*.example.net"]}})),
+            vec!["spec.senders.allowed[0]", "should match"],
+        ),
+        (
+            "a recipient listed twice",
+            with(json!({"recipients": {"allowed": ["ops@example.net", "ops@example.net"]}})),
+            vec!["spec.recipients.allowed[1]", "Duplicate value"],
+        ),
+        (
+            "a user bound twice",
+            with(json!({"senders": {"bindings": [
+                {"user": "app1", "senders": ["a@example.net"]},
+                {"user": "app1", "senders": ["b@example.net"]}]}})),
+            vec!["spec.senders.bindings[1]", "Duplicate value"],
+        ),
+        (
+            "a user bound to no sender",
+            with(json!({"senders": {"bindings": [{"user": "app1", "senders": []}]}})),
+            vec!["spec.senders.bindings[0].senders", "at least 1 items"],
+        ),
+        (
+            "sender bindings beside postconf.smtpd_sender_login_maps",
+            with(
+                json!({"senders": {"bindings": [{"user": "app1", "senders": ["example.net"]}]},
+                "postconf": {"smtpd_sender_login_maps": "hash:/etc/x"}}),
+            ),
+            vec!["spec", "both set Postfix's smtpd_sender_login_maps"],
+        ),
+        (
             "unknown mode",
             with(json!({"mode": "Open"})),
             vec!["spec.mode", "Unsupported value"],

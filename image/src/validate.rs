@@ -263,6 +263,9 @@ pub fn sasl_user(field: &str, name: &str) -> ConfigResult<()> {
 pub const SASL_USER_RULE: &str =
     "use letters, digits, '.', '_', '+' and '-', starting with a letter or digit";
 
+/// The same rule as a regular expression, for the CRD's schema.
+pub const SASL_USER_PATTERN: &str = "^[A-Za-z0-9][A-Za-z0-9._+-]*$";
+
 /// Whether `name` is a SASL user name the relay registers (see [`sasl_user`]); for a name read
 /// from inside a secret file, whose message must not quote it (it may be part of a password).
 pub fn is_sasl_user(name: &str) -> bool {

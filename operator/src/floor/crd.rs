@@ -16,7 +16,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use smtp_relay::settings::{Mode, TlsLevel, TlsMinVersion};
-use smtp_relay::validate::REMOVED_HEADER_PATTERN;
+use smtp_relay::validate::{MAIL_PATTERN_PATTERN, REMOVED_HEADER_PATTERN, SASL_USER_PATTERN};
 
 /// A DNS name (RFC 1123 labels, dot separated, at most 253 characters).
 pub const DOMAIN_PATTERN: &str = r"^([a-zA-Z0-9]([-a-zA-Z0-9]{0,61}[a-zA-Z0-9])?\.)*[a-zA-Z0-9]([-a-zA-Z0-9]{0,61}[a-zA-Z0-9])?$";
@@ -67,6 +67,10 @@ pub const EMAIL_PATTERN: &str = r"^[^@\s]+@[^@\s]+$";
     {
         "rule": "!(has(self.headers) && has(self.postconf) && 'smtp_header_checks' in self.postconf)",
         "message": "headers and postconf.smtp_header_checks both set Postfix's smtp_header_checks: keep one"
+    },
+    {
+        "rule": "!(has(self.senders) && has(self.senders.bindings) && has(self.postconf) && 'smtpd_sender_login_maps' in self.postconf)",
+        "message": "senders.bindings and postconf.smtpd_sender_login_maps both set Postfix's smtpd_sender_login_maps: keep one"
     }
 ]))]
 pub struct SmtpRelaySpec {
@@ -171,6 +175,15 @@ pub struct SmtpRelaySpec {
     /// this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headers: Option<HeadersSpec>,
+
+    /// Which senders (`MAIL FROM`) the relay accepts, and SASL users bound to the senders they
+    /// may use. Omitted: any sender (with `strictSender`, only `domain` and `relayDomains`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub senders: Option<SendersSpec>,
+
+    /// Which recipients the relay sends to. Omitted: any the mode lets through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipients: Option<RecipientsSpec>,
 
     /// Extra Postfix `main.cf` parameters, applied last so they override every generated value.
     /// Keys are Postfix parameter names (letters, digits and underscores, starting with a
@@ -295,6 +308,55 @@ pub struct HeadersSpec {
         {"rule": "self.all(h, !(h.lowerAscii() in ['from', 'date', 'received', 'mime-version']) && !h.lowerAscii().startsWith('content-'))", "message": "headers.remove cannot name From, Date, Received, MIME-Version or a Content- header: a message needs them, or they record its path (the client is hidden in Received lines already)"}
     ]))]
     pub remove: Vec<String>,
+}
+
+/// Senders the relay accepts. Entries are addresses (`noreply@example.net`: a local part of
+/// letters, digits, `.`, `_`, `+` and `-`) or domains (`example.net`, which covers its
+/// subdomains), matched in any case.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SendersSpec {
+    /// The senders any client may use; with it (or `strictSender`, which adds `domain` and
+    /// `relayDomains`), every other sender, the empty one of bounces included, is refused
+    /// with `553 5.7.1 ... not among the senders this relay accepts` at `RCPT TO`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 128), inner(length(min = 1, max = 318), regex(pattern = MAIL_PATTERN_PATTERN)))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub allowed: Vec<String>,
+    /// SASL users (keys of `saslUsersSecretRef`) who may send only as the senders listed for
+    /// them: another sender gets `553 5.7.1 ... not owned by user NAME`. Users not listed,
+    /// and the clients of `networks`, are not restricted by this. Exclusive with
+    /// `postconf.smtpd_sender_login_maps`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 128))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["user"]))]
+    pub bindings: Vec<SenderBindingSpec>,
+}
+
+/// A SASL user and the only senders it may use.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SenderBindingSpec {
+    /// The user's name, as in `saslUsersSecretRef` (it logs in as `NAME` or `NAME@domain`).
+    #[schemars(length(min = 1, max = 255), regex(pattern = SASL_USER_PATTERN))]
+    pub user: String,
+    /// Addresses or domains (with their subdomains) the user may send as.
+    #[schemars(length(min = 1, max = 128), inner(length(min = 1, max = 318), regex(pattern = MAIL_PATTERN_PATTERN)))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub senders: Vec<String>,
+}
+
+/// Recipients the relay sends to; entries as in `senders`.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RecipientsSpec {
+    /// The recipients any client may send to; with it, every other is refused with
+    /// `550 5.7.1 ... not among the recipients this relay sends to` at `RCPT TO`, so it never
+    /// becomes a bounce.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 128), inner(length(min = 1, max = 318), regex(pattern = MAIL_PATTERN_PATTERN)))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub allowed: Vec<String>,
 }
 
 fn default_replicas() -> i32 {

@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use smtp_relay::config_file::{
-    HeadersFile, InboundTlsFile, OAuth2File, RelayConfigFile, RelayhostFile,
+    HeadersFile, InboundTlsFile, OAuth2File, RecipientsFile, RelayConfigFile, RelayhostFile,
+    SenderBindingFile, SendersFile,
 };
 use smtp_relay::settings::TlsMinVersion;
 
@@ -93,6 +94,20 @@ pub fn relay_config_file(relay: &SmtpRelay, resolved: &Resolved) -> RelayConfigF
         headers: spec.headers.as_ref().map(|h| HeadersFile {
             reveal_client: h.reveal_client,
             remove: h.remove.clone(),
+        }),
+        senders: spec.senders.as_ref().map(|s| SendersFile {
+            allowed: s.allowed.clone(),
+            bindings: s
+                .bindings
+                .iter()
+                .map(|b| SenderBindingFile {
+                    user: b.user.clone(),
+                    senders: b.senders.clone(),
+                })
+                .collect(),
+        }),
+        recipients: spec.recipients.as_ref().map(|r| RecipientsFile {
+            allowed: r.allowed.clone(),
         }),
         postconf: postconf(spec),
     }
