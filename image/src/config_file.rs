@@ -57,6 +57,9 @@ pub struct RelayConfigFile {
     /// protocol: the client address comes from its header.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy_protocol_port: Option<u16>,
+    /// Ports where only SASL users send, inside TLS (needs `saslUsersDir` and `inboundTls`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submission: Option<SubmissionFile>,
     /// What the headers of mail leaving the relay reveal. Omitted: the client hidden in the
     /// Received lines, no header removed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -70,6 +73,19 @@ pub struct RelayConfigFile {
     /// Extra Postfix parameters, applied last.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub postconf: BTreeMap<String, String>,
+}
+
+/// The submission ports, on the listen address: each is a smtpd where AUTH is required
+/// before `RCPT TO`, with the relay's restrictions and TLS.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SubmissionFile {
+    /// STARTTLS required before anything else (587, `submission`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub starttls_port: Option<u16>,
+    /// TLS from the first byte (465, `submissions`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub implicit_tls_port: Option<u16>,
 }
 
 /// Entries are addresses (`noreply@example.net`) or domains (`example.net`, with its

@@ -1037,7 +1037,8 @@ async fn stop_now(master: &mut tokio::process::Child, pid: u32, opts: &RunOption
     }
 }
 
-/// The ports smtpd listens on: the listen address's and the PROXY-protocol one.
+/// The ports smtpd listens on: the listen address's, the PROXY-protocol one and the
+/// submission ones.
 fn smtp_ports(applied: &Applied, opts: &RunOptions) -> Vec<u16> {
     let listen = opts
         .layout
@@ -1047,6 +1048,7 @@ fn smtp_ports(applied: &Applied, opts: &RunOptions) -> Vec<u16> {
     listen
         .into_iter()
         .chain(applied.settings.proxy_protocol_port)
+        .chain(applied.settings.submission.ports())
         .collect()
 }
 

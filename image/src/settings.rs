@@ -314,6 +314,8 @@ pub struct Settings {
     /// v2) from a load balancer, which gives the client address. Anyone who reaches the port
     /// can claim any address: only the load balancer may.
     pub proxy_protocol_port: Option<u16>,
+    /// Ports where SASL users submit mail, inside TLS.
+    pub submission: SubmissionPorts,
     /// What leaves the relay in the headers of each message.
     pub headers: HeaderPolicy,
     /// Which senders and recipients the relay accepts, and which SASL users are bound to
@@ -337,6 +339,24 @@ pub struct HeaderPolicy {
     /// Header names removed from every message that leaves (validated:
     /// [`crate::validate::removed_header`]).
     pub remove: Vec<String>,
+}
+
+/// Ports where only SASL users send, and only inside TLS (RFC 8314), each a smtpd of its own
+/// on the listen address with the relay's restrictions, and AUTH required before `RCPT TO`:
+/// a client's address opens nothing there, whatever a load balancer makes of it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SubmissionPorts {
+    /// STARTTLS before anything else (the `submission` port, 587).
+    pub starttls: Option<u16>,
+    /// TLS from the first byte (the `submissions` port, 465).
+    pub implicit_tls: Option<u16>,
+}
+
+impl SubmissionPorts {
+    /// The ports, STARTTLS first.
+    pub fn ports(&self) -> impl Iterator<Item = u16> {
+        self.starttls.into_iter().chain(self.implicit_tls)
+    }
 }
 
 /// Which senders and recipients the relay accepts beyond who may relay (issue 27). Each list

@@ -92,7 +92,9 @@ fn main_cf_and_master_cf_of_every_mode() {
             .unwrap_or_else(|e| panic!("{mode:?}: {e}"));
         let name = mode.seed_name().to_ascii_lowercase();
         let main = main_cf::render(&main_cf::parameters(&settings, &layout()));
-        let master = master_cf::render(&layout(), settings.proxy_protocol_port).expect("master.cf");
+        let master =
+            master_cf::render(&layout(), settings.proxy_protocol_port, settings.submission)
+                .expect("master.cf");
         stale.extend(golden(&format!("main.cf.{name}"), &main));
         stale.extend(golden(&format!("master.cf.{name}"), &master));
     }
@@ -134,6 +136,17 @@ fn main_cf_and_master_cf_of_every_mode() {
         let table = main_cf::smtp_header_checks(&settings.headers).unwrap_or_default();
         stale.extend(golden(name, &table));
     }
+    // Issue 27: the submission ports.
+    let (mut file, mounted) = config(Mode::AllowSaslAuthNoDomain);
+    file.submission = Some(smtp_relay::config_file::SubmissionFile {
+        starttls_port: Some(587),
+        implicit_tls_port: Some(465),
+    });
+    let settings =
+        settings_with(&file, &|n| format!("relay.yaml: {n}"), &mounted).expect("submission");
+    let master = master_cf::render(&layout(), settings.proxy_protocol_port, settings.submission)
+        .expect("master.cf");
+    stale.extend(golden("master.cf.submission", &master));
     // Issue 27: who may send as whom, and to whom: main.cf and the tables it reads.
     let (mut file, mounted) = config(Mode::Strict);
     file.strict_sender = true;

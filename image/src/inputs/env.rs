@@ -195,6 +195,13 @@ pub fn settings(vars: &BTreeMap<String, String>, postfix_dir: &Path) -> ConfigRe
         ),
     )?;
 
+    let submission = inputs::submission_ports(
+        port(&get, SUBMISSION)?,
+        port(&get, SUBMISSIONS)?,
+        &sasl_users,
+        &|implicit| if implicit { SUBMISSIONS } else { SUBMISSION }.to_string(),
+        "give users in client_sasl_passwd, or unset it",
+    )?;
     Ok(Settings {
         hostname,
         domain,
@@ -212,22 +219,30 @@ pub fn settings(vars: &BTreeMap<String, String>, postfix_dir: &Path) -> ConfigRe
         trust_restriction_tables,
         sasl_users,
         inbound_tls,
-        proxy_protocol_port: get("RELAY_PROXY_PROTOCOL_PORT")
-            .map(|v| {
-                let port = v.trim().parse::<u16>().map_err(|_| {
-                    ConfigError::invalid(
-                        "RELAY_PROXY_PROTOCOL_PORT",
-                        format!("{v:?} is not a port number"),
-                    )
-                })?;
-                validate::proxy_protocol_port("RELAY_PROXY_PROTOCOL_PORT", port)
-            })
+        proxy_protocol_port: port(&get, "RELAY_PROXY_PROTOCOL_PORT")?
+            .map(|p| validate::proxy_protocol_port("RELAY_PROXY_PROTOCOL_PORT", p))
             .transpose()?,
+        submission,
         headers: header_policy(&get, &postconf)?,
         access: mail_access(&get, &postconf)?,
         postconf,
         postconf_field_prefix: POSTCONF_PREFIX.to_string(),
     })
+}
+
+/// The submission ports: STARTTLS (587) and implicit TLS (465).
+const SUBMISSION: &str = "RELAY_SUBMISSION_PORT";
+const SUBMISSIONS: &str = "RELAY_SUBMISSIONS_PORT";
+
+/// A port number from `name`, if set.
+fn port<'a>(get: &impl Fn(&str) -> Option<&'a str>, name: &str) -> ConfigResult<Option<u16>> {
+    get(name)
+        .map(|v| {
+            v.trim()
+                .parse::<u16>()
+                .map_err(|_| ConfigError::invalid(name, format!("{v:?} is not a port number")))
+        })
+        .transpose()
 }
 
 /// `RELAY_ALLOWED_SENDERS`, `RELAY_ALLOWED_RECIPIENTS` (addresses or domains, space or comma

@@ -453,6 +453,20 @@ pub fn settings_with(
         )?;
     }
 
+    let ports = file.submission.clone().unwrap_or_default();
+    let submission = inputs::submission_ports(
+        ports.starttls_port,
+        ports.implicit_tls_port,
+        &sasl_users,
+        &|implicit| {
+            field(if implicit {
+                "submission.implicitTlsPort"
+            } else {
+                "submission.starttlsPort"
+            })
+        },
+        "give saslUsersDir, or remove it",
+    )?;
     Ok(Settings {
         hostname,
         domain,
@@ -477,6 +491,7 @@ pub fn settings_with(
             .proxy_protocol_port
             .map(|port| validate::proxy_protocol_port(&field("proxyProtocolPort"), port))
             .transpose()?,
+        submission,
         headers: header_policy(file, field)?,
         access: mail_access(file, field)?,
         postconf: file.postconf.clone(),
@@ -610,6 +625,28 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("saslUsersDir"));
+    }
+
+    #[test]
+    fn submission_ports_need_sasl_users_and_ports_of_their_own() {
+        use crate::config_file::SubmissionFile;
+        let mut f = base();
+        f.submission = Some(SubmissionFile {
+            starttls_port: Some(587),
+            implicit_tls_port: None,
+        });
+        assert_eq!(
+            settings(&f, "relay.yaml").unwrap_err().to_string(),
+            "relay.yaml: submission.starttlsPort: is a port where only SASL users send, and the relay has none: give saslUsersDir, or remove it"
+        );
+        f.submission = Some(SubmissionFile {
+            starttls_port: None,
+            implicit_tls_port: Some(0),
+        });
+        assert!(settings(&f, "relay.yaml")
+            .unwrap_err()
+            .to_string()
+            .starts_with("relay.yaml: submission.implicitTlsPort: 0 is not a port"));
     }
 
     #[test]

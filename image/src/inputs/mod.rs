@@ -13,7 +13,10 @@ use crate::error::{ConfigError, ConfigResult};
 use crate::postfix::access::SENDER_LOGIN_MAPS;
 use crate::postfix::main_cf::{self, SYSTEM_CA_BUNDLE};
 use crate::postfix::restrictions;
-use crate::settings::{HeaderPolicy, MailAccess, Mode, RelayPolicy, SenderBinding, TlsLevel};
+use crate::settings::{
+    HeaderPolicy, MailAccess, Mode, RelayPolicy, SaslUserSource, SenderBinding, SubmissionPorts,
+    TlsLevel,
+};
 use crate::validate;
 
 /// A file whose content the relay refuses, with the file and what is wrong with it apart: its
@@ -281,4 +284,32 @@ pub fn mail_access(
         allowed_recipients: patterns(fields.recipients, &input.allowed_recipients)?,
         sender_bindings,
     })
+}
+
+/// The submission ports, validated: real ports, only with SASL users (who alone send there),
+/// whose TLS [`crate::settings::require_tls_for_sasl`] requires already. `field(port)` names
+/// the STARTTLS port (`false`) or the implicit TLS one (`true`); `fix` says how to give users.
+pub fn submission_ports(
+    starttls: Option<u16>,
+    implicit_tls: Option<u16>,
+    users: &SaslUserSource,
+    field: &dyn Fn(bool) -> String,
+    fix: &str,
+) -> ConfigResult<SubmissionPorts> {
+    let ports = SubmissionPorts {
+        starttls,
+        implicit_tls,
+    };
+    for (implicit, port) in [(false, starttls), (true, implicit_tls)] {
+        let Some(port) = port else { continue };
+        validate::proxy_protocol_port(&field(implicit), port)?;
+        if *users == SaslUserSource::None {
+            return Err(ConfigError::invalid(
+                field(implicit),
+                format!("is a port where only SASL users send, and the relay has none: {fix}"),
+            ));
+        }
+    }
+    // Each port differs from the others: master.cf's, which knows them all.
+    Ok(ports)
 }

@@ -41,7 +41,7 @@ pub fn write_config(settings: &Settings, layout: &Layout) -> Result<(), RunError
     let mut files = vec![
         (
             layout.master_cf(),
-            master_cf::render(layout, settings.proxy_protocol_port)?,
+            master_cf::render(layout, settings.proxy_protocol_port, settings.submission)?,
             0o644,
         ),
         (

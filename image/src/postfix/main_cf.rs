@@ -540,6 +540,7 @@ pub(crate) mod tests {
             sasl_users: SaslUserSource::None,
             inbound_tls: None,
             proxy_protocol_port: None,
+            submission: Default::default(),
             headers: Default::default(),
             access: Default::default(),
             postconf: BTreeMap::new(),

@@ -714,6 +714,7 @@ mod tests {
             sasl_users: SaslUserSource::None,
             inbound_tls: None,
             proxy_protocol_port: None,
+            submission: Default::default(),
             headers: Default::default(),
             access: Default::default(),
             postconf: postconf
