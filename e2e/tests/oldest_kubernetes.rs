@@ -359,6 +359,7 @@ fn cel_cases() -> Vec<Value> {
         json!({"headers": {}, "postconf": {"smtp_header_checks": "regexp:/etc/x"}}),
         json!({"senders": {"bindings": [{"user": "app1", "senders": ["example.net"]}]},
             "postconf": {"smtpd_sender_login_maps": "hash:/etc/x"}}),
+        json!({"submission": {"starttls": true}}),
     ]
 }
 

@@ -384,6 +384,11 @@ fn admission(cp: &ControlPlane) {
             vec!["spec", "both set Postfix's smtpd_sender_login_maps"],
         ),
         (
+            "submission ports without SASL users",
+            with(json!({"submission": {"implicitTls": true}})),
+            vec!["spec", "submission ports are where SASL users send"],
+        ),
+        (
             "unknown mode",
             with(json!({"mode": "Open"})),
             vec!["spec.mode", "Unsupported value"],

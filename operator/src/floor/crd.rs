@@ -69,6 +69,10 @@ pub const EMAIL_PATTERN: &str = r"^[^@\s]+@[^@\s]+$";
         "message": "headers and postconf.smtp_header_checks both set Postfix's smtp_header_checks: keep one"
     },
     {
+        "rule": "!has(self.submission) || has(self.saslUsersSecretRef)",
+        "message": "submission ports are where SASL users send, after logging in: set saslUsersSecretRef, or remove submission"
+    },
+    {
         "rule": "!(has(self.senders) && has(self.senders.bindings) && has(self.postconf) && 'smtpd_sender_login_maps' in self.postconf)",
         "message": "senders.bindings and postconf.smtpd_sender_login_maps both set Postfix's smtpd_sender_login_maps: keep one"
     }
@@ -167,6 +171,14 @@ pub struct SmtpRelaySpec {
     // Omitted rather than null: a plain enum, like the other optional fields.
     #[schemars(with = "TlsMinVersionSpec")]
     pub tls_min_version: Option<TlsMinVersionSpec>,
+
+    /// Submission ports for mail clients and applications that send with a login (RFC 8314),
+    /// on the pods and the Service beside SMTP's: `starttls` opens 587 (STARTTLS required
+    /// before anything else), `implicitTls` 465 (TLS from the first byte). On both, only SASL
+    /// users get past `RCPT TO` (`networks` trusts no one there), with the certificate, TLS
+    /// floor and restrictions of port 25. Needs `saslUsersSecretRef`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submission: Option<SubmissionSpec>,
 
     /// What the headers of mail leaving the relay reveal. Omitted: no `Received:` line a Postfix
     /// server wrote names its client (inside a cluster, a pod's address and name: the relay's
@@ -308,6 +320,44 @@ pub struct HeadersSpec {
         {"rule": "self.all(h, !(h.lowerAscii() in ['from', 'date', 'received', 'mime-version']) && !h.lowerAscii().startsWith('content-'))", "message": "headers.remove cannot name From, Date, Received, MIME-Version or a Content- header: a message needs them, or they record its path (the client is hidden in Received lines already)"}
     ]))]
     pub remove: Vec<String>,
+}
+
+/// Which submission ports the relay opens.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SubmissionSpec {
+    /// Port 587 (`submission`): STARTTLS, then AUTH.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub starttls: bool,
+    /// Port 465 (`submissions`): TLS from the first byte, then AUTH.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub implicit_tls: bool,
+}
+
+impl SubmissionSpec {
+    /// The ports opened, each with its name, STARTTLS first.
+    pub fn ports(&self) -> Vec<(&'static str, i32)> {
+        [
+            (self.starttls, SUBMISSION_PORT_NAME, SUBMISSION_PORT),
+            (self.implicit_tls, SUBMISSIONS_PORT_NAME, SUBMISSIONS_PORT),
+        ]
+        .into_iter()
+        .filter_map(|(open, name, port)| open.then_some((name, port)))
+        .collect()
+    }
+}
+
+/// The submission ports, on the pods and the Service.
+pub const SUBMISSION_PORT: i32 = 587;
+pub const SUBMISSIONS_PORT: i32 = 465;
+pub const SUBMISSION_PORT_NAME: &str = "submission";
+pub const SUBMISSIONS_PORT_NAME: &str = "submissions";
+
+impl SmtpRelaySpec {
+    /// The submission ports the spec opens, with their names.
+    pub fn submission_ports(&self) -> Vec<(&'static str, i32)> {
+        self.submission.map(|s| s.ports()).unwrap_or_default()
+    }
 }
 
 /// Senders the relay accepts. Entries are addresses (`noreply@example.net`: a local part of

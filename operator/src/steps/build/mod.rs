@@ -430,6 +430,84 @@ mod tests {
         assert_ne!(config_hash, plain.config_hash, "the pods roll");
     }
 
+    /// Issue 27: the submission ports are on the pods, the Service (by name) and in the
+    /// NetworkPolicy, and reach the relay's config file; a relay without them writes nothing
+    /// new, so it keeps its configuration hash.
+    #[test]
+    fn submission_ports_open_on_the_pods_the_service_and_the_network_policy() {
+        let mut r = relay("r1");
+        r.spec.sasl_users_secret_ref = Some(crate::floor::crd::SecretRef { name: "u".into() });
+        let resolved = full_resolved();
+        let before = applying_ok(&r, &resolved);
+        r.spec.submission = Some(crate::floor::crd::SubmissionSpec::default());
+        assert_eq!(applying_ok(&r, &resolved).config_hash, before.config_hash);
+        r.spec.submission = Some(crate::floor::crd::SubmissionSpec {
+            starttls: true,
+            implicit_tls: true,
+        });
+        let d = applying_ok(&r, &resolved).desired;
+        let service: Vec<_> = d
+            .service
+            .spec
+            .unwrap()
+            .ports
+            .unwrap()
+            .into_iter()
+            .map(|p| (p.name.unwrap(), p.port, p.target_port))
+            .collect();
+        assert_eq!(
+            service[1..],
+            [
+                (
+                    "submission".to_string(),
+                    587,
+                    Some(IntOrString::String("submission".into()))
+                ),
+                (
+                    "submissions".to_string(),
+                    465,
+                    Some(IntOrString::String("submissions".into()))
+                )
+            ]
+        );
+        let container = &d
+            .stateful_set
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap()
+            .containers[0];
+        let ports: Vec<_> = container
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| (p.name.clone().unwrap(), p.container_port))
+            .collect();
+        assert!(ports.contains(&("submission".into(), 587)), "{ports:?}");
+        assert!(ports.contains(&("submissions".into(), 465)), "{ports:?}");
+        let policy = d.network_policy.expect("a NetworkPolicy").spec.unwrap();
+        let open: Vec<_> = policy
+            .ingress
+            .unwrap()
+            .into_iter()
+            .filter(|rule| rule.from.is_none())
+            .flat_map(|rule| rule.ports.unwrap_or_default())
+            .map(|p| p.port)
+            .collect();
+        assert_eq!(
+            open,
+            [25, 587, 465].map(|p| Some(IntOrString::Int(p))),
+            "SASL users log in from anywhere"
+        );
+        let file = crate::steps::judge::relay_config::relay_config_file(&r, &resolved);
+        let ports = file.submission.expect("the ports reach the relay");
+        assert_eq!(
+            (ports.starttls_port, ports.implicit_tls_port),
+            (Some(587), Some(465))
+        );
+    }
+
     #[test]
     fn relay_config_file_points_at_mounted_files() {
         let r = relay("r1");

@@ -40,7 +40,12 @@ pub fn network_policy(relay: &SmtpRelay, opts: &BuildOptions) -> Result<Option<N
     if spec.sasl_users_secret_ref.is_some() && !lists_given {
         rules.push(rule(SMTP_PORT, None));
     } else if !smtp_sources.is_empty() {
-        rules.push(rule(SMTP_PORT, Some(smtp_sources)));
+        rules.push(rule(SMTP_PORT, Some(smtp_sources.clone())));
+    }
+    // The submission ports: SASL users alone send there, from anywhere unless the lists say.
+    for (_, port) in spec.submission_ports() {
+        let sources = lists_given.then(|| smtp_sources.clone());
+        rules.push(rule(port, sources));
     }
     // The PROXY-protocol port: the load balancer alone.
     if spec.service.proxy_protocol {

@@ -38,7 +38,17 @@ pub fn service(relay: &SmtpRelay) -> Result<Service> {
         spec: Some(ServiceSpec {
             type_: Some(s.type_.as_str().into()),
             selector: Some(selector_labels(relay)),
-            ports: Some(vec![smtp]),
+            ports: Some(
+                std::iter::once(smtp)
+                    .chain(
+                        relay
+                            .spec
+                            .submission_ports()
+                            .into_iter()
+                            .map(|(name, number)| port(name, number)),
+                    )
+                    .collect(),
+            ),
             // Local by default: with Cluster, kube-proxy rewrites the source address to a
             // node's, and `networks` would be matching nodes instead of clients.
             external_traffic_policy: external.then(|| {

@@ -283,6 +283,16 @@ fn container(relay: &SmtpRelay, volume_mounts: Vec<VolumeMount>, opts: &BuildOpt
                 protocol: Some("TCP".into()),
                 ..ContainerPort::default()
             }))
+            .chain(
+                spec.submission_ports()
+                    .into_iter()
+                    .map(|(name, port)| ContainerPort {
+                        name: Some(name.into()),
+                        container_port: port,
+                        protocol: Some("TCP".into()),
+                        ..ContainerPort::default()
+                    }),
+            )
             .collect(),
         ),
         // Up to 5 minutes for a first start (a large queue on the volume); only then do the

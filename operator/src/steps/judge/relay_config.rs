@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use smtp_relay::config_file::{
     HeadersFile, InboundTlsFile, OAuth2File, RecipientsFile, RelayConfigFile, RelayhostFile,
-    SenderBindingFile, SendersFile,
+    SenderBindingFile, SendersFile, SubmissionFile,
 };
 use smtp_relay::settings::TlsMinVersion;
 
@@ -17,7 +17,10 @@ use crate::floor::contract::{
 use kube::ResourceExt;
 
 use crate::floor::contract::{OAuth2Key, CLIENT_ID, CLIENT_SECRET, REFRESH_TOKEN, SERVICE_ACCOUNT};
-use crate::floor::crd::{OAuth2Provider, OAuth2Spec, SmtpRelay, SmtpRelaySpec};
+use crate::floor::crd::{
+    OAuth2Provider, OAuth2Spec, SmtpRelay, SmtpRelaySpec, SUBMISSIONS_PORT_NAME,
+    SUBMISSION_PORT_NAME,
+};
 use crate::floor::inputs::{OAuth2Keys, Resolved};
 
 /// The OAuth2 login as the relay reads it: the provider's endpoint and scope, and a file for
@@ -91,6 +94,7 @@ pub fn relay_config_file(relay: &SmtpRelay, resolved: &Resolved) -> RelayConfigF
             .service
             .proxy_protocol
             .then_some(PROXY_PROTOCOL_PORT as u16),
+        submission: submission(spec),
         headers: spec.headers.as_ref().map(|h| HeadersFile {
             reveal_client: h.reveal_client,
             remove: h.remove.clone(),
@@ -111,6 +115,22 @@ pub fn relay_config_file(relay: &SmtpRelay, resolved: &Resolved) -> RelayConfigF
         }),
         postconf: postconf(spec),
     }
+}
+
+/// The submission ports, when the spec opens one (a spec without says nothing, so its
+/// configuration hash stays what it was).
+fn submission(spec: &SmtpRelaySpec) -> Option<SubmissionFile> {
+    let port = |name: &str| {
+        spec.submission_ports()
+            .into_iter()
+            .find(|(n, _)| *n == name)
+            .and_then(|(_, p)| u16::try_from(p).ok())
+    };
+    let file = SubmissionFile {
+        starttls_port: port(SUBMISSION_PORT_NAME),
+        implicit_tls_port: port(SUBMISSIONS_PORT_NAME),
+    };
+    (file != SubmissionFile::default()).then_some(file)
 }
 
 /// `spec.postconf` with the queue's lifetimes, which reach Postfix as the parameters they name
