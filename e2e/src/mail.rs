@@ -716,7 +716,15 @@ pub fn send_big(
     size: usize,
 ) -> Result<String, String> {
     let body = big_message(from, to, marker, size);
-    transmit(addr, Ipv4Addr::UNSPECIFIED, None, None, from, to, &body)
+    transmit(
+        addr,
+        Ipv4Addr::UNSPECIFIED,
+        Tls::None,
+        None,
+        from,
+        to,
+        &body,
+    )
 }
 
 /// Connects to `addr` from `source` (a loopback address), logs in if asked, sends one message.
@@ -732,8 +740,8 @@ pub fn send(
     send_tls(addr, source, None, auth, from, to, marker)
 }
 
-/// STARTTLS towards a relay: the name its certificate must carry, and the certificate (PEM)
-/// that signed it (or is it, when self-signed).
+/// TLS towards a relay (STARTTLS, or from the first byte): the name its certificate must
+/// carry, and the certificate (PEM) that signed it (or is it, when self-signed).
 pub struct StartTls<'a> {
     pub name: &'a str,
     pub ca_pem: &'a [u8],
@@ -749,6 +757,7 @@ pub fn send_tls(
     to: &str,
     marker: &str,
 ) -> Result<String, String> {
+    let tls = tls.map_or(Tls::None, Tls::Upgraded);
     transmit(
         addr,
         source,
@@ -760,32 +769,69 @@ pub fn send_tls(
     )
 }
 
-/// One SMTP session that sends `body` from `from` to `to`: STARTTLS and AUTH when asked.
+/// [`send`] in TLS from the first byte (a submissions port, 465).
+pub fn send_implicit_tls(
+    addr: SocketAddr,
+    source: Ipv4Addr,
+    tls: &StartTls<'_>,
+    auth: Option<(&str, &str)>,
+    from: &str,
+    to: &str,
+    marker: &str,
+) -> Result<String, String> {
+    transmit(
+        addr,
+        source,
+        Tls::Implicit(tls),
+        auth,
+        from,
+        to,
+        &message(from, to, marker),
+    )
+}
+
+/// How a session is encrypted: not, after STARTTLS, or from the first byte.
+#[derive(Clone, Copy)]
+enum Tls<'a> {
+    None,
+    Upgraded(&'a StartTls<'a>),
+    Implicit(&'a StartTls<'a>),
+}
+
+/// TLS parameters that trust `tls.ca_pem` for `tls.name`.
+fn parameters(tls: &StartTls<'_>) -> Result<TlsParameters, String> {
+    let ca = Certificate::from_pem(tls.ca_pem).map_err(|e| format!("the CA: {e}"))?;
+    TlsParameters::builder(tls.name.into())
+        .add_root_certificate(ca)
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// One SMTP session that sends `body` from `from` to `to`: TLS and AUTH when asked.
 fn transmit(
     addr: SocketAddr,
     source: Ipv4Addr,
-    tls: Option<&StartTls<'_>>,
+    tls: Tls<'_>,
     auth: Option<(&str, &str)>,
     from: &str,
     to: &str,
     body: &[u8],
 ) -> Result<String, String> {
     let hello = ClientId::Domain("client.test".into());
+    let implicit = match tls {
+        Tls::Implicit(t) => Some(parameters(t)?),
+        _ => None,
+    };
     let mut conn = SmtpConnection::connect(
         addr,
         Some(Duration::from_secs(30)),
         &hello,
-        None,
+        implicit.as_ref(),
         Some(IpAddr::V4(source)),
     )
     .map_err(|e| format!("connecting to {addr} from {source}: {e}"))?;
-    if let Some(tls) = tls {
-        let ca = Certificate::from_pem(tls.ca_pem).map_err(|e| format!("the CA: {e}"))?;
-        let params = TlsParameters::builder(tls.name.into())
-            .add_root_certificate(ca)
-            .build()
-            .map_err(|e| e.to_string())?;
-        conn.starttls(&params, &hello)
+    if let Tls::Upgraded(tls) = tls {
+        conn.starttls(&parameters(tls)?, &hello)
             .map_err(|e| format!("STARTTLS to {addr} as {}: {e}", tls.name))?;
     }
     if let Some((user, password)) = auth {

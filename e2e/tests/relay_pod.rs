@@ -156,6 +156,12 @@ fn smtp_relay(upstream: SocketAddr) -> String {
                 "tls": {"caSecretKeyRef": {"name": "relayhost-ca", "key": "ca.crt"}},
             },
             "saslUsersSecretRef": {"name": "sasl-users"},
+            // Issue 27, on the node: app1 sends only as itself; mail goes only to the two
+            // domains the phases send to.
+            "senders": {"bindings": [{"user": "app1", "senders": ["app1@example.net"]}]},
+            "recipients": {"allowed": ["example.net", "elsewhere.org"]},
+            // And the submission ports, on the pod and the Service.
+            "submission": {"starttls": true, "implicitTls": true},
             "postconf": user_path::quick_retry_postconf(),
         }
     })
@@ -307,7 +313,7 @@ fn send_from_pod(cp: &ControlPlane, pod_ip: &str, to: &str) -> Result<String, St
 }
 
 fn main() -> std::process::ExitCode {
-    let phases: [Phase<Env>; 17] = [
+    let phases: [Phase<Env>; 18] = [
         (
             "the_relay_pod_runs_with_sasl_users_and_a_relayhost_login",
             the_relay_pod_runs_with_sasl_users_and_a_relayhost_login,
@@ -323,6 +329,10 @@ fn main() -> std::process::ExitCode {
         (
             "sasl_users_send_anywhere_networks_to_the_domain_anonymous_nowhere",
             sasl_users_send_anywhere_networks_to_the_domain_anonymous_nowhere,
+        ),
+        (
+            "submission_ports_and_sender_bindings_hold_through_the_service",
+            submission_ports_and_sender_bindings_hold_through_the_service,
         ),
         (
             "the_in_pod_test_message_goes_to_a_verified_relayhost",
@@ -631,6 +641,85 @@ fn auth_is_offered_only_inside_tls_with_the_issued_certificate(env: &mut Env) {
         "SMTP at {service}: no AUTH before STARTTLS, the issued certificate names {}",
         tls_name()
     ));
+}
+
+/// Issue 27 on the node: the submission ports through the Service (STARTTLS on 587, TLS first
+/// on 465, the issued certificate checked; nothing there without a login, from `networks`
+/// either), and a user bound to its sender and the recipient list refuse the rest.
+fn submission_ports_and_sender_bindings_hold_through_the_service(env: &mut Env) {
+    let service = env.service.expect("the Service's address");
+    let host = Ipv4Addr::UNSPECIFIED;
+    let tls_name = tls_name();
+    let tls = StartTls {
+        name: &tls_name,
+        ca_pem: &env.cert,
+    };
+    let submission = SocketAddr::new(service.ip(), 587);
+    let submissions = SocketAddr::new(service.ip(), 465);
+    let m = marker("submission");
+    mail::send_tls(
+        submission,
+        host,
+        Some(&tls),
+        APP1,
+        "app1@example.net",
+        "s@elsewhere.org",
+        &m,
+    )
+    .unwrap_or_else(|e| panic!("{}", env.diagnose(e)));
+    let m2 = marker("submissions");
+    mail::send_implicit_tls(
+        submissions,
+        host,
+        &tls,
+        APP1,
+        "app1@example.net",
+        "s@elsewhere.org",
+        &m2,
+    )
+    .unwrap_or_else(|e| panic!("{}", env.diagnose(e)));
+    for m in [&m, &m2] {
+        env.sink
+            .wait_for("s@elsewhere.org", m, WAIT)
+            .unwrap_or_else(|e| panic!("{}", env.diagnose(e)));
+    }
+    let refused = mail::send_tls(
+        submission,
+        host,
+        Some(&tls),
+        None,
+        "app@example.net",
+        "ops@example.net",
+        "n",
+    );
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.contains("554") && e.contains("Client host rejected")),
+        "no login on the submission port: {refused:?}"
+    );
+    // The bound user as another sender, and to a recipient outside the list.
+    for (from, to, says) in [
+        (
+            "billing@example.net",
+            "a@elsewhere.org",
+            ("553", "5.7.1 <billing@example.net>: Sender address rejected: not owned by user app1"),
+        ),
+        (
+            "app1@example.net",
+            "a@elsewhere.net",
+            ("550", "5.7.1 <a@elsewhere.net>: Recipient address rejected: not among the recipients this relay sends to"),
+        ),
+    ] {
+        let refused = env.try_send(APP1, from, to, "n");
+        assert!(
+            refused
+                .as_ref()
+                .is_err_and(|e| e.contains(says.0) && e.contains(says.1)),
+            "app1 as <{from}> to <{to}>: {refused:?}"
+        );
+    }
+    env.t.step("submission: 587 and 465 take a login's mail, refuse mail without; app1 only as itself, only to the listed domains");
 }
 
 /// 3, continued. A SASL user may send anywhere (inside TLS), a `networks` client (the host,
