@@ -70,6 +70,9 @@ pub struct RelayConfigFile {
     /// Which recipients the relay sends to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recipients: Option<RecipientsFile>,
+    /// A staging sandbox: every accepted message goes to one mailbox, is held or is dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<SandboxFile>,
     /// Extra Postfix parameters, applied last.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub postconf: BTreeMap<String, String>,
@@ -86,6 +89,27 @@ pub struct SubmissionFile {
     /// TLS from the first byte (465, `submissions`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub implicit_tls_port: Option<u16>,
+}
+
+/// What a sandbox does with every accepted message (its recipients kept in
+/// `X-Sandbox-Recipient:` headers).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SandboxFile {
+    pub mode: SandboxMode,
+    /// With `CatchAll`: the one mailbox every message goes to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mailbox: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SandboxMode {
+    /// Delivered to `mailbox` instead of its recipients.
+    CatchAll,
+    /// Kept in the hold queue.
+    Hold,
+    /// Accepted and dropped.
+    Discard,
 }
 
 /// Entries are addresses (`noreply@example.net`) or domains (`example.net`, with its

@@ -321,6 +321,8 @@ pub struct Settings {
     /// Which senders and recipients the relay accepts, and which SASL users are bound to
     /// which senders.
     pub access: MailAccess,
+    /// Where accepted mail goes instead of its recipients, on a test or staging relay.
+    pub sandbox: Option<Sandbox>,
     /// Extra Postfix parameters, applied last so they override everything above.
     pub postconf: BTreeMap<String, String>,
     /// How errors name a `postconf` entry: this prefix followed by the parameter name
@@ -339,6 +341,29 @@ pub struct HeaderPolicy {
     /// Header names removed from every message that leaves (validated:
     /// [`crate::validate::removed_header`]).
     pub remove: Vec<String>,
+}
+
+/// A staging sandbox: what happens to every accepted message instead of its delivery to its
+/// recipients (each of them kept in a header: [`crate::postfix::sandbox`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sandbox {
+    /// Delivered to this one mailbox (validated: [`crate::validate::email`]).
+    CatchAll(String),
+    /// Kept in the hold queue, where `postsuper -H` releases it and `-d` deletes it.
+    Hold,
+    /// Accepted and dropped.
+    Discard,
+}
+
+impl Sandbox {
+    /// The sandbox in a few words, for status and logs: `CatchAll qa@example.net`, `Hold`.
+    pub fn summary(&self) -> String {
+        match self {
+            Sandbox::CatchAll(mailbox) => format!("CatchAll {mailbox}"),
+            Sandbox::Hold => "Hold".into(),
+            Sandbox::Discard => "Discard".into(),
+        }
+    }
 }
 
 /// Ports where only SASL users send, and only inside TLS (RFC 8314), each a smtpd of its own

@@ -136,6 +136,18 @@ fn main_cf_and_master_cf_of_every_mode() {
         let table = main_cf::smtp_header_checks(&settings.headers).unwrap_or_default();
         stale.extend(golden(name, &table));
     }
+    // Issue 27: a catch-all sandbox.
+    let (mut file, mounted) = config(Mode::Strict);
+    file.sandbox = Some(smtp_relay::config_file::SandboxFile {
+        mode: smtp_relay::config_file::SandboxMode::CatchAll,
+        mailbox: Some("qa-inbox@example.net".into()),
+    });
+    let settings =
+        settings_with(&file, &|n| format!("relay.yaml: {n}"), &mounted).expect("sandbox");
+    let main = main_cf::render(&main_cf::parameters(&settings, &layout()));
+    stale.extend(golden("main.cf.sandbox", &main));
+    let table = smtp_relay::postfix::sandbox::table(settings.sandbox.as_ref()).unwrap_or_default();
+    stale.extend(golden("sandbox_recipients.regexp", &table));
     // Issue 27: the submission ports.
     let (mut file, mounted) = config(Mode::AllowSaslAuthNoDomain);
     file.submission = Some(smtp_relay::config_file::SubmissionFile {

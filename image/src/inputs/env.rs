@@ -5,13 +5,14 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use crate::config_file::SandboxMode;
 use crate::error::{ConfigError, ConfigResult};
 use crate::inputs::{self, readable_file};
 use crate::postfix::relay_guard;
 use crate::postfix::restrictions::Vouch;
 use crate::settings::{
-    self, Credentials, HeaderPolicy, InboundTls, MailAccess, RelayPolicy, SaslUserSource, Settings,
-    TlsLevel, TlsMinVersion,
+    self, Credentials, HeaderPolicy, InboundTls, MailAccess, RelayPolicy, Sandbox, SaslUserSource,
+    Settings, TlsLevel, TlsMinVersion,
 };
 use crate::validate;
 
@@ -225,9 +226,37 @@ pub fn settings(vars: &BTreeMap<String, String>, postfix_dir: &Path) -> ConfigRe
         submission,
         headers: header_policy(&get, &postconf)?,
         access: mail_access(&get, &postconf)?,
+        sandbox: sandbox(&get, &postconf)?,
         postconf,
         postconf_field_prefix: POSTCONF_PREFIX.to_string(),
     })
+}
+
+/// `RELAY_SANDBOX`: `hold`, `discard`, or the address of a catch-all mailbox.
+fn sandbox<'a>(
+    get: &impl Fn(&str) -> Option<&'a str>,
+    postconf: &BTreeMap<String, String>,
+) -> ConfigResult<Option<Sandbox>> {
+    const SANDBOX: &str = "RELAY_SANDBOX";
+    let Some(value) = get(SANDBOX).map(str::trim) else {
+        return Ok(None);
+    };
+    let (mode, mailbox) = match value.to_ascii_lowercase().as_str() {
+        "hold" => (SandboxMode::Hold, None),
+        "discard" => (SandboxMode::Discard, None),
+        _ => (SandboxMode::CatchAll, Some(value)),
+    };
+    inputs::sandbox(
+        mode,
+        mailbox,
+        postconf,
+        &inputs::SandboxFields {
+            sandbox: SANDBOX,
+            mailbox: SANDBOX,
+            postconf_prefix: POSTCONF_PREFIX,
+        },
+    )
+    .map(Some)
 }
 
 /// The submission ports: STARTTLS (587) and implicit TLS (465).
@@ -726,6 +755,26 @@ mod tests {
                 "{bad}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn the_sandbox_is_hold_discard_or_a_mailbox() {
+        let with = |v: &'static str| {
+            let mut vars = minimal();
+            vars.push(("RELAY_SANDBOX", v));
+            settings(&env(&vars), nodir()).map(|s| s.sandbox)
+        };
+        assert_eq!(with("Hold").unwrap(), Some(Sandbox::Hold));
+        assert_eq!(with("discard").unwrap(), Some(Sandbox::Discard));
+        assert_eq!(
+            with("qa@example.net").unwrap(),
+            Some(Sandbox::CatchAll("qa@example.net".into()))
+        );
+        let err = with("holdd").unwrap_err().to_string();
+        assert!(
+            err.starts_with("RELAY_SANDBOX: \"holdd\" is not an e-mail address"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -494,6 +494,27 @@ pub fn settings_with(
         submission,
         headers: header_policy(file, field)?,
         access: mail_access(file, field)?,
+        sandbox: file
+            .sandbox
+            .as_ref()
+            .map(|sb| {
+                let (all, mailbox, prefix) = (
+                    field("sandbox"),
+                    field("sandbox.mailbox"),
+                    field("postconf."),
+                );
+                inputs::sandbox(
+                    sb.mode,
+                    sb.mailbox.as_deref(),
+                    &file.postconf,
+                    &inputs::SandboxFields {
+                        sandbox: &all,
+                        mailbox: &mailbox,
+                        postconf_prefix: &prefix,
+                    },
+                )
+            })
+            .transpose()?,
         postconf: file.postconf.clone(),
         postconf_field_prefix: field("postconf."),
     })
@@ -625,6 +646,47 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("saslUsersDir"));
+    }
+
+    #[test]
+    fn a_sandbox_has_a_mailbox_exactly_when_it_delivers_to_one() {
+        use crate::config_file::{SandboxFile, SandboxMode};
+        use crate::settings::Sandbox;
+        let with = |mode, mailbox: Option<&str>, postconf: &[(&str, &str)]| {
+            let mut f = base();
+            f.sandbox = Some(SandboxFile {
+                mode,
+                mailbox: mailbox.map(str::to_string),
+            });
+            f.postconf = postconf
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            settings(&f, "relay.yaml").map(|s| s.sandbox)
+        };
+        assert_eq!(
+            with(SandboxMode::CatchAll, Some("QA@example.net"), &[]).unwrap(),
+            Some(Sandbox::CatchAll("QA@example.net".into()))
+        );
+        assert_eq!(
+            with(SandboxMode::Hold, None, &[]).unwrap(),
+            Some(Sandbox::Hold)
+        );
+        let err = |r: ConfigResult<Option<Sandbox>>| r.unwrap_err().to_string();
+        assert!(err(with(SandboxMode::CatchAll, None, &[]))
+            .starts_with("relay.yaml: sandbox.mailbox: is missing"));
+        assert!(err(with(SandboxMode::Discard, Some("qa@example.net"), &[]))
+            .starts_with("relay.yaml: sandbox.mailbox: is only for a CatchAll sandbox"));
+        assert!(err(with(SandboxMode::CatchAll, Some("qa"), &[]))
+            .starts_with("relay.yaml: sandbox.mailbox: \"qa\" is not an e-mail address"));
+        assert_eq!(
+            err(with(
+                SandboxMode::Hold,
+                None,
+                &[("recipient_canonical_maps", "hash:/etc/x")]
+            )),
+            "relay.yaml: sandbox: and relay.yaml: postconf.recipient_canonical_maps both set Postfix's recipient_canonical_maps: keep one"
+        );
     }
 
     #[test]

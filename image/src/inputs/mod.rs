@@ -9,13 +9,15 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use crate::config_file::SandboxMode;
 use crate::error::{ConfigError, ConfigResult};
 use crate::postfix::access::SENDER_LOGIN_MAPS;
 use crate::postfix::main_cf::{self, SYSTEM_CA_BUNDLE};
 use crate::postfix::restrictions;
+use crate::postfix::sandbox;
 use crate::settings::{
-    HeaderPolicy, MailAccess, Mode, RelayPolicy, SaslUserSource, SenderBinding, SubmissionPorts,
-    TlsLevel,
+    HeaderPolicy, MailAccess, Mode, RelayPolicy, Sandbox, SaslUserSource, SenderBinding,
+    SubmissionPorts, TlsLevel,
 };
 use crate::validate;
 
@@ -312,4 +314,49 @@ pub fn submission_ports(
     }
     // Each port differs from the others: master.cf's, which knows them all.
     Ok(ports)
+}
+
+/// How an input names what `sandbox` reads: the sandbox, its mailbox, and the prefix of a
+/// `postconf` entry.
+pub struct SandboxFields<'a> {
+    pub sandbox: &'a str,
+    pub mailbox: &'a str,
+    pub postconf_prefix: &'a str,
+}
+
+/// The sandbox, validated: a mailbox ([`validate::email`]) with `CatchAll` and only then;
+/// refused beside a `postconf` entry for a parameter it sets ([`sandbox::PARAMETERS`]).
+pub fn sandbox(
+    mode: SandboxMode,
+    mailbox: Option<&str>,
+    postconf: &BTreeMap<String, String>,
+    fields: &SandboxFields<'_>,
+) -> ConfigResult<Sandbox> {
+    if let Some(parameter) = sandbox::PARAMETERS
+        .iter()
+        .find(|p| postconf.contains_key(**p))
+    {
+        return Err(ConfigError::invalid(
+            fields.sandbox,
+            format!(
+                "and {}{parameter} both set Postfix's {parameter}: keep one",
+                fields.postconf_prefix
+            ),
+        ));
+    }
+    match (mode, mailbox) {
+        (SandboxMode::CatchAll, Some(mailbox)) => {
+            Ok(Sandbox::CatchAll(validate::email(fields.mailbox, mailbox)?))
+        }
+        (SandboxMode::CatchAll, None) => Err(ConfigError::invalid(
+            fields.mailbox,
+            "is missing: a CatchAll sandbox delivers every message to this one mailbox",
+        )),
+        (_, Some(_)) => Err(ConfigError::invalid(
+            fields.mailbox,
+            "is only for a CatchAll sandbox: a Hold or Discard one delivers nothing",
+        )),
+        (SandboxMode::Hold, None) => Ok(Sandbox::Hold),
+        (SandboxMode::Discard, None) => Ok(Sandbox::Discard),
+    }
 }

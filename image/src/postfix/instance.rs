@@ -12,7 +12,7 @@ use nix::unistd::{Group, Pid, User};
 
 use crate::error::{ConfigError, RunError};
 use crate::postfix::layout::Layout;
-use crate::postfix::{access, main_cf, master_cf, relay_guard};
+use crate::postfix::{access, main_cf, master_cf, relay_guard, sandbox};
 use crate::settings::Settings;
 
 pub const POSTFIX_USER: &str = "postfix";
@@ -56,6 +56,9 @@ pub fn write_config(settings: &Settings, layout: &Layout) -> Result<(), RunError
     }
     for (path, table) in access::tables(settings, layout) {
         files.push((path, table, 0o644));
+    }
+    if let Some(table) = sandbox::table(settings.sandbox.as_ref()) {
+        files.push((layout.sandbox_table(), table, 0o644));
     }
     let passwd = main_cf::relayhost_passwd(settings);
     if let Some(text) = &passwd {

@@ -60,6 +60,10 @@ impl Layout {
     pub fn bound_logins(&self) -> PathBuf {
         self.config_dir.join("bound_logins.regexp")
     }
+    /// The sandbox's header of each original recipient (`check_recipient_access`).
+    pub fn sandbox_table(&self) -> PathBuf {
+        self.config_dir.join("sandbox_recipients.regexp")
+    }
     /// Cyrus SASL configuration directory (holds smtpd.conf).
     pub fn sasl_config_dir(&self) -> PathBuf {
         self.config_dir.join("sasl")

@@ -6,7 +6,7 @@ use std::path::Path;
 use ipnet::IpNet;
 
 use crate::postfix::layout::Layout;
-use crate::postfix::{access, restrictions};
+use crate::postfix::{access, restrictions, sandbox};
 use crate::settings::{
     self, HeaderPolicy, Relayhost, SaslUserSource, Settings, TlsLevel, TlsMinVersion,
 };
@@ -263,9 +263,13 @@ pub fn parameters(s: &Settings, layout: &Layout) -> Vec<(String, String)> {
         ]
         .into_iter()
         .flatten()
+        .chain(sandbox::recipient_restrictions(s.sandbox.as_ref(), layout))
         .collect::<Vec<_>>()
         .join(", "),
     );
+    for (name, value) in sandbox::parameters(s.sandbox.as_ref()) {
+        p.set(name, value);
+    }
     if let Some(list) = access::sender_restrictions(s, layout) {
         p.set("smtpd_sender_restrictions", list);
     }
@@ -543,6 +547,7 @@ pub(crate) mod tests {
             submission: Default::default(),
             headers: Default::default(),
             access: Default::default(),
+            sandbox: None,
             postconf: BTreeMap::new(),
             postconf_field_prefix: "POSTCONF_".into(),
         }

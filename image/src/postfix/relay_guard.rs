@@ -717,6 +717,7 @@ mod tests {
             submission: Default::default(),
             headers: Default::default(),
             access: Default::default(),
+            sandbox: None,
             postconf: postconf
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
