@@ -360,6 +360,8 @@ fn cel_cases() -> Vec<Value> {
         json!({"senders": {"bindings": [{"user": "app1", "senders": ["example.net"]}]},
             "postconf": {"smtpd_sender_login_maps": "hash:/etc/x"}}),
         json!({"submission": {"starttls": true}}),
+        json!({"sandbox": {"mode": "CatchAll"}}),
+        json!({"sandbox": {"mode": "Discard", "mailbox": "qa@example.net"}}),
     ]
 }
 

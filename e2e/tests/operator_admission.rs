@@ -384,6 +384,14 @@ fn admission(cp: &ControlPlane) {
             vec!["spec", "both set Postfix's smtpd_sender_login_maps"],
         ),
         (
+            "a catch-all sandbox without its mailbox",
+            with(json!({"sandbox": {"mode": "CatchAll"}})),
+            vec![
+                "spec.sandbox",
+                "sandbox.mailbox is where a CatchAll sandbox delivers",
+            ],
+        ),
+        (
             "submission ports without SASL users",
             with(json!({"submission": {"implicitTls": true}})),
             vec!["spec", "submission ports are where SASL users send"],

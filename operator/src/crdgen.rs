@@ -157,6 +157,7 @@ mod tests {
                 "Domain",
                 "Relayhost",
                 "Mode",
+                "Sandbox",
                 "Ready Replicas",
                 "Ready",
                 "Delivering",

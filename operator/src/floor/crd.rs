@@ -50,6 +50,7 @@ pub const EMAIL_PATTERN: &str = r"^[^@\s]+@[^@\s]+$";
     printcolumn = r#"{"name":"Domain","type":"string","jsonPath":".spec.domain"}"#,
     printcolumn = r#"{"name":"Relayhost","type":"string","jsonPath":".spec.relayhost.host"}"#,
     printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".status.mode"}"#,
+    printcolumn = r#"{"name":"Sandbox","type":"string","jsonPath":".status.sandbox"}"#,
     printcolumn = r#"{"name":"Ready Replicas","type":"integer","jsonPath":".status.readyReplicas"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Delivering","type":"string","jsonPath":".status.conditions[?(@.type==\"Delivering\")].status"}"#,
@@ -197,6 +198,14 @@ pub struct SmtpRelaySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recipients: Option<RecipientsSpec>,
 
+    /// A staging sandbox, for test and staging clusters where mail must never reach real
+    /// recipients: mail is accepted as usual, each message keeps its original envelope
+    /// recipients in `X-Sandbox-Recipient:` headers, and then goes to one mailbox, waits in
+    /// the hold queue, or is dropped. `status.sandbox` and the `Sandbox` column of
+    /// `kubectl get smtpr` say so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<SandboxSpec>,
+
     /// Extra Postfix `main.cf` parameters, applied last so they override every generated value.
     /// Keys are Postfix parameter names (letters, digits and underscores, starting with a
     /// lowercase letter, e.g. `message_size_limit` or `smtpd_tls_CApath`). Values are strings:
@@ -320,6 +329,51 @@ pub struct HeadersSpec {
         {"rule": "self.all(h, !(h.lowerAscii() in ['from', 'date', 'received', 'mime-version']) && !h.lowerAscii().startsWith('content-'))", "message": "headers.remove cannot name From, Date, Received, MIME-Version or a Content- header: a message needs them, or they record its path (the client is hidden in Received lines already)"}
     ]))]
     pub remove: Vec<String>,
+}
+
+/// What a sandboxed relay does with every message it accepts.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "(self.mode == 'CatchAll') == has(self.mailbox)", "message": "sandbox.mailbox is where a CatchAll sandbox delivers every message: set it with CatchAll, and only then"}
+]))]
+pub struct SandboxSpec {
+    /// `CatchAll`: every message goes, once, to `mailbox` instead of its recipients (`To:`
+    /// and `Cc:` stay as written). `Hold`: every message waits in the hold queue (`kubectl
+    /// smtp-relay queue` lists it; `postsuper -H` releases, `-d` deletes). `Discard`: every
+    /// message is accepted and dropped.
+    pub mode: SandboxMode,
+    /// With `CatchAll`: the mailbox every message goes to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 3, max = 254), regex(pattern = EMAIL_PATTERN))]
+    pub mailbox: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum SandboxMode {
+    CatchAll,
+    Hold,
+    Discard,
+}
+
+impl From<SandboxMode> for smtp_relay::config_file::SandboxMode {
+    fn from(m: SandboxMode) -> Self {
+        match m {
+            SandboxMode::CatchAll => Self::CatchAll,
+            SandboxMode::Hold => Self::Hold,
+            SandboxMode::Discard => Self::Discard,
+        }
+    }
+}
+
+impl SandboxSpec {
+    /// The sandbox in a few words, as the relay's own summary says it.
+    pub fn summary(&self) -> String {
+        match (self.mode, &self.mailbox) {
+            (SandboxMode::CatchAll, Some(mailbox)) => format!("CatchAll {mailbox}"),
+            (mode, _) => format!("{mode:?}"),
+        }
+    }
 }
 
 /// Which submission ports the relay opens.
@@ -1125,6 +1179,11 @@ pub struct SmtpRelayStatus {
     /// `customRestrictions` is set, `Custom` with `customRestrictions`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
+    /// The sandbox of the applied configuration, when it has one: `CatchAll MAILBOX`, `Hold`
+    /// or `Discard` (the `Sandbox` column of `kubectl get smtpr`): no mail reaches its
+    /// recipients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<String>,
     /// Mail waiting on the replicas' spools and whether it flows, read from each running
     /// pod's metrics every 30 s, a new relay's within 5 s (written only when it changes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1452,6 +1511,16 @@ mod tests {
         ] {
             let ours = serde_json::to_value(m).expect("json");
             let theirs = serde_json::to_value(Mode::from(m)).expect("json");
+            assert_eq!(ours, theirs);
+        }
+        for m in [
+            SandboxMode::CatchAll,
+            SandboxMode::Hold,
+            SandboxMode::Discard,
+        ] {
+            let ours = serde_json::to_value(m).expect("json");
+            let theirs =
+                serde_json::to_value(smtp_relay::config_file::SandboxMode::from(m)).expect("json");
             assert_eq!(ours, theirs);
         }
         for l in [

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use smtp_relay::config_file::{
     HeadersFile, InboundTlsFile, OAuth2File, RecipientsFile, RelayConfigFile, RelayhostFile,
-    SenderBindingFile, SendersFile, SubmissionFile,
+    SandboxFile, SenderBindingFile, SendersFile, SubmissionFile,
 };
 use smtp_relay::settings::TlsMinVersion;
 
@@ -112,6 +112,10 @@ pub fn relay_config_file(relay: &SmtpRelay, resolved: &Resolved) -> RelayConfigF
         }),
         recipients: spec.recipients.as_ref().map(|r| RecipientsFile {
             allowed: r.allowed.clone(),
+        }),
+        sandbox: spec.sandbox.as_ref().map(|sb| SandboxFile {
+            mode: sb.mode.into(),
+            mailbox: sb.mailbox.clone(),
         }),
         postconf: postconf(spec),
     }

@@ -1250,6 +1250,14 @@ pub fn compute_with(
             Outcome::Applied { .. } => Some(relay.spec.mode_in_force()),
             _ => old.mode,
         },
+        sandbox: match outcome {
+            Outcome::Applied { .. } => relay
+                .spec
+                .sandbox
+                .as_ref()
+                .map(crate::floor::crd::SandboxSpec::summary),
+            _ => old.sandbox,
+        },
         // Written by `queue::observe` alone.
         queue: old.queue,
     }
@@ -1273,6 +1281,33 @@ mod tests {
         Outcome::Applied {
             config_hash: "h1".into(),
         }
+    }
+
+    /// Issue 27: the sandbox in force shows in status (the `Sandbox` column); a refused spec
+    /// keeps the one that runs.
+    #[test]
+    fn status_says_where_a_sandboxed_relay_sends_its_mail() {
+        use crate::floor::crd::{SandboxMode, SandboxSpec};
+        let mut r = relay("r1");
+        assert_eq!(compute(&r, &applied(), DONE, t(1)).sandbox, None);
+        r.spec.sandbox = Some(SandboxSpec {
+            mode: SandboxMode::CatchAll,
+            mailbox: Some("qa@example.net".into()),
+        });
+        r.status = Some(compute(&r, &applied(), DONE, t(2)));
+        let shown = |r: &SmtpRelay| r.status.as_ref().and_then(|s| s.sandbox.clone());
+        assert_eq!(shown(&r).as_deref(), Some("CatchAll qa@example.net"));
+        r.spec.sandbox = Some(SandboxSpec {
+            mode: SandboxMode::Hold,
+            mailbox: None,
+        });
+        let refused = Outcome::InvalidSpec {
+            message: "spec.domain".into(),
+        };
+        r.status = Some(compute(&r, &refused, DONE, t(3)));
+        assert_eq!(shown(&r).as_deref(), Some("CatchAll qa@example.net"));
+        r.status = Some(compute(&r, &applied(), DONE, t(4)));
+        assert_eq!(shown(&r).as_deref(), Some("Hold"));
     }
 
     fn cond<'a>(s: &'a SmtpRelayStatus, type_: &str) -> &'a Condition {
