@@ -548,7 +548,7 @@ fn user_path_chart_operator_pod_relay_pod_and_mail_through_the_service() {
     phases.done("README's quick start, as written: a test mail delivered, everything removed");
 
     // 12. The chart's namespaced mode (issue 26): its RBAC a Role in one namespace.
-    the_namespaced_mode_runs_a_relay_there_alone(&cp, &release, sink_addr);
+    the_namespaced_mode_runs_a_relay_there_alone(&cp, &release, &sink, sink_addr);
     phases.done("namespaced mode: a relay of its namespace Ready and read, another left alone");
 
     // 13. `helm uninstall` (Helm 4): the operator and its RBAC go, the CRD stays (Helm never
@@ -605,6 +605,7 @@ fn user_path_chart_operator_pod_relay_pod_and_mail_through_the_service() {
 fn the_namespaced_mode_runs_a_relay_there_alone(
     cp: &ControlPlane,
     release: &operator::ChartRelease,
+    sink: &mail::Sink,
     relayhost: SocketAddr,
 ) {
     let (team, other) = ("team", "other");
@@ -632,6 +633,9 @@ fn the_namespaced_mode_runs_a_relay_there_alone(
     behind_a_balancer["spec"]["service"]["proxyProtocol"] = true.into();
     behind_a_balancer["spec"]["service"]["proxyProtocolSourceRanges"] =
         serde_json::json!([format!("{balancer}/32")]);
+    // A staging relay (issue 27): whatever the recipients, mail goes to one mailbox.
+    behind_a_balancer["spec"]["sandbox"] =
+        serde_json::json!({"mode": "CatchAll", "mailbox": "qa-inbox@example.net"});
     operator::apply(cp, team, &behind_a_balancer.to_string());
     ok(user_path::wait_relay_ready(cp, team, &relay, WAIT));
     ok(user_path::wait(
@@ -681,11 +685,58 @@ fn the_namespaced_mode_runs_a_relay_there_alone(
                 .filter(|e| e.contains("timeout") && !e.contains("refused"))
         },
     ));
+    a_sandboxed_relay_mails_only_its_mailbox(cp, team, &relay, sink, &pod_ip);
     a_pod_that_cannot_mount_its_spool_is_named(cp, team, &relay);
     for ns in [team, other] {
         cp.kubectl_ok(["delete", "smtprelay", "-n", ns, &relay, "--timeout=120s"]);
     }
 }
+
+/// Phase 12, continued (issue 27): the relay of `team` is a CatchAll sandbox, and `kubectl get`
+/// says so; a message the balancer relays for a client of `networks` (its PROXY header says
+/// 10.0.0.5) to a customer reaches the sink addressed to the sandbox's mailbox alone, the
+/// customer named in its `X-Sandbox-Recipient` header.
+fn a_sandboxed_relay_mails_only_its_mailbox(
+    cp: &ControlPlane,
+    ns: &str,
+    relay: &str,
+    sink: &mail::Sink,
+    pod_ip: &str,
+) {
+    let listed = cp.kubectl_ok(["get", "smtpr", "-n", ns, relay]);
+    assert!(
+        listed.lines().next().is_some_and(|h| h.contains("SANDBOX"))
+            && listed.contains("CatchAll qa-inbox@example.net"),
+        "kubectl get shows the sandbox:\n{listed}"
+    );
+    let subject = mail::marker("sandboxed");
+    let answer = ok(host_perl::exec(
+        cp,
+        ns,
+        "balancer",
+        PROXY_THEN_SEND,
+        &[pod_ip, "2525", "customer@example.net", &subject],
+    ));
+    assert!(answer.starts_with("250"), "end of DATA: {answer}");
+    let got = sink
+        .wait_for_subject("qa-inbox@example.net", &subject, WAIT)
+        .unwrap_or_else(|e| panic!("the sandbox's mailbox got the message: {e}"));
+    assert_eq!(got.rcpts, ["qa-inbox@example.net"]);
+    assert!(
+        got.text
+            .contains("X-Sandbox-Recipient: <customer@example.net>"),
+        "{}",
+        got.text
+    );
+    assert!(
+        !sink.delivered_to("customer@example.net"),
+        "the customer got nothing"
+    );
+}
+
+/// One message through a PROXY-protocol port for a client the header says is 10.0.0.5:
+/// `ARGV`: address, port, recipient, subject; prints the reply to the end of DATA.
+const PROXY_THEN_SEND: &str = r#"$s = IO::Socket::INET->new(PeerAddr => $ARGV[0], PeerPort => $ARGV[1], Timeout => 3) or die "connect: timeout $@\n"; alarm 20; print $s "PROXY TCP4 10.0.0.5 192.0.2.20 40000 25\r\n"; sub reply { my $l; do { $l = <$s>; defined $l or die "closed\n" } while ($l =~ /^\d\d\d-/); $l } reply(); for $c ("EHLO balancer.test", "MAIL FROM:<app\@example.net>", "RCPT TO:<$ARGV[2]>", "DATA") { print $s "$c\r\n"; $l = reply(); $l =~ /^[23]/ or die "$c: $l" } print $s "Subject: $ARGV[3]\r\n\r\n$ARGV[3]\r\n.\r\n"; print reply(); print $s "QUIT\r\n""#;
 
 /// Phase 12, continued: the spool directory of the relay's pod gone from the node (a disk
 /// lost, a volume the node cannot mount), the pod that replaces it stays ContainerCreating,
