@@ -24,6 +24,9 @@ pub struct Report {
     pub ready_replicas: i32,
     pub desired_replicas: i32,
     pub mode: Option<String>,
+    /// Where a sandboxed relay's mail goes instead of its recipients.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<String>,
     pub endpoint: Option<String>,
     pub relayhost: String,
     /// Delivering, and every condition that is not in its healthy state.
@@ -98,6 +101,7 @@ impl Report {
             ready_replicas: status.ready_replicas,
             desired_replicas: relay.spec.replicas,
             mode: status.mode.clone(),
+            sandbox: status.sandbox.clone(),
             endpoint: status.endpoint.clone(),
             relayhost: format!("{}:{}", rh.host, rh.port),
             attention,
@@ -127,6 +131,9 @@ impl Report {
             out += &format!(", mode {mode}");
         }
         out += "\n";
+        if let Some(sandbox) = &self.sandbox {
+            out += &format!("  sandbox    {sandbox}: no mail reaches its recipients\n");
+        }
         if let Some(endpoint) = &self.endpoint {
             out += &format!("  endpoint   {endpoint}\n");
         }
@@ -458,6 +465,24 @@ Recent warnings:
             report.text(0),
             "SmtpRelay mail/smtp-relay: Ready=Unknown (NotObserved), 0/2 replicas ready\n  relayhost  mx.example.net:587\n\nConditions:\n"
         );
+    }
+
+    #[test]
+    fn a_sandboxed_relay_says_where_its_mail_goes() {
+        let mut r = relay();
+        if let Some(s) = r.status.as_mut() {
+            s.sandbox = Some("CatchAll qa@example.net".into());
+        }
+        let text = Report::new(&r, &[], None).text(1_600);
+        assert!(
+            text.contains(
+                "\n  sandbox    CatchAll qa@example.net: no mail reaches its recipients\n"
+            ),
+            "{text}"
+        );
+        assert!(!Report::new(&relay(), &[], None)
+            .text(1_600)
+            .contains("sandbox"));
     }
 
     #[test]
