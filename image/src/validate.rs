@@ -321,8 +321,8 @@ pub fn delivery_interval(field: &str, seconds: u32) -> ConfigResult<u32> {
     Ok(seconds)
 }
 
-/// The port of the PROXY-protocol listener: a real port.
-pub fn proxy_protocol_port(field: &str, port: u16) -> ConfigResult<u16> {
+/// A port a second smtpd listens on (the PROXY-protocol one, a submission one): not 0.
+pub fn listen_port(field: &str, port: u16) -> ConfigResult<u16> {
     if port == 0 {
         return Err(ConfigError::invalid(field, "0 is not a port to listen on"));
     }

@@ -26,18 +26,7 @@ fn relay_with(sink: &Sink, min: Option<TlsMinVersion>) -> (Relay, std::path::Pat
     cfg.networks.clear();
     cfg.inbound_tls_min_version = min;
     let mut spec = RelaySpec::new(Input::file(cfg));
-    let users = spec.path("users");
-    SecretVolume::create(users.clone(), &[(USER, USER_PASSWORD)]);
-    let dir = spec.path("tls");
-    std::fs::create_dir_all(&dir).unwrap();
-    let (cert_file, key_file) = self_signed_cert(&dir);
-    if let Input::File(cfg) = &mut spec.input {
-        cfg.sasl_users_dir = Some(users);
-        cfg.inbound_tls = Some(InboundTlsFile {
-            cert_file: cert_file.clone(),
-            key_file,
-        });
-    }
+    let cert_file = with_user_and_certificate(&mut spec);
     (spec.start(), cert_file)
 }
 

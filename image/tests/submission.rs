@@ -11,7 +11,7 @@ use common::*;
 use lettre::transport::smtp::authentication::Mechanism;
 use lettre::transport::smtp::client::{SmtpConnection, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
-use smtp_relay::config_file::{InboundTlsFile, SubmissionFile};
+use smtp_relay::config_file::SubmissionFile;
 use smtp_relay::settings::Mode;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -26,17 +26,8 @@ struct Submission {
 fn relay(sink: &Sink) -> Submission {
     let (starttls, implicit_tls) = (free_port(), free_port());
     let mut spec = RelaySpec::new(Input::file(config(sink.port(), Mode::Strict)));
-    let users = spec.path("users");
-    SecretVolume::create(users.clone(), &[(USER, USER_PASSWORD)]);
-    let dir = spec.path("tls");
-    std::fs::create_dir_all(&dir).unwrap();
-    let (cert, key_file) = self_signed_cert(&dir);
+    let cert = with_user_and_certificate(&mut spec);
     if let Input::File(cfg) = &mut spec.input {
-        cfg.sasl_users_dir = Some(users);
-        cfg.inbound_tls = Some(InboundTlsFile {
-            cert_file: cert.clone(),
-            key_file,
-        });
         cfg.submission = Some(SubmissionFile {
             starttls_port: Some(starttls),
             implicit_tls_port: Some(implicit_tls),

@@ -221,7 +221,7 @@ pub fn settings(vars: &BTreeMap<String, String>, postfix_dir: &Path) -> ConfigRe
         sasl_users,
         inbound_tls,
         proxy_protocol_port: port(&get, "RELAY_PROXY_PROTOCOL_PORT")?
-            .map(|p| validate::proxy_protocol_port("RELAY_PROXY_PROTOCOL_PORT", p))
+            .map(|p| validate::listen_port("RELAY_PROXY_PROTOCOL_PORT", p))
             .transpose()?,
         submission,
         headers: header_policy(&get, &postconf)?,

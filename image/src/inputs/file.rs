@@ -489,7 +489,7 @@ pub fn settings_with(
         inbound_tls,
         proxy_protocol_port: file
             .proxy_protocol_port
-            .map(|port| validate::proxy_protocol_port(&field("proxyProtocolPort"), port))
+            .map(|port| validate::listen_port(&field("proxyProtocolPort"), port))
             .transpose()?,
         submission,
         headers: header_policy(file, field)?,

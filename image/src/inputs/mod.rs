@@ -160,6 +160,23 @@ pub fn tls_level(
     Ok(level)
 }
 
+/// Refuses a `postconf` entry (named with `prefix`) for one of `parameters`, which `field`
+/// sets: one owner for each Postfix parameter.
+fn not_in_postconf(
+    field: &str,
+    parameters: &[&str],
+    postconf: &BTreeMap<String, String>,
+    prefix: &str,
+) -> ConfigResult<()> {
+    match parameters.iter().find(|p| postconf.contains_key(**p)) {
+        Some(parameter) => Err(ConfigError::invalid(
+            field,
+            format!("and {prefix}{parameter} both set Postfix's {parameter}: keep one"),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// How an input names what `header_policy` reads: the headers choice as a whole, its list of
 /// headers to remove, and the prefix of a `postconf` entry.
 pub struct HeaderFields<'a> {
@@ -177,16 +194,12 @@ pub fn header_policy(
     postconf: &BTreeMap<String, String>,
     fields: &HeaderFields<'_>,
 ) -> ConfigResult<HeaderPolicy> {
-    let parameter = main_cf::HEADER_CHECKS_PARAMETER;
-    if postconf.contains_key(parameter) {
-        return Err(ConfigError::invalid(
-            fields.headers,
-            format!(
-                "and {}{parameter} both set Postfix's {parameter}: keep one",
-                fields.postconf_prefix
-            ),
-        ));
-    }
+    not_in_postconf(
+        fields.headers,
+        &[main_cf::HEADER_CHECKS_PARAMETER],
+        postconf,
+        fields.postconf_prefix,
+    )?;
     if remove.len() > validate::REMOVED_HEADERS_MAX {
         return Err(ConfigError::invalid(
             fields.remove,
@@ -244,14 +257,13 @@ pub fn mail_access(
             .map(|e| validate::mail_pattern(field, e))
             .collect::<ConfigResult<Vec<_>>>()
     };
-    if !input.bindings.is_empty() && postconf.contains_key(SENDER_LOGIN_MAPS) {
-        return Err(ConfigError::invalid(
+    if !input.bindings.is_empty() {
+        not_in_postconf(
             fields.bindings,
-            format!(
-                "and {}{SENDER_LOGIN_MAPS} both set Postfix's {SENDER_LOGIN_MAPS}: keep one",
-                fields.postconf_prefix
-            ),
-        ));
+            &[SENDER_LOGIN_MAPS],
+            postconf,
+            fields.postconf_prefix,
+        )?;
     }
     if input.bindings.len() > validate::MAIL_PATTERNS_MAX {
         return Err(ConfigError::invalid(
@@ -304,7 +316,7 @@ pub fn submission_ports(
     };
     for (implicit, port) in [(false, starttls), (true, implicit_tls)] {
         let Some(port) = port else { continue };
-        validate::proxy_protocol_port(&field(implicit), port)?;
+        validate::listen_port(&field(implicit), port)?;
         if *users == SaslUserSource::None {
             return Err(ConfigError::invalid(
                 field(implicit),
@@ -332,18 +344,12 @@ pub fn sandbox(
     postconf: &BTreeMap<String, String>,
     fields: &SandboxFields<'_>,
 ) -> ConfigResult<Sandbox> {
-    if let Some(parameter) = sandbox::PARAMETERS
-        .iter()
-        .find(|p| postconf.contains_key(**p))
-    {
-        return Err(ConfigError::invalid(
-            fields.sandbox,
-            format!(
-                "and {}{parameter} both set Postfix's {parameter}: keep one",
-                fields.postconf_prefix
-            ),
-        ));
-    }
+    not_in_postconf(
+        fields.sandbox,
+        &sandbox::PARAMETERS,
+        postconf,
+        fields.postconf_prefix,
+    )?;
     match (mode, mailbox) {
         (SandboxMode::CatchAll, Some(mailbox)) => {
             Ok(Sandbox::CatchAll(validate::email(fields.mailbox, mailbox)?))

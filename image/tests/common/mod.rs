@@ -783,6 +783,24 @@ pub fn tls_params(cert: &Path) -> TlsParameters {
         .unwrap()
 }
 
+/// Gives a config-file relay the SASL user [`USER`] and a self-signed certificate for
+/// `localhost`, made in its directory; returns the certificate.
+pub fn with_user_and_certificate(spec: &mut RelaySpec) -> PathBuf {
+    let users = spec.path("users");
+    SecretVolume::create(users.clone(), &[(USER, USER_PASSWORD)]);
+    let dir = spec.path("tls");
+    fs::create_dir_all(&dir).unwrap();
+    let (cert_file, key_file) = self_signed_cert(&dir);
+    if let Input::File(cfg) = &mut spec.input {
+        cfg.sasl_users_dir = Some(users);
+        cfg.inbound_tls = Some(smtp_relay::config_file::InboundTlsFile {
+            cert_file: cert_file.clone(),
+            key_file,
+        });
+    }
+    cert_file
+}
+
 /// A self-signed certificate for `localhost` and 127.0.0.1, made with the openssl CLI.
 pub fn self_signed_cert(dir: &Path) -> (PathBuf, PathBuf) {
     smtp_relay_e2e::mail::self_signed_cert(dir).unwrap_or_else(|e| panic!("{e}"))

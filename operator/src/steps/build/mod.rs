@@ -381,6 +381,17 @@ mod tests {
         ));
     }
 
+    /// The relay container's ports, by name.
+    fn container_ports(d: &Desired) -> Vec<(String, i32)> {
+        let pod = d.stateful_set.spec.clone().unwrap().template.spec.unwrap();
+        pod.containers[0]
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| (p.name.clone().unwrap(), p.container_port))
+            .collect()
+    }
+
     #[test]
     fn proxy_protocol_is_a_second_port_the_service_targets() {
         let mut r = relay("r1");
@@ -403,21 +414,7 @@ mod tests {
             smtp(&d).target_port,
             Some(IntOrString::String("smtp-proxy".into()))
         );
-        let container = &d
-            .stateful_set
-            .spec
-            .clone()
-            .unwrap()
-            .template
-            .spec
-            .unwrap()
-            .containers[0];
-        let ports: Vec<_> = container
-            .ports
-            .iter()
-            .flatten()
-            .map(|p| (p.name.clone().unwrap(), p.container_port))
-            .collect();
+        let ports = container_ports(&d);
         assert!(ports.contains(&("smtp-proxy".into(), 2525)), "{ports:?}");
         let file = crate::steps::judge::relay_config::relay_config_file(&r, &Resolved::default());
         assert_eq!(file.proxy_protocol_port, Some(2525));
@@ -449,6 +446,7 @@ mod tests {
         let service: Vec<_> = d
             .service
             .spec
+            .clone()
             .unwrap()
             .ports
             .unwrap()
@@ -470,20 +468,7 @@ mod tests {
                 )
             ]
         );
-        let container = &d
-            .stateful_set
-            .spec
-            .unwrap()
-            .template
-            .spec
-            .unwrap()
-            .containers[0];
-        let ports: Vec<_> = container
-            .ports
-            .iter()
-            .flatten()
-            .map(|p| (p.name.clone().unwrap(), p.container_port))
-            .collect();
+        let ports = container_ports(&d);
         assert!(ports.contains(&("submission".into(), 587)), "{ports:?}");
         assert!(ports.contains(&("submissions".into(), 465)), "{ports:?}");
         let policy = d.network_policy.expect("a NetworkPolicy").spec.unwrap();
