@@ -73,6 +73,9 @@ pub struct RelayConfigFile {
     /// A staging sandbox: every accepted message goes to one mailbox, is held or is dropped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sandbox: Option<SandboxFile>,
+    /// How much each client may do per interval (per replica).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limits: Option<RateLimitsFile>,
     /// Extra Postfix parameters, applied last.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub postconf: BTreeMap<String, String>,
@@ -89,6 +92,29 @@ pub struct SubmissionFile {
     /// TLS from the first byte (465, `submissions`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub implicit_tls_port: Option<u16>,
+}
+
+/// Rate limits: over one, the client gets a 4xx and retries later.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RateLimitsFile {
+    /// The interval the limits count over; 60 when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval_seconds: Option<u32>,
+    /// Per client address, on each replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_client: Option<ClientLimitsFile>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClientLimitsFile {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub messages: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipients: Option<u32>,
 }
 
 /// What a sandbox does with every accepted message (its recipients kept in

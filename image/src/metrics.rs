@@ -31,6 +31,11 @@ pub struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabel {
+    pub limit: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabel {
     pub state: String,
 }
@@ -109,6 +114,8 @@ pub struct Metrics {
     logs_in: Arc<std::sync::atomic::AtomicBool>,
     pub connections: Counter,
     pub sasl_failures: Counter,
+    /// Clients refused a connection, a message or a recipient over a limit per client.
+    pub rate_limited: Family<LimitLabel, Counter>,
     pub queue: Family<QueueLabel, Gauge>,
     pub sasl_users: Gauge,
     pub reloads: Counter,
@@ -233,6 +240,7 @@ impl Metrics {
             logs_in: Arc::default(),
             connections: Counter::default(),
             sasl_failures: Counter::default(),
+            rate_limited: Family::default(),
             queue: Family::default(),
             sasl_users: Gauge::default(),
             reloads: Counter::default(),
@@ -312,6 +320,11 @@ impl Metrics {
             "sasl_auth_failures",
             "Failed SASL logins of clients",
             self.sasl_failures.clone(),
+        );
+        registry.register(
+            "smtpd_rate_limited",
+            "Clients told to retry later over a limit per client (rateLimits.perClient), by limit: connections, messages, recipients; the relay's log names each client",
+            self.rate_limited.clone(),
         );
         registry.register(
             "queue_messages",
@@ -597,6 +610,12 @@ impl Metrics {
                         .inc();
                 } else if sasl_login_failed(message) {
                     self.sasl_failures.inc();
+                } else if let Some(limit) = rate_limited(message) {
+                    self.rate_limited
+                        .get_or_create(&LimitLabel {
+                            limit: limit.into(),
+                        })
+                        .inc();
                 }
             }
             _ => {}
@@ -1308,6 +1327,21 @@ fn bounded_code(code: &str) -> String {
 }
 
 /// The reason of an smtpd reject, from smtpd's words (see [`REJECT_REASONS`]): the first said.
+/// Which limit per client smtpd's warning says a client went over (anvil's count, Postfix's
+/// own words before the client's name): connections, messages or recipients.
+fn rate_limited(message: &str) -> Option<&'static str> {
+    let what = message
+        .strip_prefix("warning: ")?
+        .split_once(" rate limit exceeded: ")?
+        .0;
+    match what {
+        "Connection" => Some("connections"),
+        "Message delivery request" => Some("messages"),
+        "Recipient address" => Some("recipients"),
+        _ => None,
+    }
+}
+
 fn reject_reason(text: &str) -> &'static str {
     REJECT_REASONS
         .iter()
@@ -1516,6 +1550,29 @@ async fn bind(listen: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpLi
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_client_over_a_limit_is_counted_by_the_limit_from_postfix_words() {
+        assert_eq!(
+            rate_limited("warning: Message delivery request rate limit exceeded: 3 from client.test[127.0.0.2] for service smtp"),
+            Some("messages")
+        );
+        assert_eq!(
+            rate_limited(
+                "warning: Connection rate limit exceeded: 4 from x[127.0.0.2] for service smtp"
+            ),
+            Some("connections")
+        );
+        assert_eq!(
+            rate_limited("warning: Recipient address rate limit exceeded: 3 from x[127.0.0.2] for service smtp"),
+            Some("recipients")
+        );
+        // What a client writes comes after the count, never before it.
+        assert_eq!(
+            rate_limited("warning: Illegal address syntax from x rate limit exceeded: [1.2.3.4]"),
+            None
+        );
+    }
     use crate::mail_log::address_end;
 
     #[test]

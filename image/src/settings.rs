@@ -323,6 +323,8 @@ pub struct Settings {
     pub access: MailAccess,
     /// Where accepted mail goes instead of its recipients, on a test or staging relay.
     pub sandbox: Option<Sandbox>,
+    /// How much each client address may do per interval, per replica.
+    pub client_limits: Option<ClientLimits>,
     /// Extra Postfix parameters, applied last so they override everything above.
     pub postconf: BTreeMap<String, String>,
     /// How errors name a `postconf` entry: this prefix followed by the parameter name
@@ -341,6 +343,21 @@ pub struct HeaderPolicy {
     /// Header names removed from every message that leaves (validated:
     /// [`crate::validate::removed_header`]).
     pub remove: Vec<String>,
+}
+
+/// Limits per client address and interval, counted by Postfix's anvil on each replica: over
+/// one, the client gets a 4xx and retries later; nothing bounces. They apply to every client,
+/// those of `networks` too (Postfix exempts them by default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// The interval, in seconds (`anvil_rate_time_unit`).
+    pub interval_secs: u32,
+    /// Connections a client may open per interval.
+    pub connections: Option<u32>,
+    /// Messages a client may send per interval.
+    pub messages: Option<u32>,
+    /// Recipients a client may name per interval.
+    pub recipients: Option<u32>,
 }
 
 /// A staging sandbox: what happens to every accepted message instead of its delivery to its

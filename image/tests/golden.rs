@@ -113,6 +113,13 @@ fn main_cf_and_master_cf_of_every_mode() {
         settings_with(&file, &|n| format!("relay.yaml: {n}"), &mounted).expect("delivery interval");
     let main = main_cf::render(&main_cf::parameters(&settings, &layout()));
     stale.extend(golden("main.cf.delivery_interval", &main));
+    assert!(stale.is_empty(), "{}", stale.join("\n"));
+}
+
+/// Issue 27: what the relay writes for who may send what, to whom, how fast, and where.
+#[test]
+fn main_cf_and_tables_of_the_sending_rules() {
+    let mut stale = Vec::new();
     // Issue 27: the headers of what leaves, by default (the client cut from Received lines)
     // and with headers removed.
     let (mut file, mounted) = config(Mode::Strict);
@@ -148,6 +155,20 @@ fn main_cf_and_master_cf_of_every_mode() {
     stale.extend(golden("main.cf.sandbox", &main));
     let table = smtp_relay::postfix::sandbox::table(settings.sandbox.as_ref()).unwrap_or_default();
     stale.extend(golden("sandbox_recipients.regexp", &table));
+    // Issue 27: limits per client.
+    let (mut file, mounted) = config(Mode::Strict);
+    file.rate_limits = Some(smtp_relay::config_file::RateLimitsFile {
+        interval_seconds: None,
+        per_client: Some(smtp_relay::config_file::ClientLimitsFile {
+            connections: Some(60),
+            messages: Some(100),
+            recipients: Some(500),
+        }),
+    });
+    let settings =
+        settings_with(&file, &|n| format!("relay.yaml: {n}"), &mounted).expect("rate limits");
+    let main = main_cf::render(&main_cf::parameters(&settings, &layout()));
+    stale.extend(golden("main.cf.rate_limits", &main));
     // Issue 27: the submission ports.
     let (mut file, mounted) = config(Mode::AllowSaslAuthNoDomain);
     file.submission = Some(smtp_relay::config_file::SubmissionFile {

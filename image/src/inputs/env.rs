@@ -11,8 +11,8 @@ use crate::inputs::{self, readable_file};
 use crate::postfix::relay_guard;
 use crate::postfix::restrictions::Vouch;
 use crate::settings::{
-    self, Credentials, HeaderPolicy, InboundTls, MailAccess, RelayPolicy, Sandbox, SaslUserSource,
-    Settings, TlsLevel, TlsMinVersion,
+    self, ClientLimits, Credentials, HeaderPolicy, InboundTls, MailAccess, RelayPolicy, Sandbox,
+    SaslUserSource, Settings, TlsLevel, TlsMinVersion,
 };
 use crate::validate;
 
@@ -227,9 +227,54 @@ pub fn settings(vars: &BTreeMap<String, String>, postfix_dir: &Path) -> ConfigRe
         headers: header_policy(&get, &postconf)?,
         access: mail_access(&get, &postconf)?,
         sandbox: sandbox(&get, &postconf)?,
+        client_limits: client_limits(&get, &postconf)?,
         postconf,
         postconf_field_prefix: POSTCONF_PREFIX.to_string(),
     })
+}
+
+/// `RELAY_CLIENT_CONNECTION_LIMIT`, `RELAY_CLIENT_MESSAGE_LIMIT`,
+/// `RELAY_CLIENT_RECIPIENT_LIMIT` (each per `RELAY_RATE_INTERVAL` seconds, 60 by default),
+/// validated ([`inputs::client_limits`]); none set, no limit.
+fn client_limits<'a>(
+    get: &impl Fn(&str) -> Option<&'a str>,
+    postconf: &BTreeMap<String, String>,
+) -> ConfigResult<Option<ClientLimits>> {
+    const LIMITS: &str =
+        "RELAY_CLIENT_CONNECTION_LIMIT, RELAY_CLIENT_MESSAGE_LIMIT, RELAY_CLIENT_RECIPIENT_LIMIT";
+    const INTERVAL: &str = "RELAY_RATE_INTERVAL";
+    let count = |name: &str| -> ConfigResult<Option<u32>> {
+        get(name)
+            .map(|v| {
+                v.trim()
+                    .parse::<u32>()
+                    .map_err(|_| ConfigError::invalid(name, format!("{v:?} is not a count")))
+            })
+            .transpose()
+    };
+    let connections = count("RELAY_CLIENT_CONNECTION_LIMIT")?;
+    let messages = count("RELAY_CLIENT_MESSAGE_LIMIT")?;
+    let recipients = count("RELAY_CLIENT_RECIPIENT_LIMIT")?;
+    let interval = count(INTERVAL)?;
+    if [connections, messages, recipients, interval]
+        .iter()
+        .all(Option::is_none)
+    {
+        return Ok(None);
+    }
+    inputs::client_limits(
+        interval,
+        connections,
+        messages,
+        recipients,
+        postconf,
+        &inputs::LimitFields {
+            limits: LIMITS,
+            interval: INTERVAL,
+            postconf_prefix: POSTCONF_PREFIX,
+        },
+    )
+    .map(Some)
 }
 
 /// `RELAY_SANDBOX`: `hold`, `discard`, or the address of a catch-all mailbox.
@@ -755,6 +800,27 @@ mod tests {
                 "{bad}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn limits_per_client_come_from_their_variables() {
+        let mut vars = minimal();
+        vars.extend([
+            ("RELAY_CLIENT_MESSAGE_LIMIT", "100"),
+            ("RELAY_RATE_INTERVAL", "3600"),
+        ]);
+        let l = settings(&env(&vars), nodir())
+            .unwrap()
+            .client_limits
+            .unwrap();
+        assert_eq!(
+            (l.interval_secs, l.messages, l.recipients),
+            (3600, Some(100), None)
+        );
+        let mut vars = minimal();
+        vars.push(("RELAY_RATE_INTERVAL", "60"));
+        let err = settings(&env(&vars), nodir()).unwrap_err().to_string();
+        assert!(err.contains("sets no limit"), "{err}");
     }
 
     #[test]

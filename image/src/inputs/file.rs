@@ -9,7 +9,8 @@ use crate::inputs::{self, env::checked_credentials, readable_file, FileRefusal};
 use crate::json_error::{json_kind, json_position, json_problem};
 use crate::postfix::relay_guard;
 use crate::settings::{
-    self, HeaderPolicy, InboundTls, MailAccess, RelayPolicy, Relayhost, SaslUserSource, Settings,
+    self, ClientLimits, HeaderPolicy, InboundTls, MailAccess, RelayPolicy, Relayhost,
+    SaslUserSource, Settings,
 };
 use crate::validate;
 
@@ -494,6 +495,7 @@ pub fn settings_with(
         submission,
         headers: header_policy(file, field)?,
         access: mail_access(file, field)?,
+        client_limits: client_limits(file, field)?,
         sandbox: file
             .sandbox
             .as_ref()
@@ -544,6 +546,37 @@ fn header_policy(
             postconf_prefix: &prefix,
         },
     )
+}
+
+/// `rateLimits.perClient`, validated ([`inputs::client_limits`]); omitted, no limit.
+fn client_limits(
+    file: &RelayConfigFile,
+    field: &dyn Fn(&str) -> String,
+) -> ConfigResult<Option<ClientLimits>> {
+    let Some(limits) = &file.rate_limits else {
+        return Ok(None);
+    };
+    let Some(per_client) = &limits.per_client else {
+        return Ok(None);
+    };
+    let (all, interval, prefix) = (
+        field("rateLimits.perClient"),
+        field("rateLimits.intervalSeconds"),
+        field("postconf."),
+    );
+    inputs::client_limits(
+        limits.interval_seconds,
+        per_client.connections,
+        per_client.messages,
+        per_client.recipients,
+        &file.postconf,
+        &inputs::LimitFields {
+            limits: &all,
+            interval: &interval,
+            postconf_prefix: &prefix,
+        },
+    )
+    .map(Some)
 }
 
 /// The entries of a list as the inputs read them.
@@ -646,6 +679,45 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("saslUsersDir"));
+    }
+
+    #[test]
+    fn limits_per_client_are_counts_over_an_interval() {
+        use crate::config_file::{ClientLimitsFile, RateLimitsFile};
+        let with = |interval: Option<u32>, limits: ClientLimitsFile, postconf: &[(&str, &str)]| {
+            let mut f = base();
+            f.rate_limits = Some(RateLimitsFile {
+                interval_seconds: interval,
+                per_client: Some(limits),
+            });
+            f.postconf = postconf
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            settings(&f, "relay.yaml").map(|s| s.client_limits)
+        };
+        let messages = |n| ClientLimitsFile {
+            messages: Some(n),
+            ..Default::default()
+        };
+        let l = with(None, messages(100), &[]).unwrap().unwrap();
+        assert_eq!(
+            (l.interval_secs, l.messages, l.connections),
+            (60, Some(100), None)
+        );
+        let err =
+            |r: ConfigResult<Option<crate::settings::ClientLimits>>| r.unwrap_err().to_string();
+        assert!(err(with(None, messages(0), &[])).starts_with(
+            "relay.yaml: rateLimits.perClient: a limit of 0 would refuse every client"
+        ));
+        assert!(err(with(None, ClientLimitsFile::default(), &[]))
+            .starts_with("relay.yaml: rateLimits.perClient: sets no limit"));
+        assert!(err(with(Some(0), messages(1), &[]))
+            .starts_with("relay.yaml: rateLimits.intervalSeconds: 0 is not an interval"));
+        assert_eq!(
+            err(with(None, messages(1), &[("anvil_rate_time_unit", "30s")])),
+            "relay.yaml: rateLimits.perClient: and relay.yaml: postconf.anvil_rate_time_unit both set Postfix's anvil_rate_time_unit: keep one"
+        );
     }
 
     #[test]

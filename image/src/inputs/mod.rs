@@ -16,8 +16,8 @@ use crate::postfix::main_cf::{self, SYSTEM_CA_BUNDLE};
 use crate::postfix::restrictions;
 use crate::postfix::sandbox;
 use crate::settings::{
-    HeaderPolicy, MailAccess, Mode, RelayPolicy, Sandbox, SaslUserSource, SenderBinding,
-    SubmissionPorts, TlsLevel,
+    ClientLimits, HeaderPolicy, MailAccess, Mode, RelayPolicy, Sandbox, SaslUserSource,
+    SenderBinding, SubmissionPorts, TlsLevel,
 };
 use crate::validate;
 
@@ -365,4 +365,59 @@ pub fn sandbox(
         (SandboxMode::Hold, None) => Ok(Sandbox::Hold),
         (SandboxMode::Discard, None) => Ok(Sandbox::Discard),
     }
+}
+
+/// How an input names what `client_limits` reads: the limits, the interval, and the prefix of
+/// a `postconf` entry.
+pub struct LimitFields<'a> {
+    pub limits: &'a str,
+    pub interval: &'a str,
+    pub postconf_prefix: &'a str,
+}
+
+/// The limits per client, validated: an interval of 1 s to a day (60 s when omitted), limits
+/// of at least 1, at least one limit; refused beside a `postconf` entry for a parameter they
+/// set ([`main_cf::CLIENT_LIMIT_PARAMETERS`]).
+pub fn client_limits(
+    interval_secs: Option<u32>,
+    connections: Option<u32>,
+    messages: Option<u32>,
+    recipients: Option<u32>,
+    postconf: &BTreeMap<String, String>,
+    fields: &LimitFields<'_>,
+) -> ConfigResult<ClientLimits> {
+    not_in_postconf(
+        fields.limits,
+        &main_cf::CLIENT_LIMIT_PARAMETERS,
+        postconf,
+        fields.postconf_prefix,
+    )?;
+    let interval_secs = interval_secs.unwrap_or(60);
+    if !(1..=86_400).contains(&interval_secs) {
+        return Err(ConfigError::invalid(
+            fields.interval,
+            format!("{interval_secs} is not an interval of 1 to 86400 seconds"),
+        ));
+    }
+    if [connections, messages, recipients].contains(&Some(0)) {
+        return Err(ConfigError::invalid(
+            fields.limits,
+            "a limit of 0 would refuse every client: remove it to leave that count unlimited",
+        ));
+    }
+    if [connections, messages, recipients]
+        .iter()
+        .all(Option::is_none)
+    {
+        return Err(ConfigError::invalid(
+            fields.limits,
+            "sets no limit: give connections, messages or recipients",
+        ));
+    }
+    Ok(ClientLimits {
+        interval_secs,
+        connections,
+        messages,
+        recipients,
+    })
 }

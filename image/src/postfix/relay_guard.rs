@@ -718,6 +718,7 @@ mod tests {
             headers: Default::default(),
             access: Default::default(),
             sandbox: None,
+            client_limits: None,
             postconf: postconf
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
