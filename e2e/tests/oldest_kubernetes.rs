@@ -362,6 +362,9 @@ fn cel_cases() -> Vec<Value> {
         json!({"submission": {"starttls": true}}),
         json!({"sandbox": {"mode": "CatchAll"}}),
         json!({"sandbox": {"mode": "Discard", "mailbox": "qa@example.net"}}),
+        json!({"rateLimits": {"perClient": {}}}),
+        json!({"rateLimits": {"perClient": {"messages": 10}},
+            "postconf": {"anvil_rate_time_unit": "30s"}}),
     ]
 }
 

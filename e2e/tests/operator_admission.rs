@@ -384,6 +384,19 @@ fn admission(cp: &ControlPlane) {
             vec!["spec", "both set Postfix's smtpd_sender_login_maps"],
         ),
         (
+            "limits per client that limit nothing",
+            with(json!({"rateLimits": {"perClient": {}}})),
+            vec!["spec.rateLimits.perClient", "sets no limit"],
+        ),
+        (
+            "a limit of zero messages",
+            with(json!({"rateLimits": {"perClient": {"messages": 0}}})),
+            vec![
+                "spec.rateLimits.perClient.messages",
+                "should be greater than or equal to 1",
+            ],
+        ),
+        (
             "a catch-all sandbox without its mailbox",
             with(json!({"sandbox": {"mode": "CatchAll"}})),
             vec![

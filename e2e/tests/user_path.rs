@@ -633,9 +633,11 @@ fn the_namespaced_mode_runs_a_relay_there_alone(
     behind_a_balancer["spec"]["service"]["proxyProtocol"] = true.into();
     behind_a_balancer["spec"]["service"]["proxyProtocolSourceRanges"] =
         serde_json::json!([format!("{balancer}/32")]);
-    // A staging relay (issue 27): whatever the recipients, mail goes to one mailbox.
+    // A staging relay (issue 27): whatever the recipients, mail goes to one mailbox; and one
+    // message a minute per client.
     behind_a_balancer["spec"]["sandbox"] =
         serde_json::json!({"mode": "CatchAll", "mailbox": "qa-inbox@example.net"});
+    behind_a_balancer["spec"]["rateLimits"] = serde_json::json!({"perClient": {"messages": 1}});
     operator::apply(cp, team, &behind_a_balancer.to_string());
     ok(user_path::wait_relay_ready(cp, team, &relay, WAIT));
     ok(user_path::wait(
@@ -695,7 +697,8 @@ fn the_namespaced_mode_runs_a_relay_there_alone(
 /// Phase 12, continued (issue 27): the relay of `team` is a CatchAll sandbox, and `kubectl get`
 /// says so; a message the balancer relays for a client of `networks` (its PROXY header says
 /// 10.0.0.5) to a customer reaches the sink addressed to the sandbox's mailbox alone, the
-/// customer named in its `X-Sandbox-Recipient` header.
+/// customer named in its `X-Sandbox-Recipient` header; the client's second message goes over
+/// its limit of one a minute.
 fn a_sandboxed_relay_mails_only_its_mailbox(
     cp: &ControlPlane,
     ns: &str,
@@ -731,6 +734,21 @@ fn a_sandboxed_relay_mails_only_its_mailbox(
     assert!(
         !sink.delivered_to("customer@example.net"),
         "the customer got nothing"
+    );
+    // The client's second message within the minute: told to retry later, by the limit on
+    // the address its PROXY header gave.
+    let limited = host_perl::exec(
+        cp,
+        ns,
+        "balancer",
+        PROXY_THEN_SEND,
+        &[pod_ip, "2525", "customer@example.net", "over the limit"],
+    );
+    assert!(
+        limited
+            .as_ref()
+            .is_err_and(|e| e.contains("450 4.7.1 Error: too much mail from 10.0.0.5")),
+        "the second message in a minute: {limited:?}"
     );
 }
 

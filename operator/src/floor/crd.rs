@@ -70,6 +70,10 @@ pub const EMAIL_PATTERN: &str = r"^[^@\s]+@[^@\s]+$";
         "message": "headers and postconf.smtp_header_checks both set Postfix's smtp_header_checks: keep one"
     },
     {
+        "rule": "!(has(self.rateLimits) && has(self.rateLimits.perClient) && has(self.postconf) && ['anvil_rate_time_unit', 'smtpd_client_connection_rate_limit', 'smtpd_client_message_rate_limit', 'smtpd_client_recipient_rate_limit', 'smtpd_client_event_limit_exceptions'].exists(p, p in self.postconf))",
+        "message": "rateLimits.perClient and postconf both set Postfix's limits per client (anvil_rate_time_unit, smtpd_client_*_rate_limit, smtpd_client_event_limit_exceptions): keep one"
+    },
+    {
         "rule": "!has(self.submission) || has(self.saslUsersSecretRef)",
         "message": "submission ports are where SASL users send, after logging in: set saslUsersSecretRef, or remove submission"
     },
@@ -206,6 +210,13 @@ pub struct SmtpRelaySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sandbox: Option<SandboxSpec>,
 
+    /// How much each client may do per interval. Over a limit, the client gets a 4xx and
+    /// retries later: nothing bounces. The metric `smtp_relay_smtpd_rate_limited_total{limit}`
+    /// and the chart's alert `SmtpRelayClientsRateLimited` say it happened; the relay's log
+    /// names the client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limits: Option<RateLimitsSpec>,
+
     /// Extra Postfix `main.cf` parameters, applied last so they override every generated value.
     /// Keys are Postfix parameter names (letters, digits and underscores, starting with a
     /// lowercase letter, e.g. `message_size_limit` or `smtpd_tls_CApath`). Values are strings:
@@ -329,6 +340,43 @@ pub struct HeadersSpec {
         {"rule": "self.all(h, !(h.lowerAscii() in ['from', 'date', 'received', 'mime-version']) && !h.lowerAscii().startsWith('content-'))", "message": "headers.remove cannot name From, Date, Received, MIME-Version or a Content- header: a message needs them, or they record its path (the client is hidden in Received lines already)"}
     ]))]
     pub remove: Vec<String>,
+}
+
+/// Limits over an interval.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimitsSpec {
+    /// The interval the limits count over, in seconds (Postfix `anvil_rate_time_unit`).
+    /// Omitted: 60.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub interval_seconds: Option<u32>,
+    /// Limits per client address, counted on each replica by Postfix's anvil (a client whose
+    /// connections the Service spreads over N replicas may do up to N times as much), for
+    /// every client, those of `networks` included (Postfix's `smtpd_client_*_rate_limit`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_client: Option<ClientLimitsSpec>,
+}
+
+/// What one client address may do per interval; at least one.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "has(self.connections) || has(self.messages) || has(self.recipients)", "message": "rateLimits.perClient sets no limit: give connections, messages or recipients"}
+]))]
+pub struct ClientLimitsSpec {
+    /// Connections opened (over it: `421`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub connections: Option<u32>,
+    /// Messages sent (over it: `450 4.7.1 Error: too much mail from ADDRESS`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub messages: Option<u32>,
+    /// Recipients named (over it: `450 4.7.1 Error: too many recipients from ADDRESS`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub recipients: Option<u32>,
 }
 
 /// What a sandboxed relay does with every message it accepts.

@@ -413,6 +413,7 @@ mod tests {
         relay.set_logs_in(true);
         // Families show on the page once they have a series.
         relay.observe_log_line("postfix/smtpd[1]: NOQUEUE: reject: RCPT from x[1.2.3.4]: 554 5.7.1 <a@b.c>: Relay access denied");
+        relay.observe_log_line("postfix/smtpd[1]: warning: Message delivery request rate limit exceeded: 3 from x[1.2.3.4] for service smtp");
         relay.oauth2_refreshed(Some("invalid_client"));
         let operator = Metrics::default();
         let (store, _writer) = kube::runtime::reflector::store();

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use smtp_relay::config_file::{
-    HeadersFile, InboundTlsFile, OAuth2File, RecipientsFile, RelayConfigFile, RelayhostFile,
-    SandboxFile, SenderBindingFile, SendersFile, SubmissionFile,
+    ClientLimitsFile, HeadersFile, InboundTlsFile, OAuth2File, RateLimitsFile, RecipientsFile,
+    RelayConfigFile, RelayhostFile, SandboxFile, SenderBindingFile, SendersFile, SubmissionFile,
 };
 use smtp_relay::settings::TlsMinVersion;
 
@@ -112,6 +112,14 @@ pub fn relay_config_file(relay: &SmtpRelay, resolved: &Resolved) -> RelayConfigF
         }),
         recipients: spec.recipients.as_ref().map(|r| RecipientsFile {
             allowed: r.allowed.clone(),
+        }),
+        rate_limits: spec.rate_limits.as_ref().map(|r| RateLimitsFile {
+            interval_seconds: r.interval_seconds,
+            per_client: r.per_client.as_ref().map(|c| ClientLimitsFile {
+                connections: c.connections,
+                messages: c.messages,
+                recipients: c.recipients,
+            }),
         }),
         sandbox: spec.sandbox.as_ref().map(|sb| SandboxFile {
             mode: sb.mode.into(),
