@@ -243,15 +243,7 @@ fn client_limits<'a>(
     const LIMITS: &str =
         "RELAY_CLIENT_CONNECTION_LIMIT, RELAY_CLIENT_MESSAGE_LIMIT, RELAY_CLIENT_RECIPIENT_LIMIT";
     const INTERVAL: &str = "RELAY_RATE_INTERVAL";
-    let count = |name: &str| -> ConfigResult<Option<u32>> {
-        get(name)
-            .map(|v| {
-                v.trim()
-                    .parse::<u32>()
-                    .map_err(|_| ConfigError::invalid(name, format!("{v:?} is not a count")))
-            })
-            .transpose()
-    };
+    let count = |name: &str| number::<u32>(get, name, "a count");
     let connections = count("RELAY_CLIENT_CONNECTION_LIMIT")?;
     let messages = count("RELAY_CLIENT_MESSAGE_LIMIT")?;
     let recipients = count("RELAY_CLIENT_RECIPIENT_LIMIT")?;
@@ -310,11 +302,20 @@ const SUBMISSIONS: &str = "RELAY_SUBMISSIONS_PORT";
 
 /// A port number from `name`, if set.
 fn port<'a>(get: &impl Fn(&str) -> Option<&'a str>, name: &str) -> ConfigResult<Option<u16>> {
+    number(get, name, "a port number")
+}
+
+/// A number from `name`, if set; `what` it must be, for the error.
+fn number<'a, T: std::str::FromStr>(
+    get: &impl Fn(&str) -> Option<&'a str>,
+    name: &str,
+    what: &str,
+) -> ConfigResult<Option<T>> {
     get(name)
         .map(|v| {
             v.trim()
-                .parse::<u16>()
-                .map_err(|_| ConfigError::invalid(name, format!("{v:?} is not a port number")))
+                .parse::<T>()
+                .map_err(|_| ConfigError::invalid(name, format!("{v:?} is not {what}")))
         })
         .transpose()
 }
