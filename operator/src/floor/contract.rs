@@ -46,6 +46,21 @@ pub const SMTP_PORT: i32 = 25;
 /// (`spec.service.proxyProtocol`).
 pub const PROXY_PROTOCOL_PORT: i32 = 2525;
 pub const METRICS_PORT: i32 = 9154;
+/// The submission ports (`spec.submission`), on the pods and the Service, with their names.
+pub const SUBMISSION_PORT: (&str, i32) = ("submission", 587);
+pub const SUBMISSIONS_PORT: (&str, i32) = ("submissions", 465);
+
+/// The submission ports `spec` opens, named, STARTTLS first.
+pub fn submission_ports(spec: &SmtpRelaySpec) -> Vec<(&'static str, i32)> {
+    let open = spec.submission.unwrap_or_default();
+    [
+        (open.starttls, SUBMISSION_PORT),
+        (open.implicit_tls, SUBMISSIONS_PORT),
+    ]
+    .into_iter()
+    .filter_map(|(open, port)| open.then_some(port))
+    .collect()
+}
 
 /// Keys of the owned relayhost Secret.
 pub const USERNAME_KEY: &str = "username";

@@ -436,32 +436,6 @@ pub struct SubmissionSpec {
     pub implicit_tls: bool,
 }
 
-impl SubmissionSpec {
-    /// The ports opened, each with its name, STARTTLS first.
-    pub fn ports(&self) -> Vec<(&'static str, i32)> {
-        [
-            (self.starttls, SUBMISSION_PORT_NAME, SUBMISSION_PORT),
-            (self.implicit_tls, SUBMISSIONS_PORT_NAME, SUBMISSIONS_PORT),
-        ]
-        .into_iter()
-        .filter_map(|(open, name, port)| open.then_some((name, port)))
-        .collect()
-    }
-}
-
-/// The submission ports, on the pods and the Service.
-pub const SUBMISSION_PORT: i32 = 587;
-pub const SUBMISSIONS_PORT: i32 = 465;
-pub const SUBMISSION_PORT_NAME: &str = "submission";
-pub const SUBMISSIONS_PORT_NAME: &str = "submissions";
-
-impl SmtpRelaySpec {
-    /// The submission ports the spec opens, with their names.
-    pub fn submission_ports(&self) -> Vec<(&'static str, i32)> {
-        self.submission.map(|s| s.ports()).unwrap_or_default()
-    }
-}
-
 /// Senders the relay accepts. Entries are addresses (`noreply@example.net`: a local part of
 /// letters, digits, `.`, `_`, `+` and `-`) or domains (`example.net`, which covers its
 /// subdomains), matched in any case.

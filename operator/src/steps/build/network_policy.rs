@@ -13,7 +13,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
 use crate::floor::contract::{
-    child_meta, selector_labels, BuildOptions, METRICS_PORT, PROXY_PROTOCOL_PORT, SMTP_PORT,
+    child_meta, selector_labels, submission_ports, BuildOptions, METRICS_PORT, PROXY_PROTOCOL_PORT,
+    SMTP_PORT,
 };
 use crate::floor::crd::SmtpRelay;
 use crate::floor::error::Result;
@@ -43,7 +44,7 @@ pub fn network_policy(relay: &SmtpRelay, opts: &BuildOptions) -> Result<Option<N
         rules.push(rule(SMTP_PORT, Some(smtp_sources.clone())));
     }
     // The submission ports: SASL users alone send there, from anywhere unless the lists say.
-    for (_, port) in spec.submission_ports() {
+    for (_, port) in submission_ports(spec) {
         let sources = lists_given.then(|| smtp_sources.clone());
         rules.push(rule(port, sources));
     }

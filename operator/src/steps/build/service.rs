@@ -6,7 +6,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
 use crate::floor::contract::{
-    child_meta, selector_labels, Names, METRICS_PORT, PROXY_PORT_NAME, SMTP_PORT,
+    child_meta, selector_labels, submission_ports, Names, METRICS_PORT, PROXY_PORT_NAME, SMTP_PORT,
 };
 use crate::floor::crd::{ServiceType, SmtpRelay, TrafficPolicy};
 use crate::floor::error::Result;
@@ -41,9 +41,7 @@ pub fn service(relay: &SmtpRelay) -> Result<Service> {
             ports: Some(
                 std::iter::once(smtp)
                     .chain(
-                        relay
-                            .spec
-                            .submission_ports()
+                        submission_ports(&relay.spec)
                             .into_iter()
                             .map(|(name, number)| port(name, number)),
                     )

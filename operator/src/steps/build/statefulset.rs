@@ -21,7 +21,7 @@ use kube::ResourceExt;
 use smtp_relay::kube_api::SERVICE_ACCOUNT_DIR;
 
 use crate::floor::contract::{
-    child_meta, labels, selector_labels, BuildOptions, Mount, Names, CONFIG_DIR,
+    child_meta, labels, selector_labels, submission_ports, BuildOptions, Mount, Names, CONFIG_DIR,
     CONFIG_HASH_ANNOTATION, CONFIG_KEY, CONTAINER_NAME, DATA_DIR, METRICS_PORT, POD_INFO_DIR,
     POSTFIX_CONFIG_DIR, PROXY_PORT_NAME, PROXY_PROTOCOL_PORT, RUN_DIR, SMTP_PORT, SPOOL_DIR,
     SPOOL_VOLUME,
@@ -284,7 +284,7 @@ fn container(relay: &SmtpRelay, volume_mounts: Vec<VolumeMount>, opts: &BuildOpt
                 ..ContainerPort::default()
             }))
             .chain(
-                spec.submission_ports()
+                submission_ports(spec)
                     .into_iter()
                     .map(|(name, port)| ContainerPort {
                         name: Some(name.into()),

@@ -11,16 +11,13 @@ use smtp_relay::config_file::{
 use smtp_relay::settings::TlsMinVersion;
 
 use crate::floor::contract::{
-    Mount, Names, INBOUND_TLS_CERT, INBOUND_TLS_KEY, PROXY_PROTOCOL_PORT, RELAYHOST_CA,
-    RELAYHOST_PASSWORD, RELAYHOST_USERNAME,
+    submission_ports, Mount, Names, INBOUND_TLS_CERT, INBOUND_TLS_KEY, PROXY_PROTOCOL_PORT,
+    RELAYHOST_CA, RELAYHOST_PASSWORD, RELAYHOST_USERNAME, SUBMISSIONS_PORT, SUBMISSION_PORT,
 };
 use kube::ResourceExt;
 
 use crate::floor::contract::{OAuth2Key, CLIENT_ID, CLIENT_SECRET, REFRESH_TOKEN, SERVICE_ACCOUNT};
-use crate::floor::crd::{
-    OAuth2Provider, OAuth2Spec, SmtpRelay, SmtpRelaySpec, SUBMISSIONS_PORT_NAME,
-    SUBMISSION_PORT_NAME,
-};
+use crate::floor::crd::{OAuth2Provider, OAuth2Spec, SmtpRelay, SmtpRelaySpec};
 use crate::floor::inputs::{OAuth2Keys, Resolved};
 
 /// The OAuth2 login as the relay reads it: the provider's endpoint and scope, and a file for
@@ -132,15 +129,15 @@ pub fn relay_config_file(relay: &SmtpRelay, resolved: &Resolved) -> RelayConfigF
 /// The submission ports, when the spec opens one (a spec without says nothing, so its
 /// configuration hash stays what it was).
 fn submission(spec: &SmtpRelaySpec) -> Option<SubmissionFile> {
-    let port = |name: &str| {
-        spec.submission_ports()
-            .into_iter()
-            .find(|(n, _)| *n == name)
-            .and_then(|(_, p)| u16::try_from(p).ok())
+    let open = |port: (&str, i32)| {
+        submission_ports(spec)
+            .contains(&port)
+            .then(|| u16::try_from(port.1).ok())
+            .flatten()
     };
     let file = SubmissionFile {
-        starttls_port: port(SUBMISSION_PORT_NAME),
-        implicit_tls_port: port(SUBMISSIONS_PORT_NAME),
+        starttls_port: open(SUBMISSION_PORT),
+        implicit_tls_port: open(SUBMISSIONS_PORT),
     };
     (file != SubmissionFile::default()).then_some(file)
 }
