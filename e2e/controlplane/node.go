@@ -572,7 +572,11 @@ const cniConfig = `{
 // kubeletConfig: cgroup v1 with cgroupfs, no swap check, oomScoreAdj and maxOpenFiles within
 // what this machine kind allows; no host resolv.conf for pods (the host's name servers are off
 // the machine); image garbage collection off (imported images cannot be pulled again) and
-// low eviction thresholds, so a busy shared disk does not evict test pods. syncFrequency 10s
+// low eviction thresholds, so a busy shared disk does not evict test pods: absolute ones, as
+// this machine kind's disk keeps most of its free blocks for root (statfs: 190 GB free, 17 GB
+// available to others), so a percentage of its 270 GB (2%: 5.4 GB) of what the kubelet sees
+// as available was crossed by the builds of a second checkout beside the node, and the
+// kubelet evicted the operator's pod (DiskPressure). syncFrequency 10s
 // (default 1m): the kubelet re-projects an updated Secret into a running pod's volume at its
 // next periodic sync of that pod, so tests of in-place Secret updates wait seconds, not a minute.
 const kubeletConfig = `apiVersion: kubelet.config.k8s.io/v1beta1
@@ -596,8 +600,8 @@ imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 evictionHard:
   memory.available: 50Mi
-  nodefs.available: 2%%
-  imagefs.available: 2%%
+  nodefs.available: 512Mi
+  imagefs.available: 512Mi
 authentication:
   anonymous:
     enabled: false
