@@ -624,6 +624,14 @@ mod tests {
     use crate::config_file::{HeadersFile, RelayhostFile};
     use crate::settings::{Mode, TlsLevel};
 
+    /// `postconf` entries as the config file holds them.
+    fn entries(postconf: &[(&str, &str)]) -> std::collections::BTreeMap<String, String> {
+        postconf
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
     fn base() -> RelayConfigFile {
         RelayConfigFile {
             domain: "example.net".into(),
@@ -690,10 +698,7 @@ mod tests {
                 interval_seconds: interval,
                 per_client: Some(limits),
             });
-            f.postconf = postconf
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect();
+            f.postconf = entries(postconf);
             settings(&f, "relay.yaml").map(|s| s.client_limits)
         };
         let messages = |n| ClientLimitsFile {
@@ -730,10 +735,7 @@ mod tests {
                 mode,
                 mailbox: mailbox.map(str::to_string),
             });
-            f.postconf = postconf
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect();
+            f.postconf = entries(postconf);
             settings(&f, "relay.yaml").map(|s| s.sandbox)
         };
         assert_eq!(
@@ -794,10 +796,7 @@ mod tests {
         let refused = |senders: SendersFile, postconf: &[(&str, &str)]| {
             let mut f = base();
             f.senders = Some(senders);
-            f.postconf = postconf
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect();
+            f.postconf = entries(postconf);
             settings(&f, "relay.yaml").unwrap_err().to_string()
         };
         let allowed = |list: &[&str]| SendersFile {
@@ -867,10 +866,7 @@ mod tests {
         let refused = |headers: HeadersFile, postconf: &[(&str, &str)]| {
             let mut f = base();
             f.headers = Some(headers);
-            f.postconf = postconf
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect();
+            f.postconf = entries(postconf);
             settings(&f, "relay.yaml").unwrap_err().to_string()
         };
         let remove = |names: &[&str]| HeadersFile {

@@ -263,12 +263,7 @@ mod tests {
     #[test]
     fn nothing_restricted_writes_no_table() {
         let s = crate::postfix::main_cf::tests::settings();
-        let layout = Layout {
-            config_dir: "/run/pf".into(),
-            spool_dir: "/s".into(),
-            data_dir: "/d".into(),
-            listen: "0.0.0.0:25".into(),
-        };
+        let layout = layout();
         assert!(tables(&s, &layout).is_empty());
         assert_eq!(sender_restrictions(&s, &layout), None);
         assert_eq!(recipient_restriction(&s.access, &layout), None);
