@@ -365,6 +365,10 @@ fn cel_cases() -> Vec<Value> {
         json!({"rateLimits": {"perClient": {}}}),
         json!({"rateLimits": {"perClient": {"messages": 10}},
             "postconf": {"anvil_rate_time_unit": "30s"}}),
+        json!({"rateLimits": {"perUser": {}}, "saslUsersSecretRef": {"name": "users"}}),
+        json!({"rateLimits": {"perUser": {"messages": 10}}}),
+        json!({"rateLimits": {"perUser": {"messages": 10}}, "saslUsersSecretRef": {"name": "users"},
+            "postconf": {"smtpd_restriction_classes": "mine"}}),
     ]
 }
 

@@ -389,6 +389,14 @@ fn admission(cp: &ControlPlane) {
             vec!["spec.rateLimits.perClient", "sets no limit"],
         ),
         (
+            "limits per user on a relay without users",
+            with(json!({"rateLimits": {"perUser": {"messages": 10}}})),
+            vec![
+                "spec",
+                "rateLimits.perUser counts what each SASL user sends",
+            ],
+        ),
+        (
             "a limit of zero messages",
             with(json!({"rateLimits": {"perClient": {"messages": 0}}})),
             vec![

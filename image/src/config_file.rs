@@ -103,18 +103,28 @@ pub struct RateLimitsFile {
     pub interval_seconds: Option<u32>,
     /// Per client address, on each replica.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub per_client: Option<ClientLimitsFile>,
+    pub per_client: Option<LimitsFile>,
+    /// Per SASL user, on each replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_user: Option<LimitsFile>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ClientLimitsFile {
+pub struct LimitsFile {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connections: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub messages: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recipients: Option<u32>,
+}
+
+impl LimitsFile {
+    /// `[connections, messages, recipients]`.
+    pub fn counts(&self) -> [Option<u32>; 3] {
+        [self.connections, self.messages, self.recipients]
+    }
 }
 
 /// What a sandbox does with every accepted message (its recipients kept in

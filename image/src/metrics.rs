@@ -36,6 +36,12 @@ pub struct LimitLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UserLimitLabels {
+    pub user: String,
+    pub limit: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabel {
     pub state: String,
 }
@@ -116,6 +122,8 @@ pub struct Metrics {
     pub sasl_failures: Counter,
     /// Clients refused a connection, a message or a recipient over a limit per client.
     pub rate_limited: Family<LimitLabel, Counter>,
+    /// Recipients refused over a limit per SASL user, by user and limit.
+    pub user_rate_limited: Family<UserLimitLabels, Counter>,
     pub queue: Family<QueueLabel, Gauge>,
     pub sasl_users: Gauge,
     pub reloads: Counter,
@@ -241,6 +249,7 @@ impl Metrics {
             connections: Counter::default(),
             sasl_failures: Counter::default(),
             rate_limited: Family::default(),
+            user_rate_limited: Family::default(),
             queue: Family::default(),
             sasl_users: Gauge::default(),
             reloads: Counter::default(),
@@ -325,6 +334,11 @@ impl Metrics {
             "smtpd_rate_limited",
             "Clients told to retry later over a limit per client (rateLimits.perClient), by limit: connections, messages, recipients; the relay's log names each client",
             self.rate_limited.clone(),
+        );
+        registry.register(
+            "user_rate_limited",
+            "Recipients a SASL user was told to retry later over a limit per user (rateLimits.perUser), by user and limit: connections, messages, recipients",
+            self.user_rate_limited.clone(),
         );
         registry.register(
             "queue_messages",

@@ -599,13 +599,13 @@ impl Supervisor<'_> {
     /// down the running relay: an invalid one is refused before anything is written, one that
     /// fails the self-check is replaced by the previous configuration at once; each is said
     /// once, and a configuration that failed is not tried again while the inputs say the same.
-    async fn tick(&mut self, pid: u32, oauth2: &OAuth2Login) {
-        self.tick_inputs(pid, oauth2).await;
+    async fn tick(&mut self, pid: u32, services: &Services) {
+        self.tick_inputs(pid, services).await;
         self.follow_certificate(pid).await;
     }
 
     /// The configuration and the SASL users of [`Supervisor::tick`].
-    async fn tick_inputs(&mut self, pid: u32, oauth2: &OAuth2Login) {
+    async fn tick_inputs(&mut self, pid: u32, services: &Services) {
         if self.unproven.is_some() {
             self.check_unproven(pid).await;
         }
@@ -646,7 +646,7 @@ impl Supervisor<'_> {
             self.follow_users();
             return;
         }
-        self.apply(candidate, settings, pid, oauth2).await;
+        self.apply(candidate, settings, pid, services).await;
     }
 
     /// Applies a changed configuration (see [`Supervisor::tick`]).
@@ -655,7 +655,7 @@ impl Supervisor<'_> {
         candidate: Candidate,
         settings: Settings,
         pid: u32,
-        oauth2: &OAuth2Login,
+        services: &Services,
     ) {
         let config_changed = settings != self.applied.settings;
         let reload = postfix_must_reload(&self.applied.settings, &settings);
@@ -683,7 +683,7 @@ impl Supervisor<'_> {
         }
         if config_changed || users_changed {
             self.metrics.reloads.inc();
-            self.publish(oauth2);
+            self.publish(services);
             tracing::info!(config_changed, postfix_reloaded = reload, users = ?self.applied.users, revision = %shown(self.applied.candidate.revision()), "applied changed inputs without restarting postfix");
         }
     }
@@ -773,8 +773,8 @@ impl Supervisor<'_> {
         self.applied.users = users;
     }
 
-    /// Says what runs to the metrics and the OAuth2 login.
-    fn publish(&self, oauth2: &OAuth2Login) {
+    /// Says what runs to the metrics, the OAuth2 login and the policy service.
+    fn publish(&self, services: &Services) {
         let settings = &self.applied.settings;
         self.metrics
             .sasl_users
@@ -782,7 +782,8 @@ impl Supervisor<'_> {
         self.metrics.set_logs_in(settings.logs_in());
         self.metrics
             .set_spool_reserve(main_cf::spool_reserve(&settings.postconf));
-        oauth2.follow(settings);
+        services.oauth2.follow(settings);
+        services.policy.follow(settings);
     }
 }
 
@@ -883,6 +884,58 @@ impl OAuth2Login {
     }
 }
 
+/// What the supervisor serves Postfix beside it.
+struct Services {
+    oauth2: OAuth2Login,
+    policy: PolicyService,
+}
+
+impl Services {
+    fn start(settings: &Settings, metrics: &Metrics, layout: &Layout) -> Self {
+        Services {
+            oauth2: OAuth2Login::start(settings, metrics, layout),
+            policy: PolicyService::start(metrics, layout),
+        }
+    }
+
+    fn stop(self) {
+        self.oauth2.stop();
+        self.policy.stop();
+    }
+}
+
+/// The policy service counting SASL users' mail ([`crate::policy`]), following the limits in
+/// force.
+struct PolicyService {
+    limiter: crate::policy::SharedLimiter,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PolicyService {
+    fn start(metrics: &Metrics, layout: &Layout) -> Self {
+        let limiter = crate::policy::SharedLimiter::default();
+        let socket = layout.policy_socket();
+        let (served, metrics) = (limiter.clone(), metrics.clone());
+        let task = tokio::spawn(async move {
+            if let Err(e) = crate::policy::serve(socket.clone(), served, metrics).await {
+                tracing::error!(socket = %socket.display(), error = %e, "the policy service stopped: recipients of SASL users are deferred while limits per user are set");
+            }
+        });
+        PolicyService { limiter, task }
+    }
+
+    fn follow(&self, settings: &Settings) {
+        self.limiter
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set(settings.user_limits, &settings.domain);
+    }
+
+    fn stop(self) {
+        self.task.abort();
+    }
+}
+
 pub async fn run(opts: RunOptions) -> ExitCode {
     let layout = &opts.layout;
     let own = opts
@@ -934,9 +987,9 @@ pub async fn run(opts: RunOptions) -> ExitCode {
             "cannot install signal handlers".into(),
         );
     };
-    let oauth2 = OAuth2Login::start(&sup.applied.settings, &metrics, layout);
-    sup.publish(&oauth2);
-    oauth2.first_token(Duration::from_secs(5)).await;
+    let services = Services::start(&sup.applied.settings, &metrics, layout);
+    sup.publish(&services);
+    services.oauth2.first_token(Duration::from_secs(5)).await;
     // The self-check reads Postfix's words from here on.
     metrics.mark_log();
     let (mut master, pid, _guard) = match start_master(&opts) {
@@ -969,8 +1022,8 @@ pub async fn run(opts: RunOptions) -> ExitCode {
             (exit::BAD_CONFIG, Some(message))
         }
         Ok(()) => {
-            sup.publish(&oauth2);
-            serve(&mut sup, &mut master, pid, (sigterm, sigint), &oauth2).await
+            sup.publish(&services);
+            serve(&mut sup, &mut master, pid, (sigterm, sigint), &services).await
         }
     };
     metrics.postfix_up.set(0);
@@ -981,7 +1034,7 @@ pub async fn run(opts: RunOptions) -> ExitCode {
     if let Some(server) = metrics_server {
         server.abort();
     }
-    oauth2.stop();
+    services.stop();
     match message {
         Some(message) => fatal(&opts, code, message),
         None => ExitCode::from(code),
@@ -995,7 +1048,7 @@ async fn serve(
     master: &mut tokio::process::Child,
     pid: u32,
     (mut sigterm, mut sigint): (tokio::signal::unix::Signal, tokio::signal::unix::Signal),
-    oauth2: &OAuth2Login,
+    services: &Services,
 ) -> (u8, Option<String>) {
     let opts = sup.opts;
     let layout = &opts.layout;
@@ -1015,7 +1068,7 @@ async fn serve(
                 if let Err(e) = crate::liveness::beat(layout) {
                     tracing::warn!(error = %e, "cannot touch the liveness heartbeat");
                 }
-                sup.tick(pid, oauth2).await;
+                sup.tick(pid, services).await;
                 asked_drain.tick(layout, &sup.metrics);
             }
         }

@@ -323,8 +323,11 @@ pub struct Settings {
     pub access: MailAccess,
     /// Where accepted mail goes instead of its recipients, on a test or staging relay.
     pub sandbox: Option<Sandbox>,
-    /// How much each client address may do per interval, per replica.
-    pub client_limits: Option<ClientLimits>,
+    /// How much each client address may do per interval, per replica (Postfix's anvil).
+    pub client_limits: Option<Limits>,
+    /// How much each SASL user may do per interval, per replica (the relay's own policy
+    /// service: [`crate::policy`]).
+    pub user_limits: Option<Limits>,
     /// Extra Postfix parameters, applied last so they override everything above.
     pub postconf: BTreeMap<String, String>,
     /// How errors name a `postconf` entry: this prefix followed by the parameter name
@@ -345,18 +348,19 @@ pub struct HeaderPolicy {
     pub remove: Vec<String>,
 }
 
-/// Limits per client address and interval, counted by Postfix's anvil on each replica: over
-/// one, the client gets a 4xx and retries later; nothing bounces. They apply to every client,
-/// those of `networks` too (Postfix exempts them by default).
+/// Limits over an interval, counted on each replica: over one, the client gets a 4xx and
+/// retries later; nothing bounces. Per client address (Postfix's anvil), they apply to every
+/// client, those of `networks` too (Postfix exempts them by default); per SASL user (the
+/// relay's policy service), to every logged-in client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientLimits {
-    /// The interval, in seconds (`anvil_rate_time_unit`).
+pub struct Limits {
+    /// The interval, in seconds (`anvil_rate_time_unit` for clients).
     pub interval_secs: u32,
-    /// Connections a client may open per interval.
+    /// Connections per interval (for a user: sessions in which it names a recipient).
     pub connections: Option<u32>,
-    /// Messages a client may send per interval.
+    /// Messages per interval.
     pub messages: Option<u32>,
-    /// Recipients a client may name per interval.
+    /// Recipients per interval.
     pub recipients: Option<u32>,
 }
 

@@ -155,14 +155,21 @@ fn main_cf_and_tables_of_the_sending_rules() {
     stale.extend(golden("main.cf.sandbox", &main));
     let table = smtp_relay::postfix::sandbox::table(settings.sandbox.as_ref()).unwrap_or_default();
     stale.extend(golden("sandbox_recipients.regexp", &table));
-    // Issue 27: limits per client.
+    // Issue 27: limits per client and per user (who need users: those of the next mode).
     let (mut file, mounted) = config(Mode::Strict);
+    let (with_users, _) = config(Mode::AllowSaslAuthNoDomain);
+    file.sasl_users_dir = with_users.sasl_users_dir;
+    file.inbound_tls = with_users.inbound_tls;
     file.rate_limits = Some(smtp_relay::config_file::RateLimitsFile {
         interval_seconds: None,
-        per_client: Some(smtp_relay::config_file::ClientLimitsFile {
+        per_client: Some(smtp_relay::config_file::LimitsFile {
             connections: Some(60),
             messages: Some(100),
             recipients: Some(500),
+        }),
+        per_user: Some(smtp_relay::config_file::LimitsFile {
+            messages: Some(50),
+            ..Default::default()
         }),
     });
     let settings =

@@ -7,15 +7,16 @@
 mod common;
 
 use common::*;
-use smtp_relay::config_file::{ClientLimitsFile, RateLimitsFile};
+use smtp_relay::config_file::{LimitsFile, RateLimitsFile};
 use smtp_relay::settings::Mode;
 
-fn limited(sink: &Sink, limits: ClientLimitsFile) -> Relay {
+fn limited(sink: &Sink, limits: LimitsFile) -> Relay {
     let mut cfg = config(sink.port(), Mode::Strict);
     cfg.rate_limits = Some(RateLimitsFile {
         // Long enough that no count expires during the test.
         interval_seconds: Some(3600),
         per_client: Some(limits),
+        per_user: None,
     });
     RelaySpec::new(Input::file(cfg)).start()
 }
@@ -33,7 +34,7 @@ fn over_its_message_limit_a_client_of_networks_is_told_to_retry() {
     let sink = start_sink();
     let relay = limited(
         &sink,
-        ClientLimitsFile {
+        LimitsFile {
             messages: Some(2),
             ..Default::default()
         },
@@ -69,7 +70,7 @@ fn over_its_recipient_and_connection_limits_a_client_is_told_to_retry() {
     let sink = start_sink();
     let relay = limited(
         &sink,
-        ClientLimitsFile {
+        LimitsFile {
             recipients: Some(2),
             connections: Some(3),
             ..Default::default()

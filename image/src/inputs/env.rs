@@ -11,7 +11,7 @@ use crate::inputs::{self, readable_file};
 use crate::postfix::relay_guard;
 use crate::postfix::restrictions::Vouch;
 use crate::settings::{
-    self, ClientLimits, Credentials, HeaderPolicy, InboundTls, MailAccess, RelayPolicy, Sandbox,
+    self, Credentials, HeaderPolicy, InboundTls, Limits, MailAccess, RelayPolicy, Sandbox,
     SaslUserSource, Settings, TlsLevel, TlsMinVersion,
 };
 use crate::validate;
@@ -203,6 +203,9 @@ pub fn settings(vars: &BTreeMap<String, String>, postfix_dir: &Path) -> ConfigRe
         &|implicit| if implicit { SUBMISSIONS } else { SUBMISSION }.to_string(),
         "give users in client_sasl_passwd, or unset it",
     )?;
+    let client_limits = client_limits(&get, &postconf)?;
+    let user_limits = user_limits(&get, &sasl_users, &postconf)?;
+    interval_without_limits(&get, [client_limits.as_ref(), user_limits.as_ref()])?;
     Ok(Settings {
         hostname,
         domain,
@@ -227,7 +230,8 @@ pub fn settings(vars: &BTreeMap<String, String>, postfix_dir: &Path) -> ConfigRe
         headers: header_policy(&get, &postconf)?,
         access: mail_access(&get, &postconf)?,
         sandbox: sandbox(&get, &postconf)?,
-        client_limits: client_limits(&get, &postconf)?,
+        client_limits,
+        user_limits,
         postconf,
         postconf_field_prefix: POSTCONF_PREFIX.to_string(),
     })
@@ -239,34 +243,84 @@ pub fn settings(vars: &BTreeMap<String, String>, postfix_dir: &Path) -> ConfigRe
 fn client_limits<'a>(
     get: &impl Fn(&str) -> Option<&'a str>,
     postconf: &BTreeMap<String, String>,
-) -> ConfigResult<Option<ClientLimits>> {
+) -> ConfigResult<Option<Limits>> {
     const LIMITS: &str =
         "RELAY_CLIENT_CONNECTION_LIMIT, RELAY_CLIENT_MESSAGE_LIMIT, RELAY_CLIENT_RECIPIENT_LIMIT";
-    const INTERVAL: &str = "RELAY_RATE_INTERVAL";
-    let count = |name: &str| number::<u32>(get, name, "a count");
-    let connections = count("RELAY_CLIENT_CONNECTION_LIMIT")?;
-    let messages = count("RELAY_CLIENT_MESSAGE_LIMIT")?;
-    let recipients = count("RELAY_CLIENT_RECIPIENT_LIMIT")?;
-    let interval = count(INTERVAL)?;
-    if [connections, messages, recipients, interval]
-        .iter()
-        .all(Option::is_none)
-    {
+    let (interval, counts) = limit_counts(get, "RELAY_CLIENT")?;
+    if counts.iter().all(Option::is_none) {
         return Ok(None);
     }
     inputs::client_limits(
         interval,
-        connections,
-        messages,
-        recipients,
+        counts,
         postconf,
         &inputs::LimitFields {
             limits: LIMITS,
-            interval: INTERVAL,
+            interval: RATE_INTERVAL,
             postconf_prefix: POSTCONF_PREFIX,
         },
     )
     .map(Some)
+}
+
+/// `RELAY_USER_CONNECTION_LIMIT`, `RELAY_USER_MESSAGE_LIMIT`, `RELAY_USER_RECIPIENT_LIMIT`
+/// (each per `RELAY_RATE_INTERVAL` seconds), validated ([`inputs::user_limits`]); none set,
+/// no limit.
+fn user_limits<'a>(
+    get: &impl Fn(&str) -> Option<&'a str>,
+    users: &SaslUserSource,
+    postconf: &BTreeMap<String, String>,
+) -> ConfigResult<Option<Limits>> {
+    const LIMITS: &str =
+        "RELAY_USER_CONNECTION_LIMIT, RELAY_USER_MESSAGE_LIMIT, RELAY_USER_RECIPIENT_LIMIT";
+    let (interval, counts) = limit_counts(get, "RELAY_USER")?;
+    if counts.iter().all(Option::is_none) {
+        return Ok(None);
+    }
+    inputs::user_limits(
+        interval,
+        counts,
+        users,
+        postconf,
+        &inputs::LimitFields {
+            limits: LIMITS,
+            interval: RATE_INTERVAL,
+            postconf_prefix: POSTCONF_PREFIX,
+        },
+        "give users in client_sasl_passwd, or unset them",
+    )
+    .map(Some)
+}
+
+const RATE_INTERVAL: &str = "RELAY_RATE_INTERVAL";
+
+/// The interval and the `{prefix}_CONNECTION_LIMIT`, `_MESSAGE_LIMIT` and `_RECIPIENT_LIMIT`
+/// counts.
+fn limit_counts<'a>(
+    get: &impl Fn(&str) -> Option<&'a str>,
+    prefix: &str,
+) -> ConfigResult<(Option<u32>, [Option<u32>; 3])> {
+    let count = |name: &str| number::<u32>(get, name, "a count");
+    let counts = [
+        count(&format!("{prefix}_CONNECTION_LIMIT"))?,
+        count(&format!("{prefix}_MESSAGE_LIMIT"))?,
+        count(&format!("{prefix}_RECIPIENT_LIMIT"))?,
+    ];
+    Ok((count(RATE_INTERVAL)?, counts))
+}
+
+/// `RELAY_RATE_INTERVAL` is the interval of limits: alone, it limits nothing.
+fn interval_without_limits<'a>(
+    get: &impl Fn(&str) -> Option<&'a str>,
+    limits: [Option<&Limits>; 2],
+) -> ConfigResult<()> {
+    if get(RATE_INTERVAL).is_some() && limits.iter().all(Option::is_none) {
+        return Err(ConfigError::invalid(
+            RATE_INTERVAL,
+            "is the interval of limits, and none is set: give RELAY_CLIENT_*_LIMIT or RELAY_USER_*_LIMIT, or unset it",
+        ));
+    }
+    Ok(())
 }
 
 /// `RELAY_SANDBOX`: `hold`, `discard`, or the address of a catch-all mailbox.
@@ -821,7 +875,42 @@ mod tests {
         let mut vars = minimal();
         vars.push(("RELAY_RATE_INTERVAL", "60"));
         let err = settings(&env(&vars), nodir()).unwrap_err().to_string();
-        assert!(err.contains("sets no limit"), "{err}");
+        assert!(
+            err.starts_with("RELAY_RATE_INTERVAL: is the interval of limits, and none is set"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn limits_per_user_come_from_their_variables_and_need_users() {
+        let mut vars = minimal();
+        vars.push(("RELAY_USER_MESSAGE_LIMIT", "20"));
+        let err = settings(&env(&vars), nodir()).unwrap_err().to_string();
+        assert!(
+            err.starts_with("RELAY_USER_CONNECTION_LIMIT, RELAY_USER_MESSAGE_LIMIT, RELAY_USER_RECIPIENT_LIMIT: counts what each SASL user sends, and the relay has none"),
+            "{err}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("client_sasl_passwd"), "app1 secret1\n").unwrap();
+        let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        std::fs::write(&cert, "certificate").unwrap();
+        std::fs::write(&key, "key").unwrap();
+        let (cert, key) = (cert.display().to_string(), key.display().to_string());
+        vars.extend([
+            ("RELAY_TLS_CERT", cert.as_str()),
+            ("RELAY_TLS_KEY", key.as_str()),
+            ("RELAY_USER_RECIPIENT_LIMIT", "100"),
+        ]);
+        let s = settings(&env(&vars), dir.path()).unwrap();
+        assert_eq!(s.client_limits, None);
+        let l = s.user_limits.unwrap();
+        assert_eq!(
+            (l.interval_secs, l.connections, l.messages, l.recipients),
+            (60, None, Some(20), Some(100))
+        );
+        vars.push(("POSTCONF_smtpd_restriction_classes", "mine"));
+        let err = settings(&env(&vars), dir.path()).unwrap_err().to_string();
+        assert!(err.contains("smtpd_restriction_classes"), "{err}");
     }
 
     #[test]

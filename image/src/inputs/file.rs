@@ -3,14 +3,14 @@
 use std::fs;
 use std::path::Path;
 
-use crate::config_file::RelayConfigFile;
+use crate::config_file::{LimitsFile, RateLimitsFile, RelayConfigFile};
 use crate::error::{ConfigError, ConfigResult};
 use crate::inputs::{self, env::checked_credentials, readable_file, FileRefusal};
 use crate::json_error::{json_kind, json_position, json_problem};
 use crate::postfix::relay_guard;
 use crate::settings::{
-    self, ClientLimits, HeaderPolicy, InboundTls, MailAccess, RelayPolicy, Relayhost,
-    SaslUserSource, Settings,
+    self, HeaderPolicy, InboundTls, Limits, MailAccess, RelayPolicy, Relayhost, SaslUserSource,
+    Settings,
 };
 use crate::validate;
 
@@ -468,6 +468,7 @@ pub fn settings_with(
         },
         "give saslUsersDir, or remove it",
     )?;
+    let user_limits = user_limits(file, &sasl_users, field)?;
     Ok(Settings {
         hostname,
         domain,
@@ -496,6 +497,7 @@ pub fn settings_with(
         headers: header_policy(file, field)?,
         access: mail_access(file, field)?,
         client_limits: client_limits(file, field)?,
+        user_limits,
         sandbox: file
             .sandbox
             .as_ref()
@@ -552,31 +554,64 @@ fn header_policy(
 fn client_limits(
     file: &RelayConfigFile,
     field: &dyn Fn(&str) -> String,
-) -> ConfigResult<Option<ClientLimits>> {
-    let Some(limits) = &file.rate_limits else {
+) -> ConfigResult<Option<Limits>> {
+    let Some((interval, per_client)) = limits_file(file, |l| l.per_client.as_ref()) else {
         return Ok(None);
     };
-    let Some(per_client) = &limits.per_client else {
-        return Ok(None);
-    };
-    let (all, interval, prefix) = (
+    let (all, interval_field, prefix) = (
         field("rateLimits.perClient"),
         field("rateLimits.intervalSeconds"),
         field("postconf."),
     );
     inputs::client_limits(
-        limits.interval_seconds,
-        per_client.connections,
-        per_client.messages,
-        per_client.recipients,
+        interval,
+        per_client.counts(),
         &file.postconf,
         &inputs::LimitFields {
             limits: &all,
-            interval: &interval,
+            interval: &interval_field,
             postconf_prefix: &prefix,
         },
     )
     .map(Some)
+}
+
+/// `rateLimits.perUser`, validated ([`inputs::user_limits`]); omitted, no limit.
+fn user_limits(
+    file: &RelayConfigFile,
+    users: &SaslUserSource,
+    field: &dyn Fn(&str) -> String,
+) -> ConfigResult<Option<Limits>> {
+    let Some((interval, per_user)) = limits_file(file, |l| l.per_user.as_ref()) else {
+        return Ok(None);
+    };
+    let (all, interval_field, prefix) = (
+        field("rateLimits.perUser"),
+        field("rateLimits.intervalSeconds"),
+        field("postconf."),
+    );
+    inputs::user_limits(
+        interval,
+        per_user.counts(),
+        users,
+        &file.postconf,
+        &inputs::LimitFields {
+            limits: &all,
+            interval: &interval_field,
+            postconf_prefix: &prefix,
+        },
+        "give saslUsersDir, or remove it",
+    )
+    .map(Some)
+}
+
+/// The interval and one set of limits of `rateLimits`, when both are there.
+fn limits_file<'a>(
+    file: &'a RelayConfigFile,
+    which: impl Fn(&'a RateLimitsFile) -> Option<&'a LimitsFile>,
+) -> Option<(Option<u32>, &'a LimitsFile)> {
+    let limits = file.rate_limits.as_ref()?;
+    which(limits).map(|l| (limits.interval_seconds, l))
 }
 
 /// The entries of a list as the inputs read them.
@@ -691,17 +726,18 @@ mod tests {
 
     #[test]
     fn limits_per_client_are_counts_over_an_interval() {
-        use crate::config_file::{ClientLimitsFile, RateLimitsFile};
-        let with = |interval: Option<u32>, limits: ClientLimitsFile, postconf: &[(&str, &str)]| {
+        use crate::config_file::{LimitsFile, RateLimitsFile};
+        let with = |interval: Option<u32>, limits: LimitsFile, postconf: &[(&str, &str)]| {
             let mut f = base();
             f.rate_limits = Some(RateLimitsFile {
                 interval_seconds: interval,
                 per_client: Some(limits),
+                per_user: None,
             });
             f.postconf = entries(postconf);
             settings(&f, "relay.yaml").map(|s| s.client_limits)
         };
-        let messages = |n| ClientLimitsFile {
+        let messages = |n| LimitsFile {
             messages: Some(n),
             ..Default::default()
         };
@@ -710,18 +746,36 @@ mod tests {
             (l.interval_secs, l.messages, l.connections),
             (60, Some(100), None)
         );
-        let err =
-            |r: ConfigResult<Option<crate::settings::ClientLimits>>| r.unwrap_err().to_string();
+        let err = |r: ConfigResult<Option<crate::settings::Limits>>| r.unwrap_err().to_string();
         assert!(err(with(None, messages(0), &[])).starts_with(
             "relay.yaml: rateLimits.perClient: a limit of 0 would refuse every client"
         ));
-        assert!(err(with(None, ClientLimitsFile::default(), &[]))
+        assert!(err(with(None, LimitsFile::default(), &[]))
             .starts_with("relay.yaml: rateLimits.perClient: sets no limit"));
         assert!(err(with(Some(0), messages(1), &[]))
             .starts_with("relay.yaml: rateLimits.intervalSeconds: 0 is not an interval"));
         assert_eq!(
             err(with(None, messages(1), &[("anvil_rate_time_unit", "30s")])),
             "relay.yaml: rateLimits.perClient: and relay.yaml: postconf.anvil_rate_time_unit both set Postfix's anvil_rate_time_unit: keep one"
+        );
+    }
+
+    #[test]
+    fn limits_per_user_need_users() {
+        use crate::config_file::{LimitsFile, RateLimitsFile};
+        let mut f = base();
+        f.rate_limits = Some(RateLimitsFile {
+            interval_seconds: Some(600),
+            per_client: None,
+            per_user: Some(LimitsFile {
+                recipients: Some(10),
+                ..Default::default()
+            }),
+        });
+        let err = settings(&f, "relay.yaml").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "relay.yaml: rateLimits.perUser: counts what each SASL user sends, and the relay has none: give saslUsersDir, or remove it"
         );
     }
 

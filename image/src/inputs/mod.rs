@@ -16,8 +16,8 @@ use crate::postfix::main_cf::{self, SYSTEM_CA_BUNDLE};
 use crate::postfix::restrictions;
 use crate::postfix::sandbox;
 use crate::settings::{
-    ClientLimits, HeaderPolicy, MailAccess, Mode, RelayPolicy, Sandbox, SaslUserSource,
-    SenderBinding, SubmissionPorts, TlsLevel,
+    HeaderPolicy, Limits, MailAccess, Mode, RelayPolicy, Sandbox, SaslUserSource, SenderBinding,
+    SubmissionPorts, TlsLevel,
 };
 use crate::validate;
 
@@ -367,31 +367,64 @@ pub fn sandbox(
     }
 }
 
-/// How an input names what `client_limits` reads: the limits, the interval, and the prefix of
-/// a `postconf` entry.
+/// How an input names what `client_limits` and `user_limits` read: the limits, the interval,
+/// and the prefix of a `postconf` entry.
 pub struct LimitFields<'a> {
     pub limits: &'a str,
     pub interval: &'a str,
     pub postconf_prefix: &'a str,
 }
 
-/// The limits per client, validated: an interval of 1 s to a day (60 s when omitted), limits
-/// of at least 1, at least one limit; refused beside a `postconf` entry for a parameter they
-/// set ([`main_cf::CLIENT_LIMIT_PARAMETERS`]).
+/// The limits per client, validated as `limits`; refused beside a `postconf` entry for a
+/// parameter they set ([`main_cf::CLIENT_LIMIT_PARAMETERS`]).
 pub fn client_limits(
     interval_secs: Option<u32>,
-    connections: Option<u32>,
-    messages: Option<u32>,
-    recipients: Option<u32>,
+    counts: [Option<u32>; 3],
     postconf: &BTreeMap<String, String>,
     fields: &LimitFields<'_>,
-) -> ConfigResult<ClientLimits> {
+) -> ConfigResult<Limits> {
     not_in_postconf(
         fields.limits,
         &main_cf::CLIENT_LIMIT_PARAMETERS,
         postconf,
         fields.postconf_prefix,
     )?;
+    limits(interval_secs, counts, fields)
+}
+
+/// The limits per SASL user, validated as `limits`; refused beside a `postconf` entry for a
+/// parameter they set ([`main_cf::USER_LIMIT_PARAMETERS`]), and on a relay without SASL users,
+/// which has nobody to count (`fix` says how to give some).
+pub fn user_limits(
+    interval_secs: Option<u32>,
+    counts: [Option<u32>; 3],
+    users: &SaslUserSource,
+    postconf: &BTreeMap<String, String>,
+    fields: &LimitFields<'_>,
+    fix: &str,
+) -> ConfigResult<Limits> {
+    not_in_postconf(
+        fields.limits,
+        &main_cf::USER_LIMIT_PARAMETERS,
+        postconf,
+        fields.postconf_prefix,
+    )?;
+    if *users == SaslUserSource::None {
+        return Err(ConfigError::invalid(
+            fields.limits,
+            format!("counts what each SASL user sends, and the relay has none: {fix}"),
+        ));
+    }
+    limits(interval_secs, counts, fields)
+}
+
+/// Limits (`[connections, messages, recipients]`) over an interval of 1 s to a day (60 s when
+/// omitted): each at least 1, at least one given.
+fn limits(
+    interval_secs: Option<u32>,
+    counts: [Option<u32>; 3],
+    fields: &LimitFields<'_>,
+) -> ConfigResult<Limits> {
     let interval_secs = interval_secs.unwrap_or(60);
     if !(1..=86_400).contains(&interval_secs) {
         return Err(ConfigError::invalid(
@@ -399,22 +432,20 @@ pub fn client_limits(
             format!("{interval_secs} is not an interval of 1 to 86400 seconds"),
         ));
     }
-    if [connections, messages, recipients].contains(&Some(0)) {
+    if counts.contains(&Some(0)) {
         return Err(ConfigError::invalid(
             fields.limits,
             "a limit of 0 would refuse every client: remove it to leave that count unlimited",
         ));
     }
-    if [connections, messages, recipients]
-        .iter()
-        .all(Option::is_none)
-    {
+    if counts.iter().all(Option::is_none) {
         return Err(ConfigError::invalid(
             fields.limits,
             "sets no limit: give connections, messages or recipients",
         ));
     }
-    Ok(ClientLimits {
+    let [connections, messages, recipients] = counts;
+    Ok(Limits {
         interval_secs,
         connections,
         messages,

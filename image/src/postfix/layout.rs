@@ -3,6 +3,13 @@
 
 use std::path::PathBuf;
 
+/// Where the relay's policy service listens, relative to the spool (Postfix's
+/// `queue_directory`, where smtpd resolves a relative `unix:` path): the same for every
+/// instance, so a restriction list names it without knowing the layout. Its directory is
+/// root's ([`Layout::policy_dir`]), unlike Postfix's `private`, which the postfix user owns and
+/// could swap a socket in while root binds and hands it over.
+pub const POLICY_SOCKET: &str = "smtp-relay-policy/socket";
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layout {
     /// Postfix `config_directory`: main.cf, master.cf and the maps we generate.
@@ -83,6 +90,16 @@ impl Layout {
     /// The socketmap where Postfix asks the supervisor for the current OAuth2 token.
     pub fn oauth2_socket(&self) -> PathBuf {
         self.data_dir.join("oauth2.sock")
+    }
+    /// The relay's policy service ([`crate::policy`]): [`POLICY_SOCKET`] in the spool.
+    pub fn policy_socket(&self) -> PathBuf {
+        self.spool_dir.join(POLICY_SOCKET)
+    }
+    /// The root-owned directory of [`Layout::policy_socket`].
+    pub fn policy_dir(&self) -> PathBuf {
+        self.policy_socket()
+            .parent()
+            .map_or_else(|| self.spool_dir.clone(), PathBuf::from)
     }
     pub fn sasldb(&self) -> PathBuf {
         self.data_dir.join("sasldb2")

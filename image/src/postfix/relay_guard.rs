@@ -719,6 +719,7 @@ mod tests {
             access: Default::default(),
             sandbox: None,
             client_limits: None,
+            user_limits: None,
             postconf: postconf
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -74,6 +74,14 @@ pub const EMAIL_PATTERN: &str = r"^[^@\s]+@[^@\s]+$";
         "message": "rateLimits.perClient and postconf both set Postfix's limits per client (anvil_rate_time_unit, smtpd_client_*_rate_limit, smtpd_client_event_limit_exceptions): keep one"
     },
     {
+        "rule": "!(has(self.rateLimits) && has(self.rateLimits.perUser) && has(self.postconf) && ['smtpd_restriction_classes', 'smtp_relay_user_limits'].exists(p, p in self.postconf))",
+        "message": "rateLimits.perUser sets Postfix's smtpd_restriction_classes (its class smtp_relay_user_limits asks the relay's policy service): remove it from postconf"
+    },
+    {
+        "rule": "!(has(self.rateLimits) && has(self.rateLimits.perUser)) || has(self.saslUsersSecretRef)",
+        "message": "rateLimits.perUser counts what each SASL user sends, and the relay has none: set saslUsersSecretRef, or remove rateLimits.perUser"
+    },
+    {
         "rule": "!has(self.submission) || has(self.saslUsersSecretRef)",
         "message": "submission ports are where SASL users send, after logging in: set saslUsersSecretRef, or remove submission"
     },
@@ -210,10 +218,12 @@ pub struct SmtpRelaySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sandbox: Option<SandboxSpec>,
 
-    /// How much each client may do per interval. Over a limit, the client gets a 4xx and
-    /// retries later: nothing bounces. The metric `smtp_relay_smtpd_rate_limited_total{limit}`
-    /// and the chart's alert `SmtpRelayClientsRateLimited` say it happened; the relay's log
-    /// names the client.
+    /// How much each client address and each SASL user may do per interval. Over a limit, the
+    /// client gets a 4xx and retries later: nothing bounces. The metrics
+    /// `smtp_relay_smtpd_rate_limited_total{limit}` and
+    /// `smtp_relay_user_rate_limited_total{user,limit}`, and the chart's alerts
+    /// `SmtpRelayClientsRateLimited` and `SmtpRelayUsersRateLimited`, say it happened; the
+    /// relay's log names the client or user.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limits: Option<RateLimitsSpec>,
 
@@ -346,8 +356,8 @@ pub struct HeadersSpec {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RateLimitsSpec {
-    /// The interval the limits count over, in seconds (Postfix `anvil_rate_time_unit`).
-    /// Omitted: 60.
+    /// The interval the limits count over, in seconds (for `perClient`, Postfix's
+    /// `anvil_rate_time_unit`). Omitted: 60.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 86400))]
     pub interval_seconds: Option<u32>,
@@ -356,6 +366,33 @@ pub struct RateLimitsSpec {
     /// every client, those of `networks` included (Postfix's `smtpd_client_*_rate_limit`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_client: Option<ClientLimitsSpec>,
+    /// Limits per SASL user (a login as `user` or `user@domain` is one user), counted on each
+    /// replica by the relay's own policy service: over one, that user's recipients get `450
+    /// 4.7.1 limit per login reached: N messages per S s; retry later`, and other users and
+    /// clients go on. Needs `saslUsersSecretRef`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_user: Option<UserLimitsSpec>,
+}
+
+/// What one SASL user may do per interval; at least one.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "has(self.connections) || has(self.messages) || has(self.recipients)", "message": "rateLimits.perUser sets no limit: give connections, messages or recipients"}
+]))]
+pub struct UserLimitsSpec {
+    /// SMTP sessions in which the user names a recipient.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub connections: Option<u32>,
+    /// Messages sent (a message to several recipients is one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub messages: Option<u32>,
+    /// Recipients named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub recipients: Option<u32>,
 }
 
 /// What one client address may do per interval; at least one.

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use smtp_relay::config_file::{
-    ClientLimitsFile, HeadersFile, InboundTlsFile, OAuth2File, RateLimitsFile, RecipientsFile,
+    HeadersFile, InboundTlsFile, LimitsFile, OAuth2File, RateLimitsFile, RecipientsFile,
     RelayConfigFile, RelayhostFile, SandboxFile, SenderBindingFile, SendersFile, SubmissionFile,
 };
 use smtp_relay::settings::TlsMinVersion;
@@ -112,10 +112,15 @@ pub fn relay_config_file(relay: &SmtpRelay, resolved: &Resolved) -> RelayConfigF
         }),
         rate_limits: spec.rate_limits.as_ref().map(|r| RateLimitsFile {
             interval_seconds: r.interval_seconds,
-            per_client: r.per_client.as_ref().map(|c| ClientLimitsFile {
+            per_client: r.per_client.as_ref().map(|c| LimitsFile {
                 connections: c.connections,
                 messages: c.messages,
                 recipients: c.recipients,
+            }),
+            per_user: r.per_user.as_ref().map(|u| LimitsFile {
+                connections: u.connections,
+                messages: u.messages,
+                recipients: u.recipients,
             }),
         }),
         sandbox: spec.sandbox.as_ref().map(|sb| SandboxFile {
