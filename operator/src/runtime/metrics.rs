@@ -415,6 +415,13 @@ mod tests {
         relay.observe_log_line("postfix/smtpd[1]: NOQUEUE: reject: RCPT from x[1.2.3.4]: 554 5.7.1 <a@b.c>: Relay access denied");
         relay.observe_log_line("postfix/smtpd[1]: warning: Message delivery request rate limit exceeded: 3 from x[1.2.3.4] for service smtp");
         relay.oauth2_refreshed(Some("invalid_client"));
+        relay
+            .user_rate_limited
+            .get_or_create(&smtp_relay::metrics::UserLimitLabels {
+                user: "app1".into(),
+                limit: "messages".into(),
+            })
+            .inc();
         let operator = Metrics::default();
         let (store, _writer) = kube::runtime::reflector::store();
         operator.count_relays(store);
