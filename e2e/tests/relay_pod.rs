@@ -75,6 +75,8 @@ const RELAYHOST_LOGIN: &str = "relay-login";
 const RELAYHOST_PW1: &str = "first relayhost password: }, =";
 const RELAYHOST_PW2: &str = "second relayhost password";
 const APP1_PW: &str = "app1 password";
+/// Messages each SASL user may send per hour (`rateLimits.perUser`).
+const USER_MESSAGES: usize = 20;
 const APP2_PW: &str = "app2 password";
 const OAUTH2_CLIENT_ID: &str = "relay-app";
 const OAUTH2_CLIENT_SECRET: &str = "oauth2-client-secret-never-shown";
@@ -162,6 +164,9 @@ fn smtp_relay(upstream: SocketAddr) -> String {
             "recipients": {"allowed": ["example.net", "elsewhere.org"]},
             // And the submission ports, on the pod and the Service.
             "submission": {"starttls": true, "implicitTls": true},
+            // And limits per user: app2 goes over its own (phase 4); app1 sends fewer than
+            // 20 messages in any pod's life.
+            "rateLimits": {"intervalSeconds": 3600, "perUser": {"messages": USER_MESSAGES}},
             "postconf": user_path::quick_retry_postconf(),
         }
     })
@@ -831,7 +836,7 @@ fn the_in_pod_test_message_goes_to_a_verified_relayhost(env: &mut Env) {
 
 /// 4. A SASL user added to the user's Secret: the operator updates its copy, the pod template
 ///    is unchanged, the kubelet swaps the volume in place and the running relay lets the new
-///    user send, in the same pod, without a restart.
+///    user send, in the same pod, without a restart; until its limit of messages per hour.
 fn a_sasl_user_added_applies_in_place_without_a_restart(env: &mut Env) {
     let cp = &env.cp;
     let hash_before = template_hash(cp).expect("config hash");
@@ -853,6 +858,29 @@ fn a_sasl_user_added_applies_in_place_without_a_restart(env: &mut Env) {
     env.sink
         .wait_for("b@elsewhere.org", &m, WAIT)
         .unwrap_or_else(|e| panic!("{}", env.diagnose(e)));
+    // Issue 27: app2's limit of messages per hour, counted by the policy service of the
+    // pod's supervisor on the spool's volume: that one message, then 19 more, then a 4xx.
+    let mut sent = 1;
+    let refused = loop {
+        match env.try_send(
+            app2,
+            "app2@example.net",
+            "b@elsewhere.org",
+            &marker("burst"),
+        ) {
+            Ok(_) if sent <= USER_MESSAGES => sent += 1,
+            Ok(_) => panic!("app2 sent {sent} messages, over its limit of {USER_MESSAGES}"),
+            Err(e) => break e,
+        }
+    };
+    assert!(
+        sent == USER_MESSAGES
+            && refused.contains("450")
+            && refused.contains(&format!(
+                "limit per login reached: {USER_MESSAGES} messages per 3600 s"
+            )),
+        "app2 after {sent} messages: {refused}"
+    );
     let users = sh_ok(cp, "smtp-relay users");
     assert!(
         users.contains("app1") && users.contains("app2"),
