@@ -365,52 +365,34 @@ pub struct RateLimitsSpec {
     /// connections the Service spreads over N replicas may do up to N times as much), for
     /// every client, those of `networks` included (Postfix's `smtpd_client_*_rate_limit`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub per_client: Option<ClientLimitsSpec>,
+    pub per_client: Option<LimitsSpec>,
     /// Limits per SASL user (a login as `user` or `user@domain` is one user), counted on each
     /// replica by the relay's own policy service: over one, that user's recipients get `450
     /// 4.7.1 limit per login reached: N messages per S s; retry later`, and other users and
     /// clients go on. Needs `saslUsersSecretRef`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub per_user: Option<UserLimitsSpec>,
+    pub per_user: Option<LimitsSpec>,
 }
 
-/// What one SASL user may do per interval; at least one.
+/// What one client address or SASL user may do per interval; at least one.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "has(self.connections) || has(self.messages) || has(self.recipients)", "message": "rateLimits.perUser sets no limit: give connections, messages or recipients"}
+    {"rule": "has(self.connections) || has(self.messages) || has(self.recipients)", "message": "sets no limit: give connections, messages or recipients"}
 ]))]
-pub struct UserLimitsSpec {
-    /// SMTP sessions in which the user names a recipient.
+pub struct LimitsSpec {
+    /// Connections a client opens (over it: `421`); for a user, SMTP sessions in which it
+    /// names a recipient.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub connections: Option<u32>,
-    /// Messages sent (a message to several recipients is one).
+    /// Messages sent, a message to several recipients being one (over it, for a client:
+    /// `450 4.7.1 Error: too much mail from ADDRESS`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub messages: Option<u32>,
-    /// Recipients named.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
-    pub recipients: Option<u32>,
-}
-
-/// What one client address may do per interval; at least one.
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-#[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "has(self.connections) || has(self.messages) || has(self.recipients)", "message": "rateLimits.perClient sets no limit: give connections, messages or recipients"}
-]))]
-pub struct ClientLimitsSpec {
-    /// Connections opened (over it: `421`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
-    pub connections: Option<u32>,
-    /// Messages sent (over it: `450 4.7.1 Error: too much mail from ADDRESS`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
-    pub messages: Option<u32>,
-    /// Recipients named (over it: `450 4.7.1 Error: too many recipients from ADDRESS`).
+    /// Recipients named (over it, for a client: `450 4.7.1 Error: too many recipients from
+    /// ADDRESS`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub recipients: Option<u32>,

@@ -17,7 +17,7 @@ use crate::floor::contract::{
 use kube::ResourceExt;
 
 use crate::floor::contract::{OAuth2Key, CLIENT_ID, CLIENT_SECRET, REFRESH_TOKEN, SERVICE_ACCOUNT};
-use crate::floor::crd::{OAuth2Provider, OAuth2Spec, SmtpRelay, SmtpRelaySpec};
+use crate::floor::crd::{LimitsSpec, OAuth2Provider, OAuth2Spec, SmtpRelay, SmtpRelaySpec};
 use crate::floor::inputs::{OAuth2Keys, Resolved};
 
 /// The OAuth2 login as the relay reads it: the provider's endpoint and scope, and a file for
@@ -112,16 +112,8 @@ pub fn relay_config_file(relay: &SmtpRelay, resolved: &Resolved) -> RelayConfigF
         }),
         rate_limits: spec.rate_limits.as_ref().map(|r| RateLimitsFile {
             interval_seconds: r.interval_seconds,
-            per_client: r.per_client.as_ref().map(|c| LimitsFile {
-                connections: c.connections,
-                messages: c.messages,
-                recipients: c.recipients,
-            }),
-            per_user: r.per_user.as_ref().map(|u| LimitsFile {
-                connections: u.connections,
-                messages: u.messages,
-                recipients: u.recipients,
-            }),
+            per_client: r.per_client.as_ref().map(limits),
+            per_user: r.per_user.as_ref().map(limits),
         }),
         sandbox: spec.sandbox.as_ref().map(|sb| SandboxFile {
             mode: sb.mode.into(),
@@ -150,6 +142,14 @@ fn submission(spec: &SmtpRelaySpec) -> Option<SubmissionFile> {
 /// `spec.postconf` with the queue's lifetimes, which reach Postfix as the parameters they name
 /// (so a relay image that predates the fields reads them too). The judge refuses a spec that
 /// sets one both ways.
+fn limits(l: &LimitsSpec) -> LimitsFile {
+    LimitsFile {
+        connections: l.connections,
+        messages: l.messages,
+        recipients: l.recipients,
+    }
+}
+
 fn postconf(spec: &SmtpRelaySpec) -> BTreeMap<String, String> {
     let mut postconf = spec.postconf.clone();
     for q in spec.queue.parameters() {
