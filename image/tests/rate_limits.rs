@@ -23,10 +23,10 @@ fn limited(sink: &Sink, limits: LimitsFile) -> Relay {
 
 /// The relay's count of refusals over `limit`, once it is at least `n`.
 fn wait_counted(relay: &Relay, limit: &str, n: f64) {
-    let series = format!("smtp_relay_smtpd_rate_limited_total{{limit=\"{limit}\"}}");
-    relay.poll_flushing(&series, || {
-        relay.metric(&series).filter(|v| *v >= n).map(|_| ())
-    });
+    relay.wait_metric(
+        &format!("smtp_relay_smtpd_rate_limited_total{{limit=\"{limit}\"}}"),
+        n,
+    );
 }
 
 #[test]

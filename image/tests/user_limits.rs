@@ -45,10 +45,10 @@ fn logged_in(relay: &Relay, user: &str, password: &str) -> SmtpConnection {
 
 /// The relay's count of `user`'s refusals over `limit`, once it is at least `n`.
 fn wait_counted(relay: &Relay, user: &str, limit: &str, n: f64) {
-    let series = format!("smtp_relay_user_rate_limited_total{{user=\"{user}\",limit=\"{limit}\"}}");
-    relay.poll_flushing(&series, || {
-        relay.metric(&series).filter(|v| *v >= n).map(|_| ())
-    });
+    relay.wait_metric(
+        &format!("smtp_relay_user_rate_limited_total{{user=\"{user}\",limit=\"{limit}\"}}"),
+        n,
+    );
 }
 
 #[test]

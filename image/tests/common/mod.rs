@@ -523,6 +523,13 @@ impl Relay {
     }
 
     /// The value of one metric line, e.g. `smtp_relay_config_errors_total`.
+    /// Waits (flushing the queue, so the log that feeds some metrics moves) until the
+    /// series `name_and_labels` is at least `n`.
+    pub fn wait_metric(&self, name_and_labels: &str, n: f64) {
+        self.poll_flushing(name_and_labels, || {
+            self.metric(name_and_labels).filter(|v| *v >= n).map(|_| ())
+        });
+    }
     pub fn metric(&self, name_and_labels: &str) -> Option<f64> {
         metric_value(&self.metrics(), name_and_labels)
     }
