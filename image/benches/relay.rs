@@ -8,8 +8,13 @@
 //! BENCH_MESSAGES (default 5000), BENCH_ROUNDS (default 3), BENCH_SIZE (bytes, default 1024) and
 //! BENCH_SESSIONS (default 20) change the run. `BENCH_ONLY=latency` measures start and change
 //! latency only; `BENCH_ONLY=settings` measures Postfix settings that may raise the ceiling,
-//! each against smtp-relay's defaults (see [`CANDIDATES`]). Needs root and Postfix (postfix,
-//! smtp-sink, smtp-source), like the tests.
+//! each against smtp-relay's defaults (see [`CANDIDATES`]). `BENCH_ONLY=user-limits` measures
+//! what limits per SASL user (`rateLimits.perUser`, the relay's policy service in the
+//! supervisor, asked about every recipient of a logged-in client) cost: BENCH_SESSIONS sessions
+//! logged in over STARTTLS send BENCH_MESSAGES messages through smtp-relay with a SASL user and
+//! no limits, and through the same relay with limits per user that are never reached,
+//! alternating; the whole relay's CPU and the supervisor's own per message (see
+//! [`user_limits`]). Needs root and Postfix (postfix, smtp-sink, smtp-source), like the tests.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
 
@@ -29,6 +34,7 @@ use std::time::{Duration, Instant, SystemTime};
 use common::*;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use smtp_relay::config_file::{LimitsFile, RateLimitsFile};
 use smtp_relay::settings::{Mode, TlsLevel};
 
 /// Concurrent client sessions: `BENCH_SESSIONS`, default 20.
@@ -523,9 +529,16 @@ impl PeakMemory {
 /// Sends `messages` through `instance` and returns the seconds until the sink counted them all
 /// and the relay's queue is empty.
 fn drive(instance: &Instance, sink: &dyn Sink, messages: u64) -> f64 {
+    drive_with(instance, sink, messages, || {
+        smtp_source(instance.port(), messages)
+    })
+}
+
+/// [`drive`], the messages sent by `send`.
+fn drive_with(instance: &Instance, sink: &dyn Sink, messages: u64, send: impl FnOnce()) -> f64 {
     let before = sink.count();
     let start = Instant::now();
-    smtp_source(instance.port(), messages);
+    send();
     let spool = instance.spool();
     loop {
         if sink.count() >= before + messages && queued(&spool) == 0 {
@@ -785,6 +798,159 @@ fn settings(rounds: u64, messages: u64) {
     }
 }
 
+/// smtp-relay with the SASL user [`USER`] (and a self-signed certificate for STARTTLS), into
+/// `sink_port`; with `limited`, limits per user so high that no run reaches them, so that
+/// smtpd asks the relay's policy service about every recipient of the user and is always told
+/// `DUNNO`.
+fn start_user_relay(sink_port: u16, limited: bool) -> Instance {
+    let mut spec = smtp_relay_spec(sink_port);
+    with_user_and_certificate(&mut spec);
+    if let Input::File(cfg) = &mut spec.input {
+        cfg.rate_limits = limited.then_some(RateLimitsFile {
+            interval_seconds: Some(3600),
+            per_client: None,
+            per_user: Some(LimitsFile {
+                connections: Some(1_000_000),
+                messages: Some(1_000_000),
+                recipients: Some(10_000_000),
+            }),
+        });
+    }
+    let relay = spec.start();
+    // The policy service is asked exactly when there are limits per user.
+    let main_cf = fs::read_to_string(relay.spec().postfix_dir().join("main.cf")).unwrap();
+    assert_eq!(
+        main_cf.contains("smtp_relay_user_limits"),
+        limited,
+        "the policy service in main.cf"
+    );
+    Instance::SmtpRelay(relay)
+}
+
+/// [`sessions`] clients at once, each in one session from [`OTHER_CLIENT`] (outside the
+/// relay's networks) logged in as [`USER`] after STARTTLS, sending its share of `messages`
+/// one after the other, each to one recipient of the relay's domain.
+fn authenticated_source(addr: std::net::SocketAddr, messages: u64) {
+    let sessions = sessions();
+    std::thread::scope(|scope| {
+        for s in 0..sessions {
+            let share = messages / sessions + u64::from(s < messages % sessions);
+            scope.spawn(move || {
+                let mut conn = connect(addr, OTHER_CLIENT);
+                login(&mut conn, USER, USER_PASSWORD).unwrap();
+                let (from, to) = (format!("bench@{DOMAIN}"), format!("sink@{DOMAIN}"));
+                for m in 0..share {
+                    send_on(&mut conn, &from, &to, &format!("bench-{s}-{m}"))
+                        .unwrap_or_else(|e| panic!("session {s}, message {m}: {e}"));
+                }
+                let _ = conn.quit();
+            });
+        }
+    });
+}
+
+/// What one relay with a SASL user did under [`authenticated_source`]'s load.
+#[derive(Clone, Copy, Default)]
+struct UserMeasured {
+    /// Messages per second.
+    rate: f64,
+    /// CPU milliseconds the whole relay spent per message.
+    cpu_ms: f64,
+    /// Of which the supervisor (`smtp-relay run`, where the policy service runs).
+    supervisor_ms: f64,
+}
+
+fn measure_user(limited: bool, messages: u64) -> UserMeasured {
+    let sink = CountingSink::start();
+    let instance = start_user_relay(sink.port, limited);
+    let addr = loopback(instance.port());
+    let supervisor = supervisor_of(&instance).unwrap();
+    drive_with(&instance, &sink, WARMUP, || {
+        authenticated_source(addr, WARMUP)
+    });
+    let (cpu_before, supervisor_before) = (relay_cpu(&instance), cpu_of(supervisor, false));
+    let secs = drive_with(&instance, &sink, messages, || {
+        authenticated_source(addr, messages)
+    });
+    let cpu = relay_cpu(&instance) - cpu_before;
+    let supervisor_cpu = cpu_of(supervisor, false) - supervisor_before;
+    if let Instance::SmtpRelay(relay) = instance {
+        let log = relay.mail_log();
+        assert!(
+            !log.contains("problem talking to server"),
+            "smtpd could not ask the policy service"
+        );
+        let (status, _) = relay.stop();
+        assert_eq!(status.code(), Some(0));
+    }
+    let per_message = |secs: f64| secs * 1000.0 / messages as f64;
+    UserMeasured {
+        rate: messages as f64 / secs,
+        cpu_ms: per_message(cpu),
+        supervisor_ms: per_message(supervisor_cpu),
+    }
+}
+
+/// smtp-relay with a SASL user and no limits per user, against the same relay with limits per
+/// user that are never reached (the policy service asked about every recipient), alternating,
+/// `rounds` times; authenticated sessions, since anonymous clients never ask the service.
+fn user_limits(rounds: u64, messages: u64) {
+    println!(
+        "{} authenticated sessions (STARTTLS, AUTH) sending {messages} messages into \
+         smtp-sink -c, {rounds} rounds, after a {WARMUP}-message warm-up per instance; \
+         \"limits\": rateLimits.perUser of 1,000,000 sessions, 1,000,000 messages and \
+         10,000,000 recipients per 3600 s",
+        sessions()
+    );
+    println!(
+        "| round | order | no limits msg/s | cpu ms/msg | supervisor ms/msg | limits msg/s | cpu ms/msg | supervisor ms/msg |"
+    );
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|");
+    let row = |round: &str, order: &str, n: &UserMeasured, l: &UserMeasured| {
+        println!(
+            "| {round} | {order} | {:.0} | {:.2} | {:.3} | {:.0} | {:.2} | {:.3} |",
+            n.rate, n.cpu_ms, n.supervisor_ms, l.rate, l.cpu_ms, l.supervisor_ms
+        );
+    };
+    let mut all = [Vec::new(), Vec::new()];
+    for round in 1..=rounds {
+        let limited_first = round % 2 == 0;
+        let mut results = [UserMeasured::default(); 2];
+        for limited in [limited_first, !limited_first] {
+            results[limited as usize] = measure_user(limited, messages);
+        }
+        let order = if limited_first {
+            "limits, then none"
+        } else {
+            "none, then limits"
+        };
+        row(&round.to_string(), order, &results[0], &results[1]);
+        for (limited, result) in results.into_iter().enumerate() {
+            all[limited].push(result);
+        }
+    }
+    let medians = |of: &[UserMeasured]| UserMeasured {
+        rate: median(of.iter().map(|m| m.rate).collect()),
+        cpu_ms: median(of.iter().map(|m| m.cpu_ms).collect()),
+        supervisor_ms: median(of.iter().map(|m| m.supervisor_ms).collect()),
+    };
+    let (none, limits) = (medians(&all[0]), medians(&all[1]));
+    row("median", "", &none, &limits);
+    println!(
+        "ratios limits / no limits (medians): msg/s {:.3}, cpu per message {:.3}, \
+         supervisor cpu per message {:.3}",
+        limits.rate / none.rate,
+        limits.cpu_ms / none.cpu_ms,
+        limits.supervisor_ms / none.supervisor_ms
+    );
+    println!(
+        "difference limits - no limits (medians): supervisor {:+.3} ms/msg, whole relay \
+         {:+.2} ms/msg",
+        limits.supervisor_ms - none.supervisor_ms,
+        limits.cpu_ms - none.cpu_ms
+    );
+}
+
 fn main() {
     // `cargo bench` passes --bench; `cargo test --benches` would pass nothing useful to us.
     if std::env::args().any(|a| a == "--list") {
@@ -793,6 +959,13 @@ fn main() {
     require_postfix();
     if std::env::var("BENCH_ONLY").as_deref() == Ok("settings") {
         settings(
+            env_number("BENCH_ROUNDS", 3),
+            env_number("BENCH_MESSAGES", 5000),
+        );
+        return;
+    }
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("user-limits") {
+        user_limits(
             env_number("BENCH_ROUNDS", 3),
             env_number("BENCH_MESSAGES", 5000),
         );
