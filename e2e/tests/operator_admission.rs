@@ -381,7 +381,10 @@ fn admission(cp: &ControlPlane) {
                 json!({"senders": {"bindings": [{"user": "app1", "senders": ["example.net"]}]},
                 "postconf": {"smtpd_sender_login_maps": "hash:/etc/x"}}),
             ),
-            vec!["spec", "both set Postfix's smtpd_sender_login_maps"],
+            vec![
+                "spec",
+                "both set Postfix's smtpd_sender_login_maps and smtpd_milters",
+            ],
         ),
         (
             "limits per client that limit nothing",

@@ -39,6 +39,7 @@ pub mod liveness;
 pub mod local_socket;
 pub mod mail_log;
 pub mod metrics;
+pub mod milter;
 pub mod oauth2;
 pub mod policy;
 pub mod postfix;

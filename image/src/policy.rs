@@ -108,10 +108,7 @@ impl Limiter {
 
     /// The name `login` is counted under: without the realm.
     pub fn user<'a>(&self, login: &'a str) -> &'a str {
-        match login.rsplit_once('@') {
-            Some((user, realm)) if realm.eq_ignore_ascii_case(&self.realm) => user,
-            _ => login,
-        }
+        crate::settings::user_of_login(login, &self.realm)
     }
 
     /// Counts a recipient of `user` at `now`, the first of a session (`new_session`) or of a

@@ -782,8 +782,7 @@ impl Supervisor<'_> {
         self.metrics.set_logs_in(settings.logs_in());
         self.metrics
             .set_spool_reserve(main_cf::spool_reserve(&settings.postconf));
-        services.oauth2.follow(settings);
-        services.policy.follow(settings);
+        services.follow(settings);
     }
 }
 
@@ -888,6 +887,7 @@ impl OAuth2Login {
 struct Services {
     oauth2: OAuth2Login,
     policy: PolicyService,
+    milter: MilterService,
 }
 
 impl Services {
@@ -895,12 +895,45 @@ impl Services {
         Services {
             oauth2: OAuth2Login::start(settings, metrics, layout),
             policy: PolicyService::start(metrics, layout),
+            milter: MilterService::start(layout),
         }
+    }
+
+    /// Follows the settings in force.
+    fn follow(&self, settings: &Settings) {
+        self.oauth2.follow(settings);
+        self.policy.follow(settings);
+        self.milter
+            .bindings
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .set(&settings.access, &settings.domain);
     }
 
     fn stop(self) {
         self.oauth2.stop();
         self.policy.stop();
+        self.milter.task.abort();
+    }
+}
+
+/// The milter holding bound users' `From:` headers to their senders ([`crate::milter`]).
+struct MilterService {
+    bindings: crate::milter::SharedBindings,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl MilterService {
+    fn start(layout: &Layout) -> Self {
+        let bindings = crate::milter::SharedBindings::default();
+        let socket = layout.milter_socket();
+        let served = bindings.clone();
+        let task = tokio::spawn(async move {
+            if let Err(e) = crate::milter::serve(socket.clone(), served).await {
+                tracing::error!(socket = %socket.display(), error = %e, "the milter stopped: messages of bound users are deferred");
+            }
+        });
+        MilterService { bindings, task }
     }
 }
 

@@ -428,6 +428,15 @@ pub enum MailPattern {
     Domain(String),
 }
 
+/// The user a SASL `login` is: users live in the relay domain's realm (`realm`) and log in as
+/// `user` or `user@realm`.
+pub fn user_of_login<'a>(login: &'a str, realm: &str) -> &'a str {
+    match login.rsplit_once('@') {
+        Some((user, domain)) if domain.eq_ignore_ascii_case(realm) => user,
+        _ => login,
+    }
+}
+
 impl MailPattern {
     /// The domain the pattern names, or the domain of its address.
     pub fn domain(&self) -> &str {

@@ -77,23 +77,7 @@ fn senders_and_recipients_outside_the_lists_are_refused_at_rcpt_time() {
 #[test]
 fn a_bound_user_sends_only_as_its_senders() {
     let sink = start_sink();
-    let mut spec = RelaySpec::new(Input::file(config(sink.port(), Mode::Strict)));
-    let users = spec.path("users");
-    SecretVolume::create(
-        users.clone(),
-        &[(USER, USER_PASSWORD), ("app2", "app2 secret")],
-    );
-    if let Input::File(cfg) = &mut spec.input {
-        cfg.sasl_users_dir = Some(users);
-        cfg.senders = Some(SendersFile {
-            bindings: vec![SenderBindingFile {
-                user: USER.into(),
-                senders: vec!["billing@example.net".into(), "notify.example.net".into()],
-            }],
-            ..SendersFile::default()
-        });
-    }
-    let relay = spec.start();
+    let relay = bound_relay(&sink);
     let owned = "Sender address rejected: not owned by user";
 
     // The bound user, by its name and by its name in the relay domain's realm.
@@ -137,5 +121,111 @@ fn a_bound_user_sends_only_as_its_senders() {
     let mut conn = connect(relay.addr(), NET_CLIENT);
     let (code, text) = rcpt(&mut conn, "other@example.net", "ops@example.net");
     assert_eq!(code, 250, "a client of networks: {text}");
+    let _ = conn.quit();
+}
+
+/// The relay's [`USER`] bound to `billing@example.net` and the domain `notify.example.net`;
+/// `app2` unbound.
+fn bound_relay(sink: &Sink) -> Relay {
+    let mut spec = RelaySpec::new(Input::file(config(sink.port(), Mode::Strict)));
+    let users = spec.path("users");
+    SecretVolume::create(
+        users.clone(),
+        &[(USER, USER_PASSWORD), ("app2", "app2 secret")],
+    );
+    if let Input::File(cfg) = &mut spec.input {
+        cfg.sasl_users_dir = Some(users);
+        cfg.senders = Some(SendersFile {
+            bindings: vec![SenderBindingFile {
+                user: USER.into(),
+                senders: vec!["billing@example.net".into(), "notify.example.net".into()],
+            }],
+            ..SendersFile::default()
+        });
+    }
+    spec.start()
+}
+
+/// A message from the CEO in its `From:` header.
+fn ceo(marker: &str) -> Vec<u8> {
+    format!(
+        "From: CEO <ceo@example.net>\r\nTo: <ops@example.net>\r\nSubject: {marker}\r\n\r\n{marker}\r\n"
+    )
+    .into_bytes()
+}
+
+/// The bound user's envelope sender is its own, the `From:` header a receiver shows is not:
+/// refused at the end of DATA by the relay's milter, naming the address and the user. Another
+/// user, and a client of networks, send the same header as before.
+#[test]
+fn a_bound_users_from_header_is_held_to_its_senders() {
+    let sink = start_sink();
+    let relay = bound_relay(&sink);
+    let mut conn = connect(relay.addr(), OTHER_CLIENT);
+    login(&mut conn, USER, USER_PASSWORD).unwrap();
+    let refused = send_verbatim(
+        &mut conn,
+        "billing@example.net",
+        &["ops@example.net"],
+        &ceo("spoofed"),
+    )
+    .unwrap_err();
+    assert!(
+        refused.contains("550")
+            && refused.contains("<ceo@example.net>: From header rejected: not owned by user app1"),
+        "{refused}"
+    );
+    let _ = conn.quit();
+    let mut conn = connect(relay.addr(), OTHER_CLIENT);
+    login(&mut conn, "app2", "app2 secret").unwrap();
+    send_verbatim(
+        &mut conn,
+        "app2@example.net",
+        &["ops@example.net"],
+        &ceo("app2-ceo"),
+    )
+    .unwrap();
+    let _ = conn.quit();
+    let mut conn = connect(relay.addr(), NET_CLIENT);
+    send_verbatim(
+        &mut conn,
+        "net@example.net",
+        &["ops@example.net"],
+        &ceo("net-ceo"),
+    )
+    .unwrap();
+    let _ = conn.quit();
+    for marker in ["app2-ceo", "net-ceo"] {
+        sink.wait_for_subject("ops@example.net", marker, DEADLINE)
+            .unwrap();
+    }
+    let log = relay.mail_log();
+    assert!(!log.contains("warning: milter"), "{log}");
+}
+
+/// A milter smtpd cannot reach defers the session (smtpd opens its milter connection at the
+/// client's), so a bound user's message is never let through unchecked, whatever `postconf`
+/// says of milters.
+#[test]
+fn without_its_milter_a_bound_user_is_told_to_retry() {
+    let sink = start_sink();
+    let relay = bound_relay(&sink);
+    let socket = relay
+        .spec()
+        .spool_dir()
+        .join(smtp_relay::postfix::layout::MILTER_SOCKET);
+    std::fs::remove_file(&socket).unwrap();
+    let mut conn = connect(relay.addr(), OTHER_CLIENT);
+    let refused = login(&mut conn, USER, USER_PASSWORD)
+        .and_then(|_| {
+            send_on(
+                &mut conn,
+                "billing@example.net",
+                "ops@example.net",
+                "unchecked",
+            )
+        })
+        .unwrap_err();
+    assert!(refused.contains("transient error (45"), "{refused}");
     let _ = conn.quit();
 }

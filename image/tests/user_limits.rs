@@ -269,7 +269,10 @@ fn without_its_policy_service_a_user_is_told_to_retry() {
         },
     );
     // Before any smtpd connected to it, the socket goes away.
-    let socket = relay.spec().spool_dir().join("smtp-relay-policy/socket");
+    let socket = relay
+        .spec()
+        .spool_dir()
+        .join(smtp_relay::postfix::layout::POLICY_SOCKET);
     std::fs::remove_file(&socket).unwrap();
     let mut conn = logged_in(&relay, USER, USER_PASSWORD);
     let refused = send_on(&mut conn, "app@example.net", "a@example.net", "unchecked").unwrap_err();

@@ -891,6 +891,13 @@ mod tests {
             ),
             "relay.yaml: senders.bindings: and relay.yaml: postconf.smtpd_sender_login_maps both set Postfix's smtpd_sender_login_maps: keep one"
         );
+        assert_eq!(
+            refused(
+                bound(vec![binding("a", &["example.net"])]),
+                &[("smtpd_milters", "inet:127.0.0.1:8891")]
+            ),
+            "relay.yaml: senders.bindings: and relay.yaml: postconf.smtpd_milters both set Postfix's smtpd_milters: keep one"
+        );
         let many: Vec<String> = (0..129).map(|i| format!("d{i}.example")).collect();
         let many: Vec<&str> = many.iter().map(String::as_str).collect();
         assert!(refused(allowed(&many), &[]).contains("at most 128"));

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use crate::config_file::SandboxMode;
 use crate::error::{ConfigError, ConfigResult};
-use crate::postfix::access::SENDER_LOGIN_MAPS;
+use crate::postfix::access::{MILTERS, SENDER_LOGIN_MAPS};
 use crate::postfix::main_cf::{self, SYSTEM_CA_BUNDLE};
 use crate::postfix::restrictions;
 use crate::postfix::sandbox;
@@ -239,7 +239,7 @@ pub struct AccessInput<'a> {
 /// The senders and recipients the relay accepts, validated: each list at most
 /// [`validate::MAIL_PATTERNS_MAX`] entries that [`validate::mail_pattern`] takes; each bound
 /// user a SASL user name, bound once, to at least one sender; bindings refused beside a
-/// `postconf` entry for the map they set ([`SENDER_LOGIN_MAPS`]).
+/// `postconf` entry for what they set ([`SENDER_LOGIN_MAPS`], [`MILTERS`]).
 pub fn mail_access(
     input: &AccessInput<'_>,
     postconf: &BTreeMap<String, String>,
@@ -260,7 +260,7 @@ pub fn mail_access(
     if !input.bindings.is_empty() {
         not_in_postconf(
             fields.bindings,
-            &[SENDER_LOGIN_MAPS],
+            &[SENDER_LOGIN_MAPS, MILTERS],
             postconf,
             fields.postconf_prefix,
         )?;

@@ -15,11 +15,21 @@
 
 use std::collections::BTreeSet;
 
-use crate::postfix::layout::Layout;
+use crate::postfix::layout::{Layout, MILTER_SOCKET};
 use crate::settings::{MailAccess, MailPattern, Settings};
 
 /// The parameter the bindings set; `postconf` may not set it beside them.
 pub const SENDER_LOGIN_MAPS: &str = "smtpd_sender_login_maps";
+/// The parameter that hands messages to the relay's milter, which holds bound users' `From:`
+/// headers to their senders ([`crate::milter`]).
+pub const MILTERS: &str = "smtpd_milters";
+
+/// `smtpd_milters`, when users are bound: the relay's milter, deferring when it cannot be
+/// reached (a `default_action` no `postconf` entry overrides).
+pub fn milters(access: &MailAccess) -> Option<String> {
+    (!access.sender_bindings.is_empty())
+        .then(|| format!("{{ unix:{MILTER_SOCKET}, default_action=tempfail }}"))
+}
 
 /// The restriction a bound user's login meets (Postfix's words in the 553 it answers: "Sender
 /// address rejected: not owned by user ...").

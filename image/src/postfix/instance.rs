@@ -120,14 +120,14 @@ pub fn write_config(settings: &Settings, layout: &Layout) -> Result<(), RunError
 /// the OAuth2 socket). Under a kubelet they are on emptyDir volumes, which are created
 /// world-writable (0777) and outlive a restart of the container: the postfix user, which smtpd
 /// facing the network runs as, could plant or swap files there that the root master and this
-/// supervisor then read. Each becomes root's, 0755 (see [`secure_dir`]), as does the policy
-/// service's directory in the spool. Postfix's own directories (the spool, its data
+/// supervisor then read. Each becomes root's, 0755 (see [`secure_dir`]), as does the directory of
+/// the supervisor's sockets in the spool. Postfix's own directories (the spool, its data
 /// directory) are Postfix's to set up.
 pub fn prepare_directories(layout: &Layout) -> Result<(), RunError> {
     secure_dir(&layout.config_dir)?;
     own_dir(&layout.sasl_config_dir())?;
     // Ours in the spool (whose top directory is root's, as Postfix requires).
-    own_dir(&layout.policy_dir())?;
+    own_dir(&layout.sockets_dir())?;
     secure_dir(&layout.data_dir)
 }
 

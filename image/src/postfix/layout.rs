@@ -5,10 +5,12 @@ use std::path::PathBuf;
 
 /// Where the relay's policy service listens, relative to the spool (Postfix's
 /// `queue_directory`, where smtpd resolves a relative `unix:` path): the same for every
-/// instance, so a restriction list names it without knowing the layout. Its directory is
-/// root's ([`Layout::policy_dir`]), unlike Postfix's `private`, which the postfix user owns and
+/// instance, so main.cf names it without knowing the layout. Its directory is root's
+/// ([`Layout::sockets_dir`]), unlike Postfix's `private`, which the postfix user owns and
 /// could swap a socket in while root binds and hands it over.
-pub const POLICY_SOCKET: &str = "smtp-relay-policy/socket";
+pub const POLICY_SOCKET: &str = "smtp-relay-sockets/policy";
+/// Where the relay's milter listens, as [`POLICY_SOCKET`].
+pub const MILTER_SOCKET: &str = "smtp-relay-sockets/milter";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layout {
@@ -95,8 +97,12 @@ impl Layout {
     pub fn policy_socket(&self) -> PathBuf {
         self.spool_dir.join(POLICY_SOCKET)
     }
-    /// The root-owned directory of [`Layout::policy_socket`].
-    pub fn policy_dir(&self) -> PathBuf {
+    /// The relay's milter ([`crate::milter`]): [`MILTER_SOCKET`] in the spool.
+    pub fn milter_socket(&self) -> PathBuf {
+        self.spool_dir.join(MILTER_SOCKET)
+    }
+    /// The root-owned directory of the supervisor's sockets in the spool.
+    pub fn sockets_dir(&self) -> PathBuf {
         self.policy_socket()
             .parent()
             .map_or_else(|| self.spool_dir.clone(), PathBuf::from)

@@ -283,6 +283,9 @@ pub fn parameters(s: &Settings, layout: &Layout) -> Vec<(String, String)> {
     if let Some(map) = access::sender_login_maps(&s.access, layout) {
         p.set(access::SENDER_LOGIN_MAPS, map);
     }
+    if let Some(milters) = access::milters(&s.access) {
+        p.set(access::MILTERS, milters);
+    }
 
     let postmaster = s
         .postmaster

@@ -86,8 +86,8 @@ pub const EMAIL_PATTERN: &str = r"^[^@\s]+@[^@\s]+$";
         "message": "submission ports are where SASL users send, after logging in: set saslUsersSecretRef, or remove submission"
     },
     {
-        "rule": "!(has(self.senders) && has(self.senders.bindings) && has(self.postconf) && 'smtpd_sender_login_maps' in self.postconf)",
-        "message": "senders.bindings and postconf.smtpd_sender_login_maps both set Postfix's smtpd_sender_login_maps: keep one"
+        "rule": "!(has(self.senders) && has(self.senders.bindings) && has(self.postconf) && ['smtpd_sender_login_maps', 'smtpd_milters'].exists(p, p in self.postconf))",
+        "message": "senders.bindings and postconf both set Postfix's smtpd_sender_login_maps and smtpd_milters (the relay's milter checks the From: header): keep one"
     }
 ]))]
 pub struct SmtpRelaySpec {
@@ -469,9 +469,11 @@ pub struct SendersSpec {
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub allowed: Vec<String>,
     /// SASL users (keys of `saslUsersSecretRef`) who may send only as the senders listed for
-    /// them: another sender gets `553 5.7.1 ... not owned by user NAME`. Users not listed,
-    /// and the clients of `networks`, are not restricted by this. Exclusive with
-    /// `postconf.smtpd_sender_login_maps`.
+    /// them: another envelope sender gets `553 5.7.1 ... not owned by user NAME` at `RCPT
+    /// TO`, another address in the `From:` header `550 5.7.1 <ADDRESS>: From header
+    /// rejected: not owned by user NAME` at the end of `DATA` (the relay's own milter). Users
+    /// not listed, and the clients of `networks`, are not restricted by this. Exclusive with
+    /// `postconf.smtpd_sender_login_maps` and `postconf.smtpd_milters`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 128))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["user"]))]
