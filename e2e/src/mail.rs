@@ -769,6 +769,20 @@ pub fn send_tls(
     )
 }
 
+/// [`send_tls`] of a message given whole (its headers may name another sender than the
+/// envelope's `(from, to)`).
+pub fn send_tls_message(
+    addr: SocketAddr,
+    source: Ipv4Addr,
+    tls: Option<&StartTls<'_>>,
+    auth: Option<(&str, &str)>,
+    (from, to): (&str, &str),
+    body: &[u8],
+) -> Result<String, String> {
+    let tls = tls.map_or(Tls::None, Tls::Upgraded);
+    transmit(addr, source, tls, auth, from, to, body)
+}
+
 /// [`send`] in TLS from the first byte (a submissions port, 465).
 pub fn send_implicit_tls(
     addr: SocketAddr,

@@ -724,7 +724,22 @@ fn submission_ports_and_sender_bindings_hold_through_the_service(env: &mut Env) 
             "app1 as <{from}> to <{to}>: {refused:?}"
         );
     }
-    env.t.step("submission: 587 and 465 take a login's mail, refuse mail without; app1 only as itself, only to the listed domains");
+    // Its envelope sender its own, its From: header another's: the relay's milter refuses it.
+    let spoofed = mail::message("ceo@example.net", "a@elsewhere.org", "spoofed");
+    let refused = mail::send_tls_message(
+        submission,
+        host,
+        Some(&tls),
+        APP1,
+        ("app1@example.net", "a@elsewhere.org"),
+        &spoofed,
+    );
+    assert!(
+        refused.as_ref().is_err_and(|e| e.contains("550")
+            && e.contains("<ceo@example.net>: From header rejected: not owned by user app1")),
+        "app1 with another's From: header: {refused:?}"
+    );
+    env.t.step("submission: 587 and 465 take a login's mail, refuse mail without; app1 only as itself (envelope and From: header), only to the listed domains");
 }
 
 /// 3, continued. A SASL user may send anywhere (inside TLS), a `networks` client (the host,
