@@ -37,6 +37,10 @@ const VERSION: u32 = 6;
 /// NOUNKNOWN | NODATA | NR_HDR`.
 const SKIPPED: u32 = 0x1 | 0x2 | 0x8 | 0x10 | 0x100 | 0x200 | 0x80;
 const NR_HDR: u32 = 0x80;
+/// The stage of MAIL FROM, in a request for macros.
+const SMFIM_ENVFROM: u32 = 2;
+/// The macro holding the SASL login.
+const AUTH_AUTHEN: &str = "{auth_authen}";
 
 /// The users bound to senders, and the realm their logins may carry.
 #[derive(Debug, Default)]
@@ -149,14 +153,18 @@ async fn session(stream: tokio::net::UnixStream, bindings: &SharedBindings) -> s
                 nr_hdr = asked & NR_HDR != 0;
                 let version = u32_at(&data, 0).unwrap_or(VERSION).min(VERSION);
                 let mut r = vec![b'O'];
-                for n in [version, 0, asked] {
+                // The login is asked for at MAIL FROM (SMFIM_ENVFROM), whatever
+                // `milter_mail_macros` says (smfi_setsymlist).
+                for n in [version, 0, asked, SMFIM_ENVFROM] {
                     r.extend_from_slice(&n.to_be_bytes());
                 }
+                r.extend_from_slice(AUTH_AUTHEN.as_bytes());
+                r.push(0);
                 Some(r)
             }
             b'D' => {
                 if data.first() == Some(&b'M') {
-                    message.login = macro_value(&data[1..], "{auth_authen}")
+                    message.login = macro_value(&data[1..], AUTH_AUTHEN)
                         .filter(|v| !v.is_empty())
                         .map(str::to_string);
                 }

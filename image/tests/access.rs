@@ -125,9 +125,14 @@ fn a_bound_user_sends_only_as_its_senders() {
 }
 
 /// The relay's [`USER`] bound to `billing@example.net` and the domain `notify.example.net`;
-/// `app2` unbound.
+/// `app2` unbound. Its `postconf` leaves the login out of the macros Postfix sends milters
+/// at MAIL FROM: the relay's milter asks for it itself.
 fn bound_relay(sink: &Sink) -> Relay {
     let mut spec = RelaySpec::new(Input::file(config(sink.port(), Mode::Strict)));
+    if let Input::File(cfg) = &mut spec.input {
+        cfg.postconf
+            .insert("milter_mail_macros".into(), "i {mail_addr}".into());
+    }
     let users = spec.path("users");
     SecretVolume::create(
         users.clone(),
