@@ -1,8 +1,42 @@
 //! Unix sockets where Postfix asks the supervisor: the OAuth2 token's socketmap
-//! ([`crate::oauth2`]) and the policy service ([`crate::policy`]). Only Postfix and root may
-//! reach them.
+//! ([`crate::oauth2`]), the policy service ([`crate::policy`]) and the milter
+//! ([`crate::milter`]). Only Postfix and root may reach them.
 
+use std::future::Future;
 use std::path::Path;
+use std::sync::Arc;
+
+/// Serves the connections of the socket at `path` (bound by [`bind_out_of_reach`]), each by
+/// `session` in a task of its own, at most `max` at once: the next is accepted only when one
+/// of them ends. Runs until the task is dropped; `what` names the service in the log.
+pub async fn serve_bounded<F, S>(
+    path: &Path,
+    max: usize,
+    what: &'static str,
+    session: F,
+) -> std::io::Result<()>
+where
+    F: Fn(tokio::net::UnixStream) -> S,
+    S: Future<Output = std::io::Result<()>> + Send + 'static,
+{
+    let listener = bind_out_of_reach(path)?;
+    let slots = Arc::new(tokio::sync::Semaphore::new(max));
+    loop {
+        let slot = slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(std::io::Error::other)?;
+        let (stream, _) = listener.accept().await?;
+        let served = session(stream);
+        tokio::spawn(async move {
+            if let Err(e) = served.await {
+                tracing::debug!(error = %e, "a {what} connection ended");
+            }
+            drop(slot);
+        });
+    }
+}
 
 /// Binds a socket at `path` so that nobody but root can ever reach it before it
 /// is 0600 and the postfix user's: bound in a fresh directory beside it that only root may

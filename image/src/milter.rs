@@ -82,7 +82,7 @@ impl Bindings {
             };
             for mailbox in mailboxes {
                 let address = mailbox.email.to_string().to_ascii_lowercase();
-                if !senders.iter().any(|s| covers(s, &address)) {
+                if !senders.iter().any(|s| s.covers(&address)) {
                     return Some(format!(
                         "550 5.7.1 <{address}>: From header rejected: not owned by user {user}"
                     ));
@@ -93,39 +93,13 @@ impl Bindings {
     }
 }
 
-/// Whether `pattern` covers `address` (lower-case): the address itself, or an address in the
-/// domain or one of its subdomains.
-fn covers(pattern: &MailPattern, address: &str) -> bool {
-    match pattern {
-        MailPattern::Address(a) => a == address,
-        MailPattern::Domain(d) => address.rsplit_once('@').is_some_and(|(_, domain)| {
-            domain == d
-                || domain
-                    .strip_suffix(d.as_str())
-                    .is_some_and(|rest| rest.ends_with('.'))
-        }),
-    }
-}
-
 /// Serves smtpd's milter connections on `path` until the task is dropped.
 pub async fn serve(path: PathBuf, bindings: SharedBindings) -> std::io::Result<()> {
-    let listener = crate::local_socket::bind_out_of_reach(&path)?;
-    let slots = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
-    loop {
-        let slot = slots
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(std::io::Error::other)?;
-        let (stream, _) = listener.accept().await?;
+    crate::local_socket::serve_bounded(&path, CONNECTIONS_MAX, "milter", |stream| {
         let bindings = bindings.clone();
-        tokio::spawn(async move {
-            if let Err(e) = session(stream, &bindings).await {
-                tracing::debug!(error = %e, "a milter connection ended");
-            }
-            drop(slot);
-        });
-    }
+        async move { session(stream, &bindings).await }
+    })
+    .await
 }
 
 /// What one message has shown so far.

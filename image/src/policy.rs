@@ -58,6 +58,15 @@ impl Limit {
         }
     }
 
+    /// What it counts, as the client is told: a "connection" is a session in which the user
+    /// names a recipient.
+    fn counted(self) -> &'static str {
+        match self {
+            Limit::Connections => "sessions",
+            Limit::Messages | Limit::Recipients => self.name(),
+        }
+    }
+
     fn of(self, limits: &Limits) -> Option<u32> {
         match self {
             Limit::Connections => limits.connections,
@@ -252,11 +261,7 @@ fn answer(
             if first {
                 tracing::warn!(%user, limit = limit.name(), max, per_seconds = per, "a SASL user reached a limit per user; its recipients are told to retry later until the interval ends");
             }
-            let what = match limit {
-                Limit::Connections => "sessions",
-                Limit::Messages => "messages",
-                Limit::Recipients => "recipients",
-            };
+            let what = limit.counted();
             format!("450 4.7.1 limit per login reached: {max} {what} per {per} s; retry later")
         }
         (Verdict::Over { .. }, None) => DUNNO.into(),
@@ -269,23 +274,11 @@ fn answer(
 
 /// Serves smtpd's policy requests on `path` until the task is dropped.
 pub async fn serve(path: PathBuf, limiter: SharedLimiter, metrics: Metrics) -> std::io::Result<()> {
-    let listener = crate::local_socket::bind_out_of_reach(&path)?;
-    let slots = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
-    loop {
-        let slot = slots
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(std::io::Error::other)?;
-        let (stream, _) = listener.accept().await?;
+    crate::local_socket::serve_bounded(&path, CONNECTIONS_MAX, "policy", |stream| {
         let (limiter, metrics) = (limiter.clone(), metrics.clone());
-        tokio::spawn(async move {
-            if let Err(e) = session(stream, &limiter, &metrics).await {
-                tracing::debug!(error = %e, "a policy connection ended");
-            }
-            drop(slot);
-        });
-    }
+        async move { session(stream, &limiter, &metrics).await }
+    })
+    .await
 }
 
 /// One smtpd's connection: requests (attribute lines ending with an empty line), each

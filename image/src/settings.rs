@@ -449,12 +449,27 @@ impl MailPattern {
     /// Whether the pattern's domain is `domain` or one of its subdomains, so that a domain
     /// pattern for `domain` matches every address this one does.
     pub fn within(&self, domain: &str) -> bool {
-        let own = self.domain();
-        own == domain
-            || own
-                .strip_suffix(domain)
-                .is_some_and(|rest| rest.ends_with('.'))
+        in_domain(self.domain(), domain)
     }
+
+    /// Whether the pattern covers `address` (lower-case): the address itself, or an address
+    /// in the domain or one of its subdomains.
+    pub fn covers(&self, address: &str) -> bool {
+        match self {
+            MailPattern::Address(a) => a == address,
+            MailPattern::Domain(d) => address
+                .rsplit_once('@')
+                .is_some_and(|(_, domain)| in_domain(domain, d)),
+        }
+    }
+}
+
+/// Whether `name` is `domain` or one of its subdomains.
+fn in_domain(name: &str, domain: &str) -> bool {
+    name == domain
+        || name
+            .strip_suffix(domain)
+            .is_some_and(|rest| rest.ends_with('.'))
 }
 
 impl fmt::Display for MailPattern {
