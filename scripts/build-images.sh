@@ -9,7 +9,11 @@
 #      argument;
 #   3. both images tagged exactly as the chart references them by default
 #      (ghcr.io/smtp-relay-operator/<name>:<chart appVersion>), exported as docker-archive
-#      tarballs under .cache/images/, with a table of their sizes.
+#      tarballs under .cache/images/, with a table of their sizes;
+#   4. an SBOM of each image beside its tarball (<name>.spdx.json, SPDX 2.3 JSON), made by syft
+#      as the release workflow makes them: the Debian packages from the image's dpkg status,
+#      the crates from the binaries, which are built with cargo-auditable so that each carries
+#      the list of crates compiled into it.
 #
 # Usage: scripts/build-images.sh [--previous] [--verify] [--verify-only] [--import ADDRESS]
 #   --previous      build the previous release instead (the commit in e2e/previous-release):
@@ -39,6 +43,11 @@ CACHE="$ROOT/.cache"
 STORE="$CACHE/buildah"
 OUT="$CACHE/images"
 APT_PACKAGES=(buildah mmdebstrap runc containerd openssl)
+# The SBOM tools, built into .cache/bin (the Dockerfiles and the release workflow name the same
+# cargo-auditable; e2e/tests/release.rs checks they agree).
+SYFT_VERSION="${SYFT_VERSION:-v1.57.2}"
+CARGO_AUDITABLE_VERSION="${CARGO_AUDITABLE_VERSION:-0.7.7}"
+BIN="$CACHE/bin"
 BASE_REF=docker.io/library/debian:bookworm-slim
 REGISTRY=ghcr.io/smtp-relay-operator
 # Image name, Dockerfile: the names are the ones the chart's values.yaml references.
@@ -51,6 +60,8 @@ BIN_DIR=
 BINARIES_REPO=localhost/smtp-relay-binaries
 # The binaries as this run put them into its images (see binaries_image).
 STAGED=
+# Whether SBOMs are written (not for the previous release, which only the upgrade test runs).
+SBOM=1
 
 LOG_TAG="build-images"
 source scripts/lib.sh
@@ -134,6 +145,7 @@ use_previous() {
     TAG="$(cat "$CACHE/previous/version")"
     BIN_DIR="$CACHE/previous/bin"
     BINARIES_REPO=localhost/smtp-relay-binaries-previous
+    SBOM=
     OUT="$CACHE/images/previous"
     mkdir -p "$OUT"
     cp "$CACHE/previous/version" "$OUT/VERSION"
@@ -141,6 +153,14 @@ use_previous() {
 
 apt_packages() {
     apt_install "${APT_PACKAGES[@]}"
+}
+
+sbom_tools() {
+    mkdir -p "$BIN"
+    GO="$(find_go)"
+    go_tool syft "$SYFT_VERSION" github.com/anchore/syft/cmd/syft \
+        "-X main.version=${SYFT_VERSION#v}"
+    crate_tool cargo-auditable "$CARGO_AUDITABLE_VERSION"
 }
 
 # The settings that make an mmdebstrap minbase root a debian:bookworm-slim equivalent, as
@@ -242,7 +262,8 @@ binaries() {
     local args=() b target
     target="$(target_dir)"
     for b in "${BINARIES[@]}"; do args+=(-p "$b"); done
-    (cd "$SRC" && CARGO_TARGET_DIR="$target" nice cargo build --release --locked "${args[@]}")
+    (cd "$SRC" && PATH="$BIN:$PATH" CARGO_TARGET_DIR="$target" \
+        nice cargo auditable build --release --locked "${args[@]}")
     [ "$BIN_DIR" = "$target/release" ] && return
     mkdir -p "$BIN_DIR"
     for b in "${BINARIES[@]}"; do cp -p "$target/release/$b" "$BIN_DIR/$b"; done
@@ -349,6 +370,23 @@ export_image() {
     bah push --quiet "$ref" "docker-archive:$tar:$ref" >/dev/null
     gzip -c "$tar" | wc -c >"$OUT/$name.gzsize"
     echo "$id" >"$OUT/$name.id"
+}
+
+# sbom NAME: OUT/NAME.spdx.json, the SBOM of the exported image, redone only when the image
+# changed (NAME.sbom-id remembers which it describes).
+sbom() {
+    local name="$1" id out="$OUT/$1.spdx.json"
+    id="$(cat "$OUT/$name.id")"
+    if [ -f "$out" ] && [ "$(cat "$OUT/$name.sbom-id" 2>/dev/null)" = "$id" ]; then
+        return
+    fi
+    rm -f "$out" "$OUT/$name.sbom-id"
+    # Offline: no update check, nothing fetched; the image's own files are the only input.
+    SYFT_CHECK_FOR_APP_UPDATE=false "$BIN/syft" scan --quiet \
+        --source-name "$REGISTRY/$name" --source-version "$TAG" \
+        --output "spdx-json=$out.new" "docker-archive:$OUT/$name.tar"
+    mv "$out.new" "$out"
+    echo "$id" >"$OUT/$name.sbom-id"
 }
 
 mb() { awk -v b="$1" 'BEGIN { printf "%.1f MB", b / 1000000 }'; }
@@ -599,6 +637,7 @@ image_user() {
 build_all() {
     mkdir -p "$STORE" "$OUT"
     step "apt packages" apt_packages
+    step "SBOM tools" sbom_tools
     step "base image" base_image
     step "release binaries" binaries
     local binref entry
@@ -607,6 +646,7 @@ build_all() {
         # shellcheck disable=SC2086 # "name dockerfile"
         step "image ${entry%% *}" build_image $entry "$binref"
         step "export ${entry%% *}" export_image "${entry%% *}"
+        [ -z "$SBOM" ] || step "SBOM ${entry%% *}" sbom "${entry%% *}"
     done
     size_table
 }

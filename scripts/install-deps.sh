@@ -44,16 +44,6 @@ apt_packages() {
     fi
 }
 
-# go_tool NAME VERSION PACKAGE [LDFLAGS]: `go install PACKAGE@VERSION` into $BIN, once per
-# version (a stamp file remembers which).
-go_tool() {
-    local name="$1" version="$2" package="$3" ldflags="-s -w${4:+ $4}" stamp="$BIN/.$1-version"
-    current "$stamp" "$version" "$BIN/$name" && return
-    log "building $name $version"
-    GOBIN="$BIN" "$GO" install -trimpath "-ldflags=$ldflags" "$package@$version"
-    echo "$version" >"$stamp"
-}
-
 helm_install() {
     go_tool helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm \
         "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
@@ -78,16 +68,9 @@ actionlint_install() {
     go_tool actionlint "$ACTIONLINT_VERSION" github.com/rhysd/actionlint/cmd/actionlint
 }
 
-# cargo-deny checks the dependencies' licences, bans and sources (deny.toml). Built from
-# crates.io; its build directory outlives the clone, so a fresh checkout only links it again.
+# cargo-deny checks the dependencies' licences, bans and sources (deny.toml).
 cargo_deny_install() {
-    local stamp="$BIN/.cargo-deny-version"
-    current "$stamp" "$CARGO_DENY_VERSION" "$BIN/cargo-deny" && return
-    log "building cargo-deny $CARGO_DENY_VERSION"
-    cargo install --quiet --locked --force "cargo-deny@$CARGO_DENY_VERSION" \
-        --root "$ROOT/.cache" \
-        --target-dir "${XDG_CACHE_HOME:-$HOME/.cache}/smtp-relay-operator/cargo-deny-build"
-    echo "$CARGO_DENY_VERSION" >"$stamp"
+    crate_tool cargo-deny "$CARGO_DENY_VERSION"
 }
 
 # promtool, Prometheus' own rule checker and unit-test runner (the Go module's v0.316.0 is

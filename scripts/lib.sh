@@ -78,6 +78,27 @@ current() {
     [ "$(cat "$stamp" 2>/dev/null)" = "$sum" ]
 }
 
+# go_tool NAME VERSION PACKAGE [LDFLAGS]: `go install PACKAGE@VERSION` into $BIN, once per
+# version (a stamp file remembers which).
+go_tool() {
+    local name="$1" version="$2" package="$3" ldflags="-s -w${4:+ $4}" stamp="$BIN/.$1-version"
+    current "$stamp" "$version" "$BIN/$name" && return
+    log "building $name $version"
+    GOBIN="$BIN" "$GO" install -trimpath "-ldflags=$ldflags" "$package@$version"
+    echo "$version" >"$stamp"
+}
+
+# crate_tool NAME VERSION: `cargo install NAME@VERSION` into $BIN, once per version. Its build
+# directory outlives the clone, so a fresh checkout only links it again.
+crate_tool() {
+    local name="$1" version="$2" stamp="$BIN/.$1-version"
+    current "$stamp" "$version" "$BIN/$name" && return
+    log "building $name $version"
+    cargo install --quiet --locked --force "$name@$version" --root "${BIN%/bin}" \
+        --target-dir "${XDG_CACHE_HOME:-$HOME/.cache}/smtp-relay-operator/$name-build"
+    echo "$version" >"$stamp"
+}
+
 # go_module_build NAME: the Go module e2e/NAME (its main package) built into $BIN/NAME, again
 # only when its sources or the Go version changed (stamped in $BIN/.NAME-sources).
 go_module_build() {

@@ -11,6 +11,8 @@
 //!   operator prints its CRD.
 //! - The operator image, run as the chart's Deployment runs it against a real API server with
 //!   the chart's ServiceAccount, reconciles an SmtpRelay.
+//! - Their SBOMs (SPDX, beside the tarballs) list the image's Debian packages and the crates
+//!   compiled into its binary, at the versions inside.
 //! - The release workflow publishes what the chart references.
 //!
 //! The tarballs must be built first (`scripts/build-images.sh`); the run checks need root and
@@ -133,6 +135,106 @@ impl Archive {
     fn size(&self) -> u64 {
         std::fs::metadata(&self.path).unwrap().len()
     }
+
+    /// One file of the image: its content in the topmost layer that holds it.
+    fn read(&self, path: &str) -> Option<Vec<u8>> {
+        let mut found = None;
+        for layer in self.manifest["Layers"].as_array().unwrap() {
+            let content = tar_member(&self.path, layer.as_str().unwrap());
+            let mut tar = Command::new("tar")
+                .args(["-xO", "--wildcards", "--no-anchored", path])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            let mut stdin = tar.stdin.take().unwrap();
+            let writer = std::thread::spawn(move || {
+                use std::io::Write;
+                // tar stops reading once it has the member: a broken pipe is no error here.
+                let _ = stdin.write_all(&content);
+            });
+            let out = tar.wait_with_output().unwrap();
+            writer.join().unwrap();
+            if out.status.success() && !out.stdout.is_empty() {
+                found = Some(out.stdout);
+            }
+        }
+        found
+    }
+}
+
+/// The packages of the SBOM `scripts/build-images.sh` wrote beside an image's tarball, by the
+/// type of their package URL ("deb", "cargo"): name -> version.
+fn sbom(
+    name: &str,
+) -> std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>> {
+    let path = workspace_root()
+        .join(".cache/images")
+        .join(format!("{name}.spdx.json"));
+    let doc: Value = serde_json::from_slice(
+        &std::fs::read(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}: run scripts/build-images.sh", path.display())),
+    )
+    .unwrap();
+    assert!(
+        doc["spdxVersion"].as_str().unwrap().starts_with("SPDX-2."),
+        "{name}.spdx.json is no SPDX 2 document"
+    );
+    let mut by_type: std::collections::BTreeMap<_, std::collections::BTreeMap<_, _>> =
+        std::collections::BTreeMap::new();
+    for package in doc["packages"].as_array().unwrap() {
+        let purl = package["externalRefs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|r| r["referenceType"] == "purl")
+            .find_map(|r| r["referenceLocator"].as_str());
+        let Some(kind) = purl.and_then(|p| p.strip_prefix("pkg:")?.split('/').next()) else {
+            continue;
+        };
+        by_type.entry(kind.to_owned()).or_default().insert(
+            package["name"].as_str().unwrap().to_owned(),
+            package["versionInfo"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+    }
+    by_type
+}
+
+/// `Package:` -> `Version:` of a dpkg status file.
+fn dpkg_status(text: &str) -> std::collections::BTreeMap<String, String> {
+    text.split("\n\n")
+        .filter_map(|stanza| {
+            let field = |name: &str| {
+                stanza
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .map(|v| v.trim().to_owned())
+            };
+            Some((field("Package:")?, field("Version:")?))
+        })
+        .collect()
+}
+
+/// Cargo.lock's crates from crates.io: name -> versions.
+fn locked_crates() -> std::collections::BTreeMap<String, BTreeSet<String>> {
+    let lock = std::fs::read_to_string(workspace_root().join("Cargo.lock")).unwrap();
+    let mut crates: std::collections::BTreeMap<String, BTreeSet<String>> = Default::default();
+    for block in lock.split("[[package]]").skip(1) {
+        let field = |name: &str| {
+            block.lines().find_map(|l| {
+                l.strip_prefix(name)
+                    .map(|v| v.trim_matches(|c| c == '"' || c == ' ').to_owned())
+            })
+        };
+        if let (Some(name), Some(version)) = (field("name = "), field("version = ")) {
+            crates.entry(name).or_default().insert(version);
+        }
+    }
+    crates
 }
 
 fn assert_has(files: &BTreeSet<String>, image: &str, wanted: &[&str]) {
@@ -211,6 +313,81 @@ fn relay_image_holds_what_the_relay_runs_and_stays_small() {
         config["Healthcheck"]["Test"],
         serde_json::json!(["CMD", "smtp-relay", "probe"])
     );
+}
+
+/// Each SBOM lists every Debian package of its image at the version the image's dpkg status
+/// gives, and the crates compiled into its binary (read from the binary, where cargo-auditable
+/// put them) at Cargo.lock's versions: those the binary needs, none that only the operator or
+/// the tests use.
+#[test]
+fn sboms_list_the_packages_and_crates_inside() {
+    let locked = locked_crates();
+    for (name, debs, crates, foreign) in [
+        (
+            "smtp-relay",
+            &[
+                "postfix",
+                "libsasl2-modules",
+                "sasl2-bin",
+                "ca-certificates",
+                "libssl3",
+                "libc6",
+            ][..],
+            &["smtp-relay", "tokio", "rustls", "lettre", "reqwest"][..],
+            // The operator's (rcgen, kube) and the tests' (tempfile, libtest-mimic).
+            &["kube", "k8s-openapi", "rcgen", "tempfile", "libtest-mimic"][..],
+        ),
+        (
+            "smtp-relay-operator",
+            &["libc6", "libgcc-s1", "ca-certificates"][..],
+            // The relay's library is the operator's too (the judge of input it shares).
+            &[
+                "smtp-relay-operator",
+                "smtp-relay",
+                "kube",
+                "k8s-openapi",
+                "rcgen",
+            ][..],
+            &["tempfile", "tower-test", "libtest-mimic"][..],
+        ),
+    ] {
+        let image = Archive::open(name);
+        let sbom = sbom(name);
+        let status = String::from_utf8(image.read("var/lib/dpkg/status").unwrap()).unwrap();
+        let installed = dpkg_status(&status);
+        let listed = sbom.get("deb").cloned().unwrap_or_default();
+        assert_eq!(
+            listed, installed,
+            "{name}.spdx.json's Debian packages differ from the image's dpkg status"
+        );
+        for deb in debs {
+            assert!(
+                listed.contains_key(*deb),
+                "{name}.spdx.json lacks the package {deb}"
+            );
+        }
+        let compiled = sbom.get("cargo").cloned().unwrap_or_default();
+        for krate in crates {
+            assert!(
+                compiled.contains_key(*krate),
+                "{name}.spdx.json lacks the crate {krate}"
+            );
+        }
+        for krate in foreign {
+            assert!(
+                !compiled.contains_key(*krate),
+                "{name}.spdx.json lists {krate}, which its binary does not use"
+            );
+        }
+        // Cargo.lock lists the workspace's own crates too, at the workspace's version.
+        for (krate, v) in &compiled {
+            let expected = locked.get(krate).cloned().unwrap_or_default();
+            assert!(
+                expected.contains(v),
+                "{name}.spdx.json lists {krate} {v}; Cargo.lock has {expected:?}"
+            );
+        }
+    }
 }
 
 #[test]

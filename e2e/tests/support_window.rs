@@ -437,6 +437,19 @@ const E2E_GO_MODS: [&str; 6] = [
     "e2e/kstatus/go.mod",
 ];
 
+/// The versions a script pins: its `NAME_VERSION="${NAME_VERSION:-default}"` lines.
+fn pins_of(script: &str) -> Vec<String> {
+    read(script)
+        .lines()
+        .filter_map(|l| {
+            let (name, value) = l.split_once('=')?;
+            let name = name.trim();
+            (name.ends_with("_VERSION") && value.starts_with(&format!("\"${{{name}:-")))
+                .then(|| name.to_owned())
+        })
+        .collect()
+}
+
 #[test]
 fn renovate_covers_every_pinned_version_and_merges_nothing_by_itself() {
     let config = renovate();
@@ -483,26 +496,26 @@ fn renovate_covers_every_pinned_version_and_merges_nothing_by_itself() {
                 && m["depNameTemplate"].is_string()
         })
     };
-    let script = read("scripts/install-deps.sh");
-    let pins: Vec<&str> = script
-        .lines()
-        .filter_map(|l| {
-            let (name, value) = l.split_once('=')?;
-            let name = name.trim();
-            (name.ends_with("_VERSION") && value.starts_with(&format!("\"${{{name}:-")))
-                .then_some(name)
-        })
-        .collect();
-    assert!(
-        pins.contains(&"HELM_VERSION"),
-        "no pins found in install-deps.sh"
-    );
-    for pin in &pins {
+    for (script, first) in [
+        ("install-deps", "HELM_VERSION"),
+        ("build-images", "SYFT_VERSION"),
+    ] {
+        let pins = pins_of(&format!("scripts/{script}.sh"));
         assert!(
-            covers("install-deps", &format!("{pin}:-")),
-            "scripts/install-deps.sh pins {pin} (default {}), which no regex manager in \
-             renovate.json updates",
-            install_deps_default(pin)
+            pins.iter().any(|p| p == first),
+            "no pins found in {script}.sh"
+        );
+        for pin in &pins {
+            assert!(
+                covers(script, &format!("{pin}:-")),
+                "scripts/{script}.sh pins {pin}, which no regex manager in renovate.json updates"
+            );
+        }
+    }
+    for file in ["Dockerfile", "release"] {
+        assert!(
+            covers(file, "cargo-auditable@"),
+            "cargo-auditable in {file} has no regex manager in renovate.json"
         );
     }
     assert!(
