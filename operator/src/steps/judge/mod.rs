@@ -664,7 +664,7 @@ mod tests {
             r.spec.image = image.map(Into::into);
             r.spec
         };
-        let default = "ghcr.io/smtp-relay-operator/smtp-relay:0.1.0";
+        let default = crate::floor::contract::DEFAULT_RELAY_IMAGE;
         let allowed = vec![
             "ghcr.io/smtp-relay-operator/smtp-relay".to_string(),
             "registry.internal/mail/".to_string(),
