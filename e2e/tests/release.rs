@@ -311,10 +311,14 @@ fn artifact_hub_annotations_describe_the_chart() {
         "fixed",
         "security",
     ];
-    let changes = annotation("artifacthub.io/changes");
+    // Empty while a just-opened entry (scripts/set-version.sh X.Y.Z) lists no change yet.
+    let changes = annotation("artifacthub.io/changes")
+        .as_sequence()
+        .cloned()
+        .unwrap_or_default();
     let first = &changelog()[0];
-    assert_eq!(seq(&changes).len(), first.changes.len());
-    for (change, (section, text)) in seq(&changes).iter().zip(&first.changes) {
+    assert_eq!(changes.len(), first.changes.len());
+    for (change, (section, text)) in changes.iter().zip(&first.changes) {
         assert!(kinds.contains(&string(&change["kind"])));
         assert_eq!(change["kind"], section.to_lowercase().as_str());
         assert_eq!(change["description"], text.as_str());
