@@ -164,8 +164,9 @@ impl Archive {
     }
 }
 
-/// The packages of the SBOM `scripts/build-images.sh` wrote beside an image's tarball, by the
-/// type of their package URL ("deb", "cargo"): name -> version.
+/// The packages of the SBOM `scripts/build-images.sh` wrote beside an image's tarball, by kind
+/// ("deb" for the dpkg database's, else the type of their package URL, "cargo"): name ->
+/// version.
 fn sbom(
     name: &str,
 ) -> std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>> {
@@ -190,7 +191,17 @@ fn sbom(
             .flatten()
             .filter(|r| r["referenceType"] == "purl")
             .find_map(|r| r["referenceLocator"].as_str());
-        let Some(kind) = purl.and_then(|p| p.strip_prefix("pkg:")?.split('/').next()) else {
+        // A Debian package has a package URL only where the image names its distribution
+        // (/etc/os-release, which the operator image lacks): syft's sourceInfo says it came
+        // from the dpkg database either way.
+        let from_dpkg = package["sourceInfo"]
+            .as_str()
+            .is_some_and(|s| s.contains("DPKG DB"));
+        let kind = if from_dpkg {
+            "deb"
+        } else if let Some(kind) = purl.and_then(|p| p.strip_prefix("pkg:")?.split('/').next()) {
+            kind
+        } else {
             continue;
         };
         by_type.entry(kind.to_owned()).or_default().insert(
